@@ -1,0 +1,437 @@
+"""Futures of remote results, `wait`, `as_completed`, and a concurrent.futures Executor.
+
+A `Future` is a handle on one key on the cluster.  All Futures of a key in one client
+share a `FutureState` (status, error, done event); the client counts Futures per key
+and tells the scheduler to release the key when the last one is garbage-collected.
+
+    scheduler ─key-in-memory / task-erred / cancelled─▶ client loop ─▶ FutureState
+                                                                         │ done event,
+                                                                         ▼ callbacks
+                                     Future.result() ─gather─▶ value
+
+Results are fetched when asked for (`result`, `gather`), never pushed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import queue
+import threading
+import time
+
+from .graph import CycleError, MissingDependency
+
+logger = logging.getLogger("dask_ipy")
+
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+ALL_COMPLETED = cf.ALL_COMPLETED
+
+CancelledError = cf.CancelledError
+
+
+class KilledWorker(RuntimeError):
+    """A task was running on `allowed_failures` workers that died while running it."""
+
+
+class RemoteError(RuntimeError):
+    """A remote exception that could not be rebuilt as its own type."""
+
+
+class SchedulerLost(ConnectionError):
+    """The connection to the scheduler was lost before the result arrived."""
+
+
+ERROR_TYPES = {
+    "KilledWorker": KilledWorker,
+    "KeyError": KeyError,
+    "MissingDependency": MissingDependency,
+    "CycleError": CycleError,
+    "SerializationError": TypeError,
+    "SchedulerLost": SchedulerLost,
+}
+
+
+def rebuild_error(info):
+    """(exception, traceback) from an error record sent by a worker or the scheduler."""
+    from .protocol import deserialize
+
+    exc = None
+    if info.get("exception") is not None:
+        try:
+            exc = deserialize(info["exception"])
+            if not isinstance(exc, BaseException):
+                exc = None
+        except Exception:
+            exc = None
+    if exc is None:
+        cls = ERROR_TYPES.get(info.get("type"), RemoteError)
+        text = info.get("text", "")
+        if cls is RemoteError and info.get("traceback_text"):
+            text = f"{text}\n\nRemote traceback:\n{info['traceback_text']}"
+        exc = cls(text)
+    tb = None
+    if info.get("traceback") is not None:
+        try:
+            import tblib
+
+            tb = tblib.Traceback.from_dict(deserialize(info["traceback"])).as_traceback()
+        except Exception:
+            tb = None
+    return exc, tb
+
+
+class FutureState:
+    """What is known of one key: shared by every Future of that key in a client."""
+
+    __slots__ = ("key", "status", "error", "type", "event", "callbacks", "__weakref__")
+
+    def __init__(self, key):
+        self.key = key
+        self.status = "pending"
+        self.error = None          # error record (dict) when status == "error"
+        self.type = None
+        self.event = threading.Event()
+        self.callbacks = []
+
+    def done(self):
+        return self.event.is_set()
+
+    def _finish(self, status):
+        self.status = status
+        self.event.set()
+        callbacks, self.callbacks = self.callbacks, []
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                logger.exception("error in a done callback of %r", self.key)
+
+    def finish(self, type=None):
+        self.type = type
+        self._finish("finished")
+
+    def fail(self, error):
+        self.error = error
+        self._finish("error")
+
+    def cancel(self):
+        self._finish("cancelled")
+
+    def lose(self, reason):
+        self.error = {"type": "SchedulerLost", "text": reason}
+        self._finish("lost")
+
+    def reset(self):
+        """The data was lost and is being computed again."""
+        self.status = "pending"
+        self.error = None
+        self.event.clear()
+
+    def add_callback(self, cb):
+        if self.event.is_set():
+            cb()
+        else:
+            self.callbacks.append(cb)
+            if self.event.is_set() and cb in self.callbacks:   # raced with _finish
+                self.callbacks.remove(cb)
+                cb()
+
+
+class Future:
+    """A remote result: ``f.result()``, ``f.done()``, ``f.cancel()``...
+
+    Futures may be passed to `Client.submit` before they finish; the task then waits
+    for them on the cluster, and their data never comes back to the client.
+    """
+
+    __slots__ = ("key", "client", "_state", "__weakref__")
+
+    def __init__(self, key, client, state=None, inform=False):
+        self.key = key
+        self.client = client
+        self._state = client._retain(key, state, inform)
+
+    @property
+    def status(self):
+        return self._state.status
+
+    def done(self):
+        return self._state.done()
+
+    def cancelled(self):
+        return self._state.status == "cancelled"
+
+    def _wait(self, timeout):
+        if not self._state.event.wait(timeout):
+            raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
+
+    def result(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+            status = self._state.status
+            if status == "finished":
+                try:
+                    return self.client._gather_keys([self.key], deadline)[self.key]
+                except _DataLost:
+                    continue          # recomputing: wait again
+            self._raise()
+
+    def _raise(self):
+        status = self._state.status
+        if status == "cancelled":
+            raise CancelledError(f"{self.key!r} was cancelled")
+        exc, tb = rebuild_error(self._state.error or {})
+        raise exc.with_traceback(tb)
+
+    def exception(self, timeout=None):
+        self._wait(timeout)
+        if self._state.status == "cancelled":
+            raise CancelledError(f"{self.key!r} was cancelled")
+        if self._state.status in ("error", "lost"):
+            return rebuild_error(self._state.error)[0]
+        return None
+
+    def traceback(self, timeout=None):
+        self._wait(timeout)
+        if self._state.status in ("error", "lost"):
+            return rebuild_error(self._state.error)[1]
+        return None
+
+    def cancel(self, force=False):
+        self.client.cancel([self], force=force)
+        return True
+
+    def add_done_callback(self, fn):
+        """Call ``fn(future)`` once the future is done (on the client's I/O thread)."""
+        ref = self
+
+        def cb():
+            try:
+                fn(ref)
+            except Exception:
+                logger.exception("error in done callback %r", fn)
+        self._state.add_callback(cb)
+
+    def release(self):
+        client, self.client = self.client, None
+        if client is not None:
+            client._release(self.key)
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    def __reduce__(self):
+        return _rebuild_future, (self.key,)
+
+    def __repr__(self):
+        typ = f", type: {self._state.type}" if self._state.type else ""
+        return f"<Future: {self.status}{typ}, key: {self.key!r}>"
+
+    def __hash__(self):
+        return hash(("dask-ipy-future", self.key))
+
+    def __eq__(self, other):
+        return isinstance(other, Future) and other.key == self.key
+
+    def __dask_tokenize__(self):
+        return ("dask-ipy-future", self.key)
+
+
+class _DataLost(Exception):
+    """Internal: a key in memory was gone when gathered; wait for its recomputation."""
+
+
+_unpickling = threading.local()
+
+
+def _rebuild_future(key):
+    from .client import default_client
+
+    client = getattr(_unpickling, "client", None) or default_client()
+    return Future(key, client, inform=True)
+
+
+# ---------------------------------------------------------------- wait, as_completed
+
+def wait(fs, timeout=None, return_when=ALL_COMPLETED):
+    """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``."""
+    fs = set(fs)
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(f"unknown return_when {return_when!r}")
+    cond = threading.Condition()
+
+    def is_error(f):
+        return f.status in ("error", "lost") if isinstance(f, Future) else \
+            (not f.cancelled() and f.exception() is not None)
+
+    def enough(done):
+        if len(done) == len(fs):
+            return True
+        if return_when == FIRST_COMPLETED:
+            return bool(done)
+        if return_when == FIRST_EXCEPTION:
+            return any(is_error(f) for f in done)
+        return False
+
+    def notify(*_):
+        with cond:
+            cond.notify_all()
+
+    for f in fs:
+        f.add_done_callback(notify)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with cond:
+        while True:
+            done = {f for f in fs if f.done()}
+            if enough(done):
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            cond.wait(remaining if remaining is not None else 1.0)
+    return cf._base.DoneAndNotDoneFutures(done, fs - done)
+
+
+class as_completed:
+    """Iterate over Futures as they finish; ``with_results=True`` yields
+    ``(future, result)``.  More futures can be added while iterating."""
+
+    def __init__(self, futures=(), with_results=False, raise_errors=True):
+        self.queue = queue.SimpleQueue()
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self.count = 0
+        self.lock = threading.Lock()
+        for f in futures:
+            self.add(f)
+
+    def add(self, future):
+        with self.lock:
+            self.count += 1
+        future.add_done_callback(self.queue.put)
+
+    def update(self, futures):
+        for f in futures:
+            self.add(f)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self.lock:
+            if self.count == 0:
+                raise StopIteration
+            self.count -= 1
+        f = self.queue.get()
+        if self.with_results:
+            try:
+                return f, f.result()
+            except Exception as e:
+                if self.raise_errors:
+                    raise
+                return f, e
+        return f
+
+    def next_batch(self, block=True):
+        batch = [next(self)]
+        while not self.queue.empty() and self.count:
+            batch.append(next(self))
+        return batch
+
+
+# ---------------------------------------------------------------- Executor
+
+class ClientExecutor(cf.Executor):
+    """A `concurrent.futures.Executor` on the cluster; its futures are genuine
+    `concurrent.futures.Future` objects, so the standard `wait` and `as_completed`
+    work on them."""
+
+    def __init__(self, client, **submit_kwargs):
+        self.client = client
+        self.submit_kwargs = submit_kwargs
+        self.futures = set()
+        self.lock = threading.Lock()
+        self.shut_down = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self.lock:
+            if self.shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        options = dict(self.submit_kwargs)
+        options.setdefault("pure", False)
+        remote = self.client.submit(fn, *args, **kwargs, **options)
+        local = cf.Future()
+        local.set_running_or_notify_cancel()
+        local._dask_ipy_remote = remote
+        with self.lock:
+            self.futures.add(local)
+
+        def settle(_):
+            with self.lock:
+                self.futures.discard(local)
+            if remote.status == "cancelled":
+                _cancel(local)
+                return
+            if remote.status != "finished":
+                exc, tb = rebuild_error(remote._state.error or {})
+                _set_exception(local, exc.with_traceback(tb))
+                return
+            self.client._gather_keys_async([remote.key], lambda r: _settle_gather(local, remote.key, r))
+        remote.add_done_callback(settle)
+        return local
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self.lock:
+            self.shut_down = True
+            pending = list(self.futures)
+        if cancel_futures:
+            remotes = [f._dask_ipy_remote for f in pending if not f.done()]
+            if remotes:
+                self.client.cancel(remotes)
+            for f in pending:
+                if not f.done():
+                    _cancel(f)
+        if wait:
+            cf.wait(pending)
+
+
+def _set_exception(local, exc):
+    if not local.done():
+        try:
+            local.set_exception(exc)
+        except cf.InvalidStateError:
+            pass
+
+
+def _cancel(local):
+    """Cancel a running concurrent.futures.Future (the remote task was cancelled)."""
+    with local._condition:
+        if local._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
+            return
+        local._state = cf._base.CANCELLED_AND_NOTIFIED
+        for waiter in local._waiters:
+            waiter.add_cancelled(local)
+        local._condition.notify_all()
+    local._invoke_callbacks()
+
+
+def _settle_gather(local, key, outcome):
+    kind, value = outcome
+    if local.done():
+        return
+    try:
+        if kind == "ok":
+            local.set_result(value[key])
+        else:
+            local.set_exception(value)
+    except cf.InvalidStateError:
+        pass

@@ -1,0 +1,1 @@
+"""The scheduler: a pure state machine (`state`) inside a ZeroMQ shell (`server`)."""

@@ -1,0 +1,213 @@
+"""The scheduler shell: two ROUTER sockets around a `SchedulerState`.
+
+    workers ──DEALER──▶ ROUTER address_to_workers ─┐
+                                                   ├─ IOLoop thread: loads, state, dumps
+    clients ──DEALER──▶ ROUTER address_to_clients ─┘
+
+Every received message is authenticated before it is decoded (`Session.loads`); a bad
+one is logged and dropped, and its sender hears nothing.  Task payloads are forwarded
+as opaque blobs: the scheduler never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import zmq
+
+from ..comm import IOLoop, advertised_host, bind_router, logger, new_id
+from ..protocol import ProtocolError, Session
+from ..security import Security, remove_connection_file, write_connection_file
+from .state import SchedulerState
+
+MONITOR_INTERVAL = 0.5
+
+
+class Scheduler:
+    """A scheduler listening for workers and clients.
+
+    >>> s = Scheduler()                      # 127.0.0.1, ports chosen by ZeroMQ
+    >>> s.address_to_workers, s.address_to_clients
+    """
+
+    def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
+                 security=None, connection_file=None, heartbeat_timeout=10.0,
+                 idle_timeout=None, allowed_failures=3, validate=False):
+        self.security = security or Security.temporary()
+        self.id = new_id("scheduler")
+        self.session = Session(self.security.key, self.id)
+        self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate)
+        self.heartbeat_timeout = heartbeat_timeout
+        self.idle_timeout = idle_timeout
+        self.started = time.time()
+        self.rejected = 0
+        self.bytes_received = 0
+        self.loop = IOLoop("dask-ipy-scheduler")
+        host = advertised_host(hostname)
+        self.worker_socket, port_to_workers = bind_router(
+            self.loop.context, self.security, hostname, port_to_workers)
+        self.client_socket, port_to_clients = bind_router(
+            self.loop.context, self.security, hostname, port_to_clients)
+        self.address_to_workers = f"tcp://{host}:{port_to_workers}"
+        self.address_to_clients = f"tcp://{host}:{port_to_clients}"
+        self.loop.add_socket(self.worker_socket, self._on_worker_frames)
+        self.loop.add_socket(self.client_socket, self._on_client_frames)
+        # A dead peer's connection closes at once: on each disconnect, find out which
+        # peers are gone by trying to reach them, instead of waiting for heartbeats.
+        for sock in (self.worker_socket, self.client_socket):
+            mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.loop.add_socket(mon, self._on_disconnect)
+        self.loop.add_flush(self._flush)
+        self.connection_file = write_connection_file(
+            {"address_to_workers": self.address_to_workers,
+             "address_to_clients": self.address_to_clients,
+             "id": self.id.decode(), "pid": os.getpid()},
+            self.security, connection_file)
+        self._idle_since = time.monotonic()
+        self.closed = threading.Event()
+        self.loop.call_later(1.0, self._check_heartbeats)
+        self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
+        self.loop.start()
+
+    def __repr__(self):
+        return (f"<Scheduler {self.address_to_clients} workers={len(self.state.workers)}"
+                f" clients={len(self.state.clients)}>")
+
+    # ---------------------------------------------------------------- receive
+
+    def _decode(self, frames):
+        peer = frames[0].bytes
+        self.bytes_received += sum(len(f.buffer) for f in frames)
+        try:
+            return peer, self.session.loads(frames[1:], sender=peer)
+        except ProtocolError as e:
+            self.rejected += 1
+            logger.warning("scheduler: rejected a message from %r: %s", peer[:32], e)
+            return peer, ()
+
+    def _on_worker_frames(self, frames):
+        wid, msgs = self._decode(frames)
+        now = time.time()
+        state = self.state
+        for msg in msgs:
+            op = msg.get("op")
+            if op == "register-worker":
+                state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
+                                 msg.get("name"), msg.get("host", ""), msg.get("pid"),
+                                 msg.get("memory_limit", 0), now=now)
+            elif op == "unregister":
+                state.remove_worker(wid, reason="worker closed", expected=True)
+            elif not state.handle_worker_message(wid, msg, now):
+                state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
+                break
+
+    def _on_disconnect(self, frames):
+        for wid in list(self.state.workers):
+            if not self._reachable(self.worker_socket, wid):
+                self.state.remove_worker(wid, reason="connection lost")
+        for cid in list(self.state.clients):
+            if not self._reachable(self.client_socket, cid):
+                self.state.remove_client(cid)
+
+    def _reachable(self, sock, ident):
+        try:
+            sock.send_multipart([ident] + self.session.dumps([{"op": "ping"}], to=ident))
+            return True
+        except zmq.ZMQError:
+            return False
+
+    def _on_client_frames(self, frames):
+        cid, msgs = self._decode(frames)
+        state = self.state
+        for msg in msgs:
+            op = msg.get("op")
+            if cid not in state.clients:
+                state.add_client(cid)
+            if op == "register-client":
+                state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
+                                        "address_to_workers": self.address_to_workers})
+            elif op == "close-client":
+                state.remove_client(cid)
+            elif op == "shutdown":
+                for ws in state.workers.values():
+                    state.send_worker(ws, {"op": "close"})
+                state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
+                                        "result": True})
+                self.loop.call_later(0.05, self._shutdown)
+            else:
+                state.handle_client_message(cid, msg)
+
+    # ---------------------------------------------------------------- send
+
+    def _flush(self):
+        out = self.state.take_messages()
+        if not out:
+            return
+        batches = {}
+        for kind, ident, msg in out:
+            batches.setdefault((kind, ident), []).append(msg)
+        for (kind, ident), msgs in batches.items():
+            sock = self.worker_socket if kind == "worker" else self.client_socket
+            try:
+                sock.send_multipart([ident] + self.session.dumps(msgs, to=ident),
+                                    copy=False)
+            except Exception as e:          # the peer is gone; its state goes too
+                logger.debug("scheduler: could not send to %r: %s", ident, e)
+
+    # ---------------------------------------------------------------- timers
+
+    def _check_heartbeats(self):
+        self.state.check_heartbeats(time.time(), self.heartbeat_timeout)
+        if self.idle_timeout is not None:
+            if self.state.workers or self.state.clients:
+                self._idle_since = time.monotonic()
+            elif time.monotonic() - self._idle_since > self.idle_timeout:
+                logger.info("scheduler: idle for %.0f s, closing", self.idle_timeout)
+                self._shutdown()
+                return
+        self.loop.call_later(0.5, self._check_heartbeats)
+
+    def _monitor_tick(self):
+        monitors = self.state.monitors()
+        if monitors:
+            snap = self.state.snapshot(time.time())
+            snap.update(op="monitor-snapshot", address=self.address_to_clients,
+                        uptime=time.time() - self.started)
+            for cid in monitors:
+                self.state.send_client(cid, snap)
+            self.state.trim_groups()
+        self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
+
+    # ---------------------------------------------------------------- life
+
+    def _shutdown(self):
+        self._flush()
+        self.loop.running = False
+
+    def close(self, timeout=5):
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        if self.loop.running and not self.loop.in_loop():
+            def bye():
+                for ws in self.state.workers.values():
+                    self.state.send_worker(ws, {"op": "scheduler-closing"})
+                self._shutdown()
+            self.loop.call_soon(bye)
+        self.loop.stop(timeout)
+        remove_connection_file(self.connection_file)
+
+    def wait(self, timeout=None):
+        """Block until the scheduler stops (shutdown by a client or idle timeout)."""
+        self.loop.stopped.wait(timeout)
+        if self.loop.stopped.is_set():
+            self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

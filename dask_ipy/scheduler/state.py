@@ -1,0 +1,1286 @@
+"""The scheduler's state machine: all task, worker and client state, and no I/O.
+
+Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
+`remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
+workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
+"client".  Nothing here touches a socket, a thread or a clock: time arrives as an
+argument.  User data and functions are `Serialized` blobs the scheduler forwards and
+never opens.
+
+Task states and what holds them::
+
+    released ──▶ waiting ──▶ queued ──▶ processing ──▶ memory
+        ▲          │           │  no-worker ─┘   │          │
+        └──────────┴───────────┴─────────────────┴─▶ erred  ▼
+                                                       forgotten (deleted)
+
+State, documented once:
+
+    tasks:      {key: TaskState}
+    workers:    {worker_id: WorkerState}      by_address: {address: WorkerState}
+    clients:    {client_id: ClientState}
+    queued:     heap of (priority, seq, TaskState); entries whose task has left the
+                "queued" state are skipped when popped
+    TaskState.dependencies: [TaskState]      .dependents: {TaskState}
+    TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
+    TaskState.waiters:      {TaskState}      dependents that still need this result
+    TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+    WorkerState.processing: {TaskState: estimated duration}
+    WorkerState.has_what:   {TaskState}
+
+Transitions are a table ``{(start, finish): method}``; each method returns
+recommendations ``{key: finish}`` which `transitions` applies until none remain.
+`validate()` checks the invariants; tests switch it on after every transition.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+
+from ..graph import key_prefix
+
+RELEASED = "released"
+WAITING = "waiting"
+QUEUED = "queued"
+NO_WORKER = "no-worker"
+PROCESSING = "processing"
+MEMORY = "memory"
+ERRED = "erred"
+FORGOTTEN = "forgotten"
+
+ALL_STATES = (RELEASED, WAITING, QUEUED, NO_WORKER, PROCESSING, MEMORY, ERRED)
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+class TaskGroup:
+    """Tasks sharing a key prefix: progress counts and a running duration estimate."""
+
+    __slots__ = ("name", "states", "total", "done", "erred", "duration", "nbytes",
+                 "seq")
+
+    def __init__(self, name, seq):
+        self.name = name
+        self.seq = seq
+        self.states = dict.fromkeys(ALL_STATES, 0)
+        self.total = 0          # tasks ever added to the group
+        self.done = 0           # tasks that reached memory (once each)
+        self.erred = 0
+        self.duration = None    # exponentially weighted mean, seconds
+        self.nbytes = 0
+
+    @property
+    def live(self):
+        return sum(self.states.values())
+
+    def add_duration(self, seconds):
+        if self.duration is None:
+            self.duration = seconds
+        else:
+            self.duration = 0.8 * self.duration + 0.2 * seconds
+
+
+class TaskState:
+    __slots__ = (
+        "key", "run_spec", "state", "priority", "group",
+        "dependencies", "dependents", "waiting_on", "waiters",
+        "who_has", "who_wants", "processing_on", "nbytes", "type",
+        "retries", "suspicious", "restrictions", "error", "done_once",
+    )
+
+    def __init__(self, key, run_spec, group):
+        self.key = key
+        self.run_spec = run_spec
+        self.state = RELEASED
+        self.priority = (0,)
+        self.group = group
+        self.dependencies = []
+        self.dependents = set()
+        self.waiting_on = set()
+        self.waiters = set()
+        self.who_has = set()
+        self.who_wants = set()
+        self.processing_on = None
+        self.nbytes = -1
+        self.type = None
+        self.retries = 0
+        self.suspicious = 0
+        self.restrictions = None     # frozenset of worker addresses, or None
+        self.error = None            # dict sent to clients when erred
+        self.done_once = False
+
+    def __repr__(self):
+        return f"<TaskState {self.key!r} {self.state}>"
+
+    def __lt__(self, other):         # heap ties
+        return self.priority < other.priority
+
+
+class WorkerState:
+    __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
+                 "processing", "executing", "has_what", "occupancy", "nbytes",
+                 "last_seen", "metrics", "since", "status")
+
+    def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
+                 memory_limit=0, now=0.0):
+        self.id = id
+        self.address = address
+        self.name = name if name is not None else address
+        self.host = host
+        self.pid = pid
+        self.nthreads = max(int(nthreads), 1)
+        self.memory_limit = memory_limit
+        self.processing = {}
+        self.executing = set()
+        self.has_what = set()
+        self.occupancy = 0.0
+        self.nbytes = 0
+        self.last_seen = now
+        self.since = now
+        self.metrics = {}
+        self.status = "running"
+
+    def __repr__(self):
+        return f"<WorkerState {self.address} processing={len(self.processing)}>"
+
+
+class ClientState:
+    __slots__ = ("id", "wants_what", "monitor")
+
+    def __init__(self, id):
+        self.id = id
+        self.wants_what = set()
+        self.monitor = False
+
+
+def error_info(kind, text, key):
+    """An error raised by the scheduler itself, sent as text: no pickles involved."""
+    return {"type": kind, "text": text, "key": key}
+
+
+class SchedulerState:
+    def __init__(self, *, allowed_failures=3, validate=False, bandwidth=100e6,
+                 default_duration=0.5, saturation=2.0, max_error_text=10_000):
+        self.tasks = {}
+        self.workers = {}
+        self.by_address = {}
+        self.clients = {}
+        self.groups = {}
+        self.queued = []
+        self.unrunnable = set()              # tasks in "no-worker"
+        self.datasets = {}                   # {name: {"data": Serialized, "keys": [...]}}
+        self.collections = {}                # {name: Serialized}
+        self.gathers = {}                    # {gather id: pending gather}
+        self.runs = {}                       # {run id: pending run}
+        self.scatters = {}                   # {key: pending scatter}
+        self.errors = deque(maxlen=20)       # latest errors for monitors
+        self.outbox = []
+        self.allowed_failures = allowed_failures
+        self.bandwidth = bandwidth
+        self.default_duration = default_duration
+        self.saturation = saturation
+        self.max_error_text = max_error_text
+        self.validating = validate
+        self.generation = 0
+        self.transition_count = 0
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._transitions = {
+            (RELEASED, WAITING): self._released_waiting,
+            (RELEASED, FORGOTTEN): self._released_forgotten,
+            (RELEASED, ERRED): self._released_erred,
+            (RELEASED, MEMORY): self._released_memory,
+            (WAITING, PROCESSING): self._waiting_processing,
+            (WAITING, RELEASED): self._waiting_released,
+            (WAITING, MEMORY): self._waiting_memory,
+            (WAITING, ERRED): self._any_erred,
+            (QUEUED, PROCESSING): self._queued_processing,
+            (QUEUED, RELEASED): self._queued_released,
+            (QUEUED, ERRED): self._any_erred,
+            (NO_WORKER, WAITING): self._no_worker_waiting,
+            (NO_WORKER, RELEASED): self._no_worker_released,
+            (NO_WORKER, ERRED): self._any_erred,
+            (PROCESSING, MEMORY): self._processing_memory,
+            (PROCESSING, RELEASED): self._processing_released,
+            (PROCESSING, ERRED): self._processing_erred,
+            (MEMORY, RELEASED): self._memory_released,
+            (ERRED, RELEASED): self._erred_released,
+        }
+
+    # ------------------------------------------------------------------ plumbing
+
+    def send_worker(self, ws, msg):
+        self.outbox.append(("worker", ws.id, msg))
+
+    def send_client(self, cid, msg):
+        if cid in self.clients:
+            self.outbox.append(("client", cid, msg))
+
+    def take_messages(self):
+        out, self.outbox = self.outbox, []
+        return out
+
+    def _group(self, key):
+        name = key_prefix(key)
+        tg = self.groups.get(name)
+        if tg is None:
+            tg = self.groups[name] = TaskGroup(name, next(self._seq))
+        return tg
+
+    def _new_task(self, key, run_spec):
+        tg = self._group(key)
+        ts = self.tasks[key] = TaskState(key, run_spec, tg)
+        tg.total += 1
+        tg.states[RELEASED] += 1
+        return ts
+
+    # -------------------------------------------------------------- transitions
+
+    def transitions(self, recommendations):
+        """Apply recommendations ``{key: state}`` until the system is steady."""
+        recs = dict(recommendations)
+        while recs:
+            key, finish = recs.popitem()
+            ts = self.tasks.get(key)
+            if ts is None or ts.state == finish:
+                continue
+            more = self._transition(ts, finish)
+            if more:
+                recs.update(more)
+        if self.validating:
+            self.validate()
+
+    def _transition(self, ts, finish):
+        start = ts.state
+        func = self._transitions.get((start, finish))
+        if func is None:
+            # Anything else goes through "released", whose recommendations then
+            # decide between computing again and forgetting.
+            func = self._transitions.get((start, RELEASED))
+            if func is None:
+                raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
+        self.transition_count += 1
+        return func(ts)
+
+    def _set_state(self, ts, state):
+        counts = ts.group.states
+        counts[ts.state] -= 1
+        if state != FORGOTTEN:
+            counts[state] += 1
+        ts.state = state
+
+    # released -> ...
+
+    def _released_waiting(self, ts):
+        recs = {}
+        if ts.run_spec is None:
+            return {ts.key: ERRED} if self._lost(ts) else {ts.key: FORGOTTEN}
+        self._set_state(ts, WAITING)
+        for dep in ts.dependencies:
+            if dep.state == ERRED:
+                ts.error = dep.error
+                return {ts.key: ERRED}
+        for dep in ts.dependencies:
+            dep.waiters.add(ts)
+            if dep.state != MEMORY:
+                ts.waiting_on.add(dep)
+                if dep.state == RELEASED:
+                    recs[dep.key] = WAITING
+        if not ts.waiting_on:
+            recs[ts.key] = PROCESSING
+        return recs
+
+    def _lost(self, ts):
+        """A task with no recipe whose data is gone (scattered data on a dead worker)."""
+        ts.error = error_info(
+            "KeyError", f"data of {ts.key!r} was lost with its worker and cannot be "
+            "recomputed (it was scattered, not computed)", ts.key)
+        return True
+
+    def _released_forgotten(self, ts):
+        if ts.who_wants or ts.waiters or any(d.state != FORGOTTEN for d in ts.dependents):
+            return {}
+        recs = {}
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+            dep.waiters.discard(ts)
+            if not dep.dependents and not dep.who_wants and dep.state in (RELEASED, ERRED):
+                recs[dep.key] = FORGOTTEN
+        self._set_state(ts, FORGOTTEN)
+        del self.tasks[ts.key]
+        return recs
+
+    def _released_erred(self, ts):
+        return self._any_erred(ts)
+
+    def _released_memory(self, ts):
+        # Only reached through add-keys (scatter) for a key that was released.
+        self._set_state(ts, MEMORY)
+        return {}
+
+    # waiting -> ...
+
+    def _waiting_processing(self, ts):
+        if ts.waiting_on:
+            return {}
+        if not self.workers:
+            self._set_state(ts, NO_WORKER)
+            self.unrunnable.add(ts)
+            return {}
+        if not ts.dependencies and ts.restrictions is None:
+            # Root tasks wait in a queue and are handed out as workers free up, so a
+            # huge map never floods the workers' memory, and siblings stay together.
+            ws = self._worker_with_room()
+            if ws is None or self.queued:
+                self._set_state(ts, QUEUED)
+                heapq.heappush(self.queued, (ts.priority, next(self._seq), ts))
+                return {}
+        else:
+            ws = self.decide_worker(ts)
+            if ws is None:
+                self._set_state(ts, NO_WORKER)
+                self.unrunnable.add(ts)
+                return {}
+        self._assign(ts, ws)
+        return {}
+
+    def _waiting_released(self, ts):
+        for dep in ts.dependencies:
+            dep.waiters.discard(ts)
+        ts.waiting_on.clear()
+        self._set_state(ts, RELEASED)
+        return self._release_recs(ts)
+
+    def _waiting_memory(self, ts):
+        # Data arrived (scatter) for a key that was waiting to be computed.
+        for dep in ts.dependencies:
+            dep.waiters.discard(ts)
+        ts.waiting_on.clear()
+        self._set_state(ts, MEMORY)
+        return self._after_memory(ts)
+
+    def _queued_processing(self, ts):
+        return self._waiting_processing_from(ts)
+
+    def _waiting_processing_from(self, ts):
+        self._set_state(ts, WAITING)
+        return self._waiting_processing(ts)
+
+    def _queued_released(self, ts):
+        self._set_state(ts, RELEASED)        # the heap entry is skipped when popped
+        return self._release_recs(ts)
+
+    def _no_worker_waiting(self, ts):
+        self.unrunnable.discard(ts)
+        self._set_state(ts, WAITING)
+        return {ts.key: PROCESSING}
+
+    def _no_worker_released(self, ts):
+        self.unrunnable.discard(ts)
+        self._set_state(ts, RELEASED)
+        return self._release_recs(ts)
+
+    # processing -> ...
+
+    def _processing_memory(self, ts):
+        # The caller has set ts.who_has / nbytes; here the bookkeeping.
+        self._unassign(ts)
+        self._set_state(ts, MEMORY)
+        if not ts.done_once:
+            ts.done_once = True
+            ts.group.done += 1
+        return self._after_memory(ts)
+
+    def _after_memory(self, ts):
+        recs = {}
+        for dts in ts.waiters:
+            dts.waiting_on.discard(ts)
+            if not dts.waiting_on and dts.state == WAITING:
+                recs[dts.key] = PROCESSING
+        for dep in ts.dependencies:
+            dep.waiters.discard(ts)
+            if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
+                recs[dep.key] = RELEASED
+        for cid in ts.who_wants:
+            self.send_client(cid, {"op": "key-in-memory", "key": ts.key,
+                                   "type": ts.type, "nbytes": ts.nbytes})
+        if not ts.waiters and not ts.who_wants:
+            recs[ts.key] = FORGOTTEN
+        return recs
+
+    def _processing_released(self, ts):
+        ws = ts.processing_on
+        self._unassign(ts)
+        if ws is not None and ws.id in self.workers:
+            self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
+        for dep in ts.dependencies:
+            dep.waiters.discard(ts)
+        self._set_state(ts, RELEASED)
+        return self._release_recs(ts)
+
+    def _processing_erred(self, ts):
+        self._unassign(ts)
+        return self._any_erred(ts)
+
+    def _any_erred(self, ts):
+        if ts.state == NO_WORKER:
+            self.unrunnable.discard(ts)
+        for dep in ts.dependencies:
+            dep.waiters.discard(ts)
+        ts.waiting_on.clear()
+        self._set_state(ts, ERRED)
+        ts.group.erred += 1
+        recs = {}
+        for dts in ts.dependents:
+            if dts.state in (WAITING, QUEUED, NO_WORKER, RELEASED) and dts.key in self.tasks:
+                if dts.state != RELEASED or dts.who_wants:
+                    dts.error = ts.error
+                    recs[dts.key] = ERRED
+        for dts in ts.waiters:
+            if dts.state == PROCESSING:
+                dts.error = ts.error
+                recs[dts.key] = ERRED
+        ts.waiters.clear()
+        for dep in ts.dependencies:
+            if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
+                recs[dep.key] = RELEASED
+        if ts.error and ts.error.get("origin", ts.key) == ts.key:
+            self.errors.append({"key": ts.key, "group": ts.group.name,
+                                "type": ts.error.get("type"),
+                                "text": ts.error.get("text", "")})
+        for cid in ts.who_wants:
+            self.send_client(cid, {"op": "task-erred", "key": ts.key, **ts.error})
+        return recs
+
+    # memory / erred -> released
+
+    def _memory_released(self, ts):
+        recs = {}
+        for dts in ts.waiters:
+            # A dependent already sent to a worker can no longer fetch this result.
+            if dts.state == PROCESSING:
+                recs[dts.key] = RELEASED
+        for ws in ts.who_has:
+            ws.has_what.discard(ts)
+            ws.nbytes -= max(ts.nbytes, 0)
+            self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
+        ts.who_has.clear()
+        self._set_state(ts, RELEASED)
+        recs.update(self._release_recs(ts))
+        return recs
+
+    def _erred_released(self, ts):
+        ts.error = None
+        self._set_state(ts, RELEASED)
+        return self._release_recs(ts)
+
+    def _release_recs(self, ts):
+        """After a task is released: compute it again if still needed, else forget."""
+        if ts.who_wants or any(w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER)
+                               for w in ts.waiters):
+            return {ts.key: WAITING}
+        return {ts.key: FORGOTTEN}
+
+    # ------------------------------------------------------------ placement
+
+    def _room(self, ws):
+        return ws.nthreads + max(1, math.ceil(ws.nthreads * self.saturation)) - len(ws.processing)
+
+    def _worker_with_room(self):
+        best = None
+        best_room = 0
+        for ws in self.workers.values():
+            if ws.status != "running":
+                continue
+            room = self._room(ws)
+            if room > best_room:
+                best, best_room = ws, room
+        return best
+
+    def _duration(self, ts):
+        d = ts.group.duration
+        return self.default_duration if d is None else d
+
+    def _valid_workers(self, ts):
+        running = [ws for ws in self.workers.values() if ws.status == "running"]
+        if ts.restrictions is None:
+            return running
+        return [ws for ws in running
+                if ws.address in ts.restrictions or ws.name in ts.restrictions
+                or ws.host in ts.restrictions]
+
+    def decide_worker(self, ts):
+        """The worker where the task can start soonest: queued work plus transfers."""
+        valid = self._valid_workers(ts)
+        if not valid:
+            return None
+        if len(valid) > 20 and ts.dependencies:
+            holders = {ws for dep in ts.dependencies for ws in dep.who_has}
+            near = [ws for ws in valid if ws in holders]
+            if near:
+                valid = near + [min(valid, key=lambda w: w.occupancy / w.nthreads)]
+        deps = ts.dependencies
+        bandwidth = self.bandwidth
+
+        def start_time(ws):
+            missing = 0
+            for dep in deps:
+                if ws not in dep.who_has:
+                    missing += max(dep.nbytes, 0)
+            return (ws.occupancy / ws.nthreads + missing / bandwidth,
+                    len(ws.processing), ws.address)
+
+        return min(valid, key=start_time)
+
+    def _assign(self, ts, ws):
+        duration = self._duration(ts)
+        ts.processing_on = ws
+        ws.processing[ts] = duration
+        ws.occupancy += duration
+        self._set_state(ts, PROCESSING)
+        msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec,
+               "priority": ts.priority}
+        if ts.dependencies:
+            msg["who_has"] = {dep.key: [w.address for w in dep.who_has]
+                              for dep in ts.dependencies}
+            msg["nbytes"] = {dep.key: dep.nbytes for dep in ts.dependencies}
+        self.send_worker(ws, msg)
+
+    def _unassign(self, ts):
+        ws = ts.processing_on
+        if ws is not None:
+            duration = ws.processing.pop(ts, 0.0)
+            ws.occupancy = max(ws.occupancy - duration, 0.0)
+            ws.executing.discard(ts)
+            ts.processing_on = None
+
+    def fill_workers(self):
+        """Hand queued root tasks to workers with room, siblings together."""
+        recs = {}
+        if self.queued:
+            for ws in sorted(self.workers.values(), key=lambda w: len(w.processing)):
+                if ws.status != "running":
+                    continue
+                room = self._room(ws)
+                while room > 0 and self.queued:
+                    _, _, ts = heapq.heappop(self.queued)
+                    if ts.state != QUEUED:
+                        continue
+                    self._set_state(ts, WAITING)
+                    self._assign(ts, ws)
+                    room -= 1
+        if self.unrunnable and self.workers:
+            for ts in list(self.unrunnable):
+                recs[ts.key] = WAITING
+        if recs:
+            self.transitions(recs)
+
+    # ------------------------------------------------------------ graph intake
+
+    def update_graph(self, client, tasks, keys, priorities=None, user_priority=0,
+                     retries=0, restrictions=None):
+        """Add tasks ``{key: (run_spec, dependencies)}`` wanted as ``keys`` by client.
+
+        Dependencies must be keys of ``tasks`` or keys the scheduler already has;
+        tasks that need anything else err with a missing-dependency error.
+        """
+        self.generation += 1
+        priorities = priorities or {}
+        restrictions = restrictions or {}
+        new = []
+        for key, (run_spec, deps) in tasks.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self._new_task(key, run_spec)
+                new.append((ts, deps))
+            elif ts.run_spec is None and run_spec is not None:
+                ts.run_spec = run_spec
+                if ts.state != MEMORY:
+                    new.append((ts, deps))
+        recs = {}
+        for ts, deps in new:
+            ts.priority = (-user_priority, self.generation, priorities.get(ts.key, 0))
+            ts.retries = retries.get(ts.key, 0) if isinstance(retries, dict) else retries
+            r = restrictions.get(ts.key)
+            ts.restrictions = frozenset(r) if r else None
+            missing = []
+            for dkey in deps:
+                dts = self.tasks.get(dkey)
+                if dts is None:
+                    missing.append(dkey)
+                    continue
+                ts.dependencies.append(dts)
+                dts.dependents.add(ts)
+            if missing:
+                ts.error = error_info(
+                    "MissingDependency",
+                    f"task {ts.key!r} depends on {missing!r}, which the scheduler "
+                    "does not have", ts.key)
+                recs[ts.key] = ERRED
+        client_state = self.clients.get(client)
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            ts.who_wants.add(client)
+            if client_state is not None:
+                client_state.wants_what.add(ts)
+            if ts.state == MEMORY:
+                self.send_client(client, {"op": "key-in-memory", "key": key,
+                                          "type": ts.type, "nbytes": ts.nbytes})
+            elif ts.state == ERRED:
+                self.send_client(client, {"op": "task-erred", "key": key, **ts.error})
+        for ts, _ in new:
+            if ts.key not in recs and ts.state == RELEASED:
+                recs[ts.key] = WAITING
+        # Wanted tasks that exist but were released earlier are needed again.
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == RELEASED and key not in recs:
+                recs[key] = WAITING
+        self.transitions(recs)
+        self.fill_workers()
+
+    # ------------------------------------------------------------ workers
+
+    def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
+                   memory_limit=0, keys=(), now=0.0):
+        if wid in self.workers:
+            return self.workers[wid]
+        old = self.by_address.get(address)
+        if old is not None:                  # same address, new incarnation
+            self.remove_worker(old.id, reason="replaced by a new worker")
+        ws = WorkerState(wid, address, nthreads, name, host, pid, memory_limit, now)
+        self.workers[wid] = ws
+        self.by_address[address] = ws
+        self.send_worker(ws, {"op": "registered"})
+        if keys:
+            self.send_worker(ws, {"op": "free-keys", "keys": list(keys)})
+        self.fill_workers()
+        return ws
+
+    def remove_worker(self, wid, reason="", expected=False):
+        ws = self.workers.pop(wid, None)
+        if ws is None:
+            return None
+        self.by_address.pop(ws.address, None)
+        recs = {}
+        suspects = ws.executing or set(ws.processing)
+        for ts in list(ws.processing):
+            if not expected and ts in suspects:
+                ts.suspicious += 1
+                if ts.suspicious >= self.allowed_failures:
+                    ts.error = error_info(
+                        "KilledWorker",
+                        f"task {ts.key!r} was running on {ts.suspicious} workers "
+                        f"that died (last: {ws.address}: {reason})", ts.key)
+                    recs[ts.key] = ERRED
+                    continue
+            recs[ts.key] = RELEASED
+        for ts in ws.has_what:
+            ts.who_has.discard(ws)
+            if not ts.who_has and ts.state == MEMORY:
+                recs[ts.key] = RELEASED
+        ws.has_what = set()
+        ws.processing = {}
+        ws.status = "closed"
+        for other in self.workers.values():
+            # Peers fail their fetches from it now rather than after a timeout.
+            self.send_worker(other, {"op": "worker-removed", "address": ws.address})
+        for gid, g in list(self.gathers.items()):
+            if wid in g["pending"]:
+                self._gather_worker_failed(gid, wid)
+        for rid, r in list(self.runs.items()):
+            if wid in r["pending"]:
+                r["pending"].discard(wid)
+                r["results"][ws.address] = {"status": "error",
+                                            "text": f"worker died: {reason}"}
+                self._maybe_finish_run(rid)
+        for key, sc in list(self.scatters.items()):
+            sc["pending"].discard(wid)
+            if not sc["pending"] and not sc["acked"]:
+                self._scatter_failed(key)
+        self.transitions(recs)
+        self.fill_workers()
+        return ws
+
+    def check_heartbeats(self, now, timeout):
+        """Remove workers silent for longer than ``timeout`` seconds."""
+        for ws in list(self.workers.values()):
+            if now - ws.last_seen > timeout:
+                self.remove_worker(ws.id, reason=f"no heartbeat for {now - ws.last_seen:.1f} s")
+
+    def handle_worker_message(self, wid, msg, now=0.0):
+        ws = self.workers.get(wid)
+        if ws is None:
+            return False          # unknown or removed worker: the shell tells it
+        ws.last_seen = now
+        op = msg["op"]
+        handler = self._worker_handlers.get(op)
+        if handler is None:
+            return True
+        handler(self, ws, msg)
+        return True
+
+    def _on_heartbeat(self, ws, msg):
+        ws.metrics = msg.get("metrics", {})
+
+    def _on_task_started(self, ws, msg):
+        ts = self.tasks.get(msg["key"])
+        if ts is not None and ts.processing_on is ws:
+            ws.executing.add(ts)
+
+    def _on_task_finished(self, ws, msg):
+        ts = self.tasks.get(msg["key"])
+        if ts is None or ts.processing_on is not ws:
+            # Stale: cancelled, or rerouted elsewhere.  Keep the data only if useful.
+            if ts is not None and ts.state == MEMORY and ws not in ts.who_has:
+                self._add_replica(ts, ws)
+            else:
+                self.send_worker(ws, {"op": "free-keys", "keys": [msg["key"]]})
+            return
+        ts.nbytes = msg.get("nbytes", 0)
+        ts.type = msg.get("type")
+        if "duration" in msg:
+            ts.group.add_duration(msg["duration"])
+        self._add_replica(ts, ws)
+        self.transitions({ts.key: MEMORY})
+        self.fill_workers()
+
+    def _add_replica(self, ts, ws):
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what.add(ts)
+            ws.nbytes += max(ts.nbytes, 0)
+
+    def _on_task_erred(self, ws, msg):
+        ts = self.tasks.get(msg["key"])
+        if ts is None or ts.processing_on is not ws:
+            return
+        if ts.retries > 0:
+            ts.retries -= 1
+            self.transitions({ts.key: RELEASED})
+            if ts.key in self.tasks and ts.state == RELEASED:
+                self.transitions({ts.key: WAITING})
+            self.fill_workers()
+            return
+        text = msg.get("text", "")
+        if len(text) > self.max_error_text:
+            text = text[: self.max_error_text] + "... (truncated)"
+        tb = msg.get("traceback_text", "")
+        if len(tb) > self.max_error_text:
+            tb = "... (truncated)" + tb[-self.max_error_text:]
+        ts.error = {"type": msg.get("type", "Exception"), "text": text,
+                    "exception": msg.get("exception"), "traceback": msg.get("traceback"),
+                    "traceback_text": tb, "origin": ts.key, "worker": ws.address}
+        self.transitions({ts.key: ERRED})
+        self.fill_workers()
+
+    def _on_missing_data(self, ws, msg):
+        """A worker could not get ``dep`` from ``holder``: that replica is gone."""
+        dts = self.tasks.get(msg["dep"])
+        holder = self.by_address.get(msg.get("holder"))
+        if dts is None:
+            return
+        if holder is not None and holder in dts.who_has:
+            dts.who_has.discard(holder)
+            holder.has_what.discard(dts)
+            holder.nbytes -= max(dts.nbytes, 0)
+        ts = self.tasks.get(msg.get("key"))
+        recs = {}
+        if dts.state == MEMORY and not dts.who_has:
+            recs[dts.key] = RELEASED
+        if ts is not None and ts.state == PROCESSING and ts.processing_on is ws:
+            if dts.who_has:
+                # Tell the worker where else the data lives.
+                self.send_worker(ws, {"op": "who-has", "who_has": {
+                    dts.key: [w.address for w in dts.who_has]}})
+            else:
+                recs[ts.key] = RELEASED
+        self.transitions(recs)
+        self.fill_workers()
+
+    def _on_add_keys(self, ws, msg):
+        """Data was put on a worker (scatter) or replicated to it."""
+        for key, nbytes, typ in msg["keys"]:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self.send_worker(ws, {"op": "free-keys", "keys": [key]})
+                continue
+            ts.nbytes = nbytes
+            ts.type = typ
+            self._add_replica(ts, ws)
+            sc = self.scatters.get(key)
+            if sc is not None:
+                sc["pending"].discard(ws.id)
+                sc["acked"] = True
+                if not sc["pending"]:
+                    del self.scatters[key]
+                    self.send_client(sc["client"], {"op": "scattered",
+                                                    "request_id": sc["request_id"],
+                                                    "key": key})
+            if ts.state != MEMORY:
+                if ts.state == PROCESSING:
+                    self._unassign(ts)
+                    self._set_state(ts, WAITING)
+                if ts.state in (QUEUED, NO_WORKER):
+                    self.unrunnable.discard(ts)
+                    self._set_state(ts, WAITING)
+                self.transitions({ts.key: MEMORY})
+        self.fill_workers()
+
+    def _on_release_worker_data(self, ws, msg):
+        for key in msg["keys"]:
+            ts = self.tasks.get(key)
+            if ts is not None and ws in ts.who_has:
+                ts.who_has.discard(ws)
+                ws.has_what.discard(ts)
+                ws.nbytes -= max(ts.nbytes, 0)
+                if not ts.who_has and ts.state == MEMORY:
+                    self.transitions({key: RELEASED})
+
+    def _on_data(self, ws, msg):
+        gid = msg["request_id"]
+        g = self.gathers.get(gid)
+        if g is None:
+            return
+        g["pending"].discard(ws.id)
+        g["data"].update(msg.get("data", {}))
+        g["errors"].update(msg.get("errors", {}))
+        missing = msg.get("missing", ())
+        for key in missing:
+            ts = self.tasks.get(key)
+            if ts is not None and ws in ts.who_has:
+                ts.who_has.discard(ws)
+                ws.has_what.discard(ts)
+                if not ts.who_has and ts.state == MEMORY:
+                    self.transitions({key: RELEASED})
+        g["missing"].extend(missing)
+        self._maybe_finish_gather(gid)
+
+    def _on_run_result(self, ws, msg):
+        r = self.runs.get(msg["request_id"])
+        if r is None:
+            return
+        r["pending"].discard(ws.id)
+        r["results"][ws.address] = {k: v for k, v in msg.items()
+                                    if k not in ("op", "request_id")}
+        self._maybe_finish_run(msg["request_id"])
+
+    _worker_handlers = {
+        "heartbeat": _on_heartbeat,
+        "task-started": _on_task_started,
+        "task-finished": _on_task_finished,
+        "task-erred": _on_task_erred,
+        "missing-data": _on_missing_data,
+        "add-keys": _on_add_keys,
+        "release-worker-data": _on_release_worker_data,
+        "data": _on_data,
+        "run-result": _on_run_result,
+    }
+
+    # ------------------------------------------------------------ clients
+
+    def add_client(self, cid):
+        if cid not in self.clients:
+            self.clients[cid] = ClientState(cid)
+        return self.clients[cid]
+
+    def remove_client(self, cid):
+        cs = self.clients.pop(cid, None)
+        if cs is None:
+            return
+        self._release_keys(cid, [ts.key for ts in cs.wants_what])
+
+    def _release_keys(self, cid, keys):
+        recs = {}
+        cs = self.clients.get(cid)
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            ts.who_wants.discard(cid)
+            if cs is not None:
+                cs.wants_what.discard(ts)
+            if not ts.who_wants and not ts.waiters:
+                recs[key] = FORGOTTEN
+        self.transitions(recs)
+        self.fill_workers()
+
+    def desire_keys(self, cid, keys):
+        cs = self.clients.get(cid)
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            ts.who_wants.add(cid)
+            if cs is not None:
+                cs.wants_what.add(ts)
+
+    def handle_client_message(self, cid, msg):
+        handler = self._client_handlers.get(msg["op"])
+        if handler is not None:
+            handler(self, cid, msg)
+
+    def _on_update_graph(self, cid, msg):
+        tasks = {key: (spec, deps) for key, spec, deps in msg["tasks"]}
+        self.update_graph(cid, tasks, msg.get("keys", ()), msg.get("priorities"),
+                          msg.get("user_priority", 0), msg.get("retries", 0),
+                          msg.get("restrictions"))
+
+    def _on_client_releases_keys(self, cid, msg):
+        self._release_keys(cid, msg["keys"])
+
+    def _on_client_desires_keys(self, cid, msg):
+        self.desire_keys(cid, msg["keys"])
+        for key in msg["keys"]:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self.send_client(cid, {"op": "task-erred", "key": key,
+                                       **error_info("KeyError", f"no task {key!r} on the "
+                                                    "scheduler", key)})
+            elif ts.state == MEMORY:
+                self.send_client(cid, {"op": "key-in-memory", "key": key,
+                                       "type": ts.type, "nbytes": ts.nbytes})
+            elif ts.state == ERRED:
+                self.send_client(cid, {"op": "task-erred", "key": key, **ts.error})
+
+    def _on_cancel(self, cid, msg):
+        recs = {}
+        for key in msg["keys"]:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            wanters = [cid] if not msg.get("force") else list(ts.who_wants)
+            for c in wanters:
+                ts.who_wants.discard(c)
+                cs = self.clients.get(c)
+                if cs is not None:
+                    cs.wants_what.discard(ts)
+                self.send_client(c, {"op": "cancelled", "key": key})
+            if not ts.who_wants:
+                # Dependents that were only there for this key go too.
+                recs[key] = RELEASED if ts.state != FORGOTTEN else FORGOTTEN
+        self.transitions(recs)
+        for key in recs:
+            ts = self.tasks.get(key)
+            if ts is not None and not ts.who_wants and not ts.waiters:
+                self.transitions({key: FORGOTTEN})
+        self.fill_workers()
+
+    def _on_gather(self, cid, msg):
+        gid = next(self._ids)
+        g = self.gathers[gid] = {"client": cid, "request_id": msg["request_id"],
+                                 "pending": set(), "data": {}, "missing": [], "errors": {},
+                                 "keys": list(msg["keys"]), "tries": 0}
+        self._start_gather(gid, msg["keys"])
+
+    def _start_gather(self, gid, keys):
+        g = self.gathers[gid]
+        by_worker = {}
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != MEMORY or not ts.who_has:
+                g["missing"].append(key)
+                continue
+            ws = min(ts.who_has, key=lambda w: len(w.processing))
+            by_worker.setdefault(ws, []).append(key)
+        for ws, wkeys in by_worker.items():
+            g["pending"].add(ws.id)
+            self.send_worker(ws, {"op": "send-data", "keys": wkeys, "request_id": gid})
+        self._maybe_finish_gather(gid)
+
+    def _gather_worker_failed(self, gid, wid):
+        g = self.gathers[gid]
+        g["pending"].discard(wid)
+        # Keys that worker was to send are retried where replicas remain, or missing.
+        wanted = [k for k in g["keys"] if k not in g["data"] and k not in g["missing"]]
+        pending_elsewhere = set()
+        for key in wanted:
+            ts = self.tasks.get(key)
+            if ts is not None:
+                for ws in ts.who_has:
+                    if ws.id in g["pending"]:
+                        pending_elsewhere.add(key)
+        retry = [k for k in wanted if k not in pending_elsewhere]
+        if retry:
+            self._start_gather(gid, retry)
+        else:
+            self._maybe_finish_gather(gid)
+
+    def _maybe_finish_gather(self, gid):
+        g = self.gathers.get(gid)
+        if g is None or g["pending"]:
+            return
+        del self.gathers[gid]
+        self.send_client(g["client"], {"op": "gather-result",
+                                       "request_id": g["request_id"],
+                                       "data": g["data"], "missing": g["missing"],
+                                       "errors": g["errors"]})
+
+    def _on_scatter(self, cid, msg):
+        """Put client data on workers; the client hears back once a worker holds it."""
+        running = [ws for ws in self.workers.values() if ws.status == "running"]
+        allowed = msg.get("workers")
+        if allowed:
+            running = [ws for ws in running if ws.address in allowed or ws.name in allowed]
+        if not running:
+            self.send_client(cid, {"op": "scatter-failed", "request_id": msg["request_id"],
+                                   "text": "no workers available to hold scattered data"})
+            return
+        data = msg["data"]
+        per_worker = {}
+        ordered = sorted(running, key=lambda w: (w.nbytes, len(w.has_what)))
+        for i, (key, value) in enumerate(data.items()):
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self._new_task(key, None)
+            ts.who_wants.add(cid)
+            cs = self.clients.get(cid)
+            if cs is not None:
+                cs.wants_what.add(ts)
+            if ts.state == MEMORY:
+                self.send_client(cid, {"op": "scattered", "request_id": msg["request_id"],
+                                       "key": key})
+                continue
+            targets = running if msg.get("broadcast") else [ordered[i % len(ordered)]]
+            self.scatters[key] = {"client": cid, "request_id": msg["request_id"],
+                                  "pending": {ws.id for ws in targets}, "acked": False}
+            for ws in targets:
+                per_worker.setdefault(ws, {})[key] = value
+        for ws, wdata in per_worker.items():
+            self.send_worker(ws, {"op": "put-data", "data": wdata})
+
+    def _scatter_failed(self, key):
+        sc = self.scatters.pop(key)
+        self.send_client(sc["client"], {"op": "scatter-failed",
+                                        "request_id": sc["request_id"],
+                                        "text": f"the worker receiving {key!r} died"})
+
+    def _on_run(self, cid, msg):
+        rid = next(self._ids)
+        targets = [ws for ws in self.workers.values() if ws.status == "running"]
+        allowed = msg.get("workers")
+        if allowed:
+            targets = [ws for ws in targets
+                       if ws.address in allowed or ws.name in allowed or ws.id in allowed]
+        self.runs[rid] = {"client": cid, "request_id": msg["request_id"],
+                          "pending": {ws.id for ws in targets}, "results": {}}
+        for ws in targets:
+            self.send_worker(ws, {"op": "run", "function": msg["function"],
+                                  "request_id": rid})
+        self._maybe_finish_run(rid)
+
+    def _maybe_finish_run(self, rid):
+        r = self.runs.get(rid)
+        if r is None or r["pending"]:
+            return
+        del self.runs[rid]
+        self.send_client(r["client"], {"op": "run-result", "request_id": r["request_id"],
+                                       "results": r["results"]})
+
+    def _reply(self, cid, msg, result):
+        self.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
+                               "result": result})
+
+    def _on_info(self, cid, msg):
+        what = msg["what"]
+        if what == "scheduler-info":
+            result = self.info()
+        elif what == "who-has":
+            keys = msg.get("keys") or list(self.tasks)
+            result = {k: [ws.address for ws in self.tasks[k].who_has]
+                      for k in keys if k in self.tasks}
+        elif what == "has-what":
+            result = {ws.address: [ts.key for ts in ws.has_what]
+                      for ws in self.workers.values()}
+        elif what == "nthreads":
+            result = {ws.address: ws.nthreads for ws in self.workers.values()}
+        elif what == "list-collections":
+            result = sorted(self.collections)
+        elif what == "list-datasets":
+            result = sorted(self.datasets)
+        elif what == "get-collection":
+            result = self.collections.get(msg["name"])
+        elif what == "get-dataset":
+            d = self.datasets.get(msg["name"])
+            result = None if d is None else d["data"]
+        elif what == "task-states":
+            keys = msg.get("keys") or list(self.tasks)
+            result = {k: self.tasks[k].state for k in keys if k in self.tasks}
+        else:
+            result = None
+        self._reply(cid, msg, result)
+
+    def _on_set_collection(self, cid, msg):
+        self.collections[msg["name"]] = msg["data"]
+        self._reply(cid, msg, True)
+
+    def _on_publish_dataset(self, cid, msg):
+        name = msg["name"]
+        if name in self.datasets and not msg.get("override"):
+            self._reply(cid, msg, {"error": f"dataset {name!r} already exists"})
+            return
+        self._unpublish(name)
+        holder = ("dataset", name)
+        keys = [k for k in msg.get("keys", ()) if k in self.tasks]
+        for key in keys:
+            self.tasks[key].who_wants.add(holder)
+        self.datasets[name] = {"data": msg["data"], "keys": keys}
+        self._reply(cid, msg, True)
+
+    def _unpublish(self, name):
+        d = self.datasets.pop(name, None)
+        if d is not None:
+            self._release_keys(("dataset", name), d["keys"])
+        return d is not None
+
+    def _on_unpublish_dataset(self, cid, msg):
+        self._reply(cid, msg, self._unpublish(msg["name"]))
+
+    def _on_monitor(self, cid, msg):
+        cs = self.clients.get(cid)
+        if cs is not None:
+            cs.monitor = bool(msg.get("on", True))
+
+    def _on_restart(self, cid, msg):
+        """Forget every task; workers drop their data.  Clients' futures are cancelled."""
+        keys = list(self.tasks)
+        for c in self.clients:
+            self.send_client(c, {"op": "restarted"})
+        for ws in self.workers.values():
+            self.send_worker(ws, {"op": "restart"})
+            ws.processing.clear()
+            ws.executing.clear()
+            ws.has_what.clear()
+            ws.occupancy = 0.0
+            ws.nbytes = 0
+        for key in keys:
+            ts = self.tasks.pop(key)
+            ts.group.states[ts.state] -= 1
+        for cs in self.clients.values():
+            cs.wants_what.clear()
+        self.queued.clear()
+        self.unrunnable.clear()
+        self.gathers.clear()
+        self.scatters.clear()
+        self.datasets.clear()
+        self._reply(cid, msg, True)
+
+    _client_handlers = {
+        "update-graph": _on_update_graph,
+        "client-releases-keys": _on_client_releases_keys,
+        "client-desires-keys": _on_client_desires_keys,
+        "cancel": _on_cancel,
+        "gather": _on_gather,
+        "scatter": _on_scatter,
+        "run": _on_run,
+        "info": _on_info,
+        "set-collection": _on_set_collection,
+        "publish-dataset": _on_publish_dataset,
+        "unpublish-dataset": _on_unpublish_dataset,
+        "monitor": _on_monitor,
+        "restart": _on_restart,
+    }
+
+    # ------------------------------------------------------------ views
+
+    def info(self):
+        return {
+            "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
+                                     "pid": ws.pid, "nthreads": ws.nthreads,
+                                     "memory_limit": ws.memory_limit}
+                        for ws in self.workers.values()},
+            "ntasks": len(self.tasks),
+            "nclients": len(self.clients),
+        }
+
+    def task_counts(self):
+        counts = dict.fromkeys(ALL_STATES, 0)
+        for tg in self.groups.values():
+            for state, n in tg.states.items():
+                counts[state] += n
+        return counts
+
+    def snapshot(self, now):
+        """What a monitor shows: small, built from counters, no walk over tasks."""
+        workers = []
+        for ws in self.workers.values():
+            workers.append({
+                "address": ws.address, "name": ws.name, "host": ws.host, "pid": ws.pid,
+                "nthreads": ws.nthreads, "executing": len(ws.executing),
+                "processing": len(ws.processing), "keys": len(ws.has_what),
+                "nbytes": ws.nbytes, "memory": ws.metrics.get("memory", 0),
+                "cpu": ws.metrics.get("cpu", 0), "last_seen": now - ws.last_seen,
+            })
+        groups = []
+        for tg in sorted(self.groups.values(), key=lambda g: g.seq)[-50:]:
+            groups.append({"name": tg.name, "total": tg.total, "done": tg.done,
+                           "erred": tg.erred, "states": dict(tg.states)})
+        return {"workers": workers, "counts": self.task_counts(), "groups": groups,
+                "errors": list(self.errors), "ntasks": len(self.tasks),
+                "nclients": len(self.clients)}
+
+    def monitors(self):
+        return [cs.id for cs in self.clients.values() if cs.monitor]
+
+    def trim_groups(self, keep=200):
+        """Drop the oldest groups that have no live task once there are many."""
+        if len(self.groups) <= keep:
+            return
+        idle = sorted((g for g in self.groups.values() if g.live == 0),
+                      key=lambda g: g.seq)
+        for tg in idle[: len(self.groups) - keep]:
+            del self.groups[tg.name]
+
+    # ------------------------------------------------------------ invariants
+
+    def validate(self):
+        for key, ts in self.tasks.items():
+            assert ts.key == key
+            assert ts.state in ALL_STATES, ts
+            if ts.state == MEMORY:
+                assert ts.who_has, ts
+                assert not ts.waiting_on, ts
+            else:
+                assert not ts.who_has, (ts, ts.who_has)
+            if ts.state == PROCESSING:
+                ws = ts.processing_on
+                assert ws is not None and ts in ws.processing, ts
+                assert ws.id in self.workers, ts
+                assert all(dep.state == MEMORY for dep in ts.dependencies), ts
+            else:
+                assert ts.processing_on is None, ts
+            if ts.state == WAITING:
+                assert ts.waiting_on, ts
+                for dep in ts.waiting_on:
+                    assert dep.state != MEMORY, (ts, dep)
+                    assert ts in dep.waiters, (ts, dep)
+            if ts.state == NO_WORKER:
+                assert ts in self.unrunnable, ts
+            for dep in ts.dependencies:
+                assert dep.key in self.tasks, (ts, dep)
+                assert ts in dep.dependents, (ts, dep)
+            for w in ts.waiters:
+                assert ts in w.dependencies, (ts, w)
+            for ws in ts.who_has:
+                assert ts in ws.has_what, (ts, ws)
+        for ws in self.workers.values():
+            for ts in ws.processing:
+                assert ts.processing_on is ws, (ws, ts)
+                assert ts.key in self.tasks and ts.state == PROCESSING, (ws, ts)
+            for ts in ws.has_what:
+                assert ws in ts.who_has, (ws, ts)
+            assert ws.executing <= set(ws.processing), ws
+        for ts in self.unrunnable:
+            assert ts.state == NO_WORKER, ts
+        counts = self.task_counts()
+        actual = dict.fromkeys(ALL_STATES, 0)
+        for ts in self.tasks.values():
+            actual[ts.state] += 1
+        assert counts == actual, (counts, actual)

@@ -1,0 +1,395 @@
+"""The worker shell: sockets, a thread pool and a `WorkerState`.
+
+    scheduler ◀──DEALER── IOLoop thread ──ROUTER──▶ peers fetching our data
+                               │  ▲      ──DEALER──▶ peers holding our inputs
+                        Execute│  │call_soon(result)
+                               ▼  │
+                        nthreads pool threads: deserialize the task, run it
+
+The loop thread owns the sockets and the state machine; pool threads only run user
+code and hand results back.  Inputs fetched from peers arrive zero-copy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+import traceback as tb_module
+
+import psutil
+from dask.sizeof import sizeof
+
+from ..comm import IOLoop, bind_router, connect_dealer, logger, new_id
+from ..graph import execute
+from ..protocol import ProtocolError, Serialized, Session, deserialize, serialize
+from ..security import Security, find_security, read_connection_file
+from .state import Execute, GatherDep, Send, WorkerState
+
+MAX_ERROR_TEXT = 10_000
+
+
+def resolve_scheduler(address, security, which):
+    """An address or connection file, plus the key: explicit, from the file, or found
+    in this user's runtime directory for schedulers on this machine."""
+    if address is None:
+        address = os.environ.get("DASK_IPY_SCHEDULER_FILE")
+        if address is None:
+            raise ValueError("no scheduler address or connection file given")
+    if os.path.isfile(str(address)):
+        info, file_security = read_connection_file(address)
+        return info[which], security or file_security
+    if security is None:
+        security = find_security(address)
+        if security is None:
+            raise ValueError(
+                f"no key known for {address}: pass security= or the scheduler's "
+                "connection file (written next to the scheduler, owner-only)")
+    return address, security
+
+
+def local_ip_towards(address):
+    """The IP of this machine on the route to ``address`` (no packet is sent)."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(host), 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def error_payload(exc, tb):
+    """A task's exception for the wire: the pickled exception when it pickles, the
+    traceback as data (tblib), and text for humans and for the scheduler."""
+    import tblib
+
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + "... (truncated)"
+    tb_text = "".join(tb_module.format_exception(type(exc), exc, tb))
+    if len(tb_text) > MAX_ERROR_TEXT:
+        tb_text = "... (truncated)\n" + tb_text[-MAX_ERROR_TEXT:]
+    try:
+        exception = serialize(exc)
+        if exception.nbytes > 10 * MAX_ERROR_TEXT:
+            exception = None
+    except Exception:
+        exception = None
+    try:
+        traceback = serialize(tblib.Traceback(tb).as_dict()) if tb is not None else None
+    except Exception:
+        traceback = None
+    return {"type": type(exc).__name__, "text": text, "exception": exception,
+            "traceback": traceback, "traceback_text": tb_text}
+
+
+def typename(value):
+    t = type(value)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+class Worker:
+    """A worker: runs tasks and serves its data to peers.
+
+    >>> w = Worker(scheduler=s.address_to_workers)          # data={} by default
+    >>> w = Worker(scheduler=..., hostname=..., port_to_workers=1234, data=mapping,
+    ...            nthreads=2)
+    """
+
+    def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
+                 nthreads=1, security=None, name=None, heartbeat_interval=0.5,
+                 gather_timeout=30.0, validate=False):
+        self.scheduler_address, self.security = resolve_scheduler(
+            scheduler, security, "address_to_workers")
+        self.security = self.security or Security.temporary()
+        self.nthreads = nthreads
+        self.heartbeat_interval = heartbeat_interval
+        self.gather_timeout = gather_timeout
+        self.loop = IOLoop("dask-ipy-worker")
+        if hostname is None:
+            hostname = local_ip_towards(self.scheduler_address)
+        self.peer_socket, port = bind_router(self.loop.context, self.security, hostname,
+                                             port_to_workers)
+        self.address = f"tcp://{hostname}:{port}"
+        self.name = name if name is not None else self.address
+        self.data = data if data is not None else {}
+        self.state = WorkerState(self.address, nthreads, self.data, validate)
+        self.process = psutil.Process()
+        self.outgoing = []                     # messages for the scheduler
+        self.peers = {}                        # {address: DEALER socket}
+        self.peer_sockets = {}                 # {socket: address}
+        self.gather_timers = {}
+        self.jobs = queue.SimpleQueue()
+        self.threads = []
+        self.closed = threading.Event()
+        self.loop.add_socket(self.peer_socket, self._on_peer_request)
+        self.loop.add_flush(self._flush)
+        self._connect()
+        for i in range(nthreads):
+            t = threading.Thread(target=self._pool_thread, daemon=True,
+                                 name=f"dask-ipy-worker-task-{i}")
+            t.start()
+            self.threads.append(t)
+        self.loop.call_later(heartbeat_interval, self._heartbeat)
+        self.loop.start()
+
+    def __repr__(self):
+        return f"<Worker {self.address} nthreads={self.nthreads} keys={len(self.data)}>"
+
+    # ---------------------------------------------------------------- scheduler link
+
+    def _connect(self):
+        """(Re)register with the scheduler under a fresh identity."""
+        self.id = new_id("worker")
+        self.session = Session(self.security.key, self.id)
+        self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.id,
+                                               self.scheduler_address)
+        self.loop.add_socket(self.scheduler_socket, self._on_scheduler_frames)
+        self.outgoing.append({
+            "op": "register-worker", "address": self.address, "nthreads": self.nthreads,
+            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+            "memory_limit": psutil.virtual_memory().total})
+
+    def _reconnect(self):
+        logger.warning("worker %s: the scheduler does not know us; registering again",
+                       self.address)
+        self.loop.remove_socket(self.scheduler_socket)
+        self.scheduler_socket.close(linger=0)
+        self.outgoing.clear()
+        self._handle("restart")
+        self._connect()
+
+    def _on_scheduler_frames(self, frames):
+        try:
+            msgs = self.session.loads(frames)
+        except ProtocolError as e:
+            logger.warning("worker %s: rejected a message: %s", self.address, e)
+            return
+        for msg in msgs:
+            op = msg.pop("op")
+            if op == "worker-removed":
+                pending = self.gather_timers.pop(msg["address"], None)
+                if pending is not None:
+                    IOLoop.cancel_timer(pending[1])
+                self._drop_peer(msg["address"])
+                self._handle(op, **msg)
+            elif op in ("compute-task", "free-keys", "who-has", "restart"):
+                self._handle(op, **msg)
+            elif op == "put-data":
+                self._put_data(msg["data"])
+            elif op == "send-data":
+                self._send_data(msg["keys"], msg["request_id"])
+            elif op == "run":
+                self._run_function(msg["function"], msg["request_id"])
+            elif op == "unknown-worker":
+                self._reconnect()
+                return
+            elif op in ("close", "scheduler-closing"):
+                # Shut down with the cluster: nothing is left behind.
+                self.loop.call_soon(self._close_from_loop)
+                return
+
+    def _handle(self, op, **kw):
+        for inst in self.state.handle(op, **kw):
+            if isinstance(inst, Send):
+                self.outgoing.append(inst.msg)
+            elif isinstance(inst, Execute):
+                self.jobs.put(inst)
+            elif isinstance(inst, GatherDep):
+                self._gather(inst.peer, inst.keys)
+
+    def _flush(self):
+        if self.outgoing:
+            msgs, self.outgoing = self.outgoing, []
+            try:
+                self.scheduler_socket.send_multipart(self.session.dumps(msgs),
+                                                     copy=False)
+            except Exception as e:
+                logger.warning("worker %s: could not reach the scheduler: %s",
+                               self.address, e)
+
+    def _heartbeat(self):
+        try:
+            mem = self.process.memory_info().rss
+            cpu = self.process.cpu_percent()
+        except psutil.Error:
+            mem = cpu = 0
+        self.outgoing.append({"op": "heartbeat", "metrics": {
+            "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
+            "ready": len(self.state.ready), "keys": len(self.data)}})
+        self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+
+    # ---------------------------------------------------------------- running tasks
+
+    def _pool_thread(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            start = time.time()
+            try:
+                node = deserialize(job.run_spec)
+                value = execute(node, job.inputs)
+                result = ("execute-success", {"key": job.key, "value": value,
+                                              "nbytes": sizeof(value),
+                                              "type": typename(value),
+                                              "start": start, "stop": time.time()})
+            except BaseException as e:  # a task may raise anything, SystemExit too
+                result = ("execute-failure", {"key": job.key,
+                                              "error": error_payload(e, e.__traceback__),
+                                              "start": start, "stop": time.time()})
+                del e
+            job = None
+            if self.closed.is_set():
+                continue
+            self.loop.call_soon(self._task_done, result)
+
+    def _task_done(self, result):
+        op, kw = result
+        self._handle(op, **kw)
+
+    def _run_function(self, function, request_id):
+        """`Client.run`: an arbitrary function, on its own thread, result sent back."""
+        def target():
+            try:
+                fn, args, kwargs = deserialize(function)
+                value = fn(*args, **kwargs)
+                reply = {"status": "OK", "result": serialize(value)}
+            except BaseException as e:
+                reply = {"status": "error", **error_payload(e, e.__traceback__)}
+            reply.update(op="run-result", request_id=request_id)
+            self.loop.call_soon(self.outgoing.append, reply)
+        threading.Thread(target=target, daemon=True, name="dask-ipy-run").start()
+
+    # ---------------------------------------------------------------- data
+
+    def _put_data(self, data):
+        values, sizes = {}, {}
+        for key, blob in data.items():
+            value = deserialize(blob)
+            values[key] = value
+            sizes[key] = (sizeof(value), typename(value))
+        self._handle("put-data", data=values, sizes=sizes)
+
+    def _serialize_data(self, keys):
+        found, missing = self.state.get_data(keys)
+        data, errors = {}, {}
+        for key, value in found.items():
+            try:
+                data[key] = serialize(value)
+            except Exception as e:
+                errors[key] = {"type": type(e).__name__,
+                               "text": f"result of {key!r} could not be serialized: {e}"}
+        return data, missing, errors
+
+    def _send_data(self, keys, request_id):
+        data, missing, errors = self._serialize_data(keys)
+        self.outgoing.append({"op": "data", "request_id": request_id, "data": data,
+                              "missing": missing, "errors": errors})
+
+    def _on_peer_request(self, frames):
+        peer = frames[0].bytes
+        try:
+            msgs = self.session.loads(frames[1:], sender=peer)
+        except ProtocolError as e:
+            logger.warning("worker %s: rejected a peer message: %s", self.address, e)
+            return
+        for msg in msgs:
+            if msg.get("op") != "get-data":
+                continue
+            data, missing, errors = self._serialize_data(msg["keys"])
+            missing = list(missing) + list(errors)
+            reply = {"op": "data", "request_id": msg["request_id"], "data": data,
+                     "missing": missing}
+            try:
+                self.peer_socket.send_multipart(
+                    [peer] + self.session.dumps([reply], to=peer), copy=False)
+            except Exception as e:
+                logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
+
+    def _gather(self, peer, keys):
+        sock = self.peers.get(peer)
+        if sock is None:
+            sock = connect_dealer(self.loop.context, self.security, self.id, peer)
+            self.peers[peer] = sock
+            self.peer_sockets[sock] = peer
+            self.loop.add_socket(sock, lambda frames, peer=peer: self._on_peer_reply(peer, frames))
+        request_id = os.urandom(4).hex()
+        sock.send_multipart(self.session.dumps(
+            [{"op": "get-data", "keys": list(keys), "request_id": request_id}]),
+            copy=False)
+        self.gather_timers[peer] = (request_id, self.loop.call_later(
+            self.gather_timeout, self._gather_timed_out, peer, request_id))
+
+    def _gather_timed_out(self, peer, request_id):
+        pending = self.gather_timers.get(peer)
+        if pending is None or pending[0] != request_id:
+            return
+        del self.gather_timers[peer]
+        logger.warning("worker %s: %s did not answer in %.0f s", self.address, peer,
+                       self.gather_timeout)
+        self._drop_peer(peer)
+        self._handle("gather-failed", peer=peer)
+
+    def _drop_peer(self, peer):
+        sock = self.peers.pop(peer, None)
+        if sock is not None:
+            self.peer_sockets.pop(sock, None)
+            self.loop.remove_socket(sock)
+            sock.close(linger=0)
+
+    def _on_peer_reply(self, peer, frames):
+        try:
+            msgs = self.session.loads(frames)
+        except ProtocolError as e:
+            logger.warning("worker %s: rejected a reply from %s: %s", self.address, peer, e)
+            return
+        for msg in msgs:
+            pending = self.gather_timers.get(peer)
+            if pending is None or pending[0] != msg.get("request_id"):
+                continue                     # a late reply to a request given up on
+            del self.gather_timers[peer]
+            IOLoop.cancel_timer(pending[1])
+            values, sizes, missing = {}, {}, list(msg.get("missing", ()))
+            for key, blob in msg.get("data", {}).items():
+                try:
+                    values[key] = deserialize(blob)
+                    sizes[key] = sizeof(values[key])
+                except Exception as e:
+                    logger.error("worker %s: could not load %r from %s: %s",
+                                 self.address, key, peer, e)
+                    missing.append(key)
+            self._handle("gather-done", peer=peer, data=values, sizes=sizes,
+                         missing=missing)
+
+    # ---------------------------------------------------------------- life
+
+    def _close_from_loop(self):
+        self.outgoing.append({"op": "unregister"})
+        self._flush()
+        self.loop.running = False
+        self.closed.set()
+        for _ in self.threads:
+            self.jobs.put(None)
+
+    def close(self, timeout=5):
+        if self.loop.running and not self.loop.in_loop():
+            self.loop.call_soon(self._close_from_loop)
+        self.loop.stop(timeout)
+        self.closed.set()
+        for _ in self.threads:
+            self.jobs.put(None)
+
+    def wait(self, timeout=None):
+        self.loop.stopped.wait(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

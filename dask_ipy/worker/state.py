@@ -1,0 +1,399 @@
+"""The worker's state machine: which tasks to fetch, run and keep; no I/O.
+
+Events go in through `handle(event)`; the result is a list of instructions for the
+shell: `Execute` (run a task in the thread pool), `GatherDep` (ask a peer for data) and
+`Send` (a message for the scheduler).  Time, sockets and threads stay in the shell.
+
+Task states on a worker::
+
+    fetch ──▶ flight ──▶ memory          (a dependency held by a peer)
+      ▲          │
+      └─ missing ◀┘                      (no peer had it: the scheduler is told)
+    waiting ──▶ ready ──▶ executing ──▶ memory   (a task this worker computes)
+
+State, documented once:
+
+    tasks:     {key: WTask}
+    data:      MutableMapping {key: value}; a dict or a spill-to-disk store
+    ready:     heap of (priority, seq, key) for tasks whose inputs are all in memory
+    fetching:  {key} in state "fetch" (so no event walks over every task)
+    executing: {key}                  at most `nthreads`
+    in_flight: {peer address: [key]}  one request at a time per peer
+    WTask.waiting_for: {key}          dependencies not in memory yet
+    WTask.dependents:  {key}          local tasks that need this one
+    WTask.who_has:     {address}      peers said to hold a dependency
+    WTask.reported:    bool           the scheduler knows this worker holds the data;
+                                      data it does not know of (fetched copies) is
+                                      dropped as soon as no local task needs it
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Execute:
+    key: object
+    run_spec: object
+    inputs: dict
+
+
+@dataclass
+class GatherDep:
+    peer: str
+    keys: list
+
+
+@dataclass
+class Send:
+    msg: dict
+
+
+class WTask:
+    __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
+                 "dependents", "waiting_for", "who_has", "nbytes", "reported",
+                 "cancelled", "computed")
+
+    def __init__(self, key):
+        self.key = key
+        self.state = "released"
+        self.run_spec = None
+        self.priority = (0,)
+        self.dependencies = ()
+        self.dependents = set()
+        self.waiting_for = set()
+        self.who_has = set()
+        self.nbytes = 0
+        self.reported = False
+        self.cancelled = False
+        self.computed = False        # the scheduler asked this worker to compute it
+
+    def __repr__(self):
+        return f"<WTask {self.key!r} {self.state}>"
+
+
+@dataclass
+class WorkerState:
+    address: str
+    nthreads: int = 1
+    data: object = field(default_factory=dict)
+    validating: bool = False
+
+    def __post_init__(self):
+        self.tasks = {}
+        self.ready = []
+        self.executing = set()
+        self.in_flight = {}
+        self.nbytes = {}              # {key: bytes} of what is in data
+        self.fetching = set()         # keys in state "fetch"
+        self._seq = itertools.count()
+
+    # ------------------------------------------------------------ entry point
+
+    def handle(self, op, **kw):
+        out = []
+        getattr(self, "_on_" + op.replace("-", "_"))(out, **kw)
+        self._ensure_computing(out)
+        self._ensure_communicating(out)
+        if self.validating:
+            self.validate()
+        return out
+
+    # ------------------------------------------------------------ scheduler ops
+
+    def _on_compute_task(self, out, key, run_spec, priority=(0,), who_has=None,
+                         nbytes=None):
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self.tasks[key] = WTask(key)
+        ts.computed = True
+        ts.run_spec = run_spec
+        ts.priority = tuple(priority)
+        if ts.state == "executing":
+            ts.cancelled = False             # freed then asked for again: keep it
+            return
+        if ts.state == "memory":
+            self._report(out, ts)
+            return
+        if ts.state in ("fetch", "flight", "missing"):
+            # We were fetching it as a dependency; computing it ourselves wins.
+            self._forget_flight(ts)
+        who_has = who_has or {}
+        nbytes = nbytes or {}
+        deps = []
+        ts.waiting_for = set()
+        for dkey, holders in who_has.items():
+            dts = self.tasks.get(dkey)
+            if dts is None:
+                dts = self.tasks[dkey] = WTask(dkey)
+            dts.dependents.add(key)
+            dts.nbytes = nbytes.get(dkey, dts.nbytes)
+            deps.append(dts)
+            if dts.state != "memory":
+                ts.waiting_for.add(dkey)
+                dts.who_has.update(h for h in holders if h != self.address)
+                if dts.state in ("released", "missing"):
+                    self._fetch_or_missing(dts)
+                    if dts.state == "missing":
+                        out.append(Send({"op": "missing-data", "key": key, "dep": dkey,
+                                         "holder": None}))
+        ts.dependencies = tuple(deps)
+        if ts.waiting_for:
+            ts.state = "waiting"
+        else:
+            self._make_ready(ts)
+
+    def _make_ready(self, ts):
+        ts.state = "ready"
+        heapq.heappush(self.ready, (ts.priority, next(self._seq), ts.key))
+
+    def _on_free_keys(self, out, keys):
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self._drop_data(key)
+                continue
+            ts.computed = False
+            ts.reported = False
+            if ts.state == "executing":
+                ts.cancelled = True
+                continue
+            if ts.dependents and any(self.tasks.get(d) is not None
+                                     and self.tasks[d].state in ("waiting", "ready")
+                                     for d in ts.dependents):
+                continue                     # still an input of a local task
+            self._release(ts)
+
+    def _release(self, ts):
+        """Forget a task and, transitively, fetched inputs nobody here needs."""
+        stack = [ts]
+        while stack:
+            ts = stack.pop()
+            if self.tasks.get(ts.key) is not ts:
+                continue
+            del self.tasks[ts.key]
+            self._forget_flight(ts)
+            if ts.state == "memory" or ts.key in self.nbytes:
+                self._drop_data(ts.key)
+            for dts in ts.dependencies:
+                dts.dependents.discard(ts.key)
+                if not dts.dependents and not dts.computed and not dts.reported \
+                        and dts.state != "executing":
+                    stack.append(dts)
+            for dkey in ts.dependents:
+                d = self.tasks.get(dkey)
+                if d is not None and d.state in ("waiting", "ready"):
+                    d.waiting_for.add(ts.key)
+
+    def _forget_flight(self, ts):
+        if ts.state == "flight":
+            for peer, keys in self.in_flight.items():
+                if ts.key in keys:
+                    keys.remove(ts.key)      # the reply is ignored for this key
+
+    def _drop_data(self, key):
+        self.nbytes.pop(key, None)
+        try:
+            del self.data[key]
+        except KeyError:
+            pass
+
+    def _on_who_has(self, out, who_has):
+        for key, holders in who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None or ts.state == "memory":
+                continue
+            ts.who_has.update(h for h in holders if h != self.address)
+            if ts.state == "missing":
+                self._fetch_or_missing(ts)
+
+    def _on_worker_removed(self, out, address):
+        """A peer died: fetches from it fail now rather than after a timeout."""
+        for ts in self.tasks.values():
+            ts.who_has.discard(address)
+        if address in self.in_flight:
+            self._on_gather_failed(out, address, self.in_flight.get(address, []))
+        for key in list(self.fetching):
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "fetch" and not ts.who_has:
+                self.fetching.discard(key)
+                ts.state = "missing"
+                self._missing(out, ts, address)
+
+    def _on_put_data(self, out, data, sizes):
+        keys = []
+        for key, value in data.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = WTask(key)
+            self._store(ts, value, sizes[key][0])
+            ts.reported = True
+            keys.append((key, sizes[key][0], sizes[key][1]))
+        out.append(Send({"op": "add-keys", "keys": keys}))
+
+    def _on_restart(self, out):
+        for ts in self.tasks.values():
+            if ts.state == "executing":
+                ts.cancelled = True
+        self.tasks = {ts.key: ts for ts in self.tasks.values() if ts.state == "executing"}
+        self.ready.clear()
+        self.fetching.clear()
+        self.in_flight.clear()
+        self.nbytes.clear()
+        self.data.clear()
+
+    # ------------------------------------------------------------ local events
+
+    def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
+                            stop=0.0):
+        self.executing.discard(key)
+        ts = self.tasks.get(key)
+        if ts is None or ts.cancelled:
+            if ts is not None:
+                ts.state = "released"
+                self._release(ts)
+            return
+        self._store(ts, value, nbytes)
+        ts.reported = True
+        out.append(Send({"op": "task-finished", "key": key, "nbytes": nbytes,
+                         "type": type, "duration": stop - start}))
+        self._done_with_inputs(ts)
+
+    def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
+        self.executing.discard(key)
+        ts = self.tasks.get(key)
+        if ts is None:
+            return
+        if not ts.cancelled:
+            out.append(Send({"op": "task-erred", "key": key, **error}))
+        ts.state = "released"
+        ts.computed = False
+        self._done_with_inputs(ts)
+        self._release(ts)
+
+    def _done_with_inputs(self, ts):
+        for dts in ts.dependencies:
+            dts.dependents.discard(ts.key)
+            if not dts.dependents and not dts.reported and not dts.computed:
+                self._release(dts)
+        ts.dependencies = ()
+
+    def _store(self, ts, value, nbytes):
+        self.data[ts.key] = value
+        self.nbytes[ts.key] = nbytes
+        ts.nbytes = nbytes
+        ts.state = "memory"
+        ts.who_has.clear()
+        for dkey in ts.dependents:
+            d = self.tasks.get(dkey)
+            if d is not None and d.state == "waiting":
+                d.waiting_for.discard(ts.key)
+                if not d.waiting_for:
+                    self._make_ready(d)
+
+    def _on_gather_done(self, out, peer, data, sizes, missing=()):
+        keys = self.in_flight.pop(peer, [])
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != "flight":
+                continue
+            if key in data:
+                self._store(ts, data[key], sizes.get(key, 0))
+            else:
+                ts.who_has.discard(peer)
+                self._retry_or_missing(out, ts, peer)
+
+    def _on_gather_failed(self, out, peer, keys=None):
+        keys = self.in_flight.pop(peer, keys or [])
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != "flight":
+                continue
+            ts.who_has.discard(peer)
+            self._retry_or_missing(out, ts, peer)
+
+    def _fetch_or_missing(self, ts):
+        if ts.who_has:
+            ts.state = "fetch"
+            self.fetching.add(ts.key)
+        else:
+            ts.state = "missing"
+
+    def _retry_or_missing(self, out, ts, peer):
+        self._fetch_or_missing(ts)
+        if ts.state == "missing":
+            self._missing(out, ts, peer)
+
+    def _missing(self, out, ts, peer):
+        ts.state = "missing"
+        for dkey in ts.dependents:
+            out.append(Send({"op": "missing-data", "key": dkey, "dep": ts.key,
+                             "holder": peer}))
+
+    # ------------------------------------------------------------ scheduling
+
+    def _ensure_computing(self, out):
+        while self.ready and len(self.executing) < self.nthreads:
+            _, _, key = heapq.heappop(self.ready)
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != "ready":
+                continue
+            ts.state = "executing"
+            ts.cancelled = False
+            self.executing.add(key)
+            inputs = {d.key: self.data[d.key] for d in ts.dependencies}
+            out.append(Send({"op": "task-started", "key": key}))
+            out.append(Execute(key, ts.run_spec, inputs))
+
+    def _ensure_communicating(self, out):
+        wanted = {}
+        for key in list(self.fetching):
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != "fetch":
+                self.fetching.discard(key)
+                continue
+            idle = [p for p in ts.who_has if p not in self.in_flight]
+            if not idle:
+                continue
+            peer = min(idle, key=lambda p: len(wanted.get(p, ())))
+            wanted.setdefault(peer, []).append(ts)
+        for peer, tss in wanted.items():
+            for ts in tss:
+                ts.state = "flight"
+                self.fetching.discard(ts.key)
+            keys = [ts.key for ts in tss]
+            self.in_flight[peer] = keys
+            out.append(GatherDep(peer, list(keys)))
+
+    # ------------------------------------------------------------ views
+
+    def get_data(self, keys):
+        found, missing = {}, []
+        for key in keys:
+            try:
+                found[key] = self.data[key]
+            except KeyError:
+                missing.append(key)
+        return found, missing
+
+    def validate(self):
+        assert len(self.executing) <= self.nthreads
+        for key, ts in self.tasks.items():
+            assert ts.key == key
+            if ts.state == "memory":
+                assert key in self.data, ts
+            if ts.state == "waiting":
+                assert ts.waiting_for, ts
+                for dkey in ts.waiting_for:
+                    assert self.tasks[dkey].state != "memory", (ts, dkey)
+            if ts.state == "executing":
+                assert key in self.executing, ts
+            if ts.state == "fetch":
+                assert key in self.fetching, ts
+            if ts.state == "flight":
+                assert any(key in keys for keys in self.in_flight.values()), ts
+        for key in self.executing:
+            assert self.tasks[key].state == "executing", key
