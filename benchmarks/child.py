@@ -9,14 +9,16 @@ line, from the pipe whose descriptor is ``--events``:
     {"event": "done"}
 
 Each phase carries the deadline the runner enforces by killing this process and
-everything under it. A failed workload stops the cluster, so the next one starts
+everything under it (after SIGUSR1, which dumps every thread's stack to the log). A failed workload stops the cluster, so the next one starts
 on a fresh cluster; a cluster that fails to start fails the workloads needing it.
 The child exits (after stopping what it started) if the runner goes away.
 """
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -111,6 +113,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = json.loads(args.settings)
     events = Events(args.events)
+    # The runner asks for every thread's stack (into the log) before it kills a stuck child.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
 
     system = ADAPTERS[args.system](args.log, settings)

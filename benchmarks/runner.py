@@ -15,6 +15,7 @@ import os
 import platform
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -168,6 +169,8 @@ def run_system(name, letters, settings, log_path, results, meta):
                     deadline = time.monotonic() + settings["stop_deadline"]
         finally:
             os.close(r)
+            if failure and proc.poll() is None:
+                _dump_stacks(proc)
             procs.kill_tree(proc.pid, timeout=5)
             try:
                 rc = proc.wait(10)
@@ -186,6 +189,15 @@ def run_system(name, letters, settings, log_path, results, meta):
             mine[letter] = {"error": failure}
             remaining.remove(letter)
             progress(name, letter, mine[letter])
+
+
+def _dump_stacks(proc):
+    """Have a stuck child write its threads' stacks to its log before it dies."""
+    try:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+    except OSError:
+        pass
 
 
 def versions():

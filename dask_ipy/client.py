@@ -27,7 +27,7 @@ from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from . import graph as g
-from .comm import IOLoop, connect_dealer, logger, new_id
+from .comm import IOLoop, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _unpickling, rebuild_error)
 from .protocol import ProtocolError, Session, deserialize, serialize
@@ -108,6 +108,7 @@ class Client:
         self.loop.add_socket(self.monitor_socket, self._on_socket_event)
         self.loop.add_flush(self._flush)
         self.outgoing = []
+        self.releases = []             # keys whose last Future was dropped
         self.states = {}               # {key: FutureState}
         self.refcount = Counter()      # {key: number of live Future objects}
         self.lock = threading.RLock()  # RLock: Future.__del__ may run inside it (gc)
@@ -173,10 +174,14 @@ class Client:
         self.loop.call_soon(self.outgoing.append, msg)
 
     def _flush(self):
+        if self.releases:
+            # Releases of many dropped Futures leave as one message.
+            self.outgoing.insert(0, {"op": "client-releases-keys", "keys": self.releases})
+            self.releases = []
         if self.outgoing:
             msgs, self.outgoing = self.outgoing, []
             try:
-                self.socket.send_multipart(self.session.dumps(msgs), copy=False)
+                send(self.socket, self.session.dumps(msgs))
             except zmq.ZMQError as e:
                 logger.warning("client: could not send to the scheduler: %s", e)
 
@@ -350,7 +355,7 @@ class Client:
                 return
             del self.refcount[key]
             self.states.pop(key, None)
-        self._send({"op": "client-releases-keys", "keys": [key]})
+        self.loop.call_soon(self.releases.append, key)
 
     # ---------------------------------------------------------------- graphs
 
@@ -462,7 +467,8 @@ class Client:
         if isinstance(key, (list, tuple)):
             keys = list(key)
         elif pure:
-            keys = [f"{name}-{tokenize(fn, row, kwargs)}" for row in rows]
+            fn_token = tokenize(fn, kwargs)
+            keys = [f"{name}-{tokenize(fn_token, row)}" for row in rows]
         else:
             base = uuid.uuid4().hex
             keys = [f"{name}-{base}-{i}" for i in range(len(rows))]

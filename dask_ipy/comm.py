@@ -217,6 +217,20 @@ class IOLoop:
 
 # ---------------------------------------------------------------- sockets
 
+COPY_THRESHOLD = 65536
+
+
+def send(sock, frames):
+    """Send a multipart message: small frames are copied (cheaper than tracking them),
+    large ones go zero-copy."""
+    copy = True
+    for f in frames:
+        if (f.nbytes if isinstance(f, memoryview) else len(f)) >= COPY_THRESHOLD:
+            copy = False
+            break
+    sock.send_multipart(frames, copy=copy)
+
+
 def tune(sock):
     sock.linger = 0
     sock.sndhwm = 0

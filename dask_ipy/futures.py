@@ -264,38 +264,31 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     fs = set(fs)
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"unknown return_when {return_when!r}")
-    cond = threading.Condition()
+    lock = threading.Lock()
+    event = threading.Event()
+    done = set()
 
-    def is_error(f):
-        return f.status in ("error", "lost") if isinstance(f, Future) else \
-            (not f.cancelled() and f.exception() is not None)
+    def failed(f):
+        if isinstance(f, Future):
+            return f.status in ("error", "lost")
+        return not f.cancelled() and f.exception() is not None
 
-    def enough(done):
-        if len(done) == len(fs):
-            return True
-        if return_when == FIRST_COMPLETED:
-            return bool(done)
-        if return_when == FIRST_EXCEPTION:
-            return any(is_error(f) for f in done)
-        return False
+    def on_done(f):
+        # Each future reports once, so waiting costs O(n), not O(n) per completion.
+        with lock:
+            done.add(f)
+            if (len(done) == len(fs) or return_when == FIRST_COMPLETED
+                    or (return_when == FIRST_EXCEPTION and failed(f))):
+                event.set()
 
-    def notify(*_):
-        with cond:
-            cond.notify_all()
-
+    if not fs:
+        event.set()
     for f in fs:
-        f.add_done_callback(notify)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with cond:
-        while True:
-            done = {f for f in fs if f.done()}
-            if enough(done):
-                break
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            cond.wait(remaining if remaining is not None else 1.0)
-    return cf._base.DoneAndNotDoneFutures(done, fs - done)
+        f.add_done_callback(on_done)
+    event.wait(timeout)
+    with lock:
+        finished = set(done)
+    return cf._base.DoneAndNotDoneFutures(finished, fs - finished)
 
 
 class as_completed:

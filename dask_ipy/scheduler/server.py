@@ -18,7 +18,7 @@ import time
 
 import zmq
 
-from ..comm import IOLoop, advertised_host, bind_router, logger, new_id
+from ..comm import IOLoop, send, advertised_host, bind_router, logger, new_id
 from ..protocol import ProtocolError, Session
 from ..security import Security, remove_connection_file, write_connection_file
 from .state import SchedulerState
@@ -152,8 +152,7 @@ class Scheduler:
         for (kind, ident), msgs in batches.items():
             sock = self.worker_socket if kind == "worker" else self.client_socket
             try:
-                sock.send_multipart([ident] + self.session.dumps(msgs, to=ident),
-                                    copy=False)
+                send(sock, [ident] + self.session.dumps(msgs, to=ident))
             except Exception as e:          # the peer is gone; its state goes too
                 logger.debug("scheduler: could not send to %r: %s", ident, e)
 

@@ -165,7 +165,8 @@ def error_info(kind, text, key):
 
 class SchedulerState:
     def __init__(self, *, allowed_failures=3, validate=False, bandwidth=100e6,
-                 default_duration=0.5, saturation=2.0, max_error_text=10_000):
+                 default_duration=0.5, saturation=2.0, queue_seconds=0.02, max_depth=100,
+                 max_error_text=10_000):
         self.tasks = {}
         self.workers = {}
         self.by_address = {}
@@ -184,6 +185,8 @@ class SchedulerState:
         self.bandwidth = bandwidth
         self.default_duration = default_duration
         self.saturation = saturation
+        self.queue_seconds = queue_seconds
+        self.max_depth = max_depth
         self.max_error_text = max_error_text
         self.validating = validate
         self.generation = 0
@@ -309,7 +312,9 @@ class SchedulerState:
         for dep in ts.dependencies:
             dep.dependents.discard(ts)
             dep.waiters.discard(ts)
-            if not dep.dependents and not dep.who_wants and dep.state in (RELEASED, ERRED):
+            if not dep.dependents and not dep.who_wants:
+                # Whatever its state (still computing, or held in memory), nobody
+                # needs it any more: it goes through "released" to "forgotten".
                 recs[dep.key] = FORGOTTEN
         self._set_state(ts, FORGOTTEN)
         del self.tasks[ts.key]
@@ -335,7 +340,7 @@ class SchedulerState:
         if not ts.dependencies and ts.restrictions is None:
             # Root tasks wait in a queue and are handed out as workers free up, so a
             # huge map never floods the workers' memory, and siblings stay together.
-            ws = self._worker_with_room()
+            ws = self._worker_with_room(ts)
             if ws is None or self.queued:
                 self._set_state(ts, QUEUED)
                 heapq.heappush(self.queued, (ts.priority, next(self._seq), ts))
@@ -488,16 +493,23 @@ class SchedulerState:
 
     # ------------------------------------------------------------ placement
 
-    def _room(self, ws):
-        return ws.nthreads + max(1, math.ceil(ws.nthreads * self.saturation)) - len(ws.processing)
+    def _room(self, ws, ts):
+        """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
+        keeps a short queue, so a finished task starts the next without a round trip;
+        the queue holds about `queue_seconds` of work, so tiny tasks travel in batches."""
+        depth = self.saturation
+        duration = ts.group.duration
+        if duration:
+            depth = min(max(depth, self.queue_seconds / duration), self.max_depth)
+        return ws.nthreads + math.ceil(ws.nthreads * depth) - len(ws.processing)
 
-    def _worker_with_room(self):
+    def _worker_with_room(self, ts):
         best = None
         best_room = 0
         for ws in self.workers.values():
             if ws.status != "running":
                 continue
-            room = self._room(ws)
+            room = self._room(ws, ts)
             if room > best_room:
                 best, best_room = ws, room
         return best
@@ -566,7 +578,9 @@ class SchedulerState:
             for ws in sorted(self.workers.values(), key=lambda w: len(w.processing)):
                 if ws.status != "running":
                     continue
-                room = self._room(ws)
+                if not self.queued:
+                    break
+                room = self._room(ws, self.queued[0][2])
                 while room > 0 and self.queued:
                     _, _, ts = heapq.heappop(self.queued)
                     if ts.state != QUEUED:
@@ -635,7 +649,9 @@ class SchedulerState:
                                           "type": ts.type, "nbytes": ts.nbytes})
             elif ts.state == ERRED:
                 self.send_client(client, {"op": "task-erred", "key": key, **ts.error})
-        for ts, _ in new:
+        # `transitions` pops the last recommendation first: insert the lowest
+        # priority first so that root tasks are handed out in graph order.
+        for ts, _ in sorted(new, key=lambda item: item[0].priority, reverse=True):
             if ts.key not in recs and ts.state == RELEASED:
                 recs[ts.key] = WAITING
         # Wanted tasks that exist but were released earlier are needed again.
@@ -791,10 +807,12 @@ class SchedulerState:
             dts.who_has.discard(holder)
             holder.has_what.discard(dts)
             holder.nbytes -= max(dts.nbytes, 0)
+        if dts.state == MEMORY and not dts.who_has:
+            # First, so that its dependents are sent back to wait for it rather
+            # than rescheduled with nowhere to fetch it from.
+            self.transitions({dts.key: RELEASED})
         ts = self.tasks.get(msg.get("key"))
         recs = {}
-        if dts.state == MEMORY and not dts.who_has:
-            recs[dts.key] = RELEASED
         if ts is not None and ts.state == PROCESSING and ts.processing_on is ws:
             if dts.who_has:
                 # Tell the worker where else the data lives.

@@ -22,7 +22,7 @@ import traceback as tb_module
 import psutil
 from dask.sizeof import sizeof
 
-from ..comm import IOLoop, bind_router, connect_dealer, logger, new_id
+from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
 from ..graph import execute
 from ..protocol import ProtocolError, Serialized, Session, deserialize, serialize
 from ..security import Security, find_security, read_connection_file
@@ -207,8 +207,7 @@ class Worker:
         if self.outgoing:
             msgs, self.outgoing = self.outgoing, []
             try:
-                self.scheduler_socket.send_multipart(self.session.dumps(msgs),
-                                                     copy=False)
+                send(self.scheduler_socket, self.session.dumps(msgs))
             except Exception as e:
                 logger.warning("worker %s: could not reach the scheduler: %s",
                                self.address, e)
@@ -307,8 +306,7 @@ class Worker:
             reply = {"op": "data", "request_id": msg["request_id"], "data": data,
                      "missing": missing}
             try:
-                self.peer_socket.send_multipart(
-                    [peer] + self.session.dumps([reply], to=peer), copy=False)
+                send(self.peer_socket, [peer] + self.session.dumps([reply], to=peer))
             except Exception as e:
                 logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
 
@@ -320,9 +318,8 @@ class Worker:
             self.peer_sockets[sock] = peer
             self.loop.add_socket(sock, lambda frames, peer=peer: self._on_peer_reply(peer, frames))
         request_id = os.urandom(4).hex()
-        sock.send_multipart(self.session.dumps(
-            [{"op": "get-data", "keys": list(keys), "request_id": request_id}]),
-            copy=False)
+        send(sock, self.session.dumps(
+            [{"op": "get-data", "keys": list(keys), "request_id": request_id}]))
         self.gather_timers[peer] = (request_id, self.loop.call_later(
             self.gather_timeout, self._gather_timed_out, peer, request_id))
 
