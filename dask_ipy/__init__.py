@@ -19,6 +19,21 @@ def dask_client_from_ipclient(ipclient, targets="all", **options):
     return boot(ipclient, targets, **options)
 
 
+def progress(*futures_or_collections, **kwargs):
+    """Print a text progress bar until the given Futures or collections are done."""
+    from .widget import progress as show
+
+    return show(*futures_or_collections, **kwargs)
+
+
+def __getattr__(name):
+    if name == "Monitor":              # ipywidgets loads only when a widget is wanted
+        from .widget import Monitor
+
+        return Monitor
+    raise AttributeError(f"module 'dask_ipy' has no attribute {name!r}")
+
+
 def load_ipython_extension(ip):
     from .magics import load_ipython_extension as load
 
@@ -34,4 +49,4 @@ def unload_ipython_extension(ip):
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "CancelledError", "RemoteError",
            "SchedulerLost", "CycleError", "MissingDependency", "Security",
-           "default_client"]
+           "default_client", "Monitor", "progress"]

@@ -134,15 +134,16 @@ class Client:
         return f"<Client {self.address} {self.status}>"
 
     def _repr_html_(self):
-        try:
-            info = self.scheduler_info()
-            workers = info["workers"]
-            threads = sum(w["nthreads"] for w in workers.values())
-        except Exception:
-            workers, threads = {}, 0
-        return (f"<div><b>dask_ipy Client</b> {self.address}<br>"
-                f"workers: {len(workers)}, threads: {threads}, status: {self.status}"
-                "</div>")
+        from .widget import client_summary
+
+        return client_summary(self)[1]
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """In a kernel: the live Monitor widget (text and HTML as fallbacks);
+        in a terminal: a plain-text summary."""
+        from .widget import client_mimebundle
+
+        return client_mimebundle(self)
 
     # ---------------------------------------------------------------- default client
 
@@ -259,6 +260,12 @@ class Client:
         self._complete(msg["request_id"], msg["result"])
 
     def _on_gather_result(self, msg):
+        for key in msg.get("missing", ()):
+            # A key thought done is gone (its worker died): it is being computed
+            # again.  Reset here, on this thread, before any later "key-in-memory".
+            state = self.states.get(key)
+            if state is not None and state.status == "finished":
+                state.reset()
         self._complete(msg["request_id"], msg)
 
     def _on_welcome(self, msg):
@@ -490,10 +497,13 @@ class Client:
             out.append(futures.pop(k) if k in futures else Future(k, self))
         return out
 
-    def _gather_keys(self, keys, deadline=None):
-        """Fetch values of keys in memory; raises _DataLost if one has vanished."""
+    def _gather_keys(self, keys, deadline=None, wait=False):
+        """Fetch values of keys; with ``wait`` the scheduler answers once they are all
+        done.  Raises _DataLost if a key is missing (erred, cancelled, or lost and
+        being computed again)."""
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-        reply = self._request({"op": "gather", "keys": list(keys)}, timeout=timeout)
+        reply = self._request({"op": "gather", "keys": list(keys), "wait": wait},
+                              timeout=timeout)
         return self._unpack_gather(reply)
 
     def _unpack_gather(self, reply):
@@ -501,10 +511,6 @@ class Client:
             key, info = next(iter(reply["errors"].items()))
             raise TypeError(info["text"])
         if reply["missing"]:
-            for key in reply["missing"]:
-                state = self.states.get(key)
-                if state is not None and state.status == "finished":
-                    state.reset()
             raise _DataLost(reply["missing"])
         _unpickling.client = self
         try:
@@ -532,20 +538,23 @@ class Client:
         fut.add_done_callback(done)
 
     def _gather_futures(self, futures, errors="raise", timeout=None):
+        """Values of Futures by key.  A single request waits and fetches: the
+        scheduler answers as soon as the last key is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
         futures = list(dict.fromkeys(futures))
         while True:
-            for f in futures:
-                remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
-                if not f._state.event.wait(remaining):
-                    raise TimeoutError(f"{f.key!r} not done after {timeout} s")
-            bad = [f for f in futures if f.status != "finished"]
+            bad = [f for f in futures if f.done() and f.status != "finished"]
             if bad and errors == "raise":
                 bad[0]._raise()
-            good = [f.key for f in futures if f.status == "finished"]
+            keys = [f.key for f in futures if f not in bad]
             try:
-                values = self._gather_keys(good, deadline) if good else {}
-            except _DataLost:
+                values = self._gather_keys(keys, deadline, wait=True) if keys else {}
+            except _DataLost as e:
+                for key in e.args[0]:
+                    state = self.states.get(key)
+                    remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+                    if state is not None and not state.event.wait(remaining):
+                        raise TimeoutError(f"{key!r} not done after {timeout} s") from None
                 continue
             for f in bad:
                 values[f.key] = f.exception()

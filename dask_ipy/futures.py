@@ -168,16 +168,9 @@ class Future:
             raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     def result(self, timeout=None):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._wait(None if deadline is None else max(deadline - time.monotonic(), 0))
-            status = self._state.status
-            if status == "finished":
-                try:
-                    return self.client._gather_keys([self.key], deadline)[self.key]
-                except _DataLost:
-                    continue          # recomputing: wait again
-            self._raise()
+        if self.client is None:
+            raise RuntimeError(f"{self.key!r} was released")
+        return self.client._gather_futures([self], timeout=timeout)[self.key]
 
     def _raise(self):
         status = self._state.status

@@ -111,7 +111,8 @@ def format_status(snapshot):
                  "stored", "memory", "heartbeat")]
         for w in sorted(workers, key=lambda w: str(w.get("name", w.get("address")))):
             queued = max(w.get("processing", 0) - w.get("executing", 0), 0)
-            rows.append((w.get("address", ""), str(w.get("name", "")),
+            name = str(w.get("name") or "")
+            rows.append((w.get("address", ""), "" if name == w.get("address") else name,
                          w.get("host", ""), str(w.get("nthreads", "")),
                          str(w.get("executing", "")), str(queued),
                          str(w.get("keys", "")), _bytes(w.get("nbytes")),

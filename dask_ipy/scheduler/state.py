@@ -25,6 +25,11 @@ State, documented once:
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
     TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+    TaskState.data:         a small result (opaque Serialized) the worker sent with
+                            "task-finished" because a client wants it: gathers of it
+                            are answered without asking the worker
+    parked:     {key: {gather id}}  gathers waiting for keys to finish, so a client's
+                `result()` costs one request
     WorkerState.processing: {TaskState: estimated duration}
     WorkerState.has_what:   {TaskState}
 
@@ -90,7 +95,7 @@ class TaskState:
         "key", "run_spec", "state", "priority", "group",
         "dependencies", "dependents", "waiting_on", "waiters",
         "who_has", "who_wants", "processing_on", "nbytes", "type",
-        "retries", "suspicious", "restrictions", "error", "done_once",
+        "retries", "suspicious", "restrictions", "error", "done_once", "data",
     )
 
     def __init__(self, key, run_spec, group):
@@ -113,6 +118,7 @@ class TaskState:
         self.restrictions = None     # frozenset of worker addresses, or None
         self.error = None            # dict sent to clients when erred
         self.done_once = False
+        self.data = None             # small result (Serialized) sent along by the worker
 
     def __repr__(self):
         return f"<TaskState {self.key!r} {self.state}>"
@@ -177,6 +183,7 @@ class SchedulerState:
         self.datasets = {}                   # {name: {"data": Serialized, "keys": [...]}}
         self.collections = {}                # {name: Serialized}
         self.gathers = {}                    # {gather id: pending gather}
+        self.parked = {}                     # {key: {gather id}} waiting for results
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.errors = deque(maxlen=20)       # latest errors for monitors
@@ -318,6 +325,8 @@ class SchedulerState:
                 recs[dep.key] = FORGOTTEN
         self._set_state(ts, FORGOTTEN)
         del self.tasks[ts.key]
+        if ts.key in self.parked:
+            self._unpark(ts.key, ok=False)
         return recs
 
     def _released_erred(self, ts):
@@ -402,6 +411,8 @@ class SchedulerState:
         return self._after_memory(ts)
 
     def _after_memory(self, ts):
+        if ts.key in self.parked:
+            self._unpark(ts.key, ok=True)
         recs = {}
         for dts in ts.waiters:
             dts.waiting_on.discard(ts)
@@ -440,6 +451,8 @@ class SchedulerState:
         ts.waiting_on.clear()
         self._set_state(ts, ERRED)
         ts.group.erred += 1
+        if ts.key in self.parked:
+            self._unpark(ts.key, ok=False)
         recs = {}
         for dts in ts.dependents:
             if dts.state in (WAITING, QUEUED, NO_WORKER, RELEASED) and dts.key in self.tasks:
@@ -475,6 +488,7 @@ class SchedulerState:
             ws.nbytes -= max(ts.nbytes, 0)
             self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
         ts.who_has.clear()
+        ts.data = None
         self._set_state(ts, RELEASED)
         recs.update(self._release_recs(ts))
         return recs
@@ -556,7 +570,9 @@ class SchedulerState:
         ws.occupancy += duration
         self._set_state(ts, PROCESSING)
         msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec,
-               "priority": ts.priority}
+               "priority": ts.priority, "duration": ts.group.duration}
+        if ts.who_wants:
+            msg["want_data"] = True
         if ts.dependencies:
             msg["who_has"] = {dep.key: [w.address for w in dep.who_has]
                               for dep in ts.dependencies}
@@ -762,6 +778,7 @@ class SchedulerState:
             return
         ts.nbytes = msg.get("nbytes", 0)
         ts.type = msg.get("type")
+        ts.data = msg.get("data")
         if "duration" in msg:
             ts.group.add_duration(msg["duration"])
         self._add_replica(ts, ws)
@@ -992,11 +1009,38 @@ class SchedulerState:
         self.fill_workers()
 
     def _on_gather(self, cid, msg):
+        """Send values of keys to a client.  With ``wait``, keys still being computed
+        are waited for here, so the answer leaves as soon as the last one is done."""
         gid = next(self._ids)
+        keys = list(msg["keys"])
         g = self.gathers[gid] = {"client": cid, "request_id": msg["request_id"],
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
-                                 "keys": list(msg["keys"]), "tries": 0}
-        self._start_gather(gid, msg["keys"])
+                                 "keys": keys, "waiting": set()}
+        if msg.get("wait"):
+            for key in keys:
+                ts = self.tasks.get(key)
+                if ts is not None and ts.state not in (MEMORY, ERRED):
+                    g["waiting"].add(key)
+                    self.parked.setdefault(key, set()).add(gid)
+        if not g["waiting"]:
+            self._start_gather(gid, keys)
+
+    def _unpark(self, key, ok):
+        for gid in self.parked.pop(key, ()):
+            g = self.gathers.get(gid)
+            if g is None:
+                continue
+            if not ok:
+                # An erred or forgotten key ends the wait: the client sees why.
+                for other in g["waiting"]:
+                    self.parked.get(other, set()).discard(gid)
+                g["waiting"].clear()
+                g["missing"].append(key)
+                self._maybe_finish_gather(gid)
+                continue
+            g["waiting"].discard(key)
+            if not g["waiting"]:
+                self._start_gather(gid, [k for k in g["keys"] if k not in g["missing"]])
 
     def _start_gather(self, gid, keys):
         g = self.gathers[gid]
@@ -1005,6 +1049,9 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None or ts.state != MEMORY or not ts.who_has:
                 g["missing"].append(key)
+                continue
+            if ts.data is not None:
+                g["data"][key] = ts.data
                 continue
             ws = min(ts.who_has, key=lambda w: len(w.processing))
             by_worker.setdefault(ws, []).append(key)
@@ -1033,7 +1080,7 @@ class SchedulerState:
 
     def _maybe_finish_gather(self, gid):
         g = self.gathers.get(gid)
-        if g is None or g["pending"]:
+        if g is None or g["pending"] or g["waiting"]:
             return
         del self.gathers[gid]
         self.send_client(g["client"], {"op": "gather-result",
@@ -1186,6 +1233,7 @@ class SchedulerState:
         self.queued.clear()
         self.unrunnable.clear()
         self.gathers.clear()
+        self.parked.clear()
         self.scatters.clear()
         self.datasets.clear()
         self._reply(cid, msg, True)

@@ -29,6 +29,7 @@ from ..security import Security, find_security, read_connection_file
 from .state import Execute, GatherDep, Send, WorkerState
 
 MAX_ERROR_TEXT = 10_000
+INLINE_RESULT = 16_384     # bytes
 
 
 def resolve_scheduler(address, security, which):
@@ -86,6 +87,18 @@ def error_payload(exc, tb):
         traceback = None
     return {"type": type(exc).__name__, "text": text, "exception": exception,
             "traceback": traceback, "traceback_text": tb_text}
+
+
+def inline(value, nbytes, job):
+    """A small result a client waits for travels with "task-finished", saving the
+    scheduler a request to this worker when the client gathers it."""
+    if not job.want_data or nbytes > INLINE_RESULT:
+        return None
+    try:
+        blob = serialize(value)
+    except Exception:
+        return None                  # reported when gathered, with the key named
+    return blob if len(blob.frames) == 1 and blob.nbytes <= INLINE_RESULT else None
 
 
 def typename(value):
@@ -234,10 +247,11 @@ class Worker:
             try:
                 node = deserialize(job.run_spec)
                 value = execute(node, job.inputs)
+                nbytes = sizeof(value)
                 result = ("execute-success", {"key": job.key, "value": value,
-                                              "nbytes": sizeof(value),
-                                              "type": typename(value),
-                                              "start": start, "stop": time.time()})
+                                              "nbytes": nbytes, "type": typename(value),
+                                              "start": start, "stop": time.time(),
+                                              "data": inline(value, nbytes, job)})
             except BaseException as e:  # a task may raise anything, SystemExit too
                 result = ("execute-failure", {"key": job.key,
                                               "error": error_payload(e, e.__traceback__),

@@ -33,12 +33,16 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
+SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
+PREFETCH = 8           # tasks per thread handed to the pool when they are short
+
 
 @dataclass
 class Execute:
     key: object
     run_spec: object
     inputs: dict
+    want_data: bool = False      # send a small result along with "task-finished"
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Send:
 class WTask:
     __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
-                 "cancelled", "computed")
+                 "cancelled", "computed", "duration", "want_data")
 
     def __init__(self, key):
         self.key = key
@@ -70,6 +74,8 @@ class WTask:
         self.reported = False
         self.cancelled = False
         self.computed = False        # the scheduler asked this worker to compute it
+        self.duration = None         # the scheduler's estimate, seconds
+        self.want_data = False
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -105,11 +111,13 @@ class WorkerState:
     # ------------------------------------------------------------ scheduler ops
 
     def _on_compute_task(self, out, key, run_spec, priority=(0,), who_has=None,
-                         nbytes=None):
+                         nbytes=None, duration=None, want_data=False):
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = WTask(key)
         ts.computed = True
+        ts.duration = duration
+        ts.want_data = want_data
         ts.run_spec = run_spec
         ts.priority = tuple(priority)
         if ts.state == "executing":
@@ -145,6 +153,12 @@ class WorkerState:
             ts.state = "waiting"
         else:
             self._make_ready(ts)
+
+    def _report(self, out, ts):
+        """Asked to compute a key already held here (a fetched copy): it is done."""
+        ts.reported = True
+        out.append(Send({"op": "task-finished", "key": ts.key, "nbytes": ts.nbytes,
+                         "type": None}))
 
     def _make_ready(self, ts):
         ts.state = "ready"
@@ -248,7 +262,7 @@ class WorkerState:
     # ------------------------------------------------------------ local events
 
     def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
-                            stop=0.0):
+                            stop=0.0, data=None):
         self.executing.discard(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
@@ -258,8 +272,11 @@ class WorkerState:
             return
         self._store(ts, value, nbytes)
         ts.reported = True
-        out.append(Send({"op": "task-finished", "key": key, "nbytes": nbytes,
-                         "type": type, "duration": stop - start}))
+        msg = {"op": "task-finished", "key": key, "nbytes": nbytes, "type": type,
+               "duration": stop - start}
+        if data is not None:
+            msg["data"] = data
+        out.append(Send(msg))
         self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
@@ -336,17 +353,28 @@ class WorkerState:
     # ------------------------------------------------------------ scheduling
 
     def _ensure_computing(self, out):
-        while self.ready and len(self.executing) < self.nthreads:
-            _, _, key = heapq.heappop(self.ready)
-            ts = self.tasks.get(key)
+        """Start ready tasks, highest priority first.  Tasks known to be tiny are
+        handed to the pool a few at a time, so the pool runs them back to back
+        instead of waiting for this thread between each; others one per thread,
+        announced with "task-started" (the scheduler blames those when a worker dies).
+        """
+        while self.ready:
+            ts = self.tasks.get(self.ready[0][2])
             if ts is None or ts.state != "ready":
+                heapq.heappop(self.ready)
                 continue
+            short = ts.duration is not None and ts.duration < SHORT_TASK
+            limit = self.nthreads * PREFETCH if short else self.nthreads
+            if len(self.executing) >= limit:
+                return
+            heapq.heappop(self.ready)
             ts.state = "executing"
             ts.cancelled = False
-            self.executing.add(key)
+            self.executing.add(ts.key)
             inputs = {d.key: self.data[d.key] for d in ts.dependencies}
-            out.append(Send({"op": "task-started", "key": key}))
-            out.append(Execute(key, ts.run_spec, inputs))
+            if not short:
+                out.append(Send({"op": "task-started", "key": ts.key}))
+            out.append(Execute(ts.key, ts.run_spec, inputs, ts.want_data))
 
     def _ensure_communicating(self, out):
         wanted = {}
@@ -380,7 +408,7 @@ class WorkerState:
         return found, missing
 
     def validate(self):
-        assert len(self.executing) <= self.nthreads
+        assert len(self.executing) <= self.nthreads * PREFETCH
         for key, ts in self.tasks.items():
             assert ts.key == key
             if ts.state == "memory":
