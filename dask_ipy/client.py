@@ -13,6 +13,7 @@ scheduler is told the key is no longer wanted.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import itertools
 import os
 import threading
@@ -79,6 +80,29 @@ def _pack_futures(obj, values):
     if t is dict:
         return {k: _pack_futures(v, values) for k, v in obj.items()}
     return obj
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def call_token(fn_token, args):
+    """Deterministic token of a call.  Arguments of plain types are hashed from their
+    repr, which is exact for them and far cheaper than a general tokenize."""
+    if all(type(a) in _PLAIN for a in args):
+        return hashlib.md5(f"{fn_token}{args!r}".encode()).hexdigest()
+    return tokenize(fn_token, args)
+
+
+def call_spec(key, fn, args, kwargs):
+    """What a worker runs for submit/map: a plain ``(fn, args, kwargs)`` call when no
+    Future is among the arguments (cheap to pickle), else a dask Task whose
+    references to the Futures' keys the worker resolves; plus {key: Future}."""
+    found = {}
+    args2 = _walk_futures(list(args), found)
+    kwargs2 = _walk_futures(kwargs, found) if kwargs else {}
+    if not found:
+        return (fn, tuple(args), kwargs), found
+    return Task(key, fn, *args2, **kwargs2), found
 
 
 class Client:
@@ -450,13 +474,10 @@ class Client:
             raise TypeError("first argument of submit must be callable")
         if key is None:
             if pure:
-                key = f"{funcname(fn)}-{tokenize(fn, args, kwargs)}"
+                key = f"{funcname(fn)}-{call_token(tokenize(fn, kwargs), args)}"
             else:
                 key = f"{funcname(fn)}-{uuid.uuid4().hex}"
-        found = {}
-        args2 = _walk_futures(list(args), found)
-        kwargs2 = _walk_futures(kwargs, found)
-        node = Task(key, fn, *args2, **kwargs2)
+        node, found = call_spec(key, fn, args, kwargs)
         if key in self.states and self.refcount.get(key, 0) > 0:
             return Future(key, self)
         futures = self._submit_graph([(key, node, list(found))], [key], None, priority,
@@ -475,7 +496,7 @@ class Client:
             keys = list(key)
         elif pure:
             fn_token = tokenize(fn, kwargs)
-            keys = [f"{name}-{tokenize(fn_token, row)}" for row in rows]
+            keys = [f"{name}-{call_token(fn_token, row)}" for row in rows]
         else:
             base = uuid.uuid4().hex
             keys = [f"{name}-{base}-{i}" for i in range(len(rows))]
@@ -485,10 +506,8 @@ class Client:
             if k in seen:
                 continue
             seen[k] = None
-            found = {}
-            row2 = _walk_futures(list(row), found)
-            kw2 = _walk_futures(kwargs, found) if kwargs else {}
-            tasks.append((k, Task(k, fn, *row2, **kw2), list(found)))
+            node, found = call_spec(k, fn, row, kwargs)
+            tasks.append((k, node, list(found)))
         priorities = {k: i for i, k in enumerate(keys)}
         futures = self._submit_graph(tasks, list(seen), priorities, priority, retries,
                                      workers)

@@ -394,6 +394,9 @@ def execute(node: GraphNode, data: Mapping):
 
     A dependency absent from ``data`` raises KeyError.
     """
+    if type(node) is tuple:          # a plain call from submit/map: (fn, args, kwargs)
+        fn, args, kwargs = node
+        return fn(*args, **kwargs)
     if isinstance(node, DataNode):
         return node.value
     if isinstance(node, Alias):

@@ -7,7 +7,7 @@ computes a cell's value on it.
                                  graph dict        get(graph, keys)
                                  collection(s)     compute(..., sync=True)
                                  Future(s)         gather
-    %dsched status ──▶ widget.Monitor (a notebook) or `format_status` (a terminal)
+    %dsched status ──▶ widget.Monitor (a notebook) or its text (a terminal)
 
 Everything here goes through the public API of dask_ipy; the scheduler is never
 reached into.  One `DaskMagics` instance per shell holds the active client and the
@@ -84,58 +84,8 @@ def resolve_targets(targets, ids):
     return chosen
 
 
-def _bytes(n):
-    n = float(n or 0)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-
-
-def format_status(snapshot):
-    """Plain text of a monitor snapshot (the widget's content, for terminals).
-
-    ``snapshot``: ``{'address': str, 'workers': [{'address', 'name', 'host',
-    'nthreads', 'executing', 'processing', 'keys', 'nbytes', 'memory',
-    'last_seen'}], 'counts': {state: n}, 'groups': [{'name', 'total', 'done',
-    'erred'}], 'nclients': n}`` (missing fields show as blanks).
-    """
-    workers = snapshot.get("workers", [])
-    threads = sum(w.get("nthreads", 0) for w in workers)
-    lines = [f"dask_ipy scheduler {snapshot.get('address', '?')}: "
-             f"{len(workers)} worker{'s' * (len(workers) != 1)}, "
-             f"{threads} thread{'s' * (threads != 1)}, "
-             f"{snapshot.get('nclients', '?')} client(s)"]
-    if workers:
-        rows = [("worker", "name", "host", "threads", "executing", "queued", "keys",
-                 "stored", "memory", "heartbeat")]
-        for w in sorted(workers, key=lambda w: str(w.get("name", w.get("address")))):
-            queued = max(w.get("processing", 0) - w.get("executing", 0), 0)
-            name = str(w.get("name") or "")
-            rows.append((w.get("address", ""), "" if name == w.get("address") else name,
-                         w.get("host", ""), str(w.get("nthreads", "")),
-                         str(w.get("executing", "")), str(queued),
-                         str(w.get("keys", "")), _bytes(w.get("nbytes")),
-                         _bytes(w.get("memory")), f"{w.get('last_seen', 0):.1f} s ago"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            lines.append("  " + "  ".join(c.ljust(n) for c, n in zip(r, widths)).rstrip())
-    counts = {k: v for k, v in snapshot.get("counts", {}).items() if v}
-    lines.append("tasks: " + (", ".join(f"{k} {v}" for k, v in counts.items())
-                              or "none"))
-    for grp in snapshot.get("groups", [])[-10:]:
-        total = grp.get("total", 0)
-        done = grp.get("done", 0)
-        width = 20
-        filled = int(width * done / total) if total else 0
-        erred = f", {grp['erred']} erred" if grp.get("erred") else ""
-        lines.append(f"  {grp.get('name', '')[:30]:30} [{'#' * filled}"
-                     f"{'.' * (width - filled)}] {done}/{total}{erred}")
-    return "\n".join(lines)
-
-
 def snapshot(client, timeout=2.0):
-    """One monitor snapshot of ``client``'s scheduler (waits for the next one)."""
+    """The next monitor snapshot of ``client``'s scheduler (None if none comes)."""
     got = threading.Event()
     box = []
 
@@ -148,14 +98,7 @@ def snapshot(client, timeout=2.0):
         got.wait(timeout)
     finally:
         client.unsubscribe_monitor(take)
-    if box:
-        return box[0]
-    info = client.scheduler_info()         # no snapshot in time: the basics
-    has_what = client.has_what()
-    return {"address": info.get("address"), "nclients": info.get("nclients", "?"),
-            "workers": [dict(w, address=a, keys=len(has_what.get(a, ())))
-                        for a, w in info["workers"].items()],
-            "counts": {}, "groups": []}
+    return box[0] if box else None
 
 
 def _resolve_key(token, graph):
@@ -283,9 +226,9 @@ class DaskMagics(Magics):
 
     def _forget(self, close):
         """Drop the active client (closing it if ``close``) and what hangs on it."""
-        for m in self.monitors:
+        for m in self.monitors:          # they keep showing their last state
             try:
-                m.close()
+                m.stop()
             except Exception:
                 pass
         self.monitors = []
@@ -399,24 +342,16 @@ class DaskMagics(Magics):
 
     def _dsched_status(self, args):
         client = self.active_client()
-        monitor = self._widget(client)
-        if monitor is not None:
-            from IPython.display import display
+        from .widget import Monitor, snapshot_text
 
-            self.monitors.append(monitor)
-            display(monitor)
-        else:
-            print(format_status(snapshot(client)))
+        if getattr(self.shell, "kernel", None) is None:     # a terminal: no widgets
+            print(snapshot_text(snapshot(client), client.status))
+            return
+        from IPython.display import display
 
-    def _widget(self, client):
-        """A live Monitor where a notebook front end can show it, else None."""
-        if getattr(self.shell, "kernel", None) is None:
-            return None                      # a terminal: no widget front end
-        try:
-            from .widget import Monitor
-        except ImportError:
-            return None
-        return Monitor(client)
+        monitor = Monitor(client)
+        self.monitors.append(monitor)
+        display(monitor)
 
     def _dsched_restart(self, args):
         client = self.active_client()

@@ -10,7 +10,8 @@ The scheduler builds snapshots only while someone subscribes, so a cluster nobod
 watches pays nothing.  After construction only the updater thread writes the
 Monitor's widgets: ipykernel sends comm messages from any thread, and one writer per
 widget keeps every widget's state in order.  It writes at most ``1 / interval`` times
-a second and skips values that did not change, so an idle cluster costs no messages.
+a second and skips values that did not change: a quiet cluster costs about one small
+message per snapshot (process memory and CPU still move).
 
 Rendering is a set of pure functions of a snapshot (see `SchedulerState.snapshot`)::
 
@@ -84,6 +85,13 @@ def format_duration(seconds):
     if s < 86400:
         return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
     return f"{int(s // 86400)}d {int(s % 86400 // 3600):02d}h"
+
+
+def format_heartbeat(seconds):
+    """Coarse on purpose: a healthy worker reads the same from one snapshot to the
+    next, so its row is not sent again."""
+    s = float(seconds or 0)
+    return "< 1 s" if s < 1 else format_duration(s) + " ago"
 
 
 def worker_label(w):
@@ -189,7 +197,7 @@ def workers_html(snap, max_rows=64):
         nthreads = int(w.get("nthreads", 0))
         busy = min(executing / nthreads, 1.0) if nthreads else 0.0
         late = w.get("last_seen", 0) > 5
-        beat = format_duration(w.get("last_seen", 0)) + " ago"
+        beat = format_heartbeat(w.get("last_seen", 0))
         cells = [
             f'<td style="{td};text-align:left;{MONO}" title="{_esc(w.get("address"))}">'
             f'{_esc(worker_label(w))}</td>',
@@ -325,7 +333,7 @@ def snapshot_text(snap, status="running", max_groups=20, max_workers=64):
                          str(w.get("keys", 0)), format_bytes(w.get("nbytes", 0)),
                          format_bytes(w.get("memory", 0)),
                          f"{float(w.get('cpu', 0)):.0f}%",
-                         format_duration(w.get("last_seen", 0)) + " ago"))
+                         format_heartbeat(w.get("last_seen", 0))))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             cells = [c.ljust(widths[i]) if i < 2 else c.rjust(widths[i])

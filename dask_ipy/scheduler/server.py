@@ -105,6 +105,14 @@ class Scheduler:
                 break
 
     def _on_disconnect(self, frames):
+        # The monitor event can come before the socket has dropped the dead peer's
+        # pipe (that happens when the socket next processes its commands), and a
+        # ping into that pipe still "succeeds": look again a little later.
+        self._find_lost_peers()
+        for delay in (0.02, 0.1, 0.4):
+            self.loop.call_later(delay, self._find_lost_peers)
+
+    def _find_lost_peers(self):
         for wid in list(self.state.workers):
             if not self._reachable(self.worker_socket, wid):
                 self.state.remove_worker(wid, reason="connection lost")

@@ -587,28 +587,34 @@ class SchedulerState:
             ws.executing.discard(ts)
             ts.processing_on = None
 
-    def fill_workers(self):
-        """Hand queued root tasks to workers with room, siblings together."""
-        recs = {}
-        if self.queued:
-            for ws in sorted(self.workers.values(), key=lambda w: len(w.processing)):
-                if ws.status != "running":
-                    continue
-                if not self.queued:
-                    break
-                room = self._room(ws, self.queued[0][2])
-                while room > 0 and self.queued:
-                    _, _, ts = heapq.heappop(self.queued)
-                    if ts.state != QUEUED:
-                        continue
-                    self._set_state(ts, WAITING)
-                    self._assign(ts, ws)
-                    room -= 1
-        if self.unrunnable and self.workers:
-            for ts in list(self.unrunnable):
-                recs[ts.key] = WAITING
-        if recs:
-            self.transitions(recs)
+    def fill_workers(self, ws=None):
+        """Hand queued root tasks to workers with room, siblings together.
+
+        After a task finishes only its worker has gained room, so only it is
+        filled; ``ws=None`` (new tasks, workers coming or going) tries every worker.
+        """
+        if not self.queued:
+            return
+        if ws is not None:
+            self._fill(ws)
+            return
+        for ws in sorted(self.workers.values(), key=lambda w: len(w.processing)):
+            if not self.queued:
+                break
+            self._fill(ws)
+
+    def _fill(self, ws):
+        if ws.status != "running" or not self.queued:
+            return
+        room = self._room(ws, self.queued[0][2])
+        queued = self.queued
+        while room > 0 and queued:
+            _, _, ts = heapq.heappop(queued)
+            if ts.state != QUEUED:
+                continue
+            self._set_state(ts, WAITING)
+            self._assign(ts, ws)
+            room -= 1
 
     # ------------------------------------------------------------ graph intake
 
@@ -693,6 +699,8 @@ class SchedulerState:
         self.send_worker(ws, {"op": "registered"})
         if keys:
             self.send_worker(ws, {"op": "free-keys", "keys": list(keys)})
+        if self.unrunnable:
+            self.transitions({ts.key: WAITING for ts in self.unrunnable})
         self.fill_workers()
         return ws
 
@@ -783,7 +791,7 @@ class SchedulerState:
             ts.group.add_duration(msg["duration"])
         self._add_replica(ts, ws)
         self.transitions({ts.key: MEMORY})
-        self.fill_workers()
+        self.fill_workers(ws)
 
     def _add_replica(self, ts, ws):
         if ws not in ts.who_has:

@@ -1,0 +1,326 @@
+"""The ``dask-ipy`` command (also ``python -m dask_ipy``).
+
+    dask-ipy scheduler [--host H] [--port-to-workers P] [--port-to-clients P]
+                       [--connection-file F] [--idle-timeout S]
+    dask-ipy worker ADDRESS_OR_FILE [--nthreads N] [--name NAME] [--host H]
+    dask-ipy demo [--engines N] [--ipython-dir D]
+    dask-ipy bench [ARGS...]          # python -m benchmarks ARGS, from a checkout
+
+``scheduler`` prints ``name: value`` lines (pid, connection_file, address_to_workers,
+address_to_clients, in that order) once it listens; `dask_ipy.ipp` reads them to
+boot on ipyparallel.  With ``--security-from-stdin`` the key arrives as one JSON line
+on stdin, never on the command line.  With ``--log-file`` output goes to a file once
+the addresses are out, so a parent may stop reading the pipe.  SIGTERM and SIGINT
+close the scheduler or worker cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import operator
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="dask-ipy",
+        description="dask_ipy: a distributed task scheduler for dask graphs and "
+                    "futures over ZeroMQ, booted on ipyparallel.")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="logging level (default: WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scheduler", help="run a scheduler until it is shut down")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind and advertise (default: 127.0.0.1; "
+                        "0.0.0.0 binds all and advertises this host's name)")
+    p.add_argument("--port-to-workers", type=int, default=0)
+    p.add_argument("--port-to-clients", type=int, default=0)
+    p.add_argument("--connection-file", default=None,
+                   help="where to write addresses and key (default: runtime dir)")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="exit after this many seconds without clients and workers")
+    p.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    p.add_argument("--encrypt", action="store_true",
+                   help="encrypt every connection (ZeroMQ CURVE)")
+    p.add_argument("--security-from-stdin", action="store_true",
+                   help="read the key as one JSON line on stdin")
+    p.add_argument("--log-file", default=None,
+                   help="send output here once listening ('auto': next to the "
+                        "connection file; removed at exit if empty)")
+
+    p = sub.add_parser("worker", help="run a worker until its scheduler closes it")
+    p.add_argument("scheduler", metavar="ADDRESS_OR_FILE",
+                   help="the scheduler's address_to_workers or connection file")
+    p.add_argument("--nthreads", type=int, default=1)
+    p.add_argument("--name", default=None)
+    p.add_argument("--host", default=None,
+                   help="interface to serve peers on (default: the one towards "
+                        "the scheduler)")
+
+    p = sub.add_parser("demo", help="boot on a local ipcluster, compute, print, stop")
+    p.add_argument("--engines", type=int, default=2)
+    p.add_argument("--ipython-dir", default=None,
+                   help="IPython directory for the cluster (default: a temporary one)")
+    p.add_argument("--scheduler", default="engine",
+                   choices=("engine", "local", "inprocess"))
+
+    p = sub.add_parser("bench", help="run the benchmarks of a source checkout",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return COMMANDS[args.command](args) or 0
+
+
+# ---------------------------------------------------------------- signals
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum, frame):
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _until_signalled():
+    """SIGINT and SIGTERM end the block; once inside the clean-up they are ignored,
+    so a second Ctrl-C cannot leave sockets or files half closed."""
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Interrupted:
+        pass
+    finally:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------- scheduler
+
+def _read_security(args):
+    from .security import Security
+
+    if args.security_from_stdin:
+        line = sys.stdin.readline()
+        if not line.strip():
+            raise SystemExit("dask-ipy scheduler: no key on stdin")
+        return Security.from_dict(json.loads(line))
+    if args.encrypt:
+        return Security.temporary(encrypt=True)
+    return None
+
+
+def ready_lines(pid, connection_file, address_to_workers, address_to_clients):
+    """What `scheduler` prints once it listens; the addresses come last."""
+    return [f"pid: {pid}", f"connection_file: {connection_file}",
+            f"address_to_workers: {address_to_workers}",
+            f"address_to_clients: {address_to_clients}"]
+
+
+def log_path(option, connection_file):
+    if option == "auto":
+        return os.path.splitext(connection_file)[0] + ".log"
+    return option
+
+
+def _redirect_output(path):
+    """Point stdout and stderr at ``path`` (0600): a parent reading our pipe may stop."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def _remove_if_empty(path):
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            os.remove(path)
+
+
+def cmd_scheduler(args):
+    from .scheduler.server import Scheduler
+
+    security = _read_security(args)
+    s = Scheduler(hostname=args.host, port_to_workers=args.port_to_workers,
+                  port_to_clients=args.port_to_clients, security=security,
+                  connection_file=args.connection_file, idle_timeout=args.idle_timeout,
+                  heartbeat_timeout=args.heartbeat_timeout)
+    log = None
+    try:
+        with _until_signalled():
+            print("dask-ipy scheduler", flush=True)
+            print("\n".join(ready_lines(os.getpid(), s.connection_file,
+                                        s.address_to_workers, s.address_to_clients)),
+                  flush=True)
+            if args.log_file:
+                log = log_path(args.log_file, s.connection_file)
+                _redirect_output(log)
+            s.wait()
+    finally:
+        s.close()
+        if log:
+            _remove_if_empty(log)
+    return 0
+
+
+# ---------------------------------------------------------------- worker
+
+def cmd_worker(args):
+    from .worker.server import Worker
+
+    w = Worker(scheduler=args.scheduler, hostname=args.host, nthreads=args.nthreads,
+               name=args.name)
+    try:
+        with _until_signalled():
+            print("dask-ipy worker", flush=True)
+            print(f"pid: {os.getpid()}\naddress: {w.address}\n"
+                  f"scheduler: {w.scheduler_address}", flush=True)
+            w.wait()
+    finally:
+        w.close()
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+def square(x):
+    return x * x
+
+
+def slow_inc(x):
+    time.sleep(0.01)
+    return x + 1
+
+
+def _worker_names(client):
+    return {addr: w.get("name") or addr
+            for addr, w in client.scheduler_info()["workers"].items()}
+
+
+def _placement(who_has, names):
+    """{worker name: number of keys it holds} from ``who_has``."""
+    counts = {}
+    for holders in who_has.values():
+        for addr in holders:
+            name = names.get(addr, addr)
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _demo_compute(client, out):
+    """The seed graph, a dask.array reduction and a map of futures; prints where
+    things ran. Returns True when every result is right."""
+    names = _worker_names(client)
+    out(f"workers: {', '.join(f'{n} ({a})' for a, n in sorted(names.items()))}")
+    ok = True
+
+    y = client.get({"x": 1, "y": (operator.add, "x", 2)}, "y")
+    out(f"seed graph {{'x': 1, 'y': (add, 'x', 2)}} -> y = {y}")
+    ok &= y == 3
+
+    try:
+        import dask.array as da
+        import numpy  # noqa: F401
+    except ImportError:
+        out("dask.array reduction: skipped (numpy is not installed)")
+    else:
+        x = client.persist(da.arange(1_000_000, chunks=100_000))
+        total = x.sum().compute()
+        out(f"dask.array: arange(1e6, chunks=1e5).sum() = {total}; chunks held by "
+            f"{_placement(client.who_has(list(x.__dask_graph__().values())), names)}")
+        ok &= int(total) == 499999500000
+        del x
+
+    futures = client.map(slow_inc, range(20))
+    results = client.gather(futures)
+    out(f"map(slow_inc, range(20)) -> {results}")
+    out(f"  results held by {_placement(client.who_has(futures), names)}")
+    ok &= results == list(range(1, 21))
+
+    pids = client.run(os.getpid)
+    out("client.run(os.getpid): " + ", ".join(
+        f"{names.get(a, a)}: pid {p}" for a, p in sorted(pids.items())))
+    return ok
+
+
+def cmd_demo(args):
+    import ipyparallel
+
+    from .ipp import dask_client_from_ipclient
+
+    out = print
+    with contextlib.ExitStack() as stack:
+        if args.ipython_dir is None:
+            ipython_dir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="dask-ipy-demo-"))
+        else:
+            ipython_dir = args.ipython_dir
+        os.environ["IPYTHONDIR"] = ipython_dir     # the engines inherit it
+        out(f"starting an ipcluster with {args.engines} engines ...")
+        t0 = time.perf_counter()
+        cluster = ipyparallel.Cluster(n=args.engines, load_profile=False, delay=0,
+                                      controller_args=["--ping=200"], log_level=40)
+        stack.callback(cluster.stop_cluster_sync)
+        rc = cluster.start_and_connect_sync(activate=False)
+        stack.callback(rc.close)
+        rc.wait_for_engines(args.engines, timeout=60)
+        out(f"ipcluster up in {time.perf_counter() - t0:.2f} s: engines {rc.ids}")
+
+        t0 = time.perf_counter()
+        client = dask_client_from_ipclient(rc, scheduler=args.scheduler)
+        boot = time.perf_counter() - t0
+        out(f"dask_client_from_ipclient: {boot:.3f} s ({args.scheduler} scheduler at "
+            f"{client.address})")
+        try:
+            ok = _demo_compute(client, out)
+        finally:
+            t0 = time.perf_counter()
+            client.shutdown()
+            out(f"shutdown: {time.perf_counter() - t0:.3f} s; engines still answer: "
+                f"{rc[:].apply_sync(operator.add, 1, 1)}")
+    out("all results correct" if ok else "WRONG RESULTS")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- bench
+
+def _benchmarks_here(cwd):
+    path = os.path.join(cwd, "benchmarks")
+    return os.path.isfile(os.path.join(path, "__main__.py"))
+
+
+def cmd_bench(args):
+    cwd = os.getcwd()
+    if not _benchmarks_here(cwd):
+        print("dask-ipy bench: no benchmarks package here; run it from the root of a "
+              "dask_ipy source checkout (the directory holding benchmarks/)",
+              file=sys.stderr)
+        return 2
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return subprocess.call([sys.executable, "-m", "benchmarks", *rest], cwd=cwd)
+
+
+COMMANDS = {"scheduler": cmd_scheduler, "worker": cmd_worker, "demo": cmd_demo,
+            "bench": cmd_bench}

@@ -1,0 +1,539 @@
+"""Boot dask_ipy on a running ipyparallel cluster.
+
+    caller (a kernel)                          target engines
+    ─────────────────                          ──────────────
+    1 probe    ─ apply, all targets ─────────▶ pid, host, route to the controller,
+                                               the scheduler a live `dask_worker` serves
+    2 spawn    ─ apply, first target ────────▶ python -m dask_ipy scheduler (a child
+                                               process, own session), key on its stdin
+               ─ apply, other targets ───────▶ import dask_ipy (warm-up, meanwhile)
+    3 workers  ─ apply, targets lacking one ─▶ Worker(...) kept as `dask_worker`
+    4 Client(address_to_clients, security) ─▶ wait until every worker has registered
+
+All calls of a step go out at once (``block=False``) and the engines work in parallel.
+Steps 1 and 2 ship their functions by value (code only, stdlib imports inside), so an
+engine starts the scheduler before it pays ~0.3 s to import dask_ipy, and that import
+overlaps with the scheduler's own start-up.
+
+The key is made by the caller and travels only over ipyparallel's authenticated
+channel and the scheduler's stdin; it never appears on a command line.
+
+Reuse: step 1 reports, per engine, the scheduler its live worker belongs to. If one
+answers, a new call connects to it and only starts workers on the engines that lack
+one; nothing is recorded in the caller, so a fresh kernel finds the scheduler too.
+
+Lifetime: ``client.shutdown()`` closes the scheduler and its workers; the engine that
+spawned the scheduler reaps it with a thread that ends with it.  Workers die with
+their engines.  A scheduler left without clients and workers (the kernel died, then
+``ipcluster stop``) exits after ``idle_timeout`` seconds.
+
+Where the scheduler listens: on 127.0.0.1 when its host reaches the controller over
+loopback (a one-machine cluster), else on the IP its host uses to reach the
+controller, which the engines and the client reach too.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import types
+from collections import Counter
+
+logger = logging.getLogger("dask_ipy")
+
+PLACEMENTS = ("engine", "local", "inprocess")
+DEFAULT_IDLE_TIMEOUT = 30.0
+READY_KEYS = ("pid", "connection_file", "address_to_workers", "address_to_clients")
+
+# Engine side: the worker this engine runs and the scheduler it serves.
+_engine = {"worker": None, "scheduler": None}
+# Caller side: schedulers running in this process ({address_to_clients: Scheduler}).
+_inprocess = {}
+_inprocess_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def normalize_targets(targets, ids):
+    """Engine ids for an ipyparallel target spec ('all', int, slice, list, range)."""
+    ids = list(ids)
+    if targets is None or targets == "all":
+        chosen = ids
+    elif isinstance(targets, int):
+        chosen = [targets]
+    elif isinstance(targets, slice):
+        chosen = ids[targets]
+    else:
+        chosen = list(targets)
+    missing = [t for t in chosen if t not in ids]
+    if missing:
+        raise ValueError(f"no engine with id {missing} (engines up: {ids})")
+    if not chosen:
+        raise ValueError(f"the targets {targets!r} select no engine (engines up: {ids})")
+    return list(dict.fromkeys(chosen))
+
+
+def url_host(url):
+    """'tcp://10.0.0.5:1234' -> '10.0.0.5'; None when there is no host."""
+    if not url or "://" not in url:
+        return None
+    host = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    return host or None
+
+
+def is_loopback(host):
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def choose_host(controller, route_ip, fallback):
+    """Where a scheduler binds, given how its machine reaches the controller.
+
+    ``controller``: the controller's host as that machine sees it; ``route_ip``: its
+    own IP on the route there; ``fallback``: its host name."""
+    if controller is None:
+        return route_ip or fallback or "127.0.0.1"
+    if is_loopback(controller):
+        return "127.0.0.1"
+    return route_ip or fallback
+
+
+def scheduler_argv(host, idle_timeout, heartbeat_timeout):
+    """Arguments after ``python -m dask_ipy`` to start a scheduler for a bootstrap."""
+    argv = ["scheduler", "--host", host, "--security-from-stdin", "--log-file", "auto",
+            "--heartbeat-timeout", str(heartbeat_timeout)]
+    if idle_timeout is not None:
+        argv += ["--idle-timeout", str(idle_timeout)]
+    return argv
+
+
+def live_scheduler(probes):
+    """The scheduler most engines with a live worker serve, or None.
+
+    ``probes``: {engine_id: probe dict} as returned by `_engine_probe`."""
+    votes = Counter()
+    infos = {}
+    for probe in probes.values():
+        record = probe.get("record")
+        if record and record.get("worker_alive") and record.get("scheduler"):
+            address = record["scheduler"]["address_to_clients"]
+            votes[address] += 1
+            infos[address] = record["scheduler"]
+    if not votes:
+        return None
+    return infos[votes.most_common(1)[0][0]]
+
+
+def engines_to_start(probes):
+    """Engines without a live worker. An engine whose worker serves another scheduler
+    is left alone: one engine, one worker."""
+    return [eid for eid, probe in probes.items()
+            if not (probe.get("record") or {}).get("worker_alive")]
+
+
+# ---------------------------------------------------------------- shipped by value
+
+def _by_value(fn):
+    """``fn`` re-homed in ``__main__``, so ipyparallel sends its code rather than a
+    reference that would make the engine import dask_ipy before running it."""
+    clone = types.FunctionType(fn.__code__, {"__builtins__": builtins}, fn.__name__,
+                               fn.__defaults__, fn.__closure__)
+    clone.__module__ = "__main__"
+    clone.__kwdefaults__ = fn.__kwdefaults__
+    return clone
+
+
+def _engine_probe():
+    """Runs on an engine, by value: who am I, how do I reach the controller, and
+    which scheduler does my worker serve (only if dask_ipy is already imported)."""
+    import os
+    import socket
+    import sys
+
+    out = {"pid": os.getpid(), "hostname": socket.gethostname(), "engine_id": None,
+           "controller": None, "route_ip": None, "record": None}
+    try:
+        from IPython import get_ipython
+        out["engine_id"] = getattr(get_ipython().kernel, "engine_id", None)
+    except Exception:
+        pass
+    try:
+        from ipyparallel.engine.app import IPEngine
+        if IPEngine.initialized():
+            url = IPEngine.instance().registration_url
+            out["controller"] = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    except Exception:
+        pass
+    if out["controller"]:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((socket.gethostbyname(out["controller"]), 9))
+                out["route_ip"] = s.getsockname()[0]
+        except OSError:
+            pass
+    mod = sys.modules.get("dask_ipy.ipp")
+    if mod is not None:
+        out["record"] = mod._engine_record()
+    return out
+
+
+def _engine_warm():
+    """Runs on an engine, by value: import dask_ipy while the scheduler starts."""
+    import dask_ipy.ipp  # noqa: F401
+
+
+def spawn_scheduler(argv, security_json, timeout=30.0, warm=False):
+    """Start ``python -m dask_ipy <argv>`` as a child in its own session; returns
+    {pid, connection_file, address_to_workers, address_to_clients} once it listens.
+
+    Runs on an engine (by value, so stdlib only) or in the caller. A thread named
+    ``dask-ipy-scheduler-reaper`` waits for the child, so it never lingers as a
+    zombie; it ends when the scheduler does."""
+    import os
+    import selectors
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "dask_ipy", *argv],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc.stdin.write(security_json.encode() + b"\n")
+    proc.stdin.close()
+    if warm:
+        import dask_ipy.ipp  # noqa: F401  (overlaps with the child's own imports)
+    deadline = time.monotonic() + timeout
+    info, text, buf = {}, [], b""
+    fd = proc.stdout.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while "address_to_clients" not in info:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                line = line.decode("utf-8", "replace")
+                text.append(line)
+                name, sep, value = line.partition(":")
+                if sep and name.strip() in ("pid", "connection_file",
+                                            "address_to_workers", "address_to_clients"):
+                    info[name.strip()] = value.strip()
+    proc.stdout.close()
+    if "address_to_clients" not in info:
+        proc.kill()
+        proc.wait()
+        output = "\n".join(text[-40:]) or "(no output)"
+        raise RuntimeError(f"the dask_ipy scheduler did not start within {timeout} s:\n"
+                           f"{output}")
+    info["pid"] = int(info.get("pid") or proc.pid)
+    threading.Thread(target=proc.wait, name="dask-ipy-scheduler-reaper",
+                     daemon=True).start()
+    return info
+
+
+# ---------------------------------------------------------------- engine side
+
+def _worker_alive(w):
+    return w is not None and w.loop.running and not w.closed.is_set()
+
+
+def _engine_record():
+    """What this engine tells a probe: its worker and the scheduler it serves."""
+    w = _engine["worker"]
+    if w is None:
+        return None
+    return {"worker_alive": _worker_alive(w), "worker_address": w.address,
+            "scheduler": _engine["scheduler"]}
+
+
+def _engine_id():
+    try:
+        from IPython import get_ipython
+        return getattr(get_ipython().kernel, "engine_id", None)
+    except Exception:
+        return None
+
+
+def _engine_start_worker(scheduler, nthreads=1):
+    """Runs on an engine: a Worker for ``scheduler``, in the engine namespace as
+    ``dask_worker``. A worker for another scheduler is closed first."""
+    from .security import Security
+    from .worker.server import Worker
+
+    old = _engine["worker"]
+    if _worker_alive(old):
+        if old.scheduler_address == scheduler["address_to_workers"]:
+            return {"engine_id": _engine_id(), "address": old.address, "new": False}
+        old.close()
+    eid = _engine_id()
+    w = Worker(scheduler=scheduler["address_to_workers"],
+               security=Security.from_dict(scheduler["security"]), nthreads=nthreads,
+               name=f"engine-{eid}" if eid is not None else None)
+    _engine.update(worker=w, scheduler=scheduler)
+    try:
+        from IPython import get_ipython
+        get_ipython().user_ns["dask_worker"] = w
+    except Exception:
+        pass
+    return {"engine_id": eid, "address": w.address, "new": True}
+
+
+def _engine_stop_worker():
+    """Runs on an engine: close its worker (the closed object stays as `dask_worker`)."""
+    w = _engine["worker"]
+    if w is not None:
+        w.close()
+    return w is not None
+
+
+# ---------------------------------------------------------------- caller side
+
+def _controller_host(ipclient):
+    try:
+        return url_host(ipclient._config["registration"])
+    except Exception:
+        return None
+
+
+def _route_ip(host):
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(host), 9))
+            return s.getsockname()[0]
+    except (OSError, TypeError):
+        return None
+
+
+def _collect(asyncs, deadline, what):
+    """{engine_id: result} of ``{engine_id: AsyncResult}``, one deadline for all."""
+    out = {}
+    for eid, ar in asyncs.items():
+        left = max(deadline - time.monotonic(), 0.001)
+        try:
+            out[eid] = ar.get(timeout=left)
+        except TimeoutError:
+            raise TimeoutError(f"engine {eid} did not {what} in time") from None
+    return out
+
+
+def _apply_each(ipclient, targets, fn, *args, **kwargs):
+    return {eid: ipclient[eid].apply_async(fn, *args, **kwargs) for eid in targets}
+
+
+def _probe(ipclient, targets, deadline):
+    return _collect(_apply_each(ipclient, targets, _by_value(_engine_probe)), deadline,
+                    "answer a probe")
+
+
+def _reachable(address, timeout=2.0):
+    host = url_host(address)
+    port = int(address.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _connect(scheduler, timeout):
+    from .client import Client
+    from .security import Security
+
+    return Client(scheduler["address_to_clients"],
+                  security=Security.from_dict(scheduler["security"]), timeout=timeout)
+
+
+def _start_scheduler(ipclient, targets, probes, placement, security, hostname,
+                     idle_timeout, heartbeat_timeout, deadline):
+    """Start a scheduler where ``placement`` says; returns its description."""
+    timeout = max(deadline - time.monotonic(), 1.0)
+    sec = json.dumps(security.to_dict())
+    if placement == "engine":
+        first = targets[0]
+        p = probes[first]
+        host = hostname or choose_host(p["controller"], p["route_ip"], p["hostname"])
+        argv = scheduler_argv(host, idle_timeout, heartbeat_timeout)
+        spawn = ipclient[first].apply_async(_by_value(spawn_scheduler), argv, sec,
+                                            timeout, True)
+        # The others import dask_ipy while the first engine waits for the scheduler.
+        _apply_each(ipclient, targets[1:], _by_value(_engine_warm))
+        info = _collect({first: spawn}, deadline, "start the scheduler")[first]
+        info["engine_id"] = first
+    else:
+        controller = _controller_host(ipclient)
+        host = hostname or choose_host(controller, _route_ip(controller),
+                                       socket.gethostname())
+        if placement == "local":
+            argv = scheduler_argv(host, idle_timeout, heartbeat_timeout)
+            info = spawn_scheduler(argv, sec, timeout)
+        else:
+            info = _start_inprocess(host, security, idle_timeout, heartbeat_timeout)
+    info.update(placement=placement, security=security.to_dict())
+    return info
+
+
+def _start_inprocess(host, security, idle_timeout, heartbeat_timeout):
+    from .scheduler.server import Scheduler
+
+    s = Scheduler(hostname=host, security=security, idle_timeout=idle_timeout,
+                  heartbeat_timeout=heartbeat_timeout)
+    with _inprocess_lock:
+        _inprocess[s.address_to_clients] = s
+
+    def reap():           # close (connection file, registry) once a client shuts it down
+        s.wait()
+        with _inprocess_lock:
+            _inprocess.pop(s.address_to_clients, None)
+    threading.Thread(target=reap, name="dask-ipy-inprocess-reaper", daemon=True).start()
+    return {"pid": os.getpid(), "connection_file": s.connection_file,
+            "address_to_workers": s.address_to_workers,
+            "address_to_clients": s.address_to_clients}
+
+
+def _start_workers(ipclient, engines, scheduler, nthreads, deadline):
+    if not engines:
+        return {}
+    view = ipclient.direct_view(engines)
+    ar = view.apply_async(_engine_start_worker, scheduler, nthreads)
+    left = max(deadline - time.monotonic(), 0.001)
+    try:
+        results = ar.get(timeout=left)
+    except TimeoutError:
+        raise TimeoutError(f"engines {engines} did not start their workers in time") \
+            from None
+    return dict(zip(engines, results))
+
+
+def _wait_for_workers(client, addresses, deadline):
+    missing = set(addresses)
+    while True:
+        missing -= set(client.nthreads())
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers {sorted(missing)} did not register with the "
+                               f"scheduler at {client.address} in time")
+        time.sleep(0.005)
+
+
+def _existing(probes, timeout):
+    """A client of the scheduler the engines' live workers serve, if it answers."""
+    scheduler = live_scheduler(probes)
+    if scheduler is None:
+        return None, None
+    if not _reachable(scheduler["address_to_clients"]):
+        logger.info("scheduler %s is gone; booting a new one",
+                    scheduler["address_to_clients"])
+        return None, None
+    try:
+        return _connect(scheduler, timeout), scheduler
+    except (TimeoutError, OSError) as e:
+        logger.info("scheduler %s does not answer (%s); booting a new one",
+                    scheduler["address_to_clients"], e)
+        return None, None
+
+
+def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler="engine",
+                              security=None, idle_timeout=DEFAULT_IDLE_TIMEOUT,
+                              hostname=None, heartbeat_timeout=10.0, timeout=30.0):
+    """Start a scheduler and one worker in each target engine; return a Client.
+
+    ``scheduler``: 'engine' (its own process on the host of the first target engine),
+    'local' (a process on this host) or 'inprocess' (a thread here, for debugging).
+    ``security``: a `Security` (or its dict) to use instead of a fresh random key.
+    ``hostname``: where the scheduler binds (default: see the module docstring).
+    ``idle_timeout``: seconds the scheduler lives on without clients and workers.
+
+    If the engines already run workers of a live scheduler, a client of that
+    scheduler is returned, and workers are started on target engines lacking one.
+    Raises TimeoutError when the cluster does not come up within ``timeout`` seconds.
+    """
+    from .security import Security
+
+    if scheduler not in PLACEMENTS:
+        raise ValueError(f"scheduler must be one of {PLACEMENTS}, not {scheduler!r}")
+    deadline = time.monotonic() + timeout
+    targets = normalize_targets(targets, ipclient.ids)
+    probes = _probe(ipclient, targets, deadline)
+    client, info = _existing(probes, timeout)
+    fresh = client is None
+    if fresh:
+        security = Security.from_dict(security) if security else Security.temporary()
+        info = _start_scheduler(ipclient, targets, probes, scheduler, security, hostname,
+                                idle_timeout, heartbeat_timeout, deadline)
+    try:
+        engines = targets if fresh else engines_to_start(probes)
+        started = _start_workers(ipclient, engines, info, nthreads, deadline)
+        if client is None:
+            client = _connect(info, max(deadline - time.monotonic(), 1.0))
+        _wait_for_workers(client, [r["address"] for r in started.values()], deadline)
+    except BaseException:
+        if fresh:
+            _abandon(client, info)
+        elif client is not None:
+            client.close()
+        raise
+    return client
+
+
+def _abandon(client, info):
+    """Undo a failed bootstrap: stop the new scheduler and whatever workers it has."""
+    try:
+        if client is None:
+            client = _connect(info, 5.0)
+        client.shutdown()
+    except Exception as e:
+        logger.warning("could not stop the scheduler at %s (%s); it exits when idle",
+                       info.get("address_to_clients"), e)
+
+
+def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0):
+    """Start workers for ``client``'s scheduler on target engines that lack one
+    (engines added to the ipcluster after the bootstrap); returns their addresses."""
+    deadline = time.monotonic() + timeout
+    targets = normalize_targets(targets, ipclient.ids)
+    probes = _probe(ipclient, targets, deadline)
+    scheduler = scheduler_of(client, ipclient, probes)
+    started = _start_workers(ipclient, engines_to_start(probes), scheduler,
+                             nthreads, deadline)
+    addresses = [r["address"] for r in started.values()]
+    _wait_for_workers(client, addresses, deadline)
+    return addresses
+
+
+def scheduler_of(client, ipclient=None, probes=None):
+    """The bootstrap record ({address_to_workers, address_to_clients, security, ...})
+    of the scheduler ``client`` talks to, as its engines know it."""
+    if probes is None:
+        if ipclient is None:
+            raise ValueError("scheduler_of needs the ipyparallel client or probes")
+        probes = _probe(ipclient, list(ipclient.ids), time.monotonic() + 30)
+    for probe in probes.values():
+        record = probe.get("record") or {}
+        sched = record.get("scheduler")
+        if sched and sched["address_to_clients"] == client.address:
+            return sched
+    with _inprocess_lock:
+        s = _inprocess.get(client.address)
+    if s is not None:
+        return {"address_to_workers": s.address_to_workers,
+                "address_to_clients": s.address_to_clients,
+                "security": s.security.to_dict(), "placement": "inprocess",
+                "pid": os.getpid()}
+    raise ValueError(f"no engine knows the scheduler at {client.address}")
