@@ -49,8 +49,6 @@ import itertools
 from collections import deque
 import pickle
 import struct
-import threading
-import time
 
 import blake3
 import cloudpickle
@@ -354,9 +352,10 @@ class Session:
         header_key, payload_key = _mac_keys(bytes(key))
         self._header_hasher = blake3.blake3(key=header_key)
         self._payload_hasher = blake3.blake3(key=payload_key)
-        self._counter = itertools.count(time.time_ns())
+        # Identities are random per endpoint, so counting from 1 never repeats a
+        # (sender, counter) pair a receiver has seen.  A Session is used by one thread.
+        self._counter = itertools.count(1)
         self._freshness: dict[bytes, _Freshness] = {}
-        self._lock = threading.Lock()
 
     def __repr__(self):
         return f"Session(identity={self.identity!r})"
@@ -456,12 +455,11 @@ class Session:
                 raise WrongSender(f"envelope sender {origin!r} arrived from {seen!r}")
         if to and to != self.identity:
             raise WrongRecipient(f"message for {to!r} arrived at {self.identity!r}")
-        with self._lock:
-            fresh = self._freshness.get(origin)
-            if fresh is None:
-                fresh = self._freshness[origin] = _Freshness()
-            if not fresh.admit(counter, self.replay_window):
-                raise ReplayedMessage(f"replayed or stale message from {origin!r}")
+        fresh = self._freshness.get(origin)
+        if fresh is None:
+            fresh = self._freshness[origin] = _Freshness()
+        if not fresh.admit(counter, self.replay_window):
+            raise ReplayedMessage(f"replayed or stale message from {origin!r}")
 
         try:
             msgs = msgpack.unpackb(

@@ -286,11 +286,6 @@ def test_replay_memory_is_bounded(worker, scheduler):
     assert len(fresh.seen) == len(fresh.order) == protocol.REPLAY_WINDOW
 
 
-def test_restarted_sender_with_same_identity_is_accepted(scheduler):
-    scheduler.loads(Session(KEY, b"worker-1").dumps([{"op": "a"}]))
-    assert scheduler.loads(Session(KEY, b"worker-1").dumps([{"op": "b"}])) == [{"op": "b"}]
-
-
 def test_counters_are_tracked_per_sender(scheduler):
     a, b = Session(KEY, b"a"), Session(KEY, b"b")
     early_b = b.dumps([{"op": "x"}])
