@@ -59,17 +59,45 @@ def kill_procs(procs, timeout=5.0):
     psutil.wait_procs(alive, timeout=timeout)
 
 
-class HostProcess:
-    """``python -m benchmarks.hosts KIND ...``: announces itself, lives until stdin closes."""
+def ready_mark(line, seen):
+    """A ``benchmarks.hosts`` announcement: one ``BENCHMARK-HOST-READY {json}`` line."""
+    if line.startswith(READY_MARK):
+        return json.loads(line[len(READY_MARK):])
+    return None
 
-    def __init__(self, args, log_path, env=None):
-        self.args = list(args)
+
+def ready_fields(last):
+    """``name: value`` lines (as the ``dask-ipy`` command prints), complete at ``last``."""
+
+    def parse(line, seen):
+        name, sep, value = line.partition(":")
+        if sep and name.strip().replace("_", "").isalnum():
+            value = value.strip()
+            seen[name.strip()] = int(value) if value.isdigit() else value
+        return seen if last in seen else None
+
+    return parse
+
+
+class HostProcess:
+    """A Python subprocess that announces itself on stdout, then serves until stopped.
+
+    ``argv`` follows the interpreter (``["-m", "benchmarks.hosts", KIND]``);
+    ``parse(line, seen)`` turns stdout lines into the announcement (a dict) once
+    complete. Stopping closes stdin (``benchmarks.hosts`` exits at its end),
+    sends SIGTERM if ``terminate``, and kills the tree if it does not go.
+    """
+
+    def __init__(self, argv, log_path, parse=ready_mark, terminate=False, env=None):
+        self.argv = list(argv)
         self.log_path = Path(log_path)
+        self.parse = parse
+        self.terminate = terminate
         self._log = open(self.log_path, "ab", buffering=0)
-        self._log.write(f"\n=== host {' '.join(self.args)}\n".encode())
+        self._log.write(f"\n=== host {' '.join(self.argv)}\n".encode())
         self._ready = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.hosts", *self.args],
+            [sys.executable, *self.argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -81,12 +109,14 @@ class HostProcess:
         self._reader.start()
 
     def _read(self):
+        seen, announced = {}, False
         for line in self.proc.stdout:
-            text = line.decode(errors="replace")
-            if text.startswith(READY_MARK):
-                self._ready.put(json.loads(text[len(READY_MARK):]))
-            else:
-                self._log.write(line)
+            self._log.write(line)
+            if not announced:
+                info = self.parse(line.decode(errors="replace").rstrip("\n"), seen)
+                if info is not None:
+                    announced = True
+                    self._ready.put(info)
         self._ready.put(None)
 
     def ready(self, timeout):
@@ -103,7 +133,7 @@ class HostProcess:
                 code = None
             why = f"closed its output (exit code {code})"
         if info is None:
-            raise RuntimeError(f"host {' '.join(self.args)} {why}: {tail(self.log_path)}")
+            raise RuntimeError(f"host {' '.join(self.argv)} {why}: {tail(self.log_path)}")
         return info
 
     def stop(self, timeout=15.0):
@@ -111,6 +141,8 @@ class HostProcess:
             self.proc.stdin.close()
         except OSError:
             pass
+        if self.terminate and self.proc.poll() is None:
+            self.proc.terminate()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -241,6 +241,9 @@ def main(argv=None):
         "versions": versions(),
         "clusters": {},
         "logs": {},
+        # Other work on the machine skews every figure: the 1-minute load average
+        # before and after each system says how much there was.
+        "load_average": {},
     }
     results = {}
 
@@ -258,7 +261,9 @@ def main(argv=None):
             log_path.write_bytes(b"")
             meta["logs"][name] = str(log_path)
             print(f"[{name}] running {','.join(letters)} (log: {log_path})", file=sys.stderr, flush=True)
+            load_before = os.getloadavg()[0]
             run_system(name, letters, settings, log_path, results, meta["clusters"])
+            meta["load_average"][name] = [load_before, os.getloadavg()[0]]
             meta["elapsed_seconds"] = time.perf_counter() - t0
             save(json_path, payload())
     finally:
@@ -271,6 +276,9 @@ def main(argv=None):
         "\nratio: dask_ipy / best of distributed and distributed-inf "
         "(f: / ipyparallel's become_dask); read it with the 'better' column."
     )
+    if meta["load_average"]:
+        loads = ", ".join(f"{k} {a:.1f} -> {b:.1f}" for k, (a, b) in meta["load_average"].items())
+        print(f"load average (1 min, {os.cpu_count()} cpus) before -> after: {loads}")
     for err in out["errors"]:
         print(f"error: {err['system']} {err['workload']}: {err['error'].splitlines()[0][:300]}")
     print(f"\nJSON: {json_path}  ({meta['elapsed_seconds']:.0f} s)")

@@ -16,6 +16,8 @@ Every cluster has two workers of one thread each.
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 
 from . import procs, tasks
@@ -46,8 +48,32 @@ class System:
         time.sleep(seconds)
 
 
+_cli = None
+
+
+def has_cli():
+    """Whether ``python -m dask_ipy scheduler`` and ``... worker`` exist (asked once)."""
+    global _cli
+    if _cli is None:
+        _cli = True
+        for command in ("scheduler", "worker"):
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", "dask_ipy", command, "--help"], cwd=str(procs.ROOT),
+                    env=procs.child_env(), capture_output=True, timeout=30,
+                )
+                _cli = _cli and done.returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                _cli = False
+    return _cli
+
+
 class DaskIpy(System):
-    """dask_ipy: a Scheduler and two Workers, each in a process of its own."""
+    """dask_ipy: a Scheduler and two Workers, each in a process of its own.
+
+    Started with the ``dask-ipy scheduler`` / ``dask-ipy worker`` commands
+    (``python -m dask_ipy ...``) where they exist, else with ``benchmarks.hosts``.
+    """
 
     name = "dask_ipy"
 
@@ -64,18 +90,33 @@ class DaskIpy(System):
         self.module = dask_ipy
         self.running = True
         deadline = time.monotonic() + timeout
-        sched = procs.HostProcess(["dask_ipy-scheduler"], self.log_path)
+        self.launch = "dask-ipy command" if has_cli() else "benchmarks.hosts"
+        if self.launch == "dask-ipy command":
+            sched = procs.HostProcess(
+                ["-m", "dask_ipy", "scheduler", "--host", "127.0.0.1"], self.log_path,
+                parse=procs.ready_fields("address_to_clients"), terminate=True,
+            )
+        else:
+            sched = procs.HostProcess(["-m", "benchmarks.hosts", "dask_ipy-scheduler"], self.log_path)
         self.hosts.append(sched)
         self.info = sched.ready(timeout)
-        workers = [
-            procs.HostProcess(
-                ["dask_ipy-worker", self.info["address_to_workers"], "1"], self.log_path
-            )
-            for _ in range(ENGINES)
-        ]
-        self.hosts.extend(workers)
-        self.workers = [w.ready(max(1.0, deadline - time.monotonic())) for w in workers]
-        self.client = dask_ipy.Client(self.info["address_to_clients"])
+        address = self.info["address_to_workers"]
+        for _ in range(ENGINES):
+            if self.launch == "dask-ipy command":
+                host = procs.HostProcess(
+                    ["-m", "dask_ipy", "worker", address, "--nthreads", "1"], self.log_path,
+                    parse=procs.ready_fields("address"), terminate=True,
+                )
+            else:
+                host = procs.HostProcess(
+                    ["-m", "benchmarks.hosts", "dask_ipy-worker", address, "1"], self.log_path
+                )
+            self.hosts.append(host)
+        self.workers = [h.ready(max(1.0, deadline - time.monotonic())) for h in self.hosts[1:]]
+        for info, host in zip(self.workers, self.hosts[1:]):
+            info.setdefault("pid", host.pid)
+        self.info.setdefault("pid", sched.pid)
+        self.client = Client(self.info["address_to_clients"])
         procs.wait_until(
             lambda: len(self.client.nthreads()) >= ENGINES,
             max(1.0, deadline - time.monotonic()),
@@ -102,14 +143,15 @@ class DaskIpy(System):
             with contextlib.suppress(Exception):
                 self.client.close()
             self.client = None
-        for host in reversed(self.hosts):
+        for host in self.hosts[1:] + self.hosts[:1]:  # the workers, then the scheduler
             host.stop()
         self.hosts = []
 
     def describe(self):
         return {
             "version": getattr(self.module, "__version__", None),
-            "cluster": "benchmarks.hosts: Scheduler() and 2 x Worker(nthreads=1), one process each",
+            "cluster": f"Scheduler and 2 Workers (nthreads=1), one process each, "
+            f"started with {self.launch}",
             "scheduler": self.info,
             "workers": self.workers,
         }
@@ -133,7 +175,7 @@ class Distributed(System):
         self.running = True
         deadline = time.monotonic() + timeout
         args = ["distributed"] + ([self.saturation] if self.saturation else [])
-        self.host = procs.HostProcess(args, self.log_path)
+        self.host = procs.HostProcess(["-m", "benchmarks.hosts", *args], self.log_path)
         self.info = self.host.ready(timeout)
         self.client = distributed.Client(
             self.info["address"], timeout=max(1.0, deadline - time.monotonic())

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
 
 def build_parser():
@@ -75,14 +75,24 @@ def build_parser():
     p.add_argument("--scheduler", default="engine",
                    choices=("engine", "local", "inprocess"))
 
-    p = sub.add_parser("bench", help="run the benchmarks of a source checkout",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    # Everything after `bench` goes to the benchmarks, options included.
+    sub.add_parser("bench", help="run the benchmarks of a source checkout "
+                                 "(python -m benchmarks ARGS)", add_help=False)
     return parser
 
 
+def parse_args(argv=None):
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return COMMANDS[args.command](args) or 0
@@ -140,11 +150,14 @@ def log_path(option, connection_file):
     return option
 
 
-def _redirect_output(path):
-    """Point stdout and stderr at ``path`` (0600): a parent reading our pipe may stop."""
+def _open_log(path):
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+def _redirect_output(fd):
+    """Point stdout and stderr at ``fd``: a parent reading our pipe may stop."""
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -170,13 +183,15 @@ def cmd_scheduler(args):
     log = None
     try:
         with _until_signalled():
+            if args.log_file:   # created before the addresses are out: it exists then
+                log = log_path(args.log_file, s.connection_file)
+                fd = _open_log(log)
             print("dask-ipy scheduler", flush=True)
             print("\n".join(ready_lines(os.getpid(), s.connection_file,
                                         s.address_to_workers, s.address_to_clients)),
                   flush=True)
-            if args.log_file:
-                log = log_path(args.log_file, s.connection_file)
-                _redirect_output(log)
+            if log:
+                _redirect_output(fd)
             s.wait()
     finally:
         s.close()
@@ -232,6 +247,8 @@ def _placement(who_has, names):
 def _demo_compute(client, out):
     """The seed graph, a dask.array reduction and a map of futures; prints where
     things ran. Returns True when every result is right."""
+    from .futures import wait
+
     names = _worker_names(client)
     out(f"workers: {', '.join(f'{n} ({a})' for a, n in sorted(names.items()))}")
     ok = True
@@ -246,12 +263,14 @@ def _demo_compute(client, out):
     except ImportError:
         out("dask.array reduction: skipped (numpy is not installed)")
     else:
-        x = client.persist(da.arange(1_000_000, chunks=100_000))
-        total = x.sum().compute()
-        out(f"dask.array: arange(1e6, chunks=1e5).sum() = {total}; chunks held by "
-            f"{_placement(client.who_has(list(x.__dask_graph__().values())), names)}")
+        x = da.arange(1_000_000, chunks=100_000)
+        total = x.sum().compute()          # the client is dask's default scheduler
+        out(f"dask.array: arange(1e6, chunks=1e5).sum() = {total}")
         ok &= int(total) == 499999500000
-        del x
+        chunks = list(dict(client.persist(x).__dask_graph__()).values())
+        wait(chunks)
+        out(f"  persisted chunks held by {_placement(client.who_has(chunks), names)}")
+        del chunks
 
     futures = client.map(slow_inc, range(20))
     results = client.gather(futures)
@@ -318,8 +337,7 @@ def cmd_bench(args):
               "dask_ipy source checkout (the directory holding benchmarks/)",
               file=sys.stderr)
         return 2
-    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
-    return subprocess.call([sys.executable, "-m", "benchmarks", *rest], cwd=cwd)
+    return subprocess.call([sys.executable, "-m", "benchmarks", *args.args], cwd=cwd)
 
 
 COMMANDS = {"scheduler": cmd_scheduler, "worker": cmd_worker, "demo": cmd_demo,

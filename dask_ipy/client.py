@@ -23,7 +23,7 @@ from collections import Counter
 
 import dask
 import zmq
-from dask._task_spec import DataNode, Task, TaskRef
+from dask._task_spec import DataNode, Task, TaskRef, parse_input
 from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
@@ -31,7 +31,7 @@ from . import graph as g
 from .comm import IOLoop, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _unpickling, rebuild_error)
-from .protocol import ProtocolError, Session, deserialize, serialize
+from .protocol import MessageTooLarge, ProtocolError, Session, deserialize, serialize
 from .worker.server import resolve_scheduler
 
 _current = []          # clients made default, most recent last
@@ -102,7 +102,9 @@ def call_spec(key, fn, args, kwargs):
     kwargs2 = _walk_futures(kwargs, found) if kwargs else {}
     if not found:
         return (fn, tuple(args), kwargs), found
-    return Task(key, fn, *args2, **kwargs2), found
+    # parse_input: references nested in containers (``submit(sum, [f1, f2])``) resolve
+    return Task(key, fn, *[parse_input(a) for a in args2],
+                **{k: parse_input(v) for k, v in kwargs2.items()}), found
 
 
 class Client:
@@ -147,8 +149,12 @@ class Client:
         self.status = "connecting"
         self._previous_scheduler = None
         self.loop.start()
-        welcome = self._request({"op": "register-client"}, timeout=timeout,
-                                reply_op="welcome")
+        try:
+            welcome = self._request({"op": "register-client"}, timeout=timeout,
+                                    reply_op="welcome")
+        except BaseException:
+            self.close()               # no thread or socket outlives a failed connect
+            raise
         self.scheduler_id = welcome["id"]
         self.status = "running"
         if set_as_default:
@@ -528,6 +534,8 @@ class Client:
     def _unpack_gather(self, reply):
         if reply["errors"]:
             key, info = next(iter(reply["errors"].items()))
+            if info.get("type") == "MessageTooLarge":
+                raise MessageTooLarge(info["text"])
             raise TypeError(info["text"])
         if reply["missing"]:
             raise _DataLost(reply["missing"])
@@ -811,6 +819,15 @@ class Client:
         for state in list(self.states.values()):
             if not state.done():
                 state.cancel()
+        # Threads still waiting for an answer (a get() in another thread) wake up.
+        waits = list(self.requests.values())
+        waits += [fut for _, fut in self.scatter_waits.values()]
+        for fut in waits:
+            if not fut.done():
+                try:
+                    fut.set_exception(RuntimeError("this Client is closed"))
+                except cf.InvalidStateError:
+                    pass
 
     def shutdown(self, timeout=10):
         """Stop the scheduler and its workers, then close this client."""

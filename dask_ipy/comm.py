@@ -142,6 +142,9 @@ class IOLoop:
 
     def _run(self):
         try:
+            # Set-up code may have queued messages before start (a worker's
+            # registration): send them now, not after the first poll times out.
+            self._flush()
             while self.running:
                 timeout = None
                 if self.calls:
@@ -222,13 +225,17 @@ COPY_THRESHOLD = 65536
 
 def send(sock, frames):
     """Send a multipart message: small frames are copied (cheaper than tracking them),
-    large ones go zero-copy."""
+    large ones go zero-copy.
+
+    Never blocks the I/O thread: when a DEALER has no peer to queue for (its
+    handshakes fail, or the peer went away for good) this raises zmq.Again, and the
+    caller drops the message instead of hanging there."""
     copy = True
     for f in frames:
         if (f.nbytes if isinstance(f, memoryview) else len(f)) >= COPY_THRESHOLD:
             copy = False
             break
-    sock.send_multipart(frames, copy=copy)
+    sock.send_multipart(frames, copy=copy, flags=zmq.NOBLOCK)
 
 
 def tune(sock):

@@ -2,29 +2,32 @@
 
     caller (a kernel)                          target engines
     ─────────────────                          ──────────────
-    1 probe    ─ apply, all targets ─────────▶ pid, host, route to the controller,
-                                               the scheduler a live `dask_worker` serves
-    2 spawn    ─ apply, first target ────────▶ python -m dask_ipy scheduler (a child
-                                               process, own session), key on its stdin
-               ─ apply, other targets ───────▶ import dask_ipy (warm-up, meanwhile)
-    3 workers  ─ apply, targets lacking one ─▶ Worker(...) kept as `dask_worker`
-    4 Client(address_to_clients, security) ─▶ wait until every worker has registered
+    1 first target ─ apply ──────────────────▶ probe; unless its worker serves a live
+                                               scheduler, start python -m dask_ipy
+                                               scheduler (child process, own session;
+                                               the key on its stdin), import dask_ipy
+                                               meanwhile, answer with the addresses
+      other targets ─ apply (same moment) ───▶ probe, then import dask_ipy
+    2 targets lacking a worker ─ apply ──────▶ Worker(...) kept as `dask_worker`
+    3 Client(address_to_clients, security), wait until every worker has registered
 
 All calls of a step go out at once (``block=False``) and the engines work in parallel.
-Steps 1 and 2 ship their functions by value (code only, stdlib imports inside), so an
-engine starts the scheduler before it pays ~0.3 s to import dask_ipy, and that import
-overlaps with the scheduler's own start-up.
+Step 1 ships its functions by value (code only, stdlib imports inside), so the
+scheduler starts before the engines pay ~0.3 s to import dask_ipy, and those imports
+overlap with the scheduler's own.  With placement 'local' or 'inprocess' the probe
+comes first and the caller starts the scheduler.
 
 The key is made by the caller and travels only over ipyparallel's authenticated
 channel and the scheduler's stdin; it never appears on a command line.
 
-Reuse: step 1 reports, per engine, the scheduler its live worker belongs to. If one
-answers, a new call connects to it and only starts workers on the engines that lack
-one; nothing is recorded in the caller, so a fresh kernel finds the scheduler too.
+Reuse: the probe reports, per engine, the scheduler its live worker belongs to. If
+one answers, the call connects to it and only starts workers on the engines lacking
+one (a scheduler step 1 started meanwhile is stopped again); nothing is recorded in
+the caller, so a fresh kernel finds the scheduler too.
 
-Lifetime: ``client.shutdown()`` closes the scheduler and its workers; the engine that
-spawned the scheduler reaps it with a thread that ends with it.  Workers die with
-their engines.  A scheduler left without clients and workers (the kernel died, then
+Lifetime: ``client.shutdown()`` closes the scheduler and its workers; whoever spawned
+the scheduler reaps it with a thread that ends with it.  Workers die with their
+engines.  A scheduler left without clients and workers (the kernel died, then
 ``ipcluster stop``) exits after ``idle_timeout`` seconds.
 
 Where the scheduler listens: on 127.0.0.1 when its host reaches the controller over
@@ -35,7 +38,6 @@ controller, which the engines and the client reach too.
 from __future__ import annotations
 
 import builtins
-import ipaddress
 import json
 import logging
 import os
@@ -49,7 +51,6 @@ logger = logging.getLogger("dask_ipy")
 
 PLACEMENTS = ("engine", "local", "inprocess")
 DEFAULT_IDLE_TIMEOUT = 30.0
-READY_KEYS = ("pid", "connection_file", "address_to_workers", "address_to_clients")
 
 # Engine side: the worker this engine runs and the scheduler it serves.
 _engine = {"worker": None, "scheduler": None}
@@ -87,29 +88,28 @@ def url_host(url):
     return host or None
 
 
-def is_loopback(host):
-    if host in ("localhost", "127.0.0.1", "::1"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def choose_host(controller, route_ip, fallback):
     """Where a scheduler binds, given how its machine reaches the controller.
 
     ``controller``: the controller's host as that machine sees it; ``route_ip``: its
-    own IP on the route there; ``fallback``: its host name."""
+    own IP on the route there; ``fallback``: its host name.  Self-contained (it is
+    also shipped to engines by value)."""
+    import ipaddress
+
     if controller is None:
         return route_ip or fallback or "127.0.0.1"
-    if is_loopback(controller):
+    try:
+        loopback = ipaddress.ip_address(controller).is_loopback
+    except ValueError:
+        loopback = controller == "localhost"
+    if loopback:
         return "127.0.0.1"
     return route_ip or fallback
 
 
 def scheduler_argv(host, idle_timeout, heartbeat_timeout):
-    """Arguments after ``python -m dask_ipy`` to start a scheduler for a bootstrap."""
+    """Arguments after ``python -m dask_ipy`` to start a scheduler for a bootstrap
+    (``host`` None: the engine that starts it fills it in)."""
     argv = ["scheduler", "--host", host, "--security-from-stdin", "--log-file", "auto",
             "--heartbeat-timeout", str(heartbeat_timeout)]
     if idle_timeout is not None:
@@ -188,17 +188,39 @@ def _engine_probe():
 
 
 def _engine_warm():
-    """Runs on an engine, by value: import dask_ipy while the scheduler starts."""
+    """Runs on an engine, by value: import dask_ipy while the scheduler starts, and
+    prime ipyparallel's serializer (it imports numpy on first use)."""
     import dask_ipy.ipp  # noqa: F401
 
+    try:
+        from ipyparallel.serialize import can
+        can(None)
+    except Exception:
+        pass
 
-def spawn_scheduler(argv, security_json, timeout=30.0, warm=False):
+
+def _engine_first(probe, spawn, choose_host, warm, argv, security_json, timeout,
+                  reuse=True):
+    """Runs on the first target engine, by value (helpers come as arguments):
+    probe, and unless (``reuse``) this engine's worker serves a live scheduler,
+    start one. Returns (probe, scheduler info or None)."""
+    found = probe()
+    record = found["record"]
+    if reuse and record and record["worker_alive"]:
+        return found, None
+    host = choose_host(found["controller"], found["route_ip"], found["hostname"])
+    argv = [host if a is None else a for a in argv]
+    return found, spawn(argv, security_json, timeout, warm)
+
+
+def spawn_scheduler(argv, security_json, timeout=30.0, warm=None):
     """Start ``python -m dask_ipy <argv>`` as a child in its own session; returns
     {pid, connection_file, address_to_workers, address_to_clients} once it listens.
 
-    Runs on an engine (by value, so stdlib only) or in the caller. A thread named
-    ``dask-ipy-scheduler-reaper`` waits for the child, so it never lingers as a
-    zombie; it ends when the scheduler does."""
+    Runs on an engine (by value, so stdlib only) or in the caller. ``warm``, if given,
+    is called while the child starts. A thread named ``dask-ipy-scheduler-reaper``
+    waits for the child, so it never lingers as a zombie; it ends when the scheduler
+    does."""
     import os
     import selectors
     import subprocess
@@ -211,8 +233,8 @@ def spawn_scheduler(argv, security_json, timeout=30.0, warm=False):
                             stderr=subprocess.STDOUT, start_new_session=True)
     proc.stdin.write(security_json.encode() + b"\n")
     proc.stdin.close()
-    if warm:
-        import dask_ipy.ipp  # noqa: F401  (overlaps with the child's own imports)
+    if warm is not None:
+        warm()
     deadline = time.monotonic() + timeout
     info, text, buf = {}, [], b""
     fd = proc.stdout.fileno()
@@ -227,7 +249,7 @@ def spawn_scheduler(argv, security_json, timeout=30.0, warm=False):
                 break
             buf += chunk
             *lines, buf = buf.split(b"\n")
-            for line in lines:
+            for line in lines:       # `name: value`, as cli.ready_lines prints them
                 line = line.decode("utf-8", "replace")
                 text.append(line)
                 name, sep, value = line.partition(":")
@@ -294,14 +316,6 @@ def _engine_start_worker(scheduler, nthreads=1):
     return {"engine_id": eid, "address": w.address, "new": True}
 
 
-def _engine_stop_worker():
-    """Runs on an engine: close its worker (the closed object stays as `dask_worker`)."""
-    w = _engine["worker"]
-    if w is not None:
-        w.close()
-    return w is not None
-
-
 # ---------------------------------------------------------------- caller side
 
 def _controller_host(ipclient):
@@ -332,12 +346,9 @@ def _collect(asyncs, deadline, what):
     return out
 
 
-def _apply_each(ipclient, targets, fn, *args, **kwargs):
-    return {eid: ipclient[eid].apply_async(fn, *args, **kwargs) for eid in targets}
-
-
 def _probe(ipclient, targets, deadline):
-    return _collect(_apply_each(ipclient, targets, _by_value(_engine_probe)), deadline,
+    fn = _by_value(_engine_probe)
+    return _collect({eid: ipclient[eid].apply_async(fn) for eid in targets}, deadline,
                     "answer a probe")
 
 
@@ -351,39 +362,50 @@ def _reachable(address, timeout=2.0):
         return False
 
 
-def _connect(scheduler, timeout):
+def _connect(scheduler, timeout, set_as_default=True):
     from .client import Client
     from .security import Security
 
     return Client(scheduler["address_to_clients"],
-                  security=Security.from_dict(scheduler["security"]), timeout=timeout)
+                  security=Security.from_dict(scheduler["security"]), timeout=timeout,
+                  set_as_default=set_as_default)
 
 
-def _start_scheduler(ipclient, targets, probes, placement, security, hostname,
-                     idle_timeout, heartbeat_timeout, deadline):
-    """Start a scheduler where ``placement`` says; returns its description."""
+def _engine_step(ipclient, targets, security, hostname, idle_timeout, heartbeat_timeout,
+                 deadline, reuse=True):
+    """Step 1 for placement 'engine': probe every target, and start a scheduler on the
+    first one unless (``reuse``) its worker serves a live one. Returns (probes,
+    scheduler info or None)."""
+    first = targets[0]
+    argv = scheduler_argv(hostname, idle_timeout, heartbeat_timeout)
     timeout = max(deadline - time.monotonic(), 1.0)
-    sec = json.dumps(security.to_dict())
-    if placement == "engine":
-        first = targets[0]
-        p = probes[first]
-        host = hostname or choose_host(p["controller"], p["route_ip"], p["hostname"])
+    asyncs = {first: ipclient[first].apply_async(
+        _by_value(_engine_first), _by_value(_engine_probe), _by_value(spawn_scheduler),
+        _by_value(choose_host), _by_value(_engine_warm), argv,
+        json.dumps(security.to_dict()), timeout, reuse)}
+    for eid in targets[1:]:
+        asyncs[eid] = ipclient[eid].apply_async(_by_value(_engine_probe))
+        # Import dask_ipy while the first engine waits for the scheduler.
+        ipclient[eid].apply_async(_by_value(_engine_warm))
+    answers = _collect(asyncs, deadline, "answer")
+    probe, info = answers[first]
+    answers[first] = probe
+    if info is not None:
+        info.update(engine_id=first, placement="engine", security=security.to_dict())
+    return answers, info
+
+
+def _start_here(ipclient, placement, security, hostname, idle_timeout,
+                heartbeat_timeout, deadline):
+    """A scheduler in (inprocess) or beside (local) the caller; returns its info."""
+    controller = _controller_host(ipclient)
+    host = hostname or choose_host(controller, _route_ip(controller), socket.gethostname())
+    if placement == "local":
         argv = scheduler_argv(host, idle_timeout, heartbeat_timeout)
-        spawn = ipclient[first].apply_async(_by_value(spawn_scheduler), argv, sec,
-                                            timeout, True)
-        # The others import dask_ipy while the first engine waits for the scheduler.
-        _apply_each(ipclient, targets[1:], _by_value(_engine_warm))
-        info = _collect({first: spawn}, deadline, "start the scheduler")[first]
-        info["engine_id"] = first
+        info = spawn_scheduler(argv, json.dumps(security.to_dict()),
+                               max(deadline - time.monotonic(), 1.0))
     else:
-        controller = _controller_host(ipclient)
-        host = hostname or choose_host(controller, _route_ip(controller),
-                                       socket.gethostname())
-        if placement == "local":
-            argv = scheduler_argv(host, idle_timeout, heartbeat_timeout)
-            info = spawn_scheduler(argv, sec, timeout)
-        else:
-            info = _start_inprocess(host, security, idle_timeout, heartbeat_timeout)
+        info = _start_inprocess(host, security, idle_timeout, heartbeat_timeout)
     info.update(placement=placement, security=security.to_dict())
     return info
 
@@ -470,13 +492,23 @@ def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler=
         raise ValueError(f"scheduler must be one of {PLACEMENTS}, not {scheduler!r}")
     deadline = time.monotonic() + timeout
     targets = normalize_targets(targets, ipclient.ids)
-    probes = _probe(ipclient, targets, deadline)
+    security = Security.from_dict(security) if security else Security.temporary()
+    settings = (security, hostname, idle_timeout, heartbeat_timeout, deadline)
+    if scheduler == "engine":
+        probes, spawned = _engine_step(ipclient, targets, *settings)
+    else:
+        probes, spawned = _probe(ipclient, targets, deadline), None
     client, info = _existing(probes, timeout)
+    if client is not None and spawned is not None:
+        _abandon(None, spawned)      # the first engine started one it did not need
     fresh = client is None
     if fresh:
-        security = Security.from_dict(security) if security else Security.temporary()
-        info = _start_scheduler(ipclient, targets, probes, scheduler, security, hostname,
-                                idle_timeout, heartbeat_timeout, deadline)
+        if spawned is not None:
+            info = spawned
+        elif scheduler == "engine":  # the first engine's worker served a dead one
+            info = _engine_step(ipclient, targets[:1], *settings, reuse=False)[1]
+        else:
+            info = _start_here(ipclient, scheduler, *settings)
     try:
         engines = targets if fresh else engines_to_start(probes)
         started = _start_workers(ipclient, engines, info, nthreads, deadline)
@@ -496,7 +528,7 @@ def _abandon(client, info):
     """Undo a failed bootstrap: stop the new scheduler and whatever workers it has."""
     try:
         if client is None:
-            client = _connect(info, 5.0)
+            client = _connect(info, 5.0, set_as_default=False)
         client.shutdown()
     except Exception as e:
         logger.warning("could not stop the scheduler at %s (%s); it exits when idle",
@@ -508,10 +540,11 @@ def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0):
     (engines added to the ipcluster after the bootstrap); returns their addresses."""
     deadline = time.monotonic() + timeout
     targets = normalize_targets(targets, ipclient.ids)
-    probes = _probe(ipclient, targets, deadline)
+    # Any engine may know the scheduler, not only the targets.
+    probes = _probe(ipclient, list(ipclient.ids), deadline)
     scheduler = scheduler_of(client, ipclient, probes)
-    started = _start_workers(ipclient, engines_to_start(probes), scheduler,
-                             nthreads, deadline)
+    lacking = engines_to_start({eid: probes[eid] for eid in targets})
+    started = _start_workers(ipclient, lacking, scheduler, nthreads, deadline)
     addresses = [r["address"] for r in started.values()]
     _wait_for_workers(client, addresses, deadline)
     return addresses

@@ -10,8 +10,8 @@ computes a cell's value on it.
     %dsched status ──▶ widget.Monitor (a notebook) or its text (a terminal)
 
 Everything here goes through the public API of dask_ipy; the scheduler is never
-reached into.  One `DaskMagics` instance per shell holds the active client and the
-ipyparallel client it was booted with.
+reached into.  One `DaskMagics` instance per shell holds the active client.  The
+ipyparallel client is needed only to boot: it is closed once the workers are up.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def resolve_targets(targets, ids):
     return chosen
 
 
-def snapshot(client, timeout=2.0):
+def snapshot(client, timeout=5.0):
     """The next monitor snapshot of ``client``'s scheduler (None if none comes)."""
     got = threading.Event()
     box = []
@@ -102,20 +102,24 @@ def snapshot(client, timeout=2.0):
 
 
 def _resolve_key(token, graph):
-    """A key of ``graph`` from a command-line word: the word itself, or the
-    Python literal it spells (``1``, ``"('x', 0)"``)."""
-    if token in graph:
-        return token
-    try:
-        value = ast.literal_eval(token)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return token
-    try:
-        if value in graph:
-            return value
-    except TypeError:                      # unhashable
-        pass
-    return token
+    """A key of ``graph`` from a command-line word: the word itself, the Python
+    literal it spells (``1``, ``('x', 0)``), or either of these once unquoted."""
+    candidates = [token]
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+        candidates.append(token[1:-1])
+    for word in candidates:
+        if word in graph:
+            return word
+        try:
+            value = ast.literal_eval(word)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        try:
+            if value in graph:
+                return value
+        except TypeError:                  # unhashable: not a key
+            pass
+    return candidates[-1]
 
 
 def _kind(value):
@@ -148,7 +152,7 @@ def dget(client, value, keys=(), asynchronous=False):
         return _dget_graph(client, value, keys, asynchronous)
     if kind is not None:
         return _dget_list(client, [value], asynchronous)[0]
-    if isinstance(value, (list, tuple)) and any(_kind(v) for v in value):
+    if isinstance(value, (list, tuple)) and (not value or any(map(_kind, value))):
         return _dget_list(client, list(value), asynchronous)
     raise UsageError("%%dget computes a graph dict, a dask collection, Futures or a "
                      f"list of them; the cell's last value is {type(value).__name__}"
@@ -187,12 +191,16 @@ def _dget_list(client, items, asynchronous):
         results = client.compute([items[i] for i in colls], sync=not asynchronous)
         for i, r in zip(colls, results):
             out[i] = r
+    by_client = {}                       # Futures gathered by their own client
     for i, v in enumerate(items):
         kind = _kind(v)
         if kind == "graph":
             out[i] = _dget_graph(client, v, (), asynchronous)
         elif kind == "future" and not asynchronous:
-            out[i] = v.result()
+            by_client.setdefault(v.client or client, []).append(i)
+    for owner, where in by_client.items():
+        for i, value in zip(where, owner.gather([items[i] for i in where])):
+            out[i] = value
     return out
 
 
@@ -205,7 +213,6 @@ class DaskMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
         self.client = None          # the active dask_ipy Client (set by %dsched)
-        self.ipclient = None        # the ipyparallel Client it was booted with
         self.monitors = []          # widgets shown by `%dsched status`
 
     # ------------------------------------------------------------ active client
@@ -220,9 +227,9 @@ class DaskMagics(Magics):
         except ValueError:
             raise UsageError(NO_CLIENT) from None
 
-    def _activate(self, client, ipclient=None):
+    def _activate(self, client):
         self._forget(close=True)
-        self.client, self.ipclient = client, ipclient
+        self.client = client
 
     def _forget(self, close):
         """Drop the active client (closing it if ``close``) and what hangs on it."""
@@ -232,15 +239,9 @@ class DaskMagics(Magics):
             except Exception:
                 pass
         self.monitors = []
-        client, ipclient = self.client, self.ipclient
-        self.client = self.ipclient = None
+        client, self.client = self.client, None
         if close and client is not None:
             client.close()
-        if ipclient is not None:
-            try:
-                ipclient.close()
-            except Exception:
-                pass
 
     # ------------------------------------------------------------ %dsched
 
@@ -273,8 +274,9 @@ class DaskMagics(Magics):
               help="start: where the scheduler runs: 'engine' (default: its own "
                    "process on the host of the first target engine), 'local' (a "
                    "subprocess here) or 'inprocess' (a thread here, for debugging)")
-    @argument("--timeout", type=float, default=60.0,
-              help="start/connect: seconds to wait for the cluster (default 60)")
+    @argument("--timeout", type=float, default=None,
+              help="start/connect: seconds to wait for the cluster (default 60 to "
+                   "start, 10 to connect)")
     @line_magic
     def dsched(self, line=""):
         """Start, join, show, restart or stop the dask_ipy scheduler of this notebook.
@@ -306,6 +308,8 @@ class DaskMagics(Magics):
         import ipyparallel
 
         targets = parse_targets(args.targets)
+        if args.timeout is None:
+            args.timeout = 60.0
         kw = {"timeout": args.timeout}
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(args, name) is not None:
@@ -315,28 +319,34 @@ class DaskMagics(Magics):
         except (OSError, TimeoutError) as e:
             raise UsageError(
                 f"could not connect to an ipcluster: {e}\nStart one first "
-                f"(`ipcluster start -n 4`, or ipyparallel.Cluster(n=4).start_cluster_sync())"
-                f" or name it with --profile, --cluster-id or --url.") from None
+                "(`ipcluster start -n 4`, or "
+                "ipyparallel.Cluster(n=4).start_cluster_sync()) or name it with "
+                "--profile, --cluster-id or --url.") from None
         try:
-            ipclient.wait_for_engines(args.n or 1, timeout=args.timeout)
+            n = args.n or 1
+            # a progress bar only while engines are still coming up
+            ipclient.wait_for_engines(n, timeout=args.timeout,
+                                      interactive=len(ipclient.ids) < n)
             targets = resolve_targets(targets, ipclient.ids)
-            options = {}
+            options = {"timeout": args.timeout}
             if args.nthreads is not None:
                 options["nthreads"] = args.nthreads
             if args.scheduler is not None:
                 options["scheduler"] = args.scheduler
             client = dask_ipy.dask_client_from_ipclient(ipclient, targets, **options)
-        except BaseException:
+        finally:
             ipclient.close()
-            raise
-        self._activate(client, ipclient)
+        self._activate(client)
         return client
 
     def _dsched_connect(self, args):
         if args.address is None:
             raise UsageError("%dsched connect ADDRESS: the scheduler's address "
                              "(tcp://host:port) or its connection file")
-        client = dask_ipy.Client(args.address, timeout=args.timeout)
+        try:
+            client = dask_ipy.Client(args.address, timeout=args.timeout or 10.0)
+        except (OSError, ValueError, TimeoutError) as e:
+            raise UsageError(f"could not connect to {args.address}: {e}") from None
         self._activate(client)
         return client
 
@@ -395,15 +405,13 @@ class DaskMagics(Magics):
         __tracebackhide__ = True
         if cell is None:
             args, expr, keys = self._parse_line(line)
-            client = self.active_client()
-            value = self.shell.ev(expr)
         else:
             args = parse_argstring(self.dget, line)
             keys = args.keys
-            client = self.active_client()
-            value = self._run_cell(cell)
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"-o NAME: {args.output!r} is not a variable name")
+        client = self.active_client()
+        value = self.shell.ev(expr) if cell is None else self._run_cell(cell)
         result = dget(client, value, keys, args.asynchronous)
         if args.output is not None:
             self.shell.user_ns[args.output] = result

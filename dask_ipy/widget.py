@@ -142,6 +142,11 @@ def _group_numbers(g):
 
 # ---------------------------------------------------------------- HTML (pure)
 
+def _badge(text, color):
+    return (f' <span data-dask-ipy="status" style="color:#fff;background:{color};'
+            f'border-radius:3px;padding:0 6px;font-size:90%">{_esc(text)}</span>')
+
+
 def header_html(snap, status="running", stale=None):
     if not snap:
         return (f'<div data-dask-ipy="header" style="{FONT}"><b>dask_ipy</b> '
@@ -158,12 +163,10 @@ def header_html(snap, status="running", stale=None):
     ]
     badge = ""
     if status != "running":
-        badge = (f' <span data-dask-ipy="status" style="color:#fff;background:#e53935;'
-                 f'border-radius:3px;padding:0 6px;font-size:90%">{_esc(status)}</span>')
+        color = {"stopped": "#757575", "reconnecting": "#ef6c00"}.get(status, "#e53935")
+        badge = _badge(status, color)
     elif stale:
-        badge = (f' <span data-dask-ipy="status" style="color:#fff;background:#ef6c00;'
-                 f'border-radius:3px;padding:0 6px;font-size:90%">no update for '
-                 f'{format_duration(stale)}</span>')
+        badge = _badge(f"no update for {format_duration(stale)}", "#ef6c00")
     sep = f' <span style="{MUTED}">\u00b7</span> '
     return (f'<div data-dask-ipy="header" data-workers="{nworkers}" '
             f'data-threads="{threads}" style="{FONT};padding:2px 0 6px 0;'
@@ -262,7 +265,7 @@ def group_html(g):
         f'background:{color}"></span>' for n, color in widths if n)
     stats = [f"<b>{done}</b> / {total}"]
     if processing:
-        stats.append(f"{processing} running")
+        stats.append(f"{processing} processing")
     if waiting:
         stats.append(f'<span style="{MUTED}">{waiting} waiting</span>')
     if erred:
@@ -415,20 +418,22 @@ class Monitor(widgets.VBox):
     def _run(self):
         last = 0.0
         try:
-            while not self._stopping.is_set():
+            while True:
                 woke = self._wake.wait(max(self.interval, 0.5))
                 if self._stopping.is_set():
+                    status = "stopped"
                     break
                 status = self.client.status
                 if status == "closed":
-                    self._apply(self._latest, status)
                     break
                 pause = last + self.interval - time.monotonic()
                 if woke and pause > 0 and self._stopping.wait(pause):
+                    status = "stopped"
                     break
                 self._wake.clear()
                 self._apply(self._latest, status)
                 last = time.monotonic()
+            self._apply(self._latest, status)       # the last word: why it stopped
         finally:
             self._unsubscribe()
 

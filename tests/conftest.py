@@ -2,6 +2,7 @@
 real processes, and a real ipcluster.  Everything binds 127.0.0.1 on random ports and
 is torn down even when a test fails; leftover threads or processes fail the test."""
 
+import json
 import os
 import subprocess
 import sys
@@ -70,8 +71,9 @@ def cluster():
 SCHEDULER_SCRIPT = """
 import sys, json
 from dask_ipy import Scheduler
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 s = Scheduler(connection_file=sys.argv[1], heartbeat_timeout=float(sys.argv[2]),
-              idle_timeout=60)
+              idle_timeout=60, **options)
 print("ready", flush=True)
 s.wait()
 """
@@ -88,13 +90,22 @@ w.wait()
 class ProcessCluster:
     """A scheduler and workers in their own processes, for tests that kill them."""
 
-    def __init__(self, directory, nworkers=2, nthreads=1, heartbeat_timeout=10.0):
+    def __init__(self, directory, nworkers=2, nthreads=1, heartbeat_timeout=10.0,
+                 scheduler_options=None):
+        """`scheduler_options`: more keyword arguments of Scheduler (JSON-able)."""
         self.directory = directory
         self.file = os.path.join(directory, f"scheduler-{time.monotonic_ns()}.json")
         self.heartbeat_timeout = heartbeat_timeout
         self.nthreads = nthreads
-        self.scheduler = self._spawn(SCHEDULER_SCRIPT, self.file, str(heartbeat_timeout))
-        self.workers = [self.start_worker() for _ in range(nworkers)]
+        self.workers = []
+        self.scheduler = self._spawn(SCHEDULER_SCRIPT, self.file, str(heartbeat_timeout),
+                                     json.dumps(scheduler_options or {}))
+        try:
+            for _ in range(nworkers):
+                self.workers.append(self.start_worker())
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self, script, *args):
         p = subprocess.Popen([sys.executable, "-c", script, *args],

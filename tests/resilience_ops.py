@@ -7,6 +7,7 @@ live at module level here rather than inside the test modules.
 import os
 import threading
 import time
+import uuid
 
 
 def inc(x):
@@ -69,9 +70,12 @@ def make_lock(*_):
 
 
 def big_array(nbytes):
+    """`nbytes` bytes, first 1 and last 7.  Only those two are written: writing every
+    page of a gigabyte costs seconds and proves nothing more."""
     import numpy as np
 
-    a = np.ones(nbytes, dtype=np.uint8)
+    a = np.empty(nbytes, dtype=np.uint8)
+    a[0] = 1
     a[-1] = 7
     return a
 
@@ -87,6 +91,10 @@ def payload(nbytes, fill=1):
 
 def length(x):
     return len(x)
+
+
+def type_name(x):
+    return type(x).__name__
 
 
 def block_until_file(path, value, timeout=60.0):
@@ -106,33 +114,109 @@ def touch_and_block(started, release, value, timeout=60.0):
     return block_until_file(release, value, timeout)
 
 
-def tree_reduction(leaves, fanin=4, prefix="tree", delay=0.0):
+def _record(log_dir, kind):
+    """Leave a file per execution: counting them counts runs across processes."""
+    if log_dir is not None:
+        with open(os.path.join(log_dir, f"{kind}-{uuid.uuid4().hex}"), "w"):
+            pass
+
+
+def runs(log_dir, kind):
+    return sum(1 for name in os.listdir(log_dir) if name.startswith(kind + "-"))
+
+
+def leaf(log_dir, i):
+    _record(log_dir, "leaf")
+    return i
+
+
+def gated_total(log_dir, gate, *parts):
+    """Sum `parts` once `gate` exists (when `gate` is given)."""
+    _record(log_dir, "sum")
+    if gate is not None:
+        block_until_file(gate, None)
+    return sum(parts)
+
+
+def tree_reduction(leaves, fanin=4, prefix="tree", log_dir=None, gate=None):
     """A classic dask graph: `leaves` leaf tasks summed `fanin` at a time up to one root.
 
-    Returns (graph, root key, expected value).  Leaf i holds i, so the root is the sum
-    of range(leaves).
+    Second-level sums wait for the file `gate`, so a test can hold the reduction in
+    the middle (their number, leaves / fanin**2, is how many threads they may hold).  Returns (graph, root key, expected value, first-level
+    keys); leaf i holds i, so the root is the sum of range(leaves).
     """
     dsk = {}
     level = []
     for i in range(leaves):
         key = (f"{prefix}-leaf", i)
-        dsk[key] = (slow_identity, i, delay)
+        dsk[key] = (leaf, log_dir, i)
         level.append(key)
     depth = 0
+    first = None
     while len(level) > 1:
         depth += 1
         nxt = []
         for j in range(0, len(level), fanin):
             key = (f"{prefix}-sum-{depth}", j // fanin)
-            dsk[key] = (slow_total, delay, *level[j:j + fanin])
+            dsk[key] = (gated_total, log_dir, gate if depth == 2 else None,
+                        *level[j:j + fanin])
             nxt.append(key)
         level = nxt
-    return dsk, level[0], sum(range(leaves))
+        if first is None:
+            first = list(level)
+    return dsk, level[0], sum(range(leaves)), first
 
 
-def slow_total(delay, *parts):
-    time.sleep(delay)
-    return sum(parts)
+def mark_and_wait(marker_dir, release, value):
+    """Leave a marker naming this worker process, then wait for `release`."""
+    with open(os.path.join(marker_dir, f"{os.getpid()}-{value}"), "w"):
+        pass
+    return block_until_file(release, value)
+
+
+def markers_of(marker_dir, pid):
+    return [n for n in os.listdir(marker_dir) if n.startswith(f"{pid}-")]
+
+
+class SlowToSend:
+    """A value that a worker takes `delay` seconds to send to a peer.
+
+    Pickling it in a worker's I/O thread (which serves peers) first leaves a file
+    named after the worker's process id: the test knows who is sending, and when.
+    Elsewhere (the client scattering it) it pickles at once.
+    """
+
+    def __init__(self, value, marker_dir, delay):
+        self.value = value
+        self.marker_dir = marker_dir
+        self.delay = delay
+
+    def __reduce__(self):
+        if threading.current_thread().name == "dask-ipy-worker":
+            path = os.path.join(self.marker_dir, f"sending-{os.getpid()}")
+            with open(path, "w"):
+                pass
+            time.sleep(self.delay)
+        return (SlowToSend, (self.value, self.marker_dir, self.delay))
+
+
+def make_slow_to_send(value, marker_dir, delay):
+    return SlowToSend(value, marker_dir, delay)
+
+
+def unwrap(x):
+    return x.value
+
+
+def worker_stats():
+    """What the Worker objects of this process hold (for Client.run)."""
+    import gc
+
+    from dask_ipy.worker.server import Worker
+
+    found = [o for o in gc.get_objects() if isinstance(o, Worker)]
+    return [{"data": len(w.data), "tasks": len(w.state.tasks),
+             "executing": len(w.state.executing)} for w in found]
 
 
 # A pickle whose loading would create a file: the proof that nothing received from the
@@ -143,3 +227,24 @@ class CreateFileOnLoad:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def combine(seed, *inputs):
+    """A cheap task for random graphs: a small number from its seed and its inputs."""
+    return (seed * 31 + sum(inputs)) % 1_000_003
+
+
+def random_graph(rng, ntasks, prefix):
+    """A random DAG of `ntasks` `combine` tasks, each on up to four earlier ones, in
+    the legacy tuple form; returns (graph, output keys: those nobody depends on)."""
+    dsk = {}
+    keys = []
+    used = set()
+    for i in range(ntasks):
+        key = (prefix, i)
+        ndeps = min(len(keys), rng.choice((0, 1, 1, 2, 2, 3, 4)))
+        deps = rng.sample(keys[-50:], ndeps) if ndeps else []
+        used.update(deps)
+        dsk[key] = (combine, rng.randrange(1000), *deps)
+        keys.append(key)
+    return dsk, [k for k in keys if k not in used]

@@ -19,7 +19,7 @@ import time
 import zmq
 
 from ..comm import IOLoop, send, advertised_host, bind_router, logger, new_id
-from ..protocol import ProtocolError, Session
+from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
 from ..security import Security, remove_connection_file, write_connection_file
 from .state import SchedulerState
 
@@ -35,10 +35,12 @@ class Scheduler:
 
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
                  security=None, connection_file=None, heartbeat_timeout=10.0,
-                 idle_timeout=None, allowed_failures=3, validate=False):
+                 idle_timeout=None, allowed_failures=3, validate=False,
+                 max_message_bytes=MAX_MESSAGE_BYTES):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
-        self.session = Session(self.security.key, self.id)
+        self.session = Session(self.security.key, self.id,
+                               max_message_bytes=max_message_bytes)
         self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate)
         self.heartbeat_timeout = heartbeat_timeout
         self.idle_timeout = idle_timeout
@@ -95,9 +97,13 @@ class Scheduler:
         for msg in msgs:
             op = msg.get("op")
             if op == "register-worker":
-                state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
-                                 msg.get("name"), msg.get("host", ""), msg.get("pid"),
-                                 msg.get("memory_limit", 0), now=now)
+                ws = state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
+                                      msg.get("name"), msg.get("host", ""),
+                                      msg.get("pid"), msg.get("memory_limit", 0), now=now)
+                # The worker keeps what it sends us under our cap (results it cannot
+                # send become errors naming the key, instead of dropped messages).
+                state.send_worker(ws, {"op": "welcome",
+                                       "max_message_bytes": self.session.max_message_bytes})
             elif op == "unregister":
                 state.remove_worker(wid, reason="worker closed", expected=True)
             elif not state.handle_worker_message(wid, msg, now):

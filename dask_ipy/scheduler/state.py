@@ -573,6 +573,10 @@ class SchedulerState:
                "priority": ts.priority, "duration": ts.group.duration}
         if ts.who_wants:
             msg["want_data"] = True
+        if ts.suspicious:
+            # It was running on a worker that died: the worker waits for "go" after
+            # "task-started", so a death while it runs is surely blamed on it.
+            msg["confirm"] = True
         if ts.dependencies:
             msg["who_has"] = {dep.key: [w.address for w in dep.who_has]
                               for dep in ts.dependencies}
@@ -774,6 +778,9 @@ class SchedulerState:
         ts = self.tasks.get(msg["key"])
         if ts is not None and ts.processing_on is ws:
             ws.executing.add(ts)
+        if msg.get("confirm"):
+            # Always answered, even when stale: the worker holds a thread for it.
+            self.send_worker(ws, {"op": "go", "key": msg["key"]})
 
     def _on_task_finished(self, ws, msg):
         ts = self.tasks.get(msg["key"])

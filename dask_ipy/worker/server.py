@@ -12,6 +12,7 @@ code and hand results back.  Inputs fetched from peers arrive zero-copy.
 
 from __future__ import annotations
 
+import copy
 import os
 import queue
 import socket
@@ -24,11 +25,13 @@ from dask.sizeof import sizeof
 
 from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
 from ..graph import execute
-from ..protocol import ProtocolError, Serialized, Session, deserialize, serialize
+from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Serialized, Session,
+                        deserialize, serialize)
 from ..security import Security, find_security, read_connection_file
 from .state import Execute, GatherDep, Send, WorkerState
 
 MAX_ERROR_TEXT = 10_000
+SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
 
 
@@ -78,7 +81,7 @@ def error_payload(exc, tb):
     try:
         exception = serialize(exc)
         if exception.nbytes > 10 * MAX_ERROR_TEXT:
-            exception = None
+            exception = _shortened(exc)
     except Exception:
         exception = None
     try:
@@ -87,6 +90,18 @@ def error_payload(exc, tb):
         traceback = None
     return {"type": type(exc).__name__, "text": text, "exception": exception,
             "traceback": traceback, "traceback_text": tb_text}
+
+
+def _shortened(exc):
+    """The exception with its message cut to MAX_ERROR_TEXT, for one too big to send
+    whole: the client still raises the original type.  None if that fails."""
+    try:
+        short = copy.copy(exc)
+        short.args = (str(exc)[:MAX_ERROR_TEXT] + "... (truncated)",)
+        blob = serialize(short)
+    except Exception:
+        return None
+    return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
 
 
 def inline(value, nbytes, job):
@@ -116,11 +131,13 @@ class Worker:
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
                  nthreads=1, security=None, name=None, heartbeat_interval=0.5,
-                 gather_timeout=30.0, validate=False):
+                 gather_timeout=30.0, validate=False, max_message_bytes=MAX_MESSAGE_BYTES):
+        self.max_message_bytes = max_message_bytes  # cap on what this worker receives
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler, security, "address_to_workers")
         self.security = self.security or Security.temporary()
         self.nthreads = nthreads
+        self.max_send_bytes = MAX_MESSAGE_BYTES    # the scheduler's cap, from "welcome"
         self.heartbeat_interval = heartbeat_interval
         self.gather_timeout = gather_timeout
         self.loop = IOLoop("dask-ipy-worker")
@@ -159,7 +176,8 @@ class Worker:
     def _connect(self):
         """(Re)register with the scheduler under a fresh identity."""
         self.id = new_id("worker")
-        self.session = Session(self.security.key, self.id)
+        self.session = Session(self.security.key, self.id,
+                               max_message_bytes=self.max_message_bytes)
         self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.id,
                                                self.scheduler_address)
         self.loop.add_socket(self.scheduler_socket, self._on_scheduler_frames)
@@ -175,6 +193,13 @@ class Worker:
         self.scheduler_socket.close(linger=0)
         self.outgoing.clear()
         self._handle("restart")
+        # Connections to peers carry the old identity, which the new one's signature
+        # would contradict (peers would refuse every request): open new ones.
+        for peer in list(self.peers):
+            pending = self.gather_timers.pop(peer, None)
+            if pending is not None:
+                IOLoop.cancel_timer(pending[1])
+            self._drop_peer(peer)
         self._connect()
 
     def _on_scheduler_frames(self, frames):
@@ -191,10 +216,12 @@ class Worker:
                     IOLoop.cancel_timer(pending[1])
                 self._drop_peer(msg["address"])
                 self._handle(op, **msg)
-            elif op in ("compute-task", "free-keys", "who-has", "restart"):
+            elif op in ("compute-task", "free-keys", "who-has", "restart", "go"):
                 self._handle(op, **msg)
             elif op == "put-data":
                 self._put_data(msg["data"])
+            elif op == "welcome":
+                self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
             elif op == "send-data":
                 self._send_data(msg["keys"], msg["request_id"])
             elif op == "run":
@@ -208,13 +235,24 @@ class Worker:
                 return
 
     def _handle(self, op, **kw):
+        runs = []
+        announced = False
         for inst in self.state.handle(op, **kw):
             if isinstance(inst, Send):
                 self.outgoing.append(inst.msg)
+                announced = announced or inst.msg["op"] == "task-started"
             elif isinstance(inst, Execute):
-                self.jobs.put(inst)
+                runs.append(inst)
             elif isinstance(inst, GatherDep):
                 self._gather(inst.peer, inst.keys)
+        if runs:
+            if announced:
+                # "task-started" leaves before the task runs: if it kills this
+                # process, the scheduler blames the right task.  (Tiny tasks are
+                # not announced, and their results keep travelling in batches.)
+                self._flush()
+            for inst in runs:
+                self.jobs.put(inst)
 
     def _flush(self):
         if self.outgoing:
@@ -302,8 +340,25 @@ class Worker:
 
     def _send_data(self, keys, request_id):
         data, missing, errors = self._serialize_data(keys)
+        # The reply must fit under the scheduler's cap, or the scheduler drops it and
+        # the client waits forever: what does not fit is an error naming the key.
+        room = self.max_send_bytes - SEND_MARGIN
+        for key, blob in list(data.items()):
+            if blob.nbytes <= room:
+                room -= blob.nbytes
+                continue
+            del data[key]
+            alone = blob.nbytes <= self.max_send_bytes - SEND_MARGIN
+            errors[key] = {"type": "MessageTooLarge", "text": (
+                f"result of {key!r} is {blob.nbytes} bytes: "
+                + ("with the other results asked for at the same time, that is "
+                   if alone else "")
+                + f"more than the scheduler accepts in one message "
+                  f"({self.max_send_bytes} bytes, Scheduler(max_message_bytes=...))")}
+        self._flush()          # a message of its own: if refused, nothing else is lost
         self.outgoing.append({"op": "data", "request_id": request_id, "data": data,
                               "missing": missing, "errors": errors})
+        self._flush()
 
     def _on_peer_request(self, frames):
         peer = frames[0].bytes
@@ -332,10 +387,15 @@ class Worker:
             self.peer_sockets[sock] = peer
             self.loop.add_socket(sock, lambda frames, peer=peer: self._on_peer_reply(peer, frames))
         request_id = os.urandom(4).hex()
-        send(sock, self.session.dumps(
-            [{"op": "get-data", "keys": list(keys), "request_id": request_id}]))
         self.gather_timers[peer] = (request_id, self.loop.call_later(
             self.gather_timeout, self._gather_timed_out, peer, request_id))
+        try:
+            send(sock, self.session.dumps(
+                [{"op": "get-data", "keys": list(keys), "request_id": request_id}]))
+        except Exception as e:            # no way to the peer: fail the fetch now
+            logger.warning("worker %s: could not ask %s for data: %s", self.address,
+                           peer, e)
+            self.loop.call_soon(self._gather_timed_out, peer, request_id)
 
     def _gather_timed_out(self, peer, request_id):
         pending = self.gather_timers.get(peer)

@@ -59,7 +59,7 @@ class Send:
 class WTask:
     __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
-                 "cancelled", "computed", "duration", "want_data")
+                 "cancelled", "computed", "duration", "want_data", "confirm")
 
     def __init__(self, key):
         self.key = key
@@ -76,6 +76,7 @@ class WTask:
         self.computed = False        # the scheduler asked this worker to compute it
         self.duration = None         # the scheduler's estimate, seconds
         self.want_data = False
+        self.confirm = False         # start only on the scheduler's "go"
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -95,6 +96,7 @@ class WorkerState:
         self.in_flight = {}
         self.nbytes = {}              # {key: bytes} of what is in data
         self.fetching = set()         # keys in state "fetch"
+        self.unconfirmed = set()      # executing keys waiting for the scheduler's "go"
         self._seq = itertools.count()
 
     # ------------------------------------------------------------ entry point
@@ -111,11 +113,12 @@ class WorkerState:
     # ------------------------------------------------------------ scheduler ops
 
     def _on_compute_task(self, out, key, run_spec, priority=(0,), who_has=None,
-                         nbytes=None, duration=None, want_data=False):
+                         nbytes=None, duration=None, want_data=False, confirm=False):
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = WTask(key)
         ts.computed = True
+        ts.confirm = confirm
         ts.duration = duration
         ts.want_data = want_data
         ts.run_spec = run_spec
@@ -249,6 +252,10 @@ class WorkerState:
         out.append(Send({"op": "add-keys", "keys": keys}))
 
     def _on_restart(self, out):
+        for key in self.unconfirmed:         # never handed to a thread: just forget
+            self.executing.discard(key)
+            self.tasks.pop(key, None)
+        self.unconfirmed.clear()
         for ts in self.tasks.values():
             if ts.state == "executing":
                 ts.cancelled = True
@@ -258,6 +265,23 @@ class WorkerState:
         self.in_flight.clear()
         self.nbytes.clear()
         self.data.clear()
+
+    def _on_go(self, out, key):
+        """The scheduler knows that `key` (started with "confirm") is running."""
+        if key not in self.unconfirmed:
+            return
+        self.unconfirmed.discard(key)
+        ts = self.tasks.get(key)
+        if ts is None:
+            self.executing.discard(key)
+            return
+        if ts.cancelled:                     # freed meanwhile: no need to run it
+            self.executing.discard(key)
+            ts.state = "released"
+            self._release(ts)
+            return
+        inputs = {d.key: self.data[d.key] for d in ts.dependencies}
+        out.append(Execute(key, ts.run_spec, inputs, ts.want_data))
 
     # ------------------------------------------------------------ local events
 
@@ -371,6 +395,13 @@ class WorkerState:
             ts.state = "executing"
             ts.cancelled = False
             self.executing.add(ts.key)
+            if ts.confirm:
+                # It was running on a worker that died.  It runs once the scheduler
+                # has seen "task-started", so that if it kills this worker too, the
+                # scheduler knows for sure which task to blame.
+                self.unconfirmed.add(ts.key)
+                out.append(Send({"op": "task-started", "key": ts.key, "confirm": True}))
+                continue
             inputs = {d.key: self.data[d.key] for d in ts.dependencies}
             if not short:
                 out.append(Send({"op": "task-started", "key": ts.key}))
@@ -409,6 +440,7 @@ class WorkerState:
 
     def validate(self):
         assert len(self.executing) <= self.nthreads * PREFETCH
+        assert self.unconfirmed <= self.executing
         for key, ts in self.tasks.items():
             assert ts.key == key
             if ts.state == "memory":

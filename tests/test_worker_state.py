@@ -1,0 +1,252 @@
+"""WorkerState alone: events in, instructions out, compared literally.  Invariants
+are checked after every event (``validating=True``)."""
+
+import pytest
+
+from dask_ipy.worker.state import Execute, GatherDep, Send, WorkerState
+
+pytestmark = pytest.mark.timeout(30)
+
+ME, A, B = "tcp://10.0.0.9:1", "tcp://10.0.0.1:1", "tcp://10.0.0.2:1"
+
+
+@pytest.fixture
+def ws():
+    return WorkerState(ME, nthreads=1, validating=True)
+
+
+def states(ws):
+    return {key: ts.state for key, ts in ws.tasks.items()}
+
+
+def started(key, spec, inputs):
+    return [Send({"op": "task-started", "key": key}), Execute(key, spec, inputs)]
+
+
+def success(ws, key, value, nbytes=8, type="int"):
+    return ws.handle("execute-success", key=key, value=value, nbytes=nbytes, type=type,
+                     start=10.0, stop=10.25)
+
+
+def test_root_task_runs_and_reports(ws):
+    assert ws.handle("compute-task", key="x", run_spec="spec-x",
+                     priority=(0, 1, 0)) == started("x", "spec-x", {})
+    assert states(ws) == {"x": "executing"}
+    assert success(ws, "x", 41) == [Send({"op": "task-finished", "key": "x",
+                                          "nbytes": 8, "type": "int",
+                                          "duration": 0.25})]
+    assert ws.data == {"x": 41}
+    assert states(ws) == {"x": "memory"}
+
+
+def test_inputs_held_by_peers_are_fetched_then_the_task_runs(ws):
+    out = ws.handle("compute-task", key="z", run_spec="spec-z", priority=(0, 1, 2),
+                    who_has={"x": [A], "y": [B, ME]}, nbytes={"x": 10, "y": 20})
+    # One request per peer; our own address is never a source.
+    assert sorted(out, key=lambda i: i.peer) == [GatherDep(A, ["x"]), GatherDep(B, ["y"])]
+    assert states(ws) == {"z": "waiting", "x": "flight", "y": "flight"}
+    assert ws.in_flight == {A: ["x"], B: ["y"]}
+
+    assert ws.handle("gather-done", peer=A, data={"x": 1}, sizes={"x": 10}) == []
+    assert states(ws) == {"z": "waiting", "x": "memory", "y": "flight"}
+    assert ws.handle("gather-done", peer=B, data={"y": 2},
+                     sizes={"y": 20}) == started("z", "spec-z", {"x": 1, "y": 2})
+
+    assert success(ws, "z", 3) == [Send({"op": "task-finished", "key": "z",
+                                         "nbytes": 8, "type": "int",
+                                         "duration": 0.25})]
+    # Fetched copies the scheduler does not know about are dropped at once.
+    assert ws.data == {"z": 3}
+    assert states(ws) == {"z": "memory"}
+    assert ws.nbytes == {"z": 8}
+
+
+def test_several_inputs_from_one_peer_come_in_one_request(ws):
+    out = ws.handle("compute-task", key="s", run_spec="spec-s", priority=(0,),
+                    who_has={"a": [A], "b": [A], "c": [A]}, nbytes={})
+    assert len(out) == 1 and out[0].peer == A
+    assert sorted(out[0].keys) == ["a", "b", "c"]
+
+
+def test_local_inputs_are_used_without_fetching(ws):
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0, 1, 0))
+    success(ws, "x", 5)
+    assert ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0, 1, 1),
+                     who_has={"x": [ME]}, nbytes={"x": 8}) == started("y", "spec-y",
+                                                                      {"x": 5})
+    success(ws, "y", 6)
+    # x was computed here and reported: it stays until the scheduler frees it.
+    assert ws.data == {"x": 5, "y": 6}
+    assert ws.handle("free-keys", keys=["x"]) == []
+    assert ws.data == {"y": 6}
+
+
+def test_threads_limit_concurrency_and_priority_picks_the_next(ws):
+    ws2 = WorkerState(ME, nthreads=2, validating=True)
+    out = []
+    for key, prio in [("late", (0, 1, 9)), ("early", (0, 1, 1)), ("mid", (0, 1, 5))]:
+        out += ws2.handle("compute-task", key=key, run_spec=key, priority=prio)
+    assert [i.key for i in out if isinstance(i, Execute)] == ["late", "early"]
+    assert states(ws2)["mid"] == "ready"
+    ws2.handle("compute-task", key="first", run_spec="first", priority=(0, 0, 0))
+    out = success(ws2, "late", 1)
+    assert out[1:] == started("first", "first", {})
+    out = success(ws2, "early", 1)
+    assert out[1:] == started("mid", "mid", {})
+
+
+def test_free_keys_while_executing_discards_the_result(ws):
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
+    assert ws.handle("free-keys", keys=["x"]) == []
+    assert states(ws) == {"x": "executing"}           # the thread is still running
+    assert success(ws, "x", 1) == []                  # nothing reported
+    assert ws.tasks == {} and ws.data == {}
+
+
+def test_freed_then_asked_again_while_executing_keeps_the_result(ws):
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
+    ws.handle("free-keys", keys=["x"])
+    assert ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,)) == []
+    assert success(ws, "x", 1)[0].msg["op"] == "task-finished"
+    assert ws.data == {"x": 1}
+
+
+def test_free_keys_of_a_ready_task_drops_it_and_its_fetched_inputs(ws):
+    ws.handle("compute-task", key="busy", run_spec="b", priority=(0,))
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(1,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("gather-done", peer=A, data={"x": 1}, sizes={"x": 8})
+    assert states(ws) == {"busy": "executing", "y": "ready", "x": "memory"}
+    assert ws.handle("free-keys", keys=["y"]) == []
+    assert states(ws) == {"busy": "executing"}
+    assert ws.data == {}
+    # Nothing runs y later.
+    out = success(ws, "busy", 0)
+    assert [i for i in out if isinstance(i, Execute)] == []
+
+
+def test_free_keys_during_a_fetch_ignores_the_late_reply(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("free-keys", keys=["y"])
+    assert ws.tasks == {}
+    assert ws.handle("gather-done", peer=A, data={"x": 1}, sizes={"x": 8}) == []
+    assert ws.data == {} and ws.in_flight == {}
+
+
+def test_execution_failure_reports_the_error_and_releases(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("gather-done", peer=A, data={"x": 1}, sizes={"x": 8})
+    error = {"type": "ValueError", "text": "ValueError: bad", "exception": None,
+             "traceback": None, "traceback_text": "Traceback..."}
+    assert ws.handle("execute-failure", key="y", error=error) == [
+        Send({"op": "task-erred", "key": "y", **error})]
+    assert ws.tasks == {} and ws.data == {}
+
+
+def test_missing_data_is_reported_to_the_scheduler(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    assert ws.handle("gather-done", peer=A, data={}, sizes={}, missing=["x"]) == [
+        Send({"op": "missing-data", "key": "y", "dep": "x", "holder": A})]
+    assert states(ws) == {"y": "waiting", "x": "missing"}
+    # The scheduler answers with another holder.
+    assert ws.handle("who-has", who_has={"x": [B]}) == [GatherDep(B, ["x"])]
+    assert ws.handle("gather-done", peer=B, data={"x": 7},
+                     sizes={"x": 8}) == started("y", "spec-y", {"x": 7})
+
+
+def test_a_dependency_with_no_holder_at_all_is_missing_at_once(ws):
+    assert ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+                     who_has={"x": []}, nbytes={"x": 8}) == [
+        Send({"op": "missing-data", "key": "y", "dep": "x", "holder": None})]
+
+
+def test_next_holder_is_tried_before_giving_up(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A, B]}, nbytes={"x": 8})
+    (first,) = ws.in_flight
+    other = B if first == A else A
+    assert ws.handle("gather-failed", peer=first) == [GatherDep(other, ["x"])]
+
+
+def test_worker_removed_fails_the_fetch_in_flight(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    assert ws.handle("worker-removed", address=A) == [
+        Send({"op": "missing-data", "key": "y", "dep": "x", "holder": A})]
+    assert ws.in_flight == {}
+    assert states(ws) == {"y": "waiting", "x": "missing"}
+
+
+def test_worker_removed_fails_queued_fetches_too(ws):
+    # One request per peer at a time: the second dependency from A waits.
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("compute-task", key="z", run_spec="spec-z", priority=(1,),
+              who_has={"w": [A]}, nbytes={"w": 8})
+    assert states(ws)["w"] == "fetch"
+    out = ws.handle("worker-removed", address=A)
+    assert sorted(i.msg["dep"] for i in out) == ["w", "x"]
+    assert states(ws) == {"y": "waiting", "x": "missing", "z": "waiting",
+                          "w": "missing"}
+
+
+def test_put_data_reports_the_keys(ws):
+    assert ws.handle("put-data", data={"a": [1, 2]}, sizes={"a": (72, "list")}) == [
+        Send({"op": "add-keys", "keys": [("a", 72, "list")]})]
+    assert ws.data == {"a": [1, 2]}
+    # Scattered data is known to the scheduler: a task using it keeps it.
+    ws.handle("compute-task", key="b", run_spec="spec-b", priority=(0,),
+              who_has={"a": [ME]}, nbytes={"a": 72})
+    success(ws, "b", 3)
+    assert ws.data == {"a": [1, 2], "b": 3}
+
+
+def test_asked_to_compute_a_key_already_held_reports_it(ws):
+    # A copy fetched for a local task, then the scheduler wants it computed here
+    # (its only other copy was lost): no need to run it again.
+    ws.handle("compute-task", key="busy", run_spec="b", priority=(0,))
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(1,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("gather-done", peer=A, data={"x": 1}, sizes={"x": 8})
+    assert ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,)) == [
+        Send({"op": "task-finished", "key": "x", "nbytes": 8, "type": None})]
+    success(ws, "busy", 0)
+    success(ws, "y", 2)
+    # Reported now, so kept after y is done with it.
+    assert ws.data == {"x": 1, "busy": 0, "y": 2}
+
+
+def test_custom_mapping_receives_results():
+    class Recording(dict):
+        def __init__(self):
+            super().__init__()
+            self.writes = []
+
+        def __setitem__(self, key, value):
+            self.writes.append(key)
+            super().__setitem__(key, value)
+
+    store = Recording()
+    ws = WorkerState(ME, nthreads=1, data=store, validating=True)
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
+    success(ws, "x", "value")
+    assert store.writes == ["x"] and store["x"] == "value"
+
+
+def test_restart_drops_everything_and_cancels_running_work(ws):
+    ws.handle("put-data", data={"a": 1}, sizes={"a": (28, "int")})
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(1,))
+    assert ws.handle("restart") == []
+    assert ws.data == {}
+    assert states(ws) == {"x": "executing"}
+    assert success(ws, "x", 1) == []
+    assert ws.tasks == {} and ws.data == {}
+
+
+def test_get_data_serves_what_is_held(ws):
+    ws.handle("put-data", data={"a": 1}, sizes={"a": (28, "int")})
+    assert ws.get_data(["a", "b"]) == ({"a": 1}, ["b"])
