@@ -48,6 +48,12 @@ def parse_args(argv):
         "--size", action="append", default=[], metavar="W=N",
         help="override one workload's size, e.g. e=100000 (repeatable)",
     )
+    p.add_argument(
+        "--stat", choices=("median", "best"), default="median",
+        help="which of the timed runs the table shows (both are in the JSON)",
+    )
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="print the table of a saved run (with --stat) and exit; runs nothing")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every deadline")
     args = p.parse_args(argv)
     args.only = _split(args.only, WORKLOADS, "--only")
@@ -126,8 +132,13 @@ def run_system(name, letters, settings, log_path, results, meta):
     remaining = list(letters)
     mine = results.setdefault(name, {})
     while remaining:
-        ipython_dir = tempfile.mkdtemp(prefix="bench-ipython-")
-        env = procs.child_env({"IPYTHONDIR": ipython_dir})
+        # Private IPython and Jupyter runtime directories: profiles, connection
+        # files and keys of this run go there and are removed with it.
+        scratch = tempfile.mkdtemp(prefix="bench-")
+        env = procs.child_env(
+            {"IPYTHONDIR": os.path.join(scratch, "ipython"),
+             "JUPYTER_RUNTIME_DIR": os.path.join(scratch, "runtime")}
+        )
         r, w = os.pipe()
         with open(log_path, "ab") as log:
             log.write(f"\n=== child {name} {''.join(remaining)} {time.ctime()}\n".encode())
@@ -176,7 +187,7 @@ def run_system(name, letters, settings, log_path, results, meta):
                 rc = proc.wait(10)
             except subprocess.TimeoutExpired:
                 rc = None
-            shutil.rmtree(ipython_dir, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
         if not remaining:
             break
         failure = failure or f"child exited with code {rc} during {phase}"
@@ -218,8 +229,36 @@ def save(path, payload):
     tmp.replace(path)
 
 
+def print_table(out, stat):
+    meta = out["meta"]
+    sizes = meta["settings"]["sizes"]
+    print(report.render(out["table"], meta["systems"]))
+    print(
+        f"\n{stat} of the timed runs (c: of {sizes['c']} round trips). "
+        "ratio: dask_ipy / the better of distributed and distributed-inf\n"
+        "(f: / ipyparallel's become_dask); read it with the 'better' column."
+    )
+    if meta.get("load_average"):
+        loads = ", ".join(f"{k} {a:.1f} -> {b:.1f}" for k, (a, b) in meta["load_average"].items())
+        print(f"load average (1 min, {meta['machine']['cpus']} cpus) before -> after: {loads}")
+    for err in out["errors"]:
+        print(f"error: {err['system']} {err['workload']}: {err['error'].splitlines()[0][:300]}")
+
+
+def show_saved(path, stat):
+    out = json.loads(Path(path).read_text())
+    meta = out["meta"]
+    out["table"] = report.build(
+        out["results"], meta["settings"]["sizes"], meta["systems"], meta["workloads"], stat
+    )
+    print_table(out, stat)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.report:
+        return show_saved(args.report, args.stat)
     settings = settings_for(args)
     json_path = args.json.resolve()
     log_dir = json_path.parent / "logs"
@@ -231,6 +270,7 @@ def main(argv=None):
         "settings": settings,
         "systems": args.systems,
         "workloads": args.only,
+        "stat": args.stat,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -248,7 +288,7 @@ def main(argv=None):
     results = {}
 
     def payload():
-        table = report.build(results, settings["sizes"], args.systems, args.only)
+        table = report.build(results, settings["sizes"], args.systems, args.only, args.stat)
         return {"meta": meta, "table": table, "errors": report.errors(results), "results": results}
 
     t0 = time.perf_counter()
@@ -271,15 +311,6 @@ def main(argv=None):
         out = payload()
         save(json_path, out)
 
-    print(report.render(out["table"], args.systems))
-    print(
-        "\nratio: dask_ipy / best of distributed and distributed-inf "
-        "(f: / ipyparallel's become_dask); read it with the 'better' column."
-    )
-    if meta["load_average"]:
-        loads = ", ".join(f"{k} {a:.1f} -> {b:.1f}" for k, (a, b) in meta["load_average"].items())
-        print(f"load average (1 min, {os.cpu_count()} cpus) before -> after: {loads}")
-    for err in out["errors"]:
-        print(f"error: {err['system']} {err['workload']}: {err['error'].splitlines()[0][:300]}")
+    print_table(out, args.stat)
     print(f"\nJSON: {json_path}  ({meta['elapsed_seconds']:.0f} s)")
     return 0

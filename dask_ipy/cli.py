@@ -10,8 +10,8 @@
 address_to_clients, in that order) once it listens; `dask_ipy.ipp` reads them to
 boot on ipyparallel.  With ``--security-from-stdin`` the key arrives as one JSON line
 on stdin, never on the command line.  With ``--log-file`` output goes to a file once
-the addresses are out, so a parent may stop reading the pipe.  SIGTERM and SIGINT
-close the scheduler or worker cleanly.
+the addresses are out, so a parent may stop reading the pipe.  SIGINT, SIGTERM and
+SIGHUP close the scheduler or worker cleanly.
 """
 
 from __future__ import annotations
@@ -108,11 +108,15 @@ def _interrupt(signum, frame):
     raise _Interrupted(signal.Signals(signum).name)
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def _until_signalled():
-    """SIGINT and SIGTERM end the block; once inside the clean-up they are ignored,
-    so a second Ctrl-C cannot leave sockets or files half closed."""
-    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    """SIGINT, SIGTERM and SIGHUP end the block; once inside the clean-up they are
+    ignored, so a second Ctrl-C cannot leave sockets or files half closed."""
+    old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS}
     try:
         yield
     except _Interrupted:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import itertools
-import os
 import threading
 import time
 import uuid
@@ -226,6 +225,8 @@ class Client:
                 self._lost = False
                 self.status = "running"
                 self.outgoing.append({"op": "register-client"})
+                if self.monitor_callbacks:     # the scheduler forgot the subscription
+                    self.outgoing.append({"op": "monitor", "on": True})
         elif event == zmq.EVENT_DISCONNECTED and self.status != "closed":
             self.connected.clear()
             self._on_scheduler_lost(f"lost the connection to the scheduler at "
@@ -430,6 +431,11 @@ class Client:
         deps = g.dependencies(graph)
         graph = g.cull(graph, deps, wanted)
         deps = {k: deps[k] for k in graph}
+        # dask turns our Futures (TaskRefs) into references to their keys wherever
+        # they sit, even inside fused subgraphs: a graph may depend on any key this
+        # client holds a Future of.
+        with self.lock:
+            known.update(self.states)
         g.check(graph, deps, known=known)
         priorities = g.order(graph, deps)
         return [(k, node, deps[k]) for k, node in graph.items()], priorities
@@ -472,9 +478,16 @@ class Client:
 
     # ---------------------------------------------------------------- futures API
 
-    def submit(self, fn, *args, key=None, pure=True, retries=0, workers=None,
+    def submit(self, fn, /, *args, key=None, pure=True, retries=0, workers=None,
                priority=0, **kwargs):
         """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once."""
+        return self._submit(fn, args, kwargs, key=key, pure=pure, retries=retries,
+                            workers=workers, priority=priority)
+
+    def _submit(self, fn, args, kwargs, key=None, pure=True, retries=0, workers=None,
+                priority=0):
+        """`submit` with the call's keyword arguments kept apart from the options,
+        so that a function may take ``key=`` or ``workers=`` itself (the Executor)."""
         self._check_open()
         if not callable(fn):
             raise TypeError("first argument of submit must be callable")
@@ -490,7 +503,7 @@ class Client:
                                      retries, workers)
         return futures[key]
 
-    def map(self, fn, *iterables, key=None, pure=True, retries=0, workers=None,
+    def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
             priority=0, batch_size=None, **kwargs):
         """Map ``fn`` over iterables; returns a list of Futures at once."""
         self._check_open()
@@ -661,6 +674,9 @@ class Client:
         futures = self._submit_graph(tasks, wanted, priorities, priority, retries,
                                      workers)
         futures.update(known)
+        for k in keys:
+            if k not in futures:         # a collection that is a held Future itself
+                futures[k] = Future(k, self)
         result = [futures[k] for k in keys]
         if sync:
             result = self.gather(result)

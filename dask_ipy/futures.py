@@ -18,7 +18,8 @@ import concurrent.futures as cf
 import logging
 import queue
 import threading
-import time
+
+from dask._task_spec import TaskRef
 
 from .graph import CycleError, MissingDependency
 
@@ -63,6 +64,10 @@ def rebuild_error(info):
             exc = deserialize(info["exception"])
             if not isinstance(exc, BaseException):
                 exc = None
+            else:
+                # Some exceptions come back from pickle half-built (numpy's AxisError
+                # loses the attributes its __str__ needs): use the text instead.
+                str(exc)
         except Exception:
             exc = None
     if exc is None:
@@ -139,14 +144,19 @@ class FutureState:
                 cb()
 
 
-class Future:
+class Future(TaskRef):
     """A remote result: ``f.result()``, ``f.done()``, ``f.cancel()``...
 
     Futures may be passed to `Client.submit` before they finish; the task then waits
     for them on the cluster, and their data never comes back to the client.
+
+    A Future is a dask `TaskRef` to its key (as distributed's futures are): dask's
+    graph machinery then treats one as a dependency wherever it sits, in a legacy
+    graph, in a `Task`'s arguments (``dask.delayed(f)(future)``) or inside the
+    subgraph of a fused task.
     """
 
-    __slots__ = ("key", "client", "_state", "__weakref__")
+    __slots__ = ("client", "_state", "__weakref__")
 
     def __init__(self, key, client, state=None, inform=False):
         self.key = key
@@ -246,7 +256,14 @@ _unpickling = threading.local()
 def _rebuild_future(key):
     from .client import default_client
 
-    client = getattr(_unpickling, "client", None) or default_client()
+    client = getattr(_unpickling, "client", None)
+    if client is None:
+        try:
+            client = default_client()
+        except ValueError:
+            # No client here (a worker loading a task that holds a Future): a plain
+            # reference, which the task resolves to the key's value.
+            return TaskRef(key)
     return Future(key, client, inform=True)
 
 
@@ -351,7 +368,7 @@ class ClientExecutor(cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
         options = dict(self.submit_kwargs)
         options.setdefault("pure", False)
-        remote = self.client.submit(fn, *args, **kwargs, **options)
+        remote = self.client._submit(fn, args, kwargs, **options)
         local = cf.Future()
         local.set_running_or_notify_cancel()
         local._dask_ipy_remote = remote

@@ -10,8 +10,8 @@ The scheduler builds snapshots only while someone subscribes, so a cluster nobod
 watches pays nothing.  After construction only the updater thread writes the
 Monitor's widgets: ipykernel sends comm messages from any thread, and one writer per
 widget keeps every widget's state in order.  It writes at most ``1 / interval`` times
-a second and skips values that did not change: a quiet cluster costs about one small
-message per snapshot (process memory and CPU still move).
+a second and skips values that did not change: a quiet cluster costs a couple of
+small messages per snapshot (uptime, process memory and CPU still move).
 
 Rendering is a set of pure functions of a snapshot (see `SchedulerState.snapshot`)::
 
@@ -88,8 +88,8 @@ def format_duration(seconds):
 
 
 def format_heartbeat(seconds):
-    """Coarse on purpose: a healthy worker reads the same from one snapshot to the
-    next, so its row is not sent again."""
+    """Coarse on purpose: healthy workers read the same from one snapshot to the
+    next, so a quiet worker table is not sent again and again."""
     s = float(seconds or 0)
     return "< 1 s" if s < 1 else format_duration(s) + " ago"
 
@@ -149,9 +149,10 @@ def _badge(text, color):
 
 def header_html(snap, status="running", stale=None):
     if not snap:
-        return (f'<div data-dask-ipy="header" style="{FONT}"><b>dask_ipy</b> '
-                f'<span style="{MUTED}">waiting for the scheduler\u2026 '
-                f'({_esc(status)})</span></div>')
+        note = (f'<span style="{MUTED}">waiting for the scheduler\u2026</span>'
+                if status == "running" else _badge(status, "#757575"))
+        return f'<div data-dask-ipy="header" style="{FONT}"><b>dask_ipy</b> {note}</div>'
+
     nworkers, threads, memory = totals(snap)
     nclients = snap.get("nclients", 0)
     parts = [
@@ -375,10 +376,12 @@ class Monitor(widgets.VBox):
     >>> m.close()                    # or close the client: updates stop either way
 
     Children: ``header``, ``worker_table``, ``task_counts`` (HTML), ``groups`` (a VBox
-    of one HTML row per task group, in ``group_rows``) and ``errors`` (HTML).
+    of one HTML row per task group, in ``group_rows``: the latest ``max_groups``) and
+    ``errors`` (HTML).  ``interval``: the least time between two rounds of writes.
+    `stop()` ends the updates and keeps the widget shown; `close()` also removes it.
     """
 
-    def __init__(self, client=None, *, interval=0.25, max_groups=20, max_workers=64,
+    def __init__(self, client=None, *, interval=0.25, max_groups=12, max_workers=64,
                  **kwargs):
         self.client = client if client is not None else default_client()
         self.interval = interval

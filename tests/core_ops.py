@@ -138,3 +138,32 @@ def worker_keys(dask_worker=None):
 
     return sorted(str(k) for w in gc.get_objects() if isinstance(w, Worker)
                   for k in w.data)
+
+
+class NeedsTwo(Exception):
+    """Pickle rebuilds exceptions from ``args``: this one cannot be rebuilt."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+class SlotsOnly(Exception):
+    """Rebuilt by pickle without its slot, so its ``__str__`` fails afterwards (as
+    numpy's AxisError does)."""
+
+    __slots__ = ("detail",)
+
+    def __init__(self, detail):
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self):
+        return f"detail is {self.detail}"
+
+
+def raise_needs_two():
+    raise NeedsTwo(1, 2)
+
+
+def raise_slots_only():
+    raise SlotsOnly("lost")

@@ -1,5 +1,6 @@
 """The widget in a real browser: JupyterLab in a subprocess, Debian's chromium driven
-by Playwright, the demo notebook run with "Run All Cells".
+by Playwright, notebooks run with Run > Run All Cells as a reader would: the widget
+demo (live changes read from the DOM twice, screenshots) and the quickstart.
 
 Everything is isolated: Jupyter and IPython directories and the browser profile live
 in the test's temporary directory; JupyterLab listens on 127.0.0.1 with a random token.
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.browser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "widget_demo.ipynb")
+QUICKSTART = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 GROUP = "slow_inc"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -40,17 +42,17 @@ READ_WIDGET = """() => {
                                erred: num(e, 'erred'), processing: num(e, 'processing')};
   const header = document.querySelector('[data-dask-ipy="header"]');
   return {
-    header: header ? header.innerText : null,
+    header: header ? header.textContent : null,
     workers: [...document.querySelectorAll('[data-dask-ipy="worker"]')]
-               .map(e => e.innerText),
+               .map(e => e.textContent),
     groups: groups,
     errors: [...document.querySelectorAll('[data-dask-ipy="error"]')]
-              .map(e => e.innerText),
+              .map(e => e.textContent),
   };
 }"""
 
 CELL_PROMPTS = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
-  .map(e => e.innerText.trim())"""
+  .map(e => e.textContent.trim())"""
 
 
 def free_port():
@@ -71,7 +73,7 @@ class Lab:
 
     def __init__(self, tmp_path):
         self.root = tmp_path / "work"
-        self.root.mkdir()
+        self.root.mkdir(parents=True)
         home = tmp_path / "jupyter"
         env = dict(os.environ)
         env.update(JUPYTER_CONFIG_DIR=str(home / "config"),
@@ -144,9 +146,17 @@ class Lab:
 
 @pytest.fixture
 def lab(tmp_path):
-    server = Lab(tmp_path)
+    for attempt in range(3):
+        server = Lab(tmp_path / f"lab{attempt}")
+        try:
+            server.wait_ready()
+            break
+        except AssertionError:
+            exited = server.proc.poll() is not None     # e.g. the port was taken
+            server.stop()
+            if attempt == 2 or not exited:
+                raise
     try:
-        server.wait_ready()
         yield server
     finally:
         server.stop()
@@ -168,89 +178,114 @@ def browser(tmp_path):
             context.close()
 
 
-def test_widget_updates_live_in_jupyterlab(lab, browser, tmp_path):
-    shutil.copy(NOTEBOOK, lab.root / "demo.ipynb")
-    page = browser.pages[0] if browser.pages else browser.new_page()
-    page.set_default_timeout(30_000)
-    console = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
-            if m.type == "error" else None)
+class Notebook:
+    """A notebook open in JupyterLab, run with the Run menu, read through the DOM."""
 
-    def read():
-        return page.evaluate(READ_WIDGET)
+    def __init__(self, lab, browser, path):
+        self.lab = lab
+        self.page = browser.pages[0] if browser.pages else browser.new_page()
+        self.page.set_default_timeout(30_000)
+        self.console = []
+        self.page.on("console", lambda m: self.console.append(m.text)
+                     if m.type == "error" else None)
+        self.page.goto(f"{lab.url}/lab/tree/{path}?token={lab.token}")
+        self.page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+        self.page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+        lab.remember_descendants()
 
-    def diagnose():
-        return (f"\nwidget: {read()}\nprompts: {page.evaluate(CELL_PROMPTS)}"
-                f"\nconsole errors: {console[-10:]}\nserver log:\n{lab.log_tail()}")
+    def read(self):
+        return self.page.evaluate(READ_WIDGET)
 
-    page.goto(f"{lab.url}/lab/tree/demo.ipynb?token={lab.token}")
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-    lab.remember_descendants()
+    def prompts(self):
+        return self.page.evaluate(CELL_PROMPTS)
 
-    def started():
-        return any(p != "[ ]:" for p in page.evaluate(CELL_PROMPTS))
+    def diagnose(self):
+        return (f"\nwidget: {self.read()}\nprompts: {self.prompts()}"
+                f"\nconsole errors: {self.console[-10:]}"
+                f"\nserver log:\n{self.lab.log_tail()}")
 
-    for attempt in range(3):
-        # A kernel whose websocket is still settling may drop the request: nothing
-        # has run then, so asking again is safe.
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        try:
-            wait_for(started, timeout=10, interval=0.1, message="Run All Cells")
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise AssertionError(f"Run All Cells did nothing{diagnose()}")
+    def menu(self, *path):
+        self.page.locator(".lm-MenuBar-itemLabel", has_text=path[0]).first.click()
+        for label in path[1:-1]:
+            self.page.locator(".lm-Menu-itemLabel", has_text=label).first.hover()
+        self.page.locator(".lm-Menu-itemLabel", has_text=path[-1]).first.click()
 
-    def poll(predicate, timeout, message):
+    def run_all(self):
+        for attempt in range(3):
+            # A kernel whose websocket is still settling may drop the request:
+            # nothing has run then, so asking again is safe.
+            self.menu("Run", "Run All Cells")
+            try:
+                wait_for(lambda: any(p != "[ ]:" for p in self.prompts()), timeout=10,
+                         interval=0.1, message="Run All Cells")
+                return
+            except AssertionError:
+                pass
+        raise AssertionError(f"Run All Cells did nothing{self.diagnose()}")
+
+    def poll(self, predicate, timeout, message):
+        """The widget's state once ``predicate(state)`` holds."""
         deadline = time.monotonic() + timeout
         while True:
-            lab.remember_descendants()
-            state = read()
+            self.lab.remember_descendants()
+            state = self.read()
             if predicate(state):
                 return state
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {message}{diagnose()}")
-            page.wait_for_timeout(100)
+                raise AssertionError(f"timed out waiting for {message}{self.diagnose()}")
+            self.page.wait_for_timeout(100)
+
+    def wait_all_done(self, timeout=60):
+        def done():
+            prompts = self.prompts()
+            return "[*]:" not in prompts and prompts[-1].strip("[]:").isdigit()
+        try:
+            wait_for(done, timeout=timeout, interval=0.2, message="every cell to run")
+        except AssertionError as e:
+            raise AssertionError(f"{e}{self.diagnose()}") from None
+
+    def widget(self):
+        return self.page.locator(".jp-OutputArea-output", has=self.page.locator(
+            '[data-dask-ipy="header"]')).first
+
+
+def test_widget_updates_live_in_jupyterlab(lab, browser, tmp_path):
+    shutil.copy(NOTEBOOK, lab.root / "demo.ipynb")
+    nb = Notebook(lab, browser, "demo.ipynb")
+    nb.run_all()
 
     def in_progress(s):
         g = s["groups"].get(GROUP)
         return len(s["workers"]) == 2 and g is not None and 0 < g["done"] < g["total"]
 
-    first = poll(in_progress, 90, "the work to start")
-    second = poll(lambda s: in_progress(s) and
-                  s["groups"][GROUP]["done"] > first["groups"][GROUP]["done"] and
-                  s["workers"] != first["workers"], 15, "the widget to change")
+    first = nb.poll(in_progress, 90, "the work to start")
+    second = nb.poll(lambda s: in_progress(s) and
+                     s["groups"][GROUP]["done"] > first["groups"][GROUP]["done"] and
+                     s["workers"] != first["workers"], 15, "the widget to change")
     assert "2 workers" in second["header"], second["header"]
     assert all(row.startswith("engine ") for row in second["workers"]), second
-    page.locator('[data-dask-ipy="header"]').first.scroll_into_view_if_needed()
+    nb.widget().scroll_into_view_if_needed()
     running_png = tmp_path / "widget-running.png"
-    page.screenshot(path=str(running_png))
+    nb.page.screenshot(path=str(running_png))
 
-    final = poll(lambda s: s["groups"].get(GROUP, {}).get("done") == 60 and s["errors"],
-                 30, "the work to finish")
+    final = nb.poll(lambda s: s["groups"].get(GROUP, {}).get("done") == 60
+                    and s["errors"], 30, "the work to finish")
     assert final["groups"][GROUP] == {"done": 60, "total": 60, "erred": 0,
                                       "processing": 0}
     assert final["groups"]["invert"]["erred"] == 1
     assert "ZeroDivisionError" in final["errors"][0]
     # The notebook ends by stopping the monitor and the cluster; wait for that.
-    wait_for(lambda: all(p.strip("[]:").isdigit() for p in page.evaluate(CELL_PROMPTS)),
-             timeout=60, interval=0.2, message="every cell to run")
-    outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+    nb.wait_all_done()
+    outputs = nb.page.locator(".jp-OutputArea-output").all_inner_texts()
     assert any(o.strip() == "1830" for o in outputs), outputs
-    assert read()["groups"][GROUP]["done"] == 60       # the stopped widget stays
-    widget = page.locator(".jp-OutputArea-output", has=page.locator(
-        '[data-dask-ipy="header"]')).first
-    widget.screenshot(path=str(tmp_path / "widget-final.png"))
+    stopped = nb.read()                                 # the stopped widget stays
+    assert stopped["groups"][GROUP]["done"] == 60 and "stopped" in stopped["header"]
+    nb.widget().screenshot(path=str(tmp_path / "widget-final.png"))
 
-    page.locator(".lm-MenuBar-itemLabel", has_text="Settings").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
-    page.locator(".lm-Menu-itemLabel", has_text="JupyterLab Dark").first.click()
-    page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
-    page.wait_for_timeout(300)
-    widget.screenshot(path=str(tmp_path / "widget-final-dark.png"))
-    page.screenshot(path=str(tmp_path / "page-dark.png"))
+    nb.menu("Settings", "Theme", "JupyterLab Dark")
+    nb.page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
+    nb.page.wait_for_timeout(300)
+    nb.widget().screenshot(path=str(tmp_path / "widget-final-dark.png"))
 
     for name in ("widget-running.png", "widget-final.png", "widget-final-dark.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name
@@ -259,3 +294,25 @@ def test_widget_updates_live_in_jupyterlab(lab, browser, tmp_path):
         shutil.copy(tmp_path / "widget-final-dark.png", "/tmp/widget-dark.png")
     except OSError:
         pass
+
+
+def test_quickstart_widget_in_jupyterlab(lab, browser, tmp_path):
+    """The quickstart as a reader runs it: Run All Cells, the widget of `%dsched`
+    comes up with a row per engine and moves while work runs."""
+    shutil.copy(QUICKSTART, lab.root / "quickstart.ipynb")
+    nb = Notebook(lab, browser, "quickstart.ipynb")
+    nb.run_all()
+    first = nb.poll(lambda s: len(s["workers"]) == 2, 90, "the widget's workers")
+    assert all(row.startswith("engine ") for row in first["workers"]), first
+    # Snapshots keep coming while the notebook runs: the widget changes.
+    later = nb.poll(lambda s: s["header"] != first["header"] and s["groups"], 30,
+                    "the widget to change")
+    assert later != first
+    nb.wait_all_done(timeout=90)
+    final = nb.read()
+    assert final["groups"] and all(
+        g["done"] + g["erred"] == g["total"] > 0 for g in final["groups"].values()), final
+    assert "stopped" in final["header"] or "closed" in final["header"], final["header"]
+    nb.widget().scroll_into_view_if_needed()
+    nb.widget().screenshot(path=str(tmp_path / "quickstart-widget.png"))
+    assert (tmp_path / "quickstart-widget.png").stat().st_size > 10_000

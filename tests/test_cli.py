@@ -99,7 +99,7 @@ def test_scheduler_and_worker_commands(tmp_path):
     assert not os.path.exists(path)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_close_cleanly(tmp_path, sig):
     path = str(tmp_path / "scheduler.json")
     with running("scheduler", "--connection-file", path) as s:

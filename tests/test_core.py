@@ -275,7 +275,7 @@ def test_unauthenticated_pickles_are_never_loaded(cluster, tmp_path):
     assert not target.exists()
 
 
-# ---------------------------------------------------------------- large graphs, real processes
+# ------------------------------------------------------- large graphs, real processes
 
 def tree(n_inputs, name):
     """``n_inputs`` inc tasks summed pairwise: about 2 * n_inputs tasks."""

@@ -290,6 +290,15 @@ def test_a_task_that_killed_a_worker_starts_only_when_the_scheduler_knows(tmp_pa
     s.remove_worker("w2", reason="killed")
     assert s.tasks["x"].suspicious == 2
 
+    # Its inputs are taken when it starts: freed before the "go", they are still there.
+    ws = WorkerState("tcp://10.0.0.4:1", validating=True)
+    ws.handle("compute-task", key="dep", run_spec="spec-dep")
+    ws.handle("execute-success", key="dep", value=10, nbytes=8)
+    ws.handle("compute-task", key="y", run_spec="spec-y", who_has={"dep": []},
+              confirm=True)
+    ws.handle("free-keys", keys=["dep"])
+    assert ws.handle("go", key="y") == [Execute("y", "spec-y", {"dep": 10}, False)]
+
     # Restarted (its scheduler forgot it) before the "go": nothing is left running.
     ws = WorkerState("tcp://10.0.0.3:1", validating=True)
     ws.handle("compute-task", **kw)
@@ -518,3 +527,30 @@ def test_killed_worker_is_noticed_in_under_a_second(tmp_path):
             p.stdout.close()
             pc.workers.append(pc.start_worker())
             wait_for(lambda: len(workers_of(c)) == 2, timeout=10, message="a new worker")
+
+
+# ---------------------------------------------------------------- closing a client
+
+
+def test_closing_a_client_wakes_a_thread_waiting_in_get(tmp_path):
+    from dask_ipy import Client, Scheduler, Worker
+
+    threads = set(dask_ipy_threads())
+    never = str(tmp_path / "never")
+    s = Scheduler(validate=True)
+    w = Worker(scheduler=s.address_to_workers, validate=True)
+    c = Client(s.address_to_clients)
+    try:
+        with cf.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(c.get, {"x": (ops.block_until_file, never, 1, 30)}, "x")
+            wait_for(lambda: "x" in s.state.tasks, message="the graph to arrive")
+            c.close()
+            with pytest.raises(RuntimeError, match="closed"):
+                waiting.result(timeout=10)
+    finally:
+        open(never, "w").close()          # lets the worker's thread finish
+        c.close()
+        w.close()
+        s.close()
+    wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=5,
+             message="threads to stop")

@@ -375,7 +375,7 @@ def inc(x):
 
 futures = client.map(inc, range(N))
 total = sum(client.gather(futures))
-time.sleep(1.5)     # let the widget's last updates reach the notebook
+time.sleep(2.0)     # let the widget's last updates reach the notebook
 total""",
 ]
 
@@ -387,6 +387,7 @@ def test_notebook_records_widget_state(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_CELLS[0]),
                 nbformat.v4.new_code_cell(NOTEBOOK_CELLS[1].replace("N", str(n))),
+                nbformat.v4.new_code_cell("client"),
                 nbformat.v4.new_code_cell("monitor.close(); client.close()\n"
                                           "for w in workers: w.close()\ns.close()")]
     runner = NotebookClient(nb, kernel_name="python3", timeout=90,
@@ -412,3 +413,36 @@ def test_notebook_records_widget_state(tmp_path):
     assert counts and counts[0].get("memory") == n
     headers = [a for v in values for a in attrs(v, "header")]
     assert headers and headers[0]["workers"] == "2"
+    # In a kernel a Client displays as the live widget, with text and HTML fallbacks.
+    shown = result(nb.cells[2])
+    assert shown["text/plain"].startswith("<Client tcp://127.0.0.1:")
+    assert "dask_ipy Client" in shown["text/html"]
+    assert shown["application/vnd.jupyter.widget-view+json"]["model_id"] in state
+
+
+def test_monitor_resubscribes_after_the_scheduler_comes_back():
+    from dask_ipy import Client, Scheduler
+
+    s = Scheduler()
+    port = int(s.address_to_clients.rsplit(":", 1)[1])
+    c = Client(s)
+    m = dask_ipy.Monitor(c)
+    s2 = None
+    try:
+        wait_for(lambda: m.updates >= 2, timeout=3, message="first updates")
+        s.close()
+        wait_for(lambda: c.status == "reconnecting", timeout=5, message="the loss")
+        s2 = Scheduler(port_to_clients=port, security=s.security)
+        wait_for(lambda: c.status == "running", timeout=10, message="reconnection")
+        before = c.last_snapshot
+        wait_for(lambda: c.last_snapshot is not before, timeout=3,
+                 message="snapshots from the new scheduler")
+        wait_for(lambda: "reconnecting" not in m.header.value, timeout=2,
+                 message="the widget to recover")
+    finally:
+        m.close()
+        c.close()
+        if s2 is not None:
+            s2.close()
+        s.close()
+    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")

@@ -96,7 +96,7 @@ class WorkerState:
         self.in_flight = {}
         self.nbytes = {}              # {key: bytes} of what is in data
         self.fetching = set()         # keys in state "fetch"
-        self.unconfirmed = set()      # executing keys waiting for the scheduler's "go"
+        self.unconfirmed = {}         # {key: Execute} waiting for the scheduler's "go"
         self._seq = itertools.count()
 
     # ------------------------------------------------------------ entry point
@@ -268,9 +268,9 @@ class WorkerState:
 
     def _on_go(self, out, key):
         """The scheduler knows that `key` (started with "confirm") is running."""
-        if key not in self.unconfirmed:
+        inst = self.unconfirmed.pop(key, None)
+        if inst is None:
             return
-        self.unconfirmed.discard(key)
         ts = self.tasks.get(key)
         if ts is None:
             self.executing.discard(key)
@@ -280,8 +280,7 @@ class WorkerState:
             ts.state = "released"
             self._release(ts)
             return
-        inputs = {d.key: self.data[d.key] for d in ts.dependencies}
-        out.append(Execute(key, ts.run_spec, inputs, ts.want_data))
+        out.append(inst)
 
     # ------------------------------------------------------------ local events
 
@@ -395,17 +394,19 @@ class WorkerState:
             ts.state = "executing"
             ts.cancelled = False
             self.executing.add(ts.key)
+            inputs = {d.key: self.data[d.key] for d in ts.dependencies}
+            run = Execute(ts.key, ts.run_spec, inputs, ts.want_data)
             if ts.confirm:
                 # It was running on a worker that died.  It runs once the scheduler
                 # has seen "task-started", so that if it kills this worker too, the
-                # scheduler knows for sure which task to blame.
-                self.unconfirmed.add(ts.key)
+                # scheduler knows for sure which task to blame.  Its inputs are taken
+                # now: once started, nothing here keeps them.
+                self.unconfirmed[ts.key] = run
                 out.append(Send({"op": "task-started", "key": ts.key, "confirm": True}))
                 continue
-            inputs = {d.key: self.data[d.key] for d in ts.dependencies}
             if not short:
                 out.append(Send({"op": "task-started", "key": ts.key}))
-            out.append(Execute(ts.key, ts.run_spec, inputs, ts.want_data))
+            out.append(run)
 
     def _ensure_communicating(self, out):
         wanted = {}
@@ -440,7 +441,7 @@ class WorkerState:
 
     def validate(self):
         assert len(self.executing) <= self.nthreads * PREFETCH
-        assert self.unconfirmed <= self.executing
+        assert set(self.unconfirmed) <= self.executing
         for key, ts in self.tasks.items():
             assert ts.key == key
             if ts.state == "memory":
