@@ -416,6 +416,10 @@ def test_scheduler_killed_futures_fail_fast_then_a_new_one_takes_over(tmp_path):
         with pytest.raises(SchedulerLost, match="scheduler"):
             pending.result(timeout=10)
 
+        # The task goes on running in its worker's thread, which no scheduler can
+        # interrupt: let it end, so that the thread is free for the new scheduler.
+        open(release, "w").close()
+
         # A new scheduler on the same ports with the same key: the client and the
         # workers find it by themselves.
         pc.scheduler.stdout.close()
