@@ -93,14 +93,14 @@ def call_token(fn_token, args):
 
 
 def call_spec(key, fn, args, kwargs):
-    """What a worker runs for submit/map: a plain ``(fn, args, kwargs)`` call when no
-    Future is among the arguments (cheap to pickle), else a dask Task whose
-    references to the Futures' keys the worker resolves; plus {key: Future}."""
+    """What a worker runs for submit/map: a plain call when no Future is among the
+    arguments (cheap to pickle), else a dask Task whose references to the Futures'
+    keys the worker resolves; plus {key: Future}."""
     found = {}
     args2 = _walk_futures(list(args), found)
     kwargs2 = _walk_futures(kwargs, found) if kwargs else {}
     if not found:
-        return (fn, tuple(args), kwargs), found
+        return g.call(fn, args, kwargs), found
     # parse_input: references nested in containers (``submit(sum, [f1, f2])``) resolve
     return Task(key, fn, *[parse_input(a) for a in args2],
                 **{k: parse_input(v) for k, v in kwargs2.items()}), found
@@ -385,31 +385,49 @@ class Client:
 
     def _release(self, key):
         """A Future of ``key`` was dropped (any thread, e.g. the garbage collector)."""
+        self._release_many((key,))
+
+    def _retain_many(self, keys):
+        """Hold ``keys`` without Future objects (for `get`); {key: state}."""
+        out = {}
+        with self.lock:
+            for key in keys:
+                st = self.states.get(key)
+                if st is None:
+                    st = self.states[key] = FutureState(key)
+                self.refcount[key] += 1
+                out[key] = st
+        return out
+
+    def _release_many(self, keys):
         if self.status == "closed":
             return
+        gone = []
         with self.lock:
-            self.refcount[key] -= 1
-            if self.refcount[key] > 0:
-                return
-            del self.refcount[key]
-            self.states.pop(key, None)
-        self.loop.call_soon(self.releases.append, key)
+            for key in keys:
+                self.refcount[key] -= 1
+                if self.refcount[key] <= 0:
+                    del self.refcount[key]
+                    self.states.pop(key, None)
+                    gone.append(key)
+        if gone:
+            self.loop.call_soon(self.releases.extend, gone)
 
     # ---------------------------------------------------------------- graphs
 
     def _submit_graph(self, tasks, wanted, priorities=None, user_priority=0, retries=0,
-                      workers=None):
-        """Send ``tasks`` [(key, node, deps)] and return Futures for ``wanted``.
+                      workers=None, futures=True):
+        """Send ``tasks`` [(key, node, deps)] and return {key: Future} for ``wanted``
+        (or {key: FutureState}, held until `_release_many`, with ``futures=False``).
 
-        The Futures exist before the graph leaves, so no answer can be missed."""
-        futures = {key: Future(key, self) for key in wanted}
+        The keys are held before the graph leaves, so no answer can be missed."""
+        held = self._retain_many(wanted)
         payload = []
         for key, node, deps in tasks:
             try:
-                spec = serialize(node)
+                spec = serialize(g.compact(node))
             except Exception as e:
-                for f in futures.values():
-                    f.release()
+                self._release_many(wanted)
                 raise TypeError(f"could not serialize task {key!r}: {e}") from e
             payload.append((key, spec, list(deps)))
         msg = {"op": "update-graph", "tasks": payload, "keys": list(wanted),
@@ -421,7 +439,11 @@ class Client:
                 workers = [workers]
             msg["restrictions"] = {key: list(workers) for key in wanted}
         self._send(msg)
-        return futures
+        if not futures:
+            return held
+        out = {key: Future(key, self) for key in wanted}
+        self._release_many(wanted)        # the Futures hold the keys now
+        return out
 
     def _graph_tasks(self, dsk, wanted, known_futures):
         """Normalize, cull, check and order a graph; returns ([(key, node, deps)],
@@ -463,17 +485,17 @@ class Client:
         for k in flat:
             if k not in plain and k not in known_futures:
                 raise KeyError(k)
-        needed = [k for k in flat if k in plain]
+        needed = list(dict.fromkeys(k for k in flat if k in plain))
         tasks, priorities = self._graph_tasks(plain, needed, known_futures)
-        futures = self._submit_graph(tasks, needed, priorities, priority, retries,
-                                     workers)
-        futures.update({k: known_futures[k] for k in flat if k in known_futures})
+        states = self._submit_graph(tasks, needed, priorities, priority, retries,
+                                    workers, futures=False)
         try:
-            results = self._gather_futures([futures[k] for k in dict.fromkeys(flat)])
+            wanted = list(states.values())
+            wanted += [known_futures[k]._state for k in dict.fromkeys(flat)
+                       if k in known_futures]
+            results = self._gather_states(wanted)
         finally:
-            for f in futures.values():
-                if f.key not in known_futures:
-                    f.release()
+            self._release_many(needed)
         return g.pack(keys, results)
 
     # ---------------------------------------------------------------- futures API
@@ -578,26 +600,30 @@ class Client:
         fut.add_done_callback(done)
 
     def _gather_futures(self, futures, errors="raise", timeout=None):
-        """Values of Futures by key.  A single request waits and fetches: the
-        scheduler answers as soon as the last key is done."""
+        """Values of Futures by key."""
+        states = {f.key: f._state for f in futures}
+        return self._gather_states(list(states.values()), errors, timeout)
+
+    def _gather_states(self, states, errors="raise", timeout=None):
+        """Values by key.  A single request waits and fetches: the scheduler answers
+        as soon as the last key is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        futures = list(dict.fromkeys(futures))
         while True:
-            bad = [f for f in futures if f.done() and f.status != "finished"]
+            bad = [st for st in states if st.done() and st.status != "finished"]
             if bad and errors == "raise":
-                bad[0]._raise()
-            keys = [f.key for f in futures if f not in bad]
+                bad[0].raise_error()
+            keys = [st.key for st in states if st not in bad]
             try:
                 values = self._gather_keys(keys, deadline, wait=True) if keys else {}
             except _DataLost as e:
                 for key in e.args[0]:
                     state = self.states.get(key)
                     remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
-                    if state is not None and not state.event.wait(remaining):
+                    if state is not None and not state.wait(remaining):
                         raise TimeoutError(f"{key!r} not done after {timeout} s") from None
                 continue
-            for f in bad:
-                values[f.key] = f.exception()
+            for st in bad:
+                values[st.key] = st.exception()
             return values
 
     def gather(self, futures, errors="raise", timeout=None):

@@ -87,27 +87,45 @@ def rebuild_error(info):
     return exc, tb
 
 
-class FutureState:
-    """What is known of one key: shared by every Future of that key in a client."""
+_state_lock = threading.Lock()    # guards status changes against waiters registering
 
-    __slots__ = ("key", "status", "error", "type", "event", "callbacks", "__weakref__")
+
+class FutureState:
+    """What is known of one key: shared by every Future of that key in a client.
+
+    Cheap to make (a graph may create a hundred thousand): the Event a waiter sleeps
+    on and the callback list exist only once someone waits or registers a callback.
+    """
+
+    __slots__ = ("key", "status", "error", "type", "_event", "callbacks", "__weakref__")
 
     def __init__(self, key):
         self.key = key
         self.status = "pending"
-        self.error = None          # error record (dict) when status == "error"
+        self.error = None          # error record (dict) when status is "error"/"lost"
         self.type = None
-        self.event = threading.Event()
-        self.callbacks = []
+        self._event = None
+        self.callbacks = None
 
     def done(self):
-        return self.event.is_set()
+        return self.status != "pending"
+
+    def wait(self, timeout=None):
+        with _state_lock:
+            if self.status != "pending":
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
     def _finish(self, status):
-        self.status = status
-        self.event.set()
-        callbacks, self.callbacks = self.callbacks, []
-        for cb in callbacks:
+        with _state_lock:
+            self.status = status
+            event, callbacks, self.callbacks = self._event, self.callbacks, None
+        if event is not None:
+            event.set()
+        for cb in callbacks or ():
             try:
                 cb()
             except Exception:
@@ -130,18 +148,31 @@ class FutureState:
 
     def reset(self):
         """The data was lost and is being computed again."""
-        self.status = "pending"
-        self.error = None
-        self.event.clear()
+        with _state_lock:
+            self.status = "pending"
+            self.error = None
+            if self._event is not None:
+                self._event.clear()
+
+    def raise_error(self):
+        if self.status == "cancelled":
+            raise CancelledError(f"{self.key!r} was cancelled")
+        exc, tb = rebuild_error(self.error or {})
+        raise exc.with_traceback(tb)
+
+    def exception(self):
+        if self.status in ("error", "lost"):
+            return rebuild_error(self.error)[0]
+        return None
 
     def add_callback(self, cb):
-        if self.event.is_set():
-            cb()
-        else:
-            self.callbacks.append(cb)
-            if self.event.is_set() and cb in self.callbacks:   # raced with _finish
-                self.callbacks.remove(cb)
-                cb()
+        with _state_lock:
+            if self.status == "pending":
+                if self.callbacks is None:
+                    self.callbacks = []
+                self.callbacks.append(cb)
+                return
+        cb()
 
 
 class Future(TaskRef):
@@ -174,7 +205,7 @@ class Future(TaskRef):
         return self._state.status == "cancelled"
 
     def _wait(self, timeout):
-        if not self._state.event.wait(timeout):
+        if not self._state.wait(timeout):
             raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     def result(self, timeout=None):
@@ -183,11 +214,7 @@ class Future(TaskRef):
         return self.client._gather_futures([self], timeout=timeout)[self.key]
 
     def _raise(self):
-        status = self._state.status
-        if status == "cancelled":
-            raise CancelledError(f"{self.key!r} was cancelled")
-        exc, tb = rebuild_error(self._state.error or {})
-        raise exc.with_traceback(tb)
+        self._state.raise_error()
 
     def exception(self, timeout=None):
         self._wait(timeout)

@@ -18,39 +18,14 @@ def add(x, y):
     return x + y
 
 
-def total(*parts):
-    return sum(parts)
-
-
-def slow_add(x, y, delay=0.05):
-    time.sleep(delay)
-    return x + y
-
-
 def slow_inc(x, delay=0.05):
     time.sleep(delay)
     return x + 1
 
 
-def slow_identity(x, delay=0.05):
-    time.sleep(delay)
-    return x
-
-
-def pid_of_worker(*_):
-    return os.getpid()
-
-
 def die(*_):
     """Kill the worker process running this task, at once."""
     os._exit(1)
-
-
-def die_in_worker(pid):
-    """Kill the worker whose process id is `pid`; elsewhere, return 'survived'."""
-    if os.getpid() == pid:
-        os._exit(1)
-    return "survived"
 
 
 class TaskFailure(ValueError):
@@ -107,13 +82,6 @@ def block_until_file(path, value, timeout=60.0):
     return value
 
 
-def touch_and_block(started, release, value, timeout=60.0):
-    """Create `started`, then wait for `release`: the test knows the task is running."""
-    with open(started, "w"):
-        pass
-    return block_until_file(release, value, timeout)
-
-
 def _record(log_dir, kind):
     """Leave a file per execution: counting them counts runs across processes."""
     if log_dir is not None:
@@ -142,8 +110,10 @@ def tree_reduction(leaves, fanin=4, prefix="tree", log_dir=None, gate=None):
     """A classic dask graph: `leaves` leaf tasks summed `fanin` at a time up to one root.
 
     Second-level sums wait for the file `gate`, so a test can hold the reduction in
-    the middle (their number, leaves / fanin**2, is how many threads they may hold).  Returns (graph, root key, expected value, first-level
-    keys); leaf i holds i, so the root is the sum of range(leaves).
+    the middle (there are leaves / fanin**2 of them: as many threads they may hold).
+    Every leaf and sum leaves a file in `log_dir` when it runs.  Returns (graph, root
+    key, expected value, first-level keys); leaf i holds i, so the root is the sum of
+    range(leaves).
     """
     dsk = {}
     level = []

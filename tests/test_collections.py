@@ -247,6 +247,7 @@ def test_futures_inside_graphs(c):
 def test_priorities_follow_dask_order(c, monkeypatch):
     from dask.order import order
 
+    from dask_ipy.graph import expand
     from dask_ipy.protocol import deserialize
 
     b = db.from_sequence(range(40), npartitions=8).map(inc).sum()
@@ -255,7 +256,7 @@ def test_priorities_follow_dask_order(c, monkeypatch):
     monkeypatch.setattr(c, "_send", lambda msg: (sent.append(msg), send(msg))[1])
     assert b.compute() == sum(range(1, 41))
     (update,) = [m for m in sent if m["op"] == "update-graph"]
-    graph = {key: deserialize(spec) for key, spec, _ in update["tasks"]}
+    graph = {key: expand(key, deserialize(spec)) for key, spec, _ in update["tasks"]}
     assert len(graph) > 8
     expected = order(graph)
     assert sorted(graph, key=update["priorities"].get) == sorted(graph,

@@ -572,3 +572,21 @@ def test_collections_to_graph_single_and_invalid():
     assert collections_to_graph([])[1] == []
     with pytest.raises(TypeError):
         collections_to_graph([d, 5])
+
+
+def test_compact_calls_round_trip_and_run():
+    from dask._task_spec import Task, TaskRef
+
+    from dask_ipy.graph import compact, execute, expand
+
+    def add3(a, b, c):
+        return a + b + c
+
+    node = Task("z", add3, TaskRef("x"), 10, TaskRef("y"))
+    spec = compact(node)
+    assert spec == (add3, ("x", 10, "y"), {}, (0, 2))
+    assert execute(spec, {"x": 1, "y": 2}) == 13
+    assert expand("z", spec).dependencies == {"x", "y"}
+    assert execute(expand("z", spec), {"x": 1, "y": 2}) == 13
+    nested = Task("w", sum, [TaskRef("x"), 1])         # a container of references
+    assert compact(nested) is nested
