@@ -10,7 +10,6 @@ can import them.
 
 import concurrent.futures as cf
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from dask._task_spec import Task, TaskRef
 
 import resilience_ops as ops
 from conftest import ProcessCluster, dask_ipy_threads, wait_for
-from dask_ipy import (CycleError, KilledWorker, MissingDependency, SchedulerLost,
-                      Security, wait)
+from dask_ipy import CycleError, KilledWorker, MissingDependency, SchedulerLost, wait
 from dask_ipy.protocol import MessageTooLarge
 from dask_ipy.scheduler.state import SchedulerState
 from dask_ipy.worker.state import Execute, Send, WorkerState
