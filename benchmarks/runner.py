@@ -35,9 +35,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="dask_ipy against dask.distributed and ipyparallel, on this machine.",
-        epilog="Workloads: "
-        + "; ".join(f"{k}: {SPECS[k].title}" for k in WORKLOADS)
-        + ". The sizes above are the full ones: --quick uses tiny ones.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="workloads (full sizes; --quick uses tiny ones):\n"
+        + "\n".join(f"  {k}  {SPECS[k].summary.format(n=SIZES['full'][k])}" for k in WORKLOADS),
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, one timed run (a smoke run)")
     p.add_argument("--only", default=",".join(WORKLOADS), help="workloads, e.g. a,c (default: all)")

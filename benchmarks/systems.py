@@ -85,7 +85,11 @@ class DaskIpy(System):
 
     def start(self, timeout=60.0):
         import dask_ipy
-        from dask_ipy import Client, Scheduler, Worker, wait  # noqa: F401  (fail here if absent)
+        from dask_ipy import Client
+
+        missing = [n for n in ("Scheduler", "Worker", "wait") if not hasattr(dask_ipy, n)]
+        if missing:
+            raise ImportError(f"dask_ipy lacks {', '.join(missing)}")
 
         self.module = dask_ipy
         self.running = True

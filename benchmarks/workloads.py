@@ -451,12 +451,12 @@ def idle_memory(system, size):
 
 
 class Workload:
-    def __init__(self, letter, fn, systems, needs_cluster=True):
+    def __init__(self, letter, fn, systems, summary, needs_cluster=True):
         self.letter = letter
         self.fn = fn
         self.systems = systems
+        self.summary = summary  # with {n}, the size
         self.needs_cluster = needs_cluster
-        self.title = fn.__doc__.strip().splitlines()[0]
 
 
 DASK = ("dask_ipy", "distributed", "distributed-inf")
@@ -465,13 +465,17 @@ ALL = DASK + ("ipyparallel",)
 WORKLOADS = {
     w.letter: w
     for w in (
-        Workload("a", tiny_tasks, ALL),
-        Workload("b", graphs, DASK),
-        Workload("c", round_trip, ALL),
-        Workload("d", transfer, DASK),
-        Workload("e", big_graph, DASK),
-        Workload("f", bootstrap, ("dask_ipy", "ipyparallel"), needs_cluster=False),
-        Workload("g", idle_memory, ALL),
+        Workload("a", tiny_tasks, ALL, "{n:,} tiny tasks, map + gather (tasks/s)"),
+        Workload("b", graphs, DASK, "get of {n:,} independent tasks, 1 root + {n:,} children, "
+                 "a tree sum (tasks/s)"),
+        Workload("c", round_trip, ALL, "submit -> result round trip, median of {n} (ms)"),
+        Workload("d", transfer, DASK, "{n:,}-byte array made on worker A, used on B (GB/s)"),
+        Workload("e", big_graph, DASK, "{n:,}-task graph: throughput, per-task time against "
+                 "10,000 tasks, scheduler peak RSS per task"),
+        Workload("f", bootstrap, ("dask_ipy", "ipyparallel"), "bootstrap on a fresh ipcluster: "
+                 "dask_client_from_ipclient vs become_dask, median of {n} (s)",
+                 needs_cluster=False),
+        Workload("g", idle_memory, ALL, "idle RSS of the scheduler and each worker (MB)"),
     )
 }
 

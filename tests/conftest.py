@@ -2,6 +2,7 @@
 real processes, and a real ipcluster.  Everything binds 127.0.0.1 on random ports and
 is torn down even when a test fails; leftover threads or processes fail the test."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -49,14 +50,16 @@ def wait_for(predicate, timeout=10.0, interval=0.01, message="condition"):
         time.sleep(interval)
 
 
-@pytest.fixture
-def cluster():
-    """(scheduler, [worker, worker], client) in this process, invariants checked."""
+@contextlib.contextmanager
+def local_cluster(scheduler_options=None, worker_options=None, client_options=None):
+    """(scheduler, [worker, worker], client) in this process, invariants checked;
+    everything is closed and no thread may be left behind."""
     from dask_ipy import Client, Scheduler, Worker
 
-    s = Scheduler(validate=True)
-    workers = [Worker(scheduler=s.address_to_workers, validate=True) for _ in range(2)]
-    c = Client(s.address_to_clients)
+    s = Scheduler(**{"validate": True, **(scheduler_options or {})})
+    workers = [Worker(scheduler=s.address_to_workers,
+                      **{"validate": True, **(worker_options or {})}) for _ in range(2)]
+    c = Client(s.address_to_clients, **(client_options or {}))
     try:
         wait_for(lambda: len(s.state.workers) == 2, message="workers to register")
         yield s, workers, c
@@ -66,6 +69,13 @@ def cluster():
             w.close()
         s.close()
     wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
+
+
+@pytest.fixture
+def cluster():
+    """(scheduler, [worker, worker], client) in this process, invariants checked."""
+    with local_cluster() as parts:
+        yield parts
 
 
 SCHEDULER_SCRIPT = """
@@ -161,3 +171,24 @@ def ipcluster():
             rc.close()
         finally:
             cluster.stop_cluster_sync()
+
+
+@pytest.fixture(scope="module")
+def pc(tmp_path_factory):
+    """A process cluster shared by the tests of one module."""
+    cluster = ProcessCluster(str(tmp_path_factory.mktemp("cluster")))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def c(pc):
+    """A client of the module's process cluster, starting from an empty scheduler."""
+    client = pc.client()
+    try:
+        wait_for(lambda: client.scheduler_info()["ntasks"] == 0, message="a clean slate")
+        yield client
+    finally:
+        client.close()

@@ -9,6 +9,8 @@ import threading
 import time
 import uuid
 
+from core_ops import wait_for_file
+
 
 def inc(x):
     return x + 1
@@ -74,12 +76,7 @@ def type_name(x):
 
 def block_until_file(path, value, timeout=60.0):
     """Return `value` once `path` exists (a task that waits for the test to release it)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return value
+    return wait_for_file(path, timeout, value)
 
 
 def _record(log_dir, kind):

@@ -6,7 +6,7 @@ import traceback
 
 import pytest
 
-from conftest import ProcessCluster, wait_for
+from conftest import wait_for
 from core_ops import (Boom, Unpicklable, add, count_lines, fail, fail_deeply, fail_until,
                       identity, inc, make_unpicklable, pid, raise_needs_two,
                       raise_slots_only, record, slow_inc, total, wait_for_file,
@@ -14,26 +14,6 @@ from core_ops import (Boom, Unpicklable, add, count_lines, fail, fail_deeply, fa
 from dask_ipy import CancelledError, CycleError, MissingDependency, wait
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def pc(tmp_path_factory):
-    cluster = ProcessCluster(str(tmp_path_factory.mktemp("client")))
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def c(pc):
-    client = pc.client()
-    try:
-        # Every test starts from an empty scheduler: earlier clients' keys are gone.
-        wait_for(lambda: client.scheduler_info()["ntasks"] == 0, message="a clean slate")
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

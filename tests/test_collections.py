@@ -15,30 +15,11 @@ import pytest
 from dask._task_spec import Alias, DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph
 
-from conftest import ProcessCluster, wait_for
+from conftest import wait_for
 from core_ops import add, count_lines, inc, pid, record
 from dask_ipy import Future, wait
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def pc(tmp_path_factory):
-    cluster = ProcessCluster(str(tmp_path_factory.mktemp("collections")))
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def c(pc):
-    client = pc.client()
-    try:
-        wait_for(lambda: client.scheduler_info()["ntasks"] == 0, message="a clean slate")
-        yield client
-    finally:
-        client.close()
 
 
 def on_cluster_and_sync(c, collection):

@@ -7,31 +7,12 @@ import types
 
 import pytest
 
-from conftest import ProcessCluster, wait_for
+from conftest import wait_for
 from core_ops import Boom, fail, fail_deeply, inc, slow_inc, wait_for_file
 from dask_ipy import CancelledError, Future, as_completed, wait
 from dask_ipy.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def pc(tmp_path_factory):
-    cluster = ProcessCluster(str(tmp_path_factory.mktemp("futures")))
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-@pytest.fixture
-def c(pc):
-    client = pc.client()
-    try:
-        wait_for(lambda: client.scheduler_info()["ntasks"] == 0, message="a clean slate")
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

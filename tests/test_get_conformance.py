@@ -5,8 +5,7 @@ import concurrent.futures
 import pytest
 from dask.utils_test import GetFunctionTestMixin
 
-from conftest import dask_ipy_threads, wait_for
-from dask_ipy import Client, Scheduler, Worker
+from conftest import local_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -15,21 +14,12 @@ pytestmark = pytest.mark.timeout(60)
 def conformance_cluster():
     # The suite's 10,000-task chain makes per-transition validation quadratic; the
     # scheduler's invariants are checked after each test instead (see _bind_get).
-    s = Scheduler()
-    workers = [Worker(scheduler=s.address_to_workers, validate=True) for _ in range(2)]
-    c = Client(s.address_to_clients, set_as_default=False)
-    try:
-        wait_for(lambda: len(s.state.workers) == 2, message="workers")
+    with local_cluster({"validate": False}, client_options={"set_as_default": False}) as (
+            s, _, c):
         yield s, c
         # Every result was released after it was returned.
         wait_for(lambda: check_on_loop(s, lambda: not s.state.tasks),
                  message="tasks to be forgotten")
-    finally:
-        c.close()
-        for w in workers:
-            w.close()
-        s.close()
-    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
 
 
 _current = []

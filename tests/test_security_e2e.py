@@ -22,7 +22,7 @@ import pytest
 import zmq
 
 import resilience_ops as ops
-from conftest import dask_ipy_threads, wait_for
+from conftest import dask_ipy_threads, local_cluster, wait_for
 from dask_ipy import Client, Scheduler, Security, Worker
 from dask_ipy.protocol import Session, Serialized, serialize
 from dask_ipy.security import _server_keypair
@@ -35,19 +35,8 @@ CAP = 2**20          # bytes: the cluster's cap on received messages, for "overs
 @pytest.fixture
 def secured(tmp_path):
     """(scheduler, [worker, worker], client) in this process, every cap at 1 MiB."""
-    s = Scheduler(validate=True, max_message_bytes=CAP)
-    workers = [Worker(scheduler=s.address_to_workers, validate=True,
-                      max_message_bytes=CAP) for _ in range(2)]
-    c = Client(s.address_to_clients)
-    try:
-        wait_for(lambda: len(s.state.workers) == 2, message="workers to register")
-        yield s, workers, c
-    finally:
-        c.close()
-        for w in workers:
-            w.close()
-        s.close()
-    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
+    with local_cluster({"max_message_bytes": CAP}, {"max_message_bytes": CAP}) as parts:
+        yield parts
 
 
 @pytest.fixture
