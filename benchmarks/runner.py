@@ -306,6 +306,9 @@ def main(argv=None):
             meta["load_average"][name] = [load_before, os.getloadavg()[0]]
             meta["elapsed_seconds"] = time.perf_counter() - t0
             save(json_path, payload())
+    except KeyboardInterrupt:
+        meta["interrupted"] = True
+        print("interrupted: the table has what was measured", file=sys.stderr)
     finally:
         meta["elapsed_seconds"] = time.perf_counter() - t0
         out = payload()
@@ -313,4 +316,4 @@ def main(argv=None):
 
     print_table(out, args.stat)
     print(f"\nJSON: {json_path}  ({meta['elapsed_seconds']:.0f} s)")
-    return 0
+    return 130 if meta.get("interrupted") else 0

@@ -352,10 +352,13 @@ class Session:
         header_key, payload_key = _mac_keys(bytes(key))
         self._header_hasher = blake3.blake3(key=header_key)
         self._payload_hasher = blake3.blake3(key=payload_key)
+        # One counter per recipient field: each (sender, recipient) stream then travels
+        # one socket, in order, so a message held up behind others on one socket can
+        # never look stale to a receiver that got later messages on another socket.
         # Identities are random per endpoint, so counting from 1 never repeats a
-        # (sender, counter) pair a receiver has seen.  A Session is used by one thread.
-        self._counter = itertools.count(1)
-        self._freshness: dict[bytes, _Freshness] = {}
+        # (sender, recipient, counter).  A Session is used by one thread.
+        self._counters: dict[bytes, itertools.count] = {}
+        self._freshness: dict[tuple, _Freshness] = {}
 
     def __repr__(self):
         return f"Session(identity={self.identity!r})"
@@ -391,8 +394,11 @@ class Session:
             )
 
         body = msgpack.packb(msgs, default=default)
+        counter = self._counters.get(to)
+        if counter is None:
+            counter = self._counters[to] = itertools.count(1)
         envelope = _ENVELOPE.pack(
-            PROTOCOL_VERSION, next(self._counter), len(self.identity), len(to), len(payload)
+            PROTOCOL_VERSION, next(counter), len(self.identity), len(to), len(payload)
         )
         header = b"".join((envelope, self.identity, to, body))
         if not payload:
@@ -455,9 +461,9 @@ class Session:
                 raise WrongSender(f"envelope sender {origin!r} arrived from {seen!r}")
         if to and to != self.identity:
             raise WrongRecipient(f"message for {to!r} arrived at {self.identity!r}")
-        fresh = self._freshness.get(origin)
+        fresh = self._freshness.get((origin, to))
         if fresh is None:
-            fresh = self._freshness[origin] = _Freshness()
+            fresh = self._freshness[(origin, to)] = _Freshness()
         if not fresh.admit(counter, self.replay_window):
             raise ReplayedMessage(f"replayed or stale message from {origin!r}")
 

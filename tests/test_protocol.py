@@ -267,7 +267,7 @@ def test_messages_older_than_the_window_are_rejected(worker):
     for frames in messages:  # duplicates, or overtaken by more than the window
         with pytest.raises(ReplayedMessage):
             receiver.loads(frames)
-    assert len(receiver._freshness[b"worker-1"].seen) == 4
+    assert len(receiver._freshness[(b"worker-1", b"")].seen) == 4
 
 
 def test_strict_replay_window(worker):
@@ -282,7 +282,7 @@ def test_strict_replay_window(worker):
 def test_replay_memory_is_bounded(worker, scheduler):
     for i in range(3 * protocol.REPLAY_WINDOW):
         scheduler.loads(worker.dumps([{"i": i}]))
-    fresh = scheduler._freshness[b"worker-1"]
+    fresh = scheduler._freshness[(b"worker-1", b"")]
     assert len(fresh.seen) == len(fresh.order) == protocol.REPLAY_WINDOW
 
 
@@ -510,3 +510,15 @@ def test_serialized_basics():
         hash(s)
     with pytest.raises(TypeError):
         deserialize(b"not serialized")
+
+
+def test_streams_to_different_recipients_do_not_age_each_other(worker):
+    """Messages to one recipient field travel one socket; a burst on another socket
+    (here: more than the replay window) must not make them look stale."""
+    receiver = Session(KEY, b"scheduler", replay_window=4)
+    held_up = worker.dumps([{"op": "request"}])                  # to b"": any recipient
+    for i in range(10):
+        receiver.loads(worker.dumps([{"op": "reply", "i": i}], to=b"scheduler"))
+    assert receiver.loads(held_up) == [{"op": "request"}]
+    with pytest.raises(ReplayedMessage):
+        receiver.loads(held_up)
