@@ -64,18 +64,19 @@ def test_table_ratio_and_cells():
 
 
 @pytest.mark.timeout(300)
-def test_quick_run_distributed(tmp_path):
+@pytest.mark.parametrize("system", ["dask_ipy", "distributed"])
+def test_quick_run(tmp_path, system):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--systems", "distributed",
-         "--json", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--systems", system,
+         "--only", "a,b,c,d,e,g", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["errors"] == [], data["errors"]
-    values = {row["row"]: row["values"]["distributed"] for row in data["table"]}
+    values = {row["row"]: row["values"][system] for row in data["table"]}
     for row in ("a", "b1", "b2", "b3", "c", "d", "e1", "e2", "e3", "g1", "g2", "g3"):
         assert values[row] is not None and values[row] > 0, (row, values[row])
-    assert data["results"]["distributed"]["e"]["tasks"] >= 20_000
+    assert data["results"][system]["e"]["tasks"] >= 20_000
     assert "dask_ipy/best" in proc.stdout
