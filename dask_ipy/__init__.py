@@ -1,13 +1,27 @@
 """dask_ipy: a distributed task scheduler for dask graphs and futures over ZeroMQ,
 booted on an ipyparallel cluster and at home in the notebook."""
 
-from .client import Client, default_client
-from .futures import (CancelledError, Future, KilledWorker, RemoteError, SchedulerLost,
-                      as_completed, wait)
-from .graph import CycleError, MissingDependency
-from .scheduler.server import Scheduler
-from .security import Security
-from .worker.server import Worker
+import importlib
+
+# Public names and the modules that define them.  They load on first use, so a
+# process that is only a scheduler never imports dask or the client machinery.
+_PUBLIC = {
+    "Scheduler": ".scheduler.server",
+    "Worker": ".worker.server",
+    "Client": ".client",
+    "default_client": ".client",
+    "Future": ".futures",
+    "wait": ".futures",
+    "as_completed": ".futures",
+    "KilledWorker": ".futures",
+    "CancelledError": ".futures",
+    "RemoteError": ".futures",
+    "SchedulerLost": ".futures",
+    "CycleError": ".graph",
+    "MissingDependency": ".graph",
+    "Security": ".security",
+    "Monitor": ".widget",              # ipywidgets loads only when a widget is wanted
+}
 
 __version__ = "0.1.0"
 
@@ -27,11 +41,16 @@ def progress(*futures_or_collections, **kwargs):
 
 
 def __getattr__(name):
-    if name == "Monitor":              # ipywidgets loads only when a widget is wanted
-        from .widget import Monitor
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dask_ipy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
-        return Monitor
-    raise AttributeError(f"module 'dask_ipy' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
 
 
 def load_ipython_extension(ip):

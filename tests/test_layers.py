@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "dask_ipy"
-PURE = ["scheduler/state.py", "worker/state.py", "graph.py", "protocol.py"]
+PURE = ["scheduler/state.py", "worker/state.py", "graph.py", "protocol.py", "keys.py"]
 FORBIDDEN = {"zmq", "socket", "threading", "time", "asyncio", "select", "selectors",
              "subprocess", "concurrent"}
 
@@ -36,3 +36,14 @@ def test_the_notebook_layer_uses_only_the_public_api():
         text = path.read_text()
         for internal in ("scheduler.state", "worker.state", ".state import"):
             assert internal not in text, f"{name} reaches into {internal}"
+
+
+def test_a_scheduler_process_never_imports_dask():
+    import subprocess
+    import sys
+
+    code = ("import sys, dask_ipy.cli, dask_ipy.scheduler.server; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dask'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

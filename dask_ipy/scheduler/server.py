@@ -11,7 +11,6 @@ as opaque blobs: the scheduler never unpickles anything.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time

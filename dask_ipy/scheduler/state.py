@@ -45,7 +45,7 @@ import itertools
 import math
 from collections import deque
 
-from ..graph import key_prefix
+from ..keys import key_prefix
 
 RELEASED = "released"
 WAITING = "waiting"

@@ -25,7 +25,7 @@ from dask.sizeof import sizeof
 
 from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
 from ..graph import execute
-from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Serialized, Session,
+from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
 from ..security import Security, find_security, read_connection_file
 from .state import Execute, GatherDep, Send, WorkerState

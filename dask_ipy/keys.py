@@ -1,0 +1,27 @@
+"""Task group names from keys, without importing dask (the scheduler process never
+needs dask itself)."""
+
+from __future__ import annotations
+
+
+def _is_token(word):
+    """A generated part of a key: a number, or a hex token of 5+ characters."""
+    if word.isdigit():
+        return True
+    return len(word) >= 5 and all(c in "0123456789abcdef" for c in word) and \
+        any(c.isdigit() for c in word)
+
+
+def key_prefix(key) -> str:
+    """The group a key belongs to: ``'inc'`` for ``'inc-9f86d081884c'`` or
+    ``('inc-9f86d081884c', 3)``, ``'sum-aggregate'`` for ``('sum-aggregate-ab12f', 0)``.
+    """
+    if isinstance(key, tuple):
+        key = key[0] if key else ""
+    if isinstance(key, bytes):
+        key = key.decode(errors="replace")
+    if not isinstance(key, str):
+        return type(key).__name__
+    words = key.split("-")
+    kept = [words[0]] + [w for w in words[1:] if not _is_token(w)]
+    return "-".join(w for w in kept if w) or key
