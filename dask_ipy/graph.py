@@ -11,7 +11,6 @@ Data flow::
                                                 check(graph, deps, known)
                                                 cull(graph, deps, keys)
                                                 order(graph, deps)   -> priority
-                                                key_prefix(key)      -> task group
                                                                 ----> execute(node, data)
     pack(keys, results)          <- results of flatten_keys(keys)
 
@@ -43,7 +42,6 @@ import itertools
 from collections.abc import Mapping, Set
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
-from dask.utils import key_split
 
 __all__ = [
     "CycleError",
@@ -58,7 +56,6 @@ __all__ = [
     "pack",
     "execute",
     "collections_to_graph",
-    "key_prefix",
     "DASK_ORDER_LIMIT",
 ]
 
@@ -498,7 +495,3 @@ def collections_to_graph(collections, optimize=True):
 
     return graph, keys, finalize
 
-
-def key_prefix(key) -> str:
-    """Task group name of ``key``: ``'sum-aggregate'`` for ``('sum-aggregate-ab12', 0)``."""
-    return key_split(key)

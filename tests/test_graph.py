@@ -18,7 +18,6 @@ from dask_ipy.graph import (
     dependencies,
     execute,
     flatten_keys,
-    key_prefix,
     normalize,
     order,
     output_keys,
@@ -450,7 +449,7 @@ def test_pack():
         pack(["x", "nope"], results)
 
 
-# -- execute, key_prefix ------------------------------------------------------------
+# -- execute --------------------------------------------------------------------
 
 
 def test_execute_node_kinds():
@@ -480,13 +479,6 @@ def test_execute_raises_task_errors():
     graph = normalize({"x": (operator.truediv, 1, 0)})
     with pytest.raises(ZeroDivisionError):
         execute(graph["x"], {})
-
-
-def test_key_prefix():
-    assert key_prefix("x") == "x"
-    assert key_prefix("inc-1b3c9a0e1f5ad3a1b4d6e98e7cd5f2b1") == "inc"
-    assert key_prefix(("sum-aggregate-1b3c9a0e1f5ad3a1b4d6e98e7cd5f2b1", 0, 1)) == "sum-aggregate"
-    assert key_prefix("finalize-hlgfinalizecompute-9e1f5ad3a1b4d6e98e7cd5f2b1c") == "finalize-hlgfinalizecompute"
 
 
 # -- collections ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dask_ipy.keys import key_prefix
     ("slow_inc-42", "slow_inc"),
     ("rechunk-merge-3b4e5f60-1", "rechunk-merge"),
     ("finalize-hlgfinalizecompute-0b1a2c3d4e", "finalize-hlgfinalizecompute"),
+    (("sum-aggregate-1b3c9a0e1f5ad3a1b4d6e98e7cd5f2b1", 0, 1), "sum-aggregate"),
     (b"bytes-key", "bytes-key"),
     (17, "int"),
     (("",), ""),
