@@ -22,7 +22,7 @@ from collections import Counter
 
 import dask
 import zmq
-from dask._task_spec import DataNode, Task, TaskRef, parse_input
+from dask._task_spec import Task, TaskRef, parse_input
 from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
@@ -685,21 +685,12 @@ class Client:
         results with ``sync=True``)."""
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
+        # Futures in the collections' graphs (persisted data) are references by now.
         dsk, keys, _ = g.collections_to_graph(colls, optimize=optimize_graph)
-        known = {}
-        plain = {}
-        for k, v in dsk.items():
-            if isinstance(v, DataNode) and isinstance(v.value, Future):
-                known[v.value.key] = v.value
-                if v.value.key != k:
-                    plain[k] = TaskRef(v.value.key)
-            else:
-                plain[k] = v
-        wanted = [k for k in dict.fromkeys(keys) if k in plain]
-        tasks, priorities = self._graph_tasks(plain, wanted, known)
+        wanted = [k for k in dict.fromkeys(keys) if k in dsk]
+        tasks, priorities = self._graph_tasks(dsk, wanted, ())
         futures = self._submit_graph(tasks, wanted, priorities, priority, retries,
                                      workers)
-        futures.update(known)
         for k in keys:
             if k not in futures:         # a collection that is a held Future itself
                 futures[k] = Future(k, self)

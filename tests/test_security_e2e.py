@@ -316,13 +316,9 @@ def test_the_key_is_never_logged_or_shown(caplog):
     security = Security.temporary(encrypt=True)
     secrets = [security.key.hex(), repr(security.key)[2:-1],
                _server_keypair(security.key)[1].decode()]
-    s = Scheduler(security=security)
-    workers = [Worker(scheduler=s.address_to_workers, security=security)
-               for _ in range(2)]
-    c = Client(s.address_to_clients, security=security)
     shown = []
-    try:
-        wait_for(lambda: len(s.state.workers) == 2, message="workers")
+    options = {"security": security}
+    with local_cluster(options, options, options) as (s, workers, c):
         assert c.gather(c.map(ops.inc, range(20))) == list(range(1, 21))
         with pytest.raises(ops.TaskFailure):
             c.submit(ops.fail, 1).result(timeout=10)
@@ -345,12 +341,6 @@ def test_the_key_is_never_logged_or_shown(caplog):
             wait_for(lambda: s.rejected == 1, message="the rejection")
         finally:
             ctx.destroy(linger=0)
-    finally:
-        c.close()
-        for w in workers:
-            w.close()
-        s.close()
-    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
     logged = [r.getMessage() for r in caplog.records]
     logged += [r.exc_text or "" for r in caplog.records]
     assert logged, "nothing was logged at DEBUG: the check would be empty"

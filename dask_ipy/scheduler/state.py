@@ -226,7 +226,7 @@ class SchedulerState:
         self._transitions = {
             (RELEASED, WAITING): self._released_waiting,
             (RELEASED, FORGOTTEN): self._released_forgotten,
-            (RELEASED, ERRED): self._released_erred,
+            (RELEASED, ERRED): self._any_erred,
             (RELEASED, MEMORY): self._released_memory,
             (WAITING, PROCESSING): self._waiting_processing,
             (WAITING, RELEASED): self._waiting_released,
@@ -312,7 +312,11 @@ class SchedulerState:
     def _released_waiting(self, ts):
         recs = {}
         if ts.run_spec is None:
-            return {ts.key: ERRED} if self._lost(ts) else {ts.key: FORGOTTEN}
+            # Scattered data lost with its worker: there is nothing to compute it from.
+            ts.error = error_info(
+                "KeyError", f"data of {ts.key!r} was lost with its worker and cannot be "
+                "recomputed (it was scattered, not computed)", ts.key)
+            return {ts.key: ERRED}
         self._set_state(ts, WAITING)
         for dep in ts.dependencies:
             if dep.state == ERRED:
@@ -328,15 +332,8 @@ class SchedulerState:
             recs[ts.key] = PROCESSING
         return recs
 
-    def _lost(self, ts):
-        """A task with no recipe whose data is gone (scattered data on a dead worker)."""
-        ts.error = error_info(
-            "KeyError", f"data of {ts.key!r} was lost with its worker and cannot be "
-            "recomputed (it was scattered, not computed)", ts.key)
-        return True
-
     def _released_forgotten(self, ts):
-        if ts.who_wants or ts.waiters or any(d.state != FORGOTTEN for d in ts.dependents):
+        if ts.who_wants or ts.waiters or ts.dependents:      # dependents are all alive
             return {}
         recs = {}
         for dep in ts.dependencies:
@@ -351,9 +348,6 @@ class SchedulerState:
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs
-
-    def _released_erred(self, ts):
-        return self._any_erred(ts)
 
     def _released_memory(self, ts):
         # Only reached through add-keys (scatter) for a key that was released.
@@ -402,9 +396,6 @@ class SchedulerState:
         return self._after_memory(ts)
 
     def _queued_processing(self, ts):
-        return self._waiting_processing_from(ts)
-
-    def _waiting_processing_from(self, ts):
         self._set_state(ts, WAITING)
         return self._waiting_processing(ts)
 
@@ -1040,7 +1031,7 @@ class SchedulerState:
                 self.send_client(c, {"op": "cancelled", "key": key})
             if not ts.who_wants:
                 # Dependents that were only there for this key go too.
-                recs[key] = RELEASED if ts.state != FORGOTTEN else FORGOTTEN
+                recs[key] = RELEASED
         self.transitions(recs)
         for key in recs:
             ts = self.tasks.get(key)
@@ -1372,6 +1363,8 @@ class SchedulerState:
             for dep in ts.dependencies:
                 assert dep.key in self.tasks, (ts, dep)
                 assert ts in dep.dependents, (ts, dep)
+            for dts in ts.dependents:
+                assert self.tasks.get(dts.key) is dts, (ts, dts)
             for w in ts.waiters:
                 assert ts in w.dependencies, (ts, w)
             for ws in ts.who_has:

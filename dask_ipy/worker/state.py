@@ -98,12 +98,14 @@ class WorkerState:
         self.fetching = set()         # keys in state "fetch"
         self.unconfirmed = {}         # {key: Execute} waiting for the scheduler's "go"
         self._seq = itertools.count()
+        self._handlers = {name[4:].replace("_", "-"): getattr(self, name)
+                          for name in dir(self) if name.startswith("_on_")}
 
     # ------------------------------------------------------------ entry point
 
     def handle(self, op, **kw):
         out = []
-        getattr(self, "_on_" + op.replace("-", "_"))(out, **kw)
+        self._handlers[op](out, **kw)
         self._ensure_computing(out)
         self._ensure_communicating(out)
         if self.validating:
