@@ -373,8 +373,9 @@ class Session:
     def __repr__(self):
         return f"Session(identity={self.identity!r})"
 
-    def _mac(self, header, payload: list, sizes: list) -> bytes:
-        """`sizes` are the byte sizes of header and payload frames, in order."""
+    def _mac(self, header, payload: list, sizes: list, tags=None) -> bytes:
+        """`sizes` are the byte sizes of header and payload frames, in order; `tags`
+        {payload index: Poly1305 tag} those of large frames already computed."""
         if not payload:
             h = self._header_hasher.copy()
             h.update(header)
@@ -385,18 +386,43 @@ class Session:
         for i, buf in enumerate(payload):
             if sizes[i + 1] < POLY1305_FROM:
                 h.update(buf)
-                continue
-            # A large frame is summarised by a Poly1305 tag (three times BLAKE3's speed
-            # on one core) under a one-time key drawn from this message's header, which
-            # is unique (sender, recipient, counter); the tag goes into the MAC.
-            otk = self._frame_key_hasher.copy()
-            otk.update(header)
-            otk.update(i.to_bytes(4, "little"))
-            h.update(Poly1305.generate_tag(otk.digest(), buf))
+            elif tags is not None and i in tags:
+                h.update(tags[i])
+            else:
+                tagger = self.frame_tagger(header, i)
+                tagger.update(buf)
+                h.update(tagger.finalize())
         return h.digest()
+
+    def frame_tagger(self, header, index: int) -> Poly1305:
+        """The Poly1305 state for payload frame ``index`` of the message with ``header``
+        (frames of `POLY1305_FROM` bytes or more).
+
+        A large frame enters the MAC as its Poly1305 tag (three times BLAKE3's speed on
+        one core) under a one-time key drawn from the header, which is unique (sender,
+        recipient, counter).  Exposed so that a stream can tag a frame while it moves
+        (see `seal` and ``loads(tags=...)``)."""
+        otk = self._frame_key_hasher.copy()
+        otk.update(header)
+        otk.update(index.to_bytes(4, "little"))
+        return Poly1305(otk.digest())
 
     def dumps(self, msgs: list[dict], to: bytes = b"") -> list:
         """Frames for ``socket.send_multipart(copy=False)``; `to` b"" means any recipient."""
+        header, payload = self.encode(msgs, to)
+        return [self.seal(header, payload), header, *payload]
+
+    def seal(self, header, payload: list, tags=None) -> bytes:
+        """The MAC frame of an `encode`d message; `tags` as in `_mac`."""
+        if not payload:
+            return self._mac(header, payload, None)
+        sizes = [len(header)]
+        sizes.extend(_nbytes(b) for b in payload)
+        return self._mac(header, payload, sizes, tags)
+
+    def encode(self, msgs: list[dict], to: bytes = b"") -> tuple[bytes, list]:
+        """(header, payload frames) of a message, unsigned: `seal` makes its MAC.
+        Takes the next counter of the stream to ``to``."""
         if isinstance(msgs, dict):
             msgs = [msgs]
         if type(to) is not bytes or len(to) > 0xFFFF:
@@ -419,18 +445,19 @@ class Session:
         envelope = _ENVELOPE.pack(
             PROTOCOL_VERSION, next(counter), len(self.identity), len(to), len(payload)
         )
-        header = b"".join((envelope, self.identity, to, body))
-        if not payload:
-            return [self._mac(header, payload, None), header]
-        sizes = [len(header)]
-        sizes.extend(_nbytes(b) for b in payload)
-        return [self._mac(header, payload, sizes), header, *payload]
+        return b"".join((envelope, self.identity, to, body)), payload
 
-    def loads(self, frames: list, sender: bytes | None = None) -> list[dict]:
+    def loads(self, frames: list, sender: bytes | None = None, *,
+              check_replay: bool = True, tags=None) -> list[dict]:
         """Authenticate, check and decode one received message.
 
         `frames` items may be bytes, memoryviews or zmq.Frame (received with copy=False).
-        `sender` is the routing id a ROUTER socket saw, when there is one. Raises only
+        `sender` is the routing id a ROUTER socket saw, when there is one.
+        ``check_replay=False`` skips the counter check (and leaves the sender's counters
+        alone, so it may run on another thread): only for a message whose freshness the
+        caller establishes itself, e.g. by a one-time nonce in its body.  `tags`
+        {payload index: tag}: Poly1305 tags the caller computed over large frames as
+        they arrived (with `frame_tagger`), instead of reading them again.  Raises only
         `ProtocolError` subclasses for bad input.
         """
         try:
@@ -449,7 +476,7 @@ class Session:
             raise BadSignature("bad MAC frame")
         header, payload = bufs[1], bufs[2:]
         try:
-            expected = self._mac(header, payload, sizes[1:])
+            expected = self._mac(header, payload, sizes[1:], tags)
         except Exception:
             raise MalformedMessage("frames must be contiguous buffers") from None
         if not hmac.compare_digest(expected, bytes(bufs[0])):
@@ -480,11 +507,12 @@ class Session:
                 raise WrongSender(f"envelope sender {origin!r} arrived from {seen!r}")
         if to and to != self.identity:
             raise WrongRecipient(f"message for {to!r} arrived at {self.identity!r}")
-        fresh = self._freshness.get((origin, to))
-        if fresh is None:
-            fresh = self._freshness[(origin, to)] = _Freshness()
-        if not fresh.admit(counter, self.replay_window):
-            raise ReplayedMessage(f"replayed or stale message from {origin!r}")
+        if check_replay:
+            fresh = self._freshness.get((origin, to))
+            if fresh is None:
+                fresh = self._freshness[(origin, to)] = _Freshness()
+            if not fresh.admit(counter, self.replay_window):
+                raise ReplayedMessage(f"replayed or stale message from {origin!r}")
 
         try:
             msgs = msgpack.unpackb(

@@ -23,6 +23,7 @@ import traceback as tb_module
 import psutil
 from dask.sizeof import sizeof
 
+from .. import bulk
 from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
 from ..graph import execute
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
@@ -146,6 +147,12 @@ class Worker:
         self.peer_socket, port = bind_router(self.loop.context, self.security, hostname,
                                              port_to_workers)
         self.address = f"tcp://{hostname}:{port}"
+        # Large data for peers leaves through a plain TCP side channel (see bulk.py),
+        # unless the cluster encrypts: then it stays on the CURVE sockets.
+        self.bulk = None if self.security.encrypt else bulk.BulkServer(
+            "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname,
+            ttl=gather_timeout)
+        self.no_bulk = set()                   # peers whose side channel failed us
         self.name = name if name is not None else self.address
         self.data = data if data is not None else {}
         self.state = WorkerState(self.address, nthreads, self.data, validate)
@@ -374,8 +381,17 @@ class Worker:
             missing = list(missing) + list(errors)
             reply = {"op": "data", "request_id": msg["request_id"], "data": data,
                      "missing": missing}
+            header, payload = self.session.encode([reply], to=peer)
+            if (msg.get("bulk") and self.bulk is not None
+                    and sum(memoryview(f).nbytes for f in payload) >= bulk.BULK_FROM):
+                ticket = self.bulk.offer(self.session, header, payload)
+                frames = self.session.dumps([{
+                    "op": "data-bulk", "request_id": msg["request_id"],
+                    "ticket": ticket, "port": self.bulk.port}], to=peer)
+            else:
+                frames = [self.session.seal(header, payload), header, *payload]
             try:
-                send(self.peer_socket, [peer] + self.session.dumps([reply], to=peer))
+                send(self.peer_socket, [peer] + frames)
             except Exception as e:
                 logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
 
@@ -386,12 +402,14 @@ class Worker:
             self.peers[peer] = sock
             self.peer_sockets[sock] = peer
             self.loop.add_socket(sock, lambda frames, peer=peer: self._on_peer_reply(peer, frames))
-        request_id = os.urandom(4).hex()
+        # 64 random bits: a reply over the side channel is accepted for this id only
+        request_id = os.urandom(8).hex()
         self.gather_timers[peer] = (request_id, self.loop.call_later(
-            self.gather_timeout, self._gather_timed_out, peer, request_id))
+            self.gather_timeout, self._gather_timed_out, peer, request_id), keys)
         try:
             send(sock, self.session.dumps(
-                [{"op": "get-data", "keys": list(keys), "request_id": request_id}]))
+                [{"op": "get-data", "keys": list(keys), "request_id": request_id,
+                  "bulk": self.bulk is not None and peer not in self.no_bulk}]))
         except Exception as e:            # no way to the peer: fail the fetch now
             logger.warning("worker %s: could not ask %s for data: %s", self.address,
                            peer, e)
@@ -424,25 +442,66 @@ class Worker:
             pending = self.gather_timers.get(peer)
             if pending is None or pending[0] != msg.get("request_id"):
                 continue                     # a late reply to a request given up on
-            del self.gather_timers[peer]
-            IOLoop.cancel_timer(pending[1])
-            values, sizes, missing = {}, {}, list(msg.get("missing", ()))
-            for key, blob in msg.get("data", {}).items():
-                try:
-                    values[key] = deserialize(blob)
-                    sizes[key] = sizeof(values[key])
-                except Exception as e:
-                    logger.error("worker %s: could not load %r from %s: %s",
-                                 self.address, key, peer, e)
-                    missing.append(key)
-            self._handle("gather-done", peer=peer, data=values, sizes=sizes,
-                         missing=missing)
+            if msg.get("op") == "data-bulk":
+                threading.Thread(target=self._fetch_bulk, args=(peer, msg), daemon=True,
+                                 name="dask-ipy-bulk-fetch").start()
+            else:
+                self._gather_done(peer, msg)
+
+    def _gather_done(self, peer, msg):
+        pending = self.gather_timers.get(peer)
+        if pending is None or pending[0] != msg.get("request_id"):
+            return
+        del self.gather_timers[peer]
+        IOLoop.cancel_timer(pending[1])
+        values, sizes, missing = {}, {}, list(msg.get("missing", ()))
+        for key, blob in msg.get("data", {}).items():
+            try:
+                values[key] = deserialize(blob)
+                sizes[key] = sizeof(values[key])
+            except Exception as e:
+                logger.error("worker %s: could not load %r from %s: %s",
+                             self.address, key, peer, e)
+                missing.append(key)
+        self._handle("gather-done", peer=peer, data=values, sizes=sizes,
+                     missing=missing)
+
+    def _fetch_bulk(self, peer, offer):
+        """On a thread of its own: download a "data" message over the side channel and
+        hand it to the loop.  Its MAC is checked here; its freshness by the request id,
+        which must be the one the loop is waiting for (checked again there)."""
+        host = peer.split("://", 1)[-1].rsplit(":", 1)[0]
+        try:
+            frames, tags = bulk.fetch(self.session, host, offer["port"], offer["ticket"],
+                                      self.gather_timeout, self.max_message_bytes)
+            msgs = self.session.loads(frames, check_replay=False, tags=tags)
+            if (len(msgs) != 1 or msgs[0].get("op") != "data"
+                    or msgs[0].get("request_id") != offer["request_id"]):
+                raise ProtocolError("not the data asked for")
+        except (OSError, ProtocolError) as e:
+            logger.warning("worker %s: side channel from %s failed (%s); asking again "
+                           "over ZeroMQ", self.address, peer, e)
+            self.loop.call_soon(self._bulk_failed, peer, offer["request_id"])
+            return
+        self.loop.call_soon(self._gather_done, peer, msgs[0])
+
+    def _bulk_failed(self, peer, request_id):
+        pending = self.gather_timers.pop(peer, None)
+        if pending is None or pending[0] != request_id:
+            if pending is not None:
+                self.gather_timers[peer] = pending
+            return
+        IOLoop.cancel_timer(pending[1])
+        self.no_bulk.add(peer)
+        self._gather(peer, pending[2])
 
     # ---------------------------------------------------------------- life
 
     def _close_from_loop(self):
         self.outgoing.append({"op": "unregister"})
         self._flush()
+        if self.bulk is not None:
+            self.bulk.close()
         self.loop.running = False
         self.closed.set()
         for _ in self.threads:
@@ -452,6 +511,8 @@ class Worker:
         if self.loop.running and not self.loop.in_loop():
             self.loop.call_soon(self._close_from_loop)
         self.loop.stop(timeout)
+        if self.bulk is not None:
+            self.bulk.close()
         self.closed.set()
         for _ in self.threads:
             self.jobs.put(None)
