@@ -15,9 +15,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import itertools
+import sys
 import threading
 import time
+import types
 import uuid
+import weakref
 from collections import Counter
 
 import dask
@@ -82,6 +85,25 @@ def _pack_futures(obj, values):
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+_FN_TOKENS = weakref.WeakKeyDictionary()
+
+
+def function_token(fn, kwargs):
+    """``tokenize(fn, kwargs)``, remembered for functions of imported modules called
+    without keyword arguments: those are tokenized by reference (module and name), so
+    their token never changes.  Functions of ``__main__`` are tokenized by value, their
+    globals included, and are never remembered."""
+    cacheable = (not kwargs and type(fn) is types.FunctionType
+                 and fn.__module__ not in (None, "__main__")
+                 and getattr(sys.modules.get(fn.__module__), fn.__qualname__, None) is fn)
+    if not cacheable:
+        return tokenize(fn, kwargs)
+    token = _FN_TOKENS.get(fn)
+    if token is None:
+        token = _FN_TOKENS[fn] = tokenize(fn, kwargs)
+    return token
 
 
 def call_token(fn_token, args):
@@ -515,7 +537,7 @@ class Client:
             raise TypeError("first argument of submit must be callable")
         if key is None:
             if pure:
-                key = f"{funcname(fn)}-{call_token(tokenize(fn, kwargs), args)}"
+                key = f"{funcname(fn)}-{call_token(function_token(fn, kwargs), args)}"
             else:
                 key = f"{funcname(fn)}-{uuid.uuid4().hex}"
         node, found = call_spec(key, fn, args, kwargs)
@@ -536,7 +558,7 @@ class Client:
         if isinstance(key, (list, tuple)):
             keys = list(key)
         elif pure:
-            fn_token = tokenize(fn, kwargs)
+            fn_token = function_token(fn, kwargs)
             keys = [f"{name}-{call_token(fn_token, row)}" for row in rows]
         else:
             base = uuid.uuid4().hex

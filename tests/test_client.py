@@ -395,3 +395,23 @@ def test_context_manager_closes(pc):
     assert client.status == "closed"
     with pytest.raises(RuntimeError, match="closed"):
         client.submit(inc, 1)
+
+
+def test_function_tokens_are_remembered_only_where_they_cannot_change():
+    import dask_ipy.client as client_module
+    from dask.base import tokenize
+    from dask_ipy.client import _FN_TOKENS, function_token
+
+    assert function_token(client_module.call_token, {}) == tokenize(client_module.call_token, {})
+    assert client_module.call_token in _FN_TOKENS          # module function: by reference
+
+    def local(x):
+        return x
+
+    namespace = {"__name__": "__main__"}
+    exec("def main_fn(x):\n    return x + offset\noffset = 1", namespace)
+    main_fn = namespace["main_fn"]
+    for fn, kwargs in [(local, {}), (main_fn, {}), (client_module.call_token, {"a": 1}),
+                       (len, {})]:
+        assert function_token(fn, kwargs) == tokenize(fn, kwargs)
+    assert local not in _FN_TOKENS and main_fn not in _FN_TOKENS
