@@ -705,3 +705,59 @@ def test_one_item_sets_grow_into_sets_and_empty_out():
     assert type(ts.who_wants) is _One
     with pytest.raises(TypeError):
         hash(ts.who_wants)
+
+
+def test_a_missing_dependency_errs_its_dependents_too(s1):
+    s = s1
+    s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", ["x", "nowhere"]),
+                         "z": ("spec-z", ["y"])}, ["z"], {"x": 0, "y": 1, "z": 2})
+    out = take(s)
+    assert ("worker", "w1", compute("x", "spec-x", (0, 1, 0))) in out
+    ((kind, cid, msg),) = [m for m in out if m[0] == "client"]
+    assert (kind, cid, msg["op"], msg["type"]) == (
+        "client", "c", "task-erred", "MissingDependency")
+    assert "'nowhere'" in msg["text"] and "'y'" in msg["text"]
+    assert states(s) == {"x": "processing", "y": "erred", "z": "erred"}
+
+
+def test_update_graph_message_as_a_client_sends_it(s1):
+    """Entries (key, spec, deps, priority); a spec of one bytes frame is kept as its
+    bytes and sent to the worker as a Serialized again; the task list is consumed."""
+    from dask_ipy.protocol import Serialized
+
+    s = s1
+    big = Serialized([b"head", bytearray(b"buffer")])     # out-of-band frames: kept
+    tasks = [("x", b"pickle-x", (), 1), ("y", Serialized([b"pickle-y"]), ("x",), 2),
+             ("z", big, ("y",), 0)]
+    msg = {"op": "update-graph", "tasks": tuple(tasks), "keys": ("z",),
+           "user_priority": 0, "retries": 0}
+    s.handle_client_message("c", msg)
+    assert "tasks" not in msg
+    assert s.tasks["x"].run_spec == b"pickle-x"
+    assert s.tasks["y"].run_spec == b"pickle-y"
+    assert s.tasks["z"].run_spec is big
+    assert [s.tasks[k].priority for k in "xyz"] == [(0, 1, 1), (0, 1, 2), (0, 1, 0)]
+    assert take(s) == [("worker", "w1", compute("x", Serialized([b"pickle-x"]), (0, 1, 1)))]
+    assert finished(s, "w1", "x") == [("worker", "w1", compute(
+        "y", Serialized([b"pickle-y"]), (0, 1, 2), {"x": [A]}, {"x": 8}))]
+    out = finished(s, "w1", "y")
+    assert out[-1] == ("worker", "w1", compute("z", big, (0, 1, 0), {"y": [A]}, {"y": 8}))
+    assert type(out[-1][2]["run_spec"]) is Serialized
+
+
+def test_update_graph_reads_entries_once_and_keeps_none():
+    from dask_ipy.scheduler.state import _consume
+
+    items = [("x", "spec-x", ()), ("y", "spec-y", ("x",))]
+    seen = []
+    for item in _consume(items):
+        seen.append(item)
+        assert items[len(seen) - 1] is None
+    assert seen == [("x", "spec-x", ()), ("y", "spec-y", ("x",))]
+    assert items == [None, None]
+    s = SchedulerState(validate=True)
+    s.add_client("c")
+    s.update_graph("c", iter([("x", "spec-x", ()), ("y", "spec-y", ["x"], 5)]), ["y"])
+    assert s.tasks["y"].dependencies == (s.tasks["x"],)
+    assert s.tasks["y"].priority == (0, 1, 5) and s.tasks["x"].priority == (0, 1, 0)
+    assert states(s) == {"x": "no-worker", "y": "waiting"}

@@ -44,8 +44,10 @@ import heapq
 import itertools
 import math
 from collections import deque
+from operator import attrgetter
 
 from ..keys import key_prefix
+from ..protocol import Serialized
 
 RELEASED = "released"
 WAITING = "waiting"
@@ -245,6 +247,26 @@ class ClientState:
         self.monitor = False
 
 
+def _compact_spec(run_spec):
+    """A run spec as the scheduler keeps it: the bytes of a `Serialized` of one small
+    frame (one object instead of three; `_assign` wraps it again), else as given."""
+    if type(run_spec) is Serialized:
+        frames = run_spec.frames
+        if len(frames) == 1 and type(frames[0]) is bytes:
+            return frames[0]
+    return run_spec
+
+
+def _consume(items):
+    """Iterate over a list, dropping each item from it as it is handed out."""
+    for i, item in enumerate(items):
+        items[i] = None
+        yield item
+
+
+_priority = attrgetter("priority")
+
+
 def error_info(kind, text, key):
     """An error raised by the scheduler itself, sent as text: no pickles involved."""
     return {"type": kind, "text": text, "key": key}
@@ -334,7 +356,12 @@ class SchedulerState:
 
     def transitions(self, recommendations):
         """Apply recommendations ``{key: state}`` until the system is steady."""
-        recs = dict(recommendations)
+        self._drain(dict(recommendations))
+        if self.validating:
+            self.validate()
+
+    def _drain(self, recs):
+        """Apply the recommendations in ``recs`` (emptied) and all that follow."""
         while recs:
             key, finish = recs.popitem()
             ts = self.tasks.get(key)
@@ -343,8 +370,6 @@ class SchedulerState:
             more = self._transition(ts, finish)
             if more:
                 recs.update(more)
-        if self.validating:
-            self.validate()
 
     def _transition(self, ts, finish):
         start = ts.state
@@ -641,7 +666,10 @@ class SchedulerState:
         ws.processing[ts] = duration
         ws.occupancy += duration
         self._set_state(ts, PROCESSING)
-        msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec,
+        run_spec = ts.run_spec
+        if type(run_spec) is bytes:
+            run_spec = Serialized([run_spec])
+        msg = {"op": "compute-task", "key": ts.key, "run_spec": run_spec,
                "priority": ts.priority, "duration": ts.group.duration}
         if ts.who_wants:
             msg["want_data"] = True
@@ -696,34 +724,58 @@ class SchedulerState:
 
     def update_graph(self, client, tasks, keys, priorities=None, user_priority=0,
                      retries=0, restrictions=None):
-        """Add tasks ``{key: (run_spec, dependencies)}`` wanted as ``keys`` by client.
+        """Add tasks wanted as ``keys`` by client.
+
+        ``tasks`` is ``{key: (run_spec, dependencies)}``, or an iterable of entries
+        ``(key, run_spec, dependencies)`` or ``(key, run_spec, dependencies,
+        priority)`` as a client sends them; an entry's priority takes the place of
+        ``priorities[key]``.  Entries are read once, in order, and not kept: a
+        consuming iterable lets a huge graph's decoded message go as it is taken in.
+        A run spec that is a `Serialized` of one bytes frame is kept as its bytes.
 
         Dependencies must be keys of ``tasks`` or keys the scheduler already has;
         tasks that need anything else err with a missing-dependency error.
         """
         self.generation += 1
-        priorities = priorities or {}
+        priority_of = (priorities or {}).get
         restrictions = restrictions or {}
+        if isinstance(tasks, dict):
+            tasks = [(key, spec, deps) for key, (spec, deps) in tasks.items()]
+        up, generation = -user_priority, self.generation
+        known = self.tasks
         new = []
-        for key, (run_spec, deps) in tasks.items():
-            ts = self.tasks.get(key)
+        for entry in tasks:
+            key, run_spec, deps = entry[0], entry[1], entry[2]
+            ts = known.get(key)
             if ts is None:
-                ts = self._new_task(key, run_spec)
-                new.append((ts, deps))
+                ts = self._new_task(key, _compact_spec(run_spec))
             elif ts.run_spec is None and run_spec is not None:
-                ts.run_spec = run_spec
-                if ts.state != MEMORY:
-                    new.append((ts, deps))
-        recs = {}
-        for ts, deps in new:
-            ts.priority = (-user_priority, self.generation, priorities.get(ts.key, 0))
-            ts.retries = retries.get(ts.key, 0) if isinstance(retries, dict) else retries
-            r = restrictions.get(ts.key)
+                ts.run_spec = _compact_spec(run_spec)
+                if ts.state == MEMORY:
+                    continue
+            else:
+                continue
+            ts.priority = (up, generation,
+                           entry[3] if len(entry) > 3 else priority_of(key, 0))
+            ts.retries = retries.get(key, 0) if isinstance(retries, dict) else retries
+            r = restrictions.get(key)
             ts.restrictions = frozenset(r) if r else None
+            # The keys of its dependencies for now: TaskStates once all tasks exist.
+            ts.dependencies = deps
+            new.append(ts)
+        erred = {}
+        for ts in new:
+            deps = ts.dependencies
+            if not deps:
+                ts.dependencies = ()
+                continue
             missing = []
             dependencies = []
             for dkey in deps:
-                dts = self.tasks.get(dkey)
+                try:
+                    dts = known.get(dkey)
+                except TypeError:            # not a key at all
+                    dts = None
                 if dts is None:
                     missing.append(dkey)
                     continue
@@ -735,10 +787,10 @@ class SchedulerState:
                     "MissingDependency",
                     f"task {ts.key!r} depends on {missing!r}, which the scheduler "
                     "does not have", ts.key)
-                recs[ts.key] = ERRED
+                erred[ts.key] = ERRED
         client_state = self.clients.get(client)
         for key in keys:
-            ts = self.tasks.get(key)
+            ts = known.get(key)
             if ts is None:
                 continue
             _add(ts, "who_wants", client)
@@ -749,15 +801,22 @@ class SchedulerState:
                                           "type": ts.type, "nbytes": ts.nbytes})
             elif ts.state == ERRED:
                 self.send_client(client, {"op": "task-erred", "key": key, **ts.error})
-        # `transitions` pops the last recommendation first: insert the lowest
-        # priority first so that root tasks are handed out in graph order.
-        for ts, _ in sorted(new, key=lambda item: item[0].priority, reverse=True):
-            if ts.key not in recs and ts.state == RELEASED:
+        # Tasks missing a dependency err first, so that their dependents err too
+        # when reached.  Then the new tasks start in priority order, one at a time
+        # (no dict of a million recommendations), so that root tasks are handed out
+        # in graph order.
+        self._drain(erred)
+        new.sort(key=_priority)
+        recs = {}
+        for ts in new:
+            if ts.state == RELEASED:
                 recs[ts.key] = WAITING
+                self._drain(recs)
+        del new
         # Wanted tasks that exist but were released earlier are needed again.
         for key in keys:
-            ts = self.tasks.get(key)
-            if ts is not None and ts.state == RELEASED and key not in recs:
+            ts = known.get(key)
+            if ts is not None and ts.state == RELEASED:
                 recs[key] = WAITING
         self.transitions(recs)
         self.fill_workers()
@@ -1052,10 +1111,12 @@ class SchedulerState:
             handler(self, cid, msg)
 
     def _on_update_graph(self, cid, msg):
-        tasks = {key: (spec, deps) for key, spec, deps in msg["tasks"]}
-        self.update_graph(cid, tasks, msg.get("keys", ()), msg.get("priorities"),
-                          msg.get("user_priority", 0), msg.get("retries", 0),
-                          msg.get("restrictions"))
+        # The task list leaves the message and is consumed entry by entry: what
+        # update_graph does not keep of a huge graph is freed as it goes.
+        tasks = list(msg.pop("tasks", ()))
+        self.update_graph(cid, _consume(tasks), msg.get("keys", ()),
+                          msg.get("priorities"), msg.get("user_priority", 0),
+                          msg.get("retries", 0), msg.get("restrictions"))
 
     def _on_client_releases_keys(self, cid, msg):
         self._release_keys(cid, msg["keys"])
