@@ -714,8 +714,9 @@ def test_a_missing_dependency_errs_its_dependents_too(s1):
     out = take(s)
     assert ("worker", "w1", compute("x", "spec-x", (0, 1, 0))) in out
     ((kind, cid, msg),) = [m for m in out if m[0] == "client"]
-    assert (kind, cid, msg["op"], msg["type"]) == (
-        "client", "c", "task-erred", "MissingDependency")
+    # The client hears of the key it wants, with the error of the key that failed.
+    assert (kind, cid, msg["op"], msg["key"], msg["type"]) == (
+        "client", "c", "task-erred", "z", "MissingDependency")
     assert "'nowhere'" in msg["text"] and "'y'" in msg["text"]
     assert states(s) == {"x": "processing", "y": "erred", "z": "erred"}
 

@@ -569,7 +569,7 @@ class SchedulerState:
                                 "type": ts.error.get("type"),
                                 "text": ts.error.get("text", "")})
         for cid in ts.who_wants:
-            self.send_client(cid, {"op": "task-erred", "key": ts.key, **ts.error})
+            self.send_client(cid, {"op": "task-erred", **ts.error, "key": ts.key})
         return recs
 
     # memory / erred -> released
@@ -800,7 +800,7 @@ class SchedulerState:
                 self.send_client(client, {"op": "key-in-memory", "key": key,
                                           "type": ts.type, "nbytes": ts.nbytes})
             elif ts.state == ERRED:
-                self.send_client(client, {"op": "task-erred", "key": key, **ts.error})
+                self.send_client(client, {"op": "task-erred", **ts.error, "key": key})
         # Tasks missing a dependency err first, so that their dependents err too
         # when reached.  Then the new tasks start in priority order, one at a time
         # (no dict of a million recommendations), so that root tasks are handed out
@@ -1133,7 +1133,7 @@ class SchedulerState:
                 self.send_client(cid, {"op": "key-in-memory", "key": key,
                                        "type": ts.type, "nbytes": ts.nbytes})
             elif ts.state == ERRED:
-                self.send_client(cid, {"op": "task-erred", "key": key, **ts.error})
+                self.send_client(cid, {"op": "task-erred", **ts.error, "key": key})
 
     def _on_cancel(self, cid, msg):
         recs = {}
