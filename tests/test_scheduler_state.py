@@ -673,38 +673,36 @@ def test_20_000_independent_tasks_queue_without_flooding_workers():
     s.validate()
 
 
-def test_one_item_sets_grow_into_sets_and_empty_out():
-    from dask_ipy.scheduler.state import EMPTY, TaskState, _add, _One
+def test_one_item_sets_are_tuples_then_sets_and_empty_out():
+    from dask_ipy.scheduler.state import EMPTY, TaskState, _add, _discard
 
     ts = TaskState("x", "spec-x", None)
     assert ts.waiters is EMPTY and not ts.waiters
     _add(ts, "waiters", "a")
     one = ts.waiters
-    assert type(one) is _One
-    assert one and len(one) == 1 and list(one) == ["a"] and "a" in one
-    assert "b" not in one and one == {"a"} and one != {"b"} and one == frozenset({"a"})
-    _add(ts, "waiters", "a")                     # already there: stays a _One
+    assert one == ("a",)
+    assert one and len(one) == 1 and list(one) == ["a"] and "a" in one and "b" not in one
+    _add(ts, "waiters", "a")                     # already there: stays the same
     assert ts.waiters is one
-    one.discard("b")
-    assert one == {"a"}
-    one.discard("a")
-    assert not one and len(one) == 0 and list(one) == [] and one == set()
-    assert "a" not in one
-    _add(ts, "waiters", "b")                     # an emptied _One is filled again
-    assert ts.waiters is one and one == {"b"}
+    _discard(ts, "waiters", "b")
+    assert ts.waiters is one
+    _discard(ts, "waiters", "a")                 # emptied: back to the shared EMPTY
+    assert ts.waiters is EMPTY
+    _discard(ts, "waiters", "a")
+    assert ts.waiters is EMPTY
+    _add(ts, "waiters", "b")
     _add(ts, "waiters", "c")                     # a second item: a real set
     assert type(ts.waiters) is set and ts.waiters == {"b", "c"}
     _add(ts, "waiters", "d")
-    assert ts.waiters == {"b", "c", "d"}
-    one.clear()
-    assert not one
+    _discard(ts, "waiters", "b")
+    assert ts.waiters == {"c", "d"}
     # Items are compared like a set's: by equality, not only identity.
     _add(ts, "who_wants", ("dataset", "d"))
     assert ("dataset", "d") in ts.who_wants
     _add(ts, "who_wants", ("dataset", "d"))
-    assert type(ts.who_wants) is _One
-    with pytest.raises(TypeError):
-        hash(ts.who_wants)
+    assert ts.who_wants == (("dataset", "d"),)
+    _discard(ts, "who_wants", ("dataset", "d"))
+    assert ts.who_wants is EMPTY
 
 
 def test_a_missing_dependency_errs_its_dependents_too(s1):

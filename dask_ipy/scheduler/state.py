@@ -25,6 +25,8 @@ State, documented once:
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
     TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+                            these five "sets" are EMPTY, a 1-tuple or a set: change
+                            them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
                             "task-finished" because a client wants it: gathers of it
                             are answered without asking the worker
@@ -106,71 +108,36 @@ class _NoneYet(frozenset):
 
 EMPTY = _NoneYet()
 
-_GONE = object()         # what a `_One` holds once its item was removed
-
-
-class _One:
-    """A set of at most one item, for the many sets that never hold more: a leaf's
-    one dependent, the one task waiting for it, the one worker holding a result, the
-    one client wanting it.  40 bytes where a one-item set takes 216.  `_add` puts a
-    real set in its place when a second item comes; after a removal it is empty
-    (and falsy) until `_add` fills it again.
-
-    It offers what the scheduler asks of these sets: iteration, ``in``, ``len``,
-    truth, ``discard``, ``clear`` and comparison with sets."""
-
-    __slots__ = ("item",)
-
-    def __init__(self, item):
-        self.item = item
-
-    def __len__(self):
-        return 0 if self.item is _GONE else 1
-
-    def __bool__(self):
-        return self.item is not _GONE
-
-    def __iter__(self):
-        item = self.item
-        return iter(() if item is _GONE else (item,))
-
-    def __contains__(self, x):
-        item = self.item
-        return item is x or (item is not _GONE and item == x)
-
-    def discard(self, x):
-        item = self.item
-        if item is x or (item is not _GONE and item == x):
-            self.item = _GONE
-
-    def clear(self):
-        self.item = _GONE
-
-    def __eq__(self, other):
-        if isinstance(other, (set, frozenset, _One)):
-            return set(self) == set(other)
-        return NotImplemented
-
-    __hash__ = None
-
-    def __repr__(self):
-        return f"_One({set(self)!r})"
-
 
 def _add(ts, name, item):
-    """Add ``item`` to the set attribute ``name`` of ``ts``: EMPTY, then a `_One`,
-    then a set."""
+    """Add ``item`` to the set attribute ``name`` of ``ts``.
+
+    Such a set is EMPTY, then a 1-tuple, then a real set once a second item comes:
+    most tasks of a large graph have one dependent, one waiter, one holder and at
+    most one wanter, and a 1-tuple takes 48 bytes where a one-item set takes 216.
+    A tuple is read like a set (iteration, ``in``, ``len``, truth) but never
+    changes: `_discard` puts EMPTY in its place.  (It does not compare equal to a
+    set: compare ``set(ts.who_has)``.)"""
     items = getattr(ts, name)
     if items is EMPTY:
-        setattr(ts, name, _One(item))
-    elif type(items) is _One:
-        old = items.item
-        if old is _GONE:
-            items.item = item
-        elif old is not item and old != item:
+        setattr(ts, name, (item,))
+    elif type(items) is tuple:
+        old = items[0]
+        if old is not item and old != item:
             setattr(ts, name, {old, item})
     else:
         items.add(item)
+
+
+def _discard(ts, name, item):
+    """Remove ``item`` from the set attribute ``name`` of ``ts``, if there."""
+    items = getattr(ts, name)
+    if type(items) is tuple:
+        old = items[0]
+        if old is item or old == item:
+            setattr(ts, name, EMPTY)
+    else:
+        items.discard(item)
 
 
 class TaskState:
@@ -420,8 +387,8 @@ class SchedulerState:
             return {}
         recs = {}
         for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            dep.waiters.discard(ts)
+            _discard(dep, "dependents", ts)
+            _discard(dep, "waiters", ts)
             if not dep.dependents and not dep.who_wants:
                 # Whatever its state (still computing, or held in memory), nobody
                 # needs it any more: it goes through "released" to "forgotten".
@@ -465,16 +432,16 @@ class SchedulerState:
 
     def _waiting_released(self, ts):
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
-        ts.waiting_on.clear()
+            _discard(dep, "waiters", ts)
+        ts.waiting_on = EMPTY
         self._set_state(ts, RELEASED)
         return self._release_recs(ts)
 
     def _waiting_memory(self, ts):
         # Data arrived (scatter) for a key that was waiting to be computed.
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
-        ts.waiting_on.clear()
+            _discard(dep, "waiters", ts)
+        ts.waiting_on = EMPTY
         self._set_state(ts, MEMORY)
         return self._after_memory(ts)
 
@@ -512,11 +479,11 @@ class SchedulerState:
             self._unpark(ts.key, ok=True)
         recs = {}
         for dts in ts.waiters:
-            dts.waiting_on.discard(ts)
+            _discard(dts, "waiting_on", ts)
             if not dts.waiting_on and dts.state == WAITING:
                 recs[dts.key] = PROCESSING
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
+            _discard(dep, "waiters", ts)
             if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
                 recs[dep.key] = RELEASED
         for cid in ts.who_wants:
@@ -532,7 +499,7 @@ class SchedulerState:
         if ws is not None and ws.id in self.workers:
             self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
+            _discard(dep, "waiters", ts)
         self._set_state(ts, RELEASED)
         return self._release_recs(ts)
 
@@ -544,8 +511,8 @@ class SchedulerState:
         if ts.state == NO_WORKER:
             self.unrunnable.discard(ts)
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
-        ts.waiting_on.clear()
+            _discard(dep, "waiters", ts)
+        ts.waiting_on = EMPTY
         self._set_state(ts, ERRED)
         ts.group.erred += 1
         if ts.key in self.parked:
@@ -560,7 +527,7 @@ class SchedulerState:
             if dts.state == PROCESSING:
                 dts.error = ts.error
                 recs[dts.key] = ERRED
-        ts.waiters.clear()
+        ts.waiters = EMPTY
         for dep in ts.dependencies:
             if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
                 recs[dep.key] = RELEASED
@@ -584,7 +551,7 @@ class SchedulerState:
             ws.has_what.discard(ts)
             ws.nbytes -= max(ts.nbytes, 0)
             self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
-        ts.who_has.clear()
+        ts.who_has = EMPTY
         ts.data = None
         self._set_state(ts, RELEASED)
         recs.update(self._release_recs(ts))
@@ -860,7 +827,7 @@ class SchedulerState:
                     continue
             recs[ts.key] = RELEASED
         for ts in ws.has_what:
-            ts.who_has.discard(ws)
+            _discard(ts, "who_has", ws)
             if not ts.who_has and ts.state == MEMORY:
                 recs[ts.key] = RELEASED
         ws.has_what = set()
@@ -969,7 +936,7 @@ class SchedulerState:
         if dts is None:
             return
         if holder is not None and holder in dts.who_has:
-            dts.who_has.discard(holder)
+            _discard(dts, "who_has", holder)
             holder.has_what.discard(dts)
             holder.nbytes -= max(dts.nbytes, 0)
         if dts.state == MEMORY and not dts.who_has:
@@ -1021,7 +988,7 @@ class SchedulerState:
         for key in msg["keys"]:
             ts = self.tasks.get(key)
             if ts is not None and ws in ts.who_has:
-                ts.who_has.discard(ws)
+                _discard(ts, "who_has", ws)
                 ws.has_what.discard(ts)
                 ws.nbytes -= max(ts.nbytes, 0)
                 if not ts.who_has and ts.state == MEMORY:
@@ -1039,7 +1006,7 @@ class SchedulerState:
         for key in missing:
             ts = self.tasks.get(key)
             if ts is not None and ws in ts.who_has:
-                ts.who_has.discard(ws)
+                _discard(ts, "who_has", ws)
                 ws.has_what.discard(ts)
                 if not ts.who_has and ts.state == MEMORY:
                     self.transitions({key: RELEASED})
@@ -1087,7 +1054,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
-            ts.who_wants.discard(cid)
+            _discard(ts, "who_wants", cid)
             if cs is not None:
                 cs.wants_what.discard(ts)
             if not ts.who_wants and not ts.waiters:
@@ -1143,7 +1110,7 @@ class SchedulerState:
                 continue
             wanters = [cid] if not msg.get("force") else list(ts.who_wants)
             for c in wanters:
-                ts.who_wants.discard(c)
+                _discard(ts, "who_wants", c)
                 cs = self.clients.get(c)
                 if cs is not None:
                     cs.wants_what.discard(ts)
