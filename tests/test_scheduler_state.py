@@ -760,3 +760,19 @@ def test_update_graph_reads_entries_once_and_keeps_none():
     assert s.tasks["y"].dependencies == (s.tasks["x"],)
     assert s.tasks["y"].priority == (0, 1, 5) and s.tasks["x"].priority == (0, 1, 0)
     assert states(s) == {"x": "no-worker", "y": "waiting"}
+
+
+def test_keys_of_a_collection_share_their_name():
+    s = SchedulerState(validate=True)
+    s.add_client("c")
+    # Names as a decoded message has them: equal strings, distinct objects.
+    names = ["".join(["inc-", "9f86d081884c"]) for _ in range(3)]
+    assert names[0] is not names[1]
+    tasks = [((names[i], i), "spec", ()) for i in range(3)] + [("x-1", "spec", ())]
+    s.update_graph("c", tasks, [("inc-9f86d081884c", 2)])
+    keys = [k for k in s.tasks if type(k) is tuple]
+    assert keys == [("inc-9f86d081884c", i) for i in range(3)]
+    assert keys[0][0] is keys[1][0] is keys[2][0]
+    assert {ts.group.name for ts in s.tasks.values()} == {"inc", "x"}
+    assert s.groups["inc"].total == 3 and s.groups["x"].total == 1
+    assert s.tasks[("inc-9f86d081884c", 1)].key is keys[1]

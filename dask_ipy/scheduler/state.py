@@ -269,6 +269,7 @@ class SchedulerState:
         self.generation = 0
         self.transition_count = 0
         self._seq = itertools.count()
+        self._heads = {}                     # {key name: (that str, its group name)}
         self._ids = itertools.count(1)
         self._transitions = {
             (RELEASED, WAITING): self._released_waiting,
@@ -313,7 +314,23 @@ class SchedulerState:
         return tg
 
     def _new_task(self, key, run_spec):
-        tg = self._group(key)
+        if type(key) is tuple and key and type(key[0]) is str:
+            # The keys of a collection, ("name-token", i, ...), arrive each with its
+            # own copy of the name: the tasks share one, and its group is looked up
+            # once per name rather than parsed out of every key.
+            head = key[0]
+            seen = self._heads.get(head)
+            if seen is None:
+                if len(self._heads) >= 10_000:
+                    self._heads.clear()
+                seen = self._heads[head] = (head, key_prefix(head))
+            elif seen[0] is not head:
+                key = (seen[0], *key[1:])
+            tg = self.groups.get(seen[1])
+            if tg is None:
+                tg = self._group(key)
+        else:
+            tg = self._group(key)
         ts = self.tasks[key] = TaskState(key, run_spec, tg)
         tg.total += 1
         tg.states[RELEASED] += 1
