@@ -33,7 +33,8 @@ from . import graph as g
 from .comm import IOLoop, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _unpickling, rebuild_error)
-from .protocol import MessageTooLarge, ProtocolError, Session, deserialize, serialize
+from .protocol import (INLINE_LIMIT, MessageTooLarge, ProtocolError, Session,
+                       deserialize, serialize)
 from .worker.server import resolve_scheduler
 
 _current = []          # clients made default, most recent last
@@ -444,6 +445,11 @@ class Client:
 
         The keys are held before the graph leaves, so no answer can be missed."""
         held = self._retain_many(wanted)
+        # Each task goes as (key, spec, deps, priority): the scheduler decodes a
+        # million-task graph at once, so no second copy of every key (a priorities
+        # dict), and a spec that is one small pickle goes as plain bytes (which the
+        # scheduler keeps as they are) rather than as a Serialized.
+        priority_of = (priorities or {}).get
         payload = []
         for key, node, deps in tasks:
             try:
@@ -451,11 +457,12 @@ class Client:
             except Exception as e:
                 self._release_many(wanted)
                 raise TypeError(f"could not serialize task {key!r}: {e}") from e
-            payload.append((key, spec, list(deps)))
+            head = spec.frames[0]
+            if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
+                spec = head
+            payload.append((key, spec, list(deps), priority_of(key, 0)))
         msg = {"op": "update-graph", "tasks": payload, "keys": list(wanted),
                "user_priority": user_priority, "retries": retries}
-        if priorities:
-            msg["priorities"] = priorities
         if workers is not None:
             if isinstance(workers, str):
                 workers = [workers]

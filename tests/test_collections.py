@@ -229,7 +229,7 @@ def test_priorities_follow_dask_order(c, monkeypatch):
     from dask.order import order
 
     from dask_ipy.graph import expand
-    from dask_ipy.protocol import deserialize
+    from dask_ipy.protocol import Serialized, deserialize
 
     b = db.from_sequence(range(40), npartitions=8).map(inc).sum()
     sent = []
@@ -237,8 +237,10 @@ def test_priorities_follow_dask_order(c, monkeypatch):
     monkeypatch.setattr(c, "_send", lambda msg: (sent.append(msg), send(msg))[1])
     assert b.compute() == sum(range(1, 41))
     (update,) = [m for m in sent if m["op"] == "update-graph"]
-    graph = {key: expand(key, deserialize(spec)) for key, spec, _ in update["tasks"]}
+    # Tasks travel as (key, spec, deps, priority); a small spec as its pickle's bytes.
+    graph = {key: expand(key, deserialize(Serialized([spec])))
+             for key, spec, _, _ in update["tasks"]}
+    priorities = {key: priority for key, _, _, priority in update["tasks"]}
     assert len(graph) > 8
     expected = order(graph)
-    assert sorted(graph, key=update["priorities"].get) == sorted(graph,
-                                                                 key=expected.get)
+    assert sorted(graph, key=priorities.get) == sorted(graph, key=expected.get)

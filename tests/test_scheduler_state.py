@@ -671,3 +671,108 @@ def test_20_000_independent_tasks_queue_without_flooding_workers():
                                         "nbytes": 8, "type": "int"})
     assert run_to_completion(s, keys[24:]) == 20_000 - 24
     s.validate()
+
+
+def test_one_item_sets_are_tuples_then_sets_and_empty_out():
+    from dask_ipy.scheduler.state import EMPTY, TaskState, _add, _discard
+
+    ts = TaskState("x", "spec-x", None)
+    assert ts.waiters is EMPTY and not ts.waiters
+    _add(ts, "waiters", "a")
+    one = ts.waiters
+    assert one == ("a",)
+    assert one and len(one) == 1 and list(one) == ["a"] and "a" in one and "b" not in one
+    _add(ts, "waiters", "a")                     # already there: stays the same
+    assert ts.waiters is one
+    _discard(ts, "waiters", "b")
+    assert ts.waiters is one
+    _discard(ts, "waiters", "a")                 # emptied: back to the shared EMPTY
+    assert ts.waiters is EMPTY
+    _discard(ts, "waiters", "a")
+    assert ts.waiters is EMPTY
+    _add(ts, "waiters", "b")
+    _add(ts, "waiters", "c")                     # a second item: a real set
+    assert type(ts.waiters) is set and ts.waiters == {"b", "c"}
+    _add(ts, "waiters", "d")
+    _discard(ts, "waiters", "b")
+    assert ts.waiters == {"c", "d"}
+    # Items are compared like a set's: by equality, not only identity.
+    _add(ts, "who_wants", ("dataset", "d"))
+    assert ("dataset", "d") in ts.who_wants
+    _add(ts, "who_wants", ("dataset", "d"))
+    assert ts.who_wants == (("dataset", "d"),)
+    _discard(ts, "who_wants", ("dataset", "d"))
+    assert ts.who_wants is EMPTY
+
+
+def test_a_missing_dependency_errs_its_dependents_too(s1):
+    s = s1
+    s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", ["x", "nowhere"]),
+                         "z": ("spec-z", ["y"])}, ["z"], {"x": 0, "y": 1, "z": 2})
+    out = take(s)
+    assert ("worker", "w1", compute("x", "spec-x", (0, 1, 0))) in out
+    ((kind, cid, msg),) = [m for m in out if m[0] == "client"]
+    # The client hears of the key it wants, with the error of the key that failed.
+    assert (kind, cid, msg["op"], msg["key"], msg["type"]) == (
+        "client", "c", "task-erred", "z", "MissingDependency")
+    assert "'nowhere'" in msg["text"] and "'y'" in msg["text"]
+    assert states(s) == {"x": "processing", "y": "erred", "z": "erred"}
+
+
+def test_update_graph_message_as_a_client_sends_it(s1):
+    """Entries (key, spec, deps, priority); a spec of one bytes frame is kept as its
+    bytes and sent to the worker as a Serialized again; the task list is consumed."""
+    from dask_ipy.protocol import Serialized
+
+    s = s1
+    big = Serialized([b"head", bytearray(b"buffer")])     # out-of-band frames: kept
+    tasks = [("x", b"pickle-x", (), 1), ("y", Serialized([b"pickle-y"]), ("x",), 2),
+             ("z", big, ("y",), 0)]
+    msg = {"op": "update-graph", "tasks": tuple(tasks), "keys": ("z",),
+           "user_priority": 0, "retries": 0}
+    s.handle_client_message("c", msg)
+    assert "tasks" not in msg
+    assert s.tasks["x"].run_spec == b"pickle-x"
+    assert s.tasks["y"].run_spec == b"pickle-y"
+    assert s.tasks["z"].run_spec is big
+    assert [s.tasks[k].priority for k in "xyz"] == [(0, 1, 1), (0, 1, 2), (0, 1, 0)]
+    assert take(s) == [("worker", "w1", compute("x", Serialized([b"pickle-x"]), (0, 1, 1)))]
+    assert finished(s, "w1", "x") == [("worker", "w1", compute(
+        "y", Serialized([b"pickle-y"]), (0, 1, 2), {"x": [A]}, {"x": 8}))]
+    out = finished(s, "w1", "y")
+    assert out[-1] == ("worker", "w1", compute("z", big, (0, 1, 0), {"y": [A]}, {"y": 8}))
+    assert type(out[-1][2]["run_spec"]) is Serialized
+
+
+def test_update_graph_reads_entries_once_and_keeps_none():
+    from dask_ipy.scheduler.state import _consume
+
+    items = [("x", "spec-x", ()), ("y", "spec-y", ("x",))]
+    seen = []
+    for item in _consume(items):
+        seen.append(item)
+        assert items[len(seen) - 1] is None
+    assert seen == [("x", "spec-x", ()), ("y", "spec-y", ("x",))]
+    assert items == [None, None]
+    s = SchedulerState(validate=True)
+    s.add_client("c")
+    s.update_graph("c", iter([("x", "spec-x", ()), ("y", "spec-y", ["x"], 5)]), ["y"])
+    assert s.tasks["y"].dependencies == (s.tasks["x"],)
+    assert s.tasks["y"].priority == (0, 1, 5) and s.tasks["x"].priority == (0, 1, 0)
+    assert states(s) == {"x": "no-worker", "y": "waiting"}
+
+
+def test_keys_of_a_collection_share_their_name():
+    s = SchedulerState(validate=True)
+    s.add_client("c")
+    # Names as a decoded message has them: equal strings, distinct objects.
+    names = ["".join(["inc-", "9f86d081884c"]) for _ in range(3)]
+    assert names[0] is not names[1]
+    tasks = [((names[i], i), "spec", ()) for i in range(3)] + [("x-1", "spec", ())]
+    s.update_graph("c", tasks, [("inc-9f86d081884c", 2)])
+    keys = [k for k in s.tasks if type(k) is tuple]
+    assert keys == [("inc-9f86d081884c", i) for i in range(3)]
+    assert keys[0][0] is keys[1][0] is keys[2][0]
+    assert {ts.group.name for ts in s.tasks.values()} == {"inc", "x"}
+    assert s.groups["inc"].total == 3 and s.groups["x"].total == 1
+    assert s.tasks[("inc-9f86d081884c", 1)].key is keys[1]

@@ -134,6 +134,10 @@ class Scheduler:
 
     def _on_client_frames(self, frames):
         cid, msgs = self._decode(frames)
+        # Decoded messages hold no reference to the received bytes except through
+        # the payload frames of their Serialized values: let the rest go now, not
+        # after the handlers (a million-task graph is some 100 MB).
+        frames.clear()
         state = self.state
         for msg in msgs:
             op = msg.get("op")

@@ -25,6 +25,8 @@ State, documented once:
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
     TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+                            these five "sets" are EMPTY, a 1-tuple or a set: change
+                            them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
                             "task-finished" because a client wants it: gathers of it
                             are answered without asking the worker
@@ -44,8 +46,10 @@ import heapq
 import itertools
 import math
 from collections import deque
+from operator import attrgetter
 
 from ..keys import key_prefix
+from ..protocol import Serialized
 
 RELEASED = "released"
 WAITING = "waiting"
@@ -91,7 +95,7 @@ class TaskGroup:
 
 
 class _NoneYet(frozenset):
-    """The shared empty set a TaskState starts with: a task holds a real set only
+    """The shared empty set a TaskState starts with: a task holds a container only
     once something is added (see `_add`), which halves the scheduler's memory per
     task on large graphs.  Removing from it is a no-op."""
 
@@ -106,11 +110,34 @@ EMPTY = _NoneYet()
 
 
 def _add(ts, name, item):
+    """Add ``item`` to the set attribute ``name`` of ``ts``.
+
+    Such a set is EMPTY, then a 1-tuple, then a real set once a second item comes:
+    most tasks of a large graph have one dependent, one waiter, one holder and at
+    most one wanter, and a 1-tuple takes 48 bytes where a one-item set takes 216.
+    A tuple is read like a set (iteration, ``in``, ``len``, truth) but never
+    changes: `_discard` puts EMPTY in its place.  (It does not compare equal to a
+    set: compare ``set(ts.who_has)``.)"""
     items = getattr(ts, name)
     if items is EMPTY:
-        items = set()
-        setattr(ts, name, items)
-    items.add(item)
+        setattr(ts, name, (item,))
+    elif type(items) is tuple:
+        old = items[0]
+        if old is not item and old != item:
+            setattr(ts, name, {old, item})
+    else:
+        items.add(item)
+
+
+def _discard(ts, name, item):
+    """Remove ``item`` from the set attribute ``name`` of ``ts``, if there."""
+    items = getattr(ts, name)
+    if type(items) is tuple:
+        old = items[0]
+        if old is item or old == item:
+            setattr(ts, name, EMPTY)
+    else:
+        items.discard(item)
 
 
 class TaskState:
@@ -187,6 +214,26 @@ class ClientState:
         self.monitor = False
 
 
+def _compact_spec(run_spec):
+    """A run spec as the scheduler keeps it: the bytes of a `Serialized` of one small
+    frame (one object instead of three; `_assign` wraps it again), else as given."""
+    if type(run_spec) is Serialized:
+        frames = run_spec.frames
+        if len(frames) == 1 and type(frames[0]) is bytes:
+            return frames[0]
+    return run_spec
+
+
+def _consume(items):
+    """Iterate over a list, dropping each item from it as it is handed out."""
+    for i, item in enumerate(items):
+        items[i] = None
+        yield item
+
+
+_priority = attrgetter("priority")
+
+
 def error_info(kind, text, key):
     """An error raised by the scheduler itself, sent as text: no pickles involved."""
     return {"type": kind, "text": text, "key": key}
@@ -222,6 +269,7 @@ class SchedulerState:
         self.generation = 0
         self.transition_count = 0
         self._seq = itertools.count()
+        self._heads = {}                     # {key name: (that str, its group name)}
         self._ids = itertools.count(1)
         self._transitions = {
             (RELEASED, WAITING): self._released_waiting,
@@ -266,7 +314,23 @@ class SchedulerState:
         return tg
 
     def _new_task(self, key, run_spec):
-        tg = self._group(key)
+        if type(key) is tuple and key and type(key[0]) is str:
+            # The keys of a collection, ("name-token", i, ...), arrive each with its
+            # own copy of the name: the tasks share one, and its group is looked up
+            # once per name rather than parsed out of every key.
+            head = key[0]
+            seen = self._heads.get(head)
+            if seen is None:
+                if len(self._heads) >= 10_000:
+                    self._heads.clear()
+                seen = self._heads[head] = (head, key_prefix(head))
+            elif seen[0] is not head:
+                key = (seen[0], *key[1:])
+            tg = self.groups.get(seen[1])
+            if tg is None:
+                tg = self._group(key)
+        else:
+            tg = self._group(key)
         ts = self.tasks[key] = TaskState(key, run_spec, tg)
         tg.total += 1
         tg.states[RELEASED] += 1
@@ -276,7 +340,12 @@ class SchedulerState:
 
     def transitions(self, recommendations):
         """Apply recommendations ``{key: state}`` until the system is steady."""
-        recs = dict(recommendations)
+        self._drain(dict(recommendations))
+        if self.validating:
+            self.validate()
+
+    def _drain(self, recs):
+        """Apply the recommendations in ``recs`` (emptied) and all that follow."""
         while recs:
             key, finish = recs.popitem()
             ts = self.tasks.get(key)
@@ -285,8 +354,6 @@ class SchedulerState:
             more = self._transition(ts, finish)
             if more:
                 recs.update(more)
-        if self.validating:
-            self.validate()
 
     def _transition(self, ts, finish):
         start = ts.state
@@ -337,8 +404,8 @@ class SchedulerState:
             return {}
         recs = {}
         for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            dep.waiters.discard(ts)
+            _discard(dep, "dependents", ts)
+            _discard(dep, "waiters", ts)
             if not dep.dependents and not dep.who_wants:
                 # Whatever its state (still computing, or held in memory), nobody
                 # needs it any more: it goes through "released" to "forgotten".
@@ -382,16 +449,16 @@ class SchedulerState:
 
     def _waiting_released(self, ts):
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
-        ts.waiting_on.clear()
+            _discard(dep, "waiters", ts)
+        ts.waiting_on = EMPTY
         self._set_state(ts, RELEASED)
         return self._release_recs(ts)
 
     def _waiting_memory(self, ts):
         # Data arrived (scatter) for a key that was waiting to be computed.
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
-        ts.waiting_on.clear()
+            _discard(dep, "waiters", ts)
+        ts.waiting_on = EMPTY
         self._set_state(ts, MEMORY)
         return self._after_memory(ts)
 
@@ -429,11 +496,11 @@ class SchedulerState:
             self._unpark(ts.key, ok=True)
         recs = {}
         for dts in ts.waiters:
-            dts.waiting_on.discard(ts)
+            _discard(dts, "waiting_on", ts)
             if not dts.waiting_on and dts.state == WAITING:
                 recs[dts.key] = PROCESSING
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
+            _discard(dep, "waiters", ts)
             if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
                 recs[dep.key] = RELEASED
         for cid in ts.who_wants:
@@ -449,7 +516,7 @@ class SchedulerState:
         if ws is not None and ws.id in self.workers:
             self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
+            _discard(dep, "waiters", ts)
         self._set_state(ts, RELEASED)
         return self._release_recs(ts)
 
@@ -461,8 +528,8 @@ class SchedulerState:
         if ts.state == NO_WORKER:
             self.unrunnable.discard(ts)
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
-        ts.waiting_on.clear()
+            _discard(dep, "waiters", ts)
+        ts.waiting_on = EMPTY
         self._set_state(ts, ERRED)
         ts.group.erred += 1
         if ts.key in self.parked:
@@ -477,7 +544,7 @@ class SchedulerState:
             if dts.state == PROCESSING:
                 dts.error = ts.error
                 recs[dts.key] = ERRED
-        ts.waiters.clear()
+        ts.waiters = EMPTY
         for dep in ts.dependencies:
             if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
                 recs[dep.key] = RELEASED
@@ -486,7 +553,7 @@ class SchedulerState:
                                 "type": ts.error.get("type"),
                                 "text": ts.error.get("text", "")})
         for cid in ts.who_wants:
-            self.send_client(cid, {"op": "task-erred", "key": ts.key, **ts.error})
+            self.send_client(cid, {"op": "task-erred", **ts.error, "key": ts.key})
         return recs
 
     # memory / erred -> released
@@ -501,7 +568,7 @@ class SchedulerState:
             ws.has_what.discard(ts)
             ws.nbytes -= max(ts.nbytes, 0)
             self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
-        ts.who_has.clear()
+        ts.who_has = EMPTY
         ts.data = None
         self._set_state(ts, RELEASED)
         recs.update(self._release_recs(ts))
@@ -583,7 +650,10 @@ class SchedulerState:
         ws.processing[ts] = duration
         ws.occupancy += duration
         self._set_state(ts, PROCESSING)
-        msg = {"op": "compute-task", "key": ts.key, "run_spec": ts.run_spec,
+        run_spec = ts.run_spec
+        if type(run_spec) is bytes:
+            run_spec = Serialized([run_spec])
+        msg = {"op": "compute-task", "key": ts.key, "run_spec": run_spec,
                "priority": ts.priority, "duration": ts.group.duration}
         if ts.who_wants:
             msg["want_data"] = True
@@ -638,34 +708,58 @@ class SchedulerState:
 
     def update_graph(self, client, tasks, keys, priorities=None, user_priority=0,
                      retries=0, restrictions=None):
-        """Add tasks ``{key: (run_spec, dependencies)}`` wanted as ``keys`` by client.
+        """Add tasks wanted as ``keys`` by client.
+
+        ``tasks`` is ``{key: (run_spec, dependencies)}``, or an iterable of entries
+        ``(key, run_spec, dependencies)`` or ``(key, run_spec, dependencies,
+        priority)`` as a client sends them; an entry's priority takes the place of
+        ``priorities[key]``.  Entries are read once, in order, and not kept: a
+        consuming iterable lets a huge graph's decoded message go as it is taken in.
+        A run spec that is a `Serialized` of one bytes frame is kept as its bytes.
 
         Dependencies must be keys of ``tasks`` or keys the scheduler already has;
         tasks that need anything else err with a missing-dependency error.
         """
         self.generation += 1
-        priorities = priorities or {}
+        priority_of = (priorities or {}).get
         restrictions = restrictions or {}
+        if isinstance(tasks, dict):
+            tasks = [(key, spec, deps) for key, (spec, deps) in tasks.items()]
+        up, generation = -user_priority, self.generation
+        known = self.tasks
         new = []
-        for key, (run_spec, deps) in tasks.items():
-            ts = self.tasks.get(key)
+        for entry in tasks:
+            key, run_spec, deps = entry[0], entry[1], entry[2]
+            ts = known.get(key)
             if ts is None:
-                ts = self._new_task(key, run_spec)
-                new.append((ts, deps))
+                ts = self._new_task(key, _compact_spec(run_spec))
             elif ts.run_spec is None and run_spec is not None:
-                ts.run_spec = run_spec
-                if ts.state != MEMORY:
-                    new.append((ts, deps))
-        recs = {}
-        for ts, deps in new:
-            ts.priority = (-user_priority, self.generation, priorities.get(ts.key, 0))
-            ts.retries = retries.get(ts.key, 0) if isinstance(retries, dict) else retries
-            r = restrictions.get(ts.key)
+                ts.run_spec = _compact_spec(run_spec)
+                if ts.state == MEMORY:
+                    continue
+            else:
+                continue
+            ts.priority = (up, generation,
+                           entry[3] if len(entry) > 3 else priority_of(key, 0))
+            ts.retries = retries.get(key, 0) if isinstance(retries, dict) else retries
+            r = restrictions.get(key)
             ts.restrictions = frozenset(r) if r else None
+            # The keys of its dependencies for now: TaskStates once all tasks exist.
+            ts.dependencies = deps
+            new.append(ts)
+        erred = {}
+        for ts in new:
+            deps = ts.dependencies
+            if not deps:
+                ts.dependencies = ()
+                continue
             missing = []
             dependencies = []
             for dkey in deps:
-                dts = self.tasks.get(dkey)
+                try:
+                    dts = known.get(dkey)
+                except TypeError:            # not a key at all
+                    dts = None
                 if dts is None:
                     missing.append(dkey)
                     continue
@@ -677,10 +771,10 @@ class SchedulerState:
                     "MissingDependency",
                     f"task {ts.key!r} depends on {missing!r}, which the scheduler "
                     "does not have", ts.key)
-                recs[ts.key] = ERRED
+                erred[ts.key] = ERRED
         client_state = self.clients.get(client)
         for key in keys:
-            ts = self.tasks.get(key)
+            ts = known.get(key)
             if ts is None:
                 continue
             _add(ts, "who_wants", client)
@@ -690,16 +784,23 @@ class SchedulerState:
                 self.send_client(client, {"op": "key-in-memory", "key": key,
                                           "type": ts.type, "nbytes": ts.nbytes})
             elif ts.state == ERRED:
-                self.send_client(client, {"op": "task-erred", "key": key, **ts.error})
-        # `transitions` pops the last recommendation first: insert the lowest
-        # priority first so that root tasks are handed out in graph order.
-        for ts, _ in sorted(new, key=lambda item: item[0].priority, reverse=True):
-            if ts.key not in recs and ts.state == RELEASED:
+                self.send_client(client, {"op": "task-erred", **ts.error, "key": key})
+        # Tasks missing a dependency err first, so that their dependents err too
+        # when reached.  Then the new tasks start in priority order, one at a time
+        # (no dict of a million recommendations), so that root tasks are handed out
+        # in graph order.
+        self._drain(erred)
+        new.sort(key=_priority)
+        recs = {}
+        for ts in new:
+            if ts.state == RELEASED:
                 recs[ts.key] = WAITING
+                self._drain(recs)
+        del new
         # Wanted tasks that exist but were released earlier are needed again.
         for key in keys:
-            ts = self.tasks.get(key)
-            if ts is not None and ts.state == RELEASED and key not in recs:
+            ts = known.get(key)
+            if ts is not None and ts.state == RELEASED:
                 recs[key] = WAITING
         self.transitions(recs)
         self.fill_workers()
@@ -743,7 +844,7 @@ class SchedulerState:
                     continue
             recs[ts.key] = RELEASED
         for ts in ws.has_what:
-            ts.who_has.discard(ws)
+            _discard(ts, "who_has", ws)
             if not ts.who_has and ts.state == MEMORY:
                 recs[ts.key] = RELEASED
         ws.has_what = set()
@@ -852,7 +953,7 @@ class SchedulerState:
         if dts is None:
             return
         if holder is not None and holder in dts.who_has:
-            dts.who_has.discard(holder)
+            _discard(dts, "who_has", holder)
             holder.has_what.discard(dts)
             holder.nbytes -= max(dts.nbytes, 0)
         if dts.state == MEMORY and not dts.who_has:
@@ -904,7 +1005,7 @@ class SchedulerState:
         for key in msg["keys"]:
             ts = self.tasks.get(key)
             if ts is not None and ws in ts.who_has:
-                ts.who_has.discard(ws)
+                _discard(ts, "who_has", ws)
                 ws.has_what.discard(ts)
                 ws.nbytes -= max(ts.nbytes, 0)
                 if not ts.who_has and ts.state == MEMORY:
@@ -922,7 +1023,7 @@ class SchedulerState:
         for key in missing:
             ts = self.tasks.get(key)
             if ts is not None and ws in ts.who_has:
-                ts.who_has.discard(ws)
+                _discard(ts, "who_has", ws)
                 ws.has_what.discard(ts)
                 if not ts.who_has and ts.state == MEMORY:
                     self.transitions({key: RELEASED})
@@ -970,7 +1071,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
-            ts.who_wants.discard(cid)
+            _discard(ts, "who_wants", cid)
             if cs is not None:
                 cs.wants_what.discard(ts)
             if not ts.who_wants and not ts.waiters:
@@ -994,10 +1095,12 @@ class SchedulerState:
             handler(self, cid, msg)
 
     def _on_update_graph(self, cid, msg):
-        tasks = {key: (spec, deps) for key, spec, deps in msg["tasks"]}
-        self.update_graph(cid, tasks, msg.get("keys", ()), msg.get("priorities"),
-                          msg.get("user_priority", 0), msg.get("retries", 0),
-                          msg.get("restrictions"))
+        # The task list leaves the message and is consumed entry by entry: what
+        # update_graph does not keep of a huge graph is freed as it goes.
+        tasks = list(msg.pop("tasks", ()))
+        self.update_graph(cid, _consume(tasks), msg.get("keys", ()),
+                          msg.get("priorities"), msg.get("user_priority", 0),
+                          msg.get("retries", 0), msg.get("restrictions"))
 
     def _on_client_releases_keys(self, cid, msg):
         self._release_keys(cid, msg["keys"])
@@ -1014,7 +1117,7 @@ class SchedulerState:
                 self.send_client(cid, {"op": "key-in-memory", "key": key,
                                        "type": ts.type, "nbytes": ts.nbytes})
             elif ts.state == ERRED:
-                self.send_client(cid, {"op": "task-erred", "key": key, **ts.error})
+                self.send_client(cid, {"op": "task-erred", **ts.error, "key": key})
 
     def _on_cancel(self, cid, msg):
         recs = {}
@@ -1024,7 +1127,7 @@ class SchedulerState:
                 continue
             wanters = [cid] if not msg.get("force") else list(ts.who_wants)
             for c in wanters:
-                ts.who_wants.discard(c)
+                _discard(ts, "who_wants", c)
                 cs = self.clients.get(c)
                 if cs is not None:
                     cs.wants_what.discard(ts)
