@@ -33,8 +33,8 @@ from . import graph as g
 from .comm import IOLoop, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _unpickling, rebuild_error)
-from .protocol import (INLINE_LIMIT, MessageTooLarge, ProtocolError, Session,
-                       deserialize, serialize)
+from .protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
+                       ProtocolError, Session, deserialize, serialize)
 from .worker.server import resolve_scheduler
 
 _current = []          # clients made default, most recent last
@@ -138,7 +138,7 @@ class Client:
     """
 
     def __init__(self, address=None, *, security=None, timeout=10.0,
-                 set_as_default=True, name=None):
+                 set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES):
         if hasattr(address, "address_to_clients"):          # a Scheduler object
             security = security or address.security
             address = address.address_to_clients
@@ -146,7 +146,9 @@ class Client:
                                                          "address_to_clients")
         self.id = new_id("client")
         self.name = name
-        self.session = Session(self.security.key, self.id)
+        # The cap on what this client receives; gathers ask for no more than that.
+        self.session = Session(self.security.key, self.id,
+                               max_message_bytes=max_message_bytes)
         self.loop = IOLoop("dask-ipy-client")
         self.socket = connect_dealer(self.loop.context, self.security, self.id,
                                      self.address)
@@ -591,7 +593,8 @@ class Client:
         done.  Raises _DataLost if a key is missing (erred, cancelled, or lost and
         being computed again)."""
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-        reply = self._request({"op": "gather", "keys": list(keys), "wait": wait},
+        reply = self._request({"op": "gather", "keys": list(keys), "wait": wait,
+                               "max_bytes": self.session.max_message_bytes},
                               timeout=timeout)
         return self._unpack_gather(reply)
 
@@ -612,7 +615,8 @@ class Client:
     def _gather_keys_async(self, keys, callback):
         """Fetch values without blocking the caller; ``callback(("ok", values))`` or
         ``callback(("error", exception))`` runs when they arrive."""
-        fut = self._request_future({"op": "gather", "keys": list(keys)})
+        fut = self._request_future({"op": "gather", "keys": list(keys),
+                                    "max_bytes": self.session.max_message_bytes})
 
         def done(f):
             try:

@@ -454,6 +454,33 @@ def test_scatter_then_gather_bookkeeping(s):
     assert s.gathers == {}
 
 
+def test_a_gather_keeps_its_answer_under_the_clients_cap(s):
+    from dask_ipy.protocol import Serialized
+    from dask_ipy.scheduler.state import GATHER_MARGIN
+
+    sizes = {"a": 50_000, "b": 30_000, "c": 10_000}
+    s.handle_client_message("c", {"op": "scatter", "request_id": 1,
+                                  "data": dict.fromkeys(sizes, "blob"),
+                                  "broadcast": False, "workers": None})
+    for _, wid, put in take(s):
+        s.handle_worker_message(wid, {"op": "add-keys", "keys": [
+            (k, sizes[k], "bytes") for k in put["data"]]})
+    take(s)
+    s.handle_client_message("c", {"op": "gather", "request_id": 2, "keys": list(sizes),
+                                  "max_bytes": GATHER_MARGIN + 61_000})
+    for _, wid, request in take(s):
+        s.handle_worker_message(wid, {
+            "op": "data", "request_id": request["request_id"], "missing": [], "errors": {},
+            "data": {k: Serialized([b"." * sizes[k]]) for k in request["keys"]}})
+    [(_, _, reply)] = [m for m in take(s) if m[2]["op"] == "gather-result"]
+    # Two of the three fit; the third is an error naming it, not a refused message.
+    [too_big] = reply["errors"]
+    assert set(reply["data"]) == set(sizes) - {too_big}
+    assert sum(sizes[k] for k in reply["data"]) <= 61_000
+    assert reply["errors"][too_big]["type"] == "MessageTooLarge"
+    assert repr(too_big) in reply["errors"][too_big]["text"]
+
+
 def test_broadcast_scatter_puts_data_on_every_worker(s):
     s.handle_client_message("c", {"op": "scatter", "request_id": 1,
                                   "data": {"a": "blob"}, "broadcast": True})

@@ -234,6 +234,9 @@ def _consume(items):
 _priority = attrgetter("priority")
 
 
+GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the values
+
+
 def error_info(kind, text, key):
     """An error raised by the scheduler itself, sent as text: no pickles involved."""
     return {"type": kind, "text": text, "key": key}
@@ -1149,7 +1152,8 @@ class SchedulerState:
         keys = list(msg["keys"])
         g = self.gathers[gid] = {"client": cid, "request_id": msg["request_id"],
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
-                                 "keys": keys, "waiting": set()}
+                                 "keys": keys, "waiting": set(),
+                                 "max_bytes": msg.get("max_bytes")}
         if msg.get("wait"):
             for key in keys:
                 ts = self.tasks.get(key)
@@ -1217,10 +1221,29 @@ class SchedulerState:
         if g is None or g["pending"] or g["waiting"]:
             return
         del self.gathers[gid]
+        if g["max_bytes"] is not None:
+            self._fit_gather(g)
         self.send_client(g["client"], {"op": "gather-result",
                                        "request_id": g["request_id"],
                                        "data": g["data"], "missing": g["missing"],
                                        "errors": g["errors"]})
+
+    @staticmethod
+    def _fit_gather(g):
+        """Keep a gather's answer under the client's cap: values that do not fit
+        become errors naming their key (the client would refuse the whole message,
+        and wait forever)."""
+        room = g["max_bytes"] - GATHER_MARGIN
+        for key, blob in list(g["data"].items()):
+            need = blob.nbytes + len(str(key)) + 64
+            if need <= room:
+                room -= need
+                continue
+            del g["data"][key]
+            g["errors"][key] = {"type": "MessageTooLarge", "text": (
+                f"result of {key!r} is {blob.nbytes} bytes: with the other results "
+                f"asked for in the same gather, more than this client accepts in one "
+                f"message ({g['max_bytes']} bytes, Client(max_message_bytes=...))")}
 
     def _on_scatter(self, cid, msg):
         """Put client data on workers; the client hears back once a worker holds it."""
