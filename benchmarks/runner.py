@@ -82,6 +82,7 @@ def settings_for(args):
         "mode": mode,
         "quick": args.quick,
         "repeats": args.repeats or (1 if args.quick else 3),
+        "repeats_given": args.repeats is not None,
         "sizes": sizes,
         "deadlines": {k: v * scale for k, v in DEADLINES[mode].items()},
         "wait_timeout": (60.0 if args.quick else 1800.0) * scale,

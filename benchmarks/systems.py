@@ -33,6 +33,7 @@ class System:
         self.log_path = log_path
         self.settings = settings or {}
         self.repeats = self.settings.get("repeats", 3)
+        self.repeats_given = self.settings.get("repeats_given", False)   # --repeats N
         self.quick = self.settings.get("quick", False)
         self.client = None
         self.running = False

@@ -42,13 +42,14 @@ def _check(ok, what):
         raise AssertionError(f"wrong result: {what}")
 
 
-def _timed_runs(system, run, warmup_arg, arg):
-    """Warm up once with ``warmup_arg``, then time ``system.repeats`` runs with ``arg``."""
+def _timed_runs(system, run, warmup_arg, arg, repeats=None):
+    """Warm up once with ``warmup_arg``, then time ``repeats`` (default
+    ``system.repeats``) runs with ``arg``."""
     run(warmup_arg)
     gc.collect()
     system.settle()
     times = []
-    for _ in range(system.repeats):
+    for _ in range(repeats or system.repeats):
         times.append(run(arg))
         gc.collect()
         system.settle()
@@ -261,7 +262,10 @@ def transfer(system, size):
         del x, y
         return dt
 
-    times = _timed_runs(system, run, size, size)
+    # A run takes well under a second, and page faults and other work on the machine
+    # move single runs by 2x either way: ten runs (unless --repeats says otherwise).
+    repeats = None if system.quick or system.repeats_given else TRANSFER_REPEATS
+    times = _timed_runs(system, run, size, size, repeats)
     return {
         "path": "submit(make_array, workers=[A]); wait; then time submit(use, x, workers=[B]).result()",
         "bytes": size,
@@ -274,6 +278,7 @@ def transfer(system, size):
 # ------------------------------------------------------------------ e
 
 FAN_IN = 100
+TRANSFER_REPEATS = 10
 
 
 def _reduction_count(leaves):
