@@ -46,6 +46,8 @@ def wait_for(predicate, timeout=10.0, interval=0.01, message="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
+            if callable(message):
+                message = message()
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
 
@@ -68,7 +70,8 @@ def local_cluster(scheduler_options=None, worker_options=None, client_options=No
         for w in workers:
             w.close()
         s.close()
-    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
+    wait_for(lambda: not dask_ipy_threads(), timeout=5,
+             message=lambda: f"threads to stop: {dask_ipy_threads()}")
 
 
 @pytest.fixture

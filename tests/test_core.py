@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import ProcessCluster, dask_ipy_threads, wait_for
+from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
 from core_ops import array_of, array_sum, inc
 from dask_ipy import Client, Scheduler, Security, Worker
-from dask_ipy.protocol import Session, serialize
+from dask_ipy.protocol import MessageTooLarge, Session, serialize
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -316,3 +316,21 @@ def test_large_graphs_complete_on_separate_processes(big_cluster, n_inputs, caps
         wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="tasks to be freed")
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------- caps
+
+def payload(nbytes, fill):
+    return bytes([fill]) * nbytes
+
+
+def test_a_gather_bigger_than_the_clients_cap_is_an_error_naming_a_key_not_a_hang():
+    """Each value fits the client's cap, all of them together do not."""
+    with local_cluster(client_options={"max_message_bytes": 3_000_000}) as (s, ws, c):
+        a, b = (c.submit(payload, 2_000_000, i, key=f"two-mb-{i}") for i in (1, 2))
+        small = c.submit(payload, 100, 3)
+        assert a.result(timeout=30) == b"\x01" * 2_000_000
+        with pytest.raises(MessageTooLarge, match="two-mb-[12]"):   # the one that came last
+            c.gather([a, small, b], timeout=30)
+        assert c.gather([small, b], timeout=30)[1] == b"\x02" * 2_000_000
+        assert c.submit(inc, 1).result(timeout=30) == 2

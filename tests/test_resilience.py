@@ -22,7 +22,7 @@ import pytest
 from dask._task_spec import Task, TaskRef
 
 import resilience_ops as ops
-from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
+from conftest import ProcessCluster, dask_ipy_threads, wait_for
 from dask_ipy import CycleError, KilledWorker, MissingDependency, SchedulerLost, wait
 from dask_ipy.protocol import MessageTooLarge
 from dask_ipy.scheduler.state import SchedulerState
@@ -488,18 +488,6 @@ def test_unpicklable_result_is_a_type_error_naming_the_key(capped):
     # On the cluster it is an ordinary value: a task may use it.
     assert c.submit(ops.type_name, lock).result(timeout=30) == "lock"
     assert_still_serving(c)
-
-
-def test_a_gather_bigger_than_the_clients_cap_is_an_error_naming_a_key_not_a_hang():
-    """Each value fits the client's cap, all of them together do not."""
-    with local_cluster(client_options={"max_message_bytes": 3_000_000}) as (s, ws, c):
-        a, b = (c.submit(ops.payload, 2_000_000, i, key=f"two-mb-{i}") for i in (1, 2))
-        small = c.submit(ops.payload, 100, 3)
-        assert a.result(timeout=30) == b"\x01" * 2_000_000
-        with pytest.raises(MessageTooLarge, match="two-mb-2"):
-            c.gather([a, small, b], timeout=30)
-        assert c.gather([small, b], timeout=30)[1] == b"\x02" * 2_000_000
-        assert c.submit(ops.inc, 1).result(timeout=30) == 2
 
 
 def test_one_gigabyte_result_works_on_the_cluster_and_is_too_big_to_gather(capped):
