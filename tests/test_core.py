@@ -16,6 +16,7 @@ import zmq
 
 from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
 from core_ops import array_of, array_sum, inc
+from resilience_ops import CreateFileOnLoad
 from dask_ipy import Client, Scheduler, Security, Worker
 from dask_ipy.protocol import MessageTooLarge, Session, serialize
 
@@ -226,18 +227,10 @@ def test_custom_data_mapping_receives_results(cluster):
 
 # ---------------------------------------------------------------- hostile input
 
-class MakesAFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_unauthenticated_pickles_are_never_loaded(cluster, tmp_path):
     s, (wa, wb), c = cluster
     target = tmp_path / "pwned"
-    evil = pickle.dumps(MakesAFile(str(target)))
+    evil = pickle.dumps(CreateFileOnLoad(str(target)))
     assert not target.exists()
     intruder = Session(os.urandom(32), b"intruder")       # the wrong key
     forged = [
@@ -245,9 +238,9 @@ def test_unauthenticated_pickles_are_never_loaded(cluster, tmp_path):
         [b"\0" * 32, evil],
         [b"\0" * 32, b"header", evil],
         intruder.dumps([{"op": "update-graph", "keys": ["k"],
-                         "tasks": [("k", serialize(MakesAFile(str(target))), [])]}]),
+                         "tasks": [("k", serialize(CreateFileOnLoad(str(target))), [])]}]),
         intruder.dumps([{"op": "put-data", "data": {"k": serialize(
-            MakesAFile(str(target)))}}]),
+            CreateFileOnLoad(str(target)))}}]),
         intruder.dumps([{"op": "get-data", "keys": ["k"], "request_id": "r"}]),
     ]
     ctx = zmq.Context()

@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from dask_ipy import protocol
+from resilience_ops import CreateFileOnLoad
 from dask_ipy.protocol import (
     BadSignature,
     MalformedMessage,
@@ -127,7 +128,7 @@ def test_many_serialized_values_map_to_their_frames(worker, scheduler):
 
 def test_serialized_is_forwarded_without_unpickling(tmp_path, worker, scheduler):
     marker = tmp_path / "ran"
-    value = Serialized([pickle.dumps(_Touch(str(marker)))])
+    value = Serialized([pickle.dumps(CreateFileOnLoad(str(marker)))])
     client = Session(KEY, b"client-1")
     [at_scheduler] = scheduler.loads(client.dumps([{"op": "x", "value": value}]))
     [at_worker] = worker.loads(scheduler.dumps([at_scheduler], to=b"worker-1"))
@@ -330,19 +331,9 @@ def test_rejected_messages_do_not_consume_the_counter(worker, scheduler):
     assert scheduler.loads(frames, sender=b"worker-1") == [{"op": "x"}]
 
 
-class _Touch:
-    """Unpickling this creates a file: stands in for a malicious payload."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_malicious_pickle_with_bad_mac_never_runs(tmp_path, scheduler):
     marker = tmp_path / "pwned"
-    evil = Serialized([pickle.dumps(_Touch(str(marker)))])
+    evil = Serialized([pickle.dumps(CreateFileOnLoad(str(marker)))])
     attacker = Session(b"guessed-key", b"worker-1")
     for frames in (attacker.dumps([{"op": "data", "value": evil}]), [b"\x00" * 32, b"\x00" * 40]):
         with pytest.raises(BadSignature):

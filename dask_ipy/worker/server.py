@@ -203,9 +203,6 @@ class Worker:
         # Connections to peers carry the old identity, which the new one's signature
         # would contradict (peers would refuse every request): open new ones.
         for peer in list(self.peers):
-            pending = self.gather_timers.pop(peer, None)
-            if pending is not None:
-                IOLoop.cancel_timer(pending[1])
             self._drop_peer(peer)
         self._connect()
 
@@ -218,9 +215,6 @@ class Worker:
         for msg in msgs:
             op = msg.pop("op")
             if op == "worker-removed":
-                pending = self.gather_timers.pop(msg["address"], None)
-                if pending is not None:
-                    IOLoop.cancel_timer(pending[1])
                 self._drop_peer(msg["address"])
                 self._handle(op, **msg)
             elif op in ("compute-task", "free-keys", "who-has", "restart", "go"):
@@ -415,17 +409,31 @@ class Worker:
                            peer, e)
             self.loop.call_soon(self._gather_timed_out, peer, request_id)
 
-    def _gather_timed_out(self, peer, request_id):
+    def _take_pending(self, peer, request_id):
+        """The gather from ``peer`` (request id, timer, keys) if ``request_id`` is the
+        one in flight, now ended; else None (a late answer to one given up on)."""
         pending = self.gather_timers.get(peer)
         if pending is None or pending[0] != request_id:
-            return
+            return None
         del self.gather_timers[peer]
+        IOLoop.cancel_timer(pending[1])
+        return pending
+
+    def _gather_timed_out(self, peer, request_id):
+        if self._take_pending(peer, request_id) is None:
+            return
         logger.warning("worker %s: %s did not answer in %.0f s", self.address, peer,
                        self.gather_timeout)
         self._drop_peer(peer)
         self._handle("gather-failed", peer=peer)
 
     def _drop_peer(self, peer):
+        """Forget a peer: its connection, any gather from it in flight, and whether its
+        side channel failed (a new worker may come at the same address)."""
+        pending = self.gather_timers.pop(peer, None)
+        if pending is not None:
+            IOLoop.cancel_timer(pending[1])
+        self.no_bulk.discard(peer)
         sock = self.peers.pop(peer, None)
         if sock is not None:
             self.peer_sockets.pop(sock, None)
@@ -440,20 +448,15 @@ class Worker:
             return
         for msg in msgs:
             pending = self.gather_timers.get(peer)
-            if pending is None or pending[0] != msg.get("request_id"):
-                continue                     # a late reply to a request given up on
-            if msg.get("op") == "data-bulk":
+            if msg.get("op") != "data-bulk":
+                self._gather_done(peer, msg)
+            elif pending is not None and pending[0] == msg.get("request_id"):
                 threading.Thread(target=self._fetch_bulk, args=(peer, msg), daemon=True,
                                  name="dask-ipy-bulk-fetch").start()
-            else:
-                self._gather_done(peer, msg)
 
     def _gather_done(self, peer, msg):
-        pending = self.gather_timers.get(peer)
-        if pending is None or pending[0] != msg.get("request_id"):
+        if self._take_pending(peer, msg.get("request_id")) is None:
             return
-        del self.gather_timers[peer]
-        IOLoop.cancel_timer(pending[1])
         values, sizes, missing = {}, {}, list(msg.get("missing", ()))
         for key, blob in msg.get("data", {}).items():
             try:
@@ -486,12 +489,9 @@ class Worker:
         self.loop.call_soon(self._gather_done, peer, msgs[0])
 
     def _bulk_failed(self, peer, request_id):
-        pending = self.gather_timers.pop(peer, None)
-        if pending is None or pending[0] != request_id:
-            if pending is not None:
-                self.gather_timers[peer] = pending
+        pending = self._take_pending(peer, request_id)
+        if pending is None:
             return
-        IOLoop.cancel_timer(pending[1])
         self.no_bulk.add(peer)
         self._gather(peer, pending[2])
 
