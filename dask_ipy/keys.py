@@ -8,8 +8,8 @@ def _is_token(word):
     """A generated part of a key: a number, or a hex token of 5+ characters."""
     if word.isdigit():
         return True
-    return len(word) >= 5 and all(c in "0123456789abcdef" for c in word) and \
-        any(c.isdigit() for c in word)
+    # All hex digits (nothing left once they are stripped), not all letters.
+    return len(word) >= 5 and not word.strip("0123456789abcdef") and not word.isalpha()
 
 
 def key_prefix(key) -> str:

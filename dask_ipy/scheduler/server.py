@@ -81,7 +81,7 @@ class Scheduler:
 
     def _decode(self, frames):
         peer = frames[0].bytes
-        self.bytes_received += sum(len(f.buffer) for f in frames)
+        self.bytes_received += sum(map(len, frames))
         try:
             return peer, self.session.loads(frames[1:], sender=peer)
         except ProtocolError as e:
