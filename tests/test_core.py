@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
-from core_ops import array_of, array_sum, inc
+from core_ops import array_of, array_sum, inc, thread_name
 from resilience_ops import CreateFileOnLoad
 from dask_ipy import Client, Scheduler, Security, Worker
 from dask_ipy.protocol import MessageTooLarge, Session, serialize
@@ -204,6 +204,25 @@ class RecordingStore(MutableMapping):
 
     def __len__(self):
         return len(self.inner)
+
+
+def test_a_tiny_task_alone_runs_at_once_on_the_workers_thread_until_one_is_slow(cluster):
+    s, (w, _), c = cluster
+
+    def run(x, **kwargs):
+        return c.submit(thread_name, x, workers=[w.address], **kwargs).result()
+
+    assert run(0).startswith("dask-ipy-worker-task")   # duration unknown: the pool
+    assert run(1) == "dask-ipy-worker"                  # known to be tiny: at once
+    # Thought tiny, but slow: its group keeps off the worker's thread from now on.
+    assert run(2, delay=0.05) == "dask-ipy-worker"
+    assert w.state.slow_groups == {"thread_name"}
+
+
+def test_workers_may_keep_every_task_in_the_pool():
+    with local_cluster(worker_options={"immediate_tasks": False}) as (s, (w, _), c):
+        names = {c.submit(thread_name, i, workers=[w.address]).result() for i in range(4)}
+        assert all(n.startswith("dask-ipy-worker-task") for n in names)
 
 
 def test_custom_data_mapping_receives_results(cluster):

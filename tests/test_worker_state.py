@@ -250,3 +250,56 @@ def test_restart_drops_everything_and_cancels_running_work(ws):
 def test_get_data_serves_what_is_held(ws):
     ws.handle("put-data", data={"a": 1}, sizes={"a": (28, "int")})
     assert ws.get_data(["a", "b"]) == ({"a": 1}, ["b"])
+
+
+# ------------------------------------------------------------ immediate runs
+
+
+def short(ws, key, duration=0.0001):
+    return ws.handle("compute-task", key=key, run_spec=f"spec-{key}", priority=(0, 1, 0),
+                     duration=duration)
+
+
+def test_a_short_task_that_would_run_alone_runs_immediately(ws):
+    assert short(ws, "inc-1") == [Execute("inc-1", "spec-inc-1", {}, immediate=True)]
+    # Not announced: the scheduler blames announced tasks when a worker dies.
+    success(ws, "inc-1", 2)
+    # Unknown or long tasks go to the pool, announced.
+    assert ws.handle("compute-task", key="new-1", run_spec="s", priority=(0, 1, 0)) == \
+        started("new-1", "s", {})
+
+
+def test_only_the_first_of_several_short_tasks_runs_immediately():
+    ws = WorkerState(ME, nthreads=1, validating=True)
+    tasks = [("compute-task", {"key": f"inc-{i}", "run_spec": "s", "priority": (0, 1, i),
+                               "duration": 0.0001}) for i in range(3)]
+    out = ws.handle("compute-task", **tasks[0][1])
+    assert [r.immediate for r in out] == [True]
+    # The shell has not reported it yet: the next ones go to the pool.
+    assert [r.immediate for r in ws.handle("compute-task", **tasks[1][1])] == [False]
+    assert [r.immediate for r in ws.handle("compute-task", **tasks[2][1])] == [False]
+
+
+def test_a_group_once_slow_when_run_immediately_never_is_again(ws):
+    short(ws, "inc-1")
+    ws.handle("execute-success", key="inc-1", value=2, nbytes=8, start=5.0, stop=5.5,
+              immediate=True)
+    assert ws.slow_groups == {"inc"}
+    assert short(ws, "inc-2") == [Execute("inc-2", "spec-inc-2", {})]
+    # Other groups still do; a failure counts as much as a success.
+    short(ws, "dec-1")
+    ws.handle("execute-failure", key="dec-1", error={"text": "boom"}, start=1.0,
+              stop=2.0, immediate=True)
+    assert ws.slow_groups == {"inc", "dec"}
+    # A slow run in the pool says nothing about the shell's thread.
+    ws.handle("execute-success", key="inc-2", value=3, nbytes=8, start=1.0, stop=9.0)
+    short(ws, "neg-1")
+    ws.handle("compute-task", key="neg-2", run_spec="s", priority=(0, 1, 0),
+              duration=0.0001)
+    ws.handle("execute-success", key="neg-2", value=3, nbytes=8, start=1.0, stop=9.0)
+    assert ws.slow_groups == {"inc", "dec"}
+
+
+def test_immediate_runs_can_be_turned_off():
+    ws = WorkerState(ME, nthreads=1, validating=True, immediate=False)
+    assert short(ws, "inc-1") == [Execute("inc-1", "spec-inc-1", {})]
