@@ -213,9 +213,11 @@ def test_a_tiny_task_alone_runs_at_once_on_the_workers_thread_until_one_is_slow(
         return c.submit(thread_name, x, workers=[w.address], **kwargs).result()
 
     assert run(0).startswith("dask-ipy-worker-task")   # duration unknown: the pool
-    assert run(1) == "dask-ipy-worker"                  # known to be tiny: at once
+    # Known to be tiny (once the scheduler's running estimate has forgotten a slow
+    # first run on a busy machine): at once.
+    assert [run(i) for i in range(1, 20)][-1] == "dask-ipy-worker"
     # Thought tiny, but slow: its group keeps off the worker's thread from now on.
-    assert run(2, delay=0.05) == "dask-ipy-worker"
+    assert run(20, delay=0.05) == "dask-ipy-worker"
     assert w.state.slow_groups == {"thread_name"}
 
 
