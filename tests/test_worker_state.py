@@ -269,15 +269,11 @@ def test_a_short_task_that_would_run_alone_runs_immediately(ws):
         started("new-1", "s", {})
 
 
-def test_only_the_first_of_several_short_tasks_runs_immediately():
-    ws = WorkerState(ME, nthreads=1, validating=True)
-    tasks = [("compute-task", {"key": f"inc-{i}", "run_spec": "s", "priority": (0, 1, i),
-                               "duration": 0.0001}) for i in range(3)]
-    out = ws.handle("compute-task", **tasks[0][1])
-    assert [r.immediate for r in out] == [True]
+def test_only_the_first_of_several_short_tasks_runs_immediately(ws):
+    assert [r.immediate for r in short(ws, "inc-0")] == [True]
     # The shell has not reported it yet: the next ones go to the pool.
-    assert [r.immediate for r in ws.handle("compute-task", **tasks[1][1])] == [False]
-    assert [r.immediate for r in ws.handle("compute-task", **tasks[2][1])] == [False]
+    assert [r.immediate for r in short(ws, "inc-1")] == [False]
+    assert [r.immediate for r in short(ws, "inc-2")] == [False]
 
 
 def test_a_group_once_slow_when_run_immediately_never_is_again(ws):

@@ -242,10 +242,10 @@ class Worker:
                 return
 
     def _handle(self, op, **kw):
-        events = [(op, kw)]
+        event = (op, kw)
         ran_one = False
-        while events:
-            op, kw = events.pop()
+        while event is not None:
+            (op, kw), event = event, None
             runs = []
             announced = False
             for inst in self.state.handle(op, **kw):
@@ -274,7 +274,7 @@ class Worker:
                 # per received event, so that this thread soon gets back to its
                 # sockets.
                 ran_one = True
-                events.append(self._execute(now))
+                event = self._execute(now)
 
     def _flush(self):
         if self.outgoing:
