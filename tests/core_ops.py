@@ -107,12 +107,6 @@ def where(x=None):
     return os.getpid(), threading.get_ident()
 
 
-def thread_name(x=None, delay=0.0):
-    """The name of the thread that ran this task (after ``delay`` seconds)."""
-    time.sleep(delay)
-    return threading.current_thread().name
-
-
 def array_of(nbytes, fill=1):
     import numpy as np
 

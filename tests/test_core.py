@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
-from core_ops import array_of, array_sum, inc, thread_name
+from core_ops import array_of, array_sum, inc, wait_for_file
 from resilience_ops import CreateFileOnLoad
 from dask_ipy import Client, Scheduler, Security, Worker
 from dask_ipy.protocol import MessageTooLarge, Session, serialize
@@ -206,25 +206,26 @@ class RecordingStore(MutableMapping):
         return len(self.inner)
 
 
-def test_a_tiny_task_alone_runs_at_once_on_the_workers_thread_until_one_is_slow(cluster):
-    s, (w, _), c = cluster
-
-    def run(x, **kwargs):
-        return c.submit(thread_name, x, workers=[w.address], **kwargs).result()
-
-    assert run(0).startswith("dask-ipy-worker-task")   # duration unknown: the pool
-    # Known to be tiny (once the scheduler's running estimate has forgotten a slow
-    # first run on a busy machine): at once.
-    assert [run(i) for i in range(1, 20)][-1] == "dask-ipy-worker"
-    # Thought tiny, but slow: its group keeps off the worker's thread from now on.
-    assert run(20, delay=0.05) == "dask-ipy-worker"
-    assert w.state.slow_groups == {"thread_name"}
-
-
-def test_workers_may_keep_every_task_in_the_pool():
-    with local_cluster(worker_options={"immediate_tasks": False}) as (s, (w, _), c):
-        names = {c.submit(thread_name, i, workers=[w.address]).result() for i in range(4)}
-        assert all(n.startswith("dask-ipy-worker-task") for n in names)
+def test_a_blocked_task_of_a_tiny_group_never_silences_its_worker(tmp_path):
+    """Tasks run on pool threads, never on the worker's I/O thread, however tiny their
+    group has been: while one blocks, the worker still sends heartbeats and serves its
+    data to peers."""
+    gate = str(tmp_path / "gate")
+    ready = tmp_path / "ready"
+    ready.touch()
+    with local_cluster(scheduler_options={"heartbeat_timeout": 1.0},
+                       worker_options={"heartbeat_interval": 0.1}) as (s, (a, b), c):
+        tiny = [c.submit(wait_for_file, str(ready), 1, i, workers=[a.address], pure=False)
+                for i in range(20)]
+        assert c.gather(tiny) == list(range(20))
+        blocked = c.submit(wait_for_file, gate, 30, "done", workers=[a.address])
+        wait_for(lambda: a.state.executing, message="the blocked task to start")
+        # b fetches from a while a's only thread waits at the gate.
+        assert c.submit(inc, tiny[0], workers=[b.address]).result(timeout=5) == 1
+        time.sleep(1.5)                 # longer than the scheduler's heartbeat timeout
+        assert a.id in s.state.workers
+        open(gate, "w").close()
+        assert blocked.result(timeout=10) == "done"
 
 
 def test_custom_data_mapping_receives_results(cluster):

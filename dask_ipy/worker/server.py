@@ -128,16 +128,11 @@ class Worker:
     >>> w = Worker(scheduler=s.address_to_workers)          # data={} by default
     >>> w = Worker(scheduler=..., hostname=..., port_to_workers=1234, data=mapping,
     ...            nthreads=2)
-
-    A task the scheduler knows to take under a millisecond, when nothing else runs
-    here, runs at once on the worker's I/O thread rather than on a pool thread;
-    ``immediate_tasks=False`` sends every task to the pool.
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
                  nthreads=1, security=None, name=None, heartbeat_interval=0.5,
-                 gather_timeout=30.0, validate=False, max_message_bytes=MAX_MESSAGE_BYTES,
-                 immediate_tasks=True):
+                 gather_timeout=30.0, validate=False, max_message_bytes=MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler, security, "address_to_workers")
@@ -160,8 +155,7 @@ class Worker:
         self.no_bulk = set()                   # peers whose side channel failed us
         self.name = name if name is not None else self.address
         self.data = data if data is not None else {}
-        self.state = WorkerState(self.address, nthreads, self.data, validate,
-                                 immediate=immediate_tasks)
+        self.state = WorkerState(self.address, nthreads, self.data, validate)
         self.process = psutil.Process()
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
@@ -242,39 +236,24 @@ class Worker:
                 return
 
     def _handle(self, op, **kw):
-        event = (op, kw)
-        ran_one = False
-        while event is not None:
-            (op, kw), event = event, None
-            runs = []
-            announced = False
-            for inst in self.state.handle(op, **kw):
-                if isinstance(inst, Send):
-                    self.outgoing.append(inst.msg)
-                    announced = announced or inst.msg["op"] == "task-started"
-                elif isinstance(inst, Execute):
-                    runs.append(inst)
-                elif isinstance(inst, GatherDep):
-                    self._gather(inst.peer, inst.keys)
-            if announced and runs:
+        runs = []
+        announced = False
+        for inst in self.state.handle(op, **kw):
+            if isinstance(inst, Send):
+                self.outgoing.append(inst.msg)
+                announced = announced or inst.msg["op"] == "task-started"
+            elif isinstance(inst, Execute):
+                runs.append(inst)
+            elif isinstance(inst, GatherDep):
+                self._gather(inst.peer, inst.keys)
+        if runs:
+            if announced:
                 # "task-started" leaves before the task runs: if it kills this
                 # process, the scheduler blames the right task.  (Tiny tasks are
                 # not announced, and their results keep travelling in batches.)
                 self._flush()
-            now = None
             for inst in runs:
-                if inst.immediate and not ran_one and now is None:
-                    now = inst
-                else:
-                    inst.immediate = False
-                    self.jobs.put(inst)
-            if now is not None:
-                # A tiny task that would run alone runs here and now: handing it to
-                # a pool thread and its result back takes longer than the task.  One
-                # per received event, so that this thread soon gets back to its
-                # sockets.
-                ran_one = True
-                event = self._execute(now)
+                self.jobs.put(inst)
 
     def _flush(self):
         if self.outgoing:
@@ -303,31 +282,24 @@ class Worker:
             job = self.jobs.get()
             if job is None:
                 return
-            result = self._execute(job)
+            start = time.time()
+            try:
+                node = deserialize(job.run_spec)
+                value = execute(node, job.inputs)
+                nbytes = sizeof(value)
+                result = ("execute-success", {"key": job.key, "value": value,
+                                              "nbytes": nbytes, "type": typename(value),
+                                              "start": start, "stop": time.time(),
+                                              "data": inline(value, nbytes, job)})
+            except BaseException as e:  # a task may raise anything, SystemExit too
+                result = ("execute-failure", {"key": job.key,
+                                              "error": error_payload(e, e.__traceback__),
+                                              "start": start, "stop": time.time()})
+                del e
             job = None
             if self.closed.is_set():
                 continue
             self.loop.call_soon(self._task_done, result)
-
-    @staticmethod
-    def _execute(job):
-        """Run one task (on a pool thread, or the I/O thread for an immediate one);
-        the event for the state machine."""
-        start = time.time()
-        try:
-            node = deserialize(job.run_spec)
-            value = execute(node, job.inputs)
-            nbytes = sizeof(value)
-            return ("execute-success", {"key": job.key, "value": value,
-                                        "nbytes": nbytes, "type": typename(value),
-                                        "start": start, "stop": time.time(),
-                                        "data": inline(value, nbytes, job),
-                                        "immediate": job.immediate})
-        except BaseException as e:  # a task may raise anything, SystemExit too
-            return ("execute-failure", {"key": job.key,
-                                        "error": error_payload(e, e.__traceback__),
-                                        "start": start, "stop": time.time(),
-                                        "immediate": job.immediate})
 
     def _task_done(self, result):
         op, kw = result

@@ -33,14 +33,8 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
-from ..keys import key_prefix
-
 SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
 PREFETCH = 8           # tasks per thread handed to the pool when they are short
-# A short task that would run alone runs at once on the shell's own thread: the hand-off
-# to a pool thread and back costs more than such a task.  One that then takes this long
-# (seconds) keeps its group off the shell's thread for good.
-IMMEDIATE_LIMIT = 0.02
 
 
 @dataclass
@@ -49,7 +43,6 @@ class Execute:
     run_spec: object
     inputs: dict
     want_data: bool = False      # send a small result along with "task-finished"
-    immediate: bool = False      # run at once by the shell, not queued for the pool
 
 
 @dataclass
@@ -95,7 +88,6 @@ class WorkerState:
     nthreads: int = 1
     data: object = field(default_factory=dict)
     validating: bool = False
-    immediate: bool = True        # may short tasks run at once (see IMMEDIATE_LIMIT)
 
     def __post_init__(self):
         self.tasks = {}
@@ -105,7 +97,6 @@ class WorkerState:
         self.nbytes = {}              # {key: bytes} of what is in data
         self.fetching = set()         # keys in state "fetch"
         self.unconfirmed = {}         # {key: Execute} waiting for the scheduler's "go"
-        self.slow_groups = set()      # key prefixes once too slow to run immediately
         self._seq = itertools.count()
         self._handlers = {name[4:].replace("_", "-"): getattr(self, name)
                           for name in dir(self) if name.startswith("_on_")}
@@ -296,9 +287,8 @@ class WorkerState:
     # ------------------------------------------------------------ local events
 
     def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
-                            stop=0.0, data=None, immediate=False):
+                            stop=0.0, data=None):
         self.executing.discard(key)
-        self._check_immediate(key, immediate, start, stop)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
             if ts is not None:
@@ -314,10 +304,8 @@ class WorkerState:
         out.append(Send(msg))
         self._done_with_inputs(ts)
 
-    def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0,
-                            immediate=False):
+    def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
         self.executing.discard(key)
-        self._check_immediate(key, immediate, start, stop)
         ts = self.tasks.get(key)
         if ts is None:
             return
@@ -327,10 +315,6 @@ class WorkerState:
         ts.computed = False
         self._done_with_inputs(ts)
         self._release(ts)
-
-    def _check_immediate(self, key, immediate, start, stop):
-        if immediate and stop - start > IMMEDIATE_LIMIT:
-            self.slow_groups.add(key_prefix(key))
 
     def _done_with_inputs(self, ts):
         for dts in ts.dependencies:
@@ -398,8 +382,6 @@ class WorkerState:
         handed to the pool a few at a time, so the pool runs them back to back
         instead of waiting for this thread between each; others one per thread,
         announced with "task-started" (the scheduler blames those when a worker dies).
-        A tiny task that would run alone is marked ``immediate``: the shell runs it
-        at once, unless its group once took longer than `IMMEDIATE_LIMIT` that way.
         """
         while self.ready:
             ts = self.tasks.get(self.ready[0][2])
@@ -415,9 +397,7 @@ class WorkerState:
             ts.cancelled = False
             self.executing.add(ts.key)
             inputs = {d.key: self.data[d.key] for d in ts.dependencies}
-            immediate = (short and self.immediate and len(self.executing) == 1
-                         and not ts.confirm and key_prefix(ts.key) not in self.slow_groups)
-            run = Execute(ts.key, ts.run_spec, inputs, ts.want_data, immediate)
+            run = Execute(ts.key, ts.run_spec, inputs, ts.want_data)
             if ts.confirm:
                 # It was running on a worker that died.  It runs once the scheduler
                 # has seen "task-started", so that if it kills this worker too, the
