@@ -851,7 +851,11 @@ class Client:
     ncores = nthreads
 
     def restart(self, timeout=30):
-        """Forget every task and drop all data on the workers."""
+        """Forget every task and drop all data on the workers.
+
+        The worker processes stay: a task already running finishes on its thread (a
+        Python thread cannot be stopped) and its result is dropped; the worker runs
+        new tasks on its other threads meanwhile, and on that one once it is free."""
         self._request({"op": "restart"}, timeout=timeout)
         return self
 
