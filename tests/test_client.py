@@ -210,6 +210,8 @@ def test_remote_exception_keeps_its_type_and_traceback(c):
     text = "".join(traceback.format_exception(info.value))
     assert "_inner_failure" in text and "fail_deeply" in text
     assert "core_ops.py" in text
+    # The worker's own frames (its pool thread, the graph executor) are left out.
+    assert "worker/server.py" not in text and "dask_ipy/graph.py" not in text
     assert c.submit(fail, 1).exception(timeout=10).__class__ is Boom
 
 

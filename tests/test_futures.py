@@ -2,6 +2,7 @@
 
 import concurrent.futures as cf
 import gc
+import sys
 import threading
 import types
 
@@ -10,7 +11,8 @@ import pytest
 from conftest import wait_for
 from core_ops import Boom, fail, fail_deeply, inc, slow_inc, wait_for_file
 from dask_ipy import CancelledError, Future, as_completed, wait
-from dask_ipy.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from dask_ipy.futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION,
+                              restore_filenames)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,6 +62,39 @@ def test_exception_and_traceback_of_a_failure(c):
     assert names[-2:] == ["fail_deeply", "_inner_failure"]
     with pytest.raises(ZeroDivisionError):
         f.result()
+
+
+CELL = """
+def outer(x):
+    def inner(y):
+        return 1 / y
+    return inner(x)
+
+class Model:
+    def fit(self):
+        raise ValueError
+"""
+
+
+def test_frames_of_code_sent_by_value_get_their_file_names_back(monkeypatch):
+    module = types.ModuleType("cells")
+    exec(compile(CELL, "<cell 7>", "exec"), vars(module))
+    monkeypatch.setitem(sys.modules, "cells", module)
+
+    def frame(name, line, below=None, module="cells"):
+        return {"tb_frame": {"f_globals": {"__name__": module},
+                             "f_code": {"co_filename": "<dynamic-code>", "co_name": name}},
+                "tb_lineno": line, "tb_next": below}
+    frames = frame("outer", 5, frame("inner", 4, frame("fit", 9, frame(
+        "outer", 9, frame("gone", 2, frame("inner", 4, module="elsewhere"))))))
+    restore_filenames(frames)
+    found = []
+    while frames is not None:
+        found.append(frames["tb_frame"]["f_code"]["co_filename"])
+        frames = frames["tb_next"]
+    # outer, inner (nested) and a method are found by name and line; a name at a line
+    # it does not have, an unknown name and an unknown module are left as they were.
+    assert found == ["<cell 7>"] * 3 + ["<dynamic-code>"] * 3
 
 
 def test_cancel_then_result_raises_cancelled_error(c, gate):

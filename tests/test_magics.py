@@ -306,6 +306,20 @@ def test_remote_error_shows_the_remote_traceback(connected):
     assert run(ip, "%%dget y\n" + SEED)[0].result == 3
 
 
+def test_a_remote_error_in_a_cells_function_shows_that_cell(connected):
+    """The function went by value (cloudpickle renames its code "<dynamic-code>"):
+    its frame names its cell and line again, with the source, and the worker's own
+    frames are left out."""
+    ip = connected
+    run(ip, "def halve(x):\n    if x % 2:\n        raise ValueError(f'odd: {x}')\n"
+            "    return x // 2")
+    r, out = run(ip, "c.submit(halve, 3).result()", error=ValueError)
+    assert "<dynamic-code>" not in out
+    assert "line 3, in halve" in out
+    assert "raise ValueError(f'odd: {x}')" in out
+    assert "worker/server.py" not in out and "dask_ipy/graph.py" not in out
+
+
 def test_cell_errors_are_the_cells_own(connected):
     r, out = run(connected, "%%dget\n1 / 0", error=ZeroDivisionError)
     assert "1 / 0" in out

@@ -68,11 +68,24 @@ def local_ip_towards(address):
         return "127.0.0.1"
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def user_frames(tb):
+    """`tb` without its leading frames of this package (the pool thread, the graph
+    executor): a user sees their own code first.  All of it if nothing else is left."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        first = first.tb_next
+    return first if first is not None else tb
+
+
 def error_payload(exc, tb):
     """A task's exception for the wire: the pickled exception when it pickles, the
     traceback as data (tblib), and text for humans and for the scheduler."""
     import tblib
 
+    tb = user_frames(tb)
     text = f"{type(exc).__name__}: {exc}"
     if len(text) > MAX_ERROR_TEXT:
         text = text[:MAX_ERROR_TEXT] + "... (truncated)"
