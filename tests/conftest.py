@@ -188,10 +188,16 @@ def pc(tmp_path_factory):
 
 @pytest.fixture
 def c(pc):
-    """A client of the module's process cluster, starting from an empty scheduler."""
+    """A client of the module's process cluster, starting from an empty scheduler whose
+    workers' threads are all free (a task an earlier test let go may still be ending)."""
     client = pc.client()
+
+    def clean():
+        info = client.scheduler_info()
+        return info["ntasks"] == 0 and not any(w["executing"]
+                                               for w in info["workers"].values())
     try:
-        wait_for(lambda: client.scheduler_info()["ntasks"] == 0, message="a clean slate")
+        wait_for(clean, message="a clean slate")
         yield client
     finally:
         client.close()

@@ -132,6 +132,37 @@ def test_release_while_processing_tells_the_worker(s1):
                                                         "keys": ["x"]})]
 
 
+def eight_tiny_tasks(s):
+    """Submit eight root tasks; the keys handed out at once."""
+    keys = [f"t{i}" for i in range(8)]
+    s.update_graph("c", {k: (f"spec-{k}", []) for k in keys}, keys,
+                   {k: i for i, k in enumerate(keys)})
+    return [m[2]["key"] for m in take(s)]
+
+
+@pytest.mark.parametrize("how", ["release", "restart"])
+def test_a_task_forgotten_while_it_runs_holds_its_thread_until_it_is_over(s1, how):
+    s = s1
+    s.update_graph("c", {"long": ("spec-long", [])}, ["long"])
+    take(s)
+    s.handle_worker_message("w1", {"op": "task-started", "key": "long"})
+    if how == "release":
+        s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["long"]})
+        assert take(s) == [("worker", "w1", {"op": "free-keys", "keys": ["long"]})]
+    else:
+        s.handle_client_message("c", {"op": "restart", "request_id": 1})
+        take(s)
+    assert s.tasks == {} and list(s.workers["w1"].stale) == ["long"]
+    # Its only thread runs on: nothing is handed to it, not even for its queue.
+    assert eight_tiny_tasks(s) == []
+    # Word of a task it did not count changes nothing; word of that one frees it.
+    s.handle_worker_message("w1", {"op": "task-dropped", "key": "t7"})
+    assert take(s) == []
+    s.handle_worker_message("w1", {"op": "task-dropped", "key": "long"})
+    assert [m[2]["key"] for m in take(s)] == ["t0", "t1", "t2"]
+    assert s.workers["w1"].stale == {}
+
+
 def test_key_in_memory_goes_to_every_client_that_wants_it(s1):
     s = s1
     s.add_client("d")
@@ -201,11 +232,12 @@ def test_retries_recompute_then_err(s1):
     s = s1
     s.update_graph("c", {"x": ("spec-x", [])}, ["x"], retries=1)
     assert take(s) == [("worker", "w1", compute("x", "spec-x", (0, 1, 0)))]
-    # The failed attempt is released (the worker has already dropped it), then
-    # the task is sent again.
+    s.handle_worker_message("w1", {"op": "task-started", "key": "x"})
+    # The failed attempt is released (the worker has already dropped it, and its
+    # thread is free), then the task is sent again.
     assert erred(s, "w1", "x") == [("worker", "w1", {"op": "free-keys", "keys": ["x"]}),
                                    ("worker", "w1", compute("x", "spec-x", (0, 1, 0)))]
-    assert states(s) == {"x": "processing"}
+    assert states(s) == {"x": "processing"} and s.workers["w1"].stale == {}
     out = erred(s, "w1", "x", text="again")
     assert [(kind, msg["op"], msg["text"]) for kind, _, msg in out] == [
         ("client", "task-erred", "again")]

@@ -99,7 +99,8 @@ def test_free_keys_while_executing_discards_the_result(ws):
     ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
     assert ws.handle("free-keys", keys=["x"]) == []
     assert states(ws) == {"x": "executing"}           # the thread is still running
-    assert success(ws, "x", 1) == []                  # nothing reported
+    # No result: only word that its thread is free.
+    assert success(ws, "x", 1) == [Send({"op": "task-dropped", "key": "x"})]
     assert ws.tasks == {} and ws.data == {}
 
 
@@ -243,7 +244,7 @@ def test_restart_drops_everything_and_cancels_running_work(ws):
     assert ws.handle("restart") == []
     assert ws.data == {}
     assert states(ws) == {"x": "executing"}
-    assert success(ws, "x", 1) == []
+    assert success(ws, "x", 1) == [Send({"op": "task-dropped", "key": "x"})]
     assert ws.tasks == {} and ws.data == {}
 
 

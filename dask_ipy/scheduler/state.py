@@ -179,7 +179,7 @@ class TaskState:
 
 class WorkerState:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
-                 "processing", "executing", "has_what", "occupancy", "nbytes",
+                 "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
                  "last_seen", "metrics", "since", "status")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
@@ -193,6 +193,9 @@ class WorkerState:
         self.memory_limit = memory_limit
         self.processing = {}
         self.executing = set()
+        # {key: expected duration} of tasks released while they ran here: each holds a
+        # thread (and its share of occupancy) until the worker says it has finished.
+        self.stale = {}
         self.has_what = set()
         self.occupancy = 0.0
         self.nbytes = 0
@@ -515,6 +518,10 @@ class SchedulerState:
 
     def _processing_released(self, ts):
         ws = ts.processing_on
+        if ws is not None and ts in ws.executing:
+            # Its thread runs on (a Python thread cannot be stopped).
+            ws.stale[ts.key] = ws.processing[ts]
+            ws.occupancy += ws.processing[ts]
         self._unassign(ts)
         if ws is not None and ws.id in self.workers:
             self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
@@ -594,12 +601,15 @@ class SchedulerState:
     def _room(self, ws, ts):
         """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
         keeps a short queue, so a finished task starts the next without a round trip;
-        the queue holds about `queue_seconds` of work, so tiny tasks travel in batches."""
+        the queue holds about `queue_seconds` of work, so tiny tasks travel in batches.
+        Threads still running tasks released meanwhile (`WorkerState.stale`) count
+        for nothing."""
         depth = self.saturation
         duration = ts.group.duration
         if duration:
             depth = min(max(depth, self.queue_seconds / duration), self.max_depth)
-        return ws.nthreads + math.ceil(ws.nthreads * depth) - len(ws.processing)
+        threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
+        return threads + math.ceil(threads * depth) - len(ws.processing)
 
     def _worker_with_room(self, ts):
         best = None
@@ -852,6 +862,7 @@ class SchedulerState:
                 recs[ts.key] = RELEASED
         ws.has_what = set()
         ws.processing = {}
+        ws.executing = set()
         ws.status = "closed"
         for other in self.workers.values():
             # Peers fail their fetches from it now rather than after a timeout.
@@ -895,14 +906,22 @@ class SchedulerState:
         ws.metrics = msg.get("metrics", {})
 
     def _on_task_started(self, ws, msg):
-        ts = self.tasks.get(msg["key"])
+        key = msg["key"]
+        ts = self.tasks.get(key)
         if ts is not None and ts.processing_on is ws:
             ws.executing.add(ts)
+        elif key not in ws.stale:
+            # Released before this word came: it holds a thread all the same, until
+            # the worker says it is over.
+            duration = self._duration(ts) if ts is not None else self.default_duration
+            ws.stale[key] = duration
+            ws.occupancy += duration
         if msg.get("confirm"):
             # Always answered, even when stale: the worker holds a thread for it.
             self.send_worker(ws, {"op": "go", "key": msg["key"]})
 
     def _on_task_finished(self, ws, msg):
+        self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
         if ts is None or ts.processing_on is not ws:
             # Stale: cancelled, or rerouted elsewhere.  Keep the data only if useful.
@@ -920,6 +939,22 @@ class SchedulerState:
         self.transitions({ts.key: MEMORY})
         self.fill_workers(ws)
 
+    def _on_task_dropped(self, ws, msg):
+        """A task released while it ran (or waited for "go") there is over; its result,
+        if any, was dropped."""
+        if self._thread_freed(ws, msg["key"]):
+            self.fill_workers(ws)
+
+    @staticmethod
+    def _thread_freed(ws, key):
+        if not ws.stale:
+            return False
+        duration = ws.stale.pop(key, None)
+        if duration is None:
+            return False
+        ws.occupancy = max(ws.occupancy - duration, 0.0)
+        return True
+
     def _add_replica(self, ts, ws):
         if ws not in ts.who_has:
             _add(ts, "who_has", ws)
@@ -927,9 +962,11 @@ class SchedulerState:
             ws.nbytes += max(ts.nbytes, 0)
 
     def _on_task_erred(self, ws, msg):
+        self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
         if ts is None or ts.processing_on is not ws:
             return
+        ws.executing.discard(ts)        # over: a release now frees its thread
         if ts.retries > 0:
             ts.retries -= 1
             self.transitions({ts.key: RELEASED})
@@ -1047,6 +1084,7 @@ class SchedulerState:
         "task-started": _on_task_started,
         "task-finished": _on_task_finished,
         "task-erred": _on_task_erred,
+        "task-dropped": _on_task_dropped,
         "missing-data": _on_missing_data,
         "add-keys": _on_add_keys,
         "release-worker-data": _on_release_worker_data,
@@ -1377,10 +1415,12 @@ class SchedulerState:
             self.send_client(c, {"op": "restarted"})
         for ws in self.workers.values():
             self.send_worker(ws, {"op": "restart"})
+            for ts in ws.executing:
+                ws.stale[ts.key] = ws.processing[ts]
             ws.processing.clear()
             ws.executing.clear()
             ws.has_what.clear()
-            ws.occupancy = 0.0
+            ws.occupancy = sum(ws.stale.values())
             ws.nbytes = 0
         for key in keys:
             ts = self.tasks.pop(key)
@@ -1417,7 +1457,8 @@ class SchedulerState:
         return {
             "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
                                      "pid": ws.pid, "nthreads": ws.nthreads,
-                                     "memory_limit": ws.memory_limit}
+                                     "memory_limit": ws.memory_limit,
+                                     "executing": len(ws.executing) + len(ws.stale)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
             "nclients": len(self.clients),
@@ -1436,7 +1477,7 @@ class SchedulerState:
         for ws in self.workers.values():
             workers.append({
                 "address": ws.address, "name": ws.name, "host": ws.host, "pid": ws.pid,
-                "nthreads": ws.nthreads, "executing": len(ws.executing),
+                "nthreads": ws.nthreads, "executing": len(ws.executing) + len(ws.stale),
                 "processing": len(ws.processing), "keys": len(ws.has_what),
                 "nbytes": ws.nbytes, "memory": ws.metrics.get("memory", 0),
                 "cpu": ws.metrics.get("cpu", 0), "last_seen": now - ws.last_seen,
@@ -1502,6 +1543,8 @@ class SchedulerState:
             for ts in ws.has_what:
                 assert ws in ts.who_has, (ws, ts)
             assert ws.executing <= set(ws.processing), ws
+            expected = sum(ws.processing.values()) + sum(ws.stale.values())
+            assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
         counts = self.task_counts()

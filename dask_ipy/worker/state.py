@@ -56,6 +56,12 @@ class Send:
     msg: dict
 
 
+def dropped(key):
+    """Tell the scheduler that a task it released while it ran here is over: the
+    thread it held is free again (its result, if any, was dropped)."""
+    return Send({"op": "task-dropped", "key": key})
+
+
 class WTask:
     __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
@@ -257,6 +263,7 @@ class WorkerState:
         for key in self.unconfirmed:         # never handed to a thread: just forget
             self.executing.discard(key)
             self.tasks.pop(key, None)
+            out.append(dropped(key))
         self.unconfirmed.clear()
         for ts in self.tasks.values():
             if ts.state == "executing":
@@ -274,13 +281,12 @@ class WorkerState:
         if inst is None:
             return
         ts = self.tasks.get(key)
-        if ts is None:
+        if ts is None or ts.cancelled:       # freed meanwhile: no need to run it
             self.executing.discard(key)
-            return
-        if ts.cancelled:                     # freed meanwhile: no need to run it
-            self.executing.discard(key)
-            ts.state = "released"
-            self._release(ts)
+            out.append(dropped(key))
+            if ts is not None:
+                ts.state = "released"
+                self._release(ts)
             return
         out.append(inst)
 
@@ -291,6 +297,7 @@ class WorkerState:
         self.executing.discard(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
+            out.append(dropped(key))
             if ts is not None:
                 ts.state = "released"
                 self._release(ts)
@@ -307,9 +314,11 @@ class WorkerState:
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
         self.executing.discard(key)
         ts = self.tasks.get(key)
-        if ts is None:
-            return
-        if not ts.cancelled:
+        if ts is None or ts.cancelled:
+            out.append(dropped(key))
+            if ts is None:
+                return
+        else:
             out.append(Send({"op": "task-erred", "key": key, **error}))
         ts.state = "released"
         ts.computed = False
