@@ -153,6 +153,8 @@ def test_a_task_forgotten_while_it_runs_holds_its_thread_until_it_is_over(s1, ho
         s.handle_client_message("c", {"op": "restart", "request_id": 1})
         take(s)
     assert s.tasks == {} and list(s.workers["w1"].stale) == ["long"]
+    (shown,) = s.snapshot(0.0)["workers"]
+    assert (shown["executing"], shown["processing"]) == (1, 1)     # busy, not queued
     # Its only thread runs on: nothing is handed to it, not even for its queue.
     assert eight_tiny_tasks(s) == []
     # Word of a task it did not count changes nothing; word of that one frees it.

@@ -1475,10 +1475,11 @@ class SchedulerState:
         """What a monitor shows: small, built from counters, no walk over tasks."""
         workers = []
         for ws in self.workers.values():
+            # A task released while it runs still holds its thread: it counts here.
             workers.append({
                 "address": ws.address, "name": ws.name, "host": ws.host, "pid": ws.pid,
                 "nthreads": ws.nthreads, "executing": len(ws.executing) + len(ws.stale),
-                "processing": len(ws.processing), "keys": len(ws.has_what),
+                "processing": len(ws.processing) + len(ws.stale), "keys": len(ws.has_what),
                 "nbytes": ws.nbytes, "memory": ws.metrics.get("memory", 0),
                 "cpu": ws.metrics.get("cpu", 0), "last_seen": now - ws.last_seen,
             })
