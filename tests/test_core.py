@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
-from core_ops import array_of, array_sum, inc, wait_for_file
+from core_ops import array_of, array_sum, inc, slow_inc, wait_for_file
 from resilience_ops import CreateFileOnLoad
 from dask_ipy import Client, Scheduler, Security, Worker
 from dask_ipy.protocol import MessageTooLarge, Session, serialize
@@ -226,6 +226,30 @@ def test_a_blocked_task_of_a_tiny_group_never_silences_its_worker(tmp_path):
         assert a.id in s.state.workers
         open(gate, "w").close()
         assert blocked.result(timeout=10) == "done"
+
+
+def test_a_worker_that_joins_takes_over_work_queued_on_a_busy_one():
+    s = Scheduler(validate=True)
+    a = Worker(scheduler=s.address_to_workers, validate=True)
+    c = Client(s.address_to_clients)
+    b = None
+    try:
+        x = c.submit(inc, 0)
+        # Six tasks on x, all sent to the only worker there is.
+        ys = [c.submit(slow_inc, x, delay=0.2, pure=False) for _ in range(6)]
+        wait_for(lambda: len(s.state.workers[a.id].processing) == 6,
+                 message="the tasks to be queued on a")
+        b = Worker(scheduler=s.address_to_workers, validate=True)
+        assert c.gather(ys, timeout=10) == [2] * 6
+        holders = {w for ws in c.who_has(ys).values() for w in ws}
+        assert holders == {a.address, b.address}
+    finally:
+        c.close()
+        for w in (a, b):
+            if w is not None:
+                w.close()
+        s.close()
+    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
 
 
 def test_custom_data_mapping_receives_results(cluster):

@@ -165,6 +165,60 @@ def test_a_task_forgotten_while_it_runs_holds_its_thread_until_it_is_over(s1, ho
     assert s.workers["w1"].stale == {}
 
 
+def four_on_w1(s):
+    """x on w1, then y0..y3 (inputs: x) all on w1, the only worker; y0 has started."""
+    graph = {"x": ("spec-x", []), **{f"y{i}": (f"spec-y{i}", ["x"]) for i in range(4)}}
+    s.update_graph("c", graph, [f"y{i}" for i in range(4)],
+                   {key: i for i, key in enumerate(graph)})
+    take(s)
+    finished(s, "w1", "x")
+    s.handle_worker_message("w1", {"op": "task-started", "key": "y0"})
+    assert all(s.tasks[f"y{i}"].processing_on.id == "w1" for i in range(4))
+
+
+def test_a_new_worker_steals_from_the_back_of_a_busy_workers_queue(s1):
+    s = s1
+    four_on_w1(s)
+    s.add_worker("w2", B, nthreads=1)
+    assert take(s) == [("worker", "w2", {"op": "registered"}),
+                       ("worker", "w1", {"op": "steal-request", "key": "y3"})]
+    # Given up: it runs on the thief.  There, once done, the thief asks for more.
+    s.handle_worker_message("w1", {"op": "steal-response", "key": "y3",
+                                   "released": True, "state": "ready"})
+    assert take(s) == [("worker", "w2", compute("y3", "spec-y3", (0, 1, 4), {"x": [A]},
+                                                {"x": 8}))]
+    out = finished(s, "w2", "y3")
+    assert out[-1] == ("worker", "w1", {"op": "steal-request", "key": "y2"})
+    # Refused, because it has started: known to run there, it is never asked again,
+    # and the next in line is.
+    s.handle_worker_message("w1", {"op": "steal-response", "key": "y2",
+                                   "released": False, "state": "executing"})
+    assert take(s) == [("worker", "w1", {"op": "steal-request", "key": "y1"})]
+    assert s.tasks["y2"] in s.workers["w1"].executing
+    # The victim finished it before the request came: the late answer changes nothing.
+    finished(s, "w1", "y1")
+    s.handle_worker_message("w1", {"op": "steal-response", "key": "y1",
+                                   "released": False, "state": "memory"})
+    assert take(s) == [] and s.steals == {}
+
+
+def test_no_steal_of_tiny_tasks_of_restricted_ones_or_for_a_busy_worker(s1):
+    s = s1
+    four_on_w1(s)
+    s.tasks["y3"].restrictions = {A}
+    w1 = s.workers["w1"]
+    for ts in w1.processing:
+        w1.processing[ts] = 0.001 if ts.key != "y2" else 0.5    # expected seconds
+    w1.occupancy = sum(w1.processing.values())
+    s.add_worker("w2", B, nthreads=1)
+    assert take(s)[1:] == [("worker", "w1", {"op": "steal-request", "key": "y2"})]
+    s.remove_worker("w2")                   # the thief left: the task goes where it can
+    s.handle_worker_message("w1", {"op": "steal-response", "key": "y2",
+                                   "released": True, "state": "ready"})
+    assert [m["key"] for _, _, m in take(s) if m["op"] == "compute-task"] == ["y2"]
+    assert s.tasks["y2"].processing_on.id == "w1" and s.steals == {}
+
+
 def test_key_in_memory_goes_to_every_client_that_wants_it(s1):
     s = s1
     s.add_client("d")

@@ -95,6 +95,29 @@ def test_threads_limit_concurrency_and_priority_picks_the_next(ws):
     assert out[1:] == started("mid", "mid", {})
 
 
+def steal(ws, key):
+    (answer,) = ws.handle("steal-request", key=key)
+    return answer.msg["released"], answer.msg["state"]
+
+
+def test_a_task_not_started_is_given_up_to_a_thief(ws):
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(1,))
+    ws.handle("compute-task", key="z", run_spec="spec-z", priority=(2,),
+              who_has={"d": [A]}, nbytes={"d": 10})
+    assert states(ws) == {"x": "executing", "y": "ready", "z": "waiting", "d": "flight"}
+    assert steal(ws, "x") == (False, "executing")
+    assert steal(ws, "y") == (True, "ready")
+    assert steal(ws, "z") == (True, "waiting")
+    assert steal(ws, "gone") == (True, None)            # not here: nothing to give up
+    # The input on its way is dropped when it lands: no task here needs it.
+    assert ws.handle("gather-done", peer=A, data={"d": 1}, sizes={"d": 10}) == []
+    assert states(ws) == {"x": "executing"} and ws.data == {}
+    # Once x is done nothing else runs: y went to the thief.
+    assert success(ws, "x", 1)[0].msg["op"] == "task-finished"
+    assert states(ws) == {"x": "memory"}
+
+
 def test_free_keys_while_executing_discards_the_result(ws):
     ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
     assert ws.handle("free-keys", keys=["x"]) == []

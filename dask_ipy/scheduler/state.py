@@ -238,6 +238,14 @@ _priority = attrgetter("priority")
 
 
 GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the values
+STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
+STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
+
+
+def _allowed(ts, ws):
+    """May ``ts`` (which has restrictions) run on ``ws``?"""
+    return ws.address in ts.restrictions or ws.name in ts.restrictions \
+        or ws.host in ts.restrictions
 
 
 def error_info(kind, text, key):
@@ -262,6 +270,7 @@ class SchedulerState:
         self.parked = {}                     # {key: {gather id}} waiting for results
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
+        self.steals = {}                     # {key: (victim, thief)} asked, not answered
         self.errors = deque(maxlen=20)       # latest errors for monitors
         self.outbox = []
         self.allowed_failures = allowed_failures
@@ -630,9 +639,7 @@ class SchedulerState:
         running = [ws for ws in self.workers.values() if ws.status == "running"]
         if ts.restrictions is None:
             return running
-        return [ws for ws in running
-                if ws.address in ts.restrictions or ws.name in ts.restrictions
-                or ws.host in ts.restrictions]
+        return [ws for ws in running if _allowed(ts, ws)]
 
     def decide_worker(self, ts):
         """The worker where the task can start soonest: queued work plus transfers."""
@@ -656,6 +663,63 @@ class SchedulerState:
                     len(ws.processing), ws.address)
 
         return min(valid, key=start_time)
+
+    # ------------------------------------------------------------ stealing
+
+    def _steal_for(self, thief):
+        """Ask busier workers to give up tasks for `thief`'s idle threads: tasks that
+        wait in their queues (never one known to run), last in line first, worth a
+        round trip, and whose inputs move faster than they compute.  A worker gives a
+        task up only if it has not started it ("steal-response")."""
+        idle = thief.nthreads - len(thief.stale) - len(thief.processing)
+        if idle <= 0 or thief.status != "running":
+            return
+        if self.steals:
+            idle -= sum(1 for _, t in self.steals.values() if t is thief)
+        victims = [ws for ws in self.workers.values()
+                   if len(ws.processing) + len(ws.stale) > ws.nthreads and ws is not thief]
+        victims.sort(key=lambda w: w.occupancy / w.nthreads, reverse=True)
+        for victim in victims:
+            if idle <= 0:
+                return
+            waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
+            candidates = [ts for ts in itertools.islice(reversed(victim.processing),
+                                                        STEAL_SCAN)
+                          if self._worth_stealing(ts, victim, thief)]
+            candidates.sort(key=attrgetter("priority"), reverse=True)
+            for ts in candidates[:min(idle, waiting)]:
+                self.steals[ts.key] = (victim, thief)
+                self.send_worker(victim, {"op": "steal-request", "key": ts.key})
+                idle -= 1
+
+    def _worth_stealing(self, ts, victim, thief):
+        duration = victim.processing[ts]
+        if (ts in victim.executing or ts.key in self.steals
+                or duration < STEAL_MIN_DURATION
+                or ts.restrictions is not None and not _allowed(ts, thief)):
+            return False
+        missing = sum(max(dep.nbytes, 0) for dep in ts.dependencies
+                      if thief not in dep.who_has)
+        return missing / self.bandwidth <= duration
+
+    def _on_steal_response(self, ws, msg):
+        _, thief = self.steals.pop(msg["key"], (None, None))
+        ts = self.tasks.get(msg["key"])
+        if ts is None or ts.processing_on is not ws:
+            return                      # done, forgotten or moved meanwhile
+        if not msg.get("released"):
+            if msg.get("state") == "executing":
+                ws.executing.add(ts)    # it runs there: never asked for again,
+                if thief is not None:   # so the thief may ask for the next in line
+                    self._steal_for(thief)
+            return
+        self._unassign(ts)
+        if (thief is not None and thief.status == "running" and thief.id in self.workers
+                and (ts.restrictions is None or _allowed(ts, thief))):
+            self._assign(ts, thief)
+        else:
+            self._set_state(ts, WAITING)
+            self.transitions({ts.key: PROCESSING})
 
     def _assign(self, ts, ws):
         duration = self._duration(ts)
@@ -693,8 +757,12 @@ class SchedulerState:
 
         After a task finishes only its worker has gained room, so only it is
         filled; ``ws=None`` (new tasks, workers coming or going) tries every worker.
+        With no queued task left, idle threads steal work waiting on busier workers.
         """
         if not self.queued:
+            if len(self.workers) > 1:
+                for idle in ((ws,) if ws is not None else self.workers.values()):
+                    self._steal_for(idle)
             return
         if ws is not None:
             self._fill(ws)
@@ -864,6 +932,8 @@ class SchedulerState:
         ws.processing = {}
         ws.executing = set()
         ws.status = "closed"
+        if self.steals:
+            self.steals = {k: vt for k, vt in self.steals.items() if ws not in vt}
         for other in self.workers.values():
             # Peers fail their fetches from it now rather than after a timeout.
             self.send_worker(other, {"op": "worker-removed", "address": ws.address})
@@ -1085,6 +1155,7 @@ class SchedulerState:
         "task-finished": _on_task_finished,
         "task-erred": _on_task_erred,
         "task-dropped": _on_task_dropped,
+        "steal-response": _on_steal_response,
         "missing-data": _on_missing_data,
         "add-keys": _on_add_keys,
         "release-worker-data": _on_release_worker_data,
@@ -1432,6 +1503,7 @@ class SchedulerState:
         self.gathers.clear()
         self.parked.clear()
         self.scatters.clear()
+        self.steals.clear()
         self.datasets.clear()
         self._reply(cid, msg, True)
 

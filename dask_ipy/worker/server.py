@@ -230,7 +230,8 @@ class Worker:
             if op == "worker-removed":
                 self._drop_peer(msg["address"])
                 self._handle(op, **msg)
-            elif op in ("compute-task", "free-keys", "who-has", "restart", "go"):
+            elif op in ("compute-task", "free-keys", "who-has", "restart", "go",
+                        "steal-request"):
                 self._handle(op, **msg)
             elif op == "put-data":
                 self._put_data(msg["data"])

@@ -275,6 +275,17 @@ class WorkerState:
         self.nbytes.clear()
         self.data.clear()
 
+    def _on_steal_request(self, out, key):
+        """The scheduler would rather run `key` on an idle worker: give it up unless it
+        has started."""
+        ts = self.tasks.get(key)
+        state = ts.state if ts is not None else None
+        released = state in (None, "waiting", "ready")
+        if ts is not None and released:
+            self._release(ts)
+        out.append(Send({"op": "steal-response", "key": key, "released": released,
+                         "state": state}))
+
     def _on_go(self, out, key):
         """The scheduler knows that `key` (started with "confirm") is running."""
         inst = self.unconfirmed.pop(key, None)
