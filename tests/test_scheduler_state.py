@@ -202,6 +202,21 @@ def test_a_new_worker_steals_from_the_back_of_a_busy_workers_queue(s1):
     assert take(s) == [] and s.steals == {}
 
 
+def test_an_answer_about_a_task_released_meanwhile_changes_nothing(s1):
+    s = s1
+    four_on_w1(s)
+    s.add_worker("w2", B, nthreads=1)
+    assert take(s)[1:] == [("worker", "w1", {"op": "steal-request", "key": "y3"})]
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["y3"]})
+    # The thief, with nothing coming, asks for the next one.
+    assert take(s) == [("worker", "w1", {"op": "free-keys", "keys": ["y3"]}),
+                       ("worker", "w1", {"op": "steal-request", "key": "y2"})]
+    assert list(s.steals) == ["y2"]
+    s.handle_worker_message("w1", {"op": "steal-response", "key": "y3",
+                                   "released": True, "state": "ready"})
+    assert take(s) == [] and "y3" not in s.tasks and list(s.steals) == ["y2"]
+
+
 def test_no_steal_of_tiny_tasks_of_restricted_ones_or_for_a_busy_worker(s1):
     s = s1
     four_on_w1(s)

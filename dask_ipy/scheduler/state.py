@@ -703,10 +703,10 @@ class SchedulerState:
         return missing / self.bandwidth <= duration
 
     def _on_steal_response(self, ws, msg):
-        _, thief = self.steals.pop(msg["key"], (None, None))
+        victim, thief = self.steals.pop(msg["key"], (None, None))
         ts = self.tasks.get(msg["key"])
-        if ts is None or ts.processing_on is not ws:
-            return                      # done, forgotten or moved meanwhile
+        if victim is not ws or ts is None or ts.processing_on is not ws:
+            return                      # about a task since done, forgotten or moved
         if not msg.get("released"):
             if msg.get("state") == "executing":
                 ws.executing.add(ts)    # it runs there: never asked for again,
@@ -714,7 +714,7 @@ class SchedulerState:
                     self._steal_for(thief)
             return
         self._unassign(ts)
-        if (thief is not None and thief.status == "running" and thief.id in self.workers
+        if (thief is not None and thief.status == "running"
                 and (ts.restrictions is None or _allowed(ts, thief))):
             self._assign(ts, thief)
         else:
@@ -746,6 +746,8 @@ class SchedulerState:
 
     def _unassign(self, ts):
         ws = ts.processing_on
+        if self.steals:
+            self.steals.pop(ts.key, None)       # an answer about it will be stale
         if ws is not None:
             duration = ws.processing.pop(ts, 0.0)
             ws.occupancy = max(ws.occupancy - duration, 0.0)
@@ -932,8 +934,9 @@ class SchedulerState:
         ws.processing = {}
         ws.executing = set()
         ws.status = "closed"
-        if self.steals:
-            self.steals = {k: vt for k, vt in self.steals.items() if ws not in vt}
+        if self.steals:                 # its own tasks' steals went with them
+            self.steals = {k: (v, None if t is ws else t)
+                           for k, (v, t) in self.steals.items()}
         for other in self.workers.values():
             # Peers fail their fetches from it now rather than after a timeout.
             self.send_worker(other, {"op": "worker-removed", "address": ws.address})
@@ -1618,6 +1621,8 @@ class SchedulerState:
             assert ws.executing <= set(ws.processing), ws
             expected = sum(ws.processing.values()) + sum(ws.stale.values())
             assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws
+        for key, (victim, _) in self.steals.items():
+            assert self.tasks[key].processing_on is victim, (key, victim)
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
         counts = self.task_counts()
