@@ -201,9 +201,16 @@ def combine(seed, *inputs):
     return (seed * 31 + sum(inputs)) % 1_000_003
 
 
-def random_graph(rng, ntasks, prefix):
+def slow_combine(delay, seed, *inputs):
+    """`combine` that first sleeps `delay` seconds."""
+    time.sleep(delay)
+    return combine(seed, *inputs)
+
+
+def random_graph(rng, ntasks, prefix, delay=0.0):
     """A random DAG of `ntasks` `combine` tasks, each on up to four earlier ones, in
-    the legacy tuple form; returns (graph, output keys: those nobody depends on)."""
+    the legacy tuple form; returns (graph, output keys: those nobody depends on).
+    With `delay`, each task first sleeps between 0 and twice that many seconds."""
     dsk = {}
     keys = []
     used = set()
@@ -212,6 +219,9 @@ def random_graph(rng, ntasks, prefix):
         ndeps = min(len(keys), rng.choice((0, 1, 1, 2, 2, 3, 4)))
         deps = rng.sample(keys[-50:], ndeps) if ndeps else []
         used.update(deps)
-        dsk[key] = (combine, rng.randrange(1000), *deps)
+        if delay:
+            dsk[key] = (slow_combine, rng.random() * 2 * delay, rng.randrange(1000), *deps)
+        else:
+            dsk[key] = (combine, rng.randrange(1000), *deps)
         keys.append(key)
     return dsk, [k for k in keys if k not in used]

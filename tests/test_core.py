@@ -243,6 +243,7 @@ def test_a_worker_that_joins_takes_over_work_queued_on_a_busy_one():
         assert c.gather(ys, timeout=10) == [2] * 6
         holders = {w for ws in c.who_has(ys).values() for w in ws}
         assert holders == {a.address, b.address}
+        assert c.scheduler_info()["stolen"] >= 1
     finally:
         c.close()
         for w in (a, b):

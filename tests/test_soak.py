@@ -2,6 +2,9 @@
 
     pytest -m soak tests/test_soak.py            # DASK_IPY_SOAK_MINUTES, default 2
 
+DASK_IPY_SOAK_TASK_MS makes each graph task sleep about that long (0 to twice it), so
+that tasks wait in workers' queues long enough to be stolen.
+
 A scheduler and three workers run as processes.  One thread of chaos SIGKILLs a random
 worker (and starts a new one in its place) or SIGSTOPs one for up to twice the
 heartbeat timeout (so some are removed and register again after SIGCONT), always
@@ -24,6 +27,7 @@ import resilience_ops as ops
 from conftest import ProcessCluster, dask_ipy_threads, wait_for
 
 MINUTES = float(os.environ.get("DASK_IPY_SOAK_MINUTES", "2"))
+TASK_SECONDS = float(os.environ.get("DASK_IPY_SOAK_TASK_MS", "0")) / 1000
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(MINUTES * 60 + 300)]
 GRAPH_TIMEOUT = 120.0          # seconds; more is a hang
@@ -123,7 +127,7 @@ def test_random_graphs_under_random_kills_and_stops(tmp_path):
         while time.monotonic() < deadline:
             assert not chaos.errors, chaos.errors
             n = graphs
-            batch = [ops.random_graph(rng, rng.randint(1, 400), f"g{n}-{i}")
+            batch = [ops.random_graph(rng, rng.randint(1, 400), f"g{n}-{i}", TASK_SECONDS)
                      for i in range(2)]
             results = {}
 
@@ -160,12 +164,13 @@ def test_random_graphs_under_random_kills_and_stops(tmp_path):
         alive = [p for p in pc.workers if p.poll() is None]
         wait_for(lambda: len(c.scheduler_info()["workers"]) == len(alive),
                  timeout=4 * HEARTBEAT_TIMEOUT, message="every worker registered")
-        dsk, outputs = ops.random_graph(rng, 500, "final")
+        dsk, outputs = ops.random_graph(rng, 500, "final", TASK_SECONDS)
         assert list(bounded(c.get, dsk, outputs)) == list(dask.get(dsk, outputs))
         wait_for(lambda: c.scheduler_info()["ntasks"] == 0, timeout=30,
                  message="every task released")
         print(f"soak: {graphs} graphs, {tasks} tasks, {maps} maps, "
-              f"{chaos.kills} kills, {chaos.stops} stops, seed {seed}")
+              f"{chaos.kills} kills, {chaos.stops} stops, "
+              f"{c.scheduler_info()['stolen']} stolen, seed {seed}")
     finally:
         chaos.halt.set()
         if chaos.is_alive():

@@ -271,6 +271,7 @@ class SchedulerState:
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
+        self.stolen = 0                      # tasks moved so, ever
         self.errors = deque(maxlen=20)       # latest errors for monitors
         self.outbox = []
         self.allowed_failures = allowed_failures
@@ -714,6 +715,7 @@ class SchedulerState:
                     self._steal_for(thief)
             return
         self._unassign(ts)
+        self.stolen += 1
         if (thief is not None and thief.status == "running"
                 and (ts.restrictions is None or _allowed(ts, thief))):
             self._assign(ts, thief)
@@ -1537,6 +1539,7 @@ class SchedulerState:
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
             "nclients": len(self.clients),
+            "stolen": self.stolen,
         }
 
     def task_counts(self):
