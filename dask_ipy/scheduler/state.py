@@ -32,7 +32,12 @@ State, documented once:
                             are answered without asking the worker
     parked:     {key: {gather id}}  gathers waiting for keys to finish, so a client's
                 `result()` costs one request
+    steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
+                the task leaves the victim
     WorkerState.processing: {TaskState: estimated duration}
+    WorkerState.executing:  {TaskState}      of those, the ones known to have started
+    WorkerState.stale:      {key: estimated duration}  tasks released while running
+                            there: their threads stay busy until the worker says so
     WorkerState.has_what:   {TaskState}
 
 Transitions are a table ``{(start, finish): method}``; each method returns
