@@ -396,19 +396,20 @@ def test_a_thread_still_running_a_forgotten_task_gets_no_new_work(c, tmp_path, h
     """Two workers of one thread: one runs on a task its scheduler forgot.  New work
     goes to the other one until that task is over, then to both again."""
     gate = tmp_path / "gate"
+
+    def executing():
+        return sorted(w["executing"] for w in c.scheduler_info()["workers"].values())
     try:
         running = c.submit(wait_for_file, str(gate), pure=False)
-        wait_for(lambda: running.key in _processing(c), message="the task to start")
+        wait_for(lambda: executing() == [0, 1], message="the task to start")
         c.cancel([running]) if how == "cancel" else c.restart()
         more = c.map(inc, range(6), pure=False)
         assert c.gather(more, timeout=10) == list(range(1, 7))
         assert len({w for ws in c.who_has(more).values() for w in ws}) == 1
-        executing = [w["executing"] for w in c.scheduler_info()["workers"].values()]
-        assert sorted(executing) == [0, 1]
+        assert executing() == [0, 1]
     finally:
         gate.touch()
-    wait_for(lambda: not any(w["executing"] for w in c.scheduler_info()["workers"].values()),
-             message="the forgotten task to end")
+    wait_for(lambda: executing() == [0, 0], message="the forgotten task to end")
     for address in c.scheduler_info()["workers"]:
         assert c.submit(inc, 1, workers=[address], pure=False).result(timeout=10) == 2
 

@@ -213,7 +213,7 @@ def test_a_blocked_task_of_a_tiny_group_never_silences_its_worker(tmp_path):
     gate = str(tmp_path / "gate")
     ready = tmp_path / "ready"
     ready.touch()
-    with local_cluster(scheduler_options={"heartbeat_timeout": 1.0},
+    with local_cluster(scheduler_options={"heartbeat_timeout": 2.0},
                        worker_options={"heartbeat_interval": 0.1}) as (s, (a, b), c):
         tiny = [c.submit(wait_for_file, str(ready), 1, i, workers=[a.address], pure=False)
                 for i in range(20)]
@@ -222,7 +222,7 @@ def test_a_blocked_task_of_a_tiny_group_never_silences_its_worker(tmp_path):
         wait_for(lambda: a.state.executing, message="the blocked task to start")
         # b fetches from a while a's only thread waits at the gate.
         assert c.submit(inc, tiny[0], workers=[b.address]).result(timeout=5) == 1
-        time.sleep(1.5)                 # longer than the scheduler's heartbeat timeout
+        time.sleep(2.5)                 # longer than the scheduler's heartbeat timeout
         assert a.id in s.state.workers
         open(gate, "w").close()
         assert blocked.result(timeout=10) == "done"
