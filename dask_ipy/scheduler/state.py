@@ -1001,7 +1001,8 @@ class SchedulerState:
             self.send_worker(ws, {"op": "go", "key": msg["key"]})
 
     def _on_task_finished(self, ws, msg):
-        self._thread_freed(ws, msg["key"])
+        if ws.stale:
+            self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
         if ts is None or ts.processing_on is not ws:
             # Stale: cancelled, or rerouted elsewhere.  Keep the data only if useful.
@@ -1027,8 +1028,7 @@ class SchedulerState:
 
     @staticmethod
     def _thread_freed(ws, key):
-        if not ws.stale:
-            return False
+        """`key`, if counted in ``ws.stale``, no longer holds a thread there."""
         duration = ws.stale.pop(key, None)
         if duration is None:
             return False
@@ -1042,7 +1042,8 @@ class SchedulerState:
             ws.nbytes += max(ts.nbytes, 0)
 
     def _on_task_erred(self, ws, msg):
-        self._thread_freed(ws, msg["key"])
+        if ws.stale:
+            self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
         if ts is None or ts.processing_on is not ws:
             return
