@@ -199,7 +199,7 @@ def test_a_new_worker_steals_from_the_back_of_a_busy_workers_queue(s1):
     finished(s, "w1", "y1")
     s.handle_worker_message("w1", {"op": "steal-response", "key": "y1",
                                    "released": False, "state": "memory"})
-    assert take(s) == [] and s.steals == {}
+    assert take(s) == [] and s.steals == {} and s.stolen == 1
 
 
 def test_an_answer_about_a_task_released_meanwhile_changes_nothing(s1):
@@ -231,7 +231,7 @@ def test_no_steal_of_tiny_tasks_of_restricted_ones_or_for_a_busy_worker(s1):
     s.handle_worker_message("w1", {"op": "steal-response", "key": "y2",
                                    "released": True, "state": "ready"})
     assert [m["key"] for _, _, m in take(s) if m["op"] == "compute-task"] == ["y2"]
-    assert s.tasks["y2"].processing_on.id == "w1" and s.steals == {}
+    assert s.tasks["y2"].processing_on.id == "w1" and s.steals == {} and s.stolen == 0
 
 
 def test_key_in_memory_goes_to_every_client_that_wants_it(s1):

@@ -720,11 +720,11 @@ class SchedulerState:
                     self._steal_for(thief)
             return
         self._unassign(ts)
-        self.stolen += 1
         if (thief is not None and thief.status == "running"
                 and (ts.restrictions is None or _allowed(ts, thief))):
             self._assign(ts, thief)
-        else:
+            self.stolen += 1
+        else:                           # the thief left: placed afresh
             self._set_state(ts, WAITING)
             self.transitions({ts.key: PROCESSING})
 

@@ -56,12 +56,6 @@ class Send:
     msg: dict
 
 
-def dropped(key):
-    """Tell the scheduler that a task it released while it ran here is over: the
-    thread it held is free again (its result, if any, was dropped)."""
-    return Send({"op": "task-dropped", "key": key})
-
-
 class WTask:
     __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
@@ -262,8 +256,7 @@ class WorkerState:
     def _on_restart(self, out):
         for key in self.unconfirmed:         # never handed to a thread: just forget
             self.executing.discard(key)
-            self.tasks.pop(key, None)
-            out.append(dropped(key))
+            self._drop(out, key)
         self.unconfirmed.clear()
         for ts in self.tasks.values():
             if ts.state == "executing":
@@ -294,10 +287,7 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:       # freed meanwhile: no need to run it
             self.executing.discard(key)
-            out.append(dropped(key))
-            if ts is not None:
-                ts.state = "released"
-                self._release(ts)
+            self._drop(out, key)
             return
         out.append(inst)
 
@@ -308,10 +298,7 @@ class WorkerState:
         self.executing.discard(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
-            out.append(dropped(key))
-            if ts is not None:
-                ts.state = "released"
-                self._release(ts)
+            self._drop(out, key)
             return
         self._store(ts, value, nbytes)
         ts.reported = True
@@ -326,15 +313,22 @@ class WorkerState:
         self.executing.discard(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
-            out.append(dropped(key))
-            if ts is None:
-                return
-        else:
-            out.append(Send({"op": "task-erred", "key": key, **error}))
+            self._drop(out, key)
+            return
+        out.append(Send({"op": "task-erred", "key": key, **error}))
         ts.state = "released"
         ts.computed = False
         self._done_with_inputs(ts)
         self._release(ts)
+
+    def _drop(self, out, key):
+        """A task the scheduler released ends here without a result: tell it that the
+        thread the task held is free again, and forget the task."""
+        out.append(Send({"op": "task-dropped", "key": key}))
+        ts = self.tasks.get(key)
+        if ts is not None:
+            ts.state = "released"
+            self._release(ts)
 
     def _done_with_inputs(self, ts):
         for dts in ts.dependencies:
