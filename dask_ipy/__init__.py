@@ -17,6 +17,7 @@ _PUBLIC = {
     "CancelledError": ".futures",
     "RemoteError": ".futures",
     "SchedulerLost": ".futures",
+    "TransferError": ".futures",
     "CycleError": ".graph",
     "MissingDependency": ".graph",
     "Security": ".security",
@@ -67,5 +68,5 @@ def unload_ipython_extension(ip):
 
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "CancelledError", "RemoteError",
-           "SchedulerLost", "CycleError", "MissingDependency", "Security",
+           "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress"]

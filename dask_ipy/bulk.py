@@ -132,14 +132,16 @@ class BulkServer:
         self.sock.close()
 
 
-def fetch(session, host, port, ticket, timeout, max_bytes):
-    """Download the message offered under ``ticket`` at host:port.
+def fetch(session, host, port, ticket, timeout, max_bytes, connect_timeout=None):
+    """Download the message offered under ``ticket`` at host:port, connecting within
+    ``connect_timeout`` seconds and waiting at most ``timeout`` for each read.
 
     Returns (frames, tags) for ``session.loads(frames, tags=tags)``: tags of the large
     frames are taken as their bytes arrive, so checking the MAC does not read them
     again.  Frames are received in place into fresh buffers (see `_buffer`) and never
     copied afterwards.  Raises OSError (also on a short or oversized stream)."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
+    with socket.create_connection((host, port), timeout=connect_timeout or timeout) as s:
+        s.settimeout(timeout)
         s.sendall(ticket)
         (count,) = _COUNT.unpack(_recv_exact(s, _COUNT.size))
         if count > MAX_FRAMES:

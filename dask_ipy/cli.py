@@ -68,6 +68,12 @@ def build_parser():
     p.add_argument("--host", default=None,
                    help="interface to serve peers on (default: the one towards "
                         "the scheduler)")
+    p.add_argument("--contact-address", default=None, metavar="tcp://HOST:PORT",
+                   help="the address peers are told to use, if not the one bound "
+                        "(a port forward, a NAT)")
+    p.add_argument("--connect-timeout", type=float, default=5.0,
+                   help="seconds a connection to a peer may take before that peer's "
+                        "data comes through the scheduler instead (default 5)")
 
     p = sub.add_parser("demo", help="boot on a local ipcluster, compute, print, stop")
     p.add_argument("--engines", type=int, default=2)
@@ -217,7 +223,8 @@ def cmd_worker(args):
     from .worker.server import Worker
 
     w = Worker(scheduler=args.scheduler, hostname=args.host, nthreads=args.nthreads,
-               name=args.name)
+               name=args.name, contact_address=args.contact_address,
+               connect_timeout=args.connect_timeout)
     try:
         with _until_signalled():
             print("dask-ipy worker", flush=True)

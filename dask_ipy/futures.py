@@ -47,6 +47,11 @@ class SchedulerLost(ConnectionError):
     """The connection to the scheduler was lost before the result arrived."""
 
 
+class TransferError(ConnectionError):
+    """A task's input could not be brought to its worker: no holder of it is reachable
+    from there, and relaying it through the scheduler failed (too large, most often)."""
+
+
 ERROR_TYPES = {
     "KilledWorker": KilledWorker,
     "KeyError": KeyError,
@@ -54,6 +59,7 @@ ERROR_TYPES = {
     "CycleError": CycleError,
     "SerializationError": TypeError,
     "SchedulerLost": SchedulerLost,
+    "TransferError": TransferError,
 }
 
 

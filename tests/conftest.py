@@ -92,9 +92,11 @@ s.wait()
 """
 
 WORKER_SCRIPT = """
-import sys
+import sys, json
 from dask_ipy import Worker
-w = Worker(scheduler=sys.argv[1], nthreads=int(sys.argv[2]), heartbeat_interval=0.2)
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+w = Worker(scheduler=sys.argv[1], nthreads=int(sys.argv[2]), heartbeat_interval=0.2,
+           **options)
 print(w.address, flush=True)
 w.wait()
 """
@@ -130,8 +132,10 @@ class ProcessCluster:
         p.first_line = line.strip()
         return p
 
-    def start_worker(self):
-        return self._spawn(WORKER_SCRIPT, self.file, str(self.nthreads))
+    def start_worker(self, **options):
+        """A worker process; `options`: more keyword arguments of Worker (JSON-able)."""
+        return self._spawn(WORKER_SCRIPT, self.file, str(self.nthreads),
+                           json.dumps(options))
 
     def client(self, **kw):
         from dask_ipy import Client

@@ -906,3 +906,83 @@ def test_keys_of_a_collection_share_their_name():
     assert {ts.group.name for ts in s.tasks.values()} == {"inc", "x"}
     assert s.groups["inc"].total == 3 and s.groups["x"].total == 1
     assert s.tasks[("inc-9f86d081884c", 1)].key is keys[1]
+
+
+# ---------------------------------------------------------------- unreachable peers
+
+def test_placement_avoids_a_worker_that_cannot_reach_the_input(s):
+    s.add_worker("w3", C, nthreads=1)
+    s.update_graph("c", {"x": ("spec-x", []), "busy": ("spec-busy", [])},
+                   ["x", "busy"], restrictions={"x": [A], "busy": [A]})
+    take(s)
+    finished(s, "w1", "x", nbytes=1000)
+    # A is busy; B and C are idle and equally far from x: B wins the tie ...
+    s.update_graph("c", {"f": ("spec-f", ["x"])}, ["f"])
+    assert [m[1] for m in take(s)] == ["w2"]
+    s.handle_client_message("c", {"op": "cancel", "keys": ["f"]})
+    take(s)
+    # ... unless B cannot reach A: its copy of x would come through the relay.
+    s.handle_worker_message("w2", {"op": "peer-unreachable", "address": A})
+    assert s.info()["workers"][B]["unreachable"] == [A]
+    s.update_graph("c", {"g": ("spec-g", ["x"])}, ["g"])
+    assert [m[1] for m in take(s)] == ["w3"]
+    s.handle_worker_message("w2", {"op": "peer-reachable", "address": A})
+    assert s.info()["workers"][B]["unreachable"] == []
+
+
+def test_unreachable_pairs_end_with_either_worker(s):
+    s.handle_worker_message("w2", {"op": "peer-unreachable", "address": A})
+    s.remove_worker("w1", reason="test")
+    assert s.workers["w2"].unreachable == set()
+
+
+def relay_setup(s, nbytes=8):
+    from dask_ipy.protocol import Serialized
+
+    s.update_graph("c", {"x": ("spec-x", [])}, ["x"], restrictions={"x": [A]})
+    take(s)
+    finished(s, "w1", "x", nbytes=nbytes)
+    s.handle_worker_message("w2", {"op": "relay", "keys": ["x"], "request_id": "r1"})
+    [(_, wid, ask)] = take(s)
+    assert (wid, ask["op"], ask["keys"], ask["max_bytes"]) == (
+        "w1", "send-data", ["x"], s.max_relay_bytes)
+    return ask, Serialized([b"." * nbytes])
+
+
+def test_the_relay_forwards_the_holders_answer_to_the_worker(s):
+    ask, blob = relay_setup(s)
+    s.handle_worker_message("w1", {"op": "data", "request_id": ask["request_id"],
+                                   "data": {"x": blob}, "missing": [], "errors": {}})
+    assert take(s) == [("worker", "w2", {"op": "relay-data", "request_id": "r1",
+                                         "data": {"x": blob}, "missing": [],
+                                         "errors": {}})]
+    assert s.gathers == {}
+
+
+def test_a_value_over_the_relay_cap_is_an_error_naming_both_workers():
+    s = SchedulerState(validate=True, max_relay_bytes=100_000)
+    s.add_client("c")
+    s.add_worker("w1", A)
+    s.add_worker("w2", B)
+    take(s)
+    ask, blob = relay_setup(s, nbytes=200_000)
+    s.handle_worker_message("w1", {"op": "data", "request_id": ask["request_id"],
+                                   "data": {"x": blob}, "missing": [], "errors": {}})
+    [(_, wid, reply)] = take(s)
+    assert (wid, reply["op"], reply["data"]) == ("w2", "relay-data", {})
+    error = reply["errors"]["x"]
+    assert error["type"] == "TransferError"
+    assert error["text"].startswith(
+        f"worker {B} cannot reach worker {A}, which holds 'x', and the relay through "
+        f"the scheduler failed: 'x' is 200000 bytes")
+    assert "Scheduler(max_relay_bytes=...)" in error["text"]
+
+
+def test_a_relay_for_a_worker_that_left_is_dropped(s):
+    ask, blob = relay_setup(s)
+    s.remove_worker("w2", reason="test")
+    take(s)
+    assert s.gathers == {}
+    s.handle_worker_message("w1", {"op": "data", "request_id": ask["request_id"],
+                                   "data": {"x": blob}, "missing": [], "errors": {}})
+    assert take(s) == []

@@ -3,7 +3,7 @@ are checked after every event (``validating=True``)."""
 
 import pytest
 
-from dask_ipy.worker.state import Execute, GatherDep, Send, WorkerState
+from dask_ipy.worker.state import RELAY, Execute, GatherDep, Send, WorkerState
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -187,12 +187,72 @@ def test_a_dependency_with_no_holder_at_all_is_missing_at_once(ws):
         Send({"op": "missing-data", "key": "y", "dep": "x", "holder": None})]
 
 
-def test_next_holder_is_tried_before_giving_up(ws):
+def test_an_unreachable_holder_is_skipped_for_a_reachable_one(ws):
     ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
               who_has={"x": [A, B]}, nbytes={"x": 8})
     (first,) = ws.in_flight
     other = B if first == A else A
-    assert ws.handle("gather-failed", peer=first) == [GatherDep(other, ["x"])]
+    assert ws.handle("peer-unreachable", peer=first) == [
+        Send({"op": "peer-unreachable", "address": first}), GatherDep(other, ["x"])]
+
+
+# ---------------------------------------------------------------- the relay
+
+def test_data_of_unreachable_peers_comes_through_the_relay(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("compute-task", key="z", run_spec="spec-z", priority=(1,),
+              who_has={"w": [A]}, nbytes={"w": 8})
+    assert ws.in_flight == {A: ["x"]}
+    # Both keys of A go to the relay in one request; A is never asked again.
+    told, relay = ws.handle("peer-unreachable", peer=A)
+    assert told == Send({"op": "peer-unreachable", "address": A})
+    assert relay.peer == RELAY and sorted(relay.keys) == ["w", "x"]
+    assert states(ws) == {"y": "waiting", "x": "flight", "z": "waiting", "w": "flight"}
+    assert ws.handle("gather-done", peer=RELAY, data={"x": 1, "w": 2},
+                     sizes={"x": 8, "w": 8}) == [
+        *started("y", "spec-y", {"x": 1})]
+    # Later fetches from A go straight to the relay, and A's return is announced.
+    ws.handle("compute-task", key="v", run_spec="spec-v", priority=(2,),
+              who_has={"u": [A]}, nbytes={"u": 8})
+    assert ws.in_flight == {RELAY: ["u"]}
+    assert ws.handle("peer-reachable", peer=A) == [
+        Send({"op": "peer-reachable", "address": A})]
+    assert ws.unreachable == set()
+
+
+def test_a_relay_that_times_out_is_asked_again(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("peer-unreachable", peer=A)
+    assert ws.handle("gather-failed", peer=RELAY) == [GatherDep(RELAY, ["x"])]
+
+
+def test_a_value_too_large_to_relay_fails_the_tasks_that_need_it(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("peer-unreachable", peer=A)
+    error = {"type": "TransferError", "text": "too big"}
+    assert ws.handle("gather-done", peer=RELAY, data={}, sizes={},
+                     errors={"x": error}) == [
+        Send({"op": "task-erred", "key": "y", "exception": None, "traceback": None,
+              "traceback_text": "", "type": "TransferError", "text": "too big"})]
+    assert ws.tasks == {} and ws.in_flight == {}
+
+
+def test_a_key_the_relay_did_not_find_is_missing(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("peer-unreachable", peer=A)
+    assert ws.handle("gather-done", peer=RELAY, data={}, sizes={}, missing=["x"]) == [
+        Send({"op": "missing-data", "key": "y", "dep": "x", "holder": None})]
+    assert states(ws) == {"y": "waiting", "x": "missing"}
+
+
+def test_a_removed_peer_is_no_longer_unreachable(ws):
+    ws.handle("peer-unreachable", peer=A)
+    ws.handle("worker-removed", address=A)
+    assert ws.unreachable == set()
 
 
 def test_worker_removed_fails_the_fetch_in_flight(ws):

@@ -20,7 +20,7 @@ import zmq
 from ..comm import IOLoop, send, advertised_host, bind_router, logger, new_id
 from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
 from ..security import Security, remove_connection_file, write_connection_file
-from .state import SchedulerState
+from .state import MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
 
@@ -35,12 +35,13 @@ class Scheduler:
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
                  security=None, connection_file=None, heartbeat_timeout=10.0,
                  idle_timeout=None, allowed_failures=3, validate=False,
-                 max_message_bytes=MAX_MESSAGE_BYTES):
+                 max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
         self.session = Session(self.security.key, self.id,
                                max_message_bytes=max_message_bytes)
-        self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate)
+        self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate,
+                                    max_relay_bytes=max_relay_bytes)
         self.heartbeat_timeout = heartbeat_timeout
         self.idle_timeout = idle_timeout
         self.started = time.time()
@@ -151,6 +152,11 @@ class Scheduler:
             elif op == "shutdown":
                 for ws in state.workers.values():
                     state.send_worker(ws, {"op": "close"})
+                # The other clients hear it now; the one asking gets its answer and
+                # closes itself.
+                for other in state.clients:
+                    if other != cid:
+                        state.send_client(other, {"op": "scheduler-closing"})
                 state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
                                         "result": True})
                 self.loop.call_later(0.05, self._shutdown)

@@ -39,6 +39,9 @@ State, documented once:
     WorkerState.stale:      {key: estimated duration}  tasks released while running
                             there: their threads stay busy until the worker says so
     WorkerState.has_what:   {TaskState}
+    WorkerState.unreachable: {WorkerState}   peers it could not connect to: it gets
+                            their data through the scheduler ("relay"), and placement
+                            avoids the pair
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
@@ -185,7 +188,7 @@ class TaskState:
 class WorkerState:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
-                 "last_seen", "metrics", "since", "status")
+                 "last_seen", "metrics", "since", "status", "unreachable")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
                  memory_limit=0, now=0.0):
@@ -202,6 +205,7 @@ class WorkerState:
         # thread (and its share of occupancy) until the worker says it has finished.
         self.stale = {}
         self.has_what = set()
+        self.unreachable = set()
         self.occupancy = 0.0
         self.nbytes = 0
         self.last_seen = now
@@ -245,12 +249,21 @@ _priority = attrgetter("priority")
 GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the values
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
+RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
+RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
+                            # prefers any worker that can fetch directly
+MAX_RELAY_BYTES = 256 << 20
 
 
 def _allowed(ts, ws):
     """May ``ts`` (which has restrictions) run on ``ws``?"""
     return ws.address in ts.restrictions or ws.name in ts.restrictions \
         or ws.host in ts.restrictions
+
+
+def _relayed(dep, ws):
+    """Would ``ws`` get ``dep`` through the scheduler (no holder it can reach)?"""
+    return all(holder in ws.unreachable for holder in dep.who_has)
 
 
 def error_info(kind, text, key):
@@ -261,7 +274,7 @@ def error_info(kind, text, key):
 class SchedulerState:
     def __init__(self, *, allowed_failures=3, validate=False, bandwidth=100e6,
                  default_duration=0.5, saturation=2.0, queue_seconds=0.02, max_depth=100,
-                 max_error_text=10_000):
+                 max_error_text=10_000, max_relay_bytes=MAX_RELAY_BYTES):
         self.tasks = {}
         self.workers = {}
         self.by_address = {}
@@ -286,6 +299,7 @@ class SchedulerState:
         self.queue_seconds = queue_seconds
         self.max_depth = max_depth
         self.max_error_text = max_error_text
+        self.max_relay_bytes = max_relay_bytes
         self.validating = validate
         self.generation = 0
         self.transition_count = 0
@@ -662,11 +676,16 @@ class SchedulerState:
 
         def start_time(ws):
             missing = 0
+            relayed = 0
             for dep in deps:
                 if ws not in dep.who_has:
-                    missing += max(dep.nbytes, 0)
-            return (ws.occupancy / ws.nthreads + missing / bandwidth,
-                    len(ws.processing), ws.address)
+                    if ws.unreachable and _relayed(dep, ws):
+                        relayed += 1
+                        missing += RELAY_FACTOR * max(dep.nbytes, 0)
+                    else:
+                        missing += max(dep.nbytes, 0)
+            return (ws.occupancy / ws.nthreads + missing / bandwidth
+                    + relayed * RELAY_DELAY, len(ws.processing), ws.address)
 
         return min(valid, key=start_time)
 
@@ -702,7 +721,9 @@ class SchedulerState:
         duration = victim.processing[ts]
         if (ts in victim.executing or ts.key in self.steals
                 or duration < STEAL_MIN_DURATION
-                or ts.restrictions is not None and not _allowed(ts, thief)):
+                or ts.restrictions is not None and not _allowed(ts, thief)
+                or thief.unreachable and any(_relayed(dep, thief)
+                                             for dep in ts.dependencies)):
             return False
         missing = sum(max(dep.nbytes, 0) for dep in ts.dependencies
                       if thief not in dep.who_has)
@@ -941,6 +962,8 @@ class SchedulerState:
         ws.processing = {}
         ws.executing = set()
         ws.status = "closed"
+        for other in self.workers.values():
+            other.unreachable.discard(ws)
         if self.steals:                 # its own tasks' steals went with them
             self.steals = {k: (v, None if t is ws else t)
                            for k, (v, t) in self.steals.items()}
@@ -948,7 +971,9 @@ class SchedulerState:
             # Peers fail their fetches from it now rather than after a timeout.
             self.send_worker(other, {"op": "worker-removed", "address": ws.address})
         for gid, g in list(self.gathers.items()):
-            if wid in g["pending"]:
+            if g["worker"] is ws:
+                del self.gathers[gid]           # a relay for it: nobody to answer
+            elif wid in g["pending"]:
                 self._gather_worker_failed(gid, wid)
         for rid, r in list(self.runs.items()):
             if wid in r["pending"]:
@@ -1093,6 +1118,21 @@ class SchedulerState:
         self.transitions(recs)
         self.fill_workers()
 
+    def _on_peer_unreachable(self, ws, msg):
+        other = self.by_address.get(msg["address"])
+        if other is not None and other is not ws:
+            ws.unreachable.add(other)
+
+    def _on_peer_reachable(self, ws, msg):
+        ws.unreachable.discard(self.by_address.get(msg["address"]))
+
+    def _on_relay(self, ws, msg):
+        """``ws`` cannot reach the workers holding these keys: ask a holder for them
+        and forward its answer as it came (opaque blobs, never unpickled), within
+        `max_relay_bytes`."""
+        self._new_gather(None, ws, msg["request_id"], list(msg["keys"]),
+                         self.max_relay_bytes)
+
     def _on_add_keys(self, ws, msg):
         """Data was put on a worker (scatter) or replicated to it."""
         for key, nbytes, typ in msg["keys"]:
@@ -1168,6 +1208,9 @@ class SchedulerState:
         "task-dropped": _on_task_dropped,
         "steal-response": _on_steal_response,
         "missing-data": _on_missing_data,
+        "peer-unreachable": _on_peer_unreachable,
+        "peer-reachable": _on_peer_reachable,
+        "relay": _on_relay,
         "add-keys": _on_add_keys,
         "release-worker-data": _on_release_worker_data,
         "data": _on_data,
@@ -1268,13 +1311,17 @@ class SchedulerState:
     def _on_gather(self, cid, msg):
         """Send values of keys to a client.  With ``wait``, keys still being computed
         are waited for here, so the answer leaves as soon as the last one is done."""
+        self._new_gather(cid, None, msg["request_id"], list(msg["keys"]),
+                         msg.get("max_bytes"), msg.get("wait"))
+
+    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False):
+        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker."""
         gid = next(self._ids)
-        keys = list(msg["keys"])
-        g = self.gathers[gid] = {"client": cid, "request_id": msg["request_id"],
+        g = self.gathers[gid] = {"client": cid, "worker": ws, "request_id": request_id,
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
-                                 "keys": keys, "waiting": set(),
-                                 "max_bytes": msg.get("max_bytes")}
-        if msg.get("wait"):
+                                 "keys": keys, "waiting": set(), "max_bytes": max_bytes,
+                                 "holders": {}}
+        if wait:
             for key in keys:
                 ts = self.tasks.get(key)
                 if ts is not None and ts.state not in (MEMORY, ERRED):
@@ -1315,7 +1362,11 @@ class SchedulerState:
             by_worker.setdefault(ws, []).append(key)
         for ws, wkeys in by_worker.items():
             g["pending"].add(ws.id)
-            self.send_worker(ws, {"op": "send-data", "keys": wkeys, "request_id": gid})
+            msg = {"op": "send-data", "keys": wkeys, "request_id": gid}
+            if g["worker"] is not None:
+                msg["max_bytes"] = g["max_bytes"]
+                g["holders"].update(dict.fromkeys(wkeys, ws.address))
+            self.send_worker(ws, msg)
         self._maybe_finish_gather(gid)
 
     def _gather_worker_failed(self, gid, wid):
@@ -1343,15 +1394,24 @@ class SchedulerState:
         del self.gathers[gid]
         if g["max_bytes"] is not None:
             self._fit_gather(g)
-        self.send_client(g["client"], {"op": "gather-result",
-                                       "request_id": g["request_id"],
-                                       "data": g["data"], "missing": g["missing"],
-                                       "errors": g["errors"]})
+        msg = {"request_id": g["request_id"], "data": g["data"],
+               "missing": g["missing"], "errors": g["errors"]}
+        ws = g["worker"]
+        if ws is None:
+            self.send_client(g["client"], {"op": "gather-result", **msg})
+            return
+        for key, error in g["errors"].items():
+            g["errors"][key] = {"type": "TransferError", "text": (
+                f"worker {ws.address} cannot reach worker "
+                f"{g['holders'].get(key, '(none)')}, which holds {key!r}, and "
+                f"the relay through the scheduler failed: {error['text']}")}
+        if self.workers.get(ws.id) is ws:
+            self.send_worker(ws, {"op": "relay-data", **msg})
 
     @staticmethod
     def _fit_gather(g):
-        """Keep a gather's answer under the client's cap: values that do not fit
-        become errors naming their key (the client would refuse the whole message,
+        """Keep a gather's answer under the receiver's cap: values that do not fit
+        become errors naming their key (the receiver would refuse the whole message,
         and wait forever)."""
         room = g["max_bytes"] - GATHER_MARGIN
         for key, blob in list(g["data"].items()):
@@ -1360,10 +1420,14 @@ class SchedulerState:
                 room -= need
                 continue
             del g["data"][key]
+            cap = ("the scheduler relays between workers in one message "
+                   f"({g['max_bytes']} bytes, Scheduler(max_relay_bytes=...))"
+                   if g["worker"] is not None else
+                   "this client accepts in one message "
+                   f"({g['max_bytes']} bytes, Client(max_message_bytes=...))")
             g["errors"][key] = {"type": "MessageTooLarge", "text": (
-                f"result of {key!r} is {blob.nbytes} bytes: with the other results "
-                f"asked for in the same gather, more than this client accepts in one "
-                f"message ({g['max_bytes']} bytes, Client(max_message_bytes=...))")}
+                f"{key!r} is {blob.nbytes} bytes: with the other values asked for "
+                f"at the same time, more than {cap}")}
 
     def _on_scatter(self, cid, msg):
         """Put client data on workers; the client hears back once a worker holds it."""
@@ -1541,7 +1605,9 @@ class SchedulerState:
             "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
                                      "pid": ws.pid, "nthreads": ws.nthreads,
                                      "memory_limit": ws.memory_limit,
-                                     "executing": len(ws.executing) + len(ws.stale)}
+                                     "executing": len(ws.executing) + len(ws.stale),
+                                     "unreachable": sorted(w.address
+                                                           for w in ws.unreachable)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
             "nclients": len(self.clients),
@@ -1627,6 +1693,8 @@ class SchedulerState:
                 assert ts.key in self.tasks and ts.state == PROCESSING, (ws, ts)
             for ts in ws.has_what:
                 assert ws in ts.who_has, (ws, ts)
+            for other in ws.unreachable:
+                assert self.workers.get(other.id) is other and other is not ws, (ws, other)
             assert ws.executing <= set(ws.processing), ws
             expected = sum(ws.processing.values()) + sum(ws.stale.values())
             assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws

@@ -21,6 +21,7 @@ import time
 import traceback as tb_module
 
 import psutil
+import zmq
 from dask.sizeof import sizeof
 
 from .. import bulk
@@ -29,7 +30,7 @@ from ..graph import execute
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
 from ..security import Security, find_security, read_connection_file
-from .state import Execute, GatherDep, Send, WorkerState
+from .state import RELAY, Execute, GatherDep, Send, WorkerState
 
 MAX_ERROR_TEXT = 10_000
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
@@ -141,11 +142,20 @@ class Worker:
     >>> w = Worker(scheduler=s.address_to_workers)          # data={} by default
     >>> w = Worker(scheduler=..., hostname=..., port_to_workers=1234, data=mapping,
     ...            nthreads=2)
+
+    A peer that does not complete a connection within ``connect_timeout`` seconds, or
+    does not answer a request within ``gather_timeout``, is unreachable: data it holds
+    comes through the scheduler instead (see `WorkerState`), and every
+    ``unreachable_retry`` seconds a new connection is tried in the background.
+    ``contact_address`` is the address peers are told to use, when it is not the one
+    bound (a port forward, a NAT).
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
                  nthreads=1, security=None, name=None, heartbeat_interval=0.5,
-                 gather_timeout=30.0, validate=False, max_message_bytes=MAX_MESSAGE_BYTES):
+                 connect_timeout=5.0, gather_timeout=30.0, unreachable_retry=30.0,
+                 contact_address=None, validate=False,
+                 max_message_bytes=MAX_MESSAGE_BYTES):
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler, security, "address_to_workers")
@@ -153,13 +163,15 @@ class Worker:
         self.nthreads = nthreads
         self.max_send_bytes = MAX_MESSAGE_BYTES    # the scheduler's cap, from "welcome"
         self.heartbeat_interval = heartbeat_interval
+        self.connect_timeout = connect_timeout
         self.gather_timeout = gather_timeout
+        self.unreachable_retry = unreachable_retry
         self.loop = IOLoop("dask-ipy-worker")
         if hostname is None:
             hostname = local_ip_towards(self.scheduler_address)
         self.peer_socket, port = bind_router(self.loop.context, self.security, hostname,
                                              port_to_workers)
-        self.address = f"tcp://{hostname}:{port}"
+        self.address = contact_address or f"tcp://{hostname}:{port}"
         # Large data for peers leaves through a plain TCP side channel (see bulk.py),
         # unless the cluster encrypts: then it stays on the CURVE sockets.
         self.bulk = None if self.security.encrypt else bulk.BulkServer(
@@ -172,8 +184,8 @@ class Worker:
         self.process = psutil.Process()
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
-        self.peer_sockets = {}                 # {socket: address}
-        self.gather_timers = {}
+        self.connecting = {}                   # {address: (monitor socket, timer)}
+        self.gather_timers = {}                # {address or RELAY: (id, timer, keys)}
         self.jobs = queue.SimpleQueue()
         self.threads = []
         self.closed = threading.Event()
@@ -233,12 +245,14 @@ class Worker:
             elif op in ("compute-task", "free-keys", "who-has", "restart", "go",
                         "steal-request"):
                 self._handle(op, **msg)
+            elif op == "relay-data":
+                self._gather_done(RELAY, msg)
             elif op == "put-data":
                 self._put_data(msg["data"])
             elif op == "welcome":
                 self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
             elif op == "send-data":
-                self._send_data(msg["keys"], msg["request_id"])
+                self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
             elif op == "run":
                 self._run_function(msg["function"], msg["request_id"])
             elif op == "unknown-worker":
@@ -355,23 +369,32 @@ class Worker:
                                "text": f"result of {key!r} could not be serialized: {e}"}
         return data, missing, errors
 
-    def _send_data(self, keys, request_id):
+    def _send_data(self, keys, request_id, max_bytes=None):
+        """Values for the scheduler: a client's gather, or a relay to a worker that
+        cannot reach this one (``max_bytes``: the relay's cap)."""
         data, missing, errors = self._serialize_data(keys)
         # The reply must fit under the scheduler's cap, or the scheduler drops it and
         # the client waits forever: what does not fit is an error naming the key.
-        room = self.max_send_bytes - SEND_MARGIN
+        limit = self.max_send_bytes - SEND_MARGIN
+        if max_bytes is None:
+            cap = (f"the scheduler accepts in one message ({self.max_send_bytes} bytes, "
+                   "Scheduler(max_message_bytes=...))")
+        else:
+            limit = min(limit, max_bytes)
+            cap = (f"the scheduler relays between workers ({max_bytes} bytes, "
+                   "Scheduler(max_relay_bytes=...))")
+        room = limit
         for key, blob in list(data.items()):
             if blob.nbytes <= room:
                 room -= blob.nbytes
                 continue
             del data[key]
-            alone = blob.nbytes <= self.max_send_bytes - SEND_MARGIN
+            alone = blob.nbytes <= limit
             errors[key] = {"type": "MessageTooLarge", "text": (
-                f"result of {key!r} is {blob.nbytes} bytes: "
-                + ("with the other results asked for at the same time, that is "
+                f"{key!r} is {blob.nbytes} bytes: "
+                + ("with the other values asked for at the same time, that is "
                    if alone else "")
-                + f"more than the scheduler accepts in one message "
-                  f"({self.max_send_bytes} bytes, Scheduler(max_message_bytes=...))")}
+                + f"more than {cap}")}
         self._flush()          # a message of its own: if refused, nothing else is lost
         self.outgoing.append({"op": "data", "request_id": request_id, "data": data,
                               "missing": missing, "errors": errors})
@@ -406,24 +429,70 @@ class Worker:
                 logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
 
     def _gather(self, peer, keys):
-        sock = self.peers.get(peer)
-        if sock is None:
-            sock = connect_dealer(self.loop.context, self.security, self.id, peer)
-            self.peers[peer] = sock
-            self.peer_sockets[sock] = peer
-            self.loop.add_socket(sock, lambda frames, peer=peer: self._on_peer_reply(peer, frames))
         # 64 random bits: a reply over the side channel is accepted for this id only
         request_id = os.urandom(8).hex()
         self.gather_timers[peer] = (request_id, self.loop.call_later(
             self.gather_timeout, self._gather_timed_out, peer, request_id), keys)
+        msg = {"op": "get-data", "keys": list(keys), "request_id": request_id}
+        if peer == RELAY:
+            msg["op"] = "relay"
+            self.outgoing.append(msg)
+            return
+        sock = self.peers.get(peer) or self._connect_peer(peer)
+        msg["bulk"] = self.bulk is not None and peer not in self.no_bulk
         try:
-            send(sock, self.session.dumps(
-                [{"op": "get-data", "keys": list(keys), "request_id": request_id,
-                  "bulk": self.bulk is not None and peer not in self.no_bulk}]))
+            send(sock, self.session.dumps([msg]))
         except Exception as e:            # no way to the peer: fail the fetch now
             logger.warning("worker %s: could not ask %s for data: %s", self.address,
                            peer, e)
             self.loop.call_soon(self._gather_timed_out, peer, request_id)
+
+    def _connect_peer(self, peer):
+        """A connection to ``peer``, watched: if its handshake has not succeeded after
+        ``connect_timeout`` seconds (no route, a firewall, a wrong address, a
+        one-way link), the peer is unreachable."""
+        sock = connect_dealer(self.loop.context, self.security, self.id, peer)
+        self.peers[peer] = sock
+        self.loop.add_socket(sock, lambda frames: self._on_peer_reply(peer, frames))
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.loop.add_socket(monitor, lambda frames: self._connected(peer))
+        self.connecting[peer] = (monitor, self.loop.call_later(
+            self.connect_timeout, self._connect_timed_out, peer))
+        return sock
+
+    def _connected(self, peer):
+        self._stop_watching(peer)
+        if peer in self.state.unreachable:
+            logger.info("worker %s: %s is reachable again", self.address, peer)
+            self._handle("peer-reachable", peer=peer)
+
+    def _stop_watching(self, peer):
+        monitor, timer = self.connecting.pop(peer, (None, None))
+        if monitor is None:
+            return
+        IOLoop.cancel_timer(timer)
+        self.loop.remove_socket(monitor)
+        sock = self.peers.get(peer)
+        if sock is not None:
+            sock.disable_monitor()
+        monitor.close(linger=0)
+
+    def _connect_timed_out(self, peer):
+        if peer not in self.connecting:
+            return
+        logger.warning("worker %s: no connection to %s after %.1f s; its data comes "
+                       "through the scheduler", self.address, peer, self.connect_timeout)
+        self._unreachable(peer)
+
+    def _unreachable(self, peer):
+        self._drop_peer(peer)
+        self._handle("peer-unreachable", peer=peer)
+        self.loop.call_later(self.unreachable_retry, self._probe, peer)
+
+    def _probe(self, peer):
+        """Try again, in the background, to connect to a peer found unreachable."""
+        if peer in self.state.unreachable and peer not in self.peers:
+            self._connect_peer(peer)
 
     def _take_pending(self, peer, request_id):
         """The gather from ``peer`` (request id, timer, keys) if ``request_id`` is the
@@ -438,10 +507,12 @@ class Worker:
     def _gather_timed_out(self, peer, request_id):
         if self._take_pending(peer, request_id) is None:
             return
-        logger.warning("worker %s: %s did not answer in %.0f s", self.address, peer,
-                       self.gather_timeout)
-        self._drop_peer(peer)
-        self._handle("gather-failed", peer=peer)
+        logger.warning("worker %s: %s did not answer in %.0f s", self.address,
+                       "the relay" if peer == RELAY else peer, self.gather_timeout)
+        if peer == RELAY:
+            self._handle("gather-failed", peer=peer)
+        else:
+            self._unreachable(peer)
 
     def _drop_peer(self, peer):
         """Forget a peer: its connection, any gather from it in flight, and whether its
@@ -450,9 +521,9 @@ class Worker:
         if pending is not None:
             IOLoop.cancel_timer(pending[1])
         self.no_bulk.discard(peer)
+        self._stop_watching(peer)
         sock = self.peers.pop(peer, None)
         if sock is not None:
-            self.peer_sockets.pop(sock, None)
             self.loop.remove_socket(sock)
             sock.close(linger=0)
 
@@ -483,7 +554,7 @@ class Worker:
                              self.address, key, peer, e)
                 missing.append(key)
         self._handle("gather-done", peer=peer, data=values, sizes=sizes,
-                     missing=missing)
+                     missing=missing, errors=msg.get("errors"))
 
     def _fetch_bulk(self, peer, offer):
         """On a thread of its own: download a "data" message over the side channel and
@@ -492,7 +563,8 @@ class Worker:
         host = peer.split("://", 1)[-1].rsplit(":", 1)[0]
         try:
             frames, tags = bulk.fetch(self.session, host, offer["port"], offer["ticket"],
-                                      self.gather_timeout, self.max_message_bytes)
+                                      self.gather_timeout, self.max_message_bytes,
+                                      connect_timeout=self.connect_timeout)
             msgs = self.session.loads(frames, check_replay=False, tags=tags)
             if (len(msgs) != 1 or msgs[0].get("op") != "data"
                     or msgs[0].get("request_id") != offer["request_id"]):

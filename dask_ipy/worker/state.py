@@ -9,6 +9,9 @@ Task states on a worker::
     fetch ──▶ flight ──▶ memory          (a dependency held by a peer)
       ▲          │
       └─ missing ◀┘                      (no peer had it: the scheduler is told)
+
+A dependency held only by peers this worker cannot reach (`unreachable`) is in flight
+from `RELAY`: the scheduler fetches it from a holder and forwards it.
     waiting ──▶ ready ──▶ executing ──▶ memory   (a task this worker computes)
 
 State, documented once:
@@ -18,7 +21,8 @@ State, documented once:
     ready:     heap of (priority, seq, key) for tasks whose inputs are all in memory
     fetching:  {key} in state "fetch" (so no event walks over every task)
     executing: {key}                  at most `nthreads`
-    in_flight: {peer address: [key]}  one request at a time per peer
+    in_flight: {peer address: [key]}  one request at a time per peer (or RELAY)
+    unreachable: {peer address}       peers that did not connect or answer in time
     WTask.waiting_for: {key}          dependencies not in memory yet
     WTask.dependents:  {key}          local tasks that need this one
     WTask.who_has:     {address}      peers said to hold a dependency
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 
 SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
 PREFETCH = 8           # tasks per thread handed to the pool when they are short
+RELAY = "relay"        # the pseudo-peer of fetches through the scheduler
 
 
 @dataclass
@@ -97,6 +102,7 @@ class WorkerState:
         self.nbytes = {}              # {key: bytes} of what is in data
         self.fetching = set()         # keys in state "fetch"
         self.unconfirmed = {}         # {key: Execute} waiting for the scheduler's "go"
+        self.unreachable = set()      # peers whose data comes through the scheduler
         self._seq = itertools.count()
         self._handlers = {name[4:].replace("_", "-"): getattr(self, name)
                           for name in dir(self) if name.startswith("_on_")}
@@ -231,10 +237,13 @@ class WorkerState:
 
     def _on_worker_removed(self, out, address):
         """A peer died: fetches from it fail now rather than after a timeout."""
+        self.unreachable.discard(address)
         for ts in self.tasks.values():
             ts.who_has.discard(address)
-        if address in self.in_flight:
-            self._on_gather_failed(out, address, self.in_flight.get(address, []))
+        for key in self.in_flight.pop(address, ()):
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "flight":
+                self._retry_or_missing(out, ts, address)
         for key in list(self.fetching):
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "fetch" and not ts.who_has:
@@ -265,6 +274,7 @@ class WorkerState:
         self.ready.clear()
         self.fetching.clear()
         self.in_flight.clear()
+        self.unreachable.clear()
         self.nbytes.clear()
         self.data.clear()
 
@@ -350,7 +360,9 @@ class WorkerState:
                 if not d.waiting_for:
                     self._make_ready(d)
 
-    def _on_gather_done(self, out, peer, data, sizes, missing=()):
+    def _on_gather_done(self, out, peer, data, sizes, missing=(), errors=None):
+        """A peer (or the relay) answered: the values it sent, keys it did not have,
+        and, from the relay only, keys it could not forward ({key: error})."""
         keys = self.in_flight.pop(peer, [])
         for key in keys:
             ts = self.tasks.get(key)
@@ -358,18 +370,53 @@ class WorkerState:
                 continue
             if key in data:
                 self._store(ts, data[key], sizes.get(key, 0))
+            elif errors and key in errors:
+                self._fail_dependents(out, ts, errors[key])
+            elif peer == RELAY:
+                # The scheduler found no holder with it and knows that already.
+                ts.who_has.clear()
+                self._missing(out, ts, None)
             else:
                 ts.who_has.discard(peer)
                 self._retry_or_missing(out, ts, peer)
 
-    def _on_gather_failed(self, out, peer, keys=None):
-        keys = self.in_flight.pop(peer, keys or [])
-        for key in keys:
+    def _on_gather_failed(self, out, peer):
+        """No answer from ``peer`` (or the relay) in time: fetch those keys again."""
+        for key in self.in_flight.pop(peer, ()):
             ts = self.tasks.get(key)
-            if ts is None or ts.state != "flight":
+            if ts is not None and ts.state == "flight":
+                ts.state = "fetch"
+                self.fetching.add(key)
+
+    def _on_peer_unreachable(self, out, peer):
+        """``peer`` did not connect or did not answer in time: its data comes through
+        the scheduler from now on, and the scheduler hears of it (placement avoids the
+        pair)."""
+        if peer not in self.unreachable:
+            self.unreachable.add(peer)
+            out.append(Send({"op": "peer-unreachable", "address": peer}))
+        self._on_gather_failed(out, peer)
+
+    def _on_peer_reachable(self, out, peer):
+        if peer in self.unreachable:
+            self.unreachable.discard(peer)
+            out.append(Send({"op": "peer-reachable", "address": peer}))
+
+    def _fail_dependents(self, out, ts, error):
+        """An input cannot be brought here: every local task waiting for it errs."""
+        for dkey in list(ts.dependents):
+            d = self.tasks.get(dkey)
+            if d is None or d.state not in ("waiting", "ready"):
                 continue
-            ts.who_has.discard(peer)
-            self._retry_or_missing(out, ts, peer)
+            out.append(Send({"op": "task-erred", "key": dkey, "exception": None,
+                             "traceback": None, "traceback_text": "", **error}))
+            d.state = "released"
+            d.computed = False
+            self._done_with_inputs(d)
+            self._release(d)
+        if self.tasks.get(ts.key) is ts and ts.state == "flight":
+            ts.state = "released"
+            self._release(ts)
 
     def _fetch_or_missing(self, ts):
         if ts.who_has:
@@ -426,16 +473,24 @@ class WorkerState:
 
     def _ensure_communicating(self, out):
         wanted = {}
+        relay = []
         for key in list(self.fetching):
             ts = self.tasks.get(key)
             if ts is None or ts.state != "fetch":
                 self.fetching.discard(key)
                 continue
-            idle = [p for p in ts.who_has if p not in self.in_flight]
+            direct = [p for p in ts.who_has if p not in self.unreachable]
+            if not direct:
+                if RELAY not in self.in_flight:
+                    relay.append(ts)
+                continue
+            idle = [p for p in direct if p not in self.in_flight]
             if not idle:
                 continue
             peer = min(idle, key=lambda p: len(wanted.get(p, ())))
             wanted.setdefault(peer, []).append(ts)
+        if relay:
+            wanted[RELAY] = relay
         for peer, tss in wanted.items():
             for ts in tss:
                 ts.state = "flight"
