@@ -48,6 +48,12 @@ def default_client():
     raise ValueError("no dask_ipy Client is running; create one with Client(address)")
 
 
+def default_clients():
+    """The clients made default, most recent last."""
+    with _lock:
+        return list(_current)
+
+
 def _walk_futures(obj, found):
     """Replace Futures nested in lists, tuples, sets and dicts by TaskRefs."""
     if isinstance(obj, Future):
@@ -83,6 +89,15 @@ def _pack_futures(obj, values):
     if t is dict:
         return {k: _pack_futures(v, values) for k, v in obj.items()}
     return obj
+
+
+def _fail(fut, exc):
+    """Fail a concurrent.futures.Future unless it is done (by now, on any thread)."""
+    if not fut.done():
+        try:
+            fut.set_exception(exc)
+        except cf.InvalidStateError:
+            pass
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
@@ -171,6 +186,7 @@ class Client:
         self._ids = itertools.count(1)
         self._lost = False
         self.status = "connecting"
+        self._status_lock = threading.Lock()   # one close, even from two threads
         self._previous_scheduler = None
         self.loop.start()
         try:
@@ -180,9 +196,12 @@ class Client:
             self.close()               # no thread or socket outlives a failed connect
             raise
         self.scheduler_id = welcome["id"]
-        self.status = "running"
-        if set_as_default:
-            self._set_default()
+        with self._status_lock:
+            if self.status == "closed":    # the scheduler shut down meanwhile
+                raise SchedulerLost(f"the scheduler at {self.address} was shut down")
+            self.status = "running"
+            if set_as_default:
+                self._set_default()
 
     def __repr__(self):
         return f"<Client {self.address} {self.status}>"
@@ -262,6 +281,10 @@ class Client:
         self._lost = True
         self.status = "reconnecting"
         logger.warning("client: %s", reason)
+        self._fail_pending(reason)
+
+    def _fail_pending(self, reason):
+        """Every pending Future and request fails with SchedulerLost(reason)."""
         for key, state in list(self.states.items()):
             if not state.done():
                 state.lose(reason)
@@ -269,12 +292,18 @@ class Client:
             if rid == "welcome":
                 continue
             self.requests.pop(rid, None)
-            if not fut.done():
-                fut.set_exception(SchedulerLost(reason))
+            _fail(fut, SchedulerLost(reason))
         for rid, (keys, fut) in list(self.scatter_waits.items()):
             self.scatter_waits.pop(rid, None)
-            if not fut.done():
-                fut.set_exception(SchedulerLost(reason))
+            _fail(fut, SchedulerLost(reason))
+
+    def _on_scheduler_closing(self, msg):
+        """The scheduler shuts down: what waits on it fails, and this client closes."""
+        if self.status == "closed":
+            return
+        logger.info("client: the scheduler at %s shuts down", self.address)
+        self._fail_pending(f"the scheduler at {self.address} was shut down")
+        self.close()
 
     def _on_frames(self, frames):
         try:
@@ -362,6 +391,7 @@ class Client:
         "scattered": _on_scattered,
         "scatter-failed": _on_scatter_failed,
         "monitor-snapshot": _on_monitor_snapshot,
+        "scheduler-closing": _on_scheduler_closing,
     }
 
     # ---------------------------------------------------------------- requests
@@ -373,6 +403,9 @@ class Client:
             msg["request_id"] = rid
 
         def go():
+            if self.status == "closed":    # closed on this thread since the call
+                fut.set_exception(RuntimeError("this Client is closed"))
+                return
             if self._lost and msg["op"] != "register-client":
                 fut.set_exception(SchedulerLost(f"not connected to {self.address}"))
                 return
@@ -687,6 +720,9 @@ class Client:
         rid = next(self._ids)
 
         def go():
+            if self.status == "closed":
+                fut.set_exception(RuntimeError("this Client is closed"))
+                return
             self.scatter_waits[rid] = (set(items), fut)
             self.outgoing.append({"op": "scatter", "request_id": rid, "data": blobs,
                                   "broadcast": broadcast, "workers": workers})
@@ -874,8 +910,12 @@ class Client:
     # ---------------------------------------------------------------- life
 
     def close(self, timeout=5):
-        if self.status == "closed":
-            return
+        """Close the connection (any thread, the I/O thread included: it is then not
+        waited for)."""
+        with self._status_lock:
+            if self.status == "closed":
+                return
+            self.status = "closed"
         self._unset_default()
 
         def bye():
@@ -884,7 +924,6 @@ class Client:
             self.loop.running = False
         if self.loop.running:
             self.loop.call_soon(bye)
-        self.status = "closed"
         self.loop.stop(timeout)
         for state in list(self.states.values()):
             if not state.done():
@@ -893,11 +932,7 @@ class Client:
         waits = list(self.requests.values())
         waits += [fut for _, fut in self.scatter_waits.values()]
         for fut in waits:
-            if not fut.done():
-                try:
-                    fut.set_exception(RuntimeError("this Client is closed"))
-                except cf.InvalidStateError:
-                    pass
+            _fail(fut, RuntimeError("this Client is closed"))
 
     def shutdown(self, timeout=10):
         """Stop the scheduler and its workers, then close this client."""

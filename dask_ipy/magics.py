@@ -369,10 +369,17 @@ class DaskMagics(Magics):
         print(f"restarted {client.address}: every task forgotten, all data dropped")
 
     def _dsched_stop(self, args):
+        from .client import default_clients
+
         client = self.active_client()
-        address = client.address
+        address, scheduler_id = client.address, client.scheduler_id
         client.shutdown()
         self._forget(close=False)
+        # The other default clients of this scheduler close now, not whenever its
+        # last word reaches them: `%%dget` then finds no client of a dead scheduler.
+        for other in default_clients():
+            if other.scheduler_id == scheduler_id:
+                other.close()
         print(f"stopped the scheduler at {address} and its workers")
 
     # ------------------------------------------------------------ %%dget

@@ -414,6 +414,30 @@ def test_a_thread_still_running_a_forgotten_task_gets_no_new_work(c, tmp_path, h
         assert c.submit(inc, 1, workers=[address], pure=False).result(timeout=10) == 2
 
 
+def test_a_shutdown_by_another_client_fails_what_waits_and_closes(cluster, tmp_path):
+    """Another client stops the scheduler (in this process here): this one's pending
+    Future fails with SchedulerLost at once, and this client closes and leaves the
+    default stack."""
+    from dask_ipy import Client, SchedulerLost
+    from dask_ipy.client import _current
+
+    s, _, c = cluster
+    gate = tmp_path / "gate"
+    try:
+        f = c.submit(wait_for_file, str(gate), 10, "late")
+        wait_for(lambda: any(w["executing"]
+                             for w in c.scheduler_info()["workers"].values()),
+                 message="the task to start")
+        other = Client(s, set_as_default=False)
+        other.shutdown()
+        with pytest.raises(SchedulerLost, match="shut down"):
+            f.result(timeout=5)
+        wait_for(lambda: c.status == "closed", timeout=5, message="the client to close")
+        assert c not in _current
+    finally:
+        gate.touch()
+
+
 def test_context_manager_closes(pc):
     with pc.client() as client:
         assert client.submit(inc, 1).result(timeout=10) == 2

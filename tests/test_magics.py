@@ -363,6 +363,25 @@ def test_stop_shuts_the_scheduler_down(connected, scheduler):
     run(ip, "%%dget y\n" + SEED, error=UsageError)
 
 
+def test_stop_closes_the_earlier_clients_of_that_scheduler(ip, scheduler):
+    """A client made default before `%dsched connect` to the same scheduler closes
+    with it: afterwards both forms of %dget say how to start a scheduler."""
+    from dask_ipy.client import default_client
+
+    earlier = dask_ipy.Client(scheduler.address_to_clients)
+    try:
+        run(ip, f"c = %dsched connect {scheduler.address_to_clients}")
+        run(ip, "%dsched stop")
+        for code in ("%%dget y\n" + SEED, "%dget 1"):
+            r, _ = run(ip, code, error=UsageError)
+            assert "%dsched start" in str(r.exception), code
+        assert earlier.status == "closed"
+        with pytest.raises(ValueError):
+            default_client()
+    finally:
+        earlier.close()
+
+
 def test_unload_closes_the_client_only(ip, scheduler):
     run(ip, f"c = %dsched connect {scheduler.address_to_clients}")
     c = ip.user_ns["c"]
