@@ -32,7 +32,7 @@ from dask.utils import funcname
 from . import graph as g
 from .comm import IOLoop, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
-                      _unpickling, rebuild_error)
+                      _set_exception, _unpickling, rebuild_error)
 from .protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
                        ProtocolError, Session, deserialize, serialize)
 from .worker.server import resolve_scheduler
@@ -89,15 +89,6 @@ def _pack_futures(obj, values):
     if t is dict:
         return {k: _pack_futures(v, values) for k, v in obj.items()}
     return obj
-
-
-def _fail(fut, exc):
-    """Fail a concurrent.futures.Future unless it is done (by now, on any thread)."""
-    if not fut.done():
-        try:
-            fut.set_exception(exc)
-        except cf.InvalidStateError:
-            pass
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
@@ -292,10 +283,10 @@ class Client:
             if rid == "welcome":
                 continue
             self.requests.pop(rid, None)
-            _fail(fut, SchedulerLost(reason))
+            _set_exception(fut, SchedulerLost(reason))
         for rid, (keys, fut) in list(self.scatter_waits.items()):
             self.scatter_waits.pop(rid, None)
-            _fail(fut, SchedulerLost(reason))
+            _set_exception(fut, SchedulerLost(reason))
 
     def _on_scheduler_closing(self, msg):
         """The scheduler shuts down: what waits on it fails, and this client closes."""
@@ -932,7 +923,7 @@ class Client:
         waits = list(self.requests.values())
         waits += [fut for _, fut in self.scatter_waits.values()]
         for fut in waits:
-            _fail(fut, RuntimeError("this Client is closed"))
+            _set_exception(fut, RuntimeError("this Client is closed"))
 
     def shutdown(self, timeout=10):
         """Stop the scheduler and its workers, then close this client."""

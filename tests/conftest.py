@@ -153,6 +153,23 @@ class ProcessCluster:
             p.stdout.close()
 
 
+@contextlib.contextmanager
+def processes(tmp_path, **options):
+    """(ProcessCluster, Client); all killed and closed at the end, even on failure."""
+    threads = set(dask_ipy_threads())          # those of clients alive before
+    pc = ProcessCluster(str(tmp_path), **options)
+    c = None
+    try:
+        c = pc.client()
+        yield pc, c
+    finally:
+        if c is not None:
+            c.close()
+        pc.close()
+        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=5,
+                 message="threads to stop")
+
+
 @pytest.fixture
 def process_cluster(tmp_path):
     pc = ProcessCluster(str(tmp_path))

@@ -17,7 +17,7 @@ import pytest
 
 from dask_ipy import TransferError
 
-from conftest import ProcessCluster, dask_ipy_threads, wait_for
+from conftest import processes, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,22 +28,6 @@ def make_bytes(n):
 
 def digest(data):
     return hashlib.sha256(data).hexdigest()
-
-
-@contextlib.contextmanager
-def cluster(tmp_path, **scheduler_options):
-    threads = set(dask_ipy_threads())
-    pc = ProcessCluster(str(tmp_path), nworkers=0, scheduler_options=scheduler_options)
-    c = None
-    try:
-        c = pc.client()
-        yield pc, c
-    finally:
-        if c is not None:
-            c.close()
-        pc.close()
-        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=5,
-                 message="threads to stop")
 
 
 def start_workers(pc, c, *options):
@@ -114,7 +98,7 @@ def free_port():
 
 
 def test_data_of_a_silent_peer_comes_through_the_scheduler(tmp_path):
-    with silent_port() as hole, cluster(tmp_path) as (pc, c):
+    with silent_port() as hole, processes(tmp_path, nworkers=0) as (pc, c):
         a, b = start_workers(pc, c, {"contact_address": hole},
                              {"connect_timeout": 2.0})
         assert a == hole
@@ -137,7 +121,7 @@ def test_data_of_a_silent_peer_comes_through_the_scheduler(tmp_path):
 
 def test_data_over_a_one_way_link_comes_through_the_scheduler(tmp_path):
     port = free_port()
-    with cluster(tmp_path) as (pc, c), one_way_proxy(port) as proxy:
+    with processes(tmp_path, nworkers=0) as (pc, c), one_way_proxy(port) as proxy:
         a, b = start_workers(
             pc, c, {"hostname": "127.0.0.1", "port_to_workers": port,
                     "contact_address": proxy},
@@ -151,7 +135,8 @@ def test_data_over_a_one_way_link_comes_through_the_scheduler(tmp_path):
 
 
 def test_a_value_too_large_to_relay_errs_the_task_naming_both_workers(tmp_path):
-    with silent_port() as hole, cluster(tmp_path, max_relay_bytes=1 << 20) as (pc, c):
+    with silent_port() as hole, processes(tmp_path, nworkers=0,
+                                       scheduler_options={"max_relay_bytes": 1 << 20}) as (pc, c):
         a, b = start_workers(pc, c, {"contact_address": hole},
                              {"connect_timeout": 1.0})
         big = c.submit(make_bytes, 4 << 20, workers=[a])

@@ -22,30 +22,13 @@ import pytest
 from dask._task_spec import Task, TaskRef
 
 import resilience_ops as ops
-from conftest import ProcessCluster, dask_ipy_threads, wait_for
+from conftest import ProcessCluster, dask_ipy_threads, processes, wait_for
 from dask_ipy import CycleError, KilledWorker, MissingDependency, SchedulerLost, wait
 from dask_ipy.protocol import MessageTooLarge
 from dask_ipy.scheduler.state import SchedulerState
 from dask_ipy.worker.state import Execute, Send, WorkerState
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@contextlib.contextmanager
-def processes(tmp_path, **options):
-    """(ProcessCluster, Client); all killed and closed at the end, even on failure."""
-    threads = set(dask_ipy_threads())          # those of clients alive before
-    pc = ProcessCluster(str(tmp_path), **options)
-    c = None
-    try:
-        c = pc.client()
-        yield pc, c
-    finally:
-        if c is not None:
-            c.close()
-        pc.close()
-        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=5,
-                 message="threads to stop")
 
 
 def process_at(pc, address):
