@@ -479,7 +479,8 @@ class WorkerState:
             if ts is None or ts.state != "fetch":
                 self.fetching.discard(key)
                 continue
-            direct = [p for p in ts.who_has if p not in self.unreachable]
+            direct = (ts.who_has if not self.unreachable else
+                      [p for p in ts.who_has if p not in self.unreachable])
             if not direct:
                 if RELAY not in self.in_flight:
                     relay.append(ts)
