@@ -14,6 +14,9 @@ import time
 import pytest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
+# The tiers: pure functions and state machines; processes and sockets; ipcluster
+# and notebooks; a browser.
+TIERS = [os.path.join(TESTS, tier) for tier in ("pure", "cluster", "notebook", "browser")]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,7 +32,7 @@ def isolated_dirs():
         os.environ["JUPYTER_CONFIG_DIR"] = os.path.join(d, "jupyter-config")
         # Worker processes import functions defined in test modules by reference.
         os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (TESTS, old["PYTHONPATH"]) if p)
+            p for p in (TESTS, *TIERS, old["PYTHONPATH"]) if p)
         yield d
         for k, v in old.items():
             if v is None:

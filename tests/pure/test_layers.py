@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "dask_ipy"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "dask_ipy"
 PURE = ["scheduler/state.py", "worker/state.py", "graph.py", "protocol.py", "keys.py"]
 FORBIDDEN = {"zmq", "socket", "threading", "time", "asyncio", "select", "selectors",
              "subprocess", "concurrent"}

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                          "notebooks")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

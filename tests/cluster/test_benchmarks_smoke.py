@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import report, workloads
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

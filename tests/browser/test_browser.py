@@ -26,7 +26,7 @@ from conftest import wait_for
 
 pytestmark = pytest.mark.browser
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "widget_demo.ipynb")
 QUICKSTART = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 GROUP = "slow_inc"

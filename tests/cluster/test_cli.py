@@ -17,7 +17,7 @@ from dask_ipy.cli import log_path, parse_args, ready_lines
 from dask_ipy.ipp import scheduler_argv, spawn_scheduler
 from dask_ipy.security import Security
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def command():

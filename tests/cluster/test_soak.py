@@ -1,6 +1,6 @@
 """Soak: random graphs for minutes while workers are killed and frozen at random.
 
-    pytest -m soak tests/test_soak.py            # DASK_IPY_SOAK_MINUTES, default 2
+    pytest -m soak tests/cluster/test_soak.py            # DASK_IPY_SOAK_MINUTES, default 2
 
 DASK_IPY_SOAK_TASK_MS makes each graph task sleep about that long (0 to twice it), so
 that tasks wait in workers' queues long enough to be stolen.
