@@ -8,20 +8,20 @@ import importlib
 _PUBLIC = {
     "Scheduler": ".scheduler.server",
     "Worker": ".worker.server",
-    "Client": ".client",
-    "default_client": ".client",
-    "Future": ".futures",
-    "wait": ".futures",
-    "as_completed": ".futures",
-    "KilledWorker": ".futures",
-    "CancelledError": ".futures",
-    "RemoteError": ".futures",
-    "SchedulerLost": ".futures",
-    "TransferError": ".futures",
+    "Client": ".client.client",
+    "default_client": ".client.client",
+    "Future": ".client.futures",
+    "wait": ".client.futures",
+    "as_completed": ".client.futures",
+    "KilledWorker": ".client.futures",
+    "CancelledError": ".client.futures",
+    "RemoteError": ".client.futures",
+    "SchedulerLost": ".client.futures",
+    "TransferError": ".client.futures",
     "CycleError": ".graph",
     "MissingDependency": ".graph",
     "Security": ".security",
-    "Monitor": ".widget",              # ipywidgets loads only when a widget is wanted
+    "Monitor": ".notebook.widget",              # ipywidgets loads only when a widget is wanted
 }
 
 __version__ = "0.1.0"
@@ -29,14 +29,14 @@ __version__ = "0.1.0"
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):
     """Start a scheduler and one worker per ipyparallel engine; return a Client."""
-    from .ipp import dask_client_from_ipclient as boot
+    from .bootstrap import dask_client_from_ipclient as boot
 
     return boot(ipclient, targets, **options)
 
 
 def progress(*futures_or_collections, **kwargs):
     """Print a text progress bar until the given Futures or collections are done."""
-    from .widget import progress as show
+    from .notebook.widget import progress as show
 
     return show(*futures_or_collections, **kwargs)
 
@@ -55,13 +55,13 @@ def __dir__():
 
 
 def load_ipython_extension(ip):
-    from .magics import load_ipython_extension as load
+    from .notebook.magics import load_ipython_extension as load
 
     load(ip)
 
 
 def unload_ipython_extension(ip):
-    from .magics import unload_ipython_extension as unload
+    from .notebook.magics import unload_ipython_extension as unload
 
     unload(ip)
 

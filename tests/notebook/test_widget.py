@@ -16,7 +16,7 @@ import pytest
 from conftest import dask_ipy_threads, wait_for
 
 import dask_ipy
-from dask_ipy import widget as W
+from dask_ipy.notebook import widget as W
 
 SNAP = {
     "op": "monitor-snapshot", "address": "tcp://127.0.0.1:5555", "uptime": 75.0,

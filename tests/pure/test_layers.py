@@ -29,7 +29,7 @@ def test_pure_modules_do_no_io(module):
 
 
 def test_the_notebook_layer_uses_only_the_public_api():
-    for name in ("magics.py", "widget.py"):
+    for name in ("notebook/magics.py", "notebook/widget.py"):
         path = PACKAGE / name
         if not path.exists():
             pytest.fail(f"{name} is missing")

@@ -165,7 +165,7 @@ def _dget_graph(client, graph, keys, asynchronous):
     if keys:
         wanted = [_resolve_key(k, graph) for k in keys]
     else:
-        from .graph import dependencies, normalize, output_keys
+        from ..graph import dependencies, normalize, output_keys
 
         wanted = output_keys(dependencies(normalize(graph)))
     for k in wanted:
@@ -369,7 +369,7 @@ class DaskMagics(Magics):
         print(f"restarted {client.address}: every task forgotten, all data dropped")
 
     def _dsched_stop(self, args):
-        from .client import default_clients
+        from ..client.client import default_clients
 
         client = self.active_client()
         address, scheduler_id = client.address, client.scheduler_id

@@ -29,13 +29,13 @@ from dask._task_spec import Task, TaskRef, parse_input
 from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
-from . import graph as g
-from .comm import IOLoop, send, connect_dealer, logger, new_id
+from .. import graph as g
+from ..comm import IOLoop, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _set_exception, _unpickling, rebuild_error)
-from .protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
+from ..protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
                        ProtocolError, Session, deserialize, serialize)
-from .worker.server import resolve_scheduler
+from ..worker.server import resolve_scheduler
 
 _current = []          # clients made default, most recent last
 _lock = threading.Lock()
@@ -198,14 +198,14 @@ class Client:
         return f"<Client {self.address} {self.status}>"
 
     def _repr_html_(self):
-        from .widget import client_summary
+        from ..notebook.widget import client_summary
 
         return client_summary(self)[1]
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         """In a kernel: the live Monitor widget (text and HTML as fallbacks);
         in a terminal: a plain-text summary."""
-        from .widget import client_mimebundle
+        from ..notebook.widget import client_mimebundle
 
         return client_mimebundle(self)
 

@@ -181,7 +181,7 @@ def _engine_probe():
                 out["route_ip"] = s.getsockname()[0]
         except OSError:
             pass
-    mod = sys.modules.get("dask_ipy.ipp")
+    mod = sys.modules.get("dask_ipy.bootstrap")
     if mod is not None:
         out["record"] = mod._engine_record()
     return out
@@ -190,7 +190,7 @@ def _engine_probe():
 def _engine_warm():
     """Runs on an engine, by value: import dask_ipy while the scheduler starts, and
     prime ipyparallel's serializer (it imports numpy on first use)."""
-    import dask_ipy.ipp  # noqa: F401
+    import dask_ipy.bootstrap  # noqa: F401
 
     try:
         from ipyparallel.serialize import can
@@ -363,7 +363,7 @@ def _reachable(address, timeout=2.0):
 
 
 def _connect(scheduler, timeout, set_as_default=True):
-    from .client import Client
+    from .client.client import Client
     from .security import Security
 
     return Client(scheduler["address_to_clients"],

@@ -24,7 +24,7 @@ import types
 
 from dask._task_spec import TaskRef
 
-from .graph import CycleError, MissingDependency
+from ..graph import CycleError, MissingDependency
 
 logger = logging.getLogger("dask_ipy")
 
@@ -119,7 +119,7 @@ def _namespace(module_name):
 
 def rebuild_error(info):
     """(exception, traceback) from an error record sent by a worker or the scheduler."""
-    from .protocol import deserialize
+    from ..protocol import deserialize
 
     exc = None
     if info.get("exception") is not None:

@@ -38,7 +38,7 @@ import time
 
 import ipywidgets as widgets
 
-from .client import _flatten_futures, default_client
+from ..client.client import _flatten_futures, default_client
 
 STATE_ORDER = ("waiting", "queued", "no-worker", "processing", "memory", "erred",
                "released")
@@ -590,7 +590,7 @@ def futures_of(collection):
     """The Futures behind a persisted dask collection."""
     from dask._task_spec import DataNode
 
-    from .futures import Future
+    from ..client.futures import Future
 
     found = {}
     for v in dict(collection.__dask_graph__()).values():

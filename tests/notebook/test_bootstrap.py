@@ -20,13 +20,13 @@ import pytest
 from conftest import dask_ipy_threads, wait_for
 from dask_ipy import Client
 from dask_ipy.cli import slow_inc, square
-from dask_ipy.ipp import (_by_value, add_engines, choose_host, dask_client_from_ipclient,
+from dask_ipy.bootstrap import (_by_value, add_engines, choose_host, dask_client_from_ipclient,
                           engines_to_start, live_scheduler, normalize_targets,
                           scheduler_argv, scheduler_of, url_host)
 
 
 # ---------------------------------------------------------------- engine-side probes
-# Shipped by value (see dask_ipy.ipp._by_value): the engines need not import this
+# Shipped by value (see dask_ipy.bootstrap._by_value): the engines need not import this
 # module, so what they report is not disturbed by the test suite.
 
 def engine_dask_threads():
@@ -337,7 +337,7 @@ def test_engine_killed_mid_computation(own_ipcluster):
 CALLER = textwrap.dedent("""
     import json, sys
     import ipyparallel as ipp
-    from dask_ipy.ipp import dask_client_from_ipclient, scheduler_of
+    from dask_ipy.bootstrap import dask_client_from_ipclient, scheduler_of
     rc = ipp.Client(profile_dir=sys.argv[1], cluster_id=sys.argv[2])
     rc.wait_for_engines(2, timeout=60)
     client = dask_client_from_ipclient(rc, idle_timeout=1)

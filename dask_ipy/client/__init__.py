@@ -1,0 +1,1 @@
+"""The client: Futures and the user's API (`client`, `futures`) over the scheduler."""
