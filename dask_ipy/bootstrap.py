@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import logging
 import os
 import socket
 import threading
@@ -47,7 +46,7 @@ import time
 import types
 from collections import Counter
 
-logger = logging.getLogger("dask_ipy")
+from .log import logger
 
 PLACEMENTS = ("engine", "local", "inprocess")
 DEFAULT_IDLE_TIMEOUT = 30.0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import socket
 import threading
@@ -27,7 +26,7 @@ from collections import deque
 
 import zmq
 
-logger = logging.getLogger("dask_ipy")
+from .log import logger
 
 DRAIN_LIMIT = 1000     # messages taken from one socket before looking at the others
 _NOBLOCK = int(zmq.NOBLOCK)

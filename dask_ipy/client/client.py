@@ -30,12 +30,13 @@ from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from .. import graph as g
-from ..comm import IOLoop, send, connect_dealer, logger, new_id
+from ..comm import IOLoop, send, connect_dealer, new_id
+from ..log import logger
+from ..protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
+                        ProtocolError, Session, deserialize, serialize)
+from ..worker.server import resolve_scheduler
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _set_exception, _unpickling, rebuild_error)
-from ..protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
-                       ProtocolError, Session, deserialize, serialize)
-from ..worker.server import resolve_scheduler
 
 _current = []          # clients made default, most recent last
 _lock = threading.Lock()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import inspect
-import logging
 import queue
 import sys
 import threading
@@ -25,8 +24,7 @@ import types
 from dask._task_spec import TaskRef
 
 from ..graph import CycleError, MissingDependency
-
-logger = logging.getLogger("dask_ipy")
+from ..log import logger
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION

@@ -25,8 +25,9 @@ import zmq
 from dask.sizeof import sizeof
 
 from .. import bulk
-from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
+from ..comm import IOLoop, send, bind_router, connect_dealer, new_id
 from ..graph import execute
+from ..log import logger
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
 from ..security import Security, find_security, read_connection_file
