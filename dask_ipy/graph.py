@@ -43,6 +43,8 @@ from collections.abc import Mapping, Set
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
 
+from .errors import CycleError, MissingDependency
+
 __all__ = [
     "CycleError",
     "MissingDependency",
@@ -62,33 +64,6 @@ __all__ = [
 #: Graphs with more nodes than this are ordered by ``_depth_first_order``
 #: instead of ``dask.order.order`` (see ``order`` for the measurements).
 DASK_ORDER_LIMIT = 50_000
-
-
-class CycleError(RuntimeError):
-    """The graph has a cycle; ``cycle`` lists its keys, first key repeated last.
-
-    An arrow ``'a' -> 'b'`` reads "a depends on b".
-    """
-
-    def __init__(self, cycle):
-        self.cycle = list(cycle)
-        super().__init__(
-            "Cycle detected in graph: " + " -> ".join(map(repr, self.cycle))
-        )
-
-
-class MissingDependency(KeyError):
-    """Task ``key`` depends on ``missing`` keys that nobody holds or computes."""
-
-    def __init__(self, key, missing):
-        self.key = key
-        self.missing = tuple(missing)
-        super().__init__(key, self.missing)
-
-    def __str__(self):
-        return "Task {!r} depends on missing key(s): {}".format(
-            self.key, ", ".join(map(repr, self.missing))
-        )
 
 
 @contextlib.contextmanager

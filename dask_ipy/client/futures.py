@@ -15,15 +15,12 @@ Results are fetched when asked for (`result`, `gather`), never pushed.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import inspect
 import queue
-import sys
 import threading
-import types
 
 from dask._task_spec import TaskRef
 
-from ..graph import CycleError, MissingDependency
+from ..errors import rebuild_error
 from ..log import logger
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
@@ -31,123 +28,6 @@ FIRST_EXCEPTION = cf.FIRST_EXCEPTION
 ALL_COMPLETED = cf.ALL_COMPLETED
 
 CancelledError = cf.CancelledError
-
-
-class KilledWorker(RuntimeError):
-    """A task was running on `allowed_failures` workers that died while running it."""
-
-
-class RemoteError(RuntimeError):
-    """A remote exception that could not be rebuilt as its own type."""
-
-
-class SchedulerLost(ConnectionError):
-    """The connection to the scheduler was lost before the result arrived."""
-
-
-class TransferError(ConnectionError):
-    """A task's input could not be brought to its worker: no holder of it is reachable
-    from there, and relaying it through the scheduler failed (too large, most often)."""
-
-
-ERROR_TYPES = {
-    "KilledWorker": KilledWorker,
-    "KeyError": KeyError,
-    "MissingDependency": MissingDependency,
-    "CycleError": CycleError,
-    "SerializationError": TypeError,
-    "SchedulerLost": SchedulerLost,
-    "TransferError": TransferError,
-}
-
-
-def _code_objects(namespace):
-    """Every code object of the functions and classes in `namespace`, nested ones
-    (inner functions, lambdas, comprehensions) included."""
-    stack = []
-    for obj in list(namespace.values()):
-        members = list(vars(obj).values()) if isinstance(obj, type) else [obj]
-        for member in members:
-            try:        # user objects may do anything on attribute access
-                code = getattr(inspect.unwrap(member), "__code__", None)
-            except Exception:
-                continue
-            if isinstance(code, types.CodeType):
-                stack.append(code)
-    while stack:
-        code = stack.pop()
-        yield code
-        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-
-
-def restore_filenames(frames):
-    """Give back their file names to the frames, in a tblib traceback dict, of code
-    this process sent by value: cloudpickle names all such code "<dynamic-code>".
-
-    The code is looked for by module, name and line among the functions and classes of
-    the module the frame ran in (for a notebook, the cells' namespace), so that
-    IPython shows the cell and its source lines again."""
-    found = {}
-    while frames is not None:
-        frame = frames["tb_frame"]
-        f_code = frame["f_code"]
-        if f_code["co_filename"] == "<dynamic-code>":
-            name = frame.get("f_globals", {}).get("__name__")
-            if name not in found:
-                found[name] = list(_code_objects(_namespace(name)))
-            line = frames["tb_lineno"]
-            for code in found[name]:
-                if code.co_name == f_code["co_name"] and any(
-                        ln == line for _, _, ln in code.co_lines()):
-                    f_code["co_filename"] = code.co_filename
-                    break
-        frames = frames["tb_next"]
-
-
-def _namespace(module_name):
-    """The namespace of the module called `module_name` here: the user's namespace
-    of IPython for "__main__" when IPython runs."""
-    if module_name == "__main__" and "IPython" in sys.modules:
-        shell = sys.modules["IPython"].get_ipython()
-        if shell is not None:
-            return shell.user_ns
-    module = sys.modules.get(module_name)
-    return vars(module) if module is not None else {}
-
-
-def rebuild_error(info):
-    """(exception, traceback) from an error record sent by a worker or the scheduler."""
-    from ..protocol import deserialize
-
-    exc = None
-    if info.get("exception") is not None:
-        try:
-            exc = deserialize(info["exception"])
-            if not isinstance(exc, BaseException):
-                exc = None
-            else:
-                # Some exceptions come back from pickle half-built (numpy's AxisError
-                # loses the attributes its __str__ needs): use the text instead.
-                str(exc)
-        except Exception:
-            exc = None
-    if exc is None:
-        cls = ERROR_TYPES.get(info.get("type"), RemoteError)
-        text = info.get("text", "")
-        if cls is RemoteError and info.get("traceback_text"):
-            text = f"{text}\n\nRemote traceback:\n{info['traceback_text']}"
-        exc = cls(text)
-    tb = None
-    if info.get("traceback") is not None:
-        try:
-            import tblib
-
-            frames = deserialize(info["traceback"])
-            restore_filenames(frames)
-            tb = tblib.Traceback.from_dict(frames).as_traceback()
-        except Exception:
-            tb = None
-    return exc, tb
 
 
 _state_lock = threading.Lock()    # guards status changes against waiters registering

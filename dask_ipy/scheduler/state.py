@@ -56,6 +56,7 @@ import math
 from collections import deque
 from operator import attrgetter
 
+from ..errors import error_info
 from ..keys import key_prefix
 from ..protocol import Serialized
 
@@ -264,11 +265,6 @@ def _allowed(ts, ws):
 def _relayed(dep, ws):
     """Would ``ws`` get ``dep`` through the scheduler (no holder it can reach)?"""
     return all(holder in ws.unreachable for holder in dep.who_has)
-
-
-def error_info(kind, text, key):
-    """An error raised by the scheduler itself, sent as text: no pickles involved."""
-    return {"type": kind, "text": text, "key": key}
 
 
 class SchedulerState:

@@ -12,13 +12,11 @@ code and hand results back.  Inputs fetched from peers arrive zero-copy.
 
 from __future__ import annotations
 
-import copy
 import os
 import queue
 import socket
 import threading
 import time
-import traceback as tb_module
 
 import psutil
 import zmq
@@ -26,6 +24,7 @@ from dask.sizeof import sizeof
 
 from .. import bulk
 from ..comm import IOLoop, send, bind_router, connect_dealer, new_id
+from ..errors import error_payload
 from ..graph import execute
 from ..log import logger
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
@@ -33,7 +32,6 @@ from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
 from ..security import Security, find_security, read_connection_file
 from .state import RELAY, Execute, GatherDep, Send, WorkerState
 
-MAX_ERROR_TEXT = 10_000
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
 
@@ -68,56 +66,6 @@ def local_ip_towards(address):
             return s.getsockname()[0]
     except OSError:
         return "127.0.0.1"
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def user_frames(tb):
-    """`tb` without its leading frames of this package (the pool thread, the graph
-    executor): a user sees their own code first.  All of it if nothing else is left."""
-    first = tb
-    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        first = first.tb_next
-    return first if first is not None else tb
-
-
-def error_payload(exc, tb):
-    """A task's exception for the wire: the pickled exception when it pickles, the
-    traceback as data (tblib), and text for humans and for the scheduler."""
-    import tblib
-
-    tb = user_frames(tb)
-    text = f"{type(exc).__name__}: {exc}"
-    if len(text) > MAX_ERROR_TEXT:
-        text = text[:MAX_ERROR_TEXT] + "... (truncated)"
-    tb_text = "".join(tb_module.format_exception(type(exc), exc, tb))
-    if len(tb_text) > MAX_ERROR_TEXT:
-        tb_text = "... (truncated)\n" + tb_text[-MAX_ERROR_TEXT:]
-    try:
-        exception = serialize(exc)
-        if exception.nbytes > 10 * MAX_ERROR_TEXT:
-            exception = _shortened(exc)
-    except Exception:
-        exception = None
-    try:
-        traceback = serialize(tblib.Traceback(tb).as_dict()) if tb is not None else None
-    except Exception:
-        traceback = None
-    return {"type": type(exc).__name__, "text": text, "exception": exception,
-            "traceback": traceback, "traceback_text": tb_text}
-
-
-def _shortened(exc):
-    """The exception with its message cut to MAX_ERROR_TEXT, for one too big to send
-    whole: the client still raises the original type.  None if that fails."""
-    try:
-        short = copy.copy(exc)
-        short.args = (str(exc)[:MAX_ERROR_TEXT] + "... (truncated)",)
-        blob = serialize(short)
-    except Exception:
-        return None
-    return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
 
 
 def inline(value, nbytes, job):
