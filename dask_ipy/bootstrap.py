@@ -46,6 +46,7 @@ import time
 import types
 from collections import Counter
 
+from .addresses import host_of, route_ip, split_address
 from .log import logger
 
 PLACEMENTS = ("engine", "local", "inprocess")
@@ -77,14 +78,6 @@ def normalize_targets(targets, ids):
     if not chosen:
         raise ValueError(f"the targets {targets!r} select no engine (engines up: {ids})")
     return list(dict.fromkeys(chosen))
-
-
-def url_host(url):
-    """'tcp://10.0.0.5:1234' -> '10.0.0.5'; None when there is no host."""
-    if not url or "://" not in url:
-        return None
-    host = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
-    return host or None
 
 
 def choose_host(controller, route_ip, fallback):
@@ -152,9 +145,10 @@ def _by_value(fn):
     return clone
 
 
-def _engine_probe():
-    """Runs on an engine, by value: who am I, how do I reach the controller, and
-    which scheduler does my worker serve (only if dask_ipy is already imported)."""
+def _engine_probe(split_address, route_ip):
+    """Runs on an engine, by value (its helpers come as arguments): who am I, how do I
+    reach the controller, and which scheduler does my worker serve (only if dask_ipy is
+    already imported)."""
     import os
     import socket
     import sys
@@ -169,17 +163,11 @@ def _engine_probe():
     try:
         from ipyparallel.engine.app import IPEngine
         if IPEngine.initialized():
-            url = IPEngine.instance().registration_url
-            out["controller"] = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+            out["controller"] = split_address(IPEngine.instance().registration_url)[1]
     except Exception:
         pass
     if out["controller"]:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.connect((socket.gethostbyname(out["controller"]), 9))
-                out["route_ip"] = s.getsockname()[0]
-        except OSError:
-            pass
+        out["route_ip"] = route_ip(out["controller"])
     mod = sys.modules.get("dask_ipy.bootstrap")
     if mod is not None:
         out["record"] = mod._engine_record()
@@ -198,12 +186,12 @@ def _engine_warm():
         pass
 
 
-def _engine_first(probe, spawn, choose_host, warm, argv, security_json, timeout,
-                  reuse=True):
+def _engine_first(probe, split_address, route_ip, spawn, choose_host, warm, argv,
+                  security_json, timeout, reuse=True):
     """Runs on the first target engine, by value (helpers come as arguments):
     probe, and unless (``reuse``) this engine's worker serves a live scheduler,
     start one. Returns (probe, scheduler info or None)."""
-    found = probe()
+    found = probe(split_address, route_ip)
     record = found["record"]
     if reuse and record and record["worker_alive"]:
         return found, None
@@ -319,17 +307,8 @@ def _engine_start_worker(scheduler, nthreads=1):
 
 def _controller_host(ipclient):
     try:
-        return url_host(ipclient._config["registration"])
+        return host_of(ipclient._config["registration"])
     except Exception:
-        return None
-
-
-def _route_ip(host):
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((socket.gethostbyname(host), 9))
-            return s.getsockname()[0]
-    except (OSError, TypeError):
         return None
 
 
@@ -345,15 +324,19 @@ def _collect(asyncs, deadline, what):
     return out
 
 
+def _probe_by_value():
+    """The probe and its helpers' arguments, each shipped by value."""
+    return _by_value(_engine_probe), _by_value(split_address), _by_value(route_ip)
+
+
 def _probe(ipclient, targets, deadline):
-    fn = _by_value(_engine_probe)
-    return _collect({eid: ipclient[eid].apply_async(fn) for eid in targets}, deadline,
-                    "answer a probe")
+    probe, *helpers = _probe_by_value()
+    return _collect({eid: ipclient[eid].apply_async(probe, *helpers) for eid in targets},
+                    deadline, "answer a probe")
 
 
 def _reachable(address, timeout=2.0):
-    host = url_host(address)
-    port = int(address.rsplit(":", 1)[1])
+    _, host, port = split_address(address)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -378,12 +361,13 @@ def _engine_step(ipclient, targets, security, hostname, idle_timeout, heartbeat_
     first = targets[0]
     argv = scheduler_argv(hostname, idle_timeout, heartbeat_timeout)
     timeout = max(deadline - time.monotonic(), 1.0)
+    probe, *helpers = _probe_by_value()
     asyncs = {first: ipclient[first].apply_async(
-        _by_value(_engine_first), _by_value(_engine_probe), _by_value(spawn_scheduler),
+        _by_value(_engine_first), probe, *helpers, _by_value(spawn_scheduler),
         _by_value(choose_host), _by_value(_engine_warm), argv,
         json.dumps(security.to_dict()), timeout, reuse)}
     for eid in targets[1:]:
-        asyncs[eid] = ipclient[eid].apply_async(_by_value(_engine_probe))
+        asyncs[eid] = ipclient[eid].apply_async(probe, *helpers)
         # Import dask_ipy while the first engine waits for the scheduler.
         ipclient[eid].apply_async(_by_value(_engine_warm))
     answers = _collect(asyncs, deadline, "answer")
@@ -398,7 +382,7 @@ def _start_here(ipclient, placement, security, hostname, idle_timeout,
                 heartbeat_timeout, deadline):
     """A scheduler in (inprocess) or beside (local) the caller; returns its info."""
     controller = _controller_host(ipclient)
-    host = hostname or choose_host(controller, _route_ip(controller), socket.gethostname())
+    host = hostname or choose_host(controller, route_ip(controller), socket.gethostname())
     if placement == "local":
         argv = scheduler_argv(host, idle_timeout, heartbeat_timeout)
         info = spawn_scheduler(argv, json.dumps(security.to_dict()),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -285,13 +284,6 @@ def connect_dealer(context, security, identity, address, heartbeat=True):
     security.configure_client(sock)
     sock.connect(address)
     return sock
-
-
-def advertised_host(host):
-    """The host name peers should use to reach a socket bound on ``host``."""
-    if host in ("", "*", "0.0.0.0"):
-        return socket.gethostname()
-    return host
 
 
 def new_id(prefix):

@@ -31,11 +31,11 @@ from dask.utils import funcname
 
 from .. import graph as g
 from ..comm import IOLoop, send, connect_dealer, new_id
+from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost, rebuild_error
 from ..log import logger
 from ..protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
                         ProtocolError, Session, deserialize, serialize)
-from ..worker.server import resolve_scheduler
 from .futures import (ClientExecutor, Future, FutureState, _DataLost, _set_exception,
                       _unpickling)
 

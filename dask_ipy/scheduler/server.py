@@ -17,7 +17,8 @@ import time
 
 import zmq
 
-from ..comm import IOLoop, send, advertised_host, bind_router, new_id
+from ..addresses import advertised_host
+from ..comm import IOLoop, send, bind_router, new_id
 from ..log import logger
 from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
 from ..security import Security, remove_connection_file, write_connection_file

@@ -23,49 +23,19 @@ import zmq
 from dask.sizeof import sizeof
 
 from .. import bulk
+from ..addresses import host_of, local_ip_towards
 from ..comm import IOLoop, send, bind_router, connect_dealer, new_id
+from ..discovery import resolve_scheduler
 from ..errors import error_payload
 from ..graph import execute
 from ..log import logger
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
-from ..security import Security, find_security, read_connection_file
+from ..security import Security
 from .state import RELAY, Execute, GatherDep, Send, WorkerState
 
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
-
-
-def resolve_scheduler(address, security, which):
-    """An address or connection file, plus the key: explicit, from the file, or found
-    in this user's runtime directory for schedulers on this machine."""
-    if address is None:
-        address = os.environ.get("DASK_IPY_SCHEDULER_FILE")
-        if address is None:
-            raise ValueError("no scheduler address or connection file given")
-    if os.path.isfile(str(address)):
-        info, file_security = read_connection_file(address)
-        return info[which], security or file_security
-    if security is None:
-        security = find_security(address)
-        if security is None:
-            raise ValueError(
-                f"no key known for {address}: pass security= or the scheduler's "
-                "connection file (written next to the scheduler, owner-only)")
-    return address, security
-
-
-def local_ip_towards(address):
-    """The IP of this machine on the route to ``address`` (no packet is sent)."""
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return "127.0.0.1"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((socket.gethostbyname(host), 9))
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
 
 
 def inline(value, nbytes, job):
@@ -509,9 +479,8 @@ class Worker:
         """On a thread of its own: download a "data" message over the side channel and
         hand it to the loop.  Its MAC is checked here; its freshness by the request id,
         which must be the one the loop is waiting for (checked again there)."""
-        host = peer.split("://", 1)[-1].rsplit(":", 1)[0]
         try:
-            frames, tags = bulk.fetch(self.session, host, offer["port"], offer["ticket"],
+            frames, tags = bulk.fetch(self.session, host_of(peer), offer["port"], offer["ticket"],
                                       self.gather_timeout, self.max_message_bytes,
                                       connect_timeout=self.connect_timeout)
             msgs = self.session.loads(frames, check_replay=False, tags=tags)

@@ -21,8 +21,8 @@ from conftest import dask_ipy_threads, wait_for
 from dask_ipy import Client
 from dask_ipy.cli import slow_inc, square
 from dask_ipy.bootstrap import (_by_value, add_engines, choose_host, dask_client_from_ipclient,
-                          engines_to_start, live_scheduler, normalize_targets,
-                          scheduler_argv, scheduler_of, url_host)
+                                engines_to_start, live_scheduler, normalize_targets,
+                                scheduler_argv, scheduler_of)
 
 
 # ---------------------------------------------------------------- engine-side probes
@@ -105,9 +105,6 @@ def test_normalize_targets():
 
 
 def test_choose_host():
-    assert url_host("tcp://127.0.0.1:1234") == "127.0.0.1"
-    assert url_host("tcp://[::1]:1234") == "::1"
-    assert url_host(None) is None
     assert choose_host("127.0.0.1", "127.0.0.1", "node1") == "127.0.0.1"
     assert choose_host("localhost", None, "node1") == "127.0.0.1"
     assert choose_host("10.0.0.1", "10.0.0.7", "node1") == "10.0.0.7"
