@@ -17,14 +17,14 @@ Task states and what holds them::
 State, documented once:
 
     tasks:      {key: TaskState}
-    workers:    {worker_id: WorkerState}      by_address: {address: WorkerState}
-    clients:    {client_id: ClientState}
+    workers:    {worker_id: WorkerRecord}     by_address: {address: WorkerRecord}
+    clients:    {client_id: ClientRecord}
     queued:     heap of (priority, seq, TaskState); entries whose task has left the
                 "queued" state are skipped when popped
     TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
-    TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+    TaskState.who_has:      {WorkerRecord}   .who_wants: {client_id}
                             these five "sets" are EMPTY, a 1-tuple or a set: change
                             them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
@@ -34,14 +34,14 @@ State, documented once:
                 `result()` costs one request
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim
-    WorkerState.processing: {TaskState: estimated duration}
-    WorkerState.executing:  {TaskState}      of those, the ones known to have started
-    WorkerState.stale:      {key: estimated duration}  tasks released while running
-                            there: their threads stay busy until the worker says so
-    WorkerState.has_what:   {TaskState}
-    WorkerState.unreachable: {WorkerState}   peers it could not connect to: it gets
-                            their data through the scheduler ("relay"), and placement
-                            avoids the pair
+    WorkerRecord.processing: {TaskState: estimated duration}
+    WorkerRecord.executing:  {TaskState}  of those, the ones known to have started
+    WorkerRecord.stale:      {key: estimated duration}  tasks released while running
+                             there: their threads stay busy until the worker says so
+    WorkerRecord.has_what:   {TaskState}
+    WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
+                             their data through the scheduler ("relay"), and placement
+                             avoids the pair
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
@@ -186,7 +186,7 @@ class TaskState:
         return self.priority < other.priority
 
 
-class WorkerState:
+class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
                  "last_seen", "metrics", "since", "status", "unreachable")
@@ -215,10 +215,10 @@ class WorkerState:
         self.status = "running"
 
     def __repr__(self):
-        return f"<WorkerState {self.address} processing={len(self.processing)}>"
+        return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
 
 
-class ClientState:
+class ClientRecord:
     __slots__ = ("id", "wants_what", "monitor")
 
     def __init__(self, id):
@@ -627,7 +627,7 @@ class SchedulerState:
         """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
         keeps a short queue, so a finished task starts the next without a round trip;
         the queue holds about `queue_seconds` of work, so tiny tasks travel in batches.
-        Threads still running tasks released meanwhile (`WorkerState.stale`) count
+        Threads still running tasks released meanwhile (`WorkerRecord.stale`) count
         for nothing."""
         depth = self.saturation
         duration = ts.group.duration
@@ -921,7 +921,7 @@ class SchedulerState:
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
-        ws = WorkerState(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
         self.send_worker(ws, {"op": "registered"})
@@ -1217,7 +1217,7 @@ class SchedulerState:
 
     def add_client(self, cid):
         if cid not in self.clients:
-            self.clients[cid] = ClientState(cid)
+            self.clients[cid] = ClientRecord(cid)
         return self.clients[cid]
 
     def remove_client(self, cid):
