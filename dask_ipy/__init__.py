@@ -9,7 +9,7 @@ _PUBLIC = {
     "Scheduler": ".scheduler.server",
     "Worker": ".worker.server",
     "Client": ".client.client",
-    "default_client": ".client.client",
+    "default_client": ".client.default",
     "Future": ".client.futures",
     "wait": ".client.futures",
     "as_completed": ".client.futures",

@@ -1,85 +1,34 @@
-"""The client: talks only to the scheduler, owns Futures, speaks dask's `get`.
+"""The client: the user's API over a connection to the scheduler (`shell`).
 
-    user threads ── submit / get / gather ──▶ call_soon ──▶ IOLoop thread ──DEALER──▶
-                                                                 scheduler
-    user threads ◀── FutureState events, request replies ◀── IOLoop thread ◀────────
+    user threads ── submit / map / get / gather / scatter ──▶ ClientShell ──▶ scheduler
+                 ◀── Futures, values ◀──────────────────────  (state.ClientState inside)
 
-Requests that expect an answer carry a ``request_id``; the answer completes a
-`concurrent.futures.Future` the caller waits on.  Key reference counting: each
-`Future` object counts once; when the last one of a key is garbage-collected the
-scheduler is told the key is no longer wanted.
+`Client` turns the user's calls into graphs and requests: it tokenizes calls into keys
+(`calls`), normalizes, culls and orders graphs (`graph`), and hands the rest to its
+shell, which holds the keys' states and talks to the scheduler.  Key reference
+counting: each `Future` object counts once; when the last one of a key is
+garbage-collected the scheduler is told the key is no longer wanted.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import hashlib
-import itertools
-import sys
 import threading
-import time
-import types
 import uuid
-import weakref
-from collections import Counter
 
 import dask
-import zmq
-from dask._task_spec import Task, TaskRef, parse_input
+from dask._task_spec import TaskRef
 from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from .. import graph as g
-from ..comm import IOLoop, send, connect_dealer, new_id
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost, rebuild_error
-from ..log import logger
-from ..protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
-                        ProtocolError, Session, deserialize, serialize)
-from .futures import (ClientExecutor, Future, FutureState, _DataLost, _set_exception,
-                      _unpickling)
-
-_current = []          # clients made default, most recent last
-_lock = threading.Lock()
-
-
-def default_client():
-    with _lock:
-        if _current:
-            return _current[-1]
-    raise ValueError("no dask_ipy Client is running; create one with Client(address)")
-
-
-def default_clients():
-    """The clients made default, most recent last."""
-    with _lock:
-        return list(_current)
-
-
-def _walk_futures(obj, found):
-    """Replace Futures nested in lists, tuples, sets and dicts by TaskRefs."""
-    if isinstance(obj, Future):
-        found[obj.key] = obj
-        return TaskRef(obj.key)
-    t = type(obj)
-    if t in (list, tuple, set):
-        items = [_walk_futures(x, found) for x in obj]
-        return t(items)
-    if t is dict:
-        return {k: _walk_futures(v, found) for k, v in obj.items()}
-    return obj
-
-
-def _flatten_futures(obj, out):
-    if isinstance(obj, Future):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple, set)):
-        for x in obj:
-            _flatten_futures(x, out)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            _flatten_futures(x, out)
-    return out
+from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, serialize
+from . import default
+from .calls import call_spec, call_token, function_token
+from .default import default_client
+from .futures import ClientExecutor, Future, futures_in, load
+from .shell import ClientShell
 
 
 def _pack_futures(obj, values):
@@ -91,50 +40,6 @@ def _pack_futures(obj, values):
     if t is dict:
         return {k: _pack_futures(v, values) for k, v in obj.items()}
     return obj
-
-
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
-
-
-_FN_TOKENS = weakref.WeakKeyDictionary()
-
-
-def function_token(fn, kwargs):
-    """``tokenize(fn, kwargs)``, remembered for functions of imported modules called
-    without keyword arguments: those are tokenized by reference (module and name), so
-    their token never changes.  Functions of ``__main__`` are tokenized by value, their
-    globals included, and are never remembered."""
-    cacheable = (not kwargs and type(fn) is types.FunctionType
-                 and fn.__module__ not in (None, "__main__")
-                 and getattr(sys.modules.get(fn.__module__), fn.__qualname__, None) is fn)
-    if not cacheable:
-        return tokenize(fn, kwargs)
-    token = _FN_TOKENS.get(fn)
-    if token is None:
-        token = _FN_TOKENS[fn] = tokenize(fn, kwargs)
-    return token
-
-
-def call_token(fn_token, args):
-    """Deterministic token of a call.  Arguments of plain types are hashed from their
-    repr, which is exact for them and far cheaper than a general tokenize."""
-    if all(type(a) in _PLAIN for a in args):
-        return hashlib.md5(f"{fn_token}{args!r}".encode()).hexdigest()
-    return tokenize(fn_token, args)
-
-
-def call_spec(key, fn, args, kwargs):
-    """What a worker runs for submit/map: a plain call when no Future is among the
-    arguments (cheap to pickle), else a dask Task whose references to the Futures'
-    keys the worker resolves; plus {key: Future}."""
-    found = {}
-    args2 = _walk_futures(list(args), found)
-    kwargs2 = _walk_futures(kwargs, found) if kwargs else {}
-    if not found:
-        return g.call(fn, args, kwargs), found
-    # parse_input: references nested in containers (``submit(sum, [f1, f2])``) resolve
-    return Task(key, fn, *[parse_input(a) for a in args2],
-                **{k: parse_input(v) for k, v in kwargs2.items()}), found
 
 
 class Client:
@@ -152,49 +57,43 @@ class Client:
             address = address.address_to_clients
         self.address, self.security = resolve_scheduler(address, security,
                                                          "address_to_clients")
-        self.id = new_id("client")
         self.name = name
-        # The cap on what this client receives; gathers ask for no more than that.
-        self.session = Session(self.security.key, self.id,
-                               max_message_bytes=max_message_bytes)
-        self.loop = IOLoop("dask-ipy-client")
-        self.socket = connect_dealer(self.loop.context, self.security, self.id,
-                                     self.address)
-        self.monitor_socket = self.socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self.loop.add_socket(self.socket, self._on_frames)
-        self.loop.add_socket(self.monitor_socket, self._on_socket_event)
-        self.loop.add_flush(self._flush)
-        self.outgoing = []
-        self.releases = []             # keys whose last Future was dropped
-        self.states = {}               # {key: FutureState}
-        self.refcount = Counter()      # {key: number of live Future objects}
-        self.lock = threading.RLock()  # RLock: Future.__del__ may run inside it (gc)
-        self.requests = {}             # {request_id: concurrent.futures.Future}
-        self.scatter_waits = {}        # {request_id: [remaining keys, cf.Future]}
-        self.monitor_callbacks = []
-        self.last_snapshot = None
-        self.connected = threading.Event()
-        self.scheduler_info_cache = None
-        self._ids = itertools.count(1)
-        self._lost = False
-        self.status = "connecting"
         self._status_lock = threading.Lock()   # one close, even from two threads
         self._previous_scheduler = None
-        self.loop.start()
+        self._monitor = None                   # the widget a display of this client shows
+        self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
+                                 on_scheduler_closing=self.close)
         try:
-            welcome = self._request({"op": "register-client"}, timeout=timeout,
-                                    reply_op="welcome")
+            welcome = self.shell.request({"op": "register-client"}, timeout=timeout,
+                                         welcome=True)
         except BaseException:
             self.close()               # no thread or socket outlives a failed connect
             raise
         self.scheduler_id = welcome["id"]
         with self._status_lock:
-            if self.status == "closed":    # the scheduler shut down meanwhile
+            if not self.shell.start():     # the scheduler shut down meanwhile
                 raise SchedulerLost(f"the scheduler at {self.address} was shut down")
-            self.status = "running"
             if set_as_default:
                 self._set_default()
+
+    @property
+    def id(self):
+        return self.shell.id
+
+    @property
+    def status(self):
+        """"connecting", "running", "reconnecting" (the connection is lost for now)
+        or "closed"."""
+        return self.shell.status
+
+    @property
+    def last_snapshot(self):
+        """The latest monitor snapshot (see `subscribe_monitor`)."""
+        return self.shell.last_snapshot
+
+    @property
+    def monitor_callbacks(self):
+        return list(self.shell.monitor_callbacks)
 
     def __repr__(self):
         return f"<Client {self.address} {self.status}>"
@@ -209,21 +108,18 @@ class Client:
         in a terminal: a plain-text summary."""
         from ..notebook.widget import client_mimebundle
 
-        return client_mimebundle(self)
+        bundle, self._monitor = client_mimebundle(self, self._monitor)
+        return bundle
 
     # ---------------------------------------------------------------- default client
 
     def _set_default(self):
-        with _lock:
-            _current.append(self)
+        default.push(self)
         self._previous_scheduler = dask.config.get("scheduler", None)
         dask.config.set(scheduler=self.get)
 
     def _unset_default(self):
-        with _lock:
-            if self in _current:
-                _current.remove(self)
-            nxt = _current[-1] if _current else None
+        nxt = default.remove(self)
         if dask.config.get("scheduler", None) == self.get:
             dask.config.set(scheduler=nxt.get if nxt else self._previous_scheduler)
 
@@ -234,245 +130,18 @@ class Client:
     def as_current(self):
         return dask.config.set(scheduler=self.get)
 
-    # ---------------------------------------------------------------- I/O thread
-
-    def _send(self, msg):
-        """Queue a message for the scheduler (any thread)."""
-        self.loop.call_soon(self.outgoing.append, msg)
-
-    def _flush(self):
-        if self.releases:
-            # Releases of many dropped Futures leave as one message.
-            self.outgoing.insert(0, {"op": "client-releases-keys", "keys": self.releases})
-            self.releases = []
-        if self.outgoing:
-            msgs, self.outgoing = self.outgoing, []
-            try:
-                send(self.socket, self.session.dumps(msgs))
-            except zmq.ZMQError as e:
-                logger.warning("client: could not send to the scheduler: %s", e)
-
-    def _on_socket_event(self, frames):
-        from zmq.utils.monitor import parse_monitor_message
-
-        event = parse_monitor_message([f.bytes for f in frames])["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.connected.set()
-            if self._lost:
-                self._lost = False
-                self.status = "running"
-                self.outgoing.append({"op": "register-client"})
-                if self.monitor_callbacks:     # the scheduler forgot the subscription
-                    self.outgoing.append({"op": "monitor", "on": True})
-        elif event == zmq.EVENT_DISCONNECTED and self.status != "closed":
-            self.connected.clear()
-            self._on_scheduler_lost(f"lost the connection to the scheduler at "
-                                    f"{self.address}")
-
-    def _on_scheduler_lost(self, reason):
-        """Fail everything in flight at once: nothing waits on a dead scheduler."""
-        self._lost = True
-        self.status = "reconnecting"
-        logger.warning("client: %s", reason)
-        self._fail_pending(reason)
-
-    def _fail_pending(self, reason):
-        """Every pending Future and request fails with SchedulerLost(reason)."""
-        for key, state in list(self.states.items()):
-            if not state.done():
-                state.lose(reason)
-        for rid, fut in list(self.requests.items()):
-            if rid == "welcome":
-                continue
-            self.requests.pop(rid, None)
-            _set_exception(fut, SchedulerLost(reason))
-        for rid, (keys, fut) in list(self.scatter_waits.items()):
-            self.scatter_waits.pop(rid, None)
-            _set_exception(fut, SchedulerLost(reason))
-
-    def _on_scheduler_closing(self, msg):
-        """The scheduler shuts down: what waits on it fails, and this client closes."""
-        if self.status == "closed":
-            return
-        logger.info("client: the scheduler at %s shuts down", self.address)
-        self._fail_pending(f"the scheduler at {self.address} was shut down")
-        self.close()
-
-    def _on_frames(self, frames):
-        try:
-            msgs = self.session.loads(frames)
-        except ProtocolError as e:
-            logger.warning("client: rejected a message: %s", e)
-            return
-        for msg in msgs:
-            handler = self._handlers.get(msg["op"])
-            if handler is not None:
-                handler(self, msg)
-
-    def _on_key_in_memory(self, msg):
-        state = self.states.get(msg["key"])
-        if state is not None:
-            state.finish(msg.get("type"))
-
-    def _on_task_erred(self, msg):
-        state = self.states.get(msg["key"])
-        if state is not None:
-            state.fail(msg)
-
-    def _on_cancelled(self, msg):
-        state = self.states.get(msg["key"])
-        if state is not None:
-            state.cancel()
-
-    def _on_restarted(self, msg):
-        for state in self.states.values():
-            if not state.done() or state.status == "finished":
-                state.cancel()
-
-    def _complete(self, rid, value):
-        fut = self.requests.pop(rid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(value)
-
-    def _on_reply(self, msg):
-        self._complete(msg["request_id"], msg["result"])
-
-    def _on_gather_result(self, msg):
-        for key in msg.get("missing", ()):
-            # A key thought done is gone (its worker died): it is being computed
-            # again.  Reset here, on this thread, before any later "key-in-memory".
-            state = self.states.get(key)
-            if state is not None and state.status == "finished":
-                state.reset()
-        self._complete(msg["request_id"], msg)
-
-    def _on_welcome(self, msg):
-        self._complete("welcome", msg)
-
-    def _on_scattered(self, msg):
-        entry = self.scatter_waits.get(msg["request_id"])
-        if entry is None:
-            return
-        keys, fut = entry
-        keys.discard(msg["key"])
-        if not keys:
-            del self.scatter_waits[msg["request_id"]]
-            fut.set_result(True)
-
-    def _on_scatter_failed(self, msg):
-        entry = self.scatter_waits.pop(msg["request_id"], None)
-        if entry is not None:
-            entry[1].set_exception(RuntimeError(msg["text"]))
-
-    def _on_monitor_snapshot(self, msg):
-        self.last_snapshot = msg
-        for cb in list(self.monitor_callbacks):
-            try:
-                cb(msg)
-            except Exception:
-                logger.exception("client: monitor callback failed")
-
-    _handlers = {
-        "key-in-memory": _on_key_in_memory,
-        "task-erred": _on_task_erred,
-        "cancelled": _on_cancelled,
-        "restarted": _on_restarted,
-        "reply": _on_reply,
-        "gather-result": _on_gather_result,
-        "run-result": _on_gather_result,
-        "welcome": _on_welcome,
-        "scattered": _on_scattered,
-        "scatter-failed": _on_scatter_failed,
-        "monitor-snapshot": _on_monitor_snapshot,
-        "scheduler-closing": _on_scheduler_closing,
-    }
-
-    # ---------------------------------------------------------------- requests
-
-    def _request_future(self, msg, reply_op=None):
-        fut = cf.Future()
-        rid = "welcome" if reply_op == "welcome" else next(self._ids)
-        if reply_op != "welcome":
-            msg["request_id"] = rid
-
-        def go():
-            if self.status == "closed":    # closed on this thread since the call
-                fut.set_exception(RuntimeError("this Client is closed"))
-                return
-            if self._lost and msg["op"] != "register-client":
-                fut.set_exception(SchedulerLost(f"not connected to {self.address}"))
-                return
-            self.requests[rid] = fut
-            self.outgoing.append(msg)
-        self.loop.call_soon(go)
-        return fut
-
-    def _request(self, msg, timeout=None, reply_op=None):
-        self._check_open()
-        fut = self._request_future(msg, reply_op)
-        try:
-            return fut.result(timeout)
-        except cf.TimeoutError:
-            raise TimeoutError(f"no answer from the scheduler at {self.address} "
-                               f"within {timeout} s to {msg['op']!r}") from None
-
     def _check_open(self):
-        if self.status == "closed":
-            raise RuntimeError("this Client is closed")
-
-    # ---------------------------------------------------------------- refcounts
-
-    def _retain(self, key, state=None, inform=False):
-        """Count a new Future of ``key`` (any thread); returns the shared state."""
-        with self.lock:
-            st = self.states.get(key)
-            if st is None:
-                st = self.states[key] = state or FutureState(key)
-            self.refcount[key] += 1
-            first = self.refcount[key] == 1
-        if inform and first:
-            self._send({"op": "client-desires-keys", "keys": [key]})
-        return st
-
-    def _release(self, key):
-        """A Future of ``key`` was dropped (any thread, e.g. the garbage collector)."""
-        self._release_many((key,))
-
-    def _retain_many(self, keys):
-        """Hold ``keys`` without Future objects (for `get`); {key: state}."""
-        out = {}
-        with self.lock:
-            for key in keys:
-                st = self.states.get(key)
-                if st is None:
-                    st = self.states[key] = FutureState(key)
-                self.refcount[key] += 1
-                out[key] = st
-        return out
-
-    def _release_many(self, keys):
-        if self.status == "closed":
-            return
-        gone = []
-        with self.lock:
-            for key in keys:
-                self.refcount[key] -= 1
-                if self.refcount[key] <= 0:
-                    del self.refcount[key]
-                    self.states.pop(key, None)
-                    gone.append(key)
-        if gone:
-            self.loop.call_soon(self.releases.extend, gone)
+        self.shell.check_open()
 
     # ---------------------------------------------------------------- graphs
 
     def _submit_graph(self, tasks, wanted, priorities=None, user_priority=0, retries=0,
                       workers=None, futures=True):
         """Send ``tasks`` [(key, node, deps)] and return {key: Future} for ``wanted``
-        (or {key: FutureState}, held until `_release_many`, with ``futures=False``).
+        (or {key: FutureState}, held until dropped, with ``futures=False``).
 
         The keys are held before the graph leaves, so no answer can be missed."""
-        held = self._retain_many(wanted)
+        held = self.shell.hold_many(wanted)
         # Each task goes as (key, spec, deps, priority): the scheduler decodes a
         # million-task graph at once, so no second copy of every key (a priorities
         # dict), and a spec that is one small pickle goes as plain bytes (which the
@@ -483,7 +152,7 @@ class Client:
             try:
                 spec = serialize(g.compact(node))
             except Exception as e:
-                self._release_many(wanted)
+                self.shell.drop(wanted)
                 raise TypeError(f"could not serialize task {key!r}: {e}") from e
             head = spec.frames[0]
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
@@ -495,11 +164,11 @@ class Client:
             if isinstance(workers, str):
                 workers = [workers]
             msg["restrictions"] = {key: list(workers) for key in wanted}
-        self._send(msg)
+        self.shell.send(msg)
         if not futures:
             return held
         out = {key: Future(key, self) for key in wanted}
-        self._release_many(wanted)        # the Futures hold the keys now
+        self.shell.drop(wanted)           # the Futures hold the keys now
         return out
 
     def _graph_tasks(self, dsk, wanted, known_futures):
@@ -513,8 +182,7 @@ class Client:
         # dask turns our Futures (TaskRefs) into references to their keys wherever
         # they sit, even inside fused subgraphs: a graph may depend on any key this
         # client holds a Future of.
-        with self.lock:
-            known.update(self.states)
+        known.update(self.shell.held())
         g.check(graph, deps, known=known)
         priorities = g.order(graph, deps)
         return [(k, node, deps[k]) for k, node in graph.items()], priorities
@@ -548,11 +216,11 @@ class Client:
                                     workers, futures=False)
         try:
             wanted = list(states.values())
-            wanted += [known_futures[k]._state for k in dict.fromkeys(flat)
+            wanted += [known_futures[k].state for k in dict.fromkeys(flat)
                        if k in known_futures]
-            results = self._gather_states(wanted)
+            results = self.shell.gather_states(wanted)
         finally:
-            self._release_many(needed)
+            self.shell.drop(needed)
         return g.pack(keys, results)
 
     # ---------------------------------------------------------------- futures API
@@ -560,11 +228,11 @@ class Client:
     def submit(self, fn, /, *args, key=None, pure=True, retries=0, workers=None,
                priority=0, **kwargs):
         """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once."""
-        return self._submit(fn, args, kwargs, key=key, pure=pure, retries=retries,
-                            workers=workers, priority=priority)
+        return self.submit_call(fn, args, kwargs, key=key, pure=pure, retries=retries,
+                                workers=workers, priority=priority)
 
-    def _submit(self, fn, args, kwargs, key=None, pure=True, retries=0, workers=None,
-                priority=0):
+    def submit_call(self, fn, args, kwargs, key=None, pure=True, retries=0, workers=None,
+                    priority=0):
         """`submit` with the call's keyword arguments kept apart from the options,
         so that a function may take ``key=`` or ``workers=`` itself (the Executor)."""
         self._check_open()
@@ -576,7 +244,7 @@ class Client:
             else:
                 key = f"{funcname(fn)}-{uuid.uuid4().hex}"
         node, found = call_spec(key, fn, args, kwargs)
-        if key in self.states and self.refcount.get(key, 0) > 0:
+        if self.shell.is_held(key):
             return Future(key, self)
         futures = self._submit_graph([(key, node, list(found))], [key], None, priority,
                                      retries, workers)
@@ -614,82 +282,11 @@ class Client:
             out.append(futures.pop(k) if k in futures else Future(k, self))
         return out
 
-    def _gather_keys(self, keys, deadline=None, wait=False):
-        """Fetch values of keys; with ``wait`` the scheduler answers once they are all
-        done.  Raises _DataLost if a key is missing (erred, cancelled, or lost and
-        being computed again)."""
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-        reply = self._request({"op": "gather", "keys": list(keys), "wait": wait,
-                               "max_bytes": self.session.max_message_bytes},
-                              timeout=timeout)
-        return self._unpack_gather(reply)
-
-    def _unpack_gather(self, reply):
-        if reply["errors"]:
-            key, info = next(iter(reply["errors"].items()))
-            if info.get("type") == "MessageTooLarge":
-                raise MessageTooLarge(info["text"])
-            raise TypeError(info["text"])
-        if reply["missing"]:
-            raise _DataLost(reply["missing"])
-        _unpickling.client = self
-        try:
-            return {k: deserialize(v) for k, v in reply["data"].items()}
-        finally:
-            _unpickling.client = None
-
-    def _gather_keys_async(self, keys, callback):
-        """Fetch values without blocking the caller; ``callback(("ok", values))`` or
-        ``callback(("error", exception))`` runs when they arrive."""
-        fut = self._request_future({"op": "gather", "keys": list(keys),
-                                    "max_bytes": self.session.max_message_bytes})
-
-        def done(f):
-            try:
-                callback(("ok", self._unpack_gather(f.result())))
-            except _DataLost:
-                states = [self.states.get(k) for k in keys]
-                waiting = [s for s in states if s is not None]
-                if waiting:
-                    waiting[0].add_callback(lambda: self._gather_keys_async(keys, callback))
-                else:
-                    callback(("error", KeyError(keys)))
-            except BaseException as e:
-                callback(("error", e))
-        fut.add_done_callback(done)
-
-    def _gather_futures(self, futures, errors="raise", timeout=None):
-        """Values of Futures by key."""
-        states = {f.key: f._state for f in futures}
-        return self._gather_states(list(states.values()), errors, timeout)
-
-    def _gather_states(self, states, errors="raise", timeout=None):
-        """Values by key.  A single request waits and fetches: the scheduler answers
-        as soon as the last key is done."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            bad = [st for st in states if st.done() and st.status != "finished"]
-            if bad and errors == "raise":
-                bad[0].raise_error()
-            keys = [st.key for st in states if st not in bad]
-            try:
-                values = self._gather_keys(keys, deadline, wait=True) if keys else {}
-            except _DataLost as e:
-                for key in e.args[0]:
-                    state = self.states.get(key)
-                    remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
-                    if state is not None and not state.wait(remaining):
-                        raise TimeoutError(f"{key!r} not done after {timeout} s") from None
-                continue
-            for st in bad:
-                values[st.key] = st.exception()
-            return values
-
     def gather(self, futures, errors="raise", timeout=None):
         """Values of Futures, in the same (nested) structure."""
         self._check_open()
-        flat = _flatten_futures(futures, [])
-        values = self._gather_futures(flat, errors, timeout)
+        states = {f.key: f.state for f in futures_in(futures)}
+        values = self.shell.gather_states(list(states.values()), errors, timeout)
         return _pack_futures(futures, values)
 
     def scatter(self, data, broadcast=False, workers=None, hash=True, timeout=None):
@@ -709,20 +306,10 @@ class Client:
         if isinstance(workers, str):
             workers = [workers]
         futures = {k: Future(k, self) for k in items}
-        fut = cf.Future()
-        rid = next(self._ids)
-
-        def go():
-            if self.status == "closed":
-                fut.set_exception(RuntimeError("this Client is closed"))
-                return
-            self.scatter_waits[rid] = (set(items), fut)
-            self.outgoing.append({"op": "scatter", "request_id": rid, "data": blobs,
-                                  "broadcast": broadcast, "workers": workers})
-        self.loop.call_soon(go)
-        fut.result(timeout)
-        for k, f in futures.items():
-            f._state.finish(type(items[k]).__name__)
+        self.shell.scatter({"op": "scatter", "data": blobs, "broadcast": broadcast,
+                            "workers": workers}, items, timeout)
+        self.shell.finished([(f.state, type(items[k]).__name__)
+                             for k, f in futures.items()])
         if isinstance(data, dict):
             return futures
         if isinstance(data, (list, tuple, set)):
@@ -734,12 +321,8 @@ class Client:
         return next(iter(futures.values()))
 
     def cancel(self, futures, force=False):
-        flat = _flatten_futures(futures, [])
-        keys = [f.key for f in flat]
-        for f in flat:
-            if not f.done() or f.status == "finished":
-                f._state.cancel()
-        self._send({"op": "cancel", "keys": keys, "force": force})
+        flat = futures_in(futures)
+        self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
 
     def compute(self, collections, sync=False, optimize_graph=True, priority=0,
                 retries=0, workers=None):
@@ -786,24 +369,20 @@ class Client:
 
     def set_collection(self, name, collection):
         """Store a dask collection (its graph, not its data) for every client."""
-        self._request({"op": "set-collection", "name": name,
+        self.shell.request({"op": "set-collection", "name": name,
                        "data": serialize(collection)})
 
     def get_collection(self, name):
-        blob = self._request({"op": "info", "what": "get-collection", "name": name})
+        blob = self.shell.request({"op": "info", "what": "get-collection", "name": name})
         if blob is None:
             raise KeyError(name)
         return self._load(blob)
 
     def list_collections(self):
-        return list(self._request({"op": "info", "what": "list-collections"}))
+        return list(self.shell.request({"op": "info", "what": "list-collections"}))
 
     def _load(self, blob):
-        _unpickling.client = self
-        try:
-            return deserialize(blob)
-        finally:
-            _unpickling.client = None
+        return load(blob, self)
 
     def publish_dataset(self, *args, name=None, override=False, **kwargs):
         """Keep named data (values or Futures) on the cluster for every client."""
@@ -812,18 +391,18 @@ class Client:
                 raise ValueError("publish_dataset(value, name=...) needs a name")
             kwargs[name] = args[0]
         for dname, value in kwargs.items():
-            keys = [f.key for f in _flatten_futures(value, [])]
+            keys = [f.key for f in futures_in(value)]
             if is_dask_collection(value):
                 keys += [k for k, v in dict(value.__dask_graph__()).items()
                          if isinstance(v, Future)]
-            reply = self._request({"op": "publish-dataset", "name": dname,
+            reply = self.shell.request({"op": "publish-dataset", "name": dname,
                                    "data": serialize(value), "keys": keys,
                                    "override": override})
             if isinstance(reply, dict) and "error" in reply:
                 raise KeyError(reply["error"])
 
     def get_dataset(self, name, default=KeyError):
-        blob = self._request({"op": "info", "what": "get-dataset", "name": name})
+        blob = self.shell.request({"op": "info", "what": "get-dataset", "name": name})
         if blob is None:
             if default is KeyError:
                 raise KeyError(f"no dataset named {name!r}")
@@ -831,10 +410,10 @@ class Client:
         return self._load(blob)
 
     def list_datasets(self):
-        return list(self._request({"op": "info", "what": "list-datasets"}))
+        return list(self.shell.request({"op": "info", "what": "list-datasets"}))
 
     def unpublish_dataset(self, name):
-        if not self._request({"op": "unpublish-dataset", "name": name}):
+        if not self.shell.request({"op": "unpublish-dataset", "name": name}):
             raise KeyError(f"no dataset named {name!r}")
 
     # ---------------------------------------------------------------- cluster
@@ -847,7 +426,8 @@ class Client:
         """Run ``function(*args, **kwargs)`` on workers: ``{worker address: result}``."""
         if isinstance(workers, str):
             workers = [workers]
-        reply = self._request({"op": "run", "function": serialize((function, args, kwargs)),
+        reply = self.shell.request({"op": "run",
+                                    "function": serialize((function, args, kwargs)),
                                "workers": workers})
         out = {}
         for address, r in reply["results"].items():
@@ -858,17 +438,17 @@ class Client:
                 raise exc.with_traceback(tb)
         return out
 
-    def _info(self, what, **kw):
-        return self._request({"op": "info", "what": what, **kw})
+    def _info(self, what, timeout=None, **kw):
+        return self.shell.request({"op": "info", "what": what, **kw}, timeout=timeout)
 
-    def scheduler_info(self):
-        info = self._info("scheduler-info")
+    def scheduler_info(self, timeout=None):
+        info = self._info("scheduler-info", timeout)
         info["address"] = self.address
         info["id"] = self.scheduler_id
         return info
 
     def who_has(self, futures=None):
-        keys = None if futures is None else [f.key for f in _flatten_futures(futures, [])]
+        keys = None if futures is None else [f.key for f in futures_in(futures)]
         return {k: list(v) for k, v in self._info("who-has", keys=keys).items()}
 
     def has_what(self):
@@ -885,20 +465,15 @@ class Client:
         The worker processes stay: a task already running finishes on its thread (a
         Python thread cannot be stopped) and its result is dropped; the worker runs
         new tasks on its other threads meanwhile, and on that one once it is free."""
-        self._request({"op": "restart"}, timeout=timeout)
+        self.shell.request({"op": "restart"}, timeout=timeout)
         return self
 
     def subscribe_monitor(self, callback):
         """Call ``callback(snapshot)`` (on the I/O thread) about twice a second."""
-        self.monitor_callbacks.append(callback)
-        if len(self.monitor_callbacks) == 1:
-            self._send({"op": "monitor", "on": True})
+        self.shell.subscribe_monitor(callback)
 
     def unsubscribe_monitor(self, callback):
-        if callback in self.monitor_callbacks:
-            self.monitor_callbacks.remove(callback)
-        if not self.monitor_callbacks and self.status != "closed":
-            self._send({"op": "monitor", "on": False})
+        self.shell.unsubscribe_monitor(callback)
 
     # ---------------------------------------------------------------- life
 
@@ -906,31 +481,16 @@ class Client:
         """Close the connection (any thread, the I/O thread included: it is then not
         waited for)."""
         with self._status_lock:
-            if self.status == "closed":
+            if not self.shell.begin_close():
                 return
-            self.status = "closed"
         self._unset_default()
-
-        def bye():
-            self.outgoing.append({"op": "close-client"})
-            self._flush()
-            self.loop.running = False
-        if self.loop.running:
-            self.loop.call_soon(bye)
-        self.loop.stop(timeout)
-        for state in list(self.states.values()):
-            if not state.done():
-                state.cancel()
         # Threads still waiting for an answer (a get() in another thread) wake up.
-        waits = list(self.requests.values())
-        waits += [fut for _, fut in self.scatter_waits.values()]
-        for fut in waits:
-            _set_exception(fut, RuntimeError("this Client is closed"))
+        self.shell.finish_close(timeout)
 
     def shutdown(self, timeout=10):
         """Stop the scheduler and its workers, then close this client."""
         try:
-            self._request({"op": "shutdown"}, timeout=timeout)
+            self.shell.request({"op": "shutdown"}, timeout=timeout)
         except (TimeoutError, SchedulerLost):
             pass
         self.close()
@@ -943,7 +503,7 @@ class Client:
 
     def __del__(self):
         try:
-            if self.status != "closed" and self.loop.running:
+            if self.status != "closed" and self.shell.loop.running:
                 self.close(timeout=1)
         except Exception:
             pass

@@ -1,15 +1,22 @@
 """Futures of remote results, `wait`, `as_completed`, and a concurrent.futures Executor.
 
 A `Future` is a handle on one key on the cluster.  All Futures of a key in one client
-share a `FutureState` (status, error, done event); the client counts Futures per key
-and tells the scheduler to release the key when the last one is garbage-collected.
+share a `FutureState` (status, error; see `state.ClientState`); the client counts
+Futures per key and tells the scheduler to release the key when the last one is
+garbage-collected.
 
-    scheduler ─key-in-memory / task-erred / cancelled─▶ client loop ─▶ FutureState
-                                                                         │ done event,
-                                                                         ▼ callbacks
+    scheduler ─key-in-memory / task-erred / cancelled─▶ client I/O thread: ClientState
+                                                          │ Done(state): wake waiters,
+                                                          ▼ run done callbacks
                                      Future.result() ─gather─▶ value
 
 Results are fetched when asked for (`result`, `gather`), never pushed.
+
+What a Future asks of its client, all public: ``client.shell`` holds and drops keys
+(`ClientShell.hold`, `drop`) and gathers them (`gather_states`, `gather_async`);
+``client.cancel`` and, for the Executor, ``client.submit_call``.  Waiting on a key
+needs no client: `wait_until_done` and `when_done` below, under `LOCK`, the lock the
+client shells take around their state machines too.
 """
 
 from __future__ import annotations
@@ -17,11 +24,15 @@ from __future__ import annotations
 import concurrent.futures as cf
 import queue
 import threading
+from collections import namedtuple
 
 from dask._task_spec import TaskRef
 
 from ..errors import rebuild_error
 from ..log import logger
+from ..protocol import deserialize
+from .default import default_client
+from .state import CANCELLED, ERROR, FINISHED, LOST
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
@@ -29,93 +40,66 @@ ALL_COMPLETED = cf.ALL_COMPLETED
 
 CancelledError = cf.CancelledError
 
+# What `wait` returns, as `concurrent.futures.wait` does.
+DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
 
-_state_lock = threading.Lock()    # guards status changes against waiters registering
+
+# Guards every client's state machine and the waiters on its keys: a status changes,
+# and a waiter registers, under it.  Reentrant: a Future collected by the garbage
+# collector while it is held drops its key under it again.
+LOCK = threading.RLock()
 
 
-class FutureState:
-    """What is known of one key: shared by every Future of that key in a client.
+def wait_until_done(state, timeout=None):
+    """Block until ``state`` is done; False if ``timeout`` passed first."""
+    with LOCK:
+        if state.done():
+            return True
+        if state.event is None:
+            state.event = threading.Event()
+        event = state.event
+    return event.wait(timeout)
 
-    Cheap to make (a graph may create a hundred thousand): the Event a waiter sleeps
-    on and the callback list exist only once someone waits or registers a callback.
-    """
 
-    __slots__ = ("key", "status", "error", "type", "_event", "callbacks", "__weakref__")
+def when_done(state, callback):
+    """Call ``callback()`` once ``state`` is done (at once if it is)."""
+    with LOCK:
+        if not state.done():
+            if state.callbacks is None:
+                state.callbacks = []
+            state.callbacks.append(callback)
+            return
+    callback()
 
-    def __init__(self, key):
-        self.key = key
-        self.status = "pending"
-        self.error = None          # error record (dict) when status is "error"/"lost"
-        self.type = None
-        self._event = None
-        self.callbacks = None
 
-    def done(self):
-        return self.status != "pending"
+def take_waiters(state):
+    """(event, callbacks) of a state just done, taken off it; call under `LOCK`."""
+    event, callbacks, state.callbacks = state.event, state.callbacks, None
+    return event, callbacks
 
-    def wait(self, timeout=None):
-        with _state_lock:
-            if self.status != "pending":
-                return True
-            if self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        return event.wait(timeout)
 
-    def _finish(self, status):
-        with _state_lock:
-            self.status = status
-            event, callbacks, self.callbacks = self._event, self.callbacks, None
-        if event is not None:
-            event.set()
-        for cb in callbacks or ():
-            try:
-                cb()
-            except Exception:
-                logger.exception("error in a done callback of %r", self.key)
+def wake(state, event, callbacks):
+    """Wake what waited on a state (outside `LOCK`: callbacks may do anything)."""
+    if event is not None:
+        event.set()
+    for cb in callbacks or ():
+        try:
+            cb()
+        except Exception:
+            logger.exception("error in a done callback of %r", state.key)
 
-    def finish(self, type=None):
-        self.type = type
-        self._finish("finished")
 
-    def fail(self, error):
-        self.error = error
-        self._finish("error")
+def raise_error(state):
+    if state.status == CANCELLED:
+        raise CancelledError(f"{state.key!r} was cancelled")
+    exc, tb = rebuild_error(state.error or {})
+    raise exc.with_traceback(tb)
 
-    def cancel(self):
-        self._finish("cancelled")
 
-    def lose(self, reason):
-        self.error = {"type": "SchedulerLost", "text": reason}
-        self._finish("lost")
-
-    def reset(self):
-        """The data was lost and is being computed again."""
-        with _state_lock:
-            self.status = "pending"
-            self.error = None
-            if self._event is not None:
-                self._event.clear()
-
-    def raise_error(self):
-        if self.status == "cancelled":
-            raise CancelledError(f"{self.key!r} was cancelled")
-        exc, tb = rebuild_error(self.error or {})
-        raise exc.with_traceback(tb)
-
-    def exception(self):
-        if self.status in ("error", "lost"):
-            return rebuild_error(self.error)[0]
-        return None
-
-    def add_callback(self, cb):
-        with _state_lock:
-            if self.status == "pending":
-                if self.callbacks is None:
-                    self.callbacks = []
-                self.callbacks.append(cb)
-                return
-        cb()
+def exception_of(state):
+    if state.status in (ERROR, LOST):
+        return rebuild_error(state.error)[0]
+    return None
 
 
 class Future(TaskRef):
@@ -130,47 +114,42 @@ class Future(TaskRef):
     subgraph of a fused task.
     """
 
-    __slots__ = ("client", "_state", "__weakref__")
+    __slots__ = ("client", "state", "__weakref__")
 
     def __init__(self, key, client, state=None, inform=False):
         self.key = key
         self.client = client
-        self._state = client._retain(key, state, inform)
+        self.state = client.shell.hold(key, state, inform)
 
     @property
     def status(self):
-        return self._state.status
+        return self.state.status
 
     def done(self):
-        return self._state.done()
+        return self.state.done()
 
     def cancelled(self):
-        return self._state.status == "cancelled"
+        return self.state.status == CANCELLED
 
     def _wait(self, timeout):
-        if not self._state.wait(timeout):
+        if not wait_until_done(self.state, timeout):
             raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     def result(self, timeout=None):
         if self.client is None:
             raise RuntimeError(f"{self.key!r} was released")
-        return self.client._gather_futures([self], timeout=timeout)[self.key]
-
-    def _raise(self):
-        self._state.raise_error()
+        return self.client.shell.gather_states([self.state], timeout=timeout)[self.key]
 
     def exception(self, timeout=None):
         self._wait(timeout)
-        if self._state.status == "cancelled":
+        if self.state.status == CANCELLED:
             raise CancelledError(f"{self.key!r} was cancelled")
-        if self._state.status in ("error", "lost"):
-            return rebuild_error(self._state.error)[0]
-        return None
+        return exception_of(self.state)
 
     def traceback(self, timeout=None):
         self._wait(timeout)
-        if self._state.status in ("error", "lost"):
-            return rebuild_error(self._state.error)[1]
+        if self.state.status in (ERROR, LOST):
+            return rebuild_error(self.state.error)[1]
         return None
 
     def cancel(self, force=False):
@@ -186,12 +165,12 @@ class Future(TaskRef):
                 fn(ref)
             except Exception:
                 logger.exception("error in done callback %r", fn)
-        self._state.add_callback(cb)
+        when_done(self.state, cb)
 
     def release(self):
         client, self.client = self.client, None
         if client is not None:
-            client._release(self.key)
+            client.shell.drop((self.key,))
 
     def __del__(self):
         try:
@@ -203,7 +182,7 @@ class Future(TaskRef):
         return _rebuild_future, (self.key,)
 
     def __repr__(self):
-        typ = f", type: {self._state.type}" if self._state.type else ""
+        typ = f", type: {self.state.type}" if self.state.type else ""
         return f"<Future: {self.status}{typ}, key: {self.key!r}>"
 
     def __hash__(self):
@@ -216,16 +195,43 @@ class Future(TaskRef):
         return ("dask-ipy-future", self.key)
 
 
-class _DataLost(Exception):
-    """Internal: a key in memory was gone when gathered; wait for its recomputation."""
+def futures_in(obj, out=None):
+    """The Futures in ``obj``, walking lists, tuples, sets and dict values."""
+    if out is None:
+        out = []
+    if isinstance(obj, Future):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple, set)):
+        for x in obj:
+            futures_in(x, out)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            futures_in(x, out)
+    return out
 
 
 _unpickling = threading.local()
 
 
-def _rebuild_future(key):
-    from .client import default_client
+def load(blob, client):
+    """``deserialize(blob)``; Futures in it belong to ``client``."""
+    _unpickling.client = client
+    try:
+        return deserialize(blob)
+    finally:
+        _unpickling.client = None
 
+
+def load_all(blobs, client):
+    """{key: value} of {key: blob}; Futures in them belong to ``client``."""
+    _unpickling.client = client
+    try:
+        return {k: deserialize(v) for k, v in blobs.items()}
+    finally:
+        _unpickling.client = None
+
+
+def _rebuild_future(key):
     client = getattr(_unpickling, "client", None)
     if client is None:
         try:
@@ -241,34 +247,46 @@ def _rebuild_future(key):
 
 def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``."""
-    fs = set(fs)
-    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
-        raise ValueError(f"unknown return_when {return_when!r}")
-    lock = threading.Lock()
-    event = threading.Event()
-    done = set()
+    return Waiter(fs, return_when).wait(timeout)
 
-    def failed(f):
+
+class Waiter:
+    """What `wait` waits with: a done callback on each future, registered once, so
+    that `wait` may be asked again and again (a progress bar redrawing meanwhile)."""
+
+    def __init__(self, fs, return_when=ALL_COMPLETED):
+        self.fs = set(fs)
+        if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+            raise ValueError(f"unknown return_when {return_when!r}")
+        self.return_when = return_when
+        self.lock = threading.Lock()
+        self.event = threading.Event()
+        self.done = set()
+        if not self.fs:
+            self.event.set()
+        for f in self.fs:
+            f.add_done_callback(self._on_done)
+
+    @staticmethod
+    def _failed(f):
         if isinstance(f, Future):
-            return f.status in ("error", "lost")
+            return f.status in (ERROR, LOST)
         return not f.cancelled() and f.exception() is not None
 
-    def on_done(f):
+    def _on_done(self, f):
         # Each future reports once, so waiting costs O(n), not O(n) per completion.
-        with lock:
-            done.add(f)
-            if (len(done) == len(fs) or return_when == FIRST_COMPLETED
-                    or (return_when == FIRST_EXCEPTION and failed(f))):
-                event.set()
+        with self.lock:
+            self.done.add(f)
+            if (len(self.done) == len(self.fs) or self.return_when == FIRST_COMPLETED
+                    or (self.return_when == FIRST_EXCEPTION and self._failed(f))):
+                self.event.set()
 
-    if not fs:
-        event.set()
-    for f in fs:
-        f.add_done_callback(on_done)
-    event.wait(timeout)
-    with lock:
-        finished = set(done)
-    return cf._base.DoneAndNotDoneFutures(finished, fs - finished)
+    def wait(self, timeout=None):
+        """``(done, not_done)`` once ``return_when`` holds, or after ``timeout``."""
+        self.event.wait(timeout)
+        with self.lock:
+            finished = set(self.done)
+        return DoneAndNotDoneFutures(finished, self.fs - finished)
 
 
 class as_completed:
@@ -338,7 +356,7 @@ class ClientExecutor(cf.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
         options = dict(self.submit_kwargs)
         options.setdefault("pure", False)
-        remote = self.client._submit(fn, args, kwargs, **options)
+        remote = self.client.submit_call(fn, args, kwargs, **options)
         local = cf.Future()
         local.set_running_or_notify_cancel()
         local._dask_ipy_remote = remote
@@ -348,14 +366,15 @@ class ClientExecutor(cf.Executor):
         def settle(_):
             with self.lock:
                 self.futures.discard(local)
-            if remote.status == "cancelled":
+            if remote.status == CANCELLED:
                 _cancel(local)
                 return
-            if remote.status != "finished":
-                exc, tb = rebuild_error(remote._state.error or {})
-                _set_exception(local, exc.with_traceback(tb))
+            if remote.status != FINISHED:
+                exc, tb = rebuild_error(remote.state.error or {})
+                set_exception(local, exc.with_traceback(tb))
                 return
-            self.client._gather_keys_async([remote.key], lambda r: _settle_gather(local, remote.key, r))
+            self.client.shell.gather_async(
+                [remote.key], lambda r: _settle_gather(local, remote.key, r))
         remote.add_done_callback(settle)
         return local
 
@@ -377,7 +396,8 @@ class ClientExecutor(cf.Executor):
             cf.wait(pending)
 
 
-def _set_exception(local, exc):
+def set_exception(local, exc):
+    """Fail a concurrent.futures.Future unless it is done already."""
     if not local.done():
         try:
             local.set_exception(exc)
@@ -386,7 +406,13 @@ def _set_exception(local, exc):
 
 
 def _cancel(local):
-    """Cancel a running concurrent.futures.Future (the remote task was cancelled)."""
+    """Cancel a running concurrent.futures.Future (the remote task was cancelled).
+
+    The standard library offers no public way: `Future.cancel()` refuses a running
+    future, and the Executor's futures must run from submit on (as the standard
+    executors' do once a worker takes them) so that the user cannot cancel them
+    through the future, only through the Executor.  So this does what `cancel()`
+    does for a pending future, on the future's own condition, and nothing more."""
     with local._condition:
         if local._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
             return

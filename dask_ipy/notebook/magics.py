@@ -369,7 +369,7 @@ class DaskMagics(Magics):
         print(f"restarted {client.address}: every task forgotten, all data dropped")
 
     def _dsched_stop(self, args):
-        from ..client.client import default_clients
+        from ..client.default import default_clients
 
         client = self.active_client()
         address, scheduler_id = client.address, client.scheduler_id

@@ -38,7 +38,8 @@ import time
 
 import ipywidgets as widgets
 
-from ..client.client import _flatten_futures, default_client
+from ..client.default import default_client
+from ..client.futures import Future, Waiter, futures_in
 
 STATE_ORDER = ("waiting", "queued", "no-worker", "processing", "memory", "erred",
                "released")
@@ -545,8 +546,7 @@ def client_summary(client, timeout=2.0):
     workers = {}
     if client.status == "running":
         try:
-            info = client._request({"op": "info", "what": "scheduler-info"},
-                                   timeout=timeout)
+            info = client.scheduler_info(timeout=timeout)
             workers = info.get("workers") or {}
         except Exception:
             workers = {}
@@ -569,19 +569,19 @@ def client_summary(client, timeout=2.0):
     return "\n".join(lines), page
 
 
-def client_mimebundle(client):
-    """How a Client displays itself: the live Monitor where a kernel can show
-    widgets (one per client, shown again on each display), text elsewhere."""
+def client_mimebundle(client, monitor=None):
+    """How a Client displays itself: (bundle, monitor).  The live Monitor where a
+    kernel can show widgets (``monitor``, the one shown before, is shown again while it
+    runs), text elsewhere."""
     text, page = client_summary(client)
     if not _kernel() or client.status == "closed":
-        return {"text/plain": text, "text/html": page}
-    monitor = getattr(client, "_monitor", None)
+        return {"text/plain": text, "text/html": page}, monitor
     if monitor is None or not monitor.running or monitor.comm is None:
-        monitor = client._monitor = Monitor(client)
+        monitor = Monitor(client)
     bundle = dict(monitor._repr_mimebundle_() or {})
     bundle["text/plain"] = text
     bundle["text/html"] = page
-    return bundle
+    return bundle, monitor
 
 
 # ---------------------------------------------------------------- console progress
@@ -589,8 +589,6 @@ def client_mimebundle(client):
 def futures_of(collection):
     """The Futures behind a persisted dask collection."""
     from dask._task_spec import DataNode
-
-    from ..client.futures import Future
 
     found = {}
     for v in dict(collection.__dask_graph__()).values():
@@ -620,27 +618,14 @@ def progress(*objs, client=None, file=None, width=40, interval=0.2):
             persisted.append(p)
             futures.extend(futures_of(p))
         else:
-            _flatten_futures(obj, futures)
+            futures_in(obj, futures)
     unique = list({f.key: f for f in futures}.values())
     total = len(unique)
-    lock = threading.Lock()
-    finished = threading.Event()
-    count = [0]
-
-    def one_done(_):
-        with lock:
-            count[0] += 1
-            if count[0] >= total:
-                finished.set()
-
-    if not unique:
-        finished.set()
-    for f in unique:
-        f.add_done_callback(one_done)
+    waiter = Waiter(unique)
     start = time.monotonic()
     shown = None
     while True:
-        over = finished.wait(interval)
+        over = not waiter.wait(interval).not_done
         done = sum(1 for f in unique if f.done())
         erred = sum(1 for f in unique if f.status in ("error", "lost"))
         cancelled = sum(1 for f in unique if f.status == "cancelled")

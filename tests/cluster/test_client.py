@@ -419,7 +419,7 @@ def test_a_shutdown_by_another_client_fails_what_waits_and_closes(cluster, tmp_p
     Future fails with SchedulerLost at once, and this client closes and leaves the
     default stack."""
     from dask_ipy import Client, SchedulerLost
-    from dask_ipy.client.client import _current
+    from dask_ipy.client.default import default_clients
 
     s, _, c = cluster
     gate = tmp_path / "gate"
@@ -433,7 +433,7 @@ def test_a_shutdown_by_another_client_fails_what_waits_and_closes(cluster, tmp_p
         with pytest.raises(SchedulerLost, match="shut down"):
             f.result(timeout=5)
         wait_for(lambda: c.status == "closed", timeout=5, message="the client to close")
-        assert c not in _current
+        assert c not in default_clients()
     finally:
         gate.touch()
 
@@ -447,9 +447,9 @@ def test_context_manager_closes(pc):
 
 
 def test_function_tokens_are_remembered_only_where_they_cannot_change():
-    import dask_ipy.client.client as client_module
+    import dask_ipy.client.calls as client_module
     from dask.base import tokenize
-    from dask_ipy.client.client import _FN_TOKENS, function_token
+    from dask_ipy.client.calls import _FN_TOKENS, function_token
 
     assert function_token(client_module.call_token, {}) == tokenize(client_module.call_token, {})
     assert client_module.call_token in _FN_TOKENS          # module function: by reference

@@ -233,8 +233,8 @@ def test_priorities_follow_dask_order(c, monkeypatch):
 
     b = db.from_sequence(range(40), npartitions=8).map(inc).sum()
     sent = []
-    send = c._send
-    monkeypatch.setattr(c, "_send", lambda msg: (sent.append(msg), send(msg))[1])
+    send = c.shell.send
+    monkeypatch.setattr(c.shell, "send", lambda msg: (sent.append(msg), send(msg))[1])
     assert b.compute() == sum(range(1, 41))
     (update,) = [m for m in sent if m["op"] == "update-graph"]
     # Tasks travel as (key, spec, deps, priority); a small spec as its pickle's bytes.

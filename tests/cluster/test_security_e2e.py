@@ -327,7 +327,7 @@ def test_the_key_is_never_logged_or_shown(caplog):
         mode = stat.S_IMODE(os.stat(s.connection_file).st_mode)
         assert mode == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(s.connection_file)).st_mode) == 0o700
-        for obj in (security, s, c, s.session, c.session, *workers):
+        for obj in (security, s, c, s.session, c.shell.session, *workers):
             shown += [repr(obj), str(obj)]
         # A peer holding the key sends a message that fails its MAC: the rejection
         # is logged, and that log line is checked too.

@@ -366,7 +366,7 @@ def test_stop_shuts_the_scheduler_down(connected, scheduler):
 def test_stop_closes_the_earlier_clients_of_that_scheduler(ip, scheduler):
     """A client made default before `%dsched connect` to the same scheduler closes
     with it: afterwards both forms of %dget say how to start a scheduler."""
-    from dask_ipy.client.client import default_client
+    from dask_ipy.client.default import default_client
 
     earlier = dask_ipy.Client(scheduler.address_to_clients)
     try:
