@@ -100,7 +100,8 @@ def test_requests_are_answered_by_id(cs):
 
 
 def test_a_key_lost_after_it_finished_is_reset_before_the_gather_answers(cs):
-    x, y = cs.hold("x"), cs.hold("y")
+    x = cs.hold("x")
+    cs.hold("y")
     cs.handle({"op": "key-in-memory", "key": "x"})
     cs.request({"op": "gather", "keys": ["x", "y"]}, "t")
     rid = cs.take_messages()[0]["request_id"]
@@ -177,7 +178,8 @@ def test_a_scheduler_shutting_down_fails_what_waits_then_closes(cs):
 
 
 def test_closing_cancels_pending_keys_and_fails_every_request(cs):
-    x, y = cs.hold("x"), cs.hold("y")
+    x = cs.hold("x")
+    cs.hold("y")
     cs.handle({"op": "key-in-memory", "key": "y"})
     cs.request({"op": "info"}, "t")
     cs.scatter({"op": "scatter"}, ["s"], "t-scatter")
