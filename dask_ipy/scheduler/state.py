@@ -997,7 +997,7 @@ class SchedulerState:
             return False          # unknown or removed worker: the shell tells it
         ws.last_seen = now
         op = msg["op"]
-        handler = self._worker_handlers.get(op)
+        handler = self.FROM_WORKERS.get(op)
         if handler is None:
             return True
         handler(self, ws, msg)
@@ -1196,7 +1196,7 @@ class SchedulerState:
                                     if k not in ("op", "request_id")}
         self._maybe_finish_run(msg["request_id"])
 
-    _worker_handlers = {
+    FROM_WORKERS = {
         "heartbeat": _on_heartbeat,
         "task-started": _on_task_started,
         "task-finished": _on_task_finished,
@@ -1252,7 +1252,7 @@ class SchedulerState:
                 cs.wants_what.add(ts)
 
     def handle_client_message(self, cid, msg):
-        handler = self._client_handlers.get(msg["op"])
+        handler = self.FROM_CLIENTS.get(msg["op"])
         if handler is not None:
             handler(self, cid, msg)
 
@@ -1578,7 +1578,7 @@ class SchedulerState:
         self.datasets.clear()
         self._reply(cid, msg, True)
 
-    _client_handlers = {
+    FROM_CLIENTS = {
         "update-graph": _on_update_graph,
         "client-releases-keys": _on_client_releases_keys,
         "client-desires-keys": _on_client_desires_keys,

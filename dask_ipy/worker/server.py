@@ -22,7 +22,7 @@ import psutil
 import zmq
 from dask.sizeof import sizeof
 
-from .. import bulk
+from .. import bulk, messages
 from ..addresses import host_of, local_ip_towards
 from ..comm import IOLoop, send, bind_router, connect_dealer, new_id
 from ..discovery import resolve_scheduler
@@ -108,6 +108,8 @@ class Worker:
         self.jobs = queue.SimpleQueue()
         self.threads = []
         self.closed = threading.Event()
+        self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
+                                                self.FROM_SCHEDULER, self._to_state)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
         self.loop.add_flush(self._flush)
         self._connect()
@@ -157,32 +159,62 @@ class Worker:
             logger.warning("worker %s: rejected a message: %s", self.address, e)
             return
         for msg in msgs:
-            op = msg.pop("op")
-            if op == "worker-removed":
-                self._drop_peer(msg["address"])
-                self._handle(op, **msg)
-            elif op in ("compute-task", "free-keys", "who-has", "restart", "go",
-                        "steal-request"):
-                self._handle(op, **msg)
-            elif op == "relay-data":
-                self._gather_done(RELAY, msg)
-            elif op == "put-data":
-                self._put_data(msg["data"])
-            elif op == "welcome":
-                self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
-            elif op == "send-data":
-                self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
-            elif op == "run":
-                self._run_function(msg["function"], msg["request_id"])
-            elif op == "unknown-worker":
-                self._reconnect()
-                return
-            elif op in ("close", "scheduler-closing"):
-                # Shut down with the cluster: nothing is left behind.
-                self.loop.call_soon(self._close_from_loop)
-                return
-            elif op != "ping":          # pings only test that this worker is reachable
-                logger.debug("worker %s: ignored a message %r", self.address, op)
+            handler = self.from_scheduler.get(msg.get("op"))
+            if handler is None:
+                logger.debug("worker %s: ignored a message %r", self.address,
+                             msg.get("op"))
+                continue
+            if handler(msg) is False:
+                return                 # the rest of the batch is for a worker gone
+
+    def _to_state(self, msg):
+        self._handle(msg.pop("op"), **msg)
+
+    def _on_worker_removed(self, msg):
+        self._drop_peer(msg["address"])
+        self._to_state(msg)
+
+    def _on_relay_data(self, msg):
+        self._gather_done(RELAY, msg)
+
+    def _on_put_data(self, msg):
+        self._put_data(msg["data"])
+
+    def _on_welcome(self, msg):
+        self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
+
+    def _on_send_data(self, msg):
+        self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
+
+    def _on_run(self, msg):
+        self._run_function(msg["function"], msg["request_id"])
+
+    def _on_unknown_worker(self, msg):
+        self._reconnect()
+        return False
+
+    def _on_close(self, msg):
+        # Shut down with the cluster: nothing is left behind.
+        self.loop.call_soon(self._close_from_loop)
+        return False
+
+    def _on_ping(self, msg):
+        """Pings only test that this worker is reachable; "registered" needs no
+        answer either ("welcome" follows)."""
+
+    FROM_SCHEDULER = {
+        "worker-removed": _on_worker_removed,
+        "relay-data": _on_relay_data,
+        "put-data": _on_put_data,
+        "welcome": _on_welcome,
+        "send-data": _on_send_data,
+        "run": _on_run,
+        "unknown-worker": _on_unknown_worker,
+        "close": _on_close,
+        "scheduler-closing": _on_close,
+        "ping": _on_ping,
+        "registered": _on_ping,
+    }
 
     def _handle(self, op, **kw):
         runs = []
