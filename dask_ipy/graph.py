@@ -48,6 +48,7 @@ from .errors import CycleError, MissingDependency
 __all__ = [
     "CycleError",
     "MissingDependency",
+    "as_dict",
     "normalize",
     "dependencies",
     "check",
@@ -98,7 +99,7 @@ class _EitherContainer:
         return False
 
 
-def _as_dict(dsk) -> dict:
+def as_dict(dsk) -> dict:
     """A plain ``{key: value}`` dict from a dict, HighLevelGraph, expression or
     collection (anything with ``__dask_graph__``), or any Mapping."""
     if type(dsk) is dict:
@@ -133,7 +134,7 @@ def normalize(dsk, known=frozenset()) -> dict:
     Measured here (one core): 100,000 chained tasks ``{'x%d': (inc, 'x%d')}`` in
     0.3-0.4 s (0.7-0.9 s without pausing the garbage collector).
     """
-    dsk = _as_dict(dsk)
+    dsk = as_dict(dsk)
     all_keys = set(dsk)
     if known:
         all_keys = _EitherContainer(all_keys, known)

@@ -193,7 +193,7 @@ class Client:
         self._check_open()
         if is_dask_collection(dsk) and not isinstance(dsk, dict):
             dsk = dsk.__dask_graph__()
-        dsk = g._as_dict(dsk) if not isinstance(dsk, dict) else dsk
+        dsk = g.as_dict(dsk) if not isinstance(dsk, dict) else dsk
         flat = g.flatten_keys(keys)
         # Futures as graph values are data already on the cluster.
         known_futures = {}

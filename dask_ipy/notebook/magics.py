@@ -9,8 +9,8 @@ computes a cell's value on it.
                                  Future(s)         gather
     %dsched status ──▶ widget.Monitor (a notebook) or its text (a terminal)
 
-Everything here goes through the public API of dask_ipy; the scheduler is never
-reached into.  One `DaskMagics` instance per shell holds the active client.  The
+Everything here goes through the public API of dask_ipy (imported from the modules
+that define it, when first needed); the scheduler is never reached into.  One `DaskMagics` instance per shell holds the active client.  The
 ipyparallel client is needed only to boot: it is closed once the workers are up.
 """
 
@@ -26,8 +26,6 @@ from IPython.core.error import UsageError
 from IPython.core.magic import (Magics, line_cell_magic, line_magic, magics_class,
                                 no_var_expand)
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-
-import dask_ipy
 
 NO_CLIENT = ("no active dask_ipy scheduler: run `%dsched start` (boot one on the "
              "running ipcluster) or `%dsched connect ADDRESS` first")
@@ -123,9 +121,11 @@ def _resolve_key(token, graph):
 
 
 def _kind(value):
+    from ..client.futures import Future
+
     if isinstance(value, Mapping):
         return "graph"
-    if isinstance(value, dask_ipy.Future):
+    if isinstance(value, Future):
         return "future"
     from dask.base import is_dask_collection
 
@@ -222,8 +222,10 @@ class DaskMagics(Magics):
         dask_ipy Client of this process; UsageError if there is none."""
         if self.client is not None and self.client.status != "closed":
             return self.client
+        from ..client.default import default_client
+
         try:
-            return dask_ipy.default_client()
+            return default_client()
         except ValueError:
             raise UsageError(NO_CLIENT) from None
 
@@ -333,7 +335,9 @@ class DaskMagics(Magics):
                 options["nthreads"] = args.nthreads
             if args.scheduler is not None:
                 options["scheduler"] = args.scheduler
-            client = dask_ipy.dask_client_from_ipclient(ipclient, targets, **options)
+            from ..bootstrap import dask_client_from_ipclient
+
+            client = dask_client_from_ipclient(ipclient, targets, **options)
         finally:
             ipclient.close()
         self._activate(client)
@@ -343,8 +347,10 @@ class DaskMagics(Magics):
         if args.address is None:
             raise UsageError("%dsched connect ADDRESS: the scheduler's address "
                              "(tcp://host:port) or its connection file")
+        from ..client.client import Client
+
         try:
-            client = dask_ipy.Client(args.address, timeout=args.timeout or 10.0)
+            client = Client(args.address, timeout=args.timeout or 10.0)
         except (OSError, ValueError, TimeoutError) as e:
             raise UsageError(f"could not connect to {args.address}: {e}") from None
         self._activate(client)
