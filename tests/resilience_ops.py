@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 
-from core_ops import wait_for_file
+from helpers import wait_for_file
 
 
 def inc(x):

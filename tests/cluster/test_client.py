@@ -7,7 +7,7 @@ import traceback
 import pytest
 
 from conftest import wait_for
-from core_ops import (Boom, Unpicklable, add, count_lines, fail, fail_deeply, fail_until,
+from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply, fail_until,
                       identity, inc, make_unpicklable, pid, raise_needs_two,
                       raise_slots_only, record, slow_inc, total, wait_for_file,
                       worker_keys)
@@ -209,7 +209,7 @@ def test_remote_exception_keeps_its_type_and_traceback(c):
         f.result(timeout=10)
     text = "".join(traceback.format_exception(info.value))
     assert "_inner_failure" in text and "fail_deeply" in text
-    assert "core_ops.py" in text
+    assert "helpers.py" in text
     # The worker's own frames (its pool thread, the graph executor) are left out.
     assert "worker/server.py" not in text and "dask_ipy/graph.py" not in text
     assert c.submit(fail, 1).exception(timeout=10).__class__ is Boom

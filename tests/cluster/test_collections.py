@@ -16,7 +16,7 @@ from dask._task_spec import Alias, DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph
 
 from conftest import wait_for
-from core_ops import add, count_lines, inc, pid, record
+from helpers import add, count_lines, inc, pid, record
 from dask_ipy import Future, wait
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
-from core_ops import array_of, array_sum, inc, slow_inc, wait_for_file
+from helpers import array_of, array_sum, inc, slow_inc, wait_for_file
 from resilience_ops import CreateFileOnLoad
 from dask_ipy import Client, Scheduler, Security, Worker
 from dask_ipy.protocol import MessageTooLarge, Session, serialize

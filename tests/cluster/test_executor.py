@@ -15,7 +15,7 @@ import unittest
 import pytest
 
 from conftest import ProcessCluster, wait_for
-from core_ops import Boom, add, fail, fail_until, identity, sleep, wait_for_file
+from helpers import Boom, add, fail, fail_until, identity, sleep, wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
 
