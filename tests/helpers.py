@@ -1,10 +1,185 @@
-"""Task functions for the cluster tests.  They live in a module of their own so that
-worker processes import them by reference (tests/ is on their PYTHONPATH)."""
+"""What the tests share besides fixtures (those are in conftest.py): waiting, clusters
+in this process, in processes and on ipyparallel, and the task functions they run.
 
+Task functions live here, at module level, so that worker processes import them by
+reference (tests/ and its tier folders are on their PYTHONPATH): keep this module's
+imports cheap.
+"""
+
+import contextlib
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
+import uuid
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+# The tiers: pure functions and state machines; processes and sockets; ipcluster
+# and notebooks; a browser.
+TIERS = [os.path.join(TESTS, tier) for tier in ("pure", "cluster", "notebook", "browser")]
+
+
+# ---------------------------------------------------------------- waiting
+
+def dask_ipy_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("dask-ipy")]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.01, message="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            if callable(message):
+                message = message()
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- clusters
+
+@contextlib.contextmanager
+def local_cluster(scheduler_options=None, worker_options=None, client_options=None,
+                  client=True):
+    """(scheduler, [worker, worker], client) in this process, invariants checked;
+    everything is closed and no thread may be left behind.  With ``client=False``
+    there is no client (None), and the threads of clients made meanwhile are the
+    caller's to check."""
+    from dask_ipy import Client, Scheduler, Worker
+
+    s = Scheduler(**{"validate": True, **(scheduler_options or {})})
+    workers = [Worker(scheduler=s.address_to_workers,
+                      **{"validate": True, **(worker_options or {})}) for _ in range(2)]
+    c = None
+    try:
+        if client:
+            c = Client(s.address_to_clients, **(client_options or {}))
+        wait_for(lambda: len(s.state.workers) == 2, message="workers to register")
+        yield s, workers, c
+    finally:
+        if c is not None:
+            c.close()
+        for w in workers:
+            w.close()
+        s.close()
+    if client:
+        wait_for(lambda: not dask_ipy_threads(), timeout=5,
+                 message=lambda: f"threads to stop: {dask_ipy_threads()}")
+
+
+SCHEDULER_SCRIPT = """
+import sys, json
+from dask_ipy import Scheduler
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+s = Scheduler(connection_file=sys.argv[1], heartbeat_timeout=float(sys.argv[2]),
+              idle_timeout=60, **options)
+print("ready", flush=True)
+s.wait()
+"""
+
+WORKER_SCRIPT = """
+import sys, json
+from dask_ipy import Worker
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+w = Worker(scheduler=sys.argv[1], nthreads=int(sys.argv[2]), heartbeat_interval=0.2,
+           **options)
+print(w.address, flush=True)
+w.wait()
+"""
+
+
+class ProcessCluster:
+    """A scheduler and workers in their own processes, for tests that kill them."""
+
+    def __init__(self, directory, nworkers=2, nthreads=1, heartbeat_timeout=10.0,
+                 scheduler_options=None):
+        """`scheduler_options`: more keyword arguments of Scheduler (JSON-able)."""
+        self.directory = directory
+        self.file = os.path.join(directory, f"scheduler-{time.monotonic_ns()}.json")
+        self.heartbeat_timeout = heartbeat_timeout
+        self.nthreads = nthreads
+        self.workers = []
+        self.scheduler = self._spawn(SCHEDULER_SCRIPT, self.file, str(heartbeat_timeout),
+                                     json.dumps(scheduler_options or {}))
+        try:
+            for _ in range(nworkers):
+                self.workers.append(self.start_worker())
+        except BaseException:
+            self.close()
+            raise
+
+    def _spawn(self, script, *args):
+        p = subprocess.Popen([sys.executable, "-c", script, *args],
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        line = p.stdout.readline()
+        if not line:
+            p.kill()
+            raise RuntimeError("process did not start")
+        p.first_line = line.strip()
+        return p
+
+    def start_worker(self, **options):
+        """A worker process; `options`: more keyword arguments of Worker (JSON-able)."""
+        return self._spawn(WORKER_SCRIPT, self.file, str(self.nthreads),
+                           json.dumps(options))
+
+    def client(self, **kw):
+        from dask_ipy import Client
+
+        c = Client(self.file, **kw)
+        wait_for(lambda: len(c.scheduler_info()["workers"]) >= len(
+            [w for w in self.workers if w.poll() is None]), message="workers")
+        return c
+
+    def close(self):
+        for p in self.workers + [self.scheduler]:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+            p.stdout.close()
+
+
+@contextlib.contextmanager
+def processes(tmp_path, **options):
+    """(ProcessCluster, Client); all killed and closed at the end, even on failure."""
+    threads = set(dask_ipy_threads())          # those of clients alive before
+    pc = ProcessCluster(str(tmp_path), **options)
+    c = None
+    try:
+        c = pc.client()
+        yield pc, c
+    finally:
+        if c is not None:
+            c.close()
+        pc.close()
+        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=5,
+                 message="threads to stop")
+
+
+@contextlib.contextmanager
+def started_ipcluster():
+    """A real two-engine ipcluster with fast heartbeats (in the IPYTHONDIR of the test
+    session): (cluster, ipyparallel client); stopped at the end."""
+    import ipyparallel as ipp
+
+    cluster = ipp.Cluster(n=2, load_profile=False, delay=0,
+                          controller_args=["--ping=200"], log_level=40)
+    rc = None
+    try:
+        rc = cluster.start_and_connect_sync(activate=False)
+        rc.wait_for_engines(2, timeout=60)
+        yield cluster, rc
+    finally:
+        try:
+            if rc is not None:
+                rc.close()
+        finally:
+            cluster.stop_cluster_sync()
+
+
+# ---------------------------------------------------------------- task functions
 
 def inc(x):
     return x + 1
@@ -167,3 +342,193 @@ def raise_needs_two():
 
 def raise_slots_only():
     raise SlotsOnly("lost")
+
+
+def die(*_):
+    """Kill the worker process running this task, at once."""
+    os._exit(1)
+
+
+def fail_huge(nbytes):
+    raise Boom("x" * nbytes)
+
+
+def make_lock(*_):
+    return threading.Lock()
+
+
+def big_array(nbytes):
+    """`nbytes` bytes, first 1 and last 7.  Only those two are written: writing every
+    page of a gigabyte costs seconds and proves nothing more."""
+    import numpy as np
+
+    a = np.empty(nbytes, dtype=np.uint8)
+    a[0] = 1
+    a[-1] = 7
+    return a
+
+
+def array_summary(a):
+    return int(a.nbytes), int(a[0]), int(a[-1])
+
+
+def payload(nbytes, fill=1):
+    """`nbytes` bytes whose value is easy to check."""
+    return bytes([fill]) * nbytes
+
+
+def type_name(x):
+    return type(x).__name__
+
+
+def block_until_file(path, value, timeout=60.0):
+    """Return `value` once `path` exists (a task that waits for the test to release it)."""
+    return wait_for_file(path, timeout, value)
+
+
+def _record(log_dir, kind):
+    """Leave a file per execution: counting them counts runs across processes."""
+    if log_dir is not None:
+        with open(os.path.join(log_dir, f"{kind}-{uuid.uuid4().hex}"), "w"):
+            pass
+
+
+def runs(log_dir, kind):
+    return sum(1 for name in os.listdir(log_dir) if name.startswith(kind + "-"))
+
+
+def leaf(log_dir, i):
+    _record(log_dir, "leaf")
+    return i
+
+
+def gated_total(log_dir, gate, *parts):
+    """Sum `parts` once `gate` exists (when `gate` is given)."""
+    _record(log_dir, "sum")
+    if gate is not None:
+        block_until_file(gate, None)
+    return sum(parts)
+
+
+def tree_reduction(leaves, fanin=4, prefix="tree", log_dir=None, gate=None):
+    """A classic dask graph: `leaves` leaf tasks summed `fanin` at a time up to one root.
+
+    Second-level sums wait for the file `gate`, so a test can hold the reduction in
+    the middle (there are leaves / fanin**2 of them: as many threads they may hold).
+    Every leaf and sum leaves a file in `log_dir` when it runs.  Returns (graph, root
+    key, expected value, first-level keys); leaf i holds i, so the root is the sum of
+    range(leaves).
+    """
+    dsk = {}
+    level = []
+    for i in range(leaves):
+        key = (f"{prefix}-leaf", i)
+        dsk[key] = (leaf, log_dir, i)
+        level.append(key)
+    depth = 0
+    first = None
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for j in range(0, len(level), fanin):
+            key = (f"{prefix}-sum-{depth}", j // fanin)
+            dsk[key] = (gated_total, log_dir, gate if depth == 2 else None,
+                        *level[j:j + fanin])
+            nxt.append(key)
+        level = nxt
+        if first is None:
+            first = list(level)
+    return dsk, level[0], sum(range(leaves)), first
+
+
+def mark_and_wait(marker_dir, release, value):
+    """Leave a marker naming this worker process, then wait for `release`."""
+    with open(os.path.join(marker_dir, f"{os.getpid()}-{value}"), "w"):
+        pass
+    return block_until_file(release, value)
+
+
+def markers_of(marker_dir, pid):
+    return [n for n in os.listdir(marker_dir) if n.startswith(f"{pid}-")]
+
+
+class SlowToSend:
+    """A value that a worker takes `delay` seconds to send to a peer.
+
+    Pickling it in a worker's I/O thread (which serves peers) first leaves a file
+    named after the worker's process id: the test knows who is sending, and when.
+    Elsewhere (the client scattering it) it pickles at once.
+    """
+
+    def __init__(self, value, marker_dir, delay):
+        self.value = value
+        self.marker_dir = marker_dir
+        self.delay = delay
+
+    def __reduce__(self):
+        if threading.current_thread().name == "dask-ipy-worker":
+            path = os.path.join(self.marker_dir, f"sending-{os.getpid()}")
+            with open(path, "w"):
+                pass
+            time.sleep(self.delay)
+        return (SlowToSend, (self.value, self.marker_dir, self.delay))
+
+
+def make_slow_to_send(value, marker_dir, delay):
+    return SlowToSend(value, marker_dir, delay)
+
+
+def unwrap(x):
+    return x.value
+
+
+def worker_stats():
+    """What the Worker objects of this process hold (for Client.run)."""
+    import gc
+
+    from dask_ipy.worker.server import Worker
+
+    found = [o for o in gc.get_objects() if isinstance(o, Worker)]
+    return [{"data": len(w.data), "tasks": len(w.state.tasks),
+             "executing": len(w.state.executing)} for w in found]
+
+
+# A pickle whose loading would create a file: the proof that nothing received from the
+# network was unpickled is that the file never appears.
+class CreateFileOnLoad:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def combine(seed, *inputs):
+    """A cheap task for random graphs: a small number from its seed and its inputs."""
+    return (seed * 31 + sum(inputs)) % 1_000_003
+
+
+def slow_combine(delay, seed, *inputs):
+    """`combine` that first sleeps `delay` seconds."""
+    time.sleep(delay)
+    return combine(seed, *inputs)
+
+
+def random_graph(rng, ntasks, prefix, delay=0.0):
+    """A random DAG of `ntasks` `combine` tasks, each on up to four earlier ones, in
+    the legacy tuple form; returns (graph, output keys: those nobody depends on).
+    With `delay`, each task first sleeps between 0 and twice that many seconds."""
+    dsk = {}
+    keys = []
+    used = set()
+    for i in range(ntasks):
+        key = (prefix, i)
+        ndeps = min(len(keys), rng.choice((0, 1, 1, 2, 2, 3, 4)))
+        deps = rng.sample(keys[-50:], ndeps) if ndeps else []
+        used.update(deps)
+        if delay:
+            dsk[key] = (slow_combine, rng.random() * 2 * delay, rng.randrange(1000), *deps)
+        else:
+            dsk[key] = (combine, rng.randrange(1000), *deps)
+        keys.append(key)
+    return dsk, [k for k in keys if k not in used]

@@ -22,11 +22,10 @@ import urllib.request
 
 import psutil
 import pytest
-from conftest import wait_for
+from helpers import ROOT, wait_for
 
 pytestmark = pytest.mark.browser
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "widget_demo.ipynb")
 QUICKSTART = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 GROUP = "slow_inc"

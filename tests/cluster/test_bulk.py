@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import local_cluster, wait_for
+from helpers import local_cluster, wait_for
 from dask_ipy import bulk
 from dask_ipy.protocol import BadSignature, Session, deserialize, serialize
 

@@ -11,13 +11,12 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
-from conftest import wait_for
+from helpers import ROOT, wait_for
 from dask_ipy import Client
 from dask_ipy.cli import log_path, parse_args, ready_lines
 from dask_ipy.bootstrap import scheduler_argv, spawn_scheduler
 from dask_ipy.security import Security
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def command():

@@ -6,11 +6,10 @@ import traceback
 
 import pytest
 
-from conftest import wait_for
-from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply, fail_until,
-                      identity, inc, make_unpicklable, pid, raise_needs_two,
-                      raise_slots_only, record, slow_inc, total, wait_for_file,
-                      worker_keys)
+from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply,
+                     fail_until, identity, inc, make_unpicklable, pid, raise_needs_two,
+                     raise_slots_only, record, slow_inc, total, wait_for,
+                     wait_for_file, worker_keys)
 from dask_ipy import CancelledError, CycleError, MissingDependency, wait
 
 pytestmark = pytest.mark.timeout(60)

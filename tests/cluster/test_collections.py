@@ -15,8 +15,7 @@ import pytest
 from dask._task_spec import Alias, DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph
 
-from conftest import wait_for
-from helpers import add, count_lines, inc, pid, record
+from helpers import add, count_lines, inc, pid, record, wait_for
 from dask_ipy import Future, wait
 
 pytestmark = pytest.mark.timeout(60)

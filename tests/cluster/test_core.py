@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
-from helpers import array_of, array_sum, inc, slow_inc, wait_for_file
-from resilience_ops import CreateFileOnLoad
+from helpers import (CreateFileOnLoad, array_of, array_sum, dask_ipy_threads, inc,
+                     local_cluster, payload, slow_inc, wait_for, wait_for_file)
 from dask_ipy import Client, Scheduler, Security, Worker
 from dask_ipy.protocol import MessageTooLarge, Session, serialize
 
 pytestmark = pytest.mark.timeout(90)
+
+# The module's process cluster (the `pc` fixture), for the large graphs.
+PROCESS_CLUSTER = {"nthreads": 2}
 
 
 def free_port():
@@ -332,19 +334,10 @@ def tree(n_inputs, name):
     return dsk, layer[0], sum(range(1, n_inputs + 1))
 
 
-@pytest.fixture(scope="module")
-def big_cluster(tmp_path_factory):
-    pc = ProcessCluster(str(tmp_path_factory.mktemp("big")), nthreads=2)
-    try:
-        yield pc
-    finally:
-        pc.close()
-
-
 @pytest.mark.parametrize("n_inputs", [5_000, 50_000])
 @pytest.mark.timeout(240)
-def test_large_graphs_complete_on_separate_processes(big_cluster, n_inputs, capsys):
-    c = big_cluster.client()
+def test_large_graphs_complete_on_separate_processes(pc, n_inputs, capsys):
+    c = pc.client()
     try:
         dsk, final, expected = tree(n_inputs, f"tree{n_inputs}")
         assert len(dsk) >= 2 * n_inputs - 1
@@ -359,10 +352,6 @@ def test_large_graphs_complete_on_separate_processes(big_cluster, n_inputs, caps
 
 
 # ---------------------------------------------------------------- caps
-
-def payload(nbytes, fill):
-    return bytes([fill]) * nbytes
-
 
 def test_a_gather_bigger_than_the_clients_cap_is_an_error_naming_a_key_not_a_hang():
     """Each value fits the client's cap, all of them together do not."""

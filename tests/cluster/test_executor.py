@@ -2,41 +2,34 @@
 library tests its own executors: unittest classes, one concern per method, the
 standard `wait` and `as_completed` applied to the futures it returns.
 
-The cluster (a scheduler and two one-thread workers, each its own process) is shared
-by the whole module; every test gets a fresh Client and executor."""
+The cluster (a scheduler and two one-thread workers, each its own process: the `pc`
+fixture) is shared by the whole module; every test gets a fresh Client and executor."""
 
 import concurrent.futures as cf
 import os
-import tempfile
 import threading
 import time
 import unittest
 
 import pytest
 
-from conftest import ProcessCluster, wait_for
-from helpers import Boom, add, fail, fail_until, identity, sleep, wait_for_file
+from helpers import Boom, add, fail, fail_until, identity, sleep, wait_for, wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
 
-_cluster = None
-_tmp = None
+_cluster = None      # the module's process cluster (the `pc` fixture)
+_tmp = None          # a directory for the files tasks wait on
 
 
-def setUpModule():
+@pytest.fixture(scope="module", autouse=True)
+def module_cluster(pc, tmp_path_factory):
+    """The unittest classes below reach the module's cluster through these globals."""
     global _cluster, _tmp
-    _tmp = tempfile.TemporaryDirectory(prefix="dask-ipy-executor-")
-    _cluster = ProcessCluster(_tmp.name)
-
-
-def tearDownModule():
-    global _cluster
+    _cluster, _tmp = pc, str(tmp_path_factory.mktemp("executor"))
     try:
-        if _cluster is not None:
-            _cluster.close()
+        yield
     finally:
-        _cluster = None
-        _tmp.cleanup()
+        _cluster = _tmp = None
 
 
 def mul(x, y):
@@ -71,7 +64,7 @@ class ExecutorTestCase(unittest.TestCase):
     def gate(self):
         """A file path; `wait_for_file` tasks on it finish once it exists (at the
         latest when the test ends)."""
-        path = os.path.join(_tmp.name, f"gate-{time.monotonic_ns()}")
+        path = os.path.join(_tmp, f"gate-{time.monotonic_ns()}")
         self.gates.append(path)
         return path
 
@@ -347,6 +340,6 @@ class SubmitOptionsTest(ExecutorTestCase):
         self.assertEqual(set(pids), {info[address]["pid"]})
 
     def test_retries(self):
-        path = os.path.join(_tmp.name, f"attempts-{time.monotonic_ns()}")
+        path = os.path.join(_tmp, f"attempts-{time.monotonic_ns()}")
         with self.client.get_executor(retries=2) as e:
             self.assertEqual(e.submit(fail_until, path, 3).result(timeout=10), 3)

@@ -8,8 +8,7 @@ import types
 
 import pytest
 
-from conftest import wait_for
-from helpers import Boom, fail, fail_deeply, inc, slow_inc, wait_for_file
+from helpers import Boom, fail, fail_deeply, inc, slow_inc, wait_for, wait_for_file
 from dask_ipy import CancelledError, Future, as_completed, wait
 from dask_ipy.client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from dask_ipy.errors import restore_filenames

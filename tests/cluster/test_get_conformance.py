@@ -5,7 +5,7 @@ import concurrent.futures
 import pytest
 from dask.utils_test import GetFunctionTestMixin
 
-from conftest import local_cluster, wait_for
+from helpers import local_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,6 +1,6 @@
 """Workers that reach the scheduler but not each other.
 
-Each test runs a scheduler and workers as processes (tests/conftest.py).  Worker A
+Each test runs a scheduler and workers as processes (tests/helpers.py).  Worker A
 tells everyone an address that leads nowhere useful: a port that accepts connections
 and never answers, or a proxy that carries bytes towards A and drops every byte back.
 Worker B then cannot fetch from A directly: A's data must come through the scheduler.
@@ -17,7 +17,7 @@ import pytest
 
 from dask_ipy import TransferError
 
-from conftest import processes, wait_for
+from helpers import processes, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from dask_ipy import protocol
-from resilience_ops import CreateFileOnLoad
+from helpers import CreateFileOnLoad
 from dask_ipy.protocol import (
     BadSignature,
     MalformedMessage,

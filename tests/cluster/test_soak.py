@@ -23,8 +23,8 @@ import time
 import dask
 import pytest
 
-import resilience_ops as ops
-from conftest import ProcessCluster, dask_ipy_threads, wait_for
+import helpers as ops
+from helpers import ProcessCluster, dask_ipy_threads, wait_for
 
 MINUTES = float(os.environ.get("DASK_IPY_SOAK_MINUTES", "2"))
 TASK_SECONDS = float(os.environ.get("DASK_IPY_SOAK_TASK_MS", "0")) / 1000

@@ -3,7 +3,7 @@ import numpy as np
 from dask_ipy import Worker
 from dask_ipy.worker.store import SpillStore
 
-from conftest import wait_for
+from helpers import wait_for
 
 
 def test_spill_store_moves_old_values_to_disk_and_back(tmp_path):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
-from conftest import dask_ipy_threads, wait_for
+from helpers import dask_ipy_threads, wait_for
 from dask_ipy import Client
 from dask_ipy.cli import slow_inc, square
 from dask_ipy.bootstrap import (_by_value, add_engines, choose_host, dask_client_from_ipclient,
@@ -288,24 +288,6 @@ def test_a_dead_scheduler_is_replaced(ipcluster):
 
 
 # ---------------------------------------------------------------- own clusters
-
-@pytest.fixture
-def own_ipcluster():
-    """A two-engine ipcluster this test may kill engines of or stop."""
-    import ipyparallel as ipp
-
-    cluster = ipp.Cluster(n=2, load_profile=False, delay=0,
-                          controller_args=["--ping=200"], log_level=40)
-    rc = None
-    try:
-        rc = cluster.start_and_connect_sync(activate=False)
-        rc.wait_for_engines(2, timeout=60)
-        yield cluster, rc
-    finally:
-        if rc is not None:
-            rc.close()
-        cluster.stop_cluster_sync()
-
 
 def test_engine_killed_mid_computation(own_ipcluster):
     _, rc = own_ipcluster

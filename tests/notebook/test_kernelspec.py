@@ -18,7 +18,8 @@ import zipfile
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import ROOT
+
 KERNEL_JSON = "share/jupyter/kernels/dask_ipy/kernel.json"
 
 

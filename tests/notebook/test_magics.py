@@ -7,7 +7,7 @@ import threading
 from operator import add
 
 import pytest
-from conftest import dask_ipy_threads, wait_for
+from helpers import dask_ipy_threads, inc, local_cluster, wait_for
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -71,16 +71,10 @@ def run(ip, code, error=None):
 
 @pytest.fixture
 def scheduler():
-    """A scheduler and two workers in this process, and no client."""
-    s = dask_ipy.Scheduler(validate=True)
-    workers = [dask_ipy.Worker(scheduler=s.address_to_workers) for _ in range(2)]
-    try:
-        wait_for(lambda: len(s.state.workers) == 2, message="workers to register")
+    """A scheduler and two workers in this process, and no client (the threads left
+    are checked by `no_threads_left`)."""
+    with local_cluster(client=False) as (s, _, _):
         yield s
-    finally:
-        for w in workers:
-            w.close()
-        s.close()
 
 
 @pytest.fixture
@@ -89,10 +83,6 @@ def connected(ip, scheduler):
     run(ip, f"c = %dsched connect {scheduler.address_to_clients}")
     ip.user_ns.update(add=add, inc=inc)
     return ip
-
-
-def inc(x):
-    return x + 1
 
 
 # ---------------------------------------------------------------- pure helpers

@@ -12,10 +12,10 @@ import uuid
 import nbformat
 import psutil
 import pytest
+from helpers import ROOT
 from nbclient import NotebookClient
 
-NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                         "notebooks")
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

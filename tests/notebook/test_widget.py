@@ -13,7 +13,7 @@ import time
 
 import nbformat
 import pytest
-from conftest import dask_ipy_threads, wait_for
+from helpers import Boom, dask_ipy_threads, fail, inc, slow_inc, wait_for
 
 import dask_ipy
 from dask_ipy.notebook import widget as W
@@ -218,19 +218,6 @@ def test_monitor_keeps_the_latest_groups():
 
 # ---------------------------------------------------------------- live, in-process
 
-def inc(x):
-    return x + 1
-
-
-def slow_inc(x):
-    time.sleep(0.02)
-    return x + 1
-
-
-def fail(x):
-    raise ZeroDivisionError(f"no {x}")
-
-
 def group_row(m, name):
     row = m.group_rows.get(name)
     return attrs(row.value, "group")[0] if row is not None else None
@@ -244,7 +231,7 @@ def test_monitor_shows_final_counts_within_a_second(cluster):
         wait_for(lambda: attrs(m.header.value, "header")[0].get("workers") == "2",
                  timeout=3, message="workers in the header")
         n = 200
-        futures = c.map(slow_inc, range(n))
+        futures = c.map(slow_inc, range(n), delay=0.02)
         seen_running = []
 
         def watch():
@@ -278,13 +265,13 @@ def test_monitor_shows_errors(cluster):
     try:
         futures = c.map(fail, range(3))
         for f in futures:
-            with pytest.raises(ZeroDivisionError):
+            with pytest.raises(Boom):
                 f.result(timeout=10)
         wait_for(lambda: len(attrs(m.errors.value, "error")) == 3, timeout=2,
                  message="errors in the widget")
         assert {e["key"] for e in attrs(m.errors.value, "error")} == \
             {f.key for f in futures}
-        assert "ZeroDivisionError" in m.errors.value and "no 1" in m.errors.value
+        assert "Boom" in m.errors.value and "failed on 1" in m.errors.value
         assert m.errors.layout.display is None
         assert group_row(m, "fail")["erred"] == "3"
         assert chip_counts(m.task_counts.value)["erred"] == 3
@@ -335,7 +322,7 @@ def test_client_display_outside_a_kernel(cluster):
 
 def test_progress_futures(cluster):
     s, workers, c = cluster
-    futures = c.map(slow_inc, range(40))
+    futures = c.map(slow_inc, range(40), delay=0.02)
     futures.append(c.submit(fail, 1))
     out = io.StringIO()
     assert dask_ipy.progress(futures, file=out, interval=0.05) is None
