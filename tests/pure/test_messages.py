@@ -132,3 +132,11 @@ def test_the_scan_finds_every_way_a_message_is_built(tmp_path):
                     'c["op"] = "three"\n'
                     'if msg["op"] == "not-sent": pass\n')
     assert set(sent_kinds(path)) == {"one", "two", "three"}
+
+
+def test_the_architecture_notes_say_where_every_kind_is_handled():
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    table = text[text.index("## Where each message is handled"):]
+    missing = {kind for kinds in KINDS.values() for kind in kinds
+               if f"`{kind}`" not in table}
+    assert not missing, f"ARCHITECTURE.md does not place {sorted(missing)}"
