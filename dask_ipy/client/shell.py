@@ -13,7 +13,8 @@ state machine and wake the loop, which sends what has gathered at its next flush
 
 Requests that expect an answer wait on a `concurrent.futures.Future`, the token the
 state machine hands back with the answer.  Gathers go through here too: values are
-loaded in the thread that asked for them, never on the I/O thread.
+loaded in the thread that asked for them (for the Executor's futures, which nobody
+waits on, on the I/O thread).
 """
 
 from __future__ import annotations

@@ -272,11 +272,10 @@ class ClientState:
         for st in list(self.futures.values()):
             if not st.done():
                 out += self._set(st, CANCELLED)
-        error = RuntimeError("this Client is closed")
-        for token in list(self.requests.values()):
-            out.append(Reject(token, error))
-        for _, token in list(self.scatters.values()):
-            out.append(Reject(token, error))
+        tokens = list(self.requests.values())
+        tokens += [token for _, token in self.scatters.values()]
+        for token in tokens:
+            out.append(Reject(token, RuntimeError("this Client is closed")))
         return out
 
     # ------------------------------------------------------------ the scheduler's messages
