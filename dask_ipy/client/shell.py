@@ -79,18 +79,20 @@ class ClientShell:
         instructions; returns nothing."""
         with LOCK:
             out = method(*args)
-            after = self._take(out) if out else None
-        if after:
-            self._carry_out(after)
+            if not out:
+                return
+            after = self._take(out)
+        self._carry_out(after)
 
     def _take(self, out):
         """Under the lock: what waits on done keys (taken off them), and rearmed
         waits for keys being computed again."""
         after = []
         for inst in out:
-            if type(inst) is Done:
+            kind = type(inst)
+            if kind is Done:
                 after.append((inst, take_waiters(inst.state)))
-            elif type(inst) is Reset:
+            elif kind is Reset:
                 if inst.state.event is not None:
                     inst.state.event.clear()
             else:
@@ -101,7 +103,8 @@ class ClientShell:
         for inst, waiters in after:
             kind = type(inst)
             if kind is Done:
-                wake(inst.state, *waiters)
+                if waiters[0] is not None or waiters[1]:
+                    wake(inst.state, *waiters)
             elif kind is Resolve:
                 if not inst.token.done():
                     try:
@@ -316,7 +319,22 @@ class ClientShell:
             handler(msg)
 
     def _to_state(self, msg):
-        self._call(self.state.handle, msg)
+        # The hot path, a "key-in-memory" per task: `_call` with one Done inlined.
+        with LOCK:
+            out = self.state.handle(msg)
+            if not out:
+                return
+            if len(out) == 1 and type(out[0]) is Done:
+                st = out[0].state
+                event, callbacks = take_waiters(st)
+                after = None
+            else:
+                after = self._take(out)
+        if after is None:
+            if event is not None or callbacks:
+                wake(st, event, callbacks)
+        else:
+            self._carry_out(after)
 
     def _on_monitor_snapshot(self, msg):
         self.last_snapshot = msg

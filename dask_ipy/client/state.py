@@ -67,17 +67,17 @@ class FutureState:
         return f"<FutureState {self.key!r} {self.status}>"
 
 
-@dataclass
+@dataclass(slots=True)
 class Done:
     state: FutureState
 
 
-@dataclass
+@dataclass(slots=True)
 class Reset:
     state: FutureState
 
 
-@dataclass
+@dataclass(slots=True)
 class Resolve:
     token: object
     value: object
@@ -292,7 +292,8 @@ class ClientState:
         if st is None:
             return []
         st.type = msg.get("type")
-        return self._set(st, FINISHED)
+        st.status = FINISHED
+        return [Done(st)]
 
     def _on_task_erred(self, msg):
         st = self.futures.get(msg["key"])
