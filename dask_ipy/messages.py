@@ -40,7 +40,10 @@ KINDS = {
         "add-keys": "data put on a worker (scatter) is stored",
         "release-worker-data": "a worker dropped keys",
         "data": "values asked for by 'send-data' (a gather or a relay)",
-        "run-result": "the result of a function run for Client.run",
+        "run-result": "the result of a function run for Client.run, or of setting a "
+                      "plugin up or down",
+        "log-event": "an event for the clients subscribed to its topic (a forwarded "
+                     "log record)",
     },
     (SCHEDULER, WORKER): {
         "welcome": "registered; the scheduler's message size cap",
@@ -58,8 +61,13 @@ KINDS = {
         "send-data": "send these values to the scheduler",
         "relay-data": "data the scheduler fetched for a 'relay'",
         "run": "run a function (Client.run)",
-        "close": "the cluster shuts down",
+        "close": "close this worker (the cluster shuts down, or it retires)",
         "scheduler-closing": "the scheduler closes",
+        "plugin-add": "set a worker plugin up (replacing one of the same name)",
+        "plugin-remove": "tear a worker plugin down",
+        "acquire-replicas": "fetch copies of these keys from their holders and keep "
+                            "them (a move: retire, replicate, rebalance)",
+        "restart-worker": "drop everything, tear the plugins down and register again",
     },
     (CLIENT, SCHEDULER): {
         "register-client": "a client connects",
@@ -78,6 +86,17 @@ KINDS = {
         "unpublish-dataset": "forget a named dataset",
         "monitor": "start or stop monitor snapshots",
         "restart": "forget every task and drop all data",
+        "register-worker-plugin": "keep a worker plugin and set it up on every worker",
+        "unregister-worker-plugin": "tear a worker plugin down everywhere",
+        "register-scheduler-plugin": "start a plugin in the scheduler process",
+        "unregister-scheduler-plugin": "close a scheduler plugin",
+        "run-on-scheduler": "run a function in the scheduler process",
+        "wait-for-workers": "answer once this many workers run",
+        "restart-workers": "restart these workers in place",
+        "retire-workers": "retire these workers, moving their unique data first",
+        "replicate": "keep copies of these keys on n workers",
+        "rebalance": "move data to even out the workers' memory",
+        "subscribe-topic": "send me the workers' events of a topic (or stop)",
     },
     (SCHEDULER, CLIENT): {
         "welcome": "the answer to 'register-client'",
@@ -93,6 +112,7 @@ KINDS = {
         "scatter-failed": "a scatter failed",
         "monitor-snapshot": "the cluster's state, for the widget",
         "scheduler-closing": "the scheduler shuts down",
+        "event": "a worker's event of a subscribed topic",
     },
     (WORKER, PEER): {
         "get-data": "the values of these keys",

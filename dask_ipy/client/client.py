@@ -8,6 +8,11 @@
 shell, which holds the keys' states and talks to the scheduler.  Key reference
 counting: each `Future` object counts once; when the last one of a key is
 garbage-collected the scheduler is told the key is no longer wanted.
+
+Blocking or asynchronous: every method that waits is written once, as an operation
+(``_<name>_op``, a generator yielding its waits), and run by `run_op`: blocking for
+``Client(...)``, as a coroutine for ``Client(..., asynchronous=True)`` (see `waits`).
+The cluster-management methods are in `cluster` (`ClusterMethods`).
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from ..errors import SchedulerLost, rebuild_error
 from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, serialize
 from . import default
 from .calls import call_spec, call_token, function_token
+from .cluster import ClusterMethods
 from .default import default_client
 from .futures import ClientExecutor, Future, futures_in, load
 from .shell import ClientShell
+from .waits import Answer, done, run_async, run_blocking, then
 
 
 def _pack_futures(obj, values):
@@ -42,39 +49,75 @@ def _pack_futures(obj, values):
     return obj
 
 
-class Client:
+class Client(ClusterMethods):
     """A connection to a scheduler.
 
     >>> c = Client(s.address_to_clients)      # or a connection file path
     >>> c.get({'x': 1, 'y': (add, 'x', 2)}, 'y')
     3
+
+    With ``asynchronous=True`` every method that waits returns a coroutine, and the
+    client itself is awaited once (``c = await Client(addr, asynchronous=True)`` or
+    ``async with Client(addr, asynchronous=True) as c``); Futures are awaitable with
+    either kind of client (``await c.submit(f, x)``).
     """
 
     def __init__(self, address=None, *, security=None, timeout=10.0,
-                 set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES):
+                 set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES,
+                 asynchronous=False):
         if hasattr(address, "address_to_clients"):          # a Scheduler object
             security = security or address.security
             address = address.address_to_clients
         self.address, self.security = resolve_scheduler(address, security,
                                                          "address_to_clients")
         self.name = name
+        self.asynchronous = asynchronous
+        self.scheduler_id = None
         self._status_lock = threading.Lock()   # one close, even from two threads
         self._previous_scheduler = None
         self._monitor = None                   # the widget a display of this client shows
+        self._set_as_default = set_as_default
         self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
-                                 on_scheduler_closing=self.close)
+                                 on_scheduler_closing=self._close_now)
+        # Registration leaves now; its answer is waited for here, or when awaited.
+        self._welcome = Answer(self.shell.request_future({"op": "register-client"},
+                                                         welcome=True),
+                               timeout, f"'register-client' from {self.address}")
+        if not asynchronous:
+            run_blocking(self._start_op())
+
+    def _start_op(self):
+        if self.scheduler_id is not None:
+            return self
         try:
-            welcome = self.shell.request({"op": "register-client"}, timeout=timeout,
-                                         welcome=True)
+            welcome = yield self._welcome
         except BaseException:
-            self.close()               # no thread or socket outlives a failed connect
+            # no thread or socket outlives a failed connect
+            yield from self._close_op()
             raise
-        self.scheduler_id = welcome["id"]
         with self._status_lock:
+            if self.scheduler_id is not None:       # awaited twice at once
+                return self
             if not self.shell.start():     # the scheduler shut down meanwhile
                 raise SchedulerLost(f"the scheduler at {self.address} was shut down")
-            if set_as_default:
+            self.scheduler_id = welcome["id"]
+            if self._set_as_default:
                 self._set_default()
+        return self
+
+    def run_op(self, op):
+        """Run an operation (a generator of waits, see `waits`) as this client does:
+        to its end, or as a coroutine for an asynchronous client."""
+        return run_async(op) if self.asynchronous else run_blocking(op)
+
+    def __await__(self):
+        return run_async(self._start_op()).__await__()
+
+    async def __aenter__(self):
+        return await self
+
+    async def __aexit__(self, *exc):
+        await run_async(self._close_op())
 
     @property
     def id(self):
@@ -116,19 +159,24 @@ class Client:
     def _set_default(self):
         default.push(self)
         self._previous_scheduler = dask.config.get("scheduler", None)
-        dask.config.set(scheduler=self.get)
+        dask.config.set(scheduler=self.dask_get)
 
     def _unset_default(self):
         nxt = default.remove(self)
-        if dask.config.get("scheduler", None) == self.get:
-            dask.config.set(scheduler=nxt.get if nxt else self._previous_scheduler)
+        if dask.config.get("scheduler", None) == self.dask_get:
+            dask.config.set(scheduler=nxt.dask_get if nxt else self._previous_scheduler)
 
     @classmethod
     def current(cls):
         return default_client()
 
     def as_current(self):
-        return dask.config.set(scheduler=self.get)
+        return dask.config.set(scheduler=self.dask_get)
+
+    def dask_get(self, dsk, keys, **kwargs):
+        """`get`, blocking whatever the client: dask's own ``compute`` calls it (the
+        client's I/O thread answers, so it blocks but never deadlocks a loop)."""
+        return run_blocking(self._get_op(dsk, keys, **kwargs))
 
     def _check_open(self):
         self.shell.check_open()
@@ -190,6 +238,11 @@ class Client:
     def get(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
             **kwargs):
         """Compute ``keys`` of the dask graph ``dsk`` on the cluster (dask's `get`)."""
+        return self.run_op(self._get_op(dsk, keys, retries=retries, priority=priority,
+                                        workers=workers, **kwargs))
+
+    def _get_op(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
+                **kwargs):
         self._check_open()
         if is_dask_collection(dsk) and not isinstance(dsk, dict):
             dsk = dsk.__dask_graph__()
@@ -218,7 +271,7 @@ class Client:
             wanted = list(states.values())
             wanted += [known_futures[k].state for k in dict.fromkeys(flat)
                        if k in known_futures]
-            results = self.shell.gather_states(wanted)
+            results = yield from self.shell.gather_states_op(wanted)
         finally:
             self.shell.drop(needed)
         return g.pack(keys, results)
@@ -284,13 +337,20 @@ class Client:
 
     def gather(self, futures, errors="raise", timeout=None):
         """Values of Futures, in the same (nested) structure."""
+        return self.run_op(self._gather_op(futures, errors, timeout))
+
+    def _gather_op(self, futures, errors="raise", timeout=None):
         self._check_open()
         states = {f.key: f.state for f in futures_in(futures)}
-        values = self.shell.gather_states(list(states.values()), errors, timeout)
+        values = yield from self.shell.gather_states_op(list(states.values()), errors,
+                                                        timeout)
         return _pack_futures(futures, values)
 
     def scatter(self, data, broadcast=False, workers=None, hash=True, timeout=None):
         """Put local data on workers; returns Futures in the same structure."""
+        return self.run_op(self._scatter_op(data, broadcast, workers, hash, timeout))
+
+    def _scatter_op(self, data, broadcast, workers, hash, timeout):
         self._check_open()
         if isinstance(data, dict):
             items = dict(data)
@@ -306,8 +366,9 @@ class Client:
         if isinstance(workers, str):
             workers = [workers]
         futures = {k: Future(k, self) for k in items}
-        self.shell.scatter({"op": "scatter", "data": blobs, "broadcast": broadcast,
-                            "workers": workers}, items, timeout)
+        yield from self.shell.scatter_op({"op": "scatter", "data": blobs,
+                                          "broadcast": broadcast, "workers": workers},
+                                         items, timeout)
         self.shell.finished([(f.state, type(items[k]).__name__)
                              for k, f in futures.items()])
         if isinstance(data, dict):
@@ -323,6 +384,7 @@ class Client:
     def cancel(self, futures, force=False):
         flat = futures_in(futures)
         self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
+        return self.run_op(done())
 
     def compute(self, collections, sync=False, optimize_graph=True, priority=0,
                 retries=0, workers=None):
@@ -341,7 +403,7 @@ class Client:
                 futures[k] = Future(k, self)
         result = [futures[k] for k in keys]
         if sync:
-            result = self.gather(result)
+            return self.run_op(self._gather_op(result[0] if single else result))
         return result[0] if single else result
 
     def persist(self, collections, optimize_graph=True, priority=0, retries=0,
@@ -367,19 +429,27 @@ class Client:
 
     # ---------------------------------------------------------------- shared names
 
+    def _request_op(self, msg, timeout=None):
+        return self.shell.request_op(msg, timeout)
+
     def set_collection(self, name, collection):
         """Store a dask collection (its graph, not its data) for every client."""
-        self.shell.request({"op": "set-collection", "name": name,
-                       "data": serialize(collection)})
+        return self.run_op(then(
+            self._request_op({"op": "set-collection", "name": name,
+                              "data": serialize(collection)}), lambda _: None))
 
     def get_collection(self, name):
-        blob = self.shell.request({"op": "info", "what": "get-collection", "name": name})
-        if blob is None:
-            raise KeyError(name)
-        return self._load(blob)
+        def loaded(blob):
+            if blob is None:
+                raise KeyError(name)
+            return self._load(blob)
+        return self.run_op(then(
+            self._request_op({"op": "info", "what": "get-collection", "name": name}),
+            loaded))
 
     def list_collections(self):
-        return list(self.shell.request({"op": "info", "what": "list-collections"}))
+        return self.run_op(then(
+            self._request_op({"op": "info", "what": "list-collections"}), list))
 
     def _load(self, blob):
         return load(blob, self)
@@ -390,31 +460,41 @@ class Client:
             if name is None:
                 raise ValueError("publish_dataset(value, name=...) needs a name")
             kwargs[name] = args[0]
-        for dname, value in kwargs.items():
+        return self.run_op(self._publish_op(kwargs, override))
+
+    def _publish_op(self, datasets, override):
+        for dname, value in datasets.items():
             keys = [f.key for f in futures_in(value)]
             if is_dask_collection(value):
                 keys += [k for k, v in dict(value.__dask_graph__()).items()
                          if isinstance(v, Future)]
-            reply = self.shell.request({"op": "publish-dataset", "name": dname,
-                                   "data": serialize(value), "keys": keys,
-                                   "override": override})
+            reply = yield from self._request_op({"op": "publish-dataset", "name": dname,
+                                                 "data": serialize(value), "keys": keys,
+                                                 "override": override})
             if isinstance(reply, dict) and "error" in reply:
                 raise KeyError(reply["error"])
 
     def get_dataset(self, name, default=KeyError):
-        blob = self.shell.request({"op": "info", "what": "get-dataset", "name": name})
-        if blob is None:
-            if default is KeyError:
-                raise KeyError(f"no dataset named {name!r}")
-            return default
-        return self._load(blob)
+        def loaded(blob):
+            if blob is None:
+                if default is KeyError:
+                    raise KeyError(f"no dataset named {name!r}")
+                return default
+            return self._load(blob)
+        return self.run_op(then(
+            self._request_op({"op": "info", "what": "get-dataset", "name": name}),
+            loaded))
 
     def list_datasets(self):
-        return list(self.shell.request({"op": "info", "what": "list-datasets"}))
+        return self.run_op(then(
+            self._request_op({"op": "info", "what": "list-datasets"}), list))
 
     def unpublish_dataset(self, name):
-        if not self.shell.request({"op": "unpublish-dataset", "name": name}):
-            raise KeyError(f"no dataset named {name!r}")
+        def check(found):
+            if not found:
+                raise KeyError(f"no dataset named {name!r}")
+        return self.run_op(then(
+            self._request_op({"op": "unpublish-dataset", "name": name}), check))
 
     # ---------------------------------------------------------------- cluster
 
@@ -422,40 +502,27 @@ class Client:
         """A `concurrent.futures.Executor` running on the cluster."""
         return ClientExecutor(self, **submit_kwargs)
 
-    def run(self, function, *args, workers=None, wait=True, **kwargs):
-        """Run ``function(*args, **kwargs)`` on workers: ``{worker address: result}``."""
-        if isinstance(workers, str):
-            workers = [workers]
-        reply = self.shell.request({"op": "run",
-                                    "function": serialize((function, args, kwargs)),
-                               "workers": workers})
-        out = {}
-        for address, r in reply["results"].items():
-            if r.get("status") == "OK":
-                out[address] = self._load(r["result"])
-            else:
-                exc, tb = rebuild_error(r)
-                raise exc.with_traceback(tb)
-        return out
-
-    def _info(self, what, timeout=None, **kw):
-        return self.shell.request({"op": "info", "what": what, **kw}, timeout=timeout)
+    def _info(self, what, timeout=None, after=None, **kw):
+        op = self._request_op({"op": "info", "what": what, **kw}, timeout=timeout)
+        return self.run_op(op if after is None else then(op, after))
 
     def scheduler_info(self, timeout=None):
-        info = self._info("scheduler-info", timeout)
-        info["address"] = self.address
-        info["id"] = self.scheduler_id
-        return info
+        def complete(info):
+            info["address"] = self.address
+            info["id"] = self.scheduler_id
+            return info
+        return self._info("scheduler-info", timeout, complete)
 
     def who_has(self, futures=None):
         keys = None if futures is None else [f.key for f in futures_in(futures)]
-        return {k: list(v) for k, v in self._info("who-has", keys=keys).items()}
+        return self._info("who-has", keys=keys,
+                          after=lambda r: {k: list(v) for k, v in r.items()})
 
     def has_what(self):
-        return {k: list(v) for k, v in self._info("has-what").items()}
+        return self._info("has-what", after=lambda r: {k: list(v) for k, v in r.items()})
 
     def nthreads(self):
-        return dict(self._info("nthreads"))
+        return self._info("nthreads", after=dict)
 
     ncores = nthreads
 
@@ -465,8 +532,8 @@ class Client:
         The worker processes stay: a task already running finishes on its thread (a
         Python thread cannot be stopped) and its result is dropped; the worker runs
         new tasks on its other threads meanwhile, and on that one once it is free."""
-        self.shell.request({"op": "restart"}, timeout=timeout)
-        return self
+        return self.run_op(then(self._request_op({"op": "restart"}, timeout),
+                                      lambda _: self))
 
     def subscribe_monitor(self, callback):
         """Call ``callback(snapshot)`` (on the I/O thread) about twice a second."""
@@ -480,30 +547,39 @@ class Client:
     def close(self, timeout=5):
         """Close the connection (any thread, the I/O thread included: it is then not
         waited for)."""
+        return self.run_op(self._close_op(timeout))
+
+    def _close_now(self, timeout=5):
+        run_blocking(self._close_op(timeout))
+
+    def _close_op(self, timeout=5):
         with self._status_lock:
             if not self.shell.begin_close():
                 return
         self._unset_default()
         # Threads still waiting for an answer (a get() in another thread) wake up.
-        self.shell.finish_close(timeout)
+        yield from self.shell.finish_close_op(timeout)
 
     def shutdown(self, timeout=10):
         """Stop the scheduler and its workers, then close this client."""
+        return self.run_op(self._shutdown_op(timeout))
+
+    def _shutdown_op(self, timeout):
         try:
-            self.shell.request({"op": "shutdown"}, timeout=timeout)
+            yield from self._request_op({"op": "shutdown"}, timeout=timeout)
         except (TimeoutError, SchedulerLost):
             pass
-        self.close()
+        yield from self._close_op()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self._close_now()
 
     def __del__(self):
         try:
             if self.status != "closed" and self.shell.loop.running:
-                self.close(timeout=1)
+                self._close_now(timeout=1)
         except Exception:
             pass

@@ -21,10 +21,10 @@ client shells take around their state machines too.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
-import queue
 import threading
-from collections import namedtuple
+from collections import deque, namedtuple
 
 from dask._task_spec import TaskRef
 
@@ -33,6 +33,7 @@ from ..log import logger
 from ..protocol import deserialize
 from .default import default_client
 from .state import CANCELLED, ERROR, FINISHED, LOST
+from .waits import Flag, Signal, in_loop, resolve, run_async, run_blocking, within
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
@@ -70,6 +71,29 @@ def when_done(state, callback):
             state.callbacks.append(callback)
             return
     callback()
+
+
+class KeyDone:
+    """A wait (see `waits`) until ``state`` is done: True, or False after
+    ``timeout`` seconds."""
+
+    __slots__ = ("state", "timeout")
+
+    def __init__(self, state, timeout=None):
+        self.state = state
+        self.timeout = timeout
+
+    def block(self):
+        return wait_until_done(self.state, self.timeout)
+
+    async def wait(self):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        when_done(self.state, lambda: in_loop(loop, resolve, fut, True))
+        try:
+            return await within(fut, self.timeout)
+        except TimeoutError:
+            return False
 
 
 def take_waiters(state):
@@ -131,26 +155,49 @@ class Future(TaskRef):
     def cancelled(self):
         return self.state.status == CANCELLED
 
-    def _wait(self, timeout):
-        if not wait_until_done(self.state, timeout):
-            raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
-
-    def result(self, timeout=None):
+    def _run(self, op):
+        """Run ``op`` as this Future's client does: blocking, or as a coroutine for
+        an asynchronous client."""
         if self.client is None:
             raise RuntimeError(f"{self.key!r} was released")
-        return self.client.shell.gather_states([self.state], timeout=timeout)[self.key]
+        return self.client.run_op(op)
 
-    def exception(self, timeout=None):
-        self._wait(timeout)
+    def _wait_op(self, timeout):
+        if not (yield KeyDone(self.state, timeout)):
+            raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
+
+    def _result_op(self, timeout):
+        if self.client is None:
+            raise RuntimeError(f"{self.key!r} was released")
+        values = yield from self.client.shell.gather_states_op([self.state],
+                                                               timeout=timeout)
+        return values[self.key]
+
+    def result(self, timeout=None):
+        """The value (a coroutine of it for an asynchronous client)."""
+        return self._run(self._result_op(timeout))
+
+    def __await__(self):
+        """``await future``: its value, whatever kind of client made it."""
+        return run_async(self._result_op(None)).__await__()
+
+    def _exception_op(self, timeout):
+        yield from self._wait_op(timeout)
         if self.state.status == CANCELLED:
             raise CancelledError(f"{self.key!r} was cancelled")
         return exception_of(self.state)
 
-    def traceback(self, timeout=None):
-        self._wait(timeout)
+    def exception(self, timeout=None):
+        return self._run(self._exception_op(timeout))
+
+    def _traceback_op(self, timeout):
+        yield from self._wait_op(timeout)
         if self.state.status in (ERROR, LOST):
             return rebuild_error(self.state.error)[1]
         return None
+
+    def traceback(self, timeout=None):
+        return self._run(self._traceback_op(timeout))
 
     def cancel(self, force=False):
         self.client.cancel([self], force=force)
@@ -246,8 +293,16 @@ def _rebuild_future(key):
 # ---------------------------------------------------------------- wait, as_completed
 
 def wait(fs, timeout=None, return_when=ALL_COMPLETED):
-    """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``."""
-    return Waiter(fs, return_when).wait(timeout)
+    """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``,
+    or a coroutine of it when a Future belongs to an asynchronous client."""
+    waiter = Waiter(fs, return_when)
+    op = waiter.wait_op(timeout)
+    return run_async(op) if _asynchronous(waiter.fs) else run_blocking(op)
+
+
+def _asynchronous(fs):
+    return any(isinstance(f, Future) and f.client is not None and f.client.asynchronous
+               for f in fs)
 
 
 class Waiter:
@@ -260,10 +315,10 @@ class Waiter:
             raise ValueError(f"unknown return_when {return_when!r}")
         self.return_when = return_when
         self.lock = threading.Lock()
-        self.event = threading.Event()
+        self.signal = Signal()
         self.done = set()
         if not self.fs:
-            self.event.set()
+            self.signal.set()
         for f in self.fs:
             f.add_done_callback(self._on_done)
 
@@ -277,61 +332,106 @@ class Waiter:
         # Each future reports once, so waiting costs O(n), not O(n) per completion.
         with self.lock:
             self.done.add(f)
-            if (len(self.done) == len(self.fs) or self.return_when == FIRST_COMPLETED
-                    or (self.return_when == FIRST_EXCEPTION and self._failed(f))):
-                self.event.set()
+            ready = (len(self.done) == len(self.fs) or self.return_when == FIRST_COMPLETED
+                     or (self.return_when == FIRST_EXCEPTION and self._failed(f)))
+        if ready:
+            self.signal.set()
 
-    def wait(self, timeout=None):
+    def wait_op(self, timeout=None):
         """``(done, not_done)`` once ``return_when`` holds, or after ``timeout``."""
-        self.event.wait(timeout)
+        yield Flag(self.signal, timeout)
         with self.lock:
             finished = set(self.done)
         return DoneAndNotDoneFutures(finished, self.fs - finished)
 
+    def wait(self, timeout=None):
+        return run_blocking(self.wait_op(timeout))
+
 
 class as_completed:
-    """Iterate over Futures as they finish; ``with_results=True`` yields
-    ``(future, result)``.  More futures can be added while iterating."""
+    """Iterate over Futures as they finish, with ``for`` or ``async for``;
+    ``with_results=True`` yields ``(future, result)``.  More futures can be added
+    while iterating."""
 
     def __init__(self, futures=(), with_results=False, raise_errors=True):
-        self.queue = queue.SimpleQueue()
         self.with_results = with_results
         self.raise_errors = raise_errors
-        self.count = 0
+        self.count = 0                       # futures added and not yet handed out
+        self.ready = deque()                 # finished, not yet handed out
         self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.wakers = []                     # coroutines waiting: call to wake them
         for f in futures:
             self.add(f)
 
     def add(self, future):
         with self.lock:
             self.count += 1
-        future.add_done_callback(self.queue.put)
+        future.add_done_callback(self._on_done)
 
     def update(self, futures):
         for f in futures:
             self.add(f)
 
+    def _on_done(self, future):
+        with self.lock:
+            self.ready.append(future)
+            self.cond.notify()
+            wakers, self.wakers = self.wakers, []
+        for wake_one in wakers:
+            wake_one()
+
+    def _claim(self):
+        """Claim the next future to hand out: False when none is left."""
+        with self.lock:
+            if self.count == 0:
+                return False
+            self.count -= 1
+            return True
+
+    def _outcome(self, f):
+        """The operation of what to hand out for ``f``."""
+        if not self.with_results:
+            return f
+        try:
+            return f, (yield from f._result_op(None))
+        except Exception as e:
+            if self.raise_errors:
+                raise
+            return f, e
+
     def __iter__(self):
         return self
 
     def __next__(self):
-        with self.lock:
-            if self.count == 0:
-                raise StopIteration
-            self.count -= 1
-        f = self.queue.get()
-        if self.with_results:
-            try:
-                return f, f.result()
-            except Exception as e:
-                if self.raise_errors:
-                    raise
-                return f, e
-        return f
+        if not self._claim():
+            raise StopIteration
+        with self.cond:
+            while not self.ready:
+                self.cond.wait()
+            f = self.ready.popleft()
+        return run_blocking(self._outcome(f))
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self._claim():
+            raise StopAsyncIteration
+        loop = asyncio.get_running_loop()
+        while True:
+            with self.lock:
+                if self.ready:
+                    f = self.ready.popleft()
+                    break
+                fut = loop.create_future()
+                self.wakers.append(lambda fut=fut: in_loop(loop, resolve, fut, None))
+            await fut
+        return await run_async(self._outcome(f))
 
     def next_batch(self, block=True):
         batch = [next(self)]
-        while not self.queue.empty() and self.count:
+        while self.ready and self.count:
             batch.append(next(self))
         return batch
 

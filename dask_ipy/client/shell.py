@@ -12,9 +12,11 @@ code).  Only the I/O thread touches the socket: other threads queue messages in 
 state machine and wake the loop, which sends what has gathered at its next flush.
 
 Requests that expect an answer wait on a `concurrent.futures.Future`, the token the
-state machine hands back with the answer.  Gathers go through here too: values are
-loaded in the thread that asked for them (for the Executor's futures, which nobody
-waits on, on the I/O thread).
+state machine hands back with the answer.  What waits is written once, as operations
+(`request_op`, `gather_states_op`...: generators that yield their waits, see `waits`),
+which the blocking and the asynchronous client run with their own driver.  Gathers go
+through here too: values are loaded in the thread that asked for them (for the
+Executor's futures, which nobody waits on, on the I/O thread).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from .. import messages
 from ..comm import IOLoop, connect_dealer, new_id, send
 from ..log import logger
 from ..protocol import MessageTooLarge, ProtocolError, Session
-from .futures import (LOCK, exception_of, load_all, raise_error, set_exception,
-                      take_waiters, wait_until_done, wake, when_done)
+from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_exception,
+                      take_waiters, wake, when_done)
 from .state import Close, ClientState, Done, FINISHED, Reject, Reset, Resolve
+from .waits import Answer, Call, run_blocking
 
 
 class DataLost(Exception):
@@ -55,6 +58,7 @@ class ClientShell:
         self.session = Session(security.key, self.id, max_message_bytes=max_message_bytes)
         self.state = ClientState(address)
         self.monitor_callbacks = []
+        self.topic_handlers = {}        # {topic: handler of the workers' events}
         self.last_snapshot = None
         self.connected = threading.Event()
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.CLIENT, self,
@@ -182,22 +186,23 @@ class ClientShell:
         self._wake_loop()
         return fut
 
-    def request(self, msg, timeout=None, welcome=False):
-        """Send ``msg`` and wait for its answer."""
+    def request_op(self, msg, timeout=None, welcome=False):
+        """Send ``msg`` and wait for its answer (an operation, see `waits`)."""
         self.check_open()
         fut = self.request_future(msg, welcome)
-        try:
-            return fut.result(timeout)
-        except cf.TimeoutError:
-            raise TimeoutError(f"no answer from the scheduler at {self.address} "
-                               f"within {timeout} s to {msg['op']!r}") from None
+        return (yield Answer(fut, timeout, f"{msg['op']!r} from the scheduler at "
+                                           f"{self.address}"))
 
-    def scatter(self, msg, keys, timeout=None):
-        """Send a scatter of ``keys``; returns once all of them are stored."""
+    def request(self, msg, timeout=None, welcome=False):
+        """Send ``msg`` and wait for its answer, blocking."""
+        return run_blocking(self.request_op(msg, timeout, welcome))
+
+    def scatter_op(self, msg, keys, timeout=None):
+        """Send a scatter of ``keys``; done once all of them are stored."""
         fut = cf.Future()
         self._call(self.state.scatter, msg, keys, fut)
         self._wake_loop()
-        fut.result(timeout)
+        yield Answer(fut, timeout, f"'scatter' from the scheduler at {self.address}")
 
     def start(self):
         """Registered: False if this client was closed meanwhile."""
@@ -206,14 +211,14 @@ class ClientShell:
 
     # ---------------------------------------------------------------- gathering
 
-    def gather(self, keys, deadline=None, wait=False):
+    def gather_op(self, keys, deadline=None, wait=False):
         """Values of ``keys``; with ``wait`` the scheduler answers once they are all
         done.  Raises DataLost if a key is missing (erred, cancelled, or lost and
         being computed again)."""
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-        reply = self.request({"op": "gather", "keys": list(keys), "wait": wait,
-                              "max_bytes": self.session.max_message_bytes},
-                             timeout=timeout)
+        reply = yield from self.request_op(
+            {"op": "gather", "keys": list(keys), "wait": wait,
+             "max_bytes": self.session.max_message_bytes}, timeout=timeout)
         return self._unpack(reply)
 
     def _unpack(self, reply):
@@ -226,7 +231,7 @@ class ClientShell:
             raise DataLost(reply["missing"])
         return load_all(reply["data"], self.owner)
 
-    def gather_states(self, states, errors="raise", timeout=None):
+    def gather_states_op(self, states, errors="raise", timeout=None):
         """Values by key.  A single request waits and fetches: the scheduler answers
         as soon as the last key is done."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -236,11 +241,12 @@ class ClientShell:
                 raise_error(bad[0])
             keys = [st.key for st in states if st not in bad]
             try:
-                values = self.gather(keys, deadline, wait=True) if keys else {}
+                values = (yield from self.gather_op(keys, deadline, wait=True)) \
+                    if keys else {}
             except DataLost as e:
                 for st in self.states(e.args[0]):
                     remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
-                    if not wait_until_done(st, remaining):
+                    if not (yield KeyDone(st, remaining)):
                         raise TimeoutError(f"{st.key!r} not done after {timeout} s") from None
                 continue
             for st in bad:
@@ -281,6 +287,19 @@ class ClientShell:
                 self.monitor_callbacks.remove(callback)
             if not self.monitor_callbacks and self.state.status != "closed":
                 self.state.monitor(False)
+        self._wake_loop()
+
+    def subscribe_topic(self, topic, handler):
+        with LOCK:
+            self.topic_handlers[topic] = handler
+            self.state.subscribe(topic, True)
+        self._wake_loop()
+
+    def unsubscribe_topic(self, topic):
+        with LOCK:
+            self.topic_handlers.pop(topic, None)
+            if self.state.status != "closed":
+                self.state.subscribe(topic, False)
         self._wake_loop()
 
     # ---------------------------------------------------------------- I/O thread
@@ -347,9 +366,19 @@ class ClientShell:
     def _on_ping(self, msg):
         """Pings only test that this client is reachable."""
 
+    def _on_event(self, msg):
+        handler = self.topic_handlers.get(msg["topic"])
+        if handler is None:
+            return
+        try:
+            handler(tuple(msg["event"]))
+        except Exception:
+            logger.exception("client: handler of %r events failed", msg["topic"])
+
     FROM_SCHEDULER = {
         "monitor-snapshot": _on_monitor_snapshot,
         "ping": _on_ping,
+        "event": _on_event,
     }
 
     # ---------------------------------------------------------------- life
@@ -359,7 +388,7 @@ class ClientShell:
         with LOCK:
             return self.state.begin_close()
 
-    def finish_close(self, timeout=5):
+    def finish_close_op(self, timeout=5):
         """Send the last word, stop the I/O thread (not waited for from itself), then
         cancel pending keys and wake threads still waiting for an answer."""
         def bye():
@@ -367,7 +396,7 @@ class ClientShell:
             self.loop.running = False
         if self.loop.running:
             self.loop.call_soon(bye)
-        self.loop.stop(timeout)
+        yield Call(self.loop.stop, timeout)
         self._call(self.state.closed)
 
 

@@ -29,6 +29,7 @@ State, documented once:
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
     monitoring: bool                   monitor snapshots are subscribed to
+    topics:     {topic}                the workers' events subscribed to
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class ClientState:
         self.status = "connecting"
         self.lost = False
         self.monitoring = False
+        self.topics = set()
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ holders
@@ -192,6 +194,14 @@ class ClientState:
         self.monitoring = on
         self.outbox.append({"op": "monitor", "on": on})
 
+    def subscribe(self, topic, on):
+        """Subscribe to the workers' events of ``topic`` (or no longer)."""
+        if on:
+            self.topics.add(topic)
+        else:
+            self.topics.discard(topic)
+        self.outbox.append({"op": "subscribe-topic", "topic": topic, "on": on})
+
     # ------------------------------------------------------------ known here first
 
     def finish(self, done):
@@ -230,6 +240,8 @@ class ClientState:
         self.outbox.append({"op": "register-client"})
         if self.monitoring:
             self.outbox.append({"op": "monitor", "on": True})
+        for topic in sorted(self.topics):
+            self.outbox.append({"op": "subscribe-topic", "topic": topic, "on": True})
         return []
 
     def disconnected(self, reason):

@@ -6,7 +6,8 @@
 
 Every received message is authenticated before it is decoded (`Session.loads`); a bad
 one is logged and dropped, and its sender hears nothing.  Task payloads are forwarded
-as opaque blobs: the scheduler never unpickles anything.
+as opaque blobs: the scheduler never unpickles them.  It runs user code only when a
+client asks for it explicitly: scheduler plugins and `run_on_scheduler` (`plugins`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..comm import IOLoop, send, bind_router, new_id
 from ..log import logger
 from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
 from ..security import Security, remove_connection_file, write_connection_file
+from .plugins import SchedulerPlugins, run_function
 from .state import MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
@@ -70,6 +72,9 @@ class Scheduler:
         for sock in (self.worker_socket, self.client_socket):
             mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self.loop.add_socket(mon, self._on_disconnect)
+        self.plugins = SchedulerPlugins(self)
+        # Plugins hear of each batch's events before the batch's messages leave.
+        self.loop.add_flush(self.plugins.dispatch)
         self.loop.add_flush(self._flush)
         self.connection_file = write_connection_file(
             {"address_to_workers": self.address_to_workers,
@@ -85,6 +90,28 @@ class Scheduler:
     def __repr__(self):
         return (f"<Scheduler {self.address_to_clients} workers={len(self.state.workers)}"
                 f" clients={len(self.state.clients)}>")
+
+    # What `run_on_scheduler` functions and plugins look at, by dask.distributed's
+    # names (the records are this scheduler's own: `state.TaskState`...).
+
+    @property
+    def tasks(self):
+        """{key: TaskState}"""
+        return self.state.tasks
+
+    @property
+    def workers(self):
+        """{address: WorkerRecord}"""
+        return self.state.by_address
+
+    @property
+    def clients(self):
+        """{client id: ClientRecord}"""
+        return self.state.clients
+
+    @property
+    def address(self):
+        return self.address_to_clients
 
     # ---------------------------------------------------------------- receive
 
@@ -190,10 +217,45 @@ class Scheduler:
                                 "result": True})
         self.loop.call_later(0.05, self._shutdown)
 
+    def _answer(self, cid, msg, result):
+        self.state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
+                                     "result": result})
+
+    def _on_register_scheduler_plugin(self, cid, msg):
+        self._answer(cid, msg, self.plugins.add(msg["name"], msg["plugin"],
+                                                msg.get("idempotent", False)))
+
+    def _on_unregister_scheduler_plugin(self, cid, msg):
+        if self.plugins.remove(msg["name"]):
+            self._answer(cid, msg, {"status": "OK"})
+        else:
+            self._answer(cid, msg, {"status": "error", "type": "ValueError",
+                                    "text": f"ValueError: the scheduler plugin "
+                                            f"{msg['name']!r} does not exist"})
+
+    def _on_run_on_scheduler(self, cid, msg):
+        self._answer(cid, msg, run_function(self, msg["function"]))
+
+    def _on_wait_for_workers(self, cid, msg):
+        token = self.state.wait_for_workers(cid, msg["request_id"], msg["n"])
+        if msg.get("timeout") is not None:
+            self.loop.call_later(msg["timeout"], self.state.stop_waiting_for_workers,
+                                 token)
+
+    def _on_restart_workers(self, cid, msg):
+        token = self.state.restart_workers(cid, msg["request_id"], msg["workers"])
+        self.loop.call_later(msg.get("timeout", 60.0), self.state.restart_timed_out,
+                             token)
+
     FROM_CLIENTS = {
         "register-client": _on_register_client,
         "close-client": _on_close_client,
         "shutdown": _on_shutdown,
+        "register-scheduler-plugin": _on_register_scheduler_plugin,
+        "unregister-scheduler-plugin": _on_unregister_scheduler_plugin,
+        "run-on-scheduler": _on_run_on_scheduler,
+        "wait-for-workers": _on_wait_for_workers,
+        "restart-workers": _on_restart_workers,
     }
 
     # ---------------------------------------------------------------- send
@@ -239,7 +301,9 @@ class Scheduler:
     # ---------------------------------------------------------------- life
 
     def _shutdown(self):
+        self.plugins.dispatch()
         self._flush()
+        self.plugins.close()
         self.loop.running = False
 
     def close(self, timeout=5):

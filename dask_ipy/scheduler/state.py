@@ -42,6 +42,17 @@ State, documented once:
     WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
                              their data through the scheduler ("relay"), and placement
                              avoids the pair
+    WorkerRecord.status:     "running", or "closing_gracefully" while it retires (no
+                             new tasks; its data moves to the others), or "closed"
+    moves:      {move id: moves.Move}  data being moved between workers (retire,
+                replicate, rebalance), see moves.py
+    worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
+                and when it restarts; opaque here
+    plugin_events:  [event] for the scheduler's plugins, which its shell runs (None
+                when there are none): ("transition", key, start, finish),
+                ("add_worker", address), ("remove_worker", address), ("add_client",
+                id), ("remove_client", id), ("update_graph", client, keys, tasks),
+                ("restart",), ("log_event", topic, msg)
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
@@ -59,6 +70,7 @@ from operator import attrgetter
 from ..errors import error_info
 from ..keys import key_prefix
 from ..protocol import Serialized
+from .moves import Move, plan_rebalance, plan_replicas, plan_retirement
 
 RELEASED = "released"
 WAITING = "waiting"
@@ -70,6 +82,9 @@ ERRED = "erred"
 FORGOTTEN = "forgotten"
 
 ALL_STATES = (RELEASED, WAITING, QUEUED, NO_WORKER, PROCESSING, MEMORY, ERRED)
+
+RUNNING = "running"                        # worker statuses
+CLOSING_GRACEFULLY = "closing_gracefully"  # retiring: no new tasks, data moves off
 
 
 class InvalidTransition(RuntimeError):
@@ -254,6 +269,8 @@ RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent dir
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
 MAX_RELAY_BYTES = 256 << 20
+MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail before
+                            # the worker is kept instead
 
 
 def _allowed(ts, ws):
@@ -285,6 +302,13 @@ class SchedulerState:
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
+        self.moves = {}                      # {move id: Move} (see moves.py)
+        self.worker_plugins = {}             # {name: Serialized}
+        self.plugin_events = None            # [event] for scheduler plugins, or None
+        self.worker_waiters = {}             # {id: (client, request id, n workers)}
+        self.restarting = {}                 # {id: pending restart_workers}
+        self.subscribers = {}                # {topic: {client id}} of worker events
+        self._advancing = self._advance_again = False
         self.stolen = 0                      # tasks moved so, ever
         self.errors = deque(maxlen=20)       # latest errors for monitors
         self.outbox = []
@@ -399,6 +423,8 @@ class SchedulerState:
         return func(ts)
 
     def _set_state(self, ts, state):
+        if self.plugin_events is not None:
+            self.plugin_events.append(("transition", ts.key, ts.state, state))
         counts = ts.group.states
         counts[ts.state] -= 1
         if state != FORGOTTEN:
@@ -898,6 +924,7 @@ class SchedulerState:
         # in graph order.
         self._drain(erred)
         new.sort(key=_priority)
+        added = [ts.key for ts in new] if self.plugin_events is not None else None
         recs = {}
         for ts in new:
             if ts.state == RELEASED:
@@ -911,6 +938,8 @@ class SchedulerState:
                 recs[key] = WAITING
         self.transitions(recs)
         self.fill_workers()
+        if self.plugin_events is not None:
+            self.plugin_events.append(("update_graph", client, list(keys), added))
 
     # ------------------------------------------------------------ workers
 
@@ -925,11 +954,20 @@ class SchedulerState:
         self.workers[wid] = ws
         self.by_address[address] = ws
         self.send_worker(ws, {"op": "registered"})
+        # Plugins are set up before the worker's first task (messages keep their order).
+        for pname, blob in self.worker_plugins.items():
+            self.send_worker(ws, {"op": "plugin-add", "name": pname, "plugin": blob})
         if keys:
             self.send_worker(ws, {"op": "free-keys", "keys": list(keys)})
+        if self.plugin_events is not None:
+            self.plugin_events.append(("add_worker", address))
         if self.unrunnable:
             self.transitions({ts.key: WAITING for ts in self.unrunnable})
         self.fill_workers()
+        if self.worker_waiters:
+            self._answer_worker_waiters()
+        if self.restarting:
+            self._restarted(ws)
         return ws
 
     def remove_worker(self, wid, reason="", expected=False):
@@ -981,8 +1019,14 @@ class SchedulerState:
             sc["pending"].discard(wid)
             if not sc["pending"] and not sc["acked"]:
                 self._scatter_failed(key)
+        if self.plugin_events is not None:
+            self.plugin_events.append(("remove_worker", ws.address))
+        if self.moves:
+            self._worker_gone(ws)
         self.transitions(recs)
         self.fill_workers()
+        if self.moves:
+            self._advance_moves()
         return ws
 
     def check_heartbeats(self, now, timeout):
@@ -1001,6 +1045,9 @@ class SchedulerState:
         if handler is None:
             return True
         handler(self, ws, msg)
+        if self.moves and ws.status == CLOSING_GRACEFULLY:
+            # A retiring worker's task ended or was given back: it may be done.
+            self._advance_moves()
         return True
 
     def _on_heartbeat(self, ws, msg):
@@ -1089,10 +1136,13 @@ class SchedulerState:
         self.fill_workers()
 
     def _on_missing_data(self, ws, msg):
-        """A worker could not get ``dep`` from ``holder``: that replica is gone."""
+        """A worker could not get ``dep`` from ``holder``: that replica is gone.
+        Without a task (``key`` None) it was a copy asked for by a move."""
         dts = self.tasks.get(msg["dep"])
         holder = self.by_address.get(msg.get("holder"))
         if dts is None:
+            if msg.get("key") is None and self.moves:
+                self._copy_failed(ws, msg["dep"])
             return
         if holder is not None and holder in dts.who_has:
             _discard(dts, "who_has", holder)
@@ -1113,6 +1163,8 @@ class SchedulerState:
                 recs[ts.key] = RELEASED
         self.transitions(recs)
         self.fill_workers()
+        if msg.get("key") is None and self.moves:
+            self._copy_failed(ws, msg["dep"])
 
     def _on_peer_unreachable(self, ws, msg):
         other = self.by_address.get(msg["address"])
@@ -1130,14 +1182,14 @@ class SchedulerState:
                          self.max_relay_bytes)
 
     def _on_add_keys(self, ws, msg):
-        """Data was put on a worker (scatter) or replicated to it."""
+        """Data was put on a worker (scatter) or copied to it (a move)."""
         for key, nbytes, typ in msg["keys"]:
             ts = self.tasks.get(key)
             if ts is None:
                 self.send_worker(ws, {"op": "free-keys", "keys": [key]})
                 continue
             ts.nbytes = nbytes
-            ts.type = typ
+            ts.type = typ or ts.type
             self._add_replica(ts, ws)
             sc = self.scatters.get(key)
             if sc is not None:
@@ -1157,6 +1209,8 @@ class SchedulerState:
                     self._set_state(ts, WAITING)
                 self.transitions({ts.key: MEMORY})
         self.fill_workers()
+        if self.moves:
+            self._copies_made(ws, [entry[0] for entry in msg["keys"]])
 
     def _on_release_worker_data(self, ws, msg):
         for key in msg["keys"]:
@@ -1187,6 +1241,15 @@ class SchedulerState:
         g["missing"].extend(missing)
         self._maybe_finish_gather(gid)
 
+    def _on_log_event(self, ws, msg):
+        """A worker's event (a forwarded log record...): for the clients subscribed
+        to its topic, as it came."""
+        topic = msg["topic"]
+        for cid in self.subscribers.get(topic, ()):
+            self.send_client(cid, {"op": "event", "topic": topic, "event": msg["event"]})
+        if self.plugin_events is not None:
+            self.plugin_events.append(("log_event", topic, msg["event"]))
+
     def _on_run_result(self, ws, msg):
         r = self.runs.get(msg["request_id"])
         if r is None:
@@ -1211,6 +1274,7 @@ class SchedulerState:
         "release-worker-data": _on_release_worker_data,
         "data": _on_data,
         "run-result": _on_run_result,
+        "log-event": _on_log_event,
     }
 
     # ------------------------------------------------------------ clients
@@ -1218,12 +1282,21 @@ class SchedulerState:
     def add_client(self, cid):
         if cid not in self.clients:
             self.clients[cid] = ClientRecord(cid)
+            if self.plugin_events is not None:
+                self.plugin_events.append(("add_client", cid))
         return self.clients[cid]
 
     def remove_client(self, cid):
         cs = self.clients.pop(cid, None)
         if cs is None:
             return
+        for subscribed in self.subscribers.values():
+            subscribed.discard(cid)
+        for token, (client, _, _) in list(self.worker_waiters.items()):
+            if client == cid:
+                del self.worker_waiters[token]
+        if self.plugin_events is not None:
+            self.plugin_events.append(("remove_client", cid))
         self._release_keys(cid, [ts.key for ts in cs.wants_what])
 
     def _release_keys(self, cid, keys):
@@ -1465,17 +1538,21 @@ class SchedulerState:
                                         "text": f"the worker receiving {key!r} died"})
 
     def _on_run(self, cid, msg):
+        self._fan_out(cid, msg["request_id"], {"op": "run", "function": msg["function"]},
+                      msg.get("workers"))
+
+    def _fan_out(self, cid, request_id, msg, allowed=None):
+        """Send ``msg`` to the running workers (those named in ``allowed``, if given);
+        the client gets each one's answer, by address, in one "run-result"."""
         rid = next(self._ids)
-        targets = [ws for ws in self.workers.values() if ws.status == "running"]
-        allowed = msg.get("workers")
+        targets = [ws for ws in self.workers.values() if ws.status == RUNNING]
         if allowed:
             targets = [ws for ws in targets
                        if ws.address in allowed or ws.name in allowed or ws.id in allowed]
-        self.runs[rid] = {"client": cid, "request_id": msg["request_id"],
+        self.runs[rid] = {"client": cid, "request_id": request_id,
                           "pending": {ws.id for ws in targets}, "results": {}}
         for ws in targets:
-            self.send_worker(ws, {"op": "run", "function": msg["function"],
-                                  "request_id": rid})
+            self.send_worker(ws, {**msg, "request_id": rid})
         self._maybe_finish_run(rid)
 
     def _maybe_finish_run(self, rid):
@@ -1515,6 +1592,10 @@ class SchedulerState:
         elif what == "task-states":
             keys = msg.get("keys") or list(self.tasks)
             result = {k: self.tasks[k].state for k in keys if k in self.tasks}
+        elif what == "processing":
+            named = self._named(msg["workers"]) if msg.get("workers") else \
+                self.workers.values()
+            result = {ws.address: [ts.key for ts in ws.processing] for ws in named}
         else:
             result = None
         self._reply(cid, msg, result)
@@ -1577,6 +1658,324 @@ class SchedulerState:
         self.steals.clear()
         self.datasets.clear()
         self._reply(cid, msg, True)
+        if self.plugin_events is not None:
+            self.plugin_events.append(("restart",))
+        if self.moves:                    # no data is left to move
+            for move in self.moves.values():
+                move.pending.clear()
+            self._advance_moves()
+
+    # ------------------------------------------------------------ code on workers
+
+    def _on_register_worker_plugin(self, cid, msg):
+        """Keep a worker plugin (an opaque blob) for every worker, and set it up on
+        the running ones now: the client hears each one's outcome."""
+        name = msg["name"]
+        if name in self.worker_plugins and msg.get("idempotent"):
+            self.send_client(cid, {"op": "run-result", "request_id": msg["request_id"],
+                                   "results": {}})
+            return
+        self.worker_plugins[name] = msg["plugin"]
+        self._fan_out(cid, msg["request_id"],
+                      {"op": "plugin-add", "name": name, "plugin": msg["plugin"]})
+
+    def _on_unregister_worker_plugin(self, cid, msg):
+        name = msg["name"]
+        if self.worker_plugins.pop(name, None) is None:
+            self.send_client(cid, {"op": "run-result", "request_id": msg["request_id"],
+                                   "results": {}, "unknown": name})
+            return
+        self._fan_out(cid, msg["request_id"], {"op": "plugin-remove", "name": name})
+
+    def _on_subscribe_topic(self, cid, msg):
+        """Workers' events of a topic go to this client (or no longer, ``on`` false)."""
+        if msg.get("on", True):
+            self.subscribers.setdefault(msg["topic"], set()).add(cid)
+        else:
+            self.subscribers.get(msg["topic"], set()).discard(cid)
+
+    # ------------------------------------------------------------ cluster management
+
+    def _named(self, names):
+        """The workers among ``names`` (addresses or names)."""
+        names = {str(n) for n in names}
+        return [ws for ws in self.workers.values()
+                if ws.address in names or str(ws.name) in names]
+
+    def _running(self):
+        return [ws for ws in self.workers.values() if ws.status == RUNNING]
+
+    def worker_info(self, ws):
+        """What `info` says of one worker."""
+        return self.info()["workers"].get(ws.address)
+
+    def wait_for_workers(self, cid, request_id, n):
+        """Answer the client once ``n`` workers run (at once if they do); returns a
+        token for `stop_waiting_for_workers` (the shell's timeout)."""
+        token = next(self._ids)
+        self.worker_waiters[token] = (cid, request_id, n)
+        self._answer_worker_waiters()
+        return token
+
+    def _answer_worker_waiters(self):
+        running = len(self._running())
+        for token, (cid, rid, n) in list(self.worker_waiters.items()):
+            if running >= n:
+                del self.worker_waiters[token]
+                self.send_client(cid, {"op": "reply", "request_id": rid,
+                                       "result": {"ok": True, "workers": running}})
+
+    def stop_waiting_for_workers(self, token):
+        entry = self.worker_waiters.pop(token, None)
+        if entry is not None:
+            cid, rid, _ = entry
+            self.send_client(cid, {"op": "reply", "request_id": rid,
+                                   "result": {"ok": False,
+                                              "workers": len(self._running())}})
+
+    def restart_workers(self, cid, request_id, workers):
+        """Restart workers in place: each drops its tasks, its data and its plugins,
+        and registers again at its address (its plugins set up anew).  The client
+        hears ``{worker as named: "OK" | "removed" | "timed out"}`` once every one is
+        back; returns a token for `restart_timed_out` (the shell's timeout).  Their
+        data is lost (recomputed when needed) and their tasks go elsewhere."""
+        token = next(self._ids)
+        pending, result = {}, {}
+        for name in workers:
+            found = self._named([name])
+            if not found:
+                result[name] = "removed"
+                continue
+            ws = found[0]
+            pending[ws.address] = name
+            self.send_worker(ws, {"op": "restart-worker"})
+            self.remove_worker(ws.id, reason="restarted on request", expected=True)
+        self.restarting[token] = {"client": cid, "request_id": request_id,
+                                  "pending": pending, "result": result}
+        self._maybe_restarted(token)
+        return token
+
+    def _restarted(self, ws):
+        for token, r in list(self.restarting.items()):
+            name = r["pending"].pop(ws.address, None)
+            if name is not None:
+                r["result"][name] = "OK"
+                self._maybe_restarted(token)
+
+    def _maybe_restarted(self, token):
+        r = self.restarting[token]
+        if not r["pending"]:
+            del self.restarting[token]
+            self.send_client(r["client"], {"op": "reply", "request_id": r["request_id"],
+                                           "result": r["result"]})
+
+    def restart_timed_out(self, token):
+        r = self.restarting.get(token)
+        if r is not None:
+            for name in r["pending"].values():
+                r["result"][name] = "timed out"
+            r["pending"].clear()
+            self._maybe_restarted(token)
+
+    def workers_to_close(self):
+        """Whom a retirement naming nobody retires: the idle running workers (no
+        task to run), least data first, all of them but one if every worker is idle."""
+        running = self._running()
+        idle = sorted((ws for ws in running if not ws.processing and not ws.stale),
+                      key=lambda w: (w.nbytes, w.address))
+        return idle[:len(idle) - 1] if len(idle) == len(running) else idle
+
+    def _on_retire_workers(self, cid, msg):
+        """Retire workers gracefully: they take no new tasks and give back those not
+        started; once their running tasks end, their unique data is copied to the
+        workers that stay, then they are removed (``remove``) and closed (``close``).
+        The client hears ``{address: what it was}`` of those retired; a worker whose
+        data has nowhere to go stays, and is not in the answer."""
+        names = msg.get("workers")
+        if names is None:
+            names = msg.get("names")
+        wss = self._named(names) if names is not None else self.workers_to_close()
+        move = Move("retire", cid, msg["request_id"], close=msg.get("close", False),
+                    remove=msg.get("remove", True))
+        for ws in wss:
+            move.retiring[ws.id] = ws.status
+            move.info[ws.id] = self.worker_info(ws)
+            ws.status = CLOSING_GRACEFULLY
+            self._hand_back(ws)
+        self.moves[next(self._ids)] = move
+        self._advance_moves()
+
+    def _hand_back(self, ws):
+        """A retiring worker gives up the tasks it has not started: they go elsewhere
+        (a steal without a thief)."""
+        for ts in list(ws.processing):
+            if ts not in ws.executing and ts.key not in self.steals:
+                self.steals[ts.key] = (ws, None)
+                self.send_worker(ws, {"op": "steal-request", "key": ts.key})
+
+    def _on_replicate(self, cid, msg):
+        """Copies of keys on ``n`` workers (all of them: None), among ``workers``
+        if given: missing copies are made, extra ones dropped (moves.plan_replicas)."""
+        allowed = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        allowed = [ws for ws in allowed if ws.status == RUNNING]
+        tss = {}
+        for key in msg["keys"]:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == MEMORY:
+                tss[key] = ts
+        acquire, drop = plan_replicas(
+            {k: (ts.nbytes, [w.address for w in ts.who_has]) for k, ts in tss.items()},
+            msg.get("n"), [ws.address for ws in allowed],
+            {ws.address: ws.nbytes for ws in allowed})
+        for key, addresses in drop.items():
+            for address in addresses:
+                self._drop_copy(tss[key], self.by_address[address])
+        move = Move("replicate", cid, msg["request_id"])
+        self._ask_copies(move, [(tss[key], self.by_address[address], None)
+                                for key, addresses in acquire.items()
+                                for address in addresses])
+        self.moves[next(self._ids)] = move
+        self._advance_moves()
+
+    def _on_rebalance(self, cid, msg):
+        """Even out the bytes the workers (``workers``, or all) hold by moving keys
+        (``keys``, or all) from the heaviest to the lightest (moves.plan_rebalance).
+        Keys not in memory fail the whole request."""
+        scope = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        scope = [ws for ws in scope if ws.status == RUNNING]
+        if msg.get("keys") is None:
+            tss = {ts.key: ts for ws in scope for ts in ws.has_what}
+        else:
+            tss = {k: self.tasks.get(k) for k in msg["keys"]}
+            missing = [k for k, ts in tss.items() if ts is None or ts.state != MEMORY]
+            if missing:
+                self._reply(cid, msg, {"status": "partial-fail", "keys": missing})
+                return
+        plan = plan_rebalance(
+            {k: (ts.nbytes, [w.address for w in ts.who_has]) for k, ts in tss.items()},
+            {ws.address: ws.nbytes for ws in scope})
+        move = Move("rebalance", cid, msg["request_id"])
+        self._ask_copies(move, [(tss[key], self.by_address[recipient],
+                                 self.by_address[sender].id)
+                                for key, sender, recipient in plan])
+        self.moves[next(self._ids)] = move
+        self._advance_moves()
+
+    def _ask_copies(self, move, copies):
+        """Ask workers for copies: [(task, recipient, sender id or None)]; one
+        "acquire-replicas" per recipient."""
+        asked = {}
+        for ts, ws, sender in copies:
+            move.pending[(ts.key, ws.id)] = sender
+            asked.setdefault(ws, []).append(ts)
+        for ws, tss in asked.items():
+            self.send_worker(ws, {"op": "acquire-replicas",
+                                  "who_has": {ts.key: [w.address for w in ts.who_has]
+                                              for ts in tss},
+                                  "nbytes": {ts.key: ts.nbytes for ts in tss}})
+
+    def _drop_copy(self, ts, ws):
+        """``ws`` no longer keeps ``ts`` (another copy remains)."""
+        _discard(ts, "who_has", ws)
+        ws.has_what.discard(ts)
+        ws.nbytes -= max(ts.nbytes, 0)
+        self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
+
+    def _copies_made(self, ws, keys):
+        """``ws`` confirmed copies ("add-keys"): a rebalance drops the sender's."""
+        for move in list(self.moves.values()):
+            for key in keys:
+                entry = (key, ws.id)
+                if entry not in move.pending:
+                    continue
+                sender = self.workers.get(move.pending.pop(entry))
+                ts = self.tasks.get(key)
+                if (sender is not None and ts is not None and sender in ts.who_has
+                        and len(ts.who_has) > 1):
+                    self._drop_copy(ts, sender)
+        self._advance_moves()
+
+    def _copy_failed(self, ws, key):
+        """``ws`` could not fetch a copy of ``key`` from any holder."""
+        for move in self.moves.values():
+            if (key, ws.id) in move.pending:
+                del move.pending[(key, ws.id)]
+                move.failed.append(key)
+                move.attempts[key] = move.attempts.get(key, 0) + 1
+        self._advance_moves()
+
+    def _worker_gone(self, ws):
+        """A worker left: copies asked of it failed; a retiring one is retired."""
+        for move in self.moves.values():
+            for entry in [e for e in move.pending if e[1] == ws.id]:
+                del move.pending[entry]
+                move.failed.append(entry[0])
+            if move.retiring.pop(ws.id, None) is not None:
+                move.retired[ws.address] = move.info.get(ws.id)
+
+    def _advance_moves(self):
+        """Carry retirements on, and answer the moves that are over.  Reentrant:
+        removing a retired worker comes back here, and is then only noted."""
+        if self._advancing:
+            self._advance_again = True
+            return
+        self._advancing = True
+        try:
+            self._advance_again = True
+            while self._advance_again:
+                self._advance_again = False
+                for mid, move in list(self.moves.items()):
+                    if move.kind == "retire":
+                        self._advance_retirement(move)
+                        over = not move.retiring   # copies still coming are extra
+                    else:
+                        over = not move.pending
+                    if over and mid in self.moves:
+                        del self.moves[mid]
+                        self._finish_move(move)
+        finally:
+            self._advancing = False
+
+    def _advance_retirement(self, move):
+        stay = self._running()
+        for wid, before in list(move.retiring.items()):
+            ws = self.workers[wid]
+            if ws.processing:
+                continue               # its running tasks end there first
+            unique = {ts.key: ts for ts in ws.has_what
+                      if not any(h.status == RUNNING for h in ts.who_has)}
+            if not unique:
+                del move.retiring[wid]
+                self._retired(move, ws)
+                continue
+            asked = {key for key, _ in move.pending}
+            todo = {key: ts.nbytes for key, ts in unique.items() if key not in asked}
+            if not stay or any(move.attempts.get(key, 0) >= MAX_COPY_ATTEMPTS
+                               for key in todo):
+                # Its data has nowhere to go: it is not retired.
+                del move.retiring[wid]
+                ws.status = before
+                continue
+            plan = plan_retirement(todo, {w.address: w.nbytes for w in stay})
+            self._ask_copies(move, [(unique[key], self.by_address[address], None)
+                                    for key, address in plan.items()])
+
+    def _retired(self, move, ws):
+        move.retired[ws.address] = move.info.get(ws.id)
+        if move.remove:
+            self.remove_worker(ws.id, reason="retired", expected=True)
+        if move.close:
+            self.send_worker(ws, {"op": "close"})
+
+    def _finish_move(self, move):
+        if move.kind == "retire":
+            result = move.retired
+        elif move.failed:
+            result = {"status": "partial-fail", "keys": sorted(set(move.failed), key=str)}
+        else:
+            result = {"status": "OK"}
+        self.send_client(move.client, {"op": "reply", "request_id": move.request_id,
+                                       "result": result})
 
     FROM_CLIENTS = {
         "update-graph": _on_update_graph,
@@ -1592,6 +1991,12 @@ class SchedulerState:
         "unpublish-dataset": _on_unpublish_dataset,
         "monitor": _on_monitor,
         "restart": _on_restart,
+        "register-worker-plugin": _on_register_worker_plugin,
+        "unregister-worker-plugin": _on_unregister_worker_plugin,
+        "subscribe-topic": _on_subscribe_topic,
+        "retire-workers": _on_retire_workers,
+        "replicate": _on_replicate,
+        "rebalance": _on_rebalance,
     }
 
     # ------------------------------------------------------------ views
@@ -1602,6 +2007,7 @@ class SchedulerState:
                                      "pid": ws.pid, "nthreads": ws.nthreads,
                                      "memory_limit": ws.memory_limit,
                                      "executing": len(ws.executing) + len(ws.stale),
+                                     "status": ws.status,
                                      "unreachable": sorted(w.address
                                                            for w in ws.unreachable)}
                         for ws in self.workers.values()},
@@ -1696,6 +2102,11 @@ class SchedulerState:
             assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws
         for key, (victim, _) in self.steals.items():
             assert self.tasks[key].processing_on is victim, (key, victim)
+        for move in self.moves.values():
+            for key, wid in move.pending:
+                assert wid in self.workers, (move, key)
+            for wid in move.retiring:
+                assert self.workers[wid].status == CLOSING_GRACEFULLY, (move, wid)
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
         counts = self.task_counts()

@@ -29,9 +29,11 @@ from ..discovery import resolve_scheduler
 from ..errors import error_payload
 from ..graph import execute
 from ..log import logger
+from ..plugins import accepts
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
 from ..security import Security
+from .plugins import WorkerPlugins
 from .state import RELAY, Execute, GatherDep, Send, WorkerState
 
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
@@ -100,6 +102,7 @@ class Worker:
         self.name = name if name is not None else self.address
         self.data = data if data is not None else {}
         self.state = WorkerState(self.address, nthreads, self.data, validate)
+        self.plugin_host = WorkerPlugins(self)
         self.process = psutil.Process()
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
@@ -124,6 +127,17 @@ class Worker:
     def __repr__(self):
         return f"<Worker {self.address} nthreads={self.nthreads} keys={len(self.data)}>"
 
+    @property
+    def plugins(self):
+        """{name: plugin} of the worker plugins set up here."""
+        return self.plugin_host.plugins
+
+    def log_event(self, topic, msg):
+        """Send ``msg`` (plain data) to the clients subscribed to ``topic`` (any
+        thread)."""
+        self.loop.call_soon(self.outgoing.append, {
+            "op": "log-event", "topic": topic, "event": [time.time(), msg]})
+
     # ---------------------------------------------------------------- scheduler link
 
     def _connect(self):
@@ -139,9 +153,8 @@ class Worker:
             "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
             "memory_limit": psutil.virtual_memory().total})
 
-    def _reconnect(self):
-        logger.warning("worker %s: the scheduler does not know us; registering again",
-                       self.address)
+    def _reconnect(self, reason="the scheduler does not know us"):
+        logger.warning("worker %s: %s; registering again", self.address, reason)
         self.loop.remove_socket(self.scheduler_socket)
         self.scheduler_socket.close(linger=0)
         self.outgoing.clear()
@@ -194,9 +207,29 @@ class Worker:
         return False
 
     def _on_close(self, msg):
-        # Shut down with the cluster: nothing is left behind.
+        # Shut down with the cluster, or retired: nothing is left behind.
         self.loop.call_soon(self._close_from_loop)
         return False
+
+    def _on_plugin_add(self, msg):
+        result = self.plugin_host.add(msg["name"], msg["plugin"])
+        self._plugin_done(msg, result)
+
+    def _on_plugin_remove(self, msg):
+        self._plugin_done(msg, self.plugin_host.remove(msg["name"]))
+
+    def _plugin_done(self, msg, result):
+        # Plugins a worker gets when it registers come without a request: nobody waits.
+        if "request_id" in msg:
+            self.outgoing.append({"op": "run-result", "request_id": msg["request_id"],
+                                  **result})
+
+    def _on_restart_worker(self, msg):
+        """Restart in place: the process stays (an ipyparallel engine, with its
+        namespace), the worker starts afresh under a new identity."""
+        self.plugin_host.remove_all()
+        self._reconnect("restarting on request")
+        return False                   # the rest of the batch was for the old one
 
     def _on_ping(self, msg):
         """Pings only test that this worker is reachable; "registered" needs no
@@ -212,6 +245,9 @@ class Worker:
         "unknown-worker": _on_unknown_worker,
         "close": _on_close,
         "scheduler-closing": _on_close,
+        "plugin-add": _on_plugin_add,
+        "plugin-remove": _on_plugin_remove,
+        "restart-worker": _on_restart_worker,
         "ping": _on_ping,
         "registered": _on_ping,
     }
@@ -227,6 +263,8 @@ class Worker:
                 runs.append(inst)
             elif isinstance(inst, GatherDep):
                 self._gather(inst.peer, inst.keys)
+        if self.state.transition_log:
+            self.plugin_host.transitions(self.state.take_transitions())
         if runs:
             if announced:
                 # "task-started" leaves before the task runs: if it kills this
@@ -291,6 +329,8 @@ class Worker:
         def target():
             try:
                 fn, args, kwargs = deserialize(function)
+                if accepts(fn, "dask_worker"):
+                    kwargs["dask_worker"] = self
                 value = fn(*args, **kwargs)
                 reply = {"status": "OK", "result": serialize(value)}
             except BaseException as e:
@@ -536,6 +576,7 @@ class Worker:
     # ---------------------------------------------------------------- life
 
     def _close_from_loop(self):
+        self.plugin_host.remove_all()
         self.outgoing.append({"op": "unregister"})
         self._flush()
         if self.bulk is not None:

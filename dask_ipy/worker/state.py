@@ -29,6 +29,10 @@ State, documented once:
     WTask.reported:    bool           the scheduler knows this worker holds the data;
                                       data it does not know of (fetched copies) is
                                       dropped as soon as no local task needs it
+    WTask.replica:     bool           a copy the scheduler asked for ("acquire-
+                                      replicas"): kept and reported once fetched
+    transition_log:    [(key, start, finish)] or None: every change of a task's state,
+                       once `observe_transitions` is on (for worker plugins)
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class Send:
 class WTask:
     __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
-                 "cancelled", "computed", "duration", "want_data", "confirm")
+                 "cancelled", "computed", "duration", "want_data", "confirm", "replica")
 
     def __init__(self, key):
         self.key = key
@@ -82,6 +86,7 @@ class WTask:
         self.duration = None         # the scheduler's estimate, seconds
         self.want_data = False
         self.confirm = False         # start only on the scheduler's "go"
+        self.replica = False         # a copy asked for: report it once here
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -103,6 +108,8 @@ class WorkerState:
         self.fetching = set()         # keys in state "fetch"
         self.unconfirmed = {}         # {key: Execute} waiting for the scheduler's "go"
         self.unreachable = set()      # peers whose data comes through the scheduler
+        self.task_class = WTask
+        self.transition_log = None
         self._seq = itertools.count()
         # {kind: handler}: the scheduler's messages and the shell's own events
         # (messages.KINDS, messages.SHELL_EVENTS)
@@ -126,7 +133,7 @@ class WorkerState:
                          nbytes=None, duration=None, want_data=False, confirm=False):
         ts = self.tasks.get(key)
         if ts is None:
-            ts = self.tasks[key] = WTask(key)
+            ts = self.tasks[key] = self.task_class(key)
         ts.computed = True
         ts.confirm = confirm
         ts.duration = duration
@@ -149,7 +156,7 @@ class WorkerState:
         for dkey, holders in who_has.items():
             dts = self.tasks.get(dkey)
             if dts is None:
-                dts = self.tasks[dkey] = WTask(dkey)
+                dts = self.tasks[dkey] = self.task_class(dkey)
             dts.dependents.add(key)
             dts.nbytes = nbytes.get(dkey, dts.nbytes)
             deps.append(dts)
@@ -185,6 +192,7 @@ class WorkerState:
                 continue
             ts.computed = False
             ts.reported = False
+            ts.replica = False
             if ts.state == "executing":
                 ts.cancelled = True
                 continue
@@ -202,13 +210,15 @@ class WorkerState:
             if self.tasks.get(ts.key) is not ts:
                 continue
             del self.tasks[ts.key]
+            if self.transition_log is not None:
+                self.transition_log.append((ts.key, ts.state, "forgotten"))
             self._forget_flight(ts)
             if ts.state == "memory" or ts.key in self.nbytes:
                 self._drop_data(ts.key)
             for dts in ts.dependencies:
                 dts.dependents.discard(ts.key)
                 if not dts.dependents and not dts.computed and not dts.reported \
-                        and dts.state != "executing":
+                        and dts.state != "executing" and not dts.replica:
                     stack.append(dts)
             for dkey in ts.dependents:
                 d = self.tasks.get(dkey)
@@ -258,13 +268,17 @@ class WorkerState:
         for key, value in data.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self.tasks[key] = WTask(key)
+                ts = self.tasks[key] = self.task_class(key)
             self._store(ts, value, sizes[key][0])
             ts.reported = True
             keys.append((key, sizes[key][0], sizes[key][1]))
         out.append(Send({"op": "add-keys", "keys": keys}))
 
     def _on_restart(self, out):
+        if self.transition_log is not None:
+            self.transition_log.extend((ts.key, ts.state, "forgotten")
+                                       for ts in self.tasks.values()
+                                       if ts.state != "executing")
         for key in self.unconfirmed:         # never handed to a thread: just forget
             self.executing.discard(key)
             self._drop(out, key)
@@ -345,7 +359,8 @@ class WorkerState:
     def _done_with_inputs(self, ts):
         for dts in ts.dependencies:
             dts.dependents.discard(ts.key)
-            if not dts.dependents and not dts.reported and not dts.computed:
+            if not dts.dependents and not dts.reported and not dts.computed \
+                    and not dts.replica:
                 self._release(dts)
         ts.dependencies = ()
 
@@ -366,12 +381,15 @@ class WorkerState:
         """A peer (or the relay) answered: the values it sent, keys it did not have,
         and, from the relay only, keys it could not forward ({key: error})."""
         keys = self.in_flight.pop(peer, [])
+        copies = []
         for key in keys:
             ts = self.tasks.get(key)
             if ts is None or ts.state != "flight":
                 continue
             if key in data:
                 self._store(ts, data[key], sizes.get(key, 0))
+                if ts.replica:
+                    copies.append(self._keep_copy(ts))
             elif errors and key in errors:
                 self._fail_dependents(out, ts, errors[key])
             elif peer == RELAY:
@@ -381,6 +399,36 @@ class WorkerState:
             else:
                 ts.who_has.discard(peer)
                 self._retry_or_missing(out, ts, peer)
+        if copies:
+            out.append(Send({"op": "add-keys", "keys": copies}))
+
+    def _keep_copy(self, ts):
+        """A copy the scheduler asked for is here: kept, and reported as
+        (key, bytes, type) for "add-keys" (the type is known where it was made)."""
+        ts.replica = False
+        ts.reported = True
+        return (ts.key, ts.nbytes, None)
+
+    def _on_acquire_replicas(self, out, who_has, nbytes=None):
+        """Keep copies of these keys (the scheduler moves data): fetch each from its
+        holders, then report it ("add-keys") as any key kept here.  A copy no holder
+        had is reported as "missing-data" without a task."""
+        nbytes = nbytes or {}
+        copies = []
+        for key, holders in who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = self.task_class(key)
+            ts.replica = True
+            if ts.state == "memory":
+                copies.append(self._keep_copy(ts))
+                continue
+            ts.nbytes = nbytes.get(key, ts.nbytes)
+            ts.who_has.update(h for h in holders if h != self.address)
+            if ts.state in ("released", "missing"):
+                self._retry_or_missing(out, ts, None)
+        if copies:
+            out.append(Send({"op": "add-keys", "keys": copies}))
 
     def _on_gather_failed(self, out, peer):
         """No answer from ``peer`` (or the relay) in time: fetch those keys again."""
@@ -416,6 +464,10 @@ class WorkerState:
             d.computed = False
             self._done_with_inputs(d)
             self._release(d)
+        if ts.replica:
+            ts.replica = False
+            out.append(Send({"op": "missing-data", "key": None, "dep": ts.key,
+                             "holder": None}))
         if self.tasks.get(ts.key) is ts and ts.state == "flight":
             ts.state = "released"
             self._release(ts)
@@ -437,6 +489,12 @@ class WorkerState:
         for dkey in ts.dependents:
             out.append(Send({"op": "missing-data", "key": dkey, "dep": ts.key,
                              "holder": peer}))
+        if ts.replica:
+            ts.replica = False
+            out.append(Send({"op": "missing-data", "key": None, "dep": ts.key,
+                             "holder": peer}))
+            if not ts.dependents and not ts.computed:
+                self._release(ts)
 
     # ------------------------------------------------------------ scheduling
 
@@ -501,6 +559,38 @@ class WorkerState:
             keys = [ts.key for ts in tss]
             self.in_flight[peer] = keys
             out.append(GatherDep(peer, list(keys)))
+
+    # ------------------------------------------------------------ observers
+
+    def observe_transitions(self):
+        """Record every change of a task's state in `transition_log` from now on, as
+        (key, start, finish), "forgotten" when a task is dropped (for worker
+        plugins; the shell takes the log after each event).  Tasks become instances
+        of a subclass whose ``state`` records as it changes: a worker nobody
+        observes pays nothing."""
+        if self.transition_log is not None:
+            return
+        log = self.transition_log = []
+        slot = WTask.state                    # the slot behind the attribute
+
+        def set_state(ts, finish):
+            try:
+                start = slot.__get__(ts)
+            except AttributeError:            # a new task: not a transition yet
+                start = finish
+            if start != finish:
+                log.append((ts.key, start, finish))
+            slot.__set__(ts, finish)
+
+        self.task_class = type("ObservedWTask", (WTask,),
+                               {"__slots__": (), "state": property(slot.__get__, set_state)})
+        for ts in self.tasks.values():
+            ts.__class__ = self.task_class
+
+    def take_transitions(self):
+        out = list(self.transition_log)
+        self.transition_log.clear()
+        return out
 
     # ------------------------------------------------------------ views
 
