@@ -216,8 +216,8 @@ def _archive_names(path):
 
 def import_file(path):
     """Put an uploaded file on ``sys.path`` in place of an earlier upload of the same
-    name, then import its modules, or reload those imported already (submodules
-    too); the modules."""
+    name, then import its modules: a .py module imported already is reloaded, the
+    modules of an archive are imported afresh; the modules."""
     base = os.path.basename(path)
     # An earlier upload of the same name leaves sys.path: the new one is found first.
     for entry in list(sys.path):
@@ -236,15 +236,14 @@ def import_file(path):
     importlib.invalidate_caches()
     modules = []
     for name in names:
-        if name in sys.modules:
-            loaded = [m for m in sys.modules if m == name or m.startswith(name + ".")]
-            for m in sorted(loaded, key=lambda m: m.count(".")):
-                module = sys.modules.get(m)
-                if module is not None:
-                    importlib.reload(module)
-            modules.append(sys.modules[name])
-        else:
-            modules.append(importlib.import_module(name))
+        if name in sys.modules and where != path:
+            modules.append(importlib.reload(sys.modules[name]))     # a .py module
+            continue
+        # A package from an archive is imported afresh, submodules and all: a reload
+        # would find its submodules through its old __path__, in the old archive.
+        for m in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            del sys.modules[m]
+        modules.append(importlib.import_module(name))
     return modules
 
 

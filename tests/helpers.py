@@ -532,3 +532,92 @@ def random_graph(rng, ntasks, prefix, delay=0.0):
             dsk[key] = (combine, rng.randrange(1000), *deps)
         keys.append(key)
     return dsk, [k for k in keys if k not in used]
+
+
+# ---------------------------------------------------------------- plugins and code on workers
+# Plugin classes are imported by reference in worker and scheduler processes, so they
+# live here; this module imports no dask (a scheduler process must not).
+
+from dask_ipy.plugins import SchedulerPlugin, WorkerPlugin  # noqa: E402
+
+
+class RecordingSchedulerPlugin(SchedulerPlugin):
+    """Keeps every event the scheduler reports, in order."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.events = []
+
+    def start(self, scheduler):
+        self.events.append(("start", scheduler.address))
+
+    def transition(self, key, start, finish, *args, stimulus_id, **kwargs):
+        self.events.append(("transition", key, start, finish))
+
+    def add_worker(self, scheduler, worker):
+        self.events.append(("add_worker", worker))
+
+    def remove_worker(self, scheduler, worker, *, stimulus_id, **kwargs):
+        self.events.append(("remove_worker", worker))
+
+    def update_graph(self, scheduler, *, client, keys, tasks, **kwargs):
+        self.events.append(("update_graph", sorted(map(str, keys))))
+
+
+def plugin_events(name, dask_scheduler):
+    """For run_on_scheduler: the events a RecordingSchedulerPlugin kept."""
+    return list(dask_scheduler.plugins[name].events)
+
+
+def dask_modules():
+    """The dask modules (not dask_ipy's) this process has imported."""
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"))
+
+
+class MarkingWorkerPlugin(WorkerPlugin):
+    """Leaves a file per setup and per teardown in `directory` (named by the worker's
+    process id), and keeps the transitions it sees."""
+
+    def __init__(self, directory, name="marker"):
+        self.directory = directory
+        self.name = name
+
+    def _mark(self, what):
+        path = os.path.join(self.directory, f"{what}-{os.getpid()}-{uuid.uuid4().hex}")
+        with open(path, "w"):
+            pass
+
+    def setup(self, worker):
+        self.transitions = []
+        self._mark("setup")
+
+    def teardown(self, worker):
+        self._mark("teardown")
+
+    def transition(self, key, start, finish, **kwargs):
+        self.transitions.append((key, start, finish))
+
+
+def marks(directory, what, pid=None):
+    prefix = f"{what}-" if pid is None else f"{what}-{pid}-"
+    return sum(1 for name in os.listdir(directory) if name.startswith(prefix))
+
+
+def worker_transitions(name, dask_worker):
+    """For Client.run: the transitions a MarkingWorkerPlugin saw on this worker."""
+    return list(dask_worker.plugins[name].transitions)
+
+
+def module_value(name):
+    """`VALUE` of the module `name`, imported here (an uploaded file)."""
+    import importlib
+
+    return importlib.import_module(name).VALUE
+
+
+def log_message(logger_name, text, level=30):
+    import logging
+
+    logging.getLogger(logger_name).log(level, "%s from a task", text)
+    return text

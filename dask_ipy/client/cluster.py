@@ -164,7 +164,7 @@ class ClusterMethods:
         """The keys each worker has been given to run (queued there or running):
         ``{address: [key]}``."""
         op = self._ask({"op": "info", "what": "processing", "workers": _names(workers)})
-        return self.run_op(then(op, dict))
+        return self.run_op(then(op, lambda r: {k: list(v) for k, v in r.items()}))
 
     def retire_workers(self, workers=None, close_workers=True, remove=True, names=None,
                        **kwargs):

@@ -21,6 +21,7 @@ import zmq
 from .. import messages
 from ..addresses import advertised_host
 from ..comm import IOLoop, send, bind_router, new_id
+from ..errors import error_payload
 from ..log import logger
 from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
 from ..security import Security, remove_connection_file, write_connection_file
@@ -72,9 +73,9 @@ class Scheduler:
         for sock in (self.worker_socket, self.client_socket):
             mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self.loop.add_socket(mon, self._on_disconnect)
-        self.plugins = SchedulerPlugins(self)
+        self.plugin_host = SchedulerPlugins(self)
         # Plugins hear of each batch's events before the batch's messages leave.
-        self.loop.add_flush(self.plugins.dispatch)
+        self.loop.add_flush(self.plugin_host.dispatch)
         self.loop.add_flush(self._flush)
         self.connection_file = write_connection_file(
             {"address_to_workers": self.address_to_workers,
@@ -112,6 +113,11 @@ class Scheduler:
     @property
     def address(self):
         return self.address_to_clients
+
+    @property
+    def plugins(self):
+        """{name: scheduler plugin}"""
+        return self.plugin_host.plugins
 
     # ---------------------------------------------------------------- receive
 
@@ -222,16 +228,15 @@ class Scheduler:
                                      "result": result})
 
     def _on_register_scheduler_plugin(self, cid, msg):
-        self._answer(cid, msg, self.plugins.add(msg["name"], msg["plugin"],
-                                                msg.get("idempotent", False)))
+        self._answer(cid, msg, self.plugin_host.add(msg["name"], msg["plugin"],
+                                                    msg.get("idempotent", False)))
 
     def _on_unregister_scheduler_plugin(self, cid, msg):
-        if self.plugins.remove(msg["name"]):
+        if self.plugin_host.remove(msg["name"]):
             self._answer(cid, msg, {"status": "OK"})
         else:
-            self._answer(cid, msg, {"status": "error", "type": "ValueError",
-                                    "text": f"ValueError: the scheduler plugin "
-                                            f"{msg['name']!r} does not exist"})
+            error = ValueError(f"the scheduler plugin {msg['name']!r} does not exist")
+            self._answer(cid, msg, {"status": "error", **error_payload(error, None)})
 
     def _on_run_on_scheduler(self, cid, msg):
         self._answer(cid, msg, run_function(self, msg["function"]))
@@ -301,9 +306,9 @@ class Scheduler:
     # ---------------------------------------------------------------- life
 
     def _shutdown(self):
-        self.plugins.dispatch()
+        self.plugin_host.dispatch()
         self._flush()
-        self.plugins.close()
+        self.plugin_host.close()
         self.loop.running = False
 
     def close(self, timeout=5):
