@@ -27,7 +27,7 @@ from dask.utils import funcname
 
 from .. import graph as g
 from ..discovery import resolve_scheduler
-from ..errors import SchedulerLost, rebuild_error
+from ..errors import SchedulerLost
 from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, serialize
 from . import default
 from .calls import call_spec, call_token, function_token
@@ -159,19 +159,25 @@ class Client(ClusterMethods):
     def _set_default(self):
         default.push(self)
         self._previous_scheduler = dask.config.get("scheduler", None)
-        dask.config.set(scheduler=self.dask_get)
+        dask.config.set(scheduler=self._dask_scheduler())
 
     def _unset_default(self):
         nxt = default.remove(self)
-        if dask.config.get("scheduler", None) == self.dask_get:
-            dask.config.set(scheduler=nxt.dask_get if nxt else self._previous_scheduler)
+        if dask.config.get("scheduler", None) == self._dask_scheduler():
+            dask.config.set(scheduler=nxt._dask_scheduler() if nxt
+                            else self._previous_scheduler)
+
+    def _dask_scheduler(self):
+        """What dask's ``compute`` calls while this client is the default: `get`, or
+        for an asynchronous client `dask_get` (dask wants a value, not a coroutine)."""
+        return self.dask_get if self.asynchronous else self.get
 
     @classmethod
     def current(cls):
         return default_client()
 
     def as_current(self):
-        return dask.config.set(scheduler=self.dask_get)
+        return dask.config.set(scheduler=self._dask_scheduler())
 
     def dask_get(self, dsk, keys, **kwargs):
         """`get`, blocking whatever the client: dask's own ``compute`` calls it (the
@@ -429,27 +435,21 @@ class Client(ClusterMethods):
 
     # ---------------------------------------------------------------- shared names
 
-    def _request_op(self, msg, timeout=None):
-        return self.shell.request_op(msg, timeout)
-
     def set_collection(self, name, collection):
         """Store a dask collection (its graph, not its data) for every client."""
-        return self.run_op(then(
-            self._request_op({"op": "set-collection", "name": name,
-                              "data": serialize(collection)}), lambda _: None))
+        op = self.shell.request_op({"op": "set-collection", "name": name,
+                                    "data": serialize(collection)})
+        return self.run_op(then(op, lambda _: None))
 
     def get_collection(self, name):
         def loaded(blob):
             if blob is None:
                 raise KeyError(name)
             return self._load(blob)
-        return self.run_op(then(
-            self._request_op({"op": "info", "what": "get-collection", "name": name}),
-            loaded))
+        return self._info("get-collection", name=name, after=loaded)
 
     def list_collections(self):
-        return self.run_op(then(
-            self._request_op({"op": "info", "what": "list-collections"}), list))
+        return self._info("list-collections", after=list)
 
     def _load(self, blob):
         return load(blob, self)
@@ -468,9 +468,9 @@ class Client(ClusterMethods):
             if is_dask_collection(value):
                 keys += [k for k, v in dict(value.__dask_graph__()).items()
                          if isinstance(v, Future)]
-            reply = yield from self._request_op({"op": "publish-dataset", "name": dname,
-                                                 "data": serialize(value), "keys": keys,
-                                                 "override": override})
+            reply = yield from self.shell.request_op(
+                {"op": "publish-dataset", "name": dname, "data": serialize(value),
+                 "keys": keys, "override": override})
             if isinstance(reply, dict) and "error" in reply:
                 raise KeyError(reply["error"])
 
@@ -481,20 +481,17 @@ class Client(ClusterMethods):
                     raise KeyError(f"no dataset named {name!r}")
                 return default
             return self._load(blob)
-        return self.run_op(then(
-            self._request_op({"op": "info", "what": "get-dataset", "name": name}),
-            loaded))
+        return self._info("get-dataset", name=name, after=loaded)
 
     def list_datasets(self):
-        return self.run_op(then(
-            self._request_op({"op": "info", "what": "list-datasets"}), list))
+        return self._info("list-datasets", after=list)
 
     def unpublish_dataset(self, name):
         def check(found):
             if not found:
                 raise KeyError(f"no dataset named {name!r}")
-        return self.run_op(then(
-            self._request_op({"op": "unpublish-dataset", "name": name}), check))
+        op = self.shell.request_op({"op": "unpublish-dataset", "name": name})
+        return self.run_op(then(op, check))
 
     # ---------------------------------------------------------------- cluster
 
@@ -503,7 +500,7 @@ class Client(ClusterMethods):
         return ClientExecutor(self, **submit_kwargs)
 
     def _info(self, what, timeout=None, after=None, **kw):
-        op = self._request_op({"op": "info", "what": what, **kw}, timeout=timeout)
+        op = self.shell.request_op({"op": "info", "what": what, **kw}, timeout=timeout)
         return self.run_op(op if after is None else then(op, after))
 
     def scheduler_info(self, timeout=None):
@@ -532,8 +529,8 @@ class Client(ClusterMethods):
         The worker processes stay: a task already running finishes on its thread (a
         Python thread cannot be stopped) and its result is dropped; the worker runs
         new tasks on its other threads meanwhile, and on that one once it is free."""
-        return self.run_op(then(self._request_op({"op": "restart"}, timeout),
-                                      lambda _: self))
+        op = self.shell.request_op({"op": "restart"}, timeout)
+        return self.run_op(then(op, lambda _: self))
 
     def subscribe_monitor(self, callback):
         """Call ``callback(snapshot)`` (on the I/O thread) about twice a second."""
@@ -566,7 +563,7 @@ class Client(ClusterMethods):
 
     def _shutdown_op(self, timeout):
         try:
-            yield from self._request_op({"op": "shutdown"}, timeout=timeout)
+            yield from self.shell.request_op({"op": "shutdown"}, timeout=timeout)
         except (TimeoutError, SchedulerLost):
             pass
         yield from self._close_op()

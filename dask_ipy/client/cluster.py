@@ -40,9 +40,6 @@ def _raise(record):
 class ClusterMethods:
     """Part of `Client`: the cluster as a whole (see the module docstring)."""
 
-    def _ask(self, msg, timeout=None):
-        return self.shell.request_op(msg, timeout)
-
     # ---------------------------------------------------------------- code on workers
 
     def run(self, function, *args, workers=None, wait=True, on_error="raise",
@@ -54,8 +51,9 @@ class ClusterMethods:
         if on_error not in ("raise", "return", "ignore"):
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
                              f"not {on_error!r}")
-        op = self._ask({"op": "run", "function": serialize((function, args, kwargs)),
-                        "workers": _names(workers)})
+        op = self.shell.request_op({"op": "run",
+                                    "function": serialize((function, args, kwargs)),
+                                    "workers": _names(workers)})
         return self.run_op(then(op, lambda reply: self._run_results(reply, on_error)))
 
     def _run_results(self, reply, on_error):
@@ -73,8 +71,8 @@ class ClusterMethods:
         """Run ``function(*args, **kwargs)`` in the scheduler process (on its I/O
         thread, so it sees a steady state); a function taking ``dask_scheduler`` gets
         the `Scheduler`.  Its result comes back pickled."""
-        op = self._ask({"op": "run-on-scheduler",
-                        "function": serialize((function, args, kwargs))})
+        op = self.shell.request_op({"op": "run-on-scheduler",
+                                    "function": serialize((function, args, kwargs))})
         return self.run_op(then(op, self._scheduler_result))
 
     def _scheduler_result(self, reply):
@@ -94,11 +92,11 @@ class ClusterMethods:
             idempotent = bool(getattr(plugin, "idempotent", False))
         blob = serialize(plugin)
         if kind == "scheduler":
-            op = self._ask({"op": "register-scheduler-plugin", "name": name,
-                            "plugin": blob, "idempotent": idempotent})
+            op = self.shell.request_op({"op": "register-scheduler-plugin", "name": name,
+                                        "plugin": blob, "idempotent": idempotent})
             return self.run_op(then(op, self._scheduler_result))
-        op = self._ask({"op": "register-worker-plugin", "name": name, "plugin": blob,
-                        "idempotent": idempotent})
+        op = self.shell.request_op({"op": "register-worker-plugin", "name": name,
+                                    "plugin": blob, "idempotent": idempotent})
         return self.run_op(then(op, self._plugin_results))
 
     @staticmethod
@@ -112,11 +110,11 @@ class ClusterMethods:
 
     def unregister_worker_plugin(self, name, nanny=None):
         """Tear a worker plugin down on every worker and forget it."""
-        op = self._ask({"op": "unregister-worker-plugin", "name": name})
+        op = self.shell.request_op({"op": "unregister-worker-plugin", "name": name})
         return self.run_op(then(op, self._plugin_results))
 
     def unregister_scheduler_plugin(self, name):
-        op = self._ask({"op": "unregister-scheduler-plugin", "name": name})
+        op = self.shell.request_op({"op": "unregister-scheduler-plugin", "name": name})
         return self.run_op(then(op, self._scheduler_result))
 
     def upload_file(self, filename, load=True):
@@ -157,13 +155,15 @@ class ClusterMethods:
             if not reply["ok"]:
                 raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
                                    f"after {timeout} s")
-        op = self._ask({"op": "wait-for-workers", "n": n_workers, "timeout": timeout})
+        op = self.shell.request_op({"op": "wait-for-workers", "n": n_workers,
+                                    "timeout": timeout})
         return self.run_op(then(op, check))
 
     def processing(self, workers=None):
         """The keys each worker has been given to run (queued there or running):
         ``{address: [key]}``."""
-        op = self._ask({"op": "info", "what": "processing", "workers": _names(workers)})
+        op = self.shell.request_op({"op": "info", "what": "processing",
+                                    "workers": _names(workers)})
         return self.run_op(then(op, lambda r: {k: list(v) for k, v in r.items()}))
 
     def retire_workers(self, workers=None, close_workers=True, remove=True, names=None,
@@ -174,9 +174,9 @@ class ClusterMethods:
         (``close_workers``; a worker in an ipyparallel engine closes, the engine
         stays).  Nothing is recomputed.  ``{address: what it was}`` of the retired
         workers; with neither ``workers`` nor ``names``, the idle ones."""
-        op = self._ask({"op": "retire-workers", "workers": _names(workers),
-                        "names": _names(names), "close": close_workers,
-                        "remove": remove})
+        op = self.shell.request_op({"op": "retire-workers", "workers": _names(workers),
+                                    "names": _names(names), "close": close_workers,
+                                    "remove": remove})
         return self.run_op(then(op, dict))
 
     def restart_workers(self, workers, timeout=None, raise_for_error=True):
@@ -193,7 +193,8 @@ class ClusterMethods:
                 raise TimeoutError(f"workers not restarted within {timeout} s: "
                                    f"{ {k: v for k, v in result.items() if v != 'OK'} }")
             return {name: result[name] for name in names}
-        op = self._ask({"op": "restart-workers", "workers": names, "timeout": timeout})
+        op = self.shell.request_op({"op": "restart-workers", "workers": names,
+                                    "timeout": timeout})
         return self.run_op(then(op, check))
 
     def replicate(self, futures, n=None, workers=None, branching_factor=2, **kwargs):
@@ -217,6 +218,6 @@ class ClusterMethods:
             msg["keys"] = [f.key for f in fs]
         else:
             msg["keys"] = None
-        reply = yield from self._ask(msg)
+        reply = yield from self.shell.request_op(msg)
         if reply.get("status") == "partial-fail" and msg["op"] == "rebalance":
             raise KeyError(f"could not rebalance keys: {reply['keys']}")

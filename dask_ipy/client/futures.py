@@ -403,13 +403,22 @@ class as_completed:
     def __iter__(self):
         return self
 
+    def _unclaim(self):
+        """Interrupted while waiting: the next call hands that future out."""
+        with self.lock:
+            self.count += 1
+
     def __next__(self):
         if not self._claim():
             raise StopIteration
-        with self.cond:
-            while not self.ready:
-                self.cond.wait()
-            f = self.ready.popleft()
+        try:
+            with self.cond:
+                while not self.ready:
+                    self.cond.wait()
+                f = self.ready.popleft()
+        except BaseException:
+            self._unclaim()
+            raise
         return run_blocking(self._outcome(f))
 
     def __aiter__(self):
@@ -419,14 +428,18 @@ class as_completed:
         if not self._claim():
             raise StopAsyncIteration
         loop = asyncio.get_running_loop()
-        while True:
-            with self.lock:
-                if self.ready:
-                    f = self.ready.popleft()
-                    break
-                fut = loop.create_future()
-                self.wakers.append(lambda fut=fut: in_loop(loop, resolve, fut, None))
-            await fut
+        try:
+            while True:
+                with self.lock:
+                    if self.ready:
+                        f = self.ready.popleft()
+                        break
+                    fut = loop.create_future()
+                    self.wakers.append(lambda fut=fut: in_loop(loop, resolve, fut, None))
+                await fut
+        except BaseException:
+            self._unclaim()
+            raise
         return await run_async(self._outcome(f))
 
     def next_batch(self, block=True):
