@@ -21,6 +21,8 @@ _PUBLIC = {
     "CycleError": ".errors",
     "MissingDependency": ".errors",
     "Security": ".security",
+    "WorkerPlugin": ".plugins",
+    "SchedulerPlugin": ".plugins",
     "Monitor": ".notebook.widget",              # ipywidgets loads only when a widget is wanted
 }
 
@@ -69,4 +71,4 @@ def unload_ipython_extension(ip):
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
-           "default_client", "Monitor", "progress"]
+           "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin"]

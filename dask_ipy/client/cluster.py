@@ -19,7 +19,7 @@ from ..plugins import (FORWARD_LOGGING, ForwardLogging, UploadFile, handle_forwa
                        plugin_kind, plugin_name)
 from ..protocol import serialize
 from .futures import Waiter, futures_in, load
-from .waits import then
+from .waits import done, then
 
 RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
 
@@ -47,13 +47,17 @@ class ClusterMethods:
         """Run ``function(*args, **kwargs)`` on workers, outside the task system:
         ``{worker address: result}``.  A function taking ``dask_worker`` gets the
         `Worker`.  ``on_error``: "raise" the first error, "return" it as the
-        worker's result, or "ignore" that worker."""
+        worker's result, or "ignore" that worker.  ``wait=False``: return at once
+        (None), the results are dropped."""
         if on_error not in ("raise", "return", "ignore"):
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
                              f"not {on_error!r}")
-        op = self.shell.request_op({"op": "run",
-                                    "function": serialize((function, args, kwargs)),
-                                    "workers": _names(workers)})
+        msg = {"op": "run", "function": serialize((function, args, kwargs)),
+               "workers": _names(workers)}
+        if not wait:                  # sent; its answer is dropped when it comes
+            self.shell.request_future(msg)
+            return self.run_op(done())
+        op = self.shell.request_op(msg)
         return self.run_op(then(op, lambda reply: self._run_results(reply, on_error)))
 
     def _run_results(self, reply, on_error):

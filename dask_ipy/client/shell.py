@@ -6,6 +6,8 @@
     user threads ◀── Done: events, callbacks ─┐          │    IOLoop thread ──DEALER──▶
                  ◀── Resolve/Reject: answers ─┴── ClientState.handle ◀──  scheduler
 
+(A coroutine of an asynchronous client stands where a user thread does: see `waits`.)
+
 Every call into the state machine is made under `futures.LOCK`, from whichever thread;
 its instructions are carried out after the lock is let go (done callbacks run user
 code).  Only the I/O thread touches the socket: other threads queue messages in the
@@ -35,7 +37,7 @@ from ..protocol import MessageTooLarge, ProtocolError, Session
 from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_exception,
                       take_waiters, wake, when_done)
 from .state import Close, ClientState, Done, FINISHED, Reject, Reset, Resolve
-from .waits import Answer, Call, run_blocking
+from .waits import Answer, Call
 
 
 class DataLost(Exception):
@@ -192,10 +194,6 @@ class ClientShell:
         fut = self.request_future(msg, welcome)
         return (yield Answer(fut, timeout, f"{msg['op']!r} from the scheduler at "
                                            f"{self.address}"))
-
-    def request(self, msg, timeout=None, welcome=False):
-        """Send ``msg`` and wait for its answer, blocking."""
-        return run_blocking(self.request_op(msg, timeout, welcome))
 
     def scatter_op(self, msg, keys, timeout=None):
         """Send a scatter of ``keys``; done once all of them are stored."""

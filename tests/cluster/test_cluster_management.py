@@ -157,6 +157,7 @@ def test_run_passes_the_worker_to_functions_that_ask(tmp_path):
         addresses = c.run(lambda dask_worker: dask_worker.address)
         assert addresses == {a: a for a in c.scheduler_info()["workers"]}
         assert set(c.run(os.getpid).values()) == {p.pid for p in pc.workers}
+        assert c.run(os.getpid, wait=False) is None
 
         def fails(dask_worker=None):
             raise ValueError(dask_worker.address)
