@@ -24,14 +24,25 @@ import concurrent.futures as cf
 import threading
 
 
+_OVER = object()
+
+
+def _step(op, value, error):
+    """Hand ``op`` the outcome of its last wait: (its next wait, None), or (_OVER, its
+    return value)."""
+    try:
+        return (op.send(value) if error is None else op.throw(error)), None
+    except StopIteration as stop:
+        return _OVER, stop.value
+
+
 def run_blocking(op):
     """Run operation ``op`` to its end in this thread; its return value."""
     value = error = None
     while True:
-        try:
-            wait = op.send(value) if error is None else op.throw(error)
-        except StopIteration as stop:
-            return stop.value
+        wait, result = _step(op, value, error)
+        if wait is _OVER:
+            return result
         value = error = None
         try:
             value = wait.block()
@@ -43,10 +54,9 @@ async def run_async(op):
     """Run operation ``op`` in the running event loop; its return value."""
     value = error = None
     while True:
-        try:
-            wait = op.send(value) if error is None else op.throw(error)
-        except StopIteration as stop:
-            return stop.value
+        wait, result = _step(op, value, error)
+        if wait is _OVER:
+            return result
         value = error = None
         try:
             value = await wait.wait()

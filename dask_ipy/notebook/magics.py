@@ -222,12 +222,14 @@ class DaskMagics(Magics):
         dask_ipy Client of this process; UsageError if there is none."""
         if self.client is not None and self.client.status != "closed":
             return self.client
-        from ..client.default import default_client
+        from ..client.default import default_clients
 
-        try:
-            return default_client()
-        except ValueError:
-            raise UsageError(NO_CLIENT) from None
+        # The magics block; an asynchronous client's methods would hand back
+        # coroutines.
+        for client in reversed(default_clients()):
+            if not client.asynchronous:
+                return client
+        raise UsageError(NO_CLIENT)
 
     def _activate(self, client):
         self._forget(close=True)
@@ -383,8 +385,9 @@ class DaskMagics(Magics):
         self._forget(close=False)
         # The other default clients of this scheduler close now, not whenever its
         # last word reaches them: `%%dget` then finds no client of a dead scheduler.
+        # (An asynchronous one closes on the scheduler's last word.)
         for other in default_clients():
-            if other.scheduler_id == scheduler_id:
+            if other.scheduler_id == scheduler_id and not other.asynchronous:
                 other.close()
         print(f"stopped the scheduler at {address} and its workers")
 

@@ -542,17 +542,22 @@ def _kernel():
 
 
 def client_summary(client, timeout=2.0):
-    """(text, html) describing a client and its cluster, from one short request."""
+    """(text, html) describing a client and its cluster, from one short request (for
+    an asynchronous client, whose requests are awaited, from its latest monitor
+    snapshot, if any)."""
     workers = {}
-    if client.status == "running":
+    if client.status == "running" and not client.asynchronous:
         try:
             info = client.scheduler_info(timeout=timeout)
             workers = info.get("workers") or {}
         except Exception:
             workers = {}
+    elif client.status == "running" and client.last_snapshot:
+        workers = {w["address"]: w for w in client.last_snapshot.get("workers", ())}
+    known = bool(workers) or not client.asynchronous
     threads = sum(w.get("nthreads", 0) for w in workers.values())
-    lines = [f"<Client {client.address} {client.status}: {len(workers)} workers, "
-             f"{threads} threads>"]
+    counts = f"{len(workers)} workers, {threads} threads" if known else "asynchronous"
+    lines = [f"<Client {client.address} {client.status}: {counts}>"]
     rows = []
     for address, w in sorted(workers.items(), key=lambda kv: worker_label(
             {"address": kv[0], **kv[1]})):
@@ -564,7 +569,7 @@ def client_summary(client, timeout=2.0):
     page = (f'<div style="{FONT}"><b>dask_ipy Client</b> '
             f'<span style="{MONO}">{_esc(client.address)}</span> '
             f'<span style="{MUTED}">({_esc(client.status)})</span><br>'
-            f'{len(workers)} workers, {threads} threads'
+            f'{counts}'
             f'<ul style="margin:2px 0 0 0">{"".join(rows)}</ul></div>')
     return "\n".join(lines), page
 

@@ -59,9 +59,15 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
             c.unregister_scheduler_plugin("recorder")
 
 
-def test_a_worker_plugin_is_set_up_told_of_transitions_and_torn_down(tmp_path):
-    marks_dir = tmp_path / "marks"
-    marks_dir.mkdir()
+@pytest.fixture
+def marks_dir(tmp_path):
+    """Where MarkingWorkerPlugin leaves a file per setup and teardown."""
+    (tmp_path / "marks").mkdir()
+    return tmp_path / "marks"
+
+
+def test_a_worker_plugin_is_set_up_told_of_transitions_and_torn_down(tmp_path,
+                                                                      marks_dir):
     with processes(tmp_path, nworkers=2) as (pc, c):
         workers = sorted(c.scheduler_info()["workers"])
         result = c.register_plugin(MarkingWorkerPlugin(str(marks_dir)))
@@ -79,9 +85,7 @@ def test_a_worker_plugin_is_set_up_told_of_transitions_and_torn_down(tmp_path):
             c.unregister_worker_plugin("marker")
 
 
-def test_worker_plugins_reach_late_joiners_and_outlive_restarts(tmp_path):
-    marks_dir = tmp_path / "marks"
-    marks_dir.mkdir()
+def test_worker_plugins_reach_late_joiners_and_outlive_restarts(tmp_path, marks_dir):
     with processes(tmp_path, nworkers=1) as (pc, c):
         c.register_plugin(MarkingWorkerPlugin(str(marks_dir)))
         late = pc.start_worker()

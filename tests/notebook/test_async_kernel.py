@@ -37,6 +37,7 @@ CELLS = [
               "def inc(x):\n"
               "    return x + 1"),
     ("client", "c = await Client(PATH, asynchronous=True)\nc.status"),
+    ("display", "c"),
     ("await", "await c.submit(inc, 1)"),
     ("gather", "await c.gather(c.map(inc, range(5)))"),
     ("as_completed", "sorted([r async for _, r in as_completed(c.map(inc, range(10, 13)),"
@@ -69,6 +70,12 @@ def test_top_level_await_in_a_jupyter_kernel(pc, tmp_path):
     NotebookClient(nb, kernel_name="python3", timeout=60,
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert {tag: result(nb, tag) for tag in EXPECTED} == EXPECTED
+    # an asynchronous client shows itself without blocking or awaiting anything
+    shown = result(nb, "display")
+    assert shown.startswith("<Client tcp://") and "running" in shown
+    stderr = "".join(o.text for c in nb.cells for o in c.outputs
+                     if o.output_type == "stream" and o.name == "stderr")
+    assert "never awaited" not in stderr and "Traceback" not in stderr, stderr
 
 
 @pytest.fixture
@@ -88,7 +95,7 @@ def test_top_level_await_in_an_ipython_shell(pc, shell):
     shell.user_ns["PATH"] = pc.file
     got = {}
     # (a cell without await runs outside any loop here: no "loop" cell)
-    for tag, src in [(t, s) for t, s in CELLS if t != "loop"]:
+    for tag, src in [(t, s) for t, s in CELLS if t not in ("loop", "display")]:
         res = shell.run_cell(src)
         assert res.error_in_exec is None and res.error_before_exec is None, (
             tag, res.error_in_exec or res.error_before_exec)
