@@ -3,8 +3,9 @@ process, run only on a client's explicit (authenticated) request.
 
     client ── "register-scheduler-plugin" ──▶ Scheduler ──▶ SchedulerPlugins.add:
                                               unpickle, start(scheduler)
-    SchedulerState.plugin_events ───────────▶ SchedulerPlugins.dispatch, in the
-                                              shell's flush, before messages leave
+    SchedulerState.plugin_events ───────────▶ SchedulerPlugins.dispatch: the first
+                                              flush hook of the shell's loop while
+                                              there are plugins
 
 The state machine stays pure: it only reports what happened (a list of events, kept
 only while there are plugins) and the shell calls the plugins on its I/O thread after
@@ -42,13 +43,18 @@ class SchedulerPlugins:
             logger.exception("scheduler: plugin %r failed to start", name)
             return {"status": "error", **error_payload(e, e.__traceback__)}
         self.plugins[name] = plugin
-        self.scheduler.state.plugin_events = self.scheduler.state.plugin_events or []
+        if self.scheduler.state.plugin_events is None:
+            self.scheduler.state.plugin_events = []
+            # Plugins hear of each batch's events before the batch's messages leave
+            # (the first flush hook); a scheduler without plugins pays nothing.
+            self.scheduler.loop.flush_hooks.insert(0, self.dispatch)
         return {"status": "OK"}
 
     def remove(self, name):
         plugin = self.plugins.pop(name, None)
-        if not self.plugins:
+        if not self.plugins and self.scheduler.state.plugin_events is not None:
             self.scheduler.state.plugin_events = None
+            self.scheduler.loop.flush_hooks.remove(self.dispatch)
         if plugin is None:
             return False
         for hook in ("before_close", "close"):

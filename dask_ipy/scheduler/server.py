@@ -74,8 +74,6 @@ class Scheduler:
             mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self.loop.add_socket(mon, self._on_disconnect)
         self.plugin_host = SchedulerPlugins(self)
-        # Plugins hear of each batch's events before the batch's messages leave.
-        self.loop.add_flush(self.plugin_host.dispatch)
         self.loop.add_flush(self._flush)
         self.connection_file = write_connection_file(
             {"address_to_workers": self.address_to_workers,
