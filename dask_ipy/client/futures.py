@@ -10,7 +10,10 @@ garbage-collected.
                                                           ▼ run done callbacks
                                      Future.result() ─gather─▶ value
 
-Results are fetched when asked for (`result`, `gather`), never pushed.
+Results are fetched when asked for (`result`, `gather`, ``await future``), never
+pushed.  What waits (`result`, `exception`, `wait`, `as_completed`) is written once as
+an operation (see `waits`): blocking, or awaited for an asynchronous client; ``await``
+works on a Future of either kind of client.
 
 What a Future asks of its client, all public: ``client.shell`` holds and drops keys
 (`ClientShell.hold`, `drop`) and gathers them (`gather_states`, `gather_async`);

@@ -12,6 +12,7 @@ code and hand results back.  Inputs fetched from peers arrive zero-copy.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
@@ -153,8 +154,8 @@ class Worker:
             "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
             "memory_limit": psutil.virtual_memory().total})
 
-    def _reconnect(self, reason="the scheduler does not know us"):
-        logger.warning("worker %s: %s; registering again", self.address, reason)
+    def _reconnect(self, reason="the scheduler does not know us", level=logging.WARNING):
+        logger.log(level, "worker %s: %s; registering again", self.address, reason)
         self.loop.remove_socket(self.scheduler_socket)
         self.scheduler_socket.close(linger=0)
         self.outgoing.clear()
@@ -228,7 +229,7 @@ class Worker:
         """Restart in place: the process stays (an ipyparallel engine, with its
         namespace), the worker starts afresh under a new identity."""
         self.plugin_host.remove_all()
-        self._reconnect("restarting on request")
+        self._reconnect("restarting on request", logging.INFO)
         return False                   # the rest of the batch was for the old one
 
     def _on_ping(self, msg):

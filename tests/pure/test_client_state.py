@@ -211,3 +211,18 @@ def test_every_kind_from_the_scheduler_has_one_handler():
     kinds = set(KINDS[(SCHEDULER, CLIENT)])
     here, there = set(ClientState.FROM_SCHEDULER), set(ClientShell.FROM_SCHEDULER)
     assert here | there == kinds and not here & there
+
+
+def test_topics_subscribed_to_are_subscribed_again_after_a_reconnection(cs):
+    cs.subscribe("forward-logging", True)
+    cs.subscribe("other", True)
+    cs.subscribe("other", False)
+    assert cs.take_messages() == [
+        {"op": "subscribe-topic", "topic": "forward-logging", "on": True},
+        {"op": "subscribe-topic", "topic": "other", "on": True},
+        {"op": "subscribe-topic", "topic": "other", "on": False}]
+    cs.disconnected("gone")
+    cs.connected()
+    assert cs.take_messages() == [
+        {"op": "register-client"},
+        {"op": "subscribe-topic", "topic": "forward-logging", "on": True}]
