@@ -30,7 +30,8 @@ from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from . import graph as g
-from .comm import IOLoop, send, connect_dealer, logger, new_id
+from . import bulk
+from .comm import Handshake, IOLoop, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _set_exception, _unpickling, rebuild_error)
 from .protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
@@ -156,13 +157,16 @@ class Client:
         self.session = Session(self.security.key, self.id,
                                max_message_bytes=max_message_bytes)
         self.loop = IOLoop("dask-ipy-client")
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         self.socket = connect_dealer(self.loop.context, self.security, self.id,
-                                     self.address)
-        self.monitor_socket = self.socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+                                     self.address, events=events)
+        self.monitor_socket = self.socket.get_monitor_socket(events)
         self.loop.add_socket(self.socket, self._on_frames)
         self.loop.add_socket(self.monitor_socket, self._on_socket_event)
         self.loop.add_flush(self._flush)
+        self.handshake = Handshake()       # tells the scheduler's epoch (protocol.py)
+        self.scheduler_ident = None        # its identity, from the handshake
+        self.relay_port = None             # its relay for large values (bulk.py)
         self.outgoing = []
         self.releases = []             # keys whose last Future was dropped
         self.states = {}               # {key: FutureState}
@@ -243,10 +247,10 @@ class Client:
             # Releases of many dropped Futures leave as one message.
             self.outgoing.insert(0, {"op": "client-releases-keys", "keys": self.releases})
             self.releases = []
-        if self.outgoing:
+        if self.outgoing and self.scheduler_ident is not None:
             msgs, self.outgoing = self.outgoing, []
             try:
-                send(self.socket, self.session.dumps(msgs))
+                send(self.socket, self.session.dumps(msgs, self.scheduler_ident))
             except zmq.ZMQError as e:
                 logger.warning("client: could not send to the scheduler: %s", e)
 
@@ -256,12 +260,10 @@ class Client:
         event = parse_monitor_message([f.bytes for f in frames])["event"]
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.connected.set()
-            if self._lost:
-                self._lost = False
-                self.status = "running"
-                self.outgoing.append({"op": "register-client"})
-                if self.monitor_callbacks:     # the scheduler forgot the subscription
-                    self.outgoing.append({"op": "monitor", "on": True})
+            try:
+                send(self.socket, self.handshake.hello(self.session))
+            except zmq.ZMQError as e:
+                logger.debug("client: could not greet the scheduler: %s", e)
         elif event == zmq.EVENT_DISCONNECTED and self.status != "closed":
             self.connected.clear()
             self._on_scheduler_lost(f"lost the connection to the scheduler at "
@@ -296,12 +298,25 @@ class Client:
         self._fail_pending(f"the scheduler at {self.address} was shut down")
         self.close()
 
+    def _on_hello_reply(self, msg):
+        answer = self.handshake.answer(msg)
+        if answer is None:
+            return
+        self.session.epoch, self.scheduler_ident = answer
+        if self._lost:
+            self._lost = False
+            self.status = "running"
+            self.outgoing.append({"op": "register-client"})
+            if self.monitor_callbacks:     # the scheduler forgot the subscription
+                self.outgoing.append({"op": "monitor", "on": True})
+
     def _on_frames(self, frames):
         try:
             msgs = self.session.loads(frames)
         except ProtocolError as e:
             logger.warning("client: rejected a message: %s", e)
             return
+        frames.clear()         # received buffers live on only in the values
         for msg in msgs:
             handler = self._handlers.get(msg["op"])
             if handler is not None:
@@ -345,6 +360,7 @@ class Client:
         self._complete(msg["request_id"], msg)
 
     def _on_welcome(self, msg):
+        self.relay_port = msg.get("relay_port")
         self._complete("welcome", msg)
 
     def _on_scattered(self, msg):
@@ -379,6 +395,7 @@ class Client:
         "gather-result": _on_gather_result,
         "run-result": _on_gather_result,
         "welcome": _on_welcome,
+        "hello-reply": _on_hello_reply,
         "scattered": _on_scattered,
         "scatter-failed": _on_scatter_failed,
         "monitor-snapshot": _on_monitor_snapshot,
@@ -617,10 +634,25 @@ class Client:
         done.  Raises _DataLost if a key is missing (erred, cancelled, or lost and
         being computed again)."""
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-        reply = self._request({"op": "gather", "keys": list(keys), "wait": wait,
-                               "max_bytes": self.session.max_message_bytes},
-                              timeout=timeout)
+        request = {"op": "gather", "keys": list(keys), "wait": wait,
+                   "max_bytes": self.session.max_message_bytes,
+                   "stream": self.relay_port is not None}
+        reply = self._request(dict(request), timeout=timeout)
+        if reply.get("streams"):
+            try:
+                reply["data"].update(self._fetch_streams(reply["streams"]))
+            except (OSError, ProtocolError) as e:
+                logger.warning("client: large values did not come through the "
+                               "scheduler's relay (%s); asking for them over ZeroMQ", e)
+                request["stream"] = False
+                timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
+                reply = self._request(request, timeout=timeout)
         return self._unpack_gather(reply)
+
+    def _fetch_streams(self, streams):
+        """{key: Serialized} of values streamed for this client through the relay."""
+        host = self.address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        return bulk.receive(self.session, host, self.relay_port, streams)
 
     def _unpack_gather(self, reply):
         if reply["errors"]:

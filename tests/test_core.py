@@ -279,16 +279,18 @@ def test_unauthenticated_pickles_are_never_loaded(cluster, tmp_path):
     target = tmp_path / "pwned"
     evil = pickle.dumps(CreateFileOnLoad(str(target)))
     assert not target.exists()
-    intruder = Session(os.urandom(32), b"intruder")       # the wrong key
+    # The wrong key, behind the right ZeroMQ credentials (read off the wire, say).
+    intruder = Session(os.urandom(32), b"intruder", epoch=os.urandom(16))
     forged = [
         [evil],
         [b"\0" * 32, evil],
         [b"\0" * 32, b"header", evil],
         intruder.dumps([{"op": "update-graph", "keys": ["k"],
-                         "tasks": [("k", serialize(CreateFileOnLoad(str(target))), [])]}]),
+                         "tasks": [("k", serialize(CreateFileOnLoad(str(target))), [])]}],
+                       b"scheduler"),
         intruder.dumps([{"op": "put-data", "data": {"k": serialize(
-            CreateFileOnLoad(str(target)))}}]),
-        intruder.dumps([{"op": "get-data", "keys": ["k"], "request_id": "r"}]),
+            CreateFileOnLoad(str(target)))}}], b"worker"),
+        intruder.dumps([{"op": "get-data", "keys": ["k"], "request_id": "r"}], b"worker"),
     ]
     ctx = zmq.Context()
     try:
@@ -297,6 +299,7 @@ def test_unauthenticated_pickles_are_never_loaded(cluster, tmp_path):
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
             sock.routing_id = b"intruder"
+            s.security.configure_client(sock)
             sock.connect(address)
             socks.append(sock)
             for frames in forged:

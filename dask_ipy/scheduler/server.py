@@ -4,9 +4,11 @@
                                                    ├─ IOLoop thread: loads, state, dumps
     clients ──DEALER──▶ ROUTER address_to_clients ─┘
 
-Every received message is authenticated before it is decoded (`Session.loads`); a bad
-one is logged and dropped, and its sender hears nothing.  Task payloads are forwarded
-as opaque blobs: the scheduler never unpickles anything.
+Only holders of the key complete a connection (see security.py).  Every received
+message is authenticated before it is decoded (`Session.loads`) and must carry this
+start's random epoch, which peers learn by the "hello" handshake (see protocol.py); a
+bad one is counted, logged sparingly and dropped, and its sender hears nothing.  Task
+payloads are forwarded as opaque blobs: the scheduler never unpickles anything.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import time
 
 import zmq
 
-from ..comm import IOLoop, send, advertised_host, bind_router, logger, new_id
-from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
+from .. import bulk
+from ..comm import (IOLoop, RejectionLog, send, advertised_host, bind_router, hello_reply,
+                    logger, new_id)
+from ..protocol import (HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session,
+                        new_epoch)
 from ..security import Security, remove_connection_file, write_connection_file
 from .state import MAX_RELAY_BYTES, SchedulerState
 
@@ -38,7 +43,7 @@ class Scheduler:
                  max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
-        self.session = Session(self.security.key, self.id,
+        self.session = Session(self.security.key, self.id, epoch=new_epoch(),
                                max_message_bytes=max_message_bytes)
         self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate,
                                     max_relay_bytes=max_relay_bytes)
@@ -48,13 +53,19 @@ class Scheduler:
         self.rejected = 0
         self.bytes_received = 0
         self.loop = IOLoop("dask-ipy-scheduler")
+        self.rejections = RejectionLog(self.loop, "scheduler: rejected a message")
         host = advertised_host(hostname)
         self.worker_socket, port_to_workers = bind_router(
-            self.loop.context, self.security, hostname, port_to_workers)
+            self.loop, self.security, hostname, port_to_workers, who="scheduler")
         self.client_socket, port_to_clients = bind_router(
-            self.loop.context, self.security, hostname, port_to_clients)
+            self.loop, self.security, hostname, port_to_clients, who="scheduler")
         self.address_to_workers = f"tcp://{host}:{port_to_workers}"
         self.address_to_clients = f"tcp://{host}:{port_to_clients}"
+        # Large values a client gathers pass through a plain TCP relay, not through
+        # this thread (see bulk.py); not when the cluster encrypts.
+        self.relay = None if self.security.encrypt else bulk.BulkRelay(
+            "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname)
+        self.state.stream_to_clients = self.relay is not None
         self.loop.add_socket(self.worker_socket, self._on_worker_frames)
         self.loop.add_socket(self.client_socket, self._on_client_frames)
         # A dead peer's connection closes at once: on each disconnect, find out which
@@ -80,22 +91,40 @@ class Scheduler:
 
     # ---------------------------------------------------------------- receive
 
-    def _decode(self, frames):
+    def _decode(self, frames, sock):
+        """(peer, messages) of a received message; "hello"s are answered here, and
+        never reach the state."""
         peer = frames[0].bytes
         self.bytes_received += sum(map(len, frames))
         try:
-            return peer, self.session.loads(frames[1:], sender=peer)
+            msgs = self.session.loads(frames[1:], sender=peer)
         except ProtocolError as e:
             self.rejected += 1
-            logger.warning("scheduler: rejected a message from %r: %s", peer[:32], e)
+            self.rejections(peer[:32], e)
             return peer, ()
+        if msgs and msgs[0].get("op") in HANDSHAKE_OPS:
+            for msg in msgs:
+                reply = msg.get("op") == "hello" and hello_reply(self.session, msg, self.id)
+                if reply:
+                    self._send_now(sock, peer, self.session.dumps(
+                        [reply], peer, handshake=True))
+            return peer, ()
+        return peer, msgs
+
+    def _send_now(self, sock, peer, frames):
+        try:
+            send(sock, [peer] + frames)
+        except zmq.ZMQError as e:
+            logger.debug("scheduler: could not answer %r: %s", peer[:32], e)
 
     def _on_worker_frames(self, frames):
-        wid, msgs = self._decode(frames)
+        wid, msgs = self._decode(frames, self.worker_socket)
         now = time.time()
         state = self.state
         for msg in msgs:
             op = msg.get("op")
+            if op == "data" and msg.get("streams") and wid in state.workers:
+                self._expect_streams(msg["streams"])
             if op == "register-worker":
                 ws = state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
                                       msg.get("name"), msg.get("host", ""),
@@ -103,12 +132,25 @@ class Scheduler:
                 # The worker keeps what it sends us under our cap (results it cannot
                 # send become errors naming the key, instead of dropped messages).
                 state.send_worker(ws, {"op": "welcome",
-                                       "max_message_bytes": self.session.max_message_bytes})
+                                       "max_message_bytes": self.session.max_message_bytes,
+                                       "relay_port": self.relay and self.relay.port})
             elif op == "unregister":
                 state.remove_worker(wid, reason="worker closed", expected=True)
+            elif op == "stream-failed":
+                if self.relay is not None:
+                    self.relay.cancel(msg.get("ticket"))
             elif not state.handle_worker_message(wid, msg, now):
                 state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
                 break
+
+    def _expect_streams(self, streams):
+        """A worker streams values for a client into the relay: let them through, as
+        many bytes as its signed message announced."""
+        for stream in streams:
+            try:
+                self.relay.expect(stream["ticket"], bulk.stream_length(stream["sizes"]))
+            except (AttributeError, KeyError, TypeError, ValueError):
+                logger.warning("scheduler: a malformed stream announcement")
 
     def _on_disconnect(self, frames):
         # The monitor event can come before the socket has dropped the dead peer's
@@ -134,7 +176,7 @@ class Scheduler:
             return False
 
     def _on_client_frames(self, frames):
-        cid, msgs = self._decode(frames)
+        cid, msgs = self._decode(frames, self.client_socket)
         # Decoded messages hold no reference to the received bytes except through
         # the payload frames of their Serialized values: let the rest go now, not
         # after the handlers (a million-task graph is some 100 MB).
@@ -146,7 +188,8 @@ class Scheduler:
                 state.add_client(cid)
             if op == "register-client":
                 state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
-                                        "address_to_workers": self.address_to_workers})
+                                        "address_to_workers": self.address_to_workers,
+                                        "relay_port": self.relay and self.relay.port})
             elif op == "close-client":
                 state.remove_client(cid)
             elif op == "shutdown":
@@ -208,6 +251,8 @@ class Scheduler:
     def _shutdown(self):
         self._flush()
         self.loop.running = False
+        if self.relay is not None:
+            self.relay.close()
 
     def close(self, timeout=5):
         if self.closed.is_set():
@@ -220,6 +265,9 @@ class Scheduler:
                 self._shutdown()
             self.loop.call_soon(bye)
         self.loop.stop(timeout)
+        self.rejections.close()
+        if self.relay is not None:
+            self.relay.close()
         remove_connection_file(self.connection_file)
 
     def wait(self, timeout=None):

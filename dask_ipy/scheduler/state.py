@@ -300,6 +300,9 @@ class SchedulerState:
         self.max_depth = max_depth
         self.max_error_text = max_error_text
         self.max_relay_bytes = max_relay_bytes
+        # Set by a shell with a relay for large values (bulk.py): a client's gather may
+        # then ask the holders to stream them to it through the relay.
+        self.stream_to_clients = False
         self.validating = validate
         self.generation = 0
         self.transition_count = 0
@@ -1180,6 +1183,9 @@ class SchedulerState:
         g["pending"].discard(ws.id)
         g["data"].update(msg.get("data", {}))
         g["errors"].update(msg.get("errors", {}))
+        for stream in msg.get("streams", ()):
+            g["streams"].append(stream)
+            g["streamed"].update(stream["keys"])
         missing = msg.get("missing", ())
         for key in missing:
             ts = self.tasks.get(key)
@@ -1311,16 +1317,22 @@ class SchedulerState:
     def _on_gather(self, cid, msg):
         """Send values of keys to a client.  With ``wait``, keys still being computed
         are waited for here, so the answer leaves as soon as the last one is done."""
+        max_bytes = msg.get("max_bytes")
+        stream = bool(msg.get("stream")) and self.stream_to_clients and max_bytes is None
         self._new_gather(cid, None, msg["request_id"], list(msg["keys"]),
-                         msg.get("max_bytes"), msg.get("wait"))
+                         max_bytes, msg.get("wait"), stream)
 
-    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False):
-        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker."""
+    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False, stream=False):
+        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker.  With
+        `stream`, holders may send large values straight to the client through the
+        shell's relay: the answer then lists those streams (opaque: ticket, sizes,
+        keys) beside the values."""
         gid = next(self._ids)
         g = self.gathers[gid] = {"client": cid, "worker": ws, "request_id": request_id,
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
                                  "keys": keys, "waiting": set(), "max_bytes": max_bytes,
-                                 "holders": {}}
+                                 "holders": {}, "stream": stream, "streams": [],
+                                 "streamed": set()}
         if wait:
             for key in keys:
                 ts = self.tasks.get(key)
@@ -1363,6 +1375,8 @@ class SchedulerState:
         for ws, wkeys in by_worker.items():
             g["pending"].add(ws.id)
             msg = {"op": "send-data", "keys": wkeys, "request_id": gid}
+            if g["stream"]:
+                msg["for"] = g["client"]
             if g["worker"] is not None:
                 msg["max_bytes"] = g["max_bytes"]
                 g["holders"].update(dict.fromkeys(wkeys, ws.address))
@@ -1373,7 +1387,8 @@ class SchedulerState:
         g = self.gathers[gid]
         g["pending"].discard(wid)
         # Keys that worker was to send are retried where replicas remain, or missing.
-        wanted = [k for k in g["keys"] if k not in g["data"] and k not in g["missing"]]
+        wanted = [k for k in g["keys"] if k not in g["data"] and k not in g["missing"]
+                  and k not in g["streamed"]]
         pending_elsewhere = set()
         for key in wanted:
             ts = self.tasks.get(key)
@@ -1398,6 +1413,8 @@ class SchedulerState:
                "missing": g["missing"], "errors": g["errors"]}
         ws = g["worker"]
         if ws is None:
+            if g["streams"]:
+                msg["streams"] = g["streams"]
             self.send_client(g["client"], {"op": "gather-result", **msg})
             return
         for key, error in g["errors"].items():

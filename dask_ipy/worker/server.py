@@ -8,6 +8,11 @@
 
 The loop thread owns the sockets and the state machine; pool threads only run user
 code and hand results back.  Inputs fetched from peers arrive zero-copy.
+
+After each ZeroMQ handshake with the scheduler the worker says "hello" and learns the
+scheduler's epoch (see protocol.py): the first time it then registers; a new epoch
+means a new scheduler at the same address, which it registers with afresh.  Messages
+to peers carry the peer's address as recipient (a worker knows its peers by address).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import zmq
 from dask.sizeof import sizeof
 
 from .. import bulk
-from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
+from ..comm import (Handshake, IOLoop, RejectionLog, send, bind_router, connect_dealer,
+                    logger, new_id)
 from ..graph import execute
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
@@ -161,16 +167,17 @@ class Worker:
             scheduler, security, "address_to_workers")
         self.security = self.security or Security.temporary()
         self.nthreads = nthreads
-        self.max_send_bytes = MAX_MESSAGE_BYTES    # the scheduler's cap, from "welcome"
+        self.max_send_bytes = None      # the scheduler's cap, if it has one, from "welcome"
         self.heartbeat_interval = heartbeat_interval
         self.connect_timeout = connect_timeout
         self.gather_timeout = gather_timeout
         self.unreachable_retry = unreachable_retry
         self.loop = IOLoop("dask-ipy-worker")
+        self.rejections = RejectionLog(self.loop, "worker: rejected a message")
         if hostname is None:
             hostname = local_ip_towards(self.scheduler_address)
-        self.peer_socket, port = bind_router(self.loop.context, self.security, hostname,
-                                             port_to_workers)
+        self.peer_socket, port = bind_router(self.loop, self.security, hostname,
+                                             port_to_workers, who="worker")
         self.address = contact_address or f"tcp://{hostname}:{port}"
         # Large data for peers leaves through a plain TCP side channel (see bulk.py),
         # unless the cluster encrypts: then it stays on the CURVE sockets.
@@ -178,6 +185,8 @@ class Worker:
             "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname,
             ttl=gather_timeout)
         self.no_bulk = set()                   # peers whose side channel failed us
+        self.relay_port = None                 # the scheduler's relay, from "welcome"
+        self.uploads = bulk.Pool("dask-ipy-upload")
         self.name = name if name is not None else self.address
         self.data = data if data is not None else {}
         self.state = WorkerState(self.address, nthreads, self.data, validate)
@@ -206,22 +215,48 @@ class Worker:
     # ---------------------------------------------------------------- scheduler link
 
     def _connect(self):
-        """(Re)register with the scheduler under a fresh identity."""
+        """Connect to the scheduler under a fresh identity; registration follows the
+        handshake (`_on_hello_reply`)."""
         self.id = new_id("worker")
         self.session = Session(self.security.key, self.id,
+                               aliases=(self.address.encode(),),
                                max_message_bytes=self.max_message_bytes)
+        self.scheduler_id = None
+        self.handshake = Handshake()
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED
         self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.id,
-                                               self.scheduler_address)
+                                               self.scheduler_address, events=events)
         self.loop.add_socket(self.scheduler_socket, self._on_scheduler_frames)
-        self.outgoing.append({
-            "op": "register-worker", "address": self.address, "nthreads": self.nthreads,
-            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-            "memory_limit": psutil.virtual_memory().total})
+        self.scheduler_monitor = self.scheduler_socket.get_monitor_socket(events)
+        self.loop.add_socket(self.scheduler_monitor, self._on_scheduler_connected)
 
-    def _reconnect(self):
-        logger.warning("worker %s: the scheduler does not know us; registering again",
-                       self.address)
-        self.loop.remove_socket(self.scheduler_socket)
+    def _on_scheduler_connected(self, frames):
+        try:
+            send(self.scheduler_socket, self.handshake.hello(self.session))
+        except zmq.ZMQError as e:
+            logger.debug("worker %s: could not greet the scheduler: %s", self.address, e)
+
+    def _on_hello_reply(self, msg):
+        answer = self.handshake.answer(msg)
+        if answer is None:
+            return
+        epoch, scheduler_id = answer
+        if self.session.epoch is None:
+            self.session.epoch, self.scheduler_id = epoch, scheduler_id
+            self.outgoing.insert(0, {
+                "op": "register-worker", "address": self.address,
+                "nthreads": self.nthreads, "name": self.name,
+                "host": socket.gethostname(), "pid": os.getpid(),
+                "memory_limit": psutil.virtual_memory().total})
+        elif (epoch, scheduler_id) != (self.session.epoch, self.scheduler_id):
+            self._reconnect("a new scheduler answers at its address")
+
+    def _reconnect(self, why="the scheduler does not know us"):
+        logger.warning("worker %s: %s; registering again", self.address, why)
+        for sock in (self.scheduler_socket, self.scheduler_monitor):
+            self.loop.remove_socket(sock)
+        self.scheduler_socket.disable_monitor()
+        self.scheduler_monitor.close(linger=0)
         self.scheduler_socket.close(linger=0)
         self.outgoing.clear()
         self._handle("restart")
@@ -235,10 +270,14 @@ class Worker:
         try:
             msgs = self.session.loads(frames)
         except ProtocolError as e:
-            logger.warning("worker %s: rejected a message: %s", self.address, e)
+            self.rejections("the scheduler", e)
             return
+        frames.clear()             # received buffers live on only in the values
         for msg in msgs:
             op = msg.pop("op")
+            if op == "hello-reply":
+                self._on_hello_reply(msg)
+                return
             if op == "worker-removed":
                 self._drop_peer(msg["address"])
                 self._handle(op, **msg)
@@ -250,9 +289,11 @@ class Worker:
             elif op == "put-data":
                 self._put_data(msg["data"])
             elif op == "welcome":
-                self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
+                self.max_send_bytes = msg.get("max_message_bytes")
+                self.relay_port = msg.get("relay_port")
             elif op == "send-data":
-                self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
+                self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"),
+                                msg.get("for"))
             elif op == "run":
                 self._run_function(msg["function"], msg["request_id"])
             elif op == "unknown-worker":
@@ -286,15 +327,20 @@ class Worker:
                 self.jobs.put(inst)
 
     def _flush(self):
-        if self.outgoing:
+        # Until the handshake has told the epoch, messages wait (the registration
+        # goes first).
+        if self.outgoing and self.scheduler_id is not None:
             msgs, self.outgoing = self.outgoing, []
             try:
-                send(self.scheduler_socket, self.session.dumps(msgs))
+                send(self.scheduler_socket, self.session.dumps(msgs, self.scheduler_id))
             except Exception as e:
                 logger.warning("worker %s: could not reach the scheduler: %s",
                                self.address, e)
 
     def _heartbeat(self):
+        if self.scheduler_id is None:        # not registered: nobody to tell
+            self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+            return
         try:
             mem = self.process.memory_info().rss
             cpu = self.process.cpu_percent()
@@ -369,13 +415,30 @@ class Worker:
                                "text": f"result of {key!r} could not be serialized: {e}"}
         return data, missing, errors
 
-    def _send_data(self, keys, request_id, max_bytes=None):
+    def _send_data(self, keys, request_id, max_bytes=None, recipient=None):
         """Values for the scheduler: a client's gather, or a relay to a worker that
-        cannot reach this one (``max_bytes``: the relay's cap)."""
+        cannot reach this one (``max_bytes``: the relay's cap).  Large values for a
+        client (``recipient``, its id) stream into the scheduler's relay instead."""
         data, missing, errors = self._serialize_data(keys)
-        # The reply must fit under the scheduler's cap, or the scheduler drops it and
-        # the client waits forever: what does not fit is an error naming the key.
-        limit = self.max_send_bytes - SEND_MARGIN
+        if (recipient is not None and self.relay_port
+                and sum(blob.nbytes for blob in data.values()) >= bulk.BULK_FROM):
+            self._flush()
+            self.outgoing.append({"op": "data", "request_id": request_id, "data": {},
+                                  "missing": missing, "errors": errors,
+                                  "streams": [self._stream(data, recipient)]})
+            self._flush()
+            return
+        # The reply must fit under the scheduler's cap, if it has one, or the scheduler
+        # drops it and the client waits forever: what does not fit is an error naming
+        # the key.
+        if self.max_send_bytes is None and max_bytes is None:
+            self._flush()
+            self.outgoing.append({"op": "data", "request_id": request_id, "data": data,
+                                  "missing": missing, "errors": errors})
+            self._flush()
+            return
+        limit = float("inf") if self.max_send_bytes is None else (
+            self.max_send_bytes - SEND_MARGIN)
         if max_bytes is None:
             cap = (f"the scheduler accepts in one message ({self.max_send_bytes} bytes, "
                    "Scheduler(max_message_bytes=...))")
@@ -400,12 +463,34 @@ class Worker:
                               "missing": missing, "errors": errors})
         self._flush()
 
+    def _stream(self, data, recipient):
+        """Start streaming ``data`` as a message for ``recipient`` into the
+        scheduler's relay; returns its announcement for the scheduler."""
+        ticket = os.urandom(bulk.TICKET_BYTES)
+        header, payload = self.session.encode([{"op": "data", "ticket": ticket,
+                                                "data": data}], recipient,
+                                              frame_limit=None)
+        host = self.scheduler_address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+
+        def upload():
+            try:
+                bulk.upload(self.session, host, self.relay_port, ticket, header, payload,
+                            self.gather_timeout, self.connect_timeout)
+            except OSError as e:
+                logger.warning("worker %s: could not stream data through the scheduler's "
+                               "relay: %s", self.address, e)
+                self.loop.call_soon(self.outgoing.append,
+                                    {"op": "stream-failed", "ticket": ticket})
+        self.uploads.submit(upload)
+        return {"ticket": ticket, "sizes": bulk.stream_sizes(header, payload),
+                "keys": list(data)}
+
     def _on_peer_request(self, frames):
         peer = frames[0].bytes
         try:
             msgs = self.session.loads(frames[1:], sender=peer)
         except ProtocolError as e:
-            logger.warning("worker %s: rejected a peer message: %s", self.address, e)
+            self.rejections(peer[:32], e)
             return
         for msg in msgs:
             if msg.get("op") != "get-data":
@@ -414,15 +499,17 @@ class Worker:
             missing = list(missing) + list(errors)
             reply = {"op": "data", "request_id": msg["request_id"], "data": data,
                      "missing": missing}
-            header, payload = self.session.encode([reply], to=peer)
             if (msg.get("bulk") and self.bulk is not None
-                    and sum(memoryview(f).nbytes for f in payload) >= bulk.BULK_FROM):
+                    and sum(blob.nbytes for blob in data.values()) >= bulk.BULK_FROM):
+                # Over the side channel in whole frames: no ZeroMQ in between.
+                header, payload = self.session.encode([reply], peer, frame_limit=None)
                 ticket = self.bulk.offer(self.session, header, payload)
                 frames = self.session.dumps([{
                     "op": "data-bulk", "request_id": msg["request_id"],
-                    "ticket": ticket, "port": self.bulk.port}], to=peer)
+                    "ticket": ticket, "port": self.bulk.port,
+                    "sizes": bulk.stream_sizes(header, payload)}], to=peer)
             else:
-                frames = [self.session.seal(header, payload), header, *payload]
+                frames = self.session.dumps([reply], peer)
             try:
                 send(self.peer_socket, [peer] + frames)
             except Exception as e:
@@ -441,7 +528,7 @@ class Worker:
         sock = self.peers.get(peer) or self._connect_peer(peer)
         msg["bulk"] = self.bulk is not None and peer not in self.no_bulk
         try:
-            send(sock, self.session.dumps([msg]))
+            send(sock, self.session.dumps([msg], peer.encode()))
         except Exception as e:            # no way to the peer: fail the fetch now
             logger.warning("worker %s: could not ask %s for data: %s", self.address,
                            peer, e)
@@ -451,7 +538,8 @@ class Worker:
         """A connection to ``peer``, watched: if its handshake has not succeeded after
         ``connect_timeout`` seconds (no route, a firewall, a wrong address, a
         one-way link), the peer is unreachable."""
-        sock = connect_dealer(self.loop.context, self.security, self.id, peer)
+        sock = connect_dealer(self.loop.context, self.security, self.id, peer,
+                              events=zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.peers[peer] = sock
         self.loop.add_socket(sock, lambda frames: self._on_peer_reply(peer, frames))
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -531,8 +619,9 @@ class Worker:
         try:
             msgs = self.session.loads(frames)
         except ProtocolError as e:
-            logger.warning("worker %s: rejected a reply from %s: %s", self.address, peer, e)
+            self.rejections(peer, e)
             return
+        frames.clear()
         for msg in msgs:
             pending = self.gather_timers.get(peer)
             if msg.get("op") != "data-bulk":
@@ -563,13 +652,13 @@ class Worker:
         host = peer.split("://", 1)[-1].rsplit(":", 1)[0]
         try:
             frames, tags = bulk.fetch(self.session, host, offer["port"], offer["ticket"],
-                                      self.gather_timeout, self.max_message_bytes,
+                                      self.gather_timeout, offer["sizes"],
                                       connect_timeout=self.connect_timeout)
             msgs = self.session.loads(frames, check_replay=False, tags=tags)
             if (len(msgs) != 1 or msgs[0].get("op") != "data"
                     or msgs[0].get("request_id") != offer["request_id"]):
                 raise ProtocolError("not the data asked for")
-        except (OSError, ProtocolError) as e:
+        except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
             logger.warning("worker %s: side channel from %s failed (%s); asking again "
                            "over ZeroMQ", self.address, peer, e)
             self.loop.call_soon(self._bulk_failed, peer, offer["request_id"])
@@ -599,6 +688,7 @@ class Worker:
         if self.loop.running and not self.loop.in_loop():
             self.loop.call_soon(self._close_from_loop)
         self.loop.stop(timeout)
+        self.rejections.close()
         if self.bulk is not None:
             self.bulk.close()
         self.closed.set()
