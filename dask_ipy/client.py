@@ -31,7 +31,7 @@ from dask.utils import funcname
 
 from . import graph as g
 from . import bulk
-from .comm import Handshake, IOLoop, send, connect_dealer, logger, new_id
+from .comm import Handshake, IOLoop, RejectionLog, send, connect_dealer, logger, new_id
 from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
                       _set_exception, _unpickling, rebuild_error)
 from .protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
@@ -165,6 +165,7 @@ class Client:
         self.loop.add_socket(self.monitor_socket, self._on_socket_event)
         self.loop.add_flush(self._flush)
         self.handshake = Handshake()       # tells the scheduler's epoch (protocol.py)
+        self.rejections = RejectionLog(self.loop, "client: rejected a message")
         self.scheduler_ident = None        # its identity, from the handshake
         self.relay_port = None             # its relay for large values (bulk.py)
         self.outgoing = []
@@ -302,7 +303,10 @@ class Client:
         answer = self.handshake.answer(msg)
         if answer is None:
             return
+        known = self.session.epoch
         self.session.epoch, self.scheduler_ident = answer
+        if known is not None and known != answer[0] and not self._lost:
+            self._on_scheduler_lost(f"a new scheduler answers at {self.address}")
         if self._lost:
             self._lost = False
             self.status = "running"
@@ -314,7 +318,7 @@ class Client:
         try:
             msgs = self.session.loads(frames)
         except ProtocolError as e:
-            logger.warning("client: rejected a message: %s", e)
+            self.rejections("the scheduler", e)
             return
         frames.clear()         # received buffers live on only in the values
         for msg in msgs:
@@ -644,6 +648,7 @@ class Client:
             except (OSError, ProtocolError) as e:
                 logger.warning("client: large values did not come through the "
                                "scheduler's relay (%s); asking for them over ZeroMQ", e)
+                self.relay_port = None             # until the scheduler says otherwise
                 request["stream"] = False
                 timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
                 reply = self._request(request, timeout=timeout)
@@ -948,6 +953,7 @@ class Client:
         if self.loop.running:
             self.loop.call_soon(bye)
         self.loop.stop(timeout)
+        self.rejections.close()
         for state in list(self.states.values()):
             if not state.done():
                 state.cancel()

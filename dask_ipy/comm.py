@@ -344,11 +344,11 @@ class RejectionLog:
     with the count since the last line (a timer of `loop` writes the last count of a
     burst).  Call from the loop's thread."""
 
-    def __init__(self, loop, what, things="messages", interval=REJECTION_LOG_INTERVAL):
+    def __init__(self, loop, what, things="messages", interval=None):
         self.loop = loop
         self.what = what
         self.things = things
-        self.interval = interval
+        self.interval = REJECTION_LOG_INTERVAL if interval is None else interval
         self.total = 0
         self.pending = 0              # counted, not yet in a WARNING line
         self.last = None              # (peer, reason) of the latest

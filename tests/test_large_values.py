@@ -1,0 +1,78 @@
+"""Values far larger than a frame, on every path: gathered through the scheduler's
+relay, or over ZeroMQ in frames when the relay cannot be used (encryption, a failed
+stream), scattered, and passed between workers."""
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from conftest import local_cluster, wait_for
+from dask_ipy import Security
+from dask_ipy.protocol import MAX_FRAME_BYTES
+
+pytestmark = pytest.mark.timeout(120)
+
+SIZE = 24 * MAX_FRAME_BYTES          # bytes: many frames, and past the side channels' floor
+
+
+def make(nbytes):
+    a = np.arange(nbytes // 8, dtype="i8")
+    return a
+
+
+def check(a, nbytes=SIZE):
+    return a.nbytes == nbytes and int(a[0]) == 0 and int(a[-1]) == nbytes // 8 - 1
+
+
+def test_a_large_result_streams_to_the_client_through_the_relay():
+    with local_cluster() as (s, (wa, wb), c):
+        x = c.submit(make, SIZE, workers=[wa.address])
+        assert check(x.result(timeout=60))
+        assert s.relay.relayed >= SIZE
+        # Several at once, from both workers, with small ones beside them.
+        ys = [c.submit(make, SIZE, workers=[w.address], pure=False) for w in (wa, wb)]
+        small = c.submit(make, 800)
+        got = c.gather(ys + [small], timeout=60)
+        assert all(check(v) for v in got[:2]) and check(got[2], 800)
+        assert s.relay.relayed >= 3 * SIZE
+        # The scheduler never held the values: its counters saw only small messages.
+        assert s.bytes_received < SIZE
+
+
+def test_when_the_stream_fails_the_value_comes_over_zeromq_at_once():
+    with local_cluster() as (s, (wa, wb), c):
+        x = c.submit(make, SIZE, workers=[wa.address])
+        x.result(timeout=60)
+        # The worker's uploads now go nowhere: it says so, the scheduler gives the
+        # ticket up, and the client asks again without a stream.
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            wa.relay_port = closed.getsockname()[1]
+        relayed = s.relay.relayed
+        start = time.monotonic()
+        assert check(x.result(timeout=60))
+        assert time.monotonic() - start < 10            # not the relay's ticket timeout
+        assert s.relay.relayed == relayed
+        assert c.relay_port is None                     # no more streams asked for
+        assert check(c.submit(make, SIZE, pure=False).result(timeout=60))
+
+
+def test_an_encrypted_cluster_gathers_large_values_over_zeromq():
+    security = Security.temporary(encrypt=True)
+    options = {"security": security}
+    with local_cluster(options, options, options) as (s, (wa, wb), c):
+        assert s.relay is None and c.relay_port is None
+        x = c.submit(make, SIZE, workers=[wa.address])
+        assert check(x.result(timeout=60))
+        assert s.bytes_received >= SIZE
+
+
+def test_large_scattered_data_reaches_a_worker_and_comes_back():
+    with local_cluster() as (s, (wa, wb), c):
+        data = make(SIZE)
+        [f] = c.scatter([data], workers=[wb.address])
+        assert c.submit(check, f, workers=[wa.address]).result(timeout=60)
+        assert check(f.result(timeout=60))
+        wait_for(lambda: s.relay.relayed >= SIZE, message="the way back by the relay")
