@@ -241,7 +241,15 @@ class Client:
 
     def _send(self, msg):
         """Queue a message for the scheduler (any thread)."""
-        self.loop.call_soon(self.outgoing.append, msg)
+        self.loop.call_soon(self._queue, msg)
+
+    def _queue(self, msg):
+        # Looked up on the loop: `_flush` replaces the list, and a message appended
+        # to the one it took would be lost.
+        self.outgoing.append(msg)
+
+    def _queue_releases(self, keys):
+        self.releases.extend(keys)
 
     def _flush(self):
         if self.releases:
@@ -481,7 +489,7 @@ class Client:
                     self.states.pop(key, None)
                     gone.append(key)
         if gone:
-            self.loop.call_soon(self.releases.extend, gone)
+            self.loop.call_soon(self._queue_releases, gone)
 
     # ---------------------------------------------------------------- graphs
 

@@ -123,25 +123,11 @@ class IOLoop:
 
     def serve_zap(self, security, who):
         """Answer ZeroMQ's authentication requests for the sockets this loop binds
-        (ZAP is per context; call before binding, from the set-up thread).  Each
-        request is a few hundred bytes; refusals are counted and logged sparingly."""
-        if self.zap is not None:
-            return
-        self.zap = self.context.socket(zmq.REP)
-        self.zap.linger = 0
-        self.zap.bind(ZAP_ENDPOINT)
-        self.refused = RejectionLog(self, f"{who}: refused a connection", "connections")
-
-        def answer(frames):
-            request = [f.bytes for f in frames]
-            allowed, reason = security.zap_verdict(request)
-            rid = request[1] if len(request) > 1 else b""
-            self.zap.send_multipart([b"1.0", rid, b"200" if allowed else b"400",
-                                     reason.encode(), b"", b""])
-            if not allowed:
-                address = request[3].decode("utf-8", "replace") if len(request) > 3 else "?"
-                self.refused(address, reason)
-        self.add_socket(self.zap, answer)
+        (ZAP is per context; call before binding, from the set-up thread)."""
+        if self.zap is None:
+            self.refused = RejectionLog(self, f"{who}: refused a connection",
+                                        "connections")
+            self.zap = ZapHandler(self, security)
 
     # -- from any thread
 
@@ -258,10 +244,69 @@ class IOLoop:
     def _close(self):
         for sock in list(self.handlers):
             self.remove_socket(sock)
+        if self.zap is not None:
+            self.zap.close()
         if self.refused is not None:
             self.refused.close()
         self.context.destroy(linger=0)
         self.waker.close()
+
+
+class ZapHandler:
+    """ZeroMQ's authentication requests (ZAP) for a loop's context, answered on a
+    thread of their own, so that a loop busy for a while (a huge graph) does not make
+    handshakes time out.  A request is a few hundred bytes; refusals are counted on
+    the loop (`IOLoop.refused`)."""
+
+    def __init__(self, loop, security):
+        self.loop = loop
+        self.security = security
+        context = loop.context
+        self.rep = context.socket(zmq.REP)
+        self.rep.linger = 0
+        self.rep.bind(ZAP_ENDPOINT)
+        stop = f"inproc://dask-ipy-zap-stop-{id(self)}"
+        self._stop_r = context.socket(zmq.PAIR)
+        self._stop_r.bind(stop)
+        self._stop_w = context.socket(zmq.PAIR)
+        self._stop_w.linger = 0
+        self._stop_w.connect(stop)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="dask-ipy-zap")
+        self.thread.start()
+
+    def _run(self):
+        poller = zmq.Poller()
+        poller.register(self.rep, zmq.POLLIN)
+        poller.register(self._stop_r, zmq.POLLIN)
+        try:
+            while True:
+                if self._stop_r in dict(poller.poll()):
+                    return
+                request = self.rep.recv_multipart()
+                allowed, reason = self.security.zap_verdict(request)
+                rid = request[1] if len(request) > 1 else b""
+                self.rep.send_multipart([b"1.0", rid, b"200" if allowed else b"400",
+                                         reason.encode(), b"", b""])
+                if not allowed:
+                    address = (request[3].decode("utf-8", "replace")
+                               if len(request) > 3 else "?")
+                    self.loop.call_soon(self.loop.refused, address, reason)
+        except zmq.ZMQError as e:
+            logger.debug("ZAP handler stopped: %s", e)
+        finally:
+            self.rep.close(linger=0)
+            self._stop_r.close(linger=0)
+
+    def close(self):
+        """Stop the thread (from the thread that owns the loop's sockets)."""
+        if self._stop_w.closed:
+            return
+        try:
+            self._stop_w.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.thread.join(5)
+        self._stop_w.close(linger=0)
 
 
 # ---------------------------------------------------------------- sockets

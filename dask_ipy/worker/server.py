@@ -326,6 +326,11 @@ class Worker:
             for inst in runs:
                 self.jobs.put(inst)
 
+    def _queue(self, msg):
+        # Looked up on the loop: `_flush` replaces the list, and a message appended
+        # to the one it took would be lost.
+        self.outgoing.append(msg)
+
     def _flush(self):
         # Until the handshake has told the epoch, messages wait (the registration
         # goes first).
@@ -391,7 +396,7 @@ class Worker:
             except BaseException as e:
                 reply = {"status": "error", **error_payload(e, e.__traceback__)}
             reply.update(op="run-result", request_id=request_id)
-            self.loop.call_soon(self.outgoing.append, reply)
+            self.loop.call_soon(self._queue, reply)
         threading.Thread(target=target, daemon=True, name="dask-ipy-run").start()
 
     # ---------------------------------------------------------------- data
@@ -479,8 +484,7 @@ class Worker:
             except OSError as e:
                 logger.warning("worker %s: could not stream data through the scheduler's "
                                "relay: %s", self.address, e)
-                self.loop.call_soon(self.outgoing.append,
-                                    {"op": "stream-failed", "ticket": ticket})
+                self.loop.call_soon(self._queue, {"op": "stream-failed", "ticket": ticket})
         self.uploads.submit(upload)
         return {"ticket": ticket, "sizes": bulk.stream_sizes(header, payload),
                 "keys": list(data)}
