@@ -365,6 +365,8 @@ class BulkRelay(_Desk):
 
     def cancel(self, ticket):
         """Give up ``ticket``: an end waiting for it is closed (any thread)."""
+        if type(ticket) is not bytes:
+            return
         with self.lock:
             self._forget(ticket)
         self.wake()

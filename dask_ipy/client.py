@@ -658,6 +658,8 @@ class Client:
                                "scheduler's relay (%s); asking for them over ZeroMQ", e)
                 self.relay_port = None             # until the scheduler says otherwise
                 request["stream"] = False
+                # The senders waiting at the relay give up now, not at its timeout.
+                request["unwanted"] = [stream["ticket"] for stream in reply["streams"]]
                 timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
                 reply = self._request(request, timeout=timeout)
         return self._unpack_gather(reply)

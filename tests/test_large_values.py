@@ -59,6 +59,23 @@ def test_when_the_stream_fails_the_value_comes_over_zeromq_at_once():
         assert check(c.submit(make, SIZE, pure=False).result(timeout=60))
 
 
+def test_a_client_that_cannot_reach_the_relay_gets_the_value_over_zeromq():
+    with local_cluster() as (s, (wa, wb), c):
+        x = c.submit(make, SIZE, workers=[wa.address])
+        x.result(timeout=60)
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            c.relay_port = closed.getsockname()[1]
+        start = time.monotonic()
+        assert check(x.result(timeout=60))
+        assert c.relay_port is None
+        # The worker's stream, waiting at the relay for the client, is given up at
+        # once rather than at the relay's timeout.
+        wait_for(lambda: wa.uploads.running == 0 and not s.relay._expected, timeout=10,
+                 message="the stream to be given up")
+        assert time.monotonic() - start < 10
+
+
 def test_an_encrypted_cluster_gathers_large_values_over_zeromq():
     security = Security.temporary(encrypt=True)
     options = {"security": security}

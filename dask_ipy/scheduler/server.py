@@ -192,6 +192,10 @@ class Scheduler:
                                         "relay_port": self.relay and self.relay.port})
             elif op == "close-client":
                 state.remove_client(cid)
+            elif op == "gather" and msg.get("unwanted") and self.relay is not None:
+                for ticket in msg["unwanted"]:           # streams the client gave up
+                    self.relay.cancel(ticket)
+                state.handle_client_message(cid, msg)
             elif op == "shutdown":
                 for ws in state.workers.values():
                     state.send_worker(ws, {"op": "close"})
