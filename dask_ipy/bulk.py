@@ -41,13 +41,14 @@ once), and at most `MAX_ACTIVE` transfers run at a time, each on a pool thread.
 from __future__ import annotations
 
 import collections
-import fcntl
+import contextlib
 import os
 import selectors
 import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .comm import logger
 from .protocol import POLY1305_FROM, ProtocolError, writable_buffer
@@ -86,6 +87,29 @@ class Pool:
         self.queue = collections.deque()
         self.lock = threading.Lock()
         self.running = 0
+        self.sockets = set()          # of the transfers in progress (`holding`)
+
+    @contextlib.contextmanager
+    def holding(self, sock):
+        """Count `sock` among the transfers `stop` ends."""
+        with self.lock:
+            self.sockets.add(sock)
+        try:
+            yield sock
+        finally:
+            with self.lock:
+                self.sockets.discard(sock)
+
+    def stop(self):
+        """End the transfers in progress now, and drop those not started."""
+        with self.lock:
+            self.queue.clear()
+            sockets = list(self.sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def submit(self, fn, *args):
         with self.lock:
@@ -126,7 +150,6 @@ class _Desk:
         self.lock = threading.Lock()
         self.closed = False
         self.refused = 0                 # connections closed without a transfer
-        self._active = set()             # connections handed to the pool
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.sock, selectors.EVENT_READ, None)
         self._wake_r, self._wake_w = os.pipe()
@@ -247,20 +270,15 @@ class _Desk:
         conn.close()
         return None
 
-    def _hand_over(self, fn, *conns_and_args, conns=()):
-        """Run ``fn(*conns_and_args)`` on the pool; ``conns`` are shut down if the
-        listener closes first."""
-        with self.lock:
-            self._active.update(conns)
-
+    def _hand_over(self, fn, *args, conns=()):
+        """Run ``fn(*args)`` on the pool; ``conns`` are closed after it, and shut down
+        at once if the listener closes first."""
         def run():
-            try:
-                fn(*conns_and_args)
-            finally:
-                with self.lock:
-                    self._active.difference_update(conns)
-                for c in conns:
-                    c.close()
+            with contextlib.ExitStack() as stack:
+                for conn in conns:
+                    stack.enter_context(conn)
+                    stack.enter_context(self.pool.holding(conn))
+                fn(*args)
         self.pool.submit(run)
 
     def _admit(self, conn, preamble, accepted):
@@ -273,13 +291,7 @@ class _Desk:
             self.closed = True
         self.wake()
         self._thread.join(5)
-        with self.lock:
-            active = list(self._active)
-        for conn in active:              # transfers in progress end now
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.pool.stop()                 # transfers in progress end now
         try:
             self.sock.close()
         finally:
@@ -443,6 +455,8 @@ def _splice(up, down, nbytes):
     """`_copy` through a pipe, with splice(2): the bytes never enter user space.  The
     sockets block, with kernel timeouts (a Python timeout would make them
     non-blocking, which splice does not wait on)."""
+    import fcntl
+
     timeout = struct.pack("ll", int(IO_TIMEOUT), 0)
     for s in (up, down):
         s.settimeout(None)
@@ -492,9 +506,12 @@ def send_stream(conn, session, header, payload) -> int:
     return sum(v.nbytes for v in views)
 
 
-def upload(session, host, port, ticket, header, payload, timeout, connect_timeout=None):
-    """Stream a message into the relay at host:port under ``ticket``."""
-    with socket.create_connection((host, port), timeout=connect_timeout or timeout) as s:
+def upload(session, host, port, ticket, header, payload, timeout, connect_timeout=None,
+           pool=None):
+    """Stream a message into the relay at host:port under ``ticket`` (a transfer of
+    ``pool``, which may end it)."""
+    with socket.create_connection((host, port), timeout=connect_timeout or timeout) as s, \
+            (pool.holding(s) if pool is not None else contextlib.nullcontext()):
         s.settimeout(timeout)
         s.sendall(UPLOAD + ticket)
         return send_stream(s, session, header, payload)
@@ -537,18 +554,27 @@ def fetch(session, host, port, preamble, timeout, sizes, connect_timeout=None):
 
 def receive(session, host, port, streams, timeout=IO_TIMEOUT, connect_timeout=5.0):
     """{key: Serialized}: the values of ``streams`` (each {ticket, sizes, keys}, as the
-    scheduler announced them), downloaded from the relay at host:port.  Each is one
+    scheduler announced them), downloaded from the relay at host:port, all at once (a
+    sender waits for its stream to be taken; none must wait for another).  Each is one
     "data" message signed for this endpoint and carrying its ticket, so an old one
     cannot be passed off as it.  Raises OSError or ProtocolError."""
-    data = {}
-    for stream in streams:
+    def one(stream):
         ticket = stream["ticket"]
         frames, tags = fetch(session, host, port, DOWNLOAD + ticket, timeout,
                              stream["sizes"], connect_timeout)
         msgs = session.loads(frames, check_replay=False, tags=tags)
         if len(msgs) != 1 or msgs[0].get("op") != "data" or msgs[0].get("ticket") != ticket:
             raise ProtocolError("the relay brought another message than announced")
-        data.update(msgs[0]["data"])
+        return msgs[0]["data"]
+
+    data = {}
+    if len(streams) == 1:
+        data.update(one(streams[0]))
+        return data
+    with ThreadPoolExecutor(min(len(streams), MAX_ACTIVE),
+                            thread_name_prefix="dask-ipy-receive") as pool:
+        for values in pool.map(one, streams):
+            data.update(values)
     return data
 
 

@@ -594,22 +594,21 @@ class Session:
         Takes the next counter of the stream to `to`.  A handshake message (`hello`,
         `hello-reply`) carries the null epoch and may leave `to` empty; every other
         one needs the epoch and a recipient.  `frame_limit` None: no frame is cut."""
-        if isinstance(msgs, dict):
+        if type(msgs) is dict:
             msgs = [msgs]
         if to is None:
             to = b""
         if type(to) is not bytes or len(to) > 0xFFFF:
             raise ValueError("recipient must be bytes")
+        epoch = self._epoch
         if handshake:
             if any(m.get("op") not in HANDSHAKE_OPS for m in msgs):
                 raise ValueError(f"only {sorted(HANDSHAKE_OPS)} go without an epoch")
             epoch = _NO_EPOCH
-        else:
-            if not to:
-                raise ValueError("a message needs a recipient")
-            epoch = self._epoch
-            if epoch is None:
-                raise ValueError("no epoch yet: the handshake has not been answered")
+        elif not to:
+            raise ValueError("a message needs a recipient")
+        elif epoch is None:
+            raise ValueError("no epoch yet: the handshake has not been answered")
         payload = []
 
         def default(obj):
@@ -625,8 +624,8 @@ class Session:
         counter = self._counters.get(to)
         if counter is None:
             counter = self._counters[to] = itertools.count(1)
-        prefix_len = _ENVELOPE.size + len(self.identity) + len(to)
         rest = []
+        prefix_len = _ENVELOPE.size + len(self.identity) + len(to)
         if frame_limit is not None and prefix_len + len(body) > frame_limit:
             room = max(frame_limit - prefix_len, 0)
             view = memoryview(body)

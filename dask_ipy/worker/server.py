@@ -480,7 +480,7 @@ class Worker:
         def upload():
             try:
                 bulk.upload(self.session, host, self.relay_port, ticket, header, payload,
-                            self.gather_timeout, self.connect_timeout)
+                            self.gather_timeout, self.connect_timeout, self.uploads)
             except OSError as e:
                 logger.warning("worker %s: could not stream data through the scheduler's "
                                "relay: %s", self.address, e)
@@ -683,6 +683,7 @@ class Worker:
         self._flush()
         if self.bulk is not None:
             self.bulk.close()
+        self.uploads.stop()
         self.loop.running = False
         self.closed.set()
         for _ in self.threads:
@@ -695,6 +696,7 @@ class Worker:
         self.rejections.close()
         if self.bulk is not None:
             self.bulk.close()
+        self.uploads.stop()
         self.closed.set()
         for _ in self.threads:
             self.jobs.put(None)
