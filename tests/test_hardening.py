@@ -10,15 +10,14 @@
 - a flood of bad messages writes a few log lines, with counts.
 
 The attacker here holds no key unless a test says otherwise; it speaks ZeroMQ's wire
-protocol (ZMTP) by hand where a pyzmq socket would refuse to send what it sends.
+protocol (ZMTP) by hand (benchmarks/attacks.py, which measures the same attacks) where
+a pyzmq socket would refuse to send what it sends.
 """
 
-import contextlib
 import json
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import psutil
 import pytest
 import zmq
 
+from benchmarks.attacks import frame_header, peak_rss, send_zeros, zmtp_connect
 from conftest import WORKER_SCRIPT, wait_for
 from dask_ipy import Client, Security, bulk
 from dask_ipy.protocol import MAX_FRAME_BYTES, Session, serialize
@@ -114,86 +114,10 @@ def port_of(address):
     return int(address.rsplit(":", 1)[1])
 
 
-def peak_rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
 def stderr_lines(p):
     p.err.flush()
     p.err.seek(0)
     return p.err.read().splitlines()
-
-
-# ---------------------------------------------------------------- raw ZMTP 3.0
-
-
-def _recv_n(s, n):
-    got = b""
-    while len(got) < n:
-        more = s.recv(n - len(got))
-        if not more:
-            raise ConnectionError("closed during the handshake")
-        got += more
-    return got
-
-
-def _command(s, body):
-    s.sendall(b"\x04" + bytes([len(body)]) + body)
-
-
-def _read_command(s):
-    flags = _recv_n(s, 1)[0]
-    size = struct.unpack(">Q", _recv_n(s, 8))[0] if flags & 2 else _recv_n(s, 1)[0]
-    return _recv_n(s, size)
-
-
-def zmtp_connect(port, identity=b"attacker", password=None):
-    """A raw DEALER connection: NULL mechanism, or PLAIN with `password`.  Raises
-    ConnectionError when the server refuses the handshake."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    mechanism = b"PLAIN" if password is not None else b"NULL"
-    greeting = (b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\0")
-                + bytes(32))
-    try:
-        s.sendall(greeting[:10])
-        _recv_n(s, 10)
-        s.sendall(greeting[10:])
-        _recv_n(s, 54)
-
-        def prop(name, value):
-            return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
-        meta = prop(b"Socket-Type", b"DEALER") + prop(b"Identity", identity)
-        if password is not None:
-            _command(s, b"\x05HELLO\x08dask-ipy" + bytes([len(password)]) + password)
-            if not _read_command(s).startswith(b"\x07WELCOME"):
-                raise ConnectionError("PLAIN refused")
-            _command(s, b"\x08INITIATE" + meta)
-        else:
-            _command(s, b"\x05READY" + meta)
-        _read_command(s)
-    except (ConnectionError, OSError):
-        s.close()
-        raise ConnectionError("handshake refused") from None
-    return s
-
-
-def frame_header(size, more):
-    flags = int(more) | (2 if size > 255 else 0)
-    return bytes([flags]) + (struct.pack(">Q", size) if size > 255 else bytes([size]))
-
-
-ZEROS = memoryview(bytes(1 << 20))
-
-
-def send_zeros(s, n):
-    while n:
-        k = min(n, len(ZEROS))
-        s.sendall(ZEROS[:k])
-        n -= k
 
 
 def attempt(fn):

@@ -41,15 +41,20 @@ def test_a_large_result_streams_to_the_client_through_the_relay():
         assert s.bytes_received < SIZE
 
 
+def closed_port():
+    """A port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_when_the_stream_fails_the_value_comes_over_zeromq_at_once():
     with local_cluster() as (s, (wa, wb), c):
         x = c.submit(make, SIZE, workers=[wa.address])
         x.result(timeout=60)
         # The worker's uploads now go nowhere: it says so, the scheduler gives the
         # ticket up, and the client asks again without a stream.
-        with socket.socket() as closed:
-            closed.bind(("127.0.0.1", 0))
-            wa.relay_port = closed.getsockname()[1]
+        wa.relay_port = closed_port()
         relayed = s.relay.relayed
         start = time.monotonic()
         assert check(x.result(timeout=60))
@@ -63,9 +68,7 @@ def test_a_client_that_cannot_reach_the_relay_gets_the_value_over_zeromq():
     with local_cluster() as (s, (wa, wb), c):
         x = c.submit(make, SIZE, workers=[wa.address])
         x.result(timeout=60)
-        with socket.socket() as closed:
-            closed.bind(("127.0.0.1", 0))
-            c.relay_port = closed.getsockname()[1]
+        c.relay_port = closed_port()
         start = time.monotonic()
         assert check(x.result(timeout=60))
         assert c.relay_port is None
