@@ -33,7 +33,7 @@ from collections import deque
 
 import zmq
 
-from .protocol import MAX_FRAME_BYTES
+from .protocol import EPOCH_BYTES, MAX_FRAME_BYTES
 
 logger = logging.getLogger("dask_ipy")
 
@@ -449,7 +449,8 @@ class Handshake:
             return None
         self.nonce = None
         epoch, ident = msg.get("epoch"), msg.get("id")
-        if type(epoch) is not bytes or type(ident) is not bytes or not ident:
+        if (type(epoch) is not bytes or len(epoch) != EPOCH_BYTES
+                or type(ident) is not bytes or not ident):
             return None
         return epoch, ident
 

@@ -436,12 +436,6 @@ class Worker:
         # The reply must fit under the scheduler's cap, if it has one, or the scheduler
         # drops it and the client waits forever: what does not fit is an error naming
         # the key.
-        if self.max_send_bytes is None and max_bytes is None:
-            self._flush()
-            self.outgoing.append({"op": "data", "request_id": request_id, "data": data,
-                                  "missing": missing, "errors": errors})
-            self._flush()
-            return
         limit = float("inf") if self.max_send_bytes is None else (
             self.max_send_bytes - SEND_MARGIN)
         if max_bytes is None:
