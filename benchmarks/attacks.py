@@ -159,41 +159,46 @@ def _password(file):
 # ---------------------------------------------------------------- the attacks
 
 
+def one_frame(port, password=None):
+    """One message whose second frame is 2 GiB."""
+    with zmtp_connect(port, password=password) as s:
+        s.sendall(frame_header(32, True) + bytes(32) + frame_header(2**31, False))
+        send_zeros(s, 2**31)
+
+
+def ten_at_once(port, password=None):
+    """Ten connections, each sending a message of 100 MiB; raises if none got in."""
+    errors = []
+
+    def one(i):
+        try:
+            with zmtp_connect(port, b"attacker-%d" % i, password) as s:
+                s.sendall(frame_header(32, True) + bytes(32)
+                          + frame_header(100 << 20, False))
+                send_zeros(s, 100 << 20)
+        except OSError as e:
+            errors.append(e)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(errors) == 10:
+        raise errors[0]
+
+
+def frame_by_frame(port, password=None, frames=2048):
+    """One message of `frames` frames of 1 MiB, none over the frame limit."""
+    with zmtp_connect(port, password=password) as s:
+        for _ in range(frames):
+            s.sendall(frame_header(1 << 20, True))
+            send_zeros(s, 1 << 20)
+        s.sendall(frame_header(0, False))
+
+
 def memory(directory):
     file = os.path.join(directory, "memory.json")
     sniffed = None
-
-    def one_frame(port, password):
-        with zmtp_connect(port, password=password) as s:
-            s.sendall(frame_header(32, True) + bytes(32) + frame_header(2**31, False))
-            send_zeros(s, 2**31)
-
-    def ten_at_once(port, password):
-        errors = []
-
-        def one(i):
-            try:
-                with zmtp_connect(port, b"attacker-%d" % i, password) as s:
-                    s.sendall(frame_header(32, True) + bytes(32)
-                              + frame_header(100 << 20, False))
-                    send_zeros(s, 100 << 20)
-            except OSError as e:
-                errors.append(e)
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if len(errors) == 10:
-            raise errors[0]
-
-    def frame_by_frame(port, password):
-        with zmtp_connect(port, password=password) as s:
-            for _ in range(2048):
-                s.sendall(frame_header(1 << 20, True))
-                send_zeros(s, 1 << 20)
-            s.sendall(frame_header(0, False))
-
     for attack in (one_frame, ten_at_once, frame_by_frame):
         for who in ("stranger", "guessed password", "sniffed password"):
             s = spawn("scheduler", file)

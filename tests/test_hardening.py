@@ -20,17 +20,17 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
 import pytest
 import zmq
 
-from benchmarks.attacks import frame_header, peak_rss, send_zeros, zmtp_connect
+from benchmarks.attacks import (frame_by_frame, frame_header, one_frame, peak_rss,
+                                send_zeros, ten_at_once, zmtp_connect)
 from conftest import WORKER_SCRIPT, wait_for
 from dask_ipy import Client, Security, bulk
-from dask_ipy.protocol import MAX_FRAME_BYTES, Session, serialize
+from dask_ipy.protocol import Session, serialize
 from dask_ipy.security import _plain_password
 
 pytestmark = pytest.mark.timeout(120)
@@ -254,39 +254,6 @@ def test_a_stranger_cannot_make_the_scheduler_hold_a_large_message(procs):
     time.sleep(0.3)
     before = peak_rss(pid)
 
-    def one_huge_frame():
-        sock = zmtp_connect(port)
-        with sock:
-            sock.sendall(frame_header(32, True) + bytes(32) + frame_header(2**31, False))
-            send_zeros(sock, 2**31)
-
-    def ten_at_once():
-        errors = []
-
-        def one(i):
-            try:
-                sock = zmtp_connect(port, b"attacker-%d" % i)
-                with sock:
-                    sock.sendall(frame_header(32, True) + bytes(32)
-                                 + frame_header(100 << 20, False))
-                    send_zeros(sock, 100 << 20)
-            except OSError as e:
-                errors.append(e)
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-
-    def frame_by_frame(password=None):
-        sock = zmtp_connect(port, password=password)
-        with sock:
-            for _ in range(512):                     # 512 MiB, none over the limit
-                sock.sendall(frame_header(MAX_FRAME_BYTES, True))
-                send_zeros(sock, MAX_FRAME_BYTES)
-
     def sniffed_password_huge_frame():
         # Whoever reads the traffic learns the PLAIN password (not the key): a frame
         # over the limit still ends the connection before it is stored.
@@ -295,8 +262,9 @@ def test_a_stranger_cannot_make_the_scheduler_hold_a_large_message(procs):
             sock.sendall(frame_header(1 << 30, False))
             send_zeros(sock, 1 << 30)
 
-    for attack in (one_huge_frame, ten_at_once, frame_by_frame,
-                   lambda: frame_by_frame(password=b"a guess")):
+    for attack in (lambda: one_frame(port), lambda: ten_at_once(port),
+                   lambda: frame_by_frame(port, frames=512),
+                   lambda: frame_by_frame(port, b"a guess", frames=512)):
         went_through, error = attempt(attack)
         assert not went_through and isinstance(error, ConnectionError), attack
     went_through, error = attempt(sniffed_password_huge_frame)
