@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import queue
+import shutil
 import socket
 import threading
 import time
@@ -25,12 +26,18 @@ import zmq
 from dask.sizeof import sizeof
 
 from .. import bulk
+from .. import config as cfg
 from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
 from ..graph import execute
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
 from ..security import Security, find_security, read_connection_file
+from . import limits
+from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
+                      TaskThreadLimits)
 from .state import RELAY, Execute, GatherDep, Send, WorkerState
+from .store import SpillStore, Spilled
+from .system import host_cores, host_memory
 
 MAX_ERROR_TEXT = 10_000
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
@@ -149,13 +156,30 @@ class Worker:
     ``unreachable_retry`` seconds a new connection is tried in the background.
     ``contact_address`` is the address peers are told to use, when it is not the one
     bound (a port forward, a NAT).
+
+    Memory (see the README): ``memory_limit`` is "auto" (this host's memory, or its
+    cgroup's limit, shared among the workers of this scheduler on this host), bytes,
+    a string such as "2GiB", a fraction of the host, or None for no limit.  With a
+    limit and no ``data``, results spill to a private directory under
+    ``local_directory`` (default: dask's temporary-directory, else the system's).
+    The ``memory_*_fraction`` arguments override ``dask-ipy.worker.memory.*`` in
+    dask.config.  ``memory_terminate_action``: what a task that takes the process
+    past the terminate fraction meets: "interrupt" (a TaskMemoryError inside the
+    task; the process lives on: for workers inside engines) or "exit" (the worker
+    exits for its supervisor to start a new one; `dask-ipy worker` does this).
+    ``blas_threads``: threads of BLAS/OpenMP pools inside tasks ("auto", a number,
+    or False to leave them alone; default ``dask-ipy.worker.blas-threads``).
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
                  nthreads=1, security=None, name=None, heartbeat_interval=0.5,
                  connect_timeout=5.0, gather_timeout=30.0, unreachable_retry=30.0,
                  contact_address=None, validate=False,
-                 max_message_bytes=MAX_MESSAGE_BYTES):
+                 max_message_bytes=MAX_MESSAGE_BYTES, memory_limit="auto",
+                 local_directory=None, memory_target_fraction=None,
+                 memory_spill_fraction=None, memory_pause_fraction=None,
+                 memory_terminate_fraction=None, memory_terminate_action="interrupt",
+                 memory_monitor_interval=None, blas_threads=None):
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler, security, "address_to_workers")
@@ -179,9 +203,15 @@ class Worker:
             ttl=gather_timeout)
         self.no_bulk = set()                   # peers whose side channel failed us
         self.name = name if name is not None else self.address
-        self.data = data if data is not None else {}
-        self.state = WorkerState(self.address, nthreads, self.data, validate)
         self.process = psutil.Process()
+        self._setup_memory(data, memory_limit, local_directory, memory_target_fraction,
+                           memory_spill_fraction, memory_pause_fraction,
+                           memory_terminate_fraction, memory_terminate_action,
+                           memory_monitor_interval, blas_threads)
+        # The I/O thread never waits for a disk: a spilling store gives it a view
+        # whose reads of spilled values return markers (see worker/store.py).
+        self.state = WorkerState(self.address, nthreads,
+                                 getattr(self.data, "nonblocking", self.data), validate)
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
         self.connecting = {}                   # {address: (monitor socket, timer)}
@@ -199,9 +229,118 @@ class Worker:
             self.threads.append(t)
         self.loop.call_later(heartbeat_interval, self._heartbeat)
         self.loop.start()
+        if self.monitor is not None:
+            self.monitor.start()
 
     def __repr__(self):
         return f"<Worker {self.address} nthreads={self.nthreads} keys={len(self.data)}>"
+
+    # ---------------------------------------------------------------- memory
+
+    def _setup_memory(self, data, memory_limit, local_directory, target, spill, pause,
+                      terminate, action, interval, blas_threads):
+        if action not in ("interrupt", "exit"):
+            raise ValueError(f"memory_terminate_action must be 'interrupt' or 'exit', "
+                             f"not {action!r}")
+        self.memory_setting = memory_limit
+        self.host_memory = host_memory()
+        self.host_workers = 1
+        self.memory_limit = limits.memory_limit_bytes(memory_limit, self.host_memory)
+        self.memory_fractions = cfg.memory_fractions(
+            target=target, spill=spill, pause=pause, terminate=terminate)
+        self.local_directory = local_directory or cfg.dask.config.get(
+            "temporary-directory", None) or None
+        self._owns_data = data is None
+        if data is None:
+            if self.memory_limit and (self.memory_fractions["target"]
+                                      or self.memory_fractions["spill"]):
+                data = SpillStore(self._store_budget(), directory=self.local_directory)
+            else:
+                data = {}
+        self.data = data
+        self.running = RunningTasks()
+        self.monitor = None
+        if self.memory_limit:
+            interval = interval or cfg.get("worker.memory.monitor-interval")
+            self.monitor = MemoryMonitor(self, self.memory_limit, self.memory_fractions,
+                                         action, float(interval),
+                                         float(cfg.get("worker.memory.resume-margin")))
+        self.blas_setting = (cfg.get("worker.blas-threads") if blas_threads is None
+                             else blas_threads)
+        threads = limits.blas_threads(self.blas_setting, host_cores(), self.nthreads)
+        self.thread_limits = TaskThreadLimits(threads) if threads else None
+        self._exiting = False
+
+    def _store_budget(self):
+        target = self.memory_fractions["target"]
+        return self.memory_limit * target if target else float("inf")
+
+    def _on_host_workers(self, n):
+        """The scheduler counts ``n`` workers on this host: an "auto" limit and "auto"
+        task thread pools take their share."""
+        self.host_workers = max(int(n), 1)
+        if self.thread_limits is not None and self.blas_setting == "auto":
+            self.thread_limits.threads = limits.blas_threads(
+                "auto", max(host_cores() // self.host_workers, 1), self.nthreads)
+        if self.memory_setting != "auto" or self.monitor is None:
+            return
+        new = limits.memory_limit_bytes("auto", self.host_memory, self.host_workers)
+        if new == self.memory_limit:
+            return
+        logger.info("worker %s: %d workers on this host; memory limit %d bytes",
+                    self.address, self.host_workers, new)
+        self.memory_limit = self.monitor.limit = new
+        if self._owns_data and isinstance(self.data, SpillStore):
+            self.data.memory_limit = self._store_budget()
+
+    def memory_paused(self, paused, rss):
+        """From the memory watch (on the loop): stop or start taking tasks, and tell
+        the scheduler at once (with a heartbeat)."""
+        if paused == self.state.paused:
+            return
+        if paused:
+            logger.warning("worker %s: memory %d bytes is past %.0f%% of its limit "
+                           "(%d bytes): paused", self.address, rss,
+                           100 * self.memory_fractions["pause"], self.memory_limit)
+        else:
+            logger.warning("worker %s: memory %d bytes: running again", self.address, rss)
+        self._handle("pause" if paused else "resume")
+        self._send_heartbeat()
+
+    def handle_memory_exceeded(self, keys, rss, limit, action):
+        """From the memory watch (on the loop): running tasks were stopped."""
+        self._handle("memory-exceeded", keys=keys, rss=rss, limit=limit, action=action)
+
+    def exit_for_memory(self, rss, limit, keys):
+        """From the memory watch: tell the scheduler which tasks ran, remove this
+        worker's files, and exit for the supervisor to start a new worker."""
+        if self._exiting:
+            return
+        self._exiting = True
+        told = threading.Event()
+
+        def tell():
+            self._handle("memory-exceeded", keys=keys, rss=rss, limit=limit,
+                         action="exit")
+            self._flush()
+            told.set()
+        self.loop.call_soon(tell)
+        told.wait(1.0)
+        logger.error("worker %s: memory %d bytes passed %.0f%% of its %d byte limit "
+                     "while running %s: exiting to be restarted", self.address, rss,
+                     100 * self.memory_fractions["terminate"], limit, keys)
+        time.sleep(0.05)                  # the message leaves ZeroMQ's queue
+        if isinstance(self.data, SpillStore):
+            shutil.rmtree(self.data.directory, ignore_errors=True)
+        os._exit(EXIT_MEMORY)
+
+    def _memory_metrics(self):
+        store = self.data
+        managed = store.memory if isinstance(store, SpillStore) else self.state.managed
+        spilled = store.spilled_bytes if isinstance(store, SpillStore) else 0
+        return {"managed": managed, "spilled": spilled,
+                "memory_limit": self.memory_limit,
+                "status": "paused" if self.state.paused else "running"}
 
     # ---------------------------------------------------------------- scheduler link
 
@@ -216,7 +355,8 @@ class Worker:
         self.outgoing.append({
             "op": "register-worker", "address": self.address, "nthreads": self.nthreads,
             "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-            "memory_limit": psutil.virtual_memory().total})
+            "memory_limit": self.memory_limit, "memory_fractions": self.memory_fractions,
+            "auto_memory": self.memory_setting == "auto"})
 
     def _reconnect(self):
         logger.warning("worker %s: the scheduler does not know us; registering again",
@@ -251,6 +391,8 @@ class Worker:
                 self._put_data(msg["data"])
             elif op == "welcome":
                 self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
+            elif op == "host-workers":
+                self._on_host_workers(msg["n"])
             elif op == "send-data":
                 self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
             elif op == "run":
@@ -295,6 +437,10 @@ class Worker:
                                self.address, e)
 
     def _heartbeat(self):
+        self._send_heartbeat()
+        self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+
+    def _send_heartbeat(self):
         try:
             mem = self.process.memory_info().rss
             cpu = self.process.cpu_percent()
@@ -302,34 +448,67 @@ class Worker:
             mem = cpu = 0
         self.outgoing.append({"op": "heartbeat", "metrics": {
             "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
-            "ready": len(self.state.ready), "keys": len(self.data)}})
-        self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+            "ready": len(self.state.ready), "keys": len(self.data),
+            **self._memory_metrics()}})
 
     # ---------------------------------------------------------------- running tasks
 
     def _pool_thread(self):
+        limits_ = self.thread_limits
+        busy = False                    # in a stretch of tasks: thread pools capped
         while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            start = time.time()
+            if busy and self.jobs.empty():
+                limits_.leave()
+                busy = False
             try:
-                node = deserialize(job.run_spec)
-                value = execute(node, job.inputs)
-                nbytes = sizeof(value)
-                result = ("execute-success", {"key": job.key, "value": value,
-                                              "nbytes": nbytes, "type": typename(value),
-                                              "start": start, "stop": time.time(),
-                                              "data": inline(value, nbytes, job)})
-            except BaseException as e:  # a task may raise anything, SystemExit too
-                result = ("execute-failure", {"key": job.key,
-                                              "error": error_payload(e, e.__traceback__),
-                                              "start": start, "stop": time.time()})
-                del e
+                job = self.jobs.get()
+            except TaskMemoryError:     # a stop meant for a task that had ended
+                continue
+            if job is None:
+                if busy:
+                    limits_.leave()
+                return
+            if limits_ is not None and not busy:
+                limits_.enter()
+                busy = True
+            result = None
+            while result is None:
+                try:
+                    result = self._run_job(job)
+                except TaskMemoryError as e:      # landed just around the task
+                    self.running.end()
+                    result = ("execute-failure", {
+                        "key": job.key, "error": error_payload(e, None),
+                        "start": time.time(), "stop": time.time()})
             job = None
             if self.closed.is_set():
                 continue
             self.loop.call_soon(self._task_done, result)
+
+    def _run_job(self, job):
+        start = time.time()
+        running = self.running
+        try:
+            running.start(job.key)
+            try:
+                node = deserialize(job.run_spec)
+                inputs = job.inputs
+                if any(type(v) is Spilled for v in inputs.values()):
+                    inputs = {k: v.load() if type(v) is Spilled else v
+                              for k, v in inputs.items()}
+                value = execute(node, inputs)
+            finally:
+                running.end()
+            nbytes = sizeof(value)
+            return ("execute-success", {"key": job.key, "value": value,
+                                        "nbytes": nbytes, "type": typename(value),
+                                        "start": start, "stop": time.time(),
+                                        "data": inline(value, nbytes, job)})
+        except BaseException as e:  # a task may raise anything, SystemExit too
+            running.end()
+            return ("execute-failure", {"key": job.key,
+                                        "error": error_payload(e, e.__traceback__),
+                                        "start": start, "stop": time.time()})
 
     def _task_done(self, result):
         op, kw = result
@@ -358,21 +537,40 @@ class Worker:
             sizes[key] = (sizeof(value), typename(value))
         self._handle("put-data", data=values, sizes=sizes)
 
-    def _serialize_data(self, keys):
+    def _serialize_data(self, keys, then):
+        """Call ``then(data, missing, errors)`` on the loop with the values of
+        ``keys`` serialized: at once, or, when some are on disk, once the store's
+        unspill thread has read their frames (the loop never waits for a disk)."""
         found, missing = self.state.get_data(keys)
-        data, errors = {}, {}
+        data, errors, spilled = {}, {}, []
         for key, value in found.items():
+            if type(value) is Spilled:
+                spilled.append(key)
+                continue
             try:
                 data[key] = serialize(value)
             except Exception as e:
                 errors[key] = {"type": type(e).__name__,
                                "text": f"result of {key!r} could not be serialized: {e}"}
-        return data, missing, errors
+        if not spilled:
+            then(data, missing, errors)
+            return
+
+        def read(more, lost):                  # on the unspill thread
+            self.loop.call_soon(finish, more, lost)
+
+        def finish(more, lost):
+            data.update(more)
+            then(data, list(missing) + list(lost), errors)
+        self.data.read_in_background(spilled, read)
 
     def _send_data(self, keys, request_id, max_bytes=None):
         """Values for the scheduler: a client's gather, or a relay to a worker that
         cannot reach this one (``max_bytes``: the relay's cap)."""
-        data, missing, errors = self._serialize_data(keys)
+        self._serialize_data(keys, lambda data, missing, errors: self._reply_data(
+            request_id, max_bytes, data, missing, errors))
+
+    def _reply_data(self, request_id, max_bytes, data, missing, errors):
         # The reply must fit under the scheduler's cap, or the scheduler drops it and
         # the client waits forever: what does not fit is an error naming the key.
         limit = self.max_send_bytes - SEND_MARGIN
@@ -410,23 +608,26 @@ class Worker:
         for msg in msgs:
             if msg.get("op") != "get-data":
                 continue
-            data, missing, errors = self._serialize_data(msg["keys"])
-            missing = list(missing) + list(errors)
-            reply = {"op": "data", "request_id": msg["request_id"], "data": data,
-                     "missing": missing}
-            header, payload = self.session.encode([reply], to=peer)
-            if (msg.get("bulk") and self.bulk is not None
-                    and sum(memoryview(f).nbytes for f in payload) >= bulk.BULK_FROM):
-                ticket = self.bulk.offer(self.session, header, payload)
-                frames = self.session.dumps([{
-                    "op": "data-bulk", "request_id": msg["request_id"],
-                    "ticket": ticket, "port": self.bulk.port}], to=peer)
-            else:
-                frames = [self.session.seal(header, payload), header, *payload]
-            try:
-                send(self.peer_socket, [peer] + frames)
-            except Exception as e:
-                logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
+            self._serialize_data(
+                msg["keys"], lambda data, missing, errors, msg=msg: self._reply_peer(
+                    peer, msg, data, list(missing) + list(errors)))
+
+    def _reply_peer(self, peer, msg, data, missing):
+        reply = {"op": "data", "request_id": msg["request_id"], "data": data,
+                 "missing": missing}
+        header, payload = self.session.encode([reply], to=peer)
+        if (msg.get("bulk") and self.bulk is not None
+                and sum(memoryview(f).nbytes for f in payload) >= bulk.BULK_FROM):
+            ticket = self.bulk.offer(self.session, header, payload)
+            frames = self.session.dumps([{
+                "op": "data-bulk", "request_id": msg["request_id"],
+                "ticket": ticket, "port": self.bulk.port}], to=peer)
+        else:
+            frames = [self.session.seal(header, payload), header, *payload]
+        try:
+            send(self.peer_socket, [peer] + frames)
+        except Exception as e:
+            logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
 
     def _gather(self, peer, keys):
         # 64 random bits: a reply over the side channel is accepted for this id only
@@ -594,6 +795,7 @@ class Worker:
         self.closed.set()
         for _ in self.threads:
             self.jobs.put(None)
+        self._release_resources()
 
     def close(self, timeout=5):
         if self.loop.running and not self.loop.in_loop():
@@ -604,6 +806,14 @@ class Worker:
         self.closed.set()
         for _ in self.threads:
             self.jobs.put(None)
+        self._release_resources()
+
+    def _release_resources(self):
+        """The memory watch stops; a store this worker made removes its files."""
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self._owns_data and isinstance(self.data, SpillStore):
+            self.data.close()
 
     def wait(self, timeout=None):
         self.loop.stopped.wait(timeout)
