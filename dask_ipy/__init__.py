@@ -14,6 +14,8 @@ _PUBLIC = {
     "wait": ".futures",
     "as_completed": ".futures",
     "KilledWorker": ".futures",
+    "MemoryLimitExceeded": ".futures",
+    "PausedWorkerWarning": ".futures",
     "CancelledError": ".futures",
     "RemoteError": ".futures",
     "SchedulerLost": ".futures",
@@ -67,6 +69,7 @@ def unload_ipython_extension(ip):
 
 
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
-           "dask_client_from_ipclient", "KilledWorker", "CancelledError", "RemoteError",
+           "dask_client_from_ipclient", "KilledWorker", "MemoryLimitExceeded",
+           "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress"]

@@ -20,6 +20,7 @@ import threading
 import time
 import types
 import uuid
+import warnings
 import weakref
 from collections import Counter
 
@@ -31,8 +32,10 @@ from dask.utils import funcname
 
 from . import graph as g
 from .comm import IOLoop, send, connect_dealer, logger, new_id
-from .futures import (ClientExecutor, Future, FutureState, SchedulerLost, _DataLost,
-                      _set_exception, _unpickling, rebuild_error)
+from . import config as cfg
+from .futures import (ClientExecutor, Future, FutureState, PausedWorkerWarning,
+                      SchedulerLost, _DataLost, _set_exception, _unpickling,
+                      rebuild_error)
 from .protocol import (INLINE_LIMIT, MAX_MESSAGE_BYTES, MessageTooLarge,
                        ProtocolError, Session, deserialize, serialize)
 from .worker.server import resolve_scheduler
@@ -135,6 +138,22 @@ def call_spec(key, fn, args, kwargs):
                 **{k: parse_input(v) for k, v in kwargs2.items()}), found
 
 
+def paused_text(info):
+    """A warning about a worker paused for long, from its memory figures."""
+    from dask.utils import format_bytes
+
+    name = info.get("name") or info.get("address")
+    where = f"{name} ({info['address']})" if name != info.get("address") else name
+    limit = info.get("memory_limit")
+    of = f" of its {format_bytes(limit)} limit" if limit else ""
+    return (f"worker {where} has been paused for {info.get('seconds', 0):.0f} s: its "
+            f"process holds {format_bytes(info.get('memory', 0))}{of} "
+            f"({format_bytes(info.get('managed', 0))} of results in memory, "
+            f"{format_bytes(info.get('spilled', 0))} spilled to disk).  It starts no "
+            "task until its memory falls: release results you no longer need, "
+            "persist less at once, or give workers more memory (memory_limit=).")
+
+
 class Client:
     """A connection to a scheduler.
 
@@ -179,7 +198,9 @@ class Client:
         self.status = "connecting"
         self._status_lock = threading.Lock()   # one close, even from two threads
         self._previous_scheduler = None
+        self.paused_warning = cfg.paused_warning()
         self.loop.start()
+        self._send(self._options())
         try:
             welcome = self._request({"op": "register-client"}, timeout=timeout,
                                     reply_op="welcome")
@@ -259,6 +280,7 @@ class Client:
             if self._lost:
                 self._lost = False
                 self.status = "running"
+                self.outgoing.append(self._options())
                 self.outgoing.append({"op": "register-client"})
                 if self.monitor_callbacks:     # the scheduler forgot the subscription
                     self.outgoing.append({"op": "monitor", "on": True})
@@ -362,6 +384,13 @@ class Client:
         if entry is not None:
             entry[1].set_exception(RuntimeError(msg["text"]))
 
+    def _options(self):
+        """What the scheduler keeps per client: when to warn of a paused worker."""
+        return {"op": "client-options", "paused_warning": self.paused_warning}
+
+    def _on_worker_paused_long(self, msg):
+        warnings.warn(PausedWorkerWarning(paused_text(msg)), stacklevel=2)
+
     def _on_monitor_snapshot(self, msg):
         self.last_snapshot = msg
         for cb in list(self.monitor_callbacks):
@@ -383,6 +412,7 @@ class Client:
         "scatter-failed": _on_scatter_failed,
         "monitor-snapshot": _on_monitor_snapshot,
         "scheduler-closing": _on_scheduler_closing,
+        "worker-paused-long": _on_worker_paused_long,
     }
 
     # ---------------------------------------------------------------- requests

@@ -297,7 +297,7 @@ def _memory_text(ws, msg):
     fractions = ws.memory_fractions or {}
     terminate = fractions.get("terminate")
     at = f", stopped at {terminate:.0%} of it" if terminate else ""
-    action = ("the task was interrupted; the worker's process (an engine) lives on"
+    action = ("the task was interrupted; the worker's process lives on"
               if msg.get("action") == "interrupt" else "the worker was restarted")
     return (f"worker {ws.address}{name} reached {format_bytes(msg.get('rss', 0))} of "
             f"its {format_bytes(msg.get('limit', ws.memory_limit))} memory limit{at}; "

@@ -104,13 +104,14 @@ def cgroup_cpu_limit(root=CGROUP_ROOT, proc_cgroup=PROC_CGROUP):
                     found.append(int(quota) / int(period))
             except (OSError, ValueError):
                 pass
-    for controller in ("cpu", "cpu,cpuacct"):
-        if controller in paths:
-            for d in _upwards(os.path.join(root, controller), paths[controller]):
+    for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if "cpu" in paths else ():
+        if os.path.isdir(os.path.join(root, mount)):
+            for d in _upwards(os.path.join(root, mount), paths["cpu"]):
                 quota = _read_number(os.path.join(d, "cpu.cfs_quota_us"))
                 period = _read_number(os.path.join(d, "cpu.cfs_period_us"))
                 if quota and quota > 0 and period:
                     found.append(quota / period)
+            break
     return min(found) if found else None
 
 
