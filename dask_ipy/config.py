@@ -35,7 +35,7 @@ DEFAULTS = {
                 "pause": 0.8,
                 "terminate": 0.95,
                 # seconds between two samples of the process's memory
-                "monitor-interval": 0.1,
+                "monitor-interval": 0.05,
                 # a paused worker resumes once its memory is this far under `pause`
                 "resume-margin": 0.05,
             },

@@ -367,11 +367,11 @@ def test_clients_hear_of_workers_paused_too_long_once_each(s):
 
 def test_workers_with_an_auto_limit_learn_how_many_share_their_host():
     s = SchedulerState(validate=True)
-    s.add_worker("w1", A, host="h", auto_memory=True)
+    s.add_worker("w1", A, host="h", shares_host=True)
     assert take(s) == [("worker", "w1", {"op": "registered"}),
                        ("worker", "w1", {"op": "host-workers", "n": 1})]
     s.add_worker("w2", B, host="h")
-    s.add_worker("w3", "tcp://10.0.0.3:1", host="other", auto_memory=True)
+    s.add_worker("w3", "tcp://10.0.0.3:1", host="other", shares_host=True)
     assert [m for m in take(s) if m[2]["op"] == "host-workers"] == [
         ("worker", "w1", {"op": "host-workers", "n": 2}),
         ("worker", "w3", {"op": "host-workers", "n": 1})]

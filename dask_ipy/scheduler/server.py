@@ -101,7 +101,7 @@ class Scheduler:
                                       msg.get("name"), msg.get("host", ""),
                                       msg.get("pid"), msg.get("memory_limit", 0), now=now,
                                       memory_fractions=msg.get("memory_fractions"),
-                                      auto_memory=msg.get("auto_memory", False))
+                                      shares_host=msg.get("shares_host", False))
                 # The worker keeps what it sends us under our cap (results it cannot
                 # send become errors naming the key, instead of dropped messages).
                 state.send_worker(ws, {"op": "welcome",

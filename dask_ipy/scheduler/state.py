@@ -198,7 +198,7 @@ class WorkerState:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
                  "last_seen", "metrics", "since", "status", "unreachable",
-                 "memory_fractions", "paused_since", "time_paused", "auto_memory")
+                 "memory_fractions", "paused_since", "time_paused", "shares_host")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
                  memory_limit=0, now=0.0):
@@ -225,7 +225,7 @@ class WorkerState:
         self.memory_fractions = None     # {target, spill, pause, terminate}, as told
         self.paused_since = None
         self.time_paused = 0.0
-        self.auto_memory = False         # its limit is a share of its host's memory
+        self.shares_host = False         # its limits are shares of its host's
 
     def __repr__(self):
         return f"<WorkerState {self.address} processing={len(self.processing)}>"
@@ -982,9 +982,10 @@ class SchedulerState:
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
                    memory_limit=0, keys=(), now=0.0, memory_fractions=None,
-                   auto_memory=False):
-        """``auto_memory``: the worker's limit is a share of its host's memory; it is
-        told how many workers its host has ("host-workers") whenever that changes."""
+                   shares_host=False):
+        """``shares_host``: the worker's limits ("auto" memory, task thread pools) are
+        shares of its host's; it is told how many workers its host has
+        ("host-workers") whenever that changes."""
         if wid in self.workers:
             return self.workers[wid]
         old = self.by_address.get(address)
@@ -992,7 +993,7 @@ class SchedulerState:
             self.remove_worker(old.id, reason="replaced by a new worker")
         ws = WorkerState(wid, address, nthreads, name, host, pid, memory_limit, now)
         ws.memory_fractions = memory_fractions
-        ws.auto_memory = auto_memory
+        ws.shares_host = shares_host
         self.clock = max(self.clock, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
@@ -1075,11 +1076,11 @@ class SchedulerState:
     # ------------------------------------------------------------ memory
 
     def _count_host(self, host):
-        """Workers whose limit is a share of their host's memory learn how many
-        workers share it."""
+        """Workers whose limits are shares of their host's learn how many workers
+        share it."""
         peers = [w for w in self.workers.values() if w.host == host]
         for w in peers:
-            if w.auto_memory:
+            if w.shares_host:
                 self.send_worker(w, {"op": "host-workers", "n": len(peers)})
 
     def _pause(self, ws, now):

@@ -25,12 +25,14 @@ import ctypes
 import logging
 import sys
 import threading
+import time
 
 from . import limits as L
 
 logger = logging.getLogger("dask_ipy")
 
 EXIT_MEMORY = 75        # a worker's exit code when its memory passed terminate
+TRIM = 1.0              # seconds between two heap trims while paused
 
 
 class TaskMemoryError(MemoryError):
@@ -124,6 +126,7 @@ class MemoryMonitor:
         self._sample = sample or worker.process.memory_info
         self._stop = threading.Event()
         self._warned = False
+        self._trimmed = 0.0
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="dask-ipy-worker-memory")
 
@@ -169,6 +172,13 @@ class MemoryMonitor:
                 self.worker.loop.call_soon(self.worker.memory_paused, False, rss)
             elif isinstance(inst, L.Spill):
                 self._spill(inst.nbytes)
+        if self.paused and not self.spilling and time.monotonic() - self._trimmed > TRIM:
+            # Memory freed by tasks (one that was stopped, most often) may sit in
+            # the heap: give it back, or the worker could stay paused for nothing.
+            from .system import malloc_trim
+
+            self._trimmed = time.monotonic()
+            malloc_trim()
 
     def _spill(self, nbytes):
         spill = getattr(self.worker.data, "spill", None)

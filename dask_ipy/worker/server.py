@@ -270,6 +270,7 @@ class Worker:
         threads = limits.blas_threads(self.blas_setting, host_cores(), self.nthreads)
         self.thread_limits = TaskThreadLimits(threads) if threads else None
         self._exiting = False
+        self.limit_listeners = []       # called with the new limit when it changes
 
     def _store_budget(self):
         target = self.memory_fractions["target"]
@@ -292,6 +293,8 @@ class Worker:
         self.memory_limit = self.monitor.limit = new
         if self._owns_data and isinstance(self.data, SpillStore):
             self.data.memory_limit = self._store_budget()
+        for listener in self.limit_listeners:
+            listener(new)
 
     def memory_paused(self, paused, rss):
         """From the memory watch (on the loop): stop or start taking tasks, and tell
@@ -356,7 +359,8 @@ class Worker:
             "op": "register-worker", "address": self.address, "nthreads": self.nthreads,
             "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
             "memory_limit": self.memory_limit, "memory_fractions": self.memory_fractions,
-            "auto_memory": self.memory_setting == "auto"})
+            "shares_host": self.memory_setting == "auto" or (
+                self.thread_limits is not None and self.blas_setting == "auto")})
 
     def _reconnect(self):
         logger.warning("worker %s: the scheduler does not know us; registering again",
@@ -457,9 +461,6 @@ class Worker:
         limits_ = self.thread_limits
         busy = False                    # in a stretch of tasks: thread pools capped
         while True:
-            if busy and self.jobs.empty():
-                limits_.leave()
-                busy = False
             try:
                 job = self.jobs.get()
             except TaskMemoryError:     # a stop meant for a task that had ended
@@ -481,6 +482,11 @@ class Worker:
                         "key": job.key, "error": error_payload(e, None),
                         "start": time.time(), "stop": time.time()})
             job = None
+            if busy and self.jobs.empty():
+                # Before the result is out: whoever hears of it and then runs code
+                # in this process (a %px cell) finds the process's own settings.
+                limits_.leave()
+                busy = False
             if self.closed.is_set():
                 continue
             self.loop.call_soon(self._task_done, result)

@@ -174,7 +174,7 @@ class Spilled:
         self.store = store
 
     def load(self):
-        return self.store[self.key]
+        return self.store.unspill(self.key)
 
     def __repr__(self):
         return f"<Spilled {self.key!r}>"
@@ -260,6 +260,25 @@ class SpillStore(MutableMapping):
                 del self.buffer[key]
             except KeyError:
                 pass
+
+    def unspill(self, key):
+        """Read ``key`` back into memory, from any thread, and return it.  Unlike
+        ``store[key]``, what this pushes out of memory goes to disk in the background:
+        the task that needs the value starts while the others are written."""
+        buffer = self.buffer
+        try:
+            return buffer.fast[key]
+        except KeyError:
+            pass
+        try:
+            value = load_frames(self.files[key])
+        except KeyError:
+            return buffer[key]                   # back in memory meanwhile
+        with buffer.lock:
+            if key in buffer.slow and _weight(key, value) <= buffer.n:
+                buffer.set_noevict(key, value)   # its file goes
+        self.evict_soon()
+        return value
 
     def get_serialized(self, key):
         """The value of ``key`` as a `Serialized`: from its file as it is (never
