@@ -364,3 +364,39 @@ def test_in_engines_a_runaway_is_interrupted_and_a_paused_worker_resumes(ipclust
     finally:
         c.shutdown()
     assert rc[:].apply_sync(ops.pid) == pids
+
+
+# ---------------------------------------------------------------- options
+
+def test_memory_options_of_the_command_and_the_magic():
+    from IPython.core.magic_arguments import parse_argstring
+
+    from dask_ipy.cli import parse_args, worker_argv
+    from dask_ipy.magics import DaskMagics
+
+    args = parse_args(["worker", "f.json", "--memory-limit", "2GiB", "--blas-threads",
+                       "off", "--local-directory", "/scratch"])
+    assert (args.memory_limit, args.blas_threads, args.local_directory) == \
+        ("2GiB", "off", "/scratch")
+    argv = worker_argv(args)
+    assert argv[argv.index("--memory-limit") + 1] == "2GiB"
+    assert argv[argv.index("--blas-threads") + 1] == "off"
+    assert parse_args(["worker", "f.json"]).memory_limit == "auto"
+    magic = parse_argstring(DaskMagics.dsched, "start --memory-limit 0.25")
+    assert magic.memory_limit == "0.25"
+
+
+def test_fractions_come_from_dask_config(tmp_path):
+    with dask.config.set({"dask-ipy.worker.memory.pause": 0.5,
+                          "dask-ipy.worker.memory.spill": False}):
+        with local_cluster(worker_options={"memory_limit": "1GiB"}) as (s, ws, c):
+            assert ws[0].memory_fractions == {"target": 0.6, "spill": False,
+                                              "pause": 0.5, "terminate": 0.95}
+            info = c.scheduler_info()["workers"][ws[0].address]
+            assert info["memory_fractions"]["pause"] == 0.5
+            assert info["memory_limit"] == 2**30
+    assert dask.config.get("dask-ipy.worker.memory.target") == 0.6
+    w = {"memory_target_fraction": 0.3}
+    with local_cluster(worker_options={"memory_limit": "1GiB", **w}) as (s, ws, c):
+        assert ws[0].memory_fractions["target"] == 0.3
+        assert ws[0].data.memory_limit == 0.3 * 2**30
