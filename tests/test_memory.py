@@ -104,12 +104,14 @@ def test_spill_files_under_an_existing_directory_leave_it(tmp_path):
 
 
 def test_a_worker_removes_its_spill_directory(tmp_path):
-    with local_cluster(worker_options={"memory_limit": "1GiB",
-                                       "local_directory": str(tmp_path)}) as (s, ws, c):
-        fs = c.map(ops.make, range(4), pure=False)
-        assert c.gather(c.map(ops.total, fs)) == [i * 10 * MiB / 8 for i in range(4)]
+    options = {"memory_limit": "1GiB", "memory_target_fraction": 0.005,
+               "local_directory": str(tmp_path)}
+    with local_cluster(worker_options=options) as (s, ws, c):
+        assert os.listdir(tmp_path) == []               # made on the first spill
+        fs = c.map(ops.make, range(8), pure=False)
+        assert c.gather(c.map(ops.total, fs)) == [i * 10 * MiB / 8 for i in range(8)]
         assert all(isinstance(w.data, SpillStore) for w in ws)
-        assert len(os.listdir(tmp_path)) == 2
+        wait_for(lambda: len(os.listdir(tmp_path)) == 2, message="spill directories")
     assert os.listdir(tmp_path) == []
 
 

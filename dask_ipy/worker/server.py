@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import os
 import queue
-import shutil
 import socket
 import threading
 import time
@@ -334,7 +333,7 @@ class Worker:
                      100 * self.memory_fractions["terminate"], limit, keys)
         time.sleep(0.05)                  # the message leaves ZeroMQ's queue
         if isinstance(self.data, SpillStore):
-            shutil.rmtree(self.data.directory, ignore_errors=True)
+            self.data.remove_files()
         os._exit(EXIT_MEMORY)
 
     def _memory_metrics(self):

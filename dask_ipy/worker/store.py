@@ -77,14 +77,24 @@ def load_frames(buf):
 
 class SpillFiles(MutableMapping):
     """{key: bytes} as one file per key in ``directory``, created 0600.  Any dask key
-    (tuples included): files are named by a counter; the names stay here."""
+    (tuples included): files are named by a counter; the names stay here.
+    ``directory`` may be a callable that makes it, called on the first write (a
+    worker that never spills leaves nothing on disk, even if killed)."""
 
     def __init__(self, directory):
-        self.directory = directory
+        self._directory = directory
         self.names = {}               # {key: (file name, bytes)}
         self.nbytes = 0
         self.lock = threading.Lock()
         self._counter = itertools.count()
+
+    @property
+    def directory(self):
+        if callable(self._directory):
+            with self.lock:
+                if callable(self._directory):
+                    self._directory = self._directory()
+        return self._directory
 
     def __setitem__(self, key, frames):
         name = f"{next(self._counter):08d}"
@@ -194,8 +204,10 @@ class SpillStore(MutableMapping):
     """
 
     def __init__(self, memory_limit, directory=None):
-        self.directory, self._made = private_directory(directory)
-        self.files = SpillFiles(self.directory)
+        self.parent = directory
+        self._directory = None
+        self._made = []
+        self.files = SpillFiles(lambda: self.directory)
         self.buffer = zict.Buffer({}, zict.Func(dump_frames, load_frames, self.files),
                                   n=float(memory_limit), weight=_weight)
         self.nonblocking = NonBlocking(self)
@@ -207,6 +219,14 @@ class SpillStore(MutableMapping):
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- mapping
+
+    @property
+    def directory(self):
+        """The store's own directory, made (0700) when first asked for."""
+        with self._lock:
+            if self._directory is None:
+                self._directory, self._made = private_directory(self.parent)
+            return self._directory
 
     @property
     def fast(self):
@@ -412,16 +432,22 @@ class SpillStore(MutableMapping):
             if t is not threading.current_thread():
                 t.join(timeout)
         self.clear()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
         for path in reversed(self._made):
             try:
                 os.rmdir(path)
             except OSError:
                 pass
 
+    def remove_files(self):
+        """Remove the store's directory now, whatever runs (a process about to exit)."""
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+
     def __repr__(self):
         return (f"<SpillStore {len(self.fast)} in memory, {len(self.slow)} on disk "
-                f"at {self.directory}>")
+                f"at {self._directory or self.parent or '(none yet)'}>")
 
 
 def _weight(key, value):
