@@ -40,18 +40,6 @@ GiB = 2**30
 HERE = Path(__file__).resolve().parent
 
 
-def peak_rss(pid):
-    """The kernel's high-water mark of ``pid``'s RSS (VmHWM), in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def allocate(nbytes):
     import numpy as np
 
@@ -151,7 +139,7 @@ def pressure(cluster, quick):
     n = shape[0] * shape[1]
     if not (abs(mean - 0.5) < 1e-3 and abs(total / n - mean) < 1e-9):
         raise AssertionError(f"wrong results: sum {total}, mean {mean}")
-    peaks = [peak_rss(p) for p in pids]
+    peaks = [procs.peak_rss(p) for p in pids]
     info = {}
     if cluster.name == "dask_ipy":
         info = {a: {k: w.get(k) for k in ("memory", "managed", "spilled", "time_paused")}

@@ -40,6 +40,7 @@ import time
 
 import ipywidgets as widgets
 
+from . import units
 from .client import _flatten_futures, default_client
 
 STATE_ORDER = ("waiting", "queued", "no-worker", "processing", "memory", "erred",
@@ -73,12 +74,7 @@ DOT = " \u00b7 "
 
 def format_bytes(n):
     """``1536 -> '1.5 KiB'``."""
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"           # pragma: no cover
+    return units.format_bytes(n, digits=1)
 
 
 def format_duration(seconds):

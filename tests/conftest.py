@@ -106,8 +106,9 @@ class ProcessCluster:
     """A scheduler and workers in their own processes, for tests that kill them."""
 
     def __init__(self, directory, nworkers=2, nthreads=1, heartbeat_timeout=10.0,
-                 scheduler_options=None):
-        """`scheduler_options`: more keyword arguments of Scheduler (JSON-able)."""
+                 scheduler_options=None, worker_options=None):
+        """`scheduler_options`, `worker_options`: more keyword arguments of Scheduler
+        and of each Worker (JSON-able)."""
         self.directory = directory
         self.file = os.path.join(directory, f"scheduler-{time.monotonic_ns()}.json")
         self.heartbeat_timeout = heartbeat_timeout
@@ -117,7 +118,7 @@ class ProcessCluster:
                                      json.dumps(scheduler_options or {}))
         try:
             for _ in range(nworkers):
-                self.workers.append(self.start_worker())
+                self.workers.append(self.start_worker(**(worker_options or {})))
         except BaseException:
             self.close()
             raise

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 import memory_ops as ops
-from conftest import ProcessCluster, dask_ipy_threads, local_cluster, wait_for
+from benchmarks.procs import peak_rss
+from conftest import local_cluster, processes, wait_for
 from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWarning,
                       Worker)
 from dask_ipy.worker.store import SpillFiles, SpillStore
@@ -28,33 +29,12 @@ pytestmark = pytest.mark.timeout(180)
 MiB = 2**20
 
 
-def peak_rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
 @contextlib.contextmanager
 def limited_cluster(tmp_path, nworkers=2, **worker_options):
     """(ProcessCluster, Client, {address: pid}) with workers started with
     ``worker_options`` (a memory limit)."""
-    threads = set(dask_ipy_threads())
-    pc = ProcessCluster(str(tmp_path), nworkers=0)
-    c = None
-    try:
-        for _ in range(nworkers):
-            pc.workers.append(pc.start_worker(**worker_options))
-        c = pc.client()
-        pids = {a: w["pid"] for a, w in c.scheduler_info()["workers"].items()}
-        yield pc, c, pids
-    finally:
-        if c is not None:
-            c.close()
-        pc.close()
-        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=5,
-                 message="threads to stop")
+    with processes(tmp_path, nworkers=nworkers, worker_options=worker_options) as (pc, c):
+        yield pc, c, {a: w["pid"] for a, w in c.scheduler_info()["workers"].items()}
 
 
 def hold_to_pause(pid, limit):

@@ -62,6 +62,7 @@ from collections import deque
 from operator import attrgetter
 
 from ..keys import key_prefix
+from ..units import format_bytes
 from ..protocol import Serialized
 
 RELEASED = "released"
@@ -280,15 +281,6 @@ def _allowed(ts, ws):
 def _relayed(dep, ws):
     """Would ``ws`` get ``dep`` through the scheduler (no holder it can reach)?"""
     return all(holder in ws.unreachable for holder in dep.who_has)
-
-
-def format_bytes(n):
-    """``1536 -> '1.50 KiB'`` (the scheduler does not import dask)."""
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
 
 
 def _memory_text(ws, msg):

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+from ..units import format_bytes
 from . import limits as L
 
 logger = logging.getLogger("dask_ipy")
@@ -208,18 +209,12 @@ class MemoryMonitor:
 
         def tell(keys):
             logger.warning("worker %s: memory %s passed %.0f%% of its %s limit: "
-                           "interrupting %s", worker.address, _fmt(inst.rss),
-                           100 * self.fractions["terminate"], _fmt(inst.limit), keys)
+                           "interrupting %s", worker.address, format_bytes(inst.rss),
+                           100 * self.fractions["terminate"], format_bytes(inst.limit),
+                           keys)
             worker.loop.call_soon(worker.handle_memory_exceeded, keys, inst.rss,
                                   inst.limit, "interrupt")
         worker.running.interrupt(before=tell)
-
-
-def _fmt(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
 
 
 class TaskThreadLimits:
