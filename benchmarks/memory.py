@@ -217,13 +217,17 @@ def main(argv=None):
     p.add_argument("--only", default=",".join(WORKLOADS))
     p.add_argument("--systems", default="dask_ipy,distributed")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every system this many times, taking turns (other work on "
+                        "a shared machine drifts: turns spread it over all systems)")
     p.add_argument("--json", default=str(HERE / "results" / "memory.json"))
     args = p.parse_args(argv)
     results = {"python": platform.python_version(), "quick": args.quick,
                "load_before": os.getloadavg(), "runs": []}
     log = Path(tempfile.mkdtemp(prefix="dask-ipy-bench-")) / "memory.log"
     for workload in args.only.split(","):
-        for label, cls, options in variants(workload, args.systems.split(",")):
+        for label, cls, options in variants(workload, args.systems.split(",")) \
+                * args.rounds:
             print(f"{workload}: {label} ...", file=sys.stderr, flush=True)
             memory_limit = "1GiB" if workload != "svd" else "auto"
             cluster = cls(log, memory_limit=memory_limit, **options)
@@ -244,21 +248,21 @@ def main(argv=None):
 
 
 def table(results):
-    lines = ["| workload | system | figure |", "|---|---|---|"]
+    lines = ["| workload | system | figure | load |", "|---|---|---|---|"]
     for r in results["runs"]:
         if not r.get("ok"):
             lines.append(f"| {r['workload']} | {r['system']} | FAILED: {r['error']} |")
         elif r["workload"] == "pressure":
             peaks = ", ".join(f"{p:.2f}" for p in r["peak_rss_gib"])
             lines.append(f"| pressure | {r['system']} | {r['seconds']:.1f} s; peak RSS "
-                         f"per worker {peaks} GiB |")
+                         f"per worker {peaks} GiB | {r['load'][0]:.1f} |")
         elif r["workload"] == "runaway":
             lines.append(f"| runaway | {r['system']} | {r['error_type']} after "
                          f"{r['seconds']:.1f} s; 100 tasks after it: "
-                         f"{r['after_seconds']:.2f} s |")
+                         f"{r['after_seconds']:.2f} s | {r['load'][0]:.1f} |")
         else:
             lines.append(f"| svd | {r['system']} | median {r['median']:.2f} s, best "
-                         f"{r['best']:.2f} s |")
+                         f"{r['best']:.2f} s | {r['load'][0]:.1f} |")
     return "\n".join(lines)
 
 
