@@ -39,11 +39,16 @@ def limited_cluster(tmp_path, nworkers=2, **worker_options):
 
 def hold_to_pause(pid, limit):
     """MiB to hold in process ``pid`` so that it lands between its pause and
-    terminate fractions, whatever it uses already (once under its spill fraction:
-    what an earlier task freed may take a moment to go)."""
+    terminate fractions, whatever it uses already: measured once its memory is low
+    and steady (what an earlier task freed may take a moment to go)."""
     proc = psutil.Process(pid)
-    wait_for(lambda: proc.memory_info().rss < 0.7 * limit, timeout=30,
-             message="memory to settle")
+
+    def steady():
+        before = proc.memory_info().rss
+        time.sleep(0.1)
+        after = proc.memory_info().rss
+        return after < 0.5 * limit and abs(after - before) < 4 * MiB
+    wait_for(steady, timeout=30, message="memory to settle")
     return int((0.875 * limit - proc.memory_info().rss) // MiB)
 
 
@@ -337,7 +342,9 @@ def test_in_engines_a_runaway_is_interrupted_and_a_paused_worker_resumes(ipclust
         c.submit(ops.hold, hold_to_pause(pids[0], limit), workers=[engine0],
                  pure=False).result()
         wait_for(lambda: c.scheduler_info()["workers"][engine0]["paused"], timeout=30,
-                 message="the engine's worker to pause")
+                 message=lambda: f"the engine's worker to pause: "
+                                 f"{c.scheduler_info()['workers'][engine0]}, RSS "
+                                 f"{psutil.Process(pids[0]).memory_info().rss}")
         waiting = c.submit(ops.inc, 41, workers=[engine0])
         assert c.submit(ops.inc, 2).result(timeout=30) == 3       # the other engine
         assert not waiting.done()
