@@ -2,6 +2,7 @@
 booted on an ipyparallel cluster and at home in the notebook."""
 
 import importlib
+import sys
 
 # Public names and the modules that define them.  They load on first use, so a
 # process that is only a scheduler never imports dask or the client machinery.
@@ -27,6 +28,11 @@ _PUBLIC = {
 }
 
 __version__ = "0.1.0"
+
+if "dask" in sys.modules:
+    # dask-ipy.* settings readable through dask.config at once; a scheduler process,
+    # which never imports dask, skips this.
+    from . import config  # noqa: F401
 
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):
