@@ -385,3 +385,19 @@ def test_client_run_reaches_paused_workers(s):
     s.handle_client_message("c", {"op": "run", "function": "fn", "request_id": 1})
     assert sorted(ident for _, ident, msg in take(s) if msg["op"] == "run") == \
         ["w1", "w2"]
+
+
+def test_a_later_death_not_for_memory_errs_as_killed_worker():
+    s = SchedulerState(validate=True, allowed_failures=2)
+    s.add_client("c")
+    s.add_worker("w1", A, memory_limit=1000, memory_fractions=F)
+    s.add_worker("w2", B, memory_limit=1000, memory_fractions=F)
+    s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
+    ws = s.tasks["x"].processing_on
+    s.handle_worker_message(ws.id, {"op": "task-started", "key": "x"})
+    s.handle_worker_message(ws.id, {"op": "memory-exceeded", "keys": ["x"], "rss": 960,
+                                    "limit": 1000, "action": "interrupt"})
+    ws = s.tasks["x"].processing_on
+    s.handle_worker_message(ws.id, {"op": "task-started", "key": "x"})
+    s.remove_worker(ws.id, reason="connection lost")
+    assert s.tasks["x"].error["type"] == "KilledWorker"

@@ -1014,6 +1014,8 @@ class SchedulerState:
                 ts.suspicious += 1
                 if memory is not None:
                     self.memory_failures[ts.key] = memory
+                elif self.memory_failures:
+                    self.memory_failures.pop(ts.key, None)    # not memory, this time
                 if ts.suspicious >= self.allowed_failures:
                     ts.error = self._killed_error(ts, ws, reason)
                     recs[ts.key] = ERRED
@@ -1757,6 +1759,7 @@ class SchedulerState:
         self.parked.clear()
         self.scatters.clear()
         self.steals.clear()
+        self.memory_failures.clear()
         self.datasets.clear()
         self._reply(cid, msg, True)
 
