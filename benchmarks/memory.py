@@ -175,7 +175,6 @@ def svd(cluster, quick, repeats=5):
     import dask
     import dask.array as da
 
-    c = cluster.client
     rows = 40_000 if quick else 400_000
 
     def run():

@@ -31,6 +31,7 @@ from ..graph import execute
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
 from ..security import Security, find_security, read_connection_file
+from ..units import format_bytes
 from . import limits
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
@@ -287,8 +288,8 @@ class Worker:
         new = limits.memory_limit_bytes("auto", self.host_memory, self.host_workers)
         if new == self.memory_limit:
             return
-        logger.info("worker %s: %d workers on this host; memory limit %d bytes",
-                    self.address, self.host_workers, new)
+        logger.info("worker %s: %d workers on this host; memory limit %s",
+                    self.address, self.host_workers, format_bytes(new))
         self.memory_limit = self.monitor.limit = new
         if self._owns_data and isinstance(self.data, SpillStore):
             self.data.memory_limit = self._store_budget()
@@ -301,11 +302,13 @@ class Worker:
         if paused == self.state.paused:
             return
         if paused:
-            logger.warning("worker %s: memory %d bytes is past %.0f%% of its limit "
-                           "(%d bytes): paused", self.address, rss,
-                           100 * self.memory_fractions["pause"], self.memory_limit)
+            logger.warning("worker %s: memory %s is past %.0f%% of its %s limit: paused",
+                           self.address, format_bytes(rss),
+                           100 * self.memory_fractions["pause"],
+                           format_bytes(self.memory_limit))
         else:
-            logger.warning("worker %s: memory %d bytes: running again", self.address, rss)
+            logger.warning("worker %s: memory %s: running again", self.address,
+                           format_bytes(rss))
         self._handle("pause" if paused else "resume")
         self._send_heartbeat()
 
@@ -328,9 +331,9 @@ class Worker:
             told.set()
         self.loop.call_soon(tell)
         told.wait(1.0)
-        logger.error("worker %s: memory %d bytes passed %.0f%% of its %d byte limit "
-                     "while running %s: exiting to be restarted", self.address, rss,
-                     100 * self.memory_fractions["terminate"], limit, keys)
+        logger.error("worker %s: memory %s passed %.0f%% of its %s limit while running "
+                     "%s: exiting to be restarted", self.address, format_bytes(rss),
+                     100 * self.memory_fractions["terminate"], format_bytes(limit), keys)
         time.sleep(0.05)                  # the message leaves ZeroMQ's queue
         if isinstance(self.data, SpillStore):
             self.data.remove_files()
