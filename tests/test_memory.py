@@ -33,6 +33,7 @@ MiB = 2**20
 def limited_cluster(tmp_path, nworkers=2, **worker_options):
     """(ProcessCluster, Client, {address: pid}) with workers started with
     ``worker_options`` (a memory limit)."""
+    worker_options.setdefault("local_directory", str(tmp_path / "spill"))
     with processes(tmp_path, nworkers=nworkers, worker_options=worker_options) as (pc, c):
         yield pc, c, {a: w["pid"] for a, w in c.scheduler_info()["workers"].items()}
 
@@ -389,3 +390,20 @@ def test_fractions_come_from_dask_config(tmp_path):
     with local_cluster(worker_options={"memory_limit": "1GiB", **w}) as (s, ws, c):
         assert ws[0].memory_fractions["target"] == 0.3
         assert ws[0].data.memory_limit == 0.3 * 2**30
+
+
+def test_spill_directories_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"dask-ipy-spill-{dead}-abc"
+    stale.mkdir()
+    (stale / "00000001").write_bytes(b"x" * 10)
+    mine = tmp_path / f"dask-ipy-spill-{os.getpid()}-abc"
+    mine.mkdir()
+    other = tmp_path / "dask-ipy-spill-notapid"
+    other.mkdir()
+    store = SpillStore(memory_limit=1, directory=str(tmp_path))
+    store["x"] = b"x" * 1000                        # the first spill makes its directory
+    assert not stale.exists() and mine.exists() and other.exists()
+    assert os.path.basename(store.directory).startswith(f"dask-ipy-spill-{os.getpid()}-")
+    store.close()

@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import shutil
+import stat
 import struct
 import tempfile
 import threading
@@ -154,9 +155,50 @@ def _unlink(path):
         pass
 
 
-def private_directory(parent=None, prefix="dask-ipy-spill-"):
+PREFIX = "dask-ipy-spill-"
+
+
+def remove_stale(parent=None):
+    """Remove the spill directories under ``parent`` (default: the system's temporary
+    directory) that belong to this user and whose process is gone: a worker that was
+    killed could not remove its own.  Their names carry their process's id."""
+    parent = parent or tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True              # someone else's: not ours to judge
+    return True
+
+
+def private_directory(parent=None, prefix=PREFIX):
     """(a new 0700 directory under ``parent``, [directories made for it]); the
-    parent is made too (0700) if it does not exist."""
+    parent is made too (0700) if it does not exist.  Its name carries this
+    process's id (see `remove_stale`)."""
     made = []
     if parent is not None and not os.path.isdir(parent):
         missing = []
@@ -168,7 +210,8 @@ def private_directory(parent=None, prefix="dask-ipy-spill-"):
             os.mkdir(path, 0o700)
             os.chmod(path, 0o700)
             made.append(path)
-    directory = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    remove_stale(parent)
+    directory = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
     os.chmod(directory, 0o700)
     return directory, made
 
