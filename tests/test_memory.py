@@ -330,6 +330,13 @@ def test_in_engines_a_runaway_is_interrupted_and_a_paused_worker_resumes(ipclust
         assert c.gather(c.map(ops.blas_threads, range(2), pure=False)) == \
             [[max(psutil.cpu_count() // 2, 1)]] * 2
         assert rc[:].apply_sync(ops.blas_threads) == blas_before      # %px code
+        # More than the limit, spilled; the engines stay under it.
+        fs = c.map(ops.make, range(160), pure=False)          # 800 MiB an engine
+        assert c.gather(c.map(ops.total, fs)) == [i * 10 * MiB / 8 for i in range(160)]
+        wait_for(lambda: sum(w["spilled"] for w in c.scheduler_info()["workers"].values())
+                 > 400 * MiB, message="spilled results")
+        assert all(peak_rss(pid) <= 1.3 * limit for pid in pids)
+        del fs
         # A runaway task: an error that names memory; the engines live on.
         big = c.submit(ops.grow, pure=False)
         with pytest.raises(MemoryLimitExceeded, match="interrupted"):
