@@ -28,7 +28,7 @@ import struct
 import threading
 import time
 
-from .comm import logger
+from .log import logger
 from .protocol import POLY1305_FROM
 
 #: Replies of this many bytes or more take the side channel.

@@ -8,7 +8,7 @@
     dask-ipy bench [ARGS...]          # python -m benchmarks ARGS, from a checkout
 
 ``scheduler`` prints ``name: value`` lines (pid, connection_file, address_to_workers,
-address_to_clients, in that order) once it listens; `dask_ipy.ipp` reads them to
+address_to_clients, in that order) once it listens; `dask_ipy.bootstrap` reads them to
 boot on ipyparallel.  With ``--security-from-stdin`` the key arrives as one JSON line
 on stdin, never on the command line.  With ``--log-file`` output goes to a file once
 the addresses are out, so a parent may stop reading the pipe.  SIGINT, SIGTERM and
@@ -331,7 +331,7 @@ def _placement(who_has, names):
 def _demo_compute(client, out):
     """The seed graph, a dask.array reduction and a map of futures; prints where
     things ran. Returns True when every result is right."""
-    from .futures import wait
+    from .client.futures import wait
 
     names = _worker_names(client)
     out(f"workers: {', '.join(f'{n} ({a})' for a, n in sorted(names.items()))}")
@@ -371,7 +371,7 @@ def _demo_compute(client, out):
 def cmd_demo(args):
     import ipyparallel
 
-    from .ipp import dask_client_from_ipclient
+    from .bootstrap import dask_client_from_ipclient
 
     out = print
     with contextlib.ExitStack() as stack:

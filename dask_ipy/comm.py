@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
 
 import zmq
 
-logger = logging.getLogger("dask_ipy")
+from .log import logger
 
 DRAIN_LIMIT = 1000     # messages taken from one socket before looking at the others
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -286,13 +284,6 @@ def connect_dealer(context, security, identity, address, heartbeat=True):
     security.configure_client(sock)
     sock.connect(address)
     return sock
-
-
-def advertised_host(host):
-    """The host name peers should use to reach a socket bound on ``host``."""
-    if host in ("", "*", "0.0.0.0"):
-        return socket.gethostname()
-    return host
 
 
 def new_id(prefix):

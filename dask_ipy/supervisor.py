@@ -18,7 +18,6 @@ or a signal) ends the supervisor too.  Signals sent here are passed on.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -29,8 +28,6 @@ import threading
 import time
 
 import psutil
-
-logger = logging.getLogger("dask_ipy")
 
 EXIT_MEMORY = 75          # as worker.monitor.EXIT_MEMORY (not imported: no dask here)
 POLL = 0.1                # seconds between two looks at the worker

@@ -17,7 +17,10 @@ import time
 
 import zmq
 
-from ..comm import IOLoop, send, advertised_host, bind_router, logger, new_id
+from .. import messages
+from ..addresses import advertised_host
+from ..comm import IOLoop, send, bind_router, new_id
+from ..log import logger
 from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
 from ..security import Security, remove_connection_file, write_connection_file
 from .state import MAX_RELAY_BYTES, SchedulerState
@@ -55,6 +58,11 @@ class Scheduler:
             self.loop.context, self.security, hostname, port_to_clients)
         self.address_to_workers = f"tcp://{host}:{port_to_workers}"
         self.address_to_clients = f"tcp://{host}:{port_to_clients}"
+        self.from_workers = messages.handlers(messages.WORKER, messages.SCHEDULER, self,
+                                              self.FROM_WORKERS, self._worker_to_state)
+        self.from_clients = messages.handlers(messages.CLIENT, messages.SCHEDULER, self,
+                                              self.FROM_CLIENTS,
+                                              self.state.handle_client_message)
         self.loop.add_socket(self.worker_socket, self._on_worker_frames)
         self.loop.add_socket(self.client_socket, self._on_client_frames)
         # A dead peer's connection closes at once: on each disconnect, find out which
@@ -93,24 +101,38 @@ class Scheduler:
     def _on_worker_frames(self, frames):
         wid, msgs = self._decode(frames)
         now = time.time()
-        state = self.state
         for msg in msgs:
-            op = msg.get("op")
-            if op == "register-worker":
-                ws = state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
-                                      msg.get("name"), msg.get("host", ""),
-                                      msg.get("pid"), msg.get("memory_limit", 0), now=now,
-                                      memory_fractions=msg.get("memory_fractions"),
-                                      shares_host=msg.get("shares_host", False))
-                # The worker keeps what it sends us under our cap (results it cannot
-                # send become errors naming the key, instead of dropped messages).
-                state.send_worker(ws, {"op": "welcome",
-                                       "max_message_bytes": self.session.max_message_bytes})
-            elif op == "unregister":
-                state.remove_worker(wid, reason="worker closed", expected=True)
-            elif not state.handle_worker_message(wid, msg, now):
-                state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
-                break
+            handler = self.from_workers.get(msg.get("op"))
+            if handler is None:
+                logger.debug("scheduler: ignored a message %r", msg.get("op"))
+                continue
+            if handler(wid, msg, now) is False:
+                break                  # the rest of the batch comes from a stranger
+
+    def _on_register_worker(self, wid, msg, now):
+        ws = self.state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
+                                   msg.get("name"), msg.get("host", ""), msg.get("pid"),
+                                   msg.get("memory_limit", 0), now=now,
+                                   memory_fractions=msg.get("memory_fractions"),
+                                   shares_host=msg.get("shares_host", False))
+        # The worker keeps what it sends us under our cap (results it cannot send
+        # become errors naming the key, instead of dropped messages).
+        self.state.send_worker(ws, {"op": "welcome",
+                                    "max_message_bytes": self.session.max_message_bytes})
+
+    def _on_unregister(self, wid, msg, now):
+        self.state.remove_worker(wid, reason="worker closed", expected=True)
+
+    def _worker_to_state(self, wid, msg, now):
+        if not self.state.handle_worker_message(wid, msg, now):
+            self.state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
+            return False
+        return True
+
+    FROM_WORKERS = {
+        "register-worker": _on_register_worker,
+        "unregister": _on_unregister,
+    }
 
     def _on_disconnect(self, frames):
         # The monitor event can come before the socket has dropped the dead peer's
@@ -141,29 +163,40 @@ class Scheduler:
         # the payload frames of their Serialized values: let the rest go now, not
         # after the handlers (a million-task graph is some 100 MB).
         frames.clear()
-        state = self.state
         for msg in msgs:
-            op = msg.get("op")
-            if cid not in state.clients:
-                state.add_client(cid)
-            if op == "register-client":
-                state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
-                                        "address_to_workers": self.address_to_workers})
-            elif op == "close-client":
-                state.remove_client(cid)
-            elif op == "shutdown":
-                for ws in state.workers.values():
-                    state.send_worker(ws, {"op": "close"})
-                # The other clients hear it now; the one asking gets its answer and
-                # closes itself.
-                for other in state.clients:
-                    if other != cid:
-                        state.send_client(other, {"op": "scheduler-closing"})
-                state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
-                                        "result": True})
-                self.loop.call_later(0.05, self._shutdown)
-            else:
-                state.handle_client_message(cid, msg)
+            if cid not in self.state.clients:
+                self.state.add_client(cid)
+            handler = self.from_clients.get(msg.get("op"))
+            if handler is None:
+                logger.debug("scheduler: ignored a message %r", msg.get("op"))
+                continue
+            handler(cid, msg)
+
+    def _on_register_client(self, cid, msg):
+        self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
+                                     "address_to_workers": self.address_to_workers})
+
+    def _on_close_client(self, cid, msg):
+        self.state.remove_client(cid)
+
+    def _on_shutdown(self, cid, msg):
+        state = self.state
+        for ws in state.workers.values():
+            state.send_worker(ws, {"op": "close"})
+        # The other clients hear it now; the one asking gets its answer and closes
+        # itself.
+        for other in state.clients:
+            if other != cid:
+                state.send_client(other, {"op": "scheduler-closing"})
+        state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
+                                "result": True})
+        self.loop.call_later(0.05, self._shutdown)
+
+    FROM_CLIENTS = {
+        "register-client": _on_register_client,
+        "close-client": _on_close_client,
+        "shutdown": _on_shutdown,
+    }
 
     # ---------------------------------------------------------------- send
 

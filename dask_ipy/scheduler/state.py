@@ -17,14 +17,14 @@ Task states and what holds them::
 State, documented once:
 
     tasks:      {key: TaskState}
-    workers:    {worker_id: WorkerState}      by_address: {address: WorkerState}
-    clients:    {client_id: ClientState}
+    workers:    {worker_id: WorkerRecord}     by_address: {address: WorkerRecord}
+    clients:    {client_id: ClientRecord}
     queued:     heap of (priority, seq, TaskState); entries whose task has left the
                 "queued" state are skipped when popped
     TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
-    TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+    TaskState.who_has:      {WorkerRecord}   .who_wants: {client_id}
                             these five "sets" are EMPTY, a 1-tuple or a set: change
                             them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
@@ -34,18 +34,18 @@ State, documented once:
                 `result()` costs one request
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim
-    WorkerState.processing: {TaskState: estimated duration}
-    WorkerState.executing:  {TaskState}      of those, the ones known to have started
-    WorkerState.stale:      {key: estimated duration}  tasks released while running
-                            there: their threads stay busy until the worker says so
-    WorkerState.has_what:   {TaskState}
-    WorkerState.unreachable: {WorkerState}   peers it could not connect to: it gets
-                            their data through the scheduler ("relay"), and placement
-                            avoids the pair
-    WorkerState.status:     "running" or "paused" (its memory passed the pause
-                            fraction: nothing new is placed there, its queued tasks
-                            may be stolen, it still serves its data); paused_since
-                            and time_paused (seconds, ended pauses) say for how long
+    WorkerRecord.processing: {TaskState: estimated duration}
+    WorkerRecord.executing:  {TaskState}  of those, the ones known to have started
+    WorkerRecord.stale:      {key: estimated duration}  tasks released while running
+                             there: their threads stay busy until the worker says so
+    WorkerRecord.has_what:   {TaskState}
+    WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
+                             their data through the scheduler ("relay"), and placement
+                             avoids the pair
+    WorkerRecord.status:     "running" or "paused" (its memory passed the pause
+                             fraction: nothing new is placed there, its queued tasks
+                             may be stolen, it still serves its data); paused_since
+                             and time_paused (seconds, ended pauses) say for how long
     memory_failures: {key: text}  why a task was last stopped for memory
 
 Transitions are a table ``{(start, finish): method}``; each method returns
@@ -61,6 +61,7 @@ import math
 from collections import deque
 from operator import attrgetter
 
+from ..errors import error_info
 from ..keys import key_prefix
 from ..units import format_bytes
 from ..protocol import Serialized
@@ -195,7 +196,7 @@ class TaskState:
         return self.priority < other.priority
 
 
-class WorkerState:
+class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
                  "last_seen", "metrics", "since", "status", "unreachable",
@@ -229,10 +230,10 @@ class WorkerState:
         self.shares_host = False         # its limits are shares of its host's
 
     def __repr__(self):
-        return f"<WorkerState {self.address} processing={len(self.processing)}>"
+        return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
 
 
-class ClientState:
+class ClientRecord:
     __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned")
 
     def __init__(self, id):
@@ -304,11 +305,6 @@ def _memory_note(ws):
         return ""
     return (f"; its memory at its last heartbeat: {format_bytes(memory)} of its "
             f"{format_bytes(ws.memory_limit)} limit")
-
-
-def error_info(kind, text, key):
-    """An error raised by the scheduler itself, sent as text: no pickles involved."""
-    return {"type": kind, "text": text, "key": key}
 
 
 class SchedulerState:
@@ -675,7 +671,7 @@ class SchedulerState:
         """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
         keeps a short queue, so a finished task starts the next without a round trip;
         the queue holds about `queue_seconds` of work, so tiny tasks travel in batches.
-        Threads still running tasks released meanwhile (`WorkerState.stale`) count
+        Threads still running tasks released meanwhile (`WorkerRecord.stale`) count
         for nothing."""
         depth = self.saturation
         duration = ts.group.duration
@@ -983,7 +979,7 @@ class SchedulerState:
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
-        ws = WorkerState(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now)
         ws.memory_fractions = memory_fractions
         ws.shares_host = shares_host
         self.clock = max(self.clock, now)
@@ -1166,7 +1162,7 @@ class SchedulerState:
         if now > self.clock:
             self.clock = now
         op = msg["op"]
-        handler = self._worker_handlers.get(op)
+        handler = self.FROM_WORKERS.get(op)
         if handler is None:
             return True
         handler(self, ws, msg)
@@ -1373,7 +1369,7 @@ class SchedulerState:
                                     if k not in ("op", "request_id")}
         self._maybe_finish_run(msg["request_id"])
 
-    _worker_handlers = {
+    FROM_WORKERS = {
         "heartbeat": _on_heartbeat,
         "task-started": _on_task_started,
         "task-finished": _on_task_finished,
@@ -1395,7 +1391,7 @@ class SchedulerState:
 
     def add_client(self, cid):
         if cid not in self.clients:
-            self.clients[cid] = ClientState(cid)
+            self.clients[cid] = ClientRecord(cid)
         return self.clients[cid]
 
     def remove_client(self, cid):
@@ -1430,7 +1426,7 @@ class SchedulerState:
                 cs.wants_what.add(ts)
 
     def handle_client_message(self, cid, msg):
-        handler = self._client_handlers.get(msg["op"])
+        handler = self.FROM_CLIENTS.get(msg["op"])
         if handler is not None:
             handler(self, cid, msg)
 
@@ -1763,7 +1759,7 @@ class SchedulerState:
         self.datasets.clear()
         self._reply(cid, msg, True)
 
-    _client_handlers = {
+    FROM_CLIENTS = {
         "update-graph": _on_update_graph,
         "client-releases-keys": _on_client_releases_keys,
         "client-desires-keys": _on_client_desires_keys,

@@ -22,15 +22,13 @@ a separate process, watches the worker's RSS too.
 from __future__ import annotations
 
 import ctypes
-import logging
 import sys
 import threading
 import time
 
+from ..log import logger
 from ..units import format_bytes
 from . import limits as L
-
-logger = logging.getLogger("dask_ipy")
 
 EXIT_MEMORY = 75        # a worker's exit code when its memory passed terminate
 TRIM = 1.0              # seconds between two heap trims while paused

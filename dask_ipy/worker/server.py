@@ -12,25 +12,27 @@ code and hand results back.  Inputs fetched from peers arrive zero-copy.
 
 from __future__ import annotations
 
-import copy
 import os
 import queue
 import socket
 import threading
 import time
-import traceback as tb_module
 
 import psutil
 import zmq
 from dask.sizeof import sizeof
 
-from .. import bulk
+from .. import bulk, messages
 from .. import config as cfg
-from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
+from ..addresses import host_of, local_ip_towards
+from ..comm import IOLoop, send, bind_router, connect_dealer, new_id
+from ..discovery import resolve_scheduler
+from ..errors import error_payload
 from ..graph import execute
+from ..log import logger
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
-from ..security import Security, find_security, read_connection_file
+from ..security import Security
 from ..units import format_bytes
 from . import limits
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
@@ -39,91 +41,8 @@ from .state import RELAY, Execute, GatherDep, Send, WorkerState
 from .store import SpillStore, Spilled
 from .system import host_cores, host_memory
 
-MAX_ERROR_TEXT = 10_000
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
-
-
-def resolve_scheduler(address, security, which):
-    """An address or connection file, plus the key: explicit, from the file, or found
-    in this user's runtime directory for schedulers on this machine."""
-    if address is None:
-        address = os.environ.get("DASK_IPY_SCHEDULER_FILE")
-        if address is None:
-            raise ValueError("no scheduler address or connection file given")
-    if os.path.isfile(str(address)):
-        info, file_security = read_connection_file(address)
-        return info[which], security or file_security
-    if security is None:
-        security = find_security(address)
-        if security is None:
-            raise ValueError(
-                f"no key known for {address}: pass security= or the scheduler's "
-                "connection file (written next to the scheduler, owner-only)")
-    return address, security
-
-
-def local_ip_towards(address):
-    """The IP of this machine on the route to ``address`` (no packet is sent)."""
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return "127.0.0.1"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((socket.gethostbyname(host), 9))
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def user_frames(tb):
-    """`tb` without its leading frames of this package (the pool thread, the graph
-    executor): a user sees their own code first.  All of it if nothing else is left."""
-    first = tb
-    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        first = first.tb_next
-    return first if first is not None else tb
-
-
-def error_payload(exc, tb):
-    """A task's exception for the wire: the pickled exception when it pickles, the
-    traceback as data (tblib), and text for humans and for the scheduler."""
-    import tblib
-
-    tb = user_frames(tb)
-    text = f"{type(exc).__name__}: {exc}"
-    if len(text) > MAX_ERROR_TEXT:
-        text = text[:MAX_ERROR_TEXT] + "... (truncated)"
-    tb_text = "".join(tb_module.format_exception(type(exc), exc, tb))
-    if len(tb_text) > MAX_ERROR_TEXT:
-        tb_text = "... (truncated)\n" + tb_text[-MAX_ERROR_TEXT:]
-    try:
-        exception = serialize(exc)
-        if exception.nbytes > 10 * MAX_ERROR_TEXT:
-            exception = _shortened(exc)
-    except Exception:
-        exception = None
-    try:
-        traceback = serialize(tblib.Traceback(tb).as_dict()) if tb is not None else None
-    except Exception:
-        traceback = None
-    return {"type": type(exc).__name__, "text": text, "exception": exception,
-            "traceback": traceback, "traceback_text": tb_text}
-
-
-def _shortened(exc):
-    """The exception with its message cut to MAX_ERROR_TEXT, for one too big to send
-    whole: the client still raises the original type.  None if that fails."""
-    try:
-        short = copy.copy(exc)
-        short.args = (str(exc)[:MAX_ERROR_TEXT] + "... (truncated)",)
-        blob = serialize(short)
-    except Exception:
-        return None
-    return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
 
 
 def inline(value, nbytes, job):
@@ -219,6 +138,8 @@ class Worker:
         self.jobs = queue.SimpleQueue()
         self.threads = []
         self.closed = threading.Event()
+        self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
+                                                self.FROM_SCHEDULER, self._to_state)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
         self.loop.add_flush(self._flush)
         self._connect()
@@ -276,10 +197,10 @@ class Worker:
         target = self.memory_fractions["target"]
         return self.memory_limit * target if target else float("inf")
 
-    def _on_host_workers(self, n):
+    def _on_host_workers(self, msg):
         """The scheduler counts ``n`` workers on this host: an "auto" limit and "auto"
         task thread pools take their share."""
-        self.host_workers = max(int(n), 1)
+        self.host_workers = max(int(msg["n"]), 1)
         if self.thread_limits is not None and self.blas_setting == "auto":
             self.thread_limits.threads = limits.blas_threads(
                 "auto", max(host_cores() // self.host_workers, 1), self.nthreads)
@@ -384,34 +305,63 @@ class Worker:
             logger.warning("worker %s: rejected a message: %s", self.address, e)
             return
         for msg in msgs:
-            op = msg.pop("op")
-            if op == "worker-removed":
-                self._drop_peer(msg["address"])
-                self._handle(op, **msg)
-            elif op in ("compute-task", "free-keys", "who-has", "restart", "go",
-                        "steal-request"):
-                self._handle(op, **msg)
-            elif op == "relay-data":
-                self._gather_done(RELAY, msg)
-            elif op == "put-data":
-                self._put_data(msg["data"])
-            elif op == "welcome":
-                self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
-            elif op == "host-workers":
-                self._on_host_workers(msg["n"])
-            elif op == "send-data":
-                self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
-            elif op == "run":
-                self._run_function(msg["function"], msg["request_id"])
-            elif op == "unknown-worker":
-                self._reconnect()
-                return
-            elif op in ("close", "scheduler-closing"):
-                # Shut down with the cluster: nothing is left behind.
-                self.loop.call_soon(self._close_from_loop)
-                return
-            elif op != "ping":          # pings only test that this worker is reachable
-                logger.debug("worker %s: ignored a message %r", self.address, op)
+            handler = self.from_scheduler.get(msg.get("op"))
+            if handler is None:
+                logger.debug("worker %s: ignored a message %r", self.address,
+                             msg.get("op"))
+                continue
+            if handler(msg) is False:
+                return                 # the rest of the batch is for a worker gone
+
+    def _to_state(self, msg):
+        self._handle(msg.pop("op"), **msg)
+
+    def _on_worker_removed(self, msg):
+        self._drop_peer(msg["address"])
+        self._to_state(msg)
+
+    def _on_relay_data(self, msg):
+        self._gather_done(RELAY, msg)
+
+    def _on_put_data(self, msg):
+        self._put_data(msg["data"])
+
+    def _on_welcome(self, msg):
+        self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
+
+    def _on_send_data(self, msg):
+        self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
+
+    def _on_run(self, msg):
+        self._run_function(msg["function"], msg["request_id"])
+
+    def _on_unknown_worker(self, msg):
+        self._reconnect()
+        return False
+
+    def _on_close(self, msg):
+        # Shut down with the cluster: nothing is left behind.
+        self.loop.call_soon(self._close_from_loop)
+        return False
+
+    def _on_ping(self, msg):
+        """Pings only test that this worker is reachable; "registered" needs no
+        answer either ("welcome" follows)."""
+
+    FROM_SCHEDULER = {
+        "worker-removed": _on_worker_removed,
+        "relay-data": _on_relay_data,
+        "put-data": _on_put_data,
+        "welcome": _on_welcome,
+        "host-workers": _on_host_workers,
+        "send-data": _on_send_data,
+        "run": _on_run,
+        "unknown-worker": _on_unknown_worker,
+        "close": _on_close,
+        "scheduler-closing": _on_close,
+        "ping": _on_ping,
+        "registered": _on_ping,
+    }
 
     def _handle(self, op, **kw):
         runs = []
@@ -769,9 +719,8 @@ class Worker:
         """On a thread of its own: download a "data" message over the side channel and
         hand it to the loop.  Its MAC is checked here; its freshness by the request id,
         which must be the one the loop is waiting for (checked again there)."""
-        host = peer.split("://", 1)[-1].rsplit(":", 1)[0]
         try:
-            frames, tags = bulk.fetch(self.session, host, offer["port"], offer["ticket"],
+            frames, tags = bulk.fetch(self.session, host_of(peer), offer["port"], offer["ticket"],
                                       self.gather_timeout, self.max_message_bytes,
                                       connect_timeout=self.connect_timeout)
             msgs = self.session.loads(frames, check_replay=False, tags=tags)

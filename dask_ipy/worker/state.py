@@ -115,14 +115,16 @@ class WorkerState:
         self.paused = False
         self.again = {}               # {key: compute-task} asked for while stopped
         self._seq = itertools.count()
-        self._handlers = {name[4:].replace("_", "-"): getattr(self, name)
-                          for name in dir(self) if name.startswith("_on_")}
+        # {kind: handler}: the scheduler's messages and the shell's own events
+        # (messages.KINDS, messages.SHELL_EVENTS)
+        self.handlers = {name[4:].replace("_", "-"): getattr(self, name)
+                         for name in dir(self) if name.startswith("_on_")}
 
     # ------------------------------------------------------------ entry point
 
     def handle(self, op, **kw):
         out = []
-        self._handlers[op](out, **kw)
+        self.handlers[op](out, **kw)
         self._ensure_computing(out)
         self._ensure_communicating(out)
         if self.validating:

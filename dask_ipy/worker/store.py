@@ -23,7 +23,6 @@ Files are 0600 in a directory of the store's own (0700, under ``directory``), wh
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import queue
 import shutil
@@ -36,9 +35,8 @@ from collections.abc import MutableMapping
 import zict
 from dask.sizeof import sizeof
 
+from ..log import logger
 from ..protocol import Serialized, deserialize, serialize
-
-logger = logging.getLogger("dask_ipy")
 
 IDLE_THREAD = 1.0      # seconds a background thread waits for work before ending
 _COUNT = struct.Struct("<I")
