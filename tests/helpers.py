@@ -159,6 +159,38 @@ def processes(tmp_path, **options):
                  message="threads to stop")
 
 
+def read_info(proc, last=None):
+    """The ``name: value`` lines a ``dask-ipy`` process prints as it starts, read up
+    to the ``last`` name (a scheduler's address_to_clients, a worker's scheduler)."""
+    info = {}
+    last = last or ("address_to_clients" if "scheduler" in proc.args else "scheduler")
+    while last not in info:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"{proc.args} exited early: {info}")
+        name, sep, value = line.partition(":")
+        if sep:
+            info[name.strip()] = value.strip()
+    return info
+
+
+def kill_tree(pid):
+    """Kill a process and its children (a supervisor and its worker)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
 @contextlib.contextmanager
 def started_ipcluster():
     """A real two-engine ipcluster with fast heartbeats (in the IPYTHONDIR of the test

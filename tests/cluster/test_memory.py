@@ -19,8 +19,8 @@ import pytest
 
 from benchmarks.procs import peak_rss
 from helpers import (MiB, allocate, array_sum, blas_threads, filled_mib, grow,
-                     hold_memory, hold_to_pause, inc, local_cluster, processes,
-                     release_memory, slow_inc, wait_for)
+                     hold_memory, hold_to_pause, inc, kill_tree, local_cluster,
+                     processes, read_info, release_memory, slow_inc, wait_for)
 from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWarning,
                       Worker)
 from dask_ipy.worker.store import SpillFiles, SpillStore
@@ -186,28 +186,8 @@ def start(args, tmp_path, name):
     return proc
 
 
-def read_until(proc, last):
-    info = {}
-    while last not in info:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"{proc.args} ended early: {info}")
-        name, sep, value = line.partition(":")
-        if sep:
-            info[name.strip()] = value.strip()
-    return info
-
-
 def stop(proc):
-    try:
-        parent = psutil.Process(proc.pid)
-        procs = parent.children(recursive=True) + [parent]
-    except psutil.Error:
-        procs = []
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(procs, timeout=10)
+    kill_tree(proc.pid)
     proc.wait(10)
     proc.stdout.close()
     proc.log.close()
@@ -218,11 +198,11 @@ def test_a_runaway_task_restarts_a_dask_ipy_worker(tmp_path):
     procs = [start(["scheduler", "--connection-file", path, "--idle-timeout", "60"],
                    tmp_path, "scheduler")]
     try:
-        read_until(procs[0], "address_to_clients")
+        read_info(procs[0], "address_to_clients")
         for i in range(2):
             procs.append(start(["worker", path, "--memory-limit", "400MiB"], tmp_path,
                                f"worker{i}"))
-        children = [read_until(p, "scheduler") for p in procs[1:]]
+        children = [read_info(p, "scheduler") for p in procs[1:]]
         assert all(int(info["memory_limit"]) == 400 * MiB for info in children)
         with Client(path, set_as_default=False) as c:
             wait_for(lambda: len(c.nthreads()) == 2, message="two workers")
