@@ -50,7 +50,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .comm import logger
+from .log import logger
 from .protocol import POLY1305_FROM, ProtocolError, writable_buffer
 
 #: Replies of this many bytes or more take a side channel.

@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
 
 import zmq
 
+from .log import logger
 from .protocol import EPOCH_BYTES, MAX_FRAME_BYTES
-
-logger = logging.getLogger("dask_ipy")
 
 DRAIN_LIMIT = 1000     # messages taken from one socket before looking at the others
 RCVHWM = 1000          # messages queued per peer before ZeroMQ stops reading its connection
@@ -462,13 +459,6 @@ def hello_reply(session, msg, scheduler_id):
     if type(nonce) is not bytes or len(nonce) != 16:
         return None
     return {"op": "hello-reply", "nonce": nonce, "epoch": session.epoch, "id": scheduler_id}
-
-
-def advertised_host(host):
-    """The host name peers should use to reach a socket bound on ``host``."""
-    if host in ("", "*", "0.0.0.0"):
-        return socket.gethostname()
-    return host
 
 
 def new_id(prefix):

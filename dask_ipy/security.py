@@ -46,6 +46,8 @@ import blake3
 import zmq
 from zmq.utils import z85
 
+from .addresses import split_address
+
 __all__ = [
     "Security",
     "runtime_dir",
@@ -261,14 +263,10 @@ def remove_connection_file(path) -> None:
 def _split_tcp(address) -> tuple[str, int] | None:
     if not isinstance(address, str):
         return None
-    scheme, sep, rest = address.partition("://")
-    if not sep or scheme != "tcp":
+    scheme, host, port = split_address(address)
+    if scheme != "tcp" or port is None:
         return None
-    host, _, port = rest.rpartition(":")
-    try:
-        return host.strip("[]").lower(), int(port)
-    except ValueError:
-        return None
+    return host.lower(), port
 
 
 class _Resolver:

@@ -19,11 +19,11 @@ import time
 
 import zmq
 
-from .. import bulk
-from ..comm import (IOLoop, RejectionLog, send, advertised_host, bind_router, hello_reply,
-                    logger, new_id)
-from ..protocol import (HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session,
-                        new_epoch)
+from .. import bulk, messages
+from ..addresses import advertised_host
+from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
+from ..log import logger
+from ..protocol import HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session, new_epoch
 from ..security import Security, remove_connection_file, write_connection_file
 from .state import MAX_RELAY_BYTES, SchedulerState
 
@@ -66,6 +66,11 @@ class Scheduler:
         self.relay = None if self.security.encrypt else bulk.BulkRelay(
             "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname)
         self.state.stream_to_clients = self.relay is not None
+        self.from_workers = messages.handlers(messages.WORKER, messages.SCHEDULER, self,
+                                              self.FROM_WORKERS, self._worker_to_state)
+        self.from_clients = messages.handlers(messages.CLIENT, messages.SCHEDULER, self,
+                                              self.FROM_CLIENTS,
+                                              self.state.handle_client_message)
         self.loop.add_socket(self.worker_socket, self._on_worker_frames)
         self.loop.add_socket(self.client_socket, self._on_client_frames)
         # A dead peer's connection closes at once: on each disconnect, find out which
@@ -91,66 +96,72 @@ class Scheduler:
 
     # ---------------------------------------------------------------- receive
 
-    def _decode(self, frames, sock):
-        """(peer, messages) of a received message; "hello"s are answered here, and
-        never reach the state."""
+    def _decode(self, frames):
         peer = frames[0].bytes
         self.bytes_received += sum(map(len, frames))
         try:
-            msgs = self.session.loads(frames[1:], sender=peer)
+            return peer, self.session.loads(frames[1:], sender=peer)
         except ProtocolError as e:
             self.rejected += 1
             self.rejections(peer[:32], e)
             return peer, ()
-        if msgs and msgs[0].get("op") in HANDSHAKE_OPS:
-            for msg in msgs:
-                reply = msg.get("op") == "hello" and hello_reply(self.session, msg, self.id)
-                if reply:
-                    self._send_now(sock, peer, self.session.dumps(
-                        [reply], peer, handshake=True))
-            return peer, ()
-        return peer, msgs
 
-    def _send_now(self, sock, peer, frames):
+    def _answer_hello(self, sock, peer, msg):
+        """Tell a peer this start's epoch, at once (see protocol.py); a "hello" never
+        reaches the state."""
+        reply = hello_reply(self.session, msg, self.id)
+        if reply is None:
+            return
         try:
-            send(sock, [peer] + frames)
+            send(sock, [peer] + self.session.dumps([reply], peer, handshake=True))
         except zmq.ZMQError as e:
             logger.debug("scheduler: could not answer %r: %s", peer[:32], e)
 
     def _on_worker_frames(self, frames):
-        wid, msgs = self._decode(frames, self.worker_socket)
+        wid, msgs = self._decode(frames)
         now = time.time()
-        state = self.state
         for msg in msgs:
-            op = msg.get("op")
-            if op == "data" and msg.get("streams") and wid in state.workers:
-                self._expect_streams(msg["streams"])
-            if op == "register-worker":
-                ws = state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
-                                      msg.get("name"), msg.get("host", ""),
-                                      msg.get("pid"), msg.get("memory_limit", 0), now=now)
-                # The worker keeps what it sends us under our cap (results it cannot
-                # send become errors naming the key, instead of dropped messages).
-                state.send_worker(ws, {"op": "welcome",
-                                       "max_message_bytes": self.session.max_message_bytes,
-                                       "relay_port": self.relay and self.relay.port})
-            elif op == "unregister":
-                state.remove_worker(wid, reason="worker closed", expected=True)
-            elif op == "stream-failed":
-                if self.relay is not None:
-                    self.relay.cancel(msg.get("ticket"))
-            elif not state.handle_worker_message(wid, msg, now):
-                state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
-                break
+            handler = self.from_workers.get(msg.get("op"))
+            if handler is None:
+                logger.debug("scheduler: ignored a message %r", msg.get("op"))
+                continue
+            if handler(wid, msg, now) is False:
+                break                  # the rest of the batch comes from a stranger
 
-    def _expect_streams(self, streams):
-        """A worker streams values for a client into the relay: let them through, as
-        many bytes as its signed message announced."""
-        for stream in streams:
-            try:
-                self.relay.expect(stream["ticket"], bulk.stream_length(stream["sizes"]))
-            except (AttributeError, KeyError, TypeError, ValueError):
-                logger.warning("scheduler: a malformed stream announcement")
+    def _on_worker_hello(self, wid, msg, now):
+        self._answer_hello(self.worker_socket, wid, msg)
+
+    def _on_register_worker(self, wid, msg, now):
+        ws = self.state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
+                                   msg.get("name"), msg.get("host", ""), msg.get("pid"),
+                                   msg.get("memory_limit", 0), now=now,
+                                   memory_fractions=msg.get("memory_fractions"),
+                                   shares_host=msg.get("shares_host", False))
+        # The worker keeps what it sends us under our cap (results it cannot send
+        # become errors naming the key, instead of dropped messages).
+        self.state.send_worker(ws, {"op": "welcome",
+                                    "max_message_bytes": self.session.max_message_bytes,
+                                    "relay_port": self.relay and self.relay.port})
+
+    def _on_unregister(self, wid, msg, now):
+        self.state.remove_worker(wid, reason="worker closed", expected=True)
+
+    def _on_stream_failed(self, wid, msg, now):
+        if self.relay is not None:
+            self.relay.cancel(msg.get("ticket"))
+
+    def _worker_to_state(self, wid, msg, now):
+        if not self.state.handle_worker_message(wid, msg, now):
+            self.state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
+            return False
+        return True
+
+    FROM_WORKERS = {
+        "hello": _on_worker_hello,
+        "register-worker": _on_register_worker,
+        "unregister": _on_unregister,
+        "stream-failed": _on_stream_failed,
+    }
 
     def _on_disconnect(self, frames):
         # The monitor event can come before the socket has dropped the dead peer's
@@ -176,39 +187,52 @@ class Scheduler:
             return False
 
     def _on_client_frames(self, frames):
-        cid, msgs = self._decode(frames, self.client_socket)
+        cid, msgs = self._decode(frames)
         # Decoded messages hold no reference to the received bytes except through
         # the payload frames of their Serialized values: let the rest go now, not
         # after the handlers (a million-task graph is some 100 MB).
         frames.clear()
-        state = self.state
         for msg in msgs:
             op = msg.get("op")
-            if cid not in state.clients:
-                state.add_client(cid)
-            if op == "register-client":
-                state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
-                                        "address_to_workers": self.address_to_workers,
-                                        "relay_port": self.relay and self.relay.port})
-            elif op == "close-client":
-                state.remove_client(cid)
-            elif op == "gather" and msg.get("unwanted") and self.relay is not None:
-                for ticket in msg["unwanted"]:           # streams the client gave up
-                    self.relay.cancel(ticket)
-                state.handle_client_message(cid, msg)
-            elif op == "shutdown":
-                for ws in state.workers.values():
-                    state.send_worker(ws, {"op": "close"})
-                # The other clients hear it now; the one asking gets its answer and
-                # closes itself.
-                for other in state.clients:
-                    if other != cid:
-                        state.send_client(other, {"op": "scheduler-closing"})
-                state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
-                                        "result": True})
-                self.loop.call_later(0.05, self._shutdown)
-            else:
-                state.handle_client_message(cid, msg)
+            # A "hello" creates no state: it only earns its sender the epoch.
+            if cid not in self.state.clients and op not in HANDSHAKE_OPS:
+                self.state.add_client(cid)
+            handler = self.from_clients.get(op)
+            if handler is None:
+                logger.debug("scheduler: ignored a message %r", op)
+                continue
+            handler(cid, msg)
+
+    def _on_client_hello(self, cid, msg):
+        self._answer_hello(self.client_socket, cid, msg)
+
+    def _on_register_client(self, cid, msg):
+        self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
+                                     "address_to_workers": self.address_to_workers,
+                                     "relay_port": self.relay and self.relay.port})
+
+    def _on_close_client(self, cid, msg):
+        self.state.remove_client(cid)
+
+    def _on_shutdown(self, cid, msg):
+        state = self.state
+        for ws in state.workers.values():
+            state.send_worker(ws, {"op": "close"})
+        # The other clients hear it now; the one asking gets its answer and closes
+        # itself.
+        for other in state.clients:
+            if other != cid:
+                state.send_client(other, {"op": "scheduler-closing"})
+        state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
+                                "result": True})
+        self.loop.call_later(0.05, self._shutdown)
+
+    FROM_CLIENTS = {
+        "hello": _on_client_hello,
+        "register-client": _on_register_client,
+        "close-client": _on_close_client,
+        "shutdown": _on_shutdown,
+    }
 
     # ---------------------------------------------------------------- send
 
@@ -218,6 +242,11 @@ class Scheduler:
             return
         batches = {}
         for kind, ident, msg in out:
+            if kind == "relay":
+                # Before any answer leaves: a client told of a stream finds the
+                # relay expecting it.
+                self._order_relay(ident, msg)
+                continue
             batches.setdefault((kind, ident), []).append(msg)
         for (kind, ident), msgs in batches.items():
             sock = self.worker_socket if kind == "worker" else self.client_socket
@@ -225,6 +254,19 @@ class Scheduler:
                 send(sock, [ident] + self.session.dumps(msgs, to=ident))
             except Exception as e:          # the peer is gone; its state goes too
                 logger.debug("scheduler: could not send to %r: %s", ident, e)
+
+    def _order_relay(self, ticket, sizes):
+        """Let a stream a worker announced through the relay, as many bytes as its
+        signed message said (``sizes``), or give it up (None)."""
+        if self.relay is None:
+            return
+        if sizes is None:
+            self.relay.cancel(ticket)
+            return
+        try:
+            self.relay.expect(ticket, bulk.stream_length(sizes))
+        except (TypeError, ValueError):
+            logger.warning("scheduler: a malformed stream announcement")
 
     # ---------------------------------------------------------------- timers
 

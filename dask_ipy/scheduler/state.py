@@ -3,7 +3,9 @@
 Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
 `remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
 workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
-"client".  Nothing here touches a socket, a thread or a clock: time arrives as an
+"client", and orders for the shell's relay of large values (bulk.py) as ``("relay",
+ticket, sizes)``: let through a stream a worker announced with those frame sizes, or,
+with sizes None, give it up.  Nothing here touches a socket, a thread or a clock: time arrives as an
 argument.  User data and functions are `Serialized` blobs the scheduler forwards and
 never opens.
 
@@ -17,14 +19,14 @@ Task states and what holds them::
 State, documented once:
 
     tasks:      {key: TaskState}
-    workers:    {worker_id: WorkerState}      by_address: {address: WorkerState}
-    clients:    {client_id: ClientState}
+    workers:    {worker_id: WorkerRecord}     by_address: {address: WorkerRecord}
+    clients:    {client_id: ClientRecord}
     queued:     heap of (priority, seq, TaskState); entries whose task has left the
                 "queued" state are skipped when popped
     TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
-    TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+    TaskState.who_has:      {WorkerRecord}   .who_wants: {client_id}
                             these five "sets" are EMPTY, a 1-tuple or a set: change
                             them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
@@ -34,14 +36,19 @@ State, documented once:
                 `result()` costs one request
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim
-    WorkerState.processing: {TaskState: estimated duration}
-    WorkerState.executing:  {TaskState}      of those, the ones known to have started
-    WorkerState.stale:      {key: estimated duration}  tasks released while running
-                            there: their threads stay busy until the worker says so
-    WorkerState.has_what:   {TaskState}
-    WorkerState.unreachable: {WorkerState}   peers it could not connect to: it gets
-                            their data through the scheduler ("relay"), and placement
-                            avoids the pair
+    WorkerRecord.processing: {TaskState: estimated duration}
+    WorkerRecord.executing:  {TaskState}  of those, the ones known to have started
+    WorkerRecord.stale:      {key: estimated duration}  tasks released while running
+                             there: their threads stay busy until the worker says so
+    WorkerRecord.has_what:   {TaskState}
+    WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
+                             their data through the scheduler ("relay"), and placement
+                             avoids the pair
+    WorkerRecord.status:     "running" or "paused" (its memory passed the pause
+                             fraction: nothing new is placed there, its queued tasks
+                             may be stolen, it still serves its data); paused_since
+                             and time_paused (seconds, ended pauses) say for how long
+    memory_failures: {key: text}  why a task was last stopped for memory
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
@@ -56,7 +63,9 @@ import math
 from collections import deque
 from operator import attrgetter
 
+from ..errors import error_info
 from ..keys import key_prefix
+from ..units import format_bytes
 from ..protocol import Serialized
 
 RELEASED = "released"
@@ -69,6 +78,10 @@ ERRED = "erred"
 FORGOTTEN = "forgotten"
 
 ALL_STATES = (RELEASED, WAITING, QUEUED, NO_WORKER, PROCESSING, MEMORY, ERRED)
+
+RUNNING = "running"              # worker states
+PAUSED = "paused"
+CLOSED = "closed"
 
 
 class InvalidTransition(RuntimeError):
@@ -185,10 +198,11 @@ class TaskState:
         return self.priority < other.priority
 
 
-class WorkerState:
+class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
-                 "last_seen", "metrics", "since", "status", "unreachable")
+                 "last_seen", "metrics", "since", "status", "unreachable",
+                 "memory_fractions", "paused_since", "time_paused", "shares_host")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
                  memory_limit=0, now=0.0):
@@ -211,19 +225,25 @@ class WorkerState:
         self.last_seen = now
         self.since = now
         self.metrics = {}
-        self.status = "running"
+        self.status = RUNNING
+        self.memory_fractions = None     # {target, spill, pause, terminate}, as told
+        self.paused_since = None
+        self.time_paused = 0.0
+        self.shares_host = False         # its limits are shares of its host's
 
     def __repr__(self):
-        return f"<WorkerState {self.address} processing={len(self.processing)}>"
+        return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
 
 
-class ClientState:
-    __slots__ = ("id", "wants_what", "monitor")
+class ClientRecord:
+    __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned")
 
     def __init__(self, id):
         self.id = id
         self.wants_what = set()
         self.monitor = False
+        self.paused_warning = None    # seconds: warn of workers paused longer
+        self.warned = set()           # {(worker id, paused since)} warned of
 
 
 def _compact_spec(run_spec):
@@ -266,9 +286,27 @@ def _relayed(dep, ws):
     return all(holder in ws.unreachable for holder in dep.who_has)
 
 
-def error_info(kind, text, key):
-    """An error raised by the scheduler itself, sent as text: no pickles involved."""
-    return {"type": kind, "text": text, "key": key}
+def _memory_text(ws, msg):
+    """What a worker's "memory-exceeded" says, for a person."""
+    name = f" ({ws.name})" if ws.name != ws.address else ""
+    fractions = ws.memory_fractions or {}
+    terminate = fractions.get("terminate")
+    at = f", stopped at {terminate:.0%} of it" if terminate else ""
+    action = ("the task was interrupted; the worker's process lives on"
+              if msg.get("action") == "interrupt" else "the worker was restarted")
+    return (f"worker {ws.address}{name} reached {format_bytes(msg.get('rss', 0))} of "
+            f"its {format_bytes(msg.get('limit', ws.memory_limit))} memory limit{at}; "
+            f"{action}")
+
+
+def _memory_note(ws):
+    """A dead worker's memory at its last heartbeat, if that was high."""
+    memory = ws.metrics.get("memory", 0)
+    pause = (ws.memory_fractions or {}).get("pause") or 0.8
+    if not ws.memory_limit or memory < pause * ws.memory_limit:
+        return ""
+    return (f"; its memory at its last heartbeat: {format_bytes(memory)} of its "
+            f"{format_bytes(ws.memory_limit)} limit")
 
 
 class SchedulerState:
@@ -289,6 +327,8 @@ class SchedulerState:
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
+        self.memory_failures = {}            # {key: text} last stop for memory
+        self.clock = 0.0                     # the latest time the shell told us
         self.stolen = 0                      # tasks moved so, ever
         self.errors = deque(maxlen=20)       # latest errors for monitors
         self.outbox = []
@@ -450,6 +490,8 @@ class SchedulerState:
                 recs[dep.key] = FORGOTTEN
         self._set_state(ts, FORGOTTEN)
         del self.tasks[ts.key]
+        if self.memory_failures:
+            self.memory_failures.pop(ts.key, None)
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs
@@ -634,7 +676,7 @@ class SchedulerState:
         """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
         keeps a short queue, so a finished task starts the next without a round trip;
         the queue holds about `queue_seconds` of work, so tiny tasks travel in batches.
-        Threads still running tasks released meanwhile (`WorkerState.stale`) count
+        Threads still running tasks released meanwhile (`WorkerRecord.stale`) count
         for nothing."""
         depth = self.saturation
         duration = ts.group.duration
@@ -704,13 +746,19 @@ class SchedulerState:
             return
         if self.steals:
             idle -= sum(1 for _, t in self.steals.values() if t is thief)
+        # A paused worker starts nothing: every task waiting in its queue may go.
         victims = [ws for ws in self.workers.values()
-                   if len(ws.processing) + len(ws.stale) > ws.nthreads and ws is not thief]
-        victims.sort(key=lambda w: w.occupancy / w.nthreads, reverse=True)
+                   if ws is not thief and (
+                       len(ws.processing) + len(ws.stale) > ws.nthreads
+                       or ws.status == PAUSED and len(ws.processing) > len(ws.executing))]
+        victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads))
         for victim in victims:
             if idle <= 0:
                 return
-            waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
+            if victim.status == PAUSED:
+                waiting = len(victim.processing) - len(victim.executing)
+            else:
+                waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
             candidates = [ts for ts in itertools.islice(reversed(victim.processing),
                                                         STEAL_SCAN)
                           if self._worth_stealing(ts, victim, thief)]
@@ -723,11 +771,13 @@ class SchedulerState:
     def _worth_stealing(self, ts, victim, thief):
         duration = victim.processing[ts]
         if (ts in victim.executing or ts.key in self.steals
-                or duration < STEAL_MIN_DURATION
+                or duration < STEAL_MIN_DURATION and victim.status != PAUSED
                 or ts.restrictions is not None and not _allowed(ts, thief)
                 or thief.unreachable and any(_relayed(dep, thief)
                                              for dep in ts.dependencies)):
             return False
+        if victim.status == PAUSED:
+            return True                 # it would wait there until memory falls
         missing = sum(max(dep.nbytes, 0) for dep in ts.dependencies
                       if thief not in dep.who_has)
         return missing / self.bandwidth <= duration
@@ -753,6 +803,8 @@ class SchedulerState:
             self.transitions({ts.key: PROCESSING})
 
     def _assign(self, ts, ws):
+        if self.validating:
+            assert ws.status == RUNNING, (ts, ws)     # nothing new for a paused one
         duration = self._duration(ts)
         ts.processing_on = ws
         ws.processing[ts] = duration
@@ -922,16 +974,24 @@ class SchedulerState:
     # ------------------------------------------------------------ workers
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
-                   memory_limit=0, keys=(), now=0.0):
+                   memory_limit=0, keys=(), now=0.0, memory_fractions=None,
+                   shares_host=False):
+        """``shares_host``: the worker's limits ("auto" memory, task thread pools) are
+        shares of its host's; it is told how many workers its host has
+        ("host-workers") whenever that changes."""
         if wid in self.workers:
             return self.workers[wid]
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
-        ws = WorkerState(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws.memory_fractions = memory_fractions
+        ws.shares_host = shares_host
+        self.clock = max(self.clock, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
         self.send_worker(ws, {"op": "registered"})
+        self._count_host(ws.host)
         if keys:
             self.send_worker(ws, {"op": "free-keys", "keys": list(keys)})
         if self.unrunnable:
@@ -939,21 +999,26 @@ class SchedulerState:
         self.fill_workers()
         return ws
 
-    def remove_worker(self, wid, reason="", expected=False):
+    def remove_worker(self, wid, reason="", expected=False, memory=None):
+        """``memory``: the worker is gone because its memory passed its terminate
+        fraction (a text saying so); the tasks it ran are blamed with it."""
         ws = self.workers.pop(wid, None)
         if ws is None:
             return None
         self.by_address.pop(ws.address, None)
         recs = {}
         suspects = ws.executing or set(ws.processing)
+        if not expected and memory is None:
+            reason += _memory_note(ws)
         for ts in list(ws.processing):
             if not expected and ts in suspects:
                 ts.suspicious += 1
+                if memory is not None:
+                    self.memory_failures[ts.key] = memory
+                elif self.memory_failures:
+                    self.memory_failures.pop(ts.key, None)    # not memory, this time
                 if ts.suspicious >= self.allowed_failures:
-                    ts.error = error_info(
-                        "KilledWorker",
-                        f"task {ts.key!r} was running on {ts.suspicious} workers "
-                        f"that died (last: {ws.address}: {reason})", ts.key)
+                    ts.error = self._killed_error(ts, ws, reason)
                     recs[ts.key] = ERRED
                     continue
             recs[ts.key] = RELEASED
@@ -964,7 +1029,8 @@ class SchedulerState:
         ws.has_what = set()
         ws.processing = {}
         ws.executing = set()
-        ws.status = "closed"
+        ws.status = CLOSED
+        self._count_host(ws.host)
         for other in self.workers.values():
             other.unreachable.discard(ws)
         if self.steals:                 # its own tasks' steals went with them
@@ -993,25 +1059,130 @@ class SchedulerState:
         return ws
 
     def check_heartbeats(self, now, timeout):
-        """Remove workers silent for longer than ``timeout`` seconds."""
+        """Remove workers silent for longer than ``timeout`` seconds; warn clients of
+        workers paused for longer than they asked to be warned after."""
+        self.clock = max(self.clock, now)
         for ws in list(self.workers.values()):
             if now - ws.last_seen > timeout:
                 self.remove_worker(ws.id, reason=f"no heartbeat for {now - ws.last_seen:.1f} s")
+            elif ws.status == PAUSED:
+                self._warn_paused(ws, now)
+
+    # ------------------------------------------------------------ memory
+
+    def _count_host(self, host):
+        """Workers whose limits are shares of their host's learn how many workers
+        share it."""
+        peers = [w for w in self.workers.values() if w.host == host]
+        for w in peers:
+            if w.shares_host:
+                self.send_worker(w, {"op": "host-workers", "n": len(peers)})
+
+    def _pause(self, ws, now):
+        ws.status = PAUSED
+        ws.paused_since = now
+        # Its queued tasks would wait for its memory to fall: idle workers take them.
+        if len(self.workers) > 1:
+            for other in self.workers.values():
+                if other.status == RUNNING:
+                    self._steal_for(other)
+
+    def _resume(self, ws, now):
+        ws.status = RUNNING
+        if ws.paused_since is not None:
+            ws.time_paused += max(now - ws.paused_since, 0.0)
+        ws.paused_since = None
+        if self.unrunnable:
+            self.transitions({ts.key: WAITING for ts in self.unrunnable})
+        self.fill_workers()
+
+    def paused_for(self, ws, now=None):
+        """Seconds ``ws`` has been paused (0 if it runs), and its total."""
+        now = self.clock if now is None else now
+        current = max(now - ws.paused_since, 0.0) if ws.paused_since is not None else 0.0
+        return current, ws.time_paused + current
+
+    def _warn_paused(self, ws, now):
+        seconds = now - ws.paused_since
+        for cs in self.clients.values():
+            after = cs.paused_warning
+            if after is None or seconds < after or (ws.id, ws.paused_since) in cs.warned:
+                continue
+            cs.warned.add((ws.id, ws.paused_since))
+            m = ws.metrics
+            self.send_client(cs.id, {
+                "op": "worker-paused-long", "address": ws.address, "name": ws.name,
+                "seconds": seconds, "memory": m.get("memory", 0),
+                "managed": m.get("managed", 0), "spilled": m.get("spilled", 0),
+                "memory_limit": ws.memory_limit})
+
+    def _on_memory_exceeded(self, ws, msg):
+        """The worker's memory passed its terminate fraction while ``keys`` ran there.
+        "exit": it is restarting (under its supervisor), so it is gone now; its tasks
+        are blamed.  "interrupt": those tasks are being stopped in a process that
+        lives on (an engine); each counts a failure, is run elsewhere, and errs once
+        it has failed ``allowed_failures`` times."""
+        text = _memory_text(ws, msg)
+        if msg.get("action") == "exit":
+            self.remove_worker(ws.id, reason=text + "; the worker restarts", memory=text)
+            return
+        for key in msg.get("keys", ()):
+            ts = self.tasks.get(key)
+            if ts is None or ts.processing_on is not ws:
+                continue
+            ts.suspicious += 1
+            self.memory_failures[key] = text
+            # Its thread runs on until the stop lands (the worker then says
+            # "task-dropped"): released, it counts as stale there.
+            ws.executing.add(ts)
+            if ts.suspicious >= self.allowed_failures:
+                ts.error = self._killed_error(ts, ws, text)
+                ws.stale[key] = ws.processing[ts]
+                ws.occupancy += ws.processing[ts]
+                self.transitions({key: ERRED})
+            else:
+                self.transitions({key: RELEASED})
+        self.fill_workers()
+
+    def _killed_error(self, ts, ws, reason):
+        """The error of a task that ended ``allowed_failures`` workers (or runs): it
+        names memory when memory was the last cause."""
+        memory = self.memory_failures.get(ts.key)
+        if memory is not None:
+            return error_info(
+                "MemoryLimitExceeded",
+                f"task {ts.key!r} was stopped {ts.suspicious} times for exceeding a "
+                f"worker's memory limit (allowed_failures={self.allowed_failures}); "
+                f"last time: {memory}", ts.key)
+        return error_info(
+            "KilledWorker",
+            f"task {ts.key!r} was running on {ts.suspicious} workers "
+            f"that died (last: {ws.address}: {reason})", ts.key)
 
     def handle_worker_message(self, wid, msg, now=0.0):
         ws = self.workers.get(wid)
         if ws is None:
             return False          # unknown or removed worker: the shell tells it
         ws.last_seen = now
+        if now > self.clock:
+            self.clock = now
         op = msg["op"]
-        handler = self._worker_handlers.get(op)
+        handler = self.FROM_WORKERS.get(op)
         if handler is None:
             return True
         handler(self, ws, msg)
         return True
 
     def _on_heartbeat(self, ws, msg):
-        ws.metrics = msg.get("metrics", {})
+        metrics = ws.metrics = msg.get("metrics", {})
+        limit = metrics.get("memory_limit")
+        if limit is not None:
+            ws.memory_limit = limit
+        status = metrics.get("status")
+        if status == PAUSED and ws.status == RUNNING:
+            self._pause(ws, ws.last_seen)
+        elif status == RUNNING and ws.status == PAUSED:
+            self._resume(ws, ws.last_seen)
 
     def _on_task_started(self, ws, msg):
         key = msg["key"]
@@ -1186,6 +1357,7 @@ class SchedulerState:
         for stream in msg.get("streams", ()):
             g["streams"].append(stream)
             g["streamed"].update(stream["keys"])
+            self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
         missing = msg.get("missing", ())
         for key in missing:
             ts = self.tasks.get(key)
@@ -1206,7 +1378,7 @@ class SchedulerState:
                                     if k not in ("op", "request_id")}
         self._maybe_finish_run(msg["request_id"])
 
-    _worker_handlers = {
+    FROM_WORKERS = {
         "heartbeat": _on_heartbeat,
         "task-started": _on_task_started,
         "task-finished": _on_task_finished,
@@ -1221,13 +1393,14 @@ class SchedulerState:
         "release-worker-data": _on_release_worker_data,
         "data": _on_data,
         "run-result": _on_run_result,
+        "memory-exceeded": _on_memory_exceeded,
     }
 
     # ------------------------------------------------------------ clients
 
     def add_client(self, cid):
         if cid not in self.clients:
-            self.clients[cid] = ClientState(cid)
+            self.clients[cid] = ClientRecord(cid)
         return self.clients[cid]
 
     def remove_client(self, cid):
@@ -1262,7 +1435,7 @@ class SchedulerState:
                 cs.wants_what.add(ts)
 
     def handle_client_message(self, cid, msg):
-        handler = self._client_handlers.get(msg["op"])
+        handler = self.FROM_CLIENTS.get(msg["op"])
         if handler is not None:
             handler(self, cid, msg)
 
@@ -1319,6 +1492,11 @@ class SchedulerState:
         are waited for here, so the answer leaves as soon as the last one is done."""
         max_bytes = msg.get("max_bytes")
         stream = bool(msg.get("stream")) and self.stream_to_clients and max_bytes is None
+        if self.stream_to_clients:
+            # Streams of an earlier answer the client could not take: their senders,
+            # waiting at the relay, give up now.
+            for ticket in msg.get("unwanted", ()):
+                self.outbox.append(("relay", ticket, None))
         self._new_gather(cid, None, msg["request_id"], list(msg["keys"]),
                          max_bytes, msg.get("wait"), stream)
 
@@ -1487,7 +1665,7 @@ class SchedulerState:
 
     def _on_run(self, cid, msg):
         rid = next(self._ids)
-        targets = [ws for ws in self.workers.values() if ws.status == "running"]
+        targets = list(self.workers.values())          # paused ones too
         allowed = msg.get("workers")
         if allowed:
             targets = [ws for ws in targets
@@ -1566,6 +1744,12 @@ class SchedulerState:
     def _on_unpublish_dataset(self, cid, msg):
         self._reply(cid, msg, self._unpublish(msg["name"]))
 
+    def _on_client_options(self, cid, msg):
+        cs = self.clients.get(cid)
+        if cs is not None and "paused_warning" in msg:
+            after = msg["paused_warning"]
+            cs.paused_warning = None if after is None else float(after)
+
     def _on_monitor(self, cid, msg):
         cs = self.clients.get(cid)
         if cs is not None:
@@ -1596,10 +1780,11 @@ class SchedulerState:
         self.parked.clear()
         self.scatters.clear()
         self.steals.clear()
+        self.memory_failures.clear()
         self.datasets.clear()
         self._reply(cid, msg, True)
 
-    _client_handlers = {
+    FROM_CLIENTS = {
         "update-graph": _on_update_graph,
         "client-releases-keys": _on_client_releases_keys,
         "client-desires-keys": _on_client_desires_keys,
@@ -1613,18 +1798,34 @@ class SchedulerState:
         "unpublish-dataset": _on_unpublish_dataset,
         "monitor": _on_monitor,
         "restart": _on_restart,
+        "client-options": _on_client_options,
     }
 
     # ------------------------------------------------------------ views
+
+    def memory_info(self, ws, now=None):
+        """A worker's memory as it last reported it: process (RSS), managed (results
+        in memory, by sizeof), unmanaged (the rest of RSS), spilled (bytes on disk),
+        its limit and fractions, and whether and how long it has been paused."""
+        m = ws.metrics
+        rss = m.get("memory", 0)
+        managed = m.get("managed", 0)
+        paused_for, time_paused = self.paused_for(ws, now)
+        return {"memory": rss, "managed": managed,
+                "unmanaged": max(rss - managed, 0), "spilled": m.get("spilled", 0),
+                "memory_limit": ws.memory_limit,
+                "memory_fractions": ws.memory_fractions,
+                "status": ws.status, "paused": ws.status == PAUSED,
+                "paused_for": paused_for, "time_paused": time_paused}
 
     def info(self):
         return {
             "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
                                      "pid": ws.pid, "nthreads": ws.nthreads,
-                                     "memory_limit": ws.memory_limit,
                                      "executing": len(ws.executing) + len(ws.stale),
                                      "unreachable": sorted(w.address
-                                                           for w in ws.unreachable)}
+                                                           for w in ws.unreachable),
+                                     **self.memory_info(ws)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
             "nclients": len(self.clients),
@@ -1647,8 +1848,8 @@ class SchedulerState:
                 "address": ws.address, "name": ws.name, "host": ws.host, "pid": ws.pid,
                 "nthreads": ws.nthreads, "executing": len(ws.executing) + len(ws.stale),
                 "processing": len(ws.processing) + len(ws.stale), "keys": len(ws.has_what),
-                "nbytes": ws.nbytes, "memory": ws.metrics.get("memory", 0),
-                "cpu": ws.metrics.get("cpu", 0), "last_seen": now - ws.last_seen,
+                "nbytes": ws.nbytes, "cpu": ws.metrics.get("cpu", 0),
+                "last_seen": now - ws.last_seen, **self.memory_info(ws, now),
             })
         groups = []
         for tg in sorted(self.groups.values(), key=lambda g: g.seq)[-50:]:
@@ -1715,8 +1916,12 @@ class SchedulerState:
             assert ws.executing <= set(ws.processing), ws
             expected = sum(ws.processing.values()) + sum(ws.stale.values())
             assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws
+            assert ws.status in (RUNNING, PAUSED), ws
+            assert (ws.paused_since is not None) == (ws.status == PAUSED), ws
+            assert ws.time_paused >= 0, ws
         for key, (victim, _) in self.steals.items():
             assert self.tasks[key].processing_on is victim, (key, victim)
+
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
         counts = self.task_counts()
