@@ -26,7 +26,11 @@ State, documented once:
     refcount:   {key: int}             how many hold each of them
     requests:   {request_id: token}    requests waiting for their answer
     scatters:   {request_id: ({key not stored yet}, token)}
-    releases:   [key]                  keys nobody holds any more, not yet told
+    releases:   [key]                  keys nobody holds any more, not yet told: they
+                                       leave as one message, in their place among the
+                                       others (after a graph sent before they were
+                                       dropped, which may depend on them; before one
+                                       sent after, which may submit them again)
     outbox:     [msg]                  messages for the scheduler; the first, and the
                                        first after a reconnection, says this client's
                                        options ("client-options").  They wait until the
@@ -166,7 +170,7 @@ class ClientState:
             st = self.futures[key] = state or FutureState(key)
         n = self.refcount[key] = self.refcount.get(key, 0) + 1
         if inform and n == 1:
-            self.outbox.append({"op": "client-desires-keys", "keys": [key]})
+            self._queue({"op": "client-desires-keys", "keys": [key]})
         return st
 
     def hold_many(self, keys):
@@ -195,18 +199,26 @@ class ClientState:
     # ------------------------------------------------------------ to the scheduler
 
     def send(self, msg):
+        self._queue(msg)
+
+    def _queue(self, msg):
+        self._queue_releases()
         self.outbox.append(msg)
 
+    def _queue_releases(self):
+        if self.releases:
+            self.outbox.append({"op": "client-releases-keys", "keys": self.releases})
+            self.releases = []
+
     def take_messages(self):
-        """What leaves for the scheduler now, for `scheduler`: releases first, as one
-        message.  Nothing before the handshake has told whom to address (and the
-        epoch to sign with): the messages wait."""
+        """What leaves for the scheduler now, for `scheduler`, in the order it came
+        (releases of keys dropped one after another as one message).  Nothing before
+        the handshake has told whom to address (and the epoch to sign with): the
+        messages wait."""
         if self.scheduler is None:
             return []
+        self._queue_releases()
         out, self.outbox = self.outbox, []
-        if self.releases:
-            out.insert(0, {"op": "client-releases-keys", "keys": self.releases})
-            self.releases = []
         return out
 
     def request(self, msg, token, welcome=False):
@@ -219,7 +231,7 @@ class ClientState:
         if self.lost and msg["op"] != "register-client":
             return [Reject(token, SchedulerLost(f"not connected to {self.address}"))]
         self.requests[WELCOME if welcome else msg["request_id"]] = token
-        self.outbox.append(msg)
+        self._queue(msg)
         return []
 
     def scatter(self, msg, keys, token):
@@ -228,7 +240,7 @@ class ClientState:
         if self.status == "closed":
             return [Reject(token, RuntimeError("this Client is closed"))]
         self.scatters[rid] = (set(keys), token)
-        self.outbox.append(msg)
+        self._queue(msg)
         return []
 
     def gather_message(self, keys, wait=False, max_bytes=None):
@@ -249,7 +261,7 @@ class ClientState:
 
     def monitor(self, on):
         self.monitoring = on
-        self.outbox.append({"op": "monitor", "on": on})
+        self._queue({"op": "monitor", "on": on})
 
     def _options(self):
         """What the scheduler keeps per client: when to warn of a paused worker."""
@@ -271,7 +283,7 @@ class ClientState:
         for st in states:
             if not st.done() or st.status == FINISHED:
                 out += self._set(st, CANCELLED)
-        self.outbox.append({"op": "cancel", "keys": keys, "force": force})
+        self._queue({"op": "cancel", "keys": keys, "force": force})
         return out
 
     # ------------------------------------------------------------ the connection
@@ -298,10 +310,10 @@ class ClientState:
             return out
         self.lost = False
         self.status = "running"
-        self.outbox.append(self._options())
-        self.outbox.append({"op": "register-client"})
+        self._queue(self._options())
+        self._queue({"op": "register-client"})
         if self.monitoring:
-            self.outbox.append({"op": "monitor", "on": True})
+            self._queue({"op": "monitor", "on": True})
         return out
 
     def disconnected(self, reason):
@@ -334,7 +346,7 @@ class ClientState:
         if self.status == "closed":
             return False
         self.status = "closed"
-        self.outbox.append({"op": "close-client"})
+        self._queue({"op": "close-client"})
         return True
 
     def closed(self):

@@ -43,14 +43,29 @@ def test_holders_are_counted_and_the_last_one_gone_releases_the_key(cs):
     assert step(cs, cs.drop(["x"])) == ["x"]
     assert cs.futures == {} and cs.refcount == {}
     assert cs.take_messages() == [{"op": "client-releases-keys", "keys": ["x"]}]
-    # Releases of many dropped keys leave first, as one message.
+    # Releases of many dropped keys leave as one message.
     cs.hold_many(["y", "z"])
-    cs.send({"op": "cancel", "keys": [], "force": False})
-    cs.drop(["y", "z"])
+    cs.drop(["y"])
+    cs.drop(["z"])
     assert step(cs, cs.take_messages()) == [
-        {"op": "client-releases-keys", "keys": ["y", "z"]},
-        {"op": "cancel", "keys": [], "force": False}]
+        {"op": "client-releases-keys", "keys": ["y", "z"]}]
     assert cs.take_messages() == []
+
+
+def test_releases_keep_their_place_among_the_messages(cs):
+    # Futures only passed as arguments: dropped once the graph that uses them is
+    # sent, which must reach the scheduler before they are released.
+    cs.hold_many(["a", "b"])
+    uses = {"op": "update-graph", "keys": ["c"], "tasks": [("c", "spec", ["a", "b"], 0)]}
+    cs.send(uses)
+    cs.drop(["a"])
+    cs.drop(["b"])
+    # "a" submitted again after its release: the release must not undo it.
+    cs.hold("a")
+    again = {"op": "update-graph", "keys": ["a"], "tasks": [("a", "spec", [], 0)]}
+    cs.send(again)
+    assert step(cs, cs.take_messages()) == [
+        uses, {"op": "client-releases-keys", "keys": ["a", "b"]}, again]
 
 
 def test_a_key_from_elsewhere_is_asked_for_once(cs):
