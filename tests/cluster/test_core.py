@@ -236,6 +236,8 @@ def test_a_worker_that_joins_takes_over_work_queued_on_a_busy_one():
     c = Client(s.address_to_clients)
     b = None
     try:
+        # A worker registers once the scheduler has answered its hello.
+        wait_for(lambda: a.id in s.state.workers, message="a to register")
         x = c.submit(inc, 0)
         # Six tasks on x, all sent to the only worker there is.
         ys = [c.submit(slow_inc, x, delay=0.2, pure=False) for _ in range(6)]
