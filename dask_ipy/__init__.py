@@ -2,6 +2,7 @@
 booted on an ipyparallel cluster and at home in the notebook."""
 
 import importlib
+import sys
 
 # Public names and the modules that define them.  They load on first use, so a
 # process that is only a scheduler never imports dask or the client machinery.
@@ -14,6 +15,8 @@ _PUBLIC = {
     "wait": ".client.futures",
     "as_completed": ".client.futures",
     "KilledWorker": ".errors",
+    "MemoryLimitExceeded": ".errors",
+    "PausedWorkerWarning": ".errors",
     "CancelledError": ".client.futures",
     "RemoteError": ".errors",
     "SchedulerLost": ".errors",
@@ -27,6 +30,11 @@ _PUBLIC = {
 }
 
 __version__ = "0.1.0"
+
+if "dask" in sys.modules:
+    # dask-ipy.* settings readable through dask.config at once; a scheduler process,
+    # which never imports dask, skips this.
+    from . import config  # noqa: F401
 
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):
@@ -69,6 +77,7 @@ def unload_ipython_extension(ip):
 
 
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
-           "dask_client_from_ipclient", "KilledWorker", "CancelledError", "RemoteError",
+           "dask_client_from_ipclient", "KilledWorker", "MemoryLimitExceeded",
+           "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin"]

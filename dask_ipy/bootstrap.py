@@ -279,9 +279,13 @@ def _engine_id():
         return None
 
 
-def _engine_start_worker(scheduler, nthreads=1):
+def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto"):
     """Runs on an engine: a Worker for ``scheduler``, in the engine namespace as
-    ``dask_worker``. A worker for another scheduler is closed first."""
+    ``dask_worker``. A worker for another scheduler is closed first.
+
+    A task that takes the engine past its memory limit's terminate fraction is
+    interrupted (TaskMemoryError inside the task): the engine belongs to the
+    notebook, and its own state must survive."""
     from .security import Security
     from .worker.server import Worker
 
@@ -293,7 +297,8 @@ def _engine_start_worker(scheduler, nthreads=1):
     eid = _engine_id()
     w = Worker(scheduler=scheduler["address_to_workers"],
                security=Security.from_dict(scheduler["security"]), nthreads=nthreads,
-               name=f"engine-{eid}" if eid is not None else None)
+               name=f"engine-{eid}" if eid is not None else None,
+               memory_limit=memory_limit, memory_terminate_action="interrupt")
     _engine.update(worker=w, scheduler=scheduler)
     try:
         from IPython import get_ipython
@@ -411,11 +416,12 @@ def _start_inprocess(host, security, idle_timeout, heartbeat_timeout):
             "address_to_clients": s.address_to_clients}
 
 
-def _start_workers(ipclient, engines, scheduler, nthreads, deadline):
+def _start_workers(ipclient, engines, scheduler, nthreads, deadline,
+                   memory_limit="auto"):
     if not engines:
         return {}
     view = ipclient.direct_view(engines)
-    ar = view.apply_async(_engine_start_worker, scheduler, nthreads)
+    ar = view.apply_async(_engine_start_worker, scheduler, nthreads, memory_limit)
     left = max(deadline - time.monotonic(), 0.001)
     try:
         results = ar.get(timeout=left)
@@ -456,7 +462,8 @@ def _existing(probes, timeout):
 
 def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler="engine",
                               security=None, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                              hostname=None, heartbeat_timeout=10.0, timeout=30.0):
+                              hostname=None, heartbeat_timeout=10.0, timeout=30.0,
+                              memory_limit="auto"):
     """Start a scheduler and one worker in each target engine; return a Client.
 
     ``scheduler``: 'engine' (its own process on the host of the first target engine),
@@ -464,6 +471,10 @@ def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler=
     ``security``: a `Security` (or its dict) to use instead of a fresh random key.
     ``hostname``: where the scheduler binds (default: see the module docstring).
     ``idle_timeout``: seconds the scheduler lives on without clients and workers.
+    ``memory_limit``: each worker's limit: "auto" (its host's memory, or cgroup
+    limit, shared among the workers on that host), bytes, "2GiB", a fraction of the
+    host, or None.  A task that takes an engine past the terminate fraction is
+    interrupted, never the engine (see the README's memory section).
 
     If the engines already run workers of a live scheduler, a client of that
     scheduler is returned, and workers are started on target engines lacking one.
@@ -494,7 +505,8 @@ def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler=
             info = _start_here(ipclient, scheduler, *settings)
     try:
         engines = targets if fresh else engines_to_start(probes)
-        started = _start_workers(ipclient, engines, info, nthreads, deadline)
+        started = _start_workers(ipclient, engines, info, nthreads, deadline,
+                                 memory_limit)
         if client is None:
             client = _connect(info, max(deadline - time.monotonic(), 1.0))
         _wait_for_workers(client, [r["address"] for r in started.values()], deadline)
@@ -518,7 +530,8 @@ def _abandon(client, info):
                        info.get("address_to_clients"), e)
 
 
-def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0):
+def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0,
+                memory_limit="auto"):
     """Start workers for ``client``'s scheduler on target engines that lack one
     (engines added to the ipcluster after the bootstrap); returns their addresses."""
     deadline = time.monotonic() + timeout
@@ -527,7 +540,8 @@ def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0):
     probes = _probe(ipclient, list(ipclient.ids), deadline)
     scheduler = scheduler_of(client, ipclient, probes)
     lacking = engines_to_start({eid: probes[eid] for eid in targets})
-    started = _start_workers(ipclient, lacking, scheduler, nthreads, deadline)
+    started = _start_workers(ipclient, lacking, scheduler, nthreads, deadline,
+                             memory_limit)
     addresses = [r["address"] for r in started.values()]
     _wait_for_workers(client, addresses, deadline)
     return addresses

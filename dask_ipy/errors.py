@@ -29,6 +29,17 @@ class KilledWorker(RuntimeError):
     """A task was running on `allowed_failures` workers that died while running it."""
 
 
+class MemoryLimitExceeded(KilledWorker, MemoryError):
+    """A task took its worker past the terminate fraction of its memory limit
+    `allowed_failures` times; the message names the task, the worker, the limit and
+    the memory reached.  Caught by ``except KilledWorker`` and ``except MemoryError``."""
+
+
+class PausedWorkerWarning(RuntimeWarning):
+    """A worker has stayed paused (its memory past the pause fraction) for longer
+    than ``dask-ipy.client.paused-warning`` seconds."""
+
+
 class RemoteError(RuntimeError):
     """A remote exception that could not be rebuilt as its own type."""
 
@@ -71,6 +82,7 @@ class MissingDependency(KeyError):
 
 ERROR_TYPES = {
     "KilledWorker": KilledWorker,
+    "MemoryLimitExceeded": MemoryLimitExceeded,
     "KeyError": KeyError,
     "MissingDependency": MissingDependency,
     "CycleError": CycleError,

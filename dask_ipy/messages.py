@@ -12,6 +12,11 @@ handled in exactly one place::
     worker       Worker.FROM_SCHEDULER                WorkerState.handlers (_on_<kind>)
     client       ClientShell.FROM_SCHEDULER           ClientState.FROM_SCHEDULER
 
+Before anything else on each connection to the scheduler, a worker or a client says
+"hello" and learns from "hello-reply" the epoch of this start of the scheduler and its
+identity (see protocol.py): these two are the only kinds signed without an epoch, and
+the only ones without a recipient; a "hello" creates no state at the scheduler.
+
 Workers also talk to each other on their own sockets (PEER), request and reply:
 "get-data" is served by `Worker._on_peer_request`, its answers ("data", "data-bulk")
 land in `Worker._on_peer_reply`.  `tests/pure/test_messages.py` checks that every kind
@@ -25,6 +30,7 @@ SCHEDULER, WORKER, CLIENT, PEER = "scheduler", "worker", "client", "peer"
 # {(sender, receiver): {kind: what it says}}
 KINDS = {
     (WORKER, SCHEDULER): {
+        "hello": "after each connection: which start of the scheduler is this ('nonce')",
         "register-worker": "a worker joins (address, threads, host, pid, memory)",
         "unregister": "a worker leaves on purpose",
         "heartbeat": "a worker is alive; its metrics",
@@ -39,14 +45,20 @@ KINDS = {
         "relay": "a worker asks for data it cannot fetch from its holders",
         "add-keys": "data put on a worker (scatter) is stored",
         "release-worker-data": "a worker dropped keys",
-        "data": "values asked for by 'send-data' (a gather or a relay)",
+        "data": "values asked for by 'send-data' (a gather or a relay); large ones for "
+                "a client may instead be announced as 'streams' (ticket, sizes, keys) "
+                "going through the scheduler's relay",
+        "stream-failed": "a stream announced in 'data' could not be sent to the relay",
         "run-result": "the result of a function run for Client.run, or of setting a "
                       "plugin up or down",
+        "memory-exceeded": "tasks took the worker past its terminate fraction: they "
+                           "are interrupted, or the worker exits ('action')",
         "log-event": "an event for the clients subscribed to its topic (a forwarded "
                      "log record)",
     },
     (SCHEDULER, WORKER): {
-        "welcome": "registered; the scheduler's message size cap",
+        "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",
+        "welcome": "registered; the scheduler's message size cap and its relay's port",
         "registered": "the worker is known (no answer needed)",
         "unknown-worker": "the scheduler does not know this worker: register again",
         "ping": "only tests that the worker is reachable",
@@ -58,9 +70,11 @@ KINDS = {
         "worker-removed": "a peer left",
         "restart": "drop every task and all data",
         "put-data": "store these values (scatter)",
-        "send-data": "send these values to the scheduler",
+        "send-data": "send these values to the scheduler ('for' a client: large ones "
+                     "may stream to it through the relay)",
         "relay-data": "data the scheduler fetched for a 'relay'",
         "run": "run a function (Client.run)",
+        "host-workers": "how many workers share this worker's host (for 'auto' limits)",
         "close": "close this worker (the cluster shuts down, or it retires)",
         "scheduler-closing": "the scheduler closes",
         "plugin-add": "set a worker plugin up (replacing one of the same name)",
@@ -70,6 +84,7 @@ KINDS = {
         "restart-worker": "drop everything, tear the plugins down and register again",
     },
     (CLIENT, SCHEDULER): {
+        "hello": "after each connection: which start of the scheduler is this ('nonce')",
         "register-client": "a client connects",
         "close-client": "a client leaves",
         "shutdown": "stop the scheduler and its workers",
@@ -77,7 +92,8 @@ KINDS = {
         "client-releases-keys": "no Future of these keys is left",
         "client-desires-keys": "Futures of these keys arrived (unpickled)",
         "cancel": "cancel these keys",
-        "gather": "the values of these keys (once done, with 'wait')",
+        "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
+                  "ones may come through the relay; 'unwanted': streams given up)",
         "scatter": "put these values on workers",
         "run": "run a function on workers",
         "info": "a question about the cluster ('what')",
@@ -97,29 +113,35 @@ KINDS = {
         "replicate": "keep copies of these keys on n workers",
         "rebalance": "move data to even out the workers' memory",
         "subscribe-topic": "send me the workers' events of a topic (or stop)",
+        "client-options": "a client's options: when to warn of a paused worker",
     },
     (SCHEDULER, CLIENT): {
-        "welcome": "the answer to 'register-client'",
+        "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",
+        "welcome": "the answer to 'register-client' (and the relay's port)",
         "ping": "only tests that the client is reachable",
         "key-in-memory": "a wanted key is done",
         "task-erred": "a wanted key failed: its error record",
         "cancelled": "a key was cancelled",
         "restarted": "every task was forgotten",
         "reply": "the answer to a request ('request_id')",
-        "gather-result": "the answer to 'gather'",
+        "gather-result": "the answer to 'gather' (and the 'streams' to download from "
+                         "the relay)",
         "run-result": "the answer to 'run'",
         "scattered": "one scattered key is stored",
         "scatter-failed": "a scatter failed",
         "monitor-snapshot": "the cluster's state, for the widget",
         "scheduler-closing": "the scheduler shuts down",
         "event": "a worker's event of a subscribed topic",
+        "worker-paused-long": "a worker has stayed paused (memory) longer than the "
+                              "client's 'paused_warning'",
     },
     (WORKER, PEER): {
         "get-data": "the values of these keys",
     },
     (PEER, WORKER): {
         "data": "values asked for by 'get-data'",
-        "data-bulk": "a ticket to fetch large values over the side channel",
+        "data-bulk": "a ticket, and the sizes, to fetch large values over the side "
+                     "channel",
     },
 }
 
@@ -134,6 +156,9 @@ SHELL_EVENTS = {
         "peer-reachable": "a connection to a peer at last",
         "put-data": "scattered values, unpickled",
         "worker-removed": "a peer left (its connection is gone)",
+        "pause": "memory passed the pause fraction: start nothing new",
+        "resume": "memory fell back: run again",
+        "memory-exceeded": "memory passed the terminate fraction while these tasks ran",
     },
 }
 

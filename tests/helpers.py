@@ -94,8 +94,9 @@ class ProcessCluster:
     """A scheduler and workers in their own processes, for tests that kill them."""
 
     def __init__(self, directory, nworkers=2, nthreads=1, heartbeat_timeout=10.0,
-                 scheduler_options=None):
-        """`scheduler_options`: more keyword arguments of Scheduler (JSON-able)."""
+                 scheduler_options=None, worker_options=None):
+        """`scheduler_options`, `worker_options`: more keyword arguments of Scheduler
+        and of each Worker (JSON-able)."""
         self.directory = directory
         self.file = os.path.join(directory, f"scheduler-{time.monotonic_ns()}.json")
         self.heartbeat_timeout = heartbeat_timeout
@@ -105,7 +106,7 @@ class ProcessCluster:
                                      json.dumps(scheduler_options or {}))
         try:
             for _ in range(nworkers):
-                self.workers.append(self.start_worker())
+                self.workers.append(self.start_worker(**(worker_options or {})))
         except BaseException:
             self.close()
             raise
@@ -156,6 +157,38 @@ def processes(tmp_path, **options):
         pc.close()
         wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=5,
                  message="threads to stop")
+
+
+def read_info(proc, last=None):
+    """The ``name: value`` lines a ``dask-ipy`` process prints as it starts, read up
+    to the ``last`` name (a scheduler's address_to_clients, a worker's scheduler)."""
+    info = {}
+    last = last or ("address_to_clients" if "scheduler" in proc.args else "scheduler")
+    while last not in info:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"{proc.args} exited early: {info}")
+        name, sep, value = line.partition(":")
+        if sep:
+            info[name.strip()] = value.strip()
+    return info
+
+
+def kill_tree(pid):
+    """Kill a process and its children (a supervisor and its worker)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
 
 
 @contextlib.contextmanager
@@ -621,3 +654,78 @@ def log_message(logger_name, text, level=30):
 
     logging.getLogger(logger_name).log(level, "%s from a task", text)
     return text
+
+
+# ---------------------------------------------------------------- memory
+
+MiB = 2**20
+
+
+def filled_mib(i, mib=10):
+    """An array of ``mib`` MiB filled with ``i``."""
+    import numpy as np
+
+    return np.full(mib * MiB // 8, i, dtype="f8")
+
+
+def grow(step_mib=20, up_to_mib=4096):
+    """Allocate step by step (a runaway): only a stop for memory ends it early."""
+    import numpy as np
+
+    held = []
+    for _ in range(up_to_mib // step_mib):
+        held.append(np.ones(step_mib * MiB // 8))
+    return len(held)
+
+
+def allocate(mib):
+    """One allocation in one call."""
+    import numpy as np
+
+    return float(np.ones(mib * MiB // 8).sum())
+
+
+def hold_memory(mib):
+    """Keep ``mib`` MiB alive outside any result (unmanaged memory)."""
+    import builtins
+
+    import numpy as np
+
+    builtins._dask_ipy_test_held = np.ones(mib * MiB // 8)
+    return mib
+
+
+def release_memory():
+    import builtins
+
+    from dask_ipy.worker.system import malloc_trim
+
+    builtins.__dict__.pop("_dask_ipy_test_held", None)
+    malloc_trim()
+    return True
+
+
+def blas_threads(*ignored):
+    """The thread counts of the BLAS pools loaded in this process (numpy's, loaded by
+    the first call: a worker caps the pools it finds when its tasks start)."""
+    import numpy  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+
+def hold_to_pause(pid, limit):
+    """MiB to hold in process ``pid`` so that it lands between its pause and
+    terminate fractions, whatever it uses already: measured once its memory is low
+    and steady (what an earlier task freed may take a moment to go)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+
+    def steady():
+        before = proc.memory_info().rss
+        time.sleep(0.1)
+        after = proc.memory_info().rss
+        return after < 0.5 * limit and abs(after - before) < 4 * MiB
+    wait_for(steady, timeout=30, message="memory to settle")
+    return int((0.875 * limit - proc.memory_info().rss) // MiB)

@@ -25,6 +25,7 @@ from dask._task_spec import TaskRef
 from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
+from .. import config as cfg
 from .. import graph as g
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
@@ -77,8 +78,11 @@ class Client(ClusterMethods):
         self._previous_scheduler = None
         self._monitor = None                   # the widget a display of this client shows
         self._set_as_default = set_as_default
+        # Seconds a worker may stay paused before this client warns (dask.config)
+        self.paused_warning = cfg.paused_warning()
         self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
-                                 on_scheduler_closing=self._close_now)
+                                 on_scheduler_closing=self._close_now,
+                                 paused_warning=self.paused_warning)
         # Registration leaves now; its answer is waited for here, or when awaited.
         self._welcome = Answer(self.shell.request_future({"op": "register-client"},
                                                          welcome=True),

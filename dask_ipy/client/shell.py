@@ -11,14 +11,23 @@
 Every call into the state machine is made under `futures.LOCK`, from whichever thread;
 its instructions are carried out after the lock is let go (done callbacks run user
 code).  Only the I/O thread touches the socket: other threads queue messages in the
-state machine and wake the loop, which sends what has gathered at its next flush.
+state machine and wake the loop, which sends what has gathered at its next flush.  (A
+message goes into the state's outbox under the lock, never into a list a flush has
+already taken, so none is lost.)
+
+After each ZeroMQ handshake the shell says "hello"; the answer tells the scheduler's
+epoch and identity (see protocol.py), which sign and address every message after it.
 
 Requests that expect an answer wait on a `concurrent.futures.Future`, the token the
 state machine hands back with the answer.  What waits is written once, as operations
 (`request_op`, `gather_states_op`...: generators that yield their waits, see `waits`),
 which the blocking and the asynchronous client run with their own driver.  Gathers go
 through here too: values are loaded in the thread that asked for them (for the
-Executor's futures, which nobody waits on, on the I/O thread).
+Executor's futures, which nobody waits on, on the I/O thread).  Large values a gather
+asks for may come streamed through the scheduler's relay (bulk.py), downloaded by that
+same thread (for a coroutine, by a thread of its loop's executor, so that the loop runs
+on); when they do not come through, the gather is asked again, for values on the
+socket.
 """
 
 from __future__ import annotations
@@ -26,17 +35,19 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
+import warnings
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from .. import messages
-from ..comm import IOLoop, connect_dealer, new_id, send
+from .. import bulk, messages
+from ..addresses import host_of
+from ..comm import Handshake, IOLoop, RejectionLog, connect_dealer, new_id, send
 from ..log import logger
 from ..protocol import MessageTooLarge, ProtocolError, Session
 from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_exception,
                       take_waiters, wake, when_done)
-from .state import Close, ClientState, Done, FINISHED, Reject, Reset, Resolve
+from .state import Close, ClientState, Done, FINISHED, Reject, Reset, Resolve, Warn
 from .waits import Answer, Call
 
 
@@ -48,17 +59,18 @@ class ClientShell:
     """The connection of a `Client` to its scheduler.
 
     ``owner``: the Client, which Futures found in gathered values join;
-    ``on_scheduler_closing``: what to call when the scheduler shuts down."""
+    ``on_scheduler_closing``: what to call when the scheduler shuts down;
+    ``paused_warning``: seconds a worker may stay paused before a warning."""
 
     def __init__(self, owner, address, security, max_message_bytes,
-                 on_scheduler_closing):
+                 on_scheduler_closing, paused_warning=None):
         self.owner = owner
         self.address = address
         self.on_scheduler_closing = on_scheduler_closing
         self.id = new_id("client")
         # The cap on what this client receives; gathers ask for no more than that.
         self.session = Session(security.key, self.id, max_message_bytes=max_message_bytes)
-        self.state = ClientState(address)
+        self.state = ClientState(address, paused_warning)
         self.monitor_callbacks = []
         self.topic_handlers = {}        # {topic: handler of the workers' events}
         self.last_snapshot = None
@@ -66,9 +78,12 @@ class ClientShell:
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.CLIENT, self,
                                                 self.FROM_SCHEDULER, self._to_state)
         self.loop = IOLoop("dask-ipy-client")
-        self.socket = connect_dealer(self.loop.context, security, self.id, address)
-        self.monitor_socket = self.socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.handshake = Handshake()
+        self.rejections = RejectionLog(self.loop, "client: rejected a message")
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        self.socket = connect_dealer(self.loop.context, security, self.id, address,
+                                     events=events)
+        self.monitor_socket = self.socket.get_monitor_socket(events)
         self.loop.add_socket(self.socket, self._on_frames)
         self.loop.add_socket(self.monitor_socket, self._on_socket_event)
         self.loop.add_flush(self._flush)
@@ -122,6 +137,8 @@ class ClientShell:
             elif kind is Close:
                 logger.info("client: the scheduler at %s shuts down", self.address)
                 self.on_scheduler_closing()
+            elif kind is Warn:
+                warnings.warn(inst.warning, stacklevel=2)
 
     def _wake_loop(self):
         self.loop.call_soon(_nothing)
@@ -213,11 +230,27 @@ class ClientShell:
         """Values of ``keys``; with ``wait`` the scheduler answers once they are all
         done.  Raises DataLost if a key is missing (erred, cancelled, or lost and
         being computed again)."""
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-        reply = yield from self.request_op(
-            {"op": "gather", "keys": list(keys), "wait": wait,
-             "max_bytes": self.session.max_message_bytes}, timeout=timeout)
+        with LOCK:
+            msg = self.state.gather_message(keys, wait, self.session.max_message_bytes)
+        reply = yield from self.request_op(dict(msg), timeout=_remaining(deadline))
+        if reply.get("streams"):
+            try:
+                reply["data"].update((yield Call(self._receive, reply["streams"])))
+            except (OSError, ProtocolError) as e:
+                logger.warning("client: large values did not come through the "
+                               "scheduler's relay (%s); asking for them over ZeroMQ", e)
+                with LOCK:
+                    retry = self.state.streams_failed(msg, reply["streams"])
+                reply = yield from self.request_op(retry, timeout=_remaining(deadline))
         return self._unpack(reply)
+
+    def _receive(self, streams):
+        """{key: Serialized} of the values streamed for this client, from the relay."""
+        with LOCK:
+            port = self.state.relay_port
+        if port is None:
+            raise OSError("no relay known")
+        return bulk.receive(self.session, host_of(self.address), port, streams)
 
     def _unpack(self, reply):
         if reply["errors"]:
@@ -243,8 +276,7 @@ class ClientShell:
                     if keys else {}
             except DataLost as e:
                 for st in self.states(e.args[0]):
-                    remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
-                    if not (yield KeyDone(st, remaining)):
+                    if not (yield KeyDone(st, _remaining(deadline))):
                         raise TimeoutError(f"{st.key!r} not done after {timeout} s") from None
                 continue
             for st in bad:
@@ -305,9 +337,10 @@ class ClientShell:
     def _flush(self):
         with LOCK:
             msgs = self.state.take_messages()
+            scheduler = self.state.scheduler
         if msgs:
             try:
-                send(self.socket, self.session.dumps(msgs))
+                send(self.socket, self.session.dumps(msgs, scheduler))
             except zmq.ZMQError as e:
                 logger.warning("client: could not send to the scheduler: %s", e)
 
@@ -315,7 +348,10 @@ class ClientShell:
         event = parse_monitor_message([f.bytes for f in frames])["event"]
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.connected.set()
-            self._call(self.state.connected)
+            try:
+                send(self.socket, self.handshake.hello(self.session))
+            except zmq.ZMQError as e:
+                logger.debug("client: could not greet the scheduler: %s", e)
         elif event == zmq.EVENT_DISCONNECTED and self.state.status != "closed":
             self.connected.clear()
             reason = f"lost the connection to the scheduler at {self.address}"
@@ -326,8 +362,9 @@ class ClientShell:
         try:
             msgs = self.session.loads(frames)
         except ProtocolError as e:
-            logger.warning("client: rejected a message: %s", e)
+            self.rejections("the scheduler", e)
             return
+        frames.clear()         # received buffers live on only in the values
         for msg in msgs:
             handler = self.from_scheduler.get(msg.get("op"))
             if handler is None:
@@ -353,6 +390,18 @@ class ClientShell:
         else:
             self._carry_out(after)
 
+    def _on_hello_reply(self, msg):
+        answer = self.handshake.answer(msg)
+        if answer is None:
+            return                   # not the answer to our latest hello
+        epoch, scheduler = answer
+        with LOCK:
+            known = self.state.epoch
+        if known is not None and known != epoch:
+            logger.warning("client: a new scheduler answers at %s", self.address)
+        self.session.epoch = epoch
+        self._call(self.state.answered, epoch, scheduler)
+
     def _on_monitor_snapshot(self, msg):
         self.last_snapshot = msg
         for cb in list(self.monitor_callbacks):
@@ -374,6 +423,7 @@ class ClientShell:
             logger.exception("client: handler of %r events failed", msg["topic"])
 
     FROM_SCHEDULER = {
+        "hello-reply": _on_hello_reply,
         "monitor-snapshot": _on_monitor_snapshot,
         "ping": _on_ping,
         "event": _on_event,
@@ -395,8 +445,13 @@ class ClientShell:
         if self.loop.running:
             self.loop.call_soon(bye)
         yield Call(self.loop.stop, timeout)
+        self.rejections.close()
         self._call(self.state.closed)
 
 
 def _nothing():
     """Queued only to wake the I/O thread, which then flushes."""
+
+
+def _remaining(deadline):
+    return None if deadline is None else max(deadline - time.monotonic(), 0)

@@ -2,9 +2,10 @@
 
 Calls come in from the shell (`shell.ClientShell`), which makes them under one lock from
 any thread: user threads hold and drop keys and start requests; the I/O thread hands
-over the scheduler's messages (`handle`) and the connection's events (`connected`,
-`disconnected`).  Messages for the scheduler collect in `outbox` (`take_messages`);
-what the shell must do comes back as instructions:
+over the scheduler's messages (`handle`) and the connection's events (`answered`, the
+scheduler's answer to the hello after each connection, and `disconnected`).  Messages
+for the scheduler collect in `outbox` (`take_messages`); what the shell must do comes
+back as instructions:
 
     Done(state)             a key is done (finished, erred, cancelled or lost): wake
                             the threads waiting on it and run its done callbacks
@@ -12,6 +13,7 @@ what the shell must do comes back as instructions:
     Resolve(token, value)   answer a request: ``token`` is whatever the shell waits on
     Reject(token, error)    fail a request with the exception ``error``
     Close(reason)           the scheduler shuts down: close this client
+    Warn(warning)           tell the user (a worker has stayed paused for long)
 
 Key states (`FutureState.status`)::
 
@@ -24,8 +26,21 @@ State, documented once:
     refcount:   {key: int}             how many hold each of them
     requests:   {request_id: token}    requests waiting for their answer
     scatters:   {request_id: ({key not stored yet}, token)}
-    releases:   [key]                  keys nobody holds any more, not yet told
-    outbox:     [msg]                  messages for the scheduler
+    releases:   [key]                  keys nobody holds any more, not yet told: they
+                                       leave as one message, in their place among the
+                                       others (after a graph sent before they were
+                                       dropped, which may depend on them; before one
+                                       sent after, which may submit them again)
+    outbox:     [msg]                  messages for the scheduler; the first, and the
+                                       first after a reconnection, says this client's
+                                       options ("client-options").  They wait until the
+                                       handshake has named the scheduler
+    epoch:      bytes | None           the start of the scheduler answering at `address`
+    scheduler:  bytes | None           its identity: the recipient of every message
+                                       (both from the handshake, see protocol.py)
+    relay_port: int | None             the scheduler's relay for large values (bulk.py),
+                                       from "welcome"; None: none, or it failed us
+    paused_warning: seconds | None     warn of a worker paused longer than this
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
     monitoring: bool                   monitor snapshots are subscribed to
@@ -37,7 +52,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..errors import SchedulerLost
+from ..errors import PausedWorkerWarning, SchedulerLost
+from ..units import format_bytes
 
 PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "cancelled", "lost"
 
@@ -100,22 +116,49 @@ class Close:
     reason: str
 
 
+@dataclass
+class Warn:
+    warning: Warning
+
+    def __eq__(self, other):        # warnings compare by type and text in tests
+        return (type(other) is Warn and type(other.warning) is type(self.warning)
+                and str(other.warning) == str(self.warning))
+
+
+def paused_text(info):
+    """A warning about a worker paused for long, from its memory figures."""
+    name = info.get("name") or info.get("address")
+    where = f"{name} ({info['address']})" if name != info.get("address") else name
+    limit = info.get("memory_limit")
+    of = f" of its {format_bytes(limit)} limit" if limit else ""
+    return (f"worker {where} has been paused for {info.get('seconds', 0):.0f} s: its "
+            f"process holds {format_bytes(info.get('memory', 0))}{of} "
+            f"({format_bytes(info.get('managed', 0))} of results in memory, "
+            f"{format_bytes(info.get('spilled', 0))} spilled to disk).  It starts no "
+            "task until its memory falls: release results you no longer need, "
+            "persist less at once, or give workers more memory (memory_limit=).")
+
+
 WELCOME = "welcome"    # the request id of registration: its answer carries no id
 
 
 class ClientState:
-    def __init__(self, address):
+    def __init__(self, address, paused_warning=None):
         self.address = address
+        self.paused_warning = paused_warning
         self.futures = {}
         self.refcount = {}
         self.requests = {}
         self.scatters = {}
         self.releases = []
-        self.outbox = []
+        self.outbox = [self._options()]
         self.status = "connecting"
         self.lost = False
         self.monitoring = False
         self.topics = set()
+        self.epoch = None
+        self.scheduler = None
+        self.relay_port = None
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ holders
@@ -129,7 +172,7 @@ class ClientState:
             st = self.futures[key] = state or FutureState(key)
         n = self.refcount[key] = self.refcount.get(key, 0) + 1
         if inform and n == 1:
-            self.outbox.append({"op": "client-desires-keys", "keys": [key]})
+            self._queue({"op": "client-desires-keys", "keys": [key]})
         return st
 
     def hold_many(self, keys):
@@ -158,14 +201,26 @@ class ClientState:
     # ------------------------------------------------------------ to the scheduler
 
     def send(self, msg):
+        self._queue(msg)
+
+    def _queue(self, msg):
+        self._queue_releases()
         self.outbox.append(msg)
 
-    def take_messages(self):
-        """What leaves for the scheduler now: releases first, as one message."""
-        out, self.outbox = self.outbox, []
+    def _queue_releases(self):
         if self.releases:
-            out.insert(0, {"op": "client-releases-keys", "keys": self.releases})
+            self.outbox.append({"op": "client-releases-keys", "keys": self.releases})
             self.releases = []
+
+    def take_messages(self):
+        """What leaves for the scheduler now, for `scheduler`, in the order it came
+        (releases of keys dropped one after another as one message).  Nothing before
+        the handshake has told whom to address (and the epoch to sign with): the
+        messages wait."""
+        if self.scheduler is None:
+            return []
+        self._queue_releases()
+        out, self.outbox = self.outbox, []
         return out
 
     def request(self, msg, token, welcome=False):
@@ -178,7 +233,7 @@ class ClientState:
         if self.lost and msg["op"] != "register-client":
             return [Reject(token, SchedulerLost(f"not connected to {self.address}"))]
         self.requests[WELCOME if welcome else msg["request_id"]] = token
-        self.outbox.append(msg)
+        self._queue(msg)
         return []
 
     def scatter(self, msg, keys, token):
@@ -187,12 +242,32 @@ class ClientState:
         if self.status == "closed":
             return [Reject(token, RuntimeError("this Client is closed"))]
         self.scatters[rid] = (set(keys), token)
-        self.outbox.append(msg)
+        self._queue(msg)
         return []
+
+    def gather_message(self, keys, wait=False, max_bytes=None):
+        """A request for the values of ``keys``: large ones may come streamed through
+        the scheduler's relay when there is one (the scheduler decides which)."""
+        return {"op": "gather", "keys": list(keys), "wait": wait, "max_bytes": max_bytes,
+                "stream": self.relay_port is not None}
+
+    def streams_failed(self, msg, streams):
+        """The ``streams`` of the answer to the gather ``msg`` did not come through
+        the relay: the request to send again, for values on the ZeroMQ connection,
+        naming the streams given up so that their senders stop at once.  No more
+        streams until a "welcome" names the relay again."""
+        self.relay_port = None
+        retry = {k: v for k, v in msg.items() if k != "request_id"}
+        retry.update(stream=False, unwanted=[stream["ticket"] for stream in streams])
+        return retry
 
     def monitor(self, on):
         self.monitoring = on
-        self.outbox.append({"op": "monitor", "on": on})
+        self._queue({"op": "monitor", "on": on})
+
+    def _options(self):
+        """What the scheduler keeps per client: when to warn of a paused worker."""
+        return {"op": "client-options", "paused_warning": self.paused_warning}
 
     def subscribe(self, topic, on):
         """Subscribe to the workers' events of ``topic`` (or no longer)."""
@@ -200,7 +275,7 @@ class ClientState:
             self.topics.add(topic)
         else:
             self.topics.discard(topic)
-        self.outbox.append({"op": "subscribe-topic", "topic": topic, "on": on})
+        self._queue({"op": "subscribe-topic", "topic": topic, "on": on})
 
     # ------------------------------------------------------------ known here first
 
@@ -218,7 +293,7 @@ class ClientState:
         for st in states:
             if not st.done() or st.status == FINISHED:
                 out += self._set(st, CANCELLED)
-        self.outbox.append({"op": "cancel", "keys": keys, "force": force})
+        self._queue({"op": "cancel", "keys": keys, "force": force})
         return out
 
     # ------------------------------------------------------------ the connection
@@ -230,19 +305,28 @@ class ClientState:
         self.status = "running"
         return True
 
-    def connected(self):
-        """The connection is up: after a loss, register again (the scheduler forgot
-        this client and its monitor subscription)."""
+    def answered(self, epoch, scheduler):
+        """The scheduler answered the hello said after each connection, with its
+        epoch and identity: messages leave now, for it.  Another epoch than the
+        known one is another start of the scheduler at this address: what was in
+        flight there fails, as when the connection is lost.  After a loss, register
+        again (the scheduler forgot this client, its options and its monitor
+        subscription)."""
+        out = []
+        if self.epoch is not None and epoch != self.epoch and not self.lost:
+            out = self.disconnected(f"a new scheduler answers at {self.address}")
+        self.epoch, self.scheduler = epoch, scheduler
         if not self.lost:
-            return []
+            return out
         self.lost = False
         self.status = "running"
-        self.outbox.append({"op": "register-client"})
+        self._queue(self._options())
+        self._queue({"op": "register-client"})
         if self.monitoring:
-            self.outbox.append({"op": "monitor", "on": True})
+            self._queue({"op": "monitor", "on": True})
         for topic in sorted(self.topics):
-            self.outbox.append({"op": "subscribe-topic", "topic": topic, "on": True})
-        return []
+            self._queue({"op": "subscribe-topic", "topic": topic, "on": True})
+        return out
 
     def disconnected(self, reason):
         """The connection is down: everything in flight fails at once, nothing waits
@@ -274,7 +358,7 @@ class ClientState:
         if self.status == "closed":
             return False
         self.status = "closed"
-        self.outbox.append({"op": "close-client"})
+        self._queue({"op": "close-client"})
         return True
 
     def closed(self):
@@ -345,6 +429,9 @@ class ClientState:
         return out + self._answer(msg["request_id"], msg)
 
     def _on_welcome(self, msg):
+        # Each registration's answer (again after a reconnection) says where the
+        # relay is.
+        self.relay_port = msg.get("relay_port")
         return self._answer(WELCOME, msg)
 
     def _on_scattered(self, msg):
@@ -368,6 +455,9 @@ class ClientState:
         reason = f"the scheduler at {self.address} was shut down"
         return self._fail_pending(reason) + [Close(reason)]
 
+    def _on_worker_paused_long(self, msg):
+        return [Warn(PausedWorkerWarning(paused_text(msg)))]
+
     FROM_SCHEDULER = {
         "key-in-memory": _on_key_in_memory,
         "task-erred": _on_task_erred,
@@ -380,6 +470,7 @@ class ClientState:
         "scattered": _on_scattered,
         "scatter-failed": _on_scatter_failed,
         "scheduler-closing": _on_scheduler_closing,
+        "worker-paused-long": _on_worker_paused_long,
     }
 
     # ------------------------------------------------------------ checks
@@ -392,3 +483,4 @@ class ClientState:
             assert st.status in (PENDING, FINISHED, ERROR, CANCELLED, LOST), st
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
         assert (self.status == "reconnecting") == self.lost or self.status == "closed"
+        assert (self.epoch is None) == (self.scheduler is None), "half a handshake"

@@ -274,6 +274,10 @@ class DaskMagics(Magics):
                    "'0,2,5-7', or a slice like '::2'")
     @argument("--nthreads", type=int, default=None,
               help="start: threads per worker (default 1)")
+    @argument("--memory-limit", default=None, metavar="LIMIT",
+              help="start: each worker's memory limit: 'auto' (default: the host's "
+                   "memory shared among its workers), bytes, '2GiB', a fraction "
+                   "of the host such as 0.25, or 'none'")
     @argument("--scheduler", default=None, choices=("engine", "local", "inprocess"),
               help="start: where the scheduler runs: 'engine' (default: its own "
                    "process on the host of the first target engine), 'local' (a "
@@ -286,7 +290,8 @@ class DaskMagics(Magics):
         """Start, join, show, restart or stop the dask_ipy scheduler of this notebook.
 
         %dsched start [-n N] [--profile P] [--cluster-id ID] [--url FILE]
-                      [--targets SPEC] [--nthreads K] [--scheduler WHERE]
+                      [--targets SPEC] [--nthreads K] [--memory-limit LIMIT]
+                      [--scheduler WHERE]
             Boot a scheduler and one worker per engine of the ipcluster that is
             already running (`ipcluster start`, or `ipyparallel.Cluster`), and make
             its client the active one.  Returns the client: `c = %dsched start`.
@@ -335,6 +340,8 @@ class DaskMagics(Magics):
             options = {"timeout": args.timeout}
             if args.nthreads is not None:
                 options["nthreads"] = args.nthreads
+            if args.memory_limit is not None:
+                options["memory_limit"] = args.memory_limit
             if args.scheduler is not None:
                 options["scheduler"] = args.scheduler
             from ..bootstrap import dask_client_from_ipclient

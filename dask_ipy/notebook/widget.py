@@ -17,7 +17,9 @@ Rendering is a set of pure functions of a snapshot (see `SchedulerState.snapshot
 
     {"address", "uptime", "nclients", "ntasks",
      "workers": [{address, name, host, pid, nthreads, executing, processing, keys,
-                  nbytes, memory, cpu, last_seen}],
+                  nbytes, memory, cpu, last_seen, managed, unmanaged, spilled,
+                  memory_limit, memory_fractions, status, paused, paused_for,
+                  time_paused}],
      "counts":  {state: n},
      "groups":  [{name, total, done, erred, states: {state: n}}],
      "errors":  [{key, group, type, text}]}
@@ -38,6 +40,7 @@ import time
 
 import ipywidgets as widgets
 
+from .. import units
 from ..client.default import default_client
 from ..client.futures import Future, Waiter, futures_in
 
@@ -49,6 +52,12 @@ COLORS = {
     "released": "#bdbdbd",
 }
 ENGINE_NAME = re.compile(r"^engine[-_ ]?(\d+)$")
+# Memory bars: results held (managed), the rest of the process (unmanaged), and the
+# thresholds of the worker's limit as marks.
+MEMORY_COLORS = {"managed": "#43a047", "unmanaged": "#90a4ae", "paused": "#ef6c00",
+                 "over": "#e53935"}
+MARK_COLORS = {"target": "rgba(128,128,128,0.7)", "spill": "rgba(128,128,128,0.9)",
+               "pause": "#ef6c00", "terminate": "#e53935"}
 
 # Theme-aware styling: JupyterLab variables with fallbacks for other front ends.
 FONT = ("font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',"
@@ -66,12 +75,7 @@ DOT = " \u00b7 "
 
 def format_bytes(n):
     """``1536 -> '1.5 KiB'``."""
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"           # pragma: no cover
+    return units.format_bytes(n, digits=1)
 
 
 def format_duration(seconds):
@@ -156,8 +160,11 @@ def header_html(snap, status="running", stale=None):
 
     nworkers, threads, memory = totals(snap)
     nclients = snap.get("nclients", 0)
+    npaused = sum(1 for w in snap.get("workers") or () if w.get("paused"))
     parts = [
-        f"<b>{nworkers}</b> worker{'s' if nworkers != 1 else ''}",
+        f"<b>{nworkers}</b> worker{'s' if nworkers != 1 else ''}"
+        + (f' (<b style="color:{MEMORY_COLORS["paused"]}">{npaused} paused</b>)'
+           if npaused else ""),
         f"<b>{threads}</b> thread{'s' if threads != 1 else ''}",
         f"<b>{format_bytes(memory)}</b> memory",
         f"up <b>{format_duration(snap.get('uptime', 0))}</b>",
@@ -180,10 +187,94 @@ def header_html(snap, status="running", stale=None):
 
 
 WORKER_COLUMNS = ("worker", "host", "threads", "executing", "queued", "keys", "stored",
-                  "memory", "cpu", "heartbeat")
+                  "memory", "spilled", "cpu", "heartbeat")
 
 
-def workers_html(snap, max_rows=64):
+def memory_html(w):
+    """A worker's memory: a bar of its limit (managed, then unmanaged memory), marks
+    at its target, spill, pause and terminate fractions, and the figures."""
+    rss = int(w.get("memory", 0) or 0)
+    limit = int(w.get("memory_limit") or 0)
+    managed = min(int(w.get("managed", 0) or 0), rss)
+    unmanaged = max(rss - managed, 0)
+    spilled = int(w.get("spilled", 0) or 0)
+    fractions = w.get("memory_fractions") or {}
+    paused = bool(w.get("paused"))
+    data = (f'data-dask-ipy="memory" data-memory="{rss}" data-managed="{managed}" '
+            f'data-unmanaged="{unmanaged}" data-spilled="{spilled}" '
+            f'data-limit="{limit}" data-paused="{str(paused).lower()}"')
+    if not limit:
+        return f'<span {data}>{format_bytes(rss)}</span>'
+    scale = max(limit, rss)
+    terminate = fractions.get("terminate")
+    color = MEMORY_COLORS["managed"]
+    if paused:
+        color = MEMORY_COLORS["paused"]
+    if terminate and rss > terminate * limit or rss > limit:
+        color = MEMORY_COLORS["over"]
+    segments = (
+        f'<span style="position:absolute;left:0;top:0;bottom:0;'
+        f'width:{managed / scale * 100:.1f}%;background:{color}"></span>'
+        f'<span style="position:absolute;left:{managed / scale * 100:.1f}%;top:0;'
+        f'bottom:0;width:{unmanaged / scale * 100:.1f}%;'
+        f'background:{MEMORY_COLORS["unmanaged"]}"></span>')
+    marks = "".join(
+        f'<span data-mark="{name}" style="position:absolute;top:-2px;bottom:-2px;'
+        f'left:{f * limit / scale * 100:.1f}%;width:1px;background:{MARK_COLORS[name]}">'
+        f'</span>' for name, f in fractions.items() if f and name in MARK_COLORS)
+    tip = (f"process {format_bytes(rss)} of its {format_bytes(limit)} limit: "
+           f"{format_bytes(managed)} of results (managed), {format_bytes(unmanaged)} "
+           f"other (unmanaged); {format_bytes(spilled)} spilled to disk. Marks: "
+           + ", ".join(f"{name} {f:.0%}" for name, f in fractions.items() if f))
+    return (f'<span {data} title="{_esc(tip)}" style="white-space:nowrap">'
+            f'<span style="display:inline-block;position:relative;width:90px;'
+            f'height:8px;margin-right:6px;border-radius:2px;background:{TRACK};'
+            f'vertical-align:middle">{segments}{marks}</span>'
+            f'{format_bytes(rss)} / {format_bytes(limit)}</span>')
+
+
+def paused_badge(w, warn_after=None):
+    """'paused 1m 03s' beside a paused worker; red once past ``warn_after``."""
+    if not w.get("paused"):
+        return ""
+    seconds = float(w.get("paused_for", 0) or 0)
+    late = warn_after is not None and seconds >= warn_after
+    color = "#e53935" if late else MEMORY_COLORS["paused"]
+    return (f' <span data-dask-ipy="paused" data-seconds="{seconds:.1f}" '
+            f'style="color:#fff;background:{color};border-radius:3px;padding:0 5px;'
+            f'font-size:85%">paused {format_duration(seconds)}</span>')
+
+
+def paused_alerts_html(snap, warn_after):
+    """A loud line for each worker paused for ``warn_after`` seconds or more."""
+    if warn_after is None:
+        return ""
+    rows = []
+    for w in (snap or {}).get("workers") or ():
+        seconds = float(w.get("paused_for", 0) or 0)
+        if not w.get("paused") or seconds < warn_after:
+            continue
+        limit = w.get("memory_limit")
+        pause = (w.get("memory_fractions") or {}).get("pause")
+        past = (f" is past {pause:.0%} of its {format_bytes(limit)} limit"
+                if limit and pause else "")
+        rows.append(
+            f'<div data-dask-ipy="paused-alert" data-address="{_esc(w.get("address"))}" '
+            f'style="padding:3px 8px;margin:2px 0;border-radius:3px;'
+            f'border-left:4px solid #e53935;background:rgba(229,57,53,0.12)">'
+            f'<b>\u26a0 {_esc(worker_label(w))} has been paused for '
+            f'{format_duration(seconds)}</b>: its memory '
+            f'{format_bytes(w.get("memory", 0))}{past} '
+            f'({format_bytes(w.get("managed", 0))} of results, '
+            f'{format_bytes(w.get("spilled", 0))} spilled). It starts no task until '
+            f'its memory falls: release results you no longer need, persist less at '
+            f'once, or give workers more memory.</div>')
+    if not rows:
+        return ""
+    return f'<div data-dask-ipy="paused-alerts" style="{FONT}">{"".join(rows)}</div>'
+
+
+def workers_html(snap, max_rows=64, warn_after=None):
     workers = list((snap or {}).get("workers") or ())
     if not workers:
         return (f'<div data-dask-ipy="workers" data-count="0" style="{FONT};{MUTED};'
@@ -205,7 +296,7 @@ def workers_html(snap, max_rows=64):
         beat = format_heartbeat(w.get("last_seen", 0))
         cells = [
             f'<td style="{td};text-align:left;{MONO}" title="{_esc(w.get("address"))}">'
-            f'{_esc(worker_label(w))}</td>',
+            f'{_esc(worker_label(w))}{paused_badge(w, warn_after)}</td>',
             f'<td style="{td};text-align:left">{_esc(w.get("host", ""))}</td>',
             f'<td style="{td}">{nthreads}</td>',
             f'<td style="{td}"><span style="display:inline-block;width:36px;height:7px;'
@@ -216,13 +307,15 @@ def workers_html(snap, max_rows=64):
             f'<td style="{td}">{queued}</td>',
             f'<td style="{td}">{int(w.get("keys", 0))}</td>',
             f'<td style="{td}">{format_bytes(w.get("nbytes", 0))}</td>',
-            f'<td style="{td}">{format_bytes(w.get("memory", 0))}</td>',
+            f'<td style="{td}">{memory_html(w)}</td>',
+            f'<td style="{td}">{format_bytes(w.get("spilled", 0))}</td>',
             f'<td style="{td}">{float(w.get("cpu", 0)):.0f}%</td>',
             f'<td style="{td}{";color:#e53935;font-weight:600" if late else ""}">'
             f'{beat}</td>',
         ]
         rows.append(f'<tr data-dask-ipy="worker" data-address="{_esc(w.get("address"))}" '
-                    f'data-executing="{executing}" data-keys="{int(w.get("keys", 0))}">'
+                    f'data-executing="{executing}" data-keys="{int(w.get("keys", 0))}" '
+                    f'data-status="{_esc(w.get("status", "running"))}">'
                     f'{"".join(cells)}</tr>')
     more = ""
     if len(workers) > max_rows:
@@ -346,6 +439,9 @@ def snapshot_text(snap, status="running", max_groups=20, max_workers=64):
             lines.append("  " + "  ".join(cells).rstrip())
         if len(workers) > max_workers:
             lines.append(f"  ... and {len(workers) - max_workers} more workers")
+        for w in workers[:max_workers]:
+            if w.get("memory_limit") or w.get("paused"):
+                lines.append("  " + memory_text(w))
     else:
         lines.append("  no workers yet")
     counts = snap.get("counts") or {}
@@ -368,6 +464,19 @@ def snapshot_text(snap, status="running", max_groups=20, max_workers=64):
     return "\n".join(lines)
 
 
+def memory_text(w):
+    """One line of a worker's memory, for terminals."""
+    limit = w.get("memory_limit")
+    line = (f"{worker_label(w)} memory {format_bytes(w.get('memory', 0))}"
+            + (f" of {format_bytes(limit)}" if limit else "")
+            + f": managed {format_bytes(w.get('managed', 0))}, unmanaged "
+            f"{format_bytes(w.get('unmanaged', 0))}, spilled "
+            f"{format_bytes(w.get('spilled', 0))}")
+    if w.get("paused"):
+        line += f"  PAUSED {format_duration(w.get('paused_for', 0))}"
+    return line
+
+
 # ---------------------------------------------------------------- the widget
 
 class Monitor(widgets.VBox):
@@ -383,9 +492,14 @@ class Monitor(widgets.VBox):
     """
 
     def __init__(self, client=None, *, interval=0.25, max_groups=12, max_workers=64,
-                 **kwargs):
+                 paused_warning=None, **kwargs):
         self.client = client if client is not None else default_client()
         self.interval = interval
+        # Seconds a worker may stay paused before a loud line (dask-ipy.client.
+        # paused-warning by default)
+        self.paused_warning = (paused_warning if paused_warning is not None
+                               else getattr(self.client, "paused_warning", None))
+        self.alerts = widgets.HTML(layout=widgets.Layout(display="none"))
         self.max_groups = max_groups
         self.max_workers = max_workers
         self.header = widgets.HTML()
@@ -395,8 +509,8 @@ class Monitor(widgets.VBox):
         self.errors = widgets.HTML(layout=widgets.Layout(display="none"))
         self.group_rows = {}            # {group name: HTML}
         kwargs.setdefault("layout", widgets.Layout(padding="4px 2px", width="100%"))
-        super().__init__(children=[self.header, self.worker_table, self.task_counts,
-                                   self.groups, self.errors], **kwargs)
+        super().__init__(children=[self.header, self.alerts, self.worker_table,
+                                   self.task_counts, self.groups, self.errors], **kwargs)
         self._latest = self.client.last_snapshot if self.client.monitor_callbacks \
             else None
         self._received = time.monotonic()
@@ -462,7 +576,11 @@ class Monitor(widgets.VBox):
                 wrote = True
 
         put(self.header, header_html(snap, status, stale))
-        put(self.worker_table, workers_html(snap, self.max_workers))
+        alerts = paused_alerts_html(snap, self.paused_warning)
+        put(self.alerts, alerts)
+        if self.alerts.layout.display != (None if alerts else "none"):
+            self.alerts.layout.display = None if alerts else "none"
+        put(self.worker_table, workers_html(snap, self.max_workers, self.paused_warning))
         put(self.task_counts, counts_html(snap))
         groups = list((snap or {}).get("groups") or ())[-self.max_groups:]
         rows = {}
@@ -508,8 +626,8 @@ class Monitor(widgets.VBox):
             self.stop()
         except Exception:
             pass
-        for w in (self.header, self.worker_table, self.task_counts, self.errors,
-                  *self.group_rows.values(), self.groups):
+        for w in (self.header, self.alerts, self.worker_table, self.task_counts,
+                  self.errors, *self.group_rows.values(), self.groups):
             w.close()
         super().close()
 

@@ -3,7 +3,9 @@
 Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
 `remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
 workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
-"client".  Nothing here touches a socket, a thread or a clock: time arrives as an
+"client", and orders for the shell's relay of large values (bulk.py) as ``("relay",
+ticket, sizes)``: let through a stream a worker announced with those frame sizes, or,
+with sizes None, give it up.  Nothing here touches a socket, a thread or a clock: time arrives as an
 argument.  User data and functions are `Serialized` blobs the scheduler forwards and
 never opens.
 
@@ -42,8 +44,15 @@ State, documented once:
     WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
                              their data through the scheduler ("relay"), and placement
                              avoids the pair
-    WorkerRecord.status:     "running", or "closing_gracefully" while it retires (no
-                             new tasks; its data moves to the others), or "closed"
+    WorkerRecord.status:     "running"; "paused" (its memory passed the pause
+                             fraction: nothing new is placed there, its queued tasks
+                             may be stolen, it still serves its data); or
+                             "closing_gracefully" while it retires (no new tasks; its
+                             data moves to the others, paused or not); "closed" once
+                             removed.  paused_since (None: not paused, whatever the
+                             status) and time_paused (seconds, ended pauses) say for
+                             how long its memory has kept it paused
+    memory_failures: {key: text}  why a task was last stopped for memory
     moves:      {move id: moves.Move}  data being moved between workers (retire,
                 replicate, rebalance), see moves.py
     worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
@@ -69,6 +78,7 @@ from operator import attrgetter
 
 from ..errors import error_info
 from ..keys import key_prefix
+from ..units import format_bytes
 from ..protocol import Serialized
 from .moves import Move, plan_rebalance, plan_replicas, plan_retirement
 
@@ -84,7 +94,9 @@ FORGOTTEN = "forgotten"
 ALL_STATES = (RELEASED, WAITING, QUEUED, NO_WORKER, PROCESSING, MEMORY, ERRED)
 
 RUNNING = "running"                        # worker statuses
+PAUSED = "paused"                          # memory: nothing new starts there
 CLOSING_GRACEFULLY = "closing_gracefully"  # retiring: no new tasks, data moves off
+CLOSED = "closed"
 
 
 class InvalidTransition(RuntimeError):
@@ -204,7 +216,8 @@ class TaskState:
 class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
-                 "last_seen", "metrics", "since", "status", "unreachable")
+                 "last_seen", "metrics", "since", "status", "unreachable",
+                 "memory_fractions", "paused_since", "time_paused", "shares_host")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
                  memory_limit=0, now=0.0):
@@ -227,19 +240,25 @@ class WorkerRecord:
         self.last_seen = now
         self.since = now
         self.metrics = {}
-        self.status = "running"
+        self.status = RUNNING
+        self.memory_fractions = None     # {target, spill, pause, terminate}, as told
+        self.paused_since = None
+        self.time_paused = 0.0
+        self.shares_host = False         # its limits are shares of its host's
 
     def __repr__(self):
         return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
 
 
 class ClientRecord:
-    __slots__ = ("id", "wants_what", "monitor")
+    __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned")
 
     def __init__(self, id):
         self.id = id
         self.wants_what = set()
         self.monitor = False
+        self.paused_warning = None    # seconds: warn of workers paused longer
+        self.warned = set()           # {(worker id, paused since)} warned of
 
 
 def _compact_spec(run_spec):
@@ -284,6 +303,29 @@ def _relayed(dep, ws):
     return all(holder in ws.unreachable for holder in dep.who_has)
 
 
+def _memory_text(ws, msg):
+    """What a worker's "memory-exceeded" says, for a person."""
+    name = f" ({ws.name})" if ws.name != ws.address else ""
+    fractions = ws.memory_fractions or {}
+    terminate = fractions.get("terminate")
+    at = f", stopped at {terminate:.0%} of it" if terminate else ""
+    action = ("the task was interrupted; the worker's process lives on"
+              if msg.get("action") == "interrupt" else "the worker was restarted")
+    return (f"worker {ws.address}{name} reached {format_bytes(msg.get('rss', 0))} of "
+            f"its {format_bytes(msg.get('limit', ws.memory_limit))} memory limit{at}; "
+            f"{action}")
+
+
+def _memory_note(ws):
+    """A dead worker's memory at its last heartbeat, if that was high."""
+    memory = ws.metrics.get("memory", 0)
+    pause = (ws.memory_fractions or {}).get("pause") or 0.8
+    if not ws.memory_limit or memory < pause * ws.memory_limit:
+        return ""
+    return (f"; its memory at its last heartbeat: {format_bytes(memory)} of its "
+            f"{format_bytes(ws.memory_limit)} limit")
+
+
 class SchedulerState:
     def __init__(self, *, allowed_failures=3, validate=False, bandwidth=100e6,
                  default_duration=0.5, saturation=2.0, queue_seconds=0.02, max_depth=100,
@@ -302,6 +344,8 @@ class SchedulerState:
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
+        self.memory_failures = {}            # {key: text} last stop for memory
+        self.clock = 0.0                     # the latest time the shell told us
         self.moves = {}                      # {move id: Move} (see moves.py)
         self.worker_plugins = {}             # {name: Serialized}
         self.plugin_events = None            # [event] for scheduler plugins, or None
@@ -320,6 +364,9 @@ class SchedulerState:
         self.max_depth = max_depth
         self.max_error_text = max_error_text
         self.max_relay_bytes = max_relay_bytes
+        # Set by a shell with a relay for large values (bulk.py): a client's gather may
+        # then ask the holders to stream them to it through the relay.
+        self.stream_to_clients = False
         self.validating = validate
         self.generation = 0
         self.transition_count = 0
@@ -469,6 +516,8 @@ class SchedulerState:
                 recs[dep.key] = FORGOTTEN
         self._set_state(ts, FORGOTTEN)
         del self.tasks[ts.key]
+        if self.memory_failures:
+            self.memory_failures.pop(ts.key, None)
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs
@@ -723,13 +772,19 @@ class SchedulerState:
             return
         if self.steals:
             idle -= sum(1 for _, t in self.steals.values() if t is thief)
+        # A paused worker starts nothing: every task waiting in its queue may go.
         victims = [ws for ws in self.workers.values()
-                   if len(ws.processing) + len(ws.stale) > ws.nthreads and ws is not thief]
-        victims.sort(key=lambda w: w.occupancy / w.nthreads, reverse=True)
+                   if ws is not thief and (
+                       len(ws.processing) + len(ws.stale) > ws.nthreads
+                       or ws.status == PAUSED and len(ws.processing) > len(ws.executing))]
+        victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads))
         for victim in victims:
             if idle <= 0:
                 return
-            waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
+            if victim.status == PAUSED:
+                waiting = len(victim.processing) - len(victim.executing)
+            else:
+                waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
             candidates = [ts for ts in itertools.islice(reversed(victim.processing),
                                                         STEAL_SCAN)
                           if self._worth_stealing(ts, victim, thief)]
@@ -742,11 +797,13 @@ class SchedulerState:
     def _worth_stealing(self, ts, victim, thief):
         duration = victim.processing[ts]
         if (ts in victim.executing or ts.key in self.steals
-                or duration < STEAL_MIN_DURATION
+                or duration < STEAL_MIN_DURATION and victim.status != PAUSED
                 or ts.restrictions is not None and not _allowed(ts, thief)
                 or thief.unreachable and any(_relayed(dep, thief)
                                              for dep in ts.dependencies)):
             return False
+        if victim.status == PAUSED:
+            return True                 # it would wait there until memory falls
         missing = sum(max(dep.nbytes, 0) for dep in ts.dependencies
                       if thief not in dep.who_has)
         return missing / self.bandwidth <= duration
@@ -772,6 +829,8 @@ class SchedulerState:
             self.transitions({ts.key: PROCESSING})
 
     def _assign(self, ts, ws):
+        if self.validating:
+            assert ws.status == RUNNING, (ts, ws)     # nothing new for a paused one
         duration = self._duration(ts)
         ts.processing_on = ws
         ws.processing[ts] = duration
@@ -944,16 +1003,24 @@ class SchedulerState:
     # ------------------------------------------------------------ workers
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
-                   memory_limit=0, keys=(), now=0.0):
+                   memory_limit=0, keys=(), now=0.0, memory_fractions=None,
+                   shares_host=False):
+        """``shares_host``: the worker's limits ("auto" memory, task thread pools) are
+        shares of its host's; it is told how many workers its host has
+        ("host-workers") whenever that changes."""
         if wid in self.workers:
             return self.workers[wid]
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
         ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws.memory_fractions = memory_fractions
+        ws.shares_host = shares_host
+        self.clock = max(self.clock, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
         self.send_worker(ws, {"op": "registered"})
+        self._count_host(ws.host)
         # Plugins are set up before the worker's first task (messages keep their order).
         for pname, blob in self.worker_plugins.items():
             self.send_worker(ws, {"op": "plugin-add", "name": pname, "plugin": blob})
@@ -970,21 +1037,26 @@ class SchedulerState:
             self._restarted(ws)
         return ws
 
-    def remove_worker(self, wid, reason="", expected=False):
+    def remove_worker(self, wid, reason="", expected=False, memory=None):
+        """``memory``: the worker is gone because its memory passed its terminate
+        fraction (a text saying so); the tasks it ran are blamed with it."""
         ws = self.workers.pop(wid, None)
         if ws is None:
             return None
         self.by_address.pop(ws.address, None)
         recs = {}
         suspects = ws.executing or set(ws.processing)
+        if not expected and memory is None:
+            reason += _memory_note(ws)
         for ts in list(ws.processing):
             if not expected and ts in suspects:
                 ts.suspicious += 1
+                if memory is not None:
+                    self.memory_failures[ts.key] = memory
+                elif self.memory_failures:
+                    self.memory_failures.pop(ts.key, None)    # not memory, this time
                 if ts.suspicious >= self.allowed_failures:
-                    ts.error = error_info(
-                        "KilledWorker",
-                        f"task {ts.key!r} was running on {ts.suspicious} workers "
-                        f"that died (last: {ws.address}: {reason})", ts.key)
+                    ts.error = self._killed_error(ts, ws, reason)
                     recs[ts.key] = ERRED
                     continue
             recs[ts.key] = RELEASED
@@ -995,7 +1067,8 @@ class SchedulerState:
         ws.has_what = set()
         ws.processing = {}
         ws.executing = set()
-        ws.status = "closed"
+        ws.status = CLOSED
+        self._count_host(ws.host)
         for other in self.workers.values():
             other.unreachable.discard(ws)
         if self.steals:                 # its own tasks' steals went with them
@@ -1030,16 +1103,118 @@ class SchedulerState:
         return ws
 
     def check_heartbeats(self, now, timeout):
-        """Remove workers silent for longer than ``timeout`` seconds."""
+        """Remove workers silent for longer than ``timeout`` seconds; warn clients of
+        workers paused for longer than they asked to be warned after."""
+        self.clock = max(self.clock, now)
         for ws in list(self.workers.values()):
             if now - ws.last_seen > timeout:
                 self.remove_worker(ws.id, reason=f"no heartbeat for {now - ws.last_seen:.1f} s")
+            elif ws.status == PAUSED:
+                self._warn_paused(ws, now)
+
+    # ------------------------------------------------------------ memory
+
+    def _count_host(self, host):
+        """Workers whose limits are shares of their host's learn how many workers
+        share it."""
+        peers = [w for w in self.workers.values() if w.host == host]
+        for w in peers:
+            if w.shares_host:
+                self.send_worker(w, {"op": "host-workers", "n": len(peers)})
+
+    def _pause(self, ws, now):
+        """A retiring worker stays retiring (its data still moves off); only its
+        pause is timed."""
+        if ws.status == RUNNING:
+            ws.status = PAUSED
+        ws.paused_since = now
+        # Its queued tasks would wait for its memory to fall: idle workers take them.
+        if len(self.workers) > 1:
+            for other in self.workers.values():
+                if other.status == RUNNING:
+                    self._steal_for(other)
+
+    def _resume(self, ws, now):
+        if ws.paused_since is not None:
+            ws.time_paused += max(now - ws.paused_since, 0.0)
+        ws.paused_since = None
+        if ws.status != PAUSED:
+            return                          # retiring: it takes nothing new
+        ws.status = RUNNING
+        if self.unrunnable:
+            self.transitions({ts.key: WAITING for ts in self.unrunnable})
+        self.fill_workers()
+
+    def paused_for(self, ws, now=None):
+        """Seconds ``ws`` has been paused (0 if it runs), and its total."""
+        now = self.clock if now is None else now
+        current = max(now - ws.paused_since, 0.0) if ws.paused_since is not None else 0.0
+        return current, ws.time_paused + current
+
+    def _warn_paused(self, ws, now):
+        seconds = now - ws.paused_since
+        for cs in self.clients.values():
+            after = cs.paused_warning
+            if after is None or seconds < after or (ws.id, ws.paused_since) in cs.warned:
+                continue
+            cs.warned.add((ws.id, ws.paused_since))
+            m = ws.metrics
+            self.send_client(cs.id, {
+                "op": "worker-paused-long", "address": ws.address, "name": ws.name,
+                "seconds": seconds, "memory": m.get("memory", 0),
+                "managed": m.get("managed", 0), "spilled": m.get("spilled", 0),
+                "memory_limit": ws.memory_limit})
+
+    def _on_memory_exceeded(self, ws, msg):
+        """The worker's memory passed its terminate fraction while ``keys`` ran there.
+        "exit": it is restarting (under its supervisor), so it is gone now; its tasks
+        are blamed.  "interrupt": those tasks are being stopped in a process that
+        lives on (an engine); each counts a failure, is run elsewhere, and errs once
+        it has failed ``allowed_failures`` times."""
+        text = _memory_text(ws, msg)
+        if msg.get("action") == "exit":
+            self.remove_worker(ws.id, reason=text + "; the worker restarts", memory=text)
+            return
+        for key in msg.get("keys", ()):
+            ts = self.tasks.get(key)
+            if ts is None or ts.processing_on is not ws:
+                continue
+            ts.suspicious += 1
+            self.memory_failures[key] = text
+            # Its thread runs on until the stop lands (the worker then says
+            # "task-dropped"): released, it counts as stale there.
+            ws.executing.add(ts)
+            if ts.suspicious >= self.allowed_failures:
+                ts.error = self._killed_error(ts, ws, text)
+                ws.stale[key] = ws.processing[ts]
+                ws.occupancy += ws.processing[ts]
+                self.transitions({key: ERRED})
+            else:
+                self.transitions({key: RELEASED})
+        self.fill_workers()
+
+    def _killed_error(self, ts, ws, reason):
+        """The error of a task that ended ``allowed_failures`` workers (or runs): it
+        names memory when memory was the last cause."""
+        memory = self.memory_failures.get(ts.key)
+        if memory is not None:
+            return error_info(
+                "MemoryLimitExceeded",
+                f"task {ts.key!r} was stopped {ts.suspicious} times for exceeding a "
+                f"worker's memory limit (allowed_failures={self.allowed_failures}); "
+                f"last time: {memory}", ts.key)
+        return error_info(
+            "KilledWorker",
+            f"task {ts.key!r} was running on {ts.suspicious} workers "
+            f"that died (last: {ws.address}: {reason})", ts.key)
 
     def handle_worker_message(self, wid, msg, now=0.0):
         ws = self.workers.get(wid)
         if ws is None:
             return False          # unknown or removed worker: the shell tells it
         ws.last_seen = now
+        if now > self.clock:
+            self.clock = now
         op = msg["op"]
         handler = self.FROM_WORKERS.get(op)
         if handler is None:
@@ -1051,7 +1226,15 @@ class SchedulerState:
         return True
 
     def _on_heartbeat(self, ws, msg):
-        ws.metrics = msg.get("metrics", {})
+        metrics = ws.metrics = msg.get("metrics", {})
+        limit = metrics.get("memory_limit")
+        if limit is not None:
+            ws.memory_limit = limit
+        status = metrics.get("status")
+        if status == PAUSED and ws.paused_since is None:
+            self._pause(ws, ws.last_seen)
+        elif status == RUNNING and ws.paused_since is not None:
+            self._resume(ws, ws.last_seen)
 
     def _on_task_started(self, ws, msg):
         key = msg["key"]
@@ -1230,6 +1413,10 @@ class SchedulerState:
         g["pending"].discard(ws.id)
         g["data"].update(msg.get("data", {}))
         g["errors"].update(msg.get("errors", {}))
+        for stream in msg.get("streams", ()):
+            g["streams"].append(stream)
+            g["streamed"].update(stream["keys"])
+            self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
         missing = msg.get("missing", ())
         for key in missing:
             ts = self.tasks.get(key)
@@ -1274,6 +1461,7 @@ class SchedulerState:
         "release-worker-data": _on_release_worker_data,
         "data": _on_data,
         "run-result": _on_run_result,
+        "memory-exceeded": _on_memory_exceeded,
         "log-event": _on_log_event,
     }
 
@@ -1380,16 +1568,27 @@ class SchedulerState:
     def _on_gather(self, cid, msg):
         """Send values of keys to a client.  With ``wait``, keys still being computed
         are waited for here, so the answer leaves as soon as the last one is done."""
+        max_bytes = msg.get("max_bytes")
+        stream = bool(msg.get("stream")) and self.stream_to_clients and max_bytes is None
+        if self.stream_to_clients:
+            # Streams of an earlier answer the client could not take: their senders,
+            # waiting at the relay, give up now.
+            for ticket in msg.get("unwanted", ()):
+                self.outbox.append(("relay", ticket, None))
         self._new_gather(cid, None, msg["request_id"], list(msg["keys"]),
-                         msg.get("max_bytes"), msg.get("wait"))
+                         max_bytes, msg.get("wait"), stream)
 
-    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False):
-        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker."""
+    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False, stream=False):
+        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker.  With
+        `stream`, holders may send large values straight to the client through the
+        shell's relay: the answer then lists those streams (opaque: ticket, sizes,
+        keys) beside the values."""
         gid = next(self._ids)
         g = self.gathers[gid] = {"client": cid, "worker": ws, "request_id": request_id,
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
                                  "keys": keys, "waiting": set(), "max_bytes": max_bytes,
-                                 "holders": {}}
+                                 "holders": {}, "stream": stream, "streams": [],
+                                 "streamed": set()}
         if wait:
             for key in keys:
                 ts = self.tasks.get(key)
@@ -1432,6 +1631,8 @@ class SchedulerState:
         for ws, wkeys in by_worker.items():
             g["pending"].add(ws.id)
             msg = {"op": "send-data", "keys": wkeys, "request_id": gid}
+            if g["stream"]:
+                msg["for"] = g["client"]
             if g["worker"] is not None:
                 msg["max_bytes"] = g["max_bytes"]
                 g["holders"].update(dict.fromkeys(wkeys, ws.address))
@@ -1442,7 +1643,8 @@ class SchedulerState:
         g = self.gathers[gid]
         g["pending"].discard(wid)
         # Keys that worker was to send are retried where replicas remain, or missing.
-        wanted = [k for k in g["keys"] if k not in g["data"] and k not in g["missing"]]
+        wanted = [k for k in g["keys"] if k not in g["data"] and k not in g["missing"]
+                  and k not in g["streamed"]]
         pending_elsewhere = set()
         for key in wanted:
             ts = self.tasks.get(key)
@@ -1467,6 +1669,8 @@ class SchedulerState:
                "missing": g["missing"], "errors": g["errors"]}
         ws = g["worker"]
         if ws is None:
+            if g["streams"]:
+                msg["streams"] = g["streams"]
             self.send_client(g["client"], {"op": "gather-result", **msg})
             return
         for key, error in g["errors"].items():
@@ -1545,7 +1749,9 @@ class SchedulerState:
         """Send ``msg`` to the running workers (those named in ``allowed``, if given);
         the client gets each one's answer, by address, in one "run-result"."""
         rid = next(self._ids)
-        targets = [ws for ws in self.workers.values() if ws.status == RUNNING]
+        # Paused ones too (a plugin must be there when they run again); not those
+        # retiring, which may be gone before they answer.
+        targets = [ws for ws in self.workers.values() if ws.status in (RUNNING, PAUSED)]
         if allowed:
             targets = [ws for ws in targets
                        if ws.address in allowed or ws.name in allowed or ws.id in allowed]
@@ -1626,6 +1832,12 @@ class SchedulerState:
     def _on_unpublish_dataset(self, cid, msg):
         self._reply(cid, msg, self._unpublish(msg["name"]))
 
+    def _on_client_options(self, cid, msg):
+        cs = self.clients.get(cid)
+        if cs is not None and "paused_warning" in msg:
+            after = msg["paused_warning"]
+            cs.paused_warning = None if after is None else float(after)
+
     def _on_monitor(self, cid, msg):
         cs = self.clients.get(cid)
         if cs is not None:
@@ -1656,6 +1868,7 @@ class SchedulerState:
         self.parked.clear()
         self.scatters.clear()
         self.steals.clear()
+        self.memory_failures.clear()
         self.datasets.clear()
         self._reply(cid, msg, True)
         if self.plugin_events is not None:
@@ -1937,13 +2150,15 @@ class SchedulerState:
             self._advancing = False
 
     def _advance_retirement(self, move):
+        # Copies go to running workers only: a paused one takes nothing new.  A key
+        # a paused worker also holds is kept there, so it is not unique.
         stay = self._running()
         for wid, before in list(move.retiring.items()):
             ws = self.workers[wid]
             if ws.processing:
                 continue               # its running tasks end there first
             unique = {ts.key: ts for ts in ws.has_what
-                      if not any(h.status == RUNNING for h in ts.who_has)}
+                      if not any(h.status in (RUNNING, PAUSED) for h in ts.who_has)}
             if not unique:
                 del move.retiring[wid]
                 self._retired(move, ws)
@@ -1954,7 +2169,10 @@ class SchedulerState:
                                for key in todo):
                 # Its data has nowhere to go: it is not retired.
                 del move.retiring[wid]
-                ws.status = before
+                if before == CLOSING_GRACEFULLY:      # another retirement goes on
+                    ws.status = before
+                else:                  # paused or not as its memory is now
+                    ws.status = PAUSED if ws.paused_since is not None else RUNNING
                 continue
             plan = plan_retirement(todo, {w.address: w.nbytes for w in stay})
             self._ask_copies(move, [(unique[key], self.by_address[address], None)
@@ -1991,6 +2209,7 @@ class SchedulerState:
         "unpublish-dataset": _on_unpublish_dataset,
         "monitor": _on_monitor,
         "restart": _on_restart,
+        "client-options": _on_client_options,
         "register-worker-plugin": _on_register_worker_plugin,
         "unregister-worker-plugin": _on_unregister_worker_plugin,
         "subscribe-topic": _on_subscribe_topic,
@@ -2001,15 +2220,29 @@ class SchedulerState:
 
     # ------------------------------------------------------------ views
 
+    def memory_info(self, ws, now=None):
+        """A worker's memory as it last reported it: process (RSS), managed (results
+        in memory, by sizeof), unmanaged (the rest of RSS), spilled (bytes on disk),
+        its limit and fractions, and whether and how long it has been paused."""
+        m = ws.metrics
+        rss = m.get("memory", 0)
+        managed = m.get("managed", 0)
+        paused_for, time_paused = self.paused_for(ws, now)
+        return {"memory": rss, "managed": managed,
+                "unmanaged": max(rss - managed, 0), "spilled": m.get("spilled", 0),
+                "memory_limit": ws.memory_limit,
+                "memory_fractions": ws.memory_fractions,
+                "status": ws.status, "paused": ws.paused_since is not None,
+                "paused_for": paused_for, "time_paused": time_paused}
+
     def info(self):
         return {
             "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
                                      "pid": ws.pid, "nthreads": ws.nthreads,
-                                     "memory_limit": ws.memory_limit,
                                      "executing": len(ws.executing) + len(ws.stale),
-                                     "status": ws.status,
                                      "unreachable": sorted(w.address
-                                                           for w in ws.unreachable)}
+                                                           for w in ws.unreachable),
+                                     **self.memory_info(ws)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
             "nclients": len(self.clients),
@@ -2032,8 +2265,8 @@ class SchedulerState:
                 "address": ws.address, "name": ws.name, "host": ws.host, "pid": ws.pid,
                 "nthreads": ws.nthreads, "executing": len(ws.executing) + len(ws.stale),
                 "processing": len(ws.processing) + len(ws.stale), "keys": len(ws.has_what),
-                "nbytes": ws.nbytes, "memory": ws.metrics.get("memory", 0),
-                "cpu": ws.metrics.get("cpu", 0), "last_seen": now - ws.last_seen,
+                "nbytes": ws.nbytes, "cpu": ws.metrics.get("cpu", 0),
+                "last_seen": now - ws.last_seen, **self.memory_info(ws, now),
             })
         groups = []
         for tg in sorted(self.groups.values(), key=lambda g: g.seq)[-50:]:
@@ -2100,6 +2333,10 @@ class SchedulerState:
             assert ws.executing <= set(ws.processing), ws
             expected = sum(ws.processing.values()) + sum(ws.stale.values())
             assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws
+            assert ws.status in (RUNNING, PAUSED, CLOSING_GRACEFULLY), ws
+            assert ws.status != PAUSED or ws.paused_since is not None, ws
+            assert ws.status != RUNNING or ws.paused_since is None, ws
+            assert ws.time_paused >= 0, ws
         for key, (victim, _) in self.steals.items():
             assert self.tasks[key].processing_on is victim, (key, victim)
         for move in self.moves.values():

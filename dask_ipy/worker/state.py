@@ -31,6 +31,12 @@ State, documented once:
                                       dropped as soon as no local task needs it
     WTask.replica:     bool           a copy the scheduler asked for ("acquire-
                                       replicas"): kept and reported once fetched
+    WTask.interrupted: bool           stopped for memory while running: whatever its
+                                      run ends with is dropped
+    managed:   int                    bytes (by sizeof) of the results in `data`
+    paused:    bool                   memory is high: no task starts and no input is
+                                      fetched; running tasks go on, and peers are
+                                      still served
     transition_log:    [(key, start, finish)] or None: every change of a task's state,
                        once `observe_transitions` is on (for worker plugins)
 """
@@ -68,7 +74,8 @@ class Send:
 class WTask:
     __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
-                 "cancelled", "computed", "duration", "want_data", "confirm", "replica")
+                 "cancelled", "computed", "duration", "want_data", "confirm", "replica",
+                 "interrupted")
 
     def __init__(self, key):
         self.key = key
@@ -87,6 +94,7 @@ class WTask:
         self.want_data = False
         self.confirm = False         # start only on the scheduler's "go"
         self.replica = False         # a copy asked for: report it once here
+        self.interrupted = False
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -108,6 +116,9 @@ class WorkerState:
         self.fetching = set()         # keys in state "fetch"
         self.unconfirmed = {}         # {key: Execute} waiting for the scheduler's "go"
         self.unreachable = set()      # peers whose data comes through the scheduler
+        self.managed = 0
+        self.paused = False
+        self.again = {}               # {key: compute-task} asked for while stopped
         self.task_class = WTask
         self.transition_log = None
         self._seq = itertools.count()
@@ -142,6 +153,11 @@ class WorkerState:
         ts.priority = tuple(priority)
         if ts.state == "executing":
             ts.cancelled = False             # freed then asked for again: keep it
+            if ts.interrupted:               # unless it is being stopped: then again
+                self.again[key] = dict(
+                    key=key, run_spec=run_spec, priority=priority, who_has=who_has,
+                    nbytes=nbytes, duration=duration, want_data=want_data,
+                    confirm=confirm)
             return
         if ts.state == "memory":
             self._report(out, ts)
@@ -232,7 +248,7 @@ class WorkerState:
                     keys.remove(ts.key)      # the reply is ignored for this key
 
     def _drop_data(self, key):
-        self.nbytes.pop(key, None)
+        self.managed -= self.nbytes.pop(key, 0)
         try:
             del self.data[key]
         except KeyError:
@@ -283,6 +299,7 @@ class WorkerState:
             self.executing.discard(key)
             self._drop(out, key)
         self.unconfirmed.clear()
+        self.again.clear()
         for ts in self.tasks.values():
             if ts.state == "executing":
                 ts.cancelled = True
@@ -292,6 +309,7 @@ class WorkerState:
         self.in_flight.clear()
         self.unreachable.clear()
         self.nbytes.clear()
+        self.managed = 0
         self.data.clear()
 
     def _on_steal_request(self, out, key):
@@ -326,6 +344,9 @@ class WorkerState:
         if ts is None or ts.cancelled:
             self._drop(out, key)
             return
+        if ts.interrupted:
+            self._run_again(out, ts)
+            return
         self._store(ts, value, nbytes)
         ts.reported = True
         msg = {"op": "task-finished", "key": key, "nbytes": nbytes, "type": type,
@@ -341,6 +362,9 @@ class WorkerState:
         if ts is None or ts.cancelled:
             self._drop(out, key)
             return
+        if ts.interrupted:
+            self._run_again(out, ts)
+            return
         out.append(Send({"op": "task-erred", "key": key, **error}))
         ts.state = "released"
         ts.computed = False
@@ -351,10 +375,49 @@ class WorkerState:
         """A task the scheduler released ends here without a result: tell it that the
         thread the task held is free again, and forget the task."""
         out.append(Send({"op": "task-dropped", "key": key}))
+        self.again.pop(key, None)
         ts = self.tasks.get(key)
         if ts is not None:
+            ts.interrupted = False
             ts.state = "released"
             self._release(ts)
+
+    def _run_again(self, out, ts):
+        """A run stopped for memory ended, and the scheduler has asked for the task
+        again meanwhile: that run's thread is free, and the task waits for its turn."""
+        ts.interrupted = False
+        out.append(Send({"op": "task-dropped", "key": ts.key}))
+        request = self.again.pop(ts.key, None)
+        self._done_with_inputs(ts)
+        ts.state = "released"
+        if request is None:
+            self._release(ts)
+        else:
+            self._on_compute_task(out, **request)
+
+    # ------------------------------------------------------------ memory
+
+    def _on_pause(self, out):
+        """Memory passed the pause fraction: start nothing new."""
+        self.paused = True
+
+    def _on_resume(self, out):
+        self.paused = False
+
+    def _on_memory_exceeded(self, out, keys, rss, limit, action):
+        """Memory passed the terminate fraction while ``keys`` ran: they are being
+        stopped (``action`` "interrupt") or the worker is about to exit ("exit").
+        The scheduler decides what happens to them; whatever their runs end with is
+        dropped here."""
+        stopped = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "executing" and not ts.interrupted:
+                ts.interrupted = True
+                ts.cancelled = True
+                stopped.append(key)
+        out.append(Send({"op": "memory-exceeded", "keys": stopped, "rss": rss,
+                         "limit": limit, "action": action}))
 
     def _done_with_inputs(self, ts):
         for dts in ts.dependencies:
@@ -366,6 +429,7 @@ class WorkerState:
 
     def _store(self, ts, value, nbytes):
         self.data[ts.key] = value
+        self.managed += nbytes - self.nbytes.get(ts.key, 0)
         self.nbytes[ts.key] = nbytes
         ts.nbytes = nbytes
         ts.state = "memory"
@@ -504,6 +568,8 @@ class WorkerState:
         instead of waiting for this thread between each; others one per thread,
         announced with "task-started" (the scheduler blames those when a worker dies).
         """
+        if self.paused:
+            return
         while self.ready:
             ts = self.tasks.get(self.ready[0][2])
             if ts is None or ts.state != "ready":
@@ -532,6 +598,8 @@ class WorkerState:
             out.append(run)
 
     def _ensure_communicating(self, out):
+        if self.paused:
+            return
         wanted = {}
         relay = []
         for key in list(self.fetching):
@@ -622,3 +690,6 @@ class WorkerState:
                 assert any(key in keys for keys in self.in_flight.values()), ts
         for key in self.executing:
             assert self.tasks[key].state == "executing", key
+        assert self.managed == sum(self.nbytes.values()), (self.managed, self.nbytes)
+        for ts in self.tasks.values():
+            assert not ts.interrupted or ts.state == "executing", ts

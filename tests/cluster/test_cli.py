@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
-from helpers import ROOT, wait_for
+from helpers import ROOT, kill_tree, read_info, wait_for
 from dask_ipy import Client
 from dask_ipy.cli import log_path, parse_args, ready_lines
 from dask_ipy.bootstrap import scheduler_argv, spawn_scheduler
@@ -23,20 +23,6 @@ def command():
     """The installed console script if there is one, else ``python -m dask_ipy``."""
     script = os.path.join(os.path.dirname(sys.executable), "dask-ipy")
     return [script] if os.path.exists(script) else [sys.executable, "-m", "dask_ipy"]
-
-
-def kill_tree(pid):
-    try:
-        parent = psutil.Process(pid)
-        procs = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 @contextmanager
@@ -54,19 +40,6 @@ def running(*args, **kw):
             kill_tree(proc.pid)
         proc.wait(10)
         proc.stdout.close()
-
-
-def read_info(proc, last=None):
-    info = {}
-    last = last or ("address_to_clients" if "scheduler" in proc.args else "scheduler")
-    while last not in info:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"{proc.args} exited early: {info}")
-        name, sep, value = line.partition(":")
-        if sep:
-            info[name.strip()] = value.strip()
-    return info
 
 
 def test_parser():

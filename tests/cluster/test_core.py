@@ -236,6 +236,8 @@ def test_a_worker_that_joins_takes_over_work_queued_on_a_busy_one():
     c = Client(s.address_to_clients)
     b = None
     try:
+        # A worker registers once the scheduler has answered its hello.
+        wait_for(lambda: a.id in s.state.workers, message="a to register")
         x = c.submit(inc, 0)
         # Six tasks on x, all sent to the only worker there is.
         ys = [c.submit(slow_inc, x, delay=0.2, pure=False) for _ in range(6)]
@@ -281,16 +283,18 @@ def test_unauthenticated_pickles_are_never_loaded(cluster, tmp_path):
     target = tmp_path / "pwned"
     evil = pickle.dumps(CreateFileOnLoad(str(target)))
     assert not target.exists()
-    intruder = Session(os.urandom(32), b"intruder")       # the wrong key
+    # The wrong key, behind the right ZeroMQ credentials (read off the wire, say).
+    intruder = Session(os.urandom(32), b"intruder", epoch=os.urandom(16))
     forged = [
         [evil],
         [b"\0" * 32, evil],
         [b"\0" * 32, b"header", evil],
         intruder.dumps([{"op": "update-graph", "keys": ["k"],
-                         "tasks": [("k", serialize(CreateFileOnLoad(str(target))), [])]}]),
+                         "tasks": [("k", serialize(CreateFileOnLoad(str(target))), [])]}],
+                       b"scheduler"),
         intruder.dumps([{"op": "put-data", "data": {"k": serialize(
-            CreateFileOnLoad(str(target)))}}]),
-        intruder.dumps([{"op": "get-data", "keys": ["k"], "request_id": "r"}]),
+            CreateFileOnLoad(str(target)))}}], b"worker"),
+        intruder.dumps([{"op": "get-data", "keys": ["k"], "request_id": "r"}], b"worker"),
     ]
     ctx = zmq.Context()
     try:
@@ -299,6 +303,7 @@ def test_unauthenticated_pickles_are_never_loaded(cluster, tmp_path):
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
             sock.routing_id = b"intruder"
+            s.security.configure_client(sock)
             sock.connect(address)
             socks.append(sock)
             for frames in forged:

@@ -31,16 +31,17 @@ from dask_ipy.protocol import (
 pytestmark = pytest.mark.timeout(30)
 
 KEY = b"k" * 32
+EPOCH = b"e" * 16            # one start of a scheduler
 
 
 @pytest.fixture
 def worker():
-    return Session(KEY, b"worker-1")
+    return Session(KEY, b"worker-1", epoch=EPOCH)
 
 
 @pytest.fixture
 def scheduler():
-    return Session(KEY, b"scheduler")
+    return Session(KEY, b"scheduler", epoch=EPOCH)
 
 
 def received(frames):
@@ -50,7 +51,7 @@ def received(frames):
 
 def one_payload_message(session, fill):
     value = Serialized([b"head", np.full(100_000, fill, dtype="u1")])
-    return session.dumps([{"op": "data", "value": value}])
+    return session.dumps([{"op": "data", "value": value}], b"scheduler")
 
 
 # --- round trips -------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_round_trip_nested_values(worker, scheduler):
         "big": 2**63 - 1,
         "neg": -(2**63),
     }
-    [out] = scheduler.loads(received(worker.dumps([msg])))
+    [out] = scheduler.loads(received(worker.dumps([msg], b"scheduler")))
     assert out["keys"] == (("x", 0), ("x", 1), "y", 3, 2.5)
     assert out["deps"][("x", 0)] == (("y", 1),)
     assert out["deps"][3] == () and out["deps"][2.5] is None
@@ -80,16 +81,16 @@ def test_round_trip_nested_values(worker, scheduler):
 
 def test_round_trip_batch_keeps_order(worker, scheduler):
     msgs = [{"op": "task-finished", "key": ("x", i), "nbytes": i} for i in range(100)]
-    assert scheduler.loads(worker.dumps(msgs)) == msgs
+    assert scheduler.loads(worker.dumps(msgs, b"scheduler")) == msgs
 
 
 def test_single_dict_is_a_batch_of_one(worker, scheduler):
-    assert scheduler.loads(worker.dumps({"op": "ping"})) == [{"op": "ping"}]
+    assert scheduler.loads(worker.dumps({"op": "ping"}, b"scheduler")) == [{"op": "ping"}]
 
 
 def test_small_serialized_is_inlined(worker, scheduler):
     value = serialize({"a": [1, 2, 3]})
-    frames = worker.dumps([{"op": "x", "value": value}])
+    frames = worker.dumps([{"op": "x", "value": value}], b"scheduler")
     assert len(frames) == 2
     [out] = scheduler.loads(frames)
     assert isinstance(out["value"], Serialized)
@@ -98,8 +99,8 @@ def test_small_serialized_is_inlined(worker, scheduler):
 
 
 def test_big_array_is_out_of_band_and_zero_copy(worker, scheduler):
-    arr = np.arange(1_000_000, dtype="f8")
-    frames = worker.dumps([{"op": "data", "key": ("x", 0), "value": serialize(arr)}])
+    arr = np.arange(100_000, dtype="f8")            # under MAX_FRAME_BYTES: one frame
+    frames = worker.dumps([{"op": "data", "key": ("x", 0), "value": serialize(arr)}], b"scheduler")
     assert len(frames) == 3  # the small pickle stream rides inline in the header
     assert np.shares_memory(np.frombuffer(frames[2], "u1"), arr)  # sent without a copy
 
@@ -119,7 +120,7 @@ def test_many_serialized_values_map_to_their_frames(worker, scheduler):
     assert len(big_stream.frames) == 1 and big_stream.nbytes >= protocol.INLINE_LIMIT
     msgs = [{"op": "data", "key": i, "value": v} for i, v in enumerate(values)]
     msgs.append({"op": "data", "key": "list", "value": big_stream, "more": [values[0], 1]})
-    out = scheduler.loads(received(worker.dumps(msgs)))
+    out = scheduler.loads(received(worker.dumps(msgs, b"scheduler")))
     for i, a in enumerate(arrays):
         assert np.array_equal(deserialize(out[i]["value"]), a)
     assert deserialize(out[5]["value"]) == list(range(30_000))
@@ -129,8 +130,8 @@ def test_many_serialized_values_map_to_their_frames(worker, scheduler):
 def test_serialized_is_forwarded_without_unpickling(tmp_path, worker, scheduler):
     marker = tmp_path / "ran"
     value = Serialized([pickle.dumps(CreateFileOnLoad(str(marker)))])
-    client = Session(KEY, b"client-1")
-    [at_scheduler] = scheduler.loads(client.dumps([{"op": "x", "value": value}]))
+    client = Session(KEY, b"client-1", epoch=EPOCH)
+    [at_scheduler] = scheduler.loads(client.dumps([{"op": "x", "value": value}], b"scheduler"))
     [at_worker] = worker.loads(scheduler.dumps([at_scheduler], to=b"worker-1"))
     assert not marker.exists()
     assert at_worker["value"] == value
@@ -147,9 +148,10 @@ def test_round_trip_through_zmq_frames():
         dealer.routing_id = b"worker-1"
         router.bind("inproc://protocol-test")
         dealer.connect("inproc://protocol-test")
-        sender, receiver = Session(KEY, b"worker-1"), Session(KEY, b"scheduler")
-        arr = np.arange(500_000, dtype="i8")
-        dealer.send_multipart(sender.dumps([{"op": "data", "v": serialize(arr)}]), copy=False)
+        sender, receiver = Session(KEY, b"worker-1", epoch=EPOCH), Session(KEY, b"scheduler", epoch=EPOCH)
+        arr = np.arange(100_000, dtype="i8")
+        dealer.send_multipart(sender.dumps([{"op": "data", "v": serialize(arr)}],
+                                           b"scheduler"), copy=False)
         assert router.poll(5000)
         routing_id, *frames = router.recv_multipart(copy=False)
         [out] = receiver.loads(frames, sender=routing_id)
@@ -164,16 +166,16 @@ def test_round_trip_through_zmq_frames():
 
 def test_numpy_scalars_travel_as_numbers(worker, scheduler):
     msg = {"nbytes": np.int64(800), "duration": np.float32(0.5), "ok": np.bool_(True)}
-    [out] = scheduler.loads(worker.dumps([msg]))
+    [out] = scheduler.loads(worker.dumps([msg], b"scheduler"))
     assert out == {"nbytes": 800, "duration": 0.5, "ok": True}
     assert type(out["nbytes"]) is int
 
 
 def test_dumps_refuses_non_message_types(worker):
     with pytest.raises(TypeError, match="ndarray"):
-        worker.dumps([{"op": "x", "v": np.zeros(3)}])
+        worker.dumps([{"op": "x", "v": np.zeros(3)}], b"scheduler")
     with pytest.raises(TypeError, match="set"):
-        worker.dumps([{"op": "x", "v": {1, 2}}])
+        worker.dumps([{"op": "x", "v": {1, 2}}], b"scheduler")
     with pytest.raises(ValueError):
         worker.dumps([{"op": "x"}], to="scheduler")
 
@@ -182,13 +184,13 @@ def test_dumps_refuses_non_message_types(worker):
 
 
 def test_wrong_key_is_rejected(scheduler):
-    other = Session(b"x" * 32, b"worker-1")
+    other = Session(b"x" * 32, b"worker-1", epoch=EPOCH)
     with pytest.raises(BadSignature):
-        scheduler.loads(other.dumps([{"op": "x"}]))
+        scheduler.loads(other.dumps([{"op": "x"}], b"scheduler"))
 
 
 def test_forged_mac_is_rejected(worker, scheduler):
-    frames = worker.dumps([{"op": "x"}])
+    frames = worker.dumps([{"op": "x"}], b"scheduler")
     with pytest.raises(BadSignature):
         scheduler.loads([b"\x00" * 32, *frames[1:]])
     with pytest.raises(BadSignature):
@@ -196,7 +198,7 @@ def test_forged_mac_is_rejected(worker, scheduler):
 
 
 def test_tampered_header_is_rejected(worker, scheduler):
-    frames = worker.dumps([{"op": "x", "n": 1}])
+    frames = worker.dumps([{"op": "x", "n": 1}], b"scheduler")
     header = bytearray(frames[1])
     header[-1] ^= 1
     with pytest.raises(BadSignature):
@@ -219,7 +221,7 @@ def test_payload_swapped_between_messages_is_rejected(worker, scheduler):
 
 
 def test_resplit_payload_is_rejected(worker, scheduler):
-    frames = worker.dumps([{"v": Serialized([b"h", b"a" * 70_000, b"b" * 70_000])}])
+    frames = worker.dumps([{"v": Serialized([b"h", b"a" * 70_000, b"b" * 70_000])}], b"scheduler")
     joined = bytes(frames[2]) + bytes(frames[3])
     with pytest.raises(BadSignature):
         scheduler.loads([frames[0], frames[1], joined[:60_000], joined[60_000:]])
@@ -232,7 +234,7 @@ def test_truncated_and_extended_frame_lists_are_rejected(worker, scheduler):
     with pytest.raises(BadSignature):
         scheduler.loads([*frames, b"extra"])
     with pytest.raises(BadSignature):
-        scheduler.loads([*worker.dumps([{"op": "x"}]), b"extra"])
+        scheduler.loads([*worker.dumps([{"op": "x"}], b"scheduler"), b"extra"])
     with pytest.raises(MalformedMessage):
         scheduler.loads(frames[:1])
     with pytest.raises(MalformedMessage):
@@ -240,7 +242,7 @@ def test_truncated_and_extended_frame_lists_are_rejected(worker, scheduler):
 
 
 def test_replay_is_rejected(worker, scheduler):
-    first, second = worker.dumps([{"op": "a"}]), worker.dumps([{"op": "b"}])
+    first, second = worker.dumps([{"op": "a"}], b"scheduler"), worker.dumps([{"op": "b"}], b"scheduler")
     scheduler.loads(first)
     with pytest.raises(ReplayedMessage):
         scheduler.loads(first)
@@ -253,7 +255,7 @@ def test_replay_is_rejected(worker, scheduler):
 
 def test_overtaken_message_is_accepted_once(worker, scheduler):
     """Two connections between one pair of endpoints may reorder messages."""
-    earlier, later = worker.dumps([{"op": "a"}]), worker.dumps([{"op": "b"}])
+    earlier, later = worker.dumps([{"op": "a"}], b"scheduler"), worker.dumps([{"op": "b"}], b"scheduler")
     assert scheduler.loads(later) == [{"op": "b"}]
     assert scheduler.loads(earlier) == [{"op": "a"}]
     with pytest.raises(ReplayedMessage):
@@ -261,54 +263,54 @@ def test_overtaken_message_is_accepted_once(worker, scheduler):
 
 
 def test_messages_older_than_the_window_are_rejected(worker):
-    receiver = Session(KEY, b"scheduler", replay_window=4)
-    messages = [worker.dumps([{"i": i}]) for i in range(7)]
+    receiver = Session(KEY, b"scheduler", replay_window=4, epoch=EPOCH)
+    messages = [worker.dumps([{"i": i}], b"scheduler") for i in range(7)]
     for frames in messages[2:]:
         receiver.loads(frames)
     for frames in messages:  # duplicates, or overtaken by more than the window
         with pytest.raises(ReplayedMessage):
             receiver.loads(frames)
-    assert len(receiver._freshness[(b"worker-1", b"")].seen) == 4
+    assert len(receiver._freshness[(b"worker-1", b"scheduler")].seen) == 4
 
 
 def test_strict_replay_window(worker):
-    receiver = Session(KEY, b"scheduler", replay_window=0)
-    earlier, later = worker.dumps([{"op": "a"}]), worker.dumps([{"op": "b"}])
+    receiver = Session(KEY, b"scheduler", replay_window=0, epoch=EPOCH)
+    earlier, later = worker.dumps([{"op": "a"}], b"scheduler"), worker.dumps([{"op": "b"}], b"scheduler")
     receiver.loads(later)
     with pytest.raises(ReplayedMessage):
         receiver.loads(earlier)
-    receiver.loads(worker.dumps([{"op": "c"}]))
+    receiver.loads(worker.dumps([{"op": "c"}], b"scheduler"))
 
 
 def test_replay_memory_is_bounded(worker, scheduler):
     for i in range(3 * protocol.REPLAY_WINDOW):
-        scheduler.loads(worker.dumps([{"i": i}]))
-    fresh = scheduler._freshness[(b"worker-1", b"")]
+        scheduler.loads(worker.dumps([{"i": i}], b"scheduler"))
+    fresh = scheduler._freshness[(b"worker-1", b"scheduler")]
     assert len(fresh.seen) == len(fresh.order) == protocol.REPLAY_WINDOW
 
 
 def test_counters_are_tracked_per_sender(scheduler):
-    a, b = Session(KEY, b"a"), Session(KEY, b"b")
-    early_b = b.dumps([{"op": "x"}])
-    scheduler.loads(a.dumps([{"op": "x"}]))
+    a, b = Session(KEY, b"a", epoch=EPOCH), Session(KEY, b"b", epoch=EPOCH)
+    early_b = b.dumps([{"op": "x"}], b"scheduler")
+    scheduler.loads(a.dumps([{"op": "x"}], b"scheduler"))
     scheduler.loads(early_b)
 
 
 def test_oversize_is_rejected_before_hashing(worker):
-    small = Session(KEY, b"scheduler", max_message_bytes=10_000)
+    small = Session(KEY, b"scheduler", max_message_bytes=10_000, epoch=EPOCH)
     frames = one_payload_message(worker, 1)
     with pytest.raises(MessageTooLarge):
         small.loads(frames)
     with pytest.raises(MessageTooLarge):  # a bogus MAC is never even checked
         small.loads([b"\x00" * 32, frames[1], frames[2]])
-    assert small.loads(worker.dumps([{"op": "x"}])) == [{"op": "x"}]
+    assert small.loads(worker.dumps([{"op": "x"}], b"scheduler")) == [{"op": "x"}]
 
 
 def test_version_mismatch_names_both_versions(worker, scheduler, monkeypatch):
     monkeypatch.setattr(protocol, "PROTOCOL_VERSION", 7)
-    frames = worker.dumps([{"op": "x"}])
+    frames = worker.dumps([{"op": "x"}], b"scheduler")
     monkeypatch.undo()
-    with pytest.raises(VersionMismatch, match=r"version 7.*version 1"):
+    with pytest.raises(VersionMismatch, match=r"version 7.*version 2"):
         scheduler.loads(frames)
 
 
@@ -320,12 +322,12 @@ def test_wrong_recipient_is_rejected(worker, scheduler):
 
 def test_sender_mismatch_is_rejected(worker, scheduler):
     with pytest.raises(WrongSender):
-        scheduler.loads(worker.dumps([{"op": "x"}]), sender=b"mallory")
-    assert scheduler.loads(worker.dumps([{"op": "x"}]), sender=b"worker-1") == [{"op": "x"}]
+        scheduler.loads(worker.dumps([{"op": "x"}], b"scheduler"), sender=b"mallory")
+    assert scheduler.loads(worker.dumps([{"op": "x"}], b"scheduler"), sender=b"worker-1") == [{"op": "x"}]
 
 
 def test_rejected_messages_do_not_consume_the_counter(worker, scheduler):
-    frames = worker.dumps([{"op": "x"}])
+    frames = worker.dumps([{"op": "x"}], b"scheduler")
     with pytest.raises(WrongSender):
         scheduler.loads(frames, sender=b"mallory")
     assert scheduler.loads(frames, sender=b"worker-1") == [{"op": "x"}]
@@ -334,8 +336,8 @@ def test_rejected_messages_do_not_consume_the_counter(worker, scheduler):
 def test_malicious_pickle_with_bad_mac_never_runs(tmp_path, scheduler):
     marker = tmp_path / "pwned"
     evil = Serialized([pickle.dumps(CreateFileOnLoad(str(marker)))])
-    attacker = Session(b"guessed-key", b"worker-1")
-    for frames in (attacker.dumps([{"op": "data", "value": evil}]), [b"\x00" * 32, b"\x00" * 40]):
+    attacker = Session(b"guessed-key", b"worker-1", epoch=EPOCH)
+    for frames in (attacker.dumps([{"op": "data", "value": evil}], b"scheduler"), [b"\x00" * 32, b"\x00" * 40]):
         with pytest.raises(BadSignature):
             scheduler.loads(frames)
     assert not marker.exists()
@@ -346,15 +348,16 @@ def _sign(session, header, payload=()):
     return [session._mac(header, list(payload), sizes if payload else None), header, *payload]
 
 
-def _header(body, sender=b"worker-1", to=b"", n_payload=0, counter=1):
-    envelope = protocol._ENVELOPE.pack(1, counter, len(sender), len(to), n_payload)
+def _header(body, sender=b"worker-1", to=b"scheduler", n_payload=0, counter=1):
+    envelope = protocol._ENVELOPE.pack(2, EPOCH, counter, len(sender), len(to), 0,
+                                       n_payload)
     return envelope + sender + to + body
 
 
 MALFORMED = {
     "empty header": b"",
-    "version only": b"\x01\x00",
-    "short envelope": b"\x01\x00\x01\x00\x00",
+    "version only": b"\x02\x00",
+    "short envelope": b"\x02\x00\x01\x00\x00",
     "reserved msgpack byte": _header(b"\xc1"),
     "truncated array": _header(b"\x92\x01"),
     "item not a dict": _header(b"\x91\x01"),
@@ -365,7 +368,7 @@ MALFORMED = {
     ),
     "unknown ext code": _header(b"\x91\x81\xa1v\xd4\x09\x00"),
     "frame count mismatch": _header(b"\x90", n_payload=1),
-    "sender past the header": protocol._ENVELOPE.pack(1, 1, 500, 0, 0) + b"w" * 10,
+    "sender past the header": protocol._ENVELOPE.pack(2, EPOCH, 1, 500, 0, 0, 0) + b"w" * 10,
     "trailing data": _header(b"\x90\x90"),
 }
 
@@ -386,7 +389,7 @@ def test_garbage_raises_only_protocol_errors(scheduler):
 
 
 def test_concurrent_loads_accept_each_message_once(worker, scheduler):
-    messages = [worker.dumps([{"op": "x", "i": i}]) for i in range(200)]
+    messages = [worker.dumps([{"op": "x", "i": i}], b"scheduler") for i in range(200)]
     accepted = []
 
     def consume():
@@ -407,11 +410,11 @@ def test_concurrent_loads_accept_each_message_once(worker, scheduler):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_big_messages_can_be_signed_in_a_forked_child(worker, scheduler):
     big = [{"op": "data", "v": serialize(np.ones(2_000_000))}]
-    scheduler.loads(worker.dumps(big))
+    scheduler.loads(worker.dumps(big, b"scheduler"))
     pid = os.fork()
     if pid == 0:  # the child must not inherit a dead hashing thread pool
         try:
-            Session(KEY, b"child").loads(worker.dumps(big))
+            Session(KEY, b"scheduler", epoch=EPOCH).loads(worker.dumps(big, b"scheduler"))
         finally:
             os._exit(0)
     deadline = time.monotonic() + 10
@@ -426,12 +429,12 @@ def test_big_messages_can_be_signed_in_a_forked_child(worker, scheduler):
 
 def test_session_validates_its_arguments():
     with pytest.raises(ValueError):
-        Session(b"", b"x")
+        Session(b"", b"x", epoch=EPOCH)
     with pytest.raises(ValueError):
-        Session(KEY, b"")
+        Session(KEY, b"", epoch=EPOCH)
     with pytest.raises(ValueError):
         Session(KEY, "not-bytes")
-    assert "worker" in repr(Session(KEY, b"worker")) and "k" * 32 not in repr(Session(KEY, b"w"))
+    assert "worker" in repr(Session(KEY, b"worker", epoch=EPOCH)) and "k" * 32 not in repr(Session(KEY, b"w", epoch=EPOCH))
 
 
 # --- serialize ---------------------------------------------------------------------
@@ -506,8 +509,9 @@ def test_serialized_basics():
 def test_streams_to_different_recipients_do_not_age_each_other(worker):
     """Messages to one recipient field travel one socket; a burst on another socket
     (here: more than the replay window) must not make them look stale."""
-    receiver = Session(KEY, b"scheduler", replay_window=4)
-    held_up = worker.dumps([{"op": "request"}])                  # to b"": any recipient
+    receiver = Session(KEY, b"scheduler", replay_window=4, epoch=EPOCH,
+                       aliases=[b"tcp://h:1"])
+    held_up = worker.dumps([{"op": "request"}], b"tcp://h:1")      # to its address
     for i in range(10):
         receiver.loads(worker.dumps([{"op": "reply", "i": i}], to=b"scheduler"))
     assert receiver.loads(held_up) == [{"op": "request"}]
@@ -518,10 +522,10 @@ def test_streams_to_different_recipients_do_not_age_each_other(worker):
 def test_large_frames_are_authenticated_too():
     """Frames past POLY1305_FROM enter the MAC as Poly1305 tags: a changed byte, or a
     large frame moved from another message, is still caught."""
-    sender, receiver = Session(KEY, b"w"), Session(KEY, b"s")
+    sender, receiver = Session(KEY, b"w", epoch=EPOCH), Session(KEY, b"s", epoch=EPOCH)
     big = np.arange(protocol.POLY1305_FROM // 4, dtype="i8")       # 2 MiB
-    first = sender.dumps([{"op": "data", "v": serialize(big)}])
-    second = sender.dumps([{"op": "data", "v": serialize(big + 1)}])
+    first = sender.dumps([{"op": "data", "v": serialize(big)}], b"s")
+    second = sender.dumps([{"op": "data", "v": serialize(big + 1)}], b"s")
     tampered = list(first)
     frame = bytearray(tampered[2])
     frame[len(frame) // 2] ^= 1

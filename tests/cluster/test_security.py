@@ -26,6 +26,7 @@ from dask_ipy.security import (
 pytestmark = pytest.mark.timeout(30)
 
 needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+EPOCH = b"e" * 16
 
 
 @pytest.fixture
@@ -89,8 +90,9 @@ def test_key_never_shown(caplog):
         with pytest.raises(ValueError) as bad_hex:
             Security.from_dict({"key": s.key.hex() + "zz"})
         log.warning("rejected: %s", bad_hex.value)
-        receiver = Session(s.key, b"scheduler")
-        for frames in (Session(b"other", b"w").dumps([{"op": "x"}]), [b"x" * 32, b"y"]):
+        receiver = Session(s.key, b"scheduler", epoch=EPOCH)
+        for frames in (Session(b"other", b"w", epoch=EPOCH).dumps([{"op": "x"}], b"scheduler"),
+                       [b"x" * 32, b"y"]):
             with pytest.raises(ProtocolError) as rejected:
                 receiver.loads(frames)
             log.warning("rejected: %s", rejected.value)
@@ -116,12 +118,17 @@ def test_encrypt_without_curve_is_a_clear_error(monkeypatch):
     assert Security.temporary(encrypt=False).encrypt is False
 
 
-def test_without_encryption_sockets_are_untouched(ctx):
+def test_without_encryption_sockets_speak_plain_with_a_password_derived_from_the_key(ctx):
     s = Security.temporary()
     server, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
     s.configure_server(server)
     s.configure_client(client)
-    assert server.mechanism == zmq.NULL and client.mechanism == zmq.NULL
+    assert server.mechanism == zmq.PLAIN and server.plain_server
+    assert client.mechanism == zmq.PLAIN and not client.plain_server
+    password = client.plain_password
+    assert s.key not in password and s.key.hex().encode() not in password
+    assert password == security_module._plain_password(bytes(s.key))
+    assert password != security_module._plain_password(Security.temporary().key)
 
 
 @needs_curve
@@ -134,6 +141,55 @@ def test_server_keypair_is_derived_from_the_key(ctx):
     server = ctx.socket(zmq.ROUTER)
     s.configure_server(server)
     assert server.mechanism == zmq.CURVE and server.curve_server
+
+
+@pytest.fixture
+def zap(ctx):
+    """serve(security): answer ZAP requests in `ctx` with security.zap_verdict, on a
+    thread, until the test ends."""
+    stop = threading.Event()
+    threads = []
+
+    def serve(security):
+        rep = ctx.socket(zmq.REP)
+        rep.linger = 0
+        rep.bind("inproc://zeromq.zap.01")
+
+        def run():
+            try:
+                while not stop.is_set():
+                    if not rep.poll(50):
+                        continue
+                    request = rep.recv_multipart()
+                    ok, reason = security.zap_verdict(request)
+                    rep.send_multipart([b"1.0", request[1], b"200" if ok else b"400",
+                                        reason.encode(), b"", b""])
+            finally:
+                rep.close(linger=0)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        threads.append(t)
+    yield serve
+    stop.set()
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+
+
+def test_zap_admits_only_peers_with_the_password_of_the_key(ctx, zap):
+    s = Security.temporary()
+    zap(s)
+    for client_security, admitted in ((s, True), (Security.temporary(), False),
+                                      (None, False)):
+        server, client, port = _pair(ctx, s, client_security)
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send_multipart([b"hello"])
+        assert bool(server.poll(300 if not admitted else 5000)) is admitted
+        server.close(linger=0)
+        client.close(linger=0)
+    assert s.zap_verdict([b"1.0", b"1", b"", b"addr", b"", b"NULL"]) == (
+        False, "mechanism b'NULL' not accepted")
+    assert not s.zap_verdict([b"1.0"])[0]
 
 
 def _pair(ctx, server_security, client_security, address="tcp://127.0.0.1"):
@@ -154,8 +210,9 @@ def test_curve_with_the_right_key_carries_signed_messages(ctx):
     s = Security.temporary(encrypt=True)
     server, client, port = _pair(ctx, s, Security.from_dict(s.to_dict()))
     client.connect(f"tcp://127.0.0.1:{port}")
-    sched, cli = Session(s.key, b"scheduler"), Session(s.key, b"client-1")
-    client.send_multipart(cli.dumps([{"op": "ping"}]), copy=False)
+    sched = Session(s.key, b"scheduler", epoch=EPOCH)
+    cli = Session(s.key, b"client-1", epoch=EPOCH)
+    client.send_multipart(cli.dumps([{"op": "ping"}], b"scheduler"), copy=False)
     assert server.poll(5000)
     routing_id, *frames = server.recv_multipart(copy=False)
     assert sched.loads(frames, sender=routing_id.bytes) == [{"op": "ping"}]
@@ -219,14 +276,16 @@ class _Relay:
 
 @needs_curve
 @pytest.mark.parametrize("encrypt", [False, True])
-def test_curve_hides_message_contents_on_the_wire(ctx, encrypt):
+def test_curve_hides_message_contents_on_the_wire(ctx, zap, encrypt):
     s = Security.temporary(encrypt=encrypt)
+    zap(s)
     server, client, port = _pair(ctx, s, s)
     relay = _Relay(port)
     try:
         client.connect(f"tcp://127.0.0.1:{relay.port}")
         secret_text = b"the quick brown fox jumps over the lazy dog"
-        client.send_multipart(Session(s.key, b"client-1").dumps([{"op": "x", "v": secret_text}]))
+        client.send_multipart(Session(s.key, b"client-1", epoch=EPOCH).dumps(
+            [{"op": "x", "v": secret_text}], b"scheduler"))
         assert server.poll(5000)
         server.recv_multipart()
         assert (secret_text in relay.seen) is (not encrypt)

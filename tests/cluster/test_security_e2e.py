@@ -1,6 +1,7 @@
 """Security end to end: hostile messages at every listening port, and encryption.
 
-Raw pyzmq DEALER sockets send unauthenticated, forged, impersonating, replayed,
+Raw pyzmq DEALER sockets that passed ZeroMQ's handshake (as a peer that read the PLAIN
+password off the wire could) send unauthenticated, forged, impersonating, replayed,
 tampered, truncated, oversize and other-version messages to the scheduler's worker
 port, its client port and a worker's peer port.  Each is rejected and logged, its
 sender hears nothing, nothing of it is unpickled (its payload would create a file),
@@ -18,12 +19,14 @@ import socket
 import stat
 import threading
 
+import msgpack
 import pytest
 import zmq
 
 import helpers as ops
 from helpers import dask_ipy_threads, local_cluster, wait_for
 from dask_ipy import Client, Scheduler, Security, Worker
+from dask_ipy import protocol
 from dask_ipy.protocol import Session, Serialized, serialize
 from dask_ipy.security import _server_keypair
 
@@ -48,10 +51,13 @@ def context():
         ctx.destroy(linger=0)
 
 
-def dealer(ctx, address, identity):
+def dealer(ctx, address, identity, security=None):
+    """A raw DEALER; with `security`, it has the ZeroMQ credentials of its cluster."""
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.routing_id = identity
+    if security is not None:
+        security.configure_client(sock)
     sock.connect(address)
     return sock
 
@@ -67,7 +73,7 @@ def graph_message(spec):
              "user_priority": 0, "retries": 0}]
 
 
-def other_version(session, frames, version=2):
+def other_version(session, frames, version=3):
     """The message as a peer speaking protocol `version` would sign it."""
     header = bytearray(frames[1])
     header[0:2] = version.to_bytes(2, "little")
@@ -76,72 +82,95 @@ def other_version(session, frames, version=2):
     return [session._mac(bytes(header), payload, sizes), bytes(header), *payload]
 
 
-def hostile_messages(key, identity, bomb):
+def hand_signed(session, msgs, epoch, to):
+    """A message signed with the right key that `Session.dumps` would not make: any
+    epoch, any recipient."""
+    body = msgpack.packb(msgs, default=lambda s: msgpack.ExtType(1, bytes(s.frames[0])))
+    header = protocol._ENVELOPE.pack(protocol.PROTOCOL_VERSION, epoch, 99,
+                                     len(session.identity), len(to), 0, 0)
+    header += session.identity + to + body
+    return [session._mac(header, [], None), header]
+
+
+def hostile_messages(key, identity, bomb, epoch, to):
     """[(kind, frames)] of messages the receiver must refuse; `bomb` is a pickle stream
-    that must never be loaded.  Signed ones are signed by `identity`, the sender."""
-    wrong = Session(b"not the key", identity)
-    right = Session(key, identity)
+    that must never be loaded.  Signed ones are signed by `identity`, the sender, in
+    the cluster's `epoch`, for `to`."""
+    wrong = Session(b"not the key", identity, epoch=epoch)
+    right = Session(key, identity, epoch=epoch)
+    old = Session(key, identity, epoch=os.urandom(16))      # another scheduler start
     inline_bomb = Serialized([bomb])
     # A pickle stream big enough to travel as a payload frame of its own, which a
     # tampering peer then swaps for the bomb.
     big_stream = serialize(list(range(30_000)))
     assert big_stream.nbytes > 65_536 and len(big_stream.frames) == 1
-    tampered = right.dumps(graph_message(big_stream))
+    tampered = right.dumps(graph_message(big_stream), to)
     assert len(tampered) == 3
     tampered[2] = bomb
-    truncated = right.dumps(graph_message(big_stream))[:2]
-    short_header = right.dumps(graph_message(inline_bomb))
+    truncated = right.dumps(graph_message(big_stream), to)[:2]
+    short_header = right.dumps(graph_message(inline_bomb), to)
     short_header[1] = bytes(short_header[1])[:12]
     return [
         ("garbage", [b"not a mac", b"hello"]),
         ("empty", [b""]),
         ("unsigned pickle", [bomb]),
-        ("forged", wrong.dumps(graph_message(inline_bomb))),
-        ("impersonating", Session(key, b"someone-else").dumps(graph_message(inline_bomb))),
+        ("forged", wrong.dumps(graph_message(inline_bomb), to)),
+        ("impersonating", Session(key, b"someone-else", epoch=epoch).dumps(
+            graph_message(inline_bomb), to)),
+        ("other epoch", old.dumps(graph_message(inline_bomb), to)),
+        ("no recipient", hand_signed(right, graph_message(inline_bomb), epoch, b"")),
+        ("no epoch", hand_signed(right, graph_message(inline_bomb), bytes(16), to)),
         ("tampered", tampered),
         ("truncated", truncated),
         ("truncated header", short_header),
         ("oversize", [bytes(32), bomb + bytes(CAP)]),
-        ("other version", other_version(right, right.dumps(graph_message(inline_bomb)))),
+        ("other version", other_version(right, right.dumps(graph_message(inline_bomb), to))),
+        ("wrong recipient", right.dumps(graph_message(inline_bomb), b"somebody-else")),
     ]
 
 
 EXPECTED_REASONS = ["bad MAC frame", "message signature does not match",
                     "at least 2 frames", "arrived from", "exceeds the cap",
-                    "protocol version 2", "replayed or stale"]
+                    "protocol version 3", "replayed or stale", "another scheduler start",
+                    "arrived at", "without an epoch"]
 
 
-def rejections(caplog, who):
+def rejections(caplog, who, level=logging.DEBUG):
+    """Log lines of rejections by `who` at `level` (each one is logged at DEBUG; at
+    WARNING, the first and then one count per interval)."""
     return [r.getMessage() for r in caplog.records
-            if "rejected" in r.getMessage() and r.getMessage().startswith(who)]
+            if r.levelno == level and "rejected" in r.getMessage()
+            and r.getMessage().startswith(who)]
 
 
 @pytest.mark.parametrize("port", ["scheduler-workers", "scheduler-clients", "worker-peers"])
 def test_hostile_messages_are_rejected_logged_and_never_unpickled(
         secured, context, caplog, tmp_path, port):
-    caplog.set_level(logging.WARNING, logger="dask_ipy")
+    caplog.set_level(logging.DEBUG, logger="dask_ipy")
     s, workers, c = secured
     key = s.security.key
+    epoch = s.session.epoch
     address = {"scheduler-workers": s.address_to_workers,
                "scheduler-clients": s.address_to_clients,
                "worker-peers": workers[0].address}[port]
+    to = workers[0].address.encode() if port == "worker-peers" else s.id
     who = "worker" if port == "worker-peers" else "scheduler"
     identity = b"attacker-1"
-    sock = dealer(context, address, identity)
+    sock = dealer(context, address, identity, s.security)
     evidence = tmp_path / "unpickled"
-    bad = hostile_messages(key, identity, bomb_pickle(evidence))
+    bad = hostile_messages(key, identity, bomb_pickle(evidence), epoch, to)
 
     # A replay needs a genuine message first: one the receiver accepts and answers.
-    me = Session(key, identity)
+    me = Session(key, identity, epoch=epoch)
     genuine = {"scheduler-workers": [{"op": "heartbeat", "metrics": {}}],
                "scheduler-clients": [{"op": "info", "what": "nthreads",
                                       "request_id": 1}],
                "worker-peers": [{"op": "get-data", "keys": ["nothing"],
                                  "request_id": "r1"}]}[port]
-    frames = me.dumps(genuine)
+    frames = me.dumps(genuine, to)
     sock.send_multipart(frames)
     assert sock.poll(10_000), "the genuine message got no answer"
-    (answer,) = Session(key, identity).loads(sock.recv_multipart())
+    (answer,) = Session(key, identity, epoch=epoch).loads(sock.recv_multipart())
     assert answer["op"] in ("unknown-worker", "reply", "data")
     bad.append(("replayed", frames))
 
@@ -159,6 +188,8 @@ def test_hostile_messages_are_rejected_logged_and_never_unpickled(
     assert len(logged) == len(bad)
     for reason in EXPECTED_REASONS:
         assert any(reason in line for line in logged), (reason, logged)
+    # At WARNING: the first one only, the rest counted for a later line.
+    assert len(rejections(caplog, who, logging.WARNING)) == 1
     # The sender of bad data hears nothing back.
     assert not sock.poll(200)
     sock.close()
@@ -173,12 +204,12 @@ def test_hostile_messages_are_rejected_logged_and_never_unpickled(
 def test_an_unknown_worker_is_told_so_and_changes_nothing(secured, context):
     s, workers, c = secured
     identity = b"worker-imposter"
-    sock = dealer(context, s.address_to_workers, identity)
-    me = Session(s.security.key, identity)
-    sock.send_multipart(me.dumps([{"op": "task-finished", "key": "k", "nbytes": 1}]))
+    sock = dealer(context, s.address_to_workers, identity, s.security)
+    me = Session(s.security.key, identity, epoch=s.session.epoch)
+    sock.send_multipart(me.dumps([{"op": "task-finished", "key": "k", "nbytes": 1}], s.id))
     assert sock.poll(10_000)
-    assert Session(s.security.key, identity).loads(sock.recv_multipart()) == [
-        {"op": "unknown-worker"}]
+    assert Session(s.security.key, identity, epoch=s.session.epoch).loads(
+        sock.recv_multipart()) == [{"op": "unknown-worker"}]
     sock.close()
     assert len(s.state.workers) == 2 and "k" not in s.state.tasks
     assert c.submit(ops.inc, 2).result(timeout=10) == 3
@@ -298,8 +329,8 @@ def test_without_the_key_nothing_gets_through_an_encrypted_cluster(context):
                 Client(s.address_to_clients, security=wrong, timeout=1.5,
                        set_as_default=False)
         raw = dealer(context, s.address_to_clients, b"plain-peer")
-        raw.send_multipart(Session(security.key, b"plain-peer").dumps(
-            [{"op": "info", "what": "nthreads", "request_id": 1}]))
+        raw.send_multipart(Session(security.key, b"plain-peer", epoch=s.session.epoch).dumps(
+            [{"op": "info", "what": "nthreads", "request_id": 1}], s.id))
         assert not raw.poll(500)
         raw.close()
         assert list(s.state.clients) == [c.id] and s.rejected == 0

@@ -4,17 +4,19 @@ out, compared literally.  Invariants are checked after every step."""
 import pytest
 
 from dask_ipy.client.state import (ClientState, Close, Done, FutureState, Reject, Reset,
-                                   Resolve)
-from dask_ipy.errors import SchedulerLost
+                                   Resolve, Warn)
+from dask_ipy.errors import PausedWorkerWarning, SchedulerLost
 
 pytestmark = pytest.mark.timeout(30)
 
 ADDRESS = "tcp://10.0.0.1:5555"
+EPOCH, LATER_EPOCH = b"e" * 16, b"f" * 16
 
 
 @pytest.fixture
 def cs():
-    cs = ClientState(ADDRESS)
+    cs = ClientState(ADDRESS, paused_warning=60.0)
+    assert cs.answered(EPOCH, b"scheduler") == []
     assert cs.request({"op": "register-client"}, "t-welcome", welcome=True) == []
     assert cs.handle({"op": "welcome", "id": "s"}) == [Resolve("t-welcome",
                                                             {"op": "welcome", "id": "s"})]
@@ -41,14 +43,29 @@ def test_holders_are_counted_and_the_last_one_gone_releases_the_key(cs):
     assert step(cs, cs.drop(["x"])) == ["x"]
     assert cs.futures == {} and cs.refcount == {}
     assert cs.take_messages() == [{"op": "client-releases-keys", "keys": ["x"]}]
-    # Releases of many dropped keys leave first, as one message.
+    # Releases of many dropped keys leave as one message.
     cs.hold_many(["y", "z"])
-    cs.send({"op": "cancel", "keys": [], "force": False})
-    cs.drop(["y", "z"])
+    cs.drop(["y"])
+    cs.drop(["z"])
     assert step(cs, cs.take_messages()) == [
-        {"op": "client-releases-keys", "keys": ["y", "z"]},
-        {"op": "cancel", "keys": [], "force": False}]
+        {"op": "client-releases-keys", "keys": ["y", "z"]}]
     assert cs.take_messages() == []
+
+
+def test_releases_keep_their_place_among_the_messages(cs):
+    # Futures only passed as arguments: dropped once the graph that uses them is
+    # sent, which must reach the scheduler before they are released.
+    cs.hold_many(["a", "b"])
+    uses = {"op": "update-graph", "keys": ["c"], "tasks": [("c", "spec", ["a", "b"], 0)]}
+    cs.send(uses)
+    cs.drop(["a"])
+    cs.drop(["b"])
+    # "a" submitted again after its release: the release must not undo it.
+    cs.hold("a")
+    again = {"op": "update-graph", "keys": ["a"], "tasks": [("a", "spec", [], 0)]}
+    cs.send(again)
+    assert step(cs, cs.take_messages()) == [
+        uses, {"op": "client-releases-keys", "keys": ["a", "b"]}, again]
 
 
 def test_a_key_from_elsewhere_is_asked_for_once(cs):
@@ -160,11 +177,69 @@ def test_a_lost_connection_fails_everything_in_flight_and_reconnects(cs):
         Reject("t2", SchedulerLost(f"not connected to {ADDRESS}"))]
     assert cs.request({"op": "register-client"}, "t3", welcome=True) == []
     cs.take_messages()
-    # Back: register again, and the monitor subscription with it.
-    assert step(cs, cs.connected()) == []
+    # Back, once the scheduler has answered the hello: register again, and the
+    # monitor subscription with it.
+    assert step(cs, cs.answered(EPOCH, b"scheduler")) == []
     assert cs.status == "running"
-    assert cs.take_messages() == [{"op": "register-client"}, {"op": "monitor", "on": True}]
-    assert cs.connected() == [] and cs.take_messages() == []     # the first connection
+    assert cs.take_messages() == [{"op": "client-options", "paused_warning": 60.0},
+                                  {"op": "register-client"}, {"op": "monitor", "on": True}]
+    # Another answer on a connection that was not lost changes nothing.
+    assert cs.answered(EPOCH, b"scheduler") == [] and cs.take_messages() == []
+
+
+def test_messages_wait_for_the_handshake_then_go_to_the_scheduler_it_named():
+    cs = ClientState(ADDRESS)
+    cs.request({"op": "register-client"}, "t", welcome=True)
+    cs.send({"op": "monitor", "on": True})
+    assert cs.take_messages() == [] and cs.scheduler is None
+    assert step(cs, cs.answered(EPOCH, b"scheduler-1")) == []
+    assert (cs.epoch, cs.scheduler) == (EPOCH, b"scheduler-1")
+    assert cs.take_messages() == [{"op": "client-options", "paused_warning": None},
+                                  {"op": "register-client"}, {"op": "monitor", "on": True}]
+    # A message sent once a flush has taken the outbox leaves with the next one.
+    cs.send({"op": "cancel", "keys": ["a"], "force": False})
+    assert cs.take_messages() == [{"op": "cancel", "keys": ["a"], "force": False}]
+
+
+def test_another_epoch_at_the_address_is_a_new_scheduler(cs):
+    x, y = cs.hold("x"), cs.hold("y")
+    cs.handle({"op": "key-in-memory", "key": "y"})
+    cs.request({"op": "info"}, "t-info")
+    cs.take_messages()
+    # The connection came back without a word of its loss, to another start of the
+    # scheduler: what was in flight there fails, and this client registers again.
+    reason = f"a new scheduler answers at {ADDRESS}"
+    assert step(cs, cs.answered(LATER_EPOCH, b"scheduler-2")) == [
+        Done(x), Reject("t-info", SchedulerLost(reason))]
+    assert (x.status, y.status, cs.status) == ("lost", "finished", "running")
+    assert (cs.epoch, cs.scheduler) == (LATER_EPOCH, b"scheduler-2")
+    assert cs.take_messages() == [{"op": "client-options", "paused_warning": 60.0},
+                                  {"op": "register-client"}]
+    # After a lost connection, a new start fails nothing twice.
+    cs.disconnected("lost the connection")
+    assert step(cs, cs.answered(EPOCH, b"scheduler-3")) == []
+    assert cs.take_messages() == [{"op": "client-options", "paused_warning": 60.0},
+                                  {"op": "register-client"}]
+
+
+def test_large_values_stream_only_while_the_relay_serves(cs):
+    assert cs.relay_port is None
+    assert cs.gather_message(["a"], wait=True) == {
+        "op": "gather", "keys": ["a"], "wait": True, "max_bytes": None, "stream": False}
+    cs.handle({"op": "welcome", "id": "s", "relay_port": 4321})
+    msg = cs.gather_message(["a", "b"])
+    assert msg["stream"] and cs.relay_port == 4321
+    cs.request(msg, "t")
+    streams = [{"ticket": b"1" * 16, "sizes": [10, 5 << 20], "keys": ["a"]},
+               {"ticket": b"2" * 16, "sizes": [10, 6 << 20], "keys": ["b"]}]
+    # The download failed: the same gather again, over ZeroMQ, naming the streams
+    # given up; none asked for until a welcome names the relay again.
+    assert cs.streams_failed(msg, streams) == {
+        "op": "gather", "keys": ["a", "b"], "wait": False, "max_bytes": None,
+        "stream": False, "unwanted": [b"1" * 16, b"2" * 16]}
+    assert cs.relay_port is None and not cs.gather_message(["a"])["stream"]
+    cs.handle({"op": "welcome", "id": "s", "relay_port": 4321})
+    assert cs.gather_message(["a"])["stream"]
 
 
 def test_a_scheduler_shutting_down_fails_what_waits_then_closes(cs):
@@ -196,6 +271,23 @@ def test_closing_cancels_pending_keys_and_fails_every_request(cs):
     assert not cs.start()
 
 
+def test_the_options_go_first_and_a_worker_paused_too_long_is_a_warning():
+    cs = ClientState(ADDRESS, paused_warning=30.0)
+    cs.answered(EPOCH, b"scheduler")
+    cs.request({"op": "register-client"}, "t", welcome=True)
+    assert cs.take_messages() == [{"op": "client-options", "paused_warning": 30.0},
+                                  {"op": "register-client"}]
+    msg = {"op": "worker-paused-long", "address": "tcp://10.0.0.2:1", "name": "engine-1",
+           "seconds": 95.2, "memory": 900 * 2**20, "managed": 2**29, "spilled": 2**31,
+           "memory_limit": 2**30}
+    assert step(cs, cs.handle(msg)) == [Warn(PausedWorkerWarning(
+        "worker engine-1 (tcp://10.0.0.2:1) has been paused for 95 s: its process "
+        "holds 900.00 MiB of its 1.00 GiB limit (512.00 MiB of results in memory, "
+        "2.00 GiB spilled to disk).  It starts no task until its memory falls: release "
+        "results you no longer need, persist less at once, or give workers more memory "
+        "(memory_limit=)."))]
+
+
 def test_monitor_subscriptions(cs):
     cs.monitor(True)
     cs.monitor(False)
@@ -222,7 +314,8 @@ def test_topics_subscribed_to_are_subscribed_again_after_a_reconnection(cs):
         {"op": "subscribe-topic", "topic": "other", "on": True},
         {"op": "subscribe-topic", "topic": "other", "on": False}]
     cs.disconnected("gone")
-    cs.connected()
+    assert step(cs, cs.answered(EPOCH, b"scheduler")) == []
     assert cs.take_messages() == [
+        {"op": "client-options", "paused_warning": 60.0},
         {"op": "register-client"},
         {"op": "subscribe-topic", "topic": "forward-logging", "on": True}]

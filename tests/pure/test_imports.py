@@ -22,13 +22,16 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "dask_ipy"
 TOP = ("notebook", "bootstrap", "cli", "__main__")
 ROLES = ("scheduler", "worker", "client")
 PURE = ["scheduler/state.py", "scheduler/moves.py", "worker/state.py", "client/state.py",
-        "graph.py", "protocol.py", "keys.py", "errors.py", "messages.py"]
+        "graph.py", "protocol.py", "keys.py", "errors.py", "messages.py", "units.py"]
 FORBIDDEN = {"zmq", "socket", "threading", "time", "asyncio", "select", "selectors",
              "subprocess", "concurrent", "multiprocessing", "queue", "signal", "psutil"}
 # Private attributes of other libraries' objects, each with its reason.
 FOREIGN = {
     ("dask_ipy.bootstrap", "ipclient._config"):
         "ipyparallel's Client keeps the controller's URL only there",
+    ("dask_ipy.worker.server", "os._exit"):
+        "a worker past its memory limit ends its process from the memory watch "
+        "thread, where sys.exit would end only the thread",
     **{("dask_ipy.client.futures", text):
        "no public way to cancel a running concurrent.futures.Future (see _cancel)"
        for text in ("local._condition", "local._waiters", "local._invoke_callbacks",

@@ -3,7 +3,8 @@ catalogued for that sender, every catalogued kind has exactly one handler at its
 receiver (its shell's or its state machine's), and every handler is catalogued.
 
 What each role sends is read from the source with ast: the "op" of dict literals,
-of ``.update(op=...)`` and of ``msg["op"] = ...``."""
+of ``.update(op=...)`` and of ``msg["op"] = ...``, in the role's package and in the
+handshake, which comm.py builds for every role."""
 
 import ast
 import pathlib
@@ -23,12 +24,19 @@ PACKAGE = pathlib.Path(messages.__file__).resolve().parent
 ROLES = {"scheduler": {SCHEDULER}, "worker": {WORKER, PEER}, "client": {CLIENT}}
 # Catalogued and handled, but sent by nothing yet.
 UNSENT = {(WORKER, SCHEDULER): {"release-worker-data"}}
+# Definitions in comm.py that build a role's messages: the two sides of the handshake.
+SHARED = {"worker": {"Handshake"}, "client": {"Handshake"}, "scheduler": {"hello_reply"}}
 
 
-def sent_kinds(path):
-    """{kind: line} of the messages built in ``path``."""
+def sent_kinds(path, names=None):
+    """{kind: line} of the messages built in ``path`` (only in its top-level
+    definitions ``names``, if given)."""
+    tree = ast.parse(path.read_text())
+    if names is not None:
+        tree.body = [d for d in tree.body if getattr(d, "name", None) in names]
+        assert {d.name for d in tree.body} == set(names), f"{names} not all in {path}"
     found = {}
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         values = []
         if isinstance(node, ast.Dict):
             values = [v for k, v in zip(node.keys, node.values)
@@ -47,8 +55,10 @@ def sent_kinds(path):
 
 def sent_by(role):
     out = {}
-    for path in sorted((PACKAGE / role).glob("*.py")):
-        for kind, line in sent_kinds(path).items():
+    sources = [(path, None) for path in sorted((PACKAGE / role).glob("*.py"))]
+    sources.append((PACKAGE / "comm.py", SHARED[role]))
+    for path, names in sources:
+        for kind, line in sent_kinds(path, names).items():
             out.setdefault(kind, f"{path.relative_to(PACKAGE)}:{line}")
     return out
 
@@ -132,6 +142,11 @@ def test_the_scan_finds_every_way_a_message_is_built(tmp_path):
                     'c["op"] = "three"\n'
                     'if msg["op"] == "not-sent": pass\n')
     assert set(sent_kinds(path)) == {"one", "two", "three"}
+    path.write_text('def f():\n    return {"op": "in-f"}\n'
+                    'def g():\n    return {"op": "in-g"}\n')
+    assert set(sent_kinds(path, {"g"})) == {"in-g"}
+    with pytest.raises(AssertionError, match="not all in"):
+        sent_kinds(path, {"h"})
 
 
 def test_the_architecture_notes_say_where_every_kind_is_handled():
