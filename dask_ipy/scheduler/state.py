@@ -1128,6 +1128,8 @@ class SchedulerState:
         if ws.status == RUNNING:
             ws.status = PAUSED
         ws.paused_since = now
+        if self.moves:
+            self._recipient_paused(ws)
         # Its queued tasks would wait for its memory to fall: idle workers take them.
         if len(self.workers) > 1:
             for other in self.workers.values():
@@ -2113,6 +2115,17 @@ class SchedulerState:
         for move in self.moves.values():
             if (key, ws.id) in move.pending:
                 del move.pending[(key, ws.id)]
+                move.failed.append(key)
+                move.attempts[key] = move.attempts.get(key, 0) + 1
+        self._advance_moves()
+
+    def _recipient_paused(self, ws):
+        """Copies asked of ``ws``, now paused, would wait for its memory to fall:
+        they count as failed (a retirement asks a running worker instead).  One
+        that comes later is kept as any copy."""
+        for move in self.moves.values():
+            for key, wid in [e for e in move.pending if e[1] == ws.id]:
+                del move.pending[(key, wid)]
                 move.failed.append(key)
                 move.attempts[key] = move.attempts.get(key, 0) + 1
         self._advance_moves()

@@ -332,3 +332,108 @@ def test_plugin_events_are_reported_only_when_asked_for(s):
         ("y", "processing", "memory"), ("y", "memory", "released"),
         ("y", "released", "forgotten")]
     assert ("update_graph", "c", ["y"], ["y"]) in events
+
+
+# ---------------------------------------------------------------- paused workers
+
+def heartbeat(s, wid, status, now):
+    """A worker's heartbeat saying whether its memory keeps it paused."""
+    assert s.handle_worker_message(wid, {"op": "heartbeat", "metrics": {
+        "status": status, "memory": 90, "managed": 30, "spilled": 20,
+        "memory_limit": 100}}, now=now)
+
+
+def pause(s, *wids):
+    for wid in wids:
+        heartbeat(s, wid, "paused", now=1.0)
+    take(s)
+
+
+@pytest.fixture
+def s3(s):
+    """Workers w1 (A), w2 (B), w3 (C)."""
+    s.add_worker("w3", C)
+    take(s)
+    return s
+
+
+def test_a_paused_worker_is_retired_its_data_copied_to_a_running_one(s3):
+    in_memory(s3, "x", "w1")
+    pause(s3, "w1", "w2")
+    s3.handle_client_message("c", {"op": "retire-workers", "workers": [A],
+                                   "request_id": 1, "close": True})
+    out = take(s3)
+    # w1 serves its data though paused; the copy goes to w3, never to paused w2
+    assert ops(out, "acquire-replicas") == [
+        ("w3", {"op": "acquire-replicas", "who_has": {"x": [A]}, "nbytes": {"x": 100}})]
+    assert s3.workers["w1"].status == CLOSING_GRACEFULLY
+    # its pause is still timed while it retires
+    heartbeat(s3, "w1", "running", now=3.0)
+    assert s3.workers["w1"].status == CLOSING_GRACEFULLY
+    assert s3.workers["w1"].time_paused == 2.0
+    s3.handle_worker_message("w3", {"op": "add-keys", "keys": [("x", 100, None)]})
+    out = take(s3)
+    assert "w1" not in s3.workers and ops(out, "close") == [("w1", {"op": "close"})]
+    assert [list(r["result"]) for _, r in ops(out, "reply")] == [[A]]
+    assert [w.address for w in s3.tasks["x"].who_has] == [C]
+
+
+def test_a_key_a_paused_worker_also_holds_is_not_copied(s):
+    in_memory(s, "x", "w1")
+    s.handle_client_message("c", {"op": "replicate", "keys": ["x"], "n": None,
+                                  "request_id": 1})
+    s.handle_worker_message("w2", {"op": "add-keys", "keys": [("x", 100, None)]})
+    pause(s, "w2")
+    s.handle_client_message("c", {"op": "retire-workers", "workers": [A],
+                                  "request_id": 2})
+    out = take(s)
+    assert not ops(out, "acquire-replicas")
+    assert [list(r["result"]) for _, r in ops(out, "reply")] == [[A]]
+    assert [w.address for w in s.tasks["x"].who_has] == [B]
+
+
+def test_with_only_paused_workers_left_a_worker_is_not_retired(s):
+    in_memory(s, "x", "w1")
+    pause(s, "w1", "w2")
+    s.handle_client_message("c", {"op": "retire-workers", "workers": [A],
+                                  "request_id": 1})
+    out = take(s)
+    assert ops(out, "reply") == [("c", {"op": "reply", "request_id": 1, "result": {}})]
+    assert not ops(out, "acquire-replicas")
+    # it is back as its memory has it: paused
+    assert s.workers["w1"].status == "paused"
+
+
+def test_copies_asked_of_a_worker_that_pauses_are_asked_elsewhere(s3):
+    in_memory(s3, "x", "w1")
+    s3.handle_client_message("c", {"op": "retire-workers", "workers": [A],
+                                   "request_id": 1})
+    ((first, _),) = ops(take(s3), "acquire-replicas")
+    other = ({"w2", "w3"} - {first}).pop()
+    heartbeat(s3, first, "paused", now=1.0)
+    out = take(s3)
+    assert ops(out, "acquire-replicas") == [
+        (other, {"op": "acquire-replicas", "who_has": {"x": [A]},
+                 "nbytes": {"x": 100}})]
+    s3.handle_worker_message(other, {"op": "add-keys", "keys": [("x", 100, None)]})
+    assert [list(r["result"]) for _, r in ops(take(s3), "reply")] == [[A]]
+
+
+def test_replicate_and_rebalance_leave_paused_workers_out(s3):
+    for k in ("k0", "k1", "k2", "k3"):
+        in_memory(s3, k, "w1")
+    pause(s3, "w2")
+    s3.handle_client_message("c", {"op": "replicate", "keys": ["k0"], "n": None,
+                                   "request_id": 1})
+    assert [i for i, _ in ops(take(s3), "acquire-replicas")] == ["w3"]
+    s3.handle_worker_message("w3", {"op": "add-keys", "keys": [("k0", 100, None)]})
+    take(s3)
+    s3.handle_client_message("c", {"op": "rebalance", "keys": None, "request_id": 2})
+    assert {i for i, _ in ops(take(s3), "acquire-replicas")} <= {"w3"}
+
+
+def test_worker_plugins_reach_paused_workers_too(s):
+    pause(s, "w2")
+    s.handle_client_message("c", {"op": "register-worker-plugin", "name": "p",
+                                  "plugin": b"blob", "request_id": 9})
+    assert sorted(i for i, _ in ops(take(s), "plugin-add")) == ["w1", "w2"]
