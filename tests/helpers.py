@@ -649,6 +649,11 @@ def module_value(name):
     return importlib.import_module(name).VALUE
 
 
+def relayed_bytes(dask_scheduler):
+    """Bytes the scheduler's relay has passed on to clients so far."""
+    return dask_scheduler.relay.relayed
+
+
 def log_message(logger_name, text, level=30):
     import logging
 
@@ -666,6 +671,12 @@ def filled_mib(i, mib=10):
     import numpy as np
 
     return np.full(mib * MiB // 8, i, dtype="f8")
+
+
+def logged_mib(log_dir, i, mib=10):
+    """`filled_mib`, each run counted (see `runs`)."""
+    _record(log_dir, "filled")
+    return filled_mib(i, mib)
 
 
 def grow(step_mib=20, up_to_mib=4096):

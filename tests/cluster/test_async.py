@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from helpers import (Boom, block_until_file, dask_ipy_threads, fail, inc, slow_inc,
-                     wait_for)
+from helpers import (Boom, array_summary, big_array, block_until_file, dask_ipy_threads,
+                     fail, inc, relayed_bytes, slow_inc, wait_for)
 from dask_ipy import CancelledError, Client, Security, as_completed, wait
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,6 +51,32 @@ def test_the_whole_face_awaited(pc):
             return c
     c = run(main())
     assert c.status == "closed"
+
+
+def test_large_values_stream_through_the_relay_to_an_awaiting_client(pc):
+    nbytes = 50 * 2**20
+
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c:
+            loop_thread = threading.current_thread()
+            downloaders = []
+            receive = c.shell._receive
+
+            def spy(streams):
+                downloaders.append(threading.current_thread())
+                return receive(streams)
+            c.shell._receive = spy
+            before = await c.run_on_scheduler(relayed_bytes)
+            assert array_summary(await c.submit(big_array, nbytes)) == (nbytes, 1, 7)
+            # Two at once from both workers, a small one beside them, gathered
+            big = [c.submit(big_array, nbytes, pure=False) for _ in range(2)]
+            got = await c.gather(big + [c.submit(inc, 1)])
+            assert [array_summary(a) for a in got[:2]] == [(nbytes, 1, 7)] * 2
+            assert got[2] == 2
+            # through the relay, downloaded off the loop's thread (the loop ran on)
+            assert await c.run_on_scheduler(relayed_bytes) >= before + 3 * nbytes
+            assert len(downloaders) == 2 and loop_thread not in downloaders
+    run(main())
 
 
 def test_await_client_then_close(pc):

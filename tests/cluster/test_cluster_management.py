@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-from helpers import (block_until_file, dask_modules, inc, leaf, log_message, processes,
-                     runs, wait_for)
+from helpers import (MiB, array_sum, block_until_file, dask_modules, hold_memory,
+                     hold_to_pause, inc, leaf, log_message, logged_mib, processes, runs,
+                     wait_for)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -85,6 +86,34 @@ def test_retire_with_nowhere_to_go_keeps_the_worker(tmp_path):
         assert c.retire_workers([a]) == {}
         assert c.scheduler_info()["workers"][a]["status"] == "running"
         assert c.submit(inc, 2).result() == 3
+
+
+@pytest.mark.timeout(180)
+def test_a_paused_worker_is_retired_its_spilled_data_moving_off(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    limit = 600 * MiB
+    options = {"memory_limit": limit, "local_directory": str(tmp_path / "spill")}
+    with processes(tmp_path, nworkers=2, worker_options=options) as (pc, c):
+        workers = c.scheduler_info()["workers"]
+        a, b = sorted(workers)
+        fs = [c.submit(logged_mib, str(log), i, 5, workers=[a], pure=False)
+              for i in range(6)]
+        c.gather(fs)
+        # Memory held outside any result pauses a, which spills its results (small
+        # beside it: what spilling frees leaves a paused).
+        c.submit(hold_memory, hold_to_pause(workers[a]["pid"], limit),
+                 workers=[a]).result()
+        wait_for(lambda: (lambda w: w["paused"] and w["spilled"] > 0)(
+            c.scheduler_info()["workers"][a]), timeout=60,
+            message="a to pause and spill")
+        assert list(c.retire_workers([a])) == [a]
+        assert a not in c.scheduler_info()["workers"]
+        # Every value went to b (read back from a's disk): nothing ran again.
+        assert all(v == [b] for v in c.who_has(fs).values())
+        sums = c.gather([c.submit(array_sum, f, workers=[b]) for f in fs])
+        assert sums == [i * 5 * MiB / 8 for i in range(6)]
+        assert runs(log, "filled") == 6
 
 
 def test_replicate_then_fewer_copies(tmp_path):

@@ -18,9 +18,10 @@ import psutil
 import pytest
 
 from benchmarks.procs import peak_rss
-from helpers import (MiB, allocate, array_sum, blas_threads, filled_mib, grow,
-                     hold_memory, hold_to_pause, inc, kill_tree, local_cluster,
-                     processes, read_info, release_memory, slow_inc, wait_for)
+from helpers import (MarkingWorkerPlugin, MiB, allocate, array_sum, blas_threads,
+                     filled_mib, grow, hold_memory, hold_to_pause, inc, kill_tree,
+                     local_cluster, marks, processes, read_info, release_memory,
+                     slow_inc, wait_for)
 from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWarning,
                       Worker)
 from dask_ipy.worker.store import SpillFiles, SpillStore
@@ -208,6 +209,9 @@ def test_a_runaway_task_restarts_a_dask_ipy_worker(tmp_path):
             wait_for(lambda: len(c.nthreads()) == 2, message="two workers")
             before = {w["pid"] for w in c.scheduler_info()["workers"].values()}
             assert before == {int(info["pid"]) for info in children}
+            marks_dir = tmp_path / "marks"
+            marks_dir.mkdir()
+            c.register_plugin(MarkingWorkerPlugin(str(marks_dir)))
             big = c.submit(allocate, 2048, pure=False)       # one 2 GiB call
             with pytest.raises(MemoryLimitExceeded) as e:
                 big.result(timeout=120)
@@ -216,6 +220,9 @@ def test_a_runaway_task_restarts_a_dask_ipy_worker(tmp_path):
             wait_for(lambda: len(c.nthreads()) == 2, timeout=30, message="restarts")
             after = {w["pid"] for w in c.scheduler_info()["workers"].values()}
             assert not after & before
+            # The new processes got the worker plugin as they registered.
+            wait_for(lambda: all(marks(marks_dir, "setup", pid) == 1 for pid in after),
+                     message="the plugin set up on the restarted workers")
             assert all(p.poll() is None for p in procs[1:])
             assert c.gather(c.map(inc, range(20), pure=False)) == list(range(1, 21))
             c.shutdown()
