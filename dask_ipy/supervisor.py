@@ -6,7 +6,7 @@
         │          and relays its output; reads its "memory_limit:" lines
         ├─ watches its RSS: past the terminate fraction for longer than the worker
         │  takes to act on it itself (its GIL held by one long C call), or past
-        │  `HARD_FACTOR` x its limit, the worker is killed
+        │  `HARD_FACTOR` x its limit for `HARD_GRACE`, the worker is killed
         └─ when it exits for memory (EXIT_MEMORY), is killed, or crashes after
            running a while: its files are removed and a new worker starts
 
@@ -32,7 +32,10 @@ import psutil
 EXIT_MEMORY = 75          # as worker.monitor.EXIT_MEMORY (not imported: no dask here)
 POLL = 0.1                # seconds between two looks at the worker
 GRACE = 0.5               # seconds past terminate the worker has to act on its own
-HARD_FACTOR = 1.2         # past this multiple of its limit the worker is killed at once
+HARD_FACTOR = 1.2         # past this multiple of its limit the worker is killed sooner,
+HARD_GRACE = 0.2          # after this many seconds: a few of the worker's own memory
+                          # checks, so that one that acts on it (and tells the scheduler
+                          # which task ran out of memory) is not killed first
 SHORT_LIFE = 10.0         # a crash sooner than this after a start is not retried
 MAX_RESTARTS = 10         # restarts within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 60.0
@@ -106,7 +109,7 @@ class Supervisor:
                                  name="dask-ipy-supervisor-relay")
         relay.start()
         reason = "exit"
-        over_since = None
+        over_since = hard_since = None
         try:
             watched = psutil.Process(proc.pid)
         except psutil.Error:
@@ -123,10 +126,13 @@ class Supervisor:
                 rss = watched.memory_info().rss
             except psutil.Error:
                 continue
+            now = time.monotonic()
             hard = rss > HARD_FACTOR * self.limit
             over = self.terminate and rss > self.terminate * self.limit
-            over_since = (over_since or time.monotonic()) if over else None
-            if hard or (over_since and time.monotonic() - over_since > GRACE):
+            over_since = (over_since or now) if over else None
+            hard_since = (hard_since or now) if hard else None
+            if (hard_since and now - hard_since >= HARD_GRACE
+                    or over_since and now - over_since > GRACE):
                 self._say(f"worker pid {proc.pid} holds {rss} bytes, past its "
                           f"{self.limit} byte limit; killing it")
                 reason = "memory"

@@ -336,6 +336,10 @@ class Worker:
             return False
 
     def _reconnect(self, why="the scheduler does not know us", level=logging.WARNING):
+        if self._exiting:
+            # Exiting for memory: registered again, it would be given the tasks of
+            # the worker it was, and never run them.
+            return
         logger.log(level, "worker %s: %s; registering again", self.address, why)
         for sock in (self.scheduler_socket, self.scheduler_monitor):
             self.loop.remove_socket(sock)
