@@ -1146,6 +1146,8 @@ class SchedulerState:
         if self.unrunnable:
             self.transitions({ts.key: WAITING for ts in self.unrunnable})
         self.fill_workers()
+        if self.worker_waiters:                 # a paused worker does not count
+            self._answer_worker_waiters()
 
     def paused_for(self, ws, now=None):
         """Seconds ``ws`` has been paused (0 if it runs), and its total."""

@@ -437,3 +437,12 @@ def test_worker_plugins_reach_paused_workers_too(s):
     s.handle_client_message("c", {"op": "register-worker-plugin", "name": "p",
                                   "plugin": b"blob", "request_id": 9})
     assert sorted(i for i, _ in ops(take(s), "plugin-add")) == ["w1", "w2"]
+
+
+def test_wait_for_workers_counts_a_paused_worker_once_it_runs_again(s):
+    pause(s, "w2")
+    s.wait_for_workers("c", 1, 2)
+    assert take(s) == []
+    heartbeat(s, "w2", "running", now=2.0)
+    assert ops(take(s), "reply") == [("c", {"op": "reply", "request_id": 1,
+                                            "result": {"ok": True, "workers": 2}})]
