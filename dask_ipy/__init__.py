@@ -27,14 +27,32 @@ _PUBLIC = {
     "WorkerPlugin": ".plugins",
     "SchedulerPlugin": ".plugins",
     "Monitor": ".notebook.widget",              # ipywidgets loads only when a widget is wanted
+    "get_worker": ".dynamic",
+    "get_client": ".dynamic",
+    "secede": ".dynamic",
+    "rejoin": ".dynamic",
+    "worker_client": ".dynamic",
 }
 
 __version__ = "0.1.0"
+
+from .worker import context as _task_context  # noqa: E402  (threading only)
 
 if "dask" in sys.modules:
     # dask-ipy.* settings readable through dask.config at once; a scheduler process,
     # which never imports dask, skips this.
     from . import config  # noqa: F401
+
+
+def _task_client(worker):
+    from .dynamic import task_client
+
+    return task_client(worker)
+
+
+# A worker knows nothing of clients: this makes the one its tasks use (get_client,
+# dask's compute inside a task).
+_task_context.client_factory = _task_client
 
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):
@@ -80,4 +98,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "MemoryLimitExceeded",
            "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
-           "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin"]
+           "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
+           "get_worker", "get_client", "secede", "rejoin", "worker_client"]

@@ -38,6 +38,8 @@ KINDS = {
         "task-finished": "a task's result is in memory (a small one comes along)",
         "task-erred": "a task raised: its error record",
         "task-dropped": "a task released while it ran has ended; its thread is free",
+        "task-seceded": "a running task gave its thread slot back to wait for other work",
+        "task-rejoined": "a seceded task holds a thread slot again",
         "steal-response": "whether a worker gave up a queued task asked for",
         "missing-data": "no holder had a task's input",
         "peer-unreachable": "a worker cannot connect to a peer",
@@ -159,6 +161,8 @@ SHELL_EVENTS = {
         "pause": "memory passed the pause fraction: start nothing new",
         "resume": "memory fell back: run again",
         "memory-exceeded": "memory passed the terminate fraction while these tasks ran",
+        "secede": "a running task gives its thread slot back (it waits for other work)",
+        "rejoin": "a seceded task wants a thread slot again",
     },
 }
 

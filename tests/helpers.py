@@ -740,3 +740,59 @@ def hold_to_pause(pid, limit):
         return after < 0.5 * limit and abs(after - before) < 4 * MiB
     wait_for(steady, timeout=30, message="memory to settle")
     return int((0.875 * limit - proc.memory_info().rss) // MiB)
+
+
+# ---------------------------------------------------------------- tasks that launch tasks
+
+def fib(n):
+    """Recursive Fibonacci, each call a task that waits for its two sub-tasks with
+    its thread slot given back (a deadlock on one-thread workers otherwise)."""
+    from dask_ipy import worker_client
+
+    if n < 2:
+        return n
+    with worker_client() as c:
+        a, b = c.submit(fib, n - 1), c.submit(fib, n - 2)
+        return a.result() + b.result()
+
+
+def fib_holding_thread(n):
+    """The same, but the waiting task keeps its thread."""
+    from dask_ipy import get_client
+
+    if n < 2:
+        return n
+    c = get_client()
+    a, b = c.submit(fib_holding_thread, n - 1), c.submit(fib_holding_thread, n - 2)
+    return a.result(timeout=5) + b.result(timeout=5)
+
+
+def scatter_and_sum(values):
+    """Scatter data from inside a task and compute on it elsewhere."""
+    from dask_ipy import get_client, secede, rejoin
+
+    c = get_client()
+    parts = c.scatter(list(values))
+    totals = c.map(inc, parts)
+    secede()
+    out = sum(c.gather(totals))
+    rejoin()
+    return out
+
+
+def compute_inside(n):
+    """dask.compute inside a task: runs on the cluster, through the worker's client."""
+    import dask
+    import dask.bag as db
+
+    from dask_ipy import get_worker, worker_client
+
+    with worker_client():
+        (total,) = dask.compute(db.from_sequence(range(n), npartitions=4).map(inc).sum())
+    return total, get_worker().address
+
+
+def task_client_identity(_=None):
+    from dask_ipy import get_client, get_worker
+
+    return id(get_client()), get_worker().address

@@ -173,7 +173,8 @@ class Scheduler:
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",
                                     "max_message_bytes": self.session.max_message_bytes,
-                                    "relay_port": self.relay and self.relay.port})
+                                    "relay_port": self.relay and self.relay.port,
+                                    "address_to_clients": self.address_to_clients})
 
     def _on_unregister(self, wid, msg, now):
         self.state.remove_worker(wid, reason="worker closed", expected=True)
@@ -241,7 +242,8 @@ class Scheduler:
     def _on_register_client(self, cid, msg):
         self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
                                      "address_to_workers": self.address_to_workers,
-                                     "relay_port": self.relay and self.relay.port})
+                                     "relay_port": self.relay and self.relay.port,
+                                    "address_to_clients": self.address_to_clients})
 
     def _on_close_client(self, cid, msg):
         self.state.remove_client(cid)

@@ -38,6 +38,10 @@ State, documented once:
                 the task leaves the victim
     WorkerRecord.processing: {TaskState: estimated duration}
     WorkerRecord.executing:  {TaskState}  of those, the ones known to have started
+    WorkerRecord.seceded:    {TaskState}  of those, tasks that gave their thread back
+                             to wait for other work (`secede`): still processing (their
+                             result is to come) but counted for no thread and no
+                             occupancy (estimated duration 0) until they rejoin
     WorkerRecord.stale:      {key: estimated duration}  tasks released while running
                              there: their threads stay busy until the worker says so
     WorkerRecord.has_what:   {TaskState}
@@ -215,8 +219,8 @@ class TaskState:
 
 class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
-                 "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
-                 "last_seen", "metrics", "since", "status", "unreachable",
+                 "processing", "executing", "seceded", "stale", "has_what", "occupancy",
+                 "nbytes", "last_seen", "metrics", "since", "status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
@@ -230,6 +234,7 @@ class WorkerRecord:
         self.memory_limit = memory_limit
         self.processing = {}
         self.executing = set()
+        self.seceded = set()
         # {key: expected duration} of tasks released while they ran here: each holds a
         # thread (and its share of occupancy) until the worker says it has finished.
         self.stale = {}
@@ -290,6 +295,11 @@ RELAY_DELAY = 0.05          # seconds added per input that must be relayed: plac
 MAX_RELAY_BYTES = 256 << 20
 MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail before
                             # the worker is kept instead
+
+
+def _holding(ws):
+    """Tasks placed on ``ws`` that hold (or wait for) one of its thread slots."""
+    return len(ws.processing) - len(ws.seceded)
 
 
 def _allowed(ts, ws):
@@ -618,7 +628,7 @@ class SchedulerState:
 
     def _processing_released(self, ts):
         ws = ts.processing_on
-        if ws is not None and ts in ws.executing:
+        if ws is not None and ts in ws.executing and ts not in ws.seceded:
             # Its thread runs on (a Python thread cannot be stopped).
             ws.stale[ts.key] = ws.processing[ts]
             ws.occupancy += ws.processing[ts]
@@ -709,7 +719,7 @@ class SchedulerState:
         if duration:
             depth = min(max(depth, self.queue_seconds / duration), self.max_depth)
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
-        return threads + math.ceil(threads * depth) - len(ws.processing)
+        return threads + math.ceil(threads * depth) - _holding(ws)
 
     def _worker_with_room(self, ts):
         best = None
@@ -767,7 +777,7 @@ class SchedulerState:
         wait in their queues (never one known to run), last in line first, worth a
         round trip, and whose inputs move faster than they compute.  A worker gives a
         task up only if it has not started it ("steal-response")."""
-        idle = thief.nthreads - len(thief.stale) - len(thief.processing)
+        idle = thief.nthreads - len(thief.stale) - _holding(thief)
         if idle <= 0 or thief.status != "running":
             return
         if self.steals:
@@ -775,7 +785,7 @@ class SchedulerState:
         # A paused worker starts nothing: every task waiting in its queue may go.
         victims = [ws for ws in self.workers.values()
                    if ws is not thief and (
-                       len(ws.processing) + len(ws.stale) > ws.nthreads
+                       _holding(ws) + len(ws.stale) > ws.nthreads
                        or ws.status == PAUSED and len(ws.processing) > len(ws.executing))]
         victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads))
         for victim in victims:
@@ -784,7 +794,7 @@ class SchedulerState:
             if victim.status == PAUSED:
                 waiting = len(victim.processing) - len(victim.executing)
             else:
-                waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
+                waiting = _holding(victim) + len(victim.stale) - victim.nthreads
             candidates = [ts for ts in itertools.islice(reversed(victim.processing),
                                                         STEAL_SCAN)
                           if self._worth_stealing(ts, victim, thief)]
@@ -861,6 +871,7 @@ class SchedulerState:
             duration = ws.processing.pop(ts, 0.0)
             ws.occupancy = max(ws.occupancy - duration, 0.0)
             ws.executing.discard(ts)
+            ws.seceded.discard(ts)
             ts.processing_on = None
 
     def fill_workers(self, ws=None):
@@ -1067,6 +1078,7 @@ class SchedulerState:
         ws.has_what = set()
         ws.processing = {}
         ws.executing = set()
+        ws.seceded = set()
         ws.status = CLOSED
         self._count_host(ws.host)
         for other in self.workers.values():
@@ -1190,8 +1202,9 @@ class SchedulerState:
             ws.executing.add(ts)
             if ts.suspicious >= self.allowed_failures:
                 ts.error = self._killed_error(ts, ws, text)
-                ws.stale[key] = ws.processing[ts]
-                ws.occupancy += ws.processing[ts]
+                if ts not in ws.seceded:
+                    ws.stale[key] = ws.processing[ts]
+                    ws.occupancy += ws.processing[ts]
                 self.transitions({key: ERRED})
             else:
                 self.transitions({key: RELEASED})
@@ -1274,6 +1287,38 @@ class SchedulerState:
         self._add_replica(ts, ws)
         self.transitions({ts.key: MEMORY})
         self.fill_workers(ws)
+
+    def _on_task_seceded(self, ws, msg):
+        """A running task gave its thread back to wait for other work: the slot is
+        free for another task (here, or stolen for), and the task's estimate leaves
+        the worker's occupancy, until it rejoins."""
+        key = msg["key"]
+        ts = self.tasks.get(key)
+        if ts is not None and ts.processing_on is ws:
+            if ts in ws.seceded:
+                return
+            ws.executing.add(ts)
+            ws.seceded.add(ts)
+            ws.occupancy = max(ws.occupancy - ws.processing[ts], 0.0)
+            ws.processing[ts] = 0.0
+        elif not self._thread_freed(ws, key):
+            return
+        self.fill_workers(ws)
+
+    def _on_task_rejoined(self, ws, msg):
+        """A seceded task took a thread slot back (the worker waited for one)."""
+        key = msg["key"]
+        ts = self.tasks.get(key)
+        if ts is not None and ts.processing_on is ws:
+            if ts in ws.seceded:
+                ws.seceded.discard(ts)
+                ws.processing[ts] = self._duration(ts)
+                ws.occupancy += ws.processing[ts]
+        elif key not in ws.stale:
+            # Released while it waited: it holds a thread until the worker drops it.
+            duration = self._duration(ts) if ts is not None else self.default_duration
+            ws.stale[key] = duration
+            ws.occupancy += duration
 
     def _on_task_dropped(self, ws, msg):
         """A task released while it ran (or waited for "go") there is over; its result,
@@ -1456,6 +1501,8 @@ class SchedulerState:
         "task-finished": _on_task_finished,
         "task-erred": _on_task_erred,
         "task-dropped": _on_task_dropped,
+        "task-seceded": _on_task_seceded,
+        "task-rejoined": _on_task_rejoined,
         "steal-response": _on_steal_response,
         "missing-data": _on_missing_data,
         "peer-unreachable": _on_peer_unreachable,
@@ -1854,10 +1901,11 @@ class SchedulerState:
             self.send_client(c, {"op": "restarted"})
         for ws in self.workers.values():
             self.send_worker(ws, {"op": "restart"})
-            for ts in ws.executing:
+            for ts in ws.executing - ws.seceded:
                 ws.stale[ts.key] = ws.processing[ts]
             ws.processing.clear()
             ws.executing.clear()
+            ws.seceded.clear()
             ws.has_what.clear()
             ws.occupancy = sum(ws.stale.values())
             ws.nbytes = 0
@@ -2346,6 +2394,8 @@ class SchedulerState:
             for other in ws.unreachable:
                 assert self.workers.get(other.id) is other and other is not ws, (ws, other)
             assert ws.executing <= set(ws.processing), ws
+            assert ws.seceded <= ws.executing, ws
+            assert all(ws.processing[ts] == 0.0 for ts in ws.seceded), ws
             expected = sum(ws.processing.values()) + sum(ws.stale.values())
             assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws
             assert ws.status in (RUNNING, PAUSED, CLOSING_GRACEFULLY), ws

@@ -42,14 +42,15 @@ from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
 from ..security import Security
 from ..units import format_bytes
-from . import limits
+from . import context, limits
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
-from .state import RELAY, Execute, GatherDep, Send, WorkerState
+from .state import RELAY, Execute, GatherDep, Rejoin, Send, WorkerState
 from .store import SpillStore, Spilled
 from .system import host_cores, host_memory
 
+RETIRE = object()          # a pool thread taking this leaves: a seceded one rejoined
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
 
@@ -151,16 +152,19 @@ class Worker:
         self.jobs = queue.SimpleQueue()
         self.threads = []
         self.closed = threading.Event()
+        self.clients_address = None            # the scheduler's, from "welcome"
+        self.task_client = None                # made by the first get_client() here
+        self.task_client_lock = threading.Lock()
+        self.rejoin_events = {}                # {key: Event} of seceded tasks waiting
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
                                                 self.FROM_SCHEDULER, self._to_state)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
         self.loop.add_flush(self._flush)
         self._connect()
-        for i in range(nthreads):
-            t = threading.Thread(target=self._pool_thread, daemon=True,
-                                 name=f"dask-ipy-worker-task-{i}")
-            t.start()
-            self.threads.append(t)
+        for _ in range(nthreads):
+            self._start_pool_thread()
+        context.add_worker(self)
+        context.install()
         self.loop.call_later(heartbeat_interval, self._heartbeat)
         self.loop.start()
         if self.monitor is not None:
@@ -386,6 +390,12 @@ class Worker:
     def _on_welcome(self, msg):
         self.max_send_bytes = msg.get("max_message_bytes")
         self.relay_port = msg.get("relay_port")
+        clients = msg.get("address_to_clients")
+        if clients:
+            # Reached the way this worker reaches the scheduler (it may bind a
+            # wildcard or a name only it resolves).
+            port = clients.rsplit(":", 1)[1]
+            self.clients_address = self.scheduler_address.rsplit(":", 1)[0] + ":" + port
 
     def _on_send_data(self, msg):
         self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"),
@@ -457,6 +467,10 @@ class Worker:
                 runs.append(inst)
             elif isinstance(inst, GatherDep):
                 self._gather(inst.peer, inst.keys)
+            elif isinstance(inst, Rejoin):
+                event = self.rejoin_events.pop(inst.key, None)
+                if event is not None:
+                    event.set()
         if self.state.transition_log:
             self.plugin_host.transitions(self.state.take_transitions())
         if runs:
@@ -503,6 +517,48 @@ class Worker:
 
     # ---------------------------------------------------------------- running tasks
 
+    def _start_pool_thread(self):
+        t = threading.Thread(target=self._pool_thread, daemon=True,
+                             name=f"dask-ipy-worker-task-{len(self.threads)}")
+        t.start()
+        self.threads = [th for th in self.threads if th.is_alive()] + [t]
+
+    def secede(self):
+        """On a task's thread: give its thread slot back while it waits for other
+        work.  Another pool thread takes the slot at once; this one finishes the task
+        (or `rejoin`s) and then leaves."""
+        key = context.current_key()
+        if key is None or context.task.seceded:
+            return
+        context.task.seceded = True
+        self._start_pool_thread()
+        self.loop.call_soon(lambda: self._handle("secede", key=key))
+
+    def rejoin(self):
+        """On a seceded task's thread: wait for a thread slot, then go on holding it
+        (a pool thread leaves, so the pool keeps its size)."""
+        key = context.current_key()
+        if key is None or not context.task.seceded:
+            return
+        event = threading.Event()
+
+        def ask():
+            if self.closed.is_set():
+                event.set()
+                return
+            self.rejoin_events[key] = event
+            self._handle("rejoin", key=key)
+        self.loop.call_soon(ask)
+        # A worker closing wakes those waiting; one whose loop stopped before it
+        # heard the ask is seen closed here.
+        while not event.wait(0.5):
+            if self.closed.is_set():
+                return
+        if self.closed.is_set():
+            return
+        context.task.seceded = False
+        self.jobs.put(RETIRE)
+
     def _pool_thread(self):
         limits_ = self.thread_limits
         busy = False                    # in a stretch of tasks: thread pools capped
@@ -511,7 +567,7 @@ class Worker:
                 job = self.jobs.get()
             except TaskMemoryError:     # a stop meant for a task that had ended
                 continue
-            if job is None:
+            if job is None or job is RETIRE:
                 if busy:
                     limits_.leave()
                 return
@@ -528,20 +584,23 @@ class Worker:
                         "key": job.key, "error": error_payload(e, None),
                         "start": time.time(), "stop": time.time()})
             job = None
-            if busy and self.jobs.empty():
+            seceded = context.leave()
+            if busy and (seceded or self.jobs.empty()):
                 # Before the result is out: whoever hears of it and then runs code
                 # in this process (a %px cell) finds the process's own settings.
                 limits_.leave()
                 busy = False
-            if self.closed.is_set():
-                continue
-            self.loop.call_soon(self._task_done, result)
+            if not self.closed.is_set():
+                self.loop.call_soon(self._task_done, result)
+            if seceded:
+                return                  # its slot went to another thread
 
     def _run_job(self, job):
         start = time.time()
         running = self.running
         try:
             running.start(job.key)
+            context.enter(self, job.key)
             try:
                 node = deserialize(job.run_spec)
                 inputs = job.inputs
@@ -905,7 +964,19 @@ class Worker:
         self._release_resources()
 
     def _release_resources(self):
-        """The memory watch stops; a store this worker made removes its files."""
+        """The memory watch stops; a store this worker made removes its files; tasks
+        waiting to rejoin wake (they end with the worker); the client tasks used
+        closes."""
+        for event in list(self.rejoin_events.values()):
+            event.set()
+        client, self.task_client = self.task_client, None
+        if client is not None:
+            if self.loop.in_loop():
+                threading.Thread(target=client.close, daemon=True,
+                                 name="dask-ipy-close-task-client").start()
+            else:
+                client.close()
+        context.uninstall()
         if self.monitor is not None:
             self.monitor.stop()
         if self._owns_data and isinstance(self.data, SpillStore):

@@ -21,6 +21,11 @@ State, documented once:
     ready:     heap of (priority, seq, key) for tasks whose inputs are all in memory
     fetching:  {key} in state "fetch" (so no event walks over every task)
     executing: {key}                  at most `nthreads`
+    seceded:   {key}                  tasks running (state "executing") that gave
+                                      their thread slot back (`secede`): they wait
+                                      for other work and count for no thread
+    rejoining: [key]                  seceded tasks asking for a slot again, first
+                                      asked first served, before any ready task
     in_flight: {peer address: [key]}  one request at a time per peer (or RELAY)
     unreachable: {peer address}       peers that did not connect or answer in time
     WTask.waiting_for: {key}          dependencies not in memory yet
@@ -71,6 +76,12 @@ class Send:
     msg: dict
 
 
+@dataclass
+class Rejoin:
+    """A seceded task may go on: it holds a thread slot again."""
+    key: object
+
+
 class WTask:
     __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
@@ -111,6 +122,8 @@ class WorkerState:
         self.tasks = {}
         self.ready = []
         self.executing = set()
+        self.seceded = set()
+        self.rejoining = []
         self.in_flight = {}
         self.nbytes = {}              # {key: bytes} of what is in data
         self.fetching = set()         # keys in state "fetch"
@@ -339,7 +352,7 @@ class WorkerState:
 
     def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
                             stop=0.0, data=None):
-        self.executing.discard(key)
+        self._ended(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
             self._drop(out, key)
@@ -357,7 +370,7 @@ class WorkerState:
         self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
-        self.executing.discard(key)
+        self._ended(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
             self._drop(out, key)
@@ -370,6 +383,31 @@ class WorkerState:
         ts.computed = False
         self._done_with_inputs(ts)
         self._release(ts)
+
+    def _ended(self, key):
+        self.executing.discard(key)
+        self.seceded.discard(key)
+        if key in self.rejoining:         # a task cannot end while it waits to rejoin
+            self.rejoining.remove(key)
+
+    # ------------------------------------------------------------ tasks that wait
+
+    def _on_secede(self, out, key):
+        """A running task waits for other work (its own sub-tasks, say): its thread
+        slot is free for another task; it still runs, and its result is still to
+        come.  The scheduler hears of it and counts the slot free too."""
+        ts = self.tasks.get(key)
+        if ts is None or ts.state != "executing" or key not in self.executing:
+            return
+        self.executing.discard(key)
+        self.seceded.add(key)
+        out.append(Send({"op": "task-seceded", "key": key}))
+
+    def _on_rejoin(self, out, key):
+        """A seceded task wants a thread slot again: it gets one as soon as one is
+        free, before any task waiting to start (`_ensure_computing`)."""
+        if key in self.seceded and key not in self.rejoining:
+            self.rejoining.append(key)
 
     def _drop(self, out, key):
         """A task the scheduler released ends here without a result: tell it that the
@@ -568,6 +606,13 @@ class WorkerState:
         instead of waiting for this thread between each; others one per thread,
         announced with "task-started" (the scheduler blames those when a worker dies).
         """
+        while self.rejoining and len(self.executing) < self.nthreads:
+            # Even while paused: the task runs already and waits on this slot.
+            key = self.rejoining.pop(0)
+            self.seceded.discard(key)
+            self.executing.add(key)
+            out.append(Send({"op": "task-rejoined", "key": key}))
+            out.append(Rejoin(key))
         if self.paused:
             return
         while self.ready:
@@ -577,7 +622,7 @@ class WorkerState:
                 continue
             short = ts.duration is not None and ts.duration < SHORT_TASK
             limit = self.nthreads * PREFETCH if short else self.nthreads
-            if len(self.executing) >= limit:
+            if len(self.executing) >= limit or self.rejoining:
                 return
             heapq.heappop(self.ready)
             ts.state = "executing"
@@ -683,13 +728,15 @@ class WorkerState:
                 for dkey in ts.waiting_for:
                     assert self.tasks[dkey].state != "memory", (ts, dkey)
             if ts.state == "executing":
-                assert key in self.executing, ts
+                assert (key in self.executing) != (key in self.seceded), ts
             if ts.state == "fetch":
                 assert key in self.fetching, ts
             if ts.state == "flight":
                 assert any(key in keys for keys in self.in_flight.values()), ts
-        for key in self.executing:
+        for key in self.executing | self.seceded:
             assert self.tasks[key].state == "executing", key
+        assert set(self.rejoining) <= self.seceded, (self.rejoining, self.seceded)
+        assert len(set(self.rejoining)) == len(self.rejoining), self.rejoining
         assert self.managed == sum(self.nbytes.values()), (self.managed, self.nbytes)
         for ts in self.tasks.values():
             assert not ts.interrupted or ts.state == "executing", ts

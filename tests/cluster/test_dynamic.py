@@ -1,0 +1,129 @@
+"""Tasks that launch tasks, on real sockets: get_worker, get_client, secede, rejoin,
+worker_client, dask's compute inside a task; in this process and on worker
+processes of one thread each, where a task that waits for its sub-tasks without
+seceding would deadlock."""
+
+import threading
+import time
+
+import dask
+import pytest
+
+from dask_ipy import (get_client, get_worker, rejoin, secede, worker_client)
+from helpers import (compute_inside, fib, fib_holding_thread, inc, local_cluster,
+                     processes, scatter_and_sum, task_client_identity, wait_for)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_get_worker_inside_and_outside_a_task():
+    with local_cluster() as (s, workers, c):
+        where = c.submit(lambda: get_worker().address, pure=False).result(timeout=20)
+        assert where in {w.address for w in workers}
+        # Outside a task: the newest open worker of this process (as in an engine).
+        assert get_worker() is workers[-1]
+        workers[-1].close()
+        assert get_worker() is workers[0]
+    with pytest.raises(ValueError, match="no dask_ipy worker"):
+        get_worker()
+
+
+def test_secede_and_rejoin_outside_a_task_say_so():
+    with pytest.raises(ValueError, match="inside a task"):
+        secede()
+    with pytest.raises(ValueError, match="inside a task"):
+        rejoin()
+
+
+def test_one_client_per_worker_shared_by_its_tasks():
+    with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
+        w = workers[0].address
+        seen = c.gather(c.map(task_client_identity, range(6), workers=[w]))
+        assert {ident for ident, _ in seen} == {id(workers[0].task_client)}
+        assert {where for _, where in seen} == {w}
+        # The task client is not this process's default client.
+        assert get_client() is c
+    assert workers[0].task_client is None          # closed with its worker
+
+
+def test_fib_on_one_thread_workers_in_this_process():
+    with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
+        assert c.submit(fib, 15).result(timeout=60) == 610
+        assert all(not ws.seceded and not ws.stale for ws in s.state.workers.values())
+        assert all(not w.state.seceded for w in workers)
+        assert all(len([t for t in w.threads if t.is_alive()]) == 1 for w in workers)
+
+
+def test_a_waiting_task_that_keeps_its_thread_deadlocks():
+    """The control: without secede, two one-thread workers are full of waiting tasks
+    (it ends only because the waits time out)."""
+    with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
+        with pytest.raises(Exception) as info:
+            c.submit(fib_holding_thread, 6).result(timeout=60)
+        assert "TimeoutError" in type(info.value).__name__ + repr(info.value)
+
+
+GATE = threading.Event()
+LOG = []
+
+
+def long_one():
+    secede()
+    LOG.append("seceded")
+    GATE.wait(30)
+    rejoin()
+    LOG.append("rejoined")
+    return "long"
+
+
+def blocker():
+    LOG.append("blocker runs")
+    time.sleep(0.3)
+    LOG.append("blocker ends")
+    return "blocker"
+
+
+def test_secede_then_rejoin_waits_for_a_slot():
+    """One one-thread worker: a task secedes, another takes the slot; the first's
+    rejoin waits until the slot is free again."""
+    GATE.clear()
+    LOG.clear()
+    with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
+        w = workers[0]
+        a = c.submit(long_one, workers=[w.address])
+        wait_for(lambda: "seceded" in LOG, timeout=20)
+        b = c.submit(blocker, workers=[w.address])
+        wait_for(lambda: "blocker runs" in LOG, timeout=20)
+        GATE.set()
+        assert a.result(timeout=20) == "long" and b.result(timeout=20) == "blocker"
+        assert LOG == ["seceded", "blocker runs", "blocker ends", "rejoined"]
+        assert len([t for t in w.threads if t.is_alive()]) == 1
+
+
+def test_dask_compute_inside_a_task_in_this_process():
+    with local_cluster() as (s, workers, c):
+        total, where = c.submit(compute_inside, 20).result(timeout=30)
+        assert total == sum(range(1, 21))
+
+
+def test_fib_20_on_two_one_thread_worker_processes(tmp_path):
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        start = time.monotonic()
+        assert c.submit(fib, 20).result(timeout=90) == 6765
+        print(f"fib(20) on two one-thread worker processes: "
+              f"{time.monotonic() - start:.2f} s")
+        info = c.scheduler_info()["workers"]
+        assert len(info) == 2
+
+
+def test_a_task_scatters_and_submits_on_worker_processes(tmp_path):
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        assert c.submit(scatter_and_sum, list(range(10))).result(timeout=60) == 55
+
+
+def test_dask_compute_inside_a_task_on_worker_processes(tmp_path):
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        (total, where), = dask.compute(
+            dask.delayed(compute_inside)(30), scheduler=c.get)
+        assert total == sum(range(1, 31))
+        assert where in c.scheduler_info()["workers"]
