@@ -32,10 +32,14 @@ _PUBLIC = {
     "secede": ".dynamic",
     "rejoin": ".dynamic",
     "worker_client": ".dynamic",
+    "Actor": ".client.actors",
+    "ActorFuture": ".client.actors",
+    "ActorLost": ".client.actors",
 }
 
 __version__ = "0.1.0"
 
+from .client import actors as _actors  # noqa: E402
 from .worker import context as _task_context  # noqa: E402  (threading only)
 
 if "dask" in sys.modules:
@@ -50,9 +54,25 @@ def _task_client(worker):
     return task_client(worker)
 
 
+def _actor_host():
+    worker = getattr(_task_context.task, "worker", None)
+    if worker is None:
+        raise ValueError("an actor is made by a task on a worker")
+    return worker, _task_context.current_key()
+
+
+def _actor_client():
+    from .dynamic import get_client
+
+    return get_client()
+
+
 # A worker knows nothing of clients: this makes the one its tasks use (get_client,
-# dask's compute inside a task).
+# dask's compute inside a task), and tells actors where they are made and which
+# client calls them.
 _task_context.client_factory = _task_client
+_actors.find_worker = _actor_host
+_actors.find_client = _actor_client
 
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):
@@ -99,4 +119,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
-           "get_worker", "get_client", "secede", "rejoin", "worker_client"]
+           "get_worker", "get_client", "secede", "rejoin", "worker_client", "Actor",
+           "ActorFuture", "ActorLost"]

@@ -137,6 +137,13 @@ KINDS = {
         "worker-paused-long": "a worker has stayed paused (memory) longer than the "
                               "client's 'paused_warning'",
     },
+    (CLIENT, WORKER): {
+        "actor-call": "call a method of an actor this worker holds, or read one of "
+                      "its attributes (straight to the worker's peer socket)",
+    },
+    (WORKER, CLIENT): {
+        "actor-result": "the result of an 'actor-call', or its error",
+    },
     (WORKER, PEER): {
         "get-data": "the values of these keys",
     },

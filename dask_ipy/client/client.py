@@ -31,6 +31,7 @@ from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
 from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, serialize
 from . import default
+from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token
 from .cluster import ClusterMethods
 from .default import default_client
@@ -289,8 +290,18 @@ class Client(ClusterMethods):
     # ---------------------------------------------------------------- futures API
 
     def submit(self, fn, /, *args, key=None, pure=True, retries=0, workers=None,
-               priority=0, **kwargs):
-        """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once."""
+               priority=0, actor=False, actors=False, **kwargs):
+        """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once.
+
+        ``actor=True`` (or ``actors=True``): ``fn`` is a class, and the object made
+        stays on the worker as an actor; the Future's result is its `Actor` handle
+        (see client/actors.py)."""
+        if actor or actors:
+            if not isinstance(fn, type):
+                raise TypeError("submit(..., actor=True) takes a class")
+            return self.submit_call(create_actor, (fn, args, kwargs), {},
+                                    key=key or actor_key(fn), pure=False, retries=0,
+                                    workers=workers, priority=priority)
         return self.submit_call(fn, args, kwargs, key=key, pure=pure, retries=retries,
                                 workers=workers, priority=priority)
 
@@ -314,8 +325,12 @@ class Client(ClusterMethods):
         return futures[key]
 
     def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
-            priority=0, batch_size=None, **kwargs):
-        """Map ``fn`` over iterables; returns a list of Futures at once."""
+            priority=0, batch_size=None, actor=False, actors=False, **kwargs):
+        """Map ``fn`` over iterables; returns a list of Futures at once.
+        ``actor=True``: one actor per row, as `submit` makes them."""
+        if actor or actors:
+            return [self.submit(fn, *row, workers=workers, priority=priority,
+                                actor=True, **kwargs) for row in zip(*iterables)]
         self._check_open()
         if not callable(fn):
             raise TypeError("first argument of map must be callable")

@@ -33,6 +33,7 @@ socket.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import threading
 import time
 import warnings
@@ -70,6 +71,11 @@ class ClientShell:
         self.id = new_id("client")
         # The cap on what this client receives; gathers ask for no more than that.
         self.session = Session(security.key, self.id, max_message_bytes=max_message_bytes)
+        self.security = security
+        self.actor_sockets = {}         # {worker address: (DEALER, monitor)} (I/O thread)
+        self.actor_pending = {}         # {request id: (address, cf.Future)} (I/O thread)
+        self.actor_lost = set()         # workers whose connection dropped: actors gone
+        self.actor_ids = itertools.count()
         self.state = ClientState(address, paused_warning)
         self.monitor_callbacks = []
         self.topic_handlers = {}        # {topic: handler of the workers' events}
@@ -429,6 +435,78 @@ class ClientShell:
         "event": _on_event,
     }
 
+    # ---------------------------------------------------------------- actors
+
+    def actor_call(self, address, msg):
+        """Send "actor-call" straight to the worker at ``address`` (any thread); a
+        `concurrent.futures.Future` of its "actor-result"."""
+        future = cf.Future()
+        self.loop.call_soon(self._send_actor_call, address, msg, future)
+        return future
+
+    def _send_actor_call(self, address, msg, future):
+        if self.state.status == "closed" or not self.loop.running:
+            future.set_exception(RuntimeError("the client is closed"))
+            return
+        if address in self.actor_lost:
+            future.set_result(_lost_reply(address))
+            return
+        sock = self.actor_sockets.get(address, (None,))[0]
+        if sock is None:
+            sock = self._connect_actor_worker(address)
+        rid = next(self.actor_ids)
+        msg["request_id"] = rid
+        self.actor_pending[rid] = (address, future)
+        try:
+            send(sock, self.session.dumps([msg], address.encode()))
+        except Exception as e:
+            del self.actor_pending[rid]
+            future.set_exception(e)
+
+    def _connect_actor_worker(self, address):
+        sock = connect_dealer(self.loop.context, self.security, self.id, address,
+                              events=zmq.EVENT_DISCONNECTED)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.actor_sockets[address] = sock, monitor
+        self.loop.add_socket(sock, lambda frames: self._on_actor_frames(address, frames))
+        self.loop.add_socket(monitor, lambda frames: self._actor_worker_lost(address))
+        return sock
+
+    def _on_actor_frames(self, address, frames):
+        try:
+            msgs = self.session.loads(frames)
+        except ProtocolError as e:
+            self.rejections(address, e)
+            return
+        for msg in msgs:
+            if msg.get("op") != "actor-result":
+                continue
+            pending = self.actor_pending.pop(msg.get("request_id"), None)
+            if pending is not None and not pending[1].done():
+                pending[1].set_result(msg)
+
+    def _actor_worker_lost(self, address):
+        """The connection to a worker holding actors dropped: the worker is gone
+        (a worker keeps its peer socket for its whole life), and its actors' state
+        with it.  Calls waiting fail, and later ones at once."""
+        self.actor_lost.add(address)
+        self._close_actor_socket(address)
+        for rid, (where, future) in list(self.actor_pending.items()):
+            if where == address:
+                del self.actor_pending[rid]
+                if not future.done():
+                    future.set_result(_lost_reply(address))
+
+    def _close_actor_socket(self, address):
+        sock, monitor = self.actor_sockets.pop(address, (None, None))
+        if sock is None:
+            return
+        self.loop.remove_socket(monitor)
+        self.loop.remove_socket(sock)
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
     # ---------------------------------------------------------------- life
 
     def begin_close(self):
@@ -441,12 +519,23 @@ class ClientShell:
         cancel pending keys and wake threads still waiting for an answer."""
         def bye():
             self._flush()
+            for address in list(self.actor_sockets):
+                self._close_actor_socket(address)
+            for _, future in self.actor_pending.values():
+                if not future.done():
+                    future.set_exception(RuntimeError("the client closed"))
+            self.actor_pending.clear()
             self.loop.running = False
         if self.loop.running:
             self.loop.call_soon(bye)
         yield Call(self.loop.stop, timeout)
         self.rejections.close()
         self._call(self.state.closed)
+
+
+def _lost_reply(address):
+    return {"status": "lost", "text": f"the worker {address} holding this actor is "
+                                      "gone, and the actor's state with it"}
 
 
 def _nothing():

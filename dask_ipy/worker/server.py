@@ -156,6 +156,8 @@ class Worker:
         self.task_client = None                # made by the first get_client() here
         self.task_client_lock = threading.Lock()
         self.rejoin_events = {}                # {key: Event} of seceded tasks waiting
+        self.actors = {}                       # {key: object} of the actors held here
+        self.actor_jobs = None                 # calls for the actor thread, once started
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
                                                 self.FROM_SCHEDULER, self._to_state)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
@@ -471,6 +473,8 @@ class Worker:
                 event = self.rejoin_events.pop(inst.key, None)
                 if event is not None:
                     event.set()
+        if self.actors and op in ("free-keys", "restart"):
+            self._drop_actors()
         if self.state.transition_log:
             self.plugin_host.transitions(self.state.take_transitions())
         if runs:
@@ -751,6 +755,9 @@ class Worker:
             self.rejections(peer[:32], e)
             return
         for msg in msgs:
+            if msg.get("op") == "actor-call":
+                self._actor_call(peer, msg)
+                continue
             if msg.get("op") != "get-data":
                 continue
             self._serialize_data(
@@ -935,6 +942,63 @@ class Worker:
         self.no_bulk.add(peer)
         self._gather(peer, pending[2])
 
+    # ---------------------------------------------------------------- actors
+
+    def add_actor(self, key, obj):
+        """From the task that made it (see client/actors.py): keep ``obj`` as the
+        actor of ``key``, until the key is released here."""
+        self.actors[key] = obj
+
+    def _actor_call(self, peer, msg):
+        """A call of an actor from a client (or a task's client), straight to this
+        worker: run on the actor thread, one call at a time, in order."""
+        if self.actor_jobs is None:
+            self.actor_jobs = queue.SimpleQueue()
+            t = threading.Thread(target=self._actor_thread, daemon=True,
+                                 name="dask-ipy-worker-actors")
+            t.start()
+            self.actor_thread = t
+        self.actor_jobs.put((peer, msg))
+
+    def _actor_thread(self):
+        while True:
+            job = self.actor_jobs.get()
+            if job is None:
+                return
+            peer, msg = job
+            reply = {"op": "actor-result", "request_id": msg.get("request_id")}
+            try:
+                obj = self.actors.get(msg["key"])
+                if obj is None:
+                    raise KeyError(f"no actor {msg['key']!r} on worker {self.address} "
+                                   "(released, or this worker restarted)")
+                attr = getattr(obj, msg["name"])
+                if msg.get("kind") == "call":
+                    args, kwargs = (deserialize(msg["args"]) if "args" in msg
+                                    else ((), {}))
+                    value = attr(*args, **kwargs)
+                else:
+                    value = attr
+                reply.update(status="OK", result=serialize(value))
+            except BaseException as e:    # the caller gets it, with its traceback
+                reply.update(status="error", **error_payload(e, e.__traceback__))
+            attr = value = None
+            self.loop.call_soon(self._reply_actor, peer, reply)
+
+    def _reply_actor(self, peer, reply):
+        try:
+            send(self.peer_socket, [peer] + self.session.dumps([reply], peer))
+        except Exception as e:
+            logger.debug("worker %s: caller %r went away: %s", self.address, peer, e)
+
+    def _drop_actors(self):
+        """Actors whose key this worker no longer holds go (their Future was
+        released, or the worker restarted)."""
+        tasks = self.state.tasks
+        for key in [k for k in self.actors if k not in tasks
+                    or tasks[k].state not in ("memory", "executing")]:
+            del self.actors[key]
+
     # ---------------------------------------------------------------- life
 
     def _close_from_loop(self):
@@ -969,6 +1033,9 @@ class Worker:
         closes."""
         for event in list(self.rejoin_events.values()):
             event.set()
+        if self.actor_jobs is not None:
+            self.actor_jobs.put(None)
+        self.actors.clear()
         client, self.task_client = self.task_client, None
         if client is not None:
             if self.loop.in_loop():

@@ -1,0 +1,138 @@
+"""Actors: a stateful object kept on one worker, called from clients and tasks.
+
+``client.submit(Cls, *args, actor=True)`` runs `create_actor` as a task on a worker:
+it builds the object, leaves it with that worker (`Worker.actors`, under the task's
+key) and returns an `Actor`, a small handle (class, worker address, key) that
+pickles and travels like any value.  Calls through the handle do not go through the
+scheduler or the task graph: the caller's client sends "actor-call" straight to the
+worker's peer socket, signed with the cluster's key like every message, and the
+worker answers "actor-result" after running the method on its actor thread (one per
+worker: calls to its actors run one at a time, in the order they came).  One round
+trip per call; the result comes back as an `ActorFuture`.
+
+The object lives only in its worker's memory: when that worker dies the state is
+lost, and calls in flight or made afterwards raise `ActorLost`.  When the actor's
+key is released (its Future dropped), the worker drops the object.
+
+`find_worker` and `find_client` are set by the package: the worker running the
+current task with its key, and the client a handle uses (a task's own, else the
+default client)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import uuid
+
+from ..errors import rebuild_error
+from ..protocol import deserialize, serialize
+
+find_worker = None      # () -> (worker, key) of the task running on this thread
+find_client = None      # () -> the Client a handle uses here
+
+
+class ActorLost(ConnectionError):
+    """The worker holding an actor is gone, and the actor's state with it."""
+
+
+def create_actor(cls, args, kwargs):
+    """The task behind ``submit(cls, ..., actor=True)``: on the worker."""
+    worker, key = find_worker()
+    obj = cls(*args, **kwargs)
+    worker.add_actor(key, obj)
+    return Actor(cls, worker.address, key)
+
+
+def actor_key(cls):
+    return f"{getattr(cls, '__name__', 'actor')}-{uuid.uuid4().hex}"
+
+
+class ActorFuture:
+    """The result of one actor call, to come: ``result(timeout)``, ``done()``,
+    ``exception()``, or ``await`` it."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future):
+        self._future = future
+
+    def result(self, timeout=None):
+        return _unpack(self._future.result(timeout))
+
+    def exception(self, timeout=None):
+        try:
+            self.result(timeout)
+        except (cf.TimeoutError, cf.CancelledError):
+            raise
+        except BaseException as e:
+            return e
+        return None
+
+    def done(self):
+        return self._future.done()
+
+    def __await__(self):
+        reply = yield from asyncio.wrap_future(self._future).__await__()
+        return _unpack(reply)
+
+    def __repr__(self):
+        return f"<ActorFuture {'done' if self.done() else 'pending'}>"
+
+
+def _unpack(reply):
+    if reply.get("status") == "OK":
+        return deserialize(reply["result"])
+    if reply.get("status") == "lost":
+        raise ActorLost(reply["text"])
+    exc, tb = rebuild_error(reply)
+    raise exc.with_traceback(tb)
+
+
+class Actor:
+    """A handle of an actor: its methods return `ActorFuture`s; reading any other
+    attribute returns its value (one round trip, waited for)."""
+
+    def __init__(self, cls, address, key):
+        self._cls = cls
+        self._address = address
+        self._key = key
+        self._client = None
+
+    def __reduce__(self):
+        return (Actor, (self._cls, self._address, self._key))
+
+    def __repr__(self):
+        return f"<Actor {self._cls.__name__} {self._key!r} on {self._address}>"
+
+    def __dir__(self):
+        return sorted(set(dir(self._cls)) | set(object.__dir__(self)))
+
+    @property
+    def key(self):
+        return self._key
+
+    @property
+    def worker(self):
+        """The address of the worker holding the object."""
+        return self._address
+
+    def _send(self, kind, name, args=(), kwargs=None):
+        client = self._client
+        if client is None or client.status == "closed":
+            client = self._client = find_client()
+        msg = {"op": "actor-call", "key": self._key, "name": name, "kind": kind}
+        if args or kwargs:
+            msg["args"] = serialize((args, kwargs or {}))
+        return ActorFuture(client.shell.actor_call(self._address, msg))
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = getattr(self._cls, name, None)
+        if callable(attr):
+            def call(*args, **kwargs):
+                return self._send("call", name, args, kwargs)
+            call.__name__ = name
+            call.__doc__ = getattr(attr, "__doc__", None)
+            return call
+        return self._send("get", name).result()
