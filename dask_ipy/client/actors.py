@@ -26,6 +26,8 @@ import uuid
 
 from ..errors import rebuild_error
 from ..protocol import deserialize, serialize
+from .default import default_client
+from .futures import Future, unpickling_client
 
 find_worker = None      # () -> (worker, key) of the task running on this thread
 find_client = None      # () -> the Client a handle uses here
@@ -88,18 +90,32 @@ def _unpack(reply):
     raise exc.with_traceback(tb)
 
 
+def _rebuild_actor(cls, address, key):
+    client = unpickling_client()
+    if client is None:
+        try:
+            client = default_client()
+        except ValueError:
+            client = None        # a worker with no client: the caller holds the key
+    future = Future(key, client, inform=True) if client is not None else None
+    return Actor(cls, address, key, future)
+
+
 class Actor:
     """A handle of an actor: its methods return `ActorFuture`s; reading any other
     attribute returns its value (one round trip, waited for)."""
 
-    def __init__(self, cls, address, key):
+    def __init__(self, cls, address, key, future=None):
         self._cls = cls
         self._address = address
         self._key = key
-        self._client = None
+        # In a client, the handle holds the key, as a Future would: the object lives
+        # while a handle of it does.
+        self._future = future
+        self._client = future.client if future is not None else None
 
     def __reduce__(self):
-        return (Actor, (self._cls, self._address, self._key))
+        return (_rebuild_actor, (self._cls, self._address, self._key))
 
     def __repr__(self):
         return f"<Actor {self._cls.__name__} {self._key!r} on {self._address}>"

@@ -281,6 +281,11 @@ def load_all(blobs, client):
         _unpickling.client = None
 
 
+def unpickling_client():
+    """The client loading values on this thread now, if any."""
+    return getattr(_unpickling, "client", None)
+
+
 def _rebuild_future(key):
     client = getattr(_unpickling, "client", None)
     if client is None:
