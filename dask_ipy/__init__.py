@@ -39,8 +39,7 @@ _PUBLIC = {
 
 __version__ = "0.1.0"
 
-from .client import actors as _actors  # noqa: E402
-from .worker import context as _task_context  # noqa: E402  (threading only)
+from . import hooks as _hooks  # noqa: E402
 
 if "dask" in sys.modules:
     # dask-ipy.* settings readable through dask.config at once; a scheduler process,
@@ -54,25 +53,24 @@ def _task_client(worker):
     return task_client(worker)
 
 
-def _actor_host():
-    worker = getattr(_task_context.task, "worker", None)
+def _task_host():
+    from .worker import context
+
+    worker = getattr(context.task, "worker", None)
     if worker is None:
-        raise ValueError("an actor is made by a task on a worker")
-    return worker, _task_context.current_key()
+        raise ValueError("not inside a task running on a worker")
+    return worker, context.current_key()
 
 
-def _actor_client():
+def _current_client():
     from .dynamic import get_client
 
     return get_client()
 
 
-# A worker knows nothing of clients: this makes the one its tasks use (get_client,
-# dask's compute inside a task), and tells actors where they are made and which
-# client calls them.
-_task_context.client_factory = _task_client
-_actors.find_worker = _actor_host
-_actors.find_client = _actor_client
+_hooks.task_client = _task_client
+_hooks.task_host = _task_host
+_hooks.current_client = _current_client
 
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):

@@ -796,3 +796,29 @@ def task_client_identity(_=None):
     from dask_ipy import get_client, get_worker
 
     return id(get_client()), get_worker().address
+
+
+# ---------------------------------------------------------------- actors
+
+class Counter:
+    """A stateful object for actor tests."""
+
+    n = 0
+
+    def __init__(self, start=0):
+        self.n = start
+
+    def increment(self, by=1):
+        self.n += by
+        return self.n
+
+    def where(self):
+        return os.getpid()
+
+    def fail(self):
+        raise Boom("actor says no")
+
+
+def call_actor(counter, times):
+    """A task calling an actor it was given: its values, one at a time."""
+    return [counter.increment().result() for _ in range(times)]

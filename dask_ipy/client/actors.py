@@ -14,9 +14,8 @@ The object lives only in its worker's memory: when that worker dies the state is
 lost, and calls in flight or made afterwards raise `ActorLost`.  When the actor's
 key is released (its Future dropped), the worker drops the object.
 
-`find_worker` and `find_client` are set by the package: the worker running the
-current task with its key, and the client a handle uses (a task's own, else the
-default client)."""
+The worker running the current task and the client a handle uses (a task's own,
+else the default client) come from `hooks`, which the package fills."""
 
 from __future__ import annotations
 
@@ -24,13 +23,11 @@ import asyncio
 import concurrent.futures as cf
 import uuid
 
+from .. import hooks
 from ..errors import rebuild_error
 from ..protocol import deserialize, serialize
 from .default import default_client
 from .futures import Future, unpickling_client
-
-find_worker = None      # () -> (worker, key) of the task running on this thread
-find_client = None      # () -> the Client a handle uses here
 
 
 class ActorLost(ConnectionError):
@@ -39,7 +36,7 @@ class ActorLost(ConnectionError):
 
 def create_actor(cls, args, kwargs):
     """The task behind ``submit(cls, ..., actor=True)``: on the worker."""
-    worker, key = find_worker()
+    worker, key = hooks.task_host()
     obj = cls(*args, **kwargs)
     worker.add_actor(key, obj)
     return Actor(cls, worker.address, key)
@@ -135,7 +132,7 @@ class Actor:
     def _send(self, kind, name, args=(), kwargs=None):
         client = self._client
         if client is None or client.status == "closed":
-            client = self._client = find_client()
+            client = self._client = hooks.current_client()
         msg = {"op": "actor-call", "key": self._key, "name": name, "kind": kind}
         if args or kwargs:
             msg["args"] = serialize((args, kwargs or {}))

@@ -2,8 +2,8 @@
 pool thread's own), and, outside tasks, the workers living in this process (a worker
 inside an ipyparallel engine, for code the engine runs).
 
-`client_factory(worker)` makes the client tasks of ``worker`` use (`get_client`); the
-package sets it, since a worker knows nothing of clients.  `task_get` is what dask's
+`hooks.task_client(worker)` makes the client tasks of ``worker`` use (`get_client`);
+the package sets it, since a worker knows nothing of clients.  `task_get` is what dask's
 ``compute`` calls in a worker process with no scheduler of its own chosen: inside a
 task, the worker's client; elsewhere, dask's threads."""
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 import threading
 import weakref
 
+from .. import hooks
+
 task = threading.local()       # .worker, .key, .seceded on a thread running a task
 _workers = []                  # weak references, oldest first
 _lock = threading.Lock()
-client_factory = None
 
 
 def enter(worker, key):
@@ -84,4 +85,4 @@ def task_get(dsk, keys, **kwargs):
         import dask.threaded
 
         return dask.threaded.get(dsk, keys, **kwargs)
-    return client_factory(worker).get(dsk, keys, **kwargs)
+    return hooks.task_client(worker).get(dsk, keys, **kwargs)

@@ -1,0 +1,8 @@
+"""Where a lower layer calls up.  A worker knows nothing of clients and a client
+nothing of workers, yet a task asks for a client (`get_client`, dask's compute inside
+a task) and an actor is made on a worker and called through a client: the package
+plugs these functions in when it is imported (see ``__init__``)."""
+
+task_client = None      # (worker) -> the Client the tasks of that worker use
+task_host = None        # () -> (worker, key) of the task on this thread; ValueError if none
+current_client = None   # () -> the Client code here uses (as `get_client` chooses)

@@ -1,0 +1,137 @@
+"""Actors on real sockets: an object kept on one worker, its methods called straight
+from the client or from tasks (not through the scheduler), results as ActorFutures;
+what happens when it is released, when its worker dies, and to a caller without the
+cluster's key."""
+
+import os
+import pickle
+
+import pytest
+import zmq
+
+from dask_ipy import Actor, ActorFuture, ActorLost
+from dask_ipy.comm import connect_dealer
+from dask_ipy.protocol import Session
+from dask_ipy.security import Security
+from helpers import Boom, Counter, call_actor, local_cluster, processes, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_counter_actor_from_the_client():
+    with local_cluster() as (s, workers, c):
+        future = c.submit(Counter, 10, actor=True, workers=[workers[0].address])
+        counter = future.result(timeout=20)
+        assert isinstance(counter, Actor) and counter.worker == workers[0].address
+        call = counter.increment()
+        assert isinstance(call, ActorFuture)
+        assert call.result(timeout=10) == 11
+        assert counter.increment(by=5).result(timeout=10) == 16
+        assert counter.n == 16                            # an attribute: its value
+        obj = workers[0].actors[future.key]
+        assert isinstance(obj, Counter) and obj.n == 16   # the object is on the worker
+        # Calls from one caller run in the order they were made.
+        calls = [counter.increment() for _ in range(200)]
+        assert [f.result(timeout=10) for f in calls] == list(range(17, 217))
+        # Errors come back with their type and the remote traceback.
+        with pytest.raises(Boom, match="actor says no"):
+            counter.fail().result(timeout=10)
+        assert isinstance(counter.fail().exception(timeout=10), Boom)
+        with pytest.raises(AttributeError):
+            counter.missing()
+        # The calls went to the worker, not through the task graph.
+        assert set(s.state.tasks) == {future.key}
+
+
+def test_calls_go_straight_to_the_worker_not_the_scheduler():
+    with local_cluster() as (s, workers, c):
+        counter = c.submit(Counter, actor=True).result(timeout=20)
+        handled = []
+        original = s.state.handle_client_message
+        s.state.handle_client_message = lambda cid, msg: (
+            handled.append(msg["op"]), original(cid, msg))[1]
+        for _ in range(20):
+            counter.increment().result(timeout=10)
+        s.state.handle_client_message = original
+        assert handled == []
+
+
+def test_tasks_call_an_actor_on_another_worker():
+    with local_cluster() as (s, workers, c):
+        a, b = workers
+        counter = c.submit(Counter, actor=True, workers=[a.address]).result(timeout=20)
+        got = c.submit(call_actor, counter, 5, workers=[b.address],
+                       pure=False).result(timeout=30)
+        assert got == [1, 2, 3, 4, 5]
+        assert counter.n == 5
+
+
+def test_map_makes_one_actor_per_item():
+    with local_cluster() as (s, workers, c):
+        counters = c.gather(c.map(Counter, [1, 2, 3], actor=True))
+        assert [x.increment().result(timeout=10) for x in counters] == [2, 3, 4]
+        assert len({x.key for x in counters}) == 3
+
+
+def test_the_object_goes_when_the_last_handle_goes():
+    with local_cluster() as (s, workers, c):
+        future = c.submit(Counter, actor=True)
+        counter = future.result(timeout=20)
+        key = future.key
+        holder = next(w for w in workers if w.address == counter.worker)
+        assert key in holder.actors
+        del future                          # the handle still holds the key
+        assert counter.increment().result(timeout=10) == 1
+        copy = pickle.loads(pickle.dumps(counter))   # a handle rebuilt holds it too
+        del counter
+        assert copy.increment().result(timeout=10) == 2
+        del copy
+        wait_for(lambda: key not in holder.actors, message="the actor to be dropped")
+        wait_for(lambda: key not in s.state.tasks, message="the key to be forgotten")
+
+
+def test_a_caller_without_the_key_is_refused():
+    """A connection without the cluster's key is refused; a call signed with
+    another key on a connection that was let in is dropped unanswered."""
+    with local_cluster() as (s, workers, c):
+        counter = c.submit(Counter, actor=True).result(timeout=20)
+        holder = next(w for w in workers if w.address == counter.worker)
+        call = {"op": "actor-call", "key": counter.key, "name": "increment",
+                "kind": "call", "request_id": 1}
+        ctx = zmq.Context()
+        try:
+            refused = holder.loop.refused.total
+            stranger = connect_dealer(ctx, Security.temporary(), b"stranger",
+                                      counter.worker)
+            wait_for(lambda: holder.loop.refused.total > refused,
+                     message="the connection to be refused")
+            stranger.close(linger=0)
+
+            rejected = holder.rejections.total
+            forger = connect_dealer(ctx, holder.security, b"forger", counter.worker)
+            session = Session(Security.temporary().key, b"forger")
+            session.epoch = holder.session.epoch
+            forger.send_multipart(session.dumps([call], counter.worker.encode()))
+            wait_for(lambda: holder.rejections.total > rejected,
+                     message="the worker to refuse the call")
+            assert forger.poll(200) == 0               # and no answer
+            forger.close(linger=0)
+        finally:
+            ctx.destroy(linger=0)
+        assert counter.n == 0                          # the call never ran
+
+
+def test_an_actor_on_a_worker_process_and_its_death(tmp_path):
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        counter = c.submit(Counter, actor=True).result(timeout=30)
+        pid = counter.where().result(timeout=10)
+        assert pid != os.getpid()
+        assert [counter.increment().result(timeout=10) for _ in range(3)] == [1, 2, 3]
+        victim = next(p for p in pc.workers if p.first_line == counter.worker)
+        victim.kill()
+        victim.wait(10)
+        # The state lived only in that process: it is lost, and callers are told.
+        with pytest.raises(ActorLost, match="gone"):
+            counter.increment().result(timeout=30)
+        with pytest.raises(ActorLost):
+            counter.increment().result(timeout=10)
