@@ -70,3 +70,39 @@ def test_retire_and_restart_leave_the_engines_running(ipcluster):
              message="engine threads to end")
     wait_for(lambda: not dask_ipy_threads(), message="local threads to end")
     assert dict(zip(rc.ids, rc[:].apply_sync(os.getpid))) == pids
+
+
+def engine_get_worker():
+    import dask_ipy
+
+    return dask_ipy.get_worker().address
+
+
+def engine_fib(n, me):
+    from dask_ipy import get_worker, worker_client
+
+    if n < 2:
+        return n, [get_worker().address]
+    with worker_client() as c:
+        a, b = c.submit(me, n - 1, me), c.submit(me, n - 2, me)
+        (x, wa), (y, wb) = a.result(), b.result()
+    return x + y, sorted(set(wa + wb + [get_worker().address]))
+
+
+def test_tasks_that_launch_tasks_on_engine_workers(ipcluster):
+    """In an engine, get_worker finds the engine's worker, outside tasks (code the
+    engine runs) and inside them; a recursion of tasks that wait for their own
+    sub-tasks runs on the engines' one-thread workers."""
+    _, rc = ipcluster
+    c = dask_client_from_ipclient(rc)
+    try:
+        addresses = [on(rc, eid, engine_worker)["address"] for eid in rc.ids]
+        assert rc[:].apply_sync(_by_value(engine_get_worker)) == addresses
+        fib = _by_value(engine_fib)
+        value, where = c.submit(fib, 12, fib).result(timeout=90)
+        assert value == 144
+        assert set(where) <= set(addresses)
+    finally:
+        c.shutdown()
+    wait_for(lambda: not any(rc[:].apply_sync(_by_value(engine_threads))),
+             message="engine threads to end")
