@@ -80,3 +80,21 @@ def test_quick_run(tmp_path, system):
         assert values[row] is not None and values[row] > 0, (row, values[row])
     assert data["results"][system]["e"]["tasks"] >= 20_000
     assert "dask_ipy/best" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_actors_quick_run(tmp_path):
+    out = tmp_path / "actors.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.actors", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    runs = {r["system"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"dask_ipy", "distributed"}
+    for run in runs.values():
+        assert run["ok"], run
+        for figure in ("sequential", "pipelined", "attribute", "from_task"):
+            assert run[figure]["median"] > 0, (run["system"], figure)
+    assert runs["dask_ipy"]["pipelined_in_order"] is True
+    assert "| sequential |" in proc.stdout
