@@ -1015,6 +1015,13 @@ class Worker:
         self._release_resources()
 
     def close(self, timeout=5):
+        # The tasks' client first, while the scheduler is surely there to hear it go
+        # (from the loop, `_release_resources` can only leave it to a thread).
+        client, self.task_client = self.task_client, None
+        if client is not None and not self.loop.in_loop():
+            client.close()
+        elif client is not None:
+            self.task_client = client
         if self.loop.running and not self.loop.in_loop():
             self.loop.call_soon(self._close_from_loop)
         self.loop.stop(timeout)
