@@ -2,13 +2,14 @@
 
 ``client.submit(Cls, *args, actor=True)`` runs `create_actor` as a task on a worker:
 it builds the object, leaves it with that worker (`Worker.actors`, under the task's
-key) and returns an `Actor`, a small handle (class, worker address, key) that
-pickles and travels like any value.  Calls through the handle do not go through the
-scheduler or the task graph: the caller's client sends "actor-call" straight to the
-worker's peer socket, signed with the cluster's key like every message, and the
-worker answers "actor-result" after running the method on its actor thread (one per
-worker: calls to its actors run one at a time, in the order they came).  One round
-trip per call; the result comes back as an `ActorFuture`.
+key) and returns an `Actor`, a small handle (class, worker address, key, and the
+address of the worker's actor socket) that pickles and travels like any value.
+Calls through the handle do not go through the scheduler or the task graph: the
+caller's client sends "actor-call" straight to the worker's actor socket, guarded
+and signed with the cluster's key like every socket and message, and the worker's
+actor thread runs the method and answers "actor-result" (calls to a worker's
+actors run one at a time, in the order they came).  One round trip per call; the
+result comes back as an `ActorFuture`.
 
 The object lives only in its worker's memory: when that worker dies the state is
 lost, and calls in flight or made afterwards raise `ActorLost`.  When the actor's
@@ -38,8 +39,7 @@ def create_actor(cls, args, kwargs):
     """The task behind ``submit(cls, ..., actor=True)``: on the worker."""
     worker, key = hooks.task_host()
     obj = cls(*args, **kwargs)
-    worker.add_actor(key, obj)
-    return Actor(cls, worker.address, key)
+    return Actor(cls, worker.address, key, worker.add_actor(key, obj))
 
 
 def actor_key(cls):
@@ -87,7 +87,7 @@ def _unpack(reply):
     raise exc.with_traceback(tb)
 
 
-def _rebuild_actor(cls, address, key):
+def _rebuild_actor(cls, address, key, calls_to):
     client = unpickling_client()
     if client is None:
         try:
@@ -95,16 +95,17 @@ def _rebuild_actor(cls, address, key):
         except ValueError:
             client = None        # a worker with no client: the caller holds the key
     future = Future(key, client, inform=True) if client is not None else None
-    return Actor(cls, address, key, future)
+    return Actor(cls, address, key, calls_to, future)
 
 
 class Actor:
     """A handle of an actor: its methods return `ActorFuture`s; reading any other
     attribute returns its value (one round trip, waited for)."""
 
-    def __init__(self, cls, address, key, future=None):
+    def __init__(self, cls, address, key, calls_to, future=None):
         self._cls = cls
         self._address = address
+        self._calls_to = calls_to      # the worker's socket for actor calls
         self._key = key
         # In a client, the handle holds the key, as a Future would: the object lives
         # while a handle of it does.
@@ -112,7 +113,7 @@ class Actor:
         self._client = future.client if future is not None else None
 
     def __reduce__(self):
-        return (_rebuild_actor, (self._cls, self._address, self._key))
+        return (_rebuild_actor, (self._cls, self._address, self._key, self._calls_to))
 
     def __repr__(self):
         return f"<Actor {self._cls.__name__} {self._key!r} on {self._address}>"
@@ -129,6 +130,11 @@ class Actor:
         """The address of the worker holding the object."""
         return self._address
 
+    @property
+    def calls_to(self):
+        """The address of that worker's socket for actor calls."""
+        return self._calls_to
+
     def _send(self, kind, name, args=(), kwargs=None):
         client = self._client
         if client is None or client.status == "closed":
@@ -136,7 +142,7 @@ class Actor:
         msg = {"op": "actor-call", "key": self._key, "name": name, "kind": kind}
         if args or kwargs:
             msg["args"] = serialize((args, kwargs or {}))
-        return ActorFuture(client.shell.actor_call(self._address, msg))
+        return ActorFuture(client.shell.actor_call(self._calls_to, msg))
 
     def __getattr__(self, name):
         if name.startswith("_"):

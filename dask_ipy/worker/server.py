@@ -157,7 +157,8 @@ class Worker:
         self.task_client_lock = threading.Lock()
         self.rejoin_events = {}                # {key: Event} of seceded tasks waiting
         self.actors = {}                       # {key: object} of the actors held here
-        self.actor_jobs = None                 # calls for the actor thread, once started
+        self.actor_address = None              # the actor thread's socket, once bound
+        self.actor_lock = threading.Lock()
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
                                                 self.FROM_SCHEDULER, self._to_state)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
@@ -304,8 +305,10 @@ class Worker:
         """Connect to the scheduler under a fresh identity; registration follows the
         handshake (`_on_hello_reply`)."""
         self.id = new_id("worker")
-        self.session = Session(self.security.key, self.id,
-                               aliases=(self.address.encode(),),
+        aliases = (self.address.encode(),)
+        if self.actor_address is not None:
+            aliases += (self.actor_address.encode(),)
+        self.session = Session(self.security.key, self.id, aliases=aliases,
                                max_message_bytes=self.max_message_bytes)
         self.scheduler_id = None
         self.handshake = Handshake()
@@ -755,9 +758,6 @@ class Worker:
             self.rejections(peer[:32], e)
             return
         for msg in msgs:
-            if msg.get("op") == "actor-call":
-                self._actor_call(peer, msg)
-                continue
             if msg.get("op") != "get-data":
                 continue
             self._serialize_data(
@@ -946,50 +946,82 @@ class Worker:
 
     def add_actor(self, key, obj):
         """From the task that made it (see client/actors.py): keep ``obj`` as the
-        actor of ``key``, until the key is released here."""
+        actor of ``key``, until the key is released here.  Returns the address
+        callers send its calls to."""
+        with self.actor_lock:
+            if self.actor_address is None:
+                self._start_actor_thread()
         self.actors[key] = obj
+        return self.actor_address
 
-    def _actor_call(self, peer, msg):
-        """A call of an actor from a client (or a task's client), straight to this
-        worker: run on the actor thread, one call at a time, in order."""
-        if self.actor_jobs is None:
-            self.actor_jobs = queue.SimpleQueue()
-            t = threading.Thread(target=self._actor_thread, daemon=True,
-                                 name="dask-ipy-worker-actors")
-            t.start()
-            self.actor_thread = t
-        self.actor_jobs.put((peer, msg))
+    def _start_actor_thread(self):
+        """Actor calls have a socket and a thread of their own: the thread receives
+        a call, runs it and answers, with no hand-off between threads on the way (a
+        round trip is the figure that matters for actors).  It owns its socket, as
+        the I/O thread owns the others; the cluster's key guards it the same way
+        (`bind_router`) and signs every message (the worker's `Session`)."""
+        host = host_of(self.address)
+        sock, port = bind_router(self.loop, self.security,
+                                 "0.0.0.0" if host in ("", "*", "0.0.0.0") else host, 0,
+                                 who="worker")
+        self.actor_address = self.address.rsplit(":", 1)[0] + f":{port}"
+        self.session.aliases = self.session.aliases | {self.actor_address.encode()}
+        t = threading.Thread(target=self._actor_thread, args=(sock,), daemon=True,
+                             name="dask-ipy-worker-actors")
+        t.start()
+        self.actor_thread = t
 
-    def _actor_thread(self):
-        while True:
-            job = self.actor_jobs.get()
-            if job is None:
-                return
-            peer, msg = job
-            reply = {"op": "actor-result", "request_id": msg.get("request_id")}
-            try:
-                obj = self.actors.get(msg["key"])
-                if obj is None:
-                    raise KeyError(f"no actor {msg['key']!r} on worker {self.address} "
-                                   "(released, or this worker restarted)")
-                attr = getattr(obj, msg["name"])
-                if msg.get("kind") == "call":
-                    args, kwargs = (deserialize(msg["args"]) if "args" in msg
-                                    else ((), {}))
-                    value = attr(*args, **kwargs)
-                else:
-                    value = attr
-                reply.update(status="OK", result=serialize(value))
-            except BaseException as e:    # the caller gets it, with its traceback
-                reply.update(status="error", **error_payload(e, e.__traceback__))
-            attr = value = None
-            self.loop.call_soon(self._reply_actor, peer, reply)
-
-    def _reply_actor(self, peer, reply):
+    def _actor_thread(self, sock):
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
         try:
-            send(self.peer_socket, [peer] + self.session.dumps([reply], peer))
-        except Exception as e:
-            logger.debug("worker %s: caller %r went away: %s", self.address, peer, e)
+            while not self.closed.is_set():
+                if not poller.poll(100):        # now and then: has the worker closed?
+                    continue
+                frames = sock.recv_multipart(copy=False)
+                peer = frames[0].bytes
+                session = self.session          # a new one after a reconnection
+                try:
+                    msgs = session.loads(frames[1:], sender=peer)
+                except ProtocolError as e:
+                    self.loop.call_soon(self.rejections, peer[:32], e)
+                    continue
+                frames = None
+                replies = [self._run_actor_call(msg) for msg in msgs
+                           if msg.get("op") == "actor-call"]
+                if replies:
+                    try:
+                        send(sock, [peer] + session.dumps(replies, peer))
+                    except Exception as e:
+                        logger.debug("worker %s: caller %r went away: %s",
+                                     self.address, peer, e)
+        except zmq.ZMQError as e:
+            if not self.closed.is_set():
+                logger.error("worker %s: the actor socket failed: %s", self.address, e)
+        finally:
+            sock.close(linger=0)
+
+    def _stop_actor_thread(self):
+        """Before the loop's context goes: the actor thread closes its socket."""
+        thread = getattr(self, "actor_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2)
+
+    def _run_actor_call(self, msg):
+        reply = {"op": "actor-result", "request_id": msg.get("request_id")}
+        try:
+            obj = self.actors.get(msg["key"])
+            if obj is None:
+                raise KeyError(f"no actor {msg['key']!r} on worker {self.address} "
+                               "(released, or this worker restarted)")
+            attr = getattr(obj, msg["name"])
+            if msg.get("kind") == "call":
+                args, kwargs = deserialize(msg["args"]) if "args" in msg else ((), {})
+                attr = attr(*args, **kwargs)
+            reply.update(status="OK", result=serialize(attr))
+        except BaseException as e:    # the caller gets it, with its traceback
+            reply.update(status="error", **error_payload(e, e.__traceback__))
+        return reply
 
     def _drop_actors(self):
         """Actors whose key this worker no longer holds go (their Future was
@@ -1010,6 +1042,7 @@ class Worker:
         self.uploads.stop()
         self.loop.running = False
         self.closed.set()
+        self._stop_actor_thread()
         for _ in self.threads:
             self.jobs.put(None)
         self._release_resources()
@@ -1040,8 +1073,6 @@ class Worker:
         closes."""
         for event in list(self.rejoin_events.values()):
             event.set()
-        if self.actor_jobs is not None:
-            self.actor_jobs.put(None)
         self.actors.clear()
         client, self.task_client = self.task_client, None
         if client is not None:

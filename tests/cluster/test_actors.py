@@ -23,6 +23,7 @@ def test_a_counter_actor_from_the_client():
         future = c.submit(Counter, 10, actor=True, workers=[workers[0].address])
         counter = future.result(timeout=20)
         assert isinstance(counter, Actor) and counter.worker == workers[0].address
+        assert counter.calls_to == workers[0].actor_address != counter.worker
         call = counter.increment()
         assert isinstance(call, ActorFuture)
         assert call.result(timeout=10) == 11
@@ -102,16 +103,16 @@ def test_a_caller_without_the_key_is_refused():
         try:
             refused = holder.loop.refused.total
             stranger = connect_dealer(ctx, Security.temporary(), b"stranger",
-                                      counter.worker)
+                                      counter.calls_to)
             wait_for(lambda: holder.loop.refused.total > refused,
                      message="the connection to be refused")
             stranger.close(linger=0)
 
             rejected = holder.rejections.total
-            forger = connect_dealer(ctx, holder.security, b"forger", counter.worker)
+            forger = connect_dealer(ctx, holder.security, b"forger", counter.calls_to)
             session = Session(Security.temporary().key, b"forger")
             session.epoch = holder.session.epoch
-            forger.send_multipart(session.dumps([call], counter.worker.encode()))
+            forger.send_multipart(session.dumps([call], counter.calls_to.encode()))
             wait_for(lambda: holder.rejections.total > rejected,
                      message="the worker to refuse the call")
             assert forger.poll(200) == 0               # and no answer
