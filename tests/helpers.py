@@ -822,3 +822,13 @@ class Counter:
 def call_actor(counter, times):
     """A task calling an actor it was given: its values, one at a time."""
     return [counter.increment().result() for _ in range(times)]
+
+
+def fail_inside_worker_client(x):
+    """An error inside worker_client's block: it still rejoins, and the error is the
+    task's."""
+    from dask_ipy import worker_client
+
+    with worker_client() as c:
+        c.submit(inc, x).result()
+        raise Boom(f"failed after launching {x}")

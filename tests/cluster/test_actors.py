@@ -162,3 +162,14 @@ def test_actors_and_task_clients_on_an_encrypted_cluster():
             w.close()
         s.close()
     wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
+
+
+def test_actor_futures_can_be_awaited():
+    import asyncio
+
+    with local_cluster() as (s, workers, c):
+        counter = c.submit(Counter, actor=True).result(timeout=20)
+
+        async def calls():
+            return [await counter.increment() for _ in range(3)]
+        assert asyncio.run(asyncio.wait_for(calls(), 30)) == [1, 2, 3]

@@ -127,3 +127,16 @@ def test_dask_compute_inside_a_task_on_worker_processes(tmp_path):
             dask.delayed(compute_inside)(30), scheduler=c.get)
         assert total == sum(range(1, 31))
         assert where in c.scheduler_info()["workers"]
+
+
+def test_an_error_inside_worker_client_rejoins_and_is_the_tasks():
+    from helpers import Boom, fail_inside_worker_client
+
+    with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
+        with pytest.raises(Boom, match="after launching 3"):
+            c.submit(fail_inside_worker_client, 3).result(timeout=30)
+        assert c.submit(inc, 1).result(timeout=30) == 2
+        for w in workers:
+            wait_for(lambda: not w.state.seceded and not w.state.executing
+                     and len([t for t in w.threads if t.is_alive()]) == 1,
+                     message="the pool back to one thread")
