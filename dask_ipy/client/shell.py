@@ -52,6 +52,9 @@ from .state import Close, ClientState, Done, FINISHED, Reject, Reset, Resolve, W
 from .waits import Answer, Call
 
 
+ACTOR_BATCH = 256         # actor calls to one worker in one message, at most
+
+
 class DataLost(Exception):
     """A key in memory was gone when gathered: it is being computed again."""
 
@@ -76,6 +79,7 @@ class ClientShell:
         self.actor_pending = {}         # {request id: (address, cf.Future)} (I/O thread)
         self.actor_lost = set()         # workers whose connection dropped: actors gone
         self.actor_ids = itertools.count()
+        self.actor_outbox = {}          # {worker address: [actor-call]} (I/O thread)
         self.state = ClientState(address, paused_warning)
         self.monitor_callbacks = []
         self.topic_handlers = {}        # {topic: handler of the workers' events}
@@ -93,6 +97,7 @@ class ClientShell:
         self.loop.add_socket(self.socket, self._on_frames)
         self.loop.add_socket(self.monitor_socket, self._on_socket_event)
         self.loop.add_flush(self._flush)
+        self.loop.add_flush(self._flush_actor_calls)
         self.loop.start()
 
     @property
@@ -451,17 +456,31 @@ class ClientShell:
         if address in self.actor_lost:
             future.set_result(_lost_reply(address))
             return
-        sock = self.actor_sockets.get(address, (None,))[0]
-        if sock is None:
-            sock = self._connect_actor_worker(address)
+        if address not in self.actor_sockets:
+            self._connect_actor_worker(address)
         rid = next(self.actor_ids)
         msg["request_id"] = rid
         self.actor_pending[rid] = (address, future)
-        try:
-            send(sock, self.session.dumps([msg], address.encode()))
-        except Exception as e:
-            del self.actor_pending[rid]
-            future.set_exception(e)
+        # Sent at the end of this turn of the loop: calls made meanwhile go together.
+        self.actor_outbox.setdefault(address, []).append(msg)
+
+    def _flush_actor_calls(self):
+        if not self.actor_outbox:
+            return
+        outbox, self.actor_outbox = self.actor_outbox, {}
+        for address, msgs in outbox.items():
+            sock = self.actor_sockets.get(address, (None,))[0]
+            for i in range(0, len(msgs), ACTOR_BATCH):
+                batch = msgs[i:i + ACTOR_BATCH]
+                try:
+                    if sock is None:
+                        raise ConnectionError(f"no connection to {address}")
+                    send(sock, self.session.dumps(batch, address.encode()))
+                except Exception as e:
+                    for msg in batch:
+                        pending = self.actor_pending.pop(msg["request_id"], None)
+                        if pending is not None and not pending[1].done():
+                            pending[1].set_exception(e)
 
     def _connect_actor_worker(self, address):
         sock = connect_dealer(self.loop.context, self.security, self.id, address,
@@ -490,6 +509,7 @@ class ClientShell:
         (a worker keeps its peer socket for its whole life), and its actors' state
         with it.  Calls waiting fail, and later ones at once."""
         self.actor_lost.add(address)
+        self.actor_outbox.pop(address, None)
         self._close_actor_socket(address)
         for rid, (where, future) in list(self.actor_pending.items()):
             if where == address:
