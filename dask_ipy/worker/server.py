@@ -48,7 +48,7 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
 from .plugins import WorkerPlugins
 from .state import RELAY, Execute, GatherDep, Rejoin, Send, WorkerState
 from .store import SpillStore, Spilled
-from .system import host_cores, host_memory
+from .system import host_cores, host_memory, malloc_trim
 
 RETIRE = object()          # a pool thread taking this leaves: a seceded one rejoined
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
@@ -592,6 +592,9 @@ class Worker:
                         "start": time.time(), "stop": time.time()})
             job = None
             seceded = context.leave()
+            if result[0] == "execute-failure" and \
+                    result[1]["error"]["type"] == TaskMemoryError.__name__:
+                malloc_trim()           # what the stopped task held, back to the system
             if busy and (seceded or self.jobs.empty()):
                 # Before the result is out: whoever hears of it and then runs code
                 # in this process (a %px cell) finds the process's own settings.
