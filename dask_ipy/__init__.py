@@ -34,7 +34,7 @@ _PUBLIC = {
     "worker_client": ".dynamic",
     "Actor": ".client.actors",
     "ActorFuture": ".client.actors",
-    "ActorLost": ".client.actors",
+    "ActorLost": ".errors",
 }
 
 __version__ = "0.1.0"

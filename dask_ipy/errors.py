@@ -53,6 +53,11 @@ class TransferError(ConnectionError):
     from there, and relaying it through the scheduler failed (too large, most often)."""
 
 
+class ActorLost(ConnectionError):
+    """An actor's object is gone (its worker died or restarted, or its key was
+    released), and its state with it."""
+
+
 class CycleError(RuntimeError):
     """The graph has a cycle; ``cycle`` lists its keys, first key repeated last.
 

@@ -25,14 +25,10 @@ import concurrent.futures as cf
 import uuid
 
 from .. import hooks
-from ..errors import rebuild_error
+from ..errors import ActorLost, rebuild_error
 from ..protocol import deserialize, serialize
 from .default import default_client
 from .futures import Future, unpickling_client
-
-
-class ActorLost(ConnectionError):
-    """The worker holding an actor is gone, and the actor's state with it."""
 
 
 def create_actor(cls, args, kwargs):

@@ -34,7 +34,7 @@ from ..addresses import host_of, local_ip_towards
 from ..comm import (Handshake, IOLoop, RejectionLog, send, bind_router, connect_dealer,
                     new_id)
 from ..discovery import resolve_scheduler
-from ..errors import error_payload
+from ..errors import ActorLost, error_payload
 from ..graph import execute
 from ..log import logger
 from ..plugins import accepts
@@ -1015,8 +1015,9 @@ class Worker:
         try:
             obj = self.actors.get(msg["key"])
             if obj is None:
-                raise KeyError(f"no actor {msg['key']!r} on worker {self.address} "
-                               "(released, or this worker restarted)")
+                raise ActorLost(f"no actor {msg['key']!r} on worker {self.address}: "
+                                "it was released, or the worker restarted, and its "
+                                "state is lost")
             attr = getattr(obj, msg["name"])
             if msg.get("kind") == "call":
                 args, kwargs = deserialize(msg["args"]) if "args" in msg else ((), {})

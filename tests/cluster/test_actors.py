@@ -173,3 +173,14 @@ def test_actor_futures_can_be_awaited():
         async def calls():
             return [await counter.increment() for _ in range(3)]
         assert asyncio.run(asyncio.wait_for(calls(), 30)) == [1, 2, 3]
+
+
+def test_a_worker_restarted_in_place_drops_its_actors():
+    with local_cluster() as (s, workers, c):
+        counter = c.submit(Counter, actor=True).result(timeout=20)
+        assert counter.increment().result(timeout=10) == 1
+        holder = next(w for w in workers if w.address == counter.worker)
+        assert c.restart_workers([counter.worker]) == {counter.worker: "OK"}
+        assert holder.actors == {}
+        with pytest.raises(ActorLost, match="state is lost"):
+            counter.increment().result(timeout=10)
