@@ -483,9 +483,12 @@ class ClientShell:
                             pending[1].set_exception(e)
 
     def _connect_actor_worker(self, address):
+        # A worker binds its actor socket before any handle names it, so a refused
+        # connection (a retry) means the worker is gone, as does a dropped one.
+        events = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
         sock = connect_dealer(self.loop.context, self.security, self.id, address,
-                              events=zmq.EVENT_DISCONNECTED)
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                              events=events)
+        monitor = sock.get_monitor_socket(events)
         self.actor_sockets[address] = sock, monitor
         self.loop.add_socket(sock, lambda frames: self._on_actor_frames(address, frames))
         self.loop.add_socket(monitor, lambda frames: self._actor_worker_lost(address))
@@ -505,9 +508,9 @@ class ClientShell:
                 pending[1].set_result(msg)
 
     def _actor_worker_lost(self, address):
-        """The connection to a worker holding actors dropped: the worker is gone
-        (a worker keeps its peer socket for its whole life), and its actors' state
-        with it.  Calls waiting fail, and later ones at once."""
+        """The connection to a worker holding actors dropped, or was refused: the
+        worker is gone (it keeps its actor socket for its whole life), and its
+        actors' state with it.  Calls waiting fail, and later ones at once."""
         self.actor_lost.add(address)
         self.actor_outbox.pop(address, None)
         self._close_actor_socket(address)

@@ -184,3 +184,19 @@ def test_a_worker_restarted_in_place_drops_its_actors():
         assert holder.actors == {}
         with pytest.raises(ActorLost, match="state is lost"):
             counter.increment().result(timeout=10)
+
+
+def test_a_first_call_to_a_worker_already_gone_fails(tmp_path):
+    """A caller that never reached the worker before it died is told too: its
+    connection is refused."""
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        counter = c.submit(Counter, actor=True).result(timeout=30)
+        victim = next(p for p in pc.workers if p.first_line == counter.worker)
+        victim.kill()
+        victim.wait(10)
+        from dask_ipy import Client
+
+        with Client(pc.file) as fresh:      # the default now; never called that worker
+            other = pickle.loads(pickle.dumps(counter))
+            with pytest.raises(ActorLost):      # at once: no waiting for a timeout
+                other.increment().result(timeout=10)
