@@ -4,6 +4,7 @@
                        [--connection-file F] [--idle-timeout S]
     dask-ipy worker ADDRESS_OR_FILE [--nthreads N] [--name NAME] [--host H]
                     [--memory-limit LIMIT] [--local-directory D] [--no-supervisor]
+                    [--resources "GPU=2,MEM=10e9"]
     dask-ipy demo [--engines N] [--ipython-dir D]
     dask-ipy bench [ARGS...]          # python -m benchmarks ARGS, from a checkout
 
@@ -66,8 +67,14 @@ def build_parser():
     p = sub.add_parser("worker", help="run a worker until its scheduler closes it")
     p.add_argument("scheduler", metavar="ADDRESS_OR_FILE",
                    help="the scheduler's address_to_workers or connection file")
-    p.add_argument("--nthreads", type=int, default=1)
+    p.add_argument("--nthreads", type=_nthreads, default=1,
+                   help="task threads (default 1)")
     p.add_argument("--name", default=None)
+    p.add_argument("--resources", type=_resources, default=None,
+                   metavar='"NAME=AMOUNT,..."',
+                   help="what this worker has, e.g. \"GPU=2,MEM=10e9\" (commas or "
+                        "spaces between them): tasks submitted with resources= run "
+                        "only where these suffice")
     p.add_argument("--host", default=None,
                    help="interface to serve peers on (default: the one towards "
                         "the scheduler)")
@@ -103,6 +110,26 @@ def build_parser():
     sub.add_parser("bench", help="run the benchmarks of a source checkout "
                                  "(python -m benchmarks ARGS)", add_help=False)
     return parser
+
+
+def _nthreads(text):
+    from .worker.server import check_nthreads
+
+    try:
+        return check_nthreads(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of at least 1, got {text!r}") from None
+
+
+def _resources(text):
+    from .worker.server import parse_resources
+
+    try:
+        parse_resources(text)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def parse_args(argv=None):
@@ -243,7 +270,8 @@ def worker_argv(args):
             str(args.connect_timeout), "--memory-limit", str(args.memory_limit)]
     for flag, value in (("--name", args.name), ("--host", args.host),
                         ("--contact-address", args.contact_address),
-                        ("--blas-threads", args.blas_threads)):
+                        ("--blas-threads", args.blas_threads),
+                        ("--resources", args.resources)):
         if value is not None:
             argv += [flag, value]
     return argv
@@ -268,6 +296,7 @@ def cmd_worker(args):
                connect_timeout=args.connect_timeout, memory_limit=limit,
                local_directory=args.local_directory,
                blas_threads=_blas_threads(args.blas_threads),
+               resources=args.resources,
                memory_terminate_action="exit" if args.supervised else "interrupt")
     try:
         with _until_signalled():
@@ -275,6 +304,7 @@ def cmd_worker(args):
             print(f"pid: {os.getpid()}\naddress: {w.address}\n"
                   f"memory_limit: {w.memory_limit or 0}\n"
                   f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
+                  f"resources: {json.dumps(w.resources)}\n"
                   f"scheduler: {w.scheduler_address}", flush=True)
             # The supervisor watches the worker against its limit: it follows it.
             w.limit_listeners.append(

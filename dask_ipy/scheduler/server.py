@@ -168,7 +168,8 @@ class Scheduler:
                                    msg.get("name"), msg.get("host", ""), msg.get("pid"),
                                    msg.get("memory_limit", 0), now=now,
                                    memory_fractions=msg.get("memory_fractions"),
-                                   shares_host=msg.get("shares_host", False))
+                                   shares_host=msg.get("shares_host", False),
+                                   resources=msg.get("resources"))
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",

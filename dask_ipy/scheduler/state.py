@@ -181,7 +181,8 @@ class TaskState:
         "key", "run_spec", "state", "priority", "group",
         "dependencies", "dependents", "waiting_on", "waiters",
         "who_has", "who_wants", "processing_on", "nbytes", "type",
-        "retries", "suspicious", "restrictions", "error", "done_once", "data",
+        "retries", "suspicious", "restrictions", "loose", "resources", "error",
+        "done_once", "data",
     )
 
     def __init__(self, key, run_spec, group):
@@ -202,6 +203,8 @@ class TaskState:
         self.retries = 0
         self.suspicious = 0
         self.restrictions = None     # frozenset of worker addresses, or None
+        self.loose = False           # restrictions are a preference (allow_other_workers)
+        self.resources = None        # {resource: amount} a worker must have, or None
         self.error = None            # dict sent to clients when erred
         self.done_once = False
         self.data = None             # small result (Serialized) sent along by the worker
@@ -217,10 +220,11 @@ class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
                  "last_seen", "metrics", "since", "status", "unreachable",
-                 "memory_fractions", "paused_since", "time_paused", "shares_host")
+                 "memory_fractions", "paused_since", "time_paused", "shares_host",
+                 "resources")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
-                 memory_limit=0, now=0.0):
+                 memory_limit=0, now=0.0, resources=None):
         self.id = id
         self.address = address
         self.name = name if name is not None else address
@@ -245,6 +249,9 @@ class WorkerRecord:
         self.paused_since = None
         self.time_paused = 0.0
         self.shares_host = False         # its limits are shares of its host's
+        # {resource: amount} it has in all; the worker itself runs at once only the
+        # tasks whose needs fit in what its running tasks leave
+        self.resources = dict(resources or {})
 
     def __repr__(self):
         return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
@@ -281,6 +288,66 @@ def _consume(items):
 _priority = attrgetter("priority")
 
 
+# What a client sends is checked here too: a malformed value is ignored, it never
+# stops the scheduler.
+
+def _number(value, default=0):
+    return value if type(value) in (int, float) and value == value else default
+
+
+def _names(workers):
+    """Worker restrictions: a list of addresses, names or hosts, or None."""
+    if isinstance(workers, (str, int)):
+        workers = [workers]
+    if not isinstance(workers, (list, tuple, set, frozenset)) or not workers:
+        return None
+    return [w for w in workers if isinstance(w, (str, int))] or None
+
+
+def _resources(resources):
+    """{name: amount} of a task's needs, or None (none, or malformed)."""
+    if not isinstance(resources, dict) or not resources:
+        return None
+    out = {}
+    for name, amount in resources.items():
+        if not isinstance(name, str) or type(amount) not in (int, float) \
+                or not amount >= 0:
+            return None
+        out[name] = amount
+    return out
+
+
+def _per_key_annotations(annotations):
+    """A function giving one task its (priority, retries, restrictions, loose,
+    resources) from dask.annotate's per-key values, else from those it would get
+    (None: no per-key annotations)."""
+    if not isinstance(annotations, dict) or not annotations:
+        return None
+
+    def table(name):
+        t = annotations.get(name)
+        return t if isinstance(t, dict) else {}
+    priority, retries, workers = table("priority"), table("retries"), table("workers")
+    loose, resources = table("allow_other_workers"), table("resources")
+    missing = object()
+
+    def apply(key, prio, n, r, default_loose, default_resources):
+        p = priority.get(key, missing)
+        if p is not missing and type(p) in (int, float):
+            prio = (-p,) + prio[1:]
+        k = retries.get(key, missing)
+        if type(k) is int and k >= 0:
+            n = k
+        w = workers.get(key, missing)
+        if w is not missing:
+            r = _names(w) or r
+        ok = loose.get(key, default_loose)
+        res = resources.get(key, missing)
+        res = default_resources if res is missing else _resources(res)
+        return prio, n, r, bool(ok), res
+    return apply
+
+
 GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the values
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
@@ -292,10 +359,28 @@ MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail be
                             # the worker is kept instead
 
 
-def _allowed(ts, ws):
-    """May ``ts`` (which has restrictions) run on ``ws``?"""
+def _named_in(ts, ws):
+    """Is ``ws`` among the workers ``ts`` is restricted to (address, name or host)?"""
     return ws.address in ts.restrictions or ws.name in ts.restrictions \
         or ws.host in ts.restrictions
+
+
+def _has_resources(ts, ws):
+    """Does ``ws`` have, in all, the resources ``ts`` needs?"""
+    have = ws.resources
+    return all(have.get(name, 0) >= amount for name, amount in ts.resources.items())
+
+
+def _allowed(ts, ws):
+    """May ``ts`` run on ``ws``: its resources there, and one of its workers (unless
+    the restriction is loose: `_valid_workers` relaxes it when none is left)?"""
+    if ts.resources is not None and not _has_resources(ts, ws):
+        return False
+    return ts.restrictions is None or ts.loose or _named_in(ts, ws)
+
+
+def _constrained(ts):
+    return ts.restrictions is not None or ts.resources is not None
 
 
 def _relayed(dep, ws):
@@ -536,7 +621,7 @@ class SchedulerState:
             self._set_state(ts, NO_WORKER)
             self.unrunnable.add(ts)
             return {}
-        if not ts.dependencies and ts.restrictions is None:
+        if not ts.dependencies and not _constrained(ts):
             # Root tasks wait in a queue and are handed out as workers free up, so a
             # huge map never floods the workers' memory, and siblings stay together.
             ws = self._worker_with_room(ts)
@@ -728,9 +813,15 @@ class SchedulerState:
 
     def _valid_workers(self, ts):
         running = [ws for ws in self.workers.values() if ws.status == "running"]
-        if ts.restrictions is None:
+        if not _constrained(ts):
             return running
-        return [ws for ws in running if _allowed(ts, ws)]
+        valid = [ws for ws in running if _allowed(ts, ws)]
+        if ts.loose and ts.restrictions is not None:
+            # allow_other_workers: its own workers if any can take it, else any other
+            preferred = [ws for ws in valid if _named_in(ts, ws)]
+            if preferred:
+                return preferred
+        return valid
 
     def decide_worker(self, ts):
         """The worker where the task can start soonest: queued work plus transfers."""
@@ -766,7 +857,11 @@ class SchedulerState:
         """Ask busier workers to give up tasks for `thief`'s idle threads: tasks that
         wait in their queues (never one known to run), last in line first, worth a
         round trip, and whose inputs move faster than they compute.  A worker gives a
-        task up only if it has not started it ("steal-response")."""
+        task up only if it has not started it ("steal-response").
+
+        A task is worth a round trip when it is long, or when it would wait long
+        behind the tasks ahead of it there: tiny tasks queued behind a long one go
+        to an idle worker, each idle thread taking up to `queue_seconds` of them."""
         idle = thief.nthreads - len(thief.stale) - len(thief.processing)
         if idle <= 0 or thief.status != "running":
             return
@@ -785,20 +880,49 @@ class SchedulerState:
                 waiting = len(victim.processing) - len(victim.executing)
             else:
                 waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
-            candidates = [ts for ts in itertools.islice(reversed(victim.processing),
-                                                        STEAL_SCAN)
-                          if self._worth_stealing(ts, victim, thief)]
+            scanned = list(itertools.islice(reversed(victim.processing), STEAL_SCAN))
+            ahead = self._wait_ahead(victim) if scanned else {}
+            candidates = [ts for ts in scanned
+                          if self._worth_stealing(ts, victim, thief, ahead.get(ts, 0.0))]
             candidates.sort(key=attrgetter("priority"), reverse=True)
-            for ts in candidates[:min(idle, waiting)]:
+            batch = 0.0                 # seconds of tiny tasks the last thread takes
+            for ts in candidates:
+                if waiting <= 0:
+                    break
+                duration = victim.processing[ts]
+                if duration < STEAL_MIN_DURATION and batch >= duration:
+                    batch -= duration   # along with the tiny ones taken before
+                elif idle > 0:
+                    idle -= 1
+                    batch = (self.queue_seconds - duration
+                             if duration < STEAL_MIN_DURATION else 0.0)
+                else:
+                    break
+                waiting -= 1
                 self.steals[ts.key] = (victim, thief)
                 self.send_worker(victim, {"op": "steal-request", "key": ts.key})
-                idle -= 1
 
-    def _worth_stealing(self, ts, victim, thief):
+    @staticmethod
+    def _wait_ahead(ws):
+        """{task: seconds} each task queued on ``ws`` (not known to run) would wait
+        for a thread: the running tasks and those of higher priority go first."""
+        total = sum(ws.processing[ts] for ts in ws.executing) + sum(ws.stale.values())
+        queued = sorted((ts for ts in ws.processing if ts not in ws.executing),
+                        key=_priority)
+        ahead = {}
+        for ts in queued:
+            ahead[ts] = total / ws.nthreads
+            total += ws.processing[ts]
+        return ahead
+
+    def _worth_stealing(self, ts, victim, thief, wait=0.0):
+        """``wait``: seconds ``ts`` would wait on ``victim`` before a thread takes
+        it."""
         duration = victim.processing[ts]
+        gain = max(duration, wait)
         if (ts in victim.executing or ts.key in self.steals
-                or duration < STEAL_MIN_DURATION and victim.status != PAUSED
-                or ts.restrictions is not None and not _allowed(ts, thief)
+                or gain < STEAL_MIN_DURATION and victim.status != PAUSED
+                or _constrained(ts) and not _allowed(ts, thief)
                 or thief.unreachable and any(_relayed(dep, thief)
                                              for dep in ts.dependencies)):
             return False
@@ -806,7 +930,7 @@ class SchedulerState:
             return True                 # it would wait there until memory falls
         missing = sum(max(dep.nbytes, 0) for dep in ts.dependencies
                       if thief not in dep.who_has)
-        return missing / self.bandwidth <= duration
+        return missing / self.bandwidth <= gain
 
     def _on_steal_response(self, ws, msg):
         victim, thief = self.steals.pop(msg["key"], (None, None))
@@ -821,7 +945,7 @@ class SchedulerState:
             return
         self._unassign(ts)
         if (thief is not None and thief.status == "running"
-                and (ts.restrictions is None or _allowed(ts, thief))):
+                and (not _constrained(ts) or _allowed(ts, thief))):
             self._assign(ts, thief)
             self.stolen += 1
         else:                           # the thief left: placed afresh
@@ -843,6 +967,8 @@ class SchedulerState:
                "priority": ts.priority, "duration": ts.group.duration}
         if ts.who_wants:
             msg["want_data"] = True
+        if ts.resources is not None:
+            msg["resources"] = ts.resources     # the worker runs it when they are free
         if ts.suspicious:
             # It was running on a worker that died: the worker waits for "go" after
             # "task-started", so a death while it runs is surely blamed on it.
@@ -899,7 +1025,8 @@ class SchedulerState:
     # ------------------------------------------------------------ graph intake
 
     def update_graph(self, client, tasks, keys, priorities=None, user_priority=0,
-                     retries=0, restrictions=None):
+                     retries=0, restrictions=None, annotations=None, workers=None,
+                     allow_other_workers=False, resources=None):
         """Add tasks wanted as ``keys`` by client.
 
         ``tasks`` is ``{key: (run_spec, dependencies)}``, or an iterable of entries
@@ -909,15 +1036,27 @@ class SchedulerState:
         consuming iterable lets a huge graph's decoded message go as it is taken in.
         A run spec that is a `Serialized` of one bytes frame is kept as its bytes.
 
+        What every new task gets (dask.distributed's meanings): ``user_priority``
+        (higher runs first), ``retries``, ``workers`` (addresses, names or hosts it
+        may run on; ``restrictions`` gives them per key), ``allow_other_workers``
+        (those workers are a preference), ``resources`` ({name: amount} a worker
+        must have, in all, to run it).  ``annotations`` ({"priority" | "retries" |
+        "workers" | "allow_other_workers" | "resources": {key: value}}, from
+        dask.annotate) override them per key.
+
         Dependencies must be keys of ``tasks`` or keys the scheduler already has;
         tasks that need anything else err with a missing-dependency error.
         """
         self.generation += 1
         priority_of = (priorities or {}).get
         restrictions = restrictions or {}
+        per_key = _per_key_annotations(annotations)
         if isinstance(tasks, dict):
             tasks = [(key, spec, deps) for key, (spec, deps) in tasks.items()]
-        up, generation = -user_priority, self.generation
+        up, generation = -_number(user_priority), self.generation
+        workers = _names(workers)
+        resources = _resources(resources)
+        loose = bool(allow_other_workers)
         known = self.tasks
         new = []
         for entry in tasks:
@@ -931,10 +1070,15 @@ class SchedulerState:
                     continue
             else:
                 continue
-            ts.priority = (up, generation,
-                           entry[3] if len(entry) > 3 else priority_of(key, 0))
+            order = entry[3] if len(entry) > 3 else priority_of(key, 0)
             ts.retries = retries.get(key, 0) if isinstance(retries, dict) else retries
-            r = restrictions.get(key)
+            r = restrictions.get(key) or workers
+            ts.priority = (up, generation, order)
+            if per_key is not None:
+                ts.priority, ts.retries, r, ts.loose, ts.resources = per_key(
+                    key, ts.priority, ts.retries, r, loose, resources)
+            else:
+                ts.loose, ts.resources = loose, resources
             ts.restrictions = frozenset(r) if r else None
             # The keys of its dependencies for now: TaskStates once all tasks exist.
             ts.dependencies = deps
@@ -1004,16 +1148,18 @@ class SchedulerState:
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
                    memory_limit=0, keys=(), now=0.0, memory_fractions=None,
-                   shares_host=False):
+                   shares_host=False, resources=None):
         """``shares_host``: the worker's limits ("auto" memory, task thread pools) are
         shares of its host's; it is told how many workers its host has
-        ("host-workers") whenever that changes."""
+        ("host-workers") whenever that changes.  ``resources``: {name: amount} it
+        has (dask.distributed's worker resources)."""
         if wid in self.workers:
             return self.workers[wid]
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
-        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now,
+                          _resources(resources))
         ws.memory_fractions = memory_fractions
         ws.shares_host = shares_host
         self.clock = max(self.clock, now)
@@ -1527,7 +1673,9 @@ class SchedulerState:
         tasks = list(msg.pop("tasks", ()))
         self.update_graph(cid, _consume(tasks), msg.get("keys", ()),
                           msg.get("priorities"), msg.get("user_priority", 0),
-                          msg.get("retries", 0), msg.get("restrictions"))
+                          msg.get("retries", 0), msg.get("restrictions"),
+                          msg.get("annotations"), msg.get("workers"),
+                          msg.get("allow_other_workers", False), msg.get("resources"))
 
     def _on_client_releases_keys(self, cid, msg):
         self._release_keys(cid, msg["keys"])
@@ -2257,6 +2405,7 @@ class SchedulerState:
                                      "executing": len(ws.executing) + len(ws.stale),
                                      "unreachable": sorted(w.address
                                                            for w in ws.unreachable),
+                                     "resources": dict(ws.resources),
                                      **self.memory_info(ws)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
@@ -2319,6 +2468,7 @@ class SchedulerState:
                 assert ws is not None and ts in ws.processing, ts
                 assert ws.id in self.workers, ts
                 assert all(dep.state == MEMORY for dep in ts.dependencies), ts
+                assert not _constrained(ts) or _allowed(ts, ws), (ts, ws)
             else:
                 assert ts.processing_on is None, ts
             if ts.state == WAITING:

@@ -18,6 +18,7 @@ to peers carry the peer's address as recipient (a worker knows its peers by addr
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import queue
 import socket
@@ -66,6 +67,50 @@ def inline(value, nbytes, job):
     return blob if len(blob.frames) == 1 and blob.nbytes <= INLINE_RESULT else None
 
 
+def check_nthreads(nthreads):
+    """A number of task threads: a whole number of at least 1 (never quietly one
+    for zero)."""
+    try:
+        n = operator.index(nthreads)
+    except TypeError:
+        n = None
+    if n is None or isinstance(nthreads, bool) or n < 1:
+        raise ValueError(f"nthreads must be a whole number of at least 1, not "
+                         f"{nthreads!r}")
+    return n
+
+
+def parse_resources(resources):
+    """Worker resources as {name: amount}: from a dict, or from a string such as
+    ``"GPU=2,MEM=10e9"`` (commas or spaces between them, as dask-worker takes)."""
+    if resources is None or resources == "":
+        return {}
+    if isinstance(resources, str):
+        pairs = {}
+        for item in resources.replace(",", " ").split():
+            name, sep, amount = item.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"resources: expected NAME=AMOUNT, got {item!r} "
+                                 f"in {resources!r}")
+            pairs[name.strip()] = amount.strip()
+        resources = pairs
+    if not isinstance(resources, dict):
+        raise TypeError(f"resources must be a dict such as {{'GPU': 2}} or a string "
+                        f"such as 'GPU=2,MEM=10e9', not {type(resources).__name__}")
+    out = {}
+    for name, amount in resources.items():
+        try:
+            value = float(amount)
+        except (TypeError, ValueError):
+            raise ValueError(f"resources: the amount of {name!r} must be a number, "
+                             f"not {amount!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"resources: the amount of {name!r} must be a finite "
+                             f"number of at least 0, not {amount!r}")
+        out[str(name)] = int(value) if value.is_integer() else value
+    return out
+
+
 def typename(value):
     t = type(value)
     return f"{t.__module__}.{t.__qualname__}"
@@ -97,6 +142,10 @@ class Worker:
     exits for its supervisor to start a new one; `dask-ipy worker` does this).
     ``blas_threads``: threads of BLAS/OpenMP pools inside tasks ("auto", a number,
     or False to leave them alone; default ``dask-ipy.worker.blas-threads``).
+    ``resources``: what this worker has, ``{"GPU": 2, "MEM": 10e9}`` (or the string
+    ``"GPU=2,MEM=10e9"``): tasks submitted with ``resources=`` go only to workers
+    having that much in all, and run here only while their needs fit in what the
+    running tasks leave (dask.distributed's worker resources).
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
@@ -107,7 +156,9 @@ class Worker:
                  local_directory=None, memory_target_fraction=None,
                  memory_spill_fraction=None, memory_pause_fraction=None,
                  memory_terminate_fraction=None, memory_terminate_action="interrupt",
-                 memory_monitor_interval=None, blas_threads=None):
+                 memory_monitor_interval=None, blas_threads=None, resources=None):
+        nthreads = check_nthreads(nthreads)
+        self.resources = parse_resources(resources)
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler, security, "address_to_workers")
@@ -142,7 +193,8 @@ class Worker:
         # The I/O thread never waits for a disk: a spilling store gives it a view
         # whose reads of spilled values return markers (see worker/store.py).
         self.state = WorkerState(self.address, nthreads,
-                                 getattr(self.data, "nonblocking", self.data), validate)
+                                 getattr(self.data, "nonblocking", self.data), validate,
+                                 self.resources)
         self.plugin_host = WorkerPlugins(self)
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
@@ -329,6 +381,7 @@ class Worker:
                 "host": socket.gethostname(), "pid": os.getpid(),
                 "memory_limit": self.memory_limit,
                 "memory_fractions": self.memory_fractions,
+                "resources": self.resources,
                 "shares_host": self.memory_setting == "auto" or (
                     self.thread_limits is not None and self.blas_setting == "auto")})
         elif (epoch, scheduler_id) != (self.session.epoch, self.scheduler_id):
