@@ -740,3 +740,18 @@ def hold_to_pause(pid, limit):
         return after < 0.5 * limit and abs(after - before) < 4 * MiB
     wait_for(steady, timeout=30, message="memory to settle")
     return int((0.875 * limit - proc.memory_info().rss) // MiB)
+
+
+def alone(path, seconds=0.05):
+    """Hold ``path`` (created exclusively) for a moment: False if another task held
+    it meanwhile, i.e. two such tasks ran at the same time."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    try:
+        time.sleep(seconds)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return True
