@@ -39,8 +39,8 @@ from ..errors import error_payload
 from ..graph import execute
 from ..log import logger
 from ..plugins import accepts
-from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
-                        deserialize, serialize)
+from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, SerializationError,
+                        Session, check_serializable, deserialize, serialize)
 from ..security import Security
 from ..units import format_bytes
 from . import limits
@@ -65,6 +65,17 @@ def inline(value, nbytes, job):
     except Exception:
         return None                  # reported when gathered, with the key named
     return blob if len(blob.frames) == 1 and blob.nbytes <= INLINE_RESULT else None
+
+
+def unsendable(key, value):
+    """The error record if ``value``, the result of ``key``, cannot be pickled (no
+    traceback: the user's code ran fine, this worker's frames would only mislead)."""
+    try:
+        check_serializable(value)
+    except SerializationError as e:
+        return error_payload(SerializationError(
+            f"result of {key!r} could not be serialized: {e}"), None)
+    return None
 
 
 def check_nthreads(nthreads):
@@ -605,10 +616,18 @@ class Worker:
             finally:
                 running.end()
             nbytes = sizeof(value)
+            data = inline(value, nbytes, job)
+            if data is None and job.want_data:
+                # A client waits for it: a value that can never reach it is an
+                # error now, so its status, wait and as_completed say so.
+                error = unsendable(job.key, value)
+                if error is not None:
+                    return ("execute-failure", {"key": job.key, "error": error,
+                                                "start": start, "stop": time.time()})
             return ("execute-success", {"key": job.key, "value": value,
                                         "nbytes": nbytes, "type": typename(value),
                                         "start": start, "stop": time.time(),
-                                        "data": inline(value, nbytes, job)})
+                                        "data": data})
         except BaseException as e:  # a task may raise anything, SystemExit too
             running.end()
             return ("execute-failure", {"key": job.key,
