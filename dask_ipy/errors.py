@@ -65,6 +65,13 @@ class CycleError(RuntimeError):
             "Cycle detected in graph: " + " -> ".join(map(repr, self.cycle))
         )
 
+    @classmethod
+    def from_text(cls, text):
+        """Rebuilt from a message alone (the cycle's keys unknown)."""
+        exc = cls(())
+        exc.args = (text,)
+        return exc
+
 
 class MissingDependency(KeyError):
     """Task ``key`` depends on ``missing`` keys that nobody holds or computes."""
@@ -72,9 +79,19 @@ class MissingDependency(KeyError):
     def __init__(self, key, missing):
         self.key = key
         self.missing = tuple(missing)
+        self.text = None
         super().__init__(key, self.missing)
 
+    @classmethod
+    def from_text(cls, text):
+        """Rebuilt from a message alone (key and missing keys unknown)."""
+        exc = cls(None, ())
+        exc.text = text
+        return exc
+
     def __str__(self):
+        if self.text is not None:
+            return self.text
         return "Task {!r} depends on missing key(s): {}".format(
             self.key, ", ".join(map(repr, self.missing))
         )
@@ -144,9 +161,14 @@ def _shortened(exc):
     return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
 
 
-def error_info(kind, text, key):
-    """An error raised by the scheduler itself, sent as text: no pickles involved."""
-    return {"type": kind, "text": text, "key": key}
+def error_info(kind, text, key, args=None):
+    """An error raised by the scheduler itself, sent as text: no pickles involved.
+    ``args``: plain values the client builds the exception of ``kind`` from (for
+    exceptions that take more than a message, e.g. `MissingDependency`)."""
+    info = {"type": kind, "text": text, "key": key}
+    if args is not None:
+        info["args"] = list(args)
+    return info
 
 
 # ---------------------------------------------------------------- reading records
@@ -205,6 +227,23 @@ def _namespace(module_name):
     return vars(module) if module is not None else {}
 
 
+def _build(cls, text, args):
+    """``cls`` from its own arguments when the record has them, else from the text;
+    an exception whose constructor takes something else keeps the text as its
+    message (never a TypeError about the constructor instead of the error)."""
+    if isinstance(args, (list, tuple)):
+        try:
+            return cls(*args)
+        except Exception:
+            pass
+    if getattr(cls, "from_text", None) is not None:
+        return cls.from_text(text)
+    try:
+        return cls(text)
+    except Exception:
+        return RemoteError(f"{cls.__name__}: {text}")
+
+
 def rebuild_error(info):
     """(exception, traceback) from an error record sent by a worker or the scheduler."""
     exc = None
@@ -224,7 +263,7 @@ def rebuild_error(info):
         text = info.get("text", "")
         if cls is RemoteError and info.get("traceback_text"):
             text = f"{text}\n\nRemote traceback:\n{info['traceback_text']}"
-        exc = cls(text)
+        exc = _build(cls, text, info.get("args"))
     tb = None
     if info.get("traceback") is not None:
         try:

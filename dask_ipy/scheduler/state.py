@@ -1106,7 +1106,7 @@ class SchedulerState:
                 ts.error = error_info(
                     "MissingDependency",
                     f"task {ts.key!r} depends on {missing!r}, which the scheduler "
-                    "does not have", ts.key)
+                    "does not have", ts.key, args=(ts.key, missing))
                 erred[ts.key] = ERRED
         client_state = self.clients.get(client)
         for key in keys:
