@@ -815,11 +815,13 @@ class Worker:
         """A connection to ``peer``, watched: if its handshake has not succeeded after
         ``connect_timeout`` seconds (no route, a firewall, a wrong address, a
         one-way link), the peer is unreachable."""
+        # The monitor exists before the connection starts (connect_dealer makes it,
+        # get_monitor_socket returns that one): its first handshake is never missed.
         sock = connect_dealer(self.loop.context, self.security, self.id, peer,
                               events=zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        monitor = sock.get_monitor_socket()
         self.peers[peer] = sock
         self.loop.add_socket(sock, lambda frames: self._on_peer_reply(peer, frames))
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.loop.add_socket(monitor, lambda frames: self._connected(peer))
         self.connecting[peer] = (monitor, self.loop.call_later(
             self.connect_timeout, self._connect_timed_out, peer))
@@ -843,7 +845,18 @@ class Worker:
         monitor.close(linger=0)
 
     def _connect_timed_out(self, peer):
-        if peer not in self.connecting:
+        watch = self.connecting.get(peer)
+        if watch is None:
+            return
+        # A loop kept busy past the deadline (long handlers, task threads holding the
+        # GIL) runs this timer before it reads what arrived meanwhile: a handshake that
+        # succeeded in time waits unread in the monitor, and the peer is fine.
+        try:
+            watch[0].recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        else:
+            self._connected(peer)
             return
         logger.warning("worker %s: no connection to %s after %.1f s; its data comes "
                        "through the scheduler", self.address, peer, self.connect_timeout)

@@ -150,3 +150,25 @@ def test_a_value_too_large_to_relay_errs_the_task_naming_both_workers(tmp_path):
         # Nothing else is harmed: small values still travel, the big one stays put.
         assert c.submit(len, small, workers=[b]).result(timeout=30) == 1 << 10
         assert c.submit(len, big, key="on-a", workers=[a]).result(timeout=30) == 4 << 20
+
+
+def test_a_peer_is_reachable_though_the_loop_was_busy_past_the_connect_timeout(cluster):
+    """The connection succeeds while the worker's loop is busy (task threads holding
+    the GIL, a long handler) past ``connect_timeout``: the timer runs before the loop
+    reads the handshake, which is there all the same."""
+    s, (w1, w2), c = cluster
+    assert w2.address not in w1.peers
+    w1.connect_timeout = 0.1
+    done = threading.Event()
+
+    def connect_then_stall():
+        w1._connect_peer(w2.address)
+        time.sleep(0.5)                 # the loop, stalled past the timeout
+        w1.loop.call_soon(done.set)
+
+    w1.loop.call_soon(connect_then_stall)
+    assert done.wait(10)
+    wait_for(lambda: not w1.connecting, message="the connection to be settled")
+    assert w2.address not in w1.state.unreachable and w2.address in w1.peers
+    assert c.submit(len, c.submit(make_bytes, 1 << 10, workers=[w2.address]),
+                    workers=[w1.address]).result(timeout=10) == 1 << 10
