@@ -7,8 +7,9 @@ import warnings
 import dask
 import pytest
 
-from helpers import add, alone, dask_ipy_threads, fail_until, inc, wait_for
-from dask_ipy import Client, Scheduler, Worker
+from helpers import (add, alone, dask_ipy_threads, fail_until, inc, wait_for,
+                     wait_for_file)
+from dask_ipy import Client, Scheduler, Worker, wait
 from dask_ipy.client.options import AnnotationWarning
 
 pytestmark = pytest.mark.timeout(60)
@@ -124,3 +125,21 @@ def test_what_cannot_be_honoured_is_named_in_a_warning(gpu_cluster):
         with dask.annotate(priority=1, retries=1, workers=["gpu"],
                            allow_other_workers=True, resources={"GPU": 1}):
             assert c.submit(inc, 5).result(timeout=10) == 6
+
+
+def test_tiny_tasks_never_wait_behind_a_blocking_one_while_a_worker_idles(cluster,
+                                                                          tmp_path):
+    s, workers, c = cluster
+    c.gather(c.map(inc, range(40)))         # known to be tiny from now on
+    gate = tmp_path / "gate"
+    try:
+        blocker = c.submit(wait_for_file, str(gate), pure=False)
+        wait_for(lambda: any(ts.key == blocker.key for ws in s.state.workers.values()
+                             for ts in ws.executing), message="the blocker to start")
+        fs = c.map(inc, range(1000, 1200))
+        done, not_done = wait(fs, timeout=20)
+        assert not not_done and not blocker.done()
+        assert c.gather(fs) == list(range(1001, 1201))
+    finally:
+        gate.touch()
+    assert blocker.result(timeout=10) is None
