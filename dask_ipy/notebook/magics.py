@@ -358,9 +358,15 @@ class DaskMagics(Magics):
                              "(tcp://host:port) or its connection file")
         from ..client.client import Client
 
+        timeout = args.timeout or 10.0
         try:
-            client = Client(args.address, timeout=args.timeout or 10.0)
-        except (OSError, ValueError, TimeoutError) as e:
+            client = Client(args.address, timeout=timeout)
+        except TimeoutError:
+            raise UsageError(
+                f"could not connect to {args.address}: no scheduler answered within "
+                f"{timeout:g} s (is it running? a connection file may be left by a "
+                "scheduler that died; --timeout S waits longer)") from None
+        except (OSError, ValueError) as e:
             raise UsageError(f"could not connect to {args.address}: {e}") from None
         self._activate(client)
         return client

@@ -173,10 +173,23 @@ def test_connect_returns_the_active_client(ip, scheduler):
     assert r.result == 3
 
 
-def test_connect_to_nothing_fails_fast(ip, tmp_path):
-    r, _ = run(ip, f"%dsched connect {tmp_path / 'missing.json'}", error=UsageError)
-    assert "could not connect" in str(r.exception)
-    run(ip, "%dsched connect tcp://127.0.0.1:1", error=UsageError)
+def test_connect_to_nothing_fails_fast_saying_what_is_wrong(ip, tmp_path):
+    def error(target, options=""):
+        r, _ = run(ip, f"%dsched connect {target} {options}", error=UsageError)
+        assert f"could not connect to {target}" in str(r.exception)
+        return str(r.exception)
+
+    assert "no such file" in error(tmp_path / "missing.json")
+    assert "no such file" in error("missing.json")
+    assert "neither an address (tcp://host:port) nor a connection file" in \
+        error("nonsense")
+    assert "expected tcp://host:port" in error("tcp://127.0.0.1")
+    assert "no key known for tcp://127.0.0.1:1" in error("tcp://127.0.0.1:1")
+    # A connection file of a scheduler that is gone: the key is known, no answer.
+    with local_cluster(client=False) as (s, _, _):
+        dead = tmp_path / "dead.json"
+        dead.write_text(open(s.connection_file).read())
+    assert "no scheduler answered within 1 s" in error(dead, "--timeout 1")
 
 
 # ---------------------------------------------------------------- %%dget
