@@ -485,3 +485,11 @@ def test_function_tokens_are_remembered_only_where_they_cannot_change():
                        (len, {})]:
         assert function_token(fn, kwargs) == tokenize(fn, kwargs)
     assert local not in _FN_TOKENS and main_fn not in _FN_TOKENS
+
+
+def test_a_client_without_an_address_says_how_to_get_a_scheduler(monkeypatch):
+    from dask_ipy import Client
+
+    monkeypatch.delenv("DASK_IPY_SCHEDULER_FILE", raising=False)
+    with pytest.raises(ValueError, match="never starts one.*--new N"):
+        Client()

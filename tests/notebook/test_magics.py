@@ -4,6 +4,7 @@ booted on a real two-engine ipcluster (``%dsched start``)."""
 
 import os
 import threading
+import time
 from operator import add
 
 import pytest
@@ -171,6 +172,22 @@ def test_connect_returns_the_active_client(ip, scheduler):
     assert c2 is not c and c.status == "closed" and c2.status == "running"
     r, _ = run(ip, "%%dget y\n" + SEED)
     assert r.result == 3
+
+
+def test_options_that_cannot_be_applied_are_refused(ip, scheduler):
+    for line in ("--nthreads 0", "-n 0", "--new -1"):
+        r, _ = run(ip, f"%dsched start {line}", error=UsageError)
+        assert "at least 1" in str(r.exception), line
+    run(ip, f"c = %dsched connect {scheduler.address_to_clients}")
+    c = ip.user_ns["c"]
+    r, _ = run(ip, "%dsched start --targets 9 --url missing.json --scheduler local",
+               error=UsageError)
+    assert str(r.exception) == (
+        f"already connected to {c.address}: --url, --targets, --scheduler not "
+        f"applied (`%dsched stop` first to boot a new one)")
+    # Without options, the active client again (a cell run twice).
+    r, out = run(ip, "%dsched start")
+    assert r.result is c and "already connected" in out
 
 
 def test_connect_to_nothing_fails_fast_saying_what_is_wrong(ip, tmp_path):
@@ -457,6 +474,33 @@ def test_start_dget_status_stop_on_ipcluster(ip, ipcluster):
     run(ip, "%%dget y\n" + SEED, error=UsageError)
 
 
+def test_waiting_for_more_engines_than_there_are_says_so(ip, ipcluster):
+    cluster, rc = ipcluster
+    r, out = run(ip, f"%dsched start --cluster-id {cluster.cluster_id} -n 4 "
+                     "--timeout 1", error=UsageError)
+    assert "2 of 4 engines up; waiting up to 1 s" in out
+    assert "only 2 of 4 engines came up within 1 s" in str(r.exception)
+    assert "-n N waits until the ipcluster has N engines" in str(r.exception)
+
+
+def test_start_new_starts_and_stops_a_local_ipcluster(ip):
+    import ipyparallel
+
+    r, out = run(ip, "c = %dsched start --new 2 --scheduler local")
+    c = ip.user_ns["c"]
+    magics = ip.find_line_magic("dsched").__self__
+    cluster = magics.ipcluster
+    try:
+        assert "started a local ipcluster of 2 engines" in out
+        assert len(c.scheduler_info()["workers"]) == 2
+        assert run(ip, "%%dget y\n" + SEED)[0].result == 3
+    finally:
+        _, out = run(ip, "%dsched stop")
+    assert "stopped the ipcluster" in out and magics.ipcluster is None
+    with pytest.raises((OSError, TimeoutError)):
+        ipyparallel.Client(cluster_id=cluster.cluster_id, timeout=1)
+
+
 def test_start_with_options_on_ipcluster(ip, ipcluster):
     cluster, rc = ipcluster
     r, _ = run(ip, f"c = %dsched start --cluster-id {cluster.cluster_id} --targets 1 "
@@ -478,5 +522,10 @@ def test_start_without_an_ipcluster_is_a_usage_error(ip, ipcluster):
     r, _ = run(ip, "%dsched start --cluster-id no-such-cluster --timeout 1",
                error=UsageError)
     assert "could not connect to an ipcluster" in str(r.exception)
+    assert "--new 4" in str(r.exception)
+    # With the default timeout it gives up as ipyparallel does, not after 60 s.
+    start = time.monotonic()
+    run(ip, "%dsched start --cluster-id no-such-cluster", error=UsageError)
+    assert time.monotonic() - start < 40
     run(ip, f"%dsched start --cluster-id {ipcluster[0].cluster_id} --targets 7",
         error=UsageError)
