@@ -185,9 +185,13 @@ def _dget_graph(client, graph, keys, asynchronous):
         from ..graph import dependencies, normalize, output_keys
 
         wanted = output_keys(dependencies(normalize(graph)))
-    for k in wanted:
-        if k not in graph:
-            raise KeyError(k)
+    missing = [k for k in wanted if k not in graph]
+    if missing:
+        shown = ", ".join(map(repr, list(graph)[:8])) + (", ..." if len(graph) > 8
+                                                          else "")
+        raise UsageError(f"%%dget: {', '.join(map(repr, missing))} "
+                         f"{'is not a key' if len(missing) == 1 else 'are not keys'} "
+                         f"of the cell's graph (its keys: {shown})")
     if asynchronous:
         from dask.delayed import Delayed
 
@@ -529,11 +533,34 @@ class DaskMagics(Magics):
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"-o NAME: {args.output!r} is not a variable name")
         client = self.active_client()
+        if cell is None:
+            self._check_names(expr)
         value = self.shell.ev(expr) if cell is None else self._run_cell(cell)
         result = dget(client, value, keys, args.asynchronous)
         if args.output is not None:
             self.shell.user_ns[args.output] = result
         return result
+
+    def _check_names(self, expr):
+        """A UsageError naming what ``%dget EXPR`` refers to and nobody defined (rather
+        than a NameError whose traceback has no source to show)."""
+        import builtins
+
+        shell = self.shell
+        tree = ast.parse(expr, mode="eval")
+        bound = {n.id for n in ast.walk(tree)
+                 if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        for node in ast.walk(tree):                 # lambdas' and comprehensions'
+            if isinstance(node, ast.arg):
+                bound.add(node.arg)
+        unknown = sorted({n.id for n in ast.walk(tree)
+                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                          and n.id not in bound and n.id not in shell.user_ns
+                          and n.id not in shell.user_global_ns
+                          and not hasattr(builtins, n.id)})
+        if unknown:
+            raise UsageError(f"%dget {expr}: {', '.join(map(repr, unknown))} "
+                             f"{'is' if len(unknown) == 1 else 'are'} not defined")
 
     def _parse_line(self, line):
         """(options, EXPR, [KEY]) of the line form: options come first; EXPR is the

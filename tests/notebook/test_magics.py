@@ -242,7 +242,9 @@ def test_dget_runs_the_cell_in_the_user_namespace(connected):
     assert r.result == 3
     r, _ = run(ip, """%%dget "('t', 0)" total\ndsk""")
     assert r.result == {("t", 0): 1, "total": 10}
-    r, _ = run(ip, "%%dget nothere\ndsk", error=KeyError)
+    r, _ = run(ip, "%%dget nothere\ndsk", error=UsageError)
+    assert str(r.exception).startswith(
+        "%%dget: 'nothere' is not a key of the cell's graph (its keys: ('t', 0), ")
 
 
 def test_dget_dask_collections(connected):
@@ -297,6 +299,12 @@ def test_dget_line_form(connected):
     assert ip.user_ns["got"] == 20
     r, _ = run(ip, "%dget --async dsk y")
     assert r.result.result(timeout=10) == 3
+    r, _ = run(ip, "%dget undefined_name", error=UsageError)
+    assert str(r.exception) == "%dget undefined_name: 'undefined_name' is not defined"
+    r, _ = run(ip, "%dget [f(x) for x in dsk] y", error=UsageError)
+    assert str(r.exception).endswith(": 'f' is not defined")
+    ip.user_ns["f"] = lambda x: dsk_of(x)          # defined, fails when run: its own
+    run(ip, "%dget [f(x) for x in dsk] y", error=NameError)
 
 
 def test_dget_needs_something_to_compute(connected):
