@@ -30,9 +30,9 @@ from .. import config as cfg
 from .. import graph as g
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
-from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, serialize
+from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, serialize
 from . import default
-from .calls import call_spec, call_token, function_token
+from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods
 from .default import default_client
 from .futures import ClientExecutor, Future, futures_in, load
@@ -235,7 +235,14 @@ class Client(ClusterMethods):
                 spec = serialize(g.compact(node))
             except Exception as e:
                 self.shell.drop(wanted)
-                raise TypeError(f"could not serialize task {key!r}: {e}") from e
+                part = unpicklable_part(g.compact(node))
+                if part is None:
+                    raise SerializationError(
+                        f"could not serialize task {key!r}: {e}") from e
+                # One short error naming the culprit; the pickler's chain of
+                # tracebacks would only end by naming a tuple.
+                raise SerializationError(
+                    f"could not serialize task {key!r}: {part}") from None
             head = spec.frames[0]
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
                 spec = head

@@ -2,6 +2,7 @@
 map, gather, scatter, cancel, datasets, run, cluster queries and errors."""
 
 import gc
+import threading
 import traceback
 
 import pytest
@@ -237,8 +238,17 @@ def test_errors_reach_dependents_and_get(c):
 def test_unpicklable_argument_is_a_clear_error_naming_the_key(c):
     with pytest.raises(TypeError) as info:
         c.submit(identity, Unpicklable(), key="bad-arg")
-    assert "bad-arg" in str(info.value)
-    assert "refuses to be pickled" in str(info.value)
+    assert str(info.value) == (
+        "could not serialize task 'bad-arg': argument 0 (helpers.Unpicklable) cannot "
+        "be pickled: TypeError: this object refuses to be pickled")
+    # One error, not a chain of the pickler's.
+    assert info.value.__suppress_context__ and info.value.__cause__ is None
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="'lock', which lambda uses "
+                                        r"\(_thread.lock\) cannot be pickled"):
+        c.submit(lambda: lock, key="closure")
+    with pytest.raises(TypeError, match="keyword argument 'x' \\(list\\)"):
+        c.submit(identity, x=[lock])
     assert c.submit(inc, 1).result(timeout=10) == 2
 
 
