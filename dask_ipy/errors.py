@@ -114,13 +114,43 @@ ERROR_TYPES = {
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+# dask's own code that calls a graph task's function (Task.__call__ and the like).
+_TASK_CALLERS = (os.sep + os.path.join("dask", "_task_spec.py"),
+                 os.sep + os.path.join("dask", "core.py"))
+
+
+def _machinery(code):
+    """Is ``code`` this package's or dask's task calling, not the user's?"""
+    name = code.co_filename
+    return name.startswith(_PACKAGE_DIR) or name.endswith(_TASK_CALLERS)
+
+
 def user_frames(tb):
     """`tb` without its leading frames of this package (the pool thread, the graph
-    executor): a user sees their own code first.  All of it if nothing else is left."""
+    executor) and of dask's task calling: a user sees their own code first.  All of
+    it if nothing else is left."""
     first = tb
-    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while first is not None and _machinery(first.tb_frame.f_code):
         first = first.tb_next
     return first if first is not None else tb
+
+
+def without_machinery(tb):
+    """``tb`` without any frame of this package or of dask's task calling (a
+    traceback raised through the client's own calls, for the magics to show)."""
+    kept = [t for t in _frames(tb) if not _machinery(t.tb_frame.f_code)]
+    if not kept:
+        return tb
+    out = None
+    for t in reversed(kept):
+        out = types.TracebackType(out, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return out
+
+
+def _frames(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
 
 
 def error_payload(exc, tb):

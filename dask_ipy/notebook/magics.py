@@ -536,7 +536,14 @@ class DaskMagics(Magics):
         if cell is None:
             self._check_names(expr)
         value = self.shell.ev(expr) if cell is None else self._run_cell(cell)
-        result = dget(client, value, keys, args.asynchronous)
+        try:
+            result = dget(client, value, keys, args.asynchronous)
+        except Exception as e:
+            from ..errors import without_machinery
+
+            # A task's error: its own frames, not those of the client's calls that
+            # brought it here, nor of the worker and dask's task calling.
+            raise e.with_traceback(without_machinery(e.__traceback__))
         if args.output is not None:
             self.shell.user_ns[args.output] = result
         return result

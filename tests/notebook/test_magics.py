@@ -330,6 +330,11 @@ def test_remote_error_shows_the_remote_traceback(connected):
     assert str(r.exception) == "exploded on 1"
     assert 'raise ValueError(f"exploded on {x}")  # the remote line' in out
     assert "ValueError: exploded on 1" in out
+    # Only the user's frames: not the worker's, dask's task calling or the client's.
+    assert "dask_ipy" + os.sep not in out and "_task_spec" not in out, out
+    r, out = run(ip, "%%dget\nimport dask\ndask.delayed(explode)(2)", error=ValueError)
+    assert "dask_ipy" + os.sep not in out and "_task_spec" not in out, out
+    assert '# the remote line' in out
     # the cluster is unharmed
     assert run(ip, "%%dget y\n" + SEED)[0].result == 3
 
