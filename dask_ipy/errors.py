@@ -156,8 +156,6 @@ def _frames(tb):
 def error_payload(exc, tb):
     """A task's exception for the wire: the pickled exception when it pickles, the
     traceback as data (tblib), and text for humans and for the scheduler."""
-    import tblib
-
     tb = user_frames(tb)
     text = f"{type(exc).__name__}: {exc}"
     if len(text) > MAX_ERROR_TEXT:
@@ -172,11 +170,58 @@ def error_payload(exc, tb):
     except Exception:
         exception = None
     try:
-        traceback = serialize(tblib.Traceback(tb).as_dict()) if tb is not None else None
+        traceback = serialize(_traceback_dict(tb)) if tb is not None else None
     except Exception:
         traceback = None
     return {"type": type(exc).__name__, "text": text, "exception": exception,
             "traceback": traceback, "traceback_text": tb_text}
+
+
+def _traceback_dict(tb):
+    """tblib's dict of ``tb``, each code with its first line too: a traceback rebuilt
+    from it then places each line in its function (a notebook shows the cell's
+    lines right, not numbered from the failing line)."""
+    import tblib
+
+    out = tblib.Traceback(tb).as_dict()
+    d = out
+    while tb is not None and d is not None:
+        d["tb_frame"]["f_code"]["co_firstlineno"] = tb.tb_frame.f_code.co_firstlineno
+        tb, d = tb.tb_next, d["tb_next"]
+    return out
+
+
+class _TracebackMaker(Exception):
+    pass
+
+
+def traceback_from_dict(frames):
+    """A real traceback from a `_traceback_dict`: one stub frame per entry, raising at
+    its line, with the name, file and first line of the code it stands for."""
+    top = last = None
+    while frames is not None:
+        frame = frames["tb_frame"]
+        code = frame["f_code"]
+        line = frames["tb_lineno"]
+        first = code.get("co_firstlineno")
+        if not isinstance(first, int) or not 0 < first <= line:
+            first = line
+        stub = compile("\n" * (line - first) + "raise __traceback_maker",
+                       code["co_filename"], "exec").replace(
+            co_firstlineno=first, co_name=code["co_name"])
+        namespace = dict(frame.get("f_globals") or {})
+        namespace["__traceback_maker"] = _TracebackMaker()
+        try:
+            exec(stub, namespace)
+        except _TracebackMaker:
+            tb = sys.exc_info()[2].tb_next
+        if top is None:
+            top = tb
+        else:
+            last.tb_next = tb
+        last = tb
+        frames = frames["tb_next"]
+    return top
 
 
 def _shortened(exc):
@@ -242,6 +287,7 @@ def restore_filenames(frames):
                 if code.co_name == f_code["co_name"] and any(
                         ln == line for _, _, ln in code.co_lines()):
                     f_code["co_filename"] = code.co_filename
+                    f_code["co_firstlineno"] = code.co_firstlineno
                     break
         frames = frames["tb_next"]
 
@@ -297,11 +343,9 @@ def rebuild_error(info):
     tb = None
     if info.get("traceback") is not None:
         try:
-            import tblib
-
             frames = deserialize(info["traceback"])
             restore_filenames(frames)
-            tb = tblib.Traceback.from_dict(frames).as_traceback()
+            tb = traceback_from_dict(frames)
         except Exception:
             tb = None
     return exc, tb

@@ -535,7 +535,7 @@ class DaskMagics(Magics):
         client = self.active_client()
         if cell is None:
             self._check_names(expr)
-        value = self.shell.ev(expr) if cell is None else self._run_cell(cell)
+        value = self._run_cell(expr if cell is None else cell)
         try:
             result = dget(client, value, keys, args.asynchronous)
         except Exception as e:
