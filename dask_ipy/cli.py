@@ -358,6 +358,9 @@ def _placement(who_has, names):
     return dict(sorted(counts.items()))
 
 
+COMPLETE = "pip install 'dask_ipy[complete]' (or -e '.[complete]' in a checkout)"
+
+
 def _demo_compute(client, out):
     """The seed graph, a dask.array reduction and a map of futures; prints where
     things ran. Returns True when every result is right."""
@@ -375,7 +378,7 @@ def _demo_compute(client, out):
         import dask.array as da
         import numpy  # noqa: F401
     except ImportError:
-        out("dask.array reduction: skipped (numpy is not installed)")
+        out(f"dask.array reduction: skipped (numpy is not installed: {COMPLETE})")
     else:
         x = da.arange(1_000_000, chunks=100_000)
         total = x.sum().compute()          # the client is dask's default scheduler
@@ -385,6 +388,20 @@ def _demo_compute(client, out):
         wait(chunks)
         out(f"  persisted chunks held by {_placement(client.who_has(chunks), names)}")
         del chunks
+
+    try:
+        import dask.dataframe as dd
+        import pandas as pd
+        import pyarrow  # noqa: F401
+    except ImportError:
+        out(f"dask.dataframe groupby: skipped (pandas or pyarrow is not installed: "
+            f"{COMPLETE})")
+    else:
+        pdf = pd.DataFrame({"k": [i % 3 for i in range(30)], "v": range(30)})
+        sums = dd.from_pandas(pdf, npartitions=4).groupby("k").v.sum().compute()
+        sums = {int(k): int(v) for k, v in sums.sort_index().items()}
+        out(f"dask.dataframe: groupby('k').v.sum() = {sums}")
+        ok &= sums == {int(k): int(v) for k, v in pdf.groupby("k").v.sum().items()}
 
     futures = client.map(slow_inc, range(20))
     results = client.gather(futures)

@@ -149,6 +149,10 @@ def test_demo_end_to_end():
     assert "dask_client_from_ipclient:" in out
     assert "engine-0" in out and "engine-1" in out
     assert "all results correct" in out
+    # With the complete extra (which the tests install) nothing is skipped.
+    assert "skipped" not in out, out
+    assert "dask.array: arange(1e6, chunks=1e5).sum() = 499999500000" in out
+    assert "dask.dataframe: groupby('k').v.sum() = {0: 135, 1: 145, 2: 155}" in out
 
 
 def test_bench_outside_a_checkout(tmp_path):
