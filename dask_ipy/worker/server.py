@@ -67,6 +67,19 @@ def inline(value, nbytes, job):
     return blob if len(blob.frames) == 1 and blob.nbytes <= INLINE_RESULT else None
 
 
+# What a peer connection's monitor reports: its handshakes, and its drops (a dead
+# route is found by ZeroMQ's heartbeats within PEER_HEARTBEAT_TIMEOUT ms).
+PEER_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+PEER_HEARTBEAT_TIMEOUT = 3_000
+
+
+def _event_id(frames):
+    """The event number of a ZeroMQ monitor message."""
+    first = frames[0]
+    data = first.bytes if hasattr(first, "bytes") else bytes(first)
+    return int.from_bytes(data[:2], "little")
+
+
 def unsendable(key, value):
     """The error record if ``value``, the result of ``key``, cannot be pickled (no
     traceback: the user's code ran fine, this worker's frames would only mislead)."""
@@ -209,7 +222,8 @@ class Worker:
         self.plugin_host = WorkerPlugins(self)
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
-        self.connecting = {}                   # {address: (monitor socket, timer)}
+        self.connecting = {}                   # {address: timer of its handshake}
+        self.peer_monitors = {}                # {address: monitor of its socket}
         self.gather_timers = {}                # {address or RELAY: (id, timer, keys)}
         self.jobs = queue.SimpleQueue()
         self.threads = []
@@ -812,32 +826,48 @@ class Worker:
             self.loop.call_soon(self._gather_timed_out, peer, request_id)
 
     def _connect_peer(self, peer):
-        """A connection to ``peer``, watched: if its handshake has not succeeded after
-        ``connect_timeout`` seconds (no route, a firewall, a wrong address, a
-        one-way link), the peer is unreachable."""
+        """A connection to ``peer``, watched for its life: if its handshake has not
+        succeeded after ``connect_timeout`` seconds (no route, a firewall, a wrong
+        address, a one-way link), the peer is unreachable; if it drops while data is
+        asked of the peer (ZeroMQ's heartbeats find a dead route within
+        `PEER_HEARTBEAT_TIMEOUT`), the fetch fails at once instead of at
+        ``gather_timeout``."""
         # The monitor exists before the connection starts (connect_dealer makes it,
         # get_monitor_socket returns that one): its first handshake is never missed.
         sock = connect_dealer(self.loop.context, self.security, self.id, peer,
-                              events=zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                              events=PEER_EVENTS,
+                              heartbeat_timeout=PEER_HEARTBEAT_TIMEOUT)
         monitor = sock.get_monitor_socket()
         self.peers[peer] = sock
+        self.peer_monitors[peer] = monitor
         self.loop.add_socket(sock, lambda frames: self._on_peer_reply(peer, frames))
-        self.loop.add_socket(monitor, lambda frames: self._connected(peer))
-        self.connecting[peer] = (monitor, self.loop.call_later(
-            self.connect_timeout, self._connect_timed_out, peer))
+        self.loop.add_socket(monitor, lambda frames: self._on_peer_event(peer, frames))
+        self.connecting[peer] = self.loop.call_later(
+            self.connect_timeout, self._connect_timed_out, peer)
         return sock
 
+    def _on_peer_event(self, peer, frames):
+        event = _event_id(frames)
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._connected(peer)
+        elif event == zmq.EVENT_DISCONNECTED and peer in self.gather_timers:
+            logger.warning("worker %s: lost the connection to %s while fetching from "
+                           "it; its data comes through the scheduler", self.address,
+                           peer)
+            self._unreachable(peer)
+        # A drop with nothing asked: ZeroMQ reconnects, the next fetch will see.
+
     def _connected(self, peer):
-        self._stop_watching(peer)
+        IOLoop.cancel_timer(self.connecting.pop(peer, None))
         if peer in self.state.unreachable:
             logger.info("worker %s: %s is reachable again", self.address, peer)
             self._handle("peer-reachable", peer=peer)
 
     def _stop_watching(self, peer):
-        monitor, timer = self.connecting.pop(peer, (None, None))
+        IOLoop.cancel_timer(self.connecting.pop(peer, None))
+        monitor = self.peer_monitors.pop(peer, None)
         if monitor is None:
             return
-        IOLoop.cancel_timer(timer)
         self.loop.remove_socket(monitor)
         sock = self.peers.get(peer)
         if sock is not None:
@@ -845,19 +875,20 @@ class Worker:
         monitor.close(linger=0)
 
     def _connect_timed_out(self, peer):
-        watch = self.connecting.get(peer)
-        if watch is None:
+        if self.connecting.pop(peer, None) is None:
             return
         # A loop kept busy past the deadline (long handlers, task threads holding the
         # GIL) runs this timer before it reads what arrived meanwhile: a handshake that
         # succeeded in time waits unread in the monitor, and the peer is fine.
-        try:
-            watch[0].recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        else:
-            self._connected(peer)
-            return
+        monitor = self.peer_monitors.get(peer)
+        while monitor is not None:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if _event_id(frames) == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected(peer)
+                return
         logger.warning("worker %s: no connection to %s after %.1f s; its data comes "
                        "through the scheduler", self.address, peer, self.connect_timeout)
         self._unreachable(peer)

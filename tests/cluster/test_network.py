@@ -91,6 +91,50 @@ def one_way_proxy(target_port):
             sock.close()
 
 
+@contextlib.contextmanager
+def breakable_proxy(target_port):
+    """A proxy to 127.0.0.1:target_port that forwards both ways until the event it
+    yields is set, then drops every byte both ways on the connections it holds: a
+    route that goes dead under an established connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, None)
+    stop, dead = threading.Event(), threading.Event()
+    conns = []
+
+    def run():
+        while not stop.is_set():
+            for key, _ in sel.select(timeout=0.1):
+                if key.data is None:
+                    client, _ = listener.accept()
+                    upstream = socket.create_connection(("127.0.0.1", target_port))
+                    for sock in (client, upstream):
+                        conns.append(sock)
+                    sel.register(client, selectors.EVENT_READ, upstream)
+                    sel.register(upstream, selectors.EVENT_READ, client)
+                    continue
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(key.fileobj)
+                elif not dead.is_set():
+                    key.data.sendall(data)
+
+    t = threading.Thread(target=run, name="breakable-proxy", daemon=True)
+    t.start()
+    try:
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}", dead
+    finally:
+        stop.set()
+        t.join(5)
+        sel.close()
+        for sock in conns + [listener]:
+            sock.close()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,3 +216,27 @@ def test_a_peer_is_reachable_though_the_loop_was_busy_past_the_connect_timeout(c
     assert w2.address not in w1.state.unreachable and w2.address in w1.peers
     assert c.submit(len, c.submit(make_bytes, 1 << 10, workers=[w2.address]),
                     workers=[w1.address]).result(timeout=10) == 1 << 10
+
+
+def test_a_connection_that_goes_dead_is_found_within_seconds(tmp_path):
+    """Data comes straight from the peer while the route works; once it goes dead
+    under the established connection, the next fetch comes through the relay within
+    seconds (heartbeats), not after the 30 s a fetch may take."""
+    port = free_port()
+    with processes(tmp_path, nworkers=0) as (pc, c), breakable_proxy(port) as (
+            proxy, dead):
+        a, b = start_workers(
+            pc, c, {"hostname": "127.0.0.1", "port_to_workers": port,
+                    "contact_address": proxy}, {})
+        x = c.submit(make_bytes, 1 << 10, workers=[a])
+        assert c.submit(digest, x, workers=[b]).result(timeout=30) == digest(
+            make_bytes(1 << 10))
+        assert c.scheduler_info()["workers"][b]["unreachable"] == ()
+        dead.set()
+        y = c.submit(make_bytes, 2 << 10, workers=[a])
+        y.result(timeout=30)
+        start = time.monotonic()
+        assert c.submit(digest, y, workers=[b]).result(timeout=60) == digest(
+            make_bytes(2 << 10))
+        assert time.monotonic() - start < 20          # was the gather timeout, 30 s
+        assert list(c.scheduler_info()["workers"][b]["unreachable"]) == [a]
