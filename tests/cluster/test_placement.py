@@ -15,7 +15,7 @@ from dask_ipy.client.options import AnnotationWarning
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def gpu_cluster():
     """'gpu' has GPU=1 and two threads, 'cpu' has no resources and two threads."""
     s = Scheduler(validate=True)
