@@ -486,7 +486,7 @@ def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler=
     Raises TimeoutError when the cluster does not come up within ``timeout`` seconds.
     """
     from .security import Security
-    from .worker.server import check_nthreads, parse_resources
+    from .units import check_nthreads, parse_resources
 
     if scheduler not in PLACEMENTS:
         raise ValueError(f"scheduler must be one of {PLACEMENTS}, not {scheduler!r}")
@@ -542,7 +542,7 @@ def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0,
                 memory_limit="auto", resources=None):
     """Start workers for ``client``'s scheduler on target engines that lack one
     (engines added to the ipcluster after the bootstrap); returns their addresses."""
-    from .worker.server import check_nthreads, parse_resources
+    from .units import check_nthreads, parse_resources
 
     nthreads = check_nthreads(nthreads)
     resources = parse_resources(resources) or None

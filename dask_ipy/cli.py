@@ -113,7 +113,7 @@ def build_parser():
 
 
 def _nthreads(text):
-    from .worker.server import check_nthreads
+    from .units import check_nthreads
 
     try:
         return check_nthreads(int(text))
@@ -123,7 +123,7 @@ def _nthreads(text):
 
 
 def _resources(text):
-    from .worker.server import parse_resources
+    from .units import parse_resources
 
     try:
         parse_resources(text)

@@ -18,7 +18,6 @@ to peers carry the peer's address as recipient (a worker knows its peers by addr
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import queue
 import socket
@@ -42,7 +41,7 @@ from ..plugins import accepts
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, SerializationError,
                         Session, check_serializable, deserialize, serialize)
 from ..security import Security
-from ..units import format_bytes
+from ..units import check_nthreads, format_bytes, parse_resources
 from . import limits
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
@@ -89,50 +88,6 @@ def unsendable(key, value):
         return error_payload(SerializationError(
             f"result of {key!r} could not be serialized: {e}"), None)
     return None
-
-
-def check_nthreads(nthreads):
-    """A number of task threads: a whole number of at least 1 (never quietly one
-    for zero)."""
-    try:
-        n = operator.index(nthreads)
-    except TypeError:
-        n = None
-    if n is None or isinstance(nthreads, bool) or n < 1:
-        raise ValueError(f"nthreads must be a whole number of at least 1, not "
-                         f"{nthreads!r}")
-    return n
-
-
-def parse_resources(resources):
-    """Worker resources as {name: amount}: from a dict, or from a string such as
-    ``"GPU=2,MEM=10e9"`` (commas or spaces between them, as dask-worker takes)."""
-    if resources is None or resources == "":
-        return {}
-    if isinstance(resources, str):
-        pairs = {}
-        for item in resources.replace(",", " ").split():
-            name, sep, amount = item.partition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"resources: expected NAME=AMOUNT, got {item!r} "
-                                 f"in {resources!r}")
-            pairs[name.strip()] = amount.strip()
-        resources = pairs
-    if not isinstance(resources, dict):
-        raise TypeError(f"resources must be a dict such as {{'GPU': 2}} or a string "
-                        f"such as 'GPU=2,MEM=10e9', not {type(resources).__name__}")
-    out = {}
-    for name, amount in resources.items():
-        try:
-            value = float(amount)
-        except (TypeError, ValueError):
-            raise ValueError(f"resources: the amount of {name!r} must be a number, "
-                             f"not {amount!r}") from None
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"resources: the amount of {name!r} must be a finite "
-                             f"number of at least 0, not {amount!r}")
-        out[str(name)] = int(value) if value.is_integer() else value
-    return out
 
 
 def typename(value):
