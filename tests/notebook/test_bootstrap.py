@@ -83,11 +83,15 @@ def gone(pid, since):
 
 
 def import_time():
-    """Wall time of one `import dask_ipy` in a new process right now: the floor of a
+    """Wall time of a scheduler's imports in a new process right now: the floor of a
     bootstrap, which must start one such process. It scales the speed limit when the
     machine is busy with other work."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import dask_ipy"], check=True, timeout=60)
+    # What the scheduler process a bootstrap starts imports (`import dask_ipy` alone
+    # imports almost nothing: the floor would not follow the machine's load).
+    subprocess.run([sys.executable, "-c",
+                    "import dask_ipy.cli, dask_ipy.scheduler.server"],
+                   check=True, timeout=60)
     return time.perf_counter() - t0
 
 
