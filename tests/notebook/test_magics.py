@@ -517,13 +517,13 @@ def test_start_new_starts_and_stops_a_local_ipcluster(ip):
 def test_start_with_options_on_ipcluster(ip, ipcluster):
     cluster, rc = ipcluster
     r, _ = run(ip, f"c = %dsched start --cluster-id {cluster.cluster_id} --targets 1 "
-                   "--nthreads 2 --scheduler local")
+                   "--nthreads 2 --scheduler local --resources GPU=1")
     c = ip.user_ns["c"]
     try:
         wait_for(lambda: len(c.scheduler_info()["workers"]) == 1, timeout=20,
                  message="one worker")
         (w,) = c.scheduler_info()["workers"].values()
-        assert w["nthreads"] == 2
+        assert w["nthreads"] == 2 and w["resources"] == {"GPU": 1}
         assert w["pid"] == rc[1].apply_sync(os.getpid)
         assert run(ip, "%%dget y\n" + SEED)[0].result == 3
     finally:
