@@ -881,7 +881,7 @@ class SchedulerState:
             else:
                 waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
             scanned = list(itertools.islice(reversed(victim.processing), STEAL_SCAN))
-            ahead = self._wait_ahead(victim) if scanned else {}
+            ahead = self._wait_ahead(victim, scanned)
             candidates = [ts for ts in scanned
                           if self._worth_stealing(ts, victim, thief, ahead.get(ts, 0.0))]
             candidates.sort(key=attrgetter("priority"), reverse=True)
@@ -903,16 +903,17 @@ class SchedulerState:
                 self.send_worker(victim, {"op": "steal-request", "key": ts.key})
 
     @staticmethod
-    def _wait_ahead(ws):
-        """{task: seconds} each task queued on ``ws`` (not known to run) would wait
-        for a thread: the running tasks and those of higher priority go first."""
-        total = sum(ws.processing[ts] for ts in ws.executing) + sum(ws.stale.values())
-        queued = sorted((ts for ts in ws.processing if ts not in ws.executing),
-                        key=_priority)
+    def _wait_ahead(ws, scanned):
+        """{task: seconds} each of ``scanned`` (the last tasks given to ``ws``) would
+        wait there for a thread: the worker's work goes first but for the task itself
+        and those of lower priority among them (the others came earlier).  Only the
+        scanned tasks are sorted: a steal pass costs the same whatever the queue's
+        length."""
+        left = ws.occupancy
         ahead = {}
-        for ts in queued:
-            ahead[ts] = total / ws.nthreads
-            total += ws.processing[ts]
+        for ts in sorted(scanned, key=_priority, reverse=True):     # last in line first
+            left -= ws.processing[ts]
+            ahead[ts] = max(left, 0.0) / ws.nthreads
         return ahead
 
     def _worth_stealing(self, ts, victim, thief, wait=0.0):
