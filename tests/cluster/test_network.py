@@ -206,8 +206,12 @@ def test_a_peer_is_reachable_though_the_loop_was_busy_past_the_connect_timeout(c
     done = threading.Event()
 
     def connect_then_stall():
+        start = time.monotonic()
         w1._connect_peer(w2.address)
-        time.sleep(0.5)                 # the loop, stalled past the timeout
+        # The loop, stalled until the handshake has succeeded (its event waits
+        # unread) and past the timeout.
+        assert w1.peer_monitors[w2.address].poll(10_000)
+        time.sleep(max(0.0, 0.2 - (time.monotonic() - start)))
         w1.loop.call_soon(done.set)
 
     w1.loop.call_soon(connect_then_stall)

@@ -57,7 +57,7 @@ def test_tasks_needing_the_resource_never_run_together_beyond_it(gpu_cluster, tm
     fs = [c.submit(alone, lock, resources={"GPU": 1}, pure=False) for _ in range(6)]
     assert c.gather(fs) == [True] * 6
     # Without the resource the two threads do overlap (so the check above can fail).
-    fs = [c.submit(alone, lock, 0.3, workers="gpu", pure=False) for _ in range(2)]
+    fs = [c.submit(alone, lock, 2.0, workers="gpu", pure=False) for _ in range(2)]
     assert sorted(c.gather(fs)) == [False, True]
 
 
