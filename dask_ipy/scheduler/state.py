@@ -219,9 +219,14 @@ class TaskState:
 class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
-                 "last_seen", "metrics", "since", "status", "unreachable",
+                 "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
                  "resources")
+
+    # Bumped by every change of any worker's status: the scheduler's cached list of
+    # running workers is rebuilt only after one (placement must not walk every
+    # worker for every task on a large cluster).
+    status_changes = 0
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
                  memory_limit=0, now=0.0, resources=None):
@@ -252,6 +257,15 @@ class WorkerRecord:
         # {resource: amount} it has in all; the worker itself runs at once only the
         # tasks whose needs fit in what its running tasks leave
         self.resources = dict(resources or {})
+
+    @property
+    def status(self):
+        return self._status
+
+    @status.setter
+    def status(self, value):
+        self._status = value
+        WorkerRecord.status_changes += 1
 
     def __repr__(self):
         return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
@@ -351,6 +365,7 @@ def _per_key_annotations(annotations):
 GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the values
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
+SEARCH = 20                 # workers looked at for one placement on a larger cluster
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
@@ -381,6 +396,13 @@ def _allowed(ts, ws):
 
 def _constrained(ts):
     return ts.restrictions is not None or ts.resources is not None
+
+
+def _may_give(ws):
+    """Has ``ws`` tasks waiting for a thread that an idle worker could take?  A
+    paused worker starts nothing: every task waiting in its queue may go."""
+    return (len(ws.processing) + len(ws.stale) > ws.nthreads
+            or ws.status == PAUSED and len(ws.processing) > len(ws.executing))
 
 
 def _relayed(dep, ws):
@@ -429,6 +451,13 @@ class SchedulerState:
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
+        # Workers that may have queued tasks to give to idle ones, as an ordered set
+        # ({worker: None}): every such worker is in it (validate() checks); a steal
+        # pass looks at the first SEARCH, drops those with nothing to give and moves
+        # the others to the back, so that the next pass looks at others first.
+        self.may_give = {}
+        self._running_cache = ((), None)     # (running workers, when built)
+        self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
         self.clock = 0.0                     # the latest time the shell told us
         self.moves = {}                      # {move id: Move} (see moves.py)
@@ -624,8 +653,8 @@ class SchedulerState:
         if not ts.dependencies and not _constrained(ts):
             # Root tasks wait in a queue and are handed out as workers free up, so a
             # huge map never floods the workers' memory, and siblings stay together.
-            ws = self._worker_with_room(ts)
-            if ws is None or self.queued:
+            ws = None if self.queued else self._worker_with_room(ts)
+            if ws is None:
                 self._set_state(ts, QUEUED)
                 heapq.heappush(self.queued, (ts.priority, next(self._seq), ts))
                 return {}
@@ -796,15 +825,47 @@ class SchedulerState:
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
         return threads + math.ceil(threads * depth) - len(ws.processing)
 
+    def _running_workers(self):
+        """The running workers in the order they joined, rebuilt only after a
+        worker's status changed or a worker came or went."""
+        running, built = self._running_cache
+        stamp = (WorkerRecord.status_changes, len(self.workers))
+        if built != stamp:
+            running = tuple(ws for ws in self.workers.values() if ws.status == RUNNING)
+            self._running_cache = (running, stamp)
+        return running
+
+    def _window(self, workers):
+        """At most SEARCH of ``workers``, from where the last window ended: on a large
+        cluster a placement looks at a few workers, a different few each time."""
+        n = len(workers)
+        if n <= SEARCH:
+            return list(workers)
+        start = self._cursor % n
+        self._cursor = start + SEARCH
+        return [workers[(start + i) % n] for i in range(SEARCH)]
+
     def _worker_with_room(self, ts):
-        best = None
-        best_room = 0
-        for ws in self.workers.values():
-            if ws.status != "running":
-                continue
+        """The running worker with the most room for root task ``ts``.  Up to SEARCH
+        workers it looks at all; beyond, it goes round the cluster from where it last
+        stopped and takes the best of the first SEARCH that have room, so a root
+        costs as much to place on 3,000 workers as on 30."""
+        running = self._running_workers()
+        n = len(running)
+        windowed = n > SEARCH
+        start = self._cursor % n if windowed else 0
+        best, best_room, found, i = None, 0, 0, 0
+        for i in range(n):
+            ws = running[(start + i) % n]
             room = self._room(ws, ts)
-            if room > best_room:
-                best, best_room = ws, room
+            if room > 0:
+                if room > best_room:
+                    best, best_room = ws, room
+                found += 1
+                if windowed and found >= SEARCH:
+                    break
+        if windowed:
+            self._cursor = start + i + 1
         return best
 
     def _duration(self, ts):
@@ -812,7 +873,7 @@ class SchedulerState:
         return self.default_duration if d is None else d
 
     def _valid_workers(self, ts):
-        running = [ws for ws in self.workers.values() if ws.status == "running"]
+        running = self._running_workers()
         if not _constrained(ts):
             return running
         valid = [ws for ws in running if _allowed(ts, ws)]
@@ -828,11 +889,16 @@ class SchedulerState:
         valid = self._valid_workers(ts)
         if not valid:
             return None
-        if len(valid) > 20 and ts.dependencies:
+        if len(valid) > SEARCH and ts.dependencies:
+            # The workers holding inputs, and a window of others (not all of them:
+            # a placement must not cost more on a larger cluster).
             holders = {ws for dep in ts.dependencies for ws in dep.who_has}
-            near = [ws for ws in valid if ws in holders]
-            if near:
-                valid = near + [min(valid, key=lambda w: w.occupancy / w.nthreads)]
+            if valid is self._running_cache[0]:
+                near = [ws for ws in holders if ws.status == RUNNING]
+            else:
+                allowed = set(valid)
+                near = [ws for ws in holders if ws in allowed]
+            valid = near + self._window(valid)
         deps = ts.dependencies
         bandwidth = self.bandwidth
 
@@ -867,12 +933,16 @@ class SchedulerState:
             return
         if self.steals:
             idle -= sum(1 for _, t in self.steals.values() if t is thief)
-        # A paused worker starts nothing: every task waiting in its queue may go.
-        victims = [ws for ws in self.workers.values()
-                   if ws is not thief and (
-                       len(ws.processing) + len(ws.stale) > ws.nthreads
-                       or ws.status == PAUSED and len(ws.processing) > len(ws.executing))]
-        victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads))
+        victims = []
+        may_give = self.may_give
+        for ws in list(itertools.islice(may_give, SEARCH)):
+            del may_give[ws]
+            if self.workers.get(ws.id) is ws and _may_give(ws):
+                may_give[ws] = None
+                if ws is not thief:
+                    victims.append(ws)
+        victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads,
+                                    w.address))
         for victim in victims:
             if idle <= 0:
                 return
@@ -960,6 +1030,8 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
+        if len(ws.processing) + len(ws.stale) > ws.nthreads:
+            self.may_give[ws] = None
         self._set_state(ts, PROCESSING)
         run_spec = ts.run_spec
         if type(run_spec) is bytes:
@@ -979,6 +1051,10 @@ class SchedulerState:
                               for dep in ts.dependencies}
             msg["nbytes"] = {dep.key: dep.nbytes for dep in ts.dependencies}
         self.send_worker(ws, msg)
+
+    def _note_queue(self, ws):
+        if _may_give(ws):
+            self.may_give[ws] = None
 
     def _unassign(self, ts):
         ws = ts.processing_on
@@ -1177,7 +1253,7 @@ class SchedulerState:
             self.plugin_events.append(("add_worker", address))
         if self.unrunnable:
             self.transitions({ts.key: WAITING for ts in self.unrunnable})
-        self.fill_workers()
+        self.fill_workers(ws)           # only the new worker has room it had not
         if self.worker_waiters:
             self._answer_worker_waiters()
         if self.restarting:
@@ -1274,6 +1350,7 @@ class SchedulerState:
         pause is timed."""
         if ws.status == RUNNING:
             ws.status = PAUSED
+            self._note_queue(ws)
         ws.paused_since = now
         if self.moves:
             self._recipient_paused(ws)
@@ -1398,6 +1475,7 @@ class SchedulerState:
             duration = self._duration(ts) if ts is not None else self.default_duration
             ws.stale[key] = duration
             ws.occupancy += duration
+            self._note_queue(ws)
         if msg.get("confirm"):
             # Always answered, even when stale: the worker holds a thread for it.
             self.send_worker(ws, {"op": "go", "key": msg["key"]})
@@ -1450,6 +1528,7 @@ class SchedulerState:
         if ts is None or ts.processing_on is not ws:
             return
         ws.executing.discard(ts)        # over: a release now frees its thread
+        self._note_queue(ws)
         if ts.retries > 0:
             ts.retries -= 1
             self.transitions({ts.key: RELEASED})
@@ -2068,9 +2147,6 @@ class SchedulerState:
         return [ws for ws in self.workers.values()
                 if ws.address in names or str(ws.name) in names]
 
-    def _running(self):
-        return [ws for ws in self.workers.values() if ws.status == RUNNING]
-
     def worker_info(self, ws):
         """What `info` says of one worker."""
         return self.info()["workers"].get(ws.address)
@@ -2084,7 +2160,7 @@ class SchedulerState:
         return token
 
     def _answer_worker_waiters(self):
-        running = len(self._running())
+        running = len(self._running_workers())
         for token, (cid, rid, n) in list(self.worker_waiters.items()):
             if running >= n:
                 del self.worker_waiters[token]
@@ -2097,7 +2173,7 @@ class SchedulerState:
             cid, rid, _ = entry
             self.send_client(cid, {"op": "reply", "request_id": rid,
                                    "result": {"ok": False,
-                                              "workers": len(self._running())}})
+                                              "workers": len(self._running_workers())}})
 
     def restart_workers(self, cid, request_id, workers):
         """Restart workers in place: each drops its tasks, its data and its plugins,
@@ -2146,7 +2222,7 @@ class SchedulerState:
     def workers_to_close(self):
         """Whom a retirement naming nobody retires: the idle running workers (no
         task to run), least data first, all of them but one if every worker is idle."""
-        running = self._running()
+        running = list(self._running_workers())
         idle = sorted((ws for ws in running if not ws.processing and not ws.stale),
                       key=lambda w: (w.nbytes, w.address))
         return idle[:len(idle) - 1] if len(idle) == len(running) else idle
@@ -2182,7 +2258,7 @@ class SchedulerState:
     def _on_replicate(self, cid, msg):
         """Copies of keys on ``n`` workers (all of them: None), among ``workers``
         if given: missing copies are made, extra ones dropped (moves.plan_replicas)."""
-        allowed = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        allowed = self._named(msg["workers"]) if msg.get("workers") else list(self._running_workers())
         allowed = [ws for ws in allowed if ws.status == RUNNING]
         tss = {}
         for key in msg["keys"]:
@@ -2207,7 +2283,7 @@ class SchedulerState:
         """Even out the bytes the workers (``workers``, or all) hold by moving keys
         (``keys``, or all) from the heaviest to the lightest (moves.plan_rebalance).
         Keys not in memory fail the whole request."""
-        scope = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        scope = self._named(msg["workers"]) if msg.get("workers") else list(self._running_workers())
         scope = [ws for ws in scope if ws.status == RUNNING]
         if msg.get("keys") is None:
             tss = {ts.key: ts for ws in scope for ts in ws.has_what}
@@ -2316,7 +2392,7 @@ class SchedulerState:
     def _advance_retirement(self, move):
         # Copies go to running workers only: a paused one takes nothing new.  A key
         # a paused worker also holds is kept there, so it is not unique.
-        stay = self._running()
+        stay = list(self._running_workers())
         for wid, before in list(move.retiring.items()):
             ws = self.workers[wid]
             if ws.processing:
@@ -2337,6 +2413,7 @@ class SchedulerState:
                     ws.status = before
                 else:                  # paused or not as its memory is now
                     ws.status = PAUSED if ws.paused_since is not None else RUNNING
+                self._note_queue(ws)
                 continue
             plan = plan_retirement(todo, {w.address: w.nbytes for w in stay})
             self._ask_copies(move, [(unique[key], self.by_address[address], None)
@@ -2456,6 +2533,12 @@ class SchedulerState:
     # ------------------------------------------------------------ invariants
 
     def validate(self):
+        running, built = self._running_cache
+        if built == (WorkerRecord.status_changes, len(self.workers)):
+            assert running == tuple(ws for ws in self.workers.values()
+                                    if ws.status == RUNNING), running
+        for ws in self.workers.values():
+            assert not _may_give(ws) or ws in self.may_give, ws
         for key, ts in self.tasks.items():
             assert ts.key == key
             assert ts.state in ALL_STATES, ts
