@@ -35,6 +35,7 @@ from .calls import call_spec, call_token, function_token
 from .cluster import ClusterMethods
 from .default import default_client
 from .futures import ClientExecutor, Future, futures_in, load
+from .observe import ObserveMethods
 from .shell import ClientShell
 from .waits import Answer, done, run_async, run_blocking, then
 
@@ -50,7 +51,7 @@ def _pack_futures(obj, values):
     return obj
 
 
-class Client(ClusterMethods):
+class Client(ClusterMethods, ObserveMethods):
     """A connection to a scheduler.
 
     >>> c = Client(s.address_to_clients)      # or a connection file path

@@ -28,10 +28,12 @@ from ..errors import error_payload
 from ..log import logger
 from ..protocol import HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session, new_epoch
 from ..security import Security, remove_connection_file, write_connection_file
+from ..taskstream import CAPACITY, MemoryHistory, TaskStream
 from .plugins import SchedulerPlugins, run_function
 from .state import MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
+PAGE = 100_000             # task stream records in one answer at most
 
 
 class Scheduler:
@@ -39,12 +41,15 @@ class Scheduler:
 
     >>> s = Scheduler()                      # 127.0.0.1, ports chosen by ZeroMQ
     >>> s.address_to_workers, s.address_to_clients
+
+    The task stream keeps the last ``task_stream_length`` tasks the workers ran.
     """
 
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
                  security=None, connection_file=None, heartbeat_timeout=10.0,
                  idle_timeout=None, allowed_failures=3, validate=False,
-                 max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES):
+                 max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES,
+                 task_stream_length=CAPACITY):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
         self.session = Session(self.security.key, self.id, epoch=new_epoch(),
@@ -56,6 +61,8 @@ class Scheduler:
         self.started = time.time()
         self.rejected = 0
         self.bytes_received = 0
+        self.task_stream = TaskStream(task_stream_length)
+        self.memory_history = MemoryHistory()
         self.loop = IOLoop("dask-ipy-scheduler")
         self.rejections = RejectionLog(self.loop, "scheduler: rejected a message")
         host = advertised_host(hostname)
@@ -178,6 +185,18 @@ class Scheduler:
     def _on_unregister(self, wid, msg, now):
         self.state.remove_worker(wid, reason="worker closed", expected=True)
 
+    def _on_task_stream(self, wid, msg, now):
+        ws = self.state.workers.get(wid)
+        if ws is not None:
+            self.task_stream.add(ws.address, msg.get("records", ()), self._own_key)
+
+    def _own_key(self, key):
+        try:
+            ts = self.state.tasks.get(key)
+        except TypeError:              # not a key at all
+            return None
+        return None if ts is None else ts.key
+
     def _on_stream_failed(self, wid, msg, now):
         if self.relay is not None:
             self.relay.cancel(msg.get("ticket"))
@@ -193,6 +212,7 @@ class Scheduler:
         "register-worker": _on_register_worker,
         "unregister": _on_unregister,
         "stream-failed": _on_stream_failed,
+        "task-stream": _on_task_stream,
     }
 
     def _on_disconnect(self, frames):
@@ -274,6 +294,15 @@ class Scheduler:
             error = ValueError(f"the scheduler plugin {msg['name']!r} does not exist")
             self._answer(cid, msg, {"status": "error", **error_payload(error, None)})
 
+    def _on_get_task_stream(self, cid, msg):
+        limit = min(int(msg.get("limit") or PAGE), PAGE)
+        self._answer(cid, msg, self.task_stream.page(
+            msg.get("since"), msg.get("count"), msg.get("start"), msg.get("stop"),
+            limit))
+
+    def _on_get_memory_history(self, cid, msg):
+        self._answer(cid, msg, self.memory_history.since(msg.get("since")))
+
     def _on_run_on_scheduler(self, cid, msg):
         self._answer(cid, msg, run_function(self, msg["function"]))
 
@@ -298,6 +327,8 @@ class Scheduler:
         "run-on-scheduler": _on_run_on_scheduler,
         "wait-for-workers": _on_wait_for_workers,
         "restart-workers": _on_restart_workers,
+        "get-task-stream": _on_get_task_stream,
+        "get-memory-history": _on_get_memory_history,
     }
 
     # ---------------------------------------------------------------- send
@@ -348,11 +379,18 @@ class Scheduler:
         self.loop.call_later(0.5, self._check_heartbeats)
 
     def _monitor_tick(self):
+        now = time.time()
+        history = self.memory_history
+        for ws in self.state.workers.values():
+            m = ws.metrics
+            history.add(ws.address, now, m.get("memory", 0), m.get("managed", 0),
+                        m.get("spilled", 0))
+        history.forget(self.state.by_address)
         monitors = self.state.monitors()
         if monitors:
-            snap = self.state.snapshot(time.time())
+            snap = self.state.snapshot(now)
             snap.update(op="monitor-snapshot", address=self.address_to_clients,
-                        uptime=time.time() - self.started)
+                        uptime=now - self.started)
             for cid in monitors:
                 self.state.send_client(cid, snap)
             self.state.trim_groups()
