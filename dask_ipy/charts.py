@@ -1,10 +1,10 @@
 """Pictures of what the cluster did, drawn as inline SVG and HTML strings: pure
-functions of plain data, shared by the performance report (one file), the dashboard
-page (served by the scheduler, which imports no dask) and the notebook widget.
+functions of plain data, shared by the performance report (one file) and the
+notebook widget.
 
-Why SVG drawn here rather than a plotting library: the same few charts must render
-in three places, one of them a scheduler process that imports nothing heavy; a
-report must open with no network (a library's inline JavaScript weighs a megabyte or
+Why SVG drawn here rather than a plotting library: the same charts render in a
+report file and in a widget's HTML, with nothing to install or load; a report must
+open with no network (a library's inline JavaScript weighs a megabyte or
 more, where these charts are a few hundred kilobytes at most, bounded by
 `taskstream.Breakdown`); and tests read numbers from ``data-*`` attributes of the
 very elements drawn, never from prose or pixels.
@@ -23,8 +23,10 @@ import zlib
 
 from .units import format_bytes as _format_bytes
 
+# Group colours: no reds, greys or oranges, which mark transfers, (de)serialization
+# and disk reads.
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-           "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94",
+           "#bcbd22", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94",
            "#f7b6d2", "#9edae5", "#dbdb8d", "#393b79", "#637939", "#8c6d31",
            "#7b4173", "#3182bd")
 ACTION_COLORS = {"transfer": "#d62728", "deserialize": "#999999",
@@ -36,12 +38,6 @@ FONT = ("font-family:var(--jp-ui-font-family,system-ui,-apple-system,'Segoe UI',
 MONO = "font-family:var(--jp-code-font-family,ui-monospace,Menlo,Consolas,monospace)"
 TRACK = "rgba(128,128,128,0.18)"
 MUTED = "opacity:0.7"
-# Memory bars: results held (managed), the rest of the process (unmanaged), and the
-# thresholds of the worker's limit as marks.
-MEMORY_COLORS = {"managed": "#43a047", "unmanaged": "#90a4ae", "paused": "#ef6c00",
-                 "over": "#e53935", "spilled": "#8d6e63"}
-MARK_COLORS = {"target": "rgba(128,128,128,0.7)", "spill": "rgba(128,128,128,0.9)",
-               "pause": "#ef6c00", "terminate": "#e53935"}
 
 
 def esc(x):
@@ -72,53 +68,6 @@ def color_of(name):
 
 def short_address(address):
     return str(address).removeprefix("tcp://")
-
-
-# ---------------------------------------------------------------- memory bar
-
-def memory_html(w):
-    """A worker's memory: a bar of its limit (managed, then unmanaged memory), marks
-    at its target, spill, pause and terminate fractions, and the figures.  ``w``
-    has a worker's ``memory`` (process), ``managed``, ``spilled``, ``memory_limit``,
-    ``memory_fractions`` and ``paused``, as in the scheduler's snapshots."""
-    rss = int(w.get("memory", 0) or 0)
-    limit = int(w.get("memory_limit") or 0)
-    managed = min(int(w.get("managed", 0) or 0), rss)
-    unmanaged = max(rss - managed, 0)
-    spilled = int(w.get("spilled", 0) or 0)
-    fractions = w.get("memory_fractions") or {}
-    paused = bool(w.get("paused"))
-    data = (f'data-dask-ipy="memory" data-memory="{rss}" data-managed="{managed}" '
-            f'data-unmanaged="{unmanaged}" data-spilled="{spilled}" '
-            f'data-limit="{limit}" data-paused="{str(paused).lower()}"')
-    if not limit:
-        return f'<span {data}>{format_bytes(rss)}</span>'
-    scale = max(limit, rss)
-    terminate = fractions.get("terminate")
-    color = MEMORY_COLORS["managed"]
-    if paused:
-        color = MEMORY_COLORS["paused"]
-    if terminate and rss > terminate * limit or rss > limit:
-        color = MEMORY_COLORS["over"]
-    segments = (
-        f'<span style="position:absolute;left:0;top:0;bottom:0;'
-        f'width:{managed / scale * 100:.1f}%;background:{color}"></span>'
-        f'<span style="position:absolute;left:{managed / scale * 100:.1f}%;top:0;'
-        f'bottom:0;width:{unmanaged / scale * 100:.1f}%;'
-        f'background:{MEMORY_COLORS["unmanaged"]}"></span>')
-    marks = "".join(
-        f'<span data-mark="{name}" style="position:absolute;top:-2px;bottom:-2px;'
-        f'left:{f * limit / scale * 100:.1f}%;width:1px;background:{MARK_COLORS[name]}">'
-        f'</span>' for name, f in fractions.items() if f and name in MARK_COLORS)
-    tip = (f"process {format_bytes(rss)} of its {format_bytes(limit)} limit: "
-           f"{format_bytes(managed)} of results (managed), {format_bytes(unmanaged)} "
-           f"other (unmanaged); {format_bytes(spilled)} spilled to disk. Marks: "
-           + ", ".join(f"{name} {f:.0%}" for name, f in fractions.items() if f))
-    return (f'<span {data} title="{esc(tip)}" style="white-space:nowrap">'
-            f'<span style="display:inline-block;position:relative;width:90px;'
-            f'height:8px;margin-right:6px;border-radius:2px;background:{TRACK};'
-            f'vertical-align:middle">{segments}{marks}</span>'
-            f'{format_bytes(rss)} / {format_bytes(limit)}</span>')
 
 
 # ---------------------------------------------------------------- task stream
@@ -222,6 +171,20 @@ def stream_svg(stream, t0, t1, width=1000, lane_height=14, label_width=170,
                      f'fill="currentColor" opacity="0.7">{esc(text)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def live_stream_svg(rects, now, window, width=720):
+    """The task stream of the last ``window`` seconds before ``now``, one lane per
+    worker thread that ran something then; ``rects`` as `TaskStream.recent` gives
+    them, ``[[worker, thread, start, stop, group, action, status]]``."""
+    t0 = now - window
+    shown = [r for r in rects if r[3] >= t0]
+    lanes = sorted({(r[0], r[1]) for r in shown})
+    index = {lane: i for i, lane in enumerate(lanes)}
+    stream = {"lanes": [list(lane) for lane in lanes], "binned": False,
+              "rects": [(index[(w, t)], a, b, group, action, "", status)
+                        for w, t, a, b, group, action, status in shown]}
+    return stream_svg(stream, t0, now, width=width, label_width=150, now_label=True)
 
 
 def legend_html(names):
@@ -392,6 +355,11 @@ def memory_svg(memory, t0, t1, width=1000, height=200, left=70):
                        f'stroke="{color}" stroke-width="1.5"{dash} '
                        f'points="{points}"><title>{esc(address)} {kind} memory, peak '
                        f'{format_bytes(peak)}</title></polyline>')
+    for i, address in enumerate(sorted(series)[:4]):
+        out.append(f'<text x="{left + i * 220}" y="{height - 4}" '
+                   f'fill="{PALETTE[i % len(PALETTE)]}">■ '
+                   f'<tspan fill="currentColor">{esc(short_address(address))}</tspan>'
+                   f'</text>')
     out.append(f'<text x="{width - 10}" y="{height - 4}" text-anchor="end" '
                f'fill="currentColor" opacity="0.7">{format_seconds(span)}</text></svg>')
     return "".join(out)

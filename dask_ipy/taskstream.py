@@ -34,6 +34,7 @@ from array import array
 from .keys import key_prefix
 
 STATUSES = ("OK", "error", "cancelled")
+_STATUS = {i: i for i in range(len(STATUSES))}
 CAPACITY = 1_000_000
 
 # (key, start, stop, thread, status, nbytes, typename, deserialize, serialize, extra)
@@ -92,18 +93,24 @@ class TaskStream:
         ``key_of``: a function giving the scheduler's own object for an equal key,
         if it still has one (one copy of each key in memory), else None."""
         w = self._index(self.workers, self._worker_index, worker)
-        cols = self.columns
+        cols = [self.columns[name] for name, _ in _COLUMNS]
         keys = self.keys
         cap = self.capacity
+        types = self._type_index
         for rec in records:
             try:
                 key, start, stop, thread, status, nbytes, typename, deser, ser, \
                     extra = rec
-                row = (w, int(thread), int(status), int(nbytes),
-                       self._index(self.types, self._type_index, str(typename)),
-                       float(start), float(stop), float(deser), float(ser))
-            except (TypeError, ValueError):
-                continue                # a malformed record is dropped, not kept
+                t = types.get(typename)
+                if t is None:
+                    t = self._index(self.types, types, str(typename))
+                # Checked and converted before any column changes: a bad record is
+                # dropped whole, the columns stay aligned.
+                row = (w, int(thread) & 0xFFFFFFFFFFFFFFFF, _STATUS[status],
+                       min(max(int(nbytes), 0), 2**62), t, float(start), float(stop),
+                       float(deser), float(ser))
+            except (TypeError, ValueError, KeyError, OverflowError):
+                continue
             if key_of is not None:
                 own = key_of(key)
                 if own is not None:
@@ -111,14 +118,14 @@ class TaskStream:
             n = len(keys)
             if n < cap:
                 keys.append(key)
-                for (name, _), value in zip(_COLUMNS, row):
-                    cols[name].append(value)
+                for col, value in zip(cols, row):
+                    col.append(value)
                 slot = n
             else:
                 slot = self.total % cap
                 keys[slot] = key
-                for (name, _), value in zip(_COLUMNS, row):
-                    cols[name][slot] = value
+                for col, value in zip(cols, row):
+                    col[slot] = value
                 self.extra.pop(slot, None)
             if extra:
                 self.extra[slot] = tuple(tuple(e) for e in extra)
@@ -182,6 +189,25 @@ class TaskStream:
                         extras.append((offset + slot - a, e))
             offset += b - a
         out["extra"] = extras
+        return out
+
+    def recent(self, since, limit=2000):
+        """The records from number ``since`` on (the last ``limit`` of them) as
+        rectangles of a live chart: ``[[worker, thread, start, stop, group, action,
+        status]]``, a task's transfers before its computation."""
+        lo = max(int(since), self.total - limit, self.first)
+        cols = self.columns
+        workers = self.workers
+        out = []
+        for a, b in self._spans(lo, self.total):
+            for slot in range(a, b):
+                worker, thread = workers[cols["worker"][slot]], cols["thread"][slot]
+                group = key_prefix(self.keys[slot])
+                status = STATUSES[cols["status"][slot]]
+                for action, start, stop, _, _ in self.extra.get(slot, ()):
+                    out.append([worker, thread, start, stop, group, action, status])
+                out.append([worker, thread, cols["start"][slot], cols["stop"][slot],
+                            group, "compute", status])
         return out
 
     def _spans(self, lo, hi):

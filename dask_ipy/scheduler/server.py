@@ -63,6 +63,7 @@ class Scheduler:
         self.bytes_received = 0
         self.task_stream = TaskStream(task_stream_length)
         self.memory_history = MemoryHistory()
+        self._stream_shown = 0                 # task stream records in snapshots sent
         self.loop = IOLoop("dask-ipy-scheduler")
         self.rejections = RejectionLog(self.loop, "scheduler: rejected a message")
         host = advertised_host(hostname)
@@ -390,10 +391,14 @@ class Scheduler:
         if monitors:
             snap = self.state.snapshot(now)
             snap.update(op="monitor-snapshot", address=self.address_to_clients,
-                        uptime=now - self.started)
+                        uptime=now - self.started, now=now,
+                        stream=self.task_stream.recent(self._stream_shown))
             for cid in monitors:
                 self.state.send_client(cid, snap)
             self.state.trim_groups()
+        # A monitor sees the tasks that ended since the last snapshot, from when it
+        # subscribed on.
+        self._stream_shown = self.task_stream.total
         self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
 
     # ---------------------------------------------------------------- life
