@@ -163,8 +163,12 @@ def stream_svg(stream, t0, t1, width=1000, lane_height=14, label_width=170,
                  f'stroke="currentColor" stroke-opacity="0.4"/>')
     for tick in _ticks(t0, t1):
         tx = label_width + tick * scale
-        text = (f"-{format_seconds(span - tick)}" if now_label
-                else f"{format_seconds(tick)}") if tick else ("" if now_label else "0")
+        if now_label:
+            ago = span - tick
+            text = "now" if ago < span * 1e-6 else ("" if not tick
+                                                     else f"-{format_seconds(ago)}")
+        else:
+            text = format_seconds(tick) if tick else "0"
         parts.append(f'<line x1="{tx:.1f}" y1="{axis}" x2="{tx:.1f}" y2="{axis + 4}" '
                      f'stroke="currentColor" stroke-opacity="0.4"/>'
                      f'<text x="{tx:.1f}" y="{axis + 16}" text-anchor="middle" '

@@ -23,6 +23,7 @@ import json as _json
 import time
 
 from .. import charts
+from ..addresses import dashboard_url
 from ..logs import worker_logs
 from ..taskstream import Breakdown, records, report_data
 from .waits import then
@@ -48,7 +49,8 @@ def _when(value, now):
 
 
 class ObserveMethods:
-    """Part of `Client`: the task stream, worker logs (see the module docstring)."""
+    """Part of `Client`: the task stream, worker logs, the dashboard's link (see the
+    module docstring)."""
 
     def _stream_pages_op(self, each, since=None, count=None, start=None, stop=None):
         """Ask for the records in range page by page, handing each page to ``each``;
@@ -80,6 +82,13 @@ class ObserveMethods:
         return self.run_op(self._records_op(
             count=None if count is None else -int(count),
             start=_when(start, now), stop=_when(stop, now)))
+
+    @property
+    def dashboard_link(self):
+        """The URL of the scheduler's live page, its token included; None if it
+        serves none (``Scheduler(dashboard_port=...)``, ``dask-ipy scheduler
+        --dashboard-port``)."""
+        return dashboard_url(self.shell.state.dashboard)
 
     def _stream_mark_op(self):
         page = yield from self.shell.request_op({"op": "get-task-stream", "count": 0})

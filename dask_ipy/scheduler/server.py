@@ -22,7 +22,7 @@ import time
 import zmq
 
 from .. import bulk, messages
-from ..addresses import advertised_host
+from ..addresses import ANY_HOST, advertised_host, dashboard_url
 from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
 from ..log import logger
@@ -43,13 +43,16 @@ class Scheduler:
     >>> s.address_to_workers, s.address_to_clients
 
     The task stream keeps the last ``task_stream_length`` tasks the workers ran.
+    ``dashboard_port``: serve a live page and Prometheus metrics over HTTP on this
+    port (0: any free one; None, the default: no HTTP at all), on ``hostname``, under
+    the path ``dashboard_prefix`` (see dashboard.py; `dashboard_link`).
     """
 
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
                  security=None, connection_file=None, heartbeat_timeout=10.0,
                  idle_timeout=None, allowed_failures=3, validate=False,
                  max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES,
-                 task_stream_length=CAPACITY):
+                 task_stream_length=CAPACITY, dashboard_port=None, dashboard_prefix=""):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
         self.session = Session(self.security.key, self.id, epoch=new_epoch(),
@@ -64,9 +67,18 @@ class Scheduler:
         self.task_stream = TaskStream(task_stream_length)
         self.memory_history = MemoryHistory()
         self._stream_shown = 0                 # task stream records in snapshots sent
+        self.loop_lag = 0.0                    # how late the last monitor tick ran
+        host = advertised_host(hostname)
+        self.dashboard = None
+        if dashboard_port is not None:
+            # First, so that a port in use fails before anything else exists.  Its
+            # own thread and event loop: HTTP never runs on the I/O thread.
+            from .dashboard import Dashboard
+
+            self.dashboard = Dashboard("0.0.0.0" if hostname in ANY_HOST else hostname,
+                                       host, dashboard_port, dashboard_prefix)
         self.loop = IOLoop("dask-ipy-scheduler")
         self.rejections = RejectionLog(self.loop, "scheduler: rejected a message")
-        host = advertised_host(hostname)
         self.worker_socket, port_to_workers = bind_router(
             self.loop, self.security, hostname, port_to_workers, who="scheduler")
         self.client_socket, port_to_clients = bind_router(
@@ -100,6 +112,7 @@ class Scheduler:
         self._idle_since = time.monotonic()
         self.closed = threading.Event()
         self.loop.call_later(1.0, self._check_heartbeats)
+        self._tick_due = time.monotonic() + MONITOR_INTERVAL
         self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
         self.loop.start()
 
@@ -262,7 +275,8 @@ class Scheduler:
     def _on_register_client(self, cid, msg):
         self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
                                      "address_to_workers": self.address_to_workers,
-                                     "relay_port": self.relay and self.relay.port})
+                                     "relay_port": self.relay and self.relay.port,
+                                     "dashboard": self.dashboard and self.dashboard.info})
 
     def _on_close_client(self, cid, msg):
         self.state.remove_client(cid)
@@ -380,6 +394,8 @@ class Scheduler:
         self.loop.call_later(0.5, self._check_heartbeats)
 
     def _monitor_tick(self):
+        tick = time.monotonic()
+        self.loop_lag = max(tick - self._tick_due, 0.0)
         now = time.time()
         history = self.memory_history
         for ws in self.state.workers.values():
@@ -388,18 +404,43 @@ class Scheduler:
                         m.get("spilled", 0))
         history.forget(self.state.by_address)
         monitors = self.state.monitors()
-        if monitors:
+        if monitors or self.dashboard is not None:
             snap = self.state.snapshot(now)
             snap.update(op="monitor-snapshot", address=self.address_to_clients,
                         uptime=now - self.started, now=now,
                         stream=self.task_stream.recent(self._stream_shown))
             for cid in monitors:
                 self.state.send_client(cid, snap)
+            if self.dashboard is not None:
+                self.dashboard.publish(snap, snap["stream"], self._metrics(snap))
             self.state.trim_groups()
         # A monitor sees the tasks that ended since the last snapshot, from when it
         # subscribed on.
         self._stream_shown = self.task_stream.total
+        self._tick_due = tick + MONITOR_INTERVAL
         self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
+
+    def _metrics(self, snap):
+        """What /metrics tells (see dashboard.py), as plain data."""
+        per_worker = {}
+        for w in snap["workers"]:
+            ws = self.state.by_address.get(w["address"])
+            m = ws.metrics if ws is not None else {}
+            per_worker[w["address"]] = {
+                "managed": w.get("managed", 0), "unmanaged": w.get("unmanaged", 0),
+                "spilled": w.get("spilled", 0),
+                "transfer_in": m.get("transfer_in", 0),
+                "transfer_out": m.get("transfer_out", 0),
+                "latency": m.get("latency")}
+        return {"tasks": snap["counts"], "finished": self.state.finished_total,
+                "erred": self.state.erred_total, "workers": len(snap["workers"]),
+                "clients": snap["nclients"], "per_worker": per_worker,
+                "loop_lag": self.loop_lag, "records": self.task_stream.total}
+
+    @property
+    def dashboard_link(self):
+        """The URL of the live page, token included (None without a dashboard)."""
+        return None if self.dashboard is None else dashboard_url(self.dashboard.info)
 
     # ---------------------------------------------------------------- life
 
@@ -410,6 +451,8 @@ class Scheduler:
         self.loop.running = False
         if self.relay is not None:
             self.relay.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
 
     def close(self, timeout=5):
         if self.closed.is_set():
@@ -425,6 +468,8 @@ class Scheduler:
         self.rejections.close()
         if self.relay is not None:
             self.relay.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
         remove_connection_file(self.connection_file)
 
     def wait(self, timeout=None):

@@ -26,6 +26,8 @@ class Recorder:
         self.fetched = {}               # {key: (start, stop, source, nbytes)}
         self.max_fetched = max_fetched
         self.started = {}               # {peer: start} of the fetch in flight
+        self.bytes_in = 0               # fetched from peers (and the relay), ever
+        self.bytes_out = 0              # served to peers, ever
 
     def fetch_started(self, peer, when):
         self.started[peer] = when
@@ -34,6 +36,7 @@ class Recorder:
         """A fetch from ``peer`` ended at ``when`` with ``sizes`` {key: bytes}; the
         data came from ``source`` (default: the peer)."""
         start = self.started.pop(peer, when)
+        self.bytes_in += sum(sizes.values())
         if not self.on:
             return
         source = peer if source is None else source

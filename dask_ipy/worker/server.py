@@ -513,6 +513,8 @@ class Worker:
         self.outgoing.append({"op": "heartbeat", "metrics": {
             "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
             "ready": len(self.state.ready), "keys": len(self.data),
+            "sent": time.time(), "transfer_in": self.recorder.bytes_in,
+            "transfer_out": self.recorder.bytes_out,
             **self._memory_metrics()}})
 
     # ---------------------------------------------------------------- running tasks
@@ -744,6 +746,7 @@ class Worker:
         `MAX_FRAME_BYTES` on ZeroMQ, whole on the side channel."""
         reply = {"op": "data", "request_id": msg["request_id"], "data": data,
                  "missing": missing}
+        self.recorder.bytes_out += sum(blob.nbytes for blob in data.values())
         if (msg.get("bulk") and self.bulk is not None
                 and sum(blob.nbytes for blob in data.values()) >= bulk.BULK_FROM):
             # Over the side channel in whole frames: no ZeroMQ in between.

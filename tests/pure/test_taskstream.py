@@ -123,6 +123,28 @@ def test_a_million_records_stay_bounded():
     assert all(len(col) == 1000 for col in s.columns.values())
 
 
+def test_stored_in_bulk_as_one_by_one():
+    """Records wait and are stored column by column; the ring ends up the same
+    whether they are stored at each add, in batches, or all at once past its size."""
+    batches = [(A if i % 3 else B,
+                [rec(f"k{i}-{j}", i + j / 10, i + j / 10 + 0.05, thread=i % 2,
+                     status=(i + j) % 3, nbytes=i * j, typename=f"t{j % 2}",
+                     extra=(("transfer", i - 0.5, i - 0.1, A, j),) if j == 1 else None)
+                 for j in range(i % 4)]) for i in range(40)]
+    pages = []
+    for batch, capacity in ((1, 13), (7, 13), (10_000, 13), (1, 1000), (10_000, 1000)):
+        s = TaskStream(capacity=capacity, batch=batch)
+        for worker, records in batches:
+            s.add(worker, records)
+        page = s.page()
+        pages.append((capacity, {k: v for k, v in page.items()}))
+    for capacity in (13, 1000):
+        same = [p for c, p in pages if c == capacity]
+        assert all(p == same[0] for p in same)
+    assert pages[0][1]["total"] == 60 and len(pages[0][1]["keys"]) == 13
+    assert len(pages[-1][1]["keys"]) == 60
+
+
 def test_malformed_records_are_dropped_and_keys_shared():
     s = TaskStream()
     own = ("x", 1)
