@@ -21,21 +21,22 @@ it (pickling a small result sent along with "task-finished"); ``status`` one of
 nbytes)``: "transfer" of an input from the worker ``source``, "disk-read" of spilled
 inputs.  A transfer is charged to the first task that used the data.
 
-At a million records the scheduler's stream holds about 100 bytes per record (the
-key, nine numbers in arrays, the rare extras), and overwrites the oldest beyond its
-capacity.
+The scheduler's stream keeps the last `CAPACITY` records (as dask.distributed's task
+stream does), 33 bytes each in arrays plus its key (shared with the scheduler's task
+while it lives) and the rare extras, and overwrites the oldest beyond that: a
+million-task run costs the same memory as one of 100 000.  Records are stored in
+bulk, column by column (about 1 µs each on the scheduler).
 """
 
 from __future__ import annotations
 
-import bisect
 from array import array
 
 from .keys import key_prefix
 
 STATUSES = ("OK", "error", "cancelled")
 _STATUS = {i: i for i in range(len(STATUSES))}
-CAPACITY = 1_000_000
+CAPACITY = 100_000
 
 # (key, start, stop, thread, status, nbytes, typename, deserialize, serialize, extra)
 RECORD = ("key", "start", "stop", "thread", "status", "nbytes", "typename",

@@ -77,7 +77,7 @@ class ObserveMethods:
         reads from disk, deserialize, compute, serialize).  ``start``/``stop``:
         tasks that ended between these times (seconds since the epoch, a datetime, or
         a duration ago such as "30 s"); ``count``: only the last ``count``.  The
-        scheduler keeps the last million tasks (``task_stream_length``)."""
+        scheduler keeps the last 100 000 tasks (``task_stream_length``)."""
         now = time.time()
         return self.run_op(self._records_op(
             count=None if count is None else -int(count),

@@ -22,7 +22,10 @@ Rendering is a set of pure functions of a snapshot (see `SchedulerState.snapshot
                   time_paused}],
      "counts":  {state: n},
      "groups":  [{name, total, done, erred, states: {state: n}}],
-     "errors":  [{key, group, type, text}]}
+     "errors":  [{key, group, type, text}],
+     "now":     the scheduler's time,
+     "stream":  [[worker, thread, start, stop, group, action, status]]}  the tasks
+                that ended since the last snapshot (kept for ``stream_window`` s)
 
 The HTML carries ``data-*`` attributes (``data-dask-ipy="group"``, ``data-done``...)
 so tests and browsers read numbers, not prose.  Colours are mid-tones on transparent

@@ -7,8 +7,7 @@ import re
 
 from dask_ipy import charts
 from dask_ipy.logs import LogBuffer
-from dask_ipy.taskstream import (Breakdown, MemoryHistory, TaskStream, columns, records,
-                                 report_data)
+from dask_ipy.taskstream import Breakdown, MemoryHistory, TaskStream, records, report_data
 from dask_ipy.worker.recording import CANCELLED, ERROR, OK, Recorder
 
 A, B = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
