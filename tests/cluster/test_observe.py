@@ -120,7 +120,7 @@ def test_recording_off():
 def test_pages_of_a_long_stream():
     """More records than one answer carries: the client asks again."""
     n = 250_001
-    with local_cluster() as (s, _, c):
+    with local_cluster(scheduler_options={"task_stream_length": 2 * n}) as (s, _, c):
         record = ("k", 1.0, 2.0, 1, 0, 8, "int", 0.0, 0.0, None)
 
         def fill(dask_scheduler):
