@@ -76,6 +76,18 @@ def test_a_performance_report_from_real_processes(c, tmp_path):
     assert 'data-dask-ipy="memory-chart"' in page
 
 
+def test_a_report_of_many_tasks_stays_small(c, tmp_path):
+    html = tmp_path / "big.html"
+    with dask_ipy.performance_report(str(html), client=c) as report:
+        assert sum(c.gather(c.map(inc, range(6000)))) == 6000 * 6001 // 2
+    data = report.data
+    assert data["summary"]["tasks"] == 6000 and data["stream"]["binned"]
+    assert sum(g["count"] for g in data["groups"]) == 6000
+    page = html.read_text()
+    assert 'data-binned="true"' in page and 'data-dask-ipy="task-bin"' in page
+    assert len(page) < 1_500_000
+
+
 def test_worker_logs(c):
     a, b = workers_of(c)
     c.run(log_message, "dask_ipy.tests", "a warning", workers=[a])
