@@ -26,6 +26,8 @@ _PUBLIC = {
     "Security": ".security",
     "WorkerPlugin": ".plugins",
     "SchedulerPlugin": ".plugins",
+    "get_task_stream": ".client.observe",
+    "performance_report": ".client.observe",
     "Monitor": ".notebook.widget",              # ipywidgets loads only when a widget is wanted
     "get_worker": ".dynamic",
     "get_client": ".dynamic",
@@ -117,5 +119,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
-           "get_worker", "get_client", "secede", "rejoin", "worker_client", "Actor",
-           "ActorFuture", "ActorLost"]
+           "get_task_stream", "performance_report", "get_worker", "get_client", "secede",
+           "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost"]

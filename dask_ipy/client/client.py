@@ -37,6 +37,7 @@ from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods
 from .default import default_client
 from .futures import ClientExecutor, Future, futures_in, load
+from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
 from .shell import ClientShell
@@ -71,7 +72,7 @@ def _options(extra, method, **options):
     return options
 
 
-class Client(ClusterMethods):
+class Client(ClusterMethods, ObserveMethods):
     """A connection to a scheduler.
 
     >>> c = Client(s.address_to_clients)      # or a connection file path
