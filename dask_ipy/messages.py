@@ -44,7 +44,6 @@ KINDS = {
         "peer-reachable": "a worker can connect to that peer again",
         "relay": "a worker asks for data it cannot fetch from its holders",
         "add-keys": "data put on a worker (scatter) is stored",
-        "release-worker-data": "a worker dropped keys",
         "data": "values asked for by 'send-data' (a gather or a relay); large ones for "
                 "a client may instead be announced as 'streams' (ticket, sizes, keys) "
                 "going through the scheduler's relay",
