@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
+import zmq
 
 from helpers import dask_ipy_threads, wait_for
 from dask_ipy import Client
@@ -238,10 +239,9 @@ def test_placements(ipcluster, placement):
 
 
 def test_encrypted_cluster(ipcluster):
-    zmq = pytest.importorskip("zmq")
-    if not zmq.has("curve"):
-        pytest.skip("libzmq without CURVE")
     from dask_ipy import Security
+
+    assert zmq.has("curve"), "libzmq without CURVE (pyzmq's wheels ship libsodium)"
 
     _, rc = ipcluster
     security = Security.temporary(encrypt=True)
