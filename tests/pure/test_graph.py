@@ -233,7 +233,9 @@ def test_normalize_100k_tasks_is_fast():
     graph = normalize(d)
     elapsed = time.perf_counter() - t0
     assert len(graph) == 100_001
-    assert elapsed < 2.0, elapsed  # about 0.35 s measured; loose for slow CI
+    # About 0.35 s measured.  The bound catches a pass that grows quadratically
+    # (minutes at this size), not a slow or busy machine: hence its width.
+    assert elapsed < 20.0, elapsed
 
 
 # -- check ----------------------------------------------------------------------
@@ -287,7 +289,8 @@ def test_check_100k_chain_no_recursion_error():
     deps = dependencies(graph)
     t0 = time.perf_counter()
     check(graph, deps)
-    assert time.perf_counter() - t0 < 2.0
+    # Only a quadratic (minutes) check would come near it, not a busy machine.
+    assert time.perf_counter() - t0 < 20.0
     prio = order(graph, deps)
     assert prio["x0"] < prio["x50000"] < prio["x100000"]
 
@@ -410,7 +413,8 @@ def test_order_above_the_limit_uses_depth_first():
     assert len(graph) > G.DASK_ORDER_LIMIT
     t0 = time.perf_counter()
     prio = order(graph, deps)
-    assert time.perf_counter() - t0 < 3.0  # about 0.25 s measured
+    # About 0.25 s measured; only a quadratic ordering would come near the bound.
+    assert time.perf_counter() - t0 < 20.0
     assert_valid_order(graph, deps, prio)
 
 
