@@ -288,6 +288,7 @@ def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto"):
     notebook, and its own state must survive."""
     from .security import Security
     from .worker.server import Worker
+    from .worker.system import limit_heap_retention
 
     old = _engine["worker"]
     if _worker_alive(old):
@@ -295,6 +296,7 @@ def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto"):
             return {"engine_id": _engine_id(), "address": old.address, "new": False}
         old.close()
     eid = _engine_id()
+    limit_heap_retention()     # released results leave the engine's RSS
     w = Worker(scheduler=scheduler["address_to_workers"],
                security=Security.from_dict(scheduler["security"]), nthreads=nthreads,
                name=f"engine-{eid}" if eid is not None else None,

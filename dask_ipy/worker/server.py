@@ -48,7 +48,7 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
 from .plugins import WorkerPlugins
 from .state import RELAY, Execute, GatherDep, Send, WorkerState
 from .store import SpillStore, Spilled
-from .system import host_cores, host_memory
+from .system import host_cores, host_memory, malloc_trim
 
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
@@ -528,6 +528,9 @@ class Worker:
                         "key": job.key, "error": error_payload(e, None),
                         "start": time.time(), "stop": time.time()})
             job = None
+            if result[0] == "execute-failure" and \
+                    result[1]["error"]["type"] == TaskMemoryError.__name__:
+                malloc_trim()           # what the stopped task held, back to the system
             if busy and self.jobs.empty():
                 # Before the result is out: whoever hears of it and then runs code
                 # in this process (a %px cell) finds the process's own settings.

@@ -128,6 +128,33 @@ def host_cores(root=CGROUP_ROOT, proc_cgroup=PROC_CGROUP):
 
 
 _libc = None
+M_TRIM_THRESHOLD = -1          # glibc's mallopt parameter number
+
+
+def _glibc():
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return None
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc or None
+
+
+def limit_heap_retention(threshold=65536):
+    """Make free() hand memory back to the system past ``threshold`` bytes (glibc),
+    in a process already running: what MALLOC_TRIM_THRESHOLD_ does for a process
+    started with it.  Without it glibc raises its own threshold after each large
+    free, and a worker that released gigabytes keeps them as its RSS.  A value the
+    user set in the environment wins.  False where unsupported."""
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_TRIM_THRESHOLD, int(threshold)))
 
 
 def malloc_trim():
@@ -135,16 +162,8 @@ def malloc_trim():
 
     After results leave for disk their memory is free but may stay in the process's
     heap (glibc keeps freed chunks below its trim threshold): RSS would not fall."""
-    global _libc
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _libc = False
-    if not _libc:
-        return False
-    _libc.malloc_trim(0)
+    libc.malloc_trim(0)
     return True

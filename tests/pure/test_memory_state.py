@@ -401,3 +401,22 @@ def test_a_later_death_not_for_memory_errs_as_killed_worker():
     s.handle_worker_message(ws.id, {"op": "task-started", "key": "x"})
     s.remove_worker(ws.id, reason="connection lost")
     assert s.tasks["x"].error["type"] == "KilledWorker"
+
+
+def test_heap_retention_is_limited_in_process_unless_the_user_set_it(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from dask_ipy.worker.system import limit_heap_retention
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert limit_heap_retention() is False
+    # In a process of its own (mallopt cannot be undone here): glibc accepts it.
+    code = ("import os; os.environ.pop('MALLOC_TRIM_THRESHOLD_', None); "
+            "from dask_ipy.worker.system import limit_heap_retention as f; "
+            "print(f())")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
