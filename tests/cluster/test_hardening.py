@@ -124,7 +124,7 @@ def serves(p):
     has read everything sent to it before."""
     with Client(p.info["file"], set_as_default=False) as c:
         assert c.submit(len, "abc").key                  # (no workers: not run)
-        assert c.scheduler_info()["nclients"] == 1
+        assert c.scheduler_info()["nclients"] >= 1        # (an earlier one may linger)
 
 
 def steady(read, times=3):
