@@ -426,7 +426,7 @@ def execute(node: GraphNode, data: Mapping):
     return node({k: data[k] for k in ds} if ds else {})
 
 
-def collections_to_graph(collections, optimize=True):
+def collections_to_graph(collections, optimize=True, annotations=None):
     """``(graph, keys, finalize)`` to compute dask collections as ``dask.compute``
     would.
 
@@ -443,6 +443,10 @@ def collections_to_graph(collections, optimize=True):
 
     ``finalize(results)`` takes ``{key: value}`` for ``keys`` and returns the list
     of final values, one per collection.
+
+    ``annotations``: a dict to fill with the graph's per-key annotations
+    (``{name: {key: value}}``, from ``dask.annotate`` around the collections'
+    construction).
     """
     from dask._expr import FinalizeCompute
     from dask.base import collections_to_expr, is_dask_collection
@@ -458,6 +462,8 @@ def collections_to_graph(collections, optimize=True):
 
     expr = collections_to_expr(collections, optimize)
     expr = FinalizeCompute(expr).optimize()
+    if annotations is not None:
+        annotations.update(expr.__dask_annotations__() or {})
     groups = [flatten_keys(list(ks)) for ks in expr.__dask_keys__()]
     graph = normalize(expr)
     if all(len(g) == 1 for g in groups):
