@@ -26,6 +26,8 @@ _PUBLIC = {
     "Security": ".security",
     "WorkerPlugin": ".plugins",
     "SchedulerPlugin": ".plugins",
+    "get_task_stream": ".client.observe",
+    "performance_report": ".client.observe",
     "Monitor": ".notebook.widget",              # ipywidgets loads only when a widget is wanted
 }
 
@@ -80,4 +82,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "MemoryLimitExceeded",
            "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
-           "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin"]
+           "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
+           "get_task_stream", "performance_report"]

@@ -66,3 +66,14 @@ def advertised_host(host):
     if host in ANY_HOST:
         return socket.gethostname()
     return host
+
+
+def dashboard_url(info):
+    """The link to a scheduler's live page from its {host, port, prefix, token}
+    (None without one)."""
+    if not info:
+        return None
+    host = info["host"]
+    if ":" in host:                      # an IPv6 literal
+        host = f"[{host}]"
+    return f"http://{host}:{info['port']}{info['prefix']}/?token={info['token']}"

@@ -2,6 +2,7 @@
 
     dask-ipy scheduler [--host H] [--port-to-workers P] [--port-to-clients P]
                        [--connection-file F] [--idle-timeout S]
+                       [--dashboard-port P] [--dashboard-prefix /PATH]
     dask-ipy worker ADDRESS_OR_FILE [--nthreads N] [--name NAME] [--host H]
                     [--memory-limit LIMIT] [--local-directory D] [--no-supervisor]
                     [--resources "GPU=2,MEM=10e9"]
@@ -56,6 +57,12 @@ def build_parser():
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="exit after this many seconds without clients and workers")
     p.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    p.add_argument("--dashboard-port", type=int, default=None,
+                   help="serve a live page and Prometheus /metrics over HTTP on this "
+                        "port (0: any free one; default: no HTTP)")
+    p.add_argument("--dashboard-prefix", default="",
+                   help="path the page lives under, for a proxy that keeps it "
+                        "(e.g. /proxy/8787)")
     p.add_argument("--encrypt", action="store_true",
                    help="encrypt every connection (ZeroMQ CURVE)")
     p.add_argument("--security-from-stdin", action="store_true",
@@ -240,7 +247,9 @@ def cmd_scheduler(args):
     s = Scheduler(hostname=args.host, port_to_workers=args.port_to_workers,
                   port_to_clients=args.port_to_clients, security=security,
                   connection_file=args.connection_file, idle_timeout=args.idle_timeout,
-                  heartbeat_timeout=args.heartbeat_timeout)
+                  heartbeat_timeout=args.heartbeat_timeout,
+                  dashboard_port=args.dashboard_port,
+                  dashboard_prefix=args.dashboard_prefix)
     log = None
     try:
         with _until_signalled():
@@ -248,6 +257,8 @@ def cmd_scheduler(args):
                 log = log_path(args.log_file, s.connection_file)
                 fd = _open_log(log)
             print("dask-ipy scheduler", flush=True)
+            if s.dashboard_link:
+                print(f"dashboard: {s.dashboard_link}", flush=True)
             print("\n".join(ready_lines(os.getpid(), s.connection_file,
                                         s.address_to_workers, s.address_to_clients)),
                   flush=True)

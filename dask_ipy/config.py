@@ -43,6 +43,9 @@ DEFAULTS = {
             # of the host's cores divided by its task threads), a number, or False
             # to leave the libraries alone
             "blas-threads": "auto",
+            # record every task (start, stop, thread, inputs fetched) for the task
+            # stream and performance reports
+            "task-stream": True,
         },
         "client": {
             # seconds a worker may stay paused before clients and the widget warn

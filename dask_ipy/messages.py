@@ -54,6 +54,8 @@ KINDS = {
                            "are interrupted, or the worker exits ('action')",
         "log-event": "an event for the clients subscribed to its topic (a forwarded "
                      "log record)",
+        "task-stream": "records of the tasks that ended since the last flush (start, "
+                       "stop, thread, inputs fetched, (de)serialization): taskstream.py",
     },
     (SCHEDULER, WORKER): {
         "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",
@@ -113,6 +115,8 @@ KINDS = {
         "rebalance": "move data to even out the workers' memory",
         "subscribe-topic": "send me the workers' events of a topic (or stop)",
         "client-options": "a client's options: when to warn of a paused worker",
+        "get-task-stream": "a page of the task stream's records (by number or by time)",
+        "get-memory-history": "the workers' memory sampled over time (since a time)",
     },
     (SCHEDULER, CLIENT): {
         "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",

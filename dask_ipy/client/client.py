@@ -36,6 +36,7 @@ from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods
 from .default import default_client
 from .futures import ClientExecutor, Future, futures_in, load
+from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
 from .shell import ClientShell
@@ -68,7 +69,7 @@ def _options(extra, method, **options):
     return options
 
 
-class Client(ClusterMethods):
+class Client(ClusterMethods, ObserveMethods):
     """A connection to a scheduler.
 
     >>> c = Client(s.address_to_clients)      # or a connection file path

@@ -40,6 +40,8 @@ State, documented once:
                                        (both from the handshake, see protocol.py)
     relay_port: int | None             the scheduler's relay for large values (bulk.py),
                                        from "welcome"; None: none, or it failed us
+    dashboard:  dict | None            its HTTP page {host, port, prefix, token}, from
+                                       "welcome"; None: it serves none
     paused_warning: seconds | None     warn of a worker paused longer than this
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
@@ -159,6 +161,7 @@ class ClientState:
         self.epoch = None
         self.scheduler = None
         self.relay_port = None
+        self.dashboard = None
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ holders
@@ -432,6 +435,7 @@ class ClientState:
         # Each registration's answer (again after a reconnection) says where the
         # relay is.
         self.relay_port = msg.get("relay_port")
+        self.dashboard = msg.get("dashboard")
         return self._answer(WELCOME, msg)
 
     def _on_scattered(self, msg):

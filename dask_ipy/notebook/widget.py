@@ -22,7 +22,10 @@ Rendering is a set of pure functions of a snapshot (see `SchedulerState.snapshot
                   time_paused}],
      "counts":  {state: n},
      "groups":  [{name, total, done, erred, states: {state: n}}],
-     "errors":  [{key, group, type, text}]}
+     "errors":  [{key, group, type, text}],
+     "now":     the scheduler's time,
+     "stream":  [[worker, thread, start, stop, group, action, status]]}  the tasks
+                that ended since the last snapshot (kept for ``stream_window`` s)
 
 The HTML carries ``data-*`` attributes (``data-dask-ipy="group"``, ``data-done``...)
 so tests and browsers read numbers, not prose.  Colours are mid-tones on transparent
@@ -37,10 +40,11 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 
 import ipywidgets as widgets
 
-from .. import units
+from .. import charts, units
 from ..client.default import default_client
 from ..client.futures import Future, Waiter, futures_in
 
@@ -485,14 +489,16 @@ class Monitor(widgets.VBox):
     >>> m = Monitor(client)          # display it: the last expression of a cell
     >>> m.close()                    # or close the client: updates stop either way
 
-    Children: ``header``, ``worker_table``, ``task_counts`` (HTML), ``groups`` (a VBox
-    of one HTML row per task group, in ``group_rows``: the latest ``max_groups``) and
-    ``errors`` (HTML).  ``interval``: the least time between two rounds of writes.
+    Children: ``header``, ``worker_table``, ``task_stream`` (the tasks of the last
+    ``stream_window`` seconds, one lane per worker thread), ``task_counts`` (HTML),
+    ``groups`` (a VBox of one HTML row per task group, in ``group_rows``: the latest
+    ``max_groups``) and ``errors`` (HTML).  ``interval``: the least time between two
+    rounds of writes.
     `stop()` ends the updates and keeps the widget shown; `close()` also removes it.
     """
 
     def __init__(self, client=None, *, interval=0.25, max_groups=12, max_workers=64,
-                 paused_warning=None, **kwargs):
+                 paused_warning=None, stream_window=10.0, **kwargs):
         self.client = client if client is not None else default_client()
         self.interval = interval
         # Seconds a worker may stay paused before a loud line (dask-ipy.client.
@@ -504,13 +510,19 @@ class Monitor(widgets.VBox):
         self.max_workers = max_workers
         self.header = widgets.HTML()
         self.worker_table = widgets.HTML()
+        self.stream_window = stream_window
+        # What snapshots brought of the task stream (the I/O thread appends, the
+        # updater reads): bounded, and cut to the window when drawn.
+        self._stream = deque(maxlen=5000)
+        self.task_stream = widgets.HTML(layout=widgets.Layout(display="none"))
         self.task_counts = widgets.HTML()
         self.groups = widgets.VBox(layout=widgets.Layout(padding="2px 0"))
         self.errors = widgets.HTML(layout=widgets.Layout(display="none"))
         self.group_rows = {}            # {group name: HTML}
         kwargs.setdefault("layout", widgets.Layout(padding="4px 2px", width="100%"))
         super().__init__(children=[self.header, self.alerts, self.worker_table,
-                                   self.task_counts, self.groups, self.errors], **kwargs)
+                                   self.task_stream, self.task_counts, self.groups,
+                                   self.errors], **kwargs)
         self._latest = self.client.last_snapshot if self.client.monitor_callbacks \
             else None
         self._received = time.monotonic()
@@ -527,6 +539,7 @@ class Monitor(widgets.VBox):
     # -- client I/O thread: no widget writes here
 
     def _on_snapshot(self, snap):
+        self._stream.extend(snap.get("stream") or ())
         self._latest = snap
         self._received = time.monotonic()
         self._wake.set()
@@ -581,6 +594,10 @@ class Monitor(widgets.VBox):
         if self.alerts.layout.display != (None if alerts else "none"):
             self.alerts.layout.display = None if alerts else "none"
         put(self.worker_table, workers_html(snap, self.max_workers, self.paused_warning))
+        stream = self._stream_html(snap)
+        put(self.task_stream, stream)
+        if self.task_stream.layout.display != (None if stream else "none"):
+            self.task_stream.layout.display = None if stream else "none"
         put(self.task_counts, counts_html(snap))
         groups = list((snap or {}).get("groups") or ())[-self.max_groups:]
         rows = {}
@@ -606,6 +623,22 @@ class Monitor(widgets.VBox):
         if wrote:
             self.updates += 1
 
+    def _stream_html(self, snap):
+        """The task stream of the last ``stream_window`` seconds ("" if nothing
+        ran then)."""
+        if not snap or "now" not in snap:
+            return ""
+        t0 = snap["now"] - self.stream_window
+        stream = self._stream
+        while stream and stream[0][3] < t0:
+            stream.popleft()
+        if not stream:
+            return ""
+        return (f'<div style="{FONT};overflow-x:auto"><div style="{MUTED}">task stream, '
+                f'last {self.stream_window:g} s</div>'
+                + charts.live_stream_svg(list(stream), snap["now"], self.stream_window)
+                + "</div>")
+
     # -- control
 
     @property
@@ -626,8 +659,8 @@ class Monitor(widgets.VBox):
             self.stop()
         except Exception:
             pass
-        for w in (self.header, self.alerts, self.worker_table, self.task_counts,
-                  self.errors, *self.group_rows.values(), self.groups):
+        for w in (self.header, self.alerts, self.worker_table, self.task_stream,
+                  self.task_counts, self.errors, *self.group_rows.values(), self.groups):
             w.close()
         super().close()
 

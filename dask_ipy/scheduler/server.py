@@ -23,17 +23,19 @@ import time
 import zmq
 
 from .. import bulk, messages
-from ..addresses import advertised_host
+from ..addresses import ANY_HOST, advertised_host, dashboard_url
 from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
 from ..log import logger
 from ..protocol import HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session, new_epoch
 from ..security import (Security, remove_connection_file, remove_stale_connection_files,
                         write_connection_file)
+from ..taskstream import CAPACITY, MemoryHistory, TaskStream
 from .plugins import SchedulerPlugins, run_function
 from .state import MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
+PAGE = 100_000             # task stream records in one answer at most
 
 
 class Scheduler:
@@ -41,12 +43,18 @@ class Scheduler:
 
     >>> s = Scheduler()                      # 127.0.0.1, ports chosen by ZeroMQ
     >>> s.address_to_workers, s.address_to_clients
+
+    The task stream keeps the last ``task_stream_length`` tasks the workers ran.
+    ``dashboard_port``: serve a live page and Prometheus metrics over HTTP on this
+    port (0: any free one; None, the default: no HTTP at all), on ``hostname``, under
+    the path ``dashboard_prefix`` (see dashboard.py; `dashboard_link`).
     """
 
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
                  security=None, connection_file=None, heartbeat_timeout=10.0,
                  idle_timeout=None, allowed_failures=3, validate=False,
-                 max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES):
+                 max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES,
+                 task_stream_length=CAPACITY, dashboard_port=None, dashboard_prefix=""):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
         self.session = Session(self.security.key, self.id, epoch=new_epoch(),
@@ -58,9 +66,21 @@ class Scheduler:
         self.started = time.time()
         self.rejected = 0
         self.bytes_received = 0
+        self.task_stream = TaskStream(task_stream_length)
+        self.memory_history = MemoryHistory()
+        self._stream_shown = 0                 # task stream records in snapshots sent
+        self.loop_lag = 0.0                    # how late the last monitor tick ran
+        host = advertised_host(hostname)
+        self.dashboard = None
+        if dashboard_port is not None:
+            # First, so that a port in use fails before anything else exists.  Its
+            # own thread and event loop: HTTP never runs on the I/O thread.
+            from .dashboard import Dashboard
+
+            self.dashboard = Dashboard("0.0.0.0" if hostname in ANY_HOST else hostname,
+                                       host, dashboard_port, dashboard_prefix)
         self.loop = IOLoop("dask-ipy-scheduler")
         self.rejections = RejectionLog(self.loop, "scheduler: rejected a message")
-        host = advertised_host(hostname)
         self.worker_socket, port_to_workers = bind_router(
             self.loop, self.security, hostname, port_to_workers, who="scheduler")
         self.client_socket, port_to_clients = bind_router(
@@ -95,6 +115,7 @@ class Scheduler:
         self._idle_since = time.monotonic()
         self.closed = threading.Event()
         self.loop.call_later(1.0, self._check_heartbeats)
+        self._tick_due = time.monotonic() + MONITOR_INTERVAL
         self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
         self.loop.start()
 
@@ -182,6 +203,18 @@ class Scheduler:
     def _on_unregister(self, wid, msg, now):
         self.state.remove_worker(wid, reason="worker closed", expected=True)
 
+    def _on_task_stream(self, wid, msg, now):
+        ws = self.state.workers.get(wid)
+        if ws is not None:
+            self.task_stream.add(ws.address, msg.get("records", ()), self._own_key)
+
+    def _own_key(self, key):
+        try:
+            ts = self.state.tasks.get(key)
+        except TypeError:              # not a key at all
+            return None
+        return None if ts is None else ts.key
+
     def _on_stream_failed(self, wid, msg, now):
         if self.relay is not None:
             self.relay.cancel(msg.get("ticket"))
@@ -197,6 +230,7 @@ class Scheduler:
         "register-worker": _on_register_worker,
         "unregister": _on_unregister,
         "stream-failed": _on_stream_failed,
+        "task-stream": _on_task_stream,
     }
 
     def _on_disconnect(self, frames):
@@ -245,7 +279,8 @@ class Scheduler:
     def _on_register_client(self, cid, msg):
         self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
                                      "address_to_workers": self.address_to_workers,
-                                     "relay_port": self.relay and self.relay.port})
+                                     "relay_port": self.relay and self.relay.port,
+                                     "dashboard": self.dashboard and self.dashboard.info})
 
     def _on_close_client(self, cid, msg):
         self.state.remove_client(cid)
@@ -278,6 +313,15 @@ class Scheduler:
             error = ValueError(f"the scheduler plugin {msg['name']!r} does not exist")
             self._answer(cid, msg, {"status": "error", **error_payload(error, None)})
 
+    def _on_get_task_stream(self, cid, msg):
+        limit = min(int(msg.get("limit") or PAGE), PAGE)
+        self._answer(cid, msg, self.task_stream.page(
+            msg.get("since"), msg.get("count"), msg.get("start"), msg.get("stop"),
+            limit))
+
+    def _on_get_memory_history(self, cid, msg):
+        self._answer(cid, msg, self.memory_history.since(msg.get("since")))
+
     def _on_run_on_scheduler(self, cid, msg):
         self._answer(cid, msg, run_function(self, msg["function"]))
 
@@ -302,6 +346,8 @@ class Scheduler:
         "run-on-scheduler": _on_run_on_scheduler,
         "wait-for-workers": _on_wait_for_workers,
         "restart-workers": _on_restart_workers,
+        "get-task-stream": _on_get_task_stream,
+        "get-memory-history": _on_get_memory_history,
     }
 
     # ---------------------------------------------------------------- send
@@ -352,15 +398,53 @@ class Scheduler:
         self.loop.call_later(0.5, self._check_heartbeats)
 
     def _monitor_tick(self):
+        tick = time.monotonic()
+        self.loop_lag = max(tick - self._tick_due, 0.0)
+        now = time.time()
+        history = self.memory_history
+        for ws in self.state.workers.values():
+            m = ws.metrics
+            history.add(ws.address, now, m.get("memory", 0), m.get("managed", 0),
+                        m.get("spilled", 0))
+        history.forget(self.state.by_address)
         monitors = self.state.monitors()
-        if monitors:
-            snap = self.state.snapshot(time.time())
+        if monitors or self.dashboard is not None:
+            snap = self.state.snapshot(now)
             snap.update(op="monitor-snapshot", address=self.address_to_clients,
-                        uptime=time.time() - self.started)
+                        uptime=now - self.started, now=now,
+                        stream=self.task_stream.recent(self._stream_shown))
             for cid in monitors:
                 self.state.send_client(cid, snap)
+            if self.dashboard is not None:
+                self.dashboard.publish(snap, snap["stream"], self._metrics(snap))
             self.state.trim_groups()
+        # A monitor sees the tasks that ended since the last snapshot, from when it
+        # subscribed on.
+        self._stream_shown = self.task_stream.total
+        self._tick_due = tick + MONITOR_INTERVAL
         self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
+
+    def _metrics(self, snap):
+        """What /metrics tells (see dashboard.py), as plain data."""
+        per_worker = {}
+        for w in snap["workers"]:
+            ws = self.state.by_address.get(w["address"])
+            m = ws.metrics if ws is not None else {}
+            per_worker[w["address"]] = {
+                "managed": w.get("managed", 0), "unmanaged": w.get("unmanaged", 0),
+                "spilled": w.get("spilled", 0),
+                "transfer_in": m.get("transfer_in", 0),
+                "transfer_out": m.get("transfer_out", 0),
+                "latency": m.get("latency")}
+        return {"tasks": snap["counts"], "finished": self.state.finished_total,
+                "erred": self.state.erred_total, "workers": len(snap["workers"]),
+                "clients": snap["nclients"], "per_worker": per_worker,
+                "loop_lag": self.loop_lag, "records": self.task_stream.total}
+
+    @property
+    def dashboard_link(self):
+        """The URL of the live page, token included (None without a dashboard)."""
+        return None if self.dashboard is None else dashboard_url(self.dashboard.info)
 
     # ---------------------------------------------------------------- life
 
@@ -371,6 +455,8 @@ class Scheduler:
         self.loop.running = False
         if self.relay is not None:
             self.relay.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
 
     def close(self, timeout=5):
         if self.closed.is_set():
@@ -386,6 +472,8 @@ class Scheduler:
         self.rejections.close()
         if self.relay is not None:
             self.relay.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
         remove_connection_file(self.connection_file)
 
     def wait(self, timeout=None):

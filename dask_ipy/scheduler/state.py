@@ -470,6 +470,8 @@ class SchedulerState:
         self.subscribers = {}                # {topic: {client id}} of worker events
         self._advancing = self._advance_again = False
         self.stolen = 0                      # tasks moved so, ever
+        self.finished_total = 0              # tasks that reached memory, ever
+        self.erred_total = 0                 # tasks that erred, ever
         self.errors = deque(maxlen=20)       # latest errors for monitors
         self.outbox = []
         self.allowed_failures = allowed_failures
@@ -738,6 +740,7 @@ class SchedulerState:
         if not ts.done_once:
             ts.done_once = True
             ts.group.done += 1
+        self.finished_total += 1
         return self._after_memory(ts)
 
     def _after_memory(self, ts):
@@ -790,6 +793,7 @@ class SchedulerState:
         ts.waiting_on = EMPTY
         self._set_state(ts, ERRED)
         ts.group.erred += 1
+        self.erred_total += 1
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         recs = {}
@@ -1495,6 +1499,9 @@ class SchedulerState:
 
     def _on_heartbeat(self, ws, msg):
         metrics = ws.metrics = msg.get("metrics", {})
+        if "sent" in metrics:
+            # The worker's clock against ours: skewed by their difference across hosts.
+            metrics["latency"] = max(ws.last_seen - metrics["sent"], 0.0)
         limit = metrics.get("memory_limit")
         if limit is not None:
             ws.memory_limit = limit

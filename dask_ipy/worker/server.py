@@ -37,6 +37,7 @@ from ..discovery import resolve_scheduler
 from ..errors import error_payload
 from ..graph import execute
 from ..log import logger
+from ..logs import LogBuffer
 from ..plugins import accepts
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, SerializationError,
                         Session, check_serializable, deserialize, serialize)
@@ -46,6 +47,7 @@ from . import limits
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
+from .recording import CANCELLED, ERROR, OK, Recorder
 from .state import RELAY, Execute, GatherDep, Send, WorkerState
 from .store import SpillStore, Spilled
 from .system import host_cores, host_memory, malloc_trim
@@ -125,6 +127,8 @@ class Worker:
     ``"GPU=2,MEM=10e9"``): tasks submitted with ``resources=`` go only to workers
     having that much in all, and run here only while their needs fit in what the
     running tasks leave (dask.distributed's worker resources).
+    ``task_stream``: record every task for the task stream (default
+    ``dask-ipy.worker.task-stream``, on).  `get_logs`: the worker's latest log lines.
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
@@ -135,7 +139,8 @@ class Worker:
                  local_directory=None, memory_target_fraction=None,
                  memory_spill_fraction=None, memory_pause_fraction=None,
                  memory_terminate_fraction=None, memory_terminate_action="interrupt",
-                 memory_monitor_interval=None, blas_threads=None, resources=None):
+                 memory_monitor_interval=None, blas_threads=None, resources=None,
+                 task_stream=None):
         nthreads = check_nthreads(nthreads)
         self.resources = parse_resources(resources)
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
@@ -175,6 +180,9 @@ class Worker:
                                  getattr(self.data, "nonblocking", self.data), validate,
                                  self.resources)
         self.plugin_host = WorkerPlugins(self)
+        self.recorder = Recorder(cfg.get("worker.task-stream") if task_stream is None
+                                 else bool(task_stream))
+        self.log_buffer = LogBuffer().attach()
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
         self.connecting = {}                   # {address: timer of its handshake}
@@ -205,6 +213,11 @@ class Worker:
     def plugins(self):
         """{name: plugin} of the worker plugins set up here."""
         return self.plugin_host.plugins
+
+    def get_logs(self, n=None):
+        """The latest log lines of this worker's process: [(level, line)], newest
+        first (as dask.distributed's)."""
+        return self.log_buffer.lines(n)
 
     def log_event(self, topic, msg):
         """Send ``msg`` (plain data) to the clients subscribed to ``topic`` (any
@@ -508,7 +521,9 @@ class Worker:
 
     def _flush(self):
         # Until the handshake has told the epoch, messages wait (the registration
-        # goes first).
+        # goes first).  Task stream records ride along with whatever leaves.
+        if self.recorder.pending and self.scheduler_id is not None:
+            self.outgoing.append({"op": "task-stream", "records": self.recorder.take()})
         if self.outgoing and self.scheduler_id is not None:
             msgs, self.outgoing = self.outgoing, []
             try:
@@ -532,6 +547,8 @@ class Worker:
         self.outgoing.append({"op": "heartbeat", "metrics": {
             "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
             "ready": len(self.state.ready), "keys": len(self.data),
+            "sent": time.time(), "transfer_in": self.recorder.bytes_in,
+            "transfer_out": self.recorder.bytes_out,
             **self._memory_metrics()}})
 
     # ---------------------------------------------------------------- running tasks
@@ -557,9 +574,11 @@ class Worker:
                     result = self._run_job(job)
                 except TaskMemoryError as e:      # landed just around the task
                     self.running.end()
+                    now = time.time()
                     result = ("execute-failure", {
                         "key": job.key, "error": error_payload(e, None),
-                        "start": time.time(), "stop": time.time()})
+                        "start": now, "stop": now},
+                        (now, now, now, now, 0.0, threading.get_ident(), False))
             job = None
             if result[0] == "execute-failure" and \
                     result[1]["error"]["type"] == TaskMemoryError.__name__:
@@ -574,19 +593,25 @@ class Worker:
             self.loop.call_soon(self._task_done, result)
 
     def _run_job(self, job):
-        start = time.time()
+        """(event, its arguments, timings for the task stream: see Recorder.ended)"""
+        start = loaded = began = time.time()
+        disk = False
         running = self.running
         try:
             running.start(job.key)
             try:
                 node = deserialize(job.run_spec)
+                loaded = time.time()
                 inputs = job.inputs
                 if any(type(v) is Spilled for v in inputs.values()):
+                    disk = True
                     inputs = {k: v.load() if type(v) is Spilled else v
                               for k, v in inputs.items()}
+                began = time.time()
                 value = execute(node, inputs)
             finally:
                 running.end()
+            stop = time.time()
             nbytes = sizeof(value)
             data = inline(value, nbytes, job)
             if data is None and job.want_data:
@@ -594,20 +619,40 @@ class Worker:
                 # error now, so its status, wait and as_completed say so.
                 error = unsendable(job.key, value)
                 if error is not None:
+                    end = time.time()
                     return ("execute-failure", {"key": job.key, "error": error,
-                                                "start": start, "stop": time.time()})
+                                                "start": start, "stop": end},
+                            (start, loaded, began, stop, 0.0, threading.get_ident(),
+                             disk))
+            end = time.time()
             return ("execute-success", {"key": job.key, "value": value,
                                         "nbytes": nbytes, "type": typename(value),
-                                        "start": start, "stop": time.time(),
-                                        "data": data})
+                                        "start": start, "stop": end, "data": data},
+                    (start, loaded, began, stop, end - stop if data is not None else 0.0,
+                     threading.get_ident(), disk))
         except BaseException as e:  # a task may raise anything, SystemExit too
             running.end()
+            stop = time.time()
             return ("execute-failure", {"key": job.key,
                                         "error": error_payload(e, e.__traceback__),
-                                        "start": start, "stop": time.time()})
+                                        "start": start, "stop": stop},
+                    (start, loaded, began, stop, 0.0, threading.get_ident(), disk))
 
     def _task_done(self, result):
-        op, kw = result
+        op, kw, timing = result
+        recorder = self.recorder
+        if recorder.on:
+            # Before the state machine hears of it: the record then leaves with the
+            # result, or before it (see recording.py).
+            key = kw["key"]
+            ts = self.state.tasks.get(key)
+            if ts is None or ts.cancelled:
+                status = CANCELLED
+            else:
+                status = OK if op == "execute-success" else ERROR
+            inputs = ([d.key for d in ts.dependencies]
+                      if ts is not None and recorder.fetched else ())
+            recorder.ended(key, status, timing, kw.get("nbytes"), kw.get("type"), inputs)
         self._handle(op, **kw)
 
     def _run_function(self, function, request_id):
@@ -748,6 +793,7 @@ class Worker:
         `MAX_FRAME_BYTES` on ZeroMQ, whole on the side channel."""
         reply = {"op": "data", "request_id": msg["request_id"], "data": data,
                  "missing": missing}
+        self.recorder.bytes_out += sum(blob.nbytes for blob in data.values())
         if (msg.get("bulk") and self.bulk is not None
                 and sum(blob.nbytes for blob in data.values()) >= bulk.BULK_FROM):
             # Over the side channel in whole frames: no ZeroMQ in between.
@@ -770,6 +816,7 @@ class Worker:
         self.gather_timers[peer] = (request_id, self.loop.call_later(
             self.gather_timeout, self._gather_timed_out, peer, request_id), keys)
         msg = {"op": "get-data", "keys": list(keys), "request_id": request_id}
+        self.recorder.fetch_started(peer, time.time())
         if peer == RELAY:
             msg["op"] = "relay"
             self.outgoing.append(msg)
@@ -921,6 +968,9 @@ class Worker:
                 logger.error("worker %s: could not load %r from %s: %s",
                              self.address, key, peer, e)
                 missing.append(key)
+        self.recorder.fetched_from(peer, time.time(),
+                                   {key: msg["data"][key].nbytes for key in values},
+                                   source="scheduler" if peer == RELAY else peer)
         self._handle("gather-done", peer=peer, data=values, sizes=sizes,
                      missing=missing, errors=msg.get("errors"))
 
@@ -980,6 +1030,7 @@ class Worker:
 
     def _release_resources(self):
         """The memory watch stops; a store this worker made removes its files."""
+        self.log_buffer.detach()
         if self.monitor is not None:
             self.monitor.stop()
         if self._owns_data and isinstance(self.data, SpillStore):

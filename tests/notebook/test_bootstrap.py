@@ -149,12 +149,12 @@ def test_bootstrap_is_fast_and_uses_both_engines(ipcluster):
     elapsed = time.perf_counter() - t0
     try:
         assert len(client.nthreads()) == 2      # every worker registered on return
-        # Under 1 s on an idle machine; a machine busy with other work slows the
-        # one unavoidable process start (`floor`), so the limit follows it.
+        # Under 1 s on an idle machine.  Other work on the machine slows the one
+        # unavoidable process start (`floor`) and everything around it, so the
+        # bound follows it with room: it catches a bootstrap that waits for a
+        # timeout or starts processes one after another, not a busy neighbour.
         floor = max(before, import_time())
-        # (The margin, 5 times the floor and at least 3 s, keeps a loaded machine
-        # from failing it; a bootstrap that waited on a timeout would still fail.)
-        assert elapsed < max(3.0, 5 * floor), (elapsed, floor)
+        assert elapsed < max(2.0, 5 * floor), (elapsed, floor)
         assert client.get({"x": 1, "y": (operator.add, "x", 2)}, "y") == 3
         futures = client.map(slow_inc, range(20))
         assert client.gather(futures) == list(range(1, 21))

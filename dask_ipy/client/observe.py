@@ -1,0 +1,208 @@
+"""Seeing what the cluster did: the task stream, performance reports, worker logs.
+
+    workers ── "task-stream" ──▶ scheduler: `taskstream.TaskStream` (numbered records,
+                                 a bounded ring)
+    client.get_task_stream() ──▶ "get-task-stream" pages of at most 100 000 records,
+                                 asked again from `next` until `end`
+        dicts as dask.distributed's          (`taskstream.records`)
+        sums per group / thread / pair       (`taskstream.Breakdown`, bounded)
+        ── `performance_report` ──▶ `charts.report_html`: one HTML file (+ JSON)
+
+A block of work (`get_task_stream`, `performance_report`) is told by record numbers,
+not by clocks: on entry the client notes how many records the scheduler has had, on
+exit it asks for those that came since.  A worker sends a task's record no later than
+the task's result, so every task whose result the block waited for is in it.
+Records and memory samples carry the workers' clocks; a report's time axis is the
+client's, so hosts with skewed clocks shift their lanes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json as _json
+import time
+
+from .. import charts
+from ..addresses import dashboard_url
+from ..logs import worker_logs
+from ..taskstream import Breakdown, records, report_data
+from .waits import then
+
+PAGE = 100_000                # records asked for at once (the scheduler's cap too)
+
+
+def _when(value, now):
+    """A time as seconds since the epoch: a number is one already; a datetime; a
+    string is a duration ago ("10 s", "2 minutes")."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, datetime.timedelta):
+        return now - value.total_seconds()
+    if isinstance(value, str):
+        from dask.utils import parse_timedelta
+
+        return now - parse_timedelta(value, "s")
+    raise TypeError(f"a time must be a number, a datetime or a duration string, "
+                    f"not {value!r}")
+
+
+class ObserveMethods:
+    """Part of `Client`: the task stream, worker logs, the dashboard's link (see the
+    module docstring)."""
+
+    def _stream_pages_op(self, each, since=None, count=None, start=None, stop=None):
+        """Ask for the records in range page by page, handing each page to ``each``;
+        the number of the next record (where a later block would start)."""
+        msg = {"op": "get-task-stream", "since": since, "count": count,
+               "start": start, "stop": stop, "limit": PAGE}
+        while True:
+            page = yield from self.shell.request_op(msg)
+            each(page)
+            if page["next"] >= page["end"] or page["next"] <= page["first"]:
+                return page["next"]
+            msg = {"op": "get-task-stream", "since": page["next"],
+                   "count": page["end"] - page["next"], "limit": PAGE}
+
+    def _records_op(self, **kw):
+        out = []
+        yield from self._stream_pages_op(lambda page: out.extend(records(page)), **kw)
+        return out
+
+    def get_task_stream(self, start=None, stop=None, count=None):
+        """What the workers ran: one dict per task, as dask.distributed's
+        (``key``, ``worker``, ``thread``, ``status``, ``nbytes``, ``typename`` and
+        ``startstops``: transfers of inputs with their ``source`` and ``nbytes``,
+        reads from disk, deserialize, compute, serialize).  ``start``/``stop``:
+        tasks that ended between these times (seconds since the epoch, a datetime, or
+        a duration ago such as "30 s"); ``count``: only the last ``count``.  The
+        scheduler keeps the last 100 000 tasks (``task_stream_length``)."""
+        now = time.time()
+        return self.run_op(self._records_op(
+            count=None if count is None else -int(count),
+            start=_when(start, now), stop=_when(stop, now)))
+
+    @property
+    def dashboard_link(self):
+        """The URL of the scheduler's live page, its token included; None if it
+        serves none (``Scheduler(dashboard_port=...)``, ``dask-ipy scheduler
+        --dashboard-port``)."""
+        return dashboard_url(self.shell.state.dashboard)
+
+    def _stream_mark_op(self):
+        page = yield from self.shell.request_op({"op": "get-task-stream", "count": 0})
+        return page["total"]
+
+    def get_worker_logs(self, n=None, workers=None, nanny=False):
+        """The latest log lines of each worker, newest first: ``{address: [(level,
+        line)]}`` (at most ``n`` each).  Workers keep what the "dask_ipy" logger lets
+        through (warnings and errors unless its level is lowered).  ``nanny``: a
+        worker's supervisor logs nothing of its own here; accepted for
+        compatibility."""
+        return self.run(worker_logs, n, workers=workers)
+
+    # -- used by performance_report
+
+    def _report_op(self, since, began, title):
+        ended = time.time()
+        breakdown = Breakdown(began, ended)
+        yield from self._stream_pages_op(breakdown.add_page, since=since)
+        memory = yield from self.shell.request_op({"op": "get-memory-history",
+                                                   "since": began})
+        info = yield from self.shell.request_op({"op": "info", "what": "scheduler-info"})
+        workers = {a: {"nthreads": w["nthreads"], "name": w["name"], "host": w["host"]}
+                   for a, w in info["workers"].items()}
+        return report_data(breakdown, memory, workers, began, ended, title,
+                           self.address)
+
+
+def _client(client):
+    if client is None:
+        from .default import default_client
+
+        client = default_client()
+    return client
+
+
+class get_task_stream:
+    """The tasks run during a block of code, as dask.distributed's::
+
+        with get_task_stream(client) as ts:
+            x.compute()
+        ts.data          # [{"key", "worker", "thread", "status", "startstops", ...}]
+
+    ``async with`` for an asynchronous client."""
+
+    def __init__(self, client=None):
+        self.client = _client(client)
+        self.data = []
+        self._since = None
+
+    def __enter__(self):
+        self._since = self.client.run_op(self.client._stream_mark_op())
+        return self
+
+    def __exit__(self, *exc):
+        self.data.extend(self.client.run_op(self.client._records_op(since=self._since)))
+
+    async def __aenter__(self):
+        self._since = await self.client.run_op(self.client._stream_mark_op())
+        return self
+
+    async def __aexit__(self, *exc):
+        self.data.extend(await self.client.run_op(
+            self.client._records_op(since=self._since)))
+
+
+class performance_report:
+    """Write what a block of code made the cluster do into one HTML file::
+
+        with performance_report("report.html"):
+            x.compute()
+
+    The file needs no network to open (see `charts`): the task stream per worker
+    thread, time per task group (compute, transfer, (de)serialization, disk, idle
+    threads), the workers' memory over time and the bytes moved between workers; the
+    same data is inside it as JSON (a link saves it), and in ``data_filename`` if
+    given.  ``report.data`` holds it afterwards.  At most 4000 tasks are drawn one
+    by one; past that the chart shows, per lane, what took most of each short span
+    of time.  ``async with`` for an asynchronous client."""
+
+    def __init__(self, filename="dask-report.html", client=None, data_filename=None,
+                 title="dask_ipy performance report"):
+        self.filename = filename
+        self.data_filename = data_filename
+        self.title = title
+        self.client = _client(client)
+        self.data = None
+        self._since = self._began = None
+
+    def _op(self):
+        return then(self.client._report_op(self._since, self._began, self.title),
+                    self._write)
+
+    def _write(self, data):
+        self.data = data
+        with open(self.filename, "w", encoding="utf-8") as f:
+            f.write(charts.report_html(data))
+        if self.data_filename is not None:
+            with open(self.data_filename, "w", encoding="utf-8") as f:
+                _json.dump(data, f, default=str)
+        return data
+
+    def __enter__(self):
+        self._since = self.client.run_op(self.client._stream_mark_op())
+        self._began = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        self.client.run_op(self._op())
+
+    async def __aenter__(self):
+        self._since = await self.client.run_op(self.client._stream_mark_op())
+        self._began = time.time()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.client.run_op(self._op())

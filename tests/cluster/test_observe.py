@@ -1,0 +1,145 @@
+"""The task stream, performance reports and worker logs of real clusters: a scheduler
+and two workers in their own processes (two threads each), and in-process clusters
+for the options."""
+
+import asyncio
+import json
+import time
+
+from helpers import add, fail, inc, local_cluster, log_message, processes, slow_inc
+
+import dask_ipy
+from dask_ipy import Client
+
+PROCESS_CLUSTER = {"nthreads": 2}
+
+
+def workers_of(c):
+    return sorted(c.scheduler_info()["workers"])
+
+
+def test_a_block_of_work_as_dask_distributed_gives_it(c):
+    a, b = workers_of(c)
+    with dask_ipy.get_task_stream(c) as ts:
+        xs = c.map(inc, range(10), workers=[a])
+        y = c.submit(sum, xs, workers=[b])
+        bad = c.submit(fail, 1)
+        assert y.result() == 55
+        dask_ipy.wait([bad])
+    by_key = {r["key"]: r for r in ts.data}
+    assert set(by_key) == {x.key for x in xs} | {y.key, bad.key}
+    for r in ts.data:
+        assert set(r) == {"key", "worker", "thread", "status", "nbytes", "typename",
+                          "startstops"}
+        assert r["worker"] in (a, b) and isinstance(r["thread"], int)
+        (compute,) = [s for s in r["startstops"] if s["action"] == "compute"]
+        assert compute["start"] <= compute["stop"]
+    assert {by_key[x.key]["worker"] for x in xs} == {a}
+    assert len({by_key[x.key]["thread"] for x in xs}) <= 2
+    assert by_key[bad.key]["status"] == "error"
+    assert {by_key[x.key]["status"] for x in xs} == {"OK"}
+    assert by_key[xs[0].key]["typename"] == "builtins.int"
+    # sum's ten inputs came from the other worker, in one fetch or a few
+    fetched = [s for s in by_key[y.key]["startstops"] if s["action"] == "transfer"]
+    assert fetched and {s["source"] for s in fetched} == {a}
+    assert all(s["start"] <= s["stop"] <= by_key[y.key]["startstops"][-1]["stop"]
+               for s in fetched)
+    assert sum(s["nbytes"] for s in fetched) > 0
+    # the same records, asked for afterwards
+    assert [r["key"] for r in c.get_task_stream(count=len(ts.data))] == \
+        [r["key"] for r in ts.data]
+    assert len(c.get_task_stream(count=3)) == 3
+    later = time.time() + 3600
+    assert c.get_task_stream(start=later) == []
+    assert len(c.get_task_stream(start="1 hour")) >= len(ts.data)
+
+
+def test_a_performance_report_from_real_processes(c, tmp_path):
+    a, b = workers_of(c)
+    html, data_file = tmp_path / "report.html", tmp_path / "report.json"
+    with dask_ipy.performance_report(str(html), client=c,
+                                     data_filename=str(data_file)) as report:
+        xs = c.map(slow_inc, range(8), delay=0.05, workers=[a])
+        total = c.submit(sum, xs, workers=[b])
+        assert total.result() == 36
+    data = report.data
+    assert json.loads(data_file.read_text()) == json.loads(json.dumps(data, default=str))
+    assert data["summary"]["tasks"] == 9 and data["summary"]["errors"] == 0
+    groups = {g["name"]: g for g in data["groups"]}
+    assert groups["slow_inc"]["count"] == 8 and groups["slow_inc"]["compute"] >= 0.4
+    assert groups["sum"]["transfer"] > 0
+    assert [(t["source"], t["destination"]) for t in data["transfers"]] == [(a, b)]
+    assert set(data["workers"]) == {a, b}
+    assert all(data["workers"][w]["nthreads"] == 2 for w in (a, b))
+    page = html.read_text()
+    assert page.count('data-dask-ipy="task" ') >= 10      # 9 computes, 1 transfer
+    assert 'data-dask-ipy="memory-chart"' in page
+
+
+def test_a_report_of_many_tasks_stays_small(c, tmp_path):
+    html = tmp_path / "big.html"
+    with dask_ipy.performance_report(str(html), client=c) as report:
+        assert sum(c.gather(c.map(inc, range(6000)))) == 6000 * 6001 // 2
+    data = report.data
+    assert data["summary"]["tasks"] == 6000 and data["stream"]["binned"]
+    assert sum(g["count"] for g in data["groups"]) == 6000
+    page = html.read_text()
+    assert 'data-binned="true"' in page and 'data-dask-ipy="task-bin"' in page
+    assert len(page) < 1_500_000
+
+
+def test_worker_logs(c):
+    a, b = workers_of(c)
+    c.run(log_message, "dask_ipy.tests", "a warning", workers=[a])
+    logs = c.get_worker_logs()
+    assert set(logs) == {a, b}
+    lines = [line for level, line in logs[a] if level == "WARNING"]
+    assert any("a warning from a task" in line for line in lines)
+    assert not any("a warning from a task" in line for _, line in logs[b])
+    assert len(c.get_worker_logs(n=1, workers=[a])[a]) == 1
+
+
+def test_asynchronous_blocks(pc, tmp_path):
+    async def main():
+        async with Client(pc.file, asynchronous=True) as ac:
+            async with dask_ipy.get_task_stream(ac) as ts:
+                assert await ac.submit(inc, 41) == 42
+            async with dask_ipy.performance_report(str(tmp_path / "r.html"),
+                                                   client=ac) as report:
+                assert await ac.submit(add, 1, 2) == 3
+            return ts.data, report.data
+    data, report = asyncio.run(main())
+    assert [r["status"] for r in data] == ["OK"]
+    assert report["summary"]["tasks"] == 1
+
+
+def test_the_scheduler_keeps_a_bounded_stream(tmp_path):
+    with processes(tmp_path, scheduler_options={"task_stream_length": 10}) as (_, c):
+        futures = c.map(inc, range(35))
+        c.gather(futures)
+        got = c.get_task_stream()
+        assert len(got) == 10
+        assert {r["key"] for r in got} <= {f.key for f in futures}
+
+
+def test_recording_off():
+    with local_cluster(worker_options={"task_stream": False}) as (s, _, c):
+        with dask_ipy.get_task_stream(c) as ts:
+            assert c.submit(inc, 1).result() == 2
+        assert ts.data == [] and s.task_stream.total == 0
+
+
+def test_pages_of_a_long_stream():
+    """More records than one answer carries: the client asks again."""
+    n = 250_001
+    with local_cluster(scheduler_options={"task_stream_length": 2 * n}) as (s, _, c):
+        record = ("k", 1.0, 2.0, 1, 0, 8, "int", 0.0, 0.0, None)
+
+        def fill(dask_scheduler):
+            address = next(iter(dask_scheduler.state.by_address))
+            dask_scheduler.task_stream.add(address, [record] * n)
+        c.run_on_scheduler(fill)
+        with dask_ipy.get_task_stream(c) as ts:
+            c.run_on_scheduler(fill)
+        assert len(ts.data) == n
+        assert len(c.get_task_stream()) == 2 * n
