@@ -162,6 +162,7 @@ SHELL_EVENTS = {
         "pause": "memory passed the pause fraction: start nothing new",
         "resume": "memory fell back: run again",
         "memory-exceeded": "memory passed the terminate fraction while these tasks ran",
+        "long-running": "tasks run for a heartbeat interval or more",
     },
 }
 

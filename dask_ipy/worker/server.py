@@ -249,6 +249,7 @@ class Worker:
                 data = {}
         self.data = data
         self.running = RunningTasks()
+        self._running_at_beat = set()     # task keys running at the last heartbeat
         self.monitor = None
         if self.memory_limit:
             interval = interval or cfg.get("worker.memory.monitor-interval")
@@ -534,6 +535,13 @@ class Worker:
 
     def _heartbeat(self):
         self._send_heartbeat()
+        # Tiny tasks that have run since the last beat or before: no longer tiny.
+        running = set(self.running.keys())
+        long_running = [key for key in running & self._running_at_beat
+                        if key in self.state.short]
+        self._running_at_beat = running
+        if long_running:
+            self._handle("long-running", keys=long_running)
         self.loop.call_later(self.heartbeat_interval, self._heartbeat)
 
     def _send_heartbeat(self):

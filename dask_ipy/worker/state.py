@@ -628,6 +628,15 @@ class WorkerState:
                 out.append(Send({"op": "task-started", "key": ts.key}))
             out.append(run)
 
+    def _on_long_running(self, out, keys):
+        """Tasks that were started as tiny (unannounced, with more tiny ones let into
+        the pool behind them) run long: the scheduler hears that they run, and they
+        hold their threads like any long task."""
+        for key in keys:
+            if key in self.short:
+                self.short.discard(key)
+                out.append(Send({"op": "task-started", "key": key}))
+
     def _take_resources(self, ts):
         """Hold what ``ts`` needs while it runs, if that much is free."""
         need = ts.resources
