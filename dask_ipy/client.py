@@ -740,45 +740,45 @@ class Client:
         self._send({"op": "cancel", "keys": keys, "force": force})
 
     def compute(self, collections, sync=False, optimize_graph=True, priority=0,
-                retries=0, workers=None):
+                retries=0, workers=None, **kwargs):
         """Start computing dask collections; returns a Future per collection (or the
-        results with ``sync=True``)."""
+        results with ``sync=True``).  Other keyword arguments (those dask forwards to
+        its scheduler) are accepted and ignored."""
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
-        # Futures in the collections' graphs (persisted data) are references by now.
         dsk, keys, _ = g.collections_to_graph(colls, optimize=optimize_graph)
-        wanted = [k for k in dict.fromkeys(keys) if k in dsk]
-        tasks, priorities = self._graph_tasks(dsk, wanted, ())
-        futures = self._submit_graph(tasks, wanted, priorities, priority, retries,
-                                     workers)
-        for k in keys:
-            if k not in futures:         # a collection that is a held Future itself
-                futures[k] = Future(k, self)
+        futures = self._graph_futures(dsk, keys, priority, retries, workers)
         result = [futures[k] for k in keys]
         if sync:
             result = self.gather(result)
         return result[0] if single else result
 
     def persist(self, collections, optimize_graph=True, priority=0, retries=0,
-                workers=None):
-        """Start computing collections and return them backed by data on the cluster."""
+                workers=None, **kwargs):
+        """Start computing collections and return them backed by data on the cluster.
+
+        As ``dask.persist`` does: one optimized expression for all collections, and
+        each ORIGINAL collection rebuilt by its ``__dask_postpersist__`` from Futures
+        of its own output keys.  Other keyword arguments (those dask forwards to its
+        scheduler) are accepted and ignored."""
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
-        out = []
-        for c in colls:
-            (c2,) = dask.optimize(c) if optimize_graph else (c,)
-            dsk = dict(c2.__dask_graph__())
-            keys = g.flatten_keys(c2.__dask_keys__())
-            known = {k: v for k, v in dsk.items() if isinstance(v, Future)}
-            plain = {k: v for k, v in dsk.items() if k not in known}
-            wanted = [k for k in keys if k in plain]
-            tasks, priorities = self._graph_tasks(plain, wanted, known)
-            futures = self._submit_graph(tasks, wanted, priorities, priority, retries,
-                                         workers)
-            futures.update(known)
-            rebuild, args = c2.__dask_postpersist__()
-            out.append(rebuild({k: futures[k] for k in keys}, *args))
+        dsk, keys, rebuild = g.collections_to_persist(colls, optimize=optimize_graph)
+        out = rebuild(self._graph_futures(dsk, keys, priority, retries, workers))
         return out[0] if single else out
+
+    def _graph_futures(self, dsk, keys, priority, retries, workers):
+        """Submit what ``keys`` need of a normalized graph; {key: Future} for every
+        key.  A key outside the graph is data a Future of this client already holds
+        (a persisted collection's): dask turned those Futures into references."""
+        wanted = [k for k in dict.fromkeys(keys) if k in dsk]
+        tasks, priorities = self._graph_tasks(dsk, wanted, ())
+        futures = self._submit_graph(tasks, wanted, priorities, priority, retries,
+                                     workers)
+        for k in keys:
+            if k not in futures:
+                futures[k] = Future(k, self)
+        return futures
 
     # ---------------------------------------------------------------- shared names
 
