@@ -320,13 +320,16 @@ class Worker:
                 result = ("execute-success", {"key": job.key, "value": value,
                                               "nbytes": nbytes, "type": typename(value),
                                               "start": start, "stop": time.time(),
-                                              "data": inline(value, nbytes, job)})
+                                              "data": inline(value, nbytes, job),
+                                              "ran": node})
             except BaseException as e:  # a task may raise anything, SystemExit too
                 result = ("execute-failure", {"key": job.key,
                                               "error": error_payload(e, e.__traceback__),
                                               "start": start, "stop": time.time()})
                 del e
-            job = None
+            # Nothing of this task outlives it on this thread: the result and the
+            # task live in the store, for as long as the scheduler wants them.
+            job = node = value = None
             if self.closed.is_set():
                 continue
             self.loop.call_soon(self._task_done, result)

@@ -62,7 +62,7 @@ class Send:
 
 
 class WTask:
-    __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
+    __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
                  "cancelled", "computed", "duration", "want_data", "confirm")
 
@@ -70,6 +70,10 @@ class WTask:
         self.key = key
         self.state = "released"
         self.run_spec = None
+        # The task as it ran, kept as long as its result: a result may depend on
+        # objects only the task holds (a weakref.proxy to what the function's
+        # closure keeps), as it can under dask's own schedulers.
+        self.ran = None
         self.priority = (0,)
         self.dependencies = ()
         self.dependents = set()
@@ -304,13 +308,15 @@ class WorkerState:
     # ------------------------------------------------------------ local events
 
     def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
-                            stop=0.0, data=None):
+                            stop=0.0, data=None, ran=None):
         self.executing.discard(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
             self._drop(out, key)
             return
         self._store(ts, value, nbytes)
+        if ran is not None:
+            ts.ran, ts.run_spec = ran, None    # the spec is not run again
         ts.reported = True
         msg = {"op": "task-finished", "key": key, "nbytes": nbytes, "type": type,
                "duration": stop - start}
@@ -518,6 +524,8 @@ class WorkerState:
             assert ts.key == key
             if ts.state == "memory":
                 assert key in self.data, ts
+            else:
+                assert ts.ran is None, ts
             if ts.state == "waiting":
                 assert ts.waiting_for, ts
                 for dkey in ts.waiting_for:
