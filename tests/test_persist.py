@@ -43,7 +43,7 @@ def filtered_with_column():
 
 
 def array():
-    x = da.from_array(np.arange(24).reshape((4, 6)), chunks=(3, 4))
+    x = da.from_array(np.arange(100).reshape((10, 10)), chunks=(5, 5))
     return (x + 1) - x.mean(axis=0)
 
 
@@ -186,6 +186,12 @@ def test_persist_of_persisted_data(c):
     assert more.compute().tolist() == [3, 5, 7, 9]
     (a, b) = c.persist([s, s.sum()])
     assert a.compute().tolist() == [2, 4, 6, 8] and b.compute() == 20
+    x = c.persist(array())
+    theirs = array().compute(scheduler="sync")
+    for again in (c.persist(x), x.persist(), c.persist(x - 1)):
+        held_futures(again)
+    same(c.persist(x).compute(), theirs)
+    same(c.persist(x - 1).compute(), theirs - 1)
 
 
 def test_get_with_an_expression_and_its_keys(c):
