@@ -39,6 +39,7 @@ from .worker.server import resolve_scheduler
 
 _current = []          # clients made default, most recent last
 _lock = threading.Lock()
+_shuffle_set = False   # dataframe.shuffle.method was set by a default client
 
 
 def default_client():
@@ -212,16 +213,28 @@ class Client:
     # ---------------------------------------------------------------- default client
 
     def _set_default(self):
+        global _shuffle_set
         with _lock:
             _current.append(self)
+            if dask.config.get("dataframe.shuffle.method", None) is None:
+                # dask's own choice without a dask.distributed client is "disk": files
+                # in a directory of the machine of one worker, which workers on other
+                # machines cannot read (their rows would be lost, silently).
+                dask.config.set({"dataframe.shuffle.method": "tasks"})
+                _shuffle_set = True
         self._previous_scheduler = dask.config.get("scheduler", None)
         dask.config.set(scheduler=self.get)
 
     def _unset_default(self):
+        global _shuffle_set
         with _lock:
             if self in _current:
                 _current.remove(self)
             nxt = _current[-1] if _current else None
+            if nxt is None and _shuffle_set:
+                _shuffle_set = False
+                if dask.config.get("dataframe.shuffle.method", None) == "tasks":
+                    dask.config.set({"dataframe.shuffle.method": None})
         if dask.config.get("scheduler", None) == self.get:
             dask.config.set(scheduler=nxt.get if nxt else self._previous_scheduler)
 
@@ -938,6 +951,14 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        # A connection is not copied: a deep copy of dask's config, which holds this
+        # client's `get` while it is the default, shares it.
+        return self
 
     def __del__(self):
         try:

@@ -1,6 +1,7 @@
 """persist (and compute) of every kind of dask collection, on a scheduler and two
-worker processes, against dask's synchronous scheduler; and what a task's result may
-rely on, as it may under dask's own schedulers.
+worker processes, against dask's synchronous scheduler; and what dask expects of a
+scheduler besides (a result may rely on what its task keeps alive; a dataframe
+shuffle must not go through one machine's files; dask's config can be copied).
 
 Every collection goes through the four ways a user persists: ``client.persist``,
 ``collection.persist()`` under ``dask.config.set(scheduler=client.get)``,
@@ -221,3 +222,43 @@ def test_a_result_may_rely_on_what_its_task_keeps_alive(c):
     a = dd.from_pandas(d, npartitions=1).map_partitions(proxy, meta=d)
     for _ in range(3):
         same(a["b"].groupby(a["g"]).sum().compute(), d.b.groupby(d.g).sum())
+
+
+def shuffle_method():
+    from dask.utils import get_default_shuffle_method
+
+    return get_default_shuffle_method()
+
+
+def test_dataframes_shuffle_by_tasks_while_a_client_is_default(pc):
+    """dask's default without a dask.distributed client is a shuffle through files in
+    one worker's directory, which workers on other machines cannot read."""
+    from dask_ipy.client import default_clients
+
+    assert not default_clients() and shuffle_method() == "disk"
+    client = pc.client()
+    try:
+        assert shuffle_method() == "tasks"
+        graph = dict(dd.from_pandas(PEOPLE, npartitions=3).set_index("c")
+                     .__dask_graph__())
+        assert not [k for k in graph if "partd" in str(k)]
+        other = pc.client()
+        other.close()
+        assert shuffle_method() == "tasks"         # while one client is default
+        with dask.config.set({"dataframe.shuffle.method": "disk"}):
+            assert shuffle_method() == "disk"      # the user's choice wins
+    finally:
+        client.close()
+    assert shuffle_method() == "disk"
+    with dask.config.set({"dataframe.shuffle.method": "p2p"}):
+        client = pc.client()
+        client.close()
+        assert shuffle_method() == "p2p"
+
+
+def test_dask_config_can_be_deep_copied_while_a_client_is_default(c):
+    import copy
+
+    config = copy.deepcopy(dask.config.config)
+    assert config["scheduler"] == c.get and config["scheduler"].__self__ is c
+    assert copy.copy(c) is c
