@@ -118,8 +118,13 @@ class Distributed:
         self.client = Client(self.cluster)
 
     def healthy(self):
+        """False if the client is closed or is no longer dask.distributed's default
+        (dask picks its shuffle method from that; a test that runs a cluster of its
+        own may unset it)."""
+        from distributed import default_client
+
         try:
-            if self.client.status != "running":
+            if self.client.status != "running" or default_client() is not self.client:
                 return False
             if len(self.client.scheduler_info()["workers"]) < 2:
                 self.client.wait_for_workers(2, timeout=60)
