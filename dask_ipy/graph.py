@@ -497,7 +497,6 @@ def collections_to_graph(collections, optimize=True):
     return graph, keys, finalize
 
 
-
 def collections_to_persist(collections, optimize=True):
     """``(graph, keys, rebuild)`` to persist dask collections as ``dask.persist``
     would.
