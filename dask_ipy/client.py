@@ -144,6 +144,9 @@ class Client:
     3
     """
 
+    # dask asks this of a client given as ``scheduler=``: its blocking `get` serves.
+    asynchronous = False
+
     def __init__(self, address=None, *, security=None, timeout=10.0,
                  set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES):
         if hasattr(address, "address_to_clients"):          # a Scheduler object

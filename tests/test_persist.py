@@ -160,6 +160,17 @@ def test_persist_many_collections_at_once(c):
         same(o, t)
 
 
+def test_the_client_as_dask_scheduler_keyword(c):
+    """``scheduler=client``, as with a dask.distributed client."""
+    s = KINDS["series"]()
+    (ours,) = dask.compute(s, scheduler=c)
+    assert ours.tolist() == [2, 4, 6, 8]
+    with dask.config.set(scheduler="sync"):
+        persisted = s.persist(scheduler=c)
+    held_futures(persisted)
+    assert persisted.compute(scheduler=c).tolist() == [2, 4, 6, 8]
+
+
 def test_persist_options_dask_passes(c):
     """``optimize_graph`` and the keyword arguments dask forwards to a scheduler."""
     s = KINDS["series"]()
