@@ -2,41 +2,51 @@
 booted on an ipyparallel cluster and at home in the notebook."""
 
 import importlib
+import sys
 
 # Public names and the modules that define them.  They load on first use, so a
 # process that is only a scheduler never imports dask or the client machinery.
 _PUBLIC = {
     "Scheduler": ".scheduler.server",
     "Worker": ".worker.server",
-    "Client": ".client",
-    "default_client": ".client",
-    "Future": ".futures",
-    "wait": ".futures",
-    "as_completed": ".futures",
-    "KilledWorker": ".futures",
-    "CancelledError": ".futures",
-    "RemoteError": ".futures",
-    "SchedulerLost": ".futures",
-    "TransferError": ".futures",
-    "CycleError": ".graph",
-    "MissingDependency": ".graph",
+    "Client": ".client.client",
+    "default_client": ".client.default",
+    "Future": ".client.futures",
+    "wait": ".client.futures",
+    "as_completed": ".client.futures",
+    "KilledWorker": ".errors",
+    "MemoryLimitExceeded": ".errors",
+    "PausedWorkerWarning": ".errors",
+    "CancelledError": ".client.futures",
+    "RemoteError": ".errors",
+    "SchedulerLost": ".errors",
+    "TransferError": ".errors",
+    "CycleError": ".errors",
+    "MissingDependency": ".errors",
     "Security": ".security",
-    "Monitor": ".widget",              # ipywidgets loads only when a widget is wanted
+    "WorkerPlugin": ".plugins",
+    "SchedulerPlugin": ".plugins",
+    "Monitor": ".notebook.widget",              # ipywidgets loads only when a widget is wanted
 }
 
 __version__ = "0.1.0"
 
+if "dask" in sys.modules:
+    # dask-ipy.* settings readable through dask.config at once; a scheduler process,
+    # which never imports dask, skips this.
+    from . import config  # noqa: F401
+
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):
     """Start a scheduler and one worker per ipyparallel engine; return a Client."""
-    from .ipp import dask_client_from_ipclient as boot
+    from .bootstrap import dask_client_from_ipclient as boot
 
     return boot(ipclient, targets, **options)
 
 
 def progress(*futures_or_collections, **kwargs):
     """Print a text progress bar until the given Futures or collections are done."""
-    from .widget import progress as show
+    from .notebook.widget import progress as show
 
     return show(*futures_or_collections, **kwargs)
 
@@ -55,18 +65,19 @@ def __dir__():
 
 
 def load_ipython_extension(ip):
-    from .magics import load_ipython_extension as load
+    from .notebook.magics import load_ipython_extension as load
 
     load(ip)
 
 
 def unload_ipython_extension(ip):
-    from .magics import unload_ipython_extension as unload
+    from .notebook.magics import unload_ipython_extension as unload
 
     unload(ip)
 
 
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
-           "dask_client_from_ipclient", "KilledWorker", "CancelledError", "RemoteError",
+           "dask_client_from_ipclient", "KilledWorker", "MemoryLimitExceeded",
+           "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
-           "default_client", "Monitor", "progress"]
+           "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin"]

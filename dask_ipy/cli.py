@@ -3,15 +3,18 @@
     dask-ipy scheduler [--host H] [--port-to-workers P] [--port-to-clients P]
                        [--connection-file F] [--idle-timeout S]
     dask-ipy worker ADDRESS_OR_FILE [--nthreads N] [--name NAME] [--host H]
+                    [--memory-limit LIMIT] [--local-directory D] [--no-supervisor]
     dask-ipy demo [--engines N] [--ipython-dir D]
     dask-ipy bench [ARGS...]          # python -m benchmarks ARGS, from a checkout
 
 ``scheduler`` prints ``name: value`` lines (pid, connection_file, address_to_workers,
-address_to_clients, in that order) once it listens; `dask_ipy.ipp` reads them to
+address_to_clients, in that order) once it listens; `dask_ipy.bootstrap` reads them to
 boot on ipyparallel.  With ``--security-from-stdin`` the key arrives as one JSON line
 on stdin, never on the command line.  With ``--log-file`` output goes to a file once
 the addresses are out, so a parent may stop reading the pipe.  SIGINT, SIGTERM and
-SIGHUP close the scheduler or worker cleanly.
+SIGHUP close the scheduler or worker cleanly.  ``worker`` runs under a small
+supervisor (`dask_ipy.supervisor`) that starts a new worker when one exits because
+a task took it past its memory limit.
 """
 
 from __future__ import annotations
@@ -74,6 +77,20 @@ def build_parser():
     p.add_argument("--connect-timeout", type=float, default=5.0,
                    help="seconds a connection to a peer may take before that peer's "
                         "data comes through the scheduler instead (default 5)")
+    p.add_argument("--memory-limit", default="auto", metavar="LIMIT",
+                   help="bytes, '2GiB', a fraction of the host such as 0.25, 'auto' "
+                        "(default: the host's memory, or its cgroup limit, shared "
+                        "among the workers on this host) or 'none'")
+    p.add_argument("--local-directory", default=None, metavar="DIR",
+                   help="where results spill to disk (default: dask's "
+                        "temporary-directory, else the system's)")
+    p.add_argument("--blas-threads", default=None, metavar="N",
+                   help="threads of BLAS/OpenMP pools inside tasks: 'auto' (default: "
+                        "the worker's cores over its threads), a number, or 'off'")
+    p.add_argument("--no-supervisor", action="store_true",
+                   help="run the worker in this process: a task past the memory "
+                        "limit is interrupted instead of the worker restarted")
+    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("demo", help="boot on a local ipcluster, compute, print, stop")
     p.add_argument("--engines", type=int, default=2)
@@ -219,21 +236,70 @@ def cmd_scheduler(args):
 
 # ---------------------------------------------------------------- worker
 
+def worker_argv(args):
+    """The arguments after ``python -m dask_ipy`` that start the worker ``args`` say."""
+    argv = ["--log-level", args.log_level, "worker", args.scheduler,
+            "--nthreads", str(args.nthreads), "--connect-timeout",
+            str(args.connect_timeout), "--memory-limit", str(args.memory_limit)]
+    for flag, value in (("--name", args.name), ("--host", args.host),
+                        ("--contact-address", args.contact_address),
+                        ("--blas-threads", args.blas_threads)):
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
+def _blas_threads(value):
+    if value is None:
+        return None
+    if value.lower() in ("off", "false", "none", "no"):
+        return False
+    return value if value == "auto" else int(value)
+
+
 def cmd_worker(args):
+    if not (args.supervised or args.no_supervisor):
+        return _supervise_worker(args)
     from .worker.server import Worker
 
+    limit = None if str(args.memory_limit).lower() in ("none", "0") else args.memory_limit
     w = Worker(scheduler=args.scheduler, hostname=args.host, nthreads=args.nthreads,
                name=args.name, contact_address=args.contact_address,
-               connect_timeout=args.connect_timeout)
+               connect_timeout=args.connect_timeout, memory_limit=limit,
+               local_directory=args.local_directory,
+               blas_threads=_blas_threads(args.blas_threads),
+               memory_terminate_action="exit" if args.supervised else "interrupt")
     try:
         with _until_signalled():
             print("dask-ipy worker", flush=True)
             print(f"pid: {os.getpid()}\naddress: {w.address}\n"
+                  f"memory_limit: {w.memory_limit or 0}\n"
+                  f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
                   f"scheduler: {w.scheduler_address}", flush=True)
+            # The supervisor watches the worker against its limit: it follows it.
+            w.limit_listeners.append(
+                lambda n: print(f"memory_limit: {n or 0}", flush=True))
             w.wait()
     finally:
         w.close()
     return 0
+
+
+def _supervise_worker(args):
+    from .supervisor import Supervisor
+
+    sup = Supervisor(worker_argv(args), local_directory=args.local_directory)
+    print(f"supervisor: {os.getpid()}", flush=True)
+
+    def forward(signum, frame):
+        sup.stop(signum)
+    old = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        return sup.run()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
 
 
 # ---------------------------------------------------------------- demo
@@ -265,7 +331,7 @@ def _placement(who_has, names):
 def _demo_compute(client, out):
     """The seed graph, a dask.array reduction and a map of futures; prints where
     things ran. Returns True when every result is right."""
-    from .futures import wait
+    from .client.futures import wait
 
     names = _worker_names(client)
     out(f"workers: {', '.join(f'{n} ({a})' for a, n in sorted(names.items()))}")
@@ -305,7 +371,7 @@ def _demo_compute(client, out):
 def cmd_demo(args):
     import ipyparallel
 
-    from .ipp import dask_client_from_ipclient
+    from .bootstrap import dask_client_from_ipclient
 
     out = print
     with contextlib.ExitStack() as stack:

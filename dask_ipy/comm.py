@@ -12,24 +12,35 @@ queues a callable and wakes the loop through a pipe::
 Batching without timers: after the loop has drained everything readable it calls the
 shell's flush hooks once, so messages produced meanwhile leave together, and a lone
 message leaves at once.
+
+Sockets facing the network are bounded: no frame over `MAX_FRAME_BYTES`
+(ZMQ_MAXMSGSIZE), at most `RCVHWM` messages queued per peer, a ZeroMQ handshake done
+within `HANDSHAKE_SECONDS`, and a binding socket admits only peers that hold the key
+(PLAIN or CURVE, checked by the loop's ZAP handler).  Rejections are counted and
+logged at most once per `REJECTION_LOG_INTERVAL` (`RejectionLog`).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
 
 import zmq
 
-logger = logging.getLogger("dask_ipy")
+from .log import logger
+from .protocol import EPOCH_BYTES, MAX_FRAME_BYTES
 
 DRAIN_LIMIT = 1000     # messages taken from one socket before looking at the others
+RCVHWM = 1000          # messages queued per peer before ZeroMQ stops reading its connection
+HANDSHAKE_SECONDS = 5.0    # a connection that has not completed ZeroMQ's handshake by
+                           # then is closed (idle or slow strangers hold no descriptor)
+REJECTION_LOG_INTERVAL = 10.0
+FRAME_OVERHEAD = 4096      # what CURVE adds to a frame on the wire (its box and nonce)
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
@@ -88,6 +99,8 @@ class IOLoop:
         self.thread = None
         self.running = False
         self.stopped = threading.Event()
+        self.zap = None
+        self.refused = None                  # RejectionLog of refused handshakes
 
     # -- set-up (before start, or from the loop thread)
 
@@ -104,6 +117,14 @@ class IOLoop:
 
     def add_flush(self, fn):
         self.flush_hooks.append(fn)
+
+    def serve_zap(self, security, who):
+        """Answer ZeroMQ's authentication requests for the sockets this loop binds
+        (ZAP is per context; call before binding, from the set-up thread)."""
+        if self.zap is None:
+            self.refused = RejectionLog(self, f"{who}: refused a connection",
+                                        "connections")
+            self.zap = ZapHandler(self, security)
 
     # -- from any thread
 
@@ -220,8 +241,69 @@ class IOLoop:
     def _close(self):
         for sock in list(self.handlers):
             self.remove_socket(sock)
+        if self.zap is not None:
+            self.zap.close()
+        if self.refused is not None:
+            self.refused.close()
         self.context.destroy(linger=0)
         self.waker.close()
+
+
+class ZapHandler:
+    """ZeroMQ's authentication requests (ZAP) for a loop's context, answered on a
+    thread of their own, so that a loop busy for a while (a huge graph) does not make
+    handshakes time out.  A request is a few hundred bytes; refusals are counted on
+    the loop (`IOLoop.refused`)."""
+
+    def __init__(self, loop, security):
+        self.loop = loop
+        self.security = security
+        context = loop.context
+        self.rep = context.socket(zmq.REP)
+        self.rep.linger = 0
+        self.rep.bind(ZAP_ENDPOINT)
+        stop = f"inproc://dask-ipy-zap-stop-{id(self)}"
+        self._stop_r = context.socket(zmq.PAIR)
+        self._stop_r.bind(stop)
+        self._stop_w = context.socket(zmq.PAIR)
+        self._stop_w.linger = 0
+        self._stop_w.connect(stop)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="dask-ipy-zap")
+        self.thread.start()
+
+    def _run(self):
+        poller = zmq.Poller()
+        poller.register(self.rep, zmq.POLLIN)
+        poller.register(self._stop_r, zmq.POLLIN)
+        try:
+            while True:
+                if self._stop_r in dict(poller.poll()):
+                    return
+                request = self.rep.recv_multipart()
+                allowed, reason = self.security.zap_verdict(request)
+                rid = request[1] if len(request) > 1 else b""
+                self.rep.send_multipart([b"1.0", rid, b"200" if allowed else b"400",
+                                         reason.encode(), b"", b""])
+                if not allowed:
+                    address = (request[3].decode("utf-8", "replace")
+                               if len(request) > 3 else "?")
+                    self.loop.call_soon(self.loop.refused, address, reason)
+        except zmq.ZMQError as e:
+            logger.debug("ZAP handler stopped: %s", e)
+        finally:
+            self.rep.close(linger=0)
+            self._stop_r.close(linger=0)
+
+    def close(self):
+        """Stop the thread (from the thread that owns the loop's sockets)."""
+        if self._stop_w.closed:
+            return
+        try:
+            self._stop_w.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.thread.join(5)
+        self._stop_w.close(linger=0)
 
 
 # ---------------------------------------------------------------- sockets
@@ -251,16 +333,21 @@ def send(sock, frames):
 def tune(sock):
     sock.linger = 0
     sock.sndhwm = 0
-    sock.rcvhwm = 0
+    sock.rcvhwm = RCVHWM
+    sock.maxmsgsize = MAX_FRAME_BYTES + FRAME_OVERHEAD
+    sock.handshake_ivl = int(HANDSHAKE_SECONDS * 1000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
 
 
-def bind_router(context, security, host="127.0.0.1", port=0):
-    """A ROUTER bound on host:port (port 0: ZeroMQ picks); returns (socket, port).
+def bind_router(loop, security, host="127.0.0.1", port=0, who="dask-ipy"):
+    """A ROUTER of ``loop`` bound on host:port (port 0: ZeroMQ picks); returns
+    (socket, port).  Only peers holding the key complete a connection.
 
     Sending to a peer that is gone raises at once (ROUTER_MANDATORY): the shells use
     that to find which peer a disconnect event was about."""
-    sock = context.socket(zmq.ROUTER)
+    if not security.encrypt:
+        loop.serve_zap(security, who)
+    sock = loop.context.socket(zmq.ROUTER)
     tune(sock)
     sock.router_mandatory = 1
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
@@ -274,9 +361,14 @@ def bind_router(context, security, host="127.0.0.1", port=0):
     return sock, port
 
 
-def connect_dealer(context, security, identity, address, heartbeat=True):
+def connect_dealer(context, security, identity, address, heartbeat=True, events=0):
+    """A DEALER connected to ``address``.  With ``events``, its monitor socket
+    (``sock.get_monitor_socket()``) exists before the connection starts, so the first
+    handshake is not missed."""
     sock = context.socket(zmq.DEALER)
     tune(sock)
+    if events:
+        sock.get_monitor_socket(events)
     sock.routing_id = identity
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
@@ -288,11 +380,85 @@ def connect_dealer(context, security, identity, address, heartbeat=True):
     return sock
 
 
-def advertised_host(host):
-    """The host name peers should use to reach a socket bound on ``host``."""
-    if host in ("", "*", "0.0.0.0"):
-        return socket.gethostname()
-    return host
+class RejectionLog:
+    """Counts what an endpoint refuses and logs it without flooding: each one at
+    DEBUG, and at WARNING the first one, then at most one line per `interval` seconds
+    with the count since the last line (a timer of `loop` writes the last count of a
+    burst).  Call from the loop's thread."""
+
+    def __init__(self, loop, what, things="messages", interval=None):
+        self.loop = loop
+        self.what = what
+        self.things = things
+        self.interval = REJECTION_LOG_INTERVAL if interval is None else interval
+        self.total = 0
+        self.pending = 0              # counted, not yet in a WARNING line
+        self.last = None              # (peer, reason) of the latest
+        self.quiet_until = float("-inf")
+        self.timer = None
+
+    def __call__(self, peer, reason):
+        self.total += 1
+        self.last = (peer, reason)
+        logger.debug("%s from %r: %s", self.what, peer, reason)
+        now = time.monotonic()
+        if now >= self.quiet_until:
+            logger.warning("%s from %r: %s", self.what, peer, reason)
+            self.quiet_until = now + self.interval
+            return
+        self.pending += 1
+        if self.timer is None and self.loop is not None:
+            self.timer = self.loop.call_later(self.quiet_until - now, self._report)
+
+    def _report(self):
+        self.timer = None
+        if self.pending:
+            peer, reason = self.last
+            logger.warning("%s: %d more %s in %.0f s, the latest from %r: %s",
+                           self.what, self.pending, self.things, self.interval, peer,
+                           reason)
+            self.pending = 0
+            self.quiet_until = time.monotonic() + self.interval
+
+    def close(self):
+        """Write what is still counted (the loop is stopping)."""
+        if self.timer is not None:
+            IOLoop.cancel_timer(self.timer)
+            self.timer = None
+        self._report()
+
+
+class Handshake:
+    """The peer side of the handshake that binds a connection to one start of its
+    scheduler (see protocol.py): `hello` after each ZeroMQ handshake, then `answer`
+    with each "hello-reply"; only the reply to the latest hello counts."""
+
+    def __init__(self):
+        self.nonce = None
+
+    def hello(self, session):
+        self.nonce = os.urandom(16)
+        return session.dumps([{"op": "hello", "nonce": self.nonce}], b"", handshake=True)
+
+    def answer(self, msg):
+        """(epoch, scheduler identity) from a reply to our latest hello, else None."""
+        if self.nonce is None or msg.get("nonce") != self.nonce:
+            return None
+        self.nonce = None
+        epoch, ident = msg.get("epoch"), msg.get("id")
+        if (type(epoch) is not bytes or len(epoch) != EPOCH_BYTES
+                or type(ident) is not bytes or not ident):
+            return None
+        return epoch, ident
+
+
+def hello_reply(session, msg, scheduler_id):
+    """The scheduler's answer to a "hello": its epoch, echoing the nonce.  None for a
+    hello without a proper nonce."""
+    nonce = msg.get("nonce")
+    if type(nonce) is not bytes or len(nonce) != 16:
+        return None
+    return {"op": "hello-reply", "nonce": nonce, "epoch": session.epoch, "id": scheduler_id}
 
 
 def new_id(prefix):

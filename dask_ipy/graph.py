@@ -43,9 +43,12 @@ from collections.abc import Mapping, Set
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
 
+from .errors import CycleError, MissingDependency
+
 __all__ = [
     "CycleError",
     "MissingDependency",
+    "as_dict",
     "normalize",
     "dependencies",
     "check",
@@ -63,33 +66,6 @@ __all__ = [
 #: Graphs with more nodes than this are ordered by ``_depth_first_order``
 #: instead of ``dask.order.order`` (see ``order`` for the measurements).
 DASK_ORDER_LIMIT = 50_000
-
-
-class CycleError(RuntimeError):
-    """The graph has a cycle; ``cycle`` lists its keys, first key repeated last.
-
-    An arrow ``'a' -> 'b'`` reads "a depends on b".
-    """
-
-    def __init__(self, cycle):
-        self.cycle = list(cycle)
-        super().__init__(
-            "Cycle detected in graph: " + " -> ".join(map(repr, self.cycle))
-        )
-
-
-class MissingDependency(KeyError):
-    """Task ``key`` depends on ``missing`` keys that nobody holds or computes."""
-
-    def __init__(self, key, missing):
-        self.key = key
-        self.missing = tuple(missing)
-        super().__init__(key, self.missing)
-
-    def __str__(self):
-        return "Task {!r} depends on missing key(s): {}".format(
-            self.key, ", ".join(map(repr, self.missing))
-        )
 
 
 @contextlib.contextmanager
@@ -124,7 +100,7 @@ class _EitherContainer:
         return False
 
 
-def _as_dict(dsk) -> dict:
+def as_dict(dsk) -> dict:
     """A plain ``{key: value}`` dict from a dict, HighLevelGraph, expression or
     collection (anything with ``__dask_graph__``), or any Mapping."""
     if type(dsk) is dict:
@@ -159,7 +135,7 @@ def normalize(dsk, known=frozenset()) -> dict:
     Measured here (one core): 100,000 chained tasks ``{'x%d': (inc, 'x%d')}`` in
     0.3-0.4 s (0.7-0.9 s without pausing the garbage collector).
     """
-    dsk = _as_dict(dsk)
+    dsk = as_dict(dsk)
     all_keys = set(dsk)
     if known:
         all_keys = _EitherContainer(all_keys, known)

@@ -1,4 +1,4 @@
-"""Keys, connection files and optional CURVE encryption.
+"""Keys, connection files, and who may talk to a socket at all.
 
 One shared secret per scheduler authenticates every message (protocol.Session). It
 reaches the other endpoints in one of three ways:
@@ -14,10 +14,18 @@ reaches the other endpoints in one of three ways:
   same machine;
 - an explicit ``Security`` (``security=``), e.g. carried over ipyparallel's own channel.
 
-With ``encrypt=True`` every socket also runs ZeroMQ CURVE. The server keypair is derived
-from the shared secret, so every holder of the key knows the server's public key and
-nobody else can complete a handshake; clients use throwaway keypairs. CURVE adds
-confidentiality; the per-message MAC still applies on top of it.
+Before any message, ZeroMQ's own handshake keeps out whoever does not hold the key, so
+that a stranger cannot make a process hold data at all (ZeroMQ queues every frame of a
+multipart message before the application sees any of it):
+
+- by default every socket speaks ZeroMQ's PLAIN mechanism with a password derived from
+  the key; the binding side checks it in a ZAP handler (`zap_verdict`).  PLAIN sends
+  the password in clear: it does not reveal the key, but whoever can read the traffic
+  can reuse it to complete handshakes;
+- with ``encrypt=True`` every socket runs ZeroMQ CURVE instead. The server keypair is
+  derived from the shared secret, so every holder of the key knows the server's public
+  key and nobody else can complete a handshake; clients use throwaway keypairs. CURVE
+  adds confidentiality; the per-message MAC still applies on top of it.
 
 The key never appears in a repr, a log line or an error message.
 """
@@ -32,9 +40,13 @@ import secrets
 import socket
 from dataclasses import dataclass
 
+import hmac
+
 import blake3
 import zmq
 from zmq.utils import z85
+
+from .addresses import split_address
 
 __all__ = [
     "Security",
@@ -48,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CURVE_CONTEXT = "dask_ipy curve server secret key"
+_PLAIN_CONTEXT = "dask_ipy zeromq plain password"
+PLAIN_USER = b"dask-ipy"
 _FILE_PREFIX = "scheduler-"
 _FILE_SUFFIX = ".json"
 
@@ -65,6 +79,12 @@ def _server_keypair(key: bytes) -> tuple[bytes, bytes]:
     """(public, secret), Z85-encoded, the same for every holder of `key`."""
     secret = z85.encode(blake3.blake3(key, derive_key_context=_CURVE_CONTEXT).digest())
     return zmq.curve_public(secret), secret
+
+
+def _plain_password(key: bytes) -> bytes:
+    """The PLAIN password of `key`'s cluster: a one-way derivation, so reading it off
+    the wire tells nothing of the key."""
+    return blake3.blake3(key, derive_key_context=_PLAIN_CONTEXT).hexdigest().encode()
 
 
 @dataclass(frozen=True, repr=False)
@@ -112,8 +132,10 @@ class Security:
         return cls(key=key, encrypt=bool(d.get("encrypt", False)))
 
     def configure_server(self, socket) -> None:
-        """Make a binding socket a CURVE server (call before bind); no-op without encryption."""
+        """Make a binding socket a CURVE or PLAIN server (call before bind).  PLAIN
+        needs a ZAP handler in the socket's context that applies `zap_verdict`."""
         if not self.encrypt:
+            socket.plain_server = True
             return
         public, secret = _server_keypair(self.key)
         socket.curve_secretkey = secret
@@ -121,14 +143,31 @@ class Security:
         socket.curve_server = True
 
     def configure_client(self, socket) -> None:
-        """Make a connecting socket a CURVE client (call before connect); no-op without encryption."""
+        """Give a connecting socket the credentials servers ask for (before connect)."""
         if not self.encrypt:
+            socket.plain_username = PLAIN_USER
+            socket.plain_password = _plain_password(self.key)
             return
         server_public, _ = _server_keypair(self.key)
         public, secret = zmq.curve_keypair()
         socket.curve_serverkey = server_public
         socket.curve_publickey = public
         socket.curve_secretkey = secret
+
+    def zap_verdict(self, request) -> tuple[bool, str]:
+        """(allowed, reason) for a ZAP request's frames: [version, request id, domain,
+        address, routing id, mechanism, credentials...].  PLAIN must carry this key's
+        password; CURVE got this far only with the server's key, which only key
+        holders know; anything else is refused."""
+        if len(request) < 6:
+            return False, "malformed authentication request"
+        mechanism = bytes(request[5])
+        if mechanism == b"CURVE" and self.encrypt:
+            return True, "OK"
+        if mechanism == b"PLAIN" and not self.encrypt and len(request) == 8:
+            good = hmac.compare_digest(bytes(request[7]), _plain_password(self.key))
+            return (True, "OK") if good else (False, "wrong password")
+        return False, f"mechanism {mechanism[:16]!r} not accepted"
 
 
 def _runtime_path() -> str:
@@ -224,14 +263,10 @@ def remove_connection_file(path) -> None:
 def _split_tcp(address) -> tuple[str, int] | None:
     if not isinstance(address, str):
         return None
-    scheme, sep, rest = address.partition("://")
-    if not sep or scheme != "tcp":
+    scheme, host, port = split_address(address)
+    if scheme != "tcp" or port is None:
         return None
-    host, _, port = rest.rpartition(":")
-    try:
-        return host.strip("[]").lower(), int(port)
-    except ValueError:
-        return None
+    return host.lower(), port
 
 
 class _Resolver:

@@ -4,9 +4,13 @@
                                                    ├─ IOLoop thread: loads, state, dumps
     clients ──DEALER──▶ ROUTER address_to_clients ─┘
 
-Every received message is authenticated before it is decoded (`Session.loads`); a bad
-one is logged and dropped, and its sender hears nothing.  Task payloads are forwarded
-as opaque blobs: the scheduler never unpickles anything.
+Only holders of the key complete a connection (see security.py).  Every received
+message is authenticated before it is decoded (`Session.loads`) and must carry this
+start's random epoch, which peers learn by the "hello" handshake (see protocol.py); a
+bad one is counted, logged sparingly and dropped, and its sender hears nothing.  Task
+payloads are forwarded as opaque blobs: the scheduler never unpickles them.  It runs
+user code only when a client asks for it explicitly: scheduler plugins and
+`run_on_scheduler` (`plugins`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,14 @@ import time
 
 import zmq
 
-from ..comm import IOLoop, send, advertised_host, bind_router, logger, new_id
-from ..protocol import MAX_MESSAGE_BYTES, ProtocolError, Session
+from .. import bulk, messages
+from ..addresses import advertised_host
+from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
+from ..errors import error_payload
+from ..log import logger
+from ..protocol import HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session, new_epoch
 from ..security import Security, remove_connection_file, write_connection_file
+from .plugins import SchedulerPlugins, run_function
 from .state import MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
@@ -38,7 +47,7 @@ class Scheduler:
                  max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
-        self.session = Session(self.security.key, self.id,
+        self.session = Session(self.security.key, self.id, epoch=new_epoch(),
                                max_message_bytes=max_message_bytes)
         self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate,
                                     max_relay_bytes=max_relay_bytes)
@@ -48,13 +57,24 @@ class Scheduler:
         self.rejected = 0
         self.bytes_received = 0
         self.loop = IOLoop("dask-ipy-scheduler")
+        self.rejections = RejectionLog(self.loop, "scheduler: rejected a message")
         host = advertised_host(hostname)
         self.worker_socket, port_to_workers = bind_router(
-            self.loop.context, self.security, hostname, port_to_workers)
+            self.loop, self.security, hostname, port_to_workers, who="scheduler")
         self.client_socket, port_to_clients = bind_router(
-            self.loop.context, self.security, hostname, port_to_clients)
+            self.loop, self.security, hostname, port_to_clients, who="scheduler")
         self.address_to_workers = f"tcp://{host}:{port_to_workers}"
         self.address_to_clients = f"tcp://{host}:{port_to_clients}"
+        # Large values a client gathers pass through a plain TCP relay, not through
+        # this thread (see bulk.py); not when the cluster encrypts.
+        self.relay = None if self.security.encrypt else bulk.BulkRelay(
+            "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname)
+        self.state.stream_to_clients = self.relay is not None
+        self.from_workers = messages.handlers(messages.WORKER, messages.SCHEDULER, self,
+                                              self.FROM_WORKERS, self._worker_to_state)
+        self.from_clients = messages.handlers(messages.CLIENT, messages.SCHEDULER, self,
+                                              self.FROM_CLIENTS,
+                                              self.state.handle_client_message)
         self.loop.add_socket(self.worker_socket, self._on_worker_frames)
         self.loop.add_socket(self.client_socket, self._on_client_frames)
         # A dead peer's connection closes at once: on each disconnect, find out which
@@ -62,6 +82,7 @@ class Scheduler:
         for sock in (self.worker_socket, self.client_socket):
             mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self.loop.add_socket(mon, self._on_disconnect)
+        self.plugin_host = SchedulerPlugins(self)
         self.loop.add_flush(self._flush)
         self.connection_file = write_connection_file(
             {"address_to_workers": self.address_to_workers,
@@ -78,6 +99,33 @@ class Scheduler:
         return (f"<Scheduler {self.address_to_clients} workers={len(self.state.workers)}"
                 f" clients={len(self.state.clients)}>")
 
+    # What `run_on_scheduler` functions and plugins look at, by dask.distributed's
+    # names (the records are this scheduler's own: `state.TaskState`...).
+
+    @property
+    def tasks(self):
+        """{key: TaskState}"""
+        return self.state.tasks
+
+    @property
+    def workers(self):
+        """{address: WorkerRecord}"""
+        return self.state.by_address
+
+    @property
+    def clients(self):
+        """{client id: ClientRecord}"""
+        return self.state.clients
+
+    @property
+    def address(self):
+        return self.address_to_clients
+
+    @property
+    def plugins(self):
+        """{name: scheduler plugin}"""
+        return self.plugin_host.plugins
+
     # ---------------------------------------------------------------- receive
 
     def _decode(self, frames):
@@ -87,28 +135,65 @@ class Scheduler:
             return peer, self.session.loads(frames[1:], sender=peer)
         except ProtocolError as e:
             self.rejected += 1
-            logger.warning("scheduler: rejected a message from %r: %s", peer[:32], e)
+            self.rejections(peer[:32], e)
             return peer, ()
+
+    def _answer_hello(self, sock, peer, msg):
+        """Tell a peer this start's epoch, at once (see protocol.py); a "hello" never
+        reaches the state."""
+        reply = hello_reply(self.session, msg, self.id)
+        if reply is None:
+            return
+        try:
+            send(sock, [peer] + self.session.dumps([reply], peer, handshake=True))
+        except zmq.ZMQError as e:
+            logger.debug("scheduler: could not answer %r: %s", peer[:32], e)
 
     def _on_worker_frames(self, frames):
         wid, msgs = self._decode(frames)
         now = time.time()
-        state = self.state
         for msg in msgs:
-            op = msg.get("op")
-            if op == "register-worker":
-                ws = state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
-                                      msg.get("name"), msg.get("host", ""),
-                                      msg.get("pid"), msg.get("memory_limit", 0), now=now)
-                # The worker keeps what it sends us under our cap (results it cannot
-                # send become errors naming the key, instead of dropped messages).
-                state.send_worker(ws, {"op": "welcome",
-                                       "max_message_bytes": self.session.max_message_bytes})
-            elif op == "unregister":
-                state.remove_worker(wid, reason="worker closed", expected=True)
-            elif not state.handle_worker_message(wid, msg, now):
-                state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
-                break
+            handler = self.from_workers.get(msg.get("op"))
+            if handler is None:
+                logger.debug("scheduler: ignored a message %r", msg.get("op"))
+                continue
+            if handler(wid, msg, now) is False:
+                break                  # the rest of the batch comes from a stranger
+
+    def _on_worker_hello(self, wid, msg, now):
+        self._answer_hello(self.worker_socket, wid, msg)
+
+    def _on_register_worker(self, wid, msg, now):
+        ws = self.state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
+                                   msg.get("name"), msg.get("host", ""), msg.get("pid"),
+                                   msg.get("memory_limit", 0), now=now,
+                                   memory_fractions=msg.get("memory_fractions"),
+                                   shares_host=msg.get("shares_host", False))
+        # The worker keeps what it sends us under our cap (results it cannot send
+        # become errors naming the key, instead of dropped messages).
+        self.state.send_worker(ws, {"op": "welcome",
+                                    "max_message_bytes": self.session.max_message_bytes,
+                                    "relay_port": self.relay and self.relay.port})
+
+    def _on_unregister(self, wid, msg, now):
+        self.state.remove_worker(wid, reason="worker closed", expected=True)
+
+    def _on_stream_failed(self, wid, msg, now):
+        if self.relay is not None:
+            self.relay.cancel(msg.get("ticket"))
+
+    def _worker_to_state(self, wid, msg, now):
+        if not self.state.handle_worker_message(wid, msg, now):
+            self.state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
+            return False
+        return True
+
+    FROM_WORKERS = {
+        "hello": _on_worker_hello,
+        "register-worker": _on_register_worker,
+        "unregister": _on_unregister,
+        "stream-failed": _on_stream_failed,
+    }
 
     def _on_disconnect(self, frames):
         # The monitor event can come before the socket has dropped the dead peer's
@@ -139,29 +224,81 @@ class Scheduler:
         # the payload frames of their Serialized values: let the rest go now, not
         # after the handlers (a million-task graph is some 100 MB).
         frames.clear()
-        state = self.state
         for msg in msgs:
             op = msg.get("op")
-            if cid not in state.clients:
-                state.add_client(cid)
-            if op == "register-client":
-                state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
-                                        "address_to_workers": self.address_to_workers})
-            elif op == "close-client":
-                state.remove_client(cid)
-            elif op == "shutdown":
-                for ws in state.workers.values():
-                    state.send_worker(ws, {"op": "close"})
-                # The other clients hear it now; the one asking gets its answer and
-                # closes itself.
-                for other in state.clients:
-                    if other != cid:
-                        state.send_client(other, {"op": "scheduler-closing"})
-                state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
-                                        "result": True})
-                self.loop.call_later(0.05, self._shutdown)
-            else:
-                state.handle_client_message(cid, msg)
+            # A "hello" creates no state: it only earns its sender the epoch.
+            if cid not in self.state.clients and op not in HANDSHAKE_OPS:
+                self.state.add_client(cid)
+            handler = self.from_clients.get(op)
+            if handler is None:
+                logger.debug("scheduler: ignored a message %r", op)
+                continue
+            handler(cid, msg)
+
+    def _on_client_hello(self, cid, msg):
+        self._answer_hello(self.client_socket, cid, msg)
+
+    def _on_register_client(self, cid, msg):
+        self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
+                                     "address_to_workers": self.address_to_workers,
+                                     "relay_port": self.relay and self.relay.port})
+
+    def _on_close_client(self, cid, msg):
+        self.state.remove_client(cid)
+
+    def _on_shutdown(self, cid, msg):
+        state = self.state
+        for ws in state.workers.values():
+            state.send_worker(ws, {"op": "close"})
+        # The other clients hear it now; the one asking gets its answer and closes
+        # itself.
+        for other in state.clients:
+            if other != cid:
+                state.send_client(other, {"op": "scheduler-closing"})
+        state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
+                                "result": True})
+        self.loop.call_later(0.05, self._shutdown)
+
+    def _answer(self, cid, msg, result):
+        self.state.send_client(cid, {"op": "reply", "request_id": msg["request_id"],
+                                     "result": result})
+
+    def _on_register_scheduler_plugin(self, cid, msg):
+        self._answer(cid, msg, self.plugin_host.add(msg["name"], msg["plugin"],
+                                                    msg.get("idempotent", False)))
+
+    def _on_unregister_scheduler_plugin(self, cid, msg):
+        if self.plugin_host.remove(msg["name"]):
+            self._answer(cid, msg, {"status": "OK"})
+        else:
+            error = ValueError(f"the scheduler plugin {msg['name']!r} does not exist")
+            self._answer(cid, msg, {"status": "error", **error_payload(error, None)})
+
+    def _on_run_on_scheduler(self, cid, msg):
+        self._answer(cid, msg, run_function(self, msg["function"]))
+
+    def _on_wait_for_workers(self, cid, msg):
+        token = self.state.wait_for_workers(cid, msg["request_id"], msg["n"])
+        if msg.get("timeout") is not None:
+            self.loop.call_later(msg["timeout"], self.state.stop_waiting_for_workers,
+                                 token)
+
+    def _on_restart_workers(self, cid, msg):
+        token = self.state.restart_workers(cid, msg["request_id"], msg["workers"])
+        self.loop.call_later(msg.get("timeout", 60.0), self.state.restart_timed_out,
+                             token)
+
+    FROM_CLIENTS = {
+        "hello": _on_client_hello,
+        "register-client": _on_register_client,
+        "close-client": _on_close_client,
+        "shutdown": _on_shutdown,
+        "register-scheduler-plugin": _on_register_scheduler_plugin,
+        "unregister-scheduler-plugin": _on_unregister_scheduler_plugin,
+        "run-on-scheduler": _on_run_on_scheduler,
+        "wait-for-workers": _on_wait_for_workers,
+        "restart-workers": _on_restart_workers,
+    }
 
     # ---------------------------------------------------------------- send
 
@@ -171,6 +308,11 @@ class Scheduler:
             return
         batches = {}
         for kind, ident, msg in out:
+            if kind == "relay":
+                # Before any answer leaves: a client told of a stream finds the
+                # relay expecting it.
+                self._order_relay(ident, msg)
+                continue
             batches.setdefault((kind, ident), []).append(msg)
         for (kind, ident), msgs in batches.items():
             sock = self.worker_socket if kind == "worker" else self.client_socket
@@ -178,6 +320,19 @@ class Scheduler:
                 send(sock, [ident] + self.session.dumps(msgs, to=ident))
             except Exception as e:          # the peer is gone; its state goes too
                 logger.debug("scheduler: could not send to %r: %s", ident, e)
+
+    def _order_relay(self, ticket, sizes):
+        """Let a stream a worker announced through the relay, as many bytes as its
+        signed message said (``sizes``), or give it up (None)."""
+        if self.relay is None:
+            return
+        if sizes is None:
+            self.relay.cancel(ticket)
+            return
+        try:
+            self.relay.expect(ticket, bulk.stream_length(sizes))
+        except (TypeError, ValueError):
+            logger.warning("scheduler: a malformed stream announcement")
 
     # ---------------------------------------------------------------- timers
 
@@ -206,8 +361,12 @@ class Scheduler:
     # ---------------------------------------------------------------- life
 
     def _shutdown(self):
+        self.plugin_host.dispatch()
         self._flush()
+        self.plugin_host.close()
         self.loop.running = False
+        if self.relay is not None:
+            self.relay.close()
 
     def close(self, timeout=5):
         if self.closed.is_set():
@@ -220,6 +379,9 @@ class Scheduler:
                 self._shutdown()
             self.loop.call_soon(bye)
         self.loop.stop(timeout)
+        self.rejections.close()
+        if self.relay is not None:
+            self.relay.close()
         remove_connection_file(self.connection_file)
 
     def wait(self, timeout=None):

@@ -3,7 +3,9 @@
 Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
 `remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
 workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
-"client".  Nothing here touches a socket, a thread or a clock: time arrives as an
+"client", and orders for the shell's relay of large values (bulk.py) as ``("relay",
+ticket, sizes)``: let through a stream a worker announced with those frame sizes, or,
+with sizes None, give it up.  Nothing here touches a socket, a thread or a clock: time arrives as an
 argument.  User data and functions are `Serialized` blobs the scheduler forwards and
 never opens.
 
@@ -17,14 +19,14 @@ Task states and what holds them::
 State, documented once:
 
     tasks:      {key: TaskState}
-    workers:    {worker_id: WorkerState}      by_address: {address: WorkerState}
-    clients:    {client_id: ClientState}
+    workers:    {worker_id: WorkerRecord}     by_address: {address: WorkerRecord}
+    clients:    {client_id: ClientRecord}
     queued:     heap of (priority, seq, TaskState); entries whose task has left the
                 "queued" state are skipped when popped
     TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
-    TaskState.who_has:      {WorkerState}    .who_wants: {client_id}
+    TaskState.who_has:      {WorkerRecord}   .who_wants: {client_id}
                             these five "sets" are EMPTY, a 1-tuple or a set: change
                             them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
@@ -34,14 +36,32 @@ State, documented once:
                 `result()` costs one request
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim
-    WorkerState.processing: {TaskState: estimated duration}
-    WorkerState.executing:  {TaskState}      of those, the ones known to have started
-    WorkerState.stale:      {key: estimated duration}  tasks released while running
-                            there: their threads stay busy until the worker says so
-    WorkerState.has_what:   {TaskState}
-    WorkerState.unreachable: {WorkerState}   peers it could not connect to: it gets
-                            their data through the scheduler ("relay"), and placement
-                            avoids the pair
+    WorkerRecord.processing: {TaskState: estimated duration}
+    WorkerRecord.executing:  {TaskState}  of those, the ones known to have started
+    WorkerRecord.stale:      {key: estimated duration}  tasks released while running
+                             there: their threads stay busy until the worker says so
+    WorkerRecord.has_what:   {TaskState}
+    WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
+                             their data through the scheduler ("relay"), and placement
+                             avoids the pair
+    WorkerRecord.status:     "running"; "paused" (its memory passed the pause
+                             fraction: nothing new is placed there, its queued tasks
+                             may be stolen, it still serves its data); or
+                             "closing_gracefully" while it retires (no new tasks; its
+                             data moves to the others, paused or not); "closed" once
+                             removed.  paused_since (None: not paused, whatever the
+                             status) and time_paused (seconds, ended pauses) say for
+                             how long its memory has kept it paused
+    memory_failures: {key: text}  why a task was last stopped for memory
+    moves:      {move id: moves.Move}  data being moved between workers (retire,
+                replicate, rebalance), see moves.py
+    worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
+                and when it restarts; opaque here
+    plugin_events:  [event] for the scheduler's plugins, which its shell runs (None
+                when there are none): ("transition", key, start, finish),
+                ("add_worker", address), ("remove_worker", address), ("add_client",
+                id), ("remove_client", id), ("update_graph", client, keys, tasks),
+                ("restart",), ("log_event", topic, msg)
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
@@ -56,8 +76,11 @@ import math
 from collections import deque
 from operator import attrgetter
 
+from ..errors import error_info
 from ..keys import key_prefix
+from ..units import format_bytes
 from ..protocol import Serialized
+from .moves import Move, plan_rebalance, plan_replicas, plan_retirement
 
 RELEASED = "released"
 WAITING = "waiting"
@@ -69,6 +92,11 @@ ERRED = "erred"
 FORGOTTEN = "forgotten"
 
 ALL_STATES = (RELEASED, WAITING, QUEUED, NO_WORKER, PROCESSING, MEMORY, ERRED)
+
+RUNNING = "running"                        # worker statuses
+PAUSED = "paused"                          # memory: nothing new starts there
+CLOSING_GRACEFULLY = "closing_gracefully"  # retiring: no new tasks, data moves off
+CLOSED = "closed"
 
 
 class InvalidTransition(RuntimeError):
@@ -185,10 +213,11 @@ class TaskState:
         return self.priority < other.priority
 
 
-class WorkerState:
+class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
-                 "last_seen", "metrics", "since", "status", "unreachable")
+                 "last_seen", "metrics", "since", "status", "unreachable",
+                 "memory_fractions", "paused_since", "time_paused", "shares_host")
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
                  memory_limit=0, now=0.0):
@@ -211,19 +240,25 @@ class WorkerState:
         self.last_seen = now
         self.since = now
         self.metrics = {}
-        self.status = "running"
+        self.status = RUNNING
+        self.memory_fractions = None     # {target, spill, pause, terminate}, as told
+        self.paused_since = None
+        self.time_paused = 0.0
+        self.shares_host = False         # its limits are shares of its host's
 
     def __repr__(self):
-        return f"<WorkerState {self.address} processing={len(self.processing)}>"
+        return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
 
 
-class ClientState:
-    __slots__ = ("id", "wants_what", "monitor")
+class ClientRecord:
+    __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned")
 
     def __init__(self, id):
         self.id = id
         self.wants_what = set()
         self.monitor = False
+        self.paused_warning = None    # seconds: warn of workers paused longer
+        self.warned = set()           # {(worker id, paused since)} warned of
 
 
 def _compact_spec(run_spec):
@@ -253,6 +288,8 @@ RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent dir
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
 MAX_RELAY_BYTES = 256 << 20
+MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail before
+                            # the worker is kept instead
 
 
 def _allowed(ts, ws):
@@ -266,9 +303,27 @@ def _relayed(dep, ws):
     return all(holder in ws.unreachable for holder in dep.who_has)
 
 
-def error_info(kind, text, key):
-    """An error raised by the scheduler itself, sent as text: no pickles involved."""
-    return {"type": kind, "text": text, "key": key}
+def _memory_text(ws, msg):
+    """What a worker's "memory-exceeded" says, for a person."""
+    name = f" ({ws.name})" if ws.name != ws.address else ""
+    fractions = ws.memory_fractions or {}
+    terminate = fractions.get("terminate")
+    at = f", stopped at {terminate:.0%} of it" if terminate else ""
+    action = ("the task was interrupted; the worker's process lives on"
+              if msg.get("action") == "interrupt" else "the worker was restarted")
+    return (f"worker {ws.address}{name} reached {format_bytes(msg.get('rss', 0))} of "
+            f"its {format_bytes(msg.get('limit', ws.memory_limit))} memory limit{at}; "
+            f"{action}")
+
+
+def _memory_note(ws):
+    """A dead worker's memory at its last heartbeat, if that was high."""
+    memory = ws.metrics.get("memory", 0)
+    pause = (ws.memory_fractions or {}).get("pause") or 0.8
+    if not ws.memory_limit or memory < pause * ws.memory_limit:
+        return ""
+    return (f"; its memory at its last heartbeat: {format_bytes(memory)} of its "
+            f"{format_bytes(ws.memory_limit)} limit")
 
 
 class SchedulerState:
@@ -289,6 +344,15 @@ class SchedulerState:
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
+        self.memory_failures = {}            # {key: text} last stop for memory
+        self.clock = 0.0                     # the latest time the shell told us
+        self.moves = {}                      # {move id: Move} (see moves.py)
+        self.worker_plugins = {}             # {name: Serialized}
+        self.plugin_events = None            # [event] for scheduler plugins, or None
+        self.worker_waiters = {}             # {id: (client, request id, n workers)}
+        self.restarting = {}                 # {id: pending restart_workers}
+        self.subscribers = {}                # {topic: {client id}} of worker events
+        self._advancing = self._advance_again = False
         self.stolen = 0                      # tasks moved so, ever
         self.errors = deque(maxlen=20)       # latest errors for monitors
         self.outbox = []
@@ -300,6 +364,9 @@ class SchedulerState:
         self.max_depth = max_depth
         self.max_error_text = max_error_text
         self.max_relay_bytes = max_relay_bytes
+        # Set by a shell with a relay for large values (bulk.py): a client's gather may
+        # then ask the holders to stream them to it through the relay.
+        self.stream_to_clients = False
         self.validating = validate
         self.generation = 0
         self.transition_count = 0
@@ -403,6 +470,8 @@ class SchedulerState:
         return func(ts)
 
     def _set_state(self, ts, state):
+        if self.plugin_events is not None:
+            self.plugin_events.append(("transition", ts.key, ts.state, state))
         counts = ts.group.states
         counts[ts.state] -= 1
         if state != FORGOTTEN:
@@ -447,6 +516,8 @@ class SchedulerState:
                 recs[dep.key] = FORGOTTEN
         self._set_state(ts, FORGOTTEN)
         del self.tasks[ts.key]
+        if self.memory_failures:
+            self.memory_failures.pop(ts.key, None)
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs
@@ -631,7 +702,7 @@ class SchedulerState:
         """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
         keeps a short queue, so a finished task starts the next without a round trip;
         the queue holds about `queue_seconds` of work, so tiny tasks travel in batches.
-        Threads still running tasks released meanwhile (`WorkerState.stale`) count
+        Threads still running tasks released meanwhile (`WorkerRecord.stale`) count
         for nothing."""
         depth = self.saturation
         duration = ts.group.duration
@@ -701,13 +772,19 @@ class SchedulerState:
             return
         if self.steals:
             idle -= sum(1 for _, t in self.steals.values() if t is thief)
+        # A paused worker starts nothing: every task waiting in its queue may go.
         victims = [ws for ws in self.workers.values()
-                   if len(ws.processing) + len(ws.stale) > ws.nthreads and ws is not thief]
-        victims.sort(key=lambda w: w.occupancy / w.nthreads, reverse=True)
+                   if ws is not thief and (
+                       len(ws.processing) + len(ws.stale) > ws.nthreads
+                       or ws.status == PAUSED and len(ws.processing) > len(ws.executing))]
+        victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads))
         for victim in victims:
             if idle <= 0:
                 return
-            waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
+            if victim.status == PAUSED:
+                waiting = len(victim.processing) - len(victim.executing)
+            else:
+                waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
             candidates = [ts for ts in itertools.islice(reversed(victim.processing),
                                                         STEAL_SCAN)
                           if self._worth_stealing(ts, victim, thief)]
@@ -720,11 +797,13 @@ class SchedulerState:
     def _worth_stealing(self, ts, victim, thief):
         duration = victim.processing[ts]
         if (ts in victim.executing or ts.key in self.steals
-                or duration < STEAL_MIN_DURATION
+                or duration < STEAL_MIN_DURATION and victim.status != PAUSED
                 or ts.restrictions is not None and not _allowed(ts, thief)
                 or thief.unreachable and any(_relayed(dep, thief)
                                              for dep in ts.dependencies)):
             return False
+        if victim.status == PAUSED:
+            return True                 # it would wait there until memory falls
         missing = sum(max(dep.nbytes, 0) for dep in ts.dependencies
                       if thief not in dep.who_has)
         return missing / self.bandwidth <= duration
@@ -750,6 +829,8 @@ class SchedulerState:
             self.transitions({ts.key: PROCESSING})
 
     def _assign(self, ts, ws):
+        if self.validating:
+            assert ws.status == RUNNING, (ts, ws)     # nothing new for a paused one
         duration = self._duration(ts)
         ts.processing_on = ws
         ws.processing[ts] = duration
@@ -902,6 +983,7 @@ class SchedulerState:
         # in graph order.
         self._drain(erred)
         new.sort(key=_priority)
+        added = [ts.key for ts in new] if self.plugin_events is not None else None
         recs = {}
         for ts in new:
             if ts.state == RELEASED:
@@ -915,42 +997,66 @@ class SchedulerState:
                 recs[key] = WAITING
         self.transitions(recs)
         self.fill_workers()
+        if self.plugin_events is not None:
+            self.plugin_events.append(("update_graph", client, list(keys), added))
 
     # ------------------------------------------------------------ workers
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
-                   memory_limit=0, keys=(), now=0.0):
+                   memory_limit=0, keys=(), now=0.0, memory_fractions=None,
+                   shares_host=False):
+        """``shares_host``: the worker's limits ("auto" memory, task thread pools) are
+        shares of its host's; it is told how many workers its host has
+        ("host-workers") whenever that changes."""
         if wid in self.workers:
             return self.workers[wid]
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
-        ws = WorkerState(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws.memory_fractions = memory_fractions
+        ws.shares_host = shares_host
+        self.clock = max(self.clock, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
         self.send_worker(ws, {"op": "registered"})
+        self._count_host(ws.host)
+        # Plugins are set up before the worker's first task (messages keep their order).
+        for pname, blob in self.worker_plugins.items():
+            self.send_worker(ws, {"op": "plugin-add", "name": pname, "plugin": blob})
         if keys:
             self.send_worker(ws, {"op": "free-keys", "keys": list(keys)})
+        if self.plugin_events is not None:
+            self.plugin_events.append(("add_worker", address))
         if self.unrunnable:
             self.transitions({ts.key: WAITING for ts in self.unrunnable})
         self.fill_workers()
+        if self.worker_waiters:
+            self._answer_worker_waiters()
+        if self.restarting:
+            self._restarted(ws)
         return ws
 
-    def remove_worker(self, wid, reason="", expected=False):
+    def remove_worker(self, wid, reason="", expected=False, memory=None):
+        """``memory``: the worker is gone because its memory passed its terminate
+        fraction (a text saying so); the tasks it ran are blamed with it."""
         ws = self.workers.pop(wid, None)
         if ws is None:
             return None
         self.by_address.pop(ws.address, None)
         recs = {}
         suspects = ws.executing or set(ws.processing)
+        if not expected and memory is None:
+            reason += _memory_note(ws)
         for ts in list(ws.processing):
             if not expected and ts in suspects:
                 ts.suspicious += 1
+                if memory is not None:
+                    self.memory_failures[ts.key] = memory
+                elif self.memory_failures:
+                    self.memory_failures.pop(ts.key, None)    # not memory, this time
                 if ts.suspicious >= self.allowed_failures:
-                    ts.error = error_info(
-                        "KilledWorker",
-                        f"task {ts.key!r} was running on {ts.suspicious} workers "
-                        f"that died (last: {ws.address}: {reason})", ts.key)
+                    ts.error = self._killed_error(ts, ws, reason)
                     recs[ts.key] = ERRED
                     continue
             recs[ts.key] = RELEASED
@@ -961,7 +1067,8 @@ class SchedulerState:
         ws.has_what = set()
         ws.processing = {}
         ws.executing = set()
-        ws.status = "closed"
+        ws.status = CLOSED
+        self._count_host(ws.host)
         for other in self.workers.values():
             other.unreachable.discard(ws)
         if self.steals:                 # its own tasks' steals went with them
@@ -985,30 +1092,153 @@ class SchedulerState:
             sc["pending"].discard(wid)
             if not sc["pending"] and not sc["acked"]:
                 self._scatter_failed(key)
+        if self.plugin_events is not None:
+            self.plugin_events.append(("remove_worker", ws.address))
+        if self.moves:
+            self._worker_gone(ws)
         self.transitions(recs)
         self.fill_workers()
+        if self.moves:
+            self._advance_moves()
         return ws
 
     def check_heartbeats(self, now, timeout):
-        """Remove workers silent for longer than ``timeout`` seconds."""
+        """Remove workers silent for longer than ``timeout`` seconds; warn clients of
+        workers paused for longer than they asked to be warned after."""
+        self.clock = max(self.clock, now)
         for ws in list(self.workers.values()):
             if now - ws.last_seen > timeout:
                 self.remove_worker(ws.id, reason=f"no heartbeat for {now - ws.last_seen:.1f} s")
+            elif ws.status == PAUSED:
+                self._warn_paused(ws, now)
+
+    # ------------------------------------------------------------ memory
+
+    def _count_host(self, host):
+        """Workers whose limits are shares of their host's learn how many workers
+        share it."""
+        peers = [w for w in self.workers.values() if w.host == host]
+        for w in peers:
+            if w.shares_host:
+                self.send_worker(w, {"op": "host-workers", "n": len(peers)})
+
+    def _pause(self, ws, now):
+        """A retiring worker stays retiring (its data still moves off); only its
+        pause is timed."""
+        if ws.status == RUNNING:
+            ws.status = PAUSED
+        ws.paused_since = now
+        if self.moves:
+            self._recipient_paused(ws)
+        # Its queued tasks would wait for its memory to fall: idle workers take them.
+        if len(self.workers) > 1:
+            for other in self.workers.values():
+                if other.status == RUNNING:
+                    self._steal_for(other)
+
+    def _resume(self, ws, now):
+        if ws.paused_since is not None:
+            ws.time_paused += max(now - ws.paused_since, 0.0)
+        ws.paused_since = None
+        if ws.status != PAUSED:
+            return                          # retiring: it takes nothing new
+        ws.status = RUNNING
+        if self.unrunnable:
+            self.transitions({ts.key: WAITING for ts in self.unrunnable})
+        self.fill_workers()
+        if self.worker_waiters:                 # a paused worker does not count
+            self._answer_worker_waiters()
+
+    def paused_for(self, ws, now=None):
+        """Seconds ``ws`` has been paused (0 if it runs), and its total."""
+        now = self.clock if now is None else now
+        current = max(now - ws.paused_since, 0.0) if ws.paused_since is not None else 0.0
+        return current, ws.time_paused + current
+
+    def _warn_paused(self, ws, now):
+        seconds = now - ws.paused_since
+        for cs in self.clients.values():
+            after = cs.paused_warning
+            if after is None or seconds < after or (ws.id, ws.paused_since) in cs.warned:
+                continue
+            cs.warned.add((ws.id, ws.paused_since))
+            m = ws.metrics
+            self.send_client(cs.id, {
+                "op": "worker-paused-long", "address": ws.address, "name": ws.name,
+                "seconds": seconds, "memory": m.get("memory", 0),
+                "managed": m.get("managed", 0), "spilled": m.get("spilled", 0),
+                "memory_limit": ws.memory_limit})
+
+    def _on_memory_exceeded(self, ws, msg):
+        """The worker's memory passed its terminate fraction while ``keys`` ran there.
+        "exit": it is restarting (under its supervisor), so it is gone now; its tasks
+        are blamed.  "interrupt": those tasks are being stopped in a process that
+        lives on (an engine); each counts a failure, is run elsewhere, and errs once
+        it has failed ``allowed_failures`` times."""
+        text = _memory_text(ws, msg)
+        if msg.get("action") == "exit":
+            self.remove_worker(ws.id, reason=text + "; the worker restarts", memory=text)
+            return
+        for key in msg.get("keys", ()):
+            ts = self.tasks.get(key)
+            if ts is None or ts.processing_on is not ws:
+                continue
+            ts.suspicious += 1
+            self.memory_failures[key] = text
+            # Its thread runs on until the stop lands (the worker then says
+            # "task-dropped"): released, it counts as stale there.
+            ws.executing.add(ts)
+            if ts.suspicious >= self.allowed_failures:
+                ts.error = self._killed_error(ts, ws, text)
+                ws.stale[key] = ws.processing[ts]
+                ws.occupancy += ws.processing[ts]
+                self.transitions({key: ERRED})
+            else:
+                self.transitions({key: RELEASED})
+        self.fill_workers()
+
+    def _killed_error(self, ts, ws, reason):
+        """The error of a task that ended ``allowed_failures`` workers (or runs): it
+        names memory when memory was the last cause."""
+        memory = self.memory_failures.get(ts.key)
+        if memory is not None:
+            return error_info(
+                "MemoryLimitExceeded",
+                f"task {ts.key!r} was stopped {ts.suspicious} times for exceeding a "
+                f"worker's memory limit (allowed_failures={self.allowed_failures}); "
+                f"last time: {memory}", ts.key)
+        return error_info(
+            "KilledWorker",
+            f"task {ts.key!r} was running on {ts.suspicious} workers "
+            f"that died (last: {ws.address}: {reason})", ts.key)
 
     def handle_worker_message(self, wid, msg, now=0.0):
         ws = self.workers.get(wid)
         if ws is None:
             return False          # unknown or removed worker: the shell tells it
         ws.last_seen = now
+        if now > self.clock:
+            self.clock = now
         op = msg["op"]
-        handler = self._worker_handlers.get(op)
+        handler = self.FROM_WORKERS.get(op)
         if handler is None:
             return True
         handler(self, ws, msg)
+        if self.moves and ws.status == CLOSING_GRACEFULLY:
+            # A retiring worker's task ended or was given back: it may be done.
+            self._advance_moves()
         return True
 
     def _on_heartbeat(self, ws, msg):
-        ws.metrics = msg.get("metrics", {})
+        metrics = ws.metrics = msg.get("metrics", {})
+        limit = metrics.get("memory_limit")
+        if limit is not None:
+            ws.memory_limit = limit
+        status = metrics.get("status")
+        if status == PAUSED and ws.paused_since is None:
+            self._pause(ws, ws.last_seen)
+        elif status == RUNNING and ws.paused_since is not None:
+            self._resume(ws, ws.last_seen)
 
     def _on_task_started(self, ws, msg):
         key = msg["key"]
@@ -1093,10 +1323,13 @@ class SchedulerState:
         self.fill_workers()
 
     def _on_missing_data(self, ws, msg):
-        """A worker could not get ``dep`` from ``holder``: that replica is gone."""
+        """A worker could not get ``dep`` from ``holder``: that replica is gone.
+        Without a task (``key`` None) it was a copy asked for by a move."""
         dts = self.tasks.get(msg["dep"])
         holder = self.by_address.get(msg.get("holder"))
         if dts is None:
+            if msg.get("key") is None and self.moves:
+                self._copy_failed(ws, msg["dep"])
             return
         if holder is not None and holder in dts.who_has:
             _discard(dts, "who_has", holder)
@@ -1117,6 +1350,8 @@ class SchedulerState:
                 recs[ts.key] = RELEASED
         self.transitions(recs)
         self.fill_workers()
+        if msg.get("key") is None and self.moves:
+            self._copy_failed(ws, msg["dep"])
 
     def _on_peer_unreachable(self, ws, msg):
         other = self.by_address.get(msg["address"])
@@ -1134,14 +1369,14 @@ class SchedulerState:
                          self.max_relay_bytes)
 
     def _on_add_keys(self, ws, msg):
-        """Data was put on a worker (scatter) or replicated to it."""
+        """Data was put on a worker (scatter) or copied to it (a move)."""
         for key, nbytes, typ in msg["keys"]:
             ts = self.tasks.get(key)
             if ts is None:
                 self.send_worker(ws, {"op": "free-keys", "keys": [key]})
                 continue
             ts.nbytes = nbytes
-            ts.type = typ
+            ts.type = typ or ts.type
             self._add_replica(ts, ws)
             sc = self.scatters.get(key)
             if sc is not None:
@@ -1161,6 +1396,8 @@ class SchedulerState:
                     self._set_state(ts, WAITING)
                 self.transitions({ts.key: MEMORY})
         self.fill_workers()
+        if self.moves:
+            self._copies_made(ws, [entry[0] for entry in msg["keys"]])
 
     def _on_release_worker_data(self, ws, msg):
         for key in msg["keys"]:
@@ -1180,6 +1417,10 @@ class SchedulerState:
         g["pending"].discard(ws.id)
         g["data"].update(msg.get("data", {}))
         g["errors"].update(msg.get("errors", {}))
+        for stream in msg.get("streams", ()):
+            g["streams"].append(stream)
+            g["streamed"].update(stream["keys"])
+            self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
         missing = msg.get("missing", ())
         for key in missing:
             ts = self.tasks.get(key)
@@ -1191,6 +1432,15 @@ class SchedulerState:
         g["missing"].extend(missing)
         self._maybe_finish_gather(gid)
 
+    def _on_log_event(self, ws, msg):
+        """A worker's event (a forwarded log record...): for the clients subscribed
+        to its topic, as it came."""
+        topic = msg["topic"]
+        for cid in self.subscribers.get(topic, ()):
+            self.send_client(cid, {"op": "event", "topic": topic, "event": msg["event"]})
+        if self.plugin_events is not None:
+            self.plugin_events.append(("log_event", topic, msg["event"]))
+
     def _on_run_result(self, ws, msg):
         r = self.runs.get(msg["request_id"])
         if r is None:
@@ -1200,7 +1450,7 @@ class SchedulerState:
                                     if k not in ("op", "request_id")}
         self._maybe_finish_run(msg["request_id"])
 
-    _worker_handlers = {
+    FROM_WORKERS = {
         "heartbeat": _on_heartbeat,
         "task-started": _on_task_started,
         "task-finished": _on_task_finished,
@@ -1215,19 +1465,30 @@ class SchedulerState:
         "release-worker-data": _on_release_worker_data,
         "data": _on_data,
         "run-result": _on_run_result,
+        "memory-exceeded": _on_memory_exceeded,
+        "log-event": _on_log_event,
     }
 
     # ------------------------------------------------------------ clients
 
     def add_client(self, cid):
         if cid not in self.clients:
-            self.clients[cid] = ClientState(cid)
+            self.clients[cid] = ClientRecord(cid)
+            if self.plugin_events is not None:
+                self.plugin_events.append(("add_client", cid))
         return self.clients[cid]
 
     def remove_client(self, cid):
         cs = self.clients.pop(cid, None)
         if cs is None:
             return
+        for subscribed in self.subscribers.values():
+            subscribed.discard(cid)
+        for token, (client, _, _) in list(self.worker_waiters.items()):
+            if client == cid:
+                del self.worker_waiters[token]
+        if self.plugin_events is not None:
+            self.plugin_events.append(("remove_client", cid))
         self._release_keys(cid, [ts.key for ts in cs.wants_what])
 
     def _release_keys(self, cid, keys):
@@ -1256,7 +1517,7 @@ class SchedulerState:
                 cs.wants_what.add(ts)
 
     def handle_client_message(self, cid, msg):
-        handler = self._client_handlers.get(msg["op"])
+        handler = self.FROM_CLIENTS.get(msg["op"])
         if handler is not None:
             handler(self, cid, msg)
 
@@ -1311,16 +1572,27 @@ class SchedulerState:
     def _on_gather(self, cid, msg):
         """Send values of keys to a client.  With ``wait``, keys still being computed
         are waited for here, so the answer leaves as soon as the last one is done."""
+        max_bytes = msg.get("max_bytes")
+        stream = bool(msg.get("stream")) and self.stream_to_clients and max_bytes is None
+        if self.stream_to_clients:
+            # Streams of an earlier answer the client could not take: their senders,
+            # waiting at the relay, give up now.
+            for ticket in msg.get("unwanted", ()):
+                self.outbox.append(("relay", ticket, None))
         self._new_gather(cid, None, msg["request_id"], list(msg["keys"]),
-                         msg.get("max_bytes"), msg.get("wait"))
+                         max_bytes, msg.get("wait"), stream)
 
-    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False):
-        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker."""
+    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False, stream=False):
+        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker.  With
+        `stream`, holders may send large values straight to the client through the
+        shell's relay: the answer then lists those streams (opaque: ticket, sizes,
+        keys) beside the values."""
         gid = next(self._ids)
         g = self.gathers[gid] = {"client": cid, "worker": ws, "request_id": request_id,
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
                                  "keys": keys, "waiting": set(), "max_bytes": max_bytes,
-                                 "holders": {}}
+                                 "holders": {}, "stream": stream, "streams": [],
+                                 "streamed": set()}
         if wait:
             for key in keys:
                 ts = self.tasks.get(key)
@@ -1363,6 +1635,8 @@ class SchedulerState:
         for ws, wkeys in by_worker.items():
             g["pending"].add(ws.id)
             msg = {"op": "send-data", "keys": wkeys, "request_id": gid}
+            if g["stream"]:
+                msg["for"] = g["client"]
             if g["worker"] is not None:
                 msg["max_bytes"] = g["max_bytes"]
                 g["holders"].update(dict.fromkeys(wkeys, ws.address))
@@ -1373,7 +1647,8 @@ class SchedulerState:
         g = self.gathers[gid]
         g["pending"].discard(wid)
         # Keys that worker was to send are retried where replicas remain, or missing.
-        wanted = [k for k in g["keys"] if k not in g["data"] and k not in g["missing"]]
+        wanted = [k for k in g["keys"] if k not in g["data"] and k not in g["missing"]
+                  and k not in g["streamed"]]
         pending_elsewhere = set()
         for key in wanted:
             ts = self.tasks.get(key)
@@ -1398,6 +1673,8 @@ class SchedulerState:
                "missing": g["missing"], "errors": g["errors"]}
         ws = g["worker"]
         if ws is None:
+            if g["streams"]:
+                msg["streams"] = g["streams"]
             self.send_client(g["client"], {"op": "gather-result", **msg})
             return
         for key, error in g["errors"].items():
@@ -1469,17 +1746,23 @@ class SchedulerState:
                                         "text": f"the worker receiving {key!r} died"})
 
     def _on_run(self, cid, msg):
+        self._fan_out(cid, msg["request_id"], {"op": "run", "function": msg["function"]},
+                      msg.get("workers"))
+
+    def _fan_out(self, cid, request_id, msg, allowed=None):
+        """Send ``msg`` to the running workers (those named in ``allowed``, if given);
+        the client gets each one's answer, by address, in one "run-result"."""
         rid = next(self._ids)
-        targets = [ws for ws in self.workers.values() if ws.status == "running"]
-        allowed = msg.get("workers")
+        # Paused ones too (a plugin must be there when they run again); not those
+        # retiring, which may be gone before they answer.
+        targets = [ws for ws in self.workers.values() if ws.status in (RUNNING, PAUSED)]
         if allowed:
             targets = [ws for ws in targets
                        if ws.address in allowed or ws.name in allowed or ws.id in allowed]
-        self.runs[rid] = {"client": cid, "request_id": msg["request_id"],
+        self.runs[rid] = {"client": cid, "request_id": request_id,
                           "pending": {ws.id for ws in targets}, "results": {}}
         for ws in targets:
-            self.send_worker(ws, {"op": "run", "function": msg["function"],
-                                  "request_id": rid})
+            self.send_worker(ws, {**msg, "request_id": rid})
         self._maybe_finish_run(rid)
 
     def _maybe_finish_run(self, rid):
@@ -1519,6 +1802,10 @@ class SchedulerState:
         elif what == "task-states":
             keys = msg.get("keys") or list(self.tasks)
             result = {k: self.tasks[k].state for k in keys if k in self.tasks}
+        elif what == "processing":
+            named = self._named(msg["workers"]) if msg.get("workers") else \
+                self.workers.values()
+            result = {ws.address: [ts.key for ts in ws.processing] for ws in named}
         else:
             result = None
         self._reply(cid, msg, result)
@@ -1548,6 +1835,12 @@ class SchedulerState:
 
     def _on_unpublish_dataset(self, cid, msg):
         self._reply(cid, msg, self._unpublish(msg["name"]))
+
+    def _on_client_options(self, cid, msg):
+        cs = self.clients.get(cid)
+        if cs is not None and "paused_warning" in msg:
+            after = msg["paused_warning"]
+            cs.paused_warning = None if after is None else float(after)
 
     def _on_monitor(self, cid, msg):
         cs = self.clients.get(cid)
@@ -1579,10 +1872,345 @@ class SchedulerState:
         self.parked.clear()
         self.scatters.clear()
         self.steals.clear()
+        self.memory_failures.clear()
         self.datasets.clear()
         self._reply(cid, msg, True)
+        if self.plugin_events is not None:
+            self.plugin_events.append(("restart",))
+        if self.moves:                    # no data is left to move
+            for move in self.moves.values():
+                move.pending.clear()
+            self._advance_moves()
 
-    _client_handlers = {
+    # ------------------------------------------------------------ code on workers
+
+    def _on_register_worker_plugin(self, cid, msg):
+        """Keep a worker plugin (an opaque blob) for every worker, and set it up on
+        the running ones now: the client hears each one's outcome."""
+        name = msg["name"]
+        if name in self.worker_plugins and msg.get("idempotent"):
+            self.send_client(cid, {"op": "run-result", "request_id": msg["request_id"],
+                                   "results": {}})
+            return
+        self.worker_plugins[name] = msg["plugin"]
+        self._fan_out(cid, msg["request_id"],
+                      {"op": "plugin-add", "name": name, "plugin": msg["plugin"]})
+
+    def _on_unregister_worker_plugin(self, cid, msg):
+        name = msg["name"]
+        if self.worker_plugins.pop(name, None) is None:
+            self.send_client(cid, {"op": "run-result", "request_id": msg["request_id"],
+                                   "results": {}, "unknown": name})
+            return
+        self._fan_out(cid, msg["request_id"], {"op": "plugin-remove", "name": name})
+
+    def _on_subscribe_topic(self, cid, msg):
+        """Workers' events of a topic go to this client (or no longer, ``on`` false)."""
+        if msg.get("on", True):
+            self.subscribers.setdefault(msg["topic"], set()).add(cid)
+        else:
+            self.subscribers.get(msg["topic"], set()).discard(cid)
+
+    # ------------------------------------------------------------ cluster management
+
+    def _named(self, names):
+        """The workers among ``names`` (addresses or names)."""
+        names = {str(n) for n in names}
+        return [ws for ws in self.workers.values()
+                if ws.address in names or str(ws.name) in names]
+
+    def _running(self):
+        return [ws for ws in self.workers.values() if ws.status == RUNNING]
+
+    def worker_info(self, ws):
+        """What `info` says of one worker."""
+        return self.info()["workers"].get(ws.address)
+
+    def wait_for_workers(self, cid, request_id, n):
+        """Answer the client once ``n`` workers run (at once if they do); returns a
+        token for `stop_waiting_for_workers` (the shell's timeout)."""
+        token = next(self._ids)
+        self.worker_waiters[token] = (cid, request_id, n)
+        self._answer_worker_waiters()
+        return token
+
+    def _answer_worker_waiters(self):
+        running = len(self._running())
+        for token, (cid, rid, n) in list(self.worker_waiters.items()):
+            if running >= n:
+                del self.worker_waiters[token]
+                self.send_client(cid, {"op": "reply", "request_id": rid,
+                                       "result": {"ok": True, "workers": running}})
+
+    def stop_waiting_for_workers(self, token):
+        entry = self.worker_waiters.pop(token, None)
+        if entry is not None:
+            cid, rid, _ = entry
+            self.send_client(cid, {"op": "reply", "request_id": rid,
+                                   "result": {"ok": False,
+                                              "workers": len(self._running())}})
+
+    def restart_workers(self, cid, request_id, workers):
+        """Restart workers in place: each drops its tasks, its data and its plugins,
+        and registers again at its address (its plugins set up anew).  The client
+        hears ``{worker as named: "OK" | "removed" | "timed out"}`` once every one is
+        back; returns a token for `restart_timed_out` (the shell's timeout).  Their
+        data is lost (recomputed when needed) and their tasks go elsewhere."""
+        token = next(self._ids)
+        pending, result = {}, {}
+        for name in workers:
+            found = self._named([name])
+            if not found:
+                result[name] = "removed"
+                continue
+            ws = found[0]
+            pending[ws.address] = name
+            self.send_worker(ws, {"op": "restart-worker"})
+            self.remove_worker(ws.id, reason="restarted on request", expected=True)
+        self.restarting[token] = {"client": cid, "request_id": request_id,
+                                  "pending": pending, "result": result}
+        self._maybe_restarted(token)
+        return token
+
+    def _restarted(self, ws):
+        for token, r in list(self.restarting.items()):
+            name = r["pending"].pop(ws.address, None)
+            if name is not None:
+                r["result"][name] = "OK"
+                self._maybe_restarted(token)
+
+    def _maybe_restarted(self, token):
+        r = self.restarting[token]
+        if not r["pending"]:
+            del self.restarting[token]
+            self.send_client(r["client"], {"op": "reply", "request_id": r["request_id"],
+                                           "result": r["result"]})
+
+    def restart_timed_out(self, token):
+        r = self.restarting.get(token)
+        if r is not None:
+            for name in r["pending"].values():
+                r["result"][name] = "timed out"
+            r["pending"].clear()
+            self._maybe_restarted(token)
+
+    def workers_to_close(self):
+        """Whom a retirement naming nobody retires: the idle running workers (no
+        task to run), least data first, all of them but one if every worker is idle."""
+        running = self._running()
+        idle = sorted((ws for ws in running if not ws.processing and not ws.stale),
+                      key=lambda w: (w.nbytes, w.address))
+        return idle[:len(idle) - 1] if len(idle) == len(running) else idle
+
+    def _on_retire_workers(self, cid, msg):
+        """Retire workers gracefully: they take no new tasks and give back those not
+        started; once their running tasks end, their unique data is copied to the
+        workers that stay, then they are removed (``remove``) and closed (``close``).
+        The client hears ``{address: what it was}`` of those retired; a worker whose
+        data has nowhere to go stays, and is not in the answer."""
+        names = msg.get("workers")
+        if names is None:
+            names = msg.get("names")
+        wss = self._named(names) if names is not None else self.workers_to_close()
+        move = Move("retire", cid, msg["request_id"], close=msg.get("close", False),
+                    remove=msg.get("remove", True))
+        for ws in wss:
+            move.retiring[ws.id] = ws.status
+            move.info[ws.id] = self.worker_info(ws)
+            ws.status = CLOSING_GRACEFULLY
+            self._hand_back(ws)
+        self.moves[next(self._ids)] = move
+        self._advance_moves()
+
+    def _hand_back(self, ws):
+        """A retiring worker gives up the tasks it has not started: they go elsewhere
+        (a steal without a thief)."""
+        for ts in list(ws.processing):
+            if ts not in ws.executing and ts.key not in self.steals:
+                self.steals[ts.key] = (ws, None)
+                self.send_worker(ws, {"op": "steal-request", "key": ts.key})
+
+    def _on_replicate(self, cid, msg):
+        """Copies of keys on ``n`` workers (all of them: None), among ``workers``
+        if given: missing copies are made, extra ones dropped (moves.plan_replicas)."""
+        allowed = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        allowed = [ws for ws in allowed if ws.status == RUNNING]
+        tss = {}
+        for key in msg["keys"]:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == MEMORY:
+                tss[key] = ts
+        acquire, drop = plan_replicas(
+            {k: (ts.nbytes, [w.address for w in ts.who_has]) for k, ts in tss.items()},
+            msg.get("n"), [ws.address for ws in allowed],
+            {ws.address: ws.nbytes for ws in allowed})
+        for key, addresses in drop.items():
+            for address in addresses:
+                self._drop_copy(tss[key], self.by_address[address])
+        move = Move("replicate", cid, msg["request_id"])
+        self._ask_copies(move, [(tss[key], self.by_address[address], None)
+                                for key, addresses in acquire.items()
+                                for address in addresses])
+        self.moves[next(self._ids)] = move
+        self._advance_moves()
+
+    def _on_rebalance(self, cid, msg):
+        """Even out the bytes the workers (``workers``, or all) hold by moving keys
+        (``keys``, or all) from the heaviest to the lightest (moves.plan_rebalance).
+        Keys not in memory fail the whole request."""
+        scope = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        scope = [ws for ws in scope if ws.status == RUNNING]
+        if msg.get("keys") is None:
+            tss = {ts.key: ts for ws in scope for ts in ws.has_what}
+        else:
+            tss = {k: self.tasks.get(k) for k in msg["keys"]}
+            missing = [k for k, ts in tss.items() if ts is None or ts.state != MEMORY]
+            if missing:
+                self._reply(cid, msg, {"status": "partial-fail", "keys": missing})
+                return
+        plan = plan_rebalance(
+            {k: (ts.nbytes, [w.address for w in ts.who_has]) for k, ts in tss.items()},
+            {ws.address: ws.nbytes for ws in scope})
+        move = Move("rebalance", cid, msg["request_id"])
+        self._ask_copies(move, [(tss[key], self.by_address[recipient],
+                                 self.by_address[sender].id)
+                                for key, sender, recipient in plan])
+        self.moves[next(self._ids)] = move
+        self._advance_moves()
+
+    def _ask_copies(self, move, copies):
+        """Ask workers for copies: [(task, recipient, sender id or None)]; one
+        "acquire-replicas" per recipient."""
+        asked = {}
+        for ts, ws, sender in copies:
+            move.pending[(ts.key, ws.id)] = sender
+            asked.setdefault(ws, []).append(ts)
+        for ws, tss in asked.items():
+            self.send_worker(ws, {"op": "acquire-replicas",
+                                  "who_has": {ts.key: [w.address for w in ts.who_has]
+                                              for ts in tss},
+                                  "nbytes": {ts.key: ts.nbytes for ts in tss}})
+
+    def _drop_copy(self, ts, ws):
+        """``ws`` no longer keeps ``ts`` (another copy remains)."""
+        _discard(ts, "who_has", ws)
+        ws.has_what.discard(ts)
+        ws.nbytes -= max(ts.nbytes, 0)
+        self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
+
+    def _copies_made(self, ws, keys):
+        """``ws`` confirmed copies ("add-keys"): a rebalance drops the sender's."""
+        for move in list(self.moves.values()):
+            for key in keys:
+                entry = (key, ws.id)
+                if entry not in move.pending:
+                    continue
+                sender = self.workers.get(move.pending.pop(entry))
+                ts = self.tasks.get(key)
+                if (sender is not None and ts is not None and sender in ts.who_has
+                        and len(ts.who_has) > 1):
+                    self._drop_copy(ts, sender)
+        self._advance_moves()
+
+    def _copy_failed(self, ws, key):
+        """``ws`` could not fetch a copy of ``key`` from any holder."""
+        for move in self.moves.values():
+            if (key, ws.id) in move.pending:
+                del move.pending[(key, ws.id)]
+                move.failed.append(key)
+                move.attempts[key] = move.attempts.get(key, 0) + 1
+        self._advance_moves()
+
+    def _recipient_paused(self, ws):
+        """Copies asked of ``ws``, now paused, would wait for its memory to fall:
+        they count as failed (a retirement asks a running worker instead).  One
+        that comes later is kept as any copy."""
+        for move in self.moves.values():
+            for key, wid in [e for e in move.pending if e[1] == ws.id]:
+                del move.pending[(key, wid)]
+                move.failed.append(key)
+                move.attempts[key] = move.attempts.get(key, 0) + 1
+        self._advance_moves()
+
+    def _worker_gone(self, ws):
+        """A worker left: copies asked of it failed; a retiring one is retired."""
+        for move in self.moves.values():
+            for entry in [e for e in move.pending if e[1] == ws.id]:
+                del move.pending[entry]
+                move.failed.append(entry[0])
+            if move.retiring.pop(ws.id, None) is not None:
+                move.retired[ws.address] = move.info.get(ws.id)
+
+    def _advance_moves(self):
+        """Carry retirements on, and answer the moves that are over.  Reentrant:
+        removing a retired worker comes back here, and is then only noted."""
+        if self._advancing:
+            self._advance_again = True
+            return
+        self._advancing = True
+        try:
+            self._advance_again = True
+            while self._advance_again:
+                self._advance_again = False
+                for mid, move in list(self.moves.items()):
+                    if move.kind == "retire":
+                        self._advance_retirement(move)
+                        over = not move.retiring   # copies still coming are extra
+                    else:
+                        over = not move.pending
+                    if over and mid in self.moves:
+                        del self.moves[mid]
+                        self._finish_move(move)
+        finally:
+            self._advancing = False
+
+    def _advance_retirement(self, move):
+        # Copies go to running workers only: a paused one takes nothing new.  A key
+        # a paused worker also holds is kept there, so it is not unique.
+        stay = self._running()
+        for wid, before in list(move.retiring.items()):
+            ws = self.workers[wid]
+            if ws.processing:
+                continue               # its running tasks end there first
+            unique = {ts.key: ts for ts in ws.has_what
+                      if not any(h.status in (RUNNING, PAUSED) for h in ts.who_has)}
+            if not unique:
+                del move.retiring[wid]
+                self._retired(move, ws)
+                continue
+            asked = {key for key, _ in move.pending}
+            todo = {key: ts.nbytes for key, ts in unique.items() if key not in asked}
+            if not stay or any(move.attempts.get(key, 0) >= MAX_COPY_ATTEMPTS
+                               for key in todo):
+                # Its data has nowhere to go: it is not retired.
+                del move.retiring[wid]
+                if before == CLOSING_GRACEFULLY:      # another retirement goes on
+                    ws.status = before
+                else:                  # paused or not as its memory is now
+                    ws.status = PAUSED if ws.paused_since is not None else RUNNING
+                continue
+            plan = plan_retirement(todo, {w.address: w.nbytes for w in stay})
+            self._ask_copies(move, [(unique[key], self.by_address[address], None)
+                                    for key, address in plan.items()])
+
+    def _retired(self, move, ws):
+        move.retired[ws.address] = move.info.get(ws.id)
+        if move.remove:
+            self.remove_worker(ws.id, reason="retired", expected=True)
+        if move.close:
+            self.send_worker(ws, {"op": "close"})
+
+    def _finish_move(self, move):
+        if move.kind == "retire":
+            result = move.retired
+        elif move.failed:
+            result = {"status": "partial-fail", "keys": sorted(set(move.failed), key=str)}
+        else:
+            result = {"status": "OK"}
+        self.send_client(move.client, {"op": "reply", "request_id": move.request_id,
+                                       "result": result})
+
+    FROM_CLIENTS = {
         "update-graph": _on_update_graph,
         "client-releases-keys": _on_client_releases_keys,
         "client-desires-keys": _on_client_desires_keys,
@@ -1596,18 +2224,40 @@ class SchedulerState:
         "unpublish-dataset": _on_unpublish_dataset,
         "monitor": _on_monitor,
         "restart": _on_restart,
+        "client-options": _on_client_options,
+        "register-worker-plugin": _on_register_worker_plugin,
+        "unregister-worker-plugin": _on_unregister_worker_plugin,
+        "subscribe-topic": _on_subscribe_topic,
+        "retire-workers": _on_retire_workers,
+        "replicate": _on_replicate,
+        "rebalance": _on_rebalance,
     }
 
     # ------------------------------------------------------------ views
+
+    def memory_info(self, ws, now=None):
+        """A worker's memory as it last reported it: process (RSS), managed (results
+        in memory, by sizeof), unmanaged (the rest of RSS), spilled (bytes on disk),
+        its limit and fractions, and whether and how long it has been paused."""
+        m = ws.metrics
+        rss = m.get("memory", 0)
+        managed = m.get("managed", 0)
+        paused_for, time_paused = self.paused_for(ws, now)
+        return {"memory": rss, "managed": managed,
+                "unmanaged": max(rss - managed, 0), "spilled": m.get("spilled", 0),
+                "memory_limit": ws.memory_limit,
+                "memory_fractions": ws.memory_fractions,
+                "status": ws.status, "paused": ws.paused_since is not None,
+                "paused_for": paused_for, "time_paused": time_paused}
 
     def info(self):
         return {
             "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
                                      "pid": ws.pid, "nthreads": ws.nthreads,
-                                     "memory_limit": ws.memory_limit,
                                      "executing": len(ws.executing) + len(ws.stale),
                                      "unreachable": sorted(w.address
-                                                           for w in ws.unreachable)}
+                                                           for w in ws.unreachable),
+                                     **self.memory_info(ws)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
             "nclients": len(self.clients),
@@ -1630,8 +2280,8 @@ class SchedulerState:
                 "address": ws.address, "name": ws.name, "host": ws.host, "pid": ws.pid,
                 "nthreads": ws.nthreads, "executing": len(ws.executing) + len(ws.stale),
                 "processing": len(ws.processing) + len(ws.stale), "keys": len(ws.has_what),
-                "nbytes": ws.nbytes, "memory": ws.metrics.get("memory", 0),
-                "cpu": ws.metrics.get("cpu", 0), "last_seen": now - ws.last_seen,
+                "nbytes": ws.nbytes, "cpu": ws.metrics.get("cpu", 0),
+                "last_seen": now - ws.last_seen, **self.memory_info(ws, now),
             })
         groups = []
         for tg in sorted(self.groups.values(), key=lambda g: g.seq)[-50:]:
@@ -1698,8 +2348,17 @@ class SchedulerState:
             assert ws.executing <= set(ws.processing), ws
             expected = sum(ws.processing.values()) + sum(ws.stale.values())
             assert abs(ws.occupancy - expected) < 1e-6 * max(expected, 1.0), ws
+            assert ws.status in (RUNNING, PAUSED, CLOSING_GRACEFULLY), ws
+            assert ws.status != PAUSED or ws.paused_since is not None, ws
+            assert ws.status != RUNNING or ws.paused_since is None, ws
+            assert ws.time_paused >= 0, ws
         for key, (victim, _) in self.steals.items():
             assert self.tasks[key].processing_on is victim, (key, victim)
+        for move in self.moves.values():
+            for key, wid in move.pending:
+                assert wid in self.workers, (move, key)
+            for wid in move.retiring:
+                assert self.workers[wid].status == CLOSING_GRACEFULLY, (move, wid)
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
         counts = self.task_counts()

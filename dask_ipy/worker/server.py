@@ -8,115 +8,50 @@
 
 The loop thread owns the sockets and the state machine; pool threads only run user
 code and hand results back.  Inputs fetched from peers arrive zero-copy.
+
+After each ZeroMQ handshake with the scheduler the worker says "hello" and learns the
+scheduler's epoch (see protocol.py): the first time it then registers; a new epoch
+means a new scheduler at the same address, which it registers with afresh.  Messages
+to peers carry the peer's address as recipient (a worker knows its peers by address).
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 import os
 import queue
 import socket
 import threading
 import time
-import traceback as tb_module
 
 import psutil
 import zmq
 from dask.sizeof import sizeof
 
-from .. import bulk
-from ..comm import IOLoop, send, bind_router, connect_dealer, logger, new_id
+from .. import bulk, messages
+from .. import config as cfg
+from ..addresses import host_of, local_ip_towards
+from ..comm import (Handshake, IOLoop, RejectionLog, send, bind_router, connect_dealer,
+                    new_id)
+from ..discovery import resolve_scheduler
+from ..errors import error_payload
 from ..graph import execute
+from ..log import logger
+from ..plugins import accepts
 from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
                         deserialize, serialize)
-from ..security import Security, find_security, read_connection_file
+from ..security import Security
+from ..units import format_bytes
+from . import limits
+from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
+                      TaskThreadLimits)
+from .plugins import WorkerPlugins
 from .state import RELAY, Execute, GatherDep, Send, WorkerState
+from .store import SpillStore, Spilled
+from .system import host_cores, host_memory, malloc_trim
 
-MAX_ERROR_TEXT = 10_000
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
-
-
-def resolve_scheduler(address, security, which):
-    """An address or connection file, plus the key: explicit, from the file, or found
-    in this user's runtime directory for schedulers on this machine."""
-    if address is None:
-        address = os.environ.get("DASK_IPY_SCHEDULER_FILE")
-        if address is None:
-            raise ValueError("no scheduler address or connection file given")
-    if os.path.isfile(str(address)):
-        info, file_security = read_connection_file(address)
-        return info[which], security or file_security
-    if security is None:
-        security = find_security(address)
-        if security is None:
-            raise ValueError(
-                f"no key known for {address}: pass security= or the scheduler's "
-                "connection file (written next to the scheduler, owner-only)")
-    return address, security
-
-
-def local_ip_towards(address):
-    """The IP of this machine on the route to ``address`` (no packet is sent)."""
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return "127.0.0.1"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((socket.gethostbyname(host), 9))
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-
-
-def user_frames(tb):
-    """`tb` without its leading frames of this package (the pool thread, the graph
-    executor): a user sees their own code first.  All of it if nothing else is left."""
-    first = tb
-    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        first = first.tb_next
-    return first if first is not None else tb
-
-
-def error_payload(exc, tb):
-    """A task's exception for the wire: the pickled exception when it pickles, the
-    traceback as data (tblib), and text for humans and for the scheduler."""
-    import tblib
-
-    tb = user_frames(tb)
-    text = f"{type(exc).__name__}: {exc}"
-    if len(text) > MAX_ERROR_TEXT:
-        text = text[:MAX_ERROR_TEXT] + "... (truncated)"
-    tb_text = "".join(tb_module.format_exception(type(exc), exc, tb))
-    if len(tb_text) > MAX_ERROR_TEXT:
-        tb_text = "... (truncated)\n" + tb_text[-MAX_ERROR_TEXT:]
-    try:
-        exception = serialize(exc)
-        if exception.nbytes > 10 * MAX_ERROR_TEXT:
-            exception = _shortened(exc)
-    except Exception:
-        exception = None
-    try:
-        traceback = serialize(tblib.Traceback(tb).as_dict()) if tb is not None else None
-    except Exception:
-        traceback = None
-    return {"type": type(exc).__name__, "text": text, "exception": exception,
-            "traceback": traceback, "traceback_text": tb_text}
-
-
-def _shortened(exc):
-    """The exception with its message cut to MAX_ERROR_TEXT, for one too big to send
-    whole: the client still raises the original type.  None if that fails."""
-    try:
-        short = copy.copy(exc)
-        short.args = (str(exc)[:MAX_ERROR_TEXT] + "... (truncated)",)
-        blob = serialize(short)
-    except Exception:
-        return None
-    return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
 
 
 def inline(value, nbytes, job):
@@ -149,28 +84,46 @@ class Worker:
     ``unreachable_retry`` seconds a new connection is tried in the background.
     ``contact_address`` is the address peers are told to use, when it is not the one
     bound (a port forward, a NAT).
+
+    Memory (see the README): ``memory_limit`` is "auto" (this host's memory, or its
+    cgroup's limit, shared among the workers of this scheduler on this host), bytes,
+    a string such as "2GiB", a fraction of the host, or None for no limit.  With a
+    limit and no ``data``, results spill to a private directory under
+    ``local_directory`` (default: dask's temporary-directory, else the system's).
+    The ``memory_*_fraction`` arguments override ``dask-ipy.worker.memory.*`` in
+    dask.config.  ``memory_terminate_action``: what a task that takes the process
+    past the terminate fraction meets: "interrupt" (a TaskMemoryError inside the
+    task; the process lives on: for workers inside engines) or "exit" (the worker
+    exits for its supervisor to start a new one; `dask-ipy worker` does this).
+    ``blas_threads``: threads of BLAS/OpenMP pools inside tasks ("auto", a number,
+    or False to leave them alone; default ``dask-ipy.worker.blas-threads``).
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
                  nthreads=1, security=None, name=None, heartbeat_interval=0.5,
                  connect_timeout=5.0, gather_timeout=30.0, unreachable_retry=30.0,
                  contact_address=None, validate=False,
-                 max_message_bytes=MAX_MESSAGE_BYTES):
+                 max_message_bytes=MAX_MESSAGE_BYTES, memory_limit="auto",
+                 local_directory=None, memory_target_fraction=None,
+                 memory_spill_fraction=None, memory_pause_fraction=None,
+                 memory_terminate_fraction=None, memory_terminate_action="interrupt",
+                 memory_monitor_interval=None, blas_threads=None):
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler, security, "address_to_workers")
         self.security = self.security or Security.temporary()
         self.nthreads = nthreads
-        self.max_send_bytes = MAX_MESSAGE_BYTES    # the scheduler's cap, from "welcome"
+        self.max_send_bytes = None      # the scheduler's cap, if it has one, from "welcome"
         self.heartbeat_interval = heartbeat_interval
         self.connect_timeout = connect_timeout
         self.gather_timeout = gather_timeout
         self.unreachable_retry = unreachable_retry
         self.loop = IOLoop("dask-ipy-worker")
+        self.rejections = RejectionLog(self.loop, "worker: rejected a message")
         if hostname is None:
             hostname = local_ip_towards(self.scheduler_address)
-        self.peer_socket, port = bind_router(self.loop.context, self.security, hostname,
-                                             port_to_workers)
+        self.peer_socket, port = bind_router(self.loop, self.security, hostname,
+                                             port_to_workers, who="worker")
         self.address = contact_address or f"tcp://{hostname}:{port}"
         # Large data for peers leaves through a plain TCP side channel (see bulk.py),
         # unless the cluster encrypts: then it stays on the CURVE sockets.
@@ -178,10 +131,19 @@ class Worker:
             "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname,
             ttl=gather_timeout)
         self.no_bulk = set()                   # peers whose side channel failed us
+        self.relay_port = None                 # the scheduler's relay, from "welcome"
+        self.uploads = bulk.Pool("dask-ipy-upload")
         self.name = name if name is not None else self.address
-        self.data = data if data is not None else {}
-        self.state = WorkerState(self.address, nthreads, self.data, validate)
         self.process = psutil.Process()
+        self._setup_memory(data, memory_limit, local_directory, memory_target_fraction,
+                           memory_spill_fraction, memory_pause_fraction,
+                           memory_terminate_fraction, memory_terminate_action,
+                           memory_monitor_interval, blas_threads)
+        # The I/O thread never waits for a disk: a spilling store gives it a view
+        # whose reads of spilled values return markers (see worker/store.py).
+        self.state = WorkerState(self.address, nthreads,
+                                 getattr(self.data, "nonblocking", self.data), validate)
+        self.plugin_host = WorkerPlugins(self)
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
         self.connecting = {}                   # {address: (monitor socket, timer)}
@@ -189,6 +151,8 @@ class Worker:
         self.jobs = queue.SimpleQueue()
         self.threads = []
         self.closed = threading.Event()
+        self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
+                                                self.FROM_SCHEDULER, self._to_state)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
         self.loop.add_flush(self._flush)
         self._connect()
@@ -199,29 +163,188 @@ class Worker:
             self.threads.append(t)
         self.loop.call_later(heartbeat_interval, self._heartbeat)
         self.loop.start()
+        if self.monitor is not None:
+            self.monitor.start()
 
     def __repr__(self):
         return f"<Worker {self.address} nthreads={self.nthreads} keys={len(self.data)}>"
 
+    @property
+    def plugins(self):
+        """{name: plugin} of the worker plugins set up here."""
+        return self.plugin_host.plugins
+
+    def log_event(self, topic, msg):
+        """Send ``msg`` (plain data) to the clients subscribed to ``topic`` (any
+        thread)."""
+        self.loop.call_soon(self._queue, {
+            "op": "log-event", "topic": topic, "event": [time.time(), msg]})
+
+    # ---------------------------------------------------------------- memory
+
+    def _setup_memory(self, data, memory_limit, local_directory, target, spill, pause,
+                      terminate, action, interval, blas_threads):
+        if action not in ("interrupt", "exit"):
+            raise ValueError(f"memory_terminate_action must be 'interrupt' or 'exit', "
+                             f"not {action!r}")
+        self.memory_setting = memory_limit
+        self.host_memory = host_memory()
+        self.host_workers = 1
+        self.memory_limit = limits.memory_limit_bytes(memory_limit, self.host_memory)
+        self.memory_fractions = cfg.memory_fractions(
+            target=target, spill=spill, pause=pause, terminate=terminate)
+        self.local_directory = local_directory or cfg.dask.config.get(
+            "temporary-directory", None) or None
+        self._owns_data = data is None
+        if data is None:
+            if self.memory_limit and (self.memory_fractions["target"]
+                                      or self.memory_fractions["spill"]):
+                data = SpillStore(self._store_budget(), directory=self.local_directory)
+            else:
+                data = {}
+        self.data = data
+        self.running = RunningTasks()
+        self.monitor = None
+        if self.memory_limit:
+            interval = interval or cfg.get("worker.memory.monitor-interval")
+            self.monitor = MemoryMonitor(self, self.memory_limit, self.memory_fractions,
+                                         action, float(interval),
+                                         float(cfg.get("worker.memory.resume-margin")))
+        self.blas_setting = (cfg.get("worker.blas-threads") if blas_threads is None
+                             else blas_threads)
+        threads = limits.blas_threads(self.blas_setting, host_cores(), self.nthreads)
+        self.thread_limits = TaskThreadLimits(threads) if threads else None
+        self._exiting = False
+        self.limit_listeners = []       # called with the new limit when it changes
+
+    def _store_budget(self):
+        target = self.memory_fractions["target"]
+        return self.memory_limit * target if target else float("inf")
+
+    def _on_host_workers(self, msg):
+        """The scheduler counts ``n`` workers on this host: an "auto" limit and "auto"
+        task thread pools take their share."""
+        self.host_workers = max(int(msg["n"]), 1)
+        if self.thread_limits is not None and self.blas_setting == "auto":
+            self.thread_limits.threads = limits.blas_threads(
+                "auto", max(host_cores() // self.host_workers, 1), self.nthreads)
+        if self.memory_setting != "auto" or self.monitor is None:
+            return
+        new = limits.memory_limit_bytes("auto", self.host_memory, self.host_workers)
+        if new == self.memory_limit:
+            return
+        logger.info("worker %s: %d workers on this host; memory limit %s",
+                    self.address, self.host_workers, format_bytes(new))
+        self.memory_limit = self.monitor.limit = new
+        if self._owns_data and isinstance(self.data, SpillStore):
+            self.data.memory_limit = self._store_budget()
+        for listener in self.limit_listeners:
+            listener(new)
+
+    def memory_paused(self, paused, rss):
+        """From the memory watch (on the loop): stop or start taking tasks, and tell
+        the scheduler at once (with a heartbeat)."""
+        if paused == self.state.paused:
+            return
+        if paused:
+            logger.warning("worker %s: memory %s is past %.0f%% of its %s limit: paused",
+                           self.address, format_bytes(rss),
+                           100 * self.memory_fractions["pause"],
+                           format_bytes(self.memory_limit))
+        else:
+            logger.warning("worker %s: memory %s: running again", self.address,
+                           format_bytes(rss))
+        self._handle("pause" if paused else "resume")
+        self._send_heartbeat()
+
+    def handle_memory_exceeded(self, keys, rss, limit, action):
+        """From the memory watch (on the loop): running tasks were stopped."""
+        self._handle("memory-exceeded", keys=keys, rss=rss, limit=limit, action=action)
+
+    def exit_for_memory(self, rss, limit, keys):
+        """From the memory watch: tell the scheduler which tasks ran, remove this
+        worker's files, and exit for the supervisor to start a new worker."""
+        if self._exiting:
+            return
+        self._exiting = True
+        told = threading.Event()
+
+        def tell():
+            self._handle("memory-exceeded", keys=keys, rss=rss, limit=limit,
+                         action="exit")
+            self._flush()
+            told.set()
+        self.loop.call_soon(tell)
+        told.wait(1.0)
+        logger.error("worker %s: memory %s passed %.0f%% of its %s limit while running "
+                     "%s: exiting to be restarted", self.address, format_bytes(rss),
+                     100 * self.memory_fractions["terminate"], format_bytes(limit), keys)
+        time.sleep(0.05)                  # the message leaves ZeroMQ's queue
+        if isinstance(self.data, SpillStore):
+            self.data.remove_files()
+        os._exit(EXIT_MEMORY)
+
+    def _memory_metrics(self):
+        store = self.data
+        managed = store.memory if isinstance(store, SpillStore) else self.state.managed
+        spilled = store.spilled_bytes if isinstance(store, SpillStore) else 0
+        return {"managed": managed, "spilled": spilled,
+                "memory_limit": self.memory_limit,
+                "status": "paused" if self.state.paused else "running"}
+
     # ---------------------------------------------------------------- scheduler link
 
     def _connect(self):
-        """(Re)register with the scheduler under a fresh identity."""
+        """Connect to the scheduler under a fresh identity; registration follows the
+        handshake (`_on_hello_reply`)."""
         self.id = new_id("worker")
         self.session = Session(self.security.key, self.id,
+                               aliases=(self.address.encode(),),
                                max_message_bytes=self.max_message_bytes)
+        self.scheduler_id = None
+        self.handshake = Handshake()
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED
         self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.id,
-                                               self.scheduler_address)
+                                               self.scheduler_address, events=events)
         self.loop.add_socket(self.scheduler_socket, self._on_scheduler_frames)
-        self.outgoing.append({
-            "op": "register-worker", "address": self.address, "nthreads": self.nthreads,
-            "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-            "memory_limit": psutil.virtual_memory().total})
+        self.scheduler_monitor = self.scheduler_socket.get_monitor_socket(events)
+        self.loop.add_socket(self.scheduler_monitor, self._on_scheduler_connected)
 
-    def _reconnect(self):
-        logger.warning("worker %s: the scheduler does not know us; registering again",
-                       self.address)
-        self.loop.remove_socket(self.scheduler_socket)
+    def _on_scheduler_connected(self, frames):
+        try:
+            send(self.scheduler_socket, self.handshake.hello(self.session))
+        except zmq.ZMQError as e:
+            logger.debug("worker %s: could not greet the scheduler: %s", self.address, e)
+
+    def _on_hello_reply(self, msg):
+        answer = self.handshake.answer(msg)
+        if answer is None:
+            return
+        epoch, scheduler_id = answer
+        if self.session.epoch is None:
+            self.session.epoch, self.scheduler_id = epoch, scheduler_id
+            self.outgoing.insert(0, {
+                "op": "register-worker", "address": self.address,
+                "nthreads": self.nthreads, "name": self.name,
+                "host": socket.gethostname(), "pid": os.getpid(),
+                "memory_limit": self.memory_limit,
+                "memory_fractions": self.memory_fractions,
+                "shares_host": self.memory_setting == "auto" or (
+                    self.thread_limits is not None and self.blas_setting == "auto")})
+        elif (epoch, scheduler_id) != (self.session.epoch, self.scheduler_id):
+            self._reconnect("a new scheduler answers at its address")
+            return False
+
+    def _reconnect(self, why="the scheduler does not know us", level=logging.WARNING):
+        if self._exiting:
+            # Exiting for memory: registered again, it would be given the tasks of
+            # the worker it was, and never run them.
+            return
+        logger.log(level, "worker %s: %s; registering again", self.address, why)
+        for sock in (self.scheduler_socket, self.scheduler_monitor):
+            self.loop.remove_socket(sock)
+        self.scheduler_socket.disable_monitor()
+        self.scheduler_monitor.close(linger=0)
         self.scheduler_socket.close(linger=0)
         self.outgoing.clear()
         self._handle("restart")
@@ -235,35 +358,93 @@ class Worker:
         try:
             msgs = self.session.loads(frames)
         except ProtocolError as e:
-            logger.warning("worker %s: rejected a message: %s", self.address, e)
+            self.rejections("the scheduler", e)
             return
+        frames.clear()             # received buffers live on only in the values
         for msg in msgs:
-            op = msg.pop("op")
-            if op == "worker-removed":
-                self._drop_peer(msg["address"])
-                self._handle(op, **msg)
-            elif op in ("compute-task", "free-keys", "who-has", "restart", "go",
-                        "steal-request"):
-                self._handle(op, **msg)
-            elif op == "relay-data":
-                self._gather_done(RELAY, msg)
-            elif op == "put-data":
-                self._put_data(msg["data"])
-            elif op == "welcome":
-                self.max_send_bytes = msg.get("max_message_bytes", self.max_send_bytes)
-            elif op == "send-data":
-                self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"))
-            elif op == "run":
-                self._run_function(msg["function"], msg["request_id"])
-            elif op == "unknown-worker":
-                self._reconnect()
-                return
-            elif op in ("close", "scheduler-closing"):
-                # Shut down with the cluster: nothing is left behind.
-                self.loop.call_soon(self._close_from_loop)
-                return
-            elif op != "ping":          # pings only test that this worker is reachable
-                logger.debug("worker %s: ignored a message %r", self.address, op)
+            handler = self.from_scheduler.get(msg.get("op"))
+            if handler is None:
+                logger.debug("worker %s: ignored a message %r", self.address,
+                             msg.get("op"))
+                continue
+            if handler(msg) is False:
+                return                 # the rest of the batch is for a worker gone
+
+    def _to_state(self, msg):
+        self._handle(msg.pop("op"), **msg)
+
+    def _on_worker_removed(self, msg):
+        self._drop_peer(msg["address"])
+        self._to_state(msg)
+
+    def _on_relay_data(self, msg):
+        self._gather_done(RELAY, msg)
+
+    def _on_put_data(self, msg):
+        self._put_data(msg["data"])
+
+    def _on_welcome(self, msg):
+        self.max_send_bytes = msg.get("max_message_bytes")
+        self.relay_port = msg.get("relay_port")
+
+    def _on_send_data(self, msg):
+        self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"),
+                        msg.get("for"))
+
+    def _on_run(self, msg):
+        self._run_function(msg["function"], msg["request_id"])
+
+    def _on_unknown_worker(self, msg):
+        self._reconnect()
+        return False
+
+    def _on_close(self, msg):
+        # Shut down with the cluster, or retired: nothing is left behind.
+        self.loop.call_soon(self._close_from_loop)
+        return False
+
+    def _on_plugin_add(self, msg):
+        result = self.plugin_host.add(msg["name"], msg["plugin"])
+        self._plugin_done(msg, result)
+
+    def _on_plugin_remove(self, msg):
+        self._plugin_done(msg, self.plugin_host.remove(msg["name"]))
+
+    def _plugin_done(self, msg, result):
+        # Plugins a worker gets when it registers come without a request: nobody waits.
+        if "request_id" in msg:
+            self.outgoing.append({"op": "run-result", "request_id": msg["request_id"],
+                                  **result})
+
+    def _on_restart_worker(self, msg):
+        """Restart in place: the process stays (an ipyparallel engine, with its
+        namespace), the worker starts afresh under a new identity."""
+        self.plugin_host.remove_all()
+        self._reconnect("restarting on request", logging.INFO)
+        return False                   # the rest of the batch was for the old one
+
+    def _on_ping(self, msg):
+        """Pings only test that this worker is reachable; "registered" needs no
+        answer either ("welcome" follows)."""
+
+    FROM_SCHEDULER = {
+        "hello-reply": _on_hello_reply,
+        "worker-removed": _on_worker_removed,
+        "relay-data": _on_relay_data,
+        "put-data": _on_put_data,
+        "welcome": _on_welcome,
+        "host-workers": _on_host_workers,
+        "send-data": _on_send_data,
+        "run": _on_run,
+        "unknown-worker": _on_unknown_worker,
+        "close": _on_close,
+        "scheduler-closing": _on_close,
+        "plugin-add": _on_plugin_add,
+        "plugin-remove": _on_plugin_remove,
+        "restart-worker": _on_restart_worker,
+        "ping": _on_ping,
+        "registered": _on_ping,
+    }
 
     def _handle(self, op, **kw):
         runs = []
@@ -276,6 +457,8 @@ class Worker:
                 runs.append(inst)
             elif isinstance(inst, GatherDep):
                 self._gather(inst.peer, inst.keys)
+        if self.state.transition_log:
+            self.plugin_host.transitions(self.state.take_transitions())
         if runs:
             if announced:
                 # "task-started" leaves before the task runs: if it kills this
@@ -285,16 +468,29 @@ class Worker:
             for inst in runs:
                 self.jobs.put(inst)
 
+    def _queue(self, msg):
+        # Looked up on the loop: `_flush` replaces the list, and a message appended
+        # to the one it took would be lost.
+        self.outgoing.append(msg)
+
     def _flush(self):
-        if self.outgoing:
+        # Until the handshake has told the epoch, messages wait (the registration
+        # goes first).
+        if self.outgoing and self.scheduler_id is not None:
             msgs, self.outgoing = self.outgoing, []
             try:
-                send(self.scheduler_socket, self.session.dumps(msgs))
+                send(self.scheduler_socket, self.session.dumps(msgs, self.scheduler_id))
             except Exception as e:
                 logger.warning("worker %s: could not reach the scheduler: %s",
                                self.address, e)
 
     def _heartbeat(self):
+        self._send_heartbeat()
+        self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+
+    def _send_heartbeat(self):
+        if self.scheduler_id is None:        # not registered: nobody to tell
+            return
         try:
             mem = self.process.memory_info().rss
             cpu = self.process.cpu_percent()
@@ -302,37 +498,76 @@ class Worker:
             mem = cpu = 0
         self.outgoing.append({"op": "heartbeat", "metrics": {
             "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
-            "ready": len(self.state.ready), "keys": len(self.data)}})
-        self.loop.call_later(self.heartbeat_interval, self._heartbeat)
+            "ready": len(self.state.ready), "keys": len(self.data),
+            **self._memory_metrics()}})
 
     # ---------------------------------------------------------------- running tasks
 
     def _pool_thread(self):
+        limits_ = self.thread_limits
+        busy = False                    # in a stretch of tasks: thread pools capped
         while True:
-            job = self.jobs.get()
+            try:
+                job = self.jobs.get()
+            except TaskMemoryError:     # a stop meant for a task that had ended
+                continue
             if job is None:
+                if busy:
+                    limits_.leave()
                 return
-            start = time.time()
+            if limits_ is not None and not busy:
+                limits_.enter()
+                busy = True
+            result = None
+            while result is None:
+                try:
+                    result = self._run_job(job)
+                except TaskMemoryError as e:      # landed just around the task
+                    self.running.end()
+                    result = ("execute-failure", {
+                        "key": job.key, "error": error_payload(e, None),
+                        "start": time.time(), "stop": time.time()})
+            job = None
+            if result[0] == "execute-failure" and \
+                    result[1]["error"]["type"] == TaskMemoryError.__name__:
+                malloc_trim()           # what the stopped task held, back to the system
+            if busy and self.jobs.empty():
+                # Before the result is out: whoever hears of it and then runs code
+                # in this process (a %px cell) finds the process's own settings.
+                limits_.leave()
+                busy = False
+            if not self.closed.is_set():
+                self.loop.call_soon(self._task_done, result)
+            # Nothing of a finished task outlives it on this thread: its result and
+            # the task that ran live in the store, for as long as the scheduler
+            # wants them.
+            result = None
+
+    def _run_job(self, job):
+        start = time.time()
+        running = self.running
+        try:
+            running.start(job.key)
             try:
                 node = deserialize(job.run_spec)
-                value = execute(node, job.inputs)
-                nbytes = sizeof(value)
-                result = ("execute-success", {"key": job.key, "value": value,
-                                              "nbytes": nbytes, "type": typename(value),
-                                              "start": start, "stop": time.time(),
-                                              "data": inline(value, nbytes, job),
-                                              "ran": node})
-            except BaseException as e:  # a task may raise anything, SystemExit too
-                result = ("execute-failure", {"key": job.key,
-                                              "error": error_payload(e, e.__traceback__),
-                                              "start": start, "stop": time.time()})
-                del e
-            # Nothing of this task outlives it on this thread: the result and the
-            # task live in the store, for as long as the scheduler wants them.
-            job = node = value = None
-            if self.closed.is_set():
-                continue
-            self.loop.call_soon(self._task_done, result)
+                inputs = job.inputs
+                if any(type(v) is Spilled for v in inputs.values()):
+                    inputs = {k: v.load() if type(v) is Spilled else v
+                              for k, v in inputs.items()}
+                value = execute(node, inputs)
+            finally:
+                running.end()
+            nbytes = sizeof(value)
+            return ("execute-success", {"key": job.key, "value": value,
+                                        "nbytes": nbytes, "type": typename(value),
+                                        "start": start, "stop": time.time(),
+                                        "data": inline(value, nbytes, job),
+                                        "ran": node})
+        except BaseException as e:  # a task may raise anything, SystemExit too
+            running.end()
+            return ("execute-failure", {"key": job.key,
+                                        "error": error_payload(e, e.__traceback__),
+                                        "start": start, "stop": time.time()})
 
     def _task_done(self, result):
         op, kw = result
@@ -343,12 +578,14 @@ class Worker:
         def target():
             try:
                 fn, args, kwargs = deserialize(function)
+                if accepts(fn, "dask_worker"):
+                    kwargs["dask_worker"] = self
                 value = fn(*args, **kwargs)
                 reply = {"status": "OK", "result": serialize(value)}
             except BaseException as e:
                 reply = {"status": "error", **error_payload(e, e.__traceback__)}
             reply.update(op="run-result", request_id=request_id)
-            self.loop.call_soon(self.outgoing.append, reply)
+            self.loop.call_soon(self._queue, reply)
         threading.Thread(target=target, daemon=True, name="dask-ipy-run").start()
 
     # ---------------------------------------------------------------- data
@@ -361,24 +598,54 @@ class Worker:
             sizes[key] = (sizeof(value), typename(value))
         self._handle("put-data", data=values, sizes=sizes)
 
-    def _serialize_data(self, keys):
+    def _serialize_data(self, keys, then):
+        """Call ``then(data, missing, errors)`` on the loop with the values of
+        ``keys`` serialized: at once, or, when some are on disk, once the store's
+        unspill thread has read their frames (the loop never waits for a disk)."""
         found, missing = self.state.get_data(keys)
-        data, errors = {}, {}
+        data, errors, spilled = {}, {}, []
         for key, value in found.items():
+            if type(value) is Spilled:
+                spilled.append(key)
+                continue
             try:
                 data[key] = serialize(value)
             except Exception as e:
                 errors[key] = {"type": type(e).__name__,
                                "text": f"result of {key!r} could not be serialized: {e}"}
-        return data, missing, errors
+        if not spilled:
+            then(data, missing, errors)
+            return
 
-    def _send_data(self, keys, request_id, max_bytes=None):
+        def read(more, lost):                  # on the unspill thread
+            self.loop.call_soon(finish, more, lost)
+
+        def finish(more, lost):
+            data.update(more)
+            then(data, list(missing) + list(lost), errors)
+        self.data.read_in_background(spilled, read)
+
+    def _send_data(self, keys, request_id, max_bytes=None, recipient=None):
         """Values for the scheduler: a client's gather, or a relay to a worker that
-        cannot reach this one (``max_bytes``: the relay's cap)."""
-        data, missing, errors = self._serialize_data(keys)
-        # The reply must fit under the scheduler's cap, or the scheduler drops it and
-        # the client waits forever: what does not fit is an error naming the key.
-        limit = self.max_send_bytes - SEND_MARGIN
+        cannot reach this one (``max_bytes``: the relay's cap).  Large values for a
+        client (``recipient``, its id) stream into the scheduler's relay instead."""
+        self._serialize_data(keys, lambda data, missing, errors: self._reply_data(
+            request_id, max_bytes, recipient, data, missing, errors))
+
+    def _reply_data(self, request_id, max_bytes, recipient, data, missing, errors):
+        if (recipient is not None and self.relay_port
+                and sum(blob.nbytes for blob in data.values()) >= bulk.BULK_FROM):
+            self._flush()
+            self.outgoing.append({"op": "data", "request_id": request_id, "data": {},
+                                  "missing": missing, "errors": errors,
+                                  "streams": [self._stream(data, recipient)]})
+            self._flush()
+            return
+        # The reply must fit under the scheduler's cap, if it has one, or the scheduler
+        # drops it and the client waits forever: what does not fit is an error naming
+        # the key.
+        limit = float("inf") if self.max_send_bytes is None else (
+            self.max_send_bytes - SEND_MARGIN)
         if max_bytes is None:
             cap = (f"the scheduler accepts in one message ({self.max_send_bytes} bytes, "
                    "Scheduler(max_message_bytes=...))")
@@ -403,33 +670,62 @@ class Worker:
                               "missing": missing, "errors": errors})
         self._flush()
 
+    def _stream(self, data, recipient):
+        """Start streaming ``data`` as a message for ``recipient`` into the
+        scheduler's relay; returns its announcement for the scheduler."""
+        ticket = os.urandom(bulk.TICKET_BYTES)
+        header, payload = self.session.encode([{"op": "data", "ticket": ticket,
+                                                "data": data}], recipient,
+                                              frame_limit=None)
+        host = host_of(self.scheduler_address)
+
+        def upload():
+            try:
+                bulk.upload(self.session, host, self.relay_port, ticket, header, payload,
+                            self.gather_timeout, self.connect_timeout, self.uploads)
+            except OSError as e:
+                logger.warning("worker %s: could not stream data through the scheduler's "
+                               "relay: %s", self.address, e)
+                self.loop.call_soon(self._queue, {"op": "stream-failed", "ticket": ticket})
+        self.uploads.submit(upload)
+        return {"ticket": ticket, "sizes": bulk.stream_sizes(header, payload),
+                "keys": list(data)}
+
     def _on_peer_request(self, frames):
         peer = frames[0].bytes
         try:
             msgs = self.session.loads(frames[1:], sender=peer)
         except ProtocolError as e:
-            logger.warning("worker %s: rejected a peer message: %s", self.address, e)
+            self.rejections(peer[:32], e)
             return
         for msg in msgs:
             if msg.get("op") != "get-data":
                 continue
-            data, missing, errors = self._serialize_data(msg["keys"])
-            missing = list(missing) + list(errors)
-            reply = {"op": "data", "request_id": msg["request_id"], "data": data,
-                     "missing": missing}
-            header, payload = self.session.encode([reply], to=peer)
-            if (msg.get("bulk") and self.bulk is not None
-                    and sum(memoryview(f).nbytes for f in payload) >= bulk.BULK_FROM):
-                ticket = self.bulk.offer(self.session, header, payload)
-                frames = self.session.dumps([{
-                    "op": "data-bulk", "request_id": msg["request_id"],
-                    "ticket": ticket, "port": self.bulk.port}], to=peer)
-            else:
-                frames = [self.session.seal(header, payload), header, *payload]
-            try:
-                send(self.peer_socket, [peer] + frames)
-            except Exception as e:
-                logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
+            self._serialize_data(
+                msg["keys"], lambda data, missing, errors, msg=msg: self._reply_peer(
+                    peer, msg, data, list(missing) + list(errors)))
+
+    def _reply_peer(self, peer, msg, data, missing):
+        """Values for a peer: a spilled one as the frames of its file, never
+        unpickled here; signed for that peer like any message, cut into frames of
+        `MAX_FRAME_BYTES` on ZeroMQ, whole on the side channel."""
+        reply = {"op": "data", "request_id": msg["request_id"], "data": data,
+                 "missing": missing}
+        if (msg.get("bulk") and self.bulk is not None
+                and sum(blob.nbytes for blob in data.values()) >= bulk.BULK_FROM):
+            # Over the side channel in whole frames: no ZeroMQ in between.
+            header, payload = self.session.encode([reply], peer, frame_limit=None)
+            ticket = self.bulk.offer(self.session, header, payload)
+            frames = self.session.dumps([{
+                "op": "data-bulk", "request_id": msg["request_id"],
+                "ticket": ticket, "port": self.bulk.port,
+                "sizes": bulk.stream_sizes(header, payload)}], to=peer)
+        else:
+            frames = self.session.dumps([reply], peer)
+        try:
+            send(self.peer_socket, [peer] + frames)
+        except Exception as e:
+            logger.debug("worker %s: peer %r went away: %s", self.address, peer, e)
 
     def _gather(self, peer, keys):
         # 64 random bits: a reply over the side channel is accepted for this id only
@@ -444,7 +740,7 @@ class Worker:
         sock = self.peers.get(peer) or self._connect_peer(peer)
         msg["bulk"] = self.bulk is not None and peer not in self.no_bulk
         try:
-            send(sock, self.session.dumps([msg]))
+            send(sock, self.session.dumps([msg], peer.encode()))
         except Exception as e:            # no way to the peer: fail the fetch now
             logger.warning("worker %s: could not ask %s for data: %s", self.address,
                            peer, e)
@@ -454,7 +750,8 @@ class Worker:
         """A connection to ``peer``, watched: if its handshake has not succeeded after
         ``connect_timeout`` seconds (no route, a firewall, a wrong address, a
         one-way link), the peer is unreachable."""
-        sock = connect_dealer(self.loop.context, self.security, self.id, peer)
+        sock = connect_dealer(self.loop.context, self.security, self.id, peer,
+                              events=zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.peers[peer] = sock
         self.loop.add_socket(sock, lambda frames: self._on_peer_reply(peer, frames))
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -534,8 +831,9 @@ class Worker:
         try:
             msgs = self.session.loads(frames)
         except ProtocolError as e:
-            logger.warning("worker %s: rejected a reply from %s: %s", self.address, peer, e)
+            self.rejections(peer, e)
             return
+        frames.clear()
         for msg in msgs:
             pending = self.gather_timers.get(peer)
             if msg.get("op") != "data-bulk":
@@ -563,16 +861,15 @@ class Worker:
         """On a thread of its own: download a "data" message over the side channel and
         hand it to the loop.  Its MAC is checked here; its freshness by the request id,
         which must be the one the loop is waiting for (checked again there)."""
-        host = peer.split("://", 1)[-1].rsplit(":", 1)[0]
         try:
-            frames, tags = bulk.fetch(self.session, host, offer["port"], offer["ticket"],
-                                      self.gather_timeout, self.max_message_bytes,
+            frames, tags = bulk.fetch(self.session, host_of(peer), offer["port"],
+                                      offer["ticket"], self.gather_timeout, offer["sizes"],
                                       connect_timeout=self.connect_timeout)
             msgs = self.session.loads(frames, check_replay=False, tags=tags)
             if (len(msgs) != 1 or msgs[0].get("op") != "data"
                     or msgs[0].get("request_id") != offer["request_id"]):
                 raise ProtocolError("not the data asked for")
-        except (OSError, ProtocolError) as e:
+        except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
             logger.warning("worker %s: side channel from %s failed (%s); asking again "
                            "over ZeroMQ", self.address, peer, e)
             self.loop.call_soon(self._bulk_failed, peer, offer["request_id"])
@@ -589,24 +886,37 @@ class Worker:
     # ---------------------------------------------------------------- life
 
     def _close_from_loop(self):
+        self.plugin_host.remove_all()
         self.outgoing.append({"op": "unregister"})
         self._flush()
         if self.bulk is not None:
             self.bulk.close()
+        self.uploads.stop()
         self.loop.running = False
         self.closed.set()
         for _ in self.threads:
             self.jobs.put(None)
+        self._release_resources()
 
     def close(self, timeout=5):
         if self.loop.running and not self.loop.in_loop():
             self.loop.call_soon(self._close_from_loop)
         self.loop.stop(timeout)
+        self.rejections.close()
         if self.bulk is not None:
             self.bulk.close()
+        self.uploads.stop()
         self.closed.set()
         for _ in self.threads:
             self.jobs.put(None)
+        self._release_resources()
+
+    def _release_resources(self):
+        """The memory watch stops; a store this worker made removes its files."""
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self._owns_data and isinstance(self.data, SpillStore):
+            self.data.close()
 
     def wait(self, timeout=None):
         self.loop.stopped.wait(timeout)

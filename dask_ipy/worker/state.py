@@ -29,6 +29,16 @@ State, documented once:
     WTask.reported:    bool           the scheduler knows this worker holds the data;
                                       data it does not know of (fetched copies) is
                                       dropped as soon as no local task needs it
+    WTask.replica:     bool           a copy the scheduler asked for ("acquire-
+                                      replicas"): kept and reported once fetched
+    WTask.interrupted: bool           stopped for memory while running: whatever its
+                                      run ends with is dropped
+    managed:   int                    bytes (by sizeof) of the results in `data`
+    paused:    bool                   memory is high: no task starts and no input is
+                                      fetched; running tasks go on, and peers are
+                                      still served
+    transition_log:    [(key, start, finish)] or None: every change of a task's state,
+                       once `observe_transitions` is on (for worker plugins)
 """
 
 from __future__ import annotations
@@ -64,7 +74,8 @@ class Send:
 class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
-                 "cancelled", "computed", "duration", "want_data", "confirm")
+                 "cancelled", "computed", "duration", "want_data", "confirm", "replica",
+                 "interrupted")
 
     def __init__(self, key):
         self.key = key
@@ -86,6 +97,8 @@ class WTask:
         self.duration = None         # the scheduler's estimate, seconds
         self.want_data = False
         self.confirm = False         # start only on the scheduler's "go"
+        self.replica = False         # a copy asked for: report it once here
+        self.interrupted = False
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -107,15 +120,22 @@ class WorkerState:
         self.fetching = set()         # keys in state "fetch"
         self.unconfirmed = {}         # {key: Execute} waiting for the scheduler's "go"
         self.unreachable = set()      # peers whose data comes through the scheduler
+        self.managed = 0
+        self.paused = False
+        self.again = {}               # {key: compute-task} asked for while stopped
+        self.task_class = WTask
+        self.transition_log = None
         self._seq = itertools.count()
-        self._handlers = {name[4:].replace("_", "-"): getattr(self, name)
-                          for name in dir(self) if name.startswith("_on_")}
+        # {kind: handler}: the scheduler's messages and the shell's own events
+        # (messages.KINDS, messages.SHELL_EVENTS)
+        self.handlers = {name[4:].replace("_", "-"): getattr(self, name)
+                         for name in dir(self) if name.startswith("_on_")}
 
     # ------------------------------------------------------------ entry point
 
     def handle(self, op, **kw):
         out = []
-        self._handlers[op](out, **kw)
+        self.handlers[op](out, **kw)
         self._ensure_computing(out)
         self._ensure_communicating(out)
         if self.validating:
@@ -128,7 +148,7 @@ class WorkerState:
                          nbytes=None, duration=None, want_data=False, confirm=False):
         ts = self.tasks.get(key)
         if ts is None:
-            ts = self.tasks[key] = WTask(key)
+            ts = self.tasks[key] = self.task_class(key)
         ts.computed = True
         ts.confirm = confirm
         ts.duration = duration
@@ -137,6 +157,11 @@ class WorkerState:
         ts.priority = tuple(priority)
         if ts.state == "executing":
             ts.cancelled = False             # freed then asked for again: keep it
+            if ts.interrupted:               # unless it is being stopped: then again
+                self.again[key] = dict(
+                    key=key, run_spec=run_spec, priority=priority, who_has=who_has,
+                    nbytes=nbytes, duration=duration, want_data=want_data,
+                    confirm=confirm)
             return
         if ts.state == "memory":
             self._report(out, ts)
@@ -151,7 +176,7 @@ class WorkerState:
         for dkey, holders in who_has.items():
             dts = self.tasks.get(dkey)
             if dts is None:
-                dts = self.tasks[dkey] = WTask(dkey)
+                dts = self.tasks[dkey] = self.task_class(dkey)
             dts.dependents.add(key)
             dts.nbytes = nbytes.get(dkey, dts.nbytes)
             deps.append(dts)
@@ -187,6 +212,7 @@ class WorkerState:
                 continue
             ts.computed = False
             ts.reported = False
+            ts.replica = False
             if ts.state == "executing":
                 ts.cancelled = True
                 continue
@@ -204,13 +230,16 @@ class WorkerState:
             if self.tasks.get(ts.key) is not ts:
                 continue
             del self.tasks[ts.key]
+            ts.ran = None
+            if self.transition_log is not None:
+                self.transition_log.append((ts.key, ts.state, "forgotten"))
             self._forget_flight(ts)
             if ts.state == "memory" or ts.key in self.nbytes:
                 self._drop_data(ts.key)
             for dts in ts.dependencies:
                 dts.dependents.discard(ts.key)
                 if not dts.dependents and not dts.computed and not dts.reported \
-                        and dts.state != "executing":
+                        and dts.state != "executing" and not dts.replica:
                     stack.append(dts)
             for dkey in ts.dependents:
                 d = self.tasks.get(dkey)
@@ -224,7 +253,7 @@ class WorkerState:
                     keys.remove(ts.key)      # the reply is ignored for this key
 
     def _drop_data(self, key):
-        self.nbytes.pop(key, None)
+        self.managed -= self.nbytes.pop(key, 0)
         try:
             del self.data[key]
         except KeyError:
@@ -260,17 +289,22 @@ class WorkerState:
         for key, value in data.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self.tasks[key] = WTask(key)
+                ts = self.tasks[key] = self.task_class(key)
             self._store(ts, value, sizes[key][0])
             ts.reported = True
             keys.append((key, sizes[key][0], sizes[key][1]))
         out.append(Send({"op": "add-keys", "keys": keys}))
 
     def _on_restart(self, out):
+        if self.transition_log is not None:
+            self.transition_log.extend((ts.key, ts.state, "forgotten")
+                                       for ts in self.tasks.values()
+                                       if ts.state != "executing")
         for key in self.unconfirmed:         # never handed to a thread: just forget
             self.executing.discard(key)
             self._drop(out, key)
         self.unconfirmed.clear()
+        self.again.clear()
         for ts in self.tasks.values():
             if ts.state == "executing":
                 ts.cancelled = True
@@ -280,6 +314,7 @@ class WorkerState:
         self.in_flight.clear()
         self.unreachable.clear()
         self.nbytes.clear()
+        self.managed = 0
         self.data.clear()
 
     def _on_steal_request(self, out, key):
@@ -314,6 +349,9 @@ class WorkerState:
         if ts is None or ts.cancelled:
             self._drop(out, key)
             return
+        if ts.interrupted:
+            self._run_again(out, ts)
+            return
         self._store(ts, value, nbytes)
         if ran is not None:
             ts.ran, ts.run_spec = ran, None    # the spec is not run again
@@ -331,6 +369,9 @@ class WorkerState:
         if ts is None or ts.cancelled:
             self._drop(out, key)
             return
+        if ts.interrupted:
+            self._run_again(out, ts)
+            return
         out.append(Send({"op": "task-erred", "key": key, **error}))
         ts.state = "released"
         ts.computed = False
@@ -341,20 +382,61 @@ class WorkerState:
         """A task the scheduler released ends here without a result: tell it that the
         thread the task held is free again, and forget the task."""
         out.append(Send({"op": "task-dropped", "key": key}))
+        self.again.pop(key, None)
         ts = self.tasks.get(key)
         if ts is not None:
+            ts.interrupted = False
             ts.state = "released"
             self._release(ts)
+
+    def _run_again(self, out, ts):
+        """A run stopped for memory ended, and the scheduler has asked for the task
+        again meanwhile: that run's thread is free, and the task waits for its turn."""
+        ts.interrupted = False
+        out.append(Send({"op": "task-dropped", "key": ts.key}))
+        request = self.again.pop(ts.key, None)
+        self._done_with_inputs(ts)
+        ts.state = "released"
+        if request is None:
+            self._release(ts)
+        else:
+            self._on_compute_task(out, **request)
+
+    # ------------------------------------------------------------ memory
+
+    def _on_pause(self, out):
+        """Memory passed the pause fraction: start nothing new."""
+        self.paused = True
+
+    def _on_resume(self, out):
+        self.paused = False
+
+    def _on_memory_exceeded(self, out, keys, rss, limit, action):
+        """Memory passed the terminate fraction while ``keys`` ran: they are being
+        stopped (``action`` "interrupt") or the worker is about to exit ("exit").
+        The scheduler decides what happens to them; whatever their runs end with is
+        dropped here."""
+        stopped = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "executing" and not ts.interrupted:
+                ts.interrupted = True
+                ts.cancelled = True
+                stopped.append(key)
+        out.append(Send({"op": "memory-exceeded", "keys": stopped, "rss": rss,
+                         "limit": limit, "action": action}))
 
     def _done_with_inputs(self, ts):
         for dts in ts.dependencies:
             dts.dependents.discard(ts.key)
-            if not dts.dependents and not dts.reported and not dts.computed:
+            if not dts.dependents and not dts.reported and not dts.computed \
+                    and not dts.replica:
                 self._release(dts)
         ts.dependencies = ()
 
     def _store(self, ts, value, nbytes):
         self.data[ts.key] = value
+        self.managed += nbytes - self.nbytes.get(ts.key, 0)
         self.nbytes[ts.key] = nbytes
         ts.nbytes = nbytes
         ts.state = "memory"
@@ -370,12 +452,15 @@ class WorkerState:
         """A peer (or the relay) answered: the values it sent, keys it did not have,
         and, from the relay only, keys it could not forward ({key: error})."""
         keys = self.in_flight.pop(peer, [])
+        copies = []
         for key in keys:
             ts = self.tasks.get(key)
             if ts is None or ts.state != "flight":
                 continue
             if key in data:
                 self._store(ts, data[key], sizes.get(key, 0))
+                if ts.replica:
+                    copies.append(self._keep_copy(ts))
             elif errors and key in errors:
                 self._fail_dependents(out, ts, errors[key])
             elif peer == RELAY:
@@ -385,6 +470,36 @@ class WorkerState:
             else:
                 ts.who_has.discard(peer)
                 self._retry_or_missing(out, ts, peer)
+        if copies:
+            out.append(Send({"op": "add-keys", "keys": copies}))
+
+    def _keep_copy(self, ts):
+        """A copy the scheduler asked for is here: kept, and reported as
+        (key, bytes, type) for "add-keys" (the type is known where it was made)."""
+        ts.replica = False
+        ts.reported = True
+        return (ts.key, ts.nbytes, None)
+
+    def _on_acquire_replicas(self, out, who_has, nbytes=None):
+        """Keep copies of these keys (the scheduler moves data): fetch each from its
+        holders, then report it ("add-keys") as any key kept here.  A copy no holder
+        had is reported as "missing-data" without a task."""
+        nbytes = nbytes or {}
+        copies = []
+        for key, holders in who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = self.task_class(key)
+            ts.replica = True
+            if ts.state == "memory":
+                copies.append(self._keep_copy(ts))
+                continue
+            ts.nbytes = nbytes.get(key, ts.nbytes)
+            ts.who_has.update(h for h in holders if h != self.address)
+            if ts.state in ("released", "missing"):
+                self._retry_or_missing(out, ts, None)
+        if copies:
+            out.append(Send({"op": "add-keys", "keys": copies}))
 
     def _on_gather_failed(self, out, peer):
         """No answer from ``peer`` (or the relay) in time: fetch those keys again."""
@@ -420,6 +535,10 @@ class WorkerState:
             d.computed = False
             self._done_with_inputs(d)
             self._release(d)
+        if ts.replica:
+            ts.replica = False
+            out.append(Send({"op": "missing-data", "key": None, "dep": ts.key,
+                             "holder": None}))
         if self.tasks.get(ts.key) is ts and ts.state == "flight":
             ts.state = "released"
             self._release(ts)
@@ -441,6 +560,12 @@ class WorkerState:
         for dkey in ts.dependents:
             out.append(Send({"op": "missing-data", "key": dkey, "dep": ts.key,
                              "holder": peer}))
+        if ts.replica:
+            ts.replica = False
+            out.append(Send({"op": "missing-data", "key": None, "dep": ts.key,
+                             "holder": peer}))
+            if not ts.dependents and not ts.computed:
+                self._release(ts)
 
     # ------------------------------------------------------------ scheduling
 
@@ -450,6 +575,8 @@ class WorkerState:
         instead of waiting for this thread between each; others one per thread,
         announced with "task-started" (the scheduler blames those when a worker dies).
         """
+        if self.paused:
+            return
         while self.ready:
             ts = self.tasks.get(self.ready[0][2])
             if ts is None or ts.state != "ready":
@@ -478,6 +605,8 @@ class WorkerState:
             out.append(run)
 
     def _ensure_communicating(self, out):
+        if self.paused:
+            return
         wanted = {}
         relay = []
         for key in list(self.fetching):
@@ -505,6 +634,38 @@ class WorkerState:
             keys = [ts.key for ts in tss]
             self.in_flight[peer] = keys
             out.append(GatherDep(peer, list(keys)))
+
+    # ------------------------------------------------------------ observers
+
+    def observe_transitions(self):
+        """Record every change of a task's state in `transition_log` from now on, as
+        (key, start, finish), "forgotten" when a task is dropped (for worker
+        plugins; the shell takes the log after each event).  Tasks become instances
+        of a subclass whose ``state`` records as it changes: a worker nobody
+        observes pays nothing."""
+        if self.transition_log is not None:
+            return
+        log = self.transition_log = []
+        slot = WTask.state                    # the slot behind the attribute
+
+        def set_state(ts, finish):
+            try:
+                start = slot.__get__(ts)
+            except AttributeError:            # a new task: not a transition yet
+                start = finish
+            if start != finish:
+                log.append((ts.key, start, finish))
+            slot.__set__(ts, finish)
+
+        self.task_class = type("ObservedWTask", (WTask,),
+                               {"__slots__": (), "state": property(slot.__get__, set_state)})
+        for ts in self.tasks.values():
+            ts.__class__ = self.task_class
+
+    def take_transitions(self):
+        out = list(self.transition_log)
+        self.transition_log.clear()
+        return out
 
     # ------------------------------------------------------------ views
 
@@ -538,3 +699,6 @@ class WorkerState:
                 assert any(key in keys for keys in self.in_flight.values()), ts
         for key in self.executing:
             assert self.tasks[key].state == "executing", key
+        assert self.managed == sum(self.nbytes.values()), (self.managed, self.nbytes)
+        for ts in self.tasks.values():
+            assert not ts.interrupted or ts.state == "executing", ts

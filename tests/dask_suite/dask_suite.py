@@ -8,7 +8,7 @@ a collection's default), so ``dask.compute`` sends its expression to ``client.ge
 and ``dask.persist`` calls ``client.persist``.  Both systems are forced the same
 way, each on a scheduler and two worker processes of one thread:
 
-- ``dask_ipy``: the process cluster of the project's tests (``conftest.ProcessCluster``);
+- ``dask_ipy``: the process cluster of the project's tests (``helpers.ProcessCluster``);
 - ``distributed``: ``LocalCluster(processes=True, n_workers=2, threads_per_worker=1)``.
 
 A dead worker, a closed client or a broken cluster is replaced before the next test,
@@ -64,7 +64,7 @@ class DaskIpy:
     def __init__(self):
         if TESTS not in sys.path:
             sys.path.insert(0, TESTS)
-        from conftest import ProcessCluster
+        from helpers import ProcessCluster
 
         env = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, env) if p)

@@ -32,7 +32,7 @@ MODULES = [
 ]
 
 # The part of the run every CI run makes (about 4 minutes on a loaded 2-core machine);
-# the rest, about 17 minutes there, with: pytest -m dask_suite tests/test_dask_suite.py
+# the rest, about 17 minutes there, with: pytest -m dask_suite tests/cluster/test_dask_suite.py
 CI_MODULES = [
     "dask.tests.test_base",
     "dask.tests.test_delayed",
@@ -49,7 +49,7 @@ def command(system, modules, report, gate=None, extra=()):
     import dask
 
     root = os.path.dirname(os.path.dirname(dask.__file__))
-    cmd = [sys.executable, "-m", "pytest", "-c", os.path.join(HERE, "pytest.ini"),
+    cmd = [sys.executable, "-m", "pytest", "-c", os.path.join(HERE, "forced.ini"),
            f"--rootdir={root}", f"--confcutdir={root}", "-p", "no:cacheprovider",
            "-p", "dask_suite", f"--dask-suite={system}",
            f"--dask-suite-report={report}", "--tb=line", "-q", *extra]

@@ -1,0 +1,73 @@
+"""What `Client.submit` and `Client.map` send: the key of a call (a deterministic
+token of the function and its arguments, for ``pure=True``) and what a worker runs."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import types
+import weakref
+
+from dask._task_spec import Task, TaskRef, parse_input
+from dask.base import tokenize
+
+from .. import graph as g
+from .futures import Future
+
+
+def _walk_futures(obj, found):
+    """Replace Futures nested in lists, tuples, sets and dicts by TaskRefs."""
+    if isinstance(obj, Future):
+        found[obj.key] = obj
+        return TaskRef(obj.key)
+    t = type(obj)
+    if t in (list, tuple, set):
+        items = [_walk_futures(x, found) for x in obj]
+        return t(items)
+    if t is dict:
+        return {k: _walk_futures(v, found) for k, v in obj.items()}
+    return obj
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+_FN_TOKENS = weakref.WeakKeyDictionary()
+
+
+def function_token(fn, kwargs):
+    """``tokenize(fn, kwargs)``, remembered for functions of imported modules called
+    without keyword arguments: those are tokenized by reference (module and name), so
+    their token never changes.  Functions of ``__main__`` are tokenized by value, their
+    globals included, and are never remembered."""
+    cacheable = (not kwargs and type(fn) is types.FunctionType
+                 and fn.__module__ not in (None, "__main__")
+                 and getattr(sys.modules.get(fn.__module__), fn.__qualname__, None) is fn)
+    if not cacheable:
+        return tokenize(fn, kwargs)
+    token = _FN_TOKENS.get(fn)
+    if token is None:
+        token = _FN_TOKENS[fn] = tokenize(fn, kwargs)
+    return token
+
+
+def call_token(fn_token, args):
+    """Deterministic token of a call.  Arguments of plain types are hashed from their
+    repr, which is exact for them and far cheaper than a general tokenize."""
+    if all(type(a) in _PLAIN for a in args):
+        return hashlib.md5(f"{fn_token}{args!r}".encode()).hexdigest()
+    return tokenize(fn_token, args)
+
+
+def call_spec(key, fn, args, kwargs):
+    """What a worker runs for submit/map: a plain call when no Future is among the
+    arguments (cheap to pickle), else a dask Task whose references to the Futures'
+    keys the worker resolves; plus {key: Future}."""
+    found = {}
+    args2 = _walk_futures(list(args), found)
+    kwargs2 = _walk_futures(kwargs, found) if kwargs else {}
+    if not found:
+        return g.call(fn, args, kwargs), found
+    # parse_input: references nested in containers (``submit(sum, [f1, f2])``) resolve
+    return Task(key, fn, *[parse_input(a) for a in args2],
+                **{k: parse_input(v) for k, v in kwargs2.items()}), found

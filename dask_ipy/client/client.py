@@ -1,0 +1,597 @@
+"""The client: the user's API over a connection to the scheduler (`shell`).
+
+    user threads ── submit / map / get / gather / scatter ──▶ ClientShell ──▶ scheduler
+                 ◀── Futures, values ◀──────────────────────  (state.ClientState inside)
+
+`Client` turns the user's calls into graphs and requests: it tokenizes calls into keys
+(`calls`), normalizes, culls and orders graphs (`graph`), and hands the rest to its
+shell, which holds the keys' states and talks to the scheduler.  Key reference
+counting: each `Future` object counts once; when the last one of a key is
+garbage-collected the scheduler is told the key is no longer wanted.
+
+Blocking or asynchronous: every method that waits is written once, as an operation
+(``_<name>_op``, a generator yielding its waits), and run by `run_op`: blocking for
+``Client(...)``, as a coroutine for ``Client(..., asynchronous=True)`` (see `waits`).
+The cluster-management methods are in `cluster` (`ClusterMethods`).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import dask
+from dask._task_spec import TaskRef
+from dask.base import is_dask_collection, tokenize
+from dask.utils import funcname
+
+from .. import config as cfg
+from .. import graph as g
+from ..discovery import resolve_scheduler
+from ..errors import SchedulerLost
+from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, serialize
+from . import default
+from .calls import call_spec, call_token, function_token
+from .cluster import ClusterMethods
+from .default import default_client
+from .futures import ClientExecutor, Future, futures_in, load
+from .shell import ClientShell
+from .waits import Answer, done, run_async, run_blocking, then
+
+
+def _pack_futures(obj, values):
+    if isinstance(obj, Future):
+        return values[obj.key]
+    t = type(obj)
+    if t in (list, tuple, set):
+        return t(_pack_futures(x, values) for x in obj)
+    if t is dict:
+        return {k: _pack_futures(v, values) for k, v in obj.items()}
+    return obj
+
+
+class Client(ClusterMethods):
+    """A connection to a scheduler.
+
+    >>> c = Client(s.address_to_clients)      # or a connection file path
+    >>> c.get({'x': 1, 'y': (add, 'x', 2)}, 'y')
+    3
+
+    With ``asynchronous=True`` every method that waits returns a coroutine, and the
+    client itself is awaited once (``c = await Client(addr, asynchronous=True)`` or
+    ``async with Client(addr, asynchronous=True) as c``); Futures are awaitable with
+    either kind of client (``await c.submit(f, x)``).
+    """
+
+    # dask asks this of a client given as ``scheduler=``: its blocking `get` serves.
+    asynchronous = False
+
+    def __init__(self, address=None, *, security=None, timeout=10.0,
+                 set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES,
+                 asynchronous=False):
+        if hasattr(address, "address_to_clients"):          # a Scheduler object
+            security = security or address.security
+            address = address.address_to_clients
+        self.address, self.security = resolve_scheduler(address, security,
+                                                         "address_to_clients")
+        self.name = name
+        self.asynchronous = asynchronous
+        self.scheduler_id = None
+        self._status_lock = threading.Lock()   # one close, even from two threads
+        self._previous_scheduler = None
+        self._monitor = None                   # the widget a display of this client shows
+        self._set_as_default = set_as_default
+        # Seconds a worker may stay paused before this client warns (dask.config)
+        self.paused_warning = cfg.paused_warning()
+        self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
+                                 on_scheduler_closing=self._close_now,
+                                 paused_warning=self.paused_warning)
+        # Registration leaves now; its answer is waited for here, or when awaited.
+        self._welcome = Answer(self.shell.request_future({"op": "register-client"},
+                                                         welcome=True),
+                               timeout, f"'register-client' from {self.address}")
+        if not asynchronous:
+            run_blocking(self._start_op())
+
+    def _start_op(self):
+        if self.scheduler_id is not None:
+            return self
+        try:
+            welcome = yield self._welcome
+        except BaseException:
+            # no thread or socket outlives a failed connect
+            yield from self._close_op()
+            raise
+        with self._status_lock:
+            if self.scheduler_id is not None:       # awaited twice at once
+                return self
+            if not self.shell.start():     # the scheduler shut down meanwhile
+                raise SchedulerLost(f"the scheduler at {self.address} was shut down")
+            self.scheduler_id = welcome["id"]
+            if self._set_as_default:
+                self._set_default()
+        return self
+
+    def run_op(self, op):
+        """Run an operation (a generator of waits, see `waits`) as this client does:
+        to its end, or as a coroutine for an asynchronous client."""
+        return run_async(op) if self.asynchronous else run_blocking(op)
+
+    def __await__(self):
+        return run_async(self._start_op()).__await__()
+
+    async def __aenter__(self):
+        return await self
+
+    async def __aexit__(self, *exc):
+        await run_async(self._close_op())
+
+    @property
+    def id(self):
+        return self.shell.id
+
+    @property
+    def status(self):
+        """"connecting", "running", "reconnecting" (the connection is lost for now)
+        or "closed"."""
+        return self.shell.status
+
+    @property
+    def last_snapshot(self):
+        """The latest monitor snapshot (see `subscribe_monitor`)."""
+        return self.shell.last_snapshot
+
+    @property
+    def monitor_callbacks(self):
+        return list(self.shell.monitor_callbacks)
+
+    def __repr__(self):
+        return f"<Client {self.address} {self.status}>"
+
+    def _repr_html_(self):
+        from ..notebook.widget import client_summary
+
+        return client_summary(self)[1]
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """In a kernel: the live Monitor widget (text and HTML as fallbacks);
+        in a terminal: a plain-text summary."""
+        from ..notebook.widget import client_mimebundle
+
+        bundle, self._monitor = client_mimebundle(self, self._monitor)
+        return bundle
+
+    # ---------------------------------------------------------------- default client
+
+    def _set_default(self):
+        default.push(self)
+        self._previous_scheduler = dask.config.get("scheduler", None)
+        dask.config.set(scheduler=self._dask_scheduler())
+
+    def _unset_default(self):
+        nxt = default.remove(self)
+        if dask.config.get("scheduler", None) == self._dask_scheduler():
+            dask.config.set(scheduler=nxt._dask_scheduler() if nxt
+                            else self._previous_scheduler)
+
+    def _dask_scheduler(self):
+        """What dask's ``compute`` calls while this client is the default: `get`, or
+        for an asynchronous client `dask_get` (dask wants a value, not a coroutine)."""
+        return self.dask_get if self.asynchronous else self.get
+
+    @classmethod
+    def current(cls):
+        return default_client()
+
+    def as_current(self):
+        return dask.config.set(scheduler=self._dask_scheduler())
+
+    def dask_get(self, dsk, keys, **kwargs):
+        """`get`, blocking whatever the client: dask's own ``compute`` calls it (the
+        client's I/O thread answers, so it blocks but never deadlocks a loop)."""
+        return run_blocking(self._get_op(dsk, keys, **kwargs))
+
+    def _check_open(self):
+        self.shell.check_open()
+
+    # ---------------------------------------------------------------- graphs
+
+    def _submit_graph(self, tasks, wanted, priorities=None, user_priority=0, retries=0,
+                      workers=None, futures=True):
+        """Send ``tasks`` [(key, node, deps)] and return {key: Future} for ``wanted``
+        (or {key: FutureState}, held until dropped, with ``futures=False``).
+
+        The keys are held before the graph leaves, so no answer can be missed."""
+        held = self.shell.hold_many(wanted)
+        # Each task goes as (key, spec, deps, priority): the scheduler decodes a
+        # million-task graph at once, so no second copy of every key (a priorities
+        # dict), and a spec that is one small pickle goes as plain bytes (which the
+        # scheduler keeps as they are) rather than as a Serialized.
+        priority_of = (priorities or {}).get
+        payload = []
+        for key, node, deps in tasks:
+            try:
+                spec = serialize(g.compact(node))
+            except Exception as e:
+                self.shell.drop(wanted)
+                raise TypeError(f"could not serialize task {key!r}: {e}") from e
+            head = spec.frames[0]
+            if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
+                spec = head
+            payload.append((key, spec, list(deps), priority_of(key, 0)))
+        msg = {"op": "update-graph", "tasks": payload, "keys": list(wanted),
+               "user_priority": user_priority, "retries": retries}
+        if workers is not None:
+            if isinstance(workers, str):
+                workers = [workers]
+            msg["restrictions"] = {key: list(workers) for key in wanted}
+        self.shell.send(msg)
+        if not futures:
+            return held
+        out = {key: Future(key, self) for key in wanted}
+        self.shell.drop(wanted)           # the Futures hold the keys now
+        return out
+
+    def _graph_tasks(self, dsk, wanted, known_futures):
+        """Normalize, cull, check and order a graph; returns ([(key, node, deps)],
+        priorities)."""
+        known = set(known_futures)
+        graph = g.normalize(dsk, known=known)
+        deps = g.dependencies(graph)
+        graph = g.cull(graph, deps, wanted)
+        deps = {k: deps[k] for k in graph}
+        # dask turns our Futures (TaskRefs) into references to their keys wherever
+        # they sit, even inside fused subgraphs: a graph may depend on any key this
+        # client holds a Future of.
+        known.update(self.shell.held())
+        g.check(graph, deps, known=known)
+        priorities = g.order(graph, deps)
+        return [(k, node, deps[k]) for k, node in graph.items()], priorities
+
+    def get(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
+            **kwargs):
+        """Compute ``keys`` of the dask graph ``dsk`` on the cluster (dask's `get`)."""
+        return self.run_op(self._get_op(dsk, keys, retries=retries, priority=priority,
+                                        workers=workers, **kwargs))
+
+    def _get_op(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
+                **kwargs):
+        self._check_open()
+        if is_dask_collection(dsk) and not isinstance(dsk, dict):
+            dsk = dsk.__dask_graph__()
+        dsk = g.as_dict(dsk) if not isinstance(dsk, dict) else dsk
+        flat = g.flatten_keys(keys)
+        # Futures as graph values are data already on the cluster.
+        known_futures = {}
+        plain = {}
+        for k, v in dsk.items():
+            if isinstance(v, Future):
+                if v.key == k:
+                    known_futures[k] = v
+                else:
+                    known_futures[v.key] = v
+                    plain[k] = TaskRef(v.key)
+            else:
+                plain[k] = v
+        for k in flat:
+            if k not in plain and k not in known_futures:
+                raise KeyError(k)
+        needed = list(dict.fromkeys(k for k in flat if k in plain))
+        tasks, priorities = self._graph_tasks(plain, needed, known_futures)
+        states = self._submit_graph(tasks, needed, priorities, priority, retries,
+                                    workers, futures=False)
+        try:
+            wanted = list(states.values())
+            wanted += [known_futures[k].state for k in dict.fromkeys(flat)
+                       if k in known_futures]
+            results = yield from self.shell.gather_states_op(wanted)
+        finally:
+            self.shell.drop(needed)
+        return g.pack(keys, results)
+
+    # ---------------------------------------------------------------- futures API
+
+    def submit(self, fn, /, *args, key=None, pure=True, retries=0, workers=None,
+               priority=0, **kwargs):
+        """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once."""
+        return self.submit_call(fn, args, kwargs, key=key, pure=pure, retries=retries,
+                                workers=workers, priority=priority)
+
+    def submit_call(self, fn, args, kwargs, key=None, pure=True, retries=0, workers=None,
+                    priority=0):
+        """`submit` with the call's keyword arguments kept apart from the options,
+        so that a function may take ``key=`` or ``workers=`` itself (the Executor)."""
+        self._check_open()
+        if not callable(fn):
+            raise TypeError("first argument of submit must be callable")
+        if key is None:
+            if pure:
+                key = f"{funcname(fn)}-{call_token(function_token(fn, kwargs), args)}"
+            else:
+                key = f"{funcname(fn)}-{uuid.uuid4().hex}"
+        node, found = call_spec(key, fn, args, kwargs)
+        if self.shell.is_held(key):
+            return Future(key, self)
+        futures = self._submit_graph([(key, node, list(found))], [key], None, priority,
+                                     retries, workers)
+        return futures[key]
+
+    def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
+            priority=0, batch_size=None, **kwargs):
+        """Map ``fn`` over iterables; returns a list of Futures at once."""
+        self._check_open()
+        if not callable(fn):
+            raise TypeError("first argument of map must be callable")
+        rows = list(zip(*iterables))
+        name = key if isinstance(key, str) else funcname(fn)
+        if isinstance(key, (list, tuple)):
+            keys = list(key)
+        elif pure:
+            fn_token = function_token(fn, kwargs)
+            keys = [f"{name}-{call_token(fn_token, row)}" for row in rows]
+        else:
+            base = uuid.uuid4().hex
+            keys = [f"{name}-{base}-{i}" for i in range(len(rows))]
+        tasks = []
+        seen = {}
+        for k, row in zip(keys, rows):
+            if k in seen:
+                continue
+            seen[k] = None
+            node, found = call_spec(k, fn, row, kwargs)
+            tasks.append((k, node, list(found)))
+        priorities = {k: i for i, k in enumerate(keys)}
+        futures = self._submit_graph(tasks, list(seen), priorities, priority, retries,
+                                     workers)
+        out = []
+        for k in keys:               # a repeated key gets a Future of its own
+            out.append(futures.pop(k) if k in futures else Future(k, self))
+        return out
+
+    def gather(self, futures, errors="raise", timeout=None):
+        """Values of Futures, in the same (nested) structure."""
+        return self.run_op(self._gather_op(futures, errors, timeout))
+
+    def _gather_op(self, futures, errors="raise", timeout=None):
+        self._check_open()
+        states = {f.key: f.state for f in futures_in(futures)}
+        values = yield from self.shell.gather_states_op(list(states.values()), errors,
+                                                        timeout)
+        return _pack_futures(futures, values)
+
+    def scatter(self, data, broadcast=False, workers=None, hash=True, timeout=None):
+        """Put local data on workers; returns Futures in the same structure."""
+        return self.run_op(self._scatter_op(data, broadcast, workers, hash, timeout))
+
+    def _scatter_op(self, data, broadcast, workers, hash, timeout):
+        self._check_open()
+        if isinstance(data, dict):
+            items = dict(data)
+        elif isinstance(data, (list, tuple, set)):
+            items = {}
+            for x in data:
+                k = f"{type(x).__name__}-{tokenize(x) if hash else uuid.uuid4().hex}"
+                items[k] = x
+        else:
+            k = f"{type(data).__name__}-{tokenize(data) if hash else uuid.uuid4().hex}"
+            items = {k: data}
+        blobs = {k: serialize(v) for k, v in items.items()}
+        if isinstance(workers, str):
+            workers = [workers]
+        futures = {k: Future(k, self) for k in items}
+        yield from self.shell.scatter_op({"op": "scatter", "data": blobs,
+                                          "broadcast": broadcast, "workers": workers},
+                                         items, timeout)
+        self.shell.finished([(f.state, type(items[k]).__name__)
+                             for k, f in futures.items()])
+        if isinstance(data, dict):
+            return futures
+        if isinstance(data, (list, tuple, set)):
+            keys = list(items)
+            if len(keys) == len(data):
+                return type(data)(futures[k] for k in keys) if not isinstance(data, set) \
+                    else [futures[k] for k in keys]
+            return [futures[f"{type(x).__name__}-{tokenize(x)}"] for x in data]
+        return next(iter(futures.values()))
+
+    def cancel(self, futures, force=False):
+        flat = futures_in(futures)
+        self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
+        return self.run_op(done())
+
+    def compute(self, collections, sync=False, optimize_graph=True, priority=0,
+                retries=0, workers=None, **kwargs):
+        """Start computing dask collections; returns a Future per collection (or the
+        results with ``sync=True``).  Other keyword arguments (those dask forwards to
+        its scheduler) are accepted and ignored."""
+        single = not isinstance(collections, (list, tuple))
+        colls = [collections] if single else list(collections)
+        dsk, keys, _ = g.collections_to_graph(colls, optimize=optimize_graph)
+        futures = self._graph_futures(dsk, keys, priority, retries, workers)
+        result = [futures[k] for k in keys]
+        if sync:
+            return self.run_op(self._gather_op(result[0] if single else result))
+        return result[0] if single else result
+
+    def persist(self, collections, optimize_graph=True, priority=0, retries=0,
+                workers=None, **kwargs):
+        """Start computing collections and return them backed by data on the cluster.
+
+        As ``dask.persist`` does: one optimized expression for all collections, and
+        each ORIGINAL collection rebuilt by its ``__dask_postpersist__`` from Futures
+        of its own output keys.  Other keyword arguments (those dask forwards to its
+        scheduler) are accepted and ignored."""
+        single = not isinstance(collections, (list, tuple))
+        colls = [collections] if single else list(collections)
+        dsk, keys, rebuild = g.collections_to_persist(colls, optimize=optimize_graph)
+        out = rebuild(self._graph_futures(dsk, keys, priority, retries, workers))
+        return out[0] if single else out
+
+    def _graph_futures(self, dsk, keys, priority, retries, workers):
+        """Submit what ``keys`` need of a normalized graph; {key: Future} for every
+        key.  A key outside the graph is data a Future of this client already holds
+        (a persisted collection's): dask turned those Futures into references."""
+        wanted = [k for k in dict.fromkeys(keys) if k in dsk]
+        tasks, priorities = self._graph_tasks(dsk, wanted, ())
+        futures = self._submit_graph(tasks, wanted, priorities, priority, retries,
+                                     workers)
+        for k in keys:
+            if k not in futures:
+                futures[k] = Future(k, self)
+        return futures
+
+    # ---------------------------------------------------------------- shared names
+
+    def set_collection(self, name, collection):
+        """Store a dask collection (its graph, not its data) for every client."""
+        op = self.shell.request_op({"op": "set-collection", "name": name,
+                                    "data": serialize(collection)})
+        return self.run_op(then(op, lambda _: None))
+
+    def get_collection(self, name):
+        def loaded(blob):
+            if blob is None:
+                raise KeyError(name)
+            return self._load(blob)
+        return self._info("get-collection", name=name, after=loaded)
+
+    def list_collections(self):
+        return self._info("list-collections", after=list)
+
+    def _load(self, blob):
+        return load(blob, self)
+
+    def publish_dataset(self, *args, name=None, override=False, **kwargs):
+        """Keep named data (values or Futures) on the cluster for every client."""
+        if args:
+            if name is None:
+                raise ValueError("publish_dataset(value, name=...) needs a name")
+            kwargs[name] = args[0]
+        return self.run_op(self._publish_op(kwargs, override))
+
+    def _publish_op(self, datasets, override):
+        for dname, value in datasets.items():
+            keys = [f.key for f in futures_in(value)]
+            if is_dask_collection(value):
+                keys += [k for k, v in dict(value.__dask_graph__()).items()
+                         if isinstance(v, Future)]
+            reply = yield from self.shell.request_op(
+                {"op": "publish-dataset", "name": dname, "data": serialize(value),
+                 "keys": keys, "override": override})
+            if isinstance(reply, dict) and "error" in reply:
+                raise KeyError(reply["error"])
+
+    def get_dataset(self, name, default=KeyError):
+        def loaded(blob):
+            if blob is None:
+                if default is KeyError:
+                    raise KeyError(f"no dataset named {name!r}")
+                return default
+            return self._load(blob)
+        return self._info("get-dataset", name=name, after=loaded)
+
+    def list_datasets(self):
+        return self._info("list-datasets", after=list)
+
+    def unpublish_dataset(self, name):
+        def check(found):
+            if not found:
+                raise KeyError(f"no dataset named {name!r}")
+        op = self.shell.request_op({"op": "unpublish-dataset", "name": name})
+        return self.run_op(then(op, check))
+
+    # ---------------------------------------------------------------- cluster
+
+    def get_executor(self, **submit_kwargs):
+        """A `concurrent.futures.Executor` running on the cluster."""
+        return ClientExecutor(self, **submit_kwargs)
+
+    def _info(self, what, timeout=None, after=None, **kw):
+        op = self.shell.request_op({"op": "info", "what": what, **kw}, timeout=timeout)
+        return self.run_op(op if after is None else then(op, after))
+
+    def scheduler_info(self, timeout=None):
+        def complete(info):
+            info["address"] = self.address
+            info["id"] = self.scheduler_id
+            return info
+        return self._info("scheduler-info", timeout, complete)
+
+    def who_has(self, futures=None):
+        keys = None if futures is None else [f.key for f in futures_in(futures)]
+        return self._info("who-has", keys=keys,
+                          after=lambda r: {k: list(v) for k, v in r.items()})
+
+    def has_what(self):
+        return self._info("has-what", after=lambda r: {k: list(v) for k, v in r.items()})
+
+    def nthreads(self):
+        return self._info("nthreads", after=dict)
+
+    ncores = nthreads
+
+    def restart(self, timeout=30):
+        """Forget every task and drop all data on the workers.
+
+        The worker processes stay: a task already running finishes on its thread (a
+        Python thread cannot be stopped) and its result is dropped; the worker runs
+        new tasks on its other threads meanwhile, and on that one once it is free."""
+        op = self.shell.request_op({"op": "restart"}, timeout)
+        return self.run_op(then(op, lambda _: self))
+
+    def subscribe_monitor(self, callback):
+        """Call ``callback(snapshot)`` (on the I/O thread) about twice a second."""
+        self.shell.subscribe_monitor(callback)
+
+    def unsubscribe_monitor(self, callback):
+        self.shell.unsubscribe_monitor(callback)
+
+    # ---------------------------------------------------------------- life
+
+    def close(self, timeout=5):
+        """Close the connection (any thread, the I/O thread included: it is then not
+        waited for)."""
+        return self.run_op(self._close_op(timeout))
+
+    def _close_now(self, timeout=5):
+        run_blocking(self._close_op(timeout))
+
+    def _close_op(self, timeout=5):
+        with self._status_lock:
+            if not self.shell.begin_close():
+                return
+        self._unset_default()
+        # Threads still waiting for an answer (a get() in another thread) wake up.
+        yield from self.shell.finish_close_op(timeout)
+
+    def shutdown(self, timeout=10):
+        """Stop the scheduler and its workers, then close this client."""
+        return self.run_op(self._shutdown_op(timeout))
+
+    def _shutdown_op(self, timeout):
+        try:
+            yield from self.shell.request_op({"op": "shutdown"}, timeout=timeout)
+        except (TimeoutError, SchedulerLost):
+            pass
+        yield from self._close_op()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._close_now()
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        # A connection is not copied: a deep copy of dask's config, which holds this
+        # client's `get` while it is the default, shares it.
+        return self
+
+    def __del__(self):
+        try:
+            if self.status != "closed" and self.shell.loop.running:
+                self._close_now(timeout=1)
+        except Exception:
+            pass

@@ -1,0 +1,227 @@
+"""The client's hold on the cluster itself: code and set-up on workers (`run`,
+`upload_file`, `register_plugin`), code in the scheduler (`run_on_scheduler`,
+scheduler plugins), and its workers (`wait_for_workers`, `retire_workers`,
+`restart_workers`, `rebalance`, `replicate`, `processing`, `forward_logging`), with
+dask.distributed's names, arguments and return values.
+
+`ClusterMethods` is part of `Client` and uses only its public face: each method
+builds an operation (see `waits`) that `Client.run_op` runs blocking or as a
+coroutine, over the requests of `ClientShell.request_op`.  The scheduler decides and
+moves the data (`scheduler.moves`); here are only the requests and their answers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import rebuild_error
+from ..plugins import (FORWARD_LOGGING, ForwardLogging, UploadFile, handle_forwarded,
+                       plugin_kind, plugin_name)
+from ..protocol import serialize
+from .futures import Waiter, futures_in, load
+from .waits import done, then
+
+RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
+
+
+def _names(workers):
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        return [workers]
+    return list(workers)
+
+
+def _raise(record):
+    exc, tb = rebuild_error(record)
+    raise exc.with_traceback(tb)
+
+
+class ClusterMethods:
+    """Part of `Client`: the cluster as a whole (see the module docstring)."""
+
+    # ---------------------------------------------------------------- code on workers
+
+    def run(self, function, *args, workers=None, wait=True, on_error="raise",
+            **kwargs):
+        """Run ``function(*args, **kwargs)`` on workers, outside the task system:
+        ``{worker address: result}``.  A function taking ``dask_worker`` gets the
+        `Worker`.  ``on_error``: "raise" the first error, "return" it as the
+        worker's result, or "ignore" that worker.  ``wait=False``: return at once
+        (None), the results are dropped."""
+        if on_error not in ("raise", "return", "ignore"):
+            raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
+                             f"not {on_error!r}")
+        msg = {"op": "run", "function": serialize((function, args, kwargs)),
+               "workers": _names(workers)}
+        if not wait:                  # sent; its answer is dropped when it comes
+            self.shell.request_future(msg)
+            return self.run_op(done())
+        op = self.shell.request_op(msg)
+        return self.run_op(then(op, lambda reply: self._run_results(reply, on_error)))
+
+    def _run_results(self, reply, on_error):
+        out = {}
+        for address, r in reply["results"].items():
+            if r.get("status") == "OK":
+                out[address] = load(r["result"], self)
+            elif on_error == "raise":
+                _raise(r)
+            elif on_error == "return":
+                out[address] = rebuild_error(r)[0]
+        return out
+
+    def run_on_scheduler(self, function, *args, **kwargs):
+        """Run ``function(*args, **kwargs)`` in the scheduler process (on its I/O
+        thread, so it sees a steady state); a function taking ``dask_scheduler`` gets
+        the `Scheduler`.  Its result comes back pickled."""
+        op = self.shell.request_op({"op": "run-on-scheduler",
+                                    "function": serialize((function, args, kwargs))})
+        return self.run_op(then(op, self._scheduler_result))
+
+    def _scheduler_result(self, reply):
+        if reply.get("status") != "OK":
+            _raise(reply)
+        return load(reply["result"], self) if "result" in reply else None
+
+    def register_plugin(self, plugin, name=None, idempotent=None):
+        """Register a worker plugin (set up on every worker now, and on every worker
+        that joins or restarts later; ``{address: {"status": "OK"}}``) or a scheduler
+        plugin (started in the scheduler process; None).  A plugin registered under
+        a name in use replaces the old one (torn down first), unless it is
+        ``idempotent``: then nothing changes."""
+        kind = plugin_kind(plugin)
+        name = plugin_name(plugin, name)
+        if idempotent is None:
+            idempotent = bool(getattr(plugin, "idempotent", False))
+        blob = serialize(plugin)
+        if kind == "scheduler":
+            op = self.shell.request_op({"op": "register-scheduler-plugin", "name": name,
+                                        "plugin": blob, "idempotent": idempotent})
+            return self.run_op(then(op, self._scheduler_result))
+        op = self.shell.request_op({"op": "register-worker-plugin", "name": name,
+                                    "plugin": blob, "idempotent": idempotent})
+        return self.run_op(then(op, self._plugin_results))
+
+    @staticmethod
+    def _plugin_results(reply):
+        if "unknown" in reply:
+            raise ValueError(f"the worker plugin {reply['unknown']!r} does not exist")
+        for r in reply["results"].values():
+            if r.get("status") != "OK":
+                _raise(r)
+        return dict(reply["results"])
+
+    def unregister_worker_plugin(self, name, nanny=None):
+        """Tear a worker plugin down on every worker and forget it."""
+        op = self.shell.request_op({"op": "unregister-worker-plugin", "name": name})
+        return self.run_op(then(op, self._plugin_results))
+
+    def unregister_scheduler_plugin(self, name):
+        op = self.shell.request_op({"op": "unregister-scheduler-plugin", "name": name})
+        return self.run_op(then(op, self._scheduler_result))
+
+    def upload_file(self, filename, load=True):
+        """Send a .py, .zip or .egg file to every worker, now and later: saved in a
+        directory of its own on ``sys.path`` and, with ``load``, imported (reloaded
+        if it was imported before).  ``{address: {"status": "OK"}}``."""
+        if not str(filename).endswith((".py", ".zip", ".egg")) and load:
+            raise ValueError(f"cannot import {filename}: only .py, .zip and .egg files "
+                             "(or load=False)")
+        return self.register_plugin(UploadFile(filename, load=load))
+
+    def subscribe_topic(self, topic, handler):
+        """Call ``handler((time, msg))`` (on the client's I/O thread) for each event
+        of ``topic`` a worker logs (`Worker.log_event`)."""
+        self.shell.subscribe_topic(topic, handler)
+
+    def unsubscribe_topic(self, topic):
+        self.shell.unsubscribe_topic(topic)
+
+    def forward_logging(self, logger_name=None, level=logging.NOTSET):
+        """Records of logger ``logger_name`` (None: the root) on the workers, at
+        ``level`` or above, are handled by the logger of the same name here."""
+        self.subscribe_topic(FORWARD_LOGGING, handle_forwarded)
+        return self.register_plugin(ForwardLogging(logger_name, level))
+
+    def unforward_logging(self, logger_name=None):
+        return self.unregister_worker_plugin(ForwardLogging(logger_name).name)
+
+    # ---------------------------------------------------------------- workers
+
+    def wait_for_workers(self, n_workers, timeout=None):
+        """Block (or, asynchronously, wait) until ``n_workers`` workers run;
+        TimeoutError after ``timeout`` seconds."""
+        if not isinstance(n_workers, int) or n_workers < 1:
+            raise ValueError(f"n_workers must be a positive integer, not {n_workers!r}")
+
+        def check(reply):
+            if not reply["ok"]:
+                raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
+                                   f"after {timeout} s")
+        op = self.shell.request_op({"op": "wait-for-workers", "n": n_workers,
+                                    "timeout": timeout})
+        return self.run_op(then(op, check))
+
+    def processing(self, workers=None):
+        """The keys each worker has been given to run (queued there or running):
+        ``{address: [key]}``."""
+        op = self.shell.request_op({"op": "info", "what": "processing",
+                                    "workers": _names(workers)})
+        return self.run_op(then(op, lambda r: {k: list(v) for k, v in r.items()}))
+
+    def retire_workers(self, workers=None, close_workers=True, remove=True, names=None,
+                       **kwargs):
+        """Retire workers gracefully: no new tasks go to them, their queued tasks go
+        elsewhere, their running tasks end there, their unique data is copied to the
+        workers that stay, and then they leave (``remove``) and close
+        (``close_workers``; a worker in an ipyparallel engine closes, the engine
+        stays).  Nothing is recomputed.  ``{address: what it was}`` of the retired
+        workers; with neither ``workers`` nor ``names``, the idle ones."""
+        op = self.shell.request_op({"op": "retire-workers", "workers": _names(workers),
+                                    "names": _names(names), "close": close_workers,
+                                    "remove": remove})
+        return self.run_op(then(op, dict))
+
+    def restart_workers(self, workers, timeout=None, raise_for_error=True):
+        """Restart workers in place: each drops its tasks and data, tears its plugins
+        down and registers again at its address, where its plugins are set up anew;
+        the process (an ipyparallel engine) stays.  ``{worker as named: "OK" |
+        "removed" | "timed out"}``; TimeoutError unless all are "OK" with
+        ``raise_for_error``."""
+        names = _names(workers)
+        timeout = RESTART_TIMEOUT if timeout is None else timeout
+
+        def check(result):
+            if raise_for_error and any(v != "OK" for v in result.values()):
+                raise TimeoutError(f"workers not restarted within {timeout} s: "
+                                   f"{ {k: v for k, v in result.items() if v != 'OK'} }")
+            return {name: result[name] for name in names}
+        op = self.shell.request_op({"op": "restart-workers", "workers": names,
+                                    "timeout": timeout})
+        return self.run_op(then(op, check))
+
+    def replicate(self, futures, n=None, workers=None, branching_factor=2, **kwargs):
+        """Keep copies of the Futures' data on ``n`` workers (all: None), among
+        ``workers`` if given: missing copies are fetched from the holders, extra
+        ones dropped.  Waits for the Futures first."""
+        return self.run_op(self._move_op(futures_in(futures), {
+            "op": "replicate", "n": n, "workers": _names(workers)}))
+
+    def rebalance(self, futures=None, workers=None, **kwargs):
+        """Move data so that the workers (``workers``, or all) hold about as many
+        bytes each: the Futures' data, or all data.  KeyError if some of it cannot
+        be moved."""
+        fs = None if futures is None else futures_in(futures)
+        return self.run_op(self._move_op(fs, {"op": "rebalance",
+                                              "workers": _names(workers)}))
+
+    def _move_op(self, fs, msg):
+        if fs is not None:
+            yield from Waiter(fs).wait_op()
+            msg["keys"] = [f.key for f in fs]
+        else:
+            msg["keys"] = None
+        reply = yield from self.shell.request_op(msg)
+        if reply.get("status") == "partial-fail" and msg["op"] == "rebalance":
+            raise KeyError(f"could not rebalance keys: {reply['keys']}")

@@ -1,0 +1,552 @@
+"""Futures of remote results, `wait`, `as_completed`, and a concurrent.futures Executor.
+
+A `Future` is a handle on one key on the cluster.  All Futures of a key in one client
+share a `FutureState` (status, error; see `state.ClientState`); the client counts
+Futures per key and tells the scheduler to release the key when the last one is
+garbage-collected.
+
+    scheduler ─key-in-memory / task-erred / cancelled─▶ client I/O thread: ClientState
+                                                          │ Done(state): wake waiters,
+                                                          ▼ run done callbacks
+                                     Future.result() ─gather─▶ value
+
+Results are fetched when asked for (`result`, `gather`, ``await future``), never
+pushed.  What waits (`result`, `exception`, `wait`, `as_completed`) is written once as
+an operation (see `waits`): blocking, or awaited for an asynchronous client; ``await``
+works on a Future of either kind of client.
+
+What a Future asks of its client, all public: ``client.shell`` holds and drops keys
+(`ClientShell.hold`, `drop`) and gathers them (`gather_states`, `gather_async`);
+``client.cancel`` and, for the Executor, ``client.submit_call``.  Waiting on a key
+needs no client: `wait_until_done` and `when_done` below, under `LOCK`, the lock the
+client shells take around their state machines too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+from collections import deque, namedtuple
+
+from dask._task_spec import TaskRef
+
+from ..errors import rebuild_error
+from ..log import logger
+from ..protocol import deserialize
+from .default import default_client
+from .state import CANCELLED, ERROR, FINISHED, LOST
+from .waits import Flag, Signal, in_loop, resolve, run_async, run_blocking, within
+
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+ALL_COMPLETED = cf.ALL_COMPLETED
+
+CancelledError = cf.CancelledError
+
+# What `wait` returns, as `concurrent.futures.wait` does.
+DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
+
+
+# Guards every client's state machine and the waiters on its keys: a status changes,
+# and a waiter registers, under it.  Reentrant: a Future collected by the garbage
+# collector while it is held drops its key under it again.
+LOCK = threading.RLock()
+
+
+def wait_until_done(state, timeout=None):
+    """Block until ``state`` is done; False if ``timeout`` passed first."""
+    with LOCK:
+        if state.done():
+            return True
+        if state.event is None:
+            state.event = threading.Event()
+        event = state.event
+    return event.wait(timeout)
+
+
+def when_done(state, callback):
+    """Call ``callback()`` once ``state`` is done (at once if it is)."""
+    with LOCK:
+        if not state.done():
+            if state.callbacks is None:
+                state.callbacks = []
+            state.callbacks.append(callback)
+            return
+    callback()
+
+
+class KeyDone:
+    """A wait (see `waits`) until ``state`` is done: True, or False after
+    ``timeout`` seconds."""
+
+    __slots__ = ("state", "timeout")
+
+    def __init__(self, state, timeout=None):
+        self.state = state
+        self.timeout = timeout
+
+    def block(self):
+        return wait_until_done(self.state, self.timeout)
+
+    async def wait(self):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        when_done(self.state, lambda: in_loop(loop, resolve, fut, True))
+        try:
+            return await within(fut, self.timeout)
+        except TimeoutError:
+            return False
+
+
+def take_waiters(state):
+    """(event, callbacks) of a state just done, taken off it; call under `LOCK`."""
+    event, callbacks, state.callbacks = state.event, state.callbacks, None
+    return event, callbacks
+
+
+def wake(state, event, callbacks):
+    """Wake what waited on a state (outside `LOCK`: callbacks may do anything)."""
+    if event is not None:
+        event.set()
+    for cb in callbacks or ():
+        try:
+            cb()
+        except Exception:
+            logger.exception("error in a done callback of %r", state.key)
+
+
+def raise_error(state):
+    if state.status == CANCELLED:
+        raise CancelledError(f"{state.key!r} was cancelled")
+    exc, tb = rebuild_error(state.error or {})
+    raise exc.with_traceback(tb)
+
+
+def exception_of(state):
+    if state.status in (ERROR, LOST):
+        return rebuild_error(state.error)[0]
+    return None
+
+
+class Future(TaskRef):
+    """A remote result: ``f.result()``, ``f.done()``, ``f.cancel()``...
+
+    Futures may be passed to `Client.submit` before they finish; the task then waits
+    for them on the cluster, and their data never comes back to the client.
+
+    A Future is a dask `TaskRef` to its key (as distributed's futures are): dask's
+    graph machinery then treats one as a dependency wherever it sits, in a legacy
+    graph, in a `Task`'s arguments (``dask.delayed(f)(future)``) or inside the
+    subgraph of a fused task.
+    """
+
+    __slots__ = ("client", "state", "__weakref__")
+
+    def __init__(self, key, client, state=None, inform=False):
+        self.key = key
+        self.client = client
+        self.state = client.shell.hold(key, state, inform)
+
+    @property
+    def status(self):
+        return self.state.status
+
+    def done(self):
+        return self.state.done()
+
+    def cancelled(self):
+        return self.state.status == CANCELLED
+
+    def _run(self, op):
+        """Run ``op`` as this Future's client does: blocking, or as a coroutine for
+        an asynchronous client."""
+        if self.client is None:
+            raise RuntimeError(f"{self.key!r} was released")
+        return self.client.run_op(op)
+
+    def _wait_op(self, timeout):
+        if not (yield KeyDone(self.state, timeout)):
+            raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
+
+    def _result_op(self, timeout):
+        if self.client is None:
+            raise RuntimeError(f"{self.key!r} was released")
+        values = yield from self.client.shell.gather_states_op([self.state],
+                                                               timeout=timeout)
+        return values[self.key]
+
+    def result(self, timeout=None):
+        """The value (a coroutine of it for an asynchronous client)."""
+        return self._run(self._result_op(timeout))
+
+    def __await__(self):
+        """``await future``: its value, whatever kind of client made it."""
+        return run_async(self._result_op(None)).__await__()
+
+    def _exception_op(self, timeout):
+        yield from self._wait_op(timeout)
+        if self.state.status == CANCELLED:
+            raise CancelledError(f"{self.key!r} was cancelled")
+        return exception_of(self.state)
+
+    def exception(self, timeout=None):
+        return self._run(self._exception_op(timeout))
+
+    def _traceback_op(self, timeout):
+        yield from self._wait_op(timeout)
+        if self.state.status in (ERROR, LOST):
+            return rebuild_error(self.state.error)[1]
+        return None
+
+    def traceback(self, timeout=None):
+        return self._run(self._traceback_op(timeout))
+
+    def cancel(self, force=False):
+        self.client.cancel([self], force=force)
+        return True
+
+    def add_done_callback(self, fn):
+        """Call ``fn(future)`` once the future is done (on the client's I/O thread)."""
+        ref = self
+
+        def cb():
+            try:
+                fn(ref)
+            except Exception:
+                logger.exception("error in done callback %r", fn)
+        when_done(self.state, cb)
+
+    def release(self):
+        client, self.client = self.client, None
+        if client is not None:
+            client.shell.drop((self.key,))
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    def __reduce__(self):
+        return _rebuild_future, (self.key,)
+
+    def __repr__(self):
+        typ = f", type: {self.state.type}" if self.state.type else ""
+        return f"<Future: {self.status}{typ}, key: {self.key!r}>"
+
+    def __hash__(self):
+        return hash(("dask-ipy-future", self.key))
+
+    def __eq__(self, other):
+        return isinstance(other, Future) and other.key == self.key
+
+    def __dask_tokenize__(self):
+        return ("dask-ipy-future", self.key)
+
+
+def futures_in(obj, out=None):
+    """The Futures in ``obj``, walking lists, tuples, sets and dict values."""
+    if out is None:
+        out = []
+    if isinstance(obj, Future):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple, set)):
+        for x in obj:
+            futures_in(x, out)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            futures_in(x, out)
+    return out
+
+
+_unpickling = threading.local()
+
+
+def load(blob, client):
+    """``deserialize(blob)``; Futures in it belong to ``client``."""
+    _unpickling.client = client
+    try:
+        return deserialize(blob)
+    finally:
+        _unpickling.client = None
+
+
+def load_all(blobs, client):
+    """{key: value} of {key: blob}; Futures in them belong to ``client``."""
+    _unpickling.client = client
+    try:
+        return {k: deserialize(v) for k, v in blobs.items()}
+    finally:
+        _unpickling.client = None
+
+
+def _rebuild_future(key):
+    client = getattr(_unpickling, "client", None)
+    if client is None:
+        try:
+            client = default_client()
+        except ValueError:
+            # No client here (a worker loading a task that holds a Future): a plain
+            # reference, which the task resolves to the key's value.
+            return TaskRef(key)
+    return Future(key, client, inform=True)
+
+
+# ---------------------------------------------------------------- wait, as_completed
+
+def wait(fs, timeout=None, return_when=ALL_COMPLETED):
+    """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``,
+    or a coroutine of it when a Future belongs to an asynchronous client."""
+    waiter = Waiter(fs, return_when)
+    op = waiter.wait_op(timeout)
+    return run_async(op) if _asynchronous(waiter.fs) else run_blocking(op)
+
+
+def _asynchronous(fs):
+    return any(isinstance(f, Future) and f.client is not None and f.client.asynchronous
+               for f in fs)
+
+
+class Waiter:
+    """What `wait` waits with: a done callback on each future, registered once, so
+    that `wait` may be asked again and again (a progress bar redrawing meanwhile)."""
+
+    def __init__(self, fs, return_when=ALL_COMPLETED):
+        self.fs = set(fs)
+        if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+            raise ValueError(f"unknown return_when {return_when!r}")
+        self.return_when = return_when
+        self.lock = threading.Lock()
+        self.signal = Signal()
+        self.done = set()
+        if not self.fs:
+            self.signal.set()
+        for f in self.fs:
+            f.add_done_callback(self._on_done)
+
+    @staticmethod
+    def _failed(f):
+        if isinstance(f, Future):
+            return f.status in (ERROR, LOST)
+        return not f.cancelled() and f.exception() is not None
+
+    def _on_done(self, f):
+        # Each future reports once, so waiting costs O(n), not O(n) per completion.
+        with self.lock:
+            self.done.add(f)
+            ready = (len(self.done) == len(self.fs) or self.return_when == FIRST_COMPLETED
+                     or (self.return_when == FIRST_EXCEPTION and self._failed(f)))
+        if ready:
+            self.signal.set()
+
+    def wait_op(self, timeout=None):
+        """``(done, not_done)`` once ``return_when`` holds, or after ``timeout``."""
+        yield Flag(self.signal, timeout)
+        with self.lock:
+            finished = set(self.done)
+        return DoneAndNotDoneFutures(finished, self.fs - finished)
+
+    def wait(self, timeout=None):
+        return run_blocking(self.wait_op(timeout))
+
+
+class as_completed:
+    """Iterate over Futures as they finish, with ``for`` or ``async for``;
+    ``with_results=True`` yields ``(future, result)``.  More futures can be added
+    while iterating."""
+
+    def __init__(self, futures=(), with_results=False, raise_errors=True):
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self.count = 0                       # futures added and not yet handed out
+        self.ready = deque()                 # finished, not yet handed out
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.wakers = []                     # coroutines waiting: call to wake them
+        for f in futures:
+            self.add(f)
+
+    def add(self, future):
+        with self.lock:
+            self.count += 1
+        future.add_done_callback(self._on_done)
+
+    def update(self, futures):
+        for f in futures:
+            self.add(f)
+
+    def _on_done(self, future):
+        with self.lock:
+            self.ready.append(future)
+            self.cond.notify()
+            wakers, self.wakers = self.wakers, []
+        for wake_one in wakers:
+            wake_one()
+
+    def _claim(self):
+        """Claim the next future to hand out: False when none is left."""
+        with self.lock:
+            if self.count == 0:
+                return False
+            self.count -= 1
+            return True
+
+    def _outcome(self, f):
+        """The operation of what to hand out for ``f``."""
+        if not self.with_results:
+            return f
+        try:
+            return f, (yield from f._result_op(None))
+        except Exception as e:
+            if self.raise_errors:
+                raise
+            return f, e
+
+    def __iter__(self):
+        return self
+
+    def _unclaim(self):
+        """Interrupted while waiting: the next call hands that future out."""
+        with self.lock:
+            self.count += 1
+
+    def __next__(self):
+        if not self._claim():
+            raise StopIteration
+        try:
+            with self.cond:
+                while not self.ready:
+                    self.cond.wait()
+                f = self.ready.popleft()
+        except BaseException:
+            self._unclaim()
+            raise
+        return run_blocking(self._outcome(f))
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self._claim():
+            raise StopAsyncIteration
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                with self.lock:
+                    if self.ready:
+                        f = self.ready.popleft()
+                        break
+                    fut = loop.create_future()
+                    self.wakers.append(lambda fut=fut: in_loop(loop, resolve, fut, None))
+                await fut
+        except BaseException:
+            self._unclaim()
+            raise
+        return await run_async(self._outcome(f))
+
+    def next_batch(self, block=True):
+        batch = [next(self)]
+        while self.ready and self.count:
+            batch.append(next(self))
+        return batch
+
+
+# ---------------------------------------------------------------- Executor
+
+class ClientExecutor(cf.Executor):
+    """A `concurrent.futures.Executor` on the cluster; its futures are genuine
+    `concurrent.futures.Future` objects, so the standard `wait` and `as_completed`
+    work on them."""
+
+    def __init__(self, client, **submit_kwargs):
+        self.client = client
+        self.submit_kwargs = submit_kwargs
+        self.futures = set()
+        self.lock = threading.Lock()
+        self.shut_down = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self.lock:
+            if self.shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        options = dict(self.submit_kwargs)
+        options.setdefault("pure", False)
+        remote = self.client.submit_call(fn, args, kwargs, **options)
+        local = cf.Future()
+        local.set_running_or_notify_cancel()
+        local._dask_ipy_remote = remote
+        with self.lock:
+            self.futures.add(local)
+
+        def settle(_):
+            with self.lock:
+                self.futures.discard(local)
+            if remote.status == CANCELLED:
+                _cancel(local)
+                return
+            if remote.status != FINISHED:
+                exc, tb = rebuild_error(remote.state.error or {})
+                set_exception(local, exc.with_traceback(tb))
+                return
+            self.client.shell.gather_async(
+                [remote.key], lambda r: _settle_gather(local, remote.key, r))
+        remote.add_done_callback(settle)
+        return local
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self.lock:
+            self.shut_down = True
+            pending = list(self.futures)
+        if cancel_futures:
+            remotes = [f._dask_ipy_remote for f in pending if not f.done()]
+            if remotes:
+                self.client.cancel(remotes)
+            for f in pending:
+                if not f.done():
+                    _cancel(f)
+        if wait:
+            cf.wait(pending)
+
+
+def set_exception(local, exc):
+    """Fail a concurrent.futures.Future unless it is done already."""
+    if not local.done():
+        try:
+            local.set_exception(exc)
+        except cf.InvalidStateError:
+            pass
+
+
+def _cancel(local):
+    """Cancel a running concurrent.futures.Future (the remote task was cancelled).
+
+    The standard library offers no public way: `Future.cancel()` refuses a running
+    future, and the Executor's futures must run from submit on (as the standard
+    executors' do once a worker takes them) so that the user cannot cancel them
+    through the future, only through the Executor.  So this does what `cancel()`
+    does for a pending future, on the future's own condition, and nothing more."""
+    with local._condition:
+        if local._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
+            return
+        local._state = cf._base.CANCELLED_AND_NOTIFIED
+        for waiter in local._waiters:
+            waiter.add_cancelled(local)
+        local._condition.notify_all()
+    local._invoke_callbacks()
+
+
+def _settle_gather(local, key, outcome):
+    kind, value = outcome
+    if local.done():
+        return
+    try:
+        if kind == "ok":
+            local.set_result(value[key])
+        else:
+            local.set_exception(value)
+    except cf.InvalidStateError:
+        pass

@@ -1,0 +1,457 @@
+"""The client shell: the DEALER socket to the scheduler, its I/O thread, and a
+`ClientState`.
+
+    user threads ── hold / drop / request / send ──▶ ClientState ──outbox──┐
+        (under futures.LOCK, then a wake-up)             ▲                  ▼
+    user threads ◀── Done: events, callbacks ─┐          │    IOLoop thread ──DEALER──▶
+                 ◀── Resolve/Reject: answers ─┴── ClientState.handle ◀──  scheduler
+
+(A coroutine of an asynchronous client stands where a user thread does: see `waits`.)
+
+Every call into the state machine is made under `futures.LOCK`, from whichever thread;
+its instructions are carried out after the lock is let go (done callbacks run user
+code).  Only the I/O thread touches the socket: other threads queue messages in the
+state machine and wake the loop, which sends what has gathered at its next flush.  (A
+message goes into the state's outbox under the lock, never into a list a flush has
+already taken, so none is lost.)
+
+After each ZeroMQ handshake the shell says "hello"; the answer tells the scheduler's
+epoch and identity (see protocol.py), which sign and address every message after it.
+
+Requests that expect an answer wait on a `concurrent.futures.Future`, the token the
+state machine hands back with the answer.  What waits is written once, as operations
+(`request_op`, `gather_states_op`...: generators that yield their waits, see `waits`),
+which the blocking and the asynchronous client run with their own driver.  Gathers go
+through here too: values are loaded in the thread that asked for them (for the
+Executor's futures, which nobody waits on, on the I/O thread).  Large values a gather
+asks for may come streamed through the scheduler's relay (bulk.py), downloaded by that
+same thread (for a coroutine, by a thread of its loop's executor, so that the loop runs
+on); when they do not come through, the gather is asked again, for values on the
+socket.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+import warnings
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from .. import bulk, messages
+from ..addresses import host_of
+from ..comm import Handshake, IOLoop, RejectionLog, connect_dealer, new_id, send
+from ..log import logger
+from ..protocol import MessageTooLarge, ProtocolError, Session
+from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_exception,
+                      take_waiters, wake, when_done)
+from .state import Close, ClientState, Done, FINISHED, Reject, Reset, Resolve, Warn
+from .waits import Answer, Call
+
+
+class DataLost(Exception):
+    """A key in memory was gone when gathered: it is being computed again."""
+
+
+class ClientShell:
+    """The connection of a `Client` to its scheduler.
+
+    ``owner``: the Client, which Futures found in gathered values join;
+    ``on_scheduler_closing``: what to call when the scheduler shuts down;
+    ``paused_warning``: seconds a worker may stay paused before a warning."""
+
+    def __init__(self, owner, address, security, max_message_bytes,
+                 on_scheduler_closing, paused_warning=None):
+        self.owner = owner
+        self.address = address
+        self.on_scheduler_closing = on_scheduler_closing
+        self.id = new_id("client")
+        # The cap on what this client receives; gathers ask for no more than that.
+        self.session = Session(security.key, self.id, max_message_bytes=max_message_bytes)
+        self.state = ClientState(address, paused_warning)
+        self.monitor_callbacks = []
+        self.topic_handlers = {}        # {topic: handler of the workers' events}
+        self.last_snapshot = None
+        self.connected = threading.Event()
+        self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.CLIENT, self,
+                                                self.FROM_SCHEDULER, self._to_state)
+        self.loop = IOLoop("dask-ipy-client")
+        self.handshake = Handshake()
+        self.rejections = RejectionLog(self.loop, "client: rejected a message")
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        self.socket = connect_dealer(self.loop.context, security, self.id, address,
+                                     events=events)
+        self.monitor_socket = self.socket.get_monitor_socket(events)
+        self.loop.add_socket(self.socket, self._on_frames)
+        self.loop.add_socket(self.monitor_socket, self._on_socket_event)
+        self.loop.add_flush(self._flush)
+        self.loop.start()
+
+    @property
+    def status(self):
+        return self.state.status
+
+    # ---------------------------------------------------------------- the state machine
+
+    def _call(self, method, *args):
+        """``method(*args)`` of the state machine under the lock, then its
+        instructions; returns nothing."""
+        with LOCK:
+            out = method(*args)
+            if not out:
+                return
+            after = self._take(out)
+        self._carry_out(after)
+
+    def _take(self, out):
+        """Under the lock: what waits on done keys (taken off them), and rearmed
+        waits for keys being computed again."""
+        after = []
+        for inst in out:
+            kind = type(inst)
+            if kind is Done:
+                after.append((inst, take_waiters(inst.state)))
+            elif kind is Reset:
+                if inst.state.event is not None:
+                    inst.state.event.clear()
+            else:
+                after.append((inst, None))
+        return after
+
+    def _carry_out(self, after):
+        for inst, waiters in after:
+            kind = type(inst)
+            if kind is Done:
+                if waiters[0] is not None or waiters[1]:
+                    wake(inst.state, *waiters)
+            elif kind is Resolve:
+                if not inst.token.done():
+                    try:
+                        inst.token.set_result(inst.value)
+                    except cf.InvalidStateError:
+                        pass
+            elif kind is Reject:
+                set_exception(inst.token, inst.error)
+            elif kind is Close:
+                logger.info("client: the scheduler at %s shuts down", self.address)
+                self.on_scheduler_closing()
+            elif kind is Warn:
+                warnings.warn(inst.warning, stacklevel=2)
+
+    def _wake_loop(self):
+        self.loop.call_soon(_nothing)
+
+    # ---------------------------------------------------------------- keys (any thread)
+
+    def hold(self, key, state=None, inform=False):
+        """Count a new holder of ``key`` (a Future); returns its shared state."""
+        with LOCK:
+            st = self.state.hold(key, state, inform)
+        if inform:
+            self._wake_loop()
+        return st
+
+    def hold_many(self, keys):
+        """Hold ``keys`` without Futures (for `get`); {key: state}."""
+        with LOCK:
+            return self.state.hold_many(keys)
+
+    def drop(self, keys):
+        """Holders of ``keys`` are gone (any thread, the garbage collector's too)."""
+        with LOCK:
+            gone = self.state.drop(keys)
+        if gone:
+            self._wake_loop()
+
+    def is_held(self, key):
+        with LOCK:
+            return self.state.is_held(key)
+
+    def held(self):
+        with LOCK:
+            return list(self.state.futures)
+
+    def states(self, keys):
+        """The states of those ``keys`` that are held."""
+        with LOCK:
+            return [st for st in map(self.state.futures.get, keys) if st is not None]
+
+    def finished(self, done):
+        """``done``: [(state, type name)] known to be in memory."""
+        self._call(self.state.finish, done)
+
+    def cancel(self, states, keys, force=False):
+        self._call(self.state.cancel, states, keys, force)
+        self._wake_loop()
+
+    # ---------------------------------------------------------------- messages
+
+    def send(self, msg):
+        """Queue a message for the scheduler (any thread)."""
+        with LOCK:
+            self.state.send(msg)
+        self._wake_loop()
+
+    def check_open(self):
+        if self.state.status == "closed":
+            raise RuntimeError("this Client is closed")
+
+    def request_future(self, msg, welcome=False):
+        """Send ``msg``; a concurrent.futures.Future of its answer."""
+        fut = cf.Future()
+        self._call(self.state.request, msg, fut, welcome)
+        self._wake_loop()
+        return fut
+
+    def request_op(self, msg, timeout=None, welcome=False):
+        """Send ``msg`` and wait for its answer (an operation, see `waits`)."""
+        self.check_open()
+        fut = self.request_future(msg, welcome)
+        return (yield Answer(fut, timeout, f"{msg['op']!r} from the scheduler at "
+                                           f"{self.address}"))
+
+    def scatter_op(self, msg, keys, timeout=None):
+        """Send a scatter of ``keys``; done once all of them are stored."""
+        fut = cf.Future()
+        self._call(self.state.scatter, msg, keys, fut)
+        self._wake_loop()
+        yield Answer(fut, timeout, f"'scatter' from the scheduler at {self.address}")
+
+    def start(self):
+        """Registered: False if this client was closed meanwhile."""
+        with LOCK:
+            return self.state.start()
+
+    # ---------------------------------------------------------------- gathering
+
+    def gather_op(self, keys, deadline=None, wait=False):
+        """Values of ``keys``; with ``wait`` the scheduler answers once they are all
+        done.  Raises DataLost if a key is missing (erred, cancelled, or lost and
+        being computed again)."""
+        with LOCK:
+            msg = self.state.gather_message(keys, wait, self.session.max_message_bytes)
+        reply = yield from self.request_op(dict(msg), timeout=_remaining(deadline))
+        if reply.get("streams"):
+            try:
+                reply["data"].update((yield Call(self._receive, reply["streams"])))
+            except (OSError, ProtocolError) as e:
+                logger.warning("client: large values did not come through the "
+                               "scheduler's relay (%s); asking for them over ZeroMQ", e)
+                with LOCK:
+                    retry = self.state.streams_failed(msg, reply["streams"])
+                reply = yield from self.request_op(retry, timeout=_remaining(deadline))
+        return self._unpack(reply)
+
+    def _receive(self, streams):
+        """{key: Serialized} of the values streamed for this client, from the relay."""
+        with LOCK:
+            port = self.state.relay_port
+        if port is None:
+            raise OSError("no relay known")
+        return bulk.receive(self.session, host_of(self.address), port, streams)
+
+    def _unpack(self, reply):
+        if reply["errors"]:
+            key, info = next(iter(reply["errors"].items()))
+            if info.get("type") == "MessageTooLarge":
+                raise MessageTooLarge(info["text"])
+            raise TypeError(info["text"])
+        if reply["missing"]:
+            raise DataLost(reply["missing"])
+        return load_all(reply["data"], self.owner)
+
+    def gather_states_op(self, states, errors="raise", timeout=None):
+        """Values by key.  A single request waits and fetches: the scheduler answers
+        as soon as the last key is done."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            bad = [st for st in states if st.done() and st.status != FINISHED]
+            if bad and errors == "raise":
+                raise_error(bad[0])
+            keys = [st.key for st in states if st not in bad]
+            try:
+                values = (yield from self.gather_op(keys, deadline, wait=True)) \
+                    if keys else {}
+            except DataLost as e:
+                for st in self.states(e.args[0]):
+                    if not (yield KeyDone(st, _remaining(deadline))):
+                        raise TimeoutError(f"{st.key!r} not done after {timeout} s") from None
+                continue
+            for st in bad:
+                values[st.key] = exception_of(st)
+            return values
+
+    def gather_async(self, keys, callback):
+        """Fetch values without blocking the caller; ``callback(("ok", values))`` or
+        ``callback(("error", exception))`` runs when they arrive."""
+        fut = self.request_future({"op": "gather", "keys": list(keys),
+                                   "max_bytes": self.session.max_message_bytes})
+
+        def done(f):
+            try:
+                callback(("ok", self._unpack(f.result())))
+            except DataLost:
+                waiting = self.states(keys)
+                if waiting:
+                    when_done(waiting[0], lambda: self.gather_async(keys, callback))
+                else:
+                    callback(("error", KeyError(keys)))
+            except BaseException as e:
+                callback(("error", e))
+        fut.add_done_callback(done)
+
+    # ---------------------------------------------------------------- the monitor
+
+    def subscribe_monitor(self, callback):
+        with LOCK:
+            self.monitor_callbacks.append(callback)
+            if len(self.monitor_callbacks) == 1:
+                self.state.monitor(True)
+        self._wake_loop()
+
+    def unsubscribe_monitor(self, callback):
+        with LOCK:
+            if callback in self.monitor_callbacks:
+                self.monitor_callbacks.remove(callback)
+            if not self.monitor_callbacks and self.state.status != "closed":
+                self.state.monitor(False)
+        self._wake_loop()
+
+    def subscribe_topic(self, topic, handler):
+        with LOCK:
+            self.topic_handlers[topic] = handler
+            self.state.subscribe(topic, True)
+        self._wake_loop()
+
+    def unsubscribe_topic(self, topic):
+        with LOCK:
+            self.topic_handlers.pop(topic, None)
+            if self.state.status != "closed":
+                self.state.subscribe(topic, False)
+        self._wake_loop()
+
+    # ---------------------------------------------------------------- I/O thread
+
+    def _flush(self):
+        with LOCK:
+            msgs = self.state.take_messages()
+            scheduler = self.state.scheduler
+        if msgs:
+            try:
+                send(self.socket, self.session.dumps(msgs, scheduler))
+            except zmq.ZMQError as e:
+                logger.warning("client: could not send to the scheduler: %s", e)
+
+    def _on_socket_event(self, frames):
+        event = parse_monitor_message([f.bytes for f in frames])["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.connected.set()
+            try:
+                send(self.socket, self.handshake.hello(self.session))
+            except zmq.ZMQError as e:
+                logger.debug("client: could not greet the scheduler: %s", e)
+        elif event == zmq.EVENT_DISCONNECTED and self.state.status != "closed":
+            self.connected.clear()
+            reason = f"lost the connection to the scheduler at {self.address}"
+            logger.warning("client: %s", reason)
+            self._call(self.state.disconnected, reason)
+
+    def _on_frames(self, frames):
+        try:
+            msgs = self.session.loads(frames)
+        except ProtocolError as e:
+            self.rejections("the scheduler", e)
+            return
+        frames.clear()         # received buffers live on only in the values
+        for msg in msgs:
+            handler = self.from_scheduler.get(msg.get("op"))
+            if handler is None:
+                logger.debug("client: ignored a message %r", msg.get("op"))
+                continue
+            handler(msg)
+
+    def _to_state(self, msg):
+        # The hot path, a "key-in-memory" per task: `_call` with one Done inlined.
+        with LOCK:
+            out = self.state.handle(msg)
+            if not out:
+                return
+            if len(out) == 1 and type(out[0]) is Done:
+                st = out[0].state
+                event, callbacks = take_waiters(st)
+                after = None
+            else:
+                after = self._take(out)
+        if after is None:
+            if event is not None or callbacks:
+                wake(st, event, callbacks)
+        else:
+            self._carry_out(after)
+
+    def _on_hello_reply(self, msg):
+        answer = self.handshake.answer(msg)
+        if answer is None:
+            return                   # not the answer to our latest hello
+        epoch, scheduler = answer
+        with LOCK:
+            known = self.state.epoch
+        if known is not None and known != epoch:
+            logger.warning("client: a new scheduler answers at %s", self.address)
+        self.session.epoch = epoch
+        self._call(self.state.answered, epoch, scheduler)
+
+    def _on_monitor_snapshot(self, msg):
+        self.last_snapshot = msg
+        for cb in list(self.monitor_callbacks):
+            try:
+                cb(msg)
+            except Exception:
+                logger.exception("client: monitor callback failed")
+
+    def _on_ping(self, msg):
+        """Pings only test that this client is reachable."""
+
+    def _on_event(self, msg):
+        handler = self.topic_handlers.get(msg["topic"])
+        if handler is None:
+            return
+        try:
+            handler(tuple(msg["event"]))
+        except Exception:
+            logger.exception("client: handler of %r events failed", msg["topic"])
+
+    FROM_SCHEDULER = {
+        "hello-reply": _on_hello_reply,
+        "monitor-snapshot": _on_monitor_snapshot,
+        "ping": _on_ping,
+        "event": _on_event,
+    }
+
+    # ---------------------------------------------------------------- life
+
+    def begin_close(self):
+        """Refuse new requests; False if closed already."""
+        with LOCK:
+            return self.state.begin_close()
+
+    def finish_close_op(self, timeout=5):
+        """Send the last word, stop the I/O thread (not waited for from itself), then
+        cancel pending keys and wake threads still waiting for an answer."""
+        def bye():
+            self._flush()
+            self.loop.running = False
+        if self.loop.running:
+            self.loop.call_soon(bye)
+        yield Call(self.loop.stop, timeout)
+        self.rejections.close()
+        self._call(self.state.closed)
+
+
+def _nothing():
+    """Queued only to wake the I/O thread, which then flushes."""
+
+
+def _remaining(deadline):
+    return None if deadline is None else max(deadline - time.monotonic(), 0)

@@ -1,0 +1,486 @@
+"""The client's state machine: what a client knows of its keys and its requests; no I/O.
+
+Calls come in from the shell (`shell.ClientShell`), which makes them under one lock from
+any thread: user threads hold and drop keys and start requests; the I/O thread hands
+over the scheduler's messages (`handle`) and the connection's events (`answered`, the
+scheduler's answer to the hello after each connection, and `disconnected`).  Messages
+for the scheduler collect in `outbox` (`take_messages`); what the shell must do comes
+back as instructions:
+
+    Done(state)             a key is done (finished, erred, cancelled or lost): wake
+                            the threads waiting on it and run its done callbacks
+    Reset(state)            a key thought done is being computed again
+    Resolve(token, value)   answer a request: ``token`` is whatever the shell waits on
+    Reject(token, error)    fail a request with the exception ``error``
+    Close(reason)           the scheduler shuts down: close this client
+    Warn(warning)           tell the user (a worker has stayed paused for long)
+
+Key states (`FutureState.status`)::
+
+    pending ──▶ finished ──▶ (pending again: its data was lost, it is recomputed)
+       │  └───▶ error | cancelled | lost (the connection was lost meanwhile)
+
+State, documented once:
+
+    futures:    {key: FutureState}     keys held by Futures (or by a running `get`)
+    refcount:   {key: int}             how many hold each of them
+    requests:   {request_id: token}    requests waiting for their answer
+    scatters:   {request_id: ({key not stored yet}, token)}
+    releases:   [key]                  keys nobody holds any more, not yet told: they
+                                       leave as one message, in their place among the
+                                       others (after a graph sent before they were
+                                       dropped, which may depend on them; before one
+                                       sent after, which may submit them again)
+    outbox:     [msg]                  messages for the scheduler; the first, and the
+                                       first after a reconnection, says this client's
+                                       options ("client-options").  They wait until the
+                                       handshake has named the scheduler
+    epoch:      bytes | None           the start of the scheduler answering at `address`
+    scheduler:  bytes | None           its identity: the recipient of every message
+                                       (both from the handshake, see protocol.py)
+    relay_port: int | None             the scheduler's relay for large values (bulk.py),
+                                       from "welcome"; None: none, or it failed us
+    paused_warning: seconds | None     warn of a worker paused longer than this
+    status:     "connecting" | "running" | "reconnecting" | "closed"
+    lost:       bool                   the connection is down (reconnecting)
+    monitoring: bool                   monitor snapshots are subscribed to
+    topics:     {topic}                the workers' events subscribed to
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..errors import PausedWorkerWarning, SchedulerLost
+from ..units import format_bytes
+
+PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "cancelled", "lost"
+
+
+class FutureState:
+    """What the client knows of one key, shared by every Future of that key.
+
+    ``status`` (see the module docstring), ``error`` (the error record, for "error"
+    and "lost"), ``type`` (the result's type name, once finished).  ``event`` and
+    ``callbacks`` belong to the shell: the Event waiters sleep on and the done
+    callbacks, made only once someone waits (a graph may make a hundred thousand
+    states)."""
+
+    __slots__ = ("key", "status", "error", "type", "event", "callbacks", "__weakref__")
+
+    def __init__(self, key):
+        self.key = key
+        self.status = PENDING
+        self.error = None
+        self.type = None
+        self.event = None
+        self.callbacks = None
+
+    def done(self):
+        return self.status != PENDING
+
+    def __repr__(self):
+        return f"<FutureState {self.key!r} {self.status}>"
+
+
+@dataclass(slots=True)
+class Done:
+    state: FutureState
+
+
+@dataclass(slots=True)
+class Reset:
+    state: FutureState
+
+
+@dataclass(slots=True)
+class Resolve:
+    token: object
+    value: object
+
+
+@dataclass
+class Reject:
+    token: object
+    error: BaseException
+
+    def __eq__(self, other):        # exceptions compare by type and text in tests
+        return (type(other) is Reject and other.token == self.token
+                and type(other.error) is type(self.error)
+                and str(other.error) == str(self.error))
+
+
+@dataclass
+class Close:
+    reason: str
+
+
+@dataclass
+class Warn:
+    warning: Warning
+
+    def __eq__(self, other):        # warnings compare by type and text in tests
+        return (type(other) is Warn and type(other.warning) is type(self.warning)
+                and str(other.warning) == str(self.warning))
+
+
+def paused_text(info):
+    """A warning about a worker paused for long, from its memory figures."""
+    name = info.get("name") or info.get("address")
+    where = f"{name} ({info['address']})" if name != info.get("address") else name
+    limit = info.get("memory_limit")
+    of = f" of its {format_bytes(limit)} limit" if limit else ""
+    return (f"worker {where} has been paused for {info.get('seconds', 0):.0f} s: its "
+            f"process holds {format_bytes(info.get('memory', 0))}{of} "
+            f"({format_bytes(info.get('managed', 0))} of results in memory, "
+            f"{format_bytes(info.get('spilled', 0))} spilled to disk).  It starts no "
+            "task until its memory falls: release results you no longer need, "
+            "persist less at once, or give workers more memory (memory_limit=).")
+
+
+WELCOME = "welcome"    # the request id of registration: its answer carries no id
+
+
+class ClientState:
+    def __init__(self, address, paused_warning=None):
+        self.address = address
+        self.paused_warning = paused_warning
+        self.futures = {}
+        self.refcount = {}
+        self.requests = {}
+        self.scatters = {}
+        self.releases = []
+        self.outbox = [self._options()]
+        self.status = "connecting"
+        self.lost = False
+        self.monitoring = False
+        self.topics = set()
+        self.epoch = None
+        self.scheduler = None
+        self.relay_port = None
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ holders
+
+    def hold(self, key, state=None, inform=False):
+        """One more holder of ``key``; its (shared) state.  ``inform``: the holder came
+        from elsewhere (an unpickled Future), so the scheduler learns that this
+        client wants the key."""
+        st = self.futures.get(key)
+        if st is None:
+            st = self.futures[key] = state or FutureState(key)
+        n = self.refcount[key] = self.refcount.get(key, 0) + 1
+        if inform and n == 1:
+            self._queue({"op": "client-desires-keys", "keys": [key]})
+        return st
+
+    def hold_many(self, keys):
+        """Hold ``keys`` without Futures (a `get` waiting for them): {key: state}."""
+        return {key: self.hold(key) for key in keys}
+
+    def drop(self, keys):
+        """One holder fewer of each of ``keys``; the keys nobody holds are released."""
+        if self.status == "closed":
+            return []
+        gone = []
+        for key in keys:
+            n = self.refcount.get(key, 0) - 1
+            if n > 0:
+                self.refcount[key] = n
+                continue
+            self.refcount.pop(key, None)
+            self.futures.pop(key, None)
+            gone.append(key)
+        self.releases.extend(gone)
+        return gone
+
+    def is_held(self, key):
+        return key in self.refcount
+
+    # ------------------------------------------------------------ to the scheduler
+
+    def send(self, msg):
+        self._queue(msg)
+
+    def _queue(self, msg):
+        self._queue_releases()
+        self.outbox.append(msg)
+
+    def _queue_releases(self):
+        if self.releases:
+            self.outbox.append({"op": "client-releases-keys", "keys": self.releases})
+            self.releases = []
+
+    def take_messages(self):
+        """What leaves for the scheduler now, for `scheduler`, in the order it came
+        (releases of keys dropped one after another as one message).  Nothing before
+        the handshake has told whom to address (and the epoch to sign with): the
+        messages wait."""
+        if self.scheduler is None:
+            return []
+        self._queue_releases()
+        out, self.outbox = self.outbox, []
+        return out
+
+    def request(self, msg, token, welcome=False):
+        """Send ``msg`` and wait for its answer with ``token``.  ``msg`` gets a
+        request id (registration does not: its answer is "welcome")."""
+        if not welcome:
+            msg["request_id"] = next(self._ids)
+        if self.status == "closed":
+            return [Reject(token, RuntimeError("this Client is closed"))]
+        if self.lost and msg["op"] != "register-client":
+            return [Reject(token, SchedulerLost(f"not connected to {self.address}"))]
+        self.requests[WELCOME if welcome else msg["request_id"]] = token
+        self._queue(msg)
+        return []
+
+    def scatter(self, msg, keys, token):
+        """Send a scatter; ``token`` is answered once every key is stored."""
+        rid = msg["request_id"] = next(self._ids)
+        if self.status == "closed":
+            return [Reject(token, RuntimeError("this Client is closed"))]
+        self.scatters[rid] = (set(keys), token)
+        self._queue(msg)
+        return []
+
+    def gather_message(self, keys, wait=False, max_bytes=None):
+        """A request for the values of ``keys``: large ones may come streamed through
+        the scheduler's relay when there is one (the scheduler decides which)."""
+        return {"op": "gather", "keys": list(keys), "wait": wait, "max_bytes": max_bytes,
+                "stream": self.relay_port is not None}
+
+    def streams_failed(self, msg, streams):
+        """The ``streams`` of the answer to the gather ``msg`` did not come through
+        the relay: the request to send again, for values on the ZeroMQ connection,
+        naming the streams given up so that their senders stop at once.  No more
+        streams until a "welcome" names the relay again."""
+        self.relay_port = None
+        retry = {k: v for k, v in msg.items() if k != "request_id"}
+        retry.update(stream=False, unwanted=[stream["ticket"] for stream in streams])
+        return retry
+
+    def monitor(self, on):
+        self.monitoring = on
+        self._queue({"op": "monitor", "on": on})
+
+    def _options(self):
+        """What the scheduler keeps per client: when to warn of a paused worker."""
+        return {"op": "client-options", "paused_warning": self.paused_warning}
+
+    def subscribe(self, topic, on):
+        """Subscribe to the workers' events of ``topic`` (or no longer)."""
+        if on:
+            self.topics.add(topic)
+        else:
+            self.topics.discard(topic)
+        self._queue({"op": "subscribe-topic", "topic": topic, "on": on})
+
+    # ------------------------------------------------------------ known here first
+
+    def finish(self, done):
+        """``done``: [(state, type name)] known to be in memory (scattered here)."""
+        out = []
+        for st, typ in done:
+            st.type = typ
+            out += self._set(st, FINISHED)
+        return out
+
+    def cancel(self, states, keys, force=False):
+        """The user cancels keys: their states are cancelled at once."""
+        out = []
+        for st in states:
+            if not st.done() or st.status == FINISHED:
+                out += self._set(st, CANCELLED)
+        self._queue({"op": "cancel", "keys": keys, "force": force})
+        return out
+
+    # ------------------------------------------------------------ the connection
+
+    def start(self):
+        """Registered (the first "welcome"): False if closed meanwhile."""
+        if self.status == "closed":
+            return False
+        self.status = "running"
+        return True
+
+    def answered(self, epoch, scheduler):
+        """The scheduler answered the hello said after each connection, with its
+        epoch and identity: messages leave now, for it.  Another epoch than the
+        known one is another start of the scheduler at this address: what was in
+        flight there fails, as when the connection is lost.  After a loss, register
+        again (the scheduler forgot this client, its options and its monitor
+        subscription)."""
+        out = []
+        if self.epoch is not None and epoch != self.epoch and not self.lost:
+            out = self.disconnected(f"a new scheduler answers at {self.address}")
+        self.epoch, self.scheduler = epoch, scheduler
+        if not self.lost:
+            return out
+        self.lost = False
+        self.status = "running"
+        self._queue(self._options())
+        self._queue({"op": "register-client"})
+        if self.monitoring:
+            self._queue({"op": "monitor", "on": True})
+        for topic in sorted(self.topics):
+            self._queue({"op": "subscribe-topic", "topic": topic, "on": True})
+        return out
+
+    def disconnected(self, reason):
+        """The connection is down: everything in flight fails at once, nothing waits
+        on a dead scheduler."""
+        if self.status == "closed":
+            return []
+        self.lost = True
+        self.status = "reconnecting"
+        return self._fail_pending(reason)
+
+    def _fail_pending(self, reason):
+        out = []
+        for st in list(self.futures.values()):
+            if not st.done():
+                st.error = {"type": "SchedulerLost", "text": reason}
+                out += self._set(st, LOST)
+        for rid, token in list(self.requests.items()):
+            if rid == WELCOME:
+                continue
+            del self.requests[rid]
+            out.append(Reject(token, SchedulerLost(reason)))
+        for rid, (_, token) in list(self.scatters.items()):
+            del self.scatters[rid]
+            out.append(Reject(token, SchedulerLost(reason)))
+        return out
+
+    def begin_close(self):
+        """Closing: False if it already was.  A last message tells the scheduler."""
+        if self.status == "closed":
+            return False
+        self.status = "closed"
+        self._queue({"op": "close-client"})
+        return True
+
+    def closed(self):
+        """Closed and the connection gone: pending keys are cancelled and every
+        request fails."""
+        out = []
+        for st in list(self.futures.values()):
+            if not st.done():
+                out += self._set(st, CANCELLED)
+        tokens = list(self.requests.values())
+        tokens += [token for _, token in self.scatters.values()]
+        for token in tokens:
+            out.append(Reject(token, RuntimeError("this Client is closed")))
+        return out
+
+    # ------------------------------------------------------------ the scheduler's messages
+
+    def handle(self, msg):
+        return self.FROM_SCHEDULER[msg["op"]](self, msg)
+
+    def _set(self, st, status):
+        st.status = status
+        return [Done(st)]
+
+    def _on_key_in_memory(self, msg):
+        st = self.futures.get(msg["key"])
+        if st is None:
+            return []
+        st.type = msg.get("type")
+        st.status = FINISHED
+        return [Done(st)]
+
+    def _on_task_erred(self, msg):
+        st = self.futures.get(msg["key"])
+        if st is None:
+            return []
+        st.error = msg
+        return self._set(st, ERROR)
+
+    def _on_cancelled(self, msg):
+        st = self.futures.get(msg["key"])
+        return [] if st is None else self._set(st, CANCELLED)
+
+    def _on_restarted(self, msg):
+        out = []
+        for st in list(self.futures.values()):
+            if not st.done() or st.status == FINISHED:
+                out += self._set(st, CANCELLED)
+        return out
+
+    def _answer(self, rid, value):
+        token = self.requests.pop(rid, None)
+        return [] if token is None else [Resolve(token, value)]
+
+    def _on_reply(self, msg):
+        return self._answer(msg["request_id"], msg["result"])
+
+    def _on_gather_result(self, msg):
+        out = []
+        for key in msg.get("missing", ()):
+            # A key thought done is gone (its worker died): it is being computed
+            # again.  Reset here, before any later "key-in-memory".
+            st = self.futures.get(key)
+            if st is not None and st.status == FINISHED:
+                st.status = PENDING
+                st.error = None
+                out.append(Reset(st))
+        return out + self._answer(msg["request_id"], msg)
+
+    def _on_welcome(self, msg):
+        # Each registration's answer (again after a reconnection) says where the
+        # relay is.
+        self.relay_port = msg.get("relay_port")
+        return self._answer(WELCOME, msg)
+
+    def _on_scattered(self, msg):
+        entry = self.scatters.get(msg["request_id"])
+        if entry is None:
+            return []
+        keys, token = entry
+        keys.discard(msg["key"])
+        if keys:
+            return []
+        del self.scatters[msg["request_id"]]
+        return [Resolve(token, True)]
+
+    def _on_scatter_failed(self, msg):
+        entry = self.scatters.pop(msg["request_id"], None)
+        return [] if entry is None else [Reject(entry[1], RuntimeError(msg["text"]))]
+
+    def _on_scheduler_closing(self, msg):
+        if self.status == "closed":
+            return []
+        reason = f"the scheduler at {self.address} was shut down"
+        return self._fail_pending(reason) + [Close(reason)]
+
+    def _on_worker_paused_long(self, msg):
+        return [Warn(PausedWorkerWarning(paused_text(msg)))]
+
+    FROM_SCHEDULER = {
+        "key-in-memory": _on_key_in_memory,
+        "task-erred": _on_task_erred,
+        "cancelled": _on_cancelled,
+        "restarted": _on_restarted,
+        "reply": _on_reply,
+        "gather-result": _on_gather_result,
+        "run-result": _on_gather_result,
+        "welcome": _on_welcome,
+        "scattered": _on_scattered,
+        "scatter-failed": _on_scatter_failed,
+        "scheduler-closing": _on_scheduler_closing,
+        "worker-paused-long": _on_worker_paused_long,
+    }
+
+    # ------------------------------------------------------------ checks
+
+    def validate(self):
+        assert set(self.futures) == set(self.refcount), "held keys without counts"
+        assert all(n > 0 for n in self.refcount.values()), self.refcount
+        for key, st in self.futures.items():
+            assert st.key == key, (key, st)
+            assert st.status in (PENDING, FINISHED, ERROR, CANCELLED, LOST), st
+        assert not set(self.requests) & set(self.scatters), "a request id used twice"
+        assert (self.status == "reconnecting") == self.lost or self.status == "closed"
+        assert (self.epoch is None) == (self.scheduler is None), "half a handshake"

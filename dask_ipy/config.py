@@ -1,0 +1,81 @@
+"""dask_ipy's settings in dask.config, with their defaults in one place.
+
+    import dask
+    dask.config.get("dask-ipy.worker.memory.pause")          # 0.8
+    with dask.config.set({"dask-ipy.worker.memory.target": 0.5}):
+        w = Worker(...)
+
+Importing this module registers the defaults (dask_ipy registers them as soon as a
+worker or client module loads; a scheduler process never imports dask).  Worker and
+client read the settings when they start; the scheduler is told what it needs.
+
+Memory fractions are of a worker's memory limit; ``False`` turns a step off:
+
+    target     the results a worker holds (by dask's `sizeof`) are kept below this;
+               the least recently used ones go to disk
+    spill      when the whole process (RSS) passes this, results go to disk until it
+               is back under ``target``
+    pause      the worker starts no new task while the process is past this; it keeps
+               serving its data to peers and spilling, and resumes below it
+    terminate  a task whose process passes this is stopped (see the README's memory
+               section: a ``dask-ipy worker`` restarts, a worker in an engine
+               interrupts its running tasks)
+"""
+
+from __future__ import annotations
+
+import dask
+
+DEFAULTS = {
+    "dask-ipy": {
+        "worker": {
+            "memory": {
+                "target": 0.6,
+                "spill": 0.7,
+                "pause": 0.8,
+                "terminate": 0.95,
+                # seconds between two samples of the process's memory
+                "monitor-interval": 0.05,
+                # a paused worker resumes once its memory is this far under `pause`
+                "resume-margin": 0.05,
+            },
+            # threads of BLAS/OpenMP pools inside a task: "auto" (the worker's share
+            # of the host's cores divided by its task threads), a number, or False
+            # to leave the libraries alone
+            "blas-threads": "auto",
+        },
+        "client": {
+            # seconds a worker may stay paused before clients and the widget warn
+            "paused-warning": 60,
+        },
+    }
+}
+
+dask.config.update_defaults(DEFAULTS)
+
+FRACTIONS = ("target", "spill", "pause", "terminate")
+
+
+def get(name):
+    """``dask.config.get("dask-ipy." + name)``, defaults registered."""
+    return dask.config.get("dask-ipy." + name)
+
+
+def memory_fractions(**overrides):
+    """{target, spill, pause, terminate} from dask.config; a given value (not None)
+    wins; False (or None in the config) turns a step off."""
+    out = {}
+    for name in FRACTIONS:
+        value = overrides.get(name)
+        if value is None:
+            value = get(f"worker.memory.{name}")
+        out[name] = False if value is None or value is False else float(value)
+    return out
+
+
+def paused_warning():
+    """Seconds a worker may stay paused before a warning, from dask.config."""
+    from dask.utils import parse_timedelta
+
+    value = get("client.paused-warning")
+    return None if value in (None, False) else float(parse_timedelta(value, "s"))

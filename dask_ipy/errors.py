@@ -1,0 +1,238 @@
+"""Errors: the exception classes of dask_ipy, and the error record that carries a
+task's exception from a worker (or the scheduler) to the client.
+
+    worker: error_payload(exc, tb) ─▶ {"type", "text", "exception", "traceback",
+                                        "traceback_text"}   (pickles travel opaque)
+    scheduler: error_info(kind, text, key) ─▶ {"type", "text", "key"}   (text only)
+        ──▶ client: rebuild_error(record) ─▶ (exception, traceback)
+
+The record is plain data: the scheduler keeps it and forwards it without opening the
+pickles inside.  The client raises the original exception type with the remote
+traceback; when the exception does not unpickle, a type of `ERROR_TYPES` by name, else
+`RemoteError` with the remote traceback as text.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import sys
+import traceback as tb_module
+import types
+
+from .protocol import deserialize, serialize
+
+MAX_ERROR_TEXT = 10_000
+
+class KilledWorker(RuntimeError):
+    """A task was running on `allowed_failures` workers that died while running it."""
+
+
+class MemoryLimitExceeded(KilledWorker, MemoryError):
+    """A task took its worker past the terminate fraction of its memory limit
+    `allowed_failures` times; the message names the task, the worker, the limit and
+    the memory reached.  Caught by ``except KilledWorker`` and ``except MemoryError``."""
+
+
+class PausedWorkerWarning(RuntimeWarning):
+    """A worker has stayed paused (its memory past the pause fraction) for longer
+    than ``dask-ipy.client.paused-warning`` seconds."""
+
+
+class RemoteError(RuntimeError):
+    """A remote exception that could not be rebuilt as its own type."""
+
+
+class SchedulerLost(ConnectionError):
+    """The connection to the scheduler was lost before the result arrived."""
+
+
+class TransferError(ConnectionError):
+    """A task's input could not be brought to its worker: no holder of it is reachable
+    from there, and relaying it through the scheduler failed (too large, most often)."""
+
+
+class CycleError(RuntimeError):
+    """The graph has a cycle; ``cycle`` lists its keys, first key repeated last.
+
+    An arrow ``'a' -> 'b'`` reads "a depends on b".
+    """
+
+    def __init__(self, cycle):
+        self.cycle = list(cycle)
+        super().__init__(
+            "Cycle detected in graph: " + " -> ".join(map(repr, self.cycle))
+        )
+
+
+class MissingDependency(KeyError):
+    """Task ``key`` depends on ``missing`` keys that nobody holds or computes."""
+
+    def __init__(self, key, missing):
+        self.key = key
+        self.missing = tuple(missing)
+        super().__init__(key, self.missing)
+
+    def __str__(self):
+        return "Task {!r} depends on missing key(s): {}".format(
+            self.key, ", ".join(map(repr, self.missing))
+        )
+
+
+ERROR_TYPES = {
+    "KilledWorker": KilledWorker,
+    "MemoryLimitExceeded": MemoryLimitExceeded,
+    "KeyError": KeyError,
+    "MissingDependency": MissingDependency,
+    "CycleError": CycleError,
+    "SerializationError": TypeError,
+    "SchedulerLost": SchedulerLost,
+    "TransferError": TransferError,
+}
+
+
+# ---------------------------------------------------------------- building records
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_frames(tb):
+    """`tb` without its leading frames of this package (the pool thread, the graph
+    executor): a user sees their own code first.  All of it if nothing else is left."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        first = first.tb_next
+    return first if first is not None else tb
+
+
+def error_payload(exc, tb):
+    """A task's exception for the wire: the pickled exception when it pickles, the
+    traceback as data (tblib), and text for humans and for the scheduler."""
+    import tblib
+
+    tb = user_frames(tb)
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + "... (truncated)"
+    tb_text = "".join(tb_module.format_exception(type(exc), exc, tb))
+    if len(tb_text) > MAX_ERROR_TEXT:
+        tb_text = "... (truncated)\n" + tb_text[-MAX_ERROR_TEXT:]
+    try:
+        exception = serialize(exc)
+        if exception.nbytes > 10 * MAX_ERROR_TEXT:
+            exception = _shortened(exc)
+    except Exception:
+        exception = None
+    try:
+        traceback = serialize(tblib.Traceback(tb).as_dict()) if tb is not None else None
+    except Exception:
+        traceback = None
+    return {"type": type(exc).__name__, "text": text, "exception": exception,
+            "traceback": traceback, "traceback_text": tb_text}
+
+
+def _shortened(exc):
+    """The exception with its message cut to MAX_ERROR_TEXT, for one too big to send
+    whole: the client still raises the original type.  None if that fails."""
+    try:
+        short = copy.copy(exc)
+        short.args = (str(exc)[:MAX_ERROR_TEXT] + "... (truncated)",)
+        blob = serialize(short)
+    except Exception:
+        return None
+    return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
+
+
+def error_info(kind, text, key):
+    """An error raised by the scheduler itself, sent as text: no pickles involved."""
+    return {"type": kind, "text": text, "key": key}
+
+
+# ---------------------------------------------------------------- reading records
+
+def _code_objects(namespace):
+    """Every code object of the functions and classes in `namespace`, nested ones
+    (inner functions, lambdas, comprehensions) included."""
+    stack = []
+    for obj in list(namespace.values()):
+        members = list(vars(obj).values()) if isinstance(obj, type) else [obj]
+        for member in members:
+            try:        # user objects may do anything on attribute access
+                code = getattr(inspect.unwrap(member), "__code__", None)
+            except Exception:
+                continue
+            if isinstance(code, types.CodeType):
+                stack.append(code)
+    while stack:
+        code = stack.pop()
+        yield code
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+
+
+def restore_filenames(frames):
+    """Give back their file names to the frames, in a tblib traceback dict, of code
+    this process sent by value: cloudpickle names all such code "<dynamic-code>".
+
+    The code is looked for by module, name and line among the functions and classes of
+    the module the frame ran in (for a notebook, the cells' namespace), so that
+    IPython shows the cell and its source lines again."""
+    found = {}
+    while frames is not None:
+        frame = frames["tb_frame"]
+        f_code = frame["f_code"]
+        if f_code["co_filename"] == "<dynamic-code>":
+            name = frame.get("f_globals", {}).get("__name__")
+            if name not in found:
+                found[name] = list(_code_objects(_namespace(name)))
+            line = frames["tb_lineno"]
+            for code in found[name]:
+                if code.co_name == f_code["co_name"] and any(
+                        ln == line for _, _, ln in code.co_lines()):
+                    f_code["co_filename"] = code.co_filename
+                    break
+        frames = frames["tb_next"]
+
+
+def _namespace(module_name):
+    """The namespace of the module called `module_name` here: the user's namespace
+    of IPython for "__main__" when IPython runs."""
+    if module_name == "__main__" and "IPython" in sys.modules:
+        shell = sys.modules["IPython"].get_ipython()
+        if shell is not None:
+            return shell.user_ns
+    module = sys.modules.get(module_name)
+    return vars(module) if module is not None else {}
+
+
+def rebuild_error(info):
+    """(exception, traceback) from an error record sent by a worker or the scheduler."""
+    exc = None
+    if info.get("exception") is not None:
+        try:
+            exc = deserialize(info["exception"])
+            if not isinstance(exc, BaseException):
+                exc = None
+            else:
+                # Some exceptions come back from pickle half-built (numpy's AxisError
+                # loses the attributes its __str__ needs): use the text instead.
+                str(exc)
+        except Exception:
+            exc = None
+    if exc is None:
+        cls = ERROR_TYPES.get(info.get("type"), RemoteError)
+        text = info.get("text", "")
+        if cls is RemoteError and info.get("traceback_text"):
+            text = f"{text}\n\nRemote traceback:\n{info['traceback_text']}"
+        exc = cls(text)
+    tb = None
+    if info.get("traceback") is not None:
+        try:
+            import tblib
+
+            frames = deserialize(info["traceback"])
+            restore_filenames(frames)
+            tb = tblib.Traceback.from_dict(frames).as_traceback()
+        except Exception:
+            tb = None
+    return exc, tb

@@ -1,0 +1,177 @@
+"""The catalogue of message kinds: who sends each one to whom, and what it says.
+
+Every message is a dict whose "op" is one of the kinds below.  A role's shell receives
+them and looks the kind up in one dispatch table made by `handlers`: the shell's own
+handler if it has one (the kinds that need a socket, a thread or a clock), else its way
+into the role's state machine, which holds a table of its own.  Either way a kind is
+handled in exactly one place::
+
+                 table of the shell                   table of the state machine
+    scheduler    Scheduler.FROM_WORKERS/FROM_CLIENTS  SchedulerState.FROM_WORKERS/
+                                                      FROM_CLIENTS
+    worker       Worker.FROM_SCHEDULER                WorkerState.handlers (_on_<kind>)
+    client       ClientShell.FROM_SCHEDULER           ClientState.FROM_SCHEDULER
+
+Before anything else on each connection to the scheduler, a worker or a client says
+"hello" and learns from "hello-reply" the epoch of this start of the scheduler and its
+identity (see protocol.py): these two are the only kinds signed without an epoch, and
+the only ones without a recipient; a "hello" creates no state at the scheduler.
+
+Workers also talk to each other on their own sockets (PEER), request and reply:
+"get-data" is served by `Worker._on_peer_request`, its answers ("data", "data-bulk")
+land in `Worker._on_peer_reply`.  `tests/pure/test_messages.py` checks that every kind
+sent is handled by its receiver and that every handler is catalogued here.
+"""
+
+from __future__ import annotations
+
+SCHEDULER, WORKER, CLIENT, PEER = "scheduler", "worker", "client", "peer"
+
+# {(sender, receiver): {kind: what it says}}
+KINDS = {
+    (WORKER, SCHEDULER): {
+        "hello": "after each connection: which start of the scheduler is this ('nonce')",
+        "register-worker": "a worker joins (address, threads, host, pid, memory)",
+        "unregister": "a worker leaves on purpose",
+        "heartbeat": "a worker is alive; its metrics",
+        "task-started": "a task began on a pool thread (it may need a 'go' first)",
+        "task-finished": "a task's result is in memory (a small one comes along)",
+        "task-erred": "a task raised: its error record",
+        "task-dropped": "a task released while it ran has ended; its thread is free",
+        "steal-response": "whether a worker gave up a queued task asked for",
+        "missing-data": "no holder had a task's input",
+        "peer-unreachable": "a worker cannot connect to a peer",
+        "peer-reachable": "a worker can connect to that peer again",
+        "relay": "a worker asks for data it cannot fetch from its holders",
+        "add-keys": "data put on a worker (scatter) is stored",
+        "release-worker-data": "a worker dropped keys",
+        "data": "values asked for by 'send-data' (a gather or a relay); large ones for "
+                "a client may instead be announced as 'streams' (ticket, sizes, keys) "
+                "going through the scheduler's relay",
+        "stream-failed": "a stream announced in 'data' could not be sent to the relay",
+        "run-result": "the result of a function run for Client.run, or of setting a "
+                      "plugin up or down",
+        "memory-exceeded": "tasks took the worker past its terminate fraction: they "
+                           "are interrupted, or the worker exits ('action')",
+        "log-event": "an event for the clients subscribed to its topic (a forwarded "
+                     "log record)",
+    },
+    (SCHEDULER, WORKER): {
+        "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",
+        "welcome": "registered; the scheduler's message size cap and its relay's port",
+        "registered": "the worker is known (no answer needed)",
+        "unknown-worker": "the scheduler does not know this worker: register again",
+        "ping": "only tests that the worker is reachable",
+        "compute-task": "run a task; where its inputs are",
+        "free-keys": "forget these keys",
+        "who-has": "new holders of inputs a worker is missing",
+        "go": "start a task announced with 'task-started'",
+        "steal-request": "give up a queued task for another worker",
+        "worker-removed": "a peer left",
+        "restart": "drop every task and all data",
+        "put-data": "store these values (scatter)",
+        "send-data": "send these values to the scheduler ('for' a client: large ones "
+                     "may stream to it through the relay)",
+        "relay-data": "data the scheduler fetched for a 'relay'",
+        "run": "run a function (Client.run)",
+        "host-workers": "how many workers share this worker's host (for 'auto' limits)",
+        "close": "close this worker (the cluster shuts down, or it retires)",
+        "scheduler-closing": "the scheduler closes",
+        "plugin-add": "set a worker plugin up (replacing one of the same name)",
+        "plugin-remove": "tear a worker plugin down",
+        "acquire-replicas": "fetch copies of these keys from their holders and keep "
+                            "them (a move: retire, replicate, rebalance)",
+        "restart-worker": "drop everything, tear the plugins down and register again",
+    },
+    (CLIENT, SCHEDULER): {
+        "hello": "after each connection: which start of the scheduler is this ('nonce')",
+        "register-client": "a client connects",
+        "close-client": "a client leaves",
+        "shutdown": "stop the scheduler and its workers",
+        "update-graph": "new tasks, and the keys the client wants",
+        "client-releases-keys": "no Future of these keys is left",
+        "client-desires-keys": "Futures of these keys arrived (unpickled)",
+        "cancel": "cancel these keys",
+        "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
+                  "ones may come through the relay; 'unwanted': streams given up)",
+        "scatter": "put these values on workers",
+        "run": "run a function on workers",
+        "info": "a question about the cluster ('what')",
+        "set-collection": "store a named collection",
+        "publish-dataset": "store a named dataset",
+        "unpublish-dataset": "forget a named dataset",
+        "monitor": "start or stop monitor snapshots",
+        "restart": "forget every task and drop all data",
+        "register-worker-plugin": "keep a worker plugin and set it up on every worker",
+        "unregister-worker-plugin": "tear a worker plugin down everywhere",
+        "register-scheduler-plugin": "start a plugin in the scheduler process",
+        "unregister-scheduler-plugin": "close a scheduler plugin",
+        "run-on-scheduler": "run a function in the scheduler process",
+        "wait-for-workers": "answer once this many workers run",
+        "restart-workers": "restart these workers in place",
+        "retire-workers": "retire these workers, moving their unique data first",
+        "replicate": "keep copies of these keys on n workers",
+        "rebalance": "move data to even out the workers' memory",
+        "subscribe-topic": "send me the workers' events of a topic (or stop)",
+        "client-options": "a client's options: when to warn of a paused worker",
+    },
+    (SCHEDULER, CLIENT): {
+        "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",
+        "welcome": "the answer to 'register-client' (and the relay's port)",
+        "ping": "only tests that the client is reachable",
+        "key-in-memory": "a wanted key is done",
+        "task-erred": "a wanted key failed: its error record",
+        "cancelled": "a key was cancelled",
+        "restarted": "every task was forgotten",
+        "reply": "the answer to a request ('request_id')",
+        "gather-result": "the answer to 'gather' (and the 'streams' to download from "
+                         "the relay)",
+        "run-result": "the answer to 'run'",
+        "scattered": "one scattered key is stored",
+        "scatter-failed": "a scatter failed",
+        "monitor-snapshot": "the cluster's state, for the widget",
+        "scheduler-closing": "the scheduler shuts down",
+        "event": "a worker's event of a subscribed topic",
+        "worker-paused-long": "a worker has stayed paused (memory) longer than the "
+                              "client's 'paused_warning'",
+    },
+    (WORKER, PEER): {
+        "get-data": "the values of these keys",
+    },
+    (PEER, WORKER): {
+        "data": "values asked for by 'get-data'",
+        "data-bulk": "a ticket, and the sizes, to fetch large values over the side "
+                     "channel",
+    },
+}
+
+# Events a shell feeds its own state machine besides what comes off the wire.
+SHELL_EVENTS = {
+    WORKER: {
+        "execute-success": "a pool thread ran a task",
+        "execute-failure": "a task raised on a pool thread",
+        "gather-done": "a peer (or the relay) answered a fetch",
+        "gather-failed": "a fetch through the relay gave nothing",
+        "peer-unreachable": "no connection to a peer in time",
+        "peer-reachable": "a connection to a peer at last",
+        "put-data": "scattered values, unpickled",
+        "worker-removed": "a peer left (its connection is gone)",
+        "pause": "memory passed the pause fraction: start nothing new",
+        "resume": "memory fell back: run again",
+        "memory-exceeded": "memory passed the terminate fraction while these tasks ran",
+    },
+}
+
+
+def handlers(sender, receiver, owner, table, state):
+    """The dispatch table ``{kind: handler}`` of ``receiver`` for what ``sender``
+    sends: ``table[kind]`` (a function of ``owner``'s class) bound to ``owner`` where
+    the shell handles the kind, else ``state``, the shell's way into its state machine.
+    A kind the catalogue does not list is an error, found at once."""
+    kinds = KINDS[(sender, receiver)]
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise ValueError(f"{receiver} handles kinds from {sender} the catalogue "
+                         f"does not list: {sorted(unknown)}")
+    return {kind: table[kind].__get__(owner) if kind in table else state
+            for kind in kinds}

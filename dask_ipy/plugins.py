@@ -1,0 +1,330 @@
+"""Plugins: user code the workers and the scheduler run on the client's request.
+
+    client.register_plugin(p) ── pickled ──▶ scheduler ─┬─ SchedulerPlugin: unpickled
+                                                        │  and started there (its shell)
+                                                        └─ WorkerPlugin: kept as an
+                                                           opaque blob, sent to every
+                                                           worker, now and when one
+                                                           joins or restarts later
+
+`WorkerPlugin` and `SchedulerPlugin` have dask.distributed's methods and arguments;
+subclasses of dask.distributed's own classes are taken too (`plugin_kind`).  Two
+worker plugins come with dask_ipy: `UploadFile` (`Client.upload_file`) and
+`ForwardLogging` (`Client.forward_logging`).
+
+This module imports neither dask nor anything of the roles: the scheduler imports it,
+and a scheduler process never imports dask unless the user's own code does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import importlib
+import inspect
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+import uuid
+import zipfile
+
+FORWARD_LOGGING = "forward-logging"     # the topic of forwarded log records
+
+
+class WorkerPlugin:
+    """Set-up code for workers: ``setup(worker)`` on every worker, now and on those
+    that join or restart later; ``teardown(worker)`` when the worker closes or
+    restarts or the plugin is replaced; ``transition(key, start, finish)`` on each
+    change of a task's state on the worker (states: released, fetch, flight,
+    missing, waiting, ready, executing, memory, forgotten).  All three run on the
+    worker's I/O thread, before anything the scheduler sends next: keep them short.
+    ``name``: the plugin's name (one plugin per name); ``idempotent``: registering it
+    again under its name changes nothing."""
+
+    idempotent = False
+
+    def setup(self, worker):
+        pass
+
+    def teardown(self, worker):
+        pass
+
+    def transition(self, key, start, finish, **kwargs):
+        pass
+
+
+class SchedulerPlugin:
+    """Code run in the scheduler process, on its I/O thread, after each event the
+    scheduler's state machine reports: ``start(scheduler)`` once registered;
+    ``add_worker``, ``remove_worker``, ``add_client``, ``remove_client``,
+    ``update_graph``, ``restart``, ``transition(key, start, finish)`` and
+    ``log_event(topic, msg)``; ``before_close()`` and ``close()`` when the scheduler
+    stops or the plugin is replaced.  ``scheduler`` is the `Scheduler` (its
+    ``tasks``, ``workers`` by address, ``clients``)."""
+
+    idempotent = False
+
+    def start(self, scheduler):
+        pass
+
+    def before_close(self):
+        pass
+
+    def close(self):
+        pass
+
+    def update_graph(self, scheduler, *, client, keys, tasks, annotations, priority,
+                     stimulus_id, **kwargs):
+        pass
+
+    def restart(self, scheduler):
+        pass
+
+    def transition(self, key, start, finish, *args, stimulus_id, **kwargs):
+        pass
+
+    def add_worker(self, scheduler, worker):
+        pass
+
+    def remove_worker(self, scheduler, worker, *, stimulus_id, **kwargs):
+        pass
+
+    def add_client(self, scheduler, client):
+        pass
+
+    def remove_client(self, scheduler, client):
+        pass
+
+    def log_event(self, topic, msg):
+        pass
+
+
+def _bases(plugin):
+    return {cls.__name__ for cls in type(plugin).__mro__}
+
+
+def plugin_kind(plugin):
+    """"worker" or "scheduler": by base class (ours or dask.distributed's, by name,
+    so that dask.distributed need not be imported), else by the methods it has."""
+    bases = _bases(plugin)
+    if "NannyPlugin" in bases:
+        raise TypeError("dask_ipy has no nanny: a NannyPlugin cannot run; use a "
+                        "WorkerPlugin (its setup runs on every worker, and again "
+                        "when one restarts)")
+    if "SchedulerPlugin" in bases:
+        return "scheduler"
+    if "WorkerPlugin" in bases:
+        return "worker"
+    if any(hasattr(plugin, m) for m in ("start", "add_worker", "remove_worker",
+                                        "update_graph", "add_client")):
+        return "scheduler"
+    if any(hasattr(plugin, m) for m in ("setup", "teardown", "transition")):
+        return "worker"
+    raise TypeError(f"{plugin!r} is neither a WorkerPlugin nor a SchedulerPlugin")
+
+
+def plugin_name(plugin, name=None):
+    """The name a plugin is registered under: ``name``, its ``name`` attribute, or
+    its class name with a random suffix (a new plugin each time)."""
+    if name is not None:
+        return name
+    own = getattr(plugin, "name", None)
+    if isinstance(own, str) and own:
+        return own
+    return f"{type(plugin).__name__}-{uuid.uuid4()}"
+
+
+def overrides(plugin, method):
+    """Does ``plugin`` define ``method`` beyond the do-nothing one of its base?"""
+    for cls in type(plugin).__mro__:
+        if method in vars(cls):
+            return cls.__name__ not in ("WorkerPlugin", "SchedulerPlugin", "object")
+    return False
+
+
+def accepts(fn, name):
+    """Does ``fn`` take an argument called ``name`` (``dask_worker``,
+    ``dask_scheduler``)?"""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def call(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a coroutine it returns is run to its end (in a loop of
+    its own: the caller is a shell's I/O thread, which runs no event loop)."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        async def finish():
+            return await result
+        result = asyncio.run(finish())
+    return result
+
+
+# ---------------------------------------------------------------- upload_file
+
+_uploads = {"dir": None}
+
+
+def upload_directory():
+    """This process's directory of uploaded files, made on first use and removed at
+    exit."""
+    if _uploads["dir"] is None:
+        path = tempfile.mkdtemp(prefix="dask-ipy-uploads-")
+        atexit.register(shutil.rmtree, path, True)
+        _uploads["dir"] = path
+    return _uploads["dir"]
+
+
+def save_upload(filename, data):
+    """Write an uploaded file where it is importable; its path.
+
+    Each content goes to a directory of its own (named by its digest): a file sent
+    again with new content gets a new path, so neither the bytecode cache (which
+    trusts a file's size and time) nor the cache of zip importers serves the old one.
+    """
+    folder = os.path.join(upload_directory(), hashlib.sha256(data).hexdigest()[:16])
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, os.path.basename(filename))
+    if not os.path.exists(path):
+        tmp = f"{path}.{uuid.uuid4().hex}.part"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _archive_names(path):
+    """Top-level modules and packages in a .zip or .egg."""
+    names = set()
+    with zipfile.ZipFile(path) as z:
+        for entry in z.namelist():
+            head, _, rest = entry.partition("/")
+            if head.endswith((".egg-info", ".dist-info")) or head == "EGG-INFO":
+                continue
+            if not rest and head.endswith(".py"):
+                names.add(head[:-3])
+            elif rest == "__init__.py":
+                names.add(head)
+    return sorted(names)
+
+
+def import_file(path):
+    """Put an uploaded file on ``sys.path`` in place of an earlier upload of the same
+    name, then import its modules: a .py module imported already is reloaded, the
+    modules of an archive are imported afresh; the modules."""
+    base = os.path.basename(path)
+    # An earlier upload of the same name leaves sys.path: the new one is found first.
+    for entry in list(sys.path):
+        if entry.startswith(upload_directory()) and (
+                os.path.basename(entry) == base
+                or os.path.exists(os.path.join(entry, base))) and entry != path:
+            sys.path.remove(entry)
+    if base.endswith(".py"):
+        where, names = os.path.dirname(path), [base[:-3]]
+    elif base.endswith((".zip", ".egg")):
+        where, names = path, _archive_names(path)
+    else:
+        raise ValueError(f"cannot import {base}: only .py, .zip and .egg files")
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    importlib.invalidate_caches()
+    modules = []
+    for name in names:
+        if name in sys.modules and where != path:
+            modules.append(importlib.reload(sys.modules[name]))     # a .py module
+            continue
+        # A package from an archive is imported afresh, submodules and all: a reload
+        # would find its submodules through its old __path__, in the old archive.
+        for m in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            del sys.modules[m]
+        modules.append(importlib.import_module(name))
+    return modules
+
+
+class UploadFile(WorkerPlugin):
+    """A file for every worker: saved there and, with ``load``, imported (a .py
+    module, or the modules of a .zip or .egg), reloaded if it was imported before."""
+
+    def __init__(self, filename, load=True):
+        with open(filename, "rb") as f:
+            self.data = f.read()
+        self.filename = os.path.basename(filename)
+        self.load = load
+        self.name = f"upload-file-{self.filename}"
+
+    def setup(self, worker):
+        path = save_upload(self.filename, self.data)
+        if self.load:
+            import_file(path)
+
+
+# ---------------------------------------------------------------- forward_logging
+
+def record_fields(record):
+    """A log record as plain data (msgpack), its message formatted and its
+    exception as text: the scheduler and the client unpickle nothing of it."""
+    fields = {k: v for k, v in vars(record).items()
+              if isinstance(v, (str, int, float, bool, type(None)))}
+    fields["msg"] = record.getMessage()
+    fields["args"] = None
+    if record.exc_info:
+        fields["exc_text"] = "".join(traceback.format_exception(*record.exc_info))
+    fields.pop("exc_info", None)
+    return fields
+
+
+class _Forwarder(logging.Handler):
+    def __init__(self, worker, topic, level):
+        super().__init__(level)
+        self.worker = worker
+        self.topic = topic
+
+    def emit(self, record):
+        if record.name == "dask_ipy" or record.name.startswith("dask_ipy."):
+            return           # the worker's own words would echo through its sending
+        try:
+            fields = record_fields(record)
+            fields["worker"] = self.worker.address
+            self.worker.log_event(self.topic, fields)
+        except Exception:
+            self.handleError(record)
+
+
+class ForwardLogging(WorkerPlugin):
+    """Send the records of logger ``logger_name`` (the root: None) on the workers,
+    at ``level`` or above, to the clients that asked for them."""
+
+    def __init__(self, logger_name=None, level=logging.NOTSET, topic=FORWARD_LOGGING):
+        self.logger_name = logger_name
+        self.level = level
+        self.topic = topic
+        self.name = f"forward-logging-{logger_name or ''}"
+        self.handlers = {}
+
+    def setup(self, worker):
+        handler = self.handlers[id(worker)] = _Forwarder(worker, self.topic, self.level)
+        logging.getLogger(self.logger_name).addHandler(handler)
+
+    def teardown(self, worker):
+        handler = self.handlers.pop(id(worker), None)
+        if handler is not None:
+            logging.getLogger(self.logger_name).removeHandler(handler)
+
+    def __getstate__(self):
+        return {k: v for k, v in vars(self).items() if k != "handlers"}
+
+    def __setstate__(self, state):
+        vars(self).update(state, handlers={})
+
+
+def handle_forwarded(event):
+    """A forwarded record, handled by the client's logger of the same name."""
+    _, fields = event
+    record = logging.makeLogRecord(fields)
+    logging.getLogger(record.name).handle(record)

@@ -1,0 +1,169 @@
+"""What this host gives a worker: memory and cores, cgroup limits included.
+
+A container or a batch job usually limits its processes through a cgroup, not
+through the machine's size: a worker must read the lower of the two, or its "auto"
+limit lies and the kernel's OOM killer acts before the worker does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+import sys
+
+import psutil
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_CGROUP = "/proc/self/cgroup"
+
+
+def _cgroup_paths(proc_cgroup):
+    """{controller or "" (cgroup v2): path} of this process's cgroups."""
+    out = {}
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) != 3:
+                    continue
+                _, controllers, path = parts
+                for c in controllers.split(",") if controllers else [""]:
+                    out[c] = path
+    except OSError:
+        pass
+    return out
+
+
+def _read_number(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        return int(text.split()[0])
+    except ValueError:
+        return None
+
+
+def _upwards(base, path):
+    """``base/path``, then each of its parents up to ``base`` itself."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    for i in range(len(parts), -1, -1):
+        yield os.path.join(base, *parts[:i])
+
+
+def cgroup_memory_limit(root=CGROUP_ROOT, proc_cgroup=PROC_CGROUP):
+    """The lowest memory limit of this process's cgroups (v1 or v2), or None."""
+    paths = _cgroup_paths(proc_cgroup)
+    found = []
+    if "" in paths:                                              # cgroup v2
+        for d in _upwards(root, paths[""]):
+            for name in ("memory.max", "memory.high"):
+                found.append(_read_number(os.path.join(d, name)))
+    if "memory" in paths:                                        # cgroup v1
+        for d in _upwards(os.path.join(root, "memory"), paths["memory"]):
+            found.append(_read_number(os.path.join(d, "memory.limit_in_bytes")))
+    found = [v for v in found if v and v > 0]
+    return min(found) if found else None
+
+
+def host_memory(root=CGROUP_ROOT, proc_cgroup=PROC_CGROUP):
+    """Bytes of memory this host gives its processes: the machine's, or its cgroup's
+    limit, or RLIMIT_RSS, whichever is lowest."""
+    total = psutil.virtual_memory().total
+    cgroup = cgroup_memory_limit(root, proc_cgroup)
+    if cgroup is not None:
+        total = min(total, cgroup)
+    if sys.platform != "win32":
+        try:
+            import resource
+
+            hard = resource.getrlimit(resource.RLIMIT_RSS)[1]
+            if 0 < hard < total:
+                total = hard
+        except (ImportError, OSError, ValueError):
+            pass
+    return int(total)
+
+
+def cgroup_cpu_limit(root=CGROUP_ROOT, proc_cgroup=PROC_CGROUP):
+    """Cores allowed by this process's cgroup CPU quota (a float), or None."""
+    paths = _cgroup_paths(proc_cgroup)
+    found = []
+    if "" in paths:
+        for d in _upwards(root, paths[""]):
+            try:
+                with open(os.path.join(d, "cpu.max")) as f:
+                    quota, _, period = f.read().strip().partition(" ")
+                if quota != "max" and period:
+                    found.append(int(quota) / int(period))
+            except (OSError, ValueError):
+                pass
+    for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if "cpu" in paths else ():
+        if os.path.isdir(os.path.join(root, mount)):
+            for d in _upwards(os.path.join(root, mount), paths["cpu"]):
+                quota = _read_number(os.path.join(d, "cpu.cfs_quota_us"))
+                period = _read_number(os.path.join(d, "cpu.cfs_period_us"))
+                if quota and quota > 0 and period:
+                    found.append(quota / period)
+            break
+    return min(found) if found else None
+
+
+def host_cores(root=CGROUP_ROOT, proc_cgroup=PROC_CGROUP):
+    """Cores this process may run on: its CPU affinity, or its cgroup quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(root, proc_cgroup)
+    if quota is not None:
+        cores = min(cores, max(math.ceil(quota), 1))
+    return max(cores, 1)
+
+
+_libc = None
+M_TRIM_THRESHOLD = -1          # glibc's mallopt parameter number
+
+
+def _glibc():
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return None
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc or None
+
+
+def limit_heap_retention(threshold=65536):
+    """Make free() hand memory back to the system past ``threshold`` bytes (glibc),
+    in a process already running: what MALLOC_TRIM_THRESHOLD_ does for a process
+    started with it.  Without it glibc raises its own threshold after each large
+    free, and a worker that released gigabytes keeps them as its RSS.  A value the
+    user set in the environment wins.  False where unsupported."""
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_TRIM_THRESHOLD, int(threshold)))
+
+
+def malloc_trim():
+    """Give freed heap memory back to the system (glibc); False where unsupported.
+
+    After results leave for disk their memory is free but may stay in the process's
+    heap (glibc keeps freed chunks below its trim threshold): RSS would not fall."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

@@ -1,0 +1,82 @@
+"""The benchmark suite: its graphs and table are right, and a quick run works.
+
+The smoke run uses the dask.distributed baseline, which needs nothing from
+dask_ipy; it starts its own processes and leaves none behind.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dask
+import pytest
+
+from benchmarks import report, workloads
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "build, size, ntasks",
+    [
+        (workloads.independent_graph, 300, 300),
+        (workloads.fan_out_graph, 300, 301),
+    ],
+)
+def test_flat_graphs(build, size, ntasks):
+    dsk, keys, ok = build("x", size)
+    assert len(dsk) == ntasks
+    assert ok(dask.get(dsk, keys))
+    assert not ok([0] * len(keys))
+
+
+def test_tree_graph():
+    assert workloads.tree_leaves(10_000) == 4096
+    dsk, root, ok = workloads.tree_graph("t", 64)
+    assert len(dsk) == 127
+    assert ok(dask.get(dsk, root))
+
+
+def test_reduction_graph_sizes():
+    dsk, root, expected = workloads.reduction_graph("e", 10_000)
+    assert len(dsk) == 10_000
+    assert dask.get(dsk, root) == expected
+    assert workloads._reduction_count(990_000) == 1_000_000
+
+
+def test_table_ratio_and_cells():
+    sizes = workloads.SIZES["quick"]
+    results = {
+        "dask_ipy": {"c": {"median_ms": 2.0}, "a": {"error": "boom"}},
+        "distributed": {"c": {"median_ms": 8.0}, "a": {"tasks_per_s": 500.0}},
+        "distributed-inf": {"c": {"median_ms": 4.0}},
+    }
+    systems = ["dask_ipy", "distributed", "distributed-inf", "ipyparallel"]
+    table = {r["row"]: r for r in report.build(results, sizes, systems, ["a", "c", "d"])}
+    assert table["c"]["ratio"] == pytest.approx(0.5)  # against the better one (lower is better)
+    assert table["a"]["cells"]["dask_ipy"] == "ERROR"
+    assert table["a"]["ratio"] is None
+    assert table["d"]["cells"]["ipyparallel"] == "n/a"
+    assert table["d"]["cells"]["distributed-inf"] == "-"
+    text = report.render(list(table.values()), systems)
+    assert "dask_ipy/best" in text and "0.50x" in text
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("system", ["dask_ipy", "distributed"])
+def test_quick_run(tmp_path, system):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--systems", system,
+         "--only", "a,b,c,d,e,g", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["errors"] == [], data["errors"]
+    values = {row["row"]: row["values"][system] for row in data["table"]}
+    for row in ("a", "b1", "b2", "b3", "c", "d", "e1", "e2", "e3", "g1", "g2", "g3"):
+        assert values[row] is not None and values[row] > 0, (row, values[row])
+    assert data["results"][system]["e"]["tasks"] >= 20_000
+    assert "dask_ipy/best" in proc.stdout

@@ -1,0 +1,145 @@
+"""The ``dask-ipy`` command: scheduler and worker processes, the demo, bench."""
+
+import json
+import operator
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import psutil
+import pytest
+
+from helpers import ROOT, kill_tree, read_info, wait_for
+from dask_ipy import Client
+from dask_ipy.cli import log_path, parse_args, ready_lines
+from dask_ipy.bootstrap import scheduler_argv, spawn_scheduler
+from dask_ipy.security import Security
+
+
+
+def command():
+    """The installed console script if there is one, else ``python -m dask_ipy``."""
+    script = os.path.join(os.path.dirname(sys.executable), "dask-ipy")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "dask_ipy"]
+
+
+@contextmanager
+def running(*args, **kw):
+    """A ``dask-ipy`` process whose ``name: value`` start-up lines are parsed into
+    ``proc.info``; killed with its children if still running at the end."""
+    proc = subprocess.Popen(command() + list(args), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kw)
+    try:
+        proc.info = read_info(proc, last=kw.pop("last", None))
+        yield proc
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_parser():
+    args = parse_args(["worker", "f.json", "--nthreads", "3"])
+    assert (args.command, args.scheduler, args.nthreads) == ("worker", "f.json", 3)
+    assert parse_args(["bench", "--quick", "--only", "a"]).args == ["--quick", "--only", "a"]
+    assert parse_args(["bench"]).args == []
+    with pytest.raises(SystemExit):
+        parse_args(["worker", "f.json", "--bogus"])
+    assert ready_lines(1, "f", "tcp://a:1", "tcp://a:2")[-1] == \
+        "address_to_clients: tcp://a:2"
+    assert log_path("auto", "/r/scheduler-1-x.json") == "/r/scheduler-1-x.log"
+    assert log_path("/tmp/l", "/r/s.json") == "/tmp/l"
+
+
+def test_scheduler_and_worker_commands(tmp_path):
+    path = str(tmp_path / "scheduler.json")
+    with running("scheduler", "--connection-file", path, "--idle-timeout", "60") as s:
+        assert s.info["connection_file"] == path
+        with running("worker", path, "--nthreads", "2", "--name", "w1") as w:
+            with Client(path, set_as_default=False) as c:
+                wait_for(lambda: len(c.nthreads()) == 1, message="the worker")
+                assert c.nthreads() == {w.info["address"]: 2}
+                assert c.get({"x": 1, "y": (operator.add, "x", 2)}, "y") == 3
+                assert c.submit(pow, 2, 10).result(timeout=10) == 1024
+                c.shutdown()
+            assert w.wait(10) == 0                      # closed by the scheduler
+        assert s.wait(10) == 0
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signals_close_cleanly(tmp_path, sig):
+    path = str(tmp_path / "scheduler.json")
+    with running("scheduler", "--connection-file", path) as s:
+        with running("worker", path) as w:
+            with Client(path, set_as_default=False) as c:
+                wait_for(lambda: len(c.nthreads()) == 1, message="the worker")
+                w.send_signal(sig)
+                assert w.wait(10) == 0
+                wait_for(lambda: not c.nthreads(), message="the worker to leave")
+        s.send_signal(sig)
+        assert s.wait(10) == 0
+    assert not os.path.exists(path)
+
+
+def test_spawned_scheduler_takes_key_from_stdin_and_logs_to_a_file(tmp_path):
+    security = Security.temporary()
+    info = spawn_scheduler(scheduler_argv("127.0.0.1", 30, 10),
+                           json.dumps(security.to_dict()), timeout=60)
+    proc = psutil.Process(info["pid"])
+    try:
+        assert security.key.hex() not in " ".join(proc.cmdline())
+        log = log_path("auto", info["connection_file"])
+        assert os.path.exists(log)
+        assert oct(os.stat(log).st_mode & 0o777) == "0o600"
+        with Client(info["address_to_clients"], security=security,
+                    set_as_default=False) as c:
+            assert c.scheduler_info()["workers"] == {}
+            c.shutdown()
+        proc.wait(10)
+        # A clean exit leaves no empty log and no connection file behind.
+        assert not os.path.exists(log)
+        assert not os.path.exists(info["connection_file"])
+    finally:
+        if proc.is_running():
+            proc.kill()
+
+
+def test_spawn_failure_reports_the_output():
+    with pytest.raises(RuntimeError, match="did not start") as e:
+        spawn_scheduler(["scheduler", "--no-such-option"], "{}", timeout=60)
+    assert "--no-such-option" in str(e.value)
+
+
+def test_demo_end_to_end():
+    proc = subprocess.Popen(command() + ["demo"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, out
+    assert "y = 3" in out
+    assert "dask_client_from_ipclient:" in out
+    assert "engine-0" in out and "engine-1" in out
+    assert "all results correct" in out
+
+
+def test_bench_outside_a_checkout(tmp_path):
+    r = subprocess.run(command() + ["bench", "--quick"], cwd=tmp_path, timeout=60,
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "no benchmarks package here" in r.stderr
+
+
+def test_bench_runs_the_benchmarks_package():
+    r = subprocess.run(command() + ["bench", "--help"], cwd=ROOT, timeout=120,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "python -m benchmarks" in r.stdout

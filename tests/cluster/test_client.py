@@ -1,0 +1,465 @@
+"""The Client against a scheduler and two workers in their own processes: submit,
+map, gather, scatter, cancel, datasets, run, cluster queries and errors."""
+
+import gc
+import traceback
+
+import pytest
+
+from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply,
+                     fail_until, identity, inc, make_unpicklable, pid, raise_needs_two,
+                     raise_slots_only, record, slow_inc, total, wait_for,
+                     wait_for_file, worker_keys)
+from dask_ipy import CancelledError, CycleError, MissingDependency, wait
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def workers(c):
+    """{address: pid} of the two worker processes."""
+    info = c.scheduler_info()["workers"]
+    assert len(info) == 2
+    return {address: w["pid"] for address, w in info.items()}
+
+
+def forgotten(c, key):
+    return key not in c.who_has()
+
+
+# ---------------------------------------------------------------- submit and map
+
+def test_pure_submit_gives_deterministic_keys(c):
+    a, b = c.submit(inc, 1), c.submit(inc, 1)
+    assert a.key == b.key
+    assert a.key.startswith("inc-")
+    assert c.submit(inc, 2).key != a.key
+    assert c.submit(add, 1, y=2).key != c.submit(add, 1, y=3).key
+    assert a.result(timeout=10) == 2
+
+
+def test_impure_submit_gives_fresh_keys(c, tmp_path):
+    path = str(tmp_path / "calls")
+    fs = [c.submit(record, path, 1, pure=False) for _ in range(3)]
+    assert len({f.key for f in fs}) == 3
+    assert c.gather(fs) == [1, 1, 1]
+    assert count_lines(path) == 3
+
+
+def test_explicit_key(c):
+    f = c.submit(inc, 10, key="my-key")
+    assert f.key == "my-key"
+    assert f.result(timeout=10) == 11
+    assert c.who_has([f]).keys() == {"my-key"}
+
+
+def test_map_keys_follow_the_same_rules(c):
+    fs = c.map(add, [1, 2, 3], [10, 20, 30])
+    assert c.gather(fs) == [11, 22, 33]
+    assert [f.key for f in fs] == [f.key for f in c.map(add, [1, 2, 3], [10, 20, 30])]
+    assert all(f.key.startswith("add-") for f in fs)
+    assert len({f.key for f in c.map(inc, [1, 1, 1], pure=False)}) == 3
+    named = c.map(inc, [1, 2], key=["one", "two"])
+    assert [f.key for f in named] == ["one", "two"]
+    assert c.gather(named) == [2, 3]
+    assert c.gather(c.map(slow_inc, [1, 2], delay=0.01)) == [2, 3]
+
+
+def test_map_of_ten_thousand_then_gather(c):
+    fs = c.map(inc, range(10_000))
+    assert len({f.key for f in fs}) == 10_000
+    assert c.gather(fs) == list(range(1, 10_001))
+
+
+def test_retries_rerun_a_failing_task(c, tmp_path):
+    path = str(tmp_path / "attempts")
+    f = c.submit(fail_until, path, 3, retries=2)
+    assert f.result(timeout=10) == 3
+    g = c.submit(fail_until, str(tmp_path / "other"), 3, retries=1)
+    with pytest.raises(RuntimeError, match="attempt 2 fails"):
+        g.result(timeout=10)
+
+
+def test_workers_restricts_placement(c, workers):
+    for address, worker_pid in workers.items():
+        fs = [c.submit(pid, pure=False, workers=[address]) for _ in range(4)]
+        assert c.gather(fs) == [worker_pid] * 4
+        assert all(v == [address] for v in c.who_has(fs).values())
+    address = next(iter(workers))
+    many = c.map(inc, range(20), workers=address)
+    c.gather(many)
+    assert all(v == [address] for v in c.who_has(many).values())
+
+
+def test_priority_runs_urgent_work_first(c, workers, tmp_path):
+    address = next(iter(workers))
+    gate, log = tmp_path / "gate", str(tmp_path / "order")
+    blocker = c.submit(wait_for_file, str(gate), workers=[address], pure=False)
+    wait_for(lambda: blocker.key in _processing(c), message="the blocker to start")
+    # Fresh key prefixes: no duration estimate yet, so the worker holds these back
+    # in its own priority queue rather than handing them to its pool at once.
+    low = c.submit(record, log, "low", workers=[address], priority=0,
+                   key=f"routine-{tmp_path.name}")
+    high = c.submit(record, log, "high", workers=[address], priority=10,
+                    key=f"urgent-{tmp_path.name}")
+    wait_for(lambda: {low.key, high.key} <= set(_processing(c)), message="queueing")
+    gate.touch()
+    wait([blocker, low, high], timeout=10)
+    with open(log) as f:
+        assert f.read().split() == ["high", "low"]
+
+
+def _processing(c):
+    return {k for k, state in c._info("task-states").items() if state == "processing"}
+
+
+# ---------------------------------------------------------------- futures as arguments
+
+def test_futures_are_arguments_before_they_finish(c, tmp_path):
+    gate = tmp_path / "gate"
+    slow = c.submit(wait_for_file, str(gate), value=5, pure=False)
+    a, b = c.submit(inc, 1), c.submit(inc, 2)
+    f = c.submit(total, [a, (b, {"k": slow})], extra={"x": slow, "y": [a]})
+    assert not f.done()
+    gate.touch()
+    assert f.result(timeout=10) == 2 + 3 + 5 + 5 + 2
+    # The data of the arguments never came back to this client.
+    g = c.submit(add, f, a)
+    assert g.result(timeout=10) == 19
+
+
+def test_gather_keeps_the_structure(c):
+    a, b, d = c.submit(inc, 1), c.submit(inc, 2), c.submit(inc, 3)
+    out = c.gather({"list": [a, b], "tuple": (d, 7), "nested": {"x": [[a]]}, "plain": 1})
+    assert out == {"list": [2, 3], "tuple": (4, 7), "nested": {"x": [[2]]}, "plain": 1}
+    assert c.gather(a) == 2
+    assert c.gather([]) == []
+
+
+def test_gather_raises_the_first_error(c):
+    bad = c.submit(fail, 3)
+    with pytest.raises(Boom):
+        c.gather([c.submit(inc, 1), bad])
+
+
+# ---------------------------------------------------------------- scatter
+
+def test_scatter_list_dict_and_single_values(c):
+    fs = c.scatter([1, 2, 3])
+    assert [f.status for f in fs] == ["finished"] * 3
+    assert c.gather(fs) == [1, 2, 3]
+    d = c.scatter({"a": 10, "b": 20})
+    assert set(d) == {"a", "b"} and d["a"].key == "a"
+    one = c.scatter("value")
+    assert one.result(timeout=10) == "value"
+    assert c.submit(add, d["a"], d["b"]).result(timeout=10) == 30
+    assert c.gather(c.map(inc, fs)) == [2, 3, 4]
+
+
+def test_scatter_spreads_over_workers_and_broadcasts(c, workers):
+    fs = c.scatter(list(range(10)))
+    holders = {addr for v in c.who_has(fs).values() for addr in v}
+    assert holders == set(workers)
+    b = c.scatter([100], broadcast=True)[0]
+    assert sorted(c.who_has([b])[b.key]) == sorted(workers)
+    assert b.result(timeout=10) == 100
+    address = next(iter(workers))
+    [only] = c.scatter([200], workers=[address])
+    assert c.who_has([only])[only.key] == [address]
+
+
+# ---------------------------------------------------------------- cancel
+
+def test_cancel_a_running_task(c, tmp_path):
+    gate = tmp_path / "gate"
+    f = c.submit(wait_for_file, str(gate), value=1, pure=False)
+    wait_for(lambda: f.key in _processing(c), message="the task to start")
+    c.cancel([f])
+    wait_for(f.cancelled, message="the cancellation")
+    assert f.status == "cancelled" and f.done()
+    with pytest.raises(CancelledError):
+        f.result(timeout=5)
+    wait_for(lambda: f.key not in c._info("task-states"),
+             message="the scheduler to forget it")
+    # A thread cannot be interrupted: the task runs to its end, and its result is
+    # thrown away.
+    gate.touch()
+    assert c.gather(c.map(inc, range(4))) == [1, 2, 3, 4]
+    assert forgotten(c, f.key)
+    assert not any(f.key in keys for keys in c.run(worker_keys).values())
+
+
+def test_cancel_waiting_dependents_too(c, tmp_path):
+    gate = tmp_path / "gate"
+    a = c.submit(wait_for_file, str(gate), value=1, pure=False)
+    b = c.submit(inc, a)
+    b.cancel()
+    wait_for(b.cancelled, message="cancellation")
+    gate.touch()
+    assert a.result(timeout=10) == 1
+    wait_for(lambda: b.key not in c._info("task-states"), message="b to be forgotten")
+
+
+# ---------------------------------------------------------------- errors
+
+def test_remote_exception_keeps_its_type_and_traceback(c):
+    f = c.submit(fail_deeply, 7)
+    with pytest.raises(ZeroDivisionError, match="inner failure with 7") as info:
+        f.result(timeout=10)
+    text = "".join(traceback.format_exception(info.value))
+    assert "_inner_failure" in text and "fail_deeply" in text
+    assert "helpers.py" in text
+    # The worker's own frames (its pool thread, the graph executor) are left out.
+    assert "worker/server.py" not in text and "dask_ipy/graph.py" not in text
+    assert c.submit(fail, 1).exception(timeout=10).__class__ is Boom
+
+
+@pytest.mark.parametrize("fn, text", [(raise_needs_two, "NeedsTwo: 1 and 2"),
+                                      (raise_slots_only, "SlotsOnly: detail is lost")])
+def test_an_exception_pickle_cannot_rebuild_arrives_as_text(c, fn, text):
+    from dask_ipy import RemoteError
+
+    f = c.submit(fn)
+    with pytest.raises(RemoteError, match=text) as info:
+        f.result(timeout=10)
+    assert "Remote traceback" in str(info.value) and fn.__name__ in str(info.value)
+
+
+def test_errors_reach_dependents_and_get(c):
+    bad = c.submit(fail, "x")
+    dependent = c.submit(inc, bad)
+    with pytest.raises(Boom, match="failed on 'x'"):
+        dependent.result(timeout=10)
+    with pytest.raises(Boom):
+        c.get({"a": (fail, 1), "b": (inc, "a")}, "b")
+
+
+def test_unpicklable_argument_is_a_clear_error_naming_the_key(c):
+    with pytest.raises(TypeError) as info:
+        c.submit(identity, Unpicklable(), key="bad-arg")
+    assert "bad-arg" in str(info.value)
+    assert "refuses to be pickled" in str(info.value)
+    assert c.submit(inc, 1).result(timeout=10) == 2
+
+
+def test_unpicklable_result_is_a_clear_error_naming_the_key(c):
+    f = c.submit(make_unpicklable, key="bad-result")
+    with pytest.raises(TypeError) as info:
+        f.result(timeout=10)
+    assert "bad-result" in str(info.value)
+    # The value stays usable on the cluster.
+    assert c.submit(lambda x: type(x).__name__, f).result(timeout=10) == "Unpicklable"
+
+
+def test_get_errors_before_anything_runs(c, tmp_path):
+    from dask._task_spec import Task, TaskRef
+
+    path = str(tmp_path / "ran")
+    with pytest.raises(KeyError):
+        c.get({"x": 1}, "y")
+    with pytest.raises(CycleError) as info:
+        c.get({"a": (record, path, "b"), "b": (inc, "c"), "c": (inc, "b")}, "a")
+    assert "'b'" in str(info.value) and "'c'" in str(info.value)
+    with pytest.raises(MissingDependency, match="nowhere"):
+        c.get({"a": Task("a", record, path, 1),
+               "b": Task("b", add, TaskRef("a"), TaskRef("nowhere"))}, ["a", "b"])
+    assert count_lines(path) == 0
+    assert c.scheduler_info()["ntasks"] == 0
+
+
+# ---------------------------------------------------------------- reference counts
+
+def test_dropping_the_last_future_releases_the_data(c):
+    f = c.submit(inc, 41, key="dropped")
+    assert f.result(timeout=10) == 42
+    assert any("dropped" in keys for keys in c.run(worker_keys).values())
+    g = c.submit(inc, 41, key="dropped")        # a second Future of the same key
+    del f
+    gc.collect()
+    assert "dropped" in c.who_has()
+    del g
+    gc.collect()
+    wait_for(lambda: forgotten(c, "dropped"), message="the scheduler to forget it")
+    wait_for(lambda: not any("dropped" in keys for keys in c.run(worker_keys).values()),
+             message="workers to free the data")
+
+
+def test_reference_counts_are_shared_across_clients(c, pc):
+    other = pc.client(set_as_default=False)
+    try:
+        mine = c.submit(inc, 1, key="shared")
+        theirs = other.submit(inc, 1, key="shared")
+        assert mine.result(timeout=10) == theirs.result(timeout=10) == 2
+        del mine
+        gc.collect()
+        assert theirs.result(timeout=10) == 2
+        assert "shared" in c.who_has()
+        del theirs
+        gc.collect()
+        wait_for(lambda: forgotten(c, "shared"), message="release by both clients")
+    finally:
+        other.close()
+
+
+def test_a_closed_client_releases_its_keys(c, pc):
+    other = pc.client(set_as_default=False)
+    f = other.submit(inc, 5, key="short-lived")
+    assert f.result(timeout=10) == 6
+    other.close()
+    wait_for(lambda: forgotten(c, "short-lived"), message="release on close")
+
+
+def test_a_future_used_by_ten_tasks_is_computed_once(c, tmp_path):
+    path = str(tmp_path / "runs")
+    x = c.submit(record, path, 5, pure=False)
+    ys = [c.submit(add, x, i) for i in range(10)]
+    assert c.gather(ys) == [5 + i for i in range(10)]
+    assert count_lines(path) == 1
+    assert x.result(timeout=10) == 5
+    assert count_lines(path) == 1
+
+
+# ---------------------------------------------------------------- datasets
+
+def test_datasets_are_shared_between_clients(c, pc):
+    other = pc.client(set_as_default=False)
+    try:
+        f = c.submit(inc, 99, key="published")
+        c.publish_dataset(numbers=[f, 3], label="plain")
+        assert sorted(other.list_datasets()) == ["label", "numbers"]
+        fs, three = other.get_dataset("numbers")
+        assert fs.result(timeout=10) == 100 and three == 3
+        assert other.get_dataset("label") == "plain"
+        # Published data outlives the publisher's Futures and the publisher.
+        del f, fs
+        c.close()
+        gc.collect()
+        assert other.get_dataset("numbers")[0].result(timeout=10) == 100
+        with pytest.raises(KeyError):
+            other.publish_dataset(label="again")
+        other.publish_dataset(label="again", override=True)
+        assert other.get_dataset("label") == "again"
+        other.unpublish_dataset("numbers")
+        other.unpublish_dataset("label")
+        assert other.list_datasets() == []
+        with pytest.raises(KeyError):
+            other.get_dataset("numbers")
+        assert other.get_dataset("numbers", default=None) is None
+        wait_for(lambda: forgotten(other, "published"), message="release on unpublish")
+    finally:
+        other.close()
+
+
+# ---------------------------------------------------------------- cluster control
+
+def test_run_on_every_worker_or_some(c, workers):
+    assert c.run(pid) == workers
+    address = next(iter(workers))
+    assert c.run(pid, workers=[address]) == {address: workers[address]}
+    assert c.run(add, 1, 2) == {a: 3 for a in workers}
+    with pytest.raises(Boom):
+        c.run(fail, 1)
+
+
+def test_who_has_has_what_nthreads(c, workers):
+    a = c.submit(inc, 1, workers=[next(iter(workers))])
+    a.result(timeout=10)
+    (holder,) = c.who_has([a])[a.key]
+    assert holder in workers
+    has_what = c.has_what()
+    assert set(has_what) == set(workers)
+    assert a.key in has_what[holder]
+    assert c.nthreads() == {address: 1 for address in workers}
+    info = c.scheduler_info()
+    assert set(info["workers"]) == set(workers)
+    assert info["address"] == c.address
+
+
+def test_restart_drops_everything_and_keeps_working(c, tmp_path):
+    gate = tmp_path / "gate"
+    done = c.submit(inc, 1)
+    done.result(timeout=10)
+    running = c.submit(wait_for_file, str(gate), pure=False)
+    wait_for(lambda: running.key in _processing(c), message="the task to start")
+    c.restart()
+    wait_for(lambda: running.cancelled() and done.cancelled(), message="cancellation")
+    gate.touch()
+    assert c.who_has() == {}
+    assert all(keys == [] for keys in c.run(worker_keys).values())
+    assert c.submit(inc, 2).result(timeout=10) == 3
+    assert c.get({"x": (inc, 1)}, "x") == 2
+
+
+@pytest.mark.parametrize("how", ["cancel", "restart"])
+def test_a_thread_still_running_a_forgotten_task_gets_no_new_work(c, tmp_path, how):
+    """Two workers of one thread: one runs on a task its scheduler forgot.  New work
+    goes to the other one until that task is over, then to both again."""
+    gate = tmp_path / "gate"
+
+    def executing():
+        return sorted(w["executing"] for w in c.scheduler_info()["workers"].values())
+    try:
+        running = c.submit(wait_for_file, str(gate), pure=False)
+        wait_for(lambda: executing() == [0, 1], message="the task to start")
+        c.cancel([running]) if how == "cancel" else c.restart()
+        more = c.map(inc, range(6), pure=False)
+        assert c.gather(more, timeout=10) == list(range(1, 7))
+        assert len({w for ws in c.who_has(more).values() for w in ws}) == 1
+        assert executing() == [0, 1]
+    finally:
+        gate.touch()
+    wait_for(lambda: executing() == [0, 0], message="the forgotten task to end")
+    for address in c.scheduler_info()["workers"]:
+        assert c.submit(inc, 1, workers=[address], pure=False).result(timeout=10) == 2
+
+
+def test_a_shutdown_by_another_client_fails_what_waits_and_closes(cluster, tmp_path):
+    """Another client stops the scheduler (in this process here): this one's pending
+    Future fails with SchedulerLost at once, and this client closes and leaves the
+    default stack."""
+    from dask_ipy import Client, SchedulerLost
+    from dask_ipy.client.default import default_clients
+
+    s, _, c = cluster
+    gate = tmp_path / "gate"
+    try:
+        f = c.submit(wait_for_file, str(gate), 10, "late")
+        wait_for(lambda: any(w["executing"]
+                             for w in c.scheduler_info()["workers"].values()),
+                 message="the task to start")
+        other = Client(s, set_as_default=False)
+        other.shutdown()
+        with pytest.raises(SchedulerLost, match="shut down"):
+            f.result(timeout=5)
+        wait_for(lambda: c.status == "closed", timeout=5, message="the client to close")
+        assert c not in default_clients()
+    finally:
+        gate.touch()
+
+
+def test_context_manager_closes(pc):
+    with pc.client() as client:
+        assert client.submit(inc, 1).result(timeout=10) == 2
+    assert client.status == "closed"
+    with pytest.raises(RuntimeError, match="closed"):
+        client.submit(inc, 1)
+
+
+def test_function_tokens_are_remembered_only_where_they_cannot_change():
+    import dask_ipy.client.calls as client_module
+    from dask.base import tokenize
+    from dask_ipy.client.calls import _FN_TOKENS, function_token
+
+    assert function_token(client_module.call_token, {}) == tokenize(client_module.call_token, {})
+    assert client_module.call_token in _FN_TOKENS          # module function: by reference
+
+    def local(x):
+        return x
+
+    namespace = {"__name__": "__main__"}
+    exec("def main_fn(x):\n    return x + offset\noffset = 1", namespace)
+    main_fn = namespace["main_fn"]
+    for fn, kwargs in [(local, {}), (main_fn, {}), (client_module.call_token, {"a": 1}),
+                       (len, {})]:
+        assert function_token(fn, kwargs) == tokenize(fn, kwargs)
+    assert local not in _FN_TOKENS and main_fn not in _FN_TOKENS

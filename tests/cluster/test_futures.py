@@ -1,0 +1,251 @@
+"""Future, wait and as_completed, against scheduler and worker processes."""
+
+import concurrent.futures as cf
+import gc
+import sys
+import threading
+import types
+
+import pytest
+
+from helpers import Boom, fail, fail_deeply, inc, slow_inc, wait_for, wait_for_file
+from dask_ipy import CancelledError, Future, as_completed, wait
+from dask_ipy.client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from dask_ipy.errors import restore_filenames
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A file whose creation lets `wait_for_file` tasks finish; opened at the end of
+    the test whatever happens, so no task is left running."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
+
+
+def held(c, gate, value=None):
+    return c.submit(wait_for_file, str(gate), value=value, pure=False)
+
+
+# ---------------------------------------------------------------- Future
+
+def test_result_and_status_of_a_success(c, gate):
+    f = held(c, gate, value=3)
+    assert isinstance(f, Future)
+    assert f.status == "pending" and not f.done() and not f.cancelled()
+    with pytest.raises(TimeoutError):
+        f.result(timeout=0.1)
+    with pytest.raises(cf.TimeoutError):
+        f.exception(timeout=0.1)
+    gate.touch()
+    assert f.result(timeout=10) == 3
+    assert f.status == "finished" and f.done()
+    assert f.exception() is None and f.traceback() is None
+    assert f.key in repr(f) and "finished" in repr(f)
+
+
+def test_exception_and_traceback_of_a_failure(c):
+    f = c.submit(fail_deeply, 1)
+    exc = f.exception(timeout=10)
+    assert type(exc) is ZeroDivisionError
+    assert str(exc) == "inner failure with 1"
+    assert f.status == "error" and f.done()
+    tb = f.traceback()
+    assert isinstance(tb, types.TracebackType)
+    names = []
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    assert names[-2:] == ["fail_deeply", "_inner_failure"]
+    with pytest.raises(ZeroDivisionError):
+        f.result()
+
+
+CELL = """
+def outer(x):
+    def inner(y):
+        return 1 / y
+    return inner(x)
+
+class Model:
+    def fit(self):
+        raise ValueError
+"""
+
+
+def test_frames_of_code_sent_by_value_get_their_file_names_back(monkeypatch):
+    module = types.ModuleType("cells")
+    exec(compile(CELL, "<cell 7>", "exec"), vars(module))
+    monkeypatch.setitem(sys.modules, "cells", module)
+
+    def frame(name, line, below=None, module="cells"):
+        return {"tb_frame": {"f_globals": {"__name__": module},
+                             "f_code": {"co_filename": "<dynamic-code>", "co_name": name}},
+                "tb_lineno": line, "tb_next": below}
+    frames = frame("outer", 5, frame("inner", 4, frame("fit", 9, frame(
+        "outer", 9, frame("gone", 2, frame("inner", 4, module="elsewhere"))))))
+    restore_filenames(frames)
+    found = []
+    while frames is not None:
+        found.append(frames["tb_frame"]["f_code"]["co_filename"])
+        frames = frames["tb_next"]
+    # outer, inner (nested) and a method are found by name and line; a name at a line
+    # it does not have, an unknown name and an unknown module are left as they were.
+    assert found == ["<cell 7>"] * 3 + ["<dynamic-code>"] * 3
+
+
+def test_cancel_then_result_raises_cancelled_error(c, gate):
+    f = held(c, gate)
+    assert f.cancel() is True
+    wait_for(f.cancelled, message="the cancellation")
+    assert f.status == "cancelled" and f.done()
+    with pytest.raises(CancelledError):
+        f.result()
+    with pytest.raises(CancelledError):
+        f.exception()
+
+
+def test_done_callbacks_run_once_with_the_future(c, gate):
+    f = held(c, gate, value=1)
+    seen = []
+    ran = threading.Event()
+
+    def callback(fut):
+        seen.append(fut)
+        ran.set()
+    f.add_done_callback(callback)
+    assert seen == []
+    gate.touch()
+    assert ran.wait(10)
+    assert seen == [f] and seen[0].status == "finished"
+    # Added after the fact: called at once.
+    late = []
+    f.add_done_callback(late.append)
+    assert late == [f]
+    # Errors and cancellations complete futures too.
+    errs = []
+    g = c.submit(fail, 0)
+    g.add_done_callback(errs.append)
+    wait_for(lambda: errs == [g], message="the error callback")
+    # A callback that raises does not break others.
+    h = c.submit(inc, 1)
+    h.add_done_callback(lambda fut: 1 / 0)
+    later = []
+    h.add_done_callback(later.append)
+    wait_for(lambda: later == [h], message="the second callback")
+
+
+def test_futures_of_the_same_key_share_state(c):
+    a, b = c.submit(inc, 5), c.submit(inc, 5)
+    assert a == b and hash(a) == hash(b) and a is not b
+    assert a.result(timeout=10) == 6
+    assert b.done() and b.status == "finished"
+
+
+def test_dropping_the_last_future_forgets_the_key(c):
+    f = c.submit(inc, 1, key="ephemeral")
+    f.result(timeout=10)
+    del f
+    gc.collect()
+    wait_for(lambda: "ephemeral" not in c._info("task-states"),
+             message="the key to be forgotten")
+
+
+# ---------------------------------------------------------------- wait
+
+def test_wait_all_completed(c):
+    fs = c.map(slow_inc, range(4), delay=0.05)
+    done, not_done = wait(fs, timeout=10)
+    assert done == set(fs) and not_done == set()
+    assert isinstance(done, set)
+
+
+def test_wait_timeout_returns_what_is_done(c, gate):
+    quick = c.submit(inc, 1)
+    stuck = held(c, gate)
+    quick.result(timeout=10)
+    done, not_done = wait([quick, stuck], timeout=0.2)
+    assert done == {quick} and not_done == {stuck}
+
+
+def test_wait_first_completed(c, gate):
+    stuck = held(c, gate)
+    quick = c.submit(inc, 2)
+    done, not_done = wait([stuck, quick], return_when=FIRST_COMPLETED, timeout=10)
+    assert done == {quick} and not_done == {stuck}
+    done, _ = wait([stuck, quick], return_when="FIRST_COMPLETED", timeout=10)
+    assert done == {quick}
+
+
+def test_wait_first_exception(c, gate):
+    stuck = held(c, gate)
+    fine = c.submit(inc, 3)
+    fine.result(timeout=10)
+    bad = c.submit(fail, 1)
+    done, not_done = wait([stuck, fine, bad], return_when=FIRST_EXCEPTION, timeout=10)
+    assert bad in done and fine in done and not_done == {stuck}
+    # Without an exception it waits for everything (here: the timeout).
+    done, not_done = wait([stuck, fine], return_when=FIRST_EXCEPTION, timeout=0.2)
+    assert done == {fine} and not_done == {stuck}
+
+
+def test_wait_rejects_unknown_conditions(c):
+    with pytest.raises(ValueError):
+        wait([c.submit(inc, 1)], return_when="SOMETIMES")
+    assert ALL_COMPLETED == "ALL_COMPLETED"
+
+
+def test_wait_counts_cancelled_futures_as_done(c, gate):
+    f = held(c, gate)
+    f.cancel()
+    done, not_done = wait([f], timeout=10)
+    assert done == {f}
+
+
+# ---------------------------------------------------------------- as_completed
+
+def test_as_completed_yields_in_completion_order(c, gate):
+    # Dependencies force the completion order: a, then b, then d.
+    a = held(c, gate, value=1)
+    b = c.submit(inc, a)
+    d = c.submit(inc, b)
+    it = as_completed([d, b, a])
+    gate.touch()
+    assert [next(it), next(it), next(it)] == [a, b, d]
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_as_completed_with_results_and_add(c):
+    first = c.map(inc, range(3))
+    ac = as_completed(first, with_results=True)
+    results = []
+    added = False
+    for future, result in ac:
+        results.append(result)
+        if not added:
+            ac.add(c.submit(inc, 100))
+            added = True
+    assert sorted(results) == [1, 2, 3, 101]
+
+
+def test_as_completed_raises_errors_with_results(c):
+    ac = as_completed([c.submit(fail, 1)], with_results=True)
+    with pytest.raises(Boom):
+        next(ac)
+    ac = as_completed([c.submit(fail, 2), c.submit(inc, 1)], with_results=True,
+                      raise_errors=False)
+    out = {type(r).__name__ if isinstance(r, Exception) else r for _, r in ac}
+    assert out == {"Boom", 2}
+
+
+def test_as_completed_of_nothing_stops_at_once():
+    assert list(as_completed([])) == []
+
+
+def test_as_completed_handles_already_finished_futures(c):
+    fs = c.map(inc, range(5))
+    c.gather(fs)
+    assert set(as_completed(fs)) == set(fs)

@@ -1,0 +1,152 @@
+"""Workers that reach the scheduler but not each other.
+
+Each test runs a scheduler and workers as processes (tests/helpers.py).  Worker A
+tells everyone an address that leads nowhere useful: a port that accepts connections
+and never answers, or a proxy that carries bytes towards A and drops every byte back.
+Worker B then cannot fetch from A directly: A's data must come through the scheduler.
+"""
+
+import contextlib
+import hashlib
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+
+from dask_ipy import TransferError
+
+from helpers import processes, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def make_bytes(n):
+    return bytes(range(256)) * (n // 256)
+
+
+def digest(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def start_workers(pc, c, *options):
+    for opts in options:
+        pc.workers.append(pc.start_worker(**opts))
+    wait_for(lambda: len(c.scheduler_info()["workers"]) == len(options),
+             message="workers")
+    return [p.first_line for p in pc.workers]
+
+
+@contextlib.contextmanager
+def silent_port():
+    """An address that takes TCP connections (the kernel completes them) and never
+    says a word: what a peer behind a black-holing firewall looks like."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as s:
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def one_way_proxy(target_port):
+    """A proxy to 127.0.0.1:target_port that forwards what clients send and drops
+    every byte coming back: a link that works in one direction only."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, None)
+    stop = threading.Event()
+    conns = []
+
+    def run():
+        while not stop.is_set():
+            for key, _ in sel.select(timeout=0.1):
+                if key.data is None:
+                    client, _ = listener.accept()
+                    upstream = socket.create_connection(("127.0.0.1", target_port))
+                    for sock in (client, upstream):
+                        sock.setblocking(False)
+                        conns.append(sock)
+                    sel.register(client, selectors.EVENT_READ, upstream)
+                    sel.register(upstream, selectors.EVENT_READ, False)
+                    continue
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(key.fileobj)
+                elif key.data:                 # client to target: forwarded
+                    key.data.sendall(data)
+                                               # target to client: dropped
+
+    t = threading.Thread(target=run, name="one-way-proxy", daemon=True)
+    t.start()
+    try:
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(5)
+        sel.close()
+        for sock in conns + [listener]:
+            sock.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_data_of_a_silent_peer_comes_through_the_scheduler(tmp_path):
+    with silent_port() as hole, processes(tmp_path, nworkers=0) as (pc, c):
+        a, b = start_workers(pc, c, {"contact_address": hole},
+                             {"connect_timeout": 2.0})
+        assert a == hole
+        x = c.submit(make_bytes, 1 << 20, workers=[a])
+        x.result(timeout=30)
+        start = time.monotonic()
+        first = c.submit(digest, x, workers=[b])
+        assert first.result(timeout=30) == digest(make_bytes(1 << 20))
+        assert time.monotonic() - start >= 2.0          # the connection was tried
+        assert list(c.scheduler_info()["workers"][b]["unreachable"]) == [a]
+        # Known now: the next fetch goes to the relay at once.
+        start = time.monotonic()
+        again = c.submit(len, x, workers=[b])
+        assert again.result(timeout=30) == 1 << 20
+        assert time.monotonic() - start < 1.5
+        # Left free, a task that needs x runs where x is (B would need the relay).
+        assert c.submit(len, x, key="anywhere").result(timeout=30) == 1 << 20
+        assert c.who_has([x])[x.key] == [a]
+
+
+def test_data_over_a_one_way_link_comes_through_the_scheduler(tmp_path):
+    port = free_port()
+    with processes(tmp_path, nworkers=0) as (pc, c), one_way_proxy(port) as proxy:
+        a, b = start_workers(
+            pc, c, {"hostname": "127.0.0.1", "port_to_workers": port,
+                    "contact_address": proxy},
+            {"connect_timeout": 1.0})
+        # Large enough for the side channel a reachable peer would offer.
+        n = 8 << 20
+        x = c.submit(make_bytes, n, workers=[a])
+        assert c.submit(digest, x, workers=[b]).result(timeout=30) == digest(
+            make_bytes(n))
+        assert list(c.scheduler_info()["workers"][b]["unreachable"]) == [a]
+
+
+def test_a_value_too_large_to_relay_errs_the_task_naming_both_workers(tmp_path):
+    with silent_port() as hole, processes(tmp_path, nworkers=0,
+                                       scheduler_options={"max_relay_bytes": 1 << 20}) as (pc, c):
+        a, b = start_workers(pc, c, {"contact_address": hole},
+                             {"connect_timeout": 1.0})
+        big = c.submit(make_bytes, 4 << 20, workers=[a])
+        small = c.submit(make_bytes, 1 << 10, workers=[a])
+        failed = c.submit(len, big, workers=[b])
+        with pytest.raises(TransferError) as info:
+            failed.result(timeout=30)
+        text = str(info.value)
+        assert f"worker {b} cannot reach worker {a}, which holds {big.key!r}" in text
+        assert "Scheduler(max_relay_bytes=...)" in text
+        # Nothing else is harmed: small values still travel, the big one stays put.
+        assert c.submit(len, small, workers=[b]).result(timeout=30) == 1 << 10
+        assert c.submit(len, big, key="on-a", workers=[a]).result(timeout=30) == 4 << 20

@@ -1,0 +1,101 @@
+"""SchedulerState alone: a client's gather whose large values the holders stream to
+it through the shell's relay.  The state only asks for streams, orders the relay to
+let them through (or to give them up) and passes their announcements on, opaque;
+messages are compared literally."""
+
+import pytest
+
+from dask_ipy.scheduler.state import SchedulerState
+
+pytestmark = pytest.mark.timeout(30)
+
+A, B = "tcp://10.0.0.1:1", "tcp://10.0.0.2:1"
+STREAM = {"ticket": b"t" * 16, "sizes": [100, 50_000_000], "keys": ["a"]}
+
+
+def held_apart(streams=True):
+    """Client "c", workers "w1" (A) holding "a" and "w2" (B) holding "b"."""
+    s = SchedulerState(validate=True)
+    s.stream_to_clients = streams
+    s.add_client("c")
+    s.add_worker("w1", A, nthreads=1)
+    s.add_worker("w2", B, nthreads=1)
+    for i, (key, wid, address) in enumerate((("a", "w1", A), ("b", "w2", B))):
+        s.handle_client_message("c", {"op": "scatter", "request_id": i,
+                                      "data": {key: "blob"}, "workers": [address]})
+        s.handle_worker_message(wid, {"op": "add-keys", "keys": [(key, 4, "int")]})
+    s.take_messages()
+    return s
+
+
+def test_a_gather_that_may_stream_says_for_whom_and_passes_the_streams_on():
+    s = held_apart()
+    s.handle_client_message("c", {"op": "gather", "request_id": 2, "keys": ["a"],
+                                  "stream": True})
+    [(_, wid, ask)] = s.take_messages()
+    assert ask == {"op": "send-data", "keys": ["a"], "request_id": ask["request_id"],
+                   "for": "c"}
+    s.handle_worker_message(wid, {"op": "data", "request_id": ask["request_id"],
+                                  "data": {}, "missing": [], "errors": {},
+                                  "streams": [STREAM]})
+    # The relay is told before the client hears of the stream.
+    assert s.take_messages() == [("relay", STREAM["ticket"], STREAM["sizes"]),
+                                 ("client", "c", {
+        "op": "gather-result", "request_id": 2, "data": {}, "missing": [], "errors": {},
+        "streams": [STREAM]})]
+
+
+def test_streams_a_client_gave_up_are_given_up_at_the_relay():
+    s = held_apart()
+    s.handle_client_message("c", {"op": "gather", "request_id": 3, "keys": ["a"],
+                                  "stream": False, "unwanted": [b"t" * 16, b"u" * 16]})
+    out = s.take_messages()
+    assert out[:2] == [("relay", b"t" * 16, None), ("relay", b"u" * 16, None)]
+    assert [m["op"] for _, _, m in out[2:]] == ["send-data"]
+    # Without a relay (encryption) there is nothing to order.
+    s = held_apart(streams=False)
+    s.handle_client_message("c", {"op": "gather", "request_id": 3, "keys": ["a"],
+                                  "unwanted": [b"t" * 16]})
+    assert [kind for kind, _, _ in s.take_messages()] == ["worker"]
+
+
+@pytest.mark.parametrize("request_options, shell_streams", [
+    ({"stream": False}, True),                             # the client cannot take them
+    ({"stream": True, "max_bytes": 10_000_000}, True),     # a capped client
+    ({"stream": True}, False),                             # no relay (encryption)
+])
+def test_no_streams_are_asked_for_when_they_cannot_be_taken(request_options,
+                                                            shell_streams):
+    s = held_apart(shell_streams)
+    s.handle_client_message("c", {"op": "gather", "request_id": 2, "keys": ["a"],
+                                  **request_options})
+    [(_, _, ask)] = s.take_messages()
+    assert "for" not in ask
+
+
+def test_keys_already_streaming_are_not_asked_again_when_a_holder_dies():
+    s = held_apart()
+    # "b" on both workers; w1 busy, so that "b" is asked of w2.
+    s.handle_client_message("c", {"op": "scatter", "request_id": 3, "data": {"b": "blob"},
+                                  "workers": [A]})
+    s.handle_worker_message("w1", {"op": "add-keys", "keys": [("b", 4, "int")]})
+    s.handle_client_message("c", {"op": "update-graph", "tasks": [("x", "spec-x", [], 0)],
+                                  "keys": ["x"], "restrictions": {"x": [A]}})
+    s.take_messages()
+    s.handle_client_message("c", {"op": "gather", "request_id": 2, "keys": ["a", "b"],
+                                  "stream": True})
+    asks = {wid: msg for _, wid, msg in s.take_messages()}
+    assert {wid: msg["keys"] for wid, msg in asks.items()} == {"w1": ["a"], "w2": ["b"]}
+    # w1 streams "a"; w2 dies before it answers: only "b" is asked again, of w1.
+    s.handle_worker_message("w1", {"op": "data", "request_id": asks["w1"]["request_id"],
+                                   "data": {}, "missing": [], "errors": {},
+                                   "streams": [STREAM]})
+    s.remove_worker("w2")
+    out = s.take_messages()
+    assert ("relay", STREAM["ticket"], STREAM["sizes"]) in out
+    [(_, wid, retry)] = [m for m in out if m[0] == "worker" and m[2]["op"] == "send-data"]
+    assert wid == "w1" and retry["keys"] == ["b"]
+    s.handle_worker_message(wid, {"op": "data", "request_id": retry["request_id"],
+                                  "data": {"b": "blob"}, "missing": [], "errors": {}})
+    [(_, _, result)] = [m for m in s.take_messages() if m[2]["op"] == "gather-result"]
+    assert result["data"] == {"b": "blob"} and result["streams"] == [STREAM]
