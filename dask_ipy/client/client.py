@@ -63,9 +63,6 @@ class Client(ClusterMethods):
     either kind of client (``await c.submit(f, x)``).
     """
 
-    # dask asks this of a client given as ``scheduler=``: its blocking `get` serves.
-    asynchronous = False
-
     def __init__(self, address=None, *, security=None, timeout=10.0,
                  set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES,
                  asynchronous=False):
