@@ -737,6 +737,7 @@ def hold_to_pause(pid, limit):
         before = proc.memory_info().rss
         time.sleep(0.1)
         after = proc.memory_info().rss
-        return after < 0.5 * limit and abs(after - before) < 4 * MiB
-    wait_for(steady, timeout=30, message="memory to settle")
+        return after < 0.7 * limit and abs(after - before) < 4 * MiB
+    wait_for(steady, timeout=30, message=lambda: f"memory to settle below "
+             f"{0.7 * limit / MiB:.0f} MiB: RSS {proc.memory_info().rss / MiB:.0f} MiB")
     return int((0.875 * limit - proc.memory_info().rss) // MiB)

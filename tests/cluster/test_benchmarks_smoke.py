@@ -80,3 +80,20 @@ def test_quick_run(tmp_path, system):
         assert values[row] is not None and values[row] > 0, (row, values[row])
     assert data["results"][system]["e"]["tasks"] >= 20_000
     assert "dask_ipy/best" in proc.stdout
+
+
+def test_scale_simulation_quick(tmp_path):
+    """The scheduler driven by simulated workers: every task of the tree completes
+    (the run asserts it), and the table and JSON hold every case."""
+    out = tmp_path / "scale.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--quick",
+                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert [(x["workers"], x["requested"]) for x in data["runs"]] == \
+        [(2, 200), (2, 2000), (20, 200), (20, 2000)]
+    assert all(x["complete_us"] > 0 and x["intake_us"] > 0 for x in data["runs"])
+    assert all(x["bytes_per_task"] > 0 for x in data["memory"])
+    assert all(x["steals_asked"] == 1 for x in data["decisions"])
+    assert "per-task cost at" in r.stdout

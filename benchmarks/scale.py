@@ -1,0 +1,252 @@
+"""The scheduler's state machine at scale, with no processes:
+``python -m benchmarks.scale [--workers 10,100,1000] [--tasks 10000,100000,1000000]``.
+
+Simulated workers of one thread each answer the scheduler as real ones would: they
+run what they are sent in order, one task per worker per round (equal durations),
+answer steal requests (given up if not started yet) and report each result as
+finished.  Only the scheduler's own calls are timed (``update_graph`` and
+``handle_worker_message``); the simulation's bookkeeping is not.
+
+The graph is a reduction tree: half the tasks are roots, every other task sums two
+tasks of the level below, so each completion places a dependent that needs data
+from up to two workers.  Reported per (workers, tasks): microseconds per task for
+the graph's intake and for its completions, the number of steals, and the
+scheduler's memory per task (the process's RSS growth while the graph is held,
+measured in a fresh child process for each case, so that earlier cases leave
+nothing behind).  Separately, the cost of the two placement decisions that look at
+workers: ``decide_worker`` for a task with inputs, and a steal pass for an idle
+worker, each against the number of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+
+from dask_ipy.scheduler.state import SchedulerState
+
+
+def address(i):
+    return f"tcp://10.{i // 65536}.{(i // 256) % 256}.{i % 256}:1"
+
+
+def tree(n_tasks):
+    """Entries (key, spec, dependencies) of a binary reduction of about ``n_tasks``
+    tasks, roots first; and the final key."""
+    roots = max(n_tasks // 2, 1)
+    level = [("r", i) for i in range(roots)]
+    entries = [(k, b"spec", ()) for k in level]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for j in range(0, len(level), 2):
+            key = (f"s{depth}", j // 2)
+            entries.append((key, b"spec", tuple(level[j:j + 2])))
+            nxt.append(key)
+        level = nxt
+    return entries, level[0]
+
+
+def cluster(n_workers):
+    s = SchedulerState()
+    s.add_client("c")
+    for i in range(n_workers):
+        s.add_worker(f"w{i}", address(i), nthreads=1)
+    s.take_messages()
+    return s
+
+
+def run(n_workers, n_tasks):
+    """Drive one graph to completion: timings of the scheduler's calls."""
+    s = cluster(n_workers)
+    entries, final = tree(n_tasks)
+    queues = {wid: collections.deque() for wid in s.workers}
+    steals = 0
+
+    def dispatch():
+        nonlocal steals
+        for kind, wid, msg in s.take_messages():
+            if kind != "worker":
+                continue
+            op = msg["op"]
+            if op == "compute-task":
+                queues[wid].append(msg["key"])
+            elif op == "steal-request":
+                q = queues[wid]
+                key = msg["key"]
+                # The head is the task "running" now: never given up.
+                given = key in q and q[0] != key
+                if given:
+                    q.remove(key)
+                    steals += 1
+                answers.append((wid, {"op": "steal-response", "key": key,
+                                      "released": given,
+                                      "state": None if given else "executing"}))
+
+    answers = []
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        s.update_graph("c", iter(entries), keys=[final])
+        intake = time.perf_counter() - t0
+        n = len(entries)
+        del entries
+        dispatch()
+        busy = 0.0
+        done = 0
+        while True:
+            heads = [(wid, q.popleft()) for wid, q in queues.items() if q]
+            if not heads and not answers:
+                break
+            t0 = time.perf_counter()
+            while answers:
+                wid, msg = answers.pop()
+                s.handle_worker_message(wid, msg)
+            for wid, key in heads:
+                s.handle_worker_message(wid, {"op": "task-finished", "key": key,
+                                              "nbytes": 8, "type": "int",
+                                              "duration": 0.001})
+            busy += time.perf_counter() - t0
+            done += len(heads)
+            dispatch()
+    finally:
+        gc.enable()
+    assert s.tasks[final].state == "memory", s.tasks[final].state
+    assert done == n, (done, n)
+    return {"workers": n_workers, "tasks": n, "intake_us": 1e6 * intake / n,
+            "complete_us": 1e6 * busy / n, "steals": steals}
+
+
+def memory(n_tasks):
+    """Bytes per task the scheduler holds for a waiting graph (RSS growth)."""
+    s = cluster(10)
+    entries, final = tree(n_tasks)
+    n = len(entries)
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    s.update_graph("c", iter(entries), keys=[final])
+    del entries
+    gc.collect()
+    s.take_messages()
+    grown = psutil.Process().memory_info().rss - before
+    return {"tasks": n, "bytes_per_task": grown / n}
+
+
+def decisions(n_workers, repeat=200):
+    """Microseconds of one placement of a task with two inputs, and of one steal
+    pass for an idle worker while every other worker has three tasks queued."""
+    s = cluster(n_workers)
+    workers = list(s.workers.values())
+    roots = [(("r", i), b"spec", ()) for i in range(2 * n_workers)]
+    s.update_graph("c", roots, keys=[k for k, _, _ in roots])
+    s.take_messages()
+    # Finish the roots where they went: inputs spread over the cluster.
+    for ts in list(s.tasks.values()):
+        if ts.processing_on is not None:
+            s.handle_worker_message(ts.processing_on.id, {
+                "op": "task-finished", "key": ts.key, "nbytes": 8, "type": "int",
+                "duration": 1.0})
+    s.take_messages()
+    s.update_graph("c", [(("s", 0), b"spec", (("r", 0), ("r", 1)))], keys=[("s", 0)])
+    s.take_messages()
+    ts = s.tasks[("s", 0)]
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        s.decide_worker(ts)
+    place = (time.perf_counter() - t0) / repeat
+    # Three tasks queued on every worker but the thief (placed there by restriction,
+    # which is then lifted so that they may be stolen).
+    thief = workers[0]
+    for ws in s.workers.values():
+        ws.processing.clear()
+        ws.occupancy = 0.0
+    queued = {("q", ws.id, j): ws for ws in workers[1:] for j in range(3)}
+    s.update_graph("c", [(k, b"spec", (("r", 0),)) for k in queued], keys=list(queued),
+                   restrictions={k: [ws.address] for k, ws in queued.items()})
+    for k in queued:
+        s.tasks[k].restrictions = None
+    s.take_messages()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        s._steal_for(thief)
+        asked = len(s.steals)
+        s.steals.clear()
+    steal = (time.perf_counter() - t0) / repeat
+    s.take_messages()
+    return {"workers": n_workers, "decide_worker_us": 1e6 * place,
+            "steal_pass_us": 1e6 * steal, "steals_asked": asked}
+
+
+def child(kind, *args):
+    """One measurement in a fresh interpreter: its JSON."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--child", kind,
+                          *map(str, args)], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", default="10,100,1000")
+    p.add_argument("--tasks", default="10000,100000,1000000")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--json", default=None)
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        kind, *args = a.child
+        fn = {"run": run, "memory": memory, "decisions": decisions}[kind]
+        print(json.dumps(fn(*map(int, args))))
+        return 0
+    workers = [int(x) for x in a.workers.split(",")]
+    tasks = [int(x) for x in a.tasks.split(",")]
+    if a.quick:
+        workers, tasks = [2, 20], [200, 2000]
+    results = {"runs": [], "memory": [], "decisions": []}
+    print(f"{'workers':>8} {'tasks':>9} {'intake us/task':>15} "
+          f"{'complete us/task':>17} {'steals':>7}")
+    for w in workers:
+        for n in tasks:
+            r = child("run", w, n)
+            r["requested"] = n
+            results["runs"].append(r)
+            print(f"{r['workers']:>8} {r['tasks']:>9} {r['intake_us']:>15.2f} "
+                  f"{r['complete_us']:>17.2f} {r['steals']:>7}", flush=True)
+    print(f"\n{'tasks':>9} {'scheduler bytes/task':>21}")
+    for n in tasks:
+        r = child("memory", n)
+        results["memory"].append(r)
+        print(f"{r['tasks']:>9} {r['bytes_per_task']:>21.0f}", flush=True)
+    print(f"\n{'workers':>8} {'decide_worker us':>17} {'steal pass us':>14} "
+          f"{'steals asked':>13}")
+    for w in workers:
+        r = child("decisions", w)
+        results["decisions"].append(r)
+        print(f"{r['workers']:>8} {r['decide_worker_us']:>17.2f} "
+              f"{r['steal_pass_us']:>14.2f} {r['steals_asked']:>13}", flush=True)
+    base = {(r["workers"], r["requested"]): r for r in results["runs"]}
+    lo, hi = min(tasks), max(tasks)
+    for w in workers:
+        small, big = base[(w, lo)], base[(w, hi)]
+        ratio = (big["intake_us"] + big["complete_us"]) / (
+            small["intake_us"] + small["complete_us"])
+        print(f"{w} workers: per-task cost at {big['tasks']} tasks is {ratio:.2f}x "
+              f"that at {small['tasks']}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
