@@ -31,8 +31,9 @@ MODULES = [
     "dask.dataframe.tests.test_multi",
 ]
 
-# The part of the run every CI run makes (about 4 minutes on a loaded 2-core machine);
-# the rest, about 17 minutes there, with: pytest -m dask_suite tests/cluster/test_dask_suite.py
+# The part of the run every CI run makes (4 minutes on an idle 2-core machine, 7 on
+# one loaded by other test runs); the rest, 17 and 46 minutes there, with:
+#   pytest -m dask_suite tests/cluster/test_dask_suite.py
 CI_MODULES = [
     "dask.tests.test_base",
     "dask.tests.test_delayed",
