@@ -279,7 +279,7 @@ def _engine_id():
         return None
 
 
-def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto"):
+def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto", resources=None):
     """Runs on an engine: a Worker for ``scheduler``, in the engine namespace as
     ``dask_worker``. A worker for another scheduler is closed first.
 
@@ -300,7 +300,8 @@ def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto"):
     w = Worker(scheduler=scheduler["address_to_workers"],
                security=Security.from_dict(scheduler["security"]), nthreads=nthreads,
                name=f"engine-{eid}" if eid is not None else None,
-               memory_limit=memory_limit, memory_terminate_action="interrupt")
+               memory_limit=memory_limit, memory_terminate_action="interrupt",
+               resources=resources)
     _engine.update(worker=w, scheduler=scheduler)
     try:
         from IPython import get_ipython
@@ -419,11 +420,12 @@ def _start_inprocess(host, security, idle_timeout, heartbeat_timeout):
 
 
 def _start_workers(ipclient, engines, scheduler, nthreads, deadline,
-                   memory_limit="auto"):
+                   memory_limit="auto", resources=None):
     if not engines:
         return {}
     view = ipclient.direct_view(engines)
-    ar = view.apply_async(_engine_start_worker, scheduler, nthreads, memory_limit)
+    ar = view.apply_async(_engine_start_worker, scheduler, nthreads, memory_limit,
+                          resources)
     left = max(deadline - time.monotonic(), 0.001)
     try:
         results = ar.get(timeout=left)
@@ -465,7 +467,7 @@ def _existing(probes, timeout):
 def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler="engine",
                               security=None, idle_timeout=DEFAULT_IDLE_TIMEOUT,
                               hostname=None, heartbeat_timeout=10.0, timeout=30.0,
-                              memory_limit="auto"):
+                              memory_limit="auto", resources=None):
     """Start a scheduler and one worker in each target engine; return a Client.
 
     ``scheduler``: 'engine' (its own process on the host of the first target engine),
@@ -477,15 +479,21 @@ def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler=
     limit, shared among the workers on that host), bytes, "2GiB", a fraction of the
     host, or None.  A task that takes an engine past the terminate fraction is
     interrupted, never the engine (see the README's memory section).
+    ``resources``: what each new worker has, ``{"GPU": 1}`` or ``"GPU=1"``: tasks
+    submitted with ``resources=`` run only on workers having that much.
 
     If the engines already run workers of a live scheduler, a client of that
-    scheduler is returned, and workers are started on target engines lacking one.
+    scheduler is returned, and workers are started on target engines lacking one
+    (those running keep their resources).
     Raises TimeoutError when the cluster does not come up within ``timeout`` seconds.
     """
     from .security import Security
+    from .units import check_nthreads, parse_resources
 
     if scheduler not in PLACEMENTS:
         raise ValueError(f"scheduler must be one of {PLACEMENTS}, not {scheduler!r}")
+    nthreads = check_nthreads(nthreads)
+    resources = parse_resources(resources) or None
     deadline = time.monotonic() + timeout
     targets = normalize_targets(targets, ipclient.ids)
     security = Security.from_dict(security) if security else Security.temporary()
@@ -508,7 +516,7 @@ def dask_client_from_ipclient(ipclient, targets="all", *, nthreads=1, scheduler=
     try:
         engines = targets if fresh else engines_to_start(probes)
         started = _start_workers(ipclient, engines, info, nthreads, deadline,
-                                 memory_limit)
+                                 memory_limit, resources)
         if client is None:
             client = _connect(info, max(deadline - time.monotonic(), 1.0))
         _wait_for_workers(client, [r["address"] for r in started.values()], deadline)
@@ -533,9 +541,13 @@ def _abandon(client, info):
 
 
 def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0,
-                memory_limit="auto"):
+                memory_limit="auto", resources=None):
     """Start workers for ``client``'s scheduler on target engines that lack one
     (engines added to the ipcluster after the bootstrap); returns their addresses."""
+    from .units import check_nthreads, parse_resources
+
+    nthreads = check_nthreads(nthreads)
+    resources = parse_resources(resources) or None
     deadline = time.monotonic() + timeout
     targets = normalize_targets(targets, ipclient.ids)
     # Any engine may know the scheduler, not only the targets.
@@ -543,7 +555,7 @@ def add_engines(client, ipclient, targets="all", nthreads=1, timeout=30.0,
     scheduler = scheduler_of(client, ipclient, probes)
     lacking = engines_to_start({eid: probes[eid] for eid in targets})
     started = _start_workers(ipclient, lacking, scheduler, nthreads, deadline,
-                             memory_limit)
+                             memory_limit, resources)
     addresses = [r["address"] for r in started.values()]
     _wait_for_workers(client, addresses, deadline)
     return addresses

@@ -4,6 +4,7 @@
                        [--connection-file F] [--idle-timeout S]
     dask-ipy worker ADDRESS_OR_FILE [--nthreads N] [--name NAME] [--host H]
                     [--memory-limit LIMIT] [--local-directory D] [--no-supervisor]
+                    [--resources "GPU=2,MEM=10e9"]
     dask-ipy demo [--engines N] [--ipython-dir D]
     dask-ipy bench [ARGS...]          # python -m benchmarks ARGS, from a checkout
 
@@ -66,8 +67,14 @@ def build_parser():
     p = sub.add_parser("worker", help="run a worker until its scheduler closes it")
     p.add_argument("scheduler", metavar="ADDRESS_OR_FILE",
                    help="the scheduler's address_to_workers or connection file")
-    p.add_argument("--nthreads", type=int, default=1)
+    p.add_argument("--nthreads", type=_nthreads, default=1,
+                   help="task threads (default 1)")
     p.add_argument("--name", default=None)
+    p.add_argument("--resources", type=_resources, default=None,
+                   metavar='"NAME=AMOUNT,..."',
+                   help="what this worker has, e.g. \"GPU=2,MEM=10e9\" (commas or "
+                        "spaces between them): tasks submitted with resources= run "
+                        "only where these suffice")
     p.add_argument("--host", default=None,
                    help="interface to serve peers on (default: the one towards "
                         "the scheduler)")
@@ -103,6 +110,26 @@ def build_parser():
     sub.add_parser("bench", help="run the benchmarks of a source checkout "
                                  "(python -m benchmarks ARGS)", add_help=False)
     return parser
+
+
+def _nthreads(text):
+    from .units import check_nthreads
+
+    try:
+        return check_nthreads(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of at least 1, got {text!r}") from None
+
+
+def _resources(text):
+    from .units import parse_resources
+
+    try:
+        parse_resources(text)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def parse_args(argv=None):
@@ -243,7 +270,8 @@ def worker_argv(args):
             str(args.connect_timeout), "--memory-limit", str(args.memory_limit)]
     for flag, value in (("--name", args.name), ("--host", args.host),
                         ("--contact-address", args.contact_address),
-                        ("--blas-threads", args.blas_threads)):
+                        ("--blas-threads", args.blas_threads),
+                        ("--resources", args.resources)):
         if value is not None:
             argv += [flag, value]
     return argv
@@ -268,6 +296,7 @@ def cmd_worker(args):
                connect_timeout=args.connect_timeout, memory_limit=limit,
                local_directory=args.local_directory,
                blas_threads=_blas_threads(args.blas_threads),
+               resources=args.resources,
                memory_terminate_action="exit" if args.supervised else "interrupt")
     try:
         with _until_signalled():
@@ -275,6 +304,7 @@ def cmd_worker(args):
             print(f"pid: {os.getpid()}\naddress: {w.address}\n"
                   f"memory_limit: {w.memory_limit or 0}\n"
                   f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
+                  f"resources: {json.dumps(w.resources)}\n"
                   f"scheduler: {w.scheduler_address}", flush=True)
             # The supervisor watches the worker against its limit: it follows it.
             w.limit_listeners.append(
@@ -328,6 +358,9 @@ def _placement(who_has, names):
     return dict(sorted(counts.items()))
 
 
+COMPLETE = "pip install 'dask_ipy[complete]' (or -e '.[complete]' in a checkout)"
+
+
 def _demo_compute(client, out):
     """The seed graph, a dask.array reduction and a map of futures; prints where
     things ran. Returns True when every result is right."""
@@ -345,7 +378,7 @@ def _demo_compute(client, out):
         import dask.array as da
         import numpy  # noqa: F401
     except ImportError:
-        out("dask.array reduction: skipped (numpy is not installed)")
+        out(f"dask.array reduction: skipped (numpy is not installed: {COMPLETE})")
     else:
         x = da.arange(1_000_000, chunks=100_000)
         total = x.sum().compute()          # the client is dask's default scheduler
@@ -355,6 +388,20 @@ def _demo_compute(client, out):
         wait(chunks)
         out(f"  persisted chunks held by {_placement(client.who_has(chunks), names)}")
         del chunks
+
+    try:
+        import dask.dataframe as dd
+        import pandas as pd
+        import pyarrow  # noqa: F401
+    except ImportError:
+        out(f"dask.dataframe groupby: skipped (pandas or pyarrow is not installed: "
+            f"{COMPLETE})")
+    else:
+        pdf = pd.DataFrame({"k": [i % 3 for i in range(30)], "v": range(30)})
+        sums = dd.from_pandas(pdf, npartitions=4).groupby("k").v.sum().compute()
+        sums = {int(k): int(v) for k, v in sums.sort_index().items()}
+        out(f"dask.dataframe: groupby('k').v.sum() = {sums}")
+        ok &= sums == {int(k): int(v) for k, v in pdf.groupby("k").v.sum().items()}
 
     futures = client.map(slow_inc, range(20))
     results = client.gather(futures)

@@ -143,7 +143,8 @@ class IOLoop:
 
     @staticmethod
     def cancel_timer(entry):
-        entry[4] = False
+        if entry is not None:
+            entry[4] = False
 
     def start(self):
         self.running = True
@@ -361,10 +362,12 @@ def bind_router(loop, security, host="127.0.0.1", port=0, who="dask-ipy"):
     return sock, port
 
 
-def connect_dealer(context, security, identity, address, heartbeat=True, events=0):
+def connect_dealer(context, security, identity, address, heartbeat=True, events=0,
+                   heartbeat_timeout=10_000):
     """A DEALER connected to ``address``.  With ``events``, its monitor socket
     (``sock.get_monitor_socket()``) exists before the connection starts, so the first
-    handshake is not missed."""
+    handshake is not missed.  ``heartbeat_timeout``: milliseconds without a word from
+    the other side (pings are sent every second) before the connection is dropped."""
     sock = context.socket(zmq.DEALER)
     tune(sock)
     if events:
@@ -374,7 +377,7 @@ def connect_dealer(context, security, identity, address, heartbeat=True, events=
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     if heartbeat:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10_000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout)
     security.configure_client(sock)
     sock.connect(address)
     return sock

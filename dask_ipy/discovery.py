@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from .addresses import split_address
 from .security import find_security, read_connection_file
 
 
@@ -14,14 +15,38 @@ def resolve_scheduler(address, security, which):
     if address is None:
         address = os.environ.get("DASK_IPY_SCHEDULER_FILE")
         if address is None:
-            raise ValueError("no scheduler address or connection file given")
+            raise ValueError(
+                "no scheduler address or connection file given (nor "
+                "DASK_IPY_SCHEDULER_FILE): a Client joins a running scheduler and "
+                "never starts one; start one with `%dsched start --new N` in a "
+                "notebook, dask_client_from_ipclient(ipyparallel.Client()), or "
+                "`dask-ipy scheduler` and `dask-ipy worker`")
     if os.path.isfile(str(address)):
         info, file_security = read_connection_file(address)
         return info[which], security or file_security
+    check_address(address)
     if security is None:
         security = find_security(address)
         if security is None:
             raise ValueError(
-                f"no key known for {address}: pass security= or the scheduler's "
-                "connection file (written next to the scheduler, owner-only)")
+                f"no key known for {address}: no connection file of a scheduler "
+                "at that address is in this user's runtime directory; pass the "
+                "scheduler's connection file (written next to it, owner-only) or "
+                "security=")
     return address, security
+
+
+def check_address(address):
+    """Raise FileNotFoundError for what names a file that is not there, ValueError
+    for what is neither an address (``tcp://host:port``) nor a file."""
+    text = str(address)
+    scheme, host, port = split_address(text)
+    if scheme is None:
+        if os.path.isdir(text):
+            raise IsADirectoryError(f"{text!r} is a directory, not a connection file")
+        if text.endswith(".json") or os.sep in text:
+            raise FileNotFoundError(f"no connection file {text!r}: no such file")
+        raise ValueError(f"{text!r} is neither an address (tcp://host:port) nor a "
+                         "connection file")
+    if scheme != "tcp" or not host or port is None or not 0 < port < 65536:
+        raise ValueError(f"{text!r} is not an address: expected tcp://host:port")

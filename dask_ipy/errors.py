@@ -65,6 +65,13 @@ class CycleError(RuntimeError):
             "Cycle detected in graph: " + " -> ".join(map(repr, self.cycle))
         )
 
+    @classmethod
+    def from_text(cls, text):
+        """Rebuilt from a message alone (the cycle's keys unknown)."""
+        exc = cls(())
+        exc.args = (text,)
+        return exc
+
 
 class MissingDependency(KeyError):
     """Task ``key`` depends on ``missing`` keys that nobody holds or computes."""
@@ -72,9 +79,19 @@ class MissingDependency(KeyError):
     def __init__(self, key, missing):
         self.key = key
         self.missing = tuple(missing)
+        self.text = None
         super().__init__(key, self.missing)
 
+    @classmethod
+    def from_text(cls, text):
+        """Rebuilt from a message alone (key and missing keys unknown)."""
+        exc = cls(None, ())
+        exc.text = text
+        return exc
+
     def __str__(self):
+        if self.text is not None:
+            return self.text
         return "Task {!r} depends on missing key(s): {}".format(
             self.key, ", ".join(map(repr, self.missing))
         )
@@ -97,20 +114,48 @@ ERROR_TYPES = {
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+# dask's own code that calls a graph task's function (Task.__call__ and the like).
+_TASK_CALLERS = (os.sep + os.path.join("dask", "_task_spec.py"),
+                 os.sep + os.path.join("dask", "core.py"))
+
+
+def _machinery(code):
+    """Is ``code`` this package's or dask's task calling, not the user's?"""
+    name = code.co_filename
+    return name.startswith(_PACKAGE_DIR) or name.endswith(_TASK_CALLERS)
+
+
 def user_frames(tb):
     """`tb` without its leading frames of this package (the pool thread, the graph
-    executor): a user sees their own code first.  All of it if nothing else is left."""
+    executor) and of dask's task calling: a user sees their own code first.  All of
+    it if nothing else is left."""
     first = tb
-    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while first is not None and _machinery(first.tb_frame.f_code):
         first = first.tb_next
     return first if first is not None else tb
+
+
+def without_machinery(tb):
+    """``tb`` without any frame of this package or of dask's task calling (a
+    traceback raised through the client's own calls, for the magics to show)."""
+    kept = [t for t in _frames(tb) if not _machinery(t.tb_frame.f_code)]
+    if not kept:
+        return tb
+    out = None
+    for t in reversed(kept):
+        out = types.TracebackType(out, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return out
+
+
+def _frames(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
 
 
 def error_payload(exc, tb):
     """A task's exception for the wire: the pickled exception when it pickles, the
     traceback as data (tblib), and text for humans and for the scheduler."""
-    import tblib
-
     tb = user_frames(tb)
     text = f"{type(exc).__name__}: {exc}"
     if len(text) > MAX_ERROR_TEXT:
@@ -125,11 +170,58 @@ def error_payload(exc, tb):
     except Exception:
         exception = None
     try:
-        traceback = serialize(tblib.Traceback(tb).as_dict()) if tb is not None else None
+        traceback = serialize(_traceback_dict(tb)) if tb is not None else None
     except Exception:
         traceback = None
     return {"type": type(exc).__name__, "text": text, "exception": exception,
             "traceback": traceback, "traceback_text": tb_text}
+
+
+def _traceback_dict(tb):
+    """tblib's dict of ``tb``, each code with its first line too: a traceback rebuilt
+    from it then places each line in its function (a notebook shows the cell's
+    lines right, not numbered from the failing line)."""
+    import tblib
+
+    out = tblib.Traceback(tb).as_dict()
+    d = out
+    while tb is not None and d is not None:
+        d["tb_frame"]["f_code"]["co_firstlineno"] = tb.tb_frame.f_code.co_firstlineno
+        tb, d = tb.tb_next, d["tb_next"]
+    return out
+
+
+class _TracebackMaker(Exception):
+    pass
+
+
+def traceback_from_dict(frames):
+    """A real traceback from a `_traceback_dict`: one stub frame per entry, raising at
+    its line, with the name, file and first line of the code it stands for."""
+    top = last = None
+    while frames is not None:
+        frame = frames["tb_frame"]
+        code = frame["f_code"]
+        line = frames["tb_lineno"]
+        first = code.get("co_firstlineno")
+        if not isinstance(first, int) or not 0 < first <= line:
+            first = line
+        stub = compile("\n" * (line - first) + "raise __traceback_maker",
+                       code["co_filename"], "exec").replace(
+            co_firstlineno=first, co_name=code["co_name"])
+        namespace = dict(frame.get("f_globals") or {})
+        namespace["__traceback_maker"] = _TracebackMaker()
+        try:
+            exec(stub, namespace)
+        except _TracebackMaker:
+            tb = sys.exc_info()[2].tb_next
+        if top is None:
+            top = tb
+        else:
+            last.tb_next = tb
+        last = tb
+        frames = frames["tb_next"]
+    return top
 
 
 def _shortened(exc):
@@ -144,9 +236,14 @@ def _shortened(exc):
     return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
 
 
-def error_info(kind, text, key):
-    """An error raised by the scheduler itself, sent as text: no pickles involved."""
-    return {"type": kind, "text": text, "key": key}
+def error_info(kind, text, key, args=None):
+    """An error raised by the scheduler itself, sent as text: no pickles involved.
+    ``args``: plain values the client builds the exception of ``kind`` from (for
+    exceptions that take more than a message, e.g. `MissingDependency`)."""
+    info = {"type": kind, "text": text, "key": key}
+    if args is not None:
+        info["args"] = list(args)
+    return info
 
 
 # ---------------------------------------------------------------- reading records
@@ -190,6 +287,7 @@ def restore_filenames(frames):
                 if code.co_name == f_code["co_name"] and any(
                         ln == line for _, _, ln in code.co_lines()):
                     f_code["co_filename"] = code.co_filename
+                    f_code["co_firstlineno"] = code.co_firstlineno
                     break
         frames = frames["tb_next"]
 
@@ -203,6 +301,23 @@ def _namespace(module_name):
             return shell.user_ns
     module = sys.modules.get(module_name)
     return vars(module) if module is not None else {}
+
+
+def _build(cls, text, args):
+    """``cls`` from its own arguments when the record has them, else from the text;
+    an exception whose constructor takes something else keeps the text as its
+    message (never a TypeError about the constructor instead of the error)."""
+    if isinstance(args, (list, tuple)):
+        try:
+            return cls(*args)
+        except Exception:
+            pass
+    if getattr(cls, "from_text", None) is not None:
+        return cls.from_text(text)
+    try:
+        return cls(text)
+    except Exception:
+        return RemoteError(f"{cls.__name__}: {text}")
 
 
 def rebuild_error(info):
@@ -224,15 +339,13 @@ def rebuild_error(info):
         text = info.get("text", "")
         if cls is RemoteError and info.get("traceback_text"):
             text = f"{text}\n\nRemote traceback:\n{info['traceback_text']}"
-        exc = cls(text)
+        exc = _build(cls, text, info.get("args"))
     tb = None
     if info.get("traceback") is not None:
         try:
-            import tblib
-
             frames = deserialize(info["traceback"])
             restore_filenames(frames)
-            tb = tblib.Traceback.from_dict(frames).as_traceback()
+            tb = traceback_from_dict(frames)
         except Exception:
             tb = None
     return exc, tb

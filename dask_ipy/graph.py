@@ -427,7 +427,7 @@ def execute(node: GraphNode, data: Mapping):
     return node({k: data[k] for k in ds} if ds else {})
 
 
-def collections_to_graph(collections, optimize=True):
+def collections_to_graph(collections, optimize=True, annotations=None):
     """``(graph, keys, finalize)`` to compute dask collections as ``dask.compute``
     would.
 
@@ -444,6 +444,10 @@ def collections_to_graph(collections, optimize=True):
 
     ``finalize(results)`` takes ``{key: value}`` for ``keys`` and returns the list
     of final values, one per collection.
+
+    ``annotations``: a dict to fill with the graph's per-key annotations
+    (``{name: {key: value}}``, from ``dask.annotate`` around the collections'
+    construction).
     """
     from dask._expr import FinalizeCompute
     from dask.base import collections_to_expr, is_dask_collection
@@ -459,6 +463,8 @@ def collections_to_graph(collections, optimize=True):
 
     expr = collections_to_expr(collections, optimize)
     expr = FinalizeCompute(expr).optimize()
+    if annotations is not None:
+        annotations.update(expr.__dask_annotations__() or {})
     groups = [flatten_keys(list(ks)) for ks in expr.__dask_keys__()]
     graph = normalize(expr)
     if all(len(g) == 1 for g in groups):
@@ -473,7 +479,7 @@ def collections_to_graph(collections, optimize=True):
     return graph, keys, finalize
 
 
-def collections_to_persist(collections, optimize=True):
+def collections_to_persist(collections, optimize=True, annotations=None):
     """``(graph, keys, rebuild)`` to persist dask collections as ``dask.persist``
     would.
 
@@ -489,6 +495,9 @@ def collections_to_persist(collections, optimize=True):
     collection from the whole graph, so its keys are the graph's first keys in
     sorted order (an input, silently), and it materializes expressions that have
     not been lowered (``set_index`` fails).
+
+    ``annotations``: a dict to fill with the graph's per-key annotations, as in
+    `collections_to_graph`.
     """
     from dask._expr import CompositeExpr, _ExprSequence
     from dask.base import collections_to_expr, is_dask_collection
@@ -504,6 +513,8 @@ def collections_to_persist(collections, optimize=True):
     parts = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
     composite = any(isinstance(p, CompositeExpr) for p in parts)
     expr = expr.optimize()
+    if annotations is not None:
+        annotations.update(expr.__dask_annotations__() or {})
     parts = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
     if not composite or len(parts) != len(collections):
         parts = [None] * len(collections)

@@ -99,6 +99,7 @@ __all__ = [
     "Serialized",
     "Chunked",
     "serialize",
+    "check_serializable",
     "deserialize",
     "new_epoch",
     "writable_buffer",
@@ -344,6 +345,37 @@ def serialize(obj) -> Serialized:
         pass
     try:
         return _pickle(cloudpickle.dumps, target)
+    except Exception as e:
+        kind = type(obj)
+        raise SerializationError(
+            f"cannot serialize object of type {kind.__module__}.{kind.__qualname__}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+class _Discard:
+    """A file that forgets what is written to it."""
+
+    @staticmethod
+    def write(data):
+        return len(data)
+
+
+def _out_of_band(buffer):
+    return False
+
+
+def check_serializable(obj) -> None:
+    """Raise `SerializationError` (as `serialize` would) if ``obj`` cannot be
+    pickled; keeps nothing: large buffers are never copied, the stream is dropped."""
+    try:
+        pickle.Pickler(_Discard(), protocol=5, buffer_callback=_out_of_band).dump(obj)
+        return
+    except Exception:
+        pass
+    try:
+        cloudpickle.CloudPickler(_Discard(), protocol=5,
+                                 buffer_callback=_out_of_band).dump(obj)
     except Exception as e:
         kind = type(obj)
         raise SerializationError(

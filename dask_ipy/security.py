@@ -7,7 +7,11 @@ reaches the other endpoints in one of three ways:
   its owner (``runtime_dir()/scheduler-<pid>-<id>.json``)::
 
       {"address_to_workers": "tcp://h:4444", "address_to_clients": "tcp://h:5555",
-       "id": "...", "pid": 1234, "security": {"key": "<hex>", "encrypt": false}}
+       "id": "...", "pid": 1234, "host": "h", "security": {"key": "<hex>",
+       "encrypt": false}}
+
+  A file whose scheduler process is gone (killed with SIGKILL) is removed when a
+  scheduler starts or a key is looked up (`remove_stale_connection_files`);
 
 - ``find_security(address)``, which lets seed-style calls such as
   ``Client("tcp://h:5555")`` pick the key out of this user's connection files on the
@@ -335,6 +339,48 @@ def _own_connection_files(directory: str) -> list[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def _writer_gone(content: dict, mtime: float) -> bool:
+    """Did the scheduler that wrote this file (on this host) exit without removing
+    it (killed with SIGKILL, a machine that lost power)?  A file of another host, or
+    without the writer's pid and host, is never judged."""
+    pid, host = content.get("pid"), content.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return False
+    import psutil
+
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    # A process started after the file was written is another one with that pid.
+    return started > mtime + 1.0
+
+
+def remove_stale_connection_files(directory: str | None = None) -> list[str]:
+    """Remove this user's connection files whose scheduler process is gone; returns
+    their paths."""
+    directory = directory or _runtime_path()
+    try:
+        paths = _own_connection_files(directory)
+    except OSError:
+        return []
+    removed = []
+    for path in paths:
+        try:
+            mtime = os.stat(path).st_mtime
+            content = _load(path)
+            if _writer_gone(content, mtime):
+                os.remove(path)
+                removed.append(path)
+                logger.info("removed %s: its scheduler (pid %s) is gone", path,
+                            content.get("pid"))
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
 def find_security(address: str) -> Security | None:
     """The key of the scheduler at `address`, from this user's connection files.
 
@@ -344,6 +390,7 @@ def find_security(address: str) -> Security | None:
     or corrupt files are skipped.
     """
     directory = _runtime_path()
+    remove_stale_connection_files(directory)
     try:
         paths = _own_connection_files(directory)
     except OSError:

@@ -741,3 +741,18 @@ def hold_to_pause(pid, limit):
     wait_for(steady, timeout=30, message=lambda: f"memory to settle below "
              f"{0.7 * limit / MiB:.0f} MiB: RSS {proc.memory_info().rss / MiB:.0f} MiB")
     return int((0.875 * limit - proc.memory_info().rss) // MiB)
+
+
+def alone(path, seconds=0.05):
+    """Hold ``path`` (created exclusively) for a moment: False if another task held
+    it meanwhile, i.e. two such tasks ran at the same time."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    try:
+        time.sleep(seconds)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return True

@@ -8,10 +8,12 @@ import sys
 import types
 import weakref
 
-from dask._task_spec import Task, TaskRef, parse_input
+from dask._task_spec import DataNode, Task, TaskRef, parse_input
 from dask.base import tokenize
+from dask.utils import funcname
 
 from .. import graph as g
+from ..protocol import SerializationError, check_serializable
 from .futures import Future
 
 
@@ -71,3 +73,54 @@ def call_spec(key, fn, args, kwargs):
     # parse_input: references nested in containers (``submit(sum, [f1, f2])``) resolve
     return Task(key, fn, *[parse_input(a) for a in args2],
                 **{k: parse_input(v) for k, v in kwargs2.items()}), found
+
+
+def _pickle_error(obj):
+    """Why ``obj`` cannot be pickled (the pickler's own words), or None if it can."""
+    try:
+        check_serializable(obj)
+    except SerializationError as e:
+        cause = e.__cause__
+        return f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
+    return None
+
+
+def _typename(obj):
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else \
+        f"{t.__module__}.{t.__qualname__}"
+
+
+def unpicklable_part(node):
+    """``"argument 0 (_thread.lock): TypeError: cannot pickle ..."``: which part of
+    a task (its function, a variable the function uses, an argument) cannot be
+    pickled; None when that cannot be told."""
+    if type(node) is tuple and len(node) == 4:
+        fn, args, kwargs = node[0], node[1], node[2]
+    elif isinstance(node, Task):
+        fn, args, kwargs = node.func, node.args, node.kwargs
+    else:
+        return None
+    name = funcname(fn)
+    parts = [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r}", v) for k, v in (kwargs or {}).items()]
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        # What a function takes along: its closure, and the globals it names (a
+        # function of __main__ travels by value, with those).
+        for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+            try:
+                parts.append((f"{var!r}, which {name} uses", cell.cell_contents))
+            except ValueError:          # an empty cell
+                pass
+        names = getattr(fn, "__globals__", {})
+        parts += [(f"{var!r}, which {name} uses", names[var])
+                  for var in code.co_names if var in names]
+    parts.append((f"the function {name}", fn))
+    for what, value in parts:
+        if isinstance(value, DataNode):
+            value = value.value
+        reason = _pickle_error(value)
+        if reason is not None:
+            return f"{what} ({_typename(value)}) cannot be pickled: {reason}"
+    return None

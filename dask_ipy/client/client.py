@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+import warnings
 
 import dask
 from dask._task_spec import TaskRef
@@ -29,12 +30,14 @@ from .. import config as cfg
 from .. import graph as g
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
-from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, serialize
+from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, serialize
 from . import default
-from .calls import call_spec, call_token, function_token
+from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods
 from .default import default_client
 from .futures import ClientExecutor, Future, futures_in, load
+from .options import (AnnotationWarning, graph_options, kept_annotations,
+                      per_key_annotations)
 from .shell import ClientShell
 from .waits import Answer, done, run_async, run_blocking, then
 
@@ -48,6 +51,21 @@ def _pack_futures(obj, values):
     if t is dict:
         return {k: _pack_futures(v, values) for k, v in obj.items()}
     return obj
+
+
+def _options(extra, method, **options):
+    """The placement options of one call; what it cannot honour is refused or
+    named in a warning."""
+    if extra.pop("actor", False):
+        raise NotImplementedError(f"{method}(actor(s)=True): dask_ipy has no actors")
+    if extra.pop("fifo_timeout", None) is not None:
+        warnings.warn(f"{method}(fifo_timeout=...) not honoured: tasks run in the "
+                      f"order they were submitted, then by priority",
+                      AnnotationWarning, stacklevel=3)
+    if extra:
+        warnings.warn(f"{method}() ignores {', '.join(map(repr, sorted(extra)))}: "
+                      f"not an option of dask_ipy", AnnotationWarning, stacklevel=3)
+    return options
 
 
 class Client(ClusterMethods):
@@ -193,12 +211,18 @@ class Client(ClusterMethods):
 
     # ---------------------------------------------------------------- graphs
 
-    def _submit_graph(self, tasks, wanted, priorities=None, user_priority=0, retries=0,
-                      workers=None, futures=True):
+    def _submit_graph(self, tasks, wanted, priorities=None, options=None, futures=True,
+                      annotations=None):
         """Send ``tasks`` [(key, node, deps)] and return {key: Future} for ``wanted``
         (or {key: FutureState}, held until dropped, with ``futures=False``).
+        ``options``: the keyword arguments of `options.graph_options` (priority,
+        retries, workers, resources, allow_other_workers); ``annotations``: those a
+        collection kept per key.
 
         The keys are held before the graph leaves, so no answer can be missed."""
+        tasks = list(tasks)
+        fields = graph_options([key for key, _, _ in tasks], annotations=annotations,
+                               **(options or {}))
         held = self.shell.hold_many(wanted)
         # Each task goes as (key, spec, deps, priority): the scheduler decodes a
         # million-task graph at once, so no second copy of every key (a priorities
@@ -211,17 +235,19 @@ class Client(ClusterMethods):
                 spec = serialize(g.compact(node))
             except Exception as e:
                 self.shell.drop(wanted)
-                raise TypeError(f"could not serialize task {key!r}: {e}") from e
+                part = unpicklable_part(g.compact(node))
+                if part is None:
+                    raise SerializationError(
+                        f"could not serialize task {key!r}: {e}") from e
+                # One short error naming the culprit; the pickler's chain of
+                # tracebacks would only end by naming a tuple.
+                raise SerializationError(
+                    f"could not serialize task {key!r}: {part}") from None
             head = spec.frames[0]
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
                 spec = head
             payload.append((key, spec, list(deps), priority_of(key, 0)))
-        msg = {"op": "update-graph", "tasks": payload, "keys": list(wanted),
-               "user_priority": user_priority, "retries": retries}
-        if workers is not None:
-            if isinstance(workers, str):
-                workers = [workers]
-            msg["restrictions"] = {key: list(workers) for key in wanted}
+        msg = {"op": "update-graph", "tasks": payload, "keys": list(wanted), **fields}
         self.shell.send(msg)
         if not futures:
             return held
@@ -246,16 +272,23 @@ class Client(ClusterMethods):
         return [(k, node, deps[k]) for k, node in graph.items()], priorities
 
     def get(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
-            **kwargs):
+            resources=None, allow_other_workers=False, **kwargs):
         """Compute ``keys`` of the dask graph ``dsk`` on the cluster (dask's `get`)."""
         return self.run_op(self._get_op(dsk, keys, retries=retries, priority=priority,
-                                        workers=workers, **kwargs))
+                                        workers=workers, resources=resources,
+                                        allow_other_workers=allow_other_workers,
+                                        **kwargs))
 
     def _get_op(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
-                **kwargs):
+                resources=None, allow_other_workers=False, **kwargs):
         self._check_open()
+        options = _options(kwargs, "get", priority=priority, retries=retries,
+                           workers=workers, resources=resources,
+                           allow_other_workers=allow_other_workers)
+        annotations = per_key_annotations(dsk)
         if is_dask_collection(dsk) and not isinstance(dsk, dict):
             dsk = dsk.__dask_graph__()
+            annotations = annotations or per_key_annotations(dsk)
         dsk = g.as_dict(dsk) if not isinstance(dsk, dict) else dsk
         flat = g.flatten_keys(keys)
         # Futures as graph values are data already on the cluster.
@@ -275,8 +308,8 @@ class Client(ClusterMethods):
                 raise KeyError(k)
         needed = list(dict.fromkeys(k for k in flat if k in plain))
         tasks, priorities = self._graph_tasks(plain, needed, known_futures)
-        states = self._submit_graph(tasks, needed, priorities, priority, retries,
-                                    workers, futures=False)
+        states = self._submit_graph(tasks, needed, priorities, options, futures=False,
+                                    annotations=annotations)
         try:
             wanted = list(states.values())
             wanted += [known_futures[k].state for k in dict.fromkeys(flat)
@@ -289,16 +322,30 @@ class Client(ClusterMethods):
     # ---------------------------------------------------------------- futures API
 
     def submit(self, fn, /, *args, key=None, pure=True, retries=0, workers=None,
-               priority=0, **kwargs):
-        """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once."""
+               priority=0, resources=None, allow_other_workers=False, fifo_timeout=None,
+               actor=False, actors=False, **kwargs):
+        """Run ``fn(*args, **kwargs)`` on the cluster; returns a Future at once.
+
+        The other keyword arguments are the client's, never the function's (as
+        with dask.distributed): ``retries``, ``priority`` (higher runs first),
+        ``workers`` (addresses, names or hosts it may run on),
+        ``allow_other_workers`` (those are a preference), ``resources``
+        (``{"GPU": 1}``: only on workers started with at least that much, and
+        never more at once there than they have)."""
         return self.submit_call(fn, args, kwargs, key=key, pure=pure, retries=retries,
-                                workers=workers, priority=priority)
+                                workers=workers, priority=priority, resources=resources,
+                                allow_other_workers=allow_other_workers,
+                                fifo_timeout=fifo_timeout, actor=actor or actors)
 
     def submit_call(self, fn, args, kwargs, key=None, pure=True, retries=0, workers=None,
-                    priority=0):
+                    priority=0, resources=None, allow_other_workers=False,
+                    fifo_timeout=None, actor=False):
         """`submit` with the call's keyword arguments kept apart from the options,
         so that a function may take ``key=`` or ``workers=`` itself (the Executor)."""
         self._check_open()
+        options = _options({"fifo_timeout": fifo_timeout, "actor": actor}, "submit",
+                           priority=priority, retries=retries, workers=workers,
+                           resources=resources, allow_other_workers=allow_other_workers)
         if not callable(fn):
             raise TypeError("first argument of submit must be callable")
         if key is None:
@@ -309,14 +356,18 @@ class Client(ClusterMethods):
         node, found = call_spec(key, fn, args, kwargs)
         if self.shell.is_held(key):
             return Future(key, self)
-        futures = self._submit_graph([(key, node, list(found))], [key], None, priority,
-                                     retries, workers)
+        futures = self._submit_graph([(key, node, list(found))], [key], None, options)
         return futures[key]
 
     def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
-            priority=0, batch_size=None, **kwargs):
-        """Map ``fn`` over iterables; returns a list of Futures at once."""
+            priority=0, batch_size=None, resources=None, allow_other_workers=False,
+            fifo_timeout=None, actor=False, actors=False, **kwargs):
+        """Map ``fn`` over iterables; returns a list of Futures at once.  The
+        keyword arguments of `submit` are the client's; the others go to ``fn``."""
         self._check_open()
+        options = _options({"fifo_timeout": fifo_timeout, "actor": actor or actors},
+                           "map", priority=priority, retries=retries, workers=workers,
+                           resources=resources, allow_other_workers=allow_other_workers)
         if not callable(fn):
             raise TypeError("first argument of map must be callable")
         rows = list(zip(*iterables))
@@ -338,8 +389,7 @@ class Client(ClusterMethods):
             node, found = call_spec(k, fn, row, kwargs)
             tasks.append((k, node, list(found)))
         priorities = {k: i for i, k in enumerate(keys)}
-        futures = self._submit_graph(tasks, list(seen), priorities, priority, retries,
-                                     workers)
+        futures = self._submit_graph(tasks, list(seen), priorities, options)
         out = []
         for k in keys:               # a repeated key gets a Future of its own
             out.append(futures.pop(k) if k in futures else Future(k, self))
@@ -397,41 +447,57 @@ class Client(ClusterMethods):
         return self.run_op(done())
 
     def compute(self, collections, sync=False, optimize_graph=True, priority=0,
-                retries=0, workers=None, **kwargs):
+                retries=0, workers=None, resources=None, allow_other_workers=False,
+                fifo_timeout=None, actors=False, **kwargs):
         """Start computing dask collections; returns a Future per collection (or the
-        results with ``sync=True``).  Other keyword arguments (those dask forwards to
-        its scheduler) are accepted and ignored."""
+        results with ``sync=True``).  ``workers``, ``resources``,
+        ``allow_other_workers``, ``retries``: for every task of the graph, as with
+        `submit`."""
+        options = _options({"fifo_timeout": fifo_timeout, "actor": actors, **kwargs},
+                           "compute", priority=priority, retries=retries,
+                           workers=workers, resources=resources,
+                           allow_other_workers=allow_other_workers)
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
-        dsk, keys, _ = g.collections_to_graph(colls, optimize=optimize_graph)
-        futures = self._graph_futures(dsk, keys, priority, retries, workers)
+        annotations = {}
+        dsk, keys, _ = g.collections_to_graph(colls, optimize=optimize_graph,
+                                              annotations=annotations)
+        futures = self._graph_futures(dsk, keys, options, annotations)
         result = [futures[k] for k in keys]
         if sync:
             return self.run_op(self._gather_op(result[0] if single else result))
         return result[0] if single else result
 
     def persist(self, collections, optimize_graph=True, priority=0, retries=0,
-                workers=None, **kwargs):
-        """Start computing collections and return them backed by data on the cluster.
+                workers=None, resources=None, allow_other_workers=False,
+                fifo_timeout=None, actors=False, **kwargs):
+        """Start computing collections and return them backed by data on the cluster
+        (the placement keyword arguments as with `compute`).
 
         As ``dask.persist`` does: one optimized expression for all collections, and
         each ORIGINAL collection rebuilt by its ``__dask_postpersist__`` from Futures
-        of its own output keys.  Other keyword arguments (those dask forwards to its
-        scheduler) are accepted and ignored."""
+        of its own output keys."""
+        options = _options({"fifo_timeout": fifo_timeout, "actor": actors, **kwargs},
+                           "persist", priority=priority, retries=retries,
+                           workers=workers, resources=resources,
+                           allow_other_workers=allow_other_workers)
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
-        dsk, keys, rebuild = g.collections_to_persist(colls, optimize=optimize_graph)
-        out = rebuild(self._graph_futures(dsk, keys, priority, retries, workers))
+        annotations = {}
+        dsk, keys, rebuild = g.collections_to_persist(colls, optimize=optimize_graph,
+                                                      annotations=annotations)
+        out = rebuild(self._graph_futures(dsk, keys, options, annotations))
         return out[0] if single else out
 
-    def _graph_futures(self, dsk, keys, priority, retries, workers):
+    def _graph_futures(self, dsk, keys, options, annotations):
         """Submit what ``keys`` need of a normalized graph; {key: Future} for every
         key.  A key outside the graph is data a Future of this client already holds
-        (a persisted collection's): dask turned those Futures into references."""
+        (a persisted collection's): dask turned those Futures into references.
+        ``annotations``: the graph's, ``{name: {key: value}}``."""
         wanted = [k for k in dict.fromkeys(keys) if k in dsk]
         tasks, priorities = self._graph_tasks(dsk, wanted, ())
-        futures = self._submit_graph(tasks, wanted, priorities, priority, retries,
-                                     workers)
+        futures = self._submit_graph(tasks, wanted, priorities, options,
+                                     annotations=kept_annotations(annotations))
         for k in keys:
             if k not in futures:
                 futures[k] = Future(k, self)

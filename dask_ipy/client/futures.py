@@ -297,7 +297,10 @@ def _rebuild_future(key):
 
 def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``,
-    or a coroutine of it when a Future belongs to an asynchronous client."""
+    or a coroutine of it when a Future belongs to an asynchronous client.  ``fs``
+    may be one Future."""
+    if isinstance(fs, (Future, cf.Future)):
+        fs = [fs]
     waiter = Waiter(fs, return_when)
     op = waiter.wait_op(timeout)
     return run_async(op) if _asynchronous(waiter.fs) else run_blocking(op)

@@ -31,6 +31,23 @@ NO_CLIENT = ("no active dask_ipy scheduler: run `%dsched start` (boot one on the
              "running ipcluster) or `%dsched connect ADDRESS` first")
 
 ACTIONS = ("status", "start", "connect", "stop", "restart")
+IPCLUSTER_CONNECT_TIMEOUT = 10.0   # seconds to find a running ipcluster, as ipyparallel
+# Options of `%dsched start` (dest, flag): named when they cannot be applied.
+START_OPTIONS = (("n", "-n"), ("new", "--new"), ("profile", "--profile"),
+                 ("profile_dir", "--profile-dir"), ("cluster_id", "--cluster-id"),
+                 ("url", "--url"), ("targets", "--targets"), ("nthreads", "--nthreads"),
+                 ("memory_limit", "--memory-limit"), ("resources", "--resources"),
+                 ("scheduler", "--scheduler"))
+
+
+def _at_least_one(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"expected a whole number of at least 1, got {text!r}")
+    return n
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -168,9 +185,13 @@ def _dget_graph(client, graph, keys, asynchronous):
         from ..graph import dependencies, normalize, output_keys
 
         wanted = output_keys(dependencies(normalize(graph)))
-    for k in wanted:
-        if k not in graph:
-            raise KeyError(k)
+    missing = [k for k in wanted if k not in graph]
+    if missing:
+        shown = ", ".join(map(repr, list(graph)[:8])) + (", ..." if len(graph) > 8
+                                                          else "")
+        raise UsageError(f"%%dget: {', '.join(map(repr, missing))} "
+                         f"{'is not a key' if len(missing) == 1 else 'are not keys'} "
+                         f"of the cell's graph (its keys: {shown})")
     if asynchronous:
         from dask.delayed import Delayed
 
@@ -213,6 +234,7 @@ class DaskMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
         self.client = None          # the active dask_ipy Client (set by %dsched)
+        self.ipcluster = None       # the ipcluster `%dsched start --new` started
         self.monitors = []          # widgets shown by `%dsched status`
 
     # ------------------------------------------------------------ active client
@@ -244,8 +266,11 @@ class DaskMagics(Magics):
                 pass
         self.monitors = []
         client, self.client = self.client, None
+        cluster, self.ipcluster = self.ipcluster, None
         if close and client is not None:
             client.close()
+        if close and cluster is not None:      # started for this shell: ends with it
+            cluster.stop_cluster_sync()
 
     # ------------------------------------------------------------ %dsched
 
@@ -258,8 +283,12 @@ class DaskMagics(Magics):
     @argument("address", nargs="?", metavar="ADDRESS",
               help="for connect: the scheduler's address for clients "
                    "(tcp://host:port) or its connection file")
-    @argument("-n", type=int, default=None, metavar="N",
-              help="start: wait until N engines are up first")
+    @argument("-n", type=_at_least_one, default=None, metavar="N",
+              help="start: wait until the ipcluster has N engines up first (it "
+                   "does not start engines: see --new)")
+    @argument("--new", type=_at_least_one, default=None, metavar="N",
+              help="start: start a new local ipcluster of N engines first (stopped "
+                   "by `%%dsched stop`)")
     @argument("--profile", default=None,
               help="start: the ipcluster's IPython profile (default: 'default')")
     @argument("--profile-dir", default=None,
@@ -269,11 +298,14 @@ class DaskMagics(Magics):
     @argument("--url", default=None, metavar="FILE",
               help="start: the ipcluster's client connection file "
                    "(ipcontroller-client.json)")
-    @argument("--targets", default="all",
+    @argument("--targets", default=None,
               help="start: engines to run workers on: 'all' (default), ids like "
                    "'0,2,5-7', or a slice like '::2'")
-    @argument("--nthreads", type=int, default=None,
+    @argument("--nthreads", type=_at_least_one, default=None,
               help="start: threads per worker (default 1)")
+    @argument("--resources", default=None, metavar='"NAME=AMOUNT,..."',
+              help="start: what each worker has, e.g. \"GPU=1\": tasks submitted "
+                   "with resources= run only where these suffice")
     @argument("--memory-limit", default=None, metavar="LIMIT",
               help="start: each worker's memory limit: 'auto' (default: the host's "
                    "memory shared among its workers), bytes, '2GiB', a fraction "
@@ -289,12 +321,14 @@ class DaskMagics(Magics):
     def dsched(self, line=""):
         """Start, join, show, restart or stop the dask_ipy scheduler of this notebook.
 
-        %dsched start [-n N] [--profile P] [--cluster-id ID] [--url FILE]
+        %dsched start [-n N | --new N] [--profile P] [--cluster-id ID] [--url FILE]
                       [--targets SPEC] [--nthreads K] [--memory-limit LIMIT]
-                      [--scheduler WHERE]
+                      [--resources SPEC] [--scheduler WHERE]
             Boot a scheduler and one worker per engine of the ipcluster that is
             already running (`ipcluster start`, or `ipyparallel.Cluster`), and make
             its client the active one.  Returns the client: `c = %dsched start`.
+            -n N waits until that ipcluster has N engines; --new N starts a local
+            ipcluster of N engines first (stopped again by `%dsched stop`).
         %dsched connect ADDRESS
             Join a running scheduler (address or connection file); returns the client.
         %dsched [status]
@@ -310,47 +344,101 @@ class DaskMagics(Magics):
         return getattr(self, "_dsched_" + args.action)(args)
 
     def _dsched_start(self, args):
+        given = [flag for dest, flag in START_OPTIONS if getattr(args, dest) is not None]
         if self.client is not None and self.client.status != "closed":
+            if given:
+                raise UsageError(
+                    f"already connected to {self.client.address}: {', '.join(given)} "
+                    f"not applied (`%dsched stop` first to boot a new one)")
             print(f"already connected to {self.client.address} "
                   f"(`%dsched stop` first to boot a new one)")
             return self.client
-        import ipyparallel
-
+        if args.new is not None and args.n is not None:
+            raise UsageError("-n N waits for the engines of a running ipcluster, "
+                             "--new N starts one: give one of them")
         targets = parse_targets(args.targets)
         if args.timeout is None:
             args.timeout = 60.0
-        kw = {"timeout": args.timeout}
+        cluster = None
+        if args.new is not None:
+            cluster, ipclient = self._new_ipcluster(args)
+        else:
+            ipclient = self._ipclient(args)
+        try:
+            n = args.n or args.new or 1
+            up = len(ipclient.ids)
+            if up < n:
+                print(f"{up} of {n} engines up; waiting up to {args.timeout:g} s for "
+                      f"the rest (-n N waits until the ipcluster has N engines: it "
+                      f"starts none)", flush=True)
+            try:
+                ipclient.wait_for_engines(n, timeout=args.timeout, interactive=False)
+            except TimeoutError:
+                raise UsageError(
+                    f"only {len(ipclient.ids)} of {n} engines came up within "
+                    f"{args.timeout:g} s: -n N waits until the ipcluster has N "
+                    f"engines; start more (`ipcluster engines -n K`), pass a smaller "
+                    f"-n, or `%dsched start --new N` for a new local ipcluster") \
+                    from None
+            targets = resolve_targets(targets, ipclient.ids)
+            options = {"timeout": args.timeout}
+            for name in ("nthreads", "memory_limit", "resources", "scheduler"):
+                if getattr(args, name) is not None:
+                    options[name] = getattr(args, name)
+            from ..bootstrap import dask_client_from_ipclient
+
+            try:
+                client = dask_client_from_ipclient(ipclient, targets, **options)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        except BaseException:
+            if cluster is not None:
+                cluster.stop_cluster_sync()
+            raise
+        finally:
+            ipclient.close()
+        self._activate(client)
+        self.ipcluster = cluster
+        return client
+
+    def _ipclient(self, args):
+        """A client of the running ipcluster; gives up as ipyparallel does."""
+        import ipyparallel
+
+        kw = {"timeout": min(args.timeout, IPCLUSTER_CONNECT_TIMEOUT)}
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(args, name) is not None:
                 kw[name] = getattr(args, name)
         try:
-            ipclient = ipyparallel.Client(args.url, **kw)
+            return ipyparallel.Client(args.url, **kw)
         except (OSError, TimeoutError) as e:
             raise UsageError(
                 f"could not connect to an ipcluster: {e}\nStart one first "
-                "(`ipcluster start -n 4`, or "
+                "(`%dsched start --new 4` here, `ipcluster start -n 4`, or "
                 "ipyparallel.Cluster(n=4).start_cluster_sync()) or name it with "
                 "--profile, --cluster-id or --url.") from None
-        try:
-            n = args.n or 1
-            # a progress bar only while engines are still coming up
-            ipclient.wait_for_engines(n, timeout=args.timeout,
-                                      interactive=len(ipclient.ids) < n)
-            targets = resolve_targets(targets, ipclient.ids)
-            options = {"timeout": args.timeout}
-            if args.nthreads is not None:
-                options["nthreads"] = args.nthreads
-            if args.memory_limit is not None:
-                options["memory_limit"] = args.memory_limit
-            if args.scheduler is not None:
-                options["scheduler"] = args.scheduler
-            from ..bootstrap import dask_client_from_ipclient
 
-            client = dask_client_from_ipclient(ipclient, targets, **options)
-        finally:
-            ipclient.close()
-        self._activate(client)
-        return client
+    def _new_ipcluster(self, args):
+        """A new local ipcluster of ``args.new`` engines and a client of it."""
+        import ipyparallel
+
+        if args.url is not None or args.cluster_id is not None:
+            raise UsageError("--new starts its own ipcluster: --url and --cluster-id "
+                             "name a running one")
+        kw = {"n": args.new}
+        for name in ("profile", "profile_dir"):
+            if getattr(args, name) is not None:
+                kw[name] = getattr(args, name)
+        cluster = ipyparallel.Cluster(**kw)
+        try:
+            ipclient = cluster.start_and_connect_sync(activate=False)
+        except BaseException:
+            cluster.stop_cluster_sync()
+            raise
+        print(f"started a local ipcluster of {args.new} engines "
+              f"(cluster id {cluster.cluster_id}); `%dsched stop` stops it",
+              flush=True)
+        return cluster, ipclient
 
     def _dsched_connect(self, args):
         if args.address is None:
@@ -358,9 +446,15 @@ class DaskMagics(Magics):
                              "(tcp://host:port) or its connection file")
         from ..client.client import Client
 
+        timeout = args.timeout or 10.0
         try:
-            client = Client(args.address, timeout=args.timeout or 10.0)
-        except (OSError, ValueError, TimeoutError) as e:
+            client = Client(args.address, timeout=timeout)
+        except TimeoutError:
+            raise UsageError(
+                f"could not connect to {args.address}: no scheduler answered within "
+                f"{timeout:g} s (is it running? a connection file may be left by a "
+                "scheduler that died; --timeout S waits longer)") from None
+        except (OSError, ValueError) as e:
             raise UsageError(f"could not connect to {args.address}: {e}") from None
         self._activate(client)
         return client
@@ -389,6 +483,7 @@ class DaskMagics(Magics):
         client = self.active_client()
         address, scheduler_id = client.address, client.scheduler_id
         client.shutdown()
+        cluster = self.ipcluster
         self._forget(close=False)
         # The other default clients of this scheduler close now, not whenever its
         # last word reaches them: `%%dget` then finds no client of a dead scheduler.
@@ -397,6 +492,10 @@ class DaskMagics(Magics):
             if other.scheduler_id == scheduler_id and not other.asynchronous:
                 other.close()
         print(f"stopped the scheduler at {address} and its workers")
+        if cluster is not None:
+            cluster.stop_cluster_sync()
+            print(f"stopped the ipcluster {cluster.cluster_id} that `%dsched start "
+                  f"--new` started")
 
     # ------------------------------------------------------------ %%dget
 
@@ -434,11 +533,41 @@ class DaskMagics(Magics):
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"-o NAME: {args.output!r} is not a variable name")
         client = self.active_client()
-        value = self.shell.ev(expr) if cell is None else self._run_cell(cell)
-        result = dget(client, value, keys, args.asynchronous)
+        if cell is None:
+            self._check_names(expr)
+        value = self._run_cell(expr if cell is None else cell)
+        try:
+            result = dget(client, value, keys, args.asynchronous)
+        except Exception as e:
+            from ..errors import without_machinery
+
+            # A task's error: its own frames, not those of the client's calls that
+            # brought it here, nor of the worker and dask's task calling.
+            raise e.with_traceback(without_machinery(e.__traceback__))
         if args.output is not None:
             self.shell.user_ns[args.output] = result
         return result
+
+    def _check_names(self, expr):
+        """A UsageError naming what ``%dget EXPR`` refers to and nobody defined (rather
+        than a NameError whose traceback has no source to show)."""
+        import builtins
+
+        shell = self.shell
+        tree = ast.parse(expr, mode="eval")
+        bound = {n.id for n in ast.walk(tree)
+                 if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        for node in ast.walk(tree):                 # lambdas' and comprehensions'
+            if isinstance(node, ast.arg):
+                bound.add(node.arg)
+        unknown = sorted({n.id for n in ast.walk(tree)
+                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                          and n.id not in bound and n.id not in shell.user_ns
+                          and n.id not in shell.user_global_ns
+                          and not hasattr(builtins, n.id)})
+        if unknown:
+            raise UsageError(f"%dget {expr}: {', '.join(map(repr, unknown))} "
+                             f"{'is' if len(unknown) == 1 else 'are'} not defined")
 
     def _parse_line(self, line):
         """(options, EXPR, [KEY]) of the line form: options come first; EXPR is the

@@ -16,6 +16,7 @@ user code only when a client asks for it explicitly: scheduler plugins and
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -27,7 +28,8 @@ from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
 from ..log import logger
 from ..protocol import HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session, new_epoch
-from ..security import Security, remove_connection_file, write_connection_file
+from ..security import (Security, remove_connection_file, remove_stale_connection_files,
+                        write_connection_file)
 from .plugins import SchedulerPlugins, run_function
 from .state import MAX_RELAY_BYTES, SchedulerState
 
@@ -84,10 +86,11 @@ class Scheduler:
             self.loop.add_socket(mon, self._on_disconnect)
         self.plugin_host = SchedulerPlugins(self)
         self.loop.add_flush(self._flush)
+        remove_stale_connection_files()
         self.connection_file = write_connection_file(
             {"address_to_workers": self.address_to_workers,
              "address_to_clients": self.address_to_clients,
-             "id": self.id.decode(), "pid": os.getpid()},
+             "id": self.id.decode(), "pid": os.getpid(), "host": socket.gethostname()},
             self.security, connection_file)
         self._idle_since = time.monotonic()
         self.closed = threading.Event()
@@ -168,7 +171,8 @@ class Scheduler:
                                    msg.get("name"), msg.get("host", ""), msg.get("pid"),
                                    msg.get("memory_limit", 0), now=now,
                                    memory_fractions=msg.get("memory_fractions"),
-                                   shares_host=msg.get("shares_host", False))
+                                   shares_host=msg.get("shares_host", False),
+                                   resources=msg.get("resources"))
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",

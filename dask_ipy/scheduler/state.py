@@ -181,7 +181,8 @@ class TaskState:
         "key", "run_spec", "state", "priority", "group",
         "dependencies", "dependents", "waiting_on", "waiters",
         "who_has", "who_wants", "processing_on", "nbytes", "type",
-        "retries", "suspicious", "restrictions", "error", "done_once", "data",
+        "retries", "suspicious", "restrictions", "loose", "resources", "error",
+        "done_once", "data",
     )
 
     def __init__(self, key, run_spec, group):
@@ -202,6 +203,8 @@ class TaskState:
         self.retries = 0
         self.suspicious = 0
         self.restrictions = None     # frozenset of worker addresses, or None
+        self.loose = False           # restrictions are a preference (allow_other_workers)
+        self.resources = None        # {resource: amount} a worker must have, or None
         self.error = None            # dict sent to clients when erred
         self.done_once = False
         self.data = None             # small result (Serialized) sent along by the worker
@@ -216,11 +219,17 @@ class TaskState:
 class WorkerRecord:
     __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "stale", "has_what", "occupancy", "nbytes",
-                 "last_seen", "metrics", "since", "status", "unreachable",
-                 "memory_fractions", "paused_since", "time_paused", "shares_host")
+                 "last_seen", "metrics", "since", "_status", "unreachable",
+                 "memory_fractions", "paused_since", "time_paused", "shares_host",
+                 "resources")
+
+    # Bumped by every change of any worker's status: the scheduler's cached list of
+    # running workers is rebuilt only after one (placement must not walk every
+    # worker for every task on a large cluster).
+    status_changes = 0
 
     def __init__(self, id, address, nthreads=1, name=None, host="", pid=None,
-                 memory_limit=0, now=0.0):
+                 memory_limit=0, now=0.0, resources=None):
         self.id = id
         self.address = address
         self.name = name if name is not None else address
@@ -245,6 +254,18 @@ class WorkerRecord:
         self.paused_since = None
         self.time_paused = 0.0
         self.shares_host = False         # its limits are shares of its host's
+        # {resource: amount} it has in all; the worker itself runs at once only the
+        # tasks whose needs fit in what its running tasks leave
+        self.resources = dict(resources or {})
+
+    @property
+    def status(self):
+        return self._status
+
+    @status.setter
+    def status(self, value):
+        self._status = value
+        WorkerRecord.status_changes += 1
 
     def __repr__(self):
         return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
@@ -281,9 +302,70 @@ def _consume(items):
 _priority = attrgetter("priority")
 
 
+# What a client sends is checked here too: a malformed value is ignored, it never
+# stops the scheduler.
+
+def _number(value, default=0):
+    return value if type(value) in (int, float) and value == value else default
+
+
+def _names(workers):
+    """Worker restrictions: a list of addresses, names or hosts, or None."""
+    if isinstance(workers, (str, int)):
+        workers = [workers]
+    if not isinstance(workers, (list, tuple, set, frozenset)) or not workers:
+        return None
+    return [w for w in workers if isinstance(w, (str, int))] or None
+
+
+def _resources(resources):
+    """{name: amount} of a task's needs, or None (none, or malformed)."""
+    if not isinstance(resources, dict) or not resources:
+        return None
+    out = {}
+    for name, amount in resources.items():
+        if not isinstance(name, str) or type(amount) not in (int, float) \
+                or not amount >= 0:
+            return None
+        out[name] = amount
+    return out
+
+
+def _per_key_annotations(annotations):
+    """A function giving one task its (priority, retries, restrictions, loose,
+    resources) from dask.annotate's per-key values, else from those it would get
+    (None: no per-key annotations)."""
+    if not isinstance(annotations, dict) or not annotations:
+        return None
+
+    def table(name):
+        t = annotations.get(name)
+        return t if isinstance(t, dict) else {}
+    priority, retries, workers = table("priority"), table("retries"), table("workers")
+    loose, resources = table("allow_other_workers"), table("resources")
+    missing = object()
+
+    def apply(key, prio, n, r, default_loose, default_resources):
+        p = priority.get(key, missing)
+        if p is not missing and type(p) in (int, float):
+            prio = (-p,) + prio[1:]
+        k = retries.get(key, missing)
+        if type(k) is int and k >= 0:
+            n = k
+        w = workers.get(key, missing)
+        if w is not missing:
+            r = _names(w) or r
+        ok = loose.get(key, default_loose)
+        res = resources.get(key, missing)
+        res = default_resources if res is missing else _resources(res)
+        return prio, n, r, bool(ok), res
+    return apply
+
+
 GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the values
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
+SEARCH = 20                 # workers looked at for one placement on a larger cluster
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
@@ -292,10 +374,35 @@ MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail be
                             # the worker is kept instead
 
 
-def _allowed(ts, ws):
-    """May ``ts`` (which has restrictions) run on ``ws``?"""
+def _named_in(ts, ws):
+    """Is ``ws`` among the workers ``ts`` is restricted to (address, name or host)?"""
     return ws.address in ts.restrictions or ws.name in ts.restrictions \
         or ws.host in ts.restrictions
+
+
+def _has_resources(ts, ws):
+    """Does ``ws`` have, in all, the resources ``ts`` needs?"""
+    have = ws.resources
+    return all(have.get(name, 0) >= amount for name, amount in ts.resources.items())
+
+
+def _allowed(ts, ws):
+    """May ``ts`` run on ``ws``: its resources there, and one of its workers (unless
+    the restriction is loose: `_valid_workers` relaxes it when none is left)?"""
+    if ts.resources is not None and not _has_resources(ts, ws):
+        return False
+    return ts.restrictions is None or ts.loose or _named_in(ts, ws)
+
+
+def _constrained(ts):
+    return ts.restrictions is not None or ts.resources is not None
+
+
+def _may_give(ws):
+    """Has ``ws`` tasks waiting for a thread that an idle worker could take?  A
+    paused worker starts nothing: every task waiting in its queue may go."""
+    return (len(ws.processing) + len(ws.stale) > ws.nthreads
+            or ws.status == PAUSED and len(ws.processing) > len(ws.executing))
 
 
 def _relayed(dep, ws):
@@ -344,6 +451,13 @@ class SchedulerState:
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
+        # Workers that may have queued tasks to give to idle ones, as an ordered set
+        # ({worker: None}): every such worker is in it (validate() checks); a steal
+        # pass looks at the first SEARCH, drops those with nothing to give and moves
+        # the others to the back, so that the next pass looks at others first.
+        self.may_give = {}
+        self._running_cache = ((), None)     # (running workers, when built)
+        self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
         self.clock = 0.0                     # the latest time the shell told us
         self.moves = {}                      # {move id: Move} (see moves.py)
@@ -536,11 +650,11 @@ class SchedulerState:
             self._set_state(ts, NO_WORKER)
             self.unrunnable.add(ts)
             return {}
-        if not ts.dependencies and ts.restrictions is None:
+        if not ts.dependencies and not _constrained(ts):
             # Root tasks wait in a queue and are handed out as workers free up, so a
             # huge map never floods the workers' memory, and siblings stay together.
-            ws = self._worker_with_room(ts)
-            if ws is None or self.queued:
+            ws = None if self.queued else self._worker_with_room(ts)
+            if ws is None:
                 self._set_state(ts, QUEUED)
                 heapq.heappush(self.queued, (ts.priority, next(self._seq), ts))
                 return {}
@@ -711,15 +825,47 @@ class SchedulerState:
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
         return threads + math.ceil(threads * depth) - len(ws.processing)
 
+    def _running_workers(self):
+        """The running workers in the order they joined, rebuilt only after a
+        worker's status changed or a worker came or went."""
+        running, built = self._running_cache
+        stamp = (WorkerRecord.status_changes, len(self.workers))
+        if built != stamp:
+            running = tuple(ws for ws in self.workers.values() if ws.status == RUNNING)
+            self._running_cache = (running, stamp)
+        return running
+
+    def _window(self, workers):
+        """At most SEARCH of ``workers``, from where the last window ended: on a large
+        cluster a placement looks at a few workers, a different few each time."""
+        n = len(workers)
+        if n <= SEARCH:
+            return list(workers)
+        start = self._cursor % n
+        self._cursor = start + SEARCH
+        return [workers[(start + i) % n] for i in range(SEARCH)]
+
     def _worker_with_room(self, ts):
-        best = None
-        best_room = 0
-        for ws in self.workers.values():
-            if ws.status != "running":
-                continue
+        """The running worker with the most room for root task ``ts``.  Up to SEARCH
+        workers it looks at all; beyond, it goes round the cluster from where it last
+        stopped and takes the best of the first SEARCH that have room, so a root
+        costs as much to place on 3,000 workers as on 30."""
+        running = self._running_workers()
+        n = len(running)
+        windowed = n > SEARCH
+        start = self._cursor % n if windowed else 0
+        best, best_room, found, i = None, 0, 0, 0
+        for i in range(n):
+            ws = running[(start + i) % n]
             room = self._room(ws, ts)
-            if room > best_room:
-                best, best_room = ws, room
+            if room > 0:
+                if room > best_room:
+                    best, best_room = ws, room
+                found += 1
+                if windowed and found >= SEARCH:
+                    break
+        if windowed:
+            self._cursor = start + i + 1
         return best
 
     def _duration(self, ts):
@@ -727,21 +873,32 @@ class SchedulerState:
         return self.default_duration if d is None else d
 
     def _valid_workers(self, ts):
-        running = [ws for ws in self.workers.values() if ws.status == "running"]
-        if ts.restrictions is None:
+        running = self._running_workers()
+        if not _constrained(ts):
             return running
-        return [ws for ws in running if _allowed(ts, ws)]
+        valid = [ws for ws in running if _allowed(ts, ws)]
+        if ts.loose and ts.restrictions is not None:
+            # allow_other_workers: its own workers if any can take it, else any other
+            preferred = [ws for ws in valid if _named_in(ts, ws)]
+            if preferred:
+                return preferred
+        return valid
 
     def decide_worker(self, ts):
         """The worker where the task can start soonest: queued work plus transfers."""
         valid = self._valid_workers(ts)
         if not valid:
             return None
-        if len(valid) > 20 and ts.dependencies:
+        if len(valid) > SEARCH and ts.dependencies:
+            # The workers holding inputs, and a window of others (not all of them:
+            # a placement must not cost more on a larger cluster).
             holders = {ws for dep in ts.dependencies for ws in dep.who_has}
-            near = [ws for ws in valid if ws in holders]
-            if near:
-                valid = near + [min(valid, key=lambda w: w.occupancy / w.nthreads)]
+            if valid is self._running_cache[0]:
+                near = [ws for ws in holders if ws.status == RUNNING]
+            else:
+                allowed = set(valid)
+                near = [ws for ws in holders if ws in allowed]
+            valid = near + self._window(valid)
         deps = ts.dependencies
         bandwidth = self.bandwidth
 
@@ -766,18 +923,26 @@ class SchedulerState:
         """Ask busier workers to give up tasks for `thief`'s idle threads: tasks that
         wait in their queues (never one known to run), last in line first, worth a
         round trip, and whose inputs move faster than they compute.  A worker gives a
-        task up only if it has not started it ("steal-response")."""
+        task up only if it has not started it ("steal-response").
+
+        A task is worth a round trip when it is long, or when it would wait long
+        behind the tasks ahead of it there: tiny tasks queued behind a long one go
+        to an idle worker, each idle thread taking up to `queue_seconds` of them."""
         idle = thief.nthreads - len(thief.stale) - len(thief.processing)
         if idle <= 0 or thief.status != "running":
             return
         if self.steals:
             idle -= sum(1 for _, t in self.steals.values() if t is thief)
-        # A paused worker starts nothing: every task waiting in its queue may go.
-        victims = [ws for ws in self.workers.values()
-                   if ws is not thief and (
-                       len(ws.processing) + len(ws.stale) > ws.nthreads
-                       or ws.status == PAUSED and len(ws.processing) > len(ws.executing))]
-        victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads))
+        victims = []
+        may_give = self.may_give
+        for ws in list(itertools.islice(may_give, SEARCH)):
+            del may_give[ws]
+            if self.workers.get(ws.id) is ws and _may_give(ws):
+                may_give[ws] = None
+                if ws is not thief:
+                    victims.append(ws)
+        victims.sort(key=lambda w: (w.status != PAUSED, -w.occupancy / w.nthreads,
+                                    w.address))
         for victim in victims:
             if idle <= 0:
                 return
@@ -785,20 +950,50 @@ class SchedulerState:
                 waiting = len(victim.processing) - len(victim.executing)
             else:
                 waiting = len(victim.processing) + len(victim.stale) - victim.nthreads
-            candidates = [ts for ts in itertools.islice(reversed(victim.processing),
-                                                        STEAL_SCAN)
-                          if self._worth_stealing(ts, victim, thief)]
+            scanned = list(itertools.islice(reversed(victim.processing), STEAL_SCAN))
+            ahead = self._wait_ahead(victim, scanned)
+            candidates = [ts for ts in scanned
+                          if self._worth_stealing(ts, victim, thief, ahead.get(ts, 0.0))]
             candidates.sort(key=attrgetter("priority"), reverse=True)
-            for ts in candidates[:min(idle, waiting)]:
+            batch = 0.0                 # seconds of tiny tasks the last thread takes
+            for ts in candidates:
+                if waiting <= 0:
+                    break
+                duration = victim.processing[ts]
+                if duration < STEAL_MIN_DURATION and batch >= duration:
+                    batch -= duration   # along with the tiny ones taken before
+                elif idle > 0:
+                    idle -= 1
+                    batch = (self.queue_seconds - duration
+                             if duration < STEAL_MIN_DURATION else 0.0)
+                else:
+                    break
+                waiting -= 1
                 self.steals[ts.key] = (victim, thief)
                 self.send_worker(victim, {"op": "steal-request", "key": ts.key})
-                idle -= 1
 
-    def _worth_stealing(self, ts, victim, thief):
+    @staticmethod
+    def _wait_ahead(ws, scanned):
+        """{task: seconds} each of ``scanned`` (the last tasks given to ``ws``) would
+        wait there for a thread: the worker's work goes first but for the task itself
+        and those of lower priority among them (the others came earlier).  Only the
+        scanned tasks are sorted: a steal pass costs the same whatever the queue's
+        length."""
+        left = ws.occupancy
+        ahead = {}
+        for ts in sorted(scanned, key=_priority, reverse=True):     # last in line first
+            left -= ws.processing[ts]
+            ahead[ts] = max(left, 0.0) / ws.nthreads
+        return ahead
+
+    def _worth_stealing(self, ts, victim, thief, wait=0.0):
+        """``wait``: seconds ``ts`` would wait on ``victim`` before a thread takes
+        it."""
         duration = victim.processing[ts]
+        gain = max(duration, wait)
         if (ts in victim.executing or ts.key in self.steals
-                or duration < STEAL_MIN_DURATION and victim.status != PAUSED
-                or ts.restrictions is not None and not _allowed(ts, thief)
+                or gain < STEAL_MIN_DURATION and victim.status != PAUSED
+                or _constrained(ts) and not _allowed(ts, thief)
                 or thief.unreachable and any(_relayed(dep, thief)
                                              for dep in ts.dependencies)):
             return False
@@ -806,7 +1001,7 @@ class SchedulerState:
             return True                 # it would wait there until memory falls
         missing = sum(max(dep.nbytes, 0) for dep in ts.dependencies
                       if thief not in dep.who_has)
-        return missing / self.bandwidth <= duration
+        return missing / self.bandwidth <= gain
 
     def _on_steal_response(self, ws, msg):
         victim, thief = self.steals.pop(msg["key"], (None, None))
@@ -821,7 +1016,7 @@ class SchedulerState:
             return
         self._unassign(ts)
         if (thief is not None and thief.status == "running"
-                and (ts.restrictions is None or _allowed(ts, thief))):
+                and (not _constrained(ts) or _allowed(ts, thief))):
             self._assign(ts, thief)
             self.stolen += 1
         else:                           # the thief left: placed afresh
@@ -835,6 +1030,8 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
+        if len(ws.processing) + len(ws.stale) > ws.nthreads:
+            self.may_give[ws] = None
         self._set_state(ts, PROCESSING)
         run_spec = ts.run_spec
         if type(run_spec) is bytes:
@@ -843,6 +1040,8 @@ class SchedulerState:
                "priority": ts.priority, "duration": ts.group.duration}
         if ts.who_wants:
             msg["want_data"] = True
+        if ts.resources is not None:
+            msg["resources"] = ts.resources     # the worker runs it when they are free
         if ts.suspicious:
             # It was running on a worker that died: the worker waits for "go" after
             # "task-started", so a death while it runs is surely blamed on it.
@@ -852,6 +1051,10 @@ class SchedulerState:
                               for dep in ts.dependencies}
             msg["nbytes"] = {dep.key: dep.nbytes for dep in ts.dependencies}
         self.send_worker(ws, msg)
+
+    def _note_queue(self, ws):
+        if _may_give(ws):
+            self.may_give[ws] = None
 
     def _unassign(self, ts):
         ws = ts.processing_on
@@ -899,7 +1102,8 @@ class SchedulerState:
     # ------------------------------------------------------------ graph intake
 
     def update_graph(self, client, tasks, keys, priorities=None, user_priority=0,
-                     retries=0, restrictions=None):
+                     retries=0, restrictions=None, annotations=None, workers=None,
+                     allow_other_workers=False, resources=None):
         """Add tasks wanted as ``keys`` by client.
 
         ``tasks`` is ``{key: (run_spec, dependencies)}``, or an iterable of entries
@@ -909,15 +1113,27 @@ class SchedulerState:
         consuming iterable lets a huge graph's decoded message go as it is taken in.
         A run spec that is a `Serialized` of one bytes frame is kept as its bytes.
 
+        What every new task gets (dask.distributed's meanings): ``user_priority``
+        (higher runs first), ``retries``, ``workers`` (addresses, names or hosts it
+        may run on; ``restrictions`` gives them per key), ``allow_other_workers``
+        (those workers are a preference), ``resources`` ({name: amount} a worker
+        must have, in all, to run it).  ``annotations`` ({"priority" | "retries" |
+        "workers" | "allow_other_workers" | "resources": {key: value}}, from
+        dask.annotate) override them per key.
+
         Dependencies must be keys of ``tasks`` or keys the scheduler already has;
         tasks that need anything else err with a missing-dependency error.
         """
         self.generation += 1
         priority_of = (priorities or {}).get
         restrictions = restrictions or {}
+        per_key = _per_key_annotations(annotations)
         if isinstance(tasks, dict):
             tasks = [(key, spec, deps) for key, (spec, deps) in tasks.items()]
-        up, generation = -user_priority, self.generation
+        up, generation = -_number(user_priority), self.generation
+        workers = _names(workers)
+        resources = _resources(resources)
+        loose = bool(allow_other_workers)
         known = self.tasks
         new = []
         for entry in tasks:
@@ -931,10 +1147,15 @@ class SchedulerState:
                     continue
             else:
                 continue
-            ts.priority = (up, generation,
-                           entry[3] if len(entry) > 3 else priority_of(key, 0))
+            order = entry[3] if len(entry) > 3 else priority_of(key, 0)
             ts.retries = retries.get(key, 0) if isinstance(retries, dict) else retries
-            r = restrictions.get(key)
+            r = restrictions.get(key) or workers
+            ts.priority = (up, generation, order)
+            if per_key is not None:
+                ts.priority, ts.retries, r, ts.loose, ts.resources = per_key(
+                    key, ts.priority, ts.retries, r, loose, resources)
+            else:
+                ts.loose, ts.resources = loose, resources
             ts.restrictions = frozenset(r) if r else None
             # The keys of its dependencies for now: TaskStates once all tasks exist.
             ts.dependencies = deps
@@ -962,7 +1183,7 @@ class SchedulerState:
                 ts.error = error_info(
                     "MissingDependency",
                     f"task {ts.key!r} depends on {missing!r}, which the scheduler "
-                    "does not have", ts.key)
+                    "does not have", ts.key, args=(ts.key, missing))
                 erred[ts.key] = ERRED
         client_state = self.clients.get(client)
         for key in keys:
@@ -1004,16 +1225,18 @@ class SchedulerState:
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
                    memory_limit=0, keys=(), now=0.0, memory_fractions=None,
-                   shares_host=False):
+                   shares_host=False, resources=None):
         """``shares_host``: the worker's limits ("auto" memory, task thread pools) are
         shares of its host's; it is told how many workers its host has
-        ("host-workers") whenever that changes."""
+        ("host-workers") whenever that changes.  ``resources``: {name: amount} it
+        has (dask.distributed's worker resources)."""
         if wid in self.workers:
             return self.workers[wid]
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
-        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now)
+        ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now,
+                          _resources(resources))
         ws.memory_fractions = memory_fractions
         ws.shares_host = shares_host
         self.clock = max(self.clock, now)
@@ -1030,7 +1253,7 @@ class SchedulerState:
             self.plugin_events.append(("add_worker", address))
         if self.unrunnable:
             self.transitions({ts.key: WAITING for ts in self.unrunnable})
-        self.fill_workers()
+        self.fill_workers(ws)           # only the new worker has room it had not
         if self.worker_waiters:
             self._answer_worker_waiters()
         if self.restarting:
@@ -1127,6 +1350,7 @@ class SchedulerState:
         pause is timed."""
         if ws.status == RUNNING:
             ws.status = PAUSED
+            self._note_queue(ws)
         ws.paused_since = now
         if self.moves:
             self._recipient_paused(ws)
@@ -1251,6 +1475,7 @@ class SchedulerState:
             duration = self._duration(ts) if ts is not None else self.default_duration
             ws.stale[key] = duration
             ws.occupancy += duration
+            self._note_queue(ws)
         if msg.get("confirm"):
             # Always answered, even when stale: the worker holds a thread for it.
             self.send_worker(ws, {"op": "go", "key": msg["key"]})
@@ -1303,6 +1528,7 @@ class SchedulerState:
         if ts is None or ts.processing_on is not ws:
             return
         ws.executing.discard(ts)        # over: a release now frees its thread
+        self._note_queue(ws)
         if ts.retries > 0:
             ts.retries -= 1
             self.transitions({ts.key: RELEASED})
@@ -1527,7 +1753,9 @@ class SchedulerState:
         tasks = list(msg.pop("tasks", ()))
         self.update_graph(cid, _consume(tasks), msg.get("keys", ()),
                           msg.get("priorities"), msg.get("user_priority", 0),
-                          msg.get("retries", 0), msg.get("restrictions"))
+                          msg.get("retries", 0), msg.get("restrictions"),
+                          msg.get("annotations"), msg.get("workers"),
+                          msg.get("allow_other_workers", False), msg.get("resources"))
 
     def _on_client_releases_keys(self, cid, msg):
         self._release_keys(cid, msg["keys"])
@@ -1919,9 +2147,6 @@ class SchedulerState:
         return [ws for ws in self.workers.values()
                 if ws.address in names or str(ws.name) in names]
 
-    def _running(self):
-        return [ws for ws in self.workers.values() if ws.status == RUNNING]
-
     def worker_info(self, ws):
         """What `info` says of one worker."""
         return self.info()["workers"].get(ws.address)
@@ -1935,7 +2160,7 @@ class SchedulerState:
         return token
 
     def _answer_worker_waiters(self):
-        running = len(self._running())
+        running = len(self._running_workers())
         for token, (cid, rid, n) in list(self.worker_waiters.items()):
             if running >= n:
                 del self.worker_waiters[token]
@@ -1948,7 +2173,7 @@ class SchedulerState:
             cid, rid, _ = entry
             self.send_client(cid, {"op": "reply", "request_id": rid,
                                    "result": {"ok": False,
-                                              "workers": len(self._running())}})
+                                              "workers": len(self._running_workers())}})
 
     def restart_workers(self, cid, request_id, workers):
         """Restart workers in place: each drops its tasks, its data and its plugins,
@@ -1997,7 +2222,7 @@ class SchedulerState:
     def workers_to_close(self):
         """Whom a retirement naming nobody retires: the idle running workers (no
         task to run), least data first, all of them but one if every worker is idle."""
-        running = self._running()
+        running = list(self._running_workers())
         idle = sorted((ws for ws in running if not ws.processing and not ws.stale),
                       key=lambda w: (w.nbytes, w.address))
         return idle[:len(idle) - 1] if len(idle) == len(running) else idle
@@ -2033,7 +2258,7 @@ class SchedulerState:
     def _on_replicate(self, cid, msg):
         """Copies of keys on ``n`` workers (all of them: None), among ``workers``
         if given: missing copies are made, extra ones dropped (moves.plan_replicas)."""
-        allowed = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        allowed = self._named(msg["workers"]) if msg.get("workers") else list(self._running_workers())
         allowed = [ws for ws in allowed if ws.status == RUNNING]
         tss = {}
         for key in msg["keys"]:
@@ -2058,7 +2283,7 @@ class SchedulerState:
         """Even out the bytes the workers (``workers``, or all) hold by moving keys
         (``keys``, or all) from the heaviest to the lightest (moves.plan_rebalance).
         Keys not in memory fail the whole request."""
-        scope = self._named(msg["workers"]) if msg.get("workers") else self._running()
+        scope = self._named(msg["workers"]) if msg.get("workers") else list(self._running_workers())
         scope = [ws for ws in scope if ws.status == RUNNING]
         if msg.get("keys") is None:
             tss = {ts.key: ts for ws in scope for ts in ws.has_what}
@@ -2167,7 +2392,7 @@ class SchedulerState:
     def _advance_retirement(self, move):
         # Copies go to running workers only: a paused one takes nothing new.  A key
         # a paused worker also holds is kept there, so it is not unique.
-        stay = self._running()
+        stay = list(self._running_workers())
         for wid, before in list(move.retiring.items()):
             ws = self.workers[wid]
             if ws.processing:
@@ -2188,6 +2413,7 @@ class SchedulerState:
                     ws.status = before
                 else:                  # paused or not as its memory is now
                     ws.status = PAUSED if ws.paused_since is not None else RUNNING
+                self._note_queue(ws)
                 continue
             plan = plan_retirement(todo, {w.address: w.nbytes for w in stay})
             self._ask_copies(move, [(unique[key], self.by_address[address], None)
@@ -2257,6 +2483,7 @@ class SchedulerState:
                                      "executing": len(ws.executing) + len(ws.stale),
                                      "unreachable": sorted(w.address
                                                            for w in ws.unreachable),
+                                     "resources": dict(ws.resources),
                                      **self.memory_info(ws)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),
@@ -2306,6 +2533,12 @@ class SchedulerState:
     # ------------------------------------------------------------ invariants
 
     def validate(self):
+        running, built = self._running_cache
+        if built == (WorkerRecord.status_changes, len(self.workers)):
+            assert running == tuple(ws for ws in self.workers.values()
+                                    if ws.status == RUNNING), running
+        for ws in self.workers.values():
+            assert not _may_give(ws) or ws in self.may_give, ws
         for key, ts in self.tasks.items():
             assert ts.key == key
             assert ts.state in ALL_STATES, ts
@@ -2319,6 +2552,7 @@ class SchedulerState:
                 assert ws is not None and ts in ws.processing, ts
                 assert ws.id in self.workers, ts
                 assert all(dep.state == MEMORY for dep in ts.dependencies), ts
+                assert not _constrained(ts) or _allowed(ts, ws), (ts, ws)
             else:
                 assert ts.processing_on is None, ts
             if ts.state == WAITING:

@@ -38,10 +38,10 @@ from ..errors import error_payload
 from ..graph import execute
 from ..log import logger
 from ..plugins import accepts
-from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, Session,
-                        deserialize, serialize)
+from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, SerializationError,
+                        Session, check_serializable, deserialize, serialize)
 from ..security import Security
-from ..units import format_bytes
+from ..units import check_nthreads, format_bytes, parse_resources
 from . import limits
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
@@ -64,6 +64,30 @@ def inline(value, nbytes, job):
     except Exception:
         return None                  # reported when gathered, with the key named
     return blob if len(blob.frames) == 1 and blob.nbytes <= INLINE_RESULT else None
+
+
+# What a peer connection's monitor reports: its handshakes, and its drops (a dead
+# route is found by ZeroMQ's heartbeats within PEER_HEARTBEAT_TIMEOUT ms).
+PEER_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+PEER_HEARTBEAT_TIMEOUT = 3_000
+
+
+def _event_id(frames):
+    """The event number of a ZeroMQ monitor message."""
+    first = frames[0]
+    data = first.bytes if hasattr(first, "bytes") else bytes(first)
+    return int.from_bytes(data[:2], "little")
+
+
+def unsendable(key, value):
+    """The error record if ``value``, the result of ``key``, cannot be pickled (no
+    traceback: the user's code ran fine, this worker's frames would only mislead)."""
+    try:
+        check_serializable(value)
+    except SerializationError as e:
+        return error_payload(SerializationError(
+            f"result of {key!r} could not be serialized: {e}"), None)
+    return None
 
 
 def typename(value):
@@ -97,6 +121,10 @@ class Worker:
     exits for its supervisor to start a new one; `dask-ipy worker` does this).
     ``blas_threads``: threads of BLAS/OpenMP pools inside tasks ("auto", a number,
     or False to leave them alone; default ``dask-ipy.worker.blas-threads``).
+    ``resources``: what this worker has, ``{"GPU": 2, "MEM": 10e9}`` (or the string
+    ``"GPU=2,MEM=10e9"``): tasks submitted with ``resources=`` go only to workers
+    having that much in all, and run here only while their needs fit in what the
+    running tasks leave (dask.distributed's worker resources).
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
@@ -107,7 +135,9 @@ class Worker:
                  local_directory=None, memory_target_fraction=None,
                  memory_spill_fraction=None, memory_pause_fraction=None,
                  memory_terminate_fraction=None, memory_terminate_action="interrupt",
-                 memory_monitor_interval=None, blas_threads=None):
+                 memory_monitor_interval=None, blas_threads=None, resources=None):
+        nthreads = check_nthreads(nthreads)
+        self.resources = parse_resources(resources)
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
         self.scheduler_address, self.security = resolve_scheduler(
             scheduler, security, "address_to_workers")
@@ -142,11 +172,13 @@ class Worker:
         # The I/O thread never waits for a disk: a spilling store gives it a view
         # whose reads of spilled values return markers (see worker/store.py).
         self.state = WorkerState(self.address, nthreads,
-                                 getattr(self.data, "nonblocking", self.data), validate)
+                                 getattr(self.data, "nonblocking", self.data), validate,
+                                 self.resources)
         self.plugin_host = WorkerPlugins(self)
         self.outgoing = []                     # messages for the scheduler
         self.peers = {}                        # {address: DEALER socket}
-        self.connecting = {}                   # {address: (monitor socket, timer)}
+        self.connecting = {}                   # {address: timer of its handshake}
+        self.peer_monitors = {}                # {address: monitor of its socket}
         self.gather_timers = {}                # {address or RELAY: (id, timer, keys)}
         self.jobs = queue.SimpleQueue()
         self.threads = []
@@ -329,6 +361,7 @@ class Worker:
                 "host": socket.gethostname(), "pid": os.getpid(),
                 "memory_limit": self.memory_limit,
                 "memory_fractions": self.memory_fractions,
+                "resources": self.resources,
                 "shares_host": self.memory_setting == "auto" or (
                     self.thread_limits is not None and self.blas_setting == "auto")})
         elif (epoch, scheduler_id) != (self.session.epoch, self.scheduler_id):
@@ -558,11 +591,18 @@ class Worker:
             finally:
                 running.end()
             nbytes = sizeof(value)
+            data = inline(value, nbytes, job)
+            if data is None and job.want_data:
+                # A client waits for it: a value that can never reach it is an
+                # error now, so its status, wait and as_completed say so.
+                error = unsendable(job.key, value)
+                if error is not None:
+                    return ("execute-failure", {"key": job.key, "error": error,
+                                                "start": start, "stop": time.time()})
             return ("execute-success", {"key": job.key, "value": value,
                                         "nbytes": nbytes, "type": typename(value),
                                         "start": start, "stop": time.time(),
-                                        "data": inline(value, nbytes, job),
-                                        "ran": node})
+                                        "data": data, "ran": node})
         except BaseException as e:  # a task may raise anything, SystemExit too
             running.end()
             return ("execute-failure", {"key": job.key,
@@ -747,30 +787,48 @@ class Worker:
             self.loop.call_soon(self._gather_timed_out, peer, request_id)
 
     def _connect_peer(self, peer):
-        """A connection to ``peer``, watched: if its handshake has not succeeded after
-        ``connect_timeout`` seconds (no route, a firewall, a wrong address, a
-        one-way link), the peer is unreachable."""
+        """A connection to ``peer``, watched for its life: if its handshake has not
+        succeeded after ``connect_timeout`` seconds (no route, a firewall, a wrong
+        address, a one-way link), the peer is unreachable; if it drops while data is
+        asked of the peer (ZeroMQ's heartbeats find a dead route within
+        `PEER_HEARTBEAT_TIMEOUT`), the fetch fails at once instead of at
+        ``gather_timeout``."""
+        # The monitor exists before the connection starts (connect_dealer makes it,
+        # get_monitor_socket returns that one): its first handshake is never missed.
         sock = connect_dealer(self.loop.context, self.security, self.id, peer,
-                              events=zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                              events=PEER_EVENTS,
+                              heartbeat_timeout=PEER_HEARTBEAT_TIMEOUT)
+        monitor = sock.get_monitor_socket()
         self.peers[peer] = sock
+        self.peer_monitors[peer] = monitor
         self.loop.add_socket(sock, lambda frames: self._on_peer_reply(peer, frames))
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self.loop.add_socket(monitor, lambda frames: self._connected(peer))
-        self.connecting[peer] = (monitor, self.loop.call_later(
-            self.connect_timeout, self._connect_timed_out, peer))
+        self.loop.add_socket(monitor, lambda frames: self._on_peer_event(peer, frames))
+        self.connecting[peer] = self.loop.call_later(
+            self.connect_timeout, self._connect_timed_out, peer)
         return sock
 
+    def _on_peer_event(self, peer, frames):
+        event = _event_id(frames)
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._connected(peer)
+        elif event == zmq.EVENT_DISCONNECTED and peer in self.gather_timers:
+            logger.warning("worker %s: lost the connection to %s while fetching from "
+                           "it; its data comes through the scheduler", self.address,
+                           peer)
+            self._unreachable(peer)
+        # A drop with nothing asked: ZeroMQ reconnects, the next fetch will see.
+
     def _connected(self, peer):
-        self._stop_watching(peer)
+        IOLoop.cancel_timer(self.connecting.pop(peer, None))
         if peer in self.state.unreachable:
             logger.info("worker %s: %s is reachable again", self.address, peer)
             self._handle("peer-reachable", peer=peer)
 
     def _stop_watching(self, peer):
-        monitor, timer = self.connecting.pop(peer, (None, None))
+        IOLoop.cancel_timer(self.connecting.pop(peer, None))
+        monitor = self.peer_monitors.pop(peer, None)
         if monitor is None:
             return
-        IOLoop.cancel_timer(timer)
         self.loop.remove_socket(monitor)
         sock = self.peers.get(peer)
         if sock is not None:
@@ -778,8 +836,20 @@ class Worker:
         monitor.close(linger=0)
 
     def _connect_timed_out(self, peer):
-        if peer not in self.connecting:
+        if self.connecting.pop(peer, None) is None:
             return
+        # A loop kept busy past the deadline (long handlers, task threads holding the
+        # GIL) runs this timer before it reads what arrived meanwhile: a handshake that
+        # succeeded in time waits unread in the monitor, and the peer is fine.
+        monitor = self.peer_monitors.get(peer)
+        while monitor is not None:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if _event_id(frames) == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected(peer)
+                return
         logger.warning("worker %s: no connection to %s after %.1f s; its data comes "
                        "through the scheduler", self.address, peer, self.connect_timeout)
         self._unreachable(peer)

@@ -20,7 +20,14 @@ State, documented once:
     data:      MutableMapping {key: value}; a dict or a spill-to-disk store
     ready:     heap of (priority, seq, key) for tasks whose inputs are all in memory
     fetching:  {key} in state "fetch" (so no event walks over every task)
-    executing: {key}                  at most `nthreads`
+    executing: {key}                  at most `nthreads` (more when tiny tasks are
+                                      handed to the pool in batches)
+    short:     {key}                  of those, the tiny ones handed over in batches:
+                                      never behind a thread held by a longer task
+    resources: {name: amount}         what this worker has in all (worker resources)
+    available: {name: amount}         what its running tasks leave free
+    holding:   {key: {name: amount}}  what each running task holds
+    constrained: heap like `ready`    ready tasks waiting for resources to be free
     in_flight: {peer address: [key]}  one request at a time per peer (or RELAY)
     unreachable: {peer address}       peers that did not connect or answer in time
     WTask.waiting_for: {key}          dependencies not in memory yet
@@ -75,7 +82,7 @@ class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
                  "cancelled", "computed", "duration", "want_data", "confirm", "replica",
-                 "interrupted")
+                 "interrupted", "resources")
 
     def __init__(self, key):
         self.key = key
@@ -99,6 +106,7 @@ class WTask:
         self.confirm = False         # start only on the scheduler's "go"
         self.replica = False         # a copy asked for: report it once here
         self.interrupted = False
+        self.resources = None        # {name: amount} it needs while it runs
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -110,11 +118,17 @@ class WorkerState:
     nthreads: int = 1
     data: object = field(default_factory=dict)
     validating: bool = False
+    resources: dict = None
 
     def __post_init__(self):
         self.tasks = {}
         self.ready = []
         self.executing = set()
+        self.short = set()
+        self.resources = dict(self.resources or {})
+        self.available = dict(self.resources)
+        self.holding = {}
+        self.constrained = []
         self.in_flight = {}
         self.nbytes = {}              # {key: bytes} of what is in data
         self.fetching = set()         # keys in state "fetch"
@@ -145,11 +159,13 @@ class WorkerState:
     # ------------------------------------------------------------ scheduler ops
 
     def _on_compute_task(self, out, key, run_spec, priority=(0,), who_has=None,
-                         nbytes=None, duration=None, want_data=False, confirm=False):
+                         nbytes=None, duration=None, want_data=False, confirm=False,
+                         resources=None):
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = self.task_class(key)
         ts.computed = True
+        ts.resources = resources or None
         ts.confirm = confirm
         ts.duration = duration
         ts.want_data = want_data
@@ -161,7 +177,7 @@ class WorkerState:
                 self.again[key] = dict(
                     key=key, run_spec=run_spec, priority=priority, who_has=who_has,
                     nbytes=nbytes, duration=duration, want_data=want_data,
-                    confirm=confirm)
+                    confirm=confirm, resources=resources)
             return
         if ts.state == "memory":
             self._report(out, ts)
@@ -301,7 +317,7 @@ class WorkerState:
                                        for ts in self.tasks.values()
                                        if ts.state != "executing")
         for key in self.unconfirmed:         # never handed to a thread: just forget
-            self.executing.discard(key)
+            self._stop_executing(key)
             self._drop(out, key)
         self.unconfirmed.clear()
         self.again.clear()
@@ -310,6 +326,7 @@ class WorkerState:
                 ts.cancelled = True
         self.tasks = {ts.key: ts for ts in self.tasks.values() if ts.state == "executing"}
         self.ready.clear()
+        self.constrained.clear()
         self.fetching.clear()
         self.in_flight.clear()
         self.unreachable.clear()
@@ -335,7 +352,7 @@ class WorkerState:
             return
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:       # freed meanwhile: no need to run it
-            self.executing.discard(key)
+            self._stop_executing(key)
             self._drop(out, key)
             return
         out.append(inst)
@@ -344,7 +361,7 @@ class WorkerState:
 
     def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
                             stop=0.0, data=None, ran=None):
-        self.executing.discard(key)
+        self._stop_executing(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
             self._drop(out, key)
@@ -364,7 +381,7 @@ class WorkerState:
         self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
-        self.executing.discard(key)
+        self._stop_executing(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
             self._drop(out, key)
@@ -574,6 +591,10 @@ class WorkerState:
         handed to the pool a few at a time, so the pool runs them back to back
         instead of waiting for this thread between each; others one per thread,
         announced with "task-started" (the scheduler blames those when a worker dies).
+        Tiny tasks go to the pool only while a thread is free of longer tasks: in
+        the pool's queue they cannot be given to another worker, and would wait
+        behind a task that may run for long.  A task needing resources starts once
+        the running ones leave enough of them free; until then lower ones may go.
         """
         if self.paused:
             return
@@ -583,13 +604,23 @@ class WorkerState:
                 heapq.heappop(self.ready)
                 continue
             short = ts.duration is not None and ts.duration < SHORT_TASK
-            limit = self.nthreads * PREFETCH if short else self.nthreads
+            if short:
+                held = len(self.executing) - len(self.short)   # by longer tasks
+                free = self.nthreads - held
+                limit = held + free * PREFETCH if free > 0 else 0
+            else:
+                limit = self.nthreads
             if len(self.executing) >= limit:
                 return
-            heapq.heappop(self.ready)
+            entry = heapq.heappop(self.ready)
+            if ts.resources is not None and not self._take_resources(ts):
+                heapq.heappush(self.constrained, entry)
+                continue
             ts.state = "executing"
             ts.cancelled = False
             self.executing.add(ts.key)
+            if short:
+                self.short.add(ts.key)
             inputs = {d.key: self.data[d.key] for d in ts.dependencies}
             run = Execute(ts.key, ts.run_spec, inputs, ts.want_data)
             if ts.confirm:
@@ -603,6 +634,30 @@ class WorkerState:
             if not short:
                 out.append(Send({"op": "task-started", "key": ts.key}))
             out.append(run)
+
+    def _take_resources(self, ts):
+        """Hold what ``ts`` needs while it runs, if that much is free."""
+        need = ts.resources
+        available = self.available
+        if any(available.get(name, 0) < amount for name, amount in need.items()):
+            return False
+        for name, amount in need.items():
+            available[name] -= amount
+        self.holding[ts.key] = need
+        return True
+
+    def _stop_executing(self, key):
+        """``key`` no longer runs here: its thread and its resources are free, and
+        tasks that waited for those resources are ready again."""
+        self.executing.discard(key)
+        self.short.discard(key)
+        need = self.holding.pop(key, None)
+        if need is None:
+            return
+        for name, amount in need.items():
+            self.available[name] += amount
+        while self.constrained:
+            heapq.heappush(self.ready, heapq.heappop(self.constrained))
 
     def _ensure_communicating(self, out):
         if self.paused:
@@ -699,6 +754,11 @@ class WorkerState:
                 assert any(key in keys for keys in self.in_flight.values()), ts
         for key in self.executing:
             assert self.tasks[key].state == "executing", key
+        assert self.short <= self.executing and set(self.holding) <= self.executing
+        for name, total in self.resources.items():
+            held = sum(need.get(name, 0) for need in self.holding.values())
+            assert abs(self.available[name] + held - total) < 1e-9, (name, held)
+            assert self.available[name] >= -1e-9, (name, self.available)
         assert self.managed == sum(self.nbytes.values()), (self.managed, self.nbytes)
         for ts in self.tasks.values():
             assert not ts.interrupted or ts.state == "executing", ts

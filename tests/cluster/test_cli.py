@@ -71,6 +71,26 @@ def test_scheduler_and_worker_commands(tmp_path):
     assert not os.path.exists(path)
 
 
+def test_worker_resources_and_threads_from_the_command_line(tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["worker", "f.json", "--nthreads", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["worker", "f.json", "--resources", "GPU=lots"])
+    path = str(tmp_path / "scheduler.json")
+    with running("scheduler", "--connection-file", path, "--idle-timeout", "60"):
+        with running("worker", path, "--resources", "GPU=2,MEM=10e9") as w, \
+                running("worker", path) as plain:
+            assert json.loads(w.info["resources"]) == {"GPU": 2, "MEM": 10_000_000_000}
+            with Client(path, set_as_default=False) as c:
+                wait_for(lambda: len(c.nthreads()) == 2, message="the workers")
+                fs = c.map(operator.neg, range(6), resources={"GPU": 1})
+                assert c.gather(fs) == [-x for x in range(6)]
+                assert {a for f in fs for a in c.who_has([f])[f.key]} == \
+                    {w.info["address"]}
+                assert plain.info["address"] in c.nthreads()
+                c.shutdown()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_close_cleanly(tmp_path, sig):
     path = str(tmp_path / "scheduler.json")
@@ -129,6 +149,10 @@ def test_demo_end_to_end():
     assert "dask_client_from_ipclient:" in out
     assert "engine-0" in out and "engine-1" in out
     assert "all results correct" in out
+    # With the complete extra (which the tests install) nothing is skipped.
+    assert "skipped" not in out, out
+    assert "dask.array: arange(1e6, chunks=1e5).sum() = 499999500000" in out
+    assert "dask.dataframe: groupby('k').v.sum() = {0: 135, 1: 145, 2: 155}" in out
 
 
 def test_bench_outside_a_checkout(tmp_path):

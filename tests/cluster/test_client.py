@@ -2,6 +2,7 @@
 map, gather, scatter, cancel, datasets, run, cluster queries and errors."""
 
 import gc
+import threading
 import traceback
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply,
                      fail_until, identity, inc, make_unpicklable, pid, raise_needs_two,
                      raise_slots_only, record, slow_inc, total, wait_for,
-                     wait_for_file, worker_keys)
-from dask_ipy import CancelledError, CycleError, MissingDependency, wait
+                     type_name, wait_for_file, worker_keys)
+from dask_ipy import CancelledError, CycleError, MissingDependency, as_completed, wait
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -237,8 +238,17 @@ def test_errors_reach_dependents_and_get(c):
 def test_unpicklable_argument_is_a_clear_error_naming_the_key(c):
     with pytest.raises(TypeError) as info:
         c.submit(identity, Unpicklable(), key="bad-arg")
-    assert "bad-arg" in str(info.value)
-    assert "refuses to be pickled" in str(info.value)
+    assert str(info.value) == (
+        "could not serialize task 'bad-arg': argument 0 (helpers.Unpicklable) cannot "
+        "be pickled: TypeError: this object refuses to be pickled")
+    # One error, not a chain of the pickler's.
+    assert info.value.__suppress_context__ and info.value.__cause__ is None
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="'lock', which lambda uses "
+                                        r"\(_thread.lock\) cannot be pickled"):
+        c.submit(lambda: lock, key="closure")
+    with pytest.raises(TypeError, match="keyword argument 'x' \\(list\\)"):
+        c.submit(identity, x=[lock])
     assert c.submit(inc, 1).result(timeout=10) == 2
 
 
@@ -247,8 +257,30 @@ def test_unpicklable_result_is_a_clear_error_naming_the_key(c):
     with pytest.raises(TypeError) as info:
         f.result(timeout=10)
     assert "bad-result" in str(info.value)
-    # The value stays usable on the cluster.
-    assert c.submit(lambda x: type(x).__name__, f).result(timeout=10) == "Unpicklable"
+    # It can never reach the client: an error, whoever asks.
+    assert f.status == "error"
+    assert type(f.exception(timeout=10)).__name__ == "SerializationError"
+    # The user's code ran fine: no worker frames to read through.
+    assert not [fr for fr in traceback.extract_tb(f.traceback(timeout=10))
+                if "dask_ipy" in fr.filename]
+    done, not_done = wait(f, timeout=10)          # one Future, as with a list
+    assert done == {f} and not not_done
+    assert [g.status for g in as_completed([f])] == ["error"]
+    # The widget's snapshots count it erred and show the error.
+    snaps = []
+    c.subscribe_monitor(snaps.append)
+    try:
+        wait_for(lambda: snaps and any(e["key"] == "bad-result"
+                                       for e in snaps[-1]["errors"]),
+                 message="the error in a snapshot")
+    finally:
+        c.unsubscribe_monitor(snaps.append)
+    (group,) = [g for g in snaps[-1]["groups"] if g["name"] == "bad-result"]
+    assert group["erred"] == 1
+    # A value no client waits for stays usable on the cluster: inside a graph.
+    (worker,) = list(c.nthreads())[:1]
+    graph = {"made": (make_unpicklable,), "name": (type_name, "made")}
+    assert c.get(graph, "name", workers=[worker]) == "Unpicklable"
 
 
 def test_get_errors_before_anything_runs(c, tmp_path):
@@ -463,3 +495,11 @@ def test_function_tokens_are_remembered_only_where_they_cannot_change():
                        (len, {})]:
         assert function_token(fn, kwargs) == tokenize(fn, kwargs)
     assert local not in _FN_TOKENS and main_fn not in _FN_TOKENS
+
+
+def test_a_client_without_an_address_says_how_to_get_a_scheduler(monkeypatch):
+    from dask_ipy import Client
+
+    monkeypatch.delenv("DASK_IPY_SCHEDULER_FILE", raising=False)
+    with pytest.raises(ValueError, match="never starts one.*--new N"):
+        Client()

@@ -91,6 +91,50 @@ def one_way_proxy(target_port):
             sock.close()
 
 
+@contextlib.contextmanager
+def breakable_proxy(target_port):
+    """A proxy to 127.0.0.1:target_port that forwards both ways until the event it
+    yields is set, then drops every byte both ways on the connections it holds: a
+    route that goes dead under an established connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, None)
+    stop, dead = threading.Event(), threading.Event()
+    conns = []
+
+    def run():
+        while not stop.is_set():
+            for key, _ in sel.select(timeout=0.1):
+                if key.data is None:
+                    client, _ = listener.accept()
+                    upstream = socket.create_connection(("127.0.0.1", target_port))
+                    for sock in (client, upstream):
+                        conns.append(sock)
+                    sel.register(client, selectors.EVENT_READ, upstream)
+                    sel.register(upstream, selectors.EVENT_READ, client)
+                    continue
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(key.fileobj)
+                elif not dead.is_set():
+                    key.data.sendall(data)
+
+    t = threading.Thread(target=run, name="breakable-proxy", daemon=True)
+    t.start()
+    try:
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}", dead
+    finally:
+        stop.set()
+        t.join(5)
+        sel.close()
+        for sock in conns + [listener]:
+            sock.close()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,3 +194,53 @@ def test_a_value_too_large_to_relay_errs_the_task_naming_both_workers(tmp_path):
         # Nothing else is harmed: small values still travel, the big one stays put.
         assert c.submit(len, small, workers=[b]).result(timeout=30) == 1 << 10
         assert c.submit(len, big, key="on-a", workers=[a]).result(timeout=30) == 4 << 20
+
+
+def test_a_peer_is_reachable_though_the_loop_was_busy_past_the_connect_timeout(cluster):
+    """The connection succeeds while the worker's loop is busy (task threads holding
+    the GIL, a long handler) past ``connect_timeout``: the timer runs before the loop
+    reads the handshake, which is there all the same."""
+    s, (w1, w2), c = cluster
+    assert w2.address not in w1.peers
+    w1.connect_timeout = 0.1
+    done = threading.Event()
+
+    def connect_then_stall():
+        start = time.monotonic()
+        w1._connect_peer(w2.address)
+        # The loop, stalled until the handshake has succeeded (its event waits
+        # unread) and past the timeout.
+        assert w1.peer_monitors[w2.address].poll(10_000)
+        time.sleep(max(0.0, 0.2 - (time.monotonic() - start)))
+        w1.loop.call_soon(done.set)
+
+    w1.loop.call_soon(connect_then_stall)
+    assert done.wait(10)
+    wait_for(lambda: not w1.connecting, message="the connection to be settled")
+    assert w2.address not in w1.state.unreachable and w2.address in w1.peers
+    assert c.submit(len, c.submit(make_bytes, 1 << 10, workers=[w2.address]),
+                    workers=[w1.address]).result(timeout=10) == 1 << 10
+
+
+def test_a_connection_that_goes_dead_is_found_within_seconds(tmp_path):
+    """Data comes straight from the peer while the route works; once it goes dead
+    under the established connection, the next fetch comes through the relay within
+    seconds (heartbeats), not after the 30 s a fetch may take."""
+    port = free_port()
+    with processes(tmp_path, nworkers=0) as (pc, c), breakable_proxy(port) as (
+            proxy, dead):
+        a, b = start_workers(
+            pc, c, {"hostname": "127.0.0.1", "port_to_workers": port,
+                    "contact_address": proxy}, {})
+        x = c.submit(make_bytes, 1 << 10, workers=[a])
+        assert c.submit(digest, x, workers=[b]).result(timeout=30) == digest(
+            make_bytes(1 << 10))
+        assert c.scheduler_info()["workers"][b]["unreachable"] == ()
+        dead.set()
+        y = c.submit(make_bytes, 2 << 10, workers=[a])
+        y.result(timeout=30)
+        start = time.monotonic()
+        assert c.submit(digest, y, workers=[b]).result(timeout=60) == digest(
+            make_bytes(2 << 10))
+        assert time.monotonic() - start < 20          # was the gather timeout, 30 s
+        assert list(c.scheduler_info()["workers"][b]["unreachable"]) == [a]

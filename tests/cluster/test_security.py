@@ -460,3 +460,48 @@ def test_unresolvable_hosts_are_not_local():
     assert not resolver.is_local("no-such-host.invalid")
     assert resolver.same_host("127.0.0.1", "localhost")
     assert not resolver.same_host("no-such-host.invalid", "localhost")
+
+
+def test_connection_files_of_killed_schedulers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from dask_ipy import Scheduler
+    from dask_ipy.security import find_security, remove_stale_connection_files
+
+    script = ("from dask_ipy import Scheduler; s = Scheduler(); "
+              "print(s.connection_file, s.address_to_clients, flush=True); s.wait()")
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, text=True)
+    try:
+        path, address = p.stdout.readline().split()
+    finally:
+        p.kill()
+        p.wait(10)
+        p.stdout.close()
+    assert os.path.exists(path)                  # SIGKILL: it could not clean up
+    # Files that are not judged: another host's, one without pid, a live one.
+    directory = os.path.dirname(path)
+    others = {}
+    for name, content in [("elsewhere", {"pid": p.pid, "host": "another-host"}),
+                          ("old", {"pid": p.pid}),
+                          ("alive", {"pid": os.getpid(),
+                                     "host": socket.gethostname()})]:
+        others[name] = os.path.join(directory, f"scheduler-{name}.json")
+        with open(others[name], "w") as f:
+            json.dump({**content, "security": {"key": "00" * 32}}, f)
+    # A new scheduler starting removes it; so does a key lookup.
+    s = Scheduler()
+    try:
+        assert not os.path.exists(path) and os.path.exists(s.connection_file)
+        assert all(os.path.exists(other) for other in others.values())
+        os.utime(others["alive"], (0, 0))   # older than this process: pid reused
+        assert find_security(address) is None
+        assert not os.path.exists(others["alive"])
+        assert remove_stale_connection_files() == []
+        assert os.path.exists(others["elsewhere"]) and os.path.exists(others["old"])
+    finally:
+        s.close()
+    for other in others.values():
+        if os.path.exists(other):
+            os.remove(other)

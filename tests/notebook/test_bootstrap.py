@@ -83,11 +83,15 @@ def gone(pid, since):
 
 
 def import_time():
-    """Wall time of one `import dask_ipy` in a new process right now: the floor of a
+    """Wall time of a scheduler's imports in a new process right now: the floor of a
     bootstrap, which must start one such process. It scales the speed limit when the
     machine is busy with other work."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import dask_ipy"], check=True, timeout=60)
+    # What the scheduler process a bootstrap starts imports (`import dask_ipy` alone
+    # imports almost nothing: the floor would not follow the machine's load).
+    subprocess.run([sys.executable, "-c",
+                    "import dask_ipy.cli, dask_ipy.scheduler.server"],
+                   check=True, timeout=60)
     return time.perf_counter() - t0
 
 
@@ -201,10 +205,28 @@ def test_add_engines(ipcluster):
     _, rc = ipcluster
     first, second = rc.ids
     with booted(rc, targets=[first], scheduler="local") as client:
-        added = add_engines(client, rc, [second], nthreads=2)
+        added = add_engines(client, rc, [second], nthreads=2, resources="GPU=1")
         assert len(added) == 1
         assert client.nthreads()[added[0]] == 2
         assert client.submit(square, 3, workers=f"engine-{second}").result(10) == 9
+        # Only the added engine has the resource: tasks needing it go there.
+        workers = client.scheduler_info()["workers"]
+        assert workers[added[0]]["resources"] == {"GPU": 1}
+        fs = client.map(square, range(6), resources={"GPU": 1})
+        assert client.gather(fs) == [x * x for x in range(6)]
+        assert {a for f in fs for a in client.who_has([f])[f.key]} == set(added)
+
+
+def test_resources_of_the_engines_workers(ipcluster):
+    _, rc = ipcluster
+    with pytest.raises(ValueError, match="nthreads"):
+        dask_client_from_ipclient(rc, nthreads=0)
+    with pytest.raises(ValueError, match="NAME=AMOUNT"):
+        dask_client_from_ipclient(rc, resources="GPU")
+    with booted(rc, scheduler="local", resources={"GPU": 2}) as client:
+        workers = client.scheduler_info()["workers"]
+        assert [w["resources"] for w in workers.values()] == [{"GPU": 2}] * 2
+        assert client.submit(square, 5, resources={"GPU": 2}).result(10) == 25
 
 
 @pytest.mark.parametrize("placement", ["engine", "local", "inprocess"])

@@ -4,6 +4,7 @@ booted on a real two-engine ipcluster (``%dsched start``)."""
 
 import os
 import threading
+import time
 from operator import add
 
 import pytest
@@ -173,10 +174,39 @@ def test_connect_returns_the_active_client(ip, scheduler):
     assert r.result == 3
 
 
-def test_connect_to_nothing_fails_fast(ip, tmp_path):
-    r, _ = run(ip, f"%dsched connect {tmp_path / 'missing.json'}", error=UsageError)
-    assert "could not connect" in str(r.exception)
-    run(ip, "%dsched connect tcp://127.0.0.1:1", error=UsageError)
+def test_options_that_cannot_be_applied_are_refused(ip, scheduler):
+    for line in ("--nthreads 0", "-n 0", "--new -1"):
+        r, _ = run(ip, f"%dsched start {line}", error=UsageError)
+        assert "at least 1" in str(r.exception), line
+    run(ip, f"c = %dsched connect {scheduler.address_to_clients}")
+    c = ip.user_ns["c"]
+    r, _ = run(ip, "%dsched start --targets 9 --url missing.json --scheduler local",
+               error=UsageError)
+    assert str(r.exception) == (
+        f"already connected to {c.address}: --url, --targets, --scheduler not "
+        f"applied (`%dsched stop` first to boot a new one)")
+    # Without options, the active client again (a cell run twice).
+    r, out = run(ip, "%dsched start")
+    assert r.result is c and "already connected" in out
+
+
+def test_connect_to_nothing_fails_fast_saying_what_is_wrong(ip, tmp_path):
+    def error(target, options=""):
+        r, _ = run(ip, f"%dsched connect {target} {options}", error=UsageError)
+        assert f"could not connect to {target}" in str(r.exception)
+        return str(r.exception)
+
+    assert "no such file" in error(tmp_path / "missing.json")
+    assert "no such file" in error("missing.json")
+    assert "neither an address (tcp://host:port) nor a connection file" in \
+        error("nonsense")
+    assert "expected tcp://host:port" in error("tcp://127.0.0.1")
+    assert "no key known for tcp://127.0.0.1:1" in error("tcp://127.0.0.1:1")
+    # A connection file of a scheduler that is gone: the key is known, no answer.
+    with local_cluster(client=False) as (s, _, _):
+        dead = tmp_path / "dead.json"
+        dead.write_text(open(s.connection_file).read())
+    assert "no scheduler answered within 1 s" in error(dead, "--timeout 1")
 
 
 # ---------------------------------------------------------------- %%dget
@@ -212,7 +242,9 @@ def test_dget_runs_the_cell_in_the_user_namespace(connected):
     assert r.result == 3
     r, _ = run(ip, """%%dget "('t', 0)" total\ndsk""")
     assert r.result == {("t", 0): 1, "total": 10}
-    r, _ = run(ip, "%%dget nothere\ndsk", error=KeyError)
+    r, _ = run(ip, "%%dget nothere\ndsk", error=UsageError)
+    assert str(r.exception).startswith(
+        "%%dget: 'nothere' is not a key of the cell's graph (its keys: ('t', 0), ")
 
 
 def test_dget_dask_collections(connected):
@@ -267,6 +299,12 @@ def test_dget_line_form(connected):
     assert ip.user_ns["got"] == 20
     r, _ = run(ip, "%dget --async dsk y")
     assert r.result.result(timeout=10) == 3
+    r, _ = run(ip, "%dget undefined_name", error=UsageError)
+    assert str(r.exception) == "%dget undefined_name: 'undefined_name' is not defined"
+    r, _ = run(ip, "%dget [f(x) for x in dsk] y", error=UsageError)
+    assert str(r.exception).endswith(": 'f' is not defined")
+    ip.user_ns["f"] = lambda x: dsk_of(x)          # defined, fails when run: its own
+    run(ip, "%dget [f(x) for x in dsk] y", error=NameError)
 
 
 def test_dget_needs_something_to_compute(connected):
@@ -292,6 +330,11 @@ def test_remote_error_shows_the_remote_traceback(connected):
     assert str(r.exception) == "exploded on 1"
     assert 'raise ValueError(f"exploded on {x}")  # the remote line' in out
     assert "ValueError: exploded on 1" in out
+    # Only the user's frames: not the worker's, dask's task calling or the client's.
+    assert "dask_ipy" + os.sep not in out and "_task_spec" not in out, out
+    r, out = run(ip, "%%dget\nimport dask\ndask.delayed(explode)(2)", error=ValueError)
+    assert "dask_ipy" + os.sep not in out and "_task_spec" not in out, out
+    assert '# the remote line' in out
     # the cluster is unharmed
     assert run(ip, "%%dget y\n" + SEED)[0].result == 3
 
@@ -444,16 +487,43 @@ def test_start_dget_status_stop_on_ipcluster(ip, ipcluster):
     run(ip, "%%dget y\n" + SEED, error=UsageError)
 
 
+def test_waiting_for_more_engines_than_there_are_says_so(ip, ipcluster):
+    cluster, rc = ipcluster
+    r, out = run(ip, f"%dsched start --cluster-id {cluster.cluster_id} -n 4 "
+                     "--timeout 1", error=UsageError)
+    assert "2 of 4 engines up; waiting up to 1 s" in out
+    assert "only 2 of 4 engines came up within 1 s" in str(r.exception)
+    assert "-n N waits until the ipcluster has N engines" in str(r.exception)
+
+
+def test_start_new_starts_and_stops_a_local_ipcluster(ip):
+    import ipyparallel
+
+    r, out = run(ip, "c = %dsched start --new 2 --scheduler local")
+    c = ip.user_ns["c"]
+    magics = ip.find_line_magic("dsched").__self__
+    cluster = magics.ipcluster
+    try:
+        assert "started a local ipcluster of 2 engines" in out
+        assert len(c.scheduler_info()["workers"]) == 2
+        assert run(ip, "%%dget y\n" + SEED)[0].result == 3
+    finally:
+        _, out = run(ip, "%dsched stop")
+    assert "stopped the ipcluster" in out and magics.ipcluster is None
+    with pytest.raises((OSError, TimeoutError)):
+        ipyparallel.Client(cluster_id=cluster.cluster_id, timeout=1)
+
+
 def test_start_with_options_on_ipcluster(ip, ipcluster):
     cluster, rc = ipcluster
     r, _ = run(ip, f"c = %dsched start --cluster-id {cluster.cluster_id} --targets 1 "
-                   "--nthreads 2 --scheduler local")
+                   "--nthreads 2 --scheduler local --resources GPU=1")
     c = ip.user_ns["c"]
     try:
         wait_for(lambda: len(c.scheduler_info()["workers"]) == 1, timeout=20,
                  message="one worker")
         (w,) = c.scheduler_info()["workers"].values()
-        assert w["nthreads"] == 2
+        assert w["nthreads"] == 2 and w["resources"] == {"GPU": 1}
         assert w["pid"] == rc[1].apply_sync(os.getpid)
         assert run(ip, "%%dget y\n" + SEED)[0].result == 3
     finally:
@@ -465,5 +535,10 @@ def test_start_without_an_ipcluster_is_a_usage_error(ip, ipcluster):
     r, _ = run(ip, "%dsched start --cluster-id no-such-cluster --timeout 1",
                error=UsageError)
     assert "could not connect to an ipcluster" in str(r.exception)
+    assert "--new 4" in str(r.exception)
+    # With the default timeout it gives up as ipyparallel does, not after 60 s.
+    start = time.monotonic()
+    run(ip, "%dsched start --cluster-id no-such-cluster", error=UsageError)
+    assert time.monotonic() - start < 40
     run(ip, f"%dsched start --cluster-id {ipcluster[0].cluster_id} --targets 7",
         error=UsageError)

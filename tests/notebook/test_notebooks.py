@@ -100,6 +100,10 @@ def test_quickstart(tmp_path):
     assert (err.ename, err.evalue) == ("ValueError", "3 is too large")
     text = ANSI.sub("", "\n".join(err.traceback))
     assert "raise ValueError(f'{v} is too large')" in text
+    # The cell's frame points at the raise, not at the def, and shows only the
+    # user's frames.
+    assert re.search(r"----> 3 +raise ValueError\(f'\{v\} is too large'\)", text), text
+    assert "dask_ipy" + os.sep not in text and "_task_spec" not in text, text
     # the widget was shown, and kept updating after it was displayed
     (shown,) = [o for o in cell(nb, "widget").outputs
                 if o.output_type == "display_data"]

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from dask_ipy.errors import CycleError, KilledWorker, MissingDependency, rebuild_error
 from dask_ipy.scheduler.state import SchedulerState
 
 pytestmark = pytest.mark.timeout(60)
@@ -498,6 +499,20 @@ def test_missing_dependency_errs_the_task_with_a_clear_message(s1):
     assert (kind, cid, msg["op"], msg["type"]) == ("client", "c", "task-erred",
                                                    "MissingDependency")
     assert "'nowhere'" in msg["text"] and "'y'" in msg["text"]
+    # The client rebuilds it as the exception it is, keys and all.
+    exc, _ = rebuild_error(msg)
+    assert type(exc) is MissingDependency and isinstance(exc, KeyError)
+    assert (exc.key, exc.missing) == ("y", ("nowhere",))
+    assert str(exc) == "Task 'y' depends on missing key(s): 'nowhere'"
+
+
+def test_errors_of_the_scheduler_are_rebuilt_even_from_text_alone():
+    exc, _ = rebuild_error({"type": "MissingDependency", "text": "y needs x"})
+    assert type(exc) is MissingDependency and str(exc) == "y needs x"
+    exc, _ = rebuild_error({"type": "CycleError", "text": "Cycle: 'a' -> 'b'"})
+    assert type(exc) is CycleError and str(exc) == "Cycle: 'a' -> 'b'"
+    exc, _ = rebuild_error({"type": "KilledWorker", "text": "died"})
+    assert type(exc) is KilledWorker and str(exc) == "died"
 
 
 def test_a_graph_may_depend_on_keys_the_scheduler_holds(s1):
