@@ -596,9 +596,12 @@ class Worker:
                 # in this process (a %px cell) finds the process's own settings.
                 limits_.leave()
                 busy = False
-            if self.closed.is_set():
-                continue
-            self.loop.call_soon(self._task_done, result)
+            if not self.closed.is_set():
+                self.loop.call_soon(self._task_done, result)
+            # Nothing of a finished task outlives it on this thread: its result and
+            # the task that ran live in the store, for as long as the scheduler
+            # wants them.
+            result = None
 
     def _run_job(self, job):
         """(event, its arguments, timings for the task stream: see Recorder.ended)"""
@@ -635,7 +638,7 @@ class Worker:
             end = time.time()
             return ("execute-success", {"key": job.key, "value": value,
                                         "nbytes": nbytes, "type": typename(value),
-                                        "start": start, "stop": end, "data": data},
+                                        "start": start, "stop": end, "data": data, "ran": node},
                     (start, loaded, began, stop, end - stop if data is not None else 0.0,
                      threading.get_ident(), disk))
         except BaseException as e:  # a task may raise anything, SystemExit too

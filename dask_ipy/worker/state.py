@@ -79,7 +79,7 @@ class Send:
 
 
 class WTask:
-    __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
+    __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
                  "cancelled", "computed", "duration", "want_data", "confirm", "replica",
                  "interrupted", "resources")
@@ -88,6 +88,10 @@ class WTask:
         self.key = key
         self.state = "released"
         self.run_spec = None
+        # The task as it ran, kept as long as its result: a result may depend on
+        # objects only the task holds (a weakref.proxy to what the function's
+        # closure keeps), as it can under dask's own schedulers.
+        self.ran = None
         self.priority = (0,)
         self.dependencies = ()
         self.dependents = set()
@@ -242,6 +246,7 @@ class WorkerState:
             if self.tasks.get(ts.key) is not ts:
                 continue
             del self.tasks[ts.key]
+            ts.ran = None
             if self.transition_log is not None:
                 self.transition_log.append((ts.key, ts.state, "forgotten"))
             self._forget_flight(ts)
@@ -355,7 +360,7 @@ class WorkerState:
     # ------------------------------------------------------------ local events
 
     def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
-                            stop=0.0, data=None):
+                            stop=0.0, data=None, ran=None):
         self._stop_executing(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
@@ -365,6 +370,8 @@ class WorkerState:
             self._run_again(out, ts)
             return
         self._store(ts, value, nbytes)
+        if ran is not None:
+            ts.ran, ts.run_spec = ran, None    # the spec is not run again
         ts.reported = True
         msg = {"op": "task-finished", "key": key, "nbytes": nbytes, "type": type,
                "duration": stop - start}
@@ -742,6 +749,8 @@ class WorkerState:
             assert ts.key == key
             if ts.state == "memory":
                 assert key in self.data, ts
+            else:
+                assert ts.ran is None, ts
             if ts.state == "waiting":
                 assert ts.waiting_for, ts
                 for dkey in ts.waiting_for:
