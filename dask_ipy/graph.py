@@ -59,6 +59,7 @@ __all__ = [
     "pack",
     "execute",
     "collections_to_graph",
+    "collections_to_persist",
     "DASK_ORDER_LIMIT",
 ]
 
@@ -477,3 +478,78 @@ def collections_to_graph(collections, optimize=True, annotations=None):
 
     return graph, keys, finalize
 
+
+def collections_to_persist(collections, optimize=True, annotations=None):
+    """``(graph, keys, rebuild)`` to persist dask collections as ``dask.persist``
+    would.
+
+    All collections become one expression (``collections_to_expr``), optimized
+    once; ``keys`` are that expression's output keys, flat, one group per
+    collection.  ``rebuild({key: value})`` returns the list of persisted
+    collections, each made by the ORIGINAL collection's ``__dask_postpersist__``
+    from its own group of keys (a collection exposing child expressions through
+    ``__dask_exprs__`` is rebuilt child by child).
+
+    Why not ``dask.optimize`` and the optimized collections' own keys: for
+    expression-backed collections (dataframes) ``dask.optimize`` rebuilds each
+    collection from the whole graph, so its keys are the graph's first keys in
+    sorted order (an input, silently), and it materializes expressions that have
+    not been lowered (``set_index`` fails).
+
+    ``annotations``: a dict to fill with the graph's per-key annotations, as in
+    `collections_to_graph`.
+    """
+    from dask._expr import CompositeExpr, _ExprSequence
+    from dask.base import collections_to_expr, is_dask_collection
+
+    collections = list(collections)
+    for c in collections:
+        if not is_dask_collection(c):
+            raise TypeError(f"Not a dask collection: {type(c).__name__}")
+    if not collections:
+        return {}, [], lambda values: []
+
+    expr = collections_to_expr(collections, optimize)
+    parts = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
+    composite = any(isinstance(p, CompositeExpr) for p in parts)
+    expr = expr.optimize()
+    if annotations is not None:
+        annotations.update(expr.__dask_annotations__() or {})
+    parts = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
+    if not composite or len(parts) != len(collections):
+        parts = [None] * len(collections)
+    groups = [_flat(ks) for ks in expr.__dask_keys__()]
+    if len(groups) != len(collections):
+        raise RuntimeError(f"{len(collections)} collections gave {len(groups)} groups "
+                           f"of keys")
+    graph = normalize(expr)
+
+    def rebuild(values: Mapping) -> list:
+        out = []
+        for c, part, keys in zip(collections, parts, groups):
+            if isinstance(part, CompositeExpr):
+                out.append(_rebuild_composite(c, part, values))
+            else:
+                fn, args = c.__dask_postpersist__()
+                out.append(fn({k: values[k] for k in keys}, *args))
+        return out
+
+    return graph, [k for ks in groups for k in ks], rebuild
+
+
+def _flat(keys) -> list:
+    """Keys of one collection (nested lists, as arrays give them), flat."""
+    return flatten_keys(keys if isinstance(keys, list) else [keys])
+
+
+def _rebuild_composite(collection, expr, values):
+    """A collection made of child expressions, rebuilt child by child from the
+    values of each child's keys, then reassembled by the collection itself."""
+    from dask._collections import new_collection
+
+    children = []
+    for child_expr in expr.exprs:
+        fn, args = new_collection(child_expr).__dask_postpersist__()
+        keys = _flat(child_expr.__dask_keys__())
+        children.append(fn({k: values[k] for k in keys}, *args).expr)
+    return collection.__dask_rebuild_from_exprs__(children)

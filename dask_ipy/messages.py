@@ -46,7 +46,6 @@ KINDS = {
         "peer-reachable": "a worker can connect to that peer again",
         "relay": "a worker asks for data it cannot fetch from its holders",
         "add-keys": "data put on a worker (scatter) is stored",
-        "release-worker-data": "a worker dropped keys",
         "data": "values asked for by 'send-data' (a gather or a relay); large ones for "
                 "a client may instead be announced as 'streams' (ticket, sizes, keys) "
                 "going through the scheduler's relay",
@@ -172,6 +171,7 @@ SHELL_EVENTS = {
         "pause": "memory passed the pause fraction: start nothing new",
         "resume": "memory fell back: run again",
         "memory-exceeded": "memory passed the terminate fraction while these tasks ran",
+        "long-running": "tasks run for a heartbeat interval or more",
         "secede": "a running task gives its thread slot back (it waits for other work)",
         "rejoin": "a seceded task wants a thread slot again",
     },

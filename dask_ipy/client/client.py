@@ -481,17 +481,10 @@ class Client(ClusterMethods, ObserveMethods):
                            allow_other_workers=allow_other_workers)
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
-        # Futures in the collections' graphs (persisted data) are references by now.
         annotations = {}
         dsk, keys, _ = g.collections_to_graph(colls, optimize=optimize_graph,
                                               annotations=annotations)
-        wanted = [k for k in dict.fromkeys(keys) if k in dsk]
-        tasks, priorities = self._graph_tasks(dsk, wanted, ())
-        futures = self._submit_graph(tasks, wanted, priorities, options,
-                                     annotations=kept_annotations(annotations))
-        for k in keys:
-            if k not in futures:         # a collection that is a held Future itself
-                futures[k] = Future(k, self)
+        futures = self._graph_futures(dsk, keys, options, annotations)
         result = [futures[k] for k in keys]
         if sync:
             return self.run_op(self._gather_op(result[0] if single else result))
@@ -501,30 +494,36 @@ class Client(ClusterMethods, ObserveMethods):
                 workers=None, resources=None, allow_other_workers=False,
                 fifo_timeout=None, actors=False, **kwargs):
         """Start computing collections and return them backed by data on the cluster
-        (the placement keyword arguments as with `compute`)."""
+        (the placement keyword arguments as with `compute`).
+
+        As ``dask.persist`` does: one optimized expression for all collections, and
+        each ORIGINAL collection rebuilt by its ``__dask_postpersist__`` from Futures
+        of its own output keys."""
         options = _options({"fifo_timeout": fifo_timeout, "actor": actors, **kwargs},
                            "persist", priority=priority, retries=retries,
                            workers=workers, resources=resources,
                            allow_other_workers=allow_other_workers)
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
-        out = []
-        for c in colls:
-            (c2,) = dask.optimize(c) if optimize_graph else (c,)
-            graph = c2.__dask_graph__()
-            annotations = per_key_annotations(c2) or per_key_annotations(graph)
-            dsk = dict(graph)
-            keys = g.flatten_keys(c2.__dask_keys__())
-            known = {k: v for k, v in dsk.items() if isinstance(v, Future)}
-            plain = {k: v for k, v in dsk.items() if k not in known}
-            wanted = [k for k in keys if k in plain]
-            tasks, priorities = self._graph_tasks(plain, wanted, known)
-            futures = self._submit_graph(tasks, wanted, priorities, options,
-                                         annotations=annotations)
-            futures.update(known)
-            rebuild, args = c2.__dask_postpersist__()
-            out.append(rebuild({k: futures[k] for k in keys}, *args))
+        annotations = {}
+        dsk, keys, rebuild = g.collections_to_persist(colls, optimize=optimize_graph,
+                                                      annotations=annotations)
+        out = rebuild(self._graph_futures(dsk, keys, options, annotations))
         return out[0] if single else out
+
+    def _graph_futures(self, dsk, keys, options, annotations):
+        """Submit what ``keys`` need of a normalized graph; {key: Future} for every
+        key.  A key outside the graph is data a Future of this client already holds
+        (a persisted collection's): dask turned those Futures into references.
+        ``annotations``: the graph's, ``{name: {key: value}}``."""
+        wanted = [k for k in dict.fromkeys(keys) if k in dsk]
+        tasks, priorities = self._graph_tasks(dsk, wanted, ())
+        futures = self._submit_graph(tasks, wanted, priorities, options,
+                                     annotations=kept_annotations(annotations))
+        for k in keys:
+            if k not in futures:
+                futures[k] = Future(k, self)
+        return futures
 
     # ---------------------------------------------------------------- shared names
 
@@ -666,6 +665,14 @@ class Client(ClusterMethods, ObserveMethods):
 
     def __exit__(self, *exc):
         self._close_now()
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        # A connection is not copied: a deep copy of dask's config, which holds this
+        # client's `get` while it is the default, shares it.
+        return self
 
     def __del__(self):
         try:

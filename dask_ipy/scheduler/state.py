@@ -69,7 +69,9 @@ State, documented once:
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
-`validate()` checks the invariants; tests switch it on after every transition.
+A task changes state only in those methods (with ``validate`` on, `_set_state`
+refuses anywhere else); only `restart` drops every task at once.  `validate()`
+checks the invariants; tests switch it on after every transition.
 """
 
 from __future__ import annotations
@@ -496,6 +498,7 @@ class SchedulerState:
         self.validating = validate
         self.generation = 0
         self.transition_count = 0
+        self._in_transition = 0              # depth of table methods running (validate)
         self._seq = itertools.count()
         self._heads = {}                     # {key name: (that str, its group name)}
         self._ids = itertools.count(1)
@@ -510,16 +513,21 @@ class SchedulerState:
             (WAITING, ERRED): self._any_erred,
             (QUEUED, PROCESSING): self._queued_processing,
             (QUEUED, RELEASED): self._queued_released,
-            (QUEUED, ERRED): self._any_erred,
+            (QUEUED, MEMORY): self._waiting_memory,
             (NO_WORKER, WAITING): self._no_worker_waiting,
             (NO_WORKER, RELEASED): self._no_worker_released,
-            (NO_WORKER, ERRED): self._any_erred,
+            (NO_WORKER, MEMORY): self._waiting_memory,
+            (PROCESSING, WAITING): self._processing_waiting,
             (PROCESSING, MEMORY): self._processing_memory,
             (PROCESSING, RELEASED): self._processing_released,
             (PROCESSING, ERRED): self._processing_erred,
             (MEMORY, RELEASED): self._memory_released,
             (ERRED, RELEASED): self._erred_released,
+            (ERRED, MEMORY): self._erred_memory,
         }
+        # No (queued, erred) or (no-worker, erred): only root tasks are queued, and a
+        # task waits for a worker only while its inputs are in memory (one that
+        # leaves sends it back to waiting), so no input of theirs can err.
 
     # ------------------------------------------------------------------ plumbing
 
@@ -583,7 +591,9 @@ class SchedulerState:
             if more:
                 recs.update(more)
 
-    def _transition(self, ts, finish):
+    def _transition(self, ts, finish, *args):
+        """The one way a task changes state: the table's method for ``(start,
+        finish)``; ``args`` go to it (the worker `fill_workers` chose)."""
         start = ts.state
         func = self._transitions.get((start, finish))
         if func is None:
@@ -593,9 +603,18 @@ class SchedulerState:
             if func is None:
                 raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
         self.transition_count += 1
-        return func(ts)
+        if not self.validating:
+            return func(ts, *args)
+        self._in_transition += 1
+        try:
+            return func(ts, *args)
+        finally:
+            self._in_transition -= 1
 
     def _set_state(self, ts, state):
+        if self.validating:
+            assert self._in_transition, f"{ts.key!r}: {ts.state} -> {state} outside " \
+                "the transition table"
         if self.plugin_events is not None:
             self.plugin_events.append(("transition", ts.key, ts.state, state))
         counts = ts.group.states
@@ -676,6 +695,7 @@ class SchedulerState:
                 self._set_state(ts, NO_WORKER)
                 self.unrunnable.add(ts)
                 return {}
+        self._set_state(ts, PROCESSING)
         self._assign(ts, ws)
         return {}
 
@@ -687,16 +707,25 @@ class SchedulerState:
         return self._release_recs(ts)
 
     def _waiting_memory(self, ts):
-        # Data arrived (scatter) for a key that was waiting to be computed.
+        # Data arrived (scatter) for a key that was waiting to be computed (or
+        # queued, or without a worker: a queued one's heap entry is skipped).
+        if ts.state == NO_WORKER:
+            self.unrunnable.discard(ts)
         for dep in ts.dependencies:
             _discard(dep, "waiters", ts)
         ts.waiting_on = EMPTY
         self._set_state(ts, MEMORY)
         return self._after_memory(ts)
 
-    def _queued_processing(self, ts):
-        self._set_state(ts, WAITING)
-        return self._waiting_processing(ts)
+    def _queued_processing(self, ts, ws=None):
+        # `fill_workers` pops the task off the queue for a worker with room.  Asked
+        # without one (a recommendation), it stays queued: the queue hands tasks out
+        # in priority order.
+        if ws is None:
+            return {}
+        self._set_state(ts, PROCESSING)
+        self._assign(ts, ws)
+        return {}
 
     def _queued_released(self, ts):
         self._set_state(ts, RELEASED)        # the heap entry is skipped when popped
@@ -743,6 +772,13 @@ class SchedulerState:
             recs[ts.key] = FORGOTTEN
         return recs
 
+    def _processing_waiting(self, ts):
+        # Given back unstarted by its worker with nowhere it was meant to go (a steal
+        # whose thief left): placed afresh.
+        self._unassign(ts)
+        self._set_state(ts, WAITING)
+        return {ts.key: PROCESSING}
+
     def _processing_released(self, ts):
         ws = ts.processing_on
         if ws is not None and ts in ws.executing and ts not in ws.seceded:
@@ -762,8 +798,6 @@ class SchedulerState:
         return self._any_erred(ts)
 
     def _any_erred(self, ts):
-        if ts.state == NO_WORKER:
-            self.unrunnable.discard(ts)
         for dep in ts.dependencies:
             _discard(dep, "waiters", ts)
         ts.waiting_on = EMPTY
@@ -799,8 +833,9 @@ class SchedulerState:
     def _memory_released(self, ts):
         recs = {}
         for dts in ts.waiters:
-            # A dependent already sent to a worker can no longer fetch this result.
-            if dts.state == PROCESSING:
+            # A dependent already sent to a worker can no longer fetch this result;
+            # one waiting for a worker would be sent without it.
+            if dts.state in (PROCESSING, NO_WORKER):
                 recs[dts.key] = RELEASED
         for ws in ts.who_has:
             ws.has_what.discard(ts)
@@ -816,6 +851,13 @@ class SchedulerState:
         ts.error = None
         self._set_state(ts, RELEASED)
         return self._release_recs(ts)
+
+    def _erred_memory(self, ts):
+        # A value was put under the key of a task that erred (scatter): it holds now.
+        # Dependents that erred with it stay erred.
+        ts.error = None
+        self._set_state(ts, MEMORY)
+        return self._after_memory(ts)
 
     def _release_recs(self, ts):
         """After a task is released: compute it again if still needed, else forget."""
@@ -1028,16 +1070,16 @@ class SchedulerState:
                 if thief is not None:   # so the thief may ask for the next in line
                     self._steal_for(thief)
             return
-        self._unassign(ts)
         if (thief is not None and thief.status == "running"
                 and (not _constrained(ts) or _allowed(ts, thief))):
+            self._unassign(ts)          # processing still, on another worker
             self._assign(ts, thief)
             self.stolen += 1
         else:                           # the thief left: placed afresh
-            self._set_state(ts, WAITING)
-            self.transitions({ts.key: PROCESSING})
+            self.transitions({ts.key: WAITING})
 
     def _assign(self, ts, ws):
+        """Send a task that is now processing to ``ws``."""
         if self.validating:
             assert ws.status == RUNNING, (ts, ws)     # nothing new for a paused one
         duration = self._duration(ts)
@@ -1046,7 +1088,6 @@ class SchedulerState:
         ws.occupancy += duration
         if _holding(ws) + len(ws.stale) > ws.nthreads:
             self.may_give[ws] = None
-        self._set_state(ts, PROCESSING)
         run_spec = ts.run_spec
         if type(run_spec) is bytes:
             run_spec = Serialized([run_spec])
@@ -1110,8 +1151,7 @@ class SchedulerState:
             _, _, ts = heapq.heappop(queued)
             if ts.state != QUEUED:
                 continue
-            self._set_state(ts, WAITING)
-            self._assign(ts, ws)
+            self._transition(ts, PROCESSING, ws)
             room -= 1
 
     # ------------------------------------------------------------ graph intake
@@ -1667,26 +1707,10 @@ class SchedulerState:
                                                     "request_id": sc["request_id"],
                                                     "key": key})
             if ts.state != MEMORY:
-                if ts.state == PROCESSING:
-                    self._unassign(ts)
-                    self._set_state(ts, WAITING)
-                if ts.state in (QUEUED, NO_WORKER):
-                    self.unrunnable.discard(ts)
-                    self._set_state(ts, WAITING)
                 self.transitions({ts.key: MEMORY})
         self.fill_workers()
         if self.moves:
             self._copies_made(ws, [entry[0] for entry in msg["keys"]])
-
-    def _on_release_worker_data(self, ws, msg):
-        for key in msg["keys"]:
-            ts = self.tasks.get(key)
-            if ts is not None and ws in ts.who_has:
-                _discard(ts, "who_has", ws)
-                ws.has_what.discard(ts)
-                ws.nbytes -= max(ts.nbytes, 0)
-                if not ts.who_has and ts.state == MEMORY:
-                    self.transitions({key: RELEASED})
 
     def _on_data(self, ws, msg):
         gid = msg["request_id"]
@@ -1743,7 +1767,6 @@ class SchedulerState:
         "peer-reachable": _on_peer_reachable,
         "relay": _on_relay,
         "add-keys": _on_add_keys,
-        "release-worker-data": _on_release_worker_data,
         "data": _on_data,
         "run-result": _on_run_result,
         "memory-exceeded": _on_memory_exceeded,
@@ -2618,6 +2641,8 @@ class SchedulerState:
                     assert ts in dep.waiters, (ts, dep)
             if ts.state == NO_WORKER:
                 assert ts in self.unrunnable, ts
+                # (so none of its inputs can err: no no-worker -> erred transition)
+                assert all(dep.state == MEMORY for dep in ts.dependencies), ts
             for dep in ts.dependencies:
                 assert dep.key in self.tasks, (ts, dep)
                 assert ts in dep.dependents, (ts, dep)

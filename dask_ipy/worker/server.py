@@ -256,6 +256,7 @@ class Worker:
                 data = {}
         self.data = data
         self.running = RunningTasks()
+        self._running_at_beat = set()     # task keys running at the last heartbeat
         self.monitor = None
         if self.memory_limit:
             interval = interval or cfg.get("worker.memory.monitor-interval")
@@ -555,6 +556,13 @@ class Worker:
 
     def _heartbeat(self):
         self._send_heartbeat()
+        # Tiny tasks that have run since the last beat or before: no longer tiny.
+        running = set(self.running.keys())
+        long_running = [key for key in running & self._running_at_beat
+                        if key in self.state.short]
+        self._running_at_beat = running
+        if long_running:
+            self._handle("long-running", keys=long_running)
         self.loop.call_later(self.heartbeat_interval, self._heartbeat)
 
     def _send_heartbeat(self):
@@ -654,6 +662,10 @@ class Worker:
                 busy = False
             if not self.closed.is_set():
                 self.loop.call_soon(self._task_done, result)
+            # Nothing of a finished task outlives it on this thread: its result and
+            # the task that ran live in the store, for as long as the scheduler
+            # wants them.
+            result = None
             if seceded:
                 return                  # its slot went to another thread
 
@@ -693,7 +705,7 @@ class Worker:
             end = time.time()
             return ("execute-success", {"key": job.key, "value": value,
                                         "nbytes": nbytes, "type": typename(value),
-                                        "start": start, "stop": end, "data": data},
+                                        "start": start, "stop": end, "data": data, "ran": node},
                     (start, loaded, began, stop, end - stop if data is not None else 0.0,
                      threading.get_ident(), disk))
         except BaseException as e:  # a task may raise anything, SystemExit too

@@ -90,7 +90,7 @@ class Rejoin:
 
 
 class WTask:
-    __slots__ = ("key", "state", "run_spec", "priority", "dependencies",
+    __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
                  "cancelled", "computed", "duration", "want_data", "confirm", "replica",
                  "interrupted", "resources")
@@ -99,6 +99,10 @@ class WTask:
         self.key = key
         self.state = "released"
         self.run_spec = None
+        # The task as it ran, kept as long as its result: a result may depend on
+        # objects only the task holds (a weakref.proxy to what the function's
+        # closure keeps), as it can under dask's own schedulers.
+        self.ran = None
         self.priority = (0,)
         self.dependencies = ()
         self.dependents = set()
@@ -255,6 +259,7 @@ class WorkerState:
             if self.tasks.get(ts.key) is not ts:
                 continue
             del self.tasks[ts.key]
+            ts.ran = None
             if self.transition_log is not None:
                 self.transition_log.append((ts.key, ts.state, "forgotten"))
             self._forget_flight(ts)
@@ -368,7 +373,7 @@ class WorkerState:
     # ------------------------------------------------------------ local events
 
     def _on_execute_success(self, out, key, value, nbytes, type=None, start=0.0,
-                            stop=0.0, data=None):
+                            stop=0.0, data=None, ran=None):
         self._ended(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
@@ -378,6 +383,8 @@ class WorkerState:
             self._run_again(out, ts)
             return
         self._store(ts, value, nbytes)
+        if ran is not None:
+            ts.ran, ts.run_spec = ran, None    # the spec is not run again
         ts.reported = True
         msg = {"op": "task-finished", "key": key, "nbytes": nbytes, "type": type,
                "duration": stop - start}
@@ -676,6 +683,15 @@ class WorkerState:
                 out.append(Send({"op": "task-started", "key": ts.key}))
             out.append(run)
 
+    def _on_long_running(self, out, keys):
+        """Tasks that were started as tiny (unannounced, with more tiny ones let into
+        the pool behind them) run long: the scheduler hears that they run, and they
+        hold their threads like any long task."""
+        for key in keys:
+            if key in self.short:
+                self.short.discard(key)
+                out.append(Send({"op": "task-started", "key": key}))
+
     def _take_resources(self, ts):
         """Hold what ``ts`` needs while it runs, if that much is free."""
         need = ts.resources
@@ -781,6 +797,8 @@ class WorkerState:
             assert ts.key == key
             if ts.state == "memory":
                 assert key in self.data, ts
+            else:
+                assert ts.ran is None, ts
             if ts.state == "waiting":
                 assert ts.waiting_for, ts
                 for dkey in ts.waiting_for:

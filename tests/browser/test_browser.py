@@ -283,7 +283,13 @@ def test_widget_updates_live_in_jupyterlab(lab, browser, tmp_path):
 
     nb.menu("Settings", "Theme", "JupyterLab Dark")
     nb.page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
-    nb.page.wait_for_timeout(300)
+    # The flag comes before the theme's stylesheet applies: wait for the widget's
+    # own text to turn light (its colours follow the theme's variables).
+    header = nb.widget().locator('[data-dask-ipy="header"]').first.element_handle()
+    nb.page.wait_for_function("""el => {
+        const rgb = getComputedStyle(el).color.match(/\\d+/g).map(Number);
+        return rgb[0] + rgb[1] + rgb[2] > 3 * 128;
+    }""", arg=header, timeout=30_000)
     nb.widget().screenshot(path=str(tmp_path / "widget-final-dark.png"))
 
     for name in ("widget-running.png", "widget-final.png", "widget-final-dark.png"):

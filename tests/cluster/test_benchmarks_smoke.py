@@ -14,6 +14,9 @@ import pytest
 
 from benchmarks import report, workloads
 
+# Timed runs of the benchmarks (ours and dask.distributed's): without coverage.
+pytestmark = pytest.mark.uncovered
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -20,7 +20,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -118,6 +117,26 @@ def stderr_lines(p):
     p.err.flush()
     p.err.seek(0)
     return p.err.read().splitlines()
+
+
+def serves(p):
+    """A client's request answered by the scheduler ``p``: it is up and its I/O thread
+    has read everything sent to it before."""
+    with Client(p.info["file"], set_as_default=False) as c:
+        assert c.submit(len, "abc").key                  # (no workers: not run)
+        assert c.scheduler_info()["nclients"] >= 1        # (an earlier one may linger)
+
+
+def steady(read, times=3):
+    """``read()`` once it gave the same value ``times`` times in a row (a process
+    done starting up), rather than after a guessed pause."""
+    seen = []
+
+    def same():
+        seen[:] = (seen + [read()])[-times:]
+        return len(seen) == times and len(set(seen)) == 1
+    wait_for(same, timeout=10, interval=0.1, message=lambda: f"{read} to settle: {seen}")
+    return seen[-1]
 
 
 def attempt(fn):
@@ -251,7 +270,7 @@ def test_a_stranger_cannot_make_the_scheduler_hold_a_large_message(procs):
     security = Security.temporary()
     s = procs.scheduler(security)
     pid, port = s.pid, port_of(s.info["clients"])
-    time.sleep(0.3)
+    serves(s)                       # the peak of a scheduler that has served a client
     before = peak_rss(pid)
 
     def sniffed_password_huge_frame():
@@ -269,11 +288,10 @@ def test_a_stranger_cannot_make_the_scheduler_hold_a_large_message(procs):
         assert not went_through and isinstance(error, ConnectionError), attack
     went_through, error = attempt(sniffed_password_huge_frame)
     assert not went_through
-    time.sleep(0.5)
+    # Served after the attacks on the same I/O thread: whatever they made it hold
+    # has been held by now.
+    serves(s)
     assert peak_rss(pid) - before < 64 << 20
-    with Client(s.info["file"], set_as_default=False) as c:
-        assert c.submit(len, "abc").key                         # still serving
-        assert c.scheduler_info()["nclients"] == 1
 
 
 # ---------------------------------------------------------------- 3. connections
@@ -336,8 +354,7 @@ def test_idle_and_keyless_connections_to_zeromq_ports_are_closed(procs):
     security = Security.temporary()
     s = procs.scheduler(security)
     proc = psutil.Process(s.pid)
-    time.sleep(0.3)
-    fds = proc.num_fds()
+    fds = steady(proc.num_fds)
     port = port_of(s.info["clients"])
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
     try:

@@ -59,7 +59,9 @@ def test_when_the_stream_fails_the_value_comes_over_zeromq_at_once():
         relayed = s.relay.relayed
         start = time.monotonic()
         assert check(x.result(timeout=60))
-        assert time.monotonic() - start < 10            # not the relay's ticket timeout
+        # Not after the relay's ticket expires (its ttl, 60 s): half of it is a wide
+        # margin for a busy machine.
+        assert time.monotonic() - start < s.relay.ttl / 2
         assert s.relay.relayed == relayed
         assert c.shell.state.relay_port is None         # no more streams asked for
         assert check(c.submit(make, SIZE, pure=False).result(timeout=60))
@@ -77,7 +79,7 @@ def test_a_client_that_cannot_reach_the_relay_gets_the_value_over_zeromq():
         # once rather than at the relay's timeout.
         wait_for(lambda: wa.uploads.running == 0 and not s.relay._expected, timeout=10,
                  message="the stream to be given up")
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < s.relay.ttl / 2     # not at its expiry
 
 
 def test_an_encrypted_cluster_gathers_large_values_over_zeromq():

@@ -26,7 +26,8 @@ from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWar
                       Worker)
 from dask_ipy.worker.store import SpillFiles, SpillStore
 
-pytestmark = pytest.mark.timeout(180)
+# Memory limits measured in the workers: run without coverage (see pyproject.toml).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.uncovered]
 
 
 @contextlib.contextmanager

@@ -144,20 +144,22 @@ def free_port():
 def test_data_of_a_silent_peer_comes_through_the_scheduler(tmp_path):
     with silent_port() as hole, processes(tmp_path, nworkers=0) as (pc, c):
         a, b = start_workers(pc, c, {"contact_address": hole},
-                             {"connect_timeout": 2.0})
+                             {"connect_timeout": 5.0})
         assert a == hole
         x = c.submit(make_bytes, 1 << 20, workers=[a])
         x.result(timeout=30)
         start = time.monotonic()
         first = c.submit(digest, x, workers=[b])
         assert first.result(timeout=30) == digest(make_bytes(1 << 20))
-        assert time.monotonic() - start >= 2.0          # the connection was tried
+        assert time.monotonic() - start >= 5.0          # the connection was tried
         assert list(c.scheduler_info()["workers"][b]["unreachable"]) == [a]
         # Known now: the next fetch goes to the relay at once.
         start = time.monotonic()
         again = c.submit(len, x, workers=[b])
         assert again.result(timeout=30) == 1 << 20
-        assert time.monotonic() - start < 1.5
+        # Trying the peer again would take its connect timeout (5 s); a relayed fetch
+        # takes milliseconds, so 4 s is a wide margin on a busy machine.
+        assert time.monotonic() - start < 4.0
         # Left free, a task that needs x runs where x is (B would need the relay).
         assert c.submit(len, x, key="anywhere").result(timeout=30) == 1 << 20
         assert c.who_has([x])[x.key] == [a]

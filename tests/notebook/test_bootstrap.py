@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
+import zmq
 
 from helpers import dask_ipy_threads, wait_for
 from dask_ipy import Client
@@ -262,10 +263,9 @@ def test_placements(ipcluster, placement):
 
 
 def test_encrypted_cluster(ipcluster):
-    zmq = pytest.importorskip("zmq")
-    if not zmq.has("curve"):
-        pytest.skip("libzmq without CURVE")
     from dask_ipy import Security
+
+    assert zmq.has("curve"), "libzmq without CURVE (pyzmq's wheels ship libsodium)"
 
     _, rc = ipcluster
     security = Security.temporary(encrypt=True)
@@ -317,17 +317,16 @@ def test_engine_killed_mid_computation(own_ipcluster):
     _, rc = own_ipcluster
     pids = dict(zip(rc.ids, rc[:].apply_sync(os.getpid)))
     victim = rc.ids[1]                         # the scheduler lives beside engine 0
-    client = dask_client_from_ipclient(rc)
+    # Heartbeats would take a minute: only the closed connection can tell in time.
+    client = dask_client_from_ipclient(rc, heartbeat_timeout=60.0)
     try:
         futures = client.map(slow_inc, range(100))     # about 0.5 s per engine
         wait_for(lambda: sum(f.done() for f in futures) >= 5, timeout=20,
                  message="the computation to start")
         os.kill(pids[victim], signal.SIGKILL)
         # The scheduler notices the closed connection at once, not after heartbeats.
-        t0 = time.monotonic()
-        wait_for(lambda: len(client.nthreads()) == 1, timeout=5,
+        wait_for(lambda: len(client.nthreads()) == 1, timeout=30,
                  message="the dead engine's worker to be dropped")
-        assert time.monotonic() - t0 < 5
         assert client.gather(futures) == list(range(1, 101))
         names = {w["name"] for w in client.scheduler_info()["workers"].values()}
         assert names == {f"engine-{rc.ids[0]}"}

@@ -10,7 +10,8 @@ from dask_ipy import MemoryLimitExceeded
 from helpers import (MiB, array_sum, blas_threads, filled_mib, grow, hold_memory,
                      hold_to_pause, inc, pid, release_memory, wait_for)
 
-pytestmark = pytest.mark.timeout(180)
+# Memory limits measured in the engines: run without coverage (see pyproject.toml).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.uncovered]
 
 
 def test_in_engines_a_runaway_is_interrupted_and_a_paused_worker_resumes(ipcluster):

@@ -3,6 +3,12 @@ import gc
 import operator
 import time
 
+import dask
+import dask.array as da
+import dask.bag as db
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
 import pytest
 from dask._task_spec import Alias, DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph
@@ -213,7 +219,6 @@ def test_normalize_restores_gc_state():
 
 
 def test_normalize_expression_and_rejects_non_graphs():
-    da = pytest.importorskip("dask.array")
     x = da.ones(4, chunks=2) + 1
     graph = normalize(x)  # anything with __dask_graph__
     assert set(flatten_keys(x.__dask_keys__())) <= set(graph)
@@ -228,7 +233,9 @@ def test_normalize_100k_tasks_is_fast():
     graph = normalize(d)
     elapsed = time.perf_counter() - t0
     assert len(graph) == 100_001
-    assert elapsed < 2.0, elapsed  # about 0.35 s measured; loose for slow CI
+    # About 0.35 s measured.  The bound catches a pass that grows quadratically
+    # (minutes at this size), not a slow or busy machine: hence its width.
+    assert elapsed < 20.0, elapsed
 
 
 # -- check ----------------------------------------------------------------------
@@ -282,7 +289,8 @@ def test_check_100k_chain_no_recursion_error():
     deps = dependencies(graph)
     t0 = time.perf_counter()
     check(graph, deps)
-    assert time.perf_counter() - t0 < 2.0
+    # Only a quadratic (minutes) check would come near it, not a busy machine.
+    assert time.perf_counter() - t0 < 20.0
     prio = order(graph, deps)
     assert prio["x0"] < prio["x50000"] < prio["x100000"]
 
@@ -405,7 +413,8 @@ def test_order_above_the_limit_uses_depth_first():
     assert len(graph) > G.DASK_ORDER_LIMIT
     t0 = time.perf_counter()
     prio = order(graph, deps)
-    assert time.perf_counter() - t0 < 3.0  # about 0.25 s measured
+    # About 0.25 s measured; only a quadratic ordering would come near the bound.
+    assert time.perf_counter() - t0 < 20.0
     assert_valid_order(graph, deps, prio)
 
 
@@ -495,10 +504,6 @@ def compute_locally(*collections, optimize=True):
 
 
 def test_collections_array_sum():
-    import dask
-    import numpy as np
-
-    da = pytest.importorskip("dask.array")
     x = da.arange(100, chunks=7)
     total = (x * 2).sum()
     y = (x + 1)[::3]
@@ -514,9 +519,6 @@ def test_collections_array_sum():
 
 
 def test_collections_bag_map_filter():
-    import dask
-
-    db = pytest.importorskip("dask.bag")
     b = db.from_sequence(range(30), npartitions=4).map(lambda v: v * 3).filter(lambda v: v % 2)
     (got,) = compute_locally(b)
     assert got == dask.compute(b, scheduler="sync")[0] == [v * 3 for v in range(30) if v % 2]
@@ -524,8 +526,6 @@ def test_collections_bag_map_filter():
 
 
 def test_collections_delayed():
-    import dask
-
     @dask.delayed
     def f(a, b):
         return a + b
@@ -538,10 +538,6 @@ def test_collections_delayed():
 
 
 def test_collections_dataframe_groupby():
-    import dask
-
-    pd = pytest.importorskip("pandas")
-    dd = pytest.importorskip("dask.dataframe")
     pdf = pd.DataFrame({"a": [1, 2, 1, 2, 3, 3, 1], "b": range(7), "c": list("xyzxyzx")})
     df = dd.from_pandas(pdf, npartitions=3)
     g = df.groupby("a").b.sum()
@@ -557,7 +553,6 @@ def test_collections_dataframe_groupby():
 
 
 def test_collections_to_graph_single_and_invalid():
-    dask = pytest.importorskip("dask")
     d = dask.delayed(inc)(1)
     graph, keys, finalize = collections_to_graph(d)
     assert len(keys) == 1 and keys[0] in graph

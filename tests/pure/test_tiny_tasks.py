@@ -62,3 +62,24 @@ def test_an_idle_worker_takes_tiny_tasks_queued_behind_a_long_one():
                                        "released": True, "state": "ready"})
     assert {ts.key for ts in s.workers["w2"].processing} == set(keys)
     s.validate()
+
+
+def test_a_tiny_task_that_runs_long_is_announced_and_holds_its_thread():
+    """A task of a tiny group that blocks (a lock, a file, a future): once the shell
+    says it has run for a heartbeat, the scheduler hears that it runs, and no more
+    tiny tasks go into the pool behind it."""
+    ws = WorkerState(ME, nthreads=1, validating=True)
+    out = ws.handle("compute-task", key="t0", run_spec="t0", priority=(0, 1, 0),
+                    duration=0.0001)
+    assert out == [Execute("t0", "t0", {})]                 # not announced: tiny
+    out = ws.handle("compute-task", key="t1", run_spec="t1", priority=(0, 1, 1),
+                    duration=0.0001)
+    assert [i.key for i in out if isinstance(i, Execute)] == ["t1"]   # prefetched
+    assert ws.handle("long-running", keys=["t0"]) == [
+        Send({"op": "task-started", "key": "t0"})]
+    assert ws.short == {"t1"}
+    # Held by a long task now: the next tiny one waits outside the pool.
+    assert ws.handle("compute-task", key="t2", run_spec="t2", priority=(0, 1, 2),
+                     duration=0.0001) == []
+    assert ws.handle("long-running", keys=["t0", "gone"]) == []      # once only
+    ws.validate()

@@ -118,6 +118,28 @@ def test_a_task_not_started_is_given_up_to_a_thief(ws):
     assert states(ws) == {"x": "memory"}
 
 
+def test_the_task_that_ran_lives_as_long_as_its_result(ws):
+    """A result may depend on what only its task holds (a weakref.proxy to an object
+    the function's closure keeps): the task that ran stays while the result does."""
+    import gc
+    import weakref
+
+    class Task:
+        pass
+
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
+    task = Task()
+    alive = weakref.ref(task)
+    ws.handle("execute-success", key="x", value=1, nbytes=8, ran=task)
+    del task
+    gc.collect()
+    assert alive() is not None and ws.tasks["x"].ran is alive()
+    assert ws.tasks["x"].run_spec is None           # held once, not twice
+    ws.handle("free-keys", keys=["x"])
+    gc.collect()
+    assert alive() is None and ws.tasks == {}
+
+
 def test_free_keys_while_executing_discards_the_result(ws):
     ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
     assert ws.handle("free-keys", keys=["x"]) == []

@@ -1,0 +1,122 @@
+"""Run dask's installed tests forced through one system and print per-module counts.
+
+    python tests/dask_suite/run.py dask_ipy [--ci | MODULE ...] [--report PATH] [--gate]
+
+Without modules: every module of MODULES (the long run); ``--ci``: CI_MODULES.  The
+exit status is pytest's, or the gate's with ``--gate`` (see dask_suite.py).
+"""
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAILURES = os.path.join(HERE, "distributed_failures.txt")
+
+MODULES = [
+    "dask.tests.test_base",
+    "dask.tests.test_delayed",
+    "dask.tests.test_composite_expr",
+    "dask.bag.tests.test_bag",
+    "dask.array.tests.test_array_core",
+    "dask.array.tests.test_reductions",
+    "dask.dataframe.tests.test_groupby",
+    "dask.dataframe.tests.test_dataframe",
+    "dask.dataframe.tests.test_shuffle",
+    "dask.dataframe.tests.test_multi",
+]
+
+# The part of the run every CI run makes (4 minutes on an idle 2-core machine, 7 on
+# one loaded by other test runs); the rest, 17 and 46 minutes there, with:
+#   pytest -m dask_suite tests/cluster/test_dask_suite.py
+CI_MODULES = [
+    "dask.tests.test_base",
+    "dask.tests.test_delayed",
+    "dask.tests.test_composite_expr",
+    "dask.bag.tests.test_bag",
+    "dask.array.tests.test_array_core",
+    "dask.array.tests.test_reductions",
+    "dask.dataframe.tests.test_shuffle",
+]
+
+
+def command(system, modules, report, gate=None, extra=()):
+    """The pytest command line of a forced run; `gate`: the list of failures."""
+    import dask
+
+    root = os.path.dirname(os.path.dirname(dask.__file__))
+    cmd = [sys.executable, "-m", "pytest", "-c", os.path.join(HERE, "forced.ini"),
+           f"--rootdir={root}", f"--confcutdir={root}", "-p", "no:cacheprovider",
+           "-p", "dask_suite", f"--dask-suite={system}",
+           f"--dask-suite-report={report}", "--tb=line", "-q", *extra]
+    if gate:
+        cmd.append(f"--dask-suite-gate={gate}")
+    return cmd + ["--pyargs", *modules]
+
+
+def environment():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (HERE, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def module_of(test_id):
+    return test_id.partition("::")[0][:-3].replace("/", ".")
+
+
+def summary(report):
+    """{module: Counter(outcome), with "seconds"}"""
+    out = collections.defaultdict(collections.Counter)
+    for tid, outcome in report["outcomes"].items():
+        out[module_of(tid)][outcome] += 1
+    for tid, seconds in report["durations"].items():
+        out[module_of(tid)]["seconds"] += seconds
+    return out
+
+
+def print_summary(report, wall):
+    rows = summary(report)
+    kinds = ["passed", "failed", "error", "skipped", "xfailed", "xpassed"]
+    print(f"{report['system']}: {wall:.0f} s")
+    print(f"{'module':40s}" + "".join(f"{k:>9s}" for k in kinds) + f"{'seconds':>9s}")
+    total = collections.Counter()
+    for module in sorted(rows):
+        total.update(rows[module])
+        print(f"{module:40s}" + "".join(f"{rows[module][k]:9d}" for k in kinds)
+              + f"{rows[module]['seconds']:9.0f}")
+    print(f"{'total':40s}" + "".join(f"{total[k]:9d}" for k in kinds)
+          + f"{total['seconds']:9.0f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("system", choices=["dask_ipy", "distributed"])
+    p.add_argument("modules", nargs="*")
+    p.add_argument("--ci", action="store_true", help="only the modules CI runs")
+    p.add_argument("--report", default=None, help="where to keep the JSON report")
+    p.add_argument("--gate", action="store_true",
+                   help="fail only on failures dask.distributed does not have")
+    p.add_argument("-k", default=None, help="pytest's -k")
+    args = p.parse_intermixed_args(argv)
+    modules = args.modules or (CI_MODULES if args.ci else MODULES)
+    report = args.report or tempfile.mktemp(prefix="dask-suite-", suffix=".json")
+    extra = ["-k", args.k] if args.k else []
+    start = time.monotonic()
+    gate = FAILURES if args.gate else None
+    status = subprocess.call(command(args.system, modules, report, gate, extra),
+                             env=environment())
+    wall = time.monotonic() - start
+    if os.path.exists(report):
+        with open(report) as f:
+            print_summary(json.load(f), wall)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
