@@ -346,11 +346,14 @@ def serialize(obj) -> Serialized:
     try:
         return _pickle(cloudpickle.dumps, target)
     except Exception as e:
-        kind = type(obj)
-        raise SerializationError(
-            f"cannot serialize object of type {kind.__module__}.{kind.__qualname__}: "
-            f"{type(e).__name__}: {e}"
-        ) from e
+        raise _unserializable(obj, e) from e
+
+
+def _unserializable(obj, e):
+    kind = type(obj)
+    return SerializationError(
+        f"cannot serialize object of type {kind.__module__}.{kind.__qualname__}: "
+        f"{type(e).__name__}: {e}")
 
 
 class _Discard:
@@ -377,11 +380,7 @@ def check_serializable(obj) -> None:
         cloudpickle.CloudPickler(_Discard(), protocol=5,
                                  buffer_callback=_out_of_band).dump(obj)
     except Exception as e:
-        kind = type(obj)
-        raise SerializationError(
-            f"cannot serialize object of type {kind.__module__}.{kind.__qualname__}: "
-            f"{type(e).__name__}: {e}"
-        ) from e
+        raise _unserializable(obj, e) from e
 
 
 def deserialize(s: Serialized) -> object:

@@ -47,9 +47,10 @@ def silent_port():
 
 
 @contextlib.contextmanager
-def one_way_proxy(target_port):
-    """A proxy to 127.0.0.1:target_port that forwards what clients send and drops
-    every byte coming back: a link that works in one direction only."""
+def _proxy(target_port, forwards):
+    """A proxy to 127.0.0.1:target_port on its own thread: a byte read from the
+    client (``to_target`` True) or from the target is passed on when
+    ``forwards(to_target)``, else dropped.  Yields its address."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
     sel = selectors.DefaultSelector()
@@ -63,23 +64,21 @@ def one_way_proxy(target_port):
                 if key.data is None:
                     client, _ = listener.accept()
                     upstream = socket.create_connection(("127.0.0.1", target_port))
-                    for sock in (client, upstream):
-                        sock.setblocking(False)
-                        conns.append(sock)
-                    sel.register(client, selectors.EVENT_READ, upstream)
-                    sel.register(upstream, selectors.EVENT_READ, False)
+                    conns.extend((client, upstream))
+                    sel.register(client, selectors.EVENT_READ, (upstream, True))
+                    sel.register(upstream, selectors.EVENT_READ, (client, False))
                     continue
                 try:
                     data = key.fileobj.recv(65536)
                 except OSError:
                     data = b""
+                peer, to_target = key.data
                 if not data:
                     sel.unregister(key.fileobj)
-                elif key.data:                 # client to target: forwarded
-                    key.data.sendall(data)
-                                               # target to client: dropped
+                elif forwards(to_target):
+                    peer.sendall(data)
 
-    t = threading.Thread(target=run, name="one-way-proxy", daemon=True)
+    t = threading.Thread(target=run, name="test-proxy", daemon=True)
     t.start()
     try:
         yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
@@ -92,47 +91,21 @@ def one_way_proxy(target_port):
 
 
 @contextlib.contextmanager
+def one_way_proxy(target_port):
+    """Forwards what clients send and drops every byte coming back: a link that
+    works in one direction only."""
+    with _proxy(target_port, lambda to_target: to_target) as address:
+        yield address
+
+
+@contextlib.contextmanager
 def breakable_proxy(target_port):
-    """A proxy to 127.0.0.1:target_port that forwards both ways until the event it
-    yields is set, then drops every byte both ways on the connections it holds: a
-    route that goes dead under an established connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, None)
-    stop, dead = threading.Event(), threading.Event()
-    conns = []
-
-    def run():
-        while not stop.is_set():
-            for key, _ in sel.select(timeout=0.1):
-                if key.data is None:
-                    client, _ = listener.accept()
-                    upstream = socket.create_connection(("127.0.0.1", target_port))
-                    for sock in (client, upstream):
-                        conns.append(sock)
-                    sel.register(client, selectors.EVENT_READ, upstream)
-                    sel.register(upstream, selectors.EVENT_READ, client)
-                    continue
-                try:
-                    data = key.fileobj.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(key.fileobj)
-                elif not dead.is_set():
-                    key.data.sendall(data)
-
-    t = threading.Thread(target=run, name="breakable-proxy", daemon=True)
-    t.start()
-    try:
-        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}", dead
-    finally:
-        stop.set()
-        t.join(5)
-        sel.close()
-        for sock in conns + [listener]:
-            sock.close()
+    """Forwards both ways until the event it yields is set, then drops every byte
+    both ways on the connections it holds: a route that goes dead under an
+    established connection."""
+    dead = threading.Event()
+    with _proxy(target_port, lambda to_target: not dead.is_set()) as address:
+        yield address, dead
 
 
 def free_port():
