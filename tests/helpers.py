@@ -183,12 +183,19 @@ def kill_tree(pid):
         procs = parent.children(recursive=True) + [parent]
     except psutil.NoSuchProcess:
         return
+    kill_all(procs)
+
+
+def kill_all(procs, timeout=10):
+    """Kill the psutil processes ``procs`` (those still there) and reap them."""
+    import psutil
+
     for p in procs:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(procs, timeout=10)
+    psutil.wait_procs(procs, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -196,20 +203,32 @@ def started_ipcluster():
     """A real two-engine ipcluster with fast heartbeats (in the IPYTHONDIR of the test
     session): (cluster, ipyparallel client); stopped at the end."""
     import ipyparallel as ipp
+    import psutil
 
     cluster = ipp.Cluster(n=2, load_profile=False, delay=0,
                           controller_args=["--ping=200"], log_level=40)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    started = []                    # the controller and engines this start made
     rc = None
     try:
-        rc = cluster.start_and_connect_sync(activate=False)
-        rc.wait_for_engines(2, timeout=60)
+        try:
+            rc = cluster.start_and_connect_sync(activate=False)
+            rc.wait_for_engines(2, timeout=60)
+        finally:
+            started = [p for p in me.children(recursive=True) if p.pid not in before]
         yield cluster, rc
     finally:
         try:
             if rc is not None:
                 rc.close()
         finally:
-            cluster.stop_cluster_sync()
+            try:
+                cluster.stop_cluster_sync()
+            finally:
+                # A test that killed engines, or stopped the cluster its own way,
+                # can leave the controller without anyone to stop it.
+                kill_all(psutil.wait_procs(started, timeout=5)[1])
 
 
 # ---------------------------------------------------------------- task functions
