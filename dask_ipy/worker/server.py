@@ -671,8 +671,9 @@ class Worker:
 
     def _run_job(self, job):
         """(event, its arguments, timings for the task stream: see Recorder.ended)"""
-        start = loaded = began = time.time()
+        start = loaded = began = stop = time.time()
         disk = False
+        sent = 0.0                      # seconds pickling a result sent inline
         running = self.running
         try:
             running.start(job.key)
@@ -692,29 +693,29 @@ class Worker:
             stop = time.time()
             nbytes = sizeof(value)
             data = inline(value, nbytes, job)
+            error = None
             if data is None and job.want_data:
                 # A client waits for it: a value that can never reach it is an
                 # error now, so its status, wait and as_completed say so.
                 error = unsendable(job.key, value)
-                if error is not None:
-                    end = time.time()
-                    return ("execute-failure", {"key": job.key, "error": error,
-                                                "start": start, "stop": end},
-                            (start, loaded, began, stop, 0.0, threading.get_ident(),
-                             disk))
             end = time.time()
-            return ("execute-success", {"key": job.key, "value": value,
-                                        "nbytes": nbytes, "type": typename(value),
-                                        "start": start, "stop": end, "data": data, "ran": node},
-                    (start, loaded, began, stop, end - stop if data is not None else 0.0,
-                     threading.get_ident(), disk))
+            if error is not None:
+                event = ("execute-failure", {"key": job.key, "error": error,
+                                             "start": start, "stop": end})
+            else:
+                if data is not None:
+                    sent = end - stop
+                event = ("execute-success", {"key": job.key, "value": value,
+                                             "nbytes": nbytes, "type": typename(value),
+                                             "start": start, "stop": end, "data": data,
+                                             "ran": node})
         except BaseException as e:  # a task may raise anything, SystemExit too
             running.end()
             stop = time.time()
-            return ("execute-failure", {"key": job.key,
-                                        "error": error_payload(e, e.__traceback__),
-                                        "start": start, "stop": stop},
-                    (start, loaded, began, stop, 0.0, threading.get_ident(), disk))
+            event = ("execute-failure", {"key": job.key,
+                                         "error": error_payload(e, e.__traceback__),
+                                         "start": start, "stop": stop})
+        return (*event, (start, loaded, began, stop, sent, threading.get_ident(), disk))
 
     def _task_done(self, result):
         op, kw, timing = result

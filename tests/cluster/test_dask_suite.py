@@ -61,7 +61,7 @@ def test_dask_suite_gate(tmp_path):
 @pytest.mark.dask_suite
 @pytest.mark.timeout(3600)
 def test_dask_suite_gate_long(tmp_path):
-    check_gate(tmp_path, [m for m in run.MODULES if m not in run.CI_MODULES])
+    check_gate(tmp_path, run.LONG_MODULES)
 
 
 FAKE = '''

@@ -18,19 +18,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAILURES = os.path.join(HERE, "distributed_failures.txt")
 
-MODULES = [
-    "dask.tests.test_base",
-    "dask.tests.test_delayed",
-    "dask.tests.test_composite_expr",
-    "dask.bag.tests.test_bag",
-    "dask.array.tests.test_array_core",
-    "dask.array.tests.test_reductions",
-    "dask.dataframe.tests.test_groupby",
-    "dask.dataframe.tests.test_dataframe",
-    "dask.dataframe.tests.test_shuffle",
-    "dask.dataframe.tests.test_multi",
-]
-
 # The part of the run every CI run makes (4 minutes on an idle 2-core machine, 7 on
 # one loaded by other test runs); the rest, 17 and 46 minutes there, with:
 #   pytest -m dask_suite tests/cluster/test_dask_suite.py
@@ -43,6 +30,12 @@ CI_MODULES = [
     "dask.array.tests.test_reductions",
     "dask.dataframe.tests.test_shuffle",
 ]
+LONG_MODULES = [
+    "dask.dataframe.tests.test_groupby",
+    "dask.dataframe.tests.test_dataframe",
+    "dask.dataframe.tests.test_multi",
+]
+MODULES = CI_MODULES + LONG_MODULES
 
 
 def command(system, modules, report, gate=None, extra=()):
