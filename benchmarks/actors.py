@@ -22,7 +22,6 @@ class is pickled by value, so the workers need not import this module.  The JSON
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import procs
+from .clusters import DaskIpyCluster, DistributedCluster
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"full": {"sequential": 3000, "pipelined": 10000, "attribute": 3000,
@@ -55,56 +54,6 @@ def call_from_task(counter, calls):
     for _ in range(calls):
         counter.increment().result()
     return calls / (time.perf_counter() - start)
-
-
-# ---------------------------------------------------------------- clusters
-
-
-class DaskIpyCluster:
-    name = "dask_ipy"
-
-    def __init__(self, log):
-        self.hosts = []
-        sched = procs.HostProcess(["-m", "dask_ipy", "scheduler", "--host", "127.0.0.1"],
-                                  log, parse=procs.ready_fields("address_to_clients"),
-                                  terminate=True)
-        self.hosts.append(sched)
-        info = sched.ready(60)
-        argv = ["-m", "dask_ipy", "worker", info["address_to_workers"], "--nthreads", "1"]
-        for _ in range(2):
-            self.hosts.append(procs.HostProcess(argv, log,
-                                                parse=procs.ready_fields("scheduler"),
-                                                terminate=True))
-        for h in self.hosts[1:]:
-            h.ready(60)
-        from dask_ipy import Client
-
-        self.client = Client(info["address_to_clients"])
-        procs.wait_until(lambda: len(self.client.nthreads()) >= 2, 60, what="2 workers")
-
-    def close(self):
-        with contextlib.suppress(Exception):
-            self.client.close()
-        for h in self.hosts[1:] + self.hosts[:1]:
-            h.stop()
-
-
-class DistributedCluster:
-    name = "distributed"
-
-    def __init__(self, log):
-        import distributed
-
-        self.cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        self.client = distributed.Client(self.cluster)
-        self.client.wait_for_workers(2, timeout=60)
-
-    def close(self):
-        with contextlib.suppress(Exception):
-            self.client.close()
-        with contextlib.suppress(Exception):
-            self.cluster.close(timeout=30)
 
 
 # ---------------------------------------------------------------- the workload
