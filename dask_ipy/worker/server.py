@@ -556,13 +556,13 @@ class Worker:
 
     def _heartbeat(self):
         self._send_heartbeat()
-        # Tiny tasks that have run since the last beat or before: no longer tiny.
+        # Tasks running since the last beat or before: the state machine decides
+        # which of them were started as tiny and are not.
         running = set(self.running.keys())
-        long_running = [key for key in running & self._running_at_beat
-                        if key in self.state.short]
+        long_running = running & self._running_at_beat
         self._running_at_beat = running
         if long_running:
-            self._handle("long-running", keys=long_running)
+            self._handle("long-running", keys=list(long_running))
         self.loop.call_later(self.heartbeat_interval, self._heartbeat)
 
     def _send_heartbeat(self):
