@@ -450,14 +450,11 @@ def collections_to_graph(collections, optimize=True, annotations=None):
     construction).
     """
     from dask._expr import FinalizeCompute
-    from dask.base import collections_to_expr, is_dask_collection
+    from dask.base import collections_to_expr
 
     if not isinstance(collections, (list, tuple)):
         collections = [collections]
-    collections = list(collections)
-    for c in collections:
-        if not is_dask_collection(c):
-            raise TypeError(f"Not a dask collection: {type(c).__name__}")
+    collections = _checked(collections)
     if not collections:
         return {}, [], lambda results: []
 
@@ -477,6 +474,17 @@ def collections_to_graph(collections, optimize=True, annotations=None):
         return [results[g[0]] if len(g) == 1 else pack(g, results) for g in groups]
 
     return graph, keys, finalize
+
+
+def _checked(collections):
+    """``collections`` as a list, each a dask collection (else TypeError)."""
+    from dask.base import is_dask_collection
+
+    collections = list(collections)
+    for c in collections:
+        if not is_dask_collection(c):
+            raise TypeError(f"Not a dask collection: {type(c).__name__}")
+    return collections
 
 
 def collections_to_persist(collections, optimize=True, annotations=None):
@@ -500,12 +508,9 @@ def collections_to_persist(collections, optimize=True, annotations=None):
     `collections_to_graph`.
     """
     from dask._expr import CompositeExpr, _ExprSequence
-    from dask.base import collections_to_expr, is_dask_collection
+    from dask.base import collections_to_expr
 
-    collections = list(collections)
-    for c in collections:
-        if not is_dask_collection(c):
-            raise TypeError(f"Not a dask collection: {type(c).__name__}")
+    collections = _checked(collections)
     if not collections:
         return {}, [], lambda values: []
 
