@@ -1086,8 +1086,7 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
-        if _holding(ws) + len(ws.stale) > ws.nthreads:
-            self.may_give[ws] = None
+        self._note_queue(ws)
         run_spec = ts.run_spec
         if type(run_spec) is bytes:
             run_spec = Serialized([run_spec])
