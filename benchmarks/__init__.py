@@ -16,10 +16,11 @@ Data flow::
                                            LocalCluster; ipyparallel's own
                                            controller and engines
 
-The modules: ``workloads`` (one function per workload, ``fn(system, size)``),
+The modules: ``workloads`` (one function per workload, ``fn(system, size)``; the real dask
+workloads in ``dask_workloads``),
 ``systems`` (the adapters: start, stop, client), ``tasks`` (the functions run on
 workers), ``procs`` (processes, memory and clean-up), ``report`` (table, JSON).
 """
 
 SYSTEMS = ("dask_ipy", "distributed", "distributed-inf", "ipyparallel")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m")

@@ -8,8 +8,8 @@
     runaway   a task that allocates 3 GB on those workers: seconds until the
               client gets the error, its type and text, and a computation run
               afterwards (the cluster must keep working)
-    svd       ``da.linalg.svd`` of a 400,000 x 50 array in 10,000-row chunks (291
-              tasks), generation included: median seconds of 5 runs after a
+    svd       ``da.linalg.svd`` of a 400,000 x 50 array in 10,000-row chunks (the
+              array of workload i of ``python -m benchmarks``), generation included: median seconds of 5 runs after a
               warm-up; dask_ipy with its BLAS threads capped (the default) and
               left alone (``--blas-threads off``)
 
@@ -24,6 +24,7 @@ memory_limit="1GiB", processes=True)``.  The JSON (``--json``, default
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from . import procs
 from .clusters import DaskIpyCluster, DistributedCluster
+from .dask_workloads import optimized_tasks, tall_skinny
 
 GiB = 2**30
 HERE = Path(__file__).resolve().parent
@@ -120,14 +122,13 @@ def svd(cluster, quick, repeats=5):
     """Also the workers' CPU seconds per run: other work on a shared machine
     stretches the wall time, while threads that spin show in the CPU time."""
     import dask
-    import dask.array as da
 
     rows = 40_000 if quick else 400_000
     pids = cluster.worker_pids()
+    runs = itertools.count(1)
 
     def run():
-        x = da.random.random((rows, 50), chunks=(rows // 40, 50))
-        u, s, v = da.linalg.svd(x)
+        u, s, v = tall_skinny(rows, next(runs))
         cpu = cpu_seconds(pids)
         t = time.perf_counter()
         u, s, v = dask.compute(u, s, v)
@@ -140,7 +141,8 @@ def svd(cluster, quick, repeats=5):
         times.append(seconds)
         cpus.append(cpu)
     return {"seconds": times, "median": statistics.median(times), "best": min(times),
-            "cpu_seconds": cpus, "median_cpu": statistics.median(cpus), "ntasks": 291}
+            "cpu_seconds": cpus, "median_cpu": statistics.median(cpus),
+            "ntasks": optimized_tasks(tall_skinny(rows, 0))}
 
 
 WORKLOADS = {"pressure": pressure, "runaway": runaway, "svd": svd}

@@ -58,6 +58,21 @@ def rows(sizes):
         Row("g2", "g", "g. idle PSS, scheduler (all its processes)", "scheduler_pss", "MB", "lower",
             scale=1e6),
         Row("g3", "g", "g. idle RSS, per worker (mean)", "worker_rss_mean", "MB", "lower", scale=1e6),
+    ] + [
+        row
+        for letter, label in (
+            ("h", f"h. array: mean of x + x.T, {sizes.get('h', 0):,}^2"),
+            ("i", f"i. array: tall-skinny svd, {sizes.get('i', 0):,} x 50"),
+            ("j", f"j. dataframe: groupby-agg, {sizes.get('j', 0)} days"),
+            ("k", f"k. dataframe: set_index, {sizes.get('k', 0)} days"),
+            ("l", f"l. bag: word frequencies, {sizes.get('l', 0):,} lines"),
+            ("m", f"m. {sizes.get('m', 0):,} small delayed calls, summed"),
+        )
+        for row in (
+            Row(letter, letter, label, "median_s", "s", "lower", best="best_s"),
+            Row(f"{letter}2", letter, f"{letter}. peak RSS, the larger worker", "worker_peak_rss_max",
+                "MB", "lower", scale=1e6),
+        )
     ]
 
 

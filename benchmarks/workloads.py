@@ -13,6 +13,7 @@ Keys never repeat between runs, so no run finds a previous run's results.
        graph of the same shape, scheduler peak RSS per task
     f  bootstrap on a fresh two-engine ipcluster            s
     g  idle RSS of the scheduler and of each worker        MB
+    h-m  real dask workloads (benchmarks.dask_workloads)   s, peak RSS per worker
 """
 
 import gc
@@ -22,7 +23,7 @@ import statistics
 import time
 from time import perf_counter
 
-from . import procs, tasks
+from . import dask_workloads, procs, tasks
 from .systems import ENGINES, ipcluster
 
 _runs = itertools.count(1)
@@ -481,20 +482,36 @@ WORKLOADS = {
                  "dask_client_from_ipclient vs become_dask, median of {n} (s)",
                  needs_cluster=False),
         Workload("g", idle_memory, ALL, "idle RSS of the scheduler and each worker (MB)"),
+        Workload("h", dask_workloads.array_workload, DASK,
+                 "dask.array: mean of (x + x.T)[::2, n/2:] along rows, x {n:,}^2 (s)"),
+        Workload("i", dask_workloads.svd_workload, DASK,
+                 "dask.array.linalg: tall-skinny svd of {n:,} x 50 (s)"),
+        Workload("j", dask_workloads.groupby_workload, DASK,
+                 "dask.dataframe: groupby-agg of a {n}-day timeseries (s)"),
+        Workload("k", dask_workloads.shuffle_workload, DASK,
+                 "dask.dataframe: set_index of a {n}-day timeseries, a shuffle (s)"),
+        Workload("l", dask_workloads.bag_workload, DASK,
+                 "dask.bag: word frequencies of {n:,} lines (s)"),
+        Workload("m", dask_workloads.delayed_workload, DASK,
+                 "{n:,} small delayed calls, then their sum, unoptimized (s)"),
     )
 }
 
 # The order a child runs them in: idle memory on a fresh cluster first, the
 # heaviest last, and the bootstrap after the system's own cluster is stopped.
-ORDER = "gcabdef"
+ORDER = "gcabdhijklmef"
 
 SIZES = {
-    "full": {"a": 10_000, "b": 10_000, "c": 300, "d": 100_000_000, "e": 1_000_000, "f": 3, "g": 2},
-    "quick": {"a": 200, "b": 2_000, "c": 20, "d": 1_000_000, "e": 20_000, "f": 1, "g": 1},
+    "full": {"a": 10_000, "b": 10_000, "c": 300, "d": 100_000_000, "e": 1_000_000, "f": 3, "g": 2,
+             "h": 16_000, "i": 400_000, "j": 30, "k": 30, "l": 200_000, "m": 20_000},
+    "quick": {"a": 200, "b": 2_000, "c": 20, "d": 1_000_000, "e": 20_000, "f": 1, "g": 1,
+              "h": 2_000, "i": 20_000, "j": 3, "k": 3, "l": 20_000, "m": 500},
 }
 
 # Hard deadlines (s) the runner enforces per workload, on top of the waits' own timeouts.
 DEADLINES = {
-    "full": {"a": 900, "b": 900, "c": 300, "d": 300, "e": 3600, "f": 900, "g": 120},
-    "quick": {"a": 60, "b": 90, "c": 60, "d": 60, "e": 120, "f": 180, "g": 60},
+    "full": {"a": 900, "b": 900, "c": 300, "d": 300, "e": 3600, "f": 900, "g": 120,
+             "h": 600, "i": 600, "j": 600, "k": 600, "l": 600, "m": 600},
+    "quick": {"a": 60, "b": 90, "c": 60, "d": 60, "e": 120, "f": 180, "g": 60,
+              "h": 90, "i": 90, "j": 90, "k": 90, "l": 90, "m": 90},
 }

@@ -86,6 +86,51 @@ def test_quick_run(tmp_path, system):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("system", ["dask_ipy", "distributed"])
+def test_dask_workloads_quick_run(tmp_path, system):
+    """The six real dask workloads at tiny size: each result checked against the
+    synchronous scheduler's (the run fails otherwise), each worker's peak RSS read."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--systems", system,
+         "--only", "h,i,j,k,l,m", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["errors"] == [], data["errors"]
+    values = {row["row"]: row["values"][system] for row in data["table"]}
+    for letter in "hijklm":
+        assert values[letter] > 0, letter
+        assert values[letter + "2"] > 10, letter       # MB: a worker holds an interpreter
+        result = data["results"][system][letter]
+        assert len(result["worker_peak_rss"]) == 2 and all(result["worker_peak_rss"])
+        assert result["tasks"] > 1
+    assert data["results"][system]["m"]["tasks"] == 501
+
+
+def test_dask_workload_checks_fail_on_wrong_results():
+    """The checks the workloads make can fail: a summary off by a little is caught."""
+    from benchmarks import dask_workloads as w
+
+    want = w.reference(w.set_index, 2, True, w.summary_sorted)
+    assert want["sorted"] and want["rows"] == 2 * w.QUICK_ROWS_PER_DAY
+    w.check_sorted(dict(want), want)
+    with pytest.raises(AssertionError):
+        w.check_sorted({**want, "x_sum": want["x_sum"] + 1e-3}, want)
+    with pytest.raises(AssertionError):
+        w.check_sorted({**want, "sorted": False}, want)
+    svd = w.reference(w.tall_skinny, 4_000, True, w.summary_svd)
+    w.check_svd(svd, svd)
+    with pytest.raises(AssertionError):
+        w.check_svd({**svd, "s": svd["s"] * (1 + 1e-6)}, svd)
+    words = w.reference(w.word_frequencies, 300, True, w.summary_frequencies)
+    assert sum(words.values()) == 3_000
+    with pytest.raises(AssertionError):
+        w.check_equal({**words, "w1": words["w1"] + 1}, words)
+
+
+@pytest.mark.timeout(300)
 def test_actors_quick_run(tmp_path):
     out = tmp_path / "actors.json"
     proc = subprocess.run(
