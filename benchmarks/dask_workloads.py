@@ -103,15 +103,17 @@ def word_frequencies(lines, run, quick=False):
 
 def small_delayed(n, run, quick=False):
     """m. ``n`` small ``delayed`` calls as a dask tutorial writes them: ``inc(i)``
-    then ``add(that, i)`` for each of ``n / 2`` numbers, and their ``sum`` (one more
-    call; ``delayed`` makes new keys every time).  Computed without dask's graph
-    optimization (``COMPUTE_OPTIONS``): culling a graph of 20,000 one-task layers
-    costs dask itself seconds in the client, whatever the scheduler (``dask.compute``
-    of them as 20,000 collections, more still), which would hide the scheduler."""
+    then ``add(that, i)`` for each of ``n / 2`` numbers, then summed 100 at a time
+    and those sums summed (``delayed`` makes new keys every time).  Computed
+    without dask's graph optimization (``COMPUTE_OPTIONS``): culling a graph of
+    20,000 one-task layers costs dask itself seconds in the client, whatever the
+    scheduler, which would hide the scheduler; so does handing dask one call of
+    10,000 collections (``dask.compute(*parts)`` or ``delayed(sum)(parts)``)."""
     import dask
 
     parts = [dask.delayed(tasks.add)(dask.delayed(tasks.inc)(i), i) for i in range(n // 2)]
-    return (dask.delayed(tasks.total)(parts),)
+    sums = [dask.delayed(tasks.total)(parts[i:i + 100]) for i in range(0, len(parts), 100)]
+    return (dask.delayed(tasks.total)(sums),)
 
 
 # Options of ``dask.compute`` for a workload, its reference run included.

@@ -493,7 +493,7 @@ WORKLOADS = {
         Workload("l", dask_workloads.bag_workload, DASK,
                  "dask.bag: word frequencies of {n:,} lines (s)"),
         Workload("m", dask_workloads.delayed_workload, DASK,
-                 "{n:,} small delayed calls, then their sum, unoptimized (s)"),
+                 "{n:,} small delayed calls, summed in a tree, unoptimized (s)"),
     )
 }
 
