@@ -232,13 +232,16 @@ def optimized_tasks(collections, optimize=True):
 
 
 class WorkerPeaks:
-    """Each worker's RSS high-water mark over a block of code (VmHWM, reset on entry)."""
+    """Each worker's RSS high-water mark over a block of code (VmHWM, reset on entry),
+    and its RSS on entry."""
 
     def __init__(self, pids):
         self.pids = list(pids)
-        self.peaks = None
+        self.peaks = self.before = None
 
     def __enter__(self):
+        # What a worker still holds from earlier work is in its peak too: say how much.
+        self.before = [procs.rss([pid]) for pid in self.pids]
         self.reset = [procs.reset_peak(pid) for pid in self.pids]
         return self
 
@@ -273,12 +276,12 @@ def measure(system, size, build, summarize, check):
         del collections, results
         gc.collect()
         system.settle()
-        return seconds, peaks.peaks
+        return seconds, peaks.peaks, peaks.before
 
     run()           # warm-up: imports and first-use costs on the workers
     runs = [run() for _ in range(system.repeats)]
-    times = [t for t, _ in runs]
-    per_worker = [max((p[i] or 0) for _, p in runs) or None for i in range(len(pids))]
+    times = [t for t, _, _ in runs]
+    per_worker = [max((p[i] or 0) for _, p, _ in runs) or None for i in range(len(pids))]
     known = [p for p in per_worker if p]
     return {
         "path": "dask.compute(*collections) on the default client",
@@ -290,7 +293,8 @@ def measure(system, size, build, summarize, check):
         "best_s": min(times),
         "worker_pids": pids,
         "worker_peak_rss": per_worker,
-        "worker_peak_rss_runs": [p for _, p in runs],
+        "worker_peak_rss_runs": [p for _, p, _ in runs],
+        "worker_rss_before_runs": [b for _, _, b in runs],
         "worker_peak_rss_max": max(known) if known else None,
         "reference_seconds": reference_seconds,
         # dask's own optimization of the graph, in the client, once and untimed: a
