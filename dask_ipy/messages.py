@@ -44,12 +44,14 @@ KINDS = {
         "missing-data": "no holder had a task's input",
         "peer-unreachable": "a worker cannot connect to a peer",
         "peer-reachable": "a worker can connect to that peer again",
-        "relay": "a worker asks for data it cannot fetch from its holders",
+        "relay": "a worker asks for data it cannot fetch from its holders ('stream': "
+                 "large values may come through the scheduler's relay)",
         "add-keys": "data put on a worker (scatter) is stored",
         "data": "values asked for by 'send-data' (a gather or a relay); large ones for "
-                "a client may instead be announced as 'streams' (ticket, sizes, keys) "
-                "going through the scheduler's relay",
-        "stream-failed": "a stream announced in 'data' could not be sent to the relay",
+                "a client or a relaying worker may instead be announced as 'streams' "
+                "(ticket, sizes, keys) going through the scheduler's relay",
+        "stream-failed": "a stream announced in 'data' could not be sent to the relay, "
+                         "or (from the worker it was for) could not be downloaded",
         "run-result": "the result of a function run for Client.run, or of setting a "
                       "plugin up or down",
         "memory-exceeded": "tasks took the worker past its terminate fraction: they "
@@ -73,9 +75,10 @@ KINDS = {
         "worker-removed": "a peer left",
         "restart": "drop every task and all data",
         "put-data": "store these values (scatter)",
-        "send-data": "send these values to the scheduler ('for' a client: large ones "
-                     "may stream to it through the relay)",
-        "relay-data": "data the scheduler fetched for a 'relay'",
+        "send-data": "send these values to the scheduler ('for' a client or a relaying "
+                     "worker: large ones may stream to it through the relay)",
+        "relay-data": "data the scheduler fetched for a 'relay' ('streams': large ones "
+                      "to download from the scheduler's relay)",
         "run": "run a function (Client.run)",
         "host-workers": "how many workers share this worker's host (for 'auto' limits)",
         "close": "close this worker (the cluster shuts down, or it retires)",

@@ -4,8 +4,9 @@ Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
 `remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
 workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
 "client", and orders for the shell's relay of large values (bulk.py) as ``("relay",
-ticket, sizes)``: let through a stream a worker announced with those frame sizes, or,
-with sizes None, give it up.  Nothing here touches a socket, a thread or a clock: time arrives as an
+ticket, sizes)``: let through a stream a worker announced with those frame sizes (for
+a client's gather, or for a worker that cannot reach the holder), or, with sizes None,
+give it up.  Nothing here touches a socket, a thread or a clock: time arrives as an
 argument.  User data and functions are `Serialized` blobs the scheduler forwards and
 never opens.
 
@@ -376,6 +377,9 @@ SEARCH = 20                 # workers looked at for one placement on a larger cl
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
+# Values relayed between workers in one ZeroMQ message (the scheduler holds them
+# whole): when the cluster encrypts, or after the fetcher's streams failed.  Streamed
+# values have no cap: the relay holds one chunk of them at a time.
 MAX_RELAY_BYTES = 256 << 20
 MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail before
                             # the worker is kept instead
@@ -492,9 +496,9 @@ class SchedulerState:
         self.max_depth = max_depth
         self.max_error_text = max_error_text
         self.max_relay_bytes = max_relay_bytes
-        # Set by a shell with a relay for large values (bulk.py): a client's gather may
-        # then ask the holders to stream them to it through the relay.
-        self.stream_to_clients = False
+        # Set by a shell with a relay for large values (bulk.py): a client's gather, or
+        # a worker's relay, may then ask the holders to stream them through it.
+        self.relay_streams = False
         self.validating = validate
         self.generation = 0
         self.transition_count = 0
@@ -1358,6 +1362,7 @@ class SchedulerState:
         for gid, g in list(self.gathers.items()):
             if g["worker"] is ws:
                 del self.gathers[gid]           # a relay for it: nobody to answer
+                self._give_up_streams(g)
             elif wid in g["pending"]:
                 self._gather_worker_failed(gid, wid)
         for rid, r in list(self.runs.items()):
@@ -1682,9 +1687,12 @@ class SchedulerState:
     def _on_relay(self, ws, msg):
         """``ws`` cannot reach the workers holding these keys: ask a holder for them
         and forward its answer as it came (opaque blobs, never unpickled), within
-        `max_relay_bytes`."""
+        `max_relay_bytes`; or, when ``ws`` can take streams, let the holder stream
+        large values to it through the shell's relay, uncapped (the answer lists
+        them as a client's gather does)."""
         self._new_gather(None, ws, msg["request_id"], list(msg["keys"]),
-                         self.max_relay_bytes)
+                         self.max_relay_bytes,
+                         stream=bool(msg.get("stream")) and self.relay_streams)
 
     def _on_add_keys(self, ws, msg):
         """Data was put on a worker (scatter) or copied to it (a move)."""
@@ -1878,8 +1886,8 @@ class SchedulerState:
         """Send values of keys to a client.  With ``wait``, keys still being computed
         are waited for here, so the answer leaves as soon as the last one is done."""
         max_bytes = msg.get("max_bytes")
-        stream = bool(msg.get("stream")) and self.stream_to_clients and max_bytes is None
-        if self.stream_to_clients:
+        stream = bool(msg.get("stream")) and self.relay_streams and max_bytes is None
+        if self.relay_streams:
             # Streams of an earlier answer the client could not take: their senders,
             # waiting at the relay, give up now.
             for ticket in msg.get("unwanted", ()):
@@ -1888,10 +1896,10 @@ class SchedulerState:
                          max_bytes, msg.get("wait"), stream)
 
     def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False, stream=False):
-        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker.  With
-        `stream`, holders may send large values straight to the client through the
-        shell's relay: the answer then lists those streams (opaque: ticket, sizes,
-        keys) beside the values."""
+        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker (``ws``).
+        With `stream`, holders may send large values straight to that receiver
+        through the shell's relay: the answer then lists those streams (opaque:
+        ticket, sizes, keys) beside the values."""
         gid = next(self._ids)
         g = self.gathers[gid] = {"client": cid, "worker": ws, "request_id": request_id,
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
@@ -1941,7 +1949,8 @@ class SchedulerState:
             g["pending"].add(ws.id)
             msg = {"op": "send-data", "keys": wkeys, "request_id": gid}
             if g["stream"]:
-                msg["for"] = g["client"]
+                # Whom the holder signs the streamed message for: its receiver.
+                msg["for"] = g["client"] if g["worker"] is None else g["worker"].id
             if g["worker"] is not None:
                 msg["max_bytes"] = g["max_bytes"]
                 g["holders"].update(dict.fromkeys(wkeys, ws.address))
@@ -1977,9 +1986,12 @@ class SchedulerState:
         msg = {"request_id": g["request_id"], "data": g["data"],
                "missing": g["missing"], "errors": g["errors"]}
         ws = g["worker"]
+        if g["streams"]:
+            if (self.clients.get(g["client"]) is None if ws is None
+                    else self.workers.get(ws.id) is not ws):
+                self._give_up_streams(g)      # nobody left to download them
+            msg["streams"] = g["streams"]
         if ws is None:
-            if g["streams"]:
-                msg["streams"] = g["streams"]
             self.send_client(g["client"], {"op": "gather-result", **msg})
             return
         for key, error in g["errors"].items():
@@ -1989,6 +2001,12 @@ class SchedulerState:
                 f"the relay through the scheduler failed: {error['text']}")}
         if self.workers.get(ws.id) is ws:
             self.send_worker(ws, {"op": "relay-data", **msg})
+
+    def _give_up_streams(self, g):
+        """The holders' streams of gather ``g`` will never be downloaded: their
+        uploads, waiting at the relay, end now rather than at the relay's timeout."""
+        for stream in g["streams"]:
+            self.outbox.append(("relay", stream["ticket"], None))
 
     @staticmethod
     def _fit_gather(g):

@@ -16,7 +16,7 @@ STREAM = {"ticket": b"t" * 16, "sizes": [100, 50_000_000], "keys": ["a"]}
 def held_apart(streams=True):
     """Client "c", workers "w1" (A) holding "a" and "w2" (B) holding "b"."""
     s = SchedulerState(validate=True)
-    s.stream_to_clients = streams
+    s.relay_streams = streams
     s.add_client("c")
     s.add_worker("w1", A, nthreads=1)
     s.add_worker("w2", B, nthreads=1)
@@ -99,3 +99,108 @@ def test_keys_already_streaming_are_not_asked_again_when_a_holder_dies():
                                   "data": {"b": "blob"}, "missing": [], "errors": {}})
     [(_, _, result)] = [m for m in s.take_messages() if m[2]["op"] == "gather-result"]
     assert result["data"] == {"b": "blob"} and result["streams"] == [STREAM]
+
+
+# ---------------------------------------------------------------- relays between workers
+
+def relay_apart(relay_streams=True, **options):
+    """Workers "w1" (A) holding "a" and "w2" (B) that cannot reach A, and "w3" (C)
+    holding "b"."""
+    s = SchedulerState(validate=True, **options)
+    s.relay_streams = relay_streams
+    s.add_client("c")
+    for wid, address in (("w1", A), ("w2", B), ("w3", C)):
+        s.add_worker(wid, address, nthreads=1)
+    for i, (key, wid, address) in enumerate((("a", "w1", A), ("b", "w3", C))):
+        s.handle_client_message("c", {"op": "scatter", "request_id": i,
+                                      "data": {key: "blob"}, "workers": [address]})
+        s.handle_worker_message(wid, {"op": "add-keys", "keys": [(key, 4, "int")]})
+    s.handle_worker_message("w2", {"op": "peer-unreachable", "address": A})
+    s.take_messages()
+    return s
+
+
+C = "tcp://10.0.0.3:1"
+
+
+def test_a_relay_that_may_stream_is_signed_for_the_worker_and_ordered_before_it_hears():
+    # A cap far below the stream's size: streamed values are not held, so not capped.
+    s = relay_apart(max_relay_bytes=100_000)
+    s.handle_worker_message("w2", {"op": "relay", "request_id": "r1", "keys": ["a"],
+                                   "stream": True})
+    [(_, wid, ask)] = s.take_messages()
+    assert (wid, ask) == ("w1", {"op": "send-data", "keys": ["a"],
+                                 "request_id": ask["request_id"], "for": "w2",
+                                 "max_bytes": 100_000})
+    s.handle_worker_message("w1", {"op": "data", "request_id": ask["request_id"],
+                                   "data": {}, "missing": [], "errors": {},
+                                   "streams": [STREAM]})
+    assert s.take_messages() == [("relay", STREAM["ticket"], STREAM["sizes"]),
+                                 ("worker", "w2", {
+        "op": "relay-data", "request_id": "r1", "data": {}, "missing": [], "errors": {},
+        "streams": [STREAM]})]
+    assert s.gathers == {}
+
+
+def test_a_relay_streams_only_when_both_ends_can():
+    for relay_streams, request_options, streams in [
+        (True, {"stream": True}, True),
+        (True, {}, False),             # the worker cannot take streams (or they failed)
+        (True, {"stream": False}, False),
+        (False, {"stream": True}, False),    # no relay (encryption): one message, capped
+    ]:
+        s = relay_apart(relay_streams)
+        s.handle_worker_message("w2", {"op": "relay", "request_id": "r1", "keys": ["a"],
+                                       **request_options})
+        [(_, _, ask)] = s.take_messages()
+        assert ("for" in ask) is streams and ask["max_bytes"] == s.max_relay_bytes
+
+
+def test_streams_for_a_worker_that_left_are_given_up_and_nobody_is_answered():
+    s = relay_apart()
+    s.handle_worker_message("w2", {"op": "relay", "request_id": "r1",
+                                   "keys": ["a", "b"], "stream": True})
+    asks = {wid: msg for _, wid, msg in s.take_messages()}
+    assert sorted(asks) == ["w1", "w3"]
+    s.handle_worker_message("w1", {"op": "data", "request_id": asks["w1"]["request_id"],
+                                   "data": {}, "missing": [], "errors": {},
+                                   "streams": [STREAM]})
+    assert s.take_messages() == [("relay", STREAM["ticket"], STREAM["sizes"])]
+    # w2 leaves while "b" is still on its way: the upload of "a" ends now.
+    s.remove_worker("w2")
+    out = s.take_messages()
+    assert ("relay", STREAM["ticket"], None) in out
+    assert not [m for kind, _, m in out if kind == "worker" and m["op"] == "relay-data"]
+    assert s.gathers == {}
+    s.handle_worker_message("w3", {"op": "data", "request_id": asks["w3"]["request_id"],
+                                   "data": {"b": "blob"}, "missing": [], "errors": {}})
+    assert s.take_messages() == []
+
+
+def test_a_holder_that_dies_before_streaming_leaves_the_key_missing_for_the_worker():
+    s = relay_apart()
+    s.handle_worker_message("w2", {"op": "relay", "request_id": "r1", "keys": ["a"],
+                                   "stream": True})
+    [(_, _, ask)] = s.take_messages()
+    assert ask["for"] == "w2"
+    s.remove_worker("w1")
+    [reply] = [m for kind, wid, m in s.take_messages()
+               if kind == "worker" and m["op"] == "relay-data"]
+    assert reply == {"op": "relay-data", "request_id": "r1", "data": {},
+                     "missing": ["a"], "errors": {}}
+
+
+def test_streams_for_a_client_that_left_before_the_answer_are_given_up():
+    s = held_apart()
+    s.handle_client_message("c", {"op": "gather", "request_id": 2, "keys": ["a", "b"],
+                                  "stream": True})
+    asks = {wid: msg for _, wid, msg in s.take_messages()}
+    s.handle_worker_message("w1", {"op": "data", "request_id": asks["w1"]["request_id"],
+                                   "data": {}, "missing": [], "errors": {},
+                                   "streams": [STREAM]})
+    s.take_messages()
+    s.remove_client("c")
+    s.take_messages()
+    s.handle_worker_message("w2", {"op": "data", "request_id": asks["w2"]["request_id"],
+                                   "data": {"b": "blob"}, "missing": [], "errors": {}})
+    assert ("relay", STREAM["ticket"], None) in s.take_messages()
