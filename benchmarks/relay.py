@@ -1,0 +1,263 @@
+"""The scheduler's relay between workers that cannot reach each other:
+``python -m benchmarks.relay [--quick] [--size MB] [--modes stream,one-message]``.
+
+A scheduler and three one-thread workers, one process each.  Worker A tells everyone
+an address that takes connections and never answers (a black-holing firewall), so
+worker B gets A's data through the scheduler; worker C runs a second client's small
+tasks (so that its round trips measure the scheduler, not a worker busy with the
+transfer; on a 2-core machine every process still competes for the cores).  A makes a numpy array of ``--size``
+MB (500; 16 with ``--quick``); a task on B then sums it, timed from submit to result.
+Figures, per mode:
+
+    MB/s          array bytes / that time (median of the timed runs)
+    sched_rss_MB  the scheduler's peak RSS growth during the relay (kernel VmHWM,
+                  reset before, and a 10 ms sampler), largest of the runs
+    idle_ms       a second client's ``submit(inc).result()`` round trips, median
+                  and p90, with nothing else running
+    busy_ms       the same while the relay runs
+
+Modes: ``stream`` (large values stream through the scheduler's TCP relay in bounded
+chunks) and ``one-message`` (the fetching worker asks as it does after its streams
+failed, and as every worker does on an encrypted cluster, though here unencrypted:
+the scheduler receives the whole value on its ZeroMQ socket and forwards it; its
+cap is raised to let the array through).  Each mode warms up (B finds A
+unreachable, one small relay), then times ``--repeats`` relays (3; 1 with
+``--quick``).  The JSON (``--json``, default ``benchmarks/results/relay.json``)
+keeps every sample and the 1-minute load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import procs
+
+HERE = Path(__file__).resolve().parent
+MB = 1_000_000
+MODES = ("stream", "one-message")
+
+
+# ---------------------------------------------------------------- tasks
+
+def make(nbytes):
+    import numpy as np
+
+    return np.ones(nbytes // 8, dtype="f8")
+
+
+def total(a):
+    return float(a.sum())
+
+
+def inc(x):
+    return x + 1
+
+
+# ---------------------------------------------------------------- hosts
+
+def host(kind, file, options):
+    """``python -m benchmarks.relay --host KIND FILE OPTIONS``: a scheduler writing
+    ``file``, or a worker joining it; announces its address and pid."""
+    from dask_ipy import Scheduler, Worker
+
+    from .hosts import announce, wait_for_stdin_eof
+
+    if kind == "scheduler":
+        s = Scheduler(connection_file=file, **options)
+        announce(address=s.address_to_clients)
+        wait_for_stdin_eof()
+        s.close()
+        return
+    one_message = options.pop("one_message", False)
+    w = Worker(scheduler=file, nthreads=1, **options)
+    if one_message:
+        from dask_ipy.worker.server import RELAY_STREAM_TRIES
+
+        procs.wait_until(lambda: w.relay_port is not None, 30, what="the welcome")
+        w.loop.call_soon(setattr, w, "relay_failures", RELAY_STREAM_TRIES)
+    announce(address=w.address)
+    wait_for_stdin_eof()
+    w.close()
+
+
+class RelayCluster:
+    def __init__(self, log, mode, nbytes):
+        self.hosts = []
+        self.hole = socket.create_server(("127.0.0.1", 0), backlog=64)
+        hole = f"tcp://127.0.0.1:{self.hole.getsockname()[1]}"
+        self.file = str(Path(tempfile.mkdtemp(prefix="dask-ipy-relay-")) / "s.json")
+        sched = {"max_relay_bytes": 2 * nbytes + (64 << 20)} if mode != "stream" else {}
+        try:
+            self.scheduler = self._start(log, "scheduler", sched)
+            self.holder = self._start(log, "worker", {"contact_address": hole})
+            self.fetcher = self._start(log, "worker", {
+                "connect_timeout": 1.0, "one_message": mode == "one-message"})
+            self.bystander = self._start(log, "worker", {})
+            from dask_ipy import Client
+
+            self.client = Client(self.file)
+            self.other = Client(self.file)
+            procs.wait_until(lambda: len(self.client.nthreads()) >= 3, 60,
+                             what="3 workers")
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, log, kind, options):
+        h = procs.HostProcess(["-m", "benchmarks.relay", "--host", kind, self.file,
+                               json.dumps(options)], log, terminate=True)
+        self.hosts.append(h)
+        return h.ready(60)
+
+    def close(self):
+        for c in ("other", "client"):
+            if hasattr(self, c):
+                try:
+                    getattr(self, c).close()
+                except Exception:
+                    pass
+        for h in self.hosts[1:] + self.hosts[:1]:
+            h.stop()
+        self.hole.close()
+
+
+def round_trips(client, where, stop, out, limit=None):
+    """Time ``submit(inc).result()`` on worker ``where``, one at a time until
+    ``stop`` is set (or ``limit`` of them), into ``out`` (ms)."""
+    i = 0
+    while not stop.is_set() and (limit is None or i < limit):
+        start = time.perf_counter()
+        assert client.submit(inc, i, pure=False, workers=[where]).result(
+            timeout=60) == i + 1
+        out.append((time.perf_counter() - start) * 1e3)
+        i += 1
+
+
+def quantiles(samples):
+    if not samples:
+        return {"median": None, "p90": None, "n": 0}
+    ordered = sorted(samples)
+    return {"median": statistics.median(ordered),
+            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+            "n": len(ordered)}
+
+
+def measure(cluster, nbytes, repeats, idle_trips):
+    from dask_ipy import wait
+
+    c = cluster.client
+    a, b = cluster.holder["address"], cluster.fetcher["address"]
+    bystander = cluster.bystander["address"]
+    pid = cluster.scheduler["pid"]
+    # Warm-up: B finds A unreachable (its connect timeout), then a small relay.
+    small = c.submit(make, 1 << 10, workers=[a], pure=False)
+    assert c.submit(total, small, workers=[b], pure=False).result(timeout=120) == 128.0
+    idle = []
+    round_trips(cluster.other, bystander, threading.Event(), idle, limit=idle_trips)
+    runs = []
+    for _ in range(repeats):
+        x = c.submit(make, nbytes, workers=[a], pure=False)
+        wait([x], timeout=300)
+        before = procs.rss([pid])
+        busy, stop = [], threading.Event()
+        trips = threading.Thread(target=round_trips, name="round-trips",
+                                 args=(cluster.other, bystander, stop, busy))
+        with procs.PeakSampler([pid], interval=0.01) as peak:
+            trips.start()
+            start = time.perf_counter()
+            y = c.submit(total, x, workers=[b], pure=False)
+            assert y.result(timeout=600) == nbytes // 8
+            elapsed = time.perf_counter() - start
+            stop.set()
+            trips.join(60)
+        runs.append({"seconds": elapsed, "MB_s": nbytes / MB / elapsed,
+                     "sched_rss_growth": peak.peak - before, "busy_ms": busy})
+        del x, y
+    unreachable = c.scheduler_info()["workers"][b]["unreachable"]
+    assert list(unreachable) == [a], unreachable
+    busy = [t for r in runs for t in r["busy_ms"]]
+    return {"MB_s": statistics.median(r["MB_s"] for r in runs),
+            "sched_rss_MB": max(r["sched_rss_growth"] for r in runs) / MB,
+            "idle_ms": quantiles(idle), "busy_ms": quantiles(busy),
+            "relayed_by_stream": c.run_on_scheduler(_relayed), "runs": runs,
+            "idle_samples": idle}
+
+
+def _relayed(dask_scheduler):
+    relay = dask_scheduler.relay
+    return None if relay is None else relay.relayed
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.relay",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="16 MB, one run: a smoke run")
+    p.add_argument("--size", type=float, default=None, help="MB (default 500)")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--json", default=str(HERE / "results" / "relay.json"))
+    args = p.parse_args(argv)
+    if args.host:
+        kind, file, options = args.host
+        host(kind, file, json.loads(options))
+        return 0
+    nbytes = int((args.size or (16 if args.quick else 500)) * MB) // 8 * 8
+    repeats = args.repeats or (1 if args.quick else 3)
+    idle_trips = 30 if args.quick else 300
+    results = {"python": platform.python_version(), "quick": args.quick,
+               "nbytes": nbytes, "repeats": repeats, "cpus": os.cpu_count(),
+               "load_before": os.getloadavg(), "runs": []}
+    log = Path(tempfile.mkdtemp(prefix="dask-ipy-bench-")) / "relay.log"
+    for mode in args.modes.split(","):
+        print(f"relay: {mode} ...", file=sys.stderr, flush=True)
+        figures = {"mode": mode}
+        cluster = None
+        try:
+            cluster = RelayCluster(log, mode, nbytes)
+            figures.update(ok=True, **measure(cluster, nbytes, repeats, idle_trips))
+        except Exception as e:
+            figures.update(ok=False, error=f"{type(e).__name__}: {e}")
+        finally:
+            if cluster is not None:
+                cluster.close()
+        figures["load"] = os.getloadavg()
+        results["runs"].append(figures)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    print(table(results))
+    print(f"log: {log}", file=sys.stderr)
+    return 0 if all(r["ok"] for r in results["runs"]) else 1
+
+
+def table(results):
+    lines = [f"relay of {results['nbytes'] / MB:,.0f} MB between two workers that "
+             "cannot reach each other",
+             "| mode | MB/s | scheduler RSS growth MB | other client ms, idle "
+             "(median / p90) | while relaying (median / p90) | load |",
+             "|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        if not r["ok"]:
+            lines.append(f"| {r['mode']} | FAILED: {r['error']} | | | | |")
+            continue
+        idle, busy = r["idle_ms"], r["busy_ms"]
+        busy_cell = (f"{busy['median']:.2f} / {busy['p90']:.2f} (n={busy['n']})"
+                     if busy["n"] else "-")
+        lines.append(f"| {r['mode']} | {r['MB_s']:,.0f} | {r['sched_rss_MB']:,.1f} | "
+                     f"{idle['median']:.2f} / {idle['p90']:.2f} | {busy_cell} | "
+                     f"{r['load'][0]:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
