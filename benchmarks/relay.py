@@ -15,6 +15,7 @@ Figures, per mode:
     idle_ms       a second client's ``submit(inc).result()`` round trips, median
                   and p90, with nothing else running
     busy_ms       the same while the relay runs
+    cpu_s         CPU seconds (user + system) each process spent during the relay
 
 Modes: ``stream`` (large values stream through the scheduler's TCP relay in bounded
 chunks) and ``one-message`` (the fetching worker asks as it does after its streams
@@ -152,6 +153,19 @@ def quantiles(samples):
             "n": len(ordered)}
 
 
+def cpu_seconds(pids):
+    import psutil
+
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+        except psutil.Error:
+            out[name] = None
+    return out
+
+
 def measure(cluster, nbytes, repeats, idle_trips):
     from dask_ipy import wait
 
@@ -159,6 +173,9 @@ def measure(cluster, nbytes, repeats, idle_trips):
     a, b = cluster.holder["address"], cluster.fetcher["address"]
     bystander = cluster.bystander["address"]
     pid = cluster.scheduler["pid"]
+    pids = {"scheduler": pid, "holder": cluster.holder["pid"],
+            "fetcher": cluster.fetcher["pid"], "bystander": cluster.bystander["pid"],
+            "clients": os.getpid()}
     # Warm-up: B finds A unreachable (its connect timeout), then a small relay.
     small = c.submit(make, 1 << 10, workers=[a], pure=False)
     assert c.submit(total, small, workers=[b], pure=False).result(timeout=120) == 128.0
@@ -172,6 +189,7 @@ def measure(cluster, nbytes, repeats, idle_trips):
         busy, stop = [], threading.Event()
         trips = threading.Thread(target=round_trips, name="round-trips",
                                  args=(cluster.other, bystander, stop, busy))
+        cpu_before = cpu_seconds(pids)
         with procs.PeakSampler([pid], interval=0.01) as peak:
             trips.start()
             start = time.perf_counter()
@@ -180,8 +198,11 @@ def measure(cluster, nbytes, repeats, idle_trips):
             elapsed = time.perf_counter() - start
             stop.set()
             trips.join(60)
+        cpu_after = cpu_seconds(pids)
         runs.append({"seconds": elapsed, "MB_s": nbytes / MB / elapsed,
-                     "sched_rss_growth": peak.peak - before, "busy_ms": busy})
+                     "sched_rss_growth": peak.peak - before, "busy_ms": busy,
+                     "cpu_s": {name: cpu_after[name] - cpu_before[name]
+                               for name in pids if cpu_after[name] is not None}})
         del x, y
     unreachable = c.scheduler_info()["workers"][b]["unreachable"]
     assert list(unreachable) == [a], unreachable
@@ -190,6 +211,8 @@ def measure(cluster, nbytes, repeats, idle_trips):
             "sched_rss_MB": max(r["sched_rss_growth"] for r in runs) / MB,
             "idle_ms": quantiles(idle), "busy_ms": quantiles(busy),
             "relayed_by_stream": c.run_on_scheduler(_relayed), "runs": runs,
+            "cpu_s": {name: statistics.median(r["cpu_s"][name] for r in runs)
+                      for name in runs[0]["cpu_s"]},
             "idle_samples": idle}
 
 
@@ -244,17 +267,19 @@ def table(results):
     lines = [f"relay of {results['nbytes'] / MB:,.0f} MB between two workers that "
              "cannot reach each other",
              "| mode | MB/s | scheduler RSS growth MB | other client ms, idle "
-             "(median / p90) | while relaying (median / p90) | load |",
-             "|---|---|---|---|---|---|"]
+             "(median / p90) | while relaying (median / p90) | CPU s: scheduler, "
+             "holder, fetcher, bystander, clients | load |",
+             "|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         if not r["ok"]:
-            lines.append(f"| {r['mode']} | FAILED: {r['error']} | | | | |")
+            lines.append(f"| {r['mode']} | FAILED: {r['error']} | | | | | |")
             continue
         idle, busy = r["idle_ms"], r["busy_ms"]
         busy_cell = (f"{busy['median']:.2f} / {busy['p90']:.2f} (n={busy['n']})"
                      if busy["n"] else "-")
+        cpu = ", ".join(f"{v:.2f}" for v in r["cpu_s"].values())
         lines.append(f"| {r['mode']} | {r['MB_s']:,.0f} | {r['sched_rss_MB']:,.1f} | "
-                     f"{idle['median']:.2f} / {idle['p90']:.2f} | {busy_cell} | "
+                     f"{idle['median']:.2f} / {idle['p90']:.2f} | {busy_cell} | {cpu} | "
                      f"{r['load'][0]:.1f} |")
     return "\n".join(lines)
 
