@@ -166,7 +166,8 @@ SHELL_EVENTS = {
         "execute-success": "a pool thread ran a task",
         "execute-failure": "a task raised on a pool thread",
         "gather-done": "a peer (or the relay) answered a fetch",
-        "gather-failed": "a fetch through the relay gave nothing",
+        "gather-failed": "a fetch through the relay gave nothing in time, or its "
+                         "streams could not be downloaded",
         "peer-unreachable": "no connection to a peer in time",
         "peer-reachable": "a connection to a peer at last",
         "put-data": "scattered values, unpickled",

@@ -953,7 +953,8 @@ class Worker:
             msg["op"] = "relay"
             # Large values may stream here through the scheduler's relay (none when
             # the cluster encrypts: no relay is named then).
-            msg["stream"] = bool(self.relay_port) and self.relay_failures < RELAY_STREAM_TRIES
+            msg["stream"] = (bool(self.relay_port)
+                             and self.relay_failures < RELAY_STREAM_TRIES)
             self.outgoing.append(msg)
             return
         sock = self.peers.get(peer) or self._connect_peer(peer)

@@ -90,7 +90,10 @@ def test_a_holder_that_dies_mid_stream_ends_in_a_recomputation(tmp_path, monkeyp
     processes: the download stops after the stream's header until the holder is
     killed, then goes on and fails short; the key is found missing and computed
     again, where it can be."""
-    n = 64 << 20          # far more than the sockets and the relay's pipe buffer
+    # Far more than the buffers on the way can hold while the download stalls (the
+    # sockets' on loopback may grow to tens of MiB, the relay's pipe holds 1 MiB):
+    # the holder is still sending when it dies.
+    n = 128 << 20
     started, killed = threading.Event(), threading.Event()
     original = bulk._recv_exact
 
