@@ -15,6 +15,8 @@ Figures, per mode:
     idle_ms       a second client's ``submit(inc).result()`` round trips, median
                   and p90, with nothing else running
     busy_ms       the same while the relay runs
+    info_idle_ms, info_busy_ms   the same client's ``nthreads()`` round trips,
+                  which the scheduler answers alone (no worker on the way)
     cpu_s         CPU seconds (user + system) each process spent during the relay
 
 Modes: ``stream`` (large values stream through the scheduler's TCP relay in bounded
@@ -132,15 +134,19 @@ class RelayCluster:
         self.hole.close()
 
 
-def round_trips(client, where, stop, out, limit=None):
-    """Time ``submit(inc).result()`` on worker ``where``, one at a time until
-    ``stop`` is set (or ``limit`` of them), into ``out`` (ms)."""
+def round_trips(client, where, stop, out, info, limit=None):
+    """Time ``submit(inc).result()`` on worker ``where`` into ``out``, and
+    ``nthreads()`` into ``info`` (ms), one at a time until ``stop`` is set (or
+    ``limit`` of each)."""
     i = 0
     while not stop.is_set() and (limit is None or i < limit):
         start = time.perf_counter()
         assert client.submit(inc, i, pure=False, workers=[where]).result(
             timeout=60) == i + 1
         out.append((time.perf_counter() - start) * 1e3)
+        start = time.perf_counter()
+        assert len(client.nthreads()) == 3
+        info.append((time.perf_counter() - start) * 1e3)
         i += 1
 
 
@@ -179,16 +185,17 @@ def measure(cluster, nbytes, repeats, idle_trips):
     # Warm-up: B finds A unreachable (its connect timeout), then a small relay.
     small = c.submit(make, 1 << 10, workers=[a], pure=False)
     assert c.submit(total, small, workers=[b], pure=False).result(timeout=120) == 128.0
-    idle = []
-    round_trips(cluster.other, bystander, threading.Event(), idle, limit=idle_trips)
+    idle, info_idle = [], []
+    round_trips(cluster.other, bystander, threading.Event(), idle, info_idle,
+                limit=idle_trips)
     runs = []
     for _ in range(repeats):
         x = c.submit(make, nbytes, workers=[a], pure=False)
         wait([x], timeout=300)
         before = procs.rss([pid])
-        busy, stop = [], threading.Event()
+        busy, info_busy, stop = [], [], threading.Event()
         trips = threading.Thread(target=round_trips, name="round-trips",
-                                 args=(cluster.other, bystander, stop, busy))
+                                 args=(cluster.other, bystander, stop, busy, info_busy))
         cpu_before = cpu_seconds(pids)
         with procs.PeakSampler([pid], interval=0.01) as peak:
             trips.start()
@@ -201,19 +208,22 @@ def measure(cluster, nbytes, repeats, idle_trips):
         cpu_after = cpu_seconds(pids)
         runs.append({"seconds": elapsed, "MB_s": nbytes / MB / elapsed,
                      "sched_rss_growth": peak.peak - before, "busy_ms": busy,
+                     "info_busy_ms": info_busy,
                      "cpu_s": {name: cpu_after[name] - cpu_before[name]
                                for name in pids if cpu_after[name] is not None}})
         del x, y
     unreachable = c.scheduler_info()["workers"][b]["unreachable"]
     assert list(unreachable) == [a], unreachable
     busy = [t for r in runs for t in r["busy_ms"]]
+    info_busy = [t for r in runs for t in r["info_busy_ms"]]
     return {"MB_s": statistics.median(r["MB_s"] for r in runs),
             "sched_rss_MB": max(r["sched_rss_growth"] for r in runs) / MB,
             "idle_ms": quantiles(idle), "busy_ms": quantiles(busy),
+            "info_idle_ms": quantiles(info_idle), "info_busy_ms": quantiles(info_busy),
             "relayed_by_stream": c.run_on_scheduler(_relayed), "runs": runs,
             "cpu_s": {name: statistics.median(r["cpu_s"][name] for r in runs)
                       for name in runs[0]["cpu_s"]},
-            "idle_samples": idle}
+            "idle_samples": idle, "info_idle_samples": info_idle}
 
 
 def _relayed(dask_scheduler):
@@ -263,24 +273,26 @@ def main(argv=None):
     return 0 if all(r["ok"] for r in results["runs"]) else 1
 
 
+def cell(q):
+    return f"{q['median']:.2f} / {q['p90']:.2f} (n={q['n']})" if q["n"] else "-"
+
+
 def table(results):
     lines = [f"relay of {results['nbytes'] / MB:,.0f} MB between two workers that "
              "cannot reach each other",
-             "| mode | MB/s | scheduler RSS growth MB | other client ms, idle "
-             "(median / p90) | while relaying (median / p90) | CPU s: scheduler, "
-             "holder, fetcher, bystander, clients | load |",
-             "|---|---|---|---|---|---|---|"]
+             "| mode | MB/s | scheduler RSS growth MB | other client's submit ms, idle "
+             "(median / p90) | while relaying | its nthreads() ms, idle | while "
+             "relaying | CPU s: scheduler, holder, fetcher, bystander, clients | load |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         if not r["ok"]:
-            lines.append(f"| {r['mode']} | FAILED: {r['error']} | | | | | |")
+            lines.append(f"| {r['mode']} | FAILED: {r['error']} | | | | | | | |")
             continue
-        idle, busy = r["idle_ms"], r["busy_ms"]
-        busy_cell = (f"{busy['median']:.2f} / {busy['p90']:.2f} (n={busy['n']})"
-                     if busy["n"] else "-")
+        cells = [cell(r[name]) for name in ("idle_ms", "busy_ms", "info_idle_ms",
+                                            "info_busy_ms")]
         cpu = ", ".join(f"{v:.2f}" for v in r["cpu_s"].values())
         lines.append(f"| {r['mode']} | {r['MB_s']:,.0f} | {r['sched_rss_MB']:,.1f} | "
-                     f"{idle['median']:.2f} / {idle['p90']:.2f} | {busy_cell} | {cpu} | "
-                     f"{r['load'][0]:.1f} |")
+                     + " | ".join(cells) + f" | {cpu} | {r['load'][0]:.1f} |")
     return "\n".join(lines)
 
 
