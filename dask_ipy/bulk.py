@@ -510,10 +510,27 @@ def upload(session, host, port, ticket, header, payload, timeout, connect_timeou
            pool=None):
     """Stream a message into the relay at host:port under ``ticket`` (a transfer of
     ``pool``, which may end it)."""
-    with socket.create_connection((host, port), timeout=connect_timeout or timeout) as s, \
-            (pool.holding(s) if pool is not None else contextlib.nullcontext()):
+    return upload_on(open_upload(host, port, ticket, timeout, connect_timeout), session,
+                     header, payload, pool)
+
+
+def open_upload(host, port, ticket, timeout, connect_timeout=None):
+    """A connection to the relay at host:port presenting ``ticket`` for an upload:
+    one who must know at once whether the relay is there opens it first, and streams
+    later (`upload_on`)."""
+    s = socket.create_connection((host, port), timeout=connect_timeout or timeout)
+    try:
         s.settimeout(timeout)
         s.sendall(UPLOAD + ticket)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def upload_on(s, session, header, payload, pool=None):
+    """Stream a message on ``s`` (from `open_upload`), then close it."""
+    with s, (pool.holding(s) if pool is not None else contextlib.nullcontext()):
         return send_stream(s, session, header, payload)
 
 

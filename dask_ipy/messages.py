@@ -47,6 +47,8 @@ KINDS = {
         "relay": "a worker asks for data it cannot fetch from its holders ('stream': "
                  "large values may come through the scheduler's relay)",
         "add-keys": "data put on a worker (scatter) is stored",
+        "put-failed": "values streamed to a worker for a scatter could not be "
+                      "downloaded",
         "data": "values asked for by 'send-data' (a gather or a relay); large ones for "
                 "a client or a relaying worker may instead be announced as 'streams' "
                 "(ticket, sizes, keys) going through the scheduler's relay",
@@ -74,7 +76,8 @@ KINDS = {
         "steal-request": "give up a queued task for another worker",
         "worker-removed": "a peer left",
         "restart": "drop every task and all data",
-        "put-data": "store these values (scatter)",
+        "put-data": "store these values (scatter; 'streams': download them from the "
+                    "relay)",
         "send-data": "send these values to the scheduler ('for' a client or a relaying "
                      "worker: large ones may stream to it through the relay)",
         "relay-data": "data the scheduler fetched for a 'relay' ('streams': large ones "
@@ -100,7 +103,10 @@ KINDS = {
         "cancel": "cancel these keys",
         "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
                   "ones may come through the relay; 'unwanted': streams given up)",
-        "scatter": "put these values on workers",
+        "scatter": "put these values on workers ('streams': large ones streamed "
+                   "through the relay, each for the worker 'scatter-targets' chose)",
+        "scatter-targets": "which workers will hold these large scattered values (so "
+                           "that the client streams each signed for its worker)",
         "run": "run a function on workers",
         "info": "a question about the cluster ('what')",
         "set-collection": "store a named collection",
@@ -146,6 +152,8 @@ KINDS = {
     (CLIENT, WORKER): {
         "actor-call": "call a method of an actor this worker holds, or read one of "
                       "its attributes (straight to the worker's peer socket)",
+        "data": "a large scattered value, streamed through the scheduler's relay and "
+                "announced in 'put-data' (read by bulk.receive)",
     },
     (WORKER, CLIENT): {
         "actor-result": "the result of an 'actor-call', or its error",

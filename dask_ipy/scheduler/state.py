@@ -1372,9 +1372,8 @@ class SchedulerState:
                                             "text": f"worker died: {reason}"}
                 self._maybe_finish_run(rid)
         for key, sc in list(self.scatters.items()):
-            sc["pending"].discard(wid)
-            if not sc["pending"] and not sc["acked"]:
-                self._scatter_failed(key)
+            if wid in sc["pending"]:
+                self._scatter_target_lost(key, wid, f"the worker receiving {key!r} died")
         if self.plugin_events is not None:
             self.plugin_events.append(("remove_worker", ws.address))
         if self.moves:
@@ -1719,6 +1718,15 @@ class SchedulerState:
         if self.moves:
             self._copies_made(ws, [entry[0] for entry in msg["keys"]])
 
+    def _on_put_failed(self, ws, msg):
+        """``ws`` could not download values streamed to it for a scatter."""
+        for key in msg["keys"]:
+            sc = self.scatters.get(key)
+            if sc is not None and ws.id in sc["pending"]:
+                self._scatter_target_lost(key, ws.id, (
+                    f"{key!r} did not reach worker {ws.address} through the scheduler's "
+                    "relay"))
+
     def _on_data(self, ws, msg):
         gid = msg["request_id"]
         g = self.gathers.get(gid)
@@ -1774,6 +1782,7 @@ class SchedulerState:
         "peer-reachable": _on_peer_reachable,
         "relay": _on_relay,
         "add-keys": _on_add_keys,
+        "put-failed": _on_put_failed,
         "data": _on_data,
         "run-result": _on_run_result,
         "memory-exceeded": _on_memory_exceeded,
@@ -2029,44 +2038,101 @@ class SchedulerState:
                 f"{key!r} is {blob.nbytes} bytes: with the other values asked for "
                 f"at the same time, more than {cap}")}
 
-    def _on_scatter(self, cid, msg):
-        """Put client data on workers; the client hears back once a worker holds it."""
+    def _scatter_workers(self, msg):
+        """The running workers a scatter may put data on, least loaded first."""
         running = [ws for ws in self.workers.values() if ws.status == "running"]
         allowed = msg.get("workers")
         if allowed:
             running = [ws for ws in running if ws.address in allowed or ws.name in allowed]
-        if not running:
+        return sorted(running, key=lambda w: (w.nbytes, len(w.has_what)))
+
+    @staticmethod
+    def _scatter_targets(ordered, i, broadcast):
+        return ordered if broadcast else [ordered[i % len(ordered)]]
+
+    def _on_scatter_targets(self, cid, msg):
+        """Where the large values of a scatter are to go ({key: [worker id]}), so
+        that the client streams each through the shell's relay signed for its
+        worker and announces the streams in "scatter"; None without a relay."""
+        ordered = self._scatter_workers(msg) if self.relay_streams else []
+        self._reply(cid, msg, {key: [ws.id for ws in self._scatter_targets(
+            ordered, i, msg.get("broadcast"))] for i, key in enumerate(msg["keys"])}
+            if ordered else None)
+
+    def _on_scatter(self, cid, msg):
+        """Put client data on workers; the client hears back once a worker holds it.
+        Values streamed through the relay (``streams``, each for the worker chosen
+        by "scatter-targets") are downloaded by their workers."""
+        ordered = self._scatter_workers(msg)
+        streams = msg.get("streams", ())
+        if not ordered:
+            for stream in streams:
+                self.outbox.append(("relay", stream["ticket"], None))
             self.send_client(cid, {"op": "scatter-failed", "request_id": msg["request_id"],
                                    "text": "no workers available to hold scattered data"})
             return
-        data = msg["data"]
         per_worker = {}
-        ordered = sorted(running, key=lambda w: (w.nbytes, len(w.has_what)))
-        for i, (key, value) in enumerate(data.items()):
-            ts = self.tasks.get(key)
-            if ts is None:
-                ts = self._new_task(key, None)
-            _add(ts, "who_wants", cid)
-            cs = self.clients.get(cid)
-            if cs is not None:
-                cs.wants_what.add(ts)
-            if ts.state == MEMORY:
-                self.send_client(cid, {"op": "scattered", "request_id": msg["request_id"],
-                                       "key": key})
+        for i, (key, value) in enumerate(msg["data"].items()):
+            if not self._scattering(cid, msg["request_id"], key):
                 continue
-            targets = running if msg.get("broadcast") else [ordered[i % len(ordered)]]
-            self.scatters[key] = {"client": cid, "request_id": msg["request_id"],
-                                  "pending": {ws.id for ws in targets}, "acked": False}
+            targets = self._scatter_targets(ordered, i, msg.get("broadcast"))
+            self.scatters[key]["pending"].update(ws.id for ws in targets)
             for ws in targets:
                 per_worker.setdefault(ws, {})[key] = value
         for ws, wdata in per_worker.items():
             self.send_worker(ws, {"op": "put-data", "data": wdata})
+        # Streams for workers still there first: a broadcast that lost a worker
+        # meanwhile is then done once the others hold the key.
+        for stream in sorted(streams, key=lambda st: st.get("worker") not in self.workers):
+            ws = self.workers.get(stream.get("worker"))
+            [key] = stream["keys"]
+            if not self._scattering(cid, msg["request_id"], key) or ws is None:
+                self.outbox.append(("relay", stream["ticket"], None))
+                if ws is None:
+                    self._scatter_target_lost(key, None, (
+                        f"the worker chosen to receive {key!r} left"))
+                continue
+            self.scatters[key]["pending"].add(ws.id)
+            self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
+            self.send_worker(ws, {"op": "put-data", "data": {}, "streams": [stream]})
 
-    def _scatter_failed(self, key):
-        sc = self.scatters.pop(key)
-        self.send_client(sc["client"], {"op": "scatter-failed",
-                                        "request_id": sc["request_id"],
-                                        "text": f"the worker receiving {key!r} died"})
+    def _scattering(self, cid, request_id, key):
+        """Whether ``key`` is to be put on workers (its pending scatter is made), or
+        is in memory already (the client is told so at once)."""
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self._new_task(key, None)
+        _add(ts, "who_wants", cid)
+        cs = self.clients.get(cid)
+        if cs is not None:
+            cs.wants_what.add(ts)
+        if ts.state == MEMORY:
+            self.send_client(cid, {"op": "scattered", "request_id": request_id,
+                                   "key": key})
+            return False
+        sc = self.scatters.get(key)
+        if sc is None or (sc["client"], sc["request_id"]) != (cid, request_id):
+            self.scatters[key] = {"client": cid, "request_id": request_id,
+                                  "pending": set(), "acked": False}
+        return True
+
+    def _scatter_target_lost(self, key, wid, text):
+        """A worker that was to store ``key`` will not (``wid``; None: none was
+        found): once no other one is pending, the client hears that the key is
+        stored (another worker has it) or failed."""
+        sc = self.scatters.get(key)
+        if sc is None:
+            return
+        sc["pending"].discard(wid)
+        if sc["pending"]:
+            return
+        del self.scatters[key]
+        if sc["acked"]:
+            self.send_client(sc["client"], {"op": "scattered",
+                                            "request_id": sc["request_id"], "key": key})
+        else:
+            self.send_client(sc["client"], {"op": "scatter-failed",
+                                            "request_id": sc["request_id"], "text": text})
 
     def _on_run(self, cid, msg):
         self._fan_out(cid, msg["request_id"], {"op": "run", "function": msg["function"]},
@@ -2539,6 +2605,7 @@ class SchedulerState:
         "cancel": _on_cancel,
         "gather": _on_gather,
         "scatter": _on_scatter,
+        "scatter-targets": _on_scatter_targets,
         "run": _on_run,
         "info": _on_info,
         "set-collection": _on_set_collection,

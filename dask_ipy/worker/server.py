@@ -489,7 +489,31 @@ class Worker:
             self.outgoing.append({"op": "stream-failed", "ticket": stream.get("ticket")})
 
     def _on_put_data(self, msg):
-        self._put_data(msg["data"])
+        """Scattered values: in the message, or streamed by the client into the
+        scheduler's relay, downloaded on a thread as a relay's are."""
+        streams = msg.get("streams")
+        if not streams:
+            self._put_data(msg["data"])
+            return
+        threading.Thread(target=self._receive_scattered, args=(streams,), daemon=True,
+                         name="dask-ipy-put-fetch").start()
+
+    def _receive_scattered(self, streams):
+        try:
+            data = bulk.receive(self.session, host_of(self.scheduler_address),
+                                self.relay_port, streams, self.gather_timeout,
+                                self.connect_timeout)
+        except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
+            logger.warning("worker %s: scattered data did not come through the "
+                           "scheduler's relay (%s)", self.address, e)
+            self.loop.call_soon(self._put_failed, streams)
+            return
+        self.loop.call_soon(self._put_data, data)
+
+    def _put_failed(self, streams):
+        self._give_up_streams(streams)
+        self.outgoing.append({"op": "put-failed",
+                              "keys": [key for stream in streams for key in stream["keys"]]})
 
     def _on_welcome(self, msg):
         self.max_send_bytes = msg.get("max_message_bytes")

@@ -125,3 +125,54 @@ def test_a_holder_that_dies_mid_stream_ends_in_a_recomputation(tmp_path, monkeyp
         finally:
             killed.set()
             fetcher.close()
+
+
+# ---------------------------------------------------------------- scatter
+
+def closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_large_scattered_value_streams_to_its_worker():
+    with local_cluster() as (s, (wa, wb), c):
+        received = s.bytes_received
+        [f] = c.scatter([make(SIZE)], workers=[wb.address])
+        assert s.bytes_received - received < SIZE // 4
+        # Counted once the relay's thread is done, which may be after the worker is.
+        wait_for(lambda: s.relay.relayed >= SIZE, message="the relay's count")
+        assert c.who_has([f])[f.key] == [wb.address]
+        assert c.submit(check, f, workers=[wb.address]).result(timeout=60)
+        # Broadcast: one stream per worker, small values beside them in the message.
+        relayed = s.relay.relayed
+        futures = c.scatter({"big": make(SIZE), "small": make(800)}, broadcast=True)
+        wait_for(lambda: s.relay.relayed >= relayed + 2 * SIZE,
+                 message="the relay's count")
+        assert sorted(c.who_has([futures["big"]])["big"]) == sorted(
+            [wa.address, wb.address])
+        assert check(futures["small"].result(timeout=60), 800)
+
+
+def test_a_scatter_a_worker_cannot_download_goes_again_over_zeromq():
+    with local_cluster() as (s, (wa, wb), c):
+        wb.relay_port = closed_port()
+        received = s.bytes_received
+        [f] = c.scatter([make(SIZE)], workers=[wb.address], timeout=60)
+        assert s.bytes_received - received >= SIZE
+        assert c.shell.state.relay_port is None          # no more streams asked for
+        assert c.submit(check, f, workers=[wb.address]).result(timeout=60)
+        # The client's upload, waiting at the relay, was given up at once.
+        wait_for(lambda: c.shell.uploads.running == 0 and not s.relay._expected,
+                 timeout=10, message="the upload to be given up")
+
+
+def test_an_encrypted_cluster_scatters_over_zeromq():
+    security = Security.temporary(encrypt=True)
+    options = {"security": security}
+    with local_cluster(options, options, options) as (s, (wa, wb), c):
+        [f] = c.scatter([make(SIZE)], workers=[wb.address])
+        assert s.bytes_received >= SIZE
+        assert c.submit(check, f, workers=[wa.address]).result(timeout=60)
