@@ -18,12 +18,16 @@ Figures, per mode:
     info_idle_ms, info_busy_ms   the same client's ``nthreads()`` round trips,
                   which the scheduler answers alone (no worker on the way)
     cpu_s         CPU seconds (user + system) each process spent during the relay
+    scatter_MB_s, scatter_rss_MB   ``client.scatter`` of the same array onto B:
+                  array bytes / its time (median), and the scheduler's peak RSS
+                  growth during it (largest)
 
 Modes: ``stream`` (large values stream through the scheduler's TCP relay in bounded
 chunks) and ``one-message`` (the fetching worker asks as it does after its streams
 failed, and as every worker does on an encrypted cluster, though here unencrypted:
 the scheduler receives the whole value on its ZeroMQ socket and forwards it; its
-cap is raised to let the array through).  Each mode warms up (B finds A
+cap is raised to let the array through); the scatter goes over ZeroMQ too (the
+client's streams turned off, as after a failed one).  Each mode warms up (B finds A
 unreachable, one small relay), then times ``--repeats`` relays (3; 1 with
 ``--quick``).  The JSON (``--json``, default ``benchmarks/results/relay.json``)
 keeps every sample and the 1-minute load average.
@@ -95,6 +99,7 @@ def host(kind, file, options):
 
 class RelayCluster:
     def __init__(self, log, mode, nbytes):
+        self.mode = mode
         self.hosts = []
         self.hole = socket.create_server(("127.0.0.1", 0), backlog=64)
         hole = f"tcp://127.0.0.1:{self.hole.getsockname()[1]}"
@@ -212,6 +217,21 @@ def measure(cluster, nbytes, repeats, idle_trips):
                      "cpu_s": {name: cpu_after[name] - cpu_before[name]
                                for name in pids if cpu_after[name] is not None}})
         del x, y
+    if cluster.mode == "one-message":
+        c.shell.streams_off()
+    scatters = []
+    for _ in range(repeats):
+        array = make(nbytes)
+        before = procs.rss([pid])
+        with procs.PeakSampler([pid], interval=0.01) as peak:
+            start = time.perf_counter()
+            [f] = c.scatter([array], workers=[b], hash=False)
+            elapsed = time.perf_counter() - start
+        scatters.append({"seconds": elapsed, "MB_s": nbytes / MB / elapsed,
+                         "sched_rss_growth": peak.peak - before})
+        assert c.submit(total, f, workers=[b], pure=False).result(timeout=600) == \
+            nbytes // 8
+        del f, array
     unreachable = c.scheduler_info()["workers"][b]["unreachable"]
     assert list(unreachable) == [a], unreachable
     busy = [t for r in runs for t in r["busy_ms"]]
@@ -223,7 +243,10 @@ def measure(cluster, nbytes, repeats, idle_trips):
             "relayed_by_stream": c.run_on_scheduler(_relayed), "runs": runs,
             "cpu_s": {name: statistics.median(r["cpu_s"][name] for r in runs)
                       for name in runs[0]["cpu_s"]},
-            "idle_samples": idle, "info_idle_samples": info_idle}
+            "idle_samples": idle, "info_idle_samples": info_idle,
+            "scatter_MB_s": statistics.median(r["MB_s"] for r in scatters),
+            "scatter_rss_MB": max(r["sched_rss_growth"] for r in scatters) / MB,
+            "scatters": scatters}
 
 
 def _relayed(dask_scheduler):
@@ -282,17 +305,19 @@ def table(results):
              "cannot reach each other",
              "| mode | MB/s | scheduler RSS growth MB | other client's submit ms, idle "
              "(median / p90) | while relaying | its nthreads() ms, idle | while "
-             "relaying | CPU s: scheduler, holder, fetcher, bystander, clients | load |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "relaying | CPU s: scheduler, holder, fetcher, bystander, clients | "
+             "scatter MB/s | its scheduler RSS growth MB | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         if not r["ok"]:
-            lines.append(f"| {r['mode']} | FAILED: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['mode']} | FAILED: {r['error']} |" + " |" * 9)
             continue
         cells = [cell(r[name]) for name in ("idle_ms", "busy_ms", "info_idle_ms",
                                             "info_busy_ms")]
         cpu = ", ".join(f"{v:.2f}" for v in r["cpu_s"].values())
         lines.append(f"| {r['mode']} | {r['MB_s']:,.0f} | {r['sched_rss_MB']:,.1f} | "
-                     + " | ".join(cells) + f" | {cpu} | {r['load'][0]:.1f} |")
+                     + " | ".join(cells) + f" | {cpu} | {r['scatter_MB_s']:,.0f} | "
+                     f"{r['scatter_rss_MB']:,.1f} | {r['load'][0]:.1f} |")
     return "\n".join(lines)
 
 

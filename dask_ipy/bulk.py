@@ -22,6 +22,10 @@ keeping them (workers and clients can always reach the scheduler; it reaches nob
     W ──connect, "U" + ticket, stream──▶ S's BulkRelay ◀──"D" + ticket── C
                                             └──── the same bytes ────▶ C
 
+The same way, a worker's values go to a worker that cannot reach it ("relay-data"
+names the streams), and a client's large scattered values to their workers (the
+client uploads, "put-data" names the streams).
+
 Trust comes from the message, not from the channel: the frames are exactly what the
 sender would have sent over ZeroMQ, a Session message signed for the receiver, which
 checks it (MAC over every byte) before using anything; replays are refused because the

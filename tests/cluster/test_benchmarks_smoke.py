@@ -135,6 +135,7 @@ def test_relay_quick_run(tmp_path):
     for run in runs.values():
         assert run["ok"], run
         assert run["MB_s"] > 0 and run["idle_ms"]["n"] == 30
+        assert run["scatter_MB_s"] > 0
     assert runs["stream"]["relayed_by_stream"] >= data["nbytes"]
     assert runs["one-message"]["relayed_by_stream"] == 0
     assert "| stream |" in r.stdout
