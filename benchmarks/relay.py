@@ -10,8 +10,9 @@ MB (500; 16 with ``--quick``); a task on B then sums it, timed from submit to re
 Figures, per mode:
 
     MB/s          array bytes / that time (median of the timed runs)
-    sched_rss_MB  the scheduler's peak RSS growth during the relay (kernel VmHWM,
-                  reset before, and a 10 ms sampler), largest of the runs
+    sched_rss_MB  the scheduler's peak RSS during the relay (kernel VmHWM, reset
+                  before, and a 10 ms sampler) above its RSS after the warm-up,
+                  largest of the runs (a heap grown by an earlier run counts)
     idle_ms       a second client's ``submit(inc).result()`` round trips, median
                   and p90, with nothing else running
     busy_ms       the same while the relay runs
@@ -20,7 +21,7 @@ Figures, per mode:
     cpu_s         CPU seconds (user + system) each process spent during the relay
     scatter_MB_s, scatter_rss_MB   ``client.scatter`` of the same array onto B:
                   array bytes / its time (median), and the scheduler's peak RSS
-                  growth during it (largest)
+                  during it above the same baseline (largest)
 
 Modes: ``stream`` (large values stream through the scheduler's TCP relay in bounded
 chunks) and ``one-message`` (the fetching worker asks as it does after its streams
@@ -194,10 +195,10 @@ def measure(cluster, nbytes, repeats, idle_trips):
     round_trips(cluster.other, bystander, threading.Event(), idle, info_idle,
                 limit=idle_trips)
     runs = []
+    before = procs.rss([pid])
     for _ in range(repeats):
         x = c.submit(make, nbytes, workers=[a], pure=False)
         wait([x], timeout=300)
-        before = procs.rss([pid])
         busy, info_busy, stop = [], [], threading.Event()
         trips = threading.Thread(target=round_trips, name="round-trips",
                                  args=(cluster.other, bystander, stop, busy, info_busy))
@@ -222,7 +223,6 @@ def measure(cluster, nbytes, repeats, idle_trips):
     scatters = []
     for _ in range(repeats):
         array = make(nbytes)
-        before = procs.rss([pid])
         with procs.PeakSampler([pid], interval=0.01) as peak:
             start = time.perf_counter()
             [f] = c.scatter([array], workers=[b], hash=False)
