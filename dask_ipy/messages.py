@@ -19,7 +19,10 @@ the only ones without a recipient; a "hello" creates no state at the scheduler.
 
 Workers also talk to each other on their own sockets (PEER), request and reply:
 "get-data" is served by `Worker._on_peer_request`, its answers ("data", "data-bulk")
-land in `Worker._on_peer_reply`.  `tests/pure/test_messages.py` checks that every kind
+land in `Worker._on_peer_reply`.  Clients reach workers too: actor calls on a worker's
+actor socket, and "subscribe-results" on its peer socket, after which small results
+of the client's keys come straight from there ("task-result", into
+`ClientState.FROM_WORKERS`).  `tests/pure/test_messages.py` checks that every kind
 sent is handled by its receiver and that every handler is catalogued here.
 """
 
