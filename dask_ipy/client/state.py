@@ -25,7 +25,12 @@ here.  A gather waiting for keys is answered here as soon as all their values ha
 come straight; the scheduler's answer to it, later, finds no request.  The scheduler
 lists as "direct" the keys whose worker sent them here, without their values: one
 that did not arrive (the connection dropped meanwhile) is asked for again, value
-and all.  The client connects to a worker lazily, the first time a "key-in-memory"
+and all.  A key finished by a value that came straight is `unconfirmed` until the
+scheduler's word: the scheduler may not know yet that it is done, so messages that
+read or act on the scheduler's view (`info`, the task stream, moves of data, user
+code in the scheduler...) wait until none is; those of the hot path (`UNORDERED`:
+graphs, gathers, releases, cancels) do not, the scheduler being right about those
+keys either way.  The client connects to a worker lazily, the first time a "key-in-memory"
 names it (a small result that could have come straight): a client reaches only the
 workers that compute for it, and the scheduler announces none.
 
@@ -63,6 +68,10 @@ State, documented once:
                 answered here once their keys' values have all come straight
     by_key:     {key: {request_id}}    which of those wait for a key
     workers:    {address}              workers connected to for small results
+    unconfirmed: {key}                 finished by a value that came straight, before
+                                       the scheduler's "key-in-memory" (or error,
+                                       cancel): later messages outside `UNORDERED`
+                                       wait for it
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
     monitoring: bool                   monitor snapshots are subscribed to
@@ -175,6 +184,12 @@ def paused_text(info):
 
 WELCOME = "welcome"    # the request id of registration: its answer carries no id
 
+# What may overtake the scheduler's word on a key whose value came straight: none
+# of these reads the scheduler's view of a key it may still think is computing.
+UNORDERED = frozenset({"update-graph", "gather", "client-releases-keys",
+                       "client-desires-keys", "cancel", "scatter", "client-options",
+                       "register-client", "close-client", "monitor", "subscribe-topic"})
+
 
 class ClientState:
     def __init__(self, address, paused_warning=None):
@@ -197,6 +212,7 @@ class ClientState:
         self.gathers = {}
         self.by_key = {}
         self.workers = set()
+        self.unconfirmed = set()
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ holders
@@ -229,6 +245,7 @@ class ClientState:
                 continue
             self.refcount.pop(key, None)
             self.futures.pop(key, None)
+            self.unconfirmed.discard(key)
             gone.append(key)
         self.releases.extend(gone)
         return gone
@@ -258,6 +275,11 @@ class ClientState:
         if self.scheduler is None:
             return []
         self._queue_releases()
+        if self.unconfirmed:
+            for i, msg in enumerate(self.outbox):
+                if msg["op"] not in UNORDERED:
+                    out, self.outbox = self.outbox[:i], self.outbox[i:]
+                    return out
         out, self.outbox = self.outbox, []
         return out
 
@@ -363,6 +385,7 @@ class ClientState:
         for st in states:
             if not st.done() or st.status == FINISHED:
                 out += self._set(st, CANCELLED)
+        self.unconfirmed.difference_update(keys)
         self._queue({"op": "cancel", "keys": keys, "force": force})
         return out
 
@@ -411,6 +434,7 @@ class ClientState:
         out = []
         self.gathers.clear()
         self.by_key.clear()
+        self.unconfirmed.clear()
         for st in list(self.futures.values()):
             if not st.done():
                 st.error = {"type": "SchedulerLost", "text": reason}
@@ -442,6 +466,7 @@ class ClientState:
                 out += self._set(st, CANCELLED)
         self.gathers.clear()
         self.by_key.clear()
+        self.unconfirmed.clear()
         tokens = list(self.requests.values())
         tokens += [token for _, token in self.scatters.values()]
         for token in tokens:
@@ -460,6 +485,7 @@ class ClientState:
     def _on_key_in_memory(self, msg):
         st = self.futures.get(msg["key"])
         out = []
+        self.unconfirmed.discard(msg["key"])
         worker = msg.get("worker")
         if worker is not None and worker not in self.workers and not self.lost:
             self.workers.add(worker)
@@ -484,6 +510,7 @@ class ClientState:
         if st.status == PENDING:
             st.type = msg.get("type")
             st.status = FINISHED
+            self.unconfirmed.add(key)
             out.append(Done(st))
         for rid in self.by_key.pop(key, ()):
             entry = self.gathers.get(rid)
@@ -502,6 +529,7 @@ class ClientState:
         self.workers.discard(address)
 
     def _on_task_erred(self, msg):
+        self.unconfirmed.discard(msg["key"])
         st = self.futures.get(msg["key"])
         if st is None:
             return []
@@ -509,10 +537,12 @@ class ClientState:
         return self._set(st, ERROR)
 
     def _on_cancelled(self, msg):
+        self.unconfirmed.discard(msg["key"])
         st = self.futures.get(msg["key"])
         return [] if st is None else self._set(st, CANCELLED)
 
     def _on_restarted(self, msg):
+        self.unconfirmed.clear()
         out = []
         for st in list(self.futures.values()):
             if not st.done() or st.status == FINISHED:
@@ -536,6 +566,7 @@ class ClientState:
                 st.status = PENDING
                 st.error = None
                 st.data = None
+                self.unconfirmed.discard(key)
                 out.append(Reset(st))
         rid = msg["request_id"]
         entry = self._end_gather(rid)
@@ -624,6 +655,7 @@ class ClientState:
             assert st.status in (PENDING, FINISHED, ERROR, CANCELLED, LOST), st
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
         assert set(self.gathers) <= set(self.requests), "a gather without its request"
+        assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
         for key, rids in self.by_key.items():
             assert rids and all(key in self.gathers[rid][2] for rid in rids), key
         assert (self.status == "reconnecting") == self.lost or self.status == "closed"

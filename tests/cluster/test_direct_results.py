@@ -72,7 +72,12 @@ def test_small_results_come_straight_from_the_worker(tmp_path):
             f.add_done_callback(lambda f: calls.append(f.key))
         assert [f.result(timeout=30) for f in futures] == list(range(1, 21))
         for i in range(20, 30):                                 # one at a time
-            assert c.submit(inc, i).result(timeout=30) == i + 1
+            f = c.submit(inc, i)
+            assert f.result(timeout=30) == i + 1
+            # Questions asked at once see what the client saw (the scheduler's word
+            # may come after the value, and such questions wait for it).
+            assert c.who_has(f)[f.key] != [], "the scheduler does not know yet"
+            assert f.key in [r["key"] for r in c.get_task_stream(count=5)]
         wait_for(lambda: c.shell.direct_results - before == 30, message="30 straight")
         keys = {f.key for f in futures}
         # The scheduler still learns of every one (and says so), never with its

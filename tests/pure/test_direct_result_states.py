@@ -312,3 +312,31 @@ def test_a_lost_connection_to_the_scheduler_fails_gathers_waiting_here(cs):
     cs.disconnected("gone")
     assert cs.gathers == {} and cs.by_key == {}
     cs.validate()
+
+
+def test_questions_to_the_scheduler_wait_for_its_word_on_a_value_that_came_straight(cs):
+    x = cs.hold("x")
+    cs.handle_worker(result())
+    assert cs.unconfirmed == {"x"}
+    # The hot path goes on; a question about the cluster (and what follows it)
+    # waits: the scheduler may not know yet that x is done.
+    cs.send({"op": "update-graph", "keys": ["y"]})
+    cs.request({"op": "info", "what": "who_has", "keys": ["x"]}, "t-info")
+    cs.send({"op": "gather", "keys": ["z"]})
+    assert [m["op"] for m in cs.take_messages()] == ["update-graph"]
+    assert cs.take_messages() == []
+    assert cs.handle(in_memory()) == []
+    assert cs.unconfirmed == set()
+    assert [m["op"] for m in cs.take_messages()] == ["info", "gather"]
+    # Released, erred or cancelled before the scheduler's word: nothing waits.
+    for key, end in (("a", lambda: cs.drop(["a"])),
+                     ("b", lambda: cs.handle({"op": "task-erred", "key": "b",
+                                              "type": "E", "text": ""})),
+                     ("c", lambda: cs.cancel([cs.futures["c"]], ["c"]))):
+        cs.hold(key)
+        cs.handle_worker(result(key))
+        assert cs.unconfirmed == {key}
+        end()
+        assert cs.unconfirmed == set()
+        cs.validate()
+    assert x.status == FINISHED
