@@ -320,9 +320,10 @@ class ClientState:
             st = self.futures.get(key)
             if st is not None and st.data is not None and st.status == FINISHED:
                 here[key] = st.data
-        if len(here) == len(msg["keys"]):
+        keys = [key for key in msg["keys"] if key not in here]
+        if not keys:
             return [Resolve(token, _reply(here))]
-        msg["keys"] = [key for key in msg["keys"] if key not in here]
+        msg["keys"] = keys
         out = self.request(msg, token)
         if not out:
             rid = msg["request_id"]

@@ -340,3 +340,22 @@ def test_questions_to_the_scheduler_wait_for_its_word_on_a_value_that_came_strai
         assert cs.unconfirmed == set()
         cs.validate()
     assert x.status == FINISHED
+
+
+def test_a_value_asked_for_again_beside_one_here_is_waited_for(cs):
+    one, two = cs.hold("one"), cs.hold("two")
+    cs.handle_worker(result("one", "blob-1"))
+    gather(cs, ["one", "two"])
+    [msg] = cs.take_messages()
+    assert msg["keys"] == ["two"]
+    cs.handle(in_memory("two"))
+    # "two" was sent here straight, but the scheduler's answer overtook it: asked
+    # again, and the answer waits for it (not only for the one value here).
+    assert cs.handle({"op": "gather-result", "request_id": msg["request_id"],
+                      "data": {}, "missing": [], "errors": {}, "direct": ["two"]}) == []
+    [again] = cs.take_messages()
+    assert again["keys"] == ["two"] and again["direct"] is False
+    assert cs.handle_worker(result("two", "blob-2")) == [
+        Resolve("t", {"data": {"one": "blob-1", "two": "blob-2"}, "missing": [],
+                      "errors": {}})]
+    cs.validate()
