@@ -17,7 +17,7 @@ class Row:
     """One figure: ``data[*path][key]`` (``best`` instead of ``key`` with --stat best) / scale."""
 
     def __init__(self, key, workload, label, field, unit, better, best=None, path=(),
-                 scale=1.0, versus=DISTRIBUTED):
+                 scale=1.0, versus=DISTRIBUTED, only=None):
         self.key = key
         self.workload = workload
         self.label = label
@@ -28,6 +28,7 @@ class Row:
         self.unit = unit
         self.better = better
         self.versus = versus
+        self.only = only          # the systems measuring this figure (None: all)
 
     def get(self, data, stat="median"):
         for step in self.path:
@@ -44,6 +45,10 @@ def rows(sizes):
         Row("b2", "b", f"b. get: 1 root, {b:,} children", path=("fan_out",), **rate),
         Row("b3", "b", f"b. get: tree sum of {tree_leaves(b):,} leaves", path=("tree_sum",), **rate),
         Row("c", "c", f"c. submit -> result round trip, {c} in turn", "median_ms", "ms", "lower", best="min_ms"),
+        Row("c2", "c", f"c. bare three-hop ZeroMQ chain, {c} in turn (the floor)", "median_ms", "ms",
+            "lower", best="min_ms", path=("chain",), versus=(), only=("dask_ipy",)),
+        Row("c3", "c", "c. round trip / bare three-hop chain", "vs_chain", "x", "lower",
+            best="best_vs_chain", versus=(), only=("dask_ipy",)),
         Row("d", "d", f"d. {d / 1e6:g} MB array, worker A -> B", "gb_per_s", "GB/s", "higher",
             best="best_gb_per_s"),
         Row("e1", "e", f"e. {e:,}-task graph", "tasks_per_s", "tasks/s", "higher"),
@@ -91,7 +96,8 @@ def build(results, sizes, systems, only, stat="median"):
             values[name], cells[name] = None, ""
             if name not in systems:
                 continue
-            if name not in WORKLOADS[row.workload].systems:
+            if name not in WORKLOADS[row.workload].systems or (
+                    row.only is not None and name not in row.only):
                 cells[name] = "n/a"
                 continue
             data = results.get(name, {}).get(row.workload)

@@ -23,7 +23,7 @@ import statistics
 import time
 from time import perf_counter
 
-from . import dask_workloads, procs, tasks
+from . import chain, dask_workloads, procs, tasks
 from .systems import ENGINES, ipcluster
 
 _runs = itertools.count(1)
@@ -228,7 +228,7 @@ def round_trip(system, size):
         samples.append((perf_counter() - t0) * 1e3)
         _check(r == start + i + 1, "round trip result")
     q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
-    return {
+    out = {
         "path": path,
         "round_trips": size,
         "median_ms": statistics.median(samples),
@@ -237,6 +237,14 @@ def round_trip(system, size):
         "min_ms": min(samples),
         "mean_ms": statistics.fmean(samples),
     }
+    if system.name == "dask_ipy":
+        # The floor, in the same run: three bare ZeroMQ hops between three
+        # processes (dask_ipy's smallest round trip is three hops).
+        floor = chain.measure(system.log_path, size)
+        out["chain"] = floor
+        out["vs_chain"] = out["median_ms"] / floor["median_ms"]
+        out["best_vs_chain"] = out["min_ms"] / floor["min_ms"]
+    return out
 
 
 # ------------------------------------------------------------------ d

@@ -19,7 +19,10 @@ the only ones without a recipient; a "hello" creates no state at the scheduler.
 
 Workers also talk to each other on their own sockets (PEER), request and reply:
 "get-data" is served by `Worker._on_peer_request`, its answers ("data", "data-bulk")
-land in `Worker._on_peer_reply`.  `tests/pure/test_messages.py` checks that every kind
+land in `Worker._on_peer_reply`.  Clients reach workers too: actor calls on a worker's
+actor socket, and "subscribe-results" on its peer socket, after which small results
+of the client's keys come straight from there ("task-result", into
+`ClientState.FROM_WORKERS`).  `tests/pure/test_messages.py` checks that every kind
 sent is handled by its receiver and that every handler is catalogued here.
 """
 
@@ -35,7 +38,8 @@ KINDS = {
         "unregister": "a worker leaves on purpose",
         "heartbeat": "a worker is alive; its metrics",
         "task-started": "a task began on a pool thread (it may need a 'go' first)",
-        "task-finished": "a task's result is in memory (a small one comes along)",
+        "task-finished": "a task's result is in memory (a small one comes along; "
+                         "'direct': the clients it went to straight)",
         "task-erred": "a task raised: its error record",
         "task-dropped": "a task released while it ran has ended; its thread is free",
         "task-seceded": "a running task gave its thread slot back to wait for other work",
@@ -69,7 +73,8 @@ KINDS = {
         "registered": "the worker is known (no answer needed)",
         "unknown-worker": "the scheduler does not know this worker: register again",
         "ping": "only tests that the worker is reachable",
-        "compute-task": "run a task; where its inputs are",
+        "compute-task": "run a task; where its inputs are; the clients waiting for "
+                        "its result",
         "free-keys": "forget these keys",
         "who-has": "new holders of inputs a worker is missing",
         "go": "start a task announced with 'task-started'",
@@ -102,7 +107,8 @@ KINDS = {
         "client-desires-keys": "Futures of these keys arrived (unpickled)",
         "cancel": "cancel these keys",
         "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
-                  "ones may come through the relay; 'unwanted': streams given up)",
+                  "ones may come through the relay; 'unwanted': streams given up; "
+                  "'direct' False: send even those the worker sent to me straight)",
         "scatter": "put these values on workers ('streams': large ones streamed "
                    "through the relay, each for the worker 'scatter-targets' chose)",
         "scatter-targets": "which workers will hold these large scattered values (so "
@@ -133,13 +139,15 @@ KINDS = {
         "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",
         "welcome": "the answer to 'register-client' (and the relay's port)",
         "ping": "only tests that the client is reachable",
-        "key-in-memory": "a wanted key is done",
+        "key-in-memory": "a wanted key is done (with a small result that did not go "
+                         "straight to the client: the worker holding it)",
         "task-erred": "a wanted key failed: its error record",
         "cancelled": "a key was cancelled",
         "restarted": "every task was forgotten",
         "reply": "the answer to a request ('request_id')",
         "gather-result": "the answer to 'gather' (and the 'streams' to download from "
-                         "the relay)",
+                         "the relay; 'direct': keys whose value went to the client "
+                         "straight from its worker)",
         "run-result": "the answer to 'run'",
         "scattered": "one scattered key is stored",
         "scatter-failed": "a scatter failed",
@@ -152,11 +160,16 @@ KINDS = {
     (CLIENT, WORKER): {
         "actor-call": "call a method of an actor this worker holds, or read one of "
                       "its attributes (straight to the worker's peer socket)",
+        "subscribe-results": "send me the small results of my keys on this connection "
+                             "(to the worker's peer socket)",
         "data": "a large scattered value, streamed through the scheduler's relay and "
                 "announced in 'put-data' (read by bulk.receive)",
     },
     (WORKER, CLIENT): {
         "actor-result": "the result of an 'actor-call', or its error",
+        "task-result": "a small result of a key the client waits for, straight from "
+                       "the worker that computed it (the scheduler hears of it in "
+                       "'task-finished', 'direct')",
     },
     (WORKER, PEER): {
         "get-data": "the values of these keys",
@@ -186,6 +199,9 @@ SHELL_EVENTS = {
         "long-running": "tasks run for a heartbeat interval or more",
         "secede": "a running task gives its thread slot back (it waits for other work)",
         "rejoin": "a seceded task wants a thread slot again",
+        "client-subscribed": "a client asked for its small results on its connection "
+                             "to the peer socket",
+        "client-gone": "a subscribed client's connection is gone",
     },
 }
 

@@ -15,6 +15,14 @@ state machine and wake the loop, which sends what has gathered at its next flush
 message goes into the state's outbox under the lock, never into a list a flush has
 already taken, so none is lost.)
 
+Small results come straight from the workers that computed them, on one DEALER per
+worker to its peer socket (the actors' security: the cluster's key guards it, CURVE
+when encrypted, every message signed), opened on the I/O thread when the state machine
+says `Connect`: the first time a result could have come straight from that worker
+(see state.py).  Lazily, because a client needs only the workers computing for it, and
+a cluster of a thousand workers is not a thousand connections per client; the price
+is that a worker's first result for this client takes the long way.
+
 After each ZeroMQ handshake the shell says "hello"; the answer tells the scheduler's
 epoch and identity (see protocol.py), which sign and address every message after it.
 
@@ -49,7 +57,8 @@ from ..log import logger
 from ..protocol import MessageTooLarge, ProtocolError, Session
 from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_exception,
                       take_waiters, wake, when_done)
-from .state import Close, ClientState, Done, FINISHED, Reject, Reset, Resolve, Warn
+from .state import (Close, ClientState, Connect, Done, FINISHED, Reject, Reset, Resolve,
+                    Warn)
 from .waits import Answer, Call
 
 
@@ -81,6 +90,8 @@ class ClientShell:
         self.actor_lost = set()         # workers whose connection dropped: actors gone
         self.actor_ids = itertools.count()
         self.actor_outbox = {}          # {worker address: [actor-call]} (I/O thread)
+        self.result_sockets = {}        # {worker address: (DEALER, monitor)} (I/O thread)
+        self.direct_results = 0         # small results that came straight (a figure)
         self.uploads = bulk.Pool("dask-ipy-upload")     # scattered values streaming
         self.state = ClientState(address, paused_warning)
         self.monitor_callbacks = []
@@ -152,6 +163,8 @@ class ClientShell:
                 self.on_scheduler_closing()
             elif kind is Warn:
                 warnings.warn(inst.warning, stacklevel=2)
+            elif kind is Connect:
+                self.loop.call_soon(self._connect_worker, inst.address)
 
     def _wake_loop(self):
         self.loop.call_soon(_nothing)
@@ -295,9 +308,15 @@ class ClientShell:
         """Values of ``keys``; with ``wait`` the scheduler answers once they are all
         done.  Raises DataLost if a key is missing (erred, cancelled, or lost and
         being computed again)."""
+        self.check_open()
         with LOCK:
             msg = self.state.gather_message(keys, wait, self.session.max_message_bytes)
-        reply = yield from self.request_op(dict(msg), timeout=_remaining(deadline))
+        fut = cf.Future()
+        self._call(self.state.gather, dict(msg), fut)
+        if not fut.done():
+            self._wake_loop()
+        reply = yield Answer(fut, _remaining(deadline),
+                             f"'gather' from the scheduler at {self.address}")
         if reply.get("streams"):
             try:
                 reply["data"].update((yield Call(self._receive, reply["streams"])))
@@ -351,8 +370,10 @@ class ClientShell:
     def gather_async(self, keys, callback):
         """Fetch values without blocking the caller; ``callback(("ok", values))`` or
         ``callback(("error", exception))`` runs when they arrive."""
-        fut = self.request_future({"op": "gather", "keys": list(keys),
-                                   "max_bytes": self.session.max_message_bytes})
+        fut = cf.Future()
+        self._call(self.state.gather, {"op": "gather", "keys": list(keys),
+                                       "max_bytes": self.session.max_message_bytes}, fut)
+        self._wake_loop()
 
         def done(f):
             try:
@@ -437,10 +458,10 @@ class ClientShell:
                 continue
             handler(msg)
 
-    def _to_state(self, msg):
+    def _to_state(self, msg, handle=None):
         # The hot path, a "key-in-memory" per task: `_call` with one Done inlined.
         with LOCK:
-            out = self.state.handle(msg)
+            out = (handle or self.state.handle)(msg)
             if not out:
                 return
             if len(out) == 1 and type(out[0]) is Done:
@@ -493,6 +514,49 @@ class ClientShell:
         "ping": _on_ping,
         "event": _on_event,
     }
+
+    # ---------------------------------------------------------------- small results
+
+    def _connect_worker(self, address):
+        if address in self.result_sockets or not self.loop.running:
+            return
+        events = zmq.EVENT_DISCONNECTED
+        sock = connect_dealer(self.loop.context, self.security, self.id, address,
+                              events=events)
+        monitor = sock.get_monitor_socket(events)
+        self.result_sockets[address] = sock, monitor
+        self.loop.add_socket(sock, self._on_worker_frames)
+        self.loop.add_socket(monitor, lambda frames: self._worker_lost(address))
+        try:
+            # Queued by ZeroMQ until the connection is made.
+            send(sock, self.session.dumps([{"op": "subscribe-results"}],
+                                          address.encode()))
+        except zmq.ZMQError as e:
+            logger.debug("client: could not subscribe to %s: %s", address, e)
+
+    def _on_worker_frames(self, frames):
+        try:
+            msgs = self.session.loads(frames)
+        except ProtocolError as e:
+            self.rejections("a worker", e)
+            return
+        for msg in msgs:
+            if msg.get("op") == "task-result":
+                self.direct_results += 1
+                self._to_state(msg, self.state.handle_worker)
+
+    def _worker_lost(self, address):
+        """The worker's connection dropped (it died, most likely): results come the
+        long way until one names it again."""
+        sock, monitor = self.result_sockets.pop(address, (None, None))
+        if sock is not None:
+            self.loop.remove_socket(monitor)
+            self.loop.remove_socket(sock)
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+        with LOCK:
+            self.state.worker_lost(address)
 
     # ---------------------------------------------------------------- actors
 
@@ -598,6 +662,8 @@ class ClientShell:
             self._flush()
             for address in list(self.actor_sockets):
                 self._close_actor_socket(address)
+            for address in list(self.result_sockets):
+                self._worker_lost(address)
             for _, future in self.actor_pending.values():
                 if not future.done():
                     future.set_exception(RuntimeError("the client closed"))

@@ -14,6 +14,25 @@ back as instructions:
     Reject(token, error)    fail a request with the exception ``error``
     Close(reason)           the scheduler shuts down: close this client
     Warn(warning)           tell the user (a worker has stayed paused for long)
+    Connect(address)        connect to this worker's peer socket and ask for small
+                            results there ("subscribe-results")
+
+A small result may come twice: straight from the worker that computed it
+("task-result", three hops from the submit) and through the scheduler
+("key-in-memory"; the value in a "gather-result").  Whichever comes first finishes
+the key, the other changes nothing; neither touches a key released or cancelled
+here.  A gather waiting for keys is answered here as soon as all their values have
+come straight; the scheduler's answer to it, later, finds no request.  The scheduler
+lists as "direct" the keys whose worker sent them here, without their values: one
+that did not arrive (the connection dropped meanwhile) is asked for again, value
+and all.  A key finished by a value that came straight is `unconfirmed` until the
+scheduler's word: the scheduler may not know yet that it is done, so messages that
+read or act on the scheduler's view (`info`, the task stream, moves of data, user
+code in the scheduler...) wait until none is; those of the hot path (`UNORDERED`:
+graphs, gathers, releases, cancels) do not, the scheduler being right about those
+keys either way.  The client connects to a worker lazily, the first time a "key-in-memory"
+names it (a small result that could have come straight): a client reaches only the
+workers that compute for it, and the scheduler announces none.
 
 Key states (`FutureState.status`)::
 
@@ -43,6 +62,16 @@ State, documented once:
     dashboard:  dict | None            its HTTP page {host, port, prefix, token}, from
                                        "welcome"; None: it serves none
     paused_warning: seconds | None     warn of a worker paused longer than this
+    FutureState.data: Serialized | None  a small result that came straight from its
+                                       worker, kept while the key is held
+    gathers:    {request_id: [msg, token, {key not here yet}]}  gathers in flight,
+                answered here once their keys' values have all come straight
+    by_key:     {key: {request_id}}    which of those wait for a key
+    workers:    {address}              workers connected to for small results
+    unconfirmed: {key}                 finished by a value that came straight, before
+                                       the scheduler's "key-in-memory" (or error,
+                                       cancel): later messages outside `UNORDERED`
+                                       wait for it
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
     monitoring: bool                   monitor snapshots are subscribed to
@@ -69,7 +98,8 @@ class FutureState:
     callbacks, made only once someone waits (a graph may make a hundred thousand
     states)."""
 
-    __slots__ = ("key", "status", "error", "type", "event", "callbacks", "__weakref__")
+    __slots__ = ("key", "status", "error", "type", "event", "callbacks", "data",
+                 "__weakref__")
 
     def __init__(self, key):
         self.key = key
@@ -78,6 +108,7 @@ class FutureState:
         self.type = None
         self.event = None
         self.callbacks = None
+        self.data = None
 
     def done(self):
         return self.status != PENDING
@@ -113,6 +144,11 @@ class Reject:
                 and str(other.error) == str(self.error))
 
 
+@dataclass(slots=True)
+class Connect:
+    address: str
+
+
 @dataclass
 class Close:
     reason: str
@@ -125,6 +161,11 @@ class Warn:
     def __eq__(self, other):        # warnings compare by type and text in tests
         return (type(other) is Warn and type(other.warning) is type(self.warning)
                 and str(other.warning) == str(self.warning))
+
+
+def _reply(data):
+    """A gather's answer made here from values that came straight."""
+    return {"data": data, "missing": [], "errors": {}}
 
 
 def paused_text(info):
@@ -142,6 +183,12 @@ def paused_text(info):
 
 
 WELCOME = "welcome"    # the request id of registration: its answer carries no id
+
+# What may overtake the scheduler's word on a key whose value came straight: none
+# of these reads the scheduler's view of a key it may still think is computing.
+UNORDERED = frozenset({"update-graph", "gather", "client-releases-keys",
+                       "client-desires-keys", "cancel", "scatter", "client-options",
+                       "register-client", "close-client", "monitor", "subscribe-topic"})
 
 
 class ClientState:
@@ -162,6 +209,10 @@ class ClientState:
         self.scheduler = None
         self.relay_port = None
         self.dashboard = None
+        self.gathers = {}
+        self.by_key = {}
+        self.workers = set()
+        self.unconfirmed = set()
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ holders
@@ -194,6 +245,7 @@ class ClientState:
                 continue
             self.refcount.pop(key, None)
             self.futures.pop(key, None)
+            self.unconfirmed.discard(key)
             gone.append(key)
         self.releases.extend(gone)
         return gone
@@ -223,6 +275,11 @@ class ClientState:
         if self.scheduler is None:
             return []
         self._queue_releases()
+        if self.unconfirmed:
+            for i, msg in enumerate(self.outbox):
+                if msg["op"] not in UNORDERED:
+                    out, self.outbox = self.outbox[:i], self.outbox[i:]
+                    return out
         out, self.outbox = self.outbox, []
         return out
 
@@ -254,6 +311,38 @@ class ClientState:
         return {"op": "gather", "keys": list(keys), "wait": wait, "max_bytes": max_bytes,
                 "stream": self.relay_port is not None}
 
+    def gather(self, msg, token, here=None):
+        """Send the gather ``msg`` (from `gather_message`) and answer ``token`` with
+        its reply, made here from the values that came straight when they all have;
+        only keys not here yet are asked for.  ``here``: values known already."""
+        here = {} if here is None else here
+        for key in msg["keys"]:
+            st = self.futures.get(key)
+            if st is not None and st.data is not None and st.status == FINISHED:
+                here[key] = st.data
+        keys = [key for key in msg["keys"] if key not in here]
+        if not keys:
+            return [Resolve(token, _reply(here))]
+        msg["keys"] = keys
+        out = self.request(msg, token)
+        if not out:
+            rid = msg["request_id"]
+            self.gathers[rid] = [msg, here, set(msg["keys"])]
+            for key in msg["keys"]:
+                self.by_key.setdefault(key, set()).add(rid)
+        return out
+
+    def _end_gather(self, rid):
+        entry = self.gathers.pop(rid, None)
+        if entry is not None:
+            for key in entry[2]:
+                rids = self.by_key.get(key)
+                if rids is not None:
+                    rids.discard(rid)
+                    if not rids:
+                        del self.by_key[key]
+        return entry
+
     def streams_failed(self, msg, streams):
         """The ``streams`` of the answer to the gather ``msg`` did not come through
         the relay: the request to send again, for values on the ZeroMQ connection,
@@ -261,7 +350,8 @@ class ClientState:
         streams until a "welcome" names the relay again."""
         self.relay_port = None
         retry = {k: v for k, v in msg.items() if k != "request_id"}
-        retry.update(stream=False, unwanted=[stream["ticket"] for stream in streams])
+        retry.update(stream=False, direct=False,
+                     unwanted=[stream["ticket"] for stream in streams])
         return retry
 
     def monitor(self, on):
@@ -296,6 +386,7 @@ class ClientState:
         for st in states:
             if not st.done() or st.status == FINISHED:
                 out += self._set(st, CANCELLED)
+        self.unconfirmed.difference_update(keys)
         self._queue({"op": "cancel", "keys": keys, "force": force})
         return out
 
@@ -342,6 +433,9 @@ class ClientState:
 
     def _fail_pending(self, reason):
         out = []
+        self.gathers.clear()
+        self.by_key.clear()
+        self.unconfirmed.clear()
         for st in list(self.futures.values()):
             if not st.done():
                 st.error = {"type": "SchedulerLost", "text": reason}
@@ -371,6 +465,9 @@ class ClientState:
         for st in list(self.futures.values()):
             if not st.done():
                 out += self._set(st, CANCELLED)
+        self.gathers.clear()
+        self.by_key.clear()
+        self.unconfirmed.clear()
         tokens = list(self.requests.values())
         tokens += [token for _, token in self.scatters.values()]
         for token in tokens:
@@ -388,13 +485,52 @@ class ClientState:
 
     def _on_key_in_memory(self, msg):
         st = self.futures.get(msg["key"])
-        if st is None:
-            return []
+        out = []
+        self.unconfirmed.discard(msg["key"])
+        worker = msg.get("worker")
+        if worker is not None and worker not in self.workers and not self.lost:
+            self.workers.add(worker)
+            out.append(Connect(worker))
+        if st is None or st.status == FINISHED:
+            return out                   # its value came straight first
         st.type = msg.get("type")
         st.status = FINISHED
-        return [Done(st)]
+        out.append(Done(st))
+        return out
+
+    def _on_task_result(self, msg):
+        """A small result straight from its worker: kept, and any gather waiting only
+        for it answered.  Not for a key released or cancelled here, one that erred,
+        or one whose value came already."""
+        key = msg["key"]
+        st = self.futures.get(key)
+        if st is None or st.status not in (PENDING, FINISHED) or st.data is not None:
+            return []
+        st.data = msg["data"]
+        out = []
+        if st.status == PENDING:
+            st.type = msg.get("type")
+            st.status = FINISHED
+            self.unconfirmed.add(key)
+            out.append(Done(st))
+        for rid in self.by_key.pop(key, ()):
+            entry = self.gathers.get(rid)
+            if entry is None:
+                continue
+            entry[1][key] = st.data
+            entry[2].discard(key)
+            if not entry[2]:
+                self._end_gather(rid)
+                out += self._answer(rid, _reply(entry[1]))
+        return out
+
+    def worker_lost(self, address):
+        """The connection to a worker taking small results dropped: connect again
+        when a result names it."""
+        self.workers.discard(address)
 
     def _on_task_erred(self, msg):
+        self.unconfirmed.discard(msg["key"])
         st = self.futures.get(msg["key"])
         if st is None:
             return []
@@ -402,10 +538,12 @@ class ClientState:
         return self._set(st, ERROR)
 
     def _on_cancelled(self, msg):
+        self.unconfirmed.discard(msg["key"])
         st = self.futures.get(msg["key"])
         return [] if st is None else self._set(st, CANCELLED)
 
     def _on_restarted(self, msg):
+        self.unconfirmed.clear()
         out = []
         for st in list(self.futures.values()):
             if not st.done() or st.status == FINISHED:
@@ -428,8 +566,32 @@ class ClientState:
             if st is not None and st.status == FINISHED:
                 st.status = PENDING
                 st.error = None
+                st.data = None
+                self.unconfirmed.discard(key)
                 out.append(Reset(st))
-        return out + self._answer(msg["request_id"], msg)
+        rid = msg["request_id"]
+        entry = self._end_gather(rid)
+        if entry is None:
+            return out + self._answer(rid, msg)
+        data = msg["data"]
+        data.update(entry[1])
+        lacking = []
+        for key in msg.get("direct", ()):
+            st = self.futures.get(key)
+            if st is not None and st.data is not None:
+                data[key] = st.data
+            else:
+                lacking.append(key)
+        if lacking:
+            # Sent straight but not here (that connection dropped): asked for again,
+            # values and all, under the same request.
+            again = {k: v for k, v in entry[0].items() if k != "request_id"}
+            again.update(keys=lacking, direct=False, wait=False)
+            token = self.requests.pop(rid, None)
+            if token is not None:
+                out += self.gather(again, token, here=data)
+            return out
+        return out + self._answer(rid, msg)
 
     def _on_welcome(self, msg):
         # Each registration's answer (again after a reconnection) says where the
@@ -477,6 +639,13 @@ class ClientState:
         "worker-paused-long": _on_worker_paused_long,
     }
 
+    def handle_worker(self, msg):
+        return self.FROM_WORKERS[msg["op"]](self, msg)
+
+    FROM_WORKERS = {
+        "task-result": _on_task_result,
+    }
+
     # ------------------------------------------------------------ checks
 
     def validate(self):
@@ -486,5 +655,9 @@ class ClientState:
             assert st.key == key, (key, st)
             assert st.status in (PENDING, FINISHED, ERROR, CANCELLED, LOST), st
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
+        assert set(self.gathers) <= set(self.requests), "a gather without its request"
+        assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
+        for key, rids in self.by_key.items():
+            assert rids and all(key in self.gathers[rid][2] for rid in rids), key
         assert (self.status == "reconnecting") == self.lost or self.status == "closed"
         assert (self.epoch is None) == (self.scheduler is None), "half a handshake"

@@ -33,6 +33,9 @@ State, documented once:
     TaskState.data:         a small result (opaque Serialized) the worker sent with
                             "task-finished" because a client wants it: gathers of it
                             are answered without asking the worker
+    TaskState.direct:       (client id,) the clients the worker sent that small result
+                            to straight ("task-result"): a gather of theirs lists the
+                            key as "direct" instead of sending the value again
     parked:     {key: {gather id}}  gathers waiting for keys to finish, so a client's
                 `result()` costs one request
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
@@ -189,7 +192,7 @@ class TaskState:
         "dependencies", "dependents", "waiting_on", "waiters",
         "who_has", "who_wants", "processing_on", "nbytes", "type",
         "retries", "suspicious", "restrictions", "loose", "resources", "error",
-        "done_once", "data",
+        "done_once", "data", "direct",
     )
 
     def __init__(self, key, run_spec, group):
@@ -215,6 +218,7 @@ class TaskState:
         self.error = None            # dict sent to clients when erred
         self.done_once = False
         self.data = None             # small result (Serialized) sent along by the worker
+        self.direct = ()             # clients the worker sent it to straight
 
     def __repr__(self):
         return f"<TaskState {self.key!r} {self.state}>"
@@ -770,8 +774,13 @@ class SchedulerState:
             if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
                 recs[dep.key] = RELEASED
         for cid in ts.who_wants:
-            self.send_client(cid, {"op": "key-in-memory", "key": ts.key,
-                                   "type": ts.type, "nbytes": ts.nbytes})
+            msg = {"op": "key-in-memory", "key": ts.key, "type": ts.type,
+                   "nbytes": ts.nbytes}
+            if ts.data is not None and cid not in ts.direct and ts.who_has:
+                # The result went to the client the long way: where it could have
+                # come from straight, so that the client connects there.
+                msg["worker"] = next(iter(ts.who_has)).address
+            self.send_client(cid, msg)
         if not ts.waiters and not ts.who_wants:
             recs[ts.key] = FORGOTTEN
         return recs
@@ -847,6 +856,7 @@ class SchedulerState:
             self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
         ts.who_has = EMPTY
         ts.data = None
+        ts.direct = ()
         self._set_state(ts, RELEASED)
         recs.update(self._release_recs(ts))
         return recs
@@ -1098,6 +1108,9 @@ class SchedulerState:
                "priority": ts.priority, "duration": ts.group.duration}
         if ts.who_wants:
             msg["want_data"] = True
+            # The clients waiting for it: the worker sends a small result straight
+            # to those it has a connection from (three hops, not four).
+            msg["clients"] = list(ts.who_wants)
         if ts.resources is not None:
             msg["resources"] = ts.resources     # the worker runs it when they are free
         if ts.suspicious:
@@ -1557,6 +1570,7 @@ class SchedulerState:
         ts.nbytes = msg.get("nbytes", 0)
         ts.type = msg.get("type")
         ts.data = msg.get("data")
+        ts.direct = tuple(msg.get("direct", ())) if ts.data is not None else ()
         if "duration" in msg:
             ts.group.add_duration(msg["duration"])
         self._add_replica(ts, ws)
@@ -1902,9 +1916,10 @@ class SchedulerState:
             for ticket in msg.get("unwanted", ()):
                 self.outbox.append(("relay", ticket, None))
         self._new_gather(cid, None, msg["request_id"], list(msg["keys"]),
-                         max_bytes, msg.get("wait"), stream)
+                         max_bytes, msg.get("wait"), stream, msg.get("direct", True))
 
-    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False, stream=False):
+    def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False, stream=False,
+                    direct=False):
         """Values of ``keys`` for a client (``cid``) or, relayed, for a worker (``ws``).
         With `stream`, holders may send large values straight to that receiver
         through the shell's relay: the answer then lists those streams (opaque:
@@ -1914,7 +1929,7 @@ class SchedulerState:
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
                                  "keys": keys, "waiting": set(), "max_bytes": max_bytes,
                                  "holders": {}, "stream": stream, "streams": [],
-                                 "streamed": set()}
+                                 "streamed": set(), "direct": [] if direct else None}
         if wait:
             for key in keys:
                 ts = self.tasks.get(key)
@@ -1950,7 +1965,10 @@ class SchedulerState:
                 g["missing"].append(key)
                 continue
             if ts.data is not None:
-                g["data"][key] = ts.data
+                if g["direct"] is not None and g["client"] in ts.direct:
+                    g["direct"].append(key)     # the client has it, or asks again
+                else:
+                    g["data"][key] = ts.data
                 continue
             ws = min(ts.who_has, key=lambda w: len(w.processing))
             by_worker.setdefault(ws, []).append(key)
@@ -2001,6 +2019,8 @@ class SchedulerState:
                 self._give_up_streams(g)      # nobody left to download them
             msg["streams"] = g["streams"]
         if ws is None:
+            if g["direct"]:
+                msg["direct"] = g["direct"]
             self.send_client(g["client"], {"op": "gather-result", **msg})
             return
         for key, error in g["errors"].items():

@@ -1,6 +1,7 @@
 """The worker shell: sockets, a thread pool and a `WorkerState`.
 
-    scheduler ◀──DEALER── IOLoop thread ──ROUTER──▶ peers fetching our data
+    scheduler ◀──DEALER── IOLoop thread ──ROUTER──▶ peers fetching our data,
+                               │  ▲                    clients taking small results
                                │  ▲      ──DEALER──▶ peers holding our inputs
                         Execute│  │call_soon(result)
                                ▼  │
@@ -13,6 +14,12 @@ After each ZeroMQ handshake with the scheduler the worker says "hello" and learn
 scheduler's epoch (see protocol.py): the first time it then registers; a new epoch
 means a new scheduler at the same address, which it registers with afresh.  Messages
 to peers carry the peer's address as recipient (a worker knows its peers by address).
+
+A client that asked for them ("subscribe-results" on the peer socket) gets the small
+results of its keys from here, straight ("task-result"), in the same flush as, and
+before, the "task-finished" that tells the scheduler; a client gone by then makes the
+send fail at once (ROUTER_MANDATORY) and is forgotten, and finds the value through the
+scheduler.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
 from .recording import CANCELLED, ERROR, OK, Recorder
-from .state import RELAY, Execute, GatherDep, Rejoin, Send, WorkerState
+from .state import RELAY, Execute, GatherDep, Rejoin, Send, ToClient, WorkerState
 from .store import SpillStore, Spilled
 from .system import host_cores, host_memory, malloc_trim
 
@@ -187,6 +194,7 @@ class Worker:
                                  else bool(task_stream))
         self.log_buffer = LogBuffer().attach()
         self.outgoing = []                     # messages for the scheduler
+        self.to_clients = {}                   # {client id: [task-result]}
         self.peers = {}                        # {address: DEALER socket}
         self.connecting = {}                   # {address: timer of its handshake}
         self.peer_monitors = {}                # {address: monitor of its socket}
@@ -594,6 +602,8 @@ class Worker:
                 announced = announced or inst.msg["op"] == "task-started"
             elif isinstance(inst, Execute):
                 runs.append(inst)
+            elif isinstance(inst, ToClient):
+                self.to_clients.setdefault(inst.client, []).append(inst.msg)
             elif isinstance(inst, GatherDep):
                 self._gather(inst.peer, inst.keys)
             elif isinstance(inst, Rejoin):
@@ -621,6 +631,8 @@ class Worker:
     def _flush(self):
         # Until the handshake has told the epoch, messages wait (the registration
         # goes first).  Task stream records ride along with whatever leaves.
+        if self.to_clients:
+            self._flush_clients()
         if self.recorder.pending and self.scheduler_id is not None:
             self.outgoing.append({"op": "task-stream", "records": self.recorder.take()})
         if self.outgoing and self.scheduler_id is not None:
@@ -630,6 +642,19 @@ class Worker:
             except Exception as e:
                 logger.warning("worker %s: could not reach the scheduler: %s",
                                self.address, e)
+
+    def _flush_clients(self):
+        """Results straight to their clients, before the scheduler hears of them."""
+        batches, self.to_clients = self.to_clients, {}
+        for client, msgs in batches.items():
+            try:
+                send(self.peer_socket, [client] + self.session.dumps(msgs, client))
+            except Exception as e:
+                # Gone (the scheduler answers its gathers with these values instead,
+                # when it asks again).
+                logger.debug("worker %s: client %r went away: %s", self.address,
+                             client, e)
+                self._handle("client-gone", client=client)
 
     def _heartbeat(self):
         self._send_heartbeat()
@@ -937,6 +962,9 @@ class Worker:
             self.rejections(peer[:32], e)
             return
         for msg in msgs:
+            if msg.get("op") == "subscribe-results":
+                self._handle("client-subscribed", client=peer)
+                continue
             if msg.get("op") != "get-data":
                 continue
             self._serialize_data(

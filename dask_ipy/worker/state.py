@@ -1,8 +1,9 @@
 """The worker's state machine: which tasks to fetch, run and keep; no I/O.
 
 Events go in through `handle(event)`; the result is a list of instructions for the
-shell: `Execute` (run a task in the thread pool), `GatherDep` (ask a peer for data) and
-`Send` (a message for the scheduler).  Time, sockets and threads stay in the shell.
+shell: `Execute` (run a task in the thread pool), `GatherDep` (ask a peer for data),
+`Send` (a message for the scheduler) and `ToClient` (a small result straight to a
+client waiting for it).  Time, sockets and threads stay in the shell.
 
 Task states on a worker::
 
@@ -46,6 +47,11 @@ State, documented once:
                                       replicas"): kept and reported once fetched
     WTask.interrupted: bool           stopped for memory while running: whatever its
                                       run ends with is dropped
+    WTask.clients:     (client id,)   the clients waiting for its result (from
+                                      "compute-task")
+    clients:   {client id}            clients that asked for their small results on
+                                      their connection to this worker's peer socket
+                                      ("subscribe-results"), until it is gone
     managed:   int                    bytes (by sizeof) of the results in `data`
     paused:    bool                   memory is high: no task starts and no input is
                                       fetched; running tasks go on, and peers are
@@ -85,6 +91,13 @@ class Send:
 
 
 @dataclass
+class ToClient:
+    """Send ``msg`` (a "task-result") to the client ``client`` on the peer socket."""
+    client: bytes
+    msg: dict
+
+
+@dataclass
 class Rejoin:
     """A seceded task may go on: it holds a thread slot again."""
     key: object
@@ -94,7 +107,7 @@ class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
                  "cancelled", "computed", "duration", "want_data", "confirm", "replica",
-                 "interrupted", "resources")
+                 "interrupted", "resources", "clients")
 
     def __init__(self, key):
         self.key = key
@@ -119,6 +132,7 @@ class WTask:
         self.replica = False         # a copy asked for: report it once here
         self.interrupted = False
         self.resources = None        # {name: amount} it needs while it runs
+        self.clients = ()            # clients waiting for its result
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -151,6 +165,7 @@ class WorkerState:
         self.managed = 0
         self.paused = False
         self.again = {}               # {key: compute-task} asked for while stopped
+        self.clients = set()          # clients taking small results straight
         self.task_class = WTask
         self.transition_log = None
         self._seq = itertools.count()
@@ -174,7 +189,7 @@ class WorkerState:
 
     def _on_compute_task(self, out, key, run_spec, priority=(0,), who_has=None,
                          nbytes=None, duration=None, want_data=False, confirm=False,
-                         resources=None):
+                         resources=None, clients=()):
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = self.task_class(key)
@@ -183,6 +198,7 @@ class WorkerState:
         ts.confirm = confirm
         ts.duration = duration
         ts.want_data = want_data
+        ts.clients = tuple(clients)
         ts.run_spec = run_spec
         ts.priority = tuple(priority)
         if ts.state == "executing":
@@ -191,7 +207,7 @@ class WorkerState:
                 self.again[key] = dict(
                     key=key, run_spec=run_spec, priority=priority, who_has=who_has,
                     nbytes=nbytes, duration=duration, want_data=want_data,
-                    confirm=confirm, resources=resources)
+                    confirm=confirm, resources=resources, clients=clients)
             return
         if ts.state == "memory":
             self._report(out, ts)
@@ -391,6 +407,14 @@ class WorkerState:
                "duration": stop - start}
         if data is not None:
             msg["data"] = data
+            # Straight to the clients waiting for it that can take it, before the
+            # scheduler hears of it: it then lists them, so as not to send it again.
+            direct = [c for c in ts.clients if c in self.clients]
+            if direct:
+                result = {"op": "task-result", "key": key, "data": data, "type": type,
+                          "nbytes": nbytes}
+                out.extend(ToClient(c, result) for c in direct)
+                msg["direct"] = direct
         out.append(Send(msg))
         self._done_with_inputs(ts)
 
@@ -414,6 +438,12 @@ class WorkerState:
         self.seceded.discard(key)
         if key in self.rejoining:         # a task cannot end while it waits to rejoin
             self.rejoining.remove(key)
+
+    def _on_client_subscribed(self, out, client):
+        self.clients.add(client)
+
+    def _on_client_gone(self, out, client):
+        self.clients.discard(client)
 
     # ------------------------------------------------------------ tasks that wait
 

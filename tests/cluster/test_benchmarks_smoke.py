@@ -82,6 +82,8 @@ def test_quick_run(tmp_path, system):
     for row in ("a", "b1", "b2", "b3", "c", "d", "e1", "e2", "e3", "g1", "g2", "g3"):
         assert values[row] is not None and values[row] > 0, (row, values[row])
     assert data["results"][system]["e"]["tasks"] >= 20_000
+    if system == "dask_ipy":     # the bare three-hop chain, measured in its run
+        assert values["c2"] > 0 and values["c3"] == pytest.approx(values["c"] / values["c2"])
     assert "dask_ipy/best" in proc.stdout
 
 

@@ -236,7 +236,7 @@ def test_large_values_stream_only_while_the_relay_serves(cs):
     # given up; none asked for until a welcome names the relay again.
     assert cs.streams_failed(msg, streams) == {
         "op": "gather", "keys": ["a", "b"], "wait": False, "max_bytes": None,
-        "stream": False, "unwanted": [b"1" * 16, b"2" * 16]}
+        "stream": False, "direct": False, "unwanted": [b"1" * 16, b"2" * 16]}
     assert cs.relay_port is None and not cs.gather_message(["a"])["stream"]
     cs.handle({"op": "welcome", "id": "s", "relay_port": 4321})
     assert cs.gather_message(["a"])["stream"]

@@ -19,7 +19,7 @@ def states(s):
 
 
 # Hints for the worker that do not change what it is asked to do.
-HINTS = ("duration", "want_data", "confirm")
+HINTS = ("duration", "want_data", "confirm", "clients")
 
 
 def take(s):

@@ -1,0 +1,361 @@
+"""A small result straight from its worker to the client waiting for it (three hops),
+in the three state machines alone: the scheduler names the waiting clients in
+"compute-task" and lists, in its answers, what went straight; the worker sends it
+to subscribed clients only; the client takes whichever of the worker's
+"task-result" and the scheduler's "key-in-memory" comes first, once, and never for a
+key released, cancelled or erred."""
+
+import pytest
+
+from dask_ipy.client.state import (CANCELLED, ERROR, FINISHED, PENDING, ClientState,
+                                   Connect, Done, Reset, Resolve)
+from dask_ipy.scheduler.state import SchedulerState
+from dask_ipy.worker.state import Execute, Send, ToClient, WorkerState
+
+pytestmark = pytest.mark.timeout(30)
+
+A, B = "tcp://10.0.0.1:1", "tcp://10.0.0.2:1"
+ME = A
+
+
+def take(s):
+    return s.take_messages()
+
+
+# ------------------------------------------------------------------ scheduler
+
+
+@pytest.fixture
+def s():
+    s = SchedulerState(validate=True)
+    s.add_client("c")
+    s.add_client("d")
+    s.add_worker("w1", A, nthreads=1)
+    take(s)
+    return s
+
+
+def submit(s, client="c", key="x"):
+    s.update_graph(client, {key: (f"spec-{key}", [])}, [key], {key: 0})
+    [(_, _, msg)] = take(s)
+    return msg
+
+
+def test_compute_task_names_the_clients_waiting_for_the_key(s):
+    msg = submit(s)
+    assert msg["op"] == "compute-task" and msg["want_data"] and msg["clients"] == ["c"]
+    # A task nobody wants (an intermediate) names none.
+    s.update_graph("c", {"a": ("spec-a", []), "b": ("spec-b", ["a"])}, ["b"],
+                   {"a": 0, "b": 1})
+    [(_, _, msg)] = take(s)
+    assert msg["key"] == "a" and "clients" not in msg and "want_data" not in msg
+
+
+def finished(s, key="x", direct=None, data="blob"):
+    msg = {"op": "task-finished", "key": key, "nbytes": 8, "type": "int",
+           "duration": 0.1, "data": data}
+    if direct is not None:
+        msg["direct"] = direct
+    s.handle_worker_message("w1", msg)
+    return take(s)
+
+
+def test_a_result_sent_straight_is_not_sent_again(s):
+    submit(s)
+    # The client's result() is parked until the key is done.
+    s.handle_client_message("c", {"op": "gather", "request_id": 5, "keys": ["x"],
+                                  "wait": True})
+    assert take(s) == []
+    assert finished(s, direct=["c"]) == [
+        ("client", "c", {"op": "gather-result", "request_id": 5, "data": {},
+                         "missing": [], "errors": {}, "direct": ["x"]}),
+        ("client", "c", {"op": "key-in-memory", "key": "x", "type": "int", "nbytes": 8})]
+    assert s.tasks["x"].direct == ("c",) and s.tasks["x"].data == "blob"
+    # Asked again without it (it did not arrive): the value, from the scheduler.
+    s.handle_client_message("c", {"op": "gather", "request_id": 6, "keys": ["x"],
+                                  "direct": False})
+    assert take(s) == [("client", "c", {"op": "gather-result", "request_id": 6,
+                                        "data": {"x": "blob"}, "missing": [],
+                                        "errors": {}})]
+
+
+def test_a_result_not_sent_straight_names_its_worker_and_comes_with_the_answer(s):
+    submit(s)
+    s.update_graph("d", {}, ["x"], {})          # a second client wants it too
+    s.handle_client_message("d", {"op": "gather", "request_id": 7, "keys": ["x"],
+                                  "wait": True})
+    take(s)
+    out = finished(s, direct=["c"])
+    # c got it straight; d is told where it could have come from, and gets it.
+    assert ("client", "c", {"op": "key-in-memory", "key": "x", "type": "int",
+                            "nbytes": 8}) in out
+    assert ("client", "d", {"op": "key-in-memory", "key": "x", "type": "int",
+                            "nbytes": 8, "worker": A}) in out
+    assert ("client", "d", {"op": "gather-result", "request_id": 7,
+                            "data": {"x": "blob"}, "missing": [], "errors": {}}) in out
+
+
+def test_a_large_result_names_no_worker_and_its_release_forgets_who_got_it(s):
+    submit(s)
+    assert finished(s, data=None, direct=["c"]) == [
+        ("client", "c", {"op": "key-in-memory", "key": "x", "type": "int", "nbytes": 8})]
+    assert s.tasks["x"].direct == ()
+    s.update_graph("c", {"y": ("spec-y", [])}, ["y"], {"y": 0})
+    take(s)
+    finished(s, key="y", direct=["c"])
+    s.remove_worker("w1")                        # its data is lost: computed again
+    assert s.tasks["y"].direct == () and s.tasks["y"].data is None
+
+
+# ------------------------------------------------------------------ worker
+
+
+@pytest.fixture
+def ws():
+    return WorkerState(ME, nthreads=1, validating=True)
+
+
+def run(ws, clients=("c",), want_data=True):
+    out = ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,),
+                    want_data=want_data, clients=list(clients))
+    assert out == [Send({"op": "task-started", "key": "x"}),
+                   Execute("x", "spec-x", {}, want_data)]
+    return ws.handle("execute-success", key="x", value=41, nbytes=8, type="int",
+                     start=1.0, stop=1.5, data="blob" if want_data else None)
+
+
+def test_the_worker_sends_a_small_result_to_subscribed_clients_first(ws):
+    assert ws.handle("client-subscribed", client="c") == []
+    assert run(ws, clients=("c", "d")) == [
+        ToClient("c", {"op": "task-result", "key": "x", "data": "blob", "type": "int",
+                       "nbytes": 8}),
+        Send({"op": "task-finished", "key": "x", "nbytes": 8, "type": "int",
+              "duration": 0.5, "data": "blob", "direct": ["c"]})]
+
+
+def test_the_worker_sends_nothing_straight_to_a_client_gone_or_never_there(ws):
+    ws.handle("client-subscribed", client="c")
+    ws.handle("client-gone", client="c")
+    assert run(ws) == [Send({"op": "task-finished", "key": "x", "nbytes": 8,
+                             "type": "int", "duration": 0.5, "data": "blob"})]
+
+
+def test_a_large_result_goes_the_long_way(ws):
+    ws.handle("client-subscribed", client="c")
+    assert run(ws, want_data=False) == [Send({"op": "task-finished", "key": "x",
+                                              "nbytes": 8, "type": "int",
+                                              "duration": 0.5})]
+
+
+def test_an_error_or_a_cancelled_run_sends_nothing_straight(ws):
+    ws.handle("client-subscribed", client="c")
+    ws.handle("compute-task", key="x", run_spec="spec-x", want_data=True,
+              clients=["c"])
+    ws.handle("free-keys", keys=["x"])
+    out = ws.handle("execute-success", key="x", value=1, nbytes=8, type="int",
+                    data="blob")
+    assert not [i for i in out if isinstance(i, ToClient)]
+    ws.handle("compute-task", key="y", run_spec="spec-y", want_data=True,
+              clients=["c"])
+    out = ws.handle("execute-failure", key="y", error={"type": "ValueError",
+                                                       "text": "no"})
+    assert not [i for i in out if isinstance(i, ToClient)]
+
+
+# ------------------------------------------------------------------ client
+
+
+EPOCH = b"e" * 16
+
+
+@pytest.fixture
+def cs():
+    cs = ClientState("tcp://10.0.0.9:5555")
+    cs.answered(EPOCH, b"scheduler")
+    cs.take_messages()
+    return cs
+
+
+def result(key="x", data="blob"):
+    return {"op": "task-result", "key": key, "data": data, "type": "int", "nbytes": 8}
+
+
+def in_memory(key="x", **extra):
+    return {"op": "key-in-memory", "key": key, "type": "int", "nbytes": 8, **extra}
+
+
+def gather(cs, keys, token="t"):
+    out = cs.gather(cs.gather_message(keys, wait=True), token)
+    cs.validate()
+    return out
+
+
+def test_the_result_straight_from_the_worker_finishes_the_key_once(cs):
+    st = cs.hold("x")
+    assert gather(cs, ["x"]) == []
+    [msg] = cs.take_messages()
+    assert msg["op"] == "gather" and msg["keys"] == ["x"]
+    rid = msg["request_id"]
+    # Straight from the worker: done, and the gather answered here.
+    assert cs.handle_worker(result()) == [
+        Done(st), Resolve("t", {"data": {"x": "blob"}, "missing": [], "errors": {}})]
+    assert st.status == FINISHED and st.data == "blob" and cs.gathers == {}
+    cs.validate()
+    # The scheduler's word, later: nothing more (no second done callback).
+    assert cs.handle(in_memory()) == []
+    assert cs.handle({"op": "gather-result", "request_id": rid, "data": {},
+                      "missing": [], "errors": {}, "direct": ["x"]}) == []
+    # Asked again: answered here, nothing sent.
+    assert gather(cs, ["x"], "t2") == [Resolve("t2", {"data": {"x": "blob"},
+                                                      "missing": [], "errors": {}})]
+    assert cs.take_messages() == []
+
+
+def test_the_schedulers_word_first_then_the_value_straight(cs):
+    st = cs.hold("x")
+    assert cs.handle(in_memory()) == [Done(st)]
+    assert gather(cs, ["x"]) == []
+    cs.take_messages()
+    # The value comes after: kept, the gather answered, no second Done.
+    assert cs.handle_worker(result()) == [
+        Resolve("t", {"data": {"x": "blob"}, "missing": [], "errors": {}})]
+    assert cs.handle_worker(result(data="again")) == []
+    assert st.data == "blob"
+
+
+def test_a_result_for_a_released_cancelled_or_erred_key_is_dropped(cs):
+    assert cs.handle_worker(result("gone")) == []          # never held
+    st = cs.hold("x")
+    cs.drop(["x"])
+    assert cs.handle_worker(result("x")) == [] and "x" not in cs.futures
+    st = cs.hold("y")
+    assert cs.cancel([st], ["y"]) == [Done(st)]
+    assert cs.handle_worker(result("y")) == []
+    assert st.status == CANCELLED and st.data is None
+    st = cs.hold("z")
+    assert cs.handle({"op": "task-erred", "key": "z", "type": "ValueError",
+                      "text": "no"}) == [Done(st)]
+    assert cs.handle_worker(result("z")) == []
+    assert st.status == ERROR and st.data is None
+    cs.validate()
+
+
+def test_a_gather_of_several_keys_waits_for_all_of_them(cs):
+    x, y = cs.hold("x"), cs.hold("y")
+    assert gather(cs, ["x", "y"]) == []
+    assert cs.handle_worker(result("x")) == [Done(x)]
+    assert cs.by_key == {"y": {cs.take_messages()[0]["request_id"]}}
+    assert cs.handle_worker(result("y", "blob-y")) == [
+        Done(y), Resolve("t", {"data": {"x": "blob", "y": "blob-y"}, "missing": [],
+                               "errors": {}})]
+    assert cs.gathers == {} and cs.by_key == {}
+    # A later gather asks only for what is not here.
+    cs.hold("z")
+    assert gather(cs, ["x", "z"], "t2") == []
+    [msg] = cs.take_messages()
+    assert msg["keys"] == ["z"]
+    assert cs.handle({"op": "gather-result", "request_id": msg["request_id"],
+                      "data": {"z": "blob-z"}, "missing": [], "errors": {}}) == [
+        Resolve("t2", {"op": "gather-result", "request_id": msg["request_id"],
+                       "data": {"z": "blob-z", "x": "blob"}, "missing": [],
+                       "errors": {}})]
+
+
+def test_a_value_said_to_come_straight_but_lost_is_asked_for_again(cs):
+    st = cs.hold("x")
+    gather(cs, ["x"])
+    [msg] = cs.take_messages()
+    assert cs.handle(in_memory()) == [Done(st)]
+    # The scheduler says the worker sent it here; it never came (connection lost).
+    assert cs.handle({"op": "gather-result", "request_id": msg["request_id"],
+                      "data": {}, "missing": [], "errors": {},
+                      "direct": ["x"]}) == []
+    [again] = cs.take_messages()
+    assert again["op"] == "gather" and again["keys"] == ["x"] and not again["direct"]
+    assert again["request_id"] != msg["request_id"]
+    cs.validate()
+    assert cs.handle({"op": "gather-result", "request_id": again["request_id"],
+                      "data": {"x": "blob"}, "missing": [], "errors": {}}) == [
+        Resolve("t", {"op": "gather-result", "request_id": again["request_id"],
+                      "data": {"x": "blob"}, "missing": [], "errors": {}})]
+
+
+def test_a_key_in_memory_naming_a_worker_connects_once(cs):
+    st = cs.hold("x")
+    assert cs.handle(in_memory(worker=A)) == [Connect(A), Done(st)]
+    cs.hold("y")
+    assert cs.handle(in_memory("y", worker=A)) == [Done(cs.futures["y"])]
+    cs.worker_lost(A)
+    cs.hold("z")
+    assert cs.handle(in_memory("z", worker=A))[0] == Connect(A)
+
+
+def test_a_lost_value_resets_and_drops_what_came_straight(cs):
+    st = cs.hold("x")
+    cs.handle_worker(result())
+    gather(cs, ["x"])                       # answered here: nothing asked
+    assert cs.take_messages() == []
+    # Another gather of the scheduler's finds it gone (its worker died).
+    cs.hold("y")
+    gather(cs, ["y"], "t2")
+    [msg] = cs.take_messages()
+    out = cs.handle({"op": "gather-result", "request_id": msg["request_id"],
+                     "data": {}, "missing": ["x", "y"], "errors": {}})
+    assert out[0] == Reset(st) and st.status == PENDING and st.data is None
+    # Recomputed: comes straight again, and finishes the key again.
+    assert cs.handle_worker(result(data="blob2")) == [Done(st)]
+
+
+def test_a_lost_connection_to_the_scheduler_fails_gathers_waiting_here(cs):
+    cs.hold("x")
+    gather(cs, ["x"])
+    cs.disconnected("gone")
+    assert cs.gathers == {} and cs.by_key == {}
+    cs.validate()
+
+
+def test_questions_to_the_scheduler_wait_for_its_word_on_a_value_that_came_straight(cs):
+    x = cs.hold("x")
+    cs.handle_worker(result())
+    assert cs.unconfirmed == {"x"}
+    # The hot path goes on; a question about the cluster (and what follows it)
+    # waits: the scheduler may not know yet that x is done.
+    cs.send({"op": "update-graph", "keys": ["y"]})
+    cs.request({"op": "info", "what": "who_has", "keys": ["x"]}, "t-info")
+    cs.send({"op": "gather", "keys": ["z"]})
+    assert [m["op"] for m in cs.take_messages()] == ["update-graph"]
+    assert cs.take_messages() == []
+    assert cs.handle(in_memory()) == []
+    assert cs.unconfirmed == set()
+    assert [m["op"] for m in cs.take_messages()] == ["info", "gather"]
+    # Released, erred or cancelled before the scheduler's word: nothing waits.
+    for key, end in (("a", lambda: cs.drop(["a"])),
+                     ("b", lambda: cs.handle({"op": "task-erred", "key": "b",
+                                              "type": "E", "text": ""})),
+                     ("c", lambda: cs.cancel([cs.futures["c"]], ["c"]))):
+        cs.hold(key)
+        cs.handle_worker(result(key))
+        assert cs.unconfirmed == {key}
+        end()
+        assert cs.unconfirmed == set()
+        cs.validate()
+    assert x.status == FINISHED
+
+
+def test_a_value_asked_for_again_beside_one_here_is_waited_for(cs):
+    one, two = cs.hold("one"), cs.hold("two")
+    cs.handle_worker(result("one", "blob-1"))
+    gather(cs, ["one", "two"])
+    [msg] = cs.take_messages()
+    assert msg["keys"] == ["two"]
+    cs.handle(in_memory("two"))
+    # "two" was sent here straight, but the scheduler's answer overtook it: asked
+    # again, and the answer waits for it (not only for the one value here).
+    assert cs.handle({"op": "gather-result", "request_id": msg["request_id"],
+                      "data": {}, "missing": [], "errors": {}, "direct": ["two"]}) == []
+    [again] = cs.take_messages()
+    assert again["keys"] == ["two"] and again["direct"] is False
+    assert cs.handle_worker(result("two", "blob-2")) == [
+        Resolve("t", {"data": {"one": "blob-1", "two": "blob-2"}, "missing": [],
+                      "errors": {}})]
+    cs.validate()
