@@ -22,4 +22,4 @@ workers), ``procs`` (processes, memory and clean-up), ``report`` (table, JSON).
 """
 
 SYSTEMS = ("dask_ipy", "distributed", "distributed-inf", "ipyparallel")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "n")

@@ -13,6 +13,7 @@ Keys never repeat between runs, so no run finds a previous run's results.
        graph of the same shape, scheduler peak RSS per task
     f  bootstrap on a fresh two-engine ipcluster            s
     g  idle RSS of the scheduler and of each worker        MB
+    n  8 client processes at once against one alone        tasks/s (manyclients.py)
 """
 
 import gc
@@ -23,6 +24,7 @@ import time
 from time import perf_counter
 
 from . import procs, tasks
+from .manyclients import many_clients
 from .systems import ENGINES, ipcluster
 
 _runs = itertools.count(1)
@@ -481,20 +483,22 @@ WORKLOADS = {
                  "dask_client_from_ipclient vs become_dask, median of {n} (s)",
                  needs_cluster=False),
         Workload("g", idle_memory, ALL, "idle RSS of the scheduler and each worker (MB)"),
+        Workload("n", many_clients, DASK, "8 client processes x {n:,} tiny tasks at once: "
+                 "aggregate against one client alone (tasks/s)"),
     )
 }
 
 # The order a child runs them in: idle memory on a fresh cluster first, the
 # heaviest last, and the bootstrap after the system's own cluster is stopped.
-ORDER = "gcabdef"
+ORDER = "gcabndef"
 
 SIZES = {
-    "full": {"a": 10_000, "b": 10_000, "c": 300, "d": 100_000_000, "e": 1_000_000, "f": 3, "g": 2},
-    "quick": {"a": 200, "b": 2_000, "c": 20, "d": 1_000_000, "e": 20_000, "f": 1, "g": 1},
+    "full": {"a": 10_000, "b": 10_000, "c": 300, "d": 100_000_000, "e": 1_000_000, "f": 3, "g": 2, "n": 5_000},
+    "quick": {"a": 200, "b": 2_000, "c": 20, "d": 1_000_000, "e": 20_000, "f": 1, "g": 1, "n": 200},
 }
 
 # Hard deadlines (s) the runner enforces per workload, on top of the waits' own timeouts.
 DEADLINES = {
-    "full": {"a": 900, "b": 900, "c": 300, "d": 300, "e": 3600, "f": 900, "g": 120},
-    "quick": {"a": 60, "b": 90, "c": 60, "d": 60, "e": 120, "f": 180, "g": 60},
+    "full": {"a": 900, "b": 900, "c": 300, "d": 300, "e": 3600, "f": 900, "g": 120, "n": 1200},
+    "quick": {"a": 60, "b": 90, "c": 60, "d": 60, "e": 120, "f": 180, "g": 60, "n": 180},
 }
