@@ -544,8 +544,8 @@ class Worker:
     def _flush(self):
         # Until the handshake has told the epoch, messages wait (the registration
         # goes first).  Task stream records ride along with whatever leaves.
-        if self.recorder.pending and self.scheduler_id is not None:
-            self.outgoing.append({"op": "task-stream", "records": self.recorder.take()})
+        if self.recorder.keys and self.scheduler_id is not None:
+            self.outgoing.append({"op": "task-stream", **self.recorder.take()})
         if self.outgoing and self.scheduler_id is not None:
             msgs, self.outgoing = self.outgoing, []
             try:
