@@ -4,7 +4,7 @@ scheduler's shells feed them, the report and the dashboard read them.
 
     worker pool thread ── timings ──▶ worker I/O thread: one record per task ended,
                                       queued beside the messages of the next flush
-          "task-stream" {records} ──▶ scheduler I/O thread: `TaskStream.add`
+          "task-stream" {a batch} ──▶ scheduler I/O thread: `TaskStream.add_batch`
                                       (columns in arrays, a ring once full)
     client "get-task-stream" ◀──────  `TaskStream.page`: columns as bytes
            `records(page)`            dicts as dask.distributed's task stream gives
