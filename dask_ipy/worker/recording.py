@@ -91,10 +91,11 @@ class Recorder:
         self.types.append(typename or "")
         self.numbers.append(numbers)
         if len(keys) > self.max_pending:
-            self._drop_oldest(len(keys) - self.max_pending)
+            # Only while the scheduler cannot be reached; a tenth at a time, so
+            # that a long wait does not shift the lists at every record.
+            self._drop_oldest(len(keys) - self.max_pending + self.max_pending // 10)
 
     def _drop_oldest(self, n):
-        # Only while the scheduler cannot be reached.
         del self.keys[:n], self.types[:n], self.numbers[:n]
         self.extra = [(i - n, x) for i, x in self.extra if i >= n]
 
