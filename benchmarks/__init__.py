@@ -23,4 +23,4 @@ workers), ``procs`` (processes, memory and clean-up), ``report`` (table, JSON).
 """
 
 SYSTEMS = ("dask_ipy", "distributed", "distributed-inf", "ipyparallel")
-WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m")
+WORKLOADS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n")

@@ -38,6 +38,7 @@ class Row:
 
 def rows(sizes):
     a, b, c, d, e = (sizes[k] for k in "abcde")
+    n = sizes.get("n", 5_000)
     rate = dict(field="tasks_per_s", best="best_tasks_per_s", unit="tasks/s", better="higher")
     return [
         Row("a", "a", f"a. {a:,} tiny tasks, map + gather", **rate),
@@ -63,6 +64,11 @@ def rows(sizes):
         Row("g2", "g", "g. idle PSS, scheduler (all its processes)", "scheduler_pss", "MB", "lower",
             scale=1e6),
         Row("g3", "g", "g. idle RSS, per worker (mean)", "worker_rss_mean", "MB", "lower", scale=1e6),
+        Row("n1", "n", f"n. 8 clients x {n:,} tasks at once, aggregate", **rate),
+        Row("n2", "n", f"n. 1 client, {8 * n:,} tasks alone", "single_tasks_per_s", "tasks/s",
+            "higher", best="best_single_tasks_per_s"),
+        Row("n3", "n", "n. 8 clients' aggregate / 1 client's", "aggregate_over_single", "x",
+            "higher", best="best_aggregate_over_single"),
     ] + [
         row
         for letter, label in (

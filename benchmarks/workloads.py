@@ -14,6 +14,7 @@ Keys never repeat between runs, so no run finds a previous run's results.
     f  bootstrap on a fresh two-engine ipcluster            s
     g  idle RSS of the scheduler and of each worker        MB
     h-m  real dask workloads (benchmarks.dask_workloads)   s, peak RSS per worker
+    n  8 client processes at once against one alone        tasks/s (manyclients.py)
 """
 
 import gc
@@ -24,6 +25,7 @@ import time
 from time import perf_counter
 
 from . import chain, dask_workloads, procs, tasks
+from .manyclients import many_clients
 from .systems import ENGINES, ipcluster
 
 _runs = itertools.count(1)
@@ -502,24 +504,27 @@ WORKLOADS = {
                  "dask.bag: word frequencies of {n:,} lines (s)"),
         Workload("m", dask_workloads.delayed_workload, DASK,
                  "{n:,} small delayed calls, summed in a tree, unoptimized (s)"),
+        Workload("n", many_clients, DASK, "8 client processes x {n:,} tiny tasks at once: "
+                 "aggregate against one client alone (tasks/s)"),
     )
 }
 
 # The order a child runs them in: idle memory on a fresh cluster first, the
 # heaviest last, and the bootstrap after the system's own cluster is stopped.
-ORDER = "gcabdhijklmef"
+ORDER = "gcabndhijklmef"
 
 SIZES = {
     "full": {"a": 10_000, "b": 10_000, "c": 300, "d": 100_000_000, "e": 1_000_000, "f": 3, "g": 2,
-             "h": 16_000, "i": 400_000, "j": 30, "k": 30, "l": 200_000, "m": 20_000},
+             "h": 16_000, "i": 400_000, "j": 30, "k": 30, "l": 200_000, "m": 20_000,
+             "n": 5_000},
     "quick": {"a": 200, "b": 2_000, "c": 20, "d": 1_000_000, "e": 20_000, "f": 1, "g": 1,
-              "h": 2_000, "i": 20_000, "j": 3, "k": 3, "l": 20_000, "m": 500},
+              "h": 2_000, "i": 20_000, "j": 3, "k": 3, "l": 20_000, "m": 500, "n": 200},
 }
 
 # Hard deadlines (s) the runner enforces per workload, on top of the waits' own timeouts.
 DEADLINES = {
     "full": {"a": 900, "b": 900, "c": 300, "d": 300, "e": 3600, "f": 900, "g": 120,
-             "h": 600, "i": 600, "j": 600, "k": 600, "l": 600, "m": 600},
+             "h": 600, "i": 600, "j": 600, "k": 600, "l": 600, "m": 600, "n": 1200},
     "quick": {"a": 60, "b": 90, "c": 60, "d": 60, "e": 120, "f": 180, "g": 60,
-              "h": 90, "i": 90, "j": 90, "k": 90, "l": 90, "m": 90},
+              "h": 90, "i": 90, "j": 90, "k": 90, "l": 90, "m": 90, "n": 180},
 }

@@ -65,7 +65,8 @@ KINDS = {
         "log-event": "an event for the clients subscribed to its topic (a forwarded "
                      "log record)",
         "task-stream": "records of the tasks that ended since the last flush (start, "
-                       "stop, thread, inputs fetched, (de)serialization): taskstream.py",
+                       "stop, thread, inputs fetched, (de)serialization), as one batch "
+                       "of columns: taskstream.py",
     },
     (SCHEDULER, WORKER): {
         "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",

@@ -4,13 +4,13 @@ scheduler's shells feed them, the report and the dashboard read them.
 
     worker pool thread ── timings ──▶ worker I/O thread: one record per task ended,
                                       queued beside the messages of the next flush
-          "task-stream" {records} ──▶ scheduler I/O thread: `TaskStream.add`
+          "task-stream" {a batch} ──▶ scheduler I/O thread: `TaskStream.add_batch`
                                       (columns in arrays, a ring once full)
     client "get-task-stream" ◀──────  `TaskStream.page`: columns as bytes
            `records(page)`            dicts as dask.distributed's task stream gives
            `Breakdown.add_page(page)` sums per group, worker thread, pair of workers
 
-A record on the wire is one tuple (`RECORD`)::
+A record, as `pack` takes it and `unpack` gives it back, is one tuple (`RECORD`)::
 
     (key, start, stop, thread, status, nbytes, typename, deserialize, serialize, extra)
 
@@ -21,15 +21,23 @@ it (pickling a small result sent along with "task-finished"); ``status`` one of
 nbytes)``: "transfer" of an input from the worker ``source``, "disk-read" of spilled
 inputs.  A transfer is charged to the first task that used the data.
 
+On the wire the records of one flush travel as one *batch* of columns (`pack`,
+`unpack`): ``keys`` and ``types`` (lists), ``numbers`` (bytes: per record
+`NUMBERS`, start, stop, deserialize, serialize, thread, nbytes, status) and
+``extra`` ([(index, extras)], rare).  Neither side makes an object per record but
+its key: the worker packs a struct, the scheduler casts the bytes of many batches
+into its columns at once.
+
 The scheduler's stream keeps the last `CAPACITY` records (as dask.distributed's task
 stream does), 33 bytes each in arrays plus its key (shared with the scheduler's task
 while it lives) and the rare extras, and overwrites the oldest beyond that: a
 million-task run costs the same memory as one of 100 000.  Records are stored in
-bulk, column by column (about 1 µs each on the scheduler).
+bulk, column by column.
 """
 
 from __future__ import annotations
 
+import struct
 from array import array
 
 from .keys import key_prefix
@@ -41,6 +49,11 @@ CAPACITY = 100_000
 # (key, start, stop, thread, status, nbytes, typename, deserialize, serialize, extra)
 RECORD = ("key", "start", "stop", "thread", "status", "nbytes", "typename",
           "deserialize", "serialize", "extra")
+
+# start, stop, deserialize, serialize, thread, nbytes, status: all 8 bytes wide, so
+# that a batch's bytes cast to doubles or integers give each column by a stride.
+NUMBERS = struct.Struct("<4dQ2q")
+_WIDTH = 7
 
 _COLUMNS = (("worker", "i"), ("thread", "Q"), ("status", "b"), ("nbytes", "q"),
             ("type", "i"), ("start", "d"), ("stop", "d"), ("deserialize", "d"),
@@ -105,12 +118,27 @@ class TaskStream:
         return i
 
     def add(self, worker, records, key_of=None):
-        """Keep ``records`` (wire tuples) of the worker at address ``worker``.
-        ``key_of``: a function giving the scheduler's own object for an equal key,
-        if it still has one (one copy of each key in memory), else None.  A
-        malformed record is dropped."""
-        self._pending.append((worker, records, key_of))
-        self._npending += len(records)
+        """Keep ``records`` (tuples, `RECORD`) of the worker at address ``worker``;
+        a malformed record is dropped.  ``key_of`` as in `add_batch`."""
+        batch = pack(records)
+        if batch["keys"]:
+            self.add_batch(worker, batch, key_of)
+
+    def add_batch(self, worker, batch, key_of=None):
+        """Keep the records of one ``batch`` (see `pack`) of the worker at address
+        ``worker``.  ``key_of``: a function giving the scheduler's own object for an
+        equal key, if it still has one (one copy of each key in memory), else None.
+        A malformed batch is dropped whole."""
+        try:
+            keys, types, numbers = batch["keys"], batch["types"], batch["numbers"]
+            extra = batch.get("extra") or ()
+            n = len(keys)
+            if len(types) != n or len(numbers) != n * NUMBERS.size:
+                return
+        except (TypeError, KeyError, AttributeError):
+            return
+        self._pending.append((worker, keys, types, numbers, extra, key_of))
+        self._npending += n
         if self._npending >= self.batch:
             self.flush()
 
@@ -122,43 +150,52 @@ class TaskStream:
         try:
             self._store_all(pending)
         except (TypeError, ValueError, OverflowError, IndexError, KeyError):
-            # Some record is malformed: one by one, dropping the bad ones.
-            for worker, records, key_of in pending:
-                self._store_each(worker, records, key_of)
+            # Some batch is malformed: one by one, dropping the bad ones.
+            for one in pending:
+                try:
+                    self._store_all([one])
+                except (TypeError, ValueError, OverflowError, IndexError, KeyError):
+                    pass
 
     def _store_all(self, pending):
-        """Every waiting record at once, converted column by column; raises before
+        """Every waiting batch at once, converted column by column; raises before
         changing anything if one is malformed."""
-        rows, workers, keys = [], array("i"), []
-        for worker, records, key_of in pending:
+        workers, keys, typenames, blobs, extras = array("i"), [], [], [], []
+        for worker, ks, ts, numbers, extra, key_of in pending:
             w = self._worker_index.get(worker)
             if w is None:
                 w = self._index(self.workers, self._worker_index, worker)
-            workers.extend([w] * len(records))
-            rows.extend(records)
+            base = len(keys)
+            workers.extend(array("i", (w,)) * len(ks))
             if key_of is None:
-                keys.extend(r[0] for r in records)
-                continue
-            for r in records:
-                own = key_of(r[0])
-                keys.append(r[0] if own is None else own)
-        if not rows:
+                keys.extend(ks)
+            else:
+                for k in ks:
+                    own = key_of(k)
+                    keys.append(k if own is None else own)
+            typenames.extend(ts)
+            blobs.append(numbers)
+            for i, x in extra:
+                if not 0 <= i < len(ks):
+                    raise IndexError("an extra out of its batch")
+                extras.append((base + i, tuple(tuple(e) for e in x)))
+        n = len(keys)
+        if not n:
             return
-        (_, start, stop, thread, status, nbytes, typename, deser, ser,
-         extra) = zip(*rows, strict=True)
-        status = array("b", status)
+        view = memoryview(b"".join(blobs))
+        floats, unsigned, signed = view.cast("d"), view.cast("Q"), view.cast("q")
+        status = array("b", signed[6::_WIDTH])
         if min(status) < 0 or max(status) >= len(STATUSES):
             raise ValueError("a status out of range")
-        types = list(map(self._type_index.get, typename))
+        types = list(map(self._type_index.get, typenames))
         for i, t in enumerate(types):
             if t is None:
-                types[i] = self._index(self.types, self._type_index, str(typename[i]))
-        new = (workers, array("Q", thread), status, array("q", nbytes),
-               array("i", types), array("d", start), array("d", stop),
-               array("d", deser), array("d", ser))
-        extras = [(i, tuple(tuple(e) for e in x)) for i, x in enumerate(extra) if x]
+                types[i] = self._index(self.types, self._type_index, str(typenames[i]))
+        new = (workers, _column("Q", unsigned, 4), status, _column("q", signed, 5),
+               array("i", types), _column("d", floats, 0), _column("d", floats, 1),
+               _column("d", floats, 2), _column("d", floats, 3))
         # Nothing has changed yet: from here on, nothing raises.
-        n, cap = len(rows), self.capacity
+        cap = self.capacity
         # Record number k sits in slot k until the ring is full, then in k % cap;
         # the ring ends up with the last `cap` records, the extras of those only.
         extras = [(i, x) for i, x in extras if i >= n - cap]
@@ -190,48 +227,6 @@ class TaskStream:
                     self.extra[slot + i - at] = x
                     break
         self._total += n
-
-    def _store_each(self, worker, records, key_of):
-        w = self._worker_index.get(worker)
-        if w is None:
-            w = self._index(self.workers, self._worker_index, worker)
-        cols = self._cols
-        keys = self.keys
-        cap = self.capacity
-        types = self._type_index
-        for rec in records:
-            try:
-                key, start, stop, thread, status, nbytes, typename, deser, ser, \
-                    extra = rec
-                t = types.get(typename)
-                if t is None:
-                    t = self._index(self.types, types, str(typename))
-                # Checked and converted before any column changes: a bad record is
-                # dropped whole, the columns stay aligned.
-                row = (w, int(thread) & 0xFFFFFFFFFFFFFFFF, _STATUS[status],
-                       min(max(int(nbytes), 0), 2**62), t, float(start), float(stop),
-                       float(deser), float(ser))
-            except (TypeError, ValueError, KeyError, OverflowError):
-                continue
-            if key_of is not None:
-                own = key_of(key)
-                if own is not None:
-                    key = own
-            n = len(keys)
-            if n < cap:
-                keys.append(key)
-                for col, value in zip(cols, row):
-                    col.append(value)
-                slot = n
-            else:
-                slot = self._total % cap
-                keys[slot] = key
-                for col, value in zip(cols, row):
-                    col[slot] = value
-                self.extra.pop(slot, None)
-            if extra:
-                self.extra[slot] = tuple(tuple(e) for e in extra)
-            self._total += 1
 
     def _slot(self, index):
         return index % self.capacity if len(self.keys) == self.capacity else index
@@ -320,6 +315,48 @@ class TaskStream:
         if a < b:
             return [(a, b)]
         return [(a, len(self.keys)), (0, b)]
+
+
+def _column(code, view, i):
+    """Field ``i`` of every record in ``view`` (a batch's numbers, cast)."""
+    col = array(code)
+    col.frombytes(view[i::_WIDTH].tobytes())
+    return col
+
+
+def pack(records):
+    """A batch of ``records`` (`RECORD` tuples), the malformed ones left out."""
+    keys, types, numbers, extras = [], [], [], []
+    for rec in records:
+        try:
+            key, start, stop, thread, status, nbytes, typename, deser, ser, extra = rec
+            if status not in _STATUS:
+                continue
+            packed = NUMBERS.pack(float(start), float(stop), float(deser), float(ser),
+                                  int(thread) & 0xFFFFFFFFFFFFFFFF, min(max(int(nbytes), 0), 2**62),
+                                  status)
+            extra = tuple(tuple(e) for e in extra) if extra else None
+        except (TypeError, ValueError, OverflowError, struct.error):
+            continue
+        if extra:
+            extras.append((len(keys), extra))
+        keys.append(key)
+        types.append(str(typename))
+        numbers.append(packed)
+    return {"keys": keys, "types": types, "numbers": b"".join(numbers), "extra": extras}
+
+
+def unpack(batch):
+    """The `RECORD` tuples of a batch."""
+    extra = dict(batch.get("extra") or ())
+    out = []
+    for i, (key, typename, nums) in enumerate(zip(
+            batch["keys"], batch["types"], NUMBERS.iter_unpack(batch["numbers"]))):
+        start, stop, deser, ser, thread, nbytes, status = nums
+        x = extra.get(i)
+        out.append((key, start, stop, thread, status, nbytes, typename, deser, ser,
+                    None if x is None else tuple(tuple(e) for e in x)))
+    return out
 
 
 def columns(page):

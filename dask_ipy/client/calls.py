@@ -65,6 +65,8 @@ def call_spec(key, fn, args, kwargs):
     """What a worker runs for submit/map: a plain call when no Future is among the
     arguments (cheap to pickle), else a dask Task whose references to the Futures'
     keys the worker resolves; plus {key: Future}."""
+    if not kwargs and all(type(a) in _PLAIN for a in args):
+        return g.call(fn, args, kwargs), {}     # nothing to look into (map's usual row)
     found = {}
     args2 = _walk_futures(list(args), found)
     kwargs2 = _walk_futures(kwargs, found) if kwargs else {}

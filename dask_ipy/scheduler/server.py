@@ -208,7 +208,7 @@ class Scheduler:
     def _on_task_stream(self, wid, msg, now):
         ws = self.state.workers.get(wid)
         if ws is not None:
-            self.task_stream.add(ws.address, msg.get("records", ()), self._own_key)
+            self.task_stream.add_batch(ws.address, msg, self._own_key)
 
     def _own_key(self, key):
         try:

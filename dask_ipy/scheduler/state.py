@@ -492,6 +492,7 @@ class SchedulerState:
         self.erred_total = 0                 # tasks that erred, ever
         self.errors = deque(maxlen=20)       # latest errors for monitors
         self.outbox = []
+        self._freeing = {}      # {worker id: (index, its last "free-keys" in outbox)}
         self.allowed_failures = allowed_failures
         self.bandwidth = bandwidth
         self.default_duration = default_duration
@@ -540,7 +541,26 @@ class SchedulerState:
     # ------------------------------------------------------------------ plumbing
 
     def send_worker(self, ws, msg):
+        if self._freeing:
+            self._freeing.pop(ws.id, None)
         self.outbox.append(("worker", ws.id, msg))
+
+    def _free_keys(self, ws, keys):
+        """Tell ``ws`` to drop ``keys``.  Keys for one worker join its last
+        "free-keys" while no other message to it followed (their order is kept): a
+        client releasing thousands of results sends each worker one message, which
+        its state machine handles as one event, not one per key."""
+        outbox = self.outbox
+        last = self._freeing.get(ws.id)
+        if last is not None:
+            i, msg = last
+            # Still there (whoever takes the outbox may also empty it in place).
+            if i < len(outbox) and outbox[i][2] is msg:
+                msg["keys"].extend(keys)
+                return
+        msg = {"op": "free-keys", "keys": list(keys)}
+        self.send_worker(ws, msg)
+        self._freeing[ws.id] = (len(outbox) - 1, msg)
 
     def send_client(self, cid, msg):
         if cid in self.clients:
@@ -548,6 +568,7 @@ class SchedulerState:
 
     def take_messages(self):
         out, self.outbox = self.outbox, []
+        self._freeing.clear()
         return out
 
     def _group(self, key):
@@ -800,7 +821,7 @@ class SchedulerState:
             ws.occupancy += ws.processing[ts]
         self._unassign(ts)
         if ws is not None and ws.id in self.workers:
-            self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
+            self._free_keys(ws, (ts.key,))
         for dep in ts.dependencies:
             _discard(dep, "waiters", ts)
         self._set_state(ts, RELEASED)
@@ -853,7 +874,7 @@ class SchedulerState:
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= max(ts.nbytes, 0)
-            self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
+            self._free_keys(ws, (ts.key,))
         ts.who_has = EMPTY
         ts.data = None
         ts.direct = ()
@@ -1565,7 +1586,7 @@ class SchedulerState:
             if ts is not None and ts.state == MEMORY and ws not in ts.who_has:
                 self._add_replica(ts, ws)
             else:
-                self.send_worker(ws, {"op": "free-keys", "keys": [msg["key"]]})
+                self._free_keys(ws, (msg["key"],))
             return
         ts.nbytes = msg.get("nbytes", 0)
         ts.type = msg.get("type")
@@ -1712,7 +1733,7 @@ class SchedulerState:
         for key, nbytes, typ in msg["keys"]:
             ts = self.tasks.get(key)
             if ts is None:
-                self.send_worker(ws, {"op": "free-keys", "keys": [key]})
+                self._free_keys(ws, (key,))
                 continue
             ts.nbytes = nbytes
             ts.type = typ or ts.type
@@ -2503,7 +2524,7 @@ class SchedulerState:
         _discard(ts, "who_has", ws)
         ws.has_what.discard(ts)
         ws.nbytes -= max(ts.nbytes, 0)
-        self.send_worker(ws, {"op": "free-keys", "keys": [ts.key]})
+        self._free_keys(ws, (ts.key,))
 
     def _copies_made(self, ws, keys):
         """``ws`` confirmed copies ("add-keys"): a rebalance drops the sender's."""

@@ -2,19 +2,25 @@
 
     pool thread: timings of one task ──▶ I/O thread: `Recorder.ended` ─▶ pending
     I/O thread: a fetch answered ──────▶ `Recorder.fetched_from` ─▶ fetched {key}
-    the shell's flush ◀── `Recorder.take` ── "task-stream" {records}, in the same
-                                             batch as the task's "task-finished"
+    the shell's flush ◀── `Recorder.take` ── "task-stream" {keys, types, numbers,
+                                             extra}, in the same batch as the
+                                             task's "task-finished"
 
 A record is queued before the state machine hears that its task ended, so it leaves
 no later than the task's result: whoever learns of the result can already ask the
 scheduler for the record.  Both buffers are bounded: records wait only while the
 scheduler cannot be reached, fetches only until a task that used them ends.
 No clock here: the shell gives the times (see taskstream.py for the record).
+A record costs one small `struct` pack and three appends here, and no object of its
+own on the wire or at the scheduler, which stores the numbers of a whole batch at
+once (the task stream must not slow the tasks it watches).
 """
 
 from __future__ import annotations
 
-from collections import deque
+import struct
+
+from ..taskstream import NUMBERS
 
 OK, ERROR, CANCELLED = 0, 1, 2     # indices into taskstream.STATUSES
 
@@ -22,7 +28,12 @@ OK, ERROR, CANCELLED = 0, 1, 2     # indices into taskstream.STATUSES
 class Recorder:
     def __init__(self, on=True, max_pending=100_000, max_fetched=100_000):
         self.on = on
-        self.pending = deque(maxlen=max_pending)
+        # The records waiting, column by column (see taskstream.py: a batch).
+        self.keys = []
+        self.types = []
+        self.numbers = []               # NUMBERS-packed bytes, one per record
+        self.extra = []                 # [(index in keys, extras)]
+        self.max_pending = max_pending
         self.fetched = {}               # {key: (start, stop, source, nbytes)}
         self.max_fetched = max_fetched
         self.started = {}               # {peer: start} of the fetch in flight
@@ -68,11 +79,40 @@ class Recorder:
                          for (a, b, source), n in spans.items()]
         if disk:
             extra = (extra or []) + [("disk-read", loaded, start, None, 0)]
-        self.pending.append((key, start, stop, thread, status, nbytes or 0,
-                             typename or "", loaded - begin, serialized, extra))
+        try:
+            numbers = _pack(start, stop, loaded - begin, serialized, thread,
+                            nbytes or 0, status)
+        except (struct.error, TypeError):
+            return                      # not a number the record can hold: no record
+        keys = self.keys
+        if extra:
+            self.extra.append((len(keys), extra))
+        keys.append(key)
+        self.types.append(typename or "")
+        self.numbers.append(numbers)
+        if len(keys) > self.max_pending:
+            # Only while the scheduler cannot be reached; a tenth at a time, so
+            # that a long wait does not shift the lists at every record.
+            self._drop_oldest(len(keys) - self.max_pending + self.max_pending // 10)
+
+    def _drop_oldest(self, n):
+        del self.keys[:n], self.types[:n], self.numbers[:n]
+        self.extra = [(i - n, x) for i, x in self.extra if i >= n]
+
+    @property
+    def pending(self):
+        """The number of records waiting."""
+        return len(self.keys)
 
     def take(self):
-        """The records to send now (emptied)."""
-        out = list(self.pending)
-        self.pending.clear()
-        return out
+        """The records to send now, as one batch (see taskstream.py), or None;
+        emptied."""
+        if not self.keys:
+            return None
+        batch = {"keys": self.keys, "types": self.types,
+                 "numbers": b"".join(self.numbers), "extra": self.extra}
+        self.keys, self.types, self.numbers, self.extra = [], [], [], []
+        return batch
+
+
+_pack = NUMBERS.pack

@@ -633,8 +633,8 @@ class Worker:
         # goes first).  Task stream records ride along with whatever leaves.
         if self.to_clients:
             self._flush_clients()
-        if self.recorder.pending and self.scheduler_id is not None:
-            self.outgoing.append({"op": "task-stream", "records": self.recorder.take()})
+        if self.recorder.keys and self.scheduler_id is not None:
+            self.outgoing.append({"op": "task-stream", **self.recorder.take()})
         if self.outgoing and self.scheduler_id is not None:
             msgs, self.outgoing = self.outgoing, []
             try:

@@ -749,7 +749,7 @@ class WorkerState:
             heapq.heappush(self.ready, heapq.heappop(self.constrained))
 
     def _ensure_communicating(self, out):
-        if self.paused:
+        if self.paused or not self.fetching:
             return
         wanted = {}
         relay = []

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import dask
+import psutil
 import pytest
 
 from benchmarks import report, workloads
@@ -165,6 +166,33 @@ def test_scale_simulation_quick(tmp_path):
     assert all(x["bytes_per_task"] > 0 for x in data["memory"])
     assert all(x["steals_asked"] == 1 for x in data["decisions"])
     assert "per-task cost at" in r.stdout
+
+
+@pytest.mark.timeout(300)
+def test_many_clients_quick_run(tmp_path):
+    """Eight client processes at once against one alone, at a tiny size: figures
+    for both, their ratio, and no client process left behind."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--systems", "dask_ipy",
+         "--only", "n", "--size", "n=40", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["errors"] == [], data["errors"]
+    n = data["results"]["dask_ipy"]["n"]
+    assert (n["clients"], n["tasks_per_client"]) == (8, 40)
+    assert n["tasks_per_s"] > 0 and n["single_tasks_per_s"] > 0
+    assert n["aggregate_over_single"] == pytest.approx(n["tasks_per_s"] / n["single_tasks_per_s"])
+    assert 0 < n["fairness"] <= 1
+    assert "n. 8 clients x 40 tasks at once, aggregate" in proc.stdout
+    left = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        cmd = p.info["cmdline"] or []
+        if "benchmarks.manyclients" in cmd and p.info["cwd"] == str(ROOT):
+            left.append(p.pid)
+    assert left == []
 
 
 @pytest.mark.timeout(300)

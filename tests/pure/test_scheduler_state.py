@@ -121,6 +121,46 @@ def test_client_release_forgets_everything(s1):
     assert s.clients["c"].wants_what == set()
 
 
+def test_released_keys_go_to_each_worker_in_one_message_in_order(s):
+    tasks = {f"k{i}": (f"spec-{i}", []) for i in range(4)}
+    s.update_graph("c", tasks, list(tasks), {k: i for i, k in enumerate(tasks)})
+    where = {msg["key"]: wid for _, wid, msg in take(s)}
+    for key, wid in where.items():
+        finished(s, wid, key)
+    assert sorted(where.values()) == ["w1", "w1", "w2", "w2"]
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["k0", "k1", "k2"]})
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["k3"]})
+    got = take(s)
+    assert sorted(wid for _, wid, _ in got) == ["w1", "w2"]
+    assert sorted(k for _, _, m in got for k in m["keys"]) == ["k0", "k1", "k2", "k3"]
+    assert all(m["op"] == "free-keys" for _, _, m in got)
+    # Another message to the worker in between: the keys after it go in a new one
+    # (a key freed, then computed again there, stays freed before it is computed).
+    more = {f"e{i}": (f"spec-e{i}", []) for i in range(4)}
+    s.update_graph("c", more, list(more), {k: i for i, k in enumerate(more)})
+    for _, wid, msg in take(s):
+        finished(s, wid, msg["key"])
+    x, y = sorted(ts.key for ts in s.workers["w1"].has_what)
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": [x]})
+    s.send_worker(s.workers["w1"], {"op": "ping"})
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": [y]})
+    assert [m for _, wid, m in take(s) if wid == "w1"] == [
+        {"op": "free-keys", "keys": [x]}, {"op": "ping"}, {"op": "free-keys", "keys": [y]}]
+
+
+def test_keys_freed_after_the_outbox_was_emptied_in_place_go_in_a_new_message(s1):
+    s = s1
+    s.update_graph("c", {"c1": ("spec", []), "c2": ("spec", [])}, ["c1", "c2"],
+                   {"c1": 0, "c2": 1})
+    for _, _, msg in take(s):
+        finished(s, "w1", msg["key"])
+    take(s)
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["c1"]})
+    s.outbox.clear()
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["c2"]})
+    assert take(s) == [("worker", "w1", {"op": "free-keys", "keys": ["c2"]})]
+
+
 def test_release_while_processing_tells_the_worker(s1):
     s = s1
     s.update_graph("c", CHAIN, ["z"], CHAIN_ORDER)

@@ -7,7 +7,8 @@ import re
 
 from dask_ipy import charts
 from dask_ipy.logs import LogBuffer
-from dask_ipy.taskstream import Breakdown, MemoryHistory, TaskStream, records, report_data
+from dask_ipy.taskstream import (Breakdown, MemoryHistory, TaskStream, pack, records,
+                                 report_data, unpack)
 from dask_ipy.worker.recording import CANCELLED, ERROR, OK, Recorder
 
 A, B = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
@@ -27,12 +28,12 @@ def test_recorder_charges_a_fetch_to_the_first_task_using_it():
     # timing: (begin, loaded, start, stop, serialize seconds, thread, disk)
     r.ended("z", OK, (11.0, 11.25, 11.25, 12.0, 0.5, 3, False), 8, "int", ["x", "y", "w"])
     r.ended("z2", OK, (12.0, 12.0, 12.0, 13.0, 0.0, 3, False), 8, "int", ["x"])
-    assert r.take() == [
+    assert unpack(r.take()) == [
         ("z", 11.25, 12.0, 3, OK, 8, "int", 0.25, 0.5,
-         [("transfer", 10.0, 10.5, B, 150)]),
+         (("transfer", 10.0, 10.5, B, 150),)),
         ("z2", 12.0, 13.0, 3, OK, 8, "int", 0.0, 0.0, None),
     ]
-    assert r.take() == [] and r.fetched == {}
+    assert r.take() is None and r.pending == 0 and r.fetched == {}
 
 
 def test_recorder_keeps_fetches_apart_and_names_the_relay():
@@ -42,7 +43,7 @@ def test_recorder_keeps_fetches_apart_and_names_the_relay():
     r.fetched_from(B, 2.0, {"b": 5})
     r.fetched_from(A, 3.0, {"a": 7}, source="scheduler")
     r.ended("c", ERROR, (4.0, 4.0, 4.5, 5.0, 0.0, 9, True), 0, "", ["a", "b"])
-    (record,) = r.take()
+    (record,) = unpack(r.take())
     assert record[:9] == ("c", 4.5, 5.0, 9, ERROR, 0, "", 0.0, 0.0)
     assert sorted(record[9]) == [("disk-read", 4.0, 4.5, None, 0),
                                  ("transfer", 1.0, 3.0, "scheduler", 7),
@@ -54,7 +55,7 @@ def test_recorder_is_bounded_and_off_keeps_no_fetches():
     for i in range(5):
         r.fetched_from(A, float(i), {f"k{i}": 1})
         r.ended(f"t{i}", CANCELLED, (0, 0, 0, 1, 0, 1, False), None, None)
-    assert [x[0] for x in r.take()] == ["t2", "t3", "t4"]
+    assert [x[0] for x in unpack(r.take())] == ["t2", "t3", "t4"]
     assert list(r.fetched) == ["k3", "k4"]       # the oldest dropped
     off = Recorder(on=False)
     off.fetch_started(A, 1.0)
@@ -62,7 +63,57 @@ def test_recorder_is_bounded_and_off_keeps_no_fetches():
     assert off.fetched == {} and off.started == {}
 
 
+def test_recorder_dropping_the_oldest_keeps_extras_with_their_records():
+    r = Recorder(max_pending=2)
+    for i in range(4):
+        r.fetched_from(A, float(i), {f"in{i}": i + 1})
+        r.ended(f"t{i}", OK, (i, i, i, i + 1, 0, 1, False), 8, "int",
+                [f"in{i}"] if i % 2 else ())
+    got = unpack(r.take())
+    assert [x[0] for x in got] == ["t2", "t3"]
+    assert got[0][9] is None and got[1][9] == (("transfer", 3.0, 3.0, A, 4),)
+
+
+def test_a_record_the_numbers_cannot_hold_is_left_out():
+    r = Recorder()
+    r.ended("big", OK, (0, 0, 0, 1, 0, -1, False), 8, "int")     # no such thread
+    r.ended("ok", OK, (0, 0, 0, 1, 0, 1, False), 8, "int")
+    assert [x[0] for x in unpack(r.take())] == ["ok"]
+
+
+def test_a_batch_is_columns_and_packs_back():
+    records_ = [rec("a", 0.0, 1.0, thread=2**63 + 5, nbytes=10, deser=0.25),
+                rec(("b", 1), 1.0, 2.0, status=ERROR, typename="str",
+                    extra=(("transfer", 0.5, 1.0, B, 64),))]
+    batch = pack(records_)
+    assert batch["keys"] == ["a", ("b", 1)] and batch["types"] == ["int", "str"]
+    assert len(batch["numbers"]) == 2 * 56 and batch["extra"] == [
+        (1, (("transfer", 0.5, 1.0, B, 64),))]
+    assert unpack(batch) == records_
+
+
 # ---------------------------------------------------------------- the scheduler's ring
+
+def test_a_batch_from_the_wire_is_stored_as_its_records_and_a_bad_one_dropped():
+    good = pack([rec("a", 0.0, 1.0, nbytes=3),
+                 rec("b", 1.0, 2.0, extra=(("transfer", 0.5, 1.0, B, 9),))])
+    short = dict(good, numbers=good["numbers"][:-1])
+    bad_status = pack([rec("c", 0.0, 1.0)])
+    bad_status["numbers"] = bad_status["numbers"][:48] + (7).to_bytes(8, "little")
+    bad_extra = dict(pack([rec("d", 0.0, 1.0)]), extra=[(5, (("transfer", 0, 1, A, 1),))])
+    s = TaskStream(batch=1000)
+    s.add_batch(A, short)
+    s.add_batch(A, {"keys": ["x"]})
+    s.add_batch(B, bad_status)
+    s.add_batch(A, good)
+    s.add_batch(B, bad_extra)
+    assert s.total == 2                 # the bad ones dropped, the good one whole
+    page = records(s.page())
+    assert [(r["key"], r["worker"], r["nbytes"]) for r in page] == [("a", A, 3), ("b", A, 8)]
+    assert page[1]["startstops"][0] == {"action": "transfer", "start": 0.5, "stop": 1.0,
+                                        "source": B, "nbytes": 9}
+
+
 
 def test_pages_by_number_count_and_time():
     s = TaskStream()
