@@ -146,16 +146,17 @@ def group_of(key):
     return key_prefix(key)
 
 
-def select(cycles, start=None, stop=None, key=None):
+def select(cycles, start=None, stop=None, key=None, now=None):
     """One tree of the cycles that overlap [start, stop] (seconds since the epoch;
-    None: unbounded; a running cycle has no stop), of ``key``'s group only if
-    given."""
+    None: unbounded; the running cycle, with no stop, ends ``now``), of ``key``'s
+    group only if given."""
     group = None if key is None else group_of(key)
     trees = []
     for c in cycles:
         if stop is not None and c["start"] > stop:
             continue
-        if start is not None and c["stop"] is not None and c["stop"] < start:
+        end = c["stop"] if c["stop"] is not None else now
+        if start is not None and end is not None and end < start:
             continue
         if group is None:
             trees.extend(c["trees"].values())

@@ -79,6 +79,7 @@ class Sampler:
 
     def select(self, start=None, stop=None, key=None):
         """The merged tree of the cycles in [start, stop], of ``key``'s group."""
+        now = time.time()
         with self.lock:
             return profiling.select(list(self.history) + [self.current], start, stop,
-                                    key)
+                                    key, now)

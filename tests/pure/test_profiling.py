@@ -103,6 +103,8 @@ def test_select_by_time_and_group():
     assert select(cycles, key="spin-0123456789abcdef0123456789abcdef")["count"] == 4
     assert select(cycles, key="inc", start=1.5)["count"] == 2
     assert select(cycles, start=2.5)["count"] == 1          # the running cycle
+    assert select(cycles, start=2.5, now=3.0)["count"] == 1
+    assert select(cycles, start=3.5, now=3.0)["count"] == 0
     assert select(cycles, stop=0.5)["count"] == 2
     assert select(cycles, start=0.2, stop=0.8) == root(2, node("spin", 2))
     assert select(cycles, key="nothing") == create()
