@@ -105,7 +105,7 @@ class ObserveMethods:
 
     def _profile_op(self, key=None, start=None, stop=None, workers=None,
                     merge_workers=True, timeout=PROFILE_TIMEOUT):
-        if isinstance(workers, str):
+        if isinstance(workers, (str, int)):
             workers = [workers]
         return (yield from self.shell.request_op(
             {"op": "get-profile", "key": key, "start": start, "stop": stop,
