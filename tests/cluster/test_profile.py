@@ -160,3 +160,43 @@ def test_sampling_off_and_a_worker_that_does_not_answer():
         assert set(per) == {w1.address}
         assert functions(per[w1.address])["spin"] >= 3
         assert time.monotonic() - began >= 0.5
+
+
+def test_the_sampler_keeps_cycles_with_samples_in_a_bounded_ring():
+    """The shell's sampler driven by hand on this thread (its clock given): a cycle
+    ends after ``cycle`` seconds, only cycles with samples are kept, at most
+    ``history`` of them, and an idle look counts nothing."""
+    from dask_ipy.worker.monitor import RunningTasks
+    from dask_ipy.worker.sampler import Sampler
+
+    running = RunningTasks()
+    sampler = Sampler(running, interval=0.01, cycle=1.0, history=2,
+                      stop=(test_the_sampler_keeps_cycles_with_samples_in_a_bounded_ring
+                            .__code__,))
+    t0 = sampler.current["start"]
+
+    def task_frame(now):           # the "task": what the sampler sees above the test
+        sampler.sample(now)
+
+    running.start("spin-0123456789abcdef0123456789abcdef")
+    task_frame(t0 + 0.1)
+    task_frame(t0 + 0.2)
+    running.end()
+    task_frame(t0 + 0.3)                                   # idle: nothing counted
+    assert sampler.samples == 2 and not sampler.history
+    sampler.sample(t0 + 1.5)                               # the cycle ends
+    assert [c["stop"] for c in sampler.history] == [t0 + 1.5]
+    sampler.sample(t0 + 3.0)                               # an empty cycle: not kept
+    assert len(sampler.history) == 1
+    for i in range(3):
+        running.start(f"inc-{i:032x}")
+        task_frame(t0 + 3.1 + 1.5 * i)
+        running.end()
+        sampler.sample(t0 + 4.0 + 1.5 * i)
+    assert len(sampler.history) == 2                       # the ring
+    assert set(sampler.history[-1]["trees"]) == {"inc"}
+    tree = sampler.select(key="inc")
+    assert tree["count"] == 2
+    assert [n["description"]["name"] for n in tree["children"].values()] == \
+        ["task_frame"]
+    assert sampler.select(key="spin")["count"] == 0       # gone with its cycle
