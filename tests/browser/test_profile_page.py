@@ -29,7 +29,7 @@ READ_PAGE = """() => {
 def test_flame_chart_opens_offline_in_chromium(browser, tmp_path):  # noqa: F811
     html = tmp_path / "profile.html"
     with processes(tmp_path, nthreads=2) as (_, c):
-        c.gather([c.submit(spin, 1.0), c.submit(spin_elsewhere, 0.5)])
+        c.gather([c.submit(spin, 1.5), c.submit(spin_elsewhere, 0.4)])
         state, _ = c.profile(filename=str(html))
     page = browser.pages[0] if browser.pages else browser.new_page()
     outside = []
@@ -50,7 +50,7 @@ def test_flame_chart_opens_offline_in_chromium(browser, tmp_path):  # noqa: F811
     assert by_name["spin"]["width"] > by_name["spin_elsewhere"]["width"] > 0
     root = [f for f in got["frames"] if f["depth"] == 0]
     assert len(root) == 1 and root[0]["width"] >= by_name["spin"]["width"]
-    assert got["top"][:2] == ["spin", "spin_elsewhere"]
+    assert got["top"][0] == "spin" and "spin_elsewhere" in got["top"]
     assert json.loads(got["json"]) == {"": state}
     page.screenshot(path=str(tmp_path / "profile.png"), full_page=True)
     shutil.copy(tmp_path / "profile.png", "/tmp/profile.png")

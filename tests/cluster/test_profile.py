@@ -42,9 +42,9 @@ def test_a_spinning_task_shows_in_its_groups_profile_only(c):
     c.gather([busy, sleepy])
     whole = c.profile(start=began)
     assert set(whole) == {"identifier", "description", "count", "children"}
-    assert whole["identifier"] == "root" and whole["count"] >= 10
+    assert whole["identifier"] == "root" and whole["count"] >= 4
     seen = functions(whole)
-    assert seen["spin"] >= 5 and seen["slow_inc"] >= 5
+    assert seen["spin"] >= 2 and seen["slow_inc"] >= 2
     # the worker's own frames below the task are left out: the tree starts at the task
     assert "_run_job" not in seen and "_pool_thread" not in seen
     (node,) = [n for n in _walk(whole) if n["description"]["name"] == "spin"]
@@ -54,10 +54,10 @@ def test_a_spinning_task_shows_in_its_groups_profile_only(c):
     assert d["line"] and d["line"] in inspect.getsource(spin)
 
     mine = functions(c.profile(key=busy.key, start=began))
-    assert mine["spin"] >= 5 and "slow_inc" not in mine
+    assert mine["spin"] >= 2 and "slow_inc" not in mine
     assert functions(c.profile(key="spin", start=began)) == mine
     others = functions(c.profile(key="slow_inc", start=began))
-    assert others["slow_inc"] >= 5 and "spin" not in others
+    assert others["slow_inc"] >= 2 and "spin" not in others
     assert c.profile(key="no_such_group")["count"] == 0
     # nothing from a span before any of it ran
     assert "spin" not in functions(c.profile(stop=began - 2, start=began - 3))
@@ -77,11 +77,11 @@ def test_workers_filter_and_per_worker_trees(c):
     began = time.time()
     c.submit(spin_elsewhere, 1.0, workers=[a]).result()
     on_a = functions(c.profile(workers=[a], start=began))
-    assert on_a["spin_elsewhere"] >= 5
+    assert on_a["spin_elsewhere"] >= 2
     assert "spin_elsewhere" not in functions(c.profile(workers=[b], start=began))
     per = c.profile(merge_workers=False, start=began)
     assert set(per) == {a, b}
-    assert functions(per[a])["spin_elsewhere"] >= 5
+    assert functions(per[a])["spin_elsewhere"] >= 2
     assert "spin_elsewhere" not in functions(per[b])
     assert c.profile(workers=["tcp://127.0.0.1:1"])["count"] == 0
 
@@ -91,7 +91,7 @@ def test_the_flame_chart_file(c, tmp_path):
     c.submit(spin, 0.6).result()
     path = tmp_path / "profile.html"
     state, chart = c.profile(start=began, filename=str(path))
-    assert functions(state)["spin"] >= 3
+    assert functions(state)["spin"] >= 2
     page = path.read_text()
     assert page == chart.html and "<svg" in chart._repr_html_()
     frames = FlameFrames()
@@ -103,7 +103,7 @@ def test_the_flame_chart_file(c, tmp_path):
     assert json.loads(frames.data) == {"": state}
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     state2, _ = c.profile(start=began, plot=True)          # no file, a chart
-    assert functions(state2)["spin"] >= 3
+    assert functions(state2)["spin"] >= 2
 
 
 class FlameFrames(html.parser.HTMLParser):
@@ -129,7 +129,7 @@ def test_a_performance_report_shows_the_top_functions(c, tmp_path):
     html = tmp_path / "report.html"
     with dask_ipy.performance_report(str(html), client=c) as report:
         c.submit(spin, 0.6).result()
-    assert functions(report.data["profile"])["spin"] >= 3
+    assert functions(report.data["profile"])["spin"] >= 2
     page = html.read_text()
     assert 'data-dask-ipy="report-profile"' in page
     assert 'data-dask-ipy="profile-top-row" data-name="spin"' in page
@@ -141,7 +141,7 @@ def test_the_asynchronous_client(pc):
             began = time.time()
             assert await ac.submit(spin, 0.6, 7) == 7
             return await ac.profile(key="spin", start=began)
-    assert functions(asyncio.run(main()))["spin"] >= 3
+    assert functions(asyncio.run(main()))["spin"] >= 2
 
 
 def test_sampling_off_and_a_worker_that_does_not_answer():
@@ -158,7 +158,7 @@ def test_sampling_off_and_a_worker_that_does_not_answer():
         began = time.monotonic()
         per = c.run_op(c._profile_op(merge_workers=False, timeout=0.5))
         assert set(per) == {w1.address}
-        assert functions(per[w1.address])["spin"] >= 3
+        assert functions(per[w1.address])["spin"] >= 2
         assert time.monotonic() - began >= 0.5
 
 
