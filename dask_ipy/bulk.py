@@ -22,6 +22,10 @@ keeping them (workers and clients can always reach the scheduler; it reaches nob
     W ──connect, "U" + ticket, stream──▶ S's BulkRelay ◀──"D" + ticket── C
                                             └──── the same bytes ────▶ C
 
+The same way, a worker's values go to a worker that cannot reach it ("relay-data"
+names the streams), and a client's large scattered values to their workers (the
+client uploads, "put-data" names the streams).
+
 Trust comes from the message, not from the channel: the frames are exactly what the
 sender would have sent over ZeroMQ, a Session message signed for the receiver, which
 checks it (MAC over every byte) before using anything; replays are refused because the
@@ -510,10 +514,27 @@ def upload(session, host, port, ticket, header, payload, timeout, connect_timeou
            pool=None):
     """Stream a message into the relay at host:port under ``ticket`` (a transfer of
     ``pool``, which may end it)."""
-    with socket.create_connection((host, port), timeout=connect_timeout or timeout) as s, \
-            (pool.holding(s) if pool is not None else contextlib.nullcontext()):
+    return upload_on(open_upload(host, port, ticket, timeout, connect_timeout), session,
+                     header, payload, pool)
+
+
+def open_upload(host, port, ticket, timeout, connect_timeout=None):
+    """A connection to the relay at host:port presenting ``ticket`` for an upload:
+    one who must know at once whether the relay is there opens it first, and streams
+    later (`upload_on`)."""
+    s = socket.create_connection((host, port), timeout=connect_timeout or timeout)
+    try:
         s.settimeout(timeout)
         s.sendall(UPLOAD + ticket)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def upload_on(s, session, header, payload, pool=None):
+    """Stream a message on ``s`` (from `open_upload`), then close it."""
+    with s, (pool.holding(s) if pool is not None else contextlib.nullcontext()):
         return send_stream(s, session, header, payload)
 
 

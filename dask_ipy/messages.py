@@ -44,12 +44,16 @@ KINDS = {
         "missing-data": "no holder had a task's input",
         "peer-unreachable": "a worker cannot connect to a peer",
         "peer-reachable": "a worker can connect to that peer again",
-        "relay": "a worker asks for data it cannot fetch from its holders",
+        "relay": "a worker asks for data it cannot fetch from its holders ('stream': "
+                 "large values may come through the scheduler's relay)",
         "add-keys": "data put on a worker (scatter) is stored",
+        "put-failed": "values streamed to a worker for a scatter could not be "
+                      "downloaded",
         "data": "values asked for by 'send-data' (a gather or a relay); large ones for "
-                "a client may instead be announced as 'streams' (ticket, sizes, keys) "
-                "going through the scheduler's relay",
-        "stream-failed": "a stream announced in 'data' could not be sent to the relay",
+                "a client or a relaying worker may instead be announced as 'streams' "
+                "(ticket, sizes, keys) going through the scheduler's relay",
+        "stream-failed": "a stream announced in 'data' could not be sent to the relay, "
+                         "or (from the worker it was for) could not be downloaded",
         "run-result": "the result of a function run for Client.run, or of setting a "
                       "plugin up or down",
         "memory-exceeded": "tasks took the worker past its terminate fraction: they "
@@ -74,10 +78,12 @@ KINDS = {
         "steal-request": "give up a queued task for another worker",
         "worker-removed": "a peer left",
         "restart": "drop every task and all data",
-        "put-data": "store these values (scatter)",
-        "send-data": "send these values to the scheduler ('for' a client: large ones "
-                     "may stream to it through the relay)",
-        "relay-data": "data the scheduler fetched for a 'relay'",
+        "put-data": "store these values (scatter; 'streams': download them from the "
+                    "relay)",
+        "send-data": "send these values to the scheduler ('for' a client or a relaying "
+                     "worker: large ones may stream to it through the relay)",
+        "relay-data": "data the scheduler fetched for a 'relay' ('streams': large ones "
+                      "to download from the scheduler's relay)",
         "run": "run a function (Client.run)",
         "host-workers": "how many workers share this worker's host (for 'auto' limits)",
         "close": "close this worker (the cluster shuts down, or it retires)",
@@ -101,7 +107,10 @@ KINDS = {
         "cancel": "cancel these keys",
         "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
                   "ones may come through the relay; 'unwanted': streams given up)",
-        "scatter": "put these values on workers",
+        "scatter": "put these values on workers ('streams': large ones streamed "
+                   "through the relay, each for the worker 'scatter-targets' chose)",
+        "scatter-targets": "which workers will hold these large scattered values (so "
+                           "that the client streams each signed for its worker)",
         "run": "run a function on workers",
         "info": "a question about the cluster ('what')",
         "set-collection": "store a named collection",
@@ -149,6 +158,8 @@ KINDS = {
     (CLIENT, WORKER): {
         "actor-call": "call a method of an actor this worker holds, or read one of "
                       "its attributes (straight to the worker's peer socket)",
+        "data": "a large scattered value, streamed through the scheduler's relay and "
+                "announced in 'put-data' (read by bulk.receive)",
     },
     (WORKER, CLIENT): {
         "actor-result": "the result of an 'actor-call', or its error",
@@ -169,7 +180,8 @@ SHELL_EVENTS = {
         "execute-success": "a pool thread ran a task",
         "execute-failure": "a task raised on a pool thread",
         "gather-done": "a peer (or the relay) answered a fetch",
-        "gather-failed": "a fetch through the relay gave nothing",
+        "gather-failed": "a fetch through the relay gave nothing in time, or its "
+                         "streams could not be downloaded",
         "peer-unreachable": "no connection to a peer in time",
         "peer-reachable": "a connection to a peer at last",
         "put-data": "scattered values, unpickled",

@@ -41,6 +41,16 @@ def wait_for(predicate, timeout=10.0, interval=0.01, message="condition"):
 # ---------------------------------------------------------------- clusters
 
 @contextlib.contextmanager
+def silent_port():
+    """An address that takes TCP connections (the kernel completes them) and never
+    says a word: what a peer behind a black-holing firewall looks like."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as s:
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@contextlib.contextmanager
 def local_cluster(scheduler_options=None, worker_options=None, client_options=None,
                   client=True):
     """(scheduler, [worker, worker], client) in this process, invariants checked;

@@ -30,6 +30,7 @@ from .. import config as cfg
 from .. import graph as g
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
+from ..log import logger
 from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, serialize
 from . import default
 from .actors import actor_key, create_actor
@@ -448,9 +449,26 @@ class Client(ClusterMethods, ObserveMethods):
         if isinstance(workers, str):
             workers = [workers]
         futures = {k: Future(k, self) for k in items}
-        yield from self.shell.scatter_op({"op": "scatter", "data": blobs,
-                                          "broadcast": broadcast, "workers": workers},
-                                         items, timeout)
+        msg = {"op": "scatter", "data": blobs, "broadcast": broadcast, "workers": workers}
+        # Large values stream through the scheduler's relay when it has one: it then
+        # never holds them whole.  Should a worker not get its stream, all go again
+        # over ZeroMQ (keys already stored are answered at once).
+        streams = yield from self.shell.scatter_streams_op(blobs, broadcast, workers,
+                                                          timeout)
+        if not streams:
+            yield from self.shell.scatter_op(msg, items, timeout)
+        else:
+            streamed = {key for stream in streams for key in stream["keys"]}
+            try:
+                yield from self.shell.scatter_op(
+                    {**msg, "streams": streams,
+                     "data": {k: b for k, b in blobs.items() if k not in streamed}},
+                    items, timeout)
+            except RuntimeError as e:
+                logger.warning("client: a scatter through the scheduler's relay failed "
+                               "(%s); scattering over ZeroMQ", e)
+                self.shell.streams_off()
+                yield from self.shell.scatter_op(msg, items, timeout)
         self.shell.finished([(f.state, type(items[k]).__name__)
                              for k, f in futures.items()])
         if isinstance(data, dict):

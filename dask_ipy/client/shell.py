@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import os
 import threading
 import time
 import warnings
@@ -80,6 +81,7 @@ class ClientShell:
         self.actor_lost = set()         # workers whose connection dropped: actors gone
         self.actor_ids = itertools.count()
         self.actor_outbox = {}          # {worker address: [actor-call]} (I/O thread)
+        self.uploads = bulk.Pool("dask-ipy-upload")     # scattered values streaming
         self.state = ClientState(address, paused_warning)
         self.monitor_callbacks = []
         self.topic_handlers = {}        # {topic: handler of the workers' events}
@@ -229,6 +231,58 @@ class ClientShell:
         self._call(self.state.scatter, msg, keys, fut)
         self._wake_loop()
         yield Answer(fut, timeout, f"'scatter' from the scheduler at {self.address}")
+
+    def scatter_streams_op(self, blobs, broadcast, workers, timeout=None):
+        """Stream the large ones of ``blobs`` through the scheduler's relay, each
+        signed for the worker the scheduler chose for it ("scatter-targets"); the
+        uploads wait at the relay for their workers.  Returns their announcements
+        for "scatter", or None: no relay, nothing large, or the relay out of reach
+        (found at once: every upload connects before anything is announced)."""
+        large = {k: b for k, b in blobs.items() if b.nbytes >= bulk.BULK_FROM}
+        with LOCK:
+            port = self.state.relay_port
+        if not large or port is None:
+            return None
+        targets = yield from self.request_op({"op": "scatter-targets",
+                                              "keys": list(large), "broadcast": broadcast,
+                                              "workers": workers}, timeout=timeout)
+        if not targets:
+            return None
+        host = host_of(self.address)
+        streams, uploads = [], []
+        try:
+            for key, wids in targets.items():
+                for wid in wids:
+                    ticket = os.urandom(bulk.TICKET_BYTES)
+                    header, payload = self.session.encode(
+                        [{"op": "data", "ticket": ticket, "data": {key: large[key]}}],
+                        wid, frame_limit=None)
+                    uploads.append((bulk.open_upload(host, port, ticket, bulk.IO_TIMEOUT,
+                                                     5.0), header, payload))
+                    streams.append({"ticket": ticket, "keys": [key], "worker": wid,
+                                    "sizes": bulk.stream_sizes(header, payload)})
+        except OSError as e:
+            logger.warning("client: the scheduler's relay is out of reach (%s); "
+                           "scattering over ZeroMQ", e)
+            for sock, _, _ in uploads:
+                sock.close()
+            self.streams_off()
+            return None
+        for sock, header, payload in uploads:
+            self.uploads.submit(self._upload, sock, header, payload)
+        return streams
+
+    def _upload(self, sock, header, payload):
+        try:
+            bulk.upload_on(sock, self.session, header, payload, self.uploads)
+        except OSError as e:
+            # The worker's download fails too, and the scatter with it.
+            logger.warning("client: a scattered value did not stream to the relay: %s", e)
+
+    def streams_off(self):
+        """No more streams until a "welcome" names the relay again."""
+        with LOCK:
+            self.state.relay_port = None
 
     def start(self):
         """Registered: False if this client was closed meanwhile."""
@@ -548,6 +602,7 @@ class ClientShell:
                 if not future.done():
                     future.set_exception(RuntimeError("the client closed"))
             self.actor_pending.clear()
+            self.uploads.stop()
             self.loop.running = False
         if self.loop.running:
             self.loop.call_soon(bye)

@@ -88,11 +88,12 @@ class Scheduler:
             self.loop, self.security, hostname, port_to_clients, who="scheduler")
         self.address_to_workers = f"tcp://{host}:{port_to_workers}"
         self.address_to_clients = f"tcp://{host}:{port_to_clients}"
-        # Large values a client gathers pass through a plain TCP relay, not through
-        # this thread (see bulk.py); not when the cluster encrypts.
+        # Large values a client gathers, and those relayed between workers that
+        # cannot reach each other, pass through a plain TCP relay, not through this
+        # thread (see bulk.py); not when the cluster encrypts.
         self.relay = None if self.security.encrypt else bulk.BulkRelay(
             "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname)
-        self.state.stream_to_clients = self.relay is not None
+        self.state.relay_streams = self.relay is not None
         self.from_workers = messages.handlers(messages.WORKER, messages.SCHEDULER, self,
                                               self.FROM_WORKERS, self._worker_to_state)
         self.from_clients = messages.handlers(messages.CLIENT, messages.SCHEDULER, self,

@@ -4,8 +4,9 @@ Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
 `remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
 workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
 "client", and orders for the shell's relay of large values (bulk.py) as ``("relay",
-ticket, sizes)``: let through a stream a worker announced with those frame sizes, or,
-with sizes None, give it up.  Nothing here touches a socket, a thread or a clock: time arrives as an
+ticket, sizes)``: let through a stream a worker announced with those frame sizes (for
+a client's gather, or for a worker that cannot reach the holder), or, with sizes None,
+give it up.  Nothing here touches a socket, a thread or a clock: time arrives as an
 argument.  User data and functions are `Serialized` blobs the scheduler forwards and
 never opens.
 
@@ -376,6 +377,9 @@ SEARCH = 20                 # workers looked at for one placement on a larger cl
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
+# Values relayed between workers in one ZeroMQ message (the scheduler holds them
+# whole): when the cluster encrypts, or after the fetcher's streams failed.  Streamed
+# values have no cap: the relay holds one chunk of them at a time.
 MAX_RELAY_BYTES = 256 << 20
 MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail before
                             # the worker is kept instead
@@ -492,9 +496,9 @@ class SchedulerState:
         self.max_depth = max_depth
         self.max_error_text = max_error_text
         self.max_relay_bytes = max_relay_bytes
-        # Set by a shell with a relay for large values (bulk.py): a client's gather may
-        # then ask the holders to stream them to it through the relay.
-        self.stream_to_clients = False
+        # Set by a shell with a relay for large values (bulk.py): a client's gather, or
+        # a worker's relay, may then ask the holders to stream them through it.
+        self.relay_streams = False
         self.validating = validate
         self.generation = 0
         self.transition_count = 0
@@ -1358,6 +1362,7 @@ class SchedulerState:
         for gid, g in list(self.gathers.items()):
             if g["worker"] is ws:
                 del self.gathers[gid]           # a relay for it: nobody to answer
+                self._give_up_streams(g)
             elif wid in g["pending"]:
                 self._gather_worker_failed(gid, wid)
         for rid, r in list(self.runs.items()):
@@ -1367,9 +1372,8 @@ class SchedulerState:
                                             "text": f"worker died: {reason}"}
                 self._maybe_finish_run(rid)
         for key, sc in list(self.scatters.items()):
-            sc["pending"].discard(wid)
-            if not sc["pending"] and not sc["acked"]:
-                self._scatter_failed(key)
+            if wid in sc["pending"]:
+                self._scatter_target_lost(key, wid, f"the worker receiving {key!r} died")
         if self.plugin_events is not None:
             self.plugin_events.append(("remove_worker", ws.address))
         if self.moves:
@@ -1682,9 +1686,12 @@ class SchedulerState:
     def _on_relay(self, ws, msg):
         """``ws`` cannot reach the workers holding these keys: ask a holder for them
         and forward its answer as it came (opaque blobs, never unpickled), within
-        `max_relay_bytes`."""
+        `max_relay_bytes`; or, when ``ws`` can take streams, let the holder stream
+        large values to it through the shell's relay, uncapped (the answer lists
+        them as a client's gather does)."""
         self._new_gather(None, ws, msg["request_id"], list(msg["keys"]),
-                         self.max_relay_bytes)
+                         self.max_relay_bytes,
+                         stream=bool(msg.get("stream")) and self.relay_streams)
 
     def _on_add_keys(self, ws, msg):
         """Data was put on a worker (scatter) or copied to it (a move)."""
@@ -1710,6 +1717,15 @@ class SchedulerState:
         self.fill_workers()
         if self.moves:
             self._copies_made(ws, [entry[0] for entry in msg["keys"]])
+
+    def _on_put_failed(self, ws, msg):
+        """``ws`` could not download values streamed to it for a scatter."""
+        for key in msg["keys"]:
+            sc = self.scatters.get(key)
+            if sc is not None and ws.id in sc["pending"]:
+                self._scatter_target_lost(key, ws.id, (
+                    f"{key!r} did not reach worker {ws.address} through the scheduler's "
+                    "relay"))
 
     def _on_data(self, ws, msg):
         gid = msg["request_id"]
@@ -1766,6 +1782,7 @@ class SchedulerState:
         "peer-reachable": _on_peer_reachable,
         "relay": _on_relay,
         "add-keys": _on_add_keys,
+        "put-failed": _on_put_failed,
         "data": _on_data,
         "run-result": _on_run_result,
         "memory-exceeded": _on_memory_exceeded,
@@ -1878,8 +1895,8 @@ class SchedulerState:
         """Send values of keys to a client.  With ``wait``, keys still being computed
         are waited for here, so the answer leaves as soon as the last one is done."""
         max_bytes = msg.get("max_bytes")
-        stream = bool(msg.get("stream")) and self.stream_to_clients and max_bytes is None
-        if self.stream_to_clients:
+        stream = bool(msg.get("stream")) and self.relay_streams and max_bytes is None
+        if self.relay_streams:
             # Streams of an earlier answer the client could not take: their senders,
             # waiting at the relay, give up now.
             for ticket in msg.get("unwanted", ()):
@@ -1888,10 +1905,10 @@ class SchedulerState:
                          max_bytes, msg.get("wait"), stream)
 
     def _new_gather(self, cid, ws, request_id, keys, max_bytes, wait=False, stream=False):
-        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker.  With
-        `stream`, holders may send large values straight to the client through the
-        shell's relay: the answer then lists those streams (opaque: ticket, sizes,
-        keys) beside the values."""
+        """Values of ``keys`` for a client (``cid``) or, relayed, for a worker (``ws``).
+        With `stream`, holders may send large values straight to that receiver
+        through the shell's relay: the answer then lists those streams (opaque:
+        ticket, sizes, keys) beside the values."""
         gid = next(self._ids)
         g = self.gathers[gid] = {"client": cid, "worker": ws, "request_id": request_id,
                                  "pending": set(), "data": {}, "missing": [], "errors": {},
@@ -1941,7 +1958,8 @@ class SchedulerState:
             g["pending"].add(ws.id)
             msg = {"op": "send-data", "keys": wkeys, "request_id": gid}
             if g["stream"]:
-                msg["for"] = g["client"]
+                # Whom the holder signs the streamed message for: its receiver.
+                msg["for"] = g["client"] if g["worker"] is None else g["worker"].id
             if g["worker"] is not None:
                 msg["max_bytes"] = g["max_bytes"]
                 g["holders"].update(dict.fromkeys(wkeys, ws.address))
@@ -1977,9 +1995,12 @@ class SchedulerState:
         msg = {"request_id": g["request_id"], "data": g["data"],
                "missing": g["missing"], "errors": g["errors"]}
         ws = g["worker"]
+        if g["streams"]:
+            if (self.clients.get(g["client"]) is None if ws is None
+                    else self.workers.get(ws.id) is not ws):
+                self._give_up_streams(g)      # nobody left to download them
+            msg["streams"] = g["streams"]
         if ws is None:
-            if g["streams"]:
-                msg["streams"] = g["streams"]
             self.send_client(g["client"], {"op": "gather-result", **msg})
             return
         for key, error in g["errors"].items():
@@ -1989,6 +2010,12 @@ class SchedulerState:
                 f"the relay through the scheduler failed: {error['text']}")}
         if self.workers.get(ws.id) is ws:
             self.send_worker(ws, {"op": "relay-data", **msg})
+
+    def _give_up_streams(self, g):
+        """The holders' streams of gather ``g`` will never be downloaded: their
+        uploads, waiting at the relay, end now rather than at the relay's timeout."""
+        for stream in g["streams"]:
+            self.outbox.append(("relay", stream["ticket"], None))
 
     @staticmethod
     def _fit_gather(g):
@@ -2011,44 +2038,101 @@ class SchedulerState:
                 f"{key!r} is {blob.nbytes} bytes: with the other values asked for "
                 f"at the same time, more than {cap}")}
 
-    def _on_scatter(self, cid, msg):
-        """Put client data on workers; the client hears back once a worker holds it."""
+    def _scatter_workers(self, msg):
+        """The running workers a scatter may put data on, least loaded first."""
         running = [ws for ws in self.workers.values() if ws.status == "running"]
         allowed = msg.get("workers")
         if allowed:
             running = [ws for ws in running if ws.address in allowed or ws.name in allowed]
-        if not running:
+        return sorted(running, key=lambda w: (w.nbytes, len(w.has_what)))
+
+    @staticmethod
+    def _scatter_targets(ordered, i, broadcast):
+        return ordered if broadcast else [ordered[i % len(ordered)]]
+
+    def _on_scatter_targets(self, cid, msg):
+        """Where the large values of a scatter are to go ({key: [worker id]}), so
+        that the client streams each through the shell's relay signed for its
+        worker and announces the streams in "scatter"; None without a relay."""
+        ordered = self._scatter_workers(msg) if self.relay_streams else []
+        self._reply(cid, msg, {key: [ws.id for ws in self._scatter_targets(
+            ordered, i, msg.get("broadcast"))] for i, key in enumerate(msg["keys"])}
+            if ordered else None)
+
+    def _on_scatter(self, cid, msg):
+        """Put client data on workers; the client hears back once a worker holds it.
+        Values streamed through the relay (``streams``, each for the worker chosen
+        by "scatter-targets") are downloaded by their workers."""
+        ordered = self._scatter_workers(msg)
+        streams = msg.get("streams", ())
+        if not ordered:
+            for stream in streams:
+                self.outbox.append(("relay", stream["ticket"], None))
             self.send_client(cid, {"op": "scatter-failed", "request_id": msg["request_id"],
                                    "text": "no workers available to hold scattered data"})
             return
-        data = msg["data"]
         per_worker = {}
-        ordered = sorted(running, key=lambda w: (w.nbytes, len(w.has_what)))
-        for i, (key, value) in enumerate(data.items()):
-            ts = self.tasks.get(key)
-            if ts is None:
-                ts = self._new_task(key, None)
-            _add(ts, "who_wants", cid)
-            cs = self.clients.get(cid)
-            if cs is not None:
-                cs.wants_what.add(ts)
-            if ts.state == MEMORY:
-                self.send_client(cid, {"op": "scattered", "request_id": msg["request_id"],
-                                       "key": key})
+        for i, (key, value) in enumerate(msg["data"].items()):
+            if not self._scattering(cid, msg["request_id"], key):
                 continue
-            targets = running if msg.get("broadcast") else [ordered[i % len(ordered)]]
-            self.scatters[key] = {"client": cid, "request_id": msg["request_id"],
-                                  "pending": {ws.id for ws in targets}, "acked": False}
+            targets = self._scatter_targets(ordered, i, msg.get("broadcast"))
+            self.scatters[key]["pending"].update(ws.id for ws in targets)
             for ws in targets:
                 per_worker.setdefault(ws, {})[key] = value
         for ws, wdata in per_worker.items():
             self.send_worker(ws, {"op": "put-data", "data": wdata})
+        # Streams for workers still there first: a broadcast that lost a worker
+        # meanwhile is then done once the others hold the key.
+        for stream in sorted(streams, key=lambda st: st.get("worker") not in self.workers):
+            ws = self.workers.get(stream.get("worker"))
+            [key] = stream["keys"]
+            if not self._scattering(cid, msg["request_id"], key) or ws is None:
+                self.outbox.append(("relay", stream["ticket"], None))
+                if ws is None:
+                    self._scatter_target_lost(key, None, (
+                        f"the worker chosen to receive {key!r} left"))
+                continue
+            self.scatters[key]["pending"].add(ws.id)
+            self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
+            self.send_worker(ws, {"op": "put-data", "data": {}, "streams": [stream]})
 
-    def _scatter_failed(self, key):
-        sc = self.scatters.pop(key)
-        self.send_client(sc["client"], {"op": "scatter-failed",
-                                        "request_id": sc["request_id"],
-                                        "text": f"the worker receiving {key!r} died"})
+    def _scattering(self, cid, request_id, key):
+        """Whether ``key`` is to be put on workers (its pending scatter is made), or
+        is in memory already (the client is told so at once)."""
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self._new_task(key, None)
+        _add(ts, "who_wants", cid)
+        cs = self.clients.get(cid)
+        if cs is not None:
+            cs.wants_what.add(ts)
+        if ts.state == MEMORY:
+            self.send_client(cid, {"op": "scattered", "request_id": request_id,
+                                   "key": key})
+            return False
+        sc = self.scatters.get(key)
+        if sc is None or (sc["client"], sc["request_id"]) != (cid, request_id):
+            self.scatters[key] = {"client": cid, "request_id": request_id,
+                                  "pending": set(), "acked": False}
+        return True
+
+    def _scatter_target_lost(self, key, wid, text):
+        """A worker that was to store ``key`` will not (``wid``; None: none was
+        found): once no other one is pending, the client hears that the key is
+        stored (another worker has it) or failed."""
+        sc = self.scatters.get(key)
+        if sc is None:
+            return
+        sc["pending"].discard(wid)
+        if sc["pending"]:
+            return
+        del self.scatters[key]
+        if sc["acked"]:
+            self.send_client(sc["client"], {"op": "scattered",
+                                            "request_id": sc["request_id"], "key": key})
+        else:
+            self.send_client(sc["client"], {"op": "scatter-failed",
+                                            "request_id": sc["request_id"], "text": text})
 
     def _on_run(self, cid, msg):
         self._fan_out(cid, msg["request_id"], {"op": "run", "function": msg["function"]},
@@ -2521,6 +2605,7 @@ class SchedulerState:
         "cancel": _on_cancel,
         "gather": _on_gather,
         "scatter": _on_scatter,
+        "scatter-targets": _on_scatter_targets,
         "run": _on_run,
         "info": _on_info,
         "set-collection": _on_set_collection,

@@ -56,6 +56,7 @@ from .system import host_cores, host_memory, malloc_trim
 RETIRE = object()          # a pool thread taking this leaves: a seceded one rejoined
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
+RELAY_STREAM_TRIES = 2     # streamed relays failing in a row before one-message relays
 
 
 def inline(value, nbytes, job):
@@ -169,6 +170,7 @@ class Worker:
             ttl=gather_timeout)
         self.no_bulk = set()                   # peers whose side channel failed us
         self.relay_port = None                 # the scheduler's relay, from "welcome"
+        self.relay_failures = 0                # streamed relays failed in a row
         self.uploads = bulk.Pool("dask-ipy-upload")
         self.name = name if name is not None else self.address
         self.process = psutil.Process()
@@ -436,14 +438,89 @@ class Worker:
         self._to_state(msg)
 
     def _on_relay_data(self, msg):
+        """Data the scheduler fetched for a relay: in the message, or, large, streamed
+        by its holders into the scheduler's relay, downloaded from there on a thread
+        of its own (bulk.receive checks each stream as a client does: the announced
+        sizes, the MAC of a message signed for this worker, its ticket)."""
+        streams = msg.get("streams")
+        if not streams:
+            self._gather_done(RELAY, msg)
+            return
+        pending = self.gather_timers.get(RELAY)
+        if pending is None or pending[0] != msg.get("request_id"):
+            self._give_up_streams(streams)       # a fetch given up meanwhile
+            return
+        # The download has timeouts of its own (connecting, each read): the fetch's
+        # timer would cut a long stream short.
+        IOLoop.cancel_timer(pending[1])
+        self.gather_timers[RELAY] = (pending[0], None, pending[2])
+        threading.Thread(target=self._receive_relayed, args=(msg,), daemon=True,
+                         name="dask-ipy-relay-fetch").start()
+
+    def _receive_relayed(self, msg):
+        try:
+            data = bulk.receive(self.session, host_of(self.scheduler_address),
+                                self.relay_port, msg["streams"], self.gather_timeout,
+                                self.connect_timeout)
+        except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
+            logger.warning("worker %s: a stream through the scheduler's relay failed "
+                           "(%s); asking the relay again", self.address, e)
+            self.loop.call_soon(self._relay_stream_failed, msg)
+            return
+        self.loop.call_soon(self._relay_streamed, msg, data)
+
+    def _relay_streamed(self, msg, data):
+        self.relay_failures = 0
+        msg["data"] = {**msg.get("data", {}), **data}
         self._gather_done(RELAY, msg)
 
+    def _relay_stream_failed(self, msg):
+        """The holder died, the relay or the scheduler went away, a stream was not
+        what was announced: the keys are fetched again (the scheduler then finds
+        them elsewhere, or missing).  After `RELAY_STREAM_TRIES` failures in a row
+        they are asked for in one message instead, within the scheduler's cap."""
+        self._give_up_streams(msg["streams"])
+        if self._take_pending(RELAY, msg.get("request_id")) is None:
+            return
+        self.relay_failures += 1
+        self._handle("gather-failed", peer=RELAY)
+
+    def _give_up_streams(self, streams):
+        """The uploads waiting at the relay for these streams end now."""
+        for stream in streams:
+            self.outgoing.append({"op": "stream-failed", "ticket": stream.get("ticket")})
+
     def _on_put_data(self, msg):
-        self._put_data(msg["data"])
+        """Scattered values: in the message, or streamed by the client into the
+        scheduler's relay, downloaded on a thread as a relay's are."""
+        streams = msg.get("streams")
+        if not streams:
+            self._put_data(msg["data"])
+            return
+        threading.Thread(target=self._receive_scattered, args=(streams,), daemon=True,
+                         name="dask-ipy-put-fetch").start()
+
+    def _receive_scattered(self, streams):
+        try:
+            data = bulk.receive(self.session, host_of(self.scheduler_address),
+                                self.relay_port, streams, self.gather_timeout,
+                                self.connect_timeout)
+        except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
+            logger.warning("worker %s: scattered data did not come through the "
+                           "scheduler's relay (%s)", self.address, e)
+            self.loop.call_soon(self._put_failed, streams)
+            return
+        self.loop.call_soon(self._put_data, data)
+
+    def _put_failed(self, streams):
+        self._give_up_streams(streams)
+        self.outgoing.append({"op": "put-failed",
+                              "keys": [key for stream in streams for key in stream["keys"]]})
 
     def _on_welcome(self, msg):
         self.max_send_bytes = msg.get("max_message_bytes")
         self.relay_port = msg.get("relay_port")
+        self.relay_failures = 0
         clients = msg.get("address_to_clients")
         if clients:
             # Reached the way this worker reaches the scheduler (it may bind a
@@ -916,6 +993,10 @@ class Worker:
         self.recorder.fetch_started(peer, time.time())
         if peer == RELAY:
             msg["op"] = "relay"
+            # Large values may stream here through the scheduler's relay (none when
+            # the cluster encrypts: no relay is named then).
+            msg["stream"] = (bool(self.relay_port)
+                             and self.relay_failures < RELAY_STREAM_TRIES)
             self.outgoing.append(msg)
             return
         sock = self.peers.get(peer) or self._connect_peer(peer)

@@ -11,7 +11,8 @@ Task states on a worker::
       └─ missing ◀┘                      (no peer had it: the scheduler is told)
 
 A dependency held only by peers this worker cannot reach (`unreachable`) is in flight
-from `RELAY`: the scheduler fetches it from a holder and forwards it.
+from `RELAY`: the scheduler fetches it from a holder and forwards it, or has the
+holder stream it through the scheduler's relay for the shell to download.
     waiting ──▶ ready ──▶ executing ──▶ memory   (a task this worker computes)
 
 State, documented once:
@@ -560,7 +561,8 @@ class WorkerState:
             out.append(Send({"op": "add-keys", "keys": copies}))
 
     def _on_gather_failed(self, out, peer):
-        """No answer from ``peer`` (or the relay) in time: fetch those keys again."""
+        """No answer from ``peer`` (or the relay) in time, or the relay's streams
+        failed: fetch those keys again."""
         for key in self.in_flight.pop(peer, ()):
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "flight":

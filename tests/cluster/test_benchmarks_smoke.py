@@ -118,3 +118,24 @@ def test_scale_simulation_quick(tmp_path):
     assert all(x["bytes_per_task"] > 0 for x in data["memory"])
     assert all(x["steals_asked"] == 1 for x in data["decisions"])
     assert "per-task cost at" in r.stdout
+
+
+@pytest.mark.timeout(300)
+def test_relay_quick_run(tmp_path):
+    """Both modes of the relay benchmark run; only the streamed one passes its bytes
+    through the scheduler's TCP relay."""
+    out = tmp_path / "relay.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.relay", "--quick",
+                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    runs = {run["mode"]: run for run in data["runs"]}
+    assert set(runs) == {"stream", "one-message"}
+    for run in runs.values():
+        assert run["ok"], run
+        assert run["MB_s"] > 0 and run["idle_ms"]["n"] == 30
+        assert run["scatter_MB_s"] > 0
+    assert runs["stream"]["relayed_by_stream"] >= data["nbytes"]
+    assert runs["one-message"]["relayed_by_stream"] == 0
+    assert "| stream |" in r.stdout
