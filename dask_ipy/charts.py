@@ -369,7 +369,112 @@ def memory_svg(memory, t0, t1, width=1000, height=200, left=70):
     return "".join(out)
 
 
+# ---------------------------------------------------------------- profiles
+
+def flame_svg(tree, label="", width=1000, row=17, min_width=0.5):
+    """A flame chart of a call tree (`profiling`): the root on top, each function
+    below its caller, as wide as its share of the samples; colour by file.  Each
+    frame carries ``data-name``, ``data-filename``, ``data-line``, ``data-count`` and
+    ``data-depth``; frames narrower than ``min_width`` pixels are left out."""
+    from .profiling import flatten
+
+    total = tree["count"]
+    rects = flatten(tree, min_width / width) if total else []
+    depth = max((r[0] for r in rects), default=0) + 1
+    height = depth * row + 4
+    scale = width / max(total, 1)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" data-dask-ipy="flame" '
+           f'data-label="{esc(label)}" data-samples="{total}" '
+           f'data-frames="{len(rects)}" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" style="{FONT};font-size:11px">']
+    for d, offset, count, node in rects:
+        x, w, y = offset * scale, count * scale, d * row
+        desc = node["description"]
+        if d == 0:
+            name, filename, line, text = (f"{label} all" if label else "all"), "", "", ""
+            color = "#bdbdbd"
+        else:
+            name, filename = desc["name"], desc["filename"]
+            line, text = desc["line_number"], desc["line"]
+            color = color_of(filename)
+        share = count / max(total, 1)
+        tip = (f"{name} ({filename}:{line})\n{text}\n" if d else f"{name}\n") + \
+            f"{count} samples, {share:.1%}"
+        out.append(f'<g data-dask-ipy="flame-frame" data-name="{esc(name)}" '
+                   f'data-filename="{esc(filename)}" data-line="{esc(line)}" '
+                   f'data-count="{count}" data-depth="{d}">'
+                   f'<rect x="{x:.2f}" y="{y}" width="{max(w - 0.5, 0.5):.2f}" '
+                   f'height="{row - 1}" fill="{color}" fill-opacity="0.85">'
+                   f'<title>{esc(tip)}</title></rect>')
+        chars = int((w - 6) / 6.5)
+        if chars >= 3:
+            shown = name if len(name) <= chars else name[:chars - 1] + "…"
+            out.append(f'<text x="{x + 3:.2f}" y="{y + row - 5}" fill="#000" '
+                       f'pointer-events="none">{esc(shown)}</text>')
+        out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def top_table(rows):
+    """The functions that took most samples (`profiling.top`)."""
+    return table_html(
+        "profile-top", ["function", "own samples", "on the stack", "where"],
+        [[f'<span style="{MONO}">{esc(r["name"])}</span>', r["self"], r["total"],
+          f'<span style="{MONO};{MUTED}">{esc(r["filename"])}:{r["line_number"]}'
+          f'</span>'] for r in rows],
+        [{"name": r["name"], "self": r["self"], "total": r["total"]} for r in rows])
+
+
+def profile_section(trees):
+    """The flame charts and top functions of ``trees`` ({label: tree})."""
+    from .profiling import merge, top
+
+    merged = merge(*trees.values())
+    if not merged["count"]:
+        return ('<div data-dask-ipy="profile-empty" style="opacity:0.7">no samples: '
+                'no task ran while the workers sampled (or sampling is off)</div>')
+    charts = "".join(f'<div class="scroll">{flame_svg(t, label=short_address(w))}'
+                     f'</div>' for w, t in trees.items())
+    return (f'{charts}<div class="note">the functions with most samples</div>'
+            f'{top_table(top(merged))}')
+
+
+def profile_html(trees, title="dask_ipy profile"):
+    """One self-contained HTML page of profiles (``trees``: {label: tree}, one
+    chart each), their data inside as JSON."""
+    payload = json.dumps(trees, separators=(",", ":"), default=str).replace("</", "<\\/")
+    samples = sum(t["count"] for t in trees.values())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{esc(title)}</title>
+<style>
+body {{ {FONT}; margin: 24px; background: #fff; color: #222; }}
+h1 {{ font-size: 20px; margin: 0 0 4px 0; }}
+.note {{ opacity: 0.7; margin: 2px 0 8px 0; }}
+.scroll {{ overflow-x: auto; }}
+</style></head>
+<body data-dask-ipy="profile" data-samples="{samples}">
+<h1>{esc(title)}</h1>
+<div class="note">{samples} samples of the stacks of the workers' task threads; each
+function below its caller, as wide as its share of the samples (hover for the line)
+</div>
+{profile_section(trees)}
+<script type="application/json" id="dask-ipy-profile-data">{payload}</script>
+</body></html>
+"""
+
+
 # ---------------------------------------------------------------- the report
+
+def _report_profile(data):
+    profile = data.get("profile")
+    if profile is None:
+        return ""
+    return (f'<h2>What the task threads ran</h2><section data-dask-ipy="report-profile">'
+            f'<div class="note">stacks sampled on the workers during the report'
+            f'</div>{profile_section({"": profile})}</section>')
+
 
 def report_html(data):
     """One self-contained HTML page of a performance report (see
@@ -422,7 +527,7 @@ grey: (de)serialization, orange: reads from disk, black: errors</div>
 <div class="scroll">{memory_svg(data["memory"], t0, t1)}</div>
 <h2>Transfers between workers</h2>
 {transfers_html(data["transfers"])}
-<h2>Data</h2>
+{_report_profile(data)}<h2>Data</h2>
 <div class="note">everything above as JSON:
 <a data-dask-ipy="download-json" href="#" download="report.json">save report.json</a></div>
 <script type="application/json" id="dask-ipy-report-data">{payload}</script>

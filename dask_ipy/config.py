@@ -46,6 +46,13 @@ DEFAULTS = {
             # record every task (start, stop, thread, inputs fetched) for the task
             # stream and performance reports
             "task-stream": True,
+            # sample the stacks of the threads running tasks, for Client.profile
+            "profile": {
+                "enabled": True,
+                "interval": "10ms",       # between two samples
+                "cycle": "1s",            # samples are kept per cycle of this length
+                "history": 1000,          # cycles kept (those with samples only)
+            },
         },
         "client": {
             # seconds a worker may stay paused before clients and the widget warn
@@ -74,6 +81,18 @@ def memory_fractions(**overrides):
             value = get(f"worker.memory.{name}")
         out[name] = False if value is None or value is False else float(value)
     return out
+
+
+def profile_settings():
+    """(interval, cycle) in seconds and the cycles kept, or None if the workers do
+    not sample, from dask.config."""
+    from dask.utils import parse_timedelta
+
+    if not get("worker.profile.enabled"):
+        return None
+    return (float(parse_timedelta(get("worker.profile.interval"), "s")),
+            float(parse_timedelta(get("worker.profile.cycle"), "s")),
+            int(get("worker.profile.history")))
 
 
 def paused_warning():

@@ -67,6 +67,8 @@ KINDS = {
         "task-stream": "records of the tasks that ended since the last flush (start, "
                        "stop, thread, inputs fetched, (de)serialization), as one batch "
                        "of columns: taskstream.py",
+        "profile": "the answer to 'get-profile': the worker's call tree of the span "
+                   "and group asked (profiling.py), None if it does not sample",
     },
     (SCHEDULER, WORKER): {
         "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",
@@ -97,6 +99,8 @@ KINDS = {
         "acquire-replicas": "fetch copies of these keys from their holders and keep "
                             "them (a move: retire, replicate, rebalance)",
         "restart-worker": "drop everything, tear the plugins down and register again",
+        "get-profile": "the call tree of the task threads' sampled stacks ('start', "
+                       "'stop', 'key' group), for a client's 'get-profile' ('token')",
     },
     (CLIENT, SCHEDULER): {
         "hello": "after each connection: which start of the scheduler is this ('nonce')",
@@ -135,6 +139,8 @@ KINDS = {
         "client-options": "a client's options: when to warn of a paused worker",
         "get-task-stream": "a page of the task stream's records (by number or by time)",
         "get-memory-history": "the workers' memory sampled over time (since a time)",
+        "get-profile": "the workers' sampled call trees (merged, or per worker), "
+                       "asked of each worker and gathered within a 'timeout'",
     },
     (SCHEDULER, CLIENT): {
         "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",

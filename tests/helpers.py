@@ -877,3 +877,21 @@ def fail_inside_worker_client(x):
     with worker_client() as c:
         c.submit(inc, x).result()
         raise Boom(f"failed after launching {x}")
+
+
+def spin(seconds, value=None):
+    """Keep a thread busy in Python code (the profiler sees this function)."""
+    end = time.time() + seconds
+    n = 0
+    while time.time() < end:
+        n += 1
+    return value
+
+
+def spin_elsewhere(seconds, value=None):
+    """The same work under another name, for tests that tell two tasks apart."""
+    end = time.time() + seconds
+    n = 0
+    while time.time() < end:
+        n += 1
+    return value

@@ -22,13 +22,14 @@ import datetime
 import json as _json
 import time
 
-from .. import charts
+from .. import charts, profiling
 from ..addresses import dashboard_url
 from ..logs import worker_logs
 from ..taskstream import Breakdown, records, report_data
 from .waits import then
 
 PAGE = 100_000                # records asked for at once (the scheduler's cap too)
+PROFILE_TIMEOUT = 10.0        # seconds the scheduler waits for the workers' profiles
 
 
 def _when(value, now):
@@ -102,6 +103,40 @@ class ObserveMethods:
         compatibility."""
         return self.run(worker_logs, n, workers=workers)
 
+    def _profile_op(self, key=None, start=None, stop=None, workers=None,
+                    merge_workers=True, timeout=PROFILE_TIMEOUT):
+        if isinstance(workers, (str, int)):
+            workers = [workers]
+        return (yield from self.shell.request_op(
+            {"op": "get-profile", "key": key, "start": start, "stop": stop,
+             "workers": None if workers is None else list(workers),
+             "merge_workers": bool(merge_workers), "timeout": timeout},
+            timeout=timeout + 30))
+
+    def profile(self, key=None, start=None, stop=None, workers=None,
+                merge_workers=True, plot=False, filename=None):
+        """What the workers' task threads spent their time on: the stacks sampled
+        every 10 ms (``dask-ipy.worker.profile.interval``) as a call tree, the shape
+        dask.distributed's profile has (nested dicts of "identifier", "count",
+        "description" {"filename", "name", "line_number", "line"} and "children").
+
+        ``key``: only tasks of this group ("inc", or a key such as "inc-ab12" standing
+        for its group); ``start``/``stop``: samples of this span (seconds since the
+        epoch, a datetime, or a duration ago such as "30 s"; kept per second, for
+        the last 1000 seconds with samples); ``workers``: addresses (or names) to ask,
+        default all; ``merge_workers=False``: {address: tree}.  Workers that do not
+        answer within 10 s are left out.  ``filename``: write the flame chart (one
+        HTML file, no network needed), and ``plot=True`` returns (tree, chart)
+        instead of the tree (``plot="save"`` writes "dask-profile.html")."""
+        now = time.time()
+        op = self._profile_op(key, _when(start, now), _when(stop, now), workers,
+                              merge_workers)
+        if plot == "save" and not filename:
+            filename = "dask-profile.html"
+        if filename or plot:
+            op = then(op, lambda state: _profile_chart(state, filename, key))
+        return self.run_op(op)
+
     # -- used by performance_report
 
     def _report_op(self, since, began, title):
@@ -113,8 +148,35 @@ class ObserveMethods:
         info = yield from self.shell.request_op({"op": "info", "what": "scheduler-info"})
         workers = {a: {"nthreads": w["nthreads"], "name": w["name"], "host": w["host"]}
                    for a, w in info["workers"].items()}
-        return report_data(breakdown, memory, workers, began, ended, title,
+        profile = yield from self._profile_op(start=began, stop=ended)
+        data = report_data(breakdown, memory, workers, began, ended, title,
                            self.address)
+        data["profile"] = profile
+        return data
+
+
+class ProfileChart:
+    """A flame chart of a profile: ``html`` (the whole page), shown as SVG in a
+    notebook."""
+
+    def __init__(self, html_page, svg):
+        self.html = html_page
+        self.svg = svg
+
+    def _repr_html_(self):
+        return self.svg
+
+
+def _profile_chart(state, filename, key):
+    """(state, chart), the page written to ``filename`` if given."""
+    trees = state if "children" not in state else {"": state}
+    title = "dask_ipy profile" + (f" of {profiling.group_of(key)}" if key else "")
+    page = charts.profile_html(trees, title)
+    if filename:
+        with open(filename, "w", encoding="utf-8") as f:
+            f.write(page)
+    return state, ProfileChart(page, "".join(charts.flame_svg(t, label=w)
+                                             for w, t in trees.items()))
 
 
 def _client(client):

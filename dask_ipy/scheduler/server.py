@@ -22,7 +22,7 @@ import time
 
 import zmq
 
-from .. import bulk, messages
+from .. import bulk, messages, profiling
 from ..addresses import ANY_HOST, advertised_host, dashboard_url
 from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
@@ -69,6 +69,7 @@ class Scheduler:
         self.task_stream = TaskStream(task_stream_length)
         self.memory_history = MemoryHistory()
         self._stream_shown = 0                 # task stream records in snapshots sent
+        self.profiles = {}                     # {token: profile gather in flight}
         self.loop_lag = 0.0                    # how late the last monitor tick ran
         host = advertised_host(hostname)
         self.dashboard = None
@@ -221,6 +222,17 @@ class Scheduler:
         if self.relay is not None:
             self.relay.cancel(msg.get("ticket"))
 
+    def _on_profile(self, wid, msg, now):
+        pending = self.profiles.get(msg.get("token"))
+        if pending is None or wid not in pending["waiting"]:
+            return                     # late, after the timeout: the client has its answer
+        pending["waiting"].discard(wid)
+        ws = self.state.workers.get(wid)
+        if ws is not None and msg.get("profile") is not None:
+            pending["trees"][ws.address] = msg["profile"]
+        if not pending["waiting"]:
+            self._answer_profile(msg["token"])
+
     def _worker_to_state(self, wid, msg, now):
         if not self.state.handle_worker_message(wid, msg, now):
             self.state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
@@ -233,6 +245,7 @@ class Scheduler:
         "unregister": _on_unregister,
         "stream-failed": _on_stream_failed,
         "task-stream": _on_task_stream,
+        "profile": _on_profile,
     }
 
     def _on_disconnect(self, frames):
@@ -338,6 +351,43 @@ class Scheduler:
         self.loop.call_later(msg.get("timeout", 60.0), self.state.restart_timed_out,
                              token)
 
+    def _on_get_profile(self, cid, msg):
+        """Ask the workers (all, or those named by address or name) for their sampled
+        call trees; answer once all have, or after ``timeout`` seconds with the trees
+        of those that did: merged (`profiling.merge`), or {address: tree}."""
+        named = msg.get("workers")
+        workers = list(self.state.workers.values())
+        if named is not None:
+            named = set(named)
+            workers = [ws for ws in workers if ws.address in named or ws.name in named]
+        token = new_id("profile").decode()
+        self.profiles[token] = {"cid": cid, "request_id": msg["request_id"],
+                                "merge": msg.get("merge_workers", True),
+                                "waiting": {ws.id for ws in workers}, "trees": {}}
+        if not workers:
+            self._answer_profile(token)
+            return
+        ask = {"op": "get-profile", "token": token, "start": msg.get("start"),
+               "stop": msg.get("stop"), "key": msg.get("key")}
+        for ws in workers:
+            self.state.send_worker(ws, dict(ask))
+        self.loop.call_later(float(msg.get("timeout") or 10.0), self._answer_profile,
+                             token)
+
+    def _answer_profile(self, token):
+        pending = self.profiles.pop(token, None)
+        if pending is None:
+            return                     # every worker answered before the timeout
+        if pending["waiting"]:
+            logger.info("scheduler: %d workers did not send their profile in time",
+                        len(pending["waiting"]))
+        trees = pending["trees"]
+        result = (profiling.merge(*trees.values()) if pending["merge"]
+                  else dict(sorted(trees.items())))
+        self.state.send_client(pending["cid"], {"op": "reply",
+                                                "request_id": pending["request_id"],
+                                                "result": result})
+
     FROM_CLIENTS = {
         "hello": _on_client_hello,
         "register-client": _on_register_client,
@@ -350,6 +400,7 @@ class Scheduler:
         "restart-workers": _on_restart_workers,
         "get-task-stream": _on_get_task_stream,
         "get-memory-history": _on_get_memory_history,
+        "get-profile": _on_get_profile,
     }
 
     # ---------------------------------------------------------------- send

@@ -55,6 +55,7 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
 from .recording import CANCELLED, ERROR, OK, Recorder
+from .sampler import Sampler
 from .state import RELAY, Execute, GatherDep, Rejoin, Send, ToClient, WorkerState
 from .store import SpillStore, Spilled
 from .system import host_cores, host_memory, malloc_trim
@@ -219,6 +220,7 @@ class Worker:
         context.add_worker(self)
         context.install()
         self.loop.call_later(heartbeat_interval, self._heartbeat)
+        self.sampler = self._start_sampler()
         self.loop.start()
         if self.monitor is not None:
             self.monitor.start()
@@ -570,6 +572,11 @@ class Worker:
         self._reconnect("restarting on request", logging.INFO)
         return False                   # the rest of the batch was for the old one
 
+    def _on_get_profile(self, msg):
+        tree = (self.sampler.select(msg.get("start"), msg.get("stop"), msg.get("key"))
+                if self.sampler is not None else None)
+        self.outgoing.append({"op": "profile", "token": msg["token"], "profile": tree})
+
     def _on_ping(self, msg):
         """Pings only test that this worker is reachable; "registered" needs no
         answer either ("welcome" follows)."""
@@ -591,6 +598,7 @@ class Worker:
         "restart-worker": _on_restart_worker,
         "ping": _on_ping,
         "registered": _on_ping,
+        "get-profile": _on_get_profile,
     }
 
     def _handle(self, op, **kw):
@@ -689,6 +697,16 @@ class Worker:
                              name=f"dask-ipy-worker-task-{len(self.threads)}")
         t.start()
         self.threads = [th for th in self.threads if th.is_alive()] + [t]
+
+    def _start_sampler(self):
+        """Stacks of the threads running tasks, sampled for `Client.profile` (see
+        sampler.py), unless ``dask-ipy.worker.profile.enabled`` is off."""
+        settings = cfg.profile_settings()
+        if settings is None:
+            return None
+        interval, cycle, history = settings
+        return Sampler(self.running, interval, cycle, history,
+                       stop=(Worker._run_job.__code__,)).start()
 
     def secede(self):
         """On a task's thread: give its thread slot back while it waits for other
@@ -1329,6 +1347,9 @@ class Worker:
             else:
                 client.close()
         context.uninstall()
+        sampler = getattr(self, "sampler", None)
+        if sampler is not None:
+            sampler.close()
         self.log_buffer.detach()
         if self.monitor is not None:
             self.monitor.stop()

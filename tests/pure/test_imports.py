@@ -29,6 +29,9 @@ FORBIDDEN = {"zmq", "socket", "threading", "time", "asyncio", "select", "selecto
 FOREIGN = {
     ("dask_ipy.bootstrap", "ipclient._config"):
         "ipyparallel's Client keeps the controller's URL only there",
+    ("dask_ipy.worker.sampler", "sys._current_frames"):
+        "the only way to read the stacks of other threads, which a sampling profiler "
+        "samples",
     ("dask_ipy.worker.server", "os._exit"):
         "a worker past its memory limit ends its process from the memory watch "
         "thread, where sys.exit would end only the thread",
