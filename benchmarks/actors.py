@@ -22,7 +22,6 @@ class is pickled by value, so the workers need not import this module.  The JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .clusters import DaskIpyCluster, DistributedCluster
+from .clusters import DaskIpyCluster, DistributedCluster, finish
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"full": {"sequential": 3000, "pipelined": 10000, "attribute": 3000,
@@ -142,11 +141,7 @@ def main(argv=None):
             cluster.close()
         figures.update(system=system, load=os.getloadavg())
         results["runs"].append(figures)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    print(table(results))
-    print(f"log: {log}", file=sys.stderr)
-    return 0 if all(r["ok"] for r in results["runs"]) else 1
+    return finish(results, args.json, table, log)
 
 
 def table(results):

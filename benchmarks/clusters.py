@@ -7,7 +7,10 @@ each system's default."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
+from pathlib import Path
 
 from . import procs
 
@@ -77,3 +80,13 @@ class DistributedCluster:
             self.client.close()
         with contextlib.suppress(Exception):
             self.cluster.close(timeout=30)
+
+
+def finish(results, path, table, log) -> int:
+    """Write a run's ``results`` to the JSON file at ``path``, print its table (and
+    where its processes logged); 0 if every run went through, else 1."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=1, default=str))
+    print(table(results))
+    print(f"log: {log}", file=sys.stderr)
+    return 0 if all(r.get("ok") for r in results["runs"]) else 1

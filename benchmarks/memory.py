@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from . import procs
-from .clusters import DaskIpyCluster, DistributedCluster
+from .clusters import DaskIpyCluster, DistributedCluster, finish
 from .dask_workloads import optimized_tasks, tall_skinny
 
 GiB = 2**30
@@ -192,10 +192,7 @@ def main(argv=None):
             figures.update(workload=workload, system=label, load=os.getloadavg())
             results["runs"].append(figures)
             print(json.dumps(figures, default=str)[:400], file=sys.stderr, flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    print(table(results))
-    print(f"log: {log}", file=sys.stderr)
+    finish(results, args.json, table, log)
 
 
 def table(results):

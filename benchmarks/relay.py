@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from . import procs
+from .clusters import finish
 
 HERE = Path(__file__).resolve().parent
 MB = 1_000_000
@@ -289,11 +290,7 @@ def main(argv=None):
                 cluster.close()
         figures["load"] = os.getloadavg()
         results["runs"].append(figures)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    print(table(results))
-    print(f"log: {log}", file=sys.stderr)
-    return 0 if all(r["ok"] for r in results["runs"]) else 1
+    return finish(results, args.json, table, log)
 
 
 def cell(q):

@@ -143,6 +143,23 @@ class Lab:
         self.log.close()
 
 
+def open_offline(browser, path):
+    """Open the file at ``path`` in a page that may load nothing else (only file: and
+    blob: URLs); the page, and the list of every other URL it tried (refused)."""
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    outside = []
+
+    def only_the_file(route):
+        if route.request.url.startswith(("file://", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+    page.route("**/*", only_the_file)
+    page.goto(path.as_uri())
+    return page, outside
+
+
 @pytest.fixture
 def lab(tmp_path):
     for attempt in range(3):

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 from helpers import processes, spin, spin_elsewhere
-from test_browser import browser  # noqa: F401  (the fixture)
+from test_browser import browser, open_offline  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -31,17 +31,7 @@ def test_flame_chart_opens_offline_in_chromium(browser, tmp_path):  # noqa: F811
     with processes(tmp_path, nthreads=2) as (_, c):
         c.gather([c.submit(spin, 1.5), c.submit(spin_elsewhere, 0.4)])
         state, _ = c.profile(filename=str(html))
-    page = browser.pages[0] if browser.pages else browser.new_page()
-    outside = []
-
-    def only_the_file(route):
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-    page.route("**/*", only_the_file)
-    page.goto(html.as_uri())
+    page, outside = open_offline(browser, html)
     got = page.evaluate(READ_PAGE)
     assert outside == []
     assert got["samples"] == state["count"] > 0

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 from helpers import fail, processes, slow_inc
-from test_browser import browser  # noqa: F401  (the fixture)
+from test_browser import browser, open_offline  # noqa: F401  (the fixture)
 
 import dask_ipy
 
@@ -50,17 +50,7 @@ def test_report_opens_offline_in_chromium(browser, tmp_path):  # noqa: F811
             assert c.submit(sum, xs, workers=[b]).result() == 78
             bad = c.submit(fail, 0)
             dask_ipy.wait([bad])
-    page = browser.pages[0] if browser.pages else browser.new_page()
-    outside = []
-
-    def only_the_file(route):
-        if route.request.url.startswith("file://") or route.request.url.startswith("blob:"):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-    page.route("**/*", only_the_file)
-    page.goto(html.as_uri())
+    page, outside = open_offline(browser, html)
     got = page.evaluate(READ_REPORT)
     assert outside == []
     assert (got["tasks"], got["errors"], got["workers"]) == (14, 1, 2)
