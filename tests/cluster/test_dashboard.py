@@ -75,18 +75,20 @@ def test_page_snapshot_and_metrics_of_real_processes(tmp_path):
         assert 'data-dask-ipy="task-stream"' in got["stream"]
         assert got["stream"].count('data-dask-ipy="task" data-key=""') >= 3
 
+        # Each worker reports its transfer counters in its own heartbeat: the
+        # sender's may come after the receiver's.
         def counted():
             m = metrics(base)
             return m[("dask_ipy_tasks_finished_total", ())] == 2 and \
                 m[("dask_ipy_worker_transfer_bytes_total",
-                   (("direction", "incoming"), ("worker", b)))] > 0
+                   (("direction", "incoming"), ("worker", b)))] > 0 and \
+                m[("dask_ipy_worker_transfer_bytes_total",
+                   (("direction", "outgoing"), ("worker", a)))] > 0
         wait_for(counted, timeout=10, message="the metrics to count the tasks")
         m = metrics(base)
         assert m[("dask_ipy_tasks_erred_total", ())] == 1
         assert m[("dask_ipy_tasks", (("state", "memory"),))] == 2
         assert m[("dask_ipy_workers", ())] == 2
-        assert m[("dask_ipy_worker_transfer_bytes_total",
-                  (("direction", "outgoing"), ("worker", a)))] > 0
         for w in (a, b):
             assert m[("dask_ipy_worker_memory_bytes",
                       (("type", "unmanaged"), ("worker", w)))] > 0
