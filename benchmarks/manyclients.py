@@ -84,12 +84,11 @@ class ClientProcess:
         self.reader.join(2)
 
 
-def many_clients(system, size, nclients=8):
+def many_clients(system, size, timeout, fresh, nclients=8):
     """n. ``nclients`` client processes submitting ``size`` tiny tasks each at once,
-    against one of them submitting ``nclients * size`` alone; aggregate tasks/s."""
-    from .workloads import _timeout, fresh
-
-    timeout = _timeout(system)
+    against one of them submitting ``nclients * size`` alone; aggregate tasks/s.
+    ``timeout``: seconds any one answer may take; ``fresh()``: a new run number
+    (arguments never repeat between runs)."""
     log = open(system.log_path, "ab", buffering=0)
     clients = []
     try:

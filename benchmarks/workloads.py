@@ -24,8 +24,7 @@ import statistics
 import time
 from time import perf_counter
 
-from . import chain, dask_workloads, procs, tasks
-from .manyclients import many_clients
+from . import chain, dask_workloads, manyclients, procs, tasks
 from .systems import ENGINES, ipcluster
 
 _runs = itertools.count(1)
@@ -38,6 +37,11 @@ def fresh():
 
 def _timeout(system):
     return system.settings.get("wait_timeout", 600.0)
+
+
+def many_clients(system, size):
+    """n. eight client processes at once against one alone (manyclients.py)."""
+    return manyclients.many_clients(system, size, _timeout(system), fresh)
 
 
 def _check(ok, what):
