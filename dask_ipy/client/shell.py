@@ -238,6 +238,16 @@ class ClientShell:
         return (yield Answer(fut, timeout, f"{msg['op']!r} from the scheduler at "
                                            f"{self.address}"))
 
+    def _gather_future(self, msg):
+        """Send the gather ``msg`` through the state machine, which answers it itself
+        when the values all came straight from their workers; a Future of the
+        answer."""
+        fut = cf.Future()
+        self._call(self.state.gather, msg, fut)
+        if not fut.done():
+            self._wake_loop()
+        return fut
+
     def scatter_op(self, msg, keys, timeout=None):
         """Send a scatter of ``keys``; done once all of them are stored."""
         fut = cf.Future()
@@ -311,10 +321,7 @@ class ClientShell:
         self.check_open()
         with LOCK:
             msg = self.state.gather_message(keys, wait, self.session.max_message_bytes)
-        fut = cf.Future()
-        self._call(self.state.gather, dict(msg), fut)
-        if not fut.done():
-            self._wake_loop()
+        fut = self._gather_future(dict(msg))
         reply = yield Answer(fut, _remaining(deadline),
                              f"'gather' from the scheduler at {self.address}")
         if reply.get("streams"):
@@ -370,10 +377,8 @@ class ClientShell:
     def gather_async(self, keys, callback):
         """Fetch values without blocking the caller; ``callback(("ok", values))`` or
         ``callback(("error", exception))`` runs when they arrive."""
-        fut = cf.Future()
-        self._call(self.state.gather, {"op": "gather", "keys": list(keys),
-                                       "max_bytes": self.session.max_message_bytes}, fut)
-        self._wake_loop()
+        fut = self._gather_future({"op": "gather", "keys": list(keys),
+                                   "max_bytes": self.session.max_message_bytes})
 
         def done(f):
             try:
@@ -520,13 +525,9 @@ class ClientShell:
     def _connect_worker(self, address):
         if address in self.result_sockets or not self.loop.running:
             return
-        events = zmq.EVENT_DISCONNECTED
-        sock = connect_dealer(self.loop.context, self.security, self.id, address,
-                              events=events)
-        monitor = sock.get_monitor_socket(events)
-        self.result_sockets[address] = sock, monitor
-        self.loop.add_socket(sock, self._on_worker_frames)
-        self.loop.add_socket(monitor, lambda frames: self._worker_lost(address))
+        sock = self._open_worker_socket(
+            self.result_sockets, address, zmq.EVENT_DISCONNECTED, self._on_worker_frames,
+            lambda frames: self._worker_lost(address))
         try:
             # Queued by ZeroMQ until the connection is made.
             send(sock, self.session.dumps([{"op": "subscribe-results"}],
@@ -548,13 +549,7 @@ class ClientShell:
     def _worker_lost(self, address):
         """The worker's connection dropped (it died, most likely): results come the
         long way until one names it again."""
-        sock, monitor = self.result_sockets.pop(address, (None, None))
-        if sock is not None:
-            self.loop.remove_socket(monitor)
-            self.loop.remove_socket(sock)
-            sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
+        self._close_worker_socket(self.result_sockets, address)
         with LOCK:
             self.state.worker_lost(address)
 
@@ -603,14 +598,10 @@ class ClientShell:
     def _connect_actor_worker(self, address):
         # A worker binds its actor socket before any handle names it, so a refused
         # connection (a retry) means the worker is gone, as does a dropped one.
-        events = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
-        sock = connect_dealer(self.loop.context, self.security, self.id, address,
-                              events=events)
-        monitor = sock.get_monitor_socket(events)
-        self.actor_sockets[address] = sock, monitor
-        self.loop.add_socket(sock, lambda frames: self._on_actor_frames(address, frames))
-        self.loop.add_socket(monitor, lambda frames: self._actor_worker_lost(address))
-        return sock
+        return self._open_worker_socket(
+            self.actor_sockets, address, zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED,
+            lambda frames: self._on_actor_frames(address, frames),
+            lambda frames: self._actor_worker_lost(address))
 
     def _on_actor_frames(self, address, frames):
         try:
@@ -631,15 +622,27 @@ class ClientShell:
         actors' state with it.  Calls waiting fail, and later ones at once."""
         self.actor_lost.add(address)
         self.actor_outbox.pop(address, None)
-        self._close_actor_socket(address)
+        self._close_worker_socket(self.actor_sockets, address)
         for rid, (where, future) in list(self.actor_pending.items()):
             if where == address:
                 del self.actor_pending[rid]
                 if not future.done():
                     future.set_result(_lost_reply(address))
 
-    def _close_actor_socket(self, address):
-        sock, monitor = self.actor_sockets.pop(address, (None, None))
+    def _open_worker_socket(self, table, address, events, on_frames, on_event):
+        """A DEALER to a worker's socket at ``address`` (the cluster's key guards it,
+        CURVE when encrypted), kept in ``table`` with a monitor of ``events``; the
+        I/O loop calls ``on_frames`` with what comes, ``on_event`` on those events."""
+        sock = connect_dealer(self.loop.context, self.security, self.id, address,
+                              events=events)
+        monitor = sock.get_monitor_socket(events)
+        table[address] = sock, monitor
+        self.loop.add_socket(sock, on_frames)
+        self.loop.add_socket(monitor, on_event)
+        return sock
+
+    def _close_worker_socket(self, table, address):
+        sock, monitor = table.pop(address, (None, None))
         if sock is None:
             return
         self.loop.remove_socket(monitor)
@@ -661,7 +664,7 @@ class ClientShell:
         def bye():
             self._flush()
             for address in list(self.actor_sockets):
-                self._close_actor_socket(address)
+                self._close_worker_socket(self.actor_sockets, address)
             for address in list(self.result_sockets):
                 self._worker_lost(address)
             for _, future in self.actor_pending.values():
