@@ -462,20 +462,26 @@ class Worker:
         # timer would cut a long stream short.
         IOLoop.cancel_timer(pending[1])
         self.gather_timers[RELAY] = (pending[0], None, pending[2])
-        threading.Thread(target=self._receive_relayed, args=(msg,), daemon=True,
-                         name="dask-ipy-relay-fetch").start()
+        self._download(msg["streams"], lambda data: self._relay_streamed(msg, data),
+                       lambda: self._relay_stream_failed(msg),
+                       "a relayed input; asking the relay again")
 
-    def _receive_relayed(self, msg):
-        try:
-            data = bulk.receive(self.session, host_of(self.scheduler_address),
-                                self.relay_port, msg["streams"], self.gather_timeout,
-                                self.connect_timeout)
-        except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
-            logger.warning("worker %s: a stream through the scheduler's relay failed "
-                           "(%s); asking the relay again", self.address, e)
-            self.loop.call_soon(self._relay_stream_failed, msg)
-            return
-        self.loop.call_soon(self._relay_streamed, msg, data)
+    def _download(self, streams, done, failed, what):
+        """Download ``streams`` from the scheduler's relay on a thread of its own;
+        then, on the I/O thread, ``done(data)``, or ``failed()`` if any stream did
+        not come through as announced (logged, saying ``what`` it was)."""
+        def receive():
+            try:
+                data = bulk.receive(self.session, host_of(self.scheduler_address),
+                                    self.relay_port, streams, self.gather_timeout,
+                                    self.connect_timeout)
+            except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
+                logger.warning("worker %s: a stream through the scheduler's relay "
+                               "failed (%s): %s", self.address, e, what)
+                self.loop.call_soon(failed)
+                return
+            self.loop.call_soon(done, data)
+        threading.Thread(target=receive, daemon=True, name="dask-ipy-relay-fetch").start()
 
     def _relay_streamed(self, msg, data):
         self.relay_failures = 0
@@ -505,20 +511,8 @@ class Worker:
         if not streams:
             self._put_data(msg["data"])
             return
-        threading.Thread(target=self._receive_scattered, args=(streams,), daemon=True,
-                         name="dask-ipy-put-fetch").start()
-
-    def _receive_scattered(self, streams):
-        try:
-            data = bulk.receive(self.session, host_of(self.scheduler_address),
-                                self.relay_port, streams, self.gather_timeout,
-                                self.connect_timeout)
-        except (OSError, ProtocolError, KeyError, TypeError, ValueError) as e:
-            logger.warning("worker %s: scattered data did not come through the "
-                           "scheduler's relay (%s)", self.address, e)
-            self.loop.call_soon(self._put_failed, streams)
-            return
-        self.loop.call_soon(self._put_data, data)
+        self._download(streams, self._put_data, lambda: self._put_failed(streams),
+                       "scattered data")
 
     def _put_failed(self, streams):
         self._give_up_streams(streams)
