@@ -1,6 +1,6 @@
 """What a worker records of its own work, for the task stream and the metrics.
 
-    pool thread: timings of one task ──▶ I/O thread: `Recorder.ended` ─▶ pending
+    pool thread: timings of one task ──▶ I/O thread: `Recorder.ended` ─▶ columns
     I/O thread: a fetch answered ──────▶ `Recorder.fetched_from` ─▶ fetched {key}
     the shell's flush ◀── `Recorder.take` ── "task-stream" {keys, types, numbers,
                                              extra}, in the same batch as the
@@ -98,11 +98,6 @@ class Recorder:
     def _drop_oldest(self, n):
         del self.keys[:n], self.types[:n], self.numbers[:n]
         self.extra = [(i - n, x) for i, x in self.extra if i >= n]
-
-    @property
-    def pending(self):
-        """The number of records waiting."""
-        return len(self.keys)
 
     def take(self):
         """The records to send now, as one batch (see taskstream.py), or None;

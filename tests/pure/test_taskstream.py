@@ -33,7 +33,7 @@ def test_recorder_charges_a_fetch_to_the_first_task_using_it():
          (("transfer", 10.0, 10.5, B, 150),)),
         ("z2", 12.0, 13.0, 3, OK, 8, "int", 0.0, 0.0, None),
     ]
-    assert r.take() is None and r.pending == 0 and r.fetched == {}
+    assert r.take() is None and r.keys == [] and r.fetched == {}
 
 
 def test_recorder_keeps_fetches_apart_and_names_the_relay():
