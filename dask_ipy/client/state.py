@@ -63,7 +63,8 @@ State, documented once:
                                        "welcome"; None: it serves none
     paused_warning: seconds | None     warn of a worker paused longer than this
     FutureState.data: Serialized | None  a small result that came straight from its
-                                       worker, kept while the key is held
+                                       worker, kept while the key is held (at most
+                                       `MAX_KEPT` of them: `kept`)
     gathers:    {request_id: [msg, token, {key not here yet}]}  gathers in flight,
                 answered here once their keys' values have all come straight
     by_key:     {key: {request_id}}    which of those wait for a key
@@ -182,6 +183,10 @@ def paused_text(info):
             "persist less at once, or give workers more memory (memory_limit=).")
 
 
+# Values that came straight kept at once, at most (each is under 16 kB): beyond, a
+# key's value is used for the gathers waiting for it, then fetched when asked for.
+MAX_KEPT = 4096
+
 WELCOME = "welcome"    # the request id of registration: its answer carries no id
 
 # What may overtake the scheduler's word on a key whose value came straight: none
@@ -213,6 +218,7 @@ class ClientState:
         self.by_key = {}
         self.workers = set()
         self.unconfirmed = set()
+        self.kept = 0                   # FutureState.data values held
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ holders
@@ -244,7 +250,10 @@ class ClientState:
                 self.refcount[key] = n
                 continue
             self.refcount.pop(key, None)
-            self.futures.pop(key, None)
+            st = self.futures.pop(key, None)
+            if st is not None and st.data is not None:
+                st.data = None
+                self.kept -= 1
             self.unconfirmed.discard(key)
             gone.append(key)
         self.releases.extend(gone)
@@ -506,7 +515,10 @@ class ClientState:
         st = self.futures.get(key)
         if st is None or st.status not in (PENDING, FINISHED) or st.data is not None:
             return []
-        st.data = msg["data"]
+        data = msg["data"]
+        if self.kept < MAX_KEPT:
+            st.data = data
+            self.kept += 1
         out = []
         if st.status == PENDING:
             st.type = msg.get("type")
@@ -517,7 +529,7 @@ class ClientState:
             entry = self.gathers.get(rid)
             if entry is None:
                 continue
-            entry[1][key] = st.data
+            entry[1][key] = data
             entry[2].discard(key)
             if not entry[2]:
                 self._end_gather(rid)
@@ -566,7 +578,9 @@ class ClientState:
             if st is not None and st.status == FINISHED:
                 st.status = PENDING
                 st.error = None
-                st.data = None
+                if st.data is not None:
+                    st.data = None
+                    self.kept -= 1
                 self.unconfirmed.discard(key)
                 out.append(Reset(st))
         rid = msg["request_id"]
@@ -657,6 +671,8 @@ class ClientState:
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
         assert set(self.gathers) <= set(self.requests), "a gather without its request"
         assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
+        assert self.kept == sum(st.data is not None for st in self.futures.values())
+        assert self.kept <= MAX_KEPT
         for key, rids in self.by_key.items():
             assert rids and all(key in self.gathers[rid][2] for rid in rids), key
         assert (self.status == "reconnecting") == self.lost or self.status == "closed"

@@ -359,3 +359,35 @@ def test_a_value_asked_for_again_beside_one_here_is_waited_for(cs):
         Resolve("t", {"data": {"one": "blob-1", "two": "blob-2"}, "missing": [],
                       "errors": {}})]
     cs.validate()
+
+
+def test_values_that_came_straight_are_kept_up_to_a_cap(cs, monkeypatch):
+    """Held futures keep at most MAX_KEPT values that came straight: past it a value
+    still answers the gather waiting for it, and a later gather asks the scheduler;
+    releasing a key frees its place."""
+    monkeypatch.setattr("dask_ipy.client.state.MAX_KEPT", 2)
+    for key in "abc":
+        cs.hold(key)
+    cs.handle_worker(result("a", "A"))
+    cs.handle_worker(result("b", "B"))
+    assert gather(cs, ["c"]) == []
+    [msg] = cs.take_messages()
+    # c comes past the cap: its waiting gather gets it all the same.
+    assert cs.handle_worker(result("c", "C")) == [
+        Done(cs.futures["c"]),
+        Resolve("t", {"data": {"c": "C"}, "missing": [], "errors": {}})]
+    cs.validate()
+    assert cs.kept == 2 and cs.futures["c"].data is None
+    # Asked again, a and b are answered here; c is asked of the scheduler.
+    assert gather(cs, ["a", "b"], "t2") == [
+        Resolve("t2", {"data": {"a": "A", "b": "B"}, "missing": [], "errors": {}})]
+    assert gather(cs, ["c"], "t3") == []
+    assert [m["keys"] for m in cs.take_messages() if m["op"] == "gather"] == [["c"]]
+    # Releasing a frees a place for the next value.
+    cs.drop(["a"])
+    cs.validate()
+    assert cs.kept == 1
+    cs.hold("d")
+    cs.handle_worker(result("d", "D"))
+    cs.validate()
+    assert cs.kept == 2 and cs.futures["d"].data == "D"
