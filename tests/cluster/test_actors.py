@@ -141,27 +141,15 @@ def test_an_actor_on_a_worker_process_and_its_death(tmp_path):
 def test_actors_and_task_clients_on_an_encrypted_cluster():
     """CURVE everywhere: a task's client and actor calls use the cluster's Security
     as it is, nothing more to hand out."""
-    from dask_ipy import Client, Scheduler, Worker
-    from helpers import dask_ipy_threads, fib
+    from helpers import fib
 
-    security = Security.temporary(encrypt=True)
-    s = Scheduler(security=security, validate=True)
-    workers = [Worker(scheduler=s.address_to_workers, security=security, validate=True)
-               for _ in range(2)]
-    c = Client(s.address_to_clients, security=security)
-    try:
-        wait_for(lambda: len(s.state.workers) == 2, message="workers")
+    options = {"security": Security.temporary(encrypt=True)}
+    with local_cluster(options, options, options) as (s, workers, c):
         assert c.submit(fib, 10).result(timeout=60) == 55
         counter = c.submit(Counter, actor=True).result(timeout=20)
         assert [counter.increment().result(timeout=10) for _ in range(3)] == [1, 2, 3]
         got = c.submit(call_actor, counter, 2, pure=False).result(timeout=30)
         assert got == [4, 5]
-    finally:
-        c.close()
-        for w in workers:
-            w.close()
-        s.close()
-    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
 
 
 def test_actor_futures_can_be_awaited():

@@ -8,10 +8,9 @@ import threading
 
 import pytest
 
-from dask_ipy import Client, Scheduler, Worker
 from dask_ipy.security import Security
-from helpers import (Boom, dask_ipy_threads, fail, fail_until, inc, local_cluster,
-                     processes, slow_inc, wait_for)
+from helpers import (Boom, fail, fail_until, inc, local_cluster, processes, slow_inc,
+                     wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,23 +137,12 @@ def test_a_worker_dying_falls_back_to_the_long_way(tmp_path):
 
 
 def test_direct_results_on_an_encrypted_cluster():
-    security = Security.temporary(encrypt=True)
-    s = Scheduler(security=security, validate=True)
-    workers = [Worker(scheduler=s.address_to_workers, security=security, validate=True)
-               for _ in range(2)]
-    c = Client(s.address_to_clients, security=security)
-    try:
-        wait_for(lambda: len(s.state.workers) == 2, message="workers")
+    options = {"security": Security.temporary(encrypt=True)}
+    with local_cluster(options, options, options) as (s, workers, c):
         warm(c, [w.address for w in workers])
         before = c.shell.direct_results
         assert [c.submit(inc, i).result(timeout=30) for i in range(5)] == [1, 2, 3, 4, 5]
         wait_for(lambda: c.shell.direct_results == before + 5, message="5 straight")
-    finally:
-        c.close()
-        for w in workers:
-            w.close()
-        s.close()
-    wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
 
 
 def test_a_client_without_the_key_gets_nothing_straight():
