@@ -22,6 +22,7 @@ import statistics
 from time import perf_counter
 
 from . import procs, tasks
+from .runs import fresh
 
 SEED = 42
 SVD_COLUMNS = 50
@@ -29,12 +30,6 @@ SVD_CHUNKS = 40               # row blocks of the tall-skinny array
 ROWS_PER_DAY = 86_400         # the timeseries: one row a second
 QUICK_ROWS_PER_DAY = 2_000
 LINES_PER_PART = 5_000        # bag partitions; ten words a line
-
-
-def _next_run():
-    from .workloads import fresh
-
-    return fresh()
 
 
 # ---------------------------------------------------------------- collections
@@ -259,14 +254,14 @@ def measure(system, size, build, summarize, check):
     want = reference(build, size, quick, summarize)
     reference_seconds = perf_counter() - t0
     pids = system.worker_pids()
-    collections = build(size, _next_run(), quick)
+    collections = build(size, fresh(), quick)
     t0 = perf_counter()
     ntasks = optimized_tasks(collections, options.get("optimize_graph", True))
     graph_seconds = perf_counter() - t0
     del collections
 
     def run():
-        collections = build(size, _next_run(), quick)
+        collections = build(size, fresh(), quick)
         gc.collect()
         with WorkerPeaks(pids) as peaks:
             t = perf_counter()

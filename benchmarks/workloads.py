@@ -18,21 +18,15 @@ Keys never repeat between runs, so no run finds a previous run's results.
 """
 
 import gc
-import itertools
 import math
 import statistics
 import time
 from time import perf_counter
 
 from . import chain, dask_workloads, manyclients, procs, tasks
+from .runs import fresh
 from .systems import ENGINES, ipcluster
 
-_runs = itertools.count(1)
-
-
-def fresh():
-    """A new run number; used to make keys and arguments unique."""
-    return next(_runs)
 
 
 def _timeout(system):
