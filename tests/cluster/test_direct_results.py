@@ -66,26 +66,37 @@ def test_small_results_come_straight_from_the_worker(tmp_path):
         seen = watch(c)
         before = c.shell.direct_results
         calls = []
+        # At once: a result finished while others wait to run on its worker takes
+        # the scheduler's batches; the last one on each worker comes straight.
         futures = [c.submit(inc, i) for i in range(20)]
         for f in futures:
             f.add_done_callback(lambda f: calls.append(f.key))
         assert [f.result(timeout=30) for f in futures] == list(range(1, 21))
+        keys = {f.key for f in futures}
+        straight = c.shell.direct_results - before
+        assert 1 <= straight < 20
+        wait_for(lambda: keys <= set(seen["in_memory"]), message="key-in-memory")
+        assert len(keys & set(seen["values"])) == 20 - straight
+        # One done callback each, though both the worker and the scheduler said so.
+        wait_for(lambda: len(calls) == 20, message="done callbacks")
+        assert sorted(calls) == sorted(keys)
+
+        seen = watch(c)
+        before = c.shell.direct_results
+        singles = []
         for i in range(20, 30):                                 # one at a time
             f = c.submit(inc, i)
             assert f.result(timeout=30) == i + 1
+            singles.append(f.key)
             # Questions asked at once see what the client saw (the scheduler's word
             # may come after the value, and such questions wait for it).
             assert c.who_has(f)[f.key] != [], "the scheduler does not know yet"
             assert f.key in [r["key"] for r in c.get_task_stream(count=5)]
-        wait_for(lambda: c.shell.direct_results - before == 30, message="30 straight")
-        keys = {f.key for f in futures}
+        wait_for(lambda: c.shell.direct_results - before == 10, message="10 straight")
         # The scheduler still learns of every one (and says so), never with its
         # value unless asked again.
-        wait_for(lambda: keys <= set(seen["in_memory"]), message="key-in-memory")
+        wait_for(lambda: set(singles) <= set(seen["in_memory"]), message="key-in-memory")
         assert set(seen["values"]) <= set(seen["asked_again"])
-        # One done callback each, though both the worker and the scheduler said so.
-        wait_for(lambda: len(calls) == 20, message="done callbacks")
-        assert sorted(calls) == sorted(keys)
         # A large result takes the long way, value and all.
         big = c.submit(lambda n: b"x" * n, 100_000)
         assert len(big.result(timeout=30)) == 100_000

@@ -147,6 +147,26 @@ def test_a_large_result_goes_the_long_way(ws):
                                               "duration": 0.5})]
 
 
+def test_a_result_finished_while_others_wait_to_run_goes_the_long_way(ws):
+    ws.handle("client-subscribed", client="c")
+    for key in ("x", "y"):
+        ws.handle("compute-task", key=key, run_spec=f"spec-{key}", priority=(0,),
+                  want_data=True, clients=["c"])
+    # y waits behind x: x's value rides in the scheduler's batches.
+    assert ws.handle("execute-success", key="x", value=1, nbytes=8, type="int",
+                     start=1.0, stop=1.5, data="blob-x") == [
+        Send({"op": "task-finished", "key": "x", "nbytes": 8, "type": "int",
+              "duration": 0.5, "data": "blob-x"}),
+        Send({"op": "task-started", "key": "y"}),
+        Execute("y", "spec-y", {}, True)]
+    # Nothing waits behind y: its value goes straight.
+    out = ws.handle("execute-success", key="y", value=2, nbytes=8, type="int",
+                    start=1.5, stop=2.0, data="blob-y")
+    assert out[0] == ToClient("c", {"op": "task-result", "key": "y", "data": "blob-y",
+                                    "type": "int", "nbytes": 8})
+    assert out[1].msg["direct"] == ["c"]
+
+
 def test_an_error_or_a_cancelled_run_sends_nothing_straight(ws):
     ws.handle("client-subscribed", client="c")
     ws.handle("compute-task", key="x", run_spec="spec-x", want_data=True,
