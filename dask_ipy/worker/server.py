@@ -190,6 +190,8 @@ class Worker:
         self.state = WorkerState(self.address, nthreads,
                                  getattr(self.data, "nonblocking", self.data), validate,
                                  self.resources)
+        if isinstance(self.data, SpillStore):
+            self.data.sizes = self.state.nbytes     # measured once, as tasks end
         self.plugin_host = WorkerPlugins(self)
         self.recorder = Recorder(cfg.get("worker.task-stream") if task_stream is None
                                  else bool(task_stream))

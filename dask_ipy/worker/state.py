@@ -527,9 +527,11 @@ class WorkerState:
         ts.dependencies = ()
 
     def _store(self, ts, value, nbytes):
-        self.data[ts.key] = value
+        # The size first: a store that weighs its values (SpillStore.sizes) reads
+        # it there rather than measuring the value again.
         self.managed += nbytes - self.nbytes.get(ts.key, 0)
         self.nbytes[ts.key] = nbytes
+        self.data[ts.key] = value
         ts.nbytes = nbytes
         ts.state = "memory"
         ts.who_has.clear()

@@ -249,8 +249,11 @@ class SpillStore(MutableMapping):
         self._directory = None
         self._made = []
         self.files = SpillFiles(lambda: self.directory)
+        # {key: bytes} of values whose size is known already (a worker's measured
+        # sizes): weighing a frame of strings again can cost as much as a small task.
+        self.sizes = {}
         self.buffer = zict.Buffer({}, zict.Func(dump_frames, load_frames, self.files),
-                                  n=float(memory_limit), weight=_weight)
+                                  n=float(memory_limit), weight=self._weight)
         self.nonblocking = NonBlocking(self)
         self.closed = False
         self.failed = None             # the last error of a write, for the logs
@@ -258,6 +261,10 @@ class SpillStore(MutableMapping):
         self._threads = {}             # {thread name: Thread} running
         self._evicting = False
         self._lock = threading.Lock()
+
+    def _weight(self, key, value):
+        nbytes = self.sizes.get(key)
+        return sizeof(value) if nbytes is None else nbytes
 
     # ---------------------------------------------------------------- mapping
 
@@ -336,7 +343,7 @@ class SpillStore(MutableMapping):
         except KeyError:
             return buffer[key]                   # back in memory meanwhile
         with buffer.lock:
-            if key in buffer.slow and _weight(key, value) <= buffer.n:
+            if key in buffer.slow and self._weight(key, value) <= buffer.n:
                 buffer.set_noevict(key, value)   # its file goes
         self.evict_soon()
         return value
@@ -489,10 +496,6 @@ class SpillStore(MutableMapping):
     def __repr__(self):
         return (f"<SpillStore {len(self.fast)} in memory, {len(self.slow)} on disk "
                 f"at {self._directory or self.parent or '(none yet)'}>")
-
-
-def _weight(key, value):
-    return sizeof(value)
 
 
 class NonBlocking(MutableMapping):
