@@ -251,9 +251,8 @@ class ClientState:
                 continue
             self.refcount.pop(key, None)
             st = self.futures.pop(key, None)
-            if st is not None and st.data is not None:
-                st.data = None
-                self.kept -= 1
+            if st is not None:
+                self._drop_value(st)
             self.unconfirmed.discard(key)
             gone.append(key)
         self.releases.extend(gone)
@@ -507,6 +506,12 @@ class ClientState:
         out.append(Done(st))
         return out
 
+    def _drop_value(self, st):
+        """Forget a value that came straight (it no longer counts in `kept`)."""
+        if st.data is not None:
+            st.data = None
+            self.kept -= 1
+
     def _on_task_result(self, msg):
         """A small result straight from its worker: kept, and any gather waiting only
         for it answered.  Not for a key released or cancelled here, one that erred,
@@ -578,9 +583,7 @@ class ClientState:
             if st is not None and st.status == FINISHED:
                 st.status = PENDING
                 st.error = None
-                if st.data is not None:
-                    st.data = None
-                    self.kept -= 1
+                self._drop_value(st)
                 self.unconfirmed.discard(key)
                 out.append(Reset(st))
         rid = msg["request_id"]
