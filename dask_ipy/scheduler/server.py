@@ -374,6 +374,16 @@ class Scheduler:
         self.loop.call_later(float(msg.get("timeout") or 10.0), self._answer_profile,
                              token)
 
+    def _skip_gone_profilers(self):
+        """A worker that left while its profile was awaited will not answer: the
+        others' trees go to the client now, not at the timeout."""
+        for token, pending in list(self.profiles.items()):
+            waiting = pending["waiting"]
+            if not waiting.issubset(self.state.workers):
+                waiting.intersection_update(self.state.workers)
+                if not waiting:
+                    self._answer_profile(token)
+
     def _answer_profile(self, token):
         pending = self.profiles.pop(token, None)
         if pending is None:
@@ -406,6 +416,8 @@ class Scheduler:
     # ---------------------------------------------------------------- send
 
     def _flush(self):
+        if self.profiles:
+            self._skip_gone_profilers()
         out = self.state.take_messages()
         if not out:
             return

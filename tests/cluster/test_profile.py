@@ -6,6 +6,7 @@ import asyncio
 import html.parser
 import inspect
 import json
+import threading
 import time
 
 import dask
@@ -160,6 +161,19 @@ def test_sampling_off_and_a_worker_that_does_not_answer():
         assert set(per) == {w1.address}
         assert functions(per[w1.address])["spin"] >= 2
         assert time.monotonic() - began >= 0.5
+
+
+def test_a_worker_that_leaves_while_asked_is_not_waited_for():
+    with local_cluster() as (s, (w1, w2), c):
+        c.submit(spin, 0.5, workers=[w1.address]).result()
+        # w2 leaves instead of answering: the answer comes without it, long before
+        # the timeout
+        w2.from_scheduler["get-profile"] = lambda msg: threading.Thread(target=w2.close).start()
+        began = time.monotonic()
+        per = c.run_op(c._profile_op(merge_workers=False, timeout=60))
+        assert time.monotonic() - began < 20
+        assert set(per) == {w1.address}
+        assert functions(per[w1.address])["spin"] >= 2
 
 
 def test_the_sampler_keeps_cycles_with_samples_in_a_bounded_ring():
