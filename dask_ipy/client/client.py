@@ -42,6 +42,7 @@ from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
 from .shell import ClientShell
+from .state import FINISHED
 from .waits import Answer, done, run_async, run_blocking, then
 
 
@@ -419,7 +420,11 @@ class Client(ClusterMethods, ObserveMethods):
         return out
 
     def gather(self, futures, errors="raise", timeout=None):
-        """Values of Futures, in the same (nested) structure."""
+        """Values of Futures, in the same (nested) structure.  ``errors="raise"``: the
+        first failed Future's exception is raised; ``"skip"``: failed Futures are left
+        out of a top-level list and stand as None anywhere else."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         return self.run_op(self._gather_op(futures, errors, timeout))
 
     def _gather_op(self, futures, errors="raise", timeout=None):
@@ -427,6 +432,13 @@ class Client(ClusterMethods, ObserveMethods):
         states = {f.key: f.state for f in futures_in(futures)}
         values = yield from self.shell.gather_states_op(list(states.values()), errors,
                                                         timeout)
+        if errors == "skip":
+            failed = {key for key, st in states.items() if st.status != FINISHED}
+            if failed:
+                if type(futures) is list:
+                    futures = [f for f in futures
+                               if not (isinstance(f, Future) and f.key in failed)]
+                values = {key: None if key in failed else v for key, v in values.items()}
         return _pack_futures(futures, values)
 
     def scatter(self, data, broadcast=False, workers=None, hash=True, timeout=None):

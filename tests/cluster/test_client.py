@@ -143,6 +143,32 @@ def test_gather_raises_the_first_error(c):
         c.gather([c.submit(inc, 1), bad])
 
 
+def test_gather_can_skip_failed_futures(c, tmp_path):
+    gate, late_gate = tmp_path / "gate", tmp_path / "late"
+    ok, early = c.submit(inc, 1), c.submit(fail, 3)
+    wait([ok, early])
+    slow = c.submit(wait_for_file, str(gate), value=5)
+    # fails while the gather waits
+    late = c.submit(fail, c.submit(wait_for_file, str(late_gate), value=1))
+    got = []
+    t = threading.Thread(target=lambda: got.append(c.gather([ok, early, slow, late, 7],
+                                                           errors="skip")))
+    t.start()
+    late_gate.touch()
+    wait(late)
+    gate.touch()
+    t.join(timeout=30)
+    # left out of a top-level list; None in any other place
+    assert got == [[2, 5, 7]]
+    assert c.gather({"a": [ok, early], "b": late}, errors="skip") == {"a": [2, None],
+                                                                       "b": None}
+    assert c.gather(early, errors="skip") is None
+    with pytest.raises(Boom):
+        c.gather([ok, early])
+    with pytest.raises(ValueError, match="errors"):
+        c.gather([ok], errors="ignore")
+
+
 # ---------------------------------------------------------------- scatter
 
 def test_scatter_list_dict_and_single_values(c):
