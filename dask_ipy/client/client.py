@@ -74,6 +74,11 @@ def _options(extra, method, **options):
     return options
 
 
+#: The placement options of `Client.get`, and their defaults.
+_GET_OPTIONS = {"priority": 0, "retries": 0, "workers": None, "resources": None,
+                "allow_other_workers": False}
+
+
 class Client(ClusterMethods, ObserveMethods):
     """A connection to a scheduler.
 
@@ -210,7 +215,10 @@ class Client(ClusterMethods, ObserveMethods):
     def dask_get(self, dsk, keys, **kwargs):
         """`get`, blocking whatever the client: dask's own ``compute`` calls it (the
         client's I/O thread answers, so it blocks but never deadlocks a loop)."""
-        return run_blocking(self._get_op(dsk, keys, **kwargs))
+        kwargs.pop("sync", None)
+        options = _options(kwargs, "get", **{name: kwargs.pop(name, default) for name, default
+                                             in _GET_OPTIONS.items()})
+        return run_blocking(self._get_op(dsk, keys, options))
 
     def _check_open(self):
         self.shell.check_open()
@@ -279,18 +287,31 @@ class Client(ClusterMethods, ObserveMethods):
 
     def get(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
             resources=None, allow_other_workers=False, **kwargs):
-        """Compute ``keys`` of the dask graph ``dsk`` on the cluster (dask's `get`)."""
-        return self.run_op(self._get_op(dsk, keys, retries=retries, priority=priority,
-                                        workers=workers, resources=resources,
-                                        allow_other_workers=allow_other_workers,
-                                        **kwargs))
-
-    def _get_op(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
-                resources=None, allow_other_workers=False, **kwargs):
-        self._check_open()
+        """Compute ``keys`` of the dask graph ``dsk`` on the cluster (dask's `get`);
+        ``sync=False``: Futures of ``keys`` at once, in the same structure."""
         options = _options(kwargs, "get", priority=priority, retries=retries,
                            workers=workers, resources=resources,
                            allow_other_workers=allow_other_workers)
+        if not sync:
+            submitted, known, flat, needed = self._get_graph(dsk, keys, options, True)
+            return g.pack(keys, {**known, **submitted})
+        return self.run_op(self._get_op(dsk, keys, options))
+
+    def _get_op(self, dsk, keys, options):
+        states, known, flat, needed = self._get_graph(dsk, keys, options, False)
+        try:
+            wanted = list(states.values())
+            wanted += [known[k].state for k in dict.fromkeys(flat) if k in known]
+            results = yield from self.shell.gather_states_op(wanted)
+        finally:
+            self.shell.drop(needed)
+        return g.pack(keys, results)
+
+    def _get_graph(self, dsk, keys, options, futures):
+        """Send the part of ``dsk`` that ``keys`` need: ({key: Future or held state}
+        of what was sent, {key: Future} given in ``dsk``, the keys flat, the keys
+        sent)."""
+        self._check_open()
         annotations = per_key_annotations(dsk)
         if is_dask_collection(dsk) and not isinstance(dsk, dict):
             dsk = dsk.__dask_graph__()
@@ -314,16 +335,9 @@ class Client(ClusterMethods, ObserveMethods):
                 raise KeyError(k)
         needed = list(dict.fromkeys(k for k in flat if k in plain))
         tasks, priorities = self._graph_tasks(plain, needed, known_futures)
-        states = self._submit_graph(tasks, needed, priorities, options, futures=False,
-                                    annotations=annotations)
-        try:
-            wanted = list(states.values())
-            wanted += [known_futures[k].state for k in dict.fromkeys(flat)
-                       if k in known_futures]
-            results = yield from self.shell.gather_states_op(wanted)
-        finally:
-            self.shell.drop(needed)
-        return g.pack(keys, results)
+        sent = self._submit_graph(tasks, needed, priorities, options, futures=futures,
+                                  annotations=annotations)
+        return sent, known_futures, flat, needed
 
     # ---------------------------------------------------------------- futures API
 

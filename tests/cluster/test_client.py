@@ -11,7 +11,8 @@ from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply,
                      fail_until, identity, inc, make_unpicklable, pid, raise_needs_two,
                      raise_slots_only, record, slow_inc, total, wait_for,
                      type_name, wait_for_file, worker_keys)
-from dask_ipy import CancelledError, CycleError, MissingDependency, as_completed, wait
+from dask_ipy import (CancelledError, CycleError, Future, MissingDependency, as_completed,
+                      wait)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -167,6 +168,22 @@ def test_gather_can_skip_failed_futures(c, tmp_path):
         c.gather([ok, early])
     with pytest.raises(ValueError, match="errors"):
         c.gather([ok], errors="ignore")
+
+
+def test_get_without_waiting_gives_futures_in_the_shape_of_the_keys(c):
+    given = c.submit(inc, 100)
+    dsk = {"x": (inc, 1), "y": (add, "x", 10), "f": given, "z": (add, "f", "y")}
+    out = c.get(dsk, [["x", "y"], "z", "f"], sync=False)
+    (fx, fy), fz, ff = out
+    assert all(isinstance(f, Future) for f in (fx, fy, fz, ff))
+    assert [fx.key, fy.key, fz.key, ff.key] == ["x", "y", "z", "f"]
+    assert c.gather(out) == ((2, 12), 113, 101)      # the shape `get` gives its values
+    assert c.get(dsk, "y", sync=False).result() == 12
+    # a Future under its own key is given back as it is
+    assert c.get({given.key: given, "w": (inc, given.key)}, [given.key, "w"],
+                 sync=False)[0] is given
+    with pytest.raises(KeyError):
+        c.get(dsk, "nothing", sync=False)
 
 
 # ---------------------------------------------------------------- scatter
