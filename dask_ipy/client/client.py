@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import uuid
 import warnings
+from collections.abc import MutableMapping
 
 import dask
 from dask._task_spec import TaskRef
@@ -72,6 +73,32 @@ def _options(extra, method, **options):
         warnings.warn(f"{method}() ignores {', '.join(map(repr, sorted(extra)))}: "
                       f"not an option of dask_ipy", AnnotationWarning, stacklevel=3)
     return options
+
+
+class Datasets(MutableMapping):
+    """A client's published datasets, as a mapping (blocking clients only: an
+    asynchronous one awaits `get_dataset` and the others)."""
+
+    def __init__(self, client):
+        if client.asynchronous:
+            raise TypeError("an asynchronous client's datasets: await get_dataset(), "
+                            "publish_dataset(), unpublish_dataset() or list_datasets()")
+        self.client = client
+
+    def __getitem__(self, name):
+        return self.client.get_dataset(name)
+
+    def __setitem__(self, name, value):
+        self.client.publish_dataset(value, name=name)
+
+    def __delitem__(self, name):
+        self.client.unpublish_dataset(name)
+
+    def __iter__(self):
+        return iter(self.client.list_datasets())
+
+    def __len__(self):
+        return len(self.client.list_datasets())
 
 
 #: The placement options of `Client.get`, and their defaults.
@@ -455,8 +482,11 @@ class Client(ClusterMethods, ObserveMethods):
                 values = {key: None if key in failed else v for key, v in values.items()}
         return _pack_futures(futures, values)
 
-    def scatter(self, data, broadcast=False, workers=None, hash=True, timeout=None):
-        """Put local data on workers; returns Futures in the same structure."""
+    def scatter(self, data, broadcast=False, workers=None, hash=True, timeout=None,
+                direct=None):
+        """Put local data on workers; returns Futures in the same structure.
+        ``direct`` is accepted for dask.distributed's sake: values always take the
+        way the cluster allows (ZeroMQ, or the scheduler's relay when large)."""
         return self.run_op(self._scatter_op(data, broadcast, workers, hash, timeout))
 
     def _scatter_op(self, data, broadcast, workers, hash, timeout):
@@ -628,6 +658,12 @@ class Client(ClusterMethods, ObserveMethods):
                 raise KeyError(f"no dataset named {name!r}")
         op = self.shell.request_op({"op": "unpublish-dataset", "name": name})
         return self.run_op(then(op, check))
+
+    @property
+    def datasets(self):
+        """The published datasets as a mapping: ``c.datasets[name] = value``,
+        ``c.datasets[name]``, ``del c.datasets[name]``, ``list(c.datasets)``."""
+        return Datasets(self)
 
     # ---------------------------------------------------------------- cluster
 

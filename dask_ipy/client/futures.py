@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import html
+import importlib
 import threading
 from collections import deque, namedtuple
 
@@ -231,9 +233,22 @@ class Future(TaskRef):
     def __reduce__(self):
         return _rebuild_future, (self.key,)
 
+    @property
+    def type(self):
+        """The class of the value once it is known (None before, or when this
+        process cannot import it)."""
+        return resolve_type(self.state.type)
+
     def __repr__(self):
         typ = f", type: {self.state.type}" if self.state.type else ""
         return f"<Future: {self.status}{typ}, key: {self.key!r}>"
+
+    def _repr_html_(self):
+        rows = [("status", self.status), ("key", self.key)]
+        if self.state.type:
+            rows.append(("type", self.state.type))
+        return "<strong>Future</strong>: " + ", ".join(
+            f"{name} <code>{html.escape(str(value))}</code>" for name, value in rows)
 
     def __hash__(self):
         return hash(("dask-ipy-future", self.key))
@@ -284,6 +299,25 @@ def load_all(blobs, client):
 def unpickling_client():
     """The client loading values on this thread now, if any."""
     return getattr(_unpickling, "client", None)
+
+
+def resolve_type(name):
+    """The class named ``module.qualname`` by a worker, or None."""
+    if not name:
+        return None
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return obj if isinstance(obj, type) else None
+    return None
 
 
 def _rebuild_future(key):

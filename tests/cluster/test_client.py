@@ -198,6 +198,7 @@ def test_scatter_list_dict_and_single_values(c):
     assert one.result(timeout=10) == "value"
     assert c.submit(add, d["a"], d["b"]).result(timeout=10) == 30
     assert c.gather(c.map(inc, fs)) == [2, 3, 4]
+    assert c.gather(c.scatter([5, 6], direct=True)) == [5, 6]    # dask.distributed's hint
 
 
 def test_scatter_spreads_over_workers_and_broadcasts(c, workers):
@@ -415,7 +416,13 @@ def test_datasets_are_shared_between_clients(c, pc):
         other.publish_dataset(label="again", override=True)
         assert other.get_dataset("label") == "again"
         other.unpublish_dataset("numbers")
-        other.unpublish_dataset("label")
+        # the same, as a mapping
+        assert dict(other.datasets) == {"label": "again"} and len(other.datasets) == 1
+        other.datasets["more"] = 5
+        assert other.datasets["more"] == 5 and "more" in other.datasets
+        with pytest.raises(KeyError):
+            other.datasets["more"] = 6
+        del other.datasets["more"], other.datasets["label"]
         assert other.list_datasets() == []
         with pytest.raises(KeyError):
             other.get_dataset("numbers")

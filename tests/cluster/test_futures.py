@@ -1,5 +1,6 @@
 """Future, wait and as_completed, against scheduler and worker processes."""
 
+import collections
 import concurrent.futures as cf
 import gc
 import sys
@@ -44,6 +45,20 @@ def test_result_and_status_of_a_success(c, gate):
     assert f.status == "finished" and f.done()
     assert f.exception() is None and f.traceback() is None
     assert f.key in repr(f) and "finished" in repr(f)
+    html = f._repr_html_()
+    assert "finished" in html and "builtins.int" in html
+    assert f.type is int
+
+
+def test_the_type_of_a_value_is_its_class_when_it_can_be_imported():
+    from dask_ipy.client.futures import resolve_type
+    assert resolve_type("builtins.int") is int
+    assert resolve_type("collections.OrderedDict") is collections.OrderedDict
+    assert resolve_type("concurrent.futures._base.Future") is cf.Future
+    assert resolve_type("no_such_module_here.Thing") is None
+    assert resolve_type("builtins.len") is None             # not a class
+    assert resolve_type("tests.Local.<locals>.Cls") is None
+    assert resolve_type(None) is None
 
 
 def test_exception_and_traceback_of_a_failure(c):
