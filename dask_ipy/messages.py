@@ -136,6 +136,9 @@ KINDS = {
         "replicate": "keep copies of these keys on n workers",
         "rebalance": "move data to even out the workers' memory",
         "subscribe-topic": "send me the workers' events of a topic (or stop)",
+        "log-event": "an event of the client's for some topics: kept, and sent to "
+                     "their subscribers",
+        "set-metadata": "store a value under a path of names",
         "client-options": "a client's options: when to warn of a paused worker",
         "get-task-stream": "a page of the task stream's records (by number or by time)",
         "get-memory-history": "the workers' memory sampled over time (since a time)",

@@ -895,3 +895,11 @@ def spin_elsewhere(seconds, value=None):
     while time.time() < end:
         n += 1
     return value
+
+
+def log_worker_event(topic, msg):
+    """Log an event from inside a task, as a worker (`Worker.log_event`)."""
+    import dask_ipy
+
+    dask_ipy.get_worker().log_event(topic, msg)
+    return msg

@@ -13,7 +13,11 @@ moves the data (`scheduler.moves`); here are only the requests and their answers
 from __future__ import annotations
 
 import logging
+import time
 
+import msgpack
+
+from .. import versions
 from ..errors import rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, UploadFile, handle_forwarded,
                        plugin_kind, plugin_name)
@@ -30,6 +34,13 @@ def _names(workers):
     if isinstance(workers, str):
         return [workers]
     return list(workers)
+
+
+def _loaded(node, client):
+    """A metadata value: nested dicts whose leaves the clients serialized."""
+    if isinstance(node, dict):
+        return {name: _loaded(v, client) for name, v in node.items()}
+    return load(node, client)
 
 
 def _raise(record):
@@ -84,6 +95,30 @@ class ClusterMethods:
             _raise(reply)
         return load(reply["result"], self) if "result" in reply else None
 
+    def get_versions(self, check=False, packages=None):
+        """Versions of Python and of the main packages in the client, the scheduler
+        and each worker: ``{"client": v, "scheduler": v, "workers": {address: v}}``,
+        each ``{"host": {...}, "packages": {name: version}}``.  ``check``: raise
+        ValueError if those that must agree (`versions.REQUIRED`, and ``packages``)
+        differ anywhere."""
+        packages = tuple(packages or ())
+        shell = self.shell
+        run = serialize((versions.versions, (packages,), {}))
+
+        def op():
+            scheduler = self._scheduler_result((yield from shell.request_op(
+                {"op": "run-on-scheduler", "function": run})))
+            workers = self._run_results((yield from shell.request_op(
+                {"op": "run", "function": run, "workers": None})), "raise")
+            report = {"scheduler": scheduler, "workers": workers,
+                      "client": versions.versions(packages)}
+            differ = versions.mismatches(report, packages) if check else None
+            if differ:
+                raise ValueError("versions differ: " + "; ".join(
+                    f"{name} {seen}" for name, seen in sorted(differ.items())))
+            return report
+        return self.run_op(op())
+
     def register_plugin(self, plugin, name=None, idempotent=None):
         """Register a worker plugin (set up on every worker now, and on every worker
         that joins or restarts later; ``{address: {"status": "OK"}}``) or a scheduler
@@ -137,6 +172,52 @@ class ClusterMethods:
 
     def unsubscribe_topic(self, topic):
         self.shell.unsubscribe_topic(topic)
+
+    def log_event(self, topic, msg):
+        """Log ``msg`` (msgpack-able data) under ``topic`` (or each of a list of
+        topics) at the scheduler, with the time: kept among the topic's latest
+        events (`get_events`) and sent to the topic's subscribers."""
+        topics = [topic] if isinstance(topic, str) else list(topic)
+        try:
+            msgpack.packb(msg)
+        except Exception as e:
+            raise TypeError(f"an event must be msgpack-able data: {e}") from None
+        self.shell.send({"op": "log-event", "topics": topics, "event": [time.time(), msg]})
+
+    def get_events(self, topic=None):
+        """The latest events of ``topic`` as ``((time, msg), ...)``, or of every
+        topic as ``{topic: ((time, msg), ...)}``."""
+        op = self.shell.request_op({"op": "info", "what": "events", "topic": topic})
+
+        def shaped(events):
+            if topic is not None:
+                return tuple(map(tuple, events))
+            return {t: tuple(map(tuple, kept)) for t, kept in events.items()}
+        return self.run_op(then(op, shaped))
+
+    def set_metadata(self, key, value):
+        """Keep ``value`` at the scheduler under ``key``, a name or a list of names
+        (a path into nested dicts), for every client."""
+        keys = [key] if isinstance(key, (str, int)) else list(key)
+        if not keys:
+            raise ValueError("set_metadata needs a key")
+        op = self.shell.request_op({"op": "set-metadata", "keys": keys,
+                                    "value": serialize(value)})
+        return self.run_op(then(op, lambda _: None))
+
+    def get_metadata(self, key, default=KeyError):
+        """What `set_metadata` keeps under ``key`` (a name or a path); KeyError, or
+        ``default``, if nothing is."""
+        keys = [key] if isinstance(key, (str, int)) else list(key)
+        op = self.shell.request_op({"op": "info", "what": "get-metadata", "keys": keys})
+
+        def value(found):
+            if "value" not in found:
+                if default is KeyError:
+                    raise KeyError(key)
+                return default
+            return _loaded(found["value"], self)
+        return self.run_op(then(op, value))
 
     def forward_logging(self, logger_name=None, level=logging.NOTSET):
         """Records of logger ``logger_name`` (None: the root) on the workers, at

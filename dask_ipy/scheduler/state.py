@@ -385,6 +385,7 @@ RELAY_DELAY = 0.05          # seconds added per input that must be relayed: plac
 # whole): when the cluster encrypts, or after the fetcher's streams failed.  Streamed
 # values have no cap: the relay holds one chunk of them at a time.
 MAX_RELAY_BYTES = 256 << 20
+EVENTS_KEPT = 10_000        # latest events kept per topic, for `Client.get_events`
 MAX_COPY_ATTEMPTS = 3       # copies of a retiring worker's key that may fail before
                             # the worker is kept instead
 
@@ -486,6 +487,8 @@ class SchedulerState:
         self.worker_waiters = {}             # {id: (client, request id, n workers)}
         self.restarting = {}                 # {id: pending restart_workers}
         self.subscribers = {}                # {topic: {client id}} of worker events
+        self.events = {}                     # {topic: deque([(time, msg)])}, the latest
+        self.metadata = {}                   # nested {name: ... Serialized} of clients
         self._advancing = self._advance_again = False
         self.stolen = 0                      # tasks moved so, ever
         self.finished_total = 0              # tasks that reached memory, ever
@@ -1786,13 +1789,20 @@ class SchedulerState:
         self._maybe_finish_gather(gid)
 
     def _on_log_event(self, ws, msg):
-        """A worker's event (a forwarded log record...): for the clients subscribed
-        to its topic, as it came."""
-        topic = msg["topic"]
+        """A worker's event (a forwarded log record...)."""
+        self._log_event(msg["topic"], msg["event"])
+
+    def _log_event(self, topic, event):
+        """``event`` [time, msg] of ``topic``: kept among the topic's latest, and sent
+        as it came to the clients subscribed to the topic."""
+        kept = self.events.get(topic)
+        if kept is None:
+            kept = self.events[topic] = deque(maxlen=EVENTS_KEPT)
+        kept.append(tuple(event))
         for cid in self.subscribers.get(topic, ()):
-            self.send_client(cid, {"op": "event", "topic": topic, "event": msg["event"]})
+            self.send_client(cid, {"op": "event", "topic": topic, "event": event})
         if self.plugin_events is not None:
-            self.plugin_events.append(("log_event", topic, msg["event"]))
+            self.plugin_events.append(("log_event", topic, event))
 
     def _on_run_result(self, ws, msg):
         r = self.runs.get(msg["request_id"])
@@ -2232,6 +2242,12 @@ class SchedulerState:
         elif what == "task-states":
             keys = msg.get("keys") or list(self.tasks)
             result = {k: self.tasks[k].state for k in keys if k in self.tasks}
+        elif what == "events":
+            topic = msg.get("topic")
+            result = (list(self.events.get(topic, ())) if topic is not None else
+                      {t: list(kept) for t, kept in self.events.items()})
+        elif what == "get-metadata":
+            result = self._metadata_at(msg["keys"])
         elif what == "processing":
             named = self._named(msg["workers"]) if msg.get("workers") else \
                 self.workers.values()
@@ -2239,6 +2255,31 @@ class SchedulerState:
         else:
             result = None
         self._reply(cid, msg, result)
+
+    def _on_client_log_event(self, cid, msg):
+        for topic in msg["topics"]:
+            self._log_event(topic, msg["event"])
+
+    def _on_set_metadata(self, cid, msg):
+        """Store a client's value under the path ``keys`` of nested names; a value
+        on the way to it is replaced by a dict."""
+        *path, last = msg["keys"]
+        node = self.metadata
+        for name in path:
+            if not isinstance(node.get(name), dict):
+                node[name] = {}
+            node = node[name]
+        node[last] = msg["value"]
+        self._reply(cid, msg, True)
+
+    def _metadata_at(self, keys):
+        """{"value": what is stored under the path ``keys``} or {} if nothing is."""
+        node = self.metadata
+        for name in keys:
+            if not isinstance(node, dict) or name not in node:
+                return {}
+            node = node[name]
+        return {"value": node}
 
     def _on_set_collection(self, cid, msg):
         self.collections[msg["name"]] = msg["data"]
@@ -2658,6 +2699,8 @@ class SchedulerState:
         "register-worker-plugin": _on_register_worker_plugin,
         "unregister-worker-plugin": _on_unregister_worker_plugin,
         "subscribe-topic": _on_subscribe_topic,
+        "log-event": _on_client_log_event,
+        "set-metadata": _on_set_metadata,
         "retire-workers": _on_retire_workers,
         "replicate": _on_replicate,
         "rebalance": _on_rebalance,

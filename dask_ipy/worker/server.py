@@ -241,7 +241,8 @@ class Worker:
         return self.log_buffer.lines(n)
 
     def log_event(self, topic, msg):
-        """Send ``msg`` (plain data) to the clients subscribed to ``topic`` (any
+        """Log ``msg`` (plain data) under ``topic`` at the scheduler, which keeps the
+        topic's latest events and sends each to the topic's subscribers (any
         thread)."""
         self.loop.call_soon(self._queue, {
             "op": "log-event", "topic": topic, "event": [time.time(), msg]})

@@ -3,14 +3,16 @@ map, gather, scatter, cancel, datasets, run, cluster queries and errors."""
 
 import gc
 import threading
+import time
 import traceback
 
 import pytest
 
 from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply,
-                     fail_until, identity, inc, make_unpicklable, pid, raise_needs_two,
-                     raise_slots_only, record, slow_inc, total, wait_for,
+                     fail_until, identity, inc, log_worker_event, make_unpicklable, pid,
+                     raise_needs_two, raise_slots_only, record, slow_inc, total, wait_for,
                      type_name, wait_for_file, worker_keys)
+import dask_ipy
 from dask_ipy import (CancelledError, CycleError, Future, MissingDependency, as_completed,
                       wait)
 
@@ -430,6 +432,51 @@ def test_datasets_are_shared_between_clients(c, pc):
         wait_for(lambda: forgotten(other, "published"), message="release on unpublish")
     finally:
         other.close()
+
+
+def test_events_and_metadata_are_shared_between_clients(c, pc):
+    other = pc.client(set_as_default=False)
+    try:
+        seen = []
+        other.subscribe_topic("news", seen.append)
+        before = time.time()
+        c.log_event("news", {"n": 1})
+        c.log_event(["news", "other"], "two")
+        c.submit(log_worker_event, "news", [3], pure=False).result()
+        wait_for(lambda: len(seen) == 3, message="three events")
+        events = other.get_events("news")
+        assert [msg for _, msg in events] == [{"n": 1}, "two", (3,)]
+        assert all(before <= t <= time.time() for t, _ in events)
+        assert [msg for _, msg in seen] == [{"n": 1}, "two", (3,)]
+        assert [msg for _, msg in c.get_events()["other"]] == ["two"]
+        assert c.get_events("never") == ()
+        with pytest.raises(TypeError, match="msgpack"):
+            c.log_event("news", object())
+
+        c.set_metadata("plain", 1)
+        c.set_metadata(["tree", "a"], {"x": [1, 2]})
+        c.set_metadata(["tree", "b"], {1, 2})                 # pickled, not msgpack
+        assert other.get_metadata("plain") == 1
+        assert other.get_metadata("tree") == {"a": {"x": [1, 2]}, "b": {1, 2}}
+        assert other.get_metadata(["tree", "a"]) == {"x": [1, 2]}
+        with pytest.raises(KeyError):
+            other.get_metadata(["tree", "nothing"])
+        assert other.get_metadata("nothing", default=None) is None
+    finally:
+        other.close()
+
+
+def test_versions_of_every_process(c, workers):
+    v = c.get_versions(check=True, packages=["numpy"])
+    assert set(v) == {"client", "scheduler", "workers"}
+    assert set(v["workers"]) == set(workers)
+    for one in [v["client"], v["scheduler"], *v["workers"].values()]:
+        assert one["packages"]["dask_ipy"] == dask_ipy.__version__
+        assert one["packages"]["numpy"] and one["host"]["python"]
+    # a package whose version differs (here: absent from the workers' view only)
+    from dask_ipy import versions
+    v["workers"][next(iter(workers))]["packages"]["dask"] = "0.0"
+    assert set(versions.mismatches(v)) == {"dask"}
 
 
 # ---------------------------------------------------------------- cluster control

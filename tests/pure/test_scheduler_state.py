@@ -1041,3 +1041,46 @@ def test_a_relay_for_a_worker_that_left_is_dropped(s):
     s.handle_worker_message("w1", {"op": "data", "request_id": ask["request_id"],
                                    "data": {"x": blob}, "missing": [], "errors": {}})
     assert take(s) == []
+
+
+# ---------------------------------------------------------------- events, metadata
+
+def info(s, what, **kw):
+    s.handle_client_message("c", {"op": "info", "what": what, "request_id": 1, **kw})
+    [(kind, cid, reply)] = take(s)
+    assert (kind, cid, reply["op"]) == ("client", "c", "reply")
+    return reply["result"]
+
+
+def test_events_are_kept_per_topic_and_sent_to_subscribers(s, monkeypatch):
+    import dask_ipy.scheduler.state as state
+    monkeypatch.setattr(state, "EVENTS_KEPT", 2)
+    s.add_client("d")
+    s.handle_client_message("d", {"op": "subscribe-topic", "topic": "t"})
+    s.handle_client_message("c", {"op": "log-event", "topics": ["t", "u"],
+                                  "event": (1.0, {"a": 1})})
+    assert take(s) == [("client", "d", {"op": "event", "topic": "t",
+                                        "event": (1.0, {"a": 1})})]
+    s.handle_worker_message("w1", {"op": "log-event", "topic": "t", "event": (2.0, "x")})
+    s.handle_worker_message("w1", {"op": "log-event", "topic": "t", "event": (3.0, "y")})
+    assert [m["event"] for _, _, m in take(s)] == [(2.0, "x"), (3.0, "y")]
+    # the latest EVENTS_KEPT of each topic
+    assert info(s, "events", topic="t") == [(2.0, "x"), (3.0, "y")]
+    assert info(s, "events", topic="nothing") == []
+    assert info(s, "events") == {"t": [(2.0, "x"), (3.0, "y")], "u": [(1.0, {"a": 1})]}
+
+
+def test_metadata_is_a_tree_of_values_under_paths_of_names(s):
+    def put(keys, value):
+        s.handle_client_message("c", {"op": "set-metadata", "keys": keys, "value": value,
+                                      "request_id": 1})
+        assert take(s) == [("client", "c", {"op": "reply", "request_id": 1,
+                                            "result": True})]
+    put(["a"], "v1")
+    assert info(s, "get-metadata", keys=["a"]) == {"value": "v1"}
+    put(["a", "b", "c"], "v2")            # a value on the way becomes a dict
+    put(["a", "d"], "v3")
+    assert info(s, "get-metadata", keys=["a"]) == {"value": {"b": {"c": "v2"}, "d": "v3"}}
+    assert info(s, "get-metadata", keys=["a", "b", "c"]) == {"value": "v2"}
+    assert info(s, "get-metadata", keys=["a", "x"]) == {}
+    assert info(s, "get-metadata", keys=["a", "d", "e"]) == {}   # under a leaf: nothing
