@@ -1914,12 +1914,27 @@ class SchedulerState:
                 self.send_client(cid, {"op": "task-erred", **ts.error, "key": key})
 
     def _on_cancel(self, cid, msg):
+        """A client gives up keys: its Futures of them, and of every result that
+        depends on them, are cancelled (as in dask.distributed).  A key another
+        client also wants stays for that client, with what depends on it, unless
+        ``force``: then it is cancelled for every client."""
+        force = msg.get("force")
         recs = {}
-        for key in msg["keys"]:
+        asked = set(msg["keys"])
+        todo = list(asked)
+        seen = set()
+        while todo:
+            key = todo.pop()
             ts = self.tasks.get(key)
-            if ts is None:
+            if ts is None or key in seen:
                 continue
-            wanters = [cid] if not msg.get("force") else list(ts.who_wants)
+            seen.add(key)
+            if force or all(c == cid for c in ts.who_wants):
+                todo.extend(dts.key for dts in ts.dependents)
+            if force:
+                wanters = list(ts.who_wants)
+            else:
+                wanters = [cid] if key in asked or cid in ts.who_wants else []
             for c in wanters:
                 _discard(ts, "who_wants", c)
                 cs = self.clients.get(c)

@@ -247,6 +247,20 @@ def test_cancel_waiting_dependents_too(c, tmp_path):
     wait_for(lambda: b.key not in c._info("task-states"), message="b to be forgotten")
 
 
+def test_cancel_reaches_the_futures_that_depend_on_it(c, tmp_path):
+    gate = tmp_path / "gate"
+    a = c.submit(wait_for_file, str(gate), value=1, pure=False)
+    b = c.submit(inc, a)
+    d = c.submit(add, b, 10)
+    a.cancel()
+    for f in (a, b, d):
+        with pytest.raises(CancelledError):
+            f.result(timeout=10)
+    gate.touch()
+    wait_for(lambda: not {a.key, b.key, d.key} & set(c._info("task-states")),
+             message="all three forgotten")
+
+
 # ---------------------------------------------------------------- errors
 
 def test_remote_exception_keeps_its_type_and_traceback(c):
@@ -439,6 +453,7 @@ def test_events_and_metadata_are_shared_between_clients(c, pc):
     try:
         seen = []
         other.subscribe_topic("news", seen.append)
+        assert other.get_events("news") == ()     # answered after the subscription
         before = time.time()
         c.log_event("news", {"n": 1})
         c.log_event(["news", "other"], "two")

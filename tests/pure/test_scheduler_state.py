@@ -1084,3 +1084,38 @@ def test_metadata_is_a_tree_of_values_under_paths_of_names(s):
     assert info(s, "get-metadata", keys=["a", "b", "c"]) == {"value": "v2"}
     assert info(s, "get-metadata", keys=["a", "x"]) == {}
     assert info(s, "get-metadata", keys=["a", "d", "e"]) == {}   # under a leaf: nothing
+
+
+def test_cancel_reaches_the_results_that_depend_on_the_key(s1):
+    s = s1
+    s.add_client("d")
+    s.update_graph("c", {"a": ("spec-a", []), "b": ("spec-b", ["a"]),
+                         "i": ("spec-i", ["b"]), "z": ("spec-z", ["i"])}, ["a", "b", "z"])
+    s.update_graph("d", {"other": ("spec-o", ["a"])}, ["other"])
+    take(s)
+    s.handle_client_message("c", {"op": "cancel", "keys": ["a"]})
+    out = take(s)
+    # a goes for c only (d's "other" needs it); b and z, through the intermediate i,
+    # were c's alone: cancelled too
+    assert sorted(m["key"] for kind, cid, m in out if m["op"] == "cancelled") == [
+        "a", "b", "z"]
+    assert all(cid == "c" for kind, cid, m in out if kind == "client")
+    assert sorted(s.tasks) == ["a", "other"] and not s.tasks["a"].who_wants
+
+
+def test_cancel_stops_at_a_result_another_client_wants_unless_forced(s1):
+    s = s1
+    s.add_client("d")
+    s.update_graph("c", {"a": ("spec-a", []), "b": ("spec-b", ["a"])}, ["a", "b"])
+    s.update_graph("d", {"b": ("spec-b", ["a"])}, ["b"])
+    take(s)
+    s.handle_client_message("c", {"op": "cancel", "keys": ["a"]})
+    out = take(s)
+    # b is d's too: c's Future of b is cancelled, b stays (and a for it)
+    assert sorted((cid, m["key"]) for kind, cid, m in out if m["op"] == "cancelled") == [
+        ("c", "a"), ("c", "b")]
+    assert sorted(s.tasks) == ["a", "b"] and set(s.tasks["b"].who_wants) == {"d"}
+    s.handle_client_message("c", {"op": "cancel", "keys": ["a"], "force": True})
+    out = take(s)
+    assert ("client", "d", {"op": "cancelled", "key": "b"}) in out
+    assert s.tasks == {}
