@@ -29,7 +29,8 @@ import concurrent.futures as cf
 import threading
 from collections import deque, namedtuple
 
-from dask._task_spec import TaskRef
+from dask._task_spec import DataNode, Task, TaskRef
+from dask.base import is_dask_collection
 
 from ..errors import rebuild_error
 from ..log import logger
@@ -206,6 +207,12 @@ class Future(TaskRef):
         self.client.cancel([self], force=force)
         return True
 
+    def retry(self):
+        """Compute this erred Future again (`Client.retry`)."""
+        if self.client is None:
+            raise RuntimeError(f"{self.key!r} was released")
+        return self.client.retry([self])
+
     def add_done_callback(self, fn):
         """Call ``fn(future)`` once the future is done (on the client's I/O thread)."""
         ref = self
@@ -258,6 +265,53 @@ def futures_in(obj, out=None):
         for x in obj.values():
             futures_in(x, out)
     return out
+
+
+def futures_of(obj, client=None):
+    """The Futures in ``obj``, each once, in the order met (dask.distributed's
+    `futures_of`): in lists, tuples, sets and dict values, and behind dask
+    collections, whose graphs hold them as data (a persisted collection) or as
+    arguments of tasks.  With ``client``, a cancelled one is an error."""
+    found = {}
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Future):
+            found.setdefault(x.key, x)
+            continue
+        if type(x) in (list, tuple, set):
+            children = x
+        elif type(x) is dict:
+            children = x.values()
+        elif isinstance(x, DataNode):
+            children = (x.value,)
+        elif isinstance(x, Task):            # its nested containers are Tasks too
+            children = (*x.args, *x.kwargs.values())
+        elif is_dask_collection(x):
+            children = dict(x.__dask_graph__()).values()
+        else:
+            continue
+        stack.extend(reversed(list(children)))      # popped in their order
+    futures = list(found.values())
+    if client is not None:
+        cancelled = [f.key for f in futures if f.cancelled()]
+        if cancelled:
+            raise CancelledError(f"{cancelled!r} were cancelled")
+    return futures
+
+
+def fire_and_forget(obj):
+    """Run the tasks of the Futures in ``obj`` (as `futures_of` finds them), and
+    those they need, to their end even once no Future of them is left and their
+    client has closed; the scheduler then forgets each one unless a client wants it
+    (dask.distributed's `fire_and_forget`)."""
+    keys = {}
+    for f in futures_of(obj):
+        if f.client is not None:
+            keys.setdefault(f.client, []).append(f.key)
+    for client, of_client in keys.items():
+        # In order with its other messages: before any release of these keys.
+        client.shell.send({"op": "fire-and-forget", "keys": of_client})
 
 
 _unpickling = threading.local()
