@@ -2,6 +2,7 @@
 inside structures: `fire_and_forget`, `Future.retry` / `Client.retry`, `futures_of`,
 and `TimeoutError`, against scheduler and worker processes."""
 
+import asyncio
 import gc
 
 import dask
@@ -10,7 +11,7 @@ import pytest
 
 import dask_ipy
 from helpers import fail, fail_until, inc, record, wait_for, wait_for_file
-from dask_ipy import CancelledError, fire_and_forget, futures_of
+from dask_ipy import CancelledError, Client, as_completed, fire_and_forget, futures_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,6 +93,27 @@ def test_client_retry_starts_again_from_the_input_that_failed(c, tmp_path):
     c.retry([second])
     assert second.result(timeout=10) == 3
     assert first.result(timeout=10) == 2
+
+
+def test_retry_and_a_cleared_as_completed_awaited(pc, tmp_path, gate):
+    count = str(tmp_path / "count")
+
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c:
+            f = c.submit(fail_until, count, 2, pure=False)
+            assert type(await f.exception()) is RuntimeError
+            await f.retry()
+            assert await f == 2
+            ac = as_completed([c.submit(wait_for_file, str(gate), pure=False)])
+
+            async def drain():
+                return [x async for x in ac]
+            iterating = asyncio.create_task(drain())
+            while not ac.wakers:                   # until it waits for the future
+                await asyncio.sleep(0.01)
+            ac.clear()
+            return await asyncio.wait_for(iterating, 10)
+    assert asyncio.run(main()) == []
 
 
 # ---------------------------------------------------------------- futures_of
