@@ -6,8 +6,9 @@ import pytest
 
 from dask_ipy.client.state import ClientState, Reset
 from dask_ipy.scheduler.state import FIRE_AND_FORGET
-from test_scheduler_state import (A, CHAIN, CHAIN_ORDER, compute, erred, finished,  # noqa: F401
-                                  s1, states, take)
+from test_scheduler_state import (A, CHAIN, CHAIN_ORDER, compute, erred, finished, states,
+                                  take)
+from test_scheduler_state import s1  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
