@@ -14,6 +14,9 @@ _PUBLIC = {
     "Future": ".client.futures",
     "wait": ".client.futures",
     "as_completed": ".client.futures",
+    "futures_of": ".client.futures",
+    "fire_and_forget": ".client.futures",
+    "TimeoutError": ".errors",
     "KilledWorker": ".errors",
     "MemoryLimitExceeded": ".errors",
     "PausedWorkerWarning": ".errors",
@@ -120,4 +123,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
            "get_task_stream", "performance_report", "get_worker", "get_client", "secede",
-           "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost"]
+           "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost",
+           "futures_of", "fire_and_forget", "TimeoutError"]

@@ -14,6 +14,7 @@ traceback; when the exception does not unpickle, a type of `ERROR_TYPES` by name
 
 from __future__ import annotations
 
+import builtins
 import copy
 import inspect
 import os
@@ -100,6 +101,12 @@ class MissingDependency(KeyError):
         return "Task {!r} depends on missing key(s): {}".format(
             self.key, ", ".join(map(repr, self.missing))
         )
+
+
+# dask.distributed exports the builtin under its own name (``except
+# distributed.TimeoutError``): every wait here that runs out raises it, as asyncio
+# and concurrent.futures do since Python 3.11.
+TimeoutError = builtins.TimeoutError
 
 
 ERROR_TYPES = {

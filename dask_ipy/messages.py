@@ -110,6 +110,10 @@ KINDS = {
         "update-graph": "new tasks, and the keys the client wants",
         "client-releases-keys": "no Future of these keys is left",
         "client-desires-keys": "Futures of these keys arrived (unpickled)",
+        "fire-and-forget": "run these keys to their end even once no client wants "
+                           "them, then forget them (fire_and_forget)",
+        "retry": "compute these erred keys again, with the erred inputs they erred "
+                 "from (Client.retry)",
         "cancel": "cancel these keys",
         "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
                   "ones may come through the relay; 'unwanted': streams given up; "

@@ -38,7 +38,7 @@ from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods
 from .default import default_client
-from .futures import ClientExecutor, Future, futures_in, load
+from .futures import ClientExecutor, Future, futures_in, futures_of, load
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -541,6 +541,16 @@ class Client(ClusterMethods, ObserveMethods):
         flat = futures_in(futures)
         self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
         return self.run_op(done())
+
+    def retry(self, futures):
+        """Compute erred Futures again, with the erred inputs they erred from."""
+        self.shell.retry([f.key for f in futures_in(futures)])
+        return self.run_op(done())
+
+    def futures_of(self, futures):
+        """`futures_of` (the Futures in a structure or behind dask collections);
+        a cancelled one is an error."""
+        return futures_of(futures, client=self)
 
     def compute(self, collections, sync=False, optimize_graph=True, priority=0,
                 retries=0, workers=None, resources=None, allow_other_workers=False,

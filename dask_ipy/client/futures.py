@@ -31,7 +31,8 @@ import importlib
 import threading
 from collections import deque, namedtuple
 
-from dask._task_spec import TaskRef
+from dask._task_spec import DataNode, Task, TaskRef
+from dask.base import is_dask_collection
 
 from ..errors import rebuild_error
 from ..log import logger
@@ -208,6 +209,12 @@ class Future(TaskRef):
         self.client.cancel([self], force=force)
         return True
 
+    def retry(self):
+        """Compute this erred Future again (`Client.retry`)."""
+        if self.client is None:
+            raise RuntimeError(f"{self.key!r} was released")
+        return self.client.retry([self])
+
     def add_done_callback(self, fn):
         """Call ``fn(future)`` once the future is done (on the client's I/O thread)."""
         ref = self
@@ -273,6 +280,53 @@ def futures_in(obj, out=None):
         for x in obj.values():
             futures_in(x, out)
     return out
+
+
+def futures_of(obj, client=None):
+    """The Futures in ``obj``, each once, in the order met (dask.distributed's
+    `futures_of`): in lists, tuples, sets and dict values, and behind dask
+    collections, whose graphs hold them as data (a persisted collection) or as
+    arguments of tasks.  With ``client``, a cancelled one is an error."""
+    found = {}
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Future):
+            found.setdefault(x.key, x)
+            continue
+        if type(x) in (list, tuple, set):
+            children = x
+        elif type(x) is dict:
+            children = x.values()
+        elif isinstance(x, DataNode):
+            children = (x.value,)
+        elif isinstance(x, Task):            # its nested containers are Tasks too
+            children = (*x.args, *x.kwargs.values())
+        elif is_dask_collection(x):
+            children = dict(x.__dask_graph__()).values()
+        else:
+            continue
+        stack.extend(reversed(list(children)))      # popped in their order
+    futures = list(found.values())
+    if client is not None:
+        cancelled = [f.key for f in futures if f.cancelled()]
+        if cancelled:
+            raise CancelledError(f"{cancelled!r} were cancelled")
+    return futures
+
+
+def fire_and_forget(obj):
+    """Run the tasks of the Futures in ``obj`` (as `futures_of` finds them), and
+    those they need, to their end even once no Future of them is left and their
+    client has closed; the scheduler then forgets each one unless a client wants it
+    (dask.distributed's `fire_and_forget`)."""
+    keys = {}
+    for f in futures_of(obj):
+        if f.client is not None:
+            keys.setdefault(f.client, []).append(f.key)
+    for client, of_client in keys.items():
+        # In order with its other messages: before any release of these keys.
+        client.shell.send({"op": "fire-and-forget", "keys": of_client})
 
 
 _unpickling = threading.local()
@@ -396,43 +450,68 @@ class Waiter:
 class as_completed:
     """Iterate over Futures as they finish, with ``for`` or ``async for``;
     ``with_results=True`` yields ``(future, result)``.  More futures can be added
-    while iterating."""
+    while iterating (`add`, `update`); `next_batch` and `batches` hand out all those
+    finished at once, `clear` drops the rest.  A future added twice comes out twice,
+    as in dask.distributed."""
 
     def __init__(self, futures=(), with_results=False, raise_errors=True):
         self.with_results = with_results
         self.raise_errors = raise_errors
-        self.count = 0                       # futures added and not yet handed out
+        self.waiting = 0                     # futures added and not finished yet
         self.ready = deque()                 # finished, not yet handed out
+        self.epoch = 0                       # bumped by `clear`: earlier adds are void
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.wakers = []                     # coroutines waiting: call to wake them
-        for f in futures:
-            self.add(f)
+        self.update(futures)
 
     def add(self, future):
         with self.lock:
-            self.count += 1
-        future.add_done_callback(self._on_done)
+            self.waiting += 1
+            epoch = self.epoch
+        future.add_done_callback(lambda f: self._on_done(f, epoch))
 
     def update(self, futures):
         for f in futures:
             self.add(f)
 
-    def _on_done(self, future):
+    def _on_done(self, future, epoch):
         with self.lock:
+            if epoch != self.epoch:          # cleared since it was added
+                return
+            self.waiting -= 1
             self.ready.append(future)
-            self.cond.notify()
-            wakers, self.wakers = self.wakers, []
-        for wake_one in wakers:
-            wake_one()
+            self._wake()
 
-    def _claim(self):
-        """Claim the next future to hand out: False when none is left."""
+    def _wake(self):
+        """Under the lock: waiters look again (all of them: when the last future
+        comes, the others must see that none is left)."""
+        self.cond.notify_all()
+        wakers, self.wakers = self.wakers, []
+        for wake_one in wakers:
+            wake_one()                       # only schedules work in a loop
+
+    def count(self):
+        """How many futures are still to be handed out, finished or not."""
         with self.lock:
-            if self.count == 0:
-                return False
-            self.count -= 1
-            return True
+            return self.waiting + len(self.ready)
+
+    __len__ = count
+
+    def is_empty(self):
+        return not self.count()
+
+    def has_ready(self):
+        """Are finished futures waiting to be handed out?"""
+        return bool(self.ready)
+
+    def clear(self):
+        """Forget every future not handed out yet: iteration ends."""
+        with self.lock:
+            self.epoch += 1
+            self.waiting = 0
+            self.ready.clear()
+            self._wake()
 
     def _outcome(self, f):
         """The operation of what to hand out for ``f``."""
@@ -445,53 +524,54 @@ class as_completed:
                 raise
             return f, e
 
+    def _pop_ready(self):
+        with self.lock:
+            return self.ready.popleft() if self.ready else None
+
     def __iter__(self):
         return self
 
-    def _unclaim(self):
-        """Interrupted while waiting: the next call hands that future out."""
-        with self.lock:
-            self.count += 1
-
     def __next__(self):
-        if not self._claim():
-            raise StopIteration
-        try:
-            with self.cond:
-                while not self.ready:
-                    self.cond.wait()
-                f = self.ready.popleft()
-        except BaseException:
-            self._unclaim()
-            raise
+        with self.cond:
+            while not self.ready:
+                if not self.waiting:
+                    raise StopIteration
+                self.cond.wait()
+            f = self.ready.popleft()
         return run_blocking(self._outcome(f))
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        if not self._claim():
-            raise StopAsyncIteration
         loop = asyncio.get_running_loop()
-        try:
-            while True:
-                with self.lock:
-                    if self.ready:
-                        f = self.ready.popleft()
-                        break
-                    fut = loop.create_future()
-                    self.wakers.append(lambda fut=fut: in_loop(loop, resolve, fut, None))
-                await fut
-        except BaseException:
-            self._unclaim()
-            raise
+        while True:
+            with self.lock:
+                if self.ready:
+                    f = self.ready.popleft()
+                    break
+                if not self.waiting:
+                    raise StopAsyncIteration
+                fut = loop.create_future()
+                self.wakers.append(lambda fut=fut: in_loop(loop, resolve, fut, None))
+            await fut
         return await run_async(self._outcome(f))
 
     def next_batch(self, block=True):
-        batch = [next(self)]
-        while self.ready and self.count:
-            batch.append(next(self))
+        """Every future finished now; with ``block``, at least one (waiting for it,
+        StopIteration if none is left), else maybe none."""
+        batch = [next(self)] if block else []
+        while (f := self._pop_ready()) is not None:
+            batch.append(run_blocking(self._outcome(f)))
         return batch
+
+    def batches(self):
+        """`next_batch` after `next_batch`, until every future is handed out."""
+        while True:
+            try:
+                yield self.next_batch(block=True)
+            except StopIteration:
+                return
 
 
 # ---------------------------------------------------------------- Executor

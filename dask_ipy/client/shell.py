@@ -212,6 +212,10 @@ class ClientShell:
         self._call(self.state.cancel, states, keys, force)
         self._wake_loop()
 
+    def retry(self, keys):
+        self._call(self.state.retry, keys)
+        self._wake_loop()
+
     # ---------------------------------------------------------------- messages
 
     def send(self, msg):

@@ -38,6 +38,7 @@ Key states (`FutureState.status`)::
 
     pending ──▶ finished ──▶ (pending again: its data was lost, it is recomputed)
        │  └───▶ error | cancelled | lost (the connection was lost meanwhile)
+                error ──▶ (pending again: the user retries it, `retry`)
 
 State, documented once:
 
@@ -193,7 +194,8 @@ WELCOME = "welcome"    # the request id of registration: its answer carries no i
 # of these reads the scheduler's view of a key it may still think is computing.
 UNORDERED = frozenset({"update-graph", "gather", "client-releases-keys",
                        "client-desires-keys", "cancel", "scatter", "client-options",
-                       "register-client", "close-client", "monitor", "subscribe-topic"})
+                       "register-client", "close-client", "monitor", "subscribe-topic",
+                       "fire-and-forget"})
 
 
 class ClientState:
@@ -396,6 +398,19 @@ class ClientState:
                 out += self._set(st, CANCELLED)
         self.unconfirmed.difference_update(keys)
         self._queue({"op": "cancel", "keys": keys, "force": force})
+        return out
+
+    def retry(self, keys):
+        """The user computes erred keys again: they are pending until the scheduler
+        reports them (it reports every key asked for once it ends)."""
+        out = []
+        for key in keys:
+            st = self.futures.get(key)
+            if st is not None and st.status == ERROR:
+                st.status = PENDING
+                st.error = None
+                out.append(Reset(st))
+        self._queue({"op": "retry", "keys": list(keys)})
         return out
 
     # ------------------------------------------------------------ the connection

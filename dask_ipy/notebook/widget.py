@@ -46,7 +46,7 @@ import ipywidgets as widgets
 
 from .. import charts, units
 from ..client.default import default_client
-from ..client.futures import Future, Waiter, futures_in
+from ..client.futures import Waiter, futures_in, futures_of
 
 STATE_ORDER = ("waiting", "queued", "no-worker", "processing", "memory", "erred",
                "released")
@@ -741,19 +741,6 @@ def client_mimebundle(client, monitor=None):
 
 
 # ---------------------------------------------------------------- console progress
-
-def futures_of(collection):
-    """The Futures behind a persisted dask collection."""
-    from dask._task_spec import DataNode
-
-    found = {}
-    for v in dict(collection.__dask_graph__()).values():
-        if isinstance(v, DataNode):
-            v = v.value
-        if isinstance(v, Future):
-            found[v.key] = v
-    return list(found.values())
-
 
 def progress(*objs, client=None, file=None, width=40, interval=0.2):
     """Show a text progress bar until the given work is done (for the console).

@@ -27,7 +27,10 @@ State, documented once:
     TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
-    TaskState.who_has:      {WorkerRecord}   .who_wants: {client_id}
+    TaskState.who_has:      {WorkerRecord}   .who_wants: {client_id | holder}
+                            a holder keeps keys wanted with no client: a published
+                            dataset, ("dataset", name), or FIRE_AND_FORGET, which
+                            holds a task only until it ends (in memory or erred)
                             these five "sets" are EMPTY, a 1-tuple or a set: change
                             them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
@@ -107,6 +110,9 @@ RUNNING = "running"                        # worker statuses
 PAUSED = "paused"                          # memory: nothing new starts there
 CLOSING_GRACEFULLY = "closing_gracefully"  # retiring: no new tasks, data moves off
 CLOSED = "closed"
+
+# The holder of `fire_and_forget`'s keys in who_wants (no client id is a tuple).
+FIRE_AND_FORGET = ("fire-and-forget",)
 
 
 class InvalidTransition(RuntimeError):
@@ -805,6 +811,7 @@ class SchedulerState:
                 # come from straight, so that the client connects there.
                 msg["worker"] = next(iter(ts.who_has)).address
             self.send_client(cid, msg)
+        _discard(ts, "who_wants", FIRE_AND_FORGET)       # its work is done
         if not ts.waiters and not ts.who_wants:
             recs[ts.key] = FORGOTTEN
         return recs
@@ -863,6 +870,12 @@ class SchedulerState:
                                 "text": ts.error.get("text", "")})
         for cid in ts.who_wants:
             self.send_client(cid, {"op": "task-erred", **ts.error, "key": ts.key})
+        if FIRE_AND_FORGET in ts.who_wants:
+            # Ended too.  Kept while dependents (erred with it) are: their retry
+            # starts from it, and the last to go forgets it.
+            _discard(ts, "who_wants", FIRE_AND_FORGET)
+            if not ts.who_wants and not ts.dependents:
+                recs[ts.key] = FORGOTTEN
         return recs
 
     # memory / erred -> released
@@ -1130,11 +1143,12 @@ class SchedulerState:
             run_spec = Serialized([run_spec])
         msg = {"op": "compute-task", "key": ts.key, "run_spec": run_spec,
                "priority": ts.priority, "duration": ts.group.duration}
-        if ts.who_wants:
+        clients = [cid for cid in ts.who_wants if cid in self.clients]   # no holders
+        if clients:
             msg["want_data"] = True
             # The clients waiting for it: the worker sends a small result straight
             # to those it has a connection from (three hops, not four).
-            msg["clients"] = list(ts.who_wants)
+            msg["clients"] = clients
         if ts.resources is not None:
             msg["resources"] = ts.resources     # the worker runs it when they are free
         if ts.suspicious:
@@ -1902,16 +1916,59 @@ class SchedulerState:
     def _on_client_desires_keys(self, cid, msg):
         self.desire_keys(cid, msg["keys"])
         for key in msg["keys"]:
+            self._report(cid, key)
+
+    def _report(self, cid, key):
+        """Tell ``cid`` how ``key`` ended, if it has (or that there is no such task);
+        a key still to run is reported when it ends."""
+        ts = self.tasks.get(key)
+        if ts is None:
+            self.send_client(cid, {"op": "task-erred", "key": key,
+                                   **error_info("KeyError", f"no task {key!r} on the "
+                                                "scheduler", key)})
+        elif ts.state == MEMORY:
+            self.send_client(cid, {"op": "key-in-memory", "key": key,
+                                   "type": ts.type, "nbytes": ts.nbytes})
+        elif ts.state == ERRED:
+            self.send_client(cid, {"op": "task-erred", **ts.error, "key": key})
+
+    def _on_fire_and_forget(self, cid, msg):
+        """Run these keys to their end even if no client wants them any more: the
+        FIRE_AND_FORGET holder wants each one not ended yet (and so its inputs, which
+        it waits on) and lets go when it ends (`_after_memory`, `_any_erred`)."""
+        recs = {}
+        for key in msg["keys"]:
             ts = self.tasks.get(key)
-            if ts is None:
-                self.send_client(cid, {"op": "task-erred", "key": key,
-                                       **error_info("KeyError", f"no task {key!r} on the "
-                                                    "scheduler", key)})
-            elif ts.state == MEMORY:
-                self.send_client(cid, {"op": "key-in-memory", "key": key,
-                                       "type": ts.type, "nbytes": ts.nbytes})
-            elif ts.state == ERRED:
-                self.send_client(cid, {"op": "task-erred", **ts.error, "key": key})
+            if ts is None or ts.state in (MEMORY, ERRED):
+                continue
+            _add(ts, "who_wants", FIRE_AND_FORGET)
+            if ts.state == RELEASED:
+                recs[key] = WAITING
+        self.transitions(recs)
+        self.fill_workers()
+
+    def _on_retry(self, cid, msg):
+        """Compute erred keys again, with the erred inputs they erred from (dask.
+        distributed's `Client.retry`).  Every key asked for is reported again once
+        it ends: the client waits on those it thought erred."""
+        closure, stack = {}, [self.tasks.get(key) for key in msg["keys"]]
+        while stack:
+            ts = stack.pop()
+            if ts is None or ts.state != ERRED or ts.key in closure:
+                continue
+            closure[ts.key] = ts
+            stack.extend(ts.dependencies)
+        # Released all first, so that no task waiting again finds an erred input;
+        # then those wanted wait (their inputs with them) and the others are forgotten
+        # once no dependent holds them.
+        recs = {}
+        for ts in closure.values():
+            recs.update(self._transition(ts, RELEASED))
+        self.transitions(recs)
+        self.fill_workers()
+        for key in msg["keys"]:
+            if key not in closure:
+                self._report(cid, key)
 
     def _on_cancel(self, cid, msg):
         """A client gives up keys: its Futures of them, and of every result that
@@ -2699,6 +2756,8 @@ class SchedulerState:
         "update-graph": _on_update_graph,
         "client-releases-keys": _on_client_releases_keys,
         "client-desires-keys": _on_client_desires_keys,
+        "fire-and-forget": _on_fire_and_forget,
+        "retry": _on_retry,
         "cancel": _on_cancel,
         "gather": _on_gather,
         "scatter": _on_scatter,
@@ -2804,6 +2863,8 @@ class SchedulerState:
         for key, ts in self.tasks.items():
             assert ts.key == key
             assert ts.state in ALL_STATES, ts
+            if ts.state in (MEMORY, ERRED):
+                assert FIRE_AND_FORGET not in ts.who_wants, ts     # it let go at the end
             if ts.state == MEMORY:
                 assert ts.who_has, ts
                 assert not ts.waiting_on, ts

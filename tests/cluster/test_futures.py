@@ -264,3 +264,79 @@ def test_as_completed_handles_already_finished_futures(c):
     fs = c.map(inc, range(5))
     c.gather(fs)
     assert set(as_completed(fs)) == set(fs)
+
+
+def test_as_completed_counts_what_is_left_and_hands_out_batches(c, gate):
+    a, b = held(c, gate, 1), held(c, gate, 2)
+    ac = as_completed([a, b])
+    ac.add(a)                                 # added twice: handed out twice
+    assert (ac.count(), len(ac), ac.is_empty(), ac.has_ready()) == (3, 3, False, False)
+    assert ac.next_batch(block=False) == []
+    gate.touch()
+    # Done callbacks run in the order they were added: as_completed's before wait's.
+    wait([a, b], timeout=10)
+    assert ac.has_ready() and ac.count() == 3
+    batch = ac.next_batch(block=False)
+    assert sorted(f.key for f in batch) == sorted([a.key, a.key, b.key])
+    assert (ac.count(), ac.is_empty(), ac.has_ready()) == (0, True, False)
+    assert ac.next_batch(block=False) == []
+    with pytest.raises(StopIteration):
+        ac.next_batch()
+
+
+def test_as_completed_batches_until_every_future_is_handed_out(c, gate):
+    first = held(c, gate, 0)
+    ac = as_completed([first], with_results=True)
+    ac.update(c.map(inc, range(5)))
+    batches = []
+    for batch in ac.batches():
+        batches.append(batch)
+        if len(batches) == 1:
+            assert all(f is not first for f, _ in batch)
+            gate.touch()
+    assert sorted(r for batch in batches for _, r in batch) == [0, 1, 2, 3, 4, 5]
+    assert all(batches)
+    assert list(as_completed().batches()) == []
+
+
+def test_as_completed_clear_drops_finished_and_pending_futures(c, gate):
+    pending = held(c, gate, 1)
+    finished = c.submit(inc, 1)
+    ac = as_completed([pending, finished])
+    wait([finished], timeout=10)
+    assert ac.has_ready()
+    ac.clear()
+    assert (ac.count(), ac.is_empty(), ac.has_ready()) == (0, True, False)
+    assert list(ac) == []
+    gate.touch()
+    wait([pending], timeout=10)
+    assert ac.count() == 0 and not ac.has_ready()       # its late callback is void
+    ac.add(pending)
+    assert list(ac) == [pending]
+
+
+def test_as_completed_clear_ends_an_iteration_waiting_in_another_thread(c, gate):
+    ac = as_completed([held(c, gate)])
+    got = []
+    t = threading.Thread(target=lambda: got.append(list(ac)), daemon=True)
+    t.start()
+    wait_for(lambda: len(ac.cond._waiters) == 1, message="the iteration to wait")
+    ac.clear()
+    t.join(10)
+    assert not t.is_alive() and got == [[]]
+
+
+def test_as_completed_shared_by_two_threads_ends_for_both(c, gate):
+    f = held(c, gate, 1)
+    ac = as_completed([f])
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(list(ac)), daemon=True)
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(ac.cond._waiters) == 2, message="both threads to wait")
+    gate.touch()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(got, key=len) == [[], [f]]

@@ -14,6 +14,9 @@ pytestmark = pytest.mark.timeout(60)
 # The contract (DESIGN.md): code outside this repository imports these names.
 DOCUMENTED = {"Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
               "dask_client_from_ipclient", "KilledWorker"}
+# dask.distributed's top-level names that code moving over uses.
+DISTRIBUTED = {"futures_of", "fire_and_forget", "TimeoutError", "as_completed", "wait",
+               "CancelledError", "get_client", "secede", "rejoin", "worker_client"}
 # Defined in the package's own module rather than loaded lazily.
 EAGER = {"dask_client_from_ipclient", "progress"}
 
@@ -22,6 +25,7 @@ def test_all_lists_the_documented_names_and_each_one_resolves():
     public = set(dask_ipy.__all__)
     assert len(public) == len(dask_ipy.__all__), "a name listed twice"
     assert DOCUMENTED <= public, DOCUMENTED - public
+    assert DISTRIBUTED <= public, DISTRIBUTED - public
     assert public == set(dask_ipy._PUBLIC) | EAGER
     for name in dask_ipy.__all__:
         value = getattr(dask_ipy, name)

@@ -1,0 +1,155 @@
+"""dask.distributed's names for work that outlives its Futures and for Futures found
+inside structures: `fire_and_forget`, `Future.retry` / `Client.retry`, `futures_of`,
+and `TimeoutError`, against scheduler and worker processes."""
+
+import asyncio
+import gc
+
+import dask
+import dask.array as da
+import pytest
+
+import dask_ipy
+from helpers import fail, fail_until, inc, record, wait_for, wait_for_file
+from dask_ipy import CancelledError, Client, as_completed, fire_and_forget, futures_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A file whose creation lets `wait_for_file` tasks finish; made at the end of the
+    test whatever happens, so no task is left running."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
+
+
+def ntasks(client):
+    return client.scheduler_info()["ntasks"]
+
+
+# ---------------------------------------------------------------- fire_and_forget
+
+def test_fired_work_finishes_after_the_client_closes_and_is_then_forgotten(c, pc, gate,
+                                                                           tmp_path):
+    out = tmp_path / "out"
+    held = c.submit(wait_for_file, str(gate), value="done", pure=False)
+    writes = c.submit(record, str(out), held, pure=False)
+    fire_and_forget(writes)          # only the last: its input is kept for it
+    del held, writes
+    gc.collect()
+    c.close()
+    other = pc.client()
+    try:
+        assert ntasks(other) == 2
+        gate.touch()
+        wait_for(lambda: out.exists() and out.read_text() == "done\n",
+                 message="the fired task to write its file")
+        wait_for(lambda: ntasks(other) == 0, message="the scheduler to forget it")
+    finally:
+        other.close()
+
+
+def test_a_fired_task_that_fails_is_forgotten(c, gate):
+    f = c.submit(wait_for_file, str(gate), pure=False)
+    failing = c.submit(fail, f, pure=False)
+    fire_and_forget([{"x": failing}])
+    del f, failing
+    gc.collect()
+    assert ntasks(c) == 2            # the release went before this question
+    gate.touch()
+    wait_for(lambda: ntasks(c) == 0, message="the scheduler to forget the failed task")
+
+
+def test_a_fired_task_stays_for_a_client_that_still_wants_it(c, gate):
+    f = c.submit(wait_for_file, str(gate), value=7, pure=False)
+    fire_and_forget(f)
+    gate.touch()
+    assert f.result(timeout=10) == 7
+    assert ntasks(c) == 1
+    del f
+    gc.collect()
+    wait_for(lambda: ntasks(c) == 0, message="the released key to be forgotten")
+
+
+# ---------------------------------------------------------------- retry
+
+def test_future_retry_runs_a_failed_task_again(c, tmp_path):
+    count = str(tmp_path / "count")
+    f = c.submit(fail_until, count, 2, pure=False)
+    assert str(f.exception(timeout=10)) == "attempt 1 fails"
+    assert f.status == "error"
+    assert f.retry() is None
+    assert f.result(timeout=10) == 2
+    assert f.status == "finished" and f.exception() is None
+
+
+def test_client_retry_starts_again_from_the_input_that_failed(c, tmp_path):
+    count = str(tmp_path / "count")
+    first = c.submit(fail_until, count, 2, pure=False)
+    second = c.submit(inc, first, pure=False)
+    assert type(second.exception(timeout=10)) is RuntimeError
+    c.retry([second])
+    assert second.result(timeout=10) == 3
+    assert first.result(timeout=10) == 2
+
+
+def test_retry_and_a_cleared_as_completed_awaited(pc, tmp_path, gate):
+    count = str(tmp_path / "count")
+
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c:
+            f = c.submit(fail_until, count, 2, pure=False)
+            assert type(await f.exception()) is RuntimeError
+            await f.retry()
+            assert await f == 2
+            ac = as_completed([c.submit(wait_for_file, str(gate), pure=False)])
+
+            async def drain():
+                return [x async for x in ac]
+            iterating = asyncio.create_task(drain())
+            while not ac.wakers:                   # until it waits for the future
+                await asyncio.sleep(0.01)
+            ac.clear()
+            return await asyncio.wait_for(iterating, 10)
+    assert asyncio.run(main()) == []
+
+
+# ---------------------------------------------------------------- futures_of
+
+def test_futures_of_finds_futures_in_structures_once_each_in_order(c):
+    a, b, d = c.map(inc, range(3))
+    assert futures_of([a, (b, {"k": d}), {a}, "not a future", 4]) == [a, b, d]
+    assert futures_of({"only": [[d]]}) == [d]
+    assert futures_of(3) == []
+
+
+def test_futures_of_finds_the_futures_behind_dask_collections(c):
+    x = da.ones(10, chunks=5).persist()
+    found = futures_of(x)
+    assert sorted(f.key for f in found) == sorted(x.__dask_keys__())
+    assert all(isinstance(f, dask_ipy.Future) for f in found)
+    a = c.submit(inc, 1)
+    lazy = dask.delayed(sum)([a, dask.delayed(inc)(a), 10])
+    assert futures_of(lazy) == [a]
+    assert c.futures_of([x, lazy]) == found + [a]
+
+
+def test_client_futures_of_refuses_cancelled_futures(c, gate):
+    f = c.submit(wait_for_file, str(gate), pure=False)
+    f.cancel()
+    assert futures_of([f]) == [f]
+    with pytest.raises(CancelledError, match=repr(f.key)):
+        c.futures_of([f])
+
+
+# ---------------------------------------------------------------- TimeoutError
+
+def test_timeouts_raise_the_exported_timeout_error(c, gate):
+    assert dask_ipy.TimeoutError is TimeoutError
+    f = c.submit(wait_for_file, str(gate), pure=False)
+    with pytest.raises(dask_ipy.TimeoutError):
+        f.result(timeout=0.05)
+    with pytest.raises(dask_ipy.TimeoutError):
+        c.gather([f], timeout=0.05)
