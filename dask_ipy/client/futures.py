@@ -391,9 +391,13 @@ def _rebuild_future(key):
 def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``,
     or a coroutine of it when a Future belongs to an asynchronous client.  ``fs``
-    may be one Future."""
+    may be one Future, or hold Futures anywhere `futures_of` finds them (a persisted
+    collection, a dict...)."""
     if isinstance(fs, (Future, cf.Future)):
         fs = [fs]
+    elif not (isinstance(fs, (list, tuple, set, frozenset))
+              and all(isinstance(f, (Future, cf.Future)) for f in fs)):
+        fs = futures_of(fs)
     waiter = Waiter(fs, return_when)
     op = waiter.wait_op(timeout)
     return run_async(op) if _asynchronous(waiter.fs) else run_blocking(op)

@@ -3,6 +3,7 @@ inside structures: `fire_and_forget`, `Future.retry` / `Client.retry`, `futures_
 and `TimeoutError`, against scheduler and worker processes."""
 
 import asyncio
+import concurrent.futures as cf
 import gc
 
 import dask
@@ -11,7 +12,8 @@ import pytest
 
 import dask_ipy
 from helpers import fail, fail_until, inc, record, wait_for, wait_for_file
-from dask_ipy import CancelledError, Client, as_completed, fire_and_forget, futures_of
+from dask_ipy import (CancelledError, Client, as_completed, fire_and_forget, futures_of,
+                      wait)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,6 +136,19 @@ def test_futures_of_finds_the_futures_behind_dask_collections(c):
     lazy = dask.delayed(sum)([a, dask.delayed(inc)(a), 10])
     assert futures_of(lazy) == [a]
     assert c.futures_of([x, lazy]) == found + [a]
+
+
+def test_wait_takes_what_futures_of_finds(c, gate):
+    x = (da.ones(10, chunks=5) + 1).persist()
+    done, not_done = wait(x)
+    assert not not_done and {f.key for f in done} == set(x.__dask_keys__())
+    held = c.submit(wait_for_file, str(gate), pure=False)
+    done, not_done = wait({"x": x, "held": [held]}, timeout=0.2)
+    assert not_done == {held} and len(done) == 2
+    gate.touch()
+    plain = cf.Future()
+    plain.set_result(1)
+    assert wait([held, plain]).not_done == set()     # concurrent.futures' too
 
 
 def test_client_futures_of_refuses_cancelled_futures(c, gate):
