@@ -2797,6 +2797,16 @@ class SchedulerState:
                 "status": ws.status, "paused": ws.paused_since is not None,
                 "paused_for": paused_for, "time_paused": time_paused}
 
+    @staticmethod
+    def _metrics(ws):
+        """A worker's last reported figures under dask.distributed's names."""
+        m = ws.metrics
+        return {"cpu": m.get("cpu", 0), "memory": m.get("memory", 0),
+                "managed_bytes": m.get("managed", 0),
+                "spilled_bytes": {"memory": m.get("managed", 0), "disk": m.get("spilled", 0)},
+                "executing": len(ws.executing) + len(ws.stale),
+                "in_memory": len(ws.has_what), "time": ws.last_seen}
+
     def info(self):
         return {
             "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
@@ -2805,6 +2815,8 @@ class SchedulerState:
                                      "unreachable": sorted(w.address
                                                            for w in ws.unreachable),
                                      "resources": dict(ws.resources),
+                                     "type": "Worker", "last_seen": ws.last_seen,
+                                     "metrics": self._metrics(ws),
                                      **self.memory_info(ws)}
                         for ws in self.workers.values()},
             "ntasks": len(self.tasks),

@@ -1119,3 +1119,14 @@ def test_cancel_stops_at_a_result_another_client_wants_unless_forced(s1):
     out = take(s)
     assert ("client", "d", {"op": "cancelled", "key": "b"}) in out
     assert s.tasks == {}
+
+
+def test_info_gives_a_workers_figures_under_dask_distributed_names_too(s1):
+    s = s1
+    s.handle_worker_message("w1", {"op": "heartbeat", "metrics": {
+        "memory": 500, "managed": 200, "spilled": 50, "cpu": 12.5}}, now=1234.0)
+    w = s.info()["workers"][A]
+    assert w["type"] == "Worker" and w["last_seen"] == 1234.0
+    assert w["metrics"] == {"cpu": 12.5, "memory": 500, "managed_bytes": 200,
+                            "spilled_bytes": {"memory": 200, "disk": 50},
+                            "executing": 0, "in_memory": 0, "time": 1234.0}
