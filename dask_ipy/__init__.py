@@ -37,6 +37,11 @@ _PUBLIC = {
     "Actor": ".client.actors",
     "ActorFuture": ".client.actors",
     "ActorLost": ".errors",
+    "Variable": ".client.coordination",
+    "Queue": ".client.coordination",
+    "Lock": ".client.coordination",
+    "Semaphore": ".client.coordination",
+    "Event": ".client.coordination",
 }
 
 __version__ = "0.1.0"
@@ -120,4 +125,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
            "get_task_stream", "performance_report", "get_worker", "get_client", "secede",
-           "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost"]
+           "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost",
+           "Variable", "Queue", "Lock", "Semaphore", "Event"]
