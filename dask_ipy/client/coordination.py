@@ -46,14 +46,19 @@ def _seconds(timeout):
 
 def _checked(answer):
     if isinstance(answer, dict) and "error" in answer:
-        raise RuntimeError(answer["error"])
+        raise (ValueError if answer.get("type") == "ValueError" else
+               RuntimeError)(answer["error"])
     return answer
+
+
+def _granted(answer):
+    return answer != WITHDRAWN and not (isinstance(answer, dict) and "error" in answer)
 
 
 def _abandoned(token, undo):
     """The answer to a request its caller gave up on (interrupted): a grant is
     undone."""
-    if token.exception() is None and token.result() != WITHDRAWN:
+    if token.exception() is None and _granted(token.result()):
         undo()
 
 
@@ -88,11 +93,12 @@ class _Named:
     def _run(self, op):
         return self.client.run_op(op)
 
-    def _waiting_op(self, what, timeout, on_abandon=None, **fields):
+    def _waiting_op(self, what, timeout, undo=None, **fields):
         """Ask, the request parked on the scheduler until it can be answered:
         (True, the answer), or (False, None) once ``timeout`` seconds passed and it
-        was withdrawn.  ``on_abandon()``: undo a grant that came after its caller
-        was interrupted."""
+        was withdrawn.  ``undo()``: what to do with a grant that comes after its
+        caller gave up (timed out, or was interrupted); without it, a grant that
+        crossed the withdraw of a timeout is the answer."""
         shell = self.client.shell
         shell.check_open()
         timeout = _seconds(timeout)
@@ -107,11 +113,15 @@ class _Named:
             answer = yield KeptAnswer(token, timeout, text)
         except TimeoutError:
             shell.send(withdraw)
+            # The one answer the request gets: "withdrawn", or a grant on its way.
             answer = yield Answer(token, None, text)
+            if undo is not None and _granted(answer):
+                undo()
+                return False, None
         except BaseException:
             shell.send(withdraw)
-            if on_abandon is not None:
-                token.add_done_callback(lambda t: _abandoned(t, on_abandon))
+            if undo is not None:
+                token.add_done_callback(lambda t: _abandoned(t, undo))
             raise
         if answer == WITHDRAWN:
             return False, None
@@ -217,7 +227,7 @@ class Semaphore(_Named):
     def _acquire_op(self, timeout):
         lease = uuid.uuid4().hex
         got, _ = yield from self._waiting_op(
-            "acquire", timeout, on_abandon=lambda: self._release_lease(lease),
+            "acquire", timeout, undo=lambda: self._release_lease(lease),
             kind=self.kind, max_leases=self.max_leases, lease=lease)
         if got:
             self._leases.append(lease)

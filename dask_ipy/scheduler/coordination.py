@@ -330,6 +330,11 @@ class Coordination:
             # The first to come sets the number of leases; it lives while leased
             # or waited for.
             s = self.semaphores[sid] = SemaphoreState(int(msg.get("max_leases", 1)))
+        elif s.max_leases != int(msg.get("max_leases", 1)):
+            self._reply(cid, msg, {"error": f"inconsistent max leases of {sid[1]!r}: "
+                                            f"{msg.get('max_leases')}, expected "
+                                            f"{s.max_leases}", "type": "ValueError"})
+            return
         if len(s.leases) < s.max_leases and not s.waiters:
             s.leases[msg["lease"]] = cid
             self._reply(cid, msg, True)

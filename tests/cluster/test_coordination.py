@@ -194,6 +194,8 @@ def test_timeouts_and_a_withdrawn_acquire_never_takes_the_lock(c):
     assert Event(unique("event")).wait(timeout=0.1) is False
     sem = Semaphore(1, unique("sem"))
     assert sem.acquire(timeout=0.1) and not Semaphore(1, sem.name).acquire(timeout=0.1)
+    with pytest.raises(ValueError, match="max leases"):
+        Semaphore(2, sem.name).acquire()
 
 
 HOLD_AND_BLOCK = """

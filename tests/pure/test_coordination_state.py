@@ -232,6 +232,17 @@ def test_semaphore_grants_max_leases(co):
         Reply("c", 1, True), Reply("a", 3, True)]
 
 
+def test_a_semaphore_in_use_refuses_another_number_of_leases(co):
+    acquire(co, "a", "S1", name="s", kind="semaphore", max_leases=2)
+    assert acquire(co, "b", "S2", name="s", kind="semaphore", max_leases=3) == [
+        Reply("b", 1, {"error": "inconsistent max leases of 's': 3, expected 2",
+                       "type": "ValueError"})]
+    release(co, "a", "S1", name="s", kind="semaphore")
+    # Unused, it is forgotten: a new number is a new semaphore.
+    assert acquire(co, "b", "S2", name="s", kind="semaphore", max_leases=3) == [
+        Reply("b", 2, True)]
+
+
 def test_acquire_withdrawn_while_waiting(co):
     acquire(co, "a", "L1")
     acquire(co, "b", "L2")
