@@ -416,13 +416,19 @@ class Coordination:
 
     # ---------------------------------------------------------------- invariants
 
-    def holders(self):
-        """{holder: keys} of every value stored or waiting to be."""
+    def values(self):
+        """Every value stored, or waiting to be."""
         values = list(self.variables.values())
         for q in self.queues.values():
             values += list(q.items) + [p.value for p in q.putters]
             values += [v for p in q.getters for v in p.taken]
-        return {v.holder: v.keys for v in values if v.keys}
+        return values
+
+    def forget_keys(self):
+        """Every task was forgotten (a restart): values keep no keys any more (a
+        Future in them is of a key that is gone)."""
+        for v in self.values():
+            v.keys = []
 
     def validate(self):
         lines = [p for w in self.var_waiters.values() for p in w]

@@ -2326,6 +2326,7 @@ class SchedulerState:
         self.steals.clear()
         self.memory_failures.clear()
         self.datasets.clear()
+        self.coordination.forget_keys()
         self._reply(cid, msg, True)
         if self.plugin_events is not None:
             self.plugin_events.append(("restart",))
@@ -2827,6 +2828,9 @@ class SchedulerState:
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
         self.coordination.validate()
+        for v in self.coordination.values():
+            for key in v.keys:
+                assert key not in self.tasks or v.holder in self.tasks[key].who_wants, v
         counts = self.task_counts()
         actual = dict.fromkeys(ALL_STATES, 0)
         for ts in self.tasks.values():

@@ -379,3 +379,17 @@ def test_a_lease_of_a_client_that_is_removed_goes_to_the_next():
     s.remove_client("a")
     assert s.take_messages() == [
         ("client", "b", {"op": "reply", "request_id": 1, "result": True})]
+
+
+def test_after_a_restart_stored_values_hold_no_keys():
+    """Their tasks are gone; a task of the same key made later is not theirs."""
+    s = scheduler()
+    in_memory(s, "a", "x")
+    ask(s, "a", 1, "variable-set", name="v", data="blob", keys=["x"])
+    ask(s, "a", 2, "queue-put", name="q", data="blob", keys=["x"])
+    s.handle_client_message("a", {"op": "restart", "request_id": 3})
+    in_memory(s, "a", "x")
+    s.validate()
+    assert set(s.tasks["x"].who_wants) == {"a"}
+    ask(s, "a", 4, "variable-delete", name="v")
+    assert s.tasks["x"].state == "memory"
