@@ -215,7 +215,7 @@ class Semaphore(_Named):
     prefix = "semaphore"
     kind = "semaphore"
 
-    def __init__(self, max_leases=1, name=None, client=None):
+    def __init__(self, max_leases=1, name=None, *, client=None):
         super().__init__(name, client)
         self.max_leases = max_leases
         self._leases = deque()                 # this object's leases, oldest first
@@ -278,7 +278,7 @@ class Lock(Semaphore):
     kind = "lock"
 
     def __init__(self, name=None, client=None):
-        super().__init__(1, name, client)
+        super().__init__(1, name, client=client)
 
     def acquire(self, blocking=True, timeout=None):
         """True once held; False if not within ``timeout`` (at once if not

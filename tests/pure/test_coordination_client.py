@@ -130,3 +130,8 @@ def test_a_timeout_of_zero_asks_not_to_wait(client):
     assert wait.timeout is None and client.shell.sent[0]["wait"] is False
     assert finish(op, WITHDRAWN) is False
 
+
+
+def test_both_sides_mean_the_same_by_withdrawn():
+    from dask_ipy.scheduler import coordination
+    assert WITHDRAWN == coordination.WITHDRAWN
