@@ -40,6 +40,11 @@ _PUBLIC = {
     "Actor": ".client.actors",
     "ActorFuture": ".client.actors",
     "ActorLost": ".errors",
+    "Variable": ".client.coordination",
+    "Queue": ".client.coordination",
+    "Lock": ".client.coordination",
+    "Semaphore": ".client.coordination",
+    "Event": ".client.coordination",
 }
 
 __version__ = "0.1.0"
@@ -124,4 +129,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
            "get_task_stream", "performance_report", "get_worker", "get_client", "secede",
            "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost",
-           "futures_of", "fire_and_forget", "TimeoutError"]
+           "futures_of", "fire_and_forget", "TimeoutError",
+           "Variable", "Queue", "Lock", "Semaphore", "Event"]

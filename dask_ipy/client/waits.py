@@ -125,6 +125,21 @@ class Answer:
             raise self._late() from None
 
 
+class KeptAnswer(Answer):
+    """An `Answer` whose future outlives its timeout: asyncio cancels what a timed-out
+    wait awaited, so this one awaits it shielded, and an answer that comes late can
+    still be read from the future (a request withdrawn on timeout gets one)."""
+
+    __slots__ = ()
+
+    async def wait(self):
+        try:
+            return await within(asyncio.shield(asyncio.wrap_future(self.future)),
+                                self.timeout)
+        except TimeoutError:
+            raise self._late() from None
+
+
 class Signal:
     """A flag set once, from any thread, that threads and coroutines wait for."""
 

@@ -93,6 +93,7 @@ from ..errors import error_info
 from ..keys import key_prefix
 from ..units import format_bytes
 from ..protocol import Serialized
+from .coordination import Coordination, Reply, Want
 from .moves import Move, plan_rebalance, plan_replicas, plan_retirement
 
 RELEASED = "released"
@@ -472,6 +473,7 @@ class SchedulerState:
         self.queued = []
         self.unrunnable = set()              # tasks in "no-worker"
         self.datasets = {}                   # {name: {"data": Serialized, "keys": [...]}}
+        self.coordination = Coordination()   # Variables, Queues, Locks... (its module)
         self.collections = {}                # {name: Serialized}
         self.gathers = {}                    # {gather id: pending gather}
         self.parked = {}                     # {key: {gather id}} waiting for results
@@ -1868,6 +1870,7 @@ class SchedulerState:
                 del self.worker_waiters[token]
         if self.plugin_events is not None:
             self.plugin_events.append(("remove_client", cid))
+        self._coordinated(self.coordination.remove_client(cid))
         self._release_keys(cid, [ts.key for ts in cs.wants_what])
 
     def _release_keys(self, cid, keys):
@@ -2379,6 +2382,24 @@ class SchedulerState:
     def _on_unpublish_dataset(self, cid, msg):
         self._reply(cid, msg, self._unpublish(msg["name"]))
 
+    def _on_coordinate(self, cid, msg):
+        self._coordinated(self.coordination.handle(cid, msg))
+
+    def _on_withdraw(self, cid, msg):
+        self._coordinated(self.coordination.withdraw(cid, msg))
+
+    def _coordinated(self, effects):
+        """Carry out what `Coordination` asks: replies, and keys kept or let go for
+        its values (a holder's or a client's)."""
+        for e in effects:
+            if type(e) is Reply:
+                self.send_client(e.cid, {"op": "reply", "request_id": e.request_id,
+                                         "result": e.result})
+            elif type(e) is Want:
+                self.desire_keys(e.who, e.keys)
+            else:
+                self._release_keys(e.who, e.keys)
+
     def _on_client_options(self, cid, msg):
         cs = self.clients.get(cid)
         if cs is not None and "paused_warning" in msg:
@@ -2418,6 +2439,7 @@ class SchedulerState:
         self.steals.clear()
         self.memory_failures.clear()
         self.datasets.clear()
+        self.coordination.forget_keys()
         self._reply(cid, msg, True)
         if self.plugin_events is not None:
             self.plugin_events.append(("restart",))
@@ -2767,6 +2789,8 @@ class SchedulerState:
         "set-collection": _on_set_collection,
         "publish-dataset": _on_publish_dataset,
         "unpublish-dataset": _on_unpublish_dataset,
+        "coordinate": _on_coordinate,
+        "withdraw": _on_withdraw,
         "monitor": _on_monitor,
         "restart": _on_restart,
         "client-options": _on_client_options,
@@ -2934,6 +2958,10 @@ class SchedulerState:
                 assert self.workers[wid].status == CLOSING_GRACEFULLY, (move, wid)
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
+        self.coordination.validate()
+        for v in self.coordination.values():
+            for key in v.keys:
+                assert key not in self.tasks or v.holder in self.tasks[key].who_wants, v
         counts = self.task_counts()
         actual = dict.fromkeys(ALL_STATES, 0)
         for ts in self.tasks.values():

@@ -21,7 +21,8 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "dask_ipy"
 TOP = ("notebook", "bootstrap", "cli", "__main__", "dynamic")
 ROLES = ("scheduler", "worker", "client")
-PURE = ["scheduler/state.py", "scheduler/moves.py", "worker/state.py", "client/state.py",
+PURE = ["scheduler/state.py", "scheduler/moves.py", "scheduler/coordination.py",
+        "worker/state.py", "client/state.py",
         "graph.py", "protocol.py", "keys.py", "errors.py", "messages.py", "units.py"]
 FORBIDDEN = {"zmq", "socket", "threading", "time", "asyncio", "select", "selectors",
              "subprocess", "concurrent", "multiprocessing", "queue", "signal", "psutil"}

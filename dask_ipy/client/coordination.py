@@ -1,0 +1,321 @@
+"""Variable, Queue, Lock, Semaphore and Event: dask.distributed's coordination
+primitives, named objects on the scheduler that every client and every task shares.
+
+    Lock("x").acquire() ── "coordinate" {what: "acquire", lease} ──▶ scheduler
+            ◀── "reply" True ──────────────────────────────────────  (now, or once
+                                                                       released)
+    ... timeout passed ── "withdraw" {request} ──▶ answered "withdrawn", unless the
+                                                     grant was already on its way
+
+The state lives on the scheduler (scheduler/coordination.py); here each call is one
+request, written once as an operation (see `waits`), so that with an asynchronous
+client every method returns a coroutine, as dask.distributed's do.  A call that may
+wait (acquire, get, put on a full queue, wait) is parked on the scheduler; its
+timeout is counted here.  On timeout the client withdraws the request, then reads the
+one answer it gets: "withdrawn", or the grant that crossed the withdraw.  A late lease
+is released at once (acquire returns False), a late value is returned (an item never
+vanishes).  An interrupted wait (KeyboardInterrupt, a cancelled coroutine) withdraws
+too and releases a lease it may have been given (a queue item taken for an
+interrupted get is lost, as in dask.distributed).
+
+Without ``client=`` an object uses `get_client`'s client when first used: the default
+client, or inside a task the worker's client, which is also what an object passed to
+a task (pickled by name) uses there.  Values are anything picklable; Futures in them
+keep their keys alive on the scheduler while stored, and come back as Futures of the
+client that gets them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+
+from dask.utils import parse_timedelta
+
+from .. import hooks
+from ..protocol import serialize
+from .futures import futures_in, load
+from .waits import Answer, KeptAnswer, then
+
+WITHDRAWN = {"withdrawn": True}
+
+
+def _seconds(timeout):
+    return None if timeout is None else parse_timedelta(timeout)
+
+
+def _checked(answer):
+    if isinstance(answer, dict) and "error" in answer:
+        raise (ValueError if answer.get("type") == "ValueError" else
+               RuntimeError)(answer["error"])
+    return answer
+
+
+def _granted(answer):
+    return answer != WITHDRAWN and not (isinstance(answer, dict) and "error" in answer)
+
+
+def _abandoned(token, undo):
+    """The answer to a request its caller gave up on (interrupted): a grant is
+    undone."""
+    if token.exception() is None and _granted(token.result()):
+        undo()
+
+
+def _packed(value):
+    return {"data": serialize(value), "keys": [f.key for f in futures_in(value)]}
+
+
+class _Named:
+    """A named object on the scheduler, reached through a client."""
+
+    prefix = "named"
+
+    def __init__(self, name=None, client=None):
+        self.name = name or f"{self.prefix}-{uuid.uuid4().hex}"
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = hooks.current_client()
+        return self._client
+
+    def _message(self, what, **fields):
+        return {"op": "coordinate", "what": what, "name": self.name, **fields}
+
+    def _request_op(self, what, timeout=None, **fields):
+        """Ask, and return the answer (it never waits on the scheduler)."""
+        answer = yield from self.client.shell.request_op(self._message(what, **fields),
+                                                         timeout=_seconds(timeout))
+        return _checked(answer)
+
+    def _run(self, op):
+        return self.client.run_op(op)
+
+    def _waiting_op(self, what, timeout, undo=None, **fields):
+        """Ask, the request parked on the scheduler until it can be answered:
+        (True, the answer), or (False, None) once ``timeout`` seconds passed and it
+        was withdrawn.  ``undo()``: what to do with a grant that comes after its
+        caller gave up (timed out, or was interrupted); without it, a grant that
+        crossed the withdraw of a timeout is the answer."""
+        shell = self.client.shell
+        shell.check_open()
+        timeout = _seconds(timeout)
+        msg = self._message(what, **fields)
+        if timeout is not None and timeout <= 0:
+            msg["wait"] = False                # answered at once, parked or not
+            timeout = None
+        token = shell.request_future(msg)      # gives msg its request id
+        withdraw = {"op": "withdraw", "request": msg["request_id"]}
+        text = f"{what!r} of {self.name!r}"
+        try:
+            answer = yield KeptAnswer(token, timeout, text)
+        except TimeoutError:
+            shell.send(withdraw)
+            # The one answer the request gets: "withdrawn", or a grant on its way.
+            answer = yield Answer(token, None, text)
+            if undo is not None and _granted(answer):
+                undo()
+                return False, None
+        except BaseException:
+            shell.send(withdraw)
+            if undo is not None:
+                token.add_done_callback(lambda t: _abandoned(t, undo))
+            raise
+        if answer == WITHDRAWN:
+            return False, None
+        return True, _checked(answer)
+
+    def __repr__(self):
+        return f"<{type(self).__name__}: {self.name}>"
+
+    def __reduce__(self):
+        return (type(self), (self.name,))
+
+
+class Variable(_Named):
+    """A named value every client and task shares (dask.distributed's Variable).
+
+    >>> v = Variable("x"); v.set(1); v.get()
+    1
+
+    A Future stored here stays in memory until the variable is set again or
+    deleted, even once no client holds it."""
+
+    prefix = "variable"
+
+    def set(self, value, timeout=None, **kwargs):
+        op = self._request_op("variable-set", timeout, **_packed(value))
+        return self._run(then(op, lambda _: None))
+
+    def get(self, timeout=None, **kwargs):
+        """The value, waiting until one is set; TimeoutError after ``timeout``."""
+        return self._run(self._get_op(timeout))
+
+    def _get_op(self, timeout):
+        got, answer = yield from self._waiting_op("variable-get", timeout)
+        if not got:
+            raise TimeoutError(f"variable {self.name!r} not set within {timeout} s")
+        return load(answer["data"], self.client)
+
+    def delete(self):
+        """Forget the value (for every client); gets wait for the next set."""
+        op = self._request_op("variable-delete")
+        return self._run(then(op, lambda _: None))
+
+
+class Queue(_Named):
+    """A named first-in first-out queue every client and task shares
+    (dask.distributed's Queue).  ``maxsize`` > 0: a put waits for room."""
+
+    prefix = "queue"
+
+    def __init__(self, name=None, client=None, maxsize=0):
+        super().__init__(name, client)
+        self.maxsize = maxsize
+
+    def put(self, value, timeout=None, **kwargs):
+        """Put ``value`` at the end; TimeoutError if there was no room in time."""
+        return self._run(self._put_op(value, timeout))
+
+    def _put_op(self, value, timeout):
+        put, _ = yield from self._waiting_op("queue-put", timeout, maxsize=self.maxsize,
+                                             **_packed(value))
+        if not put:
+            raise TimeoutError(f"no room in queue {self.name!r} within {timeout} s")
+
+    def get(self, timeout=None, batch=False, **kwargs):
+        """The first item, waiting for one; TimeoutError after ``timeout``.
+        ``batch=True``: a list of every item there now (maybe none), at once;
+        ``batch=n``: a list of the first n, waiting until there are n."""
+        return self._run(self._get_op(timeout, batch))
+
+    def _get_op(self, timeout, batch):
+        got, answer = yield from self._waiting_op("queue-get", timeout,
+                                                  maxsize=self.maxsize, batch=batch)
+        if not got:
+            raise TimeoutError(f"queue {self.name!r} had no item within {timeout} s")
+        if "items" in answer:
+            return [load(blob, self.client) for blob in answer["items"]]
+        return load(answer["data"], self.client)
+
+    def qsize(self, **kwargs):
+        return self._run(self._request_op("queue-size"))
+
+    def __reduce__(self):
+        return (type(self), (self.name, None, self.maxsize))
+
+
+class Semaphore(_Named):
+    """At most ``max_leases`` holders at once, across clients and tasks
+    (dask.distributed's Semaphore).  Leases of a client that disconnects are
+    released; there are no lease timeouts."""
+
+    prefix = "semaphore"
+    kind = "semaphore"
+
+    def __init__(self, max_leases=1, name=None, *, client=None):
+        super().__init__(name, client)
+        self.max_leases = max_leases
+        self._leases = deque()                 # this object's leases, oldest first
+
+    def acquire(self, timeout=None):
+        """True once a lease is held; False if none came within ``timeout``."""
+        return self._run(self._acquire_op(timeout))
+
+    def _acquire_op(self, timeout):
+        lease = uuid.uuid4().hex
+        got, _ = yield from self._waiting_op(
+            "acquire", timeout, undo=lambda: self._release_lease(lease),
+            kind=self.kind, max_leases=self.max_leases, lease=lease)
+        if got:
+            self._leases.append(lease)
+        return got
+
+    def _release_lease(self, lease):
+        self.client.shell.request_future(self._message("release", kind=self.kind,
+                                                       lease=lease))
+
+    def release(self):
+        """Give back this object's oldest lease; RuntimeError if it holds none."""
+        if not self._leases:
+            raise RuntimeError(self._unheld())
+        op = self._request_op("release", kind=self.kind, lease=self._leases.popleft())
+        return self._run(op)
+
+    def _unheld(self):
+        return f"semaphore {self.name!r} released too often"
+
+    def get_value(self):
+        """How many leases are held now (by anyone)."""
+        return self._run(self._request_op("semaphore-value", kind=self.kind))
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    async def __aenter__(self):
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.release()
+
+    def __reduce__(self):
+        return (type(self), (self.max_leases, self.name))
+
+
+class Lock(Semaphore):
+    """A named lock across clients and tasks (dask.distributed's Lock): one holder
+    at a time, not reentrant (a second acquire of the same Lock waits, as with
+    threading.Lock).  Released if its client disconnects."""
+
+    prefix = "lock"
+    kind = "lock"
+
+    def __init__(self, name=None, client=None):
+        super().__init__(1, name, client=client)
+
+    def acquire(self, blocking=True, timeout=None):
+        """True once held; False if not within ``timeout`` (at once if not
+        ``blocking``)."""
+        if not blocking:
+            if timeout is not None:
+                raise ValueError("can't specify a timeout for a non-blocking call")
+            timeout = 0
+        return super().acquire(timeout)
+
+    def _unheld(self):
+        return f"lock {self.name!r} is not acquired"
+
+    def locked(self):
+        """Whether anyone holds the lock."""
+        op = self._request_op("semaphore-value", kind=self.kind)
+        return self._run(then(op, lambda n: n > 0))
+
+    def __reduce__(self):
+        return (type(self), (self.name,))
+
+
+class Event(_Named):
+    """A named flag that tasks and clients wait for (dask.distributed's Event)."""
+
+    prefix = "event"
+
+    def set(self):
+        """Set the flag: every waiter wakes, later waits return at once."""
+        return self._run(then(self._request_op("event-set"), lambda _: None))
+
+    def clear(self):
+        return self._run(then(self._request_op("event-clear"), lambda _: None))
+
+    def is_set(self):
+        return self._run(self._request_op("event-is-set"))
+
+    def wait(self, timeout=None):
+        """True once the flag is set; False if not within ``timeout``."""
+        return self._run(then(self._waiting_op("event-wait", timeout), lambda r: r[0]))

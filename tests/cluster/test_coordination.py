@@ -1,0 +1,262 @@
+"""Variable, Queue, Lock, Semaphore and Event on a scheduler and two workers of two
+threads in their own processes: tasks on different workers contending for a Lock,
+Futures passed through a Queue and kept by a Variable, an Event that tasks wait on,
+a Semaphore's limit, timeouts, the asynchronous client, and a client killed while it
+holds a Lock.  Overlap is read from the intervals the tasks record (one clock: the
+host's monotonic one), never from sleeps."""
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from dask_ipy import Client, Event, Lock, Queue, Semaphore, Variable, get_client
+from helpers import inc, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+PROCESS_CLUSTER = {"nthreads": 2}
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def worker_addresses(c):
+    return sorted(c.scheduler_info()["workers"])
+
+
+def max_overlap(intervals):
+    """The most intervals open at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] +
+                   [(end, -1) for _, end in intervals])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+# ---------------------------------------------------------------- tasks
+
+def hold_lock(lock_name, arrived, go, hold):
+    """Say so once running, wait for the word, then hold the lock for ``hold`` s."""
+    Queue(arrived).put(1)
+    assert Event(go).wait(timeout=30)
+    with Lock(lock_name):
+        start = time.monotonic()
+        time.sleep(hold)
+        return start, time.monotonic()
+
+
+def hold_semaphore(sem, hold):
+    with sem:
+        start = time.monotonic()
+        time.sleep(hold)
+        return start, time.monotonic()
+
+
+def put_futures(queue_name, n):
+    """Futures of this task's client go into the queue; the task ends, and its
+    client lets its own Futures go."""
+    c = get_client()
+    q = Queue(queue_name)
+    for i in range(n):
+        q.put(c.submit(inc, 100 + i, pure=False))
+    return n
+
+
+def result_of_queued_future(queue_name):
+    return Queue(queue_name).get(timeout=30).result(timeout=30)
+
+
+def wait_for_event(name, arrived):
+    Queue(arrived).put(1)
+    assert Event(name).wait(timeout=30)
+    return time.monotonic()
+
+
+def timeouts_in_a_task(lock_name):
+    t = time.monotonic()
+    got = Lock(lock_name).acquire(timeout=0.2)
+    waited = time.monotonic() - t
+    try:
+        Queue(unique("empty")).get(timeout=0.1)
+        raised = False
+    except TimeoutError:
+        raised = True
+    return got, waited, raised
+
+
+# ---------------------------------------------------------------- tests
+
+def contend(c, lock_names):
+    """Two tasks, one per worker, each holding its lock for a while, released at
+    once when both are running; their (start, end) intervals."""
+    arrived, go = unique("arrived"), unique("go")
+    futures = [c.submit(hold_lock, name, arrived, go, 0.3, workers=[w], pure=False)
+               for name, w in zip(lock_names, worker_addresses(c))]
+    assert Queue(arrived).get(timeout=30, batch=2) == [1, 1]
+    Event(go).set()
+    return [f.result(timeout=30) for f in futures]
+
+
+def test_tasks_on_two_workers_take_a_lock_in_turn(c):
+    name = unique("lock")
+    assert max_overlap(contend(c, [name, name])) == 1
+    # The same tasks with a lock each do overlap: the run can show a broken lock.
+    assert max_overlap(contend(c, [unique("lock"), unique("lock")])) == 2
+    assert not Lock(name).locked()
+
+
+def test_a_semaphore_lets_max_leases_tasks_run_at_once(c):
+    sem = Semaphore(max_leases=2, name=unique("sem"))
+    # Four threads in all: without the semaphore four of these would overlap.
+    intervals = c.gather(c.map(hold_semaphore, [sem] * 6, [0.2] * 6, pure=False))
+    assert max_overlap(intervals) == 2
+    assert sem.get_value() == 0
+
+
+def test_futures_go_from_a_task_to_the_client_through_a_queue_and_back(c):
+    name = unique("q")
+    assert c.submit(put_futures, name, 3, pure=False).result(timeout=30) == 3
+    q = Queue(name)
+    futures = [q.get(timeout=10) for _ in range(3)]
+    assert [f.result(timeout=10) for f in futures] == [101, 102, 103]
+    assert q.qsize() == 0
+    back = unique("q")
+    Queue(back).put(c.submit(inc, 7, pure=False))
+    assert c.submit(result_of_queued_future, back, pure=False).result(timeout=30) == 8
+    # What the queue held is let go once taken and dropped.
+    del futures
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="keys released")
+
+
+def test_a_variable_keeps_a_future_its_client_let_go(pc, c):
+    name = unique("var")
+    other = Client(pc.file, set_as_default=False)
+    try:
+        f = other.submit(inc, 41, pure=False)
+        key = f.key
+        Variable(name, client=other).set(f)
+        assert f.result(timeout=10) == 42
+        del f
+    finally:
+        other.close()
+    got = Variable(name, client=c).get(timeout=10)
+    assert got.key == key and got.result(timeout=10) == 42
+    Variable(name, client=c).delete()
+    assert c.scheduler_info()["ntasks"] == 1        # still ours
+    del got
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="key released")
+
+
+def test_tasks_waiting_on_an_event_go_on_once_the_client_sets_it(c):
+    name, arrived = unique("event"), unique("arrived")
+    futures = c.map(wait_for_event, [name] * 2, [arrived] * 2, pure=False)
+    Queue(arrived).get(timeout=30, batch=2)         # both are waiting now
+    assert not Event(name).is_set()
+    set_at = time.monotonic()
+    Event(name).set()
+    assert all(t >= set_at for t in c.gather(futures))
+    assert Event(name).is_set() and Event(name).wait(timeout=0)
+    Event(name).clear()
+    assert not Event(name).is_set()
+
+
+def test_timeouts_and_a_withdrawn_acquire_never_takes_the_lock(c):
+    name = unique("lock")
+    holder = Lock(name)
+    assert holder.acquire()
+    t = time.monotonic()
+    assert Lock(name).acquire(timeout=0.2) is False
+    assert 0.2 <= time.monotonic() - t < 5
+    assert Lock(name).acquire(blocking=False) is False
+    got, waited, raised = c.submit(timeouts_in_a_task, name, pure=False).result(30)
+    assert got is False and 0.2 <= waited < 5 and raised
+    holder.release()
+    with pytest.raises(RuntimeError):
+        holder.release()
+    # Those that gave up are not waiting for it any more: it is free.
+    assert Lock(name).acquire(blocking=False) is True
+    with pytest.raises(TimeoutError):
+        Variable(unique("var")).get(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        Queue(unique("q")).get(timeout=0.1)
+    full = Queue(unique("q"), maxsize=1)
+    full.put(1)
+    with pytest.raises(TimeoutError):
+        full.put(2, timeout=0.1)
+    assert full.qsize() == 1 and full.get() == 1
+    assert Event(unique("event")).wait(timeout=0.1) is False
+    sem = Semaphore(1, unique("sem"))
+    assert sem.acquire(timeout=0.1) and not Semaphore(1, sem.name).acquire(timeout=0.1)
+    with pytest.raises(ValueError, match="max leases"):
+        Semaphore(2, sem.name).acquire()
+
+
+HOLD_AND_BLOCK = """
+import sys
+from dask_ipy import Client, Lock
+c = Client(sys.argv[1])
+assert Lock(sys.argv[2]).acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_lock_held_by_a_client_that_dies_is_released(pc, c):
+    name = unique("lock")
+    p = subprocess.Popen([sys.executable, "-c", HOLD_AND_BLOCK, pc.file, name],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        assert Lock(name).acquire(timeout=0.2) is False
+        p.kill()
+        p.wait(10)
+        assert Lock(name).acquire(timeout=20) is True
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        p.stdin.close()
+        p.stdout.close()
+
+
+def test_the_primitives_awaited_with_an_asynchronous_client(pc, c):
+    name = unique("lock")
+    held = Lock(name)
+    assert held.acquire()
+
+    async def main():
+        async with Client(pc.file, asynchronous=True, set_as_default=False) as ac:
+            lock = Lock(name, client=ac)
+            assert await lock.acquire(timeout=0.1) is False
+            # An acquire cancelled while it waits gives up its place in line.
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(lock.acquire(), 0.2)
+            held.release()
+            async with lock:
+                assert await lock.locked()
+            assert not await lock.locked()
+            q = Queue(unique("q"), client=ac)
+            await q.put(ac.submit(inc, 1, pure=False))
+            assert await (await q.get(timeout=10)) == 2
+            v = Variable(unique("var"), client=ac)
+            await v.set({"a": 1})
+            assert await v.get() == {"a": 1}
+            with pytest.raises(TimeoutError):
+                await Variable(unique("var"), client=ac).get(timeout=0.1)
+            e = Event(unique("event"), client=ac)
+            waiter = asyncio.ensure_future(e.wait(timeout=10))
+            await e.set()
+            assert await waiter
+            sem = Semaphore(2, unique("sem"), client=ac)
+            async with sem:
+                assert await sem.get_value() == 1
+    asyncio.run(main())
+    # Nothing waits for the lock any more (the cancelled acquire withdrew).
+    assert Lock(name).acquire(timeout=5)

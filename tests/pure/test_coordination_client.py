@@ -1,0 +1,137 @@
+"""The client's side of a request that waits on the scheduler, step by step against a
+stand-in shell: what it sends when its timeout passes or it is interrupted, and what
+it makes of the one answer its request then gets (withdrawn, or a grant that crossed
+the withdraw).  No sockets, no clocks: the waits are handed their outcomes."""
+
+import concurrent.futures as cf
+import itertools
+
+import pytest
+
+from dask_ipy.client.coordination import WITHDRAWN, Event, Lock, Queue, Variable
+from dask_ipy.client.waits import Answer, KeptAnswer
+from dask_ipy.protocol import serialize
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Shell:
+    def __init__(self):
+        self.sent = []
+        self.tokens = {}
+        self.ids = itertools.count(1)
+
+    def check_open(self):
+        pass
+
+    def request_future(self, msg):
+        msg["request_id"] = rid = next(self.ids)
+        self.tokens[rid] = cf.Future()
+        self.sent.append(msg)
+        return self.tokens[rid]
+
+    def send(self, msg):
+        self.sent.append(msg)
+
+    def ops(self):
+        return [(m["op"], m.get("what"), m.get("request_id", m.get("request")))
+                for m in self.sent]
+
+
+class FakeClient:
+    def __init__(self):
+        self.shell = Shell()
+
+
+@pytest.fixture
+def client():
+    return FakeClient()
+
+
+def timed_out(op):
+    """Start ``op``, let its timed wait pass: the wait for its one answer."""
+    assert type(next(op)) is KeptAnswer
+    wait = op.throw(TimeoutError("late"))
+    assert type(wait) is Answer and wait.timeout is None
+    return wait
+
+
+def finish(op, answer):
+    with pytest.raises(StopIteration) as stop:
+        op.send(answer)
+    return stop.value.value
+
+
+def test_an_acquire_that_times_out_is_withdrawn(client):
+    lock = Lock("l", client=client)
+    op = lock._acquire_op(0.1)
+    timed_out(op)
+    assert finish(op, WITHDRAWN) is False
+    assert client.shell.ops() == [("coordinate", "acquire", 1), ("withdraw", None, 1)]
+    assert not lock._leases
+
+
+def test_a_lease_granted_as_the_acquire_timed_out_is_released(client):
+    lock = Lock("l", client=client)
+    op = lock._acquire_op(0.1)
+    timed_out(op)
+    assert finish(op, True) is False
+    lease = client.shell.sent[0]["lease"]
+    assert client.shell.ops() == [("coordinate", "acquire", 1), ("withdraw", None, 1),
+                                  ("coordinate", "release", 2)]
+    assert client.shell.sent[2]["lease"] == lease
+    assert not lock._leases
+
+
+def test_an_interrupted_acquire_withdraws_and_releases_a_lease_granted_later(client):
+    lock = Lock("l", client=client)
+    op = lock._acquire_op(None)
+    next(op)
+    with pytest.raises(KeyboardInterrupt):
+        op.throw(KeyboardInterrupt())
+    assert client.shell.ops() == [("coordinate", "acquire", 1), ("withdraw", None, 1)]
+    client.shell.tokens[1].set_result(True)                      # the grant, late
+    assert client.shell.ops()[-1] == ("coordinate", "release", 2)
+    # Withdrawn in time: nothing to release.
+    op = lock._acquire_op(None)
+    next(op)
+    with pytest.raises(KeyboardInterrupt):
+        op.throw(KeyboardInterrupt())
+    client.shell.tokens[3].set_result(WITHDRAWN)
+    assert client.shell.ops()[-1] == ("withdraw", None, 3)
+
+
+def test_a_queue_item_that_crossed_the_withdraw_is_returned(client):
+    q = Queue("q", client=client)
+    op = q._get_op(0.1, False)
+    timed_out(op)
+    assert finish(op, {"data": serialize("item")}) == "item"
+    assert client.shell.ops() == [("coordinate", "queue-get", 1), ("withdraw", None, 1)]
+
+
+def test_a_get_withdrawn_in_time_raises_timeout_error(client):
+    for op in (Queue("q", client=client)._get_op(0.1, False),
+               Variable("v", client=client)._get_op(0.1)):
+        timed_out(op)
+        with pytest.raises(TimeoutError):
+            op.send(WITHDRAWN)
+
+
+def test_an_event_wait_answered_as_it_timed_out_is_true(client):
+    e = Event("e", client=client)
+    op = e._waiting_op("event-wait", 0.1)
+    timed_out(op)
+    assert finish(op, True) == (True, True)
+
+
+def test_a_timeout_of_zero_asks_not_to_wait(client):
+    op = Lock("l", client=client)._acquire_op(0)
+    wait = next(op)
+    assert wait.timeout is None and client.shell.sent[0]["wait"] is False
+    assert finish(op, WITHDRAWN) is False
+
+
+
+def test_both_sides_mean_the_same_by_withdrawn():
+    from dask_ipy.scheduler import coordination
+    assert WITHDRAWN == coordination.WITHDRAWN
