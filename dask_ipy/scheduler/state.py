@@ -1977,7 +1977,8 @@ class SchedulerState:
         """A client gives up keys: its Futures of them, and of every result that
         depends on them, are cancelled (as in dask.distributed).  A key another
         client also wants stays for that client, with what depends on it, unless
-        ``force``: then it is cancelled for every client."""
+        ``force``: then it is cancelled for every client.  Holders (a dataset, a
+        Variable's value...) keep theirs either way."""
         force = msg.get("force")
         recs = {}
         asked = set(msg["keys"])
@@ -1992,7 +1993,7 @@ class SchedulerState:
             if force or all(c == cid for c in ts.who_wants):
                 todo.extend(dts.key for dts in ts.dependents)
             if force:
-                wanters = list(ts.who_wants)
+                wanters = [c for c in ts.who_wants if c in self.clients]
             else:
                 wanters = [cid] if key in asked or cid in ts.who_wants else []
             for c in wanters:

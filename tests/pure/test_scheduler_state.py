@@ -1130,3 +1130,14 @@ def test_info_gives_a_workers_figures_under_dask_distributed_names_too(s1):
     assert w["metrics"] == {"cpu": 12.5, "memory": 500, "managed_bytes": 200,
                             "spilled_bytes": {"memory": 200, "disk": 50},
                             "executing": 0, "in_memory": 0, "time": 1234.0}
+
+
+def test_a_forced_cancel_leaves_a_published_datasets_key(s1):
+    s = s1
+    s.update_graph("c", {"a": ("spec-a", [])}, ["a"])
+    s.handle_client_message("c", {"op": "publish-dataset", "name": "d", "data": "blob",
+                                  "keys": ["a"], "request_id": 1})
+    take(s)
+    s.handle_client_message("c", {"op": "cancel", "keys": ["a"], "force": True})
+    assert take(s) == [("client", "c", {"op": "cancelled", "key": "a"})]
+    assert set(s.tasks["a"].who_wants) == {("dataset", "d")}
