@@ -29,10 +29,12 @@ import concurrent.futures as cf
 import html
 import importlib
 import threading
+import time
 from collections import deque, namedtuple
 
 from dask._task_spec import DataNode, Task, TaskRef
 from dask.base import is_dask_collection
+from dask.utils import parse_timedelta
 
 from ..errors import rebuild_error
 from ..log import logger
@@ -456,11 +458,15 @@ class as_completed:
     ``with_results=True`` yields ``(future, result)``.  More futures can be added
     while iterating (`add`, `update`); `next_batch` and `batches` hand out all those
     finished at once, `clear` drops the rest.  A future added twice comes out twice,
-    as in dask.distributed."""
+    as in dask.distributed.  ``timeout``: seconds from now after which waiting for
+    the next one raises TimeoutError."""
 
-    def __init__(self, futures=(), with_results=False, raise_errors=True):
+    def __init__(self, futures=(), with_results=False, raise_errors=True, *,
+                 timeout=None):
         self.with_results = with_results
         self.raise_errors = raise_errors
+        self.deadline = (None if timeout is None else
+                         time.monotonic() + parse_timedelta(timeout))
         self.waiting = 0                     # futures added and not finished yet
         self.ready = deque()                 # finished, not yet handed out
         self.epoch = 0                       # bumped by `clear`: earlier adds are void
@@ -535,12 +541,22 @@ class as_completed:
     def __iter__(self):
         return self
 
+    def _left(self):
+        """Seconds left before the timeout (None: no timeout); TimeoutError if none."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{self.waiting} futures not done within the timeout "
+                               f"of as_completed")
+        return left
+
     def __next__(self):
         with self.cond:
             while not self.ready:
                 if not self.waiting:
                     raise StopIteration
-                self.cond.wait()
+                self.cond.wait(self._left())
             f = self.ready.popleft()
         return run_blocking(self._outcome(f))
 
@@ -556,9 +572,13 @@ class as_completed:
                     break
                 if not self.waiting:
                     raise StopAsyncIteration
+                left = self._left()
                 fut = loop.create_future()
                 self.wakers.append(lambda fut=fut: in_loop(loop, resolve, fut, None))
-            await fut
+            try:
+                await within(fut, left)
+            except TimeoutError:
+                self._left()                 # raises, the deadline being past
         return await run_async(self._outcome(f))
 
     def next_batch(self, block=True):

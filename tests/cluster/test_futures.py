@@ -1,10 +1,12 @@
 """Future, wait and as_completed, against scheduler and worker processes."""
 
+import asyncio
 import collections
 import concurrent.futures as cf
 import gc
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -231,6 +233,23 @@ def test_as_completed_yields_in_completion_order(c, gate):
     assert [next(it), next(it), next(it)] == [a, b, d]
     with pytest.raises(StopIteration):
         next(it)
+
+
+def test_as_completed_times_out_waiting_for_the_next_one(c, gate):
+    done = c.submit(inc, 1)
+    done.result()
+    it = as_completed([done, held(c, gate)], timeout=0.5)
+    assert next(it) is done                 # finished ones come out in time
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="1 futures not done"):
+        next(it)
+    assert time.monotonic() - began < 5
+
+    async def main():
+        ait = as_completed([held(c, gate, value=2)], timeout="200ms")
+        with pytest.raises(TimeoutError):
+            await ait.__anext__()
+    asyncio.run(main())
 
 
 def test_as_completed_with_results_and_add(c):
