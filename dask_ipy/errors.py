@@ -281,7 +281,7 @@ def _code_objects(namespace):
 
 def restore_filenames(frames):
     """Give back their file names to the frames, in a tblib traceback dict, of code
-    this process sent by value: cloudpickle names all such code "<dynamic-code>".
+    this process sent by value: cloudpickle names all such code `DYNAMIC_CODE`.
 
     The code is looked for by module, name and line among the functions and classes of
     the module the frame ran in (for a notebook, the cells' namespace), so that
@@ -290,18 +290,29 @@ def restore_filenames(frames):
     while frames is not None:
         frame = frames["tb_frame"]
         f_code = frame["f_code"]
-        if f_code["co_filename"] == "<dynamic-code>":
-            name = frame.get("f_globals", {}).get("__name__")
-            if name not in found:
-                found[name] = list(_code_objects(_namespace(name)))
-            line = frames["tb_lineno"]
-            for code in found[name]:
-                if code.co_name == f_code["co_name"] and any(
-                        ln == line for _, _, ln in code.co_lines()):
-                    f_code["co_filename"] = code.co_filename
-                    f_code["co_firstlineno"] = code.co_firstlineno
-                    break
+        if f_code["co_filename"] == DYNAMIC_CODE:
+            code = code_here(frame.get("f_globals", {}).get("__name__"),
+                             f_code["co_name"], frames["tb_lineno"], found)
+            if code is not None:
+                f_code["co_filename"] = code.co_filename
+                f_code["co_firstlineno"] = code.co_firstlineno
         frames = frames["tb_next"]
+
+
+DYNAMIC_CODE = "<dynamic-code>"     # cloudpickle's file name of code sent by value
+
+
+def code_here(module_name, name, line, found=None):
+    """The code object here that ran as ``name`` at ``line`` of module
+    ``module_name`` where this process sent it by value, or None.  ``found``: a
+    dict that caches the code objects of each module between calls."""
+    found = {} if found is None else found
+    if module_name not in found:
+        found[module_name] = list(_code_objects(_namespace(module_name)))
+    for code in found[module_name]:
+        if code.co_name == name and any(ln == line for _, _, ln in code.co_lines()):
+            return code
+    return None
 
 
 def _namespace(module_name):
