@@ -45,6 +45,8 @@ _PUBLIC = {
     "Lock": ".client.coordination",
     "Semaphore": ".client.coordination",
     "Event": ".client.coordination",
+    "print": ".worker.printing",
+    "warn": ".worker.printing",
 }
 
 __version__ = "0.1.0"
@@ -130,4 +132,4 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "get_task_stream", "performance_report", "get_worker", "get_client", "secede",
            "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost",
            "futures_of", "fire_and_forget", "TimeoutError",
-           "Variable", "Queue", "Lock", "Semaphore", "Event"]
+           "Variable", "Queue", "Lock", "Semaphore", "Event", "print", "warn"]

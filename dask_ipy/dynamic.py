@@ -35,8 +35,12 @@ def task_client(worker):
         if worker.clients_address is None:
             raise ValueError(f"worker {worker.address} is not registered with a "
                              "scheduler yet")
+        # No task output: the worker's process printed its tasks' already, and this
+        # client would print there the output of every task of the cluster (a
+        # dask.distributed worker's client does); the user's clients show it.
         client = Client(worker.clients_address, security=worker.security,
-                        set_as_default=False, name=f"tasks on {worker.address}")
+                        set_as_default=False, name=f"tasks on {worker.address}",
+                        task_output=False)
         worker.task_client = client
         return client
 

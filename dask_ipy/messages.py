@@ -200,6 +200,11 @@ KINDS = {
     },
 }
 
+# The topics of the events ("log-event", then "event") of a task's
+# `dask_ipy.print` and `dask_ipy.warn`: dask.distributed's names.  Sent by
+# worker/printing.py, shown by client/printing.py.
+PRINT, WARN = "print", "warn"
+
 # Events a shell feeds its own state machine besides what comes off the wire.
 SHELL_EVENTS = {
     WORKER: {

@@ -33,7 +33,7 @@ from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
 from ..log import logger
 from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, serialize
-from . import default
+from . import default, printing
 from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods
@@ -117,11 +117,14 @@ class Client(ClusterMethods, ObserveMethods):
     client itself is awaited once (``c = await Client(addr, asynchronous=True)`` or
     ``async with Client(addr, asynchronous=True) as c``); Futures are awaitable with
     either kind of client (``await c.submit(f, x)``).
+
+    ``task_output``: print and warn here what tasks print and warn with
+    `dask_ipy.print` and `dask_ipy.warn` (as dask.distributed's clients do).
     """
 
     def __init__(self, address=None, *, security=None, timeout=10.0,
                  set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES,
-                 asynchronous=False):
+                 asynchronous=False, task_output=True):
         if hasattr(address, "address_to_clients"):          # a Scheduler object
             security = security or address.security
             address = address.address_to_clients
@@ -139,6 +142,11 @@ class Client(ClusterMethods, ObserveMethods):
         self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
                                  on_scheduler_closing=self._close_now,
                                  paused_warning=self.paused_warning)
+        if task_output:
+            # Queued ahead of the registration and sent with it: no round trip more,
+            # and in effect once the client is (re-sent after a reconnection).
+            for topic, handler in printing.HANDLERS.items():
+                self.shell.subscribe_topic(topic, handler)
         # Registration leaves now; its answer is waited for here, or when awaited.
         self._welcome = Answer(self.shell.request_future({"op": "register-client"},
                                                          welcome=True),
