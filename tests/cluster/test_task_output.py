@@ -96,7 +96,6 @@ def test_a_tasks_output_reaches_every_client(tmp_path, capsys):
                      message="the print in both clients")
             wait_for(lambda: seen.read().err.count("to stderr both\n") == 2,
                      message="the print on stderr in both clients")
-            assert other.status == "running"
 
 
 def test_a_workers_own_client_does_not_subscribe(cluster):
