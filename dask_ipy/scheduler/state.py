@@ -134,7 +134,7 @@ class TaskGroup:
         self.done = 0           # tasks that reached memory (once each)
         self.erred = 0
         self.duration = None    # exponentially weighted mean, seconds
-        self.nbytes = 0
+        self.nbytes = 0         # of a result: exponentially weighted mean; 0 unknown
 
     @property
     def live(self):
@@ -145,6 +145,9 @@ class TaskGroup:
             self.duration = seconds
         else:
             self.duration = 0.8 * self.duration + 0.2 * seconds
+
+    def add_nbytes(self, nbytes):
+        self.nbytes = nbytes if not self.nbytes else 0.8 * self.nbytes + 0.2 * nbytes
 
 
 class _NoneYet(frozenset):
@@ -385,6 +388,7 @@ GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the va
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
 SEARCH = 20                 # workers looked at for one placement on a larger cluster
+QUEUE_BYTES = 16 << 20     # results of root tasks queued beyond `saturation`, per thread
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
@@ -463,7 +467,8 @@ def _memory_note(ws):
 
 class SchedulerState:
     def __init__(self, *, allowed_failures=3, validate=False, bandwidth=100e6,
-                 default_duration=0.5, saturation=2.0, queue_seconds=0.02, max_depth=100,
+                 default_duration=0.5, saturation=2.0, queue_seconds=0.02,
+                 queue_bytes=QUEUE_BYTES, max_depth=100,
                  max_error_text=10_000, max_relay_bytes=MAX_RELAY_BYTES):
         self.tasks = {}
         self.workers = {}
@@ -509,6 +514,7 @@ class SchedulerState:
         self.default_duration = default_duration
         self.saturation = saturation
         self.queue_seconds = queue_seconds
+        self.queue_bytes = queue_bytes
         self.max_depth = max_depth
         self.max_error_text = max_error_text
         self.max_relay_bytes = max_relay_bytes
@@ -925,12 +931,20 @@ class SchedulerState:
         """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
         keeps a short queue, so a finished task starts the next without a round trip;
         the queue holds about `queue_seconds` of work, so tiny tasks travel in batches.
-        Threads still running tasks released meanwhile (`WorkerRecord.stale`) count
-        for nothing."""
+        Only tasks with small results queue that deep: a queued root task runs as soon
+        as a thread is free, ahead of the tasks that wait for transfers to consume
+        what the roots made, so its result waits in the worker's memory.  Beyond
+        `saturation`, the queue holds at most `queue_bytes` of results (by the
+        group's mean) per thread.  Threads still running tasks released meanwhile
+        (`WorkerRecord.stale`) count for nothing."""
         depth = self.saturation
-        duration = ts.group.duration
+        group = ts.group
+        duration = group.duration
         if duration:
-            depth = min(max(depth, self.queue_seconds / duration), self.max_depth)
+            batch = self.queue_seconds / duration
+            if group.nbytes:
+                batch = min(batch, self.queue_bytes / group.nbytes)
+            depth = min(max(depth, batch), self.max_depth)
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
         return threads + math.ceil(threads * depth) - _holding(ws)
 
@@ -1613,6 +1627,7 @@ class SchedulerState:
         ts.direct = tuple(msg.get("direct", ())) if ts.data is not None else ()
         if "duration" in msg:
             ts.group.add_duration(msg["duration"])
+        ts.group.add_nbytes(ts.nbytes)
         self._add_replica(ts, ws)
         self.transitions({ts.key: MEMORY})
         self.fill_workers(ws)
