@@ -388,7 +388,7 @@ GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the va
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
 SEARCH = 20                 # workers looked at for one placement on a larger cluster
-QUEUE_BYTES = 16 << 20     # results of root tasks queued beyond `saturation`, per thread
+QUEUE_BYTES = 8 << 20      # results of root tasks queued beyond the threads, per thread
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
                             # prefers any worker that can fetch directly
@@ -931,20 +931,18 @@ class SchedulerState:
         """How many more tasks like ``ts`` the worker may hold.  Beyond its threads it
         keeps a short queue, so a finished task starts the next without a round trip;
         the queue holds about `queue_seconds` of work, so tiny tasks travel in batches.
-        Only tasks with small results queue that deep: a queued root task runs as soon
-        as a thread is free, ahead of the tasks that wait for transfers to consume
-        what the roots made, so its result waits in the worker's memory.  Beyond
-        `saturation`, the queue holds at most `queue_bytes` of results (by the
-        group's mean) per thread.  Threads still running tasks released meanwhile
+        But a queued root task runs as soon as a thread is free, ahead of the tasks
+        that wait for transfers to consume what the roots made, and its result waits
+        in the worker's memory: the queue holds at most `queue_bytes` of results (by
+        the group's mean) per thread, and at least one task per thread, enough to
+        spare the round trip.  Threads still running tasks released meanwhile
         (`WorkerRecord.stale`) count for nothing."""
         depth = self.saturation
         group = ts.group
-        duration = group.duration
-        if duration:
-            batch = self.queue_seconds / duration
-            if group.nbytes:
-                batch = min(batch, self.queue_bytes / group.nbytes)
-            depth = min(max(depth, batch), self.max_depth)
+        if group.duration:
+            depth = min(max(depth, self.queue_seconds / group.duration), self.max_depth)
+        if group.nbytes:
+            depth = min(depth, max(self.queue_bytes / group.nbytes, 1.0))
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
         return threads + math.ceil(threads * depth) - _holding(ws)
 

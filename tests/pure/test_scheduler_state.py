@@ -488,23 +488,33 @@ def test_queued_root_tasks_handed_out_as_workers_free_up(s1):
                    ("worker", "w2", compute("t6", "spec-t6", (0, 1, 6)))]
 
 
-@pytest.mark.parametrize("nbytes, held", [(8 << 20, 3), (8 << 10, 21)])
-def test_quick_root_tasks_queue_deep_only_when_their_results_are_small(s1, nbytes, held):
+@pytest.mark.parametrize("nbytes, held", [(8 << 10, 21), (2 << 20, 5), (8 << 20, 2),
+                                          (64 << 20, 2)])
+def test_root_tasks_queue_at_most_queue_bytes_of_results(s1, nbytes, held):
     """Quick root tasks (1 ms each) queue about `queue_seconds` (20 ms) of work beyond
-    the thread, so they travel in batches, when their results are small (8 kB); with
-    8 MB results, the worker would run them ahead of the tasks that consume them and
-    hold the results: the queue stays at `saturation` (2) beyond the thread."""
+    the thread, so they travel in batches, when their results are small (8 kB).  The
+    worker runs queued roots ahead of the tasks that consume their results, and holds
+    those: the queue beyond the thread holds at most `queue_bytes` (8 MiB) of results
+    (by the group's mean), and at least one task."""
     s = s1
     keys = [f"t-{i}" for i in range(40)]          # one group: "t"
     s.update_graph("c", {k: ("spec", []) for k in keys}, keys,
                    {k: i for i, k in enumerate(keys)})
-    assert len(take(s)) == 3               # no estimate yet: saturation
+    assert len(take(s)) == 3               # no estimate yet: saturation (2) beyond
     s.handle_worker_message("w1", {"op": "task-finished", "key": "t-0",
                                    "nbytes": nbytes, "type": "ndarray",
                                    "duration": 0.001})
     take(s)
-    assert len(s.workers["w1"].processing) == held
     assert s.tasks["t-0"].group.nbytes == nbytes
+    # Too many already (3 > 2) hand out none until some finish.
+    assert len(s.workers["w1"].processing) == max(held, 2)
+    for k in ("t-1", "t-2"):
+        s.handle_worker_message("w1", {"op": "task-finished", "key": k,
+                                       "nbytes": nbytes, "type": "ndarray",
+                                       "duration": 0.001})
+    take(s)
+    assert len(s.workers["w1"].processing) == held
+    s.validate()
 
 
 def test_user_priority_jumps_the_queue(s1):
