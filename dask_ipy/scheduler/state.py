@@ -147,6 +147,8 @@ class TaskGroup:
             self.duration = 0.8 * self.duration + 0.2 * seconds
 
     def add_nbytes(self, nbytes):
+        if not isinstance(nbytes, (int, float)) or nbytes < 0:
+            return                          # a worker's message without a usable size
         self.nbytes = nbytes if not self.nbytes else 0.8 * self.nbytes + 0.2 * nbytes
 
 
