@@ -158,6 +158,9 @@ def test_a_large_scattered_value_streams_to_its_worker():
 
 def test_a_scatter_a_worker_cannot_download_goes_again_over_zeromq():
     with local_cluster() as (s, (wa, wb), c):
+        # Registered at the scheduler is not yet welcomed: the welcome would set the
+        # real port again.
+        wait_for(lambda: wb.relay_port is not None, message="the worker's welcome")
         wb.relay_port = closed_port()
         received = s.bytes_received
         [f] = c.scatter([make(SIZE)], workers=[wb.address], timeout=60)
