@@ -648,10 +648,7 @@ class Client(ClusterMethods, ObserveMethods):
 
     def _publish_op(self, datasets, override):
         for dname, value in datasets.items():
-            keys = [f.key for f in futures_in(value)]
-            if is_dask_collection(value):
-                keys += [k for k, v in dict(value.__dask_graph__()).items()
-                         if isinstance(v, Future)]
+            keys = [f.key for f in futures_of(value)]
             reply = yield from self.shell.request_op(
                 {"op": "publish-dataset", "name": dname, "data": serialize(value),
                  "keys": keys, "override": override})

@@ -36,6 +36,11 @@ def _names(workers):
     return list(workers)
 
 
+def _path(key):
+    """A metadata key as a path of names."""
+    return [key] if isinstance(key, (str, int)) else list(key)
+
+
 def _loaded(node, client):
     """A metadata value: nested dicts whose leaves the clients serialized."""
     if isinstance(node, dict):
@@ -68,8 +73,11 @@ class ClusterMethods:
         if not wait:                  # sent; its answer is dropped when it comes
             self.shell.request_future(msg)
             return self.run_op(done())
-        op = self.shell.request_op(msg)
-        return self.run_op(then(op, lambda reply: self._run_results(reply, on_error)))
+        return self.run_op(self._run_op(msg, on_error))
+
+    def _run_op(self, msg, on_error):
+        reply = yield from self.shell.request_op(msg)
+        return self._run_results(reply, on_error)
 
     def _run_results(self, reply, on_error):
         out = {}
@@ -86,9 +94,12 @@ class ClusterMethods:
         """Run ``function(*args, **kwargs)`` in the scheduler process (on its I/O
         thread, so it sees a steady state); a function taking ``dask_scheduler`` gets
         the `Scheduler`.  Its result comes back pickled."""
-        op = self.shell.request_op({"op": "run-on-scheduler",
-                                    "function": serialize((function, args, kwargs))})
-        return self.run_op(then(op, self._scheduler_result))
+        return self.run_op(self._on_scheduler_op(function, args, kwargs))
+
+    def _on_scheduler_op(self, function, args, kwargs):
+        reply = yield from self.shell.request_op(
+            {"op": "run-on-scheduler", "function": serialize((function, args, kwargs))})
+        return self._scheduler_result(reply)
 
     def _scheduler_result(self, reply):
         if reply.get("status") != "OK":
@@ -102,14 +113,12 @@ class ClusterMethods:
         ValueError if those that must agree (`versions.REQUIRED`, and ``packages``)
         differ anywhere."""
         packages = tuple(packages or ())
-        shell = self.shell
-        run = serialize((versions.versions, (packages,), {}))
 
         def op():
-            scheduler = self._scheduler_result((yield from shell.request_op(
-                {"op": "run-on-scheduler", "function": run})))
-            workers = self._run_results((yield from shell.request_op(
-                {"op": "run", "function": run, "workers": None})), "raise")
+            scheduler = yield from self._on_scheduler_op(versions.versions, (packages,), {})
+            workers = yield from self._run_op(
+                {"op": "run", "function": serialize((versions.versions, (packages,), {})),
+                 "workers": None}, "raise")
             report = {"scheduler": scheduler, "workers": workers,
                       "client": versions.versions(packages)}
             differ = versions.mismatches(report, packages) if check else None
@@ -198,7 +207,7 @@ class ClusterMethods:
     def set_metadata(self, key, value):
         """Keep ``value`` at the scheduler under ``key``, a name or a list of names
         (a path into nested dicts), for every client."""
-        keys = [key] if isinstance(key, (str, int)) else list(key)
+        keys = _path(key)
         if not keys:
             raise ValueError("set_metadata needs a key")
         op = self.shell.request_op({"op": "set-metadata", "keys": keys,
@@ -208,8 +217,8 @@ class ClusterMethods:
     def get_metadata(self, key, default=KeyError):
         """What `set_metadata` keeps under ``key`` (a name or a path); KeyError, or
         ``default``, if nothing is."""
-        keys = [key] if isinstance(key, (str, int)) else list(key)
-        op = self.shell.request_op({"op": "info", "what": "get-metadata", "keys": keys})
+        op = self.shell.request_op({"op": "info", "what": "get-metadata",
+                                    "keys": _path(key)})
 
         def value(found):
             if "value" not in found:

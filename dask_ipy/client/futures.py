@@ -269,37 +269,22 @@ class Future(TaskRef):
         return ("dask-ipy-future", self.key)
 
 
-def futures_in(obj, out=None):
-    """The Futures in ``obj``, walking lists, tuples, sets and dict values."""
-    if out is None:
-        out = []
-    if isinstance(obj, Future):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple, set)):
-        for x in obj:
-            futures_in(x, out)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            futures_in(x, out)
-    return out
-
-
-def futures_of(obj, client=None):
-    """The Futures in ``obj``, each once, in the order met (dask.distributed's
-    `futures_of`): in lists, tuples, sets and dict values, and behind dask
-    collections, whose graphs hold them as data (a persisted collection) or as
-    arguments of tasks.  With ``client``, a cancelled one is an error."""
-    found = {}
+def _walk(obj, deep):
+    """The Futures in ``obj``, in the order met: in lists, tuples, sets and dict
+    values; with ``deep`` also behind dask collections, whose graphs hold them as
+    data (a persisted collection) or as arguments of tasks."""
     stack = [obj]
     while stack:
         x = stack.pop()
         if isinstance(x, Future):
-            found.setdefault(x.key, x)
+            yield x
             continue
-        if type(x) in (list, tuple, set):
+        if isinstance(x, (list, tuple, set)):
             children = x
-        elif type(x) is dict:
+        elif isinstance(x, dict):
             children = x.values()
+        elif not deep:
+            continue
         elif isinstance(x, DataNode):
             children = (x.value,)
         elif isinstance(x, Task):            # its nested containers are Tasks too
@@ -309,6 +294,20 @@ def futures_of(obj, client=None):
         else:
             continue
         stack.extend(reversed(list(children)))      # popped in their order
+
+
+def futures_in(obj):
+    """The Futures in ``obj``, walking lists, tuples, sets and dict values."""
+    return list(_walk(obj, False))
+
+
+def futures_of(obj, client=None):
+    """The Futures in ``obj``, each once, in the order met (dask.distributed's
+    `futures_of`): as `futures_in` finds them, and behind dask collections.  With
+    ``client``, a cancelled one is an error."""
+    found = {}
+    for f in _walk(obj, True):
+        found.setdefault(f.key, f)
     futures = list(found.values())
     if client is not None:
         cancelled = [f.key for f in futures if f.cancelled()]

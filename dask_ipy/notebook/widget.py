@@ -46,7 +46,7 @@ import ipywidgets as widgets
 
 from .. import charts, units
 from ..client.default import default_client
-from ..client.futures import Waiter, futures_in, futures_of
+from ..client.futures import Waiter, futures_of
 
 STATE_ORDER = ("waiting", "queued", "no-worker", "processing", "memory", "erred",
                "released")
@@ -753,16 +753,12 @@ def progress(*objs, client=None, file=None, width=40, interval=0.2):
     from dask.base import is_dask_collection
 
     file = sys.stdout if file is None else file
-    futures, persisted = [], []
+    persisted = []
     for obj in objs:
         if is_dask_collection(obj):
             c = client if client is not None else default_client()
-            p = c.persist(obj)
-            persisted.append(p)
-            futures.extend(futures_of(p))
-        else:
-            futures_in(obj, futures)
-    unique = list({f.key: f for f in futures}.values())
+            persisted.append(c.persist(obj))
+    unique = futures_of([o for o in objs if not is_dask_collection(o)] + persisted)
     total = len(unique)
     waiter = Waiter(unique)
     start = time.monotonic()
