@@ -205,6 +205,10 @@ KINDS = {
 # worker/printing.py, shown by client/printing.py.
 PRINT, WARN = "print", "warn"
 
+# The answer to a "coordinate" request withdrawn while it waited (scheduler/
+# coordination.py answers it, client/coordination.py reads it).
+WITHDRAWN = {"withdrawn": True}
+
 # Events a shell feeds its own state machine besides what comes off the wire.
 SHELL_EVENTS = {
     WORKER: {

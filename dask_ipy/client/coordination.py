@@ -33,11 +33,10 @@ from collections import deque
 from dask.utils import parse_timedelta
 
 from .. import hooks
+from ..messages import WITHDRAWN
 from ..protocol import serialize
 from .futures import futures_in, load
 from .waits import Answer, KeptAnswer, then
-
-WITHDRAWN = {"withdrawn": True}
 
 
 def _seconds(timeout):

@@ -40,7 +40,7 @@ import itertools
 from collections import deque
 from typing import NamedTuple
 
-WITHDRAWN = {"withdrawn": True}
+from ..messages import WITHDRAWN
 
 
 class Reply(NamedTuple):

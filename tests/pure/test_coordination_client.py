@@ -8,8 +8,9 @@ import itertools
 
 import pytest
 
-from dask_ipy.client.coordination import WITHDRAWN, Event, Lock, Queue, Variable
+from dask_ipy.client.coordination import Event, Lock, Queue, Variable
 from dask_ipy.client.waits import Answer, KeptAnswer
+from dask_ipy.messages import WITHDRAWN
 from dask_ipy.protocol import serialize
 
 pytestmark = pytest.mark.timeout(30)
@@ -129,9 +130,3 @@ def test_a_timeout_of_zero_asks_not_to_wait(client):
     wait = next(op)
     assert wait.timeout is None and client.shell.sent[0]["wait"] is False
     assert finish(op, WITHDRAWN) is False
-
-
-
-def test_both_sides_mean_the_same_by_withdrawn():
-    from dask_ipy.scheduler import coordination
-    assert WITHDRAWN == coordination.WITHDRAWN

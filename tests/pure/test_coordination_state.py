@@ -4,8 +4,8 @@ leaves; and, through SchedulerState, the keys of stored Futures kept alive."""
 
 import pytest
 
-from dask_ipy.scheduler.coordination import (WITHDRAWN, Coordination, Reply, Unwant,
-                                             Want)
+from dask_ipy.messages import WITHDRAWN
+from dask_ipy.scheduler.coordination import Coordination, Reply, Unwant, Want
 from dask_ipy.scheduler.state import SchedulerState
 
 pytestmark = pytest.mark.timeout(60)
