@@ -73,12 +73,19 @@ def get(name):
 
 def memory_fractions(**overrides):
     """{target, spill, pause, terminate} from dask.config; a given value (not None)
-    wins; False (or None in the config) turns a step off."""
+    wins; False (or None in the config) turns a step off.
+
+    A dask.distributed user's ``distributed.worker.memory.*`` is honoured where the
+    ``dask-ipy`` one is left at its default (dask.distributed's defaults are the
+    same numbers, so its registered defaults change nothing)."""
+    defaults = DEFAULTS["dask-ipy"]["worker"]["memory"]
     out = {}
     for name in FRACTIONS:
         value = overrides.get(name)
         if value is None:
             value = get(f"worker.memory.{name}")
+            if value == defaults[name]:
+                value = dask.config.get(f"distributed.worker.memory.{name}", value)
         out[name] = False if value is None or value is False else float(value)
     return out
 

@@ -422,3 +422,17 @@ def test_heap_retention_is_limited_in_process_unless_the_user_set_it(monkeypatch
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+
+
+def test_distributed_memory_settings_count_where_dask_ipy_keeps_its_default():
+    import dask
+
+    from dask_ipy import config
+
+    with dask.config.set({"distributed.worker.memory.spill": False,
+                          "distributed.worker.memory.pause": 0.5}):
+        assert config.memory_fractions() == {
+            "target": 0.6, "spill": False, "pause": 0.5, "terminate": 0.95}
+        with dask.config.set({"dask-ipy.worker.memory.pause": 0.7}):
+            assert config.memory_fractions()["pause"] == 0.7      # its own wins
+        assert config.memory_fractions(pause=0.9)["pause"] == 0.9  # and an argument
