@@ -23,7 +23,7 @@ import time
 import zmq
 
 from .. import bulk, messages, profiling
-from ..addresses import ANY_HOST, advertised_host, dashboard_url
+from ..addresses import ANY_HOST, advertised_host, dashboard_url, host_of
 from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
 from ..log import logger
@@ -195,7 +195,8 @@ class Scheduler:
                                    msg.get("memory_limit", 0), now=now,
                                    memory_fractions=msg.get("memory_fractions"),
                                    shares_host=msg.get("shares_host", False),
-                                   resources=msg.get("resources"))
+                                   resources=msg.get("resources"),
+                                   ip=host_of(msg["address"]))
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",

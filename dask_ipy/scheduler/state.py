@@ -240,7 +240,7 @@ class TaskState:
 
 
 class WorkerRecord:
-    __slots__ = ("id", "address", "name", "host", "pid", "nthreads", "memory_limit",
+    __slots__ = ("id", "address", "name", "host", "ip", "pid", "nthreads", "memory_limit",
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
@@ -256,7 +256,8 @@ class WorkerRecord:
         self.id = id
         self.address = address
         self.name = name if name is not None else address
-        self.host = host
+        self.host = host                 # the machine's name, as the worker tells it
+        self.ip = None                   # the host in its address (from the shell)
         self.pid = pid
         self.nthreads = max(int(nthreads), 1)
         self.memory_limit = memory_limit
@@ -293,6 +294,12 @@ class WorkerRecord:
 
     def __repr__(self):
         return f"<WorkerRecord {self.address} processing={len(self.processing)}>"
+
+    def known_as(self, names):
+        """Is this worker named in ``names`` (by address, name, host name or the
+        host of its address, as a user of dask.distributed may name it)?"""
+        return self.address in names or self.name in names or self.host in names \
+            or self.ip in names
 
 
 class ClientRecord:
@@ -408,12 +415,6 @@ def _holding(ws):
     return len(ws.processing) - len(ws.seceded)
 
 
-def _named_in(ts, ws):
-    """Is ``ws`` among the workers ``ts`` is restricted to (address, name or host)?"""
-    return ws.address in ts.restrictions or ws.name in ts.restrictions \
-        or ws.host in ts.restrictions
-
-
 def _has_resources(ts, ws):
     """Does ``ws`` have, in all, the resources ``ts`` needs?"""
     have = ws.resources
@@ -425,7 +426,7 @@ def _allowed(ts, ws):
     the restriction is loose: `_valid_workers` relaxes it when none is left)?"""
     if ts.resources is not None and not _has_resources(ts, ws):
         return False
-    return ts.restrictions is None or ts.loose or _named_in(ts, ws)
+    return ts.restrictions is None or ts.loose or ws.known_as(ts.restrictions)
 
 
 def _constrained(ts):
@@ -1002,7 +1003,7 @@ class SchedulerState:
         valid = [ws for ws in running if _allowed(ts, ws)]
         if ts.loose and ts.restrictions is not None:
             # allow_other_workers: its own workers if any can take it, else any other
-            preferred = [ws for ws in valid if _named_in(ts, ws)]
+            preferred = [ws for ws in valid if ws.known_as(ts.restrictions)]
             if preferred:
                 return preferred
         return valid
@@ -1350,8 +1351,9 @@ class SchedulerState:
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
                    memory_limit=0, keys=(), now=0.0, memory_fractions=None,
-                   shares_host=False, resources=None):
-        """``shares_host``: the worker's limits ("auto" memory, task thread pools) are
+                   shares_host=False, resources=None, ip=None):
+        """``ip``: the host in ``address``, by which users may name it too.
+        ``shares_host``: the worker's limits ("auto" memory, task thread pools) are
         shares of its host's; it is told how many workers its host has
         ("host-workers") whenever that changes.  ``resources``: {name: amount} it
         has (dask.distributed's worker resources)."""
@@ -1364,6 +1366,7 @@ class SchedulerState:
                           _resources(resources))
         ws.memory_fractions = memory_fractions
         ws.shares_host = shares_host
+        ws.ip = ip
         self.clock = max(self.clock, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
@@ -2185,7 +2188,7 @@ class SchedulerState:
         running = [ws for ws in self.workers.values() if ws.status == "running"]
         allowed = msg.get("workers")
         if allowed:
-            running = [ws for ws in running if ws.address in allowed or ws.name in allowed]
+            running = [ws for ws in running if ws.known_as(allowed)]
         return sorted(running, key=lambda w: (w.nbytes, len(w.has_what)))
 
     @staticmethod

@@ -88,6 +88,18 @@ def test_resources_with_worker_restrictions_need_both(s):
     s.validate()
 
 
+def test_a_worker_is_named_by_address_name_host_name_or_the_host_of_its_address():
+    s = SchedulerState(validate=True)
+    s.add_client("c")
+    s.add_worker("w1", A, nthreads=1, name="alice", host="node-1", ip="10.0.0.1")
+    s.add_worker("w2", B, nthreads=1, name="bob", host="node-2", ip="10.0.0.2")
+    take(s)
+    for i, named in enumerate([B, "bob", "node-2", "10.0.0.2"]):
+        s.update_graph("c", {f"x{i}": ("spec", [])}, [f"x{i}"], workers=[named])
+        assert computed(s) == [("w2", f"x{i}")], named
+    s.validate()
+
+
 def test_allow_other_workers_makes_restrictions_a_preference(s):
     s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", [])}, ["x", "y"],
                    workers=["tcp://10.0.0.99:1"], allow_other_workers=True)
