@@ -1,9 +1,10 @@
 """The worker's state machine: which tasks to fetch, run and keep; no I/O.
 
-Events go in through `handle(event)`; the result is a list of instructions for the
-shell: `Execute` (run a task in the thread pool), `GatherDep` (ask a peer for data),
-`Send` (a message for the scheduler) and `ToClient` (a small result straight to a
-client waiting for it).  Time, sockets and threads stay in the shell.
+Events go in through `handle(event)`, or several in a row through `handle_all`; the
+result is a list of instructions for the shell: `Execute` (run a task in the thread
+pool), `GatherDep` (ask a peer for data), `Send` (a message for the scheduler) and
+`ToClient` (a small result straight to a client waiting for it).  Time, sockets and
+threads stay in the shell.
 
 Task states on a worker::
 
@@ -177,8 +178,17 @@ class WorkerState:
     # ------------------------------------------------------------ entry point
 
     def handle(self, op, **kw):
+        return self.handle_all(((op, kw),))
+
+    def handle_all(self, events):
+        """Events [(op, {argument: value})] one after another, as many `handle`s
+        would, but with tasks started and fetches asked for once, after the last: a
+        batch of "compute-task" or of results that arrived together costs one pass
+        over the ready tasks, and the highest of them start first."""
         out = []
-        self.handlers[op](out, **kw)
+        handlers = self.handlers
+        for op, kw in events:
+            handlers[op](out, **kw)
         self._ensure_computing(out)
         self._ensure_communicating(out)
         if self.validating:

@@ -83,3 +83,19 @@ def test_a_tiny_task_that_runs_long_is_announced_and_holds_its_thread():
                      duration=0.0001) == []
     assert ws.handle("long-running", keys=["t0", "gone"]) == []      # once only
     ws.validate()
+
+
+def test_events_handled_together_start_tasks_once_highest_priority_first():
+    """`handle_all`: a batch of "compute-task" is taken in before any starts, so the
+    highest of the batch go to the pool first; results in one batch free their
+    slots before the next tasks start."""
+    ws = WorkerState(ME, nthreads=1, validating=True)
+    batch = [("compute-task", dict(key=f"t{i}", run_spec=f"t{i}", priority=(0, 9 - i),
+                                   duration=0.0001)) for i in range(10)]
+    out = ws.handle_all(batch)
+    assert [i.key for i in out] == [f"t{i}" for i in range(9, 1, -1)]   # PREFETCH
+    done = [("execute-success", dict(key=k, value=1, nbytes=8, type="int"))
+            for k in ("t9", "t8")]
+    out = ws.handle_all(done)
+    assert [m.msg["key"] for m in out if isinstance(m, Send)] == ["t9", "t8"]
+    assert [i.key for i in out if isinstance(i, Execute)] == ["t1", "t0"]
