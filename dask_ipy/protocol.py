@@ -388,6 +388,9 @@ def deserialize(s: Serialized) -> object:
     that arrived in several frames are joined first, once)."""
     if not isinstance(s, Serialized):
         raise TypeError(f"deserialize expects Serialized, got {type(s).__name__}")
+    frames = s.frames
+    if len(frames) == 1 and type(frames[0]) is not Chunked:
+        return pickle.loads(_buffer(frames[0]))     # the common case: a stream alone
     frames = s.buffers()
     return pickle.loads(frames[0], buffers=frames[1:])
 
@@ -430,7 +433,11 @@ def _split(buf, limit, out: list) -> int:
 
 def _encode_serialized(s: Serialized, payload: list, limit) -> msgpack.ExtType:
     frames = s.frames
-    head = _buffer(frames[0])
+    head = frames[0]
+    if type(head) is bytes and len(frames) == 1 and len(head) < INLINE_LIMIT:
+        # The common case, a small value pickled here or received inline: as it is.
+        return msgpack.ExtType(_EXT_INLINE, head)
+    head = _buffer(head)
     inline = type(head) is not Chunked and _nbytes(head) < INLINE_LIMIT
     if inline and len(frames) == 1:
         return msgpack.ExtType(_EXT_INLINE, bytes(memoryview(head).cast("B")))

@@ -77,7 +77,8 @@ def inline(value, nbytes, job):
         blob = serialize(value)
     except Exception:
         return None                  # reported when gathered, with the key named
-    return blob if len(blob.frames) == 1 and blob.nbytes <= INLINE_RESULT else None
+    frames = blob.frames                 # one frame: the pickle stream, bytes
+    return blob if len(frames) == 1 and len(frames[0]) <= INLINE_RESULT else None
 
 
 # What a peer connection's monitor reports: its handshakes, and its drops (a dead
