@@ -121,6 +121,12 @@ HANDSHAKE_OPS = frozenset({"hello", "hello-reply"})
 # Below this size a buffer is cheaper to copy than to give its own frame.
 INLINE_LIMIT = 64 * 1024
 
+# The first buffer of a message body (msgpack grows it as needed).  msgpack's own,
+# 256 KiB, is past glibc's mmap threshold, which a worker's trim threshold
+# (MALLOC_TRIM_THRESHOLD_, worker/system.py) keeps fixed at 128 KiB: every message
+# would map and unmap fresh pages, doubling the time to pack a few small messages.
+PACK_BUFFER = 16 * 1024
+
 #: Frames this large are authenticated through a Poly1305 tag (see `_mac`).
 POLY1305_FROM = 1 << 20
 # The MAC is single-threaded on purpose: BLAKE3's multithreaded mode starts a global
@@ -658,7 +664,7 @@ class Session:
                 f"cannot put {type(obj).__qualname__} in a message; wrap it with serialize()"
             )
 
-        body = msgpack.packb(msgs, default=default)
+        body = msgpack.Packer(default=default, buf_size=PACK_BUFFER).pack(msgs)
         counter = self._counters.get(to)
         if counter is None:
             counter = self._counters[to] = itertools.count(1)
