@@ -3,7 +3,7 @@
     scheduler ◀──DEALER── IOLoop thread ──ROUTER──▶ peers fetching our data,
                                │  ▲                    clients taking small results
                                │  ▲      ──DEALER──▶ peers holding our inputs
-                        Execute│  │call_soon(result)
+                        Execute│  │results (one call_soon a batch)
                                ▼  │
                         nthreads pool threads: deserialize the task, run it
 
@@ -57,7 +57,8 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
 from .plugins import WorkerPlugins
 from .recording import CANCELLED, ERROR, OK, Recorder
 from .sampler import Sampler
-from .state import RELAY, Execute, GatherDep, Rejoin, Send, ToClient, WorkerState
+from .state import (RELAY, EventsFailed, Execute, GatherDep, Rejoin, Send, ToClient,
+                    WorkerState)
 from .store import SpillStore, Spilled
 from .system import host_cores, host_memory, malloc_trim
 
@@ -622,9 +623,16 @@ class Worker:
     def _handle_all(self, events):
         """Events [(op, {argument: value})] through the state machine, and its
         instructions carried out."""
+        try:
+            instructions = self.state.handle_all(events)
+        except EventsFailed as e:
+            for op, error in e.errors:
+                logger.error("worker %s: handling %r failed", self.address, op,
+                             exc_info=error)
+            instructions = e.out
         runs = []
         announced = False
-        for inst in self.state.handle_all(events):
+        for inst in instructions:
             if isinstance(inst, Send):
                 self.outgoing.append(inst.msg)
                 announced = announced or inst.msg["op"] == "task-started"

@@ -104,6 +104,18 @@ class Rejoin:
     key: object
 
 
+class EventsFailed(Exception):
+    """From `WorkerState.handle_all`, once every event was handled: ``errors``, the
+    [(op, exception)] of the events whose handlers raised; ``out``, the instructions
+    of all the others, to be carried out all the same (one event going wrong must
+    not lose the results that arrived with it)."""
+
+    def __init__(self, errors, out):
+        super().__init__("; ".join(f"{op}: {e!r}" for op, e in errors))
+        self.errors = errors
+        self.out = out
+
+
 class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
@@ -186,11 +198,17 @@ class WorkerState:
         batch of "compute-task" or of results that arrived together costs one pass
         over the ready tasks, and the highest of them start first."""
         out = []
+        errors = []
         handlers = self.handlers
         for op, kw in events:
-            handlers[op](out, **kw)
+            try:
+                handlers[op](out, **kw)
+            except Exception as e:
+                errors.append((op, e))
         self._ensure_computing(out)
         self._ensure_communicating(out)
+        if errors:
+            raise EventsFailed(errors, out) from errors[0][1]
         if self.validating:
             self.validate()
         return out
