@@ -121,6 +121,12 @@ HANDSHAKE_OPS = frozenset({"hello", "hello-reply"})
 # Below this size a buffer is cheaper to copy than to give its own frame.
 INLINE_LIMIT = 64 * 1024
 
+# The first buffer of a message body (msgpack grows it as needed).  msgpack's own,
+# 256 KiB, is past glibc's mmap threshold, which a worker's trim threshold
+# (MALLOC_TRIM_THRESHOLD_, worker/system.py) keeps fixed at 128 KiB: every message
+# would map and unmap fresh pages, doubling the time to pack a few small messages.
+PACK_BUFFER = 16 * 1024
+
 #: Frames this large are authenticated through a Poly1305 tag (see `_mac`).
 POLY1305_FROM = 1 << 20
 # The MAC is single-threaded on purpose: BLAKE3's multithreaded mode starts a global
@@ -388,6 +394,9 @@ def deserialize(s: Serialized) -> object:
     that arrived in several frames are joined first, once)."""
     if not isinstance(s, Serialized):
         raise TypeError(f"deserialize expects Serialized, got {type(s).__name__}")
+    frames = s.frames
+    if len(frames) == 1 and type(frames[0]) is not Chunked:
+        return pickle.loads(_buffer(frames[0]))     # the common case: a stream alone
     frames = s.buffers()
     return pickle.loads(frames[0], buffers=frames[1:])
 
@@ -430,7 +439,11 @@ def _split(buf, limit, out: list) -> int:
 
 def _encode_serialized(s: Serialized, payload: list, limit) -> msgpack.ExtType:
     frames = s.frames
-    head = _buffer(frames[0])
+    head = frames[0]
+    if type(head) is bytes and len(frames) == 1 and len(head) < INLINE_LIMIT:
+        # The common case, a small value pickled here or received inline: as it is.
+        return msgpack.ExtType(_EXT_INLINE, head)
+    head = _buffer(head)
     inline = type(head) is not Chunked and _nbytes(head) < INLINE_LIMIT
     if inline and len(frames) == 1:
         return msgpack.ExtType(_EXT_INLINE, bytes(memoryview(head).cast("B")))
@@ -651,7 +664,7 @@ class Session:
                 f"cannot put {type(obj).__qualname__} in a message; wrap it with serialize()"
             )
 
-        body = msgpack.packb(msgs, default=default)
+        body = msgpack.Packer(default=default, buf_size=PACK_BUFFER).pack(msgs)
         counter = self._counters.get(to)
         if counter is None:
             counter = self._counters[to] = itertools.count(1)

@@ -3,7 +3,7 @@
     scheduler ◀──DEALER── IOLoop thread ──ROUTER──▶ peers fetching our data,
                                │  ▲                    clients taking small results
                                │  ▲      ──DEALER──▶ peers holding our inputs
-                        Execute│  │call_soon(result)
+                        Execute│  │results (one call_soon a batch)
                                ▼  │
                         nthreads pool threads: deserialize the task, run it
 
@@ -24,6 +24,7 @@ scheduler.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -56,7 +57,8 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
 from .plugins import WorkerPlugins
 from .recording import CANCELLED, ERROR, OK, Recorder
 from .sampler import Sampler
-from .state import RELAY, Execute, GatherDep, Rejoin, Send, ToClient, WorkerState
+from .state import (RELAY, EventsFailed, Execute, GatherDep, Rejoin, Send, ToClient,
+                    WorkerState)
 from .store import SpillStore, Spilled
 from .system import host_cores, host_memory, malloc_trim
 
@@ -64,6 +66,7 @@ RETIRE = object()          # a pool thread taking this leaves: a seceded one rej
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
 RELAY_STREAM_TRIES = 2     # streamed relays failing in a row before one-message relays
+TO_STATE = None            # in `from_scheduler`: a kind the state machine handles
 
 
 def inline(value, nbytes, job):
@@ -75,7 +78,8 @@ def inline(value, nbytes, job):
         blob = serialize(value)
     except Exception:
         return None                  # reported when gathered, with the key named
-    return blob if len(blob.frames) == 1 and blob.nbytes <= INLINE_RESULT else None
+    frames = blob.frames                 # one frame: the pickle stream, bytes
+    return blob if len(frames) == 1 and len(frames[0]) <= INLINE_RESULT else None
 
 
 # What a peer connection's monitor reports: its handshakes, and its drops (a dead
@@ -203,6 +207,8 @@ class Worker:
         self.peer_monitors = {}                # {address: monitor of its socket}
         self.gather_timers = {}                # {address or RELAY: (id, timer, keys)}
         self.jobs = queue.SimpleQueue()
+        self.finished = collections.deque()    # results of the pool for the loop
+        self.finished_queued = False           # a `_tasks_done` call is queued
         self.threads = []
         self.closed = threading.Event()
         self.clients_address = None            # the scheduler's, from "welcome"
@@ -213,7 +219,7 @@ class Worker:
         self.actor_address = None              # the actor thread's socket, once bound
         self.actor_lock = threading.Lock()
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
-                                                self.FROM_SCHEDULER, self._to_state)
+                                                self.FROM_SCHEDULER, TO_STATE)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
         self.loop.add_flush(self._flush)
         self._connect()
@@ -432,14 +438,27 @@ class Worker:
             self.rejections("the scheduler", e)
             return
         frames.clear()             # received buffers live on only in the values
+        # Messages for the state machine in a row go in together (a batch of
+        # "compute-task" costs one pass over the ready tasks); in order with the
+        # others, which the shell handles.
+        events = []
         for msg in msgs:
-            handler = self.from_scheduler.get(msg.get("op"))
-            if handler is None:
-                logger.debug("worker %s: ignored a message %r", self.address,
-                             msg.get("op"))
+            op = msg.get("op")
+            handler = self.from_scheduler.get(op, False)
+            if handler is TO_STATE:
+                del msg["op"]
+                events.append((op, msg))
+                continue
+            if events:
+                self._handle_all(events)
+                events = []
+            if handler is False:
+                logger.debug("worker %s: ignored a message %r", self.address, op)
                 continue
             if handler(msg) is False:
                 return                 # the rest of the batch is for a worker gone
+        if events:
+            self._handle_all(events)
 
     def _to_state(self, msg):
         self._handle(msg.pop("op"), **msg)
@@ -599,9 +618,21 @@ class Worker:
     }
 
     def _handle(self, op, **kw):
+        self._handle_all(((op, kw),))
+
+    def _handle_all(self, events):
+        """Events [(op, {argument: value})] through the state machine, and its
+        instructions carried out."""
+        try:
+            instructions = self.state.handle_all(events)
+        except EventsFailed as e:
+            for op, error in e.errors:
+                logger.error("worker %s: handling %r failed", self.address, op,
+                             exc_info=error)
+            instructions = e.out
         runs = []
         announced = False
-        for inst in self.state.handle(op, **kw):
+        for inst in instructions:
             if isinstance(inst, Send):
                 self.outgoing.append(inst.msg)
                 announced = announced or inst.msg["op"] == "task-started"
@@ -615,7 +646,7 @@ class Worker:
                 event = self.rejoin_events.pop(inst.key, None)
                 if event is not None:
                     event.set()
-        if self.actors and op in ("free-keys", "restart"):
+        if self.actors and any(op in ("free-keys", "restart") for op, _ in events):
             self._drop_actors()
         if self.state.transition_log:
             self.plugin_host.transitions(self.state.take_transitions())
@@ -778,7 +809,7 @@ class Worker:
                 limits_.leave()
                 busy = False
             if not self.closed.is_set():
-                self.loop.call_soon(self._task_done, result)
+                self._hand_back(result)
             # Nothing of a finished task outlives it on this thread: its result and
             # the task that ran live in the store, for as long as the scheduler
             # wants them.
@@ -834,22 +865,41 @@ class Worker:
                                          "start": start, "stop": stop})
         return (*event, (start, loaded, began, stop, sent, threading.get_ident(), disk))
 
-    def _task_done(self, result):
-        op, kw, timing = result
+    def _hand_back(self, result):
+        """From a pool thread: a task's result, for the loop.  Results that pile up
+        while the loop is busy go to the state machine together, in one call."""
+        self.finished.append(result)
+        if not self.finished_queued:
+            # Set before the loop runs the call, and cleared there before it takes
+            # the results: a result appended meanwhile is taken by that call or
+            # queues another (at worst one finding nothing).
+            self.finished_queued = True
+            self.loop.call_soon(self._tasks_done)
+
+    def _tasks_done(self):
+        self.finished_queued = False
+        finished = self.finished
+        events = []
         recorder = self.recorder
-        if recorder.on:
-            # Before the state machine hears of it: the record then leaves with the
-            # result, or before it (see recording.py).
-            key = kw["key"]
-            ts = self.state.tasks.get(key)
-            if ts is None or ts.cancelled:
-                status = CANCELLED
-            else:
-                status = OK if op == "execute-success" else ERROR
-            inputs = ([d.key for d in ts.dependencies]
-                      if ts is not None and recorder.fetched else ())
-            recorder.ended(key, status, timing, kw.get("nbytes"), kw.get("type"), inputs)
-        self._handle(op, **kw)
+        tasks = self.state.tasks
+        while finished:
+            op, kw, timing = finished.popleft()
+            if recorder.on:
+                # Before the state machine hears of it: the record then leaves with
+                # the result, or before it (see recording.py).
+                key = kw["key"]
+                ts = tasks.get(key)
+                if ts is None or ts.cancelled:
+                    status = CANCELLED
+                else:
+                    status = OK if op == "execute-success" else ERROR
+                inputs = ([d.key for d in ts.dependencies]
+                          if ts is not None and recorder.fetched else ())
+                recorder.ended(key, status, timing, kw.get("nbytes"), kw.get("type"),
+                               inputs)
+            events.append((op, kw))
+        if events:
+            self._handle_all(events)
 
     def _run_function(self, function, request_id):
         """`Client.run`: an arbitrary function, on its own thread, result sent back."""

@@ -1,9 +1,10 @@
 """The worker's state machine: which tasks to fetch, run and keep; no I/O.
 
-Events go in through `handle(event)`; the result is a list of instructions for the
-shell: `Execute` (run a task in the thread pool), `GatherDep` (ask a peer for data),
-`Send` (a message for the scheduler) and `ToClient` (a small result straight to a
-client waiting for it).  Time, sockets and threads stay in the shell.
+Events go in through `handle(event)`, or several in a row through `handle_all`; the
+result is a list of instructions for the shell: `Execute` (run a task in the thread
+pool), `GatherDep` (ask a peer for data), `Send` (a message for the scheduler) and
+`ToClient` (a small result straight to a client waiting for it).  Time, sockets and
+threads stay in the shell.
 
 Task states on a worker::
 
@@ -103,6 +104,18 @@ class Rejoin:
     key: object
 
 
+class EventsFailed(Exception):
+    """From `WorkerState.handle_all`, once every event was handled: ``errors``, the
+    [(op, exception)] of the events whose handlers raised; ``out``, the instructions
+    of all the others, to be carried out all the same (one event going wrong must
+    not lose the results that arrived with it)."""
+
+    def __init__(self, errors, out):
+        super().__init__("; ".join(f"{op}: {e!r}" for op, e in errors))
+        self.errors = errors
+        self.out = out
+
+
 class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
@@ -177,10 +190,25 @@ class WorkerState:
     # ------------------------------------------------------------ entry point
 
     def handle(self, op, **kw):
+        return self.handle_all(((op, kw),))
+
+    def handle_all(self, events):
+        """Events [(op, {argument: value})] one after another, as many `handle`s
+        would, but with tasks started and fetches asked for once, after the last: a
+        batch of "compute-task" or of results that arrived together costs one pass
+        over the ready tasks, and the highest of them start first."""
         out = []
-        self.handlers[op](out, **kw)
+        errors = []
+        handlers = self.handlers
+        for op, kw in events:
+            try:
+                handlers[op](out, **kw)
+            except Exception as e:
+                errors.append((op, e))
         self._ensure_computing(out)
         self._ensure_communicating(out)
+        if errors:
+            raise EventsFailed(errors, out) from errors[0][1]
         if self.validating:
             self.validate()
         return out

@@ -5,7 +5,7 @@ them in a batch."""
 import pytest
 
 from dask_ipy.scheduler.state import SchedulerState
-from dask_ipy.worker.state import Execute, Send, WorkerState
+from dask_ipy.worker.state import EventsFailed, Execute, Send, WorkerState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,3 +83,44 @@ def test_a_tiny_task_that_runs_long_is_announced_and_holds_its_thread():
                      duration=0.0001) == []
     assert ws.handle("long-running", keys=["t0", "gone"]) == []      # once only
     ws.validate()
+
+
+def test_events_handled_together_start_tasks_once_highest_priority_first():
+    """`handle_all`: a batch of "compute-task" is taken in before any starts, so the
+    highest of the batch go to the pool first; results in one batch free their
+    slots before the next tasks start."""
+    ws = WorkerState(ME, nthreads=1, validating=True)
+    batch = [("compute-task", dict(key=f"t{i}", run_spec=f"t{i}", priority=(0, 9 - i),
+                                   duration=0.0001)) for i in range(10)]
+    out = ws.handle_all(batch)
+    assert [i.key for i in out] == [f"t{i}" for i in range(9, 1, -1)]   # PREFETCH
+    done = [("execute-success", dict(key=k, value=1, nbytes=8, type="int"))
+            for k in ("t9", "t8")]
+    out = ws.handle_all(done)
+    assert [m.msg["key"] for m in out if isinstance(m, Send)] == ["t9", "t8"]
+    assert [i.key for i in out if isinstance(i, Execute)] == ["t1", "t0"]
+
+
+def test_an_event_failing_in_a_batch_loses_none_of_the_others():
+    class Refusing(dict):
+        def __setitem__(self, key, value):
+            if key == "bad":
+                raise OSError("store refused")
+            super().__setitem__(key, value)
+
+    ws = WorkerState(ME, nthreads=1, data=Refusing())
+    ws.handle_all([("compute-task", dict(key=k, run_spec=k, priority=(0, i),
+                                         duration=0.0001))
+                   for i, k in enumerate(["bad", "good", "next"]
+                                         + [f"t{i}" for i in range(8)])])
+    with pytest.raises(EventsFailed) as info:
+        ws.handle_all([("execute-success", dict(key=k, value=1, nbytes=8, type="int"))
+                       for k in ("bad", "good")])
+    assert [op for op, _ in info.value.errors] == ["execute-success"]
+    assert isinstance(info.value.errors[0][1], OSError)
+    out = info.value.out
+    assert [m.msg["key"] for m in out if isinstance(m, Send)] == ["good"]
+    assert ws.tasks["good"].state == "memory"
+    # Both threads' slots are free again (the failing one's before its store):
+    # the next tasks start.
+    assert [i.key for i in out if isinstance(i, Execute)] == ["t5", "t6"]
