@@ -58,6 +58,15 @@ def _pack_futures(obj, values):
     return obj
 
 
+def _acknowledged(fut):
+    """Wait for the scheduler's acknowledgement ``fut``; a scheduler out of reach (or
+    a closed client) has nothing left to cancel."""
+    try:
+        yield Answer(fut, None, "'cancel' from the scheduler")
+    except (SchedulerLost, RuntimeError):
+        pass
+
+
 def _options(extra, method, **options):
     """The placement options of one call; what it cannot honour is refused or
     named in a warning."""
@@ -547,8 +556,10 @@ class Client(ClusterMethods, ObserveMethods):
 
     def cancel(self, futures, force=False):
         flat = futures_in(futures)
-        self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
-        return self.run_op(done())
+        # Cancelled here at once; then the wait for the scheduler, which has told of
+        # the dependents it cancelled by then.
+        ack = self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
+        return self.run_op(_acknowledged(ack))
 
     def retry(self, futures):
         """Compute erred Futures again, with the erred inputs they erred from."""

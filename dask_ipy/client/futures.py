@@ -208,7 +208,12 @@ class Future(TaskRef):
         return self._run(self._traceback_op(timeout))
 
     def cancel(self, force=False):
-        self.client.cancel([self], force=force)
+        """Cancel this Future (and what depends on it) at once; a blocking client
+        also waits until the scheduler has."""
+        if self.client.asynchronous:                 # nothing to await here
+            self.client.shell.cancel([self.state], [self.key], force)
+        else:
+            self.client.cancel([self], force=force)
         return True
 
     def retry(self):

@@ -209,8 +209,12 @@ class ClientShell:
         self._call(self.state.finish, done)
 
     def cancel(self, states, keys, force=False):
-        self._call(self.state.cancel, states, keys, force)
+        """Cancel ``keys`` here at once; a concurrent.futures.Future answered once
+        the scheduler has cancelled them too."""
+        fut = cf.Future()
+        self._call(self.state.cancel, states, keys, force, fut)
         self._wake_loop()
+        return fut
 
     def retry(self, keys):
         self._call(self.state.retry, keys)

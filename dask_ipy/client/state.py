@@ -232,9 +232,9 @@ class ClientState:
         st = self.futures.get(key)
         if st is None:
             st = self.futures[key] = state or FutureState(key)
-        n = self.refcount[key] = self.refcount.get(key, 0) + 1
-        if inform and n == 1:
-            self._queue({"op": "client-desires-keys", "keys": [key]})
+            if inform:
+                self._queue({"op": "client-desires-keys", "keys": [key]})
+        self.refcount[key] = self.refcount.get(key, 0) + 1
         return st
 
     def hold_many(self, keys):
@@ -261,7 +261,8 @@ class ClientState:
         return gone
 
     def is_held(self, key):
-        return key in self.refcount
+        """Whether a Future of ``key`` that is not cancelled exists here."""
+        return key in self.futures
 
     # ------------------------------------------------------------ to the scheduler
 
@@ -390,15 +391,18 @@ class ClientState:
             out += self._set(st, FINISHED)
         return out
 
-    def cancel(self, states, keys, force=False):
-        """The user cancels keys: their states are cancelled at once."""
+    def cancel(self, states, keys, force, token):
+        """The user cancels keys: their states are cancelled at once, and let go of:
+        the Futures cancelled keep theirs, and a key submitted again gets a state of
+        its own (as in dask.distributed).  ``token`` is answered once the scheduler
+        has cancelled them, and their dependents (whose "cancelled" come first)."""
         out = []
         for st in states:
             if not st.done() or st.status == FINISHED:
                 out += self._set(st, CANCELLED)
+            self._let_go(st)
         self.unconfirmed.difference_update(keys)
-        self._queue({"op": "cancel", "keys": keys, "force": force})
-        return out
+        return out + self.request({"op": "cancel", "keys": keys, "force": force}, token)
 
     def retry(self, keys):
         """The user computes erred keys again: they are pending until the scheduler
@@ -521,6 +525,13 @@ class ClientState:
         out.append(Done(st))
         return out
 
+    def _let_go(self, st):
+        """``st`` stays its Futures' alone (cancelled): the key, submitted again,
+        gets a state of its own.  The Futures still count as holders."""
+        if self.futures.get(st.key) is st:
+            del self.futures[st.key]
+            self._drop_value(st)
+
     def _drop_value(self, st):
         """Forget a value that came straight (it no longer counts in `kept`)."""
         if st.data is not None:
@@ -570,9 +581,14 @@ class ClientState:
         return self._set(st, ERROR)
 
     def _on_cancelled(self, msg):
+        """Another client's forced cancel, or the cancel of an input, reached this
+        key: its Futures are cancelled, and the key, submitted again, starts anew."""
         self.unconfirmed.discard(msg["key"])
         st = self.futures.get(msg["key"])
-        return [] if st is None else self._set(st, CANCELLED)
+        if st is None:
+            return []
+        self._let_go(st)
+        return self._set(st, CANCELLED)
 
     def _on_restarted(self, msg):
         self.unconfirmed.clear()
@@ -580,6 +596,7 @@ class ClientState:
         for st in list(self.futures.values()):
             if not st.done() or st.status == FINISHED:
                 out += self._set(st, CANCELLED)
+            self._let_go(st)
         return out
 
     def _answer(self, rid, value):
@@ -681,7 +698,8 @@ class ClientState:
     # ------------------------------------------------------------ checks
 
     def validate(self):
-        assert set(self.futures) == set(self.refcount), "held keys without counts"
+        # Cancelled Futures still count, with states of their own (let go of).
+        assert set(self.futures) <= set(self.refcount), "held keys without counts"
         assert all(n > 0 for n in self.refcount.values()), self.refcount
         for key, st in self.futures.items():
             assert st.key == key, (key, st)

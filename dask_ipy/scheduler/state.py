@@ -2019,7 +2019,8 @@ class SchedulerState:
                 cs = self.clients.get(c)
                 if cs is not None:
                     cs.wants_what.discard(ts)
-                self.send_client(c, {"op": "cancelled", "key": key})
+                if c != cid or key not in asked:      # the canceller knows those
+                    self.send_client(c, {"op": "cancelled", "key": key})
             if not ts.who_wants:
                 # Dependents that were only there for this key go too.
                 recs[key] = RELEASED
@@ -2029,6 +2030,8 @@ class SchedulerState:
             if ts is not None and not ts.who_wants and not ts.waiters:
                 self.transitions({key: FORGOTTEN})
         self.fill_workers()
+        if "request_id" in msg:
+            self._reply(cid, msg, None)
 
     def _on_gather(self, cid, msg):
         """Send values of keys to a client.  With ``wait``, keys still being computed

@@ -124,6 +124,29 @@ def test_cancel_then_result_raises_cancelled_error(c, gate):
         f.exception()
 
 
+def test_a_key_cancelled_and_submitted_again_is_computed_again(c, gate):
+    # Finished, then cancelled while its Future lives on: the same pure key
+    # submitted again is a new computation, as in dask.distributed.
+    f = c.submit(inc, 8)
+    assert f.result() == 9
+    f.cancel()
+    g = c.submit(inc, 8)
+    assert g.result(timeout=20) == 9 and f.cancelled() and g.status == "finished"
+    del f                                 # the old Future's release keeps g's key
+    assert c.gather(g) == 9 and c.who_has(g)[g.key]
+    # Pending, with an explicit key; and a dependent cancelled through its input
+    # then submitted again at once.
+    a = c.submit(wait_for_file, str(gate), value=1, key="a")
+    b = c.submit(inc, a, key="b")
+    a.cancel()
+    assert b.cancelled()                  # told before cancel returned
+    gate.touch()
+    a2 = c.submit(wait_for_file, str(gate), value=2, key="a")
+    b2 = c.submit(inc, a2, key="b")
+    assert b2.result(timeout=20) == 3 and a2.result() == 2
+    assert a.cancelled() and b.cancelled()
+
+
 def test_done_callbacks_run_once_with_the_future(c, gate):
     f = held(c, gate, value=1)
     seen = []

@@ -89,7 +89,9 @@ def test_the_scheduler_says_how_keys_end(cs):
     assert step(cs, cs.handle(error)) == [Done(y)]
     assert (y.status, y.error) == ("error", error)
     assert step(cs, cs.handle({"op": "cancelled", "key": "z"})) == [Done(z)]
-    assert statuses(cs) == {"x": "finished", "y": "error", "z": "cancelled"}
+    # A cancelled state is let go of: "z" submitted again starts anew.
+    assert statuses(cs) == {"x": "finished", "y": "error"}
+    assert z.status == "cancelled" and cs.hold("z").status == "pending"
     # Keys this client does not hold (any more) change nothing.
     for op in ("key-in-memory", "task-erred", "cancelled"):
         assert cs.handle({"op": op, "key": "gone"}) == []
@@ -100,7 +102,8 @@ def test_a_restart_cancels_pending_and_finished_keys_not_failed_ones(cs):
     cs.handle({"op": "key-in-memory", "key": "b"})
     cs.handle({"op": "task-erred", "key": "c", "text": "no"})
     assert step(cs, cs.handle({"op": "restarted"})) == [Done(a), Done(b)]
-    assert statuses(cs) == {"a": "cancelled", "b": "cancelled", "c": "error"}
+    assert [st.status for st in (a, b, c)] == ["cancelled", "cancelled", "error"]
+    assert cs.futures == {}          # every key submitted again is computed again
 
 
 def test_requests_are_answered_by_id(cs):
@@ -153,9 +156,19 @@ def test_the_user_cancels_pending_and_finished_keys(cs):
     a, b, c = (cs.hold(k) for k in "abc")
     cs.handle({"op": "key-in-memory", "key": "b"})
     cs.handle({"op": "task-erred", "key": "c", "text": "no"})
-    assert step(cs, cs.cancel([a, b, c], ["a", "b", "c"], force=True)) == [Done(a), Done(b)]
-    assert cs.take_messages() == [{"op": "cancel", "keys": ["a", "b", "c"],
-                                   "force": True}]
+    assert step(cs, cs.cancel([a, b, c], ["a", "b", "c"], True, "t")) == \
+        [Done(a), Done(b)]
+    [msg] = cs.take_messages()
+    assert msg == {"op": "cancel", "keys": ["a", "b", "c"], "force": True,
+                   "request_id": msg["request_id"]}
+    assert step(cs, cs.handle({"op": "reply", "request_id": msg["request_id"],
+                               "result": None})) == [Resolve("t", None)]
+    # The Futures keep their cancelled states; the client holds no state of those
+    # keys, so submitting one again computes it again.
+    assert [st.status for st in (a, b, c)] == ["cancelled", "cancelled", "error"]
+    assert cs.futures == {} and cs.refcount == {"a": 1, "b": 1, "c": 1}
+    assert not cs.is_held("a") and cs.hold("a") is not a
+    assert cs.drop(["a"]) == [] and cs.drop(["a"]) == ["a"]
 
 
 def test_a_lost_connection_fails_everything_in_flight_and_reconnects(cs):
