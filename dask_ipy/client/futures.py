@@ -81,6 +81,12 @@ def when_done(state, callback):
     callback()
 
 
+def _when_ended(future, fn):
+    """``fn(future)`` once ``future`` is done, at once on the thread that learns it
+    (the waits of this module: short, and never waiting themselves)."""
+    when_done(future.state, lambda: fn(future))
+
+
 class KeyDone:
     """A wait (see `waits`) until ``state`` is done: True, or False after
     ``timeout`` seconds."""
@@ -223,15 +229,20 @@ class Future(TaskRef):
         return self.client.retry([self])
 
     def add_done_callback(self, fn):
-        """Call ``fn(future)`` once the future is done (on the client's I/O thread)."""
+        """Call ``fn(future)`` once the future is done, on the client's callback
+        thread: callbacks run one at a time, in the order their Futures end, and
+        may wait on other Futures (the I/O thread that would answer is not theirs)."""
         ref = self
+        if self.client is None:
+            raise RuntimeError(f"{self.key!r} was released")
+        pool = self.client.shell.callbacks
 
         def cb():
             try:
                 fn(ref)
             except Exception:
                 logger.exception("error in done callback %r", fn)
-        when_done(self.state, cb)
+        when_done(self.state, lambda: pool.submit(cb))
 
     def release(self):
         client, self.client = self.client, None
@@ -429,7 +440,7 @@ class Waiter:
         if not self.fs:
             self.signal.set()
         for f in self.fs:
-            f.add_done_callback(self._on_done)
+            _when_ended(f, self._on_done)
 
     @staticmethod
     def _failed(f):
@@ -483,7 +494,7 @@ class as_completed:
         with self.lock:
             self.waiting += 1
             epoch = self.epoch
-        future.add_done_callback(lambda f: self._on_done(f, epoch))
+        _when_ended(future, lambda f: self._on_done(f, epoch))
 
     def update(self, futures):
         for f in futures:
@@ -641,7 +652,7 @@ class ClientExecutor(cf.Executor):
                 return
             self.client.shell.gather_async(
                 [remote.key], lambda r: _settle_gather(local, remote.key, r))
-        remote.add_done_callback(settle)
+        _when_ended(remote, settle)
         return local
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):

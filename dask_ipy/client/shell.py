@@ -93,6 +93,8 @@ class ClientShell:
         self.result_sockets = {}        # {worker address: (DEALER, monitor)} (I/O thread)
         self.direct_results = 0         # small results that came straight (a figure)
         self.uploads = bulk.Pool("dask-ipy-upload")     # scattered values streaming
+        # Futures' done callbacks, in order, on a thread that ends when none is left
+        self.callbacks = bulk.Pool("dask-ipy-callbacks", size=1)
         self.state = ClientState(address, paused_warning)
         self.monitor_callbacks = []
         self.topic_handlers = {}        # {topic: handler of the workers' events}

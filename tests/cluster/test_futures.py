@@ -160,10 +160,10 @@ def test_done_callbacks_run_once_with_the_future(c, gate):
     gate.touch()
     assert ran.wait(10)
     assert seen == [f] and seen[0].status == "finished"
-    # Added after the fact: called at once.
+    # Added after the fact: called at once (on the callback thread).
     late = []
     f.add_done_callback(late.append)
-    assert late == [f]
+    wait_for(lambda: late == [f], message="the late callback")
     # Errors and cancellations complete futures too.
     errs = []
     g = c.submit(fail, 0)
@@ -175,6 +175,25 @@ def test_done_callbacks_run_once_with_the_future(c, gate):
     later = []
     h.add_done_callback(later.append)
     wait_for(lambda: later == [h], message="the second callback")
+
+
+def test_a_done_callback_may_wait_on_futures(c, gate):
+    # The everyday pattern: the callback reads the result, and submits more.
+    out = []
+    f = held(c, gate, value=1)
+    f.add_done_callback(lambda fut: out.append(fut.result() + c.submit(inc, 10).result()))
+    gate.touch()
+    wait_for(lambda: out == [12], message="the callback's result")
+    assert c.submit(inc, 7).result(timeout=10) == 8      # the client still works
+    # In the order their Futures ended, one at a time, off the caller's thread.
+    order, threads = [], set()
+    fs = [c.submit(inc, i, pure=False) for i in range(5)]
+    wait(fs)
+    for i, x in enumerate(fs):
+        x.add_done_callback(lambda fut, i=i: (order.append(i),
+                                              threads.add(threading.get_ident())))
+    wait_for(lambda: len(order) == 5, message="the callbacks")
+    assert order == [0, 1, 2, 3, 4] and threading.get_ident() not in threads
 
 
 def test_futures_of_the_same_key_share_state(c):
