@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import uuid
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 
 import dask
 from dask._task_spec import TaskRef
@@ -573,22 +573,32 @@ class Client(ClusterMethods, ObserveMethods):
 
     def compute(self, collections, sync=False, optimize_graph=True, priority=0,
                 retries=0, workers=None, resources=None, allow_other_workers=False,
-                fifo_timeout=None, actors=False, **kwargs):
+                fifo_timeout=None, actors=False, traverse=True, **kwargs):
         """Start computing dask collections; returns a Future per collection (or the
         results with ``sync=True``).  ``workers``, ``resources``,
         ``allow_other_workers``, ``retries``: for every task of the graph, as with
-        `submit`."""
+        `submit`.
+
+        As in dask.distributed: a list, tuple or set gives a list; anything else is
+        one.  With ``traverse``, a list, set, tuple, dict or iterator among them is
+        computed whole (as `dask.delayed` of it: one Future of it, its collections
+        computed inside); a value that is no dask collection comes back as it is."""
         options = _options({"fifo_timeout": fifo_timeout, "actor": actors, **kwargs},
                            "compute", priority=priority, retries=retries,
                            workers=workers, resources=resources,
                            allow_other_workers=allow_other_workers)
-        single = not isinstance(collections, (list, tuple))
+        single = not isinstance(collections, (list, tuple, set, frozenset))
         colls = [collections] if single else list(collections)
+        if traverse:
+            colls = [dask.delayed(c) if isinstance(c, (list, set, tuple, dict, Iterator))
+                     else c for c in colls]
+        found = [c for c in colls if is_dask_collection(c)]
         annotations = {}
-        dsk, keys, _ = g.collections_to_graph(colls, optimize=optimize_graph,
+        dsk, keys, _ = g.collections_to_graph(found, optimize=optimize_graph,
                                               annotations=annotations)
         futures = self._graph_futures(dsk, keys, options, annotations)
-        result = [futures[k] for k in keys]
+        computed = iter(keys)
+        result = [futures[next(computed)] if is_dask_collection(c) else c for c in colls]
         if sync:
             return self.run_op(self._gather_op(result[0] if single else result))
         return result[0] if single else result

@@ -122,6 +122,22 @@ def test_compute_returns_futures(c, x):
     assert c.compute(dask.delayed(inc)(1), sync=True) == 2
 
 
+def test_compute_takes_what_dask_distributed_takes(c, x):
+    total = x.sum().compute(scheduler="sync")
+    # A dict (or list, tuple, set) alone is computed whole, its collections inside;
+    # values that are no collections come back as they are.
+    f = c.compute({"a": x.sum(), "b": [1, dask.delayed(inc)(1)]})
+    assert isinstance(f, Future)
+    assert f.result(timeout=10) == {"a": pytest.approx(total), "b": [1, 2]}
+    assert c.compute([x.sum(), 5], sync=True) == [pytest.approx(total), 5]
+    assert c.compute(5) == 5 and c.compute([]) == []
+    assert c.compute((x.sum(), [x.sum(), 1]), sync=True)[1] == [pytest.approx(total), 1]
+    # traverse=False: only the collections themselves are computed.
+    lazy = [dask.delayed(inc)(1)]
+    assert c.compute([lazy, 2], traverse=False, sync=True) == [lazy, 2]
+    assert c.compute({dask.delayed(inc)(2)}, sync=True) == [3]      # a set: a list
+
+
 def test_persist_keeps_the_data_on_the_cluster(c, tmp_path):
     path = str(tmp_path / "runs")
     v = dask.delayed(record)(path, 10)
