@@ -168,7 +168,7 @@ def _frames(tb):
 
 def error_payload(exc, tb):
     """A task's exception for the wire: the pickled exception (`_exception_blob`), the
-    traceback as data (tblib), and text for humans and for the scheduler."""
+    traceback as data (`_traceback_dict`), and text for humans and for the scheduler."""
     tb = user_frames(tb)
     text = _cut(f"{type(exc).__name__}: {exc}")
     tb_text = "".join(tb_module.format_exception(type(exc), exc, tb))
@@ -182,17 +182,31 @@ def error_payload(exc, tb):
             "traceback": traceback, "traceback_text": tb_text}
 
 
-def _traceback_dict(tb):
-    """tblib's dict of ``tb``, each code with its first line too: a traceback rebuilt
-    from it then places each line in its function (a notebook shows the cell's
-    lines right, not numbered from the failing line)."""
-    import tblib
+MAX_TRACEBACK_FRAMES = 100
 
-    out = tblib.Traceback(tb).as_dict()
-    d = out
-    while tb is not None and d is not None:
-        d["tb_frame"]["f_code"]["co_firstlineno"] = tb.tb_frame.f_code.co_firstlineno
-        tb, d = tb.tb_next, d["tb_next"]
+
+def _traceback_dict(tb):
+    """``tb`` as plain data, in tblib's dict layout, each code with its first line
+    too: a traceback rebuilt from it then places each line in its function (a
+    notebook shows the cell's lines right, not numbered from the failing line).
+
+    Of a traceback deeper than MAX_TRACEBACK_FRAMES (a runaway recursion) only the
+    first and last half of that are kept: pickling nested dicts a thousand deep
+    fails, and the frames left out repeat those kept."""
+    frames = list(_frames(tb))
+    if len(frames) > MAX_TRACEBACK_FRAMES:
+        half = MAX_TRACEBACK_FRAMES // 2
+        frames = frames[:half] + frames[-half:]
+    out = None
+    for t in reversed(frames):
+        frame, code = t.tb_frame, t.tb_frame.f_code
+        out = {"tb_frame": {"f_globals": {k: v for k, v in frame.f_globals.items()
+                                          if k in ("__file__", "__name__")},
+                            "f_code": {"co_filename": code.co_filename,
+                                       "co_name": code.co_name,
+                                       "co_firstlineno": code.co_firstlineno},
+                            "f_lineno": frame.f_lineno},
+               "tb_lineno": t.tb_lineno, "tb_next": out}
     return out
 
 

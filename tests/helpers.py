@@ -414,6 +414,10 @@ def raise_keyword_only():
     raise KeywordOnly(code=3)
 
 
+def recurse(n):
+    return recurse(n + 1)
+
+
 def raise_slots_only():
     raise SlotsOnly("lost")
 

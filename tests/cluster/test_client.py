@@ -11,7 +11,7 @@ import pytest
 from helpers import (Boom, KeywordOnly, NeedsTwo, SlotsOnly, Unpicklable, add,
                      count_lines, fail, fail_deeply, fail_until, identity, inc,
                      log_worker_event, make_unpicklable, pid, raise_keyword_only,
-                     raise_needs_two, raise_slots_only, record, slow_inc, total,
+                     raise_needs_two, raise_slots_only, record, recurse, slow_inc, total,
                      wait_for, type_name, wait_for_file, worker_keys)
 import dask_ipy
 from dask_ipy import (CancelledError, CycleError, Future, MissingDependency, as_completed,
@@ -303,6 +303,15 @@ def test_an_exception_class_sent_by_value_keeps_its_type(c):
     assert info.value.total == 3
     with pytest.raises(Local):
         c.submit(inc, f).result(timeout=10)
+
+
+def test_a_runaway_recursion_is_a_recursion_error(c):
+    f = c.submit(recurse, 0)
+    with pytest.raises(RecursionError):
+        f.result(timeout=30)
+    assert [fr.name for fr in traceback.extract_tb(f.traceback())][-1] == "recurse"
+    with pytest.raises(RecursionError):
+        c.submit(inc, f).result(timeout=30)
 
 
 def test_errors_reach_dependents_and_get(c):

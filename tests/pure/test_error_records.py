@@ -1,6 +1,7 @@
 """What a task's error carries back: the user's frames first, without this package's
 or dask's task calling; the exception as its own type, even one pickle cannot rebuild."""
 
+import copyreg
 import os
 import sys
 import traceback
@@ -9,7 +10,8 @@ import types
 import pytest
 from dask._task_spec import Task
 
-from dask_ipy.errors import RemoteError, error_payload, rebuild_error, without_machinery
+from dask_ipy.errors import (MAX_TRACEBACK_FRAMES, RemoteError, error_payload, rebuild_error,
+                             without_machinery)
 from dask_ipy.graph import execute
 
 pytestmark = pytest.mark.timeout(30)
@@ -115,3 +117,26 @@ def test_a_class_the_client_cannot_import_is_a_remote_error_naming_it(monkeypatc
     assert type(back) is RemoteError
     assert str(back).startswith("Gone: 1 and 2\n\nRemote traceback:")
 
+
+def recurse(n):
+    return recurse(n + 1)
+
+
+@pytest.mark.parametrize("tblib_installed", [False, True])
+def test_a_runaway_recursion_comes_back_as_recursion_error(monkeypatch, tblib_installed):
+    if tblib_installed:     # as dask.multiprocessing does: tracebacks pickle too
+        pickling_support = pytest.importorskip("tblib.pickling_support")
+        monkeypatch.setitem(copyreg.dispatch_table, RecursionError,
+                            pickling_support.pickle_exception)
+        monkeypatch.setitem(copyreg.dispatch_table, types.TracebackType,
+                            pickling_support.pickle_traceback)
+    try:
+        recurse(0)
+    except RecursionError as e:
+        record = error_payload(e, e.__traceback__)
+    back, tb = rebuild_error(record)
+    assert type(back) is RecursionError
+    names = [f.name for f in traceback.extract_tb(tb)]
+    assert names[0] == "test_a_runaway_recursion_comes_back_as_recursion_error"
+    assert names[-1] == "recurse" and len(names) == MAX_TRACEBACK_FRAMES
+    assert "Previous line repeated" in record["traceback_text"]
