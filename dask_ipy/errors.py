@@ -7,15 +7,16 @@ task's exception from a worker (or the scheduler) to the client.
         ──▶ client: rebuild_error(record) ─▶ (exception, traceback)
 
 The record is plain data: the scheduler keeps it and forwards it without opening the
-pickles inside.  The client raises the original exception type with the remote
-traceback; when the exception does not unpickle, a type of `ERROR_TYPES` by name, else
-`RemoteError` with the remote traceback as text.
+pickles inside.  The worker sends an exception that pickle cannot rebuild (its
+``__init__`` takes other arguments than its ``args``) as its class, args and
+attributes.  The client raises the original exception type with the remote
+traceback; when the exception does not unpickle there (its class cannot be imported),
+a type of `ERROR_TYPES` by name, else `RemoteError` with the remote traceback as text.
 """
 
 from __future__ import annotations
 
 import builtins
-import copy
 import inspect
 import os
 import sys
@@ -166,40 +167,46 @@ def _frames(tb):
 
 
 def error_payload(exc, tb):
-    """A task's exception for the wire: the pickled exception when it pickles, the
-    traceback as data (tblib), and text for humans and for the scheduler."""
+    """A task's exception for the wire: the pickled exception (`_exception_blob`), the
+    traceback as data (`_traceback_dict`), and text for humans and for the scheduler."""
     tb = user_frames(tb)
-    text = f"{type(exc).__name__}: {exc}"
-    if len(text) > MAX_ERROR_TEXT:
-        text = text[:MAX_ERROR_TEXT] + "... (truncated)"
+    text = _cut(f"{type(exc).__name__}: {exc}")
     tb_text = "".join(tb_module.format_exception(type(exc), exc, tb))
     if len(tb_text) > MAX_ERROR_TEXT:
         tb_text = "... (truncated)\n" + tb_text[-MAX_ERROR_TEXT:]
     try:
-        exception = serialize(exc)
-        if exception.nbytes > 10 * MAX_ERROR_TEXT:
-            exception = _shortened(exc)
-    except Exception:
-        exception = None
-    try:
         traceback = serialize(_traceback_dict(tb)) if tb is not None else None
     except Exception:
         traceback = None
-    return {"type": type(exc).__name__, "text": text, "exception": exception,
+    return {"type": type(exc).__name__, "text": text, "exception": _exception_blob(exc),
             "traceback": traceback, "traceback_text": tb_text}
 
 
-def _traceback_dict(tb):
-    """tblib's dict of ``tb``, each code with its first line too: a traceback rebuilt
-    from it then places each line in its function (a notebook shows the cell's
-    lines right, not numbered from the failing line)."""
-    import tblib
+MAX_TRACEBACK_FRAMES = 100
 
-    out = tblib.Traceback(tb).as_dict()
-    d = out
-    while tb is not None and d is not None:
-        d["tb_frame"]["f_code"]["co_firstlineno"] = tb.tb_frame.f_code.co_firstlineno
-        tb, d = tb.tb_next, d["tb_next"]
+
+def _traceback_dict(tb):
+    """``tb`` as plain data, in tblib's dict layout, each code with its first line
+    too: a traceback rebuilt from it then places each line in its function (a
+    notebook shows the cell's lines right, not numbered from the failing line).
+
+    Of a traceback deeper than MAX_TRACEBACK_FRAMES (a runaway recursion) only the
+    first and last half of that are kept: pickling nested dicts a thousand deep
+    fails, and the frames left out repeat those kept."""
+    frames = list(_frames(tb))
+    if len(frames) > MAX_TRACEBACK_FRAMES:
+        half = MAX_TRACEBACK_FRAMES // 2
+        frames = frames[:half] + frames[-half:]
+    out = None
+    for t in reversed(frames):
+        frame, code = t.tb_frame, t.tb_frame.f_code
+        out = {"tb_frame": {"f_globals": {k: v for k, v in frame.f_globals.items()
+                                          if k in ("__file__", "__name__")},
+                            "f_code": {"co_filename": code.co_filename,
+                                       "co_name": code.co_name,
+                                       "co_firstlineno": code.co_firstlineno},
+                            "f_lineno": frame.f_lineno},
+               "tb_lineno": t.tb_lineno, "tb_next": out}
     return out
 
 
@@ -236,16 +243,72 @@ def traceback_from_dict(frames):
     return top
 
 
-def _shortened(exc):
-    """The exception with its message cut to MAX_ERROR_TEXT, for one too big to send
-    whole: the client still raises the original type.  None if that fails."""
-    try:
-        short = copy.copy(exc)
-        short.args = (str(exc)[:MAX_ERROR_TEXT] + "... (truncated)",)
-        blob = serialize(short)
-    except Exception:
-        return None
-    return blob if blob.nbytes <= 10 * MAX_ERROR_TEXT else None
+MAX_EXCEPTION_BYTES = 10 * MAX_ERROR_TEXT
+
+
+def _exception_blob(exc):
+    """``exc`` pickled for the client, or None.  Kept only if it unpickles here (its
+    ``str`` working too) and fits in MAX_EXCEPTION_BYTES, tried in turn: pickle's
+    own way; the exception rebuilt from its parts (`_ExceptionParts`); those parts
+    with the message cut to MAX_ERROR_TEXT and no attributes."""
+    for candidate in _pickle_candidates(exc):
+        try:
+            blob = serialize(candidate)
+            if blob.nbytes <= MAX_EXCEPTION_BYTES:
+                str(deserialize(blob))
+                return blob
+        except Exception:
+            pass
+    return None
+
+
+def _pickle_candidates(exc):
+    yield exc
+    yield _ExceptionParts(exc, exc.args, _attributes(exc))
+    yield _ExceptionParts(exc, (_cut(str(exc)),), {})
+
+
+def _cut(text):
+    if len(text) > MAX_ERROR_TEXT:
+        return text[:MAX_ERROR_TEXT] + "... (truncated)"
+    return text
+
+
+def _attributes(exc):
+    """An exception's own attributes: those of its ``__dict__`` (``__notes__``
+    among them) and its slots."""
+    out = dict(getattr(exc, "__dict__", {}))
+    for cls in type(exc).__mro__:
+        slots = vars(cls).get("__slots__", ())
+        for name in [slots] if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(exc, name):
+                out[name] = getattr(exc, name)
+    return out
+
+
+class _ExceptionParts:
+    """Pickles as an exception of the class of ``exc`` with these ``args`` and
+    attributes, made without calling the class (`_exception_from_parts`).
+
+    Pickle's own way calls ``cls(*exc.args)``: that fails for an exception whose
+    ``__init__`` takes arguments other than its ``args`` (two that make one message,
+    keyword-only ones), and its slots are lost.  Pickling the traceback with it can
+    fail too, when tblib's pickling is installed (dask.multiprocessing does it)."""
+
+    __slots__ = ("cls", "args", "attributes")
+
+    def __init__(self, exc, args, attributes):
+        self.cls, self.args, self.attributes = type(exc), args, attributes
+
+    def __reduce__(self):
+        return _exception_from_parts, (self.cls, self.args, self.attributes)
+
+
+def _exception_from_parts(cls, args, attributes):
+    exc = cls.__new__(cls, *args)
+    for name, value in attributes.items():
+        setattr(exc, name, value)
+    return exc
 
 
 def error_info(kind, text, key, args=None):

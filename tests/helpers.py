@@ -378,7 +378,7 @@ def worker_keys(dask_worker=None):
 
 
 class NeedsTwo(Exception):
-    """Pickle rebuilds exceptions from ``args``: this one cannot be rebuilt."""
+    """Pickle rebuilds exceptions from ``args``: it cannot rebuild this one."""
 
     def __init__(self, a, b):
         super().__init__(f"{a} and {b}")
@@ -398,8 +398,24 @@ class SlotsOnly(Exception):
         return f"detail is {self.detail}"
 
 
+class KeywordOnly(Exception):
+    """Pickle cannot rebuild this one either: its argument is keyword-only."""
+
+    def __init__(self, *, code):
+        super().__init__(f"code {code}")
+        self.code = code
+
+
 def raise_needs_two():
     raise NeedsTwo(1, 2)
+
+
+def raise_keyword_only():
+    raise KeywordOnly(code=3)
+
+
+def recurse(n):
+    return recurse(n + 1)
 
 
 def raise_slots_only():

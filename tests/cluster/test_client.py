@@ -8,10 +8,11 @@ import traceback
 
 import pytest
 
-from helpers import (Boom, Unpicklable, add, count_lines, fail, fail_deeply,
-                     fail_until, identity, inc, log_worker_event, make_unpicklable, pid,
-                     raise_needs_two, raise_slots_only, record, slow_inc, total, wait_for,
-                     type_name, wait_for_file, worker_keys)
+from helpers import (Boom, KeywordOnly, NeedsTwo, SlotsOnly, Unpicklable, add,
+                     count_lines, fail, fail_deeply, fail_until, identity, inc,
+                     log_worker_event, make_unpicklable, pid, raise_keyword_only,
+                     raise_needs_two, raise_slots_only, record, recurse, slow_inc, total,
+                     wait_for, type_name, wait_for_file, worker_keys)
 import dask_ipy
 from dask_ipy import (CancelledError, CycleError, Future, MissingDependency, as_completed,
                       wait)
@@ -275,15 +276,42 @@ def test_remote_exception_keeps_its_type_and_traceback(c):
     assert c.submit(fail, 1).exception(timeout=10).__class__ is Boom
 
 
-@pytest.mark.parametrize("fn, text", [(raise_needs_two, "NeedsTwo: 1 and 2"),
-                                      (raise_slots_only, "SlotsOnly: detail is lost")])
-def test_an_exception_pickle_cannot_rebuild_arrives_as_text(c, fn, text):
-    from dask_ipy import RemoteError
-
+@pytest.mark.parametrize("fn, cls, text", [
+    (raise_needs_two, NeedsTwo, "1 and 2"), (raise_keyword_only, KeywordOnly, "code 3"),
+    (raise_slots_only, SlotsOnly, "detail is lost")])
+def test_an_exception_pickle_cannot_rebuild_keeps_its_type(c, fn, cls, text):
     f = c.submit(fn)
-    with pytest.raises(RemoteError, match=text) as info:
+    with pytest.raises(cls, match=text) as info:
         f.result(timeout=10)
-    assert "Remote traceback" in str(info.value) and fn.__name__ in str(info.value)
+    assert fn.__name__ in "".join(traceback.format_exception(info.value))
+    with pytest.raises(cls, match=text):
+        c.submit(inc, f).result(timeout=10)
+
+
+def test_an_exception_class_sent_by_value_keeps_its_type(c):
+    class Local(Exception):         # not importable: cloudpickle sends it by value
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+            self.total = a + b
+
+    def fail_locally():
+        raise Local(1, 2)
+
+    f = c.submit(fail_locally)
+    with pytest.raises(Local, match="1 and 2") as info:
+        f.result(timeout=10)
+    assert info.value.total == 3
+    with pytest.raises(Local):
+        c.submit(inc, f).result(timeout=10)
+
+
+def test_a_runaway_recursion_is_a_recursion_error(c):
+    f = c.submit(recurse, 0)
+    with pytest.raises(RecursionError):
+        f.result(timeout=30)
+    assert [fr.name for fr in traceback.extract_tb(f.traceback())][-1] == "recurse"
+    with pytest.raises(RecursionError):
+        c.submit(inc, f).result(timeout=30)
 
 
 def test_errors_reach_dependents_and_get(c):

@@ -1,13 +1,17 @@
 """What a task's error carries back: the user's frames first, without this package's
-or dask's task calling."""
+or dask's task calling; the exception as its own type, even one pickle cannot rebuild."""
 
+import copyreg
 import os
+import sys
 import traceback
+import types
 
 import pytest
 from dask._task_spec import Task
 
-from dask_ipy.errors import error_payload, rebuild_error, without_machinery
+from dask_ipy.errors import (MAX_TRACEBACK_FRAMES, RemoteError, error_payload, rebuild_error,
+                             without_machinery)
 from dask_ipy.graph import execute
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,3 +42,101 @@ def test_without_machinery_keeps_only_the_users_frames():
     assert [f.name for f in traceback.extract_tb(tb)][-1] == "explode"
     kept = [f.name for f in traceback.extract_tb(without_machinery(tb))]
     assert kept == ["test_without_machinery_keeps_only_the_users_frames", "explode"]
+
+
+# ---------------------------------------------------------------- exceptions pickle cannot rebuild
+
+class NeedsTwo(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+        self.total = a + b
+
+
+class KeywordOnly(Exception):
+    def __init__(self, *, code):
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+class SlotsOnly(Exception):
+    __slots__ = ("detail",)
+
+    def __init__(self, detail):
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self):
+        return f"detail is {self.detail}"
+
+
+def record_of(exc):
+    try:
+        raise exc
+    except BaseException as e:
+        return error_payload(e, e.__traceback__)
+
+
+@pytest.mark.parametrize("exc, text, attributes", [
+    (NeedsTwo(1, 2), "1 and 2", {"total": 3}),
+    (KeywordOnly(code=3), "code 3", {"code": 3}),
+    (SlotsOnly("kept"), "detail is kept", {"detail": "kept"})])
+def test_an_exception_pickle_cannot_rebuild_keeps_its_type_and_attributes(
+        exc, text, attributes):
+    exc.add_note("a note")
+    back, tb = rebuild_error(record_of(exc))
+    assert type(back) is type(exc) and str(back) == text
+    assert back.args == exc.args and back.__notes__ == ["a note"]
+    assert {name: getattr(back, name) for name in attributes} == attributes
+    assert [f.name for f in traceback.extract_tb(tb)] == ["record_of"]
+
+
+def test_an_exception_class_sent_by_value_keeps_its_type():
+    class Local(Exception):         # not importable: cloudpickle sends it by value
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    back, _ = rebuild_error(record_of(Local(1, 2)))
+    assert type(back) is Local and str(back) == "1 and 2"
+
+
+def test_a_too_long_message_is_cut_and_keeps_the_type():
+    back, _ = rebuild_error(record_of(KeywordOnly(code="x" * 1_000_000)))
+    assert type(back) is KeywordOnly
+    assert str(back).endswith("... (truncated)") and len(str(back)) < 20_000
+
+
+def test_a_class_the_client_cannot_import_is_a_remote_error_naming_it(monkeypatch):
+    module = types.ModuleType("gone_module")
+    exec("class Gone(Exception):\n"
+         "    def __init__(self, a, b):\n"
+         "        super().__init__(f'{a} and {b}')\n", vars(module))
+    monkeypatch.setitem(sys.modules, "gone_module", module)
+    record = record_of(module.Gone(1, 2))
+    monkeypatch.delitem(sys.modules, "gone_module")
+    back, _ = rebuild_error(record)
+    assert type(back) is RemoteError
+    assert str(back).startswith("Gone: 1 and 2\n\nRemote traceback:")
+
+
+def recurse(n):
+    return recurse(n + 1)
+
+
+@pytest.mark.parametrize("tblib_installed", [False, True])
+def test_a_runaway_recursion_comes_back_as_recursion_error(monkeypatch, tblib_installed):
+    if tblib_installed:     # as dask.multiprocessing does: tracebacks pickle too
+        pickling_support = pytest.importorskip("tblib.pickling_support")
+        monkeypatch.setitem(copyreg.dispatch_table, RecursionError,
+                            pickling_support.pickle_exception)
+        monkeypatch.setitem(copyreg.dispatch_table, types.TracebackType,
+                            pickling_support.pickle_traceback)
+    try:
+        recurse(0)
+    except RecursionError as e:
+        record = error_payload(e, e.__traceback__)
+    back, tb = rebuild_error(record)
+    assert type(back) is RecursionError
+    names = [f.name for f in traceback.extract_tb(tb)]
+    assert names[0] == "test_a_runaway_recursion_comes_back_as_recursion_error"
+    assert names[-1] == "recurse" and len(names) == MAX_TRACEBACK_FRAMES
+    assert "Previous line repeated" in record["traceback_text"]
