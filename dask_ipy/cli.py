@@ -317,9 +317,12 @@ def cmd_worker(args):
                   f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
                   f"resources: {json.dumps(w.resources)}\n"
                   f"scheduler: {w.scheduler_address}", flush=True)
-            # The supervisor watches the worker against its limit: it follows it.
+            # The supervisor watches the worker against its limit: it follows it;
+            # and a worker that registered and then died it starts again.
             w.limit_listeners.append(
                 lambda n: print(f"memory_limit: {n or 0}", flush=True))
+            w.registered_listeners.append(
+                lambda: print(f"registered: {w.scheduler_address}", flush=True))
             w.wait()
     finally:
         w.close()

@@ -3,12 +3,20 @@
     dask-ipy worker ADDR ...            (this process: stdlib and psutil only)
         │  makes a private local directory (0700)
         ├─ spawns  python -m dask_ipy worker ADDR ... --supervised --local-directory D
-        │          and relays its output; reads its "memory_limit:" lines
+        │          and relays its output; reads its "memory_limit:" lines, and its
+        │          "registered:" line (the scheduler welcomed it: it is up)
         ├─ watches its RSS: past the terminate fraction for longer than the worker
         │  takes to act on it itself (its GIL held by one long C call), or past
         │  `HARD_FACTOR` x its limit for `HARD_GRACE`, the worker is killed
-        └─ when it exits for memory (EXIT_MEMORY), is killed, or crashes after
-           running a while: its files are removed and a new worker starts
+        └─ when it exits with an error (for memory: EXIT_MEMORY; killed by a task
+           or a signal; crashed): its files are removed and a new worker starts,
+           as `restart_delay` says
+
+A worker that was up is always started again: at once, or after a wait that grows
+while its deaths come quickly (a task that kills every worker it lands on ends in
+KilledWorker at the scheduler after its allowed failures; the workers stay).  One that
+exits before it ever registered (bad arguments, an import that fails) is tried again
+a few times, and then the supervisor gives up, naming its exit code and last lines.
 
 The worker itself stops a runaway task first (it tells the scheduler which task ran
 and how much memory it reached, then exits: see worker/monitor.py); this process is
@@ -18,6 +26,7 @@ or a signal) ends the supervisor too.  Signals sent here are passed on.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
@@ -36,9 +45,26 @@ HARD_FACTOR = 1.2         # past this multiple of its limit the worker is killed
 HARD_GRACE = 0.2          # after this many seconds: a few of the worker's own memory
                           # checks, so that one that acts on it (and tells the scheduler
                           # which task ran out of memory) is not killed first
-SHORT_LIFE = 10.0         # a crash sooner than this after a start is not retried
-MAX_RESTARTS = 10         # restarts within RESTART_WINDOW seconds before giving up
-RESTART_WINDOW = 60.0
+RESTART_WINDOW = 60.0     # restarts within this many seconds make the next one wait
+BACKOFF = 0.5             # ... this long for the second, twice as long for each next,
+MAX_BACKOFF = 10.0        # up to this
+START_RETRIES = 3         # a worker that exits before registering is started again
+START_BACKOFF = 1.0       # this many times, after 1, 2, 4 s
+STDERR_LINES = 5          # lines of a worker's stderr kept for the give-up message
+
+
+def restart_delay(ready, recent, failed_starts):
+    """Seconds to wait before starting a new worker after one exited with an error,
+    or None to give up.  ``ready``: it had registered with its scheduler; ``recent``:
+    restarts within the last RESTART_WINDOW seconds; ``failed_starts``: workers in a
+    row that exited before registering, this one included."""
+    if not ready:
+        if failed_starts > START_RETRIES:
+            return None
+        return START_BACKOFF * 2 ** (failed_starts - 1)
+    if not recent:
+        return 0.0
+    return min(BACKOFF * 2 ** (recent - 1), MAX_BACKOFF)
 
 
 class Supervisor:
@@ -61,7 +87,10 @@ class Supervisor:
         self.proc = None
         self.limit = None
         self.stopping = threading.Event()
-        self.restarts = []
+        self.restarts = []        # when workers were started again (monotonic)
+        self.failed_starts = 0    # workers in a row that exited before registering
+        self.ready = False        # the worker running now has registered
+        self.stderr_tail = collections.deque(maxlen=STDERR_LINES)
         self.starts = 0
 
     def run(self):
@@ -73,18 +102,27 @@ class Supervisor:
                     return 0
                 now = time.monotonic()
                 self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
-                if code > 0 and reason != "memory" and self._lived < SHORT_LIFE:
-                    self._say(f"worker exited with code {code} after {self._lived:.1f} s;"
-                              " not restarting")
+                self.failed_starts = 0 if self.ready else self.failed_starts + 1
+                delay = restart_delay(self.ready, len(self.restarts), self.failed_starts)
+                if delay is None:
+                    self._say(self._giving_up(code, reason))
                     return code if code > 0 else 1
-                if len(self.restarts) >= MAX_RESTARTS:
-                    self._say(f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:.0f} s; "
-                              "giving up")
-                    return code if code > 0 else 1
-                self.restarts.append(now)
-                self._say(f"worker exited ({reason}, code {code}); starting a new one")
+                self._say(f"worker exited ({reason}, code {code}"
+                          f"{'' if self.ready else ', before registering'}); starting "
+                          f"a new one{f' in {delay:g} s' if delay else ''}")
+                if self.stopping.wait(delay):
+                    return 0
+                self.restarts.append(time.monotonic())
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _giving_up(self, code, reason):
+        text = (f"worker exited ({reason}, code {code}) before registering with its "
+                f"scheduler, {self.failed_starts} times in a row; giving up")
+        if self.stderr_tail:
+            text += "; its last lines on stderr:\n" + "\n".join(
+                f"    {line.rstrip()}" for line in self.stderr_tail)
+        return text
 
     def stop(self, sig=signal.SIGTERM):
         self.stopping.set()
@@ -99,16 +137,21 @@ class Supervisor:
         print(f"supervisor: {text}", file=sys.stderr, flush=True)
 
     def _run_once(self):
-        started = time.monotonic()
         self.starts += 1
         self.limit = None
+        self.ready = False
+        self.stderr_tail.clear()
         self.proc = proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=self.env,
-            text=True, bufsize=1)
-        relay = threading.Thread(target=self._relay, args=(proc,), daemon=True,
-                                 name="dask-ipy-supervisor-relay")
-        relay.start()
-        reason = "exit"
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=self.env, text=True, bufsize=1)
+        relays = [threading.Thread(target=target, args=(stream,), daemon=True,
+                                   name=f"dask-ipy-supervisor-{name}")
+                  for target, stream, name in ((self._relay, proc.stdout, "stdout"),
+                                               (self._relay_stderr, proc.stderr,
+                                                "stderr"))]
+        for relay in relays:
+            relay.start()
+        reason = "error"
         over_since = hard_since = None
         try:
             watched = psutil.Process(proc.pid)
@@ -137,8 +180,8 @@ class Supervisor:
                           f"{self.limit} byte limit; killing it")
                 reason = "memory"
                 proc.kill()
-        relay.join(5)
-        self._lived = time.monotonic() - started
+        for relay in relays:
+            relay.join(5)
         if code == EXIT_MEMORY:
             reason = "memory"
         elif code < 0 and reason != "memory":
@@ -149,21 +192,35 @@ class Supervisor:
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         return code, reason
 
-    def _relay(self, proc):
-        for line in proc.stdout:
+    def _relay(self, stdout):
+        for line in stdout:
             name, sep, value = line.partition(":")
-            if sep and name.strip() in ("memory_limit", "memory_terminate"):
+            name = name.strip() if sep else None
+            if name == "registered":
+                self.ready = True
+            elif name in ("memory_limit", "memory_terminate"):
                 try:
                     number = float(value.strip())
                 except ValueError:
                     number = 0
-                if name.strip() == "memory_limit":
+                if name == "memory_limit":
                     self.limit = int(number) or None
                 else:
                     self.terminate = number or None
-            try:
-                self.out.write(line)
-                self.out.flush()
-            except (OSError, ValueError):
-                pass
-        proc.stdout.close()
+            self._write(self.out, line)
+        stdout.close()
+
+    def _relay_stderr(self, stderr):
+        for line in stderr:
+            if line.strip():
+                self.stderr_tail.append(line)
+            self._write(sys.stderr, line)
+        stderr.close()
+
+    @staticmethod
+    def _write(stream, line):
+        try:
+            stream.write(line)
+            stream.flush()
+        except (OSError, ValueError):
+            pass

@@ -290,6 +290,7 @@ class Worker:
         self.thread_limits = TaskThreadLimits(threads) if threads else None
         self._exiting = False
         self.limit_listeners = []       # called with the new limit when it changes
+        self.registered_listeners = []  # called each time the scheduler welcomes it
 
     def _store_budget(self):
         target = self.memory_fractions["target"]
@@ -551,6 +552,8 @@ class Worker:
             # wildcard or a name only it resolves).
             port = clients.rsplit(":", 1)[1]
             self.clients_address = self.scheduler_address.rsplit(":", 1)[0] + ":" + port
+        for listener in self.registered_listeners:
+            listener()
 
     def _on_send_data(self, msg):
         self._send_data(msg["keys"], msg["request_id"], msg.get("max_bytes"),

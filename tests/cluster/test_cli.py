@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
-from helpers import ROOT, kill_tree, read_info, wait_for
-from dask_ipy import Client
+from helpers import ROOT, die, kill_tree, read_info, wait_for
+from dask_ipy import Client, KilledWorker
 from dask_ipy.cli import log_path, parse_args, ready_lines
 from dask_ipy.bootstrap import scheduler_argv, spawn_scheduler
 from dask_ipy.security import Security
@@ -104,6 +104,49 @@ def test_signals_close_cleanly(tmp_path, sig):
         s.send_signal(sig)
         assert s.wait(10) == 0
     assert not os.path.exists(path)
+
+
+@pytest.mark.timeout(180)
+def test_a_task_that_kills_dask_ipy_workers_ends_in_killed_worker(tmp_path):
+    """Each worker it lands on dies at once (os._exit), however young: its supervisor
+    starts a new one, the third death is the task's KilledWorker, the cluster is
+    whole again."""
+    path = str(tmp_path / "scheduler.json")
+    with running("scheduler", "--connection-file", path, "--idle-timeout", "60"), \
+            running("worker", path) as w1, running("worker", path) as w2:
+        with Client(path, set_as_default=False) as c:
+            c.wait_for_workers(2, timeout=60)
+            before = {w["pid"] for w in c.scheduler_info()["workers"].values()}
+            killer = c.submit(die, key="killer")
+            with pytest.raises(KilledWorker, match="killer"):
+                killer.result(timeout=120)
+            assert "running on 3 workers that died" in str(killer.exception())
+            c.wait_for_workers(2, timeout=60)
+            wait_for(lambda: len(c.nthreads()) == 2, timeout=60,
+                     message="exactly two workers")
+            after = {w["pid"] for w in c.scheduler_info()["workers"].values()}
+            assert after != before
+            assert c.submit(operator.add, 1, 2).result(timeout=30) == 3
+            c.shutdown()
+        assert w1.wait(20) == 0 and w2.wait(20) == 0     # the supervisors end cleanly
+        said = w1.stdout.read() + w2.stdout.read()
+    # Three deaths, three restarts: the task did not run a fourth time.
+    assert said.count("supervisor: worker exited") == 3, said
+    assert "giving up" not in said
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_cannot_start_is_given_up_on_with_its_error(tmp_path):
+    missing = str(tmp_path / "none.json")
+    r = subprocess.run(command() + ["worker", missing], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=100)
+    assert r.returncode == 1
+    assert r.stderr.count("before registering); starting a new one in") == 3
+    *_, last = r.stderr.rstrip().split("supervisor: ")
+    assert last.startswith("worker exited (error, code 1) before registering with its "
+                           "scheduler, 4 times in a row; giving up; its last lines "
+                           "on stderr:\n")
+    assert f"no connection file {missing!r}" in last
 
 
 def test_spawned_scheduler_takes_key_from_stdin_and_logs_to_a_file(tmp_path):
