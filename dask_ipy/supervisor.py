@@ -91,7 +91,6 @@ class Supervisor:
         self.failed_starts = 0    # workers in a row that exited before registering
         self.ready = False        # the worker running now has registered
         self.stderr_tail = collections.deque(maxlen=STDERR_LINES)
-        self.starts = 0
 
     def run(self):
         """Keep a worker running until it exits cleanly or `stop()`; the exit code."""
@@ -137,7 +136,6 @@ class Supervisor:
         print(f"supervisor: {text}", file=sys.stderr, flush=True)
 
     def _run_once(self):
-        self.starts += 1
         self.limit = None
         self.ready = False
         self.stderr_tail.clear()
