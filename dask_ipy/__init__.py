@@ -18,6 +18,7 @@ _PUBLIC = {
     "fire_and_forget": ".client.futures",
     "TimeoutError": ".errors",
     "KilledWorker": ".errors",
+    "Reschedule": ".errors",
     "MemoryLimitExceeded": ".errors",
     "PausedWorkerWarning": ".errors",
     "CancelledError": ".client.futures",

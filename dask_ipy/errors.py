@@ -27,6 +27,11 @@ from .protocol import deserialize, serialize
 
 MAX_ERROR_TEXT = 10_000
 
+class Reschedule(Exception):
+    """Raised by a task: it stops, and the scheduler places it again (on any worker,
+    this one too), as if it had never run."""
+
+
 class KilledWorker(RuntimeError):
     """A task was running on `allowed_failures` workers that died while running it."""
 

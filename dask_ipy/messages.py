@@ -41,6 +41,7 @@ KINDS = {
         "task-finished": "a task's result is in memory (a small one comes along; "
                          "'direct': the clients it went to straight)",
         "task-erred": "a task raised: its error record",
+        "reschedule": "a task raised Reschedule: place it again",
         "task-dropped": "a task released while it ran has ended; its thread is free",
         "task-seceded": "a running task gave its thread slot back to wait for other work",
         "task-rejoined": "a seceded task holds a thread slot again",
@@ -214,6 +215,7 @@ SHELL_EVENTS = {
     WORKER: {
         "execute-success": "a pool thread ran a task",
         "execute-failure": "a task raised on a pool thread",
+        "execute-reschedule": "a task raised Reschedule on a pool thread",
         "gather-done": "a peer (or the relay) answered a fetch",
         "gather-failed": "a fetch through the relay gave nothing in time, or its "
                          "streams could not be downloaded",

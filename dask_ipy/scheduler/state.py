@@ -1674,6 +1674,17 @@ class SchedulerState:
         if self._thread_freed(ws, msg["key"]):
             self.fill_workers(ws)
 
+    def _on_reschedule(self, ws, msg):
+        """A task raised `Reschedule` on ``ws``, whose thread is free again: placed
+        anew, as if it had not run."""
+        ts = self.tasks.get(msg["key"])
+        if ts is None or ts.processing_on is not ws:
+            self._on_task_dropped(ws, msg)          # released meanwhile: stale there
+            return
+        ws.executing.discard(ts)
+        self.transitions({ts.key: RELEASED})
+        self.fill_workers()
+
     @staticmethod
     def _thread_freed(ws, key):
         """`key`, if counted in ``ws.stale``, no longer holds a thread there."""
@@ -1852,6 +1863,7 @@ class SchedulerState:
         "task-started": _on_task_started,
         "task-finished": _on_task_finished,
         "task-erred": _on_task_erred,
+        "reschedule": _on_reschedule,
         "task-dropped": _on_task_dropped,
         "task-seceded": _on_task_seceded,
         "task-rejoined": _on_task_rejoined,

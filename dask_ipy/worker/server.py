@@ -42,7 +42,7 @@ from ..addresses import host_of, local_ip_towards
 from ..comm import (Handshake, IOLoop, RejectionLog, send, bind_router, connect_dealer,
                     new_id)
 from ..discovery import resolve_scheduler
-from ..errors import ActorLost, error_payload
+from ..errors import ActorLost, Reschedule, error_payload
 from ..graph import execute
 from ..log import logger
 from ..logs import LogBuffer
@@ -860,6 +860,10 @@ class Worker:
                                              "nbytes": nbytes, "type": typename(value),
                                              "start": start, "stop": end, "data": data,
                                              "ran": node})
+        except Reschedule:
+            running.end()
+            stop = time.time()
+            event = ("execute-reschedule", {"key": job.key, "start": start, "stop": stop})
         except BaseException as e:  # a task may raise anything, SystemExit too
             running.end()
             stop = time.time()

@@ -450,6 +450,15 @@ class WorkerState:
         self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
+        self._give_back(out, key, {"op": "task-erred", "key": key, **error})
+
+    def _on_execute_reschedule(self, out, key, start=0.0, stop=0.0):
+        """The task raised `Reschedule`: the scheduler places it again."""
+        self._give_back(out, key, {"op": "reschedule", "key": key})
+
+    def _give_back(self, out, key, msg):
+        """A task that ended without a result: the scheduler hears ``msg``, and the
+        task and the inputs it held are let go here."""
         self._ended(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
@@ -458,7 +467,7 @@ class WorkerState:
         if ts.interrupted:
             self._run_again(out, ts)
             return
-        out.append(Send({"op": "task-erred", "key": key, **error}))
+        out.append(Send(msg))
         ts.state = "released"
         ts.computed = False
         self._done_with_inputs(ts)

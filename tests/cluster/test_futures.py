@@ -401,3 +401,25 @@ def test_as_completed_shared_by_two_threads_ends_for_both(c, gate):
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert sorted(got, key=len) == [[], [f]]
+
+
+def _reschedule_once(marker):
+    """Raise Reschedule the first time (on whichever worker), then answer where."""
+    import os
+
+    from dask_ipy import Reschedule, get_worker
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise Reschedule()
+    return get_worker().address
+
+
+def test_a_task_raising_reschedule_runs_again(c, tmp_path):
+    marker = str(tmp_path / "rescheduled")
+    f = c.submit(_reschedule_once, marker, pure=False)
+    g = c.submit(len, f)
+    assert f.result(timeout=20) in {w for w in c.scheduler_info()["workers"]}
+    assert g.result(timeout=20) == len(f.result())
+    info = c.scheduler_info()["workers"]
+    assert all(w["metrics"]["executing"] == 0 for w in info.values())

@@ -40,6 +40,27 @@ def finished(s, wid, key, nbytes=8, type="int"):
     return take(s)
 
 
+def test_a_rescheduled_task_is_placed_again_and_its_thread_is_free(s):
+    s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
+    [(_, wid, msg)] = take(s)
+    assert msg["op"] == "compute-task"
+    s.handle_worker_message(wid, {"op": "task-started", "key": "x"})
+    s.handle_worker_message(wid, {"op": "reschedule", "key": "x"})
+    ws = s.workers[wid]
+    assert not ws.stale and not ws.executing    # no thread held by the old run
+    out = take(s)
+    assert ("worker", wid, {"op": "free-keys", "keys": ["x"]}) in out
+    [(_, again, msg)] = [m for m in out if m[2]["op"] == "compute-task"]
+    assert msg["key"] == "x"
+    assert s.tasks["x"].state == "processing" and s.tasks["x"].suspicious == 0
+    # A late word from a worker the task no longer runs on changes nothing.
+    s.handle_worker_message("w2" if again == "w1" else "w1",
+                            {"op": "reschedule", "key": "x"})
+    assert take(s) == [] and s.tasks["x"].processing_on.id == again
+    finished(s, again, "x")
+    assert s.tasks["x"].state == "memory"
+
+
 def erred(s, wid, key, text="boom"):
     s.handle_worker_message(wid, {"op": "task-erred", "key": key,
                                   "type": "ZeroDivisionError", "text": text,

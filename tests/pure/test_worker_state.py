@@ -191,6 +191,15 @@ def test_execution_failure_reports_the_error_and_releases(ws):
     assert ws.tasks == {} and ws.data == {}
 
 
+def test_a_task_raising_reschedule_is_given_back_and_released(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("gather-done", peer=A, data={"x": 1}, sizes={"x": 8})
+    assert ws.handle("execute-reschedule", key="y") == [
+        Send({"op": "reschedule", "key": "y"})]
+    assert ws.tasks == {} and ws.data == {}
+
+
 def test_missing_data_is_reported_to_the_scheduler(ws):
     ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
               who_has={"x": [A]}, nbytes={"x": 8})
