@@ -126,7 +126,7 @@ def unload_ipython_extension(ip):
 
 
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
-           "dask_client_from_ipclient", "KilledWorker", "MemoryLimitExceeded",
+           "dask_client_from_ipclient", "KilledWorker", "Reschedule", "MemoryLimitExceeded",
            "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
