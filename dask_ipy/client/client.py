@@ -36,7 +36,7 @@ from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, seri
 from . import default, printing
 from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
-from .cluster import ClusterMethods
+from .cluster import ClusterMethods, worker_names
 from .default import default_client
 from .futures import ClientExecutor, Future, futures_in, futures_of, load
 from .observe import ObserveMethods
@@ -468,10 +468,12 @@ class Client(ClusterMethods, ObserveMethods):
             out.append(futures.pop(k) if k in futures else Future(k, self))
         return out
 
-    def gather(self, futures, errors="raise", timeout=None):
+    def gather(self, futures, errors="raise", timeout=None, direct=None):
         """Values of Futures, in the same (nested) structure.  ``errors="raise"``: the
         first failed Future's exception is raised; ``"skip"``: failed Futures are left
-        out of a top-level list and stand as None anywhere else."""
+        out of a top-level list and stand as None anywhere else.  ``direct`` is
+        accepted for dask.distributed's sake: values take the way the cluster allows
+        (straight from a worker when small, else through the scheduler)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         return self.run_op(self._gather_op(futures, errors, timeout))
@@ -690,34 +692,56 @@ class Client(ClusterMethods, ObserveMethods):
         op = self.shell.request_op({"op": "info", "what": what, **kw}, timeout=timeout)
         return self.run_op(op if after is None else then(op, after))
 
-    def scheduler_info(self, timeout=None):
+    def scheduler_info(self, n_workers=-1, timeout=None):
+        """The scheduler and its workers, with dask.distributed's keys ("type",
+        "id", "address", "services", "started", "n_workers", "total_threads",
+        "total_memory", "workers") and dask_ipy's ("ntasks", "nclients"...);
+        ``n_workers``: the details of the first n workers only (-1: all)."""
         def complete(info):
-            info["address"] = self.address
-            info["id"] = self.scheduler_id
+            info.update(type="Scheduler", address=self.address, id=self.scheduler_id,
+                        started=self.shell.state.started, services=self._services())
             return info
-        return self._info("scheduler-info", timeout, complete)
+        return self._info("scheduler-info", timeout, complete, n_workers=n_workers)
+
+    def _services(self):
+        """The scheduler's services by name: {"dashboard": port} if it serves one."""
+        dashboard = self.shell.state.dashboard
+        return {} if not dashboard else {"dashboard": dashboard["port"]}
 
     def who_has(self, futures=None):
         keys = None if futures is None else [f.key for f in futures_in(futures)]
         return self._info("who-has", keys=keys,
                           after=lambda r: {k: list(v) for k, v in r.items()})
 
-    def has_what(self):
-        return self._info("has-what", after=lambda r: {k: list(v) for k, v in r.items()})
+    def has_what(self, workers=None):
+        """{worker address: [keys it holds]}, of ``workers`` (addresses or names)
+        or all."""
+        return self._info("has-what", workers=worker_names(workers),
+                          after=lambda r: {k: list(v) for k, v in r.items()})
 
-    def nthreads(self):
-        return self._info("nthreads", after=dict)
+    def nthreads(self, workers=None):
+        """{worker address: threads}, of ``workers`` (addresses or names) or all."""
+        return self._info("nthreads", workers=worker_names(workers), after=dict)
 
     ncores = nthreads
 
-    def restart(self, timeout=30):
-        """Forget every task and drop all data on the workers.
+    def restart(self, timeout=30, wait_for_workers=True):
+        """Forget every task and drop all data on the workers; with
+        ``wait_for_workers``, then wait until as many workers run as before
+        (TimeoutError after ``timeout`` seconds).
 
         The worker processes stay: a task already running finishes on its thread (a
         Python thread cannot be stopped) and its result is dropped; the worker runs
         new tasks on its other threads meanwhile, and on that one once it is free."""
-        op = self.shell.request_op({"op": "restart"}, timeout)
-        return self.run_op(then(op, lambda _: self))
+        return self.run_op(self._restart_op(timeout, wait_for_workers))
+
+    def _restart_op(self, timeout, wait_for_workers):
+        before = yield from self.shell.request_op({"op": "info", "what": "nthreads"},
+                                                  timeout=timeout)
+        yield from self.shell.request_op({"op": "restart"}, timeout)
+        if wait_for_workers and before:
+            yield from self._wait_for_workers_op(len(before), timeout)
+        return self
 
     def subscribe_monitor(self, callback):
         """Call ``callback(snapshot)`` (on the I/O thread) about twice a second."""

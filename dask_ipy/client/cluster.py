@@ -28,7 +28,7 @@ from .waits import done, then
 RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
 
 
-def _names(workers):
+def worker_names(workers):
     if workers is None:
         return None
     if isinstance(workers, str):
@@ -69,7 +69,7 @@ class ClusterMethods:
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
                              f"not {on_error!r}")
         msg = {"op": "run", "function": serialize((function, args, kwargs)),
-               "workers": _names(workers)}
+               "workers": worker_names(workers)}
         if not wait:                  # sent; its answer is dropped when it comes
             self.shell.request_future(msg)
             return self.run_op(done())
@@ -244,20 +244,20 @@ class ClusterMethods:
         TimeoutError after ``timeout`` seconds."""
         if not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"n_workers must be a positive integer, not {n_workers!r}")
+        return self.run_op(self._wait_for_workers_op(n_workers, timeout))
 
-        def check(reply):
-            if not reply["ok"]:
-                raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
-                                   f"after {timeout} s")
-        op = self.shell.request_op({"op": "wait-for-workers", "n": n_workers,
-                                    "timeout": timeout})
-        return self.run_op(then(op, check))
+    def _wait_for_workers_op(self, n_workers, timeout):
+        reply = yield from self.shell.request_op({"op": "wait-for-workers",
+                                                  "n": n_workers, "timeout": timeout})
+        if not reply["ok"]:
+            raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
+                               f"after {timeout} s")
 
     def processing(self, workers=None):
         """The keys each worker has been given to run (queued there or running):
         ``{address: [key]}``."""
         op = self.shell.request_op({"op": "info", "what": "processing",
-                                    "workers": _names(workers)})
+                                    "workers": worker_names(workers)})
         return self.run_op(then(op, lambda r: {k: list(v) for k, v in r.items()}))
 
     def retire_workers(self, workers=None, close_workers=True, remove=True, names=None,
@@ -268,8 +268,8 @@ class ClusterMethods:
         (``close_workers``; a worker in an ipyparallel engine closes, the engine
         stays).  Nothing is recomputed.  ``{address: what it was}`` of the retired
         workers; with neither ``workers`` nor ``names``, the idle ones."""
-        op = self.shell.request_op({"op": "retire-workers", "workers": _names(workers),
-                                    "names": _names(names), "close": close_workers,
+        op = self.shell.request_op({"op": "retire-workers", "workers": worker_names(workers),
+                                    "names": worker_names(names), "close": close_workers,
                                     "remove": remove})
         return self.run_op(then(op, dict))
 
@@ -279,7 +279,7 @@ class ClusterMethods:
         the process (an ipyparallel engine) stays.  ``{worker as named: "OK" |
         "removed" | "timed out"}``; TimeoutError unless all are "OK" with
         ``raise_for_error``."""
-        names = _names(workers)
+        names = worker_names(workers)
         timeout = RESTART_TIMEOUT if timeout is None else timeout
 
         def check(result):
@@ -296,7 +296,7 @@ class ClusterMethods:
         ``workers`` if given: missing copies are fetched from the holders, extra
         ones dropped.  Waits for the Futures first."""
         return self.run_op(self._move_op(futures_in(futures), {
-            "op": "replicate", "n": n, "workers": _names(workers)}))
+            "op": "replicate", "n": n, "workers": worker_names(workers)}))
 
     def rebalance(self, futures=None, workers=None, **kwargs):
         """Move data so that the workers (``workers``, or all) hold about as many
@@ -304,7 +304,7 @@ class ClusterMethods:
         be moved."""
         fs = None if futures is None else futures_in(futures)
         return self.run_op(self._move_op(fs, {"op": "rebalance",
-                                              "workers": _names(workers)}))
+                                              "workers": worker_names(workers)}))
 
     def _move_op(self, fs, msg):
         if fs is not None:

@@ -197,6 +197,7 @@ class Scheduler:
                                    shares_host=msg.get("shares_host", False),
                                    resources=msg.get("resources"),
                                    ip=host_of(msg["address"]))
+        ws.local_directory = msg.get("local_directory")
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",
@@ -296,7 +297,8 @@ class Scheduler:
         self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
                                      "address_to_workers": self.address_to_workers,
                                      "relay_port": self.relay and self.relay.port,
-                                     "dashboard": self.dashboard and self.dashboard.info})
+                                     "dashboard": self.dashboard and self.dashboard.info,
+                                     "started": self.started})
 
     def _on_close_client(self, cid, msg):
         self.state.remove_client(cid)

@@ -29,6 +29,7 @@ import logging
 import os
 import queue
 import socket
+import tempfile
 import threading
 import time
 
@@ -267,7 +268,7 @@ class Worker:
         self.memory_fractions = cfg.memory_fractions(
             target=target, spill=spill, pause=pause, terminate=terminate)
         self.local_directory = local_directory or cfg.dask.config.get(
-            "temporary-directory", None) or None
+            "temporary-directory", None) or tempfile.gettempdir()
         self._owns_data = data is None
         if data is None:
             if self.memory_limit and (self.memory_fractions["target"]
@@ -406,6 +407,7 @@ class Worker:
                 "memory_limit": self.memory_limit,
                 "memory_fractions": self.memory_fractions,
                 "resources": self.resources,
+                "local_directory": self.local_directory,
                 "shares_host": self.memory_setting == "auto" or (
                     self.thread_limits is not None and self.blas_setting == "auto")})
         elif (epoch, scheduler_id) != (self.session.epoch, self.scheduler_id):

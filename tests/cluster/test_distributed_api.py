@@ -5,6 +5,8 @@ and `TimeoutError`, against scheduler and worker processes."""
 import asyncio
 import concurrent.futures as cf
 import gc
+import os
+import time
 
 import dask
 import dask.array as da
@@ -168,3 +170,52 @@ def test_timeouts_raise_the_exported_timeout_error(c, gate):
         f.result(timeout=0.05)
     with pytest.raises(dask_ipy.TimeoutError):
         c.gather([f], timeout=0.05)
+
+
+# ---------------------------------------------------------------- arguments and keys
+
+def test_nthreads_and_has_what_of_some_workers(c):
+    everyone = c.nthreads()
+    first, second = sorted(everyone)
+    x = c.submit(inc, 1, workers=[first])
+    assert x.result() == 2
+    assert c.nthreads(first) == {first: everyone[first]}
+    assert c.nthreads([first, second]) == everyone
+    assert c.has_what([first]) == {first: [x.key]}
+    assert c.has_what(second) == {second: []}
+    assert c.has_what(workers=[]) == {}
+
+
+def test_gather_accepts_direct_and_restart_waits_for_the_workers(c):
+    x = c.submit(inc, 1)
+    assert c.gather([x], direct=True) == [2]
+    assert c.gather(x, direct=False) == 2
+    assert c.restart(wait_for_workers=True) is c
+    assert len(c.nthreads()) == 2
+    assert c.restart(wait_for_workers=False) is c
+    assert c.submit(inc, 2).result() == 3
+
+
+def test_scheduler_info_has_dask_distributed_keys(c):
+    before = time.time()
+    info = c.scheduler_info()
+    assert info["type"] == "Scheduler"
+    assert info["started"] < before
+    assert info["services"] == {}
+    assert info["n_workers"] == 2 and len(info["workers"]) == 2
+    assert info["total_threads"] == sum(c.nthreads().values())
+    assert info["total_memory"] == sum(w["memory_limit"] for w in info["workers"].values())
+    for w in info["workers"].values():
+        assert os.path.isdir(w["local_directory"])
+        assert w["services"] == {} and w["nanny"] is None
+    one = c.scheduler_info(n_workers=1)
+    assert one["n_workers"] == 2 and one["total_threads"] == info["total_threads"]
+    assert list(one["workers"]) == list(info["workers"])[:1]
+    assert c.scheduler_info(n_workers=-1)["workers"].keys() == info["workers"].keys()
+
+
+def test_scheduler_info_services_name_the_dashboard():
+    from helpers import local_cluster
+
+    with local_cluster(scheduler_options={"dashboard_port": 0}) as (s, _, client):
+        assert client.scheduler_info()["services"] == {"dashboard": s.dashboard.port}
