@@ -151,6 +151,7 @@ KINDS = {
         "client-options": "a client's options: when to warn of a paused worker",
         "get-task-stream": "a page of the task stream's records (by number or by time)",
         "get-memory-history": "the workers' memory sampled over time (since a time)",
+        "get-logs": "the scheduler's latest log lines (at most 'n')",
         "get-profile": "the workers' sampled call trees (merged, or per worker), "
                        "asked of each worker and gathered within a 'timeout'",
     },

@@ -94,6 +94,21 @@ def add_stack(tree, frame, stop=(), depth=MAX_DEPTH):
     return True
 
 
+def call_stack(frame):
+    """The stack ending in ``frame`` as text, outermost first: one string per frame,
+    ``'  File "path", line 12, in name\n    the line'`` (what dask.distributed's
+    `call_stack` gives)."""
+    out = []
+    while frame is not None:
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno).strip()
+        out.append(f'  File "{code.co_filename}", line {frame.f_lineno}, '
+                   f'in {code.co_name}\n    {line}')
+        frame = frame.f_back
+    out.reverse()
+    return out
+
+
 def merge(*trees):
     """A new tree counting every sample of ``trees`` (which are left as they are)."""
     out = create()

@@ -33,12 +33,13 @@ from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
 from ..log import logger
 from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, serialize
+from ..security import write_connection_file
 from . import default, printing
 from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods, worker_names
 from .default import default_client
-from .futures import ClientExecutor, Future, futures_in, futures_of, load
+from .futures import ClientExecutor, Future, Waiter, futures_in, futures_of, load
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -201,6 +202,17 @@ class Client(ClusterMethods, ObserveMethods):
     def last_snapshot(self):
         """The latest monitor snapshot (see `subscribe_monitor`)."""
         return self.shell.last_snapshot
+
+    @property
+    def futures(self):
+        """{key: its state} of the keys this client's Futures hold (each state's
+        ``status``: "pending", "finished", "error", "cancelled" or "lost")."""
+        return self.shell.held_states()[0]
+
+    @property
+    def refcount(self):
+        """{key: how many hold it} (its Futures, and a `get` running)."""
+        return self.shell.held_states()[1]
 
     @property
     def monitor_callbacks(self):
@@ -552,7 +564,31 @@ class Client(ClusterMethods, ObserveMethods):
         self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
         return self.run_op(done())
 
-    def retry(self, futures):
+    def recreate_error_locally(self, future):
+        """Run here the task that made ``future`` (or the first erred Future in a
+        structure or collections) fail, with its inputs gathered from the cluster:
+        its exception is raised in this process, where a debugger (``%debug``,
+        ``pdb.pm()``) sees its frames.  Waits for the Futures first; ValueError if
+        none erred."""
+        return self.run_op(then(self._erred_task_op(future), lambda task: g.execute(*task)))
+
+    def _erred_task_op(self, futures):
+        """(the node that raised, {input key: value}) of the first erred Future."""
+        fs = futures_of(futures, client=self)
+        yield from Waiter(fs).wait_op()
+        erred = [f for f in fs if f.status == "error"]
+        if not erred:
+            raise ValueError("no erred Future among those given")
+        record = erred[0].state.error
+        origin = record.get("origin", record.get("key", erred[0].key))
+        task = yield from self.shell.request_op({"op": "info", "what": "run-spec",
+                                                 "key": origin})
+        if task is None:
+            raise KeyError(f"the scheduler no longer has the task {origin!r}")
+        inputs = self._submit_graph([], task["dependencies"])   # computed again if
+        values = yield from self._gather_op(inputs)             # they were released
+        return self._load(task["spec"]), values
+
         """Compute erred Futures again, with the erred inputs they erred from."""
         self.shell.retry([f.key for f in futures_in(futures)])
         return self.run_op(done())
@@ -707,6 +743,14 @@ class Client(ClusterMethods, ObserveMethods):
         """The scheduler's services by name: {"dashboard": port} if it serves one."""
         dashboard = self.shell.state.dashboard
         return {} if not dashboard else {"dashboard": dashboard["port"]}
+
+    def write_scheduler_file(self, scheduler_file):
+        """Write the scheduler's connection file (its addresses and this client's
+        key, readable only by its owner) to ``scheduler_file``: a `Client`, or
+        ``dask-ipy worker``, given that path connects to the same scheduler."""
+        write_connection_file({"address_to_workers": self.shell.state.address_to_workers,
+                               "address_to_clients": self.address,
+                               "id": self.scheduler_id}, self.security, scheduler_file)
 
     def who_has(self, futures=None):
         keys = None if futures is None else [f.key for f in futures_in(futures)]

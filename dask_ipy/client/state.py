@@ -64,6 +64,7 @@ State, documented once:
                                        "welcome"; None: it serves none
     started:    float | None           when the scheduler started (time.time()), from
                                        "welcome"
+    address_to_workers: str | None     where its workers connect, from "welcome"
     paused_warning: seconds | None     warn of a worker paused longer than this
     FutureState.data: Serialized | None  a small result that came straight from its
                                        worker, kept while the key is held (at most
@@ -219,6 +220,7 @@ class ClientState:
         self.relay_port = None
         self.dashboard = None
         self.started = None
+        self.address_to_workers = None
         self.gathers = {}
         self.by_key = {}
         self.workers = set()
@@ -634,6 +636,7 @@ class ClientState:
         self.relay_port = msg.get("relay_port")
         self.dashboard = msg.get("dashboard")
         self.started = msg.get("started")
+        self.address_to_workers = msg.get("address_to_workers")
         return self._answer(WELCOME, msg)
 
     def _on_scattered(self, msg):

@@ -2345,6 +2345,12 @@ class SchedulerState:
                       {t: list(kept) for t, kept in self.events.items()})
         elif what == "get-metadata":
             result = self._metadata_at(msg["keys"])
+        elif what == "run-spec":
+            ts = self.tasks.get(msg["key"])
+            result = None if ts is None or ts.run_spec is None else {
+                "spec": Serialized([ts.run_spec]) if type(ts.run_spec) is bytes
+                else ts.run_spec,
+                "dependencies": [dts.key for dts in ts.dependencies]}
         elif what == "processing":
             result = {ws.address: [ts.key for ts in ws.processing] for ws in named}
         else:

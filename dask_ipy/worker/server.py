@@ -57,7 +57,7 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
 from .recording import CANCELLED, ERROR, OK, Recorder
-from .sampler import Sampler
+from .sampler import Sampler, call_stacks
 from .state import (RELAY, EventsFailed, Execute, GatherDep, Rejoin, Send, ToClient,
                     WorkerState)
 from .store import SpillStore, Spilled
@@ -246,6 +246,11 @@ class Worker:
         """The latest log lines of this worker's process: [(level, line)], newest
         first (as dask.distributed's)."""
         return self.log_buffer.lines(n)
+
+    def get_call_stack(self, keys=None):
+        """{key: [frames as text, outermost first]} of the tasks running here now
+        (of ``keys`` only, if given)."""
+        return call_stacks(self.running, None if keys is None else set(keys))
 
     def log_event(self, topic, msg):
         """Log ``msg`` (plain data) under ``topic`` at the scheduler, which keeps the

@@ -13,7 +13,8 @@ import dask.array as da
 import pytest
 
 import dask_ipy
-from helpers import fail, fail_until, inc, record, wait_for, wait_for_file
+from helpers import (Boom, fail, fail_until, inc, local_cluster, record, wait_for,
+                     wait_for_file)
 from dask_ipy import (CancelledError, Client, as_completed, fire_and_forget, futures_of,
                       wait)
 
@@ -215,7 +216,68 @@ def test_scheduler_info_has_dask_distributed_keys(c):
 
 
 def test_scheduler_info_services_name_the_dashboard():
-    from helpers import local_cluster
-
     with local_cluster(scheduler_options={"dashboard_port": 0}) as (s, _, client):
         assert client.scheduler_info()["services"] == {"dashboard": s.dashboard.port}
+
+
+# ---------------------------------------------------------------- looking inside
+
+def test_get_scheduler_logs_newest_first_at_most_n():
+    from dask_ipy.log import logger
+
+    with local_cluster() as (s, _, client):
+        logger.warning("first words of the scheduler")
+        logger.warning("last words of the scheduler")
+        lines = client.get_scheduler_logs()
+        assert lines[0][0] == "WARNING" and "last words" in lines[0][1]
+        assert "first words" in lines[1][1]
+        assert client.get_scheduler_logs(n=1) == lines[:1]
+
+
+def test_call_stack_shows_where_running_tasks_are(c, gate):
+    f = c.submit(wait_for_file, str(gate), pure=False)
+    other = c.submit(wait_for_file, str(gate), value=1, pure=False)
+    wait_for(lambda: len(c.call_stack(f)) == 1, message="the task to run")
+    (address, stacks), = c.call_stack(f).items()
+    assert address in c.nthreads() and list(stacks) == [f.key]
+    assert all(isinstance(frame, str) for frame in stacks[f.key])
+    assert any("in wait_for_file" in frame for frame in stacks[f.key])
+    wait_for(lambda: sum(map(len, c.call_stack().values())) == 2,
+             message="both tasks to run")
+    assert {k for s in c.call_stack(keys=[other.key]).values() for k in s} == {other.key}
+
+
+def test_recreate_error_locally_raises_the_task_error_here(c):
+    x = c.submit(inc, 1)
+    y = c.submit(fail, x)
+    z = c.submit(inc, y)             # erred because of y
+    with pytest.raises(Boom, match="failed on 2"):
+        c.recreate_error_locally(z)
+    del x                            # y's input: released, computed again
+    with pytest.raises(Boom, match="failed on 2"):
+        c.recreate_error_locally([y])
+    with pytest.raises(ValueError):
+        c.recreate_error_locally(c.submit(inc, 5))
+
+
+def test_write_scheduler_file_connects_another_client(c, tmp_path):
+    path = tmp_path / "scheduler.json"
+    c.write_scheduler_file(str(path))
+    assert path.stat().st_mode & 0o777 == 0o600
+    with Client(str(path), set_as_default=False) as other:
+        assert other.scheduler_info()["id"] == c.scheduler_info()["id"]
+        assert other.submit(inc, 1).result() == 2
+
+
+def test_futures_and_refcount_count_the_clients_futures(c):
+    x = c.submit(inc, 1)
+    again = c.submit(inc, 1)
+    y = c.submit(inc, 2)
+    assert c.refcount[x.key] == 2 and c.refcount[y.key] == 1
+    assert set(c.futures) >= {x.key, y.key}
+    y.result()
+    assert c.futures[y.key].status == "finished"
+    key = y.key
+    del again, y
+    gc.collect()
+    assert c.refcount[x.key] == 1 and key not in c.futures and key not in c.refcount
