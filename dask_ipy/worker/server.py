@@ -242,6 +242,25 @@ class Worker:
         """{name: plugin} of the worker plugins set up here."""
         return self.plugin_host.plugins
 
+    @property
+    def id(self):
+        """This worker's identity at the scheduler (a str, as dask.distributed's;
+        new after each reconnection)."""
+        return self.identity.decode()
+
+    @property
+    def ip(self):
+        """The host in its address."""
+        return host_of(self.address)
+
+    @property
+    def status(self):
+        """"running", "paused" (its memory is past the pause fraction) or
+        "closed"."""
+        if self.closed.is_set():
+            return "closed"
+        return "paused" if self.state.paused else "running"
+
     def get_logs(self, n=None):
         """The latest log lines of this worker's process: [(level, line)], newest
         first (as dask.distributed's)."""
@@ -377,16 +396,16 @@ class Worker:
     def _connect(self):
         """Connect to the scheduler under a fresh identity; registration follows the
         handshake (`_on_hello_reply`)."""
-        self.id = new_id("worker")
+        self.identity = new_id("worker")     # its ZeroMQ identity, new per connection
         aliases = (self.address.encode(),)
         if self.actor_address is not None:
             aliases += (self.actor_address.encode(),)
-        self.session = Session(self.security.key, self.id, aliases=aliases,
+        self.session = Session(self.security.key, self.identity, aliases=aliases,
                                max_message_bytes=self.max_message_bytes)
         self.scheduler_id = None
         self.handshake = Handshake()
         events = zmq.EVENT_HANDSHAKE_SUCCEEDED
-        self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.id,
+        self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.identity,
                                                self.scheduler_address, events=events)
         self.loop.add_socket(self.scheduler_socket, self._on_scheduler_frames)
         self.scheduler_monitor = self.scheduler_socket.get_monitor_socket(events)
@@ -1099,7 +1118,7 @@ class Worker:
         ``gather_timeout``."""
         # The monitor exists before the connection starts (connect_dealer makes it,
         # get_monitor_socket returns that one): its first handshake is never missed.
-        sock = connect_dealer(self.loop.context, self.security, self.id, peer,
+        sock = connect_dealer(self.loop.context, self.security, self.identity, peer,
                               events=PEER_EVENTS,
                               heartbeat_timeout=PEER_HEARTBEAT_TIMEOUT)
         monitor = sock.get_monitor_socket()

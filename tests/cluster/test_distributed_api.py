@@ -281,3 +281,27 @@ def test_futures_and_refcount_count_the_clients_futures(c):
     del again, y
     gc.collect()
     assert c.refcount[x.key] == 1 and key not in c.futures and key not in c.refcount
+
+
+# ---------------------------------------------------------------- get_worker()
+
+def worker_attributes():
+    w = dask_ipy.get_worker()
+    return {"status": w.status, "ip": w.ip, "local_directory": w.local_directory,
+            "id": w.id, "address": w.address}
+
+
+def test_get_worker_has_status_ip_local_directory_and_a_str_id(c):
+    seen = c.submit(worker_attributes, pure=False).result()
+    assert seen["status"] == "running"
+    assert seen["ip"] == "127.0.0.1" and seen["address"].startswith("tcp://127.0.0.1:")
+    assert os.path.isdir(seen["local_directory"])
+    assert isinstance(seen["id"], str) and seen["id"].startswith("worker-")
+    info = c.scheduler_info()["workers"][seen["address"]]
+    assert info["local_directory"] == seen["local_directory"]
+
+
+def test_a_closed_worker_says_so():
+    with local_cluster(client=False) as (_, workers, _):
+        assert [w.status for w in workers] == ["running", "running"]
+    assert [w.status for w in workers] == ["closed", "closed"]
