@@ -305,3 +305,24 @@ def test_a_closed_worker_says_so():
     with local_cluster(client=False) as (_, workers, _):
         assert [w.status for w in workers] == ["running", "running"]
     assert [w.status for w in workers] == ["closed", "closed"]
+
+
+# ---------------------------------------------------------------- worker plugins
+
+def getenv(name):
+    return os.environ.get(name)
+
+
+def test_environ_and_upload_file_plugins(c, tmp_path):
+    from dask_ipy import Environ, UploadFile
+
+    result = c.register_plugin(Environ({"DASK_IPY_TEST_SETTING": 42}), name="environ")
+    assert set(result) == set(c.nthreads())
+    assert set(c.run(getenv, "DASK_IPY_TEST_SETTING").values()) == {"42"}
+    module = tmp_path / "uploaded_by_plugin.py"
+    module.write_text("ANSWER = 7\n")
+    c.register_plugin(UploadFile(filepath=str(module)), name="upload")
+    f = c.submit(lambda: __import__("uploaded_by_plugin").ANSWER, pure=False)
+    assert f.result() == 7
+    c.unregister_worker_plugin("environ")
+    c.unregister_worker_plugin("upload")
