@@ -109,6 +109,12 @@ def call_stack(frame):
     return out
 
 
+def worker_call_stacks(keys=None, dask_worker=None):
+    """Run on a worker (`Client.call_stack`, through `Client.run`): its running
+    tasks' stacks (`Worker.get_call_stack`)."""
+    return dask_worker.get_call_stack(keys)
+
+
 def merge(*trees):
     """A new tree counting every sample of ``trees`` (which are left as they are)."""
     out = create()

@@ -769,24 +769,6 @@ class Client(ClusterMethods, ObserveMethods):
 
     ncores = nthreads
 
-    def restart(self, timeout=30, wait_for_workers=True):
-        """Forget every task and drop all data on the workers; with
-        ``wait_for_workers``, then wait until as many workers run as before
-        (TimeoutError after ``timeout`` seconds).
-
-        The worker processes stay: a task already running finishes on its thread (a
-        Python thread cannot be stopped) and its result is dropped; the worker runs
-        new tasks on its other threads meanwhile, and on that one once it is free."""
-        return self.run_op(self._restart_op(timeout, wait_for_workers))
-
-    def _restart_op(self, timeout, wait_for_workers):
-        before = yield from self.shell.request_op({"op": "info", "what": "nthreads"},
-                                                  timeout=timeout)
-        yield from self.shell.request_op({"op": "restart"}, timeout)
-        if wait_for_workers and before:
-            yield from self._wait_for_workers_op(len(before), timeout)
-        return self
-
     def subscribe_monitor(self, callback):
         """Call ``callback(snapshot)`` (on the I/O thread) about twice a second."""
         self.shell.subscribe_monitor(callback)

@@ -1,7 +1,8 @@
 """The client's hold on the cluster itself: code and set-up on workers (`run`,
-`upload_file`, `register_plugin`), code in the scheduler (`run_on_scheduler`,
-scheduler plugins), and its workers (`wait_for_workers`, `retire_workers`,
-`restart_workers`, `rebalance`, `replicate`, `processing`, `forward_logging`), with
+`call_stack`, `upload_file`, `register_plugin`), code in the scheduler
+(`run_on_scheduler`, scheduler plugins), and its workers (`wait_for_workers`,
+`restart`, `retire_workers`, `restart_workers`, `rebalance`, `replicate`,
+`processing`, `forward_logging`), with
 dask.distributed's names, arguments and return values.
 
 `ClusterMethods` is part of `Client` and uses only its public face: each method
@@ -17,7 +18,7 @@ import time
 
 import msgpack
 
-from .. import versions
+from .. import profiling, versions
 from ..errors import rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, UploadFile, handle_forwarded,
                        plugin_kind, plugin_name)
@@ -89,6 +90,19 @@ class ClusterMethods:
             elif on_error == "return":
                 out[address] = rebuild_error(r)[0]
         return out
+
+    def call_stack(self, futures=None, keys=None):
+        """Where the tasks running now are: ``{worker address: {key: [frames as
+        text, outermost first]}}``, of the tasks of ``futures`` (Futures or
+        collections) and ``keys``, or of every running task if neither is given.
+        Workers running none of them are left out."""
+        keys = list(keys or ())
+        if futures is not None:
+            keys += [f.key for f in self.futures_of(futures)]
+        op = self._run_op({"op": "run", "workers": None, "function": serialize(
+            (profiling.worker_call_stacks, (keys or None,), {}))}, "raise")
+        return self.run_op(then(op, lambda found: {
+            address: stacks for address, stacks in found.items() if stacks}))
 
     def run_on_scheduler(self, function, *args, **kwargs):
         """Run ``function(*args, **kwargs)`` in the scheduler process (on its I/O
@@ -252,6 +266,24 @@ class ClusterMethods:
         if not reply["ok"]:
             raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
                                f"after {timeout} s")
+
+    def restart(self, timeout=30, wait_for_workers=True):
+        """Forget every task and drop all data on the workers; with
+        ``wait_for_workers``, then wait until as many workers run as before
+        (TimeoutError after ``timeout`` seconds).
+
+        The worker processes stay: a task already running finishes on its thread (a
+        Python thread cannot be stopped) and its result is dropped; the worker runs
+        new tasks on its other threads meanwhile, and on that one once it is free."""
+        return self.run_op(self._restart_op(timeout, wait_for_workers))
+
+    def _restart_op(self, timeout, wait_for_workers):
+        before = yield from self.shell.request_op({"op": "info", "what": "nthreads"},
+                                                  timeout=timeout)
+        yield from self.shell.request_op({"op": "restart"}, timeout)
+        if wait_for_workers and before:
+            yield from self._wait_for_workers_op(len(before), timeout)
+        return self
 
     def processing(self, workers=None):
         """The keys each worker has been given to run (queued there or running):

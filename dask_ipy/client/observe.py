@@ -25,8 +25,6 @@ import time
 from .. import charts, profiling
 from ..addresses import dashboard_url
 from ..logs import worker_logs
-from ..worker.sampler import worker_call_stacks
-from ..protocol import serialize
 from ..taskstream import Breakdown, records, report_data
 from .waits import then
 
@@ -110,19 +108,6 @@ class ObserveMethods:
         most ``n``), what its process's "dask_ipy" logger let through."""
         op = self.shell.request_op({"op": "get-logs", "n": n})
         return self.run_op(then(op, lambda lines: [tuple(x) for x in lines]))
-
-    def call_stack(self, futures=None, keys=None):
-        """Where the tasks running now are: ``{worker address: {key: [frames as
-        text, outermost first]}}``, of the tasks of ``futures`` (Futures or
-        collections) and ``keys``, or of every running task if neither is given.
-        Workers running none of them are left out."""
-        keys = list(keys or ())
-        if futures is not None:
-            keys += [f.key for f in self.futures_of(futures)]
-        op = self._run_op({"op": "run", "workers": None, "function": serialize(
-            (worker_call_stacks, (keys or None,), {}))}, "raise")
-        return self.run_op(then(op, lambda found: {
-            address: stacks for address, stacks in found.items() if stacks}))
 
     def _profile_op(self, key=None, start=None, stop=None, workers=None,
                     merge_workers=True, timeout=PROFILE_TIMEOUT):

@@ -35,12 +35,6 @@ def call_stacks(running, keys=None):
         frames = None                   # every local of every thread
 
 
-def worker_call_stacks(keys=None, dask_worker=None):
-    """Run on a worker (`Client.call_stack`, through `Client.run`): its running
-    tasks' stacks."""
-    return dask_worker.get_call_stack(keys)
-
-
 class Sampler:
     def __init__(self, running, interval=0.01, cycle=1.0, history=1000, stop=()):
         self.running = running
