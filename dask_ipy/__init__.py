@@ -47,6 +47,7 @@ _PUBLIC = {
     "Lock": ".client.coordination",
     "Semaphore": ".client.coordination",
     "Event": ".client.coordination",
+    "MultiLock": ".client.coordination",
     "print": ".worker.printing",
     "warn": ".worker.printing",
 }
@@ -135,4 +136,5 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "get_task_stream", "performance_report", "get_worker", "get_client", "secede",
            "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost",
            "futures_of", "fire_and_forget", "TimeoutError",
-           "Variable", "Queue", "Lock", "Semaphore", "Event", "print", "warn"]
+           "Variable", "Queue", "Lock", "Semaphore", "Event", "MultiLock", "print",
+           "warn"]
