@@ -589,6 +589,7 @@ class Client(ClusterMethods, ObserveMethods):
         values = yield from self._gather_op(inputs)             # they were released
         return self._load(task["spec"]), values
 
+    def retry(self, futures):
         """Compute erred Futures again, with the erred inputs they erred from."""
         self.shell.retry([f.key for f in futures_in(futures)])
         return self.run_op(done())
