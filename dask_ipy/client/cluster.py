@@ -269,8 +269,8 @@ class ClusterMethods:
 
     def restart(self, timeout=30, wait_for_workers=True):
         """Forget every task and drop all data on the workers; with
-        ``wait_for_workers``, then wait until as many workers run as before
-        (TimeoutError after ``timeout`` seconds).
+        ``wait_for_workers``, then wait until as many workers run (take tasks) as
+        before (TimeoutError after ``timeout`` seconds).
 
         The worker processes stay: a task already running finishes on its thread (a
         Python thread cannot be stopped) and its result is dropped; the worker runs
@@ -278,11 +278,14 @@ class ClusterMethods:
         return self.run_op(self._restart_op(timeout, wait_for_workers))
 
     def _restart_op(self, timeout, wait_for_workers):
-        before = yield from self.shell.request_op({"op": "info", "what": "nthreads"},
-                                                  timeout=timeout)
+        running = 0                    # workers taking tasks (not paused, not retiring)
+        if wait_for_workers:
+            info = yield from self.shell.request_op(
+                {"op": "info", "what": "scheduler-info"}, timeout=timeout)
+            running = sum(w["status"] == "running" for w in info["workers"].values())
         yield from self.shell.request_op({"op": "restart"}, timeout)
-        if wait_for_workers and before:
-            yield from self._wait_for_workers_op(len(before), timeout)
+        if running:
+            yield from self._wait_for_workers_op(running, timeout)
         return self
 
     def processing(self, workers=None):
