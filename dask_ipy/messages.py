@@ -128,8 +128,8 @@ KINDS = {
         "publish-dataset": "store a named dataset",
         "unpublish-dataset": "forget a named dataset",
         "coordinate": "a request about a named Variable, Queue, Lock, Semaphore, "
-                      "Event or MultiLock ('what'); it may wait on the scheduler for its answer "
-                      "(scheduler/coordination.py)",
+                      "Event or MultiLock ('what'); it may wait on the scheduler for "
+                      "its answer (scheduler/coordination.py)",
         "withdraw": "give up a 'coordinate' request still waiting (its timeout): it "
                     "is answered as withdrawn, unless it was answered already",
         "monitor": "start or stop monitor snapshots",

@@ -303,7 +303,8 @@ class ClusterMethods:
         (``close_workers``; a worker in an ipyparallel engine closes, the engine
         stays).  Nothing is recomputed.  ``{address: what it was}`` of the retired
         workers; with neither ``workers`` nor ``names``, the idle ones."""
-        op = self.shell.request_op({"op": "retire-workers", "workers": worker_names(workers),
+        op = self.shell.request_op({"op": "retire-workers",
+                                    "workers": worker_names(workers),
                                     "names": worker_names(names), "close": close_workers,
                                     "remove": remove})
         return self.run_op(then(op, dict))

@@ -173,7 +173,8 @@ class Coordination:
                 del s.leases[lease]
             if gone:
                 self._serve_semaphore(sid)
-        for p, held in [entry for entry in self.multi_leases.values() if entry[0].cid == cid]:
+        for p, held in [(p, held) for p, held in self.multi_leases.values()
+                        if p.cid == cid]:
             del self.multi_leases[p.lease]
             self._leave_multi_locks(p, held)
         return self._effects()

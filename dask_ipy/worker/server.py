@@ -405,8 +405,9 @@ class Worker:
         self.scheduler_id = None
         self.handshake = Handshake()
         events = zmq.EVENT_HANDSHAKE_SUCCEEDED
-        self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.identity,
-                                               self.scheduler_address, events=events)
+        self.scheduler_socket = connect_dealer(self.loop.context, self.security,
+                                               self.identity, self.scheduler_address,
+                                               events=events)
         self.loop.add_socket(self.scheduler_socket, self._on_scheduler_frames)
         self.scheduler_monitor = self.scheduler_socket.get_monitor_socket(events)
         self.loop.add_socket(self.scheduler_monitor, self._on_scheduler_connected)

@@ -398,7 +398,8 @@ def test_after_a_restart_stored_values_hold_no_keys():
 # ---------------------------------------------------------------- MultiLock
 
 def test_multilock_is_granted_all_its_names_or_waits(co):
-    assert co.ask("a", "multi-acquire", names=["x", "y"], lease="A") == [Reply("a", 1, True)]
+    assert co.ask("a", "multi-acquire", names=["x", "y"], lease="A") == [
+        Reply("a", 1, True)]
     # Wants y, held by A: waits, and meanwhile holds z (first in its line).
     assert co.ask("b", "multi-acquire", names=["y", "z"], lease="B") == []
     assert co.ask("c", "multi-acquire", names=["z"], lease="C") == []
