@@ -30,6 +30,8 @@ _PUBLIC = {
     "Security": ".security",
     "WorkerPlugin": ".plugins",
     "SchedulerPlugin": ".plugins",
+    "UploadFile": ".plugins",
+    "Environ": ".plugins",
     "get_task_stream": ".client.observe",
     "performance_report": ".client.observe",
     "Monitor": ".notebook.widget",              # ipywidgets loads only when a widget is wanted
@@ -46,6 +48,7 @@ _PUBLIC = {
     "Lock": ".client.coordination",
     "Semaphore": ".client.coordination",
     "Event": ".client.coordination",
+    "MultiLock": ".client.coordination",
     "print": ".worker.printing",
     "warn": ".worker.printing",
 }
@@ -130,7 +133,9 @@ __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
+           "UploadFile", "Environ",
            "get_task_stream", "performance_report", "get_worker", "get_client", "secede",
            "rejoin", "worker_client", "Actor", "ActorFuture", "ActorLost",
            "futures_of", "fire_and_forget", "TimeoutError",
-           "Variable", "Queue", "Lock", "Semaphore", "Event", "print", "warn"]
+           "Variable", "Queue", "Lock", "Semaphore", "Event", "MultiLock", "print",
+           "warn"]

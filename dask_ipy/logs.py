@@ -3,6 +3,7 @@
 A worker keeps one (`LogBuffer`), and `Client.get_worker_logs` runs `worker_logs` on
 every worker (by reference, through `Client.run`): each answers its latest lines as
 dask.distributed's workers do, ``[(level name, formatted line)]``, newest first.  The
+scheduler keeps one too, which answers "get-logs" (`Client.get_scheduler_logs`).  The
 buffer holds what the logger lets through: warnings and errors unless the "dask_ipy"
 logger's level is lowered (``dask-ipy worker --log-level info``).  Workers sharing a
 process share its log.

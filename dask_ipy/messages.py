@@ -128,9 +128,9 @@ KINDS = {
         "set-collection": "store a named collection",
         "publish-dataset": "store a named dataset",
         "unpublish-dataset": "forget a named dataset",
-        "coordinate": "a request about a named Variable, Queue, Lock, Semaphore or "
-                      "Event ('what'); it may wait on the scheduler for its answer "
-                      "(scheduler/coordination.py)",
+        "coordinate": "a request about a named Variable, Queue, Lock, Semaphore, "
+                      "Event or MultiLock ('what'); it may wait on the scheduler for "
+                      "its answer (scheduler/coordination.py)",
         "withdraw": "give up a 'coordinate' request still waiting (its timeout): it "
                     "is answered as withdrawn, unless it was answered already",
         "monitor": "start or stop monitor snapshots",
@@ -152,6 +152,7 @@ KINDS = {
         "client-options": "a client's options: when to warn of a paused worker",
         "get-task-stream": "a page of the task stream's records (by number or by time)",
         "get-memory-history": "the workers' memory sampled over time (since a time)",
+        "get-logs": "the scheduler's latest log lines (at most 'n')",
         "get-profile": "the workers' sampled call trees (merged, or per worker), "
                        "asked of each worker and gathered within a 'timeout'",
     },

@@ -8,9 +8,10 @@
                                                            joins or restarts later
 
 `WorkerPlugin` and `SchedulerPlugin` have dask.distributed's methods and arguments;
-subclasses of dask.distributed's own classes are taken too (`plugin_kind`).  Two
-worker plugins come with dask_ipy: `UploadFile` (`Client.upload_file`) and
-`ForwardLogging` (`Client.forward_logging`).
+subclasses of dask.distributed's own classes are taken too (`plugin_kind`).  Worker
+plugins that come with dask_ipy: `UploadFile` (`Client.upload_file`), `Environ`
+(both public, as dask.distributed's) and `ForwardLogging`
+(`Client.forward_logging`).
 
 This module imports neither dask nor anything of the roles: the scheduler imports it,
 and a scheduler process never imports dask unless the user's own code does.
@@ -249,12 +250,14 @@ def import_file(path):
 
 class UploadFile(WorkerPlugin):
     """A file for every worker: saved there and, with ``load``, imported (a .py
-    module, or the modules of a .zip or .egg), reloaded if it was imported before."""
+    module, or the modules of a .zip or .egg), reloaded if it was imported before
+    (``client.register_plugin(UploadFile("mymodule.py"))``, or
+    ``client.upload_file``)."""
 
-    def __init__(self, filename, load=True):
-        with open(filename, "rb") as f:
+    def __init__(self, filepath, load=True):
+        with open(filepath, "rb") as f:
             self.data = f.read()
-        self.filename = os.path.basename(filename)
+        self.filename = os.path.basename(filepath)
         self.load = load
         self.name = f"upload-file-{self.filename}"
 
@@ -262,6 +265,18 @@ class UploadFile(WorkerPlugin):
         path = save_upload(self.filename, self.data)
         if self.load:
             import_file(path)
+
+
+class Environ(WorkerPlugin):
+    """Environment variables for every worker: set in its process's ``os.environ``
+    (values as strings) when the plugin is set up, before the worker's next task
+    (``client.register_plugin(Environ({"MY_SETTING": "1"}))``)."""
+
+    def __init__(self, environ=None):
+        self.environ = {k: str(v) for k, v in (environ or {}).items()}
+
+    def setup(self, worker):
+        os.environ.update(self.environ)
 
 
 # ---------------------------------------------------------------- forward_logging

@@ -33,12 +33,13 @@ from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
 from ..log import logger
 from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, serialize
+from ..security import write_connection_file
 from . import default, printing
 from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
-from .cluster import ClusterMethods
+from .cluster import ClusterMethods, worker_names
 from .default import default_client
-from .futures import ClientExecutor, Future, futures_in, futures_of, load
+from .futures import ClientExecutor, Future, Waiter, futures_in, futures_of, load
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -210,6 +211,17 @@ class Client(ClusterMethods, ObserveMethods):
     def last_snapshot(self):
         """The latest monitor snapshot (see `subscribe_monitor`)."""
         return self.shell.last_snapshot
+
+    @property
+    def futures(self):
+        """{key: its state} of the keys this client's Futures hold (each state's
+        ``status``: "pending", "finished", "error", "cancelled" or "lost")."""
+        return self.shell.held_states()[0]
+
+    @property
+    def refcount(self):
+        """{key: how many hold it} (its Futures, and a `get` running)."""
+        return self.shell.held_states()[1]
 
     @property
     def monitor_callbacks(self):
@@ -477,10 +489,12 @@ class Client(ClusterMethods, ObserveMethods):
             out.append(futures.pop(k) if k in futures else Future(k, self))
         return out
 
-    def gather(self, futures, errors="raise", timeout=None):
+    def gather(self, futures, errors="raise", timeout=None, direct=None):
         """Values of Futures, in the same (nested) structure.  ``errors="raise"``: the
         first failed Future's exception is raised; ``"skip"``: failed Futures are left
-        out of a top-level list and stand as None anywhere else."""
+        out of a top-level list and stand as None anywhere else.  ``direct`` is
+        accepted for dask.distributed's sake: values take the way the cluster allows
+        (straight from a worker when small, else through the scheduler)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         return self.run_op(self._gather_op(futures, errors, timeout))
@@ -560,6 +574,31 @@ class Client(ClusterMethods, ObserveMethods):
         # the dependents it cancelled by then.
         ack = self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
         return self.run_op(_acknowledged(ack))
+
+    def recreate_error_locally(self, future):
+        """Run here the task that made ``future`` (or the first erred Future in a
+        structure or collections) fail, with its inputs gathered from the cluster:
+        its exception is raised in this process, where a debugger (``%debug``,
+        ``pdb.pm()``) sees its frames.  Waits for the Futures first; ValueError if
+        none erred."""
+        return self.run_op(then(self._erred_task_op(future), lambda task: g.execute(*task)))
+
+    def _erred_task_op(self, futures):
+        """(the node that raised, {input key: value}) of the first erred Future."""
+        fs = futures_of(futures, client=self)
+        yield from Waiter(fs).wait_op()
+        erred = [f for f in fs if f.status == "error"]
+        if not erred:
+            raise ValueError("no erred Future among those given")
+        record = erred[0].state.error
+        origin = record.get("origin", record.get("key", erred[0].key))
+        task = yield from self.shell.request_op({"op": "info", "what": "run-spec",
+                                                 "key": origin})
+        if task is None:
+            raise KeyError(f"the scheduler no longer has the task {origin!r}")
+        inputs = self._submit_graph([], task["dependencies"])   # computed again if
+        values = yield from self._gather_op(inputs)             # they were released
+        return self._load(task["spec"]), values
 
     def retry(self, futures):
         """Compute erred Futures again, with the erred inputs they erred from."""
@@ -711,34 +750,46 @@ class Client(ClusterMethods, ObserveMethods):
         op = self.shell.request_op({"op": "info", "what": what, **kw}, timeout=timeout)
         return self.run_op(op if after is None else then(op, after))
 
-    def scheduler_info(self, timeout=None):
+    def scheduler_info(self, n_workers=-1, timeout=None):
+        """The scheduler and its workers, with dask.distributed's keys ("type",
+        "id", "address", "services", "started", "n_workers", "total_threads",
+        "total_memory", "workers") and dask_ipy's ("ntasks", "nclients"...);
+        ``n_workers``: the details of the first n workers only (-1: all)."""
         def complete(info):
-            info["address"] = self.address
-            info["id"] = self.scheduler_id
+            info.update(type="Scheduler", address=self.address, id=self.scheduler_id,
+                        started=self.shell.state.started, services=self._services())
             return info
-        return self._info("scheduler-info", timeout, complete)
+        return self._info("scheduler-info", timeout, complete, n_workers=n_workers)
+
+    def _services(self):
+        """The scheduler's services by name: {"dashboard": port} if it serves one."""
+        dashboard = self.shell.state.dashboard
+        return {} if not dashboard else {"dashboard": dashboard["port"]}
+
+    def write_scheduler_file(self, scheduler_file):
+        """Write the scheduler's connection file (its addresses and this client's
+        key, readable only by its owner) to ``scheduler_file``: a `Client`, or
+        ``dask-ipy worker``, given that path connects to the same scheduler."""
+        write_connection_file({"address_to_workers": self.shell.state.address_to_workers,
+                               "address_to_clients": self.address,
+                               "id": self.scheduler_id}, self.security, scheduler_file)
 
     def who_has(self, futures=None):
         keys = None if futures is None else [f.key for f in futures_in(futures)]
         return self._info("who-has", keys=keys,
                           after=lambda r: {k: list(v) for k, v in r.items()})
 
-    def has_what(self):
-        return self._info("has-what", after=lambda r: {k: list(v) for k, v in r.items()})
+    def has_what(self, workers=None):
+        """{worker address: [keys it holds]}, of ``workers`` (addresses or names)
+        or all."""
+        return self._info("has-what", workers=worker_names(workers),
+                          after=lambda r: {k: list(v) for k, v in r.items()})
 
-    def nthreads(self):
-        return self._info("nthreads", after=dict)
+    def nthreads(self, workers=None):
+        """{worker address: threads}, of ``workers`` (addresses or names) or all."""
+        return self._info("nthreads", workers=worker_names(workers), after=dict)
 
     ncores = nthreads
-
-    def restart(self, timeout=30):
-        """Forget every task and drop all data on the workers.
-
-        The worker processes stay: a task already running finishes on its thread (a
-        Python thread cannot be stopped) and its result is dropped; the worker runs
-        new tasks on its other threads meanwhile, and on that one once it is free."""
-        op = self.shell.request_op({"op": "restart"}, timeout)
-        return self.run_op(then(op, lambda _: self))
 
     def subscribe_monitor(self, callback):
         """Call ``callback(snapshot)`` (on the I/O thread) about twice a second."""

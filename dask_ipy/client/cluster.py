@@ -1,7 +1,8 @@
 """The client's hold on the cluster itself: code and set-up on workers (`run`,
-`upload_file`, `register_plugin`), code in the scheduler (`run_on_scheduler`,
-scheduler plugins), and its workers (`wait_for_workers`, `retire_workers`,
-`restart_workers`, `rebalance`, `replicate`, `processing`, `forward_logging`), with
+`call_stack`, `upload_file`, `register_plugin`), code in the scheduler
+(`run_on_scheduler`, scheduler plugins), and its workers (`wait_for_workers`,
+`restart`, `retire_workers`, `restart_workers`, `rebalance`, `replicate`,
+`processing`, `forward_logging`), with
 dask.distributed's names, arguments and return values.
 
 `ClusterMethods` is part of `Client` and uses only its public face: each method
@@ -17,7 +18,7 @@ import time
 
 import msgpack
 
-from .. import versions
+from .. import profiling, versions
 from ..errors import rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, UploadFile, handle_forwarded,
                        plugin_kind, plugin_name)
@@ -28,7 +29,7 @@ from .waits import done, then
 RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
 
 
-def _names(workers):
+def worker_names(workers):
     if workers is None:
         return None
     if isinstance(workers, str):
@@ -69,7 +70,7 @@ class ClusterMethods:
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
                              f"not {on_error!r}")
         msg = {"op": "run", "function": serialize((function, args, kwargs)),
-               "workers": _names(workers)}
+               "workers": worker_names(workers)}
         if not wait:                  # sent; its answer is dropped when it comes
             self.shell.request_future(msg)
             return self.run_op(done())
@@ -89,6 +90,19 @@ class ClusterMethods:
             elif on_error == "return":
                 out[address] = rebuild_error(r)[0]
         return out
+
+    def call_stack(self, futures=None, keys=None):
+        """Where the tasks running now are: ``{worker address: {key: [frames as
+        text, outermost first]}}``, of the tasks of ``futures`` (Futures or
+        collections) and ``keys``, or of every running task if neither is given.
+        Workers running none of them are left out."""
+        keys = list(keys or ())
+        if futures is not None:
+            keys += [f.key for f in self.futures_of(futures)]
+        op = self._run_op({"op": "run", "workers": None, "function": serialize(
+            (profiling.worker_call_stacks, (keys or None,), {}))}, "raise")
+        return self.run_op(then(op, lambda found: {
+            address: stacks for address, stacks in found.items() if stacks}))
 
     def run_on_scheduler(self, function, *args, **kwargs):
         """Run ``function(*args, **kwargs)`` in the scheduler process (on its I/O
@@ -244,20 +258,41 @@ class ClusterMethods:
         TimeoutError after ``timeout`` seconds."""
         if not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"n_workers must be a positive integer, not {n_workers!r}")
+        return self.run_op(self._wait_for_workers_op(n_workers, timeout))
 
-        def check(reply):
-            if not reply["ok"]:
-                raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
-                                   f"after {timeout} s")
-        op = self.shell.request_op({"op": "wait-for-workers", "n": n_workers,
-                                    "timeout": timeout})
-        return self.run_op(then(op, check))
+    def _wait_for_workers_op(self, n_workers, timeout):
+        reply = yield from self.shell.request_op({"op": "wait-for-workers",
+                                                  "n": n_workers, "timeout": timeout})
+        if not reply["ok"]:
+            raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
+                               f"after {timeout} s")
+
+    def restart(self, timeout=30, wait_for_workers=True):
+        """Forget every task and drop all data on the workers; with
+        ``wait_for_workers``, then wait until as many workers run (take tasks) as
+        before (TimeoutError after ``timeout`` seconds).
+
+        The worker processes stay: a task already running finishes on its thread (a
+        Python thread cannot be stopped) and its result is dropped; the worker runs
+        new tasks on its other threads meanwhile, and on that one once it is free."""
+        return self.run_op(self._restart_op(timeout, wait_for_workers))
+
+    def _restart_op(self, timeout, wait_for_workers):
+        running = 0                    # workers taking tasks (not paused, not retiring)
+        if wait_for_workers:
+            info = yield from self.shell.request_op(
+                {"op": "info", "what": "scheduler-info"}, timeout=timeout)
+            running = sum(w["status"] == "running" for w in info["workers"].values())
+        yield from self.shell.request_op({"op": "restart"}, timeout)
+        if running:
+            yield from self._wait_for_workers_op(running, timeout)
+        return self
 
     def processing(self, workers=None):
         """The keys each worker has been given to run (queued there or running):
         ``{address: [key]}``."""
         op = self.shell.request_op({"op": "info", "what": "processing",
-                                    "workers": _names(workers)})
+                                    "workers": worker_names(workers)})
         return self.run_op(then(op, lambda r: {k: list(v) for k, v in r.items()}))
 
     def retire_workers(self, workers=None, close_workers=True, remove=True, names=None,
@@ -268,8 +303,9 @@ class ClusterMethods:
         (``close_workers``; a worker in an ipyparallel engine closes, the engine
         stays).  Nothing is recomputed.  ``{address: what it was}`` of the retired
         workers; with neither ``workers`` nor ``names``, the idle ones."""
-        op = self.shell.request_op({"op": "retire-workers", "workers": _names(workers),
-                                    "names": _names(names), "close": close_workers,
+        op = self.shell.request_op({"op": "retire-workers",
+                                    "workers": worker_names(workers),
+                                    "names": worker_names(names), "close": close_workers,
                                     "remove": remove})
         return self.run_op(then(op, dict))
 
@@ -279,7 +315,7 @@ class ClusterMethods:
         the process (an ipyparallel engine) stays.  ``{worker as named: "OK" |
         "removed" | "timed out"}``; TimeoutError unless all are "OK" with
         ``raise_for_error``."""
-        names = _names(workers)
+        names = worker_names(workers)
         timeout = RESTART_TIMEOUT if timeout is None else timeout
 
         def check(result):
@@ -296,7 +332,7 @@ class ClusterMethods:
         ``workers`` if given: missing copies are fetched from the holders, extra
         ones dropped.  Waits for the Futures first."""
         return self.run_op(self._move_op(futures_in(futures), {
-            "op": "replicate", "n": n, "workers": _names(workers)}))
+            "op": "replicate", "n": n, "workers": worker_names(workers)}))
 
     def rebalance(self, futures=None, workers=None, **kwargs):
         """Move data so that the workers (``workers``, or all) hold about as many
@@ -304,7 +340,7 @@ class ClusterMethods:
         be moved."""
         fs = None if futures is None else futures_in(futures)
         return self.run_op(self._move_op(fs, {"op": "rebalance",
-                                              "workers": _names(workers)}))
+                                              "workers": worker_names(workers)}))
 
     def _move_op(self, fs, msg):
         if fs is not None:

@@ -1,5 +1,5 @@
-"""Variable, Queue, Lock, Semaphore and Event: dask.distributed's coordination
-primitives, named objects on the scheduler that every client and every task shares.
+"""Variable, Queue, Lock, Semaphore, Event and MultiLock: dask.distributed's
+coordination primitives, named objects on the scheduler that every client and every task shares.
 
     Lock("x").acquire() ── "coordinate" {what: "acquire", lease} ──▶ scheduler
             ◀── "reply" True ──────────────────────────────────────  (now, or once
@@ -318,3 +318,67 @@ class Event(_Named):
     def wait(self, timeout=None):
         """True once the flag is set; False if not within ``timeout``."""
         return self._run(then(self._waiting_op("event-wait", timeout), lambda r: r[0]))
+
+
+class MultiLock(_Named):
+    """Several named locks taken together (dask.distributed's MultiLock): `acquire`
+    returns once this holds ``num_locks`` of ``names`` (default: all), never fewer.
+    Requests line up per name in the order they came, so two MultiLocks never wait
+    for each other.  Their names are apart from `Lock`'s.  Released if its client
+    disconnects."""
+
+    prefix = "multilock"
+
+    def __init__(self, names=None, client=None):
+        super().__init__(None, client)
+        self.names = list(names or [])
+        self._lease = None
+
+    def acquire(self, blocking=True, timeout=None, num_locks=None):
+        """True once held; False if not within ``timeout`` (at once if not
+        ``blocking``)."""
+        if not blocking:
+            if timeout is not None:
+                raise ValueError("can't specify a timeout for a non-blocking call")
+            timeout = 0
+        return self._run(self._acquire_op(timeout, num_locks))
+
+    def _acquire_op(self, timeout, num_locks):
+        lease = uuid.uuid4().hex
+        got, _ = yield from self._waiting_op(
+            "multi-acquire", timeout, undo=lambda: self._release_lease(lease),
+            names=self.names, num_locks=num_locks or len(self.names), lease=lease)
+        if got:
+            self._lease = lease
+        return got
+
+    def _release_lease(self, lease):
+        self.client.shell.request_future(self._message("multi-release", lease=lease))
+
+    def release(self):
+        """Give the names back; ValueError if they are not held."""
+        if self._lease is None:
+            raise ValueError("Lock is not yet acquired")
+        lease, self._lease = self._lease, None
+        return self._run(self._request_op("multi-release", lease=lease))
+
+    def locked(self):
+        """Whether this MultiLock holds its names."""
+        return self._lease is not None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    async def __aenter__(self):
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.release()
+
+    def __reduce__(self):
+        return (type(self), (self.names,))

@@ -103,6 +103,12 @@ class ObserveMethods:
         compatibility."""
         return self.run(worker_logs, n, workers=workers)
 
+    def get_scheduler_logs(self, n=None):
+        """The scheduler's latest log lines, newest first: ``[(level, line)]`` (at
+        most ``n``), what its process's "dask_ipy" logger let through."""
+        op = self.shell.request_op({"op": "get-logs", "n": n})
+        return self.run_op(then(op, lambda lines: [tuple(x) for x in lines]))
+
     def _profile_op(self, key=None, start=None, stop=None, workers=None,
                     merge_workers=True, timeout=PROFILE_TIMEOUT):
         if isinstance(workers, (str, int)):

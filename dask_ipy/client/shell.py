@@ -201,6 +201,11 @@ class ClientShell:
         with LOCK:
             return list(self.state.futures)
 
+    def held_states(self):
+        """({key: FutureState}, {key: how many hold it}) of the keys held now."""
+        with LOCK:
+            return dict(self.state.futures), dict(self.state.refcount)
+
     def states(self, keys):
         """The states of those ``keys`` that are held."""
         with LOCK:

@@ -62,6 +62,9 @@ State, documented once:
                                        from "welcome"; None: none, or it failed us
     dashboard:  dict | None            its HTTP page {host, port, prefix, token}, from
                                        "welcome"; None: it serves none
+    started:    float | None           when the scheduler started (time.time()), from
+                                       "welcome"
+    address_to_workers: str | None     where its workers connect, from "welcome"
     paused_warning: seconds | None     warn of a worker paused longer than this
     FutureState.data: Serialized | None  a small result that came straight from its
                                        worker, kept while the key is held (at most
@@ -216,6 +219,8 @@ class ClientState:
         self.scheduler = None
         self.relay_port = None
         self.dashboard = None
+        self.started = None
+        self.address_to_workers = None
         self.gathers = {}
         self.by_key = {}
         self.workers = set()
@@ -647,6 +652,8 @@ class ClientState:
         # relay is.
         self.relay_port = msg.get("relay_port")
         self.dashboard = msg.get("dashboard")
+        self.started = msg.get("started")
+        self.address_to_workers = msg.get("address_to_workers")
         return self._answer(WELCOME, msg)
 
     def _on_scattered(self, msg):

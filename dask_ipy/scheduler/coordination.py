@@ -1,5 +1,5 @@
-"""Named Variables, Queues, Locks, Semaphores and Events, kept by the scheduler for
-every client (the state behind client/coordination.py).  Pure: no sockets, threads
+"""Named Variables, Queues, Locks, Semaphores, Events and MultiLocks, kept by the
+scheduler for every client (the state behind client/coordination.py).  Pure: no sockets, threads
 or clocks; a request goes in, effects come out, which `SchedulerState` carries out.
 
     client ── "coordinate" {what, name, ...} ──▶ Coordination.handle ──▶ [Reply,
@@ -31,7 +31,15 @@ State, each record dropped once it is back to its default (nothing leaks per nam
     queues:      {name: QueueState}              items, maxsize, getters, putters
     semaphores:  {(kind, name): SemaphoreState}  kind "lock" or "semaphore"
     events:      {name: EventState}              set, or waited on
+    multi_locks: {name: deque[Parked]}           MultiLock requests in line for a
+                                                 name; the first holds it
+    multi_leases: {lease: (Parked, [name])}      granted MultiLocks, the names held
     parked:      {(client, request id): Parked}  every parked request, once
+
+A MultiLock request joins the line of each of its names at once (so every line has
+the requests in the order they came, and no two wait for each other); it is granted
+when it is first in as many lines as it needs, keeps that many names and leaves the
+other lines.  Its names are its own namespace, apart from those of Lock.
 """
 
 from __future__ import annotations
@@ -121,6 +129,8 @@ class Coordination:
         self.queues = {}
         self.semaphores = {}
         self.events = {}
+        self.multi_locks = {}
+        self.multi_leases = {}
         self.parked = {}
         self._seq = itertools.count(1)
         self._out = []
@@ -155,13 +165,18 @@ class Coordination:
     def remove_client(self, cid):
         """Client ``cid`` is gone: its parked requests dropped, its leases released."""
         for p in [p for p in self.parked.values() if p.cid == cid]:
-            self._unpark(p)
+            if self.parked.get(p.id) is p:     # not granted as another left a line
+                self._unpark(p)
         for sid, s in list(self.semaphores.items()):
             gone = [lease for lease, holder in s.leases.items() if holder == cid]
             for lease in gone:
                 del s.leases[lease]
             if gone:
                 self._serve_semaphore(sid)
+        for p, held in [(p, held) for p, held in self.multi_leases.values()
+                        if p.cid == cid]:
+            del self.multi_leases[p.lease]
+            self._leave_multi_locks(p, held)
         return self._effects()
 
     def _effects(self):
@@ -216,6 +231,8 @@ class Coordination:
             e = self.events[p.name]
             e.waiters.remove(p)
             self._tidy_event(p.name)
+        elif p.kind == "multi-acquire":        # p.name: the names asked for
+            self._leave_multi_locks(p, p.name)
         else:                                  # "acquire"; p.name: (kind, name)
             s = self.semaphores[p.name]
             s.waiters.remove(p)
@@ -398,6 +415,59 @@ class Coordination:
         if not (e.is_set or e.waiters):
             del self.events[name]
 
+    # ---------------------------------------------------------------- MultiLock
+
+    def _multi_acquire(self, cid, msg):
+        names = tuple(dict.fromkeys(msg["names"]))
+        need = int(msg.get("num_locks") or len(names))
+        if not 0 < need <= len(names):
+            self._reply(cid, msg, {"error": f"num_locks must be from 1 to {len(names)} "
+                                            f"(the names given), not {need}",
+                                   "type": "ValueError"})
+            return
+        p = Parked(cid, msg["request_id"], "multi-acquire", names, need=need,
+                   lease=msg["lease"])
+        self.parked[p.id] = p
+        for name in names:
+            self.multi_locks.setdefault(name, deque()).append(p)
+        self._serve_multi_locks(names)
+
+    def _serve_multi_locks(self, names):
+        """Grant the waiting request first in line for one of ``names`` once it is
+        first in as many lines as it needs: it keeps those names, and leaves the
+        other lines (which may let others through)."""
+        for name in names:
+            line = self.multi_locks.get(name)
+            if not line or self.parked.get(line[0].id) is not line[0]:
+                continue                       # free, or held by a granted request
+            p = line[0]
+            held = [n for n in p.name if self.multi_locks[n][0] is p][:p.need]
+            if len(held) < p.need:
+                continue
+            del self.parked[p.id]
+            self.multi_leases[p.lease] = (p, held)
+            self._out.append(Reply(p.cid, p.rid, True))
+            self._leave_multi_locks(p, [n for n in p.name if n not in held])
+
+    def _leave_multi_locks(self, p, names):
+        """``p`` leaves the lines of ``names``; the next in those it was first in may
+        be granted."""
+        freed = []
+        for name in names:
+            line = self.multi_locks[name]
+            if line[0] is p:
+                freed.append(name)
+            line.remove(p)
+            if not line:
+                del self.multi_locks[name]
+        self._serve_multi_locks(freed)
+
+    def _multi_release(self, cid, msg):
+        entry = self.multi_leases.pop(msg["lease"], None)
+        if entry is not None:
+            self._leave_multi_locks(*entry)
+        self._reply(cid, msg, entry is not None)
+
     HANDLERS = {
         "variable-set": _variable_set,
         "variable-get": _variable_get,
@@ -412,6 +482,8 @@ class Coordination:
         "event-clear": _event_clear,
         "event-is-set": _event_is_set,
         "event-wait": _event_wait,
+        "multi-acquire": _multi_acquire,
+        "multi-release": _multi_release,
     }
 
     # ---------------------------------------------------------------- invariants
@@ -450,5 +522,20 @@ class Coordination:
             assert e.is_set or e.waiters, name
             assert not (e.is_set and e.waiters), name
             lines += e.waiters
+        waiting = {}
+        for name, line in self.multi_locks.items():
+            assert line, name
+            assert all(name in p.name for p in line), name
+            # Only the first in a line may be a granted request.
+            assert all(self.parked.get(p.id) is p for p in list(line)[1:]), name
+            waiting.update((p.id, p) for p in line if self.parked.get(p.id) is p)
+        for p in waiting.values():
+            assert sum(self.multi_locks[n][0] is p for n in p.name) < p.need, p.name
+        for lease, (p, held) in self.multi_leases.items():
+            assert p.lease == lease and len(held) == p.need, lease
+            assert all(self.multi_locks[n][0] is p for n in held), lease
+            assert all(p not in self.multi_locks.get(n, ()) for n in p.name
+                       if n not in held), lease
+        lines += list(waiting.values())
         assert len(lines) == len(self.parked), (lines, self.parked)
         assert all(self.parked.get(p.id) is p for p in lines), lines

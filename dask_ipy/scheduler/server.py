@@ -27,6 +27,7 @@ from ..addresses import ANY_HOST, advertised_host, dashboard_url, host_of
 from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
 from ..log import logger
+from ..logs import LogBuffer
 from ..protocol import HANDSHAKE_OPS, MAX_MESSAGE_BYTES, ProtocolError, Session, new_epoch
 from ..security import (Security, remove_connection_file, remove_stale_connection_files,
                         write_connection_file)
@@ -71,6 +72,7 @@ class Scheduler:
         self._stream_shown = 0                 # task stream records in snapshots sent
         self.profiles = {}                     # {token: profile gather in flight}
         self.loop_lag = 0.0                    # how late the last monitor tick ran
+        self.log_buffer = LogBuffer().attach()  # its latest log records (get_logs)
         host = advertised_host(hostname)
         self.dashboard = None
         if dashboard_port is not None:
@@ -152,6 +154,11 @@ class Scheduler:
         """{name: scheduler plugin}"""
         return self.plugin_host.plugins
 
+    def get_logs(self, n=None):
+        """The latest log lines of this scheduler's process: [(level, line)], newest
+        first (as dask.distributed's)."""
+        return self.log_buffer.lines(n)
+
     # ---------------------------------------------------------------- receive
 
     def _decode(self, frames):
@@ -197,6 +204,7 @@ class Scheduler:
                                    shares_host=msg.get("shares_host", False),
                                    resources=msg.get("resources"),
                                    ip=host_of(msg["address"]))
+        ws.local_directory = msg.get("local_directory")
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",
@@ -296,7 +304,8 @@ class Scheduler:
         self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
                                      "address_to_workers": self.address_to_workers,
                                      "relay_port": self.relay and self.relay.port,
-                                     "dashboard": self.dashboard and self.dashboard.info})
+                                     "dashboard": self.dashboard and self.dashboard.info,
+                                     "started": self.started})
 
     def _on_close_client(self, cid, msg):
         self.state.remove_client(cid)
@@ -334,6 +343,9 @@ class Scheduler:
         self._answer(cid, msg, self.task_stream.page(
             msg.get("since"), msg.get("count"), msg.get("start"), msg.get("stop"),
             limit))
+
+    def _on_get_logs(self, cid, msg):
+        self._answer(cid, msg, self.get_logs(msg.get("n")))
 
     def _on_get_memory_history(self, cid, msg):
         self._answer(cid, msg, self.memory_history.since(msg.get("since")))
@@ -411,6 +423,7 @@ class Scheduler:
         "restart-workers": _on_restart_workers,
         "get-task-stream": _on_get_task_stream,
         "get-memory-history": _on_get_memory_history,
+        "get-logs": _on_get_logs,
         "get-profile": _on_get_profile,
     }
 
@@ -536,6 +549,7 @@ class Scheduler:
             self.loop.call_soon(bye)
         self.loop.stop(timeout)
         self.rejections.close()
+        self.log_buffer.detach()
         if self.relay is not None:
             self.relay.close()
         if self.dashboard is not None:

@@ -244,7 +244,7 @@ class WorkerRecord:
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
-                 "resources")
+                 "resources", "local_directory")
 
     # Bumped by every change of any worker's status: the scheduler's cached list of
     # running workers is rebuilt only after one (placement must not walk every
@@ -282,6 +282,7 @@ class WorkerRecord:
         # {resource: amount} it has in all; the worker itself runs at once only the
         # tasks whose needs fit in what its running tasks leave
         self.resources = dict(resources or {})
+        self.local_directory = None      # its working directory, as told
 
     @property
     def status(self):
@@ -2328,17 +2329,19 @@ class SchedulerState:
 
     def _on_info(self, cid, msg):
         what = msg["what"]
+        # The workers asked about: those named ("workers"), else all.
+        named = self.workers.values() if msg.get("workers") is None else \
+            self._named(msg["workers"])
         if what == "scheduler-info":
-            result = self.info()
+            result = self.info(msg.get("n_workers", -1))
         elif what == "who-has":
             keys = msg.get("keys") or list(self.tasks)
             result = {k: [ws.address for ws in self.tasks[k].who_has]
                       for k in keys if k in self.tasks}
         elif what == "has-what":
-            result = {ws.address: [ts.key for ts in ws.has_what]
-                      for ws in self.workers.values()}
+            result = {ws.address: [ts.key for ts in ws.has_what] for ws in named}
         elif what == "nthreads":
-            result = {ws.address: ws.nthreads for ws in self.workers.values()}
+            result = {ws.address: ws.nthreads for ws in named}
         elif what == "list-collections":
             result = sorted(self.collections)
         elif what == "list-datasets":
@@ -2357,9 +2360,13 @@ class SchedulerState:
                       {t: list(kept) for t, kept in self.events.items()})
         elif what == "get-metadata":
             result = self._metadata_at(msg["keys"])
+        elif what == "run-spec":
+            ts = self.tasks.get(msg["key"])
+            result = None if ts is None or ts.run_spec is None else {
+                "spec": Serialized([ts.run_spec]) if type(ts.run_spec) is bytes
+                else ts.run_spec,
+                "dependencies": [dts.key for dts in ts.dependencies]}
         elif what == "processing":
-            named = self._named(msg["workers"]) if msg.get("workers") else \
-                self.workers.values()
             result = {ws.address: [ts.key for ts in ws.processing] for ws in named}
         else:
             result = None
@@ -2865,10 +2872,20 @@ class SchedulerState:
                 "executing": len(ws.executing) + len(ws.stale),
                 "in_memory": len(ws.has_what), "time": ws.last_seen}
 
-    def info(self):
+    def info(self, n_workers=-1):
+        """The cluster as `Client.scheduler_info` shows it (dask.distributed's keys
+        and more): totals over all workers, details of the first ``n_workers`` (-1:
+        all)."""
+        workers = list(self.workers.values())
+        shown = workers if n_workers == -1 else workers[:max(n_workers, 0)]
         return {
+            "n_workers": len(workers),
+            "total_threads": sum(ws.nthreads for ws in workers),
+            "total_memory": sum(ws.memory_limit or 0 for ws in workers),
             "workers": {ws.address: {"id": ws.id, "name": ws.name, "host": ws.host,
                                      "pid": ws.pid, "nthreads": ws.nthreads,
+                                     "local_directory": ws.local_directory,
+                                     "services": {}, "nanny": None,
                                      "executing": len(ws.executing) + len(ws.stale),
                                      "unreachable": sorted(w.address
                                                            for w in ws.unreachable),
@@ -2876,7 +2893,7 @@ class SchedulerState:
                                      "type": "Worker", "last_seen": ws.last_seen,
                                      "metrics": self._metrics(ws),
                                      **self.memory_info(ws)}
-                        for ws in self.workers.values()},
+                        for ws in shown},
             "ntasks": len(self.tasks),
             "nclients": len(self.clients),
             "stolen": self.stolen,

@@ -21,6 +21,20 @@ from collections import deque
 from .. import profiling
 
 
+def call_stacks(running, keys=None):
+    """{key: its thread's stack as text (`profiling.call_stack`)} of the tasks
+    running now (`RunningTasks`), of ``keys`` only if given."""
+    with running.lock:
+        by_thread = dict(running.by_thread)
+    frames = sys._current_frames()
+    try:
+        return {key: profiling.call_stack(frames[ident])
+                for ident, key in by_thread.items()
+                if ident in frames and (keys is None or key in keys)}
+    finally:
+        frames = None                   # every local of every thread
+
+
 class Sampler:
     def __init__(self, running, interval=0.01, cycle=1.0, history=1000, stop=()):
         self.running = running

@@ -29,6 +29,7 @@ import logging
 import os
 import queue
 import socket
+import tempfile
 import threading
 import time
 
@@ -56,7 +57,7 @@ from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
 from .recording import CANCELLED, ERROR, OK, Recorder
-from .sampler import Sampler
+from .sampler import Sampler, call_stacks
 from .state import (RELAY, EventsFailed, Execute, GatherDep, Rejoin, Send, ToClient,
                     WorkerState)
 from .store import SpillStore, Spilled
@@ -241,10 +242,34 @@ class Worker:
         """{name: plugin} of the worker plugins set up here."""
         return self.plugin_host.plugins
 
+    @property
+    def id(self):
+        """This worker's identity at the scheduler (a str, as dask.distributed's;
+        new after each reconnection)."""
+        return self.identity.decode()
+
+    @property
+    def ip(self):
+        """The host in its address."""
+        return host_of(self.address)
+
+    @property
+    def status(self):
+        """"running", "paused" (its memory is past the pause fraction) or
+        "closed"."""
+        if self.closed.is_set():
+            return "closed"
+        return "paused" if self.state.paused else "running"
+
     def get_logs(self, n=None):
         """The latest log lines of this worker's process: [(level, line)], newest
         first (as dask.distributed's)."""
         return self.log_buffer.lines(n)
+
+    def get_call_stack(self, keys=None):
+        """{key: [frames as text, outermost first]} of the tasks running here now
+        (of ``keys`` only, if given)."""
+        return call_stacks(self.running, None if keys is None else set(keys))
 
     def log_event(self, topic, msg):
         """Log ``msg`` (plain data) under ``topic`` at the scheduler, which keeps the
@@ -267,7 +292,7 @@ class Worker:
         self.memory_fractions = cfg.memory_fractions(
             target=target, spill=spill, pause=pause, terminate=terminate)
         self.local_directory = local_directory or cfg.dask.config.get(
-            "temporary-directory", None) or None
+            "temporary-directory", None) or tempfile.gettempdir()
         self._owns_data = data is None
         if data is None:
             if self.memory_limit and (self.memory_fractions["target"]
@@ -372,17 +397,18 @@ class Worker:
     def _connect(self):
         """Connect to the scheduler under a fresh identity; registration follows the
         handshake (`_on_hello_reply`)."""
-        self.id = new_id("worker")
+        self.identity = new_id("worker")     # its ZeroMQ identity, new per connection
         aliases = (self.address.encode(),)
         if self.actor_address is not None:
             aliases += (self.actor_address.encode(),)
-        self.session = Session(self.security.key, self.id, aliases=aliases,
+        self.session = Session(self.security.key, self.identity, aliases=aliases,
                                max_message_bytes=self.max_message_bytes)
         self.scheduler_id = None
         self.handshake = Handshake()
         events = zmq.EVENT_HANDSHAKE_SUCCEEDED
-        self.scheduler_socket = connect_dealer(self.loop.context, self.security, self.id,
-                                               self.scheduler_address, events=events)
+        self.scheduler_socket = connect_dealer(self.loop.context, self.security,
+                                               self.identity, self.scheduler_address,
+                                               events=events)
         self.loop.add_socket(self.scheduler_socket, self._on_scheduler_frames)
         self.scheduler_monitor = self.scheduler_socket.get_monitor_socket(events)
         self.loop.add_socket(self.scheduler_monitor, self._on_scheduler_connected)
@@ -407,6 +433,7 @@ class Worker:
                 "memory_limit": self.memory_limit,
                 "memory_fractions": self.memory_fractions,
                 "resources": self.resources,
+                "local_directory": self.local_directory,
                 "shares_host": self.memory_setting == "auto" or (
                     self.thread_limits is not None and self.blas_setting == "auto")})
         elif (epoch, scheduler_id) != (self.session.epoch, self.scheduler_id):
@@ -1099,7 +1126,7 @@ class Worker:
         ``gather_timeout``."""
         # The monitor exists before the connection starts (connect_dealer makes it,
         # get_monitor_socket returns that one): its first handshake is never missed.
-        sock = connect_dealer(self.loop.context, self.security, self.id, peer,
+        sock = connect_dealer(self.loop.context, self.security, self.identity, peer,
                               events=PEER_EVENTS,
                               heartbeat_timeout=PEER_HEARTBEAT_TIMEOUT)
         monitor = sock.get_monitor_socket()

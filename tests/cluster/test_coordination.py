@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from dask_ipy import Client, Event, Lock, Queue, Semaphore, Variable, get_client
+from dask_ipy import (Client, Event, Lock, MultiLock, Queue, Semaphore, Variable,
+                      get_client)
 from helpers import inc, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -110,6 +111,33 @@ def test_tasks_on_two_workers_take_a_lock_in_turn(c):
     # The same tasks with a lock each do overlap: the run can show a broken lock.
     assert max_overlap(contend(c, [unique("lock"), unique("lock")])) == 2
     assert not Lock(name).locked()
+
+
+def hold_multilock(names, hold):
+    with MultiLock(names):
+        start = time.monotonic()
+        time.sleep(hold)
+        return start, time.monotonic()
+
+
+def test_multilocks_sharing_a_name_take_turns(c):
+    x, y, z = unique("x"), unique("y"), unique("z")
+    apart = c.gather([c.submit(hold_multilock, names, 0.3, pure=False)
+                      for names in ([x, y], [y, z])])
+    assert max_overlap(apart) == 1                 # y in common
+    together = c.gather([c.submit(hold_multilock, names, 0.3, pure=False)
+                         for names in ([x], [z])])
+    assert max_overlap(together) == 2
+    held = MultiLock([x, y])
+    assert held.acquire(timeout=1) and held.locked()
+    assert MultiLock([y, z]).acquire(timeout=0.1) is False
+    assert MultiLock([y, z]).acquire(num_locks=1, blocking=False) is True    # z
+    held.release()
+    assert not held.locked()
+    with pytest.raises(ValueError):
+        held.release()
+    with pytest.raises(ValueError, match="num_locks"):
+        MultiLock([x]).acquire(num_locks=2)
 
 
 def test_a_semaphore_lets_max_leases_tasks_run_at_once(c):

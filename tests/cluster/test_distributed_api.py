@@ -5,13 +5,16 @@ and `TimeoutError`, against scheduler and worker processes."""
 import asyncio
 import concurrent.futures as cf
 import gc
+import os
+import time
 
 import dask
 import dask.array as da
 import pytest
 
 import dask_ipy
-from helpers import fail, fail_until, inc, record, wait_for, wait_for_file
+from helpers import (Boom, fail, fail_until, inc, local_cluster, record, wait_for,
+                     wait_for_file)
 from dask_ipy import (CancelledError, Client, as_completed, fire_and_forget, futures_of,
                       wait)
 
@@ -168,3 +171,158 @@ def test_timeouts_raise_the_exported_timeout_error(c, gate):
         f.result(timeout=0.05)
     with pytest.raises(dask_ipy.TimeoutError):
         c.gather([f], timeout=0.05)
+
+
+# ---------------------------------------------------------------- arguments and keys
+
+def test_nthreads_and_has_what_of_some_workers(c):
+    everyone = c.nthreads()
+    first, second = sorted(everyone)
+    x = c.submit(inc, 1, workers=[first])
+    assert x.result() == 2
+    assert c.nthreads(first) == {first: everyone[first]}
+    assert c.nthreads([first, second]) == everyone
+    assert c.has_what([first]) == {first: [x.key]}
+    assert c.has_what(second) == {second: []}
+    assert c.has_what(workers=[]) == {}
+
+
+def test_gather_accepts_direct_and_restart_waits_for_the_workers(c):
+    x = c.submit(inc, 1)
+    assert c.gather([x], direct=True) == [2]
+    assert c.gather(x, direct=False) == 2
+    assert c.restart(wait_for_workers=True) is c
+    assert len(c.nthreads()) == 2
+    assert c.restart(wait_for_workers=False) is c
+    assert c.submit(inc, 2).result() == 3
+
+
+def test_scheduler_info_has_dask_distributed_keys(c):
+    before = time.time()
+    info = c.scheduler_info()
+    assert info["type"] == "Scheduler"
+    assert info["started"] < before
+    assert info["services"] == {}
+    assert info["n_workers"] == 2 and len(info["workers"]) == 2
+    assert info["total_threads"] == sum(c.nthreads().values())
+    assert info["total_memory"] == sum(w["memory_limit"] for w in info["workers"].values())
+    for w in info["workers"].values():
+        assert os.path.isdir(w["local_directory"])
+        assert w["services"] == {} and w["nanny"] is None
+    one = c.scheduler_info(n_workers=1)
+    assert one["n_workers"] == 2 and one["total_threads"] == info["total_threads"]
+    assert list(one["workers"]) == list(info["workers"])[:1]
+    assert c.scheduler_info(n_workers=-1)["workers"].keys() == info["workers"].keys()
+
+
+def test_scheduler_info_services_name_the_dashboard():
+    with local_cluster(scheduler_options={"dashboard_port": 0}) as (s, _, client):
+        assert client.scheduler_info()["services"] == {"dashboard": s.dashboard.port}
+
+
+# ---------------------------------------------------------------- looking inside
+
+def test_get_scheduler_logs_newest_first_at_most_n():
+    from dask_ipy.log import logger
+
+    with local_cluster() as (s, _, client):
+        logger.warning("first words of the scheduler")
+        logger.warning("last words of the scheduler")
+        lines = client.get_scheduler_logs()
+        assert lines[0][0] == "WARNING" and "last words" in lines[0][1]
+        assert "first words" in lines[1][1]
+        assert client.get_scheduler_logs(n=1) == lines[:1]
+
+
+def test_call_stack_shows_where_running_tasks_are(c, gate):
+    f = c.submit(wait_for_file, str(gate), pure=False)
+    other = c.submit(wait_for_file, str(gate), value=1, pure=False)
+    wait_for(lambda: len(c.call_stack(f)) == 1, message="the task to run")
+    (address, stacks), = c.call_stack(f).items()
+    assert address in c.nthreads() and list(stacks) == [f.key]
+    assert all(isinstance(frame, str) for frame in stacks[f.key])
+    assert any("in wait_for_file" in frame for frame in stacks[f.key])
+    wait_for(lambda: sum(map(len, c.call_stack().values())) == 2,
+             message="both tasks to run")
+    assert {k for s in c.call_stack(keys=[other.key]).values() for k in s} == {other.key}
+
+
+def test_recreate_error_locally_raises_the_task_error_here(c):
+    x = c.submit(inc, 1)
+    y = c.submit(fail, x)
+    z = c.submit(inc, y)             # erred because of y
+    with pytest.raises(Boom, match="failed on 2"):
+        c.recreate_error_locally(z)
+    del x                            # y's input: released, computed again
+    with pytest.raises(Boom, match="failed on 2"):
+        c.recreate_error_locally([y])
+    with pytest.raises(ValueError):
+        c.recreate_error_locally(c.submit(inc, 5))
+
+
+def test_write_scheduler_file_connects_another_client(c, tmp_path):
+    path = tmp_path / "scheduler.json"
+    c.write_scheduler_file(str(path))
+    assert path.stat().st_mode & 0o777 == 0o600
+    with Client(str(path), set_as_default=False) as other:
+        assert other.scheduler_info()["id"] == c.scheduler_info()["id"]
+        assert other.submit(inc, 1).result() == 2
+
+
+def test_futures_and_refcount_count_the_clients_futures(c):
+    x = c.submit(inc, 1)
+    again = c.submit(inc, 1)
+    y = c.submit(inc, 2)
+    assert c.refcount[x.key] == 2 and c.refcount[y.key] == 1
+    assert set(c.futures) >= {x.key, y.key}
+    y.result()
+    assert c.futures[y.key].status == "finished"
+    key = y.key
+    del again, y
+    gc.collect()
+    assert c.refcount[x.key] == 1 and key not in c.futures and key not in c.refcount
+
+
+# ---------------------------------------------------------------- get_worker()
+
+def worker_attributes():
+    w = dask_ipy.get_worker()
+    return {"status": w.status, "ip": w.ip, "local_directory": w.local_directory,
+            "id": w.id, "address": w.address}
+
+
+def test_get_worker_has_status_ip_local_directory_and_a_str_id(c):
+    seen = c.submit(worker_attributes, pure=False).result()
+    assert seen["status"] == "running"
+    assert seen["ip"] == "127.0.0.1" and seen["address"].startswith("tcp://127.0.0.1:")
+    assert os.path.isdir(seen["local_directory"])
+    assert isinstance(seen["id"], str) and seen["id"].startswith("worker-")
+    info = c.scheduler_info()["workers"][seen["address"]]
+    assert info["local_directory"] == seen["local_directory"]
+
+
+def test_a_closed_worker_says_so():
+    with local_cluster(client=False) as (_, workers, _):
+        assert [w.status for w in workers] == ["running", "running"]
+    assert [w.status for w in workers] == ["closed", "closed"]
+
+
+# ---------------------------------------------------------------- worker plugins
+
+def getenv(name):
+    return os.environ.get(name)
+
+
+def test_environ_and_upload_file_plugins(c, tmp_path):
+    from dask_ipy import Environ, UploadFile
+
+    result = c.register_plugin(Environ({"DASK_IPY_TEST_SETTING": 42}), name="environ")
+    assert set(result) == set(c.nthreads())
+    assert set(c.run(getenv, "DASK_IPY_TEST_SETTING").values()) == {"42"}
+    module = tmp_path / "uploaded_by_plugin.py"
+    module.write_text("ANSWER = 7\n")
+    c.register_plugin(UploadFile(filepath=str(module)), name="upload")
+    f = c.submit(lambda: __import__("uploaded_by_plugin").ANSWER, pure=False)
+    assert f.result() == 7
+    c.unregister_worker_plugin("environ")
+    c.unregister_worker_plugin("upload")

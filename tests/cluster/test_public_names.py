@@ -17,7 +17,8 @@ DOCUMENTED = {"Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
 # dask.distributed's top-level names that code moving over uses.
 DISTRIBUTED = {"futures_of", "fire_and_forget", "TimeoutError", "as_completed", "wait",
                "CancelledError", "get_client", "secede", "rejoin", "worker_client",
-               "print", "warn", "Reschedule"}
+               "print", "warn", "UploadFile", "Environ", "MultiLock",
+               "Reschedule"}
 # Defined in the package's own module rather than loaded lazily.
 EAGER = {"dask_client_from_ipclient", "progress"}
 

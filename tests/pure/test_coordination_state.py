@@ -1,4 +1,4 @@
-"""The scheduler's Variables, Queues, Locks, Semaphores and Events alone: requests
+"""The scheduler's Variables, Queues, Locks, Semaphores, Events and MultiLocks alone: requests
 in, effects out, literally; every race between a grant and a withdraw; a client that
 leaves; and, through SchedulerState, the keys of stored Futures kept alive."""
 
@@ -43,7 +43,7 @@ def co():
 
 def empty(co):
     return not (co.variables or co.var_waiters or co.queues or co.semaphores
-                or co.events or co.parked)
+                or co.events or co.multi_locks or co.multi_leases or co.parked)
 
 
 # ---------------------------------------------------------------- Variable
@@ -393,3 +393,51 @@ def test_after_a_restart_stored_values_hold_no_keys():
     assert set(s.tasks["x"].who_wants) == {"a"}
     ask(s, "a", 4, "variable-delete", name="v")
     assert s.tasks["x"].state == "memory"
+
+
+# ---------------------------------------------------------------- MultiLock
+
+def test_multilock_is_granted_all_its_names_or_waits(co):
+    assert co.ask("a", "multi-acquire", names=["x", "y"], lease="A") == [
+        Reply("a", 1, True)]
+    # Wants y, held by A: waits, and meanwhile holds z (first in its line).
+    assert co.ask("b", "multi-acquire", names=["y", "z"], lease="B") == []
+    assert co.ask("c", "multi-acquire", names=["z"], lease="C") == []
+    assert co.ask("d", "multi-acquire", names=["x"], lease="D") == []
+    assert co.ask("a", "multi-release", lease="A") == [
+        Reply("d", 1, True), Reply("b", 1, True), Reply("a", 2, True)]
+    assert co.ask("b", "multi-release", lease="B") == [Reply("c", 1, True),
+                                                        Reply("b", 2, True)]
+    assert co.ask("b", "multi-release", lease="B") == [Reply("b", 3, False)]
+    co.ask("c", "multi-release", lease="C")
+    co.ask("d", "multi-release", lease="D")
+    assert empty(co)
+
+
+def test_multilock_num_locks_takes_the_first_free_names(co):
+    co.ask("a", "multi-acquire", names=["x"], lease="A")
+    assert co.ask("b", "multi-acquire", names=["x", "y", "z"], num_locks=2,
+                  lease="B") == [Reply("b", 1, True)]
+    assert co.multi_leases["B"][1] == ["y", "z"]
+    # B left the line of x: C gets it once A lets go.
+    assert co.ask("c", "multi-acquire", names=["x"], lease="C") == []
+    assert co.ask("a", "multi-release", lease="A") == [Reply("c", 1, True),
+                                                        Reply("a", 2, True)]
+    assert co.ask("d", "multi-acquire", names=["x"], num_locks=2, lease="D") == [
+        Reply("d", 1, {"error": "num_locks must be from 1 to 1 (the names given), "
+                                "not 2", "type": "ValueError"})]
+
+
+def test_a_withdrawn_or_departed_multilock_lets_the_next_through(co):
+    co.ask("a", "multi-acquire", names=["x"], lease="A")
+    assert co.ask("b", "multi-acquire", names=["x", "y"], lease="B") == []
+    assert co.ask("c", "multi-acquire", names=["y"], lease="C") == []
+    # B held y while it waited for x; withdrawn, C gets y.
+    assert co.give_up("b", 1) == [Reply("c", 1, True), Reply("b", 1, WITHDRAWN)]
+    assert co.ask("b", "multi-acquire", names=["x", "y"], lease="B2") == []
+    assert co.ask("b", "multi-acquire", names=["x"], lease="B3", wait=False) == [
+        Reply("b", 3, WITHDRAWN)]
+    assert co.leave("a") == []                 # x goes to B2, which still needs y
+    assert co.leave("c") == [Reply("b", 2, True)]
+    assert co.leave("b") == []
+    assert empty(co)
