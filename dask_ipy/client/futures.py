@@ -83,8 +83,12 @@ def when_done(state, callback):
 
 def _when_ended(future, fn):
     """``fn(future)`` once ``future`` is done, at once on the thread that learns it
-    (the waits of this module: short, and never waiting themselves)."""
-    when_done(future.state, lambda: fn(future))
+    (the waits of this module: short, and never waiting themselves).  ``future`` may
+    be a concurrent.futures.Future too (`wait` takes those)."""
+    if isinstance(future, Future):
+        when_done(future.state, lambda: fn(future))
+    else:
+        future.add_done_callback(fn)
 
 
 class KeyDone:
