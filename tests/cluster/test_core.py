@@ -226,11 +226,11 @@ def test_a_blocked_task_of_a_tiny_group_never_silences_its_worker(tmp_path):
         assert c.submit(inc, tiny[0], workers=[b.address]).result(timeout=5) == 1
         # Heartbeats keep coming for longer than the scheduler's heartbeat timeout
         # (2 s): it would have removed a worker that fell silent.
-        record = s.state.workers[a.id]
+        record = s.state.workers[a.identity]
         since = record.last_seen
-        wait_for(lambda: record.last_seen > since + 2.5 or a.id not in s.state.workers,
+        wait_for(lambda: record.last_seen > since + 2.5 or a.identity not in s.state.workers,
                  timeout=20, message="heartbeats from the blocked worker")
-        assert s.state.workers.get(a.id) is record
+        assert s.state.workers.get(a.identity) is record
         open(gate, "w").close()
         assert blocked.result(timeout=10) == "done"
 
@@ -242,11 +242,11 @@ def test_a_worker_that_joins_takes_over_work_queued_on_a_busy_one():
     b = None
     try:
         # A worker registers once the scheduler has answered its hello.
-        wait_for(lambda: a.id in s.state.workers, message="a to register")
+        wait_for(lambda: a.identity in s.state.workers, message="a to register")
         x = c.submit(inc, 0)
         # Six tasks on x, all sent to the only worker there is.
         ys = [c.submit(slow_inc, x, delay=0.2, pure=False) for _ in range(6)]
-        wait_for(lambda: len(s.state.workers[a.id].processing) == 6,
+        wait_for(lambda: len(s.state.workers[a.identity].processing) == 6,
                  message="the tasks to be queued on a")
         b = Worker(scheduler=s.address_to_workers, validate=True)
         assert c.gather(ys, timeout=10) == [2] * 6
