@@ -235,9 +235,10 @@ class _Buffer(zict.Buffer):
 
     def set_noevict(self, key, value):
         with self.lock:
-            # zict's path for a key on disk or being read back from it (zict 3's
-            # `_cancel_restore`): it removes the file and cancels the read.
-            if key in self.slow or key in self._cancel_restore:
+            # zict's path for a key on disk: it removes the file, and cancels a
+            # read of it under way (a key being read back is on disk until read:
+            # the others that remove it from there cancel the read themselves).
+            if key in self.slow:
                 super().set_noevict(key, value)
             else:
                 self.fast.set_noevict(key, value)

@@ -70,28 +70,37 @@ def test_spill_store_sends_a_value_heavier_than_its_budget_to_disk_first(tmp_pat
 
 
 class GatedFiles(SpillFiles):
-    """Writes wait for ``gate``."""
+    """Writes or reads (``gated``) wait for ``gate``."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, gated):
         super().__init__(directory)
+        self.gated = gated
         self.gate = threading.Event()
-        self.writing = threading.Event()
+        self.waiting = threading.Event()
+
+    def _wait(self, what):
+        if what == self.gated:
+            self.waiting.set()
+            assert self.gate.wait(30)
 
     def __setitem__(self, key, frames):
-        self.writing.set()
-        assert self.gate.wait(30)
+        self._wait("write")
         super().__setitem__(key, frames)
+
+    def __getitem__(self, key):
+        self._wait("read")
+        return super().__getitem__(key)
 
 
 def test_a_value_replaced_or_deleted_while_written_stays_as_set(tmp_path):
     for replace in (True, False):
         store = SpillStore(memory_limit=100, directory=str(tmp_path))
-        store.files = store.buffer.slow.d = GatedFiles(store.directory)
+        store.files = store.buffer.slow.d = GatedFiles(store.directory, "write")
         store.sizes = {"a": 100, "b": 100}
         nb = store.nonblocking
         nb["a"] = 1
         nb["b"] = 2                                 # "a" is being written
-        wait_for(store.files.writing.is_set)
+        wait_for(store.files.waiting.is_set)
         if replace:
             nb["a"] = 3
         else:
@@ -103,6 +112,26 @@ def test_a_value_replaced_or_deleted_while_written_stays_as_set(tmp_path):
         assert len(os.listdir(store.directory)) == len(store.slow) == len(store) - 1
         assert store.memory == sum(store.fast.weights.values())
         store.close()
+
+
+def test_a_value_set_while_read_back_stays_as_set(tmp_path):
+    store = SpillStore(memory_limit=100, directory=str(tmp_path))
+    store.files = store.buffer.slow.d = GatedFiles(store.directory, "read")
+    store.sizes = {"a": 100, "b": 100}
+    store["a"] = 1
+    store["b"] = 2                                  # "a" to disk, at once
+    read = []
+    reader = threading.Thread(target=lambda: read.append(store.get("a")))
+    reader.start()
+    wait_for(store.files.waiting.is_set)
+    store.nonblocking["a"] = 3                      # the read back is cancelled
+    store.files.gate.set()
+    reader.join(30)
+    assert read == [None]                           # as if deleted, as zict does
+    wait_for(lambda: not store._evicting and store.memory == 100)
+    assert store["a"] == 3 and "a" not in store.slow and "b" in store.slow
+    assert len(os.listdir(store.directory)) == 1
+    store.close()
 
 
 def test_worker_spills_results(cluster, tmp_path):
