@@ -12,9 +12,9 @@ The graph is a reduction tree: half the tasks are roots, every other task sums t
 tasks of the level below, so each completion places a dependent that needs data
 from up to two workers.  Reported per (workers, tasks): microseconds per task for
 the graph's intake and for its completions, the number of steals, and the
-scheduler's memory per task (the process's RSS growth while the graph is held,
-measured in a fresh child process for each case, so that earlier cases leave
-nothing behind).  Separately, the cost of the two placement decisions that look at
+scheduler's memory per task (its objects' growth on the heap while the graph is
+held, by tracemalloc, in a fresh child process for each case, so that earlier cases
+leave nothing behind).  Separately, the cost of the two placement decisions that look at
 workers: ``decide_worker`` for a task with inputs, and a steal pass for an idle
 worker, each against the number of workers.
 """
@@ -29,8 +29,8 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 
-import psutil
 
 from dask_ipy.scheduler.state import SchedulerState
 
@@ -129,17 +129,21 @@ def run(n_workers, n_tasks):
 
 
 def memory(n_tasks):
-    """Bytes per task the scheduler holds for a waiting graph (RSS growth)."""
+    """Bytes per task the scheduler holds for a waiting graph: what its objects take
+    on the heap (tracemalloc), exact at any size, where the RSS of a small graph can
+    stay within pages the process had already."""
     s = cluster(10)
     entries, final = tree(n_tasks)
     n = len(entries)
     gc.collect()
-    before = psutil.Process().memory_info().rss
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
     s.update_graph("c", iter(entries), keys=[final])
     del entries
     gc.collect()
     s.take_messages()
-    grown = psutil.Process().memory_info().rss - before
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
     return {"tasks": n, "bytes_per_task": grown / n}
 
 
