@@ -31,7 +31,6 @@ import sys
 import time
 import tracemalloc
 
-
 from dask_ipy.scheduler.state import SchedulerState
 
 
