@@ -133,6 +133,24 @@ class _Named:
         return (type(self), (self.name,))
 
 
+class _Held:
+    """``with`` and ``async with``: acquired on the way in, released on the way out."""
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    async def __aenter__(self):
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.release()
+
+
 class Variable(_Named):
     """A named value every client and task shares (dask.distributed's Variable).
 
@@ -206,7 +224,7 @@ class Queue(_Named):
         return (type(self), (self.name, None, self.maxsize))
 
 
-class Semaphore(_Named):
+class Semaphore(_Held, _Named):
     """At most ``max_leases`` holders at once, across clients and tasks
     (dask.distributed's Semaphore).  Leases of a client that disconnects are
     released; there are no lease timeouts."""
@@ -249,20 +267,6 @@ class Semaphore(_Named):
     def get_value(self):
         """How many leases are held now (by anyone)."""
         return self._run(self._request_op("semaphore-value", kind=self.kind))
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    async def __aenter__(self):
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.release()
 
     def __reduce__(self):
         return (type(self), (self.max_leases, self.name))
@@ -320,7 +324,7 @@ class Event(_Named):
         return self._run(then(self._waiting_op("event-wait", timeout), lambda r: r[0]))
 
 
-class MultiLock(_Named):
+class MultiLock(_Held, _Named):
     """Several named locks taken together (dask.distributed's MultiLock): `acquire`
     returns once this holds ``num_locks`` of ``names`` (default: all), never fewer.
     Requests line up per name in the order they came, so two MultiLocks never wait
@@ -365,20 +369,6 @@ class MultiLock(_Named):
     def locked(self):
         """Whether this MultiLock holds its names."""
         return self._lease is not None
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    async def __aenter__(self):
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.release()
 
     def __reduce__(self):
         return (type(self), (self.names,))
