@@ -758,6 +758,9 @@ class Client(ClusterMethods, ObserveMethods):
         def complete(info):
             info.update(type="Scheduler", address=self.address, id=self.scheduler_id,
                         started=self.shell.state.started, services=self._services())
+            for worker in info["workers"].values():
+                if isinstance(worker.get("id"), bytes):     # as `Worker.id`: a str
+                    worker["id"] = worker["id"].decode()
             return info
         return self._info("scheduler-info", timeout, complete, n_workers=n_workers)
 

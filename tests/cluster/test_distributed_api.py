@@ -299,6 +299,7 @@ def test_get_worker_has_status_ip_local_directory_and_a_str_id(c):
     assert isinstance(seen["id"], str) and seen["id"].startswith("worker-")
     info = c.scheduler_info()["workers"][seen["address"]]
     assert info["local_directory"] == seen["local_directory"]
+    assert info["id"] == seen["id"]                  # the same str in both places
 
 
 def test_a_closed_worker_says_so():
