@@ -133,7 +133,8 @@ def test_a_key_cancelled_and_submitted_again_is_computed_again(c, gate):
     g = c.submit(inc, 8)
     assert g.result(timeout=20) == 9 and f.cancelled() and g.status == "finished"
     del f                                 # the old Future's release keeps g's key
-    assert c.gather(g) == 9 and c.who_has(g)[g.key]
+    wait_for(lambda: c.who_has(g)[g.key], message="g's key held on a worker")
+    assert c.gather(g) == 9
     # Pending, with an explicit key; and a dependent cancelled through its input
     # then submitted again at once.
     a = c.submit(wait_for_file, str(gate), value=1, key="a")
