@@ -94,21 +94,6 @@ def add_stack(tree, frame, stop=(), depth=MAX_DEPTH):
     return True
 
 
-def call_stack(frame):
-    """The stack ending in ``frame`` as text, outermost first: one string per frame,
-    ``'  File "path", line 12, in name\n    the line'`` (what dask.distributed's
-    `call_stack` gives)."""
-    out = []
-    while frame is not None:
-        code = frame.f_code
-        line = linecache.getline(code.co_filename, frame.f_lineno).strip()
-        out.append(f'  File "{code.co_filename}", line {frame.f_lineno}, '
-                   f'in {code.co_name}\n    {line}')
-        frame = frame.f_back
-    out.reverse()
-    return out
-
-
 def worker_call_stacks(keys=None, dask_worker=None):
     """Run on a worker (`Client.call_stack`, through `Client.run`): its running
     tasks' stacks (`Worker.get_call_stack`)."""

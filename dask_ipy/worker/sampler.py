@@ -16,19 +16,21 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 
 from .. import profiling
 
 
 def call_stacks(running, keys=None):
-    """{key: its thread's stack as text (`profiling.call_stack`)} of the tasks
-    running now (`RunningTasks`), of ``keys`` only if given."""
+    """{key: its thread's stack as text, one string per frame, outermost first (as
+    `traceback.format_stack` gives it)} of the tasks running now (`RunningTasks`), of
+    ``keys`` only if given."""
     with running.lock:
         by_thread = dict(running.by_thread)
     frames = sys._current_frames()
     try:
-        return {key: profiling.call_stack(frames[ident])
+        return {key: [line.rstrip("\n") for line in traceback.format_stack(frames[ident])]
                 for ident, key in by_thread.items()
                 if ident in frames and (keys is None or key in keys)}
     finally:
