@@ -203,8 +203,8 @@ class Scheduler:
                                    memory_fractions=msg.get("memory_fractions"),
                                    shares_host=msg.get("shares_host", False),
                                    resources=msg.get("resources"),
-                                   ip=host_of(msg["address"]))
-        ws.local_directory = msg.get("local_directory")
+                                   ip=host_of(msg["address"]),
+                                   local_directory=msg.get("local_directory"))
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",

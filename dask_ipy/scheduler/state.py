@@ -1352,8 +1352,9 @@ class SchedulerState:
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
                    memory_limit=0, keys=(), now=0.0, memory_fractions=None,
-                   shares_host=False, resources=None, ip=None):
-        """``ip``: the host in ``address``, by which users may name it too.
+                   shares_host=False, resources=None, ip=None, local_directory=None):
+        """``ip``: the host in ``address``, by which users may name it too;
+        ``local_directory``: where it keeps its files, as it says.
         ``shares_host``: the worker's limits ("auto" memory, task thread pools) are
         shares of its host's; it is told how many workers its host has
         ("host-workers") whenever that changes.  ``resources``: {name: amount} it
@@ -1368,6 +1369,7 @@ class SchedulerState:
         ws.memory_fractions = memory_fractions
         ws.shares_host = shares_host
         ws.ip = ip
+        ws.local_directory = local_directory
         self.clock = max(self.clock, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
