@@ -378,10 +378,12 @@ def worker_keys(dask_worker=None):
 
 
 class NeedsTwo(Exception):
-    """Pickle rebuilds exceptions from ``args``: it cannot rebuild this one."""
+    """Pickle rebuilds exceptions from ``args``: it cannot rebuild this one (nor
+    keep its attribute)."""
 
     def __init__(self, a, b):
         super().__init__(f"{a} and {b}")
+        self.total = a + b
 
 
 class SlotsOnly(Exception):

@@ -10,6 +10,7 @@ import types
 import pytest
 from dask._task_spec import Task
 
+from helpers import KeywordOnly, NeedsTwo, SlotsOnly
 from dask_ipy.errors import (MAX_TRACEBACK_FRAMES, RemoteError, error_payload, rebuild_error,
                              without_machinery)
 from dask_ipy.graph import execute
@@ -45,29 +46,6 @@ def test_without_machinery_keeps_only_the_users_frames():
 
 
 # ---------------------------------------------------------------- exceptions pickle cannot rebuild
-
-class NeedsTwo(Exception):
-    def __init__(self, a, b):
-        super().__init__(f"{a} and {b}")
-        self.total = a + b
-
-
-class KeywordOnly(Exception):
-    def __init__(self, *, code):
-        super().__init__(f"code {code}")
-        self.code = code
-
-
-class SlotsOnly(Exception):
-    __slots__ = ("detail",)
-
-    def __init__(self, detail):
-        super().__init__()
-        self.detail = detail
-
-    def __str__(self):
-        return f"detail is {self.detail}"
-
 
 def record_of(exc):
     try:
