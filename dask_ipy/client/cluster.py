@@ -1,9 +1,9 @@
 """The client's hold on the cluster itself: code and set-up on workers (`run`,
 `call_stack`, `upload_file`, `register_plugin`), code in the scheduler
-(`run_on_scheduler`, scheduler plugins), and its workers (`wait_for_workers`,
+(`run_on_scheduler`, scheduler plugins), its workers (`wait_for_workers`,
 `restart`, `retire_workers`, `restart_workers`, `rebalance`, `replicate`,
-`processing`, `forward_logging`), with
-dask.distributed's names, arguments and return values.
+`processing`, `forward_logging`), and its state (`nbytes`, `dump_cluster_state`),
+with dask.distributed's names, arguments and return values.
 
 `ClusterMethods` is part of `Client` and uses only its public face: each method
 builds an operation (see `waits`) that `Client.run_op` runs blocking or as a
@@ -18,7 +18,7 @@ import time
 
 import msgpack
 
-from .. import profiling, versions
+from .. import dump, profiling, versions
 from ..errors import rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, UploadFile, handle_forwarded,
                        plugin_kind, plugin_name)
@@ -250,6 +250,43 @@ class ClusterMethods:
 
     def unforward_logging(self, logger_name=None):
         return self.unregister_worker_plugin(ForwardLogging(logger_name).name)
+
+    # ---------------------------------------------------------------- its state
+
+    def nbytes(self, keys=None, summary=True, **kwargs):
+        """The bytes (by dask's ``sizeof``) of the results on the cluster:
+        ``{key: bytes}`` of ``keys`` (KeyError for one the scheduler does not know;
+        -1: not computed yet), or of every result whose size is known; with
+        ``summary``, summed by key prefix (``{"inc": 84}``)."""
+        return self.run_op(self._on_scheduler_op(dump.task_sizes, (keys, summary), {}))
+
+    def dump_cluster_state(self, filename="dask-cluster-dump", write_from_scheduler=None,
+                           exclude=(), format="msgpack", **storage_options):
+        """Write the state of the scheduler and of every worker, for debugging, to
+        ``filename`` + ".msgpack.gz" (gzipped msgpack) or ".yaml" (``format``):
+        ``{"scheduler": {...}, "workers": {address: {...}}, "versions":
+        {"scheduler": ..., "workers": {address: ...}}}`` (see `dump`).  A worker that
+        fails to answer has ``{"error": text}``.  ``exclude``: names of entries to
+        leave out, at any depth.  The client writes the file, to a local path."""
+        if format not in dump.FORMATS:
+            raise ValueError(f"format must be 'msgpack' or 'yaml', not {format!r}")
+        if write_from_scheduler or storage_options or "://" in str(filename):
+            raise ValueError("dump_cluster_state writes a local file, from the client "
+                             "(no write_from_scheduler, URLs or storage_options)")
+        return self.run_op(self._dump_op(filename, set(exclude), format))
+
+    def _dump_op(self, filename, exclude, format):
+        scheduler = yield from self._on_scheduler_op(dump.scheduler_state, (), {})
+        workers = yield from self._run_op(
+            {"op": "run", "function": serialize((dump.worker_state, (), {})),
+             "workers": None}, "return")
+        workers = {a: {"error": f"{type(w).__name__}: {w}"}
+                   if isinstance(w, BaseException) else w for a, w in workers.items()}
+        state = {"scheduler": scheduler, "workers": workers,
+                 "versions": {"scheduler": scheduler.pop("versions"),
+                              "workers": {a: w.pop("versions", None)
+                                          for a, w in workers.items()}}}
+        dump.write(dump.drop_names(state, exclude), filename, format)
 
     # ---------------------------------------------------------------- workers
 
