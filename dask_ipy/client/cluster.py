@@ -54,6 +54,21 @@ def _raise(record):
     raise exc.with_traceback(tb)
 
 
+def run_results(reply, on_error, client):
+    """{worker address: result} of a "run" request's reply; an error raised
+    (``on_error="raise"``), returned as the worker's result ("return"), or that
+    worker left out ("ignore")."""
+    out = {}
+    for address, r in reply["results"].items():
+        if r.get("status") == "OK":
+            out[address] = load(r["result"], client)
+        elif on_error == "raise":
+            _raise(r)
+        elif on_error == "return":
+            out[address] = rebuild_error(r)[0]
+    return out
+
+
 class ClusterMethods:
     """Part of `Client`: the cluster as a whole (see the module docstring)."""
 
@@ -78,18 +93,7 @@ class ClusterMethods:
 
     def _run_op(self, msg, on_error):
         reply = yield from self.shell.request_op(msg)
-        return self._run_results(reply, on_error)
-
-    def _run_results(self, reply, on_error):
-        out = {}
-        for address, r in reply["results"].items():
-            if r.get("status") == "OK":
-                out[address] = load(r["result"], self)
-            elif on_error == "raise":
-                _raise(r)
-            elif on_error == "return":
-                out[address] = rebuild_error(r)[0]
-        return out
+        return run_results(reply, on_error, self)
 
     def call_stack(self, futures=None, keys=None):
         """Where the tasks running now are: ``{worker address: {key: [frames as

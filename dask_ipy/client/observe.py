@@ -1,4 +1,6 @@
-"""Seeing what the cluster did: the task stream, performance reports, worker logs.
+"""Seeing what the cluster did: the task stream, performance reports, worker logs,
+and what its hardware can do (`benchmark_hardware`, measuring transfers through the
+task stream).
 
     workers ── "task-stream" ──▶ scheduler: `taskstream.TaskStream` (numbered records,
                                  a bounded ring)
@@ -20,12 +22,17 @@ from __future__ import annotations
 
 import datetime
 import json as _json
+import os
+import random
 import time
 
-from .. import charts, profiling
+from .. import charts, hardware, profiling
 from ..addresses import dashboard_url
 from ..logs import worker_logs
+from ..protocol import serialize
 from ..taskstream import Breakdown, records, report_data
+from .cluster import run_results
+from .futures import Waiter, exception_of
 from .waits import then
 
 PAGE = 100_000                # records asked for at once (the scheduler's cap too)
@@ -142,6 +149,50 @@ class ObserveMethods:
         if filename or plot:
             op = then(op, lambda state: _profile_chart(state, filename, key))
         return self.run_op(op)
+
+    # -- the hardware
+
+    def benchmark_hardware(self):
+        """Measure the workers' disk, memory and network bandwidths: ``{"disk":
+        {size: bytes/s}, "memory": {...}, "network": {...}}``, each the mean over
+        the workers (the network's over pairs of workers; none with one worker).
+        See `hardware`."""
+        return self.run_op(self._benchmark_op())
+
+    def _benchmark_op(self):
+        reply = yield from self.shell.request_op(
+            {"op": "run", "function": serialize((hardware.local_bandwidths, (), {})),
+             "workers": None})
+        local = run_results(reply, "raise", self)
+        network = yield from self._network_op(list(local))
+        return {"disk": hardware.mean_of(r["disk"] for r in local.values()),
+                "memory": hardware.mean_of(r["memory"] for r in local.values()),
+                "network": network}
+
+    def _network_op(self, workers):
+        """Blocks of each size made on one worker of each pair and taken by a task
+        on the other: the rates of those transfers, from the task stream."""
+        random.shuffle(workers)        # not always the same pairs
+        pairs = hardware.pairs(workers)
+        if not pairs:
+            return {}
+        since = yield from self._stream_mark_op()
+        labels = {}                    # {key of a task taking a block: its size}
+        for label, size in hardware.NETWORK_SIZES.items():
+            for _ in range(hardware.NETWORK_REPEATS):
+                taken = []
+                for sender, receiver in pairs:
+                    block = self.submit(os.urandom, size, workers=[sender], pure=False)
+                    taken.append(self.submit(len, block, workers=[receiver],
+                                             pure=False))
+                    labels[taken[-1].key] = label
+                yield from Waiter(taken).wait_op()
+                for f in taken:
+                    if f.status != "finished":
+                        raise exception_of(f.state) or RuntimeError(
+                            f"a network benchmark task was {f.status}")
+        records = yield from self._records_op(since=since)
+        return hardware.transfer_rates(records, labels)
 
     # -- used by performance_report
 

@@ -1,5 +1,5 @@
 """dask.distributed's names filled in, against scheduler and worker processes:
-`Client.nbytes`, `dump_cluster_state`."""
+`Client.nbytes`, `dump_cluster_state`, `benchmark_hardware`."""
 
 import gzip
 import os
@@ -10,6 +10,7 @@ import yaml
 from dask.sizeof import sizeof
 
 from helpers import inc, wait_for, wait_for_file
+from dask_ipy.hardware import DISK_SIZES, MEMORY_SIZES, NETWORK_SIZES
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -97,3 +98,13 @@ def test_dump_cluster_state_writes_the_scheduler_and_every_worker(c, tmp_path, g
         c.dump_cluster_state(str(tmp_path / "x"), format="json")
     with pytest.raises(ValueError, match="local file"):
         c.dump_cluster_state("s3://bucket/dump")
+
+
+def test_benchmark_hardware_measures_every_size_on_the_workers(c):
+    result = c.benchmark_hardware()
+    assert list(result) == ["disk", "memory", "network"]
+    assert list(result["disk"]) == list(DISK_SIZES)
+    assert list(result["memory"]) == list(MEMORY_SIZES)
+    assert list(result["network"]) == list(NETWORK_SIZES)   # two workers: one pair
+    for rates in result.values():
+        assert all(isinstance(r, float) and r > 0 for r in rates.values()), rates

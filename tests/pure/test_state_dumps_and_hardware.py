@@ -1,5 +1,6 @@
-"""The pure parts of `Client.nbytes` and `dump_cluster_state`, without sockets:
-sizes from a scheduler's tasks, entries dropped from a dump, the files written."""
+"""The pure parts of `Client.nbytes`, `dump_cluster_state` and `benchmark_hardware`,
+without sockets: sizes from a scheduler's tasks, entries dropped from a dump, the
+files written, rates from task-stream records, pairs of workers."""
 
 import gzip
 from types import SimpleNamespace
@@ -9,8 +10,9 @@ import pytest
 import yaml
 
 from dask_ipy.dump import drop_names, task_sizes, write
+from dask_ipy.hardware import mean_of, pairs, transfer_rates
 
-A = "tcp://127.0.0.1:1"
+A, B, C, D = (f"tcp://127.0.0.1:{i}" for i in range(1, 5))
 
 
 def test_task_sizes_by_key_and_by_prefix():
@@ -45,3 +47,28 @@ def test_write_adds_the_suffix_once_and_reads_back(tmp_path):
     assert yaml.safe_load((tmp_path / "d.yaml").read_text()) == state
     with pytest.raises(ValueError, match="format"):
         write(state, tmp_path / "x", "json")
+
+
+def record(key, worker, *transfers):
+    return {"key": key, "worker": worker, "startstops": [
+        {"action": "transfer", "start": a, "stop": b, "source": src, "nbytes": n}
+        for src, a, b, n in transfers] + [{"action": "compute", "start": 0, "stop": 9}]}
+
+
+def test_transfer_rates_sum_per_pair_then_average_over_pairs():
+    records = [record("t1", B, (A, 0.0, 1.0, 100)),        # pair A→B: 300 B in 2 s
+               record("t2", B, (A, 5.0, 6.0, 200)),
+               record("t3", D, (C, 0.0, 0.5, 100)),        # pair C→D: 100 B in 0.5 s
+               record("t4", D, (C, 0.0, 1.0, 10 ** 6)),
+               record("other", B, (A, 0.0, 1.0, 5))]       # not a benchmark task
+    labels = {"t1": "small", "t2": "small", "t3": "small", "t4": "big", "t9": "none"}
+    assert transfer_rates(records, labels) == {"small": (150 + 200) / 2,
+                                               "big": 10 ** 6}
+
+
+def test_pairs_and_means():
+    assert pairs([A, B, C, D]) == [(A, B), (C, D)]
+    assert pairs([A, B, C]) == [(A, B)]
+    assert pairs([A]) == []
+    assert mean_of([{"1 kiB": 2.0, "1 MiB": 10.0}, {"1 kiB": 4.0}]) == {
+        "1 kiB": 3.0, "1 MiB": 10.0}
