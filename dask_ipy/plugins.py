@@ -10,7 +10,8 @@
 `WorkerPlugin` and `SchedulerPlugin` have dask.distributed's methods and arguments;
 subclasses of dask.distributed's own classes are taken too (`plugin_kind`).  Worker
 plugins that come with dask_ipy: `UploadFile` (`Client.upload_file`), `Environ`
-(both public, as dask.distributed's) and `ForwardLogging`
+(both public, as dask.distributed's), `SetupCallback`
+(`Client.register_worker_callbacks`) and `ForwardLogging`
 (`Client.forward_logging`).
 
 This module imports neither dask nor anything of the roles: the scheduler imports it,
@@ -277,6 +278,20 @@ class Environ(WorkerPlugin):
 
     def setup(self, worker):
         os.environ.update(self.environ)
+
+
+class SetupCallback(WorkerPlugin):
+    """``setup()`` (or ``setup(dask_worker=worker)``, if it takes that argument) on
+    every worker, now and on those that join or restart later
+    (`Client.register_worker_callbacks`)."""
+
+    def __init__(self, setup):
+        self.setup_function = setup
+
+    def setup(self, worker):
+        if accepts(self.setup_function, "dask_worker"):
+            return self.setup_function(dask_worker=worker)
+        return self.setup_function()
 
 
 # ---------------------------------------------------------------- forward_logging

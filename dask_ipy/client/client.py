@@ -141,7 +141,7 @@ class Client(ClusterMethods, ObserveMethods):
         self.address, self.security = resolve_scheduler(address, security,
                                                          "address_to_clients")
         self.name = name
-        self.asynchronous = asynchronous
+        self._asynchronous = bool(asynchronous)
         self.scheduler_id = None
         self._status_lock = threading.Lock()   # one close, even from two threads
         self._previous_scheduler = None
@@ -200,6 +200,12 @@ class Client(ClusterMethods, ObserveMethods):
     @property
     def id(self):
         return self.shell.id
+
+    @property
+    def asynchronous(self):
+        """Made with ``asynchronous=True``: its methods that wait return
+        coroutines."""
+        return self._asynchronous
 
     @property
     def status(self):
@@ -662,6 +668,21 @@ class Client(ClusterMethods, ObserveMethods):
                                                       annotations=annotations)
         out = rebuild(self._graph_futures(dsk, keys, options, annotations))
         return out[0] if single else out
+
+    def normalize_collection(self, collection):
+        """``collection`` with the tasks of the keys this client holds Futures of
+        replaced by those Futures, and what only they needed dropped: computing it
+        computes none of them again.  The collection itself if none of its keys is
+        held."""
+        graph = dict(collection.__dask_graph__())
+        held = [k for k in self.shell.held() if k in graph]
+        if not held:
+            return collection
+        graph.update((k, Future(k, self)) for k in held)
+        deps = g.dependencies(g.normalize(graph))
+        graph = g.cull(graph, deps, g.flatten_keys(collection.__dask_keys__()))
+        rebuild, args = collection.__dask_postpersist__()
+        return rebuild(graph, *args)
 
     def _graph_futures(self, dsk, keys, options, annotations):
         """Submit what ``keys`` need of a normalized graph; {key: Future} for every

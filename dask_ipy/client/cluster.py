@@ -20,8 +20,8 @@ import msgpack
 
 from .. import dump, profiling, versions
 from ..errors import rebuild_error
-from ..plugins import (FORWARD_LOGGING, ForwardLogging, UploadFile, handle_forwarded,
-                       plugin_kind, plugin_name)
+from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFile,
+                       handle_forwarded, plugin_kind, plugin_name)
 from ..protocol import serialize
 from .futures import Waiter, futures_in, load
 from .waits import done, then
@@ -173,6 +173,13 @@ class ClusterMethods:
             if r.get("status") != "OK":
                 _raise(r)
         return dict(reply["results"])
+
+    def register_worker_callbacks(self, setup=None):
+        """Run ``setup()`` (``setup(dask_worker=worker)`` if it takes that argument)
+        on every worker now and on every worker that joins or restarts later, after
+        those registered before: a worker plugin (`SetupCallback`).  ``{address:
+        {"status": "OK"}}``."""
+        return self.register_plugin(SetupCallback(setup))
 
     def unregister_worker_plugin(self, name, nanny=None):
         """Tear a worker plugin down on every worker and forget it."""

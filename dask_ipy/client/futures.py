@@ -167,6 +167,11 @@ class Future(TaskRef):
     def status(self):
         return self.state.status
 
+    @property
+    def executor(self):
+        """The client that made this Future (its executor)."""
+        return self.client
+
     def done(self):
         return self.state.done()
 

@@ -1,15 +1,22 @@
 """dask.distributed's names filled in, against scheduler and worker processes:
-`Client.nbytes`, `dump_cluster_state`, `benchmark_hardware`."""
+`Client.nbytes`, `normalize_collection`, `asynchronous`, `register_worker_callbacks`,
+`dump_cluster_state`, `benchmark_hardware`, and `Future.executor`."""
 
+import asyncio
 import gzip
 import os
+from functools import partial
 
+import dask
+import dask.array as da
 import msgpack
 import pytest
 import yaml
 from dask.sizeof import sizeof
 
-from helpers import inc, wait_for, wait_for_file
+from helpers import (count_lines, inc, processes, record, wait_for,
+                     wait_for_file)
+from dask_ipy import Client
 from dask_ipy.hardware import DISK_SIZES, MEMORY_SIZES, NETWORK_SIZES
 
 pytestmark = pytest.mark.timeout(90)
@@ -48,6 +55,76 @@ def test_nbytes_gives_result_sizes_by_key_or_summed_by_prefix(c, gate):
     assert pending.key not in c.nbytes(summary=False)
     with pytest.raises(KeyError):
         c.nbytes(keys=["no-such-key"])
+
+
+def test_normalize_collection_puts_held_futures_in_place_of_their_tasks(c, tmp_path):
+    log = str(tmp_path / "runs")
+    parts = [dask.delayed(record)(log, i, dask_key_name=f"part-{i}") for i in range(3)]
+    total = dask.delayed(sum)(parts, dask_key_name="total")
+    assert c.normalize_collection(total) is total          # nothing held yet
+    held = c.compute(parts[:2])
+    assert c.gather(held) == [0, 1]
+    assert count_lines(log) == 2
+    normal = c.normalize_collection(total)
+    graph = dict(normal.__dask_graph__())
+    assert graph["part-0"] is not None and type(graph["part-0"]).__name__ == "Future"
+    assert graph["part-0"].key == "part-0" and graph["part-1"].key == "part-1"
+    assert type(graph["part-2"]).__name__ != "Future"
+    assert c.compute(normal).result() == 3
+    assert count_lines(log) == 3                # only part-2 ran again
+
+    x = da.arange(20, chunks=5) + 1
+    y = x.sum()
+    persisted = c.persist(x)
+    normal = c.normalize_collection(y)
+    graph = dict(normal.__dask_graph__())
+    assert len(graph) < len(dict(y.__dask_graph__()))
+    assert all(k in graph and type(graph[k]).__name__ == "Future"
+               for k in persisted.__dask_keys__())
+    assert c.compute(normal).result() == sum(range(1, 21))
+
+
+def test_asynchronous_says_how_the_client_was_made(pc, c):
+    assert c.asynchronous is False
+    with pytest.raises(AttributeError):
+        c.asynchronous = True
+
+    async def main():
+        async with Client(pc.file, asynchronous=True, set_as_default=False) as ac:
+            assert ac.asynchronous is True
+            f = ac.submit(inc, 1)
+            assert await f == 2
+            assert f.executor is ac
+            for _ in range(500):               # the scheduler hears of it shortly
+                sizes = await ac.nbytes(summary=False)
+                if f.key in sizes:
+                    return sizes[f.key]
+                await asyncio.sleep(0.01)
+    assert asyncio.run(main()) == sizeof(2)
+
+
+def test_future_executor_is_its_client(c):
+    f = c.submit(inc, 41)
+    assert f.executor is c and f.result() == 42
+
+
+def test_register_worker_callbacks_run_in_order_now_and_on_late_joiners(tmp_path):
+    log = tmp_path / "log"
+    with processes(tmp_path, nworkers=2) as (pc, c):
+        first = c.register_worker_callbacks(partial(record, str(log), "first"))
+        assert set(first) == set(c.nthreads()) and all(
+            r == {"status": "OK"} for r in first.values())
+
+        def second(dask_worker):
+            record(str(log), f"second {dask_worker.address}")
+        c.register_worker_callbacks(second)
+        lines = log.read_text().split("\n")[:-1]
+        assert lines[:2] == ["first", "first"]
+        assert sorted(lines[2:]) == sorted(f"second {a}" for a in c.nthreads())
+        new = pc.start_worker()
+        pc.workers.append(new)
+        wait_for(lambda: count_lines(str(log)) == 6, message="the late joiner's setup")
+        assert log.read_text().split("\n")[4:6] == ["first", f"second {new.first_line}"]
 
 
 def _load_dump(path, format):
