@@ -9,9 +9,9 @@
 
 `WorkerPlugin` and `SchedulerPlugin` have dask.distributed's methods and arguments;
 subclasses of dask.distributed's own classes are taken too (`plugin_kind`).  Worker
-plugins that come with dask_ipy: `UploadFile` (`Client.upload_file`), `Environ`
-(both public, as dask.distributed's), `SetupCallback`
-(`Client.register_worker_callbacks`) and `ForwardLogging`
+plugins that come with dask_ipy: `UploadFile` (`Client.upload_file`), `Environ`,
+`UploadDirectory`, `InstallPlugin` and `PipInstall` (public, as dask.distributed's),
+`SetupCallback` (`Client.register_worker_callbacks`) and `ForwardLogging`
 (`Client.forward_logging`).
 
 This module imports neither dask nor anything of the roles: the scheduler imports it,
@@ -25,9 +25,11 @@ import atexit
 import hashlib
 import importlib
 import inspect
+import io
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -292,6 +294,140 @@ class SetupCallback(WorkerPlugin):
         if accepts(self.setup_function, "dask_worker"):
             return self.setup_function(dask_worker=worker)
         return self.setup_function()
+
+
+# ---------------------------------------------------------------- directories, installs
+
+def _no_nanny(restart_workers):
+    if restart_workers:
+        raise ValueError("restart_workers=True needs a nanny, and dask_ipy has none: "
+                         "a worker restarts in place, in the same process")
+
+
+class UploadDirectory(WorkerPlugin):
+    """A directory for every worker: copied into the worker's ``local_directory``
+    (as ``local_directory/<its name>``) and, with ``update_path``, put first on
+    ``sys.path``.  Files whose path has a part in ``skip_words``, or for which a
+    function in ``skip`` is true, stay behind.  ``mode`` is "workers" only (the
+    scheduler runs no user code it does not ask for)."""
+
+    def __init__(self, path, restart_workers=False, update_path=False,
+                 skip_words=(".git", ".github", ".pytest_cache", "tests", "docs"),
+                 skip=(lambda fn: os.path.splitext(fn)[1] == ".pyc",), mode="workers"):
+        _no_nanny(restart_workers)
+        if mode != "workers":
+            raise ValueError(f"mode={mode!r}: dask_ipy copies a directory to the "
+                             f"workers only (mode='workers')")
+        path = os.path.abspath(os.path.expanduser(path))
+        self.dirname = os.path.basename(path)
+        self.update_path = update_path
+        self.name = f"upload-directory-{self.dirname}"
+        self.data = zip_directory(path, skip_words, skip)
+
+    def setup(self, worker):
+        target = os.path.join(worker.local_directory, self.dirname)
+        _extract(self.data, target)
+        if self.update_path:
+            if target in sys.path:
+                sys.path.remove(target)
+            sys.path.insert(0, target)
+            importlib.invalidate_caches()
+
+
+def zip_directory(path, skip_words, skip):
+    """The files under ``path`` (those not skipped) as the bytes of a zip archive,
+    named relative to ``path``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for root, _, files in os.walk(path):
+            for file in files:
+                full = os.path.join(root, file)
+                rel = os.path.relpath(full, path)
+                if any(word in rel.split(os.sep) for word in skip_words) or \
+                        any(f(full) for f in skip):
+                    continue
+                z.write(full, rel)
+    return buffer.getvalue()
+
+
+def _extract(data, target):
+    """Unpack the archive ``data`` as the directory ``target``, replacing what was
+    there: unpacked beside it first, then renamed into place, so that a worker
+    sharing the directory never sees half of it."""
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    fresh = tempfile.mkdtemp(prefix=".upload-", dir=parent)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        z.extractall(fresh)
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=".replaced-", dir=parent)
+        try:
+            os.replace(target, os.path.join(old, "dir"))
+        except OSError:
+            pass                       # another worker moved it away first
+    try:
+        os.replace(fresh, target)
+    except OSError:                    # another worker put its copy there meanwhile
+        shutil.rmtree(fresh, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class InstallPlugin(WorkerPlugin):
+    """Install software on every worker, now and on those that join or restart
+    later: ``install_fn()`` (idempotent), one worker of a host at a time.  The
+    worker does nothing else meanwhile, so a long install must stay within the
+    scheduler's heartbeat timeout."""
+
+    idempotent = True
+
+    def __init__(self, install_fn, restart_workers=False):
+        _no_nanny(restart_workers)
+        self.install_fn = install_fn
+        self.name = f"{type(self).__name__}-{uuid.uuid4()}"
+
+    def setup(self, worker):
+        import fcntl
+
+        lock = f"dask-ipy-install-{os.getuid()}.lock"       # one per host and user
+        with open(os.path.join(tempfile.gettempdir(), lock), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                self.install_fn()
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class PipInstaller:
+    """``python -m pip install`` of ``packages`` (requirement lines) with
+    ``pip_options``, in the worker's Python; RuntimeError with pip's message if it
+    fails."""
+
+    def __init__(self, packages, pip_options=None):
+        self.packages = list(packages)
+        self.pip_options = list(pip_options or ())
+
+    def __call__(self):
+        logging.getLogger("dask_ipy").info("pip installing %s", self.packages)
+        # The packages go through a requirements file, where pip expands
+        # environment variables (tokens of private indexes).
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as requirements:
+            requirements.write("\n".join(self.packages))
+            requirements.flush()
+            done = subprocess.run([sys.executable, "-m", "pip", "install",
+                                   *self.pip_options, "-r", requirements.name],
+                                  capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip install failed: {done.stderr.strip()}")
+
+
+class PipInstall(InstallPlugin):
+    """``pip install`` ``packages`` on every worker, with ``pip_options``
+    (``client.register_plugin(PipInstall(["scikit-learn"], ["--upgrade"]))``)."""
+
+    def __init__(self, packages, pip_options=None, restart_workers=False):
+        super().__init__(PipInstaller(packages, pip_options), restart_workers)
 
 
 # ---------------------------------------------------------------- forward_logging

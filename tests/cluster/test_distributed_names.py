@@ -1,10 +1,13 @@
 """dask.distributed's names filled in, against scheduler and worker processes:
 `Client.nbytes`, `normalize_collection`, `asynchronous`, `register_worker_callbacks`,
-`dump_cluster_state`, `benchmark_hardware`, and `Future.executor`."""
+`dump_cluster_state`, `benchmark_hardware`; the plugins `UploadDirectory`,
+`InstallPlugin`, `PipInstall`; and `Future.executor`."""
 
 import asyncio
 import gzip
 import os
+import sys
+import zipfile
 from functools import partial
 
 import dask
@@ -14,9 +17,9 @@ import pytest
 import yaml
 from dask.sizeof import sizeof
 
-from helpers import (count_lines, inc, processes, record, wait_for,
+from helpers import (count_lines, inc, module_value, processes, record, wait_for,
                      wait_for_file)
-from dask_ipy import Client
+from dask_ipy import Client, InstallPlugin, PipInstall, UploadDirectory
 from dask_ipy.hardware import DISK_SIZES, MEMORY_SIZES, NETWORK_SIZES
 
 pytestmark = pytest.mark.timeout(90)
@@ -185,3 +188,96 @@ def test_benchmark_hardware_measures_every_size_on_the_workers(c):
     assert list(result["network"]) == list(NETWORK_SIZES)   # two workers: one pair
     for rates in result.values():
         assert all(isinstance(r, float) and r > 0 for r in rates.values()), rates
+
+
+# ---------------------------------------------------------------- plugins
+
+def listing(path, dask_worker):
+    """The files under ``local_directory/path`` on this worker, relative to it."""
+    root = os.path.join(dask_worker.local_directory, path)
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, files in os.walk(root) for f in files)
+
+
+def test_upload_directory_copies_it_to_every_worker_and_onto_sys_path(tmp_path):
+    source = tmp_path / "project"
+    (source / "tests").mkdir(parents=True)
+    (source / "uploaded_dir_mod.py").write_text("VALUE = 'one'\n")
+    (source / "data.txt").write_text("data\n")
+    (source / "tests" / "test_x.py").write_text("")
+    (source / "stale.pyc").write_bytes(b"")
+    with pytest.raises(ValueError, match="nanny"):
+        UploadDirectory(str(source), restart_workers=True)
+    with pytest.raises(ValueError, match="workers"):
+        UploadDirectory(str(source), mode="all")
+    local = tmp_path / "workers"
+    with processes(tmp_path, nworkers=2,
+                   worker_options={"local_directory": str(local)}) as (pc, c):
+        result = c.register_plugin(UploadDirectory(str(source), update_path=True))
+        assert set(result) == set(c.nthreads())
+        assert sorted((local / "project").iterdir()) == [
+            local / "project" / "data.txt", local / "project" / "uploaded_dir_mod.py"]
+        assert all(files == ["data.txt", "uploaded_dir_mod.py"]
+                   for files in c.run(listing, "project").values())
+        assert c.gather(c.map(module_value, ["uploaded_dir_mod"] * 4, pure=False)) == \
+            ["one"] * 4
+        # registered again with new content: replaced in place
+        (source / "data.txt").write_text("new\n")
+        c.register_plugin(UploadDirectory(str(source)))
+        assert (local / "project" / "data.txt").read_text() == "new\n"
+    assert not any(p.name.startswith(".") for p in local.iterdir())
+
+
+def _wheel(directory, name, version="0.1"):
+    """A minimal wheel of a package ``name`` whose VALUE is 'installed'."""
+    info = f"{name}-{version}.dist-info"
+    path = os.path.join(directory, f"{name}-{version}-py3-none-any.whl")
+    files = {f"{name}/__init__.py": "VALUE = 'installed'\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\n"
+                                 f"Version: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\n"
+                              "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, text in files.items():
+            z.writestr(n, text)
+    return path
+
+
+def import_from(target, name, dask_worker=None):
+    if target not in sys.path:
+        sys.path.insert(0, target)
+    return module_value(name)
+
+
+def test_pip_install_installs_on_every_worker_from_a_local_wheel(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(str(wheels), "dask_ipy_tiny_pkg")
+    target = tmp_path / "target"
+    options = ["--no-index", "--find-links", str(wheels), "--target", str(target),
+               "--upgrade", "--disable-pip-version-check"]
+    with pytest.raises(ValueError, match="nanny"):
+        PipInstall(["x"], restart_workers=True)
+    with processes(tmp_path, nworkers=2) as (pc, c):
+        plugin = PipInstall(["dask_ipy_tiny_pkg"], pip_options=options)
+        assert plugin.name.startswith("PipInstall-")
+        result = c.register_plugin(plugin)
+        assert set(result) == set(c.nthreads())
+        assert (target / "dask_ipy_tiny_pkg" / "__init__.py").exists()
+        assert set(c.run(import_from, str(target), "dask_ipy_tiny_pkg").values()) == \
+            {"installed"}
+        # idempotent: registered again under its name, nothing runs again
+        (target / "dask_ipy_tiny_pkg" / "__init__.py").write_text("VALUE = 'kept'\n")
+        assert c.register_plugin(plugin) == {}
+        assert (target / "dask_ipy_tiny_pkg" / "__init__.py").read_text() == \
+            "VALUE = 'kept'\n"
+        with pytest.raises(RuntimeError, match="pip install failed"):
+            c.register_plugin(PipInstall(["dask_ipy_no_such_pkg"], pip_options=options))
+
+
+def test_install_plugin_runs_its_function_on_each_worker_one_at_a_time(tmp_path):
+    log = tmp_path / "log"
+    with processes(tmp_path, nworkers=2) as (pc, c):
+        c.register_plugin(InstallPlugin(partial(record, str(log), "installed")))
+        assert log.read_text() == "installed\ninstalled\n"

@@ -18,7 +18,7 @@ DOCUMENTED = {"Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
 DISTRIBUTED = {"futures_of", "fire_and_forget", "TimeoutError", "as_completed", "wait",
                "CancelledError", "get_client", "secede", "rejoin", "worker_client",
                "print", "warn", "UploadFile", "Environ", "MultiLock",
-               "Reschedule"}
+               "Reschedule", "UploadDirectory", "InstallPlugin", "PipInstall"}
 # Defined in the package's own module rather than loaded lazily.
 EAGER = {"dask_client_from_ipclient", "progress"}
 

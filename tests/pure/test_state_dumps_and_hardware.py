@@ -1,8 +1,11 @@
-"""The pure parts of `Client.nbytes`, `dump_cluster_state` and `benchmark_hardware`,
-without sockets: sizes from a scheduler's tasks, entries dropped from a dump, the
-files written, rates from task-stream records, pairs of workers."""
+"""The pure parts of `Client.nbytes`, `dump_cluster_state`, `benchmark_hardware` and
+`UploadDirectory`, without sockets: sizes from a scheduler's tasks, entries dropped
+from a dump, the files written, rates from task-stream records, pairs of workers,
+the archive of a directory."""
 
 import gzip
+import io
+import zipfile
 from types import SimpleNamespace
 
 import msgpack
@@ -11,6 +14,7 @@ import yaml
 
 from dask_ipy.dump import drop_names, task_sizes, write
 from dask_ipy.hardware import mean_of, pairs, transfer_rates
+from dask_ipy.plugins import zip_directory
 
 A, B, C, D = (f"tcp://127.0.0.1:{i}" for i in range(1, 5))
 
@@ -72,3 +76,15 @@ def test_pairs_and_means():
     assert pairs([A]) == []
     assert mean_of([{"1 kiB": 2.0, "1 MiB": 10.0}, {"1 kiB": 4.0}]) == {
         "1 kiB": 3.0, "1 MiB": 10.0}
+
+
+def test_zip_directory_skips_words_and_predicates(tmp_path):
+    (tmp_path / "pkg" / "tests").mkdir(parents=True)
+    (tmp_path / "pkg" / ".git").mkdir()
+    for name in ("pkg/a.py", "pkg/a.pyc", "pkg/tests/t.py", "pkg/.git/HEAD", "b.txt"):
+        (tmp_path / name).write_text(name)
+    data = zip_directory(str(tmp_path), (".git", "tests"),
+                          (lambda fn: fn.endswith(".pyc"),))
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert sorted(z.namelist()) == ["b.txt", "pkg/a.py"]
+        assert z.read("pkg/a.py") == b"pkg/a.py"
