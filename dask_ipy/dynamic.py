@@ -1,6 +1,7 @@
 """Tasks that launch tasks: what code inside a task uses to reach its worker and the
 cluster (`get_worker`, `get_client`), and to give its thread slot back while it waits
-for the work it launched (`secede`, `rejoin`, `worker_client`), with
+for the work it launched (`secede`, `rejoin`, `worker_client`, and its former
+name `local_client`), with
 dask.distributed's names and meaning.
 
 A task's client is one per worker, made on first use and kept until the worker
@@ -12,6 +13,7 @@ sub-tasks on a cluster of one-thread workers without a deadlock."""
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 from .client.client import Client
@@ -98,3 +100,10 @@ def worker_client(timeout=None, separate_thread=True):
     finally:
         if separate_thread:
             rejoin()
+
+
+def local_client(timeout=None, separate_thread=True):
+    """`worker_client` under its former name, with a warning."""
+    warnings.warn("local_client is the former name of worker_client: use "
+                  "worker_client", stacklevel=2)
+    return worker_client(timeout, separate_thread)

@@ -12,7 +12,8 @@ subclasses of dask.distributed's own classes are taken too (`plugin_kind`).  Wor
 plugins that come with dask_ipy: `UploadFile` (`Client.upload_file`), `Environ`,
 `UploadDirectory`, `InstallPlugin` and `PipInstall` (public, as dask.distributed's),
 `SetupCallback` (`Client.register_worker_callbacks`) and `ForwardLogging`
-(`Client.forward_logging`).
+(`Client.forward_logging`); a scheduler plugin: `TaskMetadata`
+(`get_task_metadata`).
 
 This module imports neither dask nor anything of the roles: the scheduler imports it,
 and a scheduler process never imports dask unless the user's own code does.
@@ -428,6 +429,45 @@ class PipInstall(InstallPlugin):
 
     def __init__(self, packages, pip_options=None, restart_workers=False):
         super().__init__(PipInstaller(packages, pip_options), restart_workers)
+
+
+# ---------------------------------------------------------------- get_task_metadata
+
+FINAL = ("memory", "erred")
+
+
+class TaskMetadata(SchedulerPlugin):
+    """What `get_task_metadata` collects in the scheduler: of the keys clients ask
+    for (``update_graph``) while it is registered, the final state ("memory" or
+    "erred") each reaches, and its metadata (None: dask_ipy keeps no metadata per
+    task).  A key in a final state already when asked for is left out: it reaches
+    none meanwhile."""
+
+    def __init__(self):
+        self.keys = set()          # asked for, no final state reached yet
+        self.metadata = {}
+        self.state = {}
+
+    def update_graph(self, scheduler, *, keys, **kwargs):
+        tasks = scheduler.tasks
+        self.keys.update(k for k in keys if k in tasks and tasks[k].state not in FINAL)
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish in FINAL and key in self.keys:
+            self.keys.discard(key)
+            self.metadata[key] = None
+            self.state[key] = finish
+
+
+def take_task_metadata(name, dask_scheduler):
+    """Unregister the `TaskMetadata` plugin ``name``; what it collected, and the
+    keys still ``pending`` (run in the scheduler)."""
+    plugin = dask_scheduler.plugins.get(name)
+    if not isinstance(plugin, TaskMetadata):
+        raise ValueError(f"no task metadata is collected under {name!r}")
+    dask_scheduler.plugin_host.remove(name)
+    return {"metadata": plugin.metadata, "state": plugin.state,
+            "pending": list(plugin.keys)}
 
 
 # ---------------------------------------------------------------- forward_logging

@@ -1,6 +1,6 @@
 """Seeing what the cluster did: the task stream, performance reports, worker logs,
-and what its hardware can do (`benchmark_hardware`, measuring transfers through the
-task stream).
+the final states of a block's keys (`get_task_metadata`), and what its hardware can
+do (`benchmark_hardware`, measuring transfers through the task stream).
 
     workers ── "task-stream" ──▶ scheduler: `taskstream.TaskStream` (numbered records,
                                  a bounded ring)
@@ -25,10 +25,12 @@ import json as _json
 import os
 import random
 import time
+import uuid
 
 from .. import charts, hardware, profiling
 from ..addresses import dashboard_url
 from ..logs import worker_logs
+from ..plugins import TaskMetadata, take_task_metadata
 from ..protocol import serialize
 from ..taskstream import Breakdown, records, report_data
 from .cluster import run_results
@@ -272,6 +274,57 @@ class get_task_stream:
     async def __aexit__(self, *exc):
         self.data.extend(await self.client.run_op(
             self.client._records_op(since=self._since)))
+
+
+class get_task_metadata:
+    """The final state of the keys clients ask for during a block of code::
+
+        with get_task_metadata() as tasks:
+            x.compute()
+        tasks.state      # {key: "memory" | "erred"}
+        tasks.metadata   # {key: None}: dask_ipy keeps no metadata per task
+
+    Kept by a scheduler plugin (`plugins.TaskMetadata`) while the block runs: the
+    keys of every client's graphs that reach memory or err meanwhile.  ``async
+    with`` for an asynchronous client."""
+
+    def __init__(self, client=None):
+        self.client = _client(client)
+        self.name = f"task-metadata-{uuid.uuid4().hex}"
+        self.metadata = None
+        self.state = None
+
+    def _start(self):
+        return self.client.register_plugin(TaskMetadata(), name=self.name)
+
+    def _stop(self):
+        return self.client.run_on_scheduler(take_task_metadata, self.name)
+
+    def _keep(self, found):
+        # A small result can reach its client straight from the worker before the
+        # scheduler hears of it: the final state of a key still pending there is
+        # this client's, if it has it.
+        here = self.client.futures
+        for key in found["pending"]:
+            status = getattr(here.get(key), "status", None)
+            if status in ("finished", "error"):
+                found["state"][key] = "memory" if status == "finished" else "erred"
+                found["metadata"][key] = None
+        self.metadata, self.state = found["metadata"], found["state"]
+
+    def __enter__(self):
+        self._start()
+        return self
+
+    def __exit__(self, *exc):
+        self._keep(self._stop())
+
+    async def __aenter__(self):
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc):
+        self._keep(await self._stop())
 
 
 class performance_report:

@@ -1,7 +1,8 @@
 """dask.distributed's names filled in, against scheduler and worker processes:
 `Client.nbytes`, `normalize_collection`, `asynchronous`, `register_worker_callbacks`,
-`dump_cluster_state`, `benchmark_hardware`; the plugins `UploadDirectory`,
-`InstallPlugin`, `PipInstall`; and `Future.executor`."""
+`dump_cluster_state`, `benchmark_hardware`; `get_task_metadata`, `local_client`,
+`Status`; the plugins `UploadDirectory`, `InstallPlugin`, `PipInstall`; and
+`Future.executor`."""
 
 import asyncio
 import gzip
@@ -17,9 +18,10 @@ import pytest
 import yaml
 from dask.sizeof import sizeof
 
-from helpers import (count_lines, inc, module_value, processes, record, wait_for,
-                     wait_for_file)
-from dask_ipy import Client, InstallPlugin, PipInstall, UploadDirectory
+from helpers import (count_lines, fail, inc, module_value, processes, record,
+                     wait_for, wait_for_file)
+from dask_ipy import (Client, InstallPlugin, PipInstall, Status, UploadDirectory,
+                      get_task_metadata, local_client)
 from dask_ipy.hardware import DISK_SIZES, MEMORY_SIZES, NETWORK_SIZES
 
 pytestmark = pytest.mark.timeout(90)
@@ -188,6 +190,58 @@ def test_benchmark_hardware_measures_every_size_on_the_workers(c):
     assert list(result["network"]) == list(NETWORK_SIZES)   # two workers: one pair
     for rates in result.values():
         assert all(isinstance(r, float) and r > 0 for r in rates.values()), rates
+
+
+# ---------------------------------------------------------------- module names
+
+def test_get_task_metadata_gives_the_final_state_of_keys_asked_for_in_the_block(c):
+    before = c.submit(inc, 100)
+    assert before.result() == 101
+    with get_task_metadata() as tasks:
+        ok = c.map(inc, range(3))
+        bad = c.submit(fail, 1)
+        again = c.submit(inc, 100)                    # in memory already
+        c.gather(ok)
+        bad.exception()
+        assert again.result() == 101
+    assert tasks.state == {**{f.key: "memory" for f in ok}, bad.key: "erred"}
+    assert tasks.metadata == dict.fromkeys(tasks.state)
+    after = c.submit(inc, 200)
+    after.result()
+    assert after.key not in tasks.state
+    # the scheduler keeps no plugin of it afterwards
+    assert not c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.plugins))
+
+
+def test_get_task_metadata_with_an_asynchronous_client(pc):
+    async def main():
+        async with Client(pc.file, asynchronous=True, set_as_default=False) as ac:
+            async with get_task_metadata(ac) as tasks:
+                f = ac.submit(inc, 7)
+                assert await f == 8
+            return tasks.state, f.key
+    state, key = asyncio.run(main())
+    assert state == {key: "memory"}
+
+
+def launch_with_local_client(x):
+    with pytest.warns(UserWarning, match="worker_client"):
+        with local_client() as client:
+            return client.submit(inc, x).result()
+
+
+def test_local_client_is_worker_client_under_its_former_name(c):
+    assert c.submit(launch_with_local_client, 1).result() == 2
+
+
+def test_status_members_equal_the_statuses_reported(pc):
+    client = pc.client()
+    assert client.status == Status.running and Status(client.status) is Status.running
+    assert all(Status(w["status"]) is Status.running
+               for w in client.scheduler_info()["workers"].values())
+    assert str(Status.paused) == "paused"
+    client.close()
+    assert client.status == Status.closed
 
 
 # ---------------------------------------------------------------- plugins

@@ -18,7 +18,8 @@ DOCUMENTED = {"Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
 DISTRIBUTED = {"futures_of", "fire_and_forget", "TimeoutError", "as_completed", "wait",
                "CancelledError", "get_client", "secede", "rejoin", "worker_client",
                "print", "warn", "UploadFile", "Environ", "MultiLock",
-               "Reschedule", "UploadDirectory", "InstallPlugin", "PipInstall"}
+               "Reschedule", "UploadDirectory", "InstallPlugin", "PipInstall", "Status",
+               "get_task_metadata", "local_client"}
 # Defined in the package's own module rather than loaded lazily.
 EAGER = {"dask_client_from_ipclient", "progress"}
 

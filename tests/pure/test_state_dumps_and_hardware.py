@@ -1,7 +1,7 @@
 """The pure parts of `Client.nbytes`, `dump_cluster_state`, `benchmark_hardware` and
-`UploadDirectory`, without sockets: sizes from a scheduler's tasks, entries dropped
+`UploadDirectory`, without sockets: sizes from a scheduler state, entries dropped
 from a dump, the files written, rates from task-stream records, pairs of workers,
-the archive of a directory."""
+the archive of a directory, and `Status`."""
 
 import gzip
 import io
@@ -12,6 +12,7 @@ import msgpack
 import pytest
 import yaml
 
+from dask_ipy import Status
 from dask_ipy.dump import drop_names, task_sizes, write
 from dask_ipy.hardware import mean_of, pairs, transfer_rates
 from dask_ipy.plugins import zip_directory
@@ -88,3 +89,10 @@ def test_zip_directory_skips_words_and_predicates(tmp_path):
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         assert sorted(z.namelist()) == ["b.txt", "pkg/a.py"]
         assert z.read("pkg/a.py") == b"pkg/a.py"
+
+
+def test_status_members_are_the_strings_reported():
+    assert Status.running == "running" and Status("paused") is Status.paused
+    assert [s.value for s in Status] == ["connecting", "running", "reconnecting",
+                                         "paused", "closing_gracefully", "closed"]
+    assert f"{Status.closed}" == "closed"
