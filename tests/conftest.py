@@ -40,6 +40,15 @@ def cluster():
         yield parts
 
 
+@pytest.fixture
+def gate(tmp_path):
+    """A file whose creation lets `wait_for_file` tasks finish; made at the end of the
+    test whatever happens, so no task is left running."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
+
+
 @pytest.fixture(scope="module")
 def ipcluster():
     """A real two-engine ipcluster shared by the tests of one module."""

@@ -21,15 +21,6 @@ from dask_ipy import (CancelledError, Client, as_completed, fire_and_forget, fut
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def gate(tmp_path):
-    """A file whose creation lets `wait_for_file` tasks finish; made at the end of the
-    test whatever happens, so no task is left running."""
-    path = tmp_path / "gate"
-    yield path
-    path.touch()
-
-
 def ntasks(client):
     return client.scheduler_info()["ntasks"]
 

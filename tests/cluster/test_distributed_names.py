@@ -27,15 +27,6 @@ from dask_ipy.hardware import DISK_SIZES, MEMORY_SIZES, NETWORK_SIZES
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def gate(tmp_path):
-    """A file whose creation lets `wait_for_file` tasks finish; made at the end of the
-    test whatever happens, so no task is left running."""
-    path = tmp_path / "gate"
-    yield path
-    path.touch()
-
-
 def known_to_scheduler(c, futures):
     """Wait until the scheduler has heard of the results (a small one can reach the
     client straight from its worker first)."""

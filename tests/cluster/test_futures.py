@@ -19,15 +19,6 @@ from dask_ipy.errors import restore_filenames
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def gate(tmp_path):
-    """A file whose creation lets `wait_for_file` tasks finish; opened at the end of
-    the test whatever happens, so no task is left running."""
-    path = tmp_path / "gate"
-    yield path
-    path.touch()
-
-
 def held(c, gate, value=None):
     return c.submit(wait_for_file, str(gate), value=value, pure=False)
 
