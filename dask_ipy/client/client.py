@@ -673,7 +673,9 @@ class Client(ClusterMethods, ObserveMethods):
         """``collection`` with the tasks of the keys this client holds Futures of
         replaced by those Futures, and what only they needed dropped: computing it
         computes none of them again.  The collection itself if none of its keys is
-        held."""
+        held.  TypeError for a collection that its ``__dask_postpersist__`` cannot
+        rebuild on another graph with the same keys (dataframes, whose expressions
+        are rebuilt lowered)."""
         graph = dict(collection.__dask_graph__())
         held = [k for k in self.shell.held() if k in graph]
         if not held:
@@ -682,7 +684,11 @@ class Client(ClusterMethods, ObserveMethods):
         deps = g.dependencies(g.normalize(graph))
         graph = g.cull(graph, deps, g.flatten_keys(collection.__dask_keys__()))
         rebuild, args = collection.__dask_postpersist__()
-        return rebuild(graph, *args)
+        normal = rebuild(graph, *args)
+        if normal.__dask_keys__() != collection.__dask_keys__():
+            raise TypeError(f"normalize_collection: a {type(collection).__name__} "
+                            f"cannot be rebuilt on another graph with the same keys")
+        return normal
 
     def _graph_futures(self, dsk, keys, options, annotations):
         """Submit what ``keys`` need of a normalized graph; {key: Future} for every

@@ -13,7 +13,9 @@ from functools import partial
 
 import dask
 import dask.array as da
+import dask.dataframe as dd
 import msgpack
+import pandas as pd
 import pytest
 import yaml
 from dask.sizeof import sizeof
@@ -78,6 +80,13 @@ def test_normalize_collection_puts_held_futures_in_place_of_their_tasks(c, tmp_p
     assert all(k in graph and type(graph[k]).__name__ == "Future"
                for k in persisted.__dask_keys__())
     assert c.compute(normal).result() == sum(range(1, 21))
+
+    # a dataframe is rebuilt from its lowered expression, under other keys
+    df = dd.from_pandas(pd.DataFrame({"x": range(100)}), npartitions=4)
+    kept = c.persist(df.x + 1)
+    with pytest.raises(TypeError, match="same keys"):
+        c.normalize_collection((df.x + 1).sum())
+    del kept
 
 
 def test_asynchronous_says_how_the_client_was_made(pc, c):
