@@ -1726,7 +1726,8 @@ class SchedulerState:
             tb = "... (truncated)" + tb[-self.max_error_text:]
         ts.error = {"type": msg.get("type", "Exception"), "text": text,
                     "exception": msg.get("exception"), "traceback": msg.get("traceback"),
-                    "traceback_text": tb, "origin": ts.key, "worker": ws.address}
+                    "traceback_text": tb, "chain": msg.get("chain"), "origin": ts.key,
+                    "worker": ws.address}
         self.transitions({ts.key: ERRED})
         self.fill_workers()
 
