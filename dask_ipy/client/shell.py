@@ -218,14 +218,18 @@ class ClientShell:
     def cancel(self, states, keys, force=False):
         """Cancel ``keys`` here at once; a concurrent.futures.Future answered once
         the scheduler has cancelled them too."""
-        fut = cf.Future()
-        self._call(self.state.cancel, states, keys, force, fut)
-        self._wake_loop()
-        return fut
+        return self._ask(self.state.cancel, states, keys, force)
 
     def retry(self, keys):
-        self._call(self.state.retry, keys)
+        """Make erred ``keys`` pending here at once; a concurrent.futures.Future
+        answered once the scheduler has them again."""
+        return self._ask(self.state.retry, keys)
+
+    def _ask(self, method, *args):
+        fut = cf.Future()
+        self._call(method, *args, fut)
         self._wake_loop()
+        return fut
 
     # ---------------------------------------------------------------- messages
 

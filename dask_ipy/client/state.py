@@ -409,17 +409,19 @@ class ClientState:
         self.unconfirmed.difference_update(keys)
         return out + self.request({"op": "cancel", "keys": keys, "force": force}, token)
 
-    def retry(self, keys):
+    def retry(self, keys, token):
         """The user computes erred keys again: they are pending until the scheduler
-        reports them (it reports every key asked for once it ends)."""
-        out = []
+        reports them (it reports every key asked for once it ends).  ``token`` is
+        answered once the scheduler has them again."""
+        out = self.request({"op": "retry", "keys": list(keys)}, token)
+        if out:                     # refused: closed, or the scheduler out of reach
+            return out
         for key in keys:
             st = self.futures.get(key)
             if st is not None and st.status == ERROR:
                 st.status = PENDING
                 st.error = None
                 out.append(Reset(st))
-        self._queue({"op": "retry", "keys": list(keys)})
         return out
 
     # ------------------------------------------------------------ the connection

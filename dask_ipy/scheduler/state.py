@@ -2006,6 +2006,7 @@ class SchedulerState:
         for key in msg["keys"]:
             if key not in closure:
                 self._report(cid, key)
+        self._reply(cid, msg, None)
 
     def _on_cancel(self, cid, msg):
         """A client gives up keys: its Futures of them, and of every result that
