@@ -16,7 +16,9 @@ one answer it gets: "withdrawn", or the grant that crossed the withdraw.  A late
 is released at once (acquire returns False), a late value is returned (an item never
 vanishes).  An interrupted wait (KeyboardInterrupt, a cancelled coroutine) withdraws
 too, releases a lease it may have been given, and gives queue items taken for it
-back to the front of their queue.
+back to the front of their queue.  A client that closes withdraws its waiting
+requests first and reads their answers (`ClientState.begin_close`): a get then has
+the item that was on its way, if any.
 
 Without ``client=`` an object uses `get_client`'s client when first used: the default
 client, or inside a task the worker's client, which is also what an object passed to
@@ -125,6 +127,7 @@ class _Named:
                 token.add_done_callback(lambda t: _abandoned(t, abandon))
             raise
         if answer == WITHDRAWN:
+            shell.check_open()                 # withdrawn as the client closed
             return False, None
         return True, _checked(answer)
 

@@ -347,3 +347,39 @@ def test_a_get_parked_when_its_client_closes_takes_nothing(pc, c, batch):
     assert [type(e) for e in errors] == [RuntimeError]
     q.put(3)
     assert q.get(batch=3 if batch else 1, timeout=10) == ([1, 2, 3] if batch else [3])
+
+
+def hold_scheduler(path, seconds):
+    """For run_on_scheduler: keep the scheduler's I/O thread busy a while."""
+    open(path, "w").close()
+    time.sleep(seconds)
+
+
+def test_an_item_on_its_way_to_a_client_that_closes_is_not_lost(pc, c, tmp_path):
+    """While the scheduler is busy, a put is on its way to a parked get of a client
+    that then closes: that get still has the item."""
+    name = unique("q")
+    other = Client(pc.file, set_as_default=False)
+    got, errors = [], []
+
+    def run(fn, *args):
+        try:
+            got.append(fn(*args))
+        except Exception as e:
+            errors.append(e)
+    getting = threading.Thread(target=run, args=(Queue(name, client=other).get,))
+    getting.start()
+    wait_for(lambda: c.run_on_scheduler(parked_gets, name), message="the parked get")
+    busy = tmp_path / "busy"
+    holding = threading.Thread(target=c.run_on_scheduler,
+                               args=(hold_scheduler, str(busy), 1.0))
+    holding.start()
+    wait_for(busy.exists, message="the scheduler to be busy")
+    # Both go out before the scheduler reads them: the put first.
+    putting = threading.Thread(target=run, args=(Queue(name, client=other).put, 1))
+    putting.start()
+    time.sleep(0.1)
+    other.close()
+    for thread in (holding, putting, getting):
+        thread.join(10)
+    assert 1 in got, errors
