@@ -2,16 +2,19 @@
 task's exception from a worker (or the scheduler) to the client.
 
     worker: error_payload(exc, tb) ─▶ {"type", "text", "exception", "traceback",
-                                        "traceback_text"}   (pickles travel opaque)
+                                        "traceback_text", "chain" (if chained)}
+                                                            (pickles travel opaque)
     scheduler: error_info(kind, text, key) ─▶ {"type", "text", "key"}   (text only)
         ──▶ client: rebuild_error(record) ─▶ (exception, traceback)
 
 The record is plain data: the scheduler keeps it and forwards it without opening the
 pickles inside.  The worker sends an exception that pickle cannot rebuild (its
 ``__init__`` takes other arguments than its ``args``) as its class, args and
-attributes.  The client raises the original exception type with the remote
-traceback; when the exception does not unpickle there (its class cannot be imported),
-a type of `ERROR_TYPES` by name, else `RemoteError` with the remote traceback as text.
+attributes.  The exceptions chained to it (``__cause__``, ``__context__``), which
+pickle leaves out, go as records of their own in its ``"chain"``.  The client raises
+the original exception type with the remote traceback; when the exception does not
+unpickle there (its class cannot be imported), a type of `ERROR_TYPES` by name, else
+`RemoteError` with the remote traceback as text.
 """
 
 from __future__ import annotations
@@ -183,8 +186,12 @@ def error_payload(exc, tb):
         traceback = serialize(_traceback_dict(tb)) if tb is not None else None
     except Exception:
         traceback = None
-    return {"type": type(exc).__name__, "text": text, "exception": _exception_blob(exc),
-            "traceback": traceback, "traceback_text": tb_text}
+    record = {"type": type(exc).__name__, "text": text,
+              "exception": _exception_blob(exc), "traceback": traceback,
+              "traceback_text": tb_text}
+    if exc.__cause__ is not None or exc.__context__ is not None:
+        record["chain"] = _chain_records(exc)
+    return record
 
 
 MAX_TRACEBACK_FRAMES = 100
@@ -249,6 +256,44 @@ def traceback_from_dict(frames):
 
 
 MAX_EXCEPTION_BYTES = 10 * MAX_ERROR_TEXT
+MAX_CHAIN = 8     # exceptions chained to the one raised (causes, contexts) sent with it
+
+
+def _chain_records(exc):
+    """How ``exc`` is chained to the exceptions that led to it, as plain data that
+    pickle would leave out: ``[{"cause": i, "context": j, "suppress_context": bool}]``
+    for ``exc`` (first) and each exception of its chain, which the entries after the
+    first also carry as ``"type"``, ``"text"`` and ``"exception"`` (as a record's;
+    the pickles within MAX_EXCEPTION_BYTES in all); ``i``, ``j``: indexes in the
+    list, or None.  Each exception is there once (a chain that meets itself again
+    stays so), at most MAX_CHAIN besides ``exc``."""
+    chain = [exc]
+    index = {id(exc): 0}
+
+    def index_of(linked):
+        if linked is None:
+            return None
+        if id(linked) not in index:
+            if len(chain) > MAX_CHAIN:
+                return None
+            index[id(linked)] = len(chain)
+            chain.append(linked)
+        return index[id(linked)]
+
+    records = []
+    room = MAX_EXCEPTION_BYTES        # for the pickles of the chain, all together
+    for e in chain:       # grows as the loop goes: breadth first
+        record = {"cause": index_of(e.__cause__), "context": index_of(e.__context__),
+                  "suppress_context": e.__suppress_context__}
+        if records:
+            blob = _exception_blob(e)
+            if blob is not None and blob.nbytes > room:
+                blob = None
+            room -= blob.nbytes if blob is not None else 0
+            record.update(type=type(e).__name__, text=_cut(f"{type(e).__name__}: {e}"),
+                          exception=blob)
+        records.append(record)
+    return records
 
 
 def _exception_blob(exc):
@@ -268,7 +313,7 @@ def _exception_blob(exc):
 
 
 def _pickle_candidates(exc):
-    yield exc
+    yield _OwnPickle(exc)
     yield _ExceptionParts(exc, exc.args, _attributes(exc))
     yield _ExceptionParts(exc, (_cut(str(exc)),), {})
 
@@ -289,6 +334,21 @@ def _attributes(exc):
             if name not in ("__dict__", "__weakref__") and hasattr(exc, name):
                 out[name] = getattr(exc, name)
     return out
+
+
+class _OwnPickle:
+    """Pickles as ``exc``'s class says (its ``__reduce_ex__``), whatever copyreg
+    says: tblib's pickling (dask.multiprocessing installs it) would take its chain
+    and tracebacks along, and a client that cannot import one of those would lose
+    the exception itself.  The chain goes apart (`_chain_records`)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __reduce__(self):
+        return self.exc.__reduce_ex__(5)
 
 
 class _ExceptionParts:
@@ -413,6 +473,37 @@ def _build(cls, text, args):
 
 def rebuild_error(info):
     """(exception, traceback) from an error record sent by a worker or the scheduler."""
+    exc = _exception_of(info)
+    if info.get("chain"):
+        _rebuild_chain(exc, info["chain"])
+    tb = None
+    if info.get("traceback") is not None:
+        try:
+            frames = deserialize(info["traceback"])
+            restore_filenames(frames)
+            tb = traceback_from_dict(frames)
+        except Exception:
+            tb = None
+    return exc, tb
+
+
+def _rebuild_chain(exc, chain):
+    """Link ``exc`` to the exceptions of its chain again (`_chain_records`); one
+    that does not unpickle here is a type of `ERROR_TYPES` or `RemoteError`."""
+    built = [exc] + [_exception_of(record) for record in chain[1:]]
+
+    def at(i):
+        return built[i] if isinstance(i, int) and 0 <= i < len(built) else None
+
+    for e, record in zip(built, chain):
+        e.__cause__ = at(record.get("cause"))
+        e.__context__ = at(record.get("context"))
+        e.__suppress_context__ = bool(record.get("suppress_context"))
+
+
+def _exception_of(info):
+    """The exception of an error record: its own, unpickled, else one built from
+    its type's name and its text."""
     exc = None
     if info.get("exception") is not None:
         try:
@@ -431,12 +522,4 @@ def rebuild_error(info):
         if cls is RemoteError and info.get("traceback_text"):
             text = f"{text}\n\nRemote traceback:\n{info['traceback_text']}"
         exc = _build(cls, text, info.get("args"))
-    tb = None
-    if info.get("traceback") is not None:
-        try:
-            frames = deserialize(info["traceback"])
-            restore_filenames(frames)
-            tb = traceback_from_dict(frames)
-        except Exception:
-            tb = None
-    return exc, tb
+    return exc

@@ -114,7 +114,7 @@ KINDS = {
         "fire-and-forget": "run these keys to their end even once no client wants "
                            "them, then forget them (fire_and_forget)",
         "retry": "compute these erred keys again, with the erred inputs they erred "
-                 "from (Client.retry)",
+                 "from (Client.retry); answered once they are waiting again",
         "cancel": "cancel these keys",
         "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
                   "ones may come through the relay; 'unwanted': streams given up; "
@@ -131,8 +131,9 @@ KINDS = {
         "coordinate": "a request about a named Variable, Queue, Lock, Semaphore, "
                       "Event or MultiLock ('what'); it may wait on the scheduler for "
                       "its answer (scheduler/coordination.py)",
-        "withdraw": "give up a 'coordinate' request still waiting (its timeout): it "
-                    "is answered as withdrawn, unless it was answered already",
+        "withdraw": "give up a 'coordinate' request still waiting (its timeout, an "
+                    "interrupt, the client closing): it is answered as withdrawn, "
+                    "unless it was answered already",
         "monitor": "start or stop monitor snapshots",
         "restart": "forget every task and drop all data",
         "register-worker-plugin": "keep a worker plugin and set it up on every worker",

@@ -12,11 +12,14 @@
            or a signal; crashed): its files are removed and a new worker starts,
            as `restart_delay` says
 
-A worker that was up is always started again: at once, or after a wait that grows
-while its deaths come quickly (a task that kills every worker it lands on ends in
-KilledWorker at the scheduler after its allowed failures; the workers stay).  One that
-exits before it ever registered (bad arguments, an import that fails) is tried again
-a few times, and then the supervisor gives up, naming its exit code and last lines.
+A worker that was up is started again: at once, or after a wait that grows while its
+deaths come quickly (a task that kills every worker it lands on ends in KilledWorker
+at the scheduler after its allowed failures; the workers stay).  Only one that dies
+soon after registering, again and again (a broken worker plugin, tasks that kill
+every worker they land on), is given up on.  One that exits before it ever registered
+(bad arguments, an import that fails) is tried again a few times, and then given up
+on.  Giving up names the last exit code (or signal) and the worker's last lines on
+stderr, and ends the supervisor with an error.
 
 The worker itself stops a runaway task first (it tells the scheduler which task ran
 and how much memory it reached, then exits: see worker/monitor.py); this process is
@@ -48,20 +51,27 @@ HARD_GRACE = 0.2          # after this many seconds: a few of the worker's own m
 RESTART_WINDOW = 60.0     # restarts within this many seconds make the next one wait
 BACKOFF = 0.5             # ... this long for the second, twice as long for each next,
 MAX_BACKOFF = 10.0        # up to this
+QUICK_DEATH = 30.0        # a worker that dies within this many seconds of registering,
+GIVE_UP_DEATHS = 5        # this many times
+GIVE_UP_WINDOW = 300.0    # within this many seconds, is given up on
 START_RETRIES = 3         # a worker that exits before registering is started again
 START_BACKOFF = 1.0       # this many times, after 1, 2, 4 s
 STDERR_LINES = 5          # lines of a worker's stderr kept for the give-up message
 
 
-def restart_delay(ready, recent, failed_starts):
+def restart_delay(ready, recent, failed_starts, quick_deaths):
     """Seconds to wait before starting a new worker after one exited with an error,
     or None to give up.  ``ready``: it had registered with its scheduler; ``recent``:
     restarts within the last RESTART_WINDOW seconds; ``failed_starts``: workers in a
-    row that exited before registering, this one included."""
+    row that exited before registering, this one included; ``quick_deaths``: workers
+    that died within QUICK_DEATH seconds of registering in the last GIVE_UP_WINDOW
+    seconds, this one included."""
     if not ready:
         if failed_starts > START_RETRIES:
             return None
         return START_BACKOFF * 2 ** (failed_starts - 1)
+    if quick_deaths >= GIVE_UP_DEATHS:
+        return None
     if not recent:
         return 0.0
     return min(BACKOFF * 2 ** (recent - 1), MAX_BACKOFF)
@@ -89,7 +99,8 @@ class Supervisor:
         self.stopping = threading.Event()
         self.restarts = []        # when workers were started again (monotonic)
         self.failed_starts = 0    # workers in a row that exited before registering
-        self.ready = False        # the worker running now has registered
+        self.quick_deaths = []    # when workers died soon after registering (monotonic)
+        self.registered = None    # when the worker running now registered (monotonic)
         self.stderr_tail = collections.deque(maxlen=STDERR_LINES)
 
     def run(self):
@@ -100,14 +111,20 @@ class Supervisor:
                 if self.stopping.is_set() or code == 0:
                     return 0
                 now = time.monotonic()
+                ready = self.registered is not None
                 self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
-                self.failed_starts = 0 if self.ready else self.failed_starts + 1
-                delay = restart_delay(self.ready, len(self.restarts), self.failed_starts)
+                self.failed_starts = 0 if ready else self.failed_starts + 1
+                if ready and now - self.registered < QUICK_DEATH:
+                    self.quick_deaths.append(now)
+                self.quick_deaths = [t for t in self.quick_deaths
+                                     if now - t < GIVE_UP_WINDOW]
+                delay = restart_delay(ready, len(self.restarts), self.failed_starts,
+                                      len(self.quick_deaths))
                 if delay is None:
                     self._say(self._giving_up(code, reason))
                     return code if code > 0 else 1
                 self._say(f"worker exited ({reason}, code {code}"
-                          f"{'' if self.ready else ', before registering'}); starting "
+                          f"{'' if ready else ', before registering'}); starting "
                           f"a new one{f' in {delay:g} s' if delay else ''}")
                 if self.stopping.wait(delay):
                     return 0
@@ -116,8 +133,13 @@ class Supervisor:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def _giving_up(self, code, reason):
-        text = (f"worker exited ({reason}, code {code}) before registering with its "
-                f"scheduler, {self.failed_starts} times in a row; giving up")
+        if self.registered is None:
+            how = (f"before registering with its scheduler, {self.failed_starts} times "
+                   f"in a row")
+        else:
+            how = (f"within {QUICK_DEATH:g} s of registering with its scheduler, "
+                   f"{len(self.quick_deaths)} times in {GIVE_UP_WINDOW:g} s")
+        text = f"worker exited ({reason}, code {code}) {how}; giving up"
         if self.stderr_tail:
             text += "; its last lines on stderr:\n" + "\n".join(
                 f"    {line.rstrip()}" for line in self.stderr_tail)
@@ -137,7 +159,7 @@ class Supervisor:
 
     def _run_once(self):
         self.limit = None
-        self.ready = False
+        self.registered = None
         self.stderr_tail.clear()
         self.proc = proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -194,8 +216,8 @@ class Supervisor:
         for line in stdout:
             name, sep, value = line.partition(":")
             name = name.strip() if sep else None
-            if name == "registered":
-                self.ready = True
+            if name == "registered" and self.registered is None:
+                self.registered = time.monotonic()
             elif name in ("memory_limit", "memory_terminate"):
                 try:
                     number = float(value.strip())

@@ -412,6 +412,14 @@ def raise_needs_two():
     raise NeedsTwo(1, 2)
 
 
+def raise_chained():
+    """NeedsTwo(3, 4) raised from a KeyError while handling NeedsTwo(1, 2)."""
+    try:
+        raise NeedsTwo(1, 2)
+    except NeedsTwo:
+        raise NeedsTwo(3, 4) from KeyError("b")
+
+
 def raise_keyword_only():
     raise KeywordOnly(code=3)
 

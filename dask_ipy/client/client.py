@@ -45,7 +45,7 @@ from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
 from .shell import ClientShell
 from .state import FINISHED
-from .waits import Answer, done, run_async, run_blocking, then
+from .waits import Answer, run_async, run_blocking, then
 
 
 def _pack_futures(obj, values):
@@ -63,9 +63,14 @@ def _acknowledged(fut):
     """Wait for the scheduler's acknowledgement ``fut``; a scheduler out of reach (or
     a closed client) has nothing left to cancel."""
     try:
-        yield Answer(fut, None, "'cancel' from the scheduler")
+        yield from _answer(fut, "'cancel'")
     except (SchedulerLost, RuntimeError):
         pass
+
+
+def _answer(fut, op):
+    """Wait for the scheduler's answer ``fut`` to ``op``."""
+    yield Answer(fut, None, f"{op} from the scheduler")
 
 
 def _options(extra, method, **options):
@@ -607,9 +612,10 @@ class Client(ClusterMethods, ObserveMethods):
         return self._load(task["spec"]), values
 
     def retry(self, futures):
-        """Compute erred Futures again, with the erred inputs they erred from."""
-        self.shell.retry([f.key for f in futures_in(futures)])
-        return self.run_op(done())
+        """Compute erred Futures again, with the erred inputs they erred from;
+        returns (or, awaited, ends) once the scheduler has them again."""
+        answer = self.shell.retry([f.key for f in futures_in(futures)])
+        return self.run_op(_answer(answer, "'retry'"))
 
     def futures_of(self, futures):
         """`futures_of` (the Futures in a structure or behind dask collections);

@@ -15,8 +15,10 @@ timeout is counted here.  On timeout the client withdraws the request, then read
 one answer it gets: "withdrawn", or the grant that crossed the withdraw.  A late lease
 is released at once (acquire returns False), a late value is returned (an item never
 vanishes).  An interrupted wait (KeyboardInterrupt, a cancelled coroutine) withdraws
-too and releases a lease it may have been given (a queue item taken for an
-interrupted get is lost, as in dask.distributed).
+too, releases a lease it may have been given, and gives queue items taken for it
+back to the front of their queue.  A client that closes withdraws its waiting
+requests first and reads their answers (`ClientState.begin_close`): a get then has
+the item that was on its way, if any.
 
 Without ``client=`` an object uses `get_client`'s client when first used: the default
 client, or inside a task the worker's client, which is also what an object passed to
@@ -58,7 +60,7 @@ def _abandoned(token, undo):
     """The answer to a request its caller gave up on (interrupted): a grant is
     undone."""
     if token.exception() is None and _granted(token.result()):
-        undo()
+        undo(token.result())
 
 
 def _packed(value):
@@ -92,12 +94,13 @@ class _Named:
     def _run(self, op):
         return self.client.run_op(op)
 
-    def _waiting_op(self, what, timeout, undo=None, **fields):
+    def _waiting_op(self, what, timeout, undo=None, abandon=None, **fields):
         """Ask, the request parked on the scheduler until it can be answered:
         (True, the answer), or (False, None) once ``timeout`` seconds passed and it
-        was withdrawn.  ``undo()``: what to do with a grant that comes after its
-        caller gave up (timed out, or was interrupted); without it, a grant that
-        crossed the withdraw of a timeout is the answer."""
+        was withdrawn.  ``undo(answer)``: what to do with a grant that comes after
+        its caller gave up (timed out, or was interrupted); without it, a grant that
+        crossed the withdraw of a timeout is the answer.  ``abandon(answer)``: what
+        to do with one that comes after its caller was interrupted, if not undo."""
         shell = self.client.shell
         shell.check_open()
         timeout = _seconds(timeout)
@@ -115,14 +118,16 @@ class _Named:
             # The one answer the request gets: "withdrawn", or a grant on its way.
             answer = yield Answer(token, None, text)
             if undo is not None and _granted(answer):
-                undo()
+                undo(answer)
                 return False, None
         except BaseException:
             shell.send(withdraw)
-            if undo is not None:
-                token.add_done_callback(lambda t: _abandoned(t, undo))
+            abandon = abandon or undo
+            if abandon is not None:
+                token.add_done_callback(lambda t: _abandoned(t, abandon))
             raise
         if answer == WITHDRAWN:
+            shell.check_open()                 # withdrawn as the client closed
             return False, None
         return True, _checked(answer)
 
@@ -210,12 +215,29 @@ class Queue(_Named):
 
     def _get_op(self, timeout, batch):
         got, answer = yield from self._waiting_op("queue-get", timeout,
+                                                  abandon=self._give_back,
                                                   maxsize=self.maxsize, batch=batch)
         if not got:
             raise TimeoutError(f"queue {self.name!r} had no item within {timeout} s")
         if "items" in answer:
             return [load(blob, self.client) for blob in answer["items"]]
         return load(answer["data"], self.client)
+
+    def _give_back(self, answer):
+        """Items taken for a get whose caller was interrupted go back to the front of
+        the queue; the keys of their Futures held here until the queue holds them
+        again (then let go, unless a Future here holds them)."""
+        if "items" in answer:
+            items = [{"data": data, "keys": keys}
+                     for data, keys in zip(answer["items"], answer["keys"])]
+        else:
+            items = [{"data": answer["data"], "keys": answer["keys"]}]
+        keys = [key for item in items for key in item["keys"]]
+        shell = self.client.shell
+        shell.hold_many(keys)
+        shell.request_future(self._message("queue-unget", maxsize=self.maxsize,
+                                           items=items))
+        shell.drop(keys)
 
     def qsize(self, **kwargs):
         return self._run(self._request_op("queue-size"))
@@ -244,7 +266,7 @@ class Semaphore(_Held, _Named):
     def _acquire_op(self, timeout):
         lease = uuid.uuid4().hex
         got, _ = yield from self._waiting_op(
-            "acquire", timeout, undo=lambda: self._release_lease(lease),
+            "acquire", timeout, undo=lambda _: self._release_lease(lease),
             kind=self.kind, max_leases=self.max_leases, lease=lease)
         if got:
             self._leases.append(lease)
@@ -350,7 +372,7 @@ class MultiLock(_Held, _Named):
     def _acquire_op(self, timeout, num_locks):
         lease = uuid.uuid4().hex
         got, _ = yield from self._waiting_op(
-            "multi-acquire", timeout, undo=lambda: self._release_lease(lease),
+            "multi-acquire", timeout, undo=lambda _: self._release_lease(lease),
             names=self.names, num_locks=num_locks or len(self.names), lease=lease)
         if got:
             self._lease = lease

@@ -59,7 +59,7 @@ from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_ex
                       take_waiters, wake, when_done)
 from .state import (Close, ClientState, Connect, Done, FINISHED, Reject, Reset, Resolve,
                     Warn)
-from .waits import Answer, Call
+from .waits import Answer, Call, KeptAnswer
 
 
 ACTOR_BATCH = 256         # actor calls to one worker in one message, at most
@@ -218,14 +218,18 @@ class ClientShell:
     def cancel(self, states, keys, force=False):
         """Cancel ``keys`` here at once; a concurrent.futures.Future answered once
         the scheduler has cancelled them too."""
-        fut = cf.Future()
-        self._call(self.state.cancel, states, keys, force, fut)
-        self._wake_loop()
-        return fut
+        return self._ask(self.state.cancel, states, keys, force)
 
     def retry(self, keys):
-        self._call(self.state.retry, keys)
+        """Make erred ``keys`` pending here at once; a concurrent.futures.Future
+        answered once the scheduler has them again."""
+        return self._ask(self.state.retry, keys)
+
+    def _ask(self, method, *args):
+        fut = cf.Future()
+        self._call(method, *args, fut)
         self._wake_loop()
+        return fut
 
     # ---------------------------------------------------------------- messages
 
@@ -674,8 +678,20 @@ class ClientShell:
             return self.state.begin_close()
 
     def finish_close_op(self, timeout=5):
-        """Send the last word, stop the I/O thread (not waited for from itself), then
-        cancel pending keys and wake threads still waiting for an answer."""
+        """Wait for the answers to the withdrawn waits (`ClientState.begin_close`),
+        send the last word, stop the I/O thread (neither waited for from itself),
+        then cancel pending keys and wake threads still waiting for an answer."""
+        if self.loop.running and not self.loop.in_loop():
+            deadline = time.monotonic() + timeout
+            with LOCK:
+                waits = self.state.unanswered_waits()
+            self._wake_loop()                   # the withdraws go out
+            for token in waits:
+                try:
+                    yield KeptAnswer(token, _remaining(deadline), "a withdrawn wait")
+                except Exception:           # its own caller reads what it was
+                    pass
+
         def bye():
             self._flush()
             for address in list(self.actor_sockets):

@@ -45,6 +45,8 @@ State, documented once:
     futures:    {key: FutureState}     keys held by Futures (or by a running `get`)
     refcount:   {key: int}             how many hold each of them
     requests:   {request_id: token}    requests waiting for their answer
+    waits:      {request_id}           those of them that may be parked on the
+                                       scheduler (Lock, Queue...: "coordinate")
     scatters:   {request_id: ({key not stored yet}, token)}
     releases:   [key]                  keys nobody holds any more, not yet told: they
                                        leave as one message, in their place among the
@@ -208,6 +210,7 @@ class ClientState:
         self.futures = {}
         self.refcount = {}
         self.requests = {}
+        self.waits = set()
         self.scatters = {}
         self.releases = []
         self.outbox = [self._options()]
@@ -309,6 +312,8 @@ class ClientState:
         if self.lost and msg["op"] != "register-client":
             return [Reject(token, SchedulerLost(f"not connected to {self.address}"))]
         self.requests[WELCOME if welcome else msg["request_id"]] = token
+        if msg["op"] == "coordinate":
+            self.waits.add(msg["request_id"])
         self._queue(msg)
         return []
 
@@ -409,17 +414,19 @@ class ClientState:
         self.unconfirmed.difference_update(keys)
         return out + self.request({"op": "cancel", "keys": keys, "force": force}, token)
 
-    def retry(self, keys):
+    def retry(self, keys, token):
         """The user computes erred keys again: they are pending until the scheduler
-        reports them (it reports every key asked for once it ends)."""
-        out = []
+        reports them (it reports every key asked for once it ends).  ``token`` is
+        answered once the scheduler has them again."""
+        out = self.request({"op": "retry", "keys": list(keys)}, token)
+        if out:                     # refused: closed, or the scheduler out of reach
+            return out
         for key in keys:
             st = self.futures.get(key)
             if st is not None and st.status == ERROR:
                 st.status = PENDING
                 st.error = None
                 out.append(Reset(st))
-        self._queue({"op": "retry", "keys": list(keys)})
         return out
 
     # ------------------------------------------------------------ the connection
@@ -472,6 +479,7 @@ class ClientState:
             if not st.done():
                 st.error = {"type": "SchedulerLost", "text": reason}
                 out += self._set(st, LOST)
+        self.waits.clear()
         for rid, token in list(self.requests.items()):
             if rid == WELCOME:
                 continue
@@ -483,12 +491,21 @@ class ClientState:
         return out
 
     def begin_close(self):
-        """Closing: False if it already was.  A last message tells the scheduler."""
+        """Closing: False if it already was.  A last message tells the scheduler;
+        before it, requests that may be parked there are withdrawn, so that each
+        gets its one answer (withdrawn, or a grant already on its way, such as a
+        queue item, which is then not lost with the connection)."""
         if self.status == "closed":
             return False
         self.status = "closed"
+        for rid in sorted(self.waits):
+            self._queue({"op": "withdraw", "request": rid})
         self._queue({"op": "close-client"})
         return True
+
+    def unanswered_waits(self):
+        """The tokens of the requests that may be parked on the scheduler."""
+        return [self.requests[rid] for rid in sorted(self.waits)]
 
     def closed(self):
         """Closed and the connection gone: pending keys are cancelled and every
@@ -605,6 +622,7 @@ class ClientState:
         return out
 
     def _answer(self, rid, value):
+        self.waits.discard(rid)
         token = self.requests.pop(rid, None)
         return [] if token is None else [Resolve(token, value)]
 
@@ -713,6 +731,7 @@ class ClientState:
             assert st.status in (PENDING, FINISHED, ERROR, CANCELLED, LOST), st
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
         assert set(self.gathers) <= set(self.requests), "a gather without its request"
+        assert self.waits <= set(self.requests), "a wait without its request"
         assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
         assert self.kept == sum(st.data is not None for st in self.futures.values())
         assert self.kept <= MAX_KEPT

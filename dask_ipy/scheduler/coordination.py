@@ -12,7 +12,8 @@ sends "withdraw", and the parked request is answered ``WITHDRAWN`` instead.  Mes
 of one client arrive in order, so a withdraw either finds the request parked or comes
 after it was granted; the client then waits for the one answer its request will get,
 and knows which happened.  So a grant that crosses a withdraw is never lost: the
-client releases a lease granted too late, keeps a value taken too late.
+client releases a lease granted too late, keeps a value taken too late, and gives
+back ("queue-unget") queue items taken for a caller that was interrupted.
 
 Values are opaque blobs (the scheduler never unpickles them) with the keys of the
 Futures inside.  A stored value keeps those keys alive with a holder of its own
@@ -120,6 +121,14 @@ class EventState:
     def __init__(self):
         self.is_set = False
         self.waiters = []          # [Parked]
+
+
+def _taken(values, batch):
+    """The answer to a queue get: the items, and the keys of the Futures in each
+    (for a client that gives them back)."""
+    if batch:
+        return {"items": [v.data for v in values], "keys": [v.keys for v in values]}
+    return {"data": values[0].data, "keys": values[0].keys}
 
 
 class Coordination:
@@ -296,13 +305,23 @@ class Coordination:
             values = list(q.items)
             q.items.clear()
             self._give(cid, values)
-            self._reply(cid, msg, {"items": [v.data for v in values]})
+            self._reply(cid, msg, _taken(values, True))
             self._serve_queue(name)
             return
         need = 1 if batch is False else int(batch)
         p = Parked(cid, msg["request_id"], "get", name, need=need, batch=batch is not False)
         self._park(p, q.getters)
         self._serve_queue(name)
+
+    def _queue_unget(self, cid, msg):
+        """Items a client was given for a get its caller gave up on (interrupted)
+        go back to the front of their queue, in their order; room or not."""
+        name = msg["name"]
+        q = self._queue(msg)
+        q.items.extendleft(reversed([self._stored("queue", name, item)
+                                     for item in msg["items"]]))
+        self._serve_queue(name)
+        self._reply(cid, msg, True)
 
     def _queue_size(self, cid, msg):
         q = self.queues.get(msg["name"])
@@ -323,9 +342,7 @@ class Coordination:
                     q.getters.popleft()
                     del self.parked[p.id]
                     self._give(p.cid, p.taken)
-                    data = [v.data for v in p.taken]
-                    self._out.append(Reply(p.cid, p.rid, {"items": data} if p.batch
-                                           else {"data": data[0]}))
+                    self._out.append(Reply(p.cid, p.rid, _taken(p.taken, p.batch)))
             while q.putters and (not q.maxsize or len(q.items) < q.maxsize):
                 p = q.putters.popleft()
                 del self.parked[p.id]
@@ -475,6 +492,7 @@ class Coordination:
         "queue-put": _queue_put,
         "queue-get": _queue_get,
         "queue-size": _queue_size,
+        "queue-unget": _queue_unget,
         "acquire": _acquire,
         "release": _release,
         "semaphore-value": _semaphore_value,

@@ -1726,7 +1726,8 @@ class SchedulerState:
             tb = "... (truncated)" + tb[-self.max_error_text:]
         ts.error = {"type": msg.get("type", "Exception"), "text": text,
                     "exception": msg.get("exception"), "traceback": msg.get("traceback"),
-                    "traceback_text": tb, "origin": ts.key, "worker": ws.address}
+                    "traceback_text": tb, "chain": msg.get("chain"), "origin": ts.key,
+                    "worker": ws.address}
         self.transitions({ts.key: ERRED})
         self.fill_workers()
 
@@ -2005,6 +2006,7 @@ class SchedulerState:
         for key in msg["keys"]:
             if key not in closure:
                 self._report(cid, key)
+        self._reply(cid, msg, None)
 
     def _on_cancel(self, cid, msg):
         """A client gives up keys: its Futures of them, and of every result that

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 
 import psutil
@@ -13,6 +14,7 @@ import pytest
 
 from helpers import ROOT, die, kill_tree, read_info, wait_for
 from dask_ipy import Client, KilledWorker
+from dask_ipy.plugins import WorkerPlugin
 from dask_ipy.cli import log_path, parse_args, ready_lines
 from dask_ipy.bootstrap import scheduler_argv, spawn_scheduler
 from dask_ipy.security import Security
@@ -147,6 +149,39 @@ def test_a_worker_that_cannot_start_is_given_up_on_with_its_error(tmp_path):
                            "scheduler, 4 times in a row; giving up; its last lines "
                            "on stderr:\n")
     assert f"no connection file {missing!r}" in last
+
+
+class KillsItsWorker(WorkerPlugin):
+    """A broken plugin: every worker that sets it up dies soon after (once the
+    scheduler has welcomed it)."""
+
+    name = "kills-its-worker"
+
+    def setup(self, worker):
+        def kill():
+            print(f"plugin kills worker {os.getpid()}", file=sys.stderr, flush=True)
+            os._exit(3)
+        threading.Timer(0.5, kill).start()
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_keeps_dying_soon_after_registering_is_given_up_on(tmp_path):
+    path = str(tmp_path / "scheduler.json")
+    with running("scheduler", "--connection-file", path, "--idle-timeout", "60"):
+        with Client(path, set_as_default=False) as c:
+            c.register_plugin(KillsItsWorker())
+            r = subprocess.run(command() + ["worker", path], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=100)
+            c.shutdown()
+    assert r.returncode == 3
+    # A single death is restarted at once; the next ones after 0.5, 1 and 2 s.
+    assert r.stderr.count("supervisor: worker exited (error, code 3); starting a new "
+                          "one") == 4
+    *_, last = r.stderr.rstrip().split("supervisor: ")
+    assert last.startswith("worker exited (error, code 3) within 30 s of registering "
+                           "with its scheduler, 5 times in 300 s; giving up; its last "
+                           "lines on stderr:\n"), last
+    assert "plugin kills worker" in last
 
 
 def test_spawned_scheduler_takes_key_from_stdin_and_logs_to_a_file(tmp_path):

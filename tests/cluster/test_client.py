@@ -10,7 +10,8 @@ import pytest
 
 from helpers import (Boom, KeywordOnly, NeedsTwo, SlotsOnly, Unpicklable, add,
                      count_lines, fail, fail_deeply, fail_until, identity, inc,
-                     log_worker_event, make_unpicklable, pid, raise_keyword_only,
+                     log_worker_event, make_unpicklable, pid, raise_chained,
+                     raise_keyword_only,
                      raise_needs_two, raise_slots_only, record, recurse, slow_inc, total,
                      wait_for, type_name, wait_for_file, worker_keys)
 import dask_ipy
@@ -286,6 +287,19 @@ def test_an_exception_pickle_cannot_rebuild_keeps_its_type(c, fn, cls, text):
     assert fn.__name__ in "".join(traceback.format_exception(info.value))
     with pytest.raises(cls, match=text):
         c.submit(inc, f).result(timeout=10)
+
+
+def test_an_exception_keeps_its_cause_and_context(c):
+    """Pickle leaves out ``__cause__`` and ``__context__``; NeedsTwo pickle cannot
+    rebuild at all."""
+    e = c.submit(raise_chained).exception(timeout=10)
+    assert (type(e), str(e), e.total) == (NeedsTwo, "3 and 4", 7)
+    assert (type(e.__cause__), str(e.__cause__)) == (KeyError, "'b'")
+    assert (type(e.__context__), str(e.__context__)) == (NeedsTwo, "1 and 2")
+    assert e.__context__.total == 3 and e.__suppress_context__
+    assert e.__cause__.__cause__ is None and e.__context__.__context__ is None
+    shown = "".join(traceback.format_exception(e))
+    assert "KeyError: 'b'\n\nThe above exception was the direct cause" in shown
 
 
 def test_an_exception_class_sent_by_value_keeps_its_type(c):

@@ -8,6 +8,7 @@ host's monotonic one), never from sleeps."""
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -228,6 +229,7 @@ def test_timeouts_and_a_withdrawn_acquire_never_takes_the_lock(c):
 
 HOLD_AND_BLOCK = """
 import sys
+import threading
 from dask_ipy import Client, Lock
 c = Client(sys.argv[1])
 assert Lock(sys.argv[2]).acquire()
@@ -288,3 +290,96 @@ def test_the_primitives_awaited_with_an_asynchronous_client(pc, c):
     asyncio.run(main())
     # Nothing waits for the lock any more (the cancelled acquire withdrew).
     assert Lock(name).acquire(timeout=5)
+
+
+def parked_gets(name, dask_scheduler):
+    """For run_on_scheduler: how many gets of queue ``name`` wait there."""
+    q = dask_scheduler.state.coordination.queues.get(name)
+    return 0 if q is None else len(q.getters)
+
+
+def test_an_item_granted_to_an_interrupted_get_goes_back_to_the_queue(pc, c):
+    """The get is cancelled once its item is on its way (in the client, unread): the
+    item goes back to the front of the queue, its Future still alive."""
+    name = unique("q")
+
+    async def main():
+        async with Client(pc.file, asynchronous=True, set_as_default=False) as ac:
+            getting = asyncio.ensure_future(Queue(name, client=ac).get())
+            while not c.run_on_scheduler(parked_gets, name):
+                await asyncio.sleep(0.01)
+            # While this event loop is held up, the item reaches the client.
+            Queue(name, client=c).put(c.submit(inc, 1, key=f"{name}-item"))
+            wait_for(lambda: not ac.shell.state.requests, message="the item to arrive")
+            getting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await getting
+    asyncio.run(main())
+    q = Queue(name, client=c)
+    q.put("second")
+    item = q.get(timeout=10)
+    assert item.key == f"{name}-item" and item.result(timeout=10) == 2
+    assert q.get(timeout=10) == "second"
+
+
+@pytest.mark.parametrize("batch", [False, 3])
+def test_a_get_parked_when_its_client_closes_takes_nothing(pc, c, batch):
+    """What a batch held goes back to the queue; the get fails, as the client is
+    closed."""
+    name = unique("q")
+    q = Queue(name, client=c)
+    other = Client(pc.file, set_as_default=False)
+    errors = []
+
+    def get():
+        try:
+            Queue(name, client=other).get(batch=batch)
+        except Exception as e:
+            errors.append(e)
+    getting = threading.Thread(target=get)
+    getting.start()
+    wait_for(lambda: c.run_on_scheduler(parked_gets, name), message="the parked get")
+    if batch:
+        q.put(1)                               # the batch holds it
+        q.put(2)
+    other.close()
+    getting.join(10)
+    assert [type(e) for e in errors] == [RuntimeError]
+    q.put(3)
+    assert q.get(batch=3 if batch else 1, timeout=10) == ([1, 2, 3] if batch else [3])
+
+
+def hold_scheduler(path, seconds):
+    """For run_on_scheduler: keep the scheduler's I/O thread busy a while."""
+    open(path, "w").close()
+    time.sleep(seconds)
+
+
+def test_an_item_on_its_way_to_a_client_that_closes_is_not_lost(pc, c, tmp_path):
+    """While the scheduler is busy, a put is on its way to a parked get of a client
+    that then closes: that get still has the item."""
+    name = unique("q")
+    other = Client(pc.file, set_as_default=False)
+    got, errors = [], []
+
+    def run(fn, *args):
+        try:
+            got.append(fn(*args))
+        except Exception as e:
+            errors.append(e)
+    getting = threading.Thread(target=run, args=(Queue(name, client=other).get,))
+    getting.start()
+    wait_for(lambda: c.run_on_scheduler(parked_gets, name), message="the parked get")
+    busy = tmp_path / "busy"
+    holding = threading.Thread(target=c.run_on_scheduler,
+                               args=(hold_scheduler, str(busy), 1.0))
+    holding.start()
+    wait_for(busy.exists, message="the scheduler to be busy")
+    # Both go out before the scheduler reads them: the put first.
+    putting = threading.Thread(target=run, args=(Queue(name, client=other).put, 1))
+    putting.start()
+    time.sleep(0.1)
+    other.close()
+    for thread in (holding, putting, getting):
+        thread.join(10)
+    assert 1 in got, errors

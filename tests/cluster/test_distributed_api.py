@@ -4,8 +4,10 @@ and `TimeoutError`, against scheduler and worker processes."""
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import gc
 import os
+import threading
 import time
 
 import dask
@@ -110,6 +112,56 @@ def test_retry_and_a_cleared_as_completed_awaited(pc, tmp_path, gate):
             ac.clear()
             return await asyncio.wait_for(iterating, 10)
     assert asyncio.run(main()) == []
+
+
+def hold_scheduler(path, seconds):
+    """For run_on_scheduler: keep the scheduler's I/O thread busy a while."""
+    open(path, "w").close()
+    time.sleep(seconds)
+
+
+@contextlib.contextmanager
+def busy_scheduler(c, path):
+    """The scheduler reads no message for half a second from now."""
+    holding = threading.Thread(target=c.run_on_scheduler,
+                               args=(hold_scheduler, str(path), 0.5))
+    holding.start()
+    wait_for(path.exists, message="the scheduler to be busy")
+    try:
+        yield
+    finally:
+        holding.join(10)
+
+
+def test_retry_returns_once_the_scheduler_has_the_tasks_again(tmp_path, gate):
+    """Retried, a task waits for the gate: as soon as `retry` returns (or, awaited,
+    ends) it is pending on both sides, though the scheduler was busy meanwhile."""
+    with local_cluster() as (s, _, c):
+        def erred(client, name):
+            first = client.submit(fail_until, str(tmp_path / name), 2, pure=False)
+            return client.submit(wait_for_file, str(gate), value=first, pure=False)
+
+        def pending(f):
+            return s.state.tasks[f.key].state in ("waiting", "processing") and \
+                f.status == "pending"
+
+        f = erred(c, "blocking")
+        assert type(f.exception(timeout=10)) is RuntimeError
+        with busy_scheduler(c, tmp_path / "busy1"):
+            assert c.retry([f]) is None
+            assert pending(f)
+
+        async def main():
+            async with Client(s.address_to_clients, asynchronous=True) as ac:
+                g = erred(ac, "async")
+                assert type(await g.exception()) is RuntimeError
+                with busy_scheduler(c, tmp_path / "busy2"):
+                    assert await g.retry() is None
+                    assert pending(g)
+                gate.touch()
+                return await g
+        assert asyncio.run(main()) == 2
+        assert f.result(timeout=10) == 2
 
 
 # ---------------------------------------------------------------- futures_of

@@ -284,6 +284,25 @@ def test_closing_cancels_pending_keys_and_fails_every_request(cs):
     assert not cs.start()
 
 
+def test_closing_first_withdraws_what_may_wait_on_the_scheduler(cs):
+    """A get or an acquire may be parked there: withdrawn, each gets its one answer
+    (a grant already on its way among them) before the scheduler forgets us."""
+    for n, what in enumerate(["queue-get", "acquire", "queue-size"]):
+        cs.request({"op": "coordinate", "what": what}, f"t{n}")
+    cs.request({"op": "info"}, "t-info")
+    [get, acquire, size, info] = cs.take_messages()
+    cs.handle({"op": "reply", "request_id": size["request_id"], "result": 0})
+    assert cs.begin_close()
+    assert cs.take_messages() == [{"op": "withdraw", "request": get["request_id"]},
+                                  {"op": "withdraw", "request": acquire["request_id"]},
+                                  {"op": "close-client"}]
+    assert cs.unanswered_waits() == ["t0", "t1"]
+    assert step(cs, cs.handle({"op": "reply", "request_id": get["request_id"],
+                               "result": {"data": "item"}})) == [
+        Resolve("t0", {"data": "item"})]
+    assert cs.unanswered_waits() == ["t1"]
+
+
 def test_the_options_go_first_and_a_worker_paused_too_long_is_a_warning():
     cs = ClientState(ADDRESS, paused_warning=30.0)
     cs.answered(EPOCH, b"scheduler")

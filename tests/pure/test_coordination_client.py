@@ -34,9 +34,15 @@ class Shell:
     def send(self, msg):
         self.sent.append(msg)
 
+    def hold_many(self, keys):
+        self.sent.append(("hold", keys))
+
+    def drop(self, keys):
+        self.sent.append(("drop", keys))
+
     def ops(self):
         return [(m["op"], m.get("what"), m.get("request_id", m.get("request")))
-                for m in self.sent]
+                for m in self.sent if isinstance(m, dict)]
 
 
 class FakeClient:
@@ -108,6 +114,33 @@ def test_a_queue_item_that_crossed_the_withdraw_is_returned(client):
     timed_out(op)
     assert finish(op, {"data": serialize("item")}) == "item"
     assert client.shell.ops() == [("coordinate", "queue-get", 1), ("withdraw", None, 1)]
+
+
+@pytest.mark.parametrize("batch, answer, items", [
+    (False, {"data": "b1", "keys": ["x"]}, [{"data": "b1", "keys": ["x"]}]),
+    (2, {"items": ["b1", "b2"], "keys": [["x"], []]},
+     [{"data": "b1", "keys": ["x"]}, {"data": "b2", "keys": []}])])
+def test_queue_items_taken_for_an_interrupted_get_are_given_back(client, batch,
+                                                                 answer, items):
+    op = Queue("q", client=client, maxsize=3)._get_op(None, batch)
+    next(op)
+    with pytest.raises(KeyboardInterrupt):
+        op.throw(KeyboardInterrupt())
+    assert client.shell.ops() == [("coordinate", "queue-get", 1), ("withdraw", None, 1)]
+    client.shell.tokens[1].set_result(answer)                    # the items, late
+    # Back to the front of the queue, their keys held here until it holds them.
+    assert client.shell.sent[2:] == [
+        ("hold", ["x"]),
+        {"op": "coordinate", "what": "queue-unget", "name": "q", "maxsize": 3,
+         "items": items, "request_id": 2},
+        ("drop", ["x"])]
+    # Withdrawn in time: nothing to give back.
+    op = Queue("q", client=client)._get_op(None, batch)
+    next(op)
+    with pytest.raises(KeyboardInterrupt):
+        op.throw(KeyboardInterrupt())
+    client.shell.tokens[3].set_result(WITHDRAWN)
+    assert client.shell.ops()[-1] == ("withdraw", None, 3)
 
 
 def test_a_get_withdrawn_in_time_raises_timeout_error(client):

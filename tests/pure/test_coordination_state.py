@@ -78,7 +78,8 @@ def test_requests_that_must_not_wait_are_withdrawn_at_once(co):
                   wait=False) == [Want(("queue", "q", 3), ["x"]),
                                   Unwant(("queue", "q", 3), ["x"]),
                                   Reply("a", 7, WITHDRAWN)]
-    assert co.ask("a", "queue-get", name="q", wait=False) == [Reply("a", 8, {"data": 1})]
+    assert co.ask("a", "queue-get", name="q", wait=False) == [
+        Reply("a", 8, {"data": 1, "keys": []})]
     co.ask("a", "variable-delete", name="v")
     assert empty(co)
 
@@ -110,11 +111,11 @@ def test_queue_is_first_in_first_out_and_hands_items_to_waiting_getters(co):
     assert co.ask("a", "queue-put", name="q", data="one", keys=["x"]) == [
         Want(("queue", "q", 1), ["x"]), Reply("a", 1, True),
         Want("b", ["x"]), Unwant(("queue", "q", 1), ["x"]),
-        Reply("b", 1, {"data": "one"})]
+        Reply("b", 1, {"data": "one", "keys": ["x"]})]
     co.ask("a", "queue-put", name="q", data="two")
     co.ask("a", "queue-put", name="q", data="three")
     assert co.ask("a", "queue-size", name="q") == [Reply("a", 4, 1)]
-    assert co.ask("c", "queue-get", name="q") == [Reply("c", 1, {"data": "three"})]
+    assert co.ask("c", "queue-get", name="q") == [Reply("c", 1, {"data": "three", "keys": []})]
     assert empty(co)
 
 
@@ -123,7 +124,7 @@ def test_queue_maxsize_parks_putters_until_there_is_room(co):
     assert co.ask("a", "queue-put", name="q", maxsize=1, data=2, keys=["x"]) == [
         Want(("queue", "q", 2), ["x"])]                     # held while it waits
     assert co.ask("b", "queue-get", name="q") == [
-        Reply("b", 1, {"data": 1}), Reply("a", 2, True)]
+        Reply("b", 1, {"data": 1, "keys": []}), Reply("a", 2, True)]
     assert co.ask("a", "queue-size", name="q") == [Reply("a", 3, 1)]
 
 
@@ -132,7 +133,7 @@ def test_queue_put_withdrawn_lets_its_value_go(co):
     co.ask("a", "queue-put", name="q", maxsize=1, data=2, keys=["x"])
     assert co.give_up("a", 2) == [Unwant(("queue", "q", 2), ["x"]),
                                   Reply("a", 2, WITHDRAWN)]
-    assert co.ask("b", "queue-get", name="q") == [Reply("b", 1, {"data": 1})]
+    assert co.ask("b", "queue-get", name="q") == [Reply("b", 1, {"data": 1, "keys": []})]
     assert empty(co)
 
 
@@ -141,7 +142,7 @@ def test_queue_put_accepted_before_its_withdraw_stays_in_the_queue(co):
     co.ask("a", "queue-put", name="q", maxsize=1, data=2)
     co.ask("b", "queue-get", name="q")            # room: the put is answered True
     assert co.give_up("a", 2) == []
-    assert co.ask("b", "queue-get", name="q") == [Reply("b", 2, {"data": 2})]
+    assert co.ask("b", "queue-get", name="q") == [Reply("b", 2, {"data": 2, "keys": []})]
 
 
 def test_queue_get_withdrawn_loses_nothing(co):
@@ -156,22 +157,22 @@ def test_queue_item_granted_before_the_withdraw_is_the_answer(co):
     the client keeps (it does not vanish), and the withdraw changes nothing."""
     co.ask("b", "queue-get", name="q")
     assert co.ask("a", "queue-put", name="q", data="it") == [
-        Reply("a", 1, True), Reply("b", 1, {"data": "it"})]
+        Reply("a", 1, True), Reply("b", 1, {"data": "it", "keys": []})]
     assert co.give_up("b", 1) == []
     assert empty(co)
 
 
 def test_queue_batch_takes_all_now_or_waits_for_that_many(co):
-    assert co.ask("b", "queue-get", name="q", batch=True) == [Reply("b", 1, {"items": []})]
+    assert co.ask("b", "queue-get", name="q", batch=True) == [Reply("b", 1, {"items": [], "keys": []})]
     assert co.ask("b", "queue-get", name="q", batch=2) == []
     co.ask("a", "queue-put", name="q", data=1)
     assert co.queues["q"].getters[0].taken[0].data == 1
     assert co.ask("a", "queue-put", name="q", data=2) == [
-        Reply("a", 2, True), Reply("b", 2, {"items": [1, 2]})]
+        Reply("a", 2, True), Reply("b", 2, {"items": [1, 2], "keys": [[], []]})]
     for i in range(3):
         co.ask("a", "queue-put", name="q", data=i)
     assert co.ask("b", "queue-get", name="q", batch=True) == [
-        Reply("b", 3, {"items": [0, 1, 2]})]
+        Reply("b", 3, {"items": [0, 1, 2], "keys": [[], [], []]})]
 
 
 def test_queue_batch_withdrawn_puts_what_it_took_back_in_front(co):
@@ -182,8 +183,29 @@ def test_queue_batch_withdrawn_puts_what_it_took_back_in_front(co):
     # Back in the queue, in order: c, next in line, takes the first at once.
     assert co.give_up("b", 1) == [Want("c", ["x"]),
                                   Unwant(("queue", "q", 1), ["x"]),
-                                  Reply("c", 1, {"data": 1}), Reply("b", 1, WITHDRAWN)]
-    assert co.ask("c", "queue-get", name="q") == [Reply("c", 2, {"data": 2})]
+                                  Reply("c", 1, {"data": 1, "keys": ["x"]}), Reply("b", 1, WITHDRAWN)]
+    assert co.ask("c", "queue-get", name="q") == [Reply("c", 2, {"data": 2, "keys": []})]
+
+
+def test_queue_items_given_back_go_to_the_front_in_order(co):
+    """A client whose get was interrupted as the items came gives them back: the
+    next getter has them, before those put since; their keys held meanwhile."""
+    co.ask("a", "queue-put", name="q", maxsize=2, data=3)
+    co.ask("a", "queue-put", name="q", maxsize=2, data=4)
+    co.ask("a", "queue-put", name="q", maxsize=2, data=5)         # waits for room
+    assert co.ask("b", "queue-unget", name="q", maxsize=2,
+                  items=[{"data": 1, "keys": ["x"]}, {"data": 2, "keys": []}]) == [
+        Want(("queue", "q", 4), ["x"]), Reply("b", 1, True)]
+    assert co.ask("c", "queue-get", name="q", batch=True) == [
+        Want("c", ["x"]), Unwant(("queue", "q", 4), ["x"]),
+        Reply("c", 1, {"items": [1, 2, 3, 4], "keys": [["x"], [], [], []]}),
+        Reply("a", 3, True)]
+    # To an empty queue, and straight to a getter waiting there.
+    co.ask("c", "queue-get", name="q", batch=True)
+    co.ask("c", "queue-get", name="q")
+    assert co.ask("b", "queue-unget", name="q", items=[{"data": 0, "keys": []}]) == [
+        Reply("c", 3, {"data": 0, "keys": []}), Reply("b", 2, True)]
+    assert empty(co)
 
 
 def test_queue_batch_with_maxsize_takes_items_as_they_come(co):
@@ -191,7 +213,7 @@ def test_queue_batch_with_maxsize_takes_items_as_they_come(co):
     co.ask("b", "queue-get", name="q", maxsize=1, batch=3)
     for i in range(3):
         out = co.ask("a", "queue-put", name="q", maxsize=1, data=i)
-    assert out == [Reply("a", 3, True), Reply("b", 1, {"items": [0, 1, 2]})]
+    assert out == [Reply("a", 3, True), Reply("b", 1, {"items": [0, 1, 2], "keys": [[], [], []]})]
 
 
 # ---------------------------------------------------------------- Lock, Semaphore
@@ -283,7 +305,7 @@ def test_a_client_that_leaves_gives_back_what_its_batch_took(co):
     co.ask("b", "queue-put", name="q", data=1, keys=["x"])
     assert co.leave("a") == []
     assert co.ask("b", "queue-get", name="q") == [
-        Want("b", ["x"]), Unwant(("queue", "q", 1), ["x"]), Reply("b", 2, {"data": 1})]
+        Want("b", ["x"]), Unwant(("queue", "q", 1), ["x"]), Reply("b", 2, {"data": 1, "keys": ["x"]})]
 
 
 # ---------------------------------------------------------------- Event

@@ -11,8 +11,8 @@ import pytest
 from dask._task_spec import Task
 
 from helpers import KeywordOnly, NeedsTwo, SlotsOnly
-from dask_ipy.errors import (MAX_TRACEBACK_FRAMES, RemoteError, error_payload, rebuild_error,
-                             without_machinery)
+from dask_ipy.errors import (MAX_CHAIN, MAX_TRACEBACK_FRAMES, RemoteError, error_payload,
+                             rebuild_error, without_machinery)
 from dask_ipy.graph import execute
 
 pytestmark = pytest.mark.timeout(30)
@@ -94,6 +94,103 @@ def test_a_class_the_client_cannot_import_is_a_remote_error_naming_it(monkeypatc
     back, _ = rebuild_error(record)
     assert type(back) is RemoteError
     assert str(back).startswith("Gone: 1 and 2\n\nRemote traceback:")
+
+
+# ---------------------------------------------------------------- chained exceptions
+
+def caused():
+    raise ValueError("a") from KeyError("b")
+
+
+def in_handler():
+    try:
+        {}["b"]
+    except KeyError:
+        raise ValueError("a")
+
+
+def from_none():
+    try:
+        {}["b"]
+    except KeyError:
+        raise ValueError("a") from None
+
+
+def rebuilt_chain(fn):
+    try:
+        fn()
+    except ValueError as e:
+        back, _ = rebuild_error(error_payload(e, e.__traceback__))
+    return ((type(back.__cause__), str(back.__cause__)),
+            (type(back.__context__), str(back.__context__)), back.__suppress_context__)
+
+
+@pytest.fixture(params=["plain", "tblib"])
+def pickling(request, monkeypatch):
+    """Exceptions pickle as pickle does them, or as tblib's pickling does (which
+    dask.multiprocessing installs: it carries the chain, where it works)."""
+    reducer = None
+    if request.param == "tblib":
+        reducer = pytest.importorskip("tblib.pickling_support").pickle_exception
+    for cls in (ValueError, KeyError, NeedsTwo, KeywordOnly):
+        if reducer is None:
+            monkeypatch.delitem(copyreg.dispatch_table, cls, raising=False)
+        else:
+            monkeypatch.setitem(copyreg.dispatch_table, cls, reducer)
+
+
+@pytest.mark.usefixtures("pickling")
+def test_an_exception_keeps_its_cause_and_context():
+    no = (type(None), "None")
+    assert rebuilt_chain(caused) == ((KeyError, "'b'"), no, True)
+    assert rebuilt_chain(in_handler) == (no, (KeyError, "'b'"), False)
+    assert rebuilt_chain(from_none) == (no, (KeyError, "'b'"), True)
+
+
+@pytest.mark.usefixtures("pickling")
+def test_a_chain_pickle_cannot_rebuild_keeps_its_types_and_shared_links():
+    try:
+        try:
+            raise KeywordOnly(code=1)
+        except KeywordOnly as inner:
+            raise NeedsTwo(3, 4) from inner
+    except NeedsTwo as e:
+        back, _ = rebuild_error(record_of(e))
+    assert (type(back), str(back), back.total) == (NeedsTwo, "3 and 4", 7)
+    assert (type(back.__cause__), back.__cause__.code) == (KeywordOnly, 1)
+    assert back.__context__ is back.__cause__
+
+
+def test_a_chain_that_loops_or_runs_long_is_cut():
+    a, b = ValueError("a"), KeyError("b")
+    a.__context__, b.__context__ = b, a
+    back, _ = rebuild_error(record_of(a))
+    assert str(back.__context__) == "'b'" and back.__context__.__context__ is back
+    chain = ValueError(100)
+    for n in reversed(range(100)):
+        link = ValueError(n)
+        link.__cause__, chain = chain, link
+    back, _ = rebuild_error(record_of(chain))
+    texts = []
+    while back is not None:
+        texts.append(str(back))
+        back = back.__cause__
+    assert texts == [str(n) for n in range(MAX_CHAIN + 1)]
+
+
+@pytest.mark.usefixtures("pickling")
+def test_a_chained_exception_the_client_cannot_import_is_a_remote_error(monkeypatch):
+    module = types.ModuleType("gone_module")
+    exec("class Gone(Exception):\n    pass\n", vars(module))
+    monkeypatch.setitem(sys.modules, "gone_module", module)
+    try:
+        raise ValueError("a") from module.Gone("b")
+    except ValueError as e:
+        record = error_payload(e, e.__traceback__)
+    monkeypatch.delitem(sys.modules, "gone_module")
+    back, _ = rebuild_error(record)
+    assert type(back) is ValueError
+    assert (type(back.__cause__), str(back.__cause__)) == (RemoteError, "Gone: b")
 
 
 def recurse(n):

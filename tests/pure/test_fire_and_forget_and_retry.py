@@ -4,13 +4,22 @@ again), and the client's side of a retry."""
 
 import pytest
 
-from dask_ipy.client.state import ClientState, Reset
+from dask_ipy.client.state import ClientState, Reject, Reset, Resolve
+from dask_ipy.errors import SchedulerLost
 from dask_ipy.scheduler.state import FIRE_AND_FORGET
 from test_scheduler_state import (A, CHAIN, CHAIN_ORDER, compute, erred, finished, states,
                                   take)
 from test_scheduler_state import s1  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def retry(s, *keys):
+    """The scheduler's messages after a client's "retry": its reply last."""
+    s.handle_client_message("c", {"op": "retry", "keys": list(keys), "request_id": 7})
+    *out, reply = take(s)
+    assert reply == ("client", "c", {"op": "reply", "request_id": 7, "result": None})
+    return out
 
 
 def ff(s, *keys):
@@ -94,8 +103,7 @@ def test_retry_computes_an_erred_task_again(s1):
     take(s)
     out = erred(s, "w1", "x")
     assert [(kind, msg["op"]) for kind, _, msg in out] == [("client", "task-erred")]
-    s.handle_client_message("c", {"op": "retry", "keys": ["x"]})
-    assert take(s) == [("worker", "w1", compute("x", "spec-x", (0, 1, 0)))]
+    assert retry(s, "x") == [("worker", "w1", compute("x", "spec-x", (0, 1, 0)))]
     assert states(s) == {"x": "processing"}
     assert s.tasks["x"].error is None
     assert finished(s, "w1", "x") == [
@@ -111,9 +119,8 @@ def test_retry_starts_again_from_the_erred_input(s1):
     assert [(kind, msg["op"], msg.get("key")) for kind, _, msg in out] == [
         ("worker", "free-keys", None), ("client", "task-erred", "z")]
     assert states(s) == {"x": "released", "y": "erred", "z": "erred"}
-    s.handle_client_message("c", {"op": "retry", "keys": ["z"]})
     # x was released when y erred: it runs again first, then y, then z.
-    assert take(s) == [("worker", "w1", compute("x", "spec-x", (0, 1, 0)))]
+    assert retry(s, "z") == [("worker", "w1", compute("x", "spec-x", (0, 1, 0)))]
     assert states(s) == {"x": "processing", "y": "waiting", "z": "waiting"}
     finished(s, "w1", "x")
     finished(s, "w1", "y")
@@ -126,8 +133,7 @@ def test_retry_of_a_key_that_did_not_err_reports_it_again(s1):
     s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
     take(s)
     finished(s, "w1", "x")
-    s.handle_client_message("c", {"op": "retry", "keys": ["x", "gone"]})
-    out = take(s)
+    out = retry(s, "x", "gone")
     assert out[0] == ("client", "c", {"op": "key-in-memory", "key": "x", "type": "int",
                                       "nbytes": 8})
     assert out[1][:2] == ("client", "c")
@@ -146,9 +152,26 @@ def test_the_client_waits_again_on_the_keys_it_retries():
     assert (bad.status, good.status) == ("error", "finished")
     # Only the erred one is pending again; every key asked for goes to the scheduler,
     # which reports them all again.
-    assert cs.retry(["bad", "good"]) == [Reset(bad)]
+    assert cs.retry(["bad", "good"], "t") == [Reset(bad)]
     assert (bad.status, bad.error, good.status) == ("pending", None, "finished")
-    assert cs.take_messages() == [{"op": "retry", "keys": ["bad", "good"]}]
+    [msg] = cs.take_messages()
+    assert msg == {"op": "retry", "keys": ["bad", "good"],
+                   "request_id": msg["request_id"]}
     cs.validate()
+    # The scheduler answers once it has them again.
+    assert cs.handle({"op": "reply", "request_id": msg["request_id"],
+                      "result": None}) == [Resolve("t", None)]
     cs.handle({"op": "key-in-memory", "key": "bad", "type": "int"})
     assert bad.status == "finished"
+
+
+def test_a_retry_the_scheduler_cannot_hear_is_refused_and_changes_nothing():
+    cs = ClientState("tcp://10.0.0.1:5555")
+    cs.answered(b"e" * 16, b"scheduler")
+    bad = cs.hold("bad")
+    cs.handle({"op": "task-erred", "key": "bad", "type": "ValueError", "text": "no"})
+    cs.take_messages()
+    cs.disconnected("gone")
+    assert cs.retry(["bad"], "t") == [
+        Reject("t", SchedulerLost("not connected to tcp://10.0.0.1:5555"))]
+    assert bad.status == "error" and cs.take_messages() == []

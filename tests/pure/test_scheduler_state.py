@@ -334,7 +334,7 @@ def test_error_propagates_to_dependents_and_reaches_the_client(s1):
     assert out == [("client", "c", {
         "op": "task-erred", "key": "z", "type": "ZeroDivisionError", "text": "boom",
         "exception": None, "traceback": None, "traceback_text": "Traceback: boom",
-        "origin": "x", "worker": A})]
+        "chain": None, "origin": "x", "worker": A})]
     assert states(s) == {"x": "erred", "y": "erred", "z": "erred"}
     assert s.workers["w1"].processing == {}
     assert [e["key"] for e in s.errors] == ["x"]
