@@ -11,8 +11,9 @@ import types
 
 import pytest
 
-from helpers import Boom, fail, fail_deeply, inc, slow_inc, wait_for, wait_for_file
-from dask_ipy import CancelledError, Future, as_completed, wait
+from helpers import (Boom, fail, fail_deeply, inc, raise_base_exception, slow_inc, wait_for,
+                     wait_for_file)
+from dask_ipy import CancelledError, Future, RemoteError, as_completed, wait
 from dask_ipy.client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from dask_ipy.errors import restore_filenames
 
@@ -78,6 +79,26 @@ def test_exception_and_traceback_of_a_failure(c):
     assert names[-2:] == ["fail_deeply", "_inner_failure"]
     with pytest.raises(ZeroDivisionError):
         f.result()
+
+
+@pytest.mark.parametrize("kind, args", [("SystemExit", (3,)), ("KeyboardInterrupt", ())])
+def test_a_task_raising_system_exit_or_keyboard_interrupt_errs_catchably(c, kind, args):
+    """Raised again in the client they would end its program (SystemExit(None) even
+    with status 0): the client gets an Exception naming them, with the task's
+    traceback, and the worker runs on."""
+    f = c.submit(raise_base_exception, kind, *args)
+    with pytest.raises(Exception) as e:
+        f.result(timeout=10)
+    assert type(e.value) is RemoteError
+    assert f"the code raised {kind}({', '.join(map(repr, args))})" in str(e.value)
+    assert f.status == "error"
+    tb = f.traceback()
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    assert tb.tb_frame.f_code.co_name == "raise_base_exception"
+    with pytest.raises(RemoteError, match=kind):          # Client.run's too
+        c.run(raise_base_exception, kind, *args)
+    assert c.submit(inc, 1).result(timeout=10) == 2
 
 
 CELL = """
