@@ -262,11 +262,21 @@ class Client(ClusterMethods, ObserveMethods):
         return self.dask_get if self.asynchronous else self.get
 
     @classmethod
-    def current(cls):
-        return default_client()
+    def current(cls, allow_global=True):
+        """The client of the innermost `as_current` block, else (``allow_global``)
+        the default client."""
+        if allow_global:
+            return default_client()
+        client = default.current_context()
+        if client is None:
+            raise ValueError("not inside a Client.as_current() block")
+        return client
 
     def as_current(self):
-        return dask.config.set(scheduler=self._dask_scheduler())
+        """A context manager: inside it, this thread's (or asyncio task's)
+        `default_client`, `get_client` and dask's ``compute`` use this client, and
+        Futures unpickled there join it."""
+        return default.as_current(self, self._dask_scheduler())
 
     def dask_get(self, dsk, keys, **kwargs):
         """`get`, blocking whatever the client: dask's own ``compute`` calls it (the
