@@ -764,7 +764,10 @@ class Client(ClusterMethods, ObserveMethods):
         """The scheduler and its workers, with dask.distributed's keys ("type",
         "id", "address", "services", "started", "n_workers", "total_threads",
         "total_memory", "workers") and dask_ipy's ("ntasks", "nclients"...);
-        ``n_workers``: the details of the first n workers only (-1: all)."""
+        ``n_workers``: the details of the first n workers only (-1: all).
+
+        A dict, never a coroutine, for an asynchronous client too: its I/O thread
+        asks the scheduler while the caller waits (one round trip)."""
         def complete(info):
             info.update(type="Scheduler", address=self.address, id=self.scheduler_id,
                         started=self.shell.state.started, services=self._services())
@@ -772,7 +775,9 @@ class Client(ClusterMethods, ObserveMethods):
                 if isinstance(worker.get("id"), bytes):     # as `Worker.id`: a str
                     worker["id"] = worker["id"].decode()
             return info
-        return self._info("scheduler-info", timeout, complete, n_workers=n_workers)
+        op = self.shell.request_op({"op": "info", "what": "scheduler-info",
+                                    "n_workers": n_workers}, timeout=timeout)
+        return run_blocking(then(op, complete))
 
     def _services(self):
         """The scheduler's services by name: {"dashboard": port} if it serves one."""
