@@ -173,22 +173,24 @@ class Future(TaskRef):
     def cancelled(self):
         return self.state.status == CANCELLED
 
+    def _live_client(self):
+        """This Future's client: a released Future has none, and is cancelled."""
+        if self.client is None:
+            raise CancelledError(f"{self.key!r} was released")
+        return self.client
+
     def _run(self, op):
         """Run ``op`` as this Future's client does: blocking, or as a coroutine for
         an asynchronous client."""
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        return self.client.run_op(op)
+        return self._live_client().run_op(op)
 
     def _wait_op(self, timeout):
         if not (yield KeyDone(self.state, timeout)):
             raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     def _result_op(self, timeout):
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        values = yield from self.client.shell.gather_states_op([self.state],
-                                                               timeout=timeout)
+        values = yield from self._live_client().shell.gather_states_op(
+            [self.state], timeout=timeout)
         return values[self.key]
 
     def result(self, timeout=None):
@@ -228,18 +230,14 @@ class Future(TaskRef):
 
     def retry(self):
         """Compute this erred Future again (`Client.retry`)."""
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        return self.client.retry([self])
+        return self._live_client().retry([self])
 
     def add_done_callback(self, fn):
         """Call ``fn(future)`` once the future is done, on the client's callback
         thread: callbacks run one at a time, in the order their Futures end, and
         may wait on other Futures (the I/O thread that would answer is not theirs)."""
         ref = self
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        pool = self.client.shell.callbacks
+        pool = self._live_client().shell.callbacks
 
         def cb():
             try:

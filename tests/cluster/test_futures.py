@@ -101,6 +101,16 @@ def test_a_task_raising_system_exit_or_keyboard_interrupt_errs_catchably(c, kind
     assert c.submit(inc, 1).result(timeout=10) == 2
 
 
+def test_a_released_future_is_cancelled_for_its_user(c):
+    f = c.submit(inc, 1)
+    assert f.result(timeout=10) == 2
+    f.release()
+    f.release()                                  # twice is harmless
+    for call in (f.result, f.exception, f.retry, lambda: f.add_done_callback(print)):
+        with pytest.raises(CancelledError, match="released"):
+            call()
+
+
 CELL = """
 def outer(x):
     def inner(y):
