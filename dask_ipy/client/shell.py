@@ -53,6 +53,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .. import bulk, messages
 from ..addresses import host_of
 from ..comm import Handshake, IOLoop, RejectionLog, connect_dealer, new_id, send
+from ..errors import ClosedClientError
 from ..log import logger
 from ..protocol import MessageTooLarge, ProtocolError, Session
 from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_exception,
@@ -237,7 +238,7 @@ class ClientShell:
 
     def check_open(self):
         if self.state.status == "closed":
-            raise RuntimeError("this Client is closed")
+            raise ClosedClientError("this Client is closed")
 
     def request_future(self, msg, welcome=False):
         """Send ``msg``; a concurrent.futures.Future of its answer."""
@@ -579,7 +580,7 @@ class ClientShell:
 
     def _send_actor_call(self, address, msg, future):
         if self.state.status == "closed" or not self.loop.running:
-            future.set_exception(RuntimeError("the client is closed"))
+            future.set_exception(ClosedClientError("the client is closed"))
             return
         if address in self.actor_lost:
             future.set_result(_lost_reply(address))
@@ -684,7 +685,7 @@ class ClientShell:
                 self._worker_lost(address)
             for _, future in self.actor_pending.values():
                 if not future.done():
-                    future.set_exception(RuntimeError("the client closed"))
+                    future.set_exception(ClosedClientError("the client closed"))
             self.actor_pending.clear()
             self.uploads.stop()
             self.loop.running = False

@@ -614,8 +614,13 @@ def test_context_manager_closes(pc):
     with pc.client() as client:
         assert client.submit(inc, 1).result(timeout=10) == 2
     assert client.status == "closed"
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(dask_ipy.ClosedClientError, match="closed"):
         client.submit(inc, 1)
+    assert issubclass(dask_ipy.ClosedClientError, RuntimeError)
+    client.close()                                 # twice is harmless
+    with client:                                   # entered again: still closed
+        with pytest.raises(dask_ipy.ClosedClientError):
+            client.submit(inc, 1)
 
 
 def test_function_tokens_are_remembered_only_where_they_cannot_change():
