@@ -472,7 +472,9 @@ class Waiter:
 
 class as_completed:
     """Iterate over Futures as they finish, with ``for`` or ``async for``;
-    ``with_results=True`` yields ``(future, result)``.  More futures can be added
+    ``with_results=True`` yields ``(future, result)``; with ``raise_errors=False``
+    an erred Future's result is ``(type, exception, traceback)`` and a cancelled
+    one's its CancelledError.  More futures can be added
     while iterating (`add`, `update`); `next_batch` and `batches` hand out all those
     finished at once, `clear` drops the rest.  A future added twice comes out twice,
     as in dask.distributed.  ``timeout``: seconds from now after which waiting for
@@ -546,10 +548,15 @@ class as_completed:
             return f
         try:
             return f, (yield from f._result_op(None))
-        except Exception as e:
+        except CancelledError as e:
             if self.raise_errors:
                 raise
             return f, e
+        except Exception as e:
+            if self.raise_errors:
+                raise
+            tb = yield from f._traceback_op(None)      # the task's, not this frame's
+            return f, (type(e), e, tb)
 
     def _pop_ready(self):
         with self.lock:

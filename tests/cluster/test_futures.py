@@ -343,10 +343,16 @@ def test_as_completed_raises_errors_with_results(c):
     ac = as_completed([c.submit(fail, 1)], with_results=True)
     with pytest.raises(Boom):
         next(ac)
-    ac = as_completed([c.submit(fail, 2), c.submit(inc, 1)], with_results=True,
+    cancelled = c.submit(inc, 5)
+    cancelled.cancel()
+    ac = as_completed([c.submit(fail, 2), c.submit(inc, 1), cancelled], with_results=True,
                       raise_errors=False)
-    out = {type(r).__name__ if isinstance(r, Exception) else r for _, r in ac}
-    assert out == {"Boom", 2}
+    out = dict((f.key, r) for f, r in ac)
+    assert len(out) == 3
+    typ, exc, tb = next(r for r in out.values() if isinstance(r, tuple))
+    assert typ is Boom and isinstance(exc, Boom) and tb.tb_frame.f_code.co_name == "fail"
+    assert isinstance(out[cancelled.key], CancelledError)
+    assert 2 in out.values()
 
 
 def test_as_completed_of_nothing_stops_at_once():
