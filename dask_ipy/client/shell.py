@@ -381,6 +381,13 @@ class ClientShell:
             try:
                 values = (yield from self.gather_op(keys, deadline, wait=True)) \
                     if keys else {}
+            except TimeoutError:
+                pending = [st.key for st in states if not st.done()]
+                if not pending:
+                    raise                   # done, and the answer is what is late
+                more = f" and {len(pending) - 1} more" if len(pending) > 1 else ""
+                raise TimeoutError(f"{pending[0]!r}{more} not done after {timeout} s") \
+                    from None
             except DataLost as e:
                 for st in self.states(e.args[0]):
                     if not (yield KeyDone(st, _remaining(deadline))):

@@ -39,10 +39,13 @@ def test_result_and_status_of_a_success(c, gate):
     f = held(c, gate, value=3)
     assert isinstance(f, Future)
     assert f.status == "pending" and not f.done() and not f.cancelled()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=f"'{f.key}' not done after 0.1 s"):
         f.result(timeout=0.1)
     with pytest.raises(cf.TimeoutError):
         f.exception(timeout=0.1)
+    g = held(c, gate, value=4)
+    with pytest.raises(TimeoutError, match="and 1 more not done after 0.1 s"):
+        c.gather([f, g], timeout=0.1)
     gate.touch()
     assert f.result(timeout=10) == 3
     assert f.status == "finished" and f.done()
