@@ -54,6 +54,10 @@ class RemoteError(RuntimeError):
     """A remote exception that could not be rebuilt as its own type."""
 
 
+class ClosedClientError(RuntimeError):
+    """The client is closed: it sends nothing any more."""
+
+
 class SchedulerLost(ConnectionError):
     """The connection to the scheduler was lost before the result arrived."""
 

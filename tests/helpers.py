@@ -424,6 +424,11 @@ def raise_keyword_only():
     raise KeywordOnly(code=3)
 
 
+def raise_base_exception(kind, *args):
+    """Raise SystemExit(*args) or KeyboardInterrupt(*args): not an Exception."""
+    raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[kind](*args)
+
+
 def recurse(n):
     return recurse(n + 1)
 

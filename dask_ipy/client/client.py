@@ -273,11 +273,21 @@ class Client(ClusterMethods, ObserveMethods):
         return self.dask_get if self.asynchronous else self.get
 
     @classmethod
-    def current(cls):
-        return default_client()
+    def current(cls, allow_global=True):
+        """The client of the innermost `as_current` block, else (``allow_global``)
+        the default client."""
+        if allow_global:
+            return default_client()
+        client = default.current_context()
+        if client is None:
+            raise ValueError("not inside a Client.as_current() block")
+        return client
 
     def as_current(self):
-        return dask.config.set(scheduler=self._dask_scheduler())
+        """A context manager: inside it, this thread's (or asyncio task's)
+        `default_client`, `get_client` and dask's ``compute`` use this client, and
+        Futures unpickled there join it."""
+        return default.as_current(self, self._dask_scheduler())
 
     def dask_get(self, dsk, keys, **kwargs):
         """`get`, blocking whatever the client: dask's own ``compute`` calls it (the
@@ -787,7 +797,10 @@ class Client(ClusterMethods, ObserveMethods):
         """The scheduler and its workers, with dask.distributed's keys ("type",
         "id", "address", "services", "started", "n_workers", "total_threads",
         "total_memory", "workers") and dask_ipy's ("ntasks", "nclients"...);
-        ``n_workers``: the details of the first n workers only (-1: all)."""
+        ``n_workers``: the details of the first n workers only (-1: all).
+
+        A dict, never a coroutine, for an asynchronous client too: its I/O thread
+        asks the scheduler while the caller waits (one round trip)."""
         def complete(info):
             info.update(type="Scheduler", address=self.address, id=self.scheduler_id,
                         started=self.shell.state.started, services=self._services())
@@ -795,7 +808,9 @@ class Client(ClusterMethods, ObserveMethods):
                 if isinstance(worker.get("id"), bytes):     # as `Worker.id`: a str
                     worker["id"] = worker["id"].decode()
             return info
-        return self._info("scheduler-info", timeout, complete, n_workers=n_workers)
+        op = self.shell.request_op({"op": "info", "what": "scheduler-info",
+                                    "n_workers": n_workers}, timeout=timeout)
+        return run_blocking(then(op, complete))
 
     def _services(self):
         """The scheduler's services by name: {"dashboard": port} if it serves one."""

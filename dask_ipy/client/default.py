@@ -1,24 +1,48 @@
-"""The default client of this process: the Client made default most recently.
+"""The default client of this process: the Client made default most recently, or
+inside ``with client.as_current():`` that client (in that thread or task only).
 
 Unpickled Futures join it, the notebook layer and `progress` use it, and while a Client
 is the default, dask's own ``compute`` runs on it (see `Client`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 
 import dask
 
 _current = []          # clients made default, most recent last
+_context = contextvars.ContextVar("dask_ipy_client", default=None)   # as_current's
 _lock = threading.Lock()
 _shuffle_set = False   # dataframe.shuffle.method was set by a default client
 
 
 def default_client():
+    client = current_context()
+    if client is not None:
+        return client
     with _lock:
         if _current:
             return _current[-1]
     raise ValueError("no dask_ipy Client is running; create one with Client(address)")
+
+
+def current_context():
+    """The client of the innermost `as_current` block here, or None."""
+    return _context.get()
+
+
+@contextlib.contextmanager
+def as_current(client, scheduler):
+    """``client`` is the default client, and ``scheduler`` dask's, inside the block,
+    in this thread or asyncio task."""
+    token = _context.set(client)
+    try:
+        with dask.config.set(scheduler=scheduler):
+            yield client
+    finally:
+        _context.reset(token)
 
 
 def default_clients():

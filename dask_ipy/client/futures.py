@@ -178,22 +178,24 @@ class Future(TaskRef):
     def cancelled(self):
         return self.state.status == CANCELLED
 
+    def _live_client(self):
+        """This Future's client: a released Future has none, and is cancelled."""
+        if self.client is None:
+            raise CancelledError(f"{self.key!r} was released")
+        return self.client
+
     def _run(self, op):
         """Run ``op`` as this Future's client does: blocking, or as a coroutine for
         an asynchronous client."""
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        return self.client.run_op(op)
+        return self._live_client().run_op(op)
 
     def _wait_op(self, timeout):
         if not (yield KeyDone(self.state, timeout)):
             raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     def _result_op(self, timeout):
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        values = yield from self.client.shell.gather_states_op([self.state],
-                                                               timeout=timeout)
+        values = yield from self._live_client().shell.gather_states_op(
+            [self.state], timeout=timeout)
         return values[self.key]
 
     def result(self, timeout=None):
@@ -233,18 +235,14 @@ class Future(TaskRef):
 
     def retry(self):
         """Compute this erred Future again (`Client.retry`)."""
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        return self.client.retry([self])
+        return self._live_client().retry([self])
 
     def add_done_callback(self, fn):
         """Call ``fn(future)`` once the future is done, on the client's callback
         thread: callbacks run one at a time, in the order their Futures end, and
         may wait on other Futures (the I/O thread that would answer is not theirs)."""
         ref = self
-        if self.client is None:
-            raise RuntimeError(f"{self.key!r} was released")
-        pool = self.client.shell.callbacks
+        pool = self._live_client().shell.callbacks
 
         def cb():
             try:
@@ -479,7 +477,9 @@ class Waiter:
 
 class as_completed:
     """Iterate over Futures as they finish, with ``for`` or ``async for``;
-    ``with_results=True`` yields ``(future, result)``.  More futures can be added
+    ``with_results=True`` yields ``(future, result)``; with ``raise_errors=False``
+    an erred Future's result is ``(type, exception, traceback)`` and a cancelled
+    one's its CancelledError.  More futures can be added
     while iterating (`add`, `update`); `next_batch` and `batches` hand out all those
     finished at once, `clear` drops the rest.  A future added twice comes out twice,
     as in dask.distributed.  ``timeout``: seconds from now after which waiting for
@@ -553,10 +553,15 @@ class as_completed:
             return f
         try:
             return f, (yield from f._result_op(None))
-        except Exception as e:
+        except CancelledError as e:
             if self.raise_errors:
                 raise
             return f, e
+        except Exception as e:
+            if self.raise_errors:
+                raise
+            tb = yield from f._traceback_op(None)      # the task's, not this frame's
+            return f, (type(e), e, tb)
 
     def _pop_ready(self):
         with self.lock:

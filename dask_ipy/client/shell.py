@@ -53,6 +53,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .. import bulk, messages
 from ..addresses import host_of
 from ..comm import Handshake, IOLoop, RejectionLog, connect_dealer, new_id, send
+from ..errors import ClosedClientError
 from ..log import logger
 from ..protocol import MessageTooLarge, ProtocolError, Session
 from .futures import (LOCK, KeyDone, exception_of, load_all, raise_error, set_exception,
@@ -241,7 +242,7 @@ class ClientShell:
 
     def check_open(self):
         if self.state.status == "closed":
-            raise RuntimeError("this Client is closed")
+            raise ClosedClientError("this Client is closed")
 
     def request_future(self, msg, welcome=False):
         """Send ``msg``; a concurrent.futures.Future of its answer."""
@@ -384,6 +385,13 @@ class ClientShell:
             try:
                 values = (yield from self.gather_op(keys, deadline, wait=True)) \
                     if keys else {}
+            except TimeoutError:
+                pending = [st.key for st in states if not st.done()]
+                if not pending:
+                    raise                   # done, and the answer is what is late
+                more = f" and {len(pending) - 1} more" if len(pending) > 1 else ""
+                raise TimeoutError(f"{pending[0]!r}{more} not done after {timeout} s") \
+                    from None
             except DataLost as e:
                 for st in self.states(e.args[0]):
                     if not (yield KeyDone(st, _remaining(deadline))):
@@ -583,7 +591,7 @@ class ClientShell:
 
     def _send_actor_call(self, address, msg, future):
         if self.state.status == "closed" or not self.loop.running:
-            future.set_exception(RuntimeError("the client is closed"))
+            future.set_exception(ClosedClientError("the client is closed"))
             return
         if address in self.actor_lost:
             future.set_result(_lost_reply(address))
@@ -700,7 +708,7 @@ class ClientShell:
                 self._worker_lost(address)
             for _, future in self.actor_pending.values():
                 if not future.done():
-                    future.set_exception(RuntimeError("the client closed"))
+                    future.set_exception(ClosedClientError("the client closed"))
             self.actor_pending.clear()
             self.uploads.stop()
             self.loop.running = False

@@ -90,7 +90,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..errors import PausedWorkerWarning, SchedulerLost
+from ..errors import ClosedClientError, PausedWorkerWarning, SchedulerLost
 from ..units import format_bytes
 
 PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "cancelled", "lost"
@@ -308,7 +308,7 @@ class ClientState:
         if not welcome:
             msg["request_id"] = next(self._ids)
         if self.status == "closed":
-            return [Reject(token, RuntimeError("this Client is closed"))]
+            return [Reject(token, ClosedClientError("this Client is closed"))]
         if self.lost and msg["op"] != "register-client":
             return [Reject(token, SchedulerLost(f"not connected to {self.address}"))]
         self.requests[WELCOME if welcome else msg["request_id"]] = token
@@ -321,7 +321,7 @@ class ClientState:
         """Send a scatter; ``token`` is answered once every key is stored."""
         rid = msg["request_id"] = next(self._ids)
         if self.status == "closed":
-            return [Reject(token, RuntimeError("this Client is closed"))]
+            return [Reject(token, ClosedClientError("this Client is closed"))]
         self.scatters[rid] = (set(keys), token)
         self._queue(msg)
         return []
@@ -520,7 +520,7 @@ class ClientState:
         tokens = list(self.requests.values())
         tokens += [token for _, token in self.scatters.values()]
         for token in tokens:
-            out.append(Reject(token, RuntimeError("this Client is closed")))
+            out.append(Reject(token, ClosedClientError("this Client is closed")))
         return out
 
     # ------------------------------------------------------------ the scheduler's messages

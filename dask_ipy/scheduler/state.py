@@ -1409,7 +1409,7 @@ class SchedulerState:
                     self.memory_failures[ts.key] = memory
                 elif self.memory_failures:
                     self.memory_failures.pop(ts.key, None)    # not memory, this time
-                if ts.suspicious >= self.allowed_failures:
+                if ts.suspicious > self.allowed_failures:
                     ts.error = self._killed_error(ts, ws, reason)
                     recs[ts.key] = ERRED
                     continue
@@ -1544,7 +1544,7 @@ class SchedulerState:
             # Its thread runs on until the stop lands (the worker then says
             # "task-dropped"): released, it counts as stale there.
             ws.executing.add(ts)
-            if ts.suspicious >= self.allowed_failures:
+            if ts.suspicious > self.allowed_failures:
                 ts.error = self._killed_error(ts, ws, text)
                 if ts not in ws.seceded:
                     ws.stale[key] = ws.processing[ts]

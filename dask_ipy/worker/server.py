@@ -43,7 +43,7 @@ from ..addresses import host_of, local_ip_towards
 from ..comm import (Handshake, IOLoop, RejectionLog, send, bind_router, connect_dealer,
                     new_id)
 from ..discovery import resolve_scheduler
-from ..errors import ActorLost, Reschedule, error_payload
+from ..errors import ActorLost, RemoteError, Reschedule, error_payload
 from ..graph import execute
 from ..log import logger
 from ..logs import LogBuffer
@@ -110,6 +110,16 @@ def unsendable(key, value):
 def typename(value):
     t = type(value)
     return f"{t.__module__}.{t.__qualname__}"
+
+
+def raised(e):
+    """The error record of what user code (a task, `Client.run`'s function, an
+    actor's method) raised.  SystemExit and KeyboardInterrupt, raised again where the
+    result is awaited, would end that program: they become an error it can catch."""
+    tb = e.__traceback__
+    if not isinstance(e, Exception):
+        e = RemoteError(f"the code raised {e!r}")
+    return error_payload(e, tb)
 
 
 class Worker:
@@ -894,8 +904,7 @@ class Worker:
         except BaseException as e:  # a task may raise anything, SystemExit too
             running.end()
             stop = time.time()
-            event = ("execute-failure", {"key": job.key,
-                                         "error": error_payload(e, e.__traceback__),
+            event = ("execute-failure", {"key": job.key, "error": raised(e),
                                          "start": start, "stop": stop})
         return (*event, (start, loaded, began, stop, sent, threading.get_ident(), disk))
 
@@ -945,7 +954,7 @@ class Worker:
                 value = fn(*args, **kwargs)
                 reply = {"status": "OK", "result": serialize(value)}
             except BaseException as e:
-                reply = {"status": "error", **error_payload(e, e.__traceback__)}
+                reply = {"status": "error", **raised(e)}
             reply.update(op="run-result", request_id=request_id)
             self.loop.call_soon(self._queue, reply)
         threading.Thread(target=target, daemon=True, name="dask-ipy-run").start()
@@ -1366,7 +1375,7 @@ class Worker:
                 attr = attr(*args, **kwargs)
             reply.update(status="OK", result=serialize(attr))
         except BaseException as e:    # the caller gets it, with its traceback
-            reply.update(status="error", **error_payload(e, e.__traceback__))
+            reply.update(status="error", **raised(e))
         return reply
 
     def _drop_actors(self):

@@ -40,7 +40,7 @@ def test_the_whole_face_awaited(pc):
             import dask.array as da
             assert await c.compute(da.ones(10, chunks=5).sum()) == 10
             assert await c.compute(da.ones(4, chunks=2).sum(), sync=True) == 4
-            assert len((await c.scheduler_info())["workers"]) == 2
+            assert len(c.scheduler_info()["workers"]) == 2      # a dict, not awaited
             assert len(await c.run(lambda dask_worker: dask_worker.address)) == 2
             await c.wait_for_workers(2, timeout=10)
             assert await c.get({"x": 1, "y": (inc, "x")}, "y") == 2

@@ -14,9 +14,10 @@ from helpers import (Boom, KeywordOnly, NeedsTwo, SlotsOnly, Unpicklable, add,
                      raise_keyword_only,
                      raise_needs_two, raise_slots_only, record, recurse, slow_inc, total,
                      wait_for, type_name, wait_for_file, worker_keys)
+import dask
 import dask_ipy
-from dask_ipy import (CancelledError, CycleError, Future, MissingDependency, as_completed,
-                      wait)
+from dask_ipy import (CancelledError, Client, CycleError, Future, MissingDependency,
+                      as_completed, wait)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -627,8 +628,13 @@ def test_context_manager_closes(pc):
     with pc.client() as client:
         assert client.submit(inc, 1).result(timeout=10) == 2
     assert client.status == "closed"
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(dask_ipy.ClosedClientError, match="closed"):
         client.submit(inc, 1)
+    assert issubclass(dask_ipy.ClosedClientError, RuntimeError)
+    client.close()                                 # twice is harmless
+    with client:                                   # entered again: still closed
+        with pytest.raises(dask_ipy.ClosedClientError):
+            client.submit(inc, 1)
 
 
 def test_function_tokens_are_remembered_only_where_they_cannot_change():
@@ -657,3 +663,34 @@ def test_a_client_without_an_address_says_how_to_get_a_scheduler(monkeypatch):
     monkeypatch.delenv("DASK_IPY_SCHEDULER_FILE", raising=False)
     with pytest.raises(ValueError, match="never starts one.*--new N"):
         Client()
+
+
+def test_as_current_makes_the_client_current_in_its_block_only(pc):
+    """Inside ``with other.as_current():`` the default client, `get_client`, dask's
+    compute and Futures unpickled there are ``other``'s; another thread keeps the
+    default; after the block all is back."""
+    import pickle
+
+    from dask_ipy import default_client, get_client
+
+    with pc.client() as c, pc.client(set_as_default=False) as other:
+        f = c.submit(inc, 1)
+        blob = pickle.dumps(f)
+        seen = {}
+        with other.as_current() as inside:
+            assert inside is other
+            assert default_client() is other and get_client() is other
+            assert Client.current() is other
+            assert Client.current(allow_global=False) is other
+            assert dask.config.get("scheduler") == other.get
+            assert dask.delayed(inc)(2).compute() == 3
+            assert pickle.loads(blob).client is other
+            t = threading.Thread(target=lambda: seen.update(client=default_client()))
+            t.start()
+            t.join()
+        assert seen["client"] is c
+        assert default_client() is c and get_client() is c
+        with pytest.raises(ValueError):
+            Client.current(allow_global=False)
+        assert pickle.loads(blob).client is c
+        assert f.result(timeout=10) == 2

@@ -11,8 +11,9 @@ import types
 
 import pytest
 
-from helpers import Boom, fail, fail_deeply, inc, slow_inc, wait_for, wait_for_file
-from dask_ipy import CancelledError, Future, as_completed, wait
+from helpers import (Boom, fail, fail_deeply, inc, raise_base_exception, slow_inc, wait_for,
+                     wait_for_file)
+from dask_ipy import CancelledError, Future, RemoteError, as_completed, wait
 from dask_ipy.client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from dask_ipy.errors import restore_filenames
 
@@ -29,10 +30,13 @@ def test_result_and_status_of_a_success(c, gate):
     f = held(c, gate, value=3)
     assert isinstance(f, Future)
     assert f.status == "pending" and not f.done() and not f.cancelled()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=f"'{f.key}' not done after 0.1 s"):
         f.result(timeout=0.1)
     with pytest.raises(cf.TimeoutError):
         f.exception(timeout=0.1)
+    g = held(c, gate, value=4)
+    with pytest.raises(TimeoutError, match="and 1 more not done after 0.1 s"):
+        c.gather([f, g], timeout=0.1)
     gate.touch()
     assert f.result(timeout=10) == 3
     assert f.status == "finished" and f.done()
@@ -69,6 +73,36 @@ def test_exception_and_traceback_of_a_failure(c):
     assert names[-2:] == ["fail_deeply", "_inner_failure"]
     with pytest.raises(ZeroDivisionError):
         f.result()
+
+
+@pytest.mark.parametrize("kind, args", [("SystemExit", (3,)), ("KeyboardInterrupt", ())])
+def test_a_task_raising_system_exit_or_keyboard_interrupt_errs_catchably(c, kind, args):
+    """Raised again in the client they would end its program (SystemExit(None) even
+    with status 0): the client gets an Exception naming them, with the task's
+    traceback, and the worker runs on."""
+    f = c.submit(raise_base_exception, kind, *args)
+    with pytest.raises(Exception) as e:
+        f.result(timeout=10)
+    assert type(e.value) is RemoteError
+    assert f"the code raised {kind}({', '.join(map(repr, args))})" in str(e.value)
+    assert f.status == "error"
+    tb = f.traceback()
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    assert tb.tb_frame.f_code.co_name == "raise_base_exception"
+    with pytest.raises(RemoteError, match=kind):          # Client.run's too
+        c.run(raise_base_exception, kind, *args)
+    assert c.submit(inc, 1).result(timeout=10) == 2
+
+
+def test_a_released_future_is_cancelled_for_its_user(c):
+    f = c.submit(inc, 1)
+    assert f.result(timeout=10) == 2
+    f.release()
+    f.release()                                  # twice is harmless
+    for call in (f.result, f.exception, f.retry, lambda: f.add_done_callback(print)):
+        with pytest.raises(CancelledError, match="released"):
+            call()
 
 
 CELL = """
@@ -303,10 +337,16 @@ def test_as_completed_raises_errors_with_results(c):
     ac = as_completed([c.submit(fail, 1)], with_results=True)
     with pytest.raises(Boom):
         next(ac)
-    ac = as_completed([c.submit(fail, 2), c.submit(inc, 1)], with_results=True,
+    cancelled = c.submit(inc, 5)
+    cancelled.cancel()
+    ac = as_completed([c.submit(fail, 2), c.submit(inc, 1), cancelled], with_results=True,
                       raise_errors=False)
-    out = {type(r).__name__ if isinstance(r, Exception) else r for _, r in ac}
-    assert out == {"Boom", 2}
+    out = dict((f.key, r) for f, r in ac)
+    assert len(out) == 3
+    typ, exc, tb = next(r for r in out.values() if isinstance(r, tuple))
+    assert typ is Boom and isinstance(exc, Boom) and tb.tb_frame.f_code.co_name == "fail"
+    assert isinstance(out[cancelled.key], CancelledError)
+    assert 2 in out.values()
 
 
 def test_as_completed_of_nothing_stops_at_once():

@@ -170,7 +170,7 @@ def test_a_runaway_task_errs_naming_memory_and_the_cluster_computes_on(tmp_path)
         assert isinstance(e.value, KilledWorker) and isinstance(e.value, MemoryError)
         text = str(e.value)
         assert big.key in text and "400.00 MiB memory limit" in text
-        assert "3 times" in text and "interrupted" in text
+        assert "4 times" in text and "interrupted" in text
         assert any(address in text for address in pids)
         assert c.gather(small) == list(range(1, 41))
         # The processes lived on.

@@ -5,7 +5,7 @@ import pytest
 
 from dask_ipy.client.state import (ClientState, Close, Done, FutureState, Reject, Reset,
                                    Resolve, Warn)
-from dask_ipy.errors import PausedWorkerWarning, SchedulerLost
+from dask_ipy.errors import ClosedClientError, PausedWorkerWarning, SchedulerLost
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -274,7 +274,7 @@ def test_closing_cancels_pending_keys_and_fails_every_request(cs):
     cs.take_messages()
     assert cs.begin_close() and not cs.begin_close()
     assert cs.take_messages() == [{"op": "close-client"}]
-    closed = RuntimeError("this Client is closed")
+    closed = ClosedClientError("this Client is closed")
     assert step(cs, cs.closed()) == [Done(x), Reject("t", closed),
                                      Reject("t-scatter", closed)]
     assert statuses(cs) == {"x": "cancelled", "y": "finished"}

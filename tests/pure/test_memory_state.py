@@ -295,7 +295,7 @@ def test_idle_workers_take_the_queue_of_a_worker_that_pauses():
 def test_tasks_stopped_for_memory_are_retried_then_err_naming_memory(s):
     s.update_graph("c", {"big": ("spec-big", [])}, ["big"])
     seen = []
-    for attempt in range(3):
+    for attempt in range(4):        # allowed_failures (3) retries, then it errs
         ws = s.tasks["big"].processing_on
         take(s)
         s.handle_worker_message(ws.id, {"op": "task-started", "key": "big"})
@@ -314,7 +314,7 @@ def test_tasks_stopped_for_memory_are_retried_then_err_naming_memory(s):
     assert ts.state == "erred"
     assert ts.error["type"] == "MemoryLimitExceeded"
     text = ts.error["text"]
-    assert "'big'" in text and "3 times" in text and "1.00 GiB" in text
+    assert "'big'" in text and "4 times" in text and "1.00 GiB" in text
     assert "1013.76 MiB" in text and ("tcp://10.0.0" in text) and "interrupted" in text
     [(_, _, msg)] = [m for m in seen + take(s) if m[2]["op"] == "task-erred"]
     assert msg["type"] == "MemoryLimitExceeded"
@@ -336,7 +336,7 @@ def test_a_worker_that_exits_for_memory_is_gone_and_its_task_blamed(s):
 
 
 def test_a_worker_dying_with_high_memory_says_so():
-    s = SchedulerState(validate=True, allowed_failures=1)
+    s = SchedulerState(validate=True, allowed_failures=0)
     s.add_client("c")
     s.add_worker("w1", A, memory_limit=1000, memory_fractions=F)
     s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
@@ -390,7 +390,7 @@ def test_client_run_reaches_paused_workers(s):
 
 
 def test_a_later_death_not_for_memory_errs_as_killed_worker():
-    s = SchedulerState(validate=True, allowed_failures=2)
+    s = SchedulerState(validate=True, allowed_failures=1)
     s.add_client("c")
     s.add_worker("w1", A, memory_limit=1000, memory_fractions=F)
     s.add_worker("w2", B, memory_limit=1000, memory_fractions=F)

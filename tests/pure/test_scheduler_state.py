@@ -377,23 +377,24 @@ def test_retries_recompute_then_err(s1):
     assert states(s) == {"x": "erred"}
 
 
-def test_killed_worker_after_three_deaths_while_executing(s1):
+def test_killed_worker_after_four_deaths_while_executing(s1):
+    """allowed_failures (3) deaths are retried; the fourth errs."""
     s = s1
     s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
-    for i in range(3):
+    for i in range(4):
         (wid,) = s.workers
         assert take(s)[-1] == ("worker", wid, compute("x", "spec-x",
                                                                 (0, 1, 0)))
         s.handle_worker_message(wid, {"op": "task-started", "key": "x"})
         s.remove_worker(wid, reason="segfault")
-        if i < 2:
+        if i < 3:
             assert states(s) == {"x": "no-worker"}
             assert take(s) == []
         s.add_worker(f"v{i}", f"tcp://10.0.1.{i}:1")
     out = take(s)
     assert out[0] == ("client", "c", {
         "op": "task-erred", "key": "x", "type": "KilledWorker",
-        "text": "task 'x' was running on 3 workers that died (last: tcp://10.0.1.1:1: "
+        "text": "task 'x' was running on 4 workers that died (last: tcp://10.0.1.2:1: "
                 "segfault)"})
     assert states(s) == {"x": "erred"}
 
@@ -404,12 +405,12 @@ def test_queued_tasks_do_not_count_as_suspects(s1):
     s.update_graph("c", {"bad": ("spec-bad", []), "ok": ("spec-ok", [])},
                    ["bad", "ok"], {"bad": 0, "ok": 1})
     take(s)
-    for i in range(3):
+    for i in range(4):
         (wid,) = s.workers
         s.handle_worker_message(wid, {"op": "task-started", "key": "bad"})
         s.remove_worker(wid, reason="segfault")
         s.add_worker(f"v{i}", f"tcp://10.0.1.{i}:1")
-    assert s.tasks["bad"].suspicious == 3
+    assert s.tasks["bad"].suspicious == 4
     assert s.tasks["ok"].suspicious == 0
     assert states(s) == {"bad": "erred", "ok": "processing"}
 
