@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from dask_ipy import (Client, Event, Lock, MultiLock, Queue, Semaphore, Variable,
-                      get_client)
+from dask_ipy import (Client, ClosedClientError, Event, Lock, MultiLock, Queue, Semaphore,
+                      Variable, get_client)
 from helpers import inc, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -344,7 +344,7 @@ def test_a_get_parked_when_its_client_closes_takes_nothing(pc, c, batch):
         q.put(2)
     other.close()
     getting.join(10)
-    assert [type(e) for e in errors] == [RuntimeError]
+    assert [type(e) for e in errors] == [ClosedClientError]
     q.put(3)
     assert q.get(batch=3 if batch else 1, timeout=10) == ([1, 2, 3] if batch else [3])
 
