@@ -121,7 +121,7 @@ class _Borrowing:
     """What a graph (or call) of ``client`` may use without computing it: the keys it
     holds, and those another open client of this process holds on the same scheduler
     (a collection one persisted and the other computes, a Future of one in the
-    other's delayed call), as `Client.submit` takes another client's Future.  The scheduler keeps such a key for the tasks
+    other's submit or delayed call).  The scheduler keeps such a key for the tasks
     that need it, even once its client lets go of it or closes.
 
     Another client's key is borrowed: that client holds it once more until the
@@ -140,6 +140,12 @@ class _Borrowing:
         return self.client.shell.is_held(key) or self.borrow(key)
 
     __contains__ = need
+
+    def need_futures(self, futures):
+        """`need` the keys of those of ``futures`` that are another client's."""
+        for f in futures:
+            if f.client is not self.client:
+                self.need(f.key)
 
     def borrow(self, key):
         """Borrow ``key`` from another client that holds it; whether one did."""
@@ -518,7 +524,13 @@ class Client(ClusterMethods, ObserveMethods):
         node, found = call_spec(key, fn, args, kwargs)
         if self.shell.is_held(key):
             return Future(key, self)
-        futures = self._submit_graph([(key, node, list(found))], [key], None, options)
+        borrowing = _Borrowing(self)
+        try:
+            borrowing.need_futures(found.values())
+            futures = self._submit_graph([(key, node, list(found))], [key], None,
+                                         options)
+        finally:
+            borrowing.give_back()
         return futures[key]
 
     def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
@@ -551,14 +563,19 @@ class Client(ClusterMethods, ObserveMethods):
             keys = [f"{name}-{base}-{i}" for i in range(len(rows))]
         tasks = []
         seen = {}
-        for k, row in zip(keys, rows):
-            if k in seen:
-                continue
-            seen[k] = None
-            node, found = call_spec(k, fn, row, kwargs)
-            tasks.append((k, node, list(found)))
-        priorities = {k: i for i, k in enumerate(keys)}
-        futures = self._submit_graph(tasks, list(seen), priorities, options)
+        borrowing = _Borrowing(self)
+        try:
+            for k, row in zip(keys, rows):
+                if k in seen:
+                    continue
+                seen[k] = None
+                node, found = call_spec(k, fn, row, kwargs)
+                borrowing.need_futures(found.values())
+                tasks.append((k, node, list(found)))
+            priorities = {k: i for i, k in enumerate(keys)}
+            futures = self._submit_graph(tasks, list(seen), priorities, options)
+        finally:
+            borrowing.give_back()
         out = []
         for k in keys:               # a repeated key gets a Future of its own
             out.append(futures.pop(k) if k in futures else Future(k, self))

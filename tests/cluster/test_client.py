@@ -421,6 +421,22 @@ def test_reference_counts_are_shared_across_clients(c, pc):
         other.close()
 
 
+
+def test_another_clients_future_given_to_submit_and_map_outlives_its_release(c, pc):
+    other = pc.client(set_as_default=False)
+    try:
+        for i in range(20):
+            f = c.submit(inc, i, pure=False)
+            f.result(timeout=10)
+            g = other.submit(inc, f)
+            (h,) = other.map(add, [f], [10])
+            del f                 # its release must not overtake the other's tasks
+            assert g.result(timeout=10) == i + 2
+            assert h.result(timeout=10) == i + 11
+    finally:
+        other.close()
+
+
 def test_a_closed_client_releases_its_keys(c, pc):
     other = pc.client(set_as_default=False)
     f = other.submit(inc, 5, key="short-lived")
