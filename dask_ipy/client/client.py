@@ -127,13 +127,17 @@ class _Borrowing:
     Another client's key is borrowed: that client holds it once more until the
     scheduler has taken in what ``client`` sends meanwhile (the tasks that need it,
     its own hold of it), so that the lender's release, which leaves on another
-    connection, cannot overtake them.  ``key in borrowing`` (`need`) tells, and
-    borrows; `give_back` once sent.  ``lent``: [(lender, key)]."""
+    connection, cannot overtake them.  And while the key is pending there, the
+    lender may not have told the scheduler of it yet: what ``client`` sends waits
+    for the lender's next answer from the scheduler.  ``key in borrowing`` (`need`)
+    tells, and borrows; `give_back` once sent.  ``lent``: [(lender, key)];
+    ``heard``: {lender} waited for."""
 
     def __init__(self, client):
         self.client = client
         self.others = None
         self.lent = []
+        self.heard = set()
 
     def need(self, key):
         """Whether ``key`` is this client's, or borrowed now from another."""
@@ -157,7 +161,10 @@ class _Borrowing:
                            and c.scheduler_id == sid and c.status != "closed"]
         for other in self.others:
             if other.shell.is_held(key):
-                other.shell.hold(key)
+                if not other.shell.hold(key).done() and other not in self.heard:
+                    self.heard.add(other)
+                    self.client.shell.wait_for(other.shell.request_future(
+                        {"op": "info", "what": "task-states", "keys": [key]}))
                 self.lent.append((other, key))
                 return True
         return False

@@ -79,6 +79,10 @@ State, documented once:
                                        wait for it
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
+    waits:      {token}                other clients' messages the scheduler must
+                                       have before those queued here since `wait_for`
+                                       (a "wait" entry in `outbox` marks the place)
+                                       leave: until `waited`
     monitoring: bool                   monitor snapshots are subscribed to
     topics:     {topic}                the workers' events subscribed to
 """
@@ -225,6 +229,7 @@ class ClientState:
         self.by_key = {}
         self.workers = set()
         self.unconfirmed = set()
+        self.waits = set()
         self.kept = 0                   # FutureState.data values held
         self._ids = itertools.count(1)
 
@@ -291,13 +296,27 @@ class ClientState:
         if self.scheduler is None:
             return []
         self._queue_releases()
-        if self.unconfirmed:
+        if self.unconfirmed or self.waits:
             for i, msg in enumerate(self.outbox):
-                if msg["op"] not in UNORDERED:
+                op = msg["op"]
+                if op == "wait" or (self.unconfirmed and op not in UNORDERED):
                     out, self.outbox = self.outbox[:i], self.outbox[i:]
                     return out
         out, self.outbox = self.outbox, []
         return out
+
+    def wait_for(self, token):
+        """The messages queued from now on leave once `waited` (``token``): they
+        need what another client has sent, on its own connection, to reach the
+        scheduler first."""
+        self.waits.add(token)
+        self._queue({"op": "wait", "token": token})
+
+    def waited(self, token):
+        if token in self.waits:
+            self.waits.discard(token)
+            self.outbox = [msg for msg in self.outbox
+                           if msg["op"] != "wait" or msg["token"] is not token]
 
     def request(self, msg, token, welcome=False):
         """Send ``msg`` and wait for its answer with ``token``.  ``msg`` gets a
@@ -487,6 +506,9 @@ class ClientState:
         if self.status == "closed":
             return False
         self.status = "closed"
+        # Nothing of this client's is kept any more: what waited goes now.
+        self.waits.clear()
+        self.outbox = [msg for msg in self.outbox if msg["op"] != "wait"]
         self._queue({"op": "close-client"})
         return True
 
@@ -714,6 +736,8 @@ class ClientState:
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
         assert set(self.gathers) <= set(self.requests), "a gather without its request"
         assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
+        assert self.waits == {msg["token"] for msg in self.outbox
+                              if msg["op"] == "wait"}, "a wait without its place"
         assert self.kept == sum(st.data is not None for st in self.futures.values())
         assert self.kept <= MAX_KEPT
         for key, rids in self.by_key.items():

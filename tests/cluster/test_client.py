@@ -422,15 +422,16 @@ def test_reference_counts_are_shared_across_clients(c, pc):
 
 
 
-def test_another_clients_future_given_to_submit_and_map_outlives_its_release(c, pc):
+def test_another_clients_new_future_given_to_submit_and_map_outlives_its_release(c, pc):
+    # Each client's messages go on its own connection: the other client's tasks
+    # must reach the scheduler after the Future's own and before its release.
     other = pc.client(set_as_default=False)
     try:
-        for i in range(20):
+        for i in range(30):
             f = c.submit(inc, i, pure=False)
-            f.result(timeout=10)
             g = other.submit(inc, f)
             (h,) = other.map(add, [f], [10])
-            del f                 # its release must not overtake the other's tasks
+            del f
             assert g.result(timeout=10) == i + 2
             assert h.result(timeout=10) == i + 11
     finally:
