@@ -17,6 +17,7 @@ The cluster-management methods are in `cluster` (`ClusterMethods`).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import threading
 import uuid
 import warnings
@@ -129,14 +130,16 @@ class _Borrowing:
     its own hold of it), so that the lender's release, which leaves on another
     connection, cannot overtake them.  And while the key is pending there, the
     lender may not have told the scheduler of it yet: what ``client`` sends waits
-    for the lender's next answer from the scheduler.  ``key in borrowing`` (`need`)
-    tells, and borrows; `give_back` once sent.  ``lent``: [(lender, key)];
-    ``heard``: {lender} waited for."""
+    for the lender's next answer from the scheduler.  A lender closing waits for its
+    loans.  ``key in borrowing`` (`need`) tells, and borrows; `give_back` once sent.
+    ``lent``: [(lender, key)]; ``loans``: {lender: a concurrent.futures.Future
+    settled once given back}; ``heard``: {lender} waited for."""
 
     def __init__(self, client):
         self.client = client
         self.others = None
         self.lent = []
+        self.loans = {}
         self.heard = set()
 
     def need(self, key):
@@ -161,6 +164,10 @@ class _Borrowing:
                            and c.scheduler_id == sid and c.status != "closed"]
         for other in self.others:
             if other.shell.is_held(key):
+                if other not in self.loans:
+                    loan = self.loans[other] = cf.Future()
+                    other._loans.add(loan)
+                    loan.add_done_callback(other._loans.discard)
                 if not other.shell.hold(key).done() and other not in self.heard:
                     self.heard.add(other)
                     self.client.shell.wait_for(other.shell.request_future(
@@ -181,10 +188,13 @@ class _Borrowing:
         if not self.lent:
             return
         lent, self.lent = self.lent, []
+        loans, self.loans = self.loans, {}
 
         def back(_):
             for lender, key in lent:
                 lender.shell.drop((key,))
+            for loan in loans.values():
+                loan.set_result(None)
         # Any answer will do: the scheduler takes a client's messages in order.
         self.client.shell.request_future({"op": "info", "what": "task-states",
                                           "keys": [key for _, key in lent]}
@@ -232,6 +242,7 @@ class Client(ClusterMethods, ObserveMethods):
         self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
                                  on_scheduler_closing=self._close_now,
                                  paused_warning=self.paused_warning)
+        self._loans = set()     # of keys lent to other clients (`_Borrowing`)
         with _CLIENTS_LOCK:
             _CLIENTS.add(self)
         if task_output:
@@ -916,6 +927,14 @@ class Client(ClusterMethods, ObserveMethods):
         run_blocking(self._close_op(timeout))
 
     def _close_op(self, timeout=5):
+        if not self.shell.loop.in_loop():
+            # Keys lent to another client stay until the scheduler has its work,
+            # which travels on that client's own connection.
+            for loan in list(self._loans):
+                try:
+                    yield Answer(loan, timeout, "the return of keys lent")
+                except TimeoutError:
+                    pass
         with self._status_lock:
             if not self.shell.begin_close():
                 return
