@@ -79,10 +79,10 @@ State, documented once:
                                        wait for it
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
-    waits:      {token}                other clients' messages the scheduler must
-                                       have before those queued here since `wait_for`
-                                       (a "wait" entry in `outbox` marks the place)
-                                       leave: until `waited`
+    waits:      {token}                each stands for another client's messages,
+                                       which the scheduler must have before those
+                                       queued here after `wait_for` (a `_Wait` in
+                                       `outbox` marks the place) leave; until `waited`
     monitoring: bool                   monitor snapshots are subscribed to
     topics:     {topic}                the workers' events subscribed to
 """
@@ -205,6 +205,16 @@ UNORDERED = frozenset({"update-graph", "gather", "client-releases-keys",
                        "fire-and-forget"})
 
 
+class _Wait:
+    """The place in `ClientState.outbox` of a `wait_for`: no message, it never
+    leaves."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token):
+        self.token = token
+
+
 class ClientState:
     def __init__(self, address, paused_warning=None):
         self.address = address
@@ -298,8 +308,8 @@ class ClientState:
         self._queue_releases()
         if self.unconfirmed or self.waits:
             for i, msg in enumerate(self.outbox):
-                op = msg["op"]
-                if op == "wait" or (self.unconfirmed and op not in UNORDERED):
+                if type(msg) is _Wait or (self.unconfirmed
+                                          and msg["op"] not in UNORDERED):
                     out, self.outbox = self.outbox[:i], self.outbox[i:]
                     return out
         out, self.outbox = self.outbox, []
@@ -310,13 +320,13 @@ class ClientState:
         need what another client has sent, on its own connection, to reach the
         scheduler first."""
         self.waits.add(token)
-        self._queue({"op": "wait", "token": token})
+        self._queue(_Wait(token))
 
     def waited(self, token):
         if token in self.waits:
             self.waits.discard(token)
             self.outbox = [msg for msg in self.outbox
-                           if msg["op"] != "wait" or msg["token"] is not token]
+                           if type(msg) is not _Wait or msg.token is not token]
 
     def request(self, msg, token, welcome=False):
         """Send ``msg`` and wait for its answer with ``token``.  ``msg`` gets a
@@ -508,7 +518,7 @@ class ClientState:
         self.status = "closed"
         # Nothing of this client's is kept any more: what waited goes now.
         self.waits.clear()
-        self.outbox = [msg for msg in self.outbox if msg["op"] != "wait"]
+        self.outbox = [msg for msg in self.outbox if type(msg) is not _Wait]
         self._queue({"op": "close-client"})
         return True
 
@@ -736,8 +746,8 @@ class ClientState:
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
         assert set(self.gathers) <= set(self.requests), "a gather without its request"
         assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
-        assert self.waits == {msg["token"] for msg in self.outbox
-                              if msg["op"] == "wait"}, "a wait without its place"
+        assert self.waits == {msg.token for msg in self.outbox
+                              if type(msg) is _Wait}, "a wait without its place"
         assert self.kept == sum(st.data is not None for st in self.futures.values())
         assert self.kept <= MAX_KEPT
         for key, rids in self.by_key.items():
