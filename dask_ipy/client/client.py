@@ -17,9 +17,11 @@ The cluster-management methods are in `cluster` (`ClusterMethods`).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import threading
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator, MutableMapping
 
 import dask
@@ -116,6 +118,94 @@ class Datasets(MutableMapping):
         return len(self.client.list_datasets())
 
 
+#: Every Client of this process, for `_Borrowing`.
+_CLIENTS = weakref.WeakSet()
+_CLIENTS_LOCK = threading.Lock()
+
+
+class _Borrowing:
+    """What a graph (or call) of ``client`` may use without computing it: the keys it
+    holds, and those another open client of this process holds on the same scheduler
+    (a collection one persisted and the other computes, a Future of one in the
+    other's submit or delayed call).  The scheduler keeps such a key for the tasks
+    that need it, even once its client lets go of it or closes.
+
+    Another client's key is borrowed: that client holds it once more until the
+    scheduler has taken in what ``client`` sends meanwhile (the tasks that need it,
+    its own hold of it), so that the lender's release, which leaves on another
+    connection, cannot overtake them.  And while the key is pending there, the
+    lender may not have told the scheduler of it yet: what ``client`` sends waits
+    for the lender's next answer from the scheduler.  A lender closing waits for its
+    loans.  ``key in borrowing`` (`need`) tells, and borrows; `give_back` once sent.
+    ``lent``: [(lender, key)]; ``loans``: {lender: a concurrent.futures.Future
+    settled once given back}; ``heard``: {lender} waited for."""
+
+    def __init__(self, client):
+        self.client = client
+        self.others = None
+        self.lent = []
+        self.loans = {}
+        self.heard = set()
+
+    def need(self, key):
+        """Whether ``key`` is this client's, or borrowed now from another."""
+        return self.client.shell.is_held(key) or self.borrow(key)
+
+    __contains__ = need
+
+    def need_futures(self, futures):
+        """`need` the keys of those of ``futures`` that are another client's."""
+        for f in futures:
+            if f.client is not self.client:
+                self.need(f.key)
+
+    def borrow(self, key):
+        """Borrow ``key`` from another client that holds it; whether one did."""
+        if self.others is None:
+            with _CLIENTS_LOCK:
+                clients = list(_CLIENTS)
+            sid = self.client.scheduler_id
+            self.others = [c for c in clients if c is not self.client and sid is not None
+                           and c.scheduler_id == sid and c.status != "closed"]
+        for other in self.others:
+            if other.shell.is_held(key):
+                if other not in self.loans:
+                    loan = self.loans[other] = cf.Future()
+                    other._loans.add(loan)
+                    loan.add_done_callback(other._loans.discard)
+                if not other.shell.hold(key).done() and other not in self.heard:
+                    self.heard.add(other)
+                    self.client.shell.wait_for(other.shell.request_future(
+                        {"op": "info", "what": "task-states", "keys": [key]}))
+                self.lent.append((other, key))
+                return True
+        return False
+
+    def future(self, key):
+        """A Future of ``key`` of this client, which may be another's key: the
+        scheduler learns that this client wants it too (or tells it is gone)."""
+        self.need(key)
+        return Future(key, self.client, inform=True)
+
+    def give_back(self):
+        """Let the lenders drop the keys lent once the scheduler answers a request
+        sent now, after all that needed them (or at once if the request fails)."""
+        if not self.lent:
+            return
+        lent, self.lent = self.lent, []
+        loans, self.loans = self.loans, {}
+
+        def back(_):
+            for lender, key in lent:
+                lender.shell.drop((key,))
+            for loan in loans.values():
+                loan.set_result(None)
+        # Any answer will do: the scheduler takes a client's messages in order.
+        self.client.shell.request_future({"op": "info", "what": "task-states",
+                                          "keys": [key for _, key in lent]}
+                                         ).add_done_callback(back)
+
+
 #: The placement options of `Client.get`, and their defaults.
 _GET_OPTIONS = {"priority": 0, "retries": 0, "workers": None, "resources": None,
                 "allow_other_workers": False}
@@ -157,6 +247,9 @@ class Client(ClusterMethods, ObserveMethods):
         self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
                                  on_scheduler_closing=self._close_now,
                                  paused_warning=self.paused_warning)
+        self._loans = set()     # of keys lent to other clients (`_Borrowing`)
+        with _CLIENTS_LOCK:
+            _CLIENTS.add(self)
         if task_output:
             # Queued ahead of the registration and sent with it: no round trip more,
             # and in effect once the client is (re-sent after a reconnection).
@@ -346,19 +439,18 @@ class Client(ClusterMethods, ObserveMethods):
         self.shell.drop(wanted)           # the Futures hold the keys now
         return out
 
-    def _graph_tasks(self, dsk, wanted, known_futures):
+    def _graph_tasks(self, dsk, wanted, known_futures, borrowing):
         """Normalize, cull, check and order a graph; returns ([(key, node, deps)],
-        priorities)."""
-        known = set(known_futures)
-        graph = g.normalize(dsk, known=known)
+        priorities).  ``borrowing``: a `_Borrowing` of this client."""
+        graph = g.normalize(dsk, known=set(known_futures))
         deps = g.dependencies(graph)
         graph = g.cull(graph, deps, wanted)
         deps = {k: deps[k] for k in graph}
         # dask turns our Futures (TaskRefs) into references to their keys wherever
-        # they sit, even inside fused subgraphs: a graph may depend on any key this
-        # client holds a Future of.
-        known.update(self.shell.held())
-        g.check(graph, deps, known=known)
+        # they sit, even inside fused subgraphs, and optimizes the Futures themselves
+        # away: a graph may depend on any key a Future holds, this client's or
+        # another's.
+        g.check(graph, deps, known=borrowing)
         priorities = g.order(graph, deps)
         return [(k, node, deps[k]) for k, node in graph.items()], priorities
 
@@ -395,25 +487,32 @@ class Client(ClusterMethods, ObserveMethods):
             annotations = annotations or per_key_annotations(dsk)
         dsk = g.as_dict(dsk) if not isinstance(dsk, dict) else dsk
         flat = g.flatten_keys(keys)
-        # Futures as graph values are data already on the cluster.
+        # Futures as graph values are data already on the cluster; another
+        # client's become this client's own.
         known_futures = {}
         plain = {}
-        for k, v in dsk.items():
-            if isinstance(v, Future):
-                if v.key == k:
-                    known_futures[k] = v
+        borrowing = _Borrowing(self)
+        try:
+            for k, v in dsk.items():
+                if isinstance(v, Future):
+                    if v.client is not self:
+                        v = borrowing.future(v.key)
+                    if v.key == k:
+                        known_futures[k] = v
+                    else:
+                        known_futures[v.key] = v
+                        plain[k] = TaskRef(v.key)
                 else:
-                    known_futures[v.key] = v
-                    plain[k] = TaskRef(v.key)
-            else:
-                plain[k] = v
-        for k in flat:
-            if k not in plain and k not in known_futures:
-                raise KeyError(k)
-        needed = list(dict.fromkeys(k for k in flat if k in plain))
-        tasks, priorities = self._graph_tasks(plain, needed, known_futures)
-        sent = self._submit_graph(tasks, needed, priorities, options, futures=futures,
-                                  annotations=annotations)
+                    plain[k] = v
+            for k in flat:
+                if k not in plain and k not in known_futures:
+                    raise KeyError(k)
+            needed = list(dict.fromkeys(k for k in flat if k in plain))
+            tasks, priorities = self._graph_tasks(plain, needed, known_futures, borrowing)
+            sent = self._submit_graph(tasks, needed, priorities, options,
+                                      futures=futures, annotations=annotations)
+        finally:
+            borrowing.give_back()
         return sent, known_futures, flat, needed
 
     # ---------------------------------------------------------------- futures API
@@ -464,7 +563,13 @@ class Client(ClusterMethods, ObserveMethods):
         node, found = call_spec(key, fn, args, kwargs)
         if self.shell.is_held(key):
             return Future(key, self)
-        futures = self._submit_graph([(key, node, list(found))], [key], None, options)
+        borrowing = _Borrowing(self)
+        try:
+            borrowing.need_futures(found.values())
+            futures = self._submit_graph([(key, node, list(found))], [key], None,
+                                         options)
+        finally:
+            borrowing.give_back()
         return futures[key]
 
     def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
@@ -497,14 +602,19 @@ class Client(ClusterMethods, ObserveMethods):
             keys = [f"{name}-{base}-{i}" for i in range(len(rows))]
         tasks = []
         seen = {}
-        for k, row in zip(keys, rows):
-            if k in seen:
-                continue
-            seen[k] = None
-            node, found = call_spec(k, fn, row, kwargs)
-            tasks.append((k, node, list(found)))
-        priorities = {k: i for i, k in enumerate(keys)}
-        futures = self._submit_graph(tasks, list(seen), priorities, options)
+        borrowing = _Borrowing(self)
+        try:
+            for k, row in zip(keys, rows):
+                if k in seen:
+                    continue
+                seen[k] = None
+                node, found = call_spec(k, fn, row, kwargs)
+                borrowing.need_futures(found.values())
+                tasks.append((k, node, list(found)))
+            priorities = {k: i for i, k in enumerate(keys)}
+            futures = self._submit_graph(tasks, list(seen), priorities, options)
+        finally:
+            borrowing.give_back()
         out = []
         for k in keys:               # a repeated key gets a Future of its own
             out.append(futures.pop(k) if k in futures else Future(k, self))
@@ -708,16 +818,21 @@ class Client(ClusterMethods, ObserveMethods):
 
     def _graph_futures(self, dsk, keys, options, annotations):
         """Submit what ``keys`` need of a normalized graph; {key: Future} for every
-        key.  A key outside the graph is data a Future of this client already holds
-        (a persisted collection's): dask turned those Futures into references.
+        key.  A key outside the graph is data a Future already holds (a persisted
+        collection's), this client's or another's: dask turned those Futures into
+        references.
         ``annotations``: the graph's, ``{name: {key: value}}``."""
         wanted = [k for k in dict.fromkeys(keys) if k in dsk]
-        tasks, priorities = self._graph_tasks(dsk, wanted, ())
-        futures = self._submit_graph(tasks, wanted, priorities, options,
-                                     annotations=kept_annotations(annotations))
-        for k in keys:
-            if k not in futures:
-                futures[k] = Future(k, self)
+        borrowing = _Borrowing(self)
+        try:
+            tasks, priorities = self._graph_tasks(dsk, wanted, (), borrowing)
+            futures = self._submit_graph(tasks, wanted, priorities, options,
+                                         annotations=kept_annotations(annotations))
+            for k in keys:
+                if k not in futures:
+                    futures[k] = borrowing.future(k)
+        finally:
+            borrowing.give_back()
         return futures
 
     # ---------------------------------------------------------------- shared names
@@ -860,6 +975,14 @@ class Client(ClusterMethods, ObserveMethods):
         run_blocking(self._close_op(timeout))
 
     def _close_op(self, timeout=5):
+        if not self.shell.loop.in_loop():
+            # Keys lent to another client stay until the scheduler has its work,
+            # which travels on that client's own connection.
+            for loan in list(self._loans):
+                try:
+                    yield Answer(loan, timeout, "the return of keys lent")
+                except TimeoutError:
+                    pass
         with self._status_lock:
             if not self.shell.begin_close():
                 return

@@ -234,6 +234,17 @@ class ClientShell:
 
     # ---------------------------------------------------------------- messages
 
+    def wait_for(self, future):
+        """What is sent from now on leaves once ``future`` is done: another
+        client's answer from the scheduler, which then has that client's earlier
+        messages."""
+        self._call(self.state.wait_for, future)
+
+        def done(_):
+            self._call(self.state.waited, future)
+            self._wake_loop()
+        future.add_done_callback(done)
+
     def send(self, msg):
         """Queue a message for the scheduler (any thread)."""
         with LOCK:

@@ -45,7 +45,7 @@ State, documented once:
     futures:    {key: FutureState}     keys held by Futures (or by a running `get`)
     refcount:   {key: int}             how many hold each of them
     requests:   {request_id: token}    requests waiting for their answer
-    waits:      {request_id}           those of them that may be parked on the
+    parked:     {request_id}           those of them that may be parked on the
                                        scheduler (Lock, Queue...: "coordinate")
     scatters:   {request_id: ({key not stored yet}, token)}
     releases:   [key]                  keys nobody holds any more, not yet told: they
@@ -81,6 +81,10 @@ State, documented once:
                                        wait for it
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
+    waits:      {token}                each stands for another client's messages,
+                                       which the scheduler must have before those
+                                       queued here after `wait_for` (a `_Wait` in
+                                       `outbox` marks the place) leave; until `waited`
     monitoring: bool                   monitor snapshots are subscribed to
     topics:     {topic}                the workers' events subscribed to
 """
@@ -203,6 +207,16 @@ UNORDERED = frozenset({"update-graph", "gather", "client-releases-keys",
                        "fire-and-forget"})
 
 
+class _Wait:
+    """The place in `ClientState.outbox` of a `wait_for`: no message, it never
+    leaves."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token):
+        self.token = token
+
+
 class ClientState:
     def __init__(self, address, paused_warning=None):
         self.address = address
@@ -210,7 +224,7 @@ class ClientState:
         self.futures = {}
         self.refcount = {}
         self.requests = {}
-        self.waits = set()
+        self.parked = set()
         self.scatters = {}
         self.releases = []
         self.outbox = [self._options()]
@@ -228,6 +242,7 @@ class ClientState:
         self.by_key = {}
         self.workers = set()
         self.unconfirmed = set()
+        self.waits = set()
         self.kept = 0                   # FutureState.data values held
         self._ids = itertools.count(1)
 
@@ -294,13 +309,27 @@ class ClientState:
         if self.scheduler is None:
             return []
         self._queue_releases()
-        if self.unconfirmed:
+        if self.unconfirmed or self.waits:
             for i, msg in enumerate(self.outbox):
-                if msg["op"] not in UNORDERED:
+                if type(msg) is _Wait or (self.unconfirmed
+                                          and msg["op"] not in UNORDERED):
                     out, self.outbox = self.outbox[:i], self.outbox[i:]
                     return out
         out, self.outbox = self.outbox, []
         return out
+
+    def wait_for(self, token):
+        """The messages queued from now on leave once `waited` (``token``): they
+        need what another client has sent, on its own connection, to reach the
+        scheduler first."""
+        self.waits.add(token)
+        self._queue(_Wait(token))
+
+    def waited(self, token):
+        if token in self.waits:
+            self.waits.discard(token)
+            self.outbox = [msg for msg in self.outbox
+                           if type(msg) is not _Wait or msg.token is not token]
 
     def request(self, msg, token, welcome=False):
         """Send ``msg`` and wait for its answer with ``token``.  ``msg`` gets a
@@ -313,7 +342,7 @@ class ClientState:
             return [Reject(token, SchedulerLost(f"not connected to {self.address}"))]
         self.requests[WELCOME if welcome else msg["request_id"]] = token
         if msg["op"] == "coordinate":
-            self.waits.add(msg["request_id"])
+            self.parked.add(msg["request_id"])
         self._queue(msg)
         return []
 
@@ -479,7 +508,7 @@ class ClientState:
             if not st.done():
                 st.error = {"type": "SchedulerLost", "text": reason}
                 out += self._set(st, LOST)
-        self.waits.clear()
+        self.parked.clear()
         for rid, token in list(self.requests.items()):
             if rid == WELCOME:
                 continue
@@ -498,14 +527,17 @@ class ClientState:
         if self.status == "closed":
             return False
         self.status = "closed"
-        for rid in sorted(self.waits):
+        # Nothing of this client's is kept any more: what waited goes now.
+        self.waits.clear()
+        self.outbox = [msg for msg in self.outbox if type(msg) is not _Wait]
+        for rid in sorted(self.parked):
             self._queue({"op": "withdraw", "request": rid})
         self._queue({"op": "close-client"})
         return True
 
     def unanswered_waits(self):
         """The tokens of the requests that may be parked on the scheduler."""
-        return [self.requests[rid] for rid in sorted(self.waits)]
+        return [self.requests[rid] for rid in sorted(self.parked)]
 
     def closed(self):
         """Closed and the connection gone: pending keys are cancelled and every
@@ -622,7 +654,7 @@ class ClientState:
         return out
 
     def _answer(self, rid, value):
-        self.waits.discard(rid)
+        self.parked.discard(rid)
         token = self.requests.pop(rid, None)
         return [] if token is None else [Resolve(token, value)]
 
@@ -731,8 +763,10 @@ class ClientState:
             assert st.status in (PENDING, FINISHED, ERROR, CANCELLED, LOST), st
         assert not set(self.requests) & set(self.scatters), "a request id used twice"
         assert set(self.gathers) <= set(self.requests), "a gather without its request"
-        assert self.waits <= set(self.requests), "a wait without its request"
+        assert self.parked <= set(self.requests), "a parked request without its request"
         assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
+        assert self.waits == {msg.token for msg in self.outbox
+                              if type(msg) is _Wait}, "a wait without its place"
         assert self.kept == sum(st.data is not None for st in self.futures.values())
         assert self.kept <= MAX_KEPT
         for key, rids in self.by_key.items():

@@ -180,6 +180,25 @@ def test_a_blocking_and_an_asynchronous_client_share_a_scheduler(pc):
         blocking.unpublish_dataset("shared")
 
 
+
+def test_an_asynchronous_client_computes_a_blocking_clients_futures(pc):
+    import dask
+    import dask.array as da
+
+    with Client(pc.file, set_as_default=False) as blocking:
+        p = blocking.persist(da.ones(100, chunks=25) * 3)
+        f = blocking.submit(inc, 1)
+
+        async def main():
+            async with Client(pc.file, asynchronous=True, set_as_default=False) as c:
+                assert await c.compute(p.sum()) == 300
+                assert await c.compute(dask.delayed(inc)(f)) == 3
+                assert await c.get({"x": f, "y": (inc, "x")}, ["x", "y"]) == (2, 3)
+                q = c.persist(p)
+                assert await c.compute((q * 2).sum()) == 600
+        run(main())
+
+
 def test_futures_of_a_blocking_client_are_awaitable_in_a_loop(pc):
     with Client(pc.file, set_as_default=False) as c:
         fs = c.map(inc, range(10))

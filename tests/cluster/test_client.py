@@ -436,6 +436,37 @@ def test_reference_counts_are_shared_across_clients(c, pc):
         other.close()
 
 
+
+def test_another_clients_new_future_given_to_submit_and_map_outlives_its_release(c, pc):
+    # Each client's messages go on its own connection: the other client's tasks
+    # must reach the scheduler after the Future's own and before its release.
+    other = pc.client(set_as_default=False)
+    try:
+        for i in range(30):
+            f = c.submit(inc, i, pure=False)
+            g = other.submit(inc, f)
+            (h,) = other.map(add, [f], [10])
+            del f
+            assert g.result(timeout=10) == i + 2
+            assert h.result(timeout=10) == i + 11
+    finally:
+        other.close()
+
+
+
+def test_a_client_closing_right_after_another_used_its_future_leaves_it_to_that_one(c, pc):
+    import dask
+
+    for i in range(15):
+        first = pc.client(set_as_default=False)
+        f = first.submit(inc, i, pure=False)
+        g = c.submit(inc, f)
+        total = c.compute(dask.delayed(add)(f, 10))
+        first.close()     # on its own connection: must not reach the scheduler first
+        assert g.result(timeout=10) == i + 2
+        assert total.result(timeout=10) == i + 11
+
+
 def test_a_closed_client_releases_its_keys(c, pc):
     other = pc.client(set_as_default=False)
     f = other.submit(inc, 5, key="short-lived")

@@ -3,6 +3,7 @@ the same results as dask's synchronous scheduler; compute, persist, dask.compute
 ``scheduler=c.get``, the Client as dask's default scheduler, and every graph form
 dask produces."""
 
+import gc
 import operator
 
 import dask
@@ -15,8 +16,8 @@ import pytest
 from dask._task_spec import Alias, DataNode, Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph
 
-from helpers import add, count_lines, inc, pid, record, wait_for
-from dask_ipy import Future, wait
+from helpers import add, block_until_file, count_lines, inc, pid, record, wait_for
+from dask_ipy import Future, MissingDependency, wait
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,6 +239,76 @@ def test_futures_inside_graphs(c):
     assert c.get({"y": (add, f, 10)}, "y") == 12
     assert c.get({"y": Task("y", add, TaskRef(f.key), 100)}, "y") == 102
     assert dask.delayed(add)(f, 1000).compute() == 1002
+
+
+# ---------------------------------------------------------------- another client's Futures
+
+def test_a_client_computes_what_another_client_persisted(c, pc):
+    p = c.persist(da.ones(100, chunks=25) * 3)
+    f = c.submit(inc, 1)
+    df = dd.from_pandas(pd.DataFrame({"a": range(100)}), npartitions=4).persist()
+    c.publish_dataset(df=df)
+    other = pc.client(set_as_default=False)
+    try:
+        assert other.compute(p.sum()).result(timeout=10) == 300
+        with other.as_current():
+            assert p.sum().compute() == 300
+        assert other.compute(dask.delayed(add)(f, 10)).result(timeout=10) == 12
+        assert other.get({"y": (add, f, 10)}, "y") == 12
+        assert other.get({"x": f, "y": (add, "x", 1)}, ["x", "y"]) == (2, 3)
+        # This process's dask hands back the publisher's own collection, and Futures.
+        published = other.get_dataset("df")
+        assert other.compute(published.a.sum()).result(timeout=10) == 4950
+        q = other.persist(p * 2)
+        assert q.sum().compute(scheduler=other.get) == 600
+        del q
+        # Persisted again as it is, it is the other client's own: it outlives the
+        # first client's Futures.
+        mine = other.persist(p)
+        held = list(dict(mine.__dask_graph__()).values())
+        assert {fut.client for fut in held} == {other}
+        del p
+        gc.collect()
+        wait(held, timeout=10)
+        assert all(other.who_has(held).values())
+        assert other.compute(mine.sum()).result(timeout=10) == 300
+        # A Future released everywhere is missing, as before anything runs.
+        gone = f.key
+        f.release()
+        wait_for(lambda: gone not in c.who_has(), message="the release")
+        with pytest.raises(MissingDependency, match=gone):
+            other.compute(dask.delayed(add)(f, 10))
+    finally:
+        other.close()
+        c.unpublish_dataset("df")
+
+
+def test_a_computation_on_another_clients_futures_outlives_that_client(c, pc, tmp_path):
+    gate = str(tmp_path / "gate")
+    first = pc.client(set_as_default=False)
+    other = pc.client(set_as_default=False)
+    try:
+        f = first.submit(inc, 1)
+        p = first.persist(da.ones(100, chunks=25) * 3)
+        first.who_has()             # its graphs have reached the scheduler
+        gated = dask.delayed(block_until_file)(gate, 0)
+        total = other.compute(dask.delayed(add)(dask.delayed(add)(gated, f), p.sum()))
+        xy = other.get({"x": f, "y": (add, "x", 1)}, ["x", "y"], sync=False)
+        other.who_has()             # its graph has reached the scheduler
+        clients = other.scheduler_info()["nclients"]
+        first.close()
+        wait_for(lambda: other.scheduler_info()["nclients"] == clients - 1,
+                 message="the first client gone")
+        open(gate, "w").close()
+        assert total.result(timeout=20) == 302
+        assert {fut.client for fut in xy} == {other}
+        assert other.gather(xy, timeout=10) == (2, 3)
+        del total, xy
+        gc.collect()
+        wait_for(lambda: f.key not in other.who_has(), message="the release")
+    finally:
+        first.close()
+        other.close()
 
 
 def test_priorities_follow_dask_order(c, monkeypatch):

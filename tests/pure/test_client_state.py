@@ -68,6 +68,31 @@ def test_releases_keep_their_place_among_the_messages(cs):
         uses, {"op": "client-releases-keys", "keys": ["a", "b"]}, again]
 
 
+
+def test_what_needs_another_clients_messages_waits_for_them(cs):
+    # Sent before the wait: leaves at once; after: once the other client's
+    # messages have reached the scheduler (its answer came), releases included.
+    before = {"op": "update-graph", "keys": ["a"], "tasks": [("a", "spec", [], 0)]}
+    cs.send(before)
+    cs.wait_for("lender's answer")
+    uses = {"op": "update-graph", "keys": ["b"], "tasks": [("b", "spec", ["x"], 0)]}
+    cs.send(uses)
+    cs.hold("c")
+    cs.drop(["c"])
+    assert step(cs, cs.take_messages()) == [before]
+    assert step(cs, cs.take_messages()) == []
+    cs.waited("lender's answer")
+    assert step(cs, cs.take_messages()) == [
+        uses, {"op": "client-releases-keys", "keys": ["c"]}]
+    cs.waited("lender's answer")
+    assert cs.take_messages() == []
+    # Closing: nothing waits any more.
+    cs.wait_for("another answer")
+    cs.send(uses)
+    assert cs.begin_close()
+    assert step(cs, cs.take_messages()) == [uses, {"op": "close-client"}]
+
+
 def test_a_key_from_elsewhere_is_asked_for_once(cs):
     cs.hold("x", inform=True)
     cs.hold("x", inform=True)
