@@ -59,13 +59,19 @@ State, documented once:
                                       still served
     transition_log:    [(key, start, finish)] or None: every change of a task's state,
                        once `observe_transitions` is on (for worker plugins)
+    story_log:         deque of the latest changes or None, once `keep_story` is on:
+                       (key, start, finish, stimulus, clock), the kind of the event
+                       that caused it and the shell's time (see stories.py)
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
+
+from .. import stories
 
 SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
 PREFETCH = 8           # tasks per thread handed to the pool when they are short
@@ -181,6 +187,10 @@ class WorkerState:
         self.clients = set()          # clients taking small results straight
         self.task_class = WTask
         self.transition_log = None
+        self.story_log = None
+        self.observed = False         # task states are recorded as they change
+        self.stimulus = "start"       # the kind of event handled now
+        self.clock = 0.0              # the shell's time of the events handled now
         self._seq = itertools.count()
         # {kind: handler}: the scheduler's messages and the shell's own events
         # (messages.KINDS, messages.SHELL_EVENTS)
@@ -192,15 +202,18 @@ class WorkerState:
     def handle(self, op, **kw):
         return self.handle_all(((op, kw),))
 
-    def handle_all(self, events):
+    def handle_all(self, events, now=0.0):
         """Events [(op, {argument: value})] one after another, as many `handle`s
         would, but with tasks started and fetches asked for once, after the last: a
         batch of "compute-task" or of results that arrived together costs one pass
-        over the ready tasks, and the highest of them start first."""
+        over the ready tasks, and the highest of them start first.  ``now``: the
+        shell's clock, for `story_log`."""
         out = []
         errors = []
         handlers = self.handlers
+        self.clock = now
         for op, kw in events:
+            self.stimulus = op
             try:
                 handlers[op](out, **kw)
             except Exception as e:
@@ -305,8 +318,8 @@ class WorkerState:
                 continue
             del self.tasks[ts.key]
             ts.ran = None
-            if self.transition_log is not None:
-                self.transition_log.append((ts.key, ts.state, "forgotten"))
+            if self.observed:
+                self._record(ts.key, ts.state, "forgotten")
             self._forget_flight(ts)
             if ts.state == "memory" or ts.key in self.nbytes:
                 self._drop_data(ts.key)
@@ -370,10 +383,10 @@ class WorkerState:
         out.append(Send({"op": "add-keys", "keys": keys}))
 
     def _on_restart(self, out):
-        if self.transition_log is not None:
-            self.transition_log.extend((ts.key, ts.state, "forgotten")
-                                       for ts in self.tasks.values()
-                                       if ts.state != "executing")
+        if self.observed:
+            for ts in self.tasks.values():
+                if ts.state != "executing":
+                    self._record(ts.key, ts.state, "forgotten")
         for key in self.unconfirmed:         # never handed to a thread: just forget
             self._stop_executing(key)
             self._drop(out, key)
@@ -826,25 +839,57 @@ class WorkerState:
     def observe_transitions(self):
         """Record every change of a task's state in `transition_log` from now on, as
         (key, start, finish), "forgotten" when a task is dropped (for worker
-        plugins; the shell takes the log after each event).  Tasks become instances
-        of a subclass whose ``state`` records as it changes: a worker nobody
-        observes pays nothing."""
+        plugins; the shell takes the log after each event)."""
+        if self.transition_log is None:
+            self.transition_log = []
+            self._observe()
+
+    def keep_story(self, length):
+        """Keep the latest ``length`` changes of tasks' states in `story_log`, for
+        `story`."""
+        self.story_log = deque(maxlen=length)
+        self._observe()
+
+    def story(self, *keys_or_stimuli):
+        """What `story_log` holds of these keys and stimulus ids, oldest first, in the
+        shape of dask.distributed's worker log: [(key, start, state asked for, state
+        reached, recommendations, stimulus_id, time)]; a state here is set, not
+        recommended, so the two states are the same and there are no
+        recommendations.  Any thread may ask."""
+        return [(key, start, finish, finish, recs, stimulus_id, when)
+                for key, start, finish, recs, stimulus_id, when
+                in stories.story(self.story_log or (), None, keys_or_stimuli)]
+
+    def _record(self, key, start, finish):
         if self.transition_log is not None:
-            return
-        log = self.transition_log = []
-        slot = WTask.state                    # the slot behind the attribute
+            self.transition_log.append((key, start, finish))
+        if self.story_log is not None:
+            self.story_log.append((key, start, finish, self.stimulus, self.clock))
+
+    def _observe(self):
+        """Tasks become instances of a subclass whose ``state`` records as it
+        changes (as `_record` does, inlined: a task's state changes a few times per
+        task): a worker nobody observes pays nothing.  Made again when a second
+        log is kept."""
+        self.observed = True
+        get, put = WTask.state.__get__, WTask.state.__set__   # the slot behind it
+        plugins, story, state = self.transition_log, self.story_log, self
 
         def set_state(ts, finish):
-            try:
-                start = slot.__get__(ts)
-            except AttributeError:            # a new task: not a transition yet
-                start = finish
+            start = get(ts)
             if start != finish:
-                log.append((ts.key, start, finish))
-            slot.__set__(ts, finish)
+                if plugins is not None:
+                    plugins.append((ts.key, start, finish))
+                if story is not None:
+                    story.append((ts.key, start, finish, state.stimulus, state.clock))
+            put(ts, finish)
 
-        self.task_class = type("ObservedWTask", (WTask,),
-                               {"__slots__": (), "state": property(slot.__get__, set_state)})
+        def init(ts, key):
+            put(ts, "released")              # a new task: not a transition yet
+            WTask.__init__(ts, key)
+
+        self.task_class = type("ObservedWTask", (WTask,), {
+            "__slots__": (), "__init__": init, "state": property(get, set_state)})
         for ts in self.tasks.values():
             ts.__class__ = self.task_class
 
