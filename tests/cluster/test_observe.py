@@ -217,3 +217,17 @@ def test_stories_kept_short_or_not_at_all(tmp_path):
         c.gather(futures)
         story = c.story(*futures)
         assert len([line for line in story if line[0] == "scheduler"]) == 2
+
+
+def own_story(key):
+    """The story of ``key`` (the running task's own) on its worker."""
+    from dask_ipy import get_worker
+
+    return get_worker().story(key)
+
+
+def test_a_task_asks_its_worker_for_its_own_story():
+    with local_cluster() as (_, workers, c):
+        f = c.submit(own_story, "me", key="me")
+        assert [line[1:3] for line in f.result()][-2:] == [("released", "ready"),
+                                                           ("ready", "executing")]
