@@ -30,7 +30,7 @@ def story(log, recommendations, keys_or_stimuli):
             except ValueError:
                 pass
     entries = list(log)
-    recommendations = ([()] * len(entries) if recommendations is None
+    recommendations = ([None] * len(entries) if recommendations is None
                        else list(recommendations))
     return [(key, start, finish, dict(recs or ()), f"{kind}-{when}", when)
             for (key, start, finish, kind, when), recs in zip(entries, recommendations)

@@ -77,10 +77,9 @@ State, documented once:
                 (key, start, finish, stimulus, clock); the stimulus is the kind of
                 message (or event: "add-worker", "remove-worker", "remove-client")
                 that caused it (see stories.py)
-    transition_recs: deque beside it: the recommendations {key: state} of each
-                (apart, so that the garbage collector can let go of the log's tuples
-                of strings: full collections walking 100,000 tuples that hold dicts
-                cost as much as the rest of the log)
+    transition_recs: deque beside it: the recommendations {key: state} of each, or
+                None (apart: a tuple holding a dict stays tracked by the garbage
+                collector, which would then walk every entry again and again)
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
@@ -1383,10 +1382,10 @@ class SchedulerState:
         has (dask.distributed's worker resources)."""
         if wid in self.workers:
             return self.workers[wid]
+        self.stimulus = "add-worker"
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
-        self.stimulus = "add-worker"
         ws = WorkerRecord(wid, address, nthreads, name, host, pid, memory_limit, now,
                           _resources(resources))
         ws.memory_fractions = memory_fractions
@@ -1485,7 +1484,8 @@ class SchedulerState:
         return ws
 
     def tell_time(self, now):
-        """The shell's clock, which what happens next records (`transition_log`)."""
+        """The shell's clock: what happens next is logged at this time
+        (`transition_log`)."""
         if now > self.clock:
             self.clock = now
 
@@ -2512,7 +2512,7 @@ class SchedulerState:
             ts.group.states[ts.state] -= 1
             if log is not None:
                 log.append((key, ts.state, FORGOTTEN, self.stimulus, self.clock))
-                self.transition_recs.append({})
+                self.transition_recs.append(None)
         for cs in self.clients.values():
             cs.wants_what.clear()
         self.queued.clear()
@@ -2895,8 +2895,8 @@ class SchedulerState:
         """What `transition_log` holds of these keys (or TaskStates) and stimulus ids,
         oldest first, as dask.distributed's: [(key, start, finish, recommendations,
         stimulus_id, time)] (see stories.py)."""
-        return stories.story(self.transition_log or (), self.transition_recs or (),
-                     [k.key if isinstance(k, TaskState) else k for k in keys_or_stimuli])
+        keys = [k.key if isinstance(k, TaskState) else k for k in keys_or_stimuli]
+        return stories.story(self.transition_log or (), self.transition_recs or (), keys)
 
     def memory_info(self, ws, now=None):
         """A worker's memory as it last reported it: process (RSS), managed (results
