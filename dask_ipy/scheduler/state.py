@@ -675,10 +675,10 @@ class SchedulerState:
                 recs = func(ts, *args)
             finally:
                 self._in_transition -= 1
-        if self.transition_log is not None:
+        log = self.transition_log
+        if log is not None:
             # Objects that exist already, nothing formatted.
-            self.transition_log.append((ts.key, start, ts.state, self.stimulus,
-                                        self.clock))
+            log.append((ts.key, start, ts.state, self.stimulus, self.clock))
             self.transition_recs.append(recs or None)
         return recs
 

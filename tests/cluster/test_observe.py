@@ -7,6 +7,7 @@ import json
 import time
 
 import dask
+import pytest
 from helpers import (add, fail, inc, local_cluster, log_message, processes, slow_inc,
                      wait_for)
 
@@ -189,7 +190,9 @@ def test_the_story_of_a_key_from_the_scheduler_and_the_workers(c):
     wait_for(lambda: ("released", "forgotten") in story_steps(c.story(key),
                                                               "scheduler", key),
              message="x forgotten")
-    assert c.story("no-such-key") == []
+    assert c.story("no-such-key") == [] == c.story("no-such-key", on_error="ignore")
+    with pytest.raises(ValueError, match="on_error"):
+        c.story(key, on_error="return")
 
 
 def test_the_story_from_an_asynchronous_client(pc):
