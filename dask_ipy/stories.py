@@ -17,10 +17,11 @@ LENGTH = 10_000        # entries a log keeps by default
 def story(log, recommendations, keys_or_stimuli):
     """The entries of ``log`` (oldest first) of these keys, recommending them a state,
     or caused by these stimulus ids: [(key, start, finish, {key: state},
-    stimulus_id, time)].  ``recommendations``: what each entry recommended, in a
-    sequence beside ``log``, or None.  ``log`` is copied first, in one step: a log
-    that another thread appends to may be read (with no recommendations)."""
-    wanted = set(keys_or_stimuli)
+    stimulus_id, time)]; what is no key (unhashable) is no part of any.
+    ``recommendations``: what each entry recommended, in a sequence beside ``log``,
+    or None.  ``log`` is copied first, in one step: a log that another thread
+    appends to may be read (with no recommendations)."""
+    wanted = {name for name in keys_or_stimuli if _hashable(name)}
     stimuli = set()
     for name in wanted:
         if isinstance(name, str):
@@ -36,6 +37,14 @@ def story(log, recommendations, keys_or_stimuli):
             for (key, start, finish, kind, when), recs in zip(entries, recommendations)
             if key in wanted or (kind, when) in stimuli
             or not wanted.isdisjoint(recs or ())]
+
+
+def _hashable(value):
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def worker_story(*keys_or_stimuli, dask_worker=None):

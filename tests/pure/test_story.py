@@ -187,3 +187,11 @@ def test_a_worker_keeping_no_story_tells_none():
     ws = WorkerState(B, validating=True)
     fetch_and_run(ws)
     assert ws.story("x", "z") == [] and ws.story_log is None and not ws.observed
+
+
+def test_what_is_no_key_is_in_no_story():
+    s = scheduler()
+    run_chain(s)
+    assert s.story({"not": "a key"}, ["nor", "this"], "x")[0][:3] == (
+        "x", "released", "waiting")
+    assert s.story({"not": "a key"}) == []
