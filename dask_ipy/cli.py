@@ -63,6 +63,9 @@ def build_parser():
     p.add_argument("--dashboard-prefix", default="",
                    help="path the page lives under, for a proxy that keeps it "
                         "(e.g. /proxy/8787)")
+    p.add_argument("--transition-log-length", type=int, default=None, metavar="N",
+                   help="transitions kept for Client.story (0: none; default "
+                        "10000)")
     p.add_argument("--encrypt", action="store_true",
                    help="encrypt every connection (ZeroMQ CURVE)")
     p.add_argument("--security-from-stdin", action="store_true",
@@ -249,7 +252,8 @@ def cmd_scheduler(args):
                   connection_file=args.connection_file, idle_timeout=args.idle_timeout,
                   heartbeat_timeout=args.heartbeat_timeout,
                   dashboard_port=args.dashboard_port,
-                  dashboard_prefix=args.dashboard_prefix)
+                  dashboard_prefix=args.dashboard_prefix,
+                  transition_log_length=args.transition_log_length)
     log = None
     try:
         with _until_signalled():

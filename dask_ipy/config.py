@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dask
 
+from . import stories
+
 DEFAULTS = {
     "dask-ipy": {
         "worker": {
@@ -46,6 +48,8 @@ DEFAULTS = {
             # record every task (start, stop, thread, inputs fetched) for the task
             # stream and performance reports
             "task-stream": True,
+            # transitions of tasks kept for `Client.story` (0: none; None: 10,000)
+            "transition-log-length": None,
             # sample the stacks of the threads running tasks, for Client.profile
             "profile": {
                 "enabled": True,
@@ -58,6 +62,8 @@ DEFAULTS = {
             # seconds a worker may stay paused before clients and the widget warn
             "paused-warning": 60,
         },
+        # transitions kept for `Client.story` (0: none; None: 10,000)
+        "scheduler": {"transition-log-length": None},
     }
 }
 
@@ -100,6 +106,16 @@ def profile_settings():
     return (float(parse_timedelta(get("worker.profile.interval"), "s")),
             float(parse_timedelta(get("worker.profile.cycle"), "s")),
             int(get("worker.profile.history")))
+
+
+def transition_log_length(role):
+    """How many transitions the scheduler or a worker (``role``) keeps for `story`:
+    ``dask-ipy.<role>.transition-log-length``, else dask.distributed's
+    ``distributed.scheduler.transition-log-length``, else 10,000."""
+    value = get(f"{role}.transition-log-length")
+    if value is None:
+        value = dask.config.get("distributed.scheduler.transition-log-length", None)
+    return stories.LENGTH if value is None else int(value)
 
 
 def paused_warning():

@@ -156,6 +156,7 @@ KINDS = {
         "get-logs": "the scheduler's latest log lines (at most 'n')",
         "get-profile": "the workers' sampled call trees (merged, or per worker), "
                        "asked of each worker and gathered within a 'timeout'",
+        "get-story": "the scheduler's transitions of these keys or stimulus ids",
     },
     (SCHEDULER, CLIENT): {
         "hello-reply": "the answer to 'hello': the nonce, the epoch, the scheduler's id",

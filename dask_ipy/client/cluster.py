@@ -1,5 +1,5 @@
 """The client's hold on the cluster itself: code and set-up on workers (`run`,
-`call_stack`, `upload_file`, `register_plugin`), code in the scheduler
+`call_stack`, `story`, `upload_file`, `register_plugin`), code in the scheduler
 (`run_on_scheduler`, scheduler plugins), its workers (`wait_for_workers`,
 `restart`, `retire_workers`, `restart_workers`, `rebalance`, `replicate`,
 `processing`, `forward_logging`), and its state (`nbytes`, `dump_cluster_state`),
@@ -23,7 +23,8 @@ from ..errors import rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFile,
                        handle_forwarded, plugin_kind, plugin_name)
 from ..protocol import serialize
-from .futures import Waiter, futures_in, load
+from ..stories import worker_story
+from .futures import Future, Waiter, futures_in, load
 from .waits import done, then
 
 RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
@@ -107,6 +108,27 @@ class ClusterMethods:
             (profiling.worker_call_stacks, (keys or None,), {}))}, "raise")
         return self.run_op(then(op, lambda found: {
             address: stacks for address, stacks in found.items() if stacks}))
+
+    def story(self, *keys_or_stimuli, on_error="raise"):
+        """What the cluster did with these keys (or Futures) or stimulus ids, as
+        dask.distributed's story: the scheduler's transitions, ``("scheduler", key,
+        start, finish, recommendations, stimulus_id, time)``, then each worker's by
+        address, ``(address, key, start, state asked for, state reached,
+        recommendations, stimulus_id, time)``, each oldest first (see stories.py).
+        ``on_error="ignore"``: leave out the workers whose answer is an error."""
+        if on_error not in ("raise", "ignore"):
+            raise ValueError(f"on_error must be 'raise' or 'ignore', not {on_error!r}")
+        names = [k.key if isinstance(k, Future) else k for k in keys_or_stimuli]
+        return self.run_op(self._story_op(names, on_error))
+
+    def _story_op(self, names, on_error):
+        lines = yield from self.shell.request_op({"op": "get-story", "keys": names})
+        found = yield from self._run_op({"op": "run", "workers": None, "function":
+                                         serialize((worker_story, tuple(names), {}))},
+                                        on_error)
+        return [("scheduler", *line) for line in lines] + [
+            (address, *line) for address, told in sorted(found.items())
+            for line in told]
 
     def run_on_scheduler(self, function, *args, **kwargs):
         """Run ``function(*args, **kwargs)`` in the scheduler process (on its I/O

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 
 import zmq
 
-from .. import bulk, messages, profiling
+from .. import bulk, messages, profiling, stories
 from ..addresses import ANY_HOST, advertised_host, dashboard_url, host_of
 from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
@@ -39,6 +40,16 @@ MONITOR_INTERVAL = 0.5
 PAGE = 100_000             # task stream records in one answer at most
 
 
+def _transition_log_length():
+    """dask.config's, where this process has loaded dask (a scheduler process of its
+    own never does), else the default."""
+    if "dask" not in sys.modules:
+        return stories.LENGTH
+    from ..config import transition_log_length
+
+    return transition_log_length("scheduler")
+
+
 class Scheduler:
     """A scheduler listening for workers and clients.
 
@@ -49,19 +60,26 @@ class Scheduler:
     ``dashboard_port``: serve a live page and Prometheus metrics over HTTP on this
     port (0: any free one; None, the default: no HTTP at all), on ``hostname``, under
     the path ``dashboard_prefix`` (see dashboard.py; `dashboard_link`).
+    ``transition_log_length``: the latest transitions kept for `story` (0: none);
+    by default from dask.config where this process has loaded dask
+    (``dask-ipy.scheduler.transition-log-length``), else 10,000.
     """
 
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
                  security=None, connection_file=None, heartbeat_timeout=10.0,
                  idle_timeout=None, allowed_failures=3, validate=False,
                  max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES,
-                 task_stream_length=CAPACITY, dashboard_port=None, dashboard_prefix=""):
+                 task_stream_length=CAPACITY, dashboard_port=None, dashboard_prefix="",
+                 transition_log_length=None):
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
         self.session = Session(self.security.key, self.id, epoch=new_epoch(),
                                max_message_bytes=max_message_bytes)
+        if transition_log_length is None:
+            transition_log_length = _transition_log_length()
         self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate,
-                                    max_relay_bytes=max_relay_bytes)
+                                    max_relay_bytes=max_relay_bytes,
+                                    transition_log_length=transition_log_length)
         self.heartbeat_timeout = heartbeat_timeout
         self.idle_timeout = idle_timeout
         self.started = time.time()
@@ -153,6 +171,12 @@ class Scheduler:
     def plugins(self):
         """{name: scheduler plugin}"""
         return self.plugin_host.plugins
+
+    def story(self, *keys_or_stimuli):
+        """The transitions of these keys (or TaskStates) or stimulus ids:
+        [(key, start, finish, recommendations, stimulus_id, time)]
+        (`SchedulerState.story`)."""
+        return self.state.story(*keys_or_stimuli)
 
     def get_logs(self, n=None):
         """The latest log lines of this scheduler's process: [(level, line)], newest
@@ -266,6 +290,7 @@ class Scheduler:
             self.loop.call_later(delay, self._find_lost_peers)
 
     def _find_lost_peers(self):
+        self.state.tell_time(time.time())
         for wid in list(self.state.workers):
             if not self._reachable(self.worker_socket, wid):
                 self.state.remove_worker(wid, reason="connection lost")
@@ -286,6 +311,7 @@ class Scheduler:
         # the payload frames of their Serialized values: let the rest go now, not
         # after the handlers (a million-task graph is some 100 MB).
         frames.clear()
+        self.state.tell_time(time.time())
         for msg in msgs:
             op = msg.get("op")
             # A "hello" creates no state: it only earns its sender the epoch.

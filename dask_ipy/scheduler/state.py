@@ -73,6 +73,13 @@ State, documented once:
                 ("add_worker", address), ("remove_worker", address), ("add_client",
                 id), ("remove_client", id), ("update_graph", client, keys, tasks),
                 ("restart",), ("log_event", topic, msg)
+    transition_log: deque of the latest transitions (None: kept off), oldest first:
+                (key, start, finish, stimulus, clock); the stimulus is the kind of
+                message (or event: "add-worker", "remove-worker", "remove-client")
+                that caused it (see stories.py)
+    transition_recs: deque beside it: the recommendations {key: state} of each, or
+                None (apart: a tuple holding a dict stays tracked by the garbage
+                collector, which would then walk every entry again and again)
 
 Transitions are a table ``{(start, finish): method}``; each method returns
 recommendations ``{key: finish}`` which `transitions` applies until none remain.
@@ -93,6 +100,7 @@ from ..errors import error_info
 from ..keys import key_prefix
 from ..units import format_bytes
 from ..protocol import Serialized
+from .. import stories
 from .coordination import Coordination, Reply, Want
 from .moves import Move, plan_rebalance, plan_replicas, plan_retirement
 
@@ -473,7 +481,8 @@ class SchedulerState:
     def __init__(self, *, allowed_failures=3, validate=False, bandwidth=100e6,
                  default_duration=0.5, saturation=2.0, queue_seconds=0.02,
                  queue_bytes=QUEUE_BYTES, max_depth=100,
-                 max_error_text=10_000, max_relay_bytes=MAX_RELAY_BYTES):
+                 max_error_text=10_000, max_relay_bytes=MAX_RELAY_BYTES,
+                 transition_log_length=stories.LENGTH):
         self.tasks = {}
         self.workers = {}
         self.by_address = {}
@@ -498,6 +507,11 @@ class SchedulerState:
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
         self.clock = 0.0                     # the latest time the shell told us
+        self.stimulus = "start"              # what the events handled now came from
+        self.transition_log = self.transition_recs = None
+        if transition_log_length:
+            self.transition_log = deque(maxlen=transition_log_length)
+            self.transition_recs = deque(maxlen=transition_log_length)
         self.moves = {}                      # {move id: Move} (see moves.py)
         self.worker_plugins = {}             # {name: Serialized}
         self.plugin_events = None            # [event] for scheduler plugins, or None
@@ -654,12 +668,19 @@ class SchedulerState:
                 raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
         self.transition_count += 1
         if not self.validating:
-            return func(ts, *args)
-        self._in_transition += 1
-        try:
-            return func(ts, *args)
-        finally:
-            self._in_transition -= 1
+            recs = func(ts, *args)
+        else:
+            self._in_transition += 1
+            try:
+                recs = func(ts, *args)
+            finally:
+                self._in_transition -= 1
+        log = self.transition_log
+        if log is not None:
+            # Objects that exist already, nothing formatted.
+            log.append((ts.key, start, ts.state, self.stimulus, self.clock))
+            self.transition_recs.append(recs or None)
+        return recs
 
     def _set_state(self, ts, state):
         if self.validating:
@@ -1361,6 +1382,7 @@ class SchedulerState:
         has (dask.distributed's worker resources)."""
         if wid in self.workers:
             return self.workers[wid]
+        self.stimulus = "add-worker"
         old = self.by_address.get(address)
         if old is not None:                  # same address, new incarnation
             self.remove_worker(old.id, reason="replaced by a new worker")
@@ -1397,6 +1419,9 @@ class SchedulerState:
         ws = self.workers.pop(wid, None)
         if ws is None:
             return None
+        # What follows comes of the removal, whoever asked for it; then the caller's
+        # own stimulus goes on.
+        outer, self.stimulus = self.stimulus, "remove-worker"
         self.by_address.pop(ws.address, None)
         recs = {}
         suspects = ws.executing or set(ws.processing)
@@ -1455,7 +1480,14 @@ class SchedulerState:
         self.fill_workers()
         if self.moves:
             self._advance_moves()
+        self.stimulus = outer
         return ws
+
+    def tell_time(self, now):
+        """The shell's clock: what happens next is logged at this time
+        (`transition_log`)."""
+        if now > self.clock:
+            self.clock = now
 
     def check_heartbeats(self, now, timeout):
         """Remove workers silent for longer than ``timeout`` seconds; warn clients of
@@ -1576,7 +1608,7 @@ class SchedulerState:
         ws.last_seen = now
         if now > self.clock:
             self.clock = now
-        op = msg["op"]
+        op = self.stimulus = msg["op"]
         handler = self.FROM_WORKERS.get(op)
         if handler is None:
             return True
@@ -1897,6 +1929,7 @@ class SchedulerState:
         cs = self.clients.pop(cid, None)
         if cs is None:
             return
+        self.stimulus = "remove-client"
         for subscribed in self.subscribers.values():
             subscribed.discard(cid)
         for token, (client, _, _) in list(self.worker_waiters.items()):
@@ -1933,7 +1966,8 @@ class SchedulerState:
                 cs.wants_what.add(ts)
 
     def handle_client_message(self, cid, msg):
-        handler = self.FROM_CLIENTS.get(msg["op"])
+        op = self.stimulus = msg["op"]
+        handler = self.FROM_CLIENTS.get(op)
         if handler is not None:
             handler(self, cid, msg)
 
@@ -2445,6 +2479,9 @@ class SchedulerState:
             else:
                 self._release_keys(e.who, e.keys)
 
+    def _on_get_story(self, cid, msg):
+        self._reply(cid, msg, self.story(*msg["keys"]))
+
     def _on_client_options(self, cid, msg):
         cs = self.clients.get(cid)
         if cs is not None and "paused_warning" in msg:
@@ -2471,9 +2508,13 @@ class SchedulerState:
             ws.has_what.clear()
             ws.occupancy = sum(ws.stale.values())
             ws.nbytes = 0
+        log = self.transition_log
         for key in keys:
             ts = self.tasks.pop(key)
             ts.group.states[ts.state] -= 1
+            if log is not None:
+                log.append((key, ts.state, FORGOTTEN, self.stimulus, self.clock))
+                self.transition_recs.append(None)
         for cs in self.clients.values():
             cs.wants_what.clear()
         self.queued.clear()
@@ -2839,6 +2880,7 @@ class SchedulerState:
         "monitor": _on_monitor,
         "restart": _on_restart,
         "client-options": _on_client_options,
+        "get-story": _on_get_story,
         "register-worker-plugin": _on_register_worker_plugin,
         "unregister-worker-plugin": _on_unregister_worker_plugin,
         "subscribe-topic": _on_subscribe_topic,
@@ -2850,6 +2892,13 @@ class SchedulerState:
     }
 
     # ------------------------------------------------------------ views
+
+    def story(self, *keys_or_stimuli):
+        """What `transition_log` holds of these keys (or TaskStates) and stimulus ids,
+        oldest first, as dask.distributed's: [(key, start, finish, recommendations,
+        stimulus_id, time)] (see stories.py)."""
+        keys = [k.key if isinstance(k, TaskState) else k for k in keys_or_stimuli]
+        return stories.story(self.transition_log or (), self.transition_recs or (), keys)
 
     def memory_info(self, ws, now=None):
         """A worker's memory as it last reported it: process (RSS), managed (results

@@ -210,6 +210,9 @@ class Worker:
         self.plugin_host = WorkerPlugins(self)
         self.recorder = Recorder(cfg.get("worker.task-stream") if task_stream is None
                                  else bool(task_stream))
+        story_length = cfg.transition_log_length("worker")
+        if story_length:
+            self.state.keep_story(story_length)
         self.log_buffer = LogBuffer().attach()
         self.outgoing = []                     # messages for the scheduler
         self.to_clients = {}                   # {client id: [task-result]}
@@ -275,6 +278,13 @@ class Worker:
         """The latest log lines of this worker's process: [(level, line)], newest
         first (as dask.distributed's)."""
         return self.log_buffer.lines(n)
+
+    def story(self, *keys_or_stimuli):
+        """This worker's transitions of these keys or stimulus ids, oldest first:
+        [(key, start, state asked for, state reached, recommendations, stimulus_id,
+        time)] (`WorkerState.story`); the latest ``dask-ipy.worker.transition-log-
+        length`` transitions are kept (10,000 by default; 0: none)."""
+        return self.state.story(*keys_or_stimuli)
 
     def get_call_stack(self, keys=None):
         """{key: [frames as text, outermost first]} of the tasks running here now
@@ -664,7 +674,7 @@ class Worker:
         """Events [(op, {argument: value})] through the state machine, and its
         instructions carried out."""
         try:
-            instructions = self.state.handle_all(events)
+            instructions = self.state.handle_all(events, time.time())
         except EventsFailed as e:
             for op, error in e.errors:
                 logger.error("worker %s: handling %r failed", self.address, op,

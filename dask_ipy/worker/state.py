@@ -59,13 +59,19 @@ State, documented once:
                                       still served
     transition_log:    [(key, start, finish)] or None: every change of a task's state,
                        once `observe_transitions` is on (for worker plugins)
+    story_log:         deque of the latest changes or None, once `keep_story` is on:
+                       (key, start, finish, stimulus, clock), the kind of the event
+                       that caused it and the shell's time (see stories.py)
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
+
+from .. import stories
 
 SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
 PREFETCH = 8           # tasks per thread handed to the pool when they are short
@@ -179,8 +185,11 @@ class WorkerState:
         self.paused = False
         self.again = {}               # {key: compute-task} asked for while stopped
         self.clients = set()          # clients taking small results straight
-        self.task_class = WTask
         self.transition_log = None
+        self.story_log = None
+        self.observed = False         # changes of tasks' states are recorded
+        self.stimulus = "start"       # the kind of event handled now
+        self.clock = 0.0              # the shell's time of the events handled now
         self._seq = itertools.count()
         # {kind: handler}: the scheduler's messages and the shell's own events
         # (messages.KINDS, messages.SHELL_EVENTS)
@@ -192,15 +201,18 @@ class WorkerState:
     def handle(self, op, **kw):
         return self.handle_all(((op, kw),))
 
-    def handle_all(self, events):
+    def handle_all(self, events, now=0.0):
         """Events [(op, {argument: value})] one after another, as many `handle`s
         would, but with tasks started and fetches asked for once, after the last: a
         batch of "compute-task" or of results that arrived together costs one pass
-        over the ready tasks, and the highest of them start first."""
+        over the ready tasks, and the highest of them start first.  ``now``: the
+        shell's clock, for `story_log`."""
         out = []
         errors = []
         handlers = self.handlers
+        self.clock = now
         for op, kw in events:
+            self.stimulus = op
             try:
                 handlers[op](out, **kw)
             except Exception as e:
@@ -220,7 +232,7 @@ class WorkerState:
                          resources=None, clients=()):
         ts = self.tasks.get(key)
         if ts is None:
-            ts = self.tasks[key] = self.task_class(key)
+            ts = self.tasks[key] = WTask(key)
         ts.computed = True
         ts.resources = resources or None
         ts.confirm = confirm
@@ -250,7 +262,7 @@ class WorkerState:
         for dkey, holders in who_has.items():
             dts = self.tasks.get(dkey)
             if dts is None:
-                dts = self.tasks[dkey] = self.task_class(dkey)
+                dts = self.tasks[dkey] = WTask(dkey)
             dts.dependents.add(key)
             dts.nbytes = nbytes.get(dkey, dts.nbytes)
             deps.append(dts)
@@ -264,7 +276,7 @@ class WorkerState:
                                          "holder": None}))
         ts.dependencies = tuple(deps)
         if ts.waiting_for:
-            ts.state = "waiting"
+            self._set_state(ts, "waiting")
         else:
             self._make_ready(ts)
 
@@ -275,7 +287,7 @@ class WorkerState:
                          "type": None}))
 
     def _make_ready(self, ts):
-        ts.state = "ready"
+        self._set_state(ts, "ready")
         heapq.heappush(self.ready, (ts.priority, next(self._seq), ts.key))
 
     def _on_free_keys(self, out, keys):
@@ -305,8 +317,8 @@ class WorkerState:
                 continue
             del self.tasks[ts.key]
             ts.ran = None
-            if self.transition_log is not None:
-                self.transition_log.append((ts.key, ts.state, "forgotten"))
+            if self.observed:
+                self._record(ts.key, ts.state, "forgotten")
             self._forget_flight(ts)
             if ts.state == "memory" or ts.key in self.nbytes:
                 self._drop_data(ts.key)
@@ -355,7 +367,7 @@ class WorkerState:
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "fetch" and not ts.who_has:
                 self.fetching.discard(key)
-                ts.state = "missing"
+                self._set_state(ts, "missing")
                 self._missing(out, ts, address)
 
     def _on_put_data(self, out, data, sizes):
@@ -363,17 +375,17 @@ class WorkerState:
         for key, value in data.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self.tasks[key] = self.task_class(key)
+                ts = self.tasks[key] = WTask(key)
             self._store(ts, value, sizes[key][0])
             ts.reported = True
             keys.append((key, sizes[key][0], sizes[key][1]))
         out.append(Send({"op": "add-keys", "keys": keys}))
 
     def _on_restart(self, out):
-        if self.transition_log is not None:
-            self.transition_log.extend((ts.key, ts.state, "forgotten")
-                                       for ts in self.tasks.values()
-                                       if ts.state != "executing")
+        if self.observed:
+            for ts in self.tasks.values():
+                if ts.state != "executing":
+                    self._record(ts.key, ts.state, "forgotten")
         for key in self.unconfirmed:         # never handed to a thread: just forget
             self._stop_executing(key)
             self._drop(out, key)
@@ -468,7 +480,7 @@ class WorkerState:
             self._run_again(out, ts)
             return
         out.append(Send(msg))
-        ts.state = "released"
+        self._set_state(ts, "released")
         ts.computed = False
         self._done_with_inputs(ts)
         self._release(ts)
@@ -515,7 +527,7 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is not None:
             ts.interrupted = False
-            ts.state = "released"
+            self._set_state(ts, "released")
             self._release(ts)
 
     def _run_again(self, out, ts):
@@ -525,7 +537,7 @@ class WorkerState:
         out.append(Send({"op": "task-dropped", "key": ts.key}))
         request = self.again.pop(ts.key, None)
         self._done_with_inputs(ts)
-        ts.state = "released"
+        self._set_state(ts, "released")
         if request is None:
             self._release(ts)
         else:
@@ -570,7 +582,7 @@ class WorkerState:
         self.nbytes[ts.key] = nbytes
         self.data[ts.key] = value
         ts.nbytes = nbytes
-        ts.state = "memory"
+        self._set_state(ts, "memory")
         ts.who_has.clear()
         for dkey in ts.dependents:
             d = self.tasks.get(dkey)
@@ -620,7 +632,7 @@ class WorkerState:
         for key, holders in who_has.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self.tasks[key] = self.task_class(key)
+                ts = self.tasks[key] = WTask(key)
             ts.replica = True
             if ts.state == "memory":
                 copies.append(self._keep_copy(ts))
@@ -638,7 +650,7 @@ class WorkerState:
         for key in self.in_flight.pop(peer, ()):
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "flight":
-                ts.state = "fetch"
+                self._set_state(ts, "fetch")
                 self.fetching.add(key)
 
     def _on_peer_unreachable(self, out, peer):
@@ -663,7 +675,7 @@ class WorkerState:
                 continue
             out.append(Send({"op": "task-erred", "key": dkey, "exception": None,
                              "traceback": None, "traceback_text": "", **error}))
-            d.state = "released"
+            self._set_state(d, "released")
             d.computed = False
             self._done_with_inputs(d)
             self._release(d)
@@ -672,15 +684,15 @@ class WorkerState:
             out.append(Send({"op": "missing-data", "key": None, "dep": ts.key,
                              "holder": None}))
         if self.tasks.get(ts.key) is ts and ts.state == "flight":
-            ts.state = "released"
+            self._set_state(ts, "released")
             self._release(ts)
 
     def _fetch_or_missing(self, ts):
         if ts.who_has:
-            ts.state = "fetch"
+            self._set_state(ts, "fetch")
             self.fetching.add(ts.key)
         else:
-            ts.state = "missing"
+            self._set_state(ts, "missing")
 
     def _retry_or_missing(self, out, ts, peer):
         self._fetch_or_missing(ts)
@@ -688,7 +700,7 @@ class WorkerState:
             self._missing(out, ts, peer)
 
     def _missing(self, out, ts, peer):
-        ts.state = "missing"
+        self._set_state(ts, "missing")
         for dkey in ts.dependents:
             out.append(Send({"op": "missing-data", "key": dkey, "dep": ts.key,
                              "holder": peer}))
@@ -738,7 +750,7 @@ class WorkerState:
             if ts.resources is not None and not self._take_resources(ts):
                 heapq.heappush(self.constrained, entry)
                 continue
-            ts.state = "executing"
+            self._set_state(ts, "executing")
             ts.cancelled = False
             self.executing.add(ts.key)
             if short:
@@ -815,7 +827,7 @@ class WorkerState:
             wanted[RELAY] = relay
         for peer, tss in wanted.items():
             for ts in tss:
-                ts.state = "flight"
+                self._set_state(ts, "flight")
                 self.fetching.discard(ts.key)
             keys = [ts.key for ts in tss]
             self.in_flight[peer] = keys
@@ -826,27 +838,39 @@ class WorkerState:
     def observe_transitions(self):
         """Record every change of a task's state in `transition_log` from now on, as
         (key, start, finish), "forgotten" when a task is dropped (for worker
-        plugins; the shell takes the log after each event).  Tasks become instances
-        of a subclass whose ``state`` records as it changes: a worker nobody
-        observes pays nothing."""
+        plugins; the shell takes the log after each event)."""
+        if self.transition_log is None:
+            self.transition_log = []
+            self.observed = True
+
+    def keep_story(self, length):
+        """Keep the latest ``length`` changes of tasks' states in `story_log`, for
+        `story`."""
+        self.story_log = deque(maxlen=length)
+        self.observed = True
+
+    def story(self, *keys_or_stimuli):
+        """What `story_log` holds of these keys and stimulus ids, oldest first, in the
+        shape of dask.distributed's worker log: [(key, start, state asked for, state
+        reached, recommendations, stimulus_id, time)]; a state here is set, not
+        recommended, so the two states are the same and there are no
+        recommendations.  Any thread may ask."""
+        return [(key, start, finish, finish, recs, stimulus_id, when)
+                for key, start, finish, recs, stimulus_id, when
+                in stories.story(self.story_log or (), None, keys_or_stimuli)]
+
+    def _set_state(self, ts, state):
+        """The one way a task's state changes (a new task starts "released"): the
+        change is recorded if anyone observes."""
+        if self.observed and ts.state != state:
+            self._record(ts.key, ts.state, state)
+        ts.state = state
+
+    def _record(self, key, start, finish):
         if self.transition_log is not None:
-            return
-        log = self.transition_log = []
-        slot = WTask.state                    # the slot behind the attribute
-
-        def set_state(ts, finish):
-            try:
-                start = slot.__get__(ts)
-            except AttributeError:            # a new task: not a transition yet
-                start = finish
-            if start != finish:
-                log.append((ts.key, start, finish))
-            slot.__set__(ts, finish)
-
-        self.task_class = type("ObservedWTask", (WTask,),
-                               {"__slots__": (), "state": property(slot.__get__, set_state)})
-        for ts in self.tasks.values():
-            ts.__class__ = self.task_class
+            self.transition_log.append((key, start, finish))
+        if self.story_log is not None:
+            self.story_log.append((key, start, finish, self.stimulus, self.clock))
 
     def take_transitions(self):
         out = list(self.transition_log)

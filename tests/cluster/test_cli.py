@@ -49,6 +49,9 @@ def test_parser():
     assert (args.command, args.scheduler, args.nthreads) == ("worker", "f.json", 3)
     assert parse_args(["bench", "--quick", "--only", "a"]).args == ["--quick", "--only", "a"]
     assert parse_args(["bench"]).args == []
+    assert parse_args(["scheduler"]).transition_log_length is None     # the default
+    off = parse_args(["scheduler", "--transition-log-length", "0"])
+    assert off.transition_log_length == 0
     with pytest.raises(SystemExit):
         parse_args(["worker", "f.json", "--bogus"])
     assert ready_lines(1, "f", "tcp://a:1", "tcp://a:2")[-1] == \

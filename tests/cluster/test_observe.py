@@ -6,7 +6,10 @@ import asyncio
 import json
 import time
 
-from helpers import add, fail, inc, local_cluster, log_message, processes, slow_inc
+import dask
+import pytest
+from helpers import (add, fail, inc, local_cluster, log_message, processes, slow_inc,
+                     wait_for)
 
 import dask_ipy
 from dask_ipy import Client
@@ -143,3 +146,94 @@ def test_pages_of_a_long_stream():
             c.run_on_scheduler(fill)
         assert len(ts.data) == n
         assert len(c.get_task_stream()) == 2 * n
+
+
+def story_steps(story, who, key):
+    """[(start, finish)] of ``key`` in the lines of ``who`` ("scheduler" or a worker's
+    address)."""
+    return [(line[2], line[3]) for line in story if line[0] == who and line[1] == key]
+
+
+def test_the_story_of_a_key_from_the_scheduler_and_the_workers(c):
+    a, b = workers_of(c)
+    began = time.time()
+    x = c.submit(inc, 1, workers=[a], pure=False)     # keys with no past
+    y = c.submit(inc, x, workers=[b], pure=False)
+    assert y.result() == 3
+    story = c.story(x)                          # a Future, or its key
+    assert c.story(x.key) == story
+    for line in story:
+        if line[0] == "scheduler":              # key, start, finish, recs, stimulus, time
+            assert len(line) == 7 and isinstance(line[4], dict)
+        else:                                   # ... start, asked, reached, recs, ...
+            assert line[0] in (a, b) and len(line) == 8 and line[3] == line[4]
+        assert isinstance(line[-2], str) and began - 1 < line[-1] < time.time() + 1
+    steps = story_steps(story, "scheduler", x.key)
+    assert steps[0] == ("released", "waiting") and ("processing", "memory") in steps
+    assert story_steps(story, a, x.key)[-2:] == [("ready", "executing"),
+                                                 ("executing", "memory")]
+    # b fetched it for y, and dropped its copy once y was done.
+    assert story_steps(story, b, x.key) == [("released", "fetch"), ("fetch", "flight"),
+                                            ("flight", "memory"), ("memory", "forgotten")]
+    # x in memory: the task-finished message from a did it.
+    [done] = [line for line in story if line[0] == "scheduler"
+              and line[1] == x.key and line[3] == "memory"]
+    assert done[5].startswith("task-finished-")
+    # A stimulus id: what it caused (y placed, if y had come before x was done).
+    caused = c.story(done[5])
+    assert ("scheduler", *done[1:]) in caused
+    assert done[4] in ({}, {y.key: "processing"})
+    assert (done[4] != {}) == any(line[1] == y.key for line in caused)
+
+    key = x.key
+    del x, y
+    wait_for(lambda: ("released", "forgotten") in story_steps(c.story(key),
+                                                              "scheduler", key),
+             message="x forgotten")
+    assert c.story("no-such-key") == [] == c.story("no-such-key", on_error="ignore")
+    with pytest.raises(ValueError, match="on_error"):
+        c.story(key, on_error="return")
+
+
+def test_the_story_from_an_asynchronous_client(pc):
+    async def main():
+        async with Client(pc.file, asynchronous=True) as ac:
+            x = ac.submit(inc, 10, pure=False)
+            assert await x == 11
+            return x.key, await ac.story(x)
+    key, story = asyncio.run(main())
+    assert ("processing", "memory") in story_steps(story, "scheduler", key)
+    assert any(("executing", "memory") in story_steps(story, w, key)
+               for w in {line[0] for line in story} - {"scheduler"})
+
+
+def test_stories_kept_short_or_not_at_all(tmp_path):
+    # In-process, the scheduler reads dask.config too.
+    with dask.config.set({"dask-ipy.scheduler.transition-log-length": 0,
+                          "dask-ipy.worker.transition-log-length": 3}):
+        with local_cluster() as (s, workers, c):
+            x = c.submit(inc, 1)
+            assert x.result() == 2
+            story = c.story(x)
+            assert s.state.transition_log is None
+            assert story and {line[0] for line in story} <= {w.address for w in workers}
+            assert all(len(w.state.story_log) <= 3 for w in workers)
+    with processes(tmp_path, scheduler_options={"transition_log_length": 2}) as (_, c):
+        futures = c.map(inc, range(5))
+        c.gather(futures)
+        story = c.story(*futures)
+        assert len([line for line in story if line[0] == "scheduler"]) == 2
+
+
+def own_story(key):
+    """The story of ``key`` (the running task's own) on its worker."""
+    from dask_ipy import get_worker
+
+    return get_worker().story(key)
+
+
+def test_a_task_asks_its_worker_for_its_own_story():
+    with local_cluster() as (_, workers, c):
+        f = c.submit(own_story, "me", key="me")
+        assert [line[1:3] for line in f.result()][-2:] == [("released", "ready"),
+                                                           ("ready", "executing")]

@@ -23,7 +23,8 @@ TOP = ("notebook", "bootstrap", "cli", "__main__", "dynamic")
 ROLES = ("scheduler", "worker", "client")
 PURE = ["scheduler/state.py", "scheduler/moves.py", "scheduler/coordination.py",
         "worker/state.py", "client/state.py",
-        "graph.py", "protocol.py", "keys.py", "errors.py", "messages.py", "units.py"]
+        "graph.py", "protocol.py", "keys.py", "errors.py", "messages.py", "units.py",
+        "stories.py"]
 FORBIDDEN = {"zmq", "socket", "threading", "time", "asyncio", "select", "selectors",
              "subprocess", "concurrent", "multiprocessing", "queue", "signal", "psutil"}
 # Private attributes of other libraries' objects, each with its reason.
