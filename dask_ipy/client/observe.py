@@ -12,8 +12,12 @@ do (`benchmark_hardware`, measuring transfers through the task stream).
 
 A block of work (`get_task_stream`, `performance_report`) is told by record numbers,
 not by clocks: on entry the client notes how many records the scheduler has had, on
-exit it asks for those that came since.  A worker sends a task's record no later than
-the task's result, so every task whose result the block waited for is in it.
+exit it asks for those that came since.  A worker sends a task's record to the
+scheduler no later than the task's result, but a small result may come to the client
+straight from its worker, ahead of the record: so on exit the client first runs
+nothing on every worker (`_workers_heard_op`), whose answers reach the scheduler
+behind all that the worker sent before, and only then asks.  Every task whose result
+the block waited for is in it.
 Records and memory samples carry the workers' clocks; a report's time axis is the
 client's, so hosts with skewed clocks shift their lanes.
 """
@@ -79,6 +83,18 @@ class ObserveMethods:
         out = []
         yield from self._stream_pages_op(lambda page: out.extend(records(page)), **kw)
         return out
+
+    def _workers_heard_op(self):
+        """Until the scheduler has taken in what every worker sent before now: a
+        `run` of nothing on each, whose answer follows the worker's earlier
+        messages on its one connection."""
+        yield from self.shell.request_op({"op": "run", "workers": None,
+                                          "function": serialize((_nothing, (), {}))})
+
+    def _block_records_op(self, since):
+        """The records of a block of work that began at record ``since``."""
+        yield from self._workers_heard_op()
+        return (yield from self._records_op(since=since))
 
     def get_task_stream(self, start=None, stop=None, count=None):
         """What the workers ran: one dict per task, as dask.distributed's
@@ -193,13 +209,14 @@ class ObserveMethods:
                     if f.status != "finished":
                         raise exception_of(f.state) or RuntimeError(
                             f"a network benchmark task was {f.status}")
-        records = yield from self._records_op(since=since)
+        records = yield from self._block_records_op(since)
         return hardware.transfer_rates(records, labels)
 
     # -- used by performance_report
 
     def _report_op(self, since, began, title):
         ended = time.time()
+        yield from self._workers_heard_op()
         breakdown = Breakdown(began, ended)
         yield from self._stream_pages_op(breakdown.add_page, since=since)
         memory = yield from self.shell.request_op({"op": "get-memory-history",
@@ -246,6 +263,10 @@ def _client(client):
     return client
 
 
+def _nothing():
+    """Run on every worker by `_workers_heard_op`."""
+
+
 class get_task_stream:
     """The tasks run during a block of code, as dask.distributed's::
 
@@ -265,7 +286,7 @@ class get_task_stream:
         return self
 
     def __exit__(self, *exc):
-        self.data.extend(self.client.run_op(self.client._records_op(since=self._since)))
+        self.data.extend(self.client.run_op(self.client._block_records_op(self._since)))
 
     async def __aenter__(self):
         self._since = await self.client.run_op(self.client._stream_mark_op())
@@ -273,7 +294,7 @@ class get_task_stream:
 
     async def __aexit__(self, *exc):
         self.data.extend(await self.client.run_op(
-            self.client._records_op(since=self._since)))
+            self.client._block_records_op(self._since)))
 
 
 class get_task_metadata:

@@ -116,6 +116,17 @@ def test_asynchronous_blocks(pc, tmp_path):
     assert report["summary"]["tasks"] == 1
 
 
+def test_a_block_has_the_records_of_results_that_came_straight(pc):
+    """A small result comes straight from its worker, maybe ahead of its record's
+    arrival at the scheduler; its Future dropped at once, nothing holds the block's
+    question back: the block still has the record."""
+    with pc.client() as c:
+        for i in range(40):
+            with dask_ipy.get_task_stream(c) as ts:
+                assert c.submit(inc, i, pure=False).result(timeout=10) == i + 1
+            assert len(ts.data) == 1, i
+
+
 def test_the_scheduler_keeps_a_bounded_stream(tmp_path):
     with processes(tmp_path, scheduler_options={"task_stream_length": 10}) as (_, c):
         futures = c.map(inc, range(35))
