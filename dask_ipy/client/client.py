@@ -246,7 +246,7 @@ class Client(ClusterMethods, ObserveMethods):
         self.paused_warning = cfg.paused_warning()
         self.shell = ClientShell(self, self.address, self.security, max_message_bytes,
                                  on_scheduler_closing=self._close_now,
-                                 paused_warning=self.paused_warning)
+                                 paused_warning=self.paused_warning, name=name)
         self._loans = set()     # of keys lent to other clients (`_Borrowing`)
         with _CLIENTS_LOCK:
             _CLIENTS.add(self)
@@ -297,7 +297,9 @@ class Client(ClusterMethods, ObserveMethods):
 
     @property
     def id(self):
-        return self.shell.id
+        """A str unique to this client: "client-", its ``name`` if given, and a
+        random part."""
+        return self.shell.id.decode()
 
     @property
     def asynchronous(self):

@@ -78,11 +78,12 @@ class ClientShell:
     ``paused_warning``: seconds a worker may stay paused before a warning."""
 
     def __init__(self, owner, address, security, max_message_bytes,
-                 on_scheduler_closing, paused_warning=None):
+                 on_scheduler_closing, paused_warning=None, name=None):
         self.owner = owner
         self.address = address
         self.on_scheduler_closing = on_scheduler_closing
-        self.id = new_id("client")
+        # The ZeroMQ identity (at most 255 bytes): the client's name, cut short.
+        self.id = new_id("client" if name is None else f"client-{str(name)[:40]}")
         # The cap on what this client receives; gathers ask for no more than that.
         self.session = Session(security.key, self.id, max_message_bytes=max_message_bytes)
         self.security = security

@@ -725,3 +725,10 @@ def test_as_current_makes_the_client_current_in_its_block_only(pc):
             Client.current(allow_global=False)
         assert pickle.loads(blob).client is c
         assert f.result(timeout=10) == 2
+
+
+def test_a_clients_id_is_a_str_with_its_name(pc):
+    with pc.client(name="hello-world") as named, pc.client() as plain:
+        assert isinstance(named.id, str) and "hello-world" in named.id
+        assert isinstance(plain.id, str) and plain.id != named.id
+        assert named.submit(inc, 1).result(timeout=10) == 2

@@ -333,7 +333,7 @@ def test_without_the_key_nothing_gets_through_an_encrypted_cluster(context):
             [{"op": "info", "what": "nthreads", "request_id": 1}], s.id))
         assert not raw.poll(500)
         raw.close()
-        assert list(s.state.clients) == [c.id] and s.rejected == 0
+        assert list(s.state.clients) == [c.id.encode()] and s.rejected == 0
         assert c.submit(ops.inc, 1).result(timeout=10) == 2
     finally:
         c.close()

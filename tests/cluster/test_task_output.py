@@ -101,9 +101,9 @@ def test_a_tasks_output_reaches_every_client(tmp_path, capsys):
 def test_a_workers_own_client_does_not_subscribe(cluster):
     s, workers, c = cluster
     task_client = c.submit(its_client_id).result()
-    assert task_client in s.state.clients
+    assert task_client.encode() in s.state.clients
     # Subscriptions go before a client's registration: both clients are running.
-    assert s.state.subscribers["print"] == s.state.subscribers["warn"] == {c.id}
+    assert s.state.subscribers["print"] == s.state.subscribers["warn"] == {c.id.encode()}
 
 
 def test_outside_a_task_they_are_the_builtins(cluster, capsys):
