@@ -78,9 +78,13 @@ def _answer(fut, op):
 def _options(extra, method, **options):
     """The placement options of one call; what it cannot honour is refused or
     named in a warning."""
-    if extra.pop("actor", False):
-        raise NotImplementedError(f"{method}(actor(s)=True) is not supported: actors "
-                                  f"are made by submit(Cls, actor=True) or map(Cls, "
+    wanted = [extra.pop(name, None) for name in ("actor", "actors")]
+    # ``actors=`` may be a collection (whose results would become actors): never
+    # asked for its truth, and never ignored, which would compute something else.
+    if any(not (a is None or a is False or (isinstance(a, (list, tuple, set, dict))
+                                             and not a)) for a in wanted):
+        raise NotImplementedError(f"{method}(actor(s)=...) is not supported: actors "
+                                  f"are made by submit(cls, actor=True) or map(cls, "
                                   f"..., actor=True)")
     if extra.pop("fifo_timeout", None) is not None:
         warnings.warn(f"{method}(fifo_timeout=...) not honoured: tasks run in the "

@@ -371,3 +371,29 @@ def test_environ_and_upload_file_plugins(c, tmp_path):
     assert f.result() == 7
     c.unregister_worker_plugin("environ")
     c.unregister_worker_plugin("upload")
+
+
+# ---------------------------------------------------------------- compute(actors=...)
+
+class Counter:
+    n = 0
+
+    def increment(self):
+        self.n += 1
+        return self.n
+
+
+def test_compute_get_and_persist_refuse_actors_rather_than_compute_without(c):
+    counter = dask.delayed(Counter)()
+    final = dask.delayed(lambda counter: counter.increment())(counter)
+    refused = r"submit\(cls, actor=True\)"
+    with pytest.raises(NotImplementedError, match=refused):
+        final.compute(scheduler=c.get, actors=counter)     # dask hands it to `get`
+    with pytest.raises(NotImplementedError, match=refused):
+        c.get({"x": (inc, 1)}, "x", actors=["x"])
+    with pytest.raises(NotImplementedError, match=refused):
+        c.compute(final, actors=counter)
+    with pytest.raises(NotImplementedError, match=refused):
+        c.persist(final, actors=[counter])
+    assert c.compute(final, actors=None).result(timeout=10) == 1   # none asked for
+    assert c.get({"x": (inc, 1)}, "x", actors=[]) == 2
