@@ -704,7 +704,9 @@ class Client(ClusterMethods, ObserveMethods):
         return next(iter(futures.values()))
 
     def cancel(self, futures, force=False):
-        flat = futures_in(futures)
+        """Cancel the Futures in ``futures``, a structure or dask collections (as
+        `futures_of` finds them), and the tasks that depend on them."""
+        flat = futures_of(futures)
         # Cancelled here at once; then the wait for the scheduler, which has told of
         # the dependents it cancelled by then.
         ack = self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
@@ -737,8 +739,9 @@ class Client(ClusterMethods, ObserveMethods):
 
     def retry(self, futures):
         """Compute erred Futures again, with the erred inputs they erred from;
-        returns (or, awaited, ends) once the scheduler has them again."""
-        answer = self.shell.retry([f.key for f in futures_in(futures)])
+        returns (or, awaited, ends) once the scheduler has them again.  ``futures``
+        as `futures_of` finds them (in a structure, behind collections)."""
+        answer = self.shell.retry([f.key for f in futures_of(futures)])
         return self.run_op(_answer(answer, "'retry'"))
 
     def futures_of(self, futures):
@@ -945,7 +948,9 @@ class Client(ClusterMethods, ObserveMethods):
                                "id": self.scheduler_id}, self.security, scheduler_file)
 
     def who_has(self, futures=None):
-        keys = None if futures is None else [f.key for f in futures_in(futures)]
+        """{key: [workers holding it]}, of the Futures in ``futures`` (as
+        `futures_of` finds them) or of all keys."""
+        keys = None if futures is None else [f.key for f in futures_of(futures)]
         return self._info("who-has", keys=keys,
                           after=lambda r: {k: list(v) for k, v in r.items()})
 
