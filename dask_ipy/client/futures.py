@@ -477,9 +477,9 @@ class Waiter:
 
 class as_completed:
     """Iterate over Futures as they finish, with ``for`` or ``async for``;
-    ``with_results=True`` yields ``(future, result)``; with ``raise_errors=False``
-    an erred Future's result is ``(type, exception, traceback)`` and a cancelled
-    one's its CancelledError.  More futures can be added
+    ``with_results=True`` yields ``(future, result)``: an erred Future's exception
+    is raised, or with ``raise_errors=False`` its result is ``(type, exception,
+    traceback)``; a cancelled one's result is its CancelledError, never raised.  More futures can be added
     while iterating (`add`, `update`); `next_batch` and `batches` hand out all those
     finished at once, `clear` drops the rest.  A future added twice comes out twice,
     as in dask.distributed.  ``timeout``: seconds from now after which waiting for
@@ -553,9 +553,7 @@ class as_completed:
             return f
         try:
             return f, (yield from f._result_op(None))
-        except CancelledError as e:
-            if self.raise_errors:
-                raise
+        except CancelledError as e:         # handed out, never raised: not an error
             return f, e
         except Exception as e:
             if self.raise_errors:
