@@ -657,16 +657,18 @@ class Client(ClusterMethods, ObserveMethods):
 
     def _scatter_op(self, data, broadcast, workers, hash, timeout):
         self._check_open()
+        # A dict keeps its keys; a list, tuple, set or frozenset gives one of the
+        # same kind (a range or an iterator: a list), a value of each in order, one
+        # Future per distinct value when hashed; anything else is one value.
+        many = isinstance(data, (list, tuple, set, frozenset, range, Iterator))
+        names = None
         if isinstance(data, dict):
             items = dict(data)
-        elif isinstance(data, (list, tuple, set)):
-            items = {}
-            for x in data:
-                k = f"{type(x).__name__}-{tokenize(x) if hash else uuid.uuid4().hex}"
-                items[k] = x
         else:
-            k = f"{type(data).__name__}-{tokenize(data) if hash else uuid.uuid4().hex}"
-            items = {k: data}
+            values = list(data) if many else [data]
+            names = [f"{type(x).__name__}-{tokenize(x) if hash else uuid.uuid4().hex}"
+                     for x in values]
+            items = dict(zip(names, values))
         blobs = {k: serialize(v) for k, v in items.items()}
         if isinstance(workers, str):
             workers = [workers]
@@ -693,15 +695,12 @@ class Client(ClusterMethods, ObserveMethods):
                 yield from self.shell.scatter_op(msg, items, timeout)
         self.shell.finished([(f.state, type(items[k]).__name__)
                              for k, f in futures.items()])
-        if isinstance(data, dict):
+        if names is None:
             return futures
-        if isinstance(data, (list, tuple, set)):
-            keys = list(items)
-            if len(keys) == len(data):
-                return type(data)(futures[k] for k in keys) if not isinstance(data, set) \
-                    else [futures[k] for k in keys]
-            return [futures[f"{type(x).__name__}-{tokenize(x)}"] for x in data]
-        return next(iter(futures.values()))
+        if not many:
+            return futures[names[0]]
+        kind = type(data) if type(data) in (tuple, set, frozenset) else list
+        return kind(futures[k] for k in names)
 
     def cancel(self, futures, force=False):
         """Cancel the Futures in ``futures``, a structure or dask collections (as

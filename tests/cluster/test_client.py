@@ -206,6 +206,18 @@ def test_scatter_list_dict_and_single_values(c):
     assert c.gather(c.scatter([5, 6], direct=True)) == [5, 6]    # dask.distributed's hint
 
 
+def test_scatter_keeps_the_kind_of_container_and_each_value(c):
+    s, fz = c.scatter({1, 2}), c.scatter(frozenset([3]))
+    assert type(s) is set and sorted(f.result(timeout=10) for f in s) == [1, 2]
+    assert type(fz) is frozenset and [f.result(timeout=10) for f in fz] == [3]
+    t = c.scatter((1, 2, 1))
+    assert type(t) is tuple and t[0].key == t[2].key and c.gather(list(t)) == [1, 2, 1]
+    fresh = c.scatter([7, 7], hash=False)
+    assert fresh[0].key != fresh[1].key and c.gather(fresh) == [7, 7]
+    assert c.gather(c.scatter(range(3))) == [0, 1, 2]
+    assert c.gather(c.scatter(iter("ab"))) == ["a", "b"]
+
+
 def test_scatter_spreads_over_workers_and_broadcasts(c, workers):
     fs = c.scatter(list(range(10)))
     holders = {addr for v in c.who_has(fs).values() for addr in v}
