@@ -75,6 +75,13 @@ def _answer(fut, op):
     yield Answer(fut, None, f"{op} from the scheduler")
 
 
+def _typename(value):
+    """``module.qualname`` of ``value``'s class, as a task's result is recorded (so
+    `Future.type` can import it)."""
+    t = type(value)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
 def _options(extra, method, **options):
     """The placement options of one call; what it cannot honour is refused or
     named in a warning."""
@@ -693,8 +700,7 @@ class Client(ClusterMethods, ObserveMethods):
                                "(%s); scattering over ZeroMQ", e)
                 self.shell.streams_off()
                 yield from self.shell.scatter_op(msg, items, timeout)
-        self.shell.finished([(f.state, type(items[k]).__name__)
-                             for k, f in futures.items()])
+        self.shell.finished([(f.state, _typename(items[k])) for k, f in futures.items()])
         if names is None:
             return futures
         if not many:

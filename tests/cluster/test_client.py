@@ -207,6 +207,7 @@ def test_scatter_list_dict_and_single_values(c):
 
 
 def test_scatter_keeps_the_kind_of_container_and_each_value(c):
+    import numpy as np
     s, fz = c.scatter({1, 2}), c.scatter(frozenset([3]))
     assert type(s) is set and sorted(f.result(timeout=10) for f in s) == [1, 2]
     assert type(fz) is frozenset and [f.result(timeout=10) for f in fz] == [3]
@@ -216,6 +217,8 @@ def test_scatter_keeps_the_kind_of_container_and_each_value(c):
     assert fresh[0].key != fresh[1].key and c.gather(fresh) == [7, 7]
     assert c.gather(c.scatter(range(3))) == [0, 1, 2]
     assert c.gather(c.scatter(iter("ab"))) == ["a", "b"]
+    assert c.scatter(np.ones(3)).type is np.ndarray      # as a task's result
+    assert c.scatter([1])[0].type is int
 
 
 def test_scatter_spreads_over_workers_and_broadcasts(c, workers):
