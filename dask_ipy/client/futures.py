@@ -475,6 +475,11 @@ class Waiter:
         return run_blocking(self.wait_op(timeout))
 
 
+def _check_future(f):
+    if not isinstance(f, (Future, cf.Future)):
+        raise TypeError(f"as_completed takes Futures, not {type(f).__name__}: {f!r:.50}")
+
+
 class as_completed:
     """Iterate over Futures as they finish, with ``for`` or ``async for``;
     ``with_results=True`` yields ``(future, result)``: an erred Future's exception
@@ -500,12 +505,16 @@ class as_completed:
         self.update(futures)
 
     def add(self, future):
+        _check_future(future)
         with self.lock:
             self.waiting += 1
             epoch = self.epoch
         _when_ended(future, lambda f: self._on_done(f, epoch))
 
     def update(self, futures):
+        futures = list(futures)
+        for f in futures:               # all or none added
+            _check_future(f)
         for f in futures:
             self.add(f)
 

@@ -360,6 +360,17 @@ def test_as_completed_with_results_hands_out_a_cancelled_future_and_raises_error
         list(ac)
 
 
+def test_as_completed_takes_only_futures(c):
+    with pytest.raises(TypeError, match="takes Futures, not int"):
+        as_completed([1, 2, 3])
+    ac = as_completed()
+    with pytest.raises(TypeError, match="not str"):
+        ac.update([c.submit(inc, 1), "x"])
+    assert ac.count() == 0                          # none of them added
+    with pytest.raises(TypeError):
+        ac.add(None)
+
+
 def test_as_completed_of_nothing_stops_at_once():
     assert list(as_completed([])) == []
 
