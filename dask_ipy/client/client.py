@@ -82,6 +82,17 @@ def _typename(value):
     return f"{t.__module__}.{t.__qualname__}"
 
 
+def _check_other_workers(allow_other_workers, workers):
+    """``allow_other_workers`` of `submit` or `map`: a preference for ``workers``,
+    so meaningless without them."""
+    if allow_other_workers not in (True, False, None):
+        raise TypeError(f"allow_other_workers must be True or False, not "
+                        f"{allow_other_workers!r}")
+    if allow_other_workers and workers is None:
+        raise ValueError("allow_other_workers=True needs workers=: it lets the tasks "
+                         "run elsewhere than on those workers")
+
+
 def _options(extra, method, **options):
     """The placement options of one call; what it cannot honour is refused or
     named in a warning."""
@@ -561,6 +572,7 @@ class Client(ClusterMethods, ObserveMethods):
         """`submit` with the call's keyword arguments kept apart from the options,
         so that a function may take ``key=`` or ``workers=`` itself (the Executor)."""
         self._check_open()
+        _check_other_workers(allow_other_workers, workers)
         options = _options({"fifo_timeout": fifo_timeout, "actor": actor}, "submit",
                            priority=priority, retries=retries, workers=workers,
                            resources=resources, allow_other_workers=allow_other_workers)
@@ -589,6 +601,7 @@ class Client(ClusterMethods, ObserveMethods):
         """Map ``fn`` over iterables; returns a list of Futures at once.  The
         keyword arguments of `submit` are the client's; the others go to ``fn``.
         ``actor=True``: one actor per row, as `submit` makes them."""
+        _check_other_workers(allow_other_workers, workers)
         if actor or actors:
             return [self.submit(fn, *row, workers=workers, priority=priority,
                                 resources=resources,

@@ -45,6 +45,17 @@ def test_pure_submit_gives_deterministic_keys(c):
     assert a.result(timeout=10) == 2
 
 
+def test_allow_other_workers_needs_workers(c):
+    for call in (lambda **kw: c.submit(inc, 1, **kw), lambda **kw: c.map(inc, [1, 2], **kw)):
+        with pytest.raises(ValueError, match="workers="):
+            call(allow_other_workers=True)
+        with pytest.raises(TypeError, match="True or False"):
+            call(allow_other_workers="yes", workers=list(c.nthreads()))
+    assert c.gather(c.map(inc, [1, 2], workers=list(c.nthreads()),
+                          allow_other_workers=True)) == [2, 3]
+    assert c.submit(inc, 1, allow_other_workers=None).result(timeout=10) == 2
+
+
 def test_impure_submit_gives_fresh_keys(c, tmp_path):
     path = str(tmp_path / "calls")
     fs = [c.submit(record, path, 1, pure=False) for _ in range(3)]
