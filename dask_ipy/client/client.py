@@ -926,7 +926,9 @@ class Client(ClusterMethods, ObserveMethods):
     # ---------------------------------------------------------------- cluster
 
     def get_executor(self, **submit_kwargs):
-        """A `concurrent.futures.Executor` running on the cluster."""
+        """A `concurrent.futures.Executor` running on the cluster; ``submit_kwargs``
+        (``pure``, ``workers``, ``resources``, ``allow_other_workers``,
+        ``retries``, ``priority``) apply to every task; any other is a TypeError."""
         return ClientExecutor(self, **submit_kwargs)
 
     def _info(self, what, timeout=None, after=None, **kw):

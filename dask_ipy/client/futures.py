@@ -641,7 +641,14 @@ class ClientExecutor(cf.Executor):
     `concurrent.futures.Future` objects, so the standard `wait` and `as_completed`
     work on them."""
 
+    SUBMIT_OPTIONS = ("pure", "workers", "resources", "allow_other_workers", "retries",
+                      "priority")
+
     def __init__(self, client, **submit_kwargs):
+        unknown = sorted(set(submit_kwargs) - set(self.SUBMIT_OPTIONS))
+        if unknown:
+            raise TypeError(f"get_executor() takes no {', '.join(map(repr, unknown))}: "
+                            f"its options are {', '.join(self.SUBMIT_OPTIONS)}")
         self.client = client
         self.submit_kwargs = submit_kwargs
         self.futures = set()

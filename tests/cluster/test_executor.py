@@ -279,6 +279,12 @@ class CancelTest(ExecutorTestCase):
         self.assertTrue(f.done())
 
 
+class OptionsTest(ExecutorTestCase):
+    def test_unknown_options_are_refused(self):
+        with self.assertRaisesRegex(TypeError, "'bar', 'foo'"):
+            self.client.get_executor(foo=1, bar=2)
+
+
 class ShutdownTest(ExecutorTestCase):
     def test_run_after_shutdown(self):
         self.executor.shutdown()
