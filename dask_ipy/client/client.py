@@ -75,12 +75,34 @@ def _answer(fut, op):
     yield Answer(fut, None, f"{op} from the scheduler")
 
 
+def _typename(value):
+    """``module.qualname`` of ``value``'s class, as a task's result is recorded (so
+    `Future.type` can import it)."""
+    t = type(value)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _check_other_workers(allow_other_workers, workers):
+    """``allow_other_workers`` of `submit` or `map`: a preference for ``workers``,
+    so meaningless without them."""
+    if allow_other_workers not in (True, False, None):
+        raise TypeError(f"allow_other_workers must be True or False, not "
+                        f"{allow_other_workers!r}")
+    if allow_other_workers and workers is None:
+        raise ValueError("allow_other_workers=True needs workers=: it lets the tasks "
+                         "run elsewhere than on those workers")
+
+
 def _options(extra, method, **options):
     """The placement options of one call; what it cannot honour is refused or
     named in a warning."""
-    if extra.pop("actor", False):
-        raise NotImplementedError(f"{method}(actor(s)=True) is not supported: actors "
-                                  f"are made by submit(Cls, actor=True) or map(Cls, "
+    wanted = [extra.pop(name, None) for name in ("actor", "actors")]
+    # ``actors=`` may be a collection (whose results would become actors): never
+    # asked for its truth, and never ignored, which would compute something else.
+    if any(not (a is None or a is False or (isinstance(a, (list, tuple, set, dict))
+                                             and not a)) for a in wanted):
+        raise NotImplementedError(f"{method}(actor(s)=...) is not supported: actors "
+                                  f"are made by submit(cls, actor=True) or map(cls, "
                                   f"..., actor=True)")
     if extra.pop("fifo_timeout", None) is not None:
         warnings.warn(f"{method}(fifo_timeout=...) not honoured: tasks run in the "
@@ -552,6 +574,7 @@ class Client(ClusterMethods, ObserveMethods):
         """`submit` with the call's keyword arguments kept apart from the options,
         so that a function may take ``key=`` or ``workers=`` itself (the Executor)."""
         self._check_open()
+        _check_other_workers(allow_other_workers, workers)
         options = _options({"fifo_timeout": fifo_timeout, "actor": actor}, "submit",
                            priority=priority, retries=retries, workers=workers,
                            resources=resources, allow_other_workers=allow_other_workers)
@@ -580,6 +603,7 @@ class Client(ClusterMethods, ObserveMethods):
         """Map ``fn`` over iterables; returns a list of Futures at once.  The
         keyword arguments of `submit` are the client's; the others go to ``fn``.
         ``actor=True``: one actor per row, as `submit` makes them."""
+        _check_other_workers(allow_other_workers, workers)
         if actor or actors:
             return [self.submit(fn, *row, workers=workers, priority=priority,
                                 resources=resources,
@@ -655,16 +679,18 @@ class Client(ClusterMethods, ObserveMethods):
 
     def _scatter_op(self, data, broadcast, workers, hash, timeout):
         self._check_open()
+        # A dict keeps its keys; a list, tuple, set or frozenset gives one of the
+        # same kind (a range or an iterator: a list), a value of each in order, one
+        # Future per distinct value when hashed; anything else is one value.
+        many = isinstance(data, (list, tuple, set, frozenset, range, Iterator))
+        names = None
         if isinstance(data, dict):
             items = dict(data)
-        elif isinstance(data, (list, tuple, set)):
-            items = {}
-            for x in data:
-                k = f"{type(x).__name__}-{tokenize(x) if hash else uuid.uuid4().hex}"
-                items[k] = x
         else:
-            k = f"{type(data).__name__}-{tokenize(data) if hash else uuid.uuid4().hex}"
-            items = {k: data}
+            values = list(data) if many else [data]
+            names = [f"{type(x).__name__}-{tokenize(x) if hash else uuid.uuid4().hex}"
+                     for x in values]
+            items = dict(zip(names, values))
         blobs = {k: serialize(v) for k, v in items.items()}
         if isinstance(workers, str):
             workers = [workers]
@@ -689,20 +715,18 @@ class Client(ClusterMethods, ObserveMethods):
                                "(%s); scattering over ZeroMQ", e)
                 self.shell.streams_off()
                 yield from self.shell.scatter_op(msg, items, timeout)
-        self.shell.finished([(f.state, type(items[k]).__name__)
-                             for k, f in futures.items()])
-        if isinstance(data, dict):
+        self.shell.finished([(f.state, _typename(items[k])) for k, f in futures.items()])
+        if names is None:
             return futures
-        if isinstance(data, (list, tuple, set)):
-            keys = list(items)
-            if len(keys) == len(data):
-                return type(data)(futures[k] for k in keys) if not isinstance(data, set) \
-                    else [futures[k] for k in keys]
-            return [futures[f"{type(x).__name__}-{tokenize(x)}"] for x in data]
-        return next(iter(futures.values()))
+        if not many:
+            return futures[names[0]]
+        kind = type(data) if type(data) in (tuple, set, frozenset) else list
+        return kind(futures[k] for k in names)
 
     def cancel(self, futures, force=False):
-        flat = futures_in(futures)
+        """Cancel the Futures in ``futures``, a structure or dask collections (as
+        `futures_of` finds them), and the tasks that depend on them."""
+        flat = futures_of(futures)
         # Cancelled here at once; then the wait for the scheduler, which has told of
         # the dependents it cancelled by then.
         ack = self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
@@ -735,8 +759,9 @@ class Client(ClusterMethods, ObserveMethods):
 
     def retry(self, futures):
         """Compute erred Futures again, with the erred inputs they erred from;
-        returns (or, awaited, ends) once the scheduler has them again."""
-        answer = self.shell.retry([f.key for f in futures_in(futures)])
+        returns (or, awaited, ends) once the scheduler has them again.  ``futures``
+        as `futures_of` finds them (in a structure, behind collections)."""
+        answer = self.shell.retry([f.key for f in futures_of(futures)])
         return self.run_op(_answer(answer, "'retry'"))
 
     def futures_of(self, futures):
@@ -903,7 +928,9 @@ class Client(ClusterMethods, ObserveMethods):
     # ---------------------------------------------------------------- cluster
 
     def get_executor(self, **submit_kwargs):
-        """A `concurrent.futures.Executor` running on the cluster."""
+        """A `concurrent.futures.Executor` running on the cluster; ``submit_kwargs``
+        (``pure``, ``workers``, ``resources``, ``allow_other_workers``,
+        ``retries``, ``priority``) apply to every task; any other is a TypeError."""
         return ClientExecutor(self, **submit_kwargs)
 
     def _info(self, what, timeout=None, after=None, **kw):
@@ -943,7 +970,9 @@ class Client(ClusterMethods, ObserveMethods):
                                "id": self.scheduler_id}, self.security, scheduler_file)
 
     def who_has(self, futures=None):
-        keys = None if futures is None else [f.key for f in futures_in(futures)]
+        """{key: [workers holding it]}, of the Futures in ``futures`` (as
+        `futures_of` finds them) or of all keys."""
+        keys = None if futures is None else [f.key for f in futures_of(futures)]
         return self._info("who-has", keys=keys,
                           after=lambda r: {k: list(v) for k, v in r.items()})
 

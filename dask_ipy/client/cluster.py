@@ -24,7 +24,7 @@ from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFil
                        handle_forwarded, plugin_kind, plugin_name)
 from ..protocol import serialize
 from ..stories import worker_story
-from .futures import Future, Waiter, futures_in, load
+from .futures import Future, Waiter, futures_of, load
 from .waits import done, then
 
 RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
@@ -400,15 +400,18 @@ class ClusterMethods:
     def replicate(self, futures, n=None, workers=None, branching_factor=2, **kwargs):
         """Keep copies of the Futures' data on ``n`` workers (all: None), among
         ``workers`` if given: missing copies are fetched from the holders, extra
-        ones dropped.  Waits for the Futures first."""
-        return self.run_op(self._move_op(futures_in(futures), {
+        ones dropped.  Waits for the Futures first.  ``futures`` as `futures_of`
+        finds them (in a structure, behind collections); a cancelled one is an
+        error."""
+        return self.run_op(self._move_op(futures_of(futures, client=self), {
             "op": "replicate", "n": n, "workers": worker_names(workers)}))
 
     def rebalance(self, futures=None, workers=None, **kwargs):
         """Move data so that the workers (``workers``, or all) hold about as many
         bytes each: the Futures' data, or all data.  KeyError if some of it cannot
-        be moved."""
-        fs = None if futures is None else futures_in(futures)
+        be moved.  ``futures`` as `futures_of` finds them; a cancelled one is an
+        error."""
+        fs = None if futures is None else futures_of(futures, client=self)
         return self.run_op(self._move_op(fs, {"op": "rebalance",
                                               "workers": worker_names(workers)}))
 

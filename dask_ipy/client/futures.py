@@ -31,6 +31,7 @@ import importlib
 import threading
 import time
 from collections import deque, namedtuple
+from functools import partial
 
 from dask._task_spec import DataNode, Task, TaskRef
 from dask.base import is_dask_collection
@@ -475,11 +476,16 @@ class Waiter:
         return run_blocking(self.wait_op(timeout))
 
 
+def _check_future(f):
+    if not isinstance(f, (Future, cf.Future)):
+        raise TypeError(f"as_completed takes Futures, not {type(f).__name__}: {f!r:.50}")
+
+
 class as_completed:
     """Iterate over Futures as they finish, with ``for`` or ``async for``;
-    ``with_results=True`` yields ``(future, result)``; with ``raise_errors=False``
-    an erred Future's result is ``(type, exception, traceback)`` and a cancelled
-    one's its CancelledError.  More futures can be added
+    ``with_results=True`` yields ``(future, result)``: an erred Future's exception
+    is raised, or with ``raise_errors=False`` its result is ``(type, exception,
+    traceback)``; a cancelled one's result is its CancelledError, never raised.  More futures can be added
     while iterating (`add`, `update`); `next_batch` and `batches` hand out all those
     finished at once, `clear` drops the rest.  A future added twice comes out twice,
     as in dask.distributed.  ``timeout``: seconds from now after which waiting for
@@ -500,12 +506,16 @@ class as_completed:
         self.update(futures)
 
     def add(self, future):
+        _check_future(future)
         with self.lock:
             self.waiting += 1
             epoch = self.epoch
         _when_ended(future, lambda f: self._on_done(f, epoch))
 
     def update(self, futures):
+        futures = list(futures)
+        for f in futures:               # all or none added
+            _check_future(f)
         for f in futures:
             self.add(f)
 
@@ -553,9 +563,7 @@ class as_completed:
             return f
         try:
             return f, (yield from f._result_op(None))
-        except CancelledError as e:
-            if self.raise_errors:
-                raise
+        except CancelledError as e:         # handed out, never raised: not an error
             return f, e
         except Exception as e:
             if self.raise_errors:
@@ -632,9 +640,21 @@ class as_completed:
 class ClientExecutor(cf.Executor):
     """A `concurrent.futures.Executor` on the cluster; its futures are genuine
     `concurrent.futures.Future` objects, so the standard `wait` and `as_completed`
-    work on them."""
+    work on them.
+
+    A future stays pending until its task's outcome is here (the task may be queued
+    or running on a worker meanwhile), so ``future.cancel()`` cancels the task
+    wherever it is, as it would a queued call of the standard executors.  Tasks are
+    impure unless ``pure=True`` is given: each call runs, as a call does."""
+
+    SUBMIT_OPTIONS = ("pure", "workers", "resources", "allow_other_workers", "retries",
+                      "priority")
 
     def __init__(self, client, **submit_kwargs):
+        unknown = sorted(set(submit_kwargs) - set(self.SUBMIT_OPTIONS))
+        if unknown:
+            raise TypeError(f"get_executor() takes no {', '.join(map(repr, unknown))}: "
+                            f"its options are {', '.join(self.SUBMIT_OPTIONS)}")
         self.client = client
         self.submit_kwargs = submit_kwargs
         self.futures = set()
@@ -649,20 +669,22 @@ class ClientExecutor(cf.Executor):
         options.setdefault("pure", False)
         remote = self.client.submit_call(fn, args, kwargs, **options)
         local = cf.Future()
-        local.set_running_or_notify_cancel()
         local._dask_ipy_remote = remote
         with self.lock:
             self.futures.add(local)
+
+        local.add_done_callback(partial(_cancel_task, remote))
 
         def settle(_):
             with self.lock:
                 self.futures.discard(local)
             if remote.status == CANCELLED:
-                _cancel(local)
+                local.cancel()
                 return
             if remote.status != FINISHED:
                 exc, tb = rebuild_error(remote.state.error or {})
-                set_exception(local, exc.with_traceback(tb))
+                if _start(local):
+                    local.set_exception(exc.with_traceback(tb))
                 return
             self.client.shell.gather_async(
                 [remote.key], lambda r: _settle_gather(local, remote.key, r))
@@ -677,14 +699,35 @@ class ClientExecutor(cf.Executor):
             self.shut_down = True
             pending = list(self.futures)
         if cancel_futures:
-            remotes = [f._dask_ipy_remote for f in pending if not f.done()]
-            if remotes:
-                self.client.cancel(remotes)
             for f in pending:
-                if not f.done():
-                    _cancel(f)
+                f.cancel()                  # its task too (see `submit`)
         if wait:
             cf.wait(pending)
+
+
+def _cancel_task(remote, local):
+    """The done callback of an Executor's future ``local``: once it is cancelled,
+    its task ``remote`` is, without waiting for the scheduler's answer (this runs on
+    the thread that cancelled).  Bound to ``remote`` alone, so that a future
+    dropped is freed at once, without a cycle through itself."""
+    if local.cancelled():
+        _start(local)                   # tells `wait` and `as_completed` it is done
+        if remote.status not in (CANCELLED, FINISHED):
+            remote.client.shell.cancel([remote.state], [remote.key], False)
+
+
+_STARTING = threading.Lock()
+
+
+def _start(local):
+    """``local.set_running_or_notify_cancel()``, called once whoever calls first:
+    the thread that cancelled it, or the one with the outcome.  True: the outcome
+    may be set (the future now runs, and can no longer be cancelled)."""
+    with _STARTING:
+        if getattr(local, "_dask_ipy_started", False):
+            return False
+        local._dask_ipy_started = True
+        return local.set_running_or_notify_cancel()
 
 
 def set_exception(local, exc):
@@ -696,32 +739,11 @@ def set_exception(local, exc):
             pass
 
 
-def _cancel(local):
-    """Cancel a running concurrent.futures.Future (the remote task was cancelled).
-
-    The standard library offers no public way: `Future.cancel()` refuses a running
-    future, and the Executor's futures must run from submit on (as the standard
-    executors' do once a worker takes them) so that the user cannot cancel them
-    through the future, only through the Executor.  So this does what `cancel()`
-    does for a pending future, on the future's own condition, and nothing more."""
-    with local._condition:
-        if local._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
-            return
-        local._state = cf._base.CANCELLED_AND_NOTIFIED
-        for waiter in local._waiters:
-            waiter.add_cancelled(local)
-        local._condition.notify_all()
-    local._invoke_callbacks()
-
-
 def _settle_gather(local, key, outcome):
     kind, value = outcome
-    if local.done():
+    if not _start(local):                               # cancelled meanwhile
         return
-    try:
-        if kind == "ok":
-            local.set_result(value[key])
-        else:
-            local.set_exception(value)
-    except cf.InvalidStateError:
-        pass
+    if kind == "ok":
+        local.set_result(value[key])
+    else:
+        local.set_exception(value)

@@ -45,6 +45,17 @@ def test_pure_submit_gives_deterministic_keys(c):
     assert a.result(timeout=10) == 2
 
 
+def test_allow_other_workers_needs_workers(c):
+    for call in (lambda **kw: c.submit(inc, 1, **kw), lambda **kw: c.map(inc, [1, 2], **kw)):
+        with pytest.raises(ValueError, match="workers="):
+            call(allow_other_workers=True)
+        with pytest.raises(TypeError, match="True or False"):
+            call(allow_other_workers="yes", workers=list(c.nthreads()))
+    assert c.gather(c.map(inc, [1, 2], workers=list(c.nthreads()),
+                          allow_other_workers=True)) == [2, 3]
+    assert c.submit(inc, 1, allow_other_workers=None).result(timeout=10) == 2
+
+
 def test_impure_submit_gives_fresh_keys(c, tmp_path):
     path = str(tmp_path / "calls")
     fs = [c.submit(record, path, 1, pure=False) for _ in range(3)]
@@ -204,6 +215,21 @@ def test_scatter_list_dict_and_single_values(c):
     assert c.submit(add, d["a"], d["b"]).result(timeout=10) == 30
     assert c.gather(c.map(inc, fs)) == [2, 3, 4]
     assert c.gather(c.scatter([5, 6], direct=True)) == [5, 6]    # dask.distributed's hint
+
+
+def test_scatter_keeps_the_kind_of_container_and_each_value(c):
+    import numpy as np
+    s, fz = c.scatter({1, 2}), c.scatter(frozenset([3]))
+    assert type(s) is set and sorted(f.result(timeout=10) for f in s) == [1, 2]
+    assert type(fz) is frozenset and [f.result(timeout=10) for f in fz] == [3]
+    t = c.scatter((1, 2, 1))
+    assert type(t) is tuple and t[0].key == t[2].key and c.gather(list(t)) == [1, 2, 1]
+    fresh = c.scatter([7, 7], hash=False)
+    assert fresh[0].key != fresh[1].key and c.gather(fresh) == [7, 7]
+    assert c.gather(c.scatter(range(3))) == [0, 1, 2]
+    assert c.gather(c.scatter(iter("ab"))) == ["a", "b"]
+    assert c.scatter(np.ones(3)).type is np.ndarray      # as a task's result
+    assert c.scatter([1])[0].type is int
 
 
 def test_scatter_spreads_over_workers_and_broadcasts(c, workers):

@@ -371,3 +371,65 @@ def test_environ_and_upload_file_plugins(c, tmp_path):
     assert f.result() == 7
     c.unregister_worker_plugin("environ")
     c.unregister_worker_plugin("upload")
+
+
+# ---------------------------------------------------------------- compute(actors=...)
+
+class Counter:
+    n = 0
+
+    def increment(self):
+        self.n += 1
+        return self.n
+
+
+def test_compute_get_and_persist_refuse_actors_rather_than_compute_without(c):
+    counter = dask.delayed(Counter)()
+    final = dask.delayed(lambda counter: counter.increment())(counter)
+    refused = r"submit\(cls, actor=True\)"
+    with pytest.raises(NotImplementedError, match=refused):
+        final.compute(scheduler=c.get, actors=counter)     # dask hands it to `get`
+    with pytest.raises(NotImplementedError, match=refused):
+        c.get({"x": (inc, 1)}, "x", actors=["x"])
+    with pytest.raises(NotImplementedError, match=refused):
+        c.compute(final, actors=counter)
+    with pytest.raises(NotImplementedError, match=refused):
+        c.persist(final, actors=[counter])
+    assert c.compute(final, actors=None).result(timeout=10) == 1   # none asked for
+    assert c.get({"x": (inc, 1)}, "x", actors=[]) == 2
+
+
+# ---------------------------------------------------------------- Futures behind collections
+
+def double(x):
+    return 2 * x
+
+
+def test_cancel_who_has_and_replicate_look_inside_collections(c):
+    import dask.bag as db
+    L = c.map(double, [[1], [2], [3]])
+    bag = db.Bag({("b", i): f for i, f in enumerate(L)}, "b", 3)
+    wait(L)
+    assert sorted(c.who_has(bag)) == sorted(f.key for f in L)
+    c.cancel(bag)
+    assert [f.status for f in L] == ["cancelled"] * 3
+    x = c.persist(da.arange(20, chunks=5))
+    wait(x)
+    keys = {f.key for f in futures_of(x)}
+    assert set(c.who_has(x)) == keys
+    c.replicate(x)
+    assert {len(v) for v in c.who_has(x).values()} == {2}
+    c.rebalance(x)
+    c.cancel(x)
+    assert {f.status for f in futures_of(x)} == {"cancelled"}
+    with pytest.raises(CancelledError):
+        c.replicate(x)
+
+
+def test_retry_looks_inside_collections(c, tmp_path):
+    path = str(tmp_path / "attempts")
+    x = c.persist(dask.delayed(fail_until)(path, 2, dask_key_name="fails-once"))
+    wait(x)
+    assert futures_of(x)[0].status == "error"
+    c.retry(x)
+    assert x.compute() == 2

@@ -259,14 +259,42 @@ class AsCompletedTest(ExecutorTestCase):
 
 
 class CancelTest(ExecutorTestCase):
-    def test_running_futures_cannot_be_cancelled(self):
-        # As with the standard executors, a future that has started cannot be
-        # cancelled through the future; shutdown(cancel_futures=True) stops work.
+    def test_cancel_stops_the_task_even_while_it_runs(self):
+        # A future is pending until its task's outcome comes (as a queued call of
+        # the standard executors), so cancel() stops the task wherever it is.
         path = self.gate()
         f = self.executor.submit(wait_for_file, path, value=1)
+        remote = f._dask_ipy_remote
+        wait_for(lambda: any(remote.key in keys
+                             for keys in self.client.processing().values()),
+                 message="the task to run")
+        self.assertFalse(f.running())
+        self.assertTrue(f.cancel())
+        self.assertTrue(f.cancelled())
+        with self.assertRaises(cf.CancelledError):
+            f.result(timeout=10)
+        wait_for(lambda: remote.status == "cancelled", message="the task cancelled")
+        wait_for(lambda: not any(self.client.processing().values()),
+                 message="the worker to let the task go")
+
+    def test_a_finished_future_cannot_be_cancelled(self):
+        f = self.executor.submit(mul, 6, 7)
+        self.assertEqual(f.result(timeout=10), 42)
         self.assertFalse(f.cancel())
+        self.assertEqual(f.result(), 42)
+
+    def test_wait_and_as_completed_count_cancelled_futures(self):
+        path = self.gate()
+        fs = [self.executor.submit(wait_for_file, path, value=i) for i in range(6)]
+        self.assertTrue(fs[3].cancel())
+        done, not_done = cf.wait(fs, return_when=cf.FIRST_COMPLETED, timeout=10)
+        self.assertIn(fs[3], done)
+        self.assertTrue(fs[4].cancel())
         self.open_gate(path)
-        self.assertEqual(f.result(timeout=10), 1)
+        out = list(cf.as_completed(fs, timeout=10))
+        self.assertEqual(sum(f.cancelled() for f in out), 2)
+        self.assertEqual(sorted(f.result() for f in out if not f.cancelled()),
+                         [0, 1, 2, 5])
 
     def test_cancelled_remote_work_cancels_the_future(self):
         path = self.gate()
@@ -277,6 +305,12 @@ class CancelTest(ExecutorTestCase):
             f.result(timeout=10)
         self.assertTrue(f.cancelled())
         self.assertTrue(f.done())
+
+
+class OptionsTest(ExecutorTestCase):
+    def test_unknown_options_are_refused(self):
+        with self.assertRaisesRegex(TypeError, "'bar', 'foo'"):
+            self.client.get_executor(foo=1, bar=2)
 
 
 class ShutdownTest(ExecutorTestCase):

@@ -349,6 +349,28 @@ def test_as_completed_raises_errors_with_results(c):
     assert 2 in out.values()
 
 
+def test_as_completed_with_results_hands_out_a_cancelled_future_and_raises_errors(c, gate):
+    cancelled = c.submit(wait_for_file, str(gate), pure=False)
+    ac = as_completed([cancelled, c.submit(inc, 1)], with_results=True)
+    cancelled.cancel()
+    out = dict((f.key, r) for f, r in ac)           # nothing raised
+    assert isinstance(out[cancelled.key], CancelledError) and 2 in out.values()
+    ac = as_completed([c.submit(fail, 3), cancelled], with_results=True)
+    with pytest.raises(Boom):
+        list(ac)
+
+
+def test_as_completed_takes_only_futures(c):
+    with pytest.raises(TypeError, match="takes Futures, not int"):
+        as_completed([1, 2, 3])
+    ac = as_completed()
+    with pytest.raises(TypeError, match="not str"):
+        ac.update([c.submit(inc, 1), "x"])
+    assert ac.count() == 0                          # none of them added
+    with pytest.raises(TypeError):
+        ac.add(None)
+
+
 def test_as_completed_of_nothing_stops_at_once():
     assert list(as_completed([])) == []
 
