@@ -24,7 +24,8 @@ Without ``client=`` an object uses `get_client`'s client when first used: the de
 client, or inside a task the worker's client, which is also what an object passed to
 a task (pickled by name) uses there.  Values are anything picklable; Futures in them
 keep their keys alive on the scheduler while stored, and come back as Futures of the
-client that gets them.
+client that gets them, finished or erred at once if their keys had ended when the
+scheduler answered (it says how, with the value).
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def _abandoned(token, undo):
 
 def _packed(value):
     return {"data": serialize(value), "keys": [f.key for f in futures_in(value)]}
+
+
+def _loaded(answer, client):
+    """The value(s) of a get's answer, as ``client``'s.  Their Futures start with
+    what the scheduler said, in the answer, of how their keys had ended."""
+    if "items" in answer:
+        values = [load(blob, client) for blob in answer["items"]]
+    else:
+        values = load(answer["data"], client)
+    client.shell.learn(answer.get("reports"))
+    return values
 
 
 class _Named:
@@ -179,7 +191,7 @@ class Variable(_Named):
         got, answer = yield from self._waiting_op("variable-get", timeout)
         if not got:
             raise TimeoutError(f"variable {self.name!r} not set within {timeout} s")
-        return load(answer["data"], self.client)
+        return _loaded(answer, self.client)
 
     def delete(self):
         """Forget the value (for every client); gets wait for the next set."""
@@ -219,9 +231,7 @@ class Queue(_Named):
                                                   maxsize=self.maxsize, batch=batch)
         if not got:
             raise TimeoutError(f"queue {self.name!r} had no item within {timeout} s")
-        if "items" in answer:
-            return [load(blob, self.client) for blob in answer["items"]]
-        return load(answer["data"], self.client)
+        return _loaded(answer, self.client)
 
     def _give_back(self, answer):
         """Items taken for a get whose caller was interrupted go back to the front of

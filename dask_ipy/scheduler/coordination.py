@@ -264,7 +264,7 @@ class Coordination:
     def _give_variable(self, cid, rid, value):
         if value.keys:
             self._out.append(Want(cid, value.keys))
-        self._out.append(Reply(cid, rid, {"data": value.data}))
+        self._out.append(Reply(cid, rid, {"data": value.data, "keys": value.keys}))
 
     def _variable_get(self, cid, msg):
         name = msg["name"]

@@ -40,6 +40,10 @@ class Shell:
     def drop(self, keys):
         self.sent.append(("drop", keys))
 
+    def learn(self, reports):
+        if reports:
+            self.sent.append(("learn", reports))
+
     def ops(self):
         return [(m["op"], m.get("what"), m.get("request_id", m.get("request")))
                 for m in self.sent if isinstance(m, dict)]
