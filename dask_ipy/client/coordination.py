@@ -294,7 +294,8 @@ class Semaphore(_Held, _Named):
         return self._run(op)
 
     def _unheld(self):
-        return f"semaphore {self.name!r} released too often"
+        return (f"Released too often: semaphore {self.name!r} has no lease of this "
+                "object's left to release")
 
     def get_value(self):
         """How many leases are held now (by anyone)."""
@@ -325,7 +326,7 @@ class Lock(Semaphore):
         return super().acquire(timeout)
 
     def _unheld(self):
-        return f"lock {self.name!r} is not acquired"
+        return f"Released too often: lock {self.name!r} is not acquired by this object"
 
     def locked(self):
         """Whether anyone holds the lock."""

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from dask_ipy.client.coordination import Event, Lock, Queue, Variable
+from dask_ipy.client.coordination import Event, Lock, MultiLock, Queue, Semaphore, Variable
 from dask_ipy.client.waits import Answer, KeptAnswer
 from dask_ipy.messages import WITHDRAWN
 from dask_ipy.protocol import serialize
@@ -167,3 +167,14 @@ def test_a_timeout_of_zero_asks_not_to_wait(client):
     wait = next(op)
     assert wait.timeout is None and client.shell.sent[0]["wait"] is False
     assert finish(op, WITHDRAWN) is False
+
+
+def test_releasing_more_than_acquired_is_an_error_before_anything_is_sent(client):
+    sem = Semaphore(name="s", client=client)
+    with pytest.raises(RuntimeError, match="^Released too often: semaphore 's'"):
+        sem.release()
+    with pytest.raises(RuntimeError, match="^Released too often: lock 'l'"):
+        Lock("l", client=client).release()
+    with pytest.raises(ValueError, match="Lock is not yet acquired"):
+        MultiLock(["a"], client=client).release()
+    assert client.shell.sent == []
