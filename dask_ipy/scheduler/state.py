@@ -2390,7 +2390,7 @@ class SchedulerState:
         elif what == "list-collections":
             result = sorted(self.collections)
         elif what == "list-datasets":
-            result = sorted(self.datasets)
+            result = sorted(self.datasets, key=str)
         elif what == "get-collection":
             result = self.collections.get(msg["name"])
         elif what == "get-dataset":
@@ -2449,7 +2449,7 @@ class SchedulerState:
     def _on_publish_dataset(self, cid, msg):
         name = msg["name"]
         if name in self.datasets and not msg.get("override"):
-            self._reply(cid, msg, {"error": f"dataset {name!r} already exists"})
+            self._reply(cid, msg, {"error": f"Dataset {name!r} already exists"})
             return
         self._unpublish(name)
         holder = ("dataset", name)

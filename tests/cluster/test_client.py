@@ -513,13 +513,32 @@ def test_datasets_are_shared_between_clients(c, pc):
         with pytest.raises(KeyError):
             other.datasets["more"] = 6
         del other.datasets["more"], other.datasets["label"]
-        assert other.list_datasets() == []
+        assert other.list_datasets() == ()
         with pytest.raises(KeyError):
             other.get_dataset("numbers")
         assert other.get_dataset("numbers", default=None) is None
         wait_for(lambda: forgotten(other, "published"), message="release on unpublish")
     finally:
         other.close()
+
+
+def test_datasets_by_lists_of_names_and_missing_ones(c):
+    c.publish_dataset(a=1, b=2)
+    c.publish_dataset(("t", 1), name=("t", 1))
+    assert c.list_datasets() == (("t", 1), "a", "b")     # sorted as text
+    assert c.get_dataset(["b", ("t", 1)]) == [2, ("t", 1)]
+    assert c.get_dataset(["a", "gone"], default=None) == [1, None]
+    with pytest.raises(KeyError, match="Dataset 'gone' not found"):
+        c.get_dataset("gone")
+    with pytest.raises(KeyError, match="Dataset 'a' already exists"):
+        c.publish_dataset(a=3)
+    # Forgetting what is not there is no error.
+    c.unpublish_dataset("gone")
+    del c.datasets["gone"]
+    c.unpublish_dataset(["a", ("t", 1), "gone"])
+    assert c.list_datasets() == ("b",)
+    del c.datasets["b"]
+    assert c.list_datasets() == ()
 
 
 def test_events_and_metadata_are_shared_between_clients(c, pc):
