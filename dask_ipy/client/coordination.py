@@ -46,6 +46,12 @@ def _seconds(timeout):
     return None if timeout is None else parse_timedelta(timeout)
 
 
+def _within(timeout):
+    """The end of a timeout's message: ``timeout`` (seconds, a string such as
+    "300ms", or a timedelta) in seconds."""
+    return f"within {_seconds(timeout):g} s"
+
+
 def _checked(answer):
     if isinstance(answer, dict) and "error" in answer:
         raise (ValueError if answer.get("type") == "ValueError" else
@@ -190,7 +196,7 @@ class Variable(_Named):
     def _get_op(self, timeout):
         got, answer = yield from self._waiting_op("variable-get", timeout)
         if not got:
-            raise TimeoutError(f"variable {self.name!r} not set within {timeout} s")
+            raise TimeoutError(f"variable {self.name!r} not set {_within(timeout)}")
         return _loaded(answer, self.client)
 
     def delete(self):
@@ -217,7 +223,7 @@ class Queue(_Named):
         put, _ = yield from self._waiting_op("queue-put", timeout, maxsize=self.maxsize,
                                              **_packed(value))
         if not put:
-            raise TimeoutError(f"no room in queue {self.name!r} within {timeout} s")
+            raise TimeoutError(f"no room in queue {self.name!r} {_within(timeout)}")
 
     def get(self, timeout=None, batch=False, **kwargs):
         """The first item, waiting for one; TimeoutError after ``timeout``.
@@ -230,7 +236,7 @@ class Queue(_Named):
                                                   abandon=self._give_back,
                                                   maxsize=self.maxsize, batch=batch)
         if not got:
-            raise TimeoutError(f"queue {self.name!r} had no item within {timeout} s")
+            raise TimeoutError(f"queue {self.name!r} had no item {_within(timeout)}")
         return _loaded(answer, self.client)
 
     def _give_back(self, answer):

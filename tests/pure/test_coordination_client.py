@@ -178,3 +178,18 @@ def test_releasing_more_than_acquired_is_an_error_before_anything_is_sent(client
     with pytest.raises(ValueError, match="Lock is not yet acquired"):
         MultiLock(["a"], client=client).release()
     assert client.shell.sent == []
+
+
+@pytest.mark.parametrize("timeout", ["300ms", 0.3, __import__("datetime").timedelta(
+    milliseconds=300)])
+def test_a_timeout_is_told_in_seconds_however_it_was_given(client, timeout):
+    for op, text in [(Queue("q", client=client)._get_op(timeout, False),
+                      "queue 'q' had no item within 0.3 s"),
+                     (Queue("q", client=client)._put_op(1, timeout),
+                      "no room in queue 'q' within 0.3 s"),
+                     (Variable("v", client=client)._get_op(timeout),
+                      "variable 'v' not set within 0.3 s")]:
+        timed_out(op)
+        with pytest.raises(TimeoutError) as info:
+            op.send(WITHDRAWN)
+        assert str(info.value) == text
