@@ -258,6 +258,12 @@ class Queue(_Named):
     def qsize(self, **kwargs):
         return self._run(self._request_op("queue-size"))
 
+    def close(self):
+        """Drop the items in the queue now, for every client: the Futures in them
+        are no longer kept.  Returns at once (sent in order with this client's
+        later calls); the queue stays usable, and gets waiting go on waiting."""
+        self.client.shell.request_future(self._message("queue-close"))
+
     def __reduce__(self):
         return (type(self), (self.name, None, self.maxsize))
 

@@ -215,6 +215,17 @@ def test_futures_got_from_a_variable_or_a_queue_know_at_once_how_their_keys_ende
     Variable(var).delete()
 
 
+def test_closing_a_queue_lets_go_of_the_futures_in_it(c):
+    q = Queue(unique("q"))
+    q.put(c.submit(inc, 1, pure=False))
+    q.put(2)
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 1, message="the queued key kept")
+    assert q.close() is None and q.qsize() == 0
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="the key let go")
+    q.put(3)                                        # still usable
+    assert q.get(timeout=10) == 3
+
+
 def test_tasks_waiting_on_an_event_go_on_once_the_client_sets_it(c):
     name, arrived = unique("event"), unique("arrived")
     futures = c.map(wait_for_event, [name] * 2, [arrived] * 2, pure=False)

@@ -120,6 +120,24 @@ def test_queue_is_first_in_first_out_and_hands_items_to_waiting_getters(co):
     assert empty(co)
 
 
+def test_closing_a_queue_drops_its_items_and_lets_a_putter_in(co):
+    assert co.ask("a", "queue-close", name="q") == [Reply("a", 1, True)]
+    co.ask("a", "queue-put", name="q", maxsize=1, data="one", keys=["x"])
+    assert co.ask("a", "queue-put", name="q", maxsize=1, data="two", keys=["y"]) == [
+        Want(("queue", "q", 2), ["y"])]                              # parked
+    assert co.ask("b", "queue-close", name="q") == [
+        Unwant(("queue", "q", 1), ["x"]), Reply("a", 3, True), Reply("b", 1, True)]
+    assert co.ask("b", "queue-close", name="q") == [
+        Unwant(("queue", "q", 2), ["y"]), Reply("b", 2, True)]
+    assert empty(co)
+    # A get waiting goes on waiting.
+    assert co.ask("c", "queue-get", name="q") == []
+    assert co.ask("b", "queue-close", name="q") == [Reply("b", 3, True)]
+    assert co.ask("a", "queue-put", name="q", data="three")[-1] == Reply(
+        "c", 1, {"data": "three", "keys": []})
+    assert empty(co)
+
+
 def test_queue_maxsize_parks_putters_until_there_is_room(co):
     assert co.ask("a", "queue-put", name="q", maxsize=1, data=1) == [Reply("a", 1, True)]
     assert co.ask("a", "queue-put", name="q", maxsize=1, data=2, keys=["x"]) == [
