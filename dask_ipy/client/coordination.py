@@ -279,6 +279,7 @@ class Semaphore(_Held, _Named):
     def __init__(self, max_leases=1, name=None, *, client=None):
         super().__init__(name, client)
         self.max_leases = max_leases
+        self.id = uuid.uuid4().hex             # this object's (a copy gets its own)
         self._leases = deque()                 # this object's leases, oldest first
 
     def acquire(self, timeout=None):
@@ -381,6 +382,7 @@ class MultiLock(_Held, _Named):
     def __init__(self, names=None, client=None):
         super().__init__(None, client)
         self.names = list(names or [])
+        self.id = uuid.uuid4().hex             # this object's (a copy gets its own)
         self._lease = None
 
     def acquire(self, blocking=True, timeout=None, num_locks=None):

@@ -193,3 +193,13 @@ def test_a_timeout_is_told_in_seconds_however_it_was_given(client, timeout):
         with pytest.raises(TimeoutError) as info:
             op.send(WITHDRAWN)
         assert str(info.value) == text
+
+
+def test_each_lock_object_has_an_id_of_its_own(client):
+    objects = [Lock("l", client=client), Lock("l", client=client),
+               Semaphore(name="s", client=client), MultiLock(["l"], client=client)]
+    ids = [o.id for o in objects]
+    assert len(set(ids)) == 4 and all(type(i) is str for i in ids)
+    import pickle
+    copy = pickle.loads(pickle.dumps(objects[0]))
+    assert copy.name == "l" and copy.id != objects[0].id
