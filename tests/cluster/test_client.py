@@ -2,6 +2,7 @@
 map, gather, scatter, cancel, datasets, run, cluster queries and errors."""
 
 import gc
+import queue
 import threading
 import time
 import traceback
@@ -353,6 +354,25 @@ def test_unpicklable_argument_is_a_clear_error_naming_the_key(c):
     with pytest.raises(TypeError, match="keyword argument 'x' \\(list\\)"):
         c.submit(identity, x=[lock])
     assert c.submit(inc, 1).result(timeout=10) == 2
+
+
+def test_as_completed_shows_its_counts_and_reads_as_a_queue(c, gate):
+    slow = c.submit(wait_for_file, str(gate), pure=False)
+    fast = c.submit(inc, 1, pure=False)
+    ac = as_completed([fast, slow], with_results=True)
+    wait_for(lambda: ac.queue.qsize() == 1, message="the fast one done")
+    assert repr(ac) == "<as_completed: waiting=1 done=1>"
+    assert ac.queue.get(timeout=10) == (fast, 2)
+    assert ac.queue.empty()
+    with pytest.raises(queue.Empty):
+        ac.queue.get(timeout=0.1)
+    with pytest.raises(queue.Empty):
+        ac.queue.get_nowait()
+    gate.touch()
+    assert next(ac)[0] is slow
+    assert repr(ac) == "<as_completed: waiting=0 done=0>" and list(ac) == []
+    with pytest.raises(TypeError, match="Input must be a future, got 1"):
+        as_completed([fast, 1])
 
 
 def test_unpicklable_result_is_a_clear_error_naming_the_key(c):
