@@ -901,23 +901,35 @@ class Client(ClusterMethods, ObserveMethods):
                 raise KeyError(reply["error"])
 
     def get_dataset(self, name, default=KeyError):
-        def loaded(blob):
+        """The dataset published as ``name`` (a list of names: a list of them);
+        KeyError if there is none, unless a ``default`` is given."""
+        return self.run_op(self._get_datasets_op(name, default))
+
+    def _get_datasets_op(self, name, default):
+        values = []
+        for one in name if isinstance(name, list) else [name]:
+            blob = yield from self.shell.request_op(
+                {"op": "info", "what": "get-dataset", "name": one})
             if blob is None:
                 if default is KeyError:
-                    raise KeyError(f"no dataset named {name!r}")
-                return default
-            return self._load(blob)
-        return self._info("get-dataset", name=name, after=loaded)
+                    raise KeyError(f"Dataset {one!r} not found")
+                values.append(default)
+            else:
+                values.append(self._load(blob))
+        return values if isinstance(name, list) else values[0]
 
     def list_datasets(self):
-        return self._info("list-datasets", after=list)
+        """The names of the published datasets, a tuple."""
+        return self._info("list-datasets", after=tuple)
 
     def unpublish_dataset(self, name):
-        def check(found):
-            if not found:
-                raise KeyError(f"no dataset named {name!r}")
-        op = self.shell.request_op({"op": "unpublish-dataset", "name": name})
-        return self.run_op(then(op, check))
+        """Forget the dataset ``name`` (a list of names: each of them); nothing if
+        there is none."""
+        return self.run_op(self._unpublish_op(name))
+
+    def _unpublish_op(self, name):
+        for one in name if isinstance(name, list) else [name]:
+            yield from self.shell.request_op({"op": "unpublish-dataset", "name": one})
 
     @property
     def datasets(self):

@@ -24,7 +24,8 @@ Without ``client=`` an object uses `get_client`'s client when first used: the de
 client, or inside a task the worker's client, which is also what an object passed to
 a task (pickled by name) uses there.  Values are anything picklable; Futures in them
 keep their keys alive on the scheduler while stored, and come back as Futures of the
-client that gets them.
+client that gets them, finished or erred at once if their keys had ended when the
+scheduler answered (it says how, with the value).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ from .waits import Answer, KeptAnswer, then
 
 def _seconds(timeout):
     return None if timeout is None else parse_timedelta(timeout)
+
+
+def _within(timeout):
+    """The end of a timeout's message: ``timeout`` (seconds, a string such as
+    "300ms", or a timedelta) in seconds."""
+    return f"within {_seconds(timeout):g} s"
 
 
 def _checked(answer):
@@ -65,6 +72,17 @@ def _abandoned(token, undo):
 
 def _packed(value):
     return {"data": serialize(value), "keys": [f.key for f in futures_in(value)]}
+
+
+def _loaded(answer, client):
+    """The value(s) of a get's answer, as ``client``'s.  Their Futures start with
+    what the scheduler said, in the answer, of how their keys had ended."""
+    if "items" in answer:
+        values = [load(blob, client) for blob in answer["items"]]
+    else:
+        values = load(answer["data"], client)
+    client.shell.learn(answer.get("reports"))
+    return values
 
 
 class _Named:
@@ -178,8 +196,8 @@ class Variable(_Named):
     def _get_op(self, timeout):
         got, answer = yield from self._waiting_op("variable-get", timeout)
         if not got:
-            raise TimeoutError(f"variable {self.name!r} not set within {timeout} s")
-        return load(answer["data"], self.client)
+            raise TimeoutError(f"variable {self.name!r} not set {_within(timeout)}")
+        return _loaded(answer, self.client)
 
     def delete(self):
         """Forget the value (for every client); gets wait for the next set."""
@@ -205,7 +223,7 @@ class Queue(_Named):
         put, _ = yield from self._waiting_op("queue-put", timeout, maxsize=self.maxsize,
                                              **_packed(value))
         if not put:
-            raise TimeoutError(f"no room in queue {self.name!r} within {timeout} s")
+            raise TimeoutError(f"no room in queue {self.name!r} {_within(timeout)}")
 
     def get(self, timeout=None, batch=False, **kwargs):
         """The first item, waiting for one; TimeoutError after ``timeout``.
@@ -218,10 +236,8 @@ class Queue(_Named):
                                                   abandon=self._give_back,
                                                   maxsize=self.maxsize, batch=batch)
         if not got:
-            raise TimeoutError(f"queue {self.name!r} had no item within {timeout} s")
-        if "items" in answer:
-            return [load(blob, self.client) for blob in answer["items"]]
-        return load(answer["data"], self.client)
+            raise TimeoutError(f"queue {self.name!r} had no item {_within(timeout)}")
+        return _loaded(answer, self.client)
 
     def _give_back(self, answer):
         """Items taken for a get whose caller was interrupted go back to the front of
@@ -242,6 +258,12 @@ class Queue(_Named):
     def qsize(self, **kwargs):
         return self._run(self._request_op("queue-size"))
 
+    def close(self):
+        """Drop the items in the queue now, for every client: the Futures in them
+        are no longer kept.  Returns at once (sent in order with this client's
+        later calls); the queue stays usable, and gets waiting go on waiting."""
+        self.client.shell.request_future(self._message("queue-close"))
+
     def __reduce__(self):
         return (type(self), (self.name, None, self.maxsize))
 
@@ -257,6 +279,7 @@ class Semaphore(_Held, _Named):
     def __init__(self, max_leases=1, name=None, *, client=None):
         super().__init__(name, client)
         self.max_leases = max_leases
+        self.id = uuid.uuid4().hex             # this object's (a copy gets its own)
         self._leases = deque()                 # this object's leases, oldest first
 
     def acquire(self, timeout=None):
@@ -284,7 +307,8 @@ class Semaphore(_Held, _Named):
         return self._run(op)
 
     def _unheld(self):
-        return f"semaphore {self.name!r} released too often"
+        return (f"Released too often: semaphore {self.name!r} has no lease of this "
+                "object's left to release")
 
     def get_value(self):
         """How many leases are held now (by anyone)."""
@@ -315,7 +339,7 @@ class Lock(Semaphore):
         return super().acquire(timeout)
 
     def _unheld(self):
-        return f"lock {self.name!r} is not acquired"
+        return f"Released too often: lock {self.name!r} is not acquired by this object"
 
     def locked(self):
         """Whether anyone holds the lock."""
@@ -358,6 +382,7 @@ class MultiLock(_Held, _Named):
     def __init__(self, names=None, client=None):
         super().__init__(None, client)
         self.names = list(names or [])
+        self.id = uuid.uuid4().hex             # this object's (a copy gets its own)
         self._lease = None
 
     def acquire(self, blocking=True, timeout=None, num_locks=None):

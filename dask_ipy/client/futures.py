@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures as cf
 import html
 import importlib
+import queue
 import threading
 import time
 from collections import deque, namedtuple
@@ -476,9 +477,34 @@ class Waiter:
         return run_blocking(self.wait_op(timeout))
 
 
-def _check_future(f):
-    if not isinstance(f, (Future, cf.Future)):
-        raise TypeError(f"as_completed takes Futures, not {type(f).__name__}: {f!r:.50}")
+class _Finished:
+    """`as_completed.queue`: its finished futures not handed out yet, with the reads
+    of a `queue.Queue` (`get`, `get_nowait`, `qsize`, `empty`).  What `get` takes
+    is handed out, as by ``next``: with its result for ``with_results=True``."""
+
+    def __init__(self, completed):
+        self.completed = completed
+
+    def qsize(self):
+        return len(self.completed.ready)
+
+    def empty(self):
+        return not self.completed.ready
+
+    def get(self, block=True, timeout=None):
+        """The next finished future; `queue.Empty` if there is none (once
+        ``timeout`` seconds passed, when ``block``)."""
+        ac = self.completed
+        with ac.cond:
+            if block:
+                ac.cond.wait_for(lambda: ac.ready, timeout)
+            if not ac.ready:
+                raise queue.Empty
+            f = ac.ready.popleft()
+        return run_blocking(ac._outcome(f))
+
+    def get_nowait(self):
+        return self.get(block=False)
 
 
 class as_completed:
@@ -506,18 +532,19 @@ class as_completed:
         self.update(futures)
 
     def add(self, future):
-        _check_future(future)
-        with self.lock:
-            self.waiting += 1
-            epoch = self.epoch
-        _when_ended(future, lambda f: self._on_done(f, epoch))
+        self.update((future,))
 
     def update(self, futures):
+        """Add ``futures``: none unless all are Futures (TypeError)."""
         futures = list(futures)
-        for f in futures:               # all or none added
-            _check_future(f)
         for f in futures:
-            self.add(f)
+            if not isinstance(f, (Future, cf.Future)):
+                raise TypeError(f"Input must be a future, got {f!r}")
+        for f in futures:
+            with self.lock:
+                self.waiting += 1
+                epoch = self.epoch
+            _when_ended(f, lambda f, epoch=epoch: self._on_done(f, epoch))
 
     def _on_done(self, future, epoch):
         with self.lock:
@@ -548,6 +575,15 @@ class as_completed:
     def has_ready(self):
         """Are finished futures waiting to be handed out?"""
         return bool(self.ready)
+
+    @property
+    def queue(self):
+        """The finished futures not handed out yet, read as a `queue.Queue`."""
+        return _Finished(self)
+
+    def __repr__(self):
+        with self.lock:
+            return f"<as_completed: waiting={self.waiting} done={len(self.ready)}>"
 
     def clear(self):
         """Forget every future not handed out yet: iteration ends."""

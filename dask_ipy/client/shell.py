@@ -217,6 +217,11 @@ class ClientShell:
         """``done``: [(state, type name)] known to be in memory."""
         self._call(self.state.finish, done)
 
+    def learn(self, reports):
+        """How keys of Futures just loaded had ended (`ClientState.learn`)."""
+        if reports:
+            self._call(self.state.learn, reports)
+
     def cancel(self, states, keys, force=False):
         """Cancel ``keys`` here at once; a concurrent.futures.Future answered once
         the scheduler has cancelled them too."""

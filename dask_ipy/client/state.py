@@ -430,6 +430,19 @@ class ClientState:
             out += self._set(st, FINISHED)
         return out
 
+    def learn(self, reports):
+        """``reports``: the scheduler's "key-in-memory" and "task-erred" messages of
+        keys that had ended when it answered with values holding Futures of them (a
+        Variable's, a Queue's).  The Futures just made of those keys, pending here,
+        start finished or erred.  Only a pending state changes: one that had ended
+        keeps what this client learnt, in order, from the scheduler."""
+        out = []
+        for msg in reports:
+            st = self.futures.get(msg["key"])
+            if st is not None and st.status == PENDING:
+                out += self.handle(msg)
+        return out
+
     def cancel(self, states, keys, force, token):
         """The user cancels keys: their states are cancelled at once, and let go of:
         the Futures cancelled keep theirs, and a key submitted again gets a state of

@@ -264,7 +264,7 @@ class Coordination:
     def _give_variable(self, cid, rid, value):
         if value.keys:
             self._out.append(Want(cid, value.keys))
-        self._out.append(Reply(cid, rid, {"data": value.data}))
+        self._out.append(Reply(cid, rid, {"data": value.data, "keys": value.keys}))
 
     def _variable_get(self, cid, msg):
         name = msg["name"]
@@ -321,6 +321,19 @@ class Coordination:
         q.items.extendleft(reversed([self._stored("queue", name, item)
                                      for item in msg["items"]]))
         self._serve_queue(name)
+        self._reply(cid, msg, True)
+
+    def _queue_close(self, cid, msg):
+        """The items stored now are dropped, for every client (the keys of their
+        Futures let go); gets and puts waiting go on waiting, and a put waiting for
+        room finds it."""
+        name = msg["name"]
+        q = self.queues.get(name)
+        if q is not None:
+            dropped = list(q.items)
+            q.items.clear()
+            self._drop(dropped)
+            self._serve_queue(name)
         self._reply(cid, msg, True)
 
     def _queue_size(self, cid, msg):
@@ -493,6 +506,7 @@ class Coordination:
         "queue-get": _queue_get,
         "queue-size": _queue_size,
         "queue-unget": _queue_unget,
+        "queue-close": _queue_close,
         "acquire": _acquire,
         "release": _release,
         "semaphore-value": _semaphore_value,

@@ -1992,16 +1992,23 @@ class SchedulerState:
     def _report(self, cid, key):
         """Tell ``cid`` how ``key`` ended, if it has (or that there is no such task);
         a key still to run is reported when it ends."""
+        report = self._report_of(key)
+        if report is not None:
+            self.send_client(cid, report)
+
+    def _report_of(self, key):
+        """The message that tells a client how ``key`` ended: "key-in-memory",
+        "task-erred" (also when there is no such task), or None while it runs."""
         ts = self.tasks.get(key)
         if ts is None:
-            self.send_client(cid, {"op": "task-erred", "key": key,
-                                   **error_info("KeyError", f"no task {key!r} on the "
-                                                "scheduler", key)})
-        elif ts.state == MEMORY:
-            self.send_client(cid, {"op": "key-in-memory", "key": key,
-                                   "type": ts.type, "nbytes": ts.nbytes})
-        elif ts.state == ERRED:
-            self.send_client(cid, {"op": "task-erred", **ts.error, "key": key})
+            return {"op": "task-erred", "key": key,
+                    **error_info("KeyError", f"no task {key!r} on the scheduler", key)}
+        if ts.state == MEMORY:
+            return {"op": "key-in-memory", "key": key, "type": ts.type,
+                    "nbytes": ts.nbytes}
+        if ts.state == ERRED:
+            return {"op": "task-erred", **ts.error, "key": key}
+        return None
 
     def _on_fire_and_forget(self, cid, msg):
         """Run these keys to their end even if no client wants them any more: the
@@ -2383,7 +2390,7 @@ class SchedulerState:
         elif what == "list-collections":
             result = sorted(self.collections)
         elif what == "list-datasets":
-            result = sorted(self.datasets)
+            result = sorted(self.datasets, key=str)
         elif what == "get-collection":
             result = self.collections.get(msg["name"])
         elif what == "get-dataset":
@@ -2442,7 +2449,7 @@ class SchedulerState:
     def _on_publish_dataset(self, cid, msg):
         name = msg["name"]
         if name in self.datasets and not msg.get("override"):
-            self._reply(cid, msg, {"error": f"dataset {name!r} already exists"})
+            self._reply(cid, msg, {"error": f"Dataset {name!r} already exists"})
             return
         self._unpublish(name)
         holder = ("dataset", name)
@@ -2469,15 +2476,28 @@ class SchedulerState:
 
     def _coordinated(self, effects):
         """Carry out what `Coordination` asks: replies, and keys kept or let go for
-        its values (a holder's or a client's)."""
+        its values (a holder's or a client's).  A reply that gives values also
+        says how the keys of their Futures ended ("reports": the messages of
+        `_report_of`), so that the client's new Futures of them start finished or
+        erred, not pending until its "client-desires-keys" is answered."""
         for e in effects:
             if type(e) is Reply:
+                result = e.result
+                if type(result) is dict and result.get("keys"):
+                    keys = result["keys"]
+                    if "items" in result:          # a batch: the keys of each item
+                        keys = [k for of_item in keys for k in of_item]
+                    result = {**result, "reports": self._reports_of(keys)}
                 self.send_client(e.cid, {"op": "reply", "request_id": e.request_id,
-                                         "result": e.result})
+                                         "result": result})
             elif type(e) is Want:
                 self.desire_keys(e.who, e.keys)
             else:
                 self._release_keys(e.who, e.keys)
+
+    def _reports_of(self, keys):
+        """`_report_of` each of ``keys`` that has ended, each once."""
+        return [r for r in map(self._report_of, dict.fromkeys(keys)) if r is not None]
 
     def _on_get_story(self, cid, msg):
         self._reply(cid, msg, self.story(*msg["keys"]))

@@ -2,6 +2,7 @@
 map, gather, scatter, cancel, datasets, run, cluster queries and errors."""
 
 import gc
+import queue
 import threading
 import time
 import traceback
@@ -381,6 +382,25 @@ def test_unpicklable_argument_is_a_clear_error_naming_the_key(c):
     assert c.submit(inc, 1).result(timeout=10) == 2
 
 
+def test_as_completed_shows_its_counts_and_reads_as_a_queue(c, gate):
+    slow = c.submit(wait_for_file, str(gate), pure=False)
+    fast = c.submit(inc, 1, pure=False)
+    ac = as_completed([fast, slow], with_results=True)
+    wait_for(lambda: ac.queue.qsize() == 1, message="the fast one done")
+    assert repr(ac) == "<as_completed: waiting=1 done=1>"
+    assert ac.queue.get(timeout=10) == (fast, 2)
+    assert ac.queue.empty()
+    with pytest.raises(queue.Empty):
+        ac.queue.get(timeout=0.1)
+    with pytest.raises(queue.Empty):
+        ac.queue.get_nowait()
+    gate.touch()
+    assert next(ac)[0] is slow
+    assert repr(ac) == "<as_completed: waiting=0 done=0>" and list(ac) == []
+    with pytest.raises(TypeError, match="Input must be a future, got 1"):
+        as_completed([fast, 1])
+
+
 def test_unpicklable_result_is_a_clear_error_naming_the_key(c):
     f = c.submit(make_unpicklable, key="bad-result")
     with pytest.raises(TypeError) as info:
@@ -539,13 +559,32 @@ def test_datasets_are_shared_between_clients(c, pc):
         with pytest.raises(KeyError):
             other.datasets["more"] = 6
         del other.datasets["more"], other.datasets["label"]
-        assert other.list_datasets() == []
+        assert other.list_datasets() == ()
         with pytest.raises(KeyError):
             other.get_dataset("numbers")
         assert other.get_dataset("numbers", default=None) is None
         wait_for(lambda: forgotten(other, "published"), message="release on unpublish")
     finally:
         other.close()
+
+
+def test_datasets_by_lists_of_names_and_missing_ones(c):
+    c.publish_dataset(a=1, b=2)
+    c.publish_dataset(("t", 1), name=("t", 1))
+    assert c.list_datasets() == (("t", 1), "a", "b")     # sorted as text
+    assert c.get_dataset(["b", ("t", 1)]) == [2, ("t", 1)]
+    assert c.get_dataset(["a", "gone"], default=None) == [1, None]
+    with pytest.raises(KeyError, match="Dataset 'gone' not found"):
+        c.get_dataset("gone")
+    with pytest.raises(KeyError, match="Dataset 'a' already exists"):
+        c.publish_dataset(a=3)
+    # Forgetting what is not there is no error.
+    c.unpublish_dataset("gone")
+    del c.datasets["gone"]
+    c.unpublish_dataset(["a", ("t", 1), "gone"])
+    assert c.list_datasets() == ("b",)
+    del c.datasets["b"]
+    assert c.list_datasets() == ()
 
 
 def test_events_and_metadata_are_shared_between_clients(c, pc):

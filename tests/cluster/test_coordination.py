@@ -183,6 +183,49 @@ def test_a_variable_keeps_a_future_its_client_let_go(pc, c):
     wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="key released")
 
 
+def divide(x, y):
+    return x / y
+
+
+def test_futures_got_from_a_variable_or_a_queue_know_at_once_how_their_keys_ended(pc, c):
+    """Straight after the get, not once the scheduler has answered the client's
+    word that it wants the keys: the answer to the get says how they ended."""
+    var, queue = unique("var"), unique("q")
+    done, erred = c.submit(inc, 1, pure=False), c.submit(divide, 1, 0, pure=False)
+    Variable(var).set(done)
+    Queue(queue).put(erred)
+    Queue(queue).put([done, erred])
+    assert c.gather(done) == 2 and erred.exception(timeout=10) is not None
+    other = Client(pc.file, set_as_default=False)
+    try:
+        got = Variable(var, client=other).get(timeout=10)
+        assert got.status == "finished"
+        got = Queue(queue, client=other).get(timeout=10)
+        assert got.status == "error"
+        assert isinstance(got.exception(timeout=0), ZeroDivisionError)
+        [[a, b]] = Queue(queue, client=other).get(timeout=10, batch=True)
+        assert (a.status, b.status) == ("finished", "error")
+    finally:
+        other.close()
+    # The same client, having let go of its Futures (the value holds the key).
+    key = done.key
+    del done, erred, got, a, b
+    again = Variable(var).get(timeout=10)
+    assert again.key == key and again.status == "finished"
+    Variable(var).delete()
+
+
+def test_closing_a_queue_lets_go_of_the_futures_in_it(c):
+    q = Queue(unique("q"))
+    q.put(c.submit(inc, 1, pure=False))
+    q.put(2)
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 1, message="the queued key kept")
+    assert q.close() is None and q.qsize() == 0
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="the key let go")
+    q.put(3)                                        # still usable
+    assert q.get(timeout=10) == 3
+
+
 def test_tasks_waiting_on_an_event_go_on_once_the_client_sets_it(c):
     name, arrived = unique("event"), unique("arrived")
     futures = c.map(wait_for_event, [name] * 2, [arrived] * 2, pure=False)

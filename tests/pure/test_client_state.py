@@ -122,6 +122,19 @@ def test_the_scheduler_says_how_keys_end(cs):
         assert cs.handle({"op": op, "key": "gone"}) == []
 
 
+def test_futures_loaded_from_a_value_start_as_the_scheduler_said_their_keys_ended(cs):
+    x, y, z = (cs.hold(k, inform=True) for k in "xyz")
+    erred = {"op": "task-erred", "key": "y", "type": "ZeroDivisionError", "text": "0"}
+    assert step(cs, cs.learn([{"op": "key-in-memory", "key": "x", "type": "int"},
+                              erred])) == [Done(x), Done(y)]
+    assert statuses(cs) == {"x": "finished", "y": "error", "z": "pending"}
+    assert (x.type, y.error) == ("int", erred)
+    # What this client learnt of a key, in order, is not undone by an older report.
+    assert cs.learn([{"op": "task-erred", "key": "x", "type": "E", "text": ""},
+                     {"op": "key-in-memory", "key": "gone"}]) == []
+    assert x.status == "finished"
+
+
 def test_a_restart_cancels_pending_and_finished_keys_not_failed_ones(cs):
     a, b, c = (cs.hold(k) for k in "abc")
     cs.handle({"op": "key-in-memory", "key": "b"})

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from dask_ipy.client.coordination import Event, Lock, Queue, Variable
+from dask_ipy.client.coordination import Event, Lock, MultiLock, Queue, Semaphore, Variable
 from dask_ipy.client.waits import Answer, KeptAnswer
 from dask_ipy.messages import WITHDRAWN
 from dask_ipy.protocol import serialize
@@ -39,6 +39,10 @@ class Shell:
 
     def drop(self, keys):
         self.sent.append(("drop", keys))
+
+    def learn(self, reports):
+        if reports:
+            self.sent.append(("learn", reports))
 
     def ops(self):
         return [(m["op"], m.get("what"), m.get("request_id", m.get("request")))
@@ -163,3 +167,39 @@ def test_a_timeout_of_zero_asks_not_to_wait(client):
     wait = next(op)
     assert wait.timeout is None and client.shell.sent[0]["wait"] is False
     assert finish(op, WITHDRAWN) is False
+
+
+def test_releasing_more_than_acquired_is_an_error_before_anything_is_sent(client):
+    sem = Semaphore(name="s", client=client)
+    with pytest.raises(RuntimeError, match="^Released too often: semaphore 's'"):
+        sem.release()
+    with pytest.raises(RuntimeError, match="^Released too often: lock 'l'"):
+        Lock("l", client=client).release()
+    with pytest.raises(ValueError, match="Lock is not yet acquired"):
+        MultiLock(["a"], client=client).release()
+    assert client.shell.sent == []
+
+
+@pytest.mark.parametrize("timeout", ["300ms", 0.3, __import__("datetime").timedelta(
+    milliseconds=300)])
+def test_a_timeout_is_told_in_seconds_however_it_was_given(client, timeout):
+    for op, text in [(Queue("q", client=client)._get_op(timeout, False),
+                      "queue 'q' had no item within 0.3 s"),
+                     (Queue("q", client=client)._put_op(1, timeout),
+                      "no room in queue 'q' within 0.3 s"),
+                     (Variable("v", client=client)._get_op(timeout),
+                      "variable 'v' not set within 0.3 s")]:
+        timed_out(op)
+        with pytest.raises(TimeoutError) as info:
+            op.send(WITHDRAWN)
+        assert str(info.value) == text
+
+
+def test_each_lock_object_has_an_id_of_its_own(client):
+    objects = [Lock("l", client=client), Lock("l", client=client),
+               Semaphore(name="s", client=client), MultiLock(["l"], client=client)]
+    ids = [o.id for o in objects]
+    assert len(set(ids)) == 4 and all(type(i) is str for i in ids)
+    import pickle
+    copy = pickle.loads(pickle.dumps(objects[0]))
+    assert copy.name == "l" and copy.id != objects[0].id

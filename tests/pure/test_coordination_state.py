@@ -52,10 +52,10 @@ def test_variable_get_waits_for_a_set_and_keeps_its_futures_alive(co):
     assert co.ask("b", "variable-get", name="v") == []            # parked
     assert co.ask("a", "variable-set", name="v", data="blob1", keys=["x"]) == [
         Want(("variable", "v", 1), ["x"]),
-        Want("b", ["x"]), Reply("b", 1, {"data": "blob1"}),
+        Want("b", ["x"]), Reply("b", 1, {"data": "blob1", "keys": ["x"]}),
         Reply("a", 1, True)]
     assert co.ask("b", "variable-get", name="v") == [
-        Want("b", ["x"]), Reply("b", 2, {"data": "blob1"})]
+        Want("b", ["x"]), Reply("b", 2, {"data": "blob1", "keys": ["x"]})]
     # A new value: its keys are held before the old ones are let go.
     assert co.ask("a", "variable-set", name="v", data="blob2", keys=["y"]) == [
         Want(("variable", "v", 2), ["y"]), Unwant(("variable", "v", 1), ["x"]),
@@ -70,7 +70,7 @@ def test_requests_that_must_not_wait_are_withdrawn_at_once(co):
     assert co.ask("a", "variable-get", name="v", wait=False) == [Reply("a", 1, WITHDRAWN)]
     co.ask("a", "variable-set", name="v", data=1)
     assert co.ask("a", "variable-get", name="v", wait=False) == [
-        Reply("a", 3, {"data": 1})]
+        Reply("a", 3, {"data": 1, "keys": []})]
     assert co.ask("a", "queue-get", name="q", wait=False) == [Reply("a", 4, WITHDRAWN)]
     assert co.ask("a", "event-wait", name="e", wait=False) == [Reply("a", 5, WITHDRAWN)]
     co.ask("a", "queue-put", name="q", maxsize=1, data=1, wait=False)
@@ -91,8 +91,8 @@ def test_variable_get_withdrawn_before_or_after_the_set(co):
     # The set answered the get first: the withdraw finds nothing to do, and the
     # client keeps the value its request was answered with.
     co.ask("b", "variable-get", name="v")
-    assert co.ask("a", "variable-set", name="v", data="d")[0] == Reply("b", 2,
-                                                                       {"data": "d"})
+    assert co.ask("a", "variable-set", name="v", data="d")[0] == Reply(
+        "b", 2, {"data": "d", "keys": []})
     assert co.give_up("b", 2) == []
 
 
@@ -100,7 +100,8 @@ def test_deleting_a_variable_leaves_waiting_gets_waiting(co):
     co.ask("b", "variable-get", name="v")
     co.ask("a", "variable-delete", name="v")
     assert co.parked
-    assert co.ask("a", "variable-set", name="v", data=3)[0] == Reply("b", 1, {"data": 3})
+    assert co.ask("a", "variable-set", name="v", data=3)[0] == Reply("b", 1, {"data": 3,
+                                                                       "keys": []})
 
 
 # ---------------------------------------------------------------- Queue
@@ -116,6 +117,24 @@ def test_queue_is_first_in_first_out_and_hands_items_to_waiting_getters(co):
     co.ask("a", "queue-put", name="q", data="three")
     assert co.ask("a", "queue-size", name="q") == [Reply("a", 4, 1)]
     assert co.ask("c", "queue-get", name="q") == [Reply("c", 1, {"data": "three", "keys": []})]
+    assert empty(co)
+
+
+def test_closing_a_queue_drops_its_items_and_lets_a_putter_in(co):
+    assert co.ask("a", "queue-close", name="q") == [Reply("a", 1, True)]
+    co.ask("a", "queue-put", name="q", maxsize=1, data="one", keys=["x"])
+    assert co.ask("a", "queue-put", name="q", maxsize=1, data="two", keys=["y"]) == [
+        Want(("queue", "q", 2), ["y"])]                              # parked
+    assert co.ask("b", "queue-close", name="q") == [
+        Unwant(("queue", "q", 1), ["x"]), Reply("a", 3, True), Reply("b", 1, True)]
+    assert co.ask("b", "queue-close", name="q") == [
+        Unwant(("queue", "q", 2), ["y"]), Reply("b", 2, True)]
+    assert empty(co)
+    # A get waiting goes on waiting.
+    assert co.ask("c", "queue-get", name="q") == []
+    assert co.ask("b", "queue-close", name="q") == [Reply("b", 3, True)]
+    assert co.ask("a", "queue-put", name="q", data="three")[-1] == Reply(
+        "c", 1, {"data": "three", "keys": []})
     assert empty(co)
 
 
@@ -369,13 +388,43 @@ def test_a_variable_keeps_a_future_alive_after_its_client_let_go():
     assert s.tasks["x"].state == "memory"
     s.add_client("b")
     assert ask(s, "b", 1, "variable-get", name="v") == [
-        ("client", "b", {"op": "reply", "request_id": 1, "result": {"data": "blob"}})]
+        ("client", "b", {"op": "reply", "request_id": 1, "result": {
+            "data": "blob", "keys": ["x"],
+            "reports": [{"op": "key-in-memory", "key": "x", "type": "int",
+                         "nbytes": 8}]}})]
     # b now wants x itself: deleting the variable does not forget it ...
     ask(s, "b", 2, "variable-delete", name="v")
     assert s.tasks["x"].state == "memory"
     # ... until b lets go too.
     s.handle_client_message("b", {"op": "client-releases-keys", "keys": ["x"]})
     assert "x" not in s.tasks
+
+
+def test_a_value_given_says_how_the_keys_of_its_futures_ended():
+    s = scheduler()
+    in_memory(s, "a", "x")
+    s.update_graph("a", {"y": ("spec", []), "z": ("spec", [])}, ["y", "z"])
+    s.take_messages()
+    s.handle_worker_message("w1", {"op": "task-erred", "key": "y", "type": "E",
+                                   "text": "bad", "duration": 0.1})
+    s.take_messages()
+    ask(s, "a", 1, "queue-put", name="q", data="b1", keys=["x", "y"])
+    ask(s, "a", 2, "queue-put", name="q", data="b2", keys=["z", "x"])
+    ask(s, "a", 3, "variable-set", name="v", data="b3", keys=["y"])
+    s.add_client("b")
+    [(_, _, reply)] = ask(s, "b", 1, "queue-get", name="q", batch=True)
+    assert reply["result"]["keys"] == [["x", "y"], ["z", "x"]]
+    # Each key that has ended once, a pending one ("z") not at all.
+    assert [(r["op"], r["key"]) for r in reply["result"]["reports"]] == [
+        ("key-in-memory", "x"), ("task-erred", "y")]
+    [(_, _, reply)] = ask(s, "b", 2, "variable-get", name="v")
+    [erred] = reply["result"]["reports"]
+    assert erred["op"] == "task-erred" and erred["text"] == "bad"
+    # A value without Futures says nothing more.
+    ask(s, "a", 4, "variable-set", name="w", data="b4")
+    assert ask(s, "b", 3, "variable-get", name="w") == [
+        ("client", "b", {"op": "reply", "request_id": 3,
+                         "result": {"data": "b4", "keys": []}})]
 
 
 def test_a_queue_item_keeps_its_future_alive_until_taken():
