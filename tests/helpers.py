@@ -255,6 +255,21 @@ def add(x, y):
     return x + y
 
 
+async def add_later(x, y, delay=0.01):
+    """`add` as an async function."""
+    import asyncio
+
+    await asyncio.sleep(delay)
+    return x + y
+
+
+async def fail_later(x=None):
+    import asyncio
+
+    await asyncio.sleep(0)
+    raise Boom(f"failed later on {x!r}")
+
+
 def double(x):
     return 2 * x
 

@@ -24,6 +24,7 @@ scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -962,6 +963,8 @@ class Worker:
                 if accepts(fn, "dask_worker"):
                     kwargs["dask_worker"] = self
                 value = fn(*args, **kwargs)
+                if asyncio.iscoroutine(value):      # an async function: its value
+                    value = asyncio.run(value)
                 reply = {"status": "OK", "result": serialize(value)}
             except BaseException as e:
                 reply = {"status": "error", **raised(e)}
