@@ -13,7 +13,8 @@ from dask_ipy import Actor, ActorFuture, ActorLost
 from dask_ipy.comm import connect_dealer
 from dask_ipy.protocol import Session
 from dask_ipy.security import Security
-from helpers import Boom, Counter, call_actor, local_cluster, processes, wait_for
+from helpers import (AsyncCounter, Boom, Caller, Counter, call_actor, local_cluster,
+                     processes, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -188,3 +189,60 @@ def test_a_first_call_to_a_worker_already_gone_fails(tmp_path):
             other = pickle.loads(pickle.dumps(counter))
             with pytest.raises(ActorLost):      # at once: no waiting for a timeout
                 other.increment().result(timeout=10)
+
+
+def test_actor_methods_call_actors_of_their_own_worker(tmp_path):
+    """Calls to different actors are independent: a method waiting on another actor
+    of the same worker gets its answer; one calling its own actor through a handle
+    runs that call at once, as ``self.method()`` would."""
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        counter = c.submit(Counter, actor=True).result(timeout=30)
+        caller = c.submit(Caller, actor=True, workers=[counter.worker]).result(timeout=30)
+        assert caller.worker == counter.worker
+        assert caller.call(counter, 3).result(timeout=30) == [1, 2, 3]
+        assert counter.n == 3
+        assert caller.record_through(caller, "a").result(timeout=30) == (1, ["a"])
+        assert caller.record_through(caller, "b").result(timeout=30) == (2, ["a", "b"])
+        with pytest.raises(Boom, match="caller says no"):
+            caller.fail_through(caller).result(timeout=30)
+        # separate_thread= is accepted (every call runs off the worker's I/O thread)
+        assert counter.increment(separate_thread=False).result(timeout=10) == 4
+        assert counter.increment(separate_thread=True).result(timeout=10) == 5
+
+
+def test_a_busy_actor_holds_up_its_own_calls_only(tmp_path):
+    gate = tmp_path / "gate"
+    with local_cluster() as (s, workers, c):
+        where = [workers[0].address]
+        busy = c.submit(Caller, actor=True, workers=where).result(timeout=20)
+        counter = c.submit(Counter, actor=True, workers=where).result(timeout=20)
+        try:
+            blocked = busy.wait_for_file(str(gate))
+            queued = [busy.record(i) for i in range(50)]
+            # the worker's other actor answers meanwhile
+            assert [counter.increment().result(timeout=10) for _ in range(3)] == [1, 2, 3]
+            assert not blocked.done() and not any(f.done() for f in queued)
+        finally:
+            gate.touch()
+        assert blocked.result(timeout=20) == 0
+        # the busy actor's calls then run one at a time, in the order they came
+        assert [f.result(timeout=20) for f in queued] == list(range(1, 51))
+        assert busy.seen == list(range(50))
+
+
+def test_async_methods():
+    with local_cluster() as (s, workers, c):
+        actor = c.submit(AsyncCounter, actor=True).result(timeout=20)
+        assert actor.increment().result(timeout=10) == 1
+        calls = [actor.increment(by=2) for _ in range(3)]
+        assert [f.result(timeout=10) for f in calls] == [3, 5, 7]
+        assert actor.n == 7
+        # the coroutines of one actor interleave at their awaits
+        waiting = actor.wait_open()
+        assert actor.open().result(timeout=10) == "open"
+        assert waiting.result(timeout=10) == "opened"
+        with pytest.raises(Boom, match="async actor says no"):
+            actor.fail().result(timeout=10)
+        # one awaits a call to another actor
+        counter = c.submit(Counter, actor=True, workers=[actor.worker]).result(timeout=20)
+        assert actor.ask(counter).result(timeout=10) == 1
