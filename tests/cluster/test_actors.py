@@ -246,3 +246,45 @@ def test_async_methods():
         # one awaits a call to another actor
         counter = c.submit(Counter, actor=True, workers=[actor.worker]).result(timeout=20)
         assert actor.ask(counter).result(timeout=10) == 1
+
+
+def test_lanes_keep_each_actors_calls_in_order_and_actors_apart():
+    """The worker's lanes alone: a call that waits holds up later calls to its actor
+    and no other's; idle threads serve the next actors, and end on close."""
+    import threading
+
+    from dask_ipy.worker.actors import ActorLanes
+
+    ran = {"a": [], "b": [], "c": []}
+    release = threading.Event()
+
+    def run(key, call):
+        if call == "wait":
+            assert release.wait(20)
+        ran[key].append(call)
+
+    def lane_threads():
+        return [t for t in threading.enumerate() if t.name == "test-lane"]
+
+    lanes = ActorLanes(run, name="test-lane")
+    try:
+        lanes.submit("a", "wait")
+        for i in range(20):
+            lanes.submit("a", i)
+            lanes.submit("b", i)
+        wait_for(lambda: ran["b"] == list(range(20)))
+        assert ran["a"] == []
+        wait_for(lambda: lanes.busy() == {"a"})
+        release.set()
+        wait_for(lambda: len(ran["a"]) == 21)
+        assert ran["a"] == ["wait", *range(20)]
+        wait_for(lambda: lanes.busy() == set())
+        assert len(lane_threads()) == 2                  # idle, kept for later calls
+        lanes.submit("c", 1)                             # served by an idle one
+        wait_for(lambda: ran["c"] == [1])
+        assert len(lane_threads()) == 2
+    finally:
+        release.set()
+        lanes.close()
+    wait_for(lambda: not lane_threads())
+    assert lanes.submit("a", 2) is False
