@@ -985,6 +985,21 @@ class AsyncCounter:
         """Awaits a call to another actor."""
         return await other.increment()
 
+    async def twice(self, me):
+        """Awaits two calls to its own actor."""
+        return [await me.increment(), await me.increment()]
+
+    def increment_through(self, me):
+        """A plain method waiting on an async one of its own actor."""
+        return me.increment().result(timeout=30)
+
+    async def count_through(self, me):
+        """Awaits a plain method of its own actor."""
+        return await me.count()
+
+    def count(self):
+        return self.n
+
 
 def fail_inside_worker_client(x):
     """An error inside worker_client's block: it still rejoins, and the error is the

@@ -246,6 +246,10 @@ def test_async_methods():
         # one awaits a call to another actor
         counter = c.submit(Counter, actor=True, workers=[actor.worker]).result(timeout=20)
         assert actor.ask(counter).result(timeout=10) == 1
+        # and calls its own actor through a handle, from either kind of method
+        assert actor.twice(actor).result(timeout=10) == [8, 9]
+        assert actor.increment_through(actor).result(timeout=10) == 10
+        assert actor.count_through(actor).result(timeout=10) == 10
 
 
 def test_lanes_keep_each_actors_calls_in_order_and_actors_apart():
