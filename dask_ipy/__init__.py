@@ -91,7 +91,14 @@ def _current_client():
     return get_client()
 
 
+def _actor_call_here(key, kind, name, args, kwargs):
+    from .worker.actors import call_here
+
+    return call_here(key, kind, name, args, kwargs)
+
+
 _hooks.task_client = _task_client
+_hooks.actor_call_here = _actor_call_here
 _hooks.task_host = _task_host
 _hooks.current_client = _current_client
 

@@ -255,6 +255,21 @@ def add(x, y):
     return x + y
 
 
+async def add_later(x, y, delay=0.01):
+    """`add` as an async function."""
+    import asyncio
+
+    await asyncio.sleep(delay)
+    return x + y
+
+
+async def fail_later(x=None):
+    import asyncio
+
+    await asyncio.sleep(0)
+    raise Boom(f"failed later on {x!r}")
+
+
 def double(x):
     return 2 * x
 
@@ -898,6 +913,92 @@ class Counter:
 def call_actor(counter, times):
     """A task calling an actor it was given: its values, one at a time."""
     return [counter.increment().result() for _ in range(times)]
+
+
+class Caller:
+    """An actor whose methods call actors, itself among them, through handles."""
+
+    def __init__(self):
+        self.seen = []
+
+    def call(self, other, times=1):
+        return [other.increment().result(timeout=30) for _ in range(times)]
+
+    def record(self, x):
+        self.seen.append(x)
+        return len(self.seen)
+
+    def record_through(self, me, x):
+        """Calls its own actor: a method, then an attribute."""
+        n = me.record(x).result(timeout=30)
+        return n, me.seen
+
+    def fail_through(self, me):
+        return me.fail().result(timeout=30)
+
+    def fail(self):
+        raise Boom("caller says no")
+
+    def wait_for_file(self, path, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {path}")
+            time.sleep(0.01)
+        return len(self.seen)
+
+
+class AsyncCounter:
+    """An actor of ``async def`` methods."""
+
+    n = 0
+
+    async def increment(self, by=1):
+        import asyncio
+
+        await asyncio.sleep(0)
+        self.n += by
+        return self.n
+
+    async def wait_open(self):
+        await self._opened().wait()
+        return "opened"
+
+    async def open(self):
+        self._opened().set()
+        return "open"
+
+    def _opened(self):
+        import asyncio
+
+        if "opened" not in self.__dict__:
+            self.opened = asyncio.Event()
+        return self.opened
+
+    async def fail(self):
+        import asyncio
+
+        await asyncio.sleep(0)
+        raise Boom("async actor says no")
+
+    async def ask(self, other):
+        """Awaits a call to another actor."""
+        return await other.increment()
+
+    async def twice(self, me):
+        """Awaits two calls to its own actor."""
+        return [await me.increment(), await me.increment()]
+
+    def increment_through(self, me):
+        """A plain method waiting on an async one of its own actor."""
+        return me.increment().result(timeout=30)
+
+    async def count_through(self, me):
+        """Awaits a plain method of its own actor."""
+        return await me.count()
+
+    def count(self):
+        return self.n
 
 
 def fail_inside_worker_client(x):

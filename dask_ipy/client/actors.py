@@ -7,9 +7,11 @@ address of the worker's actor socket) that pickles and travels like any value.
 Calls through the handle do not go through the scheduler or the task graph: the
 caller's client sends "actor-call" straight to the worker's actor socket, guarded
 and signed with the cluster's key like every socket and message, and the worker's
-actor thread runs the method and answers "actor-result" (calls to a worker's
-actors run one at a time, in the order they came).  One round trip per call; the
-result comes back as an `ActorFuture`.
+actor socket queues it on that actor's lane and answers "actor-result" (calls to one
+actor run one at a time, in the order they came; different actors' independently: see
+worker/actors.py).  One round trip per call; the result comes back as an
+`ActorFuture`.  A call a method makes to its own actor runs at once, in place
+(`hooks.actor_call_here`).
 
 The object lives only in its worker's memory: when that worker dies the state is
 lost, and calls in flight or made afterwards raise `ActorLost`.  When the actor's
@@ -75,6 +77,8 @@ class ActorFuture:
 
 
 def _unpack(reply):
+    if reply.get("status") == "here":       # a call an actor made to itself
+        return reply["value"]
     if reply.get("status") == "OK":
         return deserialize(reply["result"])
     if reply.get("status") == "lost":
@@ -132,6 +136,9 @@ class Actor:
         return self._calls_to
 
     def _send(self, kind, name, args=(), kwargs=None):
+        here = hooks.actor_call_here(self._key, kind, name, args, kwargs or {})
+        if here is not None:          # from a method of this very actor, on its lane
+            return ActorFuture(here)
         client = self._client
         if client is None or client.status == "closed":
             client = self._client = hooks.current_client()
@@ -145,7 +152,8 @@ class Actor:
             raise AttributeError(name)
         attr = getattr(self._cls, name, None)
         if callable(attr):
-            def call(*args, **kwargs):
+            def call(*args, separate_thread=True, **kwargs):
+                # ``separate_thread``: every call runs off the worker's I/O thread
                 return self._send("call", name, args, kwargs)
             call.__name__ = name
             call.__doc__ = getattr(attr, "__doc__", None)

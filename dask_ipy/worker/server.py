@@ -24,6 +24,7 @@ scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -53,6 +54,7 @@ from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, SerializationError,
 from ..security import Security
 from ..units import check_nthreads, format_bytes, parse_resources
 from . import context, limits
+from .actors import ActorLanes, CoroutineLoop, running
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
@@ -232,6 +234,11 @@ class Worker:
         self.actors = {}                       # {key: object} of the actors held here
         self.actor_address = None              # the actor thread's socket, once bound
         self.actor_lock = threading.Lock()
+        self.actor_lanes = ActorLanes(self._run_actor_call)   # calls, one lane per actor
+        self.actor_loop = CoroutineLoop()      # the coroutines of `async def` methods
+        self.actor_replies = []                # [(peer, session, reply)] to send
+        self.actor_wake = None                 # (read fd, write fd): replies are waiting
+        self.actor_replies_lock = threading.Lock()
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.WORKER, self,
                                                 self.FROM_SCHEDULER, TO_STATE)
         self.loop.add_socket(self.peer_socket, self._on_peer_request)
@@ -962,6 +969,8 @@ class Worker:
                 if accepts(fn, "dask_worker"):
                     kwargs["dask_worker"] = self
                 value = fn(*args, **kwargs)
+                if asyncio.iscoroutine(value):      # an async function: its value
+                    value = asyncio.run(value)
                 reply = {"status": "OK", "result": serialize(value)}
             except BaseException as e:
                 reply = {"status": "error", **raised(e)}
@@ -1320,27 +1329,35 @@ class Worker:
 
     def _start_actor_thread(self):
         """Actor calls have a socket and a thread of their own: the thread receives
-        a call, runs it and answers, with no hand-off between threads on the way (a
-        round trip is the figure that matters for actors).  It owns its socket, as
-        the I/O thread owns the others; the cluster's key guards it the same way
-        (`bind_router`) and signs every message (the worker's `Session`)."""
+        calls, queues each on its actor's lane (see actors.py) and sends the replies
+        the lanes hand back (a pipe wakes it).  It owns its socket, as the I/O thread
+        owns the others; the cluster's key guards it the same way (`bind_router`) and
+        signs every message (the worker's `Session`)."""
         host = host_of(self.address)
         sock, port = bind_router(self.loop, self.security,
                                  "0.0.0.0" if host in ("", "*", "0.0.0.0") else host, 0,
                                  who="worker")
         self.actor_address = self.address.rsplit(":", 1)[0] + f":{port}"
         self.session.aliases = self.session.aliases | {self.actor_address.encode()}
+        self.actor_wake = os.pipe()
+        for fd in self.actor_wake:
+            os.set_blocking(fd, False)
         t = threading.Thread(target=self._actor_thread, args=(sock,), daemon=True,
                              name="dask-ipy-worker-actors")
         t.start()
         self.actor_thread = t
 
     def _actor_thread(self, sock):
+        wake = self.actor_wake[0]
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
         try:
             while not self.closed.is_set():
-                if not poller.poll(100):        # now and then: has the worker closed?
+                ready = dict(poller.poll(100))  # now and then: has the worker closed?
+                if wake in ready:
+                    self._send_actor_replies(sock, wake)
+                if sock not in ready:
                     continue
                 frames = sock.recv_multipart(copy=False)
                 peer = frames[0].bytes
@@ -1351,19 +1368,54 @@ class Worker:
                     self.loop.call_soon(self.rejections, peer[:32], e)
                     continue
                 frames = None
-                replies = [self._run_actor_call(msg) for msg in msgs
-                           if msg.get("op") == "actor-call"]
-                if replies:
-                    try:
-                        send(sock, [peer] + session.dumps(replies, peer))
-                    except Exception as e:
-                        logger.debug("worker %s: caller %r went away: %s",
-                                     self.address, peer, e)
+                for msg in msgs:
+                    if msg.get("op") == "actor-call":
+                        self._queue_actor_call(peer, session, msg)
         except zmq.ZMQError as e:
             if not self.closed.is_set():
                 logger.error("worker %s: the actor socket failed: %s", self.address, e)
         finally:
             sock.close(linger=0)
+            with self.actor_replies_lock:
+                fds, self.actor_wake = self.actor_wake, None
+                self.actor_replies = []
+            for fd in fds:
+                os.close(fd)
+
+    def _queue_actor_call(self, peer, session, msg):
+        key = msg.get("key")
+        try:
+            self.actor_lanes.submit(key, (peer, session, msg))
+        except TypeError:                       # an unhashable key: no actor's
+            self._actor_replied(peer, session, {
+                "op": "actor-result", "request_id": msg.get("request_id"),
+                "status": "error", **raised(ActorLost(f"no actor {key!r}"))})
+
+    def _actor_replied(self, peer, session, reply):
+        """From a lane or the actors' event loop: ``reply`` goes to ``peer``."""
+        with self.actor_replies_lock:
+            if self.actor_wake is None:         # the socket closed
+                return
+            self.actor_replies.append((peer, session, reply))
+            if len(self.actor_replies) == 1:    # else the actor thread is woken already
+                os.write(self.actor_wake[1], b"\0")
+
+    def _send_actor_replies(self, sock, wake):
+        with self.actor_replies_lock:
+            try:
+                os.read(wake, 4096)
+            except BlockingIOError:
+                pass
+            replies, self.actor_replies = self.actor_replies, []
+        to = {}
+        for peer, session, reply in replies:    # one message per caller, in order
+            to.setdefault((peer, session), []).append(reply)
+        for (peer, session), batch in to.items():
+            try:
+                send(sock, [peer] + session.dumps(batch, peer))
+            except Exception as e:
+                logger.debug("worker %s: caller %r went away: %s",
+                             self.address, peer, e)
 
     def _stop_actor_thread(self):
         """Before the loop's context goes: the actor thread closes its socket."""
@@ -1371,20 +1423,40 @@ class Worker:
         if thread is not None and thread is not threading.current_thread():
             thread.join(2)
 
-    def _run_actor_call(self, msg):
+    def _run_actor_call(self, key, call):
+        """On actor ``key``'s lane: run one call; its reply goes back to the caller
+        (a coroutine's when it ends, from the actors' event loop)."""
+        peer, session, msg = call
         reply = {"op": "actor-result", "request_id": msg.get("request_id")}
         try:
-            obj = self.actors.get(msg["key"])
+            obj = self.actors.get(key)
             if obj is None:
-                raise ActorLost(f"no actor {msg['key']!r} on worker {self.address}: "
+                raise ActorLost(f"no actor {key!r} on worker {self.address}: "
                                 "it was released, or the worker restarted, and its "
                                 "state is lost")
             attr = getattr(obj, msg["name"])
             if msg.get("kind") == "call":
                 args, kwargs = deserialize(msg["args"]) if "args" in msg else ((), {})
-                attr = attr(*args, **kwargs)
+                running.worker, running.key = self, key
+                try:
+                    attr = attr(*args, **kwargs)
+                finally:
+                    running.worker = running.key = None
+                if asyncio.iscoroutine(attr):
+                    self.actor_loop.submit(attr).add_done_callback(
+                        lambda done: self._actor_replied(
+                            peer, session, self._coroutine_reply(reply, done)))
+                    return
             reply.update(status="OK", result=serialize(attr))
         except BaseException as e:    # the caller gets it, with its traceback
+            reply.update(status="error", **raised(e))
+        self._actor_replied(peer, session, reply)
+
+    @staticmethod
+    def _coroutine_reply(reply, done):
+        try:
+            reply.update(status="OK", result=serialize(done.result()))
+        except BaseException as e:
             reply.update(status="error", **raised(e))
         return reply
 
@@ -1439,6 +1511,8 @@ class Worker:
         for event in list(self.rejoin_events.values()):
             event.set()
         self.actors.clear()
+        self.actor_lanes.close()
+        self.actor_loop.close()
         client, self.task_client = self.task_client, None
         if client is not None:
             if self.loop.in_loop():

@@ -13,7 +13,8 @@ from dask_ipy import Actor, ActorFuture, ActorLost
 from dask_ipy.comm import connect_dealer
 from dask_ipy.protocol import Session
 from dask_ipy.security import Security
-from helpers import Boom, Counter, call_actor, local_cluster, processes, wait_for
+from helpers import (AsyncCounter, Boom, Caller, Counter, call_actor, local_cluster,
+                     processes, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -188,3 +189,106 @@ def test_a_first_call_to_a_worker_already_gone_fails(tmp_path):
             other = pickle.loads(pickle.dumps(counter))
             with pytest.raises(ActorLost):      # at once: no waiting for a timeout
                 other.increment().result(timeout=10)
+
+
+def test_actor_methods_call_actors_of_their_own_worker(tmp_path):
+    """Calls to different actors are independent: a method waiting on another actor
+    of the same worker gets its answer; one calling its own actor through a handle
+    runs that call at once, as ``self.method()`` would."""
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        counter = c.submit(Counter, actor=True).result(timeout=30)
+        caller = c.submit(Caller, actor=True, workers=[counter.worker]).result(timeout=30)
+        assert caller.worker == counter.worker
+        assert caller.call(counter, 3).result(timeout=30) == [1, 2, 3]
+        assert counter.n == 3
+        assert caller.record_through(caller, "a").result(timeout=30) == (1, ["a"])
+        assert caller.record_through(caller, "b").result(timeout=30) == (2, ["a", "b"])
+        with pytest.raises(Boom, match="caller says no"):
+            caller.fail_through(caller).result(timeout=30)
+        # separate_thread= is accepted (every call runs off the worker's I/O thread)
+        assert counter.increment(separate_thread=False).result(timeout=10) == 4
+        assert counter.increment(separate_thread=True).result(timeout=10) == 5
+
+
+def test_a_busy_actor_holds_up_its_own_calls_only(tmp_path):
+    gate = tmp_path / "gate"
+    with local_cluster() as (s, workers, c):
+        where = [workers[0].address]
+        busy = c.submit(Caller, actor=True, workers=where).result(timeout=20)
+        counter = c.submit(Counter, actor=True, workers=where).result(timeout=20)
+        try:
+            blocked = busy.wait_for_file(str(gate))
+            queued = [busy.record(i) for i in range(50)]
+            # the worker's other actor answers meanwhile
+            assert [counter.increment().result(timeout=10) for _ in range(3)] == [1, 2, 3]
+            assert not blocked.done() and not any(f.done() for f in queued)
+        finally:
+            gate.touch()
+        assert blocked.result(timeout=20) == 0
+        # the busy actor's calls then run one at a time, in the order they came
+        assert [f.result(timeout=20) for f in queued] == list(range(1, 51))
+        assert busy.seen == list(range(50))
+
+
+def test_async_methods():
+    with local_cluster() as (s, workers, c):
+        actor = c.submit(AsyncCounter, actor=True).result(timeout=20)
+        assert actor.increment().result(timeout=10) == 1
+        calls = [actor.increment(by=2) for _ in range(3)]
+        assert [f.result(timeout=10) for f in calls] == [3, 5, 7]
+        assert actor.n == 7
+        # the coroutines of one actor interleave at their awaits
+        waiting = actor.wait_open()
+        assert actor.open().result(timeout=10) == "open"
+        assert waiting.result(timeout=10) == "opened"
+        with pytest.raises(Boom, match="async actor says no"):
+            actor.fail().result(timeout=10)
+        # one awaits a call to another actor
+        counter = c.submit(Counter, actor=True, workers=[actor.worker]).result(timeout=20)
+        assert actor.ask(counter).result(timeout=10) == 1
+        # and calls its own actor through a handle, from either kind of method
+        assert actor.twice(actor).result(timeout=10) == [8, 9]
+        assert actor.increment_through(actor).result(timeout=10) == 10
+        assert actor.count_through(actor).result(timeout=10) == 10
+
+
+def test_lanes_keep_each_actors_calls_in_order_and_actors_apart():
+    """The worker's lanes alone: a call that waits holds up later calls to its actor
+    and no other's; idle threads serve the next actors, and end on close."""
+    import threading
+
+    from dask_ipy.worker.actors import ActorLanes
+
+    ran = {"a": [], "b": [], "c": []}
+    release = threading.Event()
+
+    def run(key, call):
+        if call == "wait":
+            assert release.wait(20)
+        ran[key].append(call)
+
+    def lane_threads():
+        return [t for t in threading.enumerate() if t.name == "test-lane"]
+
+    lanes = ActorLanes(run, name="test-lane")
+    try:
+        lanes.submit("a", "wait")
+        for i in range(20):
+            lanes.submit("a", i)
+            lanes.submit("b", i)
+        wait_for(lambda: ran["b"] == list(range(20)))
+        assert ran["a"] == []
+        wait_for(lambda: lanes.busy() == {"a"})
+        release.set()
+        wait_for(lambda: len(ran["a"]) == 21)
+        assert ran["a"] == ["wait", *range(20)]
+        wait_for(lambda: lanes.busy() == set())
+        assert len(lane_threads()) == 2                  # idle, kept for later calls
+        lanes.submit("c", 1)                             # served by an idle one
+        wait_for(lambda: ran["c"] == [1])
+        assert len(lane_threads()) == 2
+    finally:
+        release.set()
+        lanes.close()
+    wait_for(lambda: not lane_threads())
+    assert lanes.submit("a", 2) is False

@@ -10,6 +10,7 @@ import traceback
 import pytest
 
 from helpers import (Boom, KeywordOnly, NeedsTwo, SlotsOnly, Unpicklable, add,
+                     add_later, fail_later,
                      count_lines, fail, fail_deeply, fail_until, identity, inc,
                      log_worker_event, make_unpicklable, pid, raise_chained,
                      raise_keyword_only,
@@ -642,6 +643,15 @@ def test_run_on_every_worker_or_some(c, workers):
     assert c.run(add, 1, 2) == {a: 3 for a in workers}
     with pytest.raises(Boom):
         c.run(fail, 1)
+
+
+def test_run_an_async_function(c, workers):
+    """Its coroutine runs to its end there: the value comes back, or the error."""
+    assert c.run(add_later, 1, 2, delay=0.05) == {a: 3 for a in workers}
+    address = next(iter(workers))
+    assert c.run(add_later, 2, 2, workers=[address]) == {address: 4}
+    with pytest.raises(Boom, match="failed later on 1"):
+        c.run(fail_later, 1)
 
 
 def test_who_has_has_what_nthreads(c, workers):
