@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from dask_ipy import protocol
+from dask_ipy.comm import recv_frames
 from helpers import CreateFileOnLoad
 from dask_ipy.protocol import (
     BadSignature,
@@ -158,6 +159,29 @@ def test_round_trip_through_zmq_frames():
         result = deserialize(out["v"])
         assert np.array_equal(result, arr)
         assert np.shares_memory(result, np.frombuffer(frames[2].buffer, "u1"))
+    finally:
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()
+
+
+def test_recv_frames_takes_one_whole_message_at_a_time():
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        for s in (router, dealer):
+            s.linger = 0
+        dealer.routing_id = b"peer"
+        router.bind("inproc://recv-frames-test")
+        dealer.connect("inproc://recv-frames-test")
+        dealer.send_multipart([b"a", b"bb", b"ccc"])
+        dealer.send(b"alone")
+        assert router.poll(5000)
+        assert [f.bytes for f in recv_frames(router)] == [b"peer", b"a", b"bb", b"ccc"]
+        assert router.poll(5000)
+        assert [f.bytes for f in recv_frames(router)] == [b"peer", b"alone"]
+        with pytest.raises(zmq.Again):
+            recv_frames(router)
     finally:
         router.close(linger=0)
         dealer.close(linger=0)
