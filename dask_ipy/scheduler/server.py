@@ -312,7 +312,8 @@ class Scheduler:
         # after the handlers (a million-task graph is some 100 MB).
         frames.clear()
         self.state.tell_time(time.time())
-        for msg in msgs:
+        last = len(msgs) - 1
+        for i, msg in enumerate(msgs):
             op = msg.get("op")
             # A "hello" creates no state: it only earns its sender the epoch.
             if cid not in self.state.clients and op not in HANDSHAKE_OPS:
@@ -322,6 +323,10 @@ class Scheduler:
                 logger.debug("scheduler: ignored a message %r", op)
                 continue
             handler(cid, msg)
+            if op == "update-graph" and i < last:
+                # The tasks a graph hands out leave now, not after the rest of the
+                # batch (the gather waiting for their results, as a rule).
+                self._flush()
 
     def _on_client_hello(self, cid, msg):
         self._answer_hello(self.client_socket, cid, msg)

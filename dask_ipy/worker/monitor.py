@@ -256,7 +256,8 @@ class TaskThreadLimits:
                     self.limiter = None
                 self._modules = len(sys.modules)
                 self.controller = ThreadpoolController()
-            if self.limiter is None:
+            if self.limiter is None and len(self.controller):
+                # (None loaded yet: nothing to cap, nor to give back at the end.)
                 self.limiter = self.controller.limit(limits=self.threads)
         except Exception:
             logger.debug("could not limit thread pools", exc_info=True)

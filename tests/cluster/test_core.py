@@ -4,6 +4,7 @@ to peer, several clients; in this process and as separate processes."""
 import os
 import pickle
 import socket
+import threading
 import time
 from collections.abc import MutableMapping
 from operator import add
@@ -260,6 +261,40 @@ def test_a_worker_that_joins_takes_over_work_queued_on_a_busy_one():
                 w.close()
         s.close()
     wait_for(lambda: not dask_ipy_threads(), timeout=5, message="threads to stop")
+
+
+def test_the_tasks_of_a_graph_leave_before_the_rest_of_its_batch_is_handled():
+    """A client's batch of an "update-graph" and a gather waiting for its task: the
+    "compute-task" is on its way to the worker before the gather is handled."""
+    with Scheduler() as s, Worker(scheduler=s.address_to_workers):
+        wait_for(lambda: s.state.workers, timeout=10, message="the worker registered")
+        seen = []
+        take, gather = s.state.take_messages, s.from_clients["gather"]
+
+        def taking():
+            out = take()
+            seen.extend(msg["op"] for _, _, msg in out)
+            return out
+
+        def gathering(cid, msg):
+            seen.append("(gather handled)")
+            gather(cid, msg)
+
+        s.state.take_messages, s.from_clients["gather"] = taking, gathering
+        client = Session(s.security.key, b"client-batch", epoch=s.session.epoch)
+        batch = client.dumps([
+            {"op": "update-graph", "tasks": [("inc-1", serialize((inc, 1)).frames[0], [], 0)],
+             "keys": ["inc-1"]},
+            {"op": "gather", "keys": ["inc-1"], "wait": True, "request_id": 1}], s.id)
+        handled = threading.Event()
+
+        def handle():
+            s._on_client_frames([zmq.Frame(f) for f in [client.identity, *batch]])
+            handled.set()
+
+        s.loop.call_soon(handle)
+        assert handled.wait(10)
+        assert seen.index("compute-task") < seen.index("(gather handled)")
 
 
 def test_custom_data_mapping_receives_results(cluster):

@@ -24,6 +24,7 @@ from helpers import (MarkingWorkerPlugin, MiB, allocate, array_sum, blas_threads
                      slow_inc, wait_for)
 from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWarning,
                       Worker)
+from dask_ipy.worker.monitor import TaskThreadLimits
 from dask_ipy.worker.store import SpillFiles, SpillStore
 
 # Memory limits measured in the workers: run without coverage (see pyproject.toml).
@@ -282,6 +283,25 @@ def test_blas_threads_can_be_left_alone(tmp_path):
     with limited_cluster(tmp_path, memory_limit=None, blas_threads=False) as (pc, c, _):
         outside = list(c.run(blas_threads).values())[0]
         assert c.submit(blas_threads, pure=False).result() == outside
+
+
+def test_a_stretch_of_tasks_caps_nothing_while_no_pool_is_loaded(monkeypatch):
+    import threadpoolctl
+
+    capped = []
+
+    class NoPools:
+        def __len__(self):
+            return 0
+
+        def limit(self, limits):
+            capped.append(limits)
+
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", NoPools)
+    limits = TaskThreadLimits(1)
+    limits.enter()
+    limits.leave()
+    assert capped == [] and limits.busy == 0
 
 
 # ---------------------------------------------------------------- options

@@ -1,5 +1,6 @@
 """Wire protocol: round trips, zero copy, and every way a message is rejected."""
 
+import contextlib
 import os
 import pickle
 import signal
@@ -11,6 +12,7 @@ import pytest
 import zmq
 
 from dask_ipy import protocol
+from dask_ipy.comm import recv_frames
 from helpers import CreateFileOnLoad
 from dask_ipy.protocol import (
     BadSignature,
@@ -139,15 +141,27 @@ def test_serialized_is_forwarded_without_unpickling(tmp_path, worker, scheduler)
     assert marker.exists()
 
 
-def test_round_trip_through_zmq_frames():
+@contextlib.contextmanager
+def connected_pair(routing_id):
+    """A ROUTER and a DEALER named ``routing_id`` connected in this process; closed
+    afterwards."""
     ctx = zmq.Context()
     router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
     try:
         for s in (router, dealer):
             s.linger = 0
-        dealer.routing_id = b"worker-1"
-        router.bind("inproc://protocol-test")
-        dealer.connect("inproc://protocol-test")
+        dealer.routing_id = routing_id
+        router.bind(f"inproc://pair-{routing_id.decode()}")
+        dealer.connect(f"inproc://pair-{routing_id.decode()}")
+        yield router, dealer
+    finally:
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()
+
+
+def test_round_trip_through_zmq_frames():
+    with connected_pair(b"worker-1") as (router, dealer):
         sender, receiver = Session(KEY, b"worker-1", epoch=EPOCH), Session(KEY, b"scheduler", epoch=EPOCH)
         arr = np.arange(100_000, dtype="i8")
         dealer.send_multipart(sender.dumps([{"op": "data", "v": serialize(arr)}],
@@ -158,10 +172,18 @@ def test_round_trip_through_zmq_frames():
         result = deserialize(out["v"])
         assert np.array_equal(result, arr)
         assert np.shares_memory(result, np.frombuffer(frames[2].buffer, "u1"))
-    finally:
-        router.close(linger=0)
-        dealer.close(linger=0)
-        ctx.term()
+
+
+def test_recv_frames_takes_one_whole_message_at_a_time():
+    with connected_pair(b"peer") as (router, dealer):
+        dealer.send_multipart([b"a", b"bb", b"ccc"])
+        dealer.send(b"alone")
+        assert router.poll(5000)
+        assert [f.bytes for f in recv_frames(router)] == [b"peer", b"a", b"bb", b"ccc"]
+        assert router.poll(5000)
+        assert [f.bytes for f in recv_frames(router)] == [b"peer", b"alone"]
+        with pytest.raises(zmq.Again):
+            recv_frames(router)
 
 
 def test_numpy_scalars_travel_as_numbers(worker, scheduler):
