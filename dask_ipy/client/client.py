@@ -41,7 +41,8 @@ from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods, worker_names
 from .default import default_client
-from .futures import ClientExecutor, Future, Waiter, futures_in, futures_of, load
+from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in, futures_of,
+                      load)
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -176,8 +177,11 @@ class _Borrowing:
     __contains__ = need
 
     def need_futures(self, futures):
-        """`need` the keys of those of ``futures`` that are another client's."""
+        """`need` the keys of those of ``futures`` that are another client's; a
+        cancelled one is a CancelledError (work on it could never run)."""
         for f in futures:
+            if f.cancelled():
+                raise CancelledError(f"{f.key!r} was cancelled")
             if f.client is not self.client:
                 self.need(f.key)
 

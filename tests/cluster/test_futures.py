@@ -11,8 +11,8 @@ import types
 
 import pytest
 
-from helpers import (Boom, fail, fail_deeply, inc, raise_base_exception, slow_inc, wait_for,
-                     wait_for_file)
+from helpers import (Boom, add, fail, fail_deeply, inc, raise_base_exception, slow_inc,
+                     wait_for, wait_for_file)
 from dask_ipy import CancelledError, Future, RemoteError, as_completed, wait
 from dask_ipy.client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from dask_ipy.errors import restore_filenames
@@ -93,6 +93,16 @@ def test_a_task_raising_system_exit_or_keyboard_interrupt_errs_catchably(c, kind
     with pytest.raises(RemoteError, match=kind):          # Client.run's too
         c.run(raise_base_exception, kind, *args)
     assert c.submit(inc, 1).result(timeout=10) == 2
+
+
+def test_work_on_a_cancelled_future_is_cancelled_error(c):
+    x = c.submit(inc, 1)
+    assert x.result(timeout=10) == 2
+    c.cancel(x)
+    with pytest.raises(CancelledError, match=x.key):
+        c.submit(inc, x).result(timeout=10)
+    with pytest.raises(CancelledError):
+        c.map(add, [1, 2], [x, x])
 
 
 def test_a_released_future_is_cancelled_for_its_user(c):
