@@ -46,8 +46,10 @@ State, documented once:
                                       dropped as soon as no local task needs it
     WTask.replica:     bool           a copy the scheduler asked for ("acquire-
                                       replicas"): kept and reported once fetched
-    WTask.interrupted: bool           stopped for memory while running: whatever its
-                                      run ends with is dropped
+    WTask.interrupted: bool           stopped for memory while running, or freed
+                                      while running and asked for again with
+                                      another run_spec: whatever its run ends with
+                                      is dropped (and the task runs again if asked)
     WTask.clients:     (client id,)   the clients waiting for its result (from
                                       "compute-task")
     clients:   {client id}            clients that asked for their small results on
@@ -233,6 +235,11 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = WTask(key)
+        elif ts.state == "executing" and ts.cancelled and run_spec != ts.run_spec:
+            # Freed while it ran, and now another computation under the same key
+            # (an explicit key= reused): what that run ends with is not this
+            # task's result; the new one runs once it ends.
+            ts.interrupted = True
         ts.computed = True
         ts.resources = resources or None
         ts.confirm = confirm
@@ -242,9 +249,9 @@ class WorkerState:
         ts.run_spec = run_spec
         ts.priority = tuple(priority)
         if ts.state == "executing":
-            ts.cancelled = False             # freed then asked for again: keep it
-            if ts.interrupted:               # unless it is being stopped: then again
-                self.again[key] = dict(
+            ts.cancelled = False             # freed then asked for again: keep it,
+            if ts.interrupted:               # unless its run is not this task's:
+                self.again[key] = dict(      # then again once that run ends
                     key=key, run_spec=run_spec, priority=priority, who_has=who_has,
                     nbytes=nbytes, duration=duration, want_data=want_data,
                     confirm=confirm, resources=resources, clients=clients)

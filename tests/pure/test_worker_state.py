@@ -157,6 +157,21 @@ def test_freed_then_asked_again_while_executing_keeps_the_result(ws):
     assert ws.data == {"x": 1}
 
 
+def test_freed_then_asked_again_for_another_computation_runs_that_one(ws):
+    """A key reused (``key=`` given again) for another call while the first run,
+    freed, still goes on: that run's value is never the new task's result."""
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0,))
+    ws.handle("free-keys", keys=["x"])
+    assert ws.handle("compute-task", key="x", run_spec="spec-x2", priority=(0,)) == []
+    out = success(ws, "x", 1)
+    assert out[0] == Send({"op": "task-dropped", "key": "x"})
+    assert [i for i in out if isinstance(i, Execute)] == [
+        Execute("x", "spec-x2", {}, False)]
+    assert ws.data == {}
+    assert success(ws, "x", 2)[0].msg["op"] == "task-finished"
+    assert ws.data == {"x": 2}
+
+
 def test_free_keys_of_a_ready_task_drops_it_and_its_fetched_inputs(ws):
     ws.handle("compute-task", key="busy", run_spec="b", priority=(0,))
     ws.handle("compute-task", key="y", run_spec="spec-y", priority=(1,),
