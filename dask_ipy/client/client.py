@@ -42,7 +42,7 @@ from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods, worker_names
 from .default import default_client
 from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in, futures_of,
-                      load)
+                      load, task_frames)
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -658,7 +658,7 @@ class Client(ClusterMethods, ObserveMethods):
         (straight from a worker when small, else through the scheduler)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
-        return self.run_op(self._gather_op(futures, errors, timeout))
+        return task_frames(self.run_op, self._gather_op(futures, errors, timeout))
 
     def _gather_op(self, futures, errors="raise", timeout=None):
         self._check_open()

@@ -140,6 +140,21 @@ def raise_error(state):
     raise exc.with_traceback(tb)
 
 
+def task_frames(call, *args):
+    """``call(*args)``; a task's exception it raises (by `raise_error`) leaves with
+    the task's own frames only, below the caller's: not those of the client's
+    machinery on the way (a short traceback, as the user wants to read)."""
+    try:
+        return call(*args)
+    except Exception as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not raise_error.__code__:
+            tb = tb.tb_next
+        if tb is None:
+            raise
+        raise e.with_traceback(tb.tb_next)
+
+
 def exception_of(state):
     if state.status in (ERROR, LOST):
         return rebuild_error(state.error)[0]
@@ -202,7 +217,7 @@ class Future(TaskRef):
 
     def result(self, timeout=None):
         """The value (a coroutine of it for an asynchronous client)."""
-        return self._run(self._result_op(timeout))
+        return task_frames(self._run, self._result_op(timeout))
 
     def __await__(self):
         """``await future``: its value, whatever kind of client made it."""

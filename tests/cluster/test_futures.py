@@ -115,6 +115,19 @@ def test_a_released_future_is_cancelled_for_its_user(c):
             call()
 
 
+def test_a_task_error_raised_here_shows_few_frames_of_the_client(c):
+    """The user's line, the call's, one of the client's, then the task's: the
+    client's machinery in between is left out."""
+    f = c.submit(fail, 1)
+    with pytest.raises(Boom) as by_result:
+        f.result()
+    with pytest.raises(Boom) as by_gather:
+        c.gather([f])
+    for e in (by_result, by_gather):
+        names = [entry.name for entry in e.traceback]
+        assert names[-1] == "fail" and len(names) == 4, names
+
+
 CELL = """
 def outer(x):
     def inner(y):
