@@ -41,8 +41,8 @@ from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods, worker_names
 from .default import default_client
-from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in, futures_of,
-                      load, task_frames)
+from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in,
+                      futures_of, load, task_frames)
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -159,7 +159,8 @@ class _Borrowing:
     connection, cannot overtake them.  And while the key is pending there, the
     lender may not have told the scheduler of it yet: what ``client`` sends waits
     for the lender's next answer from the scheduler.  A lender closing waits for its
-    loans.  ``key in borrowing`` (`need`) tells, and borrows; `give_back` once sent.
+    loans.  ``key in borrowing`` (`need`) tells, and borrows; `give_back`, at the end
+    of a ``with`` block, once sent.
     ``lent``: [(lender, key)]; ``loans``: {lender: a concurrent.futures.Future
     settled once given back}; ``heard``: {lender} waited for."""
 
@@ -212,6 +213,12 @@ class _Borrowing:
         scheduler learns that this client wants it too (or tells it is gone)."""
         self.need(key)
         return Future(key, self.client, inform=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.give_back()
 
     def give_back(self):
         """Let the lenders drop the keys lent once the scheduler answers a request
@@ -519,8 +526,7 @@ class Client(ClusterMethods, ObserveMethods):
         # client's become this client's own.
         known_futures = {}
         plain = {}
-        borrowing = _Borrowing(self)
-        try:
+        with _Borrowing(self) as borrowing:
             for k, v in dsk.items():
                 if isinstance(v, Future):
                     if v.client is not self:
@@ -539,8 +545,6 @@ class Client(ClusterMethods, ObserveMethods):
             tasks, priorities = self._graph_tasks(plain, needed, known_futures, borrowing)
             sent = self._submit_graph(tasks, needed, priorities, options,
                                       futures=futures, annotations=annotations)
-        finally:
-            borrowing.give_back()
         return sent, known_futures, flat, needed
 
     # ---------------------------------------------------------------- futures API
@@ -592,13 +596,10 @@ class Client(ClusterMethods, ObserveMethods):
         node, found = call_spec(key, fn, args, kwargs)
         if self.shell.is_held(key):
             return Future(key, self)
-        borrowing = _Borrowing(self)
-        try:
+        with _Borrowing(self) as borrowing:
             borrowing.need_futures(found.values())
             futures = self._submit_graph([(key, node, list(found))], [key], None,
                                          options)
-        finally:
-            borrowing.give_back()
         return futures[key]
 
     def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
@@ -632,8 +633,7 @@ class Client(ClusterMethods, ObserveMethods):
             keys = [f"{name}-{base}-{i}" for i in range(len(rows))]
         tasks = []
         seen = {}
-        borrowing = _Borrowing(self)
-        try:
+        with _Borrowing(self) as borrowing:
             for k, row in zip(keys, rows):
                 if k in seen:
                     continue
@@ -643,8 +643,6 @@ class Client(ClusterMethods, ObserveMethods):
                 tasks.append((k, node, list(found)))
             priorities = {k: i for i, k in enumerate(keys)}
             futures = self._submit_graph(tasks, list(seen), priorities, options)
-        finally:
-            borrowing.give_back()
         out = []
         for k in keys:               # a repeated key gets a Future of its own
             out.append(futures.pop(k) if k in futures else Future(k, self))
@@ -854,16 +852,13 @@ class Client(ClusterMethods, ObserveMethods):
         references.
         ``annotations``: the graph's, ``{name: {key: value}}``."""
         wanted = [k for k in dict.fromkeys(keys) if k in dsk]
-        borrowing = _Borrowing(self)
-        try:
+        with _Borrowing(self) as borrowing:
             tasks, priorities = self._graph_tasks(dsk, wanted, (), borrowing)
             futures = self._submit_graph(tasks, wanted, priorities, options,
                                          annotations=kept_annotations(annotations))
             for k in keys:
                 if k not in futures:
                     futures[k] = borrowing.future(k)
-        finally:
-            borrowing.give_back()
         return futures
 
     # ---------------------------------------------------------------- shared names

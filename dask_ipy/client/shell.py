@@ -709,7 +709,7 @@ class ClientShell:
         if self.loop.running and not self.loop.in_loop():
             deadline = time.monotonic() + timeout
             with LOCK:
-                waits = self.state.unanswered_waits()
+                waits = self.state.parked_tokens()
             self._wake_loop()                   # the withdraws go out
             for token in waits:
                 try:

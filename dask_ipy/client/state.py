@@ -548,7 +548,7 @@ class ClientState:
         self._queue({"op": "close-client"})
         return True
 
-    def unanswered_waits(self):
+    def parked_tokens(self):
         """The tokens of the requests that may be parked on the scheduler."""
         return [self.requests[rid] for rid in sorted(self.parked)]
 

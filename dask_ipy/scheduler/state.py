@@ -1606,8 +1606,7 @@ class SchedulerState:
         if ws is None:
             return False          # unknown or removed worker: the shell tells it
         ws.last_seen = now
-        if now > self.clock:
-            self.clock = now
+        self.tell_time(now)
         op = self.stimulus = msg["op"]
         handler = self.FROM_WORKERS.get(op)
         if handler is None:

@@ -334,11 +334,11 @@ def test_closing_first_withdraws_what_may_wait_on_the_scheduler(cs):
     assert cs.take_messages() == [{"op": "withdraw", "request": get["request_id"]},
                                   {"op": "withdraw", "request": acquire["request_id"]},
                                   {"op": "close-client"}]
-    assert cs.unanswered_waits() == ["t0", "t1"]
+    assert cs.parked_tokens() == ["t0", "t1"]
     assert step(cs, cs.handle({"op": "reply", "request_id": get["request_id"],
                                "result": {"data": "item"}})) == [
         Resolve("t0", {"data": "item"})]
-    assert cs.unanswered_waits() == ["t1"]
+    assert cs.parked_tokens() == ["t1"]
 
 
 def test_the_options_go_first_and_a_worker_paused_too_long_is_a_warning():
