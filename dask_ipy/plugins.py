@@ -460,14 +460,13 @@ class TaskMetadata(SchedulerPlugin):
 
 
 def take_task_metadata(name, dask_scheduler):
-    """Unregister the `TaskMetadata` plugin ``name``; what it collected, and the
-    keys still ``pending`` (run in the scheduler)."""
+    """Unregister the `TaskMetadata` plugin ``name``; what it collected (run in the
+    scheduler)."""
     plugin = dask_scheduler.plugins.get(name)
     if not isinstance(plugin, TaskMetadata):
         raise ValueError(f"no task metadata is collected under {name!r}")
     dask_scheduler.plugin_host.remove(name)
-    return {"metadata": plugin.metadata, "state": plugin.state,
-            "pending": list(plugin.keys)}
+    return {"metadata": plugin.metadata, "state": plugin.state}
 
 
 # ---------------------------------------------------------------- forward_logging

@@ -526,9 +526,9 @@ class as_completed:
     """Iterate over Futures as they finish, with ``for`` or ``async for``;
     ``with_results=True`` yields ``(future, result)``: an erred Future's exception
     is raised, or with ``raise_errors=False`` its result is ``(type, exception,
-    traceback)``; a cancelled one's result is its CancelledError, never raised.  More futures can be added
-    while iterating (`add`, `update`); `next_batch` and `batches` hand out all those
-    finished at once, `clear` drops the rest.  A future added twice comes out twice,
+    traceback)``; a cancelled one's result is its CancelledError, never raised.
+    More futures can be added while iterating (`add`, `update`); `next_batch` and
+    `batches` hand out all those finished at once, `clear` drops the rest.  A future added twice comes out twice,
     as in dask.distributed.  ``timeout``: seconds from now after which waiting for
     the next one raises TimeoutError."""
 

@@ -318,19 +318,12 @@ class get_task_metadata:
     def _start(self):
         return self.client.register_plugin(TaskMetadata(), name=self.name)
 
-    def _stop(self):
-        return self.client.run_on_scheduler(take_task_metadata, self.name)
-
-    def _keep(self, found):
-        # A small result can reach its client straight from the worker before the
-        # scheduler hears of it: the final state of a key still pending there is
-        # this client's, if it has it.
-        here = self.client.futures
-        for key in found["pending"]:
-            status = getattr(here.get(key), "status", None)
-            if status in ("finished", "error"):
-                found["state"][key] = "memory" if status == "finished" else "erred"
-                found["metadata"][key] = None
+    def _stop_op(self):
+        # A small result may reach its client straight from its worker before the
+        # scheduler hears of it: what the workers sent first is in, then the take.
+        yield from self.client._workers_heard_op()
+        found = yield from self.client._on_scheduler_op(take_task_metadata,
+                                                        (self.name,), {})
         self.metadata, self.state = found["metadata"], found["state"]
 
     def __enter__(self):
@@ -338,14 +331,14 @@ class get_task_metadata:
         return self
 
     def __exit__(self, *exc):
-        self._keep(self._stop())
+        self.client.run_op(self._stop_op())
 
     async def __aenter__(self):
         await self._start()
         return self
 
     async def __aexit__(self, *exc):
-        self._keep(await self._stop())
+        await self.client.run_op(self._stop_op())
 
 
 class performance_report:
