@@ -318,27 +318,31 @@ class get_task_metadata:
     def _start(self):
         return self.client.register_plugin(TaskMetadata(), name=self.name)
 
-    def _stop_op(self):
-        # A small result may reach its client straight from its worker before the
-        # scheduler hears of it: what the workers sent first is in, then the take.
-        yield from self.client._workers_heard_op()
-        found = yield from self.client._on_scheduler_op(take_task_metadata,
-                                                        (self.name,), {})
+    def _stop(self):
+        return self.client.run_on_scheduler(take_task_metadata, self.name)
+
+    def _keep(self, found):
         self.metadata, self.state = found["metadata"], found["state"]
+
+    # A small result may reach its client straight from its worker before the
+    # scheduler hears of it: on exit, what the workers sent first is in, then the
+    # states are taken.
 
     def __enter__(self):
         self._start()
         return self
 
     def __exit__(self, *exc):
-        self.client.run_op(self._stop_op())
+        self.client.run_op(self.client._workers_heard_op())
+        self._keep(self._stop())
 
     async def __aenter__(self):
         await self._start()
         return self
 
     async def __aexit__(self, *exc):
-        await self.client.run_op(self._stop_op())
+        await self.client.run_op(self.client._workers_heard_op())
+        self._keep(await self._stop())
 
 
 class performance_report:
