@@ -299,11 +299,13 @@ class Future(TaskRef):
         return "<strong>Future</strong>: " + ", ".join(
             f"{name} <code>{html.escape(str(value))}</code>" for name, value in rows)
 
+    # Each Future is itself, as in dask.distributed: two Futures of one key are two
+    # (`wait` counts both, both may be dict keys); TaskRef's equality is by key.
     def __hash__(self):
-        return hash(("dask-ipy-future", self.key))
+        return object.__hash__(self)
 
     def __eq__(self, other):
-        return isinstance(other, Future) and other.key == self.key
+        return self is other
 
     def __dask_tokenize__(self):
         return ("dask-ipy-future", self.key)

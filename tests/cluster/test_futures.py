@@ -247,9 +247,17 @@ def test_a_done_callback_may_wait_on_futures(c, gate):
 
 def test_futures_of_the_same_key_share_state(c):
     a, b = c.submit(inc, 5), c.submit(inc, 5)
-    assert a == b and hash(a) == hash(b) and a is not b
+    assert a.key == b.key and a is not b
     assert a.result(timeout=10) == 6
     assert b.done() and b.status == "finished"
+
+
+def test_futures_of_the_same_key_are_distinct_objects(c):
+    # As in dask.distributed: equality is identity, so each Future counts once.
+    fs = [c.submit(inc, 7) for _ in range(3)]
+    assert fs[0] != fs[1] and len({fs[0], fs[1]}) == 2 and fs.index(fs[2]) == 2
+    done, not_done = wait(fs, timeout=10)
+    assert len(done) == 3 and not not_done
 
 
 def test_dropping_the_last_future_forgets_the_key(c):
