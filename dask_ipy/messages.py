@@ -28,6 +28,8 @@ sent is handled by its receiver and that every handler is catalogued here.
 
 from __future__ import annotations
 
+import msgpack
+
 SCHEDULER, WORKER, CLIENT, PEER = "scheduler", "worker", "client", "peer"
 
 # {(sender, receiver): {kind: what it says}}
@@ -63,8 +65,9 @@ KINDS = {
                       "plugin up or down",
         "memory-exceeded": "tasks took the worker past its terminate fraction: they "
                            "are interrupted, or the worker exits ('action')",
-        "log-event": "an event for the clients subscribed to its topic (a forwarded "
-                     "log record)",
+        "log-event": "an event for the clients subscribed to its topics (a forwarded "
+                     "log record, a task's `log_event`): a dict of it is told the "
+                     "worker ('worker')",
         "task-stream": "records of the tasks that ended since the last flush (start, "
                        "stop, thread, inputs fetched, (de)serialization), as one batch "
                        "of columns: taskstream.py",
@@ -203,6 +206,18 @@ KINDS = {
                      "channel",
     },
 }
+
+def log_event_fields(topic, msg, now):
+    """The fields of a "log-event" (a client's or a worker's) of ``msg``
+    (msgpack-able data, else TypeError) under ``topic``, or each of a list of
+    topics, at time ``now``."""
+    try:
+        msgpack.packb(msg)
+    except Exception as e:
+        raise TypeError(f"an event must be msgpack-able data: {e}") from None
+    topics = [topic] if isinstance(topic, str) else list(topic)
+    return {"topics": topics, "event": [now, msg]}
+
 
 # The topics of the events ("log-event", then "event") of a task's
 # `dask_ipy.print` and `dask_ipy.warn`: dask.distributed's names.  Sent by

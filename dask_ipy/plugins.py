@@ -494,9 +494,7 @@ class _Forwarder(logging.Handler):
         if record.name == "dask_ipy" or record.name.startswith("dask_ipy."):
             return           # the worker's own words would echo through its sending
         try:
-            fields = record_fields(record)
-            fields["worker"] = self.worker.address
-            self.worker.log_event(self.topic, fields)
+            self.worker.log_event(self.topic, record_fields(record))
         except Exception:
             self.handleError(record)
 

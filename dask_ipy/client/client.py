@@ -17,6 +17,7 @@ The cluster-management methods are in `cluster` (`ClusterMethods`).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import threading
 import uuid
@@ -359,8 +360,15 @@ class Client(ClusterMethods, ObserveMethods):
 
     @property
     def refcount(self):
-        """{key: how many hold it} (its Futures, and a `get` running)."""
-        return self.shell.held_states()[1]
+        """{key: how many hold it} (its Futures, and a `get` running); 0 for a key
+        not held, as dask.distributed's defaultdict."""
+        return collections.defaultdict(int, self.shell.held_states()[1])
+
+    @property
+    def cluster(self):
+        """None: a Client joins a scheduler by its address and never owns a
+        cluster object (dask.distributed's is None for such a client too)."""
+        return None
 
     @property
     def monitor_callbacks(self):
@@ -981,17 +989,17 @@ class Client(ClusterMethods, ObserveMethods):
                                "id": self.scheduler_id}, self.security, scheduler_file)
 
     def who_has(self, futures=None):
-        """{key: [workers holding it]}, of the Futures in ``futures`` (as
+        """{key: (workers holding it)}, of the Futures in ``futures`` (as
         `futures_of` finds them) or of all keys."""
         keys = None if futures is None else [f.key for f in futures_of(futures)]
         return self._info("who-has", keys=keys,
-                          after=lambda r: {k: list(v) for k, v in r.items()})
+                          after=lambda r: {k: tuple(v) for k, v in r.items()})
 
     def has_what(self, workers=None):
-        """{worker address: [keys it holds]}, of ``workers`` (addresses or names)
+        """{worker address: (keys it holds)}, of ``workers`` (addresses or names)
         or all."""
         return self._info("has-what", workers=worker_names(workers),
-                          after=lambda r: {k: list(v) for k, v in r.items()})
+                          after=lambda r: {k: tuple(v) for k, v in r.items()})
 
     def nthreads(self, workers=None):
         """{worker address: threads}, of ``workers`` (addresses or names) or all."""

@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
-import msgpack
 
-from .. import dump, profiling, versions
+from .. import dump, messages, profiling, versions
 from ..errors import rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFile,
                        handle_forwarded, plugin_kind, plugin_name)
@@ -233,12 +232,8 @@ class ClusterMethods:
         """Log ``msg`` (msgpack-able data) under ``topic`` (or each of a list of
         topics) at the scheduler, with the time: kept among the topic's latest
         events (`get_events`) and sent to the topic's subscribers."""
-        topics = [topic] if isinstance(topic, str) else list(topic)
-        try:
-            msgpack.packb(msg)
-        except Exception as e:
-            raise TypeError(f"an event must be msgpack-able data: {e}") from None
-        self.shell.send({"op": "log-event", "topics": topics, "event": [time.time(), msg]})
+        self.shell.send({"op": "log-event",
+                         **messages.log_event_fields(topic, msg, time.time())})
 
     def get_events(self, topic=None):
         """The latest events of ``topic`` as ``((time, msg), ...)``, or of every
@@ -360,10 +355,10 @@ class ClusterMethods:
 
     def processing(self, workers=None):
         """The keys each worker has been given to run (queued there or running):
-        ``{address: [key]}``."""
+        ``{address: (key, ...)}``."""
         op = self.shell.request_op({"op": "info", "what": "processing",
                                     "workers": worker_names(workers)})
-        return self.run_op(then(op, lambda r: {k: list(v) for k, v in r.items()}))
+        return self.run_op(then(op, lambda r: {k: tuple(v) for k, v in r.items()}))
 
     def retire_workers(self, workers=None, close_workers=True, remove=True, names=None,
                        **kwargs):

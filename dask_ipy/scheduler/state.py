@@ -1869,8 +1869,13 @@ class SchedulerState:
         self._maybe_finish_gather(gid)
 
     def _on_log_event(self, ws, msg):
-        """A worker's event (a forwarded log record...)."""
-        self._log_event(msg["topic"], msg["event"])
+        """A worker's event (a forwarded log record...); a dict says which worker
+        logged it, as in dask.distributed."""
+        when, what = msg["event"]
+        if isinstance(what, dict):
+            what = {**what, "worker": ws.address}
+        for topic in msg["topics"]:
+            self._log_event(topic, [when, what])
 
     def _log_event(self, topic, event):
         """``event`` [time, msg] of ``topic``: kept among the topic's latest, and sent

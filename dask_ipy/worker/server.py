@@ -286,6 +286,12 @@ class Worker:
         first (as dask.distributed's)."""
         return self.log_buffer.lines(n)
 
+    def get_current_task(self):
+        """The key of the task of this worker that the calling thread runs (None
+        elsewhere): dask.distributed's name, for code inside a task."""
+        return context.current_key() if getattr(context.task, "worker", None) is self \
+            else None
+
     def story(self, *keys_or_stimuli):
         """This worker's transitions of these keys or stimulus ids, oldest first:
         [(key, start, state asked for, state reached, recommendations, stimulus_id,
@@ -299,11 +305,12 @@ class Worker:
         return call_stacks(self.running, None if keys is None else set(keys))
 
     def log_event(self, topic, msg):
-        """Log ``msg`` (plain data) under ``topic`` at the scheduler, which keeps the
-        topic's latest events and sends each to the topic's subscribers (any
-        thread)."""
+        """Log ``msg`` (msgpack-able data, else TypeError) under ``topic`` (or each of
+        a list of topics) at the scheduler, which keeps the topic's latest events and
+        sends each to the topic's subscribers; a dict is told this worker's address
+        as "worker" there (any thread)."""
         self.loop.call_soon(self._queue, {
-            "op": "log-event", "topic": topic, "event": [time.time(), msg]})
+            "op": "log-event", **messages.log_event_fields(topic, msg, time.time())})
 
     # ---------------------------------------------------------------- memory
 

@@ -104,11 +104,11 @@ def test_workers_restricts_placement(c, workers):
     for address, worker_pid in workers.items():
         fs = [c.submit(pid, pure=False, workers=[address]) for _ in range(4)]
         assert c.gather(fs) == [worker_pid] * 4
-        assert all(v == [address] for v in c.who_has(fs).values())
+        assert all(v == (address,) for v in c.who_has(fs).values())
     address = next(iter(workers))
     many = c.map(inc, range(20), workers=address)
     c.gather(many)
-    assert all(v == [address] for v in c.who_has(many).values())
+    assert all(v == (address,) for v in c.who_has(many).values())
 
 
 def test_priority_runs_urgent_work_first(c, workers, tmp_path):
@@ -243,7 +243,7 @@ def test_scatter_spreads_over_workers_and_broadcasts(c, workers):
     assert b.result(timeout=10) == 100
     address = next(iter(workers))
     [only] = c.scatter([200], workers=[address])
-    assert c.who_has([only])[only.key] == [address]
+    assert c.who_has([only])[only.key] == (address,)
 
 
 # ---------------------------------------------------------------- cancel

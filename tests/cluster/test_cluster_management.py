@@ -74,7 +74,7 @@ def test_retire_finishes_running_tasks_there_and_gives_the_others_away(tmp_path)
             gate.touch()
             assert list(retiring.result(30)) == [a]
         assert running.result(10) == 42
-        assert c.who_has([running])[running.key] == [b]
+        assert c.who_has([running])[running.key] == (b,)
         assert runs(log, "leaf") == 6
 
 
@@ -110,7 +110,7 @@ def test_a_paused_worker_is_retired_its_spilled_data_moving_off(tmp_path):
         assert list(c.retire_workers([a])) == [a]
         assert a not in c.scheduler_info()["workers"]
         # Every value went to b (read back from a's disk): nothing ran again.
-        assert all(v == [b] for v in c.who_has(fs).values())
+        assert all(v == (b,) for v in c.who_has(fs).values())
         sums = c.gather([c.submit(array_sum, f, workers=[b]) for f in fs])
         assert sums == [i * 5 * MiB / 8 for i in range(6)]
         assert runs(log, "filled") == 6
@@ -174,11 +174,11 @@ def test_processing_names_the_tasks_given_to_each_worker(tmp_path):
     with processes(tmp_path, nworkers=2) as (pc, c):
         a, b = sorted(c.scheduler_info()["workers"])
         f = c.submit(block_until_file, str(gate), 1, workers=[a])
-        wait_for(lambda: c.processing()[a] == [f.key], message="f processing on a")
-        assert c.processing(workers=[b]) == {b: []}
+        wait_for(lambda: c.processing()[a] == (f.key,), message="f processing on a")
+        assert c.processing(workers=[b]) == {b: ()}
         gate.touch()
         assert f.result() == 1
-        assert c.processing() == {a: [], b: []}
+        assert c.processing() == {a: (), b: ()}
 
 
 def test_run_passes_the_worker_to_functions_that_ask(tmp_path):

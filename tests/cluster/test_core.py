@@ -171,7 +171,7 @@ def test_big_input_goes_from_worker_to_worker_not_through_the_scheduler(cluster)
     x = c.submit(array_of, size, 3, workers=[wa.address])
     wait_for(lambda: x.done(), timeout=30, message="the array")
     assert x.status == "finished"
-    assert c.who_has([x]) == {x.key: [wa.address]}
+    assert c.who_has([x]) == {x.key: (wa.address,)}
     before = s.bytes_received
     y = c.submit(array_sum, x, workers=[wb.address])
     assert y.result(timeout=60) == 3 * size

@@ -91,7 +91,7 @@ def test_small_results_come_straight_from_the_worker(tmp_path):
             singles.append(f.key)
             # Questions asked at once see what the client saw (the scheduler's word
             # may come after the value, and such questions wait for it).
-            assert c.who_has(f)[f.key] != [], "the scheduler does not know yet"
+            assert c.who_has(f)[f.key] != (), "the scheduler does not know yet"
             assert f.key in [r["key"] for r in c.get_task_stream(count=5)]
         wait_for(lambda: c.shell.direct_results - before == 10, message="10 straight")
         # The scheduler still learns of every one (and says so), never with its

@@ -226,8 +226,8 @@ def test_nthreads_and_has_what_of_some_workers(c):
     assert c.nthreads(first) == {first: everyone[first]}
     assert c.nthreads([first, second]) == everyone
     # (a result that came straight may be here before the scheduler heard of it)
-    wait_for(lambda: c.has_what([first]) == {first: [x.key]}, message="x on first")
-    assert c.has_what(second) == {second: []}
+    wait_for(lambda: c.has_what([first]) == {first: (x.key,)}, message="x on first")
+    assert c.has_what(second) == {second: ()}
     assert c.has_what(workers=[]) == {}
 
 

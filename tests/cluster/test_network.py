@@ -127,7 +127,7 @@ def test_data_of_a_silent_peer_comes_through_the_scheduler(tmp_path):
         assert time.monotonic() - start < 4.0
         # Left free, a task that needs x runs where x is (B would need the relay).
         assert c.submit(len, x, key="anywhere").result(timeout=30) == 1 << 20
-        assert c.who_has([x])[x.key] == [a]
+        assert c.who_has([x])[x.key] == (a,)
 
 
 def test_data_over_a_one_way_link_comes_through_the_scheduler(tmp_path):

@@ -113,7 +113,7 @@ def test_a_holder_that_dies_mid_stream_ends_in_a_recomputation(tmp_path, monkeyp
         try:
             x = c.submit(make_bytes, n, workers=[hole], allow_other_workers=True)
             wait([x], timeout=60)
-            assert c.who_has([x])[x.key] == [hole]
+            assert c.who_has([x])[x.key] == (hole,)
             y = c.submit(digest_bytes, x, workers=[fetcher.address])
             assert started.wait(60)
             holder.kill()
@@ -121,7 +121,7 @@ def test_a_holder_that_dies_mid_stream_ends_in_a_recomputation(tmp_path, monkeyp
             killed.set()
             assert y.result(timeout=60) == digest_bytes(make_bytes(n))
             assert fetcher.relay_failures == 1
-            assert c.who_has([x])[x.key] == [fetcher.address]      # computed again
+            assert c.who_has([x])[x.key] == (fetcher.address,)      # computed again
         finally:
             killed.set()
             fetcher.close()
@@ -144,7 +144,7 @@ def test_a_large_scattered_value_streams_to_its_worker():
         assert s.bytes_received - received < SIZE // 4
         # Counted once the relay's thread is done, which may be after the worker is.
         wait_for(lambda: s.relay.relayed >= SIZE, message="the relay's count")
-        assert c.who_has([f])[f.key] == [wb.address]
+        assert c.who_has([f])[f.key] == (wb.address,)
         assert c.submit(check, f, workers=[wb.address]).result(timeout=60)
         # Broadcast: one stream per worker, small values beside them in the message.
         relayed = s.relay.relayed

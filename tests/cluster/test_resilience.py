@@ -150,7 +150,7 @@ def test_source_killed_during_a_transfer_the_other_replica_is_used(tmp_path):
 
         assert y.result(timeout=60) == 41
         (survivor,) = [a for a in (first, second) if a != source]
-        assert c.who_has([x])[x.key] == [survivor]
+        assert c.who_has([x])[x.key] == (survivor,)
         assert_no_stale_holders(c)
 
 
@@ -354,7 +354,7 @@ def test_killed_client_releases_its_keys_and_workers_go_idle(tmp_path):
         wait_for(lambda: c.scheduler_info()["ntasks"] == 0, timeout=10,
                  message="the dead client's tasks to be forgotten")
         assert c.scheduler_info()["nclients"] == 1
-        assert c.has_what() == {a: [] for a in workers_of(c)}
+        assert c.has_what() == {a: () for a in workers_of(c)}
 
         def idle():
             stats = [s for per in c.run(ops.worker_stats).values() for s in per]

@@ -48,7 +48,7 @@ def test_retire_and_restart_leave_the_engines_running(ipcluster):
         assert rc[0].apply_sync(os.getpid) == pids[0]
         wait_for(lambda: on(rc, 0, engine_worker)["closed"], message="worker 0 closed")
         assert c.gather(fs) == expected
-        assert all(v == [a1] for v in c.who_has(fs).values())
+        assert all(v == (a1,) for v in c.who_has(fs).values())
 
         # booting again starts a new worker in engine 0
         again = dask_client_from_ipclient(rc)

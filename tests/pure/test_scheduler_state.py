@@ -1114,13 +1114,21 @@ def test_events_are_kept_per_topic_and_sent_to_subscribers(s, monkeypatch):
                                   "event": (1.0, {"a": 1})})
     assert take(s) == [("client", "d", {"op": "event", "topic": "t",
                                         "event": (1.0, {"a": 1})})]
-    s.handle_worker_message("w1", {"op": "log-event", "topic": "t", "event": (2.0, "x")})
-    s.handle_worker_message("w1", {"op": "log-event", "topic": "t", "event": (3.0, "y")})
-    assert [m["event"] for _, _, m in take(s)] == [(2.0, "x"), (3.0, "y")]
+    s.handle_worker_message("w1", {"op": "log-event", "topics": ["t"], "event": (2.0, "x")})
+    s.handle_worker_message("w1", {"op": "log-event", "topics": ["t"], "event": (3.0, "y")})
+    assert [list(m["event"]) for _, _, m in take(s)] == [[2.0, "x"], [3.0, "y"]]
     # the latest EVENTS_KEPT of each topic
     assert info(s, "events", topic="t") == [(2.0, "x"), (3.0, "y")]
     assert info(s, "events", topic="nothing") == []
     assert info(s, "events") == {"t": [(2.0, "x"), (3.0, "y")], "u": [(1.0, {"a": 1})]}
+
+
+def test_a_workers_event_of_a_dict_names_the_worker_under_each_topic(s):
+    s.handle_worker_message("w1", {"op": "log-event", "topics": ["t", "u"],
+                                   "event": (1.0, {"a": 1})})
+    w1 = s.workers["w1"].address
+    assert info(s, "events") == {"t": [(1.0, {"a": 1, "worker": w1})],
+                                 "u": [(1.0, {"a": 1, "worker": w1})]}
 
 
 def test_metadata_is_a_tree_of_values_under_paths_of_names(s):
