@@ -207,6 +207,7 @@ KINDS = {
     },
 }
 
+
 def log_event_fields(topic, msg, now):
     """The fields of a "log-event" (a client's or a worker's) of ``msg``
     (msgpack-able data, else TypeError) under ``topic``, or each of a list of

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 
-
 from .. import dump, messages, profiling, versions
 from ..errors import rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFile,
