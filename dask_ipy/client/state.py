@@ -19,10 +19,11 @@ back as instructions:
 
 A small result may come twice: straight from the worker that computed it
 ("task-result", three hops from the submit) and through the scheduler
-("key-in-memory"; the value in a "gather-result").  Whichever comes first finishes
-the key, the other changes nothing; neither touches a key released or cancelled
-here.  A gather waiting for keys is answered here as soon as all their values have
-come straight; the scheduler's answer to it, later, finds no request.  The scheduler
+("key-in-memory", with the value when it did not come straight and no gather of
+this client's answers it; else the value in a "gather-result").  Whichever comes
+first finishes the key, the other changes nothing; neither touches a key released
+or cancelled here.  A gather waiting for keys is answered here as soon as all their
+values have come; the scheduler's answer to it, later, finds no request.  The scheduler
 lists as "direct" the keys whose worker sent them here, without their values: one
 that did not arrive (the connection dropped meanwhile) is asked for again, value
 and all.  A key finished by a value that came straight is `unconfirmed` until the

@@ -35,7 +35,8 @@ State, documented once:
                             them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
                             "task-finished" because a client wants it: gathers of it
-                            are answered without asking the worker
+                            are answered without asking the worker, and the clients
+                            it did not reach straight get it with "key-in-memory"
     TaskState.direct:       (client id,) the clients the worker sent that small result
                             to straight ("task-result"): a gather of theirs lists the
                             key as "direct" instead of sending the value again
