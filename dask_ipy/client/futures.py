@@ -569,11 +569,10 @@ class as_completed:
         for f in futures:
             if not isinstance(f, (Future, cf.Future)):
                 raise TypeError(f"Input must be a future, got {f!r}")
-        for f in futures:
-            with self.lock:
-                self.waiting += 1
-                epoch = self.epoch
-            _when_ended((f,), partial(self._on_done, epoch=epoch))
+        with self.lock:
+            self.waiting += len(futures)
+            epoch = self.epoch
+        _when_ended(futures, partial(self._on_done, epoch=epoch))
 
     def _on_done(self, future, epoch):
         with self.lock:
