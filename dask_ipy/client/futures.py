@@ -83,14 +83,29 @@ def when_done(state, callback):
     callback()
 
 
-def _when_ended(future, fn):
-    """``fn(future)`` once ``future`` is done, at once on the thread that learns it
-    (the waits of this module: short, and never waiting themselves).  ``future`` may
-    be a concurrent.futures.Future too (`wait` takes those)."""
-    if isinstance(future, Future):
-        when_done(future.state, lambda: fn(future))
-    else:
-        future.add_done_callback(fn)
+def _when_ended(futures, fn):
+    """``fn(future)`` once each of ``futures`` is done, at once on the thread that
+    learns it (the waits of this module: short, and never waiting themselves).  The
+    lock is taken once for all of them: the I/O thread, finishing keys meanwhile,
+    would take it in turns with a wait of many futures.  A future may be a
+    concurrent.futures.Future too (`wait` takes those)."""
+    ready = []
+    with LOCK:
+        for future in futures:
+            if not isinstance(future, Future):
+                continue
+            state = future.state
+            if state.done():
+                ready.append(future)
+                continue
+            if state.callbacks is None:
+                state.callbacks = []
+            state.callbacks.append(partial(fn, future))
+    for future in futures:
+        if not isinstance(future, Future):
+            future.add_done_callback(fn)
+    for future in ready:
+        fn(future)
 
 
 class KeyDone:
@@ -465,8 +480,7 @@ class Waiter:
         self.done = set()
         if not self.fs:
             self.signal.set()
-        for f in self.fs:
-            _when_ended(f, self._on_done)
+        _when_ended(self.fs, self._on_done)
 
     @staticmethod
     def _failed(f):
@@ -557,11 +571,10 @@ class as_completed:
         for f in futures:
             if not isinstance(f, (Future, cf.Future)):
                 raise TypeError(f"Input must be a future, got {f!r}")
-        for f in futures:
-            with self.lock:
-                self.waiting += 1
-                epoch = self.epoch
-            _when_ended(f, lambda f, epoch=epoch: self._on_done(f, epoch))
+        with self.lock:
+            self.waiting += len(futures)
+            epoch = self.epoch
+        _when_ended(futures, partial(self._on_done, epoch=epoch))
 
     def _on_done(self, future, epoch):
         with self.lock:
@@ -741,7 +754,7 @@ class ClientExecutor(cf.Executor):
                 return
             self.client.shell.gather_async(
                 [remote.key], lambda r: _settle_gather(local, remote.key, r))
-        _when_ended(remote, settle)
+        _when_ended((remote,), settle)
         return local
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):

@@ -19,10 +19,11 @@ back as instructions:
 
 A small result may come twice: straight from the worker that computed it
 ("task-result", three hops from the submit) and through the scheduler
-("key-in-memory"; the value in a "gather-result").  Whichever comes first finishes
-the key, the other changes nothing; neither touches a key released or cancelled
-here.  A gather waiting for keys is answered here as soon as all their values have
-come straight; the scheduler's answer to it, later, finds no request.  The scheduler
+("key-in-memory", with the value when it did not come straight and no gather of
+this client's answers it; else the value in a "gather-result").  Whichever comes
+first finishes the key, the other changes nothing; neither touches a key released
+or cancelled here.  A gather waiting for keys is answered here as soon as all their
+values have come; the scheduler's answer to it, later, finds no request.  The scheduler
 lists as "direct" the keys whose worker sent them here, without their values: one
 that did not arrive (the connection dropped meanwhile) is asked for again, value
 and all.  A key finished by a value that came straight is `unconfirmed` until the
@@ -68,9 +69,11 @@ State, documented once:
                                        "welcome"
     address_to_workers: str | None     where its workers connect, from "welcome"
     paused_warning: seconds | None     warn of a worker paused longer than this
-    FutureState.data: Serialized | None  a small result that came straight from its
-                                       worker, kept while the key is held (at most
-                                       `MAX_KEPT` of them: `kept`)
+    FutureState.data: Serialized | None  a small result that came with its key's
+                                       end, straight from its worker or along with
+                                       "key-in-memory", kept while the key is held
+                                       (at most `MAX_KEPT` of them, `MAX_KEPT_BYTES`
+                                       in all: `kept`, `kept_bytes`)
     gathers:    {request_id: [msg, token, {key not here yet}]}  gathers in flight,
                 answered here once their keys' values have all come straight
     by_key:     {key: {request_id}}    which of those wait for a key
@@ -174,8 +177,13 @@ class Warn:
                 and str(other.warning) == str(self.warning))
 
 
+def _size(data):
+    """Bytes of a kept value (a Serialized; anything else, as tests give, counts 0)."""
+    return getattr(data, "nbytes", 0)
+
+
 def _reply(data):
-    """A gather's answer made here from values that came straight."""
+    """A gather's answer made here from values kept here."""
     return {"data": data, "missing": [], "errors": {}}
 
 
@@ -193,9 +201,11 @@ def paused_text(info):
             "persist less at once, or give workers more memory (memory_limit=).")
 
 
-# Values that came straight kept at once, at most (each is under 16 kB): beyond, a
-# key's value is used for the gathers waiting for it, then fetched when asked for.
-MAX_KEPT = 4096
+# Small values that came with their keys' ends kept at once, at most (each is under
+# 16 kB): beyond, a key's value is used for the gathers waiting for it, then fetched
+# when asked for.
+MAX_KEPT = 65_536
+MAX_KEPT_BYTES = 64 * 2**20
 
 WELCOME = "welcome"    # the request id of registration: its answer carries no id
 
@@ -244,6 +254,7 @@ class ClientState:
         self.unconfirmed = set()
         self.waits = set()
         self.kept = 0                   # FutureState.data values held
+        self.kept_bytes = 0             # and their sizes summed
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ holders
@@ -590,6 +601,11 @@ class ClientState:
         st.type = msg.get("type")
         st.status = FINISHED
         out.append(Done(st))
+        data = msg.get("data")
+        if data is not None:
+            # A small value that went the long way, through the scheduler: a gather
+            # of it needs no request.
+            out += self._keep(st, data)
         return out
 
     def _let_go(self, st):
@@ -600,10 +616,31 @@ class ClientState:
             self._drop_value(st)
 
     def _drop_value(self, st):
-        """Forget a value that came straight (it no longer counts in `kept`)."""
+        """Forget a small value kept here (it no longer counts in `kept`)."""
         if st.data is not None:
+            self.kept_bytes -= _size(st.data)
             st.data = None
             self.kept -= 1
+
+    def _keep(self, st, data):
+        """Keep the small value of ``st`` if there is room, and answer the gathers
+        waiting only for it."""
+        size = _size(data)
+        if self.kept < MAX_KEPT and self.kept_bytes + size <= MAX_KEPT_BYTES:
+            st.data = data
+            self.kept += 1
+            self.kept_bytes += size
+        out = []
+        for rid in self.by_key.pop(st.key, ()):
+            entry = self.gathers.get(rid)
+            if entry is None:
+                continue
+            entry[1][st.key] = data
+            entry[2].discard(st.key)
+            if not entry[2]:
+                self._end_gather(rid)
+                out += self._answer(rid, _reply(entry[1]))
+        return out
 
     def _on_task_result(self, msg):
         """A small result straight from its worker: kept, and any gather waiting only
@@ -613,26 +650,13 @@ class ClientState:
         st = self.futures.get(key)
         if st is None or st.status not in (PENDING, FINISHED) or st.data is not None:
             return []
-        data = msg["data"]
-        if self.kept < MAX_KEPT:
-            st.data = data
-            self.kept += 1
         out = []
         if st.status == PENDING:
             st.type = msg.get("type")
             st.status = FINISHED
             self.unconfirmed.add(key)
             out.append(Done(st))
-        for rid in self.by_key.pop(key, ()):
-            entry = self.gathers.get(rid)
-            if entry is None:
-                continue
-            entry[1][key] = data
-            entry[2].discard(key)
-            if not entry[2]:
-                self._end_gather(rid)
-                out += self._answer(rid, _reply(entry[1]))
-        return out
+        return out + self._keep(st, msg["data"])
 
     def worker_lost(self, address):
         """The connection to a worker taking small results dropped: connect again
@@ -781,7 +805,9 @@ class ClientState:
         assert self.waits == {msg.token for msg in self.outbox
                               if type(msg) is _Wait}, "a wait without its place"
         assert self.kept == sum(st.data is not None for st in self.futures.values())
-        assert self.kept <= MAX_KEPT
+        assert self.kept_bytes == sum(_size(st.data) for st in self.futures.values()
+                                      if st.data is not None)
+        assert self.kept <= MAX_KEPT and self.kept_bytes <= MAX_KEPT_BYTES
         for key, rids in self.by_key.items():
             assert rids and all(key in self.gathers[rid][2] for rid in rids), key
         assert (self.status == "reconnecting") == self.lost or self.status == "closed"

@@ -35,7 +35,8 @@ State, documented once:
                             them only with `_add` and `_discard` (or set EMPTY)
     TaskState.data:         a small result (opaque Serialized) the worker sent with
                             "task-finished" because a client wants it: gathers of it
-                            are answered without asking the worker
+                            are answered without asking the worker, and the clients
+                            it did not reach straight get it with "key-in-memory"
     TaskState.direct:       (client id,) the clients the worker sent that small result
                             to straight ("task-result"): a gather of theirs lists the
                             key as "direct" instead of sending the value again
@@ -825,7 +826,10 @@ class SchedulerState:
         return self._after_memory(ts)
 
     def _after_memory(self, ts):
+        gathering = ()                  # clients whose gathers get the value now
         if ts.key in self.parked:
+            gathering = {self.gathers[gid]["client"] for gid in self.parked[ts.key]
+                         if gid in self.gathers}
             self._unpark(ts.key, ok=True)
         recs = {}
         for dts in ts.waiters:
@@ -841,8 +845,11 @@ class SchedulerState:
                    "nbytes": ts.nbytes}
             if ts.data is not None and cid not in ts.direct and ts.who_has:
                 # The result went to the client the long way: where it could have
-                # come from straight, so that the client connects there.
+                # come from straight, so that the client connects there; and the
+                # small value itself, so that its gather needs no request.
                 msg["worker"] = next(iter(ts.who_has)).address
+                if cid not in gathering:
+                    msg["data"] = ts.data
             self.send_client(cid, msg)
         _discard(ts, "who_wants", FIRE_AND_FORGET)       # its work is done
         if not ts.waiters and not ts.who_wants:

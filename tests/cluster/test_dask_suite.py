@@ -37,8 +37,9 @@ def forced_run(tmp_path, modules, gate=None, timeout=3000):
     return proc.returncode, proc.stdout + proc.stderr, outcomes
 
 
-def check_gate(tmp_path, modules):
-    status, output, outcomes = forced_run(tmp_path, modules, gate=run.FAILURES)
+def check_gate(tmp_path, modules, timeout=3000):
+    status, output, outcomes = forced_run(tmp_path, modules, gate=run.FAILURES,
+                                          timeout=timeout)
     summary = output[-3000:]
     for module in modules:               # every module ran, none was left out
         assert any(run.module_of(t) == module for t in outcomes), (module, summary)
@@ -59,9 +60,9 @@ def test_dask_suite_gate(tmp_path):
 
 
 @pytest.mark.dask_suite
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(6000)
 def test_dask_suite_gate_long(tmp_path):
-    check_gate(tmp_path, run.LONG_MODULES)
+    check_gate(tmp_path, run.LONG_MODULES, timeout=5400)
 
 
 FAKE = '''

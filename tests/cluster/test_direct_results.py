@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def watch(c):
     """Record what the scheduler tells the client: the values its gather answers
-    carry, and the keys it says are in memory; and the keys the client asks for
+    and its "key-in-memory" messages carry, and the keys it says are in memory; and the keys the client asks for
     again, with their values, because the worker's message has not come (yet: it
     may be overtaken by the scheduler's answer, which then answers the retry)."""
     seen = {"values": [], "in_memory": [], "asked_again": [], "requests": set()}
@@ -42,6 +42,8 @@ def watch(c):
 
     def on_done(msg):
         seen["in_memory"].append(msg["key"])
+        if "data" in msg:               # a small value that went the long way
+            seen["values"].append(msg["key"])
         done(msg)
 
     table["gather-result"], table["key-in-memory"] = on_answer, on_done

@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FAILURES = os.path.join(HERE, "distributed_failures.txt")
 
 # The part of the run every CI run makes (4 minutes on an idle 2-core machine, 7 on
-# one loaded by other test runs); the rest, 17 and 46 minutes there, with:
+# one loaded by other test runs); the rest, about 30 minutes idle, with:
 #   pytest -m dask_suite tests/cluster/test_dask_suite.py
 CI_MODULES = [
     "dask.tests.test_base",
@@ -34,6 +34,48 @@ LONG_MODULES = [
     "dask.dataframe.tests.test_groupby",
     "dask.dataframe.tests.test_dataframe",
     "dask.dataframe.tests.test_multi",
+    # 41 more, about 12 minutes on an idle machine
+    "dask.tests.test_graph_manipulation",
+    "dask.array.tests.test_slicing",
+    "dask.array.tests.test_creation",
+    "dask.array.tests.test_rechunk",
+    "dask.array.tests.test_linalg",
+    "dask.array.tests.test_overlap",
+    "dask.array.tests.test_percentiles",
+    "dask.array.tests.test_masked",
+    "dask.array.tests.test_routines",
+    "dask.array.tests.test_ufunc",
+    "dask.array.tests.test_gufunc",
+    "dask.array.tests.test_random",
+    "dask.array.tests.test_atop",
+    "dask.array.tests.test_stats",
+    "dask.array.tests.test_fft",
+    "dask.array.tests.test_reshape",
+    "dask.array.tests.test_map_blocks",
+    "dask.array.tests.test_shuffle",
+    "dask.array.tests.test_optimization",
+    "dask.array.tests.test_image",
+    "dask.array.tests.test_wrap",
+    "dask.bag.tests.test_text",
+    "dask.bag.tests.test_random",
+    "dask.dataframe.tests.test_rolling",
+    "dask.dataframe.tests.test_indexing",
+    "dask.dataframe.tests.test_arithmetics_reduction",
+    "dask.dataframe.tests.test_reshape",
+    "dask.dataframe.tests.test_categorical",
+    "dask.dataframe.tests.test_ufunc",
+    "dask.dataframe.tests.test_accessors",
+    "dask.dataframe.tests.test_extensions",
+    "dask.dataframe.tests.test_hashing",
+    "dask.dataframe.tests.test_hyperloglog",
+    "dask.dataframe.tests.test_boolean",
+    "dask.dataframe.tests.test_numeric",
+    "dask.dataframe.tests.test_map",
+    "dask.dataframe.tests.test_merge_column_and_index",
+    "dask.dataframe.io.tests.test_io",
+    "dask.dataframe.io.tests.test_csv",
+    "dask.dataframe.io.tests.test_demo",
+    "dask.dataframe.io.tests.test_json",
 ]
 MODULES = CI_MODULES + LONG_MODULES
 

@@ -95,6 +95,24 @@ def test_a_result_not_sent_straight_names_its_worker_and_comes_with_the_answer(s
                             "data": {"x": "blob"}, "missing": [], "errors": {}}) in out
 
 
+def test_a_small_result_that_went_the_long_way_comes_with_key_in_memory(s):
+    """A client waiting for no gather of the key gets the small value along with
+    "key-in-memory", so that its gather needs no request; a client whose gather
+    the value answers gets it there, once."""
+    submit(s)
+    s.update_graph("d", {}, ["x"], {})
+    s.handle_client_message("d", {"op": "gather", "request_id": 7, "keys": ["x"],
+                                  "wait": True})
+    take(s)
+    out = finished(s)
+    assert ("client", "c", {"op": "key-in-memory", "key": "x", "type": "int",
+                            "nbytes": 8, "worker": A, "data": "blob"}) in out
+    assert ("client", "d", {"op": "key-in-memory", "key": "x", "type": "int",
+                            "nbytes": 8, "worker": A}) in out
+    assert ("client", "d", {"op": "gather-result", "request_id": 7,
+                            "data": {"x": "blob"}, "missing": [], "errors": {}}) in out
+
+
 def test_a_large_result_names_no_worker_and_its_release_forgets_who_got_it(s):
     submit(s)
     assert finished(s, data=None, direct=["c"]) == [
@@ -241,6 +259,51 @@ def test_the_schedulers_word_first_then_the_value_straight(cs):
         Resolve("t", {"data": {"x": "blob"}, "missing": [], "errors": {}})]
     assert cs.handle_worker(result(data="again")) == []
     assert st.data == "blob"
+
+
+def test_a_value_with_key_in_memory_is_kept_and_answers_gathers_here(cs):
+    x, y = cs.hold("x"), cs.hold("y")
+    assert gather(cs, ["x", "y"]) == []
+    cs.take_messages()
+    assert cs.handle(in_memory("x", data="X")) == [Done(x)]
+    assert x.data == "X" and cs.kept == 1
+    # The gather waiting for both is answered here once y's value comes too.
+    assert cs.handle(in_memory("y", data="Y")) == [
+        Done(y), Resolve("t", {"data": {"x": "X", "y": "Y"}, "missing": [],
+                               "errors": {}})]
+    cs.validate()
+    # Asked again: nothing is sent.
+    assert gather(cs, ["x"], "t2") == [Resolve("t2", {"data": {"x": "X"},
+                                                      "missing": [], "errors": {}})]
+    assert cs.take_messages() == []
+    # A value that came straight first is not replaced.
+    z = cs.hold("z")
+    cs.handle_worker(result("z", "straight"))
+    assert cs.handle(in_memory("z", data="again")) == [] and z.data == "straight"
+
+
+def test_kept_values_stay_under_a_byte_cap(cs, monkeypatch):
+    """Values are kept while their sizes summed stay under MAX_KEPT_BYTES: past it
+    a key's value is asked of the scheduler; releasing frees room."""
+
+    class Blob:
+        def __init__(self, nbytes):
+            self.nbytes = nbytes
+
+    monkeypatch.setattr("dask_ipy.client.state.MAX_KEPT_BYTES", 100)
+    a, b = cs.hold("a"), cs.hold("b")
+    cs.handle(in_memory("a", data=Blob(60)))
+    cs.handle(in_memory("b", data=Blob(60)))
+    assert a.data is not None and b.data is None and cs.kept_bytes == 60
+    cs.validate()
+    assert gather(cs, ["b"]) == []
+    assert [m["keys"] for m in cs.take_messages()] == [["b"]]
+    cs.drop(["a"])
+    assert cs.kept == 0 and cs.kept_bytes == 0
+    c = cs.hold("c")
+    cs.handle_worker(result("c", Blob(90)))
+    assert c.data is not None and cs.kept_bytes == 90
+    cs.validate()
 
 
 def test_a_result_for_a_released_cancelled_or_erred_key_is_dropped(cs):
