@@ -30,6 +30,7 @@ from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from .. import config as cfg
+from .. import hooks
 from .. import graph as g
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
@@ -423,7 +424,7 @@ class Client(ClusterMethods, ObserveMethods):
         kwargs.pop("sync", None)
         options = _options(kwargs, "get", **{name: kwargs.pop(name, default) for name, default
                                              in _GET_OPTIONS.items()})
-        return run_blocking(self._get_op(dsk, keys, options))
+        return self._blocking_get(dsk, keys, options)
 
     def _check_open(self):
         self.shell.check_open()
@@ -499,7 +500,16 @@ class Client(ClusterMethods, ObserveMethods):
         if not sync:
             submitted, known, flat, needed = self._get_graph(dsk, keys, options, True)
             return g.pack(keys, {**known, **submitted})
-        return self.run_op(self._get_op(dsk, keys, options))
+        if self.asynchronous:
+            return self.run_op(self._get_op(dsk, keys, options))
+        return self._blocking_get(dsk, keys, options)
+
+    def _blocking_get(self, dsk, keys, options):
+        """`get` to its end; inside a task, the task secedes while it waits (as in
+        dask.distributed), so that a task computing a collection on one-thread
+        workers leaves its slot to the collection's tasks."""
+        with hooks.seceded():
+            return run_blocking(self._get_op(dsk, keys, options))
 
     def _get_op(self, dsk, keys, options):
         states, known, flat, needed = self._get_graph(dsk, keys, options, False)
