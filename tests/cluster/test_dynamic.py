@@ -210,3 +210,48 @@ def test_a_persisted_collection_passed_to_a_task_computes_there(tmp_path):
         del slow, f, y
         wait_for(lambda: c.scheduler_info()["ntasks"] == 0, timeout=10,
                  message=lambda: f"no task left: {c.scheduler_info()['ntasks']}")
+
+
+# ---------------------------------------------------------------- Worker.executor
+
+def thread_name():
+    return threading.current_thread().name
+
+
+def call_on_the_executor():
+    """A task that secedes and runs a call on its worker's executor (a one-thread
+    worker's only slot is then free for it)."""
+    import concurrent.futures as cf
+
+    w = get_worker()
+    assert isinstance(w.executor, cf.Executor) and w.executors["default"] is w.executor
+    secede()
+    try:
+        return w.executor.submit(thread_name).result(timeout=20)
+    finally:
+        rejoin()
+
+
+def test_worker_executor_runs_calls_on_the_task_threads(tmp_path, gate):
+    """``get_worker().executor`` (dask.distributed's name) is a concurrent.futures
+    Executor over the worker's task threads; the worker shuts it down as it closes,
+    cancelling calls not started."""
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        assert c.submit(call_on_the_executor).result(timeout=30).startswith(
+            "dask-ipy-worker-task")
+        names = c.run(lambda dask_worker: dask_worker.executor.submit(thread_name)
+                      .result(timeout=20))
+        assert len(names) == 2
+        assert all(n.startswith("dask-ipy-worker-task") for n in names.values())
+
+    with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
+        w = workers[0]
+        busy = c.submit(wait_for_file, str(gate), workers=[w.address])
+        wait_for(lambda: w.state.executing, timeout=20, message="the task to start")
+        queued = w.executor.submit(thread_name)     # behind the busy thread
+        w.close()
+        assert queued.cancelled()
+        with pytest.raises(RuntimeError, match="shutdown"):
+            w.executor.submit(thread_name)
+        gate.touch()
+        del busy
