@@ -163,7 +163,8 @@ class _Borrowing:
     loans.  ``key in borrowing`` (`need`) tells, and borrows; `give_back`, at the end
     of a ``with`` block, once sent.
     ``lent``: [(lender, key)]; ``loans``: {lender: a concurrent.futures.Future
-    settled once given back}; ``heard``: {lender} waited for."""
+    settled once given back}; ``heard``: {lender} waited for; ``lost``: {key} of
+    Futures cancelled here that a graph referenced."""
 
     def __init__(self, client):
         self.client = client
@@ -171,12 +172,22 @@ class _Borrowing:
         self.lent = []
         self.loans = {}
         self.heard = set()
+        self.lost = set()
 
     def need(self, key):
         """Whether ``key`` is this client's, or borrowed now from another."""
         return self.client.shell.is_held(key) or self.borrow(key)
 
-    __contains__ = need
+    def __contains__(self, key):
+        """Whether a graph may use ``key``: `need`; or a key of a Future cancelled
+        here, which joins ``lost`` (the tasks needing it are cancelled, as in
+        dask.distributed, rather than the graph refused)."""
+        if self.need(key):
+            return True
+        if self.client.shell.was_cancelled(key):
+            self.lost.add(key)
+            return True
+        return False
 
     def need_futures(self, futures):
         """`need` the keys of those of ``futures`` that are another client's; a
@@ -432,12 +443,13 @@ class Client(ClusterMethods, ObserveMethods):
     # ---------------------------------------------------------------- graphs
 
     def _submit_graph(self, tasks, wanted, priorities=None, options=None, futures=True,
-                      annotations=None):
+                      annotations=None, lost=()):
         """Send ``tasks`` [(key, node, deps)] and return {key: Future} for ``wanted``
         (or {key: FutureState}, held until dropped, with ``futures=False``).
         ``options``: the keyword arguments of `options.graph_options` (priority,
         retries, workers, resources, allow_other_workers); ``annotations``: those a
-        collection kept per key.
+        collection kept per key; ``lost``: wanted keys not in ``tasks``, which
+        need a key cancelled here: they are cancelled at once.
 
         The keys are held before the graph leaves, so no answer can be missed."""
         tasks = list(tasks)
@@ -467,17 +479,22 @@ class Client(ClusterMethods, ObserveMethods):
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
                 spec = head
             payload.append((key, spec, list(deps), priority_of(key, 0)))
-        msg = {"op": "update-graph", "tasks": payload, "keys": list(wanted), **fields}
+        msg = {"op": "update-graph", "tasks": payload,
+               "keys": [k for k in wanted if k not in lost], **fields}
         self.shell.send(msg)
-        if not futures:
-            return held
-        out = {key: Future(key, self) for key in wanted}
-        self.shell.drop(wanted)           # the Futures hold the keys now
+        if futures:
+            out = {key: Future(key, self) for key in wanted}
+            self.shell.drop(wanted)           # the Futures hold the keys now
+        else:
+            out = held
+        if lost:
+            self.shell.lose([k for k in wanted if k in lost])
         return out
 
     def _graph_tasks(self, dsk, wanted, known_futures, borrowing):
         """Normalize, cull, check and order a graph; returns ([(key, node, deps)],
-        priorities).  ``borrowing``: a `_Borrowing` of this client."""
+        priorities, {key} lost: those needing a key cancelled here, left out).
+        ``borrowing``: a `_Borrowing` of this client."""
         graph = g.normalize(dsk, known=set(known_futures))
         deps = g.dependencies(graph)
         graph = g.cull(graph, deps, wanted)
@@ -488,7 +505,9 @@ class Client(ClusterMethods, ObserveMethods):
         # another's.
         g.check(graph, deps, known=borrowing)
         priorities = g.order(graph, deps)
-        return [(k, node, deps[k]) for k, node in graph.items()], priorities
+        lost = g.needing(deps, borrowing.lost) if borrowing.lost else set()
+        tasks = [(k, node, deps[k]) for k, node in graph.items() if k not in lost]
+        return tasks, priorities, lost
 
     def get(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
             resources=None, allow_other_workers=False, **kwargs):
@@ -552,9 +571,11 @@ class Client(ClusterMethods, ObserveMethods):
                 if k not in plain and k not in known_futures:
                     raise KeyError(k)
             needed = list(dict.fromkeys(k for k in flat if k in plain))
-            tasks, priorities = self._graph_tasks(plain, needed, known_futures, borrowing)
+            tasks, priorities, lost = self._graph_tasks(plain, needed, known_futures,
+                                                        borrowing)
             sent = self._submit_graph(tasks, needed, priorities, options,
-                                      futures=futures, annotations=annotations)
+                                      futures=futures, annotations=annotations,
+                                      lost=lost)
         return sent, known_futures, flat, needed
 
     # ---------------------------------------------------------------- futures API
@@ -863,9 +884,10 @@ class Client(ClusterMethods, ObserveMethods):
         ``annotations``: the graph's, ``{name: {key: value}}``."""
         wanted = [k for k in dict.fromkeys(keys) if k in dsk]
         with _Borrowing(self) as borrowing:
-            tasks, priorities = self._graph_tasks(dsk, wanted, (), borrowing)
+            tasks, priorities, lost = self._graph_tasks(dsk, wanted, (), borrowing)
             futures = self._submit_graph(tasks, wanted, priorities, options,
-                                         annotations=kept_annotations(annotations))
+                                         annotations=kept_annotations(annotations),
+                                         lost=lost)
             for k in keys:
                 if k not in futures:
                     futures[k] = borrowing.future(k)
