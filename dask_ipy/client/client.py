@@ -30,8 +30,8 @@ from dask.base import is_dask_collection, tokenize
 from dask.utils import funcname
 
 from .. import config as cfg
-from .. import hooks
 from .. import graph as g
+from .. import hooks
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
 from ..log import logger
