@@ -91,6 +91,12 @@ def _current_client():
     return get_client()
 
 
+def _seceded():
+    from .dynamic import seceded
+
+    return seceded()
+
+
 def _actor_call_here(key, kind, name, args, kwargs):
     from .worker.actors import call_here
 
@@ -101,6 +107,7 @@ _hooks.task_client = _task_client
 _hooks.actor_call_here = _actor_call_here
 _hooks.task_host = _task_host
 _hooks.current_client = _current_client
+_hooks.seceded = _seceded
 
 
 def dask_client_from_ipclient(ipclient, targets="all", **options):

@@ -81,6 +81,23 @@ def rejoin():
 
 
 @contextmanager
+def seceded():
+    """The task running on this thread, if any (and not seceded already), seceded
+    for the block and rejoined at its end: a blocking `Client.get` inside a task
+    (dask's compute there) waits so, as in dask.distributed, leaving its thread slot
+    to the work it waits for."""
+    worker = getattr(context.task, "worker", None)
+    if worker is None or context.task.seceded:
+        yield
+        return
+    worker.secede()
+    try:
+        yield
+    finally:
+        worker.rejoin()
+
+
+@contextmanager
 def worker_client(timeout=None, separate_thread=True):
     """The task's client, with the task seceded for the duration of the block (its
     thread slot free for the work it launches), rejoined at its end.

@@ -173,6 +173,23 @@ def check(graph: Mapping, deps: Mapping, known=frozenset()) -> None:
         _check_acyclic(graph, deps)
 
 
+def needing(deps: Mapping, keys) -> set:
+    """The keys of a graph (``deps``: {key: the keys it references}) that need any of
+    ``keys``, directly or through other keys of the graph."""
+    dependents = {}
+    for key, ds in deps.items():
+        for d in ds:
+            dependents.setdefault(d, []).append(key)
+    found = set()
+    stack = list(keys)
+    while stack:
+        for key in dependents.get(stack.pop(), ()):
+            if key not in found:
+                found.add(key)
+                stack.append(key)
+    return found
+
+
 def _check_acyclic(graph: Mapping, deps: Mapping) -> None:
     done = set()
     for root in graph:

@@ -6,5 +6,7 @@ plugs these functions in when it is imported (see ``__init__``)."""
 task_client = None      # (worker) -> the Client the tasks of that worker use
 task_host = None        # () -> (worker, key) of the task on this thread; ValueError if none
 current_client = None   # () -> the Client code here uses (as `get_client` chooses)
+seceded = None          # () -> a context manager: the task on this thread, if any,
+                        # seceded for the block (a blocking get waiting inside a task)
 actor_call_here = None  # (key, kind, name, args, kwargs) -> cf.Future of the reply of a
                         # call an actor's method makes to its own actor; None elsewhere

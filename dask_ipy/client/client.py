@@ -32,6 +32,7 @@ from dask.utils import funcname
 
 from .. import config as cfg
 from .. import graph as g
+from .. import hooks
 from ..discovery import resolve_scheduler
 from ..errors import SchedulerLost
 from ..log import logger
@@ -163,7 +164,8 @@ class _Borrowing:
     loans.  ``key in borrowing`` (`need`) tells, and borrows; `give_back`, at the end
     of a ``with`` block, once sent.
     ``lent``: [(lender, key)]; ``loans``: {lender: a concurrent.futures.Future
-    settled once given back}; ``heard``: {lender} waited for."""
+    settled once given back}; ``heard``: {lender} waited for; ``lost``: {key} of
+    Futures cancelled here that a graph referenced."""
 
     def __init__(self, client):
         self.client = client
@@ -171,12 +173,22 @@ class _Borrowing:
         self.lent = []
         self.loans = {}
         self.heard = set()
+        self.lost = set()
 
     def need(self, key):
         """Whether ``key`` is this client's, or borrowed now from another."""
         return self.client.shell.is_held(key) or self.borrow(key)
 
-    __contains__ = need
+    def __contains__(self, key):
+        """Whether a graph may use ``key``: `need`; or a key of a Future cancelled
+        here, which joins ``lost`` (the tasks needing it are cancelled, as in
+        dask.distributed, rather than the graph refused)."""
+        if self.need(key):
+            return True
+        if self.client.shell.was_cancelled(key):
+            self.lost.add(key)
+            return True
+        return False
 
     def need_futures(self, futures):
         """`need` the keys of those of ``futures`` that are another client's; a
@@ -431,7 +443,7 @@ class Client(ClusterMethods, ObserveMethods):
         kwargs.pop("sync", None)
         options = _options(kwargs, "get", **{name: kwargs.pop(name, default) for name, default
                                              in _GET_OPTIONS.items()})
-        return run_blocking(self._get_op(dsk, keys, options))
+        return self._blocking_get(dsk, keys, options)
 
     def _check_open(self):
         self.shell.check_open()
@@ -439,12 +451,13 @@ class Client(ClusterMethods, ObserveMethods):
     # ---------------------------------------------------------------- graphs
 
     def _submit_graph(self, tasks, wanted, priorities=None, options=None, futures=True,
-                      annotations=None):
+                      annotations=None, lost=()):
         """Send ``tasks`` [(key, node, deps)] and return {key: Future} for ``wanted``
         (or {key: FutureState}, held until dropped, with ``futures=False``).
         ``options``: the keyword arguments of `options.graph_options` (priority,
         retries, workers, resources, allow_other_workers); ``annotations``: those a
-        collection kept per key.
+        collection kept per key; ``lost``: wanted keys not in ``tasks``, which
+        need a key cancelled here: they are cancelled at once.
 
         The keys are held before the graph leaves, so no answer can be missed."""
         tasks = list(tasks)
@@ -474,17 +487,22 @@ class Client(ClusterMethods, ObserveMethods):
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
                 spec = head
             payload.append((key, spec, list(deps), priority_of(key, 0)))
-        msg = {"op": "update-graph", "tasks": payload, "keys": list(wanted), **fields}
+        msg = {"op": "update-graph", "tasks": payload,
+               "keys": [k for k in wanted if k not in lost], **fields}
         self.shell.send(msg)
-        if not futures:
-            return held
-        out = {key: Future(key, self) for key in wanted}
-        self.shell.drop(wanted)           # the Futures hold the keys now
+        if futures:
+            out = {key: Future(key, self) for key in wanted}
+            self.shell.drop(wanted)           # the Futures hold the keys now
+        else:
+            out = held
+        if lost:
+            self.shell.lose([k for k in wanted if k in lost])
         return out
 
     def _graph_tasks(self, dsk, wanted, known_futures, borrowing):
         """Normalize, cull, check and order a graph; returns ([(key, node, deps)],
-        priorities).  ``borrowing``: a `_Borrowing` of this client."""
+        priorities, {key} lost: those needing a key cancelled here, left out).
+        ``borrowing``: a `_Borrowing` of this client."""
         graph = g.normalize(dsk, known=set(known_futures))
         deps = g.dependencies(graph)
         graph = g.cull(graph, deps, wanted)
@@ -495,7 +513,9 @@ class Client(ClusterMethods, ObserveMethods):
         # another's.
         g.check(graph, deps, known=borrowing)
         priorities = g.order(graph, deps)
-        return [(k, node, deps[k]) for k, node in graph.items()], priorities
+        lost = g.needing(deps, borrowing.lost) if borrowing.lost else set()
+        tasks = [(k, node, deps[k]) for k, node in graph.items() if k not in lost]
+        return tasks, priorities, lost
 
     def get(self, dsk, keys, *, sync=True, retries=0, priority=0, workers=None,
             resources=None, allow_other_workers=False, **kwargs):
@@ -507,7 +527,16 @@ class Client(ClusterMethods, ObserveMethods):
         if not sync:
             submitted, known, flat, needed = self._get_graph(dsk, keys, options, True)
             return g.pack(keys, {**known, **submitted})
-        return self.run_op(self._get_op(dsk, keys, options))
+        if self.asynchronous:
+            return self.run_op(self._get_op(dsk, keys, options))
+        return self._blocking_get(dsk, keys, options)
+
+    def _blocking_get(self, dsk, keys, options):
+        """`get` to its end; inside a task, the task secedes while it waits (as in
+        dask.distributed), so that a task computing a collection on one-thread
+        workers leaves its slot to the collection's tasks."""
+        with hooks.seceded():
+            return run_blocking(self._get_op(dsk, keys, options))
 
     def _get_op(self, dsk, keys, options):
         states, known, flat, needed = self._get_graph(dsk, keys, options, False)
@@ -550,9 +579,11 @@ class Client(ClusterMethods, ObserveMethods):
                 if k not in plain and k not in known_futures:
                     raise KeyError(k)
             needed = list(dict.fromkeys(k for k in flat if k in plain))
-            tasks, priorities = self._graph_tasks(plain, needed, known_futures, borrowing)
+            tasks, priorities, lost = self._graph_tasks(plain, needed, known_futures,
+                                                        borrowing)
             sent = self._submit_graph(tasks, needed, priorities, options,
-                                      futures=futures, annotations=annotations)
+                                      futures=futures, annotations=annotations,
+                                      lost=lost)
         return sent, known_futures, flat, needed
 
     # ---------------------------------------------------------------- futures API
@@ -861,9 +892,10 @@ class Client(ClusterMethods, ObserveMethods):
         ``annotations``: the graph's, ``{name: {key: value}}``."""
         wanted = [k for k in dict.fromkeys(keys) if k in dsk]
         with _Borrowing(self) as borrowing:
-            tasks, priorities = self._graph_tasks(dsk, wanted, (), borrowing)
+            tasks, priorities, lost = self._graph_tasks(dsk, wanted, (), borrowing)
             futures = self._submit_graph(tasks, wanted, priorities, options,
-                                         annotations=kept_annotations(annotations))
+                                         annotations=kept_annotations(annotations),
+                                         lost=lost)
             for k in keys:
                 if k not in futures:
                     futures[k] = borrowing.future(k)

@@ -38,6 +38,7 @@ from dask._task_spec import DataNode, Task, TaskRef
 from dask.base import is_dask_collection
 from dask.utils import parse_timedelta
 
+from .. import hooks
 from ..errors import rebuild_error
 from ..log import logger
 from ..protocol import deserialize
@@ -433,15 +434,31 @@ def resolve_type(name):
 
 
 def _rebuild_future(key):
+    """A Future unpickled: of the client loading it; inside a task, of the task's
+    client (`get_client`'s there, as in dask.distributed: a persisted collection
+    passed to a task computes there, and that client holds its keys meanwhile);
+    elsewhere of the default client."""
     client = getattr(_unpickling, "client", None)
+    if client is None:
+        client = _task_client()
     if client is None:
         try:
             client = default_client()
         except ValueError:
-            # No client here (a worker loading a task that holds a Future): a plain
-            # reference, which the task resolves to the key's value.
+            # No client here (a worker loading data outside a task): a plain
+            # reference to the key.
             return TaskRef(key)
     return Future(key, client, inform=True)
+
+
+def _task_client():
+    """The client of the tasks of the worker running a task on this thread; None
+    outside tasks."""
+    try:
+        worker, _ = hooks.task_host()
+    except ValueError:
+        return None
+    return hooks.task_client(worker)
 
 
 # ---------------------------------------------------------------- wait, as_completed

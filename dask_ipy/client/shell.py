@@ -199,6 +199,14 @@ class ClientShell:
         with LOCK:
             return self.state.is_held(key)
 
+    def was_cancelled(self, key):
+        with LOCK:
+            return self.state.was_cancelled(key)
+
+    def lose(self, keys):
+        """Cancel here keys held for a graph that needs a key cancelled here."""
+        self._call(self.state.lose, keys)
+
     def held(self):
         with LOCK:
             return list(self.state.futures)

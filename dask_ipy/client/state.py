@@ -45,6 +45,8 @@ State, documented once:
 
     futures:    {key: FutureState}     keys held by Futures (or by a running `get`)
     refcount:   {key: int}             how many hold each of them
+    let_go:     {key: FutureState}     weakly: states cancelled (let go) that a Future
+                                       still has; a graph on one of them is cancelled
     requests:   {request_id: token}    requests waiting for their answer
     parked:     {request_id}           those of them that may be parked on the
                                        scheduler (Lock, Queue...: "coordinate")
@@ -95,6 +97,7 @@ State, documented once:
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass
 
 from ..errors import ClosedClientError, PausedWorkerWarning, SchedulerLost
@@ -233,6 +236,7 @@ class ClientState:
         self.paused_warning = paused_warning
         self.futures = {}
         self.refcount = {}
+        self.let_go = weakref.WeakValueDictionary()
         self.requests = {}
         self.parked = set()
         self.scatters = {}
@@ -614,6 +618,23 @@ class ClientState:
         if self.futures.get(st.key) is st:
             del self.futures[st.key]
             self._drop_value(st)
+        self.let_go[st.key] = st
+
+    def was_cancelled(self, key):
+        """Whether ``key`` is not held here but a Future of it, cancelled, lives."""
+        return key not in self.futures and key in self.let_go
+
+    def lose(self, keys):
+        """Keys of a graph that need a key cancelled here: they can never run, and
+        are cancelled here at once, never sent (dask.distributed cancels them for
+        their "lost dependencies")."""
+        out = []
+        for key in keys:
+            st = self.futures.get(key)
+            if st is not None:
+                out += self._set(st, CANCELLED)
+                self._let_go(st)
+        return out
 
     def _drop_value(self, st):
         """Forget a small value kept here (it no longer counts in `kept`)."""

@@ -55,6 +55,7 @@ from ..security import Security
 from ..units import check_nthreads, format_bytes, parse_resources
 from . import context, limits
 from .actors import ActorLanes, CoroutineLoop, running
+from .executor import Call, TaskThreads
 from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
                       TaskThreadLimits)
 from .plugins import WorkerPlugins
@@ -156,6 +157,8 @@ class Worker:
     running tasks leave (dask.distributed's worker resources).
     ``task_stream``: record every task for the task stream (default
     ``dask-ipy.worker.task-stream``, on).  `get_logs`: the worker's latest log lines.
+    ``executor`` (also ``executors["default"]``): the task threads as a
+    concurrent.futures Executor (see executor.py).
     """
 
     def __init__(self, scheduler=None, hostname=None, port_to_workers=0, data=None, *,
@@ -223,6 +226,9 @@ class Worker:
         self.peer_monitors = {}                # {address: monitor of its socket}
         self.gather_timers = {}                # {address or RELAY: (id, timer, keys)}
         self.jobs = queue.SimpleQueue()
+        # The task threads as an Executor (dask.distributed's names; executor.py).
+        self.executor = TaskThreads(self.jobs.put)
+        self.executors = {"default": self.executor}
         self.finished = collections.deque()    # results of the pool for the loop
         self.finished_queued = False           # a `_tasks_done` call is queued
         self.threads = []
@@ -848,6 +854,10 @@ class Worker:
                 if busy:
                     limits_.leave()
                 return
+            if type(job) is Call:       # Worker.executor's: no task
+                job.run()
+                job = None
+                continue
             if limits_ is not None and not busy:
                 limits_.enter()
                 busy = True
@@ -1514,7 +1524,8 @@ class Worker:
     def _release_resources(self):
         """The memory watch stops; a store this worker made removes its files; tasks
         waiting to rejoin wake (they end with the worker); the client tasks used
-        closes."""
+        closes; calls of `executor` not started are cancelled."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
         for event in list(self.rejoin_events.values()):
             event.set()
         self.actors.clear()

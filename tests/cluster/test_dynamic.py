@@ -11,7 +11,8 @@ import pytest
 
 from dask_ipy import (get_client, get_worker, rejoin, secede, worker_client)
 from helpers import (compute_inside, fib, fib_holding_thread, inc, local_cluster,
-                     processes, scatter_and_sum, task_client_identity, wait_for)
+                     processes, scatter_and_sum, task_client_identity, wait_for,
+                     wait_for_file)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,3 +141,117 @@ def test_an_error_inside_worker_client_rejoins_and_is_the_tasks():
             wait_for(lambda: not w.state.seceded and not w.state.executing
                      and len([t for t in w.threads if t.is_alive()]) == 1,
                      message="the pool back to one thread")
+
+
+# ---------------------------------------------------------------- Futures given to tasks
+
+class Box:
+    """A Future inside an object of the user's: it reaches the task as a Future."""
+
+    def __init__(self, future):
+        self.future = future
+
+
+def sum_inside(x, started=None, gate=None):
+    """A collection's sum computed inside the task that was given it; with
+    ``started`` and ``gate``, it says it has the collection, then waits for the gate."""
+    if started is not None:
+        open(started, "w").close()
+        wait_for_file(gate)
+    return float(x.sum().compute())
+
+
+def what_came(lst, dct, box):
+    from dask_ipy import Future
+
+    return (lst[0], dct["a"], type(box.future) is Future,
+            box.future.key in get_worker().task_client.shell.held(), box.future.result())
+
+
+def persist_and_submit_inside():
+    """A task persists a collection and gives it to a task of its own."""
+    import dask.array as da
+
+    with worker_client() as client:
+        y = da.ones(50, chunks=10).persist()
+        return client.submit(sum_inside, y).result(timeout=30)
+
+
+def test_a_persisted_collection_passed_to_a_task_computes_there(tmp_path):
+    """As in dask.distributed: the Futures of a persisted collection given to a task
+    are Futures of the worker's client there, so ``x.sum().compute()`` inside the
+    task runs on the cluster (on one-thread workers too: the task's compute secedes
+    while it waits).  That client holds the keys while the task runs, even once the
+    caller drops the collection; nothing is left on the scheduler afterwards.  A
+    Future in a list or dict argument comes as its value; one in another object, as
+    a Future."""
+    import dask.array as da
+
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        x = da.ones(100, chunks=10).persist()
+        assert c.submit(sum_inside, x).result(timeout=30) == 100.0
+
+        started, gate = tmp_path / "started", tmp_path / "gate"
+        slow = c.submit(sum_inside, x, str(started), str(gate))
+        wait_for(started.exists, timeout=30, message="the task to have the collection")
+        del x                                   # the caller lets go of its keys
+        time.sleep(0.3)
+        gate.touch()
+        assert slow.result(timeout=30) == 100.0
+
+        f = c.submit(inc, 1)
+        assert c.submit(what_came, [f], {"a": f}, Box(f)).result(timeout=30) == \
+            (2, 2, True, True, 2)
+        assert dask.delayed(persist_and_submit_inside)().compute(scheduler=c.get) == 50.0
+        # In a delayed graph too: a collection there is its value (dask's rule).
+        y = da.ones(30, chunks=10).persist()
+        assert dask.delayed(lambda a: float(a.sum()))(y).compute(scheduler=c.get) == 30.0
+
+        del slow, f, y
+        wait_for(lambda: c.scheduler_info()["ntasks"] == 0, timeout=10,
+                 message=lambda: f"no task left: {c.scheduler_info()['ntasks']}")
+
+
+# ---------------------------------------------------------------- Worker.executor
+
+def thread_name():
+    return threading.current_thread().name
+
+
+def call_on_the_executor():
+    """A task that secedes and runs a call on its worker's executor (a one-thread
+    worker's only slot is then free for it)."""
+    import concurrent.futures as cf
+
+    w = get_worker()
+    assert isinstance(w.executor, cf.Executor) and w.executors["default"] is w.executor
+    secede()
+    try:
+        return w.executor.submit(thread_name).result(timeout=20)
+    finally:
+        rejoin()
+
+
+def test_worker_executor_runs_calls_on_the_task_threads(tmp_path, gate):
+    """``get_worker().executor`` (dask.distributed's name) is a concurrent.futures
+    Executor over the worker's task threads; the worker shuts it down as it closes,
+    cancelling calls not started."""
+    with processes(tmp_path, nworkers=2, nthreads=1) as (pc, c):
+        assert c.submit(call_on_the_executor).result(timeout=30).startswith(
+            "dask-ipy-worker-task")
+        names = c.run(lambda dask_worker: dask_worker.executor.submit(thread_name)
+                      .result(timeout=20))
+        assert len(names) == 2
+        assert all(n.startswith("dask-ipy-worker-task") for n in names.values())
+
+    with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
+        w = workers[0]
+        busy = c.submit(wait_for_file, str(gate), workers=[w.address])
+        wait_for(lambda: w.state.executing, timeout=20, message="the task to start")
+        queued = w.executor.submit(thread_name)     # behind the busy thread
+        w.close()
+        assert queued.cancelled()
+        with pytest.raises(RuntimeError, match="shutdown"):
+            w.executor.submit(thread_name)
+        gate.touch()
+        del busy

@@ -511,3 +511,32 @@ def test_a_task_raising_reschedule_runs_again(c, tmp_path):
     wait_for(lambda: all(w["metrics"]["executing"] == 0
                          for w in c.scheduler_info()["workers"].values()),
              message="the workers' threads to be free")
+
+
+def test_a_graph_on_a_cancelled_future_is_cancelled(c):
+    """As in dask.distributed: a graph on a cancelled Future is no error when it is
+    given; its tasks that need that key are cancelled (``compute`` and ``persist``
+    return at once, their results raise CancelledError; a ``get`` raises it), and
+    nothing of them reaches the scheduler.  Its other tasks run."""
+    import dask
+
+    x = c.submit(inc, 1)
+    assert x.result(timeout=10) == 2
+    c.cancel(x)
+    on_x = dask.delayed(inc)(x)
+    computed = c.compute(on_x)
+    assert computed.cancelled()
+    with pytest.raises(CancelledError):
+        computed.result(timeout=10)
+    with pytest.raises(CancelledError):
+        c.persist(on_x).compute()
+    with pytest.raises(CancelledError):
+        c.get({"y": (inc, x)}, "y")
+    with pytest.raises(CancelledError):
+        c.get({"x": x, "y": (inc, (inc, "x"))}, "y")
+    with pytest.raises(CancelledError):
+        dask.compute(on_x, scheduler=c.get)
+    both = c.compute([on_x, dask.delayed(inc)(10)])
+    assert both[0].cancelled() and both[1].result(timeout=10) == 11
+    del both
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="no task left")

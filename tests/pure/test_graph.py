@@ -577,3 +577,9 @@ def test_compact_calls_round_trip_and_run():
     assert execute(expand("z", spec), {"x": 1, "y": 2}) == 13
     nested = Task("w", sum, [TaskRef("x"), 1])         # a container of references
     assert compact(nested) is nested
+
+
+def test_needing_follows_dependents_through_the_graph():
+    deps = {"a": set(), "b": {"gone"}, "c": {"b"}, "d": {"a"}, "e": {"c", "d"}}
+    assert G.needing(deps, ["gone"]) == {"b", "c", "e"}
+    assert G.needing(deps, []) == set()
