@@ -191,13 +191,15 @@ class _Borrowing:
         return False
 
     def need_futures(self, futures):
-        """`need` the keys of those of ``futures`` that are another client's; a
-        cancelled one is a CancelledError (work on it could never run)."""
+        """`need` the keys of those of ``futures`` that are another client's; False
+        if one is cancelled: work on it can never run, and is cancelled too (as in
+        dask.distributed, where its result raises CancelledError)."""
         for f in futures:
             if f.cancelled():
-                raise CancelledError(f"{f.key!r} was cancelled")
+                return False
             if f.client is not self.client:
                 self.need(f.key)
+        return True
 
     def borrow(self, key):
         """Borrow ``key`` from another client that holds it; whether one did."""
@@ -489,7 +491,8 @@ class Client(ClusterMethods, ObserveMethods):
             payload.append((key, spec, list(deps), priority_of(key, 0)))
         msg = {"op": "update-graph", "tasks": payload,
                "keys": [k for k in wanted if k not in lost], **fields}
-        self.shell.send(msg)
+        if payload or msg["keys"]:
+            self.shell.send(msg)
         if futures:
             out = {key: Future(key, self) for key in wanted}
             self.shell.drop(wanted)           # the Futures hold the keys now
@@ -636,9 +639,11 @@ class Client(ClusterMethods, ObserveMethods):
         if self.shell.is_held(key):
             return Future(key, self)
         with _Borrowing(self) as borrowing:
-            borrowing.need_futures(found.values())
-            futures = self._submit_graph([(key, node, list(found))], [key], None,
-                                         options)
+            if borrowing.need_futures(found.values()):
+                tasks, lost = [(key, node, list(found))], ()
+            else:
+                tasks, lost = [], {key}
+            futures = self._submit_graph(tasks, [key], None, options, lost=lost)
         return futures[key]
 
     def map(self, fn, /, *iterables, key=None, pure=True, retries=0, workers=None,
@@ -672,16 +677,20 @@ class Client(ClusterMethods, ObserveMethods):
             keys = [f"{name}-{base}-{i}" for i in range(len(rows))]
         tasks = []
         seen = {}
+        lost = set()
         with _Borrowing(self) as borrowing:
             for k, row in zip(keys, rows):
                 if k in seen:
                     continue
                 seen[k] = None
                 node, found = call_spec(k, fn, row, kwargs)
-                borrowing.need_futures(found.values())
-                tasks.append((k, node, list(found)))
+                if borrowing.need_futures(found.values()):
+                    tasks.append((k, node, list(found)))
+                else:
+                    lost.add(k)
             priorities = {k: i for i, k in enumerate(keys)}
-            futures = self._submit_graph(tasks, list(seen), priorities, options)
+            futures = self._submit_graph(tasks, list(seen), priorities, options,
+                                         lost=lost)
         out = []
         for k in keys:               # a repeated key gets a Future of its own
             out.append(futures.pop(k) if k in futures else Future(k, self))

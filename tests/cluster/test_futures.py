@@ -96,13 +96,20 @@ def test_a_task_raising_system_exit_or_keyboard_interrupt_errs_catchably(c, kind
 
 
 def test_work_on_a_cancelled_future_is_cancelled_error(c):
+    """As in dask.distributed: submit and map on a cancelled Future give Futures at
+    once, cancelled, whose results raise CancelledError; the rest of a map runs."""
     x = c.submit(inc, 1)
     assert x.result(timeout=10) == 2
     c.cancel(x)
-    with pytest.raises(CancelledError, match=x.key):
-        c.submit(inc, x).result(timeout=10)
+    on_x = c.submit(inc, x)
+    assert on_x.cancelled()
     with pytest.raises(CancelledError):
-        c.map(add, [1, 2], [x, x])
+        on_x.result(timeout=10)
+    fs = c.map(add, [1, 2, 3], [x, x, 4])
+    assert [f.cancelled() for f in fs] == [True, True, False]
+    with pytest.raises(CancelledError):
+        c.gather(fs[:2])
+    assert fs[2].result(timeout=10) == 7
 
 
 def test_a_released_future_is_cancelled_for_its_user(c):
