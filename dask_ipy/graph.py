@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import sys
 from collections.abc import Mapping, Set
 
 from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef, convert_legacy_graph
@@ -140,7 +141,30 @@ def normalize(dsk, known=frozenset()) -> dict:
     if known:
         all_keys = _EitherContainer(all_keys, known)
     with _gc_paused():
-        return convert_legacy_graph(dsk, all_keys=all_keys)
+        graph = convert_legacy_graph(dsk, all_keys=all_keys)
+    _refuse_p2p(graph)
+    return graph
+
+
+def _refuse_p2p(graph: Mapping) -> None:
+    """NotImplementedError if ``graph`` holds a step of dask.distributed's P2P
+    shuffle or rechunk (asked for with ``shuffle_method="p2p"``,
+    ``rechunk(method="p2p")`` or dask's config): its tasks talk to
+    dask.distributed's own workers and scheduler extension, and would fail here
+    only once they ran.  Every P2P operation has one barrier task, of a class of
+    ``distributed.shuffle``; a graph can hold one only if that module is loaded."""
+    core = sys.modules.get("distributed.shuffle._core")
+    barrier = getattr(core, "P2PBarrierTask", None)
+    if barrier is None:
+        return
+    for key, node in graph.items():
+        if type(node) is barrier:
+            raise NotImplementedError(
+                f"{key!r} belongs to dask.distributed's P2P shuffle or rechunk, which "
+                "runs only on dask.distributed's workers; dask_ipy runs the same "
+                "operation as tasks: leave the method unset (a dask_ipy client makes "
+                "'tasks' the default) or pass shuffle_method='tasks' "
+                "(rechunk: method='tasks')")
 
 
 def dependencies(graph: Mapping) -> dict:

@@ -583,3 +583,12 @@ def test_needing_follows_dependents_through_the_graph():
     deps = {"a": set(), "b": {"gone"}, "c": {"b"}, "d": {"a"}, "e": {"c", "d"}}
     assert G.needing(deps, ["gone"]) == {"b", "c", "e"}
     assert G.needing(deps, []) == set()
+
+
+def test_normalize_refuses_a_p2p_graph_and_no_other():
+    """dask.distributed's P2P barrier task marks a graph only its workers can run."""
+    pytest.importorskip("distributed")
+    x = da.ones((20, 10), chunks=(6, 4))
+    with pytest.raises(NotImplementedError, match=r"method='tasks'"):
+        normalize(x.rechunk((20, 1), method="p2p"))
+    assert len(normalize(x.rechunk((20, 1), method="tasks"))) > 0

@@ -1,0 +1,45 @@
+"""dask collections driven through the client the way dask.distributed users drive
+them: persist then compute, explicit shuffle and rechunk methods."""
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def frame():
+    y = np.random.default_rng(0).permutation(100).astype("f8")   # unsorted: set_index shuffles
+    return dd.from_pandas(pd.DataFrame({"k": list("abcde") * 20, "y": y}), npartitions=4)
+
+
+P2P_WORK = {
+    "shuffle": lambda: frame().shuffle("k", shuffle_method="p2p"),
+    "set_index": lambda: frame().set_index("y", shuffle_method="p2p"),
+    "merge": lambda: frame().merge(frame(), on="k", shuffle_method="p2p"),
+    "rechunk": lambda: da.ones((20, 10), chunks=(6, 4)).rechunk((20, 1), method="p2p"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(P2P_WORK))
+def test_p2p_is_refused_before_anything_runs(c, name):
+    """dask.distributed's P2P steps need its own workers: refused at once with the
+    remedy, never sent to fail on a worker (they raised RuntimeError "P2P ... failed
+    during transfer phase" there)."""
+    collection = P2P_WORK[name]()
+    for run in (lambda: collection.compute(), lambda: c.compute(collection),
+                lambda: c.persist(collection)):
+        with pytest.raises(NotImplementedError, match="shuffle_method='tasks'"):
+            run()
+    assert c.scheduler_info()["ntasks"] == 0
+
+
+def test_p2p_from_config_is_refused_and_tasks_works(c):
+    with dask.config.set({"dataframe.shuffle.method": "p2p"}):
+        with pytest.raises(NotImplementedError, match="P2P"):
+            frame().groupby("k").y.sum(split_out=2).compute()
+    indexed = frame().set_index("y", shuffle_method="tasks")
+    pd.testing.assert_frame_equal(indexed.compute(), indexed.compute(scheduler="sync"))
