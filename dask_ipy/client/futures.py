@@ -323,8 +323,14 @@ class Future(TaskRef):
     def __eq__(self, other):
         return self is other
 
+    # A token names the holding, not only the key: dask caches an expression by its
+    # token-derived name, so a collection persisted again by another client (or after
+    # its Futures here were let go) would otherwise come back as the older
+    # expression, holding Futures of a closed client or cancelled ones, while the
+    # new Futures were dropped and their keys released.  The state lives as long as
+    # any Future of it, and so as long as anything tokenized from one.
     def __dask_tokenize__(self):
-        return ("dask-ipy-future", self.key)
+        return ("dask-ipy-future", self.key, id(self.state))
 
 
 def _walk(obj, deep):

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dask_ipy import futures_of, wait
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -43,3 +45,32 @@ def test_p2p_from_config_is_refused_and_tasks_works(c):
             frame().groupby("k").y.sum(split_out=2).compute()
     indexed = frame().set_index("y", shuffle_method="tasks")
     pd.testing.assert_frame_equal(indexed.compute(), indexed.compute(scheduler="sync"))
+
+
+def test_a_second_client_persisting_the_same_collection_gets_its_own_data(pc):
+    """The first client persists and closes while its collection lives on; a second
+    client persists the same collection (the same keys).  It used to get back the
+    first client's persisted collection, its Futures 'finished' while the keys were
+    released, and computing on it raised MissingDependency."""
+    a = pc.client()
+    first = a.persist(frame())
+    wait(first)
+    a.close()
+    b = pc.client()
+    try:
+        second = b.persist(frame())
+        wait(second)
+        assert all(f.client is b for f in futures_of(second))
+        assert len(b.who_has(second)) == 4
+        assert second.y.sum().compute() == frame().y.sum().compute(scheduler="sync")
+    finally:
+        b.close()
+
+
+def test_persisting_again_after_cancel_computes_again(c):
+    first = c.persist(frame())
+    wait(first)
+    c.cancel(first)
+    second = c.persist(frame())
+    assert not any(f.cancelled() for f in futures_of(second))
+    assert second.y.sum().compute() == frame().y.sum().compute(scheduler="sync")
