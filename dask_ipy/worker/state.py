@@ -535,7 +535,14 @@ class WorkerState:
         if ts is not None:
             ts.interrupted = False
             self._set_state(ts, "released")
-            self._release(ts)
+            if ts.replica:
+                # The scheduler asked for a copy after freeing the run (rebalance,
+                # replicate, retire): fetched as asked, else it would wait for an
+                # "add-keys" or "missing-data" that never comes.
+                ts.cancelled = False
+                self._retry_or_missing(out, ts, None)
+            else:
+                self._release(ts)
 
     def _run_again(self, out, ts):
         """A run stopped for memory ended, and the scheduler has asked for the task

@@ -1,6 +1,10 @@
 """dask collections driven through the client the way dask.distributed users drive
 them: persist then compute, explicit shuffle and rechunk methods."""
 
+import operator
+import threading
+import time
+
 import dask
 import dask.array as da
 import dask.dataframe as dd
@@ -8,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import block_until_file, wait_for
 from dask_ipy import futures_of, wait
 
 pytestmark = pytest.mark.timeout(60)
@@ -74,3 +79,26 @@ def test_persisting_again_after_cancel_computes_again(c):
     second = c.persist(frame())
     assert not any(f.cancelled() for f in futures_of(second))
     assert second.y.sum().compute() == frame().y.sum().compute(scheduler="sync")
+
+
+def test_a_copy_asked_of_a_worker_still_running_that_key_freed(c, gate):
+    """A client lets go of a task while it runs on w1; the same key is computed again
+    on w2 and replicated (as a second run's persist then `rebalance` or `replicate`
+    may do while the first run, slow to import on a fresh worker, still ends).  w1
+    fetches its copy once the freed run ends; it used to forget it with the run, and
+    `replicate` waited for ever."""
+    w1, w2 = sorted(c.scheduler_info()["workers"])
+    f = c.submit(block_until_file, str(gate), 1, key="probe-k", workers=[w1])
+    wait_for(lambda: c.processing()[w1], message="the task to start on w1")
+    del f
+    wait_for(lambda: c.scheduler_info()["ntasks"] == 0, message="the key to be freed")
+    g = c.submit(operator.add, 1, 1, key="probe-k", workers=[w2])
+    assert g.result(timeout=10) == 2
+    done = threading.Event()
+    threading.Thread(target=lambda: (c.replicate([g], n=2), done.set()),
+                     daemon=True).start()
+    time.sleep(0.3)                                   # the copy is asked for meanwhile
+    gate.touch()                                      # the freed run ends on w1
+    assert done.wait(20), "replicate never returned"
+    assert sorted(c.who_has([g])["probe-k"]) == [w1, w2]
+    assert c.gather(c.submit(operator.add, g, 0, workers=[w1])) == 2

@@ -380,3 +380,29 @@ def test_restart_drops_everything_and_cancels_running_work(ws):
 def test_get_data_serves_what_is_held(ws):
     ws.handle("put-data", data={"a": 1}, sizes={"a": (28, "int")})
     assert ws.get_data(["a", "b"]) == ({"a": 1}, ["b"])
+
+
+def test_a_copy_asked_for_while_a_freed_run_ends_is_fetched(ws):
+    """A worker still running a task the scheduler freed (its client left) is asked
+    for a copy of that key (a rebalance of the same key computed again elsewhere):
+    once the run ends the copy is fetched and confirmed.  It used to be forgotten
+    with the run, and the rebalance waited for ever."""
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0, 1, 0))
+    assert ws.handle("free-keys", keys=["x"]) == []
+    assert ws.handle("acquire-replicas", who_has={"x": [A]}, nbytes={"x": 8}) == []
+    assert success(ws, "x", 1) == [Send({"op": "task-dropped", "key": "x"}),
+                                   GatherDep(A, ["x"])]
+    assert states(ws) == {"x": "flight"}
+    assert ws.handle("gather-done", peer=A, data={"x": 2}, sizes={"x": 8}) == [
+        Send({"op": "add-keys", "keys": [("x", 8, None)]})]
+    assert ws.data == {"x": 2} and states(ws) == {"x": "memory"}
+
+
+def test_a_copy_asked_for_while_a_freed_run_ends_no_holder_is_missing(ws):
+    ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0, 1, 0))
+    ws.handle("free-keys", keys=["x"])
+    ws.handle("acquire-replicas", who_has={"x": []}, nbytes={"x": 8})
+    assert success(ws, "x", 1) == [
+        Send({"op": "task-dropped", "key": "x"}),
+        Send({"op": "missing-data", "key": None, "dep": "x", "holder": None})]
+    assert states(ws) == {}
