@@ -393,6 +393,8 @@ class WorkerState:
             for ts in self.tasks.values():
                 if ts.state != "executing":
                     self._record(ts.key, ts.state, "forgotten")
+        for ts in self.tasks.values():       # no copies kept either (see `_drop`)
+            ts.replica = False
         for key in self.unconfirmed:         # never handed to a thread: just forget
             self._stop_executing(key)
             self._drop(out, key)
