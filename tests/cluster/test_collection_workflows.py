@@ -3,7 +3,6 @@ them: persist then compute, explicit shuffle and rechunk methods."""
 
 import operator
 import threading
-import time
 
 import dask
 import dask.array as da
@@ -81,6 +80,11 @@ def test_persisting_again_after_cancel_computes_again(c):
     assert second.y.sum().compute() == frame().y.sum().compute(scheduler="sync")
 
 
+def _asked_for_a_copy(key, dask_worker):
+    ts = dask_worker.state.tasks.get(key)
+    return ts is not None and ts.state == "executing" and ts.replica
+
+
 def test_a_copy_asked_of_a_worker_still_running_that_key_freed(c, gate):
     """A client lets go of a task while it runs on w1; the same key is computed again
     on w2 and replicated (as a second run's persist then `rebalance` or `replicate`
@@ -97,7 +101,9 @@ def test_a_copy_asked_of_a_worker_still_running_that_key_freed(c, gate):
     done = threading.Event()
     threading.Thread(target=lambda: (c.replicate([g], n=2), done.set()),
                      daemon=True).start()
-    time.sleep(0.3)                                   # the copy is asked for meanwhile
+    # w1 is asked for its copy while the freed run still holds its thread.
+    wait_for(lambda: c.run(_asked_for_a_copy, "probe-k", workers=[w1])[w1],
+             message="the copy to be asked of w1")
     gate.touch()                                      # the freed run ends on w1
     assert done.wait(20), "replicate never returned"
     assert sorted(c.who_has([g])["probe-k"]) == [w1, w2]
