@@ -244,6 +244,8 @@ SHELL_EVENTS = {
         "worker-removed": "a peer left (its connection is gone)",
         "pause": "memory passed the pause fraction: start nothing new",
         "resume": "memory fell back: run again",
+        "plugins-busy": "worker plugins are being set up or torn down: start no task",
+        "plugins-done": "the plugins' set-ups and teardowns ended: tasks start again",
         "memory-exceeded": "memory passed the terminate fraction while these tasks ran",
         "long-running": "tasks run for a heartbeat interval or more",
         "secede": "a running task gives its thread slot back (it waits for other work)",

@@ -59,6 +59,10 @@ State, documented once:
     paused:    bool                   memory is high: no task starts and no input is
                                       fetched; running tasks go on, and peers are
                                       still served
+    setting_up: bool                  worker plugins are being set up or torn down
+                                      (on a thread of the shell's): no task starts,
+                                      so that each finds the set-ups sent before it
+                                      done; all else goes on
     transition_log:    [(key, start, finish)] or None: every change of a task's state,
                        once `observe_transitions` is on (for worker plugins)
     story_log:         deque of the latest changes or None, once `keep_story` is on:
@@ -185,6 +189,7 @@ class WorkerState:
         self.unreachable = set()      # peers whose data comes through the scheduler
         self.managed = 0
         self.paused = False
+        self.setting_up = False
         self.again = {}               # {key: compute-task} asked for while stopped
         self.clients = set()          # clients taking small results straight
         self.transition_log = None
@@ -568,6 +573,15 @@ class WorkerState:
     def _on_resume(self, out):
         self.paused = False
 
+    # ------------------------------------------------------------ plugins
+
+    def _on_plugins_busy(self, out):
+        """Worker plugins are being set up or torn down: start nothing new."""
+        self.setting_up = True
+
+    def _on_plugins_done(self, out):
+        self.setting_up = False
+
     def _on_memory_exceeded(self, out, keys, rss, limit, action):
         """Memory passed the terminate fraction while ``keys`` ran: they are being
         stopped (``action`` "interrupt") or the worker is about to exit ("exit").
@@ -746,7 +760,7 @@ class WorkerState:
             self.executing.add(key)
             out.append(Send({"op": "task-rejoined", "key": key}))
             out.append(Rejoin(key))
-        if self.paused:
+        if self.paused or self.setting_up:
             return
         while self.ready:
             ts = self.tasks.get(self.ready[0][2])

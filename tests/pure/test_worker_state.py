@@ -406,3 +406,22 @@ def test_a_copy_asked_for_while_a_freed_run_ends_no_holder_is_missing(ws):
         Send({"op": "task-dropped", "key": "x"}),
         Send({"op": "missing-data", "key": None, "dep": "x", "holder": None})]
     assert states(ws) == {}
+
+
+def test_while_plugins_are_set_up_no_task_starts_but_inputs_are_fetched(ws):
+    """Tasks wait for the worker plugins sent before them; fetches, results of what
+    runs already and data served go on.  A task stolen meanwhile is given up."""
+    assert ws.handle("compute-task", key="r", run_spec="spec-r",
+                     priority=(0, 0, 0)) == started("r", "spec-r", {})
+    assert ws.handle("plugins-busy") == []
+    assert ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0, 1, 0)) == []
+    assert ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0, 1, 1),
+                     who_has={"d": [A]}, nbytes={"d": 10}) == [GatherDep(A, ["d"])]
+    assert success(ws, "r", 1) == [Send({"op": "task-finished", "key": "r",
+                                         "nbytes": 8, "type": "int",
+                                         "duration": 0.25})]
+    assert ws.handle("gather-done", peer=A, data={"d": 2}, sizes={"d": 10}) == []
+    assert states(ws) == {"r": "memory", "x": "ready", "y": "ready", "d": "memory"}
+    assert ws.get_data(["r"]) == ({"r": 1}, [])
+    assert ws.handle("steal-request", key="y")[0].msg["state"] == "ready"
+    assert ws.handle("plugins-done") == started("x", "spec-x", {})
