@@ -198,6 +198,17 @@ def error_payload(exc, tb):
     return record
 
 
+def raised(exc):
+    """The error record of what user code (a task, `Client.run`'s function, an
+    actor's method, a worker plugin) raised.  SystemExit and KeyboardInterrupt,
+    raised again where the result is awaited, would end that program: they become an
+    error it can catch."""
+    tb = exc.__traceback__
+    if not isinstance(exc, Exception):
+        exc = RemoteError(f"the code raised {exc!r}")
+    return error_payload(exc, tb)
+
+
 MAX_TRACEBACK_FRAMES = 100
 
 

@@ -45,10 +45,14 @@ class WorkerPlugin:
     that join or restart later; ``teardown(worker)`` when the worker closes or
     restarts or the plugin is replaced; ``transition(key, start, finish)`` on each
     change of a task's state on the worker (states: released, fetch, flight,
-    missing, waiting, ready, executing, memory, forgotten).  All three run on the
-    worker's I/O thread, before anything the scheduler sends next: keep them short.
-    ``name``: the plugin's name (one plugin per name); ``idempotent``: registering it
-    again under its name changes nothing."""
+    missing, waiting, ready, executing, memory, forgotten).  ``setup`` and
+    ``teardown`` run on a thread the worker keeps for plugins, one at a time in the
+    order they were registered; the worker goes on meanwhile (heartbeats, data for
+    its peers), but starts no task until they end.  ``transition`` runs on the
+    worker's I/O thread, once the set-up has ended (it is told first of those
+    meanwhile): keep it short.  A set-up that changes the worker's own state, not
+    the process's, races that thread.  ``name``: the plugin's name (one plugin per
+    name); ``idempotent``: registering it again under its name changes nothing."""
 
     idempotent = False
 
@@ -378,8 +382,7 @@ def _extract(data, target):
 class InstallPlugin(WorkerPlugin):
     """Install software on every worker, now and on those that join or restart
     later: ``install_fn()`` (idempotent), one worker of a host at a time.  The
-    worker does nothing else meanwhile, so a long install must stay within the
-    scheduler's heartbeat timeout."""
+    worker starts no task meanwhile (it still heartbeats and serves its data)."""
 
     idempotent = True
 

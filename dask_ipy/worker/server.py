@@ -44,7 +44,7 @@ from ..addresses import host_of, local_ip_towards
 from ..comm import (Handshake, IOLoop, RejectionLog, send, bind_router, connect_dealer,
                     new_id)
 from ..discovery import resolve_scheduler
-from ..errors import ActorLost, RemoteError, Reschedule, error_payload
+from ..errors import ActorLost, Reschedule, error_payload, raised
 from ..graph import execute
 from ..log import logger
 from ..logs import LogBuffer
@@ -113,16 +113,6 @@ def unsendable(key, value):
 def typename(value):
     t = type(value)
     return f"{t.__module__}.{t.__qualname__}"
-
-
-def raised(e):
-    """The error record of what user code (a task, `Client.run`'s function, an
-    actor's method) raised.  SystemExit and KeyboardInterrupt, raised again where the
-    result is awaited, would end that program: they become an error it can catch."""
-    tb = e.__traceback__
-    if not isinstance(e, Exception):
-        e = RemoteError(f"the code raised {e!r}")
-    return error_payload(e, tb)
 
 
 class Worker:
@@ -212,7 +202,7 @@ class Worker:
                                  self.resources)
         if isinstance(self.data, SpillStore):
             self.data.sizes = self.state.nbytes     # measured once, as tasks end
-        self.plugin_host = WorkerPlugins(self)
+        self.plugin_host = WorkerPlugins(self, self._plugins_busy)
         self.recorder = Recorder(cfg.get("worker.task-stream") if task_stream is None
                                  else bool(task_stream))
         story_length = cfg.transition_log_length("worker")
@@ -639,17 +629,23 @@ class Worker:
         return False
 
     def _on_plugin_add(self, msg):
-        result = self.plugin_host.add(msg["name"], msg["plugin"])
-        self._plugin_done(msg, result)
+        self.plugin_host.add(msg["name"], msg["plugin"],
+                             lambda result: self._plugin_done(msg, result))
 
     def _on_plugin_remove(self, msg):
-        self._plugin_done(msg, self.plugin_host.remove(msg["name"]))
+        self.plugin_host.remove(msg["name"],
+                                lambda result: self._plugin_done(msg, result))
 
     def _plugin_done(self, msg, result):
         # Plugins a worker gets when it registers come without a request: nobody waits.
         if "request_id" in msg:
             self.outgoing.append({"op": "run-result", "request_id": msg["request_id"],
                                   **result})
+
+    def _plugins_busy(self, busy):
+        """Plugins are set up or torn down on their thread (see plugins.py): tasks
+        wait until they are done."""
+        self._handle("plugins-busy" if busy else "plugins-done")
 
     def _on_restart_worker(self, msg):
         """Restart in place: the process stays (an ipyparallel engine, with its
@@ -1488,7 +1484,7 @@ class Worker:
     # ---------------------------------------------------------------- life
 
     def _close_from_loop(self):
-        self.plugin_host.remove_all()
+        self.plugin_host.close()
         self.outgoing.append({"op": "unregister"})
         self._flush()
         if self.bulk is not None:
@@ -1524,8 +1520,10 @@ class Worker:
     def _release_resources(self):
         """The memory watch stops; a store this worker made removes its files; tasks
         waiting to rejoin wake (they end with the worker); the client tasks used
-        closes; calls of `executor` not started are cancelled."""
+        closes; calls of `executor` not started are cancelled; the plugins' thread
+        ends."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.plugin_host.stop()
         for event in list(self.rejoin_events.values()):
             event.set()
         self.actors.clear()

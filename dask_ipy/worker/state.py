@@ -64,7 +64,7 @@ State, documented once:
                                       so that each finds the set-ups sent before it
                                       done; all else goes on
     transition_log:    [(key, start, finish)] or None: every change of a task's state,
-                       once `observe_transitions` is on (for worker plugins)
+                       while `observe_transitions` is on (for worker plugins)
     story_log:         deque of the latest changes or None, once `keep_story` is on:
                        (key, start, finish, stimulus, clock), the kind of the event
                        that caused it and the shell's time (see stories.py)
@@ -872,6 +872,11 @@ class WorkerState:
         if self.transition_log is None:
             self.transition_log = []
             self.observed = True
+
+    def ignore_transitions(self):
+        """No `transition_log` from now on (no plugin watches)."""
+        self.transition_log = None
+        self.observed = self.story_log is not None
 
     def keep_story(self, length):
         """Keep the latest ``length`` changes of tasks' states in `story_log`, for
