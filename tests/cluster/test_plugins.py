@@ -1,17 +1,22 @@
 """Code and set-up on the cluster, with real processes: scheduler plugins (they see
 every transition of a graph, workers coming and going), worker plugins (set up now,
 on workers that join later and again after a restart; torn down; told of
-transitions), and upload_file (.py, .zip, .egg; reloaded; reaching a late joiner)."""
+transitions; a long set-up holds up neither heartbeats nor data, only tasks), and
+upload_file (.py, .zip, .egg; reloaded; reaching a late joiner)."""
 
 import os
+import threading
+import time
+import uuid
 import zipfile
 
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin as DistributedWorkerPlugin
 
 from helpers import (MarkingWorkerPlugin, RecordingSchedulerPlugin, dask_modules, inc,
-                     marks, module_value, plugin_events, processes, tree_reduction,
-                     wait_for, worker_transitions)
+                     marks, module_value, payload, plugin_events, processes, sleep,
+                     tree_reduction, wait_for, wait_for_file, worker_transitions)
+from dask_ipy.errors import RemoteError
 from dask_ipy.plugins import WorkerPlugin
 
 pytestmark = pytest.mark.timeout(90)
@@ -181,3 +186,164 @@ def test_upload_file_zip_and_egg(tmp_path):
         with pytest.raises(ValueError):
             c.upload_file(str(tmp_path / "notes.txt"))
         assert os.path.exists(archive)
+
+
+# ---------------------------------------------------------------- long set-ups
+
+class Held(WorkerPlugin):
+    """A set-up that marks its start in ``directory``, then holds until the file
+    ``release`` appears (at most a minute; only on the workers ``where``, if given),
+    then takes ``delay`` seconds more; the worker keeps the order in which its
+    set-ups ended (``worker.set_up``).  Its teardown marks its end."""
+
+    def __init__(self, directory, name, release=None, where=None, delay=0.0):
+        self.directory = directory
+        self.name = name
+        self.release = release
+        self.where = where
+        self.delay = delay
+
+    def _mark(self, what):
+        path = os.path.join(self.directory,
+                            f"{what}-{os.getpid()}-{self.name}-{uuid.uuid4().hex}")
+        with open(path, "w"):
+            pass
+
+    def setup(self, worker):
+        self._mark("began")
+        if self.release is not None and self.where in (None, worker.address):
+            wait_for_file(self.release, timeout=60)
+        time.sleep(self.delay)
+        worker.set_up = getattr(worker, "set_up", []) + [self.name]
+
+    def teardown(self, worker):
+        self._mark("teardown")
+
+
+class HeldWatching(Held):
+    """A `Held` that keeps the transitions it is told of."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def transition(self, key, start, finish, **kwargs):
+        self.seen.append((key, start, finish))
+
+
+def seen_by(name, dask_worker):
+    return list(dask_worker.plugins[name].seen)
+
+
+def set_up_here(_=None):
+    """In a task: the plugins whose set-up had ended on its worker."""
+    from dask_ipy import get_worker
+
+    return list(getattr(get_worker(), "set_up", []))
+
+
+def in_background(fn, *args):
+    """Run ``fn(*args)`` on a thread; a function giving its result (or raising)."""
+    out = {}
+
+    def run():
+        try:
+            out["result"] = fn(*args)
+        except BaseException as e:
+            out["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def result(timeout=60):
+        t.join(timeout)
+        assert not t.is_alive(), f"{fn} did not return in {timeout} s"
+        if "error" in out:
+            raise out["error"]
+        return out["result"]
+    result.done = lambda: not t.is_alive()
+    return result
+
+
+def test_a_long_set_up_holds_up_neither_heartbeats_nor_data(tmp_path, marks_dir):
+    """A worker setting a plugin up for longer than the scheduler's heartbeat
+    timeout stays in the cluster: it serves its data to a peer and to the client,
+    and the results of its running task arrive.  (Its set-up used to hold its I/O
+    thread: no heartbeat, and the scheduler dropped it as dead.)"""
+    release = str(tmp_path / "release")
+    with processes(tmp_path, nworkers=2, heartbeat_timeout=2.0) as (pc, c):
+        a, b = sorted(c.scheduler_info()["workers"])
+        ids = {w: info["id"] for w, info in c.scheduler_info()["workers"].items()}
+        data = c.submit(payload, 1_000_000, workers=[a], pure=False)
+        data.result()
+        running = c.submit(sleep, 1.0, "ran", workers=[a], pure=False)
+        wait_for(lambda: c.processing()[a], message="the task to start")
+        registered = in_background(c.register_plugin,
+                                   Held(str(marks_dir), "held", release, where=a))
+        wait_for(lambda: marks(marks_dir, "began") == 2, message="the set-ups to begin")
+        assert running.result(timeout=10) == "ran"
+        # A peer fetches from it, the client gathers from it.
+        assert c.submit(len, data, workers=[b]).result(timeout=10) == 1_000_000
+        assert len(c.gather(data)) == 1_000_000
+        time.sleep(3.0)                       # past the heartbeat timeout
+        assert not registered.done()
+        workers = c.scheduler_info()["workers"]
+        assert {w: info["id"] for w, info in workers.items()} == ids
+        open(release, "w").close()
+        assert registered() == {a: {"status": "OK"}, b: {"status": "OK"}}
+        assert c.run(lambda dask_worker: dask_worker.set_up) == {a: ["held"],
+                                                                  b: ["held"]}
+
+
+def test_tasks_wait_for_the_set_ups_sent_before_them_in_order(tmp_path, marks_dir):
+    """Tasks submitted while plugins are being set up run once those set-ups have
+    ended, and two plugins registered one after the other are set up in that order;
+    a worker that joins later sets them up before its first task.  A plugin is told,
+    in order, of the transitions during its set-up, once it has ended."""
+    release = str(tmp_path / "release")
+    with processes(tmp_path, nworkers=2) as (pc, c):
+        workers = sorted(c.scheduler_info()["workers"])
+        first = in_background(c.register_plugin,
+                              HeldWatching(str(marks_dir), "first", release, delay=0.5))
+        wait_for(lambda: marks(marks_dir, "began") == 2, message="the set-ups to begin")
+        second = in_background(c.register_plugin, Held(str(marks_dir), "second"))
+        placed = [(c.submit(set_up_here, i, workers=[w], pure=False), w)
+                  for i in range(2) for w in workers]
+        tasks = [t for t, _ in placed]
+        time.sleep(0.5)
+        assert not any(t.done() for t in tasks) and not second.done()
+        open(release, "w").close()
+        assert first() == second() == {w: {"status": "OK"} for w in workers}
+        assert c.gather(tasks) == [["first", "second"]] * 4
+        for w, seen in c.run(seen_by, "first").items():
+            steps = chains(("transition", *t) for t in seen)
+            assert sorted(steps) == sorted(t.key for t, at in placed if at == w)
+            for key, chain in steps.items():     # arrived during the set-up
+                assert chain[:3] == [("released", "ready"), ("ready", "executing"),
+                                     ("executing", "memory")]
+        late = pc.start_worker()
+        pc.workers.append(late)
+        c.wait_for_workers(3, timeout=30)
+        assert c.submit(set_up_here, workers=[late.first_line],
+                        pure=False).result(timeout=30) == ["first", "second"]
+
+
+def test_a_worker_closing_during_a_set_up_tears_its_plugins_down_after_it(tmp_path,
+                                                                        marks_dir):
+    """A worker told to close while a set-up runs lets it end, then tears every
+    plugin down before it leaves."""
+    release = str(tmp_path / "release")
+    with processes(tmp_path, nworkers=2) as (pc, c):
+        a, b = sorted(c.scheduler_info()["workers"])
+        (proc_a,) = [p for p in pc.workers if p.first_line == a]
+        c.register_plugin(Held(str(marks_dir), "quick"))
+        held = in_background(c.register_plugin,
+                             Held(str(marks_dir), "held", release, where=a))
+        wait_for(lambda: marks(marks_dir, "began") == 4, message="the set-ups to begin")
+        assert list(c.retire_workers([a])) == [a]
+        time.sleep(0.3)
+        assert proc_a.poll() is None and marks(marks_dir, "teardown", proc_a.pid) == 0
+        open(release, "w").close()
+        assert proc_a.wait(10) == 0
+        assert marks(marks_dir, "teardown", proc_a.pid) == 2
+        with pytest.raises(RemoteError, match="worker died: retired"):
+            held()                 # the worker left before it answered
