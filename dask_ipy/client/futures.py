@@ -52,6 +52,26 @@ ALL_COMPLETED = cf.ALL_COMPLETED
 
 CancelledError = cf.CancelledError
 
+
+class FutureCancelledError(CancelledError):
+    """A Future's key was cancelled, for ``reason``: the one given to the cancel,
+    "lost dependencies" (work submitted on a cancelled Future), "scheduler-restart",
+    or "unknown" when none is known.  ``msg``: more words, or None.  A
+    concurrent.futures CancelledError, as dask.distributed's."""
+
+    def __init__(self, key, reason, msg=None):
+        self.key = key
+        self.reason = reason or "unknown"
+        self.msg = msg
+
+    def __str__(self):
+        text = f"{self.key} cancelled for reason: {self.reason}."
+        return f"{text}\n{self.msg}" if self.msg else text
+
+    def __reduce__(self):
+        return type(self), (self.key, self.reason, self.msg)
+
+
 # What `wait` returns, as `concurrent.futures.wait` does.
 DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
 
@@ -149,9 +169,15 @@ def wake(state, event, callbacks):
             logger.exception("error in a done callback of %r", state.key)
 
 
+def cancelled_error(state):
+    """The FutureCancelledError of a cancelled key: why, as its state says."""
+    why = state.error or {}
+    return FutureCancelledError(state.key, why.get("reason"), why.get("msg"))
+
+
 def raise_error(state):
     if state.status == CANCELLED:
-        raise CancelledError(f"{state.key!r} was cancelled")
+        raise cancelled_error(state)
     exc, tb = rebuild_error(state.error or {})
     raise exc.with_traceback(tb)
 
@@ -214,7 +240,7 @@ class Future(TaskRef):
     def _live_client(self):
         """This Future's client: a released Future has none, and is cancelled."""
         if self.client is None:
-            raise CancelledError(f"{self.key!r} was released")
+            raise FutureCancelledError(self.key, None, "This Future was released.")
         return self.client
 
     def _run(self, op):
@@ -242,7 +268,7 @@ class Future(TaskRef):
     def _exception_op(self, timeout):
         yield from self._wait_op(timeout)
         if self.state.status == CANCELLED:
-            raise CancelledError(f"{self.key!r} was cancelled")
+            raise cancelled_error(self.state)
         return exception_of(self.state)
 
     def exception(self, timeout=None):
@@ -257,13 +283,14 @@ class Future(TaskRef):
     def traceback(self, timeout=None):
         return self._run(self._traceback_op(timeout))
 
-    def cancel(self, force=False):
-        """Cancel this Future (and what depends on it) at once; a blocking client
-        also waits until the scheduler has."""
+    def cancel(self, reason=None, msg=None, force=False):
+        """Cancel this Future (and what depends on it) at once, for ``reason`` and
+        with ``msg`` (`Client.cancel`); a blocking client also waits until the
+        scheduler has."""
         if self.client.asynchronous:                 # nothing to await here
-            self.client.shell.cancel([self.state], [self.key], force)
+            self.client.shell.cancel([self.state], [self.key], force, reason, msg)
         else:
-            self.client.cancel([self], force=force)
+            self.client.cancel([self], force=force, reason=reason, msg=msg)
         return True
 
     def retry(self):

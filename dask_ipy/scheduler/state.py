@@ -2065,8 +2065,10 @@ class SchedulerState:
         depends on them, are cancelled (as in dask.distributed).  A key another
         client also wants stays for that client, with what depends on it, unless
         ``force``: then it is cancelled for every client.  Holders (a dataset, a
-        Variable's value...) keep theirs either way."""
+        Variable's value...) keep theirs either way.  The clients told hear why, if
+        the canceller said ("reason", "msg")."""
         force = msg.get("force")
+        why = {name: msg[name] for name in ("reason", "msg") if name in msg}
         recs = {}
         asked = set(msg["keys"])
         todo = list(asked)
@@ -2089,7 +2091,7 @@ class SchedulerState:
                 if cs is not None:
                     cs.wants_what.discard(ts)
                 if c != cid or key not in asked:      # the canceller knows those
-                    self.send_client(c, {"op": "cancelled", "key": key})
+                    self.send_client(c, {"op": "cancelled", "key": key, **why})
             if not ts.who_wants:
                 # Dependents that were only there for this key go too.
                 recs[key] = RELEASED

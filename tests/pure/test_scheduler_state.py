@@ -1176,9 +1176,12 @@ def test_cancel_stops_at_a_result_another_client_wants_unless_forced(s1):
     assert sorted((cid, m["key"]) for kind, cid, m in out if m["op"] == "cancelled") == [
         ("c", "b")]
     assert sorted(s.tasks) == ["a", "b"] and set(s.tasks["b"].who_wants) == {"d"}
-    s.handle_client_message("c", {"op": "cancel", "keys": ["a"], "force": True})
+    s.handle_client_message("c", {"op": "cancel", "keys": ["a"], "force": True,
+                                  "reason": "R", "msg": "M"})
     out = take(s)
-    assert ("client", "d", {"op": "cancelled", "key": "b"}) in out
+    # d is told why, as the canceller said
+    assert ("client", "d", {"op": "cancelled", "key": "b", "reason": "R",
+                            "msg": "M"}) in out
     assert s.tasks == {}
 
 
