@@ -814,7 +814,7 @@ class Client(ClusterMethods, ObserveMethods):
         """Compute erred Futures again, with the erred inputs they erred from;
         returns (or, awaited, ends) once the scheduler has them again.  ``futures``
         as `futures_of` finds them (in a structure, behind collections)."""
-        answer = self.shell.retry([f.key for f in futures_of(futures)])
+        answer = self.shell.retry(list(dict.fromkeys(f.key for f in futures_of(futures))))
         return self.run_op(_answer(answer, "'retry'"))
 
     def futures_of(self, futures):

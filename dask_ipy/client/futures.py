@@ -394,12 +394,10 @@ def futures_in(obj):
 
 def futures_of(obj, client=None):
     """The Futures in ``obj``, each once, in the order met (dask.distributed's
-    `futures_of`): as `futures_in` finds them, and behind dask collections.  With
+    `futures_of`): as `futures_in` finds them, and behind dask collections.  Two
+    Futures of one key are two (a Future is equal only to itself).  With
     ``client``, a cancelled one is an error."""
-    found = {}
-    for f in _walk(obj, True):
-        found.setdefault(f.key, f)
-    futures = list(found.values())
+    futures = list(dict.fromkeys(_walk(obj, True)))
     if client is not None:
         cancelled = [f.key for f in futures if f.cancelled()]
         if cancelled:
@@ -415,10 +413,10 @@ def fire_and_forget(obj):
     keys = {}
     for f in futures_of(obj):
         if f.client is not None:
-            keys.setdefault(f.client, []).append(f.key)
+            keys.setdefault(f.client, {})[f.key] = None
     for client, of_client in keys.items():
         # In order with its other messages: before any release of these keys.
-        client.shell.send({"op": "fire-and-forget", "keys": of_client})
+        client.shell.send({"op": "fire-and-forget", "keys": list(of_client)})
 
 
 _unpickling = threading.local()
