@@ -2948,15 +2948,25 @@ class SchedulerState:
                 "status": ws.status, "paused": ws.paused_since is not None,
                 "paused_for": paused_for, "time_paused": time_paused}
 
-    @staticmethod
-    def _metrics(ws):
+    # The worker's own figures shown as it sent them, those it sent (dask.
+    # distributed's names): task_counts {state: n}; num_fds; bandwidth {"total":
+    # bytes/s or None, "workers": {peer: (sum, n)}, "types": {type: (sum, n)}};
+    # transfer {"incoming_bytes", "incoming_count", "incoming_count_total",
+    # "outgoing_count_total"}; host_net_io and host_disk_io {"read_bps", "write_bps"}.
+    WORKER_METRICS = ("task_counts", "num_fds", "bandwidth", "transfer", "host_net_io",
+                      "host_disk_io")
+
+    @classmethod
+    def _metrics(cls, ws):
         """A worker's last reported figures under dask.distributed's names."""
         m = ws.metrics
-        return {"cpu": m.get("cpu", 0), "memory": m.get("memory", 0),
-                "managed_bytes": m.get("managed", 0),
-                "spilled_bytes": {"memory": m.get("managed", 0), "disk": m.get("spilled", 0)},
-                "executing": len(ws.executing) + len(ws.stale),
-                "in_memory": len(ws.has_what), "time": ws.last_seen}
+        out = {"cpu": m.get("cpu", 0), "memory": m.get("memory", 0),
+               "managed_bytes": m.get("managed", 0),
+               "spilled_bytes": {"memory": m.get("managed", 0), "disk": m.get("spilled", 0)},
+               "executing": len(ws.executing) + len(ws.stale),
+               "in_memory": len(ws.has_what), "time": ws.last_seen}
+        out.update((name, m[name]) for name in cls.WORKER_METRICS if name in m)
+        return out
 
     def info(self, n_workers=-1):
         """The cluster as `Client.scheduler_info` shows it (dask.distributed's keys
