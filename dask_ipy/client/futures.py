@@ -711,6 +711,8 @@ class as_completed:
             f = self.ready.popleft()
         return run_blocking(self._outcome(f))
 
+    next = __next__
+
     def __aiter__(self):
         return self
 
