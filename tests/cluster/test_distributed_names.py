@@ -197,16 +197,21 @@ def test_scheduler_info_gives_each_workers_own_figures(c):
     """As dask.distributed's worker metrics: its tasks by state, its open files,
     the bandwidth it measured on fetches of a megabyte or more, its transfers and
     the host's network and disk traffic."""
+    def metrics(address):
+        return c.scheduler_info()["workers"][address]["metrics"]
+
     a, b = c.scheduler_info()["workers"]
+    fetches = metrics(b)["transfer"]["incoming_count_total"]
     big = c.submit(array_of, 4_000_000, workers=[a])
     total = c.submit(array_sum, big, workers=[b])
     assert total.result() == 4_000_000
 
-    def metrics(address):
-        return c.scheduler_info()["workers"][address]["metrics"]
-    wait_for(lambda: metrics(a)["task_counts"] == {"memory": 1}
-             and metrics(b)["task_counts"] == {"memory": 1},
-             message=lambda: f"the counts of {metrics(a)} and {metrics(b)}")
+    def told():           # a heartbeat since the fetch (one before may show a key
+        fetched = metrics(b)        # of the previous test, not yet freed there)
+        return (fetched["transfer"]["incoming_count_total"] > fetches
+                and fetched["task_counts"] == {"memory": 1}
+                and metrics(a)["task_counts"] == {"memory": 1})
+    wait_for(told, message=lambda: f"the figures of {metrics(a)} and {metrics(b)}")
     fetched, served = metrics(b), metrics(a)
     assert fetched["bandwidth"]["total"] > 0
     assert set(fetched["bandwidth"]) == {"total", "workers", "types"}
