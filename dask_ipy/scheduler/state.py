@@ -2948,8 +2948,8 @@ class SchedulerState:
                 "status": ws.status, "paused": ws.paused_since is not None,
                 "paused_for": paused_for, "time_paused": time_paused}
 
-    # The worker's own figures shown as it sent them, those it sent (dask.
-    # distributed's names): task_counts {state: n}; num_fds; bandwidth {"total":
+    # Figures a worker reports under dask.distributed's names, shown as it sent them
+    # (those it sent): task_counts {state: n}; num_fds; bandwidth {"total":
     # bytes/s or None, "workers": {peer: (sum, n)}, "types": {type: (sum, n)}};
     # transfer {"incoming_bytes", "incoming_count", "incoming_count_total",
     # "outgoing_count_total"}; host_net_io and host_disk_io {"read_bps", "write_bps"}.
