@@ -22,6 +22,7 @@ _PUBLIC = {
     "MemoryLimitExceeded": ".errors",
     "PausedWorkerWarning": ".errors",
     "CancelledError": ".client.futures",
+    "FutureCancelledError": ".client.futures",
     "RemoteError": ".errors",
     "SchedulerLost": ".errors",
     "TransferError": ".errors",
@@ -151,7 +152,7 @@ def unload_ipython_extension(ip):
 
 __all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "Reschedule", "MemoryLimitExceeded",
-           "PausedWorkerWarning", "CancelledError", "RemoteError",
+           "PausedWorkerWarning", "CancelledError", "FutureCancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
            "UploadFile", "Environ", "UploadDirectory", "InstallPlugin", "PipInstall",

@@ -118,7 +118,7 @@ KINDS = {
                            "them, then forget them (fire_and_forget)",
         "retry": "compute these erred keys again, with the erred inputs they erred "
                  "from (Client.retry); answered once they are waiting again",
-        "cancel": "cancel these keys",
+        "cancel": "cancel these keys (and why: 'reason', 'msg')",
         "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
                   "ones may come through the relay; 'unwanted': streams given up; "
                   "'direct' False: send even those the worker sent to me straight)",
@@ -168,7 +168,7 @@ KINDS = {
         "key-in-memory": "a wanted key is done (with a small result that did not go "
                          "straight to the client: the worker holding it)",
         "task-erred": "a wanted key failed: its error record",
-        "cancelled": "a key was cancelled",
+        "cancelled": "a key was cancelled (and why, if the canceller said)",
         "restarted": "every task was forgotten",
         "reply": "the answer to a request ('request_id')",
         "gather-result": "the answer to 'gather' (and the 'streams' to download from "

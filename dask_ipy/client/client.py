@@ -773,13 +773,16 @@ class Client(ClusterMethods, ObserveMethods):
         kind = type(data) if type(data) in (tuple, set, frozenset) else list
         return kind(futures[k] for k in names)
 
-    def cancel(self, futures, force=False):
+    def cancel(self, futures, force=False, reason=None, msg=None):
         """Cancel the Futures in ``futures``, a structure or dask collections (as
-        `futures_of` finds them), and the tasks that depend on them."""
+        `futures_of` finds them), and the tasks that depend on them.  Their results
+        raise `FutureCancelledError` with ``reason`` ("unknown" if None) and
+        ``msg``."""
         flat = futures_of(futures)
         # Cancelled here at once; then the wait for the scheduler, which has told of
         # the dependents it cancelled by then.
-        ack = self.shell.cancel([f.state for f in flat], [f.key for f in flat], force)
+        ack = self.shell.cancel([f.state for f in flat], [f.key for f in flat], force,
+                                reason, msg)
         return self.run_op(_acknowledged(ack))
 
     def recreate_error_locally(self, future):
@@ -811,7 +814,7 @@ class Client(ClusterMethods, ObserveMethods):
         """Compute erred Futures again, with the erred inputs they erred from;
         returns (or, awaited, ends) once the scheduler has them again.  ``futures``
         as `futures_of` finds them (in a structure, behind collections)."""
-        answer = self.shell.retry([f.key for f in futures_of(futures)])
+        answer = self.shell.retry(list(dict.fromkeys(f.key for f in futures_of(futures))))
         return self.run_op(_answer(answer, "'retry'"))
 
     def futures_of(self, futures):

@@ -52,6 +52,26 @@ ALL_COMPLETED = cf.ALL_COMPLETED
 
 CancelledError = cf.CancelledError
 
+
+class FutureCancelledError(CancelledError):
+    """A Future's key was cancelled, for ``reason``: the one given to the cancel,
+    "lost dependencies" (work submitted on a cancelled Future), "scheduler-restart",
+    or "unknown" when none is known.  ``msg``: more words, or None.  A
+    concurrent.futures CancelledError, as dask.distributed's."""
+
+    def __init__(self, key, reason, msg=None):
+        self.key = key
+        self.reason = reason or "unknown"
+        self.msg = msg
+
+    def __str__(self):
+        text = f"{self.key} cancelled for reason: {self.reason}."
+        return f"{text}\n{self.msg}" if self.msg else text
+
+    def __reduce__(self):
+        return type(self), (self.key, self.reason, self.msg)
+
+
 # What `wait` returns, as `concurrent.futures.wait` does.
 DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
 
@@ -149,9 +169,15 @@ def wake(state, event, callbacks):
             logger.exception("error in a done callback of %r", state.key)
 
 
+def cancelled_error(state):
+    """The FutureCancelledError of a cancelled key: why, as its state says."""
+    why = state.error or {}
+    return FutureCancelledError(state.key, why.get("reason"), why.get("msg"))
+
+
 def raise_error(state):
     if state.status == CANCELLED:
-        raise CancelledError(f"{state.key!r} was cancelled")
+        raise cancelled_error(state)
     exc, tb = rebuild_error(state.error or {})
     raise exc.with_traceback(tb)
 
@@ -214,7 +240,7 @@ class Future(TaskRef):
     def _live_client(self):
         """This Future's client: a released Future has none, and is cancelled."""
         if self.client is None:
-            raise CancelledError(f"{self.key!r} was released")
+            raise FutureCancelledError(self.key, None, "This Future was released.")
         return self.client
 
     def _run(self, op):
@@ -242,7 +268,7 @@ class Future(TaskRef):
     def _exception_op(self, timeout):
         yield from self._wait_op(timeout)
         if self.state.status == CANCELLED:
-            raise CancelledError(f"{self.key!r} was cancelled")
+            raise cancelled_error(self.state)
         return exception_of(self.state)
 
     def exception(self, timeout=None):
@@ -257,13 +283,14 @@ class Future(TaskRef):
     def traceback(self, timeout=None):
         return self._run(self._traceback_op(timeout))
 
-    def cancel(self, force=False):
-        """Cancel this Future (and what depends on it) at once; a blocking client
-        also waits until the scheduler has."""
+    def cancel(self, reason=None, msg=None, force=False):
+        """Cancel this Future (and what depends on it) at once, for ``reason`` and
+        with ``msg`` (`Client.cancel`); a blocking client also waits until the
+        scheduler has."""
         if self.client.asynchronous:                 # nothing to await here
-            self.client.shell.cancel([self.state], [self.key], force)
+            self.client.shell.cancel([self.state], [self.key], force, reason, msg)
         else:
-            self.client.cancel([self], force=force)
+            self.client.cancel([self], force=force, reason=reason, msg=msg)
         return True
 
     def retry(self):
@@ -367,12 +394,10 @@ def futures_in(obj):
 
 def futures_of(obj, client=None):
     """The Futures in ``obj``, each once, in the order met (dask.distributed's
-    `futures_of`): as `futures_in` finds them, and behind dask collections.  With
+    `futures_of`): as `futures_in` finds them, and behind dask collections.  Two
+    Futures of one key are two (a Future is equal only to itself).  With
     ``client``, a cancelled one is an error."""
-    found = {}
-    for f in _walk(obj, True):
-        found.setdefault(f.key, f)
-    futures = list(found.values())
+    futures = list(dict.fromkeys(_walk(obj, True)))
     if client is not None:
         cancelled = [f.key for f in futures if f.cancelled()]
         if cancelled:
@@ -388,10 +413,10 @@ def fire_and_forget(obj):
     keys = {}
     for f in futures_of(obj):
         if f.client is not None:
-            keys.setdefault(f.client, []).append(f.key)
+            keys.setdefault(f.client, {})[f.key] = None
     for client, of_client in keys.items():
         # In order with its other messages: before any release of these keys.
-        client.shell.send({"op": "fire-and-forget", "keys": of_client})
+        client.shell.send({"op": "fire-and-forget", "keys": list(of_client)})
 
 
 _unpickling = threading.local()
@@ -685,6 +710,8 @@ class as_completed:
                 self.cond.wait(self._left())
             f = self.ready.popleft()
         return run_blocking(self._outcome(f))
+
+    next = __next__
 
     def __aiter__(self):
         return self

@@ -230,10 +230,11 @@ class ClientShell:
         if reports:
             self._call(self.state.learn, reports)
 
-    def cancel(self, states, keys, force=False):
-        """Cancel ``keys`` here at once; a concurrent.futures.Future answered once
-        the scheduler has cancelled them too."""
-        return self._ask(self.state.cancel, states, keys, force)
+    def cancel(self, states, keys, force=False, reason=None, msg=None):
+        """Cancel ``keys`` here at once (``reason``, ``msg``: why, or None); a
+        concurrent.futures.Future answered once the scheduler has cancelled them
+        too."""
+        return self._ask(self.state.cancel, states, keys, force, reason, msg)
 
     def retry(self, keys):
         """Make erred ``keys`` pending here at once; a concurrent.futures.Future

@@ -105,15 +105,20 @@ from ..units import format_bytes
 
 PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "cancelled", "lost"
 
+# The reasons of cancels the client knows of itself (dask.distributed's words): a
+# graph on a key cancelled here, and the scheduler's restart.
+LOST_DEPENDENCIES = "lost dependencies"
+SCHEDULER_RESTART = "scheduler-restart"
+
 
 class FutureState:
     """What the client knows of one key, shared by every Future of that key.
 
     ``status`` (see the module docstring), ``error`` (the error record, for "error"
-    and "lost"), ``type`` (the result's type name, once finished).  ``event`` and
-    ``callbacks`` belong to the shell: the Event waiters sleep on and the done
-    callbacks, made only once someone waits (a graph may make a hundred thousand
-    states)."""
+    and "lost"; for "cancelled", why: ``{"reason", "msg"}``), ``type`` (the result's
+    type name, once finished).  ``event`` and ``callbacks`` belong to the shell: the
+    Event waiters sleep on and the done callbacks, made only once someone waits (a
+    graph may make a hundred thousand states)."""
 
     __slots__ = ("key", "status", "error", "type", "event", "callbacks", "data",
                  "__weakref__")
@@ -188,6 +193,12 @@ def _size(data):
 def _reply(data):
     """A gather's answer made here from values kept here."""
     return {"data": data, "missing": [], "errors": {}}
+
+
+def _why(reason, text):
+    """The fields of a cancel that say why: those given."""
+    return {name: value for name, value in (("reason", reason), ("msg", text))
+            if value is not None}
 
 
 def paused_text(info):
@@ -458,18 +469,22 @@ class ClientState:
                 out += self.handle(msg)
         return out
 
-    def cancel(self, states, keys, force, token):
+    def cancel(self, states, keys, force, reason, text, token):
         """The user cancels keys: their states are cancelled at once, and let go of:
         the Futures cancelled keep theirs, and a key submitted again gets a state of
-        its own (as in dask.distributed).  ``token`` is answered once the scheduler
-        has cancelled them, and their dependents (whose "cancelled" come first)."""
+        its own (as in dask.distributed).  ``reason`` and ``text`` (or None) say why,
+        here and to the clients of the dependents cancelled with them.  ``token`` is
+        answered once the scheduler has cancelled them, and their dependents (whose
+        "cancelled" come first)."""
         out = []
         for st in states:
             if not st.done() or st.status == FINISHED:
-                out += self._set(st, CANCELLED)
+                out += self._set_cancelled(st, reason, text)
             self._let_go(st)
         self.unconfirmed.difference_update(keys)
-        return out + self.request({"op": "cancel", "keys": keys, "force": force}, token)
+        msg = {"op": "cancel", "keys": keys, "force": force}
+        msg.update(_why(reason, text))
+        return out + self.request(msg, token)
 
     def retry(self, keys, token):
         """The user computes erred keys again: they are pending until the scheduler
@@ -573,7 +588,7 @@ class ClientState:
         out = []
         for st in list(self.futures.values()):
             if not st.done():
-                out += self._set(st, CANCELLED)
+                out += self._set_cancelled(st)
         self.gathers.clear()
         self.by_key.clear()
         self.unconfirmed.clear()
@@ -591,6 +606,10 @@ class ClientState:
     def _set(self, st, status):
         st.status = status
         return [Done(st)]
+
+    def _set_cancelled(self, st, reason=None, text=None):
+        st.error = {"reason": reason, "msg": text}
+        return self._set(st, CANCELLED)
 
     def _on_key_in_memory(self, msg):
         st = self.futures.get(msg["key"])
@@ -632,7 +651,7 @@ class ClientState:
         for key in keys:
             st = self.futures.get(key)
             if st is not None:
-                out += self._set(st, CANCELLED)
+                out += self._set_cancelled(st, LOST_DEPENDENCIES)
                 self._let_go(st)
         return out
 
@@ -694,20 +713,23 @@ class ClientState:
 
     def _on_cancelled(self, msg):
         """Another client's forced cancel, or the cancel of an input, reached this
-        key: its Futures are cancelled, and the key, submitted again, starts anew."""
+        key: its Futures are cancelled (for the reason of that cancel), and the key,
+        submitted again, starts anew."""
         self.unconfirmed.discard(msg["key"])
         st = self.futures.get(msg["key"])
         if st is None:
             return []
         self._let_go(st)
-        return self._set(st, CANCELLED)
+        return self._set_cancelled(st, msg.get("reason"), msg.get("msg"))
 
     def _on_restarted(self, msg):
         self.unconfirmed.clear()
         out = []
         for st in list(self.futures.values()):
             if not st.done() or st.status == FINISHED:
-                out += self._set(st, CANCELLED)
+                out += self._set_cancelled(st, SCHEDULER_RESTART,
+                                           "The scheduler restarted and forgot every "
+                                           "task: submit the work again.")
             self._let_go(st)
         return out
 

@@ -758,7 +758,10 @@ def progress(*objs, client=None, file=None, width=40, interval=0.2):
         if is_dask_collection(obj):
             c = client if client is not None else default_client()
             persisted.append(c.persist(obj))
-    unique = futures_of([o for o in objs if not is_dask_collection(o)] + persisted)
+    by_key = {}                 # a key counts once, however many Futures of it
+    for f in futures_of([o for o in objs if not is_dask_collection(o)] + persisted):
+        by_key.setdefault(f.key, f)
+    unique = list(by_key.values())
     total = len(unique)
     waiter = Waiter(unique)
     start = time.monotonic()

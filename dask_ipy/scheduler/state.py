@@ -2065,8 +2065,10 @@ class SchedulerState:
         depends on them, are cancelled (as in dask.distributed).  A key another
         client also wants stays for that client, with what depends on it, unless
         ``force``: then it is cancelled for every client.  Holders (a dataset, a
-        Variable's value...) keep theirs either way."""
+        Variable's value...) keep theirs either way.  The clients told hear why, if
+        the canceller said ("reason", "msg")."""
         force = msg.get("force")
+        why = {name: msg[name] for name in ("reason", "msg") if name in msg}
         recs = {}
         asked = set(msg["keys"])
         todo = list(asked)
@@ -2089,7 +2091,7 @@ class SchedulerState:
                 if cs is not None:
                     cs.wants_what.discard(ts)
                 if c != cid or key not in asked:      # the canceller knows those
-                    self.send_client(c, {"op": "cancelled", "key": key})
+                    self.send_client(c, {"op": "cancelled", "key": key, **why})
             if not ts.who_wants:
                 # Dependents that were only there for this key go too.
                 recs[key] = RELEASED
@@ -2946,15 +2948,25 @@ class SchedulerState:
                 "status": ws.status, "paused": ws.paused_since is not None,
                 "paused_for": paused_for, "time_paused": time_paused}
 
-    @staticmethod
-    def _metrics(ws):
+    # Figures a worker reports under dask.distributed's names, shown as it sent them
+    # (those it sent): task_counts {state: n}; num_fds; bandwidth {"total":
+    # bytes/s or None, "workers": {peer: (sum, n)}, "types": {type: (sum, n)}};
+    # transfer {"incoming_bytes", "incoming_count", "incoming_count_total",
+    # "outgoing_count_total"}; host_net_io and host_disk_io {"read_bps", "write_bps"}.
+    WORKER_METRICS = ("task_counts", "num_fds", "bandwidth", "transfer", "host_net_io",
+                      "host_disk_io")
+
+    @classmethod
+    def _metrics(cls, ws):
         """A worker's last reported figures under dask.distributed's names."""
         m = ws.metrics
-        return {"cpu": m.get("cpu", 0), "memory": m.get("memory", 0),
-                "managed_bytes": m.get("managed", 0),
-                "spilled_bytes": {"memory": m.get("managed", 0), "disk": m.get("spilled", 0)},
-                "executing": len(ws.executing) + len(ws.stale),
-                "in_memory": len(ws.has_what), "time": ws.last_seen}
+        out = {"cpu": m.get("cpu", 0), "memory": m.get("memory", 0),
+               "managed_bytes": m.get("managed", 0),
+               "spilled_bytes": {"memory": m.get("managed", 0), "disk": m.get("spilled", 0)},
+               "executing": len(ws.executing) + len(ws.stale),
+               "in_memory": len(ws.has_what), "time": ws.last_seen}
+        out.update((name, m[name]) for name in cls.WORKER_METRICS if name in m)
+        return out
 
     def info(self, n_workers=-1):
         """The cluster as `Client.scheduler_info` shows it (dask.distributed's keys

@@ -1,7 +1,8 @@
 """What a worker records of its own work, for the task stream and the metrics.
 
     pool thread: timings of one task ──▶ I/O thread: `Recorder.ended` ─▶ columns
-    I/O thread: a fetch answered ──────▶ `Recorder.fetched_from` ─▶ fetched {key}
+    I/O thread: a fetch answered ──────▶ `Recorder.fetched_from` ─▶ fetched {key},
+                                                                   bandwidth
     the shell's flush ◀── `Recorder.take` ── "task-stream" {keys, types, numbers,
                                              extra}, in the same batch as the
                                              task's "task-finished"
@@ -24,6 +25,10 @@ from ..taskstream import NUMBERS
 
 OK, ERROR, CANCELLED = 0, 1, 2     # indices into taskstream.STATUSES
 
+# Bytes: the time a smaller fetch takes is mostly its round trip, not the link's speed.
+BANDWIDTH_FROM = 1_000_000
+BANDWIDTH_WEIGHT = 0.05            # of each new fetch in the moving average
+
 
 class Recorder:
     def __init__(self, on=True, max_pending=100_000, max_fetched=100_000):
@@ -39,15 +44,30 @@ class Recorder:
         self.started = {}               # {peer: start} of the fetch in flight
         self.bytes_in = 0               # fetched from peers (and the relay), ever
         self.bytes_out = 0              # served to peers, ever
+        self.fetches = 0                # fetches started, ever
+        self.served = 0                 # requests of peers answered, ever
+        # Bytes per second of the fetches of BANDWIDTH_FROM bytes or more: a moving
+        # average (None until one is measured), and sums since `take_bandwidth`:
+        # {peer: (sum of bytes per second, fetches)}, {type name: (sum, fetches)}
+        # of those that brought values of one type only.
+        self.bandwidth = None
+        self.bandwidth_peers = {}
+        self.bandwidth_types = {}
 
     def fetch_started(self, peer, when):
         self.started[peer] = when
+        self.fetches += 1
 
-    def fetched_from(self, peer, when, sizes, source=None):
+    def fetched_from(self, peer, when, sizes, source=None, types=()):
         """A fetch from ``peer`` ended at ``when`` with ``sizes`` {key: bytes}; the
-        data came from ``source`` (default: the peer)."""
+        data came from ``source`` (default: the peer); ``types``: the type names of
+        its values."""
         start = self.started.pop(peer, when)
-        self.bytes_in += sum(sizes.values())
+        nbytes = sum(sizes.values())
+        self.bytes_in += nbytes
+        if nbytes >= BANDWIDTH_FROM:
+            self._measured(nbytes / max(when - start, 1e-3),
+                           peer if source is None else None, set(types))
         if not self.on:
             return
         source = peer if source is None else source
@@ -57,6 +77,25 @@ class Recorder:
             # Inputs of tasks that never ran here (stolen, released): oldest first.
             for key in list(self.fetched)[: len(self.fetched) - self.max_fetched]:
                 del self.fetched[key]
+
+    def _measured(self, speed, peer, types):
+        if self.bandwidth is None:
+            self.bandwidth = speed
+        else:
+            self.bandwidth += (speed - self.bandwidth) * BANDWIDTH_WEIGHT
+        if peer is not None:
+            _add_speed(self.bandwidth_peers, peer, speed)
+        if len(types) == 1:
+            _add_speed(self.bandwidth_types, types.pop(), speed)
+
+    def take_bandwidth(self):
+        """{"total": the moving average, "workers": {peer: (sum, fetches)},
+        "types": {type name: (sum, fetches)}} (dask.distributed's figures); the
+        sums start again."""
+        out = {"total": self.bandwidth, "workers": self.bandwidth_peers,
+               "types": self.bandwidth_types}
+        self.bandwidth_peers, self.bandwidth_types = {}, {}
+        return out
 
     def ended(self, key, status, timing, nbytes, typename, inputs=()):
         """A task ended: ``timing`` from its pool thread, (begin, loaded, start,
@@ -108,6 +147,11 @@ class Recorder:
                  "numbers": b"".join(self.numbers), "extra": self.extra}
         self.keys, self.types, self.numbers, self.extra = [], [], [], []
         return batch
+
+
+def _add_speed(sums, name, speed):
+    total, count = sums.get(name, (0.0, 0))
+    sums[name] = (total + speed, count + 1)
 
 
 _pack = NUMBERS.pack

@@ -64,7 +64,8 @@ from .sampler import Sampler, call_stacks
 from .state import (RELAY, EventsFailed, Execute, GatherDep, Rejoin, Send, ToClient,
                     WorkerState)
 from .store import SpillStore, Spilled
-from .system import host_cores, host_memory, malloc_trim
+from .system import (host_cores, host_memory, io_counters, io_rates, malloc_trim,
+                     open_files)
 
 RETIRE = object()          # a pool thread taking this leaves: a seceded one rejoined
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
@@ -191,6 +192,7 @@ class Worker:
         self.uploads = bulk.Pool("dask-ipy-upload")
         self.name = name if name is not None else self.address
         self.process = psutil.Process()
+        self.io_read = (time.monotonic(), io_counters())   # the host's traffic, then
         self._setup_memory(data, memory_limit, local_directory, memory_target_fraction,
                            memory_spill_fraction, memory_pause_fraction,
                            memory_terminate_fraction, memory_terminate_action,
@@ -777,12 +779,29 @@ class Worker:
             cpu = self.process.cpu_percent()
         except psutil.Error:
             mem = cpu = 0
-        self.outgoing.append({"op": "heartbeat", "metrics": {
+        metrics = {
             "memory": mem, "cpu": cpu, "executing": len(self.state.executing),
             "ready": len(self.state.ready), "keys": len(self.data),
             "sent": time.time(), "transfer_in": self.recorder.bytes_in,
             "transfer_out": self.recorder.bytes_out,
-            **self._memory_metrics()}})
+            "task_counts": self.state.task_counts(),
+            "bandwidth": self.recorder.take_bandwidth(),
+            "transfer": {"incoming_bytes": self.state.in_flight_bytes(),
+                         "incoming_count": len(self.state.in_flight),
+                         "incoming_count_total": self.recorder.fetches,
+                         "outgoing_count_total": self.recorder.served},
+            **self._host_io(), **self._memory_metrics()}
+        fds = open_files(self.process)
+        if fds is not None:
+            metrics["num_fds"] = fds
+        self.outgoing.append({"op": "heartbeat", "metrics": metrics})
+
+    def _host_io(self):
+        """The host's network and disk traffic (bytes per second) since the last
+        heartbeat."""
+        then, before = self.io_read
+        self.io_read = now, after = time.monotonic(), io_counters()
+        return io_rates(before, after, now - then)
 
     # ---------------------------------------------------------------- running tasks
 
@@ -1118,6 +1137,7 @@ class Worker:
         reply = {"op": "data", "request_id": msg["request_id"], "data": data,
                  "missing": missing}
         self.recorder.bytes_out += sum(blob.nbytes for blob in data.values())
+        self.recorder.served += 1
         if (msg.get("bulk") and self.bulk is not None
                 and sum(blob.nbytes for blob in data.values()) >= bulk.BULK_FROM):
             # Over the side channel in whole frames: no ZeroMQ in between.
@@ -1298,7 +1318,8 @@ class Worker:
                 missing.append(key)
         self.recorder.fetched_from(peer, time.time(),
                                    {key: msg["data"][key].nbytes for key in values},
-                                   source="scheduler" if peer == RELAY else peer)
+                                   source="scheduler" if peer == RELAY else None,
+                                   types=map(typename, values.values()))
         self._handle("gather-done", peer=peer, data=values, sizes=sizes,
                      missing=missing, errors=msg.get("errors"))
 

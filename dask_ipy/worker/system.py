@@ -1,4 +1,5 @@
-"""What this host gives a worker: memory and cores, cgroup limits included.
+"""What this host gives a worker: memory and cores, cgroup limits included; and
+what a worker's heartbeat tells of it: open files, network and disk traffic.
 
 A container or a batch job usually limits its processes through a cgroup, not
 through the machine's size: a worker must read the lower of the two, or its "auto"
@@ -125,6 +126,48 @@ def host_cores(root=CGROUP_ROOT, proc_cgroup=PROC_CGROUP):
     if quota is not None:
         cores = min(cores, max(math.ceil(quota), 1))
     return max(cores, 1)
+
+
+def open_files(process):
+    """How many file descriptors ``process`` (a psutil.Process) has open; None where
+    the system does not count them (Windows) or will not say."""
+    try:
+        return process.num_fds()
+    except (AttributeError, psutil.Error):
+        return None
+
+
+def io_counters():
+    """The host's traffic so far, in bytes: {"host_net_io": (received, sent),
+    "host_disk_io": (read, written)}, of those the host counts."""
+    out = {}
+    for name, read in (("host_net_io", _net), ("host_disk_io", _disk)):
+        try:
+            counts = read()
+        except Exception:       # psutil raises what the platform does (no /proc...)
+            counts = None
+        if counts is not None:
+            out[name] = counts
+    return out
+
+
+def _net():
+    c = psutil.net_io_counters()
+    return None if c is None else (c.bytes_recv, c.bytes_sent)
+
+
+def _disk():
+    c = psutil.disk_io_counters()
+    return None if c is None else (c.read_bytes, c.write_bytes)
+
+
+def io_rates(before, after, seconds):
+    """Bytes per second between two `io_counters` readings ``seconds`` apart:
+    {name: {"read_bps", "write_bps"}}."""
+    seconds = max(seconds, 1e-3)
+    return {name: {"read_bps": max(read - before[name][0], 0) / seconds,
+                   "write_bps": max(write - before[name][1], 0) / seconds}
+            for name, (read, write) in after.items() if name in before}
 
 
 _libc = None

@@ -18,8 +18,8 @@ from helpers import (Boom, KeywordOnly, NeedsTwo, SlotsOnly, Unpicklable, add,
                      wait_for, type_name, wait_for_file, worker_keys)
 import dask
 import dask_ipy
-from dask_ipy import (CancelledError, Client, CycleError, Future, MissingDependency,
-                      as_completed, wait)
+from dask_ipy import (CancelledError, Client, CycleError, Future, FutureCancelledError,
+                      MissingDependency, as_completed, wait)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -677,6 +677,9 @@ def test_restart_drops_everything_and_keeps_working(c, tmp_path):
     c.restart()
     wait_for(lambda: running.cancelled() and done.cancelled(), message="cancellation")
     gate.touch()
+    with pytest.raises(FutureCancelledError, match="reason: scheduler-restart") as e:
+        running.result()
+    assert e.value.reason == "scheduler-restart" and e.value.key == running.key
     assert c.who_has() == {}
     assert all(keys == [] for keys in c.run(worker_keys).values())
     assert c.submit(inc, 2).result(timeout=10) == 3

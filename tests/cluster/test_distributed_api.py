@@ -173,6 +173,22 @@ def test_futures_of_finds_futures_in_structures_once_each_in_order(c):
     assert futures_of(3) == []
 
 
+def test_futures_of_keeps_two_futures_of_one_key(c):
+    """As in dask.distributed: each Future is equal only to itself, so two Futures
+    of one key are both found (each once); wait counts both, retry and
+    fire_and_forget take the key once."""
+    a = c.submit(inc, 1, key="one-key")
+    b = c.submit(inc, 1, key="one-key")
+    assert a is not b and a.key == b.key
+    found = futures_of([a, {"b": b}, (a, [b])])
+    assert len(found) == 2 and found[0] is a and found[1] is b
+    assert c.futures_of({"x": [b, a]}) == [b, a]
+    done, _ = wait([a, b])
+    assert len(done) == 2
+    fire_and_forget([a, b])
+    assert c.gather([a, b]) == [2, 2]
+
+
 def test_futures_of_finds_the_futures_behind_dask_collections(c):
     x = da.ones(10, chunks=5).persist()
     found = futures_of(x)

@@ -20,11 +20,12 @@ import pytest
 import yaml
 from dask.sizeof import sizeof
 
-from helpers import (count_lines, fail, inc, module_value, processes, record,
-                     wait_for, wait_for_file)
+from helpers import (array_of, array_sum, count_lines, fail, inc, module_value,
+                     processes, record, wait_for, wait_for_file)
 from dask_ipy import (Client, InstallPlugin, PipInstall, Status, UploadDirectory,
                       get_task_metadata, local_client)
 from dask_ipy.hardware import DISK_SIZES, MEMORY_SIZES, NETWORK_SIZES
+from dask_ipy.worker.system import io_counters
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -190,6 +191,39 @@ def test_benchmark_hardware_measures_every_size_on_the_workers(c):
     assert list(result["network"]) == list(NETWORK_SIZES)   # two workers: one pair
     for rates in result.values():
         assert all(isinstance(r, float) and r > 0 for r in rates.values()), rates
+
+
+def test_scheduler_info_gives_each_workers_own_figures(c):
+    """As dask.distributed's worker metrics: its tasks by state, its open files,
+    the bandwidth it measured on fetches of a megabyte or more, its transfers and
+    the host's network and disk traffic."""
+    def metrics(address):
+        return c.scheduler_info()["workers"][address]["metrics"]
+
+    a, b = c.scheduler_info()["workers"]
+    fetches = metrics(b)["transfer"]["incoming_count_total"]
+    big = c.submit(array_of, 4_000_000, workers=[a])
+    total = c.submit(array_sum, big, workers=[b])
+    assert total.result() == 4_000_000
+
+    def told():           # a heartbeat since the fetch (one before may show a key
+        fetched = metrics(b)        # of the previous test, not yet freed there)
+        return (fetched["transfer"]["incoming_count_total"] > fetches
+                and fetched["task_counts"] == {"memory": 1}
+                and metrics(a)["task_counts"] == {"memory": 1})
+    wait_for(told, message=lambda: f"the figures of {metrics(a)} and {metrics(b)}")
+    fetched, served = metrics(b), metrics(a)
+    assert fetched["bandwidth"]["total"] > 0
+    assert set(fetched["bandwidth"]) == {"total", "workers", "types"}
+    assert fetched["transfer"]["incoming_count_total"] >= 1
+    assert fetched["transfer"]["incoming_count"] == 0
+    assert fetched["transfer"]["incoming_bytes"] == 0
+    assert served["transfer"]["outgoing_count_total"] >= 1
+    for m in (fetched, served):
+        assert m["num_fds"] > 0
+        for name in io_counters():            # those this host counts
+            assert set(m[name]) == {"read_bps", "write_bps"}, m
+            assert min(m[name].values()) >= 0
 
 
 # ---------------------------------------------------------------- module names

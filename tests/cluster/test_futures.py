@@ -4,6 +4,7 @@ import asyncio
 import collections
 import concurrent.futures as cf
 import gc
+import pickle
 import sys
 import threading
 import time
@@ -13,7 +14,8 @@ import pytest
 
 from helpers import (Boom, add, fail, fail_deeply, inc, raise_base_exception, slow_inc,
                      wait_for, wait_for_file)
-from dask_ipy import CancelledError, Future, RemoteError, as_completed, wait
+from dask_ipy import (CancelledError, Future, FutureCancelledError, RemoteError,
+                      as_completed, wait)
 from dask_ipy.client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from dask_ipy.errors import restore_filenames
 
@@ -118,7 +120,7 @@ def test_a_released_future_is_cancelled_for_its_user(c):
     f.release()
     f.release()                                  # twice is harmless
     for call in (f.result, f.exception, f.retry, lambda: f.add_done_callback(print)):
-        with pytest.raises(CancelledError, match="released"):
+        with pytest.raises(FutureCancelledError, match="released"):
             call()
 
 
@@ -177,6 +179,41 @@ def test_cancel_then_result_raises_cancelled_error(c, gate):
         f.result()
     with pytest.raises(CancelledError):
         f.exception()
+
+
+def test_a_cancelled_futures_error_says_its_key_and_why(c, gate):
+    """As dask.distributed's: FutureCancelledError, a concurrent.futures
+    CancelledError (not asyncio's), with the key, the reason ("unknown" if none was
+    given) and the message; a dependent's is its input's; work submitted on a
+    cancelled Future has lost its dependencies."""
+    assert issubclass(FutureCancelledError, cf.CancelledError)
+    assert not issubclass(FutureCancelledError, asyncio.CancelledError)
+    f = held(c, gate)
+    f.cancel()
+    with pytest.raises(FutureCancelledError) as e:
+        f.result()
+    assert (e.value.key, e.value.reason, e.value.msg) == (f.key, "unknown", None)
+    assert str(e.value) == f"{f.key} cancelled for reason: unknown."
+    with pytest.raises(FutureCancelledError, match="reason: unknown"):
+        f.exception()
+    a = held(c, gate)
+    b = c.submit(inc, a)
+    c.cancel([a], reason="superseded", msg="a newer run took over")
+    for x in (a, b):
+        with pytest.raises(FutureCancelledError) as e:
+            c.gather([x])
+        assert (e.value.key, e.value.reason) == (x.key, "superseded")
+        assert str(e.value) == (f"{x.key} cancelled for reason: superseded.\n"
+                                "a newer run took over")
+    on_a = c.submit(inc, a)
+    with pytest.raises(FutureCancelledError, match="reason: lost dependencies"):
+        on_a.result()
+    # It pickles (a task may raise it) and is caught as dask_ipy's CancelledError.
+    again = pickle.loads(pickle.dumps(e.value))
+    assert (again.key, again.reason, again.msg) == (b.key, "superseded",
+                                                    "a newer run took over")
+    with pytest.raises(CancelledError):
+        raise again
 
 
 def test_a_key_cancelled_and_submitted_again_is_computed_again(c, gate):
@@ -336,7 +373,7 @@ def test_as_completed_yields_in_completion_order(c, gate):
     d = c.submit(inc, b)
     it = as_completed([d, b, a])
     gate.touch()
-    assert [next(it), next(it), next(it)] == [a, b, d]
+    assert [next(it), it.next(), next(it)] == [a, b, d]     # .next(), as distributed
     with pytest.raises(StopIteration):
         next(it)
 

@@ -194,7 +194,7 @@ def test_the_user_cancels_pending_and_finished_keys(cs):
     a, b, c = (cs.hold(k) for k in "abc")
     cs.handle({"op": "key-in-memory", "key": "b"})
     cs.handle({"op": "task-erred", "key": "c", "text": "no"})
-    assert step(cs, cs.cancel([a, b, c], ["a", "b", "c"], True, "t")) == \
+    assert step(cs, cs.cancel([a, b, c], ["a", "b", "c"], True, None, None, "t")) == \
         [Done(a), Done(b)]
     [msg] = cs.take_messages()
     assert msg == {"op": "cancel", "keys": ["a", "b", "c"], "force": True,
@@ -207,6 +207,24 @@ def test_the_user_cancels_pending_and_finished_keys(cs):
     assert cs.futures == {} and cs.refcount == {"a": 1, "b": 1, "c": 1}
     assert not cs.is_held("a") and cs.hold("a") is not a
     assert cs.drop(["a"]) == [] and cs.drop(["a"]) == ["a"]
+
+
+def test_a_cancelled_state_keeps_why_for_its_futures_error(cs):
+    a, b, c, d, e = (cs.hold(k) for k in "abcde")
+    cs.cancel([a], ["a"], False, "no longer needed", "see the log", "t")
+    [msg] = cs.take_messages()
+    assert (msg["reason"], msg["msg"]) == ("no longer needed", "see the log")
+    assert a.error == {"reason": "no longer needed", "msg": "see the log"}
+    # A dependent cancelled through its input: the reason the canceller gave.
+    cs.handle({"op": "cancelled", "key": "b", "reason": "R", "msg": "M"})
+    assert b.error == {"reason": "R", "msg": "M"}
+    cs.handle({"op": "cancelled", "key": "c"})
+    assert c.error == {"reason": None, "msg": None}
+    cs.lose(["d"])
+    assert d.error == {"reason": "lost dependencies", "msg": None}
+    cs.handle({"op": "restarted"})
+    assert e.error["reason"] == "scheduler-restart" and e.error["msg"]
+    assert {st.status for st in (a, b, c, d, e)} == {"cancelled"}
 
 
 def test_a_lost_connection_fails_everything_in_flight_and_reconnects(cs):

@@ -312,7 +312,7 @@ def test_a_result_for_a_released_cancelled_or_erred_key_is_dropped(cs):
     cs.drop(["x"])
     assert cs.handle_worker(result("x")) == [] and "x" not in cs.futures
     st = cs.hold("y")
-    assert cs.cancel([st], ["y"], False, "t") == [Done(st)]
+    assert cs.cancel([st], ["y"], False, None, None, "t") == [Done(st)]
     assert cs.handle_worker(result("y")) == []
     assert st.status == CANCELLED and st.data is None
     st = cs.hold("z")
@@ -415,7 +415,8 @@ def test_questions_to_the_scheduler_wait_for_its_word_on_a_value_that_came_strai
     for key, end in (("a", lambda: cs.drop(["a"])),
                      ("b", lambda: cs.handle({"op": "task-erred", "key": "b",
                                               "type": "E", "text": ""})),
-                     ("c", lambda: cs.cancel([cs.futures["c"]], ["c"], False, "t"))):
+                     ("c", lambda: cs.cancel([cs.futures["c"]], ["c"], False, None,
+                                             None, "t"))):
         cs.hold(key)
         cs.handle_worker(result(key))
         assert cs.unconfirmed == {key}

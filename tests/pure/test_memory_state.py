@@ -1,14 +1,15 @@
 """Memory decisions, pure and literal: `worker.limits` (a sample in, instructions
 out), the worker's state machine pausing and stopping tasks, the scheduler's state
 with paused workers and tasks stopped for memory, and the host facts read from
-cgroup files (fake ones here)."""
+cgroup files (fake ones here) and from psutil's counters."""
 
 import pytest
 
 from dask_ipy.scheduler.state import SchedulerState
 from dask_ipy.worker import limits as L
 from dask_ipy.worker.state import Execute, GatherDep, Send, WorkerState
-from dask_ipy.worker.system import cgroup_cpu_limit, cgroup_memory_limit, host_memory
+from dask_ipy.worker.system import (cgroup_cpu_limit, cgroup_memory_limit, host_memory,
+                                    io_counters, io_rates, open_files)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -436,3 +437,23 @@ def test_distributed_memory_settings_count_where_dask_ipy_keeps_its_default():
         with dask.config.set({"dask-ipy.worker.memory.pause": 0.7}):
             assert config.memory_fractions()["pause"] == 0.7      # its own wins
         assert config.memory_fractions(pause=0.9)["pause"] == 0.9  # and an argument
+
+
+def test_host_traffic_is_bytes_per_second_between_two_readings():
+    before = {"host_net_io": (100, 1000), "host_disk_io": (0, 50)}
+    after = {"host_net_io": (300, 1000), "host_disk_io": (0, 40), "new": (5, 5)}
+    # A counter that went back (reset) counts as no traffic; one not read before
+    # gives no rate yet.
+    assert io_rates(before, after, 2.0) == {
+        "host_net_io": {"read_bps": 100.0, "write_bps": 0.0},
+        "host_disk_io": {"read_bps": 0.0, "write_bps": 0.0}}
+    for name, (read, written) in io_counters().items():
+        assert name in ("host_net_io", "host_disk_io") and read >= 0 and written >= 0
+
+
+def test_open_files_counts_this_process_or_says_none():
+    import psutil
+
+    n = open_files(psutil.Process())
+    assert n is None or n > 0
+    assert open_files(object()) is None

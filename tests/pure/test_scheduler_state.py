@@ -1176,9 +1176,12 @@ def test_cancel_stops_at_a_result_another_client_wants_unless_forced(s1):
     assert sorted((cid, m["key"]) for kind, cid, m in out if m["op"] == "cancelled") == [
         ("c", "b")]
     assert sorted(s.tasks) == ["a", "b"] and set(s.tasks["b"].who_wants) == {"d"}
-    s.handle_client_message("c", {"op": "cancel", "keys": ["a"], "force": True})
+    s.handle_client_message("c", {"op": "cancel", "keys": ["a"], "force": True,
+                                  "reason": "R", "msg": "M"})
     out = take(s)
-    assert ("client", "d", {"op": "cancelled", "key": "b"}) in out
+    # d is told why, as the canceller said
+    assert ("client", "d", {"op": "cancelled", "key": "b", "reason": "R",
+                            "msg": "M"}) in out
     assert s.tasks == {}
 
 
@@ -1191,6 +1194,17 @@ def test_info_gives_a_workers_figures_under_dask_distributed_names_too(s1):
     assert w["metrics"] == {"cpu": 12.5, "memory": 500, "managed_bytes": 200,
                             "spilled_bytes": {"memory": 200, "disk": 50},
                             "executing": 0, "in_memory": 0, "time": 1234.0}
+    # The worker's own figures pass as it sent them.
+    own = {"task_counts": {"memory": 2}, "num_fds": 30,
+           "bandwidth": {"total": 5e7, "workers": {}, "types": {}},
+           "transfer": {"incoming_bytes": 0, "incoming_count": 0,
+                        "incoming_count_total": 4, "outgoing_count_total": 1},
+           "host_net_io": {"read_bps": 1.0, "write_bps": 2.0},
+           "host_disk_io": {"read_bps": 3.0, "write_bps": 4.0}}
+    s.handle_worker_message("w1", {"op": "heartbeat", "metrics": {"memory": 500,
+                                                                  **own}}, now=1235.0)
+    metrics = s.info()["workers"][A]["metrics"]
+    assert {name: metrics[name] for name in own} == own
 
 
 def test_a_forced_cancel_leaves_a_published_datasets_key(s1):

@@ -50,6 +50,27 @@ def test_recorder_keeps_fetches_apart_and_names_the_relay():
                                  ("transfer", 1.5, 2.0, B, 5)]
 
 
+def test_recorder_measures_the_bandwidth_of_large_fetches_only():
+    r = Recorder(on=False)                  # measured with the task stream off too
+    assert r.take_bandwidth() == {"total": None, "workers": {}, "types": {}}
+    r.fetch_started(A, 1.0)
+    r.fetched_from(A, 1.5, {"small": 1000}, types=["int"])     # its round trip
+    assert r.bandwidth is None
+    r.fetch_started(A, 2.0)
+    r.fetched_from(A, 2.5, {"a": 3_000_000, "b": 1_000_000},
+                   types=["numpy.ndarray", "numpy.ndarray"])
+    assert r.bandwidth == 8e6
+    r.fetch_started(B, 3.0)
+    r.fetched_from(B, 5.0, {"c": 2_000_000}, source="scheduler", types=["a", "b"])
+    assert r.bandwidth == 8e6 + (1e6 - 8e6) * 0.05        # a moving average
+    # Peers and types since the last heartbeat: the relay is no worker, and a fetch
+    # of values of several types counts for no type.
+    assert r.take_bandwidth() == {"total": r.bandwidth, "workers": {A: (8e6, 1)},
+                                  "types": {"numpy.ndarray": (8e6, 1)}}
+    assert r.take_bandwidth() == {"total": r.bandwidth, "workers": {}, "types": {}}
+    assert (r.fetches, r.bytes_in) == (3, 6_001_000)
+
+
 def test_recorder_is_bounded_and_off_keeps_no_fetches():
     r = Recorder(max_pending=3, max_fetched=2)
     for i in range(5):

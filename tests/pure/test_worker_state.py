@@ -61,6 +61,27 @@ def test_inputs_held_by_peers_are_fetched_then_the_task_runs(ws):
     assert ws.nbytes == {"z": 8}
 
 
+def test_task_counts_follow_the_states_and_the_bytes_in_flight(ws):
+    assert ws.task_counts() == {} and ws.in_flight_bytes() == 0
+    ws.handle("compute-task", key="z", run_spec="spec-z", priority=(0,),
+              who_has={"x": [A], "y": [B]}, nbytes={"x": 10, "y": 20})
+    assert ws.task_counts() == {"waiting": 1, "flight": 2}
+    assert ws.in_flight_bytes() == 30
+    ws.handle("gather-done", peer=A, data={"x": 1}, sizes={"x": 10})
+    assert ws.task_counts() == {"waiting": 1, "flight": 1, "memory": 1}
+    assert ws.in_flight_bytes() == 20
+    ws.handle("gather-done", peer=B, data={"y": 2}, sizes={"y": 20})
+    assert ws.task_counts() == {"executing": 1, "memory": 2}
+    success(ws, "z", 3)
+    assert ws.task_counts() == {"memory": 1}      # the fetched copies are dropped
+    ws.handle("compute-task", key="r", run_spec="spec-r", priority=(0,))
+    ws.handle("restart")
+    assert ws.task_counts() == {"executing": 1}
+    ws.handle("free-keys", keys=["r"])
+    success(ws, "r", 1)
+    assert ws.task_counts() == {}
+
+
 def test_several_inputs_from_one_peer_come_in_one_request(ws):
     out = ws.handle("compute-task", key="s", run_spec="spec-s", priority=(0,),
                     who_has={"a": [A], "b": [A], "c": [A]}, nbytes={})
