@@ -14,9 +14,10 @@ worker's I/O thread.
     WorkerState.transition_log ──▶ WorkerPlugins.transitions (after each event)
 
 While a job is pending the state machine starts no task ("plugins-busy", then
-"plugins-done"), so a task finds done the set-ups the scheduler sent before it: on
-the workers there when the plugin was registered, and on one that joins later (the
-scheduler sends it every plugin as it registers, before any task).  The I/O thread
+"plugins-done") and a `Client.run` function waits (`after`), so that each finds done
+the set-ups the scheduler sent before it: on the workers there when the plugin was
+registered, and on one that joins later (the scheduler sends it every plugin as it
+registers, before any task).  A restart waits for the teardowns.  The I/O thread
 goes on meanwhile: heartbeats, data for peers and clients, the results of the tasks
 running already.  A plugin is told of every transition after its "plugin-add" came,
 as it would have been had its set-up run on the I/O thread: those while it was set
@@ -30,6 +31,7 @@ State, documented once:
     watching: {name: plugin}  those of them with a `transition` hook (I/O thread)
     arriving: {name: Job}     the latest "add" of each name, not done yet (I/O thread)
     pending:  [Job]           queued or running, oldest first (I/O thread)
+    after_jobs: [fn]          calls waiting for `pending` to empty (I/O thread)
     live:     {name: plugin}  what the plugin thread has set up (that thread only)
 """
 
@@ -50,7 +52,7 @@ CLOSE_WARNING = 5.0        # seconds a close waits for a set-up before it says s
 class Job:
     """One set-up or teardown for the plugin thread."""
 
-    __slots__ = ("kind", "name", "blob", "reply", "seen", "cancelled")
+    __slots__ = ("kind", "name", "blob", "reply", "seen", "cancelled", "ended")
 
     def __init__(self, kind, name=None, blob=None, reply=None):
         self.kind = kind          # "add", "remove", "remove-all" or "close"
@@ -59,6 +61,7 @@ class Job:
         self.reply = reply        # called on the I/O thread with the outcome, or None
         self.seen = []            # "add": [(key, start, finish)] while it waits
         self.cancelled = False    # not to run: a restart or a close came after it
+        self.ended = threading.Event()    # set by the plugin thread once it ran
 
 
 class WorkerPlugins:
@@ -71,6 +74,7 @@ class WorkerPlugins:
         self.watching = {}
         self.arriving = {}
         self.pending = []
+        self.after_jobs = []
         self.live = {}
         self.jobs = queue.SimpleQueue()
         self.thread = None
@@ -96,11 +100,23 @@ class WorkerPlugins:
 
     def remove_all(self):
         """Tear every plugin down, the last set up first, once the job running now
-        has ended; jobs not started yet are dropped, their outcome is nobody's (the
-        worker restarts: the scheduler sends its plugins again)."""
+        has ended, and wait for that (the worker restarts: its new self finds
+        nothing of the old plugins); jobs not started yet are dropped, their outcome
+        is nobody's (the scheduler sends the plugins again)."""
         self._cancel()
         if self.thread is not None:           # else none was ever set up
-            self._queue(Job("remove-all"))
+            job = Job("remove-all")
+            self._queue(job)
+            self._wait(job.ended)
+
+    def after(self, fn):
+        """Call ``fn()`` once every set-up and teardown sent before has ended: at
+        once if none is pending (`Client.run` finds the plugins set up, as it did
+        when they were set up on the I/O thread)."""
+        if self.pending:
+            self.after_jobs.append(fn)
+        else:
+            fn()
 
     def close(self):
         """As `remove_all`, then the thread ends; waits for it (the worker closes)."""
@@ -109,12 +125,17 @@ class WorkerPlugins:
         thread, self.thread = self.thread, None
         if thread is None:
             return
-        self.jobs.put(Job("close"))
-        thread.join(CLOSE_WARNING)
-        if thread.is_alive():
-            logger.warning("worker %s: closing waits for a plugin's set-up or "
-                           "teardown to end", self.worker.address)
-            thread.join()
+        job = Job("close")
+        self.jobs.put(job)
+        self._wait(job.ended)
+
+    def _wait(self, ended):
+        """Wait until the plugin thread sets ``ended`` (a job's), saying so when the
+        work under way takes long."""
+        if not ended.wait(CLOSE_WARNING):
+            logger.warning("worker %s: waiting for a plugin's set-up or teardown to "
+                           "end", self.worker.address)
+            ended.wait()
 
     def stop(self):
         """The thread ends after its jobs, tearing nothing down (the I/O thread is
@@ -183,6 +204,9 @@ class WorkerPlugins:
             job.reply(outcome)
         if not self.pending:
             self.busy(False)
+            waiting, self.after_jobs = self.after_jobs, []
+            for fn in waiting:
+                fn()
 
     # ---------------------------------------------------------------- plugin thread
 
@@ -199,6 +223,7 @@ class WorkerPlugins:
             elif job.kind in ("remove-all", "close"):
                 for name in reversed(list(self.live)):
                     self._tear_down(name)
+            job.ended.set()
             if job.kind == "close":
                 return
             self.worker.loop.call_soon(self._done, job, plugin, outcome)

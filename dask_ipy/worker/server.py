@@ -619,7 +619,9 @@ class Worker:
                         msg.get("for"))
 
     def _on_run(self, msg):
-        self._run_function(msg["function"], msg["request_id"])
+        # After the plugins' set-ups sent before it, as a task.
+        self.plugin_host.after(
+            lambda: self._run_function(msg["function"], msg["request_id"]))
 
     def _on_unknown_worker(self, msg):
         self._reconnect()

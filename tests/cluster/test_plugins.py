@@ -235,6 +235,10 @@ def seen_by(name, dask_worker):
     return list(dask_worker.plugins[name].seen)
 
 
+def set_up_so_far(dask_worker):
+    return getattr(dask_worker, "set_up", [])
+
+
 def set_up_here(_=None):
     """In a task: the plugins whose set-up had ended on its worker."""
     from dask_ipy import get_worker
@@ -309,11 +313,14 @@ def test_tasks_wait_for_the_set_ups_sent_before_them_in_order(tmp_path, marks_di
         placed = [(c.submit(set_up_here, i, workers=[w], pure=False), w)
                   for i in range(2) for w in workers]
         tasks = [t for t, _ in placed]
+        ran = in_background(c.run, set_up_so_far)   # functions wait as tasks do
         time.sleep(0.5)
         assert not any(t.done() for t in tasks) and not second.done()
+        assert not ran.done()
         open(release, "w").close()
         assert first() == second() == {w: {"status": "OK"} for w in workers}
         assert c.gather(tasks) == [["first", "second"]] * 4
+        assert ran() == {w: ["first", "second"] for w in workers}
         for w, seen in c.run(seen_by, "first").items():
             steps = chains(("transition", *t) for t in seen)
             assert sorted(steps) == sorted(t.key for t, at in placed if at == w)
