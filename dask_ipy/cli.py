@@ -315,18 +315,28 @@ def cmd_worker(args):
                memory_terminate_action="exit" if args.supervised else "interrupt")
     try:
         with _until_signalled():
+            limit = w.memory_limit
             print("dask-ipy worker", flush=True)
             print(f"pid: {os.getpid()}\naddress: {w.address}\n"
-                  f"memory_limit: {w.memory_limit or 0}\n"
+                  f"memory_limit: {limit or 0}\n"
                   f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
                   f"resources: {json.dumps(w.resources)}\n"
                   f"scheduler: {w.scheduler_address}", flush=True)
             # The supervisor watches the worker against its limit: it follows it;
             # and a worker that registered and then died it starts again.
-            w.limit_listeners.append(
-                lambda n: print(f"memory_limit: {n or 0}", flush=True))
-            w.registered_listeners.append(
-                lambda: print(f"registered: {w.scheduler_address}", flush=True))
+
+            def announce_limit(n):
+                print(f"memory_limit: {n or 0}", flush=True)
+
+            def announce_registered():
+                print(f"registered: {w.scheduler_address}", flush=True)
+            w.limit_listeners.append(announce_limit)
+            w.registered_listeners.append(announce_registered)
+            # What came before the listeners were there (told twice at worst).
+            if w.memory_limit != limit:
+                announce_limit(w.memory_limit)
+            if w.clients_address is not None:
+                announce_registered()
             w.wait()
     finally:
         w.close()
