@@ -10,6 +10,7 @@ _PUBLIC = {
     "Scheduler": ".scheduler.server",
     "Worker": ".worker.server",
     "Client": ".client.client",
+    "LocalCluster": ".local",
     "default_client": ".client.default",
     "Future": ".client.futures",
     "wait": ".client.futures",
@@ -149,7 +150,7 @@ def unload_ipython_extension(ip):
     unload(ip)
 
 
-__all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
+__all__ = ["Scheduler", "Worker", "Client", "LocalCluster", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "Reschedule", "MemoryLimitExceeded",
            "PausedWorkerWarning", "CancelledError", "RemoteError",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
