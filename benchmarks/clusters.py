@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -65,10 +66,12 @@ class DistributedCluster:
             self.cluster.close(timeout=30)
 
 
-def finish(results, path, table) -> int:
-    """Write a run's ``results`` to the JSON file at ``path``, print its table; 0 if
-    every run went through, else 1."""
+def finish(results, path, table, log=None) -> int:
+    """Write a run's ``results`` to the JSON file at ``path``, print its table (and
+    where its processes logged, if they did); 0 if every run went through, else 1."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(results, indent=1, default=str))
     print(table(results))
+    if log is not None:
+        print(f"log: {log}", file=sys.stderr)
     return 0 if all(r.get("ok") for r in results["runs"]) else 1
