@@ -114,14 +114,16 @@ def test_workers_in_this_process():
 
 
 @pytest.mark.parametrize("processes", [True, False])
-def test_memory_limit_and_resources_reach_the_workers(processes):
+def test_memory_limit_and_resources_reach_the_workers(processes, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
                       memory_limit="1GiB", resources={"GPU": 2},
+                      local_directory=str(tmp_path),
                       dashboard_address=":0") as cluster, \
             Client(cluster, set_as_default=False) as client:
         workers = client.scheduler_info()["workers"].values()
         assert [w["memory_limit"] for w in workers] == [GiB, GiB]
         assert [w["resources"] for w in workers] == [{"GPU": 2}, {"GPU": 2}]
+        assert all(w["local_directory"].startswith(str(tmp_path)) for w in workers)
         assert "memory=2.00 GiB" in repr(cluster)
         futures = client.map(inc, range(6), resources={"GPU": 2})
         assert client.gather(futures) == list(range(1, 7))
@@ -139,9 +141,11 @@ def test_scale_up_and_down_keeps_the_data():
         cluster.scale(3)                     # blocks until they have registered
         assert sorted(cluster.workers) == [0, 1, 2]
         assert len(client.nthreads()) == 3
-        futures = client.map(inc, range(30))
+        # Results on each worker, those that will leave too.
+        futures = [client.submit(inc, i, workers=[cluster.workers[i % 3].address])
+                   for i in range(30)]
         client.gather(futures)
-        assert len({a for who in client.who_has(futures).values() for a in who}) > 1
+        assert len({a for who in client.who_has(futures).values() for a in who}) == 3
         leaving = cluster_pids(cluster) - {cluster.scheduler.pid}
         cluster.scale(1)                     # the newest go, gracefully
         assert sorted(cluster.workers) == [0]
@@ -272,6 +276,9 @@ def test_arguments():
     with pytest.raises(ValueError):
         LocalCluster(memory_limit="lots")
     assert not psutil.Process().children()           # refused before starting
+    with pytest.warns(DeprecationWarning, match="use host"):
+        LocalCluster(n_workers=0, processes=False, ip="127.0.0.1",
+                     **NO_DASHBOARD).close()
     # What means nothing here is taken and ignored; empty unsupported ones too.
     with LocalCluster(n_workers=0, processes=False, loop=None, start=None,
                       worker_dashboard_address=None, services={}, interface=None,
