@@ -150,9 +150,9 @@ def unload_ipython_extension(ip):
     unload(ip)
 
 
-__all__ = ["Scheduler", "Worker", "Client", "LocalCluster", "Future", "wait", "as_completed",
+__all__ = ["Scheduler", "Worker", "Client", "Future", "wait", "as_completed",
            "dask_client_from_ipclient", "KilledWorker", "Reschedule", "MemoryLimitExceeded",
-           "PausedWorkerWarning", "CancelledError", "RemoteError",
+           "PausedWorkerWarning", "CancelledError", "RemoteError", "LocalCluster",
            "SchedulerLost", "TransferError", "CycleError", "MissingDependency", "Security",
            "default_client", "Monitor", "progress", "WorkerPlugin", "SchedulerPlugin",
            "UploadFile", "Environ", "UploadDirectory", "InstallPlugin", "PipInstall",

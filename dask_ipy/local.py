@@ -21,9 +21,9 @@ registration); whatever else it prints (a task's ``print``) is passed on to this
 process's standard output.
 
 A watch thread waits for the scheduler to stop: a `Client.shutdown`, or a crash,
-closes the cluster too.  `close` stops the workers and the scheduler at once
-(SIGTERM, each closes cleanly), waits, and kills what is still there with its
-children; clusters still open when the interpreter exits are closed then.
+closes the cluster too.  `close` closes the lifelines of the workers and the
+scheduler at once (each closes cleanly), waits, and kills what is still there with
+its children; clusters still open when the interpreter exits are closed then.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import math
 import operator
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -234,12 +233,10 @@ class _Child:
             return []
 
     def stop(self):
-        """Ask it to stop: its lifeline closes, and SIGTERM."""
+        """Ask it to stop: its lifeline closes, which is one SIGTERM (a second
+        one, sent from here too, could cut its clean-up short)."""
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
-        if self.running():
-            with contextlib.suppress(OSError):
-                self.proc.send_signal(signal.SIGTERM)
 
 
 def _reap(children, family, deadline):
@@ -592,7 +589,7 @@ class LocalCluster:
         if self.scheduler is not None:
             children.append(self.scheduler)
         family = [p for child in children for p in child.family()]
-        for child in children:          # at once: each closes cleanly on SIGTERM
+        for child in children:          # at once: each closes cleanly
             child.stop()
         _reap(children, family, deadline)
 
