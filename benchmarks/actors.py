@@ -12,10 +12,9 @@ processes; the client is in the benchmark process.  Figures, in calls per second
 Each figure is the median of three timed runs after a warm-up (one run with
 ``--quick``), and every run checks the counter's value.  Whether pipelined calls ran
 in the order they were sent is recorded too (dask_ipy's do, one caller at a time;
-dask.distributed's need not).  Clusters as in
-``benchmarks.memory``: ``dask-ipy scheduler`` and two ``dask-ipy worker --nthreads
-1``; ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.  The
-class is pickled by value, so the workers need not import this module.  The JSON
+dask.distributed's need not).  Clusters as in ``benchmarks.memory``: each system's
+``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.  The class is
+pickled by value, so the workers need not import this module.  The JSON
 (``--json``, default ``benchmarks/results/actors.json``) keeps every sample.
 """
 
@@ -26,7 +25,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -128,11 +126,10 @@ def main(argv=None):
     repeats = args.repeats or (1 if args.quick else 3)
     results = {"python": platform.python_version(), "quick": args.quick,
                "sizes": sizes, "load_before": os.getloadavg(), "runs": []}
-    log = Path(tempfile.mkdtemp(prefix="dask-ipy-bench-")) / "actors.log"
     classes = {"dask_ipy": DaskIpyCluster, "distributed": DistributedCluster}
     for system in args.systems.split(","):
         print(f"actors: {system} ...", file=sys.stderr, flush=True)
-        cluster = classes[system](log)
+        cluster = classes[system]()
         try:
             figures = {"ok": True, **measure(cluster, sizes, repeats)}
         except Exception as e:
@@ -141,7 +138,7 @@ def main(argv=None):
             cluster.close()
         figures.update(system=system, load=os.getloadavg())
         results["runs"].append(figures)
-    return finish(results, args.json, table, log)
+    return finish(results, args.json, table)
 
 
 def table(results):

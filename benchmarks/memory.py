@@ -14,10 +14,10 @@
               left alone (``--blas-threads off``)
 
 Every system gets fresh processes for each workload, one workload at a time (the
-big ones must not overlap on a shared machine).  dask_ipy: ``dask-ipy scheduler`` and
-two ``dask-ipy worker --nthreads 1 --memory-limit 1GiB`` (each under its supervisor);
-dask.distributed: ``LocalCluster(n_workers=2, threads_per_worker=1,
-memory_limit="1GiB", processes=True)``.  The JSON (``--json``, default
+big ones must not overlap on a shared machine), each ``LocalCluster(n_workers=2,
+threads_per_worker=1, memory_limit="1GiB", processes=True)``: dask_ipy's (a
+``dask-ipy scheduler`` and two ``dask-ipy worker`` processes, each worker under its
+supervisor) and dask.distributed's.  The JSON (``--json``, default
 ``benchmarks/results/memory.json``) keeps every figure; the table goes to stdout.
 """
 
@@ -30,7 +30,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -175,13 +174,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     results = {"python": platform.python_version(), "quick": args.quick,
                "load_before": os.getloadavg(), "runs": []}
-    log = Path(tempfile.mkdtemp(prefix="dask-ipy-bench-")) / "memory.log"
     for workload in args.only.split(","):
         for label, cls, options in variants(workload, args.systems.split(",")) \
                 * args.rounds:
             print(f"{workload}: {label} ...", file=sys.stderr, flush=True)
             memory_limit = "1GiB" if workload != "svd" else "auto"
-            cluster = cls(log, memory_limit=memory_limit, **options)
+            cluster = cls(memory_limit=memory_limit, **options)
             try:
                 figures = WORKLOADS[workload](cluster, args.quick)
                 figures["ok"] = True
@@ -192,7 +190,7 @@ def main(argv=None):
             figures.update(workload=workload, system=label, load=os.getloadavg())
             results["runs"].append(figures)
             print(json.dumps(figures, default=str)[:400], file=sys.stderr, flush=True)
-    finish(results, args.json, table, log)
+    finish(results, args.json, table)
 
 
 def table(results):

@@ -16,7 +16,10 @@ on stdin, never on the command line.  With ``--log-file`` output goes to a file 
 the addresses are out, so a parent may stop reading the pipe.  SIGINT, SIGTERM and
 SIGHUP close the scheduler or worker cleanly.  ``worker`` runs under a small
 supervisor (`dask_ipy.supervisor`) that starts a new worker when one exits because
-a task took it past its memory limit.
+a task took it past its memory limit.  With ``--lifeline`` (not in ``--help``: for a
+parent that starts these commands, as `dask_ipy.local.LocalCluster` does) the
+process stops as on SIGTERM once its stdin closes: the parent holds the other end,
+so its close, or its death however it comes, stops the child.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 __all__ = ["main", "build_parser", "parse_args"]
@@ -73,6 +77,7 @@ def build_parser():
     p.add_argument("--log-file", default=None,
                    help="send output here once listening ('auto': next to the "
                         "connection file; removed at exit if empty)")
+    p.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("worker", help="run a worker until its scheduler closes it")
     p.add_argument("scheduler", metavar="ADDRESS_OR_FILE",
@@ -108,6 +113,7 @@ def build_parser():
                    help="run the worker in this process: a task past the memory "
                         "limit is interrupted instead of the worker restarted")
     p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("demo", help="boot on a local ipcluster, compute, print, stop")
     p.add_argument("--engines", type=int, default=2)
@@ -187,6 +193,18 @@ def _until_signalled():
             signal.signal(s, signal.SIG_IGN)
 
 
+def _stop_when_stdin_closes():
+    """``--lifeline``: the parent holds the other end of our stdin; once it is closed
+    (by the parent, or because the parent died) this process gets SIGTERM."""
+    def watch():
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dask-ipy-lifeline", daemon=True).start()
+
+
 # ---------------------------------------------------------------- scheduler
 
 def _read_security(args):
@@ -219,13 +237,16 @@ def _open_log(path):
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
-def _redirect_output(fd):
-    """Point stdout and stderr at ``fd``: a parent reading our pipe may stop."""
+def _redirect_output(fd, keep_stdin=False):
+    """Point stdout and stderr at ``fd``: a parent reading our pipe may stop.  Stdin
+    becomes /dev/null too, unless ``keep_stdin`` (a lifeline)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    if keep_stdin:
+        return
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -257,6 +278,8 @@ def cmd_scheduler(args):
     log = None
     try:
         with _until_signalled():
+            if args.lifeline:
+                _stop_when_stdin_closes()
             if args.log_file:   # created before the addresses are out: it exists then
                 log = log_path(args.log_file, s.connection_file)
                 fd = _open_log(log)
@@ -267,7 +290,7 @@ def cmd_scheduler(args):
                                         s.address_to_workers, s.address_to_clients)),
                   flush=True)
             if log:
-                _redirect_output(fd)
+                _redirect_output(fd, keep_stdin=args.lifeline)
             s.wait()
     finally:
         s.close()
@@ -315,18 +338,30 @@ def cmd_worker(args):
                memory_terminate_action="exit" if args.supervised else "interrupt")
     try:
         with _until_signalled():
+            if args.lifeline:
+                _stop_when_stdin_closes()
+            limit = w.memory_limit
             print("dask-ipy worker", flush=True)
             print(f"pid: {os.getpid()}\naddress: {w.address}\n"
-                  f"memory_limit: {w.memory_limit or 0}\n"
+                  f"memory_limit: {limit or 0}\n"
                   f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
                   f"resources: {json.dumps(w.resources)}\n"
                   f"scheduler: {w.scheduler_address}", flush=True)
             # The supervisor watches the worker against its limit: it follows it;
             # and a worker that registered and then died it starts again.
-            w.limit_listeners.append(
-                lambda n: print(f"memory_limit: {n or 0}", flush=True))
-            w.registered_listeners.append(
-                lambda: print(f"registered: {w.scheduler_address}", flush=True))
+
+            def announce_limit(n):
+                print(f"memory_limit: {n or 0}", flush=True)
+
+            def announce_registered():
+                print(f"registered: {w.scheduler_address}", flush=True)
+            w.limit_listeners.append(announce_limit)
+            w.registered_listeners.append(announce_registered)
+            # What came before the listeners were there (told twice at worst).
+            if w.memory_limit != limit:
+                announce_limit(w.memory_limit)
+            if w.clients_address is not None:
+                announce_registered()
             w.wait()
     finally:
         w.close()
@@ -342,6 +377,8 @@ def _supervise_worker(args):
     def forward(signum, frame):
         sup.stop(signum)
     old = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    if args.lifeline:
+        _stop_when_stdin_closes()
     try:
         return sup.run()
     finally:

@@ -97,6 +97,8 @@ class Supervisor:
         self.proc = None
         self.limit = None
         self.stopping = threading.Event()
+        self.stop_signal = signal.SIGTERM
+        self.signalled = None     # the worker process the stop signal was passed to
         self.restarts = []        # when workers were started again (monotonic)
         self.failed_starts = 0    # workers in a row that exited before registering
         self.quick_deaths = []    # when workers died soon after registering (monotonic)
@@ -146,11 +148,16 @@ class Supervisor:
         return text
 
     def stop(self, sig=signal.SIGTERM):
+        self.stop_signal = sig
         self.stopping.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
+        self._signal(self.proc)
+
+    def _signal(self, proc):
+        """Pass the stop signal on to ``proc``, once."""
+        if proc is not None and proc is not self.signalled and proc.poll() is None:
+            self.signalled = proc
             try:
-                proc.send_signal(sig)
+                proc.send_signal(self.stop_signal)
             except OSError:
                 pass
 
@@ -164,6 +171,8 @@ class Supervisor:
         self.proc = proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=self.env, text=True, bufsize=1)
+        if self.stopping.is_set():    # stopped while it was being started
+            self._signal(proc)
         relays = [threading.Thread(target=target, args=(stream,), daemon=True,
                                    name=f"dask-ipy-supervisor-{name}")
                   for target, stream, name in ((self._relay, proc.stdout, "stdout"),

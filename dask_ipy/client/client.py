@@ -265,6 +265,7 @@ class Client(ClusterMethods, ObserveMethods):
     >>> c = Client(s.address_to_clients)      # or a connection file path
     >>> c.get({'x': 1, 'y': (add, 'x', 2)}, 'y')
     3
+    >>> c = Client(LocalCluster(n_workers=2))  # a cluster: c.cluster is that one
 
     With ``asynchronous=True`` every method that waits returns a coroutine, and the
     client itself is awaited once (``c = await Client(addr, asynchronous=True)`` or
@@ -278,7 +279,14 @@ class Client(ClusterMethods, ObserveMethods):
     def __init__(self, address=None, *, security=None, timeout=10.0,
                  set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES,
                  asynchronous=False, task_output=True):
-        if hasattr(address, "address_to_clients"):          # a Scheduler object
+        self._cluster = None
+        if hasattr(address, "scheduler_address"):           # a LocalCluster
+            if address.scheduler_address is None or address.status == "closed":
+                raise ValueError(f"{address!r} is not running")
+            self._cluster = address
+            security = security or address.security
+            address = address.scheduler_address
+        elif hasattr(address, "address_to_clients"):        # a Scheduler object
             security = security or address.security
             address = address.address_to_clients
         self.address, self.security = resolve_scheduler(address, security,
@@ -380,9 +388,10 @@ class Client(ClusterMethods, ObserveMethods):
 
     @property
     def cluster(self):
-        """None: a Client joins a scheduler by its address and never owns a
-        cluster object (dask.distributed's is None for such a client too)."""
-        return None
+        """The `LocalCluster` this client was made with (``Client(cluster)``), else
+        None (dask.distributed's is None for a client of an address too).  Closing
+        the client leaves the cluster running; `shutdown` stops it."""
+        return self._cluster
 
     @property
     def monitor_callbacks(self):

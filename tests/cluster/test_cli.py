@@ -31,9 +31,9 @@ def command():
 def running(*args, **kw):
     """A ``dask-ipy`` process whose ``name: value`` start-up lines are parsed into
     ``proc.info``; killed with its children if still running at the end."""
-    proc = subprocess.Popen(command() + list(args), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kw)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.Popen(command() + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
     try:
         proc.info = read_info(proc, last=kw.pop("last", None))
         yield proc
@@ -107,6 +107,25 @@ def test_signals_close_cleanly(tmp_path, sig):
                 assert w.wait(10) == 0
                 wait_for(lambda: not c.nthreads(), message="the worker to leave")
         s.send_signal(sig)
+        assert s.wait(10) == 0
+    assert not os.path.exists(path)
+
+
+def test_a_lifeline_stops_the_process_when_its_stdin_closes(tmp_path):
+    """``--lifeline``: the parent holds the other end of stdin; its closing (or the
+    parent's death) stops the scheduler, and a worker with its supervisor, cleanly."""
+    path = str(tmp_path / "scheduler.json")
+    with running("scheduler", "--connection-file", path, "--lifeline",
+                 stdin=subprocess.PIPE) as s:
+        with running("worker", path, "--lifeline", stdin=subprocess.PIPE) as w:
+            with Client(path, set_as_default=False) as c:
+                wait_for(lambda: len(c.nthreads()) == 1, message="the worker")
+                worker = psutil.Process(int(w.info["pid"]))
+                w.stdin.close()
+                assert w.wait(10) == 0
+                worker.wait(10)
+                wait_for(lambda: not c.nthreads(), message="the worker to leave")
+        s.stdin.close()
         assert s.wait(10) == 0
     assert not os.path.exists(path)
 

@@ -1,7 +1,8 @@
 """The import graph keeps the layers honest.  It is read from the source with ast
 (every import statement, those inside functions too), and checked:
 
-    top        notebook/, bootstrap.py, cli.py, __main__.py, __init__.py, dynamic.py
+    top        notebook/, bootstrap.py, cli.py, local.py, __main__.py, __init__.py,
+               dynamic.py
     roles      scheduler/  worker/  client/     beside each other: none imports another
     base       the rest: the wire (protocol, comm, security, bulk), errors, graph...
 
@@ -19,7 +20,7 @@ import textwrap
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "dask_ipy"
-TOP = ("notebook", "bootstrap", "cli", "__main__", "dynamic")
+TOP = ("notebook", "bootstrap", "cli", "__main__", "dynamic", "local")
 ROLES = ("scheduler", "worker", "client")
 PURE = ["scheduler/state.py", "scheduler/moves.py", "scheduler/coordination.py",
         "worker/state.py", "client/state.py",

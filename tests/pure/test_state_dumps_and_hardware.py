@@ -93,6 +93,7 @@ def test_zip_directory_skips_words_and_predicates(tmp_path):
 
 def test_status_members_are_the_strings_reported():
     assert Status.running == "running" and Status("paused") is Status.paused
-    assert [s.value for s in Status] == ["connecting", "running", "reconnecting",
-                                         "paused", "closing_gracefully", "closed"]
+    assert [s.value for s in Status] == ["created", "connecting", "running",
+                                         "reconnecting", "paused",
+                                         "closing_gracefully", "closing", "closed"]
     assert f"{Status.closed}" == "closed"

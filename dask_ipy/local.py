@@ -1,0 +1,839 @@
+"""`LocalCluster`: a scheduler and workers on this machine, started and stopped as
+one, with dask.distributed's arguments, attributes and methods.
+
+    processes=True (the default)                   processes=False
+    this process                                   this process
+     ├─ python -m dask_ipy scheduler ...            Scheduler (its I/O thread)
+     ├─ python -m dask_ipy worker FILE ...          Worker, Worker, ... (threads)
+     │     (a supervisor) └─ the worker process
+     └─ ...
+
+The commands are those of ``dask-ipy`` (cli.py): each worker runs under its
+supervisor, which starts a new worker process when one dies, as dask.distributed's
+nanny does.  Each child runs in its own session (a Ctrl-C at the terminal reaches
+this process only) and stops as on SIGTERM once its stdin closes (``--lifeline``):
+this process holds the other end, so its death, however it comes, stops them too.
+The key travels on the scheduler's stdin, the workers read it from the scheduler's
+connection file (owner-only); none is on a command line.  A thread per child reads
+its stdout: the ``name: value`` lines it prints as it starts (addresses; a worker's
+pid, address and memory limit each time its supervisor starts one, and each
+registration); whatever else it prints (a task's ``print``) is passed on to this
+process's standard output.
+
+A watch thread waits for the scheduler to stop: a `Client.shutdown`, or a crash,
+closes the cluster too.  `close` closes the lifelines of the workers and the
+scheduler at once (each closes cleanly), waits, and kills what is still there with
+its children; clusters still open when the interpreter exits are closed then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import math
+import operator
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import weakref
+
+import psutil
+
+from .addresses import ANY_HOST, LOOPBACK
+from .log import logger
+from .security import Security
+from .status import Status
+from .units import check_nthreads, format_bytes, parse_resources
+from .worker.limits import memory_limit_bytes
+from .worker.system import host_cores, host_memory
+
+START_TIMEOUT = 60.0      # seconds a scheduler or worker has to come up
+CLOSE_TIMEOUT = 10.0      # seconds the processes have to stop once asked, before
+                          # they are killed
+DEFAULT_DASHBOARD = ":8787"
+
+# Arguments of dask.distributed's LocalCluster that mean nothing here, each accepted
+# and ignored, with the reason.
+IGNORED = {
+    "loop": "dask_ipy runs no event loop of its own: each scheduler, worker and "
+            "client has an I/O thread",
+    "start": "deprecated in dask.distributed, where it has no effect either",
+    "scheduler_sync_interval": "the cluster asks the scheduler when it needs to know",
+    "worker_dashboard_address": "workers serve no web page; the scheduler's "
+                                "dashboard shows them",
+}
+# Arguments of dask.distributed's LocalCluster that mean something dask_ipy cannot do:
+# refused (TypeError) unless left at their empty default.
+UNSUPPORTED = {
+    "services": "Bokeh services",
+    "worker_services": "Bokeh services",
+    "service_kwargs": "Bokeh services",
+    "blocked_handlers": "blocking scheduler handlers",
+    "worker_class": "another worker class",
+    "scheduler_kwargs": "other scheduler arguments",
+    "interface": "choosing a network interface (pass its address as host=)",
+}
+
+_OPEN = weakref.WeakSet()         # clusters of this process not closed yet
+
+
+def _close_open_clusters():
+    for cluster in list(_OPEN):
+        with contextlib.suppress(Exception):
+            cluster._close()
+
+
+atexit.register(_close_open_clusters)
+
+
+# ---------------------------------------------------------------- arguments
+
+def _level_name(level):
+    """A logging level (a number or a name; True: warnings) as the ``--log-level``
+    of a command."""
+    if level is True:
+        level = logging.WARN
+    if isinstance(level, str):
+        return level.upper()
+    for number, name in ((10, "DEBUG"), (20, "INFO"), (30, "WARNING"), (40, "ERROR")):
+        if level <= number:
+            return name
+    return "CRITICAL"
+
+
+def default_sizes(n_workers, threads_per_worker, processes, cores):
+    """(workers, threads each), as dask.distributed's LocalCluster chooses them on a
+    host of ``cores`` cores: with processes, up to 4 cores one single-threaded
+    worker each, beyond that about sqrt(cores) workers; in one process, one worker
+    with a thread per core."""
+    if n_workers is None and threads_per_worker is None:
+        if not processes:
+            return 1, cores
+        if cores <= 4:
+            return cores, 1
+        n_workers = min(f for f in range(1, cores + 1)
+                        if cores % f == 0 and f >= math.sqrt(cores))
+        return n_workers, cores // n_workers
+    if n_workers is None:
+        return (max(1, cores // threads_per_worker) if processes else 1), \
+            threads_per_worker
+    if threads_per_worker is None:
+        threads_per_worker = max(1, math.ceil(cores / max(n_workers, 1)))
+    return n_workers, threads_per_worker
+
+
+def dashboard_port(address, host):
+    """The port of ``dashboard_address`` (None: no dashboard), served where the
+    scheduler listens (``host``); a port in use gives way to a free one, with a
+    warning, as in dask.distributed."""
+    if address is None or address is False:
+        return None
+    if isinstance(address, int):
+        where, port = "", address
+    else:
+        where, _, text = str(address).rpartition(":")
+        try:
+            port = int(text)
+        except ValueError:
+            raise ValueError(f"dashboard_address must be like ':8787' or "
+                             f"'{host}:8787', not {address!r}") from None
+        where = where.strip("[]")
+        if where in LOOPBACK and host in LOOPBACK:
+            where = host
+        if where not in ("", host):
+            raise ValueError(f"the dashboard listens where the scheduler does "
+                             f"(host={host!r}), not on {where!r}")
+    if port and not _port_free(host, port):
+        warnings.warn(f"port {port} is already in use (another cluster?); the "
+                      f"dashboard takes a free port instead", stacklevel=3)
+        return 0
+    return port
+
+
+def _port_free(host, port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does
+        try:
+            s.bind(("" if host in ANY_HOST else host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _child_env():
+    """This process's environment, with its ``sys.path`` on the children's
+    PYTHONPATH: they import dask_ipy, and the functions tasks call by reference,
+    from where this process does."""
+    env = dict(os.environ)
+    paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("PYTHONUNBUFFERED", "1")     # a task's print shows at once
+    return env
+
+
+def _forward(raw):
+    out = sys.__stdout__
+    if out is None:
+        return
+    with contextlib.suppress(Exception):
+        out.buffer.write(raw)
+        out.flush()
+
+
+# ---------------------------------------------------------------- processes
+
+class _Child:
+    """A ``python -m dask_ipy ...`` process of a cluster (see the module
+    docstring); `status_line` takes the lines of its stdout that are its own."""
+
+    def __init__(self, argv, env, label, first_line=None):
+        self.proc = subprocess.Popen([sys.executable, "-m", "dask_ipy", *argv],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, start_new_session=True)
+        if first_line is not None:
+            with contextlib.suppress(BrokenPipeError):   # it died: told when waited for
+                self.proc.stdin.write(first_line.encode() + b"\n")
+                self.proc.stdin.flush()
+        self.reader = threading.Thread(target=self._read, daemon=True,
+                                       name=f"dask-ipy-cluster-{label}")
+        self.reader.start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            try:
+                own = self.status_line(raw.decode(errors="replace").strip())
+            except Exception:        # a line that only looked like ours: read on
+                own = False
+            if not own:
+                _forward(raw)
+        self.proc.stdout.close()
+
+    def status_line(self, line):
+        """Take ``line`` if it is one of the process's own; whether it was."""
+        raise NotImplementedError
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def family(self):
+        """The process and its descendants, as psutil processes, while it lives."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def stop(self):
+        """Ask it to stop: its lifeline closes, which is one SIGTERM (a second
+        one, sent from here too, could cut its clean-up short)."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+
+
+def _reap(children, family, deadline):
+    """Wait for ``children`` until ``deadline``; kill what is left of them and of
+    ``family`` (their descendants, taken before they were asked to stop: one that
+    outlives its parent is no longer its child)."""
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(max(deadline - time.monotonic(), 0.01))
+    left = [p for p in family if p.is_running()]
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(left, timeout=5)
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(5)
+        child.reader.join(5)
+
+
+class SchedulerProcess(_Child):
+    """The scheduler of a `LocalCluster` with ``processes=True``: a ``dask-ipy
+    scheduler`` process.  ``address_to_clients`` (what a Client joins),
+    ``address_to_workers``, ``connection_file``, ``pid``, ``dashboard_link``."""
+
+    def __init__(self, argv, env, security):
+        self.info = {}
+        self.ready = threading.Event()
+        super().__init__(argv, env, "scheduler",
+                         first_line=json.dumps(security.to_dict()))
+
+    def status_line(self, line):
+        if self.ready.is_set():
+            return False
+        name, _, value = line.partition(":")
+        self.info[name.strip()] = value.strip()
+        if name.strip() == "address_to_clients":    # the last of its start-up lines
+            self.ready.set()
+        return True
+
+    def wait_ready(self, deadline):
+        while not self.ready.wait(0.05):
+            if not self.running():
+                raise RuntimeError(f"the scheduler exited (code {self.proc.poll()}) "
+                                   f"before it listened; its output is above")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the scheduler did not listen in time")
+
+    def wait(self):
+        """Block until the process ends."""
+        self.proc.wait()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def address_to_clients(self):
+        return self.info.get("address_to_clients")
+
+    @property
+    def address(self):
+        return self.address_to_clients
+
+    @property
+    def address_to_workers(self):
+        return self.info.get("address_to_workers")
+
+    @property
+    def connection_file(self):
+        return self.info.get("connection_file")
+
+    @property
+    def dashboard_link(self):
+        return self.info.get("dashboard")
+
+    def __repr__(self):
+        return f"<SchedulerProcess {self.address} pid={self.pid}>"
+
+
+class WorkerProcess(_Child):
+    """A worker of a `LocalCluster` with ``processes=True``: a ``dask-ipy worker``
+    command, its supervisor and the worker process the supervisor keeps running
+    (dask.distributed's Nanny).  ``address`` (also ``worker_address``), ``pid`` and
+    ``memory_limit`` are those of the worker process running now: a new one, after
+    a death, has its own."""
+
+    def __init__(self, name, argv, env):
+        self.name = name
+        self.address = None
+        self.pid = None
+        self.memory_limit = None
+        self.registered = threading.Event()   # the worker running now registered
+        self._header = None                   # the start-up lines being read
+        super().__init__(argv, env, f"worker-{name}")
+
+    @property
+    def worker_address(self):
+        return self.address
+
+    @property
+    def supervisor_pid(self):
+        return self.proc.pid
+
+    def status_line(self, line):
+        if line == "dask-ipy worker":        # a worker process starts
+            self._header = {}
+            self.registered.clear()
+            return True
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if self._header is not None:
+            self._header[name] = value
+            if name == "scheduler":          # the last of its start-up lines
+                header, self._header = self._header, None
+                self.pid = int(header.get("pid") or 0) or None
+                self.address = header.get("address")
+                self.memory_limit = int(float(header.get("memory_limit") or 0))
+            return True
+        if not sep:
+            return False
+        if name == "registered":
+            self.registered.set()
+        elif name == "memory_limit":
+            self.memory_limit = int(float(value or 0))
+        return name in ("registered", "memory_limit") or (
+            name == "supervisor" and value.isdigit())
+
+    def close(self, timeout=CLOSE_TIMEOUT):
+        """Stop the worker and its supervisor (killed after ``timeout`` s)."""
+        family = self.family()
+        self.stop()
+        _reap([self], family, time.monotonic() + timeout)
+
+    def __repr__(self):
+        return f"<WorkerProcess {self.name!r} {self.address} pid={self.pid}>"
+
+
+# ---------------------------------------------------------------- the cluster
+
+class LocalCluster:
+    """A scheduler and ``n_workers`` workers of ``threads_per_worker`` threads each
+    on this machine, as dask.distributed's ``LocalCluster``:
+
+    >>> cluster = LocalCluster(n_workers=2, threads_per_worker=1)
+    >>> client = Client(cluster)          # client.cluster is cluster
+
+    ``processes``: each worker a process of its own under a supervisor (the
+    default; the scheduler is a process too), or (False) the scheduler and the
+    workers in this process, as threads.  Without ``n_workers`` and
+    ``threads_per_worker`` the sizes are dask.distributed's (`default_sizes`).
+    ``memory_limit`` of each worker: "auto" (this host's memory shared among the
+    workers on it), bytes, "2GiB", a fraction of the host, or None/0 for none
+    (workers in this process measure this process, which they share).
+    ``resources`` of each worker, ``{"GPU": 1}`` or "GPU=1".  ``host`` (``ip``,
+    deprecated): where the scheduler and workers listen (default 127.0.0.1;
+    "0.0.0.0": everywhere).  ``scheduler_port``: the port clients join (0: any
+    free one); workers join the scheduler on a port of their own, always a free
+    one.  ``dashboard_address`` (":8787", ":0" for any free port, None for none):
+    the scheduler's web page, on ``host``.  ``silence_logs``: the level of the
+    "dask_ipy" logger in the cluster's processes (False or None: left alone).
+    ``security``: a `Security` (True: a new key with encryption; default: a new
+    key).  ``local_directory`` and ``blas_threads`` go to each worker (see
+    `Worker`).  ``asynchronous``: await the cluster (``await LocalCluster(...,
+    asynchronous=True)`` or ``async with``); its `close`, `scale`,
+    `wait_for_workers` and `get_logs` then return awaitables.
+
+    Accepted and ignored, as meaning nothing here: ``loop``, ``start``,
+    ``scheduler_sync_interval``, ``worker_dashboard_address`` (see `IGNORED`).
+    Refused unless empty: ``services``, ``worker_services``, ``service_kwargs``,
+    ``blocked_handlers``, ``worker_class``, ``scheduler_kwargs``, ``interface``;
+    ``protocol`` other than tcp.  Any other keyword: TypeError.
+
+    `scale` blocks until the workers have joined (or left, through a graceful
+    retirement, as in dask.distributed).  `close` stops every process and thread it
+    started; so do a `Client.shutdown`, the end of a ``with`` block and the exit of
+    the interpreter.  ``Client(cluster).close()`` leaves the cluster running.
+    """
+
+    def __init__(self, n_workers=None, threads_per_worker=None, processes=True, *,
+                 memory_limit="auto", resources=None, host=None, ip=None,
+                 scheduler_port=0, dashboard_address=DEFAULT_DASHBOARD,
+                 silence_logs=logging.WARN, security=None, local_directory=None,
+                 blas_threads=None, name=None, asynchronous=False, protocol=None,
+                 **kwargs):
+        self._check_extra(kwargs)
+        if ip is not None:
+            warnings.warn("the ip parameter is deprecated: use host",
+                          DeprecationWarning, stacklevel=2)
+            host = host or ip
+        if protocol not in (None, "tcp", "tcp://"):
+            raise ValueError(f"dask_ipy speaks tcp only, not protocol={protocol!r}")
+        if n_workers is not None:
+            n_workers = operator.index(n_workers)
+            if n_workers < 0:
+                raise ValueError(f"n_workers must be 0 or more, not {n_workers}")
+        if threads_per_worker is not None:
+            threads_per_worker = check_nthreads(threads_per_worker)
+        self.processes = bool(processes)
+        n_workers, self.threads_per_worker = default_sizes(
+            n_workers, threads_per_worker, self.processes, host_cores())
+        memory_limit_bytes(memory_limit, 1)                  # checked now
+        self.memory_limit = memory_limit
+        self.resources = parse_resources(resources)
+        self.host = host or "127.0.0.1"
+        self.scheduler_port = operator.index(scheduler_port or 0)
+        if security is None or security is False:
+            security = Security.temporary()
+        elif security is True:
+            security = Security.temporary(encrypt=True)
+        elif not isinstance(security, Security):
+            raise TypeError(f"security must be a Security, True or None, not "
+                            f"{type(security).__name__}")
+        self.security = security
+        self.local_directory = local_directory
+        self.blas_threads = blas_threads
+        self.silence_logs = silence_logs
+        self.name = name if name is not None else secrets.token_hex(4)
+        self._asynchronous = bool(asynchronous)
+        self._dashboard = dashboard_port(dashboard_address, self.host)
+        self.status = Status.created
+        self.scheduler = None       # the Scheduler, or its SchedulerProcess
+        self.workers = {}           # {name: Worker, or its WorkerProcess}
+        self._n_workers = n_workers
+        self._next_name = 0
+        self._lock = threading.RLock()
+        self._client = None        # a Client of our own, made when first needed
+        self._watch = None
+        self._scheduler_stopped = None   # blocks until the scheduler has stopped
+        self._old_level = None
+        self._env = _child_env() if self.processes else None
+        _OPEN.add(self)
+        if not self._asynchronous:
+            self._start()
+
+    @staticmethod
+    def _check_extra(kwargs):
+        for key, value in kwargs.items():
+            if key in IGNORED:
+                continue
+            if key in UNSUPPORTED:
+                if value:
+                    raise TypeError(f"LocalCluster({key}=...) is not supported: "
+                                    f"dask_ipy has no {UNSUPPORTED[key]}")
+                continue
+            raise TypeError(f"LocalCluster() got an unexpected keyword argument "
+                            f"{key!r}")
+
+    # ---------------------------------------------------------------- life
+
+    def _start(self):
+        with self._lock:
+            if self.status != Status.created:
+                return
+            self.status = Status.running
+            try:
+                if self.processes:
+                    self._start_scheduler_process()
+                else:
+                    self._start_scheduler_here()
+                self._watch = threading.Thread(
+                    target=_watch, args=(self._scheduler_stopped, weakref.ref(self)),
+                    name="dask-ipy-cluster-watch", daemon=True)
+                self._watch.start()
+                self._add_workers(self._n_workers)
+            except BaseException:
+                self._close()
+                raise
+
+    def _start_scheduler_process(self):
+        argv = ["--log-level", self._log_level(), "scheduler", "--host", self.host,
+                "--port-to-clients", str(self.scheduler_port),
+                "--security-from-stdin", "--lifeline"]
+        if self._dashboard is not None:
+            argv += ["--dashboard-port", str(self._dashboard)]
+        self.scheduler = SchedulerProcess(argv, self._env, self.security)
+        self.scheduler.wait_ready(time.monotonic() + START_TIMEOUT)
+        self._scheduler_stopped = self.scheduler.wait
+
+    def _start_scheduler_here(self):
+        from .scheduler.server import Scheduler
+
+        if self.silence_logs:
+            log = logging.getLogger("dask_ipy")
+            self._old_level = log.level
+            log.setLevel(self._log_level())
+        self.scheduler = Scheduler(hostname=self.host,
+                                   port_to_clients=self.scheduler_port,
+                                   security=self.security,
+                                   dashboard_port=self._dashboard)
+        self._scheduler_stopped = self.scheduler.loop.stopped.wait
+
+    def _log_level(self):
+        return _level_name(self.silence_logs or logging.WARN)
+
+    def _scheduler_running(self):
+        if self.processes:
+            return self.scheduler.running()
+        return not self.scheduler.loop.stopped.is_set()
+
+    def _scheduler_ended(self):
+        """The watch thread: the scheduler stopped (a client shut it down, or it
+        died).  The rest of the cluster goes too, unless it is already going; a
+        `scale` under way is waited for."""
+        while not self._lock.acquire(timeout=0.1):
+            if self.status != Status.running:
+                return
+        try:
+            if self.status == Status.running:
+                logger.info("LocalCluster %s: the scheduler stopped; closing",
+                            self.name)
+                self._close()
+        finally:
+            self._lock.release()
+
+    def close(self, timeout=None):
+        """Stop the workers and the scheduler, every process and thread started;
+        what has not stopped after ``timeout`` seconds (default 10) is killed.
+        Again: nothing.  An awaitable if the cluster is asynchronous."""
+        if self._asynchronous:
+            return asyncio.to_thread(self._close, timeout)
+        self._close(timeout)
+
+    def _close(self, timeout=None):
+        """`close`, blocking whatever the cluster is."""
+        deadline = time.monotonic() + (CLOSE_TIMEOUT if timeout is None else timeout)
+        with self._lock:
+            if self.status in (Status.closed, Status.closing):
+                return
+            self.status = Status.closing
+            try:
+                if self._client is not None:
+                    with contextlib.suppress(Exception):
+                        self._client.close(timeout=2)
+                    self._client = None
+                if self.processes:
+                    self._stop_processes(deadline)
+                else:
+                    self._stop_threads()
+            finally:
+                self.workers = {}
+                self.status = Status.closed
+                _OPEN.discard(self)
+        watch = self._watch
+        if watch is not None and watch is not threading.current_thread():
+            watch.join(max(deadline - time.monotonic(), 5))
+
+    def _stop_processes(self, deadline):
+        children = list(self.workers.values())
+        if self.scheduler is not None:
+            children.append(self.scheduler)
+        family = [p for child in children for p in child.family()]
+        for child in children:          # at once: each closes cleanly
+            child.stop()
+        _reap(children, family, deadline)
+
+    def _stop_threads(self):
+        for w in self.workers.values():
+            with contextlib.suppress(Exception):
+                w.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self._old_level is not None:
+            logging.getLogger("dask_ipy").setLevel(self._old_level)
+            self._old_level = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._close()
+
+    def __await__(self):
+        return self._astart().__await__()
+
+    async def _astart(self):
+        await asyncio.to_thread(self._start)
+        return self
+
+    async def __aenter__(self):
+        return await self
+
+    async def __aexit__(self, *exc):
+        await asyncio.to_thread(self._close)
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            if self.status in (Status.running, Status.created):
+                self._close()
+
+    # ---------------------------------------------------------------- workers
+
+    def scale(self, n=0, memory=None, cores=None):
+        """Have ``n`` workers (or enough for ``memory`` bytes, or ``cores``
+        threads): new ones are started and have registered when this returns; the
+        newest go first, retired gracefully (their data moves to the others).  An
+        awaitable if the cluster is asynchronous."""
+        if memory is not None:
+            per_worker = memory_limit_bytes(self.memory_limit, host_memory(),
+                                            max(len(self.workers), 1))
+            if not per_worker:
+                raise ValueError("scale(memory=...) needs workers with a memory limit")
+            n = max(n, math.ceil(_bytes(memory) / per_worker))
+        if cores is not None:
+            n = max(n, math.ceil(cores / self.threads_per_worker))
+        n = operator.index(n)
+        if n < 0:
+            raise ValueError(f"scale to 0 workers or more, not {n}")
+        if self._asynchronous:
+            return asyncio.to_thread(self._scale, n)
+        self._scale(n)
+
+    def _scale(self, n):
+        with self._lock:
+            if self.status != Status.running:
+                raise RuntimeError(f"the cluster is {self.status}")
+            if n > len(self.workers):
+                self._add_workers(n - len(self.workers))
+            elif n < len(self.workers):
+                self._remove_workers(list(self.workers)[n:])
+
+    def _add_workers(self, count):
+        if count <= 0:
+            return
+        deadline = time.monotonic() + START_TIMEOUT
+        new, registered = {}, []
+        try:
+            for _ in range(count):
+                name = self._next_name
+                self._next_name += 1
+                new[name], event = self._new_worker(name)
+                registered.append(event)
+            for (name, worker), event in zip(new.items(), registered):
+                while not event.wait(0.05):
+                    self._check_starting(name, worker, deadline)
+        except BaseException:
+            for worker in new.values():
+                with contextlib.suppress(Exception):
+                    worker.close()
+            raise
+        self.workers.update(new)
+
+    def _check_starting(self, name, worker, deadline):
+        """Raise if worker ``name``, not registered yet, never will be."""
+        if self.processes and not worker.running():
+            raise RuntimeError(f"worker {name!r} exited (code {worker.proc.poll()}) "
+                               f"before it registered with the scheduler; its output "
+                               f"is above")
+        if not self._scheduler_running():
+            raise RuntimeError("the scheduler stopped")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker {name!r} did not register with the scheduler "
+                               f"within {START_TIMEOUT:g} s")
+
+    def _new_worker(self, name):
+        """A new worker called ``name``, and an Event set once it has registered."""
+        if self.processes:
+            argv = ["--log-level", self._log_level(), "worker",
+                    self.scheduler.connection_file, "--name", str(name), "--nthreads",
+                    str(self.threads_per_worker), "--memory-limit",
+                    "none" if not self.memory_limit else str(self.memory_limit),
+                    "--lifeline"]
+            if self.host not in ANY_HOST:
+                argv += ["--host", self.host]
+            if self.resources:
+                argv += ["--resources", ",".join(f"{k}={v}"
+                                                 for k, v in self.resources.items())]
+            if self.local_directory is not None:
+                argv += ["--local-directory", str(self.local_directory)]
+            if self.blas_threads is not None:
+                argv += ["--blas-threads", "off" if self.blas_threads is False
+                         else str(self.blas_threads)]
+            worker = WorkerProcess(name, argv, self._env)
+            return worker, worker.registered
+        from .worker.server import Worker
+
+        w = Worker(scheduler=self.scheduler.address_to_workers, security=self.security,
+                   hostname=None if self.host in ANY_HOST else self.host,
+                   nthreads=self.threads_per_worker, name=name,
+                   memory_limit=self.memory_limit or None,
+                   resources=self.resources or None,
+                   local_directory=self.local_directory,
+                   blas_threads=self.blas_threads)
+        registered = threading.Event()
+        w.registered_listeners.append(registered.set)
+        if w.clients_address is not None:     # welcomed before the line above
+            registered.set()
+        return w, registered
+
+    def _remove_workers(self, names):
+        """Retire workers ``names``, then close them.  The scheduler retires those
+        whose data can move to workers that stay; the others close all the same
+        (their data is lost), as in dask.distributed."""
+        gone = [self.workers.pop(name) for name in names]
+        retired = {}
+        with contextlib.suppress(Exception):
+            retired = self._scheduler_client().retire_workers(
+                names=[str(n) for n in names])
+        if self.processes:
+            deadline = time.monotonic() + CLOSE_TIMEOUT
+            for w in gone:        # a retired worker exits, and then its supervisor
+                if w.address in retired:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        w.proc.wait(max(deadline - time.monotonic(), 0.01))
+        for w in gone:
+            w.close()
+
+    def wait_for_workers(self, n_workers, timeout=None):
+        """Block until ``n_workers`` workers run (TimeoutError after ``timeout``
+        seconds); an awaitable if the cluster is asynchronous."""
+        if self._asynchronous:
+            return asyncio.to_thread(self._wait_for_workers, n_workers, timeout)
+        return self._wait_for_workers(n_workers, timeout)
+
+    def _wait_for_workers(self, n_workers, timeout):
+        self._scheduler_client().wait_for_workers(n_workers, timeout)
+
+    # ---------------------------------------------------------------- what it is
+
+    def _scheduler_client(self):
+        """The cluster's own Client of its scheduler (blocking, never the default
+        client): how the cluster asks the scheduler (retirements, logs, info)."""
+        with self._lock:
+            if self.status != Status.running:
+                raise RuntimeError(f"the cluster is {self.status}")
+            if self._client is None:
+                from .client.client import Client
+
+                self._client = Client(self.scheduler_address,
+                                      security=self.security, set_as_default=False,
+                                      task_output=False, name=f"cluster-{self.name}")
+            return self._client
+
+    @property
+    def asynchronous(self):
+        return self._asynchronous
+
+    @property
+    def scheduler_address(self):
+        """The address a Client joins (the scheduler's ``address_to_clients``)."""
+        return None if self.scheduler is None else self.scheduler.address_to_clients
+
+    @property
+    def dashboard_link(self):
+        """The URL of the scheduler's web page, its token included; None without
+        one."""
+        return None if self.scheduler is None else self.scheduler.dashboard_link
+
+    @property
+    def scheduler_info(self):
+        """What the scheduler says of itself and its workers
+        (`Client.scheduler_info`)."""
+        return self._scheduler_client().scheduler_info()
+
+    def get_logs(self, cluster=True, scheduler=True, workers=True):
+        """The latest log lines, newest first, one text each: ``{"Scheduler": ...,
+        worker address: ...}`` (``workers``: True for all, or addresses).  The
+        cluster itself logs to the "dask_ipy" logger here and keeps nothing
+        (``cluster`` is accepted for dask.distributed's sake).  An awaitable if the
+        cluster is asynchronous."""
+        if self._asynchronous:
+            return asyncio.to_thread(self._get_logs, scheduler, workers)
+        return self._get_logs(scheduler, workers)
+
+    def _get_logs(self, scheduler, workers):
+        client = self._scheduler_client()
+        logs = {}
+        if scheduler:
+            logs["Scheduler"] = "\n".join(line for _, line in
+                                          client.get_scheduler_logs())
+        if workers:
+            chosen = None if workers is True else list(workers)
+            for address, lines in client.get_worker_logs(workers=chosen).items():
+                logs[address] = "\n".join(line for _, line in lines)
+        return logs
+
+    def __repr__(self):
+        workers = list(self.workers.values())
+        text = (f"LocalCluster({self.name}, {self.scheduler_address!r}, "
+                f"workers={len(workers)}, "
+                f"threads={len(workers) * self.threads_per_worker}")
+        limits = [w.memory_limit for w in workers]
+        if limits and all(limits):
+            text += f", memory={format_bytes(sum(limits))}"
+        return text + ")"
+
+
+def _bytes(memory):
+    from dask.utils import parse_bytes
+
+    return parse_bytes(memory) if isinstance(memory, str) else int(memory)
+
+
+def _watch(stopped, ref):
+    """The watch thread (see the module docstring); ``ref``: a weak reference to
+    the cluster, which it must not keep alive."""
+    stopped()
+    cluster = ref()
+    if cluster is not None:
+        cluster._scheduler_ended()

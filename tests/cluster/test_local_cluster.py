@@ -1,0 +1,310 @@
+"""`LocalCluster`: dask.distributed's local cluster, with worker processes under
+supervisors (or, ``processes=False``, everything in this process), joined by
+``Client(cluster)``.  Real processes on loopback, random ports; after each test no
+process this test started is left, and no thread."""
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+import warnings
+
+import psutil
+import pytest
+
+from helpers import dask_ipy_threads, inc, wait_for
+from dask_ipy import Client, LocalCluster, Status, Worker
+from dask_ipy.local import dashboard_port, default_sizes
+
+pytestmark = pytest.mark.timeout(120)
+
+GiB = 2**30
+NO_DASHBOARD = {"dashboard_address": None}
+
+
+@pytest.fixture(autouse=True)
+def nothing_left():
+    """No child process (the schedulers, supervisors and workers of the test) and no
+    dask_ipy thread outlives a test."""
+    threads = set(dask_ipy_threads())
+    yield
+    me = psutil.Process()
+    try:
+        wait_for(lambda: not me.children(recursive=True), timeout=10,
+                 message=lambda: f"processes to end: {me.children(recursive=True)}")
+        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=10,
+                 message=lambda: f"threads to end: {dask_ipy_threads()}")
+    finally:
+        for p in me.children(recursive=True):
+            p.kill()
+
+
+def gone(pids):
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() !=
+                   psutil.STATUS_ZOMBIE for p in pids)
+
+
+def cluster_pids(cluster):
+    pids = {cluster.scheduler.pid}
+    for w in cluster.workers.values():
+        pids |= {w.supervisor_pid, w.pid}
+    return pids
+
+
+def test_worker_processes_compute_dask_collections():
+    import dask
+    import dask.array as da
+    import dask.bag as db
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, **NO_DASHBOARD) as cluster:
+        assert cluster.status == Status.running and cluster.processes
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert sorted(cluster.workers) == [0, 1]
+        assert cluster.dashboard_link is None
+        client = Client(cluster)
+        try:
+            assert client.cluster is cluster
+            assert sorted(client.nthreads().values()) == [1, 1]
+            handles = cluster.workers.values()
+            assert set(client.nthreads()) == {w.address for w in handles}
+            pids = client.run(os.getpid)
+            assert sorted(pids.values()) == sorted(w.pid for w in handles)
+            assert os.getpid() not in pids.values()
+            x = da.arange(10_000, chunks=1000)
+            assert int((x * 2).sum().compute()) == 2 * sum(range(10_000))
+            assert db.from_sequence(range(10), npartitions=3).map(inc).sum().compute() \
+                == 55
+            assert dask.compute(dask.delayed(inc)(1))[0] == 2
+            assert "workers=2, threads=2" in repr(cluster)
+        finally:
+            client.close()
+        # Closing a client leaves the cluster running.
+        assert cluster.status == Status.running
+        with Client(address=cluster, set_as_default=False) as again:
+            assert again.submit(inc, 1).result(timeout=10) == 2
+            logs = cluster.get_logs()
+            assert "Scheduler" in logs and set(again.nthreads()) <= set(logs)
+        pids = cluster_pids(cluster)
+    assert cluster.status == Status.closed
+    assert gone(pids)
+
+
+def test_workers_in_this_process():
+    old = logging.getLogger("dask_ipy").level
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
+                      silence_logs=logging.ERROR, **NO_DASHBOARD) as cluster:
+        assert logging.getLogger("dask_ipy").level == logging.ERROR
+        assert all(isinstance(w, Worker) for w in cluster.workers.values())
+        assert [w.name for w in cluster.workers.values()] == [0, 1]
+        workers = list(cluster.workers.values())
+        with Client(cluster) as client:
+            assert client.cluster is cluster
+            assert sorted(client.nthreads().values()) == [2, 2]
+            assert set(client.run(os.getpid).values()) == {os.getpid()}
+            assert client.gather(client.map(inc, range(10))) == list(range(1, 11))
+    assert logging.getLogger("dask_ipy").level == old
+    assert [w.status for w in workers] == ["closed", "closed"]
+    assert cluster.scheduler.closed.is_set()
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_memory_limit_and_resources_reach_the_workers(processes, tmp_path):
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
+                      memory_limit="1GiB", resources={"GPU": 2},
+                      local_directory=str(tmp_path),
+                      dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert [w["memory_limit"] for w in workers] == [GiB, GiB]
+        assert [w["resources"] for w in workers] == [{"GPU": 2}, {"GPU": 2}]
+        assert all(w["local_directory"].startswith(str(tmp_path)) for w in workers)
+        assert "memory=2.00 GiB" in repr(cluster)
+        futures = client.map(inc, range(6), resources={"GPU": 2})
+        assert client.gather(futures) == list(range(1, 7))
+        # The dashboard: on loopback, a free port, its token in the link.
+        link = cluster.dashboard_link
+        assert link.startswith("http://127.0.0.1:") and "token=" in link
+        assert client.dashboard_link == link
+        with urllib.request.urlopen(link, timeout=10) as page:
+            assert page.status == 200
+
+
+def test_scale_up_and_down_keeps_the_data():
+    with LocalCluster(n_workers=1, threads_per_worker=1, **NO_DASHBOARD) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        cluster.scale(3)                     # blocks until they have registered
+        assert sorted(cluster.workers) == [0, 1, 2]
+        assert len(client.nthreads()) == 3
+        # Results on each worker, those that will leave too.
+        futures = [client.submit(inc, i, workers=[cluster.workers[i % 3].address])
+                   for i in range(30)]
+        client.gather(futures)
+        assert len({a for who in client.who_has(futures).values() for a in who}) == 3
+        leaving = cluster_pids(cluster) - {cluster.scheduler.pid}
+        cluster.scale(1)                     # the newest go, gracefully
+        assert sorted(cluster.workers) == [0]
+        assert list(client.nthreads()) == [cluster.workers[0].address]
+        assert client.gather(futures) == list(range(1, 31))
+        stay = {cluster.workers[0].pid, cluster.workers[0].supervisor_pid}
+        wait_for(lambda: gone(leaving - stay), timeout=10,
+                 message="the retired workers' processes to end")
+        cluster.scale(cores=2)               # names are not reused
+        assert sorted(cluster.workers) == [0, 3]
+        cluster.scale(0)
+        assert cluster.workers == {} and client.nthreads() == {}
+
+
+def test_context_managers_and_close_twice():
+    cluster = LocalCluster(n_workers=1, processes=False, **NO_DASHBOARD)
+    with cluster:
+        with Client(cluster, set_as_default=False) as client:
+            assert client.submit(inc, 1).result(timeout=10) == 2
+        assert cluster.status == Status.running
+        with Client(cluster, set_as_default=False) as client:
+            assert client.submit(inc, 2).result(timeout=10) == 3
+    assert cluster.status == Status.closed
+    cluster.close()
+    cluster.close()
+    with pytest.raises(ValueError, match="not running"):
+        Client(cluster)
+    with pytest.raises(RuntimeError, match="closed"):
+        cluster.scale(2)
+
+
+def test_restart_and_a_killed_worker_come_back():
+    with LocalCluster(n_workers=2, threads_per_worker=1, **NO_DASHBOARD) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        future = client.submit(inc, 1)
+        assert future.result(timeout=10) == 2
+        client.restart(timeout=30)
+        assert len(client.nthreads()) == 2
+        assert client.who_has() == {} and client.submit(inc, 5).result(timeout=10) == 6
+        # A worker killed (a segfault, the OOM killer): its supervisor starts another.
+        victim = cluster.workers[1]
+        old_pid, old_address = victim.pid, victim.address
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: victim.pid != old_pid and victim.registered.is_set(),
+                 timeout=30, message="a new worker process to register")
+        assert victim.address != old_address
+        wait_for(lambda: set(client.nthreads()) == {cluster.workers[0].address,
+                                                     victim.address}, timeout=30,
+                 message="the scheduler to see the new worker, not the old one")
+        assert client.gather(client.map(inc, range(8))) == list(range(1, 9))
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_client_shutdown_closes_the_cluster(processes):
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
+                           **NO_DASHBOARD)
+    pids = cluster_pids(cluster) if processes else set()
+    client = Client(cluster, set_as_default=False)
+    client.shutdown()
+    wait_for(lambda: cluster.status == Status.closed, timeout=20,
+             message="the cluster to close")
+    wait_for(lambda: gone(pids), timeout=10, message="its processes to end")
+    cluster.close()
+
+
+def test_a_cluster_in_asynchronous_code():
+    async def main():
+        async with LocalCluster(n_workers=1, processes=False, asynchronous=True,
+                                **NO_DASHBOARD) as cluster:
+            assert cluster.status == Status.running
+            async with Client(cluster, asynchronous=True,
+                              set_as_default=False) as client:
+                assert await client.submit(inc, 1) == 2
+                await cluster.scale(2)
+                await cluster.wait_for_workers(2, timeout=10)
+                assert len(await client.nthreads()) == 2
+                assert "Scheduler" in await cluster.get_logs()
+        assert cluster.status == Status.closed
+        pending = LocalCluster(asynchronous=True, **NO_DASHBOARD)    # never awaited
+        assert pending.status == Status.created
+        await pending.close()
+        assert pending.status == Status.closed
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("end", ["exit", "SIGKILL"])
+def test_the_processes_end_with_this_one(tmp_path, end):
+    """At interpreter exit the cluster closes; and killed outright, its children
+    find their stdin closed and stop."""
+    script = tmp_path / "main.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys, time
+        from dask_ipy import LocalCluster
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1,
+                               dashboard_address=None)
+        pids = [cluster.scheduler.pid] + [p for w in cluster.workers.values()
+                                          for p in (w.supervisor_pid, w.pid)]
+        print(json.dumps(pids), flush=True)
+        if {end!r} == "SIGKILL":
+            time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        pids = json.loads(proc.stdout.readline())
+        assert len(pids) == 5 and all(psutil.pid_exists(p) for p in pids)
+        if end == "SIGKILL":
+            proc.kill()
+        assert proc.wait(30) == (0 if end == "exit" else -signal.SIGKILL)
+        wait_for(lambda: gone(pids), timeout=20,
+                 message="the cluster's processes to end")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_arguments():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        LocalCluster(bogus=1)
+    with pytest.raises(TypeError, match="not supported"):
+        LocalCluster(blocked_handlers=["run_function"])
+    with pytest.raises(ValueError, match="tcp"):
+        LocalCluster(protocol="ucx://")
+    with pytest.raises(ValueError):
+        LocalCluster(threads_per_worker=0)
+    with pytest.raises(ValueError):
+        LocalCluster(memory_limit="lots")
+    assert not psutil.Process().children()           # refused before starting
+    with pytest.warns(DeprecationWarning, match="use host"):
+        LocalCluster(n_workers=0, processes=False, ip="127.0.0.1",
+                     **NO_DASHBOARD).close()
+    # What means nothing here is taken and ignored; empty unsupported ones too.
+    with LocalCluster(n_workers=0, processes=False, loop=None, start=None,
+                      worker_dashboard_address=None, services={}, interface=None,
+                      scheduler_sync_interval=1, protocol="tcp://",
+                      **NO_DASHBOARD) as cluster:
+        assert cluster.workers == {}
+        assert repr(cluster).endswith("workers=0, threads=0)")
+    # dask.distributed's sizes, by the host's cores.
+    assert default_sizes(None, None, True, 2) == (2, 1)
+    assert default_sizes(None, None, True, 16) == (4, 4)
+    assert default_sizes(None, None, False, 8) == (1, 8)
+    assert default_sizes(3, None, True, 8) == (3, 3)
+    assert default_sizes(None, 2, True, 8) == (4, 2)
+
+
+def test_dashboard_address():
+    assert dashboard_port(None, "127.0.0.1") is None
+    assert dashboard_port(":0", "127.0.0.1") == 0
+    assert dashboard_port("localhost:0", "127.0.0.1") == 0
+    with pytest.raises(ValueError, match="where the scheduler does"):
+        dashboard_port("10.1.2.3:8787", "127.0.0.1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert dashboard_port(f":{port}", "127.0.0.1") == 0
+        assert "already in use" in str(caught[0].message)
