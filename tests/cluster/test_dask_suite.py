@@ -60,9 +60,9 @@ def test_dask_suite_gate(tmp_path):
 
 
 @pytest.mark.dask_suite
-@pytest.mark.timeout(6000)
+@pytest.mark.timeout(9000)
 def test_dask_suite_gate_long(tmp_path):
-    check_gate(tmp_path, run.LONG_MODULES, timeout=5400)
+    check_gate(tmp_path, run.LONG_MODULES, timeout=8400)
 
 
 FAKE = '''
