@@ -17,10 +17,9 @@ def resolve_scheduler(address, security, which):
         if address is None:
             raise ValueError(
                 "no scheduler address or connection file given (nor "
-                "DASK_IPY_SCHEDULER_FILE): a Client joins a running scheduler and "
-                "never starts one; start one with `%dsched start --new N` in a "
-                "notebook, dask_client_from_ipclient(ipyparallel.Client()), or "
-                "`dask-ipy scheduler` and `dask-ipy worker`")
+                "DASK_IPY_SCHEDULER_FILE): start a scheduler with `%dsched start "
+                "--new N` in a notebook, dask_client_from_ipclient("
+                "ipyparallel.Client()), LocalCluster() or `dask-ipy scheduler`")
     if os.path.isfile(str(address)):
         info, file_security = read_connection_file(address)
         return info[which], security or file_security

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import os
 import threading
 import uuid
 import warnings
@@ -266,6 +267,11 @@ class Client(ClusterMethods, ObserveMethods):
     >>> c.get({'x': 1, 'y': (add, 'x', 2)}, 'y')
     3
     >>> c = Client(LocalCluster(n_workers=2))  # a cluster: c.cluster is that one
+    >>> c = Client(n_workers=2)                # a LocalCluster of its own
+
+    Without an address (and without ``DASK_IPY_SCHEDULER_FILE`` naming a connection
+    file) the client starts a `LocalCluster` with ``cluster_kwargs``, as
+    dask.distributed's does, and stops it when it closes.
 
     With ``asynchronous=True`` every method that waits returns a coroutine, and the
     client itself is awaited once (``c = await Client(addr, asynchronous=True)`` or
@@ -278,8 +284,17 @@ class Client(ClusterMethods, ObserveMethods):
 
     def __init__(self, address=None, *, security=None, timeout=10.0,
                  set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES,
-                 asynchronous=False, task_output=True):
+                 asynchronous=False, task_output=True, **cluster_kwargs):
         self._cluster = None
+        self._own_cluster = None        # the LocalCluster this client started
+        if address is None and not os.environ.get("DASK_IPY_SCHEDULER_FILE"):
+            from ..local import LocalCluster
+
+            address = self._own_cluster = LocalCluster(**cluster_kwargs)
+        elif cluster_kwargs:
+            raise TypeError(f"Client() got {', '.join(map(repr, cluster_kwargs))}: "
+                            "arguments of the LocalCluster a Client without an "
+                            "address starts, not of one that joins a scheduler")
         if hasattr(address, "scheduler_address"):           # a LocalCluster
             if address.scheduler_address is None or address.status == "closed":
                 raise ValueError(f"{address!r} is not running")
@@ -1092,6 +1107,8 @@ class Client(ClusterMethods, ObserveMethods):
         self._unset_default()
         # Threads still waiting for an answer (a get() in another thread) wake up.
         yield from self.shell.finish_close_op(timeout)
+        if self._own_cluster is not None:
+            self._own_cluster.close()
 
     def shutdown(self, timeout=10):
         """Stop the scheduler and its workers, then close this client."""

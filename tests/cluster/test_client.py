@@ -766,12 +766,32 @@ def test_function_tokens_are_remembered_only_where_they_cannot_change():
     assert local not in _FN_TOKENS and main_fn not in _FN_TOKENS
 
 
-def test_a_client_without_an_address_says_how_to_get_a_scheduler(monkeypatch):
-    from dask_ipy import Client
+def test_a_client_without_an_address_starts_and_stops_a_local_cluster(monkeypatch):
+    """As dask.distributed's: ``Client(**cluster_kwargs)`` starts a LocalCluster of
+    its own, and closing the client stops its processes; with an address those
+    arguments are an error."""
+    import psutil
+
+    from dask_ipy import Client, LocalCluster
 
     monkeypatch.delenv("DASK_IPY_SCHEDULER_FILE", raising=False)
-    with pytest.raises(ValueError, match="never starts one.*--new N"):
-        Client()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    c = Client(n_workers=2, threads_per_worker=1, dashboard_address=None)
+    try:
+        assert isinstance(c.cluster, LocalCluster)
+        assert sorted(c.nthreads().values()) == [1, 1]
+        assert c.submit(inc, 1).result(timeout=30) == 2
+        assert dask.delayed(inc)(2).compute() == 3
+        address = c.cluster.scheduler_address
+    finally:
+        c.close()
+    assert c.cluster.status == "closed"
+    wait_for(lambda: not ({p.pid for p in psutil.Process().children(recursive=True)}
+                          - before), message="the cluster's processes to end")
+    with pytest.raises(TypeError, match="n_workers"):
+        Client(address, n_workers=2)
+    with pytest.raises(TypeError, match="bogus"):
+        Client(bogus=1)
 
 
 def test_as_current_makes_the_client_current_in_its_block_only(pc):
