@@ -105,7 +105,14 @@ def _actor_call_here(key, kind, name, args, kwargs):
     return call_here(key, kind, name, args, kwargs)
 
 
+def _local_cluster(**kwargs):
+    from .local import LocalCluster
+
+    return LocalCluster(**kwargs)
+
+
 _hooks.task_client = _task_client
+_hooks.local_cluster = _local_cluster
 _hooks.actor_call_here = _actor_call_here
 _hooks.task_host = _task_host
 _hooks.current_client = _current_client

@@ -288,9 +288,7 @@ class Client(ClusterMethods, ObserveMethods):
         self._cluster = None
         self._own_cluster = None        # the LocalCluster this client started
         if address is None and not os.environ.get("DASK_IPY_SCHEDULER_FILE"):
-            from ..local import LocalCluster
-
-            address = self._own_cluster = LocalCluster(**cluster_kwargs)
+            address = self._own_cluster = hooks.local_cluster(**cluster_kwargs)
         elif cluster_kwargs:
             raise TypeError(f"Client() got {', '.join(map(repr, cluster_kwargs))}: "
                             "arguments of the LocalCluster a Client without an "
