@@ -308,8 +308,8 @@ class WorkerRecord:
     def known_as(self, names):
         """Is this worker named in ``names`` (by address, name, host name or the
         host of its address, as a user of dask.distributed may name it)?"""
-        return self.address in names or self.name in names or self.host in names \
-            or self.ip in names
+        return self.address in names or str(self.name) in names \
+            or self.host in names or self.ip in names
 
 
 class ClientRecord:
@@ -351,12 +351,13 @@ def _number(value, default=0):
 
 
 def _names(workers):
-    """Worker restrictions: a list of addresses, names or hosts, or None."""
+    """Worker restrictions: a list of addresses, names or hosts, or None.  Names are
+    compared as text: a worker named 0 in one process is "0" on a command line."""
     if isinstance(workers, (str, int)):
         workers = [workers]
     if not isinstance(workers, (list, tuple, set, frozenset)) or not workers:
         return None
-    return [w for w in workers if isinstance(w, (str, int))] or None
+    return [str(w) for w in workers if isinstance(w, (str, int))] or None
 
 
 def _resources(resources):

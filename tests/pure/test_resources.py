@@ -100,6 +100,20 @@ def test_a_worker_is_named_by_address_name_host_name_or_the_host_of_its_address(
     s.validate()
 
 
+def test_a_name_given_as_a_number_or_as_its_text_is_the_same_name():
+    """A LocalCluster's worker 1 is named 1 in its process and "1" on the command
+    line of a worker process: ``workers=[1]`` and ``workers=["1"]`` find either."""
+    s = SchedulerState(validate=True)
+    s.add_client("c")
+    s.add_worker("w1", A, nthreads=1, name=0)
+    s.add_worker("w2", B, nthreads=1, name="1")
+    take(s)
+    for i, (named, wid) in enumerate([(1, "w2"), ("1", "w2"), (0, "w1"), ("0", "w1")]):
+        s.update_graph("c", {f"x{i}": ("spec", [])}, [f"x{i}"], workers=[named])
+        assert computed(s) == [(wid, f"x{i}")], named
+    s.validate()
+
+
 def test_allow_other_workers_makes_restrictions_a_preference(s):
     s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", [])}, ["x", "y"],
                    workers=["tcp://10.0.0.99:1"], allow_other_workers=True)
