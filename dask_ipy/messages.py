@@ -147,6 +147,9 @@ KINDS = {
         "wait-for-workers": "answer once this many workers run",
         "restart-workers": "restart these workers in place",
         "retire-workers": "retire these workers, moving their unique data first",
+        "adaptive-target": "how many workers the work wants (within 'minimum' and "
+                           "'maximum'), and which to retire to get there: what "
+                           "adaptivity asks every interval",
         "replicate": "keep copies of these keys on n workers",
         "rebalance": "move data to even out the workers' memory",
         "subscribe-topic": "send me the workers' events of a topic (or stop)",

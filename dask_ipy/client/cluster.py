@@ -2,8 +2,8 @@
 `call_stack`, `story`, `upload_file`, `register_plugin`), code in the scheduler
 (`run_on_scheduler`, scheduler plugins), its workers (`wait_for_workers`,
 `restart`, `retire_workers`, `restart_workers`, `rebalance`, `replicate`,
-`processing`, `forward_logging`), and its state (`nbytes`, `dump_cluster_state`),
-with dask.distributed's names, arguments and return values.
+`processing`, `adaptive_target`, `forward_logging`), and its state (`nbytes`,
+`dump_cluster_state`), with dask.distributed's names, arguments and return values.
 
 `ClusterMethods` is part of `Client` and uses only its public face: each method
 builds an operation (see `waits`) that `Client.run_op` runs blocking or as a
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
+
+from dask.utils import parse_timedelta
 
 from .. import dump, messages, profiling, versions
 from ..errors import rebuild_error
@@ -358,6 +360,21 @@ class ClusterMethods:
         op = self.shell.request_op({"op": "info", "what": "processing",
                                     "workers": worker_names(workers)})
         return self.run_op(then(op, lambda r: {k: tuple(v) for k, v in r.items()}))
+
+    def adaptive_target(self, target_duration="5s", minimum=0, maximum=None):
+        """What adaptivity asks every interval (`LocalCluster.adapt`): how many
+        workers the scheduler wants for the work it has, so that it takes about
+        ``target_duration`` (dask.distributed's `Scheduler.adaptive_target`), kept
+        within ``minimum`` and ``maximum`` (None: no maximum), and the addresses of
+        the workers to retire to get there, cheapest first: ``{"target": n,
+        "retire": [address, ...]}``."""
+        seconds = parse_timedelta(target_duration, "s")
+        if not seconds or seconds <= 0:
+            raise ValueError(f"target_duration must be positive, not "
+                             f"{target_duration!r}")
+        return self.run_op(self.shell.request_op(
+            {"op": "adaptive-target", "target_duration": float(seconds),
+             "minimum": minimum, "maximum": maximum}))
 
     def retire_workers(self, workers=None, close_workers=True, remove=True, names=None,
                        **kwargs):

@@ -2677,13 +2677,75 @@ class SchedulerState:
             r["pending"].clear()
             self._maybe_restarted(token)
 
-    def workers_to_close(self):
-        """Whom a retirement naming nobody retires: the idle running workers (no
-        task to run), least data first, all of them but one if every worker is idle."""
+    def adaptive_target(self, target_duration=5.0):
+        """How many workers the work wants now (dask.distributed's
+        `Scheduler.adaptive_target`): enough threads that the tasks not done
+        (waiting for inputs, queued, without a worker, processing), at their groups'
+        mean durations, take about ``target_duration`` seconds, but no more threads
+        than tasks that can run now; counted in workers of this cluster's mean size
+        (one thread each without workers).  And at least: one while a task can run;
+        the workers running tasks; while results are held, enough workers for their
+        memory limits to hold twice the data (one, without limits), so that an idle
+        cluster keeps what its Futures hold."""
+        work = 0.0                 # seconds of work left, all threads together
+        runnable = 0               # tasks that can run now (queued, without a worker,
+                                   # processing)
+        for tg in self.groups.values():
+            ready = tg.states[QUEUED] + tg.states[NO_WORKER]
+            later = tg.states[WAITING]
+            if ready or later:
+                duration = self.default_duration if tg.duration is None else tg.duration
+                work += (ready + later) * duration
+                runnable += ready
+        busy = data = nthreads = 0
+        limits = []
+        for ws in self.workers.values():
+            work += ws.occupancy
+            running = len(ws.processing) + len(ws.stale)
+            runnable += running
+            if running and ws.status != CLOSING_GRACEFULLY:
+                busy += 1
+            data += ws.nbytes
+            nthreads += ws.nthreads
+            limits.append(ws.memory_limit or 0)
+        threads = min(math.ceil(work / target_duration), runnable)
+        n = len(self.workers)
+        wanted = math.ceil(threads * n / nthreads) if n else threads
+        hold = 0
+        if data:
+            hold = math.ceil(2 * data * n / sum(limits)) if all(limits) else 1
+        return max(wanted, busy, hold, 1 if runnable else 0)
+
+    def workers_to_close(self, n=None):
+        """Whom to retire.  With ``n``: the ``n`` workers cheapest to retire, those
+        with no task to run before the others, least data first (adaptivity; paused
+        workers too).  Without: whom a retirement naming nobody retires, the idle
+        running workers, least data first, all of them but one if every worker is
+        idle."""
+        if n is not None:
+            order = sorted((ws for ws in self.workers.values()
+                            if ws.status != CLOSING_GRACEFULLY),
+                           key=lambda w: (bool(w.processing or w.stale), w.nbytes,
+                                          w.address))
+            return order[:max(n, 0)]
         running = list(self._running_workers())
         idle = sorted((ws for ws in running if not ws.processing and not ws.stale),
                       key=lambda w: (w.nbytes, w.address))
         return idle[:len(idle) - 1] if len(idle) == len(running) else idle
+
+    def _on_adaptive_target(self, cid, msg):
+        """Adaptivity's question: how many workers (`adaptive_target`, kept within
+        ``minimum`` and ``maximum``, None for no maximum), and which to retire to get
+        there from the workers here, cheapest first: {"target": n, "retire":
+        [address]}."""
+        target = self.adaptive_target(msg["target_duration"])
+        if msg.get("maximum") is not None:
+            target = min(target, msg["maximum"])
+        target = max(target, msg.get("minimum") or 0)
+        staying = sum(ws.status != CLOSING_GRACEFULLY for ws in self.workers.values())
+        retire = self.workers_to_close(n=staying - target)
+        self._reply(cid, msg, {"target": target,
+                               "retire": [ws.address for ws in retire]})
 
     def _on_retire_workers(self, cid, msg):
         """Retire workers gracefully: they take no new tasks and give back those not
@@ -2921,6 +2983,7 @@ class SchedulerState:
         "log-event": _on_client_log_event,
         "set-metadata": _on_set_metadata,
         "retire-workers": _on_retire_workers,
+        "adaptive-target": _on_adaptive_target,
         "replicate": _on_replicate,
         "rebalance": _on_rebalance,
     }
