@@ -24,12 +24,22 @@ A watch thread waits for the scheduler to stop: a `Client.shutdown`, or a crash,
 closes the cluster too.  `close` closes the lifelines of the workers and the
 scheduler at once (each closes cleanly), waits, and kills what is still there with
 its children; clusters still open when the interpreter exits are closed then.
+
+Adaptivity (`LocalCluster.adapt`) is one more thread here:
+
+    every interval:  "adaptive-target" ──▶ scheduler: {"target": n, "retire": [address]}
+                     AdaptivePolicy.decide ──▶ up to n workers now, or retire those
+                     named `wait_count` rounds in a row (`scale`'s own machinery)
+
+The scheduler decides how many workers its work wants and which are cheapest to
+retire (`SchedulerState.adaptive_target`); the policy, pure, decides when to act.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import json
 import logging
@@ -59,6 +69,7 @@ START_TIMEOUT = 60.0      # seconds a scheduler or worker has to come up
 CLOSE_TIMEOUT = 10.0      # seconds the processes have to stop once asked, before
                           # they are killed
 DEFAULT_DASHBOARD = ":8787"
+ADAPTIVE_LOG_LENGTH = 1000    # changes an `Adaptive` remembers
 
 # Arguments of dask.distributed's LocalCluster that mean nothing here, each accepted
 # and ignored, with the reason.
@@ -411,7 +422,8 @@ class LocalCluster:
     ``protocol`` other than tcp.  Any other keyword: TypeError.
 
     `scale` blocks until the workers have joined (or left, through a graceful
-    retirement, as in dask.distributed).  `close` stops every process and thread it
+    retirement, as in dask.distributed); `adapt` scales with the work until
+    stopped (by `scale` too).  `close` stops every process and thread it
     started; so do a `Client.shutdown`, the end of a ``with`` block and the exit of
     the interpreter.  ``Client(cluster).close()`` leaves the cluster running.
     """
@@ -464,6 +476,7 @@ class LocalCluster:
         self._next_name = 0
         self._lock = threading.RLock()
         self._client = None        # a Client of our own, made when first needed
+        self._adaptive = None      # the running Adaptive, if adapt() was called
         self._watch = None
         self._scheduler_stopped = None   # blocks until the scheduler has stopped
         self._old_level = None
@@ -539,8 +552,9 @@ class LocalCluster:
 
     def _scheduler_ended(self):
         """The watch thread: the scheduler stopped (a client shut it down, or it
-        died).  The rest of the cluster goes too, unless it is already going; a
-        `scale` under way is waited for."""
+        died).  The rest of the cluster goes too (adaptivity first), unless it is
+        already going; a `scale` under way is waited for."""
+        self._stop_adapting()
         while not self._lock.acquire(timeout=0.1):
             if self.status != Status.running:
                 return
@@ -563,6 +577,7 @@ class LocalCluster:
     def _close(self, timeout=None):
         """`close`, blocking whatever the cluster is."""
         deadline = time.monotonic() + (CLOSE_TIMEOUT if timeout is None else timeout)
+        self._stop_adapting()
         with self._lock:
             if self.status in (Status.closed, Status.closing):
                 return
@@ -632,19 +647,16 @@ class LocalCluster:
     def scale(self, n=0, memory=None, cores=None):
         """Have ``n`` workers (or enough for ``memory`` bytes, or ``cores``
         threads): new ones are started and have registered when this returns; the
-        newest go first, retired gracefully (their data moves to the others).  An
-        awaitable if the cluster is asynchronous."""
+        newest go first, retired gracefully (their data moves to the others).
+        Adaptivity, if on, stops.  An awaitable if the cluster is asynchronous."""
         if memory is not None:
-            per_worker = memory_limit_bytes(self.memory_limit, host_memory(),
-                                            max(len(self.workers), 1))
-            if not per_worker:
-                raise ValueError("scale(memory=...) needs workers with a memory limit")
-            n = max(n, math.ceil(_bytes(memory) / per_worker))
+            n = max(n, math.ceil(_bytes(memory) / self._memory_per_worker()))
         if cores is not None:
             n = max(n, math.ceil(cores / self.threads_per_worker))
         n = operator.index(n)
         if n < 0:
             raise ValueError(f"scale to 0 workers or more, not {n}")
+        self._stop_adapting()
         if self._asynchronous:
             return asyncio.to_thread(self._scale, n)
         self._scale(n)
@@ -657,6 +669,69 @@ class LocalCluster:
                 self._add_workers(n - len(self.workers))
             elif n < len(self.workers):
                 self._remove_workers(list(self.workers)[n:])
+
+    def _scale_down(self, names):
+        """Retire the workers ``names`` (those still here), as `scale` retires."""
+        with self._lock:
+            if self.status != Status.running:
+                raise RuntimeError(f"the cluster is {self.status}")
+            self._remove_workers([name for name in names if name in self.workers])
+
+    def _memory_per_worker(self):
+        per_worker = memory_limit_bytes(self.memory_limit, host_memory(),
+                                        max(len(self.workers), 1))
+        if not per_worker:
+            raise ValueError("a size in memory needs workers with a memory limit")
+        return per_worker
+
+    def adapt(self, *, minimum=0, maximum=math.inf, minimum_cores=None,
+              maximum_cores=None, minimum_memory=None, maximum_memory=None,
+              interval="1s", wait_count=3, target_duration="5s"):
+        """Scale with the work, as dask.distributed's ``adapt``: every ``interval``
+        the cluster grows at once to the workers the scheduler wants for its work to
+        take about ``target_duration``, and retires idle workers (their data moves
+        to the others first) once they have been found idle ``wait_count`` times in
+        a row; never below ``minimum`` workers nor above ``maximum``, nor out of
+        ``minimum_cores``/``maximum_cores`` threads and ``minimum_memory``/
+        ``maximum_memory`` bytes.  Returns the `Adaptive`, whose ``stop()`` ends
+        it, as do `scale`, `close` and another `adapt`."""
+        from dask.utils import parse_timedelta
+
+        if minimum_cores is not None:
+            minimum = max(minimum, math.ceil(minimum_cores / self.threads_per_worker))
+        if maximum_cores is not None:
+            maximum = min(maximum, maximum_cores // self.threads_per_worker)
+        if minimum_memory is not None:
+            minimum = max(minimum, math.ceil(_bytes(minimum_memory)
+                                             / self._memory_per_worker()))
+        if maximum_memory is not None:
+            maximum = min(maximum, _bytes(maximum_memory) // self._memory_per_worker())
+        minimum = operator.index(minimum)
+        if not math.isinf(maximum):
+            maximum = operator.index(maximum)
+        if not 0 <= minimum <= maximum:
+            raise ValueError(f"adapt between 0 <= minimum <= maximum workers, not "
+                             f"minimum={minimum}, maximum={maximum}")
+        wait_count = operator.index(wait_count)
+        interval = parse_timedelta(interval, "s")
+        target_duration = parse_timedelta(target_duration, "s")
+        if wait_count < 1 or not interval > 0 or not target_duration > 0:
+            raise ValueError("adapt needs wait_count >= 1 and a positive interval "
+                             "and target_duration")
+        self._stop_adapting()
+        with self._lock:
+            if self.status != Status.running:
+                raise RuntimeError(f"the cluster is {self.status}")
+            self._adaptive = Adaptive(self, minimum, maximum, interval, wait_count,
+                                      target_duration)
+            return self._adaptive
+
+    def _stop_adapting(self):
+        """Stop adaptivity, waiting for a round under way: never with the lock held,
+        which that round may be waiting for."""
+        adaptive, self._adaptive = self._adaptive, None
+        if adaptive is not None:
+            adaptive.stop()
 
     def _add_workers(self, count):
         if count <= 0:
@@ -822,6 +897,113 @@ class LocalCluster:
         if limits and all(limits):
             text += f", memory={format_bytes(sum(limits))}"
         return text + ")"
+
+
+# ---------------------------------------------------------------- adaptivity
+
+class AdaptivePolicy:
+    """When adaptivity acts on the scheduler's answers: up at once, down only for
+    workers named for retirement ``wait_count`` rounds in a row (a short lull
+    retires nobody).  Pure: no clock, thread or socket."""
+
+    def __init__(self, wait_count=3):
+        self.wait_count = wait_count
+        self.counts = {}        # {worker name: rounds in a row it was named to retire}
+
+    def decide(self, answer, workers):
+        """``answer``: the scheduler's ``{"target": n, "retire": [address]}``;
+        ``workers``: the cluster's ``{name: address}`` now (a worker that joined
+        the scheduler from elsewhere is not the cluster's to retire).  ("up", n
+        workers in all), ("down", [names to retire]) or ("same", None)."""
+        target = answer["target"]
+        if target >= len(workers):
+            self.counts.clear()
+            return ("up", target) if target > len(workers) else ("same", None)
+        name_of = {address: name for name, address in workers.items()}
+        named = [name_of[a] for a in answer["retire"] if a in name_of]
+        self.counts = {name: self.counts.get(name, 0) + 1 for name in named}
+        due = [name for name in named if self.counts[name] >= self.wait_count]
+        for name in due:
+            del self.counts[name]
+        return ("down", due) if due else ("same", None)
+
+
+class Adaptive:
+    """A `LocalCluster`'s adaptivity, made by `LocalCluster.adapt` (dask.distributed's
+    ``Adaptive``): a thread of this process asks the scheduler every ``interval``
+    seconds how many workers its work wants, and which to retire
+    (`Client.adaptive_target`, within ``minimum`` and ``maximum``), and acts as
+    `AdaptivePolicy` says, through the cluster's `scale` machinery.  A round that
+    fails is logged and the next one comes.  `stop` ends the thread.  ``log``: the
+    latest changes, ``(time, {"status": "up", "n": n})`` or ``(time, {"status":
+    "down", "workers": [names]})``; ``state``: "running" or "stopped"."""
+
+    def __init__(self, cluster, minimum, maximum, interval, wait_count,
+                 target_duration):
+        self.minimum = minimum
+        self.maximum = maximum
+        self.interval = interval
+        self.wait_count = wait_count
+        self.target_duration = target_duration
+        self.policy = AdaptivePolicy(wait_count)
+        self.log = collections.deque(maxlen=ADAPTIVE_LOG_LENGTH)
+        self._cluster = weakref.ref(cluster)      # the thread must not keep it alive
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="dask-ipy-cluster-adapt")
+        self._thread.start()
+        logger.info("LocalCluster %s: adaptive scaling started, minimum=%s "
+                    "maximum=%s", cluster.name, minimum, maximum)
+
+    @property
+    def cluster(self):
+        return self._cluster()
+
+    @property
+    def state(self):
+        stopped = self._stopping.is_set() or not self._thread.is_alive()
+        return "stopped" if stopped else "running"
+
+    def stop(self, reason="unknown"):
+        """Stop adapting (the workers there are stay), once a round under way has
+        ended."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            logger.info("adaptive scaling stopped: %s", reason)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self):
+        while not self._stopping.wait(self.interval):
+            cluster = self._cluster()
+            if cluster is None or cluster.status != Status.running:
+                return
+            try:
+                self._round(cluster)
+            except Exception:
+                if not self._stopping.is_set() and cluster.status == Status.running:
+                    logger.warning("LocalCluster %s: an adaptive scaling round failed",
+                                   cluster.name, exc_info=True)
+            del cluster
+
+    def _round(self, cluster):
+        answer = cluster._scheduler_client().adaptive_target(
+            self.target_duration, self.minimum,
+            None if math.isinf(self.maximum) else self.maximum)
+        workers = {name: w.address for name, w in list(cluster.workers.items())}
+        status, what = self.policy.decide(answer, workers)
+        if status == "same" or self._stopping.is_set():
+            return
+        if status == "up":
+            self.log.append((time.time(), {"status": "up", "n": what}))
+            cluster._scale(what)
+        else:
+            self.log.append((time.time(), {"status": "down", "workers": what}))
+            cluster._scale_down(what)
+
+    def __repr__(self):
+        return (f"<Adaptive {self.state} minimum={self.minimum} "
+                f"maximum={self.maximum}>")
 
 
 def _bytes(memory):

@@ -12,13 +12,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 import warnings
 
 import psutil
 import pytest
 
-from helpers import dask_ipy_threads, inc, wait_for
+from helpers import count_lines, dask_ipy_threads, inc, record, sleep, wait_for
 from dask_ipy import Client, LocalCluster, Status, Worker
 from dask_ipy.local import dashboard_port, default_sizes
 
@@ -158,6 +159,109 @@ def test_scale_up_and_down_keeps_the_data():
         assert sorted(cluster.workers) == [0, 3]
         cluster.scale(0)
         assert cluster.workers == {} and client.nthreads() == {}
+
+
+def adapt_threads():
+    return [t for t in dask_ipy_threads() if t.name == "dask-ipy-cluster-adapt"]
+
+
+def test_adapt_grows_under_a_burst_and_shrinks_back_keeping_the_data(tmp_path):
+    runs = str(tmp_path / "runs")
+    with LocalCluster(n_workers=1, threads_per_worker=1, **NO_DASHBOARD) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        adaptive = cluster.adapt(minimum=1, maximum=3, interval="100ms", wait_count=3,
+                                 target_duration="1s")
+        assert adaptive.state == "running" and len(adapt_threads()) == 1
+        # 30 tasks of 0.4 s: 12 s of work on one thread, wanted in 1 s; each
+        # result is recorded once it is made.
+        slept = client.map(sleep, [0.4] * 30, range(30), pure=False)
+        futures = client.map(record, [runs] * 30, slept, pure=False)
+        del slept
+        sizes = []
+
+        def size_is(n):
+            sizes.append(len(cluster.workers))
+            return sizes[-1] == n and len(client.nthreads()) == n
+        wait_for(lambda: size_is(3), timeout=20,
+                 message="the cluster to grow to its maximum")
+        assert client.gather(futures) == list(range(30))
+        holders = {a for who in client.who_has(futures).values() for a in who}
+        assert len(holders) > 1                  # results on workers that will go
+        wait_for(lambda: size_is(1), timeout=20,
+                 message="the idle cluster to shrink to its minimum")
+        assert max(sizes) == 3
+        assert max(e.get("n", 0) for _, e in adaptive.log) == 3
+        assert {e["status"] for _, e in adaptive.log} == {"up", "down"}
+        # The retired workers' results moved to the one left: none was made again.
+        [address] = client.nthreads()
+        assert {who for who in client.who_has(futures).values()} == {(address,)}
+        assert client.gather(futures) == list(range(30))
+        assert count_lines(runs) == 30
+        adaptive.stop()
+        assert adaptive.state == "stopped" and not adapt_threads()
+
+
+def test_adapt_stops_on_stop_scale_and_close(monkeypatch, caplog):
+    # A round that fails is logged, and the next one goes on.
+    asked = []
+    original = Client.adaptive_target
+
+    def failing_once(self, *args, **kwargs):
+        asked.append(1)
+        if len(asked) == 1:
+            raise RuntimeError("a round that fails")
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Client, "adaptive_target", failing_once)
+    cluster = LocalCluster(n_workers=0, threads_per_worker=1, **NO_DASHBOARD)
+    with cluster:
+        adaptive = cluster.adapt(minimum=2, maximum=2, interval="50ms")
+        wait_for(lambda: len(cluster.workers) == 2, timeout=20,
+                 message="the cluster to grow to its minimum")
+        assert "an adaptive scaling round failed" in caplog.text
+        assert "a round that fails" in caplog.text
+        adaptive.stop()
+        assert adaptive.state == "stopped" and not adapt_threads()
+        cluster.scale(1)
+        n = len(asked)
+        time.sleep(0.3)
+        assert len(cluster.workers) == 1 and len(asked) == n
+        # scale() stops adaptivity, as does a new adapt() the one before it.
+        first = cluster.adapt(minimum=2, maximum=2, interval="50ms")
+        second = cluster.adapt(minimum=2, maximum=2, interval="50ms")
+        assert first.state == "stopped" and len(adapt_threads()) == 1
+        wait_for(lambda: len(cluster.workers) == 2, timeout=20,
+                 message="the cluster to grow to its minimum again")
+        cluster.scale(1)
+        assert second.state == "stopped" and not adapt_threads()
+        assert len(cluster.workers) == 1
+        # close() while a round starts workers: it waits for that round, then
+        # stops everything (the fixture checks that no process or thread is left).
+        n = len(asked)
+        cluster.adapt(minimum=3, maximum=3, interval="10ms")
+        wait_for(lambda: len(asked) > n, timeout=10, message="a round to run")
+    assert cluster.status == Status.closed and not adapt_threads()
+    assert cluster.workers == {}
+
+
+def test_adapt_arguments():
+    with LocalCluster(n_workers=0, threads_per_worker=2, processes=False,
+                      memory_limit="1GiB", **NO_DASHBOARD) as cluster:
+        adaptive = cluster.adapt(minimum_cores=3, maximum_cores=9,
+                                 maximum_memory="3.5GiB", interval="2s",
+                                 target_duration="1 minute")
+        assert (adaptive.minimum, adaptive.maximum) == (2, 3)
+        assert (adaptive.interval, adaptive.target_duration) == (2, 60)
+        assert adaptive.wait_count == 3 and adaptive.cluster is cluster
+        with pytest.raises(ValueError, match="minimum"):
+            cluster.adapt(minimum=3, maximum=2)
+        with pytest.raises(ValueError, match="interval"):
+            cluster.adapt(interval=0)
+        with pytest.raises(TypeError):
+            cluster.adapt(1, 3)                     # keywords only
+        assert adaptive.state == "running"          # a refused adapt() changes nothing
+    assert adaptive.state == "stopped"
+    with pytest.raises(RuntimeError, match="closed"):
+        cluster.adapt()
 
 
 def test_context_managers_and_close_twice():

@@ -1,9 +1,11 @@
 """Adaptivity's decisions, without processes: how many workers the scheduler wants
 for its work and which it would retire (`SchedulerState.adaptive_target`, the
-"adaptive-target" request)."""
+"adaptive-target" request), and when a `LocalCluster` acts on that
+(`AdaptivePolicy`: up at once, down after ``wait_count`` rounds in a row)."""
 
 import pytest
 
+from dask_ipy.local import AdaptivePolicy
 from dask_ipy.scheduler.state import SchedulerState
 
 pytestmark = pytest.mark.timeout(60)
@@ -143,3 +145,39 @@ def test_a_retiring_worker_is_neither_counted_nor_named():
                                   "request_id": 1, "close": False, "remove": False})
     s.take_messages()
     assert ask(s, minimum=1) == {"target": 1, "retire": [B]}
+
+
+# ---------------------------------------------------------------- the cluster
+
+def test_the_policy_scales_up_at_once_and_down_after_wait_count_rounds():
+    policy = AdaptivePolicy(wait_count=3)
+    workers = {0: A, 1: B}
+    assert policy.decide({"target": 4, "retire": []}, workers) == ("up", 4)
+    assert policy.decide({"target": 2, "retire": []}, workers) == ("same", None)
+    down = {"target": 1, "retire": [B]}
+    assert policy.decide(down, workers) == ("same", None)
+    assert policy.decide(down, workers) == ("same", None)
+    assert policy.decide(down, workers) == ("down", [1])
+    assert policy.counts == {}
+
+
+def test_the_count_restarts_when_a_round_does_not_name_the_worker():
+    policy = AdaptivePolicy(wait_count=2)
+    workers = {0: A, 1: B, 2: C}
+    assert policy.decide({"target": 1, "retire": [C, B]}, workers) == ("same", None)
+    assert policy.counts == {2: 1, 1: 1}
+    # B is no longer named: its count starts again; C's goes on.
+    assert policy.decide({"target": 2, "retire": [C]}, workers) == ("down", [2])
+    assert policy.decide({"target": 1, "retire": [B]}, workers) == ("same", None)
+    # A round that wants more (or as many) forgets every count.
+    assert policy.decide({"target": 3, "retire": []}, workers) == ("same", None)
+    assert policy.counts == {}
+    assert policy.decide({"target": 1, "retire": [B]}, workers) == ("same", None)
+    assert policy.counts == {1: 1}
+
+
+def test_workers_not_the_clusters_are_left_alone():
+    policy = AdaptivePolicy(wait_count=1)
+    # C joined the scheduler from elsewhere: the cluster retires only its own.
+    assert policy.decide({"target": 1, "retire": [C, B]}, {0: A, 1: B}) == \
+        ("down", [1])
