@@ -2738,10 +2738,12 @@ class SchedulerState:
         ``minimum`` and ``maximum``, None for no maximum), and which to retire to get
         there from the workers here, cheapest first: {"target": n, "retire":
         [address]}."""
-        target = self.adaptive_target(msg["target_duration"])
-        if msg.get("maximum") is not None:
-            target = min(target, msg["maximum"])
-        target = max(target, msg.get("minimum") or 0)
+        duration = _number(msg.get("target_duration"), 5.0)
+        target = self.adaptive_target(duration if duration > 0 else 5.0)
+        maximum = _number(msg.get("maximum"), None)
+        if maximum is not None:
+            target = min(target, int(maximum))
+        target = max(target, int(_number(msg.get("minimum"))))
         staying = sum(ws.status != CLOSING_GRACEFULLY for ws in self.workers.values())
         retire = self.workers_to_close(n=staying - target)
         self._reply(cid, msg, {"target": target,
