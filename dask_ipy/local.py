@@ -677,6 +677,50 @@ class LocalCluster:
                 raise RuntimeError(f"the cluster is {self.status}")
             self._remove_workers([name for name in names if name in self.workers])
 
+    def scale_up(self, n):
+        """Have at least ``n`` workers (dask.distributed's ``scale_up``)."""
+        return self.scale(max(operator.index(n), len(self.workers)))
+
+    def scale_down(self, workers):
+        """Retire the workers named in ``workers`` (names or addresses), as `scale`
+        retires (dask.distributed's ``scale_down``)."""
+        wanted = {str(w) for w in workers}
+        names = [name for name, w in self.workers.items()
+                 if str(name) in wanted or w.address in wanted]
+        self._stop_adapting()
+        if self._asynchronous:
+            return asyncio.to_thread(self._scale_down, names)
+        self._scale_down(names)
+
+    @property
+    def plan(self):
+        """The names of the workers asked for (dask.distributed's ``plan``)."""
+        return set(self.workers)
+
+    requested = plan
+
+    @property
+    def observed(self):
+        """The names of the workers that run now, as the scheduler knows them."""
+        running = {str(info.get("name")) for info in
+                   self.scheduler_info["workers"].values()}
+        return {name for name in self.workers if str(name) in running}
+
+    def get_client(self):
+        """A Client of this cluster: the default one if it is of this cluster, else
+        a new one."""
+        from .client.default import default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            client = None
+        if client is not None and getattr(client, "cluster", None) is self:
+            return client
+        from .client.client import Client
+
+        return Client(self)
+
     def _memory_per_worker(self):
         per_worker = memory_limit_bytes(self.memory_limit, host_memory(),
                                         max(len(self.workers), 1))

@@ -161,6 +161,28 @@ def test_scale_up_and_down_keeps_the_data():
         assert cluster.workers == {} and client.nthreads() == {}
 
 
+def test_scale_up_scale_down_plan_observed_and_get_client():
+    """dask.distributed's other ways to size a cluster and reach it: scale_up never
+    shrinks, scale_down retires the workers named (by name or address), plan and
+    requested name the workers asked for, observed those running; get_client gives
+    the default client if it is of this cluster, else a new one."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      **NO_DASHBOARD) as cluster:
+        cluster.scale_up(3)
+        assert cluster.plan == cluster.requested == cluster.observed == {0, 1, 2}
+        cluster.scale_up(2)                       # never fewer
+        assert sorted(cluster.workers) == [0, 1, 2]
+        cluster.scale_down([1, cluster.workers[2].address])
+        assert cluster.plan == cluster.observed == {0}
+        with cluster.get_client() as client:
+            assert client.cluster is cluster
+            assert client.submit(inc, 1).result(timeout=30) == 2
+            assert cluster.get_client() is client  # the default, of this cluster
+        other = cluster.get_client()
+        assert other is not client and other.cluster is cluster
+        other.close()
+
+
 def adapt_threads():
     return [t for t in dask_ipy_threads() if t.name == "dask-ipy-cluster-adapt"]
 
