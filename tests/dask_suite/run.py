@@ -76,9 +76,10 @@ LONG_MODULES = [
     "dask.dataframe.io.tests.test_csv",
     "dask.dataframe.io.tests.test_demo",
     "dask.dataframe.io.tests.test_json",
-    # 74 more: dask-expr's own tests, parquet and the other I/O, resampling,
+    # 70 more: dask-expr's own tests, parquet and the other I/O, resampling,
     # linalg and stats (scipy), dask's expressions, graphs and tokenizing; about
-    # 15 minutes more on a loaded machine
+    # 15 minutes more on a loaded machine (those of sparse, xarray, avro and
+    # graphviz skip whole without those packages, which the test extras leave out)
     "dask.array._array_expr.tests.test_collection",
     "dask.array.tests.test_api",
     "dask.array.tests.test_array_expr_incompatible",
@@ -87,9 +88,6 @@ LONG_MODULES = [
     "dask.array.tests.test_chunk",
     "dask.array.tests.test_dispatch",
     "dask.array.tests.test_numpy_compat",
-    "dask.array.tests.test_sparse",
-    "dask.array.tests.test_xarray",
-    "dask.bag.tests.test_avro",
     "dask.bytes.tests.test_bytes_utils",
     "dask.bytes.tests.test_compression",
     "dask.bytes.tests.test_local",
@@ -137,7 +135,6 @@ LONG_MODULES = [
     "dask.tests.test_backends",
     "dask.tests.test_core",
     "dask.tests.test_datasets",
-    "dask.tests.test_dot",
     "dask.tests.test_expr",
     "dask.tests.test_hashing",
     "dask.tests.test_highgraph",
