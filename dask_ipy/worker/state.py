@@ -20,7 +20,6 @@ holder stream it through the scheduler's relay for the shell to download.
 State, documented once:
 
     tasks:     {key: WTask}
-    counts:    Counter {state: how many of `tasks` are in it}
     data:      MutableMapping {key: value}; a dict or a spill-to-disk store
     ready:     heap of (priority, seq, key) for tasks whose inputs are all in memory
     fetching:  {key} in state "fetch" (so no event walks over every task)
@@ -174,7 +173,6 @@ class WorkerState:
 
     def __post_init__(self):
         self.tasks = {}
-        self.counts = Counter()
         self.ready = []
         self.executing = set()
         self.short = set()
@@ -241,7 +239,7 @@ class WorkerState:
                          resources=None, clients=()):
         ts = self.tasks.get(key)
         if ts is None:
-            ts = self._new_task(key)
+            ts = self.tasks[key] = WTask(key)
         elif ts.state == "executing" and ts.cancelled and run_spec != ts.run_spec:
             # Freed while it ran, and now another computation under the same key
             # (an explicit key= reused): what that run ends with is not this
@@ -276,7 +274,7 @@ class WorkerState:
         for dkey, holders in who_has.items():
             dts = self.tasks.get(dkey)
             if dts is None:
-                dts = self._new_task(dkey)
+                dts = self.tasks[dkey] = WTask(dkey)
             dts.dependents.add(key)
             dts.nbytes = nbytes.get(dkey, dts.nbytes)
             deps.append(dts)
@@ -330,7 +328,6 @@ class WorkerState:
             if self.tasks.get(ts.key) is not ts:
                 continue
             del self.tasks[ts.key]
-            self.counts[ts.state] -= 1
             ts.ran = None
             if self.observed:
                 self._record(ts.key, ts.state, "forgotten")
@@ -390,7 +387,7 @@ class WorkerState:
         for key, value in data.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self._new_task(key)
+                ts = self.tasks[key] = WTask(key)
             self._store(ts, value, sizes[key][0])
             ts.reported = True
             keys.append((key, sizes[key][0], sizes[key][1]))
@@ -412,7 +409,6 @@ class WorkerState:
             if ts.state == "executing":
                 ts.cancelled = True
         self.tasks = {ts.key: ts for ts in self.tasks.values() if ts.state == "executing"}
-        self.counts = Counter(executing=len(self.tasks))
         self.ready.clear()
         self.constrained.clear()
         self.fetching.clear()
@@ -666,7 +662,7 @@ class WorkerState:
         for key, holders in who_has.items():
             ts = self.tasks.get(key)
             if ts is None:
-                ts = self._new_task(key)
+                ts = self.tasks[key] = WTask(key)
             ts.replica = True
             if ts.state == "memory":
                 copies.append(self._keep_copy(ts))
@@ -898,20 +894,11 @@ class WorkerState:
                 for key, start, finish, recs, stimulus_id, when
                 in stories.story(self.story_log or (), None, keys_or_stimuli)]
 
-    def _new_task(self, key):
-        """A task new here, "released" until its state is set."""
-        ts = self.tasks[key] = WTask(key)
-        self.counts["released"] += 1
-        return ts
-
     def _set_state(self, ts, state):
         """The one way a task's state changes (a new task starts "released"): the
         change is recorded if anyone observes."""
         if self.observed and ts.state != state:
             self._record(ts.key, ts.state, state)
-        if self.tasks.get(ts.key) is ts:            # not one forgotten meanwhile
-            self.counts[ts.state] -= 1
-            self.counts[state] += 1
         ts.state = state
 
     def _record(self, key, start, finish):
@@ -928,8 +915,9 @@ class WorkerState:
     # ------------------------------------------------------------ views
 
     def task_counts(self):
-        """{state: how many tasks here are in it}, of the states some task is in."""
-        return {state: n for state, n in self.counts.items() if n}
+        """{state: how many tasks here are in it}, of the states some task is in
+        (counted when asked, once a heartbeat: not kept up on every transition)."""
+        return dict(Counter(ts.state for ts in self.tasks.values()))
 
     def in_flight_bytes(self):
         """Bytes (as the scheduler sized them) of the data asked of peers now."""
@@ -948,8 +936,6 @@ class WorkerState:
     def validate(self):
         assert len(self.executing) <= self.nthreads * PREFETCH
         assert set(self.unconfirmed) <= self.executing
-        assert self.task_counts() == Counter(ts.state for ts in self.tasks.values()), \
-            self.counts
         for key, ts in self.tasks.items():
             assert ts.key == key
             if ts.state == "memory":
