@@ -72,6 +72,55 @@ class FutureCancelledError(CancelledError):
         return type(self), (self.key, self.reason, self.msg)
 
 
+class CancelledFuturesGroup:
+    """The errors of the Futures cancelled for one ``reason`` (in a
+    `FuturesCancelledError`)."""
+
+    __slots__ = ("errors", "reason")
+
+    def __init__(self, errors, reason):
+        self.errors = errors
+        self.reason = reason
+
+    def __str__(self):
+        n = len(self.errors)
+        s = "s" if n > 1 else ""
+        msg = next((e.msg for e in self.errors if e.msg), None)
+        return (f"{n} Future{s} cancelled for reason: {self.reason}.\n"
+                f"Message: {msg}\nFuture{s}: {[e.key for e in self.errors]}")
+
+
+class FuturesCancelledError(CancelledError):
+    """Futures were cancelled (raised by `wait` and `Client.futures_of`, as
+    dask.distributed's): ``error_groups`` holds their errors by reason, the largest
+    group first."""
+
+    def __init__(self, error_groups):
+        self.error_groups = sorted(error_groups, key=lambda g: len(g.errors),
+                                   reverse=True)
+
+    def __str__(self):
+        n = sum(len(g.errors) for g in self.error_groups)
+        lines = [f"{n} Future{'s' if n > 1 else ''} cancelled:", "Reasons:"]
+        return "\n".join(lines + [str(g) for g in self.error_groups])
+
+    def __reduce__(self):
+        return type(self), (self.error_groups,)
+
+
+def raise_if_cancelled(futures):
+    """Raise `FuturesCancelledError` if any of our Futures in ``futures`` was
+    cancelled."""
+    by_reason = {}
+    for f in futures:
+        if isinstance(f, Future) and f.cancelled():
+            error = cancelled_error(f.state)
+            by_reason.setdefault(error.reason, []).append(error)
+    if by_reason:
+        raise FuturesCancelledError([CancelledFuturesGroup(errors, reason)
+                                     for reason, errors in by_reason.items()])
+
+
 # What `wait` returns, as `concurrent.futures.wait` does.
 DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
 
@@ -267,11 +316,11 @@ class Future(TaskRef):
 
     def _exception_op(self, timeout):
         yield from self._wait_op(timeout)
-        if self.state.status == CANCELLED:
-            raise cancelled_error(self.state)
         return exception_of(self.state)
 
     def exception(self, timeout=None):
+        """The exception of a failed task; None if it finished or was cancelled
+        (as dask.distributed's: `result` is what raises for a cancelled one)."""
         return self._run(self._exception_op(timeout))
 
     def _traceback_op(self, timeout):
@@ -396,12 +445,10 @@ def futures_of(obj, client=None):
     """The Futures in ``obj``, each once, in the order met (dask.distributed's
     `futures_of`): as `futures_in` finds them, and behind dask collections.  Two
     Futures of one key are two (a Future is equal only to itself).  With
-    ``client``, a cancelled one is an error."""
+    ``client``, a cancelled one is an error (`FuturesCancelledError`)."""
     futures = list(dict.fromkeys(_walk(obj, True)))
     if client is not None:
-        cancelled = [f.key for f in futures if f.cancelled()]
-        if cancelled:
-            raise CancelledError(f"{cancelled!r} were cancelled")
+        raise_if_cancelled(futures)
     return futures
 
 
@@ -498,15 +545,22 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     """Wait for Futures (ours or concurrent.futures'); returns ``(done, not_done)``,
     or a coroutine of it when a Future belongs to an asynchronous client.  ``fs``
     may be one Future, or hold Futures anywhere `futures_of` finds them (a persisted
-    collection, a dict...)."""
+    collection, a dict...).  Once they are done, if any of our Futures was
+    cancelled, it raises `FuturesCancelledError` instead, as dask.distributed's."""
     if isinstance(fs, (Future, cf.Future)):
         fs = [fs]
     elif not (isinstance(fs, (list, tuple, set, frozenset))
               and all(isinstance(f, (Future, cf.Future)) for f in fs)):
         fs = futures_of(fs)
     waiter = Waiter(fs, return_when)
-    op = waiter.wait_op(timeout)
+    op = _refusing_cancelled(waiter.wait_op(timeout))
     return run_async(op) if _asynchronous(waiter.fs) else run_blocking(op)
+
+
+def _refusing_cancelled(op):
+    done = yield from op
+    raise_if_cancelled(done.done)
+    return done
 
 
 def _asynchronous(fs):
