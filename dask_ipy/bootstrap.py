@@ -102,8 +102,10 @@ def choose_host(controller, route_ip, fallback):
 def scheduler_argv(host, idle_timeout, heartbeat_timeout):
     """Arguments after ``python -m dask_ipy`` to start a scheduler for a bootstrap
     (``host`` None: the engine that starts it fills it in)."""
+    from .config import scheduler_flags
+
     argv = ["scheduler", "--host", host, "--security-from-stdin", "--log-file", "auto",
-            "--heartbeat-timeout", str(heartbeat_timeout)]
+            "--heartbeat-timeout", str(heartbeat_timeout), *scheduler_flags()]
     if idle_timeout is not None:
         argv += ["--idle-timeout", str(idle_timeout)]
     return argv

@@ -70,6 +70,9 @@ def build_parser():
     p.add_argument("--transition-log-length", type=int, default=None, metavar="N",
                    help="transitions kept for Client.story (0: none; default "
                         "10000)")
+    p.add_argument("--allowed-failures", type=int, default=None, metavar="N",
+                   help="workers a task may see die while it runs on them; it ends "
+                        "in KilledWorker at the next (default 3)")
     p.add_argument("--encrypt", action="store_true",
                    help="encrypt every connection (ZeroMQ CURVE)")
     p.add_argument("--security-from-stdin", action="store_true",
@@ -274,7 +277,8 @@ def cmd_scheduler(args):
                   heartbeat_timeout=args.heartbeat_timeout,
                   dashboard_port=args.dashboard_port,
                   dashboard_prefix=args.dashboard_prefix,
-                  transition_log_length=args.transition_log_length)
+                  transition_log_length=args.transition_log_length,
+                  allowed_failures=args.allowed_failures)
     log = None
     try:
         with _until_signalled():

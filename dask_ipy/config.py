@@ -62,14 +62,20 @@ DEFAULTS = {
             # seconds a worker may stay paused before clients and the widget warn
             "paused-warning": 60,
         },
-        # transitions kept for `Client.story` (0: none; None: 10,000)
-        "scheduler": {"transition-log-length": None},
+        "scheduler": {
+            # transitions kept for `Client.story` (0: none; None: 10,000)
+            "transition-log-length": None,
+            # workers a task may see die while it runs on them before it ends in
+            # KilledWorker (None: dask.distributed's setting, else 3)
+            "allowed-failures": None,
+        },
     }
 }
 
 dask.config.update_defaults(DEFAULTS)
 
 FRACTIONS = ("target", "spill", "pause", "terminate")
+MAX_INHERITED = 120_000        # characters: Linux takes 128 KiB per variable
 
 
 def get(name):
@@ -116,6 +122,44 @@ def transition_log_length(role):
     if value is None:
         value = dask.config.get("distributed.scheduler.transition-log-length", None)
     return stories.LENGTH if value is None else int(value)
+
+
+def allowed_failures():
+    """How many workers a task may see die under it before the scheduler gives up
+    on it: ``dask-ipy.scheduler.allowed-failures``, else dask.distributed's
+    ``distributed.scheduler.allowed-failures``, else None (the scheduler's default,
+    3)."""
+    value = get("scheduler.allowed-failures")
+    if value is None:
+        value = dask.config.get("distributed.scheduler.allowed-failures", None)
+    return None if value is None else int(value)
+
+
+def scheduler_flags():
+    """The ``dask-ipy scheduler`` options that carry this process's settings to a
+    scheduler it starts (a scheduler process does not read dask.config)."""
+    flags = ["--transition-log-length", str(transition_log_length("scheduler"))]
+    failures = allowed_failures()
+    return flags if failures is None else flags + ["--allowed-failures", str(failures)]
+
+
+def inherited_env():
+    """{"DASK_INTERNAL_INHERIT_CONFIG": ...}: dask's way to hand this process's
+    dask.config (as it is now, ``dask.config.set`` blocks included) to a child
+    process, which applies it as it imports dask; {} if some value cannot be
+    written as JSON."""
+    try:
+        text = dask.config.serialize(dask.config.config)
+    except (TypeError, ValueError) as e:
+        reason = str(e)
+    else:
+        if len(text) <= MAX_INHERITED:
+            return {"DASK_INTERNAL_INHERIT_CONFIG": text}
+        reason = f"{len(text)} characters, more than an environment variable holds"
+    from .log import logger
+
+    logger.warning("dask.config not handed to the cluster's processes: %s", reason)
+    return {}
 
 
 def paused_warning():

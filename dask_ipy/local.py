@@ -57,6 +57,7 @@ import weakref
 
 import psutil
 
+from . import config
 from .addresses import ANY_HOST, LOOPBACK
 from .log import logger
 from .security import Security
@@ -182,8 +183,9 @@ def _port_free(host, port):
 def _child_env():
     """This process's environment, with its ``sys.path`` on the children's
     PYTHONPATH: they import dask_ipy, and the functions tasks call by reference,
-    from where this process does."""
-    env = dict(os.environ)
+    from where this process does; and its dask.config as it is now, as
+    dask.distributed's workers get theirs."""
+    env = dict(os.environ, **config.inherited_env())
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
     paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
@@ -522,7 +524,7 @@ class LocalCluster:
     def _start_scheduler_process(self):
         argv = ["--log-level", self._log_level(), "scheduler", "--host", self.host,
                 "--port-to-clients", str(self.scheduler_port),
-                "--security-from-stdin", "--lifeline"]
+                "--security-from-stdin", "--lifeline", *config.scheduler_flags()]
         if self._dashboard is not None:
             argv += ["--dashboard-port", str(self._dashboard)]
         self.scheduler = SchedulerProcess(argv, self._env, self.security)

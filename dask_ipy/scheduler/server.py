@@ -34,20 +34,22 @@ from ..security import (Security, remove_connection_file, remove_stale_connectio
                         write_connection_file)
 from ..taskstream import CAPACITY, MemoryHistory, TaskStream
 from .plugins import SchedulerPlugins, run_function
-from .state import MAX_RELAY_BYTES, SchedulerState
+from .state import ALLOWED_FAILURES, MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
 PAGE = 100_000             # task stream records in one answer at most
 
 
-def _transition_log_length():
-    """dask.config's, where this process has loaded dask (a scheduler process of its
-    own never does), else the default."""
+def _configured():
+    """The scheduler's settings in dask.config where this process has loaded dask;
+    {} in a scheduler process of its own, which never does (its launcher passes
+    them as options)."""
     if "dask" not in sys.modules:
-        return stories.LENGTH
-    from ..config import transition_log_length
+        return {}
+    from .. import config
 
-    return transition_log_length("scheduler")
+    return {"transition_log_length": config.transition_log_length("scheduler"),
+            "allowed_failures": config.allowed_failures()}
 
 
 class Scheduler:
@@ -61,13 +63,15 @@ class Scheduler:
     port (0: any free one; None, the default: no HTTP at all), on ``hostname``, under
     the path ``dashboard_prefix`` (see dashboard.py; `dashboard_link`).
     ``transition_log_length``: the latest transitions kept for `story` (0: none);
-    by default from dask.config where this process has loaded dask
-    (``dask-ipy.scheduler.transition-log-length``), else 10,000.
+    ``allowed_failures``: how many workers a task may see die under it before it
+    ends in `KilledWorker`.  Both by default from dask.config where this process
+    has loaded dask (``dask-ipy.scheduler.*``, else dask.distributed's settings of
+    the same names), else 10,000 and 3.
     """
 
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
                  security=None, connection_file=None, heartbeat_timeout=10.0,
-                 idle_timeout=None, allowed_failures=3, validate=False,
+                 idle_timeout=None, allowed_failures=None, validate=False,
                  max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES,
                  task_stream_length=CAPACITY, dashboard_port=None, dashboard_prefix="",
                  transition_log_length=None):
@@ -75,8 +79,13 @@ class Scheduler:
         self.id = new_id("scheduler")
         self.session = Session(self.security.key, self.id, epoch=new_epoch(),
                                max_message_bytes=max_message_bytes)
+        configured = _configured()
         if transition_log_length is None:
-            transition_log_length = _transition_log_length()
+            transition_log_length = configured.get("transition_log_length", stories.LENGTH)
+        if allowed_failures is None:
+            allowed_failures = configured.get("allowed_failures")
+        if allowed_failures is None:
+            allowed_failures = ALLOWED_FAILURES
         self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate,
                                     max_relay_bytes=max_relay_bytes,
                                     transition_log_length=transition_log_length)

@@ -408,6 +408,7 @@ GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the va
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
 SEARCH = 20                 # workers looked at for one placement on a larger cluster
+ALLOWED_FAILURES = 3       # workers a task may see die under it before KilledWorker
 QUEUE_BYTES = 8 << 20      # results of root tasks queued beyond the threads, per thread
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
@@ -480,7 +481,7 @@ def _memory_note(ws):
 
 
 class SchedulerState:
-    def __init__(self, *, allowed_failures=3, validate=False, bandwidth=100e6,
+    def __init__(self, *, allowed_failures=ALLOWED_FAILURES, validate=False, bandwidth=100e6,
                  default_duration=0.5, saturation=2.0, queue_seconds=0.02,
                  queue_bytes=QUEUE_BYTES, max_depth=100,
                  max_error_text=10_000, max_relay_bytes=MAX_RELAY_BYTES,

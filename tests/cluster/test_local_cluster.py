@@ -16,11 +16,12 @@ import time
 import urllib.request
 import warnings
 
+import dask
 import psutil
 import pytest
 
-from helpers import count_lines, dask_ipy_threads, inc, sleep, wait_for
-from dask_ipy import Client, LocalCluster, Status, Worker, get_worker
+from helpers import count_lines, dask_ipy_threads, die, inc, sleep, wait_for
+from dask_ipy import Client, KilledWorker, LocalCluster, Status, Worker, get_worker
 from dask_ipy.local import dashboard_port, default_sizes
 
 pytestmark = pytest.mark.timeout(120)
@@ -332,6 +333,40 @@ def test_restart_and_a_killed_worker_come_back():
                                                      victim.address}, timeout=30,
                  message="the scheduler to see the new worker, not the old one")
         assert client.gather(client.map(inc, range(8))) == list(range(1, 9))
+
+
+def config_value(name):
+    return dask.config.get(name, "unset")
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_the_cluster_takes_this_process_dask_config(processes):
+    """As a dask.distributed user expects: settings made here before the cluster
+    starts reach its workers (dask's own config, dask_ipy's, dask.distributed's
+    names) and its scheduler (allowed-failures, transition-log-length)."""
+    settings = {"distributed.scheduler.allowed-failures": 0,
+                "distributed.scheduler.transition-log-length": 0,
+                "dask-ipy.worker.memory.target": 0.42,
+                "array.chunk-size": "7MiB", "my-setting": {"x": 1}}
+    with dask.config.set(settings):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=processes,
+                               **NO_DASHBOARD)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        if processes:       # threads here see this process's config as it is now
+            names = ["dask-ipy.worker.memory.target", "array.chunk-size", "my-setting.x"]
+            [seen] = client.run(lambda: [config_value(n) for n in names]).values()
+            assert seen == [0.42, "7MiB", 1]
+        [limit] = client.run(lambda dask_worker: dask_worker.memory_fractions["target"]
+                             ).values()
+        assert limit == 0.42
+        # No transitions kept for stories; the first worker to die under a task
+        # ends it (allowed-failures 0).
+        future = client.submit(inc, 1)
+        assert future.result(timeout=30) == 2 and client.story(future.key) == []
+        if processes:
+            doomed = client.submit(die, pure=False)
+            with pytest.raises(KilledWorker):
+                doomed.result(timeout=60)
 
 
 @pytest.mark.parametrize("processes", [True, False])
