@@ -253,7 +253,7 @@ class WorkerRecord:
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
-                 "resources", "local_directory")
+                 "resources", "local_directory", "streams")
 
     # Bumped by every change of any worker's status: the scheduler's cached list of
     # running workers is rebuilt only after one (placement must not walk every
@@ -292,6 +292,7 @@ class WorkerRecord:
         # tasks whose needs fit in what its running tasks leave
         self.resources = dict(resources or {})
         self.local_directory = None      # its working directory, as told
+        self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
 
     @property
     def status(self):
@@ -313,7 +314,7 @@ class WorkerRecord:
 
 
 class ClientRecord:
-    __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned")
+    __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned", "streams")
 
     def __init__(self, id):
         self.id = id
@@ -321,6 +322,7 @@ class ClientRecord:
         self.monitor = False
         self.paused_warning = None    # seconds: warn of workers paused longer
         self.warned = set()           # {(worker id, paused since)} warned of
+        self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
 
 
 def _compact_spec(run_spec):
@@ -409,6 +411,10 @@ STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's rou
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
 SEARCH = 20                 # workers looked at for one placement on a larger cluster
 ALLOWED_FAILURES = 3       # workers a task may see die under it before KilledWorker
+# Relay tickets remembered per worker and client, the latest: when one leaves, the
+# streams it was to upload or download end at once, not at the relay's timeout.
+# Cancelling a ticket already used is harmless.
+STREAMS_KEPT = 1024
 QUEUE_BYTES = 8 << 20      # results of root tasks queued beyond the threads, per thread
 RELAY_FACTOR = 3            # a relayed byte costs as much as this many sent directly
 RELAY_DELAY = 0.05          # seconds added per input that must be relayed: placement
@@ -1432,6 +1438,7 @@ class SchedulerState:
         # own stimulus goes on.
         outer, self.stimulus = self.stimulus, "remove-worker"
         self.by_address.pop(ws.address, None)
+        self._end_streams(ws)
         recs = {}
         suspects = ws.executing or set(ws.processing)
         if not expected and memory is None:
@@ -1862,10 +1869,11 @@ class SchedulerState:
         g["pending"].discard(ws.id)
         g["data"].update(msg.get("data", {}))
         g["errors"].update(msg.get("errors", {}))
+        receiver = g["worker"] if g["worker"] is not None else self.clients.get(g["client"])
         for stream in msg.get("streams", ()):
             g["streams"].append(stream)
             g["streamed"].update(stream["keys"])
-            self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
+            self._announce_stream(stream, ws, receiver)
         missing = msg.get("missing", ())
         for key in missing:
             ts = self.tasks.get(key)
@@ -1950,6 +1958,7 @@ class SchedulerState:
                 del self.worker_waiters[token]
         if self.plugin_events is not None:
             self.plugin_events.append(("remove_client", cid))
+        self._end_streams(cs)
         self._coordinated(self.coordination.remove_client(cid))
         self._release_keys(cid, [ts.key for ts in cs.wants_what])
 
@@ -2232,6 +2241,22 @@ class SchedulerState:
         if self.workers.get(ws.id) is ws:
             self.send_worker(ws, {"op": "relay-data", **msg})
 
+    def _announce_stream(self, stream, uploader, downloader):
+        """Let the relay pass ``stream`` from one end to the other (records of
+        workers or clients; None for one gone), each of which remembers its ticket."""
+        for end in (uploader, downloader):
+            if end is not None:
+                end.streams.append(stream["ticket"])
+        self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
+
+    def _end_streams(self, end):
+        """``end`` (a worker or client record) has left: the relay gives up the
+        streams it was to upload or download; the other end of each learns it at
+        once."""
+        for ticket in end.streams:
+            self.outbox.append(("relay", ticket, None))
+        end.streams.clear()
+
     def _give_up_streams(self, g):
         """The holders' streams of gather ``g`` will never be downloaded: their
         uploads, waiting at the relay, end now rather than at the relay's timeout."""
@@ -2314,7 +2339,7 @@ class SchedulerState:
                         f"the worker chosen to receive {key!r} left"))
                 continue
             self.scatters[key]["pending"].add(ws.id)
-            self.outbox.append(("relay", stream["ticket"], stream["sizes"]))
+            self._announce_stream(stream, self.clients.get(cid), ws)
             self.send_worker(ws, {"op": "put-data", "data": {}, "streams": [stream]})
 
     def _scattering(self, cid, request_id, key):

@@ -127,6 +127,44 @@ def test_a_holder_that_dies_mid_stream_ends_in_a_recomputation(tmp_path, monkeyp
             fetcher.close()
 
 
+def test_a_download_waiting_for_a_holder_that_left_ends_at_once(monkeypatch):
+    """The holder announced its stream, but leaves before its upload reaches the
+    relay: the fetcher, waiting there, is let go at once (not after the relay's
+    60 s); the key is computed again."""
+    stalled, release = threading.Event(), threading.Event()
+    original = bulk.upload
+
+    def stalling(*args, **kwargs):
+        stalled.set()
+        release.wait(60)
+        return original(*args, **kwargs)
+
+    with local_cluster({"max_relay_bytes": CAP}, {"connect_timeout": 1.0}) as (
+            s, (wa, _), c):
+        with unreachable_holder(s) as w:
+            x = c.submit(make, SIZE, workers=[w.address], allow_other_workers=True)
+            wait([x], timeout=60)
+            monkeypatch.setattr(bulk, "upload", stalling)
+            y = c.submit(check, x, workers=[wa.address])
+            closing = threading.Thread(target=w.close)
+            try:
+                assert stalled.wait(30)
+                closing.start()
+                wait_for(lambda: len(s.state.workers) == 2, timeout=30,
+                         message="the scheduler to drop the holder")
+                # The download waiting at the relay ends now, not when its ticket
+                # expires (60 s).
+                wait_for(lambda: wa.relay_failures == 1, timeout=10,
+                         message="the download to be let go")
+                assert y.result(timeout=30)
+                holder = w.address
+                assert holder not in c.who_has([x])[x.key]        # computed again
+            finally:
+                release.set()
+                if closing.is_alive() or closing.ident:
+                    closing.join(30)
+
+
 # ---------------------------------------------------------------- scatter
 
 def closed_port():

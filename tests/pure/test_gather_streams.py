@@ -304,3 +304,51 @@ def test_a_broadcast_that_loses_one_worker_after_another_stored_it_is_done():
     s.remove_worker("w2")
     assert ("client", "c", {"op": "scattered", "request_id": 2, "key": "x"}) in \
         s.take_messages()
+
+
+# ---------------------------------------------------------------- an end that leaves
+
+def answered_with_a_stream():
+    """Client "c" was told of a stream of "a", uploaded by "w1" through the relay."""
+    s = held_apart()
+    s.handle_client_message("c", {"op": "gather", "request_id": 2, "keys": ["a"],
+                                  "stream": True})
+    [(_, wid, ask)] = s.take_messages()
+    s.handle_worker_message(wid, {"op": "data", "request_id": ask["request_id"],
+                                  "data": {}, "missing": [], "errors": {},
+                                  "streams": [STREAM]})
+    assert [kind for kind, _, _ in s.take_messages()] == ["relay", "client"]
+    return s
+
+
+@pytest.mark.parametrize("leaves", ["client", "uploader"])
+def test_a_stream_ends_at_once_when_one_end_leaves_after_the_answer(leaves):
+    """The other end would wait at the relay for nobody: the relay gives the stream
+    up now instead of at its timeout (for a ticket already used, or given up
+    already, nothing happens there)."""
+    s = answered_with_a_stream()
+    if leaves == "client":
+        s.remove_client("c")
+    else:
+        s.remove_worker("w1")
+    assert ("relay", STREAM["ticket"], None) in s.take_messages()
+
+
+def test_an_unrelated_end_leaving_gives_up_nothing():
+    s = answered_with_a_stream()
+    s.remove_worker("w2")
+    assert not [m for m in s.take_messages() if m[0] == "relay"]
+
+
+@pytest.mark.parametrize("leaves", ["client", "downloader"])
+def test_a_scattered_stream_ends_at_once_when_one_end_leaves(leaves):
+    s = scatter_ready()
+    stream = scattered_stream("x", "w1")
+    s.handle_client_message("c", {"op": "scatter", "request_id": 2, "data": {},
+                                  "streams": [stream]})
+    s.take_messages()
+    if leaves == "client":
+        s.remove_client("c")
+    else:
+        s.remove_worker("w1")
+    assert ("relay", stream["ticket"], None) in s.take_messages()
