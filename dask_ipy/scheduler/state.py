@@ -410,7 +410,7 @@ GATHER_MARGIN = 65_536      # bytes of a gather's answer kept for all but the va
 STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's round trip
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
 SEARCH = 20                 # workers looked at for one placement on a larger cluster
-ALLOWED_FAILURES = 3       # workers a task may see die under it before KilledWorker
+ALLOWED_FAILURES = 3        # workers a task may see die under it before KilledWorker
 # Relay tickets remembered per worker and client, the latest: when one leaves, the
 # streams it was to upload or download end at once, not at the relay's timeout.
 # Cancelling a ticket already used is harmless.
@@ -487,8 +487,8 @@ def _memory_note(ws):
 
 
 class SchedulerState:
-    def __init__(self, *, allowed_failures=ALLOWED_FAILURES, validate=False, bandwidth=100e6,
-                 default_duration=0.5, saturation=2.0, queue_seconds=0.02,
+    def __init__(self, *, allowed_failures=ALLOWED_FAILURES, validate=False,
+                 bandwidth=100e6, default_duration=0.5, saturation=2.0, queue_seconds=0.02,
                  queue_bytes=QUEUE_BYTES, max_depth=100,
                  max_error_text=10_000, max_relay_bytes=MAX_RELAY_BYTES,
                  transition_log_length=stories.LENGTH):
