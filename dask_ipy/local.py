@@ -183,8 +183,8 @@ def _port_free(host, port):
 def _child_env():
     """This process's environment, with its ``sys.path`` on the children's
     PYTHONPATH: they import dask_ipy, and the functions tasks call by reference,
-    from where this process does; and its dask.config as it is now, as
-    dask.distributed's workers get theirs."""
+    from where this process does; and its dask.config as it is now (when the
+    process starts), as dask.distributed's workers get theirs."""
     env = dict(os.environ, **config.inherited_env())
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
     paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -482,7 +482,6 @@ class LocalCluster:
         self._watch = None
         self._scheduler_stopped = None   # blocks until the scheduler has stopped
         self._old_level = None
-        self._env = _child_env() if self.processes else None
         _OPEN.add(self)
         if not self._asynchronous:
             self._start()
@@ -527,7 +526,7 @@ class LocalCluster:
                 "--security-from-stdin", "--lifeline", *config.scheduler_flags()]
         if self._dashboard is not None:
             argv += ["--dashboard-port", str(self._dashboard)]
-        self.scheduler = SchedulerProcess(argv, self._env, self.security)
+        self.scheduler = SchedulerProcess(argv, _child_env(), self.security)
         self.scheduler.wait_ready(time.monotonic() + START_TIMEOUT)
         self._scheduler_stopped = self.scheduler.wait
 
@@ -830,7 +829,7 @@ class LocalCluster:
             if self.blas_threads is not None:
                 argv += ["--blas-threads", "off" if self.blas_threads is False
                          else str(self.blas_threads)]
-            worker = WorkerProcess(name, argv, self._env)
+            worker = WorkerProcess(name, argv, _child_env())
             return worker, worker.registered
         from .worker.server import Worker
 

@@ -343,7 +343,8 @@ def config_value(name):
 def test_the_cluster_takes_this_process_dask_config(processes):
     """As a dask.distributed user expects: settings made here before the cluster
     starts reach its workers (dask's own config, dask_ipy's, dask.distributed's
-    names) and its scheduler (allowed-failures, transition-log-length)."""
+    names) and its scheduler (allowed-failures, transition-log-length); a worker
+    started later, the settings of then."""
     settings = {"distributed.scheduler.allowed-failures": 0,
                 "distributed.scheduler.transition-log-length": 0,
                 "dask-ipy.worker.memory.target": 0.42,
@@ -367,6 +368,12 @@ def test_the_cluster_takes_this_process_dask_config(processes):
             doomed = client.submit(die, pure=False)
             with pytest.raises(KilledWorker):
                 doomed.result(timeout=60)
+            # A worker started later takes the config of when it starts.
+            with dask.config.set({"my-setting.x": 2}):
+                cluster.scale(2)
+            client.wait_for_workers(2, timeout=30)     # the one killed is back too
+            seen = client.run(lambda: config_value("my-setting.x")).values()
+            assert sorted(seen) == [1, 2]
 
 
 @pytest.mark.parametrize("processes", [True, False])
