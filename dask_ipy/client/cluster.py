@@ -257,16 +257,16 @@ class ClusterMethods:
                                     "value": serialize(value)})
         return self.run_op(then(op, lambda _: None))
 
-    def get_metadata(self, key, default=KeyError):
-        """What `set_metadata` keeps under ``key`` (a name or a path); KeyError, or
+    def get_metadata(self, keys, default=KeyError):
+        """What `set_metadata` keeps under ``keys`` (a name or a path); KeyError, or
         ``default``, if nothing is."""
         op = self.shell.request_op({"op": "info", "what": "get-metadata",
-                                    "keys": _path(key)})
+                                    "keys": _path(keys)})
 
         def value(found):
             if "value" not in found:
                 if default is KeyError:
-                    raise KeyError(key)
+                    raise KeyError(keys)
                 return default
             return _loaded(found["value"], self)
         return self.run_op(then(op, value))
