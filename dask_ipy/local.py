@@ -650,11 +650,7 @@ class LocalCluster:
         threads): new ones are started and have registered when this returns; the
         newest go first, retired gracefully (their data moves to the others).
         Adaptivity, if on, stops.  An awaitable if the cluster is asynchronous."""
-        if memory is not None:
-            n = max(n, math.ceil(_bytes(memory) / self._memory_per_worker()))
-        if cores is not None:
-            n = max(n, math.ceil(cores / self.threads_per_worker))
-        n = operator.index(n)
+        n = self._workers_for(n, memory, cores)
         if n < 0:
             raise ValueError(f"scale to 0 workers or more, not {n}")
         self._stop_adapting()
@@ -678,9 +674,19 @@ class LocalCluster:
                 raise RuntimeError(f"the cluster is {self.status}")
             self._remove_workers([name for name in names if name in self.workers])
 
-    def scale_up(self, n):
-        """Have at least ``n`` workers (dask.distributed's ``scale_up``)."""
-        return self.scale(max(operator.index(n), len(self.workers)))
+    def _workers_for(self, n, memory, cores):
+        """``n``, or more: enough workers for ``memory`` bytes and ``cores``
+        threads."""
+        if memory is not None:
+            n = max(n, math.ceil(_bytes(memory) / self._memory_per_worker()))
+        if cores is not None:
+            n = max(n, math.ceil(cores / self.threads_per_worker))
+        return operator.index(n)
+
+    def scale_up(self, n=0, memory=None, cores=None):
+        """Have at least ``n`` workers, or enough for ``memory`` bytes or ``cores``
+        threads (dask.distributed's ``scale_up``)."""
+        return self.scale(max(self._workers_for(n, memory, cores), len(self.workers)))
 
     def scale_down(self, workers):
         """Retire the workers named in ``workers`` (names or addresses), as `scale`

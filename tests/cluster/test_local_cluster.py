@@ -173,6 +173,9 @@ def test_scale_up_scale_down_plan_observed_and_get_client():
         assert cluster.plan == cluster.requested == cluster.observed == {0, 1, 2}
         cluster.scale_up(2)                       # never fewer
         assert sorted(cluster.workers) == [0, 1, 2]
+        cluster.scale_up(cores=4)                 # one thread per worker
+        assert sorted(cluster.workers) == [0, 1, 2, 3]
+        cluster.scale_down([3])
         cluster.scale_down([1, cluster.workers[2].address])
         assert cluster.plan == cluster.observed == {0}
         with cluster.get_client() as client:
