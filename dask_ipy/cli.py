@@ -19,7 +19,8 @@ supervisor (`dask_ipy.supervisor`) that starts a new worker when one exits becau
 a task took it past its memory limit.  With ``--lifeline`` (not in ``--help``: for a
 parent that starts these commands, as `dask_ipy.local.LocalCluster` does) the
 process stops as on SIGTERM once its stdin closes: the parent holds the other end,
-so its close, or its death however it comes, stops the child.
+so its close, or its death however it comes, stops the child.  A parent that sets
+``DASK_IPY_STATUS_TAG`` gets those lines each after its tag (`dask_ipy.status.say`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from .status import say
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -287,12 +290,11 @@ def cmd_scheduler(args):
             if args.log_file:   # created before the addresses are out: it exists then
                 log = log_path(args.log_file, s.connection_file)
                 fd = _open_log(log)
-            print("dask-ipy scheduler", flush=True)
+            say("dask-ipy scheduler")
             if s.dashboard_link:
-                print(f"dashboard: {s.dashboard_link}", flush=True)
-            print("\n".join(ready_lines(os.getpid(), s.connection_file,
-                                        s.address_to_workers, s.address_to_clients)),
-                  flush=True)
+                say(f"dashboard: {s.dashboard_link}")
+            say("\n".join(ready_lines(os.getpid(), s.connection_file,
+                                      s.address_to_workers, s.address_to_clients)))
             if log:
                 _redirect_output(fd, keep_stdin=args.lifeline)
             s.wait()
@@ -345,20 +347,20 @@ def cmd_worker(args):
             if args.lifeline:
                 _stop_when_stdin_closes()
             limit = w.memory_limit
-            print("dask-ipy worker", flush=True)
-            print(f"pid: {os.getpid()}\naddress: {w.address}\n"
-                  f"memory_limit: {limit or 0}\n"
-                  f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
-                  f"resources: {json.dumps(w.resources)}\n"
-                  f"scheduler: {w.scheduler_address}", flush=True)
+            say("dask-ipy worker")
+            say(f"pid: {os.getpid()}\naddress: {w.address}\n"
+                f"memory_limit: {limit or 0}\n"
+                f"memory_terminate: {w.memory_fractions['terminate'] or 0}\n"
+                f"resources: {json.dumps(w.resources)}\n"
+                f"scheduler: {w.scheduler_address}")
             # The supervisor watches the worker against its limit: it follows it;
             # and a worker that registered and then died it starts again.
 
             def announce_limit(n):
-                print(f"memory_limit: {n or 0}", flush=True)
+                say(f"memory_limit: {n or 0}")
 
             def announce_registered():
-                print(f"registered: {w.scheduler_address}", flush=True)
+                say(f"registered: {w.scheduler_address}")
             w.limit_listeners.append(announce_limit)
             w.registered_listeners.append(announce_registered)
             # What came before the listeners were there (told twice at worst).
@@ -376,7 +378,7 @@ def _supervise_worker(args):
     from .supervisor import Supervisor
 
     sup = Supervisor(worker_argv(args), local_directory=args.local_directory)
-    print(f"supervisor: {os.getpid()}", flush=True)
+    say(f"supervisor: {os.getpid()}")
 
     def forward(signum, frame):
         sup.stop(signum)

@@ -61,7 +61,7 @@ from . import config
 from .addresses import ANY_HOST, LOOPBACK
 from .log import logger
 from .security import Security
-from .status import Status
+from .status import STATUS_TAG, Status, own_line
 from .units import check_nthreads, format_bytes, parse_resources
 from .worker.limits import memory_limit_bytes
 from .worker.system import host_cores, host_memory
@@ -206,12 +206,16 @@ def _forward(raw):
 
 class _Child:
     """A ``python -m dask_ipy ...`` process of a cluster (see the module
-    docstring); `status_line` takes the lines of its stdout that are its own."""
+    docstring); `status_line` takes the lines of its stdout that are its own: those
+    that start with the tag it was given (`status.say`).  The rest (what its tasks
+    print) goes to this process's stdout."""
 
     def __init__(self, argv, env, label, first_line=None):
+        self.tag = secrets.token_hex(8)
         self.proc = subprocess.Popen([sys.executable, "-m", "dask_ipy", *argv],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=env, start_new_session=True)
+                                     env={**env, STATUS_TAG: self.tag},
+                                     start_new_session=True)
         if first_line is not None:
             with contextlib.suppress(BrokenPipeError):   # it died: told when waited for
                 self.proc.stdin.write(first_line.encode() + b"\n")
@@ -222,12 +226,16 @@ class _Child:
 
     def _read(self):
         for raw in self.proc.stdout:
-            try:
-                own = self.status_line(raw.decode(errors="replace").strip())
-            except Exception:        # a line that only looked like ours: read on
-                own = False
-            if not own:
+            own = own_line(raw.decode(errors="replace"), self.tag)
+            if own is None:
                 _forward(raw)
+                continue
+            try:
+                taken = self.status_line(own.strip())
+            except Exception:        # one of ours, but malformed: shown, read on
+                taken = False
+            if not taken:
+                _forward(own.encode())
         self.proc.stdout.close()
 
     def status_line(self, line):

@@ -5,10 +5,13 @@ dask.distributed's names.
 member; each member of `Status` is equal to its string (``Status.running ==
 "running"``), so code that compares them with `Status` members works either way,
 and ``Status(c.status)`` gives the member.
+
+Also the status lines a ``dask-ipy`` process prints for whoever launched it (`say`).
 """
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 
 
@@ -24,3 +27,27 @@ class Status(str, Enum):
 
     def __str__(self):
         return self.value
+
+
+# ---------------------------------------------------------------- status lines
+
+#: Set by a launcher (`LocalCluster`, a worker's supervisor) in its child's
+#: environment: the child starts each of its own status lines (``name: value``)
+#: with it, and the launcher takes only such lines as status.  Whatever else the
+#: child prints (a task's ``print("memory_limit: 1")``) passes through as output.
+STATUS_TAG = "DASK_IPY_STATUS_TAG"
+
+
+def say(text):
+    """Print ``text``, this process's own status lines, each after its launcher's
+    tag if it set one (none for a person at a terminal)."""
+    tag = os.environ.get(STATUS_TAG)
+    if tag:
+        text = "\n".join(f"{tag} {line}" for line in text.split("\n"))
+    print(text, flush=True)
+
+
+def own_line(line, tag):
+    """``line`` without ``tag`` if it is a status line with that tag, else None."""
+    prefix = tag + " "
+    return line[len(prefix):] if line.startswith(prefix) else None

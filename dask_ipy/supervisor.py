@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,8 @@ import threading
 import time
 
 import psutil
+
+from .status import STATUS_TAG, own_line
 
 EXIT_MEMORY = 75          # as worker.monitor.EXIT_MEMORY (not imported: no dask here)
 POLL = 0.1                # seconds between two looks at the worker
@@ -90,6 +93,12 @@ class Supervisor:
                      "--local-directory", self.directory]
         self.terminate = None
         self.env = dict(os.environ if env is None else env)
+        # The worker's own status lines start with this tag: a task's print is
+        # never taken for one.  Lines go on with the tag of this process's launcher
+        # (the same one), or without any for a person at a terminal.
+        self.keep_tags = bool(self.env.get(STATUS_TAG))
+        self.tag = self.env.get(STATUS_TAG) or secrets.token_hex(8)
+        self.env[STATUS_TAG] = self.tag
         # Freed heap memory goes back to the system at once (glibc's adaptive
         # threshold would keep it): what the memory watch sees is what is used.
         self.env.setdefault("MALLOC_TRIM_THRESHOLD_", "65536")
@@ -223,21 +232,29 @@ class Supervisor:
 
     def _relay(self, stdout):
         for line in stdout:
-            name, sep, value = line.partition(":")
-            name = name.strip() if sep else None
-            if name == "registered" and self.registered is None:
-                self.registered = time.monotonic()
-            elif name in ("memory_limit", "memory_terminate"):
-                try:
-                    number = float(value.strip())
-                except ValueError:
-                    number = 0
-                if name == "memory_limit":
-                    self.limit = int(number) or None
-                else:
-                    self.terminate = number or None
+            own = own_line(line, self.tag)
+            if own is not None:
+                self._status(own)
+                if not self.keep_tags:
+                    line = own
             self._write(self.out, line)
         stdout.close()
+
+    def _status(self, line):
+        """One of the worker's own status lines."""
+        name, sep, value = line.partition(":")
+        name = name.strip() if sep else None
+        if name == "registered" and self.registered is None:
+            self.registered = time.monotonic()
+        elif name in ("memory_limit", "memory_terminate"):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = 0
+            if name == "memory_limit":
+                self.limit = int(number) or None
+            else:
+                self.terminate = number or None
 
     def _relay_stderr(self, stderr):
         for line in stderr:

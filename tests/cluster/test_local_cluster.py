@@ -338,6 +338,30 @@ def test_restart_and_a_killed_worker_come_back():
         assert client.gather(client.map(inc, range(8))) == list(range(1, 9))
 
 
+def print_status_like_lines():
+    print("dask-ipy worker\nmemory_limit: 100\nregistered: tcp://nowhere:1\n"
+          "scheduler: tcp://nowhere:1", flush=True)
+    return os.getpid()
+
+
+def test_a_task_printing_lines_like_the_workers_own_changes_nothing(capfd):
+    """A worker's own status lines carry the tag its launcher gave it: a task that
+    prints "memory_limit: 100" is output, and neither the supervisor (which would
+    kill a worker past 100 bytes within 0.3 s) nor the cluster takes it as status."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, **NO_DASHBOARD) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        worker = cluster.workers[0]
+        before = (worker.pid, worker.address, worker.memory_limit)
+        assert client.submit(print_status_like_lines, pure=False).result(timeout=30) \
+            == worker.pid
+        time.sleep(1.5)
+        assert client.submit(os.getpid, pure=False).result(timeout=30) == worker.pid
+        assert (worker.pid, worker.address, worker.memory_limit) == before
+        assert worker.registered.is_set()
+    out = capfd.readouterr().out
+    assert "memory_limit: 100\nregistered: tcp://nowhere:1" in out
+
+
 def config_value(name):
     return dask.config.get(name, "unset")
 
