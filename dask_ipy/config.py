@@ -114,13 +114,29 @@ def profile_settings():
             int(get("worker.profile.history")))
 
 
+def distributed_setting(*names):
+    """The first of dask.distributed's settings ``names`` that is set to something
+    else than the default dask.distributed registers when it is imported; None if
+    none is.  (Its defaults are not ours: only what a user set counts.)"""
+    for name in names:
+        value = dask.config.get(name, None)
+        if value is not None and not any(
+                dask.config.get(name, None, config=d) == value
+                for d in dask.config.defaults):
+            return value
+    return None
+
+
 def transition_log_length(role):
     """How many transitions the scheduler or a worker (``role``) keeps for `story`:
     ``dask-ipy.<role>.transition-log-length``, else dask.distributed's
-    ``distributed.scheduler.transition-log-length``, else 10,000."""
+    ``distributed.admin.low-level-log-length`` (formerly
+    ``distributed.scheduler.transition-log-length``, the name dask.config keeps
+    while dask.distributed is not imported), else 10,000."""
     value = get(f"{role}.transition-log-length")
     if value is None:
-        value = dask.config.get("distributed.scheduler.transition-log-length", None)
+        value = distributed_setting("distributed.admin.low-level-log-length",
+                                    "distributed.scheduler.transition-log-length")
     return stories.LENGTH if value is None else int(value)
 
 
@@ -131,7 +147,7 @@ def allowed_failures():
     3)."""
     value = get("scheduler.allowed-failures")
     if value is None:
-        value = dask.config.get("distributed.scheduler.allowed-failures", None)
+        value = distributed_setting("distributed.scheduler.allowed-failures")
     return None if value is None else int(value)
 
 

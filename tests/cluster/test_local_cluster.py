@@ -403,6 +403,40 @@ def test_the_cluster_takes_this_process_dask_config(processes):
             assert sorted(seen) == [1, 2]
 
 
+SETTINGS_READ = """
+import json, warnings
+warnings.simplefilter("ignore")
+import dask
+from dask_ipy import config
+def read():
+    return [config.transition_log_length("scheduler"), config.allowed_failures()]
+user = {"distributed.scheduler.transition-log-length": 0,
+        "distributed.scheduler.allowed-failures": 0}
+out = [read()]
+with dask.config.set(user):
+    out.append(read())
+import distributed
+out.append(read())
+with dask.config.set(user):
+    out.append(read())
+with dask.config.set({"distributed.admin.low-level-log-length": 5}):
+    out.append(read())
+print(json.dumps(out))
+"""
+
+
+def test_dask_distributed_settings_count_whether_it_is_imported_or_not():
+    """Imported, dask.distributed registers defaults of its own (a log of 1,000
+    transitions) and renames transition-log-length to admin.low-level-log-length:
+    what a user set counts, by either name; its defaults do not (in a process of
+    its own: the import cannot be undone)."""
+    r = subprocess.run([sys.executable, "-c", SETTINGS_READ], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [[10_000, None], [0, 0], [10_000, None], [0, 0],
+                                    [5, None]]
+
+
 @pytest.mark.parametrize("processes", [True, False])
 def test_client_shutdown_closes_the_cluster(processes):
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
