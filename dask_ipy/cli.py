@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 
-from .status import say
+from .status import say, take_tag
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -267,6 +267,7 @@ def _remove_if_empty(path):
 def cmd_scheduler(args):
     from .scheduler.server import Scheduler
 
+    take_tag()                 # run_on_scheduler functions are user code
     # This process is all scheduler: its state is many long-lived small objects, which
     # the cyclic collector would otherwise rescan again and again (15-20% of the time
     # on large graphs).  Collect rarely; startup objects are frozen out of the scans.
@@ -331,8 +332,10 @@ def _blas_threads(value):
 
 def cmd_worker(args):
     if not (args.supervised or args.no_supervisor):
-        return _supervise_worker(args)
+        return _supervise_worker(args)     # which passes the tag on to its worker
     from .worker.server import Worker
+
+    take_tag()
 
     limit = None if str(args.memory_limit).lower() in ("none", "0") else args.memory_limit
     w = Worker(scheduler=args.scheduler, hostname=args.host, nthreads=args.nthreads,

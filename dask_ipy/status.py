@@ -38,10 +38,21 @@ class Status(str, Enum):
 STATUS_TAG = "DASK_IPY_STATUS_TAG"
 
 
+_tag = None       # this process's tag, once `take_tag` has taken it
+
+
+def take_tag():
+    """Keep this process's tag and take it out of its environment: a process that
+    runs user code calls this first, so that what that code starts (a task's
+    subprocess) does not print with it."""
+    global _tag
+    _tag = os.environ.pop(STATUS_TAG, None)
+
+
 def say(text):
     """Print ``text``, this process's own status lines, each after its launcher's
     tag if it set one (none for a person at a terminal)."""
-    tag = os.environ.get(STATUS_TAG)
+    tag = _tag or os.environ.get(STATUS_TAG)
     if tag:
         text = "\n".join(f"{tag} {line}" for line in text.split("\n"))
     print(text, flush=True)

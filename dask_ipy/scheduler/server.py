@@ -41,15 +41,16 @@ PAGE = 100_000             # task stream records in one answer at most
 
 
 def _configured():
-    """The scheduler's settings in dask.config where this process has loaded dask;
-    {} in a scheduler process of its own, which never does (its launcher passes
-    them as options)."""
+    """The scheduler's settings set in dask.config, where this process has loaded
+    dask; {} in a scheduler process of its own, which never does (its launcher
+    passes them as options)."""
     if "dask" not in sys.modules:
         return {}
     from .. import config
 
-    return {"transition_log_length": config.transition_log_length("scheduler"),
-            "allowed_failures": config.allowed_failures()}
+    found = {"transition_log_length": config.transition_log_length("scheduler"),
+             "allowed_failures": config.allowed_failures()}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 class Scheduler:
@@ -83,9 +84,7 @@ class Scheduler:
         if transition_log_length is None:
             transition_log_length = configured.get("transition_log_length", stories.LENGTH)
         if allowed_failures is None:
-            allowed_failures = configured.get("allowed_failures")
-        if allowed_failures is None:
-            allowed_failures = ALLOWED_FAILURES
+            allowed_failures = configured.get("allowed_failures", ALLOWED_FAILURES)
         self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate,
                                     max_relay_bytes=max_relay_bytes,
                                     transition_log_length=transition_log_length)

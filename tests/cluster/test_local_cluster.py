@@ -338,6 +338,12 @@ def test_restart_and_a_killed_worker_come_back():
         assert client.gather(client.map(inc, range(8))) == list(range(1, 9))
 
 
+def environment_variable(name):
+    """``name`` in the environment of the process running this (os.environ.get
+    itself would be pickled with the caller's environment)."""
+    return os.environ.get(name)
+
+
 def print_status_like_lines():
     print("dask-ipy worker\nmemory_limit: 100\nregistered: tcp://nowhere:1\n"
           "scheduler: tcp://nowhere:1", flush=True)
@@ -358,6 +364,9 @@ def test_a_task_printing_lines_like_the_workers_own_changes_nothing(capfd):
         assert client.submit(os.getpid, pure=False).result(timeout=30) == worker.pid
         assert (worker.pid, worker.address, worker.memory_limit) == before
         assert worker.registered.is_set()
+        # The tag is the worker's alone: what its tasks start does not inherit it.
+        assert client.submit(environment_variable, "DASK_IPY_STATUS_TAG",
+                             pure=False).result(timeout=30) is None
     out = capfd.readouterr().out
     assert "memory_limit: 100\nregistered: tcp://nowhere:1" in out
 
