@@ -24,6 +24,8 @@ Memory fractions are of a worker's memory limit; ``False`` turns a step off:
 
 from __future__ import annotations
 
+import json
+
 import dask
 
 from . import stories
@@ -162,20 +164,40 @@ def scheduler_flags():
 def inherited_env():
     """{"DASK_INTERNAL_INHERIT_CONFIG": ...}: dask's way to hand this process's
     dask.config (as it is now, ``dask.config.set`` blocks included) to a child
-    process, which applies it as it imports dask; {} if some value cannot be
-    written as JSON."""
-    try:
-        text = dask.config.serialize(dask.config.config)
-    except (TypeError, ValueError) as e:
-        reason = str(e)
-    else:
-        if len(text) <= MAX_INHERITED:
-            return {"DASK_INTERNAL_INHERIT_CONFIG": text}
-        reason = f"{len(text)} characters, more than an environment variable holds"
+    process, which applies it as it imports dask.  A value that cannot be written
+    as JSON stays here: the ``scheduler`` a Client set (a child has its own) goes
+    silently, any other with a warning; {} if the rest is too long."""
     from .log import logger
 
-    logger.warning("dask.config not handed to the cluster's processes: %s", reason)
+    dropped = []
+    tree = _json_ready(dask.config.config, (), dropped)
+    if [path for path in dropped if path not in (("scheduler",), ("get",))]:
+        logger.warning("dask.config not wholly handed to the cluster's processes: "
+                       "%s cannot be written as JSON",
+                       ", ".join(".".join(path) for path in dropped))
+    text = dask.config.serialize(tree)
+    if len(text) <= MAX_INHERITED:
+        return {"DASK_INTERNAL_INHERIT_CONFIG": text}
+    logger.warning("dask.config not handed to the cluster's processes: %d "
+                   "characters, more than an environment variable holds", len(text))
     return {}
+
+
+def _json_ready(tree, path, dropped):
+    """``tree`` without the values JSON cannot hold; their paths go to
+    ``dropped``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out[key] = _json_ready(value, (*path, str(key)), dropped)
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            dropped.append((*path, str(key)))
+        else:
+            out[key] = value
+    return out
 
 
 def paused_warning():

@@ -71,6 +71,7 @@ CLOSE_TIMEOUT = 10.0      # seconds the processes have to stop once asked, befor
                           # they are killed
 DEFAULT_DASHBOARD = ":8787"
 ADAPTIVE_LOG_LENGTH = 1000    # changes an `Adaptive` remembers
+ENDING_WAIT = 5.0         # seconds a worker gone from the scheduler has to end or restart
 
 # Arguments of dask.distributed's LocalCluster that mean nothing here, each accepted
 # and ignored, with the reason.
@@ -670,6 +671,7 @@ class LocalCluster:
         with self._lock:
             if self.status != Status.running:
                 raise RuntimeError(f"the cluster is {self.status}")
+            self._forget_ended()
             if n > len(self.workers):
                 self._add_workers(n - len(self.workers))
             elif n < len(self.workers):
@@ -680,7 +682,26 @@ class LocalCluster:
         with self._lock:
             if self.status != Status.running:
                 raise RuntimeError(f"the cluster is {self.status}")
+            self._forget_ended()
             self._remove_workers([name for name in names if name in self.workers])
+
+    def _forget_ended(self):
+        """Drop the workers that ended for good: retired by the scheduler
+        (``Client.retire_workers``), or closed.  A worker process that died is not
+        among them while its supervisor starts another.  A process the scheduler
+        no longer knows, but whose supervisor still runs, is waited for (up to
+        `ENDING_WAIT` s) to either end or start again."""
+        if self.processes:
+            known = set(self._scheduler_client().scheduler_info()["workers"])
+            deadline = time.monotonic() + ENDING_WAIT
+            for w in self.workers.values():
+                while (w.running() and w.address not in known and w.registered.is_set()
+                       and time.monotonic() < deadline):
+                    time.sleep(0.02)
+        ended = [name for name, w in self.workers.items()
+                 if (not w.running() if self.processes else w.closed.is_set())]
+        for name in ended:
+            self.workers.pop(name).close()
 
     def _workers_for(self, n, memory, cores):
         """``n``, or more: enough workers for ``memory`` bytes and ``cores``
@@ -812,6 +833,23 @@ class LocalCluster:
                     worker.close()
             raise
         self.workers.update(new)
+        self._settle_auto_limits(deadline)
+
+    def _settle_auto_limits(self, deadline):
+        """With "auto" memory limits, wait (until ``deadline``, at most
+        `ENDING_WAIT` s from now) for the scheduler to report every worker's share
+        of this host: each worker takes it when the scheduler tells it how many
+        share the host, just after they register."""
+        if str(self.memory_limit).strip().lower() != "auto":
+            return
+        deadline = min(deadline, time.monotonic() + ENDING_WAIT)
+        total = host_memory()
+        while time.monotonic() < deadline:
+            workers = self._scheduler_client().scheduler_info()["workers"].values()
+            share = memory_limit_bytes("auto", total, len(workers))
+            if all(w.get("memory_limit") == share for w in workers):
+                return
+            time.sleep(0.02)
 
     def _check_starting(self, name, worker, deadline):
         """Raise if worker ``name``, not registered yet, never will be."""
@@ -877,6 +915,7 @@ class LocalCluster:
                         w.proc.wait(max(deadline - time.monotonic(), 0.01))
         for w in gone:
             w.close()
+        self._settle_auto_limits(time.monotonic() + ENDING_WAIT)
 
     def wait_for_workers(self, n_workers, timeout=None):
         """Block until ``n_workers`` workers run (TimeoutError after ``timeout``

@@ -29,7 +29,7 @@ from collections.abc import Iterator, MutableMapping
 import dask
 from dask._task_spec import TaskRef
 from dask.base import is_dask_collection, tokenize
-from dask.utils import funcname
+from dask.utils import format_bytes, funcname
 
 from .. import config as cfg
 from .. import graph as g
@@ -260,6 +260,10 @@ _GET_OPTIONS = {"priority": 0, "retries": 0, "workers": None, "resources": None,
                 "allow_other_workers": False}
 
 
+class SchedulerRef(collections.namedtuple("SchedulerRef", "address")):
+    """`Client.scheduler`: where the scheduler is."""
+
+
 class Client(ClusterMethods, ObserveMethods):
     """A connection to a scheduler.
 
@@ -410,8 +414,25 @@ class Client(ClusterMethods, ObserveMethods):
     def monitor_callbacks(self):
         return list(self.shell.monitor_callbacks)
 
+    @property
+    def scheduler(self):
+        """The scheduler, as dask.distributed's Client names it: its ``address``
+        (its remote calls are this Client's methods)."""
+        return SchedulerRef(self.address)
+
     def __repr__(self):
-        return f"<Client {self.address} {self.status}>"
+        """dask.distributed's: ``<Client: 'tcp://...' processes=2 threads=2,
+        memory=16.00 GiB>``, from one short request (not from the client's own I/O
+        thread, nor once it is closed: then its status)."""
+        head = f"<Client: {self.address!r}"
+        if self.status != "running" or self.shell.loop.in_loop():
+            return f"{head} {self.status}>"
+        try:
+            info = self.scheduler_info(n_workers=0, timeout=1.0)
+        except Exception:
+            return f"{head} {self.status}>"
+        return (f"{head} processes={info['n_workers']} threads={info['total_threads']}"
+                f", memory={format_bytes(info['total_memory'] or 0)}>")
 
     def _repr_html_(self):
         from ..notebook.widget import client_summary

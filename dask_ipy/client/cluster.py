@@ -75,13 +75,18 @@ class ClusterMethods:
 
     # ---------------------------------------------------------------- code on workers
 
-    def run(self, function, *args, workers=None, wait=True, on_error="raise",
-            **kwargs):
+    def run(self, function, *args, workers=None, wait=True, nanny=False,
+            on_error="raise", **kwargs):
         """Run ``function(*args, **kwargs)`` on workers, outside the task system:
         ``{worker address: result}``.  A function taking ``dask_worker`` gets the
         `Worker`.  ``on_error``: "raise" the first error, "return" it as the
         worker's result, or "ignore" that worker.  ``wait=False``: return at once
-        (None), the results are dropped."""
+        (None), the results are dropped.  ``nanny=True`` (run in the process that
+        watches each worker) is refused: a worker's supervisor takes no calls."""
+        if nanny:
+            raise NotImplementedError("run(nanny=True) is not supported: a worker's "
+                                      "supervisor runs no code of yours; run it on "
+                                      "the workers themselves")
         if on_error not in ("raise", "return", "ignore"):
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
                              f"not {on_error!r}")

@@ -97,7 +97,7 @@ class ObserveMethods:
         return (yield from self._records_op(since=since))
 
     def get_task_stream(self, start=None, stop=None, count=None):
-        """What the workers ran: one dict per task, as dask.distributed's
+        """What the workers ran: a tuple of one dict per task, as dask.distributed's
         (``key``, ``worker``, ``thread``, ``status``, ``nbytes``, ``typename`` and
         ``startstops``: transfers of inputs with their ``source`` and ``nbytes``,
         reads from disk, deserialize, compute, serialize).  ``start``/``stop``:
@@ -105,9 +105,9 @@ class ObserveMethods:
         a duration ago such as "30 s"); ``count``: only the last ``count``.  The
         scheduler keeps the last 100 000 tasks (``task_stream_length``)."""
         now = time.time()
-        return self.run_op(self._records_op(
+        return self.run_op(then(self._records_op(
             count=None if count is None else -int(count),
-            start=_when(start, now), stop=_when(stop, now)))
+            start=_when(start, now), stop=_when(stop, now)), tuple))
 
     @property
     def dashboard_link(self):
@@ -129,10 +129,10 @@ class ObserveMethods:
         return self.run(worker_logs, n, workers=workers)
 
     def get_scheduler_logs(self, n=None):
-        """The scheduler's latest log lines, newest first: ``[(level, line)]`` (at
+        """The scheduler's latest log lines, newest first: ``((level, line), ...)`` (at
         most ``n``), what its process's "dask_ipy" logger let through."""
         op = self.shell.request_op({"op": "get-logs", "n": n})
-        return self.run_op(then(op, lambda lines: [tuple(x) for x in lines]))
+        return self.run_op(then(op, lambda lines: tuple(tuple(x) for x in lines)))
 
     def _profile_op(self, key=None, start=None, stop=None, workers=None,
                     merge_workers=True, timeout=PROFILE_TIMEOUT):

@@ -261,3 +261,48 @@ class TaskThreadLimits:
                 self.limiter = self.controller.limit(limits=self.threads)
         except Exception:
             logger.debug("could not limit thread pools", exc_info=True)
+
+
+class MemorySettings:
+    """A worker's memory settings as dask.distributed's ``Worker.memory_manager``
+    shows them, read from the worker each time: ``memory_limit`` (bytes, or None),
+    the ``memory_target_fraction``, ``memory_spill_fraction`` and
+    ``memory_pause_fraction`` (False: that step is off), ``memory_monitor_interval``
+    (seconds; None without a limit), ``max_spill`` (False: spilling has no cap here)
+    and ``data`` (the worker's store)."""
+
+    max_spill = False
+
+    def __init__(self, worker):
+        self._worker = worker
+
+    @property
+    def memory_limit(self):
+        return self._worker.memory_limit
+
+    @property
+    def memory_target_fraction(self):
+        return self._worker.memory_fractions["target"]
+
+    @property
+    def memory_spill_fraction(self):
+        return self._worker.memory_fractions["spill"]
+
+    @property
+    def memory_pause_fraction(self):
+        return self._worker.memory_fractions["pause"]
+
+    @property
+    def memory_monitor_interval(self):
+        monitor = self._worker.monitor
+        return None if monitor is None else monitor.interval
+
+    @property
+    def data(self):
+        return self._worker.data
+
+    def __repr__(self):
+        return (f"<MemorySettings limit={self.memory_limit} "
+                f"target={self.memory_target_fraction} "
+                f"spill={self.memory_spill_fraction} "
+                f"pause={self.memory_pause_fraction}>")

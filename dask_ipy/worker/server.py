@@ -56,8 +56,8 @@ from ..units import check_nthreads, format_bytes, parse_resources
 from . import context, limits
 from .actors import ActorLanes, CoroutineLoop, running
 from .executor import Call, TaskThreads
-from .monitor import (EXIT_MEMORY, MemoryMonitor, RunningTasks, TaskMemoryError,
-                      TaskThreadLimits)
+from .monitor import (EXIT_MEMORY, MemoryMonitor, MemorySettings, RunningTasks,
+                      TaskMemoryError, TaskThreadLimits)
 from .plugins import WorkerPlugins
 from .recording import CANCELLED, ERROR, OK, Recorder
 from .sampler import Sampler, call_stacks
@@ -272,6 +272,12 @@ class Worker:
         return host_of(self.address)
 
     @property
+    def memory_manager(self):
+        """This worker's memory settings under dask.distributed's names
+        (`MemorySettings`), read live."""
+        return MemorySettings(self)
+
+    @property
     def status(self):
         """"running", "paused" (its memory is past the pause fraction) or
         "closed"."""
@@ -372,6 +378,7 @@ class Worker:
             self.data.memory_limit = self._store_budget()
         for listener in self.limit_listeners:
             listener(new)
+        self._send_heartbeat()            # the scheduler's figure, now too
 
     def memory_paused(self, paused, rss):
         """From the memory watch (on the loop): stop or start taking tasks, and tell

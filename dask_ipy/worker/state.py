@@ -914,6 +914,11 @@ class WorkerState:
 
     # ------------------------------------------------------------ views
 
+    @property
+    def executing_count(self):
+        """Tasks running on the task threads now (dask.distributed's name)."""
+        return len(self.executing)
+
     def task_counts(self):
         """{state: how many tasks here are in it}, of the states some task is in
         (counted when asked, once a heartbeat: not kept up on every transition)."""

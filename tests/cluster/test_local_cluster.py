@@ -18,11 +18,13 @@ import warnings
 
 import dask
 import psutil
+from dask.utils import format_bytes
 import pytest
 
 from helpers import count_lines, dask_ipy_threads, die, inc, sleep, wait_for
 from dask_ipy import Client, KilledWorker, LocalCluster, Status, Worker, get_worker
 from dask_ipy.local import dashboard_port, default_sizes
+from dask_ipy.worker.system import host_memory
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,6 +137,29 @@ def test_memory_limit_and_resources_reach_the_workers(processes, tmp_path):
         assert client.dashboard_link == link
         with urllib.request.urlopen(link, timeout=10) as page:
             assert page.status == 200
+
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_auto_memory_is_the_hosts_shared_among_the_workers_once_they_are_up(processes):
+    """As dask.distributed's: each of n workers has the host's memory / n as soon
+    as the cluster (or a `scale`) returns; the Client's repr says so."""
+    total = host_memory()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
+                      **NO_DASHBOARD) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        def limits():
+            return [w["memory_limit"] for w in
+                    client.scheduler_info()["workers"].values()]
+        assert limits() == [total // 2] * 2
+        assert repr(client) == (f"<Client: {cluster.scheduler_address!r} processes=2 "
+                                f"threads=2, memory={format_bytes(total // 2 * 2)}>")
+        assert client.scheduler.address == cluster.scheduler_address
+        cluster.scale(3)
+        assert limits() == [total // 3] * 3
+        cluster.scale(1)
+        assert limits() == [total]
+    assert repr(client) == f"<Client: {cluster.scheduler_address!r} closed>"
 
 
 def test_scale_up_and_down_keeps_the_data():
@@ -410,6 +435,29 @@ def test_the_cluster_takes_this_process_dask_config(processes):
             client.wait_for_workers(2, timeout=30)     # the one killed is back too
             seen = client.run(lambda: config_value("my-setting.x")).values()
             assert sorted(seen) == [1, 2]
+
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_a_worker_retired_by_a_client_leaves_the_cluster(processes, caplog):
+    """``Client.retire_workers`` ends a worker for good: `scale` counts the
+    workers left, not those started; the new one takes this process's config
+    while a default Client has put its own scheduler (a function) there."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
+                      **NO_DASHBOARD) as cluster, Client(cluster) as client:
+        retired = sorted(client.nthreads())[0]
+        client.retire_workers([retired])
+        wait_for(lambda: len(client.nthreads()) == 1, timeout=30,
+                 message="the worker to retire")
+        with dask.config.set({"my-setting.x": 3}), caplog.at_level(logging.WARNING):
+            cluster.scale(2)
+        assert len(cluster.workers) == 2
+        assert retired not in {w.address for w in cluster.workers.values()}
+        client.wait_for_workers(2, timeout=30)
+        if processes:
+            seen = client.run(lambda: config_value("my-setting.x")).values()
+            assert sorted(seen, key=str) == [3, "unset"]
+        assert "dask.config" not in caplog.text
 
 
 SETTINGS_READ = """

@@ -315,6 +315,12 @@ def test_fractions_come_from_dask_config(tmp_path):
             info = c.scheduler_info()["workers"][ws[0].address]
             assert info["memory_fractions"]["pause"] == 0.5
             assert info["memory_limit"] == 2**30
+            # dask.distributed's names for the same settings
+            mm = ws[0].memory_manager
+            assert (mm.memory_limit, mm.memory_target_fraction,
+                    mm.memory_spill_fraction, mm.memory_pause_fraction) == \
+                (2**30, 0.6, False, 0.5)
+            assert mm.data is ws[0].data and mm.memory_monitor_interval > 0
     assert dask.config.get("dask-ipy.worker.memory.target") == 0.6
     w = {"memory_target_fraction": 0.3}
     with local_cluster(worker_options={"memory_limit": "1GiB", **w}) as (s, ws, c):

@@ -53,7 +53,7 @@ def test_a_block_of_work_as_dask_distributed_gives_it(c):
         [r["key"] for r in ts.data]
     assert len(c.get_task_stream(count=3)) == 3
     later = time.time() + 3600
-    assert c.get_task_stream(start=later) == []
+    assert c.get_task_stream(start=later) == ()
     assert len(c.get_task_stream(start="1 hour")) >= len(ts.data)
 
 
