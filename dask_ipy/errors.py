@@ -20,6 +20,7 @@ unpickle there (its class cannot be imported), a type of `ERROR_TYPES` by name, 
 from __future__ import annotations
 
 import builtins
+import collections
 import inspect
 import os
 import sys
@@ -35,14 +36,58 @@ class Reschedule(Exception):
     this one too), as if it had never run."""
 
 
+class WorkerAddress(collections.namedtuple("WorkerAddress", "address")):
+    """A worker named by its address (`KilledWorker.last_worker`)."""
+
+
 class KilledWorker(RuntimeError):
-    """A task was running on `allowed_failures` workers that died while running it."""
+    """Task ``task`` was running on ``allowed_failures`` + 1 workers that died
+    while running it, the last one ``last_worker`` (its ``.address``), as
+    dask.distributed's; ``reason``: how that worker died.  ``KilledWorker(text)``
+    is a message alone."""
+
+    def __init__(self, task, last_worker=None, allowed_failures=0, reason=""):
+        super().__init__(task, last_worker, allowed_failures, reason)
+
+    @property
+    def task(self):
+        return self.args[0]
+
+    @property
+    def last_worker(self):
+        return None if self.args[1] is None else WorkerAddress(self.args[1])
+
+    @property
+    def allowed_failures(self):
+        return self.args[2]
+
+    @property
+    def reason(self):
+        return self.args[3]
+
+    def __str__(self):
+        task, worker, allowed, reason = self.args
+        if worker is None:
+            return str(task)
+        return (f"Attempted to run task {task!r} on {allowed + 1} different workers, "
+                f"but all those workers died while running it. The last worker that "
+                f"attempted to run the task was {worker}"
+                + (f": {reason}." if reason else "."))
 
 
 class MemoryLimitExceeded(KilledWorker, MemoryError):
     """A task took its worker past the terminate fraction of its memory limit
-    `allowed_failures` times; the message names the task, the worker, the limit and
-    the memory reached.  Caught by ``except KilledWorker`` and ``except MemoryError``."""
+    ``allowed_failures`` + 1 times; the message names the task, the worker, the
+    limit and the memory reached (``reason``).  Caught by ``except KilledWorker``
+    and ``except MemoryError``."""
+
+    def __str__(self):
+        task, worker, allowed, reason = self.args
+        if worker is None:
+            return str(task)
+        return (f"task {task!r} was stopped {allowed + 1} times for exceeding a "
+                f"worker's memory limit (allowed_failures={allowed}); last time: "
+                f"{reason}")
 
 
 class PausedWorkerWarning(RuntimeWarning):

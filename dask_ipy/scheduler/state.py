@@ -97,7 +97,7 @@ import math
 from collections import deque
 from operator import attrgetter
 
-from ..errors import error_info
+from ..errors import ERROR_TYPES, error_info
 from ..keys import key_prefix
 from ..units import format_bytes
 from ..protocol import Serialized
@@ -1606,16 +1606,9 @@ class SchedulerState:
         """The error of a task that ended ``allowed_failures`` workers (or runs): it
         names memory when memory was the last cause."""
         memory = self.memory_failures.get(ts.key)
-        if memory is not None:
-            return error_info(
-                "MemoryLimitExceeded",
-                f"task {ts.key!r} was stopped {ts.suspicious} times for exceeding a "
-                f"worker's memory limit (allowed_failures={self.allowed_failures}); "
-                f"last time: {memory}", ts.key)
-        return error_info(
-            "KilledWorker",
-            f"task {ts.key!r} was running on {ts.suspicious} workers "
-            f"that died (last: {ws.address}: {reason})", ts.key)
+        kind = "KilledWorker" if memory is None else "MemoryLimitExceeded"
+        args = (ts.key, ws.address, ts.suspicious - 1, memory or reason)
+        return error_info(kind, str(ERROR_TYPES[kind](*args)), ts.key, args)
 
     def handle_worker_message(self, wid, msg, now=0.0):
         ws = self.workers.get(wid)

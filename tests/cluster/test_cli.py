@@ -144,7 +144,8 @@ def test_a_task_that_kills_dask_ipy_workers_ends_in_killed_worker(tmp_path):
             killer = c.submit(die, key="killer")
             with pytest.raises(KilledWorker, match="killer"):
                 killer.result(timeout=120)
-            assert "running on 4 workers that died" in str(killer.exception())
+            assert "on 4 different workers, but all those workers died" in \
+            str(killer.exception())
             c.wait_for_workers(2, timeout=60)
             wait_for(lambda: len(c.nthreads()) == 2, timeout=60,
                      message="exactly two workers")

@@ -235,7 +235,8 @@ def test_task_that_kills_its_worker_raises_killed_worker_after_four_deaths(tmp_p
         assert not not_done
         with pytest.raises(KilledWorker, match="killer"):
             killer.result()
-        assert "running on 4 workers that died" in str(killer.exception())
+        assert "on 4 different workers, but all those workers died" in \
+            str(killer.exception())
         # The tasks queued behind it on the same workers were not blamed.
         assert c.gather(others) == list(range(1, 21))
         wait_for(lambda: deaths() >= 4, timeout=10, message="four deaths")

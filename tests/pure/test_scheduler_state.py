@@ -394,9 +394,15 @@ def test_killed_worker_after_four_deaths_while_executing(s1):
     out = take(s)
     assert out[0] == ("client", "c", {
         "op": "task-erred", "key": "x", "type": "KilledWorker",
-        "text": "task 'x' was running on 4 workers that died (last: tcp://10.0.1.2:1: "
-                "segfault)"})
+        "text": "Attempted to run task 'x' on 4 different workers, but all those "
+                "workers died while running it. The last worker that attempted to run "
+                "the task was tcp://10.0.1.2:1: segfault.",
+        "args": ["x", "tcp://10.0.1.2:1", 3, "segfault"]})
     assert states(s) == {"x": "erred"}
+    exc, _ = rebuild_error(out[0][2])
+    assert type(exc) is KilledWorker and str(exc) == out[0][2]["text"]
+    assert (exc.task, exc.last_worker.address, exc.allowed_failures, exc.reason) == \
+        ("x", "tcp://10.0.1.2:1", 3, "segfault")
 
 
 def test_queued_tasks_do_not_count_as_suspects(s1):
