@@ -411,7 +411,8 @@ class MultiLock(_Held, _Named):
         if self._lease is None:
             raise ValueError("Lock is not yet acquired")
         lease, self._lease = self._lease, None
-        return self._run(self._request_op("multi-release", lease=lease))
+        return self._run(then(self._request_op("multi-release", lease=lease),
+                              lambda _: None))
 
     def locked(self):
         """Whether this MultiLock holds its names."""

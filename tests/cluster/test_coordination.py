@@ -133,7 +133,7 @@ def test_multilocks_sharing_a_name_take_turns(c):
     assert held.acquire(timeout=1) and held.locked()
     assert MultiLock([y, z]).acquire(timeout=0.1) is False
     assert MultiLock([y, z]).acquire(num_locks=1, blocking=False) is True    # z
-    held.release()
+    assert held.release() is None                  # as dask.distributed's
     assert not held.locked()
     with pytest.raises(ValueError):
         held.release()
