@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from .addresses import split_address
-from .security import find_security, read_connection_file
+from .security import find_connection, read_connection_file
 
 
 def resolve_scheduler(address, security, which):
@@ -25,14 +25,25 @@ def resolve_scheduler(address, security, which):
         return info[which], security or file_security
     check_address(address)
     if security is None:
-        security = find_security(address)
-        if security is None:
+        found = find_connection(address)
+        if found is None:
             raise ValueError(
                 f"no key known for {address}: no connection file of a scheduler "
                 "at that address is in this user's runtime directory; pass the "
                 "scheduler's connection file (written next to it, owner-only) or "
                 "security=")
+        info, security = found
+        # The scheduler's other port (a Worker given the clients' address, as
+        # dask.distributed's ``Worker(scheduler.address)``): this role's instead.
+        other = info.get(OTHER_ROLE[which])
+        if other is not None and info.get(which) and \
+                split_address(str(address))[2] == split_address(other)[2]:
+            address = info[which]
     return address, security
+
+
+OTHER_ROLE = {"address_to_workers": "address_to_clients",
+              "address_to_clients": "address_to_workers"}
 
 
 def check_address(address):

@@ -57,6 +57,7 @@ __all__ = [
     "runtime_dir",
     "write_connection_file",
     "read_connection_file",
+    "find_connection",
     "find_security",
     "remove_connection_file",
 ]
@@ -382,7 +383,15 @@ def remove_stale_connection_files(directory: str | None = None) -> list[str]:
 
 
 def find_security(address: str) -> Security | None:
-    """The key of the scheduler at `address`, from this user's connection files.
+    """The key of the scheduler at `address`, from this user's connection files
+    (see `find_connection`)."""
+    found = find_connection(address)
+    return None if found is None else found[1]
+
+
+def find_connection(address: str) -> tuple[dict, Security] | None:
+    """The connection file of the scheduler at `address` (its contents) and its key,
+    from this user's connection files.
 
     A file matches when one of its advertised addresses equals `address`, or has the
     same port on a host that resolves to the same machine (127.0.0.1, localhost and
@@ -395,6 +404,20 @@ def find_security(address: str) -> Security | None:
         paths = _own_connection_files(directory)
     except OSError:
         return None
+    target = _split_tcp(address)
+    resolver = _Resolver()
+    for path in paths:
+        try:
+            content = _load(path)
+            if not _matches(content, address, target, resolver):
+                continue
+            security = Security.from_dict(content["security"])
+        except (OSError, ValueError) as e:
+            logger.debug("skipping connection file %s: %s", path, type(e).__name__)
+            continue
+        logger.debug("using connection file %s for %s", path, address)
+        return content, security
+    return None
     target = _split_tcp(address)
     resolver = _Resolver()
     for path in paths:

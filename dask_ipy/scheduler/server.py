@@ -15,6 +15,7 @@ user code only when a client asks for it explicitly: scheduler plugins and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -606,3 +607,17 @@ class Scheduler:
 
     def __exit__(self, *exc):
         self.close()
+
+    def __await__(self):
+        """``await Scheduler()``: it listens from the start, as dask.distributed's
+        does once awaited."""
+        return self._started().__await__()
+
+    async def _started(self):
+        return self
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await asyncio.to_thread(self.close)

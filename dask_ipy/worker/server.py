@@ -71,6 +71,7 @@ RETIRE = object()          # a pool thread taking this leaves: a seceded one rej
 SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
 RELAY_STREAM_TRIES = 2     # streamed relays failing in a row before one-message relays
+REGISTER_TIMEOUT = 60.0    # seconds `await Worker(...)` waits for the scheduler's welcome
 TO_STATE = None            # in `from_scheduler`: a kind the state machine handles
 
 
@@ -1584,3 +1585,23 @@ class Worker:
 
     def __exit__(self, *exc):
         self.close()
+
+    def __await__(self):
+        """``await Worker(...)``: the worker, once the scheduler has welcomed it
+        (TimeoutError after `REGISTER_TIMEOUT` s), as dask.distributed's."""
+        return self._registered().__await__()
+
+    async def _registered(self):
+        registered = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.registered_listeners.append(
+            lambda: loop.call_soon_threadsafe(registered.set))
+        if self.clients_address is None:        # not welcomed before the line above
+            await asyncio.wait_for(registered.wait(), REGISTER_TIMEOUT)
+        return self
+
+    async def __aenter__(self):
+        return await self
+
+    async def __aexit__(self, *exc):
+        await asyncio.to_thread(self.close)

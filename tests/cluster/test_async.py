@@ -237,3 +237,28 @@ def test_a_failed_connection_leaves_nothing_behind():
         assert c.status == "closed"
     run(main())
     wait_for(lambda: set(dask_ipy_threads()) <= before, message="threads to stop")
+
+
+def test_scheduler_and_workers_awaited_as_in_dask_distributed():
+    """``async with Scheduler() as s, Worker(s.address) as w``: the worker given the
+    clients' address (dask.distributed's ``Scheduler.address``) finds the workers'
+    port through the scheduler's connection file, and is welcomed on entry."""
+    from dask_ipy import Scheduler, Worker
+
+    async def main():
+        async with Scheduler() as s:
+            async with Worker(s.address) as a, Worker(s.address, nthreads=2) as b:
+                assert len(s.workers) == 2
+                assert a.scheduler_address == b.scheduler_address == s.address_to_workers
+                async with Client(s.address, asynchronous=True) as c:
+                    assert await c.gather(c.map(inc, range(4))) == [1, 2, 3, 4]
+            late = await Worker(s.address)
+            assert len(s.workers) == 1
+            late.close()
+        # and a client given the workers' port reaches the clients' one
+        with Scheduler() as s, Worker(s.address_to_workers), \
+                Client(s.address_to_workers, set_as_default=False) as c:
+            assert c.address == s.address_to_clients
+            assert c.submit(inc, 1).result(timeout=10) == 2
+
+    run(main())
