@@ -1,4 +1,5 @@
-"""TCP addresses: the one parser of ``tcp://host:port``, and which host a peer uses.
+"""TCP addresses: the one parser of ``tcp://host:port``, which host a peer uses, and
+the port a dashboard takes.
 
 `split_address` and `route_ip` use the standard library only and no module globals:
 the bootstrap ships them to ipyparallel engines by value, before those import dask_ipy.
@@ -7,6 +8,7 @@ the bootstrap ships them to ipyparallel engines by value, before those import da
 from __future__ import annotations
 
 import socket
+import warnings
 
 ANY_HOST = ("", "*", "0.0.0.0")      # hosts that mean "bind every interface"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -77,3 +79,41 @@ def dashboard_url(info):
     if ":" in host:                      # an IPv6 literal
         host = f"[{host}]"
     return f"http://{host}:{info['port']}{info['prefix']}/?token={info['token']}"
+
+
+def dashboard_port(address, host):
+    """The port of ``dashboard_address`` (None: no dashboard), served where the
+    scheduler listens (``host``); a port in use gives way to a free one, with a
+    warning, as in dask.distributed."""
+    if address is None or address is False:
+        return None
+    if isinstance(address, int):
+        where, port = "", address
+    else:
+        where, _, text = str(address).rpartition(":")
+        try:
+            port = int(text)
+        except ValueError:
+            raise ValueError(f"dashboard_address must be like ':8787' or "
+                             f"'{host}:8787', not {address!r}") from None
+        where = where.strip("[]")
+        if where in LOOPBACK and host in LOOPBACK:
+            where = host
+        if where not in ("", host):
+            raise ValueError(f"the dashboard listens where the scheduler does "
+                             f"(host={host!r}), not on {where!r}")
+    if port and not _port_free(host, port):
+        warnings.warn(f"port {port} is already in use (another cluster?); the "
+                      f"dashboard takes a free port instead", stacklevel=3)
+        return 0
+    return port
+
+
+def _port_free(host, port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does
+        try:
+            s.bind(("" if host in ANY_HOST else host, port))
+        except OSError:
+            return False
+    return True

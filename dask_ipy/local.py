@@ -58,7 +58,7 @@ import weakref
 import psutil
 
 from . import config
-from .addresses import ANY_HOST, LOOPBACK
+from .addresses import ANY_HOST, dashboard_port
 from .log import logger
 from .security import Security
 from .status import STATUS_TAG, Status, own_line
@@ -141,44 +141,6 @@ def default_sizes(n_workers, threads_per_worker, processes, cores):
     if threads_per_worker is None:
         threads_per_worker = max(1, math.ceil(cores / max(n_workers, 1)))
     return n_workers, threads_per_worker
-
-
-def dashboard_port(address, host):
-    """The port of ``dashboard_address`` (None: no dashboard), served where the
-    scheduler listens (``host``); a port in use gives way to a free one, with a
-    warning, as in dask.distributed."""
-    if address is None or address is False:
-        return None
-    if isinstance(address, int):
-        where, port = "", address
-    else:
-        where, _, text = str(address).rpartition(":")
-        try:
-            port = int(text)
-        except ValueError:
-            raise ValueError(f"dashboard_address must be like ':8787' or "
-                             f"'{host}:8787', not {address!r}") from None
-        where = where.strip("[]")
-        if where in LOOPBACK and host in LOOPBACK:
-            where = host
-        if where not in ("", host):
-            raise ValueError(f"the dashboard listens where the scheduler does "
-                             f"(host={host!r}), not on {where!r}")
-    if port and not _port_free(host, port):
-        warnings.warn(f"port {port} is already in use (another cluster?); the "
-                      f"dashboard takes a free port instead", stacklevel=3)
-        return 0
-    return port
-
-
-def _port_free(host, port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does
-        try:
-            s.bind(("" if host in ANY_HOST else host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _child_env():

@@ -26,6 +26,7 @@ import zmq
 
 from .. import bulk, messages, profiling, stories
 from ..addresses import ANY_HOST, advertised_host, dashboard_url, host_of
+from ..addresses import dashboard_port as dashboard_port_of   # its argument's name
 from ..comm import IOLoop, RejectionLog, send, bind_router, hello_reply, new_id
 from ..errors import error_payload
 from ..log import logger
@@ -69,6 +70,10 @@ class Scheduler:
     ends in `KilledWorker`.  Both by default from dask.config where this process
     has loaded dask (``dask-ipy.scheduler.*``, else dask.distributed's settings of
     the same names), else 10,000 and 3.
+
+    dask.distributed's names are taken too: ``host`` for ``hostname``, ``port`` for
+    ``port_to_clients`` (its ``address``), ``dashboard_address`` (":8787", ":0"
+    for any free port, None for none) for ``dashboard_port``.
     """
 
     def __init__(self, hostname="127.0.0.1", port_to_workers=0, port_to_clients=0, *,
@@ -76,7 +81,12 @@ class Scheduler:
                  idle_timeout=None, allowed_failures=None, validate=False,
                  max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES,
                  task_stream_length=CAPACITY, dashboard_port=None, dashboard_prefix="",
-                 transition_log_length=None):
+                 transition_log_length=None, host=None, port=None,
+                 dashboard_address=None):
+        hostname = host or hostname
+        port_to_clients = port or port_to_clients
+        if dashboard_address is not None and dashboard_port is None:
+            dashboard_port = dashboard_port_of(dashboard_address, hostname)
         self.security = security or Security.temporary()
         self.id = new_id("scheduler")
         self.session = Session(self.security.key, self.id, epoch=new_epoch(),

@@ -129,7 +129,8 @@ class Worker:
     comes through the scheduler instead (see `WorkerState`), and every
     ``unreachable_retry`` seconds a new connection is tried in the background.
     ``contact_address`` is the address peers are told to use, when it is not the one
-    bound (a port forward, a NAT).
+    bound (a port forward, a NAT).  ``host``: dask.distributed's name for
+    ``hostname``.  ``await Worker(...)`` and ``async with`` give it once welcomed.
 
     Memory (see the README): ``memory_limit`` is "auto" (this host's memory, or its
     cgroup's limit, shared among the workers of this scheduler on this host), bytes,
@@ -162,7 +163,8 @@ class Worker:
                  memory_spill_fraction=None, memory_pause_fraction=None,
                  memory_terminate_fraction=None, memory_terminate_action="interrupt",
                  memory_monitor_interval=None, blas_threads=None, resources=None,
-                 task_stream=None):
+                 task_stream=None, host=None):
+        hostname = host or hostname         # dask.distributed's name
         nthreads = check_nthreads(nthreads)
         self.resources = parse_resources(resources)
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives

@@ -246,8 +246,10 @@ def test_scheduler_and_workers_awaited_as_in_dask_distributed():
     from dask_ipy import Scheduler, Worker
 
     async def main():
-        async with Scheduler() as s:
-            async with Worker(s.address) as a, Worker(s.address, nthreads=2) as b:
+        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0") as s:
+            assert s.dashboard_link.startswith("http://127.0.0.1:")
+            async with Worker(s.address) as a, \
+                    Worker(s.address, nthreads=2, host="127.0.0.1") as b:
                 assert len(s.workers) == 2
                 assert a.scheduler_address == b.scheduler_address == s.address_to_workers
                 async with Client(s.address, asynchronous=True) as c:

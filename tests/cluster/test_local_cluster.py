@@ -23,7 +23,8 @@ import pytest
 
 from helpers import count_lines, dask_ipy_threads, die, inc, sleep, wait_for
 from dask_ipy import Client, KilledWorker, LocalCluster, Status, Worker, get_worker
-from dask_ipy.local import dashboard_port, default_sizes
+from dask_ipy.addresses import dashboard_port
+from dask_ipy.local import default_sizes
 from dask_ipy.worker.system import host_memory
 
 pytestmark = pytest.mark.timeout(120)
