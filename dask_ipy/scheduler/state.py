@@ -1657,8 +1657,7 @@ class SchedulerState:
             self.send_worker(ws, {"op": "go", "key": msg["key"]})
 
     def _on_task_finished(self, ws, msg):
-        if ws.stale:
-            self._thread_freed(ws, msg["key"])
+        freed = ws.stale and self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
         if ts is None or ts.processing_on is not ws:
             # Stale: cancelled, or rerouted elsewhere.  Keep the data only if useful.
@@ -1666,6 +1665,8 @@ class SchedulerState:
                 self._add_replica(ts, ws)
             else:
                 self._free_keys(ws, (msg["key"],))
+            if freed:                   # its thread is free for the queued tasks
+                self.fill_workers(ws)
             return
         ts.nbytes = msg.get("nbytes", 0)
         ts.type = msg.get("type")
@@ -1744,10 +1745,11 @@ class SchedulerState:
             ws.nbytes += max(ts.nbytes, 0)
 
     def _on_task_erred(self, ws, msg):
-        if ws.stale:
-            self._thread_freed(ws, msg["key"])
+        freed = ws.stale and self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
         if ts is None or ts.processing_on is not ws:
+            if freed:
+                self.fill_workers(ws)
             return
         ws.executing.discard(ts)        # over: a release now frees its thread
         self._note_queue(ws)

@@ -202,8 +202,13 @@ def eight_tiny_tasks(s):
     return [m[2]["key"] for m in take(s)]
 
 
+@pytest.mark.parametrize("ending", ["task-dropped", "task-finished", "task-erred"])
 @pytest.mark.parametrize("how", ["release", "restart"])
-def test_a_task_forgotten_while_it_runs_holds_its_thread_until_it_is_over(s1, how):
+def test_a_task_forgotten_while_it_runs_holds_its_thread_until_it_is_over(s1, how,
+                                                                           ending):
+    """However the worker says the task is over (dropped; or finished or erred
+    before the release reached it, a small result already sent straight to its
+    client), the thread is free and the queued tasks go to it."""
     s = s1
     s.update_graph("c", {"long": ("spec-long", [])}, ["long"])
     take(s)
@@ -222,8 +227,9 @@ def test_a_task_forgotten_while_it_runs_holds_its_thread_until_it_is_over(s1, ho
     # Word of a task it did not count changes nothing; word of that one frees it.
     s.handle_worker_message("w1", {"op": "task-dropped", "key": "t7"})
     assert take(s) == []
-    s.handle_worker_message("w1", {"op": "task-dropped", "key": "long"})
-    assert [m[2]["key"] for m in take(s)] == ["t0", "t1", "t2"]
+    s.handle_worker_message("w1", {"op": ending, "key": "long", "nbytes": 8})
+    assert [m[2]["key"] for m in take(s) if m[2]["op"] == "compute-task"] == \
+        ["t0", "t1", "t2"]
     assert s.workers["w1"].stale == {}
 
 
