@@ -650,20 +650,21 @@ class LocalCluster:
     def _forget_ended(self):
         """Drop the workers that ended for good: retired by the scheduler
         (``Client.retire_workers``), or closed.  A worker process that died is not
-        among them while its supervisor starts another.  A process the scheduler
-        no longer knows, but whose supervisor still runs, is waited for (up to
-        `ENDING_WAIT` s) to either end or start again."""
-        if self.processes:
-            known = set(self._scheduler_client().scheduler_info()["workers"])
-            deadline = time.monotonic() + ENDING_WAIT
-            for w in self.workers.values():
-                while (w.running() and w.address not in known and w.registered.is_set()
-                       and time.monotonic() < deadline):
-                    time.sleep(0.02)
-        ended = [name for name, w in self.workers.items()
-                 if (not w.running() if self.processes else w.closed.is_set())]
-        for name in ended:
+        among them while its supervisor starts another.  A worker the scheduler no
+        longer knows, but which has not ended yet, is waited for (up to
+        `ENDING_WAIT` s) to either end or, a process, start again."""
+        known = set(self._scheduler_client().scheduler_info()["workers"])
+        deadline = time.monotonic() + ENDING_WAIT
+        for w in self.workers.values():
+            while (w.address not in known and not self._ended(w)
+                   and (not self.processes or w.registered.is_set())
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
+        for name in [name for name, w in self.workers.items() if self._ended(w)]:
             self.workers.pop(name).close()
+
+    def _ended(self, worker):
+        return not worker.running() if self.processes else worker.closed.is_set()
 
     def _workers_for(self, n, memory, cores):
         """``n``, or more: enough workers for ``memory`` bytes and ``cores``
