@@ -22,8 +22,8 @@ State, documented once:
     tasks:      {key: TaskState}
     workers:    {worker_id: WorkerRecord}     by_address: {address: WorkerRecord}
     clients:    {client_id: ClientRecord}
-    queued:     heap of (priority, seq, TaskState); entries whose task has left the
-                "queued" state are skipped when popped
+    queued:     `RootQueue` of (priority, seq, TaskState); entries whose task has left
+                the "queued" state are skipped when popped
     TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
@@ -325,6 +325,51 @@ class ClientRecord:
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
 
 
+class RootQueue:
+    """Queued root tasks, taken in priority order: entries (priority, seq, TaskState).
+
+    A graph's tasks are queued in priority order, and most after every task already
+    queued: those go to the end of a sorted deque and leave from its front at no
+    cost; the others (a graph of higher priority) go to a heap.  The smaller of the
+    two fronts is taken first, so the order is a single heap's."""
+
+    __slots__ = ("in_order", "heap")
+
+    def __init__(self):
+        self.in_order = deque()
+        self.heap = []
+
+    def __len__(self):
+        return len(self.in_order) + len(self.heap)
+
+    def __iter__(self):
+        return itertools.chain(self.in_order, self.heap)
+
+    def push(self, entry):
+        in_order = self.in_order
+        if not in_order or in_order[-1] < entry:
+            in_order.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def first(self):
+        """The entry `pop` takes next."""
+        heap, in_order = self.heap, self.in_order
+        if heap and (not in_order or heap[0] < in_order[0]):
+            return heap[0]
+        return in_order[0]
+
+    def pop(self):
+        heap, in_order = self.heap, self.in_order
+        if heap and (not in_order or heap[0] < in_order[0]):
+            return heapq.heappop(heap)
+        return in_order.popleft()
+
+    def clear(self):
+        self.in_order.clear()
+        self.heap.clear()
+
+
 def _compact_spec(run_spec):
     """A run spec as the scheduler keeps it: the bytes of a `Serialized` of one small
     frame (one object instead of three; `_assign` wraps it again), else as given."""
@@ -497,7 +542,7 @@ class SchedulerState:
         self.by_address = {}
         self.clients = {}
         self.groups = {}
-        self.queued = []
+        self.queued = RootQueue()
         self.unrunnable = set()              # tasks in "no-worker"
         self.datasets = {}                   # {name: {"data": Serialized, "keys": [...]}}
         self.coordination = Coordination()   # Variables, Queues, Locks... (its module)
@@ -767,7 +812,7 @@ class SchedulerState:
             ws = None if self.queued else self._worker_with_room(ts)
             if ws is None:
                 self._set_state(ts, QUEUED)
-                heapq.heappush(self.queued, (ts.priority, next(self._seq), ts))
+                self.queued.push((ts.priority, next(self._seq), ts))
                 return {}
         else:
             ws = self.decide_worker(ts)
@@ -1253,10 +1298,10 @@ class SchedulerState:
     def _fill(self, ws):
         if ws.status != "running" or not self.queued:
             return
-        room = self._room(ws, self.queued[0][2])
         queued = self.queued
+        room = self._room(ws, queued.first()[2])
         while room > 0 and queued:
-            _, _, ts = heapq.heappop(queued)
+            _, _, ts = queued.pop()
             if ts.state != QUEUED:
                 continue
             self._transition(ts, PROCESSING, ws)
