@@ -881,9 +881,7 @@ class SchedulerState:
     def _after_memory(self, ts):
         gathering = ()                  # clients whose gathers get the value now
         if ts.key in self.parked:
-            gathering = {self.gathers[gid]["client"] for gid in self.parked[ts.key]
-                         if gid in self.gathers}
-            self._unpark(ts.key, ok=True)
+            gathering = self._unpark(ts.key, ok=True)
         recs = {}
         for dts in ts.waiters:
             _discard(dts, "waiting_on", ts)
@@ -2195,10 +2193,13 @@ class SchedulerState:
             self._start_gather(gid, keys)
 
     def _unpark(self, key, ok):
+        """The gathers parked on ``key`` go on: [their clients]."""
+        clients = []
         for gid in self.parked.pop(key, ()):
             g = self.gathers.get(gid)
             if g is None:
                 continue
+            clients.append(g["client"])
             if not ok:
                 # An erred or forgotten key ends the wait: the client sees why.
                 for other in g["waiting"]:
@@ -2210,6 +2211,7 @@ class SchedulerState:
             g["waiting"].discard(key)
             if not g["waiting"]:
                 self._start_gather(gid, [k for k in g["keys"] if k not in g["missing"]])
+        return clients
 
     def _start_gather(self, gid, keys):
         g = self.gathers[gid]
