@@ -73,6 +73,7 @@ import mmap
 import pickle
 import struct
 from collections import deque
+from functools import partial
 
 import blake3
 from cryptography.hazmat.primitives.poly1305 import Poly1305
@@ -437,12 +438,17 @@ def _split(buf, limit, out: list) -> int:
     return count
 
 
+# msgpack.ExtType(code, data) for arguments known to be valid: ExtType's own
+# constructor checks them in Python, at a cost comparable to packing a small message.
+_ext_type = partial(tuple.__new__, msgpack.ExtType)
+
+
 def _encode_serialized(s: Serialized, payload: list, limit) -> msgpack.ExtType:
     frames = s.frames
     head = frames[0]
     if type(head) is bytes and len(frames) == 1 and len(head) < INLINE_LIMIT:
         # The common case, a small value pickled here or received inline: as it is.
-        return msgpack.ExtType(_EXT_INLINE, head)
+        return _ext_type((_EXT_INLINE, head))
     head = _buffer(head)
     inline = type(head) is not Chunked and _nbytes(head) < INLINE_LIMIT
     if inline and len(frames) == 1:
