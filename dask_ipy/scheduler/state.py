@@ -353,17 +353,18 @@ class RootQueue:
             heapq.heappush(self.heap, entry)
 
     def first(self):
-        """The entry `pop` takes next."""
+        """The entry `pop` takes next (None: the queue is empty)."""
         heap, in_order = self.heap, self.in_order
         if heap and (not in_order or heap[0] < in_order[0]):
             return heap[0]
-        return in_order[0]
+        return in_order[0] if in_order else None
 
     def pop(self):
+        """The first entry, taken out (None: the queue is empty)."""
         heap, in_order = self.heap, self.in_order
         if heap and (not in_order or heap[0] < in_order[0]):
             return heapq.heappop(heap)
-        return in_order.popleft()
+        return in_order.popleft() if in_order else None
 
     def clear(self):
         self.in_order.clear()
@@ -700,12 +701,13 @@ class SchedulerState:
 
     def _drain(self, recs):
         """Apply the recommendations in ``recs`` (emptied) and all that follow."""
+        tasks, transition = self.tasks, self._transition
         while recs:
             key, finish = recs.popitem()
-            ts = self.tasks.get(key)
+            ts = tasks.get(key)
             if ts is None or ts.state == finish:
                 continue
-            more = self._transition(ts, finish)
+            more = transition(ts, finish)
             if more:
                 recs.update(more)
 
@@ -721,14 +723,16 @@ class SchedulerState:
             if func is None:
                 raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
         self.transition_count += 1
-        if not self.validating:
-            recs = func(ts, *args)
-        else:
+        if self.validating:
             self._in_transition += 1
             try:
                 recs = func(ts, *args)
             finally:
                 self._in_transition -= 1
+        elif args:
+            recs = func(ts, *args)
+        else:
+            recs = func(ts)                 # without *args: a cheaper call
         log = self.transition_log
         if log is not None:
             # Objects that exist already, nothing formatted.
@@ -1294,12 +1298,16 @@ class SchedulerState:
             self._fill(ws)
 
     def _fill(self, ws):
-        if ws.status != "running" or not self.queued:
-            return
         queued = self.queued
-        room = self._room(ws, queued.first()[2])
-        while room > 0 and queued:
-            _, _, ts = queued.pop()
+        first = queued.first()
+        if ws.status != RUNNING or first is None:
+            return
+        room = self._room(ws, first[2])
+        while room > 0:
+            entry = queued.pop()
+            if entry is None:
+                break
+            ts = entry[2]
             if ts.state != QUEUED:
                 continue
             self._transition(ts, PROCESSING, ws)
@@ -1725,7 +1733,7 @@ class SchedulerState:
             ts.group.add_duration(msg["duration"])
         ts.group.add_nbytes(ts.nbytes)
         self._add_replica(ts, ws)
-        self.transitions({ts.key: MEMORY})
+        self.transitions(self._transition(ts, MEMORY))
         self.fill_workers(ws)
 
     def _on_task_seceded(self, ws, msg):

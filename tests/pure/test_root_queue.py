@@ -28,7 +28,7 @@ def test_root_queue_pops_in_heap_order():
             assert sorted(q) == sorted(heap)
         while heap:
             assert q.pop() == heapq.heappop(heap)
-        assert not q
+        assert not q and q.first() is None and q.pop() is None
         q.push(((0,), next(seq), None))
         q.clear()
         assert not q and list(q) == []
