@@ -462,9 +462,20 @@ def _encode_serialized(s: Serialized, payload: list, limit) -> msgpack.ExtType:
     return msgpack.ExtType(_EXT_REFS, ref)
 
 
+def _inline_serialized(data: bytes) -> Serialized:
+    """Serialized([data]) without __init__'s copy and check: one per result or task
+    a message carries, on every receiver's busiest path."""
+    s = _new_object(Serialized)
+    s.frames = [data]
+    return s
+
+
+_new_object = object.__new__
+
+
 def _decode_serialized(code: int, data: bytes, payload: list):
     if code == _EXT_INLINE:
-        return Serialized([data])
+        return _inline_serialized(data)
     if code == _EXT_REFS or code == _EXT_HEAD_INLINE:
         start, count = _REF.unpack_from(data)
         end = _REF.size + 4 * count
@@ -771,7 +782,8 @@ class Session:
                 use_list=False,
                 strict_map_key=False,
                 raw=False,
-                ext_hook=lambda code, data: _decode_serialized(code, data, payload),
+                ext_hook=lambda code, data: (_inline_serialized(data) if code == _EXT_INLINE
+                                             else _decode_serialized(code, data, payload)),
             )
         except Exception as e:
             raise MalformedMessage(f"undecodable body from {origin!r}: {type(e).__name__}") from None
