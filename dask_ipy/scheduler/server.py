@@ -481,7 +481,10 @@ class Scheduler:
                 # relay expecting it.
                 self._order_relay(ident, msg)
                 continue
-            batches.setdefault((kind, ident), []).append(msg)
+            batch = batches.get((kind, ident))
+            if batch is None:
+                batch = batches[(kind, ident)] = []
+            batch.append(msg)
         for (kind, ident), msgs in batches.items():
             sock = self.worker_socket if kind == "worker" else self.client_socket
             try:

@@ -906,7 +906,8 @@ class SchedulerState:
                 if cid not in gathering:
                     msg["data"] = ts.data
             self.send_client(cid, msg)
-        _discard(ts, "who_wants", FIRE_AND_FORGET)       # its work is done
+        if FIRE_AND_FORGET in ts.who_wants:
+            _discard(ts, "who_wants", FIRE_AND_FORGET)   # its work is done
         if not ts.waiters and not ts.who_wants:
             recs[ts.key] = FORGOTTEN
         return recs
@@ -1007,8 +1008,8 @@ class SchedulerState:
 
     def _release_recs(self, ts):
         """After a task is released: compute it again if still needed, else forget."""
-        if ts.who_wants or any(w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER)
-                               for w in ts.waiters):
+        if ts.who_wants or ts.waiters and any(
+                w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER) for w in ts.waiters):
             return {ts.key: WAITING}
         return {ts.key: FORGOTTEN}
 
@@ -2192,11 +2193,16 @@ class SchedulerState:
                                  "holders": {}, "stream": stream, "streams": [],
                                  "streamed": set(), "direct": [] if direct else None}
         if wait:
+            tasks, parked, waiting = self.tasks, self.parked, g["waiting"]
             for key in keys:
-                ts = self.tasks.get(key)
+                ts = tasks.get(key)
                 if ts is not None and ts.state not in (MEMORY, ERRED):
-                    g["waiting"].add(key)
-                    self.parked.setdefault(key, set()).add(gid)
+                    waiting.add(key)
+                    gids = parked.get(key)
+                    if gids is None:
+                        parked[key] = {gid}
+                    else:
+                        gids.add(gid)
         if not g["waiting"]:
             self._start_gather(gid, keys)
 
