@@ -1,6 +1,6 @@
 """The scheduler's state machine: all task, worker and client state, and no I/O.
 
-Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
+Messages go in (`handle_worker_messages`, `handle_client_message`, `add_worker`,
 `remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
 workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
 "client", and orders for the shell's relay of large values (bulk.py) as ``("relay",
@@ -576,6 +576,8 @@ class SchedulerState:
         self.events = {}                     # {topic: deque([(time, msg)])}, the latest
         self.metadata = {}                   # nested {name: ... Serialized} of clients
         self._advancing = self._advance_again = False
+        self._batching = False               # in handle_worker_messages
+        self._fill_after = None              # the worker to fill after "task-finished"s
         self.stolen = 0                      # tasks moved so, ever
         self.finished_total = 0              # tasks that reached memory, ever
         self.erred_total = 0                 # tasks that erred, ever
@@ -1670,20 +1672,45 @@ class SchedulerState:
             f"that died (last: {ws.address}: {reason})", ts.key)
 
     def handle_worker_message(self, wid, msg, now=0.0):
-        ws = self.workers.get(wid)
-        if ws is None:
-            return False          # unknown or removed worker: the shell tells it
-        ws.last_seen = now
-        self.tell_time(now)
-        op = self.stimulus = msg["op"]
-        handler = self.FROM_WORKERS.get(op)
-        if handler is None:
+        return self.handle_worker_messages(wid, (msg,), now)
+
+    def handle_worker_messages(self, wid, msgs, now=0.0):
+        """Messages of worker ``wid``, in order (a batch it sent).  False, and the
+        rest is ignored, once the worker is unknown (or removed): the shell tells it.
+
+        After a run of "task-finished" messages, the worker gets queued tasks
+        (`fill_workers`) once, not after each: the same tasks in the same order, in
+        one pass instead of one per message."""
+        self._batching = True
+        try:
+            for msg in msgs:
+                ws = self.workers.get(wid)
+                if ws is None:
+                    return False
+                ws.last_seen = now
+                self.tell_time(now)
+                op = msg["op"]
+                if op != "task-finished" and self._fill_after is not None:
+                    self._fill_finished()
+                self.stimulus = op
+                handler = self.FROM_WORKERS.get(op)
+                if handler is None:
+                    continue
+                handler(self, ws, msg)
+                if self.moves and ws.status == CLOSING_GRACEFULLY:
+                    # A retiring worker's task ended or was given back: it may be done.
+                    self._advance_moves()
             return True
-        handler(self, ws, msg)
-        if self.moves and ws.status == CLOSING_GRACEFULLY:
-            # A retiring worker's task ended or was given back: it may be done.
-            self._advance_moves()
-        return True
+        finally:
+            self._batching = False
+            if self._fill_after is not None:
+                self._fill_finished()
+
+    def _fill_finished(self):
+        ws, self._fill_after = self._fill_after, None
+        if self.workers.get(ws.id) is ws:
+            self.stimulus = "task-finished"
+            self.fill_workers(ws)
 
     def _on_heartbeat(self, ws, msg):
         metrics = ws.metrics = msg.get("metrics", {})
@@ -1735,7 +1762,10 @@ class SchedulerState:
         ts.group.add_nbytes(ts.nbytes)
         self._add_replica(ts, ws)
         self.transitions(self._transition(ts, MEMORY))
-        self.fill_workers(ws)
+        if self._batching:
+            self._fill_after = ws          # after the run of these (handle_worker_messages)
+        else:
+            self.fill_workers(ws)
 
     def _on_task_seceded(self, ws, msg):
         """A running task gave its thread back to wait for other work: the slot is
