@@ -40,8 +40,9 @@ State, documented once:
     TaskState.direct:       (client id,) the clients the worker sent that small result
                             to straight ("task-result"): a gather of theirs lists the
                             key as "direct" instead of sending the value again
-    parked:     {key: {gather id}}  gathers waiting for keys to finish, so a client's
-                `result()` costs one request
+    parked:     {key: gather id, or {gather id} when several}  gathers waiting for
+                keys to finish, so a client's `result()` costs one request (one
+                gather waits for most keys: its id alone is no object to collect)
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim
     WorkerRecord.processing: {TaskState: estimated duration}
@@ -549,7 +550,7 @@ class SchedulerState:
         self.coordination = Coordination()   # Variables, Queues, Locks... (its module)
         self.collections = {}                # {name: Serialized}
         self.gathers = {}                    # {gather id: pending gather}
-        self.parked = {}                     # {key: {gather id}} waiting for results
+        self.parked = {}                     # {key: gather id(s)} waiting for results
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
@@ -2230,7 +2231,9 @@ class SchedulerState:
                     waiting.add(key)
                     gids = parked.get(key)
                     if gids is None:
-                        parked[key] = {gid}
+                        parked[key] = gid
+                    elif type(gids) is int:
+                        parked[key] = {gids, gid}
                     else:
                         gids.add(gid)
         if not g["waiting"]:
@@ -2239,7 +2242,8 @@ class SchedulerState:
     def _unpark(self, key, ok):
         """The gathers parked on ``key`` go on: [their clients]."""
         clients = []
-        for gid in self.parked.pop(key, ()):
+        gids = self.parked.pop(key, ())
+        for gid in (gids,) if type(gids) is int else gids:
             g = self.gathers.get(gid)
             if g is None:
                 continue
@@ -2247,7 +2251,7 @@ class SchedulerState:
             if not ok:
                 # An erred or forgotten key ends the wait: the client sees why.
                 for other in g["waiting"]:
-                    self.parked.get(other, set()).discard(gid)
+                    self._unpark_one(other, gid)
                 g["waiting"].clear()
                 g["missing"].append(key)
                 self._maybe_finish_gather(gid)
@@ -2256,6 +2260,14 @@ class SchedulerState:
             if not g["waiting"]:
                 self._start_gather(gid, [k for k in g["keys"] if k not in g["missing"]])
         return clients
+
+    def _unpark_one(self, key, gid):
+        """Gather ``gid`` no longer waits for ``key``."""
+        gids = self.parked.get(key)
+        if gids == gid:
+            del self.parked[key]
+        elif type(gids) is set:
+            gids.discard(gid)
 
     def _start_gather(self, gid, keys):
         g = self.gathers[gid]
