@@ -1423,12 +1423,12 @@ class SchedulerState:
         self._drain(erred)
         new.sort(key=_priority)
         added = [ts.key for ts in new] if self.plugin_events is not None else None
-        recs = {}
         for ts in new:
             if ts.state == RELEASED:
-                recs[ts.key] = WAITING
-                self._drain(recs)
+                # (a copy: the transition log keeps what it recommended)
+                self._drain(dict(self._transition(ts, WAITING)))
         del new
+        recs = {}
         # Wanted tasks that exist but were released earlier are needed again.
         for key in keys:
             ts = known.get(key)
@@ -1683,13 +1683,13 @@ class SchedulerState:
         (`fill_workers`) once, not after each: the same tasks in the same order, in
         one pass instead of one per message."""
         self._batching = True
+        self.tell_time(now)
         try:
             for msg in msgs:
                 ws = self.workers.get(wid)
                 if ws is None:
                     return False
                 ws.last_seen = now
-                self.tell_time(now)
                 op = msg["op"]
                 if op != "task-finished" and self._fill_after is not None:
                     self._fill_finished()
