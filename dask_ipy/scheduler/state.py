@@ -177,7 +177,7 @@ class _NoneYet(frozenset):
 EMPTY = _NoneYet()
 
 
-def _add(ts, name, item):
+def _add(ts, name, item, alone=None):
     """Add ``item`` to the set attribute ``name`` of ``ts``.
 
     Such a set is EMPTY, then a 1-tuple, then a real set once a second item comes:
@@ -185,10 +185,12 @@ def _add(ts, name, item):
     most one wanter, and a 1-tuple takes 48 bytes where a one-item set takes 216.
     A tuple is read like a set (iteration, ``in``, ``len``, truth) but never
     changes: `_discard` puts EMPTY in its place.  (It does not compare equal to a
-    set: compare ``set(ts.who_has)``.)"""
+    set: compare ``set(ts.who_has)``.)  So tasks may share one: ``alone`` is
+    ``(item,)``, made once for many tasks (a client wanting a graph's keys, a
+    worker holding results)."""
     items = getattr(ts, name)
     if items is EMPTY:
-        setattr(ts, name, (item,))
+        setattr(ts, name, (item,) if alone is None else alone)
     elif type(items) is tuple:
         old = items[0]
         if old is not item and old != item:
@@ -254,7 +256,7 @@ class WorkerRecord:
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
-                 "resources", "local_directory", "streams")
+                 "resources", "local_directory", "streams", "alone")
 
     # Bumped by every change of any worker's status: the scheduler's cached list of
     # running workers is rebuilt only after one (placement must not walk every
@@ -294,6 +296,7 @@ class WorkerRecord:
         self.resources = dict(resources or {})
         self.local_directory = None      # its working directory, as told
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
+        self.alone = (self,)             # who_has of the tasks it alone holds (_add)
 
     @property
     def status(self):
@@ -1404,11 +1407,12 @@ class SchedulerState:
                     "does not have", ts.key, args=(ts.key, missing))
                 erred[ts.key] = ERRED
         client_state = self.clients.get(client)
+        alone = (client,)                    # shared by the tasks it alone wants
         for key in keys:
             ts = known.get(key)
             if ts is None:
                 continue
-            _add(ts, "who_wants", client)
+            _add(ts, "who_wants", client, alone)
             if client_state is not None:
                 client_state.wants_what.add(ts)
             if ts.state == MEMORY:
@@ -1829,7 +1833,7 @@ class SchedulerState:
 
     def _add_replica(self, ts, ws):
         if ws not in ts.who_has:
-            _add(ts, "who_has", ws)
+            _add(ts, "who_has", ws, ws.alone)
             ws.has_what.add(ts)
             ws.nbytes += max(ts.nbytes, 0)
 
