@@ -3,6 +3,8 @@ needs dask itself)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 
 def _is_token(word):
     """A generated part of a key: a number, or a hex token of 5+ characters."""
@@ -10,6 +12,18 @@ def _is_token(word):
         return True
     # All hex digits (nothing left once they are stripped), not all letters.
     return len(word) >= 5 and not word.strip("0123456789abcdef") and not word.isalpha()
+
+
+def _words_kept(key):
+    """The words of ``key`` that are not generated, joined again ('' for none)."""
+    words = key.split("-")
+    kept = [words[0]] + [w for w in words[1:] if not _is_token(w)]
+    return "-".join(w for w in kept if w)
+
+
+# The keys of a graph share a few names ("inc" in "inc-9f86d081884c", ...): each
+# name's words are looked at once, not once per key.
+_name_kept = lru_cache(maxsize=4096)(_words_kept)
 
 
 def key_prefix(key) -> str:
@@ -22,6 +36,7 @@ def key_prefix(key) -> str:
         key = key.decode(errors="replace")
     if not isinstance(key, str):
         return type(key).__name__
-    words = key.split("-")
-    kept = [words[0]] + [w for w in words[1:] if not _is_token(w)]
-    return "-".join(w for w in kept if w) or key
+    name, dash, last = key.rpartition("-")
+    if dash and _is_token(last):
+        return _name_kept(name) or key
+    return _words_kept(key) or key

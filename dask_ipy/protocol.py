@@ -73,6 +73,7 @@ import mmap
 import pickle
 import struct
 from collections import deque
+from functools import partial
 
 import blake3
 from cryptography.hazmat.primitives.poly1305 import Poly1305
@@ -437,12 +438,17 @@ def _split(buf, limit, out: list) -> int:
     return count
 
 
+# msgpack.ExtType(code, data) for arguments known to be valid: ExtType's own
+# constructor checks them in Python, at a cost comparable to packing a small message.
+_ext_type = partial(tuple.__new__, msgpack.ExtType)
+
+
 def _encode_serialized(s: Serialized, payload: list, limit) -> msgpack.ExtType:
     frames = s.frames
     head = frames[0]
     if type(head) is bytes and len(frames) == 1 and len(head) < INLINE_LIMIT:
         # The common case, a small value pickled here or received inline: as it is.
-        return msgpack.ExtType(_EXT_INLINE, head)
+        return _ext_type((_EXT_INLINE, head))
     head = _buffer(head)
     inline = type(head) is not Chunked and _nbytes(head) < INLINE_LIMIT
     if inline and len(frames) == 1:
@@ -456,9 +462,20 @@ def _encode_serialized(s: Serialized, payload: list, limit) -> msgpack.ExtType:
     return msgpack.ExtType(_EXT_REFS, ref)
 
 
+def _inline_serialized(data: bytes) -> Serialized:
+    """Serialized([data]) without __init__'s copy and check: one per result or task
+    a message carries, on every receiver's busiest path."""
+    s = _new_object(Serialized)
+    s.frames = [data]
+    return s
+
+
+_new_object = object.__new__
+
+
 def _decode_serialized(code: int, data: bytes, payload: list):
     if code == _EXT_INLINE:
-        return Serialized([data])
+        return _inline_serialized(data)
     if code == _EXT_REFS or code == _EXT_HEAD_INLINE:
         start, count = _REF.unpack_from(data)
         end = _REF.size + 4 * count
@@ -765,7 +782,8 @@ class Session:
                 use_list=False,
                 strict_map_key=False,
                 raw=False,
-                ext_hook=lambda code, data: _decode_serialized(code, data, payload),
+                ext_hook=lambda code, data: (_inline_serialized(data) if code == _EXT_INLINE
+                                             else _decode_serialized(code, data, payload)),
             )
         except Exception as e:
             raise MalformedMessage(f"undecodable body from {origin!r}: {type(e).__name__}") from None

@@ -133,8 +133,10 @@ class Scheduler:
         self.relay = None if self.security.encrypt else bulk.BulkRelay(
             "0.0.0.0" if hostname in ("", "*", "0.0.0.0") else hostname)
         self.state.relay_streams = self.relay is not None
+        # The state's kinds map to this one object: `_on_worker_frames` batches them.
+        self._to_state = self._worker_to_state
         self.from_workers = messages.handlers(messages.WORKER, messages.SCHEDULER, self,
-                                              self.FROM_WORKERS, self._worker_to_state)
+                                              self.FROM_WORKERS, self._to_state)
         self.from_clients = messages.handlers(messages.CLIENT, messages.SCHEDULER, self,
                                               self.FROM_CLIENTS,
                                               self.state.handle_client_message)
@@ -228,13 +230,24 @@ class Scheduler:
     def _on_worker_frames(self, frames):
         wid, msgs = self._decode(frames)
         now = time.time()
+        # Consecutive messages for the state go to it together (a batch of results
+        # is handled in one pass: `SchedulerState.handle_worker_messages`).
+        for_state = []
         for msg in msgs:
             handler = self.from_workers.get(msg.get("op"))
             if handler is None:
                 logger.debug("scheduler: ignored a message %r", msg.get("op"))
                 continue
+            if handler is self._to_state:
+                for_state.append(msg)
+                continue
+            if for_state and not self._worker_to_state(wid, for_state, now):
+                return                 # the rest of the batch comes from a stranger
+            for_state = []
             if handler(wid, msg, now) is False:
-                break                  # the rest of the batch comes from a stranger
+                return
+        if for_state:
+            self._worker_to_state(wid, for_state, now)
 
     def _on_worker_hello(self, wid, msg, now):
         self._answer_hello(self.worker_socket, wid, msg)
@@ -285,8 +298,8 @@ class Scheduler:
         if not pending["waiting"]:
             self._answer_profile(msg["token"])
 
-    def _worker_to_state(self, wid, msg, now):
-        if not self.state.handle_worker_message(wid, msg, now):
+    def _worker_to_state(self, wid, msgs, now):
+        if not self.state.handle_worker_messages(wid, msgs, now):
             self.state.outbox.append(("worker", wid, {"op": "unknown-worker"}))
             return False
         return True
@@ -492,7 +505,10 @@ class Scheduler:
                 # relay expecting it.
                 self._order_relay(ident, msg)
                 continue
-            batches.setdefault((kind, ident), []).append(msg)
+            batch = batches.get((kind, ident))
+            if batch is None:
+                batch = batches[(kind, ident)] = []
+            batch.append(msg)
         for (kind, ident), msgs in batches.items():
             sock = self.worker_socket if kind == "worker" else self.client_socket
             try:

@@ -1,6 +1,6 @@
 """The scheduler's state machine: all task, worker and client state, and no I/O.
 
-Messages go in (`handle_worker_message`, `handle_client_message`, `add_worker`,
+Messages go in (`handle_worker_messages`, `handle_client_message`, `add_worker`,
 `remove_worker`, `add_client`, `remove_client`, `check_heartbeats`); messages for
 workers and clients come out in `outbox` as ``(kind, id, msg)`` with kind "worker" or
 "client", and orders for the shell's relay of large values (bulk.py) as ``("relay",
@@ -22,8 +22,8 @@ State, documented once:
     tasks:      {key: TaskState}
     workers:    {worker_id: WorkerRecord}     by_address: {address: WorkerRecord}
     clients:    {client_id: ClientRecord}
-    queued:     heap of (priority, seq, TaskState); entries whose task has left the
-                "queued" state are skipped when popped
+    queued:     `RootQueue` of (priority, seq, TaskState); entries whose task has left
+                the "queued" state are skipped when popped
     TaskState.dependencies: (TaskState,)     .dependents: {TaskState}
     TaskState.waiting_on:   {TaskState}      dependencies not yet in memory
     TaskState.waiters:      {TaskState}      dependents that still need this result
@@ -40,8 +40,9 @@ State, documented once:
     TaskState.direct:       (client id,) the clients the worker sent that small result
                             to straight ("task-result"): a gather of theirs lists the
                             key as "direct" instead of sending the value again
-    parked:     {key: {gather id}}  gathers waiting for keys to finish, so a client's
-                `result()` costs one request
+    parked:     {key: gather id, or {gather id} when several}  gathers waiting for
+                keys to finish, so a client's `result()` costs one request (one
+                gather waits for most keys: its id alone is no object to collect)
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim
     WorkerRecord.processing: {TaskState: estimated duration}
@@ -176,7 +177,7 @@ class _NoneYet(frozenset):
 EMPTY = _NoneYet()
 
 
-def _add(ts, name, item):
+def _add(ts, name, item, alone=None):
     """Add ``item`` to the set attribute ``name`` of ``ts``.
 
     Such a set is EMPTY, then a 1-tuple, then a real set once a second item comes:
@@ -184,10 +185,12 @@ def _add(ts, name, item):
     most one wanter, and a 1-tuple takes 48 bytes where a one-item set takes 216.
     A tuple is read like a set (iteration, ``in``, ``len``, truth) but never
     changes: `_discard` puts EMPTY in its place.  (It does not compare equal to a
-    set: compare ``set(ts.who_has)``.)"""
+    set: compare ``set(ts.who_has)``.)  So tasks may share one: ``alone`` is
+    ``(item,)``, made once for many tasks (a client wanting a graph's keys, a
+    worker holding results)."""
     items = getattr(ts, name)
     if items is EMPTY:
-        setattr(ts, name, (item,))
+        setattr(ts, name, (item,) if alone is None else alone)
     elif type(items) is tuple:
         old = items[0]
         if old is not item and old != item:
@@ -253,7 +256,7 @@ class WorkerRecord:
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
-                 "resources", "local_directory", "streams")
+                 "resources", "local_directory", "streams", "alone")
 
     # Bumped by every change of any worker's status: the scheduler's cached list of
     # running workers is rebuilt only after one (placement must not walk every
@@ -293,6 +296,7 @@ class WorkerRecord:
         self.resources = dict(resources or {})
         self.local_directory = None      # its working directory, as told
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
+        self.alone = (self,)             # who_has of the tasks it alone holds (_add)
 
     @property
     def status(self):
@@ -323,6 +327,52 @@ class ClientRecord:
         self.paused_warning = None    # seconds: warn of workers paused longer
         self.warned = set()           # {(worker id, paused since)} warned of
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
+
+
+class RootQueue:
+    """Queued root tasks, taken in priority order: entries (priority, seq, TaskState).
+
+    A graph's tasks are queued in priority order, and most after every task already
+    queued: those go to the end of a sorted deque and leave from its front at no
+    cost; the others (a graph of higher priority) go to a heap.  The smaller of the
+    two fronts is taken first, so the order is a single heap's."""
+
+    __slots__ = ("in_order", "heap")
+
+    def __init__(self):
+        self.in_order = deque()
+        self.heap = []
+
+    def __len__(self):
+        return len(self.in_order) + len(self.heap)
+
+    def __iter__(self):
+        return itertools.chain(self.in_order, self.heap)
+
+    def push(self, entry):
+        in_order = self.in_order
+        if not in_order or in_order[-1] < entry:
+            in_order.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def first(self):
+        """The entry `pop` takes next (None: the queue is empty)."""
+        heap, in_order = self.heap, self.in_order
+        if heap and (not in_order or heap[0] < in_order[0]):
+            return heap[0]
+        return in_order[0] if in_order else None
+
+    def pop(self):
+        """The first entry, taken out (None: the queue is empty)."""
+        heap, in_order = self.heap, self.in_order
+        if heap and (not in_order or heap[0] < in_order[0]):
+            return heapq.heappop(heap)
+        return in_order.popleft() if in_order else None
+
+    def clear(self):
+        self.in_order.clear()
+        self.heap.clear()
 
 
 def _compact_spec(run_spec):
@@ -497,13 +547,13 @@ class SchedulerState:
         self.by_address = {}
         self.clients = {}
         self.groups = {}
-        self.queued = []
+        self.queued = RootQueue()
         self.unrunnable = set()              # tasks in "no-worker"
         self.datasets = {}                   # {name: {"data": Serialized, "keys": [...]}}
         self.coordination = Coordination()   # Variables, Queues, Locks... (its module)
         self.collections = {}                # {name: Serialized}
         self.gathers = {}                    # {gather id: pending gather}
-        self.parked = {}                     # {key: {gather id}} waiting for results
+        self.parked = {}                     # {key: gather id(s)} waiting for results
         self.runs = {}                       # {run id: pending run}
         self.scatters = {}                   # {key: pending scatter}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
@@ -530,6 +580,8 @@ class SchedulerState:
         self.events = {}                     # {topic: deque([(time, msg)])}, the latest
         self.metadata = {}                   # nested {name: ... Serialized} of clients
         self._advancing = self._advance_again = False
+        self._batching = False               # in handle_worker_messages
+        self._fill_after = None              # the worker to fill after "task-finished"s
         self.stolen = 0                      # tasks moved so, ever
         self.finished_total = 0              # tasks that reached memory, ever
         self.erred_total = 0                 # tasks that erred, ever
@@ -655,12 +707,13 @@ class SchedulerState:
 
     def _drain(self, recs):
         """Apply the recommendations in ``recs`` (emptied) and all that follow."""
+        tasks, transition = self.tasks, self._transition
         while recs:
             key, finish = recs.popitem()
-            ts = self.tasks.get(key)
+            ts = tasks.get(key)
             if ts is None or ts.state == finish:
                 continue
-            more = self._transition(ts, finish)
+            more = transition(ts, finish)
             if more:
                 recs.update(more)
 
@@ -676,14 +729,16 @@ class SchedulerState:
             if func is None:
                 raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
         self.transition_count += 1
-        if not self.validating:
-            recs = func(ts, *args)
-        else:
+        if self.validating:
             self._in_transition += 1
             try:
                 recs = func(ts, *args)
             finally:
                 self._in_transition -= 1
+        elif args:
+            recs = func(ts, *args)
+        else:
+            recs = func(ts)                 # without *args: a cheaper call
         log = self.transition_log
         if log is not None:
             # Objects that exist already, nothing formatted.
@@ -767,7 +822,7 @@ class SchedulerState:
             ws = None if self.queued else self._worker_with_room(ts)
             if ws is None:
                 self._set_state(ts, QUEUED)
-                heapq.heappush(self.queued, (ts.priority, next(self._seq), ts))
+                self.queued.push((ts.priority, next(self._seq), ts))
                 return {}
         else:
             ws = self.decide_worker(ts)
@@ -836,9 +891,7 @@ class SchedulerState:
     def _after_memory(self, ts):
         gathering = ()                  # clients whose gathers get the value now
         if ts.key in self.parked:
-            gathering = {self.gathers[gid]["client"] for gid in self.parked[ts.key]
-                         if gid in self.gathers}
-            self._unpark(ts.key, ok=True)
+            gathering = self._unpark(ts.key, ok=True)
         recs = {}
         for dts in ts.waiters:
             _discard(dts, "waiting_on", ts)
@@ -859,7 +912,8 @@ class SchedulerState:
                 if cid not in gathering:
                     msg["data"] = ts.data
             self.send_client(cid, msg)
-        _discard(ts, "who_wants", FIRE_AND_FORGET)       # its work is done
+        if FIRE_AND_FORGET in ts.who_wants:
+            _discard(ts, "who_wants", FIRE_AND_FORGET)   # its work is done
         if not ts.waiters and not ts.who_wants:
             recs[ts.key] = FORGOTTEN
         return recs
@@ -960,8 +1014,8 @@ class SchedulerState:
 
     def _release_recs(self, ts):
         """After a task is released: compute it again if still needed, else forget."""
-        if ts.who_wants or any(w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER)
-                               for w in ts.waiters):
+        if ts.who_wants or ts.waiters and any(
+                w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER) for w in ts.waiters):
             return {ts.key: WAITING}
         return {ts.key: FORGOTTEN}
 
@@ -1251,12 +1305,16 @@ class SchedulerState:
             self._fill(ws)
 
     def _fill(self, ws):
-        if ws.status != "running" or not self.queued:
-            return
-        room = self._room(ws, self.queued[0][2])
         queued = self.queued
-        while room > 0 and queued:
-            _, _, ts = heapq.heappop(queued)
+        first = queued.first()
+        if ws.status != RUNNING or first is None:
+            return
+        room = self._room(ws, first[2])
+        while room > 0:
+            entry = queued.pop()
+            if entry is None:
+                break
+            ts = entry[2]
             if ts.state != QUEUED:
                 continue
             self._transition(ts, PROCESSING, ws)
@@ -1349,11 +1407,12 @@ class SchedulerState:
                     "does not have", ts.key, args=(ts.key, missing))
                 erred[ts.key] = ERRED
         client_state = self.clients.get(client)
+        alone = (client,)                    # shared by the tasks it alone wants
         for key in keys:
             ts = known.get(key)
             if ts is None:
                 continue
-            _add(ts, "who_wants", client)
+            _add(ts, "who_wants", client, alone)
             if client_state is not None:
                 client_state.wants_what.add(ts)
             if ts.state == MEMORY:
@@ -1368,12 +1427,12 @@ class SchedulerState:
         self._drain(erred)
         new.sort(key=_priority)
         added = [ts.key for ts in new] if self.plugin_events is not None else None
-        recs = {}
         for ts in new:
             if ts.state == RELEASED:
-                recs[ts.key] = WAITING
-                self._drain(recs)
+                # (a copy: the transition log keeps what it recommended)
+                self._drain(dict(self._transition(ts, WAITING)))
         del new
+        recs = {}
         # Wanted tasks that exist but were released earlier are needed again.
         for key in keys:
             ts = known.get(key)
@@ -1611,20 +1670,45 @@ class SchedulerState:
         return error_info(kind, str(ERROR_TYPES[kind](*args)), ts.key, args)
 
     def handle_worker_message(self, wid, msg, now=0.0):
-        ws = self.workers.get(wid)
-        if ws is None:
-            return False          # unknown or removed worker: the shell tells it
-        ws.last_seen = now
+        return self.handle_worker_messages(wid, (msg,), now)
+
+    def handle_worker_messages(self, wid, msgs, now=0.0):
+        """Messages of worker ``wid``, in order (a batch it sent).  False, and the
+        rest is ignored, once the worker is unknown (or removed): the shell tells it.
+
+        After a run of "task-finished" messages, the worker gets queued tasks
+        (`fill_workers`) once, not after each: the same tasks in the same order, in
+        one pass instead of one per message."""
+        self._batching = True
         self.tell_time(now)
-        op = self.stimulus = msg["op"]
-        handler = self.FROM_WORKERS.get(op)
-        if handler is None:
+        try:
+            for msg in msgs:
+                ws = self.workers.get(wid)
+                if ws is None:
+                    return False
+                ws.last_seen = now
+                op = msg["op"]
+                if op != "task-finished" and self._fill_after is not None:
+                    self._fill_finished()
+                self.stimulus = op
+                handler = self.FROM_WORKERS.get(op)
+                if handler is None:
+                    continue
+                handler(self, ws, msg)
+                if self.moves and ws.status == CLOSING_GRACEFULLY:
+                    # A retiring worker's task ended or was given back: it may be done.
+                    self._advance_moves()
             return True
-        handler(self, ws, msg)
-        if self.moves and ws.status == CLOSING_GRACEFULLY:
-            # A retiring worker's task ended or was given back: it may be done.
-            self._advance_moves()
-        return True
+        finally:
+            self._batching = False
+            if self._fill_after is not None:
+                self._fill_finished()
+
+    def _fill_finished(self):
+        ws, self._fill_after = self._fill_after, None
+        if self.workers.get(ws.id) is ws:
+            self.stimulus = "task-finished"
+            self.fill_workers(ws)
 
     def _on_heartbeat(self, ws, msg):
         metrics = ws.metrics = msg.get("metrics", {})
@@ -1676,8 +1760,11 @@ class SchedulerState:
             ts.group.add_duration(msg["duration"])
         ts.group.add_nbytes(ts.nbytes)
         self._add_replica(ts, ws)
-        self.transitions({ts.key: MEMORY})
-        self.fill_workers(ws)
+        self.transitions(self._transition(ts, MEMORY))
+        if self._batching:
+            self._fill_after = ws          # after the run of these (handle_worker_messages)
+        else:
+            self.fill_workers(ws)
 
     def _on_task_seceded(self, ws, msg):
         """A running task gave its thread back to wait for other work: the slot is
@@ -1740,7 +1827,7 @@ class SchedulerState:
 
     def _add_replica(self, ts, ws):
         if ws not in ts.who_has:
-            _add(ts, "who_has", ws)
+            _add(ts, "who_has", ws, ws.alone)
             ws.has_what.add(ts)
             ws.nbytes += max(ts.nbytes, 0)
 
@@ -2136,23 +2223,34 @@ class SchedulerState:
                                  "holders": {}, "stream": stream, "streams": [],
                                  "streamed": set(), "direct": [] if direct else None}
         if wait:
+            tasks, parked, waiting = self.tasks, self.parked, g["waiting"]
             for key in keys:
-                ts = self.tasks.get(key)
+                ts = tasks.get(key)
                 if ts is not None and ts.state not in (MEMORY, ERRED):
-                    g["waiting"].add(key)
-                    self.parked.setdefault(key, set()).add(gid)
+                    waiting.add(key)
+                    gids = parked.get(key)
+                    if gids is None:
+                        parked[key] = gid
+                    elif type(gids) is int:
+                        parked[key] = {gids, gid}
+                    else:
+                        gids.add(gid)
         if not g["waiting"]:
             self._start_gather(gid, keys)
 
     def _unpark(self, key, ok):
-        for gid in self.parked.pop(key, ()):
+        """The gathers parked on ``key`` go on: [their clients]."""
+        clients = []
+        gids = self.parked.pop(key, ())
+        for gid in (gids,) if type(gids) is int else gids:
             g = self.gathers.get(gid)
             if g is None:
                 continue
+            clients.append(g["client"])
             if not ok:
                 # An erred or forgotten key ends the wait: the client sees why.
                 for other in g["waiting"]:
-                    self.parked.get(other, set()).discard(gid)
+                    self._unpark_one(other, gid)
                 g["waiting"].clear()
                 g["missing"].append(key)
                 self._maybe_finish_gather(gid)
@@ -2160,6 +2258,15 @@ class SchedulerState:
             g["waiting"].discard(key)
             if not g["waiting"]:
                 self._start_gather(gid, [k for k in g["keys"] if k not in g["missing"]])
+        return clients
+
+    def _unpark_one(self, key, gid):
+        """Gather ``gid`` no longer waits for ``key``."""
+        gids = self.parked.get(key)
+        if gids == gid:
+            del self.parked[key]
+        elif type(gids) is set:
+            gids.discard(gid)
 
     def _start_gather(self, gid, keys):
         g = self.gathers[gid]

@@ -475,3 +475,46 @@ def test_values_that_came_straight_are_kept_up_to_a_cap(cs, monkeypatch):
     cs.handle_worker(result("d", "D"))
     cs.validate()
     assert cs.kept == 2 and cs.futures["d"].data == "D"
+
+
+def parked(s):
+    """{key: {gather id}} of the gathers waiting for keys."""
+    return {k: {g} if type(g) is int else set(g) for k, g in s.parked.items() if g}
+
+
+def test_gathers_waiting_on_the_same_keys_each_get_their_answer(s):
+    for key in ("x", "y"):
+        submit(s, key=key)
+    s.take_messages()
+    # Two gathers park on x and y, a third on y alone.
+    for rid, keys in ((1, ["x", "y"]), (2, ["x", "y"]), (3, ["y"])):
+        s.handle_client_message("c", {"op": "gather", "request_id": rid, "keys": keys,
+                                      "wait": True, "direct": False})
+    assert take(s) == [] and parked(s) == {"x": {1, 2}, "y": {1, 2, 3}}
+    finished(s, key="x")
+    assert parked(s) == {"y": {1, 2, 3}}
+    # y errs: every gather waiting on it answers, y missing.
+    s.handle_worker_message("w1", {"op": "task-erred", "key": "y", "type": "E",
+                                   "text": "boom"})
+    answers = sorted((m["request_id"], m["data"], m["missing"])
+                     for _, _, m in take(s) if m["op"] == "gather-result")
+    assert answers == [(1, {}, ["y"]), (2, {}, ["y"]), (3, {}, ["y"])]
+    assert parked(s) == {}
+
+
+def test_a_gather_that_ends_early_lets_go_of_its_other_keys(s):
+    for key in ("x", "y"):
+        submit(s, key=key)
+    s.take_messages()
+    s.handle_client_message("c", {"op": "gather", "request_id": 1, "keys": ["x", "y"],
+                                  "wait": True, "direct": False})
+    s.handle_client_message("c", {"op": "gather", "request_id": 2, "keys": ["y"],
+                                  "wait": True, "direct": False})
+    assert parked(s) == {"x": {1}, "y": {1, 2}}
+    s.handle_worker_message("w1", {"op": "task-erred", "key": "x", "type": "E",
+                                   "text": "boom"})
+    assert [m["request_id"] for _, _, m in take(s) if m["op"] == "gather-result"] == [1]
+    assert parked(s) == {"y": {2}}
+    assert [(m["request_id"], m["data"]) for _, _, m in finished(s, key="y")
+            if m["op"] == "gather-result"] == [(2, {"y": "blob"})]
+    assert parked(s) == {}

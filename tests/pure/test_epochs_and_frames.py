@@ -186,3 +186,18 @@ def test_references_to_missing_frames_are_malformed():
               bytes(header), *frames[2:]]
     with pytest.raises(protocol.MalformedMessage):
         scheduler.loads(forged)
+
+
+def test_small_and_large_values_keep_their_wire_form_and_come_back_as_serialized():
+    import msgpack
+
+    sender, receiver = pair()
+    small, large = serialize(3), serialize(np.arange(20_000))
+    header, rest = sender.encode([{"op": "x", "small": small, "large": large}], b"scheduler")
+    # The small value is inlined exactly as msgpack.ExtType(1, its pickle) would be.
+    assert msgpack.packb(msgpack.ExtType(1, small.frames[0])) in bytes(header)
+    frames = [sender.seal(header, rest), header, *rest]
+    [msg] = receiver.loads(wire(frames), sender=b"worker-1")
+    assert type(msg["small"]) is Serialized and type(msg["large"]) is Serialized
+    assert msg["small"] == small and deserialize(msg["small"]) == 3
+    assert (deserialize(msg["large"]) == np.arange(20_000)).all()

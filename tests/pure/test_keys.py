@@ -18,3 +18,32 @@ from dask_ipy.keys import key_prefix
 ])
 def test_key_prefix(key, group):
     assert key_prefix(key) == group
+
+
+def _reference_prefix(key):
+    """key_prefix as it reads, word by word, with no shortcut."""
+    if isinstance(key, tuple):
+        key = key[0] if key else ""
+    if isinstance(key, bytes):
+        key = key.decode(errors="replace")
+    if not isinstance(key, str):
+        return type(key).__name__
+    words = key.split("-")
+    kept = [words[0]] + [w for w in words[1:]
+                         if not (w.isdigit() or len(w) >= 5 and not w.strip("0123456789abcdef")
+                                 and not w.isalpha())]
+    return "-".join(w for w in kept if w) or key
+
+
+def test_key_prefix_same_for_every_shape_of_key():
+    # The group of a name is remembered across keys: every mix of words gives what
+    # reading the key word by word gives, in any order of calls.
+    import itertools
+
+    words = ["", "a", "inc", "0", "12", "abcde", "abc12", "ffff0", "ABCDE", "x_y",
+             "9f86d081884c", "deadbeef"]
+    for n in range(1, 5):
+        for parts in itertools.product(words, repeat=n):
+            key = "-".join(parts)
+            for k in (key, (key, 1), key.encode()):
+                assert key_prefix(k) == _reference_prefix(k), k
