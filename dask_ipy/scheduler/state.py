@@ -1750,7 +1750,7 @@ class SchedulerState:
             else:
                 self._free_keys(ws, (msg["key"],))
             if freed:                   # its thread is free for the queued tasks
-                self.fill_workers(ws)
+                self._fill_after_finish(ws)
             return
         ts.nbytes = msg.get("nbytes", 0)
         ts.type = msg.get("type")
@@ -1761,8 +1761,13 @@ class SchedulerState:
         ts.group.add_nbytes(ts.nbytes)
         self._add_replica(ts, ws)
         self.transitions(self._transition(ts, MEMORY))
+        self._fill_after_finish(ws)
+
+    def _fill_after_finish(self, ws):
+        """``ws`` has a thread free: fill it now, or after the run of "task-finished"
+        messages this one is part of (`handle_worker_messages`)."""
         if self._batching:
-            self._fill_after = ws          # after the run of these (handle_worker_messages)
+            self._fill_after = ws
         else:
             self.fill_workers(ws)
 
