@@ -79,7 +79,12 @@ def test_small_results_come_straight_from_the_worker(tmp_path):
         straight = c.shell.direct_results - before
         assert 1 <= straight < 20
         wait_for(lambda: keys <= set(seen["in_memory"]), message="key-in-memory")
-        assert len(keys & set(seen["values"])) == 20 - straight
+        # Each of the others came from the scheduler; one that came straight did
+        # too only if the scheduler's word overtook the worker's and the client
+        # asked for it again (both answers carry the value then).
+        from_scheduler = len(keys & set(seen["values"]))
+        again = len(keys & set(seen["asked_again"]))
+        assert 20 - straight <= from_scheduler <= 20 - straight + again
         # One done callback each, though both the worker and the scheduler said so.
         wait_for(lambda: len(calls) == 20, message="done callbacks")
         assert sorted(calls) == sorted(keys)
