@@ -69,6 +69,10 @@ class KilledWorker(RuntimeError):
         task, worker, allowed, reason = self.args
         if worker is None:
             return str(task)
+        return self._message(task, worker, allowed, reason)
+
+    @staticmethod
+    def _message(task, worker, allowed, reason):
         return (f"Attempted to run task {task!r} on {allowed + 1} different workers, "
                 f"but all those workers died while running it. The last worker that "
                 f"attempted to run the task was {worker}"
@@ -81,10 +85,8 @@ class MemoryLimitExceeded(KilledWorker, MemoryError):
     limit and the memory reached (``reason``).  Caught by ``except KilledWorker``
     and ``except MemoryError``."""
 
-    def __str__(self):
-        task, worker, allowed, reason = self.args
-        if worker is None:
-            return str(task)
+    @staticmethod
+    def _message(task, worker, allowed, reason):
         return (f"task {task!r} was stopped {allowed + 1} times for exceeding a "
                 f"worker's memory limit (allowed_failures={allowed}); last time: "
                 f"{reason}")

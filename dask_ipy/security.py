@@ -418,17 +418,3 @@ def find_connection(address: str) -> tuple[dict, Security] | None:
         logger.debug("using connection file %s for %s", path, address)
         return content, security
     return None
-    target = _split_tcp(address)
-    resolver = _Resolver()
-    for path in paths:
-        try:
-            content = _load(path)
-            if not _matches(content, address, target, resolver):
-                continue
-            security = Security.from_dict(content["security"])
-        except (OSError, ValueError) as e:
-            logger.debug("skipping connection file %s: %s", path, type(e).__name__)
-            continue
-        logger.debug("using connection file %s for %s", path, address)
-        return security
-    return None
