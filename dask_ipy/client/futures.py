@@ -381,8 +381,12 @@ class Future(TaskRef):
         return resolve_type(self.state.type)
 
     def __repr__(self):
-        typ = f", type: {self.state.type}" if self.state.type else ""
-        return f"<Future: {self.status}{typ}, key: {self.key!r}>"
+        typ = self.state.type
+        if typ:          # as dask.utils.typename names it: "int", "numpy.ndarray"
+            typ = f", type: {typ.removeprefix('builtins.')}"
+        return f"<Future: {self.status}{typ or ''}, key: {self.key!r}>"
+
+    __str__ = __repr__          # as dask.distributed's (TaskRef's str is the key)
 
     def _repr_html_(self):
         rows = [("status", self.status), ("key", self.key)]

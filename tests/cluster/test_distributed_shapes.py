@@ -64,3 +64,11 @@ def test_an_event_that_is_not_msgpack_data_is_refused_in_the_task(c):
     assert out.startswith("TypeError: an event must be msgpack-able data")
     # the workers run on
     assert c.gather(c.map(inc, range(4), pure=False), direct=False) == [1, 2, 3, 4]
+
+
+def test_a_future_shows_itself_as_in_dask_distributed(c):
+    f = c.submit(inc, 1, key="shown")
+    f.result(timeout=10)
+    assert repr(f) == str(f) == "<Future: finished, type: int, key: 'shown'>"
+    assert repr(c).startswith(f"<Client: {c.address!r} processes=")
+    assert c.scheduler.address == c.address
