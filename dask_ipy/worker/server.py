@@ -72,6 +72,7 @@ SEND_MARGIN = 65_536       # bytes kept for the envelope of a message of results
 INLINE_RESULT = 16_384     # bytes
 RELAY_STREAM_TRIES = 2     # streamed relays failing in a row before one-message relays
 REGISTER_TIMEOUT = 60.0    # seconds `await Worker(...)` waits for the scheduler's welcome
+TRANSFER_FRACTION = 0.1    # of the memory limit: inputs in flight from peers at most
 TO_STATE = None            # in `from_scheduler`: a kind the state machine handles
 
 
@@ -207,6 +208,7 @@ class Worker:
                                  self.resources)
         if isinstance(self.data, SpillStore):
             self.data.sizes = self.state.nbytes     # measured once, as tasks end
+        self._set_transfer_limit()
         self.plugin_host = WorkerPlugins(self, self._plugins_busy)
         self.recorder = Recorder(cfg.get("worker.task-stream") if task_stream is None
                                  else bool(task_stream))
@@ -358,6 +360,12 @@ class Worker:
         self.limit_listeners = []       # called with the new limit when it changes
         self.registered_listeners = []  # called each time the scheduler welcomes it
 
+    def _set_transfer_limit(self):
+        """Inputs in flight from peers at most `TRANSFER_FRACTION` of the memory
+        limit (as dask.distributed's ``distributed.worker.memory.transfer``)."""
+        self.state.transfer_limit = (int(self.memory_limit * TRANSFER_FRACTION)
+                                     if self.memory_limit else None)
+
     def _store_budget(self):
         target = self.memory_fractions["target"]
         return self.memory_limit * target if target else float("inf")
@@ -377,6 +385,7 @@ class Worker:
         logger.info("worker %s: %d workers on this host; memory limit %s",
                     self.address, self.host_workers, format_bytes(new))
         self.memory_limit = self.monitor.limit = new
+        self._set_transfer_limit()
         if self._owns_data and isinstance(self.data, SpillStore):
             self.data.memory_limit = self._store_budget()
         for listener in self.limit_listeners:

@@ -82,6 +82,7 @@ from .. import stories
 SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
 PREFETCH = 8           # tasks per thread handed to the pool when they are short
 RELAY = "relay"        # the pseudo-peer of fetches through the scheduler
+REQUEST_BYTES = 50 << 20   # inputs asked of one peer in one request, at most
 
 
 @dataclass
@@ -170,6 +171,7 @@ class WorkerState:
     data: object = field(default_factory=dict)
     validating: bool = False
     resources: dict = None
+    transfer_limit: int = None        # bytes of inputs in flight at most (None: any)
 
     def __post_init__(self):
         self.tasks = {}
@@ -833,26 +835,43 @@ class WorkerState:
             heapq.heappush(self.ready, heapq.heappop(self.constrained))
 
     def _ensure_communicating(self, out):
+        """Ask peers for the inputs to fetch, most urgent first: one request per
+        peer, each of at most `REQUEST_BYTES`, and all in flight at most
+        ``transfer_limit`` bytes (as the scheduler sized them); one input is always
+        asked for when nothing is in flight, however large.  A peer reads what it
+        is asked for into memory to send it, and this worker receives it there:
+        unbounded, a few stolen tasks' inputs could take either past its limit."""
         if self.paused or not self.fetching:
             return
+        room = (float("inf") if self.transfer_limit is None
+                else self.transfer_limit - self.in_flight_bytes())
         wanted = {}
+        sizes = {}
         relay = []
         for key in list(self.fetching):
             ts = self.tasks.get(key)
             if ts is None or ts.state != "fetch":
                 self.fetching.discard(key)
-                continue
+        for ts in sorted((self.tasks[key] for key in self.fetching),
+                         key=lambda ts: ts.priority):
             direct = (ts.who_has if not self.unreachable else
                       [p for p in ts.who_has if p not in self.unreachable])
             if not direct:
-                if RELAY not in self.in_flight:
-                    relay.append(ts)
+                peer = RELAY
+                if RELAY in self.in_flight:
+                    continue
+            else:
+                idle = [p for p in direct if p not in self.in_flight]
+                if not idle:
+                    continue
+                peer = min(idle, key=lambda p: sizes.get(p, 0))
+            size = max(ts.nbytes, 0)
+            if (size > room or sizes.get(peer, 0) + size > REQUEST_BYTES) and (
+                    self.in_flight or wanted or relay):
                 continue
-            idle = [p for p in direct if p not in self.in_flight]
-            if not idle:
-                continue
-            peer = min(idle, key=lambda p: len(wanted.get(p, ())))
-            wanted.setdefault(peer, []).append(ts)
+            room -= size
+            sizes[peer] = sizes.get(peer, 0) + size
+            (relay if peer == RELAY else wanted.setdefault(peer, [])).append(ts)
         if relay:
             wanted[RELAY] = relay
         for peer, tss in wanted.items():

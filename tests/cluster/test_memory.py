@@ -23,7 +23,7 @@ from helpers import (MarkingWorkerPlugin, MiB, allocate, array_sum, blas_threads
                      local_cluster, marks, processes, read_info, release_memory,
                      slow_inc, wait_for)
 from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWarning,
-                      Worker)
+                      Worker, wait)
 from dask_ipy.worker.monitor import TaskThreadLimits
 from dask_ipy.worker.store import SpillFiles, SpillStore
 
@@ -157,6 +157,33 @@ def test_workers_hold_more_than_their_limit(tmp_path):
         assert moved.result() == sum(array_sum(f.result()) for f in on_a)
         for address, pid in pids.items():
             assert peak_rss(pid) <= 1.3 * limit, (address, peak_rss(pid))
+
+
+
+def test_moving_spilled_chunks_between_workers_keeps_both_alive(tmp_path):
+    """1.15 GB persisted on two workers of 500 MB (`dask-ipy worker`s, which exit
+    past 95% for their supervisor to restart them), then summed: idle threads take
+    sums of chunks held (and spilled) by the other worker, whose chunks move from
+    its disk.  What is asked of a peer at once stays under a tenth of the memory
+    limit: asked for all at once, a worker paused at 80% read enough from its disk
+    to pass 95%, and was restarted, its data lost (in every run)."""
+    import dask.array as da
+
+    from dask_ipy import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=500 * MiB,
+                      local_directory=str(tmp_path), dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        pids = {w.address: w.pid for w in cluster.workers.values()}
+        x = da.random.RandomState(1).random_sample((12_000, 12_000),
+                                                     chunks=(1_000, 1_000))
+        y = c.persist(x)
+        wait(y)
+        assert np.isclose(c.compute(y.sum()).result(),
+                          x.sum().compute(scheduler="sync"))
+        info = c.scheduler_info()["workers"]
+        assert {a: w["pid"] for a, w in info.items()} == pids    # none restarted
+        assert sum(w["spilled"] for w in info.values()) > 0
 
 
 # ---------------------------------------------------------------- runaway tasks

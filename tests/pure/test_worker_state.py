@@ -89,6 +89,42 @@ def test_several_inputs_from_one_peer_come_in_one_request(ws):
     assert sorted(out[0].keys) == ["a", "b", "c"]
 
 
+
+def asked(out):
+    return sorted(key for i in out if isinstance(i, GatherDep) for key in i.keys)
+
+
+def test_inputs_in_flight_stay_under_the_transfer_limit():
+    """A peer reads what it is asked for into memory, and this worker receives it
+    there: at most ``transfer_limit`` bytes are asked for at once (one input
+    always, when nothing is in flight), the rest when those have come."""
+    ws = WorkerState(ME, nthreads=1, validating=True, transfer_limit=25)
+    out = ws.handle("compute-task", key="s", run_spec="spec-s", priority=(0,),
+                    who_has={k: [A] for k in "abcd"}, nbytes={k: 10 for k in "abcd"})
+    first = asked(out)
+    assert len(first) == 2 and ws.in_flight_bytes() == 20
+    out = ws.handle("gather-done", peer=A, data={k: 1 for k in first},
+                    sizes={k: 10 for k in first})
+    assert [i.peer for i in out] == [A]
+    assert asked(out) == [k for k in "abcd" if k not in first]
+    assert ws.handle("gather-done", peer=A, data={k: 1 for k in "abcd" if k not in first},
+                     sizes={k: 10 for k in "abcd"}) == started(
+        "s", "spec-s", {k: 1 for k in "abcd"})
+    # One input larger than the whole limit still comes, alone.
+    out = ws.handle("compute-task", key="t", run_spec="spec-t", priority=(0,),
+                    who_has={"big": [B], "small": [B]}, nbytes={"big": 100, "small": 1})
+    assert len(asked(out)) == 1
+
+
+def test_one_request_asks_for_at_most_request_bytes(ws):
+    from dask_ipy.worker.state import REQUEST_BYTES
+
+    out = ws.handle("compute-task", key="s", run_spec="spec-s", priority=(0,),
+                    who_has={k: [A] for k in "abc"},
+                    nbytes={k: REQUEST_BYTES // 2 for k in "abc"})
+    assert len(asked(out)) == 2
+
+
 def test_local_inputs_are_used_without_fetching(ws):
     ws.handle("compute-task", key="x", run_spec="spec-x", priority=(0, 1, 0))
     success(ws, "x", 5)
