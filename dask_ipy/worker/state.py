@@ -835,12 +835,12 @@ class WorkerState:
             heapq.heappush(self.ready, heapq.heappop(self.constrained))
 
     def _ensure_communicating(self, out):
-        """Ask peers for the inputs to fetch, most urgent first: one request per
-        peer, each of at most `REQUEST_BYTES`, and all in flight at most
-        ``transfer_limit`` bytes (as the scheduler sized them); one input is always
-        asked for when nothing is in flight, however large.  A peer reads what it
-        is asked for into memory to send it, and this worker receives it there:
-        unbounded, a few stolen tasks' inputs could take either past its limit."""
+        """Ask peers for the inputs to fetch: one request per peer, each of at
+        most `REQUEST_BYTES`, and all in flight at most ``transfer_limit`` bytes
+        (as the scheduler sized them); one input is always asked for when nothing
+        is in flight, however large.  A peer reads what it is asked for into memory
+        to send it, and this worker receives it there: unbounded, a few stolen
+        tasks' inputs could take either past its limit."""
         if self.paused or not self.fetching:
             return
         room = (float("inf") if self.transfer_limit is None
@@ -852,8 +852,7 @@ class WorkerState:
             ts = self.tasks.get(key)
             if ts is None or ts.state != "fetch":
                 self.fetching.discard(key)
-        for ts in sorted((self.tasks[key] for key in self.fetching),
-                         key=lambda ts: ts.priority):
+                continue
             direct = (ts.who_has if not self.unreachable else
                       [p for p in ts.who_has if p not in self.unreachable])
             if not direct:
