@@ -56,6 +56,7 @@ State, documented once:
                                       their connection to this worker's peer socket
                                       ("subscribe-results"), until it is gone
     managed:   int                    bytes (by sizeof) of the results in `data`
+    transfer_limit: int or None       bytes of inputs asked of peers at once, at most
     paused:    bool                   memory is high: no task starts and no input is
                                       fetched; running tasks go on, and peers are
                                       still served
