@@ -361,9 +361,12 @@ class Worker:
         self.registered_listeners = []  # called each time the scheduler welcomes it
 
     def _set_transfer_limit(self):
-        """Inputs in flight from peers at most `TRANSFER_FRACTION` of the memory
-        limit (as dask.distributed's ``distributed.worker.memory.transfer``)."""
-        self.state.transfer_limit = (int(self.memory_limit * TRANSFER_FRACTION)
+        """Inputs in flight from peers at most a fraction of the memory limit:
+        dask.distributed's ``distributed.worker.memory.transfer`` where a user set
+        it, else `TRANSFER_FRACTION` (its default)."""
+        fraction = cfg.distributed_setting("distributed.worker.memory.transfer")
+        fraction = TRANSFER_FRACTION if fraction is None else float(fraction)
+        self.state.transfer_limit = (int(self.memory_limit * fraction)
                                      if self.memory_limit else None)
 
     def _store_budget(self):

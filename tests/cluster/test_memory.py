@@ -348,6 +348,10 @@ def test_fractions_come_from_dask_config(tmp_path):
                     mm.memory_spill_fraction, mm.memory_pause_fraction) == \
                 (2**30, 0.6, False, 0.5)
             assert mm.data is ws[0].data and mm.memory_monitor_interval > 0
+            assert ws[0].state.transfer_limit == int(0.1 * 2**30)
+    with dask.config.set({"distributed.worker.memory.transfer": 0.25}):
+        with local_cluster(worker_options={"memory_limit": "1GiB"}) as (s, ws, c):
+            assert ws[0].state.transfer_limit == int(0.25 * 2**30)
     assert dask.config.get("dask-ipy.worker.memory.target") == 0.6
     w = {"memory_target_fraction": 0.3}
     with local_cluster(worker_options={"memory_limit": "1GiB", **w}) as (s, ws, c):
