@@ -40,6 +40,8 @@ from .state import ALLOWED_FAILURES, MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
 PAGE = 100_000             # task stream records in one answer at most
+FIRST_JOIN_TIMEOUT = 60.0  # seconds an idle timeout waits at least for the first to
+                           # join (its launcher's workers and client may start slowly)
 
 
 def _configured():
@@ -70,6 +72,8 @@ class Scheduler:
     ends in `KilledWorker`.  Both by default from dask.config where this process
     has loaded dask (``dask-ipy.scheduler.*``, else dask.distributed's settings of
     the same names), else 10,000 and 3.
+    ``idle_timeout``: close after that many seconds with no worker and no client
+    (before the first has joined, at least `FIRST_JOIN_TIMEOUT`).
 
     dask.distributed's names are taken too: ``host`` for ``hostname``, ``port`` for
     ``port_to_clients`` (its ``address``), ``dashboard_address`` (":8787", ":0"
@@ -156,6 +160,7 @@ class Scheduler:
              "id": self.id.decode(), "pid": os.getpid(), "host": socket.gethostname()},
             self.security, connection_file)
         self._idle_since = time.monotonic()
+        self._joined = False              # a worker or client has joined, ever
         self.closed = threading.Event()
         self.loop.call_later(1.0, self._check_heartbeats)
         self._tick_due = time.monotonic() + MONITOR_INTERVAL
@@ -536,7 +541,10 @@ class Scheduler:
         if self.idle_timeout is not None:
             if self.state.workers or self.state.clients:
                 self._idle_since = time.monotonic()
-            elif time.monotonic() - self._idle_since > self.idle_timeout:
+                self._joined = True
+            elif time.monotonic() - self._idle_since > (
+                    self.idle_timeout if self._joined
+                    else max(self.idle_timeout, FIRST_JOIN_TIMEOUT)):
                 logger.info("scheduler: idle for %.0f s, closing", self.idle_timeout)
                 self._shutdown()
                 return

@@ -124,6 +124,22 @@ def test_scheduler_and_client_are_context_managers():
     assert c.status == "closed"
 
 
+
+def test_an_idle_timeout_waits_for_the_first_to_join(monkeypatch):
+    """A scheduler whose launcher's workers and client are slow to come (a loaded
+    machine, engines importing dask) is not closed as idle before anyone joined;
+    once they have come and gone, the idle timeout counts from then."""
+    from dask_ipy.scheduler import server
+
+    monkeypatch.setattr(server, "FIRST_JOIN_TIMEOUT", 4.0)
+    with Scheduler(idle_timeout=0.5) as s:
+        time.sleep(2.5)                   # idle past 0.5 s, but nobody has joined
+        assert not s.loop.stopped.is_set()
+        with Client(s.address_to_clients, set_as_default=False) as c:
+            assert c.nthreads() == {}
+        assert s.loop.stopped.wait(5), "an idle scheduler stops once its client left"
+
+
 def test_a_connection_file_is_enough(tmp_path):
     path = str(tmp_path / "sched.json")
     with Scheduler(connection_file=path) as s:
