@@ -258,6 +258,7 @@ class Scheduler:
         self._answer_hello(self.worker_socket, wid, msg)
 
     def _on_register_worker(self, wid, msg, now):
+        self._joined = True
         ws = self.state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
                                    msg.get("name"), msg.get("host", ""), msg.get("pid"),
                                    msg.get("memory_limit", 0), now=now,
@@ -369,6 +370,7 @@ class Scheduler:
         self._answer_hello(self.client_socket, cid, msg)
 
     def _on_register_client(self, cid, msg):
+        self._joined = True
         self.state.send_client(cid, {"op": "welcome", "id": self.id.decode(),
                                      "address_to_workers": self.address_to_workers,
                                      "relay_port": self.relay and self.relay.port,
@@ -541,7 +543,6 @@ class Scheduler:
         if self.idle_timeout is not None:
             if self.state.workers or self.state.clients:
                 self._idle_since = time.monotonic()
-                self._joined = True
             elif time.monotonic() - self._idle_since > (
                     self.idle_timeout if self._joined
                     else max(self.idle_timeout, FIRST_JOIN_TIMEOUT)):
