@@ -474,8 +474,8 @@ _new_object = object.__new__
 
 
 def _decode_serialized(code: int, data: bytes, payload: list):
-    if code == _EXT_INLINE:
-        return _inline_serialized(data)
+    """A value other than a small inline one (`Session.loads` builds those itself,
+    with `_inline_serialized`, on its busiest path)."""
     if code == _EXT_REFS or code == _EXT_HEAD_INLINE:
         start, count = _REF.unpack_from(data)
         end = _REF.size + 4 * count
