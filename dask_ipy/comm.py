@@ -132,6 +132,11 @@ class IOLoop:
         self.calls.append((fn, args))
         self.waker.wake()
 
+    def wake(self):
+        """Make the loop go round, and so flush, once more (a burst of wake-ups from
+        other threads costs one)."""
+        self.waker.wake()
+
     def in_loop(self):
         return threading.current_thread() is self.thread
 

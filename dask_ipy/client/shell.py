@@ -171,7 +171,7 @@ class ClientShell:
                 self.loop.call_soon(self._connect_worker, inst.address)
 
     def _wake_loop(self):
-        self.loop.call_soon(_nothing)
+        self.loop.wake()
 
     # ---------------------------------------------------------------- keys (any thread)
 
@@ -748,10 +748,6 @@ class ClientShell:
 def _lost_reply(address):
     return {"status": "lost", "text": f"the worker {address} holding this actor is "
                                       "gone, and the actor's state with it"}
-
-
-def _nothing():
-    """Queued only to wake the I/O thread, which then flushes."""
 
 
 def _remaining(deadline):
