@@ -270,7 +270,12 @@ class WorkerState:
         if ts.state in ("fetch", "flight", "missing"):
             # We were fetching it as a dependency; computing it ourselves wins.
             self._forget_flight(ts)
-        who_has = who_has or {}
+        if not who_has:                      # no inputs (most root tasks)
+            ts.dependencies = ()
+            if ts.waiting_for:
+                ts.waiting_for = set()
+            self._make_ready(ts)
+            return
         nbytes = nbytes or {}
         deps = []
         ts.waiting_for = set()
@@ -325,18 +330,21 @@ class WorkerState:
 
     def _release(self, ts):
         """Forget a task and, transitively, fetched inputs nobody here needs."""
+        tasks = self.tasks
         stack = [ts]
         while stack:
             ts = stack.pop()
-            if self.tasks.get(ts.key) is not ts:
+            key = ts.key
+            if tasks.get(key) is not ts:
                 continue
-            del self.tasks[ts.key]
+            del tasks[key]
             ts.ran = None
             if self.observed:
-                self._record(ts.key, ts.state, "forgotten")
-            self._forget_flight(ts)
-            if ts.state == "memory" or ts.key in self.nbytes:
-                self._drop_data(ts.key)
+                self._record(key, ts.state, "forgotten")
+            if ts.state == "flight":
+                self._forget_flight(ts)
+            if ts.state == "memory" or key in self.nbytes:
+                self._drop_data(key)
             for dts in ts.dependencies:
                 dts.dependents.discard(ts.key)
                 if not dts.dependents and not dts.computed and not dts.reported \
@@ -476,7 +484,8 @@ class WorkerState:
                 out.extend(ToClient(c, result) for c in direct)
                 msg["direct"] = direct
         out.append(Send(msg))
-        self._done_with_inputs(ts)
+        if ts.dependencies:
+            self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
         self._give_back(out, key, {"op": "task-erred", "key": key, **error})
@@ -504,9 +513,10 @@ class WorkerState:
 
     def _ended(self, key):
         self._stop_executing(key)
-        self.seceded.discard(key)
-        if key in self.rejoining:         # a task cannot end while it waits to rejoin
-            self.rejoining.remove(key)
+        if self.seceded:
+            self.seceded.discard(key)
+            if key in self.rejoining:     # a task cannot end while it waits to rejoin
+                self.rejoining.remove(key)
 
     def _on_client_subscribed(self, out, client):
         self.clients.add(client)
@@ -611,12 +621,14 @@ class WorkerState:
     def _store(self, ts, value, nbytes):
         # The size first: a store that weighs its values (SpillStore.sizes) reads
         # it there rather than measuring the value again.
-        self.managed += nbytes - self.nbytes.get(ts.key, 0)
-        self.nbytes[ts.key] = nbytes
-        self.data[ts.key] = value
+        key = ts.key
+        self.managed += nbytes - self.nbytes.get(key, 0)
+        self.nbytes[key] = nbytes
+        self.data[key] = value
         ts.nbytes = nbytes
         self._set_state(ts, "memory")
-        ts.who_has.clear()
+        if ts.who_has:
+            ts.who_has.clear()
         for dkey in ts.dependents:
             d = self.tasks.get(dkey)
             if d is not None and d.state == "waiting":
@@ -763,33 +775,37 @@ class WorkerState:
             self.executing.add(key)
             out.append(Send({"op": "task-rejoined", "key": key}))
             out.append(Rejoin(key))
-        if self.paused or self.setting_up:
+        if self.paused or self.setting_up or self.rejoining:
             return
-        while self.ready:
-            ts = self.tasks.get(self.ready[0][2])
+        ready, tasks, executing = self.ready, self.tasks, self.executing
+        nthreads, data = self.nthreads, self.data
+        while ready:
+            ts = tasks.get(ready[0][2])
             if ts is None or ts.state != "ready":
-                heapq.heappop(self.ready)
+                heapq.heappop(ready)
                 continue
             short = ts.duration is not None and ts.duration < SHORT_TASK
             if short:
-                held = len(self.executing) - len(self.short)   # by longer tasks
-                free = self.nthreads - held
+                held = len(executing) - len(self.short)   # by longer tasks
+                free = nthreads - held
                 limit = held + free * PREFETCH if free > 0 else 0
             else:
-                limit = self.nthreads
-            if len(self.executing) >= limit or self.rejoining:
+                limit = nthreads
+            if len(executing) >= limit:
                 return
-            entry = heapq.heappop(self.ready)
+            entry = heapq.heappop(ready)
             if ts.resources is not None and not self._take_resources(ts):
                 heapq.heappush(self.constrained, entry)
                 continue
             self._set_state(ts, "executing")
             ts.cancelled = False
-            self.executing.add(ts.key)
+            key = ts.key
+            executing.add(key)
             if short:
-                self.short.add(ts.key)
-            inputs = {d.key: self.data[d.key] for d in ts.dependencies}
-            run = Execute(ts.key, ts.run_spec, inputs, ts.want_data)
+                self.short.add(key)
+            inputs = ({d.key: data[d.key] for d in ts.dependencies} if ts.dependencies
+                      else {})
+            run = Execute(key, ts.run_spec, inputs, ts.want_data)
             if ts.confirm:
                 # It was running on a worker that died.  It runs once the scheduler
                 # has seen "task-started", so that if it kills this worker too, the
@@ -827,6 +843,8 @@ class WorkerState:
         tasks that waited for those resources are ready again."""
         self.executing.discard(key)
         self.short.discard(key)
+        if not self.holding:
+            return
         need = self.holding.pop(key, None)
         if need is None:
             return
@@ -915,9 +933,14 @@ class WorkerState:
 
     def _set_state(self, ts, state):
         """The one way a task's state changes (a new task starts "released"): the
-        change is recorded if anyone observes."""
+        change is recorded if anyone observes (as `_record` does, inline: a tiny
+        task makes three changes)."""
         if self.observed and ts.state != state:
-            self._record(ts.key, ts.state, state)
+            if self.transition_log is not None:
+                self.transition_log.append((ts.key, ts.state, state))
+            if self.story_log is not None:
+                self.story_log.append((ts.key, ts.state, state, self.stimulus,
+                                       self.clock))
         ts.state = state
 
     def _record(self, key, start, finish):
