@@ -41,6 +41,8 @@ State, documented once:
     WTask.waiting_for: {key}          dependencies not in memory yet
     WTask.dependents:  {key}          local tasks that need this one
     WTask.who_has:     {address}      peers said to hold a dependency
+                       (these three start as NO_KEYS, one empty set shared by all
+                       tasks, and become sets of their own once filled)
     WTask.reported:    bool           the scheduler knows this worker holds the data;
                                       data it does not know of (fetched copies) is
                                       dropped as soon as no local task needs it
@@ -130,6 +132,25 @@ class EventsFailed(Exception):
         self.out = out
 
 
+class _NoKeys(frozenset):
+    """The empty set that a task's `dependents`, `waiting_for` and `who_has` start
+    as, shared by all tasks: most (a map's) never hold anything there, and three sets
+    of their own would cost each task their making, their freeing and the cyclic
+    collector's scans while it lives.  Emptying it does nothing; a task given
+    something to hold there gets a set of its own first."""
+
+    __slots__ = ()
+
+    def discard(self, item):
+        pass
+
+    def clear(self):
+        pass
+
+
+NO_KEYS = _NoKeys()
+
+
 class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
@@ -146,9 +167,9 @@ class WTask:
         self.ran = None
         self.priority = (0,)
         self.dependencies = ()
-        self.dependents = set()
-        self.waiting_for = set()
-        self.who_has = set()
+        self.dependents = NO_KEYS         # each a set of its own once not empty
+        self.waiting_for = NO_KEYS
+        self.who_has = NO_KEYS
         self.nbytes = 0
         self.reported = False
         self.cancelled = False
@@ -272,8 +293,7 @@ class WorkerState:
             self._forget_flight(ts)
         if not who_has:                      # no inputs (most root tasks)
             ts.dependencies = ()
-            if ts.waiting_for:
-                ts.waiting_for = set()
+            ts.waiting_for = NO_KEYS
             self._make_ready(ts)
             return
         nbytes = nbytes or {}
@@ -283,12 +303,14 @@ class WorkerState:
             dts = self.tasks.get(dkey)
             if dts is None:
                 dts = self.tasks[dkey] = WTask(dkey)
+            if dts.dependents is NO_KEYS:
+                dts.dependents = set()
             dts.dependents.add(key)
             dts.nbytes = nbytes.get(dkey, dts.nbytes)
             deps.append(dts)
             if dts.state != "memory":
                 ts.waiting_for.add(dkey)
-                dts.who_has.update(h for h in holders if h != self.address)
+                self._add_holders(dts, holders)
                 if dts.state in ("released", "missing"):
                     self._fetch_or_missing(dts)
                     if dts.state == "missing":
@@ -353,7 +375,15 @@ class WorkerState:
             for dkey in ts.dependents:
                 d = self.tasks.get(dkey)
                 if d is not None and d.state in ("waiting", "ready"):
+                    if d.waiting_for is NO_KEYS:
+                        d.waiting_for = set()
                     d.waiting_for.add(ts.key)
+
+    def _add_holders(self, ts, holders):
+        """``ts`` is held by ``holders`` (addresses; this worker's own left out)."""
+        if ts.who_has is NO_KEYS:
+            ts.who_has = set()
+        ts.who_has.update(h for h in holders if h != self.address)
 
     def _forget_flight(self, ts):
         if ts.state == "flight":
@@ -373,7 +403,7 @@ class WorkerState:
             ts = self.tasks.get(key)
             if ts is None or ts.state == "memory":
                 continue
-            ts.who_has.update(h for h in holders if h != self.address)
+            self._add_holders(ts, holders)
             if ts.state == "missing":
                 self._fetch_or_missing(ts)
 
@@ -683,7 +713,7 @@ class WorkerState:
                 copies.append(self._keep_copy(ts))
                 continue
             ts.nbytes = nbytes.get(key, ts.nbytes)
-            ts.who_has.update(h for h in holders if h != self.address)
+            self._add_holders(ts, holders)
             if ts.state in ("released", "missing"):
                 self._retry_or_missing(out, ts, None)
         if copies:
