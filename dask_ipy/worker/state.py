@@ -216,6 +216,7 @@ class WorkerState:
         self.setting_up = False
         self.again = {}               # {key: compute-task} asked for while stopped
         self.clients = set()          # clients taking small results straight
+        self._one_client = (None,)    # the last 1-tuple of clients a task was given
         self.transition_log = None
         self.story_log = None
         self.observed = False         # changes of tasks' states are recorded
@@ -274,7 +275,7 @@ class WorkerState:
         ts.confirm = confirm
         ts.duration = duration
         ts.want_data = want_data
-        ts.clients = tuple(clients)
+        ts.clients = self._clients_tuple(clients)
         ts.run_spec = run_spec
         ts.priority = tuple(priority)
         if ts.state == "executing":
@@ -321,6 +322,16 @@ class WorkerState:
             self._set_state(ts, "waiting")
         else:
             self._make_ready(ts)
+
+    def _clients_tuple(self, clients):
+        """``clients`` as a tuple: the one given last time when it holds the same
+        one client (a map's tasks all name the client that made them)."""
+        if len(clients) == 1 and clients[0] == self._one_client[0]:
+            return self._one_client
+        clients = tuple(clients)
+        if len(clients) == 1:
+            self._one_client = clients
+        return clients
 
     def _report(self, out, ts):
         """Asked to compute a key already held here (a fetched copy): it is done."""
