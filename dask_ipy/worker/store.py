@@ -33,6 +33,7 @@ import threading
 from collections.abc import MutableMapping
 
 import zict
+from zict.utils import InsertionSortedSet
 from dask.sizeof import sizeof
 
 from ..log import logger
@@ -214,11 +215,27 @@ def private_directory(parent=None, prefix=PREFIX):
     return directory, made
 
 
+class _Keys(InsertionSortedSet):
+    """zict's ordered set of keys, whose `discard` of a key it does not hold raises
+    and catches no KeyError: the LRU's ``heavy`` keys, which zict asks to forget
+    every key deleted."""
+
+    __slots__ = ()
+
+    def discard(self, value):
+        if value in self:
+            super().discard(value)
+
+
 class _LRU(zict.LRU):
     """zict's LRU, whose `set_noevict` of a key it does not hold (every result a
     worker stores) is done in place under its lock, as zict does it, without a
     KeyError raised and caught or a pass through zict's locking wrapper at each
-    step."""
+    step; its ``heavy`` keys are `_Keys`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heavy = _Keys(self.heavy)
 
     def discard(self, key):
         if key in self.d:
