@@ -724,17 +724,19 @@ class Worker:
             instructions = e.out
         runs = []
         announced = False
+        outgoing = self.outgoing       # replaced by `_flush`, which the loop never calls
         for inst in instructions:
-            if isinstance(inst, Send):
-                self.outgoing.append(inst.msg)
+            kind = type(inst)
+            if kind is Send:
+                outgoing.append(inst.msg)
                 announced = announced or inst.msg["op"] == "task-started"
-            elif isinstance(inst, Execute):
+            elif kind is Execute:
                 runs.append(inst)
-            elif isinstance(inst, ToClient):
+            elif kind is ToClient:
                 self.to_clients.setdefault(inst.client, []).append(inst.msg)
-            elif isinstance(inst, GatherDep):
+            elif kind is GatherDep:
                 self._gather(inst.peer, inst.keys)
-            elif isinstance(inst, Rejoin):
+            elif kind is Rejoin:
                 event = self.rejoin_events.pop(inst.key, None)
                 if event is not None:
                     event.set()
@@ -748,8 +750,9 @@ class Worker:
                 # process, the scheduler blames the right task.  (Tiny tasks are
                 # not announced, and their results keep travelling in batches.)
                 self._flush()
+            put = self.jobs.put
             for inst in runs:
-                self.jobs.put(inst)
+                put(inst)
 
     def _queue(self, msg):
         # Looked up on the loop: `_flush` replaces the list, and a message appended
@@ -943,7 +946,7 @@ class Worker:
                 node = deserialize(job.run_spec)
                 loaded = time.time()
                 inputs = job.inputs
-                if any(type(v) is Spilled for v in inputs.values()):
+                if inputs and any(type(v) is Spilled for v in inputs.values()):
                     disk = True
                     inputs = {k: v.load() if type(v) is Spilled else v
                               for k, v in inputs.items()}

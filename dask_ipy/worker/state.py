@@ -41,6 +41,8 @@ State, documented once:
     WTask.waiting_for: {key}          dependencies not in memory yet
     WTask.dependents:  {key}          local tasks that need this one
     WTask.who_has:     {address}      peers said to hold a dependency
+                       (these three start as NO_KEYS, one empty set shared by all
+                       tasks, and become sets of their own once filled)
     WTask.reported:    bool           the scheduler knows this worker holds the data;
                                       data it does not know of (fetched copies) is
                                       dropped as soon as no local task needs it
@@ -130,6 +132,25 @@ class EventsFailed(Exception):
         self.out = out
 
 
+class _NoKeys(frozenset):
+    """The empty set that a task's `dependents`, `waiting_for` and `who_has` start
+    as, shared by all tasks: most (a map's) never hold anything there, and three sets
+    of their own would cost each task their making, their freeing and the cyclic
+    collector's scans while it lives.  Emptying it does nothing; a task given
+    something to hold there gets a set of its own first."""
+
+    __slots__ = ()
+
+    def discard(self, item):
+        pass
+
+    def clear(self):
+        pass
+
+
+NO_KEYS = _NoKeys()
+
+
 class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
@@ -146,9 +167,9 @@ class WTask:
         self.ran = None
         self.priority = (0,)
         self.dependencies = ()
-        self.dependents = set()
-        self.waiting_for = set()
-        self.who_has = set()
+        self.dependents = NO_KEYS         # each a set of its own once not empty
+        self.waiting_for = NO_KEYS
+        self.who_has = NO_KEYS
         self.nbytes = 0
         self.reported = False
         self.cancelled = False
@@ -195,6 +216,7 @@ class WorkerState:
         self.setting_up = False
         self.again = {}               # {key: compute-task} asked for while stopped
         self.clients = set()          # clients taking small results straight
+        self._one_client = (None,)    # the last 1-tuple of clients a task was given
         self.transition_log = None
         self.story_log = None
         self.observed = False         # changes of tasks' states are recorded
@@ -253,7 +275,7 @@ class WorkerState:
         ts.confirm = confirm
         ts.duration = duration
         ts.want_data = want_data
-        ts.clients = tuple(clients)
+        ts.clients = self._clients_tuple(clients)
         ts.run_spec = run_spec
         ts.priority = tuple(priority)
         if ts.state == "executing":
@@ -270,7 +292,11 @@ class WorkerState:
         if ts.state in ("fetch", "flight", "missing"):
             # We were fetching it as a dependency; computing it ourselves wins.
             self._forget_flight(ts)
-        who_has = who_has or {}
+        if not who_has:                      # no inputs (most root tasks)
+            ts.dependencies = ()
+            ts.waiting_for = NO_KEYS
+            self._make_ready(ts)
+            return
         nbytes = nbytes or {}
         deps = []
         ts.waiting_for = set()
@@ -278,12 +304,14 @@ class WorkerState:
             dts = self.tasks.get(dkey)
             if dts is None:
                 dts = self.tasks[dkey] = WTask(dkey)
+            if dts.dependents is NO_KEYS:
+                dts.dependents = set()
             dts.dependents.add(key)
             dts.nbytes = nbytes.get(dkey, dts.nbytes)
             deps.append(dts)
             if dts.state != "memory":
                 ts.waiting_for.add(dkey)
-                dts.who_has.update(h for h in holders if h != self.address)
+                self._add_holders(dts, holders)
                 if dts.state in ("released", "missing"):
                     self._fetch_or_missing(dts)
                     if dts.state == "missing":
@@ -294,6 +322,16 @@ class WorkerState:
             self._set_state(ts, "waiting")
         else:
             self._make_ready(ts)
+
+    def _clients_tuple(self, clients):
+        """``clients`` as a tuple: the one given last time when it holds the same
+        one client (a map's tasks all name the client that made them)."""
+        if len(clients) == 1 and clients[0] == self._one_client[0]:
+            return self._one_client
+        clients = tuple(clients)
+        if len(clients) == 1:
+            self._one_client = clients
+        return clients
 
     def _report(self, out, ts):
         """Asked to compute a key already held here (a fetched copy): it is done."""
@@ -325,18 +363,21 @@ class WorkerState:
 
     def _release(self, ts):
         """Forget a task and, transitively, fetched inputs nobody here needs."""
+        tasks = self.tasks
         stack = [ts]
         while stack:
             ts = stack.pop()
-            if self.tasks.get(ts.key) is not ts:
+            key = ts.key
+            if tasks.get(key) is not ts:
                 continue
-            del self.tasks[ts.key]
+            del tasks[key]
             ts.ran = None
             if self.observed:
-                self._record(ts.key, ts.state, "forgotten")
-            self._forget_flight(ts)
-            if ts.state == "memory" or ts.key in self.nbytes:
-                self._drop_data(ts.key)
+                self._record(key, ts.state, "forgotten")
+            if ts.state == "flight":
+                self._forget_flight(ts)
+            if ts.state == "memory" or key in self.nbytes:
+                self._drop_data(key)
             for dts in ts.dependencies:
                 dts.dependents.discard(ts.key)
                 if not dts.dependents and not dts.computed and not dts.reported \
@@ -345,7 +386,15 @@ class WorkerState:
             for dkey in ts.dependents:
                 d = self.tasks.get(dkey)
                 if d is not None and d.state in ("waiting", "ready"):
+                    if d.waiting_for is NO_KEYS:
+                        d.waiting_for = set()
                     d.waiting_for.add(ts.key)
+
+    def _add_holders(self, ts, holders):
+        """``ts`` is held by ``holders`` (addresses; this worker's own left out)."""
+        if ts.who_has is NO_KEYS:
+            ts.who_has = set()
+        ts.who_has.update(h for h in holders if h != self.address)
 
     def _forget_flight(self, ts):
         if ts.state == "flight":
@@ -365,7 +414,7 @@ class WorkerState:
             ts = self.tasks.get(key)
             if ts is None or ts.state == "memory":
                 continue
-            ts.who_has.update(h for h in holders if h != self.address)
+            self._add_holders(ts, holders)
             if ts.state == "missing":
                 self._fetch_or_missing(ts)
 
@@ -476,7 +525,8 @@ class WorkerState:
                 out.extend(ToClient(c, result) for c in direct)
                 msg["direct"] = direct
         out.append(Send(msg))
-        self._done_with_inputs(ts)
+        if ts.dependencies:
+            self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
         self._give_back(out, key, {"op": "task-erred", "key": key, **error})
@@ -504,9 +554,10 @@ class WorkerState:
 
     def _ended(self, key):
         self._stop_executing(key)
-        self.seceded.discard(key)
-        if key in self.rejoining:         # a task cannot end while it waits to rejoin
-            self.rejoining.remove(key)
+        if self.seceded:
+            self.seceded.discard(key)
+            if key in self.rejoining:     # a task cannot end while it waits to rejoin
+                self.rejoining.remove(key)
 
     def _on_client_subscribed(self, out, client):
         self.clients.add(client)
@@ -611,12 +662,14 @@ class WorkerState:
     def _store(self, ts, value, nbytes):
         # The size first: a store that weighs its values (SpillStore.sizes) reads
         # it there rather than measuring the value again.
-        self.managed += nbytes - self.nbytes.get(ts.key, 0)
-        self.nbytes[ts.key] = nbytes
-        self.data[ts.key] = value
+        key = ts.key
+        self.managed += nbytes - self.nbytes.get(key, 0)
+        self.nbytes[key] = nbytes
+        self.data[key] = value
         ts.nbytes = nbytes
         self._set_state(ts, "memory")
-        ts.who_has.clear()
+        if ts.who_has:
+            ts.who_has.clear()
         for dkey in ts.dependents:
             d = self.tasks.get(dkey)
             if d is not None and d.state == "waiting":
@@ -671,7 +724,7 @@ class WorkerState:
                 copies.append(self._keep_copy(ts))
                 continue
             ts.nbytes = nbytes.get(key, ts.nbytes)
-            ts.who_has.update(h for h in holders if h != self.address)
+            self._add_holders(ts, holders)
             if ts.state in ("released", "missing"):
                 self._retry_or_missing(out, ts, None)
         if copies:
@@ -763,33 +816,37 @@ class WorkerState:
             self.executing.add(key)
             out.append(Send({"op": "task-rejoined", "key": key}))
             out.append(Rejoin(key))
-        if self.paused or self.setting_up:
+        if self.paused or self.setting_up or self.rejoining:
             return
-        while self.ready:
-            ts = self.tasks.get(self.ready[0][2])
+        ready, tasks, executing = self.ready, self.tasks, self.executing
+        nthreads, data = self.nthreads, self.data
+        while ready:
+            ts = tasks.get(ready[0][2])
             if ts is None or ts.state != "ready":
-                heapq.heappop(self.ready)
+                heapq.heappop(ready)
                 continue
             short = ts.duration is not None and ts.duration < SHORT_TASK
             if short:
-                held = len(self.executing) - len(self.short)   # by longer tasks
-                free = self.nthreads - held
+                held = len(executing) - len(self.short)   # by longer tasks
+                free = nthreads - held
                 limit = held + free * PREFETCH if free > 0 else 0
             else:
-                limit = self.nthreads
-            if len(self.executing) >= limit or self.rejoining:
+                limit = nthreads
+            if len(executing) >= limit:
                 return
-            entry = heapq.heappop(self.ready)
+            entry = heapq.heappop(ready)
             if ts.resources is not None and not self._take_resources(ts):
                 heapq.heappush(self.constrained, entry)
                 continue
             self._set_state(ts, "executing")
             ts.cancelled = False
-            self.executing.add(ts.key)
+            key = ts.key
+            executing.add(key)
             if short:
-                self.short.add(ts.key)
-            inputs = {d.key: self.data[d.key] for d in ts.dependencies}
-            run = Execute(ts.key, ts.run_spec, inputs, ts.want_data)
+                self.short.add(key)
+            inputs = ({d.key: data[d.key] for d in ts.dependencies} if ts.dependencies
+                      else {})
+            run = Execute(key, ts.run_spec, inputs, ts.want_data)
             if ts.confirm:
                 # It was running on a worker that died.  It runs once the scheduler
                 # has seen "task-started", so that if it kills this worker too, the
@@ -827,6 +884,8 @@ class WorkerState:
         tasks that waited for those resources are ready again."""
         self.executing.discard(key)
         self.short.discard(key)
+        if not self.holding:
+            return
         need = self.holding.pop(key, None)
         if need is None:
             return
@@ -915,9 +974,14 @@ class WorkerState:
 
     def _set_state(self, ts, state):
         """The one way a task's state changes (a new task starts "released"): the
-        change is recorded if anyone observes."""
+        change is recorded if anyone observes (as `_record` does, inline: a tiny
+        task makes three changes)."""
         if self.observed and ts.state != state:
-            self._record(ts.key, ts.state, state)
+            if self.transition_log is not None:
+                self.transition_log.append((ts.key, ts.state, state))
+            if self.story_log is not None:
+                self.story_log.append((ts.key, ts.state, state, self.stimulus,
+                                       self.clock))
         ts.state = state
 
     def _record(self, key, start, finish):

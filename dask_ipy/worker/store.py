@@ -33,6 +33,7 @@ import threading
 from collections.abc import MutableMapping
 
 import zict
+from zict.utils import InsertionSortedSet
 from dask.sizeof import sizeof
 
 from ..log import logger
@@ -214,18 +215,53 @@ def private_directory(parent=None, prefix=PREFIX):
     return directory, made
 
 
+class _Keys(InsertionSortedSet):
+    """zict's ordered set of keys, whose `discard` of a key it does not hold raises
+    and catches no KeyError: the LRU's ``heavy`` keys, which zict asks to forget
+    every key deleted."""
+
+    __slots__ = ()
+
+    def discard(self, value):
+        if value in self:
+            super().discard(value)
+
+
 class _LRU(zict.LRU):
-    """zict's LRU, whose `set_noevict` of a new key (every result a worker stores)
-    finds it absent without raising and catching a KeyError (1.5 of the 4 µs)."""
+    """zict's LRU, whose `set_noevict` of a key it does not hold (every result a
+    worker stores) is done in place under its lock, as zict does it, without a
+    KeyError raised and caught or a pass through zict's locking wrapper at each
+    step; its ``heavy`` keys are `_Keys`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heavy = _Keys(self.heavy)
 
     def discard(self, key):
         if key in self.d:
             super().discard(key)       # which ignores a key deleted meanwhile
 
+    def set_noevict(self, key, value):
+        with self.lock:
+            if key in self.d:
+                # Held, or being evicted: zict keeps a key here until it is on
+                # disk, and cancels the eviction of one set again meanwhile.  (One
+                # deleted while evicted had its eviction cancelled then.)
+                super().set_noevict(key, value)
+                return
+            weight = self.weight(key, value)
+            self.d[key] = value
+            self.order.add(key)
+            if weight > self.n:
+                self.heavy.add(key)    # evicted first
+            self.weights[key] = weight
+            self.total_weight += weight
+
 
 class _Buffer(zict.Buffer):
     """zict's Buffer over the `_LRU` above, whose `set_noevict` of a key not on disk
-    skips zict's removal of it there (another KeyError raised and caught)."""
+    (every result a worker stores) goes straight to the LRU: zict's path removes the
+    key from disk first (a KeyError raised and caught)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -238,7 +274,7 @@ class _Buffer(zict.Buffer):
             # zict's path for a key on disk: it removes the file, and cancels a
             # read of it under way (a key being read back is on disk until read:
             # the others that remove it from there cancel the read themselves).
-            if key in self.slow:
+            if key in self.slow.d:              # its files (zict.Func's)
                 super().set_noevict(key, value)
             else:
                 self.fast.set_noevict(key, value)
@@ -436,8 +472,8 @@ class SpillStore(MutableMapping):
     def evict_soon(self):
         """If memory holds more than the budget, move the excess to disk in the
         background (one eviction at a time)."""
-        buffer = self.buffer
-        if buffer.fast.total_weight <= buffer.n or self._evicting:
+        fast = self.buffer.fast
+        if fast.total_weight <= fast.n or self._evicting:
             return
         self._evicting = True
         if not self._submit(self._evict):
@@ -548,8 +584,11 @@ class NonBlocking(MutableMapping):
             raise
 
     def __setitem__(self, key, value):
-        self.store.buffer.set_noevict(key, value)
-        self.store.evict_soon()
+        store = self.store
+        store.buffer.set_noevict(key, value)
+        fast = store.buffer.fast
+        if fast.total_weight > fast.n:
+            store.evict_soon()
 
     def __delitem__(self, key):
         del self.store.buffer[key]

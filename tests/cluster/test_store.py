@@ -95,7 +95,7 @@ class GatedFiles(SpillFiles):
 
 
 def test_a_value_replaced_or_deleted_while_written_stays_as_set(tmp_path):
-    for replace in (True, False):
+    for change in ("replace", "delete", "delete and set again"):
         store = SpillStore(memory_limit=100, directory=str(tmp_path))
         store.files = store.buffer.slow.d = GatedFiles(store.directory, "write")
         store.sizes = {"a": 100, "b": 100}
@@ -103,14 +103,14 @@ def test_a_value_replaced_or_deleted_while_written_stays_as_set(tmp_path):
         nb["a"] = 1
         nb["b"] = 2                                 # "a" is being written
         wait_for(store.files.waiting.is_set)
-        if replace:
-            nb["a"] = 3
-        else:
+        if change != "replace":
             del nb["a"]
+        if change != "delete":
+            nb["a"] = 3                             # a key new to memory again
         store.files.gate.set()
         wait_for(lambda: not store._evicting and store.memory == 100)
         assert "a" not in store.slow
-        assert nb["a"] == 3 if replace else "a" not in store
+        assert nb["a"] == 3 if change != "delete" else "a" not in store
         assert len(os.listdir(store.directory)) == len(store.slow) == len(store) - 1
         assert store.memory == sum(store.fast.weights.values())
         store.close()

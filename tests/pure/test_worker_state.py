@@ -3,7 +3,8 @@ are checked after every event (``validating=True``)."""
 
 import pytest
 
-from dask_ipy.worker.state import RELAY, Execute, GatherDep, Send, WorkerState
+from dask_ipy.worker.state import (NO_KEYS, RELAY, Execute, GatherDep, Send,
+                                   WorkerState)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,6 +60,29 @@ def test_inputs_held_by_peers_are_fetched_then_the_task_runs(ws):
     assert ws.data == {"z": 3}
     assert states(ws) == {"z": "memory"}
     assert ws.nbytes == {"z": 8}
+
+
+def test_tasks_share_one_empty_set_until_they_hold_keys_or_holders(ws):
+    """A task's `dependents`, `waiting_for` and `who_has` are the shared `NO_KEYS`
+    until something is put there; filling one never fills another task's."""
+    ws.handle("plugins-busy")                    # nothing starts: all stay put
+    ws.handle("compute-task", key="root", run_spec="r", priority=(0, 0))
+    ws.handle("compute-task", key="z", run_spec="z", priority=(0, 1),
+              who_has={"x": [A]}, nbytes={"x": 10})
+    ws.handle("who-has", who_has={"w": [B]})      # a key not held: ignored
+    ws.handle("acquire-replicas", who_has={"c": [B]}, nbytes={"c": 5})
+    c = ws.tasks["c"]
+    assert c.who_has == {B} and c.dependents is NO_KEYS
+    ws.handle("worker-removed", address=B)       # "c" loses its only holder
+    assert c.who_has == set() and "c" not in ws.tasks
+    root, z, x = (ws.tasks[k] for k in ("root", "z", "x"))
+    assert root.dependents is root.waiting_for is root.who_has is NO_KEYS
+    assert (z.waiting_for, z.dependents, z.who_has) == ({"x"}, set(), set())
+    assert (x.dependents, x.who_has) == ({"z"}, {A})
+    assert not NO_KEYS and type(x.who_has) is set
+    ws.handle("free-keys", keys=["z"])
+    ws.handle("steal-request", key="root")
+    assert "x" not in ws.tasks and not NO_KEYS
 
 
 def test_task_counts_follow_the_states_and_the_bytes_in_flight(ws):
