@@ -781,6 +781,19 @@ def hold_memory(mib):
     return mib
 
 
+def drop_in_a_cycle(mib):
+    """Leave ``mib`` MiB behind in a reference cycle that nothing reaches, in the
+    collector's oldest generation: freed only by a full collection."""
+    import gc
+
+    import numpy as np
+
+    cycle = {"data": np.ones(mib * MiB // 8)}
+    cycle["self"] = cycle
+    gc.collect()                # survived: the oldest generation now
+    return mib
+
+
 def release_memory():
     import builtins
 

@@ -22,6 +22,7 @@ a separate process, watches the worker's RSS too.
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from . import limits as L
 
 EXIT_MEMORY = 75        # a worker's exit code when its memory passed terminate
 TRIM = 1.0              # seconds between two heap trims while paused
+COLLECT_SHARE = 0.05    # at most this share of the time in the collector, for memory
 
 
 class TaskMemoryError(MemoryError):
@@ -102,6 +104,31 @@ class RunningTasks:
             return keys
 
 
+class ThrottledCollector:
+    """Python's cyclic garbage collector run for memory, not for object counts: a
+    few large arrays in reference cycles are few allocations, so the collector's own
+    schedule may leave them for a long time, counted against the worker.  At most
+    `share` of the time goes to it, as a full collection of a heap of many objects can
+    take a second."""
+
+    def __init__(self, share=COLLECT_SHARE, clock=time.monotonic):
+        self.share = share
+        self.clock = clock
+        self.ended = None               # when the last collection ended
+        self.took = 0.0                 # and how long it took
+
+    def collect(self):
+        """Collect, unless the last collection took too long for the time since;
+        whether it ran."""
+        start = self.clock()
+        if self.ended is not None and self.took > self.share * (start - self.ended + self.took):
+            return False
+        gc.collect()
+        self.ended = self.clock()
+        self.took = self.ended - start
+        return True
+
+
 class MemoryMonitor:
     """Samples the worker's memory and carries out `limits.decide`.
 
@@ -126,6 +153,7 @@ class MemoryMonitor:
         self._stop = threading.Event()
         self._warned = False
         self._trimmed = 0.0
+        self.collector = ThrottledCollector()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="dask-ipy-worker-memory")
 
@@ -173,9 +201,11 @@ class MemoryMonitor:
                 self._spill(inst.nbytes)
         if self.paused and not self.spilling and time.monotonic() - self._trimmed > TRIM:
             # Memory freed by tasks (one that was stopped, most often) may sit in
-            # the heap: give it back, or the worker could stay paused for nothing.
+            # the heap, or in reference cycles nobody reaches: give it back, or the
+            # worker could stay paused for nothing.
             from .system import malloc_trim
 
+            self.collector.collect()
             self._trimmed = time.monotonic()
             malloc_trim()
 
@@ -194,6 +224,9 @@ class MemoryMonitor:
         def after():
             from .system import malloc_trim
 
+            # What was spilled is freed only once nothing refers to it, a cycle
+            # neither: else the next look still sees it and spills more.
+            self.collector.collect()
             malloc_trim()
             self.spilling = False
         if not spill(nbytes, after):

@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.procs import peak_rss
 from helpers import (MarkingWorkerPlugin, MiB, allocate, array_sum, blas_threads,
-                     filled_mib, grow, hold_memory, hold_to_pause, inc, kill_tree,
+                     drop_in_a_cycle, filled_mib, grow, hold_memory, hold_to_pause, inc, kill_tree,
                      local_cluster, marks, processes, read_info, release_memory,
                      slow_inc, wait_for)
 from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWarning,
@@ -292,6 +292,17 @@ def test_a_paused_worker_serves_data_warns_and_resumes(tmp_path):
         assert waiting.result(timeout=30) == 11
         info = c.scheduler_info()["workers"][a]
         assert not info["paused"] and info["time_paused"] > 0.5
+
+
+def test_a_worker_paused_by_garbage_in_cycles_collects_it_and_resumes(tmp_path):
+    limit = 600 * MiB
+    with limited_cluster(tmp_path, nworkers=1, memory_limit=limit) as (pc, c, pids):
+        [(a, pid)] = pids.items()
+        c.submit(drop_in_a_cycle, hold_to_pause(pid, limit)).result()
+        # Nothing refers to the garbage, but it counts until a full collection:
+        # the worker pauses, collects it and takes tasks again.
+        assert c.submit(inc, 1).result(timeout=30) == 2
+        assert c.scheduler_info()["workers"][a]["time_paused"] > 0
 
 
 # ---------------------------------------------------------------- BLAS threads

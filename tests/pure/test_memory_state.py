@@ -457,3 +457,19 @@ def test_open_files_counts_this_process_or_says_none():
     n = open_files(psutil.Process())
     assert n is None or n > 0
     assert open_files(object()) is None
+
+
+def test_the_collector_for_memory_takes_at_most_its_share_of_the_time():
+    from dask_ipy.worker.monitor import ThrottledCollector
+
+    ticks = iter([100.0, 100.5,     # the first collection runs, and takes 0.5 s
+                  101.0,            # 0.5 of the 1 s since it started: skipped
+                  109.0,            # 0.5 of 9 s, more than 5%: skipped
+                  110.5, 110.6])    # 0.5 of 10.5 s: runs (0.1 s)
+    collector = ThrottledCollector(share=0.05, clock=ticks.__next__)
+    assert collector.collect()
+    assert collector.took == 0.5
+    assert not collector.collect()
+    assert not collector.collect()
+    assert collector.collect()
+    assert collector.took == pytest.approx(0.1)
