@@ -65,8 +65,27 @@ def cluster(n_workers):
     return s
 
 
-def run(n_workers, n_tasks):
-    """Drive one graph to completion: timings of the scheduler's calls."""
+class GCClock:
+    """CPU seconds and count of the cyclic collector's runs, by generation."""
+
+    def __init__(self):
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._t0 = None
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self._t0 = time.process_time()
+        elif self._t0 is not None:
+            g = info["generation"]
+            self.seconds[g] += time.process_time() - self._t0
+            self.runs[g] += 1
+
+
+def run(n_workers, n_tasks, collector=0):
+    """Drive one graph to completion: CPU time of the scheduler's calls.  With
+    ``collector`` 1 the cyclic garbage collector runs as it would in a server
+    process (its time spent inside those calls counts); with 0 it is off."""
     s = cluster(n_workers)
     entries, final = tree(n_tasks)
     queues = {wid: collections.deque() for wid in s.workers}
@@ -94,11 +113,15 @@ def run(n_workers, n_tasks):
 
     answers = []
     gc.collect()
-    gc.disable()
+    clock = GCClock()
+    if collector:
+        gc.callbacks.append(clock)
+    else:
+        gc.disable()
     try:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         s.update_graph("c", iter(entries), keys=[final])
-        intake = time.perf_counter() - t0
+        intake = time.process_time() - t0
         n = len(entries)
         del entries
         dispatch()
@@ -108,7 +131,7 @@ def run(n_workers, n_tasks):
             heads = [(wid, q.popleft()) for wid, q in queues.items() if q]
             if not heads and not answers:
                 break
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             while answers:
                 wid, msg = answers.pop()
                 s.handle_worker_message(wid, msg)
@@ -116,15 +139,18 @@ def run(n_workers, n_tasks):
                 s.handle_worker_message(wid, {"op": "task-finished", "key": key,
                                               "nbytes": 8, "type": "int",
                                               "duration": 0.001})
-            busy += time.perf_counter() - t0
+            busy += time.process_time() - t0
             done += len(heads)
             dispatch()
     finally:
         gc.enable()
+        if collector:
+            gc.callbacks.remove(clock)
     assert s.tasks[final].state == "memory", s.tasks[final].state
     assert done == n, (done, n)
     return {"workers": n_workers, "tasks": n, "intake_us": 1e6 * intake / n,
-            "complete_us": 1e6 * busy / n, "steals": steals}
+            "complete_us": 1e6 * busy / n, "steals": steals, "collector": collector,
+            "gc_seconds": clock.seconds, "gc_runs": clock.runs}
 
 
 def memory(n_tasks):
@@ -164,10 +190,10 @@ def decisions(n_workers, repeat=200):
     s.update_graph("c", [(("s", 0), b"spec", (("r", 0), ("r", 1)))], keys=[("s", 0)])
     s.take_messages()
     ts = s.tasks[("s", 0)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(repeat):
         s.decide_worker(ts)
-    place = (time.perf_counter() - t0) / repeat
+    place = (time.process_time() - t0) / repeat
     # Three tasks queued on every worker but the thief (placed there by restriction,
     # which is then lifted so that they may be stolen).
     thief = workers[0]
@@ -180,12 +206,12 @@ def decisions(n_workers, repeat=200):
     for k in queued:
         s.tasks[k].restrictions = None
     s.take_messages()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(repeat):
         s._steal_for(thief)
         asked = len(s.steals)
         s.steals.clear()
-    steal = (time.perf_counter() - t0) / repeat
+    steal = (time.process_time() - t0) / repeat
     s.take_messages()
     return {"workers": n_workers, "decide_worker_us": 1e6 * place,
             "steal_pass_us": 1e6 * steal, "steals_asked": asked}
@@ -206,6 +232,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of each case; the fastest is kept (least disturbed)")
+    p.add_argument("--collector", choices=("on", "off"), default="on",
+                   help="the cyclic garbage collector during the runs: on, as in a "
+                        "server, or off")
     p.add_argument("--json", default=None)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -219,17 +248,19 @@ def main(argv=None):
     if a.quick:
         workers, tasks, a.repeats = [2, 20], [200, 2000], 1
     results = {"runs": [], "memory": [], "decisions": []}
+    collector = int(a.collector == "on")
     print(f"{'workers':>8} {'tasks':>9} {'intake us/task':>15} "
-          f"{'complete us/task':>17} {'steals':>7}")
+          f"{'complete us/task':>17} {'steals':>7} {'gc s':>6} {'full gc':>8}")
     for w in workers:
         for n in tasks:
-            samples = [child("run", w, n) for _ in range(max(a.repeats, 1))]
+            samples = [child("run", w, n, collector) for _ in range(max(a.repeats, 1))]
             r = dict(min(samples, key=lambda x: x["intake_us"] + x["complete_us"]))
             r["samples"] = samples
             r["requested"] = n
             results["runs"].append(r)
             print(f"{r['workers']:>8} {r['tasks']:>9} {r['intake_us']:>15.2f} "
-                  f"{r['complete_us']:>17.2f} {r['steals']:>7}", flush=True)
+                  f"{r['complete_us']:>17.2f} {r['steals']:>7} "
+                  f"{sum(r['gc_seconds']):>6.2f} {r['gc_runs'][2]:>8}", flush=True)
     print(f"\n{'tasks':>9} {'scheduler bytes/task':>21}")
     for n in tasks:
         r = child("memory", n)
