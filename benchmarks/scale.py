@@ -5,8 +5,11 @@
 Simulated workers of one thread each answer the scheduler as real ones would: they
 run what they are sent in order, one task per worker per round (equal durations),
 answer steal requests (given up if not started yet) and report each result as
-finished.  Only the scheduler's own calls are timed (``update_graph`` and
-``handle_worker_message``); the simulation's bookkeeping is not.
+finished.  Only the scheduler's own calls are timed, in CPU time (``update_graph``
+and ``handle_worker_message``); the simulation's bookkeeping is not.  The cyclic
+garbage collector runs as in the scheduler's own process (``--collector server``,
+see `collect_as_server`), with Python's default settings (``default``), or not at
+all (``off``); its time and full collections are reported.
 
 The graph is a reduction tree: half the tasks are roots, every other task sums two
 tasks of the level below, so each completion places a dependent that needs data
@@ -82,10 +85,22 @@ class GCClock:
             self.runs[g] += 1
 
 
+COLLECTORS = {"off": 0, "default": 1, "server": 2}
+
+
+def collect_as_server():
+    """The cyclic collector as `dask-ipy scheduler` sets it (cli.cmd_scheduler):
+    startup objects frozen out of its scans, and collections rare."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
 def run(n_workers, n_tasks, collector=0):
     """Drive one graph to completion: CPU time of the scheduler's calls.  With
-    ``collector`` 1 the cyclic garbage collector runs as it would in a server
-    process (its time spent inside those calls counts); with 0 it is off."""
+    ``collector`` 1 the cyclic garbage collector runs with Python's default
+    settings, with 2 as in the scheduler's own process (`collect_as_server`); its
+    time spent inside those calls counts.  With 0 it is off."""
     s = cluster(n_workers)
     entries, final = tree(n_tasks)
     queues = {wid: collections.deque() for wid in s.workers}
@@ -113,6 +128,8 @@ def run(n_workers, n_tasks, collector=0):
 
     answers = []
     gc.collect()
+    if collector == 2:
+        collect_as_server()
     clock = GCClock()
     if collector:
         gc.callbacks.append(clock)
@@ -232,9 +249,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of each case; the fastest is kept (least disturbed)")
-    p.add_argument("--collector", choices=("on", "off"), default="on",
-                   help="the cyclic garbage collector during the runs: on, as in a "
-                        "server, or off")
+    p.add_argument("--collector", choices=tuple(COLLECTORS), default="server",
+                   help="the cyclic garbage collector during the runs: as in the "
+                        "scheduler's process (server), Python's default, or off")
     p.add_argument("--json", default=None)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -248,7 +265,7 @@ def main(argv=None):
     if a.quick:
         workers, tasks, a.repeats = [2, 20], [200, 2000], 1
     results = {"runs": [], "memory": [], "decisions": []}
-    collector = int(a.collector == "on")
+    collector = COLLECTORS[a.collector]
     print(f"{'workers':>8} {'tasks':>9} {'intake us/task':>15} "
           f"{'complete us/task':>17} {'steals':>7} {'gc s':>6} {'full gc':>8}")
     for w in workers:
