@@ -44,7 +44,7 @@ State, documented once:
                 keys to finish, so a client's `result()` costs one request (one
                 gather waits for most keys: its id alone is no object to collect)
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
-                the task leaves the victim
+                the task leaves the victim (thief None: nobody waits for it)
     WorkerRecord.processing: {TaskState: estimated duration}
     WorkerRecord.executing:  {TaskState}  of those, the ones known to have started
     WorkerRecord.seceded:    {TaskState}  of those, tasks that gave their thread back
@@ -54,6 +54,8 @@ State, documented once:
     WorkerRecord.stale:      {key: estimated duration}  tasks released while running
                              there: their threads stay busy until the worker says so
     WorkerRecord.has_what:   {TaskState}
+    WorkerRecord.stealing:   int  entries of `steals` whose thief it is (a steal pass
+                             counts them without walking every steal in flight)
     WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
                              their data through the scheduler ("relay"), and placement
                              avoids the pair
@@ -256,7 +258,7 @@ class WorkerRecord:
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
-                 "resources", "local_directory", "streams", "alone")
+                 "resources", "local_directory", "streams", "alone", "stealing")
 
     # Bumped by every change of any worker's status: the scheduler's cached list of
     # running workers is rebuilt only after one (placement must not walk every
@@ -297,6 +299,7 @@ class WorkerRecord:
         self.local_directory = None      # its working directory, as told
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
         self.alone = (self,)             # who_has of the tasks it alone holds (_add)
+        self.stealing = 0                # steal requests in flight for it
 
     @property
     def status(self):
@@ -1146,8 +1149,7 @@ class SchedulerState:
         idle = thief.nthreads - len(thief.stale) - _holding(thief)
         if idle <= 0 or thief.status != "running":
             return
-        if self.steals:
-            idle -= sum(1 for _, t in self.steals.values() if t is thief)
+        idle -= thief.stealing
         victims = []
         may_give = self.may_give
         for ws in list(itertools.islice(may_give, SEARCH)):
@@ -1184,8 +1186,7 @@ class SchedulerState:
                 else:
                     break
                 waiting -= 1
-                self.steals[ts.key] = (victim, thief)
-                self.send_worker(victim, {"op": "steal-request", "key": ts.key})
+                self._request_steal(ts, victim, thief)
 
     @staticmethod
     def _wait_ahead(ws, scanned):
@@ -1218,8 +1219,23 @@ class SchedulerState:
                       if thief not in dep.who_has)
         return missing / self.bandwidth <= gain
 
+    def _request_steal(self, ts, victim, thief):
+        """Ask ``victim`` to give ``ts`` up, for ``thief`` (None: to place it afresh)."""
+        self.steals[ts.key] = (victim, thief)
+        if thief is not None:
+            thief.stealing += 1
+        self.send_worker(victim, {"op": "steal-request", "key": ts.key})
+
+    def _end_steal(self, key):
+        """The steal request for ``key`` is over: its (victim, thief), or (None,
+        None) if there was none."""
+        victim, thief = self.steals.pop(key, (None, None))
+        if thief is not None:
+            thief.stealing -= 1
+        return victim, thief
+
     def _on_steal_response(self, ws, msg):
-        victim, thief = self.steals.pop(msg["key"], (None, None))
+        victim, thief = self._end_steal(msg["key"])
         ts = self.tasks.get(msg["key"])
         if victim is not ws or ts is None or ts.processing_on is not ws:
             return                      # about a task since done, forgotten or moved
@@ -1276,7 +1292,7 @@ class SchedulerState:
     def _unassign(self, ts):
         ws = ts.processing_on
         if self.steals:
-            self.steals.pop(ts.key, None)       # an answer about it will be stale
+            self._end_steal(ts.key)             # an answer about it will be stale
         if ws is not None:
             duration = ws.processing.pop(ts, 0.0)
             ws.occupancy = max(ws.occupancy - duration, 0.0)
@@ -1526,9 +1542,10 @@ class SchedulerState:
         self._count_host(ws.host)
         for other in self.workers.values():
             other.unreachable.discard(ws)
-        if self.steals:                 # its own tasks' steals went with them
+        if ws.stealing:                 # its own tasks' steals went with them
             self.steals = {k: (v, None if t is ws else t)
                            for k, (v, t) in self.steals.items()}
+            ws.stealing = 0
         for other in self.workers.values():
             # Peers fail their fetches from it now rather than after a timeout.
             self.send_worker(other, {"op": "worker-removed", "address": ws.address})
@@ -2690,6 +2707,8 @@ class SchedulerState:
         self.parked.clear()
         self.scatters.clear()
         self.steals.clear()
+        for ws in self.workers.values():
+            ws.stealing = 0
         self.memory_failures.clear()
         self.datasets.clear()
         self.coordination.forget_keys()
@@ -2907,8 +2926,7 @@ class SchedulerState:
         (a steal without a thief)."""
         for ts in list(ws.processing):
             if ts not in ws.executing and ts.key not in self.steals:
-                self.steals[ts.key] = (ws, None)
-                self.send_worker(ws, {"op": "steal-request", "key": ts.key})
+                self._request_steal(ts, ws, None)
 
     def _on_replicate(self, cid, msg):
         """Copies of keys on ``n`` workers (all of them: None), among ``workers``
@@ -3295,8 +3313,13 @@ class SchedulerState:
             assert ws.status != PAUSED or ws.paused_since is not None, ws
             assert ws.status != RUNNING or ws.paused_since is None, ws
             assert ws.time_paused >= 0, ws
-        for key, (victim, _) in self.steals.items():
+        stealing = dict.fromkeys(self.workers.values(), 0)
+        for key, (victim, thief) in self.steals.items():
             assert self.tasks[key].processing_on is victim, (key, victim)
+            if thief is not None:
+                stealing[thief] += 1
+        for ws, n in stealing.items():
+            assert ws.stealing == n, (ws, ws.stealing, n)
         for move in self.moves.values():
             for key, wid in move.pending:
                 assert wid in self.workers, (move, key)

@@ -147,3 +147,49 @@ def test_the_running_workers_follow_pauses_and_removals():
                                    "metrics": {"status": "running"}}, now=2.0)
     assert "w3" in [ws.id for ws in s._running_workers()]
     s.validate()
+
+
+class Unwalkable(dict):
+    """The steals in flight, which a steal pass may look up but not walk."""
+
+    def _walked(self, *args):
+        raise AssertionError("a steal pass walked every steal in flight")
+
+    __iter__ = values = items = keys = _walked
+
+
+def test_a_steal_pass_counts_its_thiefs_steals_without_walking_them_all():
+    s = cluster(400)
+    s.add_worker("thief", "tcp://10.1.0.1:1", nthreads=2)
+    tasks = {}
+    restrictions = {}
+    for i in range(1, 400):
+        for j in range(3):
+            key = f"long-{i}-{j}"
+            tasks[key] = ("spec", [])
+            restrictions[key] = [f"tcp://10.0.{i // 256}.{i % 256}:1"]
+    s.update_graph("c", tasks, keys=list(tasks), restrictions=restrictions)
+    for key in tasks:
+        s.tasks[key].restrictions = None
+    s.take_messages()
+    thief = s.workers["thief"]
+    # Steals in flight for many workers, one of them for the thief.
+    for i in range(1, 300):
+        ts = s.tasks[f"long-{i}-2"]
+        s._request_steal(ts, ts.processing_on, s.workers[f"w{(i + 1) % 400}"])
+    ts = s.tasks["long-399-2"]
+    s._request_steal(ts, ts.processing_on, thief)
+    assert thief.stealing == 1 and s.workers["w2"].stealing == 1
+    s.take_messages()
+    s.steals = Unwalkable(s.steals)
+    s.fill_workers(thief)
+    steals = [m for _, _, m in s.take_messages() if m["op"] == "steal-request"]
+    assert len(steals) == 1                       # two threads, one steal in flight
+    assert thief.stealing == 2
+    # An answer ends the thief's count, a lost one too.
+    s.steals = dict(dict.items(s.steals))
+    s.handle_worker_message(ts.processing_on.id, {"op": "steal-response", "key": ts.key,
+                                                  "released": False, "state": "ready"})
+    assert thief.stealing == 1
+    s.remove_worker("thief")
+    s.validate()
