@@ -486,6 +486,11 @@ def _holding(ws):
     return len(ws.processing) - len(ws.seceded)
 
 
+def _free_threads(ws):
+    """Threads of ``ws`` neither running nor promised to a task."""
+    return ws.nthreads - len(ws.stale) - _holding(ws)
+
+
 def _has_resources(ts, ws):
     """Does ``ws`` have, in all, the resources ``ts`` needs?"""
     have = ws.resources
@@ -565,6 +570,13 @@ class SchedulerState:
         # pass looks at the first SEARCH, drops those with nothing to give and moves
         # the others to the back, so that the next pass looks at others first.
         self.may_give = {}
+        # Workers that may have a thread free, as an ordered set: every running worker
+        # with one is in it once the running workers are up to date (validate()
+        # checks); a worker goes in when a thread frees up, and all running workers
+        # when a status changes or a worker joins; `fill_workers` drops the busy ones
+        # it finds.  So new work is stolen for idle workers without looking at every
+        # worker of a large cluster.
+        self.idle = {}
         self._running_cache = ((), None)     # (running workers, when built)
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
@@ -1051,6 +1063,7 @@ class SchedulerState:
         if built != stamp:
             running = tuple(ws for ws in self.workers.values() if ws.status == RUNNING)
             self._running_cache = (running, stamp)
+            self.idle = dict.fromkeys(running)      # joined or resumed: may be idle
         return running
 
     def _window(self, workers):
@@ -1146,7 +1159,7 @@ class SchedulerState:
         A task is worth a round trip when it is long, or when it would wait long
         behind the tasks ahead of it there: tiny tasks queued behind a long one go
         to an idle worker, each idle thread taking up to `queue_seconds` of them."""
-        idle = thief.nthreads - len(thief.stale) - _holding(thief)
+        idle = _free_threads(thief)
         if idle <= 0 or thief.status != "running":
             return
         idle -= thief.stealing
@@ -1299,6 +1312,7 @@ class SchedulerState:
             ws.executing.discard(ts)
             ws.seceded.discard(ts)
             ts.processing_on = None
+            self.idle[ws] = None
 
     def fill_workers(self, ws=None):
         """Hand queued root tasks to workers with room, siblings together.
@@ -1308,9 +1322,18 @@ class SchedulerState:
         With no queued task left, idle threads steal work waiting on busier workers.
         """
         if not self.queued:
-            if len(self.workers) > 1:
-                for idle in ((ws,) if ws is not None else self.workers.values()):
-                    self._steal_for(idle)
+            if len(self.workers) < 2:
+                return
+            if ws is not None:
+                self._steal_for(ws)
+            elif self.may_give:         # else no worker has anything to give
+                self._running_workers()             # (brings `idle` up to date)
+                idle = self.idle
+                for thief in list(idle):
+                    if _free_threads(thief) > 0 and thief.status == RUNNING:
+                        self._steal_for(thief)
+                    else:
+                        del idle[thief]
             return
         if ws is not None:
             self._fill(ws)
@@ -1799,6 +1822,7 @@ class SchedulerState:
                 return
             ws.executing.add(ts)
             ws.seceded.add(ts)
+            self.idle[ws] = None
             ws.occupancy = max(ws.occupancy - ws.processing[ts], 0.0)
             ws.processing[ts] = 0.0
         elif not self._thread_freed(ws, key):
@@ -1838,13 +1862,13 @@ class SchedulerState:
         self.transitions({ts.key: RELEASED})
         self.fill_workers()
 
-    @staticmethod
-    def _thread_freed(ws, key):
+    def _thread_freed(self, ws, key):
         """`key`, if counted in ``ws.stale``, no longer holds a thread there."""
         duration = ws.stale.pop(key, None)
         if duration is None:
             return False
         ws.occupancy = max(ws.occupancy - duration, 0.0)
+        self.idle[ws] = None
         return True
 
     def _add_replica(self, ts, ws):
@@ -2692,6 +2716,7 @@ class SchedulerState:
             ws.has_what.clear()
             ws.occupancy = sum(ws.stale.values())
             ws.nbytes = 0
+            self.idle[ws] = None
         log = self.transition_log
         for key in keys:
             ts = self.tasks.pop(key)
@@ -3313,6 +3338,10 @@ class SchedulerState:
             assert ws.status != PAUSED or ws.paused_since is not None, ws
             assert ws.status != RUNNING or ws.paused_since is None, ws
             assert ws.time_paused >= 0, ws
+        running, built = self._running_cache
+        if built == (WorkerRecord.status_changes, len(self.workers)):
+            for ws in running:
+                assert _free_threads(ws) <= 0 or ws in self.idle, ws
         stealing = dict.fromkeys(self.workers.values(), 0)
         for key, (victim, thief) in self.steals.items():
             assert self.tasks[key].processing_on is victim, (key, victim)

@@ -193,3 +193,31 @@ def test_a_steal_pass_counts_its_thiefs_steals_without_walking_them_all():
     assert thief.stealing == 1
     s.remove_worker("thief")
     s.validate()
+
+
+def test_new_work_is_stolen_for_the_idle_workers_alone(monkeypatch):
+    s = cluster(400, validate=True)
+    passes = counting(monkeypatch, SchedulerState, "_steal_for")
+    s.update_graph("c", {"x": ("spec", [])}, keys=["x"])
+    assert passes == []                 # nothing waits anywhere: nothing to steal
+    (wid, _), = placed(s).items()
+    s.handle_worker_message(wid, {"op": "task-finished", "key": "x", "nbytes": 8,
+                                  "type": "int", "duration": 1.0})
+    s.take_messages()
+    # One task running on each worker but w0 and w1, and two more waiting on w2.
+    tasks, restrictions = {}, {}
+    for i in range(2, 400):
+        tasks[f"b-{i}"] = ("spec", [])
+        restrictions[f"b-{i}"] = [f"tcp://10.0.{i // 256}.{i % 256}:1"]
+    for j in range(2):
+        tasks[f"q-{j}"] = ("spec", [])
+        restrictions[f"q-{j}"] = ["tcp://10.0.0.2:1"]
+    s.update_graph("c", tasks, keys=list(tasks), restrictions=restrictions)
+    for key in tasks:
+        s.tasks[key].restrictions = None
+    s.take_messages()
+    passes.clear()
+    s.fill_workers()
+    assert sorted(ws.id for _, ws in passes) == ["w0", "w1"]      # not 400
+    steals = [m["key"] for _, _, m in s.take_messages() if m["op"] == "steal-request"]
+    assert sorted(steals) == ["q-0", "q-1"]
