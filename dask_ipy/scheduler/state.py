@@ -1318,8 +1318,13 @@ class SchedulerState:
         """Hand queued root tasks to workers with room, siblings together.
 
         After a task finishes only its worker has gained room, so only it is
-        filled; ``ws=None`` (new tasks, workers coming or going) tries every worker.
-        With no queued task left, idle threads steal work waiting on busier workers.
+        filled; ``ws=None`` (new tasks, workers coming or going) tries the workers
+        that may have a thread free (`idle`).  That is enough: a task is queued only
+        once no worker has room (`_worker_with_room` looked at them all), and a
+        worker gains room only as a thread frees up, which puts it in `idle`, or as
+        the estimates of the first group queued change; then it is filled when its
+        next task ends, as it has none free.  With no queued task left, idle threads
+        steal work waiting on busier workers.
         """
         if not self.queued:
             if len(self.workers) < 2:
@@ -1338,10 +1343,14 @@ class SchedulerState:
         if ws is not None:
             self._fill(ws)
             return
-        for ws in sorted(self.workers.values(), key=lambda w: len(w.processing)):
+        self._running_workers()
+        idle = self.idle
+        for ws in sorted(idle, key=lambda w: len(w.processing)):
             if not self.queued:
                 break
             self._fill(ws)
+            if _free_threads(ws) <= 0 or ws.status != RUNNING:
+                del idle[ws]
 
     def _fill(self, ws):
         queued = self.queued

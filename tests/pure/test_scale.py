@@ -221,3 +221,19 @@ def test_new_work_is_stolen_for_the_idle_workers_alone(monkeypatch):
     assert sorted(ws.id for _, ws in passes) == ["w0", "w1"]      # not 400
     steals = [m["key"] for _, _, m in s.take_messages() if m["op"] == "steal-request"]
     assert sorted(steals) == ["q-0", "q-1"]
+
+
+def test_a_queue_is_handed_to_the_workers_that_gained_room_alone(monkeypatch):
+    s = cluster(400, validate=True)
+    tasks = {f"x-{i}": ("spec", []) for i in range(2000)}
+    s.update_graph("c", tasks, keys=list(tasks))
+    assert sum(len(v) for v in placed(s).values()) == 1200 and len(s.queued) == 800
+    fills = counting(monkeypatch, SchedulerState, "_fill")
+    s.fill_workers()
+    assert fills == [] and placed(s) == {}            # all full: none looked at
+    # A task given up on w7 frees its thread: w7 alone is filled.
+    w7 = s.workers["w7"]
+    ts = next(iter(w7.processing))
+    s.handle_client_message("c", {"op": "cancel", "keys": [ts.key]})
+    assert [ws.id for _, ws in fills] == ["w7"]
+    assert list(placed(s)) == ["w7"] and len(s.queued) == 799
