@@ -789,7 +789,9 @@ class SchedulerState:
                 ts.error = dep.error
                 return {ts.key: ERRED}
         for dep in ts.dependencies:
-            _add(dep, "waiters", ts)
+            # Most tasks have one dependent, then also their one waiter: one 1-tuple.
+            dependents = dep.dependents
+            _add(dep, "waiters", ts, dependents if dependents == (ts,) else None)
             if dep.state != MEMORY:
                 _add(ts, "waiting_on", dep)
                 if dep.state == RELEASED:
