@@ -31,8 +31,9 @@ State, documented once:
                             a holder keeps keys wanted with no client: a published
                             dataset, ("dataset", name), or FIRE_AND_FORGET, which
                             holds a task only until it ends (in memory or erred)
-                            these five "sets" are EMPTY, a 1-tuple or a set: change
-                            them only with `_add` and `_discard` (or set EMPTY)
+                            these five "sets" are EMPTY, a tuple or a set: change
+                            them only with `_add` and `_discard` (or set EMPTY);
+                            waiting_on may be the dependencies tuple itself
     TaskState.data:         a small result (opaque Serialized) the worker sent with
                             "task-finished" because a client wants it: gathers of it
                             are answered without asking the worker, and the clients
@@ -186,17 +187,17 @@ def _add(ts, name, item, alone=None):
     most tasks of a large graph have one dependent, one waiter, one holder and at
     most one wanter, and a 1-tuple takes 48 bytes where a one-item set takes 216.
     A tuple is read like a set (iteration, ``in``, ``len``, truth) but never
-    changes: `_discard` puts EMPTY in its place.  (It does not compare equal to a
-    set: compare ``set(ts.who_has)``.)  So tasks may share one: ``alone`` is
-    ``(item,)``, made once for many tasks (a client wanting a graph's keys, a
-    worker holding results)."""
+    changes: `_add` and `_discard` put another in its place.  (It does not compare
+    equal to a set: compare ``set(ts.who_has)``.)  So tasks may share one: ``alone``
+    is ``(item,)``, made once for many tasks (a client wanting a graph's keys, a
+    worker holding results).  A longer tuple is a task's dependencies, all waited
+    for (`_released_waiting`)."""
     items = getattr(ts, name)
     if items is EMPTY:
         setattr(ts, name, (item,) if alone is None else alone)
     elif type(items) is tuple:
-        old = items[0]
-        if old is not item and old != item:
-            setattr(ts, name, {old, item})
+        if item not in items:
+            setattr(ts, name, {*items, item})
     else:
         items.add(item)
 
@@ -205,9 +206,14 @@ def _discard(ts, name, item):
     """Remove ``item`` from the set attribute ``name`` of ``ts``, if there."""
     items = getattr(ts, name)
     if type(items) is tuple:
-        old = items[0]
-        if old is item or old == item:
-            setattr(ts, name, EMPTY)
+        if len(items) == 1:
+            old = items[0]
+            if old is item or old == item:
+                setattr(ts, name, EMPTY)
+        elif item in items:
+            # Once, from a task's dependencies: a set from now on (or what is left).
+            rest = {x for x in items if x is not item and x != item}
+            setattr(ts, name, EMPTY if not rest else (*rest,) if len(rest) == 1 else rest)
     else:
         items.discard(item)
 
@@ -788,16 +794,24 @@ class SchedulerState:
             if dep.state == ERRED:
                 ts.error = dep.error
                 return {ts.key: ERRED}
-        for dep in ts.dependencies:
+        deps = ts.dependencies
+        waiting = 0
+        for dep in deps:
             # Most tasks have one dependent, then also their one waiter: one 1-tuple.
             dependents = dep.dependents
             _add(dep, "waiters", ts, dependents if dependents == (ts,) else None)
             if dep.state != MEMORY:
-                _add(ts, "waiting_on", dep)
+                waiting += 1
                 if dep.state == RELEASED:
                     recs[dep.key] = WAITING
-        if not ts.waiting_on:
+        if not waiting:
             recs[ts.key] = PROCESSING
+        elif waiting == len(deps):
+            ts.waiting_on = deps            # all of them: no set of its own yet
+        else:
+            for dep in deps:
+                if dep.state != MEMORY:
+                    _add(ts, "waiting_on", dep)
         return recs
 
     def _released_forgotten(self, ts):
