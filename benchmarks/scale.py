@@ -19,7 +19,8 @@ scheduler's memory per task (its objects' growth on the heap while the graph is
 held, by tracemalloc, in a fresh child process for each case, so that earlier cases
 leave nothing behind).  Separately, the cost of the two placement decisions that look at
 workers: ``decide_worker`` for a task with inputs, and a steal pass for an idle
-worker, each against the number of workers.
+worker, each against the number of workers; and of a graph of one task (a
+``submit``) on an idle and on a full cluster.
 """
 
 from __future__ import annotations
@@ -227,11 +228,41 @@ def decisions(n_workers, repeat=200):
     for _ in range(repeat):
         s._steal_for(thief)
         asked = len(s.steals)
-        s.steals.clear()
+        for key in list(s.steals):          # unanswered: the thief is idle again
+            s._end_steal(key)
     steal = (time.process_time() - t0) / repeat
     s.take_messages()
     return {"workers": n_workers, "decide_worker_us": 1e6 * place,
             "steal_pass_us": 1e6 * steal, "steals_asked": asked}
+
+
+def submits(n_workers, n=2000):
+    """Microseconds of one graph of one task (a client's ``submit``), on an idle
+    cluster (each task finished before the next comes) and on a full one (tasks
+    queued on the scheduler: one thread and two queued on every worker first)."""
+    s = cluster(n_workers)
+    idle = 0.0
+    for i in range(n):
+        t0 = time.process_time()
+        s.update_graph("c", [(("x", i), b"spec", ())], keys=[("x", i)])
+        idle += time.process_time() - t0
+        for kind, wid, msg in s.take_messages():
+            if kind == "worker" and msg["op"] == "compute-task":
+                s.handle_worker_message(wid, {"op": "task-finished", "key": msg["key"],
+                                              "nbytes": 8, "type": "int",
+                                              "duration": 1.0})
+        s.take_messages()
+    fill = [(("f", i), b"spec", ()) for i in range(3 * n_workers)]
+    s.update_graph("c", fill, keys=[k for k, _, _ in fill])
+    s.take_messages()
+    t0 = time.process_time()
+    for i in range(n):
+        s.update_graph("c", [(("y", i), b"spec", ())], keys=[("y", i)])
+        s.take_messages()
+    full = time.process_time() - t0
+    assert len(s.queued) == n
+    return {"workers": n_workers, "idle_submit_us": 1e6 * idle / n,
+            "full_submit_us": 1e6 * full / n}
 
 
 def child(kind, *args):
@@ -257,7 +288,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.child:
         kind, *args = a.child
-        fn = {"run": run, "memory": memory, "decisions": decisions}[kind]
+        fn = {"run": run, "memory": memory, "decisions": decisions,
+              "submits": submits}[kind]
         print(json.dumps(fn(*map(int, args))))
         return 0
     workers = [int(x) for x in a.workers.split(",")]
@@ -290,6 +322,13 @@ def main(argv=None):
         results["decisions"].append(r)
         print(f"{r['workers']:>8} {r['decide_worker_us']:>17.2f} "
               f"{r['steal_pass_us']:>14.2f} {r['steals_asked']:>13}", flush=True)
+    print(f"\n{'workers':>8} {'submit us, idle':>16} {'submit us, full':>16}")
+    results["submits"] = []
+    for w in workers:
+        r = child("submits", w)
+        results["submits"].append(r)
+        print(f"{r['workers']:>8} {r['idle_submit_us']:>16.2f} "
+              f"{r['full_submit_us']:>16.2f}", flush=True)
     base = {(r["workers"], r["requested"]): r for r in results["runs"]}
     lo, hi = min(tasks), max(tasks)
     for w in workers:
