@@ -5,8 +5,11 @@
 Simulated workers of one thread each answer the scheduler as real ones would: they
 run what they are sent in order, one task per worker per round (equal durations),
 answer steal requests (given up if not started yet) and report each result as
-finished.  Only the scheduler's own calls are timed (``update_graph`` and
-``handle_worker_message``); the simulation's bookkeeping is not.
+finished.  Only the scheduler's own calls are timed, in CPU time (``update_graph``
+and ``handle_worker_message``); the simulation's bookkeeping is not.  The cyclic
+garbage collector runs as in the scheduler's own process (``--collector server``,
+see `collect_as_server`), with Python's default settings (``default``), or not at
+all (``off``); its time and full collections are reported.
 
 The graph is a reduction tree: half the tasks are roots, every other task sums two
 tasks of the level below, so each completion places a dependent that needs data
@@ -16,7 +19,8 @@ scheduler's memory per task (its objects' growth on the heap while the graph is
 held, by tracemalloc, in a fresh child process for each case, so that earlier cases
 leave nothing behind).  Separately, the cost of the two placement decisions that look at
 workers: ``decide_worker`` for a task with inputs, and a steal pass for an idle
-worker, each against the number of workers.
+worker, each against the number of workers; and of a graph of one task (a
+``submit``) on an idle and on a full cluster.
 """
 
 from __future__ import annotations
@@ -65,8 +69,39 @@ def cluster(n_workers):
     return s
 
 
-def run(n_workers, n_tasks):
-    """Drive one graph to completion: timings of the scheduler's calls."""
+class GCClock:
+    """CPU seconds and count of the cyclic collector's runs, by generation."""
+
+    def __init__(self):
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._t0 = None
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self._t0 = time.process_time()
+        elif self._t0 is not None:
+            g = info["generation"]
+            self.seconds[g] += time.process_time() - self._t0
+            self.runs[g] += 1
+
+
+COLLECTORS = {"off": 0, "default": 1, "server": 2}
+
+
+def collect_as_server():
+    """The cyclic collector as `dask-ipy scheduler` sets it (cli.cmd_scheduler):
+    startup objects frozen out of its scans, and collections rare."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
+def run(n_workers, n_tasks, collector=0):
+    """Drive one graph to completion: CPU time of the scheduler's calls.  With
+    ``collector`` 1 the cyclic garbage collector runs with Python's default
+    settings, with 2 as in the scheduler's own process (`collect_as_server`); its
+    time spent inside those calls counts.  With 0 it is off."""
     s = cluster(n_workers)
     entries, final = tree(n_tasks)
     queues = {wid: collections.deque() for wid in s.workers}
@@ -94,11 +129,17 @@ def run(n_workers, n_tasks):
 
     answers = []
     gc.collect()
-    gc.disable()
+    if collector == 2:
+        collect_as_server()
+    clock = GCClock()
+    if collector:
+        gc.callbacks.append(clock)
+    else:
+        gc.disable()
     try:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         s.update_graph("c", iter(entries), keys=[final])
-        intake = time.perf_counter() - t0
+        intake = time.process_time() - t0
         n = len(entries)
         del entries
         dispatch()
@@ -108,7 +149,7 @@ def run(n_workers, n_tasks):
             heads = [(wid, q.popleft()) for wid, q in queues.items() if q]
             if not heads and not answers:
                 break
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             while answers:
                 wid, msg = answers.pop()
                 s.handle_worker_message(wid, msg)
@@ -116,15 +157,18 @@ def run(n_workers, n_tasks):
                 s.handle_worker_message(wid, {"op": "task-finished", "key": key,
                                               "nbytes": 8, "type": "int",
                                               "duration": 0.001})
-            busy += time.perf_counter() - t0
+            busy += time.process_time() - t0
             done += len(heads)
             dispatch()
     finally:
         gc.enable()
+        if collector:
+            gc.callbacks.remove(clock)
     assert s.tasks[final].state == "memory", s.tasks[final].state
     assert done == n, (done, n)
     return {"workers": n_workers, "tasks": n, "intake_us": 1e6 * intake / n,
-            "complete_us": 1e6 * busy / n, "steals": steals}
+            "complete_us": 1e6 * busy / n, "steals": steals, "collector": collector,
+            "gc_seconds": clock.seconds, "gc_runs": clock.runs}
 
 
 def memory(n_tasks):
@@ -164,10 +208,10 @@ def decisions(n_workers, repeat=200):
     s.update_graph("c", [(("s", 0), b"spec", (("r", 0), ("r", 1)))], keys=[("s", 0)])
     s.take_messages()
     ts = s.tasks[("s", 0)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(repeat):
         s.decide_worker(ts)
-    place = (time.perf_counter() - t0) / repeat
+    place = (time.process_time() - t0) / repeat
     # Three tasks queued on every worker but the thief (placed there by restriction,
     # which is then lifted so that they may be stolen).
     thief = workers[0]
@@ -180,15 +224,45 @@ def decisions(n_workers, repeat=200):
     for k in queued:
         s.tasks[k].restrictions = None
     s.take_messages()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(repeat):
         s._steal_for(thief)
         asked = len(s.steals)
-        s.steals.clear()
-    steal = (time.perf_counter() - t0) / repeat
+        for key in list(s.steals):          # unanswered: the thief is idle again
+            s._end_steal(key)
+    steal = (time.process_time() - t0) / repeat
     s.take_messages()
     return {"workers": n_workers, "decide_worker_us": 1e6 * place,
             "steal_pass_us": 1e6 * steal, "steals_asked": asked}
+
+
+def submits(n_workers, n=2000):
+    """Microseconds of one graph of one task (a client's ``submit``), on an idle
+    cluster (each task finished before the next comes) and on a full one (tasks
+    queued on the scheduler: one thread and two queued on every worker first)."""
+    s = cluster(n_workers)
+    idle = 0.0
+    for i in range(n):
+        t0 = time.process_time()
+        s.update_graph("c", [(("x", i), b"spec", ())], keys=[("x", i)])
+        idle += time.process_time() - t0
+        for kind, wid, msg in s.take_messages():
+            if kind == "worker" and msg["op"] == "compute-task":
+                s.handle_worker_message(wid, {"op": "task-finished", "key": msg["key"],
+                                              "nbytes": 8, "type": "int",
+                                              "duration": 1.0})
+        s.take_messages()
+    fill = [(("f", i), b"spec", ()) for i in range(3 * n_workers)]
+    s.update_graph("c", fill, keys=[k for k, _, _ in fill])
+    s.take_messages()
+    t0 = time.process_time()
+    for i in range(n):
+        s.update_graph("c", [(("y", i), b"spec", ())], keys=[("y", i)])
+        s.take_messages()
+    full = time.process_time() - t0
+    assert len(s.queued) == n
+    return {"workers": n_workers, "idle_submit_us": 1e6 * idle / n,
+            "full_submit_us": 1e6 * full / n}
 
 
 def child(kind, *args):
@@ -206,12 +280,16 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of each case; the fastest is kept (least disturbed)")
+    p.add_argument("--collector", choices=tuple(COLLECTORS), default="server",
+                   help="the cyclic garbage collector during the runs: as in the "
+                        "scheduler's process (server), Python's default, or off")
     p.add_argument("--json", default=None)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         kind, *args = a.child
-        fn = {"run": run, "memory": memory, "decisions": decisions}[kind]
+        fn = {"run": run, "memory": memory, "decisions": decisions,
+              "submits": submits}[kind]
         print(json.dumps(fn(*map(int, args))))
         return 0
     workers = [int(x) for x in a.workers.split(",")]
@@ -219,17 +297,19 @@ def main(argv=None):
     if a.quick:
         workers, tasks, a.repeats = [2, 20], [200, 2000], 1
     results = {"runs": [], "memory": [], "decisions": []}
+    collector = COLLECTORS[a.collector]
     print(f"{'workers':>8} {'tasks':>9} {'intake us/task':>15} "
-          f"{'complete us/task':>17} {'steals':>7}")
+          f"{'complete us/task':>17} {'steals':>7} {'gc s':>6} {'full gc':>8}")
     for w in workers:
         for n in tasks:
-            samples = [child("run", w, n) for _ in range(max(a.repeats, 1))]
+            samples = [child("run", w, n, collector) for _ in range(max(a.repeats, 1))]
             r = dict(min(samples, key=lambda x: x["intake_us"] + x["complete_us"]))
             r["samples"] = samples
             r["requested"] = n
             results["runs"].append(r)
             print(f"{r['workers']:>8} {r['tasks']:>9} {r['intake_us']:>15.2f} "
-                  f"{r['complete_us']:>17.2f} {r['steals']:>7}", flush=True)
+                  f"{r['complete_us']:>17.2f} {r['steals']:>7} "
+                  f"{sum(r['gc_seconds']):>6.2f} {r['gc_runs'][2]:>8}", flush=True)
     print(f"\n{'tasks':>9} {'scheduler bytes/task':>21}")
     for n in tasks:
         r = child("memory", n)
@@ -242,6 +322,13 @@ def main(argv=None):
         results["decisions"].append(r)
         print(f"{r['workers']:>8} {r['decide_worker_us']:>17.2f} "
               f"{r['steal_pass_us']:>14.2f} {r['steals_asked']:>13}", flush=True)
+    print(f"\n{'workers':>8} {'submit us, idle':>16} {'submit us, full':>16}")
+    results["submits"] = []
+    for w in workers:
+        r = child("submits", w)
+        results["submits"].append(r)
+        print(f"{r['workers']:>8} {r['idle_submit_us']:>16.2f} "
+              f"{r['full_submit_us']:>16.2f}", flush=True)
     base = {(r["workers"], r["requested"]): r for r in results["runs"]}
     lo, hi = min(tasks), max(tasks)
     for w in workers:

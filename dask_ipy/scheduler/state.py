@@ -31,8 +31,9 @@ State, documented once:
                             a holder keeps keys wanted with no client: a published
                             dataset, ("dataset", name), or FIRE_AND_FORGET, which
                             holds a task only until it ends (in memory or erred)
-                            these five "sets" are EMPTY, a 1-tuple or a set: change
-                            them only with `_add` and `_discard` (or set EMPTY)
+                            these five "sets" are EMPTY, a tuple or a set: change
+                            them only with `_add` and `_discard` (or set EMPTY);
+                            waiting_on may be the dependencies tuple itself
     TaskState.data:         a small result (opaque Serialized) the worker sent with
                             "task-finished" because a client wants it: gathers of it
                             are answered without asking the worker, and the clients
@@ -44,7 +45,7 @@ State, documented once:
                 keys to finish, so a client's `result()` costs one request (one
                 gather waits for most keys: its id alone is no object to collect)
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
-                the task leaves the victim
+                the task leaves the victim (thief None: nobody waits for it)
     WorkerRecord.processing: {TaskState: estimated duration}
     WorkerRecord.executing:  {TaskState}  of those, the ones known to have started
     WorkerRecord.seceded:    {TaskState}  of those, tasks that gave their thread back
@@ -54,6 +55,8 @@ State, documented once:
     WorkerRecord.stale:      {key: estimated duration}  tasks released while running
                              there: their threads stay busy until the worker says so
     WorkerRecord.has_what:   {TaskState}
+    WorkerRecord.stealing:   int  entries of `steals` whose thief it is (a steal pass
+                             counts them without walking every steal in flight)
     WorkerRecord.unreachable: {WorkerRecord}  peers it could not connect to: it gets
                              their data through the scheduler ("relay"), and placement
                              avoids the pair
@@ -184,17 +187,17 @@ def _add(ts, name, item, alone=None):
     most tasks of a large graph have one dependent, one waiter, one holder and at
     most one wanter, and a 1-tuple takes 48 bytes where a one-item set takes 216.
     A tuple is read like a set (iteration, ``in``, ``len``, truth) but never
-    changes: `_discard` puts EMPTY in its place.  (It does not compare equal to a
-    set: compare ``set(ts.who_has)``.)  So tasks may share one: ``alone`` is
-    ``(item,)``, made once for many tasks (a client wanting a graph's keys, a
-    worker holding results)."""
+    changes: `_add` and `_discard` put another in its place.  (It does not compare
+    equal to a set: compare ``set(ts.who_has)``.)  So tasks may share one: ``alone``
+    is ``(item,)``, made once for many tasks (a client wanting a graph's keys, a
+    worker holding results).  A longer tuple is a task's dependencies, all waited
+    for (`_released_waiting`)."""
     items = getattr(ts, name)
     if items is EMPTY:
         setattr(ts, name, (item,) if alone is None else alone)
     elif type(items) is tuple:
-        old = items[0]
-        if old is not item and old != item:
-            setattr(ts, name, {old, item})
+        if item not in items:
+            setattr(ts, name, {*items, item})
     else:
         items.add(item)
 
@@ -203,9 +206,14 @@ def _discard(ts, name, item):
     """Remove ``item`` from the set attribute ``name`` of ``ts``, if there."""
     items = getattr(ts, name)
     if type(items) is tuple:
-        old = items[0]
-        if old is item or old == item:
-            setattr(ts, name, EMPTY)
+        if len(items) == 1:
+            old = items[0]
+            if old is item or old == item:
+                setattr(ts, name, EMPTY)
+        elif item in items:
+            # Once, from a task's dependencies: a set from now on (or what is left).
+            rest = {x for x in items if x is not item and x != item}
+            setattr(ts, name, EMPTY if not rest else (*rest,) if len(rest) == 1 else rest)
     else:
         items.discard(item)
 
@@ -256,7 +264,7 @@ class WorkerRecord:
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
-                 "resources", "local_directory", "streams", "alone")
+                 "resources", "local_directory", "streams", "alone", "stealing")
 
     # Bumped by every change of any worker's status: the scheduler's cached list of
     # running workers is rebuilt only after one (placement must not walk every
@@ -297,6 +305,7 @@ class WorkerRecord:
         self.local_directory = None      # its working directory, as told
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
         self.alone = (self,)             # who_has of the tasks it alone holds (_add)
+        self.stealing = 0                # steal requests in flight for it
 
     @property
     def status(self):
@@ -483,6 +492,11 @@ def _holding(ws):
     return len(ws.processing) - len(ws.seceded)
 
 
+def _free_threads(ws):
+    """Threads of ``ws`` neither running nor promised to a task."""
+    return ws.nthreads - len(ws.stale) - _holding(ws)
+
+
 def _has_resources(ts, ws):
     """Does ``ws`` have, in all, the resources ``ts`` needs?"""
     have = ws.resources
@@ -562,6 +576,13 @@ class SchedulerState:
         # pass looks at the first SEARCH, drops those with nothing to give and moves
         # the others to the back, so that the next pass looks at others first.
         self.may_give = {}
+        # Workers that may have a thread free, as an ordered set: every running worker
+        # with one is in it once the running workers are up to date (validate()
+        # checks); a worker goes in when a thread frees up, and all running workers
+        # when a status changes or a worker joins; `fill_workers` drops the busy ones
+        # it finds.  So new work is stolen for idle workers without looking at every
+        # worker of a large cluster.
+        self.idle = {}
         self._running_cache = ((), None)     # (running workers, when built)
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
@@ -773,14 +794,24 @@ class SchedulerState:
             if dep.state == ERRED:
                 ts.error = dep.error
                 return {ts.key: ERRED}
-        for dep in ts.dependencies:
-            _add(dep, "waiters", ts)
+        deps = ts.dependencies
+        waiting = 0
+        for dep in deps:
+            # Most tasks have one dependent, then also their one waiter: one 1-tuple.
+            dependents = dep.dependents
+            _add(dep, "waiters", ts, dependents if dependents == (ts,) else None)
             if dep.state != MEMORY:
-                _add(ts, "waiting_on", dep)
+                waiting += 1
                 if dep.state == RELEASED:
                     recs[dep.key] = WAITING
-        if not ts.waiting_on:
+        if not waiting:
             recs[ts.key] = PROCESSING
+        elif waiting == len(deps):
+            ts.waiting_on = deps            # all of them: no set of its own yet
+        else:
+            for dep in deps:
+                if dep.state != MEMORY:
+                    _add(ts, "waiting_on", dep)
         return recs
 
     def _released_forgotten(self, ts):
@@ -1048,6 +1079,7 @@ class SchedulerState:
         if built != stamp:
             running = tuple(ws for ws in self.workers.values() if ws.status == RUNNING)
             self._running_cache = (running, stamp)
+            self.idle = dict.fromkeys(running)      # joined or resumed: may be idle
         return running
 
     def _window(self, workers):
@@ -1143,11 +1175,10 @@ class SchedulerState:
         A task is worth a round trip when it is long, or when it would wait long
         behind the tasks ahead of it there: tiny tasks queued behind a long one go
         to an idle worker, each idle thread taking up to `queue_seconds` of them."""
-        idle = thief.nthreads - len(thief.stale) - _holding(thief)
+        idle = _free_threads(thief)
         if idle <= 0 or thief.status != "running":
             return
-        if self.steals:
-            idle -= sum(1 for _, t in self.steals.values() if t is thief)
+        idle -= thief.stealing
         victims = []
         may_give = self.may_give
         for ws in list(itertools.islice(may_give, SEARCH)):
@@ -1184,8 +1215,7 @@ class SchedulerState:
                 else:
                     break
                 waiting -= 1
-                self.steals[ts.key] = (victim, thief)
-                self.send_worker(victim, {"op": "steal-request", "key": ts.key})
+                self._request_steal(ts, victim, thief)
 
     @staticmethod
     def _wait_ahead(ws, scanned):
@@ -1218,8 +1248,23 @@ class SchedulerState:
                       if thief not in dep.who_has)
         return missing / self.bandwidth <= gain
 
+    def _request_steal(self, ts, victim, thief):
+        """Ask ``victim`` to give ``ts`` up, for ``thief`` (None: to place it afresh)."""
+        self.steals[ts.key] = (victim, thief)
+        if thief is not None:
+            thief.stealing += 1
+        self.send_worker(victim, {"op": "steal-request", "key": ts.key})
+
+    def _end_steal(self, key):
+        """The steal request for ``key`` is over: its (victim, thief), or (None,
+        None) if there was none."""
+        victim, thief = self.steals.pop(key, (None, None))
+        if thief is not None:
+            thief.stealing -= 1
+        return victim, thief
+
     def _on_steal_response(self, ws, msg):
-        victim, thief = self.steals.pop(msg["key"], (None, None))
+        victim, thief = self._end_steal(msg["key"])
         ts = self.tasks.get(msg["key"])
         if victim is not ws or ts is None or ts.processing_on is not ws:
             return                      # about a task since done, forgotten or moved
@@ -1276,33 +1321,52 @@ class SchedulerState:
     def _unassign(self, ts):
         ws = ts.processing_on
         if self.steals:
-            self.steals.pop(ts.key, None)       # an answer about it will be stale
+            self._end_steal(ts.key)             # an answer about it will be stale
         if ws is not None:
             duration = ws.processing.pop(ts, 0.0)
             ws.occupancy = max(ws.occupancy - duration, 0.0)
             ws.executing.discard(ts)
             ws.seceded.discard(ts)
             ts.processing_on = None
+            self.idle[ws] = None
 
     def fill_workers(self, ws=None):
         """Hand queued root tasks to workers with room, siblings together.
 
         After a task finishes only its worker has gained room, so only it is
-        filled; ``ws=None`` (new tasks, workers coming or going) tries every worker.
-        With no queued task left, idle threads steal work waiting on busier workers.
+        filled; ``ws=None`` (new tasks, workers coming or going) tries the workers
+        that may have a thread free (`idle`).  That is enough: a task is queued only
+        once no worker has room (`_worker_with_room` looked at them all), and a
+        worker gains room only as a thread frees up, which puts it in `idle`, or as
+        the estimates of the first group queued change; then it is filled when its
+        next task ends, as it has none free.  With no queued task left, idle threads
+        steal work waiting on busier workers.
         """
         if not self.queued:
-            if len(self.workers) > 1:
-                for idle in ((ws,) if ws is not None else self.workers.values()):
-                    self._steal_for(idle)
+            if len(self.workers) < 2:
+                return
+            if ws is not None:
+                self._steal_for(ws)
+            elif self.may_give:         # else no worker has anything to give
+                self._running_workers()             # (brings `idle` up to date)
+                idle = self.idle
+                for thief in list(idle):
+                    if _free_threads(thief) > 0 and thief.status == RUNNING:
+                        self._steal_for(thief)
+                    else:
+                        del idle[thief]
             return
         if ws is not None:
             self._fill(ws)
             return
-        for ws in sorted(self.workers.values(), key=lambda w: len(w.processing)):
+        self._running_workers()
+        idle = self.idle
+        for ws in sorted(idle, key=lambda w: len(w.processing)):
             if not self.queued:
                 break
             self._fill(ws)
+            if _free_threads(ws) <= 0 or ws.status != RUNNING:
+                del idle[ws]
 
     def _fill(self, ws):
         queued = self.queued
@@ -1526,9 +1590,10 @@ class SchedulerState:
         self._count_host(ws.host)
         for other in self.workers.values():
             other.unreachable.discard(ws)
-        if self.steals:                 # its own tasks' steals went with them
+        if ws.stealing:                 # its own tasks' steals went with them
             self.steals = {k: (v, None if t is ws else t)
                            for k, (v, t) in self.steals.items()}
+            ws.stealing = 0
         for other in self.workers.values():
             # Peers fail their fetches from it now rather than after a timeout.
             self.send_worker(other, {"op": "worker-removed", "address": ws.address})
@@ -1782,6 +1847,7 @@ class SchedulerState:
                 return
             ws.executing.add(ts)
             ws.seceded.add(ts)
+            self.idle[ws] = None
             ws.occupancy = max(ws.occupancy - ws.processing[ts], 0.0)
             ws.processing[ts] = 0.0
         elif not self._thread_freed(ws, key):
@@ -1821,13 +1887,13 @@ class SchedulerState:
         self.transitions({ts.key: RELEASED})
         self.fill_workers()
 
-    @staticmethod
-    def _thread_freed(ws, key):
+    def _thread_freed(self, ws, key):
         """`key`, if counted in ``ws.stale``, no longer holds a thread there."""
         duration = ws.stale.pop(key, None)
         if duration is None:
             return False
         ws.occupancy = max(ws.occupancy - duration, 0.0)
+        self.idle[ws] = None
         return True
 
     def _add_replica(self, ts, ws):
@@ -2675,6 +2741,7 @@ class SchedulerState:
             ws.has_what.clear()
             ws.occupancy = sum(ws.stale.values())
             ws.nbytes = 0
+            self.idle[ws] = None
         log = self.transition_log
         for key in keys:
             ts = self.tasks.pop(key)
@@ -2690,6 +2757,8 @@ class SchedulerState:
         self.parked.clear()
         self.scatters.clear()
         self.steals.clear()
+        for ws in self.workers.values():
+            ws.stealing = 0
         self.memory_failures.clear()
         self.datasets.clear()
         self.coordination.forget_keys()
@@ -2907,8 +2976,7 @@ class SchedulerState:
         (a steal without a thief)."""
         for ts in list(ws.processing):
             if ts not in ws.executing and ts.key not in self.steals:
-                self.steals[ts.key] = (ws, None)
-                self.send_worker(ws, {"op": "steal-request", "key": ts.key})
+                self._request_steal(ts, ws, None)
 
     def _on_replicate(self, cid, msg):
         """Copies of keys on ``n`` workers (all of them: None), among ``workers``
@@ -3295,8 +3363,17 @@ class SchedulerState:
             assert ws.status != PAUSED or ws.paused_since is not None, ws
             assert ws.status != RUNNING or ws.paused_since is None, ws
             assert ws.time_paused >= 0, ws
-        for key, (victim, _) in self.steals.items():
+        running, built = self._running_cache
+        if built == (WorkerRecord.status_changes, len(self.workers)):
+            for ws in running:
+                assert _free_threads(ws) <= 0 or ws in self.idle, ws
+        stealing = dict.fromkeys(self.workers.values(), 0)
+        for key, (victim, thief) in self.steals.items():
             assert self.tasks[key].processing_on is victim, (key, victim)
+            if thief is not None:
+                stealing[thief] += 1
+        for ws, n in stealing.items():
+            assert ws.stealing == n, (ws, ws.stealing, n)
         for move in self.moves.values():
             for key, wid in move.pending:
                 assert wid in self.workers, (move, key)

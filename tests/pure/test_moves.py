@@ -76,7 +76,7 @@ def in_memory(s, key, wid, nbytes=100):
     if ts.processing_on is None or ts.processing_on.id != wid:
         # place it by hand on the worker the test wants (a steal, as the state does it)
         if ts.processing_on is not None:
-            s.steals[key] = (ts.processing_on, s.workers[wid])
+            s._request_steal(ts, ts.processing_on, s.workers[wid])
             s.handle_worker_message(ts.processing_on.id,
                                     {"op": "steal-response", "key": key,
                                      "released": True})
@@ -141,7 +141,7 @@ def test_retire_waits_for_running_tasks_and_hands_back_queued_ones(s):
                                   "tasks": [("q", "spec", [])]})
     q = s.tasks["q"]
     if q.processing_on is not w1:
-        s.steals["q"] = (q.processing_on, w1)
+        s._request_steal(q, q.processing_on, w1)
         s.handle_worker_message(q.processing_on.id, {"op": "steal-response", "key": "q",
                                                      "released": True})
     take(s)

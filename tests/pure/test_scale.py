@@ -147,3 +147,93 @@ def test_the_running_workers_follow_pauses_and_removals():
                                    "metrics": {"status": "running"}}, now=2.0)
     assert "w3" in [ws.id for ws in s._running_workers()]
     s.validate()
+
+
+class Unwalkable(dict):
+    """The steals in flight, which a steal pass may look up but not walk."""
+
+    def _walked(self, *args):
+        raise AssertionError("a steal pass walked every steal in flight")
+
+    __iter__ = values = items = keys = _walked
+
+
+def test_a_steal_pass_counts_its_thiefs_steals_without_walking_them_all():
+    s = cluster(400)
+    s.add_worker("thief", "tcp://10.1.0.1:1", nthreads=2)
+    tasks = {}
+    restrictions = {}
+    for i in range(1, 400):
+        for j in range(3):
+            key = f"long-{i}-{j}"
+            tasks[key] = ("spec", [])
+            restrictions[key] = [f"tcp://10.0.{i // 256}.{i % 256}:1"]
+    s.update_graph("c", tasks, keys=list(tasks), restrictions=restrictions)
+    for key in tasks:
+        s.tasks[key].restrictions = None
+    s.take_messages()
+    thief = s.workers["thief"]
+    # Steals in flight for many workers, one of them for the thief.
+    for i in range(1, 300):
+        ts = s.tasks[f"long-{i}-2"]
+        s._request_steal(ts, ts.processing_on, s.workers[f"w{(i + 1) % 400}"])
+    ts = s.tasks["long-399-2"]
+    s._request_steal(ts, ts.processing_on, thief)
+    assert thief.stealing == 1 and s.workers["w2"].stealing == 1
+    s.take_messages()
+    s.steals = Unwalkable(s.steals)
+    s.fill_workers(thief)
+    steals = [m for _, _, m in s.take_messages() if m["op"] == "steal-request"]
+    assert len(steals) == 1                       # two threads, one steal in flight
+    assert thief.stealing == 2
+    # An answer ends the thief's count, a lost one too.
+    s.steals = dict(dict.items(s.steals))
+    s.handle_worker_message(ts.processing_on.id, {"op": "steal-response", "key": ts.key,
+                                                  "released": False, "state": "ready"})
+    assert thief.stealing == 1
+    s.remove_worker("thief")
+    s.validate()
+
+
+def test_new_work_is_stolen_for_the_idle_workers_alone(monkeypatch):
+    s = cluster(400, validate=True)
+    passes = counting(monkeypatch, SchedulerState, "_steal_for")
+    s.update_graph("c", {"x": ("spec", [])}, keys=["x"])
+    assert passes == []                 # nothing waits anywhere: nothing to steal
+    (wid, _), = placed(s).items()
+    s.handle_worker_message(wid, {"op": "task-finished", "key": "x", "nbytes": 8,
+                                  "type": "int", "duration": 1.0})
+    s.take_messages()
+    # One task running on each worker but w0 and w1, and two more waiting on w2.
+    tasks, restrictions = {}, {}
+    for i in range(2, 400):
+        tasks[f"b-{i}"] = ("spec", [])
+        restrictions[f"b-{i}"] = [f"tcp://10.0.{i // 256}.{i % 256}:1"]
+    for j in range(2):
+        tasks[f"q-{j}"] = ("spec", [])
+        restrictions[f"q-{j}"] = ["tcp://10.0.0.2:1"]
+    s.update_graph("c", tasks, keys=list(tasks), restrictions=restrictions)
+    for key in tasks:
+        s.tasks[key].restrictions = None
+    s.take_messages()
+    passes.clear()
+    s.fill_workers()
+    assert sorted(ws.id for _, ws in passes) == ["w0", "w1"]      # not 400
+    steals = [m["key"] for _, _, m in s.take_messages() if m["op"] == "steal-request"]
+    assert sorted(steals) == ["q-0", "q-1"]
+
+
+def test_a_queue_is_handed_to_the_workers_that_gained_room_alone(monkeypatch):
+    s = cluster(400, validate=True)
+    tasks = {f"x-{i}": ("spec", []) for i in range(2000)}
+    s.update_graph("c", tasks, keys=list(tasks))
+    assert sum(len(v) for v in placed(s).values()) == 1200 and len(s.queued) == 800
+    fills = counting(monkeypatch, SchedulerState, "_fill")
+    s.fill_workers()
+    assert fills == [] and placed(s) == {}            # all full: none looked at
+    # A task given up on w7 frees its thread: w7 alone is filled.
+    w7 = s.workers["w7"]
+    ts = next(iter(w7.processing))
+    s.handle_client_message("c", {"op": "cancel", "keys": [ts.key]})
+    assert [ws.id for _, ws in fills] == ["w7"]
+    assert list(placed(s)) == ["w7"] and len(s.queued) == 799

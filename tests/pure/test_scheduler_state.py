@@ -953,6 +953,20 @@ def test_one_item_sets_are_tuples_then_sets_and_empty_out():
     assert ts.who_wants == (("dataset", "d"),)
     _discard(ts, "who_wants", ("dataset", "d"))
     assert ts.who_wants is EMPTY
+    # A longer tuple (a task's dependencies): what is left, once one goes.
+    ts.waiting_on = ("p", "q", "r", "p")
+    _add(ts, "waiting_on", "q")
+    assert ts.waiting_on == ("p", "q", "r", "p")
+    _discard(ts, "waiting_on", "p")             # every copy
+    assert type(ts.waiting_on) is set and ts.waiting_on == {"q", "r"}
+    ts.waiting_on = ("p", "q")
+    _discard(ts, "waiting_on", "p")
+    assert ts.waiting_on == ("q",)
+    _discard(ts, "waiting_on", "q")
+    assert ts.waiting_on is EMPTY
+    ts.waiting_on = ("p", "q")
+    _add(ts, "waiting_on", "r")
+    assert ts.waiting_on == {"p", "q", "r"}
 
 
 def test_a_missing_dependency_errs_its_dependents_too(s1):
