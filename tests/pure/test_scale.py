@@ -88,12 +88,11 @@ def test_a_placement_with_inputs_looks_at_their_holders_and_a_window(monkeypatch
     assert keys == ["s-0"] and wid in holders       # a gigabyte is not moved
 
 
-def test_a_steal_pass_looks_at_a_bounded_number_of_victims(monkeypatch):
-    s = cluster(400)
-    # Long tasks queued on every worker but w0, which is idle.
+def queue_long_tasks(s, n_workers):
+    """Three long tasks queued on every worker of ``s`` but w0, free to move."""
     tasks = {}
     restrictions = {}
-    for i in range(1, 400):
+    for i in range(1, n_workers):
         for j in range(3):
             key = f"long-{i}-{j}"
             tasks[key] = ("spec", [])
@@ -102,6 +101,11 @@ def test_a_steal_pass_looks_at_a_bounded_number_of_victims(monkeypatch):
     for key in tasks:
         s.tasks[key].restrictions = None                  # free to move from now on
     s.take_messages()
+
+
+def test_a_steal_pass_looks_at_a_bounded_number_of_victims(monkeypatch):
+    s = cluster(400)
+    queue_long_tasks(s, 400)                              # w0 is idle
     assert len(s.may_give) == 399
     looked = counting(monkeypatch, S, "_may_give")
     s.fill_workers(s.workers["w0"])
@@ -161,17 +165,7 @@ class Unwalkable(dict):
 def test_a_steal_pass_counts_its_thiefs_steals_without_walking_them_all():
     s = cluster(400)
     s.add_worker("thief", "tcp://10.1.0.1:1", nthreads=2)
-    tasks = {}
-    restrictions = {}
-    for i in range(1, 400):
-        for j in range(3):
-            key = f"long-{i}-{j}"
-            tasks[key] = ("spec", [])
-            restrictions[key] = [f"tcp://10.0.{i // 256}.{i % 256}:1"]
-    s.update_graph("c", tasks, keys=list(tasks), restrictions=restrictions)
-    for key in tasks:
-        s.tasks[key].restrictions = None
-    s.take_messages()
+    queue_long_tasks(s, 400)
     thief = s.workers["thief"]
     # Steals in flight for many workers, one of them for the thief.
     for i in range(1, 300):
