@@ -229,9 +229,8 @@ class _Keys(InsertionSortedSet):
 
 class _LRU(zict.LRU):
     """zict's LRU, whose `set_noevict` of a key it does not hold (every result a
-    worker stores) is done in place under its lock, as zict does it, without a
-    KeyError raised and caught or a pass through zict's locking wrapper at each
-    step; its ``heavy`` keys are `_Keys`."""
+    worker stores) finds it absent without raising and catching a KeyError, and
+    whose ``heavy`` keys are `_Keys`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -240,22 +239,6 @@ class _LRU(zict.LRU):
     def discard(self, key):
         if key in self.d:
             super().discard(key)       # which ignores a key deleted meanwhile
-
-    def set_noevict(self, key, value):
-        with self.lock:
-            if key in self.d:
-                # Held, or being evicted: zict keeps a key here until it is on
-                # disk, and cancels the eviction of one set again meanwhile.  (One
-                # deleted while evicted had its eviction cancelled then.)
-                super().set_noevict(key, value)
-                return
-            weight = self.weight(key, value)
-            self.d[key] = value
-            self.order.add(key)
-            if weight > self.n:
-                self.heavy.add(key)    # evicted first
-            self.weights[key] = weight
-            self.total_weight += weight
 
 
 class _Buffer(zict.Buffer):
@@ -584,11 +567,8 @@ class NonBlocking(MutableMapping):
             raise
 
     def __setitem__(self, key, value):
-        store = self.store
-        store.buffer.set_noevict(key, value)
-        fast = store.buffer.fast
-        if fast.total_weight > fast.n:
-            store.evict_soon()
+        self.store.buffer.set_noevict(key, value)
+        self.store.evict_soon()
 
     def __delitem__(self, key):
         del self.store.buffer[key]
