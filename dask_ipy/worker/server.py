@@ -750,9 +750,8 @@ class Worker:
                 # process, the scheduler blames the right task.  (Tiny tasks are
                 # not announced, and their results keep travelling in batches.)
                 self._flush()
-            put = self.jobs.put
             for inst in runs:
-                put(inst)
+                self.jobs.put(inst)
 
     def _queue(self, msg):
         # Looked up on the loop: `_flush` replaces the list, and a message appended

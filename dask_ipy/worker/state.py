@@ -374,8 +374,7 @@ class WorkerState:
             ts.ran = None
             if self.observed:
                 self._record(key, ts.state, "forgotten")
-            if ts.state == "flight":
-                self._forget_flight(ts)
+            self._forget_flight(ts)
             if ts.state == "memory" or key in self.nbytes:
                 self._drop_data(key)
             for dts in ts.dependencies:
@@ -974,14 +973,9 @@ class WorkerState:
 
     def _set_state(self, ts, state):
         """The one way a task's state changes (a new task starts "released"): the
-        change is recorded if anyone observes (as `_record` does, inline: a tiny
-        task makes three changes)."""
+        change is recorded if anyone observes."""
         if self.observed and ts.state != state:
-            if self.transition_log is not None:
-                self.transition_log.append((ts.key, ts.state, state))
-            if self.story_log is not None:
-                self.story_log.append((ts.key, ts.state, state, self.stimulus,
-                                       self.clock))
+            self._record(ts.key, ts.state, state)
         ts.state = state
 
     def _record(self, key, start, finish):
