@@ -114,18 +114,18 @@ class ThrottledCollector:
     def __init__(self, share=COLLECT_SHARE, clock=time.monotonic):
         self.share = share
         self.clock = clock
-        self.ended = None               # when the last collection ended
+        self.started = None             # when the last collection began
         self.took = 0.0                 # and how long it took
 
     def collect(self):
-        """Collect, unless the last collection took too long for the time since;
-        whether it ran."""
+        """Collect, unless the last collection took more than `share` of the time
+        since it began; whether it ran."""
         start = self.clock()
-        if self.ended is not None and self.took > self.share * (start - self.ended + self.took):
+        if self.started is not None and self.took > self.share * (start - self.started):
             return False
         gc.collect()
-        self.ended = self.clock()
-        self.took = self.ended - start
+        self.started = start
+        self.took = self.clock() - start
         return True
 
 
