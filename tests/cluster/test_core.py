@@ -124,7 +124,6 @@ def test_scheduler_and_client_are_context_managers():
     assert c.status == "closed"
 
 
-
 def test_an_idle_timeout_waits_for_the_first_to_join(monkeypatch):
     """A scheduler whose launcher's workers and client are slow to come (a loaded
     machine, engines importing dask) is not closed as idle before anyone joined;

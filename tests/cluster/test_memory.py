@@ -19,9 +19,9 @@ import pytest
 
 from benchmarks.procs import peak_rss
 from helpers import (MarkingWorkerPlugin, MiB, allocate, array_sum, blas_threads,
-                     drop_in_a_cycle, filled_mib, grow, hold_memory, hold_to_pause, inc, kill_tree,
-                     local_cluster, marks, processes, read_info, release_memory,
-                     slow_inc, wait_for)
+                     drop_in_a_cycle, filled_mib, grow, hold_memory, hold_to_pause, inc,
+                     kill_tree, local_cluster, marks, processes, read_info,
+                     release_memory, slow_inc, wait_for)
 from dask_ipy import (Client, KilledWorker, MemoryLimitExceeded, PausedWorkerWarning,
                       Worker, wait)
 from dask_ipy.worker.monitor import TaskThreadLimits
@@ -157,7 +157,6 @@ def test_workers_hold_more_than_their_limit(tmp_path):
         assert moved.result() == sum(array_sum(f.result()) for f in on_a)
         for address, pid in pids.items():
             assert peak_rss(pid) <= 1.3 * limit, (address, peak_rss(pid))
-
 
 
 def test_moving_spilled_chunks_between_workers_keeps_both_alive(tmp_path):

@@ -6,6 +6,11 @@ from dask_ipy.scheduler.state import SchedulerState
 A, B = "tcp://10.0.0.1:1", "tcp://10.0.0.2:1"
 
 
+def finish(s, key):
+    s.handle_worker_message("w1", {"op": "task-finished", "key": key, "nbytes": 8,
+                                   "type": "int", "duration": 0.001})
+
+
 def test_tasks_share_a_lone_wanter_and_holder_and_part_ways_alone():
     s = SchedulerState(validate=True)
     for c in ("c", "d"):
@@ -41,15 +46,11 @@ def test_a_tasks_waiters_share_its_dependents_and_waiting_on_its_dependencies():
     assert a.waiters is a.dependents and set(a.waiters) == {total}
     assert total.waiting_on is total.dependencies
     s.take_messages()
-
-    def finish(ts):
-        s.handle_worker_message("w1", {"op": "task-finished", "key": ts.key,
-                                       "nbytes": 8, "type": "int", "duration": 0.001})
-    finish(a)                       # one left in a set, the tuple untouched
+    finish(s, "a")                  # one left in a set, the tuple untouched
     assert set(total.waiting_on) == {b, c} and total.dependencies == (a, b, c, a)
-    finish(b)
+    finish(s, "b")
     assert set(total.waiting_on) == {c} and total.state == "waiting"
-    finish(c)
+    finish(s, "c")
     assert not total.waiting_on and total.state == "processing"
     s.validate()
 
@@ -59,14 +60,12 @@ def test_waiting_on_some_dependencies_only():
     s.add_client("c")
     s.add_worker("w1", A, nthreads=1)
     s.update_graph("c", {"a": ("spec", [])}, ["a"])
-    s.handle_worker_message("w1", {"op": "task-finished", "key": "a", "nbytes": 8,
-                                   "type": "int", "duration": 0.001})
+    finish(s, "a")
     s.update_graph("c", {"b": ("spec", []), "s": ("spec", ["a", "b"])}, ["s"])
     a, b, total = (s.tasks[k] for k in "abs")
     assert set(total.waiting_on) == {b} and total.waiting_on is not total.dependencies
     assert set(a.waiters) == {total} and set(a.dependents) == {total}
     s.take_messages()
-    s.handle_worker_message("w1", {"op": "task-finished", "key": "b", "nbytes": 8,
-                                   "type": "int", "duration": 0.001})
+    finish(s, "b")
     assert total.state == "processing"
     s.validate()

@@ -113,7 +113,6 @@ def test_several_inputs_from_one_peer_come_in_one_request(ws):
     assert sorted(out[0].keys) == ["a", "b", "c"]
 
 
-
 def asked(out):
     return sorted(key for i in out if isinstance(i, GatherDep) for key in i.keys)
 
