@@ -345,7 +345,8 @@ class ClusterMethods:
 
         The worker processes stay: a task already running finishes on its thread (a
         Python thread cannot be stopped) and its result is dropped; the worker runs
-        new tasks on its other threads meanwhile, and on that one once it is free."""
+        new tasks on its other threads meanwhile, and on that one once it is free.
+        Returns None, as the client's Futures made before are all gone."""
         return self.run_op(self._restart_op(timeout, wait_for_workers))
 
     def _restart_op(self, timeout, wait_for_workers):
@@ -357,7 +358,6 @@ class ClusterMethods:
         yield from self.shell.request_op({"op": "restart"}, timeout)
         if running:
             yield from self._wait_for_workers_op(running, timeout)
-        return self
 
     def processing(self, workers=None):
         """The keys each worker has been given to run (queued there or running):

@@ -251,9 +251,9 @@ def test_gather_accepts_direct_and_restart_waits_for_the_workers(c):
     x = c.submit(inc, 1)
     assert c.gather([x], direct=True) == [2]
     assert c.gather(x, direct=False) == 2
-    assert c.restart(wait_for_workers=True) is c
+    assert c.restart(wait_for_workers=True) is None
     assert len(c.nthreads()) == 2
-    assert c.restart(wait_for_workers=False) is c
+    assert c.restart(wait_for_workers=False) is None
     assert c.submit(inc, 2).result() == 3
 
 
