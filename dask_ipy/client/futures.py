@@ -384,7 +384,8 @@ class Future(TaskRef):
         typ = self.state.type
         if typ:          # as dask.utils.typename names it: "int", "numpy.ndarray"
             typ = f", type: {typ.removeprefix('builtins.')}"
-        return f"<Future: {self.status}{typ or ''}, key: {self.key!r}>"
+        # The key as printed, not quoted: ``key: inc-3f2a...``, ``key: ('x', 0)``.
+        return f"<Future: {self.status}{typ or ''}, key: {self.key}>"
 
     __str__ = __repr__          # as dask.distributed's (TaskRef's str is the key)
 

@@ -69,6 +69,9 @@ def test_an_event_that_is_not_msgpack_data_is_refused_in_the_task(c):
 def test_a_future_shows_itself_as_in_dask_distributed(c):
     f = c.submit(inc, 1, key="shown")
     f.result(timeout=10)
-    assert repr(f) == str(f) == "<Future: finished, type: int, key: 'shown'>"
+    assert repr(f) == str(f) == "<Future: finished, type: int, key: shown>"
+    g = c.submit(inc, 1, key=("shown", 1))
+    g.result(timeout=10)
+    assert repr(g) == "<Future: finished, type: int, key: ('shown', 1)>"
     assert repr(c).startswith(f"<Client: {c.address!r} processes=")
     assert c.scheduler.address == c.address
