@@ -551,15 +551,32 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     or a coroutine of it when a Future belongs to an asynchronous client.  ``fs``
     may be one Future, or hold Futures anywhere `futures_of` finds them (a persisted
     collection, a dict...).  Once they are done, if any of our Futures was
-    cancelled, it raises `FuturesCancelledError` instead, as dask.distributed's."""
+    cancelled, it raises `FuturesCancelledError` instead, as dask.distributed's.
+
+    ``timeout`` (seconds, or a string such as ``"500ms"``): `TimeoutError` if
+    ``return_when`` does not hold by then, as dask.distributed's `wait` (unlike
+    `concurrent.futures.wait`, which returns what is done; `Client.get_executor`
+    gives that one its own futures)."""
     if isinstance(fs, (Future, cf.Future)):
         fs = [fs]
     elif not (isinstance(fs, (list, tuple, set, frozenset))
               and all(isinstance(f, (Future, cf.Future)) for f in fs)):
         fs = futures_of(fs)
+    if isinstance(timeout, str):
+        timeout = parse_timedelta(timeout, "s")
     waiter = Waiter(fs, return_when)
-    op = _refusing_cancelled(waiter.wait_op(timeout))
+    op = _refusing_cancelled(_in_time(waiter, timeout))
     return run_async(op) if _asynchronous(waiter.fs) else run_blocking(op)
+
+
+def _in_time(waiter, timeout):
+    """``waiter``'s ``(done, not_done)``; TimeoutError if its condition does not hold
+    within ``timeout`` seconds."""
+    yield Flag(waiter.signal, timeout)
+    if not waiter.signal.is_set():
+        raise TimeoutError(f"{len(waiter.fs) - len(waiter.done)} of {len(waiter.fs)} "
+                           f"futures not done after {timeout} s")
+    return (yield from waiter.wait_op(0))
 
 
 def _refusing_cancelled(op):

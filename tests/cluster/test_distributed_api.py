@@ -205,9 +205,11 @@ def test_wait_takes_what_futures_of_finds(c, gate):
     done, not_done = wait(x)
     assert not not_done and {f.key for f in done} == set(x.__dask_keys__())
     held = c.submit(wait_for_file, str(gate), pure=False)
-    done, not_done = wait({"x": x, "held": [held]}, timeout=0.2)
-    assert not_done == {held} and len(done) == 2
+    with pytest.raises(TimeoutError, match="1 of 3 futures"):
+        wait({"x": x, "held": [held]}, timeout=0.2)
     gate.touch()
+    done, not_done = wait({"x": x, "held": [held]}, timeout=10)
+    assert not not_done and len(done) == 3
     plain = cf.Future()
     plain.set_result(1)
     assert wait([held, plain]).not_done == set()     # concurrent.futures' too
