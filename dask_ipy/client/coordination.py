@@ -52,6 +52,18 @@ def _within(timeout):
     return f"within {_seconds(timeout):g} s"
 
 
+def _sync_options(method, kwargs):
+    """The keyword arguments a call passes on besides its own: only those of a
+    client's blocking-or-awaitable machinery (``asynchronous``,
+    ``callback_timeout``), which change nothing here.  Any other (``block=False``
+    of `queue.Queue`) is a TypeError rather than silently ignored, which could wait
+    for ever."""
+    extra = set(kwargs) - {"asynchronous", "callback_timeout"}
+    if extra:
+        raise TypeError(f"{method}() got an unexpected keyword argument "
+                        f"{sorted(extra)[0]!r}")
+
+
 def _checked(answer):
     if isinstance(answer, dict) and "error" in answer:
         raise (ValueError if answer.get("type") == "ValueError" else
@@ -186,11 +198,13 @@ class Variable(_Named):
     prefix = "variable"
 
     def set(self, value, timeout=None, **kwargs):
+        _sync_options("Variable.set", kwargs)
         op = self._request_op("variable-set", timeout, **_packed(value))
         return self._run(then(op, lambda _: None))
 
     def get(self, timeout=None, **kwargs):
         """The value, waiting until one is set; TimeoutError after ``timeout``."""
+        _sync_options("Variable.get", kwargs)
         return self._run(self._get_op(timeout))
 
     def _get_op(self, timeout):
@@ -217,6 +231,7 @@ class Queue(_Named):
 
     def put(self, value, timeout=None, **kwargs):
         """Put ``value`` at the end; TimeoutError if there was no room in time."""
+        _sync_options("Queue.put", kwargs)
         return self._run(self._put_op(value, timeout))
 
     def _put_op(self, value, timeout):
@@ -229,6 +244,7 @@ class Queue(_Named):
         """The first item, waiting for one; TimeoutError after ``timeout``.
         ``batch=True``: a list of every item there now (maybe none), at once;
         ``batch=n``: a list of the first n, waiting until there are n."""
+        _sync_options("Queue.get", kwargs)
         return self._run(self._get_op(timeout, batch))
 
     def _get_op(self, timeout, batch):
@@ -256,6 +272,7 @@ class Queue(_Named):
         shell.drop(keys)
 
     def qsize(self, **kwargs):
+        _sync_options("Queue.qsize", kwargs)
         return self._run(self._request_op("queue-size"))
 
     def close(self):

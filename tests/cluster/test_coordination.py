@@ -226,6 +226,20 @@ def test_closing_a_queue_lets_go_of_the_futures_in_it(c):
     assert q.get(timeout=10) == 3
 
 
+def test_an_unknown_keyword_is_a_type_error_not_a_wait_for_ever(c):
+    # queue.Queue's get(block=False) would otherwise wait for an item that never comes
+    q, v = Queue(unique("q")), Variable(unique("v"))
+    with pytest.raises(TypeError, match="'block'"):
+        q.get(block=False)
+    with pytest.raises(TypeError, match="'block'"):
+        v.get(block=False)
+    with pytest.raises(TypeError, match="'block'"):
+        q.put(1, block=False)
+    assert q.qsize() == 0
+    q.put(1, callback_timeout=10)                   # what a client's calls take
+    assert q.get(timeout=10, asynchronous=False) == 1
+
+
 def test_tasks_waiting_on_an_event_go_on_once_the_client_sets_it(c):
     name, arrived = unique("event"), unique("arrived")
     futures = c.map(wait_for_event, [name] * 2, [arrived] * 2, pure=False)
