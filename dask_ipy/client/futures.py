@@ -39,12 +39,13 @@ from dask.base import is_dask_collection
 from dask.utils import parse_timedelta
 
 from .. import hooks
-from ..errors import rebuild_error
+from ..errors import SchedulerLost, rebuild_error
 from ..log import logger
 from ..protocol import deserialize
 from .default import default_client
 from .state import CANCELLED, ERROR, FINISHED, LOST
-from .waits import Flag, Signal, in_loop, resolve, run_async, run_blocking, within
+from .waits import (Answer, Flag, Signal, in_loop, resolve, run_async, run_blocking,
+                    within)
 
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
@@ -129,6 +130,27 @@ DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
 # and a waiter registers, under it.  Reentrant: a Future collected by the garbage
 # collector while it is held drops its key under it again.
 LOCK = threading.RLock()
+
+
+class _Acknowledgement:
+    """What an asynchronous client's `Future.cancel` returns: the work is done
+    already; awaited, it waits for the scheduler's word ``answer`` (a
+    concurrent.futures.Future).  Left alone, it is dropped without a warning, as a
+    coroutine never awaited would not be."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def __await__(self):
+        return run_async(self._op()).__await__()
+
+    def _op(self):
+        try:
+            yield Answer(self.answer, None, "'cancel' from the scheduler")
+        except (SchedulerLost, RuntimeError):      # nothing left to cancel there
+            pass
 
 
 def wait_until_done(state, timeout=None):
@@ -336,10 +358,12 @@ class Future(TaskRef):
         """Cancel this Future (and what depends on it) at once, for ``reason`` and
         with ``msg`` (`Client.cancel`); a blocking client also waits until the
         scheduler has."""
-        if self.client.asynchronous:                 # nothing to await here
-            self.client.shell.cancel([self.state], [self.key], force, reason, msg)
-        else:
-            self.client.cancel([self], force=force, reason=reason, msg=msg)
+        if self.client.asynchronous:
+            # Cancelled at once; ``await f.cancel()`` waits for the scheduler, as
+            # with dask.distributed's asynchronous client.
+            return _Acknowledgement(self.client.shell.cancel(
+                [self.state], [self.key], force, reason, msg))
+        self.client.cancel([self], force=force, reason=reason, msg=msg)
         return True
 
     def retry(self):

@@ -48,6 +48,11 @@ def test_the_whole_face_awaited(pc):
             assert await (await c.get_dataset("answer")) == 2
             await c.unpublish_dataset("answer")
             await c.cancel([c.submit(slow_inc, 1, 5)])
+            h = c.submit(slow_inc, 2, 5)
+            assert await h.cancel() is None         # awaited, as dask.distributed's
+            assert h.cancelled()
+            with pytest.raises(TimeoutError):
+                await wait([c.submit(slow_inc, 3, 5)], timeout=0.1)
             return c
     c = run(main())
     assert c.status == "closed"
