@@ -742,11 +742,17 @@ class Client(ClusterMethods, ObserveMethods):
     def gather(self, futures, errors="raise", timeout=None, direct=None):
         """Values of Futures, in the same (nested) structure.  ``errors="raise"``: the
         first failed Future's exception is raised; ``"skip"``: failed Futures are left
-        out of a top-level list and stand as None anywhere else.  ``direct`` is
+        out of a top-level list and stand as None anywhere else.  An iterator gives
+        an iterator of the values.  ``direct`` is
         accepted for dask.distributed's sake: values take the way the cluster allows
         (straight from a worker when small, else through the scheduler)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if isinstance(futures, Iterator):
+            # An iterator (a generator, a queue's) may be endless or still being
+            # filled: an iterator of the values, each gathered once reached, as
+            # dask.distributed's gather gives.
+            return (self.gather(f, errors, timeout) for f in futures)
         return task_frames(self.run_op, self._gather_op(futures, errors, timeout))
 
     def _gather_op(self, futures, errors="raise", timeout=None):

@@ -156,6 +156,18 @@ def test_gather_keeps_the_structure(c):
     assert c.gather([]) == []
 
 
+def test_gather_of_an_iterator_is_an_iterator_of_the_values(c):
+    fs = c.map(inc, range(3))
+    out = c.gather(f for f in fs)
+    assert not isinstance(out, list) and list(out) == [1, 2, 3]
+    assert list(c.gather(iter(fs))) == [1, 2, 3]
+    q = queue.Queue()                    # one still being filled, read as it goes
+    for f in fs:
+        q.put(f)
+    q.put(None)
+    assert list(c.gather(iter(q.get, None))) == [1, 2, 3]
+
+
 def test_gather_raises_the_first_error(c):
     bad = c.submit(fail, 3)
     with pytest.raises(Boom):
