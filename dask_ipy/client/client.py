@@ -21,6 +21,7 @@ import collections
 import concurrent.futures as cf
 import os
 import threading
+import time
 import uuid
 import warnings
 import weakref
@@ -29,7 +30,7 @@ from collections.abc import Iterator, MutableMapping
 import dask
 from dask._task_spec import TaskRef
 from dask.base import is_dask_collection, tokenize
-from dask.utils import format_bytes, funcname
+from dask.utils import format_bytes, funcname, parse_timedelta
 
 from .. import config as cfg
 from .. import graph as g
@@ -260,6 +261,18 @@ _GET_OPTIONS = {"priority": 0, "retries": 0, "workers": None, "resources": None,
                 "allow_other_workers": False}
 
 
+def _scheduler_file(path, timeout):
+    """``path`` once the file is there: a scheduler started beside this client
+    writes it when it is up.  FileNotFoundError after ``timeout`` seconds."""
+    seconds = parse_timedelta(timeout, "s") if timeout is not None else None
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while not os.path.isfile(path):
+        if deadline is not None and time.monotonic() > deadline:
+            raise FileNotFoundError(f"no scheduler file {path!r} after {seconds} s")
+        time.sleep(0.05)
+    return os.fspath(path)
+
+
 class SchedulerRef(collections.namedtuple("SchedulerRef", "address")):
     """`Client.scheduler`: where the scheduler is."""
 
@@ -284,13 +297,20 @@ class Client(ClusterMethods, ObserveMethods):
 
     ``task_output``: print and warn here what tasks print and warn with
     `dask_ipy.print` and `dask_ipy.warn` (as dask.distributed's clients do).
+
+    ``scheduler_file``: a connection file (`write_scheduler_file`, ``dask-ipy
+    scheduler --connection-file``), waited for up to ``timeout`` seconds if it is
+    not there yet (its scheduler may be starting); it is the address then.
     """
 
     def __init__(self, address=None, *, security=None, timeout=10.0,
                  set_as_default=True, name=None, max_message_bytes=MAX_MESSAGE_BYTES,
-                 asynchronous=False, task_output=True, **cluster_kwargs):
+                 asynchronous=False, task_output=True, scheduler_file=None,
+                 **cluster_kwargs):
         self._cluster = None
         self._own_cluster = None        # the LocalCluster this client started
+        if scheduler_file is not None:
+            address = _scheduler_file(scheduler_file, timeout)
         if address is None and not os.environ.get("DASK_IPY_SCHEDULER_FILE"):
             address = self._own_cluster = hooks.local_cluster(**cluster_kwargs)
         elif cluster_kwargs:

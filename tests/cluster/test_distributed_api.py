@@ -329,6 +329,13 @@ def test_write_scheduler_file_connects_another_client(c, tmp_path):
     with Client(str(path), set_as_default=False) as other:
         assert other.scheduler_info()["id"] == c.scheduler_info()["id"]
         assert other.submit(inc, 1).result() == 2
+    # dask.distributed's keyword, and a file that is written while the client waits
+    later = tmp_path / "later.json"
+    threading.Timer(0.3, c.write_scheduler_file, [str(later)]).start()
+    with Client(scheduler_file=str(later), set_as_default=False) as other:
+        assert other.submit(inc, 2).result() == 3
+    with pytest.raises(FileNotFoundError):
+        Client(scheduler_file=str(tmp_path / "never.json"), timeout=0.2)
 
 
 def test_futures_and_refcount_count_the_clients_futures(c):
