@@ -261,6 +261,16 @@ _GET_OPTIONS = {"priority": 0, "retries": 0, "workers": None, "resources": None,
                 "allow_other_workers": False}
 
 
+#: dask.distributed's Client options that have nothing to tune here, taken and
+#: ignored so that code passing them runs: results come straight from the workers
+#: when small (``direct_to_workers``), the connection's liveness is ZeroMQ's
+#: (``heartbeat_interval``), one socket carries everything (``connection_limit``),
+#: values are pickled (``serializers``, ``deserializers``), the client has no
+#: event loop of tornado's (``loop``) nor extensions.
+_NOT_NEEDED = ("direct_to_workers", "heartbeat_interval", "connection_limit",
+               "serializers", "deserializers", "extensions", "loop")
+
+
 def _scheduler_file(path, timeout):
     """``path`` once the file is there: a scheduler started beside this client
     writes it when it is up.  FileNotFoundError after ``timeout`` seconds."""
@@ -311,6 +321,8 @@ class Client(ClusterMethods, ObserveMethods):
         self._own_cluster = None        # the LocalCluster this client started
         if scheduler_file is not None:
             address = _scheduler_file(scheduler_file, timeout)
+        for option in _NOT_NEEDED:
+            cluster_kwargs.pop(option, None)
         if address is None and not os.environ.get("DASK_IPY_SCHEDULER_FILE"):
             address = self._own_cluster = hooks.local_cluster(**cluster_kwargs)
         elif cluster_kwargs:

@@ -336,6 +336,11 @@ def test_write_scheduler_file_connects_another_client(c, tmp_path):
         assert other.submit(inc, 2).result() == 3
     with pytest.raises(FileNotFoundError):
         Client(scheduler_file=str(tmp_path / "never.json"), timeout=0.2)
+    # and the options that have nothing to tune here
+    with Client(str(path), set_as_default=False, direct_to_workers=True,
+                heartbeat_interval="5s", connection_limit=64,
+                serializers=["dask", "pickle"], deserializers=["dask", "pickle"]) as other:
+        assert other.submit(inc, 3).result() == 4
 
 
 def test_futures_and_refcount_count_the_clients_futures(c):
