@@ -357,11 +357,18 @@ class performance_report:
     same data is inside it as JSON (a link saves it), and in ``data_filename`` if
     given.  ``report.data`` holds it afterwards.  At most 4000 tasks are drawn one
     by one; past that the chart shows, per lane, what took most of each short span
-    of time.  ``async with`` for an asynchronous client."""
+    of time.  ``async with`` for an asynchronous client.
+
+    dask.distributed's keywords: ``storage_options`` (a ``filename`` that fsspec
+    opens, ``s3://...``, with these options); ``stacklevel`` and ``mode`` are taken
+    and change nothing (the report never includes the calling code, and its
+    scripts are always inline)."""
 
     def __init__(self, filename="dask-report.html", client=None, data_filename=None,
-                 title="dask_ipy performance report"):
+                 title="dask_ipy performance report", *, stacklevel=1, mode=None,
+                 storage_options=None):
         self.filename = filename
+        self.storage_options = storage_options
         self.data_filename = data_filename
         self.title = title
         self.client = _client(client)
@@ -374,8 +381,15 @@ class performance_report:
 
     def _write(self, data):
         self.data = data
-        with open(self.filename, "w", encoding="utf-8") as f:
-            f.write(charts.report_html(data))
+        if self.storage_options is None:
+            with open(self.filename, "w", encoding="utf-8") as f:
+                f.write(charts.report_html(data))
+        else:
+            import fsspec
+
+            with fsspec.open(self.filename, "w", encoding="utf-8",
+                             **self.storage_options) as f:
+                f.write(charts.report_html(data))
         if self.data_filename is not None:
             with open(self.data_filename, "w", encoding="utf-8") as f:
                 _json.dump(data, f, default=str)

@@ -79,6 +79,17 @@ def test_a_performance_report_from_real_processes(c, tmp_path):
     assert 'data-dask-ipy="memory-chart"' in page
 
 
+def test_a_performance_report_takes_dask_distributed_keywords(c, tmp_path):
+    # storage_options: the file is opened by fsspec (here its memory file system)
+    import fsspec
+
+    with dask_ipy.performance_report("memory://compat/r.html", stacklevel=2,
+                                     mode="inline", storage_options={}):
+        assert c.submit(inc, 1).result() == 2
+    with fsspec.open("memory://compat/r.html", "r") as f:
+        assert "<html" in f.read().lower()
+
+
 def test_a_report_of_many_tasks_stays_small(c, tmp_path):
     html = tmp_path / "big.html"
     with dask_ipy.performance_report(str(html), client=c) as report:
