@@ -99,7 +99,9 @@ class SchedulerPlugins:
                 elif kind == "restart":
                     self._call(plugin, kind, s)
                 elif kind == "log_event":
-                    self._call(plugin, kind, event[1], event[2])
+                    # the message alone, as logged; its time is the topic's record
+                    _, topic, (_, msg) = event
+                    self._call(plugin, kind, topic, msg)
 
 
 def _text(ident):

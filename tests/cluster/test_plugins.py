@@ -10,14 +10,18 @@ import time
 import uuid
 import zipfile
 
+from unittest.mock import ANY
+
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin as DistributedWorkerPlugin
 
 from helpers import (MarkingWorkerPlugin, RecordingSchedulerPlugin, dask_modules, inc,
-                     marks, module_value, payload, plugin_events, processes, sleep,
-                     tree_reduction, wait_for, wait_for_file, worker_transitions)
+                     local_cluster, marks, module_value, payload, plugin_events,
+                     processes, sleep, tree_reduction, wait_for, wait_for_file,
+                     worker_transitions)
+from dask_ipy import get_worker
 from dask_ipy.errors import RemoteError
-from dask_ipy.plugins import WorkerPlugin
+from dask_ipy.plugins import SchedulerPlugin, WorkerPlugin
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,6 +66,32 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
         c.unregister_scheduler_plugin("recorder")
         with pytest.raises(ValueError, match="does not exist"):
             c.unregister_scheduler_plugin("recorder")
+
+
+class EventRecorder(SchedulerPlugin):
+    name = "event-recorder"
+
+    def __init__(self):
+        self.events = []
+
+    def log_event(self, topic, msg):
+        self.events.append((topic, msg))
+
+
+def log_from_task(topic, msg):
+    get_worker().log_event(topic, msg)
+
+
+def test_a_scheduler_plugin_is_told_of_each_event_with_its_message_alone():
+    with local_cluster() as (s, workers, c):
+        c.register_plugin(EventRecorder())
+        c.log_event("compat", {"n": 1})
+        c.submit(log_from_task, "compat", {"n": 2}).result(timeout=10)
+        c.log_event("compat", "three")
+        expected = [("compat", {"n": 1}), ("compat", {"n": 2, "worker": ANY}),
+                    ("compat", "three")]
+        wait_for(lambda: c.run_on_scheduler(plugin_events, "event-recorder")
+                 == expected, message="the events")
 
 
 @pytest.fixture
