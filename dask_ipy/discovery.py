@@ -9,9 +9,27 @@ from .addresses import split_address
 from .security import find_connection, read_connection_file
 
 
+class UnknownScheduler(ValueError, OSError):
+    """No key is known for a scheduler's address, so nothing there can be reached:
+    a ValueError (what is missing is a connection file or ``security=``) that is
+    also an OSError, as a connection that fails is."""
+
+
+def with_scheme(address):
+    """``host:port``, as dask.distributed's users write a scheduler's address,
+    as ``tcp://host:port``; anything else (an address with its scheme, a file) as
+    it is."""
+    text = str(address)
+    scheme, host, port = split_address(text)
+    if scheme is None and host and port is not None and not os.path.exists(text):
+        return f"tcp://{text}"
+    return address
+
+
 def resolve_scheduler(address, security, which):
-    """An address or connection file, plus the key: explicit, from the file, or found
-    in this user's runtime directory for schedulers on this machine."""
+    """An address (``tcp://host:port`` or ``host:port``) or connection file, plus
+    the key: explicit, from the file, or found in this user's runtime directory for
+    schedulers on this machine."""
     if address is None:
         address = os.environ.get("DASK_IPY_SCHEDULER_FILE")
         if address is None:
@@ -20,6 +38,7 @@ def resolve_scheduler(address, security, which):
                 "DASK_IPY_SCHEDULER_FILE): start a scheduler with `%dsched start "
                 "--new N` in a notebook, dask_client_from_ipclient("
                 "ipyparallel.Client()), LocalCluster() or `dask-ipy scheduler`")
+    address = with_scheme(address)
     if os.path.isfile(str(address)):
         info, file_security = read_connection_file(address)
         return info[which], security or file_security
@@ -27,7 +46,7 @@ def resolve_scheduler(address, security, which):
     if security is None:
         found = find_connection(address)
         if found is None:
-            raise ValueError(
+            raise UnknownScheduler(
                 f"no key known for {address}: no connection file of a scheduler "
                 "at that address is in this user's runtime directory; pass the "
                 "scheduler's connection file (written next to it, owner-only) or "

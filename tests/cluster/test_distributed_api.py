@@ -343,6 +343,18 @@ def test_write_scheduler_file_connects_another_client(c, tmp_path):
         assert other.submit(inc, 3).result() == 4
 
 
+def test_an_address_without_its_scheme_is_a_tcp_one(c):
+    host_port = c.address.removeprefix("tcp://")
+    with Client(host_port, security=c.security, set_as_default=False) as other:
+        assert other.address == c.address
+        assert other.submit(inc, 1).result() == 2
+    # nothing known there: an OSError, as a connection that fails
+    with pytest.raises(OSError, match="no key known for tcp://127.0.0.1:1"):
+        Client("127.0.0.1:1", timeout=0.5)
+    with pytest.raises(ValueError):
+        Client("tcp://127.0.0.1:1", timeout=0.5)
+
+
 def test_futures_and_refcount_count_the_clients_futures(c):
     x = c.submit(inc, 1)
     again = c.submit(inc, 1)
