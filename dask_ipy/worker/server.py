@@ -40,7 +40,7 @@ from dask.sizeof import sizeof
 
 from .. import bulk, messages
 from .. import config as cfg
-from ..addresses import host_of, local_ip_towards
+from ..addresses import host_of, local_ip_towards, split_address
 from ..comm import (Handshake, IOLoop, RejectionLog, send, bind_router, connect_dealer,
                     new_id)
 from ..discovery import resolve_scheduler
@@ -275,6 +275,18 @@ class Worker:
     def ip(self):
         """The host in its address."""
         return host_of(self.address)
+
+    host = ip
+
+    @property
+    def port(self):
+        """The port in its address (peers fetch data there)."""
+        return split_address(self.address)[2]
+
+    @property
+    def worker_address(self):
+        """Its address, under dask.distributed's other name for it."""
+        return self.address
 
     @property
     def memory_manager(self):

@@ -374,13 +374,16 @@ def test_futures_and_refcount_count_the_clients_futures(c):
 def worker_attributes():
     w = dask_ipy.get_worker()
     return {"status": w.status, "ip": w.ip, "local_directory": w.local_directory,
-            "id": w.id, "address": w.address}
+            "id": w.id, "address": w.address, "host": w.host, "port": w.port,
+            "worker_address": w.worker_address}
 
 
 def test_get_worker_has_status_ip_local_directory_and_a_str_id(c):
     seen = c.submit(worker_attributes, pure=False).result()
     assert seen["status"] == "running"
     assert seen["ip"] == "127.0.0.1" and seen["address"].startswith("tcp://127.0.0.1:")
+    assert seen["host"] == "127.0.0.1" and seen["worker_address"] == seen["address"]
+    assert seen["address"] == f"tcp://127.0.0.1:{seen['port']}"
     assert os.path.isdir(seen["local_directory"])
     assert isinstance(seen["id"], str) and seen["id"].startswith("worker-")
     info = c.scheduler_info()["workers"][seen["address"]]
