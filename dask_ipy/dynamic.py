@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 from .client.client import Client
 from .client.default import default_client
+from .discovery import with_scheme
 from .worker import context
 
 
@@ -47,11 +48,28 @@ def task_client(worker):
         return client
 
 
-def get_client(timeout=None):
+def get_client(address=None, timeout=None, resolve_address=True):
     """Inside a task: a client connected to the worker's scheduler, shared by the
     tasks of that worker.  Elsewhere: the default client, else (code an engine runs)
     the client of this process's worker.  ``timeout`` is accepted for compatibility
-    (the connection waits for the scheduler as any Client does)."""
+    (the connection waits for the scheduler as any Client does).
+
+    With ``address``: that client if it is connected there, else a new client of
+    the scheduler at ``address`` (``resolve_address``: accepted, an address is
+    taken as it is written)."""
+    try:
+        client = _found_client()
+    except ValueError:
+        if address is None:
+            raise
+        client = None
+    if address is None or (client is not None
+                           and client.address == with_scheme(address)):
+        return client
+    return Client(address, timeout=10 if timeout is None else timeout)
+
+
+def _found_client():
     worker = getattr(context.task, "worker", None)
     if worker is None:
         try:
@@ -109,7 +127,7 @@ def worker_client(timeout=None, separate_thread=True):
     ...         a, b = c.submit(fib, n - 1), c.submit(fib, n - 2)
     ...         return a.result() + b.result()
     """
-    client = get_client(timeout)
+    client = get_client(timeout=timeout)
     if separate_thread:
         secede()
     try:

@@ -47,6 +47,20 @@ def test_one_client_per_worker_shared_by_its_tasks():
     assert workers[0].task_client is None          # closed with its worker
 
 
+def test_get_client_of_an_address():
+    with local_cluster() as (s, workers, c):
+        # dask.distributed's first argument: the default client if connected there
+        assert get_client(c.address) is c
+        assert get_client(c.address.removeprefix("tcp://"), timeout=5) is c
+        assert get_client(timeout=5) is c
+        # else a client of that scheduler
+        other = get_client(s.address_to_clients.replace("127.0.0.1", "localhost"))
+        try:
+            assert other is not c and other.submit(inc, 1).result(timeout=10) == 2
+        finally:
+            other.close()
+
+
 def test_fib_on_one_thread_workers_in_this_process():
     with local_cluster(worker_options={"nthreads": 1}) as (s, workers, c):
         assert c.submit(fib, 15).result(timeout=60) == 610
