@@ -195,7 +195,8 @@ class ClusterMethods:
     @staticmethod
     def _plugin_results(reply):
         if "unknown" in reply:
-            raise ValueError(f"the worker plugin {reply['unknown']!r} does not exist")
+            # worded as dask.distributed's, which code may match
+            raise ValueError(f"The worker plugin {reply['unknown']} does not exist")
         for r in reply["results"].values():
             if r.get("status") != "OK":
                 _raise(r)

@@ -405,7 +405,8 @@ class Scheduler:
         if self.plugin_host.remove(msg["name"]):
             self._answer(cid, msg, {"status": "OK"})
         else:
-            error = ValueError(f"the scheduler plugin {msg['name']!r} does not exist")
+            error = ValueError(f"Could not find plugin {msg['name']!r} among the "
+                               "current scheduler plugins")
             self._answer(cid, msg, {"status": "error", **error_payload(error, None)})
 
     def _on_get_task_stream(self, cid, msg):

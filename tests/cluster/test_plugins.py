@@ -64,7 +64,8 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
         # user code ran in the scheduler; the scheduler still has no dask
         assert c.run_on_scheduler(dask_modules) == []
         c.unregister_scheduler_plugin("recorder")
-        with pytest.raises(ValueError, match="does not exist"):
+        with pytest.raises(ValueError, match="Could not find plugin 'recorder' among "
+                                             "the current scheduler plugins"):
             c.unregister_scheduler_plugin("recorder")
 
 
@@ -116,7 +117,7 @@ def test_a_worker_plugin_is_set_up_told_of_transitions_and_torn_down(tmp_path,
         assert sorted(map(str, ran)) == sorted(map(str, dsk))
         c.unregister_worker_plugin("marker")
         assert marks(marks_dir, "teardown") == 2
-        with pytest.raises(ValueError, match="does not exist"):
+        with pytest.raises(ValueError, match="The worker plugin marker does not exist"):
             c.unregister_worker_plugin("marker")
 
 
