@@ -169,6 +169,22 @@ class MissingDependency(KeyError):
 TimeoutError = builtins.TimeoutError
 
 
+class WorkerStartTimeoutError(TimeoutError):
+    """`Client.wait_for_workers` ran out of time: ``available_workers`` of the
+    ``expected_workers`` had come after ``timeout`` (as it was given)."""
+
+    def __init__(self, available_workers, expected_workers, timeout):
+        # One argument: an OSError takes two or three as (errno, strerror, filename)
+        super().__init__(f"Only {available_workers}/{expected_workers} workers "
+                         f"arrived after {timeout}")
+        self.available_workers = available_workers
+        self.expected_workers = expected_workers
+        self.timeout = timeout
+
+    def __reduce__(self):
+        return type(self), (self.available_workers, self.expected_workers, self.timeout)
+
+
 ERROR_TYPES = {
     "KilledWorker": KilledWorker,
     "MemoryLimitExceeded": MemoryLimitExceeded,

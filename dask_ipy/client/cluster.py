@@ -19,7 +19,7 @@ import time
 from dask.utils import parse_timedelta
 
 from .. import dump, messages, profiling, versions
-from ..errors import rebuild_error
+from ..errors import WorkerStartTimeoutError, rebuild_error
 from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFile,
                        handle_forwarded, plugin_kind, plugin_name)
 from ..protocol import serialize
@@ -327,17 +327,18 @@ class ClusterMethods:
 
     def wait_for_workers(self, n_workers, timeout=None):
         """Block (or, asynchronously, wait) until ``n_workers`` workers run;
-        TimeoutError after ``timeout`` seconds."""
+        `WorkerStartTimeoutError` (a TimeoutError) after ``timeout`` (seconds, or a
+        string such as ``"500ms"``)."""
         if not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(f"n_workers must be a positive integer, not {n_workers!r}")
         return self.run_op(self._wait_for_workers_op(n_workers, timeout))
 
     def _wait_for_workers_op(self, n_workers, timeout):
+        seconds = None if timeout is None else parse_timedelta(timeout, "s")
         reply = yield from self.shell.request_op({"op": "wait-for-workers",
-                                                  "n": n_workers, "timeout": timeout})
+                                                  "n": n_workers, "timeout": seconds})
         if not reply["ok"]:
-            raise TimeoutError(f"only {reply['workers']} of {n_workers} workers "
-                               f"after {timeout} s")
+            raise WorkerStartTimeoutError(reply["workers"], n_workers, timeout)
 
     def restart(self, timeout=30, wait_for_workers=True):
         """Forget every task and drop all data on the workers; with

@@ -12,6 +12,7 @@ import pytest
 from helpers import (MiB, array_sum, block_until_file, dask_modules, hold_memory,
                      hold_to_pause, inc, leaf, log_message, logged_mib, processes, runs,
                      wait_for)
+from dask_ipy.errors import WorkerStartTimeoutError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -19,8 +20,12 @@ pytestmark = pytest.mark.timeout(90)
 def test_wait_for_workers_returns_when_they_come_or_raises(tmp_path):
     with processes(tmp_path, nworkers=1) as (pc, c):
         assert c.wait_for_workers(1, timeout=5) is None
-        with pytest.raises(TimeoutError, match="only 1 of 2 workers"):
+        with pytest.raises(WorkerStartTimeoutError, match="Only 1/2 workers arrived "
+                                                          "after 0.3") as e:
             c.wait_for_workers(2, timeout=0.3)
+        assert isinstance(e.value, TimeoutError) and e.value.available_workers == 1
+        with pytest.raises(TimeoutError, match="after 1 ms"):      # a duration string
+            c.wait_for_workers(n_workers=2, timeout="1 ms")
         with cf.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(c.wait_for_workers, 2, 30)
             pc.workers.append(pc.start_worker())
