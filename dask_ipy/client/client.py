@@ -30,7 +30,7 @@ from collections.abc import Iterator, MutableMapping
 import dask
 from dask._task_spec import TaskRef
 from dask.base import is_dask_collection, tokenize
-from dask.utils import format_bytes, funcname, parse_timedelta
+from dask.utils import format_bytes, funcname
 
 from .. import config as cfg
 from .. import graph as g
@@ -46,7 +46,7 @@ from .calls import call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods, worker_names
 from .default import default_client
 from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in,
-                      futures_of, load, task_frames)
+                      futures_of, load, seconds, task_frames)
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -274,11 +274,11 @@ _NOT_NEEDED = ("direct_to_workers", "heartbeat_interval", "connection_limit",
 def _scheduler_file(path, timeout):
     """``path`` once the file is there: a scheduler started beside this client
     writes it when it is up.  FileNotFoundError after ``timeout`` seconds."""
-    seconds = parse_timedelta(timeout, "s") if timeout is not None else None
-    deadline = None if seconds is None else time.monotonic() + seconds
+    limit = seconds(timeout)
+    deadline = None if limit is None else time.monotonic() + limit
     while not os.path.isfile(path):
         if deadline is not None and time.monotonic() > deadline:
-            raise FileNotFoundError(f"no scheduler file {path!r} after {seconds} s")
+            raise FileNotFoundError(f"no scheduler file {path!r} after {limit} s")
         time.sleep(0.05)
     return os.fspath(path)
 
@@ -785,7 +785,8 @@ class Client(ClusterMethods, ObserveMethods):
             # filled: an iterator of the values, each gathered once reached, as
             # dask.distributed's gather gives.
             return (self.gather(f, errors, timeout) for f in futures)
-        return task_frames(self.run_op, self._gather_op(futures, errors, timeout))
+        return task_frames(self.run_op, self._gather_op(futures, errors,
+                                                        seconds(timeout)))
 
     def _gather_op(self, futures, errors="raise", timeout=None):
         self._check_open()

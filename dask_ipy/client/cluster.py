@@ -24,7 +24,7 @@ from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFil
                        handle_forwarded, plugin_kind, plugin_name)
 from ..protocol import serialize
 from ..stories import worker_story
-from .futures import Future, Waiter, futures_of, load
+from .futures import Future, Waiter, futures_of, load, seconds
 from .waits import done, then
 
 RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
@@ -349,7 +349,7 @@ class ClusterMethods:
         Python thread cannot be stopped) and its result is dropped; the worker runs
         new tasks on its other threads meanwhile, and on that one once it is free.
         Returns None, as the client's Futures made before are all gone."""
-        return self.run_op(self._restart_op(timeout, wait_for_workers))
+        return self.run_op(self._restart_op(seconds(timeout), wait_for_workers))
 
     def _restart_op(self, timeout, wait_for_workers):
         running = 0                    # workers taking tasks (not paused, not retiring)

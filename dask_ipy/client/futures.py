@@ -153,6 +153,12 @@ class _Acknowledgement:
             pass
 
 
+def seconds(timeout):
+    """A timeout in seconds: given as a number or a duration string ("500ms",
+    "2s"), as dask.distributed takes them; None (no limit) as it is."""
+    return None if timeout is None else parse_timedelta(timeout, "s")
+
+
 def wait_until_done(state, timeout=None):
     """Block until ``state`` is done; False if ``timeout`` passed first."""
     with LOCK:
@@ -320,12 +326,13 @@ class Future(TaskRef):
         return self._live_client().run_op(op)
 
     def _wait_op(self, timeout):
+        timeout = seconds(timeout)
         if not (yield KeyDone(self.state, timeout)):
             raise cf.TimeoutError(f"{self.key!r} not done after {timeout} s")
 
     def _result_op(self, timeout):
         values = yield from self._live_client().shell.gather_states_op(
-            [self.state], timeout=timeout)
+            [self.state], timeout=seconds(timeout))
         return values[self.key]
 
     def result(self, timeout=None):
@@ -586,8 +593,7 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     elif not (isinstance(fs, (list, tuple, set, frozenset))
               and all(isinstance(f, (Future, cf.Future)) for f in fs)):
         fs = futures_of(fs)
-    if isinstance(timeout, str):
-        timeout = parse_timedelta(timeout, "s")
+    timeout = seconds(timeout)
     waiter = Waiter(fs, return_when)
     op = _refusing_cancelled(_in_time(waiter, timeout))
     return run_async(op) if _asynchronous(waiter.fs) else run_blocking(op)

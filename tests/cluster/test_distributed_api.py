@@ -256,6 +256,7 @@ def test_gather_accepts_direct_and_restart_waits_for_the_workers(c):
     assert c.restart(wait_for_workers=True) is None
     assert len(c.nthreads()) == 2
     assert c.restart(wait_for_workers=False) is None
+    assert c.restart(timeout="30s") is None
     assert c.submit(inc, 2).result() == 3
 
 

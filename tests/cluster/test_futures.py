@@ -39,6 +39,13 @@ def test_result_and_status_of_a_success(c, gate):
     g = held(c, gate, value=4)
     with pytest.raises(TimeoutError, match="and 1 more not done after 0.1 s"):
         c.gather([f, g], timeout=0.1)
+    # durations as strings, as dask.distributed takes them
+    with pytest.raises(TimeoutError, match="not done after 0.1 s"):
+        f.result(timeout="100ms")
+    with pytest.raises(TimeoutError):
+        f.traceback(timeout="100ms")
+    with pytest.raises(TimeoutError):
+        c.gather([f, g], timeout="100ms")
     gate.touch()
     assert f.result(timeout=10) == 3
     assert f.status == "finished" and f.done()
