@@ -319,6 +319,7 @@ class Client(ClusterMethods, ObserveMethods):
                  **cluster_kwargs):
         self._cluster = None
         self._own_cluster = None        # the LocalCluster this client started
+        timeout = seconds(timeout)
         if scheduler_file is not None:
             address = _scheduler_file(scheduler_file, timeout)
         for option in _NOT_NEEDED:
@@ -807,7 +808,8 @@ class Client(ClusterMethods, ObserveMethods):
         """Put local data on workers; returns Futures in the same structure.
         ``direct`` is accepted for dask.distributed's sake: values always take the
         way the cluster allows (ZeroMQ, or the scheduler's relay when large)."""
-        return self.run_op(self._scatter_op(data, broadcast, workers, hash, timeout))
+        return self.run_op(self._scatter_op(data, broadcast, workers, hash,
+                                            seconds(timeout)))
 
     def _scatter_op(self, data, broadcast, workers, hash, timeout):
         self._check_open()
@@ -1145,7 +1147,7 @@ class Client(ClusterMethods, ObserveMethods):
     def close(self, timeout=5):
         """Close the connection (any thread, the I/O thread included: it is then not
         waited for)."""
-        return self.run_op(self._close_op(timeout))
+        return self.run_op(self._close_op(seconds(timeout)))
 
     def _close_now(self, timeout=5):
         run_blocking(self._close_op(timeout))
@@ -1170,7 +1172,7 @@ class Client(ClusterMethods, ObserveMethods):
 
     def shutdown(self, timeout=10):
         """Stop the scheduler and its workers, then close this client."""
-        return self.run_op(self._shutdown_op(timeout))
+        return self.run_op(self._shutdown_op(seconds(timeout)))
 
     def _shutdown_op(self, timeout):
         try:

@@ -333,10 +333,11 @@ def test_write_scheduler_file_connects_another_client(c, tmp_path):
     # dask.distributed's keyword, and a file that is written while the client waits
     later = tmp_path / "later.json"
     threading.Timer(0.3, c.write_scheduler_file, [str(later)]).start()
-    with Client(scheduler_file=str(later), set_as_default=False) as other:
-        assert other.submit(inc, 2).result() == 3
+    other = Client(scheduler_file=str(later), set_as_default=False, timeout="10s")
+    assert other.submit(inc, 2).result() == 3
+    assert other.close(timeout="5s") is None and other.status == "closed"
     with pytest.raises(FileNotFoundError):
-        Client(scheduler_file=str(tmp_path / "never.json"), timeout=0.2)
+        Client(scheduler_file=str(tmp_path / "never.json"), timeout="200ms")
     # and the options that have nothing to tune here
     with Client(str(path), set_as_default=False, direct_to_workers=True,
                 heartbeat_interval="5s", connection_limit=64,
