@@ -648,6 +648,7 @@ class SchedulerState:
             (PROCESSING, RELEASED): self._processing_released,
             (PROCESSING, ERRED): self._processing_erred,
             (MEMORY, RELEASED): self._memory_released,
+            (MEMORY, FORGOTTEN): self._memory_forgotten,
             (ERRED, RELEASED): self._erred_released,
             (ERRED, MEMORY): self._erred_memory,
         }
@@ -817,13 +818,19 @@ class SchedulerState:
     def _released_forgotten(self, ts):
         if ts.who_wants or ts.waiters or ts.dependents:      # dependents are all alive
             return {}
+        return self._forget(ts)
+
+    def _forget(self, ts):
+        """Drop a task nobody needs, and recommend forgetting its inputs that nobody
+        needs either."""
         recs = {}
         for dep in ts.dependencies:
             _discard(dep, "dependents", ts)
             _discard(dep, "waiters", ts)
             if not dep.dependents and not dep.who_wants:
                 # Whatever its state (still computing, or held in memory), nobody
-                # needs it any more: it goes through "released" to "forgotten".
+                # needs it any more: forgotten (a result at once, anything else
+                # through "released").
                 recs[dep.key] = FORGOTTEN
         self._set_state(ts, FORGOTTEN)
         del self.tasks[ts.key]
@@ -1020,6 +1027,21 @@ class SchedulerState:
             # one waiting for a worker would be sent without it.
             if dts.state in (PROCESSING, NO_WORKER):
                 recs[dts.key] = RELEASED
+        self._free_copies(ts)
+        self._set_state(ts, RELEASED)
+        recs.update(self._release_recs(ts))
+        return recs
+
+    def _memory_forgotten(self, ts):
+        # In one step what "released" then "forgotten" would do, when neither a client
+        # nor another task needs the result (plugins see memory -> forgotten).
+        if ts.who_wants or ts.waiters or ts.dependents:
+            return self._memory_released(ts)
+        self._free_copies(ts)
+        return self._forget(ts)
+
+    def _free_copies(self, ts):
+        """The workers holding the result let it go."""
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= max(ts.nbytes, 0)
@@ -1027,9 +1049,6 @@ class SchedulerState:
         ts.who_has = EMPTY
         ts.data = None
         ts.direct = ()
-        self._set_state(ts, RELEASED)
-        recs.update(self._release_recs(ts))
-        return recs
 
     def _erred_released(self, ts):
         ts.error = None
