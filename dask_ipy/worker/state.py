@@ -16,6 +16,8 @@ A dependency held only by peers this worker cannot reach (`unreachable`) is in f
 from `RELAY`: the scheduler fetches it from a holder and forwards it, or has the
 holder stream it through the scheduler's relay for the shell to download.
     waiting ──▶ ready ──▶ executing ──▶ memory   (a task this worker computes)
+                               └──▶ error or rescheduled: let go at once (the
+                                    scheduler keeps the error)
 
 State, documented once:
 
@@ -340,6 +342,8 @@ class WorkerState:
                          "type": None}))
 
     def _make_ready(self, ts):
+        if self.observed and ts.state != "waiting":
+            self._set_state(ts, "waiting")    # observers see every task wait first
         self._set_state(ts, "ready")
         heapq.heappush(self.ready, (ts.priority, next(self._seq), ts.key))
 
@@ -373,7 +377,7 @@ class WorkerState:
             del tasks[key]
             ts.ran = None
             if self.observed:
-                self._record(key, ts.state, "forgotten")
+                self._record_forgotten(ts)
             self._forget_flight(ts)
             if ts.state == "memory" or key in self.nbytes:
                 self._drop_data(key)
@@ -448,7 +452,7 @@ class WorkerState:
         if self.observed:
             for ts in self.tasks.values():
                 if ts.state != "executing":
-                    self._record(ts.key, ts.state, "forgotten")
+                    self._record_forgotten(ts)
         for ts in self.tasks.values():       # no copies kept either (see `_drop`)
             ts.replica = False
         for key in self.unconfirmed:         # never handed to a thread: just forget
@@ -528,15 +532,16 @@ class WorkerState:
             self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
-        self._give_back(out, key, {"op": "task-erred", "key": key, **error})
+        self._give_back(out, key, {"op": "task-erred", "key": key, **error}, "error")
 
     def _on_execute_reschedule(self, out, key, start=0.0, stop=0.0):
         """The task raised `Reschedule`: the scheduler places it again."""
-        self._give_back(out, key, {"op": "reschedule", "key": key})
+        self._give_back(out, key, {"op": "reschedule", "key": key}, "rescheduled")
 
-    def _give_back(self, out, key, msg):
+    def _give_back(self, out, key, msg, state):
         """A task that ended without a result: the scheduler hears ``msg``, and the
-        task and the inputs it held are let go here."""
+        task (in ``state`` for a moment) and the inputs it held are let go here: the
+        scheduler keeps the error."""
         self._ended(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
@@ -546,7 +551,7 @@ class WorkerState:
             self._run_again(out, ts)
             return
         out.append(Send(msg))
-        self._set_state(ts, "released")
+        self._set_state(ts, state)
         ts.computed = False
         self._done_with_inputs(ts)
         self._release(ts)
@@ -944,8 +949,8 @@ class WorkerState:
 
     def observe_transitions(self):
         """Record every change of a task's state in `transition_log` from now on, as
-        (key, start, finish), "forgotten" when a task is dropped (for worker
-        plugins; the shell takes the log after each event)."""
+        (key, start, finish); a task dropped goes through "released" to "forgotten"
+        (for worker plugins; the shell takes the log after each event)."""
         if self.transition_log is None:
             self.transition_log = []
             self.observed = True
@@ -977,6 +982,13 @@ class WorkerState:
         if self.observed and ts.state != state:
             self._record(ts.key, ts.state, state)
         ts.state = state
+
+    def _record_forgotten(self, ts):
+        """``ts`` is dropped: observers see it released (unless it was), then
+        forgotten."""
+        if ts.state != "released":
+            self._record(ts.key, ts.state, "released")
+        self._record(ts.key, "released", "forgotten")
 
     def _record(self, key, start, finish):
         if self.transition_log is not None:

@@ -156,16 +156,19 @@ def test_a_workers_story_of_a_fetched_input_and_of_its_task():
         ("x", "fetch", "flight", "flight", {}, "compute-task-1.0", 1.0),
         ("x", "flight", "memory", "memory", {}, "gather-done-2.0", 2.0),
         # An input nobody here needs any more, and the scheduler did not ask to keep.
-        ("x", "memory", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
+        ("x", "memory", "released", "released", {}, "execute-success-3.0", 3.0),
+        ("x", "released", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
     assert ws.story("z") == [
         ("z", "released", "waiting", "waiting", {}, "compute-task-1.0", 1.0),
         ("z", "waiting", "ready", "ready", {}, "gather-done-2.0", 2.0),
         ("z", "ready", "executing", "executing", {}, "gather-done-2.0", 2.0),
         ("z", "executing", "memory", "memory", {}, "execute-success-3.0", 3.0),
-        ("z", "memory", "forgotten", "forgotten", {}, "free-keys-4.0", 4.0)]
+        ("z", "memory", "released", "released", {}, "free-keys-4.0", 4.0),
+        ("z", "released", "forgotten", "forgotten", {}, "free-keys-4.0", 4.0)]
     assert ws.story("execute-success-3.0") == [
         ("z", "executing", "memory", "memory", {}, "execute-success-3.0", 3.0),
-        ("x", "memory", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
+        ("x", "memory", "released", "released", {}, "execute-success-3.0", 3.0),
+        ("x", "released", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
 
 
 def test_a_workers_story_is_bounded_and_beside_the_plugins_log():
@@ -174,12 +177,13 @@ def test_a_workers_story_is_bounded_and_beside_the_plugins_log():
     ws.keep_story(2)
     fetch_and_run(ws)
     assert [t[:3] for t in ws.story("x", "z")] == [
-        ("x", "memory", "forgotten"), ("z", "memory", "forgotten")]
+        ("z", "memory", "released"), ("z", "released", "forgotten")]
     assert ws.take_transitions() == [
         ("x", "released", "fetch"), ("z", "released", "waiting"),
         ("x", "fetch", "flight"), ("x", "flight", "memory"), ("z", "waiting", "ready"),
         ("z", "ready", "executing"), ("z", "executing", "memory"),
-        ("x", "memory", "forgotten"), ("z", "memory", "forgotten")]
+        ("x", "memory", "released"), ("x", "released", "forgotten"),
+        ("z", "memory", "released"), ("z", "released", "forgotten")]
 
 
 def test_a_worker_keeping_no_story_tells_none():
