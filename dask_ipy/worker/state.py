@@ -15,15 +15,16 @@ Task states on a worker::
 A dependency held only by peers this worker cannot reach (`unreachable`) is in flight
 from `RELAY`: the scheduler fetches it from a holder and forwards it, or has the
 holder stream it through the scheduler's relay for the shell to download.
-    waiting ──▶ ready ──▶ executing ──▶ memory   (a task this worker computes)
-                               └──▶ error or rescheduled: let go at once (the
-                                    scheduler keeps the error)
+    waiting ──▶ ready ───────────▶ executing ──▶ memory   (a task this worker computes)
+       └──────▶ constrained ───┘      └──▶ error or rescheduled: let go at once
+                (needs resources)           (the scheduler keeps the error)
 
 State, documented once:
 
     tasks:     {key: WTask}
     data:      MutableMapping {key: value}; a dict or a spill-to-disk store
     ready:     heap of (priority, seq, key) for tasks whose inputs are all in memory
+               (in state "ready", or "constrained" when they need resources)
     fetching:  {key} in state "fetch" (so no event walks over every task)
     executing: {key}                  at most `nthreads` (more when tiny tasks are
                                       handed to the pool in batches)
@@ -87,6 +88,7 @@ from .. import stories
 SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
 PREFETCH = 8           # tasks per thread handed to the pool when they are short
 RELAY = "relay"        # the pseudo-peer of fetches through the scheduler
+TO_RUN = frozenset({"waiting", "ready", "constrained"})   # tasks to run here, not begun
 REQUEST_BYTES = 50 << 20   # inputs asked of one peer in one request, at most
 
 
@@ -344,7 +346,7 @@ class WorkerState:
     def _make_ready(self, ts):
         if self.observed and ts.state != "waiting":
             self._set_state(ts, "waiting")    # observers see every task wait first
-        self._set_state(ts, "ready")
+        self._set_state(ts, "ready" if ts.resources is None else "constrained")
         heapq.heappush(self.ready, (ts.priority, next(self._seq), ts.key))
 
     def _on_free_keys(self, out, keys):
@@ -360,7 +362,7 @@ class WorkerState:
                 ts.cancelled = True
                 continue
             if ts.dependents and any(self.tasks.get(d) is not None
-                                     and self.tasks[d].state in ("waiting", "ready")
+                                     and self.tasks[d].state in TO_RUN
                                      for d in ts.dependents):
                 continue                     # still an input of a local task
             self._release(ts)
@@ -388,7 +390,7 @@ class WorkerState:
                     stack.append(dts)
             for dkey in ts.dependents:
                 d = self.tasks.get(dkey)
-                if d is not None and d.state in ("waiting", "ready"):
+                if d is not None and d.state in TO_RUN:
                     if d.waiting_for is NO_KEYS:
                         d.waiting_for = set()
                     d.waiting_for.add(ts.key)
@@ -478,7 +480,7 @@ class WorkerState:
         has started."""
         ts = self.tasks.get(key)
         state = ts.state if ts is not None else None
-        released = state in (None, "waiting", "ready")
+        released = state is None or state in TO_RUN
         if ts is not None and released:
             self._release(ts)
         out.append(Send({"op": "steal-response", "key": key, "released": released,
@@ -761,7 +763,7 @@ class WorkerState:
         """An input cannot be brought here: every local task waiting for it errs."""
         for dkey in list(ts.dependents):
             d = self.tasks.get(dkey)
-            if d is None or d.state not in ("waiting", "ready"):
+            if d is None or d.state not in TO_RUN:
                 continue
             out.append(Send({"op": "task-erred", "key": dkey, "exception": None,
                              "traceback": None, "traceback_text": "", **error}))
@@ -826,7 +828,7 @@ class WorkerState:
         nthreads, data = self.nthreads, self.data
         while ready:
             ts = tasks.get(ready[0][2])
-            if ts is None or ts.state != "ready":
+            if ts is None or ts.state != "ready" and ts.state != "constrained":
                 heapq.heappop(ready)
                 continue
             short = ts.duration is not None and ts.duration < SHORT_TASK
