@@ -13,9 +13,9 @@ import zipfile
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin as DistributedWorkerPlugin
 
-from helpers import (MarkingWorkerPlugin, RecordingSchedulerPlugin, dask_modules, inc,
-                     marks, module_value, payload, plugin_events, processes, sleep,
-                     tree_reduction, wait_for, wait_for_file, worker_transitions)
+from helpers import (Boom, MarkingWorkerPlugin, RecordingSchedulerPlugin, dask_modules,
+                     fail, inc, marks, module_value, payload, plugin_events, processes,
+                     sleep, tree_reduction, wait_for, wait_for_file, worker_transitions)
 from dask_ipy.errors import RemoteError
 from dask_ipy.plugins import WorkerPlugin
 
@@ -90,6 +90,35 @@ def test_a_worker_plugin_is_set_up_told_of_transitions_and_torn_down(tmp_path,
         assert marks(marks_dir, "teardown") == 2
         with pytest.raises(ValueError, match="does not exist"):
             c.unregister_worker_plugin("marker")
+
+
+def test_a_worker_plugin_sees_the_transitions_dask_distributed_shows(tmp_path,
+                                                                     marks_dir):
+    with processes(tmp_path, nworkers=1) as (pc, c):
+        c.register_plugin(MarkingWorkerPlugin(str(marks_dir)))
+        x = c.submit(inc, 1, key="x")
+        y = c.submit(inc, x, key="y")
+        bad = c.submit(fail, key="bad")
+        assert y.result() == 3
+        with pytest.raises(Boom):
+            bad.result()
+        del x, y, bad
+
+        def steps():
+            return chains(("transition", *t)
+                          for log in c.run(worker_transitions, "marker").values()
+                          for t in log)
+
+        wait_for(lambda: all(chain[-1] == ("released", "forgotten")
+                             for chain in steps().values()) and len(steps()) == 3,
+                 message="every task forgotten")
+        ran = [("released", "waiting"), ("waiting", "ready"), ("ready", "executing")]
+        forgotten = [("memory", "released"), ("released", "forgotten")]
+        assert steps() == {
+            "x": ran + [("executing", "memory")] + forgotten,
+            "y": ran + [("executing", "memory")] + forgotten,
+            "bad": ran + [("executing", "error"), ("error", "released"),
+                          ("released", "forgotten")]}
 
 
 def test_worker_plugins_reach_late_joiners_and_outlive_restarts(tmp_path, marks_dir):
