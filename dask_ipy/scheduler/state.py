@@ -74,7 +74,9 @@ State, documented once:
     worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
                 and when it restarts; opaque here
     plugin_events:  [event] for the scheduler's plugins, which its shell runs (None
-                when there are none): ("transition", key, start, finish),
+                when there are none): ("transition", key, start, finish) or, for a
+                task that ended on a worker, ("transition", key, start, finish,
+                {keyword: value}) (`_ended_on`),
                 ("add_worker", address), ("remove_worker", address), ("add_client",
                 id), ("remove_client", id), ("update_graph", client, keys, tasks),
                 ("restart",), ("log_event", topic, msg)
@@ -434,6 +436,17 @@ def _resources(resources):
     return out
 
 
+def _ended_on(ts, state, ws):
+    """What scheduler plugins are told, as keyword arguments, of a task that ended on
+    worker ``ws`` in ``state`` (dask.distributed's names)."""
+    if state == MEMORY:       # the type's name as dask.utils.typename gives it
+        typename = ts.type.removeprefix("builtins.") if ts.type else ts.type
+        return {"worker": ws.address, "nbytes": ts.nbytes, "typename": typename}
+    error = ts.error or {}
+    return {"worker": ws.address, "exception_text": error.get("text", ""),
+            "traceback_text": error.get("traceback_text", "")}
+
+
 def _per_key_annotations(annotations):
     """A function giving one task its (priority, retries, restrictions, loose,
     resources) from dask.annotate's per-key values, else from those it would get
@@ -768,12 +781,16 @@ class SchedulerState:
             self.transition_recs.append(recs or None)
         return recs
 
-    def _set_state(self, ts, state):
+    def _set_state(self, ts, state, ran_on=None):
+        """``ran_on``: the worker a task ended on, for plugins (`_ended_on`)."""
         if self.validating:
             assert self._in_transition, f"{ts.key!r}: {ts.state} -> {state} outside " \
                 "the transition table"
         if self.plugin_events is not None:
-            self.plugin_events.append(("transition", ts.key, ts.state, state))
+            event = ("transition", ts.key, ts.state, state)
+            if ran_on is not None:
+                event += (_ended_on(ts, state, ran_on),)
+            self.plugin_events.append(event)
         counts = ts.group.states
         counts[ts.state] -= 1
         if state != FORGOTTEN:
@@ -918,8 +935,9 @@ class SchedulerState:
 
     def _processing_memory(self, ts):
         # The caller has set ts.who_has / nbytes; here the bookkeeping.
+        ws = ts.processing_on
         self._unassign(ts)
-        self._set_state(ts, MEMORY)
+        self._set_state(ts, MEMORY, ws)
         if not ts.done_once:
             ts.done_once = True
             ts.group.done += 1
@@ -978,14 +996,15 @@ class SchedulerState:
         return self._release_recs(ts)
 
     def _processing_erred(self, ts):
+        ws = ts.processing_on
         self._unassign(ts)
-        return self._any_erred(ts)
+        return self._any_erred(ts, ws)
 
-    def _any_erred(self, ts):
+    def _any_erred(self, ts, ran_on=None):
         for dep in ts.dependencies:
             _discard(dep, "waiters", ts)
         ts.waiting_on = EMPTY
-        self._set_state(ts, ERRED)
+        self._set_state(ts, ERRED, ran_on)
         ts.group.erred += 1
         self.erred_total += 1
         if ts.key in self.parked:

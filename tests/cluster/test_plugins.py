@@ -49,6 +49,12 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
             assert steps[-1] in {("released", "forgotten"), ("memory", "forgotten")}, \
                 (key, steps)
             assert steps.count(("processing", "memory")) == 1, (key, steps)
+        # where each ended, and what it made, as dask.distributed tells its plugins
+        workers = set(c.scheduler_info()["workers"])
+        ended = [e[4] for e in events if e[0] == "transition" and e[3] == "memory"]
+        assert len(ended) == len(dsk)
+        assert all(e["worker"] in workers and e["nbytes"] > 0 and e["typename"] == "int"
+                   for e in ended), ended
         # workers joining and leaving are seen too
         new = pc.start_worker()
         pc.workers.append(new)

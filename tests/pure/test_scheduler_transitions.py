@@ -24,7 +24,7 @@ def cluster(nworkers=1):
 
 def changes(s):
     """[(key, start, finish)] since the last call."""
-    out = [e[1:] for e in s.plugin_events if e[0] == "transition"]
+    out = [e[1:4] for e in s.plugin_events if e[0] == "transition"]
     s.plugin_events.clear()
     return out
 
@@ -320,6 +320,9 @@ def test_processing_erred_when_the_task_fails():
     take(s)
     changes(s)
     err(s, "w1", "x")
+    # Plugins are told where it ended, and why, as dask.distributed tells them.
+    assert s.plugin_events == [("transition", "x", "processing", "erred", {
+        "worker": A, "exception_text": "boom", "traceback_text": ""})]
     assert changes(s) == [("x", "processing", "erred")]
     ((_, cid, msg),) = take(s)
     assert (cid, msg["op"], msg["type"], msg["worker"]) == ("c", "task-erred", "Boom", A)
