@@ -1104,10 +1104,12 @@ class SchedulerState:
         group = ts.group
         if group.duration:
             depth = min(max(depth, self.queue_seconds / group.duration), self.max_depth)
-        if group.nbytes:
-            depth = min(depth, max(self.queue_bytes / group.nbytes, 1.0))
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
-        return threads + math.ceil(threads * depth) - _holding(ws)
+        queue = math.ceil(threads * depth)
+        if group.nbytes:
+            # As many whole results as the bytes hold: one 8 MB block in 8 MiB, not two.
+            queue = min(queue, max(int(threads * self.queue_bytes / group.nbytes), threads))
+        return threads + queue - _holding(ws)
 
     def _running_workers(self):
         """The running workers in the order they joined, rebuilt only after a
