@@ -661,7 +661,7 @@ class RecordingSchedulerPlugin(SchedulerPlugin):
         self.events.append(("start", scheduler.address))
 
     def transition(self, key, start, finish, *args, stimulus_id, **kwargs):
-        self.events.append(("transition", key, start, finish))
+        self.events.append(("transition", key, start, finish, *([kwargs] if kwargs else [])))
 
     def add_worker(self, scheduler, worker):
         self.events.append(("add_worker", worker))

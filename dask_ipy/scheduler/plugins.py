@@ -85,7 +85,9 @@ class SchedulerPlugins:
             kind = event[0]
             for plugin in list(self.plugins.values()):
                 if kind == "transition":
-                    self._call(plugin, "transition", *event[1:], stimulus_id=STIMULUS)
+                    _, key, start, finish, *ended = event
+                    self._call(plugin, "transition", key, start, finish,
+                               stimulus_id=STIMULUS, **(ended[0] if ended else {}))
                 elif kind in ("add_worker", "remove_worker"):
                     extra = {"stimulus_id": STIMULUS} if kind == "remove_worker" else {}
                     self._call(plugin, kind, scheduler=s, worker=event[1], **extra)

@@ -74,7 +74,9 @@ State, documented once:
     worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
                 and when it restarts; opaque here
     plugin_events:  [event] for the scheduler's plugins, which its shell runs (None
-                when there are none): ("transition", key, start, finish),
+                when there are none): ("transition", key, start, finish) or, for a
+                task that ended on a worker, ("transition", key, start, finish,
+                {keyword: value}) (`_ended_on`),
                 ("add_worker", address), ("remove_worker", address), ("add_client",
                 id), ("remove_client", id), ("update_graph", client, keys, tasks),
                 ("restart",), ("log_event", topic, msg)
@@ -434,6 +436,17 @@ def _resources(resources):
     return out
 
 
+def _ended_on(ts, state, ws):
+    """What scheduler plugins are told, as keyword arguments, of a task that ended on
+    worker ``ws`` in ``state`` (dask.distributed's names)."""
+    if state == MEMORY:       # the type's name as dask.utils.typename gives it
+        typename = ts.type.removeprefix("builtins.") if ts.type else ts.type
+        return {"worker": ws.address, "nbytes": ts.nbytes, "typename": typename}
+    error = ts.error or {}
+    return {"worker": ws.address, "exception_text": error.get("text", ""),
+            "traceback_text": error.get("traceback_text", "")}
+
+
 def _per_key_annotations(annotations):
     """A function giving one task its (priority, retries, restrictions, loose,
     resources) from dask.annotate's per-key values, else from those it would get
@@ -648,6 +661,7 @@ class SchedulerState:
             (PROCESSING, RELEASED): self._processing_released,
             (PROCESSING, ERRED): self._processing_erred,
             (MEMORY, RELEASED): self._memory_released,
+            (MEMORY, FORGOTTEN): self._memory_forgotten,
             (ERRED, RELEASED): self._erred_released,
             (ERRED, MEMORY): self._erred_memory,
         }
@@ -767,12 +781,16 @@ class SchedulerState:
             self.transition_recs.append(recs or None)
         return recs
 
-    def _set_state(self, ts, state):
+    def _set_state(self, ts, state, ran_on=None):
+        """``ran_on``: the worker a task ended on, for plugins (`_ended_on`)."""
         if self.validating:
             assert self._in_transition, f"{ts.key!r}: {ts.state} -> {state} outside " \
                 "the transition table"
         if self.plugin_events is not None:
-            self.plugin_events.append(("transition", ts.key, ts.state, state))
+            event = ("transition", ts.key, ts.state, state)
+            if ran_on is not None:
+                event += (_ended_on(ts, state, ran_on),)
+            self.plugin_events.append(event)
         counts = ts.group.states
         counts[ts.state] -= 1
         if state != FORGOTTEN:
@@ -817,13 +835,19 @@ class SchedulerState:
     def _released_forgotten(self, ts):
         if ts.who_wants or ts.waiters or ts.dependents:      # dependents are all alive
             return {}
+        return self._forget(ts)
+
+    def _forget(self, ts):
+        """Drop a task nobody needs, and recommend forgetting its inputs that nobody
+        needs either."""
         recs = {}
         for dep in ts.dependencies:
             _discard(dep, "dependents", ts)
             _discard(dep, "waiters", ts)
             if not dep.dependents and not dep.who_wants:
                 # Whatever its state (still computing, or held in memory), nobody
-                # needs it any more: it goes through "released" to "forgotten".
+                # needs it any more: forgotten (a result at once, anything else
+                # through "released").
                 recs[dep.key] = FORGOTTEN
         self._set_state(ts, FORGOTTEN)
         del self.tasks[ts.key]
@@ -911,8 +935,9 @@ class SchedulerState:
 
     def _processing_memory(self, ts):
         # The caller has set ts.who_has / nbytes; here the bookkeeping.
+        ws = ts.processing_on
         self._unassign(ts)
-        self._set_state(ts, MEMORY)
+        self._set_state(ts, MEMORY, ws)
         if not ts.done_once:
             ts.done_once = True
             ts.group.done += 1
@@ -971,14 +996,15 @@ class SchedulerState:
         return self._release_recs(ts)
 
     def _processing_erred(self, ts):
+        ws = ts.processing_on
         self._unassign(ts)
-        return self._any_erred(ts)
+        return self._any_erred(ts, ws)
 
-    def _any_erred(self, ts):
+    def _any_erred(self, ts, ran_on=None):
         for dep in ts.dependencies:
             _discard(dep, "waiters", ts)
         ts.waiting_on = EMPTY
-        self._set_state(ts, ERRED)
+        self._set_state(ts, ERRED, ran_on)
         ts.group.erred += 1
         self.erred_total += 1
         if ts.key in self.parked:
@@ -1020,6 +1046,21 @@ class SchedulerState:
             # one waiting for a worker would be sent without it.
             if dts.state in (PROCESSING, NO_WORKER):
                 recs[dts.key] = RELEASED
+        self._free_copies(ts)
+        self._set_state(ts, RELEASED)
+        recs.update(self._release_recs(ts))
+        return recs
+
+    def _memory_forgotten(self, ts):
+        # In one step what "released" then "forgotten" would do, when neither a client
+        # nor another task needs the result (plugins see memory -> forgotten).
+        if ts.who_wants or ts.waiters or ts.dependents:
+            return self._memory_released(ts)
+        self._free_copies(ts)
+        return self._forget(ts)
+
+    def _free_copies(self, ts):
+        """The workers holding the result let it go."""
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= max(ts.nbytes, 0)
@@ -1027,9 +1068,6 @@ class SchedulerState:
         ts.who_has = EMPTY
         ts.data = None
         ts.direct = ()
-        self._set_state(ts, RELEASED)
-        recs.update(self._release_recs(ts))
-        return recs
 
     def _erred_released(self, ts):
         ts.error = None
@@ -1066,10 +1104,12 @@ class SchedulerState:
         group = ts.group
         if group.duration:
             depth = min(max(depth, self.queue_seconds / group.duration), self.max_depth)
-        if group.nbytes:
-            depth = min(depth, max(self.queue_bytes / group.nbytes, 1.0))
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
-        return threads + math.ceil(threads * depth) - _holding(ws)
+        queue = math.ceil(threads * depth)
+        if group.nbytes:
+            # As many whole results as the bytes hold: one 8 MB block in 8 MiB, not two.
+            queue = min(queue, max(int(threads * self.queue_bytes / group.nbytes), threads))
+        return threads + queue - _holding(ws)
 
     def _running_workers(self):
         """The running workers in the order they joined, rebuilt only after a

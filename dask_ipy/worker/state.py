@@ -15,13 +15,16 @@ Task states on a worker::
 A dependency held only by peers this worker cannot reach (`unreachable`) is in flight
 from `RELAY`: the scheduler fetches it from a holder and forwards it, or has the
 holder stream it through the scheduler's relay for the shell to download.
-    waiting ──▶ ready ──▶ executing ──▶ memory   (a task this worker computes)
+    waiting ──▶ ready ───────────▶ executing ──▶ memory   (a task this worker computes)
+       └──────▶ constrained ───┘      └──▶ error or rescheduled: let go at once
+                (needs resources)           (the scheduler keeps the error)
 
 State, documented once:
 
     tasks:     {key: WTask}
     data:      MutableMapping {key: value}; a dict or a spill-to-disk store
     ready:     heap of (priority, seq, key) for tasks whose inputs are all in memory
+               (in state "ready", or "constrained" when they need resources)
     fetching:  {key} in state "fetch" (so no event walks over every task)
     executing: {key}                  at most `nthreads` (more when tiny tasks are
                                       handed to the pool in batches)
@@ -85,6 +88,7 @@ from .. import stories
 SHORT_TASK = 0.001     # seconds: tasks this short are handed to the pool in batches
 PREFETCH = 8           # tasks per thread handed to the pool when they are short
 RELAY = "relay"        # the pseudo-peer of fetches through the scheduler
+TO_RUN = frozenset({"waiting", "ready", "constrained"})   # tasks to run here, not begun
 REQUEST_BYTES = 50 << 20   # inputs asked of one peer in one request, at most
 
 
@@ -340,7 +344,9 @@ class WorkerState:
                          "type": None}))
 
     def _make_ready(self, ts):
-        self._set_state(ts, "ready")
+        if self.observed and ts.state != "waiting":
+            self._set_state(ts, "waiting")    # observers see every task wait first
+        self._set_state(ts, "ready" if ts.resources is None else "constrained")
         heapq.heappush(self.ready, (ts.priority, next(self._seq), ts.key))
 
     def _on_free_keys(self, out, keys):
@@ -356,7 +362,7 @@ class WorkerState:
                 ts.cancelled = True
                 continue
             if ts.dependents and any(self.tasks.get(d) is not None
-                                     and self.tasks[d].state in ("waiting", "ready")
+                                     and self.tasks[d].state in TO_RUN
                                      for d in ts.dependents):
                 continue                     # still an input of a local task
             self._release(ts)
@@ -373,7 +379,7 @@ class WorkerState:
             del tasks[key]
             ts.ran = None
             if self.observed:
-                self._record(key, ts.state, "forgotten")
+                self._record_forgotten(ts)
             self._forget_flight(ts)
             if ts.state == "memory" or key in self.nbytes:
                 self._drop_data(key)
@@ -384,7 +390,7 @@ class WorkerState:
                     stack.append(dts)
             for dkey in ts.dependents:
                 d = self.tasks.get(dkey)
-                if d is not None and d.state in ("waiting", "ready"):
+                if d is not None and d.state in TO_RUN:
                     if d.waiting_for is NO_KEYS:
                         d.waiting_for = set()
                     d.waiting_for.add(ts.key)
@@ -448,7 +454,7 @@ class WorkerState:
         if self.observed:
             for ts in self.tasks.values():
                 if ts.state != "executing":
-                    self._record(ts.key, ts.state, "forgotten")
+                    self._record_forgotten(ts)
         for ts in self.tasks.values():       # no copies kept either (see `_drop`)
             ts.replica = False
         for key in self.unconfirmed:         # never handed to a thread: just forget
@@ -474,7 +480,7 @@ class WorkerState:
         has started."""
         ts = self.tasks.get(key)
         state = ts.state if ts is not None else None
-        released = state in (None, "waiting", "ready")
+        released = state is None or state in TO_RUN
         if ts is not None and released:
             self._release(ts)
         out.append(Send({"op": "steal-response", "key": key, "released": released,
@@ -528,15 +534,16 @@ class WorkerState:
             self._done_with_inputs(ts)
 
     def _on_execute_failure(self, out, key, error, start=0.0, stop=0.0):
-        self._give_back(out, key, {"op": "task-erred", "key": key, **error})
+        self._give_back(out, key, {"op": "task-erred", "key": key, **error}, "error")
 
     def _on_execute_reschedule(self, out, key, start=0.0, stop=0.0):
         """The task raised `Reschedule`: the scheduler places it again."""
-        self._give_back(out, key, {"op": "reschedule", "key": key})
+        self._give_back(out, key, {"op": "reschedule", "key": key}, "rescheduled")
 
-    def _give_back(self, out, key, msg):
+    def _give_back(self, out, key, msg, state):
         """A task that ended without a result: the scheduler hears ``msg``, and the
-        task and the inputs it held are let go here."""
+        task (in ``state`` for a moment) and the inputs it held are let go here: the
+        scheduler keeps the error."""
         self._ended(key)
         ts = self.tasks.get(key)
         if ts is None or ts.cancelled:
@@ -546,7 +553,7 @@ class WorkerState:
             self._run_again(out, ts)
             return
         out.append(Send(msg))
-        self._set_state(ts, "released")
+        self._set_state(ts, state)
         ts.computed = False
         self._done_with_inputs(ts)
         self._release(ts)
@@ -756,7 +763,7 @@ class WorkerState:
         """An input cannot be brought here: every local task waiting for it errs."""
         for dkey in list(ts.dependents):
             d = self.tasks.get(dkey)
-            if d is None or d.state not in ("waiting", "ready"):
+            if d is None or d.state not in TO_RUN:
                 continue
             out.append(Send({"op": "task-erred", "key": dkey, "exception": None,
                              "traceback": None, "traceback_text": "", **error}))
@@ -821,7 +828,7 @@ class WorkerState:
         nthreads, data = self.nthreads, self.data
         while ready:
             ts = tasks.get(ready[0][2])
-            if ts is None or ts.state != "ready":
+            if ts is None or ts.state != "ready" and ts.state != "constrained":
                 heapq.heappop(ready)
                 continue
             short = ts.duration is not None and ts.duration < SHORT_TASK
@@ -944,8 +951,8 @@ class WorkerState:
 
     def observe_transitions(self):
         """Record every change of a task's state in `transition_log` from now on, as
-        (key, start, finish), "forgotten" when a task is dropped (for worker
-        plugins; the shell takes the log after each event)."""
+        (key, start, finish); a task dropped goes through "released" to "forgotten"
+        (for worker plugins; the shell takes the log after each event)."""
         if self.transition_log is None:
             self.transition_log = []
             self.observed = True
@@ -977,6 +984,13 @@ class WorkerState:
         if self.observed and ts.state != state:
             self._record(ts.key, ts.state, state)
         ts.state = state
+
+    def _record_forgotten(self, ts):
+        """``ts`` is dropped: observers see it released (unless it was), then
+        forgotten."""
+        if ts.state != "released":
+            self._record(ts.key, ts.state, "released")
+        self._record(ts.key, "released", "forgotten")
 
     def _record(self, key, start, finish):
         if self.transition_log is not None:

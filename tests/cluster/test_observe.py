@@ -196,7 +196,8 @@ def test_the_story_of_a_key_from_the_scheduler_and_the_workers(c):
                                                  ("executing", "memory")]
     # b fetched it for y, and dropped its copy once y was done.
     assert story_steps(story, b, x.key) == [("released", "fetch"), ("fetch", "flight"),
-                                            ("flight", "memory"), ("memory", "forgotten")]
+                                            ("flight", "memory"), ("memory", "released"),
+                                            ("released", "forgotten")]
     # x in memory: the task-finished message from a did it.
     [done] = [line for line in story if line[0] == "scheduler"
               and line[1] == x.key and line[3] == "memory"]
@@ -209,8 +210,7 @@ def test_the_story_of_a_key_from_the_scheduler_and_the_workers(c):
 
     key = x.key
     del x, y
-    wait_for(lambda: ("released", "forgotten") in story_steps(c.story(key),
-                                                              "scheduler", key),
+    wait_for(lambda: story_steps(c.story(key), "scheduler", key)[-1][1] == "forgotten",
              message="x forgotten")
     assert c.story("no-such-key") == [] == c.story("no-such-key", on_error="ignore")
     with pytest.raises(ValueError, match="on_error"):
@@ -257,5 +257,5 @@ def own_story(key):
 def test_a_task_asks_its_worker_for_its_own_story():
     with local_cluster() as (_, workers, c):
         f = c.submit(own_story, "me", key="me")
-        assert [line[1:3] for line in f.result()][-2:] == [("released", "ready"),
-                                                           ("ready", "executing")]
+        assert [line[1:3] for line in f.result()][-3:] == [
+            ("released", "waiting"), ("waiting", "ready"), ("ready", "executing")]

@@ -15,10 +15,10 @@ from unittest.mock import ANY
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin as DistributedWorkerPlugin
 
-from helpers import (MarkingWorkerPlugin, RecordingSchedulerPlugin, dask_modules, inc,
-                     local_cluster, marks, module_value, payload, plugin_events,
-                     processes, sleep, tree_reduction, wait_for, wait_for_file,
-                     worker_transitions)
+from helpers import (Boom, MarkingWorkerPlugin, RecordingSchedulerPlugin, dask_modules,
+                     fail, inc, local_cluster, marks, module_value, payload,
+                     plugin_events, processes, sleep, tree_reduction, wait_for,
+                     wait_for_file, worker_transitions)
 from dask_ipy import get_worker
 from dask_ipy.errors import RemoteError
 from dask_ipy.plugins import SchedulerPlugin, WorkerPlugin
@@ -49,8 +49,16 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
         for key, steps in seen.items():
             assert steps[0][0] == "released", (key, steps)
             assert all(a[1] == b[0] for a, b in zip(steps, steps[1:])), (key, steps)
-            assert steps[-1] == ("released", "forgotten"), (key, steps)
+            # A result forgotten at once, or after its dependents (as "released").
+            assert steps[-1] in {("released", "forgotten"), ("memory", "forgotten")}, \
+                (key, steps)
             assert steps.count(("processing", "memory")) == 1, (key, steps)
+        # where each ended, and what it made, as dask.distributed tells its plugins
+        workers = set(c.scheduler_info()["workers"])
+        ended = [e[4] for e in events if e[0] == "transition" and e[3] == "memory"]
+        assert len(ended) == len(dsk)
+        assert all(e["worker"] in workers and e["nbytes"] > 0 and e["typename"] == "int"
+                   for e in ended), ended
         # workers joining and leaving are seen too
         new = pc.start_worker()
         pc.workers.append(new)
@@ -119,6 +127,35 @@ def test_a_worker_plugin_is_set_up_told_of_transitions_and_torn_down(tmp_path,
         assert marks(marks_dir, "teardown") == 2
         with pytest.raises(ValueError, match="The worker plugin marker does not exist"):
             c.unregister_worker_plugin("marker")
+
+
+def test_a_worker_plugin_sees_the_transitions_dask_distributed_shows(tmp_path,
+                                                                     marks_dir):
+    with processes(tmp_path, nworkers=1) as (pc, c):
+        c.register_plugin(MarkingWorkerPlugin(str(marks_dir)))
+        x = c.submit(inc, 1, key="x")
+        y = c.submit(inc, x, key="y")
+        bad = c.submit(fail, key="bad")
+        assert y.result() == 3
+        with pytest.raises(Boom):
+            bad.result()
+        del x, y, bad
+
+        def steps():
+            return chains(("transition", *t)
+                          for log in c.run(worker_transitions, "marker").values()
+                          for t in log)
+
+        wait_for(lambda: all(chain[-1] == ("released", "forgotten")
+                             for chain in steps().values()) and len(steps()) == 3,
+                 message="every task forgotten")
+        ran = [("released", "waiting"), ("waiting", "ready"), ("ready", "executing")]
+        forgotten = [("memory", "released"), ("released", "forgotten")]
+        assert steps() == {
+            "x": ran + [("executing", "memory")] + forgotten,
+            "y": ran + [("executing", "memory")] + forgotten,
+            "bad": ran + [("executing", "error"), ("error", "released"),
+                          ("released", "forgotten")]}
 
 
 def test_worker_plugins_reach_late_joiners_and_outlive_restarts(tmp_path, marks_dir):
@@ -356,8 +393,8 @@ def test_tasks_wait_for_the_set_ups_sent_before_them_in_order(tmp_path, marks_di
             steps = chains(("transition", *t) for t in seen)
             assert sorted(steps) == sorted(t.key for t, at in placed if at == w)
             for key, chain in steps.items():     # arrived during the set-up
-                assert chain[:3] == [("released", "ready"), ("ready", "executing"),
-                                     ("executing", "memory")]
+                assert chain[:4] == [("released", "waiting"), ("waiting", "ready"),
+                                     ("ready", "executing"), ("executing", "memory")]
         late = pc.start_worker()
         pc.workers.append(late)
         c.wait_for_workers(3, timeout=30)

@@ -326,11 +326,12 @@ def test_plugin_events_are_reported_only_when_asked_for(s):
                                   "type": "int", "duration": 0.1})
     s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["y"]})
     events = s.plugin_events
-    assert events[-1] == ("transition", "y", "released", "forgotten")
+    assert events[-1] == ("transition", "y", "memory", "forgotten")
     assert [e[1:] for e in events if e[0] == "transition" and e[1] == "y"] == [
         ("y", "released", "waiting"), ("y", "waiting", "processing"),
-        ("y", "processing", "memory"), ("y", "memory", "released"),
-        ("y", "released", "forgotten")]
+        ("y", "processing", "memory", {"worker": s.workers[wid].address, "nbytes": 1,
+                                       "typename": "int"}),
+        ("y", "memory", "forgotten")]
     assert ("update_graph", "c", ["y"], ["y"]) in events
 
 

@@ -211,3 +211,28 @@ def test_tasks_waiting_for_resources_keep_their_priority_order():
     out = success(ws, "big")
     assert [i.key for i in out if isinstance(i, Execute)] == ["early", "late"]
     ws.validate()
+
+
+def test_a_task_needing_resources_is_constrained_until_it_runs_and_may_be_stolen():
+    # The states a worker plugin of dask.distributed sees for such a task.
+    ws = WorkerState(ME, nthreads=2, validating=True, resources={"GPU": 1})
+    ws.observe_transitions()
+    ws.handle("compute-task", key="g1", run_spec="g1", priority=(0, 1, 0),
+              resources={"GPU": 1})
+    ws.handle("compute-task", key="g2", run_spec="g2", priority=(0, 1, 1),
+              resources={"GPU": 1})
+    assert (ws.tasks["g1"].state, ws.tasks["g2"].state) == ("executing", "constrained")
+    out = ws.handle("steal-request", key="g2")
+    assert out == [Send({"op": "steal-response", "key": "g2", "released": True,
+                         "state": "constrained"})]
+    success(ws, "g1")
+    ws.handle("free-keys", keys=["g1"])
+    assert ws.take_transitions() == [
+        ("g1", "released", "waiting"), ("g1", "waiting", "constrained"),
+        ("g1", "constrained", "executing"),
+        ("g2", "released", "waiting"), ("g2", "waiting", "constrained"),
+        ("g2", "constrained", "released"), ("g2", "released", "forgotten"),
+        ("g1", "executing", "memory"),
+        ("g1", "memory", "released"), ("g1", "released", "forgotten")]
+    assert ws.tasks == {}
+    ws.validate()

@@ -522,14 +522,15 @@ def test_queued_root_tasks_handed_out_as_workers_free_up(s1):
                    ("worker", "w2", compute("t6", "spec-t6", (0, 1, 6)))]
 
 
-@pytest.mark.parametrize("nbytes, held", [(8 << 10, 21), (2 << 20, 5), (8 << 20, 2),
-                                          (64 << 20, 2)])
+@pytest.mark.parametrize("nbytes, held", [(8 << 10, 21), (2 << 20, 5), (3 << 20, 3),
+                                          (8_000_000, 2), (8 << 20, 2), (64 << 20, 2)])
 def test_root_tasks_queue_at_most_queue_bytes_of_results(s1, nbytes, held):
     """Quick root tasks (1 ms each) queue about `queue_seconds` (20 ms) of work beyond
     the thread, so they travel in batches, when their results are small (8 kB).  The
     worker runs queued roots ahead of the tasks that consume their results, and holds
     those: the queue beyond the thread holds at most `queue_bytes` (8 MiB) of results
-    (by the group's mean), and at least one task."""
+    (by the group's mean, whole ones: two 3 MiB results, one 8 MB block), and at least
+    one task."""
     s = s1
     keys = [f"t-{i}" for i in range(40)]          # one group: "t"
     s.update_graph("c", {k: ("spec", []) for k in keys}, keys,

@@ -24,7 +24,7 @@ def cluster(nworkers=1):
 
 def changes(s):
     """[(key, start, finish)] since the last call."""
-    out = [e[1:] for e in s.plugin_events if e[0] == "transition"]
+    out = [e[1:4] for e in s.plugin_events if e[0] == "transition"]
     s.plugin_events.clear()
     return out
 
@@ -83,15 +83,31 @@ def test_released_waiting_processing_memory():
     s.validate()
 
 
-def test_memory_released_forgotten_when_the_client_lets_go():
+def test_memory_forgotten_when_the_client_lets_go():
     s = cluster()
     s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
     finish(s, "w1", "x")
     take(s)
     changes(s)
     s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
-    assert changes(s) == [("x", "memory", "released"), ("x", "released", "forgotten")]
+    assert changes(s) == [("x", "memory", "forgotten")]
     assert take(s) == [("worker", "w1", {"op": "free-keys", "keys": ["x"]})]
+    assert s.tasks == {} and s.groups["x"].states["memory"] == 0
+    s.validate()
+
+
+def test_memory_released_while_a_dependent_lives_then_forgotten_with_it():
+    s = cluster()
+    s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", ["x"])}, ["x", "y"])
+    finish(s, "w1", "x")
+    finish(s, "w1", "y")
+    take(s)
+    changes(s)
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
+    assert changes(s) == [("x", "memory", "released")]
+    s.validate()
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["y"]})
+    assert changes(s) == [("y", "memory", "forgotten"), ("x", "released", "forgotten")]
     assert s.tasks == {}
     s.validate()
 
@@ -304,6 +320,9 @@ def test_processing_erred_when_the_task_fails():
     take(s)
     changes(s)
     err(s, "w1", "x")
+    # Plugins are told where it ended, and why, as dask.distributed tells them.
+    assert s.plugin_events == [("transition", "x", "processing", "erred", {
+        "worker": A, "exception_text": "boom", "traceback_text": ""})]
     assert changes(s) == [("x", "processing", "erred")]
     ((_, cid, msg),) = take(s)
     assert (cid, msg["op"], msg["type"], msg["worker"]) == ("c", "task-erred", "Boom", A)

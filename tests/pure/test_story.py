@@ -50,7 +50,7 @@ def test_a_keys_story_from_submit_to_forgotten():
         ("x", "memory", "released", {"x": "forgotten"}, "task-finished-12.0", 12.0),
         # Not forgotten yet: y, alive, depends on it.
         ("x", "released", "released", {}, "task-finished-12.0", 12.0),
-        ("y", "released", "forgotten", {"x": "forgotten"},
+        ("y", "memory", "forgotten", {"x": "forgotten"},
          "client-releases-keys-13.0", 13.0),
         ("x", "released", "forgotten", {}, "client-releases-keys-13.0", 13.0),
     ]
@@ -61,9 +61,7 @@ def test_a_keys_story_from_submit_to_forgotten():
         ("x", "processing", "memory", {"y": "processing"}, "task-finished-11.0", 11.0),
         ("y", "waiting", "processing", {}, "task-finished-11.0", 11.0),
         ("y", "processing", "memory", {"x": "released"}, "task-finished-12.0", 12.0),
-        ("y", "memory", "released", {"y": "forgotten"},
-         "client-releases-keys-13.0", 13.0),
-        ("y", "released", "forgotten", {"x": "forgotten"},
+        ("y", "memory", "forgotten", {"x": "forgotten"},
          "client-releases-keys-13.0", 13.0),
     ]
     # A stimulus id alone: all it caused.
@@ -122,15 +120,16 @@ def test_the_log_keeps_the_latest_transitions_only_or_none():
     s = scheduler(length=3)
     run_chain(s)
     assert [t[:3] for t in s.transition_log] == [
-        ("y", "memory", "released"), ("y", "released", "forgotten"),
+        ("x", "released", "released"), ("y", "memory", "forgotten"),
         ("x", "released", "forgotten")]
     assert [t[:3] for t in s.story("x")] == [
-        ("y", "released", "forgotten"), ("x", "released", "forgotten")]
+        ("x", "released", "released"), ("y", "memory", "forgotten"),
+        ("x", "released", "forgotten")]
 
     s = scheduler(length=0)
     run_chain(s)
     assert s.transition_log is None and s.story("x") == []
-    assert s.tasks == {} and s.transition_count == 11      # the same transitions ran
+    assert s.tasks == {} and s.transition_count == 10      # the same transitions ran
 
 
 # ---------------------------------------------------------------- a worker's
@@ -157,16 +156,19 @@ def test_a_workers_story_of_a_fetched_input_and_of_its_task():
         ("x", "fetch", "flight", "flight", {}, "compute-task-1.0", 1.0),
         ("x", "flight", "memory", "memory", {}, "gather-done-2.0", 2.0),
         # An input nobody here needs any more, and the scheduler did not ask to keep.
-        ("x", "memory", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
+        ("x", "memory", "released", "released", {}, "execute-success-3.0", 3.0),
+        ("x", "released", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
     assert ws.story("z") == [
         ("z", "released", "waiting", "waiting", {}, "compute-task-1.0", 1.0),
         ("z", "waiting", "ready", "ready", {}, "gather-done-2.0", 2.0),
         ("z", "ready", "executing", "executing", {}, "gather-done-2.0", 2.0),
         ("z", "executing", "memory", "memory", {}, "execute-success-3.0", 3.0),
-        ("z", "memory", "forgotten", "forgotten", {}, "free-keys-4.0", 4.0)]
+        ("z", "memory", "released", "released", {}, "free-keys-4.0", 4.0),
+        ("z", "released", "forgotten", "forgotten", {}, "free-keys-4.0", 4.0)]
     assert ws.story("execute-success-3.0") == [
         ("z", "executing", "memory", "memory", {}, "execute-success-3.0", 3.0),
-        ("x", "memory", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
+        ("x", "memory", "released", "released", {}, "execute-success-3.0", 3.0),
+        ("x", "released", "forgotten", "forgotten", {}, "execute-success-3.0", 3.0)]
 
 
 def test_a_workers_story_is_bounded_and_beside_the_plugins_log():
@@ -175,12 +177,13 @@ def test_a_workers_story_is_bounded_and_beside_the_plugins_log():
     ws.keep_story(2)
     fetch_and_run(ws)
     assert [t[:3] for t in ws.story("x", "z")] == [
-        ("x", "memory", "forgotten"), ("z", "memory", "forgotten")]
+        ("z", "memory", "released"), ("z", "released", "forgotten")]
     assert ws.take_transitions() == [
         ("x", "released", "fetch"), ("z", "released", "waiting"),
         ("x", "fetch", "flight"), ("x", "flight", "memory"), ("z", "waiting", "ready"),
         ("z", "ready", "executing"), ("z", "executing", "memory"),
-        ("x", "memory", "forgotten"), ("z", "memory", "forgotten")]
+        ("x", "memory", "released"), ("x", "released", "forgotten"),
+        ("z", "memory", "released"), ("z", "released", "forgotten")]
 
 
 def test_a_worker_keeping_no_story_tells_none():

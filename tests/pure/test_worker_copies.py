@@ -73,10 +73,30 @@ def test_transitions_are_recorded_only_once_observed(ws):
         ("c", "released", "fetch"), ("b", "released", "waiting"),
         ("c", "fetch", "flight"), ("c", "flight", "memory"), ("b", "waiting", "ready"),
         ("b", "ready", "executing"), ("b", "executing", "memory"),
-        ("c", "memory", "forgotten"),
-        ("a", "memory", "forgotten"), ("b", "memory", "forgotten")]
+        ("c", "memory", "released"), ("c", "released", "forgotten"),
+        ("a", "memory", "released"), ("a", "released", "forgotten"),
+        ("b", "memory", "released"), ("b", "released", "forgotten")]
     assert ws.take_transitions() == []
     assert ws.data == {}
+
+
+def test_observed_tasks_wait_before_ready_and_an_error_is_let_go_through_released(ws):
+    # The sequences a worker plugin of dask.distributed sees.
+    ws.observe_transitions()
+    ws.handle("compute-task", key="a", run_spec="spec", priority=(0,))
+    ws.handle("execute-success", key="a", value=1, nbytes=8, type="int")
+    ws.handle("compute-task", key="b", run_spec="spec", priority=(0,),
+              who_has={"a": [ME]}, nbytes={"a": 8})
+    ws.handle("execute-failure", key="b", error={"type": "Boom"})
+    ws.handle("free-keys", keys=["a"])
+    assert ws.take_transitions() == [
+        ("a", "released", "waiting"), ("a", "waiting", "ready"),
+        ("a", "ready", "executing"), ("a", "executing", "memory"),
+        ("b", "released", "waiting"), ("b", "waiting", "ready"),
+        ("b", "ready", "executing"), ("b", "executing", "error"),
+        ("b", "error", "released"), ("b", "released", "forgotten"),
+        ("a", "memory", "released"), ("a", "released", "forgotten")]
+    assert ws.tasks == {} and ws.data == {}
 
 
 def test_observing_changes_nothing_the_worker_does():
