@@ -742,16 +742,28 @@ def client_mimebundle(client, monitor=None):
 
 # ---------------------------------------------------------------- console progress
 
-def progress(*objs, client=None, file=None, width=40, interval=0.2):
+def progress(*objs, client=None, file=None, width=40, interval=0.2, notebook=None,
+             multi=True, complete=True, group_by="prefix"):
     """Show a text progress bar until the given work is done (for the console).
 
     ``objs`` are Futures (possibly in lists/dicts) or dask collections; collections
     are persisted first.  Returns None for Futures, and the persisted collection(s)
     for collections, so ``x = progress(x)`` keeps the results on the cluster.
     The bar rewrites one line in place (``\\r``) and ends with a newline.
+
+    dask.distributed's keywords: ``complete=False`` counts only the work not done
+    yet; ``group_by`` is checked ("prefix", "spans" or a callable); ``notebook``
+    and ``multi`` are taken, but the bar is this one text bar of all the work
+    everywhere (``%dsched`` shows a live bar per task group in a notebook).
+    ``interval``: seconds, or a duration string ("100ms").
     """
     from dask.base import is_dask_collection
+    from dask.utils import parse_timedelta
 
+    if group_by not in ("spans", "prefix") and not callable(group_by):
+        raise ValueError("group_by must be 'spans', 'prefix' or a callable, not "
+                         f"{group_by!r}")
+    interval = parse_timedelta(interval, "s")
     file = sys.stdout if file is None else file
     persisted = []
     for obj in objs:
@@ -762,6 +774,8 @@ def progress(*objs, client=None, file=None, width=40, interval=0.2):
     for f in futures_of([o for o in objs if not is_dask_collection(o)] + persisted):
         by_key.setdefault(f.key, f)
     unique = list(by_key.values())
+    if not complete:
+        unique = [f for f in unique if not f.done()]
     total = len(unique)
     waiter = Waiter(unique)
     start = time.monotonic()

@@ -333,6 +333,21 @@ def test_progress_futures(cluster):
     assert re.match(r"\[#{39}!\] 100\.0% 41/41 tasks, 1 erred \| ", last)
 
 
+def test_progress_takes_dask_distributed_keywords(cluster):
+    s, workers, c = cluster
+    done = c.submit(inc, 1)
+    done.result()
+    pending = c.map(slow_inc, range(3), delay=0.5)        # not done when it begins
+    out = io.StringIO()
+    assert dask_ipy.progress([done] + pending, file=out, interval="50ms",
+                             notebook=False, multi=True, complete=False,
+                             group_by="prefix") is None
+    # complete=False: only the work not done when it began
+    assert "3/3 tasks" in out.getvalue().split("\r")[-1]
+    with pytest.raises(ValueError, match="group_by"):
+        dask_ipy.progress(done, file=out, group_by="nothing")
+
+
 def test_progress_collection(cluster):
     import dask.array as da
 
