@@ -82,6 +82,8 @@ IGNORED = {
     "scheduler_sync_interval": "the cluster asks the scheduler when it needs to know",
     "worker_dashboard_address": "workers serve no web page; the scheduler's "
                                 "dashboard shows them",
+    "death_timeout": "the cluster's workers end with it, not on a timeout: a "
+                     "worker process stops once its lifeline to the cluster closes",
 }
 # Arguments of dask.distributed's LocalCluster that mean something dask_ipy cannot do:
 # refused (TypeError) unless left at their empty default.
@@ -93,6 +95,9 @@ UNSUPPORTED = {
     "worker_class": "another worker class",
     "scheduler_kwargs": "other scheduler arguments",
     "interface": "choosing a network interface (pass its address as host=)",
+    "lifetime": "worker lifetimes (workers are restarted by restart_workers)",
+    "lifetime_stagger": "worker lifetimes",
+    "lifetime_restart": "worker lifetimes",
 }
 
 _OPEN = weakref.WeakSet()         # clusters of this process not closed yet

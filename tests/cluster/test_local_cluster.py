@@ -580,9 +580,12 @@ def test_arguments():
     with LocalCluster(n_workers=0, processes=False, loop=None, start=None,
                       worker_dashboard_address=None, services={}, interface=None,
                       scheduler_sync_interval=1, protocol="tcp://",
+                      death_timeout=30, lifetime=None, lifetime_stagger=None,
                       **NO_DASHBOARD) as cluster:
         assert cluster.workers == {}
         assert repr(cluster).endswith("workers=0, threads=0)")
+    with pytest.raises(TypeError, match="worker lifetimes"):
+        LocalCluster(n_workers=0, processes=False, lifetime="1 hour", **NO_DASHBOARD)
     # dask.distributed's sizes, by the host's cores.
     assert default_sizes(None, None, True, 2) == (2, 1)
     assert default_sizes(None, None, True, 16) == (4, 4)
