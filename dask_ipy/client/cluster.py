@@ -334,9 +334,9 @@ class ClusterMethods:
         return self.run_op(self._wait_for_workers_op(n_workers, timeout))
 
     def _wait_for_workers_op(self, n_workers, timeout):
-        seconds = None if timeout is None else parse_timedelta(timeout, "s")
         reply = yield from self.shell.request_op({"op": "wait-for-workers",
-                                                  "n": n_workers, "timeout": seconds})
+                                                  "n": n_workers,
+                                                  "timeout": seconds(timeout)})
         if not reply["ok"]:
             raise WorkerStartTimeoutError(reply["workers"], n_workers, timeout)
 
