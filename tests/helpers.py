@@ -656,12 +656,14 @@ class RecordingSchedulerPlugin(SchedulerPlugin):
 
     def __init__(self):
         self.events = []
+        self.graphs = []           # (annotations, {key: priority}) of each graph
 
     def start(self, scheduler):
         self.events.append(("start", scheduler.address))
 
     def transition(self, key, start, finish, *args, stimulus_id, **kwargs):
-        self.events.append(("transition", key, start, finish, *([kwargs] if kwargs else [])))
+        extra = [kwargs] if kwargs else []          # where a task ended, and how
+        self.events.append(("transition", key, start, finish, *extra))
 
     def add_worker(self, scheduler, worker):
         self.events.append(("add_worker", worker))
@@ -669,13 +671,20 @@ class RecordingSchedulerPlugin(SchedulerPlugin):
     def remove_worker(self, scheduler, worker, *, stimulus_id, **kwargs):
         self.events.append(("remove_worker", worker))
 
-    def update_graph(self, scheduler, *, client, keys, tasks, **kwargs):
+    def update_graph(self, scheduler, *, client, keys, tasks, annotations, priority,
+                     **kwargs):
         self.events.append(("update_graph", sorted(map(str, keys))))
+        self.graphs.append((annotations, {str(k): p for k, p in priority.items()}))
 
 
 def plugin_events(name, dask_scheduler):
     """For run_on_scheduler: the events a RecordingSchedulerPlugin kept."""
     return list(dask_scheduler.plugins[name].events)
+
+
+def plugin_graphs(name, dask_scheduler):
+    """For run_on_scheduler: the graphs' annotations and priorities it was told of."""
+    return list(dask_scheduler.plugins[name].graphs)
 
 
 def dask_modules():

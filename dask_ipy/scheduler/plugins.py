@@ -94,9 +94,9 @@ class SchedulerPlugins:
                 elif kind in ("add_client", "remove_client"):
                     self._call(plugin, kind, scheduler=s, client=_text(event[1]))
                 elif kind == "update_graph":
-                    _, client, keys, tasks = event
+                    _, client, keys, tasks, annotations, priority = event
                     self._call(plugin, kind, s, client=_text(client), keys=set(keys),
-                               tasks=tasks, annotations={}, priority={},
+                               tasks=tasks, annotations=annotations, priority=priority,
                                stimulus_id=STIMULUS)
                 elif kind == "restart":
                     self._call(plugin, kind, s)

@@ -78,7 +78,8 @@ State, documented once:
                 task that ended on a worker, ("transition", key, start, finish,
                 {keyword: value}) (`_ended_on`),
                 ("add_worker", address), ("remove_worker", address), ("add_client",
-                id), ("remove_client", id), ("update_graph", client, keys, tasks),
+                id), ("remove_client", id), ("update_graph", client, keys, tasks,
+                annotations, {key: priority}),
                 ("restart",), ("log_event", topic, msg)
     transition_log: deque of the latest transitions (None: kept off), oldest first:
                 (key, start, finish, stimulus, clock); the stimulus is the kind of
@@ -1528,9 +1529,12 @@ class SchedulerState:
         # when reached.  Then the new tasks start in priority order, one at a time
         # (no dict of a million recommendations), so that root tasks are handed out
         # in graph order.
-        self._drain(erred)
         new.sort(key=_priority)
-        added = [ts.key for ts in new] if self.plugin_events is not None else None
+        if self.plugin_events is not None:      # before any of the tasks moves
+            self.plugin_events.append((
+                "update_graph", client, list(keys), [ts.key for ts in new],
+                annotations or {}, {ts.key: ts.priority for ts in new}))
+        self._drain(erred)
         for ts in new:
             if ts.state == RELEASED:
                 # (a copy: the transition log keeps what it recommended)
@@ -1544,8 +1548,6 @@ class SchedulerState:
                 recs[key] = WAITING
         self.transitions(recs)
         self.fill_workers()
-        if self.plugin_events is not None:
-            self.plugin_events.append(("update_graph", client, list(keys), added))
 
     # ------------------------------------------------------------ workers
 

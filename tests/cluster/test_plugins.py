@@ -12,13 +12,14 @@ import zipfile
 
 from unittest.mock import ANY
 
+import dask
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin as DistributedWorkerPlugin
 
 from helpers import (Boom, MarkingWorkerPlugin, RecordingSchedulerPlugin, dask_modules,
                      fail, inc, local_cluster, marks, module_value, payload,
-                     plugin_events, processes, sleep, tree_reduction, wait_for,
-                     wait_for_file, worker_transitions)
+                     plugin_events, plugin_graphs, processes, sleep, tree_reduction,
+                     wait_for, wait_for_file, worker_transitions)
 from dask_ipy import get_worker
 from dask_ipy.errors import RemoteError
 from dask_ipy.plugins import SchedulerPlugin, WorkerPlugin
@@ -43,9 +44,23 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
         wait_for(lambda: not c.who_has(), message="the graph to be forgotten")
         events = c.run_on_scheduler(plugin_events, "recorder")
         assert events[0] == ("start", c.address)
-        assert ("update_graph", sorted(map(str, [root]))) in events
+        # told of the graph before any of its tasks moved, with their priorities
+        assert events.index(("update_graph", sorted(map(str, [root])))) < min(
+            i for i, e in enumerate(events) if e[0] == "transition")
+        ((annotations, priority),) = c.run_on_scheduler(plugin_graphs, "recorder")
+        assert annotations == {} and set(priority) == set(map(str, dsk))
+        assert all(isinstance(p, tuple) for p in priority.values())
+        with dask.annotate(priority=13, retries=2):
+            urgent = dask.delayed(inc)(1, dask_key_name="urgent")
+        assert c.compute(urgent).result() == 2
+        annotations, priority = c.run_on_scheduler(plugin_graphs, "recorder")[1]
+        assert annotations == {"priority": {"urgent": 13}, "retries": {"urgent": 2}}
+        assert priority["urgent"][0] == -13         # higher runs first, as there
+        del urgent
+        wait_for(lambda: not c.who_has(), message="urgent to be forgotten")
+        events = c.run_on_scheduler(plugin_events, "recorder")
         seen = chains(events)
-        assert set(seen) == set(dsk)
+        assert set(seen) == set(dsk) | {"urgent"}
         for key, steps in seen.items():
             assert steps[0][0] == "released", (key, steps)
             assert all(a[1] == b[0] for a, b in zip(steps, steps[1:])), (key, steps)
@@ -56,7 +71,7 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
         # where each ended, and what it made, as dask.distributed tells its plugins
         workers = set(c.scheduler_info()["workers"])
         ended = [e[4] for e in events if e[0] == "transition" and e[3] == "memory"]
-        assert len(ended) == len(dsk)
+        assert len(ended) == len(dsk) + 1
         assert all(e["worker"] in workers and e["nbytes"] > 0 and e["typename"] == "int"
                    for e in ended), ended
         # workers joining and leaving are seen too

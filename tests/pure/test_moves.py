@@ -332,7 +332,12 @@ def test_plugin_events_are_reported_only_when_asked_for(s):
         ("y", "processing", "memory", {"worker": s.workers[wid].address, "nbytes": 1,
                                        "typename": "int"}),
         ("y", "memory", "forgotten")]
-    assert ("update_graph", "c", ["y"], ["y"]) in events
+    # The graph comes before its tasks' first moves, with their priorities.
+    first = events.index(("transition", "y", "released", "waiting"))
+    kind, client, keys, tasks, annotations, priority = events[first - 1]
+    assert (kind, client, keys, tasks, annotations) == ("update_graph", "c", ["y"],
+                                                        ["y"], {})
+    assert list(priority) == ["y"] and isinstance(priority["y"], tuple)
 
 
 # ---------------------------------------------------------------- paused workers
