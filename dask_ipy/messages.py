@@ -115,9 +115,9 @@ KINDS = {
         "client-releases-keys": "no Future of these keys is left",
         "client-desires-keys": "Futures of these keys arrived (unpickled)",
         "report-keys": "say how these keys end even if their value goes to me "
-                       "straight: to confirm them, or ('lost') because a "
-                       "connection to a worker dropped, and then of every key "
-                       "from now on, value and all",
+                       "straight: to confirm them, or because my connection to "
+                       "the worker 'lost' dropped (with the values then, and of "
+                       "that worker's values from now on)",
         "fire-and-forget": "run these keys to their end even once no client wants "
                            "them, then forget them (fire_and_forget)",
         "retry": "compute these erred keys again, with the erred inputs they erred "

@@ -32,7 +32,7 @@ or cancelled here.
 
 A value sent straight is lost only with its connection: when one drops, the keys
 pending here are asked for again ("report-keys", ``lost``), and the scheduler tells
-this client of every key from then on, as it would without straight values.  A key
+this client of that worker's values from then on as if none came straight.  A key
 finished by a value that came straight is `unconfirmed`: the scheduler may not know
 yet that it is done, so messages that read or act on the scheduler's view (`info`,
 the task stream, moves of data, user code in the scheduler...) wait until none is,
@@ -735,13 +735,14 @@ class ClientState:
         """The connection to a worker taking small results dropped: connect again
         when a result names it.  Values it sent that had not come are lost with it,
         and the scheduler, told they came straight, would not send them: every key
-        pending here is asked for again, and from now on the scheduler tells this
-        client of every key it wants, value and all ("report-keys", ``lost``)."""
+        pending here is asked for again, and from now on the scheduler sends this
+        client the values of that worker as if they had not come straight
+        ("report-keys", ``lost``)."""
         self.workers.discard(address)
         if self.status == "closed" or self.lost:
             return
         pending = [key for key, st in self.futures.items() if st.status == PENDING]
-        self._queue({"op": "report-keys", "keys": pending, "lost": True})
+        self._queue({"op": "report-keys", "keys": pending, "lost": address})
 
     def _on_task_erred(self, msg):
         self._confirmed(msg["key"])

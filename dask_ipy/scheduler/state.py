@@ -42,8 +42,8 @@ State, documented once:
                             to straight ("task-result"): they hear nothing of the key
                             from here (no "key-in-memory"; a gather of theirs lists it
                             as "direct", and one that only waited for such keys has
-                            no answer), unless they asked (`ClientRecord.reports`,
-                            `ClientRecord.wary`)
+                            no answer), unless they asked (`ClientRecord.reports`);
+                            never a client `ClientRecord.wary` of that worker
     parked:     {key: gather id, or {gather id} when several}  gathers waiting for
                 keys to finish, so a client's `result()` costs one request (one
                 gather waits for most keys: its id alone is no object to collect)
@@ -333,9 +333,11 @@ class ClientRecord:
     """A client.  ``reports``: {TaskState} of `wants_what` whose end it asked to
     hear of even if the value goes to it straight ("report-keys"): to confirm keys
     it has (its questions about the cluster wait for that), or keys whose value
-    may have been lost with a connection to a worker.  ``wary``: it lost such a
-    connection once, so every end of its keys is told to it, as to a client that
-    takes no value straight (whether a worker's send reached it is unknown)."""
+    may have been lost with a connection to a worker.  ``wary``: {worker address}
+    whose connection to it dropped once: whether what such a worker sends it
+    straight arrives is unknown, so it is told of those values as of values that
+    did not go straight (its connection made again, and a send into the dropped
+    one, cannot be told apart)."""
 
     __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned", "streams",
                  "reports", "wary")
@@ -344,7 +346,7 @@ class ClientRecord:
         self.id = id
         self.wants_what = set()
         self.reports = set()
-        self.wary = False
+        self.wary = set()
         self.monitor = False
         self.paused_warning = None    # seconds: warn of workers paused longer
         self.warned = set()           # {(worker id, paused since)} warned of
@@ -965,7 +967,7 @@ class SchedulerState:
             if cr.reports:
                 asked = ts in cr.reports
                 cr.reports.discard(ts)
-            if cid in ts.direct and not cr.wary:
+            if cid in ts.direct:
                 if not asked:
                     continue            # it has the value, and knows the key is done
                 # It has the value and asked to hear that the key is done here.
@@ -991,14 +993,6 @@ class SchedulerState:
             if value:
                 msg["data"] = ts.data
         return msg
-
-    def _straight(self, ts, cid):
-        """Whether the value of ``ts`` went to client ``cid`` straight from its
-        worker, and the client counts on that (it is not `wary`)."""
-        if cid not in ts.direct:
-            return False
-        cr = self.clients.get(cid)
-        return cr is not None and not cr.wary
 
     def _processing_waiting(self, ts):
         # Given back unstarted by its worker with nowhere it was meant to go (a steal
@@ -1886,7 +1880,13 @@ class SchedulerState:
         ts.nbytes = msg.get("nbytes", 0)
         ts.type = msg.get("type")
         ts.data = msg.get("data")
-        ts.direct = tuple(msg.get("direct", ())) if ts.data is not None else ()
+        direct = msg.get("direct")
+        if direct and ts.data is not None:
+            clients = self.clients
+            ts.direct = tuple(cid for cid in direct if cid in clients
+                              and ws.address not in clients[cid].wary)
+        else:
+            ts.direct = ()
         if "duration" in msg:
             ts.group.add_duration(msg["duration"])
         ts.group.add_nbytes(ts.nbytes)
@@ -2233,21 +2233,22 @@ class SchedulerState:
 
     def _on_report_keys(self, cid, msg):
         """A client asks to hear how these keys of its end, even those whose value
-        its worker sends it straight: to confirm keys it has (``lost`` false), or
-        because its connection to a worker dropped (``lost``), so that values sent
-        on it may never have come: then it is `wary` from now on, and hears of
-        every key with its value, as a client that takes nothing straight."""
+        its worker sends it straight: to confirm keys it has (``lost`` None), or
+        because its connection to the worker at ``lost`` dropped, so that values
+        sent on it may never have come (these keys are all those pending there):
+        those done are told with their values, and it is `wary` of that worker
+        from now on."""
         cr = self.clients.get(cid)
         if cr is None:
             return
-        lost = bool(msg.get("lost"))
-        if lost:
-            cr.wary = True
+        lost = msg.get("lost")
+        if lost is not None:
+            cr.wary.add(lost)
         for key in msg["keys"]:
             ts = self.tasks.get(key)
             if ts is not None and ts.state == MEMORY:
-                self.send_client(cid, self._in_memory(ts, lost) if lost else
-                                 self._report_of(key))
+                self.send_client(cid, self._report_of(key) if lost is None else
+                                 self._in_memory(ts, True))
             elif ts is not None and ts.state != ERRED and ts in cr.wants_what:
                 cr.reports.add(ts)      # told when it ends (`_after_memory`)
             else:
@@ -2438,7 +2439,7 @@ class SchedulerState:
                 g["missing"].append(key)
                 continue
             if ts.data is not None:
-                if g["direct"] is not None and self._straight(ts, g["client"]):
+                if g["direct"] is not None and g["client"] in ts.direct:
                     g["direct"].append(key)     # the client has it, or asks again
                 else:
                     g["data"][key] = ts.data

@@ -173,32 +173,47 @@ def test_a_report_asked_ends_with_a_release_or_an_error(s):
     assert s.clients["c"].reports == set()
 
 
-def test_a_client_that_lost_a_worker_connection_hears_of_every_key_with_its_value(s):
+def test_a_client_that_lost_a_worker_connection_gets_its_values_from_the_scheduler(s):
     """Values sent straight on a connection that dropped may never have come: the
     client asks for its pending keys again ("report-keys", lost), and from then on
-    hears of every key, value and all, as a client that takes nothing straight."""
+    the values of that worker come to it as if none went straight; another
+    worker's still go straight."""
     submit(s, key="x")
     submit(s, key="y")
     assert finished(s, key="x", direct=["c"]) == []
     s.handle_client_message("c", {"op": "report-keys", "keys": ["x", "y"],
-                                  "lost": True})
+                                  "lost": A})
     assert take(s) == [("client", "c", {"op": "key-in-memory", "key": "x",
                                         "type": "int", "nbytes": 8, "worker": A,
                                         "data": "blob"})]
-    assert s.clients["c"].wary
+    assert s.clients["c"].wary == {A}
     assert finished(s, key="y", direct=["c"]) == [
         ("client", "c", {"op": "key-in-memory", "key": "y", "type": "int",
                          "nbytes": 8, "worker": A, "data": "blob"})]
+    assert s.tasks["y"].direct == ()
     # Later keys too, and a gather of them is answered with the value.
-    submit(s, key="z")
-    s.handle_client_message("c", {"op": "gather", "request_id": 9, "keys": ["z"],
+    s.add_worker("w2", B, nthreads=1)
+    take(s)
+    for key in ("z", "v"):
+        submit(s, key=key)
+    s.handle_client_message("c", {"op": "gather", "request_id": 9, "keys": ["z", "v"],
                                   "wait": True, "direct": True})
-    out = finished(s, key="z", direct=["c"])
-    assert ("client", "c", {"op": "gather-result", "request_id": 9,
-                            "data": {"z": "blob"}, "missing": [],
-                            "errors": {}}) in out
-    assert ("client", "c", {"op": "key-in-memory", "key": "z", "type": "int",
+    on = {key: s.tasks[key].processing_on.id for key in ("z", "v")}
+    assert sorted(on.values()) == ["w1", "w2"]
+    out = []
+    for key, wid in on.items():
+        s.handle_worker_message(wid, {"op": "task-finished", "key": key, "nbytes": 8,
+                                      "type": "int", "duration": 0.1,
+                                      "data": f"blob-{key}", "direct": ["c"]})
+        out += take(s)
+    from_w1 = "z" if on["z"] == "w1" else "v"
+    assert ("client", "c", {"op": "key-in-memory", "key": from_w1, "type": "int",
                             "nbytes": 8, "worker": A}) in out
+    assert ("client", "c", {"op": "gather-result", "request_id": 9,
+                            "data": {from_w1: f"blob-{from_w1}"}, "missing": [],
+                            "errors": {}, "direct": [k for k in ("z", "v")
+                                                     if k != from_w1]}) in out
+    assert len(out) == 2
 
 
 # ------------------------------------------------------------------ worker
@@ -460,7 +475,7 @@ def test_a_lost_connection_to_a_worker_asks_for_the_pending_keys_again(cs):
     assert gather(cs, ["y"]) == []
     cs.take_messages()
     assert cs.worker_lost(A) is None
-    assert cs.take_messages() == [{"op": "report-keys", "keys": ["y"], "lost": True}]
+    assert cs.take_messages() == [{"op": "report-keys", "keys": ["y"], "lost": A}]
     # y's value was lost with the connection: the scheduler sends it, which
     # finishes y, answers the gather and connects to the worker again.
     assert cs.handle(in_memory("y", worker=A, data="Y")) == [
