@@ -112,7 +112,8 @@ KINDS = {
         "close-client": "a client leaves",
         "shutdown": "stop the scheduler and its workers",
         "update-graph": "new tasks, and the keys the client wants",
-        "client-releases-keys": "no Future of these keys is left",
+        "client-releases-keys": "no Future of these keys is left (my gathers sent "
+                                "with 'direct' that wait for one end unanswered)",
         "client-desires-keys": "Futures of these keys arrived (unpickled)",
         "report-keys": "say how these keys end even if their value goes to me "
                        "straight: to confirm them, or because my connection to "

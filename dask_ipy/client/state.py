@@ -28,7 +28,10 @@ with those, listing as "direct" the ones sent here: one not here yet (overtaken,
 or lost with its connection) is asked for again, value and all.  Both may come
 (a "report-keys" answered, an answer overtaking the worker's): whichever comes
 first finishes the key, the other changes nothing; neither touches a key released
-or cancelled here.
+or cancelled here.  A gather sent with "direct" ends, unanswered, when a key it
+waits for is released here (`end_gathers`: its caller, who held the key, gave up),
+and so does the scheduler's copy of it: a release that overtook the worker's word
+finds it there, answered here long since.
 
 A value sent straight is lost only with its connection: when one drops, the keys
 pending here are asked for again ("report-keys", ``lost``), and the scheduler tells
@@ -110,7 +113,7 @@ import itertools
 import weakref
 from dataclasses import dataclass
 
-from ..errors import ClosedClientError, PausedWorkerWarning, SchedulerLost
+from ..errors import ClosedClientError, KeyReleased, PausedWorkerWarning, SchedulerLost
 from ..units import format_bytes
 
 PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "cancelled", "lost"
@@ -319,6 +322,22 @@ class ClientState:
             gone.append(key)
         self.releases.extend(gone)
         return gone
+
+    def end_gathers(self, gone):
+        """Gathers sent with "direct" that wait here for keys just released (`drop`
+        -> ``gone``): their callers gave up (a caller holds the keys it waits for),
+        and the scheduler, seeing the release, drops them without an answer: they
+        fail here, and are forgotten."""
+        out = []
+        for key in gone:
+            for rid in list(self.by_key.get(key, ())):
+                if self.gathers[rid][0].get("direct"):
+                    self._end_gather(rid)
+                    token = self.requests.pop(rid, None)
+                    if token is not None:
+                        out.append(Reject(token, KeyReleased(
+                            f"{key!r} was released while gathered")))
+        return out
 
     def is_held(self, key):
         """Whether a Future of ``key`` that is not cancelled exists here."""

@@ -46,7 +46,9 @@ State, documented once:
                             never a client `ClientRecord.wary` of that worker
     parked:     {key: gather id, or {gather id} when several}  gathers waiting for
                 keys to finish, so a client's `result()` costs one request (one
-                gather waits for most keys: its id alone is no object to collect)
+                gather waits for most keys: its id alone is no object to collect);
+                a client's gather sent with "direct" ends unanswered when that
+                client releases a key it waits for (`_drop_gathers`)
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim (thief None: nobody waits for it)
     WorkerRecord.processing: {TaskState: estimated duration}
@@ -2182,6 +2184,8 @@ class SchedulerState:
         self._release_keys(cid, [ts.key for ts in cs.wants_what])
 
     def _release_keys(self, cid, keys):
+        if self.parked:
+            self._drop_gathers(cid, keys)
         recs = {}
         cs = self.clients.get(cid)
         for key in keys:
@@ -2421,6 +2425,25 @@ class SchedulerState:
             if not g["waiting"]:
                 self._start_gather(gid, [k for k in g["keys"] if k not in g["missing"]])
         return clients
+
+    def _drop_gathers(self, cid, keys):
+        """Gathers of client ``cid`` sent with "direct" and waiting for one of the
+        ``keys`` it releases end without an answer: it answered them itself (the
+        values came straight, before the worker's word came here), or their callers
+        gave up, and it ended them as it let the keys go (`ClientState.drop`)."""
+        parked, gathers = self.parked, self.gathers
+        for key in keys:
+            gids = parked.get(key)
+            if gids is None:
+                continue
+            for gid in (gids,) if type(gids) is int else list(gids):
+                g = gathers.get(gid)
+                if (g is None or g["client"] != cid or g["worker"] is not None
+                        or g["direct"] is None):
+                    continue
+                del gathers[gid]
+                for other in g["waiting"]:
+                    self._unpark_one(other, gid)
 
     def _unpark_one(self, key, gid):
         """Gather ``gid`` no longer waits for ``key``."""

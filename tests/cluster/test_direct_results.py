@@ -11,6 +11,7 @@ import time
 import pytest
 import zmq
 
+from dask_ipy.errors import KeyReleased
 from dask_ipy.security import Security
 from helpers import (Boom, fail, fail_until, inc, local_cluster, processes, slow_inc,
                      wait_for)
@@ -254,3 +255,47 @@ def test_a_value_lost_with_its_connection_comes_from_the_scheduler():
         assert [g.result(timeout=30) for g in
                 [c.submit(inc, i, pure=False) for i in range(3)]] == [1, 2, 3]
         assert c.who_has(futures[0])[futures[0].key]
+
+
+def test_round_trips_leave_no_request_or_gather_behind():
+    """Values come straight and each Future is let go at once, its release often
+    overtaking the worker's word to the scheduler: no request, gather or report
+    is left on either side, and none is answered for nothing."""
+    with local_cluster() as (s, workers, c):
+        warm(c, [w.address for w in workers])
+        seen = watch(c)
+        before = c.shell.direct_results
+        for i in range(200):
+            assert c.submit(inc, i).result(timeout=30) == i + 1
+        assert c.shell.direct_results - before >= 150
+        state = c.shell.state
+        wait_for(lambda: not state.requests and not state.gathers and not state.by_key,
+                 message="no request left in the client")
+        done = threading.Event()
+        s.loop.call_soon(done.set)
+        assert done.wait(10)
+        wait_for(lambda: not s.state.gathers and not s.state.parked,
+                 message="no gather left in the scheduler")
+        assert all(not cr.reports for cr in s.state.clients.values())
+        assert seen["in_memory"] == [] and seen["values"] == []
+
+
+def test_a_future_released_while_its_result_is_awaited_fails_the_wait():
+    with local_cluster() as (s, workers, c):
+        warm(c, [w.address for w in workers])
+        f = c.submit(slow_inc, 1, delay=1.0, pure=False)
+        outcome = []
+        waiting = threading.Thread(target=lambda: outcome.append(
+            _raised(lambda: f.result(timeout=20))))
+        waiting.start()
+        wait_for(lambda: c.shell.state.gathers, message="the gather to be sent")
+        f.release()
+        waiting.join(30)
+        assert outcome and isinstance(outcome[0], KeyReleased), outcome
+
+
+def _raised(fn):
+    try:
+        return fn()
+    except BaseException as e:
+        return e

@@ -9,6 +9,7 @@ import pytest
 
 from dask_ipy.client.state import (CANCELLED, ERROR, FINISHED, PENDING, ClientState,
                                    Connect, Done, Reset, Resolve)
+from dask_ipy.errors import KeyReleased
 from dask_ipy.scheduler.state import SchedulerState
 from dask_ipy.worker.state import Execute, Send, ToClient, WorkerState
 
@@ -214,6 +215,37 @@ def test_a_client_that_lost_a_worker_connection_gets_its_values_from_the_schedul
                             "errors": {}, "direct": [k for k in ("z", "v")
                                                      if k != from_w1]}) in out
     assert len(out) == 2
+
+
+def test_a_gather_ends_unanswered_when_its_client_releases_a_key_it_waits_for(s):
+    """The value came straight, the client answered its gather and released the
+    key, and that release overtook the worker's word: the gather ends without an
+    answer ("missing" would tell the client nothing)."""
+    for key in ("x", "y"):
+        submit(s, key=key)
+    s.handle_client_message("c", {"op": "gather", "request_id": 5, "keys": ["x", "y"],
+                                  "wait": True, "direct": True})
+    s.handle_client_message("c", {"op": "gather", "request_id": 6, "keys": ["y"],
+                                  "wait": True, "direct": True})
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
+    assert take(s) == [("worker", "w1", {"op": "free-keys", "keys": ["x"]})]
+    assert [g["request_id"] for g in s.gathers.values()] == [6]
+    assert list(parked(s)) == ["y"] and len(parked(s)["y"]) == 1
+    assert finished(s, key="x", direct=["c"]) == [
+        ("worker", "w1", {"op": "free-keys", "keys": ["x"]})]
+    # A gather asking for values whatever way they went is answered, as is
+    # another client's.
+    s.update_graph("d", {}, ["y"], {})
+    s.handle_client_message("c", {"op": "gather", "request_id": 7, "keys": ["y"],
+                                  "wait": True, "direct": False})
+    s.handle_client_message("d", {"op": "gather", "request_id": 8, "keys": ["y"],
+                                  "wait": True, "direct": True})
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["y"]})
+    assert sorted(g["request_id"] for g in s.gathers.values()) == [7, 8]
+    s.handle_client_message("d", {"op": "client-releases-keys", "keys": ["y"]})
+    assert sorted((cid, m["request_id"], m["missing"]) for _, cid, m in take(s)
+                  if m["op"] == "gather-result") == [("c", 7, ["y"])]
+    assert parked(s) == {} and s.gathers == {}
 
 
 # ------------------------------------------------------------------ worker
@@ -487,6 +519,28 @@ def test_a_lost_connection_to_a_worker_asks_for_the_pending_keys_again(cs):
     cs.take_messages()
     cs.worker_lost(A)
     assert cs.take_messages() == []
+
+
+def test_a_gather_waiting_for_a_key_released_here_fails_and_is_forgotten(cs):
+    x, y = cs.hold("x"), cs.hold("y")
+    gather(cs, ["x", "y"])
+    gather(cs, ["y"], "t2")
+    [one, two] = cs.take_messages()
+    assert cs.drop(["x"]) == ["x"]
+    [reject] = cs.end_gathers(["x"])
+    assert reject.token == "t" and isinstance(reject.error, KeyReleased)
+    assert set(cs.gathers) == {two["request_id"]} and set(cs.requests) == {
+        two["request_id"]}
+    cs.validate()
+    # One that asked for the values whatever way they went waits for its answer.
+    cs.handle_worker(result("y"))
+    cs.drop(["y"])
+    z = cs.hold("z")
+    cs.handle(in_memory("z"))
+    gather(cs, ["z"], "t3")
+    cs.drop(["z"])
+    assert cs.end_gathers(["z"]) == [] and len(cs.requests) == 1
+    cs.validate()
 
 
 def test_a_key_in_memory_naming_a_worker_connects_once(cs):
