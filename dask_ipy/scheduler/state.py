@@ -333,11 +333,10 @@ class WorkerRecord:
 
 class ClientRecord:
     """A client.  ``reports``: {TaskState} of `wants_what` whose end it asked to
-    hear of even if the value goes to it straight ("report-keys"): to confirm keys
-    it has (its questions about the cluster wait for that), or keys whose value
-    may have been lost with a connection to a worker.  ``wary``: {worker address}
-    whose connection to it dropped once: whether what such a worker sends it
-    straight arrives is unknown, so it is told of those values as of values that
+    hear of even if the value goes to it straight ("report-keys"), to confirm keys
+    it has (its questions about the cluster wait for that).  ``wary``: {worker
+    address} whose connection to it dropped once: whether what such a worker sends
+    it straight arrives is unknown, so it is told of those values as of values that
     did not go straight (its connection made again, and a send into the dropped
     one, cannot be told apart)."""
 
@@ -2239,21 +2238,25 @@ class SchedulerState:
         """A client asks to hear how these keys of its end, even those whose value
         its worker sends it straight: to confirm keys it has (``lost`` None), or
         because its connection to the worker at ``lost`` dropped, so that values
-        sent on it may never have come (these keys are all those pending there):
-        those done are told with their values, and it is `wary` of that worker
-        from now on."""
+        sent on it may never have come.  Then these are the keys pending there:
+        those whose value the scheduler was told went straight are sent again,
+        value and all, and the client is `wary` of that worker from now on (the
+        others come the long way, or straight from another worker)."""
         cr = self.clients.get(cid)
         if cr is None:
             return
         lost = msg.get("lost")
         if lost is not None:
             cr.wary.add(lost)
+            for key in msg["keys"]:
+                ts = self.tasks.get(key)
+                if ts is not None and ts.state == MEMORY and cid in ts.direct:
+                    self.send_client(cid, self._in_memory(ts, True))
+            return
         for key in msg["keys"]:
             ts = self.tasks.get(key)
-            if ts is not None and ts.state == MEMORY:
-                self.send_client(cid, self._report_of(key) if lost is None else
-                                 self._in_memory(ts, True))
-            elif ts is not None and ts.state != ERRED and ts in cr.wants_what:
+            if (ts is not None and ts.state not in (MEMORY, ERRED)
+                    and ts in cr.wants_what):
                 cr.reports.add(ts)      # told when it ends (`_after_memory`)
             else:
                 self._report(cid, key)

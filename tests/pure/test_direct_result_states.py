@@ -187,7 +187,7 @@ def test_a_client_that_lost_a_worker_connection_gets_its_values_from_the_schedul
     assert take(s) == [("client", "c", {"op": "key-in-memory", "key": "x",
                                         "type": "int", "nbytes": 8, "worker": A,
                                         "data": "blob"})]
-    assert s.clients["c"].wary == {A}
+    assert s.clients["c"].wary == {A} and s.clients["c"].reports == set()
     assert finished(s, key="y", direct=["c"]) == [
         ("client", "c", {"op": "key-in-memory", "key": "y", "type": "int",
                          "nbytes": 8, "worker": A, "data": "blob"})]
