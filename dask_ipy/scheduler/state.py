@@ -2432,8 +2432,9 @@ class SchedulerState:
     def _drop_gathers(self, cid, keys):
         """Gathers of client ``cid`` sent with "direct" and waiting for one of the
         ``keys`` it releases end without an answer: it answered them itself (the
-        values came straight, before the worker's word came here), or their callers
-        gave up, and it ended them as it let the keys go (`ClientState.drop`)."""
+        values came straight, before the worker's word came here), or their
+        callers gave up, and it ended them as it let the keys go
+        (`ClientState.end_gathers`)."""
         parked, gathers = self.parked, self.gathers
         for key in keys:
             gids = parked.get(key)
