@@ -299,3 +299,26 @@ def _raised(fn):
         return fn()
     except BaseException as e:
         return e
+
+
+def test_a_value_the_worker_could_not_send_comes_from_the_scheduler():
+    """The client's connection to a worker is gone without its knowing (nothing
+    told it): the worker's send fails, and its task-finished no longer says the
+    value went straight, so the scheduler sends it."""
+    with local_cluster() as (s, workers, c):
+        addresses = [w.address for w in workers]
+        warm(c, addresses)
+        done = threading.Event()
+
+        def close():
+            c.shell._close_worker_socket(c.shell.result_sockets, addresses[0])
+            done.set()
+        c.shell.loop.call_soon(close)
+        assert done.wait(10)
+        time.sleep(0.5)                 # the worker's end of it closes too
+        before = c.shell.direct_results
+        f = c.submit(inc, 41, workers=[addresses[0]], pure=False)
+        assert f.result(timeout=20) == 42
+        assert c.shell.direct_results == before
+        wait_for(lambda: c.shell.id not in workers[0].state.clients,
+                 message="the worker to forget the client")
