@@ -105,6 +105,11 @@ class ClosedClientError(RuntimeError):
     """The client is closed: it sends nothing any more."""
 
 
+class KeyReleased(KeyError):
+    """A key's last Future was let go while a gather of it still waited: the wait
+    ends with this (its caller, who held the key, had given up)."""
+
+
 class SchedulerLost(ConnectionError):
     """The connection to the scheduler was lost before the result arrived."""
 

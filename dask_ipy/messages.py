@@ -112,8 +112,13 @@ KINDS = {
         "close-client": "a client leaves",
         "shutdown": "stop the scheduler and its workers",
         "update-graph": "new tasks, and the keys the client wants",
-        "client-releases-keys": "no Future of these keys is left",
+        "client-releases-keys": "no Future of these keys is left (my gathers sent "
+                                "with 'direct' that wait for one end unanswered)",
         "client-desires-keys": "Futures of these keys arrived (unpickled)",
+        "report-keys": "say how these keys end even if their value goes to me "
+                       "straight: to confirm them, or because my connection to "
+                       "the worker 'lost' dropped (with the values then, and of "
+                       "that worker's values from now on)",
         "fire-and-forget": "run these keys to their end even once no client wants "
                            "them, then forget them (fire_and_forget)",
         "retry": "compute these erred keys again, with the erred inputs they erred "
@@ -121,7 +126,8 @@ KINDS = {
         "cancel": "cancel these keys (and why: 'reason', 'msg')",
         "gather": "the values of these keys (once done, with 'wait'; 'stream': large "
                   "ones may come through the relay; 'unwanted': streams given up; "
-                  "'direct' False: send even those the worker sent to me straight)",
+                  "'direct' False: send even those the worker sent to me straight; "
+                  "true: leave those out, and if that is all, answer nothing)",
         "scatter": "put these values on workers ('streams': large ones streamed "
                    "through the relay, each for the worker 'scatter-targets' chose)",
         "scatter-targets": "which workers will hold these large scattered values (so "
@@ -169,7 +175,8 @@ KINDS = {
         "welcome": "the answer to 'register-client' (and the relay's port)",
         "ping": "only tests that the client is reachable",
         "key-in-memory": "a wanted key is done (with a small result that did not go "
-                         "straight to the client: the worker holding it)",
+                         "straight to the client: the worker holding it); not sent "
+                         "of a value that went straight, unless 'report-keys' asked",
         "task-erred": "a wanted key failed: its error record",
         "cancelled": "a key was cancelled (and why, if the canceller said)",
         "restarted": "every task was forgotten",

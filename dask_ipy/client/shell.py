@@ -192,8 +192,12 @@ class ClientShell:
         """Holders of ``keys`` are gone (any thread, the garbage collector's too)."""
         with LOCK:
             gone = self.state.drop(keys)
+            out = self.state.end_gathers(gone) if gone and self.state.by_key else None
+            after = self._take(out) if out else None
         if gone:
             self._wake_loop()
+        if after:
+            self._carry_out(after)
 
     def is_held(self, key):
         with LOCK:

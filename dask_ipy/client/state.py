@@ -17,23 +17,34 @@ back as instructions:
     Connect(address)        connect to this worker's peer socket and ask for small
                             results there ("subscribe-results")
 
-A small result may come twice: straight from the worker that computed it
-("task-result", three hops from the submit) and through the scheduler
-("key-in-memory", with the value when it did not come straight and no gather of
-this client's answers it; else the value in a "gather-result").  Whichever comes
+A small result comes either straight from the worker that computed it
+("task-result", three hops from the submit) or through the scheduler
+("key-in-memory", with the value when no gather of this client's answers it; else
+the value in a "gather-result").  Of a value that came straight the scheduler says
+nothing: no "key-in-memory", and a gather that waited only for such values (sent
+with "direct": every key pending here) has no answer, since it was answered here
+as soon as they had all come.  A gather that also waited for others is answered
+with those, listing as "direct" the ones sent here: one not here yet (overtaken,
+or lost with its connection) is asked for again, value and all.  Both may come
+(a "report-keys" answered, an answer overtaking the worker's): whichever comes
 first finishes the key, the other changes nothing; neither touches a key released
-or cancelled here.  A gather waiting for keys is answered here as soon as all their
-values have come; the scheduler's answer to it, later, finds no request.  The scheduler
-lists as "direct" the keys whose worker sent them here, without their values: one
-that did not arrive (the connection dropped meanwhile) is asked for again, value
-and all.  A key finished by a value that came straight is `unconfirmed` until the
-scheduler's word: the scheduler may not know yet that it is done, so messages that
-read or act on the scheduler's view (`info`, the task stream, moves of data, user
-code in the scheduler...) wait until none is; those of the hot path (`UNORDERED`:
-graphs, gathers, releases, cancels) do not, the scheduler being right about those
-keys either way.  The client connects to a worker lazily, the first time a "key-in-memory"
-names it (a small result that could have come straight): a client reaches only the
-workers that compute for it, and the scheduler announces none.
+or cancelled here.  A gather sent with "direct" ends, unanswered, when a key it
+waits for is released here (`end_gathers`: its caller, who held the key, gave up),
+and so does the scheduler's copy of it: a release that overtook the worker's word
+finds it there, answered here long since.
+
+A value sent straight is lost only with its connection: when one drops, the keys
+pending here are asked for again ("report-keys", ``lost``), and the scheduler tells
+this client of that worker's values from then on as if none came straight.  A key
+finished by a value that came straight is `unconfirmed`: the scheduler may not know
+yet that it is done, so messages that read or act on the scheduler's view (`info`,
+the task stream, moves of data, user code in the scheduler...) wait until none is,
+after a "report-keys" asking the scheduler to say when it knows (`confirming`);
+those of the hot path (`UNORDERED`: graphs, gathers, releases, cancels) do not,
+the scheduler being right about those keys either way.  The client connects to a
+worker lazily, the first time a "key-in-memory" names it (a small result that
+could have come straight): a client reaches only the workers that compute for it,
+and the scheduler announces none.
 
 Key states (`FutureState.status`)::
 
@@ -84,6 +95,8 @@ State, documented once:
                                        the scheduler's "key-in-memory" (or error,
                                        cancel): later messages outside `UNORDERED`
                                        wait for it
+    confirming: {key}                  of those, the ones a "report-keys" has asked
+                                       the scheduler's word of
     status:     "connecting" | "running" | "reconnecting" | "closed"
     lost:       bool                   the connection is down (reconnecting)
     waits:      {token}                each stands for another client's messages,
@@ -100,7 +113,7 @@ import itertools
 import weakref
 from dataclasses import dataclass
 
-from ..errors import ClosedClientError, PausedWorkerWarning, SchedulerLost
+from ..errors import ClosedClientError, KeyReleased, PausedWorkerWarning, SchedulerLost
 from ..units import format_bytes
 
 PENDING, FINISHED, ERROR, CANCELLED, LOST = "pending", "finished", "error", "cancelled", "lost"
@@ -228,7 +241,7 @@ WELCOME = "welcome"    # the request id of registration: its answer carries no i
 UNORDERED = frozenset({"update-graph", "gather", "client-releases-keys",
                        "client-desires-keys", "cancel", "scatter", "client-options",
                        "register-client", "close-client", "monitor", "subscribe-topic",
-                       "fire-and-forget"})
+                       "fire-and-forget", "report-keys"})
 
 
 class _Wait:
@@ -267,6 +280,7 @@ class ClientState:
         self.by_key = {}
         self.workers = set()
         self.unconfirmed = set()
+        self.confirming = set()
         self.waits = set()
         self.kept = 0                   # FutureState.data values held
         self.kept_bytes = 0             # and their sizes summed
@@ -304,10 +318,26 @@ class ClientState:
             st = self.futures.pop(key, None)
             if st is not None:
                 self._drop_value(st)
-            self.unconfirmed.discard(key)
+            self._confirmed(key)
             gone.append(key)
         self.releases.extend(gone)
         return gone
+
+    def end_gathers(self, gone):
+        """Gathers sent with "direct" that wait here for keys just released (`drop`
+        -> ``gone``): their callers gave up (a caller holds the keys it waits for),
+        and the scheduler, seeing the release, drops them without an answer: they
+        fail here, and are forgotten."""
+        out = []
+        for key in gone:
+            for rid in list(self.by_key.get(key, ())):
+                if self.gathers[rid][0].get("direct"):
+                    self._end_gather(rid)
+                    token = self.requests.pop(rid, None)
+                    if token is not None:
+                        out.append(Reject(token, KeyReleased(
+                            f"{key!r} was released while gathered")))
+        return out
 
     def is_held(self, key):
         """Whether a Future of ``key`` that is not cancelled exists here."""
@@ -337,9 +367,16 @@ class ClientState:
         self._queue_releases()
         if self.unconfirmed or self.waits:
             for i, msg in enumerate(self.outbox):
-                if type(msg) is _Wait or (self.unconfirmed
-                                          and msg["op"] not in UNORDERED):
+                if type(msg) is _Wait:
                     out, self.outbox = self.outbox[:i], self.outbox[i:]
+                    return out
+                if self.unconfirmed and msg["op"] not in UNORDERED:
+                    out, self.outbox = self.outbox[:i], self.outbox[i:]
+                    ask = self.unconfirmed - self.confirming
+                    if ask:
+                        # The scheduler says nothing of them unless asked.
+                        self.confirming |= ask
+                        out.append({"op": "report-keys", "keys": list(ask)})
                     return out
         out, self.outbox = self.outbox, []
         return out
@@ -400,6 +437,13 @@ class ClientState:
         if not keys:
             return [Resolve(token, _reply(here))]
         msg["keys"] = keys
+        if "direct" not in msg:
+            # Values sent here straight may be left out of the answer (and, if all
+            # are, the answer too) only while they are still to come: a key done
+            # here without its value (not kept) needs it from the scheduler.
+            msg["direct"] = all(
+                st is not None and st.status == PENDING
+                for st in map(self.futures.get, keys))
         out = self.request(msg, token)
         if not out:
             rid = msg["request_id"]
@@ -481,7 +525,8 @@ class ClientState:
             if not st.done() or st.status == FINISHED:
                 out += self._set_cancelled(st, reason, text)
             self._let_go(st)
-        self.unconfirmed.difference_update(keys)
+        for key in keys:
+            self._confirmed(key)
         msg = {"op": "cancel", "keys": keys, "force": force}
         msg.update(_why(reason, text))
         return out + self.request(msg, token)
@@ -547,6 +592,7 @@ class ClientState:
         self.gathers.clear()
         self.by_key.clear()
         self.unconfirmed.clear()
+        self.confirming.clear()
         for st in list(self.futures.values()):
             if not st.done():
                 st.error = {"type": "SchedulerLost", "text": reason}
@@ -592,6 +638,7 @@ class ClientState:
         self.gathers.clear()
         self.by_key.clear()
         self.unconfirmed.clear()
+        self.confirming.clear()
         tokens = list(self.requests.values())
         tokens += [token for _, token in self.scatters.values()]
         for token in tokens:
@@ -611,10 +658,15 @@ class ClientState:
         st.error = {"reason": reason, "msg": text}
         return self._set(st, CANCELLED)
 
+    def _confirmed(self, key):
+        """The scheduler's word on ``key`` came (or is no longer needed)."""
+        self.unconfirmed.discard(key)
+        self.confirming.discard(key)
+
     def _on_key_in_memory(self, msg):
         st = self.futures.get(msg["key"])
         out = []
-        self.unconfirmed.discard(msg["key"])
+        self._confirmed(msg["key"])
         worker = msg.get("worker")
         if worker is not None and worker not in self.workers and not self.lost:
             self.workers.add(worker)
@@ -700,11 +752,19 @@ class ClientState:
 
     def worker_lost(self, address):
         """The connection to a worker taking small results dropped: connect again
-        when a result names it."""
+        when a result names it.  Values it sent that had not come are lost with it,
+        and the scheduler, told they came straight, would not send them: every key
+        pending here is asked for again, and from now on the scheduler sends this
+        client the values of that worker as if they had not come straight
+        ("report-keys", ``lost``)."""
         self.workers.discard(address)
+        if self.status == "closed" or self.lost:
+            return
+        pending = [key for key, st in self.futures.items() if st.status == PENDING]
+        self._queue({"op": "report-keys", "keys": pending, "lost": address})
 
     def _on_task_erred(self, msg):
-        self.unconfirmed.discard(msg["key"])
+        self._confirmed(msg["key"])
         st = self.futures.get(msg["key"])
         if st is None:
             return []
@@ -715,7 +775,7 @@ class ClientState:
         """Another client's forced cancel, or the cancel of an input, reached this
         key: its Futures are cancelled (for the reason of that cancel), and the key,
         submitted again, starts anew."""
-        self.unconfirmed.discard(msg["key"])
+        self._confirmed(msg["key"])
         st = self.futures.get(msg["key"])
         if st is None:
             return []
@@ -724,6 +784,7 @@ class ClientState:
 
     def _on_restarted(self, msg):
         self.unconfirmed.clear()
+        self.confirming.clear()
         out = []
         for st in list(self.futures.values()):
             if not st.done() or st.status == FINISHED:
@@ -751,7 +812,7 @@ class ClientState:
                 st.status = PENDING
                 st.error = None
                 self._drop_value(st)
-                self.unconfirmed.discard(key)
+                self._confirmed(key)
                 out.append(Reset(st))
         rid = msg["request_id"]
         entry = self._end_gather(rid)
@@ -845,6 +906,7 @@ class ClientState:
         assert set(self.gathers) <= set(self.requests), "a gather without its request"
         assert self.parked <= set(self.requests), "a parked request without its request"
         assert self.unconfirmed <= set(self.futures), "unconfirmed keys not held"
+        assert self.confirming <= self.unconfirmed, "a report asked of a key confirmed"
         assert self.waits == {msg.token for msg in self.outbox
                               if type(msg) is _Wait}, "a wait without its place"
         assert self.kept == sum(st.data is not None for st in self.futures.values())

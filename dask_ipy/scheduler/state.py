@@ -39,11 +39,16 @@ State, documented once:
                             are answered without asking the worker, and the clients
                             it did not reach straight get it with "key-in-memory"
     TaskState.direct:       (client id,) the clients the worker sent that small result
-                            to straight ("task-result"): a gather of theirs lists the
-                            key as "direct" instead of sending the value again
+                            to straight ("task-result"): they hear nothing of the key
+                            from here (no "key-in-memory"; a gather of theirs lists it
+                            as "direct", and one that only waited for such keys has
+                            no answer), unless they asked (`ClientRecord.reports`);
+                            never a client `ClientRecord.wary` of that worker
     parked:     {key: gather id, or {gather id} when several}  gathers waiting for
                 keys to finish, so a client's `result()` costs one request (one
-                gather waits for most keys: its id alone is no object to collect)
+                gather waits for most keys: its id alone is no object to collect);
+                a client's gather sent with "direct" ends unanswered when that
+                client releases a key it waits for (`_drop_gathers`)
     steals:     {key: (victim, thief)}  steal requests not answered yet; ended when
                 the task leaves the victim (thief None: nobody waits for it)
     WorkerRecord.processing: {TaskState: estimated duration}
@@ -330,11 +335,22 @@ class WorkerRecord:
 
 
 class ClientRecord:
-    __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned", "streams")
+    """A client.  ``reports``: {TaskState} of `wants_what` whose end it asked to
+    hear of even if the value goes to it straight ("report-keys"), to confirm keys
+    it has (its questions about the cluster wait for that).  ``wary``: {worker
+    address} whose connection to it dropped once: whether what such a worker sends
+    it straight arrives is unknown, so it is told of those values as of values that
+    did not go straight (its connection made again, and a send into the dropped
+    one, cannot be told apart)."""
+
+    __slots__ = ("id", "wants_what", "monitor", "paused_warning", "warned", "streams",
+                 "reports", "wary")
 
     def __init__(self, id):
         self.id = id
         self.wants_what = set()
+        self.reports = set()
+        self.wary = set()
         self.monitor = False
         self.paused_warning = None    # seconds: warn of workers paused longer
         self.warned = set()           # {(worker id, paused since)} warned of
@@ -861,6 +877,10 @@ class SchedulerState:
     def _released_memory(self, ts):
         # Only reached through add-keys (scatter) for a key that was released.
         self._set_state(ts, MEMORY)
+        for cid in ts.who_wants:
+            cr = self.clients.get(cid)
+            if cr is not None:
+                cr.reports.discard(ts)
         return {}
 
     # waiting -> ...
@@ -958,22 +978,41 @@ class SchedulerState:
             _discard(dep, "waiters", ts)
             if not dep.waiters and not dep.who_wants and dep.state == MEMORY:
                 recs[dep.key] = RELEASED
+        clients = self.clients
         for cid in ts.who_wants:
-            msg = {"op": "key-in-memory", "key": ts.key, "type": ts.type,
-                   "nbytes": ts.nbytes}
-            if ts.data is not None and cid not in ts.direct and ts.who_has:
-                # The result went to the client the long way: where it could have
-                # come from straight, so that the client connects there; and the
-                # small value itself, so that its gather needs no request.
-                msg["worker"] = next(iter(ts.who_has)).address
-                if cid not in gathering:
-                    msg["data"] = ts.data
-            self.send_client(cid, msg)
+            cr = clients.get(cid)
+            if cr is None:
+                continue                # a holder, or a client gone
+            asked = False
+            if cr.reports:
+                asked = ts in cr.reports
+                cr.reports.discard(ts)
+            if cid in ts.direct:
+                if not asked:
+                    continue            # it has the value, and knows the key is done
+                # It has the value and asked to hear that the key is done here.
+                self.send_client(cid, {"op": "key-in-memory", "key": ts.key,
+                                       "type": ts.type, "nbytes": ts.nbytes})
+                continue
+            self.send_client(cid, self._in_memory(ts, cid not in gathering))
         if FIRE_AND_FORGET in ts.who_wants:
             _discard(ts, "who_wants", FIRE_AND_FORGET)   # its work is done
         if not ts.waiters and not ts.who_wants:
             recs[ts.key] = FORGOTTEN
         return recs
+
+    def _in_memory(self, ts, value):
+        """The "key-in-memory" of ``ts`` for a client that may not have its value:
+        for a small result, where it could have come from straight, so that the
+        client connects there; and with ``value``, the small value itself, so that
+        the client's gather of it needs no request."""
+        msg = {"op": "key-in-memory", "key": ts.key, "type": ts.type,
+               "nbytes": ts.nbytes}
+        if ts.data is not None and ts.who_has:
+            msg["worker"] = next(iter(ts.who_has)).address
+            if value:
+                msg["data"] = ts.data
+        return msg
 
     def _processing_waiting(self, ts):
         # Given back unstarted by its worker with nowhere it was meant to go (a steal
@@ -1029,6 +1068,9 @@ class SchedulerState:
                                 "type": ts.error.get("type"),
                                 "text": ts.error.get("text", "")})
         for cid in ts.who_wants:
+            cr = self.clients.get(cid)
+            if cr is not None and cr.reports:
+                cr.reports.discard(ts)
             self.send_client(cid, {"op": "task-erred", **ts.error, "key": ts.key})
         if FIRE_AND_FORGET in ts.who_wants:
             # Ended too.  Kept while dependents (erred with it) are: their retry
@@ -1862,7 +1904,13 @@ class SchedulerState:
         ts.nbytes = msg.get("nbytes", 0)
         ts.type = msg.get("type")
         ts.data = msg.get("data")
-        ts.direct = tuple(msg.get("direct", ())) if ts.data is not None else ()
+        direct = msg.get("direct")
+        if direct and ts.data is not None:
+            clients = self.clients
+            ts.direct = tuple(cid for cid in direct if cid in clients
+                              and ws.address not in clients[cid].wary)
+        else:
+            ts.direct = ()
         if "duration" in msg:
             ts.group.add_duration(msg["duration"])
         ts.group.add_nbytes(ts.nbytes)
@@ -2158,6 +2206,8 @@ class SchedulerState:
         self._release_keys(cid, [ts.key for ts in cs.wants_what])
 
     def _release_keys(self, cid, keys):
+        if self.parked:
+            self._drop_gathers(cid, keys)
         recs = {}
         cs = self.clients.get(cid)
         for key in keys:
@@ -2167,6 +2217,7 @@ class SchedulerState:
             _discard(ts, "who_wants", cid)
             if cs is not None:
                 cs.wants_what.discard(ts)
+                cs.reports.discard(ts)
             if not ts.who_wants and not ts.waiters:
                 recs[key] = FORGOTTEN
         self.transitions(recs)
@@ -2205,6 +2256,33 @@ class SchedulerState:
         self.desire_keys(cid, msg["keys"])
         for key in msg["keys"]:
             self._report(cid, key)
+
+    def _on_report_keys(self, cid, msg):
+        """A client asks to hear how these keys of its end, even those whose value
+        its worker sends it straight: to confirm keys it has (``lost`` None), or
+        because its connection to the worker at ``lost`` dropped, so that values
+        sent on it may never have come.  Then these are the keys pending there:
+        those whose value the scheduler was told went straight are sent again,
+        value and all, and the client is `wary` of that worker from now on (the
+        others come the long way, or straight from another worker)."""
+        cr = self.clients.get(cid)
+        if cr is None:
+            return
+        lost = msg.get("lost")
+        if lost is not None:
+            cr.wary.add(lost)
+            for key in msg["keys"]:
+                ts = self.tasks.get(key)
+                if ts is not None and ts.state == MEMORY and cid in ts.direct:
+                    self.send_client(cid, self._in_memory(ts, True))
+            return
+        for key in msg["keys"]:
+            ts = self.tasks.get(key)
+            if (ts is not None and ts.state not in (MEMORY, ERRED)
+                    and ts in cr.wants_what):
+                cr.reports.add(ts)      # told when it ends (`_after_memory`)
+            else:
+                self._report(cid, key)
 
     def _report(self, cid, key):
         """Tell ``cid`` how ``key`` ended, if it has (or that there is no such task);
@@ -2296,6 +2374,7 @@ class SchedulerState:
                 cs = self.clients.get(c)
                 if cs is not None:
                     cs.wants_what.discard(ts)
+                    cs.reports.discard(ts)
                 if c != cid or key not in asked:      # the canceller knows those
                     self.send_client(c, {"op": "cancelled", "key": key, **why})
             if not ts.who_wants:
@@ -2373,6 +2452,26 @@ class SchedulerState:
                 self._start_gather(gid, [k for k in g["keys"] if k not in g["missing"]])
         return clients
 
+    def _drop_gathers(self, cid, keys):
+        """Gathers of client ``cid`` sent with "direct" and waiting for one of the
+        ``keys`` it releases end without an answer: it answered them itself (the
+        values came straight, before the worker's word came here), or their
+        callers gave up, and it ended them as it let the keys go
+        (`ClientState.end_gathers`)."""
+        parked, gathers = self.parked, self.gathers
+        for key in keys:
+            gids = parked.get(key)
+            if gids is None:
+                continue
+            for gid in (gids,) if type(gids) is int else list(gids):
+                g = gathers.get(gid)
+                if (g is None or g["client"] != cid or g["worker"] is not None
+                        or g["direct"] is None):
+                    continue
+                del gathers[gid]
+                for other in g["waiting"]:
+                    self._unpark_one(other, gid)
+
     def _unpark_one(self, key, gid):
         """Gather ``gid`` no longer waits for ``key``."""
         gids = self.parked.get(key)
@@ -2445,6 +2544,12 @@ class SchedulerState:
             msg["streams"] = g["streams"]
         if ws is None:
             if g["direct"]:
+                if len(g["direct"]) == len(g["keys"]) and not (
+                        g["data"] or g["missing"] or g["errors"] or g["streams"]):
+                    # Every value went to the client straight: it has answered
+                    # this gather itself (or will ask again, "report-keys", if a
+                    # value was lost with its connection to a worker).
+                    return
                 msg["direct"] = g["direct"]
             self.send_client(g["client"], {"op": "gather-result", **msg})
             return
@@ -2793,6 +2898,7 @@ class SchedulerState:
                 self.transition_recs.append(None)
         for cs in self.clients.values():
             cs.wants_what.clear()
+            cs.reports.clear()
         self.queued.clear()
         self.unrunnable.clear()
         self.gathers.clear()
@@ -3205,6 +3311,7 @@ class SchedulerState:
         "update-graph": _on_update_graph,
         "client-releases-keys": _on_client_releases_keys,
         "client-desires-keys": _on_client_desires_keys,
+        "report-keys": _on_report_keys,
         "fire-and-forget": _on_fire_and_forget,
         "retry": _on_retry,
         "cancel": _on_cancel,
@@ -3352,6 +3459,10 @@ class SchedulerState:
                                     if ws.status == RUNNING), running
         for ws in self.workers.values():
             assert not _may_give(ws) or ws in self.may_give, ws
+        for cr in self.clients.values():
+            # A report is asked of a key the client wants, until that key ends.
+            assert cr.reports <= cr.wants_what, cr.id
+            assert all(ts.state not in (MEMORY, ERRED) for ts in cr.reports), cr.id
         for key, ts in self.tasks.items():
             assert ts.key == key
             assert ts.state in ALL_STATES, ts

@@ -18,8 +18,8 @@ to peers carry the peer's address as recipient (a worker knows its peers by addr
 A client that asked for them ("subscribe-results" on the peer socket) gets the small
 results of its keys from here, straight ("task-result"), in the same flush as, and
 before, the "task-finished" that tells the scheduler; a client gone by then makes the
-send fail at once (ROUTER_MANDATORY) and is forgotten, and finds the value through the
-scheduler.
+send fail at once (ROUTER_MANDATORY) and is forgotten, and the "task-finished" no
+longer lists it among those the value went to: the scheduler sends it the value.
 """
 
 from __future__ import annotations
@@ -792,11 +792,17 @@ class Worker:
             try:
                 send(self.peer_socket, [client] + self.session.dumps(msgs, client))
             except Exception as e:
-                # Gone (the scheduler answers its gathers with these values instead,
-                # when it asks again).
+                # Gone: the scheduler, told the values did not go straight, sends
+                # them to the client itself.
                 logger.debug("worker %s: client %r went away: %s", self.address,
                              client, e)
                 self._handle("client-gone", client=client)
+                for msg in self.outgoing:
+                    direct = msg.get("direct")
+                    if direct and client in direct:
+                        direct.remove(client)
+                        if not direct:
+                            del msg["direct"]
 
     def _heartbeat(self):
         self._send_heartbeat()

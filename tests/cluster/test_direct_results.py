@@ -1,14 +1,17 @@
 """Small results straight from the worker to the waiting client, on real sockets and
-processes: after a worker's first result for a client, the scheduler no longer
-sends the values (it only says the keys are done), done callbacks run once, and
-cancel, errors, retries, encryption and a worker dying stay correct."""
+processes: after a worker's first result for a client, the scheduler says nothing
+of the values that came straight (unless asked), done callbacks run once, and
+cancel, errors, retries, encryption, a worker dying and a connection to a worker
+dropping stay correct."""
 
 import concurrent.futures as cf
 import threading
+import time
 
 import pytest
 import zmq
 
+from dask_ipy.errors import KeyReleased
 from dask_ipy.security import Security
 from helpers import (Boom, fail, fail_until, inc, local_cluster, processes, slow_inc,
                      wait_for)
@@ -21,8 +24,16 @@ def watch(c):
     and its "key-in-memory" messages carry, and the keys it says are in memory; and the keys the client asks for
     again, with their values, because the worker's message has not come (yet: it
     may be overtaken by the scheduler's answer, which then answers the retry)."""
-    seen = {"values": [], "in_memory": [], "asked_again": [], "requests": set()}
+    seen = {"values": [], "in_memory": [], "asked_again": [], "requests": set(),
+            "answers": 0, "straight": []}
     gather = c.shell.state.gather
+    from_worker = c.shell.state.handle_worker
+
+    def on_result(msg):
+        seen["straight"].append(msg["key"])
+        return from_worker(msg)
+
+    c.shell.state.handle_worker = on_result
 
     def on_gather(msg, token, here=None):
         if msg.get("direct") is False:
@@ -38,6 +49,8 @@ def watch(c):
     def on_answer(msg):
         if msg["request_id"] in seen["requests"]:     # not one asked for before
             seen["values"] += list(msg["data"])
+            if msg["data"] or msg.get("direct"):
+                seen["answers"] += 1    # not one of a key released meanwhile
         answer(msg)
 
     def on_done(msg):
@@ -77,33 +90,47 @@ def test_small_results_come_straight_from_the_worker(tmp_path):
         assert [f.result(timeout=30) for f in futures] == list(range(1, 21))
         keys = {f.key for f in futures}
         straight = c.shell.direct_results - before
-        assert 1 <= straight < 20
-        wait_for(lambda: keys <= set(seen["in_memory"]), message="key-in-memory")
+        assert 1 <= straight <= 20
+        # The scheduler says a key is done to the client only when its value did
+        # not come straight.
+        wait_for(lambda: keys - set(seen["straight"]) <= set(seen["in_memory"]),
+                 message="key-in-memory")
+        assert not set(seen["straight"]) & set(seen["in_memory"])
         # Each of the others came from the scheduler; one that came straight did
-        # too only if the scheduler's word overtook the worker's and the client
-        # asked for it again (both answers carry the value then).
+        # too only if the scheduler's answer overtook the worker's value and the
+        # client asked for it again.
         from_scheduler = len(keys & set(seen["values"]))
         again = len(keys & set(seen["asked_again"]))
         assert 20 - straight <= from_scheduler <= 20 - straight + again
-        # One done callback each, though both the worker and the scheduler said so.
         wait_for(lambda: len(calls) == 20, message="done callbacks")
         assert sorted(calls) == sorted(keys)
 
         seen = watch(c)
         before = c.shell.direct_results
+        silent = []
+        for i in range(20, 25):                                 # one at a time
+            f = c.submit(inc, i)
+            assert f.result(timeout=30) == i + 1
+            silent.append(f.key)
+        wait_for(lambda: c.shell.direct_results - before == 5, message="5 straight")
+        # Each came straight, and the scheduler says nothing of it: no
+        # "key-in-memory", no answer to the gather of result() (but "missing",
+        # when the release of the key overtook the worker's word).
+        time.sleep(0.5)
+        assert seen["in_memory"] == [] and seen["answers"] == 0
         singles = []
-        for i in range(20, 30):                                 # one at a time
+        for i in range(25, 30):
             f = c.submit(inc, i)
             assert f.result(timeout=30) == i + 1
             singles.append(f.key)
             # Questions asked at once see what the client saw (the scheduler's word
-            # may come after the value, and such questions wait for it).
+            # may come after the value: such questions ask for it and wait).
             assert c.who_has(f)[f.key] != (), "the scheduler does not know yet"
             assert f.key in [r["key"] for r in c.get_task_stream(count=5)]
         wait_for(lambda: c.shell.direct_results - before == 10, message="10 straight")
-        # The scheduler still learns of every one (and says so), never with its
-        # value unless asked again.
-        wait_for(lambda: set(singles) <= set(seen["in_memory"]), message="key-in-memory")
+        # Asked, the scheduler said so, never with a value unless asked again.
+        wait_for(lambda: set(singles) <= set(seen["in_memory"]),
+                 message="key-in-memory")
         assert set(seen["values"]) <= set(seen["asked_again"])
         # A large result takes the long way, value and all.
         big = c.submit(lambda n: b"x" * n, 100_000)
@@ -190,3 +217,108 @@ def test_a_client_without_the_key_gets_nothing_straight():
             assert c.shell.id in workers[0].state.clients
         finally:
             sock.close(linger=0)
+
+
+def test_a_value_lost_with_its_connection_comes_from_the_scheduler():
+    """A value sent straight on a connection that then drops never comes, and the
+    scheduler, told it went straight, said nothing of it: the dropped connection
+    makes the client ask for its pending keys again, and from then on the
+    scheduler tells it of every key, value and all."""
+    with local_cluster() as (s, workers, c):
+        addresses = [w.address for w in workers]
+        warm(c, addresses)
+        lost = threading.Event()
+        on_frames = c.shell._on_worker_frames
+
+        def lose_results(frames):           # what the dying connection would carry
+            lost.set()
+        c.shell._on_worker_frames = lose_results
+        # The handler is looked up when the socket is registered: register again.
+        for address, (sock, _) in c.shell.result_sockets.items():
+            c.shell.loop.call_soon(c.shell.loop.add_socket, sock, lose_results)
+        f = c.submit(inc, 1, workers=[addresses[0]], pure=False)
+        calls = []
+        f.add_done_callback(lambda f: calls.append(f.key))
+        assert lost.wait(30), "no value sent straight"
+        with pytest.raises(cf.TimeoutError):
+            f.result(timeout=0.5)           # nothing else comes...
+        assert not f.done()
+        c.shell._on_worker_frames = on_frames
+        for address in addresses:           # ...until the connections drop
+            c.shell.loop.call_soon(c.shell._worker_lost, address)
+        assert f.result(timeout=30) == 2
+        wait_for(lambda: calls == [f.key], message="one done callback")
+        # Later keys still end right (long way or straight), a gather of several
+        # too.
+        futures = c.map(inc, range(10), pure=False)
+        assert c.gather(futures) == list(range(1, 11))
+        assert [g.result(timeout=30) for g in
+                [c.submit(inc, i, pure=False) for i in range(3)]] == [1, 2, 3]
+        assert c.who_has(futures[0])[futures[0].key]
+
+
+def test_round_trips_leave_no_request_or_gather_behind():
+    """Values come straight and each Future is let go at once, its release often
+    overtaking the worker's word to the scheduler: no request, gather or report
+    is left on either side, and none is answered for nothing."""
+    with local_cluster() as (s, workers, c):
+        warm(c, [w.address for w in workers])
+        seen = watch(c)
+        before = c.shell.direct_results
+        for i in range(200):
+            assert c.submit(inc, i).result(timeout=30) == i + 1
+        assert c.shell.direct_results - before >= 150
+        state = c.shell.state
+        wait_for(lambda: not state.requests and not state.gathers and not state.by_key,
+                 message="no request left in the client")
+        done = threading.Event()
+        s.loop.call_soon(done.set)
+        assert done.wait(10)
+        wait_for(lambda: not s.state.gathers and not s.state.parked,
+                 message="no gather left in the scheduler")
+        assert all(not cr.reports for cr in s.state.clients.values())
+        assert seen["in_memory"] == [] and seen["values"] == []
+
+
+def test_a_future_released_while_its_result_is_awaited_fails_the_wait():
+    with local_cluster() as (s, workers, c):
+        warm(c, [w.address for w in workers])
+        f = c.submit(slow_inc, 1, delay=1.0, pure=False)
+        outcome = []
+        waiting = threading.Thread(target=lambda: outcome.append(
+            _raised(lambda: f.result(timeout=20))))
+        waiting.start()
+        wait_for(lambda: c.shell.state.gathers, message="the gather to be sent")
+        f.release()
+        waiting.join(30)
+        assert outcome and isinstance(outcome[0], KeyReleased), outcome
+
+
+def _raised(fn):
+    try:
+        return fn()
+    except BaseException as e:
+        return e
+
+
+def test_a_value_the_worker_could_not_send_comes_from_the_scheduler():
+    """The client's connection to a worker is gone without its knowing (nothing
+    told it): the worker's send fails, and its task-finished no longer says the
+    value went straight, so the scheduler sends it."""
+    with local_cluster() as (s, workers, c):
+        addresses = [w.address for w in workers]
+        warm(c, addresses)
+        done = threading.Event()
+
+        def close():
+            c.shell._close_worker_socket(c.shell.result_sockets, addresses[0])
+            done.set()
+        c.shell.loop.call_soon(close)
+        assert done.wait(10)
+        time.sleep(0.5)                 # the worker's end of it closes too
+        before = c.shell.direct_results
+        f = c.submit(inc, 41, workers=[addresses[0]], pure=False)
+        assert f.result(timeout=20) == 42
+        assert c.shell.direct_results == before
+        wait_for(lambda: c.shell.id not in workers[0].state.clients,
+                 message="the worker to forget the client")

@@ -1,14 +1,15 @@
 """A small result straight from its worker to the client waiting for it (three hops),
 in the three state machines alone: the scheduler names the waiting clients in
-"compute-task" and lists, in its answers, what went straight; the worker sends it
-to subscribed clients only; the client takes whichever of the worker's
-"task-result" and the scheduler's "key-in-memory" comes first, once, and never for a
-key released, cancelled or erred."""
+"compute-task" and says nothing more of what went straight unless asked
+("report-keys"); the worker sends it to subscribed clients only; the client takes
+whichever of the worker's "task-result" and the scheduler's "key-in-memory" comes
+first, once, and never for a key released, cancelled or erred."""
 
 import pytest
 
 from dask_ipy.client.state import (CANCELLED, ERROR, FINISHED, PENDING, ClientState,
                                    Connect, Done, Reset, Resolve)
+from dask_ipy.errors import KeyReleased
 from dask_ipy.scheduler.state import SchedulerState
 from dask_ipy.worker.state import Execute, Send, ToClient, WorkerState
 
@@ -64,12 +65,11 @@ def test_a_result_sent_straight_is_not_sent_again(s):
     submit(s)
     # The client's result() is parked until the key is done.
     s.handle_client_message("c", {"op": "gather", "request_id": 5, "keys": ["x"],
-                                  "wait": True})
+                                  "wait": True, "direct": True})
     assert take(s) == []
-    assert finished(s, direct=["c"]) == [
-        ("client", "c", {"op": "gather-result", "request_id": 5, "data": {},
-                         "missing": [], "errors": {}, "direct": ["x"]}),
-        ("client", "c", {"op": "key-in-memory", "key": "x", "type": "int", "nbytes": 8})]
+    # The client has the value and answered its gather itself: neither that
+    # answer nor "key-in-memory" is sent.
+    assert finished(s, direct=["c"]) == []
     assert s.tasks["x"].direct == ("c",) and s.tasks["x"].data == "blob"
     # Asked again without it (it did not arrive): the value, from the scheduler.
     s.handle_client_message("c", {"op": "gather", "request_id": 6, "keys": ["x"],
@@ -86,9 +86,9 @@ def test_a_result_not_sent_straight_names_its_worker_and_comes_with_the_answer(s
                                   "wait": True})
     take(s)
     out = finished(s, direct=["c"])
-    # c got it straight; d is told where it could have come from, and gets it.
-    assert ("client", "c", {"op": "key-in-memory", "key": "x", "type": "int",
-                            "nbytes": 8}) in out
+    # c got it straight and hears nothing; d is told where it could have come
+    # from, and gets it.
+    assert not [m for _, cid, m in out if cid == "c"]
     assert ("client", "d", {"op": "key-in-memory", "key": "x", "type": "int",
                             "nbytes": 8, "worker": A}) in out
     assert ("client", "d", {"op": "gather-result", "request_id": 7,
@@ -123,6 +123,129 @@ def test_a_large_result_names_no_worker_and_its_release_forgets_who_got_it(s):
     finished(s, key="y", direct=["c"])
     s.remove_worker("w1")                        # its data is lost: computed again
     assert s.tasks["y"].direct == () and s.tasks["y"].data is None
+
+
+def test_a_gather_waiting_also_for_others_lists_what_went_straight(s):
+    submit(s, key="x")
+    submit(s, key="y")
+    s.handle_client_message("c", {"op": "gather", "request_id": 5, "keys": ["x", "y"],
+                                  "wait": True, "direct": True})
+    assert finished(s, key="x", direct=["c"]) == []
+    assert ("client", "c", {"op": "gather-result", "request_id": 5,
+                            "data": {"y": "blob"}, "missing": [], "errors": {},
+                            "direct": ["x"]}) in finished(s, key="y")
+
+
+def test_a_client_asking_for_a_report_hears_of_a_key_that_came_straight(s):
+    """A client about to ask the scheduler about the cluster asks first to hear of
+    keys that came to it straight ("report-keys"): at once for a key the scheduler
+    knows is done, when it is done for one still running; without the value,
+    which the client has."""
+    submit(s, key="x")
+    submit(s, key="y")
+    finished(s, key="x", direct=["c"])
+    s.handle_client_message("c", {"op": "report-keys", "keys": ["x", "y"]})
+    assert take(s) == [("client", "c", {"op": "key-in-memory", "key": "x",
+                                        "type": "int", "nbytes": 8})]
+    assert s.clients["c"].reports == {s.tasks["y"]}
+    # The gather of result() waiting for y needs no answer still.
+    s.handle_client_message("c", {"op": "gather", "request_id": 5, "keys": ["y"],
+                                  "wait": True, "direct": True})
+    assert finished(s, key="y", direct=["c"]) == [
+        ("client", "c", {"op": "key-in-memory", "key": "y", "type": "int",
+                         "nbytes": 8})]
+    assert s.clients["c"].reports == set()
+    # Once told, the next value that comes straight is not told again.
+    submit(s, key="z")
+    assert finished(s, key="z", direct=["c"]) == []
+
+
+def test_a_report_asked_ends_with_a_release_or_an_error(s):
+    submit(s, key="x")
+    submit(s, key="y")
+    s.handle_client_message("c", {"op": "report-keys", "keys": ["x", "y"]})
+    assert take(s) == [] and len(s.clients["c"].reports) == 2
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
+    take(s)
+    assert s.clients["c"].reports == {s.tasks["y"]}
+    s.handle_worker_message("w1", {"op": "task-erred", "key": "y", "type": "E",
+                                   "text": "boom"})
+    assert [m["op"] for _, _, m in take(s)] == ["task-erred"]
+    assert s.clients["c"].reports == set()
+
+
+def test_a_client_that_lost_a_worker_connection_gets_its_values_from_the_scheduler(s):
+    """Values sent straight on a connection that dropped may never have come: the
+    client asks for its pending keys again ("report-keys", lost), and from then on
+    the values of that worker come to it as if none went straight; another
+    worker's still go straight."""
+    submit(s, key="x")
+    submit(s, key="y")
+    assert finished(s, key="x", direct=["c"]) == []
+    s.handle_client_message("c", {"op": "report-keys", "keys": ["x", "y"],
+                                  "lost": A})
+    assert take(s) == [("client", "c", {"op": "key-in-memory", "key": "x",
+                                        "type": "int", "nbytes": 8, "worker": A,
+                                        "data": "blob"})]
+    assert s.clients["c"].wary == {A} and s.clients["c"].reports == set()
+    assert finished(s, key="y", direct=["c"]) == [
+        ("client", "c", {"op": "key-in-memory", "key": "y", "type": "int",
+                         "nbytes": 8, "worker": A, "data": "blob"})]
+    assert s.tasks["y"].direct == ()
+    # Later keys too, and a gather of them is answered with the value.
+    s.add_worker("w2", B, nthreads=1)
+    take(s)
+    for key in ("z", "v"):
+        submit(s, key=key)
+    s.handle_client_message("c", {"op": "gather", "request_id": 9, "keys": ["z", "v"],
+                                  "wait": True, "direct": True})
+    on = {key: s.tasks[key].processing_on.id for key in ("z", "v")}
+    assert sorted(on.values()) == ["w1", "w2"]
+    out = []
+    for key, wid in on.items():
+        s.handle_worker_message(wid, {"op": "task-finished", "key": key, "nbytes": 8,
+                                      "type": "int", "duration": 0.1,
+                                      "data": f"blob-{key}", "direct": ["c"]})
+        out += take(s)
+    from_w1 = "z" if on["z"] == "w1" else "v"
+    assert ("client", "c", {"op": "key-in-memory", "key": from_w1, "type": "int",
+                            "nbytes": 8, "worker": A}) in out
+    assert ("client", "c", {"op": "gather-result", "request_id": 9,
+                            "data": {from_w1: f"blob-{from_w1}"}, "missing": [],
+                            "errors": {}, "direct": [k for k in ("z", "v")
+                                                     if k != from_w1]}) in out
+    assert len(out) == 2
+
+
+def test_a_gather_ends_unanswered_when_its_client_releases_a_key_it_waits_for(s):
+    """The value came straight, the client answered its gather and released the
+    key, and that release overtook the worker's word: the gather ends without an
+    answer ("missing" would tell the client nothing)."""
+    for key in ("x", "y"):
+        submit(s, key=key)
+    s.handle_client_message("c", {"op": "gather", "request_id": 5, "keys": ["x", "y"],
+                                  "wait": True, "direct": True})
+    s.handle_client_message("c", {"op": "gather", "request_id": 6, "keys": ["y"],
+                                  "wait": True, "direct": True})
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
+    assert take(s) == [("worker", "w1", {"op": "free-keys", "keys": ["x"]})]
+    assert [g["request_id"] for g in s.gathers.values()] == [6]
+    assert list(parked(s)) == ["y"] and len(parked(s)["y"]) == 1
+    assert finished(s, key="x", direct=["c"]) == [
+        ("worker", "w1", {"op": "free-keys", "keys": ["x"]})]
+    # A gather asking for values whatever way they went is answered, as is
+    # another client's.
+    s.update_graph("d", {}, ["y"], {})
+    s.handle_client_message("c", {"op": "gather", "request_id": 7, "keys": ["y"],
+                                  "wait": True, "direct": False})
+    s.handle_client_message("d", {"op": "gather", "request_id": 8, "keys": ["y"],
+                                  "wait": True, "direct": True})
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["y"]})
+    assert sorted(g["request_id"] for g in s.gathers.values()) == [7, 8]
+    s.handle_client_message("d", {"op": "client-releases-keys", "keys": ["y"]})
+    assert sorted((cid, m["request_id"], m["missing"]) for _, cid, m in take(s)
+                  if m["op"] == "gather-result") == [("c", 7, ["y"])]
+    assert parked(s) == {} and s.gathers == {}
 
 
 # ------------------------------------------------------------------ worker
@@ -363,6 +486,63 @@ def test_a_value_said_to_come_straight_but_lost_is_asked_for_again(cs):
                       "data": {"x": "blob"}, "missing": [], "errors": {}})]
 
 
+def test_a_gather_leaves_out_what_comes_straight_only_while_all_is_pending(cs):
+    x, y = cs.hold("x"), cs.hold("y")
+    gather(cs, ["x", "y"])
+    [msg] = cs.take_messages()
+    assert msg["direct"] is True
+    # Done here without its value (it went the long way, a gather answered it):
+    # a gather of it needs the value from the scheduler.
+    cs.handle(in_memory("x"))
+    assert x.status == FINISHED and x.data is None
+    gather(cs, ["x", "y"], "t2")
+    [msg] = cs.take_messages()
+    assert msg["keys"] == ["x", "y"] and msg["direct"] is False
+
+
+def test_a_lost_connection_to_a_worker_asks_for_the_pending_keys_again(cs):
+    x, y = cs.hold("x"), cs.hold("y")
+    cs.handle(in_memory("x", worker=A))
+    cs.handle_worker(result("x"))
+    assert gather(cs, ["y"]) == []
+    cs.take_messages()
+    assert cs.worker_lost(A) is None
+    assert cs.take_messages() == [{"op": "report-keys", "keys": ["y"], "lost": A}]
+    # y's value was lost with the connection: the scheduler sends it, which
+    # finishes y, answers the gather and connects to the worker again.
+    assert cs.handle(in_memory("y", worker=A, data="Y")) == [
+        Connect(A), Done(y), Resolve("t", {"data": {"y": "Y"}, "missing": [],
+                                           "errors": {}})]
+    cs.validate()
+    # A closed client asks for nothing.
+    cs.begin_close()
+    cs.take_messages()
+    cs.worker_lost(A)
+    assert cs.take_messages() == []
+
+
+def test_a_gather_waiting_for_a_key_released_here_fails_and_is_forgotten(cs):
+    x, y = cs.hold("x"), cs.hold("y")
+    gather(cs, ["x", "y"])
+    gather(cs, ["y"], "t2")
+    [one, two] = cs.take_messages()
+    assert cs.drop(["x"]) == ["x"]
+    [reject] = cs.end_gathers(["x"])
+    assert reject.token == "t" and isinstance(reject.error, KeyReleased)
+    assert set(cs.gathers) == {two["request_id"]} and set(cs.requests) == {
+        two["request_id"]}
+    cs.validate()
+    # One that asked for the values whatever way they went waits for its answer.
+    cs.handle_worker(result("y"))
+    cs.drop(["y"])
+    z = cs.hold("z")
+    cs.handle(in_memory("z"))
+    gather(cs, ["z"], "t3")
+    cs.drop(["z"])
+    assert cs.end_gathers(["z"]) == [] and len(cs.requests) == 1
+    cs.validate()
+
+
 def test_a_key_in_memory_naming_a_worker_connects_once(cs):
     st = cs.hold("x")
     assert cs.handle(in_memory(worker=A)) == [Connect(A), Done(st)]
@@ -406,10 +586,13 @@ def test_questions_to_the_scheduler_wait_for_its_word_on_a_value_that_came_strai
     cs.send({"op": "update-graph", "keys": ["y"]})
     cs.request({"op": "info", "what": "who_has", "keys": ["x"]}, "t-info")
     cs.send({"op": "gather", "keys": ["z"]})
-    assert [m["op"] for m in cs.take_messages()] == ["update-graph"]
+    # The scheduler says nothing of x unless asked: asked once.
+    assert cs.take_messages() == [{"op": "update-graph", "keys": ["y"]},
+                                  {"op": "report-keys", "keys": ["x"]}]
     assert cs.take_messages() == []
+    cs.validate()
     assert cs.handle(in_memory()) == []
-    assert cs.unconfirmed == set()
+    assert cs.unconfirmed == set() and cs.confirming == set()
     assert [m["op"] for m in cs.take_messages()] == ["info", "gather"]
     # Released, erred or cancelled before the scheduler's word: nothing waits.
     for key, end in (("a", lambda: cs.drop(["a"])),
