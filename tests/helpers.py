@@ -803,6 +803,11 @@ def drop_in_a_cycle(mib):
     return mib
 
 
+def collected(dask_worker):
+    """For Client.run: whether the worker's memory watch has run the collector."""
+    return dask_worker.monitor.collector.started is not None
+
+
 def release_memory():
     import builtins
 
