@@ -290,7 +290,7 @@ def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto", resources=N
     notebook, and its own state must survive."""
     from .security import Security
     from .worker.server import Worker
-    from .worker.system import limit_heap_retention
+    from .worker.system import limit_heap_retention, shorten_switch_interval
 
     old = _engine["worker"]
     if _worker_alive(old):
@@ -299,6 +299,7 @@ def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto", resources=N
         old.close()
     eid = _engine_id()
     limit_heap_retention()     # released results leave the engine's RSS
+    shorten_switch_interval()  # its I/O thread gets in while tasks run Python code
     w = Worker(scheduler=scheduler["address_to_workers"],
                security=Security.from_dict(scheduler["security"]), nthreads=nthreads,
                name=f"engine-{eid}" if eid is not None else None,

@@ -334,6 +334,7 @@ def cmd_worker(args):
     if not (args.supervised or args.no_supervisor):
         return _supervise_worker(args)     # which passes the tag on to its worker
     from .worker.server import Worker
+    from .worker.system import shorten_switch_interval
 
     take_tag()
 
@@ -353,6 +354,7 @@ def cmd_worker(args):
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    shorten_switch_interval()
     try:
         with _until_signalled():
             if args.lifeline:

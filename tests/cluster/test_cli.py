@@ -18,6 +18,7 @@ from dask_ipy.plugins import WorkerPlugin
 from dask_ipy.cli import log_path, parse_args, ready_lines
 from dask_ipy.bootstrap import scheduler_argv, spawn_scheduler
 from dask_ipy.security import Security
+from dask_ipy.worker.system import SWITCH_INTERVAL
 
 
 
@@ -60,6 +61,13 @@ def test_parser():
     assert log_path("/tmp/l", "/r/s.json") == "/tmp/l"
 
 
+def process_settings():
+    import gc
+    import sys
+
+    return sys.getswitchinterval(), gc.get_threshold()
+
+
 def test_scheduler_and_worker_commands(tmp_path):
     path = str(tmp_path / "scheduler.json")
     with running("scheduler", "--connection-file", path, "--idle-timeout", "60") as s:
@@ -70,6 +78,9 @@ def test_scheduler_and_worker_commands(tmp_path):
                 assert c.nthreads() == {w.info["address"]: 2}
                 assert c.get({"x": 1, "y": (operator.add, "x", 2)}, "y") == 3
                 assert c.submit(pow, 2, 10).result(timeout=10) == 1024
+                # The worker process's own interpreter settings (see cmd_worker).
+                assert c.run(process_settings) == {w.info["address"]: (
+                    SWITCH_INTERVAL, (10_000, 10, 10))}
                 c.shutdown()
             assert w.wait(10) == 0                      # closed by the scheduler
         assert s.wait(10) == 0

@@ -24,6 +24,7 @@ from dask_ipy.cli import slow_inc, square
 from dask_ipy.bootstrap import (_by_value, add_engines, choose_host, dask_client_from_ipclient,
                                 engines_to_start, live_scheduler, normalize_targets,
                                 scheduler_argv, scheduler_of)
+from dask_ipy.worker.system import SWITCH_INTERVAL
 
 
 # ---------------------------------------------------------------- engine-side probes
@@ -174,6 +175,8 @@ def test_dask_worker_in_each_engine_and_reuse(ipcluster):
         assert {w["address"] for w in workers} == set(client.nthreads())
         assert all(w["running"] and not w["closed"] for w in workers)
         assert [w["name"] for w in workers] == [f"engine-{i}" for i in rc.ids]
+        # An engine is all worker: its I/O thread gets in while tasks run Python code.
+        assert set(client.run(sys.getswitchinterval).values()) == {SWITCH_INTERVAL}
 
         again = dask_client_from_ipclient(rc)
         try:

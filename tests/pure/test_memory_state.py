@@ -425,6 +425,23 @@ def test_heap_retention_is_limited_in_process_unless_the_user_set_it(monkeypatch
     assert out.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
 
 
+def test_a_worker_process_switches_threads_sooner_and_keeps_a_shorter_interval():
+    import sys
+
+    from dask_ipy.worker.system import SWITCH_INTERVAL, shorten_switch_interval
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        shorten_switch_interval()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        sys.setswitchinterval(0.0001)            # set shorter by the user: kept
+        shorten_switch_interval()
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_distributed_memory_settings_count_where_dask_ipy_keeps_its_default():
     import dask
 
