@@ -298,13 +298,17 @@ def test_a_worker_paused_by_garbage_in_cycles_collects_it_and_resumes(tmp_path):
     with limited_cluster(tmp_path, nworkers=1, memory_limit=limit) as (pc, c, pids):
         [(a, pid)] = pids.items()
         c.submit(drop_in_a_cycle, hold_to_pause(pid, limit)).result()
-        # Nothing refers to the garbage, but it counts until a full collection:
-        # the worker pauses, collects it and takes tasks again.
-        assert c.submit(inc, 1).result(timeout=30) == 2
-        # It paused (too briefly, maybe, for the scheduler to time it: both word of
-        # the pause and of its end may come in one batch), and collected.
-        assert any("paused" in line for _, line in c.get_worker_logs()[a])
+        # Nothing refers to the garbage, but it counts until a full collection: the
+        # worker pauses (at its next look at its memory, a moment after the task),
+        # collects it and runs again.  Its log tells, as the pause may be too short
+        # for the scheduler to time it (word of both may come in one batch).
+        def logged(words):
+            return any(words in line for _, line in c.get_worker_logs()[a])
+        wait_for(lambda: logged("paused"), timeout=30, message="the worker to pause")
+        wait_for(lambda: logged("running again"), timeout=30,
+                 message="the worker to collect its garbage and run again")
         assert c.run(collected) == {a: True}
+        assert c.submit(inc, 1).result(timeout=30) == 2
 
 
 # ---------------------------------------------------------------- BLAS threads
