@@ -629,11 +629,12 @@ class ClientState:
         return [self.requests[rid] for rid in sorted(self.parked)]
 
     def closed(self):
-        """Closed and the connection gone: pending keys are cancelled and every
-        request fails."""
+        """Closed and the connection gone: every key is cancelled (a finished one's
+        value is dropped), as dask.distributed's, and every request fails."""
         out = []
         for st in list(self.futures.values()):
-            if not st.done():
+            if st.status != CANCELLED:
+                st.data = None
                 out += self._set_cancelled(st)
         self.gathers.clear()
         self.by_key.clear()

@@ -747,8 +747,14 @@ def test_a_shutdown_by_another_client_fails_what_waits_and_closes(cluster, tmp_p
 
 def test_context_manager_closes(pc):
     with pc.client() as client:
-        assert client.submit(inc, 1).result(timeout=10) == 2
+        done = client.submit(inc, 1)
+        assert done.result(timeout=10) == 2
     assert client.status == "closed"
+    # As with dask.distributed, every Future of a closed client is cancelled, a
+    # finished one too.
+    assert done.cancelled() and done.status == "cancelled" and done.exception() is None
+    with pytest.raises(FutureCancelledError, match="cancelled for reason: unknown"):
+        done.result()
     with pytest.raises(dask_ipy.ClosedClientError, match="closed"):
         client.submit(inc, 1)
     assert issubclass(dask_ipy.ClosedClientError, RuntimeError)

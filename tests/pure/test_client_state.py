@@ -321,7 +321,7 @@ def test_a_scheduler_shutting_down_fails_what_waits_then_closes(cs):
     assert cs.handle({"op": "scheduler-closing"}) == []
 
 
-def test_closing_cancels_pending_keys_and_fails_every_request(cs):
+def test_closing_cancels_every_key_and_fails_every_request(cs):
     x = cs.hold("x")
     cs.hold("y")
     cs.handle({"op": "key-in-memory", "key": "y"})
@@ -331,9 +331,11 @@ def test_closing_cancels_pending_keys_and_fails_every_request(cs):
     assert cs.begin_close() and not cs.begin_close()
     assert cs.take_messages() == [{"op": "close-client"}]
     closed = ClosedClientError("this Client is closed")
-    assert step(cs, cs.closed()) == [Done(x), Reject("t", closed),
+    y = cs.futures["y"]
+    assert step(cs, cs.closed()) == [Done(x), Done(y), Reject("t", closed),
                                      Reject("t-scatter", closed)]
-    assert statuses(cs) == {"x": "cancelled", "y": "finished"}
+    # As with dask.distributed, a finished key is cancelled too.
+    assert statuses(cs) == {"x": "cancelled", "y": "cancelled"}
     assert cs.request({"op": "info"}, "t2") == [Reject("t2", closed)]
     assert cs.scatter({"op": "scatter"}, ["s"], "t3") == [Reject("t3", closed)]
     assert cs.drop(["x", "y"]) == [] and cs.disconnected("gone") == []
