@@ -630,10 +630,11 @@ class ClientState:
 
     def closed(self):
         """Closed and the connection gone: every key is cancelled (a finished one's
-        value is dropped), as dask.distributed's, and every request fails."""
+        value is dropped), as dask.distributed's, but one lost with the scheduler
+        keeps the error that says so; every request fails."""
         out = []
         for st in list(self.futures.values()):
-            if st.status != CANCELLED:
+            if st.status not in (CANCELLED, LOST):
                 st.data = None
                 out += self._set_cancelled(st)
         self.gathers.clear()

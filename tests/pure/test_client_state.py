@@ -319,6 +319,9 @@ def test_a_scheduler_shutting_down_fails_what_waits_then_closes(cs):
         Done(x), Reject("t", SchedulerLost(reason)), Close(reason)]
     assert cs.begin_close()
     assert cs.handle({"op": "scheduler-closing"}) == []
+    # Closed, the key keeps the error that says why (not cancelled).
+    assert step(cs, cs.closed()) == []
+    assert statuses(cs) == {"x": "lost"}
 
 
 def test_closing_cancels_every_key_and_fails_every_request(cs):
