@@ -2,7 +2,8 @@
 inside ``with client.as_current():`` that client (in that thread or task only).
 
 Unpickled Futures join it, the notebook layer and `progress` use it, and while a Client
-is the default, dask's own ``compute`` runs on it (see `Client`)."""
+is the default, dask's own ``compute`` runs on it (see `Client`), ``scheduler=
+"distributed"`` too once a Client was made default or current in this process."""
 
 from __future__ import annotations
 
@@ -37,12 +38,41 @@ def current_context():
 def as_current(client, scheduler):
     """``client`` is the default client, and ``scheduler`` dask's, inside the block,
     in this thread or asyncio task."""
+    _name_the_distributed_scheduler()
     token = _context.set(client)
     try:
         with dask.config.set(scheduler=scheduler):
             yield client
     finally:
         _context.reset(token)
+
+
+def _named_distributed(dsk, keys, **kwargs):
+    """dask's ``scheduler="distributed"``: the dask_ipy client in use here, else
+    dask.distributed's own, as dask would find it."""
+    client = current_context()
+    if client is None:
+        with _lock:
+            client = _current[-1] if _current else None
+    if client is not None:
+        return client._dask_scheduler()(dsk, keys, **kwargs)
+    try:
+        from distributed import get_client
+
+        other = get_client()
+    except (ImportError, ValueError):
+        raise RuntimeError("Requested distributed scheduler but no Client active.") \
+            from None
+    return other.get(dsk, keys, **kwargs)
+
+
+def _name_the_distributed_scheduler():
+    """Make ``scheduler="distributed"`` (and "dask.distributed") mean this process's
+    dask_ipy client from now on (dask looks its named schedulers up first)."""
+    from dask.base import named_schedulers
+
+    for name in ("distributed", "dask.distributed"):
+        named_schedulers.setdefault(name, _named_distributed)
 
 
 def default_clients():
@@ -53,6 +83,7 @@ def default_clients():
 
 def push(client):
     global _shuffle_set
+    _name_the_distributed_scheduler()
     with _lock:
         _current.append(client)
         if dask.config.get("dataframe.shuffle.method", None) is None:

@@ -192,6 +192,30 @@ def test_the_client_is_dask_default_scheduler(c, pc):
         other.close()
 
 
+def test_scheduler_distributed_names_the_client(c, pc):
+    """dask's ``scheduler="distributed"`` (code written for dask.distributed) runs on
+    the default client, or on the client of an ``as_current`` block."""
+    worker_pids = {w["pid"] for w in c.scheduler_info()["workers"].values()}
+    for name in ("distributed", "dask.distributed"):
+        assert dask.compute(dask.delayed(pid)(), scheduler=name)[0] in worker_pids
+        with dask.config.set(scheduler=name):
+            assert da.ones(10, chunks=5).sum().compute() == 10
+    other = pc.client(set_as_default=False)
+    calls = []
+
+    def get(dsk, keys, **kwargs):
+        calls.append(keys)
+        return type(other).get(other, dsk, keys, **kwargs)
+    other.get = get
+    try:
+        with other.as_current():
+            assert dask.compute(dask.delayed(pid)(), scheduler="distributed")[0] in \
+                worker_pids
+        assert len(calls) == 1
+    finally:
+        other.close()
+
+
 def test_closing_the_client_restores_the_previous_scheduler(pc):
     before = dask.config.get("scheduler", None)
     client = pc.client()
