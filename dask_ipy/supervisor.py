@@ -195,7 +195,6 @@ class Supervisor:
                 code, reason = self._run_once()
                 if self.stopping.is_set() or code == 0:
                     return 0
-                self._tell(fate(code, reason))
                 now = time.monotonic()
                 ready = self.registered is not None
                 self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
@@ -307,13 +306,16 @@ class Supervisor:
                           f"{self.limit} byte limit; killing it")
                 reason = "memory"
                 proc.kill()
-        for relay in relays:
-            relay.join(5)
         if code == EXIT_MEMORY:
             reason = "memory"
         elif code < 0 and reason != "memory":
             reason = f"killed by {signal.Signals(-code).name}" if -code in \
                 signal.valid_signals() else "killed"
+        if not self.stopping.is_set():
+            # Before the relays end: a task's own child may hold their pipes open.
+            self._tell(fate(code, reason))
+        for relay in relays:
+            relay.join(5)
         # What the worker left behind (it cannot clean up after a kill).
         for name in os.listdir(self.directory):
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
