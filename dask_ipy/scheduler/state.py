@@ -74,11 +74,13 @@ State, documented once:
                              status) and time_paused (seconds, ended pauses) say for
                              how long its memory has kept it paused
     memory_failures: {key: text}  why a task was last stopped for memory
-    lost:       {(address, pid): (reason, [key])}  supervised workers whose connection
-                was lost while tasks ran there for the last time they may: those tasks
-                wait in "released" (nothing recommends them on) for the supervisor's
-                word on how the process ended (`worker_died`), or for the shell's
-                bounded wait to end (`death_unexplained`); then they err with it
+    lost:       {(address, pid): (reason, note, [key])}  supervised workers whose
+                connection was lost while tasks ran there for the last time they may:
+                those tasks wait in "released" (nothing recommends them on) for the
+                supervisor's word on how the process ended (`worker_died`), or for
+                the shell's bounded wait to end (`death_unexplained`); then they err
+                with that word, or with ``reason`` ("connection lost"); ``note``: its
+                memory at its last heartbeat if that was high, said after either
     moves:      {move id: moves.Move}  data being moved between workers (retire,
                 replicate, rebalance), see moves.py
     worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
@@ -1676,12 +1678,12 @@ class SchedulerState:
                     self.memory_failures[ts.key] = memory
                 elif self.memory_failures:
                     self.memory_failures.pop(ts.key, None)    # not memory, this time
-                if ts.suspicious > self.allowed_failures and held is None:
-                    ts.error = self._killed_error(ts, ws.address, reason)
-                    recs[ts.key] = ERRED
-                    continue
                 if ts.suspicious > self.allowed_failures:
-                    held.append(ts.key)
+                    if held is None:
+                        ts.error = self._killed_error(ts, ws.address, reason)
+                        recs[ts.key] = ERRED
+                        continue
+                    held.append(ts.key)          # released, it waits there
             recs[ts.key] = RELEASED
         if held:
             self.lost[(ws.address, ws.pid)] = (reason, note, held)
