@@ -345,7 +345,8 @@ def cmd_worker(args):
                local_directory=args.local_directory,
                blas_threads=_blas_threads(args.blas_threads),
                resources=args.resources,
-               memory_terminate_action="exit" if args.supervised else "interrupt")
+               memory_terminate_action="exit" if args.supervised else "interrupt",
+               supervised=args.supervised)
     # A process of its own: at the collector's default pace (every 700 allocations)
     # its scans of the worker's short-lived messages and task records took some 8% of
     # a worker's CPU under tiny tasks.  Young objects are scanned every 10,000
@@ -390,7 +391,8 @@ def cmd_worker(args):
 def _supervise_worker(args):
     from .supervisor import Supervisor
 
-    sup = Supervisor(worker_argv(args), local_directory=args.local_directory)
+    sup = Supervisor(worker_argv(args), local_directory=args.local_directory,
+                     scheduler=args.scheduler)
     say(f"supervisor: {os.getpid()}")
 
     def forward(signum, frame):

@@ -38,6 +38,8 @@ KINDS = {
         "hello": "after each connection: which start of the scheduler is this ('nonce')",
         "register-worker": "a worker joins (address, threads, host, pid, memory)",
         "unregister": "a worker leaves on purpose",
+        "worker-died": "a worker's supervisor, on a connection of its own: how the "
+                       "worker's process ended (address, pid, reason)",
         "heartbeat": "a worker is alive; its metrics",
         "task-started": "a task began on a pool thread (it may need a 'go' first)",
         "task-finished": "a task's result is in memory (a small one comes along; "

@@ -1,6 +1,7 @@
 """The small process that keeps a ``dask-ipy worker`` running.
 
-    dask-ipy worker ADDR ...            (this process: stdlib and psutil only)
+    dask-ipy worker ADDR ...            (this process: stdlib and psutil; ZeroMQ only
+                                         to tell the scheduler of a death)
         │  makes a private local directory (0700)
         ├─ spawns  python -m dask_ipy worker ADDR ... --supervised --local-directory D
         │          and relays its output; reads its "memory_limit:" lines, and its
@@ -8,9 +9,10 @@
         ├─ watches its RSS: past the terminate fraction for longer than the worker
         │  takes to act on it itself (its GIL held by one long C call), or past
         │  `HARD_FACTOR` x its limit for `HARD_GRACE`, the worker is killed
-        └─ when it exits with an error (for memory: EXIT_MEMORY; killed by a task
-           or a signal; crashed): its files are removed and a new worker starts,
-           as `restart_delay` says
+        ├─ when it exits with an error (for memory: EXIT_MEMORY; killed by a task
+        │  or a signal; crashed), tells the scheduler how its process ended
+        │  (`fate`), on a short connection of its own (`tell_scheduler`)
+        └─ then its files are removed and a new worker starts, as `restart_delay` says
 
 A worker that was up is started again: at once, or after a wait that grows while its
 deaths come quickly (a task that kills every worker it lands on ends in KilledWorker
@@ -20,6 +22,12 @@ every worker they land on), is given up on.  One that exits before it ever regis
 (bad arguments, an import that fails) is tried again a few times, and then given up
 on.  Giving up names the last exit code (or signal) and the worker's last lines on
 stderr, and ends the supervisor with an error.
+
+The scheduler notices the lost connection first, as a rule: a task that would end in
+KilledWorker there waits for this word (at most a second; see scheduler/server.py),
+so that the error says "its process exited with code 3" or "was killed by SIGSEGV"
+rather than only "connection lost".  ZeroMQ and the protocol are loaded for it only
+once a worker has died.
 
 The worker itself stops a runaway task first (it tells the scheduler which task ran
 and how much memory it reached, then exits: see worker/monitor.py); this process is
@@ -60,6 +68,7 @@ GIVE_UP_WINDOW = 300.0    # within this many seconds, is given up on
 START_RETRIES = 3         # a worker that exits before registering is started again
 START_BACKOFF = 1.0       # this many times, after 1, 2, 4 s
 STDERR_LINES = 5          # lines of a worker's stderr kept for the give-up message
+TELL_TIMEOUT = 1.0        # seconds to tell the scheduler how a worker ended, at most
 
 
 def restart_delay(ready, recent, failed_starts, quick_deaths):
@@ -80,12 +89,75 @@ def restart_delay(ready, recent, failed_starts, quick_deaths):
     return min(BACKOFF * 2 ** (recent - 1), MAX_BACKOFF)
 
 
+def fate(code, reason):
+    """How a worker's process ended, for the scheduler (KilledWorker's text): None
+    after a clean exit or EXIT_MEMORY (the worker told the scheduler itself).
+    ``reason`` "memory": this process killed it for its memory."""
+    if code == 0 or code == EXIT_MEMORY:
+        return None
+    if reason == "memory":
+        return "its process was killed by its supervisor for exceeding its memory limit"
+    if code > 0:
+        return f"its process exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"its process was killed by signal {-code}"
+    if -code == signal.SIGKILL:
+        # Nobody here sent it: as a rule the kernel's out-of-memory killer did.
+        return f"its process was killed by {name} (the system may have run out of memory)"
+    return f"its process was killed by {name}"
+
+
+def tell_scheduler(scheduler, address, pid, reason, timeout=TELL_TIMEOUT):
+    """Tell the scheduler (``scheduler``: the worker's ADDRESS_OR_FILE, whose key is
+    found as the worker finds it) that the worker at ``address``, process ``pid``,
+    ended as ``reason`` says: a "worker-died" message, authenticated as a worker's
+    are, on a connection of this process's own.  True once handed to ZeroMQ, False
+    after ``timeout`` seconds without the scheduler's answer to "hello"."""
+    import zmq
+
+    from .comm import Handshake, connect_dealer, new_id
+    from .discovery import resolve_scheduler
+    from .protocol import ProtocolError, Session
+
+    target, security = resolve_scheduler(scheduler, None, "address_to_workers")
+    identity = new_id("supervisor")
+    session = Session(security.key, identity)
+    handshake = Handshake()
+    context = zmq.Context()
+    sock = connect_dealer(context, security, identity, target, heartbeat=False)
+    try:
+        sock.sndtimeo = int(timeout * 1000)
+        sock.send_multipart(handshake.hello(session))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0 and sock.poll(left * 1000):
+            try:
+                msgs = session.loads(sock.recv_multipart())
+            except ProtocolError:
+                continue
+            answer = next(filter(None, map(handshake.answer, msgs)), None)
+            if answer is not None:
+                session.epoch, scheduler_id = answer
+                sock.send_multipart(session.dumps(
+                    [{"op": "worker-died", "address": address, "pid": pid,
+                      "reason": reason}], scheduler_id))
+                sock.linger = int(timeout * 1000)
+                return True
+        return False
+    finally:
+        sock.close()
+        context.term()
+
+
 class Supervisor:
     """Runs ``argv`` (after ``python -m dask_ipy``) again and again; see the module
     docstring.  The worker prints its limit and terminate fraction ("memory_limit:",
-    "memory_terminate:" lines), and the limit again whenever it changes."""
+    "memory_terminate:" lines), and the limit again whenever it changes, and its
+    address.  ``scheduler``: the worker's ADDRESS_OR_FILE, told how each worker that
+    died there ended (`tell_scheduler`; None: not told)."""
 
-    def __init__(self, argv, local_directory=None, env=None, out=None):
+    def __init__(self, argv, local_directory=None, env=None, out=None, scheduler=None):
         self.directory = tempfile.mkdtemp(prefix="dask-ipy-worker-",
                                           dir=local_directory)
         os.chmod(self.directory, 0o700)
@@ -112,6 +184,8 @@ class Supervisor:
         self.failed_starts = 0    # workers in a row that exited before registering
         self.quick_deaths = []    # when workers died soon after registering (monotonic)
         self.registered = None    # when the worker running now registered (monotonic)
+        self.address = None       # the worker's address, as it says
+        self.scheduler = scheduler
         self.stderr_tail = collections.deque(maxlen=STDERR_LINES)
 
     def run(self):
@@ -142,6 +216,19 @@ class Supervisor:
                 self.restarts.append(time.monotonic())
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _tell(self, reason):
+        # Its address known, it may have registered (its "registered:" line may not
+        # have come out before a task killed it).
+        if reason is None or self.scheduler is None or self.address is None:
+            return
+        try:
+            if tell_scheduler(self.scheduler, self.address, self.proc.pid, reason):
+                return
+            why = f"no answer within {TELL_TIMEOUT:g} s"
+        except Exception as e:        # its connection file gone, no key any more...
+            why = f"{type(e).__name__}: {e}"
+        self._say(f"could not tell the scheduler how the worker ended: {why}")
 
     def _giving_up(self, code, reason):
         if self.registered is None:
@@ -176,6 +263,7 @@ class Supervisor:
     def _run_once(self):
         self.limit = None
         self.registered = None
+        self.address = None
         self.stderr_tail.clear()
         self.proc = proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -218,13 +306,16 @@ class Supervisor:
                           f"{self.limit} byte limit; killing it")
                 reason = "memory"
                 proc.kill()
-        for relay in relays:
-            relay.join(5)
         if code == EXIT_MEMORY:
             reason = "memory"
         elif code < 0 and reason != "memory":
             reason = f"killed by {signal.Signals(-code).name}" if -code in \
                 signal.valid_signals() else "killed"
+        if not self.stopping.is_set():
+            # Before the relays end: a task's own child may hold their pipes open.
+            self._tell(fate(code, reason))
+        for relay in relays:
+            relay.join(5)
         # What the worker left behind (it cannot clean up after a kill).
         for name in os.listdir(self.directory):
             shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
@@ -246,6 +337,8 @@ class Supervisor:
         name = name.strip() if sep else None
         if name == "registered" and self.registered is None:
             self.registered = time.monotonic()
+        elif name == "address":
+            self.address = value.strip()
         elif name in ("memory_limit", "memory_terminate"):
             try:
                 number = float(value.strip())

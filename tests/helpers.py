@@ -9,6 +9,7 @@ imports cheap.
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -455,6 +456,24 @@ def raise_slots_only():
 def die(*_):
     """Kill the worker process running this task, at once."""
     os._exit(1)
+
+
+def exit_with(code):
+    """End the worker process running this task with exit code ``code``."""
+    os._exit(code)
+
+
+def segfault(*_):
+    """Crash the worker process running this task: a read at address 0."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def sigkill(*_):
+    """The worker process running this task is killed, as the kernel's
+    out-of-memory killer kills."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fail_huge(nbytes):

@@ -36,12 +36,14 @@ from ..security import (Security, remove_connection_file, remove_stale_connectio
                         write_connection_file)
 from ..taskstream import CAPACITY, MemoryHistory, TaskStream
 from .plugins import SchedulerPlugins, run_function
-from .state import ALLOWED_FAILURES, MAX_RELAY_BYTES, SchedulerState
+from .state import ALLOWED_FAILURES, MAX_DEATH_TEXT, MAX_RELAY_BYTES, SchedulerState
 
 MONITOR_INTERVAL = 0.5
 PAGE = 100_000             # task stream records in one answer at most
 FIRST_JOIN_TIMEOUT = 60.0  # seconds an idle timeout waits at least for the first to
                            # join (its launcher's workers and client may start slowly)
+DEATH_WAIT = 1.0           # seconds a task a lost supervised worker would end waits for
+                           # the supervisor's word on how its process ended
 
 
 def _configured():
@@ -266,7 +268,8 @@ class Scheduler:
                                    shares_host=msg.get("shares_host", False),
                                    resources=msg.get("resources"),
                                    ip=host_of(msg["address"]),
-                                   local_directory=msg.get("local_directory"))
+                                   local_directory=msg.get("local_directory"),
+                                   supervised=bool(msg.get("supervised")))
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",
@@ -276,6 +279,17 @@ class Scheduler:
 
     def _on_unregister(self, wid, msg, now):
         self.state.remove_worker(wid, reason="worker closed", expected=True)
+
+    def _on_worker_died(self, wid, msg, now):
+        """A worker's supervisor, on a connection of its own, says how the worker's
+        process ended (`supervisor.tell_scheduler`)."""
+        address, pid, reason = msg.get("address"), msg.get("pid"), msg.get("reason")
+        if not (type(address) is str and type(pid) is int and type(reason) is str):
+            return
+        reason = reason[:MAX_DEATH_TEXT]
+        logger.warning("scheduler: worker %s (pid %d): %s", address, pid, reason)
+        self.state.tell_time(now)
+        self.state.worker_died(address, pid, reason)
 
     def _on_task_stream(self, wid, msg, now):
         ws = self.state.workers.get(wid)
@@ -314,6 +328,7 @@ class Scheduler:
         "hello": _on_worker_hello,
         "register-worker": _on_register_worker,
         "unregister": _on_unregister,
+        "worker-died": _on_worker_died,
         "stream-failed": _on_stream_failed,
         "task-stream": _on_task_stream,
         "profile": _on_profile,
@@ -331,7 +346,10 @@ class Scheduler:
         self.state.tell_time(time.time())
         for wid in list(self.state.workers):
             if not self._reachable(self.worker_socket, wid):
-                self.state.remove_worker(wid, reason="connection lost")
+                ws = self.state.remove_worker(wid, reason="connection lost", lost=True)
+                if ws is not None and (ws.address, ws.pid) in self.state.lost:
+                    self.loop.call_later(DEATH_WAIT, self.state.death_unexplained,
+                                         ws.address, ws.pid)
         for cid in list(self.state.clients):
             if not self._reachable(self.client_socket, cid):
                 self.state.remove_client(cid)

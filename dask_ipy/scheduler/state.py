@@ -74,6 +74,13 @@ State, documented once:
                              status) and time_paused (seconds, ended pauses) say for
                              how long its memory has kept it paused
     memory_failures: {key: text}  why a task was last stopped for memory
+    lost:       {(address, pid): (reason, note, [key])}  supervised workers whose
+                connection was lost while tasks ran there for the last time they may:
+                those tasks wait in "released" (nothing recommends them on) for the
+                supervisor's word on how the process ended (`worker_died`), or for
+                the shell's bounded wait to end (`death_unexplained`); then they err
+                with that word, or with ``reason`` ("connection lost"); ``note``: its
+                memory at its last heartbeat if that was high, said after either
     moves:      {move id: moves.Move}  data being moved between workers (retire,
                 replicate, rebalance), see moves.py
     worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
@@ -272,7 +279,8 @@ class WorkerRecord:
                  "processing", "executing", "seceded", "stale", "has_what", "occupancy",
                  "nbytes", "last_seen", "metrics", "since", "_status", "unreachable",
                  "memory_fractions", "paused_since", "time_paused", "shares_host",
-                 "resources", "local_directory", "streams", "alone", "stealing")
+                 "resources", "local_directory", "streams", "alone", "stealing",
+                 "supervised")
 
     # Bumped by every change of any worker's status: the scheduler's cached list of
     # running workers is rebuilt only after one (placement must not walk every
@@ -311,6 +319,7 @@ class WorkerRecord:
         # tasks whose needs fit in what its running tasks leave
         self.resources = dict(resources or {})
         self.local_directory = None      # its working directory, as told
+        self.supervised = False          # a supervisor tells how its process ends
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
         self.alone = (self,)             # who_has of the tasks it alone holds (_add)
         self.stealing = 0                # steal requests in flight for it
@@ -500,6 +509,7 @@ STEAL_MIN_DURATION = 0.005  # seconds: a shorter task is not worth a steal's rou
 STEAL_SCAN = 50             # tasks looked at in one victim's queue per attempt
 SEARCH = 20                 # workers looked at for one placement on a larger cluster
 ALLOWED_FAILURES = 3        # workers a task may see die under it before KilledWorker
+MAX_DEATH_TEXT = 200        # characters of a supervisor's word on how a worker ended
 # Relay tickets remembered per worker and client, the latest: when one leaves, the
 # streams it was to upload or download end at once, not at the relay's timeout.
 # Cancelling a ticket already used is harmless.
@@ -616,6 +626,7 @@ class SchedulerState:
         self._running_cache = ((), None)     # (running workers, when built)
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
+        self.lost = {}                       # {(address, pid): (reason, note, [key])}
         self.clock = 0.0                     # the latest time the shell told us
         self.stimulus = "start"              # what the events handled now came from
         self.transition_log = self.transition_recs = None
@@ -1125,9 +1136,12 @@ class SchedulerState:
         return self._after_memory(ts)
 
     def _release_recs(self, ts):
-        """After a task is released: compute it again if still needed, else forget."""
+        """After a task is released: compute it again if still needed, else forget;
+        one held for a lost worker's supervisor (`lost`) waits."""
         if ts.who_wants or ts.waiters and any(
                 w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER) for w in ts.waiters):
+            if self.lost and any(ts.key in held[2] for held in self.lost.values()):
+                return {}
             return {ts.key: WAITING}
         return {ts.key: FORGOTTEN}
 
@@ -1595,9 +1609,12 @@ class SchedulerState:
 
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
                    memory_limit=0, keys=(), now=0.0, memory_fractions=None,
-                   shares_host=False, resources=None, ip=None, local_directory=None):
+                   shares_host=False, resources=None, ip=None, local_directory=None,
+                   supervised=False):
         """``ip``: the host in ``address``, by which users may name it too;
         ``local_directory``: where it keeps its files, as it says.
+        ``supervised``: a supervisor watches its process and tells how it ended
+        (`worker_died`).
         ``shares_host``: the worker's limits ("auto" memory, task thread pools) are
         shares of its host's; it is told how many workers its host has
         ("host-workers") whenever that changes.  ``resources``: {name: amount} it
@@ -1614,6 +1631,7 @@ class SchedulerState:
         ws.shares_host = shares_host
         ws.ip = ip
         ws.local_directory = local_directory
+        ws.supervised = supervised
         self.clock = max(self.clock, now)
         self.workers[wid] = ws
         self.by_address[address] = ws
@@ -1635,9 +1653,11 @@ class SchedulerState:
             self._restarted(ws)
         return ws
 
-    def remove_worker(self, wid, reason="", expected=False, memory=None):
+    def remove_worker(self, wid, reason="", expected=False, memory=None, lost=False):
         """``memory``: the worker is gone because its memory passed its terminate
-        fraction (a text saying so); the tasks it ran are blamed with it."""
+        fraction (a text saying so); the tasks it ran are blamed with it.  ``lost``:
+        its connection was lost and nobody has said why yet: a supervised worker's
+        tasks that would end now wait for the supervisor's word (`lost`)."""
         ws = self.workers.pop(wid, None)
         if ws is None:
             return None
@@ -1648,8 +1668,9 @@ class SchedulerState:
         self._end_streams(ws)
         recs = {}
         suspects = ws.executing or set(ws.processing)
-        if not expected and memory is None:
-            reason += _memory_note(ws)
+        note = "" if expected or memory is not None else _memory_note(ws)
+        reason += note
+        held = [] if lost and ws.supervised and not expected and memory is None else None
         for ts in list(ws.processing):
             if not expected and ts in suspects:
                 ts.suspicious += 1
@@ -1658,10 +1679,14 @@ class SchedulerState:
                 elif self.memory_failures:
                     self.memory_failures.pop(ts.key, None)    # not memory, this time
                 if ts.suspicious > self.allowed_failures:
-                    ts.error = self._killed_error(ts, ws, reason)
-                    recs[ts.key] = ERRED
-                    continue
+                    if held is None:
+                        ts.error = self._killed_error(ts, ws.address, reason)
+                        recs[ts.key] = ERRED
+                        continue
+                    held.append(ts.key)          # released, it waits there
             recs[ts.key] = RELEASED
+        if held:
+            self.lost[(ws.address, ws.pid)] = (reason, note, held)
         for ts in ws.has_what:
             _discard(ts, "who_has", ws)
             if not ts.who_has and ts.state == MEMORY:
@@ -1801,7 +1826,7 @@ class SchedulerState:
             # "task-dropped"): released, it counts as stale there.
             ws.executing.add(ts)
             if ts.suspicious > self.allowed_failures:
-                ts.error = self._killed_error(ts, ws, text)
+                ts.error = self._killed_error(ts, ws.address, text)
                 if ts not in ws.seceded:
                     ws.stale[key] = ws.processing[ts]
                     ws.occupancy += ws.processing[ts]
@@ -1810,13 +1835,51 @@ class SchedulerState:
                 self.transitions({key: RELEASED})
         self.fill_workers()
 
-    def _killed_error(self, ts, ws, reason):
-        """The error of a task that ended ``allowed_failures`` workers (or runs): it
-        names memory when memory was the last cause."""
+    def _killed_error(self, ts, address, reason):
+        """The error of a task that ended ``allowed_failures`` workers (or runs), the
+        last at ``address``: it names memory when memory was the last cause."""
         memory = self.memory_failures.get(ts.key)
         kind = "KilledWorker" if memory is None else "MemoryLimitExceeded"
-        args = (ts.key, ws.address, ts.suspicious - 1, memory or reason)
+        args = (ts.key, address, ts.suspicious - 1, memory or reason)
         return error_info(kind, str(ERROR_TYPES[kind](*args)), ts.key, args)
+
+    def worker_died(self, address, pid, reason):
+        """A worker's supervisor says how the process ``pid`` of the worker at
+        ``address`` ended (``reason``: "its process exited with code 3"...).  The
+        worker, if still registered (its lost connection not noticed yet), is removed
+        with that reason; tasks held for it (`lost`) err with it.  The worker removed,
+        or None."""
+        reason = str(reason)[:MAX_DEATH_TEXT]
+        ws = self.by_address.get(address)
+        if ws is not None and ws.pid == pid and ws.supervised:
+            return self.remove_worker(ws.id, reason=reason)
+        held = self.lost.get((address, pid))
+        if held is not None:
+            self._end_wait((address, pid), reason + held[1], "worker-died")
+        return None
+
+    def death_unexplained(self, address, pid):
+        """The shell waited long enough for the supervisor of the worker lost at
+        ``address``: the tasks held for it err with the reason it was lost."""
+        held = self.lost.get((address, pid))
+        if held is not None:
+            self._end_wait((address, pid), held[0], "death-unexplained")
+
+    def _end_wait(self, lost, reason, stimulus):
+        _, _, keys = self.lost.pop(lost)
+        outer, self.stimulus = self.stimulus, stimulus
+        recs = {}
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != RELEASED:
+                continue                   # forgotten, or asked for again meanwhile
+            if ts.who_wants or ts.waiters:
+                ts.error = self._killed_error(ts, lost[0], reason)
+                recs[key] = ERRED
+            else:
+                recs[key] = FORGOTTEN
+        self.transitions(recs)
+        self.stimulus = outer
 
     def handle_worker_message(self, wid, msg, now=0.0):
         return self.handle_worker_messages(wid, (msg,), now)
@@ -2908,6 +2971,7 @@ class SchedulerState:
         for ws in self.workers.values():
             ws.stealing = 0
         self.memory_failures.clear()
+        self.lost.clear()
         self.datasets.clear()
         self.coordination.forget_keys()
         self._reply(cid, msg, True)

@@ -143,6 +143,8 @@ class Worker:
     past the terminate fraction meets: "interrupt" (a TaskMemoryError inside the
     task; the process lives on: for workers inside engines) or "exit" (the worker
     exits for its supervisor to start a new one; `dask-ipy worker` does this).
+    ``supervised``: a supervisor watches this process and tells the scheduler how it
+    ended (`dask-ipy worker`'s does): tasks its death would end wait a moment for it.
     ``blas_threads``: threads of BLAS/OpenMP pools inside tasks ("auto", a number,
     or False to leave them alone; default ``dask-ipy.worker.blas-threads``).
     ``resources``: what this worker has, ``{"GPU": 2, "MEM": 10e9}`` (or the string
@@ -164,8 +166,9 @@ class Worker:
                  memory_spill_fraction=None, memory_pause_fraction=None,
                  memory_terminate_fraction=None, memory_terminate_action="interrupt",
                  memory_monitor_interval=None, blas_threads=None, resources=None,
-                 task_stream=None, host=None):
+                 task_stream=None, host=None, supervised=False):
         hostname = host or hostname         # dask.distributed's name
+        self.supervised = supervised
         nthreads = check_nthreads(nthreads)
         self.resources = parse_resources(resources)
         self.max_message_bytes = max_message_bytes  # cap on what this worker receives
@@ -500,6 +503,7 @@ class Worker:
                 "memory_fractions": self.memory_fractions,
                 "resources": self.resources,
                 "local_directory": self.local_directory,
+                "supervised": self.supervised,
                 "shares_host": self.memory_setting == "auto" or (
                     self.thread_limits is not None and self.blas_setting == "auto")})
         elif (epoch, scheduler_id) != (self.session.epoch, self.scheduler_id):

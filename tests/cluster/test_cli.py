@@ -145,7 +145,8 @@ def test_a_lifeline_stops_the_process_when_its_stdin_closes(tmp_path):
 def test_a_task_that_kills_dask_ipy_workers_ends_in_killed_worker(tmp_path):
     """Each worker it lands on dies at once (os._exit), however young: its supervisor
     starts a new one; allowed_failures (3) deaths are retried, the fourth is the
-    task's KilledWorker, and the cluster is whole again."""
+    task's KilledWorker, which says how that worker's process ended, and the cluster
+    is whole again."""
     path = str(tmp_path / "scheduler.json")
     with running("scheduler", "--connection-file", path, "--idle-timeout", "60"), \
             running("worker", path) as w1, running("worker", path) as w2:
@@ -157,6 +158,8 @@ def test_a_task_that_kills_dask_ipy_workers_ends_in_killed_worker(tmp_path):
                 killer.result(timeout=120)
             assert "on 4 different workers, but all those workers died" in \
             str(killer.exception())
+            # Its supervisor told the scheduler how the last one ended (helpers.die).
+            assert str(killer.exception()).endswith(": its process exited with code 1.")
             c.wait_for_workers(2, timeout=60)
             wait_for(lambda: len(c.nthreads()) == 2, timeout=60,
                      message="exactly two workers")

@@ -17,13 +17,15 @@ import threading
 import time
 import traceback
 
+import dask
 import psutil
 import pytest
 from dask._task_spec import Task, TaskRef
 
 import helpers as ops
 from helpers import dask_ipy_threads, processes, wait_for
-from dask_ipy import CycleError, KilledWorker, MissingDependency, SchedulerLost, wait
+from dask_ipy import (Client, CycleError, KilledWorker, LocalCluster, MissingDependency,
+                      SchedulerLost, wait)
 from dask_ipy.scheduler.state import SchedulerState
 from dask_ipy.worker.state import Execute, Send, WorkerState
 
@@ -237,12 +239,41 @@ def test_task_that_kills_its_worker_raises_killed_worker_after_four_deaths(tmp_p
             killer.result()
         assert "on 4 different workers, but all those workers died" in \
             str(killer.exception())
+        # Workers without a supervisor: nobody says more.
+        assert str(killer.exception()).endswith(": connection lost.")
         # The tasks queued behind it on the same workers were not blamed.
         assert c.gather(others) == list(range(1, 21))
         wait_for(lambda: deaths() >= 4, timeout=10, message="four deaths")
         assert deaths() == 4
         wait_for(lambda: len(workers_of(c)) == 2, timeout=10, message="replacements")
         assert c.submit(ops.inc, 41).result(timeout=30) == 42
+
+
+@pytest.mark.parametrize("task, ending", [
+    (ops.exit_with, "its process exited with code 3."),
+    (ops.segfault, "its process was killed by SIGSEGV."),
+    (ops.sigkill, "its process was killed by SIGKILL (the system may have run out of "
+                  "memory)."),
+], ids=["exit", "segfault", "sigkill"])
+def test_killed_worker_says_how_a_supervised_workers_process_ended(task, ending):
+    """LocalCluster's workers run under supervisors, which tell the scheduler how a
+    worker's process ended; the first death ends the task (allowed-failures 0)."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1,
+                               dashboard_address=None)
+    with cluster, Client(cluster, set_as_default=False) as c:
+        doomed = c.submit(task, 3, pure=False)
+        with pytest.raises(KilledWorker) as info:
+            doomed.result(timeout=60)
+        text = str(info.value)
+        assert text.startswith(
+            f"Attempted to run task {doomed.key!r} on 1 different workers, but all "
+            "those workers died while running it. The last worker that attempted to "
+            "run the task was tcp://127.0.0.1:"), text
+        assert text.endswith(": " + ending), text
+        assert info.value.reason == ending[:-1]
+        c.wait_for_workers(1, timeout=30)          # its supervisor started another
+        assert c.submit(ops.inc, 1).result(timeout=30) == 2
 
 
 def test_a_task_that_killed_a_worker_starts_only_when_the_scheduler_knows(tmp_path):

@@ -4,7 +4,8 @@ receiver (its shell's or its state machine's), and every handler is catalogued.
 
 What each role sends is read from the source with ast: the "op" of dict literals,
 of ``.update(op=...)`` and of ``msg["op"] = ...``, in the role's package and in the
-handshake, which comm.py builds for every role."""
+handshake, which comm.py builds for every role, and in the supervisor's word to the
+scheduler, which speaks for its worker."""
 
 import ast
 import pathlib
@@ -22,8 +23,11 @@ from dask_ipy.worker.state import WorkerState
 
 PACKAGE = pathlib.Path(messages.__file__).resolve().parent
 ROLES = {"scheduler": {SCHEDULER}, "worker": {WORKER, PEER}, "client": {CLIENT}}
-# Definitions in comm.py that build a role's messages: the two sides of the handshake.
-SHARED = {"worker": {"Handshake"}, "client": {"Handshake"}, "scheduler": {"hello_reply"}}
+# Definitions outside a role's package that build its messages: the two sides of the
+# handshake (comm.py), and how a worker's process ended (supervisor.py).
+SHARED = {"worker": {"comm.py": {"Handshake"}, "supervisor.py": {"tell_scheduler"}},
+          "client": {"comm.py": {"Handshake"}},
+          "scheduler": {"comm.py": {"hello_reply"}}}
 
 
 def sent_kinds(path, names=None):
@@ -54,7 +58,7 @@ def sent_kinds(path, names=None):
 def sent_by(role):
     out = {}
     sources = [(path, None) for path in sorted((PACKAGE / role).glob("*.py"))]
-    sources.append((PACKAGE / "comm.py", SHARED[role]))
+    sources += [(PACKAGE / name, names) for name, names in SHARED[role].items()]
     for path, names in sources:
         for kind, line in sent_kinds(path, names).items():
             out.setdefault(kind, f"{path.relative_to(PACKAGE)}:{line}")
