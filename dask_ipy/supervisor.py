@@ -24,7 +24,7 @@ on.  Giving up names the last exit code (or signal) and the worker's last lines 
 stderr, and ends the supervisor with an error.
 
 The scheduler notices the lost connection first, as a rule: a task that would end in
-KilledWorker there waits for this word (at most a second; see scheduler/server.py),
+KilledWorker there waits for this word (at most 5 s; see scheduler/server.py),
 so that the error says "its process exited with code 3" or "was killed by SIGSEGV"
 rather than only "connection lost".  ZeroMQ and the protocol are loaded for it only
 once a worker has died.
@@ -68,7 +68,7 @@ GIVE_UP_WINDOW = 300.0    # within this many seconds, is given up on
 START_RETRIES = 3         # a worker that exits before registering is started again
 START_BACKOFF = 1.0       # this many times, after 1, 2, 4 s
 STDERR_LINES = 5          # lines of a worker's stderr kept for the give-up message
-TELL_TIMEOUT = 1.0        # seconds to tell the scheduler how a worker ended, at most
+TELL_TIMEOUT = 5.0        # seconds to tell the scheduler how a worker ended, at most
 
 
 def restart_delay(ready, recent, failed_starts, quick_deaths):

@@ -55,7 +55,7 @@ def _named_distributed(dsk, keys, **kwargs):
         with _lock:
             client = _current[-1] if _current else None
     if client is not None:
-        return client._dask_scheduler()(dsk, keys, **kwargs)
+        return client.dask_get(dsk, keys, **kwargs)
     try:
         from distributed import get_client
 

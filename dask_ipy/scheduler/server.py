@@ -42,8 +42,9 @@ MONITOR_INTERVAL = 0.5
 PAGE = 100_000             # task stream records in one answer at most
 FIRST_JOIN_TIMEOUT = 60.0  # seconds an idle timeout waits at least for the first to
                            # join (its launcher's workers and client may start slowly)
-DEATH_WAIT = 1.0           # seconds a task a lost supervised worker would end waits for
-                           # the supervisor's word on how its process ended
+DEATH_WAIT = 5.0           # seconds a task a lost supervised worker would end waits for
+                           # the supervisor's word on how its process ended (it comes
+                           # in 0.1 s as a rule; the supervisor loads ZeroMQ first)
 
 
 def _configured():

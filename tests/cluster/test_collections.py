@@ -203,10 +203,10 @@ def test_scheduler_distributed_names_the_client(c, pc):
     other = pc.client(set_as_default=False)
     calls = []
 
-    def get(dsk, keys, **kwargs):
+    def dask_get(dsk, keys, **kwargs):
         calls.append(keys)
-        return type(other).get(other, dsk, keys, **kwargs)
-    other.get = get
+        return type(other).dask_get(other, dsk, keys, **kwargs)
+    other.dask_get = dask_get
     try:
         with other.as_current():
             assert dask.compute(dask.delayed(pid)(), scheduler="distributed")[0] in \
