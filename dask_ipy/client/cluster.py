@@ -43,6 +43,14 @@ def _path(key):
     return [key] if isinstance(key, (str, int)) else list(key)
 
 
+def _stored(value):
+    """A metadata value as the scheduler keeps it: a plain dict as a dict of its
+    items, so that a longer path reaches into it; anything else serialized."""
+    if type(value) is dict and all(isinstance(k, (str, int)) for k in value):
+        return {name: _stored(v) for name, v in value.items()}
+    return serialize(value)
+
+
 def _loaded(node, client):
     """A metadata value: nested dicts whose leaves the clients serialized."""
     if isinstance(node, dict):
@@ -260,7 +268,7 @@ class ClusterMethods:
         if not keys:
             raise ValueError("set_metadata needs a key")
         op = self.shell.request_op({"op": "set-metadata", "keys": keys,
-                                    "value": serialize(value)})
+                                    "value": _stored(value)})
         return self.run_op(then(op, lambda _: None))
 
     def get_metadata(self, keys, default=KeyError):

@@ -633,6 +633,17 @@ def test_events_and_metadata_are_shared_between_clients(c, pc):
         other.close()
 
 
+def test_a_metadata_path_reaches_into_a_dict_set_whole(c):
+    c.set_metadata(["run", "config"], {"lr": 0.1, "layers": [1, {"n": 2}], 3: "three"})
+    assert c.get_metadata(["run", "config", "lr"]) == 0.1
+    assert c.get_metadata(["run", "config", 3]) == "three"
+    c.set_metadata(["run", "config", "epochs"], 5)           # merged, not replaced
+    assert c.get_metadata("run") == {"config": {"lr": 0.1, "layers": [1, {"n": 2}],
+                                                3: "three", "epochs": 5}}
+    with pytest.raises(KeyError):
+        c.get_metadata(["run", "config", "lr", "more"])
+
+
 def test_versions_of_every_process(c, workers):
     v = c.get_versions(check=True, packages=["numpy"])
     assert set(v) == {"client", "scheduler", "workers"}
