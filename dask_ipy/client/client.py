@@ -52,7 +52,7 @@ from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
 from .shell import ClientShell
 from .state import FINISHED
-from .waits import Answer, run_async, run_blocking, then
+from .waits import Answer, done, run_async, run_blocking, then
 
 
 def _pack_futures(obj, values):
@@ -1120,6 +1120,8 @@ class Client(ClusterMethods, ObserveMethods):
         """{key: (workers holding it)}, of the Futures in ``futures`` (as
         `futures_of` finds them) or of all keys."""
         keys = None if futures is None else [f.key for f in futures_of(futures)]
+        if keys == []:
+            return self.run_op(done({}))
         return self._info("who-has", keys=keys,
                           after=lambda r: {k: tuple(v) for k, v in r.items()})
 

@@ -31,11 +31,15 @@ RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to r
 
 
 def worker_names(workers):
+    """Workers as a list of addresses or names (None: all workers); a name that is
+    not text goes as itself and as text, since a worker process's name (``0`` of a
+    `LocalCluster`) reaches the scheduler as text."""
     if workers is None:
         return None
     if isinstance(workers, str):
         return [workers]
-    return list(workers)
+    return [form for w in workers
+            for form in ([w] if isinstance(w, str) else [w, str(w)])]
 
 
 def _path(key):
@@ -100,6 +104,8 @@ class ClusterMethods:
                              f"not {on_error!r}")
         msg = {"op": "run", "function": serialize((function, args, kwargs)),
                "workers": worker_names(workers)}
+        if msg["workers"] == []:          # no worker asked: none runs it
+            return self.run_op(done({} if wait else None))
         if not wait:                  # sent; its answer is dropped when it comes
             self.shell.request_future(msg)
             return self.run_op(done())
@@ -429,6 +435,8 @@ class ClusterMethods:
         ones dropped.  Waits for the Futures first.  ``futures`` as `futures_of`
         finds them (in a structure, behind collections); a cancelled one is an
         error."""
+        if workers is not None and not worker_names(workers):
+            raise ValueError("replicate(workers=[]) would keep no copy")
         return self.run_op(self._move_op(futures_of(futures, client=self), {
             "op": "replicate", "n": n, "workers": worker_names(workers)}))
 
@@ -438,6 +446,8 @@ class ClusterMethods:
         be moved.  ``futures`` as `futures_of` finds them; a cancelled one is an
         error."""
         fs = None if futures is None else futures_of(futures, client=self)
+        if fs == [] or worker_names(workers) == []:     # nothing to move
+            return self.run_op(done())
         return self.run_op(self._move_op(fs, {"op": "rebalance",
                                               "workers": worker_names(workers)}))
 

@@ -666,6 +666,8 @@ def test_run_on_every_worker_or_some(c, workers):
     assert c.run(add, 1, 2) == {a: 3 for a in workers}
     with pytest.raises(Boom):
         c.run(fail, 1)
+    assert c.run(pid, workers=[]) == {}                  # no worker asked: none
+    assert c.run(pid, workers=[], wait=False) is None
 
 
 def test_run_an_async_function(c, workers):
