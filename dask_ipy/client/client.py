@@ -825,6 +825,9 @@ class Client(ClusterMethods, ObserveMethods):
             names = [f"{type(x).__name__}-{tokenize(x) if hash else uuid.uuid4().hex}"
                      for x in values]
             items = dict(zip(names, values))
+        kind = type(data) if type(data) in (tuple, set, frozenset) else list
+        if not items:                  # nothing to put anywhere: no answer would come
+            return {} if names is None else kind()
         blobs = {k: serialize(v) for k, v in items.items()}
         if isinstance(workers, str):
             workers = [workers]
@@ -854,7 +857,6 @@ class Client(ClusterMethods, ObserveMethods):
             return futures
         if not many:
             return futures[names[0]]
-        kind = type(data) if type(data) in (tuple, set, frozenset) else list
         return kind(futures[k] for k in names)
 
     def cancel(self, futures, force=False, reason=None, msg=None):

@@ -246,6 +246,12 @@ def test_scatter_keeps_the_kind_of_container_and_each_value(c):
     assert c.scatter([1])[0].type is int
 
 
+@pytest.mark.timeout(10)
+def test_scatter_of_nothing_returns_an_empty_container_at_once(c):
+    assert c.scatter([]) == [] and c.scatter({}) == {}
+    assert c.scatter(()) == () and c.scatter(set()) == set()
+
+
 def test_scatter_spreads_over_workers_and_broadcasts(c, workers):
     fs = c.scatter(list(range(10)))
     holders = {addr for v in c.who_has(fs).values() for addr in v}
