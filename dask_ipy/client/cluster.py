@@ -435,8 +435,9 @@ class ClusterMethods:
         ones dropped.  Waits for the Futures first.  ``futures`` as `futures_of`
         finds them (in a structure, behind collections); a cancelled one is an
         error."""
-        if workers is not None and not worker_names(workers):
-            raise ValueError("replicate(workers=[]) would keep no copy")
+        if (n is not None and n < 1) or worker_names(workers) == []:
+            raise ValueError(f"replicate keeps at least one copy: n={n!r} and "
+                             f"workers={workers!r} leave none")
         return self.run_op(self._move_op(futures_of(futures, client=self), {
             "op": "replicate", "n": n, "workers": worker_names(workers)}))
 

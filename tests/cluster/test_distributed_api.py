@@ -259,6 +259,8 @@ def test_moves_among_no_futures_or_no_workers_move_nothing(c):
     c.rebalance(workers=[])
     with pytest.raises(ValueError):
         c.replicate(xs, workers=[])
+    with pytest.raises(ValueError):
+        c.replicate(xs, n=0)
     assert c.who_has(xs) == on_first
 
 
