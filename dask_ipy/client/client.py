@@ -829,8 +829,7 @@ class Client(ClusterMethods, ObserveMethods):
         if not items:                  # nothing to put anywhere: no answer would come
             return {} if names is None else kind()
         blobs = {k: serialize(v) for k, v in items.items()}
-        if isinstance(workers, str):
-            workers = [workers]
+        workers = worker_names(workers)
         futures = {k: Future(k, self) for k in items}
         msg = {"op": "scatter", "data": blobs, "broadcast": broadcast, "workers": workers}
         # Large values stream through the scheduler's relay when it has one: it then
