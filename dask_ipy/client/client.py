@@ -43,7 +43,7 @@ from ..security import write_connection_file
 from . import default, printing
 from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
-from .cluster import ClusterMethods, worker_names
+from .cluster import ClusterMethods, worker_filter, worker_names
 from .default import default_client
 from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in,
                       futures_of, load, seconds, task_frames)
@@ -829,7 +829,7 @@ class Client(ClusterMethods, ObserveMethods):
         if not items:                  # nothing to put anywhere: no answer would come
             return {} if names is None else kind()
         blobs = {k: serialize(v) for k, v in items.items()}
-        workers = worker_names(workers)
+        workers = worker_filter(workers)
         futures = {k: Future(k, self) for k in items}
         msg = {"op": "scatter", "data": blobs, "broadcast": broadcast, "workers": workers}
         # Large values stream through the scheduler's relay when it has one: it then

@@ -31,15 +31,22 @@ RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to r
 
 
 def worker_names(workers):
-    """Workers as a list of addresses or names (None: all workers); a name that is
-    not text goes as itself and as text, since a worker process's name (``0`` of a
-    `LocalCluster`) reaches the scheduler as text."""
     if workers is None:
         return None
     if isinstance(workers, str):
         return [workers]
-    return [form for w in workers
-            for form in ([w] if isinstance(w, str) else [w, str(w)])]
+    return list(workers)
+
+
+def worker_filter(workers):
+    """`worker_names` for the requests that pick workers by a name as the scheduler
+    keeps it (`run`, `scatter`): a name that is not text goes as itself and as
+    text, since a worker process's name (``0`` of a `LocalCluster`) reaches the
+    scheduler as text."""
+    names = worker_names(workers)
+    if names is None:
+        return None
+    return [form for w in names for form in ([w] if isinstance(w, str) else [w, str(w)])]
 
 
 def _path(key):
@@ -103,7 +110,7 @@ class ClusterMethods:
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
                              f"not {on_error!r}")
         msg = {"op": "run", "function": serialize((function, args, kwargs)),
-               "workers": worker_names(workers)}
+               "workers": worker_filter(workers)}
         if msg["workers"] == []:          # no worker asked: none runs it
             return self.run_op(done({} if wait else None))
         if not wait:                  # sent; its answer is dropped when it comes

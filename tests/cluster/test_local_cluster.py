@@ -86,6 +86,7 @@ def test_worker_processes_compute_dask_collections():
                 cluster.workers[1].address: cluster.workers[1].pid}
             (x,) = client.scatter([5], workers=[1])
             assert client.who_has([x]) == {x.key: (cluster.workers[1].address,)}
+            assert client.restart_workers([0]) == {0: "OK"}
             x = da.arange(10_000, chunks=1000)
             assert int((x * 2).sum().compute()) == 2 * sum(range(10_000))
             assert db.from_sequence(range(10), npartitions=3).map(inc).sum().compute() \
