@@ -75,7 +75,12 @@ def _found_client():
         try:
             return default_client()
         except ValueError:
-            worker = context.get_worker()
+            try:
+                worker = context.get_worker()
+            except ValueError:
+                raise ValueError("no dask_ipy Client found and no address given: "
+                                 "create one with Client(address), or call "
+                                 "get_client(address)") from None
     return task_client(worker)
 
 
@@ -127,6 +132,8 @@ def worker_client(timeout=None, separate_thread=True):
     ...         a, b = c.submit(fib, n - 1), c.submit(fib, n - 2)
     ...         return a.result() + b.result()
     """
+    if separate_thread:
+        _task_worker("worker_client")
     client = get_client(timeout=timeout)
     if separate_thread:
         secede()

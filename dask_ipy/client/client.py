@@ -43,7 +43,7 @@ from ..security import write_connection_file
 from . import default, printing
 from .actors import actor_key, create_actor
 from .calls import call_spec, call_token, function_token, unpicklable_part
-from .cluster import ClusterMethods, worker_names
+from .cluster import ClusterMethods, worker_filter, worker_names
 from .default import default_client
 from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in,
                       futures_of, load, seconds, task_frames)
@@ -52,7 +52,7 @@ from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
 from .shell import ClientShell
 from .state import FINISHED
-from .waits import Answer, run_async, run_blocking, then
+from .waits import Answer, done, run_async, run_blocking, then
 
 
 def _pack_futures(obj, values):
@@ -825,9 +825,11 @@ class Client(ClusterMethods, ObserveMethods):
             names = [f"{type(x).__name__}-{tokenize(x) if hash else uuid.uuid4().hex}"
                      for x in values]
             items = dict(zip(names, values))
+        kind = type(data) if type(data) in (tuple, set, frozenset) else list
+        if not items:                  # nothing to put anywhere: no answer would come
+            return {} if names is None else kind()
         blobs = {k: serialize(v) for k, v in items.items()}
-        if isinstance(workers, str):
-            workers = [workers]
+        workers = worker_filter(workers)
         futures = {k: Future(k, self) for k in items}
         msg = {"op": "scatter", "data": blobs, "broadcast": broadcast, "workers": workers}
         # Large values stream through the scheduler's relay when it has one: it then
@@ -854,7 +856,6 @@ class Client(ClusterMethods, ObserveMethods):
             return futures
         if not many:
             return futures[names[0]]
-        kind = type(data) if type(data) in (tuple, set, frozenset) else list
         return kind(futures[k] for k in names)
 
     def cancel(self, futures, force=False, reason=None, msg=None):
@@ -1120,6 +1121,8 @@ class Client(ClusterMethods, ObserveMethods):
         """{key: (workers holding it)}, of the Futures in ``futures`` (as
         `futures_of` finds them) or of all keys."""
         keys = None if futures is None else [f.key for f in futures_of(futures)]
+        if keys == []:
+            return self.run_op(done({}))
         return self._info("who-has", keys=keys,
                           after=lambda r: {k: tuple(v) for k, v in r.items()})
 

@@ -38,9 +38,28 @@ def worker_names(workers):
     return list(workers)
 
 
+def worker_filter(workers):
+    """`worker_names` for the requests that pick workers by a name as the scheduler
+    keeps it (`run`, `scatter`): a name that is not text goes as itself and as
+    text, since a worker process's name (``0`` of a `LocalCluster`) reaches the
+    scheduler as text."""
+    names = worker_names(workers)
+    if names is None:
+        return None
+    return [form for w in names for form in ([w] if isinstance(w, str) else [w, str(w)])]
+
+
 def _path(key):
     """A metadata key as a path of names."""
     return [key] if isinstance(key, (str, int)) else list(key)
+
+
+def _stored(value):
+    """A metadata value as the scheduler keeps it: a plain dict as a dict of its
+    items, so that a longer path reaches into it; anything else serialized."""
+    if type(value) is dict and all(isinstance(k, (str, int)) for k in value):
+        return {name: _stored(v) for name, v in value.items()}
+    return serialize(value)
 
 
 def _loaded(node, client):
@@ -91,7 +110,9 @@ class ClusterMethods:
             raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', "
                              f"not {on_error!r}")
         msg = {"op": "run", "function": serialize((function, args, kwargs)),
-               "workers": worker_names(workers)}
+               "workers": worker_filter(workers)}
+        if msg["workers"] == []:          # no worker asked: none runs it
+            return self.run_op(done({} if wait else None))
         if not wait:                  # sent; its answer is dropped when it comes
             self.shell.request_future(msg)
             return self.run_op(done())
@@ -260,7 +281,7 @@ class ClusterMethods:
         if not keys:
             raise ValueError("set_metadata needs a key")
         op = self.shell.request_op({"op": "set-metadata", "keys": keys,
-                                    "value": serialize(value)})
+                                    "value": _stored(value)})
         return self.run_op(then(op, lambda _: None))
 
     def get_metadata(self, keys, default=KeyError):
@@ -421,6 +442,9 @@ class ClusterMethods:
         ones dropped.  Waits for the Futures first.  ``futures`` as `futures_of`
         finds them (in a structure, behind collections); a cancelled one is an
         error."""
+        if (n is not None and n < 1) or worker_names(workers) == []:
+            raise ValueError(f"replicate keeps at least one copy: n={n!r} and "
+                             f"workers={workers!r} leave none")
         return self.run_op(self._move_op(futures_of(futures, client=self), {
             "op": "replicate", "n": n, "workers": worker_names(workers)}))
 
@@ -430,6 +454,8 @@ class ClusterMethods:
         be moved.  ``futures`` as `futures_of` finds them; a cancelled one is an
         error."""
         fs = None if futures is None else futures_of(futures, client=self)
+        if fs == [] or worker_names(workers) == []:     # nothing to move
+            return self.run_op(done())
         return self.run_op(self._move_op(fs, {"op": "rebalance",
                                               "workers": worker_names(workers)}))
 

@@ -392,13 +392,21 @@ class Future(TaskRef):
         when_done(self.state, lambda: pool.submit(cb))
 
     def release(self):
+        """Let go of the key: once no Future of this client holds it, the scheduler
+        may forget it, and this Future is cancelled."""
+        client = self._drop()
+        if client is not None:
+            client.shell.released(self.state)
+
+    def _drop(self):
         client, self.client = self.client, None
         if client is not None:
             client.shell.drop((self.key,))
+        return client
 
     def __del__(self):
         try:
-            self.release()
+            self._drop()
         except Exception:
             pass
 

@@ -199,6 +199,10 @@ class ClientShell:
         if after:
             self._carry_out(after)
 
+    def released(self, st):
+        """A Future was released: its state is cancelled if nobody holds its key."""
+        self._call(self.state.released, st)
+
     def is_held(self, key):
         with LOCK:
             return self.state.is_held(key)

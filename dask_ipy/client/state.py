@@ -343,6 +343,14 @@ class ClientState:
         """Whether a Future of ``key`` that is not cancelled exists here."""
         return key in self.futures
 
+    def released(self, st):
+        """A Future's `release` let go of state ``st``: if no Future holds its key
+        now, it is cancelled for the Futures that kept it (as dask.distributed's:
+        their `result` raises, `wait` and `as_completed` see it cancelled)."""
+        if self.futures.get(st.key) is st or st.status == CANCELLED:
+            return []
+        return self._set_cancelled(st)
+
     # ------------------------------------------------------------ to the scheduler
 
     def send(self, msg):

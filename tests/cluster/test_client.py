@@ -246,6 +246,12 @@ def test_scatter_keeps_the_kind_of_container_and_each_value(c):
     assert c.scatter([1])[0].type is int
 
 
+@pytest.mark.timeout(10)
+def test_scatter_of_nothing_returns_an_empty_container_at_once(c):
+    assert c.scatter([]) == [] and c.scatter({}) == {}
+    assert c.scatter(()) == () and c.scatter(set()) == set()
+
+
 def test_scatter_spreads_over_workers_and_broadcasts(c, workers):
     fs = c.scatter(list(range(10)))
     holders = {addr for v in c.who_has(fs).values() for addr in v}
@@ -633,6 +639,17 @@ def test_events_and_metadata_are_shared_between_clients(c, pc):
         other.close()
 
 
+def test_a_metadata_path_reaches_into_a_dict_set_whole(c):
+    c.set_metadata(["run", "config"], {"lr": 0.1, "layers": [1, {"n": 2}], 3: "three"})
+    assert c.get_metadata(["run", "config", "lr"]) == 0.1
+    assert c.get_metadata(["run", "config", 3]) == "three"
+    c.set_metadata(["run", "config", "epochs"], 5)           # merged, not replaced
+    assert c.get_metadata("run") == {"config": {"lr": 0.1, "layers": [1, {"n": 2}],
+                                                3: "three", "epochs": 5}}
+    with pytest.raises(KeyError):
+        c.get_metadata(["run", "config", "lr", "more"])
+
+
 def test_versions_of_every_process(c, workers):
     v = c.get_versions(check=True, packages=["numpy"])
     assert set(v) == {"client", "scheduler", "workers"}
@@ -655,6 +672,8 @@ def test_run_on_every_worker_or_some(c, workers):
     assert c.run(add, 1, 2) == {a: 3 for a in workers}
     with pytest.raises(Boom):
         c.run(fail, 1)
+    assert c.run(pid, workers=[]) == {}                  # no worker asked: none
+    assert c.run(pid, workers=[], wait=False) is None
 
 
 def test_run_an_async_function(c, workers):

@@ -247,6 +247,21 @@ def test_nthreads_and_has_what_of_some_workers(c):
     wait_for(lambda: c.has_what([first]) == {first: (x.key,)}, message="x on first")
     assert c.has_what(second) == {second: ()}
     assert c.has_what(workers=[]) == {}
+    assert c.who_has([]) == {}
+
+
+def test_moves_among_no_futures_or_no_workers_move_nothing(c):
+    first, second = sorted(c.nthreads())
+    xs = c.map(inc, range(4), workers=[first])
+    on_first = {x.key: (first,) for x in xs}
+    wait_for(lambda: c.who_has(xs) == on_first, message="xs on first")
+    c.rebalance([])
+    c.rebalance(workers=[])
+    with pytest.raises(ValueError):
+        c.replicate(xs, workers=[])
+    with pytest.raises(ValueError):
+        c.replicate(xs, n=0)
+    assert c.who_has(xs) == on_first
 
 
 def test_gather_accepts_direct_and_restart_waits_for_the_workers(c):

@@ -29,11 +29,19 @@ def test_get_worker_inside_and_outside_a_task():
         get_worker()
 
 
-def test_secede_and_rejoin_outside_a_task_say_so():
+def test_secede_rejoin_and_worker_client_outside_a_task_say_so():
     with pytest.raises(ValueError, match="inside a task"):
         secede()
     with pytest.raises(ValueError, match="inside a task"):
         rejoin()
+    with pytest.raises(ValueError, match=r"worker_client\(\) is called from inside"):
+        with worker_client():
+            pass
+
+
+def test_get_client_with_no_client_nor_worker_says_there_is_no_client():
+    with pytest.raises(ValueError, match="no dask_ipy Client found"):
+        get_client()
 
 
 def test_one_client_per_worker_shared_by_its_tasks():

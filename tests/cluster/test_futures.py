@@ -131,6 +131,23 @@ def test_a_released_future_is_cancelled_for_its_user(c):
             call()
 
 
+def test_a_released_future_shows_cancelled_and_ends_waits(c, gate):
+    f = c.submit(inc, 1)
+    assert f.result(timeout=10) == 2
+    pending = c.submit(wait_for_file, str(gate), pure=False)
+    other = c.submit(inc, 2)
+    kept = c.submit(inc, 2)                      # a second Future of other's key
+    assert kept.result(timeout=10) == 3
+    for one in (f, pending, other):
+        one.release()
+    assert (f.status, f.done(), f.cancelled()) == ("cancelled", True, True)
+    assert pending.status == "cancelled"
+    assert [g.status for g in as_completed([pending], timeout=10)] == ["cancelled"]
+    with pytest.raises(FuturesCancelledError):
+        wait([f, pending], timeout=10)
+    assert other.status == kept.status == "finished"     # the key is still held
+
+
 def test_a_task_error_raised_here_shows_few_frames_of_the_client(c):
     """The user's line, the call's, one of the client's, then the task's: the
     client's machinery in between is left out."""

@@ -81,6 +81,12 @@ def test_worker_processes_compute_dask_collections():
             pids = client.run(os.getpid)
             assert sorted(pids.values()) == sorted(w.pid for w in handles)
             assert os.getpid() not in pids.values()
+            # a worker by its name, as the cluster knows it
+            assert client.run(os.getpid, workers=[1]) == {
+                cluster.workers[1].address: cluster.workers[1].pid}
+            (x,) = client.scatter([5], workers=[1])
+            assert client.who_has([x]) == {x.key: (cluster.workers[1].address,)}
+            assert client.restart_workers([0]) == {0: "OK"}
             x = da.arange(10_000, chunks=1000)
             assert int((x * 2).sum().compute()) == 2 * sum(range(10_000))
             assert db.from_sequence(range(10), npartitions=3).map(inc).sum().compute() \

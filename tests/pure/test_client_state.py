@@ -35,6 +35,19 @@ def statuses(cs):
     return {key: st.status for key, st in cs.futures.items()}
 
 
+def test_a_released_state_is_cancelled_once_no_future_holds_its_key(cs):
+    a = cs.hold("x")
+    cs.hold("x")
+    cs.drop(["x"])
+    assert step(cs, cs.released(a)) == [] and a.status == "pending"
+    cs.drop(["x"])
+    assert step(cs, cs.released(a)) == [Done(a)] and a.status == "cancelled"
+    assert a.error == {"reason": None, "msg": None}
+    assert step(cs, cs.released(a)) == []
+    b = cs.hold("x")                              # the key held again: a new state
+    assert b is not a and b.status == "pending"
+
+
 def test_holders_are_counted_and_the_last_one_gone_releases_the_key(cs):
     a = cs.hold("x")
     assert cs.hold("x") is a and cs.refcount == {"x": 2}
