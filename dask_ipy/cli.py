@@ -346,7 +346,7 @@ def cmd_worker(args):
                blas_threads=_blas_threads(args.blas_threads),
                resources=args.resources,
                memory_terminate_action="exit" if args.supervised else "interrupt",
-               supervised=args.supervised)
+               supervised=_supervision_token(args))
     # A process of its own: at the collector's default pace (every 700 allocations)
     # its scans of the worker's short-lived messages and task records took some 8% of
     # a worker's CPU under tiny tasks.  Young objects are scanned every 10,000
@@ -386,6 +386,15 @@ def cmd_worker(args):
     finally:
         w.close()
     return 0
+
+
+def _supervision_token(args):
+    """The token this worker's supervisor gave it (None without one), taken out of
+    the environment that its tasks' processes inherit."""
+    from .supervisor import TOKEN_VARIABLE
+
+    token = os.environ.pop(TOKEN_VARIABLE, None)
+    return token if args.supervised else None
 
 
 def _supervise_worker(args):

@@ -39,7 +39,7 @@ KINDS = {
         "register-worker": "a worker joins (address, threads, host, pid, memory)",
         "unregister": "a worker leaves on purpose",
         "worker-died": "a worker's supervisor, on a connection of its own: how the "
-                       "worker's process ended (address, pid, reason)",
+                       "worker's process ended (its token, pid, reason)",
         "heartbeat": "a worker is alive; its metrics",
         "task-started": "a task began on a pool thread (it may need a 'go' first)",
         "task-finished": "a task's result is in memory (a small one comes along; "

@@ -69,6 +69,8 @@ START_RETRIES = 3         # a worker that exits before registering is started ag
 START_BACKOFF = 1.0       # this many times, after 1, 2, 4 s
 STDERR_LINES = 5          # lines of a worker's stderr kept for the give-up message
 TELL_TIMEOUT = 5.0        # seconds to tell the scheduler how a worker ended, at most
+                          # (1 s, quietly, for one not seen registering)
+TOKEN_VARIABLE = "DASK_IPY_SUPERVISION"   # the worker's token, from its supervisor
 
 
 def restart_delay(ready, recent, failed_starts, quick_deaths):
@@ -109,11 +111,11 @@ def fate(code, reason):
     return f"its process was killed by {name}"
 
 
-def tell_scheduler(scheduler, address, pid, reason, timeout=TELL_TIMEOUT):
+def tell_scheduler(scheduler, token, pid, reason, timeout=TELL_TIMEOUT):
     """Tell the scheduler (``scheduler``: the worker's ADDRESS_OR_FILE, whose key is
-    found as the worker finds it) that the worker at ``address``, process ``pid``,
-    ended as ``reason`` says: a "worker-died" message, authenticated as a worker's
-    are, on a connection of this process's own.  True once handed to ZeroMQ, False
+    found as the worker finds it) that the worker of token ``token`` (which it
+    registered with), process ``pid``, ended as ``reason`` says: a "worker-died"
+    message, authenticated as a worker's are, on a connection of this process's own.  True once handed to ZeroMQ, False
     after ``timeout`` seconds without the scheduler's answer to "hello"."""
     import zmq
 
@@ -140,7 +142,7 @@ def tell_scheduler(scheduler, address, pid, reason, timeout=TELL_TIMEOUT):
             if answer is not None:
                 session.epoch, scheduler_id = answer
                 sock.send_multipart(session.dumps(
-                    [{"op": "worker-died", "address": address, "pid": pid,
+                    [{"op": "worker-died", "token": token, "pid": pid,
                       "reason": reason}], scheduler_id))
                 sock.linger = int(timeout * 1000)
                 return True
@@ -153,9 +155,10 @@ def tell_scheduler(scheduler, address, pid, reason, timeout=TELL_TIMEOUT):
 class Supervisor:
     """Runs ``argv`` (after ``python -m dask_ipy``) again and again; see the module
     docstring.  The worker prints its limit and terminate fraction ("memory_limit:",
-    "memory_terminate:" lines), and the limit again whenever it changes, and its
-    address.  ``scheduler``: the worker's ADDRESS_OR_FILE, told how each worker that
-    died there ended (`tell_scheduler`; None: not told)."""
+    "memory_terminate:" lines), and the limit again whenever it changes.
+    ``scheduler``: the worker's ADDRESS_OR_FILE, told how each worker that died there
+    ended (`tell_scheduler`; None: not told).  Each worker gets a token of its own
+    (in `TOKEN_VARIABLE`), which it registers with: the scheduler knows it by that."""
 
     def __init__(self, argv, local_directory=None, env=None, out=None, scheduler=None):
         self.directory = tempfile.mkdtemp(prefix="dask-ipy-worker-",
@@ -184,7 +187,7 @@ class Supervisor:
         self.failed_starts = 0    # workers in a row that exited before registering
         self.quick_deaths = []    # when workers died soon after registering (monotonic)
         self.registered = None    # when the worker running now registered (monotonic)
-        self.address = None       # the worker's address, as it says
+        self.token = None         # the running worker's
         self.scheduler = scheduler
         self.stderr_tail = collections.deque(maxlen=STDERR_LINES)
 
@@ -218,17 +221,21 @@ class Supervisor:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def _tell(self, reason):
-        # Its address known, it may have registered (its "registered:" line may not
-        # have come out before a task killed it).
-        if reason is None or self.scheduler is None or self.address is None:
+        if reason is None or self.scheduler is None:
             return
+        # One not seen registering (its "registered:" line may not have come out
+        # before a task killed it) is tried too, briefly and quietly: the scheduler
+        # may not be there at all.
+        seen = self.registered is not None
+        timeout = TELL_TIMEOUT if seen else 1.0
         try:
-            if tell_scheduler(self.scheduler, self.address, self.proc.pid, reason):
+            if tell_scheduler(self.scheduler, self.token, self.proc.pid, reason, timeout):
                 return
-            why = f"no answer within {TELL_TIMEOUT:g} s"
+            why = f"no answer within {timeout:g} s"
         except Exception as e:        # its connection file gone, no key any more...
             why = f"{type(e).__name__}: {e}"
-        self._say(f"could not tell the scheduler how the worker ended: {why}")
+        if seen:
+            self._say(f"could not tell the scheduler how the worker ended: {why}")
 
     def _giving_up(self, code, reason):
         if self.registered is None:
@@ -263,11 +270,12 @@ class Supervisor:
     def _run_once(self):
         self.limit = None
         self.registered = None
-        self.address = None
+        self.token = secrets.token_hex(16)
         self.stderr_tail.clear()
         self.proc = proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=self.env, text=True, bufsize=1)
+            stderr=subprocess.PIPE, env={**self.env, TOKEN_VARIABLE: self.token},
+            text=True, bufsize=1)
         if self.stopping.is_set():    # stopped while it was being started
             self._signal(proc)
         relays = [threading.Thread(target=target, args=(stream,), daemon=True,
@@ -337,8 +345,6 @@ class Supervisor:
         name = name.strip() if sep else None
         if name == "registered" and self.registered is None:
             self.registered = time.monotonic()
-        elif name == "address":
-            self.address = value.strip()
         elif name in ("memory_limit", "memory_terminate"):
             try:
                 number = float(value.strip())

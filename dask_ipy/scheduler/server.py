@@ -262,6 +262,7 @@ class Scheduler:
 
     def _on_register_worker(self, wid, msg, now):
         self._joined = True
+        token = msg.get("supervised")           # its supervisor's, if it has one
         ws = self.state.add_worker(wid, msg["address"], msg.get("nthreads", 1),
                                    msg.get("name"), msg.get("host", ""), msg.get("pid"),
                                    msg.get("memory_limit", 0), now=now,
@@ -270,7 +271,7 @@ class Scheduler:
                                    resources=msg.get("resources"),
                                    ip=host_of(msg["address"]),
                                    local_directory=msg.get("local_directory"),
-                                   supervised=bool(msg.get("supervised")))
+                                   supervised=token if type(token) is str else None)
         # The worker keeps what it sends us under our cap (results it cannot send
         # become errors naming the key, instead of dropped messages).
         self.state.send_worker(ws, {"op": "welcome",
@@ -284,13 +285,14 @@ class Scheduler:
     def _on_worker_died(self, wid, msg, now):
         """A worker's supervisor, on a connection of its own, says how the worker's
         process ended (`supervisor.tell_scheduler`)."""
-        address, pid, reason = msg.get("address"), msg.get("pid"), msg.get("reason")
-        if not (type(address) is str and type(pid) is int and type(reason) is str):
+        token, pid, reason = msg.get("token"), msg.get("pid"), msg.get("reason")
+        if not (type(token) is str and type(pid) is int and type(reason) is str):
             return
         reason = reason[:MAX_DEATH_TEXT]
-        logger.warning("scheduler: worker %s (pid %d): %s", address, pid, reason)
         self.state.tell_time(now)
-        self.state.worker_died(address, pid, reason)
+        address = self.state.worker_died(token, pid, reason)
+        if address is not None:
+            logger.warning("scheduler: worker %s (pid %d): %s", address, pid, reason)
 
     def _on_task_stream(self, wid, msg, now):
         ws = self.state.workers.get(wid)
@@ -348,9 +350,9 @@ class Scheduler:
         for wid in list(self.state.workers):
             if not self._reachable(self.worker_socket, wid):
                 ws = self.state.remove_worker(wid, reason="connection lost", lost=True)
-                if ws is not None and (ws.address, ws.pid) in self.state.lost:
+                if ws is not None and ws.supervised in self.state.lost:
                     self.loop.call_later(DEATH_WAIT, self.state.death_unexplained,
-                                         ws.address, ws.pid)
+                                         ws.supervised)
         for cid in list(self.state.clients):
             if not self._reachable(self.client_socket, cid):
                 self.state.remove_client(cid)

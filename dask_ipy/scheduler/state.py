@@ -74,8 +74,9 @@ State, documented once:
                              status) and time_paused (seconds, ended pauses) say for
                              how long its memory has kept it paused
     memory_failures: {key: text}  why a task was last stopped for memory
-    lost:       {(address, pid): (reason, note, [key])}  supervised workers whose
-                connection was lost while tasks ran there for the last time they may:
+    lost:       {token: (address, pid, reason, note, [key])}  supervised workers (by
+                the token their supervisor gave them) whose connection was lost while
+                tasks ran there for the last time they may:
                 those tasks wait in "released" (nothing recommends them on) for the
                 supervisor's word on how the process ended (`worker_died`), or for
                 the shell's bounded wait to end (`death_unexplained`); then they err
@@ -319,7 +320,8 @@ class WorkerRecord:
         # tasks whose needs fit in what its running tasks leave
         self.resources = dict(resources or {})
         self.local_directory = None      # its working directory, as told
-        self.supervised = False          # a supervisor tells how its process ends
+        self.supervised = None           # its supervisor's token: it tells how the
+                                         # process ended (`worker_died`)
         self.streams = deque(maxlen=STREAMS_KEPT)  # relay tickets it is an end of
         self.alone = (self,)             # who_has of the tasks it alone holds (_add)
         self.stealing = 0                # steal requests in flight for it
@@ -626,7 +628,7 @@ class SchedulerState:
         self._running_cache = ((), None)     # (running workers, when built)
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
-        self.lost = {}                       # {(address, pid): (reason, note, [key])}
+        self.lost = {}                       # {token: (address, pid, reason, note, keys)}
         self.clock = 0.0                     # the latest time the shell told us
         self.stimulus = "start"              # what the events handled now came from
         self.transition_log = self.transition_recs = None
@@ -1140,7 +1142,7 @@ class SchedulerState:
         one held for a lost worker's supervisor (`lost`) waits."""
         if ts.who_wants or ts.waiters and any(
                 w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER) for w in ts.waiters):
-            if self.lost and any(ts.key in held[2] for held in self.lost.values()):
+            if self.lost and any(ts.key in held[4] for held in self.lost.values()):
                 return {}
             return {ts.key: WAITING}
         return {ts.key: FORGOTTEN}
@@ -1610,11 +1612,11 @@ class SchedulerState:
     def add_worker(self, wid, address, nthreads=1, name=None, host="", pid=None,
                    memory_limit=0, keys=(), now=0.0, memory_fractions=None,
                    shares_host=False, resources=None, ip=None, local_directory=None,
-                   supervised=False):
+                   supervised=None):
         """``ip``: the host in ``address``, by which users may name it too;
         ``local_directory``: where it keeps its files, as it says.
-        ``supervised``: a supervisor watches its process and tells how it ended
-        (`worker_died`).
+        ``supervised``: the token of the supervisor that watches its process and
+        tells how it ended (`worker_died`), or None.
         ``shares_host``: the worker's limits ("auto" memory, task thread pools) are
         shares of its host's; it is told how many workers its host has
         ("host-workers") whenever that changes.  ``resources``: {name: amount} it
@@ -1686,7 +1688,7 @@ class SchedulerState:
                     held.append(ts.key)          # released, it waits there
             recs[ts.key] = RELEASED
         if held:
-            self.lost[(ws.address, ws.pid)] = (reason, note, held)
+            self.lost[ws.supervised] = (ws.address, ws.pid, reason, note, held)
         for ts in ws.has_what:
             _discard(ts, "who_has", ws)
             if not ts.who_has and ts.state == MEMORY:
@@ -1843,30 +1845,34 @@ class SchedulerState:
         args = (ts.key, address, ts.suspicious - 1, memory or reason)
         return error_info(kind, str(ERROR_TYPES[kind](*args)), ts.key, args)
 
-    def worker_died(self, address, pid, reason):
-        """A worker's supervisor says how the process ``pid`` of the worker at
-        ``address`` ended (``reason``: "its process exited with code 3"...).  The
-        worker, if still registered (its lost connection not noticed yet), is removed
-        with that reason; tasks held for it (`lost`) err with it.  The worker removed,
-        or None."""
+    def worker_died(self, token, pid, reason):
+        """The supervisor of token ``token`` says how its worker's process ``pid``
+        ended (``reason``: "its process exited with code 3"...).  The worker, if
+        still registered (its lost connection not noticed yet), is removed with that
+        reason; tasks held for it (`lost`) err with it.  The worker's address, or None
+        if no worker of that token and process is known."""
+        if not token:                           # an unsupervised worker has none
+            return None
         reason = str(reason)[:MAX_DEATH_TEXT]
-        ws = self.by_address.get(address)
-        if ws is not None and ws.pid == pid and ws.supervised:
-            return self.remove_worker(ws.id, reason=reason)
-        held = self.lost.get((address, pid))
-        if held is not None:
-            self._end_wait((address, pid), reason + held[1], "worker-died")
-        return None
+        for ws in self.workers.values():        # a death is rare: no index kept
+            if ws.supervised == token and ws.pid == pid:
+                self.remove_worker(ws.id, reason=reason)
+                return ws.address
+        held = self.lost.get(token)
+        if held is None or held[1] != pid:
+            return None
+        self._end_wait(token, reason + held[3], "worker-died")
+        return held[0]
 
-    def death_unexplained(self, address, pid):
-        """The shell waited long enough for the supervisor of the worker lost at
-        ``address``: the tasks held for it err with the reason it was lost."""
-        held = self.lost.get((address, pid))
+    def death_unexplained(self, token):
+        """The shell waited long enough for the word of the supervisor of token
+        ``token``: the tasks held for its worker err with the reason it was lost."""
+        held = self.lost.get(token)
         if held is not None:
-            self._end_wait((address, pid), held[0], "death-unexplained")
+            self._end_wait(token, held[2], "death-unexplained")
 
-    def _end_wait(self, lost, reason, stimulus):
-        _, _, keys = self.lost.pop(lost)
+    def _end_wait(self, token, reason, stimulus):
+        address, _, _, _, keys = self.lost.pop(token)
         outer, self.stimulus = self.stimulus, stimulus
         recs = {}
         for key in keys:
@@ -1874,7 +1880,7 @@ class SchedulerState:
             if ts is None or ts.state != RELEASED:
                 continue                   # forgotten, or asked for again meanwhile
             if ts.who_wants or ts.waiters:
-                ts.error = self._killed_error(ts, lost[0], reason)
+                ts.error = self._killed_error(ts, address, reason)
                 recs[key] = ERRED
             else:
                 recs[key] = FORGOTTEN

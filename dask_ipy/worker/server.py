@@ -143,8 +143,9 @@ class Worker:
     past the terminate fraction meets: "interrupt" (a TaskMemoryError inside the
     task; the process lives on: for workers inside engines) or "exit" (the worker
     exits for its supervisor to start a new one; `dask-ipy worker` does this).
-    ``supervised``: a supervisor watches this process and tells the scheduler how it
-    ended (`dask-ipy worker`'s does): tasks its death would end wait a moment for it.
+    ``supervised``: the token of a supervisor that watches this process and tells
+    the scheduler how it ended (`dask-ipy worker`'s does), or None: tasks its death
+    would end wait a moment for that word.
     ``blas_threads``: threads of BLAS/OpenMP pools inside tasks ("auto", a number,
     or False to leave them alone; default ``dask-ipy.worker.blas-threads``).
     ``resources``: what this worker has, ``{"GPU": 2, "MEM": 10e9}`` (or the string
@@ -166,7 +167,7 @@ class Worker:
                  memory_spill_fraction=None, memory_pause_fraction=None,
                  memory_terminate_fraction=None, memory_terminate_action="interrupt",
                  memory_monitor_interval=None, blas_threads=None, resources=None,
-                 task_stream=None, host=None, supervised=False):
+                 task_stream=None, host=None, supervised=None):
         hostname = host or hostname         # dask.distributed's name
         self.supervised = supervised
         nthreads = check_nthreads(nthreads)

@@ -16,12 +16,12 @@ START = "Attempted to run task 'x' on 1 different workers, but all those workers
 
 
 def make(supervised=True):
-    """A client 'c' and one-thread workers 'w1' (A, pid 11) and 'w2' (B, pid 12);
-    no death is allowed: the first errs."""
+    """A client 'c' and one-thread workers 'w1' (A, pid 11, supervisor token 't1')
+    and 'w2' (B, pid 12, 't2'); no death is allowed: the first errs."""
     s = SchedulerState(allowed_failures=0, validate=True)
     s.add_client("c")
-    s.add_worker("w1", A, nthreads=1, pid=11, supervised=supervised)
-    s.add_worker("w2", B, nthreads=1, pid=12, supervised=supervised)
+    s.add_worker("w1", A, nthreads=1, pid=11, supervised="t1" if supervised else None)
+    s.add_worker("w2", B, nthreads=1, pid=12, supervised="t2" if supervised else None)
     s.take_messages()
     return s
 
@@ -44,10 +44,10 @@ def test_a_lost_supervised_worker_holds_the_task_it_would_end_for_its_supervisor
     running_x(s)
     s.remove_worker("w1", reason="connection lost", lost=True)
     assert s.tasks["x"].state == "released" and s.lost == {
-        (A, 11): ("connection lost", "", ["x"])}
+        "t1": (A, 11, "connection lost", "", ["x"])}
     assert s.take_messages() == [("worker", "w2",
                                   {"op": "worker-removed", "address": A})]
-    s.worker_died(A, 11, "its process was killed by SIGSEGV")
+    assert s.worker_died("t1", 11, "its process was killed by SIGSEGV") == A
     assert erred(s) == [("c", "KilledWorker", START + A + ": its process was killed "
                                                         "by SIGSEGV.")]
     assert s.tasks["x"].state == "erred" and s.lost == {}
@@ -57,7 +57,7 @@ def test_a_lost_supervised_worker_holds_the_task_it_would_end_for_its_supervisor
 def test_a_word_before_the_lost_connection_removes_the_worker_with_it():
     s = make()
     running_x(s)
-    s.worker_died(A, 11, "its process exited with code 3")
+    assert s.worker_died("t1", 11, "its process exited with code 3") == A
     assert "w1" not in s.workers and s.lost == {}
     assert erred(s) == [("c", "KilledWorker",
                          START + A + ": its process exited with code 3.")]
@@ -70,9 +70,9 @@ def test_without_a_word_the_wait_ends_in_connection_lost():
     running_x(s)
     s.remove_worker("w1", reason="connection lost", lost=True)
     s.take_messages()
-    s.death_unexplained(A, 11)
+    s.death_unexplained("t1")
     assert erred(s) == [("c", "KilledWorker", START + A + ": connection lost.")]
-    s.worker_died(A, 11, "its process exited with code 3")      # too late: ignored
+    s.worker_died("t1", 11, "its process exited with code 3")   # too late: ignored
     assert s.take_messages() == [] and s.tasks["x"].state == "erred"
 
 
@@ -80,11 +80,11 @@ def test_recovery_does_not_wait_for_the_word():
     """A task queued behind the one that killed the worker runs elsewhere at once."""
     s = SchedulerState(allowed_failures=0, validate=True)
     s.add_client("c")
-    s.add_worker("w1", A, nthreads=1, pid=11, supervised=True)
+    s.add_worker("w1", A, nthreads=1, pid=11, supervised="t1")
     s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", [])}, ["x", "y"],
                    {"x": 0, "y": 1})
     s.handle_worker_message("w1", {"op": "task-started", "key": "x"})
-    s.add_worker("w2", B, nthreads=1, pid=12, supervised=True)
+    s.add_worker("w2", B, nthreads=1, pid=12, supervised="t2")
     s.take_messages()
     assert s.tasks["y"].processing_on.id == "w1"
     s.remove_worker("w1", reason="connection lost", lost=True)
@@ -99,7 +99,7 @@ def test_a_task_let_go_during_the_wait_is_forgotten_at_once():
     s.remove_worker("w1", reason="connection lost", lost=True)
     s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
     assert "x" not in s.tasks
-    s.worker_died(A, 11, "its process exited with code 3")
+    s.worker_died("t1", 11, "its process exited with code 3")
     assert "x" not in s.tasks and erred(s) == [] and s.lost == {}
 
 
@@ -111,19 +111,19 @@ def test_an_unsupervised_worker_ends_the_task_at_once():
                                           START + A + ": connection lost.")]
     # Nor does a word remove such a worker.
     running_x(s2 := make(supervised=False))
-    s2.worker_died(A, 11, "its process exited with code 3")
+    assert s2.worker_died(None, 11, "its process exited with code 3") is None
     assert "w1" in s2.workers
 
 
 def test_a_word_about_another_process_or_worker_changes_nothing():
     s = make()
     running_x(s)
-    s.worker_died(A, 99, "its process exited with code 3")      # an earlier process
-    s.worker_died("tcp://10.0.0.9:1", 11, "its process exited with code 3")
+    assert s.worker_died("t1", 99, "its process exited with code 3") is None  # not its pid
+    assert s.worker_died("t9", 11, "its process exited with code 3") is None
     assert set(s.workers) == {"w1", "w2"} and s.tasks["x"].state == "processing"
     s.remove_worker("w1", reason="connection lost", lost=True)
-    s.worker_died(A, 99, "its process exited with code 3")
-    assert s.tasks["x"].state == "released" and (A, 11) in s.lost
+    assert s.worker_died("t1", 99, "its process exited with code 3") is None
+    assert s.tasks["x"].state == "released" and "t1" in s.lost
 
 
 def test_the_word_is_bounded_and_the_memory_note_stays():
@@ -132,7 +132,7 @@ def test_the_word_is_bounded_and_the_memory_note_stays():
     s.workers["w1"].memory_limit = 1000
     s.workers["w1"].metrics = {"memory": 950}
     s.remove_worker("w1", reason="connection lost", lost=True)
-    s.worker_died(A, 11, "x" * 10_000)
+    s.worker_died("t1", 11, "x" * 10_000)
     [(_, _, text)] = erred(s)
     assert text == (START + A + ": " + "x" * MAX_DEATH_TEXT + "; its memory at its "
                     "last heartbeat: 950 B of its 1000 B limit.")
