@@ -31,6 +31,7 @@ RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to r
 
 
 def worker_names(workers):
+    """Workers as a list of addresses or names (None: all workers)."""
     if workers is None:
         return None
     if isinstance(workers, str):
