@@ -2677,7 +2677,7 @@ class SchedulerState:
         """The running workers a scatter may put data on, least loaded first."""
         running = [ws for ws in self.workers.values() if ws.status == "running"]
         allowed = msg.get("workers")
-        if allowed:
+        if allowed is not None:           # [] names none
             running = [ws for ws in running if ws.known_as(allowed)]
         return sorted(running, key=lambda w: (w.nbytes, len(w.has_what)))
 

@@ -718,6 +718,15 @@ def test_broadcast_scatter_puts_data_on_every_worker(s):
     assert {ws.address for ws in s.tasks["a"].who_has} == {A, B}
 
 
+def test_a_scatter_to_no_workers_fails(s):
+    """``workers=[]`` names none (None: any), as with dask.distributed."""
+    s.handle_client_message("c", {"op": "scatter", "request_id": 1,
+                                  "data": {"a": "blob"}, "workers": []})
+    assert take(s) == [("client", "c", {
+        "op": "scatter-failed", "request_id": 1,
+        "text": "no workers available to hold scattered data"})]
+
+
 def test_gather_from_a_dying_worker_uses_another_replica(s):
     s.handle_client_message("c", {"op": "scatter", "request_id": 1,
                                   "data": {"a": "blob"}, "broadcast": True})
