@@ -262,6 +262,10 @@ def test_moves_among_no_futures_or_no_workers_move_nothing(c):
     with pytest.raises(ValueError):
         c.replicate(xs, n=0)
     assert c.who_has(xs) == on_first
+    # A scatter to no worker puts its data nowhere; a task may still run anywhere.
+    with pytest.raises(RuntimeError, match="no workers available"):
+        c.scatter([1, 2], workers=[])
+    assert c.submit(inc, 1, workers=[]).result(timeout=30) == 2
 
 
 def test_gather_accepts_direct_and_restart_waits_for_the_workers(c):
