@@ -91,10 +91,26 @@ def restart_delay(ready, recent, failed_starts, quick_deaths):
     return min(BACKOFF * 2 ** (recent - 1), MAX_BACKOFF)
 
 
-def fate(code, reason):
+def oom_kills():
+    """How many processes the kernel's out-of-memory killer has ended since the
+    machine started (Linux's /proc/vmstat, the whole machine's even in a container),
+    or None where that is not known."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def fate(code, reason, oom=None):
     """How a worker's process ended, for the scheduler (KilledWorker's text): None
     after a clean exit or EXIT_MEMORY (the worker told the scheduler itself).
-    ``reason`` "memory": this process killed it for its memory."""
+    ``reason`` "memory": this process killed it for its memory.  ``oom``: whether
+    the kernel's out-of-memory killer ended a process while it ran (None: not
+    known), which tells a SIGKILL from it from one somebody sent."""
     if code == 0 or code == EXIT_MEMORY:
         return None
     if reason == "memory":
@@ -105,9 +121,10 @@ def fate(code, reason):
         name = signal.Signals(-code).name
     except ValueError:
         return f"its process was killed by signal {-code}"
-    if -code == signal.SIGKILL:
-        # Nobody here sent it: as a rule the kernel's out-of-memory killer did.
-        return f"its process was killed by {name} (the system may have run out of memory)"
+    if -code == signal.SIGKILL and oom is not False:
+        return f"its process was killed by {name} (" + (
+            "the kernel's out-of-memory killer ended a process meanwhile)" if oom
+            else "the system may have run out of memory)")
     return f"its process was killed by {name}"
 
 
@@ -271,6 +288,7 @@ class Supervisor:
         self.limit = None
         self.registered = None
         self.token = secrets.token_hex(16)
+        ooms = oom_kills()            # to tell the kernel's SIGKILL from another's
         self.stderr_tail.clear()
         self.proc = proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -321,7 +339,9 @@ class Supervisor:
                 signal.valid_signals() else "killed"
         if not self.stopping.is_set():
             # Before the relays end: a task's own child may hold their pipes open.
-            self._tell(fate(code, reason))
+            after = oom_kills() if code == -signal.SIGKILL else None
+            oom = None if ooms is None or after is None else after > ooms
+            self._tell(fate(code, reason, oom))
         for relay in relays:
             relay.join(5)
         # What the worker left behind (it cannot clean up after a kill).

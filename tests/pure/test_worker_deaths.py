@@ -6,7 +6,7 @@ without a word (`death_unexplained`), or without a supervisor, "connection lost"
 import pytest
 
 from dask_ipy.scheduler.state import MAX_DEATH_TEXT, SchedulerState
-from dask_ipy.supervisor import fate
+from dask_ipy.supervisor import fate, oom_kills
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,6 +141,11 @@ def test_the_word_is_bounded_and_the_memory_note_stays():
 def test_fate_says_how_the_process_ended():
     assert fate(3, "error") == "its process exited with code 3"
     assert fate(-11, "killed by SIGSEGV") == "its process was killed by SIGSEGV"
+    # SIGKILL: the kernel's out-of-memory killer ran meanwhile, or not, or unknown.
+    assert fate(-9, "killed by SIGKILL", oom=True) == "its process was killed by " \
+        "SIGKILL (the kernel's out-of-memory killer ended a process meanwhile)"
+    assert fate(-9, "killed by SIGKILL", oom=False) == \
+        "its process was killed by SIGKILL"
     assert fate(-9, "killed by SIGKILL") == \
         "its process was killed by SIGKILL (the system may have run out of memory)"
     assert fate(-9, "memory") == \
@@ -148,3 +153,8 @@ def test_fate_says_how_the_process_ended():
     assert fate(-200, "killed") == "its process was killed by signal 200"
     # A clean exit, or one for memory the worker told the scheduler of itself.
     assert fate(0, "error") is None and fate(75, "memory") is None
+
+
+def test_the_kernels_out_of_memory_kills_are_counted_where_known():
+    count = oom_kills()
+    assert count is None or (type(count) is int and count >= 0)
