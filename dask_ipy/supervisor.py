@@ -132,8 +132,9 @@ def tell_scheduler(scheduler, token, pid, reason, timeout=TELL_TIMEOUT):
     """Tell the scheduler (``scheduler``: the worker's ADDRESS_OR_FILE, whose key is
     found as the worker finds it) that the worker of token ``token`` (which it
     registered with), process ``pid``, ended as ``reason`` says: a "worker-died"
-    message, authenticated as a worker's are, on a connection of this process's own.  True once handed to ZeroMQ, False
-    after ``timeout`` seconds without the scheduler's answer to "hello"."""
+    message, authenticated as a worker's are, on a connection of this process's
+    own.  True once handed to ZeroMQ, False after ``timeout`` seconds without the
+    scheduler's answer to "hello"."""
     import zmq
 
     from .comm import Handshake, connect_dealer, new_id
