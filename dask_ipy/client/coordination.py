@@ -33,23 +33,17 @@ from __future__ import annotations
 import uuid
 from collections import deque
 
-from dask.utils import parse_timedelta
-
 from .. import hooks
 from ..messages import WITHDRAWN
 from ..protocol import serialize
-from .futures import futures_in, load
+from .futures import futures_in, load, seconds
 from .waits import Answer, KeptAnswer, then
-
-
-def _seconds(timeout):
-    return None if timeout is None else parse_timedelta(timeout)
 
 
 def _within(timeout):
     """The end of a timeout's message: ``timeout`` (seconds, a string such as
     "300ms", or a timedelta) in seconds."""
-    return f"within {_seconds(timeout):g} s"
+    return f"within {seconds(timeout):g} s"
 
 
 def _sync_options(method, kwargs):
@@ -118,7 +112,7 @@ class _Named:
     def _request_op(self, what, timeout=None, **fields):
         """Ask, and return the answer (it never waits on the scheduler)."""
         answer = yield from self.client.shell.request_op(self._message(what, **fields),
-                                                         timeout=_seconds(timeout))
+                                                         timeout=seconds(timeout))
         return _checked(answer)
 
     def _run(self, op):
@@ -133,7 +127,7 @@ class _Named:
         to do with one that comes after its caller was interrupted, if not undo."""
         shell = self.client.shell
         shell.check_open()
-        timeout = _seconds(timeout)
+        timeout = seconds(timeout)
         msg = self._message(what, **fields)
         if timeout is not None and timeout <= 0:
             msg["wait"] = False                # answered at once, parked or not

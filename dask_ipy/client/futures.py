@@ -715,7 +715,7 @@ class as_completed:
         self.with_results = with_results
         self.raise_errors = raise_errors
         self.deadline = (None if timeout is None else
-                         time.monotonic() + parse_timedelta(timeout))
+                         time.monotonic() + seconds(timeout))
         self.waiting = 0                     # futures added and not finished yet
         self.ready = deque()                 # finished, not yet handed out
         self.epoch = 0                       # bumped by `clear`: earlier adds are void

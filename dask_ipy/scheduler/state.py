@@ -74,7 +74,7 @@ State, documented once:
                              status) and time_paused (seconds, ended pauses) say for
                              how long its memory has kept it paused
     memory_failures: {key: text}  why a task was last stopped for memory
-    lost:       {token: (address, pid, reason, note, [key])}  supervised workers (by
+    lost:       {token: Held(address, pid, reason, note, keys)}  supervised workers (by
                 the token their supervisor gave them) whose connection was lost while
                 tasks ran there for the last time they may:
                 those tasks wait in "released" (nothing recommends them on) for the
@@ -114,7 +114,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import deque
+from collections import deque, namedtuple
 from operator import attrgetter
 
 from ..errors import ERROR_TYPES, error_info
@@ -143,6 +143,12 @@ CLOSED = "closed"
 
 # The holder of `fire_and_forget`'s keys in who_wants (no client id is a tuple).
 FIRE_AND_FORGET = ("fire-and-forget",)
+
+
+#: The tasks a lost supervised worker's death would end, waiting for its
+#: supervisor's word (`SchedulerState.lost`): ``reason`` how it was lost, ``note``
+#: its memory at its last heartbeat if high (said after any reason).
+Held = namedtuple("Held", "address pid reason note keys")
 
 
 class InvalidTransition(RuntimeError):
@@ -628,7 +634,7 @@ class SchedulerState:
         self._running_cache = ((), None)     # (running workers, when built)
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
-        self.lost = {}                       # {token: (address, pid, reason, note, keys)}
+        self.lost = {}                       # {token: Held}
         self.clock = 0.0                     # the latest time the shell told us
         self.stimulus = "start"              # what the events handled now came from
         self.transition_log = self.transition_recs = None
@@ -1142,7 +1148,7 @@ class SchedulerState:
         one held for a lost worker's supervisor (`lost`) waits."""
         if ts.who_wants or ts.waiters and any(
                 w.state in (WAITING, PROCESSING, QUEUED, NO_WORKER) for w in ts.waiters):
-            if self.lost and any(ts.key in held[4] for held in self.lost.values()):
+            if self.lost and any(ts.key in held.keys for held in self.lost.values()):
                 return {}
             return {ts.key: WAITING}
         return {ts.key: FORGOTTEN}
@@ -1688,7 +1694,7 @@ class SchedulerState:
                     held.append(ts.key)          # released, it waits there
             recs[ts.key] = RELEASED
         if held:
-            self.lost[ws.supervised] = (ws.address, ws.pid, reason, note, held)
+            self.lost[ws.supervised] = Held(ws.address, ws.pid, reason, note, held)
         for ts in ws.has_what:
             _discard(ts, "who_has", ws)
             if not ts.who_has and ts.state == MEMORY:
@@ -1859,28 +1865,28 @@ class SchedulerState:
                 self.remove_worker(ws.id, reason=reason)
                 return ws.address
         held = self.lost.get(token)
-        if held is None or held[1] != pid:
+        if held is None or held.pid != pid:
             return None
-        self._end_wait(token, reason + held[3], "worker-died")
-        return held[0]
+        self._end_wait(token, reason + held.note, "worker-died")
+        return held.address
 
     def death_unexplained(self, token):
         """The shell waited long enough for the word of the supervisor of token
         ``token``: the tasks held for its worker err with the reason it was lost."""
         held = self.lost.get(token)
         if held is not None:
-            self._end_wait(token, held[2], "death-unexplained")
+            self._end_wait(token, held.reason, "death-unexplained")
 
     def _end_wait(self, token, reason, stimulus):
-        address, _, _, _, keys = self.lost.pop(token)
+        held = self.lost.pop(token)
         outer, self.stimulus = self.stimulus, stimulus
         recs = {}
-        for key in keys:
+        for key in held.keys:
             ts = self.tasks.get(key)
             if ts is None or ts.state != RELEASED:
                 continue                   # forgotten, or asked for again meanwhile
             if ts.who_wants or ts.waiters:
-                ts.error = self._killed_error(ts, address, reason)
+                ts.error = self._killed_error(ts, held.address, reason)
                 recs[key] = ERRED
             else:
                 recs[key] = FORGOTTEN
