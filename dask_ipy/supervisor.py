@@ -91,12 +91,12 @@ def restart_delay(ready, recent, failed_starts, quick_deaths):
     return min(BACKOFF * 2 ** (recent - 1), MAX_BACKOFF)
 
 
-def oom_kills():
+def oom_kills(path="/proc/vmstat"):
     """How many processes the kernel's out-of-memory killer has ended since the
     machine started (Linux's /proc/vmstat, the whole machine's even in a container),
     or None where that is not known."""
     try:
-        with open("/proc/vmstat") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith("oom_kill "):
                     return int(line.split()[1])

@@ -155,6 +155,12 @@ def test_fate_says_how_the_process_ended():
     assert fate(0, "error") is None and fate(75, "memory") is None
 
 
-def test_the_kernels_out_of_memory_kills_are_counted_where_known():
-    count = oom_kills()
-    assert count is None or (type(count) is int and count >= 0)
+def test_the_kernels_out_of_memory_kills_are_read_from_vmstat(tmp_path):
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1000\noom_kill 7\npgfault 3\n")
+    assert oom_kills(vmstat) == 7
+    vmstat.write_text("nr_free_pages 1000\n")       # a kernel before 4.13
+    assert oom_kills(vmstat) is None
+    vmstat.write_text("oom_kill many\n")
+    assert oom_kills(vmstat) is None
+    assert oom_kills(tmp_path / "none") is None       # not Linux
