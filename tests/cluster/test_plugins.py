@@ -52,11 +52,15 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
         assert all(isinstance(p, tuple) for p in priority.values())
         with dask.annotate(priority=13, retries=2):
             urgent = dask.delayed(inc)(1, dask_key_name="urgent")
-        assert c.compute(urgent).result() == 2
+        f = c.compute(urgent)
+        assert f.result() == 2
+        # Its value came straight from the worker: let go only once the scheduler
+        # knows it is in memory, else it may see processing -> released.
+        wait_for(lambda: c.who_has(f).get("urgent"), message="urgent in memory")
         annotations, priority = c.run_on_scheduler(plugin_graphs, "recorder")[1]
         assert annotations == {"priority": {"urgent": 13}, "retries": {"urgent": 2}}
         assert priority["urgent"][0] == -13         # higher runs first, as there
-        del urgent
+        del urgent, f
         wait_for(lambda: not c.who_has(), message="urgent to be forgotten")
         events = c.run_on_scheduler(plugin_events, "recorder")
         seen = chains(events)
