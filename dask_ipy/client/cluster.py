@@ -423,12 +423,15 @@ class ClusterMethods:
         """Restart workers in place: each drops its tasks and data, tears its plugins
         down and registers again at its address, where its plugins are set up anew;
         the process (an ipyparallel engine) stays.  ``{worker as named: "OK" |
-        "removed" | "timed out"}``; TimeoutError unless all are "OK" with
-        ``raise_for_error``."""
+        "timed out"}``; TimeoutError unless all are "OK" with ``raise_for_error``;
+        KeyError if a worker is not known."""
         names = worker_names(workers)
         timeout = RESTART_TIMEOUT if timeout is None else timeout
 
         def check(result):
+            unknown = [name for name in names if result[name] == "unknown"]
+            if unknown:
+                raise KeyError(unknown[0])
             if raise_for_error and any(v != "OK" for v in result.values()):
                 raise TimeoutError(f"workers not restarted within {timeout} s: "
                                    f"{ {k: v for k, v in result.items() if v != 'OK'} }")

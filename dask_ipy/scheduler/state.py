@@ -1650,6 +1650,8 @@ class SchedulerState:
             self.send_worker(ws, {"op": "plugin-add", "name": pname, "plugin": blob})
         if keys:
             self.send_worker(ws, {"op": "free-keys", "keys": list(keys)})
+        self._log_event(address, [now, {"action": "add-worker"}])
+        self._log_event("all", [now, {"action": "add-worker", "worker": address}])
         if self.plugin_events is not None:
             self.plugin_events.append(("add_worker", address))
         if self.unrunnable:
@@ -1679,6 +1681,12 @@ class SchedulerState:
         note = "" if expected or memory is not None else _memory_note(ws)
         reason += note
         held = [] if lost and ws.supervised and not expected and memory is None else None
+        only_here = [ts for ts in ws.has_what if len(ts.who_has) == 1]   # ws alone
+        self._log_worker_event(ws, {
+            "action": "remove-worker", "processing-tasks": [ts.key for ts in ws.processing],
+            "lost-computed-tasks": [ts.key for ts in only_here if ts.run_spec is not None],
+            "lost-scattered-tasks": [ts.key for ts in only_here if ts.run_spec is None],
+            "expected": expected, "reason": reason})
         for ts in list(ws.processing):
             if not expected and ts in suspects:
                 ts.suspicious += 1
@@ -1862,11 +1870,13 @@ class SchedulerState:
         reason = str(reason)[:MAX_DEATH_TEXT]
         for ws in self.workers.values():        # a death is rare: no index kept
             if ws.supervised == token and ws.pid == pid:
+                self._log_worker_event(ws, {"action": "worker-died", "reason": reason})
                 self.remove_worker(ws.id, reason=reason)
                 return ws.address
         held = self.lost.get(token)
         if held is None or held.pid != pid:
             return None
+        self._log_worker_event(held, {"action": "worker-died", "reason": reason})
         self._end_wait(token, reason + held.note, "worker-died")
         return held.address
 
@@ -2212,6 +2222,12 @@ class SchedulerState:
         for topic in msg["topics"]:
             self._log_event(topic, [when, what])
 
+    def _log_worker_event(self, ws, msg):
+        """``msg`` about the worker (or `Held` record) ``ws``: an event of its address's
+        topic, and of "all" naming it, as dask.distributed's scheduler logs them."""
+        self._log_event(ws.address, [self.clock, msg])
+        self._log_event("all", [self.clock, {**msg, "worker": ws.address}])
+
     def _log_event(self, topic, event):
         """``event`` [time, msg] of ``topic``: kept among the topic's latest, and sent
         as it came to the clients subscribed to the topic."""
@@ -2260,6 +2276,9 @@ class SchedulerState:
     def add_client(self, cid):
         if cid not in self.clients:
             self.clients[cid] = ClientRecord(cid)
+            event = [self.clock, {"action": "add-client", "client": cid}]
+            self._log_event("all", event)
+            self._log_event(cid, event)
             if self.plugin_events is not None:
                 self.plugin_events.append(("add_client", cid))
         return self.clients[cid]
@@ -2271,6 +2290,8 @@ class SchedulerState:
         self.stimulus = "remove-client"
         for subscribed in self.subscribers.values():
             subscribed.discard(cid)
+        self._log_event("all", [self.clock, {"action": "remove-client", "client": cid}])
+        self.events.pop(cid, None)              # nobody reads a gone client's own
         for token, (client, _, _) in list(self.worker_waiters.items()):
             if client == cid:
                 del self.worker_waiters[token]
@@ -3062,7 +3083,7 @@ class SchedulerState:
     def restart_workers(self, cid, request_id, workers):
         """Restart workers in place: each drops its tasks, its data and its plugins,
         and registers again at its address (its plugins set up anew).  The client
-        hears ``{worker as named: "OK" | "removed" | "timed out"}`` once every one is
+        hears ``{worker as named: "OK" | "unknown" | "timed out"}`` once every one is
         back; returns a token for `restart_timed_out` (the shell's timeout).  Their
         data is lost (recomputed when needed) and their tasks go elsewhere."""
         token = next(self._ids)
@@ -3070,12 +3091,16 @@ class SchedulerState:
         for name in workers:
             found = self._named([name])
             if not found:
-                result[name] = "removed"
+                result[name] = "unknown"
                 continue
             ws = found[0]
             pending[ws.address] = name
             self.send_worker(ws, {"op": "restart-worker"})
             self.remove_worker(ws.id, reason="restarted on request", expected=True)
+        event = [self.clock, {"action": "restart-workers", "workers": list(pending),
+                              "client": cid}]
+        self._log_event("all", event)
+        self._log_event(cid, event)
         self.restarting[token] = {"client": cid, "request_id": request_id,
                                   "pending": pending, "result": result}
         self._maybe_restarted(token)

@@ -274,7 +274,15 @@ def test_killed_worker_says_how_a_supervised_workers_process_ended(task, ending)
             "run the task was tcp://127.0.0.1:"), text
         assert text.endswith(": " + ending), text
         assert info.value.reason == ending[:-1]
+        # The scheduler's events say it too, as dask.distributed's name them.
+        died = [e for _, e in c.get_events("all") if e["action"] == "worker-died"]
+        address = info.value.last_worker.address
+        assert died == [{"action": "worker-died", "worker": address,
+                         "reason": ending[:-1]}]
         c.wait_for_workers(1, timeout=30)          # its supervisor started another
+        actions = [e["action"] for _, e in c.get_events(address)]
+        assert actions in (["add-worker", "remove-worker", "worker-died"],
+                           ["add-worker", "worker-died", "remove-worker"])
         assert c.submit(ops.inc, 1).result(timeout=30) == 2
 
 

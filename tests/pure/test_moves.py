@@ -300,7 +300,10 @@ def test_restart_workers_answers_once_they_register_again(s):
     s.add_worker("w1-new", A)
     out = take(s)
     assert ops(out, "reply") == [("c", {"op": "reply", "request_id": 4, "result": {
-        A: "OK", "nobody": "removed"}})]
+        A: "OK", "nobody": "unknown"}})]
+    assert [e for _, e in s.events["all"]][-2:] == [
+        {"action": "restart-workers", "workers": [A], "client": "c"},
+        {"action": "add-worker", "worker": A}]
     s.restart_timed_out(token)              # too late: nothing more
     assert not ops(take(s), "reply")
 

@@ -1156,15 +1156,56 @@ def test_events_are_kept_per_topic_and_sent_to_subscribers(s, monkeypatch):
     # the latest EVENTS_KEPT of each topic
     assert info(s, "events", topic="t") == [(2.0, "x"), (3.0, "y")]
     assert info(s, "events", topic="nothing") == []
-    assert info(s, "events") == {"t": [(2.0, "x"), (3.0, "y")], "u": [(1.0, {"a": 1})]}
+    events = info(s, "events")                  # with the scheduler's own, below
+    assert {t: events[t] for t in ("t", "u")} == {"t": [(2.0, "x"), (3.0, "y")],
+                                                  "u": [(1.0, {"a": 1})]}
 
 
 def test_a_workers_event_of_a_dict_names_the_worker_under_each_topic(s):
     s.handle_worker_message("w1", {"op": "log-event", "topics": ["t", "u"],
                                    "event": (1.0, {"a": 1})})
     w1 = s.workers["w1"].address
-    assert info(s, "events") == {"t": [(1.0, {"a": 1, "worker": w1})],
-                                 "u": [(1.0, {"a": 1, "worker": w1})]}
+    assert info(s, "events", topic="t") == info(s, "events", topic="u") == [
+        (1.0, {"a": 1, "worker": w1})]
+
+
+def test_the_scheduler_logs_workers_and_clients_coming_and_going(s):
+    """As dask.distributed's scheduler: under "all" naming them, and a worker's under
+    its address, a client's under its id; a removed worker's event lists its tasks
+    running and the results lost with it, computed or scattered."""
+    s.tell_time(5.0)
+    s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", [])}, ["x", "y"])
+    where = {m["key"]: wid for _, wid, m in take(s)}
+    wid = where["x"]
+    finished(s, wid, "x")
+    address = s.workers[wid].address
+    s.update_graph("c", {"z": ("spec-z", [])}, ["z"], workers=[address])
+    assert [to for _, to, _ in take(s)] == [wid]
+    s.handle_client_message("c", {"op": "scatter", "request_id": 7, "data": {"d": "blob"},
+                                  "broadcast": False, "workers": [address]})
+    take(s)
+    s.handle_worker_message(wid, {"op": "add-keys", "keys": [("d", 8, "int")]})
+    s.tell_time(6.0)
+    s.remove_worker(wid, reason="connection lost")
+    take(s)
+    assert info(s, "events", topic=address) == [
+        (0.0, {"action": "add-worker"}),
+        (6.0, {"action": "remove-worker", "processing-tasks": ["z"],
+               "lost-computed-tasks": ["x"], "lost-scattered-tasks": ["d"],
+               "expected": False, "reason": "connection lost"})]
+    s.add_client("e")
+    s.remove_client("e")
+    assert [e for _, e in info(s, "events", topic="all")] == [
+        {"action": "add-client", "client": "c"},
+        {"action": "add-worker", "worker": A},
+        {"action": "add-worker", "worker": B},
+        {"action": "remove-worker", "processing-tasks": ["z"],
+         "lost-computed-tasks": ["x"], "lost-scattered-tasks": ["d"],
+         "expected": False, "reason": "connection lost", "worker": address},
+        {"action": "add-client", "client": "e"},
+        {"action": "remove-client", "client": "e"}]
+    assert info(s, "events", topic="c") == [(0.0, {"action": "add-client", "client": "c"})]
+    assert info(s, "events", topic="e") == []         # dropped with the client
 
 
 def test_metadata_is_a_tree_of_values_under_paths_of_names(s):

@@ -52,6 +52,21 @@ def test_a_lost_supervised_worker_holds_the_task_it_would_end_for_its_supervisor
                                                         "by SIGSEGV.")]
     assert s.tasks["x"].state == "erred" and s.lost == {}
     assert s.tasks["x"].error["args"] == ["x", A, 0, "its process was killed by SIGSEGV"]
+    # Logged after the removal, as events of the worker's address and of "all".
+    assert [e["action"] for _, e in s.events[A]] == [
+        "add-worker", "remove-worker", "worker-died"]
+    assert s.events["all"][-1][1] == {"action": "worker-died", "worker": A,
+                                      "reason": "its process was killed by SIGSEGV"}
+
+
+def test_a_word_before_the_lost_connection_is_logged_before_the_removal():
+    s = make()
+    s.worker_died("t1", 11, "its process exited with code 3")
+    assert [e for _, e in s.events[A]][1:] == [
+        {"action": "worker-died", "reason": "its process exited with code 3"},
+        {"action": "remove-worker", "processing-tasks": [], "lost-computed-tasks": [],
+         "lost-scattered-tasks": [], "expected": False,
+         "reason": "its process exited with code 3"}]
 
 
 def test_a_word_before_the_lost_connection_removes_the_worker_with_it():
