@@ -435,7 +435,8 @@ def test_an_item_on_its_way_to_a_client_that_closes_is_not_lost(pc, c, tmp_path)
     # Both go out before the scheduler reads them: the put first.
     putting = threading.Thread(target=run, args=(Queue(name, client=other).put, 1))
     putting.start()
-    time.sleep(0.1)
+    wait_for(lambda: len(other.shell.state.parked) == 2,    # the get's and the put's
+             message="the put to be on its way")
     other.close()
     for thread in (holding, putting, getting):
         thread.join(10)
