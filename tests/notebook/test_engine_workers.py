@@ -66,8 +66,9 @@ def test_retire_and_restart_leave_the_engines_running(ipcluster):
         assert c.submit(operator.add, 1, 2, workers=[a1]).result() == 3
     finally:
         c.shutdown()
-    wait_for(lambda: not any(rc[:].apply_sync(_by_value(engine_threads))),
-             message="engine threads to end")
+    wait_for(lambda: not any(rc[:].apply_sync(_by_value(engine_threads))), timeout=30,
+             message=lambda: f"engine threads to end: "
+                             f"{rc[:].apply_sync(_by_value(engine_threads))}")
     wait_for(lambda: not dask_ipy_threads(), message="local threads to end")
     assert dict(zip(rc.ids, rc[:].apply_sync(os.getpid))) == pids
 
@@ -104,5 +105,6 @@ def test_tasks_that_launch_tasks_on_engine_workers(ipcluster):
         assert set(where) <= set(addresses)
     finally:
         c.shutdown()
-    wait_for(lambda: not any(rc[:].apply_sync(_by_value(engine_threads))),
-             message="engine threads to end")
+    wait_for(lambda: not any(rc[:].apply_sync(_by_value(engine_threads))), timeout=30,
+             message=lambda: f"engine threads to end: "
+                             f"{rc[:].apply_sync(_by_value(engine_threads))}")
