@@ -541,7 +541,7 @@ class Client(ClusterMethods, ObserveMethods):
         tasks = list(tasks)
         fields = graph_options([key for key, _, _ in tasks], annotations=annotations,
                                **(options or {}))
-        held = self.shell.hold_many(wanted)
+        held, indirect = self.shell.hold_graph(wanted)
         # Each task goes as (key, spec, deps, priority): the scheduler decodes a
         # million-task graph at once, so no second copy of every key (a priorities
         # dict), and a spec that is one small pickle goes as plain bytes (which the
@@ -567,6 +567,8 @@ class Client(ClusterMethods, ObserveMethods):
             payload.append((key, spec, list(deps), priority_of(key, 0)))
         msg = {"op": "update-graph", "tasks": payload,
                "keys": [k for k in wanted if k not in lost], **fields}
+        if indirect:                     # their values the long way (ClientState)
+            msg["indirect"] = indirect
         if payload or msg["keys"]:
             self.shell.send(msg)
         if futures:

@@ -188,6 +188,12 @@ class ClientShell:
         with LOCK:
             return self.state.hold_many(keys)
 
+    def hold_graph(self, keys):
+        """`hold_many` for a graph's wanted ``keys``, and those of them whose values
+        must come through the scheduler (`ClientState.indirect_among`)."""
+        with LOCK:
+            return self.state.hold_many(keys), self.state.indirect_among(keys)
+
     def drop(self, keys):
         """Holders of ``keys`` are gone (any thread, the garbage collector's too)."""
         with LOCK:

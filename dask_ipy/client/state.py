@@ -33,6 +33,12 @@ waits for is released here (`end_gathers`: its caller, who held the key, gave up
 and so does the scheduler's copy of it: a release that overtook the worker's word
 finds it there, answered here long since.
 
+A value sent straight comes of the run the worker was asked for.  A key let go of
+(or cancelled) while it may have run, then submitted again (perhaps, under an
+explicit key, as another computation), could get a value of that earlier run, sent
+before its worker heard of the release: such a key takes no value sent straight,
+and its graph asks the scheduler ("indirect") to send the value the long way.
+
 A value sent straight is lost only with its connection: when one drops, the keys
 pending here are asked for again ("report-keys", ``lost``), and the scheduler tells
 this client of that worker's values from then on as if none came straight.  A key
@@ -58,6 +64,10 @@ State, documented once:
     refcount:   {key: int}             how many hold each of them
     let_go:     {key: FutureState}     weakly: states cancelled (let go) that a Future
                                        still has; a graph on one of them is cancelled
+    suspects:   {key: True}            keys let go of that may have been running: a
+                                       value of that run may yet come straight
+    indirect:   {key}                  held keys that were suspects when submitted:
+                                       their values come through the scheduler only
     requests:   {request_id: token}    requests waiting for their answer
     parked:     {request_id}           those of them that may be parked on the
                                        scheduler (Lock, Queue...: "coordinate")
@@ -111,6 +121,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import ClosedClientError, KeyReleased, PausedWorkerWarning, SchedulerLost
@@ -231,6 +242,7 @@ def paused_text(info):
 # Small values that came with their keys' ends kept at once, at most (each is under
 # 16 kB): beyond, a key's value is used for the gathers waiting for it, then fetched
 # when asked for.
+SUSPECTS_KEPT = 100_000   # keys let go of while they may have run (`_suspect`)
 MAX_KEPT = 65_536
 MAX_KEPT_BYTES = 64 * 2**20
 
@@ -261,6 +273,8 @@ class ClientState:
         self.futures = {}
         self.refcount = {}
         self.let_go = weakref.WeakValueDictionary()
+        self.suspects = OrderedDict()
+        self.indirect = set()
         self.requests = {}
         self.parked = set()
         self.scatters = {}
@@ -295,6 +309,8 @@ class ClientState:
         st = self.futures.get(key)
         if st is None:
             st = self.futures[key] = state or FutureState(key)
+            if self.suspects and self.suspects.pop(key, False):
+                self.indirect.add(key)
             if inform:
                 self._queue({"op": "client-desires-keys", "keys": [key]})
         self.refcount[key] = self.refcount.get(key, 0) + 1
@@ -318,6 +334,10 @@ class ClientState:
             st = self.futures.pop(key, None)
             if st is not None:
                 self._drop_value(st)
+                if st.status == PENDING:
+                    self._suspect(key)
+                elif self.indirect:
+                    self.indirect.discard(key)
             self._confirmed(key)
             gone.append(key)
         self.releases.extend(gone)
@@ -699,7 +719,27 @@ class ClientState:
         if self.futures.get(st.key) is st:
             del self.futures[st.key]
             self._drop_value(st)
+            self._suspect(st.key)
         self.let_go[st.key] = st
+
+    def _suspect(self, key):
+        """``key`` was let go of, or cancelled, perhaps while it ran: a value of that
+        run may still come straight from its worker, after the key is submitted
+        again (maybe as another computation, under an explicit key).  Submitted
+        again, the key is `indirect`: its value comes through the scheduler, which
+        its graph asks for ("indirect"), and no value sent straight is taken.  The
+        latest SUSPECTS_KEPT such keys are remembered."""
+        self.indirect.discard(key)
+        self.suspects[key] = True
+        if len(self.suspects) > SUSPECTS_KEPT:
+            self.suspects.popitem(last=False)
+
+    def indirect_among(self, keys):
+        """Those of ``keys`` (just held) whose values must come through the
+        scheduler (`_suspect`)."""
+        if not self.indirect:
+            return []
+        return [key for key in keys if key in self.indirect]
 
     def was_cancelled(self, key):
         """Whether ``key`` is not held here but a Future of it, cancelled, lives."""
@@ -750,7 +790,8 @@ class ClientState:
         or one whose value came already."""
         key = msg["key"]
         st = self.futures.get(key)
-        if st is None or st.status not in (PENDING, FINISHED) or st.data is not None:
+        if (st is None or st.status not in (PENDING, FINISHED) or st.data is not None
+                or key in self.indirect):
             return []
         out = []
         if st.status == PENDING:

@@ -84,6 +84,11 @@ State, documented once:
                 memory at its last heartbeat if that was high, said after either
     moves:      {move id: moves.Move}  data being moved between workers (retire,
                 replicate, rebalance), see moves.py
+    indirect:   {key: {client id}}     clients that take no value of the key straight
+                from a worker (their graph said so: one of an earlier run of the key
+                could come that way): the worker is not told of them
+    run_count:  the run id of the latest "compute-task"; each names its run, and a
+                worker's word on a task names the run it is about (`_is_current`)
     worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
                 and when it restarts; opaque here
     plugin_events:  [event] for the scheduler's plugins, which its shell runs (None
@@ -246,7 +251,7 @@ class TaskState:
         "dependencies", "dependents", "waiting_on", "waiters",
         "who_has", "who_wants", "processing_on", "nbytes", "type",
         "retries", "suspicious", "restrictions", "loose", "resources", "error",
-        "done_once", "data", "direct",
+        "done_once", "data", "direct", "run_id",
     )
 
     def __init__(self, key, run_spec, group):
@@ -273,6 +278,7 @@ class TaskState:
         self.done_once = False
         self.data = None             # small result (Serialized) sent along by the worker
         self.direct = ()             # clients the worker sent it to straight
+        self.run_id = 0              # of its latest "compute-task" (`_is_current`)
 
     def __repr__(self):
         return f"<TaskState {self.key!r} {self.state}>"
@@ -470,6 +476,14 @@ def _resources(resources):
     return out
 
 
+def _is_current(ts, ws, msg):
+    """Whether a worker's word on a task (``msg``, from ``ws``) is of its current run
+    there: it runs on ``ws`` and the word names that run's "compute-task" (a run
+    released before and ended after the key was given to ``ws`` again does not)."""
+    return (ts is not None and ts.processing_on is ws
+            and msg.get("run_id", ts.run_id) == ts.run_id)
+
+
 def _ended_on(ts, state, ws):
     """What scheduler plugins are told, as keyword arguments, of a task that ended on
     worker ``ws`` in ``state`` (dask.distributed's names)."""
@@ -636,6 +650,8 @@ class SchedulerState:
         self.memory_failures = {}            # {key: text} last stop for memory
         self.lost = {}                       # {token: Held}
         self.clock = 0.0                     # the latest time the shell told us
+        self.run_count = 0                   # "compute-task"s sent: the last run id
+        self.indirect = {}                   # {key: {client}} sent no value straight
         self.stimulus = "start"              # what the events handled now came from
         self.transition_log = self.transition_recs = None
         if transition_log_length:
@@ -889,6 +905,8 @@ class SchedulerState:
         del self.tasks[ts.key]
         if self.memory_failures:
             self.memory_failures.pop(ts.key, None)
+        if self.indirect:
+            self.indirect.pop(ts.key, None)
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs
@@ -1399,14 +1417,20 @@ class SchedulerState:
         run_spec = ts.run_spec
         if type(run_spec) is bytes:
             run_spec = Serialized([run_spec])
+        self.run_count += 1
+        ts.run_id = self.run_count
         msg = {"op": "compute-task", "key": ts.key, "run_spec": run_spec,
-               "priority": ts.priority, "duration": ts.group.duration}
+               "priority": ts.priority, "duration": ts.group.duration,
+               "run_id": self.run_count}
         clients = [cid for cid in ts.who_wants if cid in self.clients]   # no holders
         if clients:
             msg["want_data"] = True
             # The clients waiting for it: the worker sends a small result straight
             # to those it has a connection from (three hops, not four).
-            msg["clients"] = clients
+            if self.indirect and ts.key in self.indirect:
+                clients = [cid for cid in clients if cid not in self.indirect[ts.key]]
+            if clients:
+                msg["clients"] = clients
         if ts.resources is not None:
             msg["resources"] = ts.resources     # the worker runs it when they are free
         if ts.suspicious:
@@ -1961,7 +1985,7 @@ class SchedulerState:
     def _on_task_started(self, ws, msg):
         key = msg["key"]
         ts = self.tasks.get(key)
-        if ts is not None and ts.processing_on is ws:
+        if _is_current(ts, ws, msg):
             ws.executing.add(ts)
         elif key not in ws.stale:
             # Released before this word came: it holds a thread all the same, until
@@ -1977,9 +2001,15 @@ class SchedulerState:
     def _on_task_finished(self, ws, msg):
         freed = ws.stale and self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
-        if ts is None or ts.processing_on is not ws:
-            # Stale: cancelled, or rerouted elsewhere.  Keep the data only if useful.
-            if ts is not None and ts.state == MEMORY and ws not in ts.who_has:
+        if not _is_current(ts, ws, msg):
+            # Stale: cancelled, or rerouted elsewhere.  Keep the data only if useful
+            # and of this run (a key released and submitted again may name another
+            # computation).  An earlier run of a key running here again ended after
+            # its release: the worker let its value go on that release's "free-keys".
+            if ts is not None and ts.processing_on is ws:
+                pass
+            elif (ts is not None and ts.state == MEMORY and ws not in ts.who_has
+                    and msg.get("run_id", ts.run_id) == ts.run_id):
                 self._add_replica(ts, ws)
             else:
                 self._free_keys(ws, (msg["key"],))
@@ -2055,7 +2085,7 @@ class SchedulerState:
         """A task raised `Reschedule` on ``ws``, whose thread is free again: placed
         anew, as if it had not run."""
         ts = self.tasks.get(msg["key"])
-        if ts is None or ts.processing_on is not ws:
+        if not _is_current(ts, ws, msg):
             self._on_task_dropped(ws, msg)          # released meanwhile: stale there
             return
         ws.executing.discard(ts)
@@ -2080,7 +2110,7 @@ class SchedulerState:
     def _on_task_erred(self, ws, msg):
         freed = ws.stale and self._thread_freed(ws, msg["key"])
         ts = self.tasks.get(msg["key"])
-        if ts is None or ts.processing_on is not ws:
+        if not _is_current(ts, ws, msg):
             if freed:
                 self.fill_workers(ws)
             return
@@ -2290,6 +2320,10 @@ class SchedulerState:
         self.stimulus = "remove-client"
         for subscribed in self.subscribers.values():
             subscribed.discard(cid)
+        for key, clients in list(self.indirect.items()):
+            clients.discard(cid)
+            if not clients:
+                del self.indirect[key]
         self._log_event("all", [self.clock, {"action": "remove-client", "client": cid}])
         self.events.pop(cid, None)              # nobody reads a gone client's own
         for token, (client, _, _) in list(self.worker_waiters.items()):
@@ -2339,6 +2373,10 @@ class SchedulerState:
         # The task list leaves the message and is consumed entry by entry: what
         # update_graph does not keep of a huge graph is freed as it goes.
         tasks = list(msg.pop("tasks", ()))
+        for key in msg.get("indirect", ()):
+            # The client takes no value of these straight from a worker: one of an
+            # earlier run of the key could come that way (see client/state.py).
+            self.indirect.setdefault(key, set()).add(cid)
         self.update_graph(cid, _consume(tasks), msg.get("keys", ()),
                           msg.get("priorities"), msg.get("user_priority", 0),
                           msg.get("retries", 0), msg.get("restrictions"),
@@ -2995,6 +3033,7 @@ class SchedulerState:
         for cs in self.clients.values():
             cs.wants_what.clear()
             cs.reports.clear()
+        self.indirect.clear()
         self.queued.clear()
         self.unrunnable.clear()
         self.gathers.clear()

@@ -155,11 +155,19 @@ class _NoKeys(frozenset):
 NO_KEYS = _NoKeys()
 
 
+def _of_run(ts, msg):
+    """``msg`` on task ``ts`` naming the run it answers (the scheduler's "run_id"),
+    so that the scheduler can tell it from a word on an earlier run of the key."""
+    if ts is not None and ts.run_id is not None:
+        msg["run_id"] = ts.run_id
+    return msg
+
+
 class WTask:
     __slots__ = ("key", "state", "run_spec", "ran", "priority", "dependencies",
                  "dependents", "waiting_for", "who_has", "nbytes", "reported",
                  "cancelled", "computed", "duration", "want_data", "confirm", "replica",
-                 "interrupted", "resources", "clients")
+                 "interrupted", "resources", "clients", "run_id")
 
     def __init__(self, key):
         self.key = key
@@ -185,6 +193,7 @@ class WTask:
         self.interrupted = False
         self.resources = None        # {name: amount} it needs while it runs
         self.clients = ()            # clients waiting for its result
+        self.run_id = None           # the scheduler's, of the "compute-task" it answers
 
     def __repr__(self):
         return f"<WTask {self.key!r} {self.state}>"
@@ -265,7 +274,7 @@ class WorkerState:
 
     def _on_compute_task(self, out, key, run_spec, priority=(0,), who_has=None,
                          nbytes=None, duration=None, want_data=False, confirm=False,
-                         resources=None, clients=()):
+                         resources=None, clients=(), run_id=None):
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = WTask(key)
@@ -288,8 +297,12 @@ class WorkerState:
                 self.again[key] = dict(      # then again once that run ends
                     key=key, run_spec=run_spec, priority=priority, who_has=who_has,
                     nbytes=nbytes, duration=duration, want_data=want_data,
-                    confirm=confirm, resources=resources, clients=clients)
+                    confirm=confirm, resources=resources, clients=clients,
+                    run_id=run_id)
+            else:
+                ts.run_id = run_id           # the run under way answers this one
             return
+        ts.run_id = run_id
         if ts.state == "memory":
             self._report(out, ts)
             return
@@ -340,8 +353,8 @@ class WorkerState:
     def _report(self, out, ts):
         """Asked to compute a key already held here (a fetched copy): it is done."""
         ts.reported = True
-        out.append(Send({"op": "task-finished", "key": ts.key, "nbytes": ts.nbytes,
-                         "type": None}))
+        out.append(Send(_of_run(ts, {"op": "task-finished", "key": ts.key,
+                                     "nbytes": ts.nbytes, "type": None})))
 
     def _make_ready(self, ts):
         if self.observed and ts.state != "waiting":
@@ -516,6 +529,8 @@ class WorkerState:
         ts.reported = True
         msg = {"op": "task-finished", "key": key, "nbytes": nbytes, "type": type,
                "duration": stop - start}
+        if ts.run_id is not None:
+            msg["run_id"] = ts.run_id
         if data is not None:
             msg["data"] = data
             # Straight to the clients waiting for it that can take it, before the
@@ -552,7 +567,7 @@ class WorkerState:
         if ts.interrupted:
             self._run_again(out, ts)
             return
-        out.append(Send(msg))
+        out.append(Send(_of_run(ts, msg)))
         self._set_state(ts, state)
         ts.computed = False
         self._done_with_inputs(ts)
@@ -765,8 +780,9 @@ class WorkerState:
             d = self.tasks.get(dkey)
             if d is None or d.state not in TO_RUN:
                 continue
-            out.append(Send({"op": "task-erred", "key": dkey, "exception": None,
-                             "traceback": None, "traceback_text": "", **error}))
+            out.append(Send(_of_run(d, {"op": "task-erred", "key": dkey,
+                                        "exception": None, "traceback": None,
+                                        "traceback_text": "", **error})))
             self._set_state(d, "released")
             d.computed = False
             self._done_with_inputs(d)
@@ -859,10 +875,11 @@ class WorkerState:
                 # scheduler knows for sure which task to blame.  Its inputs are taken
                 # now: once started, nothing here keeps them.
                 self.unconfirmed[ts.key] = run
-                out.append(Send({"op": "task-started", "key": ts.key, "confirm": True}))
+                out.append(Send(_of_run(ts, {"op": "task-started", "key": ts.key,
+                                             "confirm": True})))
                 continue
             if not short:
-                out.append(Send({"op": "task-started", "key": ts.key}))
+                out.append(Send(_of_run(ts, {"op": "task-started", "key": ts.key})))
             out.append(run)
 
     def _on_long_running(self, out, keys):
@@ -872,7 +889,8 @@ class WorkerState:
         for key in keys:
             if key in self.short:
                 self.short.discard(key)
-                out.append(Send({"op": "task-started", "key": key}))
+                out.append(Send(_of_run(self.tasks.get(key),
+                                        {"op": "task-started", "key": key})))
 
     def _take_resources(self, ts):
         """Hold what ``ts`` needs while it runs, if that much is free."""

@@ -304,7 +304,8 @@ def test_a_task_that_killed_a_worker_starts_only_when_the_scheduler_knows(tmp_pa
     ws = WorkerState("tcp://10.0.0.2:1", validating=True)
     kw = {k: v for k, v in compute.items() if k != "op"}
     assert ws.handle("compute-task", **kw) == [
-        Send({"op": "task-started", "key": "x", "confirm": True})]
+        Send({"op": "task-started", "key": "x", "confirm": True,
+              "run_id": compute["run_id"]})]
     assert ws.handle("go", key="x") == [Execute("x", "spec-x", {}, True)]
 
     s.handle_worker_message("w2", {"op": "task-started", "key": "x", "confirm": True})

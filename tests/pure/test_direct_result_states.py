@@ -701,3 +701,133 @@ def test_a_gather_that_ends_early_lets_go_of_its_other_keys(s):
     assert [(m["request_id"], m["data"]) for _, _, m in finished(s, key="y")
             if m["op"] == "gather-result"] == [(2, {"y": "blob"})]
     assert parked(s) == {}
+
+
+# ------------------------------------------------ a key released while it ran, again
+#
+# A key let go of (or cancelled) while it ran, then submitted again, here under an
+# explicit key as another computation: the earlier run may end after the key was
+# given to a worker again, and its word, or its value sent straight, must not pass
+# for the new run's.
+
+
+def test_the_schedulers_word_on_an_earlier_run_is_not_the_new_runs(s):
+    s.remove_worker("w1")
+    s.add_worker("w1", A, nthreads=2)        # a thread for the new run beside the old
+    take(s)
+    first = submit(s)
+    s.handle_worker_message("w1", {"op": "task-started", "key": "x",
+                                   "run_id": first["run_id"]})
+    s.handle_client_message("c", {"op": "cancel", "keys": ["x"], "force": False,
+                                  "request_id": 1})
+    assert ("worker", "w1", {"op": "free-keys", "keys": ["x"]}) in take(s)
+    s.update_graph("c", {"x": ("spec-x2", [])}, ["x"], {"x": 0})
+    [(_, _, again)] = take(s)
+    assert again["run_spec"] == "spec-x2" and again["run_id"] > first["run_id"]
+    # The first run ended before its worker heard of the release: that word is not
+    # the second run's, and nothing is sent (the worker let that value go).
+    s.handle_worker_message("w1", {"op": "task-finished", "key": "x", "nbytes": 8,
+                                   "type": "int", "duration": 0.1, "data": "old",
+                                   "direct": ["c"], "run_id": first["run_id"]})
+    assert take(s) == [] and s.tasks["x"].state == "processing"
+    s.handle_worker_message("w1", {"op": "task-finished", "key": "x", "nbytes": 8,
+                                   "type": "int", "duration": 0.1, "data": "new",
+                                   "run_id": again["run_id"]})
+    assert s.tasks["x"].state == "memory" and s.tasks["x"].data == "new"
+    assert take(s) == [("client", "c", {"op": "key-in-memory", "key": "x",
+                                        "type": "int", "nbytes": 8, "worker": A,
+                                        "data": "new"})]
+
+
+def test_an_earlier_runs_error_is_not_the_new_runs(s):
+    s.remove_worker("w1")
+    s.add_worker("w1", A, nthreads=2)
+    take(s)
+    first = submit(s)
+    s.handle_client_message("c", {"op": "cancel", "keys": ["x"], "force": False,
+                                  "request_id": 1})
+    s.update_graph("c", {"x": ("spec-x2", [])}, ["x"], {"x": 0})
+    take(s)
+    s.handle_worker_message("w1", {"op": "task-erred", "key": "x", "type": "ValueError",
+                                   "text": "old", "run_id": first["run_id"]})
+    assert take(s) == [] and s.tasks["x"].state == "processing"
+
+
+def test_a_graph_asking_for_values_the_long_way_names_no_client_to_the_worker(s):
+    s.handle_client_message("c", {"op": "update-graph", "tasks": [("x", "spec-x", [], 0)],
+                                  "keys": ["x"], "indirect": ["x"]})
+    [(_, _, msg)] = take(s)
+    assert msg["want_data"] is True and "clients" not in msg    # not straight to c
+    s.update_graph("d", {"x": ("spec-x", [])}, ["x"], {"x": 0})
+    assert s.indirect == {"x": {"c"}}
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
+    s.handle_client_message("d", {"op": "client-releases-keys", "keys": ["x"]})
+    take(s)
+    assert s.indirect == {}                                   # forgotten with the key
+
+
+def test_the_worker_names_the_run_its_word_is_about(ws):
+    ws.handle("client-subscribed", client="c")
+    assert ws.handle("compute-task", key="x", run_spec="spec-x", want_data=True,
+                     clients=["c"], run_id=7) == [
+        Send({"op": "task-started", "key": "x", "run_id": 7}),
+        Execute("x", "spec-x", {}, True)]
+    # Released while it runs, then asked for again as the same computation: the run
+    # under way answers the new request, and says so.
+    ws.handle("free-keys", keys=["x"])
+    assert ws.handle("compute-task", key="x", run_spec="spec-x", want_data=True,
+                     clients=["c"], run_id=8) == []
+    out = ws.handle("execute-success", key="x", value=1, nbytes=8, type="int",
+                    data="blob")
+    assert out[-1].msg["run_id"] == 8
+    # As another computation: the run under way is dropped, the new one runs and
+    # names its own run.
+    ws.handle("compute-task", key="y", run_spec="spec-y", run_id=9)
+    ws.handle("free-keys", keys=["y"])
+    assert ws.handle("compute-task", key="y", run_spec="spec-y2", run_id=10) == []
+    out = ws.handle("execute-success", key="y", value=1, nbytes=8, type="int")
+    assert out == [Send({"op": "task-dropped", "key": "y"}),
+                   Send({"op": "task-started", "key": "y", "run_id": 10}),
+                   Execute("y", "spec-y2", {}, False)]
+    out = ws.handle("execute-failure", key="y", error={"type": "ValueError",
+                                                       "text": "no"})
+    assert out[0].msg["op"] == "task-erred" and out[0].msg["run_id"] == 10
+
+
+def test_a_key_submitted_again_after_its_release_takes_no_value_straight(cs):
+    st = cs.hold("x")
+    cs.drop(["x"])                                 # let go of while it may run
+    assert cs.indirect_among(["x"]) == []
+    again = cs.hold("x")
+    assert cs.indirect_among(["x", "other"]) == ["x"]
+    # A value of the earlier run, sent straight before its worker heard of the
+    # release, is not this key's.
+    assert cs.handle_worker(result("x", "old")) == []
+    assert again.status == PENDING and again.data is None
+    # The scheduler's word, value and all, is.
+    assert cs.handle(in_memory("x", data="new")) == [Done(again)]
+    assert again.data == "new"
+    assert cs.handle_worker(result("x", "old")) == [] and again.data == "new"
+    # Let go of once done, the key is no longer a suspect.
+    cs.drop(["x"])
+    assert "x" not in cs.indirect and "x" not in cs.suspects
+    cs.hold("x")
+    assert cs.indirect_among(["x"]) == []
+    cs.validate()
+
+
+def test_a_key_cancelled_then_submitted_again_takes_no_value_straight(cs):
+    st = cs.hold("y")
+    assert cs.cancel([st], ["y"], False, None, None, "t") == [Done(st)]
+    again = cs.hold("y")
+    assert cs.indirect_among(["y"]) == ["y"]
+    assert cs.handle_worker(result("y", "old")) == [] and again.status == PENDING
+
+
+def test_suspects_are_kept_up_to_a_cap(cs, monkeypatch):
+    import dask_ipy.client.state as state
+    monkeypatch.setattr(state, "SUSPECTS_KEPT", 2)
+    for key in "abc":
+        cs.hold(key)
+        cs.drop([key])
+    assert list(cs.suspects) == ["b", "c"]

@@ -214,7 +214,8 @@ def test_restart_forgets_managed_bytes(ws):
 
 def take(s):
     return [(kind, ident, {k: v for k, v in msg.items()
-                           if k not in ("duration", "want_data", "confirm", "clients")})
+                           if k not in ("duration", "want_data", "confirm", "clients",
+                                        "run_id")})
             for kind, ident, msg in s.take_messages()]
 
 

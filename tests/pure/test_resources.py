@@ -11,7 +11,7 @@ pytestmark = pytest.mark.timeout(60)
 
 A, B, C = "tcp://10.0.0.1:1", "tcp://10.0.0.2:1", "tcp://10.0.0.3:1"
 ME = "tcp://10.0.0.9:1"
-HINTS = ("duration", "want_data", "confirm", "clients")
+HINTS = ("duration", "want_data", "confirm", "clients", "run_id")
 
 
 def take(s):

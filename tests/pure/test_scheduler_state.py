@@ -18,8 +18,8 @@ def states(s):
     return {key: ts.state for key, ts in s.tasks.items()}
 
 
-# Hints for the worker that do not change what it is asked to do.
-HINTS = ("duration", "want_data", "confirm", "clients")
+# Hints for the worker, and the run's id, which do not change what it is asked to do.
+HINTS = ("duration", "want_data", "confirm", "clients", "run_id")
 
 
 def take(s):
