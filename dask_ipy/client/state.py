@@ -242,9 +242,9 @@ def paused_text(info):
 # Small values that came with their keys' ends kept at once, at most (each is under
 # 16 kB): beyond, a key's value is used for the gathers waiting for it, then fetched
 # when asked for.
-SUSPECTS_KEPT = 100_000   # keys let go of while they may have run (`_suspect`)
 MAX_KEPT = 65_536
 MAX_KEPT_BYTES = 64 * 2**20
+SUSPECTS_KEPT = 100_000   # keys let go of while they may have run (`_suspect`)
 
 WELCOME = "welcome"    # the request id of registration: its answer carries no id
 

@@ -2005,14 +2005,14 @@ class SchedulerState:
             # Stale: cancelled, or rerouted elsewhere.  Keep the data only if useful
             # and of this run (a key released and submitted again may name another
             # computation).  An earlier run of a key running here again ended after
-            # its release: the worker let its value go on that release's "free-keys".
-            if ts is not None and ts.processing_on is ws:
-                pass
-            elif (ts is not None and ts.state == MEMORY and ws not in ts.who_has
-                    and msg.get("run_id", ts.run_id) == ts.run_id):
-                self._add_replica(ts, ws)
-            else:
-                self._free_keys(ws, (msg["key"],))
+            # its release: the worker let its value go on that release's "free-keys",
+            # and nothing is to be done.
+            if ts is None or ts.processing_on is not ws:
+                if (ts is not None and ts.state == MEMORY and ws not in ts.who_has
+                        and msg.get("run_id", ts.run_id) == ts.run_id):
+                    self._add_replica(ts, ws)
+                else:
+                    self._free_keys(ws, (msg["key"],))
             if freed:                   # its thread is free for the queued tasks
                 self._fill_after_finish(ws)
             return
