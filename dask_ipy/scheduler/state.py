@@ -2047,7 +2047,7 @@ class SchedulerState:
         the worker's occupancy, until it rejoins."""
         key = msg["key"]
         ts = self.tasks.get(key)
-        if ts is not None and ts.processing_on is ws:
+        if _is_current(ts, ws, msg):
             if ts in ws.seceded:
                 return
             ws.executing.add(ts)
@@ -2063,7 +2063,7 @@ class SchedulerState:
         """A seceded task took a thread slot back (the worker waited for one)."""
         key = msg["key"]
         ts = self.tasks.get(key)
-        if ts is not None and ts.processing_on is ws:
+        if _is_current(ts, ws, msg):
             if ts in ws.seceded:
                 ws.seceded.discard(ts)
                 ws.processing[ts] = self._duration(ts)

@@ -600,7 +600,7 @@ class WorkerState:
         self.executing.discard(key)
         self.short.discard(key)
         self.seceded.add(key)
-        out.append(Send({"op": "task-seceded", "key": key}))
+        out.append(Send(_of_run(ts, {"op": "task-seceded", "key": key})))
 
     def _on_rejoin(self, out, key):
         """A seceded task wants a thread slot again: it gets one as soon as one is
@@ -836,7 +836,8 @@ class WorkerState:
             key = self.rejoining.pop(0)
             self.seceded.discard(key)
             self.executing.add(key)
-            out.append(Send({"op": "task-rejoined", "key": key}))
+            out.append(Send(_of_run(self.tasks.get(key),
+                                    {"op": "task-rejoined", "key": key})))
             out.append(Rejoin(key))
         if self.paused or self.setting_up or self.rejoining:
             return

@@ -753,6 +753,26 @@ def test_an_earlier_runs_error_is_not_the_new_runs(s):
     assert take(s) == [] and s.tasks["x"].state == "processing"
 
 
+def test_an_earlier_runs_secede_and_rejoin_are_not_the_new_runs(s):
+    s.remove_worker("w1")
+    s.add_worker("w1", A, nthreads=2)
+    take(s)
+    first = submit(s)
+    s.handle_worker_message("w1", {"op": "task-started", "key": "x",
+                                   "run_id": first["run_id"]})
+    s.handle_client_message("c", {"op": "cancel", "keys": ["x"], "force": False,
+                                  "request_id": 1})
+    s.update_graph("c", {"x": ("spec-x2", [])}, ["x"], {"x": 0})
+    take(s)
+    ws = s.workers["w1"]
+    s.handle_worker_message("w1", {"op": "task-seceded", "key": "x",
+                                   "run_id": first["run_id"]})
+    assert ws.seceded == set() and "x" not in ws.stale     # its thread is free
+    s.handle_worker_message("w1", {"op": "task-rejoined", "key": "x",
+                                   "run_id": first["run_id"]})
+    assert ws.seceded == set() and "x" in ws.stale          # and held again
+
+
 def test_a_graph_asking_for_values_the_long_way_names_no_client_to_the_worker(s):
     s.handle_client_message("c", {"op": "update-graph", "tasks": [("x", "spec-x", [], 0)],
                                   "keys": ["x"], "indirect": ["x"]})
@@ -789,6 +809,8 @@ def test_the_worker_names_the_run_its_word_is_about(ws):
     assert out == [Send({"op": "task-dropped", "key": "y"}),
                    Send({"op": "task-started", "key": "y", "run_id": 10}),
                    Execute("y", "spec-y2", {}, False)]
+    assert ws.handle("secede", key="y") == [
+        Send({"op": "task-seceded", "key": "y", "run_id": 10})]
     out = ws.handle("execute-failure", key="y", error={"type": "ValueError",
                                                        "text": "no"})
     assert out[0].msg["op"] == "task-erred" and out[0].msg["run_id"] == 10
