@@ -312,7 +312,8 @@ class ClientState:
             if self.suspects and self.suspects.pop(key, False):
                 self.indirect.add(key)
             if inform:
-                self._queue({"op": "client-desires-keys", "keys": [key]})
+                self._queue({"op": "client-desires-keys", "keys": [key],
+                             **({"indirect": [key]} if key in self.indirect else {})})
         self.refcount[key] = self.refcount.get(key, 0) + 1
         return st
 

@@ -2022,8 +2022,12 @@ class SchedulerState:
         direct = msg.get("direct")
         if direct and ts.data is not None:
             clients = self.clients
+            # Not a client that takes no value of the key straight: the worker
+            # was told of it before the client said so.
+            indirect = self.indirect.get(ts.key, ()) if self.indirect else ()
             ts.direct = tuple(cid for cid in direct if cid in clients
-                              and ws.address not in clients[cid].wary)
+                              and ws.address not in clients[cid].wary
+                              and cid not in indirect)
         else:
             ts.direct = ()
         if "duration" in msg:
@@ -2373,10 +2377,7 @@ class SchedulerState:
         # The task list leaves the message and is consumed entry by entry: what
         # update_graph does not keep of a huge graph is freed as it goes.
         tasks = list(msg.pop("tasks", ()))
-        for key in msg.get("indirect", ()):
-            # The client takes no value of these straight from a worker: one of an
-            # earlier run of the key could come that way (see client/state.py).
-            self.indirect.setdefault(key, set()).add(cid)
+        self._take_indirect(cid, msg)
         self.update_graph(cid, _consume(tasks), msg.get("keys", ()),
                           msg.get("priorities"), msg.get("user_priority", 0),
                           msg.get("retries", 0), msg.get("restrictions"),
@@ -2386,7 +2387,14 @@ class SchedulerState:
     def _on_client_releases_keys(self, cid, msg):
         self._release_keys(cid, msg["keys"])
 
+    def _take_indirect(self, cid, msg):
+        for key in msg.get("indirect", ()):
+            # The client takes no value of these straight from a worker: one of an
+            # earlier run of the key could come that way (see client/state.py).
+            self.indirect.setdefault(key, set()).add(cid)
+
     def _on_client_desires_keys(self, cid, msg):
+        self._take_indirect(cid, msg)
         self.desire_keys(cid, msg["keys"])
         for key in msg["keys"]:
             self._report(cid, key)

@@ -786,6 +786,24 @@ def test_a_graph_asking_for_values_the_long_way_names_no_client_to_the_worker(s)
     assert s.indirect == {}                                   # forgotten with the key
 
 
+def test_a_client_that_wants_a_running_key_again_the_long_way_gets_it_so(s):
+    """c let go of x while d kept it running; c submits it again, asking for the
+    value the long way: the worker, told of c before, still sends it straight, and c
+    takes none of it; so the scheduler sends it too."""
+    first = submit(s)
+    assert first["clients"] == ["c"]
+    s.update_graph("d", {"x": ("spec-x", [])}, ["x"], {"x": 0})
+    s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
+    s.handle_client_message("c", {"op": "update-graph", "tasks": [], "keys": ["x"],
+                                  "indirect": ["x"]})
+    take(s)
+    s.handle_worker_message("w1", {"op": "task-finished", "key": "x", "nbytes": 8,
+                                   "type": "int", "duration": 0.1, "data": "blob",
+                                   "direct": ["c"], "run_id": first["run_id"]})
+    assert sorted((ident, m["op"], m.get("data")) for _, ident, m in take(s)) == [
+        ("c", "key-in-memory", "blob"), ("d", "key-in-memory", "blob")]
+
+
 def test_the_worker_names_the_run_its_word_is_about(ws):
     ws.handle("client-subscribed", client="c")
     assert ws.handle("compute-task", key="x", run_spec="spec-x", want_data=True,
@@ -844,6 +862,15 @@ def test_a_key_cancelled_then_submitted_again_takes_no_value_straight(cs):
     again = cs.hold("y")
     assert cs.indirect_among(["y"]) == ["y"]
     assert cs.handle_worker(result("y", "old")) == [] and again.status == PENDING
+
+
+def test_an_unpickled_future_of_a_suspect_asks_for_its_value_the_long_way(cs):
+    cs.hold("x")
+    cs.drop(["x"])
+    cs.take_messages()
+    cs.hold("x", inform=True)
+    assert cs.take_messages()[-1] == {"op": "client-desires-keys", "keys": ["x"],
+                                      "indirect": ["x"]}
 
 
 def test_suspects_are_kept_up_to_a_cap(cs, monkeypatch):
