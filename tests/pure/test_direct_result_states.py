@@ -711,19 +711,27 @@ def test_a_gather_that_ends_early_lets_go_of_its_other_keys(s):
 # for the new run's.
 
 
-def test_the_schedulers_word_on_an_earlier_run_is_not_the_new_runs(s):
+def run_twice(s, started=True):
+    """x runs on w1 (two threads), is cancelled, and is submitted again as another
+    computation, which w1 gets too: the two "compute-task"s."""
     s.remove_worker("w1")
     s.add_worker("w1", A, nthreads=2)        # a thread for the new run beside the old
     take(s)
     first = submit(s)
-    s.handle_worker_message("w1", {"op": "task-started", "key": "x",
-                                   "run_id": first["run_id"]})
+    if started:
+        s.handle_worker_message("w1", {"op": "task-started", "key": "x",
+                                       "run_id": first["run_id"]})
     s.handle_client_message("c", {"op": "cancel", "keys": ["x"], "force": False,
                                   "request_id": 1})
     assert ("worker", "w1", {"op": "free-keys", "keys": ["x"]}) in take(s)
     s.update_graph("c", {"x": ("spec-x2", [])}, ["x"], {"x": 0})
     [(_, _, again)] = take(s)
     assert again["run_spec"] == "spec-x2" and again["run_id"] > first["run_id"]
+    return first, again
+
+
+def test_the_schedulers_word_on_an_earlier_run_is_not_the_new_runs(s):
+    first, again = run_twice(s)
     # The first run ended before its worker heard of the release: that word is not
     # the second run's, and nothing is sent (the worker let that value go).
     s.handle_worker_message("w1", {"op": "task-finished", "key": "x", "nbytes": 8,
@@ -740,30 +748,14 @@ def test_the_schedulers_word_on_an_earlier_run_is_not_the_new_runs(s):
 
 
 def test_an_earlier_runs_error_is_not_the_new_runs(s):
-    s.remove_worker("w1")
-    s.add_worker("w1", A, nthreads=2)
-    take(s)
-    first = submit(s)
-    s.handle_client_message("c", {"op": "cancel", "keys": ["x"], "force": False,
-                                  "request_id": 1})
-    s.update_graph("c", {"x": ("spec-x2", [])}, ["x"], {"x": 0})
-    take(s)
+    first, _ = run_twice(s, started=False)
     s.handle_worker_message("w1", {"op": "task-erred", "key": "x", "type": "ValueError",
                                    "text": "old", "run_id": first["run_id"]})
     assert take(s) == [] and s.tasks["x"].state == "processing"
 
 
 def test_an_earlier_runs_secede_and_rejoin_are_not_the_new_runs(s):
-    s.remove_worker("w1")
-    s.add_worker("w1", A, nthreads=2)
-    take(s)
-    first = submit(s)
-    s.handle_worker_message("w1", {"op": "task-started", "key": "x",
-                                   "run_id": first["run_id"]})
-    s.handle_client_message("c", {"op": "cancel", "keys": ["x"], "force": False,
-                                  "request_id": 1})
-    s.update_graph("c", {"x": ("spec-x2", [])}, ["x"], {"x": 0})
-    take(s)
+    first, _ = run_twice(s)
     ws = s.workers["w1"]
     s.handle_worker_message("w1", {"op": "task-seceded", "key": "x",
                                    "run_id": first["run_id"]})
