@@ -356,6 +356,58 @@ def serialize(obj) -> Serialized:
         raise _unserializable(obj, e) from e
 
 
+FUNCTIONS_KEPT = 100          # functions a process keeps unpickled (`load_function`)
+_functions = {}
+
+
+def load_function(blob):
+    """The function that ``blob`` pickles by value (`FunctionBlob`): unpickled once,
+    then kept (the latest FUNCTIONS_KEPT), so that the tasks of a graph share one
+    function object in a process, as they do under dask's threaded scheduler."""
+    fn = _functions.get(blob)
+    if fn is None:
+        fn = pickle.loads(blob)
+        if len(_functions) >= FUNCTIONS_KEPT:
+            _functions.pop(next(iter(_functions)), None)
+        _functions[blob] = fn
+    return fn
+
+
+class FunctionBlob:
+    """A function pickled by value once (``blob``, cloudpickle's), which any number
+    of task pickles carry as those bytes: it pickles as `load_function(blob)`."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob):
+        self.blob = blob
+
+    def __reduce__(self):
+        return (load_function, (self.blob,))
+
+
+def function_blob(fn, limit=100_000):
+    """A `FunctionBlob` of ``fn`` if it must travel by value (a function of
+    ``__main__``, a lambda, a closure) in at most ``limit`` bytes; None for one
+    pickled by reference (cheaper) or that cannot be pickled."""
+    try:
+        if b"__main__" not in pickle.dumps(fn, protocol=5):
+            return None
+    except Exception:
+        pass
+    try:
+        blob = cloudpickle.dumps(fn, protocol=5)
+    except Exception:
+        return None
+    return FunctionBlob(blob) if len(blob) <= limit else None
+
+
+def serialize_plain(obj) -> Serialized:
+    """`serialize` for an object known to hold nothing of ``__main__`` and nothing
+    the C pickler refuses (plain values, `FunctionBlob`): no second look."""
+    return _pickle(pickle.dumps, obj)
+
+
 def _unserializable(obj, e):
     kind = type(obj)
     return SerializationError(

@@ -13,7 +13,8 @@ from dask.base import tokenize
 from dask.utils import funcname
 
 from .. import graph as g
-from ..protocol import SerializationError, check_serializable
+from ..protocol import (SerializationError, check_serializable, function_blob, serialize,
+                        serialize_plain)
 from .futures import Future
 
 
@@ -75,6 +76,41 @@ def call_spec(key, fn, args, kwargs):
     # parse_input: references nested in containers (``submit(sum, [f1, f2])``) resolve
     return Task(key, fn, *[parse_input(a) for a in args2],
                 **{k: parse_input(v) for k, v in kwargs2.items()}), found
+
+
+def _plain_values(values):
+    """Whether ``values`` are all of plain types, or keys (tuples of them)."""
+    for v in values:
+        t = type(v)
+        if t not in _PLAIN and not (t is tuple and all(type(x) in _PLAIN for x in v)):
+            return False
+    return True
+
+
+class TaskSerializer:
+    """`serialize` for the tasks of one graph.  A plain call (`graph.call`) of a
+    function that must travel by value (one of ``__main__``, as a notebook's are, a
+    lambda, a closure), with arguments of plain types or keys, carries that function
+    as bytes pickled once for the whole graph (`protocol.FunctionBlob`), which a
+    worker unpickles once: not cloudpickle's work again for every task, on both
+    sides.  Anything else is serialized as it is."""
+
+    def __init__(self):
+        self._blobs = {}        # id(fn): (fn, FunctionBlob | None)
+
+    def __call__(self, node):
+        if (type(node) is tuple and len(node) == 4 and type(node[0]) is types.FunctionType
+                and _plain_values(node[1]) and _plain_values(node[2].values())):
+            blob = self._blob(node[0])
+            if blob is not None:
+                return serialize_plain((blob, *node[1:]))
+        return serialize(node)
+
+    def _blob(self, fn):
+        entry = self._blobs.get(id(fn))
+        if entry is None or entry[0] is not fn:
+            entry = self._blobs[id(fn)] = (fn, function_blob(fn))
+        return entry[1]
 
 
 def _pickle_error(obj):

@@ -42,7 +42,7 @@ from ..protocol import INLINE_LIMIT, MAX_MESSAGE_BYTES, SerializationError, seri
 from ..security import write_connection_file
 from . import default, printing
 from .actors import actor_key, create_actor
-from .calls import call_spec, call_token, function_token, unpicklable_part
+from .calls import TaskSerializer, call_spec, call_token, function_token, unpicklable_part
 from .cluster import ClusterMethods, worker_filter, worker_names
 from .default import default_client
 from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in,
@@ -548,9 +548,10 @@ class Client(ClusterMethods, ObserveMethods):
         # scheduler keeps as they are) rather than as a Serialized.
         priority_of = (priorities or {}).get
         payload = []
+        serialize_task = TaskSerializer()
         for key, node, deps in tasks:
             try:
-                spec = serialize(g.compact(node))
+                spec = serialize_task(g.compact(node))
             except Exception as e:
                 self.shell.drop(wanted)
                 part = unpicklable_part(g.compact(node))
