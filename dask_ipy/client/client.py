@@ -572,9 +572,8 @@ class Client(ClusterMethods, ObserveMethods):
             msg["indirect"] = indirect
         if payload or msg["keys"]:
             self.shell.send(msg)
-        if futures:
-            out = {key: Future(key, self) for key in wanted}
-            self.shell.drop(wanted)           # the Futures hold the keys now
+        if futures:                           # the Futures take the holds over
+            out = {key: Future.of_hold(key, self, held[key]) for key in wanted}
         else:
             out = held
         if lost:

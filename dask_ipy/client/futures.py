@@ -299,6 +299,16 @@ class Future(TaskRef):
         self.client = client
         self.state = client.shell.hold(key, state, inform)
 
+    @classmethod
+    def of_hold(cls, key, client, state):
+        """A Future that takes over a hold of ``key`` already counted (`hold_many`),
+        with its ``state``: no second hold to count, and none to let go of."""
+        future = cls.__new__(cls)
+        future.key = key
+        future.client = client
+        future.state = state
+        return future
+
     @property
     def status(self):
         return self.state.status
