@@ -974,6 +974,8 @@ class Worker:
                               for k, v in inputs.items()}
                 began = time.time()
                 value = execute(node, inputs)
+                if asyncio.iscoroutine(value):   # an async def task: its value
+                    value = asyncio.run(value)
             finally:
                 running.end()
             stop = time.time()
