@@ -26,3 +26,44 @@ def test_an_async_def_task_gives_its_value_not_its_coroutine(c):
     assert c.submit(functools.partial(add_later, 10), y=5).result() == 15
     assert c.gather(c.map(add_later, [1, 2, 3])) == [2, 3, 4]
     assert dask.delayed(add_later)(41).compute() == 42
+
+
+# ---------------------------------------------------------------- namedtuples
+
+Point = collections.namedtuple("Point", "x y")
+
+
+class Span(collections.namedtuple("Span", "label width")):
+    """Made from two parts of its label: its own __new__ and __getnewargs__."""
+
+    def __new__(cls, first, second, width):
+        return super().__new__(cls, f"{first}/{second}", width)
+
+    def __getnewargs__(self):
+        return *self.label.split("/"), self.width
+
+
+class Tagged(collections.namedtuple("Tagged", "name value keys values")):
+    """Keyword arguments of its own: __getnewargs_ex__."""
+
+    def __new__(cls, name, value, **extra):
+        return super().__new__(cls, name, value, tuple(extra), tuple(extra.values()))
+
+    def __getnewargs_ex__(self):
+        return (self.name, self.value), dict(zip(self.keys, self.values))
+
+
+def same(x):
+    return x
+
+
+def test_futures_inside_namedtuple_arguments_arrive_as_their_values(c):
+    one, two = c.submit(inc, 0), c.submit(inc, 1)
+    assert c.submit(same, Point(one, 5)).result() == Point(1, 5)
+    assert c.submit(same, [Point(x=one, y=two)]).result() == [Point(1, 2)]
+    assert c.submit(same, Span("a", "b", two)).result() == Span("a", "b", 2)
+    assert c.submit(same, Tagged("t", one, extra=two)).result() == \
+        Tagged("t", 1, extra=2)
+    assert c.submit(same, x=Point(two, two)).result() == Point(2, 2)
+    # without Futures a namedtuple goes as it is
+    assert c.submit(same, Point(3, 4)).result() == Point(3, 4)
