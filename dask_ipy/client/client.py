@@ -570,7 +570,7 @@ class Client(ClusterMethods, ObserveMethods):
         if payload or msg["keys"]:
             self.shell.send(msg)
         if futures:
-            out = {key: Future(key, self) for key in wanted}
+            out = {key: Future(key, self, inform=False) for key in wanted}
             self.shell.drop(wanted)           # the Futures hold the keys now
         else:
             out = held
@@ -713,7 +713,7 @@ class Client(ClusterMethods, ObserveMethods):
                 key = f"{funcname(fn)}-{uuid.uuid4().hex}"
         node, found = call_spec(key, fn, args, kwargs)
         if self.shell.is_held(key):
-            return Future(key, self)
+            return Future(key, self, inform=False)
         with _Borrowing(self) as borrowing:
             if borrowing.need_futures(found.values()):
                 tasks, lost = [(key, node, list(found))], ()
@@ -769,7 +769,8 @@ class Client(ClusterMethods, ObserveMethods):
                                          lost=lost)
         out = []
         for k in keys:               # a repeated key gets a Future of its own
-            out.append(futures.pop(k) if k in futures else Future(k, self))
+            out.append(futures.pop(k) if k in futures
+                       else Future(k, self, inform=False))
         return out
 
     def gather(self, futures, errors="raise", timeout=None, direct=None):
@@ -830,7 +831,7 @@ class Client(ClusterMethods, ObserveMethods):
             return {} if names is None else kind()
         blobs = {k: serialize(v) for k, v in items.items()}
         workers = worker_filter(workers)
-        futures = {k: Future(k, self) for k in items}
+        futures = {k: Future(k, self, inform=False) for k in items}
         msg = {"op": "scatter", "data": blobs, "broadcast": broadcast, "workers": workers}
         # Large values stream through the scheduler's relay when it has one: it then
         # never holds them whole.  Should a worker not get its stream, all go again
@@ -971,7 +972,7 @@ class Client(ClusterMethods, ObserveMethods):
         held = [k for k in self.shell.held() if k in graph]
         if not held:
             return collection
-        graph.update((k, Future(k, self)) for k in held)
+        graph.update((k, Future(k, self, inform=False)) for k in held)
         deps = g.dependencies(g.normalize(graph))
         graph = g.cull(graph, deps, g.flatten_keys(collection.__dask_keys__()))
         rebuild, args = collection.__dask_postpersist__()

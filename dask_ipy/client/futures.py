@@ -290,11 +290,17 @@ class Future(TaskRef):
     graph machinery then treats one as a dependency wherever it sits, in a legacy
     graph, in a `Task`'s arguments (``dask.delayed(f)(future)``) or inside the
     subgraph of a fused task.
+
+    ``Future(key, client=None)`` makes one of a key already on the scheduler (of
+    the default client without ``client``), as dask.distributed's: the client then
+    wants that key, and learns its status.
     """
 
     __slots__ = ("client", "state", "__weakref__")
 
-    def __init__(self, key, client, state=None, inform=False):
+    def __init__(self, key, client=None, state=None, inform=True):
+        if client is None:
+            client = default_client()
         self.key = key
         self.client = client
         self.state = client.shell.hold(key, state, inform)

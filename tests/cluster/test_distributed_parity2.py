@@ -67,3 +67,28 @@ def test_futures_inside_namedtuple_arguments_arrive_as_their_values(c):
     assert c.submit(same, x=Point(two, two)).result() == Point(2, 2)
     # without Futures a namedtuple goes as it is
     assert c.submit(same, Point(3, 4)).result() == Point(3, 4)
+
+
+# ---------------------------------------------------------------- Future(key)
+
+def test_a_future_made_from_a_key_learns_its_status(c, pc):
+    x = c.submit(inc, 1)
+    assert x.result() == 2
+    other = pc.client(set_as_default=False)
+    try:
+        f = Future(x.key, other)
+        assert f.client is other
+        wait_for(lambda: f.status == "finished", message="the key's status")
+        done, not_done = wait([f], timeout=10)
+        assert done == {f} and not not_done
+        assert f.result() == 2
+    finally:
+        other.close()
+
+
+def test_a_future_made_from_a_key_alone_is_of_the_default_client(c):
+    x = c.submit(inc, 2)
+    x.result()
+    f = Future(x.key)
+    assert f.client is default_client()
+    assert f.result() == 3
