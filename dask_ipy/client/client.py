@@ -330,6 +330,9 @@ class Client(ClusterMethods, ObserveMethods):
             raise TypeError(f"Client() got {', '.join(map(repr, cluster_kwargs))}: "
                             "arguments of the LocalCluster a Client without an "
                             "address starts, not of one that joins a scheduler")
+        if isinstance(address, type):
+            raise TypeError(f"Scheduler address must be a string or a Cluster "
+                            f"instance, got {address}")
         if hasattr(address, "scheduler_address"):           # a LocalCluster
             if address.scheduler_address is None or address.status == "closed":
                 raise ValueError(f"{address!r} is not running")

@@ -32,6 +32,7 @@ import queue
 import threading
 import time
 from collections import deque, namedtuple
+from datetime import timedelta
 from functools import partial
 
 from dask._task_spec import DataNode, Task, TaskRef
@@ -607,6 +608,11 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     elif not (isinstance(fs, (list, tuple, set, frozenset))
               and all(isinstance(f, (Future, cf.Future)) for f in fs)):
         fs = futures_of(fs)
+    if isinstance(timeout, (Future, cf.Future)) or not (
+            timeout is None or isinstance(timeout, (int, float, str, timedelta))):
+        raise TypeError(f"wait(): timeout must be a number of seconds or a duration, "
+                        f"not {type(timeout).__name__}; Futures go in a list: "
+                        f"wait([x, y]), not wait(x, y)")
     timeout = seconds(timeout)
     waiter = Waiter(fs, return_when)
     op = _refusing_cancelled(_in_time(waiter, timeout))

@@ -92,3 +92,17 @@ def test_a_future_made_from_a_key_alone_is_of_the_default_client(c):
     f = Future(x.key)
     assert f.client is default_client()
     assert f.result() == 3
+
+
+# ---------------------------------------------------------------- refusals
+
+def test_wait_given_futures_as_separate_arguments_says_to_list_them(c):
+    x, y = c.submit(inc, 1), c.submit(inc, 2)
+    with pytest.raises(TypeError, match=r"timeout.*wait\(\[x, y\]\)"):
+        wait(x, y)
+    assert wait([x, y], timeout="10s").not_done == set()
+
+
+def test_a_cluster_class_is_no_scheduler_address():
+    with pytest.raises(TypeError, match="must be a string or a Cluster instance"):
+        Client(LocalCluster)
