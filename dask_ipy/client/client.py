@@ -17,6 +17,7 @@ The cluster-management methods are in `cluster` (`ClusterMethods`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures as cf
 import os
@@ -882,6 +883,33 @@ class Client(ClusterMethods, ObserveMethods):
         none erred."""
         return self.run_op(then(self._erred_task_op(future), lambda task: g.execute(*task)))
 
+    def recreate_task_locally(self, future):
+        """Run here the task that makes ``future`` (a Future, or the first Future
+        of a structure or collection), whether it succeeds or fails, with its
+        inputs gathered from the cluster; its value, or its exception raised, as
+        dask.distributed's.  Waits for the Future first."""
+        def run(task):
+            value = g.execute(*task)
+            return asyncio.run(value) if asyncio.iscoroutine(value) else value
+        return self.run_op(then(self._task_op(future), run))
+
+    def _task_op(self, futures):
+        """(the node that makes the first Future, {input key: value})."""
+        fs = futures_of(futures, client=self)
+        if not fs:
+            raise ValueError("no Future among those given")
+        yield from Waiter(fs[:1]).wait_op()
+        return (yield from self._run_spec_op(fs[0].key))
+
+    def _run_spec_op(self, key):
+        task = yield from self.shell.request_op({"op": "info", "what": "run-spec",
+                                                 "key": key})
+        if task is None:
+            raise KeyError(f"the scheduler no longer has the task {key!r}")
+        inputs = self._submit_graph([], task["dependencies"])   # computed again if
+        values = yield from self._gather_op(inputs)             # they were released
+        return self._load(task["spec"]), values
+
     def _erred_task_op(self, futures):
         """(the node that raised, {input key: value}) of the first erred Future."""
         fs = futures_of(futures, client=self)
@@ -891,13 +919,7 @@ class Client(ClusterMethods, ObserveMethods):
             raise ValueError("no erred Future among those given")
         record = erred[0].state.error
         origin = record.get("origin", record.get("key", erred[0].key))
-        task = yield from self.shell.request_op({"op": "info", "what": "run-spec",
-                                                 "key": origin})
-        if task is None:
-            raise KeyError(f"the scheduler no longer has the task {origin!r}")
-        inputs = self._submit_graph([], task["dependencies"])   # computed again if
-        values = yield from self._gather_op(inputs)             # they were released
-        return self._load(task["spec"]), values
+        return (yield from self._run_spec_op(origin))
 
     def retry(self, futures):
         """Compute erred Futures again, with the erred inputs they erred from;

@@ -292,6 +292,9 @@ class ClusterMethods:
                                     "keys": _path(keys)})
 
         def value(found):
+            if found.get("through"):        # as dask.distributed's, default or not
+                raise TypeError(f"metadata {keys!r}: a value on that path is not "
+                                "a dict")
             if "value" not in found:
                 if default is KeyError:
                     raise KeyError(keys)

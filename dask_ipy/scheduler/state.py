@@ -2890,10 +2890,13 @@ class SchedulerState:
         self._reply(cid, msg, True)
 
     def _metadata_at(self, keys):
-        """{"value": what is stored under the path ``keys``} or {} if nothing is."""
+        """{"value": what is stored under the path ``keys``} or {} if nothing is;
+        {"through": True} if the path goes through a value that is not a dict."""
         node = self.metadata
         for name in keys:
-            if not isinstance(node, dict) or name not in node:
+            if not isinstance(node, dict):
+                return {"through": True}
+            if name not in node:
                 return {}
             node = node[name]
         return {"value": node}

@@ -1,4 +1,7 @@
-"""More of dask.distributed's behaviour, against scheduler and worker processes."""
+"""More of dask.distributed's behaviour, against scheduler and worker processes:
+`async def` tasks, Futures inside namedtuple arguments, `Future(key)` made by hand,
+`wait` given Futures as separate arguments, `recreate_task_locally`, metadata paths
+through plain values."""
 
 import asyncio
 import collections
@@ -106,3 +109,30 @@ def test_wait_given_futures_as_separate_arguments_says_to_list_them(c):
 def test_a_cluster_class_is_no_scheduler_address():
     with pytest.raises(TypeError, match="must be a string or a Cluster instance"):
         Client(LocalCluster)
+
+
+# ---------------------------------------------------------------- Client methods
+
+def divide(x, y):
+    return x / y
+
+
+def test_recreate_task_locally_runs_the_task_here_with_its_inputs(c):
+    a, b = c.submit(inc, 5), c.submit(inc, 1)
+    total = c.submit(divide, a, b)
+    assert c.recreate_task_locally(total) == 3.0
+    assert c.recreate_task_locally([c.submit(add_later, 1, 3)]) == 4
+    with pytest.raises(ZeroDivisionError):
+        c.recreate_task_locally(c.submit(divide, a, 0))
+
+
+def test_metadata_path_through_a_value_that_is_no_dict_raises_type_error(c):
+    c.set_metadata("runs", 7)
+    with pytest.raises(TypeError):
+        c.get_metadata(["runs", "first"])
+    with pytest.raises(TypeError):
+        c.get_metadata(["runs", "first"], None)
+    c.set_metadata(["runs2", "first"], 1)
+    assert c.get_metadata(["runs2", "second"], None) is None
+    with pytest.raises(KeyError):
+        c.get_metadata(["nothing", "here"])
