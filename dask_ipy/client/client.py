@@ -321,8 +321,11 @@ class Client(ClusterMethods, ObserveMethods):
         self._cluster = None
         self._own_cluster = None        # the LocalCluster this client started
         timeout = seconds(timeout)
+        self.scheduler_file = scheduler_file
         if scheduler_file is not None:
             address = _scheduler_file(scheduler_file, timeout)
+        # Accepted and kept (values travel through the scheduler either way).
+        self.direct_to_workers = cluster_kwargs.pop("direct_to_workers", None)
         for option in _NOT_NEEDED:
             cluster_kwargs.pop(option, None)
         if address is None and not os.environ.get("DASK_IPY_SCHEDULER_FILE"):
@@ -460,8 +463,11 @@ class Client(ClusterMethods, ObserveMethods):
     def __repr__(self):
         """dask.distributed's: ``<Client: 'tcp://...' processes=2 threads=2,
         memory=16.00 GiB>``, from one short request (not from the client's own I/O
-        thread, nor once it is closed: then its status)."""
+        thread: then its status); ``<Client: No scheduler connected>`` once it is
+        closed."""
         head = f"<Client: {self.address!r}"
+        if self.status == "closed":
+            return "<Client: No scheduler connected>"     # as dask.distributed's
         if self.status != "running" or self.shell.loop.in_loop():
             return f"{head} {self.status}>"
         try:
@@ -1138,7 +1144,12 @@ class Client(ClusterMethods, ObserveMethods):
     def write_scheduler_file(self, scheduler_file):
         """Write the scheduler's connection file (its addresses and this client's
         key, readable only by its owner) to ``scheduler_file``: a `Client`, or
-        ``dask-ipy worker``, given that path connects to the same scheduler."""
+        ``dask-ipy worker``, given that path connects to the same scheduler.
+        ValueError if this client has a scheduler file already (it was made from
+        one, or wrote one), as dask.distributed's."""
+        if self.scheduler_file is not None:
+            raise ValueError("Scheduler file already set")
+        self.scheduler_file = scheduler_file
         write_connection_file({"address_to_workers": self.shell.state.address_to_workers,
                                "address_to_clients": self.address,
                                "id": self.scheduler_id}, self.security, scheduler_file)

@@ -241,12 +241,11 @@ class ClusterMethods:
         return self.run_op(then(op, self._scheduler_result))
 
     def upload_file(self, filename, load=True):
-        """Send a .py, .zip or .egg file to every worker, now and later: saved in a
-        directory of its own on ``sys.path`` and, with ``load``, imported (reloaded
-        if it was imported before).  ``{address: {"status": "OK"}}``."""
-        if not str(filename).endswith((".py", ".zip", ".egg")) and load:
-            raise ValueError(f"cannot import {filename}: only .py, .zip and .egg files "
-                             "(or load=False)")
+        """Send a file to every worker, now and later: saved in a directory of its
+        own on ``sys.path`` and, with ``load``, imported (reloaded if it was imported
+        before) if it is a .py, .zip or .egg file; any other file is only saved, as
+        with dask.distributed.  ``{address: {"status": "OK"}}``."""
+        load = load and str(filename).endswith((".py", ".zip", ".egg"))
         return self.register_plugin(UploadFile(filename, load=load))
 
     def subscribe_topic(self, topic, handler):
@@ -255,6 +254,10 @@ class ClusterMethods:
         self.shell.subscribe_topic(topic, handler)
 
     def unsubscribe_topic(self, topic):
+        """Stop calling the handler of ``topic``; ValueError if there is none, as
+        dask.distributed's."""
+        if topic not in self.shell.topic_handlers:
+            raise ValueError(f"No event handler known for topic {topic}")
         self.shell.unsubscribe_topic(topic)
 
     def log_event(self, topic, msg):

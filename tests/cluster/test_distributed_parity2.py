@@ -1,7 +1,8 @@
 """More of dask.distributed's behaviour, against scheduler and worker processes:
 `async def` tasks, Futures inside namedtuple arguments, `Future(key)` made by hand,
 `wait` given Futures as separate arguments, `recreate_task_locally`, metadata paths
-through plain values."""
+through plain values, `unsubscribe_topic`, `upload_file` of a data file,
+`write_scheduler_file` twice, a closed client's repr and what `Client` refuses."""
 
 import asyncio
 import collections
@@ -136,3 +137,49 @@ def test_metadata_path_through_a_value_that_is_no_dict_raises_type_error(c):
     assert c.get_metadata(["runs2", "second"], None) is None
     with pytest.raises(KeyError):
         c.get_metadata(["nothing", "here"])
+
+
+def test_unsubscribe_topic_of_no_handler_raises_value_error(c):
+    with pytest.raises(ValueError, match="No event handler known for topic nope"):
+        c.unsubscribe_topic("nope")
+    c.subscribe_topic("some-topic", print)
+    c.unsubscribe_topic("some-topic")
+    with pytest.raises(ValueError):
+        c.unsubscribe_topic("some-topic")
+
+
+def read_upload(name):
+    """The content of the uploaded file ``name`` on this worker, or None."""
+    from dask_ipy.plugins import upload_directory
+
+    for folder, _, files in os.walk(upload_directory()):
+        if name in files:
+            with open(os.path.join(folder, name)) as f:
+                return f.read()
+    return None
+
+
+def test_upload_file_of_a_file_python_cannot_import_only_ships_it(c, tmp_path):
+    data = tmp_path / "settings-parity2.txt"
+    data.write_text("answer = 42\n")
+    replies = c.upload_file(str(data))
+    assert replies and all(r == {"status": "OK"} for r in replies.values())
+    assert set(c.run(read_upload, data.name).values()) == {"answer = 42\n"}
+
+
+def test_write_scheduler_file_a_second_time_raises_value_error(c, tmp_path):
+    path = tmp_path / "scheduler.json"
+    c.write_scheduler_file(str(path))
+    with pytest.raises(ValueError, match="Scheduler file already set"):
+        c.write_scheduler_file(str(tmp_path / "again.json"))
+    with Client(scheduler_file=str(path), set_as_default=False) as other:
+        assert other.scheduler_file == str(path)
+        with pytest.raises(ValueError):
+            other.write_scheduler_file(str(tmp_path / "third.json"))
+
+
+def test_a_closed_client_says_no_scheduler_is_connected(pc):
+    client = pc.client(set_as_default=False, direct_to_workers=True)
+    assert client.direct_to_workers is True
+    client.close()
+    assert repr(client) == str(client) == "<Client: No scheduler connected>"
