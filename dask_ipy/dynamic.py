@@ -78,9 +78,10 @@ def _found_client():
             try:
                 worker = context.get_worker()
             except ValueError:
-                raise ValueError("no dask_ipy Client found and no address given: "
-                                 "create one with Client(address), or call "
-                                 "get_client(address)") from None
+                raise ValueError("No global client found and no address provided: "
+                                 "no dask_ipy Client found; create one with "
+                                 "Client(address), or call get_client(address)"
+                                 ) from None
     return task_client(worker)
 
 

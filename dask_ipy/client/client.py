@@ -566,11 +566,11 @@ class Client(ClusterMethods, ObserveMethods):
                 part = unpicklable_part(g.compact(node))
                 if part is None:
                     raise SerializationError(
-                        f"could not serialize task {key!r}: {e}") from e
+                        f"Could not serialize task {key!r}: {e}") from e
                 # One short error naming the culprit; the pickler's chain of
                 # tracebacks would only end by naming a tuple.
                 raise SerializationError(
-                    f"could not serialize task {key!r}: {part}") from None
+                    f"Could not serialize task {key!r}: {part}") from None
             head = spec.frames[0]
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
                 spec = head
@@ -922,7 +922,7 @@ class Client(ClusterMethods, ObserveMethods):
         yield from Waiter(fs).wait_op()
         erred = [f for f in fs if f.status == "error"]
         if not erred:
-            raise ValueError("no erred Future among those given")
+            raise ValueError("No errored futures passed: none of those given erred")
         record = erred[0].state.error
         origin = record.get("origin", record.get("key", erred[0].key))
         return (yield from self._run_spec_op(origin))

@@ -332,7 +332,7 @@ class ClusterMethods:
         fails to answer has ``{"error": text}``.  ``exclude``: names of entries to
         leave out, at any depth.  The client writes the file, to a local path."""
         if format not in dump.FORMATS:
-            raise ValueError(f"format must be 'msgpack' or 'yaml', not {format!r}")
+            raise ValueError(f"Unsupported format {format!r}: 'msgpack' or 'yaml'")
         if write_from_scheduler or storage_options or "://" in str(filename):
             raise ValueError("dump_cluster_state writes a local file, from the client "
                              "(no write_from_scheduler, URLs or storage_options)")

@@ -2,7 +2,8 @@
 `async def` tasks, Futures inside namedtuple arguments, `Future(key)` made by hand,
 `wait` given Futures as separate arguments, `recreate_task_locally`, metadata paths
 through plain values, `unsubscribe_topic`, `upload_file` of a data file,
-`write_scheduler_file` twice, a closed client's repr and what `Client` refuses."""
+`write_scheduler_file` twice, a closed client's repr, what `Client` refuses, and
+how some error messages begin."""
 
 import asyncio
 import collections
@@ -183,3 +184,31 @@ def test_a_closed_client_says_no_scheduler_is_connected(pc):
     assert client.direct_to_workers is True
     client.close()
     assert repr(client) == str(client) == "<Client: No scheduler connected>"
+
+
+# ---------------------------------------------------------------- messages
+
+def test_without_a_client_the_errors_begin_as_dask_distributed_s():
+    from dask_ipy import get_client
+
+    with pytest.raises(ValueError, match="^No clients found"):
+        default_client()
+    with pytest.raises(ValueError, match="^No clients found"):
+        Client.current()
+    with pytest.raises(ValueError, match="^No global client found and no address "
+                                         "provided"):
+        get_client()
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("not this one")
+
+
+def test_errors_of_client_calls_begin_as_dask_distributed_s(c, tmp_path):
+    with pytest.raises(ValueError, match="^No errored futures passed"):
+        c.recreate_error_locally(c.submit(inc, 1))
+    with pytest.raises(ValueError, match="^Unsupported format 'json'"):
+        c.dump_cluster_state(str(tmp_path / "dump"), format="json")
+    with pytest.raises(TypeError, match="^Could not serialize"):
+        c.submit(same, Unpicklable())
