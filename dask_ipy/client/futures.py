@@ -895,8 +895,9 @@ class ClientExecutor(cf.Executor):
     def __init__(self, client, **submit_kwargs):
         unknown = sorted(set(submit_kwargs) - set(self.SUBMIT_OPTIONS))
         if unknown:
-            raise TypeError(f"get_executor() takes no {', '.join(map(repr, unknown))}: "
-                            f"its options are {', '.join(self.SUBMIT_OPTIONS)}")
+            raise TypeError(f"unsupported arguments to ClientExecutor: {unknown} "
+                            f"(get_executor's options are "
+                            f"{', '.join(self.SUBMIT_OPTIONS)})")
         self.client = client
         self.submit_kwargs = submit_kwargs
         self.futures = set()

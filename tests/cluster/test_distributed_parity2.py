@@ -212,3 +212,9 @@ def test_errors_of_client_calls_begin_as_dask_distributed_s(c, tmp_path):
         c.dump_cluster_state(str(tmp_path / "dump"), format="json")
     with pytest.raises(TypeError, match="^Could not serialize"):
         c.submit(same, Unpicklable())
+
+
+def test_get_executor_names_the_arguments_it_does_not_take(c):
+    with pytest.raises(TypeError, match=r"^unsupported arguments to ClientExecutor: "
+                                        r"\['bar', 'foo'\]"):
+        c.get_executor(workers=None, foo=1, bar=2)
