@@ -218,3 +218,14 @@ def test_get_executor_names_the_arguments_it_does_not_take(c):
     with pytest.raises(TypeError, match=r"^unsupported arguments to ClientExecutor: "
                                         r"\['bar', 'foo'\]"):
         c.get_executor(workers=None, foo=1, bar=2)
+
+
+def scheduler_seen_by_worker():
+    from dask_ipy import get_worker
+    return get_worker().scheduler.address
+
+
+def test_a_worker_names_the_scheduler_s_address_as_clients_know_it(c):
+    assert c.submit(scheduler_seen_by_worker, pure=False).result() == \
+        c.scheduler.address
+    assert set(c.run(scheduler_seen_by_worker).values()) == {c.scheduler.address}
