@@ -31,7 +31,7 @@ from collections.abc import Iterator, MutableMapping
 import dask
 from dask._task_spec import TaskRef
 from dask.base import is_dask_collection, tokenize
-from dask.utils import format_bytes, funcname
+from dask.utils import format_bytes, funcname, parse_bytes
 
 from .. import config as cfg
 from .. import graph as g
@@ -270,6 +270,19 @@ _GET_OPTIONS = {"priority": 0, "retries": 0, "workers": None, "resources": None,
 #: event loop of tornado's (``loop``) nor extensions.
 _NOT_NEEDED = ("direct_to_workers", "heartbeat_interval", "connection_limit",
                "serializers", "deserializers", "extensions", "loop")
+
+
+def _warn_if_large(nbytes):
+    """Warn, as dask.distributed does, of a graph whose pickled tasks pass
+    ``distributed.admin.large-graph-warning-threshold`` (10 MB): data a task
+    carries travels with it, and is better scattered or loaded by dask."""
+    limit = dask.config.get("distributed.admin.large-graph-warning-threshold", "10MB")
+    if limit is not None and nbytes > parse_bytes(limit):
+        warnings.warn(f"Sending large graph of size {format_bytes(nbytes)}.\n"
+                      "This may cause some slowdown.  Consider scattering the data "
+                      "(Client.scatter) or loading it with dask, and passing the "
+                      "Futures or collections to the tasks instead.",
+                      UserWarning, stacklevel=4)
 
 
 def _scheduler_file(path, timeout):
@@ -558,6 +571,7 @@ class Client(ClusterMethods, ObserveMethods):
         # scheduler keeps as they are) rather than as a Serialized.
         priority_of = (priorities or {}).get
         payload = []
+        nbytes = 0
         for key, node, deps in tasks:
             try:
                 spec = serialize(g.compact(node))
@@ -574,7 +588,11 @@ class Client(ClusterMethods, ObserveMethods):
             head = spec.frames[0]
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
                 spec = head
+                nbytes += len(head)
+            else:
+                nbytes += sum(memoryview(f).nbytes for f in spec.frames)
             payload.append((key, spec, list(deps), priority_of(key, 0)))
+        _warn_if_large(nbytes)
         msg = {"op": "update-graph", "tasks": payload,
                "keys": [k for k in wanted if k not in lost], **fields}
         if payload or msg["keys"]:

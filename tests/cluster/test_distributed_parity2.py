@@ -229,3 +229,14 @@ def test_a_worker_names_the_scheduler_s_address_as_clients_know_it(c):
     assert c.submit(scheduler_seen_by_worker, pure=False).result() == \
         c.scheduler.address
     assert set(c.run(scheduler_seen_by_worker).values()) == {c.scheduler.address}
+
+
+def test_a_graph_of_large_pickled_tasks_warns_as_dask_distributed_does(c):
+    with pytest.warns(UserWarning, match="^Sending large graph of size 9.5"):
+        big = c.submit(len, b"0" * 10_000_000)
+    assert big.result() == 10_000_000
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "20MB"}):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert c.submit(len, b"1" * 10_000_000).result() == 10_000_000
