@@ -807,9 +807,17 @@ class Client(ClusterMethods, ObserveMethods):
         out of a top-level list and stand as None anywhere else.  An iterator gives
         an iterator of the values.  ``direct`` is
         accepted for dask.distributed's sake: values take the way the cluster allows
-        (straight from a worker when small, else through the scheduler)."""
+        (straight from a worker when small, else through the scheduler).  Futures
+        of another client are a ValueError, as in dask.distributed (gather them
+        with their own client)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if not isinstance(futures, Iterator):
+            others = [f for f in futures_in(futures)
+                      if isinstance(f, Future) and f.client is not self]
+            if others:
+                raise ValueError(f"Cannot gather Futures created by another client: "
+                                 f"{len(others)} of them, the first {others[0]!r}")
         if isinstance(futures, Iterator):
             # An iterator (a generator, a queue's) may be endless or still being
             # filled: an iterator of the values, each gathered once reached, as

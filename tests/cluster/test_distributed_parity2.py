@@ -240,3 +240,17 @@ def test_a_graph_of_large_pickled_tasks_warns_as_dask_distributed_does(c):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert c.submit(len, b"1" * 10_000_000).result() == 10_000_000
+
+
+def test_gather_refuses_futures_of_another_client(c, pc):
+    other = pc.client(set_as_default=False)
+    try:
+        mine, theirs = c.submit(inc, 10), other.submit(inc, 5)
+        with pytest.raises(ValueError, match="Futures created by another client"):
+            c.gather([mine, theirs])
+        with pytest.raises(ValueError, match="Futures created by another client"):
+            c.gather({"a": [theirs]})
+        assert other.gather(theirs) == 6 and c.gather([mine]) == [11]
+        assert theirs.result() == 6
+    finally:
+        other.close()
