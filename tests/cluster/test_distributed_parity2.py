@@ -184,6 +184,7 @@ def test_a_closed_client_says_no_scheduler_is_connected(pc):
     assert client.direct_to_workers is True
     client.close()
     assert repr(client) == str(client) == "<Client: No scheduler connected>"
+    assert "No scheduler connected." in client._repr_html_()
 
 
 # ---------------------------------------------------------------- messages
