@@ -477,4 +477,4 @@ class ClusterMethods:
             msg["keys"] = None
         reply = yield from self.shell.request_op(msg)
         if reply.get("status") == "partial-fail" and msg["op"] == "rebalance":
-            raise KeyError(f"could not rebalance keys: {reply['keys']}")
+            raise KeyError(f"Could not rebalance keys: {reply['keys']}")

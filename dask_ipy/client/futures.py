@@ -44,7 +44,7 @@ from ..errors import SchedulerLost, rebuild_error
 from ..log import logger
 from ..protocol import deserialize
 from .default import default_client
-from .state import CANCELLED, ERROR, FINISHED, LOST
+from .state import CANCELLED, ERROR, FINISHED, LOST, FutureState
 from .waits import (Answer, Flag, Signal, in_loop, resolve, run_async, run_blocking,
                     within)
 
@@ -302,6 +302,8 @@ class Future(TaskRef):
     def __init__(self, key, client=None, state=None, inform=True):
         if client is None:
             client = default_client()
+        if state is not None and not isinstance(state, FutureState):
+            state = None                # not ours (dask.distributed's takes others)
         self.key = key
         self.client = client
         self.state = client.shell.hold(key, state, inform)

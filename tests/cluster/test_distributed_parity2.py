@@ -255,3 +255,9 @@ def test_gather_refuses_futures_of_another_client(c, pc):
         assert theirs.result() == 6
     finally:
         other.close()
+
+
+def test_rebalance_of_a_key_the_scheduler_lacks_raises_key_error(c):
+    ghost = Future("never-computed-parity2", c, state="memory")    # a foreign state
+    with pytest.raises(KeyError, match="^.Could not rebalance keys:"):
+        c.rebalance(futures=[ghost])
