@@ -197,7 +197,7 @@ def test_without_a_client_the_errors_begin_as_dask_distributed_s():
     with pytest.raises(ValueError, match="^No clients found"):
         Client.current()
     with pytest.raises(ValueError, match="^No global client found and no address "
-                                         "provided"):
+                                         "provided$"):
         get_client()
 
 
