@@ -889,6 +889,8 @@ class SchedulerState:
         del self.tasks[ts.key]
         if self.memory_failures:
             self.memory_failures.pop(ts.key, None)
+        if self.metadata and ts.key in self.metadata:
+            del self.metadata[ts.key]       # set under the task's key: gone with it
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs

@@ -261,3 +261,17 @@ def test_rebalance_of_a_key_the_scheduler_lacks_raises_key_error(c):
     ghost = Future("never-computed-parity2", c, state="memory")    # a foreign state
     with pytest.raises(KeyError, match="^.Could not rebalance keys:"):
         c.rebalance(futures=[ghost])
+
+
+def test_metadata_set_under_a_task_s_key_goes_when_the_task_is_forgotten(c):
+    f = c.submit(inc, 41)
+    key = f.key
+    f.result()
+    c.set_metadata(key, "note")
+    c.set_metadata("not-a-task-parity2", "kept")
+    assert c.get_metadata(key) == "note"
+    del f
+    wait_for(lambda: c.get_metadata(key, None) is None, message="the metadata to go")
+    with pytest.raises(KeyError):
+        c.get_metadata(key)
+    assert c.get_metadata("not-a-task-parity2") == "kept"
