@@ -164,7 +164,7 @@ def write(state, filename, format="msgpack"):
     """Write ``state`` to ``filename`` (its suffix, ``.msgpack.gz`` or ``.yaml``,
     added if missing): gzipped msgpack, or YAML; the path written."""
     if format not in FORMATS:
-        raise ValueError(f"format must be 'msgpack' or 'yaml', not {format!r}")
+        raise ValueError(f"Unsupported format {format!r}: 'msgpack' or 'yaml'")
     path = os.fspath(filename)
     if not path.endswith(FORMATS[format]):
         path += FORMATS[format]

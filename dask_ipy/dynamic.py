@@ -78,9 +78,10 @@ def _found_client():
             try:
                 worker = context.get_worker()
             except ValueError:
-                raise ValueError("no dask_ipy Client found and no address given: "
-                                 "create one with Client(address), or call "
-                                 "get_client(address)") from None
+                # dask.distributed's words, whole (code matches them): make a
+                # Client(address) first, or call get_client(address).
+                raise ValueError("No global client found and no address "
+                                 "provided") from None
     return task_client(worker)
 
 

@@ -19,7 +19,8 @@ from .futures import Future
 
 
 def _walk_futures(obj, found):
-    """Replace Futures nested in lists, tuples, sets and dicts by TaskRefs."""
+    """Replace Futures nested in lists, tuples, sets and dicts by TaskRefs (those in
+    namedtuples are only recorded in ``found``)."""
     if isinstance(obj, Future):
         found[obj.key] = obj
         return TaskRef(obj.key)
@@ -29,6 +30,11 @@ def _walk_futures(obj, found):
         return t(items)
     if t is dict:
         return {k: _walk_futures(v, found) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(t, "_fields"):
+        # A namedtuple: dask's parse_input rebuilds it (through its __getnewargs__
+        # or __getnewargs_ex__) around the values of the Futures found here.
+        for x in obj:
+            _walk_futures(x, found)
     return obj
 
 

@@ -17,6 +17,7 @@ The cluster-management methods are in `cluster` (`ClusterMethods`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures as cf
 import os
@@ -30,7 +31,7 @@ from collections.abc import Iterator, MutableMapping
 import dask
 from dask._task_spec import TaskRef
 from dask.base import is_dask_collection, tokenize
-from dask.utils import format_bytes, funcname
+from dask.utils import format_bytes, funcname, parse_bytes
 
 from .. import config as cfg
 from .. import graph as g
@@ -271,6 +272,19 @@ _NOT_NEEDED = ("direct_to_workers", "heartbeat_interval", "connection_limit",
                "serializers", "deserializers", "extensions", "loop")
 
 
+def _warn_if_large(nbytes):
+    """Warn, as dask.distributed does, of a graph whose pickled tasks pass
+    ``distributed.admin.large-graph-warning-threshold`` (10 MB): data a task
+    carries travels with it, and is better scattered or loaded by dask."""
+    limit = dask.config.get("distributed.admin.large-graph-warning-threshold", "10MB")
+    if limit is not None and nbytes > parse_bytes(limit):
+        warnings.warn(f"Sending large graph of size {format_bytes(nbytes)}.\n"
+                      "This may cause some slowdown.  Consider scattering the data "
+                      "(Client.scatter) or loading it with dask, and passing the "
+                      "Futures or collections to the tasks instead.",
+                      UserWarning, stacklevel=4)
+
+
 def _scheduler_file(path, timeout):
     """``path`` once the file is there: a scheduler started beside this client
     writes it when it is up.  FileNotFoundError after ``timeout`` seconds."""
@@ -320,8 +334,11 @@ class Client(ClusterMethods, ObserveMethods):
         self._cluster = None
         self._own_cluster = None        # the LocalCluster this client started
         timeout = seconds(timeout)
+        self.scheduler_file = scheduler_file
         if scheduler_file is not None:
             address = _scheduler_file(scheduler_file, timeout)
+        # Accepted and kept (values travel through the scheduler either way).
+        self.direct_to_workers = cluster_kwargs.pop("direct_to_workers", None)
         for option in _NOT_NEEDED:
             cluster_kwargs.pop(option, None)
         if address is None and not os.environ.get("DASK_IPY_SCHEDULER_FILE"):
@@ -330,6 +347,9 @@ class Client(ClusterMethods, ObserveMethods):
             raise TypeError(f"Client() got {', '.join(map(repr, cluster_kwargs))}: "
                             "arguments of the LocalCluster a Client without an "
                             "address starts, not of one that joins a scheduler")
+        if isinstance(address, type):
+            raise TypeError(f"Scheduler address must be a string or a Cluster "
+                            f"instance, got {address}")
         if hasattr(address, "scheduler_address"):           # a LocalCluster
             if address.scheduler_address is None or address.status == "closed":
                 raise ValueError(f"{address!r} is not running")
@@ -456,8 +476,11 @@ class Client(ClusterMethods, ObserveMethods):
     def __repr__(self):
         """dask.distributed's: ``<Client: 'tcp://...' processes=2 threads=2,
         memory=16.00 GiB>``, from one short request (not from the client's own I/O
-        thread, nor once it is closed: then its status)."""
+        thread: then its status); ``<Client: No scheduler connected>`` once it is
+        closed."""
         head = f"<Client: {self.address!r}"
+        if self.status == "closed":
+            return "<Client: No scheduler connected>"     # as dask.distributed's
         if self.status != "running" or self.shell.loop.in_loop():
             return f"{head} {self.status}>"
         try:
@@ -549,6 +572,7 @@ class Client(ClusterMethods, ObserveMethods):
         priority_of = (priorities or {}).get
         payload = []
         serialize_task = TaskSerializer()
+        nbytes = 0
         for key, node, deps in tasks:
             try:
                 spec = serialize_task(g.compact(node))
@@ -557,15 +581,19 @@ class Client(ClusterMethods, ObserveMethods):
                 part = unpicklable_part(g.compact(node))
                 if part is None:
                     raise SerializationError(
-                        f"could not serialize task {key!r}: {e}") from e
+                        f"Could not serialize task {key!r}: {e}") from e
                 # One short error naming the culprit; the pickler's chain of
                 # tracebacks would only end by naming a tuple.
                 raise SerializationError(
-                    f"could not serialize task {key!r}: {part}") from None
+                    f"Could not serialize task {key!r}: {part}") from None
             head = spec.frames[0]
             if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
                 spec = head
+                nbytes += len(head)
+            else:
+                nbytes += sum(memoryview(f).nbytes for f in spec.frames)
             payload.append((key, spec, list(deps), priority_of(key, 0)))
+        _warn_if_large(nbytes)
         msg = {"op": "update-graph", "tasks": payload,
                "keys": [k for k in wanted if k not in lost], **fields}
         if indirect:                     # their values the long way (ClientState)
@@ -715,7 +743,7 @@ class Client(ClusterMethods, ObserveMethods):
                 key = f"{funcname(fn)}-{uuid.uuid4().hex}"
         node, found = call_spec(key, fn, args, kwargs)
         if self.shell.is_held(key):
-            return Future(key, self)
+            return Future(key, self, inform=False)
         with _Borrowing(self) as borrowing:
             if borrowing.need_futures(found.values()):
                 tasks, lost = [(key, node, list(found))], ()
@@ -771,7 +799,8 @@ class Client(ClusterMethods, ObserveMethods):
                                          lost=lost)
         out = []
         for k in keys:               # a repeated key gets a Future of its own
-            out.append(futures.pop(k) if k in futures else Future(k, self))
+            out.append(futures.pop(k) if k in futures
+                       else Future(k, self, inform=False))
         return out
 
     def gather(self, futures, errors="raise", timeout=None, direct=None):
@@ -780,9 +809,17 @@ class Client(ClusterMethods, ObserveMethods):
         out of a top-level list and stand as None anywhere else.  An iterator gives
         an iterator of the values.  ``direct`` is
         accepted for dask.distributed's sake: values take the way the cluster allows
-        (straight from a worker when small, else through the scheduler)."""
+        (straight from a worker when small, else through the scheduler).  Futures
+        of another client are a ValueError, as in dask.distributed (gather them
+        with their own client)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if not isinstance(futures, Iterator):
+            others = [f for f in futures_in(futures)
+                      if isinstance(f, Future) and f.client is not self]
+            if others:
+                raise ValueError(f"Cannot gather Futures created by another client: "
+                                 f"{len(others)} of them, the first {others[0]!r}")
         if isinstance(futures, Iterator):
             # An iterator (a generator, a queue's) may be endless or still being
             # filled: an iterator of the values, each gathered once reached, as
@@ -832,7 +869,7 @@ class Client(ClusterMethods, ObserveMethods):
             return {} if names is None else kind()
         blobs = {k: serialize(v) for k, v in items.items()}
         workers = worker_filter(workers)
-        futures = {k: Future(k, self) for k in items}
+        futures = {k: Future(k, self, inform=False) for k in items}
         msg = {"op": "scatter", "data": blobs, "broadcast": broadcast, "workers": workers}
         # Large values stream through the scheduler's relay when it has one: it then
         # never holds them whole.  Should a worker not get its stream, all go again
@@ -880,22 +917,43 @@ class Client(ClusterMethods, ObserveMethods):
         none erred."""
         return self.run_op(then(self._erred_task_op(future), lambda task: g.execute(*task)))
 
+    def recreate_task_locally(self, future):
+        """Run here the task that makes ``future`` (a Future, or the first Future
+        of a structure or collection), whether it succeeds or fails, with its
+        inputs gathered from the cluster; its value, or its exception raised, as
+        dask.distributed's.  Waits for the Future first."""
+        def run(task):
+            value = g.execute(*task)
+            return asyncio.run(value) if asyncio.iscoroutine(value) else value
+        return self.run_op(then(self._task_op(future), run))
+
+    def _task_op(self, futures):
+        """(the node that makes the first Future, {input key: value})."""
+        fs = futures_of(futures, client=self)
+        if not fs:
+            raise ValueError("no Future among those given")
+        yield from Waiter(fs[:1]).wait_op()
+        return (yield from self._run_spec_op(fs[0].key))
+
+    def _run_spec_op(self, key):
+        task = yield from self.shell.request_op({"op": "info", "what": "run-spec",
+                                                 "key": key})
+        if task is None:
+            raise KeyError(f"the scheduler no longer has the task {key!r}")
+        inputs = self._submit_graph([], task["dependencies"])   # computed again if
+        values = yield from self._gather_op(inputs)             # they were released
+        return self._load(task["spec"]), values
+
     def _erred_task_op(self, futures):
         """(the node that raised, {input key: value}) of the first erred Future."""
         fs = futures_of(futures, client=self)
         yield from Waiter(fs).wait_op()
         erred = [f for f in fs if f.status == "error"]
         if not erred:
-            raise ValueError("no erred Future among those given")
+            raise ValueError("No errored futures passed: none of those given erred")
         record = erred[0].state.error
         origin = record.get("origin", record.get("key", erred[0].key))
-        task = yield from self.shell.request_op({"op": "info", "what": "run-spec",
-                                                 "key": origin})
-        if task is None:
-            raise KeyError(f"the scheduler no longer has the task {origin!r}")
-        inputs = self._submit_graph([], task["dependencies"])   # computed again if
-        values = yield from self._gather_op(inputs)             # they were released
-        return self._load(task["spec"]), values
+        return (yield from self._run_spec_op(origin))
 
     def retry(self, futures):
         """Compute erred Futures again, with the erred inputs they erred from;
@@ -973,7 +1031,7 @@ class Client(ClusterMethods, ObserveMethods):
         held = [k for k in self.shell.held() if k in graph]
         if not held:
             return collection
-        graph.update((k, Future(k, self)) for k in held)
+        graph.update((k, Future(k, self, inform=False)) for k in held)
         deps = g.dependencies(g.normalize(graph))
         graph = g.cull(graph, deps, g.flatten_keys(collection.__dask_keys__()))
         rebuild, args = collection.__dask_postpersist__()
@@ -1114,7 +1172,12 @@ class Client(ClusterMethods, ObserveMethods):
     def write_scheduler_file(self, scheduler_file):
         """Write the scheduler's connection file (its addresses and this client's
         key, readable only by its owner) to ``scheduler_file``: a `Client`, or
-        ``dask-ipy worker``, given that path connects to the same scheduler."""
+        ``dask-ipy worker``, given that path connects to the same scheduler.
+        ValueError if this client has a scheduler file already (it was made from
+        one, or wrote one), as dask.distributed's."""
+        if self.scheduler_file is not None:
+            raise ValueError("Scheduler file already set")
+        self.scheduler_file = scheduler_file
         write_connection_file({"address_to_workers": self.shell.state.address_to_workers,
                                "address_to_clients": self.address,
                                "id": self.scheduler_id}, self.security, scheduler_file)

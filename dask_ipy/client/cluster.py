@@ -241,12 +241,11 @@ class ClusterMethods:
         return self.run_op(then(op, self._scheduler_result))
 
     def upload_file(self, filename, load=True):
-        """Send a .py, .zip or .egg file to every worker, now and later: saved in a
-        directory of its own on ``sys.path`` and, with ``load``, imported (reloaded
-        if it was imported before).  ``{address: {"status": "OK"}}``."""
-        if not str(filename).endswith((".py", ".zip", ".egg")) and load:
-            raise ValueError(f"cannot import {filename}: only .py, .zip and .egg files "
-                             "(or load=False)")
+        """Send a file to every worker, now and later: saved in a directory of its
+        own on ``sys.path`` and, with ``load``, imported (reloaded if it was imported
+        before) if it is a .py, .zip or .egg file; any other file is only saved, as
+        with dask.distributed.  ``{address: {"status": "OK"}}``."""
+        load = load and str(filename).endswith((".py", ".zip", ".egg"))
         return self.register_plugin(UploadFile(filename, load=load))
 
     def subscribe_topic(self, topic, handler):
@@ -255,6 +254,10 @@ class ClusterMethods:
         self.shell.subscribe_topic(topic, handler)
 
     def unsubscribe_topic(self, topic):
+        """Stop calling the handler of ``topic``; ValueError if there is none, as
+        dask.distributed's."""
+        if topic not in self.shell.topic_handlers:
+            raise ValueError(f"No event handler known for topic {topic}")
         self.shell.unsubscribe_topic(topic)
 
     def log_event(self, topic, msg):
@@ -292,6 +295,9 @@ class ClusterMethods:
                                     "keys": _path(keys)})
 
         def value(found):
+            if found.get("through"):        # as dask.distributed's, default or not
+                raise TypeError(f"metadata {keys!r}: a value on that path is not "
+                                "a dict")
             if "value" not in found:
                 if default is KeyError:
                     raise KeyError(keys)
@@ -326,7 +332,7 @@ class ClusterMethods:
         fails to answer has ``{"error": text}``.  ``exclude``: names of entries to
         leave out, at any depth.  The client writes the file, to a local path."""
         if format not in dump.FORMATS:
-            raise ValueError(f"format must be 'msgpack' or 'yaml', not {format!r}")
+            raise ValueError(f"Unsupported format {format!r}: 'msgpack' or 'yaml'")
         if write_from_scheduler or storage_options or "://" in str(filename):
             raise ValueError("dump_cluster_state writes a local file, from the client "
                              "(no write_from_scheduler, URLs or storage_options)")
@@ -471,4 +477,4 @@ class ClusterMethods:
             msg["keys"] = None
         reply = yield from self.shell.request_op(msg)
         if reply.get("status") == "partial-fail" and msg["op"] == "rebalance":
-            raise KeyError(f"could not rebalance keys: {reply['keys']}")
+            raise KeyError(f"Could not rebalance keys: {reply['keys']}")

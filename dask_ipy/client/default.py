@@ -26,7 +26,8 @@ def default_client():
     with _lock:
         if _current:
             return _current[-1]
-    raise ValueError("no dask_ipy Client is running; create one with Client(address)")
+    raise ValueError("No clients found: no dask_ipy Client is running; create one "
+                     "with Client(address)")
 
 
 def current_context():

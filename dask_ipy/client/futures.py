@@ -32,6 +32,7 @@ import queue
 import threading
 import time
 from collections import deque, namedtuple
+from datetime import timedelta
 from functools import partial
 
 from dask._task_spec import DataNode, Task, TaskRef
@@ -43,7 +44,7 @@ from ..errors import SchedulerLost, rebuild_error
 from ..log import logger
 from ..protocol import deserialize
 from .default import default_client
-from .state import CANCELLED, ERROR, FINISHED, LOST
+from .state import CANCELLED, ERROR, FINISHED, LOST, FutureState
 from .waits import (Answer, Flag, Signal, in_loop, resolve, run_async, run_blocking,
                     within)
 
@@ -290,11 +291,19 @@ class Future(TaskRef):
     graph machinery then treats one as a dependency wherever it sits, in a legacy
     graph, in a `Task`'s arguments (``dask.delayed(f)(future)``) or inside the
     subgraph of a fused task.
+
+    ``Future(key, client=None)`` makes one of a key already on the scheduler (of
+    the default client without ``client``), as dask.distributed's: the client then
+    wants that key, and learns its status.
     """
 
     __slots__ = ("client", "state", "__weakref__")
 
-    def __init__(self, key, client, state=None, inform=False):
+    def __init__(self, key, client=None, state=None, inform=True):
+        if client is None:
+            client = default_client()
+        if state is not None and not isinstance(state, FutureState):
+            state = None                # not ours (dask.distributed's takes others)
         self.key = key
         self.client = client
         self.state = client.shell.hold(key, state, inform)
@@ -611,6 +620,11 @@ def wait(fs, timeout=None, return_when=ALL_COMPLETED):
     elif not (isinstance(fs, (list, tuple, set, frozenset))
               and all(isinstance(f, (Future, cf.Future)) for f in fs)):
         fs = futures_of(fs)
+    if isinstance(timeout, (Future, cf.Future)) or not (
+            timeout is None or isinstance(timeout, (int, float, str, timedelta))):
+        raise TypeError(f"wait(): timeout must be a number of seconds or a duration, "
+                        f"not {type(timeout).__name__}; Futures go in a list: "
+                        f"wait([x, y]), not wait(x, y)")
     timeout = seconds(timeout)
     waiter = Waiter(fs, return_when)
     op = _refusing_cancelled(_in_time(waiter, timeout))
@@ -893,8 +907,9 @@ class ClientExecutor(cf.Executor):
     def __init__(self, client, **submit_kwargs):
         unknown = sorted(set(submit_kwargs) - set(self.SUBMIT_OPTIONS))
         if unknown:
-            raise TypeError(f"get_executor() takes no {', '.join(map(repr, unknown))}: "
-                            f"its options are {', '.join(self.SUBMIT_OPTIONS)}")
+            raise TypeError(f"unsupported arguments to ClientExecutor: {unknown} "
+                            f"(get_executor's options are "
+                            f"{', '.join(self.SUBMIT_OPTIONS)})")
         self.client = client
         self.submit_kwargs = submit_kwargs
         self.futures = set()

@@ -708,6 +708,8 @@ def client_summary(client, timeout=2.0):
     known = bool(workers) or not client.asynchronous
     threads = sum(w.get("nthreads", 0) for w in workers.values())
     counts = f"{len(workers)} workers, {threads} threads" if known else "asynchronous"
+    if client.status == "closed":
+        counts = "No scheduler connected."          # dask.distributed's words
     lines = [f"<Client {client.address} {client.status}: {counts}>"]
     rows = []
     for address, w in sorted(workers.items(), key=lambda kv: worker_label(

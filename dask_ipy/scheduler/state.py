@@ -907,6 +907,8 @@ class SchedulerState:
             self.memory_failures.pop(ts.key, None)
         if self.indirect:
             self.indirect.pop(ts.key, None)
+        if self.metadata and ts.key in self.metadata:
+            del self.metadata[ts.key]       # set under the task's key: gone with it
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs
@@ -2936,10 +2938,13 @@ class SchedulerState:
         self._reply(cid, msg, True)
 
     def _metadata_at(self, keys):
-        """{"value": what is stored under the path ``keys``} or {} if nothing is."""
+        """{"value": what is stored under the path ``keys``} or {} if nothing is;
+        {"through": True} if the path goes through a value that is not a dict."""
         node = self.metadata
         for name in keys:
-            if not isinstance(node, dict) or name not in node:
+            if not isinstance(node, dict):
+                return {"through": True}
+            if name not in node:
                 return {}
             node = node[name]
         return {"value": node}

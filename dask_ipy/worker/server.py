@@ -118,6 +118,10 @@ def typename(value):
     return f"{t.__module__}.{t.__qualname__}"
 
 
+#: What `Worker.scheduler` gives: the scheduler's address.
+SchedulerRef = collections.namedtuple("SchedulerRef", "address")
+
+
 class Worker:
     """A worker: runs tasks and serves its data to peers.
 
@@ -291,6 +295,13 @@ class Worker:
     def worker_address(self):
         """Its address, under dask.distributed's other name for it."""
         return self.address
+
+    @property
+    def scheduler(self):
+        """The scheduler, as dask.distributed's Worker names it: its ``address``,
+        the one clients join (as `Client.scheduler`'s), once the scheduler has
+        welcomed this worker."""
+        return SchedulerRef(self.clients_address or self.scheduler_address)
 
     @property
     def memory_manager(self):
@@ -974,6 +985,8 @@ class Worker:
                               for k, v in inputs.items()}
                 began = time.time()
                 value = execute(node, inputs)
+                if asyncio.iscoroutine(value):   # an async def task: its value
+                    value = asyncio.run(value)
             finally:
                 running.end()
             stop = time.time()

@@ -350,9 +350,12 @@ def test_write_scheduler_file_connects_another_client(c, tmp_path):
         assert other.scheduler_info()["id"] == c.scheduler_info()["id"]
         assert other.submit(inc, 1).result() == 2
     # dask.distributed's keyword, and a file that is written while the client waits
+    # (by another client: one writes a scheduler file once)
     later = tmp_path / "later.json"
-    threading.Timer(0.3, c.write_scheduler_file, [str(later)]).start()
+    writer = Client(str(path), set_as_default=False)
+    threading.Timer(0.3, writer.write_scheduler_file, [str(later)]).start()
     other = Client(scheduler_file=str(later), set_as_default=False, timeout="10s")
+    writer.close()
     assert other.submit(inc, 2).result() == 3
     assert other.close(timeout="5s") is None and other.status == "closed"
     with pytest.raises(FileNotFoundError):

@@ -40,7 +40,8 @@ def test_secede_rejoin_and_worker_client_outside_a_task_say_so():
 
 
 def test_get_client_with_no_client_nor_worker_says_there_is_no_client():
-    with pytest.raises(ValueError, match="no dask_ipy Client found"):
+    with pytest.raises(ValueError,
+                       match="^No global client found and no address provided$"):
         get_client()
 
 

@@ -1221,7 +1221,8 @@ def test_metadata_is_a_tree_of_values_under_paths_of_names(s):
     assert info(s, "get-metadata", keys=["a"]) == {"value": {"b": {"c": "v2"}, "d": "v3"}}
     assert info(s, "get-metadata", keys=["a", "b", "c"]) == {"value": "v2"}
     assert info(s, "get-metadata", keys=["a", "x"]) == {}
-    assert info(s, "get-metadata", keys=["a", "d", "e"]) == {}   # under a leaf: nothing
+    # under a leaf: nothing, and the client is told the path goes through a value
+    assert info(s, "get-metadata", keys=["a", "d", "e"]) == {"through": True}
 
 
 def test_cancel_reaches_the_results_that_depend_on_the_key(s1):
