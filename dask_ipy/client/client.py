@@ -47,7 +47,7 @@ from .calls import TaskSerializer, call_spec, call_token, function_token, unpick
 from .cluster import ClusterMethods, worker_filter, worker_names
 from .default import default_client
 from .futures import (CancelledError, ClientExecutor, Future, Waiter, futures_in,
-                      futures_of, load, seconds, task_frames)
+                      futures_of, load, pickled_futures, seconds, task_frames)
 from .observe import ObserveMethods
 from .options import (AnnotationWarning, graph_options, kept_annotations,
                       per_key_annotations)
@@ -573,31 +573,39 @@ class Client(ClusterMethods, ObserveMethods):
         payload = []
         serialize_task = TaskSerializer()
         nbytes = 0
-        for key, node, deps in tasks:
-            try:
-                spec = serialize_task(g.compact(node))
-            except Exception as e:
-                self.shell.drop(wanted)
-                part = unpicklable_part(g.compact(node))
-                if part is None:
+        holds = {}                 # {task key: [key of a Future in its arguments]}
+        with pickled_futures() as pickled:
+            for key, node, deps in tasks:
+                before = len(pickled)
+                try:
+                    spec = serialize_task(g.compact(node))
+                except Exception as e:
+                    self.shell.drop(wanted)
+                    part = unpicklable_part(g.compact(node))
+                    if part is None:
+                        raise SerializationError(
+                            f"Could not serialize task {key!r}: {e}") from e
+                    # One short error naming the culprit; the pickler's chain of
+                    # tracebacks would only end by naming a tuple.
                     raise SerializationError(
-                        f"Could not serialize task {key!r}: {e}") from e
-                # One short error naming the culprit; the pickler's chain of
-                # tracebacks would only end by naming a tuple.
-                raise SerializationError(
-                    f"Could not serialize task {key!r}: {part}") from None
-            head = spec.frames[0]
-            if len(spec.frames) == 1 and type(head) is bytes and len(head) < INLINE_LIMIT:
-                spec = head
-                nbytes += len(head)
-            else:
-                nbytes += sum(memoryview(f).nbytes for f in spec.frames)
-            payload.append((key, spec, list(deps), priority_of(key, 0)))
+                        f"Could not serialize task {key!r}: {part}") from None
+                if len(pickled) > before:
+                    holds[key] = pickled[before:]
+                head = spec.frames[0]
+                if (len(spec.frames) == 1 and type(head) is bytes
+                        and len(head) < INLINE_LIMIT):
+                    spec = head
+                    nbytes += len(head)
+                else:
+                    nbytes += sum(memoryview(f).nbytes for f in spec.frames)
+                payload.append((key, spec, list(deps), priority_of(key, 0)))
         _warn_if_large(nbytes)
         msg = {"op": "update-graph", "tasks": payload,
                "keys": [k for k in wanted if k not in lost], **fields}
         if indirect:                     # their values the long way (ClientState)
             msg["indirect"] = indirect
+        if holds:                        # kept for those tasks until they end
+            msg["holds"] = holds
         if payload or msg["keys"]:
             self.shell.send(msg)
         if futures:                           # the Futures take the holds over

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import html
 import importlib
 import queue
@@ -430,6 +431,9 @@ class Future(TaskRef):
             pass
 
     def __reduce__(self):
+        pickled = getattr(_pickling, "keys", None)
+        if pickled is not None:
+            pickled.append(self.key)
         return _rebuild_future, (self.key,)
 
     @property
@@ -530,6 +534,19 @@ def fire_and_forget(obj):
 
 
 _unpickling = threading.local()
+_pickling = threading.local()
+
+
+@contextlib.contextmanager
+def pickled_futures():
+    """A list of the keys of the Futures pickled on this thread within the block
+    (in a task's arguments, those travel as Futures, not as its inputs)."""
+    outer = getattr(_pickling, "keys", None)
+    _pickling.keys = keys = []
+    try:
+        yield keys
+    finally:
+        _pickling.keys = outer
 
 
 def load(blob, client):

@@ -29,8 +29,10 @@ State, documented once:
     TaskState.waiters:      {TaskState}      dependents that still need this result
     TaskState.who_has:      {WorkerRecord}   .who_wants: {client_id | holder}
                             a holder keeps keys wanted with no client: a published
-                            dataset, ("dataset", name), or FIRE_AND_FORGET, which
-                            holds a task only until it ends (in memory or erred)
+                            dataset, ("dataset", name), FIRE_AND_FORGET, which
+                            holds a task only until it ends (in memory or erred),
+                            or ("task", key), a task whose arguments carry Futures
+                            of these keys, until it ends (`task_holds`)
                             these five "sets" are EMPTY, a tuple or a set: change
                             them only with `_add` and `_discard` (or set EMPTY);
                             waiting_on may be the dependencies tuple itself
@@ -87,6 +89,8 @@ State, documented once:
     indirect:   {key: {client id}}     clients that take no value of the key straight
                 from a worker (their graph said so: one of an earlier run of the key
                 could come that way): the worker is not told of them
+    task_holds: {task key: [key]}      keys a task holds until it ends (Futures of
+                them travel inside its arguments: `_hold_for_tasks`)
     run_count:  the run id of the latest "compute-task"; each names its run, and a
                 worker's word on a task names the run it is about (`_is_current`)
     worker_plugins: {name: Serialized}  set-up code every worker gets, when it joins
@@ -652,6 +656,7 @@ class SchedulerState:
         self.clock = 0.0                     # the latest time the shell told us
         self.run_count = 0                   # "compute-task"s sent: the last run id
         self.indirect = {}                   # {key: {client}} sent no value straight
+        self.task_holds = {}                 # {task key: [key]} (`_hold_for_tasks`)
         self.stimulus = "start"              # what the events handled now came from
         self.transition_log = self.transition_recs = None
         if transition_log_length:
@@ -907,11 +912,45 @@ class SchedulerState:
             self.memory_failures.pop(ts.key, None)
         if self.indirect:
             self.indirect.pop(ts.key, None)
+        if self.task_holds:
+            self._end_holds(ts, recs)
         if self.metadata and ts.key in self.metadata:
             del self.metadata[ts.key]       # set under the task's key: gone with it
         if ts.key in self.parked:
             self._unpark(ts.key, ok=False)
         return recs
+
+    def _hold_for_tasks(self, holds):
+        """``holds`` {task key: [key]}: keys whose Futures travel inside the task's
+        arguments (a persisted collection, an object of the user's), not as its
+        inputs.  The task holds them until it ends, as a client would: the client
+        that submitted it may let go of them at once, before the client of the
+        task's worker, which the task's Futures belong to there, says it wants
+        them."""
+        for tkey, keys in holds.items():
+            ts = self.tasks.get(tkey)
+            if ts is None or ts.state in (MEMORY, ERRED) or tkey in self.task_holds:
+                continue
+            holder = ("task", tkey)
+            held = [key for key in keys if key in self.tasks]
+            for key in held:
+                _add(self.tasks[key], "who_wants", holder)
+            if held:
+                self.task_holds[tkey] = held
+
+    def _end_holds(self, ts, recs):
+        """``ts`` ended (or was forgotten): the keys it held (`_hold_for_tasks`) that
+        nobody else needs are forgotten."""
+        held = self.task_holds.pop(ts.key, None)
+        if held is None:
+            return
+        holder = ("task", ts.key)
+        for key in held:
+            hts = self.tasks.get(key)
+            if hts is not None and holder in hts.who_wants:
+                _discard(hts, "who_wants", holder)
+                if not hts.who_wants and not hts.waiters:
+                    recs[key] = FORGOTTEN
 
     def _released_memory(self, ts):
         # Only reached through add-keys (scatter) for a key that was released.
@@ -1036,6 +1075,8 @@ class SchedulerState:
             self.send_client(cid, self._in_memory(ts, cid not in gathering))
         if FIRE_AND_FORGET in ts.who_wants:
             _discard(ts, "who_wants", FIRE_AND_FORGET)   # its work is done
+        if self.task_holds:
+            self._end_holds(ts, recs)
         if not ts.waiters and not ts.who_wants:
             recs[ts.key] = FORGOTTEN
         return recs
@@ -1117,6 +1158,8 @@ class SchedulerState:
             _discard(ts, "who_wants", FIRE_AND_FORGET)
             if not ts.who_wants and not ts.dependents:
                 recs[ts.key] = FORGOTTEN
+        if self.task_holds:
+            self._end_holds(ts, recs)
         return recs
 
     # memory / erred -> released
@@ -2385,6 +2428,8 @@ class SchedulerState:
                           msg.get("retries", 0), msg.get("restrictions"),
                           msg.get("annotations"), msg.get("workers"),
                           msg.get("allow_other_workers", False), msg.get("resources"))
+        if msg.get("holds"):
+            self._hold_for_tasks(msg["holds"])
 
     def _on_client_releases_keys(self, cid, msg):
         self._release_keys(cid, msg["keys"])
@@ -3047,6 +3092,7 @@ class SchedulerState:
             cs.wants_what.clear()
             cs.reports.clear()
         self.indirect.clear()
+        self.task_holds.clear()
         self.queued.clear()
         self.unrunnable.clear()
         self.gathers.clear()

@@ -200,6 +200,25 @@ def persist_and_submit_inside():
         return client.submit(sum_inside, y).result(timeout=30)
 
 
+def read_box(box):
+    return box.future.result(timeout=10)
+
+
+def test_a_future_inside_a_tasks_arguments_is_kept_until_the_task_ends(tmp_path, gate):
+    """The client lets go of a Future it gave a task inside an object of its own;
+    the task, queued behind another, unpickles it (and its worker's client says it
+    wants the key) only when it starts, long after: the task held the key."""
+    with processes(tmp_path, nworkers=1, nthreads=1) as (pc, c):
+        f = c.submit(inc, 1)
+        assert f.result(timeout=30) == 2
+        busy = c.submit(wait_for_file, str(gate))          # the only thread
+        boxed = c.submit(read_box, Box(f))
+        del f
+        assert c.who_has() is not None          # the release is in by its answer
+        gate.touch()
+        assert boxed.result(timeout=30) == 2 and busy.result(timeout=30) is None
+
+
 def test_a_persisted_collection_passed_to_a_task_computes_there(tmp_path):
     """As in dask.distributed: the Futures of a persisted collection given to a task
     are Futures of the worker's client there, so ``x.sum().compute()`` inside the

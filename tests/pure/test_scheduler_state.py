@@ -1294,3 +1294,30 @@ def test_a_forced_cancel_leaves_a_published_datasets_key(s1):
     s.handle_client_message("c", {"op": "cancel", "keys": ["a"], "force": True})
     assert take(s) == []
     assert set(s.tasks["a"].who_wants) == {("dataset", "d")}
+
+
+def test_a_task_holds_the_keys_its_arguments_carry_futures_of_until_it_ends(s):
+    """A Future inside a task's arguments (a persisted collection, an object of the
+    user's) reaches the worker as a Future, not as an input: the task holds its key
+    until it ends, though the client lets go of it at once (the worker's client
+    says it wants it only once the task starts)."""
+    s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
+    finished(s, take(s)[0][1], "x")
+    for end in ("memory", "erred", "cancelled"):
+        s.handle_client_message("c", {"op": "update-graph", "keys": ["t"],
+                                      "tasks": [("t", "spec-t", [], 0)],
+                                      "holds": {"t": ["x", "unknown"]}})
+        [(_, wid, _)] = take(s)
+        s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["x"]})
+        assert s.tasks["x"].state == "memory" and s.task_holds == {"t": ["x"]}
+        if end == "memory":
+            finished(s, wid, "t")
+        elif end == "erred":
+            erred(s, wid, "t")
+        else:
+            s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["t"]})
+        assert "x" not in s.tasks and s.task_holds == {}, end
+        take(s)
+        s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["t"]})
+        s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
+        finished(s, take(s)[0][1], "x")
