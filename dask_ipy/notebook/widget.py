@@ -719,10 +719,14 @@ def client_summary(client, timeout=2.0):
         rows.append(f'<li><span style="{MONO}">{_esc(label)}</span> '
                     f'<span style="{MUTED}">{_esc(w.get("host", ""))}, '
                     f'{w.get("nthreads", 0)} threads</span></li>')
+    if known and client.status != "closed":     # dask.distributed's words
+        memory = sum(int(w.get("memory_limit") or 0) for w in workers.values())
+        counts = (f"Workers: {len(workers)}, Total threads: {threads}, "
+                  f"Total memory: {format_bytes(memory)}")
     page = (f'<div style="{FONT}"><b>dask_ipy Client</b> '
             f'<span style="{MONO}">{_esc(client.address)}</span> '
             f'<span style="{MUTED}">({_esc(client.status)})</span><br>'
-            f'{counts}'
+            f'{_esc(counts)}'
             f'<ul style="margin:2px 0 0 0">{"".join(rows)}</ul></div>')
     return "\n".join(lines), page
 

@@ -317,6 +317,7 @@ def test_client_display_outside_a_kernel(cluster):
     assert set(bundle) == {"text/plain", "text/html"}          # no kernel, no widget
     assert bundle["text/plain"].startswith(f"<Client {c.address} running: 2 workers")
     assert "dask_ipy Client" in c._repr_html_()
+    assert "Workers: 2, Total threads: 2, Total memory: " in c._repr_html_()
     assert not [t for t in threading.enumerate() if t.name == "dask-ipy-monitor"]
 
 
