@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures as cf
+import inspect
 import os
 import threading
 import time
@@ -932,7 +933,7 @@ class Client(ClusterMethods, ObserveMethods):
         dask.distributed's.  Waits for the Future first."""
         def run(task):
             value = g.execute(*task)
-            return asyncio.run(value) if asyncio.iscoroutine(value) else value
+            return asyncio.run(value) if inspect.iscoroutine(value) else value
         return self.run_op(then(self._task_op(future), run))
 
     def _task_op(self, futures):

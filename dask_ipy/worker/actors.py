@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures as cf
+import inspect
 import threading
 
 from ..log import logger
@@ -184,7 +185,7 @@ def call_here(key, kind, name, args, kwargs):
         value = getattr(obj, name)
         if kind == "call":
             value = value(*args, **kwargs)
-        if asyncio.iscoroutine(value):
+        if inspect.iscoroutine(value):
             inner = worker.actor_loop.submit(value)
             inner.add_done_callback(lambda f: _settle(future, f))
             return future

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import os
 import queue
@@ -985,7 +986,7 @@ class Worker:
                               for k, v in inputs.items()}
                 began = time.time()
                 value = execute(node, inputs)
-                if asyncio.iscoroutine(value):   # an async def task: its value
+                if inspect.iscoroutine(value):   # an async def task: its value
                     value = asyncio.run(value)
             finally:
                 running.end()
@@ -1063,7 +1064,7 @@ class Worker:
                 if accepts(fn, "dask_worker"):
                     kwargs["dask_worker"] = self
                 value = fn(*args, **kwargs)
-                if asyncio.iscoroutine(value):      # an async function: its value
+                if inspect.iscoroutine(value):      # an async function: its value
                     value = asyncio.run(value)
                 reply = {"status": "OK", "result": serialize(value)}
             except BaseException as e:
@@ -1538,7 +1539,7 @@ class Worker:
                     attr = attr(*args, **kwargs)
                 finally:
                     running.worker = running.key = None
-                if asyncio.iscoroutine(attr):
+                if inspect.iscoroutine(attr):
                     self.actor_loop.submit(attr).add_done_callback(
                         lambda done: self._actor_replied(
                             peer, session, self._coroutine_reply(reply, done)))

@@ -332,8 +332,9 @@ def test_quickstart_widget_in_jupyterlab(lab, browser, tmp_path):
     assert later != first
     nb.wait_all_done(timeout=90)
     final = nb.read()
-    assert final["groups"] and all(
-        g["done"] + g["erred"] == g["total"] > 0 for g in final["groups"].values()), final
+    unfinished = {name: g for name, g in final["groups"].items()
+                  if not g["done"] + g["erred"] == g["total"] > 0}
+    assert final["groups"] and not unfinished, (unfinished, final["header"])
     assert "stopped" in final["header"] or "closed" in final["header"], final["header"]
     nb.widget().scroll_into_view_if_needed()
     nb.widget().screenshot(path=str(tmp_path / "quickstart-widget.png"))

@@ -33,6 +33,23 @@ def test_an_async_def_task_gives_its_value_not_its_coroutine(c):
     assert dask.delayed(add_later)(41).compute() == 42
 
 
+def records(n):
+    return (i for i in range(n))
+
+
+def test_a_task_returning_a_generator_gives_the_generator(c):
+    """Only a coroutine is run to its value: a generator (a bag's lazy partition) is
+    the task's value, as under dask's own schedulers."""
+    import dask.bag as db
+
+    a = sorted(c.scheduler_info()["workers"])[0]       # a generator cannot move
+    with dask.annotate(workers=[a]):
+        total = dask.delayed(sum)(dask.delayed(records)(4))
+        bag = db.from_delayed([dask.delayed(records, pure=False)(3) for _ in range(3)])
+        assert dask.compute(total, scheduler=c.get, optimize_graph=False) == (6,)
+        assert dask.compute(bag.count(), bag.sum(), scheduler=c.get) == (9, 9)
+
+
 # ---------------------------------------------------------------- namedtuples
 
 Point = collections.namedtuple("Point", "x y")

@@ -270,7 +270,7 @@ def test_upload_file_zip_and_egg(tmp_path):
             z.writestr("dask_ipy_zipped/inner.py", "VALUE = 'zip, again'\n")
         c.upload_file(str(archive))
         assert set(c.run(module_value, "dask_ipy_zipped").values()) == {"zip, again"}
-        with pytest.raises(ValueError):
+        with pytest.raises(FileNotFoundError):           # no such file
             c.upload_file(str(tmp_path / "notes.txt"))
         assert os.path.exists(archive)
 
