@@ -200,6 +200,12 @@ def persist_and_submit_inside():
         return client.submit(sum_inside, y).result(timeout=30)
 
 
+def held_by_task(dask_scheduler):
+    """Who holds the one key the scheduler has besides the queued tasks'."""
+    return [h[0] for ts in dask_scheduler.tasks.values() for h in ts.who_wants
+            if isinstance(h, tuple)]
+
+
 def read_box(box):
     return box.future.result(timeout=10)
 
@@ -214,7 +220,8 @@ def test_a_future_inside_a_tasks_arguments_is_kept_until_the_task_ends(tmp_path,
         busy = c.submit(wait_for_file, str(gate))          # the only thread
         boxed = c.submit(read_box, Box(f))
         del f
-        assert c.who_has() is not None          # the release is in by its answer
+        c.who_has()                       # a barrier: the release is in by its answer
+        assert c.run_on_scheduler(held_by_task) == ["task"]
         gate.touch()
         assert boxed.result(timeout=30) == 2 and busy.result(timeout=30) is None
 
