@@ -286,6 +286,13 @@ def _warn_if_large(nbytes):
                       UserWarning, stacklevel=4)
 
 
+def _run_here(task):
+    """Run ``(node, {input key: value})`` in this process, as a worker runs it: a
+    coroutine it gives (an ``async def`` task) to its value."""
+    value = g.execute(*task)
+    return asyncio.run(value) if inspect.iscoroutine(value) else value
+
+
 def _scheduler_file(path, timeout):
     """``path`` once the file is there: a scheduler started beside this client
     writes it when it is up.  FileNotFoundError after ``timeout`` seconds."""
@@ -924,17 +931,14 @@ class Client(ClusterMethods, ObserveMethods):
         its exception is raised in this process, where a debugger (``%debug``,
         ``pdb.pm()``) sees its frames.  Waits for the Futures first; ValueError if
         none erred."""
-        return self.run_op(then(self._erred_task_op(future), lambda task: g.execute(*task)))
+        return self.run_op(then(self._erred_task_op(future), _run_here))
 
     def recreate_task_locally(self, future):
         """Run here the task that makes ``future`` (a Future, or the first Future
         of a structure or collection), whether it succeeds or fails, with its
         inputs gathered from the cluster; its value, or its exception raised, as
         dask.distributed's.  Waits for the Future first."""
-        def run(task):
-            value = g.execute(*task)
-            return asyncio.run(value) if inspect.iscoroutine(value) else value
-        return self.run_op(then(self._task_op(future), run))
+        return self.run_op(then(self._task_op(future), _run_here))
 
     def _task_op(self, futures):
         """(the node that makes the first Future, {input key: value})."""

@@ -33,6 +33,17 @@ def test_an_async_def_task_gives_its_value_not_its_coroutine(c):
     assert dask.delayed(add_later)(41).compute() == 42
 
 
+async def fail_later(x):
+    await asyncio.sleep(0.01)
+    raise ValueError(f"no {x}")
+
+
+def test_an_async_def_task_recreated_here_runs_to_its_error(c):
+    f = c.submit(fail_later, 3)
+    with pytest.raises(ValueError, match="no 3"):
+        c.recreate_error_locally(f)        # not a coroutine handed back unawaited
+
+
 def records(n):
     return (i for i in range(n))
 
