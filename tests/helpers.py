@@ -80,7 +80,19 @@ def local_cluster(scheduler_options=None, worker_options=None, client_options=No
                  message=lambda: f"threads to stop: {dask_ipy_threads()}")
 
 
-SCHEDULER_SCRIPT = """
+# Each process ends when the test process that started it does, even when that one
+# is killed: otherwise a scheduler and its workers keep each other alive, and hold
+# the pipes of whoever runs the tests open.
+ORPHAN_WATCH = """
+import os, threading, time
+def _exit_when_orphaned(parent=os.getppid()):
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+"""
+
+SCHEDULER_SCRIPT = ORPHAN_WATCH + """
 import sys, json
 from dask_ipy import Scheduler
 options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
@@ -90,7 +102,7 @@ print("ready", flush=True)
 s.wait()
 """
 
-WORKER_SCRIPT = """
+WORKER_SCRIPT = ORPHAN_WATCH + """
 import sys, json
 from dask_ipy import Worker
 options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}

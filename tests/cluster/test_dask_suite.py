@@ -6,8 +6,10 @@ the others run with ``pytest -m dask_suite``."""
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -113,3 +115,44 @@ def test_the_list_of_failures_gives_a_reason_for_each(tmp_path):
     bad.write_text("dask/tests/test_base.py::test_x\n")
     with pytest.raises(ValueError, match="no reason"):
         plugin.load(bad)
+
+
+HOLDER = '''
+import sys
+import time
+sys.path.insert(0, sys.argv[2])
+from helpers import ProcessCluster
+pc = ProcessCluster(sys.argv[1], nworkers=1)
+print(pc.scheduler.pid, pc.workers[0].pid, flush=True)
+sys.stdin.read()
+'''
+
+
+@pytest.mark.timeout(60)
+def test_a_cluster_ends_with_the_process_that_started_it_even_if_killed(tmp_path):
+    # A killed gate must not leave its scheduler and workers keeping each other
+    # alive (and holding the pipes of whoever waits on the gate open).
+    tests = os.path.dirname(SUITE)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), tests],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in holder.stdout.readline().split()]
+    assert len(pids) == 2
+    holder.kill()
+    holder.wait(10)
+    deadline = time.monotonic() + 20
+    try:
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"still running: {pids}"
+            time.sleep(0.1)
+    finally:
+        for pid in filter(_alive, pids):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid):
+    """False for a process that is gone or a zombie (ended, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
