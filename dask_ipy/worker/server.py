@@ -50,8 +50,8 @@ from ..graph import execute
 from ..log import logger
 from ..logs import LogBuffer
 from ..plugins import accepts
-from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError, SerializationError,
-                        Session, check_serializable, deserialize, serialize)
+from ..protocol import (MAX_MESSAGE_BYTES, ProtocolError,
+                        Session, deserialize, serialize)
 from ..security import Security
 from ..units import check_nthreads, format_bytes, parse_resources
 from . import context, limits
@@ -101,17 +101,6 @@ def _event_id(frames):
     first = frames[0]
     data = first.bytes if hasattr(first, "bytes") else bytes(first)
     return int.from_bytes(data[:2], "little")
-
-
-def unsendable(key, value):
-    """The error record if ``value``, the result of ``key``, cannot be pickled (no
-    traceback: the user's code ran fine, this worker's frames would only mislead)."""
-    try:
-        check_serializable(value)
-    except SerializationError as e:
-        return error_payload(SerializationError(
-            f"result of {key!r} could not be serialized: {e}"), None)
-    return None
 
 
 def typename(value):
@@ -994,10 +983,6 @@ class Worker:
             nbytes = sizeof(value)
             data = inline(value, nbytes, job)
             error = None
-            if data is None and job.want_data:
-                # A client waits for it: a value that can never reach it is an
-                # error now, so its status, wait and as_completed say so.
-                error = unsendable(job.key, value)
             end = time.time()
             if error is not None:
                 event = ("execute-failure", {"key": job.key, "error": error,
@@ -1191,14 +1176,15 @@ class Worker:
                 continue
             self._serialize_data(
                 msg["keys"], lambda data, missing, errors, msg=msg: self._reply_peer(
-                    peer, msg, data, list(missing) + list(errors)))
+                    peer, msg, data, missing, errors))
 
-    def _reply_peer(self, peer, msg, data, missing):
+    def _reply_peer(self, peer, msg, data, missing, errors):
         """Values for a peer: a spilled one as the frames of its file, never
         unpickled here; signed for that peer like any message, cut into frames of
-        `MAX_FRAME_BYTES` on ZeroMQ, whole on the side channel."""
+        `MAX_FRAME_BYTES` on ZeroMQ, whole on the side channel.  ``errors``: {key:
+        why it could not be pickled}, for the tasks there that wait for it."""
         reply = {"op": "data", "request_id": msg["request_id"], "data": data,
-                 "missing": missing}
+                 "missing": list(missing), "errors": errors}
         self.recorder.bytes_out += sum(blob.nbytes for blob in data.values())
         self.recorder.served += 1
         if (msg.get("bulk") and self.bulk is not None

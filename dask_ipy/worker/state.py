@@ -700,7 +700,7 @@ class WorkerState:
 
     def _on_gather_done(self, out, peer, data, sizes, missing=(), errors=None):
         """A peer (or the relay) answered: the values it sent, keys it did not have,
-        and, from the relay only, keys it could not forward ({key: error})."""
+        and keys it could not send or the relay forward ({key: error})."""
         keys = self.in_flight.pop(peer, [])
         copies = []
         for key in keys:
