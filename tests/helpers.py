@@ -135,8 +135,11 @@ class ProcessCluster:
             raise
 
     def _spawn(self, script, *args):
+        # Killed at the end, they cannot remove their temporary files: those go to
+        # the test's directory, removed with it.
         p = subprocess.Popen([sys.executable, "-c", script, *args],
-                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                             env={**os.environ, "TMPDIR": self.directory})
         line = p.stdout.readline()
         if not line:
             p.kill()
