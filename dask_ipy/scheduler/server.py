@@ -403,6 +403,9 @@ class Scheduler:
 
     def _on_shutdown(self, cid, msg):
         state = self.state
+        # Monitors see the end of the work before they hear of the end: a widget's
+        # last word shows every task that finished, not a snapshot up to 0.5 s old.
+        self._publish_snapshot(time.time())
         for ws in state.workers.values():
             state.send_worker(ws, {"op": "close"})
         # The other clients hear it now; the one asking gets its answer and closes
@@ -583,6 +586,13 @@ class Scheduler:
             history.add(ws.address, now, m.get("memory", 0), m.get("managed", 0),
                         m.get("spilled", 0))
         history.forget(self.state.by_address)
+        self._publish_snapshot(now)
+        self._tick_due = tick + MONITOR_INTERVAL
+        self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
+
+    def _publish_snapshot(self, now):
+        """A snapshot of the cluster to the clients that monitor it, and the
+        dashboard."""
         monitors = self.state.monitors()
         if monitors or self.dashboard is not None:
             snap = self.state.snapshot(now)
@@ -597,8 +607,6 @@ class Scheduler:
         # A monitor sees the tasks that ended since the last snapshot, from when it
         # subscribed on.
         self._stream_shown = self.task_stream.total
-        self._tick_due = tick + MONITOR_INTERVAL
-        self.loop.call_later(MONITOR_INTERVAL, self._monitor_tick)
 
     def _metrics(self, snap):
         """What /metrics tells (see dashboard.py), as plain data."""

@@ -13,7 +13,8 @@ import time
 
 import nbformat
 import pytest
-from helpers import Boom, dask_ipy_threads, fail, inc, slow_inc, wait_for
+from helpers import (Boom, dask_ipy_threads, fail, inc, local_cluster, slow_inc,
+                     wait_for)
 
 import dask_ipy
 from dask_ipy.notebook import widget as W
@@ -294,6 +295,24 @@ def test_monitor_stops_when_the_client_closes(cluster):
         m.close()
         c2.close()
     assert not [t for t in dask_ipy_threads() if t.name == "dask-ipy-monitor"]
+
+
+def test_the_last_word_of_a_monitor_shows_the_work_done_before_a_shutdown():
+    # Work that ends just before `%dsched stop`: the widget's final state shows it
+    # finished, not a snapshot of up to an interval before.
+    with local_cluster() as (s, workers, c):
+        m = dask_ipy.Monitor(c)
+        try:
+            wait_for(lambda: m.updates > 0 and group_row(m, "inc") is None, timeout=5,
+                     message="a first snapshot")
+            assert c.gather(c.map(inc, range(50))) == list(range(1, 51))
+            c.shutdown()
+            wait_for(lambda: not m.running, timeout=5, message="the updater to stop")
+            assert "stopped" in m.header.value or "closed" in m.header.value
+            row = group_row(m, "inc")
+            assert row is not None and row["done"] == row["total"] == "50", row
+        finally:
+            m.close()
 
 
 def test_two_monitors_share_one_subscription(cluster):
