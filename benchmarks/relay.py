@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import sys
@@ -139,6 +140,7 @@ class RelayCluster:
         for h in self.hosts[1:] + self.hosts[:1]:
             h.stop()
         self.hole.close()
+        shutil.rmtree(os.path.dirname(self.file), ignore_errors=True)
 
 
 def round_trips(client, where, stop, out, info, limit=None):
