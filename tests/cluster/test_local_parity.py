@@ -1,0 +1,111 @@
+"""`LocalCluster` where code written for dask.distributed's meets it: `scale` that
+returns at once (in a notebook callback, in asynchronous code), and what a
+cluster shows and takes.  Real processes on loopback, random ports; after each
+test no process this test started is left, and no thread."""
+
+import asyncio
+import time
+import warnings
+
+import psutil
+import pytest
+
+from helpers import dask_ipy_threads, inc, wait_for
+from dask_ipy import Client, LocalCluster, Status
+
+pytestmark = pytest.mark.timeout(120)
+
+NO_DASHBOARD = {"dashboard_address": None}
+
+
+@pytest.fixture(autouse=True)
+def nothing_left():
+    """No child process and no dask_ipy thread outlives a test."""
+    threads = set(dask_ipy_threads())
+    yield
+    me = psutil.Process()
+    try:
+        wait_for(lambda: not me.children(recursive=True), timeout=15,
+                 message=lambda: f"processes to end: {me.children(recursive=True)}")
+        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=10,
+                 message=lambda: f"threads to end: {dask_ipy_threads()}")
+    finally:
+        for p in me.children(recursive=True):
+            p.kill()
+
+
+def test_scale_returns_at_once_and_the_workers_come_later():
+    """As in dask.distributed: `scale` only asks; the workers join `workers` once
+    they have registered, and `wait_for_workers` waits for them.  Shrinking
+    returns at once too, the newest leaving with their data moved."""
+    with LocalCluster(n_workers=0, threads_per_worker=1, **NO_DASHBOARD) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        assert cluster.scale(2) is None
+        # A worker process takes a second or more to start: none is there yet.
+        assert cluster.workers == {} and cluster.plan == {0, 1}
+        cluster.wait_for_workers(2, timeout=60)
+        assert sorted(cluster.workers) == [0, 1] and cluster.observed == {0, 1}
+        future = client.submit(inc, 1, workers=[cluster.workers[1].address])
+        assert future.result(timeout=30) == 2
+        cluster.scale(1)
+        assert cluster.plan == {0}
+        wait_for(lambda: list(client.nthreads()) == [cluster.workers[0].address],
+                 timeout=30, message="worker 1 to retire")
+        assert client.gather(future) == 2          # moved to worker 0 first
+
+
+def test_close_while_workers_start_leaves_no_process():
+    """A `close` that comes while a `scale` starts workers gives them up: every
+    process ends (the fixture checks), soon, and the scale thread too."""
+    cluster = LocalCluster(n_workers=0, threads_per_worker=1, **NO_DASHBOARD)
+    cluster.scale(3)
+    wait_for(lambda: len(psutil.Process().children()) >= 2, timeout=30,
+             message="a worker's supervisor to start")
+    started = time.monotonic()
+    cluster.close()
+    assert time.monotonic() - started < 20
+    assert cluster.status == Status.closed and cluster.workers == {}
+    with pytest.raises(RuntimeError, match="closed"):
+        cluster.scale(1)
+
+
+def test_scale_in_asynchronous_code_need_not_be_awaited():
+    """dask.distributed's ``cluster.scale(2)`` then ``await cluster``: the scaling
+    happens whether the returned awaitable is awaited or not (no coroutine left
+    unawaited), and awaiting the cluster, or the scale, waits for the workers."""
+    async def main():
+        async with LocalCluster(n_workers=0, processes=False, threads_per_worker=1,
+                                asynchronous=True, **NO_DASHBOARD) as cluster:
+            cluster.scale(2)
+            await cluster
+            assert sorted(cluster.workers) == [0, 1]
+            async with Client(cluster, asynchronous=True,
+                              set_as_default=False) as client:
+                assert len(await client.nthreads()) == 2
+                cluster.scale(1)
+                await cluster
+                assert sorted(cluster.workers) == [0]
+                await cluster.scale(3)
+                assert sorted(cluster.workers) == [0, 2, 3]
+                await cluster.wait_for_workers(3, timeout=30)
+                assert await client.submit(inc, 1) == 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)     # never awaited
+        asyncio.run(main())
+
+
+def test_scale_does_not_hold_up_an_event_loop():
+    """A (blocking) cluster scaled from a coroutine, or a notebook callback, does
+    not stop the loop while the worker processes start (a second or more)."""
+    async def main(cluster):
+        started = time.monotonic()
+        cluster.scale(2)
+        held = time.monotonic() - started
+        await asyncio.sleep(0.01)
+        assert held < 0.5 and cluster.workers == {}
+
+    with LocalCluster(n_workers=0, threads_per_worker=1, **NO_DASHBOARD) as cluster:
+        asyncio.run(main(cluster))
+        cluster.wait_for_workers(2, timeout=60)
+        assert sorted(cluster.workers) == [0, 1]
