@@ -384,9 +384,9 @@ class LocalCluster:
     (workers in this process measure this process, which they share).
     ``resources`` of each worker, ``{"GPU": 1}`` or "GPU=1".  ``host`` (``ip``,
     deprecated): where the scheduler and workers listen (default 127.0.0.1;
-    "0.0.0.0": everywhere).  ``scheduler_port``: the port clients join (0: any
-    free one); workers join the scheduler on a port of their own, always a free
-    one.  ``dashboard_address`` (":8787", ":0" for any free port, None for none):
+    "0.0.0.0": everywhere; "tcp://127.0.0.2" names the protocol too).
+    ``scheduler_port``: the port clients join (0: any free one); workers join the
+    scheduler on a port of their own, always a free one.  ``dashboard_address`` (":8787", ":0" for any free port, None for none):
     the scheduler's web page, on ``host``.  ``silence_logs``: the level of the
     "dask_ipy" logger in the cluster's processes (False or None: left alone).
     ``security``: a `Security` (True: a new key with encryption; default: a new
@@ -420,6 +420,9 @@ class LocalCluster:
             warnings.warn("the ip parameter is deprecated: use host",
                           DeprecationWarning, stacklevel=2)
             host = host or ip
+        if host and "://" in host:          # "tcp://127.0.0.2": the protocol too
+            scheme, _, host = host.partition("://")
+            protocol = protocol or scheme
         if protocol not in (None, "tcp", "tcp://"):
             raise ValueError(f"dask_ipy speaks tcp only, not protocol={protocol!r}")
         if n_workers is not None:

@@ -109,3 +109,17 @@ def test_scale_does_not_hold_up_an_event_loop():
         asyncio.run(main(cluster))
         cluster.wait_for_workers(2, timeout=60)
         assert sorted(cluster.workers) == [0, 1]
+
+
+def test_host_may_name_the_protocol():
+    """``host="tcp://127.0.0.2"``, as dask.distributed takes it: the scheduler,
+    its dashboard and the workers listen there; another protocol is refused."""
+    with LocalCluster(host="tcp://127.0.0.2", n_workers=1, processes=False,
+                      dashboard_address=":0") as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.2:")
+        assert "//127.0.0.2:" in cluster.dashboard_link
+        assert cluster.workers[0].address.startswith("tcp://127.0.0.2:")
+        with Client(cluster, set_as_default=False) as client:
+            assert client.submit(inc, 1).result(timeout=30) == 2
+    with pytest.raises(ValueError, match="tcp only"):
+        LocalCluster(host="tls://127.0.0.1", n_workers=0, **NO_DASHBOARD)
