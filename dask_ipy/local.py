@@ -1056,6 +1056,36 @@ class LocalCluster:
                 logs[address] = "\n".join(line for _, line in lines)
         return logs
 
+    def _repr_html_(self):
+        """How a notebook shows the cluster: its name, status, scheduler,
+        dashboard link and workers, from what the cluster knows here (no request
+        to the scheduler, so it shows at once, even while it scales)."""
+        from html import escape
+
+        workers = list(self.workers.items())
+        limits = [w.memory_limit for _, w in workers]
+        memory = format_bytes(sum(limits)) if limits and all(limits) else "no limit"
+        link = self.dashboard_link
+        dashboard = (f'<a href="{escape(link)}" target="_blank">{escape(link)}</a>'
+                     if link else "none")
+        rows = "".join(
+            f"<tr><td>{escape(str(name))}</td>"
+            f"<td style=\"font-family:monospace\">{escape(str(w.address))}</td>"
+            f"<td>{self.threads_per_worker}</td>"
+            f"<td>{format_bytes(w.memory_limit) if w.memory_limit else ''}</td></tr>"
+            for name, w in workers)
+        table = (f'<table style="margin:2px 0 0 0"><tr><th>name</th><th>address</th>'
+                 f"<th>threads</th><th>memory limit</th></tr>{rows}</table>"
+                 if workers else "")
+        return (f"<div><b>LocalCluster</b> {escape(str(self.name))} "
+                f"<span style=\"opacity:0.7\">({escape(str(self.status))})</span><br>"
+                f"Scheduler: <span style=\"font-family:monospace\">"
+                f"{escape(str(self.scheduler_address))}</span><br>"
+                f"Dashboard: {dashboard}<br>"
+                f"Workers: {len(workers)}, Total threads: "
+                f"{len(workers) * self.threads_per_worker}, Total memory: {memory}"
+                f"{table}</div>")
+
     def __repr__(self):
         workers = list(self.workers.values())
         text = (f"LocalCluster({self.name}, {self.scheduler_address!r}, "

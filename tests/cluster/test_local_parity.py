@@ -123,3 +123,18 @@ def test_host_may_name_the_protocol():
             assert client.submit(inc, 1).result(timeout=30) == 2
     with pytest.raises(ValueError, match="tcp only"):
         LocalCluster(host="tls://127.0.0.1", n_workers=0, **NO_DASHBOARD)
+
+
+def test_a_notebook_shows_the_cluster_as_html():
+    """As dask.distributed's cluster, it has an HTML view: name, scheduler,
+    dashboard link and each worker, with totals."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      memory_limit="1GiB", dashboard_address=":0",
+                      name="my<cluster>") as cluster:
+        page = cluster._repr_html_()
+        assert "my&lt;cluster&gt;" in page and "(running)" in page
+        assert cluster.scheduler_address in page
+        assert f'href="{cluster.dashboard_link}"' in page
+        assert all(w.address in page for w in cluster.workers.values())
+        assert "Workers: 2, Total threads: 2, Total memory: 2.00 GiB" in page
+    assert "(closed)" in cluster._repr_html_()
