@@ -391,7 +391,9 @@ class LocalCluster:
     "dask_ipy" logger in the cluster's processes (False or None: left alone).
     ``security``: a `Security` (True: a new key with encryption; default: a new
     key).  ``local_directory`` and ``blas_threads`` go to each worker (see
-    `Worker`).  ``asynchronous``: await the cluster (``await LocalCluster(...,
+    `Worker`); ``plugins``, worker plugins, are registered as
+    `Client.register_plugin` does, so they are set up on every worker, those
+    that join later too.  ``asynchronous``: await the cluster (``await LocalCluster(...,
     asynchronous=True)`` or ``async with``); its `close`, `scale`,
     `wait_for_workers` and `get_logs` then return awaitables.
 
@@ -414,7 +416,7 @@ class LocalCluster:
                  scheduler_port=0, dashboard_address=DEFAULT_DASHBOARD,
                  silence_logs=logging.WARN, security=None, local_directory=None,
                  blas_threads=None, name=None, asynchronous=False, protocol=None,
-                 **kwargs):
+                 plugins=None, **kwargs):
         self._check_extra(kwargs)
         if ip is not None:
             warnings.warn("the ip parameter is deprecated: use host",
@@ -449,6 +451,7 @@ class LocalCluster:
         self.security = security
         self.local_directory = local_directory
         self.blas_threads = blas_threads
+        self._plugins = list(plugins or ())
         self.silence_logs = silence_logs
         self.name = name if name is not None else secrets.token_hex(4)
         self._asynchronous = bool(asynchronous)
@@ -510,9 +513,23 @@ class LocalCluster:
                     name="dask-ipy-cluster-watch", daemon=True)
                 self._watch.start()
                 self._add_workers(self._n_workers)
+                self._register_plugins()
             except BaseException:
                 self._close()
                 raise
+
+    def _register_plugins(self):
+        """The worker plugins given (``plugins=``), set up on the workers there and
+        on each that joins later.  One that fails to set up fails the cluster's
+        start, as in dask.distributed (RuntimeError, the plugin's error its
+        cause)."""
+        client = self._scheduler_client() if self._plugins else None
+        for plugin in self._plugins:
+            try:
+                client.register_plugin(plugin)
+            except Exception as e:
+                raise RuntimeError(f"LocalCluster {self.name}: the worker plugin "
+                                   f"{plugin!r} failed to set up: {e}") from e
 
     def _start_scheduler_process(self):
         argv = ["--log-level", self._log_level(), "scheduler", "--host", self.host,

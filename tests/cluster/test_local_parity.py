@@ -138,3 +138,37 @@ def test_a_notebook_shows_the_cluster_as_html():
         assert all(w.address in page for w in cluster.workers.values())
         assert "Workers: 2, Total threads: 2, Total memory: 2.00 GiB" in page
     assert "(closed)" in cluster._repr_html_()
+
+
+class Stamp:
+    """A worker plugin that marks each worker it is set up on."""
+
+    def setup(self, worker):
+        worker.stamped = True
+
+
+class Broken:
+    def setup(self, worker):
+        import a_module_nobody_has  # noqa: F401
+
+
+def stamped(dask_worker):
+    return getattr(dask_worker, "stamped", False)
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_plugins_reach_every_worker_and_one_that_fails_fails_the_start(processes):
+    """``LocalCluster(plugins=...)``, the worker plugins dask.distributed hands to
+    each of its workers: set up on the workers there and on those a `scale`
+    adds; one whose set-up fails makes the cluster fail to start (RuntimeError,
+    its error the cause), leaving nothing running."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=processes,
+                      plugins={Stamp()}, **NO_DASHBOARD) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        cluster.scale(2)
+        cluster.wait_for_workers(2, timeout=60)
+        assert list(client.run(stamped).values()) == [True, True]
+    with pytest.raises(RuntimeError, match="failed to set up") as info:
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=processes,
+                     plugins=[Broken()], **NO_DASHBOARD)
+    assert isinstance(info.value.__cause__, ImportError)
