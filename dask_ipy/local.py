@@ -472,6 +472,7 @@ class LocalCluster:
         self._asked = self._done = 0
         self._failure = None       # (request number, exception) of one that failed
         self._scaler = None        # the scale thread, started by the first request
+        self._starting = []        # the names of the workers it is starting
         self._closing = threading.Event()
         self._client = None        # a Client of our own, made when first needed
         self._client_lock = threading.Lock()
@@ -801,7 +802,7 @@ class LocalCluster:
         that stay and those to start."""
         with self._scaled:
             stay = [name for name in self.workers if name not in self._retire]
-            stay = stay[:self._target]
+            stay = (stay + self._starting)[:self._target]
             new = range(self._next_name,
                         self._next_name + self._target - len(stay))
         return set(stay) | set(new)
@@ -891,21 +892,27 @@ class LocalCluster:
             return
         deadline = time.monotonic() + START_TIMEOUT
         new, registered = {}, []
+        with self._scaled:
+            names = list(range(self._next_name, self._next_name + count))
+            self._next_name += count
+            self._starting = names
         try:
-            for _ in range(count):
-                name = self._next_name
-                self._next_name += 1
+            for name in names:
                 new[name], event = self._new_worker(name)
                 registered.append(event)
             for (name, worker), event in zip(new.items(), registered):
                 while not event.wait(0.05):
                     self._check_starting(name, worker, deadline)
         except BaseException:
+            with self._scaled:
+                self._starting = []
             for worker in new.values():
                 with contextlib.suppress(Exception):
                     worker.close()
             raise
-        self.workers.update(new)
+        with self._scaled:
+            self.workers.update(new)
+            self._starting = []
         self._settle_auto_limits(deadline)
 
     def _settle_auto_limits(self, deadline):

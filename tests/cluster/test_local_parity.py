@@ -61,10 +61,11 @@ def test_close_while_workers_start_leaves_no_process():
     cluster.scale(3)
     wait_for(lambda: len(psutil.Process().children()) >= 2, timeout=30,
              message="a worker's supervisor to start")
+    workers = cluster.workers
     started = time.monotonic()
     cluster.close()
     assert time.monotonic() - started < 20
-    assert cluster.status == Status.closed and cluster.workers == {}
+    assert cluster.status == Status.closed and workers == {}
     with pytest.raises(RuntimeError, match="closed"):
         cluster.scale(1)
 
