@@ -384,7 +384,7 @@ class LocalCluster:
     (workers in this process measure this process, which they share).
     ``resources`` of each worker, ``{"GPU": 1}`` or "GPU=1".  ``host`` (``ip``,
     deprecated): where the scheduler and workers listen (default 127.0.0.1;
-    "0.0.0.0": everywhere; "tcp://127.0.0.2" names the protocol too).
+    "0.0.0.0" or "": everywhere; "tcp://127.0.0.2" names the protocol too).
     ``scheduler_port``: the port clients join (0: any free one); workers join the
     scheduler on a port of their own, always a free one.  ``dashboard_address`` (":8787", ":0" for any free port, None for none):
     the scheduler's web page, on ``host``.  ``silence_logs``: the level of the
@@ -439,7 +439,8 @@ class LocalCluster:
         memory_limit_bytes(memory_limit, 1)                  # checked now
         self.memory_limit = memory_limit
         self.resources = parse_resources(resources)
-        self.host = host or "127.0.0.1"
+        # None: this host only; "" (as in dask.distributed): every interface.
+        self.host = "127.0.0.1" if host is None else (host or "0.0.0.0")
         self.scheduler_port = operator.index(scheduler_port or 0)
         if security is None or security is False:
             security = Security.temporary()

@@ -173,3 +173,18 @@ def test_plugins_reach_every_worker_and_one_that_fails_fails_the_start(processes
         LocalCluster(n_workers=1, threads_per_worker=1, processes=processes,
                      plugins=[Broken()], **NO_DASHBOARD)
     assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_an_empty_host_means_every_interface():
+    """As in dask.distributed, ``host=""`` asks for every interface (it meant
+    this host only); None stays this host only.  Checked before anything
+    listens: the clusters are asynchronous and never awaited."""
+    async def main():
+        for host, bound in (("", "0.0.0.0"), (None, "127.0.0.1"),
+                            ("0.0.0.0", "0.0.0.0"), ("tcp://127.0.0.2", "127.0.0.2")):
+            cluster = LocalCluster(host=host, n_workers=0, asynchronous=True,
+                                   **NO_DASHBOARD)
+            assert cluster.host == bound and cluster.status == Status.created
+            await cluster.close()
+
+    asyncio.run(main())
