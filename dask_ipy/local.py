@@ -22,10 +22,11 @@ process's standard output.
 
 A scale thread carries out `scale` (which only asks, and returns): it starts
 workers, or retires them, while the caller goes on.  A watch thread waits for the
-scheduler to stop: a `Client.shutdown`, or a crash,
-closes the cluster too.  `close` closes the lifelines of the workers and the
-scheduler at once (each closes cleanly), waits, and kills what is still there with
-its children; clusters still open when the interpreter exits are closed then.
+scheduler to stop: a `Client.shutdown`, or a crash, closes the cluster too.
+`close` closes the lifelines of the workers and the scheduler at once (each
+closes cleanly), gives up the workers a scale is starting, waits, and kills what
+is still there with its children; clusters still open when the interpreter exits
+are closed then.
 
 Adaptivity (`LocalCluster.adapt`) is one more thread here:
 
@@ -386,16 +387,17 @@ class LocalCluster:
     deprecated): where the scheduler and workers listen (default 127.0.0.1;
     "0.0.0.0" or "": everywhere; "tcp://127.0.0.2" names the protocol too).
     ``scheduler_port``: the port clients join (0: any free one); workers join the
-    scheduler on a port of their own, always a free one.  ``dashboard_address`` (":8787", ":0" for any free port, None for none):
-    the scheduler's web page, on ``host``.  ``silence_logs``: the level of the
+    scheduler on a port of their own, always a free one.  ``dashboard_address``
+    (":8787", ":0" for any free port, None for none): the scheduler's web page, on
+    ``host``.  ``silence_logs``: the level of the
     "dask_ipy" logger in the cluster's processes (False or None: left alone).
     ``security``: a `Security` (True: a new key with encryption; default: a new
     key).  ``local_directory`` and ``blas_threads`` go to each worker (see
     `Worker`); ``plugins``, worker plugins, are registered as
     `Client.register_plugin` does, so they are set up on every worker, those
-    that join later too.  ``asynchronous``: await the cluster (``await LocalCluster(...,
-    asynchronous=True)`` or ``async with``); its `close`, `scale`,
-    `wait_for_workers` and `get_logs` then return awaitables.
+    that join later too.  ``asynchronous``: await the cluster (``await
+    LocalCluster(..., asynchronous=True)`` or ``async with``); its `close`,
+    `scale`, `wait_for_workers` and `get_logs` then return awaitables.
 
     Accepted and ignored, as meaning nothing here: ``loop``, ``start``,
     ``scheduler_sync_interval``, ``worker_dashboard_address`` (see `IGNORED`).
@@ -406,9 +408,9 @@ class LocalCluster:
     `scale` returns at once, as in dask.distributed: a thread of the cluster
     starts the workers, or retires them gracefully (``wait_for_workers``, or
     awaiting an asynchronous cluster, waits for them); `adapt` scales with the
-    work until stopped (by `scale` too).  `close` stops every process and thread it
-    started; so do a `Client.shutdown`, the end of a ``with`` block and the exit of
-    the interpreter.  ``Client(cluster).close()`` leaves the cluster running.
+    work until stopped (by `scale` too).  `close` stops every process and thread
+    it started; so do a `Client.shutdown`, the end of a ``with`` block and the
+    exit of the interpreter.  ``Client(cluster).close()`` leaves the cluster running.
     """
 
     def __init__(self, n_workers=None, threads_per_worker=None, processes=True, *,
