@@ -10,28 +10,14 @@ import warnings
 import psutil
 import pytest
 
-from helpers import dask_ipy_threads, inc, wait_for
+from helpers import inc, wait_for
 from dask_ipy import Client, LocalCluster, Status
+# No process or thread of a test outlives it (an autouse fixture).
+from test_local_cluster import nothing_left  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
 NO_DASHBOARD = {"dashboard_address": None}
-
-
-@pytest.fixture(autouse=True)
-def nothing_left():
-    """No child process and no dask_ipy thread outlives a test."""
-    threads = set(dask_ipy_threads())
-    yield
-    me = psutil.Process()
-    try:
-        wait_for(lambda: not me.children(recursive=True), timeout=15,
-                 message=lambda: f"processes to end: {me.children(recursive=True)}")
-        wait_for(lambda: set(dask_ipy_threads()) <= threads, timeout=10,
-                 message=lambda: f"threads to end: {dask_ipy_threads()}")
-    finally:
-        for p in me.children(recursive=True):
-            p.kill()
 
 
 def test_scale_returns_at_once_and_the_workers_come_later():
