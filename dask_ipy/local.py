@@ -20,10 +20,13 @@ pid, address and memory limit each time its supervisor starts one, and each
 registration); whatever else it prints (a task's ``print``) is passed on to this
 process's standard output.
 
-A watch thread waits for the scheduler to stop: a `Client.shutdown`, or a crash,
-closes the cluster too.  `close` closes the lifelines of the workers and the
-scheduler at once (each closes cleanly), waits, and kills what is still there with
-its children; clusters still open when the interpreter exits are closed then.
+A scale thread carries out `scale` (which only asks, and returns): it starts
+workers, or retires them, while the caller goes on.  A watch thread waits for the
+scheduler to stop: a `Client.shutdown`, or a crash, closes the cluster too.
+`close` closes the lifelines of the workers and the scheduler at once (each
+closes cleanly), gives up the workers a scale is starting, waits, and kills what
+is still there with its children; clusters still open when the interpreter exits
+are closed then.
 
 Adaptivity (`LocalCluster.adapt`) is one more thread here:
 
@@ -382,16 +385,19 @@ class LocalCluster:
     (workers in this process measure this process, which they share).
     ``resources`` of each worker, ``{"GPU": 1}`` or "GPU=1".  ``host`` (``ip``,
     deprecated): where the scheduler and workers listen (default 127.0.0.1;
-    "0.0.0.0": everywhere).  ``scheduler_port``: the port clients join (0: any
-    free one); workers join the scheduler on a port of their own, always a free
-    one.  ``dashboard_address`` (":8787", ":0" for any free port, None for none):
-    the scheduler's web page, on ``host``.  ``silence_logs``: the level of the
+    "0.0.0.0" or "": everywhere; "tcp://127.0.0.2" names the protocol too).
+    ``scheduler_port``: the port clients join (0: any free one); workers join the
+    scheduler on a port of their own, always a free one.  ``dashboard_address``
+    (":8787", ":0" for any free port, None for none): the scheduler's web page, on
+    ``host``.  ``silence_logs``: the level of the
     "dask_ipy" logger in the cluster's processes (False or None: left alone).
     ``security``: a `Security` (True: a new key with encryption; default: a new
     key).  ``local_directory`` and ``blas_threads`` go to each worker (see
-    `Worker`).  ``asynchronous``: await the cluster (``await LocalCluster(...,
-    asynchronous=True)`` or ``async with``); its `close`, `scale`,
-    `wait_for_workers` and `get_logs` then return awaitables.
+    `Worker`); ``plugins``, worker plugins, are registered as
+    `Client.register_plugin` does, so they are set up on every worker, those
+    that join later too.  ``asynchronous``: await the cluster (``await
+    LocalCluster(..., asynchronous=True)`` or ``async with``); its `close`,
+    `scale`, `wait_for_workers` and `get_logs` then return awaitables.
 
     Accepted and ignored, as meaning nothing here: ``loop``, ``start``,
     ``scheduler_sync_interval``, ``worker_dashboard_address`` (see `IGNORED`).
@@ -399,11 +405,12 @@ class LocalCluster:
     ``blocked_handlers``, ``worker_class``, ``scheduler_kwargs``, ``interface``;
     ``protocol`` other than tcp.  Any other keyword: TypeError.
 
-    `scale` blocks until the workers have joined (or left, through a graceful
-    retirement, as in dask.distributed); `adapt` scales with the work until
-    stopped (by `scale` too).  `close` stops every process and thread it
-    started; so do a `Client.shutdown`, the end of a ``with`` block and the exit of
-    the interpreter.  ``Client(cluster).close()`` leaves the cluster running.
+    `scale` returns at once, as in dask.distributed: a thread of the cluster
+    starts the workers, or retires them gracefully (``wait_for_workers``, or
+    awaiting an asynchronous cluster, waits for them); `adapt` scales with the
+    work until stopped (by `scale` too).  `close` stops every process and thread
+    it started; so do a `Client.shutdown`, the end of a ``with`` block and the
+    exit of the interpreter.  ``Client(cluster).close()`` leaves the cluster running.
     """
 
     def __init__(self, n_workers=None, threads_per_worker=None, processes=True, *,
@@ -411,12 +418,15 @@ class LocalCluster:
                  scheduler_port=0, dashboard_address=DEFAULT_DASHBOARD,
                  silence_logs=logging.WARN, security=None, local_directory=None,
                  blas_threads=None, name=None, asynchronous=False, protocol=None,
-                 **kwargs):
+                 plugins=None, **kwargs):
         self._check_extra(kwargs)
         if ip is not None:
             warnings.warn("the ip parameter is deprecated: use host",
                           DeprecationWarning, stacklevel=2)
             host = host or ip
+        if host and "://" in host:          # "tcp://127.0.0.2": the protocol too
+            scheme, _, host = host.partition("://")
+            protocol = protocol or scheme
         if protocol not in (None, "tcp", "tcp://"):
             raise ValueError(f"dask_ipy speaks tcp only, not protocol={protocol!r}")
         if n_workers is not None:
@@ -431,7 +441,8 @@ class LocalCluster:
         memory_limit_bytes(memory_limit, 1)                  # checked now
         self.memory_limit = memory_limit
         self.resources = parse_resources(resources)
-        self.host = host or "127.0.0.1"
+        # None: this host only; "" (as in dask.distributed): every interface.
+        self.host = "127.0.0.1" if host is None else (host or "0.0.0.0")
         self.scheduler_port = operator.index(scheduler_port or 0)
         if security is None or security is False:
             security = Security.temporary()
@@ -443,6 +454,7 @@ class LocalCluster:
         self.security = security
         self.local_directory = local_directory
         self.blas_threads = blas_threads
+        self._plugins = list(plugins or ())
         self.silence_logs = silence_logs
         self.name = name if name is not None else secrets.token_hex(4)
         self._asynchronous = bool(asynchronous)
@@ -452,8 +464,21 @@ class LocalCluster:
         self.workers = {}           # {name: Worker, or its WorkerProcess}
         self._n_workers = n_workers
         self._next_name = 0
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()     # held while workers start or leave
+        # `scale` asks, the scale thread acts (see `_request`): the workers wanted,
+        # those named to leave, the environment new ones start with, and the
+        # number of the latest request and of the latest one carried out.
+        self._scaled = threading.Condition()
+        self._target = n_workers
+        self._retire = set()
+        self._env = None
+        self._asked = self._done = 0
+        self._failure = None       # (request number, exception) of one that failed
+        self._scaler = None        # the scale thread, started by the first request
+        self._starting = []        # the names of the workers it is starting
+        self._closing = threading.Event()
         self._client = None        # a Client of our own, made when first needed
+        self._client_lock = threading.Lock()
         self._adaptive = None      # the running Adaptive, if adapt() was called
         self._watch = None
         self._scheduler_stopped = None   # blocks until the scheduler has stopped
@@ -492,9 +517,23 @@ class LocalCluster:
                     name="dask-ipy-cluster-watch", daemon=True)
                 self._watch.start()
                 self._add_workers(self._n_workers)
+                self._register_plugins()
             except BaseException:
                 self._close()
                 raise
+
+    def _register_plugins(self):
+        """The worker plugins given (``plugins=``), set up on the workers there and
+        on each that joins later.  One that fails to set up fails the cluster's
+        start, as in dask.distributed (RuntimeError, the plugin's error its
+        cause)."""
+        client = self._scheduler_client() if self._plugins else None
+        for plugin in self._plugins:
+            try:
+                client.register_plugin(plugin)
+            except Exception as e:
+                raise RuntimeError(f"LocalCluster {self.name}: the worker plugin "
+                                   f"{plugin!r} failed to set up: {e}") from e
 
     def _start_scheduler_process(self):
         argv = ["--log-level", self._log_level(), "scheduler", "--host", self.host,
@@ -552,29 +591,34 @@ class LocalCluster:
         self._close(timeout)
 
     def _close(self, timeout=None):
-        """`close`, blocking whatever the cluster is."""
+        """`close`, blocking whatever the cluster is.  Workers being started by a
+        `scale` are given up (stopped with the others)."""
         deadline = time.monotonic() + (CLOSE_TIMEOUT if timeout is None else timeout)
+        self._closing.set()
+        with self._scaled:
+            self._scaled.notify_all()
         self._stop_adapting()
         with self._lock:
             if self.status in (Status.closed, Status.closing):
                 return
             self.status = Status.closing
             try:
-                if self._client is not None:
+                with self._client_lock:
+                    client, self._client = self._client, None
+                if client is not None:
                     with contextlib.suppress(Exception):
-                        self._client.close(timeout=2)
-                    self._client = None
+                        client.close(timeout=2)
                 if self.processes:
                     self._stop_processes(deadline)
                 else:
                     self._stop_threads()
             finally:
-                self.workers = {}
+                self.workers.clear()
                 self.status = Status.closed
                 _OPEN.discard(self)
-        watch = self._watch
-        if watch is not None and watch is not threading.current_thread():
-            watch.join(max(deadline - time.monotonic(), 5))
+        for thread in (self._scaler, self._watch):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(deadline - time.monotonic(), 5))
 
     def _stop_processes(self, deadline):
         children = list(self.workers.values())
@@ -606,6 +650,7 @@ class LocalCluster:
 
     async def _astart(self):
         await asyncio.to_thread(self._start)
+        await asyncio.to_thread(self._wait_scaled, self._asked)
         return self
 
     async def __aenter__(self):
@@ -623,34 +668,91 @@ class LocalCluster:
 
     def scale(self, n=0, memory=None, cores=None):
         """Have ``n`` workers (or enough for ``memory`` bytes, or ``cores``
-        threads): new ones are started and have registered when this returns; the
-        newest go first, retired gracefully (their data moves to the others).
-        Adaptivity, if on, stops.  An awaitable if the cluster is asynchronous."""
+        threads), as dask.distributed's ``scale``: it returns at once, and a thread
+        of the cluster starts the new workers (they join `workers` once they have
+        registered) or retires the newest, gracefully (their data moves to the
+        others first).  ``client.wait_for_workers(n)``, or `wait_for_workers`,
+        waits for them.  Adaptivity, if on, stops.  On an asynchronous cluster it
+        returns an awaitable, which need not be awaited: awaiting it (or the
+        cluster) waits until the workers have joined or left."""
         n = self._workers_for(n, memory, cores)
         if n < 0:
             raise ValueError(f"scale to 0 workers or more, not {n}")
         self._stop_adapting()
+        asked = self._request(n)
         if self._asynchronous:
-            return asyncio.to_thread(self._scale, n)
-        self._scale(n)
+            return _Scaling(self, asked)
 
-    def _scale(self, n):
-        with self._lock:
-            if self.status != Status.running:
+    def _request(self, n=None, retire=()):
+        """Ask the scale thread for ``n`` workers in all (None: as many as asked
+        before), those named ``retire`` gone; the number of the request, which
+        `_wait_scaled` waits for.  Requests not carried out yet merge: the
+        latest counts.  A new worker starts with this process's environment and
+        dask.config as they are now."""
+        with self._scaled:
+            if self.status != Status.running or self._closing.is_set():
                 raise RuntimeError(f"the cluster is {self.status}")
-            self._forget_ended()
-            if n > len(self.workers):
-                self._add_workers(n - len(self.workers))
-            elif n < len(self.workers):
-                self._remove_workers(list(self.workers)[n:])
+            if retire:
+                leaving = (set(self.workers) & set(retire)) - self._retire
+                self._retire |= leaving
+                self._target = max(self._target - len(leaving), 0)
+            if n is not None:
+                self._target = n
+            self._env = _child_env() if self.processes else None
+            self._asked += 1
+            if self._scaler is None:
+                self._scaler = threading.Thread(
+                    target=_scale_thread, args=(weakref.ref(self),), daemon=True,
+                    name="dask-ipy-cluster-scale")
+                self._scaler.start()
+            self._scaled.notify_all()
+            return self._asked
 
-    def _scale_down(self, names):
-        """Retire the workers ``names`` (those still here), as `scale` retires."""
-        with self._lock:
-            if self.status != Status.running:
-                raise RuntimeError(f"the cluster is {self.status}")
-            self._forget_ended()
-            self._remove_workers([name for name in names if name in self.workers])
+    def _carry_out(self, asked):
+        """The scale thread: bring the workers to what request ``asked`` (or a
+        later one merged into it) wants."""
+        failure = None
+        try:
+            with self._lock:
+                if self.status == Status.running and not self._closing.is_set():
+                    self._forget_ended()
+                    with self._scaled:
+                        target = self._target
+                        leaving = [name for name in self.workers
+                                   if name in self._retire]
+                        self._retire.clear()
+                    if leaving:
+                        self._remove_workers(leaving)
+                    if target > len(self.workers):
+                        self._add_workers(target - len(self.workers))
+                    elif target < len(self.workers):
+                        self._remove_workers(list(self.workers)[target:])
+        except Exception as e:
+            failure = e
+            if not self._closing.is_set():
+                logger.error("LocalCluster %s: scaling to %s workers failed",
+                             self.name, self._target, exc_info=True)
+        with self._scaled:
+            self._done = max(self._done, asked)
+            if failure is not None:
+                self._failure = (asked, failure)
+            self._scaled.notify_all()
+
+    def _wait_scaled(self, asked, timeout=None, stop=None):
+        """Block until request ``asked`` has been carried out (raising what made it
+        fail), the cluster closes, or ``stop`` (an Event) is set; TimeoutError
+        after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._scaled:
+            while self._done < asked and not self._closing.is_set():
+                if stop is not None and stop.is_set():
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("the cluster did not finish scaling in time")
+                self._scaled.wait(0.1)
+            failure = self._failure
+        if failure is not None and failure[0] >= asked:
+            raise failure[1]
 
     def _forget_ended(self):
         """Drop the workers that ended for good: retired by the scheduler
@@ -682,24 +784,31 @@ class LocalCluster:
 
     def scale_up(self, n=0, memory=None, cores=None):
         """Have at least ``n`` workers, or enough for ``memory`` bytes or ``cores``
-        threads (dask.distributed's ``scale_up``)."""
-        return self.scale(max(self._workers_for(n, memory, cores), len(self.workers)))
+        threads (dask.distributed's ``scale_up``); returns at once, as `scale`."""
+        return self.scale(max(self._workers_for(n, memory, cores), self._target))
 
     def scale_down(self, workers):
         """Retire the workers named in ``workers`` (names or addresses), as `scale`
-        retires (dask.distributed's ``scale_down``)."""
+        retires (dask.distributed's ``scale_down``); returns at once, as
+        `scale`."""
         wanted = {str(w) for w in workers}
-        names = [name for name, w in self.workers.items()
+        names = [name for name, w in list(self.workers.items())
                  if str(name) in wanted or w.address in wanted]
         self._stop_adapting()
+        asked = self._request(retire=names)
         if self._asynchronous:
-            return asyncio.to_thread(self._scale_down, names)
-        self._scale_down(names)
+            return _Scaling(self, asked)
 
     @property
     def plan(self):
-        """The names of the workers asked for (dask.distributed's ``plan``)."""
-        return set(self.workers)
+        """The names of the workers asked for (dask.distributed's ``plan``): those
+        that stay and those to start."""
+        with self._scaled:
+            stay = [name for name in self.workers if name not in self._retire]
+            stay = (stay + self._starting)[:self._target]
+            new = range(self._next_name,
+                        self._next_name + self._target - len(stay))
+        return set(stay) | set(new)
 
     requested = plan
 
@@ -786,21 +895,27 @@ class LocalCluster:
             return
         deadline = time.monotonic() + START_TIMEOUT
         new, registered = {}, []
+        with self._scaled:
+            names = list(range(self._next_name, self._next_name + count))
+            self._next_name += count
+            self._starting = names
         try:
-            for _ in range(count):
-                name = self._next_name
-                self._next_name += 1
+            for name in names:
                 new[name], event = self._new_worker(name)
                 registered.append(event)
             for (name, worker), event in zip(new.items(), registered):
                 while not event.wait(0.05):
                     self._check_starting(name, worker, deadline)
         except BaseException:
+            with self._scaled:
+                self._starting = []
             for worker in new.values():
                 with contextlib.suppress(Exception):
                     worker.close()
             raise
-        self.workers.update(new)
+        with self._scaled:
+            self.workers.update(new)
+            self._starting = []
         self._settle_auto_limits(deadline)
 
     def _settle_auto_limits(self, deadline):
@@ -820,7 +935,10 @@ class LocalCluster:
             time.sleep(0.02)
 
     def _check_starting(self, name, worker, deadline):
-        """Raise if worker ``name``, not registered yet, never will be."""
+        """Raise if worker ``name``, not registered yet, never will be (or is no
+        longer wanted: the cluster closes)."""
+        if self._closing.is_set():
+            raise RuntimeError("the cluster is closing")
         if self.processes and not worker.running():
             raise RuntimeError(f"worker {name!r} exited (code {worker.proc.poll()}) "
                                f"before it registered with the scheduler; its output "
@@ -849,7 +967,7 @@ class LocalCluster:
             if self.blas_threads is not None:
                 argv += ["--blas-threads", "off" if self.blas_threads is False
                          else str(self.blas_threads)]
-            worker = WorkerProcess(name, argv, _child_env())
+            worker = WorkerProcess(name, argv, self._env or _child_env())
             return worker, worker.registered
         from .worker.server import Worker
 
@@ -887,20 +1005,31 @@ class LocalCluster:
 
     def wait_for_workers(self, n_workers, timeout=None):
         """Block until ``n_workers`` workers run (TimeoutError after ``timeout``
-        seconds); an awaitable if the cluster is asynchronous."""
+        seconds), and are in `workers` once a `scale` under way has started them;
+        an awaitable if the cluster is asynchronous."""
         if self._asynchronous:
             return asyncio.to_thread(self._wait_for_workers, n_workers, timeout)
         return self._wait_for_workers(n_workers, timeout)
 
     def _wait_for_workers(self, n_workers, timeout):
+        from dask.utils import parse_timedelta
+
+        timeout = parse_timedelta(timeout, "s")
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._scheduler_client().wait_for_workers(n_workers, timeout)
+        with self._scaled:       # a scale under way to n or fewer: its end
+            while (self._done < self._asked and not self._closing.is_set()
+                   and (self._target <= n_workers or len(self.workers) < n_workers)
+                   and (deadline is None or time.monotonic() < deadline)):
+                self._scaled.wait(0.05)
 
     # ---------------------------------------------------------------- what it is
 
     def _scheduler_client(self):
         """The cluster's own Client of its scheduler (blocking, never the default
-        client): how the cluster asks the scheduler (retirements, logs, info)."""
-        with self._lock:
+        client): how the cluster asks the scheduler (retirements, logs, info).
+        Its own lock: asking never waits for workers being started."""
+        with self._client_lock:
             if self.status != Status.running:
                 raise RuntimeError(f"the cluster is {self.status}")
             if self._client is None:
@@ -953,6 +1082,36 @@ class LocalCluster:
             for address, lines in client.get_worker_logs(workers=chosen).items():
                 logs[address] = "\n".join(line for _, line in lines)
         return logs
+
+    def _repr_html_(self):
+        """How a notebook shows the cluster: its name, status, scheduler,
+        dashboard link and workers, from what the cluster knows here (no request
+        to the scheduler, so it shows at once, even while it scales)."""
+        from html import escape
+
+        workers = list(self.workers.items())
+        limits = [w.memory_limit for _, w in workers]
+        memory = format_bytes(sum(limits)) if limits and all(limits) else "no limit"
+        link = self.dashboard_link
+        dashboard = (f'<a href="{escape(link)}" target="_blank">{escape(link)}</a>'
+                     if link else "none")
+        rows = "".join(
+            f"<tr><td>{escape(str(name))}</td>"
+            f"<td style=\"font-family:monospace\">{escape(str(w.address))}</td>"
+            f"<td>{self.threads_per_worker}</td>"
+            f"<td>{format_bytes(w.memory_limit) if w.memory_limit else ''}</td></tr>"
+            for name, w in workers)
+        table = (f'<table style="margin:2px 0 0 0"><tr><th>name</th><th>address</th>'
+                 f"<th>threads</th><th>memory limit</th></tr>{rows}</table>"
+                 if workers else "")
+        return (f"<div><b>LocalCluster</b> {escape(str(self.name))} "
+                f"<span style=\"opacity:0.7\">({escape(str(self.status))})</span><br>"
+                f"Scheduler: <span style=\"font-family:monospace\">"
+                f"{escape(str(self.scheduler_address))}</span><br>"
+                f"Dashboard: {dashboard}<br>"
+                f"Workers: {len(workers)}, Total threads: "
+                f"{len(workers) * self.threads_per_worker}, Total memory: {memory}"
+                f"{table}</div>")
 
     def __repr__(self):
         workers = list(self.workers.values())
@@ -1062,10 +1221,11 @@ class Adaptive:
             return
         if status == "up":
             self.log.append((time.time(), {"status": "up", "n": what}))
-            cluster._scale(what)
+            asked = cluster._request(what)
         else:
             self.log.append((time.time(), {"status": "down", "workers": what}))
-            cluster._scale_down(what)
+            asked = cluster._request(retire=what)
+        cluster._wait_scaled(asked, stop=self._stopping)
 
     def __repr__(self):
         return (f"<Adaptive {self.state} minimum={self.minimum} "
@@ -1076,6 +1236,40 @@ def _bytes(memory):
     from dask.utils import parse_bytes
 
     return parse_bytes(memory) if isinstance(memory, str) else int(memory)
+
+
+class _Scaling:
+    """What `LocalCluster.scale` of an asynchronous cluster returns: the scaling
+    goes on whether it is awaited or not; awaited, it ends once the workers have
+    joined or left (raising what made them fail to start)."""
+
+    def __init__(self, cluster, asked):
+        self._cluster = cluster
+        self._asked = asked
+
+    def __await__(self):
+        return asyncio.to_thread(self._cluster._wait_scaled,
+                                 self._asked).__await__()
+
+    def __repr__(self):
+        return f"<scaling of {self._cluster!r}>"
+
+
+def _scale_thread(ref):
+    """The scale thread of a cluster (``ref``, a weak reference: the thread must
+    not keep it alive): carries out its requests, the latest first, until it
+    closes."""
+    while True:
+        cluster = ref()
+        if cluster is None or cluster._closing.is_set():
+            return
+        with cluster._scaled:
+            if cluster._done >= cluster._asked:
+                cluster._scaled.wait(0.5)
+            asked = cluster._asked
+        if asked > cluster._done and not cluster._closing.is_set():
+            cluster._carry_out(asked)
+        del cluster
 
 
 def _watch(stopped, ref):

@@ -55,6 +55,15 @@ def gone(pids):
                    psutil.STATUS_ZOMBIE for p in pids)
 
 
+def scaled(cluster, names, timeout=30):
+    """Wait for `scale`, which returns at once, to have brought the cluster's
+    workers to ``names`` (the scheduler's too)."""
+    wait_for(lambda: sorted(cluster.workers) == sorted(names)
+             and len(cluster.scheduler_info["workers"]) == len(names),
+             timeout=timeout, message=lambda: f"workers {names}, not "
+             f"{sorted(cluster.workers)}")
+
+
 def cluster_pids(cluster):
     pids = {cluster.scheduler.pid}
     for w in cluster.workers.values():
@@ -150,7 +159,8 @@ def test_memory_limit_and_resources_reach_the_workers(processes, tmp_path):
 @pytest.mark.parametrize("processes", [True, False])
 def test_auto_memory_is_the_hosts_shared_among_the_workers_once_they_are_up(processes):
     """As dask.distributed's: each of n workers has the host's memory / n as soon
-    as the cluster (or a `scale`) returns; the Client's repr says so."""
+    as the cluster returns (or a `scale` is waited for); the Client's repr says
+    so."""
     total = host_memory()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
                       **NO_DASHBOARD) as cluster, \
@@ -163,16 +173,19 @@ def test_auto_memory_is_the_hosts_shared_among_the_workers_once_they_are_up(proc
                                 f"threads=2, memory={format_bytes(total // 2 * 2)}>")
         assert client.scheduler.address == cluster.scheduler_address
         cluster.scale(3)
+        cluster.wait_for_workers(3, timeout=30)
         assert limits() == [total // 3] * 3
         cluster.scale(1)
-        assert limits() == [total]
+        wait_for(lambda: limits() == [total], timeout=30,
+                 message=lambda: f"the limits {limits()} to be [{total}]")
     assert repr(client) == "<Client: No scheduler connected>"
 
 
 def test_scale_up_and_down_keeps_the_data():
     with LocalCluster(n_workers=1, threads_per_worker=1, **NO_DASHBOARD) as cluster, \
             Client(cluster, set_as_default=False) as client:
-        cluster.scale(3)                     # blocks until they have registered
+        cluster.scale(3)                     # returns at once
+        cluster.wait_for_workers(3, timeout=30)
         assert sorted(cluster.workers) == [0, 1, 2]
         assert len(client.nthreads()) == 3
         # Results on each worker, those that will leave too.
@@ -182,15 +195,16 @@ def test_scale_up_and_down_keeps_the_data():
         assert len({a for who in client.who_has(futures).values() for a in who}) == 3
         leaving = cluster_pids(cluster) - {cluster.scheduler.pid}
         cluster.scale(1)                     # the newest go, gracefully
-        assert sorted(cluster.workers) == [0]
+        scaled(cluster, [0])
         assert list(client.nthreads()) == [cluster.workers[0].address]
         assert client.gather(futures) == list(range(1, 31))
         stay = {cluster.workers[0].pid, cluster.workers[0].supervisor_pid}
         wait_for(lambda: gone(leaving - stay), timeout=10,
                  message="the retired workers' processes to end")
         cluster.scale(cores=2)               # names are not reused
-        assert sorted(cluster.workers) == [0, 3]
+        scaled(cluster, [0, 3])
         cluster.scale(0)
+        scaled(cluster, [])
         assert cluster.workers == {} and client.nthreads() == {}
 
 
@@ -202,14 +216,19 @@ def test_scale_up_scale_down_plan_observed_and_get_client():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       **NO_DASHBOARD) as cluster:
         cluster.scale_up(3)
-        assert cluster.plan == cluster.requested == cluster.observed == {0, 1, 2}
+        assert cluster.plan == cluster.requested == {0, 1, 2}
+        scaled(cluster, [0, 1, 2])
+        assert cluster.observed == {0, 1, 2}
         cluster.scale_up(2)                       # never fewer
-        assert sorted(cluster.workers) == [0, 1, 2]
+        assert cluster.plan == {0, 1, 2}
         cluster.scale_up(cores=4)                 # one thread per worker
-        assert sorted(cluster.workers) == [0, 1, 2, 3]
+        scaled(cluster, [0, 1, 2, 3])
         cluster.scale_down([3])
+        scaled(cluster, [0, 1, 2])
         cluster.scale_down([1, cluster.workers[2].address])
-        assert cluster.plan == cluster.observed == {0}
+        assert cluster.plan == {0}
+        scaled(cluster, [0])
+        assert cluster.observed == {0}
         with cluster.get_client() as client:
             assert client.cluster is cluster
             assert client.submit(inc, 1).result(timeout=30) == 2
@@ -290,6 +309,7 @@ def test_adapt_stops_on_stop_scale_and_close(monkeypatch, caplog):
         adaptive.stop()
         assert adaptive.state == "stopped" and not adapt_threads()
         cluster.scale(1)
+        scaled(cluster, [0])
         n = len(asked)
         time.sleep(0.3)
         assert len(cluster.workers) == 1 and len(asked) == n
@@ -301,7 +321,8 @@ def test_adapt_stops_on_stop_scale_and_close(monkeypatch, caplog):
                  message="the cluster to grow to its minimum again")
         cluster.scale(1)
         assert second.state == "stopped" and not adapt_threads()
-        assert len(cluster.workers) == 1
+        wait_for(lambda: len(cluster.workers) == 1, timeout=30,
+                 message="the cluster to shrink")
         # close() while a round starts workers: it waits for that round, then
         # stops everything (the fixture checks that no process or thread is left).
         n = len(asked)
@@ -458,9 +479,9 @@ def test_a_worker_retired_by_a_client_leaves_the_cluster(processes, caplog):
                  message="the worker to retire")
         with dask.config.set({"my-setting.x": 3}), caplog.at_level(logging.WARNING):
             cluster.scale(2)
+        cluster.wait_for_workers(2, timeout=30)
         assert len(cluster.workers) == 2
         assert retired not in {w.address for w in cluster.workers.values()}
-        client.wait_for_workers(2, timeout=30)
         if processes:
             seen = client.run(lambda: config_value("my-setting.x")).values()
             assert sorted(seen, key=str) == [3, "unset"]
