@@ -359,8 +359,10 @@ class Client(ClusterMethods, ObserveMethods):
             raise TypeError(f"Scheduler address must be a string or a Cluster "
                             f"instance, got {address}")
         if hasattr(address, "scheduler_address"):           # a LocalCluster
-            if address.scheduler_address is None or address.status == "closed":
-                raise ValueError(f"{address!r} is not running")
+            if address.scheduler_address is None or address.status in (
+                    "closed", "closing"):
+                raise RuntimeError("Trying to connect to an already closed or closing "
+                                   f"Cluster: {address!r}")
             self._cluster = address
             security = security or address.security
             address = address.scheduler_address
