@@ -176,7 +176,7 @@ def test_an_empty_host_means_every_interface():
     asyncio.run(main())
 
 
-def test_a_client_of_a_closed_cluster_is_refused_as_there(nothing_left):
+def test_a_client_of_a_closed_cluster_is_refused_as_there():
     cluster = LocalCluster(n_workers=1, dashboard_address=None)
     cluster.close()
     with pytest.raises(RuntimeError, match="already closed or closing Cluster"):
