@@ -2732,6 +2732,12 @@ class SchedulerState:
                 self._give_up_streams(g)      # nobody left to download them
             msg["streams"] = g["streams"]
         if ws is None:
+            # The client learns the type of each key answered, which it may not
+            # know yet: the answer can overtake the word that the key is done.
+            tasks = self.tasks
+            types = {key: tasks[key].type for key in g["data"] if key in tasks}
+            if types:
+                msg["types"] = types
             if g["direct"]:
                 if len(g["direct"]) == len(g["keys"]) and not (
                         g["data"] or g["missing"] or g["errors"] or g["streams"]):

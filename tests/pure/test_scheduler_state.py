@@ -674,7 +674,7 @@ def test_scatter_then_gather_bookkeeping(s):
                                    "errors": {}})
     assert take(s) == [("client", "c", {
         "op": "gather-result", "request_id": 8, "data": {"a": "blob-a", "b": "blob-b"},
-        "missing": ["nope"], "errors": {}})]
+        "missing": ["nope"], "errors": {}, "types": {"a": "int", "b": "int"}})]
     assert s.gathers == {}
 
 
