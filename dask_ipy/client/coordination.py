@@ -36,7 +36,7 @@ from collections import deque
 from .. import hooks
 from ..messages import WITHDRAWN
 from ..protocol import serialize
-from .futures import futures_in, load, seconds
+from .futures import _Acknowledgement, futures_in, load, seconds
 from .waits import Answer, KeptAnswer, then
 
 
@@ -208,7 +208,13 @@ class Variable(_Named):
         return _loaded(answer, self.client)
 
     def delete(self):
-        """Forget the value (for every client); gets wait for the next set."""
+        """Forget the value (for every client); gets wait for the next set.  An
+        asynchronous client sends it at once, as dask.distributed's does: awaiting
+        what it returns waits for the scheduler, and leaving it alone is fine."""
+        if self.client.asynchronous:
+            return _Acknowledgement(
+                self.client.shell.request_future(self._message("variable-delete")),
+                "variable-delete")
         op = self._request_op("variable-delete")
         return self._run(then(op, lambda _: None))
 

@@ -135,22 +135,23 @@ LOCK = threading.RLock()
 
 
 class _Acknowledgement:
-    """What an asynchronous client's `Future.cancel` returns: the work is done
-    already; awaited, it waits for the scheduler's word ``answer`` (a
-    concurrent.futures.Future).  Left alone, it is dropped without a warning, as a
-    coroutine never awaited would not be."""
+    """What an asynchronous client's `Future.cancel` (or `Variable.delete`)
+    returns: the request is sent already; awaited, it waits for the scheduler's
+    word ``answer`` (a concurrent.futures.Future).  Left alone, it is dropped
+    without a warning, as a coroutine never awaited would not be."""
 
-    __slots__ = ("answer",)
+    __slots__ = ("answer", "what")
 
-    def __init__(self, answer):
+    def __init__(self, answer, what="cancel"):
         self.answer = answer
+        self.what = what
 
     def __await__(self):
         return run_async(self._op()).__await__()
 
     def _op(self):
         try:
-            yield Answer(self.answer, None, "'cancel' from the scheduler")
+            yield Answer(self.answer, None, f"{self.what!r} from the scheduler")
         except (SchedulerLost, RuntimeError):      # nothing left to cancel there
             pass
 

@@ -867,7 +867,7 @@ class ClientState:
                 self._confirmed(key)
                 out.append(Reset(st))
         types = msg.get("types", {})
-        for key in msg["data"]:
+        for key in msg.get("data", ()):
             st = self.futures.get(key)
             if st is not None and st.status == PENDING:
                 # The scheduler answered with the value before the worker's word
