@@ -134,7 +134,7 @@ DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
 LOCK = threading.RLock()
 
 
-class _Acknowledgement:
+class Acknowledgement:
     """What an asynchronous client's `Future.cancel` (or `Variable.delete`)
     returns: the request is sent already; awaited, it waits for the scheduler's
     word ``answer`` (a concurrent.futures.Future).  Left alone, it is dropped
@@ -145,6 +145,13 @@ class _Acknowledgement:
     def __init__(self, answer, what="cancel"):
         self.answer = answer
         self.what = what
+
+    @classmethod
+    def sent(cls, what):
+        """For a message sent that has no answer: awaiting it returns at once."""
+        answer = cf.Future()
+        answer.set_result(None)
+        return cls(answer, what)
 
     def __await__(self):
         return run_async(self._op()).__await__()
@@ -389,7 +396,7 @@ class Future(TaskRef):
         if self.client.asynchronous:
             # Cancelled at once; ``await f.cancel()`` waits for the scheduler, as
             # with dask.distributed's asynchronous client.
-            return _Acknowledgement(self.client.shell.cancel(
+            return Acknowledgement(self.client.shell.cancel(
                 [self.state], [self.key], force, reason, msg))
         self.client.cancel([self], force=force, reason=reason, msg=msg)
         return True

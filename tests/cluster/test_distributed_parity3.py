@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from helpers import inc
-from dask_ipy import Client, Variable
+from dask_ipy import Client, Event, Lock, Queue, Semaphore, Variable, get_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,4 +56,58 @@ def test_variable_delete_is_sent_at_once_by_an_asynchronous_client(pc):
             assert await v.delete() is None         # awaited: the scheduler's word
             with pytest.raises(TimeoutError):
                 await v.get(timeout=0.2)
+    run(main())
+
+
+def test_coordination_objects_are_awaited_into_themselves(pc):
+    """``q = await Queue("x")``, as dask.distributed's Queue, Semaphore, Lock and
+    Event allow (there they register first)."""
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c:
+            q = await Queue("parity3-q", client=c)
+            assert isinstance(q, Queue)
+            await q.put(1)
+            assert await (await Queue("parity3-q", client=c)).get() == 1
+            sem = await Semaphore(max_leases=2, name="parity3-sem", client=c)
+            assert isinstance(sem, Semaphore) and await sem.acquire()
+            await sem.release()
+            lock = await Lock("parity3-lock", client=c)
+            async with lock:
+                assert await lock.locked()
+            event = await Event("parity3-event", client=c)
+            assert not await event.is_set()
+            assert (await Variable("parity3-v", client=c)).name == "parity3-v"
+    run(main())
+
+
+# ---------------------------------------------------------------- events
+
+def test_log_event_is_awaited_on_an_asynchronous_client(pc):
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c:
+            assert await c.log_event("parity3-topic", {"a": 1}) is None
+            c.log_event("parity3-topic", {"a": 2})       # or not: sent all the same
+            events = await c.get_events("parity3-topic")
+            assert [msg for _, msg in events] == [{"a": 1}, {"a": 2}]
+    run(main())
+
+
+def test_an_async_def_topic_handler_runs_in_the_subscribing_loop(pc):
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c:
+            seen = []
+            loop = asyncio.get_running_loop()
+
+            async def handler(event):
+                await asyncio.sleep(0)
+                seen.append((event[1], asyncio.get_running_loop() is loop))
+
+            c.subscribe_topic("parity3-async", handler)
+            await c.submit(lambda: get_worker().log_event("parity3-async", "hi"))
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert seen == [("hi", True)]
+            c.unsubscribe_topic("parity3-async")
     run(main())
