@@ -635,7 +635,8 @@ class SchedulerState:
         self.gathers = {}                    # {gather id: pending gather}
         self.parked = {}                     # {key: gather id(s)} waiting for results
         self.runs = {}                       # {run id: pending run}
-        self.scatters = {}                   # {key: pending scatter}
+        self.scatters = {}                   # {key: pending scatter, and "also" the
+                                             # other requests that wait for it}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
         # Workers that may have queued tasks to give to idle ones, as an ordered set
         # ({worker: None}): every such worker is in it (validate() checks); a steal
@@ -2249,10 +2250,7 @@ class SchedulerState:
                 sc["pending"].discard(ws.id)
                 sc["acked"] = True
                 if not sc["pending"]:
-                    del self.scatters[key]
-                    self.send_client(sc["client"], {"op": "scattered",
-                                                    "request_id": sc["request_id"],
-                                                    "key": key})
+                    self._end_scatter(key, {"op": "scattered", "key": key})
             if ts.state != MEMORY:
                 self.transitions({ts.key: MEMORY})
         self.fill_workers()
@@ -2872,10 +2870,23 @@ class SchedulerState:
                                    "key": key})
             return False
         sc = self.scatters.get(key)
-        if sc is None or (sc["client"], sc["request_id"]) != (cid, request_id):
+        if sc is None:
             self.scatters[key] = {"client": cid, "request_id": request_id,
-                                  "pending": set(), "acked": False}
+                                  "pending": set(), "acked": False, "also": []}
+        elif (sc["client"], sc["request_id"]) != (cid, request_id):
+            # The same value is being put on workers for another scatter (two
+            # at once, from one client or two): this one ends as that one does.
+            if (cid, request_id) not in sc["also"]:
+                sc["also"].append((cid, request_id))
+            return False
         return True
+
+    def _end_scatter(self, key, msg):
+        """Tell each scatter waiting for ``key`` how it ended (``msg`` without its
+        request id): the one putting it on workers, and the others of that key."""
+        sc = self.scatters.pop(key)
+        for cid, rid in [(sc["client"], sc["request_id"]), *sc["also"]]:
+            self.send_client(cid, {**msg, "request_id": rid})
 
     def _scatter_target_lost(self, key, wid, text):
         """A worker that was to store ``key`` will not (``wid``; None: none was
@@ -2887,13 +2898,10 @@ class SchedulerState:
         sc["pending"].discard(wid)
         if sc["pending"]:
             return
-        del self.scatters[key]
         if sc["acked"]:
-            self.send_client(sc["client"], {"op": "scattered",
-                                            "request_id": sc["request_id"], "key": key})
+            self._end_scatter(key, {"op": "scattered", "key": key})
         else:
-            self.send_client(sc["client"], {"op": "scatter-failed",
-                                            "request_id": sc["request_id"], "text": text})
+            self._end_scatter(key, {"op": "scatter-failed", "text": text})
 
     def _on_run(self, cid, msg):
         self._fan_out(cid, msg["request_id"], {"op": "run", "function": msg["function"]},

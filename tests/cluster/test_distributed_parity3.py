@@ -111,3 +111,22 @@ def test_an_async_def_topic_handler_runs_in_the_subscribing_loop(pc):
             assert seen == [("hi", True)]
             c.unsubscribe_topic("parity3-async")
     run(main())
+
+
+# ---------------------------------------------------------------- scatter
+
+def test_scatters_of_one_value_at_once_all_end(pc):
+    """Two scatters of the same value (one key) under way together: the second
+    replaced the first on the scheduler, whose caller then waited for ever."""
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c, \
+                Client(pc.file, asynchronous=True) as c2:
+            fs = await asyncio.wait_for(
+                asyncio.gather(*(c.scatter(123) for _ in range(5)),
+                               c2.scatter(123)), 20)
+            assert len({f.key for f in fs}) == 1
+            assert await fs[0] == 123 and await fs[-1] == 123
+            xs, ys = await asyncio.wait_for(
+                asyncio.gather(c.scatter([1, 2, 3]), c.scatter([3, 4])), 20)
+            assert await c.gather(xs + ys) == [1, 2, 3, 3, 4]
+    run(main())
