@@ -718,6 +718,35 @@ def test_broadcast_scatter_puts_data_on_every_worker(s):
     assert {ws.address for ws in s.tasks["a"].who_has} == {A, B}
 
 
+def test_scatters_of_one_key_at_once_are_each_told_how_it_ended(s):
+    """The second (another client's, or this one's) waits for the first: it is not
+    put on workers twice, and neither caller is forgotten."""
+    s.add_client("d")
+    s.handle_client_message("c", {"op": "scatter", "request_id": 1,
+                                  "data": {"a": "blob"}, "workers": [A]})
+    assert [m[1] for m in take(s)] == ["w1"]
+    s.handle_client_message("c", {"op": "scatter", "request_id": 2,
+                                  "data": {"a": "blob"}, "workers": [A]})
+    s.handle_client_message("d", {"op": "scatter", "request_id": 5,
+                                  "data": {"a": "blob"}, "workers": [A]})
+    assert take(s) == []
+    s.handle_worker_message("w1", {"op": "add-keys", "keys": [("a", 4, "int")]})
+    assert sorted((m[1], m[2]["request_id"]) for m in take(s)
+                  if m[2] == {"op": "scattered", "key": "a",
+                              "request_id": m[2]["request_id"]}) == [
+        ("c", 1), ("c", 2), ("d", 5)]
+    assert s.scatters == {}
+    # Once the first fails, so do those waiting for it.
+    s.handle_client_message("c", {"op": "scatter", "request_id": 3,
+                                  "data": {"b": "blob"}, "workers": [A]})
+    s.handle_client_message("d", {"op": "scatter", "request_id": 6,
+                                  "data": {"b": "blob"}, "workers": [A]})
+    take(s)
+    s.remove_worker("w1")
+    failed = [m[1:] for m in take(s) if m[2]["op"] == "scatter-failed"]
+    assert sorted((cid, m["request_id"]) for cid, m in failed) == [("c", 3), ("d", 6)]
+
+
 def test_a_scatter_to_no_workers_fails(s):
     """``workers=[]`` names none (None: any), as with dask.distributed."""
     s.handle_client_message("c", {"op": "scatter", "request_id": 1,
