@@ -128,6 +128,7 @@ from operator import attrgetter
 
 from ..errors import ERROR_TYPES, error_info
 from ..keys import key_prefix
+from ..messages import log_event_fields
 from ..units import format_bytes
 from ..protocol import Serialized
 from .. import stories
@@ -2983,6 +2984,12 @@ class SchedulerState:
     def _on_client_log_event(self, cid, msg):
         for topic in msg["topics"]:
             self._log_event(topic, msg["event"])
+
+    def log_event(self, topic, msg):
+        """Log ``msg`` (msgpack-able data) under ``topic``, or each of a list of
+        topics, at the latest time known here: an event of the scheduler's own
+        (dask.distributed's `Scheduler.log_event`, from `run_on_scheduler`)."""
+        self._on_client_log_event(None, log_event_fields(topic, msg, self.clock))
 
     def _on_set_metadata(self, cid, msg):
         """Store a client's value under the path ``keys`` of nested names; a value

@@ -92,6 +92,21 @@ def test_log_event_is_awaited_on_an_asynchronous_client(pc):
     run(main())
 
 
+def test_a_function_run_on_the_scheduler_logs_events(pc):
+    def log(dask_scheduler):
+        dask_scheduler.log_event("parity3-sched", {"woo": "hoo"})
+        dask_scheduler.log_event(["parity3-sched", "parity3-other"], (1, 2))
+
+    async def main():
+        async with Client(pc.file, asynchronous=True) as c:
+            await c.run_on_scheduler(log)
+            events = await c.get_events("parity3-sched")
+            assert [msg for _, msg in events] == [{"woo": "hoo"}, (1, 2)]
+            assert all(isinstance(when, float) and when > 0 for when, _ in events)
+            assert [msg for _, msg in await c.get_events("parity3-other")] == [(1, 2)]
+    run(main())
+
+
 def test_an_async_def_topic_handler_runs_in_the_subscribing_loop(pc):
     async def main():
         async with Client(pc.file, asynchronous=True) as c:
