@@ -1263,10 +1263,11 @@ class SchedulerState:
         return [workers[(start + i) % n] for i in range(SEARCH)]
 
     def _worker_with_room(self, ts):
-        """The running worker with the most room for root task ``ts``.  Up to SEARCH
-        workers it looks at all; beyond, it goes round the cluster from where it last
-        stopped and takes the best of the first SEARCH that have room, so a root
-        costs as much to place on 3,000 workers as on 30."""
+        """The running worker with the most room for root task ``ts`` (of those, the
+        one holding the least data).  Up to SEARCH workers it looks at all; beyond,
+        it goes round the cluster from where it last stopped and takes the best of
+        the first SEARCH that have room, so a root costs as much to place on 3,000
+        workers as on 30."""
         running = self._running_workers()
         n = len(running)
         windowed = n > SEARCH
@@ -1276,7 +1277,9 @@ class SchedulerState:
             ws = running[(start + i) % n]
             room = self._room(ws, ts)
             if room > 0:
-                if room > best_room:
+                # Ties go to the worker holding the least data, as with
+                # dask.distributed: roots submitted one by one spread out.
+                if room > best_room or room == best_room and ws.nbytes < best.nbytes:
                     best, best_room = ws, room
                 found += 1
                 if windowed and found >= SEARCH:
@@ -1329,8 +1332,10 @@ class SchedulerState:
                         missing += RELAY_FACTOR * max(dep.nbytes, 0)
                     else:
                         missing += max(dep.nbytes, 0)
+            # Ties go to the worker holding the least data, as with dask.distributed.
             return (ws.occupancy / ws.nthreads + missing / bandwidth
-                    + relayed * RELAY_DELAY, len(ws.processing), ws.address)
+                    + relayed * RELAY_DELAY, len(ws.processing), ws.nbytes,
+                    ws.address)
 
         return min(valid, key=start_time)
 

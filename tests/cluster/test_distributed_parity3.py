@@ -145,3 +145,16 @@ def test_scatters_of_one_value_at_once_all_end(pc):
                 asyncio.gather(c.scatter([1, 2, 3]), c.scatter([3, 4])), 20)
             assert await c.gather(xs + ys) == [1, 2, 3, 3, 4]
     run(main())
+
+
+# ---------------------------------------------------------------- placement
+
+def test_quick_tasks_submitted_one_by_one_spread_over_idle_workers(c):
+    """Idle workers tie: the one holding the least data takes the task, as under
+    dask.distributed, rather than always the same one."""
+    fs = []
+    for i in range(10):
+        fs.append(c.submit(inc, i))
+        fs[-1].result()
+    held = c.has_what()
+    assert len(held) == 2 and all(len(keys) >= 3 for keys in held.values()), held
