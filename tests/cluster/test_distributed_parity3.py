@@ -1,5 +1,8 @@
 """dask.distributed's behaviour with an asynchronous client, against scheduler and
-worker processes: what an awaited Future says of itself once its value came, ..."""
+worker processes: what an awaited Future says of itself once its value came,
+`Variable.delete` and `log_event` not awaited, awaiting a coordination object,
+events a function run on the scheduler logs, async def topic handlers, scatters of
+one value at once, and where quick tasks submitted one by one go."""
 
 import asyncio
 
