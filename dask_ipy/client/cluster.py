@@ -24,7 +24,7 @@ from ..plugins import (FORWARD_LOGGING, ForwardLogging, SetupCallback, UploadFil
                        handle_forwarded, plugin_kind, plugin_name)
 from ..protocol import serialize
 from ..stories import worker_story
-from .futures import Future, Waiter, futures_of, load, seconds
+from .futures import Acknowledgement, Future, Waiter, futures_of, load, seconds
 from .waits import done, then
 
 RESTART_TIMEOUT = 60.0      # seconds restart_workers waits for the workers to return
@@ -266,6 +266,8 @@ class ClusterMethods:
         events (`get_events`) and sent to the topic's subscribers."""
         self.shell.send({"op": "log-event",
                          **messages.log_event_fields(topic, msg, time.time())})
+        if self.asynchronous:
+            return Acknowledgement.sent("log-event")     # awaitable, as there
 
     def get_events(self, topic=None):
         """The latest events of ``topic`` as ``((time, msg), ...)``, or of every

@@ -36,7 +36,7 @@ from collections import deque
 from .. import hooks
 from ..messages import WITHDRAWN
 from ..protocol import serialize
-from .futures import futures_in, load, seconds
+from .futures import Acknowledgement, futures_in, load, seconds
 from .waits import Answer, KeptAnswer, then
 
 
@@ -155,11 +155,21 @@ class _Named:
             return False, None
         return True, _checked(answer)
 
+    def __await__(self):
+        """``q = await Queue("x")``: the object itself, as dask.distributed's
+        Queue, Semaphore, Lock and Event give once registered (nothing is
+        registered here: a name's state is made on the scheduler when used)."""
+        return _itself(self).__await__()
+
     def __repr__(self):
         return f"<{type(self).__name__}: {self.name}>"
 
     def __reduce__(self):
         return (type(self), (self.name,))
+
+
+async def _itself(obj):
+    return obj
 
 
 class _Held:
@@ -208,7 +218,13 @@ class Variable(_Named):
         return _loaded(answer, self.client)
 
     def delete(self):
-        """Forget the value (for every client); gets wait for the next set."""
+        """Forget the value (for every client); gets wait for the next set.  An
+        asynchronous client sends it at once, as dask.distributed's does: awaiting
+        what it returns waits for the scheduler, and leaving it alone is fine."""
+        if self.client.asynchronous:
+            return Acknowledgement(
+                self.client.shell.request_future(self._message("variable-delete")),
+                "variable-delete")
         op = self._request_op("variable-delete")
         return self._run(then(op, lambda _: None))
 

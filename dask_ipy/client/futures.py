@@ -134,23 +134,31 @@ DoneAndNotDoneFutures = namedtuple("DoneAndNotDoneFutures", "done not_done")
 LOCK = threading.RLock()
 
 
-class _Acknowledgement:
-    """What an asynchronous client's `Future.cancel` returns: the work is done
-    already; awaited, it waits for the scheduler's word ``answer`` (a
-    concurrent.futures.Future).  Left alone, it is dropped without a warning, as a
-    coroutine never awaited would not be."""
+class Acknowledgement:
+    """What an asynchronous client's `Future.cancel` (or `Variable.delete`)
+    returns: the request is sent already; awaited, it waits for the scheduler's
+    word ``answer`` (a concurrent.futures.Future).  Left alone, it is dropped
+    without a warning, as a coroutine never awaited would not be."""
 
-    __slots__ = ("answer",)
+    __slots__ = ("answer", "what")
 
-    def __init__(self, answer):
+    def __init__(self, answer, what="cancel"):
         self.answer = answer
+        self.what = what
+
+    @classmethod
+    def sent(cls, what):
+        """For a message sent that has no answer: awaiting it returns at once."""
+        answer = cf.Future()
+        answer.set_result(None)
+        return cls(answer, what)
 
     def __await__(self):
         return run_async(self._op()).__await__()
 
     def _op(self):
         try:
-            yield Answer(self.answer, None, "'cancel' from the scheduler")
+            yield Answer(self.answer, None, f"{self.what!r} from the scheduler")
         except (SchedulerLost, RuntimeError):      # nothing left to cancel there
             pass
 
@@ -388,7 +396,7 @@ class Future(TaskRef):
         if self.client.asynchronous:
             # Cancelled at once; ``await f.cancel()`` waits for the scheduler, as
             # with dask.distributed's asynchronous client.
-            return _Acknowledgement(self.client.shell.cancel(
+            return Acknowledgement(self.client.shell.cancel(
                 [self.state], [self.key], force, reason, msg))
         self.client.cancel([self], force=force, reason=reason, msg=msg)
         return True

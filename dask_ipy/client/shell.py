@@ -40,7 +40,9 @@ socket.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
+import inspect
 import itertools
 import os
 import threading
@@ -100,6 +102,7 @@ class ClientShell:
         self.state = ClientState(address, paused_warning)
         self.monitor_callbacks = []
         self.topic_handlers = {}        # {topic: handler of the workers' events}
+        self.topic_loops = {}           # {topic: the event loop it was subscribed in}
         self.last_snapshot = None
         self.connected = threading.Event()
         self.from_scheduler = messages.handlers(messages.SCHEDULER, messages.CLIENT, self,
@@ -478,14 +481,20 @@ class ClientShell:
         self._wake_loop()
 
     def subscribe_topic(self, topic, handler):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with LOCK:
             self.topic_handlers[topic] = handler
+            self.topic_loops[topic] = loop
             self.state.subscribe(topic, True)
         self._wake_loop()
 
     def unsubscribe_topic(self, topic):
         with LOCK:
             self.topic_handlers.pop(topic, None)
+            self.topic_loops.pop(topic, None)
             if self.state.status != "closed":
                 self.state.subscribe(topic, False)
         self._wake_loop()
@@ -576,9 +585,27 @@ class ClientShell:
         if handler is None:
             return
         try:
-            handler(tuple(msg["event"]))
+            done = handler(tuple(msg["event"]))
         except Exception:
             logger.exception("client: handler of %r events failed", msg["topic"])
+            return
+        if inspect.isawaitable(done):
+            self._await_handler(msg["topic"], done)
+
+    def _await_handler(self, topic, awaitable):
+        """An `async def` handler's coroutine runs, as with dask.distributed: in the
+        event loop it was subscribed from while that runs, else to its end on the
+        callback thread."""
+        async def run():
+            try:
+                await awaitable
+            except Exception:
+                logger.exception("client: handler of %r events failed", topic)
+        loop = self.topic_loops.get(topic)
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(run(), loop)
+        else:
+            self.callbacks.submit(asyncio.run, run())
 
     FROM_SCHEDULER = {
         "hello-reply": _on_hello_reply,

@@ -866,6 +866,16 @@ class ClientState:
                 self._drop_value(st)
                 self._confirmed(key)
                 out.append(Reset(st))
+        types = msg.get("types", {})
+        for key in msg.get("data", ()):
+            st = self.futures.get(key)
+            if st is not None and st.status == PENDING:
+                # The scheduler answered with the value before the worker's word
+                # (a value sent straight, still on its way, or lost with its
+                # connection) came: the key is done, as the caller will see.
+                st.type = types.get(key)
+                st.status = FINISHED
+                out.append(Done(st))
         rid = msg["request_id"]
         entry = self._end_gather(rid)
         if entry is None:

@@ -207,6 +207,12 @@ class Scheduler:
         (`SchedulerState.story`)."""
         return self.state.story(*keys_or_stimuli)
 
+    def log_event(self, topic, msg):
+        """Log ``msg`` under ``topic`` (or each of a list): kept among the topic's
+        latest events and sent to its subscribers.  From `run_on_scheduler`
+        functions and scheduler plugins (this scheduler's I/O thread)."""
+        self.state.log_event(topic, msg)
+
     def get_logs(self, n=None):
         """The latest log lines of this scheduler's process: [(level, line)], newest
         first (as dask.distributed's)."""

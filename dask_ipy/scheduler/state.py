@@ -128,6 +128,7 @@ from operator import attrgetter
 
 from ..errors import ERROR_TYPES, error_info
 from ..keys import key_prefix
+from ..messages import log_event_fields
 from ..units import format_bytes
 from ..protocol import Serialized
 from .. import stories
@@ -635,7 +636,8 @@ class SchedulerState:
         self.gathers = {}                    # {gather id: pending gather}
         self.parked = {}                     # {key: gather id(s)} waiting for results
         self.runs = {}                       # {run id: pending run}
-        self.scatters = {}                   # {key: pending scatter}
+        self.scatters = {}                   # {key: pending scatter, and "also" the
+                                             # other requests that wait for it}
         self.steals = {}                     # {key: (victim, thief)} asked, not answered
         # Workers that may have queued tasks to give to idle ones, as an ordered set
         # ({worker: None}): every such worker is in it (validate() checks); a steal
@@ -1261,10 +1263,11 @@ class SchedulerState:
         return [workers[(start + i) % n] for i in range(SEARCH)]
 
     def _worker_with_room(self, ts):
-        """The running worker with the most room for root task ``ts``.  Up to SEARCH
-        workers it looks at all; beyond, it goes round the cluster from where it last
-        stopped and takes the best of the first SEARCH that have room, so a root
-        costs as much to place on 3,000 workers as on 30."""
+        """The running worker with the most room for root task ``ts`` (of those, the
+        one holding the least data).  Up to SEARCH workers it looks at all; beyond,
+        it goes round the cluster from where it last stopped and takes the best of
+        the first SEARCH that have room, so a root costs as much to place on 3,000
+        workers as on 30."""
         running = self._running_workers()
         n = len(running)
         windowed = n > SEARCH
@@ -1274,7 +1277,9 @@ class SchedulerState:
             ws = running[(start + i) % n]
             room = self._room(ws, ts)
             if room > 0:
-                if room > best_room:
+                # Ties go to the worker holding the least data, as with
+                # dask.distributed: roots submitted one by one spread out.
+                if room > best_room or room == best_room and ws.nbytes < best.nbytes:
                     best, best_room = ws, room
                 found += 1
                 if windowed and found >= SEARCH:
@@ -1327,8 +1332,10 @@ class SchedulerState:
                         missing += RELAY_FACTOR * max(dep.nbytes, 0)
                     else:
                         missing += max(dep.nbytes, 0)
+            # Ties go to the worker holding the least data, as with dask.distributed.
             return (ws.occupancy / ws.nthreads + missing / bandwidth
-                    + relayed * RELAY_DELAY, len(ws.processing), ws.address)
+                    + relayed * RELAY_DELAY, len(ws.processing), ws.nbytes,
+                    ws.address)
 
         return min(valid, key=start_time)
 
@@ -2249,10 +2256,7 @@ class SchedulerState:
                 sc["pending"].discard(ws.id)
                 sc["acked"] = True
                 if not sc["pending"]:
-                    del self.scatters[key]
-                    self.send_client(sc["client"], {"op": "scattered",
-                                                    "request_id": sc["request_id"],
-                                                    "key": key})
+                    self._end_scatter(key, {"op": "scattered", "key": key})
             if ts.state != MEMORY:
                 self.transitions({ts.key: MEMORY})
         self.fill_workers()
@@ -2732,6 +2736,12 @@ class SchedulerState:
                 self._give_up_streams(g)      # nobody left to download them
             msg["streams"] = g["streams"]
         if ws is None:
+            # The client learns the type of each key answered, which it may not
+            # know yet: the answer can overtake the word that the key is done.
+            tasks = self.tasks
+            types = {key: tasks[key].type for key in g["data"] if key in tasks}
+            if types:
+                msg["types"] = types
             if g["direct"]:
                 if len(g["direct"]) == len(g["keys"]) and not (
                         g["data"] or g["missing"] or g["errors"] or g["streams"]):
@@ -2866,10 +2876,23 @@ class SchedulerState:
                                    "key": key})
             return False
         sc = self.scatters.get(key)
-        if sc is None or (sc["client"], sc["request_id"]) != (cid, request_id):
+        if sc is None:
             self.scatters[key] = {"client": cid, "request_id": request_id,
-                                  "pending": set(), "acked": False}
+                                  "pending": set(), "acked": False, "also": []}
+        elif (sc["client"], sc["request_id"]) != (cid, request_id):
+            # The same value is being put on workers for another scatter (two
+            # at once, from one client or two): this one ends as that one does.
+            if (cid, request_id) not in sc["also"]:
+                sc["also"].append((cid, request_id))
+            return False
         return True
+
+    def _end_scatter(self, key, msg):
+        """Tell each scatter waiting for ``key`` how it ended (``msg`` without its
+        request id): the one putting it on workers, and the others of that key."""
+        sc = self.scatters.pop(key)
+        for cid, rid in [(sc["client"], sc["request_id"]), *sc["also"]]:
+            self.send_client(cid, {**msg, "request_id": rid})
 
     def _scatter_target_lost(self, key, wid, text):
         """A worker that was to store ``key`` will not (``wid``; None: none was
@@ -2881,13 +2904,10 @@ class SchedulerState:
         sc["pending"].discard(wid)
         if sc["pending"]:
             return
-        del self.scatters[key]
         if sc["acked"]:
-            self.send_client(sc["client"], {"op": "scattered",
-                                            "request_id": sc["request_id"], "key": key})
+            self._end_scatter(key, {"op": "scattered", "key": key})
         else:
-            self.send_client(sc["client"], {"op": "scatter-failed",
-                                            "request_id": sc["request_id"], "text": text})
+            self._end_scatter(key, {"op": "scatter-failed", "text": text})
 
     def _on_run(self, cid, msg):
         self._fan_out(cid, msg["request_id"], {"op": "run", "function": msg["function"]},
@@ -2969,6 +2989,12 @@ class SchedulerState:
     def _on_client_log_event(self, cid, msg):
         for topic in msg["topics"]:
             self._log_event(topic, msg["event"])
+
+    def log_event(self, topic, msg):
+        """Log ``msg`` (msgpack-able data) under ``topic``, or each of a list of
+        topics, at the latest time known here: an event of the scheduler's own
+        (dask.distributed's `Scheduler.log_event`, from `run_on_scheduler`)."""
+        self._on_client_log_event(None, log_event_fields(topic, msg, self.clock))
 
     def _on_set_metadata(self, cid, msg):
         """Store a client's value under the path ``keys`` of nested names; a value

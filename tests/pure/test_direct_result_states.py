@@ -76,7 +76,7 @@ def test_a_result_sent_straight_is_not_sent_again(s):
                                   "direct": False})
     assert take(s) == [("client", "c", {"op": "gather-result", "request_id": 6,
                                         "data": {"x": "blob"}, "missing": [],
-                                        "errors": {}})]
+                                        "errors": {}, "types": {"x": "int"}})]
 
 
 def test_a_result_not_sent_straight_names_its_worker_and_comes_with_the_answer(s):
@@ -92,7 +92,8 @@ def test_a_result_not_sent_straight_names_its_worker_and_comes_with_the_answer(s
     assert ("client", "d", {"op": "key-in-memory", "key": "x", "type": "int",
                             "nbytes": 8, "worker": A}) in out
     assert ("client", "d", {"op": "gather-result", "request_id": 7,
-                            "data": {"x": "blob"}, "missing": [], "errors": {}}) in out
+                            "data": {"x": "blob"}, "missing": [], "errors": {},
+                            "types": {"x": "int"}}) in out
 
 
 def test_a_small_result_that_went_the_long_way_comes_with_key_in_memory(s):
@@ -110,7 +111,8 @@ def test_a_small_result_that_went_the_long_way_comes_with_key_in_memory(s):
     assert ("client", "d", {"op": "key-in-memory", "key": "x", "type": "int",
                             "nbytes": 8, "worker": A}) in out
     assert ("client", "d", {"op": "gather-result", "request_id": 7,
-                            "data": {"x": "blob"}, "missing": [], "errors": {}}) in out
+                            "data": {"x": "blob"}, "missing": [], "errors": {},
+                            "types": {"x": "int"}}) in out
 
 
 def test_a_large_result_names_no_worker_and_its_release_forgets_who_got_it(s):
@@ -133,7 +135,7 @@ def test_a_gather_waiting_also_for_others_lists_what_went_straight(s):
     assert finished(s, key="x", direct=["c"]) == []
     assert ("client", "c", {"op": "gather-result", "request_id": 5,
                             "data": {"y": "blob"}, "missing": [], "errors": {},
-                            "direct": ["x"]}) in finished(s, key="y")
+                            "types": {"y": "int"}, "direct": ["x"]}) in finished(s, key="y")
 
 
 def test_a_client_asking_for_a_report_hears_of_a_key_that_came_straight(s):
@@ -212,7 +214,8 @@ def test_a_client_that_lost_a_worker_connection_gets_its_values_from_the_schedul
                             "nbytes": 8, "worker": A}) in out
     assert ("client", "c", {"op": "gather-result", "request_id": 9,
                             "data": {from_w1: f"blob-{from_w1}"}, "missing": [],
-                            "errors": {}, "direct": [k for k in ("z", "v")
+                            "errors": {}, "types": {from_w1: "int"},
+                            "direct": [k for k in ("z", "v")
                                                      if k != from_w1]}) in out
     assert len(out) == 2
 
@@ -456,13 +459,13 @@ def test_a_gather_of_several_keys_waits_for_all_of_them(cs):
                                "errors": {}})]
     assert cs.gathers == {} and cs.by_key == {}
     # A later gather asks only for what is not here.
-    cs.hold("z")
+    z = cs.hold("z")
     assert gather(cs, ["x", "z"], "t2") == []
     [msg] = cs.take_messages()
     assert msg["keys"] == ["z"]
     assert cs.handle({"op": "gather-result", "request_id": msg["request_id"],
                       "data": {"z": "blob-z"}, "missing": [], "errors": {}}) == [
-        Resolve("t2", {"op": "gather-result", "request_id": msg["request_id"],
+        Done(z), Resolve("t2", {"op": "gather-result", "request_id": msg["request_id"],
                        "data": {"z": "blob-z", "x": "blob"}, "missing": [],
                        "errors": {}})]
 

@@ -674,7 +674,7 @@ def test_scatter_then_gather_bookkeeping(s):
                                    "errors": {}})
     assert take(s) == [("client", "c", {
         "op": "gather-result", "request_id": 8, "data": {"a": "blob-a", "b": "blob-b"},
-        "missing": ["nope"], "errors": {}})]
+        "missing": ["nope"], "errors": {}, "types": {"a": "int", "b": "int"}})]
     assert s.gathers == {}
 
 
@@ -716,6 +716,35 @@ def test_broadcast_scatter_puts_data_on_every_worker(s):
     assert take(s) == [("client", "c", {"op": "scattered", "request_id": 1,
                                                   "key": "a"})]
     assert {ws.address for ws in s.tasks["a"].who_has} == {A, B}
+
+
+def test_scatters_of_one_key_at_once_are_each_told_how_it_ended(s):
+    """The second (another client's, or this one's) waits for the first: it is not
+    put on workers twice, and neither caller is forgotten."""
+    s.add_client("d")
+    s.handle_client_message("c", {"op": "scatter", "request_id": 1,
+                                  "data": {"a": "blob"}, "workers": [A]})
+    assert [m[1] for m in take(s)] == ["w1"]
+    s.handle_client_message("c", {"op": "scatter", "request_id": 2,
+                                  "data": {"a": "blob"}, "workers": [A]})
+    s.handle_client_message("d", {"op": "scatter", "request_id": 5,
+                                  "data": {"a": "blob"}, "workers": [A]})
+    assert take(s) == []
+    s.handle_worker_message("w1", {"op": "add-keys", "keys": [("a", 4, "int")]})
+    assert sorted((m[1], m[2]["request_id"]) for m in take(s)
+                  if m[2] == {"op": "scattered", "key": "a",
+                              "request_id": m[2]["request_id"]}) == [
+        ("c", 1), ("c", 2), ("d", 5)]
+    assert s.scatters == {}
+    # Once the first fails, so do those waiting for it.
+    s.handle_client_message("c", {"op": "scatter", "request_id": 3,
+                                  "data": {"b": "blob"}, "workers": [A]})
+    s.handle_client_message("d", {"op": "scatter", "request_id": 6,
+                                  "data": {"b": "blob"}, "workers": [A]})
+    take(s)
+    s.remove_worker("w1")
+    failed = [m[1:] for m in take(s) if m[2]["op"] == "scatter-failed"]
+    assert sorted((cid, m["request_id"]) for cid, m in failed) == [("c", 3), ("d", 6)]
 
 
 def test_a_scatter_to_no_workers_fails(s):
@@ -1320,4 +1349,5 @@ def test_a_task_holds_the_keys_its_arguments_carry_futures_of_until_it_ends(s):
         take(s)
         s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["t"]})
         s.update_graph("c", {"x": ("spec-x", [])}, ["x"])
-        finished(s, take(s)[0][1], "x")
+        [wid] = [w for _, w, m in take(s) if m["op"] == "compute-task"]
+        finished(s, wid, "x")
