@@ -529,7 +529,7 @@ class Client(ClusterMethods, ObserveMethods):
     def _dask_scheduler(self):
         """What dask's ``compute`` calls while this client is the default: `get`, or
         for an asynchronous client `dask_get` (dask wants a value, not a coroutine)."""
-        return self.dask_get if self.asynchronous else self.get
+        return DaskScheduler(self.dask_get if self.asynchronous else self.get)
 
     @classmethod
     def current(cls, allow_global=True):
@@ -1284,3 +1284,41 @@ class Client(ClusterMethods, ObserveMethods):
                 self._close_now(timeout=1)
         except Exception:
             pass
+
+
+class DaskScheduler:
+    """dask.config's ``scheduler`` while a Client is the default: its `get` (or
+    `dask_get`), equal to that bound method, ``__self__`` the client (dask's
+    `persist` asks the client to persist).  Pickled, as dask.config is on its way
+    to another process, it becomes dask.distributed's own setting there,
+    "dask.distributed": the default client of that process, if it has one (a
+    client does not travel)."""
+
+    __slots__ = ("method", "__self__")
+
+    def __init__(self, method):
+        self.method = method
+        self.__self__ = method.__self__
+
+    def __call__(self, dsk, keys, **kwargs):
+        return self.method(dsk, keys, **kwargs)
+
+    def __eq__(self, other):
+        if isinstance(other, DaskScheduler):
+            other = other.method
+        return self.method == other
+
+    def __hash__(self):
+        return hash(self.method)
+
+    def __reduce__(self):
+        return str, ("dask.distributed",)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):        # a copy of dask.config, in this process
+        return self
+
+    def __repr__(self):
+        return repr(self.method)

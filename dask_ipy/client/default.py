@@ -48,23 +48,45 @@ def as_current(client, scheduler):
         _context.reset(token)
 
 
-def _named_distributed(dsk, keys, **kwargs):
-    """dask's ``scheduler="distributed"``: the dask_ipy client in use here, else
-    dask.distributed's own, as dask would find it."""
-    client = current_context()
-    if client is None:
-        with _lock:
-            client = _current[-1] if _current else None
-    if client is not None:
-        return client.dask_get(dsk, keys, **kwargs)
-    try:
-        from distributed import get_client
+class _NamedDistributed:
+    """dask's ``scheduler="distributed"`` (and "dask.distributed"): the dask_ipy
+    client in use here, else dask.distributed's own, as dask would find it.
+    dask's ``persist`` asks it to persist (`persist`): the data stays on the
+    cluster, as with a client."""
 
-        other = get_client()
-    except (ImportError, ValueError):
-        raise RuntimeError("Requested distributed scheduler but no Client active.") \
-            from None
-    return other.get(dsk, keys, **kwargs)
+    def __call__(self, dsk, keys, **kwargs):
+        client = self._client()
+        if client is not None:
+            return client.dask_get(dsk, keys, **kwargs)
+        return self._other().get(dsk, keys, **kwargs)
+
+    def persist(self, collections, **kwargs):
+        client = self._client() or self._other()
+        return client.persist(collections, **kwargs)
+
+    @staticmethod
+    def _client():
+        client = current_context()
+        if client is None:
+            with _lock:
+                client = _current[-1] if _current else None
+        return client
+
+    @staticmethod
+    def _other():
+        try:
+            from distributed import get_client
+
+            return get_client()
+        except (ImportError, ValueError):
+            raise RuntimeError("Requested distributed scheduler but no Client "
+                               "active.") from None
+
+    def __repr__(self):
+        return "<dask_ipy: the default client>"
+
+
+_named_distributed = _NamedDistributed()
 
 
 def _name_the_distributed_scheduler():

@@ -273,3 +273,20 @@ def test_dask_config_can_be_deep_copied_while_a_client_is_default(c):
     config = copy.deepcopy(dask.config.config)
     assert config["scheduler"] == c.get and config["scheduler"].__self__ is c
     assert copy.copy(c) is c
+
+
+def test_dask_config_can_be_pickled_while_a_client_is_default(c):
+    """As dask.distributed's: code that sends dask.config to another process (a
+    process pool's initializer, dask.distributed's Nanny) can pickle it; there,
+    the scheduler is "dask.distributed", the default client of that process."""
+    import pickle
+
+    config = pickle.loads(pickle.dumps(dask.config.config))
+    assert config["scheduler"] == "dask.distributed"
+    assert dask.config.get("scheduler") == c.get           # here, unchanged
+    # Where this process has a default client, the name means it.
+    x = da.arange(10, chunks=5)
+    with dask.config.set(scheduler=config["scheduler"]):
+        assert x.sum().compute() == 45
+        (y,) = dask.persist(x + 1)
+    assert held_futures(y) and all(f.client is c for f in held_futures(y))
