@@ -364,8 +364,8 @@ def test_context_managers_and_close_twice():
     assert cluster.status == Status.closed
     cluster.close()
     cluster.close()
-    with pytest.raises(ValueError, match="not running"):
-        Client(cluster)
+    with pytest.raises(RuntimeError, match="already closed or closing Cluster"):
+        Client(cluster)                             # dask.distributed's words
     with pytest.raises(RuntimeError, match="closed"):
         cluster.scale(2)
 

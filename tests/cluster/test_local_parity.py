@@ -175,9 +175,3 @@ def test_an_empty_host_means_every_interface():
 
     asyncio.run(main())
 
-
-def test_a_client_of_a_closed_cluster_is_refused_as_there():
-    cluster = LocalCluster(n_workers=1, dashboard_address=None)
-    cluster.close()
-    with pytest.raises(RuntimeError, match="already closed or closing Cluster"):
-        Client(cluster)
