@@ -20,14 +20,21 @@ _shuffle_set = False   # dataframe.shuffle.method was set by a default client
 
 
 def default_client():
-    client = current_context()
+    client = _default_or_none()
     if client is not None:
         return client
-    with _lock:
-        if _current:
-            return _current[-1]
     raise ValueError("No clients found: no dask_ipy Client is running; create one "
                      "with Client(address)")
+
+
+def _default_or_none():
+    """The client of the innermost `as_current` block here, else the default one,
+    else None."""
+    client = current_context()
+    if client is None:
+        with _lock:
+            client = _current[-1] if _current else None
+    return client
 
 
 def current_context():
@@ -55,22 +62,14 @@ class _NamedDistributed:
     cluster, as with a client."""
 
     def __call__(self, dsk, keys, **kwargs):
-        client = self._client()
+        client = _default_or_none()
         if client is not None:
             return client.dask_get(dsk, keys, **kwargs)
         return self._other().get(dsk, keys, **kwargs)
 
     def persist(self, collections, **kwargs):
-        client = self._client() or self._other()
+        client = _default_or_none() or self._other()
         return client.persist(collections, **kwargs)
-
-    @staticmethod
-    def _client():
-        client = current_context()
-        if client is None:
-            with _lock:
-                client = _current[-1] if _current else None
-        return client
 
     @staticmethod
     def _other():

@@ -982,18 +982,13 @@ class Worker:
             stop = time.time()
             nbytes = sizeof(value)
             data = inline(value, nbytes, job)
-            error = None
             end = time.time()
-            if error is not None:
-                event = ("execute-failure", {"key": job.key, "error": error,
-                                             "start": start, "stop": end})
-            else:
-                if data is not None:
-                    sent = end - stop
-                event = ("execute-success", {"key": job.key, "value": value,
-                                             "nbytes": nbytes, "type": typename(value),
-                                             "start": start, "stop": end, "data": data,
-                                             "ran": node})
+            if data is not None:
+                sent = end - stop
+            event = ("execute-success", {"key": job.key, "value": value,
+                                         "nbytes": nbytes, "type": typename(value),
+                                         "start": start, "stop": end, "data": data,
+                                         "ran": node})
         except Reschedule:
             running.end()
             stop = time.time()
@@ -1184,7 +1179,9 @@ class Worker:
         `MAX_FRAME_BYTES` on ZeroMQ, whole on the side channel.  ``errors``: {key:
         why it could not be pickled}, for the tasks there that wait for it."""
         reply = {"op": "data", "request_id": msg["request_id"], "data": data,
-                 "missing": list(missing), "errors": errors}
+                 "missing": list(missing)}
+        if errors:
+            reply["errors"] = errors
         self.recorder.bytes_out += sum(blob.nbytes for blob in data.values())
         self.recorder.served += 1
         if (msg.get("bulk") and self.bulk is not None
