@@ -51,6 +51,8 @@ KINDS = {
         "task-rejoined": "a seceded task holds a thread slot again",
         "steal-response": "whether a worker gave up a queued task asked for",
         "missing-data": "no holder had a task's input",
+        "input-unmovable": "a task's input could not be sent to its worker (it "
+                           "cannot be pickled): the task is given back",
         "peer-unreachable": "a worker cannot connect to a peer",
         "peer-reachable": "a worker can connect to that peer again",
         "relay": "a worker asks for data it cannot fetch from its holders ('stream': "

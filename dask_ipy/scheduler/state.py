@@ -654,6 +654,9 @@ class SchedulerState:
         self._running_cache = ((), None)     # (running workers, when built)
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
+        # {key: error}: results in memory that could not be sent to another worker
+        # (they cannot be pickled): their dependents run where they are
+        self.unmovable = {}
         self.lost = {}                       # {token: Held}
         self.clock = 0.0                     # the latest time the shell told us
         self.run_count = 0                   # "compute-task"s sent: the last run id
@@ -912,6 +915,8 @@ class SchedulerState:
         del self.tasks[ts.key]
         if self.memory_failures:
             self.memory_failures.pop(ts.key, None)
+        if self.unmovable:
+            self.unmovable.pop(ts.key, None)
         if self.indirect:
             self.indirect.pop(ts.key, None)
         if self.task_holds:
@@ -1173,6 +1178,8 @@ class SchedulerState:
             # one waiting for a worker would be sent without it.
             if dts.state in (PROCESSING, NO_WORKER):
                 recs[dts.key] = RELEASED
+        if self.unmovable:
+            self.unmovable.pop(ts.key, None)
         self._free_copies(ts)
         self._set_state(ts, RELEASED)
         recs.update(self._release_recs(ts))
@@ -1300,6 +1307,8 @@ class SchedulerState:
         if ts.loose and ts.restrictions is not None:
             # allow_other_workers: its own workers if any can take it, else any other
             preferred = [ws for ws in valid if ws.known_as(ts.restrictions)]
+            if self.unmovable:      # a preference gives way to inputs that stay put
+                preferred = self._near_unmovable(ts, preferred)
             if preferred:
                 return preferred
         return valid
@@ -1319,6 +1328,8 @@ class SchedulerState:
                 allowed = set(valid)
                 near = [ws for ws in holders if ws in allowed]
             valid = near + self._window(valid)
+        if self.unmovable:
+            valid = self._near_unmovable(ts, valid) or valid
         deps = ts.dependencies
         bandwidth = self.bandwidth
 
@@ -1338,6 +1349,14 @@ class SchedulerState:
                     ws.address)
 
         return min(valid, key=start_time)
+
+    def _near_unmovable(self, ts, valid):
+        """Those of ``valid`` holding every input of ``ts`` that cannot be sent to
+        another worker (`unmovable`)."""
+        pinned = [dep for dep in ts.dependencies if dep.key in self.unmovable]
+        if not pinned:
+            return valid
+        return [ws for ws in valid if all(ws in dep.who_has for dep in pinned)]
 
     # ------------------------------------------------------------ stealing
 
@@ -1415,7 +1434,8 @@ class SchedulerState:
                 or gain < STEAL_MIN_DURATION and victim.status != PAUSED
                 or _constrained(ts) and not _allowed(ts, thief)
                 or thief.unreachable and any(_relayed(dep, thief)
-                                             for dep in ts.dependencies)):
+                                             for dep in ts.dependencies)
+                or self.unmovable and not self._near_unmovable(ts, (thief,))):
             return False
         if victim.status == PAUSED:
             return True                 # it would wait there until memory falls
@@ -2192,6 +2212,26 @@ class SchedulerState:
         self.transitions({ts.key: ERRED})
         self.fill_workers()
 
+    def _on_input_unmovable(self, ws, msg):
+        """``ws`` could not be sent input ``dep`` of task ``key`` (its holder could
+        not pickle it) and gave the task up: placed afresh where its unmovable inputs
+        are, or, if no worker it may run on holds them all, erred saying why."""
+        error = {"type": msg.get("type", "Exception"), "text": msg.get("text", "")}
+        dts = self.tasks.get(msg["dep"])
+        if dts is not None and dts.state == MEMORY:
+            self.unmovable[dts.key] = error
+        ts = self.tasks.get(msg["key"])
+        if not _is_current(ts, ws, msg):
+            return
+        if self._near_unmovable(ts, self._valid_workers(ts)):
+            self.transitions({ts.key: WAITING})
+        else:
+            ts.error = {**error, "exception": None, "traceback": None,
+                        "traceback_text": "", "chain": None, "origin": ts.key,
+                        "worker": ws.address}
+            self.transitions({ts.key: ERRED})
+        self.fill_workers()
+
     def _on_missing_data(self, ws, msg):
         """A worker could not get ``dep`` from ``holder``: that replica is gone.
         Without a task (``key`` None) it was a copy asked for by a move."""
@@ -2343,6 +2383,7 @@ class SchedulerState:
         "task-rejoined": _on_task_rejoined,
         "steal-response": _on_steal_response,
         "missing-data": _on_missing_data,
+        "input-unmovable": _on_input_unmovable,
         "peer-unreachable": _on_peer_unreachable,
         "peer-reachable": _on_peer_reachable,
         "relay": _on_relay,
@@ -3128,6 +3169,7 @@ class SchedulerState:
         for ws in self.workers.values():
             ws.stealing = 0
         self.memory_failures.clear()
+        self.unmovable.clear()
         self.lost.clear()
         self.datasets.clear()
         self.coordination.forget_keys()
@@ -3759,6 +3801,8 @@ class SchedulerState:
                 assert self.workers[wid].status == CLOSING_GRACEFULLY, (move, wid)
         for ts in self.unrunnable:
             assert ts.state == NO_WORKER, ts
+        for key in self.unmovable:
+            assert self.tasks[key].state == MEMORY, key
         self.coordination.validate()
         for v in self.coordination.values():
             for key in v.keys:

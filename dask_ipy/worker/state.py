@@ -712,7 +712,7 @@ class WorkerState:
                 if ts.replica:
                     copies.append(self._keep_copy(ts))
             elif errors and key in errors:
-                self._fail_dependents(out, ts, errors[key])
+                self._give_up_dependents(out, ts, errors[key])
             elif peer == RELAY:
                 # The scheduler found no holder with it and knows that already.
                 ts.who_has.clear()
@@ -774,15 +774,16 @@ class WorkerState:
             self.unreachable.discard(peer)
             out.append(Send({"op": "peer-reachable", "address": peer}))
 
-    def _fail_dependents(self, out, ts, error):
-        """An input cannot be brought here: every local task waiting for it errs."""
+    def _give_up_dependents(self, out, ts, error):
+        """An input cannot be brought here (its holder could not pickle it): every
+        local task waiting for it is given back, for the scheduler to run where the
+        input is ("input-unmovable")."""
         for dkey in list(ts.dependents):
             d = self.tasks.get(dkey)
             if d is None or d.state not in TO_RUN:
                 continue
-            out.append(Send(_of_run(d, {"op": "task-erred", "key": dkey,
-                                        "exception": None, "traceback": None,
-                                        "traceback_text": "", **error})))
+            out.append(Send(_of_run(d, {"op": "input-unmovable", "key": dkey,
+                                        "dep": ts.key, **error})))
             self._set_state(d, "released")
             d.computed = False
             self._done_with_inputs(d)

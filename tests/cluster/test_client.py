@@ -442,9 +442,30 @@ def test_an_unpicklable_result_stays_usable_and_errs_only_where_it_must_move(c):
     with pytest.raises(TypeError, match="'bad-result' could not be serialized"):
         there.result(timeout=10)
     assert there.status == "error"
+    # Where it may go elsewhere, it runs where the value is.
+    loose = c.submit(type_name, f, workers=[second], allow_other_workers=True,
+                     pure=False)
+    assert loose.result(timeout=10) == "Unpicklable"
     # A value no client waits for: the same, inside a graph.
     graph = {"made": (make_unpicklable,), "name": (type_name, "made")}
     assert c.get(graph, "name", workers=[first]) == "Unpicklable"
+
+
+def test_a_task_needing_an_unpicklable_value_waits_for_its_busy_holder(c, tmp_path):
+    # The idle worker is tried first, as the value is small; it cannot get it, so
+    # the task waits for the worker holding it, as do later ones (dask's
+    # test_from_delayed_iterator: a bag of generators).
+    first, second = sorted(c.nthreads())
+    made = c.submit(make_unpicklable, workers=[first])
+    made.exception(timeout=10)
+    gate = tmp_path / "gate"
+    busy = c.submit(wait_for_file, str(gate), workers=[first], pure=False)
+    wait_for(lambda: c.processing()[first], timeout=10)
+    names = [c.submit(type_name, made, pure=False) for _ in range(4)]
+    wait_for(lambda: all(k in c.processing()[first] for k in
+                           (f.key for f in names)), timeout=10)
+    gate.touch()
+    assert c.gather(names) == ["Unpicklable"] * 4 and busy.result(timeout=10) is None
 
 
 def test_get_errors_before_anything_runs(c, tmp_path):

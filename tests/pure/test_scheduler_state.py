@@ -485,6 +485,56 @@ def test_dependent_on_a_lost_key_is_rescheduled(s):
     assert states(s) == {"x": "processing", "y": "waiting"}
 
 
+def unmovable(s, wid, key, dep):
+    s.handle_worker_message(wid, {"op": "input-unmovable", "key": key, "dep": dep,
+                                  "type": "TypeError",
+                                  "text": f"result of {dep!r} could not be serialized"})
+    return take(s)
+
+
+def test_a_task_whose_input_cannot_be_sent_runs_where_the_input_is(s):
+    # x (a generator, say) is on w1, busy with a long task; y went to the idle w2,
+    # whose fetch x's holder could not pickle: y runs on w1, as does every later task
+    # needing x, and no steal moves one.
+    s.update_graph("c", {"x": ("spec-x", []), "long": ("spec-long", [])},
+                   ["x", "long"], {"x": 0, "long": 1}, restrictions={"x": [A],
+                                                                 "long": [A]})
+    take(s)
+    finished(s, "w1", "x")
+    s.handle_worker_message("w1", {"op": "task-started", "key": "long"})
+    s.update_graph("c", {"y": ("spec-y", ["x"])}, ["y"], {"y": 2})
+    assert take(s) == [("worker", "w2", compute("y", "spec-y", (0, 2, 2), {"x": [A]},
+                                                {"x": 8}))]
+    assert unmovable(s, "w2", "y", "x") == [("worker", "w1", compute(
+        "y", "spec-y", (0, 2, 2), {"x": [A]}, {"x": 8}))]
+    assert s.unmovable == {"x": {"type": "TypeError",
+                                 "text": "result of 'x' could not be serialized"}}
+    graph = {f"z{i}": (f"spec-z{i}", ["x"]) for i in range(4)}
+    s.update_graph("c", graph, list(graph), {k: 3 + i for i, k in enumerate(graph)})
+    assert {wid for _, wid, msg in take(s)} == {"w1"}
+    s.fill_workers(s.workers["w2"])             # w2 is idle: still nothing moves
+    assert take(s) == [] and s.steals == {}
+    # Once x is released, its mark goes with it.
+    s.handle_client_message("c", {"op": "client-releases-keys",
+                                  "keys": ["x", "long", "y", *graph]})
+    assert s.unmovable == {} and s.tasks == {}
+
+
+def test_a_task_that_may_not_run_where_its_unmovable_input_is_errs(s):
+    s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", ["x"])}, ["y"],
+                   {"x": 0, "y": 1}, restrictions={"x": [A], "y": [B]})
+    take(s)
+    finished(s, "w1", "x")
+    out = unmovable(s, "w2", "y", "x")
+    assert out[0] == ("client", "c", {
+        "op": "task-erred", "key": "y", "type": "TypeError",
+        "text": "result of 'x' could not be serialized", "exception": None,
+        "traceback": None, "traceback_text": "", "chain": None, "origin": "y",
+        "worker": B})
+    assert states(s) == {"x": "released", "y": "erred"} and s.unmovable == {}
+    # A late word, about a run since ended, changes nothing.
+    assert unmovable(s, "w2", "y", "x") == []
+
 def test_missing_data_with_other_replicas_sends_who_has(s):
     s.update_graph("c", {"x": ("spec-x", []), "y": ("spec-y", ["x"])}, ["y"],
                    {"x": 0, "y": 1}, restrictions={"x": [A], "y": [C]})

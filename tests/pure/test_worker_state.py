@@ -354,15 +354,28 @@ def test_a_relay_that_times_out_is_asked_again(ws):
     assert ws.handle("gather-failed", peer=RELAY) == [GatherDep(RELAY, ["x"])]
 
 
-def test_a_value_too_large_to_relay_fails_the_tasks_that_need_it(ws):
+def test_a_value_too_large_to_relay_gives_back_the_tasks_that_need_it(ws):
+    # For the scheduler to run them where the value is (or fail them, saying why).
     ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
-              who_has={"x": [A]}, nbytes={"x": 8})
+              who_has={"x": [A]}, nbytes={"x": 8}, run_id=3)
     ws.handle("peer-unreachable", peer=A)
     error = {"type": "TransferError", "text": "too big"}
     assert ws.handle("gather-done", peer=RELAY, data={}, sizes={},
                      errors={"x": error}) == [
-        Send({"op": "task-erred", "key": "y", "exception": None, "traceback": None,
-              "traceback_text": "", "type": "TransferError", "text": "too big"})]
+        Send({"op": "input-unmovable", "key": "y", "dep": "x", "type": "TransferError",
+              "text": "too big", "run_id": 3})]
+    assert ws.tasks == {} and ws.in_flight == {}
+
+
+def test_an_input_its_holder_cannot_pickle_gives_back_the_tasks_that_need_it(ws):
+    ws.handle("compute-task", key="y", run_spec="spec-y", priority=(0,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    ws.handle("compute-task", key="z", run_spec="spec-z", priority=(1,),
+              who_has={"x": [A]}, nbytes={"x": 8})
+    error = {"type": "TypeError", "text": "result of 'x' could not be serialized"}
+    out = ws.handle("gather-done", peer=A, data={}, sizes={}, errors={"x": error})
+    assert sorted(m.msg["key"] for m in out) == ["y", "z"]
+    assert all(m.msg["op"] == "input-unmovable" and m.msg["dep"] == "x" for m in out)
     assert ws.tasks == {} and ws.in_flight == {}
 
 
