@@ -489,12 +489,14 @@ def _is_current(ts, ws, msg):
             and msg.get("run_id", ts.run_id) == ts.run_id)
 
 
-def _ended_on(ts, state, ws):
+def _ended_on(ts, state, ws, startstops):
     """What scheduler plugins are told, as keyword arguments, of a task that ended on
-    worker ``ws`` in ``state`` (dask.distributed's names)."""
+    worker ``ws`` in ``state`` (dask.distributed's names): ``startstops``, when it
+    computed, its start and stop on the worker's clock."""
     if state == MEMORY:       # the type's name as dask.utils.typename gives it
         typename = ts.type.removeprefix("builtins.") if ts.type else ts.type
-        return {"worker": ws.address, "nbytes": ts.nbytes, "typename": typename}
+        return {"worker": ws.address, "nbytes": ts.nbytes, "typename": typename,
+                "startstops": startstops}
     error = ts.error or {}
     return {"worker": ws.address, "exception_text": error.get("text", ""),
             "traceback_text": error.get("traceback_text", "")}
@@ -676,6 +678,7 @@ class SchedulerState:
         self.events = {}                     # {topic: deque([(time, msg)])}, the latest
         self.metadata = {}                   # nested {name: ... Serialized} of clients
         self._advancing = self._advance_again = False
+        self._finish_times = (None, [])      # (key, startstops) for plugins, finishing
         self._batching = False               # in handle_worker_messages
         self._fill_after = None              # the worker to fill after "task-finished"s
         self.stolen = 0                      # tasks moved so, ever
@@ -851,7 +854,8 @@ class SchedulerState:
         if self.plugin_events is not None:
             event = ("transition", ts.key, ts.state, state)
             if ran_on is not None:
-                event += (_ended_on(ts, state, ran_on),)
+                key, times = self._finish_times
+                event += (_ended_on(ts, state, ran_on, times if key == ts.key else []),)
             self.plugin_events.append(event)
         counts = ts.group.states
         counts[ts.state] -= 1
@@ -2106,7 +2110,12 @@ class SchedulerState:
             ts.group.add_duration(msg["duration"])
         ts.group.add_nbytes(ts.nbytes)
         self._add_replica(ts, ws)
+        if self.plugin_events is not None and "start" in msg:
+            start = msg["start"]
+            self._finish_times = (ts.key, [{"action": "compute", "start": start,
+                                            "stop": start + msg.get("duration", 0.0)}])
         self.transitions(self._transition(ts, MEMORY))
+        self._finish_times = (None, [])
         self._fill_after_finish(ws)
 
     def _fill_after_finish(self, ws):

@@ -528,7 +528,7 @@ class WorkerState:
             ts.ran, ts.run_spec = ran, None    # the spec is not run again
         ts.reported = True
         msg = {"op": "task-finished", "key": key, "nbytes": nbytes, "type": type,
-               "duration": stop - start}
+               "duration": stop - start, "start": start}
         if ts.run_id is not None:
             msg["run_id"] = ts.run_id
         if data is not None:

@@ -78,6 +78,10 @@ def test_a_scheduler_plugin_sees_every_transition_of_a_graph(tmp_path):
         assert len(ended) == len(dsk) + 1
         assert all(e["worker"] in workers and e["nbytes"] > 0 and e["typename"] == "int"
                    for e in ended), ended
+        for e in ended:         # when it computed, on the worker's clock
+            (step,) = e["startstops"]
+            assert step["action"] == "compute", e
+            assert time.time() - 60 < step["start"] <= step["stop"] <= time.time(), e
         # workers joining and leaving are seen too
         new = pc.start_worker()
         pc.workers.append(new)

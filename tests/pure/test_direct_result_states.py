@@ -274,21 +274,22 @@ def test_the_worker_sends_a_small_result_to_subscribed_clients_first(ws):
         ToClient("c", {"op": "task-result", "key": "x", "data": "blob", "type": "int",
                        "nbytes": 8}),
         Send({"op": "task-finished", "key": "x", "nbytes": 8, "type": "int",
-              "duration": 0.5, "data": "blob", "direct": ["c"]})]
+              "duration": 0.5, "start": 1.0, "data": "blob", "direct": ["c"]})]
 
 
 def test_the_worker_sends_nothing_straight_to_a_client_gone_or_never_there(ws):
     ws.handle("client-subscribed", client="c")
     ws.handle("client-gone", client="c")
     assert run(ws) == [Send({"op": "task-finished", "key": "x", "nbytes": 8,
-                             "type": "int", "duration": 0.5, "data": "blob"})]
+                             "type": "int", "duration": 0.5, "start": 1.0,
+                             "data": "blob"})]
 
 
 def test_a_large_result_goes_the_long_way(ws):
     ws.handle("client-subscribed", client="c")
     assert run(ws, want_data=False) == [Send({"op": "task-finished", "key": "x",
                                               "nbytes": 8, "type": "int",
-                                              "duration": 0.5})]
+                                              "duration": 0.5, "start": 1.0})]
 
 
 def test_a_result_finished_while_others_wait_to_run_goes_the_long_way(ws):
@@ -300,7 +301,7 @@ def test_a_result_finished_while_others_wait_to_run_goes_the_long_way(ws):
     assert ws.handle("execute-success", key="x", value=1, nbytes=8, type="int",
                      start=1.0, stop=1.5, data="blob-x") == [
         Send({"op": "task-finished", "key": "x", "nbytes": 8, "type": "int",
-              "duration": 0.5, "data": "blob-x"}),
+              "duration": 0.5, "start": 1.0, "data": "blob-x"}),
         Send({"op": "task-started", "key": "y"}),
         Execute("y", "spec-y", {}, True)]
     # Nothing waits behind y: its value goes straight.

@@ -170,7 +170,7 @@ def test_a_paused_worker_still_serves_its_data_and_finishes_what_runs(ws):
     assert ws.handle("execute-success", key="x", value=41, nbytes=8, type="int",
                      start=1.0, stop=2.0) == [
         Send({"op": "task-finished", "key": "x", "nbytes": 8, "type": "int",
-              "duration": 1.0})]
+              "duration": 1.0, "start": 1.0})]
     assert ws.get_data(["x", "nope"]) == ({"x": 41}, ["nope"])
     assert ws.managed == 8
 

@@ -326,14 +326,16 @@ def test_plugin_events_are_reported_only_when_asked_for(s):
                                   "tasks": [("y", "spec", ["x"])]})
     wid = s.tasks["y"].processing_on.id
     s.handle_worker_message(wid, {"op": "task-finished", "key": "y", "nbytes": 1,
-                                  "type": "int", "duration": 0.1})
+                                  "type": "int", "duration": 0.5, "start": 100.0})
     s.handle_client_message("c", {"op": "client-releases-keys", "keys": ["y"]})
     events = s.plugin_events
     assert events[-1] == ("transition", "y", "memory", "forgotten")
     assert [e[1:] for e in events if e[0] == "transition" and e[1] == "y"] == [
         ("y", "released", "waiting"), ("y", "waiting", "processing"),
         ("y", "processing", "memory", {"worker": s.workers[wid].address, "nbytes": 1,
-                                       "typename": "int"}),
+                                       "typename": "int", "startstops": [
+                                           {"action": "compute", "start": 100.0,
+                                            "stop": 100.5}]}),
         ("y", "memory", "forgotten")]
     # The graph comes before its tasks' first moves, with their priorities.
     first = events.index(("transition", "y", "released", "waiting"))

@@ -42,7 +42,7 @@ def test_a_seceded_task_frees_its_slot_for_the_next_task(w):
     assert w.tasks["a"].state == "executing"      # still running: its result is to come
     # A seceded task ends like any task; its slot was given away already.
     assert success(w, "a", 5) == [Send({"op": "task-finished", "key": "a", "nbytes": 8,
-                                        "type": "int", "duration": 1.0})]
+                                        "type": "int", "duration": 1.0, "start": 1.0})]
     assert w.seceded == set() and w.executing == {"b"} and w.data == {"a": 5}
 
 
@@ -56,7 +56,7 @@ def test_rejoin_waits_for_a_free_slot_and_goes_before_ready_tasks(w):
     # b ends: the slot goes to a, which asked first, not to the ready c.
     assert success(w, "b") == [
         Send({"op": "task-finished", "key": "b", "nbytes": 8, "type": "int",
-              "duration": 1.0}),
+              "duration": 1.0, "start": 1.0}),
         Send({"op": "task-rejoined", "key": "a"}), Rejoin("a")]
     assert w.executing == {"a"} and w.seceded == set() and w.rejoining == []
     assert w.tasks["c"].state == "ready"

@@ -35,7 +35,7 @@ def test_root_task_runs_and_reports(ws):
     assert states(ws) == {"x": "executing"}
     assert success(ws, "x", 41) == [Send({"op": "task-finished", "key": "x",
                                           "nbytes": 8, "type": "int",
-                                          "duration": 0.25})]
+                                          "duration": 0.25, "start": 10.0})]
     assert ws.data == {"x": 41}
     assert states(ws) == {"x": "memory"}
 
@@ -55,7 +55,7 @@ def test_inputs_held_by_peers_are_fetched_then_the_task_runs(ws):
 
     assert success(ws, "z", 3) == [Send({"op": "task-finished", "key": "z",
                                          "nbytes": 8, "type": "int",
-                                         "duration": 0.25})]
+                                         "duration": 0.25, "start": 10.0})]
     # Fetched copies the scheduler does not know about are dropped at once.
     assert ws.data == {"z": 3}
     assert states(ws) == {"z": "memory"}
@@ -512,7 +512,7 @@ def test_while_plugins_are_set_up_no_task_starts_but_inputs_are_fetched(ws):
                      who_has={"d": [A]}, nbytes={"d": 10}) == [GatherDep(A, ["d"])]
     assert success(ws, "r", 1) == [Send({"op": "task-finished", "key": "r",
                                          "nbytes": 8, "type": "int",
-                                         "duration": 0.25})]
+                                         "duration": 0.25, "start": 10.0})]
     assert ws.handle("gather-done", peer=A, data={"d": 2}, sizes={"d": 10}) == []
     assert states(ws) == {"r": "memory", "x": "ready", "y": "ready", "d": "memory"}
     assert ws.get_data(["r"]) == ({"r": 1}, [])
