@@ -52,7 +52,8 @@ KINDS = {
         "steal-response": "whether a worker gave up a queued task asked for",
         "missing-data": "no holder had a task's input",
         "input-unmovable": "a task's input could not be sent to its worker (it "
-                           "cannot be pickled): the task is given back",
+                           "cannot be pickled, or the relay could not carry it): "
+                           "the task is given back",
         "peer-unreachable": "a worker cannot connect to a peer",
         "peer-reachable": "a worker can connect to that peer again",
         "relay": "a worker asks for data it cannot fetch from its holders ('stream': "

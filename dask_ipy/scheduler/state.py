@@ -657,7 +657,8 @@ class SchedulerState:
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
         # {key: error}: results in memory that could not be sent to another worker
-        # (they cannot be pickled): their dependents run where they are
+        # (they cannot be pickled, or the relay could not carry them): their
+        # dependents run where they are
         self.unmovable = {}
         self.lost = {}                       # {token: Held}
         self.clock = 0.0                     # the latest time the shell told us
@@ -2223,8 +2224,9 @@ class SchedulerState:
 
     def _on_input_unmovable(self, ws, msg):
         """``ws`` could not be sent input ``dep`` of task ``key`` (its holder could
-        not pickle it) and gave the task up: placed afresh where its unmovable inputs
-        are, or, if no worker it may run on holds them all, erred saying why."""
+        not pickle it, or the relay could not carry it) and gave the task up: placed
+        afresh where its unmovable inputs are, or, if no worker it may run on holds
+        them all, erred saying why."""
         error = {"type": msg.get("type", "Exception"), "text": msg.get("text", "")}
         dts = self.tasks.get(msg["dep"])
         if dts is not None and dts.state == MEMORY:

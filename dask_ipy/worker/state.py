@@ -775,9 +775,9 @@ class WorkerState:
             out.append(Send({"op": "peer-reachable", "address": peer}))
 
     def _give_up_dependents(self, out, ts, error):
-        """An input cannot be brought here (its holder could not pickle it): every
-        local task waiting for it is given back, for the scheduler to run where the
-        input is ("input-unmovable")."""
+        """An input cannot be brought here (its holder could not pickle it, or the
+        relay could not carry it): every local task waiting for it is given back, for
+        the scheduler to run where the input is ("input-unmovable")."""
         for dkey in list(ts.dependents):
             d = self.tasks.get(dkey)
             if d is None or d.state not in TO_RUN:
