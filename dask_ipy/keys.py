@@ -1,5 +1,5 @@
-"""Task group names from keys, without importing dask (the scheduler process never
-needs dask itself)."""
+"""Task group names, and dask's task prefixes, from keys, without importing dask (the
+scheduler process never needs dask itself)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,42 @@ def key_prefix(key) -> str:
     if dash and _is_token(last):
         return _name_kept(name) or key
     return _words_kept(key) or key
+
+
+def _is_hex_word(word):
+    """dask's test for a token among words of letters: 8 of them, the first a-f."""
+    return len(word) == 8 and "a" <= word[0] <= "f"
+
+
+@lru_cache(maxsize=4096)
+def _split_name(name):
+    """`key_split` of a str key."""
+    words = name.split("-")
+    first = words[0]
+    if not first:
+        return "Other"
+    prefix = first if first[0].isalpha() else first.split(",")[0].strip("_'()\"")
+    for word in words[1:]:
+        if not word.isalpha() or _is_hex_word(word):
+            break
+        prefix += "-" + word
+    if len(prefix) == 32 and not prefix.strip("0123456789abcdef"):
+        return "data"
+    if not prefix:
+        return "Other"
+    if prefix[0] == "<":
+        prefix = prefix.strip("<>").split()[0].split(".")[-1]
+    return prefix
+
+
+def key_split(key) -> str:
+    """The task prefix dask.distributed gives a key (dask's ``key_split``), which is
+    what its settings per prefix name (``distributed.scheduler.default-task-durations``):
+    the first word and the letters-only words right after it, ``'x'`` for
+    ``('x-1-y', 0)``, ``'hello-world'`` for ``'hello-world-1'``.  Not always the
+    group (`key_prefix`), which keeps every word that is not a token."""
+    while type(key) is tuple:
+        key = key[0] if key else None
+    if type(key) is bytes:
+        key = key.decode(errors="replace")
+    return _split_name(key) if type(key) is str else "Other"

@@ -1,6 +1,9 @@
-import pytest
+import itertools
 
-from dask_ipy.keys import key_prefix
+import pytest
+from dask.utils import key_split as dask_key_split
+
+from dask_ipy.keys import key_prefix, key_split
 
 
 @pytest.mark.parametrize("key, group", [
@@ -32,8 +35,6 @@ def _reference_prefix(key):
 def test_key_prefix_same_for_every_shape_of_key():
     # The group of a name is remembered across keys: every mix of words gives what
     # reading the key word by word gives, in any order of calls.
-    import itertools
-
     words = ["", "a", "inc", "0", "12", "abcde", "abc12", "ffff0", "ABCDE", "x_y",
              "9f86d081884c", "deadbeef"]
     for n in range(1, 5):
@@ -41,3 +42,16 @@ def test_key_prefix_same_for_every_shape_of_key():
             key = "-".join(parts)
             for k in (key, (key, 1), key.encode()):
                 assert key_prefix(k) == _reference_prefix(key), k
+
+
+def test_key_split_is_dask_key_split():
+    """The task prefix dask.distributed names settings by, without dask."""
+    words = ["", "a", "inc", "0", "12", "abcde", "abc12", "ffff0", "ABCDE", "x_y",
+             "9f86d081884c", "deadbeef", "database", "zzzzzzzz", "(x", "'x', 1)",
+             "<mod.cls object at 0x1", "_x_", "ab,cd", "ae05086432ca935f6eba409a8ecd4896"]
+    for n in range(1, 4):
+        for parts in itertools.product(words, repeat=n):
+            key = "-".join(parts)
+            for k in (key, (key, 1), ((key, 2), 1), key.encode()):
+                assert key_split(k) == dask_key_split(k), k
+    assert [key_split(k) for k in (None, 17, 1.5)] == ["Other"] * 3
