@@ -127,7 +127,7 @@ from collections import deque, namedtuple
 from operator import attrgetter
 
 from ..errors import ERROR_TYPES, error_info
-from ..keys import key_prefix
+from ..keys import key_prefix, key_split
 from ..messages import log_event_fields
 from ..units import format_bytes
 from ..protocol import Serialized
@@ -154,6 +154,14 @@ CLOSED = "closed"
 # The holder of `fire_and_forget`'s keys in who_wants (no client id is a tuple).
 FIRE_AND_FORGET = ("fire-and-forget",)
 
+UNKNOWN_DURATION = 0.5     # seconds a task of a group never measured is expected to
+                           # take (``distributed.scheduler.unknown-task-duration``)
+# {task prefix: seconds} for groups never measured, dask.distributed's defaults of
+# ``distributed.scheduler.default-task-durations``: tasks that only cut their input
+# into pieces.  A shell's settings are added to these.
+TASK_DURATIONS = {"rechunk-split": 1e-6, "split-shuffle": 1e-6,
+                  "split-taskshuffle": 1e-6, "split-stage": 1e-6}
+
 
 #: The tasks a lost supervised worker's death would end, waiting for its
 #: supervisor's word (`SchedulerState.lost`): ``reason`` how it was lost, ``note``
@@ -168,12 +176,13 @@ class InvalidTransition(RuntimeError):
 class TaskGroup:
     """Tasks sharing a key prefix: progress counts and a running duration estimate."""
 
-    __slots__ = ("name", "states", "total", "done", "erred", "duration", "nbytes",
-                 "seq")
+    __slots__ = ("name", "states", "total", "done", "erred", "duration", "expected",
+                 "nbytes", "seq")
 
-    def __init__(self, name, seq):
+    def __init__(self, name, seq, expected=UNKNOWN_DURATION):
         self.name = name
         self.seq = seq
+        self.expected = expected   # seconds a task takes until one has been measured
         self.states = dict.fromkeys(ALL_STATES, 0)
         self.total = 0          # tasks ever added to the group
         self.done = 0           # tasks that reached memory (once each)
@@ -184,6 +193,12 @@ class TaskGroup:
     @property
     def live(self):
         return sum(self.states.values())
+
+    @property
+    def estimate(self):
+        """Seconds a task of the group is expected to run: the measured mean, else
+        `expected`."""
+        return self.expected if self.duration is None else self.duration
 
     def add_duration(self, seconds):
         if self.duration is None:
@@ -621,8 +636,8 @@ def _memory_note(ws):
 
 class SchedulerState:
     def __init__(self, *, allowed_failures=ALLOWED_FAILURES, validate=False,
-                 bandwidth=100e6, default_duration=0.5, saturation=2.0, queue_seconds=0.02,
-                 queue_bytes=QUEUE_BYTES, max_depth=100,
+                 bandwidth=100e6, unknown_duration=UNKNOWN_DURATION, task_durations=None,
+                 saturation=2.0, queue_seconds=0.02, queue_bytes=QUEUE_BYTES, max_depth=100,
                  max_error_text=10_000, max_relay_bytes=MAX_RELAY_BYTES,
                  transition_log_length=stories.LENGTH):
         self.tasks = {}
@@ -690,7 +705,11 @@ class SchedulerState:
         self._freeing = {}      # {worker id: (index, its last "free-keys" in outbox)}
         self.allowed_failures = allowed_failures
         self.bandwidth = bandwidth
-        self.default_duration = default_duration
+        # Expected seconds of tasks until their group has a measured mean: by the
+        # task prefix (dask's `key_split` of a key, as dask.distributed names them),
+        # else `unknown_duration`; looked up once per group.
+        self.unknown_duration = unknown_duration
+        self.task_durations = {**TASK_DURATIONS, **(task_durations or {})}
         self.saturation = saturation
         self.queue_seconds = queue_seconds
         self.queue_bytes = queue_bytes
@@ -772,8 +791,13 @@ class SchedulerState:
         name = key_prefix(key)
         tg = self.groups.get(name)
         if tg is None:
-            tg = self.groups[name] = TaskGroup(name, next(self._seq))
+            tg = self.groups[name] = TaskGroup(name, next(self._seq),
+                                               self._expected(key))
         return tg
+
+    def _expected(self, key):
+        """Seconds a task of ``key``'s prefix is expected to take, none measured."""
+        return self.task_durations.get(key_split(key), self.unknown_duration)
 
     def _new_task(self, key, run_spec):
         if type(key) is tuple and key and type(key[0]) is str:
@@ -1244,8 +1268,11 @@ class SchedulerState:
         (`WorkerRecord.stale`) count for nothing."""
         depth = self.saturation
         group = ts.group
-        if group.duration:
-            depth = min(max(depth, self.queue_seconds / group.duration), self.max_depth)
+        duration = group.duration
+        if duration is None:
+            duration = group.expected               # (`estimate`, inline: called often)
+        if duration > 0:
+            depth = min(max(depth, self.queue_seconds / duration), self.max_depth)
         threads = ws.nthreads - len(ws.stale)      # threads not held by forgotten tasks
         queue = math.ceil(threads * depth)
         if group.nbytes:
@@ -1300,9 +1327,13 @@ class SchedulerState:
             self._cursor = start + i + 1
         return best
 
-    def _duration(self, ts):
-        d = ts.group.duration
-        return self.default_duration if d is None else d
+    def _stale_duration(self, ts, key):
+        """`TaskGroup.estimate` of a task released while it ran, maybe forgotten here
+        since (its group may be kept)."""
+        if ts is not None:
+            return ts.group.estimate
+        tg = self.groups.get(key_prefix(key))
+        return self._expected(key) if tg is None else tg.estimate
 
     def _valid_workers(self, ts):
         running = self._running_workers()
@@ -1486,7 +1517,7 @@ class SchedulerState:
         """Send a task that is now processing to ``ws``."""
         if self.validating:
             assert ws.status == RUNNING, (ts, ws)     # nothing new for a paused one
-        duration = self._duration(ts)
+        duration = ts.group.estimate
         ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
@@ -1497,7 +1528,7 @@ class SchedulerState:
         self.run_count += 1
         ts.run_id = self.run_count
         msg = {"op": "compute-task", "key": ts.key, "run_spec": run_spec,
-               "priority": ts.priority, "duration": ts.group.duration,
+               "priority": ts.priority, "duration": duration,
                "run_id": self.run_count}
         clients = [cid for cid in ts.who_wants if cid in self.clients]   # no holders
         if clients:
@@ -2067,7 +2098,7 @@ class SchedulerState:
         elif key not in ws.stale:
             # Released before this word came: it holds a thread all the same, until
             # the worker says it is over.
-            duration = self._duration(ts) if ts is not None else self.default_duration
+            duration = self._stale_duration(ts, key)
             ws.stale[key] = duration
             ws.occupancy += duration
             self._note_queue(ws)
@@ -2152,12 +2183,12 @@ class SchedulerState:
         if _is_current(ts, ws, msg):
             if ts in ws.seceded:
                 ws.seceded.discard(ts)
-                ws.processing[ts] = self._duration(ts)
+                ws.processing[ts] = ts.group.estimate
                 ws.occupancy += ws.processing[ts]
                 self._note_queue(ws)          # its queue may wait behind it again
         elif key not in ws.stale:
             # Released while it waited: it holds a thread until the worker drops it.
-            duration = self._duration(ts) if ts is not None else self.default_duration
+            duration = self._stale_duration(ts, key)
             ws.stale[key] = duration
             ws.occupancy += duration
 
@@ -3309,9 +3340,10 @@ class SchedulerState:
         """How many workers the work wants now (dask.distributed's
         `Scheduler.adaptive_target`): enough threads that the tasks not done
         (waiting for inputs, queued, without a worker, processing), at their groups'
-        mean durations, take about ``target_duration`` seconds, but no more threads
-        than tasks that can run now; counted in workers of this cluster's mean size
-        (one thread each without workers).  And at least: one while a task can run;
+        mean durations (or expected ones: `TaskGroup.estimate`), take about
+        ``target_duration`` seconds, but no more threads than tasks that can run now;
+        counted in workers of this cluster's mean size (one thread each without
+        workers).  And at least: one while a task can run;
         the workers running tasks; while results are held, enough workers for their
         memory limits to hold twice the data (one, without limits), so that an idle
         cluster keeps what its Futures hold."""
@@ -3322,8 +3354,7 @@ class SchedulerState:
             ready = tg.states[QUEUED] + tg.states[NO_WORKER]
             later = tg.states[WAITING]
             if ready or later:
-                duration = self.default_duration if tg.duration is None else tg.duration
-                work += (ready + later) * duration
+                work += (ready + later) * tg.estimate
                 runnable += ready
         busy = data = nthreads = 0
         limits = []
