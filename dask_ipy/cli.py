@@ -76,6 +76,14 @@ def build_parser():
     p.add_argument("--allowed-failures", type=int, default=None, metavar="N",
                    help="workers a task may see die while it runs on them; it ends "
                         "in KilledWorker at the next (default 3)")
+    p.add_argument("--unknown-task-duration", type=_seconds, default=None,
+                   metavar="SECONDS",
+                   help="what a task of a group not measured yet is expected to "
+                        "take (default 0.5)")
+    p.add_argument("--default-task-durations", type=_durations, default=None,
+                   metavar="JSON",
+                   help='the same by task prefix, e.g. \'{"load": 10}\' (added to '
+                        "dask.distributed's defaults)")
     p.add_argument("--encrypt", action="store_true",
                    help="encrypt every connection (ZeroMQ CURVE)")
     p.add_argument("--security-from-stdin", action="store_true",
@@ -142,6 +150,26 @@ def _nthreads(text):
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a whole number of at least 1, got {text!r}") from None
+
+
+def _seconds(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}")
+    return seconds
+
+
+def _durations(text):
+    """{task prefix: seconds} from JSON."""
+    try:
+        durations = json.loads(text)
+        return {str(prefix): _seconds(str(value)) for prefix, value in durations.items()}
+    except (ValueError, AttributeError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of task prefixes and seconds, got {text!r}") from None
 
 
 def _resources(text):
@@ -282,7 +310,9 @@ def cmd_scheduler(args):
                   dashboard_port=args.dashboard_port,
                   dashboard_prefix=args.dashboard_prefix,
                   transition_log_length=args.transition_log_length,
-                  allowed_failures=args.allowed_failures)
+                  allowed_failures=args.allowed_failures,
+                  unknown_task_duration=args.unknown_task_duration,
+                  default_task_durations=args.default_task_durations)
     log = None
     try:
         with _until_signalled():

@@ -153,12 +153,35 @@ def allowed_failures():
     return None if value is None else int(value)
 
 
+def task_durations():
+    """(seconds, {task prefix: seconds}): what tasks of a group not measured yet are
+    expected to take, from dask.distributed's settings
+    ``distributed.scheduler.unknown-task-duration`` (None where not set: the
+    scheduler's 0.5 s) and ``distributed.scheduler.default-task-durations`` (by
+    dask's `key_split` of the key; added to the scheduler's, dask.distributed's
+    defaults)."""
+    from dask.utils import parse_timedelta
+
+    unknown = dask.config.get("distributed.scheduler.unknown-task-duration", None)
+    by_prefix = dask.config.get("distributed.scheduler.default-task-durations", None)
+    return (None if unknown is None else float(parse_timedelta(unknown, "s")),
+            {str(prefix): float(parse_timedelta(value, "s"))
+             for prefix, value in (by_prefix or {}).items()})
+
+
 def scheduler_flags():
     """The ``dask-ipy scheduler`` options that carry this process's settings to a
     scheduler it starts (a scheduler process does not read dask.config)."""
     flags = ["--transition-log-length", str(transition_log_length("scheduler"))]
     failures = allowed_failures()
-    return flags if failures is None else flags + ["--allowed-failures", str(failures)]
+    if failures is not None:
+        flags += ["--allowed-failures", str(failures)]
+    unknown, by_prefix = task_durations()
+    if unknown is not None:
+        flags += ["--unknown-task-duration", repr(unknown)]
+    if by_prefix:
+        flags += ["--default-task-durations", json.dumps(by_prefix)]
+    return flags
 
 
 def inherited_env():

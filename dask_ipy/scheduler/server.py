@@ -36,7 +36,8 @@ from ..security import (Security, remove_connection_file, remove_stale_connectio
                         write_connection_file)
 from ..taskstream import CAPACITY, MemoryHistory, TaskStream
 from .plugins import SchedulerPlugins, run_function
-from .state import ALLOWED_FAILURES, MAX_DEATH_TEXT, MAX_RELAY_BYTES, SchedulerState
+from .state import (ALLOWED_FAILURES, MAX_DEATH_TEXT, MAX_RELAY_BYTES, UNKNOWN_DURATION,
+                    SchedulerState)
 
 MONITOR_INTERVAL = 0.5
 PAGE = 100_000             # task stream records in one answer at most
@@ -55,8 +56,10 @@ def _configured():
         return {}
     from .. import config
 
+    unknown, by_prefix = config.task_durations()
     found = {"transition_log_length": config.transition_log_length("scheduler"),
-             "allowed_failures": config.allowed_failures()}
+             "allowed_failures": config.allowed_failures(),
+             "unknown_task_duration": unknown, "default_task_durations": by_prefix}
     return {name: value for name, value in found.items() if value is not None}
 
 
@@ -75,6 +78,11 @@ class Scheduler:
     ends in `KilledWorker`.  Both by default from dask.config where this process
     has loaded dask (``dask-ipy.scheduler.*``, else dask.distributed's settings of
     the same names), else 10,000 and 3.
+    ``unknown_task_duration`` (seconds) and ``default_task_durations`` ({task
+    prefix: seconds}): what a task of a group not measured yet is expected to take,
+    for placement, stealing and adaptivity; by default dask.distributed's
+    ``distributed.scheduler.unknown-task-duration`` and ``default-task-durations``
+    where this process has loaded dask, else 0.5 s and dask.distributed's defaults.
     ``idle_timeout``: close after that many seconds with no worker and no client
     (before the first has joined, at least `FIRST_JOIN_TIMEOUT`).
 
@@ -89,7 +97,8 @@ class Scheduler:
                  max_message_bytes=MAX_MESSAGE_BYTES, max_relay_bytes=MAX_RELAY_BYTES,
                  task_stream_length=CAPACITY, dashboard_port=None, dashboard_prefix="",
                  transition_log_length=None, host=None, port=None,
-                 dashboard_address=None):
+                 dashboard_address=None, unknown_task_duration=None,
+                 default_task_durations=None):
         hostname = host or hostname
         port_to_clients = port or port_to_clients
         if dashboard_address is not None and dashboard_port is None:
@@ -103,9 +112,16 @@ class Scheduler:
             transition_log_length = configured.get("transition_log_length", stories.LENGTH)
         if allowed_failures is None:
             allowed_failures = configured.get("allowed_failures", ALLOWED_FAILURES)
+        if unknown_task_duration is None:
+            unknown_task_duration = configured.get("unknown_task_duration",
+                                                   UNKNOWN_DURATION)
+        if default_task_durations is None:
+            default_task_durations = configured.get("default_task_durations")
         self.state = SchedulerState(allowed_failures=allowed_failures, validate=validate,
                                     max_relay_bytes=max_relay_bytes,
-                                    transition_log_length=transition_log_length)
+                                    transition_log_length=transition_log_length,
+                                    unknown_duration=unknown_task_duration,
+                                    task_durations=default_task_durations)
         self.heartbeat_timeout = heartbeat_timeout
         self.idle_timeout = idle_timeout
         self.started = time.time()
@@ -200,6 +216,12 @@ class Scheduler:
     def plugins(self):
         """{name: scheduler plugin}"""
         return self.plugin_host.plugins
+
+    @property
+    def UNKNOWN_TASK_DURATION(self):
+        """Seconds a task of a group not measured yet is expected to take, unless its
+        prefix has a default of its own (``distributed.scheduler.*``)."""
+        return self.state.unknown_duration
 
     def story(self, *keys_or_stimuli):
         """The transitions of these keys (or TaskStates) or stimulus ids:

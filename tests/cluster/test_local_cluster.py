@@ -465,6 +465,30 @@ def test_the_cluster_takes_this_process_dask_config(processes):
             assert sorted(seen) == [1, 2]
 
 
+def unknown_task_duration(dask_scheduler):
+    return dask_scheduler.UNKNOWN_TASK_DURATION
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_expected_task_durations_come_from_this_process_dask_config(processes):
+    """dask.distributed's ``unknown-task-duration`` and ``default-task-durations``
+    set here before the cluster starts are what its scheduler expects of tasks
+    not measured yet: here, in the workers adaptivity asks for."""
+    settings = {"distributed.scheduler.unknown-task-duration": "2s",
+                "distributed.scheduler.default-task-durations": {"load": "10s"}}
+    with dask.config.set(settings):
+        cluster = LocalCluster(n_workers=0, processes=processes, **NO_DASHBOARD)
+    with cluster, Client(cluster, set_as_default=False) as client:
+        futures = ([client.submit(inc, i, key=f"load-{i}") for i in range(3)]
+                   + [client.submit(inc, i, key=f"other-{i}") for i in range(4)])
+        # No worker to run them: 3 x 10 s + 4 x 2 s = 38 s, two threads for 20 s
+        # (at 0.5 s each, one).
+        wait_for(lambda: client.adaptive_target("20s")["target"] == 2, timeout=10,
+                 message=lambda: f"target 2, not {client.adaptive_target('20s')}")
+        client.cancel(futures)
+        assert client.run_on_scheduler(unknown_task_duration) == 2.0
+
+
 
 @pytest.mark.parametrize("processes", [True, False])
 def test_a_worker_retired_by_a_client_leaves_the_cluster(processes, caplog):

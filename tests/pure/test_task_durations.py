@@ -4,13 +4,14 @@ prefix (dask's `key_split` of the key), else ``unknown-task-duration``, given to
 `SchedulerState` as numbers; placement, queues, stealing and adaptivity all count
 with it."""
 
+import dask
 import pytest
 
+from dask_ipy import config
+from dask_ipy.cli import parse_args
 from dask_ipy.scheduler.state import SchedulerState
 
 pytestmark = pytest.mark.timeout(60)
-
-A = "tcp://10.0.0.1:1"
 
 
 def scheduler(nthreads=1, workers=1):
@@ -86,3 +87,20 @@ def test_adaptive_target_counts_the_expected_durations():
     # 3 x 10 s + 1000 x 1 ms + 4 x 2 s = 39 s: 8 threads for 5 s.
     assert s.adaptive_target(5.0) == 8
 
+
+def test_dask_config_reaches_the_scheduler_as_seconds():
+    """The launcher's options for a ``dask-ipy scheduler`` (which reads no dask
+    config) carry dask.distributed's settings, and the parser reads them back."""
+    settings = {"distributed.scheduler.unknown-task-duration": "1500ms",
+                "distributed.scheduler.default-task-durations": {"load": "1m",
+                                                                  "tiny": 0.001}}
+    mine = {"load": 60.0, "tiny": 0.001}     # (with dask.distributed's, if imported)
+    with dask.config.set(settings):
+        unknown, by_prefix = config.task_durations()
+        assert unknown == 1.5 and by_prefix.items() >= mine.items()
+        args = parse_args(["scheduler", *config.scheduler_flags()])
+    assert args.unknown_task_duration == 1.5
+    assert args.default_task_durations.items() >= mine.items()
+    assert parse_args(["scheduler"]).unknown_task_duration is None
+    with pytest.raises(SystemExit):
+        parse_args(["scheduler", "--default-task-durations", '{"x": "soon"}'])
