@@ -131,11 +131,11 @@ def test_leftover_processes_are_found():
 
 
 def test_the_orphaned_children_of_a_killed_controller_are_reaped(tmp_path):
-    """ipyparallel's launcher kills a controller still running 5 s after its SIGTERM
-    (a child of it missed the signal: under coverage, whose SIGTERM handler a
-    monitored-queue child runs only when it returns from ZeroMQ, which it may never
-    do).  Its other children, orphans of init then, were left for good; those of a
-    `reaped` block are killed at its end."""
+    """ipyparallel's launcher kills a controller still running 5 s after its SIGTERM,
+    as when one of its children missed the signal (under coverage, whose SIGTERM
+    handler a monitored-queue child runs only when it returns from ZeroMQ, which it
+    may never do).  Its children, orphans of init then, were left running for good;
+    those of a `reaped` block are killed at its end."""
     import subprocess
 
     with reaped(grace=0) as marker:
