@@ -262,7 +262,7 @@ def test_demo_end_to_end():
             out, _ = proc.communicate(timeout=100)     # within the test's timeout
         finally:
             if proc.poll() is None:                    # timed out, or the test did
-                proc.kill()
+                kill_tree(proc.pid)
                 proc.communicate()
     assert proc.returncode == 0, out
     assert "y = 3" in out
