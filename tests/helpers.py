@@ -224,6 +224,66 @@ def kill_all(procs, timeout=10):
     psutil.wait_procs(procs, timeout=timeout)
 
 
+# Every process a test starts inherits a marker in its environment, however deep and
+# even once orphaned (the children of an ipyparallel controller its launcher killed
+# belong to init): the one sure way to find them all at the end.
+MARKER = "DASK_IPY_TEST_MARKER"
+
+
+def marked(marker):
+    """The processes (but this one) whose environment carries ``marker``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get(MARKER) == marker:
+                found.append(p)
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+def kill_marked(marker, grace=20):
+    """Give the processes carrying ``marker`` ``grace`` seconds to end by themselves,
+    kill those left and return their command lines."""
+    import psutil
+
+    deadline = time.monotonic() + grace
+    left = marked(marker)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = marked(marker)
+    commands = []
+    for p in left:
+        try:
+            commands.append(p.cmdline())
+        except psutil.Error:
+            pass
+    kill_all(left)
+    return commands
+
+
+@contextlib.contextmanager
+def reaped(grace=10):
+    """A block whose processes (all those started in it, and theirs) carry a new
+    marker, yielded; at the end, even on failure or timeout, those still running get
+    ``grace`` seconds to end and are then killed."""
+    marker = uuid.uuid4().hex
+    old = os.environ.get(MARKER)
+    os.environ[MARKER] = marker
+    try:
+        yield marker
+    finally:
+        if old is None:
+            del os.environ[MARKER]
+        else:
+            os.environ[MARKER] = old
+        kill_marked(marker, grace)
+
+
 @contextlib.contextmanager
 def started_ipcluster():
     """A real two-engine ipcluster with fast heartbeats (in the IPYTHONDIR of the test

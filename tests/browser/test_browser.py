@@ -20,9 +20,8 @@ import sys
 import time
 import urllib.request
 
-import psutil
 import pytest
-from helpers import ROOT, wait_for
+from helpers import MARKER, ROOT, kill_marked, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -80,6 +79,9 @@ class Lab:
                    JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                    IPYTHONDIR=str(home / "ipython"),
                    PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+        # Kernels, ipcluster processes, the scheduler: found by this at the end, even
+        # the orphans of a killed kernel or controller.
+        self.marker = env[MARKER] = secrets.token_hex(16)
         # No news, no update checks: the server and page stay on loopback.
         write_settings(env["JUPYTER_CONFIG_DIR"], "@jupyterlab/apputils-extension",
                        "notification", {"fetchNews": "false", "checkForUpdates": False})
@@ -97,8 +99,6 @@ class Lab:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.ps = psutil.Process(self.proc.pid)
-        self.descendants = {}
 
     def wait_ready(self, timeout=60):
         def up():
@@ -111,21 +111,11 @@ class Lab:
                 return False
         wait_for(up, timeout=timeout, interval=0.2, message="JupyterLab to answer")
 
-    def remember_descendants(self):
-        """Kernels, ipcluster processes, the scheduler: recorded while their parents
-        live, since orphans can no longer be found through the process tree."""
-        try:
-            for p in self.ps.children(recursive=True):
-                self.descendants.setdefault(p.pid, p)
-        except psutil.Error:
-            pass
-
     def log_tail(self, n=4000):
         self.log.flush()
         return self.log_path.read_text()[-n:]
 
     def stop(self):
-        self.remember_descendants()
         if self.proc.poll() is None:
             self.proc.terminate()          # shuts its kernels down first
             try:
@@ -133,13 +123,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        for p in self.descendants.values():
-            try:
-                if p.is_running():
-                    p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(list(self.descendants.values()), timeout=10)
+        kill_marked(self.marker, grace=5)
         self.log.close()
 
 
@@ -207,7 +191,6 @@ class Notebook:
         self.page.goto(f"{lab.url}/lab/tree/{path}?token={lab.token}")
         self.page.locator(".jp-Notebook .jp-Cell").first.wait_for()
         self.page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-        lab.remember_descendants()
 
     def read(self):
         return self.page.evaluate(READ_WIDGET)
@@ -243,7 +226,6 @@ class Notebook:
         """The widget's state once ``predicate(state)`` holds."""
         deadline = time.monotonic() + timeout
         while True:
-            self.lab.remember_descendants()
             state = self.read()
             if predicate(state):
                 return state

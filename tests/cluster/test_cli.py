@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
-from helpers import ROOT, die, kill_tree, read_info, wait_for
+from helpers import ROOT, die, kill_tree, reaped, read_info, wait_for
 from dask_ipy import Client, KilledWorker
 from dask_ipy.plugins import WorkerPlugin
 from dask_ipy.cli import log_path, parse_args, ready_lines
@@ -251,14 +251,19 @@ def test_spawn_failure_reports_the_output():
 
 
 def test_demo_end_to_end():
-    proc = subprocess.Popen(command() + ["demo"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
-        proc.communicate()
-        raise
+    # The ipcluster's processes are the demo's children, or orphans of init once
+    # ipyparallel's launcher killed a controller that outlived its SIGTERM: reaped
+    # finds them all, even when the test fails or times out.
+    with reaped():
+        proc = subprocess.Popen(command() + ["demo"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            out, _ = proc.communicate(timeout=100)     # within the test's timeout
+        finally:
+            if proc.poll() is None:                    # timed out, or the test did
+                kill_tree(proc.pid)
+                proc.communicate()
     assert proc.returncode == 0, out
     assert "y = 3" in out
     assert "dask_client_from_ipclient:" in out

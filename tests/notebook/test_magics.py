@@ -8,7 +8,7 @@ import time
 from operator import add
 
 import pytest
-from helpers import dask_ipy_threads, inc, local_cluster, wait_for
+from helpers import dask_ipy_threads, inc, local_cluster, reaped, wait_for
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -499,16 +499,17 @@ def test_waiting_for_more_engines_than_there_are_says_so(ip, ipcluster):
 def test_start_new_starts_and_stops_a_local_ipcluster(ip):
     import ipyparallel
 
-    r, out = run(ip, "c = %dsched start --new 2 --scheduler local")
-    c = ip.user_ns["c"]
-    magics = ip.find_line_magic("dsched").__self__
-    cluster = magics.ipcluster
-    try:
-        assert "started a local ipcluster of 2 engines" in out
-        assert len(c.scheduler_info()["workers"]) == 2
-        assert run(ip, "%%dget y\n" + SEED)[0].result == 3
-    finally:
-        _, out = run(ip, "%dsched stop")
+    with reaped():          # whatever `%dsched stop` may leave of the ipcluster
+        r, out = run(ip, "c = %dsched start --new 2 --scheduler local")
+        c = ip.user_ns["c"]
+        magics = ip.find_line_magic("dsched").__self__
+        cluster = magics.ipcluster
+        try:
+            assert "started a local ipcluster of 2 engines" in out
+            assert len(c.scheduler_info()["workers"]) == 2
+            assert run(ip, "%%dget y\n" + SEED)[0].result == 3
+        finally:
+            _, out = run(ip, "%dsched stop")
     assert "stopped the ipcluster" in out and magics.ipcluster is None
     with pytest.raises((OSError, TimeoutError)):
         ipyparallel.Client(cluster_id=cluster.cluster_id, timeout=1)
