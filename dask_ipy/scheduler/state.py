@@ -671,7 +671,7 @@ class SchedulerState:
         self._running_cache = ((), None)     # (running workers, when built)
         self._cursor = 0                     # where the next windowed search starts
         self.memory_failures = {}            # {key: text} last stop for memory
-        # {key: error}: results in memory that could not be sent to another worker
+        # {key: why}: results in memory that could not be sent to another worker
         # (they cannot be pickled, or the relay could not carry them): their
         # dependents run where they are
         self.unmovable = {}
@@ -694,7 +694,7 @@ class SchedulerState:
         self.events = {}                     # {topic: deque([(time, msg)])}, the latest
         self.metadata = {}                   # nested {name: ... Serialized} of clients
         self._advancing = self._advance_again = False
-        self._finish_times = (None, [])      # (key, startstops) for plugins, finishing
+        self._finish_times = None            # (key, startstops) for plugins, finishing
         self._batching = False               # in handle_worker_messages
         self._fill_after = None              # the worker to fill after "task-finished"s
         self.stolen = 0                      # tasks moved so, ever
@@ -879,8 +879,9 @@ class SchedulerState:
         if self.plugin_events is not None:
             event = ("transition", ts.key, ts.state, state)
             if ran_on is not None:
-                key, times = self._finish_times
-                event += (_ended_on(ts, state, ran_on, times if key == ts.key else []),)
+                times = self._finish_times
+                startstops = times[1] if times is not None and times[0] == ts.key else []
+                event += (_ended_on(ts, state, ran_on, startstops),)
             self.plugin_events.append(event)
         counts = ts.group.states
         counts[ts.state] -= 1
@@ -2147,7 +2148,7 @@ class SchedulerState:
             self._finish_times = (ts.key, [{"action": "compute", "start": start,
                                             "stop": start + msg.get("duration", 0.0)}])
         self.transitions(self._transition(ts, MEMORY))
-        self._finish_times = (None, [])
+        self._finish_times = None
         self._fill_after_finish(ws)
 
     def _fill_after_finish(self, ws):
@@ -2258,19 +2259,17 @@ class SchedulerState:
         not pickle it, or the relay could not carry it) and gave the task up: placed
         afresh where its unmovable inputs are, or, if no worker it may run on holds
         them all, erred saying why."""
-        error = {"type": msg.get("type", "Exception"), "text": msg.get("text", "")}
+        kind, text = msg.get("type", "Exception"), msg.get("text", "")
         dts = self.tasks.get(msg["dep"])
         if dts is not None and dts.state == MEMORY:
-            self.unmovable[dts.key] = error
+            self.unmovable[dts.key] = text
         ts = self.tasks.get(msg["key"])
         if not _is_current(ts, ws, msg):
             return
         if self._near_unmovable(ts, self._valid_workers(ts)):
             self.transitions({ts.key: WAITING})
         else:
-            ts.error = {**error, "exception": None, "traceback": None,
-                        "traceback_text": "", "chain": None, "origin": ts.key,
-                        "worker": ws.address}
+            ts.error = error_info(kind, text, ts.key)
             self.transitions({ts.key: ERRED})
         self.fill_workers()
 
