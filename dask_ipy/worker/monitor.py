@@ -32,7 +32,7 @@ from ..units import format_bytes
 from . import limits as L
 
 EXIT_MEMORY = 75        # a worker's exit code when its memory passed terminate
-TRIM = 1.0              # seconds between two heap trims while paused
+TRIM = 1.0              # seconds between two heap trims for the memory watch
 COLLECT_SHARE = 0.05    # at most this share of the time in the collector, for memory
 
 
@@ -185,10 +185,16 @@ class MemoryMonitor:
         except Exception:
             return
         managed = self.managed_bytes()
+        instructions = L.decide(rss, managed, self.limit, self.fractions, self.paused,
+                                self.margin)
+        acts = any(not isinstance(inst, L.Resume) for inst in instructions)
+        if (acts or self.paused) and self._free_heap():
+            rss = self._sample().rss
+            instructions = L.decide(rss, managed, self.limit, self.fractions,
+                                    self.paused, self.margin)
         self.rss, self.managed = rss, managed
         self.peak = max(self.peak, rss)
-        for inst in L.decide(rss, managed, self.limit, self.fractions, self.paused,
-                             self.margin):
+        for inst in instructions:
             if isinstance(inst, L.Terminate):
                 self._terminate(inst)
             elif isinstance(inst, L.Pause):
@@ -199,15 +205,21 @@ class MemoryMonitor:
                 self.worker.loop.call_soon(self.worker.memory_paused, False, rss)
             elif isinstance(inst, L.Spill):
                 self._spill(inst.nbytes)
-        if self.paused and not self.spilling and time.monotonic() - self._trimmed > TRIM:
-            # Memory freed by tasks (one that was stopped, most often) may sit in
-            # the heap, or in reference cycles nobody reaches: give it back, or the
-            # worker could stay paused for nothing.
-            from .system import malloc_trim
 
-            self.collector.collect()
-            self._trimmed = time.monotonic()
-            malloc_trim()
+    def _free_heap(self):
+        """Before spilling, pausing or stopping for the RSS, and while paused: give
+        back memory that is free but still counted, at most once per `TRIM` seconds.
+        Freed results may sit in the heap (blocks under the worker's mmap threshold
+        stay there for reuse, `supervisor.HEAP_SETTINGS`), or in reference cycles nobody
+        reaches (a stopped task's, most often).  Whether it ran."""
+        from .system import malloc_trim
+
+        now = time.monotonic()
+        if self.spilling or now - self._trimmed <= TRIM:
+            return False
+        self._trimmed = now
+        self.collector.collect()
+        return malloc_trim()
 
     def _spill(self, nbytes):
         spill = getattr(self.worker.data, "spill", None)

@@ -16,6 +16,8 @@ import sys
 
 import psutil
 
+from ..supervisor import HEAP_SETTINGS
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 PROC_CGROUP = "/proc/self/cgroup"
 
@@ -171,8 +173,6 @@ def io_rates(before, after, seconds):
 
 
 _libc = None
-M_TRIM_THRESHOLD = -1          # glibc's mallopt parameter number
-
 
 def _glibc():
     global _libc
@@ -188,16 +188,15 @@ def _glibc():
     return _libc or None
 
 
-def limit_heap_retention(threshold=65536):
-    """Make free() hand memory back to the system past ``threshold`` bytes (glibc),
-    in a process already running: what MALLOC_TRIM_THRESHOLD_ does for a process
-    started with it.  Without it glibc raises its own threshold after each large
-    free, and a worker that released gigabytes keeps them as its RSS.  A value the
-    user set in the environment wins.  False where unsupported."""
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
+def limit_heap_retention():
+    """Set `HEAP_SETTINGS` in a process already running, as its environment
+    variables do for a process started with them; a variable the user set wins.
+    Returns the names set (none where unsupported)."""
     libc = _glibc()
-    return bool(libc and libc.mallopt(M_TRIM_THRESHOLD, int(threshold)))
+    if libc is None:
+        return []
+    return [name for name, (param, value) in HEAP_SETTINGS.items()
+            if name not in os.environ and libc.mallopt(param, value)]
 
 
 SWITCH_INTERVAL = 0.0005        # seconds: see `shorten_switch_interval`

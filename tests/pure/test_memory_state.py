@@ -407,23 +407,71 @@ def test_a_later_death_not_for_memory_errs_as_killed_worker():
     assert s.tasks["x"].error["type"] == "KilledWorker"
 
 
-def test_heap_retention_is_limited_in_process_unless_the_user_set_it(monkeypatch):
+def test_heap_settings_are_set_in_process_unless_the_user_set_them(monkeypatch):
     import os
     import subprocess
     import sys
 
+    from dask_ipy.supervisor import HEAP_ENV
     from dask_ipy.worker.system import limit_heap_retention
 
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
-    assert limit_heap_retention() is False
-    # In a process of its own (mallopt cannot be undone here): glibc accepts it.
-    code = ("import os; os.environ.pop('MALLOC_TRIM_THRESHOLD_', None); "
-            "from dask_ipy.worker.system import limit_heap_retention as f; "
-            "print(f())")
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert out.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+    for name in HEAP_ENV:
+        monkeypatch.setenv(name, "1000000")
+    assert limit_heap_retention() == []
+    # In a process of its own (mallopt cannot be undone here): glibc accepts both,
+    # or the one the user did not set.
+    code = ("from dask_ipy.worker.system import limit_heap_retention as f; "
+            "print(' '.join(f()))")
+    linux = sys.platform.startswith("linux")
+    env = {k: v for k, v in os.environ.items() if k not in HEAP_ENV}
+    for user, expected in [({}, " ".join(HEAP_ENV)),
+                           ({"MALLOC_TRIM_THRESHOLD_": "1"}, "MALLOC_MMAP_THRESHOLD_")]:
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **user},
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == (expected if linux else "")
+
+
+def test_a_worker_process_gets_the_heap_settings_unless_the_user_set_them(tmp_path):
+    from dask_ipy.supervisor import HEAP_ENV, Supervisor
+
+    assert HEAP_ENV == {"MALLOC_TRIM_THRESHOLD_": "65536",
+                        "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+    assert {k: Supervisor([], tmp_path, env={}).env[k] for k in HEAP_ENV} == HEAP_ENV
+    env = Supervisor([], tmp_path, env={"MALLOC_MMAP_THRESHOLD_": "4096"}).env
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "4096"
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
+def test_the_memory_watch_gives_back_free_heap_memory_before_acting_on_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.worker import monitor, system
+
+    rss, trims, spills, calls = [900], [], [], []
+
+    def trim():
+        trims.append(rss[0])
+        rss[0] -= 600 if len(trims) == 1 else 0     # the first trim frees 600 bytes
+        return True
+
+    monkeypatch.setattr(system, "malloc_trim", trim)
+    data = SimpleNamespace(memory=500, spill=lambda n, after: spills.append(n) or True)
+    worker = SimpleNamespace(data=data, address="w", memory_paused=None,
+                             loop=SimpleNamespace(call_soon=lambda *a: calls.append(a[1:])))
+    m = monitor.MemoryMonitor(worker, 1000, {"target": 0.6, "spill": 0.7, "pause": 0.8,
+                                             "terminate": 0.95},
+                              sample=lambda: SimpleNamespace(rss=rss[0]))
+    m.collector = SimpleNamespace(collect=lambda: True)
+    m.check()             # 900 of 1000 bytes, 600 of them free heap: nothing to do
+    assert (trims, spills, calls, m.rss, m.paused) == ([900], [], [], 300, False)
+    rss[0] = 900          # held now; the next trim waits for `TRIM` seconds
+    m.check()
+    assert (trims, spills, calls, m.paused) == ([900], [300], [(True, 900)], True)
+    m.spilling = False                              # the spill is done
+    m._trimmed -= 2 * monitor.TRIM                  # still paused: it trims again, once
+    m.check()
+    m.check()
+    assert trims == [900, 900]
 
 
 def test_a_worker_process_switches_threads_sooner_and_keeps_a_shorter_interval():
