@@ -33,6 +33,7 @@ from . import limits as L
 
 EXIT_MEMORY = 75        # a worker's exit code when its memory passed terminate
 TRIM = 1.0              # seconds between two heap trims for the memory watch
+HEAP_SLACK = 32 * 2**20  # bytes of heap an idle worker may keep for reuse, untrimmed
 COLLECT_SHARE = 0.05    # at most this share of the time in the collector, for memory
 
 
@@ -153,6 +154,7 @@ class MemoryMonitor:
         self._stop = threading.Event()
         self._warned = False
         self._trimmed = 0.0
+        self._floor = None          # memory other than results, after the last idle trim
         self.collector = ThrottledCollector()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="dask-ipy-worker-memory")
@@ -188,8 +190,11 @@ class MemoryMonitor:
         instructions = L.decide(rss, managed, self.limit, self.fractions, self.paused,
                                 self.margin)
         acts = any(not isinstance(inst, L.Resume) for inst in instructions)
-        if (acts or self.paused) and self._free_heap():
+        idle = self._idle_with_free_heap(rss, managed)
+        if (acts or self.paused or idle) and self._free_heap():
             rss = self._sample().rss
+            if idle:
+                self._floor = rss - managed
             instructions = L.decide(rss, managed, self.limit, self.fractions,
                                     self.paused, self.margin)
         self.rss, self.managed = rss, managed
@@ -206,9 +211,21 @@ class MemoryMonitor:
             elif isinstance(inst, L.Spill):
                 self._spill(inst.nbytes)
 
+    def _idle_with_free_heap(self, rss, managed):
+        """Whether the worker runs nothing and its memory other than results is
+        `HEAP_SLACK` past what it was after its last trim while it ran nothing (what a
+        computation freed, most often, kept in the heap for reuse)."""
+        state = self.worker.state
+        if state.executing or state.ready:
+            return False
+        if self._floor is None:
+            self._floor = rss - managed
+        return rss - managed > self._floor + HEAP_SLACK
+
     def _free_heap(self):
-        """Before spilling, pausing or stopping for the RSS, and while paused: give
-        back memory that is free but still counted, at most once per `TRIM` seconds.
+        """Before spilling, pausing or stopping for the RSS, while paused, and once a
+        computation is over: give back memory that is free but still counted, at
+        most once per `TRIM` seconds.
         Freed results may sit in the heap (blocks under the worker's mmap threshold
         stay there for reuse, `supervisor.HEAP_SETTINGS`), or in reference cycles nobody
         reaches (a stopped task's, most often).  Whether it ran."""

@@ -457,6 +457,7 @@ def test_the_memory_watch_gives_back_free_heap_memory_before_acting_on_it(monkey
     monkeypatch.setattr(system, "malloc_trim", trim)
     data = SimpleNamespace(memory=500, spill=lambda n, after: spills.append(n) or True)
     worker = SimpleNamespace(data=data, address="w", memory_paused=None,
+                             state=SimpleNamespace(executing={"x"}, ready=[]),
                              loop=SimpleNamespace(call_soon=lambda *a: calls.append(a[1:])))
     m = monitor.MemoryMonitor(worker, 1000, {"target": 0.6, "spill": 0.7, "pause": 0.8,
                                              "terminate": 0.95},
@@ -472,6 +473,43 @@ def test_the_memory_watch_gives_back_free_heap_memory_before_acting_on_it(monkey
     m.check()
     m.check()
     assert trims == [900, 900]
+
+
+def test_an_idle_worker_gives_back_the_heap_its_computation_freed(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.worker import monitor, system
+
+    MB = 2**20
+    rss, trims = [100 * MB], []
+
+    def trim():
+        trims.append(rss[0] // MB)
+        rss[0] = 110 * MB
+        return True
+
+    monkeypatch.setattr(system, "malloc_trim", trim)
+    state = SimpleNamespace(executing=set(), ready=[], managed=10 * MB)
+    worker = SimpleNamespace(data={}, state=state, address="w")
+    m = monitor.MemoryMonitor(worker, 10**12, {"target": 0.6, "spill": 0.7,
+                                               "pause": 0.8, "terminate": 0.95},
+                              sample=lambda: SimpleNamespace(rss=rss[0]))
+    m.collector = SimpleNamespace(collect=lambda: True)
+    m.check()                     # idle at 90 MB other than results: the floor
+    state.executing = {"x"}
+    rss[0] = 500 * MB             # busy: the heap keeps what the task frees
+    m.check()
+    state.executing = set()
+    rss[0] = 100 * MB + monitor.HEAP_SLACK         # idle, within the slack
+    m.check()
+    assert trims == []
+    rss[0] += 1
+    m.check()                     # past it: trimmed, and 100 MB is the new floor
+    assert (trims, m.rss) == ([132], 110 * MB)
+    m._trimmed -= 2 * monitor.TRIM
+    rss[0] = 110 * MB + monitor.HEAP_SLACK
+    m.check()
+    assert trims == [132]
 
 
 def test_a_worker_process_switches_threads_sooner_and_keeps_a_shorter_interval():
