@@ -155,6 +155,7 @@ class MemoryMonitor:
         self._warned = False
         self._trimmed = 0.0
         self._floor = None          # memory other than results, after the last idle trim
+        self._busy = 0.0            # when the worker last had a task to run
         self.collector = ThrottledCollector()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="dask-ipy-worker-memory")
@@ -212,11 +213,15 @@ class MemoryMonitor:
                 self._spill(inst.nbytes)
 
     def _idle_with_free_heap(self, rss, managed):
-        """Whether the worker runs nothing and its memory other than results is
-        `HEAP_SLACK` past what it was after its last trim while it ran nothing (what a
-        computation freed, most often, kept in the heap for reuse)."""
-        state = self.worker.state
+        """Whether the worker has run nothing for `TRIM` seconds (not a pause between
+        tasks while inputs come) and its memory other than results is `HEAP_SLACK`
+        past what it was after its last trim while idle: what a computation freed,
+        most often, kept in the heap for reuse."""
+        state, now = self.worker.state, time.monotonic()
         if state.executing or state.ready:
+            self._busy = now
+            return False
+        if now - self._busy < TRIM:
             return False
         if self._floor is None:
             self._floor = rss - managed
