@@ -156,6 +156,7 @@ class MemoryMonitor:
         self._trimmed = 0.0
         self._floor = None          # memory other than results, after the last idle trim
         self._busy = 0.0            # when the worker last had a task to run
+        self._lean = False          # freed blocks go back to the system at once
         self.collector = ThrottledCollector()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="dask-ipy-worker-memory")
@@ -200,6 +201,12 @@ class MemoryMonitor:
                                     self.paused, self.margin)
         self.rss, self.managed = rss, managed
         self.peak = max(self.peak, rss)
+        lean = self._past_target(rss)
+        if lean != self._lean:
+            from .system import reuse_heap
+
+            self._lean = lean
+            reuse_heap(not lean)
         for inst in instructions:
             if isinstance(inst, L.Terminate):
                 self._terminate(inst)
@@ -211,6 +218,16 @@ class MemoryMonitor:
                 self.worker.loop.call_soon(self.worker.memory_paused, False, rss)
             elif isinstance(inst, L.Spill):
                 self._spill(inst.nbytes)
+
+    def _past_target(self, rss):
+        """Whether the process is past its target fraction (its spill fraction if
+        target is off), or has not fallen `margin` under it since: from there on a
+        freed block goes back to the system at once, rather than wait in the heap
+        for reuse."""
+        at = self.fractions.get("target") or self.fractions.get("spill")
+        if not (self.limit and at):
+            return False
+        return rss > (at - self.margin if self._lean else at) * self.limit
 
     def _idle_with_free_heap(self, rss, managed):
         """Whether the worker has run nothing for `TRIM` seconds (not a pause between

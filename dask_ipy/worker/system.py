@@ -188,6 +188,10 @@ def _glibc():
     return _libc or None
 
 
+_set_here = set()               # HEAP_SETTINGS names set by `limit_heap_retention`
+LEAN_MMAP_THRESHOLD = 128 * 1024  # glibc's default: past it, a block is its own mapping
+
+
 def limit_heap_retention():
     """Set `HEAP_SETTINGS` in a process already running, as its environment
     variables do for a process started with them; a variable the user set wins.
@@ -195,8 +199,23 @@ def limit_heap_retention():
     libc = _glibc()
     if libc is None:
         return []
-    return [name for name, (param, value) in HEAP_SETTINGS.items()
+    done = [name for name, (param, value) in HEAP_SETTINGS.items()
             if name not in os.environ and libc.mallopt(param, value)]
+    _set_here.update(done)
+    return done
+
+
+def reuse_heap(on):
+    """In a process given `HEAP_SETTINGS`' mmap threshold: blocks under it from
+    the heap, where a freed one is used again (on), or each from a mapping of its
+    own, given back the moment it is freed (off: a worker short of memory, whose
+    RSS must show what it holds).  Whether it was set."""
+    name = "MALLOC_MMAP_THRESHOLD_"
+    param, value = HEAP_SETTINGS[name]
+    libc = _glibc()
+    if libc is None or not (name in _set_here or os.environ.get(name) == str(value)):
+        return False
+    return bool(libc.mallopt(param, value if on else LEAN_MMAP_THRESHOLD))
 
 
 SWITCH_INTERVAL = 0.0005        # seconds: see `shorten_switch_interval`

@@ -580,3 +580,41 @@ def test_the_collector_for_memory_takes_at_most_its_share_of_the_time():
     assert not collector.collect()
     assert collector.collect()
     assert collector.took == pytest.approx(0.1)
+
+
+def test_a_worker_past_its_target_gives_freed_blocks_back_at_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.worker import monitor, system
+
+    rss, heap = [0], []
+    monkeypatch.setattr(system, "reuse_heap", heap.append)
+    state = SimpleNamespace(executing={"x"}, ready=[], managed=0)
+    m = monitor.MemoryMonitor(SimpleNamespace(data={}, state=state, address="w"), 1000,
+                              {"target": 0.6, "spill": False, "pause": False,
+                               "terminate": False},
+                              sample=lambda: SimpleNamespace(rss=rss[0]))
+    for rss[0] in (500, 600, 601, 700, 560, 549, 600, 650):
+        m.check()
+    assert heap == [False, True, False]   # past 600; 50 (the margin) under it; past it
+    m.fractions["target"] = False         # no target, no spill: the heap stays
+    rss[0] = 990
+    m.check()
+    assert heap == [False, True, False, True]
+
+
+def test_the_heap_is_switched_only_in_a_process_given_the_heap_settings(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.supervisor import HEAP_ENV
+    from dask_ipy.worker import system
+
+    calls = []
+    monkeypatch.setattr(system, "_glibc", lambda: SimpleNamespace(
+        mallopt=lambda *a: calls.append(a) or 1))
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert system.reuse_heap(False) is False and calls == []
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", HEAP_ENV["MALLOC_MMAP_THRESHOLD_"])
+    assert system.reuse_heap(False) and system.reuse_heap(True)
+    assert calls == [(-3, 128 * 1024), (-3, 32 * 2**20)]
+
