@@ -80,10 +80,11 @@ TOKEN_VARIABLE = "DASK_IPY_SUPERVISION"   # the worker's token, from its supervi
 #   mmap: blocks under 32 MiB (glibc's largest; most dask chunks) come from the
 #     heap, where a freed block is used again.  With the trim threshold set, glibc
 #     keeps this one at 128 KiB, and each larger block is a fresh mapping whose
-#     every page the kernel faults in and zeroes on first touch: an 8 MB numpy
-#     block took 3.5 ms to make from the heap and 6-7 ms as a fresh mapping on a
-#     2-core VM.  Freed blocks in the middle of the heap stay in the RSS until
-#     trimmed: the memory watch trims before it acts on the RSS (worker/monitor.py).
+#     every page the kernel faults in and zeroes on first touch: making an 8 MB
+#     numpy block, adding its transpose and averaging took 4.8-5.8 ms in a thread
+#     with blocks from the heap, 8-9 ms with fresh mappings (a 2-core VM).  Freed
+#     blocks in the middle of the heap stay in the RSS until trimmed: the memory
+#     watch trims them, and turns this off past its target (worker/monitor.py).
 HEAP_SETTINGS = {
     "MALLOC_TRIM_THRESHOLD_": (-1, 64 * 1024),
     "MALLOC_MMAP_THRESHOLD_": (-3, 32 * 2**20),

@@ -247,10 +247,10 @@ class MemoryMonitor:
     def _free_heap(self):
         """Before spilling, pausing or stopping for the RSS, while paused, and once a
         computation is over: give back memory that is free but still counted, at
-        most once per `TRIM` seconds.
-        Freed results may sit in the heap (blocks under the worker's mmap threshold
-        stay there for reuse, `supervisor.HEAP_SETTINGS`), or in reference cycles nobody
-        reaches (a stopped task's, most often).  Whether it ran."""
+        most once per `TRIM` seconds.  Freed results may sit in the heap (blocks
+        under the worker's mmap threshold stay there for reuse,
+        `supervisor.HEAP_SETTINGS`), or in reference cycles nobody reaches (a
+        stopped task's, most often).  Whether it ran."""
         from .system import malloc_trim
 
         now = time.monotonic()

@@ -174,6 +174,7 @@ def io_rates(before, after, seconds):
 
 _libc = None
 
+
 def _glibc():
     global _libc
     if not sys.platform.startswith("linux"):
@@ -188,11 +189,11 @@ def _glibc():
     return _libc or None
 
 
-_set_here = set()               # HEAP_SETTINGS names set by `limit_heap_retention`
+_set_here = set()                 # HEAP_SETTINGS names set by `apply_heap_settings`
 LEAN_MMAP_THRESHOLD = 128 * 1024  # glibc's default: past it, a block is its own mapping
 
 
-def limit_heap_retention():
+def apply_heap_settings():
     """Set `HEAP_SETTINGS` in a process already running, as its environment
     variables do for a process started with them; a variable the user set wins.
     Returns the names set (none where unsupported)."""

@@ -413,14 +413,14 @@ def test_heap_settings_are_set_in_process_unless_the_user_set_them(monkeypatch):
     import sys
 
     from dask_ipy.supervisor import HEAP_ENV
-    from dask_ipy.worker.system import limit_heap_retention
+    from dask_ipy.worker.system import apply_heap_settings
 
     for name in HEAP_ENV:
         monkeypatch.setenv(name, "1000000")
-    assert limit_heap_retention() == []
+    assert apply_heap_settings() == []
     # In a process of its own (mallopt cannot be undone here): glibc accepts both,
     # or the one the user did not set.
-    code = ("from dask_ipy.worker.system import limit_heap_retention as f; "
+    code = ("from dask_ipy.worker.system import apply_heap_settings as f; "
             "print(' '.join(f()))")
     linux = sys.platform.startswith("linux")
     env = {k: v for k, v in os.environ.items() if k not in HEAP_ENV}
