@@ -290,7 +290,7 @@ def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto", resources=N
     notebook, and its own state must survive."""
     from .security import Security
     from .worker.server import Worker
-    from .worker.system import limit_heap_retention, shorten_switch_interval
+    from .worker.system import apply_heap_settings, shorten_switch_interval
 
     old = _engine["worker"]
     if _worker_alive(old):
@@ -298,7 +298,7 @@ def _engine_start_worker(scheduler, nthreads=1, memory_limit="auto", resources=N
             return {"engine_id": _engine_id(), "address": old.address, "new": False}
         old.close()
     eid = _engine_id()
-    limit_heap_retention()     # released results leave the engine's RSS
+    apply_heap_settings()      # glibc's malloc as a worker wants it (supervisor.py)
     shorten_switch_interval()  # its I/O thread gets in while tasks run Python code
     w = Worker(scheduler=scheduler["address_to_workers"],
                security=Security.from_dict(scheduler["security"]), nthreads=nthreads,

@@ -123,9 +123,9 @@ HANDSHAKE_OPS = frozenset({"hello", "hello-reply"})
 INLINE_LIMIT = 64 * 1024
 
 # The first buffer of a message body (msgpack grows it as needed).  msgpack's own,
-# 256 KiB, is past glibc's mmap threshold, which a worker's trim threshold
-# (MALLOC_TRIM_THRESHOLD_, worker/system.py) keeps fixed at 128 KiB: every message
-# would map and unmap fresh pages, doubling the time to pack a few small messages.
+# 256 KiB, was past glibc's mmap threshold, which a worker then kept fixed at 128 KiB
+# (supervisor.py): every message mapped and unmapped fresh pages, doubling the
+# time to pack a few small messages.  A small buffer costs nothing wherever it lives.
 PACK_BUFFER = 16 * 1024
 
 #: Frames this large are authenticated through a Poly1305 tag (see `_mac`).

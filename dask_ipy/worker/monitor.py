@@ -32,7 +32,8 @@ from ..units import format_bytes
 from . import limits as L
 
 EXIT_MEMORY = 75        # a worker's exit code when its memory passed terminate
-TRIM = 1.0              # seconds between two heap trims while paused
+TRIM = 1.0              # seconds between two heap trims for the memory watch
+HEAP_SLACK = 32 * 2**20  # bytes of heap an idle worker may keep for reuse, untrimmed
 COLLECT_SHARE = 0.05    # at most this share of the time in the collector, for memory
 
 
@@ -153,6 +154,9 @@ class MemoryMonitor:
         self._stop = threading.Event()
         self._warned = False
         self._trimmed = 0.0
+        self._floor = None          # memory other than results, after the last idle trim
+        self._busy = 0.0            # when the worker last had a task to run
+        self._lean = False          # freed blocks go back to the system at once
         self.collector = ThrottledCollector()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name="dask-ipy-worker-memory")
@@ -185,10 +189,25 @@ class MemoryMonitor:
         except Exception:
             return
         managed = self.managed_bytes()
+        instructions = L.decide(rss, managed, self.limit, self.fractions, self.paused,
+                                self.margin)
+        acts = any(not isinstance(inst, L.Resume) for inst in instructions)
+        idle = self._idle_with_free_heap(rss, managed)
+        if (acts or self.paused or idle) and self._free_heap():
+            rss = self._sample().rss
+            if idle:
+                self._floor = rss - managed
+            instructions = L.decide(rss, managed, self.limit, self.fractions,
+                                    self.paused, self.margin)
         self.rss, self.managed = rss, managed
         self.peak = max(self.peak, rss)
-        for inst in L.decide(rss, managed, self.limit, self.fractions, self.paused,
-                             self.margin):
+        lean = self._past_target(rss)
+        if lean != self._lean:
+            from .system import reuse_heap
+
+            self._lean = lean
+            reuse_heap(not lean)
+        for inst in instructions:
             if isinstance(inst, L.Terminate):
                 self._terminate(inst)
             elif isinstance(inst, L.Pause):
@@ -199,15 +218,47 @@ class MemoryMonitor:
                 self.worker.loop.call_soon(self.worker.memory_paused, False, rss)
             elif isinstance(inst, L.Spill):
                 self._spill(inst.nbytes)
-        if self.paused and not self.spilling and time.monotonic() - self._trimmed > TRIM:
-            # Memory freed by tasks (one that was stopped, most often) may sit in
-            # the heap, or in reference cycles nobody reaches: give it back, or the
-            # worker could stay paused for nothing.
-            from .system import malloc_trim
 
-            self.collector.collect()
-            self._trimmed = time.monotonic()
-            malloc_trim()
+    def _past_target(self, rss):
+        """Whether the process is past its target fraction (its spill fraction if
+        target is off), or has not fallen `margin` under it since: from there on a
+        freed block goes back to the system at once, rather than wait in the heap
+        for reuse."""
+        at = self.fractions.get("target") or self.fractions.get("spill")
+        if not (self.limit and at):
+            return False
+        return rss > (at - self.margin if self._lean else at) * self.limit
+
+    def _idle_with_free_heap(self, rss, managed):
+        """Whether the worker has run nothing for `TRIM` seconds (not a pause between
+        tasks while inputs come) and its memory other than results is `HEAP_SLACK`
+        past what it was after its last trim while idle: what a computation freed,
+        most often, kept in the heap for reuse."""
+        state, now = self.worker.state, time.monotonic()
+        if state.executing or state.ready:
+            self._busy = now
+            return False
+        if now - self._busy < TRIM:
+            return False
+        if self._floor is None:
+            self._floor = rss - managed
+        return rss - managed > self._floor + HEAP_SLACK
+
+    def _free_heap(self):
+        """Before spilling, pausing or stopping for the RSS, while paused, and once a
+        computation is over: give back memory that is free but still counted, at
+        most once per `TRIM` seconds.  Freed results may sit in the heap (blocks
+        under the worker's mmap threshold stay there for reuse,
+        `supervisor.HEAP_SETTINGS`), or in reference cycles nobody reaches (a
+        stopped task's, most often).  Whether it ran."""
+        from .system import malloc_trim
+
+        now = time.monotonic()
+        if self.spilling or now - self._trimmed <= TRIM:
+            return False
+        self._trimmed = now
+        self.collector.collect()
+        return malloc_trim()
 
     def _spill(self, nbytes):
         spill = getattr(self.worker.data, "spill", None)

@@ -16,6 +16,8 @@ import sys
 
 import psutil
 
+from ..supervisor import HEAP_SETTINGS
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 PROC_CGROUP = "/proc/self/cgroup"
 
@@ -171,7 +173,6 @@ def io_rates(before, after, seconds):
 
 
 _libc = None
-M_TRIM_THRESHOLD = -1          # glibc's mallopt parameter number
 
 
 def _glibc():
@@ -188,16 +189,34 @@ def _glibc():
     return _libc or None
 
 
-def limit_heap_retention(threshold=65536):
-    """Make free() hand memory back to the system past ``threshold`` bytes (glibc),
-    in a process already running: what MALLOC_TRIM_THRESHOLD_ does for a process
-    started with it.  Without it glibc raises its own threshold after each large
-    free, and a worker that released gigabytes keeps them as its RSS.  A value the
-    user set in the environment wins.  False where unsupported."""
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
+_set_here = set()                 # HEAP_SETTINGS names set by `apply_heap_settings`
+LEAN_MMAP_THRESHOLD = 128 * 1024  # glibc's default: past it, a block is its own mapping
+
+
+def apply_heap_settings():
+    """Set `HEAP_SETTINGS` in a process already running, as its environment
+    variables do for a process started with them; a variable the user set wins.
+    Returns the names set (none where unsupported)."""
     libc = _glibc()
-    return bool(libc and libc.mallopt(M_TRIM_THRESHOLD, int(threshold)))
+    if libc is None:
+        return []
+    done = [name for name, (param, value) in HEAP_SETTINGS.items()
+            if name not in os.environ and libc.mallopt(param, value)]
+    _set_here.update(done)
+    return done
+
+
+def reuse_heap(on):
+    """In a process given `HEAP_SETTINGS`' mmap threshold: blocks under it from
+    the heap, where a freed one is used again (on), or each from a mapping of its
+    own, given back the moment it is freed (off: a worker short of memory, whose
+    RSS must show what it holds).  Whether it was set."""
+    name = "MALLOC_MMAP_THRESHOLD_"
+    param, value = HEAP_SETTINGS[name]
+    libc = _glibc()
+    if libc is None or not (name in _set_here or os.environ.get(name) == str(value)):
+        return False
+    return bool(libc.mallopt(param, value if on else LEAN_MMAP_THRESHOLD))
 
 
 SWITCH_INTERVAL = 0.0005        # seconds: see `shorten_switch_interval`

@@ -407,23 +407,112 @@ def test_a_later_death_not_for_memory_errs_as_killed_worker():
     assert s.tasks["x"].error["type"] == "KilledWorker"
 
 
-def test_heap_retention_is_limited_in_process_unless_the_user_set_it(monkeypatch):
+def test_heap_settings_are_set_in_process_unless_the_user_set_them(monkeypatch):
     import os
     import subprocess
     import sys
 
-    from dask_ipy.worker.system import limit_heap_retention
+    from dask_ipy.supervisor import HEAP_ENV
+    from dask_ipy.worker.system import apply_heap_settings
 
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
-    assert limit_heap_retention() is False
-    # In a process of its own (mallopt cannot be undone here): glibc accepts it.
-    code = ("import os; os.environ.pop('MALLOC_TRIM_THRESHOLD_', None); "
-            "from dask_ipy.worker.system import limit_heap_retention as f; "
-            "print(f())")
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert out.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+    for name in HEAP_ENV:
+        monkeypatch.setenv(name, "1000000")
+    assert apply_heap_settings() == []
+    # In a process of its own (mallopt cannot be undone here): glibc accepts both,
+    # or the one the user did not set.
+    code = ("from dask_ipy.worker.system import apply_heap_settings as f; "
+            "print(' '.join(f()))")
+    linux = sys.platform.startswith("linux")
+    env = {k: v for k, v in os.environ.items() if k not in HEAP_ENV}
+    for user, expected in [({}, " ".join(HEAP_ENV)),
+                           ({"MALLOC_TRIM_THRESHOLD_": "1"}, "MALLOC_MMAP_THRESHOLD_")]:
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **user},
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == (expected if linux else "")
+
+
+def test_a_worker_process_gets_the_heap_settings_unless_the_user_set_them(tmp_path):
+    from dask_ipy.supervisor import HEAP_ENV, Supervisor
+
+    assert HEAP_ENV == {"MALLOC_TRIM_THRESHOLD_": "65536",
+                        "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+    assert {k: Supervisor([], tmp_path, env={}).env[k] for k in HEAP_ENV} == HEAP_ENV
+    env = Supervisor([], tmp_path, env={"MALLOC_MMAP_THRESHOLD_": "4096"}).env
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "4096"
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
+def test_the_memory_watch_gives_back_free_heap_memory_before_acting_on_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.worker import monitor, system
+
+    rss, trims, spills, calls = [900], [], [], []
+
+    def trim():
+        trims.append(rss[0])
+        rss[0] -= 600 if len(trims) == 1 else 0     # the first trim frees 600 bytes
+        return True
+
+    monkeypatch.setattr(system, "malloc_trim", trim)
+    data = SimpleNamespace(memory=500, spill=lambda n, after: spills.append(n) or True)
+    worker = SimpleNamespace(data=data, address="w", memory_paused=None,
+                             state=SimpleNamespace(executing={"x"}, ready=[]),
+                             loop=SimpleNamespace(call_soon=lambda *a: calls.append(a[1:])))
+    m = monitor.MemoryMonitor(worker, 1000, {"target": 0.6, "spill": 0.7, "pause": 0.8,
+                                             "terminate": 0.95},
+                              sample=lambda: SimpleNamespace(rss=rss[0]))
+    m.collector = SimpleNamespace(collect=lambda: True)
+    m.check()             # 900 of 1000 bytes, 600 of them free heap: nothing to do
+    assert (trims, spills, calls, m.rss, m.paused) == ([900], [], [], 300, False)
+    rss[0] = 900          # held now; the next trim waits for `TRIM` seconds
+    m.check()
+    assert (trims, spills, calls, m.paused) == ([900], [300], [(True, 900)], True)
+    m.spilling = False                              # the spill is done
+    m._trimmed -= 2 * monitor.TRIM                  # still paused: it trims again, once
+    m.check()
+    m.check()
+    assert trims == [900, 900]
+
+
+def test_an_idle_worker_gives_back_the_heap_its_computation_freed(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.worker import monitor, system
+
+    MB = 2**20
+    rss, trims = [100 * MB], []
+
+    def trim():
+        trims.append(rss[0] // MB)
+        rss[0] = 110 * MB
+        return True
+
+    monkeypatch.setattr(system, "malloc_trim", trim)
+    state = SimpleNamespace(executing=set(), ready=[], managed=10 * MB)
+    worker = SimpleNamespace(data={}, state=state, address="w")
+    m = monitor.MemoryMonitor(worker, 10**12, {"target": 0.6, "spill": 0.7,
+                                               "pause": 0.8, "terminate": 0.95},
+                              sample=lambda: SimpleNamespace(rss=rss[0]))
+    m.collector = SimpleNamespace(collect=lambda: True)
+    m.check()                     # idle at 90 MB other than results: the floor
+    state.executing = {"x"}
+    rss[0] = 500 * MB             # busy: the heap keeps what the task frees
+    m.check()
+    state.executing = set()
+    rss[0] = 100 * MB + monitor.HEAP_SLACK + 1     # past the slack, but idle just now
+    m.check()
+    m._busy -= 2 * monitor.TRIM                    # idle for a while, within the slack
+    rss[0] -= 1
+    m.check()
+    assert trims == []
+    rss[0] += 1
+    m.check()                     # past it: trimmed, and 100 MB is the new floor
+    assert (trims, m.rss) == ([132], 110 * MB)
+    m._trimmed -= 2 * monitor.TRIM
+    rss[0] = 110 * MB + monitor.HEAP_SLACK
+    m.check()
+    assert trims == [132]
 
 
 def test_a_worker_process_switches_threads_sooner_and_keeps_a_shorter_interval():
@@ -491,3 +580,41 @@ def test_the_collector_for_memory_takes_at_most_its_share_of_the_time():
     assert not collector.collect()
     assert collector.collect()
     assert collector.took == pytest.approx(0.1)
+
+
+def test_a_worker_past_its_target_gives_freed_blocks_back_at_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.worker import monitor, system
+
+    rss, heap = [0], []
+    monkeypatch.setattr(system, "reuse_heap", heap.append)
+    state = SimpleNamespace(executing={"x"}, ready=[], managed=0)
+    m = monitor.MemoryMonitor(SimpleNamespace(data={}, state=state, address="w"), 1000,
+                              {"target": 0.6, "spill": False, "pause": False,
+                               "terminate": False},
+                              sample=lambda: SimpleNamespace(rss=rss[0]))
+    for rss[0] in (500, 600, 601, 700, 560, 549, 600, 650):
+        m.check()
+    assert heap == [False, True, False]   # past 600; 50 (the margin) under it; past it
+    m.fractions["target"] = False         # no target, no spill: the heap stays
+    rss[0] = 990
+    m.check()
+    assert heap == [False, True, False, True]
+
+
+def test_the_heap_is_switched_only_in_a_process_given_the_heap_settings(monkeypatch):
+    from types import SimpleNamespace
+
+    from dask_ipy.supervisor import HEAP_ENV
+    from dask_ipy.worker import system
+
+    calls = []
+    monkeypatch.setattr(system, "_glibc", lambda: SimpleNamespace(
+        mallopt=lambda *a: calls.append(a) or 1))
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert system.reuse_heap(False) is False and calls == []
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", HEAP_ENV["MALLOC_MMAP_THRESHOLD_"])
+    assert system.reuse_heap(False) and system.reuse_heap(True)
+    assert calls == [(-3, 128 * 1024), (-3, 32 * 2**20)]
+
