@@ -364,9 +364,10 @@ def cmd_worker(args):
     if not (args.supervised or args.no_supervisor):
         return _supervise_worker(args)     # which passes the tag on to its worker
     from .worker.server import Worker
-    from .worker.system import shorten_switch_interval
+    from .worker.system import apply_heap_settings, shorten_switch_interval
 
     take_tag()
+    apply_heap_settings()      # under a supervisor, set already by its environment
 
     limit = None if str(args.memory_limit).lower() in ("none", "0") else args.memory_limit
     w = Worker(scheduler=args.scheduler, hostname=args.host, nthreads=args.nthreads,
@@ -381,7 +382,8 @@ def cmd_worker(args):
     # its scans of the worker's short-lived messages and task records took some 8% of
     # a worker's CPU under tiny tasks.  Young objects are scanned every 10,000
     # allocations; what startup made is frozen out of the scans.  Garbage that holds
-    # memory is collected as the worker passes its spill or pause fraction (monitor).
+    # memory is collected before the memory watch acts on it, and once a computation
+    # is over (worker/monitor.py).
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)

@@ -65,7 +65,10 @@ def process_settings():
     import gc
     import sys
 
-    return sys.getswitchinterval(), gc.get_threshold()
+    from dask_ipy.worker.system import reuse_heap
+
+    # reuse_heap acts only in a process given the worker's heap settings.
+    return sys.getswitchinterval(), gc.get_threshold(), reuse_heap(True)
 
 
 def test_scheduler_and_worker_commands(tmp_path):
@@ -80,7 +83,7 @@ def test_scheduler_and_worker_commands(tmp_path):
                 assert c.submit(pow, 2, 10).result(timeout=10) == 1024
                 # The worker process's own interpreter settings (see cmd_worker).
                 assert c.run(process_settings) == {w.info["address"]: (
-                    SWITCH_INTERVAL, (10_000, 10, 10))}
+                    SWITCH_INTERVAL, (10_000, 10, 10), True)}
                 c.shutdown()
             assert w.wait(10) == 0                      # closed by the scheduler
         assert s.wait(10) == 0
@@ -95,7 +98,7 @@ def test_worker_resources_and_threads_from_the_command_line(tmp_path):
     path = str(tmp_path / "scheduler.json")
     with running("scheduler", "--connection-file", path, "--idle-timeout", "60"):
         with running("worker", path, "--resources", "GPU=2,MEM=10e9") as w, \
-                running("worker", path) as plain:
+                running("worker", path, "--no-supervisor") as plain:
             assert json.loads(w.info["resources"]) == {"GPU": 2, "MEM": 10_000_000_000}
             with Client(path, set_as_default=False) as c:
                 wait_for(lambda: len(c.nthreads()) == 2, message="the workers")
@@ -104,6 +107,10 @@ def test_worker_resources_and_threads_from_the_command_line(tmp_path):
                 assert {a for f in fs for a in c.who_has([f])[f.key]} == \
                     {w.info["address"]}
                 assert plain.info["address"] in c.nthreads()
+                # A worker without a supervisor sets its process up the same way.
+                assert c.run(process_settings) == {
+                    a: (SWITCH_INTERVAL, (10_000, 10, 10), True)
+                    for a in (w.info["address"], plain.info["address"])}
                 c.shutdown()
 
 
