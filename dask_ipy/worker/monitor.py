@@ -193,7 +193,7 @@ class MemoryMonitor:
                                 self.margin)
         acts = any(not isinstance(inst, L.Resume) for inst in instructions)
         idle = self._idle_with_free_heap(rss, managed)
-        if (acts or self.paused or idle) and self._free_heap():
+        if (acts or self.paused or idle) and self._free_heap(collect=not idle):
             rss = self._sample().rss
             if idle:
                 self._floor = rss - managed
@@ -244,20 +244,23 @@ class MemoryMonitor:
             self._floor = rss - managed
         return rss - managed > self._floor + HEAP_SLACK
 
-    def _free_heap(self):
+    def _free_heap(self, collect=True):
         """Before spilling, pausing or stopping for the RSS, while paused, and once a
         computation is over: give back memory that is free but still counted, at
         most once per `TRIM` seconds.  Freed results may sit in the heap (blocks
         under the worker's mmap threshold stay there for reuse,
-        `supervisor.HEAP_SETTINGS`), or in reference cycles nobody reaches (a
-        stopped task's, most often).  Whether it ran."""
+        `supervisor.HEAP_SETTINGS`), or, when ``collect``, in reference cycles
+        nobody reaches (a stopped task's, most often): the collector holds the GIL
+        throughout, so an idle worker (an engine, maybe, running your code) is
+        spared it.  Whether it ran."""
         from .system import malloc_trim
 
         now = time.monotonic()
         if self.spilling or now - self._trimmed <= TRIM:
             return False
         self._trimmed = now
-        self.collector.collect()
+        if collect:
+            self.collector.collect()
         return malloc_trim()
 
     def _spill(self, nbytes):

@@ -462,7 +462,8 @@ def test_the_memory_watch_gives_back_free_heap_memory_before_acting_on_it(monkey
     m = monitor.MemoryMonitor(worker, 1000, {"target": 0.6, "spill": 0.7, "pause": 0.8,
                                              "terminate": 0.95},
                               sample=lambda: SimpleNamespace(rss=rss[0]))
-    m.collector = SimpleNamespace(collect=lambda: True)
+    collected = []
+    m.collector = SimpleNamespace(collect=lambda: collected.append(rss[0]))
     m.check()             # 900 of 1000 bytes, 600 of them free heap: nothing to do
     assert (trims, spills, calls, m.rss, m.paused) == ([900], [], [], 300, False)
     rss[0] = 900          # held now; the next trim waits for `TRIM` seconds
@@ -472,7 +473,7 @@ def test_the_memory_watch_gives_back_free_heap_memory_before_acting_on_it(monkey
     m._trimmed -= 2 * monitor.TRIM                  # still paused: it trims again, once
     m.check()
     m.check()
-    assert trims == [900, 900]
+    assert trims == collected == [900, 900]       # the collector runs before each trim
 
 
 def test_an_idle_worker_gives_back_the_heap_its_computation_freed(monkeypatch):
@@ -494,7 +495,7 @@ def test_an_idle_worker_gives_back_the_heap_its_computation_freed(monkeypatch):
     m = monitor.MemoryMonitor(worker, 10**12, {"target": 0.6, "spill": 0.7,
                                                "pause": 0.8, "terminate": 0.95},
                               sample=lambda: SimpleNamespace(rss=rss[0]))
-    m.collector = SimpleNamespace(collect=lambda: True)
+    m.collector = SimpleNamespace(collect=lambda: trims.append("collected"))
     m.check()                     # idle at 90 MB other than results: the floor
     state.executing = {"x"}
     rss[0] = 500 * MB             # busy: the heap keeps what the task frees
@@ -507,7 +508,8 @@ def test_an_idle_worker_gives_back_the_heap_its_computation_freed(monkeypatch):
     m.check()
     assert trims == []
     rss[0] += 1
-    m.check()                     # past it: trimmed, and 100 MB is the new floor
+    m.check()                     # past it: trimmed, without the collector; and
+                                  # 100 MB is the new floor
     assert (trims, m.rss) == ([132], 110 * MB)
     m._trimmed -= 2 * monitor.TRIM
     rss[0] = 110 * MB + monitor.HEAP_SLACK
