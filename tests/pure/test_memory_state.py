@@ -599,7 +599,7 @@ def test_a_worker_past_its_target_gives_freed_blocks_back_at_once(monkeypatch):
     for rss[0] in (500, 600, 601, 700, 560, 549, 600, 650):
         m.check()
     assert heap == [False, True, False]   # past 600; 50 (the margin) under it; past it
-    m.fractions["target"] = False         # no target, no spill: the heap stays
+    m.fractions["target"] = False         # no target or spill fraction: reused again
     rss[0] = 990
     m.check()
     assert heap == [False, True, False, True]
