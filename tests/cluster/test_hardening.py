@@ -70,7 +70,7 @@ class Processes:
         self.procs = []
 
     def scheduler(self, security, name="scheduler", **options):
-        err = open(self.tmp_path / f"{name}.err", "w+")
+        err = open(self.tmp_path / f"{name}.err", "w")
         p = subprocess.Popen([sys.executable, "-c", SCHEDULER_SCRIPT, json.dumps(options)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                              text=True)
@@ -92,8 +92,9 @@ class Processes:
         if p.poll() is None:
             p.kill()
         p.wait(10)
-        for f in (p.stdin, p.stdout):
-            f.close()
+        for f in (p.stdin, p.stdout, getattr(p, "err", None)):
+            if f is not None:
+                f.close()
 
     def close(self):
         for p in self.procs:
@@ -114,9 +115,11 @@ def port_of(address):
 
 
 def stderr_lines(p):
-    p.err.flush()
-    p.err.seek(0)
-    return p.err.read().splitlines()
+    # Read through a file object of its own: a seek on the one the process writes
+    # through would move its write offset too (one open file), and its next line
+    # would overwrite the start of the file.
+    with open(p.err.name) as f:
+        return f.read().splitlines()
 
 
 def serves(p):
