@@ -42,6 +42,17 @@ class Terminate:
     limit: int
 
 
+def lean_heap(rss, limit, fractions, lean, margin=0.05):
+    """Whether freed blocks should go back to the system at once rather than wait
+    in the heap for reuse: once ``rss`` is past the target fraction (the spill
+    fraction if target is off), until it is ``margin`` under it again (``lean``:
+    whether they go back at once now)."""
+    at = fractions.get("target") or fractions.get("spill")
+    if not (limit and at):
+        return False
+    return rss > (at - margin if lean else at) * limit
+
+
 def memory_limit_bytes(value, total, nworkers=1):
     """A worker's limit in bytes, or None for none.
 

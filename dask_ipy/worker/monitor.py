@@ -193,7 +193,7 @@ class MemoryMonitor:
                                 self.margin)
         acts = any(not isinstance(inst, L.Resume) for inst in instructions)
         idle = self._idle_with_free_heap(rss, managed)
-        if (acts or self.paused or idle) and self._free_heap(collect=not idle):
+        if (acts or self.paused or idle) and self._free_heap(collect=acts or self.paused):
             rss = self._sample().rss
             if idle:
                 self._floor = rss - managed
@@ -201,7 +201,7 @@ class MemoryMonitor:
                                     self.paused, self.margin)
         self.rss, self.managed = rss, managed
         self.peak = max(self.peak, rss)
-        lean = self._past_target(rss)
+        lean = L.lean_heap(rss, self.limit, self.fractions, self._lean, self.margin)
         if lean != self._lean:
             from .system import reuse_heap
 
@@ -218,16 +218,6 @@ class MemoryMonitor:
                 self.worker.loop.call_soon(self.worker.memory_paused, False, rss)
             elif isinstance(inst, L.Spill):
                 self._spill(inst.nbytes)
-
-    def _past_target(self, rss):
-        """Whether the process is past its target fraction (its spill fraction if
-        target is off), or has not fallen `margin` under it since: from there on a
-        freed block goes back to the system at once, rather than wait in the heap
-        for reuse."""
-        at = self.fractions.get("target") or self.fractions.get("spill")
-        if not (self.limit and at):
-            return False
-        return rss > (at - self.margin if self._lean else at) * self.limit
 
     def _idle_with_free_heap(self, rss, managed):
         """Whether the worker has run nothing for `TRIM` seconds (not a pause between
@@ -251,8 +241,8 @@ class MemoryMonitor:
         under the worker's mmap threshold stay there for reuse,
         `supervisor.HEAP_SETTINGS`), or, when ``collect``, in reference cycles
         nobody reaches (a stopped task's, most often): the collector holds the GIL
-        throughout, so an idle worker (an engine, maybe, running your code) is
-        spared it.  Whether it ran."""
+        throughout, so a worker trimmed only for being idle (an engine, maybe,
+        running your code) is spared it.  Whether it ran."""
         from .system import malloc_trim
 
         now = time.monotonic()

@@ -491,7 +491,8 @@ def test_an_idle_worker_gives_back_the_heap_its_computation_freed(monkeypatch):
 
     monkeypatch.setattr(system, "malloc_trim", trim)
     state = SimpleNamespace(executing=set(), ready=[], managed=10 * MB)
-    worker = SimpleNamespace(data={}, state=state, address="w")
+    worker = SimpleNamespace(data={}, state=state, address="w", memory_paused=None,
+                             loop=SimpleNamespace(call_soon=lambda *a: None))
     m = monitor.MemoryMonitor(worker, 10**12, {"target": 0.6, "spill": 0.7,
                                                "pause": 0.8, "terminate": 0.95},
                               sample=lambda: SimpleNamespace(rss=rss[0]))
@@ -515,6 +516,12 @@ def test_an_idle_worker_gives_back_the_heap_its_computation_freed(monkeypatch):
     rss[0] = 110 * MB + monitor.HEAP_SLACK
     m.check()
     assert trims == [132]
+    # Idle and paused too: the pause's trim runs the collector, as it must (what
+    # holds the worker paused may be garbage in cycles).
+    m.paused = True
+    rss[0] += 1
+    m.check()
+    assert trims == [132, "collected", 142]
 
 
 def test_a_worker_process_switches_threads_sooner_and_keeps_a_shorter_interval():
@@ -582,6 +589,17 @@ def test_the_collector_for_memory_takes_at_most_its_share_of_the_time():
     assert not collector.collect()
     assert collector.collect()
     assert collector.took == pytest.approx(0.1)
+
+
+def test_freed_blocks_go_back_at_once_past_target_until_margin_under_it():
+    f = {"target": 0.6, "spill": 0.7, "pause": 0.8, "terminate": 0.95}
+    assert [L.lean_heap(rss, 1000, f, lean) for rss, lean in
+            [(600, False), (601, False), (600, True), (551, True), (549, True)]] == \
+        [False, True, True, True, False]
+    no_target = dict(f, target=False)                              # spill instead
+    assert [L.lean_heap(rss, 1000, no_target, False) for rss in (651, 701)] == [False, True]
+    assert not L.lean_heap(10**9, 1000, dict(f, target=False, spill=False), True)
+    assert not L.lean_heap(10**9, None, f, True)                   # no limit
 
 
 def test_a_worker_past_its_target_gives_freed_blocks_back_at_once(monkeypatch):
